@@ -1,0 +1,400 @@
+"""Benchmarks of a local notifymesh mesh, through the asyncio Python client.
+
+Starts its own mesh (etcd + metadata + 3 storage + sender + frontend, each an OS
+process on free loopback ports) in a temporary directory, runs the benchmarks and
+stops the mesh. Each result is ONE JSON line on stdout; progress goes to stderr.
+
+    /tmp/v/bin/python bench/mesh_bench.py                         # everything, defaults
+    /tmp/v/bin/python bench/mesh_bench.py --messages 2000 --duration 3
+    /tmp/v/bin/python bench/mesh_bench.py --only e2e_latency --subscriptions 1,10
+
+See bench/README.md for what each line means.
+"""
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import shutil
+import struct
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+# Runnable as a plain script from anywhere: the repo root holds deploy/, notifymesh/, gen/.
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from deploy.local import LocalMesh, free_port  # noqa: E402
+from notifymesh.client import Client  # noqa: E402
+
+BENCHES = ("publish_batched", "publish_unbatched", "e2e_latency")
+
+BATCH_SIZE = 500
+BATCHED_IN_FLIGHT = 8
+UNBATCHED_IN_FLIGHT = 32
+# e2e: cap on Publish calls in flight; when reached the publisher waits (and then
+# falls behind schedule, sending immediately once there is room again).
+E2E_MAX_IN_FLIGHT = 256
+STRAGGLER_WAIT_S = 15.0
+WARMUP_WAIT_S = 15.0
+# After every expected message arrived: a short look for late duplicates.
+SETTLE_S = 0.5
+HEADER = struct.Struct(">QQ")  # send time (time.time_ns()), sequence number
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def machine() -> dict:
+    uname = platform.uname()
+    return {"nproc": os.cpu_count(), "processor": platform.processor() or uname.machine,
+            "system": f"{uname.system} {uname.release}", "python": platform.python_version()}
+
+
+def emit(bench: str, params: dict, results: dict) -> None:
+    line = {"bench": bench, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine(), "params": params, "results": results}
+    print(json.dumps(line), flush=True)
+
+
+def percentile(sorted_values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile of an ascending list; None when empty."""
+    if not sorted_values:
+        return None
+    rank = max(1, min(len(sorted_values), -(-len(sorted_values) * p // 100)))
+    return sorted_values[int(rank) - 1]
+
+
+def latency_summary(values_ms: list[float]) -> dict:
+    values = sorted(values_ms)
+
+    def r(v):
+        return None if v is None else round(v, 3)
+    return {"p50_ms": r(percentile(values, 50)), "p90_ms": r(percentile(values, 90)),
+            "p99_ms": r(percentile(values, 99)), "max_ms": r(values[-1] if values else None),
+            "mean_ms": r(sum(values) / len(values) if values else None)}
+
+
+def unique(prefix: str) -> str:
+    return f"bench-{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def payload(size: int, seq: int) -> bytes:
+    """size bytes: send time (ns) in the first 8, the sequence number in the next 8."""
+    head = HEADER.pack(time.time_ns(), seq)
+    if size <= len(head):
+        return head[:size]
+    return head + b"x" * (size - len(head))
+
+
+# -- publish throughput ----------------------------------------------------------
+
+async def publish_throughput(client: Client, n: int, size: int, batch: int, in_flight: int,
+                             timeout_s: float) -> dict:
+    """Publishes n messages in batches of `batch`, at most `in_flight` calls at once."""
+    topic = unique("pub")
+    await client.create_topic(topic)
+    body = b"p" * size
+    batches = [min(batch, n - start) for start in range(0, n, batch)]
+    semaphore = asyncio.Semaphore(in_flight)
+    call_ms: list[float] = []
+    ok = errors = 0
+    error_kinds: dict[str, int] = {}
+    deadline = time.monotonic() + timeout_s
+
+    async def one(count: int) -> None:
+        nonlocal ok, errors
+        async with semaphore:
+            if time.monotonic() > deadline:
+                errors += count
+                error_kinds["skipped_after_timeout"] = error_kinds.get("skipped_after_timeout", 0) + count
+                return
+            t0 = time.perf_counter()
+            try:
+                ids = await client.publish(topic, [body] * count)
+            except Exception as e:  # counted, not fatal: the line reports them
+                errors += count
+                kind = type(e).__name__ + (f":{e.code().name}" if hasattr(e, "code") else "")
+                error_kinds[kind] = error_kinds.get(kind, 0) + 1
+                return
+            call_ms.append((time.perf_counter() - t0) * 1000)
+            ok += len(ids)
+
+    start = time.perf_counter()
+    tasks = [asyncio.create_task(one(count)) for count in batches]
+    done, pending = await asyncio.wait(tasks, timeout=timeout_s + 35)  # a call's own timeout is 30 s
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    elapsed = time.perf_counter() - start
+    return {"published": ok, "errors": errors, "error_kinds": error_kinds, "timed_out_calls": len(pending),
+            "elapsed_s": round(elapsed, 3), "msgs_per_s": round(ok / elapsed, 1) if elapsed else None,
+            "mb_per_s": round(ok * size / elapsed / 1e6, 3) if elapsed else None,
+            "calls": len(call_ms), "call_latency": latency_summary(call_ms)}
+
+
+# -- end-to-end latency ----------------------------------------------------------
+
+class Receiver:
+    """One streaming subscriber of one subscription: records first-delivery latency
+    per message and acknowledges every frame (acks run beside the stream, so the
+    receive timestamp of the next frame does not wait for an ack's round trip)."""
+
+    def __init__(self, client: Client, subscription: str):
+        self.client, self.subscription = client, subscription
+        self.first_seen: dict[str, float] = {}  # message id -> latency ms (first delivery)
+        self.seqs: dict[str, int] = {}  # message id -> sequence (-1: warm-up)
+        self.deliveries = 0
+        self.redelivered = 0  # delivery_attempt > 1
+        self.ack_errors = 0
+        self._acks: set[asyncio.Task] = set()
+
+    async def run(self) -> None:
+        async for frame in self.client.subscribe_frames(self.subscription):
+            now_ns = time.time_ns()
+            for received in frame:
+                message = received.message
+                self.deliveries += 1
+                if received.delivery_attempt > 1:
+                    self.redelivered += 1
+                if message.message_id in self.first_seen:
+                    continue
+                sent_ns, seq = HEADER.unpack_from(message.data.ljust(HEADER.size, b"\0"))
+                self.seqs[message.message_id] = seq
+                self.first_seen[message.message_id] = (now_ns - sent_ns) / 1e6
+            if frame:
+                task = asyncio.create_task(self._ack([m.ack_id for m in frame]))
+                self._acks.add(task)
+                task.add_done_callback(self._acks.discard)
+
+    async def _ack(self, ack_ids: list[str]) -> None:
+        try:
+            await self.client.acknowledge(self.subscription, ack_ids)
+        except Exception:
+            self.ack_errors += 1
+
+    async def drain_acks(self, timeout: float) -> None:
+        if self._acks:
+            await asyncio.wait(list(self._acks), timeout=timeout)
+
+    def has_all(self, ids: set[str]) -> bool:
+        return ids.issubset(self.first_seen)
+
+
+async def wait_until(condition, timeout: float, poll_s: float = 0.02) -> bool:
+    """Polls condition until it holds (True) or timeout passes (False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(poll_s)
+    return True
+
+
+async def e2e_latency(addr: str, k: int, size: int, rate: float, duration: float) -> tuple[dict, dict]:
+    topic = unique("e2e")
+    planned = max(1, int(round(rate * duration)))
+    async with Client(addr) as admin:
+        await admin.create_topic(topic)
+        subscriptions = [f"{topic}-sub{i}" for i in range(k)]
+        for name in subscriptions:
+            await admin.create_subscription(name, topic)
+
+    sub_clients = [Client(addr) for _ in range(k)]  # one channel per subscriber
+    publisher = Client(addr)
+    receivers = [Receiver(c, s) for c, s in zip(sub_clients, subscriptions)]
+    tasks = [asyncio.create_task(r.run()) for r in receivers]
+    try:
+        # Warm-up: one message every stream must see before the clock starts, so
+        # stream set-up is not counted as latency.
+        warm_ids = set(await publisher.publish(topic, [payload(size, 2**64 - 1)]))
+        if not await wait_until(lambda: all(r.has_all(warm_ids) for r in receivers), WARMUP_WAIT_S):
+            log(f"warning: warm-up message not seen by every subscriber within {WARMUP_WAIT_S}s")
+
+        published: dict[str, int] = {}  # message id -> seq
+        publish_ms: list[float] = []
+        publish_errors: dict[str, int] = {}
+        in_flight: set[asyncio.Task] = set()
+        room = asyncio.Semaphore(E2E_MAX_IN_FLIGHT)
+        behind_ms: list[float] = []  # how late each send was against its schedule
+
+        async def send(seq: int) -> None:
+            try:
+                t0 = time.perf_counter()
+                ids = await publisher.publish(topic, [payload(size, seq)])
+                publish_ms.append((time.perf_counter() - t0) * 1000)
+                published[ids[0]] = seq
+            except Exception as e:
+                kind = type(e).__name__ + (f":{e.code().name}" if hasattr(e, "code") else "")
+                publish_errors[kind] = publish_errors.get(kind, 0) + 1
+            finally:
+                room.release()
+
+        log(f"e2e K={k}: publishing {planned} messages at {rate:g}/s")
+        start = time.monotonic()
+        hard_stop = start + duration * 2 + 10  # bound even when the mesh stalls
+        sent = 0
+        for seq in range(planned):
+            target = start + seq / rate  # absolute schedule: no drift
+            delay = target - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                await asyncio.wait_for(room.acquire(), max(0.0, hard_stop - time.monotonic()))
+            except TimeoutError:
+                break
+            if time.monotonic() > hard_stop:
+                room.release()
+                break
+            behind_ms.append(max(0.0, (time.monotonic() - target) * 1000))
+            task = asyncio.create_task(send(seq))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+            sent += 1
+        send_elapsed = time.monotonic() - start
+        if in_flight:
+            _, stuck = await asyncio.wait(list(in_flight), timeout=35)
+            for task in stuck:
+                task.cancel()
+        log(f"e2e K={k}: {len(published)} published in {send_elapsed:.2f}s; waiting for delivery")
+
+        ids = set(published)
+        complete = await wait_until(lambda: all(r.has_all(ids) for r in receivers), STRAGGLER_WAIT_S)
+        if complete:
+            await asyncio.sleep(SETTLE_S)  # a look for late duplicates
+        waited = time.monotonic() - start - send_elapsed
+        for r in receivers:
+            await r.drain_acks(5)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for c in [publisher, *sub_clients]:
+            await c.close()
+
+    latencies: list[float] = []
+    delivered = missing = duplicates = unknown = redelivered = ack_errors = 0
+    per_subscription_missing = []
+    for r in receivers:
+        got = [mid for mid in r.first_seen if mid in ids]
+        latencies.extend(r.first_seen[mid] for mid in got)
+        delivered += len(got)
+        miss = len(ids) - len(got)
+        missing += miss
+        per_subscription_missing.append(miss)
+        # every delivery beyond the first of a message (warm-up included)
+        duplicates += r.deliveries - len(r.first_seen)
+        unknown += sum(1 for mid in r.first_seen if mid not in ids and mid not in warm_ids)
+        redelivered += r.redelivered
+        ack_errors += r.ack_errors
+
+    params = {"subscriptions": k, "size": size, "rate": rate, "duration_s": duration, "planned": planned,
+              "subscribers_per_subscription": 1, "publish_batch": 1}
+    results = {
+        "published": len(published), "publish_errors": publish_errors,
+        "achieved_rate": round(len(published) / send_elapsed, 1) if send_elapsed else None,
+        "send_elapsed_s": round(send_elapsed, 3),
+        "schedule_lag": latency_summary(behind_ms),
+        "expected": len(published) * k, "delivered": delivered, "missing": missing, "duplicates": duplicates,
+        "missing_per_subscription": per_subscription_missing,
+        "unexpected": unknown,  # delivered ids whose Publish call failed or timed out
+        "redelivered": redelivered, "ack_errors": ack_errors,
+        "complete": complete, "wait_after_send_s": round(waited, 3),
+        "latency": latency_summary(latencies),
+        "publish_call_latency": latency_summary(publish_ms),
+    }
+    return params, results
+
+
+# -- driver ----------------------------------------------------------------------
+
+async def run(mesh: LocalMesh, args, only: list[str], subscriptions: list[int]) -> None:
+    addr = mesh.frontend_addr
+    if "publish_batched" in only:
+        log(f"publish_batched: {args.messages} x {args.size} B, batches of {BATCH_SIZE}, "
+            f"{BATCHED_IN_FLIGHT} in flight")
+        async with Client(addr) as client:
+            results = await publish_throughput(client, args.messages, args.size, BATCH_SIZE, BATCHED_IN_FLIGHT,
+                                               timeout_s=args.max_seconds)
+        emit("publish_batched", {"messages": args.messages, "size": args.size, "batch": BATCH_SIZE,
+                                 "in_flight": BATCHED_IN_FLIGHT, "clients": 1}, results)
+    if "publish_unbatched" in only:
+        log(f"publish_unbatched: {args.unbatched_messages} x {args.size} B, 1 per call, "
+            f"{UNBATCHED_IN_FLIGHT} in flight")
+        async with Client(addr) as client:
+            results = await publish_throughput(client, args.unbatched_messages, args.size, 1,
+                                               UNBATCHED_IN_FLIGHT, timeout_s=args.max_seconds)
+        emit("publish_unbatched", {"messages": args.unbatched_messages, "size": args.size, "batch": 1,
+                                   "in_flight": UNBATCHED_IN_FLIGHT, "clients": 1}, results)
+    if "e2e_latency" in only:
+        for k in subscriptions:
+            params, results = await e2e_latency(addr, k, args.size, args.rate, args.duration)
+            emit("e2e_latency", params, results)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=20000, help="messages of publish_batched (default 20000)")
+    parser.add_argument("--unbatched-messages", type=int, default=None,
+                        help="messages of publish_unbatched (default 3000, or --messages when that is smaller)")
+    parser.add_argument("--size", type=int, default=256, help="payload bytes of every message (default 256)")
+    parser.add_argument("--rate", type=float, default=1000, help="e2e publish rate, msg/s (default 1000)")
+    parser.add_argument("--duration", type=float, default=10, help="e2e publish duration, s (default 10)")
+    parser.add_argument("--subscriptions", default="1,10", help="e2e: one run per K in this list (default 1,10)")
+    parser.add_argument("--only", default=",".join(BENCHES), help=f"comma list of: {', '.join(BENCHES)}")
+    parser.add_argument("--max-seconds", type=float, default=300,
+                        help="time bound of each publish throughput run (default 300)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="mesh data dir (default: a new temp dir, removed at the end unless --keep)")
+    parser.add_argument("--keep", action="store_true", help="keep the mesh data dir (logs/*.log) at the end")
+    args = parser.parse_args(argv)
+    only = [b.strip() for b in args.only.split(",") if b.strip()]
+    unknown = [b for b in only if b not in BENCHES]
+    if unknown:
+        parser.error(f"unknown bench(es) {unknown}; choose from {list(BENCHES)}")
+    try:
+        subscriptions = [int(k) for k in args.subscriptions.split(",") if k.strip()]
+    except ValueError:
+        parser.error("--subscriptions must be a comma list of integers")
+    if any(k < 1 for k in subscriptions) or not subscriptions:
+        parser.error("--subscriptions must list positive integers")
+    if args.messages < 1 or args.size < 16 or args.rate <= 0 or args.duration <= 0:
+        parser.error("--messages, --rate and --duration must be positive, --size at least 16")
+    if args.unbatched_messages is None:
+        args.unbatched_messages = min(3000, args.messages)
+    return args, only, subscriptions
+
+
+def main(argv=None) -> int:
+    args, only, subscriptions = parse_args(argv)
+    made_temp = args.data_dir is None
+    data_dir = Path(tempfile.mkdtemp(prefix="notifymesh-bench-")) if made_temp else args.data_dir
+    mesh = LocalMesh(data_dir / "mesh", frontend_port=free_port(), etcd_port=free_port(),
+                     etcd_peer_port=free_port())
+    failed = True
+    try:
+        log(f"starting mesh in {mesh.data_dir}")
+        t0 = time.monotonic()
+        mesh.start(progress=log)
+        log(f"mesh up in {time.monotonic() - t0:.1f}s; frontend {mesh.frontend_addr}")
+        asyncio.run(run(mesh, args, only, subscriptions))
+        failed = False
+    finally:
+        log("stopping mesh")
+        mesh.stop()
+        if made_temp and not args.keep and not failed:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        else:
+            log(f"mesh data and logs kept in {mesh.data_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

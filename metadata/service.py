@@ -1,0 +1,60 @@
+"""The metadata process: a thin Metadata servicer over MetadataStore."""
+
+from gen.notifymesh.internal.v1 import metadata_pb2_grpc
+from gen.notifymesh.v1 import pubsub_pb2
+from metadata.store import MetadataStore
+from notifymesh.server import Context
+from storage.client import StorageClient
+
+
+class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
+    def __init__(self, store: MetadataStore):
+        self._store = store
+
+    async def CreateTopic(self, request, context):
+        return await self._store.create_topic(request.topic)
+
+    async def GetTopic(self, request, context):
+        return await self._store.get_topic(request.name)
+
+    async def ListTopics(self, request, context):
+        return pubsub_pb2.ListTopicsResponse(topics=await self._store.list_topics())
+
+    async def DeleteTopic(self, request, context):
+        await self._store.delete_topic(request.name)
+        return pubsub_pb2.DeleteTopicResponse()
+
+    async def CreateSubscription(self, request, context):
+        return await self._store.create_subscription(request.subscription)
+
+    async def GetSubscription(self, request, context):
+        return await self._store.get_subscription(request.name)
+
+    async def ListSubscriptions(self, request, context):
+        return pubsub_pb2.ListSubscriptionsResponse(
+            subscriptions=await self._store.list_subscriptions(request.topic))
+
+    async def DeleteSubscription(self, request, context):
+        await self._store.delete_subscription(request.name)
+        return pubsub_pb2.DeleteSubscriptionResponse()
+
+
+class MetadataService:
+    reflected = ()
+
+    def __init__(self, ctx: Context):
+        store = MetadataStore(ctx.cluster.etcd, ctx.config, StorageClient(ctx.cluster))
+        self.servicers = [(metadata_pb2_grpc.add_MetadataServicer_to_server, MetadataServicer(store))]
+
+    async def start(self) -> None:
+        pass
+
+    async def drain(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+async def build(ctx: Context) -> MetadataService:
+    return MetadataService(ctx)

@@ -1,0 +1,257 @@
+"""The `notifymesh` command: administer topics and subscriptions, publish,
+subscribe, and run the local mesh (`notifymesh up`)."""
+
+import argparse
+import asyncio
+import base64
+import json
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from notifymesh.client import Client, Message, default_addr
+
+PUBLISH_BATCH = 500
+PUBLISH_IN_FLIGHT = 8
+PROGRESS_EVERY_S = 0.5
+
+
+def duration(text: str) -> float:
+    """'10s', '500ms', '2m', '1h', or plain seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (examples: 10s, 500ms, 2m)")
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2) or "s"]
+    return float(match.group(1)) * scale
+
+
+def attribute(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"attribute must be KEY=VALUE, not {text!r}")
+    return key, value
+
+
+def _topic_line(topic) -> str:
+    return json.dumps({"name": topic.name, "message_retention_s": topic.message_retention.seconds,
+                       "create_time": topic.create_time.ToJsonString()})
+
+
+def _subscription_line(sub) -> str:
+    return json.dumps({"name": sub.name, "topic": sub.topic,
+                       "ack_deadline_s": sub.ack_deadline.ToMilliseconds() / 1000,
+                       "create_time": sub.create_time.ToJsonString()})
+
+
+def _message_line(received) -> str:
+    message = received.message
+    line = {"id": message.message_id, "attributes": dict(message.attributes),
+            "publish_time": message.publish_time.ToJsonString(), "attempt": received.delivery_attempt}
+    try:
+        line["data"] = message.data.decode()
+    except UnicodeDecodeError:
+        line["data_base64"] = base64.b64encode(message.data).decode()
+    return json.dumps(line, ensure_ascii=False)
+
+
+async def _topic(args, client: Client) -> None:
+    if args.action == "create":
+        print(_topic_line(await client.create_topic(args.name, args.retention)))
+    elif args.action == "get":
+        print(_topic_line(await client.get_topic(args.name)))
+    elif args.action == "list":
+        for topic in await client.list_topics():
+            print(_topic_line(topic))
+    elif args.action == "delete":
+        await client.delete_topic(args.name)
+        print(f"deleted topic {args.name}", file=sys.stderr)
+
+
+async def _subscription(args, client: Client) -> None:
+    if args.action == "create":
+        print(_subscription_line(await client.create_subscription(args.name, args.topic, args.ack_deadline)))
+    elif args.action == "get":
+        print(_subscription_line(await client.get_subscription(args.name)))
+    elif args.action == "list":
+        for sub in await client.list_subscriptions(args.topic or ""):
+            print(_subscription_line(sub))
+    elif args.action == "delete":
+        await client.delete_subscription(args.name)
+        print(f"deleted subscription {args.name}", file=sys.stderr)
+
+
+async def _publish(args, client: Client) -> int:
+    attributes = dict(args.attr or [])
+    if args.message != "-":
+        [message_id] = await client.publish(args.topic, [Message(args.message.encode(), attributes, args.key or "")])
+        print(message_id)
+        return 0
+    if args.key:
+        raise SystemExit("--key applies to one message; with '-' each line is its own message")
+    return await _publish_lines(args.topic, attributes, client)
+
+
+async def _publish_lines(topic: str, attributes: dict[str, str], client: Client) -> int:
+    """Publishes stdin lines in batches, PUBLISH_IN_FLIGHT batches at a time."""
+    acknowledged = failed = read = 0
+    slots = asyncio.Semaphore(PUBLISH_IN_FLIGHT)
+    tasks: set[asyncio.Task] = set()
+    last_progress = 0.0
+
+    async def send(batch: list[Message]) -> None:
+        nonlocal acknowledged, failed
+        try:
+            ids = await client.publish(topic, batch)
+            acknowledged += len(ids)
+        except grpc.aio.AioRpcError as e:
+            failed += len(batch)
+            print(f"error: {len(batch)} messages not acknowledged: {e.code().name}: {e.details()}",
+                  file=sys.stderr)
+        finally:
+            slots.release()
+
+    def progress(final: bool = False) -> None:
+        nonlocal last_progress
+        if final or time.monotonic() - last_progress >= PROGRESS_EVERY_S:
+            last_progress = time.monotonic()
+            print(f"\rread {read}, acknowledged {acknowledged}, failed {failed}", end="\n" if final else "",
+                  file=sys.stderr, flush=True)
+
+    loop = asyncio.get_running_loop()
+    batch: list[Message] = []
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.buffer.readline)
+        if line:
+            batch.append(Message(line.rstrip(b"\r\n"), attributes))
+            read += 1
+        if batch and (len(batch) >= PUBLISH_BATCH or not line):
+            await slots.acquire()
+            task = asyncio.create_task(send(batch))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            batch = []
+        progress()
+        if not line:
+            break
+    await asyncio.gather(*tasks)
+    progress(final=True)
+    print(acknowledged)
+    return 1 if failed else 0
+
+
+async def _subscribe(args, client: Client) -> int:
+    """Prints each message as it arrives, then acknowledges the frame's messages."""
+    seen = 0
+    async for frame in client.subscribe_frames(args.subscription, max_outstanding=args.max or 0):
+        printed = frame[:args.max - seen] if args.max else frame
+        for received in printed:
+            print(_message_line(received), flush=True)
+        seen += len(printed)
+        if printed and not args.no_ack:
+            await client.acknowledge(args.subscription, [m.ack_id for m in printed])
+        if len(printed) < len(frame):  # beyond --max: hand back for prompt redelivery
+            await client.nack(args.subscription, [m.ack_id for m in frame[len(printed):]])
+        if args.max and seen >= args.max:
+            return 0
+    return 0
+
+
+def _up(args) -> int:
+    from deploy.local import LocalMesh
+
+    mesh = LocalMesh(Path(args.data_dir), frontend_port=args.port, storage_nodes=args.storage_nodes)
+    stopping = False
+
+    def request_stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    say = lambda line: print(f"notifymesh: {line}", file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        mesh.start(progress=say)
+        print(f"notifymesh mesh is up: frontend {mesh.frontend_addr} "
+              f"(logs in {mesh.data_dir / 'logs'}; Ctrl-C stops)", flush=True)
+        mesh.supervise(lambda: stopping, progress=say)
+    finally:
+        say("stopping")
+        mesh.stop()
+        say("stopped")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="notifymesh", description=__doc__)
+    p.add_argument("--addr", default=None, help="frontend address (default $NOTIFYMESH_ADDR or 127.0.0.1:50051)")
+    commands = p.add_subparsers(dest="command", required=True)
+
+    topic = commands.add_parser("topic", help="create, get, list or delete topics")
+    topic_actions = topic.add_subparsers(dest="action", required=True)
+    create = topic_actions.add_parser("create")
+    create.add_argument("name")
+    create.add_argument("--retention", type=duration, help="how long unacked messages are kept (default 7d)")
+    topic_actions.add_parser("get").add_argument("name")
+    topic_actions.add_parser("list")
+    topic_actions.add_parser("delete").add_argument("name")
+
+    sub = commands.add_parser("subscription", help="create, get, list or delete subscriptions")
+    sub_actions = sub.add_subparsers(dest="action", required=True)
+    create = sub_actions.add_parser("create")
+    create.add_argument("name")
+    create.add_argument("--topic", required=True)
+    create.add_argument("--ack-deadline", type=duration, help="e.g. 10s (default 10s)")
+    sub_actions.add_parser("get").add_argument("name")
+    sub_actions.add_parser("list").add_argument("--topic")
+    sub_actions.add_parser("delete").add_argument("name")
+
+    publish = commands.add_parser("publish", help="publish a message, or each stdin line with '-'")
+    publish.add_argument("topic")
+    publish.add_argument("message", help="the payload, or - to publish each line of stdin")
+    publish.add_argument("--attr", type=attribute, action="append", metavar="KEY=VALUE")
+    publish.add_argument("--key", help="idempotency key")
+
+    subscribe = commands.add_parser("subscribe", help="print messages as they arrive, acknowledging each")
+    subscribe.add_argument("subscription")
+    subscribe.add_argument("--max", type=int, help="exit after this many messages")
+    subscribe.add_argument("--no-ack", action="store_true", help="print without acknowledging")
+
+    up = commands.add_parser("up", help="run the local mesh in the foreground")
+    up.add_argument("--data-dir", default=".notifymesh")
+    up.add_argument("--port", type=int, default=50051, help="frontend port")
+    up.add_argument("--storage-nodes", type=int, default=3)
+    return p
+
+
+async def _run(args) -> int:
+    async with Client(args.addr or default_addr()) as client:
+        if args.command == "topic":
+            await _topic(args, client)
+        elif args.command == "subscription":
+            await _subscription(args, client)
+        elif args.command == "publish":
+            return await _publish(args, client)
+        elif args.command == "subscribe":
+            return await _subscribe(args, client)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    if args.command == "up":
+        raise SystemExit(_up(args))
+    try:
+        raise SystemExit(asyncio.run(_run(args)))
+    except grpc.aio.AioRpcError as e:
+        print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+        raise SystemExit(1)
+    except KeyboardInterrupt:
+        raise SystemExit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""The Python client of the public notifymesh.v1 API (asyncio).
+
+    async with Client("127.0.0.1:50051") as client:
+        await client.create_topic("orders")
+        await client.create_subscription("orders-audit", topic="orders")
+        ids = await client.publish("orders", [b"hello", Message(b"hi", {"k": "v"})])
+        async for message in client.subscribe("orders-audit"):
+            ...
+            await client.acknowledge("orders-audit", [message.ack_id])
+"""
+
+import asyncio
+import os
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Iterable
+
+import grpc
+from google.protobuf import duration_pb2
+
+from gen.notifymesh.v1 import pubsub_pb2, pubsub_pb2_grpc
+from notifymesh import errors
+from notifymesh.cluster import channel_options
+
+DEFAULT_ADDR = "127.0.0.1:50051"
+RECONNECT_BACKOFF_S = (0.1, 5.0)
+
+
+def default_addr() -> str:
+    return os.environ.get("NOTIFYMESH_ADDR", DEFAULT_ADDR)
+
+
+@dataclass
+class Message:
+    data: bytes
+    attributes: dict[str, str] = field(default_factory=dict)
+    idempotency_key: str = ""
+
+    def proto(self) -> pubsub_pb2.PubsubMessage:
+        return pubsub_pb2.PubsubMessage(data=self.data, attributes=self.attributes,
+                                        idempotency_key=self.idempotency_key)
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromMilliseconds(round(seconds * 1000))
+    return d
+
+
+class Client:
+    def __init__(self, addr: str | None = None, timeout_s: float = 30):
+        self.addr = addr or default_addr()
+        self._channel = grpc.aio.insecure_channel(self.addr, options=channel_options(64 * 1024 * 1024))
+        self._publisher = pubsub_pb2_grpc.PublisherStub(self._channel)
+        self._subscriber = pubsub_pb2_grpc.SubscriberStub(self._channel)
+        self._timeout = timeout_s
+
+    async def __aenter__(self) -> "Client":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    # -- topics -----------------------------------------------------------------
+
+    async def create_topic(self, name: str, retention_s: float | None = None) -> pubsub_pb2.Topic:
+        topic = pubsub_pb2.Topic(name=name)
+        if retention_s is not None:
+            topic.message_retention.CopyFrom(_duration(retention_s))
+        return await self._publisher.CreateTopic(pubsub_pb2.CreateTopicRequest(topic=topic), timeout=self._timeout)
+
+    async def get_topic(self, name: str) -> pubsub_pb2.Topic:
+        return await self._publisher.GetTopic(pubsub_pb2.GetTopicRequest(name=name), timeout=self._timeout)
+
+    async def list_topics(self) -> list[pubsub_pb2.Topic]:
+        reply = await self._publisher.ListTopics(pubsub_pb2.ListTopicsRequest(), timeout=self._timeout)
+        return list(reply.topics)
+
+    async def delete_topic(self, name: str) -> None:
+        await self._publisher.DeleteTopic(pubsub_pb2.DeleteTopicRequest(name=name), timeout=self._timeout)
+
+    async def publish(self, topic: str, messages: Iterable[bytes | Message]) -> list[str]:
+        """Publishes one batch; returns the message ids in order once it is durably stored."""
+        protos = [Message(m).proto() if isinstance(m, bytes) else m.proto() for m in messages]
+        reply = await self._publisher.Publish(pubsub_pb2.PublishRequest(topic=topic, messages=protos),
+                                              timeout=self._timeout)
+        return list(reply.message_ids)
+
+    # -- subscriptions ----------------------------------------------------------
+
+    async def create_subscription(self, name: str, topic: str,
+                                  ack_deadline_s: float | None = None) -> pubsub_pb2.Subscription:
+        subscription = pubsub_pb2.Subscription(name=name, topic=topic)
+        if ack_deadline_s is not None:
+            subscription.ack_deadline.CopyFrom(_duration(ack_deadline_s))
+        return await self._subscriber.CreateSubscription(
+            pubsub_pb2.CreateSubscriptionRequest(subscription=subscription), timeout=self._timeout)
+
+    async def get_subscription(self, name: str) -> pubsub_pb2.Subscription:
+        return await self._subscriber.GetSubscription(pubsub_pb2.GetSubscriptionRequest(name=name),
+                                                      timeout=self._timeout)
+
+    async def list_subscriptions(self, topic: str = "") -> list[pubsub_pb2.Subscription]:
+        reply = await self._subscriber.ListSubscriptions(pubsub_pb2.ListSubscriptionsRequest(topic=topic),
+                                                         timeout=self._timeout)
+        return list(reply.subscriptions)
+
+    async def delete_subscription(self, name: str) -> None:
+        await self._subscriber.DeleteSubscription(pubsub_pb2.DeleteSubscriptionRequest(name=name),
+                                                  timeout=self._timeout)
+
+    async def subscribe_frames(self, subscription: str, max_outstanding: int = 0,
+                               reconnect: bool = True) -> AsyncIterator[list[pubsub_pb2.ReceivedMessage]]:
+        """Yields each frame's messages as the server pushes them. With reconnect, a
+        broken stream (UNAVAILABLE, or ended by a frontend shutting down) is opened
+        again; unacknowledged messages come back after their ack deadline."""
+        request = pubsub_pb2.SubscribeRequest(subscription=subscription, max_outstanding_messages=max_outstanding)
+        backoff = RECONNECT_BACKOFF_S[0]
+        while True:
+            call = self._subscriber.Subscribe(request)
+            try:
+                async for frame in call:
+                    backoff = RECONNECT_BACKOFF_S[0]
+                    yield list(frame.received_messages)
+            except grpc.aio.AioRpcError as e:
+                if not reconnect or e.code() not in errors.RETRYABLE_CODES:
+                    raise
+            finally:
+                call.cancel()
+            if not reconnect:
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, RECONNECT_BACKOFF_S[1])
+
+    async def subscribe(self, subscription: str, max_outstanding: int = 0,
+                        reconnect: bool = True) -> AsyncIterator[pubsub_pb2.ReceivedMessage]:
+        async for frame in self.subscribe_frames(subscription, max_outstanding, reconnect):
+            for message in frame:
+                yield message
+
+    async def acknowledge(self, subscription: str, ack_ids: list[str]) -> None:
+        await self._subscriber.Acknowledge(pubsub_pb2.AcknowledgeRequest(subscription=subscription, ack_ids=ack_ids),
+                                           timeout=self._timeout)
+
+    async def modify_ack_deadline(self, subscription: str, ack_ids: list[str], seconds: float) -> None:
+        await self._subscriber.ModifyAckDeadline(pubsub_pb2.ModifyAckDeadlineRequest(
+            subscription=subscription, ack_ids=ack_ids, ack_deadline=_duration(seconds)), timeout=self._timeout)
+
+    async def nack(self, subscription: str, ack_ids: list[str]) -> None:
+        """Asks for immediate redelivery."""
+        await self.modify_ack_deadline(subscription, ack_ids, 0)

@@ -1,0 +1,223 @@
+"""One process's view of the mesh, all of it read from etcd.
+
+etcd keys (KEYS below): member registrations under a lease, topics and
+subscriptions as serialized protos, and the cluster config. Every service
+mirrors them with a watch, so each computes the same ring owners.
+"""
+
+import asyncio
+import json
+import logging
+import os
+import time
+from typing import Callable, Generic, TypeVar
+
+import aetcd
+import grpc
+
+from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh import errors
+from notifymesh.log import fields
+from notifymesh.ring import Ring
+
+log = logging.getLogger(__name__)
+
+MEMBERS = b"/notifymesh/members/"            # + kind/node_id -> JSON {"addr", "pid"}
+TOPICS = b"/notifymesh/topics/"              # + name -> notifymesh.v1.Topic
+SUBSCRIPTIONS = b"/notifymesh/subscriptions/"  # + name -> notifymesh.v1.Subscription
+
+KINDS = ("metadata", "storage", "sender", "frontend")
+
+T = TypeVar("T")
+
+
+def connect_etcd(endpoint: str) -> aetcd.Client:
+    host, _, port = endpoint.rpartition(":")
+    return aetcd.Client(host=host or "127.0.0.1", port=int(port), timeout=5)
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, object]]:
+    """Options of every channel and server: size limits and keep-alives that notice
+    a dead peer within seconds, not minutes."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1_000),
+    ]
+
+
+class PrefixMirror(Generic[T]):
+    """A dict kept equal to the keys under an etcd prefix: read once, then
+    followed by a watch from the revision read; re-read after any watch error."""
+
+    def __init__(self, etcd: aetcd.Client, prefix: bytes, decode: Callable[[bytes], T]):
+        self.items: dict[str, T] = {}
+        self._etcd, self._prefix, self._decode = etcd, prefix, decode
+        self._listeners: list[Callable[[], None]] = []
+        self._loaded = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._follow())
+        await self._loaded.wait()
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    def _name(self, key: bytes) -> str:
+        return key[len(self._prefix):].decode()
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                snapshot = await self._etcd.get_prefix(self._prefix)
+                self.items = {self._name(kv.key): self._decode(kv.value) for kv in snapshot}
+                self._loaded.set()
+                self._changed()
+                watch = await self._etcd.watch_prefix(self._prefix, start_revision=snapshot.header.revision + 1)
+                async for event in watch:
+                    name = self._name(event.kv.key)
+                    if event.kind == aetcd.rtypes.EventKind.PUT:
+                        self.items[name] = self._decode(event.kv.value)
+                    else:
+                        self.items.pop(name, None)
+                    self._changed()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # etcd restarting or unreachable: keep the last view, retry
+                log.warning("etcd watch failed; retrying", extra=fields(prefix=self._prefix.decode(), error=repr(e)))
+                await asyncio.sleep(0.5)
+
+
+class Registration:
+    """This process's member key, kept alive by a lease: it disappears from etcd
+    within the lease TTL once the process dies."""
+
+    def __init__(self, etcd: aetcd.Client, kind: str, node_id: str, addr: str, ttl_s: int):
+        self.key = MEMBERS + f"{kind}/{node_id}".encode()
+        self._value = json.dumps({"addr": addr, "pid": os.getpid(), "started": time.time()}).encode()
+        self._etcd, self._ttl = etcd, ttl_s
+        self._lease = None
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        await self._register()
+        self._task = asyncio.create_task(self._keep_alive())
+
+    async def _register(self) -> None:
+        self._lease = await self._etcd.lease(self._ttl)
+        await self._etcd.put(self.key, self._value, lease=self._lease)
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(self._ttl / 3)
+            try:
+                reply = await self._lease.refresh()
+                if reply is None or reply.TTL <= 0:  # expired while we could not reach etcd
+                    log.warning("member lease expired; registering again")
+                    await self._register()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("lease keep-alive failed", extra=fields(error=repr(e)))
+
+    async def stop(self) -> None:
+        """Leaves the mesh at once rather than after the TTL, so peers re-route now."""
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._lease is not None:
+            try:
+                await self._lease.revoke()
+            except Exception as e:
+                log.warning("lease revoke failed", extra=fields(error=repr(e)))
+
+
+class Cluster:
+    """Live members and their rings, topics and subscriptions, and cached channels
+    to peers. Read-only: only the metadata service writes topics and subscriptions."""
+
+    def __init__(self, etcd: aetcd.Client, max_message_bytes: int):
+        self.etcd = etcd
+        self.members = PrefixMirror(etcd, MEMBERS, json.loads)
+        self.topics = PrefixMirror(etcd, TOPICS, pubsub_pb2.Topic.FromString)
+        self.subscriptions = PrefixMirror(etcd, SUBSCRIPTIONS, pubsub_pb2.Subscription.FromString)
+        self.rings: dict[str, Ring] = {kind: Ring() for kind in KINDS}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._options = channel_options(max_message_bytes)
+        self.members.on_change(self._rebuild_rings)
+
+    async def start(self) -> None:
+        for mirror in (self.members, self.topics, self.subscriptions):
+            await mirror.start()
+
+    async def stop(self) -> None:
+        for mirror in (self.members, self.topics, self.subscriptions):
+            await mirror.stop()
+        await asyncio.gather(*(c.close() for c in self._channels.values()), return_exceptions=True)
+
+    def _rebuild_rings(self) -> None:
+        for kind in KINDS:
+            ring = Ring(self.live(kind))
+            if ring != self.rings[kind]:
+                log.info("ring changed", extra=fields(kind=kind, nodes=list(ring.nodes)))
+                self.rings[kind] = ring
+
+    def live(self, kind: str) -> dict[str, str]:
+        """node id -> address of the live members of one kind."""
+        prefix = kind + "/"
+        return {name[len(prefix):]: info["addr"] for name, info in self.members.items.items()
+                if name.startswith(prefix)}
+
+    def owner(self, kind: str, key: str) -> tuple[str, str]:
+        """(node id, address) of the member of kind that owns key."""
+        node = self.rings[kind].owner(key)
+        addr = self.live(kind).get(node) if node else None
+        if addr is None:
+            raise errors.Unavailable(f"no live {kind} node")
+        return node, addr
+
+    def any_member(self, kind: str, key: str = "") -> str:
+        """Address of some live member of kind (spread by key), for stateless services."""
+        return self.owner(kind, key)[1]
+
+    def channel(self, addr: str) -> grpc.aio.Channel:
+        channel = self._channels.get(addr)
+        if channel is None:
+            channel = self._channels[addr] = grpc.aio.insecure_channel(addr, options=self._options)
+        return channel
+
+    async def topic(self, name: str) -> pubsub_pb2.Topic:
+        """The topic from the mirror; on a miss, from etcd itself, so a topic created
+        a moment ago through another process is found before the watch delivers it."""
+        topic = self.topics.items.get(name)
+        if topic is None:
+            kv = await self.etcd.get(TOPICS + name.encode())
+            if kv is None:
+                raise errors.NotFound(f"topic {name!r} not found")
+            topic = pubsub_pb2.Topic.FromString(kv.value)
+        return topic
+
+    async def subscription(self, name: str) -> pubsub_pb2.Subscription:
+        subscription = self.subscriptions.items.get(name)
+        if subscription is None:
+            kv = await self.etcd.get(SUBSCRIPTIONS + name.encode())
+            if kv is None:
+                raise errors.NotFound(f"subscription {name!r} not found")
+            subscription = pubsub_pb2.Subscription.FromString(kv.value)
+        return subscription

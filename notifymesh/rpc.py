@@ -1,0 +1,57 @@
+"""Service-to-service calls: per-RPC timeouts and retry rules as data.
+
+A call is retried when its status is retryable (errors.RETRYABLE_CODES) or no
+member owns the key yet; each try re-resolves the owner, so a retry after a
+member died goes to the new owner once the ring has changed.
+"""
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, TypeVar
+
+import grpc
+
+from notifymesh import errors
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class CallPolicy:
+    timeout_s: float
+    # How long to keep retrying retryable failures (a member's lease TTL plus slack,
+    # so the ring moves on from a dead owner within it).
+    retry_for_s: float
+    first_backoff_s: float = 0.05
+    max_backoff_s: float = 1.0
+
+
+POLICIES: dict[str, CallPolicy] = {
+    "Storage.Append": CallPolicy(timeout_s=10, retry_for_s=8),
+    "Storage.Pull": CallPolicy(timeout_s=30, retry_for_s=0),   # the sender's loop retries
+    "Storage.Acknowledge": CallPolicy(timeout_s=5, retry_for_s=8),
+    "Storage.ModifyAckDeadline": CallPolicy(timeout_s=5, retry_for_s=8),
+    "Storage.Handoff": CallPolicy(timeout_s=10, retry_for_s=0),  # the handoff loop retries
+    "Storage.AttachSubscription": CallPolicy(timeout_s=5, retry_for_s=2),
+    "Sender.Acknowledge": CallPolicy(timeout_s=5, retry_for_s=8),
+    "Sender.ModifyAckDeadline": CallPolicy(timeout_s=5, retry_for_s=8),
+    "Metadata": CallPolicy(timeout_s=5, retry_for_s=8),
+}
+
+
+async def call(policy_name: str, attempt: Callable[[float], Awaitable[T]]) -> T:
+    """Runs attempt(timeout_s) until it succeeds, fails terminally or the policy's
+    retry window closes; the last error is raised."""
+    policy = POLICIES[policy_name]
+    give_up = time.monotonic() + policy.retry_for_s
+    backoff = policy.first_backoff_s
+    while True:
+        try:
+            return await attempt(policy.timeout_s)
+        except (grpc.aio.AioRpcError, errors.Unavailable) as e:
+            retryable = isinstance(e, errors.Unavailable) or e.code() in errors.RETRYABLE_CODES
+            if not retryable or time.monotonic() + backoff > give_up:
+                raise
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, policy.max_backoff_s)

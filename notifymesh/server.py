@@ -1,0 +1,220 @@
+"""The one server factory and process lifecycle shared by every service.
+
+A service supplies a Component (its servicers plus start/drain/close); run()
+does the rest the same way everywhere: config from etcd, the cluster view,
+the gRPC server with the error-mapping interceptor, health and Node services,
+registration in etcd, and ordered shutdown on SIGTERM/SIGINT.
+"""
+
+import argparse
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Protocol
+
+import grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gen.notifymesh.internal.v1 import node_pb2, node_pb2_grpc
+from notifymesh import config as config_mod
+from notifymesh import errors
+from notifymesh import log as log_mod
+from notifymesh.cluster import Cluster, Registration, connect_etcd
+from notifymesh.log import fields
+
+log = logging.getLogger(__name__)
+
+SLOW_CALL_S = 1.0
+DRAIN_GRACE_S = 5.0
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
+    mapped = errors.status_of(error)
+    if mapped is None:
+        log.exception("unhandled error", exc_info=error, extra=fields(method=method))
+        mapped = (grpc.StatusCode.INTERNAL, f"internal error: {error!r}")
+    await context.abort(*mapped)
+
+
+def _parse(deserialize, raw: bytes):
+    try:
+        return deserialize(raw) if deserialize else raw
+    except DecodeError as e:
+        raise errors.InvalidArgument(f"malformed request: {e}") from None
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps errors to status codes (errors.STATUS_CODES) for every handler and logs
+    slow calls. Cancellation and explicit aborts pass through. Requests are parsed
+    here rather than by grpc, so a malformed one is INVALID_ARGUMENT, not UNKNOWN."""
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        deserialize = handler.request_deserializer
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            async def unary_unary(raw, context):
+                started = time.monotonic()
+                try:
+                    return await inner(_parse(deserialize, raw), context)
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    raise
+                except Exception as e:
+                    await _abort(context, e, method)
+                finally:
+                    if (elapsed := time.monotonic() - started) > SLOW_CALL_S:
+                        log.warning("slow call", extra=fields(method=method, seconds=round(elapsed, 3)))
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, None, handler.response_serializer)
+        if handler.unary_stream:
+            inner_stream = handler.unary_stream
+
+            async def unary_stream(raw, context):
+                try:
+                    async for response in inner_stream(_parse(deserialize, raw), context):
+                        yield response
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    raise
+                except Exception as e:
+                    await _abort(context, e, method)
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, None, handler.response_serializer)
+        return handler
+
+
+class NodeServicer(node_pb2_grpc.NodeServicer):
+    def __init__(self, kind: str, node_id: str, cluster: Cluster):
+        self._kind, self._node_id, self._cluster = kind, node_id, cluster
+
+    async def Describe(self, request, context):
+        cluster = self._cluster
+        members = [node_pb2.Member(kind=kind, node_id=node, addr=addr)
+                   for kind in sorted(cluster.rings) for node, addr in sorted(cluster.live(kind).items())]
+        return node_pb2.DescribeResponse(
+            kind=self._kind, node_id=self._node_id, members=members,
+            topic_owners={t: cluster.rings["storage"].owner(t) or "" for t in request.topics},
+            subscription_owners={s: cluster.rings["sender"].owner(s) or "" for s in request.subscriptions})
+
+
+Servicer = tuple[Callable[[Any, grpc.aio.Server], None], Any]
+
+
+class Component(Protocol):
+    """What a service adds to the common process."""
+
+    servicers: list[Servicer]
+    # Full names of the public services, for server reflection (frontend only).
+    reflected: tuple[str, ...]
+
+    async def start(self) -> None: ...
+    async def drain(self) -> None: ...   # stop streams and background work; the server still answers
+    async def close(self) -> None: ...   # after the server stopped: flush and close state
+
+
+@dataclass
+class Context:
+    kind: str
+    node_id: str
+    args: argparse.Namespace
+    config: config_mod.Config
+    cluster: Cluster
+
+
+def build_server(servicers: list[Servicer], max_message_bytes: int, listen: str,
+                 reflected: tuple[str, ...] = ()) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Returns (server, bound port, health servicer); listen may end in :0."""
+    from notifymesh.cluster import channel_options
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=channel_options(max_message_bytes))
+    for add, servicer in servicers:
+        add(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if reflected:
+        reflection.enable_server_reflection(
+            (*reflected, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    return server, port, health_servicer
+
+
+def parser(kind: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m {kind}", description=f"notifymesh {kind} service")
+    p.add_argument("--node-id", required=True)
+    p.add_argument("--etcd", default="127.0.0.1:2379", help="etcd client endpoint host:port")
+    p.add_argument("--listen", default="127.0.0.1:0", help="host:port to serve on (port 0: any free port)")
+    p.add_argument("--config", type=Path, help="JSON config file (see notifymesh/config.py)")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+async def _read_etcd_config(etcd) -> dict:
+    import json
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            kv = await etcd.get(config_mod.CONFIG_KEY)
+            return json.loads(kv.value) if kv else {}
+        except Exception as e:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"etcd unreachable: {e!r}")
+            await asyncio.sleep(0.3)
+
+
+async def serve(kind: str, args: argparse.Namespace,
+                build: Callable[[Context], Awaitable[Component]]) -> None:
+    log_mod.setup(kind, args.node_id, args.log_level)
+    etcd = connect_etcd(args.etcd)
+    config = config_mod.load(args.config, etcd_values=await _read_etcd_config(etcd))
+    cluster = Cluster(etcd, config.max_grpc_message_bytes)
+    await cluster.start()
+    ctx = Context(kind, args.node_id, args, config, cluster)
+    component = await build(ctx)
+
+    servicers = [*component.servicers, (node_pb2_grpc.add_NodeServicer_to_server,
+                                        NodeServicer(kind, args.node_id, cluster))]
+    server, port, health_servicer = build_server(
+        servicers, config.max_grpc_message_bytes, args.listen, component.reflected)
+    await server.start()
+    await component.start()
+    host = args.listen.rpartition(":")[0] or "127.0.0.1"
+    addr = f"{host}:{port}"
+    registration = Registration(etcd, kind, args.node_id, addr, config.member_lease_ttl_s)
+    await registration.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving", extra=fields(addr=addr))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    # Ordered shutdown: NOT_SERVING, leave the rings, drain streams, stop the
+    # server with a grace period, then flush state.
+    log.info("shutting down")
+    await health_servicer.enter_graceful_shutdown()
+    await registration.stop()
+    await component.drain()
+    await server.stop(DRAIN_GRACE_S)
+    await component.close()
+    await cluster.stop()
+    await etcd.close()
+    log.info("stopped")
+
+
+def main(kind: str, build: Callable[[Context], Awaitable[Component]],
+         add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+    p = parser(kind)
+    if add_arguments:
+        add_arguments(p)
+    asyncio.run(serve(kind, p.parse_args(), build))

@@ -1,0 +1,1 @@
+"""The sender service: pushes each subscription's messages to its connected subscribers."""

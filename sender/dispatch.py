@@ -1,0 +1,253 @@
+"""Dispatch of one sender: pulls each subscription's messages from storage and
+spreads them over the subscriber streams connected to it.
+
+Concurrency is bounded three ways: per stream (max outstanding messages, the
+subscriber's flow control), per sender (config.sender_max_outstanding over all
+subscriptions) and in storage pulls (a semaphore). A dispatcher pulls only as
+many messages as its streams have room for, so nothing piles up in memory:
+what no stream can take stays in storage.
+"""
+
+import asyncio
+import collections
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+
+from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh import errors
+from notifymesh.cluster import Cluster
+from notifymesh.config import Config
+from notifymesh.log import fields
+from storage.client import StorageClient
+
+log = logging.getLogger(__name__)
+
+PULL_MAX_MESSAGES = 1000
+PULL_WAIT_MS = 1000
+_END = None  # queued to a stream to end it
+
+
+@dataclass(eq=False)
+class Stream:
+    """One subscriber's Subscribe stream."""
+    max_outstanding: int
+    outstanding: set[str] = field(default_factory=set)
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+    def room(self) -> int:
+        return self.max_outstanding - len(self.outstanding)
+
+    async def frames(self):
+        """Yields SubscribeResponses; batches queued meanwhile go out as one frame."""
+        while True:
+            batch = await self.queue.get()
+            if batch is _END:
+                return
+            while not self.queue.empty():
+                more = self.queue.get_nowait()
+                if more is _END:
+                    yield pubsub_pb2.SubscribeResponse(received_messages=batch)
+                    return
+                batch.extend(more)
+            yield pubsub_pb2.SubscribeResponse(received_messages=batch)
+
+
+class Budget:
+    """The sender-wide cap on delivered, unacknowledged messages."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+        self.freed = asyncio.Event()
+
+    def available(self) -> int:
+        return self.limit - self.used
+
+    def take(self, n: int) -> None:
+        self.used += n
+
+    def give_back(self, n: int) -> None:
+        if n:
+            self.used -= n
+            self.freed.set()
+
+
+class SubscriptionDispatcher:
+    def __init__(self, subscription: pubsub_pb2.Subscription, storage: StorageClient, budget: Budget,
+                 pulls: asyncio.Semaphore):
+        self.name, self.topic = subscription.name, subscription.topic
+        self.ack_deadline_ms = subscription.ack_deadline.ToMilliseconds()
+        self._storage, self._budget, self._pulls = storage, budget, pulls
+        self.streams: list[Stream] = []
+        # ack id -> (stream, monotonic deadline); and the same in delivery order for expiry.
+        self._in_flight: dict[str, tuple[Stream, float]] = {}
+        self._expiry: collections.deque[tuple[float, str]] = collections.deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._turn = itertools.count()
+
+    def add(self, stream: Stream) -> None:
+        self.streams.append(stream)
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+
+    async def remove(self, stream: Stream) -> None:
+        """Hands the stream's unacknowledged messages back to storage for immediate
+        redelivery to another subscriber."""
+        if stream in self.streams:
+            self.streams.remove(stream)
+        unacked = [a for a in stream.outstanding if self._in_flight.get(a, (None,))[0] is stream]
+        self._forget(unacked)
+        stream.outstanding.clear()
+        if unacked:
+            try:
+                await self._storage.modify_ack_deadline(self.topic, self.name, unacked, 0)
+            except Exception as e:  # they come back after their ack deadline instead
+                log.warning("nack on disconnect failed", extra=fields(subscription=self.name, error=repr(e)))
+        self._wake.set()
+
+    def _forget(self, ack_ids) -> int:
+        forgotten = 0
+        for ack_id in ack_ids:
+            entry = self._in_flight.pop(ack_id, None)
+            if entry is not None:
+                entry[0].outstanding.discard(ack_id)
+                forgotten += 1
+        self._budget.give_back(forgotten)
+        if forgotten:
+            self._wake.set()
+        return forgotten
+
+    async def acknowledge(self, ack_ids: list[str]) -> None:
+        self._forget(ack_ids)
+        await self._storage.acknowledge(self.topic, self.name, ack_ids)
+
+    async def modify_ack_deadline(self, ack_ids: list[str], ack_deadline_ms: int) -> None:
+        if ack_deadline_ms == 0:
+            self._forget(ack_ids)
+        else:
+            until = time.monotonic() + ack_deadline_ms / 1000
+            for ack_id in ack_ids:
+                if (entry := self._in_flight.get(ack_id)) is not None:
+                    self._in_flight[ack_id] = (entry[0], until)
+                    self._expiry.append((until, ack_id))
+        await self._storage.modify_ack_deadline(self.topic, self.name, ack_ids, ack_deadline_ms)
+
+    def _expire(self) -> None:
+        """Frees the room of messages past their ack deadline: storage redelivers them."""
+        now = time.monotonic()
+        while self._expiry and self._expiry[0][0] <= now:
+            until, ack_id = self._expiry.popleft()
+            entry = self._in_flight.get(ack_id)
+            if entry is not None and entry[1] == until:
+                self._forget([ack_id])
+
+    async def _run(self) -> None:
+        while self.streams:
+            self._expire()
+            room = min(sum(max(0, s.room()) for s in self.streams), self._budget.available(), PULL_MAX_MESSAGES)
+            if room <= 0:
+                self._wake.clear()
+                timeout = self._expiry[0][0] - time.monotonic() if self._expiry else None
+                waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(self._budget.freed.wait())]
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                for w in waits:
+                    w.cancel()
+                self._budget.freed.clear()
+                continue
+            try:
+                async with self._pulls:
+                    received = await self._storage.pull(self.topic, self.name, room, self.ack_deadline_ms,
+                                                        PULL_WAIT_MS)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                status = errors.status_of(e)
+                log.warning("pull failed", extra=fields(subscription=self.name, error=status or repr(e)))
+                await asyncio.sleep(0.5)
+                continue
+            if received:
+                await self._hand_out(received)
+
+    async def _hand_out(self, received: list[pubsub_pb2.ReceivedMessage]) -> None:
+        """Splits the batch over the streams with room, starting at a rotating one so
+        competing subscribers share the load."""
+        until = time.monotonic() + self.ack_deadline_ms / 1000
+        streams = list(self.streams)
+        start = next(self._turn) % len(streams) if streams else 0
+        position = 0
+        for stream in streams[start:] + streams[:start]:
+            take = min(stream.room(), len(received) - position)
+            if take <= 0:
+                continue
+            batch = received[position:position + take]
+            position += take
+            for message in batch:
+                if message.ack_id in self._in_flight:  # redelivered while we still counted it
+                    self._forget([message.ack_id])
+                self._in_flight[message.ack_id] = (stream, until)
+                self._expiry.append((until, message.ack_id))
+                stream.outstanding.add(message.ack_id)
+            self._budget.take(len(batch))
+            stream.queue.put_nowait(batch)
+        if position < len(received):  # the streams went away meanwhile
+            leftover = [m.ack_id for m in received[position:]]
+            await self._storage.modify_ack_deadline(self.topic, self.name, leftover, 0)
+
+    async def close(self) -> None:
+        """Ends every stream and hands unacknowledged messages back."""
+        for stream in list(self.streams):
+            stream.queue.put_nowait(_END)
+            await self.remove(stream)
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+class Dispatcher:
+    """All subscriptions this sender serves."""
+
+    def __init__(self, cluster: Cluster, config: Config):
+        self._cluster, self._config = cluster, config
+        self._storage = StorageClient(cluster)
+        self._budget = Budget(config.sender_max_outstanding)
+        self._pulls = asyncio.Semaphore(config.sender_max_concurrent_pulls)
+        self.subscriptions: dict[str, SubscriptionDispatcher] = {}
+        self._closing = False
+
+    async def _dispatcher(self, name: str) -> SubscriptionDispatcher:
+        record = await self._cluster.subscription(name)
+        dispatcher = self.subscriptions.get(name)
+        if dispatcher is None or dispatcher.topic != record.topic:
+            dispatcher = self.subscriptions[name] = SubscriptionDispatcher(
+                record, self._storage, self._budget, self._pulls)
+        return dispatcher
+
+    async def subscribe(self, name: str, max_outstanding: int):
+        """Yields SubscribeResponse frames for one new subscriber until it goes away."""
+        if self._closing:
+            raise errors.Unavailable("sender is shutting down")
+        if max_outstanding < 0:
+            raise errors.InvalidArgument("max_outstanding_messages must not be negative")
+        dispatcher = await self._dispatcher(name)
+        stream = Stream(max_outstanding or self._config.stream_max_outstanding)
+        dispatcher.add(stream)
+        log.info("subscriber connected", extra=fields(subscription=name, streams=len(dispatcher.streams)))
+        try:
+            async for frame in stream.frames():
+                yield frame
+        finally:
+            await dispatcher.remove(stream)
+            log.info("subscriber gone", extra=fields(subscription=name, streams=len(dispatcher.streams)))
+
+    async def acknowledge(self, name: str, ack_ids: list[str]) -> None:
+        await (await self._dispatcher(name)).acknowledge(ack_ids)
+
+    async def modify_ack_deadline(self, name: str, ack_ids: list[str], ack_deadline_ms: int) -> None:
+        await (await self._dispatcher(name)).modify_ack_deadline(ack_ids, ack_deadline_ms)
+
+    async def close(self) -> None:
+        self._closing = True
+        await asyncio.gather(*(d.close() for d in self.subscriptions.values()), return_exceptions=True)

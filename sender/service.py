@@ -1,0 +1,47 @@
+"""The sender process: a thin Sender servicer over the Dispatcher."""
+
+from gen.notifymesh.internal.v1 import sender_pb2_grpc
+from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh import validation
+from notifymesh.server import Context
+from sender.dispatch import Dispatcher
+
+
+class SenderServicer(sender_pb2_grpc.SenderServicer):
+    def __init__(self, dispatcher: Dispatcher):
+        self._dispatcher = dispatcher
+
+    async def Subscribe(self, request, context):
+        validation.name("subscription", request.subscription)
+        async for frame in self._dispatcher.subscribe(request.subscription, request.max_outstanding_messages):
+            yield frame
+
+    async def Acknowledge(self, request, context):
+        await self._dispatcher.acknowledge(request.subscription, list(request.ack_ids))
+        return pubsub_pb2.AcknowledgeResponse()
+
+    async def ModifyAckDeadline(self, request, context):
+        await self._dispatcher.modify_ack_deadline(request.subscription, list(request.ack_ids),
+                                                   request.ack_deadline.ToMilliseconds())
+        return pubsub_pb2.ModifyAckDeadlineResponse()
+
+
+class SenderService:
+    reflected = ()
+
+    def __init__(self, ctx: Context):
+        self.dispatcher = Dispatcher(ctx.cluster, ctx.config)
+        self.servicers = [(sender_pb2_grpc.add_SenderServicer_to_server, SenderServicer(self.dispatcher))]
+
+    async def start(self) -> None:
+        pass
+
+    async def drain(self) -> None:
+        await self.dispatcher.close()
+
+    async def close(self) -> None:
+        pass
+
+
+async def build(ctx: Context) -> SenderService:
+    return SenderService(ctx)

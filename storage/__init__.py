@@ -1,0 +1,1 @@
+"""The storage service: messages, subscription cursors and in-flight leases in RocksDB."""

@@ -1,0 +1,107 @@
+"""Topics, publish, streaming subscribe and ack through the whole mesh."""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ids_of, receive, unique
+
+
+def cli(mesh, *args, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NOTIFYMESH_ADDR": mesh.frontend_addr}
+    return subprocess.run([sys.executable, "-m", "notifymesh.cli", *args], input=stdin, capture_output=True,
+                          env=env, timeout=120)
+
+
+async def test_thousand_messages_from_cli_and_client_reach_two_subscriptions(mesh, client):
+    topic, audit, billing = unique("orders"), unique("audit"), unique("billing")
+    assert cli(mesh, "topic", "create", topic).returncode == 0
+    assert json.loads(cli(mesh, "topic", "get", topic).stdout)["name"] == topic
+    assert topic in cli(mesh, "topic", "list").stdout.decode()
+    created = cli(mesh, "subscription", "create", audit, "--topic", topic, "--ack-deadline", "20s")
+    assert json.loads(created.stdout)["ack_deadline_s"] == 20.0
+    await client.create_subscription(billing, topic)
+    assert {s.name for s in await client.list_subscriptions(topic)} == {audit, billing}
+
+    lines = b"".join(b"cli-%d\n" % i for i in range(500))
+    published = cli(mesh, "publish", topic, "-", stdin=lines)
+    assert published.returncode == 0, published.stderr
+    assert published.stdout.split()[-1] == b"500"
+    assert b"acknowledged 500" in published.stderr  # progress on stderr
+    ids = []
+    for start in range(0, 500, 100):
+        ids += await client.publish(topic, [b"client-%d" % i for i in range(start, start + 100)])
+    assert len(set(ids)) == 500
+
+    for subscription in (audit, billing):
+        received = await receive(client, subscription, 1000)
+        payloads = {m.message.data for m in received}
+        assert len(set(ids_of(received))) == 1000
+        assert payloads == {b"cli-%d" % i for i in range(500)} | {b"client-%d" % i for i in range(500)}
+        assert set(ids) <= set(ids_of(received))
+
+
+async def test_cli_single_publish_with_attributes_and_subscribe(mesh, client):
+    topic, sub = unique("alerts"), unique("alerts-sub")
+    await client.create_topic(topic)
+    await client.create_subscription(sub, topic)
+    published = cli(mesh, "publish", topic, "disk full", "--attr", "host=db1", "--attr", "sev=2")
+    assert published.returncode == 0, published.stderr
+    message_id = published.stdout.decode().strip()
+    subscribed = cli(mesh, "subscribe", sub, "--max", "1")
+    assert subscribed.returncode == 0, subscribed.stderr
+    line = json.loads(subscribed.stdout)
+    assert line["id"] == message_id and line["data"] == "disk full"
+    assert line["attributes"] == {"host": "db1", "sev": "2"}
+    # acknowledged after printing: it does not come again
+    assert await receive(client, sub, 1, timeout=3) == []
+
+
+async def test_two_subscribers_of_one_subscription_split_the_messages(mesh, client):
+    topic, sub = unique("jobs"), unique("workers")
+    await client.create_topic(topic)
+    await client.create_subscription(sub, topic)
+    ids = []
+    for start in range(0, 1000, 250):
+        ids += await client.publish(topic, [b"job-%d" % i for i in range(start, start + 250)])
+
+    got: list[list] = [[], []]
+
+    async def worker(index: int):
+        # a small window so neither subscriber can take everything at once
+        async for frame in client.subscribe_frames(sub, max_outstanding=20):
+            got[index].extend(frame)
+            await asyncio.sleep(0.005)
+            await client.acknowledge(sub, [m.ack_id for m in frame])
+            if len(set(ids_of(got[0])) | set(ids_of(got[1]))) >= 1000:
+                return
+
+    tasks = [asyncio.create_task(worker(i)) for i in range(2)]
+    done, pending = await asyncio.wait(tasks, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    assert set(ids_of(got[0])) | set(ids_of(got[1])) == set(ids)
+    assert got[0] and got[1], "both subscribers got a share"
+
+
+async def test_publish_without_subscriptions_then_subscription_sees_only_later_messages(mesh, client):
+    topic, sub = unique("late"), unique("late-sub")
+    await client.create_topic(topic)
+    await client.publish(topic, [b"before"])
+    await client.create_subscription(sub, topic)
+    [after] = await client.publish(topic, [b"after"])
+    received = await receive(client, sub, 2, timeout=3)
+    assert ids_of(received) == [after]
+
+
+async def test_idempotency_key_returns_the_original_id_and_delivers_once(mesh, client):
+    from notifymesh.client import Message
+    topic, sub = unique("idem"), unique("idem-sub")
+    await client.create_topic(topic)
+    await client.create_subscription(sub, topic)
+    [first] = await client.publish(topic, [Message(b"charge", idempotency_key="order-7")])
+    [again] = await client.publish(topic, [Message(b"charge", idempotency_key="order-7")])
+    assert again == first
+    assert ids_of(await receive(client, sub, 2, timeout=3)) == [first]

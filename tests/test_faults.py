@@ -1,0 +1,100 @@
+"""Durability and membership with real processes: SIGKILL, restart, whole-mesh restart."""
+
+import asyncio
+import signal
+import time
+
+from conftest import ids_of, receive, unique
+from notifymesh.client import Client
+
+LEASE_TTL_S = 3  # config.member_lease_ttl_s
+
+
+def storage_owner(mesh, topic: str) -> str:
+    return mesh.describe(topics=[topic]).topic_owners[topic]
+
+
+async def test_acknowledged_messages_survive_sigkill_of_their_storage_node(own_mesh):
+    async with Client(own_mesh.frontend_addr) as client:
+        topic, sub = unique("durable"), unique("durable-sub")
+        await client.create_topic(topic)
+        await client.create_subscription(sub, topic)
+        ids = []
+        for start in range(0, 1000, 100):
+            ids += await client.publish(topic, [b"m-%d" % i for i in range(start, start + 100)])
+        # some delivered but not acked: in-flight state must survive too
+        in_flight = await receive(client, sub, 50, timeout=10, ack=False, max_outstanding=50)
+        assert in_flight
+        owner = storage_owner(own_mesh, topic)
+        own_mesh.kill(owner)
+        own_mesh.restart(owner)
+        received = await receive(client, sub, 1000, timeout=60)
+        assert set(ids_of(received)) == set(ids)
+
+
+async def test_messages_published_while_the_owner_is_down_are_not_stranded(own_mesh):
+    """The owner stays down past its lease: the ring moves the topic to another node;
+    when it returns, that node hands what it took over back."""
+    async with Client(own_mesh.frontend_addr) as client:
+        topic, sub = unique("moved"), unique("moved-sub")
+        await client.create_topic(topic)
+        await client.create_subscription(sub, topic)
+        before = await client.publish(topic, [b"before-%d" % i for i in range(100)])
+        owner = storage_owner(own_mesh, topic)
+        own_mesh.kill(owner)
+        deadline = time.monotonic() + 20
+        while storage_owner(own_mesh, topic) == owner and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert storage_owner(own_mesh, topic) != owner, "ring did not move off the dead node"
+        during = await client.publish(topic, [b"during-%d" % i for i in range(100)])
+        own_mesh.restart(owner)
+        received = await receive(client, sub, 200, timeout=60)
+        assert set(ids_of(received)) == set(before) | set(during)
+
+
+async def test_whole_mesh_restart_keeps_topics_subscriptions_and_unacked_messages(own_mesh):
+    async with Client(own_mesh.frontend_addr) as client:
+        topic, sub = unique("restart"), unique("restart-sub")
+        await client.create_topic(topic)
+        await client.create_subscription(sub, topic, ack_deadline_s=2)
+        acked_ids = await client.publish(topic, [b"acked-%d" % i for i in range(10)])
+        await receive(client, sub, 10, timeout=10)
+        unacked_ids = await client.publish(topic, [b"unacked-%d" % i for i in range(20)])
+        delivered = await receive(client, sub, 5, timeout=10, ack=False, max_outstanding=5)
+        assert delivered
+    own_mesh.stop()
+    own_mesh.start()
+    async with Client(own_mesh.frontend_addr) as client:
+        assert (await client.get_topic(topic)).name == topic
+        assert (await client.get_subscription(sub)).topic == topic
+        received = await receive(client, sub, 20, timeout=30)
+        assert set(ids_of(received)) == set(unacked_ids)
+        assert not set(ids_of(received)) & set(acked_ids)
+
+
+async def test_killed_member_leaves_etcd_within_its_lease_and_rings_agree(own_mesh):
+    members = own_mesh.members()
+    assert set(members) == set(own_mesh.service_names())
+    topics = [f"topic-{i}" for i in range(64)]
+    subscriptions = [f"sub-{i}" for i in range(64)]
+    views = [own_mesh.describe(topics, subscriptions, addr=addr) for addr in members.values()]
+    assert len(views) == 6
+    for view in views[1:]:
+        assert dict(view.topic_owners) == dict(views[0].topic_owners)
+        assert dict(view.subscription_owners) == dict(views[0].subscription_owners)
+    assert len(set(views[0].topic_owners.values())) == 3, "topics spread over all storage nodes"
+
+    own_mesh.kill("storage-2", signal.SIGKILL)
+    killed_at = time.monotonic()
+    while "storage-2" in own_mesh.members():
+        assert time.monotonic() - killed_at < LEASE_TTL_S + 2, "registration outlived its lease"
+        await asyncio.sleep(0.1)
+    members = own_mesh.members()
+    views = [own_mesh.describe(topics, addr=addr) for addr in members.values()]
+    owners = [dict(v.topic_owners) for v in views]
+    deadline = time.monotonic() + 5
+    while any(o != owners[0] for o in owners) and time.monotonic() < deadline:  # watches settle
+        await asyncio.sleep(0.1)
+        owners = [dict(own_mesh.describe(topics, addr=addr).topic_owners) for addr in members.values()]
+    assert all(o == owners[0] for o in owners)
+    assert "storage-2" not in owners[0].values()

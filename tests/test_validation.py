@@ -1,0 +1,115 @@
+"""Bad input gets a clear status code and a readable message; nothing crashes."""
+
+import grpc
+import pytest
+
+from conftest import unique
+from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh.client import Message
+
+BAD_NAMES = ["ab", "9lives", "has space", "x" * 256, "", "sl/ash", "nul\0byte"]
+
+
+async def status_of(call) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    return info.value.code(), info.value.details()
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+async def test_bad_names_are_invalid_argument(client, name):
+    code, details = await status_of(client.create_topic(name))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "invalid topic name" in details
+    code, _ = await status_of(client.create_subscription(name, "some-topic"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    code, _ = await status_of(client.publish(name, [b"x"]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    code, _ = await status_of(client.get_subscription(name))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_missing_things_are_not_found(client):
+    missing = unique("missing")
+    for call in (client.get_topic(missing), client.delete_topic(missing), client.publish(missing, [b"x"]),
+                 client.get_subscription(missing), client.delete_subscription(missing),
+                 client.create_subscription(unique("sub"), missing)):
+        code, details = await status_of(call)
+        assert code == grpc.StatusCode.NOT_FOUND and missing in details
+    frames = client.subscribe_frames(missing, reconnect=False)
+    code, _ = await status_of(frames.__anext__())
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_duplicates_are_already_exists_and_delete_needs_no_subscriptions(client):
+    topic, sub = unique("dup"), unique("dup-sub")
+    await client.create_topic(topic)
+    code, _ = await status_of(client.create_topic(topic))
+    assert code == grpc.StatusCode.ALREADY_EXISTS
+    await client.create_subscription(sub, topic)
+    code, _ = await status_of(client.create_subscription(sub, topic))
+    assert code == grpc.StatusCode.ALREADY_EXISTS
+    code, details = await status_of(client.delete_topic(topic))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and sub in details
+    await client.delete_subscription(sub)
+    await client.delete_topic(topic)
+    code, _ = await status_of(client.get_topic(topic))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_message_and_batch_limits(client):
+    topic, sub = unique("limits"), unique("limits-sub")
+    await client.create_topic(topic)
+    await client.create_subscription(sub, topic)
+    cases = {
+        "bytes of data": [b"x" * (1024 * 1024 + 1)],
+        "at most 1000": [b"x"] * 1001,
+        "no messages": [],
+        "neither data nor attributes": [b""],
+        "attribute key": [Message(b"x", {"": "v"})],
+        "idempotency key": [Message(b"x", idempotency_key="k" * 300)],
+    }
+    for expected, messages in cases.items():
+        code, details = await status_of(client.publish(topic, messages))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and expected in details, (expected, details)
+    # exactly at the limits is fine
+    assert len(await client.publish(topic, [b"x" * (1024 * 1024)])) == 1
+    assert len(await client.publish(topic, [b"y"] * 1000)) == 1000
+    # a server-set field in a publish is refused
+    stub_request = pubsub_pb2.PublishRequest(topic=topic, messages=[pubsub_pb2.PubsubMessage(data=b"x", message_id="x")])
+    code, details = await status_of(client._publisher.Publish(stub_request))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "set by the server" in details
+
+
+async def test_ack_deadline_and_ack_id_checks(client):
+    topic = unique("deadline")
+    await client.create_topic(topic)
+    for seconds in (0.5, 601):
+        code, details = await status_of(client.create_subscription(unique("sub"), topic, ack_deadline_s=seconds))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "ack deadline" in details
+    sub = unique("sub")
+    await client.create_subscription(sub, topic)
+    code, details = await status_of(client.acknowledge(sub, ["not-hex!"]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "malformed ack id" in details
+    code, _ = await status_of(client.acknowledge(sub, []))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    code, _ = await status_of(client.modify_ack_deadline(sub, ["1"], 10_000))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_malformed_request_bytes_never_crash_a_service(mesh, client):
+    garbage = b"\xff\xff\xff\xff\x0f\x08"
+    for node_id, addr in mesh.members().items():
+        async with grpc.aio.insecure_channel(addr) as channel:
+            for method in ("/notifymesh.v1.Publisher/Publish", "/notifymesh.internal.v1.Storage/Append",
+                           "/notifymesh.internal.v1.Metadata/CreateTopic", "/notifymesh.v1.Subscriber/Acknowledge"):
+                call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call(garbage, timeout=5)
+                if info.value.code() != grpc.StatusCode.UNIMPLEMENTED:  # not every process serves every method
+                    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, node_id
+                    assert "malformed request" in info.value.details()
+    for node_id in mesh.service_names():
+        assert mesh.processes[node_id].alive(), f"{node_id} died"
+    topic = unique("alive")
+    await client.create_topic(topic)
+    assert len(await client.publish(topic, [b"still serving"])) == 1
