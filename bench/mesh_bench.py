@@ -313,6 +313,31 @@ async def e2e_latency(addr: str, k: int, size: int, rate: float, duration: float
     return params, results
 
 
+# -- CPU accounting --------------------------------------------------------------
+
+def _cpu_seconds(pid: int | str) -> float | None:
+    """user + system CPU seconds of one process, from /proc (None where unavailable)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields_ = f.read().rsplit(")", 1)[1].split()
+        return (int(fields_[11]) + int(fields_[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def cpu_snapshot(mesh: LocalMesh) -> dict[str, float | None]:
+    snap = {"bench": _cpu_seconds("self")}
+    for name, process in mesh.processes.items():
+        snap[name] = _cpu_seconds(process.popen.pid) if process.alive() else None
+    return snap
+
+
+def cpu_used(before: dict, after: dict) -> dict[str, float | None]:
+    """CPU seconds each process (the bench client too) spent between two snapshots."""
+    return {name: (round(after[name] - before[name], 2) if before.get(name) is not None
+                   and after.get(name) is not None else None) for name in after}
+
+
 # -- driver ----------------------------------------------------------------------
 
 async def run(mesh: LocalMesh, args, only: list[str], subscriptions: list[int]) -> None:
@@ -320,22 +345,28 @@ async def run(mesh: LocalMesh, args, only: list[str], subscriptions: list[int]) 
     if "publish_batched" in only:
         log(f"publish_batched: {args.messages} x {args.size} B, batches of {BATCH_SIZE}, "
             f"{BATCHED_IN_FLIGHT} in flight")
+        cpu0 = cpu_snapshot(mesh)
         async with Client(addr) as client:
             results = await publish_throughput(client, args.messages, args.size, BATCH_SIZE, BATCHED_IN_FLIGHT,
                                                timeout_s=args.max_seconds)
+        results["cpu_s"] = cpu_used(cpu0, cpu_snapshot(mesh))
         emit("publish_batched", {"messages": args.messages, "size": args.size, "batch": BATCH_SIZE,
                                  "in_flight": BATCHED_IN_FLIGHT, "clients": 1}, results)
     if "publish_unbatched" in only:
         log(f"publish_unbatched: {args.unbatched_messages} x {args.size} B, 1 per call, "
             f"{UNBATCHED_IN_FLIGHT} in flight")
+        cpu0 = cpu_snapshot(mesh)
         async with Client(addr) as client:
             results = await publish_throughput(client, args.unbatched_messages, args.size, 1,
                                                UNBATCHED_IN_FLIGHT, timeout_s=args.max_seconds)
+        results["cpu_s"] = cpu_used(cpu0, cpu_snapshot(mesh))
         emit("publish_unbatched", {"messages": args.unbatched_messages, "size": args.size, "batch": 1,
                                    "in_flight": UNBATCHED_IN_FLIGHT, "clients": 1}, results)
     if "e2e_latency" in only:
         for k in subscriptions:
+            cpu0 = cpu_snapshot(mesh)
             params, results = await e2e_latency(addr, k, args.size, args.rate, args.duration)
+            results["cpu_s"] = cpu_used(cpu0, cpu_snapshot(mesh))
             emit("e2e_latency", params, results)
 
 

@@ -56,7 +56,10 @@ class Process:
 
     def start(self) -> None:
         log = open(self.log_path, "ab")
-        self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        # A session of its own: Ctrl-C in the terminal reaches only the runner, which
+        # then stops the children in order (etcd last).
+        self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      start_new_session=True)
         log.close()
 
     def alive(self) -> bool:

@@ -13,6 +13,8 @@ import collections
 import itertools
 import logging
 import time
+
+import grpc
 from dataclasses import dataclass, field
 
 from gen.notifymesh.v1 import pubsub_pb2
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 
 PULL_MAX_MESSAGES = 1000
 PULL_WAIT_MS = 1000
-_END = None  # queued to a stream to end it
+_END = "end"  # queued to a stream to end it; an exception queued ends it with that error
 
 
 @dataclass(eq=False)
@@ -42,16 +44,17 @@ class Stream:
     async def frames(self):
         """Yields SubscribeResponses; batches queued meanwhile go out as one frame."""
         while True:
-            batch = await self.queue.get()
-            if batch is _END:
+            item = await self.queue.get()
+            batch = []
+            while isinstance(item, list):
+                batch.extend(item)
+                item = self.queue.get_nowait() if not self.queue.empty() else None
+            if batch:
+                yield pubsub_pb2.SubscribeResponse(received_messages=batch)
+            if item is _END:
                 return
-            while not self.queue.empty():
-                more = self.queue.get_nowait()
-                if more is _END:
-                    yield pubsub_pb2.SubscribeResponse(received_messages=batch)
-                    return
-                batch.extend(more)
-            yield pubsub_pb2.SubscribeResponse(received_messages=batch)
+            if isinstance(item, Exception):
+                raise item
 
 
 class Budget:
@@ -165,6 +168,9 @@ class SubscriptionDispatcher:
                 raise
             except Exception as e:
                 status = errors.status_of(e)
+                if status and status[0] == grpc.StatusCode.NOT_FOUND:  # storage checked etcd: it is gone
+                    self._end_streams(errors.NotFound(status[1]))
+                    return
                 log.warning("pull failed", extra=fields(subscription=self.name, error=status or repr(e)))
                 await asyncio.sleep(0.5)
                 continue
@@ -196,10 +202,14 @@ class SubscriptionDispatcher:
             leftover = [m.ack_id for m in received[position:]]
             await self._storage.modify_ack_deadline(self.topic, self.name, leftover, 0)
 
+    def _end_streams(self, reason: Exception | None) -> None:
+        for stream in self.streams:
+            stream.queue.put_nowait(reason or _END)
+
     async def close(self) -> None:
         """Ends every stream and hands unacknowledged messages back."""
+        self._end_streams(None)
         for stream in list(self.streams):
-            stream.queue.put_nowait(_END)
             await self.remove(stream)
         if self._task:
             self._task.cancel()

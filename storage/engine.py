@@ -38,11 +38,19 @@ def new_message_id(publish_ms: int) -> str:
     return f"{publish_ms:011x}{os.urandom(8).hex()}"
 
 
-def parse_ack_id(ack_id: str) -> int:
+def ack_id(seq: int, node_id: str) -> str:
+    """Names the node: after a topic moves, another node's seq numbers mean other messages."""
+    return f"{seq:x}:{node_id}"
+
+
+def parse_ack_id(value: str) -> tuple[int, str]:
+    seq, sep, node_id = value.partition(":")
     try:
-        return int(ack_id, 16)
+        if not sep or not node_id:
+            raise ValueError
+        return int(seq, 16), node_id
     except ValueError:
-        raise errors.InvalidArgument(f"malformed ack id {ack_id!r}") from None
+        raise errors.InvalidArgument(f"malformed ack id {value!r}") from None
 
 
 @dataclass
@@ -103,6 +111,7 @@ class StorageEngine:
         if id_file.exists() and id_file.read_text().strip() != node_id:
             raise SystemExit(f"{data_dir} belongs to storage node {id_file.read_text().strip()!r}, not {node_id!r}")
         id_file.write_text(node_id + "\n")
+        self.node_id = node_id
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         self._db = Rdict(str(data_dir / "rocksdb"), options)
@@ -380,7 +389,7 @@ class StorageEngine:
                 lease: storage_pb2.Lease, batch: WriteBatch) -> pubsub_pb2.ReceivedMessage:
         state.lease(seq, lease)
         batch.put(keys.lease(log_.name, state.name, seq), lease.SerializeToString())
-        return pubsub_pb2.ReceivedMessage(ack_id=f"{seq:x}", message=stored.message,
+        return pubsub_pb2.ReceivedMessage(ack_id=ack_id(seq, self.node_id), message=stored.message,
                                           delivery_attempt=lease.delivery_attempt)
 
     def acknowledge(self, topic: str, subscription: str, ack_ids: list[str]) -> int:
@@ -388,7 +397,7 @@ class StorageEngine:
         state = self.subscription(topic, subscription)
         batch = WriteBatch(raw_mode=True)
         acked = 0
-        for seq in map(parse_ack_id, ack_ids):
+        for seq in self._own_seqs(ack_ids):
             if state.leases.pop(seq, None) is not None:
                 batch.delete(keys.lease(topic, subscription, seq))
                 acked += 1
@@ -396,13 +405,19 @@ class StorageEngine:
             self._db.write(batch, self._unsynced)
         return acked
 
+    def _own_seqs(self, ack_ids: list[str]) -> list[int]:
+        """The seqs of ack ids this node issued; others belong to a node that held the
+        topic before, and their messages were handed over under new ids."""
+        parsed = [parse_ack_id(a) for a in ack_ids]
+        return [seq for seq, node_id in parsed if node_id == self.node_id]
+
     def modify_ack_deadline(self, topic: str, subscription: str, ack_ids: list[str], ack_deadline_ms: int) -> None:
         """Moves the deadline of in-flight messages; 0 makes them deliverable now (nack)."""
         log_ = self.topics.get(topic)
         state = self.subscription(topic, subscription)
         batch = WriteBatch(raw_mode=True)
         deadline = now_ms() + ack_deadline_ms
-        for seq in map(parse_ack_id, ack_ids):
+        for seq in self._own_seqs(ack_ids):
             lease = state.leases.get(seq)
             if lease is None:
                 continue

@@ -118,7 +118,7 @@ async def test_retention_expires_unacked_messages(engine):
     await asyncio.sleep(0.05)
     [fresh] = await engine.append("orders", messages(b"fresh"), DEDUP_MS)
     assert engine.collect({"orders": 30}) == 1
-    engine.modify_ack_deadline("orders", "audit", ["0"], 0)
+    engine.modify_ack_deadline("orders", "audit", ["0:storage-1"], 0)
     assert [m.message.message_id for m in await engine.pull("orders", "audit", 10, 60_000, 0)] == [fresh]
 
 
@@ -173,5 +173,13 @@ async def test_unknown_subscription_and_bad_ack_id(engine):
     with pytest.raises(errors.NotFound):
         await engine.pull("orders", "nobody", 1, 1000, 0)
     engine.attach(subscription("audit"))
-    with pytest.raises(errors.InvalidArgument):
-        engine.acknowledge("orders", "audit", ["zz"])
+    for bad in ("zz", "zz:storage-1", "1", "1:"):
+        with pytest.raises(errors.InvalidArgument):
+            engine.acknowledge("orders", "audit", [bad])
+    # another node's ack id is not this node's seq 0
+    engine.attach(subscription("audit"))
+    await engine.append("orders", messages(b"x"), DEDUP_MS)
+    [pulled] = await engine.pull("orders", "audit", 1, 60_000, 0)
+    assert pulled.ack_id == "0:storage-1"
+    assert engine.acknowledge("orders", "audit", ["0:storage-2"]) == 0
+    assert engine.acknowledge("orders", "audit", [pulled.ack_id]) == 1

@@ -1,5 +1,7 @@
 """Bad input gets a clear status code and a readable message; nothing crashes."""
 
+import asyncio
+
 import grpc
 import pytest
 
@@ -113,3 +115,17 @@ async def test_malformed_request_bytes_never_crash_a_service(mesh, client):
     topic = unique("alive")
     await client.create_topic(topic)
     assert len(await client.publish(topic, [b"still serving"])) == 1
+
+
+async def test_deleting_a_subscription_ends_its_streams_with_not_found(client):
+    topic, sub = unique("gone"), unique("gone-sub")
+    await client.create_topic(topic)
+    await client.create_subscription(sub, topic)
+    frames = client.subscribe_frames(sub)
+    await client.publish(topic, [b"one"])
+    first = await asyncio.wait_for(frames.__anext__(), 10)
+    assert len(first) == 1
+    await client.delete_subscription(sub)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await asyncio.wait_for(frames.__anext__(), 10)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
