@@ -38,8 +38,8 @@ BENCHES = ("publish_batched", "publish_unbatched", "e2e_latency")
 BATCH_SIZE = 500
 BATCHED_IN_FLIGHT = 8
 UNBATCHED_IN_FLIGHT = 32
-# e2e: cap on Publish calls in flight; when reached the publisher waits (and then
-# falls behind schedule, sending immediately once there is room again).
+# e2e: default cap on Publish calls in flight (--max-in-flight); when reached the
+# publisher waits (and so falls behind schedule, sending at once when there is room).
 E2E_MAX_IN_FLIGHT = 256
 STRAGGLER_WAIT_S = 15.0
 WARMUP_WAIT_S = 15.0
@@ -150,7 +150,8 @@ class Receiver:
     def __init__(self, client: Client, subscription: str):
         self.client, self.subscription = client, subscription
         self.first_seen: dict[str, float] = {}  # message id -> latency ms (first delivery)
-        self.seqs: dict[str, int] = {}  # message id -> sequence (-1: warm-up)
+        self.seqs: dict[str, int] = {}  # message id -> sequence
+        self.recv_ns: dict[str, int] = {}  # message id -> time.time_ns() at first delivery
         self.deliveries = 0
         self.redelivered = 0  # delivery_attempt > 1
         self.ack_errors = 0
@@ -168,6 +169,7 @@ class Receiver:
                     continue
                 sent_ns, seq = HEADER.unpack_from(message.data.ljust(HEADER.size, b"\0"))
                 self.seqs[message.message_id] = seq
+                self.recv_ns[message.message_id] = now_ns
                 self.first_seen[message.message_id] = (now_ns - sent_ns) / 1e6
             if frame:
                 task = asyncio.create_task(self._ack([m.ack_id for m in frame]))
@@ -198,7 +200,8 @@ async def wait_until(condition, timeout: float, poll_s: float = 0.02) -> bool:
     return True
 
 
-async def e2e_latency(addr: str, k: int, size: int, rate: float, duration: float) -> tuple[dict, dict]:
+async def e2e_latency(addr: str, k: int, size: int, rate: float, duration: float,
+                      max_in_flight: int) -> tuple[dict, dict]:
     topic = unique("e2e")
     planned = max(1, int(round(rate * duration)))
     async with Client(addr) as admin:
@@ -222,7 +225,7 @@ async def e2e_latency(addr: str, k: int, size: int, rate: float, duration: float
         publish_ms: list[float] = []
         publish_errors: dict[str, int] = {}
         in_flight: set[asyncio.Task] = set()
-        room = asyncio.Semaphore(E2E_MAX_IN_FLIGHT)
+        room = asyncio.Semaphore(max_in_flight)
         behind_ms: list[float] = []  # how late each send was against its schedule
 
         async def send(seq: int) -> None:
@@ -238,7 +241,7 @@ async def e2e_latency(addr: str, k: int, size: int, rate: float, duration: float
                 room.release()
 
         log(f"e2e K={k}: publishing {planned} messages at {rate:g}/s")
-        start = time.monotonic()
+        start, start_wall_ns = time.monotonic(), time.time_ns()
         hard_stop = start + duration * 2 + 10  # bound even when the mesh stalls
         sent = 0
         for seq in range(planned):
@@ -280,11 +283,13 @@ async def e2e_latency(addr: str, k: int, size: int, rate: float, duration: float
             await c.close()
 
     latencies: list[float] = []
+    from_schedule: list[float] = []  # receive time - scheduled send time: includes publisher lag
     delivered = missing = duplicates = unknown = redelivered = ack_errors = 0
     per_subscription_missing = []
     for r in receivers:
         got = [mid for mid in r.first_seen if mid in ids]
         latencies.extend(r.first_seen[mid] for mid in got)
+        from_schedule.extend((r.recv_ns[mid] - start_wall_ns) / 1e6 - r.seqs[mid] * 1000 / rate for mid in got)
         delivered += len(got)
         miss = len(ids) - len(got)
         missing += miss
@@ -296,7 +301,7 @@ async def e2e_latency(addr: str, k: int, size: int, rate: float, duration: float
         ack_errors += r.ack_errors
 
     params = {"subscriptions": k, "size": size, "rate": rate, "duration_s": duration, "planned": planned,
-              "subscribers_per_subscription": 1, "publish_batch": 1}
+              "subscribers_per_subscription": 1, "publish_batch": 1, "max_in_flight": max_in_flight}
     results = {
         "published": len(published), "publish_errors": publish_errors,
         "achieved_rate": round(len(published) / send_elapsed, 1) if send_elapsed else None,
@@ -308,6 +313,7 @@ async def e2e_latency(addr: str, k: int, size: int, rate: float, duration: float
         "redelivered": redelivered, "ack_errors": ack_errors,
         "complete": complete, "wait_after_send_s": round(waited, 3),
         "latency": latency_summary(latencies),
+        "latency_from_schedule": latency_summary(from_schedule),
         "publish_call_latency": latency_summary(publish_ms),
     }
     return params, results
@@ -365,7 +371,7 @@ async def run(mesh: LocalMesh, args, only: list[str], subscriptions: list[int]) 
     if "e2e_latency" in only:
         for k in subscriptions:
             cpu0 = cpu_snapshot(mesh)
-            params, results = await e2e_latency(addr, k, args.size, args.rate, args.duration)
+            params, results = await e2e_latency(addr, k, args.size, args.rate, args.duration, args.max_in_flight)
             results["cpu_s"] = cpu_used(cpu0, cpu_snapshot(mesh))
             emit("e2e_latency", params, results)
 
@@ -380,6 +386,8 @@ def parse_args(argv=None):
     parser.add_argument("--duration", type=float, default=10, help="e2e publish duration, s (default 10)")
     parser.add_argument("--subscriptions", default="1,10", help="e2e: one run per K in this list (default 1,10)")
     parser.add_argument("--only", default=",".join(BENCHES), help=f"comma list of: {', '.join(BENCHES)}")
+    parser.add_argument("--max-in-flight", type=int, default=E2E_MAX_IN_FLIGHT,
+                        help=f"e2e: most Publish calls in flight (default {E2E_MAX_IN_FLIGHT})")
     parser.add_argument("--max-seconds", type=float, default=300,
                         help="time bound of each publish throughput run (default 300)")
     parser.add_argument("--data-dir", type=Path, default=None,
@@ -396,8 +404,10 @@ def parse_args(argv=None):
         parser.error("--subscriptions must be a comma list of integers")
     if any(k < 1 for k in subscriptions) or not subscriptions:
         parser.error("--subscriptions must list positive integers")
-    if args.messages < 1 or args.size < 16 or args.rate <= 0 or args.duration <= 0:
-        parser.error("--messages, --rate and --duration must be positive, --size at least 16")
+    if (args.messages < 1 or args.unbatched_messages is not None and args.unbatched_messages < 1 or args.size < 16
+            or args.rate <= 0 or args.duration <= 0 or args.max_in_flight < 1 or args.max_seconds <= 0):
+        parser.error("--messages, --unbatched-messages, --rate, --duration, --max-in-flight and --max-seconds "
+                     "must be positive, --size at least 16")
     if args.unbatched_messages is None:
         args.unbatched_messages = min(3000, args.messages)
     return args, only, subscriptions

@@ -129,6 +129,9 @@ class LocalMesh:
 
     def start(self, progress=lambda line: None) -> None:
         """Starts etcd, then every service, and returns once all report SERVING."""
+        for port in (self.etcd_port, self.etcd_peer_port, self.frontend_port):
+            if not _port_free(port):
+                raise RuntimeError(f"127.0.0.1:{port} is in use: is another mesh running? (choose other ports)")
         self.processes["etcd"].start()
         self._wait_etcd()
         progress(f"etcd up on {self.etcd_endpoint}")
@@ -215,6 +218,15 @@ class LocalMesh:
                     process.restarts += 1
                     process.start()
             time.sleep(0.2)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
 
 
 def _serving(addr: str) -> bool:

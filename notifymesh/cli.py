@@ -174,7 +174,11 @@ def _up(args) -> int:
     signal.signal(signal.SIGINT, request_stop)
     say = lambda line: print(f"notifymesh: {line}", file=sys.stderr, flush=True)  # noqa: E731
     try:
-        mesh.start(progress=say)
+        try:
+            mesh.start(progress=say)
+        except (RuntimeError, TimeoutError) as e:
+            say(f"cannot start: {e}")
+            return 1
         print(f"notifymesh mesh is up: frontend {mesh.frontend_addr} "
               f"(logs in {mesh.data_dir / 'logs'}; Ctrl-C stops)", flush=True)
         mesh.supervise(lambda: stopping, progress=say)
