@@ -427,6 +427,9 @@ def main(argv=None) -> int:
         log(f"mesh up in {time.monotonic() - t0:.1f}s; frontend {mesh.frontend_addr}")
         asyncio.run(run(mesh, args, only, subscriptions))
         failed = False
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
     finally:
         log("stopping mesh")
         mesh.stop()

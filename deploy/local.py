@@ -222,6 +222,7 @@ class LocalMesh:
 
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is no conflict
         try:
             s.bind(("127.0.0.1", port))
             return True
