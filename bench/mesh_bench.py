@@ -277,6 +277,8 @@ async def e2e_latency(addr: str, k: int, size: int, rate: float, duration: float
             await r.drain_acks(5)
     finally:
         for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log(f"warning: subscriber ended with {task.exception()!r}")
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for c in [publisher, *sub_clients]:
@@ -303,7 +305,7 @@ async def e2e_latency(addr: str, k: int, size: int, rate: float, duration: float
     params = {"subscriptions": k, "size": size, "rate": rate, "duration_s": duration, "planned": planned,
               "subscribers_per_subscription": 1, "publish_batch": 1, "max_in_flight": max_in_flight}
     results = {
-        "published": len(published), "publish_errors": publish_errors,
+        "sent": sent, "published": len(published), "publish_errors": publish_errors,
         "achieved_rate": round(len(published) / send_elapsed, 1) if send_elapsed else None,
         "send_elapsed_s": round(send_elapsed, 3),
         "schedule_lag": latency_summary(behind_ms),

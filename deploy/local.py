@@ -4,6 +4,7 @@
 start, kill (SIGKILL) and restart real processes.
 """
 
+import ctypes
 import importlib.resources
 import os
 import shutil
@@ -40,6 +41,13 @@ def _is_python_wrapper(path: str) -> bool:
         return f.read(2) == b"#!"
 
 
+def _terminate_with_parent() -> None:
+    """In the child before exec: Linux sends it SIGTERM when the runner dies, so a
+    killed runner leaves no orphaned mesh behind."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -57,9 +65,9 @@ class Process:
     def start(self) -> None:
         log = open(self.log_path, "ab")
         # A session of its own: Ctrl-C in the terminal reaches only the runner, which
-        # then stops the children in order (etcd last).
+        # then stops the children in order (etcd last). SIGTERM if the runner dies.
         self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      start_new_session=True)
+                                      start_new_session=True, preexec_fn=_terminate_with_parent)
         log.close()
 
     def alive(self) -> bool:
