@@ -8,6 +8,7 @@ registration in etcd, and ordered shutdown on SIGTERM/SIGINT.
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import time
@@ -24,7 +25,7 @@ from gen.notifymesh.internal.v1 import node_pb2, node_pb2_grpc
 from notifymesh import config as config_mod
 from notifymesh import errors
 from notifymesh import log as log_mod
-from notifymesh.cluster import Cluster, Registration, connect_etcd
+from notifymesh.cluster import Cluster, Registration, channel_options, connect_etcd
 from notifymesh.log import fields
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,6 @@ class Context:
 def build_server(servicers: list[Servicer], max_message_bytes: int, listen: str,
                  reflected: tuple[str, ...] = ()) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Returns (server, bound port, health servicer); listen may end in :0."""
-    from notifymesh.cluster import channel_options
     server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=channel_options(max_message_bytes))
     for add, servicer in servicers:
         add(servicer, server)
@@ -158,7 +158,7 @@ def parser(kind: str) -> argparse.ArgumentParser:
 
 
 async def _read_etcd_config(etcd) -> dict:
-    import json
+    """The cluster-wide config object, waiting up to 30 s for etcd to come up."""
     deadline = time.monotonic() + 30
     while True:
         try:

@@ -129,3 +129,20 @@ async def test_deleting_a_subscription_ends_its_streams_with_not_found(client):
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await asyncio.wait_for(frames.__anext__(), 10)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_every_service_reports_health_and_the_frontend_serves_reflection(mesh):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    for node_id, addr in mesh.members().items():
+        async with grpc.aio.insecure_channel(addr) as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, node_id
+    async with grpc.aio.insecure_channel(mesh.frontend_addr) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        async for reply in replies:
+            services = {s.name for s in reply.list_services_response.service}
+            break
+    assert {"notifymesh.v1.Publisher", "notifymesh.v1.Subscriber", "grpc.health.v1.Health"} <= services
