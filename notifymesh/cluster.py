@@ -75,6 +75,17 @@ class PrefixMirror(Generic[T]):
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    async def get(self, what: str, name: str) -> T:
+        """The record from the mirror; on a miss, from etcd itself, so a record created
+        a moment ago through another process is found before the watch delivers it."""
+        item = self.items.get(name)
+        if item is None:
+            kv = await self._etcd.get(self._prefix + name.encode())
+            if kv is None:
+                raise errors.NotFound(f"{what} {name!r} not found")
+            item = self._decode(kv.value)
+        return item
+
     def _changed(self) -> None:
         for listener in self._listeners:
             listener()
@@ -203,21 +214,7 @@ class Cluster:
         return channel
 
     async def topic(self, name: str) -> pubsub_pb2.Topic:
-        """The topic from the mirror; on a miss, from etcd itself, so a topic created
-        a moment ago through another process is found before the watch delivers it."""
-        topic = self.topics.items.get(name)
-        if topic is None:
-            kv = await self.etcd.get(TOPICS + name.encode())
-            if kv is None:
-                raise errors.NotFound(f"topic {name!r} not found")
-            topic = pubsub_pb2.Topic.FromString(kv.value)
-        return topic
+        return await self.topics.get("topic", name)
 
     async def subscription(self, name: str) -> pubsub_pb2.Subscription:
-        subscription = self.subscriptions.items.get(name)
-        if subscription is None:
-            kv = await self.etcd.get(SUBSCRIPTIONS + name.encode())
-            if kv is None:
-                raise errors.NotFound(f"subscription {name!r} not found")
-            subscription = pubsub_pb2.Subscription.FromString(kv.value)
-        return subscription
+        return await self.subscriptions.get("subscription", name)
