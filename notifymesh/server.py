@@ -31,6 +31,7 @@ from notifymesh.log import fields
 log = logging.getLogger(__name__)
 
 SLOW_CALL_S = 1.0
+LONG_POLLS = frozenset({"/notifymesh.internal.v1.Storage/Pull"})  # slow by design: never "slow"
 DRAIN_GRACE_S = 5.0
 
 
@@ -72,7 +73,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 except Exception as e:
                     await _abort(context, e, method)
                 finally:
-                    if (elapsed := time.monotonic() - started) > SLOW_CALL_S:
+                    if (elapsed := time.monotonic() - started) > SLOW_CALL_S and method not in LONG_POLLS:
                         log.warning("slow call", extra=fields(method=method, seconds=round(elapsed, 3)))
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, None, handler.response_serializer)
