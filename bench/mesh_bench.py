@@ -4,9 +4,9 @@ Starts its own mesh (etcd + metadata + 3 storage + sender + frontend, each an OS
 process on free loopback ports) in a temporary directory, runs the benchmarks and
 stops the mesh. Each result is ONE JSON line on stdout; progress goes to stderr.
 
-    /tmp/v/bin/python bench/mesh_bench.py                         # everything, defaults
-    /tmp/v/bin/python bench/mesh_bench.py --messages 2000 --duration 3
-    /tmp/v/bin/python bench/mesh_bench.py --only e2e_latency --subscriptions 1,10
+    .venv/bin/python bench/mesh_bench.py                         # everything, defaults
+    .venv/bin/python bench/mesh_bench.py --messages 2000 --duration 3
+    .venv/bin/python bench/mesh_bench.py --only e2e_latency --subscriptions 1,10
 
 See bench/README.md for what each line means.
 """
@@ -380,7 +380,7 @@ async def run(mesh: LocalMesh, args, only: list[str], subscriptions: list[int]) 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", type=int, default=20000, help="messages of publish_batched (default 20000)")
+    parser.add_argument("--messages", type=int, default=200000, help="messages of publish_batched (default 200000)")
     parser.add_argument("--unbatched-messages", type=int, default=None,
                         help="messages of publish_unbatched (default 3000, or --messages when that is smaller)")
     parser.add_argument("--size", type=int, default=256, help="payload bytes of every message (default 256)")

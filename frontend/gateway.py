@@ -13,6 +13,7 @@ import grpc
 from gen.notifymesh.internal.v1 import metadata_pb2_grpc, sender_pb2_grpc
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors, rpc, validation
+from notifymesh.batching import Coalescer
 from notifymesh.cluster import Cluster
 from notifymesh.config import Config
 from notifymesh.log import fields
@@ -21,12 +22,18 @@ from storage.client import StorageClient
 log = logging.getLogger(__name__)
 
 RECONNECT_BACKOFF_S = (0.05, 2.0)
+MERGED_MAX_ITEMS = 5000  # messages or ack ids in one merged downstream call
 
 
 class Gateway:
     def __init__(self, cluster: Cluster, config: Config):
         self._cluster, self._config = cluster, config
         self._storage = StorageClient(cluster)
+        # Concurrent publishes to a topic share one Append; concurrent acks of a
+        # subscription one call to its sender.
+        self._appends = Coalescer(self._storage.append, max_items=MERGED_MAX_ITEMS,
+                                  size_of=lambda m: len(m.data) + 64)
+        self._acks = Coalescer(self._send_acks, max_items=MERGED_MAX_ITEMS)
         self._relays: set[grpc.aio.UnaryStreamCall] = set()
         self._closing = False
 
@@ -47,7 +54,7 @@ class Gateway:
         for index, message in enumerate(messages):
             validation.message(index, message, self._config)
         await self._cluster.topic(topic)  # NOT_FOUND before any storage work
-        return await self._storage.append(topic, messages)
+        return await self._appends.submit(topic, messages)
 
     # -- delivery ---------------------------------------------------------------
 
@@ -92,7 +99,10 @@ class Gateway:
         return list(ack_ids)
 
     async def acknowledge(self, name: str, ack_ids) -> None:
-        request = pubsub_pb2.AcknowledgeRequest(subscription=name, ack_ids=self._ack_ids(name, ack_ids))
+        await self._acks.submit(name, self._ack_ids(name, ack_ids))
+
+    async def _send_acks(self, name: str, ack_ids: list[str]) -> None:
+        request = pubsub_pb2.AcknowledgeRequest(subscription=name, ack_ids=ack_ids)
         await rpc.call("Sender.Acknowledge", lambda t: self._sender(name).Acknowledge(request, timeout=t))
 
     async def modify_ack_deadline(self, name: str, ack_ids, ack_deadline) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
+from notifymesh.batching import Coalescer
 from notifymesh.cluster import Cluster
 from notifymesh.config import Config
 from notifymesh.log import fields
@@ -78,10 +79,10 @@ class Budget:
 
 class SubscriptionDispatcher:
     def __init__(self, subscription: pubsub_pb2.Subscription, storage: StorageClient, budget: Budget,
-                 pulls: asyncio.Semaphore):
+                 pulls: asyncio.Semaphore, acks: Coalescer):
         self.name, self.topic = subscription.name, subscription.topic
         self.ack_deadline_ms = subscription.ack_deadline.ToMilliseconds()
-        self._storage, self._budget, self._pulls = storage, budget, pulls
+        self._storage, self._budget, self._pulls, self._acks = storage, budget, pulls, acks
         self.streams: list[Stream] = []
         # ack id -> (stream, monotonic deadline); and the same in delivery order for expiry.
         self._in_flight: dict[str, tuple[Stream, float]] = {}
@@ -125,7 +126,7 @@ class SubscriptionDispatcher:
 
     async def acknowledge(self, ack_ids: list[str]) -> None:
         self._forget(ack_ids)
-        await self._storage.acknowledge(self.topic, self.name, ack_ids)
+        await self._acks.submit((self.topic, self.name), ack_ids)
 
     async def modify_ack_deadline(self, ack_ids: list[str], ack_deadline_ms: int) -> None:
         if ack_deadline_ms == 0:
@@ -224,6 +225,8 @@ class Dispatcher:
         self._storage = StorageClient(cluster)
         self._budget = Budget(config.sender_max_outstanding)
         self._pulls = asyncio.Semaphore(config.sender_max_concurrent_pulls)
+        # Concurrent acks of one subscription share one storage call.
+        self._acks = Coalescer(lambda key, ack_ids: self._storage.acknowledge(*key, ack_ids), max_items=5000)
         self.subscriptions: dict[str, SubscriptionDispatcher] = {}
         self._closing = False
 
@@ -232,7 +235,7 @@ class Dispatcher:
         dispatcher = self.subscriptions.get(name)
         if dispatcher is None or dispatcher.topic != record.topic:
             dispatcher = self.subscriptions[name] = SubscriptionDispatcher(
-                record, self._storage, self._budget, self._pulls)
+                record, self._storage, self._budget, self._pulls, self._acks)
         return dispatcher
 
     async def subscribe(self, name: str, max_outstanding: int):

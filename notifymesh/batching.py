@@ -1,0 +1,78 @@
+"""Coalescing of concurrent calls into one: group commit without a timer.
+
+While a call for a key is in flight, the requests that arrive for the same key
+wait, and all of them go out together in the next call as soon as it returns.
+An idle key sends at once, so batching adds no latency when there is no load;
+under load one call carries many requests, which is where Python's per-call
+gRPC cost goes away.
+"""
+
+import asyncio
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Generic, Hashable, Sequence, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+@dataclass
+class _Request(Generic[Item]):
+    items: Sequence[Item]
+    size: int
+    done: asyncio.Future
+
+
+class Coalescer(Generic[Item, Result]):
+    def __init__(self, send: Callable[[Hashable, list[Item]], Awaitable[Sequence[Result] | None]],
+                 max_items: int = 1000, max_bytes: int = 8 * 1024 * 1024,
+                 size_of: Callable[[Item], int] = lambda item: 0):
+        """send(key, items) makes the call; it returns one result per item, or None.
+        A merged call takes whole requests up to max_items and max_bytes (at least one)."""
+        self._send, self._max_items, self._max_bytes, self._size_of = send, max_items, max_bytes, size_of
+        self._waiting: dict[Hashable, deque[_Request]] = defaultdict(deque)
+        self._busy: set[Hashable] = set()
+
+    async def submit(self, key: Hashable, items: Sequence[Item]) -> list[Result] | None:
+        """Results for items, in order (None when send returns None); send's error
+        fails every request of the merged call."""
+        request = _Request(items, sum(map(self._size_of, items)), asyncio.get_running_loop().create_future())
+        self._waiting[key].append(request)
+        if key not in self._busy:
+            self._busy.add(key)
+            asyncio.create_task(self._drain(key))
+        return await request.done
+
+    async def _drain(self, key: Hashable) -> None:
+        waiting = self._waiting[key]
+        try:
+            while waiting:
+                batch = [waiting.popleft()]
+                count, size = len(batch[0].items), batch[0].size
+                while waiting and count + len(waiting[0].items) <= self._max_items \
+                        and size + waiting[0].size <= self._max_bytes:
+                    request = waiting.popleft()
+                    batch.append(request)
+                    count, size = count + len(request.items), size + request.size
+                await self._call(key, batch)
+        finally:
+            self._busy.discard(key)
+            if not waiting:
+                self._waiting.pop(key, None)
+
+    async def _call(self, key: Hashable, batch: list[_Request]) -> None:
+        items = [item for request in batch for item in request.items]
+        try:
+            results = await self._send(key, items)
+        except BaseException as e:  # includes cancellation: no request may hang
+            for request in batch:
+                if not request.done.done():
+                    request.done.set_exception(e)
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            return
+        start = 0
+        for request in batch:
+            if not request.done.done():
+                request.done.set_result(None if results is None else list(results[start:start + len(request.items)]))
+            start += len(request.items)

@@ -1,0 +1,67 @@
+"""Coalescer: concurrent requests for one key share calls; results and errors reach each caller."""
+
+import asyncio
+
+import pytest
+
+from notifymesh.batching import Coalescer
+
+
+async def test_requests_arriving_during_a_call_go_together_in_the_next():
+    calls = []
+    gate = asyncio.Event()
+
+    async def send(key, items):
+        calls.append((key, list(items)))
+        await gate.wait()
+        return [f"{key}:{item}" for item in items]
+
+    coalescer = Coalescer(send, max_items=4)
+    first = asyncio.create_task(coalescer.submit("t", [1]))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(coalescer.submit("t", [i, i + 10])) for i in (2, 3, 4)]
+    other = asyncio.create_task(coalescer.submit("u", [9]))
+    await asyncio.sleep(0.01)
+    gate.set()
+    assert await first == ["t:1"]
+    assert [await r for r in rest] == [["t:2", "t:12"], ["t:3", "t:13"], ["t:4", "t:14"]]
+    assert await other == ["u:9"]
+    # idle key: sent at once; then whole requests up to max_items per call
+    assert calls == [("t", [1]), ("u", [9]), ("t", [2, 12, 3, 13]), ("t", [4, 14])]
+
+
+async def test_an_error_fails_every_request_of_the_merged_call_only():
+    gate = asyncio.Event()
+    sent = []
+
+    async def send(key, items):
+        sent.append(list(items))
+        await gate.wait()
+        if "bad" in items:
+            raise ValueError("refused")
+        return None
+
+    coalescer = Coalescer(send)
+    first = asyncio.create_task(coalescer.submit("k", ["ok"]))
+    await asyncio.sleep(0)
+    merged = [asyncio.create_task(coalescer.submit("k", [x])) for x in ("bad", "also")]
+    await asyncio.sleep(0.01)
+    gate.set()
+    assert await first is None
+    for task in merged:
+        with pytest.raises(ValueError):
+            await task
+    assert await coalescer.submit("k", ["later"]) is None
+    assert sent == [["ok"], ["bad", "also"], ["later"]]
+
+
+async def test_max_bytes_splits_but_always_sends_one_request():
+    sizes = []
+
+    async def send(key, items):
+        sizes.append(sum(len(i) for i in items))
+        await asyncio.sleep(0.01)
+
+    coalescer = Coalescer(send, max_bytes=10, size_of=len)
+    await asyncio.gather(*(coalescer.submit("k", [b"x" * n]) for n in (1, 6, 6, 30)))
+    assert sizes == [7, 6, 30]  # all four waiting when the drain starts
