@@ -419,8 +419,7 @@ def main(argv=None) -> int:
     args, only, subscriptions = parse_args(argv)
     made_temp = args.data_dir is None
     data_dir = Path(tempfile.mkdtemp(prefix="notifymesh-bench-")) if made_temp else args.data_dir
-    mesh = LocalMesh(data_dir / "mesh", frontend_port=free_port(), etcd_port=free_port(),
-                     etcd_peer_port=free_port())
+    mesh = LocalMesh(data_dir / "mesh", frontend_port=free_port(), etcd_ports=[(free_port(), free_port())])
     failed = True
     try:
         log(f"starting mesh in {mesh.data_dir}")

@@ -4,7 +4,6 @@
 start, kill (SIGKILL) and restart real processes.
 """
 
-import ctypes
 import importlib.resources
 import os
 import shutil
@@ -41,13 +40,6 @@ def _is_python_wrapper(path: str) -> bool:
         return f.read(2) == b"#!"
 
 
-def _terminate_with_parent() -> None:
-    """In the child before exec: Linux sends it SIGTERM when the runner dies, so a
-    killed runner leaves no orphaned mesh behind."""
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -65,9 +57,12 @@ class Process:
     def start(self) -> None:
         log = open(self.log_path, "ab")
         # A session of its own: Ctrl-C in the terminal reaches only the runner, which
-        # then stops the children in order (etcd last). SIGTERM if the runner dies.
-        self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      start_new_session=True, preexec_fn=_terminate_with_parent)
+        # then stops the children in order (etcd last). setpriv has Linux send the
+        # child SIGTERM if the runner dies (a preexec_fn would run Python between
+        # fork and exec, which gRPC's fork handlers in the runner do not survive).
+        argv = ["setpriv", "--pdeathsig", "TERM", "--", *self.argv] if shutil.which("setpriv") else self.argv
+        self.popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      start_new_session=True)
         log.close()
 
     def alive(self) -> bool:
@@ -91,15 +86,19 @@ class Process:
 class LocalMesh:
     data_dir: Path
     frontend_port: int = 50051
-    etcd_port: int = 23790
-    etcd_peer_port: int = 23800
+    # (client port, peer port) of each etcd member; default 2379x/2380x, x = member index.
+    etcd_ports: list[tuple[int, int]] | None = None
+    etcd_members: int = 1
     storage_nodes: int = 3
     config_file: Path | None = None
     processes: dict[str, Process] = field(default_factory=dict)
 
     @property
     def etcd_endpoint(self) -> str:
-        return f"127.0.0.1:{self.etcd_port}"
+        return ",".join(f"127.0.0.1:{client}" for client, _ in self.etcd_ports)
+
+    def etcd_names(self) -> list[str]:
+        return [f"etcd-{i}" for i in range(1, len(self.etcd_ports) + 1)]
 
     @property
     def frontend_addr(self) -> str:
@@ -108,17 +107,30 @@ class LocalMesh:
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
-        etcd_url = f"http://127.0.0.1:{self.etcd_port}"
-        peer_url = f"http://127.0.0.1:{self.etcd_peer_port}"
-        self._add("etcd", [find_etcd(), "--name", "notifymesh", "--data-dir", str(self.data_dir / "etcd"),
-                           "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
-                           "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-                           "--initial-cluster", f"notifymesh={peer_url}", "--log-level", "warn"])
+        if self.etcd_ports is None:
+            self.etcd_ports = [(23790 + i, 23800 + i) for i in range(self.etcd_members)]
+        initial_cluster = ",".join(f"{name}=http://127.0.0.1:{peer}"
+                                   for name, (_, peer) in zip(self.etcd_names(), self.etcd_ports))
+        for name, (client, peer) in zip(self.etcd_names(), self.etcd_ports):
+            client_url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
+            self._add(name, [find_etcd(), "--name", name, "--data-dir", str(self.data_dir / name),
+                             "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+                             "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+                             "--initial-cluster", initial_cluster, "--initial-cluster-token", "notifymesh",
+                             "--log-level", "warn"])
         self._add_service("metadata", "metadata-1")
         for i in range(1, self.storage_nodes + 1):
             self._add_service("storage", f"storage-{i}", "--data-dir", str(self.data_dir / f"storage-{i}"))
         self._add_service("sender", "sender-1")
         self._add_service("frontend", "frontend-1", listen=f"127.0.0.1:{self.frontend_port}")
+
+    def add_storage_node(self) -> str:
+        """Starts one more storage node; returns its id once it serves."""
+        node_id = f"storage-{sum(n.startswith('storage-') for n in self.processes) + 1}"
+        self._add_service("storage", node_id, "--data-dir", str(self.data_dir / node_id))
+        self.processes[node_id].start()
+        self.wait_serving([node_id])
+        return node_id
 
     def _add(self, name: str, argv: list[str]) -> None:
         self.processes[name] = Process(name, argv, self.data_dir / "logs" / f"{name}.log")
@@ -131,30 +143,33 @@ class LocalMesh:
         self._add(node_id, argv)
 
     def service_names(self) -> list[str]:
-        return [name for name in self.processes if name != "etcd"]
+        return [name for name in self.processes if not name.startswith("etcd-")]
 
     # -- lifecycle --------------------------------------------------------------
 
     def start(self, progress=lambda line: None) -> None:
         """Starts etcd, then every service, and returns once all report SERVING."""
-        for port in (self.etcd_port, self.etcd_peer_port, self.frontend_port):
+        for port in (*(p for pair in self.etcd_ports for p in pair), self.frontend_port):
             if not _port_free(port):
                 raise RuntimeError(f"127.0.0.1:{port} is in use: is another mesh running? (choose other ports)")
-        self.processes["etcd"].start()
-        self._wait_etcd()
+        for name in self.etcd_names():
+            self.processes[name].start()
+        for name in self.etcd_names():
+            self._wait_etcd(name)
         progress(f"etcd up on {self.etcd_endpoint}")
         for name in self.service_names():
             self.processes[name].start()
         self.wait_serving(self.service_names())
         progress(f"services serving: {', '.join(self.service_names())}")
 
-    def _wait_etcd(self) -> None:
+    def _wait_etcd(self, name: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
+        client_port = self.etcd_ports[self.etcd_names().index(name)][0]
         while time.monotonic() < deadline:
-            if not self.processes["etcd"].alive():
-                raise RuntimeError(f"etcd exited; see {self.processes['etcd'].log_path}")
+            if not self.processes[name].alive():
+                raise RuntimeError(f"{name} exited; see {self.processes[name].log_path}")
             try:
-                with socket.create_connection(("127.0.0.1", self.etcd_port), timeout=0.5):
+                with socket.create_connection(("127.0.0.1", client_port), timeout=0.5):
                     return
             except OSError:
                 time.sleep(0.1)
@@ -202,8 +217,8 @@ class LocalMesh:
             self.kill(name, signal.SIGTERM)
         process.restarts += 1
         process.start()
-        if name == "etcd":
-            self._wait_etcd()
+        if name.startswith("etcd-"):
+            self._wait_etcd(name)
         else:
             self.wait_serving([name])
 

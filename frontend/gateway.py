@@ -6,14 +6,17 @@ cache, kept current by a watch), so a publish costs no call to metadata.
 """
 
 import asyncio
+import itertools
 import logging
+import zlib
 
 import grpc
 
-from gen.notifymesh.internal.v1 import metadata_pb2_grpc, sender_pb2_grpc
-from gen.notifymesh.v1 import pubsub_pb2
+from gen.notifymesh.internal.v1 import metadata_pb2_grpc, node_pb2, node_pb2_grpc, sender_pb2_grpc
+from gen.notifymesh.v1 import cluster_pb2, pubsub_pb2
 from notifymesh import errors, rpc, validation
 from notifymesh.batching import Coalescer
+from notifymesh.clock import new_message_id
 from notifymesh.cluster import Cluster
 from notifymesh.config import Config
 from notifymesh.log import fields
@@ -34,13 +37,15 @@ class Gateway:
         self._appends = Coalescer(self._storage.append, max_items=MERGED_MAX_ITEMS,
                                   size_of=lambda m: len(m.data) + 64)
         self._acks = Coalescer(self._send_acks, max_items=MERGED_MAX_ITEMS)
+        self._in_flight: dict[tuple[str, int], int] = {}
+        self._turn = itertools.count()
         self._relays: set[grpc.aio.UnaryStreamCall] = set()
         self._closing = False
 
     # -- admin: forwarded to any live metadata replica --------------------------
 
     async def admin(self, method: str, request):
-        """Calls Metadata.<method>; validation of names happens there as well as here."""
+        """Calls Metadata.<method>, which validates names and limits."""
         async def attempt(timeout):
             stub = metadata_pb2_grpc.MetadataStub(self._cluster.channel(self._cluster.any_member("metadata")))
             return await getattr(stub, method)(request, timeout=timeout)
@@ -49,12 +54,41 @@ class Gateway:
     # -- publish ----------------------------------------------------------------
 
     async def publish(self, topic: str, messages) -> list[str]:
+        """Messages with an ordering key go to the partition the key hashes to, the
+        rest to the partition with the fewest appends in flight. Ids are given
+        here, so a retry after a failover is recognised by the new leader."""
         validation.name("topic", topic)
         validation.batch(len(messages), self._config)
         for index, message in enumerate(messages):
             validation.message(index, message, self._config)
-        await self._cluster.topic(topic)  # NOT_FOUND before any storage work
-        return await self._appends.submit(topic, messages)
+        record = await self._cluster.topic(topic)  # NOT_FOUND before any storage work
+        partitions = max(1, record.partition_count)
+        spread = self._least_loaded(topic, partitions)
+        groups: dict[int, list[int]] = {}
+        for index, message in enumerate(messages):
+            message.message_id = new_message_id()
+            partition = zlib.crc32(message.ordering_key.encode()) % partitions if message.ordering_key else spread
+            groups.setdefault(partition, []).append(index)
+        ids = [""] * len(messages)
+        replies = await asyncio.gather(*(self._append(topic, p, [messages[i] for i in group])
+                                         for p, group in groups.items()))
+        for group, reply in zip(groups.values(), replies):
+            for index, message_id in zip(group, reply):
+                ids[index] = message_id
+        return ids
+
+    async def _append(self, topic: str, partition: int, messages) -> list[str]:
+        key = (topic, partition)
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        try:
+            return await self._appends.submit(key, messages)
+        finally:
+            self._in_flight[key] -= 1
+
+    def _least_loaded(self, topic: str, partitions: int) -> int:
+        start = next(self._turn) % partitions  # ties go round
+        return min(((start + i) % partitions for i in range(partitions)),
+                   key=lambda p: self._in_flight.get((topic, p), 0))
 
     # -- delivery ---------------------------------------------------------------
 
@@ -116,6 +150,38 @@ class Gateway:
     def _sender(self, subscription: str) -> sender_pb2_grpc.SenderStub:
         _, addr = self._cluster.owner("sender", subscription)
         return sender_pb2_grpc.SenderStub(self._cluster.channel(addr))
+
+    async def cluster_status(self) -> cluster_pb2.ClusterStatus:
+        """Members from etcd; per shard, the replica set and leader from etcd and
+        the commit and each replica's progress from the leader itself."""
+        cluster = self._cluster
+        members = [cluster_pb2.ClusterMember(kind=kind, node_id=node, addr=addr)
+                   for kind in sorted(cluster.rings) for node, addr in sorted(cluster.live(kind).items())]
+
+        async def describe(addr):
+            stub = node_pb2_grpc.NodeStub(cluster.channel(addr))
+            try:
+                return (await stub.Describe(node_pb2.DescribeRequest(), timeout=2)).shards
+            except grpc.aio.AioRpcError:
+                return []
+
+        reported = {}
+        for shards in await asyncio.gather(*(describe(a) for a in cluster.live("storage").values())):
+            for shard in shards:
+                reported[(shard.topic, shard.partition)] = shard
+        status = cluster_pb2.ClusterStatus(members=members)
+        for name, placement in sorted(cluster.placements.items.items()):
+            leader = cluster.leaders.items.get(name)
+            shard = status.shards.add(topic=placement.topic, partition=placement.partition,
+                                      replicas=placement.replicas)
+            if leader is not None:
+                shard.leader = leader["node"]
+                shard.epoch = cluster.leaders.revisions.get(name, (0, 0))[0]
+            led = reported.get((placement.topic, placement.partition))
+            if led is not None and led.leader == shard.leader:
+                shard.commit = led.commit
+                shard.replica_status.extend(led.replica_status)
+        return status
 
     def close_streams(self) -> None:
         """Ends every relayed stream; subscribers reconnect to another frontend."""

@@ -1,6 +1,6 @@
 """The frontend process: thin public servicers over the Gateway, with server reflection."""
 
-from gen.notifymesh.v1 import pubsub_pb2, pubsub_pb2_grpc
+from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
 from frontend.gateway import Gateway
 from notifymesh.server import Context
 
@@ -17,6 +17,9 @@ class PublisherServicer(pubsub_pb2_grpc.PublisherServicer):
 
     async def ListTopics(self, request, context):
         return await self._gateway.admin("ListTopics", request)
+
+    async def UpdateTopic(self, request, context):
+        return await self._gateway.admin("UpdateTopic", request)
 
     async def DeleteTopic(self, request, context):
         return await self._gateway.admin("DeleteTopic", request)
@@ -55,13 +58,23 @@ class SubscriberServicer(pubsub_pb2_grpc.SubscriberServicer):
         return pubsub_pb2.ModifyAckDeadlineResponse()
 
 
+class ClusterAdminServicer(cluster_pb2_grpc.ClusterAdminServicer):
+    def __init__(self, gateway: Gateway):
+        self._gateway = gateway
+
+    async def GetClusterStatus(self, request, context):
+        return await self._gateway.cluster_status()
+
+
 class FrontendService:
-    reflected = tuple(s.full_name for s in pubsub_pb2.DESCRIPTOR.services_by_name.values())
+    reflected = tuple(s.full_name for d in (pubsub_pb2.DESCRIPTOR, cluster_pb2.DESCRIPTOR)
+                      for s in d.services_by_name.values())
 
     def __init__(self, ctx: Context):
         self.gateway = Gateway(ctx.cluster, ctx.config)
         self.servicers = [(pubsub_pb2_grpc.add_PublisherServicer_to_server, PublisherServicer(self.gateway)),
-                          (pubsub_pb2_grpc.add_SubscriberServicer_to_server, SubscriberServicer(self.gateway))]
+                          (pubsub_pb2_grpc.add_SubscriberServicer_to_server, SubscriberServicer(self.gateway)),
+                          (cluster_pb2_grpc.add_ClusterAdminServicer_to_server, ClusterAdminServicer(self.gateway))]
 
     async def start(self) -> None:
         pass

@@ -20,6 +20,9 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
     async def ListTopics(self, request, context):
         return pubsub_pb2.ListTopicsResponse(topics=await self._store.list_topics())
 
+    async def UpdateTopic(self, request, context):
+        return await self._store.update_topic(request.name, request.partition_count)
+
     async def DeleteTopic(self, request, context):
         await self._store.delete_topic(request.name)
         return pubsub_pb2.DeleteTopicResponse()
@@ -43,7 +46,7 @@ class MetadataService:
     reflected = ()
 
     def __init__(self, ctx: Context):
-        store = MetadataStore(ctx.cluster.etcd, ctx.config, StorageClient(ctx.cluster))
+        store = MetadataStore(ctx.cluster, ctx.config, StorageClient(ctx.cluster))
         self.servicers = [(metadata_pb2_grpc.add_MetadataServicer_to_server, MetadataServicer(store))]
 
     async def start(self) -> None:

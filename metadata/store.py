@@ -7,12 +7,12 @@ transactions, so two concurrent creates of one name cannot both succeed.
 
 import logging
 
-import aetcd
 from google.protobuf import duration_pb2
 
+from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors, validation
-from notifymesh.cluster import SUBSCRIPTIONS, TOPICS
+from notifymesh.cluster import CANDIDATES, LEADERS, PLACEMENTS, SUBSCRIPTIONS, TOPICS, Cluster
 from notifymesh.config import Config
 from storage.client import StorageClient
 from notifymesh.clock import now_ms, timestamp
@@ -20,13 +20,18 @@ from notifymesh.log import fields
 
 log = logging.getLogger(__name__)
 
+MAX_PARTITIONS = 256
+MAX_REPLICATION_FACTOR = 5
+
 
 class MetadataStore:
-    def __init__(self, etcd: aetcd.Client, config: Config, storage: StorageClient):
-        self._etcd, self._config, self._storage = etcd, config, storage
-        self._txn = etcd.transactions
+    def __init__(self, cluster: Cluster, config: Config, storage: StorageClient):
+        self._cluster, self._etcd, self._config, self._storage = cluster, cluster.etcd, config, storage
+        self._txn = cluster.etcd.transactions
 
     async def create_topic(self, topic: pubsub_pb2.Topic) -> pubsub_pb2.Topic:
+        """Records the topic and the replica set of each partition (the ring over
+        the live storage nodes picks them) in one transaction."""
         validation.name("topic", topic.name)
         record = pubsub_pb2.Topic()
         record.CopyFrom(topic)
@@ -35,14 +40,55 @@ class MetadataStore:
                                        60, 31 * 24 * 3600)
         else:
             record.message_retention.FromSeconds(int(self._config.default_retention_s))
+        record.partition_count = record.partition_count or 1
+        validation.count_between("partition count", record.partition_count, 1, MAX_PARTITIONS)
+        record.replication_factor = record.replication_factor or self._config.default_replication_factor
+        validation.count_between("replication factor", record.replication_factor, 1, MAX_REPLICATION_FACTOR)
         record.create_time.CopyFrom(timestamp(now_ms()))
         key = TOPICS + topic.name.encode()
         created, _ = await self._etcd.transaction(
             compare=[self._txn.create(key) == 0],
-            success=[self._txn.put(key, record.SerializeToString())], failure=[])
+            success=[self._txn.put(key, record.SerializeToString()),
+                     *self._placements(record, range(record.partition_count))], failure=[])
         if not created:
             raise errors.AlreadyExists(f"topic {topic.name!r} already exists")
-        log.info("topic created", extra=fields(topic=topic.name))
+        log.info("topic created", extra=fields(topic=topic.name, partitions=record.partition_count,
+                                               replication_factor=record.replication_factor))
+        return record
+
+    def _placements(self, topic: pubsub_pb2.Topic, partitions) -> list:
+        ring = self._cluster.rings["storage"]
+        if not ring.nodes:
+            raise errors.Unavailable("no live storage nodes to place the topic on")
+        puts = []
+        for partition in partitions:
+            shard = f"{topic.name}/{partition}"
+            placement = storage_pb2.ShardPlacement(
+                topic=topic.name, partition=partition, replication_factor=topic.replication_factor,
+                replicas=ring.replicas(shard, topic.replication_factor))
+            puts.append(self._txn.put(PLACEMENTS + shard.encode(), placement.SerializeToString()))
+        return puts
+
+    async def update_topic(self, name: str, partition_count: int) -> pubsub_pb2.Topic:
+        """Raises the partition count; new partitions get replica sets like the first ones."""
+        record = await self.get_topic(name)
+        if partition_count < record.partition_count:
+            raise errors.InvalidArgument(
+                f"topic {name!r} has {record.partition_count} partitions; the count can be raised, not lowered")
+        validation.count_between("partition count", partition_count, 1, MAX_PARTITIONS)
+        if partition_count == record.partition_count:
+            return record
+        old = record.partition_count
+        record.partition_count = partition_count
+        key = TOPICS + name.encode()
+        kv = await self._etcd.get(key)
+        updated, _ = await self._etcd.transaction(
+            compare=[self._txn.mod(key) == kv.mod_revision],
+            success=[self._txn.put(key, record.SerializeToString()),
+                     *self._placements(record, range(old, partition_count))], failure=[])
+        if not updated:
+            raise errors.Aborted(f"topic {name!r} changed meanwhile; try again")
+        log.info("topic updated", extra=fields(topic=name, partitions=partition_count))
         return record
 
     async def get_topic(self, name: str) -> pubsub_pb2.Topic:
@@ -63,6 +109,8 @@ class MetadataStore:
         deleted = await self._etcd.delete(TOPICS + name.encode())
         if not deleted:
             raise errors.NotFound(f"topic {name!r} not found")
+        for prefix in (PLACEMENTS, LEADERS, CANDIDATES):
+            await self._etcd.delete_prefix(prefix + f"{name}/".encode())
         log.info("topic deleted", extra=fields(topic=name))
 
     async def create_subscription(self, subscription: pubsub_pb2.Subscription) -> pubsub_pb2.Subscription:
@@ -92,7 +140,8 @@ class MetadataStore:
         # Storage also attaches it when its watch sees the record; attaching now closes
         # the gap for messages published right after this call returns.
         try:
-            await self._storage.attach_subscription(record)
+            topic = await self.get_topic(record.topic)
+            await self._storage.attach_subscription(record, topic.partition_count)
         except Exception as e:
             log.warning("attach at storage failed; its watch will attach it",
                         extra=fields(subscription=record.name, error=repr(e)))

@@ -37,7 +37,9 @@ def attribute(text: str) -> tuple[str, str]:
 
 
 def _topic_line(topic) -> str:
-    return json.dumps({"name": topic.name, "message_retention_s": topic.message_retention.seconds,
+    return json.dumps({"name": topic.name, "partitions": topic.partition_count,
+                       "replication_factor": topic.replication_factor,
+                       "message_retention_s": topic.message_retention.seconds,
                        "create_time": topic.create_time.ToJsonString()})
 
 
@@ -60,7 +62,10 @@ def _message_line(received) -> str:
 
 async def _topic(args, client: Client) -> None:
     if args.action == "create":
-        print(_topic_line(await client.create_topic(args.name, args.retention)))
+        print(_topic_line(await client.create_topic(args.name, args.retention, args.partitions,
+                                                    args.replication_factor)))
+    elif args.action == "update":
+        print(_topic_line(await client.update_topic(args.name, args.partitions)))
     elif args.action == "get":
         print(_topic_line(await client.get_topic(args.name)))
     elif args.action == "list":
@@ -69,6 +74,26 @@ async def _topic(args, client: Client) -> None:
     elif args.action == "delete":
         await client.delete_topic(args.name)
         print(f"deleted topic {args.name}", file=sys.stderr)
+
+
+async def _cluster(args, client: Client) -> None:
+    """A table for people: members by kind, then every shard with its replicas."""
+    status = await client.get_cluster_status()
+    by_kind: dict[str, list[str]] = {}
+    for member in status.members:
+        by_kind.setdefault(member.kind, []).append(f"{member.node_id} ({member.addr})")
+    for kind in ("metadata", "storage", "sender", "frontend"):
+        print(f"{kind:<9} {', '.join(by_kind.get(kind, [])) or '(none alive)'}")
+    print()
+    print(f"{'TOPIC':<24} {'PART':>4} {'LEADER':<12} {'EPOCH':>7} {'COMMIT':>9}  REPLICAS (role end lag)")
+    for shard in status.shards:
+        progress = {r.node_id: r for r in shard.replica_status}
+        replicas = []
+        for node in [*shard.replicas, *(n for n in progress if n not in shard.replicas)]:
+            r = progress.get(node)
+            replicas.append(f"{node} {r.role} {r.end} {r.lag}" if r else f"{node} ?")
+        print(f"{shard.topic:<24} {shard.partition:>4} {shard.leader or '(election)':<12} {shard.epoch:>7} "
+              f"{shard.commit:>9}  {'; '.join(replicas)}")
 
 
 async def _subscription(args, client: Client) -> None:
@@ -163,7 +188,8 @@ async def _subscribe(args, client: Client) -> int:
 def _up(args) -> int:
     from deploy.local import LocalMesh
 
-    mesh = LocalMesh(Path(args.data_dir), frontend_port=args.port, storage_nodes=args.storage_nodes)
+    mesh = LocalMesh(Path(args.data_dir), frontend_port=args.port, storage_nodes=args.storage_nodes,
+                     etcd_members=args.etcd_members)
     stopping = False
 
     def request_stop(signum, frame):
@@ -199,6 +225,12 @@ def parser() -> argparse.ArgumentParser:
     create = topic_actions.add_parser("create")
     create.add_argument("name")
     create.add_argument("--retention", type=duration, help="how long unacked messages are kept (default 7d)")
+    create.add_argument("--partitions", type=int, default=0, help="partitions (default 1)")
+    create.add_argument("--replication-factor", type=int, default=0,
+                        help="copies of each message, 1 to 5 (default 3, capped by live storage nodes)")
+    update = topic_actions.add_parser("update", help="raise the partition count")
+    update.add_argument("name")
+    update.add_argument("--partitions", type=int, required=True)
     topic_actions.add_parser("get").add_argument("name")
     topic_actions.add_parser("list")
     topic_actions.add_parser("delete").add_argument("name")
@@ -224,10 +256,16 @@ def parser() -> argparse.ArgumentParser:
     subscribe.add_argument("--max", type=int, help="exit after this many messages")
     subscribe.add_argument("--no-ack", action="store_true", help="print without acknowledging")
 
+    cluster = commands.add_parser("cluster", help="the state of the cluster")
+    cluster.add_subparsers(dest="action", required=True).add_parser(
+        "status", help="live members by kind; every partition's replicas, leader, epoch and lag")
+
     up = commands.add_parser("up", help="run the local mesh in the foreground")
     up.add_argument("--data-dir", default=".notifymesh")
     up.add_argument("--port", type=int, default=50051, help="frontend port")
     up.add_argument("--storage-nodes", type=int, default=3)
+    up.add_argument("--etcd-members", type=int, default=1, choices=(1, 3, 5),
+                    help="etcd cluster size (3 survives the loss of one member)")
     return p
 
 
@@ -237,6 +275,8 @@ async def _run(args) -> int:
             await _topic(args, client)
         elif args.command == "subscription":
             await _subscription(args, client)
+        elif args.command == "cluster":
+            await _cluster(args, client)
         elif args.command == "publish":
             return await _publish(args, client)
         elif args.command == "subscribe":

@@ -17,7 +17,7 @@ from typing import AsyncIterator, Iterable
 import grpc
 from google.protobuf import duration_pb2
 
-from gen.notifymesh.v1 import pubsub_pb2, pubsub_pb2_grpc
+from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
 from notifymesh import errors
 from notifymesh.cluster import channel_options
 
@@ -34,10 +34,11 @@ class Message:
     data: bytes
     attributes: dict[str, str] = field(default_factory=dict)
     idempotency_key: str = ""
+    ordering_key: str = ""
 
     def proto(self) -> pubsub_pb2.PubsubMessage:
         return pubsub_pb2.PubsubMessage(data=self.data, attributes=self.attributes,
-                                        idempotency_key=self.idempotency_key)
+                                        idempotency_key=self.idempotency_key, ordering_key=self.ordering_key)
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -52,6 +53,7 @@ class Client:
         self._channel = grpc.aio.insecure_channel(self.addr, options=channel_options(64 * 1024 * 1024))
         self._publisher = pubsub_pb2_grpc.PublisherStub(self._channel)
         self._subscriber = pubsub_pb2_grpc.SubscriberStub(self._channel)
+        self._cluster = cluster_pb2_grpc.ClusterAdminStub(self._channel)
         self._timeout = timeout_s
 
     async def __aenter__(self) -> "Client":
@@ -65,8 +67,10 @@ class Client:
 
     # -- topics -----------------------------------------------------------------
 
-    async def create_topic(self, name: str, retention_s: float | None = None) -> pubsub_pb2.Topic:
-        topic = pubsub_pb2.Topic(name=name)
+    async def create_topic(self, name: str, retention_s: float | None = None, partitions: int = 0,
+                           replication_factor: int = 0) -> pubsub_pb2.Topic:
+        """partitions and replication_factor 0 take the server's defaults (1 and 3)."""
+        topic = pubsub_pb2.Topic(name=name, partition_count=partitions, replication_factor=replication_factor)
         if retention_s is not None:
             topic.message_retention.CopyFrom(_duration(retention_s))
         return await self._publisher.CreateTopic(pubsub_pb2.CreateTopicRequest(topic=topic), timeout=self._timeout)
@@ -77,6 +81,13 @@ class Client:
     async def list_topics(self) -> list[pubsub_pb2.Topic]:
         reply = await self._publisher.ListTopics(pubsub_pb2.ListTopicsRequest(), timeout=self._timeout)
         return list(reply.topics)
+
+    async def update_topic(self, name: str, partitions: int) -> pubsub_pb2.Topic:
+        return await self._publisher.UpdateTopic(pubsub_pb2.UpdateTopicRequest(name=name, partition_count=partitions),
+                                                 timeout=self._timeout)
+
+    async def get_cluster_status(self) -> cluster_pb2.ClusterStatus:
+        return await self._cluster.GetClusterStatus(cluster_pb2.GetClusterStatusRequest(), timeout=self._timeout)
 
     async def delete_topic(self, name: str) -> None:
         await self._publisher.DeleteTopic(pubsub_pb2.DeleteTopicRequest(name=name), timeout=self._timeout)

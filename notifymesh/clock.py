@@ -1,5 +1,7 @@
-"""Wall-clock milliseconds, as stored in records and compared across processes."""
+"""Wall-clock milliseconds, as stored in records and compared across processes,
+and the message ids made from them."""
 
+import os
 import time
 
 from google.protobuf import timestamp_pb2
@@ -15,3 +17,8 @@ def timestamp(ms: int) -> timestamp_pb2.Timestamp:
 
 def to_ms(ts: timestamp_pb2.Timestamp) -> int:
     return ts.seconds * 1000 + ts.nanos // 1_000_000
+
+
+def new_message_id(ms: int | None = None) -> str:
+    """Time-ordered and unique without coordination: 44 bits of ms, 64 random bits."""
+    return f"{now_ms() if ms is None else ms:011x}{os.urandom(8).hex()}"

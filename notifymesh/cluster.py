@@ -15,6 +15,7 @@ from typing import Callable, Generic, TypeVar
 import aetcd
 import grpc
 
+from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 from notifymesh.log import fields
@@ -25,15 +26,25 @@ log = logging.getLogger(__name__)
 MEMBERS = b"/notifymesh/members/"            # + kind/node_id -> JSON {"addr", "pid"}
 TOPICS = b"/notifymesh/topics/"              # + name -> notifymesh.v1.Topic
 SUBSCRIPTIONS = b"/notifymesh/subscriptions/"  # + name -> notifymesh.v1.Subscription
+PLACEMENTS = b"/notifymesh/placements/"      # + topic/partition -> internal.v1.ShardPlacement
+# + topic/partition -> JSON {"node", "addr"}, under the leader's member lease; the
+# key's create revision is the leader's epoch.
+LEADERS = b"/notifymesh/leaders/"
+CANDIDATES = b"/notifymesh/candidates/"      # + topic/partition/node -> JSON {"end", "last_epoch"}
 
 KINDS = ("metadata", "storage", "sender", "frontend")
 
 T = TypeVar("T")
 
 
-def connect_etcd(endpoint: str) -> aetcd.Client:
-    host, _, port = endpoint.rpartition(":")
-    return aetcd.Client(host=host or "127.0.0.1", port=int(port), timeout=5)
+def connect_etcd(endpoints: str) -> aetcd.Client:
+    """endpoints: host:port[,host:port...]. aetcd takes one host and port and dials
+    f"{host}:{port}"; a gRPC multi-address target split at its last colon gives
+    it every member, and gRPC moves to another when one fails."""
+    target = "ipv4:" + endpoints if "," in endpoints else endpoints
+    host, _, port = target.rpartition(":")
+    return aetcd.Client(host=host or "127.0.0.1", port=int(port), timeout=5,
+                        options={"grpc.lb_policy_name": "round_robin"})
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, object]]:
@@ -58,6 +69,8 @@ class PrefixMirror(Generic[T]):
 
     def __init__(self, etcd: aetcd.Client, prefix: bytes, decode: Callable[[bytes], T]):
         self.items: dict[str, T] = {}
+        # name -> (create revision, mod revision), for epochs and compare-and-swap.
+        self.revisions: dict[str, tuple[int, int]] = {}
         self._etcd, self._prefix, self._decode = etcd, prefix, decode
         self._listeners: list[Callable[[], None]] = []
         self._loaded = asyncio.Event()
@@ -98,6 +111,7 @@ class PrefixMirror(Generic[T]):
             try:
                 snapshot = await self._etcd.get_prefix(self._prefix)
                 self.items = {self._name(kv.key): self._decode(kv.value) for kv in snapshot}
+                self.revisions = {self._name(kv.key): (kv.create_revision, kv.mod_revision) for kv in snapshot}
                 self._loaded.set()
                 self._changed()
                 watch = await self._etcd.watch_prefix(self._prefix, start_revision=snapshot.header.revision + 1)
@@ -105,8 +119,10 @@ class PrefixMirror(Generic[T]):
                     name = self._name(event.kv.key)
                     if event.kind == aetcd.rtypes.EventKind.PUT:
                         self.items[name] = self._decode(event.kv.value)
+                        self.revisions[name] = (event.kv.create_revision, event.kv.mod_revision)
                     else:
                         self.items.pop(name, None)
+                        self.revisions.pop(name, None)
                     self._changed()
             except asyncio.CancelledError:
                 raise
@@ -121,9 +137,13 @@ class Registration:
 
     def __init__(self, etcd: aetcd.Client, kind: str, node_id: str, addr: str, ttl_s: int):
         self.key = MEMBERS + f"{kind}/{node_id}".encode()
+        self.addr = addr
         self._value = json.dumps({"addr": addr, "pid": os.getpid(), "started": time.time()}).encode()
         self._etcd, self._ttl = etcd, ttl_s
-        self._lease = None
+        self.lease = None
+        # Until this monotonic time the lease is certainly alive (the last keep-alive
+        # was sent before it, and etcd renewed the TTL from its arrival).
+        self.valid_until = 0.0
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -131,30 +151,40 @@ class Registration:
         self._task = asyncio.create_task(self._keep_alive())
 
     async def _register(self) -> None:
-        self._lease = await self._etcd.lease(self._ttl)
-        await self._etcd.put(self.key, self._value, lease=self._lease)
+        sent = time.monotonic()
+        self.lease = await self._etcd.lease(self._ttl)
+        await self._etcd.put(self.key, self._value, lease=self.lease)
+        self.valid_until = sent + self._ttl
 
     async def _keep_alive(self) -> None:
         while True:
             await asyncio.sleep(self._ttl / 3)
             try:
-                reply = await self._lease.refresh()
-                if reply is None or reply.TTL <= 0:  # expired while we could not reach etcd
-                    log.warning("member lease expired; registering again")
-                    await self._register()
+                sent = time.monotonic()
+                reply = await self.lease.refresh()
+                if reply is not None and reply.TTL > 0:
+                    self.valid_until = sent + reply.TTL
+                    continue
             except asyncio.CancelledError:
                 raise
-            except Exception as e:
+            except Exception as e:  # etcd unreachable or electing a leader
                 log.warning("lease keep-alive failed", extra=fields(error=repr(e)))
+                if time.monotonic() < self.valid_until:
+                    continue
+            log.warning("member lease expired; registering again")
+            try:
+                await self._register()
+            except Exception as e:
+                log.warning("registering again failed", extra=fields(error=repr(e)))
 
     async def stop(self) -> None:
         """Leaves the mesh at once rather than after the TTL, so peers re-route now."""
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._lease is not None:
+        if self.lease is not None:
             try:
-                await self._lease.revoke()
+                await self.lease.revoke()
             except Exception as e:
                 log.warning("lease revoke failed", extra=fields(error=repr(e)))
 
@@ -168,19 +198,35 @@ class Cluster:
         self.members = PrefixMirror(etcd, MEMBERS, json.loads)
         self.topics = PrefixMirror(etcd, TOPICS, pubsub_pb2.Topic.FromString)
         self.subscriptions = PrefixMirror(etcd, SUBSCRIPTIONS, pubsub_pb2.Subscription.FromString)
+        self.placements = PrefixMirror(etcd, PLACEMENTS, storage_pb2.ShardPlacement.FromString)
+        self.leaders = PrefixMirror(etcd, LEADERS, json.loads)
         self.rings: dict[str, Ring] = {kind: Ring() for kind in KINDS}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._options = channel_options(max_message_bytes)
         self.members.on_change(self._rebuild_rings)
 
     async def start(self) -> None:
-        for mirror in (self.members, self.topics, self.subscriptions):
+        for mirror in self._mirrors():
             await mirror.start()
 
     async def stop(self) -> None:
-        for mirror in (self.members, self.topics, self.subscriptions):
+        for mirror in self._mirrors():
             await mirror.stop()
         await asyncio.gather(*(c.close() for c in self._channels.values()), return_exceptions=True)
+
+    def _mirrors(self) -> tuple[PrefixMirror, ...]:
+        return self.members, self.topics, self.subscriptions, self.placements, self.leaders
+
+    def leader(self, topic: str, partition: int) -> tuple[str, str, int]:
+        """(node id, address, epoch) of the shard's leader."""
+        shard = f"{topic}/{partition}"
+        leader = self.leaders.items.get(shard)
+        if leader is None:
+            raise errors.Unavailable(f"partition {partition} of topic {topic!r} has no leader at the moment")
+        return leader["node"], leader["addr"], self.revisions_of_leader(shard)
+
+    def revisions_of_leader(self, shard: str) -> int:
+        return self.leaders.revisions.get(shard, (0, 0))[0]
 
     def _rebuild_rings(self) -> None:
         for kind in KINDS:

@@ -28,6 +28,9 @@ class Config:
     max_ack_deadline_s: float = 600.0
     # Retention of a topic created without one: unacked messages older than this are dropped.
     default_retention_s: float = 7 * 24 * 3600.0
+    # Copies of every message of a topic created without a replication factor
+    # (capped by the live storage nodes when the topic is created).
+    default_replication_factor: int = 3
     # How long a repeated idempotency key is answered with the original message id.
     dedup_window_s: float = 24 * 3600.0
     # etcd lease of every member registration: a dead process drops out of the

@@ -1,5 +1,6 @@
 """Domain errors and the one table that maps them to gRPC status codes."""
 
+import aetcd
 import grpc
 
 
@@ -20,6 +21,10 @@ class AlreadyExists(NotifymeshError):
 
 
 class FailedPrecondition(NotifymeshError):
+    pass
+
+
+class Aborted(NotifymeshError):
     pass
 
 
@@ -44,6 +49,7 @@ STATUS_CODES: dict[type[NotifymeshError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    Aborted: grpc.StatusCode.ABORTED,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
@@ -66,4 +72,6 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str] | None:
                 return STATUS_CODES[cls], str(error)
     if isinstance(error, grpc.aio.AioRpcError):
         return error.code(), error.details() or error.code().name
+    if isinstance(error, aetcd.exceptions.ClientError):  # etcd unreachable, electing, or a lease lost
+        return grpc.StatusCode.UNAVAILABLE, f"etcd: {error}"
     return None

@@ -18,5 +18,11 @@ class Ring:
         """The node that owns key, or None when there are no live nodes."""
         return self._ring.get_node(key) if self._ring else None
 
+    def replicas(self, key: str, count: int) -> list[str]:
+        """count distinct nodes for key (fewer when there are fewer nodes), in ring order."""
+        if not self._ring:
+            return []
+        return [node["nodename"] for node in self._ring.range(key, size=min(count, len(self.nodes)))]
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Ring) and other.nodes == self.nodes

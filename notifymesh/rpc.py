@@ -28,15 +28,16 @@ class CallPolicy:
 
 
 POLICIES: dict[str, CallPolicy] = {
-    "Storage.Append": CallPolicy(timeout_s=10, retry_for_s=8),
+    # A failover takes a lease TTL plus an election: retry across it.
+    "Storage.Append": CallPolicy(timeout_s=10, retry_for_s=12),
     "Storage.Pull": CallPolicy(timeout_s=30, retry_for_s=0),   # the sender's loop retries
     "Storage.Acknowledge": CallPolicy(timeout_s=5, retry_for_s=8),
     "Storage.ModifyAckDeadline": CallPolicy(timeout_s=5, retry_for_s=8),
-    "Storage.Handoff": CallPolicy(timeout_s=10, retry_for_s=0),  # the handoff loop retries
     "Storage.AttachSubscription": CallPolicy(timeout_s=5, retry_for_s=2),
     "Sender.Acknowledge": CallPolicy(timeout_s=5, retry_for_s=8),
     "Sender.ModifyAckDeadline": CallPolicy(timeout_s=5, retry_for_s=8),
-    "Metadata": CallPolicy(timeout_s=5, retry_for_s=8),
+    # Longer than one etcd request (5 s), so an etcd failure comes back as UNAVAILABLE and is retried.
+    "Metadata": CallPolicy(timeout_s=10, retry_for_s=15),
 }
 
 

@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gen.notifymesh.internal.v1 import node_pb2, node_pb2_grpc
+from gen.notifymesh.v1 import cluster_pb2
 from notifymesh import config as config_mod
 from notifymesh import errors
 from notifymesh import log as log_mod
@@ -94,17 +95,18 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
 
 class NodeServicer(node_pb2_grpc.NodeServicer):
-    def __init__(self, kind: str, node_id: str, cluster: Cluster):
-        self._kind, self._node_id, self._cluster = kind, node_id, cluster
+    def __init__(self, kind: str, node_id: str, cluster: Cluster, shard_status: Callable[[], list]):
+        self._kind, self._node_id, self._cluster, self._shard_status = kind, node_id, cluster, shard_status
 
     async def Describe(self, request, context):
         cluster = self._cluster
-        members = [node_pb2.Member(kind=kind, node_id=node, addr=addr)
+        members = [cluster_pb2.ClusterMember(kind=kind, node_id=node, addr=addr)
                    for kind in sorted(cluster.rings) for node, addr in sorted(cluster.live(kind).items())]
         return node_pb2.DescribeResponse(
             kind=self._kind, node_id=self._node_id, members=members,
             topic_owners={t: cluster.rings["storage"].owner(t) or "" for t in request.topics},
-            subscription_owners={s: cluster.rings["sender"].owner(s) or "" for s in request.subscriptions})
+            subscription_owners={s: cluster.rings["sender"].owner(s) or "" for s in request.subscriptions},
+            shards=self._shard_status())
 
 
 Servicer = tuple[Callable[[Any, grpc.aio.Server], None], Any]
@@ -129,6 +131,8 @@ class Context:
     args: argparse.Namespace
     config: config_mod.Config
     cluster: Cluster
+    # Set once the process is registered in etcd (after component.start()).
+    registration: Registration | None = None
 
 
 def build_server(servicers: list[Servicer], max_message_bytes: int, listen: str,
@@ -181,8 +185,10 @@ async def serve(kind: str, args: argparse.Namespace,
     ctx = Context(kind, args.node_id, args, config, cluster)
     component = await build(ctx)
 
+    # Storage nodes report their shards; other kinds have none.
+    shard_status = getattr(component, "shard_status", list)
     servicers = [*component.servicers, (node_pb2_grpc.add_NodeServicer_to_server,
-                                        NodeServicer(kind, args.node_id, cluster))]
+                                        NodeServicer(kind, args.node_id, cluster, shard_status))]
     server, port, health_servicer = build_server(
         servicers, config.max_grpc_message_bytes, args.listen, component.reflected)
     await server.start()
@@ -191,6 +197,7 @@ async def serve(kind: str, args: argparse.Namespace,
     addr = f"{host}:{port}"
     registration = Registration(etcd, kind, args.node_id, addr, config.member_lease_ttl_s)
     await registration.start()
+    ctx.registration = registration
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info("serving", extra=fields(addr=addr))
 

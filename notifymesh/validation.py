@@ -54,3 +54,9 @@ def seconds_between(what: str, seconds: float, low: float, high: float) -> float
     if not low <= seconds <= high:
         raise InvalidArgument(f"{what} {seconds:g}s out of range: {low:g}s to {high:g}s")
     return seconds
+
+
+def count_between(what: str, value: int, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise InvalidArgument(f"{what} {value} out of range: {low} to {high}")
+    return value

@@ -16,6 +16,7 @@ import time
 
 import grpc
 from dataclasses import dataclass, field
+from typing import Callable
 
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
@@ -23,6 +24,7 @@ from notifymesh.batching import Coalescer
 from notifymesh.cluster import Cluster
 from notifymesh.config import Config
 from notifymesh.log import fields
+from storage import keys
 from storage.client import StorageClient
 
 log = logging.getLogger(__name__)
@@ -78,9 +80,9 @@ class Budget:
 
 
 class SubscriptionDispatcher:
-    def __init__(self, subscription: pubsub_pb2.Subscription, storage: StorageClient, budget: Budget,
-                 pulls: asyncio.Semaphore, acks: Coalescer):
-        self.name, self.topic = subscription.name, subscription.topic
+    def __init__(self, subscription: pubsub_pb2.Subscription, partitions: Callable[[], int], storage: StorageClient,
+                 budget: Budget, pulls: asyncio.Semaphore, acks: Coalescer):
+        self.name, self.topic, self._partitions = subscription.name, subscription.topic, partitions
         self.ack_deadline_ms = subscription.ack_deadline.ToMilliseconds()
         self._storage, self._budget, self._pulls, self._acks = storage, budget, pulls, acks
         self.streams: list[Stream] = []
@@ -88,14 +90,31 @@ class SubscriptionDispatcher:
         self._in_flight: dict[str, tuple[Stream, float]] = {}
         self._expiry: collections.deque[tuple[float, str]] = collections.deque()
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        # One pull loop per partition; room being pulled for is reserved meanwhile.
+        self._tasks: dict[int, asyncio.Task] = {}
+        self._reserved = 0
         self._turn = itertools.count()
 
     def add(self, stream: Stream) -> None:
         self.streams.append(stream)
         self._wake.set()
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run())
+        self._ensure_pullers()
+
+    def _ensure_pullers(self) -> None:
+        for partition in range(self._partitions()):
+            task = self._tasks.get(partition)
+            if task is None or task.done():
+                self._tasks[partition] = asyncio.create_task(self._run(partition))
+
+    async def _per_partition(self, ack_ids: list[str], call) -> None:
+        by_partition: dict[int, list[str]] = {}
+        for ack_id in ack_ids:
+            by_partition.setdefault(keys.parse_ack_id(ack_id)[0], []).append(ack_id)
+        await asyncio.gather(*(call(partition, ids) for partition, ids in by_partition.items()))
+
+    async def _nack(self, ack_ids: list[str]) -> None:
+        await self._per_partition(ack_ids, lambda p, ids: self._storage.modify_ack_deadline(
+            self.topic, p, self.name, ids, 0))
 
     async def remove(self, stream: Stream) -> None:
         """Hands the stream's unacknowledged messages back to storage for immediate
@@ -107,7 +126,7 @@ class SubscriptionDispatcher:
         stream.outstanding.clear()
         if unacked:
             try:
-                await self._storage.modify_ack_deadline(self.topic, self.name, unacked, 0)
+                await self._nack(unacked)
             except Exception as e:  # they come back after their ack deadline instead
                 log.warning("nack on disconnect failed", extra=fields(subscription=self.name, error=repr(e)))
         self._wake.set()
@@ -126,7 +145,7 @@ class SubscriptionDispatcher:
 
     async def acknowledge(self, ack_ids: list[str]) -> None:
         self._forget(ack_ids)
-        await self._acks.submit((self.topic, self.name), ack_ids)
+        await self._per_partition(ack_ids, lambda p, ids: self._acks.submit((self.topic, p, self.name), ids))
 
     async def modify_ack_deadline(self, ack_ids: list[str], ack_deadline_ms: int) -> None:
         if ack_deadline_ms == 0:
@@ -137,7 +156,8 @@ class SubscriptionDispatcher:
                 if (entry := self._in_flight.get(ack_id)) is not None:
                     self._in_flight[ack_id] = (entry[0], until)
                     self._expiry.append((until, ack_id))
-        await self._storage.modify_ack_deadline(self.topic, self.name, ack_ids, ack_deadline_ms)
+        await self._per_partition(ack_ids, lambda p, ids: self._storage.modify_ack_deadline(
+            self.topic, p, self.name, ids, ack_deadline_ms))
 
     def _expire(self) -> None:
         """Frees the room of messages past their ack deadline: storage redelivers them."""
@@ -148,10 +168,12 @@ class SubscriptionDispatcher:
             if entry is not None and entry[1] == until:
                 self._forget([ack_id])
 
-    async def _run(self) -> None:
+    async def _run(self, partition: int) -> None:
         while self.streams:
             self._expire()
-            room = min(sum(max(0, s.room()) for s in self.streams), self._budget.available(), PULL_MAX_MESSAGES)
+            self._ensure_pullers()  # the topic may have gained partitions
+            room = min(sum(max(0, s.room()) for s in self.streams) - self._reserved,
+                       self._budget.available() - self._reserved, PULL_MAX_MESSAGES)
             if room <= 0:
                 self._wake.clear()
                 timeout = self._expiry[0][0] - time.monotonic() if self._expiry else None
@@ -161,10 +183,11 @@ class SubscriptionDispatcher:
                     w.cancel()
                 self._budget.freed.clear()
                 continue
+            self._reserved += room
             try:
                 async with self._pulls:
-                    received = await self._storage.pull(self.topic, self.name, room, self.ack_deadline_ms,
-                                                        PULL_WAIT_MS)
+                    received = await self._storage.pull(self.topic, partition, self.name, room,
+                                                        self.ack_deadline_ms, PULL_WAIT_MS)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -172,9 +195,12 @@ class SubscriptionDispatcher:
                 if status and status[0] == grpc.StatusCode.NOT_FOUND:  # storage checked etcd: it is gone
                     self._end_streams(errors.NotFound(status[1]))
                     return
-                log.warning("pull failed", extra=fields(subscription=self.name, error=status or repr(e)))
+                log.warning("pull failed", extra=fields(subscription=self.name, partition=partition,
+                                                        error=status or repr(e)))
                 await asyncio.sleep(0.5)
                 continue
+            finally:
+                self._reserved -= room
             if received:
                 await self._hand_out(received)
 
@@ -200,8 +226,7 @@ class SubscriptionDispatcher:
             self._budget.take(len(batch))
             stream.queue.put_nowait(batch)
         if position < len(received):  # the streams went away meanwhile
-            leftover = [m.ack_id for m in received[position:]]
-            await self._storage.modify_ack_deadline(self.topic, self.name, leftover, 0)
+            await self._nack([m.ack_id for m in received[position:]])
 
     def _end_streams(self, reason: Exception | None) -> None:
         for stream in self.streams:
@@ -212,9 +237,9 @@ class SubscriptionDispatcher:
         self._end_streams(None)
         for stream in list(self.streams):
             await self.remove(stream)
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
 
 class Dispatcher:
@@ -230,12 +255,17 @@ class Dispatcher:
         self.subscriptions: dict[str, SubscriptionDispatcher] = {}
         self._closing = False
 
+    def _partition_count(self, topic: str) -> int:
+        record = self._cluster.topics.items.get(topic)
+        return max(1, record.partition_count) if record else 1
+
     async def _dispatcher(self, name: str) -> SubscriptionDispatcher:
         record = await self._cluster.subscription(name)
         dispatcher = self.subscriptions.get(name)
         if dispatcher is None or dispatcher.topic != record.topic:
             dispatcher = self.subscriptions[name] = SubscriptionDispatcher(
-                record, self._storage, self._budget, self._pulls, self._acks)
+                record, lambda: self._partition_count(record.topic), self._storage, self._budget, self._pulls,
+                self._acks)
         return dispatcher
 
     async def subscribe(self, name: str, max_outstanding: int):

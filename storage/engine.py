@@ -1,21 +1,22 @@
-"""A storage node's messages, cursors and leases: RocksDB plus an in-memory index.
+"""A storage node's shards: replicated logs, cursors and leases in RocksDB plus an
+in-memory index. Replication itself (who leads, who follows) is in
+storage/replication.py; this module keeps one node's copy.
 
-Publishing appends to a per-topic log with sequence numbers. Each subscription
-has a cursor (the next sequence never delivered) and leases for messages
-delivered but not yet acknowledged; a lease that passes its deadline makes the
-message deliverable again. A message is deleted once every subscription has
-moved past it (cursor beyond it, no lease on it), or when it is older than the
-topic's retention.
+Each shard's log has sequence numbers. Entries below `commit` are on a majority
+of the replica set and only those are delivered. Each subscription has a cursor
+(the next seq never delivered) and leases for messages delivered but not yet
+acknowledged; a lease past its deadline makes the message deliverable again. The
+leader deletes what every subscription has moved past, or what is older than
+the topic's retention, and followers drop what the leader no longer keeps.
 
-Appends are group-committed: concurrent appends share one synced WriteBatch.
-Cursor and lease updates are written without sync: losing one to a machine
-crash only means a message is delivered again, which at-least-once allows.
+Log writes are group-committed: concurrent appends (and replicated batches)
+share one synced WriteBatch. Cursor and lease updates are written without sync:
+losing one only means a message is delivered again, which at-least-once allows.
 """
 
 import asyncio
 import heapq
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,33 +25,14 @@ from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
-from notifymesh.clock import now_ms, timestamp, to_ms
+from notifymesh.clock import new_message_id, now_ms, timestamp, to_ms
 from notifymesh.log import fields
 from storage import keys
 
 log = logging.getLogger(__name__)
 
 NODE_ID_FILE = "NODE_ID"
-
-
-def new_message_id(publish_ms: int) -> str:
-    """Time-ordered and unique without coordination: 44 bits of ms, 64 random bits."""
-    return f"{publish_ms:011x}{os.urandom(8).hex()}"
-
-
-def ack_id(seq: int, node_id: str) -> str:
-    """Names the node: after a topic moves, another node's seq numbers mean other messages."""
-    return f"{seq:x}:{node_id}"
-
-
-def parse_ack_id(value: str) -> tuple[int, str]:
-    seq, sep, node_id = value.partition(":")
-    try:
-        if not sep or not node_id:
-            raise ValueError
-        return int(seq, 16), node_id
-    except ValueError:
-        raise errors.InvalidArgument(f"malformed ack id {value!r}") from None
+RETRY_SCAN_ENTRIES = 200_000  # how far back a retried append looks for its message ids
 
 
 @dataclass
@@ -75,33 +57,33 @@ class SubscriptionState:
         return None
 
     def low_watermark(self) -> int:
-        """No message below this is still owed to the subscription."""
+        """No entry below this is still owed to the subscription."""
         return min(self.cursor, min(self.leases, default=self.cursor))
 
 
 @dataclass
-class TopicLog:
+class ShardLog:
     name: str
-    first: int = 0   # lowest seq possibly still stored
-    end: int = 0     # one past the highest committed seq
-    next: int = 0    # next seq to assign (> end while a commit is in progress)
+    partition: int
+    first: int = 0       # lowest seq still kept
+    end: int = 0         # one past the last entry written here
+    commit: int = 0      # entries below are on a majority (as far as this node knows)
+    last_epoch: int = 0  # epoch of the entry at end - 1 (0: none, or below first)
     subscriptions: dict[str, SubscriptionState] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Counts changes of the delivery state, so the leader knows what a follower has.
+    state_version: int = 0
 
     def notify(self) -> None:
-        """Wakes every pull waiting on this topic."""
+        """Wakes every pull waiting on this shard."""
         changed, self.changed = self.changed, asyncio.Event()
         changed.set()
 
 
 @dataclass
-class _Append:
-    topic: str
-    messages: list[storage_pb2.StoredMessage]
-    dedup_window_ms: int
+class _Write:
+    ops: list[tuple]  # ("put", key, value) or ("delete_range", start, end)
     done: asyncio.Future
-    # False for a handoff: the messages keep the ids and publish times they have.
-    new: bool = True
 
 
 class StorageEngine:
@@ -118,8 +100,8 @@ class StorageEngine:
         self._synced = WriteOptions()
         self._synced.sync = True
         self._unsynced = WriteOptions()
-        self.topics: dict[str, TopicLog] = {}
-        self._pending: list[_Append] = []
+        self.shards: dict[str, ShardLog] = {}
+        self._pending: list[_Write] = []
         self._wake_committer = asyncio.Event()
         self._committer: asyncio.Task | None = None
         self._closed = False
@@ -131,124 +113,139 @@ class StorageEngine:
     def _recover(self) -> None:
         """Rebuilds the in-memory index from the keys on disk."""
         db = self._db
-        for key, value in db.items(from_key=b"c"):
-            if not key.startswith(b"c"):
-                break
-            topic, sub = (part.decode() for part in key[1:].split(b"\0", 1))
-            self._log(topic).subscriptions[sub] = SubscriptionState(sub, int.from_bytes(value, "big"))
-        for key, value in db.items(from_key=b"l"):
-            if not key.startswith(b"l"):
-                break
-            topic, sub, _ = key[1:].split(b"\0", 2)
-            state = self._log(topic.decode()).subscriptions.get(sub.decode())
-            if state is None:  # the cursor write was lost; the cursor recovery covers it
-                continue
-            state.lease(keys.seq_of(key), storage_pb2.Lease.FromString(value))
+        for key, value in self._prefixed(b"f"):
+            self.shard(key[1:].decode()).first = int.from_bytes(value, "big")
+        for key, value in self._prefixed(b"c"):
+            shard, sub = (part.decode() for part in key[1:].split(b"\0", 1))
+            self.shard(shard).subscriptions[sub] = SubscriptionState(sub, int.from_bytes(value, "big"))
+        for key, value in self._prefixed(b"l"):
+            shard, sub, _ = key[1:].split(b"\0", 2)
+            state = self.shard(shard.decode()).subscriptions.get(sub.decode())
+            if state is not None:
+                state.lease(keys.seq_of(key), storage_pb2.Lease.FromString(value))
         it = db.iter()
         it.seek(b"m")
         while it.valid() and it.key().startswith(b"m"):
-            topic = it.key()[1:].split(b"\0", 1)[0].decode()
-            prefix = keys.message_prefix(topic)
-            log_ = self._log(topic)
-            log_.first = keys.seq_of(it.key())
+            shard = it.key()[1:].split(b"\0", 1)[0].decode()
+            prefix = keys.message_prefix(shard)
+            log_ = self.shard(shard)
+            log_.first = max(log_.first, keys.seq_of(it.key()))
             it.seek_for_prev(keys.prefix_end(prefix))
             log_.end = keys.seq_of(it.key()) + 1
+            entry = self._entry(shard, log_.end - 1)
+            log_.last_epoch = entry.epoch if entry else 0
             it.seek(keys.prefix_end(prefix))
-        for log_ in self.topics.values():
-            for state in log_.subscriptions.values():
-                log_.end = max(log_.end, state.cursor, max(state.leases, default=-1) + 1)
-            log_.next = log_.end
-        log.info("recovered", extra=fields(topics=len(self.topics),
-                                           messages=sum(t.end - t.first for t in self.topics.values())))
+        for log_ in self.shards.values():
+            log_.end = max(log_.end, log_.first)
+        log.info("recovered", extra=fields(shards=len(self.shards),
+                                           entries=sum(s.end - s.first for s in self.shards.values())))
 
-    def _log(self, topic: str) -> TopicLog:
-        log_ = self.topics.get(topic)
+    def _prefixed(self, prefix: bytes):
+        for key, value in self._db.items(from_key=prefix):
+            if not key.startswith(prefix):
+                return
+            yield key, value
+
+    def shard(self, name: str) -> ShardLog:
+        log_ = self.shards.get(name)
         if log_ is None:
-            log_ = self.topics[topic] = TopicLog(topic)
+            log_ = self.shards[name] = ShardLog(name, keys.split_shard(name)[1])
         return log_
+
+    def _entry(self, shard: str, seq: int) -> storage_pb2.StoredMessage | None:
+        value = self._db.get(keys.message(shard, seq))
+        return self._decode(shard, seq, value)
+
+    def _decode(self, shard: str, seq: int, value: bytes | None) -> storage_pb2.StoredMessage | None:
+        if value is None:
+            return None
+        entry = keys.unsealed(value)
+        if entry is None:
+            log.error("corrupted entry skipped", extra=fields(shard=shard, seq=seq))
+            return None
+        return storage_pb2.StoredMessage.FromString(entry)
+
+    def epoch_at(self, shard: str, seq: int) -> int | None:
+        entry = self._entry(shard, seq)
+        return entry.epoch if entry else None
 
     def start(self) -> None:
         self._committer = asyncio.create_task(self._commit_loop())
 
-    # -- publish ----------------------------------------------------------------
+    # -- writing the log --------------------------------------------------------
 
-    async def append(self, topic: str, messages: list[pubsub_pb2.PubsubMessage], dedup_window_ms: int) -> list[str]:
-        """Stores messages durably; returns their ids (the original id for a repeated
-        idempotency key). Returns only after the synced write."""
-        stored = [storage_pb2.StoredMessage(message=m) for m in messages]
-        return await self._enqueue(_Append(topic, stored, dedup_window_ms, self._future()))
-
-    async def take_over(self, topic: str, messages: list[storage_pb2.StoredMessage], dedup_window_ms: int) -> None:
-        """Stores messages handed over by another node, keeping their ids."""
-        await self._enqueue(_Append(topic, messages, dedup_window_ms, self._future(), new=False))
-
-    @staticmethod
-    def _future() -> asyncio.Future:
-        return asyncio.get_running_loop().create_future()
-
-    async def _enqueue(self, append: _Append) -> list[str]:
+    async def _write_synced(self, ops: list[tuple]) -> None:
         if self._closed:
             raise errors.Unavailable("storage node is shutting down")
-        self._pending.append(append)
+        write = _Write(ops, asyncio.get_running_loop().create_future())
+        self._pending.append(write)
         self._wake_committer.set()
-        return await append.done
+        await write.done
 
     async def _commit_loop(self) -> None:
-        """While one batch is being written, the next accumulates: group commit."""
+        """While one group is being written, the next accumulates: group commit."""
         while not (self._closed and not self._pending):
             await self._wake_committer.wait()
             self._wake_committer.clear()
-            appends, self._pending = self._pending, []
-            if appends:
-                await self._commit(appends)
+            writes, self._pending = self._pending, []
+            if not writes:
+                continue
+            batch = WriteBatch(raw_mode=True)
+            for write in writes:  # one synced write for all of them
+                for op, *args in write.ops:
+                    getattr(batch, op)(*args)
+            try:
+                await asyncio.to_thread(self._db.write, batch, self._synced)
+            except Exception as e:
+                log.error("log write failed", extra=fields(error=repr(e)))
+                for write in writes:
+                    write.done.set_exception(errors.Unavailable(f"storage write failed: {e}"))
+                continue
+            for write in writes:
+                if not write.done.done():
+                    write.done.set_result(None)
 
-    async def _commit(self, appends: list[_Append]) -> None:
-        batch = WriteBatch(raw_mode=True)
-        seen: dict[bytes, str] = {}  # idempotency keys first used within this batch
-        results: list[list[str]] = []
-        touched: set[str] = set()
+    def prepare(self, shard: str, messages: list[pubsub_pb2.PubsubMessage], epoch: int, dedup_window_ms: int,
+                retry: bool) -> tuple[list[str], list[storage_pb2.StoredMessage]]:
+        """Leader side, synchronous: the ids to answer and the new entries (from
+        log.end on) for messages not already stored, by idempotency key or, for a
+        retry, by message id. Ids the client did not set are assigned here."""
+        log_ = self.shard(shard)
         publish_ms = now_ms()
         publish_time = timestamp(publish_ms)
-        for append in appends:
-            log_ = self._log(append.topic)
-            ids = []
-            for stored in append.messages:
-                message = stored.message
-                if message.idempotency_key:
-                    dedup_key = keys.idempotency(append.topic, message.idempotency_key)
-                    original = seen.get(dedup_key) or self._seen_id(dedup_key, publish_ms)
-                    if original:
-                        ids.append(original)
-                        continue
-                seq = log_.next
-                log_.next += 1
-                if append.new:
-                    message.message_id = new_message_id(publish_ms)
-                    message.publish_time.CopyFrom(publish_time)
-                stored.append_ms = publish_ms
-                batch.put(keys.message(append.topic, seq), stored.SerializeToString())
-                if message.idempotency_key:
-                    seen[dedup_key] = message.message_id
-                    batch.put(dedup_key, (publish_ms + append.dedup_window_ms).to_bytes(8, "big")
-                              + message.message_id.encode())
+        already = self._recent_ids(log_) if retry else set()
+        seen: dict[str, str] = {}  # idempotency keys first used within this request
+        ids, entries = [], []
+        for message in messages:
+            if message.idempotency_key:
+                original = seen.get(message.idempotency_key) or self._seen_id(
+                    keys.idempotency(shard, message.idempotency_key), publish_ms)
+                if original:
+                    ids.append(original)
+                    continue
+                seen[message.idempotency_key] = message.message_id or "?"
+            if message.message_id in already:
                 ids.append(message.message_id)
-            results.append(ids)
-            touched.add(append.topic)
-        try:
-            await asyncio.to_thread(self._db.write, batch, self._synced)
-        except Exception as e:
-            log.error("append write failed", extra=fields(error=repr(e)))
-            for append in appends:
-                if not append.done.done():
-                    append.done.set_exception(errors.Unavailable(f"storage write failed: {e}"))
-            return
-        for topic in touched:
-            log_ = self.topics[topic]
-            log_.end = log_.next
-            log_.notify()
-        for append, ids in zip(appends, results):
-            if not append.done.done():
-                append.done.set_result(ids)
+                continue
+            if not message.message_id:
+                message.message_id = new_message_id(publish_ms)
+            message.publish_time.CopyFrom(publish_time)
+            if message.idempotency_key:
+                seen[message.idempotency_key] = message.message_id
+            entries.append(storage_pb2.StoredMessage(message=message, append_ms=publish_ms, epoch=epoch))
+            ids.append(message.message_id)
+        return ids, entries
+
+    def _recent_ids(self, log_: ShardLog) -> set[str]:
+        start = max(log_.first, log_.end - RETRY_SCAN_ENTRIES)
+        ids = set()
+        for key, value in self._db.items(from_key=keys.message(log_.name, start)):
+            if not key.startswith(keys.message_prefix(log_.name)):
+                break
+            entry = self._decode(log_.name, keys.seq_of(key), value)
+            if entry is not None:
+                ids.add(entry.message.message_id)
+        return ids
 
     def _seen_id(self, dedup_key: bytes, now: int) -> str | None:
         value = self._db.get(dedup_key)
@@ -256,79 +253,180 @@ class StorageEngine:
             return None
         return value[8:].decode()
 
+    async def write_entries(self, shard: str, start: int, entries: list[storage_pb2.StoredMessage],
+                            dedup_window_ms: int) -> None:
+        """Writes entries at start.. with a synced write, replacing anything from start
+        on (a deposed leader's unreplicated tail). Both the leader's own appends and
+        a follower's replicated batches come through here."""
+        log_ = self.shard(shard)
+        if start < log_.first:
+            raise errors.FailedPrecondition(f"{shard}: entry {start} is below the first kept entry {log_.first}")
+        ops: list[tuple] = []
+        if start < log_.end:
+            ops.append(("delete_range", keys.message(shard, start), keys.message(shard, log_.end)))
+        for offset, entry in enumerate(entries):
+            ops.append(("put", keys.message(shard, start + offset), keys.sealed(entry.SerializeToString())))
+            message = entry.message
+            if message.idempotency_key:
+                expiry = entry.append_ms + dedup_window_ms
+                ops.append(("put", keys.idempotency(shard, message.idempotency_key),
+                            expiry.to_bytes(8, "big") + message.message_id.encode()))
+        # Set before the write completes so the next leader append lands after these.
+        log_.end = start + len(entries)
+        log_.last_epoch = entries[-1].epoch if entries else (self.epoch_at(shard, start - 1) or 0)
+        log_.commit = min(log_.commit, log_.end)
+        await self._write_synced(ops)
+
+    def advance_commit(self, shard: str, commit: int) -> None:
+        log_ = self.shard(shard)
+        commit = min(commit, log_.end)
+        if commit > log_.commit:
+            log_.commit = commit
+            log_.notify()
+
+    def entries(self, shard: str, start: int, limit: int) -> list[storage_pb2.StoredMessage]:
+        """Up to limit entries from start on, for replication."""
+        log_ = self.shard(shard)
+        out = []
+        stop = keys.message(shard, log_.end)
+        for key, value in self._db.items(from_key=keys.message(shard, start)):
+            if key >= stop or len(out) >= limit:
+                break
+            entry = self._decode(shard, keys.seq_of(key), value)
+            if entry is None or keys.seq_of(key) != start + len(out):
+                break  # a gap: stop before it rather than send entries out of place
+            out.append(entry)
+        return out
+
+    def reset(self, shard: str, first: int) -> None:
+        """A follower too far behind starts over at the leader's first entry."""
+        log_ = self.shard(shard)
+        batch = WriteBatch(raw_mode=True)
+        prefix = keys.message_prefix(shard)
+        batch.delete_range(prefix, keys.prefix_end(prefix))
+        batch.put(keys.first(shard), keys.seq_bytes(first))
+        self._db.write(batch, self._synced)
+        log_.first = log_.end = log_.commit = first
+        log_.last_epoch = 0
+        log.info("log reset", extra=fields(shard=shard, first=first))
+
+    def trim(self, shard: str, first: int) -> int:
+        """Drops entries below first (the leader no longer keeps them); returns how many."""
+        log_ = self.shard(shard)
+        first = min(first, log_.commit)
+        if first <= log_.first:
+            return 0
+        batch = WriteBatch(raw_mode=True)
+        batch.delete_range(keys.message(shard, log_.first), keys.message(shard, first))
+        batch.put(keys.first(shard), keys.seq_bytes(first))
+        self._db.write(batch, self._unsynced)
+        freed, log_.first = first - log_.first, first
+        return freed
+
     # -- subscriptions ----------------------------------------------------------
 
-    def attach(self, subscription: pubsub_pb2.Subscription) -> SubscriptionState:
-        """Starts the subscription at the first message published at or after its
-        create time, unless it is attached already."""
-        log_ = self._log(subscription.topic)
+    def attach(self, shard: str, subscription: pubsub_pb2.Subscription) -> SubscriptionState:
+        """Starts the subscription at the first entry appended at or after its create
+        time, unless it is attached already."""
+        log_ = self.shard(shard)
         state = log_.subscriptions.get(subscription.name)
         if state is None:
             cursor = self._first_seq_at_or_after(log_, to_ms(subscription.create_time))
-            self._db.put(keys.cursor(log_.name, subscription.name), keys.seq_bytes(cursor), self._unsynced)
+            self._db.put(keys.cursor(shard, subscription.name), keys.seq_bytes(cursor), self._unsynced)
             state = log_.subscriptions[subscription.name] = SubscriptionState(subscription.name, cursor)
-            log.info("subscription attached", extra=fields(subscription=subscription.name, cursor=cursor))
+            log_.state_version += 1
+            log.info("subscription attached", extra=fields(shard=shard, subscription=subscription.name,
+                                                           cursor=cursor))
         return state
 
-    def _first_seq_at_or_after(self, log_: TopicLog, ms: int) -> int:
-        """Binary search over the stored messages, which are in append-time order."""
+    def _first_seq_at_or_after(self, log_: ShardLog, ms: int) -> int:
+        """Binary search over the entries, which are in append-time order."""
         low, high = log_.first, log_.end
         it = self._db.iter()
+        prefix = keys.message_prefix(log_.name)
         while low < high:
             mid = (low + high) // 2
             it.seek(keys.message(log_.name, mid))
-            if not it.valid() or not it.key().startswith(keys.message_prefix(log_.name)):
+            if not it.valid() or not it.key().startswith(prefix):
                 high = mid
                 continue
             seq = keys.seq_of(it.key())
-            if storage_pb2.StoredMessage.FromString(it.value()).append_ms >= ms:
+            entry = self._decode(log_.name, seq, it.value())
+            if entry is not None and entry.append_ms >= ms:
                 high = mid
             else:
                 low = seq + 1
         return low
 
-    def detach(self, topic: str, subscription: str) -> None:
-        log_ = self.topics.get(topic)
+    def detach(self, shard: str, subscription: str) -> None:
+        log_ = self.shards.get(shard)
         if log_ is None or log_.subscriptions.pop(subscription, None) is None:
             return
         batch = WriteBatch(raw_mode=True)
-        batch.delete(keys.cursor(topic, subscription))
-        prefix = keys.lease_prefix(topic, subscription)
+        batch.delete(keys.cursor(shard, subscription))
+        prefix = keys.lease_prefix(shard, subscription)
         batch.delete_range(prefix, keys.prefix_end(prefix))
         self._db.write(batch, self._unsynced)
+        log_.state_version += 1
         log_.notify()
-        log.info("subscription detached", extra=fields(subscription=subscription))
+        log.info("subscription detached", extra=fields(shard=shard, subscription=subscription))
 
-    def drop_topic(self, topic: str) -> None:
-        log_ = self.topics.pop(topic, None)
+    def drop(self, shard: str) -> None:
+        """Forgets the shard entirely (its topic was deleted, or it moved away)."""
+        log_ = self.shards.pop(shard, None)
         if log_ is None:
             return
         batch = WriteBatch(raw_mode=True)
         for kind in (b"m", b"c", b"l", b"k"):
-            prefix = kind + topic.encode() + b"\0"
+            prefix = kind + shard.encode() + b"\0"
             batch.delete_range(prefix, keys.prefix_end(prefix))
+        batch.delete(keys.first(shard))
         self._db.write(batch, self._unsynced)
         log_.notify()
-        log.info("topic dropped", extra=fields(topic=topic))
+        log.info("shard dropped", extra=fields(shard=shard))
 
-    def subscription(self, topic: str, subscription: str) -> SubscriptionState:
-        log_ = self.topics.get(topic)
+    def subscription(self, shard: str, subscription: str) -> SubscriptionState:
+        log_ = self.shards.get(shard)
         state = log_.subscriptions.get(subscription) if log_ else None
         if state is None:
-            raise errors.NotFound(f"subscription {subscription!r} is not attached on this storage node")
+            raise errors.NotFound(f"subscription {subscription!r} is not attached to shard {shard}")
         return state
 
-    # -- delivery ---------------------------------------------------------------
+    def export_states(self, shard: str) -> list[storage_pb2.SubscriptionState]:
+        return [storage_pb2.SubscriptionState(
+                    name=s.name, cursor=s.cursor,
+                    leases=[storage_pb2.LeaseState(seq=seq, deadline_ms=lease.deadline_ms,
+                                                   delivery_attempt=lease.delivery_attempt)
+                            for seq, lease in s.leases.items()])
+                for s in self.shard(shard).subscriptions.values()]
 
-    async def pull(self, topic: str, subscription: str, max_messages: int, ack_deadline_ms: int,
+    def import_states(self, shard: str, states: list[storage_pb2.SubscriptionState]) -> None:
+        """A follower takes the leader's delivery state as it is."""
+        log_ = self.shard(shard)
+        batch = WriteBatch(raw_mode=True)
+        for prefix in (keys.cursor_prefix(shard), keys.lease_prefix(shard)):
+            batch.delete_range(prefix, keys.prefix_end(prefix))
+        log_.subscriptions = {}
+        for state in states:
+            local = log_.subscriptions[state.name] = SubscriptionState(state.name, state.cursor)
+            batch.put(keys.cursor(shard, state.name), keys.seq_bytes(state.cursor))
+            for lease in state.leases:
+                record = storage_pb2.Lease(deadline_ms=lease.deadline_ms, delivery_attempt=lease.delivery_attempt)
+                local.lease(lease.seq, record)
+                batch.put(keys.lease(shard, state.name, lease.seq), record.SerializeToString())
+        self._db.write(batch, self._unsynced)
+
+    # -- delivery (leader) ------------------------------------------------------
+
+    async def pull(self, shard: str, subscription: str, max_messages: int, ack_deadline_ms: int,
                    wait_ms: int) -> list[pubsub_pb2.ReceivedMessage]:
-        """Leases up to max_messages: expired leases first, then new messages. Waits up
-        to wait_ms for one to become deliverable."""
+        """Leases up to max_messages: expired leases first, then new committed
+        entries. Waits up to wait_ms for one to become deliverable."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + wait_ms / 1000
         while True:
-            log_ = self.topics.get(topic)
-            state = self.subscription(topic, subscription)
+            log_ = self.shards.get(shard)
+            state = self.subscription(shard, subscription)
             received = self._lease_deliverable(log_, state, max_messages, ack_deadline_ms)
             remaining = give_up - loop.time()
             if received or remaining <= 0 or self._draining:
@@ -341,7 +439,7 @@ class StorageEngine:
             except TimeoutError:
                 pass
 
-    def _lease_deliverable(self, log_: TopicLog, state: SubscriptionState, max_messages: int,
+    def _lease_deliverable(self, log_: ShardLog, state: SubscriptionState, max_messages: int,
                            ack_deadline_ms: int) -> list[pubsub_pb2.ReceivedMessage]:
         """Synchronous on purpose: nothing else runs between choosing messages and
         recording their leases, so two pulls never lease one message twice."""
@@ -349,149 +447,110 @@ class StorageEngine:
         deadline = now + ack_deadline_ms
         batch = WriteBatch(raw_mode=True)
         received: list[pubsub_pb2.ReceivedMessage] = []
-        # Redeliveries: leases past their deadline.
         while len(received) < max_messages and (due := state.next_deadline()) is not None and due <= now:
             _, seq = heapq.heappop(state.deadlines)
-            value = self._db.get(keys.message(log_.name, seq))
-            if value is None:  # expired by retention meanwhile
+            entry = self._entry(log_.name, seq)
+            if entry is None:  # expired by retention meanwhile
                 del state.leases[seq]
                 batch.delete(keys.lease(log_.name, state.name, seq))
                 continue
             lease = storage_pb2.Lease(deadline_ms=deadline, delivery_attempt=state.leases[seq].delivery_attempt + 1)
-            received.append(self._leased(log_, state, seq, storage_pb2.StoredMessage.FromString(value), lease, batch))
-        # New messages from the cursor on.
-        if len(received) < max_messages and state.cursor < log_.end:
+            received.append(self._leased(log_, state, seq, entry, lease, batch))
+        if len(received) < max_messages and state.cursor < log_.commit:
             cursor = state.cursor
-            stop = keys.message(log_.name, log_.end)
+            stop = keys.message(log_.name, log_.commit)
             for key, value in self._db.items(from_key=keys.message(log_.name, cursor)):
                 if len(received) >= max_messages:
                     break
-                if key >= stop:  # past this topic's committed messages (gaps were expired)
-                    cursor = log_.end
+                if key >= stop:
+                    cursor = log_.commit
                     break
                 seq = keys.seq_of(key)
                 cursor = seq + 1
-                stored = storage_pb2.StoredMessage.FromString(value)
-                if stored.only_subscriptions and state.name not in stored.only_subscriptions:
+                entry = self._decode(log_.name, seq, value)
+                if entry is None or not entry.HasField("message"):  # corrupted, or an epoch marker
                     continue
-                received.append(self._leased(log_, state, seq, stored,
+                received.append(self._leased(log_, state, seq, entry,
                                              storage_pb2.Lease(deadline_ms=deadline, delivery_attempt=1), batch))
             else:
-                cursor = log_.end
+                cursor = log_.commit
             if cursor > state.cursor:
                 state.cursor = cursor
                 batch.put(keys.cursor(log_.name, state.name), keys.seq_bytes(cursor))
         if len(batch):
             self._db.write(batch, self._unsynced)
+            log_.state_version += 1
         return received
 
-    def _leased(self, log_: TopicLog, state: SubscriptionState, seq: int, stored: storage_pb2.StoredMessage,
+    def _leased(self, log_: ShardLog, state: SubscriptionState, seq: int, entry: storage_pb2.StoredMessage,
                 lease: storage_pb2.Lease, batch: WriteBatch) -> pubsub_pb2.ReceivedMessage:
         state.lease(seq, lease)
         batch.put(keys.lease(log_.name, state.name, seq), lease.SerializeToString())
-        return pubsub_pb2.ReceivedMessage(ack_id=ack_id(seq, self.node_id), message=stored.message,
+        return pubsub_pb2.ReceivedMessage(ack_id=keys.ack_id(log_.partition, seq), message=entry.message,
                                           delivery_attempt=lease.delivery_attempt)
 
-    def acknowledge(self, topic: str, subscription: str, ack_ids: list[str]) -> int:
+    def _seqs(self, log_: ShardLog, ack_ids: list[str]) -> list[int]:
+        seqs = []
+        for value in ack_ids:
+            partition, seq = keys.parse_ack_id(value)
+            if partition != log_.partition:
+                raise errors.InvalidArgument(f"ack id {value!r} is not of partition {log_.partition}")
+            seqs.append(seq)
+        return seqs
+
+    def acknowledge(self, shard: str, subscription: str, ack_ids: list[str]) -> int:
         """Ends the leases; returns how many were in flight (others were acked already)."""
-        state = self.subscription(topic, subscription)
+        state = self.subscription(shard, subscription)
+        log_ = self.shards[shard]
         batch = WriteBatch(raw_mode=True)
         acked = 0
-        for seq in self._own_seqs(ack_ids):
+        for seq in self._seqs(log_, ack_ids):
             if state.leases.pop(seq, None) is not None:
-                batch.delete(keys.lease(topic, subscription, seq))
+                batch.delete(keys.lease(shard, subscription, seq))
                 acked += 1
         if acked:
             self._db.write(batch, self._unsynced)
+            log_.state_version += 1
         return acked
 
-    def _own_seqs(self, ack_ids: list[str]) -> list[int]:
-        """The seqs of ack ids this node issued; others belong to a node that held the
-        topic before, and their messages were handed over under new ids."""
-        parsed = [parse_ack_id(a) for a in ack_ids]
-        return [seq for seq, node_id in parsed if node_id == self.node_id]
-
-    def modify_ack_deadline(self, topic: str, subscription: str, ack_ids: list[str], ack_deadline_ms: int) -> None:
+    def modify_ack_deadline(self, shard: str, subscription: str, ack_ids: list[str], ack_deadline_ms: int) -> None:
         """Moves the deadline of in-flight messages; 0 makes them deliverable now (nack)."""
-        log_ = self.topics.get(topic)
-        state = self.subscription(topic, subscription)
+        state = self.subscription(shard, subscription)
+        log_ = self.shards[shard]
         batch = WriteBatch(raw_mode=True)
         deadline = now_ms() + ack_deadline_ms
-        for seq in self._own_seqs(ack_ids):
+        for seq in self._seqs(log_, ack_ids):
             lease = state.leases.get(seq)
             if lease is None:
                 continue
             lease = storage_pb2.Lease(deadline_ms=deadline, delivery_attempt=lease.delivery_attempt)
             state.lease(seq, lease)
-            batch.put(keys.lease(topic, subscription, seq), lease.SerializeToString())
+            batch.put(keys.lease(shard, subscription, seq), lease.SerializeToString())
         if len(batch):
             self._db.write(batch, self._unsynced)
+            log_.state_version += 1
             log_.notify()
 
-    # -- handoff of topics this node no longer owns ------------------------------
+    # -- garbage collection (leader) --------------------------------------------
 
-    def handoff_chunk(self, topic: str, limit: int) -> tuple[list[storage_pb2.StoredMessage], int]:
-        """Up to limit messages of topic that some subscription still needs, each
-        naming those subscriptions, and the seq after the last one looked at."""
-        log_ = self.topics[topic]
-        states = list(log_.subscriptions.values())
-        chunk: list[storage_pb2.StoredMessage] = []
-        upto = log_.first
-        stop = keys.message(topic, log_.end)
-        for key, value in self._db.items(from_key=keys.message(topic, log_.first)):
-            if len(chunk) >= limit:
-                break
-            if key >= stop:
-                upto = log_.end
-                break
-            seq = keys.seq_of(key)
-            upto = seq + 1
-            stored = storage_pb2.StoredMessage.FromString(value)
-            needed_by = [s.name for s in states if (seq >= s.cursor or seq in s.leases)
-                         and (not stored.only_subscriptions or s.name in stored.only_subscriptions)]
-            if needed_by:
-                del stored.only_subscriptions[:]
-                stored.only_subscriptions.extend(needed_by)
-                chunk.append(stored)
-        else:
-            upto = log_.end
-        return chunk, upto
-
-    def handed_off(self, topic: str, upto: int) -> None:
-        """Marks everything below upto as delivered here: the new owner has it now."""
-        log_ = self.topics.get(topic)
-        if log_ is None:
-            return
-        batch = WriteBatch(raw_mode=True)
-        for state in log_.subscriptions.values():
-            self._expire(log_, state, upto, batch)
-        if len(batch):
-            self._db.write(batch, self._unsynced)
-
-    # -- garbage collection -----------------------------------------------------
-
-    def collect(self, retention_ms: dict[str, int]) -> int:
+    def collect(self, shard: str, retention_ms: int | None) -> int:
         """Deletes what no subscription still needs, and what is past retention;
-        returns how many message slots were freed. retention_ms: per topic."""
-        now = now_ms()
-        freed = 0
+        returns how many entries were freed."""
+        log_ = self.shards.get(shard)
+        if log_ is None:
+            return 0
         batch = WriteBatch(raw_mode=True)
-        for log_ in self.topics.values():
-            retention = retention_ms.get(log_.name)
-            if retention is not None:
-                expired_below = self._first_seq_at_or_after(log_, now - retention)
-                for state in log_.subscriptions.values():
-                    self._expire(log_, state, expired_below, batch)
-            low = min((s.low_watermark() for s in log_.subscriptions.values()), default=log_.end)
-            if low > log_.first:
-                batch.delete_range(keys.message(log_.name, log_.first), keys.message(log_.name, low))
-                freed += low - log_.first
-                log_.first = low
+        if retention_ms is not None:
+            expired_below = min(self._first_seq_at_or_after(log_, now_ms() - retention_ms), log_.commit)
+            for state in log_.subscriptions.values():
+                self._expire(log_, state, expired_below, batch)
         if len(batch):
             self._db.write(batch, self._unsynced)
-        return freed
+            log_.state_version += 1
+        low = min((s.low_watermark() for s in log_.subscriptions.values()), default=log_.commit)
+        return self.trim(shard, low)
 
-    def _expire(self, log_: TopicLog, state: SubscriptionState, below: int, batch: WriteBatch) -> None:
+    def _expire(self, log_: ShardLog, state: SubscriptionState, below: int, batch: WriteBatch) -> None:
         for seq in [seq for seq in state.leases if seq < below]:
             del state.leases[seq]
             batch.delete(keys.lease(log_.name, state.name, seq))
@@ -503,9 +562,7 @@ class StorageEngine:
         """Deletes idempotency keys past their window; returns how many."""
         now = now_ms()
         batch = WriteBatch(raw_mode=True)
-        for key, value in self._db.items(from_key=b"k"):
-            if not key.startswith(b"k"):
-                break
+        for key, value in self._prefixed(b"k"):
             if int.from_bytes(value[:8], "big") <= now:
                 batch.delete(key)
         if count := len(batch):
@@ -517,7 +574,7 @@ class StorageEngine:
     def stop_waiting(self) -> None:
         """Makes waiting pulls return now, so the server's grace period is not spent on them."""
         self._draining = True
-        for log_ in self.topics.values():
+        for log_ in self.shards.values():
             log_.notify()
 
     async def close(self) -> None:

@@ -1,14 +1,28 @@
-"""RocksDB key layout of a storage node. Names never contain NUL (validation.NAME),
-so NUL separates them; sequence numbers are 8-byte big-endian so keys sort by seq.
+"""RocksDB key layout of a storage node. A shard is one partition of a topic,
+named "topic/partition". Names never contain NUL or "/" (validation.NAME), so NUL
+separates them; sequence numbers are 8-byte big-endian so keys sort by seq.
 
-  m topic \0 seq                  -> notifymesh.v1.PubsubMessage (id and publish time set)
-  c topic \0 subscription         -> cursor: next seq never delivered (8 bytes)
-  l topic \0 subscription \0 seq  -> notifymesh.internal.v1.Lease (in flight)
-  k topic \0 idempotency key      -> expiry ms (8 bytes) + message id
+  m shard \0 seq                  -> CRC-32 (4 bytes) + notifymesh.internal.v1.StoredMessage
+  f shard                         -> first seq still kept (8 bytes)
+  c shard \0 subscription         -> cursor: next seq never delivered (8 bytes)
+  l shard \0 subscription \0 seq  -> notifymesh.internal.v1.Lease (in flight)
+  k shard \0 idempotency key      -> expiry ms (8 bytes) + message id
 """
 
+import zlib
+
+from notifymesh import errors
+
 SEQ_BYTES = 8
-SEQ_END = (1 << 64) - 1
+
+
+def shard_name(topic: str, partition: int) -> str:
+    return f"{topic}/{partition}"
+
+
+def split_shard(shard: str) -> tuple[str, int]:
+    topic, _, partition = shard.rpartition("/")
+    return topic, int(partition)
 
 
 def seq_bytes(seq: int) -> bytes:
@@ -19,34 +33,69 @@ def seq_of(key: bytes) -> int:
     return int.from_bytes(key[-SEQ_BYTES:], "big")
 
 
-def message(topic: str, seq: int) -> bytes:
-    return b"m" + topic.encode() + b"\0" + seq_bytes(seq)
+def message(shard: str, seq: int) -> bytes:
+    return message_prefix(shard) + seq_bytes(seq)
 
 
-def message_prefix(topic: str) -> bytes:
-    return b"m" + topic.encode() + b"\0"
+def message_prefix(shard: str) -> bytes:
+    return b"m" + shard.encode() + b"\0"
 
 
-def cursor(topic: str, subscription: str) -> bytes:
-    return b"c" + topic.encode() + b"\0" + subscription.encode()
+def first(shard: str) -> bytes:
+    return b"f" + shard.encode()
 
 
-def lease(topic: str, subscription: str, seq: int) -> bytes:
-    return lease_prefix(topic, subscription) + seq_bytes(seq)
+def cursor(shard: str, subscription: str) -> bytes:
+    return cursor_prefix(shard) + subscription.encode()
 
 
-def lease_prefix(topic: str, subscription: str) -> bytes:
-    return b"l" + topic.encode() + b"\0" + subscription.encode() + b"\0"
+def cursor_prefix(shard: str) -> bytes:
+    return b"c" + shard.encode() + b"\0"
 
 
-def idempotency(topic: str, key: str) -> bytes:
-    return idempotency_prefix(topic) + key.encode()
+def lease(shard: str, subscription: str, seq: int) -> bytes:
+    return lease_prefix(shard, subscription) + seq_bytes(seq)
 
 
-def idempotency_prefix(topic: str) -> bytes:
-    return b"k" + topic.encode() + b"\0"
+def lease_prefix(shard: str, subscription: str = "") -> bytes:
+    """All leases of the shard's subscription, or of the whole shard without one."""
+    return b"l" + shard.encode() + b"\0" + (subscription.encode() + b"\0" if subscription else b"")
+
+
+def idempotency(shard: str, key: str) -> bytes:
+    return idempotency_prefix(shard) + key.encode()
+
+
+def idempotency_prefix(shard: str) -> bytes:
+    return b"k" + shard.encode() + b"\0"
 
 
 def prefix_end(prefix: bytes) -> bytes:
     """The smallest key above every key starting with prefix (prefix never ends in 0xff here)."""
     return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+def sealed(entry: bytes) -> bytes:
+    return zlib.crc32(entry).to_bytes(4, "big") + entry
+
+
+def unsealed(value: bytes) -> bytes | None:
+    """The entry, or None when its checksum does not match (corrupted or partial)."""
+    entry = value[4:]
+    return entry if len(value) >= 4 and zlib.crc32(entry) == int.from_bytes(value[:4], "big") else None
+
+
+def ack_id(partition: int, seq: int) -> str:
+    """Entries keep their seq on every replica, so an ack id stays valid across leaders."""
+    return f"{partition}:{seq:x}"
+
+
+def parse_ack_id(value: str) -> tuple[int, int]:
+    """(partition, seq)."""
+    partition, sep, seq = value.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return int(partition), int(seq, 16)
+    except ValueError:
+        raise errors.InvalidArgument(f"malformed ack id {value!r}") from None

@@ -1,6 +1,6 @@
-"""The storage node process: the Storage servicer (thin) over StorageEngine, plus
-the background work that follows etcd (attach/detach subscriptions, drop
-deleted topics) and deletes what is no longer needed."""
+"""The storage node process: the Storage servicer (thin) over the engine and its
+replication, plus background work that follows etcd (attach and detach
+subscriptions, drop deleted topics) and deletes what is no longer needed."""
 
 import asyncio
 import logging
@@ -11,14 +11,13 @@ from notifymesh import errors
 from notifymesh.cluster import SUBSCRIPTIONS, TOPICS
 from notifymesh.log import fields
 from notifymesh.server import Context
-from storage.client import StorageClient
+from storage import keys
 from storage.engine import StorageEngine
+from storage.replication import Replication
 
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_GC_EVERY = 60  # GC rounds between sweeps of expired idempotency keys
-HANDOFF_INTERVAL_S = 1.0
-HANDOFF_CHUNK = 1000
 
 
 class StorageServicer(storage_pb2_grpc.StorageServicer):
@@ -26,30 +25,32 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         self._node = node
 
     async def Append(self, request, context):
-        ids = await self._node.append(request.topic, list(request.messages))
+        ids = await self._node.append(request.topic, request.partition, list(request.messages), request.retry)
         return storage_pb2.AppendResponse(message_ids=ids)
 
     async def Pull(self, request, context):
-        received = await self._node.pull(request.topic, request.subscription, request.max_messages,
-                                         request.ack_deadline_ms, request.wait_ms)
+        received = await self._node.pull(request.topic, request.partition, request.subscription,
+                                         request.max_messages, request.ack_deadline_ms, request.wait_ms)
         return storage_pb2.PullResponse(received_messages=received)
 
     async def Acknowledge(self, request, context):
-        self._node.engine.acknowledge(request.topic, request.subscription, list(request.ack_ids))
+        shard = self._node.led_shard(request.topic, request.partition)
+        self._node.engine.acknowledge(shard, request.subscription, list(request.ack_ids))
         return storage_pb2.StorageAcknowledgeResponse()
 
     async def ModifyAckDeadline(self, request, context):
-        self._node.engine.modify_ack_deadline(request.topic, request.subscription, list(request.ack_ids),
+        shard = self._node.led_shard(request.topic, request.partition)
+        self._node.engine.modify_ack_deadline(shard, request.subscription, list(request.ack_ids),
                                               request.ack_deadline_ms)
         return storage_pb2.StorageModifyAckDeadlineResponse()
 
-    async def Handoff(self, request, context):
-        await self._node.take_over(request.topic, list(request.messages))
-        return storage_pb2.HandoffResponse()
-
     async def AttachSubscription(self, request, context):
-        self._node.engine.attach(request.subscription)
+        shard = self._node.led_shard(request.subscription.topic, request.partition)
+        self._node.engine.attach(shard, request.subscription)
         return storage_pb2.AttachSubscriptionResponse()
+
+    async def Replicate(self, request, context):
+        return await self._node.replication.replicate(request)
 
 
 class StorageNode:
@@ -58,45 +59,50 @@ class StorageNode:
     def __init__(self, ctx: Context):
         self._ctx, self._cluster, self._config = ctx, ctx.cluster, ctx.config
         self.engine = StorageEngine(Path(ctx.args.data_dir), ctx.node_id)
+        self.replication = Replication(self.engine, ctx.cluster, lambda: ctx.registration, ctx.node_id,
+                                       self._replication_factor, int(ctx.config.dedup_window_s * 1000))
         self.servicers = [(storage_pb2_grpc.add_StorageServicer_to_server, StorageServicer(self))]
-        self._dedup_window_ms = int(ctx.config.dedup_window_s * 1000)
-        self._storage = StorageClient(ctx.cluster)
         self._metadata_changed = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
 
-    async def append(self, topic: str, messages) -> list[str]:
+    def _replication_factor(self, topic: str) -> int:
+        record = self._cluster.topics.items.get(topic)
+        return record.replication_factor if record else 0
+
+    def led_shard(self, topic: str, partition: int) -> str:
+        """The shard's name, when this node leads it (UNAVAILABLE otherwise: ask the leader)."""
+        shard = keys.shard_name(topic, partition)
+        self.replication.leadership(shard)
+        return shard
+
+    async def append(self, topic: str, partition: int, messages, retry: bool) -> list[str]:
         await self._cluster.topic(topic)  # NOT_FOUND rather than data for a topic that does not exist
-        return await self.engine.append(topic, messages, self._dedup_window_ms)
+        return await self.replication.append(keys.shard_name(topic, partition), messages, retry)
 
-    async def take_over(self, topic: str, messages) -> None:
-        """Attaches the subscriptions the messages are for, then stores them."""
-        await self._cluster.topic(topic)
-        for name in {name for m in messages for name in m.only_subscriptions}:
-            record = self._cluster.subscriptions.items.get(name)
-            if record is not None and record.topic == topic:
-                self.engine.attach(record)
-        await self.engine.take_over(topic, messages, self._dedup_window_ms)
-
-    async def pull(self, topic: str, subscription: str, max_messages: int, ack_deadline_ms: int, wait_ms: int):
+    async def pull(self, topic: str, partition: int, subscription: str, max_messages: int, ack_deadline_ms: int,
+                   wait_ms: int):
         if max_messages <= 0 or ack_deadline_ms <= 0 or wait_ms < 0:
             raise errors.InvalidArgument("max_messages and ack_deadline_ms must be positive, wait_ms not negative")
-        log_ = self.engine.topics.get(topic)
+        shard = self.led_shard(topic, partition)
+        log_ = self.engine.shards.get(shard)
         if log_ is None or subscription not in log_.subscriptions:
             # Pulled before this node's watch saw the subscription: attach from etcd.
             record = await self._cluster.subscription(subscription)
             if record.topic != topic:
                 raise errors.InvalidArgument(f"subscription {subscription!r} is on topic {record.topic!r}")
-            self.engine.attach(record)
-        return await self.engine.pull(topic, subscription, max_messages, ack_deadline_ms, wait_ms)
+            self.engine.attach(shard, record)
+        return await self.engine.pull(shard, subscription, max_messages, ack_deadline_ms, wait_ms)
+
+    def shard_status(self):
+        return self.replication.status()
 
     async def start(self) -> None:
         self.engine.start()
-        self._cluster.topics.on_change(self._metadata_changed.set)
-        self._cluster.subscriptions.on_change(self._metadata_changed.set)
-        self._cluster.members.on_change(self._metadata_changed.set)
+        self.replication.start()
+        for mirror in (self._cluster.topics, self._cluster.subscriptions, self._cluster.leaders):
+            mirror.on_change(self._metadata_changed.set)
         self._metadata_changed.set()
-        self._tasks = [asyncio.create_task(self._follow_metadata()), asyncio.create_task(self._collect()),
-                       asyncio.create_task(self._hand_off())]
+        self._tasks = [asyncio.create_task(self._follow_metadata()), asyncio.create_task(self._collect())]
 
     async def _follow_metadata(self) -> None:
         while True:
@@ -110,53 +116,33 @@ class StorageNode:
                 self._metadata_changed.set()
 
     async def _reconcile(self) -> None:
-        """Brings attached subscriptions and kept topics in line with etcd. Removal is
-        confirmed against etcd itself: the mirror may lag behind a create that an
-        append or pull has already seen."""
+        """Brings the subscriptions of the shards this node leads, and the topics it
+        keeps, in line with etcd. Removal is confirmed against etcd itself: the
+        mirror may lag behind a create that an append or pull has already seen."""
         etcd, topics, subscriptions = self._cluster.etcd, self._cluster.topics.items, self._cluster.subscriptions.items
-        for topic in [t for t in self.engine.topics if t not in topics]:
-            if await etcd.get(TOPICS + topic.encode()) is None:
-                self.engine.drop_topic(topic)
-        for log_ in list(self.engine.topics.values()):
-            for name in [s for s in log_.subscriptions if s not in subscriptions or subscriptions[s].topic != log_.name]:
-                kv = await etcd.get(SUBSCRIPTIONS + name.encode())
-                if kv is None:
-                    self.engine.detach(log_.name, name)
-        ring = self._cluster.rings["storage"]
-        for record in list(subscriptions.values()):
-            if record.topic in topics and ring.owner(record.topic) == self._ctx.node_id:
-                self.engine.attach(record)
-
-    async def _hand_off(self) -> None:
-        """Moves what subscriptions still need of topics that the ring now gives to
-        another node (this node was down, or a node joined) to that node, so nothing
-        is stranded when ownership moves."""
-        while True:
-            await asyncio.sleep(HANDOFF_INTERVAL_S)
-            ring = self._cluster.rings["storage"]
-            for topic, log_ in list(self.engine.topics.items()):
-                owner = ring.owner(topic)
-                if owner is None or owner == self._ctx.node_id or log_.first >= log_.end:
-                    continue
-                try:
-                    messages, upto = self.engine.handoff_chunk(topic, HANDOFF_CHUNK)
-                    if messages:
-                        await self._storage.handoff(topic, messages)
-                    self.engine.handed_off(topic, upto)
-                    log.info("handed off", extra=fields(topic=topic, to=owner, messages=len(messages)))
-                except asyncio.CancelledError:
-                    raise
-                except Exception as e:
-                    log.warning("handoff failed; will retry", extra=fields(topic=topic, to=owner, error=repr(e)))
+        for shard in list(self.engine.shards):
+            topic, _ = keys.split_shard(shard)
+            if topic not in topics and await etcd.get(TOPICS + topic.encode()) is None:
+                self.engine.drop(shard)
+        for shard in list(self.replication.led):
+            topic, _ = keys.split_shard(shard)
+            log_ = self.engine.shard(shard)
+            for name in [s for s in log_.subscriptions if s not in subscriptions]:
+                if await etcd.get(SUBSCRIPTIONS + name.encode()) is None:
+                    self.engine.detach(shard, name)
+            for record in [r for r in subscriptions.values() if r.topic == topic]:
+                self.engine.attach(shard, record)
 
     async def _collect(self) -> None:
         rounds = 0
         while True:
             await asyncio.sleep(self._config.storage_gc_interval_s)
-            retention = {name: t.message_retention.ToMilliseconds() for name, t in self._cluster.topics.items.items()}
             try:
-                if freed := self.engine.collect(retention):
-                    log.debug("collected", extra=fields(messages=freed))
+                for shard in list(self.replication.led):
+                    record = self._cluster.topics.items.get(keys.split_shard(shard)[0])
+                    retention = record.message_retention.ToMilliseconds() if record else None
+                    if freed := self.engine.collect(shard, retention):
+                        log.debug("collected", extra=fields(shard=shard, entries=freed))
                 rounds += 1
                 if rounds % IDEMPOTENCY_GC_EVERY == 0:
                     self.engine.collect_idempotency_keys()
@@ -168,6 +154,7 @@ class StorageNode:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.replication.stop()
 
     async def close(self) -> None:
         await self.engine.close()

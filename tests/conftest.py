@@ -11,8 +11,9 @@ from deploy.local import LocalMesh, free_port
 from notifymesh.client import Client
 
 
-def new_mesh(path, **kwargs) -> LocalMesh:
-    mesh = LocalMesh(path, frontend_port=free_port(), etcd_port=free_port(), etcd_peer_port=free_port(), **kwargs)
+def new_mesh(path, etcd_members: int = 1, **kwargs) -> LocalMesh:
+    mesh = LocalMesh(path, frontend_port=free_port(), etcd_ports=[(free_port(), free_port()) for _ in range(etcd_members)],
+                     **kwargs)
     try:
         mesh.start()
     except BaseException:
@@ -72,3 +73,15 @@ async def receive(client: Client, subscription: str, count: int, timeout: float 
 
 def ids_of(received) -> list[str]:
     return [m.message.message_id for m in received]
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Shows what tests measured (record_property), e.g. the longest publish stall
+    during a failover, at the end of every run."""
+    lines = [f"{report.nodeid}: {name} = {value}"
+             for reports in terminalreporter.stats.values() for report in reports
+             for name, value in getattr(report, "user_properties", ()) if report.when == "call"]
+    if lines:
+        terminalreporter.section("measured")
+        for line in sorted(lines):
+            terminalreporter.line(line)

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from gen.notifymesh.v1 import pubsub_pb2
+from gen.notifymesh.v1 import cluster_pb2, pubsub_pb2
 from notifymesh import config
 from notifymesh.client import Client
 
@@ -15,8 +15,9 @@ def snake(name: str) -> str:
 
 
 def test_client_has_a_method_for_every_public_rpc():
-    rpcs = [m.name for s in pubsub_pb2.DESCRIPTOR.services_by_name.values() for m in s.methods]
-    assert len(rpcs) == 12
+    rpcs = [m.name for d in (pubsub_pb2.DESCRIPTOR, cluster_pb2.DESCRIPTOR)
+            for s in d.services_by_name.values() for m in s.methods]
+    assert len(rpcs) == 14
     missing = [rpc for rpc in rpcs if not hasattr(Client, snake(rpc).replace("subscribe", "subscribe_frames"))
                and not hasattr(Client, snake(rpc))]
     assert not missing

@@ -10,6 +10,7 @@ from notifymesh.clock import now_ms, timestamp
 from storage.engine import StorageEngine
 
 DEDUP_MS = 60_000
+SHARD = "orders/0"
 
 
 def subscription(name: str, topic: str = "orders", created_ms: int = 0) -> pubsub_pb2.Subscription:
@@ -18,6 +19,15 @@ def subscription(name: str, topic: str = "orders", created_ms: int = 0) -> pubsu
 
 def messages(*payloads: bytes, key: str = "") -> list[pubsub_pb2.PubsubMessage]:
     return [pubsub_pb2.PubsubMessage(data=p, idempotency_key=key) for p in payloads]
+
+
+async def append(engine: StorageEngine, shard: str, msgs, dedup_ms: int = DEDUP_MS, epoch: int = 1,
+                 retry: bool = False) -> list[str]:
+    """What a leader does: prepare, write (synced), and commit (a single replica here)."""
+    ids, entries = engine.prepare(shard, msgs, epoch, dedup_ms, retry)
+    await engine.write_entries(shard, engine.shard(shard).end, entries, dedup_ms)
+    engine.advance_commit(shard, engine.shard(shard).end)
+    return ids
 
 
 @pytest.fixture
@@ -36,131 +46,189 @@ async def reopen(engine: StorageEngine, tmp_path) -> StorageEngine:
 
 
 async def test_append_pull_ack_and_collect(engine):
-    engine.attach(subscription("audit"))
-    ids = await engine.append("orders", messages(b"a", b"b", b"c"), DEDUP_MS)
-    pulled = await engine.pull("orders", "audit", 10, 10_000, 0)
+    engine.attach(SHARD, subscription("audit"))
+    ids = await append(engine, SHARD, messages(b"a", b"b", b"c"), DEDUP_MS)
+    pulled = await engine.pull(SHARD, "audit", 10, 10_000, 0)
     assert [m.message.message_id for m in pulled] == ids
     assert [m.message.data for m in pulled] == [b"a", b"b", b"c"]
     assert all(m.message.HasField("publish_time") and m.delivery_attempt == 1 for m in pulled)
-    assert await engine.pull("orders", "audit", 10, 10_000, 0) == []  # leased, not deliverable
-    assert engine.collect({}) == 0  # in flight: kept
-    assert engine.acknowledge("orders", "audit", [m.ack_id for m in pulled]) == 3
-    assert engine.acknowledge("orders", "audit", [m.ack_id for m in pulled]) == 0
-    assert engine.collect({}) == 3
+    assert await engine.pull(SHARD, "audit", 10, 10_000, 0) == []  # leased, not deliverable
+    assert engine.collect(SHARD, None) == 0  # in flight: kept
+    assert engine.acknowledge(SHARD, "audit", [m.ack_id for m in pulled]) == 3
+    assert engine.acknowledge(SHARD, "audit", [m.ack_id for m in pulled]) == 0
+    assert engine.collect(SHARD, None) == 3
 
 
 async def test_message_is_kept_until_every_subscription_acked(engine):
-    engine.attach(subscription("audit"))
-    engine.attach(subscription("billing"))
-    await engine.append("orders", messages(b"x"), DEDUP_MS)
-    [audit] = await engine.pull("orders", "audit", 10, 10_000, 0)
-    engine.acknowledge("orders", "audit", [audit.ack_id])
-    assert engine.collect({}) == 0
-    [billing] = await engine.pull("orders", "billing", 10, 10_000, 0)
-    engine.acknowledge("orders", "billing", [billing.ack_id])
-    assert engine.collect({}) == 1
+    engine.attach(SHARD, subscription("audit"))
+    engine.attach(SHARD, subscription("billing"))
+    await append(engine, SHARD, messages(b"x"), DEDUP_MS)
+    [audit] = await engine.pull(SHARD, "audit", 10, 10_000, 0)
+    engine.acknowledge(SHARD, "audit", [audit.ack_id])
+    assert engine.collect(SHARD, None) == 0
+    [billing] = await engine.pull(SHARD, "billing", 10, 10_000, 0)
+    engine.acknowledge(SHARD, "billing", [billing.ack_id])
+    assert engine.collect(SHARD, None) == 1
 
 
 async def test_expired_lease_is_redelivered_and_nack_is_immediate(engine):
-    engine.attach(subscription("audit"))
-    [message_id] = await engine.append("orders", messages(b"x"), DEDUP_MS)
-    [first] = await engine.pull("orders", "audit", 10, 200, 0)
-    [second] = await engine.pull("orders", "audit", 10, 60_000, 2000)  # waits for the 200 ms lease
+    engine.attach(SHARD, subscription("audit"))
+    [message_id] = await append(engine, SHARD, messages(b"x"), DEDUP_MS)
+    [first] = await engine.pull(SHARD, "audit", 10, 200, 0)
+    [second] = await engine.pull(SHARD, "audit", 10, 60_000, 2000)  # waits for the 200 ms lease
     assert second.message.message_id == message_id and second.delivery_attempt == 2
-    engine.modify_ack_deadline("orders", "audit", [second.ack_id], 0)
-    [third] = await engine.pull("orders", "audit", 10, 60_000, 0)
+    engine.modify_ack_deadline(SHARD, "audit", [second.ack_id], 0)
+    [third] = await engine.pull(SHARD, "audit", 10, 60_000, 0)
     assert third.delivery_attempt == 3
 
 
 async def test_waiting_pull_wakes_on_append(engine):
-    engine.attach(subscription("audit"))
-    waiting = asyncio.create_task(engine.pull("orders", "audit", 10, 10_000, 5000))
+    engine.attach(SHARD, subscription("audit"))
+    waiting = asyncio.create_task(engine.pull(SHARD, "audit", 10, 10_000, 5000))
     await asyncio.sleep(0.05)
     assert not waiting.done()
-    await engine.append("orders", messages(b"late"), DEDUP_MS)
+    await append(engine, SHARD, messages(b"late"), DEDUP_MS)
     pulled = await asyncio.wait_for(waiting, 1)
     assert [m.message.data for m in pulled] == [b"late"]
 
 
 async def test_state_survives_reopen(engine, tmp_path):
-    engine.attach(subscription("audit"))
-    ids = await engine.append("orders", messages(b"a", b"b", b"c", b"d"), DEDUP_MS)
-    pulled = await engine.pull("orders", "audit", 2, 60_000, 0)
-    engine.acknowledge("orders", "audit", [pulled[0].ack_id])
+    engine.attach(SHARD, subscription("audit"))
+    ids = await append(engine, SHARD, messages(b"a", b"b", b"c", b"d"), DEDUP_MS)
+    pulled = await engine.pull(SHARD, "audit", 2, 60_000, 0)
+    engine.acknowledge(SHARD, "audit", [pulled[0].ack_id])
     engine = await reopen(engine, tmp_path)
     try:
+        assert engine.shard(SHARD).commit == 0  # unknown until a leader establishes it
+        engine.advance_commit(SHARD, engine.shard(SHARD).end)
         # b still leased for 60 s; c, d never delivered; a acked
-        rest = await engine.pull("orders", "audit", 10, 60_000, 0)
+        rest = await engine.pull(SHARD, "audit", 10, 60_000, 0)
         assert [m.message.message_id for m in rest] == ids[2:]
-        engine.modify_ack_deadline("orders", "audit", [pulled[1].ack_id], 0)
-        [again] = await engine.pull("orders", "audit", 10, 60_000, 0)
+        engine.modify_ack_deadline(SHARD, "audit", [pulled[1].ack_id], 0)
+        [again] = await engine.pull(SHARD, "audit", 10, 60_000, 0)
         assert again.message.message_id == ids[1] and again.delivery_attempt == 2
-        more = await engine.append("orders", messages(b"e"), DEDUP_MS)
+        more = await append(engine, SHARD, messages(b"e"), DEDUP_MS)
         assert more[0] not in ids
     finally:
         await engine.close()
 
 
 async def test_subscription_starts_at_its_create_time(engine):
-    await engine.append("orders", messages(b"old"), DEDUP_MS)
+    await append(engine, SHARD, messages(b"old"), DEDUP_MS)
     await asyncio.sleep(0.01)
     created = now_ms()
     await asyncio.sleep(0.01)
-    [new] = await engine.append("orders", messages(b"new"), DEDUP_MS)
-    engine.attach(subscription("late", created_ms=created))
-    assert [m.message.message_id for m in await engine.pull("orders", "late", 10, 10_000, 0)] == [new]
+    [new] = await append(engine, SHARD, messages(b"new"), DEDUP_MS)
+    engine.attach(SHARD, subscription("late", created_ms=created))
+    assert [m.message.message_id for m in await engine.pull(SHARD, "late", 10, 10_000, 0)] == [new]
 
 
 async def test_retention_expires_unacked_messages(engine):
-    engine.attach(subscription("audit"))
-    await engine.append("orders", messages(b"old"), DEDUP_MS)
-    await engine.pull("orders", "audit", 10, 60_000, 0)  # in flight, never acked
+    engine.attach(SHARD, subscription("audit"))
+    await append(engine, SHARD, messages(b"old"), DEDUP_MS)
+    await engine.pull(SHARD, "audit", 10, 60_000, 0)  # in flight, never acked
     await asyncio.sleep(0.05)
-    [fresh] = await engine.append("orders", messages(b"fresh"), DEDUP_MS)
-    assert engine.collect({"orders": 30}) == 1
-    engine.modify_ack_deadline("orders", "audit", ["0:storage-1"], 0)
-    assert [m.message.message_id for m in await engine.pull("orders", "audit", 10, 60_000, 0)] == [fresh]
+    [fresh] = await append(engine, SHARD, messages(b"fresh"), DEDUP_MS)
+    assert engine.collect(SHARD, 30) == 1
+    engine.modify_ack_deadline(SHARD, "audit", ["0:0"], 0)
+    assert [m.message.message_id for m in await engine.pull(SHARD, "audit", 10, 60_000, 0)] == [fresh]
 
 
 async def test_idempotency_key_within_and_across_batches(engine):
-    engine.attach(subscription("audit"))
-    first = await engine.append("orders", messages(b"a", b"a", key="k1"), DEDUP_MS)
+    engine.attach(SHARD, subscription("audit"))
+    first = await append(engine, SHARD, messages(b"a", b"a", key="k1"), DEDUP_MS)
     assert first[0] == first[1]
-    assert await engine.append("orders", messages(b"a", key="k1"), DEDUP_MS) == first[:1]
-    assert len(await engine.pull("orders", "audit", 10, 60_000, 0)) == 1
-    expired = await engine.append("orders", messages(b"b", key="k2"), 1)
+    assert await append(engine, SHARD, messages(b"a", key="k1"), DEDUP_MS) == first[:1]
+    assert len(await engine.pull(SHARD, "audit", 10, 60_000, 0)) == 1
+    expired = await append(engine, SHARD, messages(b"b", key="k2"), 1)
     await asyncio.sleep(0.01)
-    assert await engine.append("orders", messages(b"b", key="k2"), DEDUP_MS) != expired
-    await engine.append("orders", messages(b"c", key="k3"), 1)
+    assert await append(engine, SHARD, messages(b"b", key="k2"), DEDUP_MS) != expired
+    await append(engine, SHARD, messages(b"c", key="k3"), 1)
     await asyncio.sleep(0.01)
     assert engine.collect_idempotency_keys() == 1  # k3; k2 has a fresh window
 
 
-async def test_handoff_moves_only_what_each_subscription_still_needs(engine, tmp_path):
-    engine.attach(subscription("audit"))
-    engine.attach(subscription("billing"))
-    ids = await engine.append("orders", messages(b"a", b"b"), DEDUP_MS)
-    [audit_a] = await engine.pull("orders", "audit", 1, 60_000, 0)
-    engine.acknowledge("orders", "audit", [audit_a.ack_id])
-    chunk, upto = engine.handoff_chunk("orders", 100)
-    assert [(m.message.message_id, sorted(m.only_subscriptions)) for m in chunk] == [
-        (ids[0], ["billing"]), (ids[1], ["audit", "billing"])]
-    engine.handed_off("orders", upto)
-    assert await engine.pull("orders", "audit", 10, 60_000, 0) == []
-    assert engine.collect({}) == 2
-
-    other = StorageEngine(tmp_path / "other", "storage-2")
-    other.start()
+async def test_follower_write_replaces_a_diverged_tail_and_keeps_seqs(engine, tmp_path):
+    leader_ids = await append(engine, SHARD, messages(b"a", b"b", b"c"))
+    follower = StorageEngine(tmp_path / "follower", "storage-2")
+    follower.start()
     try:
-        other.attach(subscription("audit"))
-        other.attach(subscription("billing"))
-        await other.take_over("orders", chunk, DEDUP_MS)
-        audit = await other.pull("orders", "audit", 10, 60_000, 0)
-        billing = await other.pull("orders", "billing", 10, 60_000, 0)
-        assert [m.message.message_id for m in audit] == [ids[1]]
-        assert [m.message.message_id for m in billing] == ids
+        # the follower got a and b from epoch 1, then an entry of a deposed leader
+        entries = engine.entries(SHARD, 0, 10)
+        assert [e.message.message_id for e in entries] == leader_ids
+        await follower.write_entries(SHARD, 0, entries[:2], DEDUP_MS)
+        stale = storage_pb2.StoredMessage(message=pubsub_pb2.PubsubMessage(data=b"stale", message_id="x"), epoch=1)
+        await follower.write_entries(SHARD, 2, [stale], DEDUP_MS)
+        assert follower.shard(SHARD).end == 3
+        # the new leader (epoch 2) sends its marker at 2: the stale entry goes
+        await follower.write_entries(SHARD, 2, [storage_pb2.StoredMessage(epoch=2)], DEDUP_MS)
+        log_ = follower.shard(SHARD)
+        assert (log_.end, log_.last_epoch) == (3, 2)
+        assert [follower.epoch_at(SHARD, seq) for seq in range(3)] == [1, 1, 2]
+        follower.trim(SHARD, 2)  # below commit only
+        assert follower.shard(SHARD).first == 0
+        follower.advance_commit(SHARD, 3)
+        assert follower.trim(SHARD, 2) == 2 and follower.entries(SHARD, 2, 10)[0].epoch == 2
+        follower.reset(SHARD, 10)
+        assert (follower.shard(SHARD).first, follower.shard(SHARD).end) == (10, 10)
     finally:
-        await other.close()
+        await follower.close()
+
+
+async def test_delivery_state_moves_to_a_follower(engine, tmp_path):
+    engine.attach(SHARD, subscription("audit"))
+    ids = await append(engine, SHARD, messages(b"a", b"b", b"c"))
+    [first] = await engine.pull(SHARD, "audit", 1, 60_000, 0)
+    engine.acknowledge(SHARD, "audit", [first.ack_id])
+    await engine.pull(SHARD, "audit", 1, 60_000, 0)  # b in flight
+    follower = StorageEngine(tmp_path / "follower", "storage-2")
+    follower.start()
+    try:
+        await follower.write_entries(SHARD, 0, engine.entries(SHARD, 0, 10), DEDUP_MS)
+        follower.import_states(SHARD, engine.export_states(SHARD))
+        follower.advance_commit(SHARD, 3)
+        # as the new leader: c is next, b comes back when its lease is nacked
+        [c] = await follower.pull(SHARD, "audit", 10, 60_000, 0)
+        assert c.message.message_id == ids[2]
+        follower.modify_ack_deadline(SHARD, "audit", [ids_ack for ids_ack in ["0:1"]], 0)
+        [b] = await follower.pull(SHARD, "audit", 10, 60_000, 0)
+        assert b.message.message_id == ids[1] and b.delivery_attempt == 2
+    finally:
+        await follower.close()
+
+
+async def test_retry_skips_messages_already_in_the_log(engine):
+    engine.attach(SHARD, subscription("audit"))
+    msgs = messages(b"a", b"b")
+    for m in msgs:
+        m.message_id = f"id-{m.data.decode()}"
+    assert await append(engine, SHARD, msgs) == ["id-a", "id-b"]
+    again = messages(b"a", b"b", b"c")
+    for m in again:
+        m.message_id = f"id-{m.data.decode()}"
+    assert await append(engine, SHARD, again, retry=True) == ["id-a", "id-b", "id-c"]
+    assert [m.message.data for m in await engine.pull(SHARD, "audit", 10, 60_000, 0)] == [b"a", b"b", b"c"]
+
+
+async def test_only_committed_entries_are_delivered(engine):
+    engine.attach(SHARD, subscription("audit"))
+    ids, entries = engine.prepare(SHARD, messages(b"a", b"b"), 1, DEDUP_MS, False)
+    await engine.write_entries(SHARD, 0, entries, DEDUP_MS)
+    assert await engine.pull(SHARD, "audit", 10, 60_000, 0) == []
+    engine.advance_commit(SHARD, 1)
+    assert [m.message.message_id for m in await engine.pull(SHARD, "audit", 10, 60_000, 0)] == ids[:1]
+
+
+async def test_corrupted_entry_is_never_delivered(engine, tmp_path):
+    from storage import keys
+    engine.attach(SHARD, subscription("audit"))
+    ids = await append(engine, SHARD, messages(b"good", b"bad", b"fine"))
+    key = keys.message(SHARD, 1)
+    value = bytearray(engine._db[key])
+    value[-1] ^= 0xFF  # flip bits of the stored entry
+    engine._db[key] = bytes(value)
+    delivered = await engine.pull(SHARD, "audit", 10, 60_000, 0)
+    assert [m.message.message_id for m in delivered] == [ids[0], ids[2]]
 
 
 async def test_refuses_another_nodes_data_dir(engine, tmp_path):
@@ -171,15 +239,14 @@ async def test_refuses_another_nodes_data_dir(engine, tmp_path):
 async def test_unknown_subscription_and_bad_ack_id(engine):
     from notifymesh import errors
     with pytest.raises(errors.NotFound):
-        await engine.pull("orders", "nobody", 1, 1000, 0)
-    engine.attach(subscription("audit"))
-    for bad in ("zz", "zz:storage-1", "1", "1:"):
+        await engine.pull(SHARD, "nobody", 1, 1000, 0)
+    engine.attach(SHARD, subscription("audit"))
+    for bad in ("zz", "0:zz", "1", "x:1"):
         with pytest.raises(errors.InvalidArgument):
-            engine.acknowledge("orders", "audit", [bad])
-    # another node's ack id is not this node's seq 0
-    engine.attach(subscription("audit"))
-    await engine.append("orders", messages(b"x"), DEDUP_MS)
-    [pulled] = await engine.pull("orders", "audit", 1, 60_000, 0)
-    assert pulled.ack_id == "0:storage-1"
-    assert engine.acknowledge("orders", "audit", ["0:storage-2"]) == 0
-    assert engine.acknowledge("orders", "audit", [pulled.ack_id]) == 1
+            engine.acknowledge(SHARD, "audit", [bad])
+    with pytest.raises(errors.InvalidArgument, match="not of partition 0"):
+        engine.acknowledge(SHARD, "audit", ["1:0"])
+    await append(engine, SHARD, messages(b"x"))
+    [pulled] = await engine.pull(SHARD, "audit", 1, 60_000, 0)
+    assert pulled.ack_id == "0:0"  # partition 0, seq 0
+    assert engine.acknowledge(SHARD, "audit", [pulled.ack_id]) == 1

@@ -50,6 +50,11 @@ class PublisherStub:
                 request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.ListTopicsRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.ListTopicsResponse.FromString,
                 _registered_method=True)
+        self.UpdateTopic = channel.unary_unary(
+                '/notifymesh.v1.Publisher/UpdateTopic',
+                request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.UpdateTopicRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.Topic.FromString,
+                _registered_method=True)
         self.DeleteTopic = channel.unary_unary(
                 '/notifymesh.v1.Publisher/DeleteTopic',
                 request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.DeleteTopicRequest.SerializeToString,
@@ -86,6 +91,13 @@ class PublisherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateTopic(self, request, context):
+        """Raises the partition count (never lowers it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteTopic(self, request, context):
         """FAILED_PRECONDITION while the topic still has subscriptions.
         """
@@ -94,7 +106,8 @@ class PublisherServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Publish(self, request, context):
-        """Acknowledged only after the batch is durably stored (synced write).
+        """Acknowledged only after the batch is durably stored: a synced write on a
+        majority of each partition's replicas.
         Returns one message id per message, in request order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -118,6 +131,11 @@ def add_PublisherServicer_to_server(servicer, server):
                     servicer.ListTopics,
                     request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.ListTopicsRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.ListTopicsResponse.SerializeToString,
+            ),
+            'UpdateTopic': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTopic,
+                    request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.UpdateTopicRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.Topic.SerializeToString,
             ),
             'DeleteTopic': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteTopic,
@@ -212,6 +230,33 @@ class Publisher:
             '/notifymesh.v1.Publisher/ListTopics',
             notifymesh_dot_v1_dot_pubsub__pb2.ListTopicsRequest.SerializeToString,
             notifymesh_dot_v1_dot_pubsub__pb2.ListTopicsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTopic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.v1.Publisher/UpdateTopic',
+            notifymesh_dot_v1_dot_pubsub__pb2.UpdateTopicRequest.SerializeToString,
+            notifymesh_dot_v1_dot_pubsub__pb2.Topic.FromString,
             options,
             channel_credentials,
             insecure,

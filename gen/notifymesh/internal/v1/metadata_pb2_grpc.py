@@ -49,6 +49,11 @@ class MetadataStub:
                 request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.ListTopicsRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.ListTopicsResponse.FromString,
                 _registered_method=True)
+        self.UpdateTopic = channel.unary_unary(
+                '/notifymesh.internal.v1.Metadata/UpdateTopic',
+                request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.UpdateTopicRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.Topic.FromString,
+                _registered_method=True)
         self.DeleteTopic = channel.unary_unary(
                 '/notifymesh.internal.v1.Metadata/DeleteTopic',
                 request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.DeleteTopicRequest.SerializeToString,
@@ -92,6 +97,12 @@ class MetadataServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListTopics(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateTopic(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,6 +155,11 @@ def add_MetadataServicer_to_server(servicer, server):
                     servicer.ListTopics,
                     request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.ListTopicsRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.ListTopicsResponse.SerializeToString,
+            ),
+            'UpdateTopic': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTopic,
+                    request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.UpdateTopicRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.Topic.SerializeToString,
             ),
             'DeleteTopic': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteTopic,
@@ -252,6 +268,33 @@ class Metadata:
             '/notifymesh.internal.v1.Metadata/ListTopics',
             notifymesh_dot_v1_dot_pubsub__pb2.ListTopicsRequest.SerializeToString,
             notifymesh_dot_v1_dot_pubsub__pb2.ListTopicsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTopic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Metadata/UpdateTopic',
+            notifymesh_dot_v1_dot_pubsub__pb2.UpdateTopicRequest.SerializeToString,
+            notifymesh_dot_v1_dot_pubsub__pb2.Topic.FromString,
             options,
             channel_credentials,
             insecure,

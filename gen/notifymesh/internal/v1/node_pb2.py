@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from gen.notifymesh.v1 import cluster_pb2 as notifymesh_dot_v1_dot_cluster__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!notifymesh/internal/v1/node.proto\x12\x16notifymesh.internal.v1\"8\n\x0f\x44\x65scribeRequest\x12\x0e\n\x06topics\x18\x01 \x03(\t\x12\x15\n\rsubscriptions\x18\x02 \x03(\t\"5\n\x06Member\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04\x61\x64\x64r\x18\x03 \x01(\t\"\x81\x03\n\x10\x44\x65scribeResponse\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12/\n\x07members\x18\x03 \x03(\x0b\x32\x1e.notifymesh.internal.v1.Member\x12O\n\x0ctopic_owners\x18\x04 \x03(\x0b\x32\x39.notifymesh.internal.v1.DescribeResponse.TopicOwnersEntry\x12]\n\x13subscription_owners\x18\x05 \x03(\x0b\x32@.notifymesh.internal.v1.DescribeResponse.SubscriptionOwnersEntry\x1a\x32\n\x10TopicOwnersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x39\n\x17SubscriptionOwnersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\x65\n\x04Node\x12]\n\x08\x44\x65scribe\x12\'.notifymesh.internal.v1.DescribeRequest\x1a(.notifymesh.internal.v1.DescribeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!notifymesh/internal/v1/node.proto\x12\x16notifymesh.internal.v1\x1a\x1bnotifymesh/v1/cluster.proto\"8\n\x0f\x44\x65scribeRequest\x12\x0e\n\x06topics\x18\x01 \x03(\t\x12\x15\n\rsubscriptions\x18\x02 \x03(\t\"\xab\x03\n\x10\x44\x65scribeResponse\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12-\n\x07members\x18\x03 \x03(\x0b\x32\x1c.notifymesh.v1.ClusterMember\x12O\n\x0ctopic_owners\x18\x04 \x03(\x0b\x32\x39.notifymesh.internal.v1.DescribeResponse.TopicOwnersEntry\x12]\n\x13subscription_owners\x18\x05 \x03(\x0b\x32@.notifymesh.internal.v1.DescribeResponse.SubscriptionOwnersEntry\x12*\n\x06shards\x18\x06 \x03(\x0b\x32\x1a.notifymesh.v1.ShardStatus\x1a\x32\n\x10TopicOwnersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x39\n\x17SubscriptionOwnersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\x65\n\x04Node\x12]\n\x08\x44\x65scribe\x12\'.notifymesh.internal.v1.DescribeRequest\x1a(.notifymesh.internal.v1.DescribeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,16 +36,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DESCRIBERESPONSE_TOPICOWNERSENTRY']._serialized_options = b'8\001'
   _globals['_DESCRIBERESPONSE_SUBSCRIPTIONOWNERSENTRY']._loaded_options = None
   _globals['_DESCRIBERESPONSE_SUBSCRIPTIONOWNERSENTRY']._serialized_options = b'8\001'
-  _globals['_DESCRIBEREQUEST']._serialized_start=61
-  _globals['_DESCRIBEREQUEST']._serialized_end=117
-  _globals['_MEMBER']._serialized_start=119
-  _globals['_MEMBER']._serialized_end=172
-  _globals['_DESCRIBERESPONSE']._serialized_start=175
-  _globals['_DESCRIBERESPONSE']._serialized_end=560
-  _globals['_DESCRIBERESPONSE_TOPICOWNERSENTRY']._serialized_start=451
-  _globals['_DESCRIBERESPONSE_TOPICOWNERSENTRY']._serialized_end=501
-  _globals['_DESCRIBERESPONSE_SUBSCRIPTIONOWNERSENTRY']._serialized_start=503
-  _globals['_DESCRIBERESPONSE_SUBSCRIPTIONOWNERSENTRY']._serialized_end=560
-  _globals['_NODE']._serialized_start=562
-  _globals['_NODE']._serialized_end=663
+  _globals['_DESCRIBEREQUEST']._serialized_start=90
+  _globals['_DESCRIBEREQUEST']._serialized_end=146
+  _globals['_DESCRIBERESPONSE']._serialized_start=149
+  _globals['_DESCRIBERESPONSE']._serialized_end=576
+  _globals['_DESCRIBERESPONSE_TOPICOWNERSENTRY']._serialized_start=467
+  _globals['_DESCRIBERESPONSE_TOPICOWNERSENTRY']._serialized_end=517
+  _globals['_DESCRIBERESPONSE_SUBSCRIPTIONOWNERSENTRY']._serialized_start=519
+  _globals['_DESCRIBERESPONSE_SUBSCRIPTIONOWNERSENTRY']._serialized_end=576
+  _globals['_NODE']._serialized_start=578
+  _globals['_NODE']._serialized_end=679
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from gen.notifymesh.v1 import cluster_pb2 as _cluster_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -14,18 +15,8 @@ class DescribeRequest(_message.Message):
     subscriptions: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, topics: _Optional[_Iterable[str]] = ..., subscriptions: _Optional[_Iterable[str]] = ...) -> None: ...
 
-class Member(_message.Message):
-    __slots__ = ("kind", "node_id", "addr")
-    KIND_FIELD_NUMBER: _ClassVar[int]
-    NODE_ID_FIELD_NUMBER: _ClassVar[int]
-    ADDR_FIELD_NUMBER: _ClassVar[int]
-    kind: str
-    node_id: str
-    addr: str
-    def __init__(self, kind: _Optional[str] = ..., node_id: _Optional[str] = ..., addr: _Optional[str] = ...) -> None: ...
-
 class DescribeResponse(_message.Message):
-    __slots__ = ("kind", "node_id", "members", "topic_owners", "subscription_owners")
+    __slots__ = ("kind", "node_id", "members", "topic_owners", "subscription_owners", "shards")
     class TopicOwnersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -45,9 +36,11 @@ class DescribeResponse(_message.Message):
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     TOPIC_OWNERS_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_OWNERS_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
     kind: str
     node_id: str
-    members: _containers.RepeatedCompositeFieldContainer[Member]
+    members: _containers.RepeatedCompositeFieldContainer[_cluster_pb2.ClusterMember]
     topic_owners: _containers.ScalarMap[str, str]
     subscription_owners: _containers.ScalarMap[str, str]
-    def __init__(self, kind: _Optional[str] = ..., node_id: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., topic_owners: _Optional[_Mapping[str, str]] = ..., subscription_owners: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    shards: _containers.RepeatedCompositeFieldContainer[_cluster_pb2.ShardStatus]
+    def __init__(self, kind: _Optional[str] = ..., node_id: _Optional[str] = ..., members: _Optional[_Iterable[_Union[_cluster_pb2.ClusterMember, _Mapping]]] = ..., topic_owners: _Optional[_Mapping[str, str]] = ..., subscription_owners: _Optional[_Mapping[str, str]] = ..., shards: _Optional[_Iterable[_Union[_cluster_pb2.ShardStatus, _Mapping]]] = ...) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from gen.notifymesh.v1 import pubsub_pb2 as notifymesh_dot_v1_dot_pubsub__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$notifymesh/internal/v1/storage.proto\x12\x16notifymesh.internal.v1\x1a\x1anotifymesh/v1/pubsub.proto\"N\n\rAppendRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12.\n\x08messages\x18\x02 \x03(\x0b\x32\x1c.notifymesh.v1.PubsubMessage\"%\n\x0e\x41ppendResponse\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\"r\n\x0bPullRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x14\n\x0csubscription\x18\x02 \x01(\t\x12\x14\n\x0cmax_messages\x18\x03 \x01(\x05\x12\x17\n\x0f\x61\x63k_deadline_ms\x18\x04 \x01(\x05\x12\x0f\n\x07wait_ms\x18\x05 \x01(\x05\"I\n\x0cPullResponse\x12\x39\n\x11received_messages\x18\x01 \x03(\x0b\x32\x1e.notifymesh.v1.ReceivedMessage\"Q\n\x19StorageAcknowledgeRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x14\n\x0csubscription\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x63k_ids\x18\x03 \x03(\t\"\x1c\n\x1aStorageAcknowledgeResponse\"p\n\x1fStorageModifyAckDeadlineRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x14\n\x0csubscription\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x63k_ids\x18\x03 \x03(\t\x12\x17\n\x0f\x61\x63k_deadline_ms\x18\x04 \x01(\x05\"\"\n StorageModifyAckDeadlineResponse\"X\n\x0eHandoffRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x37\n\x08messages\x18\x02 \x03(\x0b\x32%.notifymesh.internal.v1.StoredMessage\"\x11\n\x0fHandoffResponse\"N\n\x19\x41ttachSubscriptionRequest\x12\x31\n\x0csubscription\x18\x01 \x01(\x0b\x32\x1b.notifymesh.v1.Subscription\"\x1c\n\x1a\x41ttachSubscriptionResponse\"m\n\rStoredMessage\x12-\n\x07message\x18\x01 \x01(\x0b\x32\x1c.notifymesh.v1.PubsubMessage\x12\x11\n\tappend_ms\x18\x02 \x01(\x03\x12\x1a\n\x12only_subscriptions\x18\x03 \x03(\t\"6\n\x05Lease\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x01 \x01(\x03\x12\x18\n\x10\x64\x65livery_attempt\x18\x02 \x01(\x05\x32\x8d\x05\n\x07Storage\x12W\n\x06\x41ppend\x12%.notifymesh.internal.v1.AppendRequest\x1a&.notifymesh.internal.v1.AppendResponse\x12Q\n\x04Pull\x12#.notifymesh.internal.v1.PullRequest\x1a$.notifymesh.internal.v1.PullResponse\x12t\n\x0b\x41\x63knowledge\x12\x31.notifymesh.internal.v1.StorageAcknowledgeRequest\x1a\x32.notifymesh.internal.v1.StorageAcknowledgeResponse\x12\x86\x01\n\x11ModifyAckDeadline\x12\x37.notifymesh.internal.v1.StorageModifyAckDeadlineRequest\x1a\x38.notifymesh.internal.v1.StorageModifyAckDeadlineResponse\x12Z\n\x07Handoff\x12&.notifymesh.internal.v1.HandoffRequest\x1a\'.notifymesh.internal.v1.HandoffResponse\x12{\n\x12\x41ttachSubscription\x12\x31.notifymesh.internal.v1.AttachSubscriptionRequest\x1a\x32.notifymesh.internal.v1.AttachSubscriptionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$notifymesh/internal/v1/storage.proto\x12\x16notifymesh.internal.v1\x1a\x1anotifymesh/v1/pubsub.proto\"p\n\rAppendRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12.\n\x08messages\x18\x02 \x03(\x0b\x32\x1c.notifymesh.v1.PubsubMessage\x12\x11\n\tpartition\x18\x03 \x01(\x05\x12\r\n\x05retry\x18\x04 \x01(\x08\"%\n\x0e\x41ppendResponse\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\"\x85\x01\n\x0bPullRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x14\n\x0csubscription\x18\x02 \x01(\t\x12\x14\n\x0cmax_messages\x18\x03 \x01(\x05\x12\x17\n\x0f\x61\x63k_deadline_ms\x18\x04 \x01(\x05\x12\x0f\n\x07wait_ms\x18\x05 \x01(\x05\x12\x11\n\tpartition\x18\x06 \x01(\x05\"I\n\x0cPullResponse\x12\x39\n\x11received_messages\x18\x01 \x03(\x0b\x32\x1e.notifymesh.v1.ReceivedMessage\"d\n\x19StorageAcknowledgeRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x14\n\x0csubscription\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x63k_ids\x18\x03 \x03(\t\x12\x11\n\tpartition\x18\x04 \x01(\x05\"\x1c\n\x1aStorageAcknowledgeResponse\"\x83\x01\n\x1fStorageModifyAckDeadlineRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x14\n\x0csubscription\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x63k_ids\x18\x03 \x03(\t\x12\x17\n\x0f\x61\x63k_deadline_ms\x18\x04 \x01(\x05\x12\x11\n\tpartition\x18\x05 \x01(\x05\"\"\n StorageModifyAckDeadlineResponse\"a\n\x19\x41ttachSubscriptionRequest\x12\x31\n\x0csubscription\x18\x01 \x01(\x0b\x32\x1b.notifymesh.v1.Subscription\x12\x11\n\tpartition\x18\x02 \x01(\x05\"\x1c\n\x1a\x41ttachSubscriptionResponse\"X\n\x10ReplicateRequest\x12\x0e\n\x06leader\x18\x01 \x01(\t\x12\x34\n\x06shards\x18\x02 \x03(\x0b\x32$.notifymesh.internal.v1.ShardEntries\"\x96\x02\n\x0cShardEntries\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\r\n\x05\x65poch\x18\x03 \x01(\x03\x12\r\n\x05start\x18\x04 \x01(\x03\x12\x12\n\nprev_epoch\x18\x05 \x01(\x03\x12\x36\n\x07\x65ntries\x18\x06 \x03(\x0b\x32%.notifymesh.internal.v1.StoredMessage\x12\x0e\n\x06\x63ommit\x18\x07 \x01(\x03\x12\r\n\x05\x66irst\x18\x08 \x01(\x03\x12\x19\n\x11has_subscriptions\x18\t \x01(\x08\x12@\n\rsubscriptions\x18\n \x03(\x0b\x32).notifymesh.internal.v1.SubscriptionState\"H\n\x11ReplicateResponse\x12\x33\n\x06shards\x18\x01 \x03(\x0b\x32#.notifymesh.internal.v1.ShardResult\"]\n\x0bShardResult\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x03\x12\x13\n\x0bnewer_epoch\x18\x05 \x01(\x03\"e\n\x11SubscriptionState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x03\x12\x32\n\x06leases\x18\x03 \x03(\x0b\x32\".notifymesh.internal.v1.LeaseState\"H\n\nLeaseState\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x02 \x01(\x03\x12\x18\n\x10\x64\x65livery_attempt\x18\x03 \x01(\x05\"f\n\rStoredMessage\x12-\n\x07message\x18\x01 \x01(\x0b\x32\x1c.notifymesh.v1.PubsubMessage\x12\x11\n\tappend_ms\x18\x02 \x01(\x03\x12\r\n\x05\x65poch\x18\x04 \x01(\x03J\x04\x08\x03\x10\x04\"6\n\x05Lease\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x01 \x01(\x03\x12\x18\n\x10\x64\x65livery_attempt\x18\x02 \x01(\x05\"`\n\x0eShardPlacement\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x10\n\x08replicas\x18\x03 \x03(\t\x12\x1a\n\x12replication_factor\x18\x04 \x01(\x05\x32\x93\x05\n\x07Storage\x12W\n\x06\x41ppend\x12%.notifymesh.internal.v1.AppendRequest\x1a&.notifymesh.internal.v1.AppendResponse\x12Q\n\x04Pull\x12#.notifymesh.internal.v1.PullRequest\x1a$.notifymesh.internal.v1.PullResponse\x12t\n\x0b\x41\x63knowledge\x12\x31.notifymesh.internal.v1.StorageAcknowledgeRequest\x1a\x32.notifymesh.internal.v1.StorageAcknowledgeResponse\x12\x86\x01\n\x11ModifyAckDeadline\x12\x37.notifymesh.internal.v1.StorageModifyAckDeadlineRequest\x1a\x38.notifymesh.internal.v1.StorageModifyAckDeadlineResponse\x12{\n\x12\x41ttachSubscription\x12\x31.notifymesh.internal.v1.AttachSubscriptionRequest\x1a\x32.notifymesh.internal.v1.AttachSubscriptionResponse\x12`\n\tReplicate\x12(.notifymesh.internal.v1.ReplicateRequest\x1a).notifymesh.internal.v1.ReplicateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,33 +33,43 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'notifymesh.internal.v1.stor
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_APPENDREQUEST']._serialized_start=92
-  _globals['_APPENDREQUEST']._serialized_end=170
-  _globals['_APPENDRESPONSE']._serialized_start=172
-  _globals['_APPENDRESPONSE']._serialized_end=209
-  _globals['_PULLREQUEST']._serialized_start=211
-  _globals['_PULLREQUEST']._serialized_end=325
-  _globals['_PULLRESPONSE']._serialized_start=327
-  _globals['_PULLRESPONSE']._serialized_end=400
-  _globals['_STORAGEACKNOWLEDGEREQUEST']._serialized_start=402
-  _globals['_STORAGEACKNOWLEDGEREQUEST']._serialized_end=483
-  _globals['_STORAGEACKNOWLEDGERESPONSE']._serialized_start=485
-  _globals['_STORAGEACKNOWLEDGERESPONSE']._serialized_end=513
-  _globals['_STORAGEMODIFYACKDEADLINEREQUEST']._serialized_start=515
-  _globals['_STORAGEMODIFYACKDEADLINEREQUEST']._serialized_end=627
-  _globals['_STORAGEMODIFYACKDEADLINERESPONSE']._serialized_start=629
-  _globals['_STORAGEMODIFYACKDEADLINERESPONSE']._serialized_end=663
-  _globals['_HANDOFFREQUEST']._serialized_start=665
-  _globals['_HANDOFFREQUEST']._serialized_end=753
-  _globals['_HANDOFFRESPONSE']._serialized_start=755
-  _globals['_HANDOFFRESPONSE']._serialized_end=772
-  _globals['_ATTACHSUBSCRIPTIONREQUEST']._serialized_start=774
-  _globals['_ATTACHSUBSCRIPTIONREQUEST']._serialized_end=852
-  _globals['_ATTACHSUBSCRIPTIONRESPONSE']._serialized_start=854
-  _globals['_ATTACHSUBSCRIPTIONRESPONSE']._serialized_end=882
-  _globals['_STOREDMESSAGE']._serialized_start=884
-  _globals['_STOREDMESSAGE']._serialized_end=993
-  _globals['_LEASE']._serialized_start=995
-  _globals['_LEASE']._serialized_end=1049
-  _globals['_STORAGE']._serialized_start=1052
-  _globals['_STORAGE']._serialized_end=1705
+  _globals['_APPENDREQUEST']._serialized_end=204
+  _globals['_APPENDRESPONSE']._serialized_start=206
+  _globals['_APPENDRESPONSE']._serialized_end=243
+  _globals['_PULLREQUEST']._serialized_start=246
+  _globals['_PULLREQUEST']._serialized_end=379
+  _globals['_PULLRESPONSE']._serialized_start=381
+  _globals['_PULLRESPONSE']._serialized_end=454
+  _globals['_STORAGEACKNOWLEDGEREQUEST']._serialized_start=456
+  _globals['_STORAGEACKNOWLEDGEREQUEST']._serialized_end=556
+  _globals['_STORAGEACKNOWLEDGERESPONSE']._serialized_start=558
+  _globals['_STORAGEACKNOWLEDGERESPONSE']._serialized_end=586
+  _globals['_STORAGEMODIFYACKDEADLINEREQUEST']._serialized_start=589
+  _globals['_STORAGEMODIFYACKDEADLINEREQUEST']._serialized_end=720
+  _globals['_STORAGEMODIFYACKDEADLINERESPONSE']._serialized_start=722
+  _globals['_STORAGEMODIFYACKDEADLINERESPONSE']._serialized_end=756
+  _globals['_ATTACHSUBSCRIPTIONREQUEST']._serialized_start=758
+  _globals['_ATTACHSUBSCRIPTIONREQUEST']._serialized_end=855
+  _globals['_ATTACHSUBSCRIPTIONRESPONSE']._serialized_start=857
+  _globals['_ATTACHSUBSCRIPTIONRESPONSE']._serialized_end=885
+  _globals['_REPLICATEREQUEST']._serialized_start=887
+  _globals['_REPLICATEREQUEST']._serialized_end=975
+  _globals['_SHARDENTRIES']._serialized_start=978
+  _globals['_SHARDENTRIES']._serialized_end=1256
+  _globals['_REPLICATERESPONSE']._serialized_start=1258
+  _globals['_REPLICATERESPONSE']._serialized_end=1330
+  _globals['_SHARDRESULT']._serialized_start=1332
+  _globals['_SHARDRESULT']._serialized_end=1425
+  _globals['_SUBSCRIPTIONSTATE']._serialized_start=1427
+  _globals['_SUBSCRIPTIONSTATE']._serialized_end=1528
+  _globals['_LEASESTATE']._serialized_start=1530
+  _globals['_LEASESTATE']._serialized_end=1602
+  _globals['_STOREDMESSAGE']._serialized_start=1604
+  _globals['_STOREDMESSAGE']._serialized_end=1706
+  _globals['_LEASE']._serialized_start=1708
+  _globals['_LEASE']._serialized_end=1762
+  _globals['_SHARDPLACEMENT']._serialized_start=1764
+  _globals['_SHARDPLACEMENT']._serialized_end=1860
+  _globals['_STORAGE']._serialized_start=1863
+  _globals['_STORAGE']._serialized_end=2522
 # @@protoc_insertion_point(module_scope)

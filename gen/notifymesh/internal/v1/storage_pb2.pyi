@@ -8,12 +8,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AppendRequest(_message.Message):
-    __slots__ = ("topic", "messages")
+    __slots__ = ("topic", "messages", "partition", "retry")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    RETRY_FIELD_NUMBER: _ClassVar[int]
     topic: str
     messages: _containers.RepeatedCompositeFieldContainer[_pubsub_pb2.PubsubMessage]
-    def __init__(self, topic: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_pubsub_pb2.PubsubMessage, _Mapping]]] = ...) -> None: ...
+    partition: int
+    retry: bool
+    def __init__(self, topic: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_pubsub_pb2.PubsubMessage, _Mapping]]] = ..., partition: _Optional[int] = ..., retry: _Optional[bool] = ...) -> None: ...
 
 class AppendResponse(_message.Message):
     __slots__ = ("message_ids",)
@@ -22,18 +26,20 @@ class AppendResponse(_message.Message):
     def __init__(self, message_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PullRequest(_message.Message):
-    __slots__ = ("topic", "subscription", "max_messages", "ack_deadline_ms", "wait_ms")
+    __slots__ = ("topic", "subscription", "max_messages", "ack_deadline_ms", "wait_ms", "partition")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     ACK_DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
     topic: str
     subscription: str
     max_messages: int
     ack_deadline_ms: int
     wait_ms: int
-    def __init__(self, topic: _Optional[str] = ..., subscription: _Optional[str] = ..., max_messages: _Optional[int] = ..., ack_deadline_ms: _Optional[int] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+    partition: int
+    def __init__(self, topic: _Optional[str] = ..., subscription: _Optional[str] = ..., max_messages: _Optional[int] = ..., ack_deadline_ms: _Optional[int] = ..., wait_ms: _Optional[int] = ..., partition: _Optional[int] = ...) -> None: ...
 
 class PullResponse(_message.Message):
     __slots__ = ("received_messages",)
@@ -42,66 +48,132 @@ class PullResponse(_message.Message):
     def __init__(self, received_messages: _Optional[_Iterable[_Union[_pubsub_pb2.ReceivedMessage, _Mapping]]] = ...) -> None: ...
 
 class StorageAcknowledgeRequest(_message.Message):
-    __slots__ = ("topic", "subscription", "ack_ids")
+    __slots__ = ("topic", "subscription", "ack_ids", "partition")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
     ACK_IDS_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
     topic: str
     subscription: str
     ack_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, topic: _Optional[str] = ..., subscription: _Optional[str] = ..., ack_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    partition: int
+    def __init__(self, topic: _Optional[str] = ..., subscription: _Optional[str] = ..., ack_ids: _Optional[_Iterable[str]] = ..., partition: _Optional[int] = ...) -> None: ...
 
 class StorageAcknowledgeResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class StorageModifyAckDeadlineRequest(_message.Message):
-    __slots__ = ("topic", "subscription", "ack_ids", "ack_deadline_ms")
+    __slots__ = ("topic", "subscription", "ack_ids", "ack_deadline_ms", "partition")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
     ACK_IDS_FIELD_NUMBER: _ClassVar[int]
     ACK_DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
     topic: str
     subscription: str
     ack_ids: _containers.RepeatedScalarFieldContainer[str]
     ack_deadline_ms: int
-    def __init__(self, topic: _Optional[str] = ..., subscription: _Optional[str] = ..., ack_ids: _Optional[_Iterable[str]] = ..., ack_deadline_ms: _Optional[int] = ...) -> None: ...
+    partition: int
+    def __init__(self, topic: _Optional[str] = ..., subscription: _Optional[str] = ..., ack_ids: _Optional[_Iterable[str]] = ..., ack_deadline_ms: _Optional[int] = ..., partition: _Optional[int] = ...) -> None: ...
 
 class StorageModifyAckDeadlineResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
-class HandoffRequest(_message.Message):
-    __slots__ = ("topic", "messages")
-    TOPIC_FIELD_NUMBER: _ClassVar[int]
-    MESSAGES_FIELD_NUMBER: _ClassVar[int]
-    topic: str
-    messages: _containers.RepeatedCompositeFieldContainer[StoredMessage]
-    def __init__(self, topic: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[StoredMessage, _Mapping]]] = ...) -> None: ...
-
-class HandoffResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
-
 class AttachSubscriptionRequest(_message.Message):
-    __slots__ = ("subscription",)
+    __slots__ = ("subscription", "partition")
     SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
     subscription: _pubsub_pb2.Subscription
-    def __init__(self, subscription: _Optional[_Union[_pubsub_pb2.Subscription, _Mapping]] = ...) -> None: ...
+    partition: int
+    def __init__(self, subscription: _Optional[_Union[_pubsub_pb2.Subscription, _Mapping]] = ..., partition: _Optional[int] = ...) -> None: ...
 
 class AttachSubscriptionResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class ReplicateRequest(_message.Message):
+    __slots__ = ("leader", "shards")
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    leader: str
+    shards: _containers.RepeatedCompositeFieldContainer[ShardEntries]
+    def __init__(self, leader: _Optional[str] = ..., shards: _Optional[_Iterable[_Union[ShardEntries, _Mapping]]] = ...) -> None: ...
+
+class ShardEntries(_message.Message):
+    __slots__ = ("topic", "partition", "epoch", "start", "prev_epoch", "entries", "commit", "first", "has_subscriptions", "subscriptions")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    PREV_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    HAS_SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    epoch: int
+    start: int
+    prev_epoch: int
+    entries: _containers.RepeatedCompositeFieldContainer[StoredMessage]
+    commit: int
+    first: int
+    has_subscriptions: bool
+    subscriptions: _containers.RepeatedCompositeFieldContainer[SubscriptionState]
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., epoch: _Optional[int] = ..., start: _Optional[int] = ..., prev_epoch: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[StoredMessage, _Mapping]]] = ..., commit: _Optional[int] = ..., first: _Optional[int] = ..., has_subscriptions: _Optional[bool] = ..., subscriptions: _Optional[_Iterable[_Union[SubscriptionState, _Mapping]]] = ...) -> None: ...
+
+class ReplicateResponse(_message.Message):
+    __slots__ = ("shards",)
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    shards: _containers.RepeatedCompositeFieldContainer[ShardResult]
+    def __init__(self, shards: _Optional[_Iterable[_Union[ShardResult, _Mapping]]] = ...) -> None: ...
+
+class ShardResult(_message.Message):
+    __slots__ = ("topic", "partition", "ok", "end", "newer_epoch")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    NEWER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    ok: bool
+    end: int
+    newer_epoch: int
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., ok: _Optional[bool] = ..., end: _Optional[int] = ..., newer_epoch: _Optional[int] = ...) -> None: ...
+
+class SubscriptionState(_message.Message):
+    __slots__ = ("name", "cursor", "leases")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    LEASES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    cursor: int
+    leases: _containers.RepeatedCompositeFieldContainer[LeaseState]
+    def __init__(self, name: _Optional[str] = ..., cursor: _Optional[int] = ..., leases: _Optional[_Iterable[_Union[LeaseState, _Mapping]]] = ...) -> None: ...
+
+class LeaseState(_message.Message):
+    __slots__ = ("seq", "deadline_ms", "delivery_attempt")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    deadline_ms: int
+    delivery_attempt: int
+    def __init__(self, seq: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., delivery_attempt: _Optional[int] = ...) -> None: ...
+
 class StoredMessage(_message.Message):
-    __slots__ = ("message", "append_ms", "only_subscriptions")
+    __slots__ = ("message", "append_ms", "epoch")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     APPEND_MS_FIELD_NUMBER: _ClassVar[int]
-    ONLY_SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     message: _pubsub_pb2.PubsubMessage
     append_ms: int
-    only_subscriptions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, message: _Optional[_Union[_pubsub_pb2.PubsubMessage, _Mapping]] = ..., append_ms: _Optional[int] = ..., only_subscriptions: _Optional[_Iterable[str]] = ...) -> None: ...
+    epoch: int
+    def __init__(self, message: _Optional[_Union[_pubsub_pb2.PubsubMessage, _Mapping]] = ..., append_ms: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class Lease(_message.Message):
     __slots__ = ("deadline_ms", "delivery_attempt")
@@ -110,3 +182,15 @@ class Lease(_message.Message):
     deadline_ms: int
     delivery_attempt: int
     def __init__(self, deadline_ms: _Optional[int] = ..., delivery_attempt: _Optional[int] = ...) -> None: ...
+
+class ShardPlacement(_message.Message):
+    __slots__ = ("topic", "partition", "replicas", "replication_factor")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    replicas: _containers.RepeatedScalarFieldContainer[str]
+    replication_factor: int
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., replicas: _Optional[_Iterable[str]] = ..., replication_factor: _Optional[int] = ...) -> None: ...

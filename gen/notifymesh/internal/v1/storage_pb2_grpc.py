@@ -54,15 +54,15 @@ class StorageStub:
                 request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageModifyAckDeadlineRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageModifyAckDeadlineResponse.FromString,
                 _registered_method=True)
-        self.Handoff = channel.unary_unary(
-                '/notifymesh.internal.v1.Storage/Handoff',
-                request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.HandoffRequest.SerializeToString,
-                response_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.HandoffResponse.FromString,
-                _registered_method=True)
         self.AttachSubscription = channel.unary_unary(
                 '/notifymesh.internal.v1.Storage/AttachSubscription',
                 request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.AttachSubscriptionRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.AttachSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.Replicate = channel.unary_unary(
+                '/notifymesh.internal.v1.Storage/Replicate',
+                request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.ReplicateRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.ReplicateResponse.FromString,
                 _registered_method=True)
 
 
@@ -70,15 +70,16 @@ class StorageServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Append(self, request, context):
-        """Answers after the batch is written with a synced WAL.
+        """Leader only. Answers after the batch is written with a synced WAL on a
+        majority of the replica set; UNAVAILABLE when this node cannot get there.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Pull(self, request, context):
-        """Leases up to max_messages deliverable messages (new ones, then ones whose
-        lease expired) for ack_deadline_ms; waits up to wait_ms when none is ready.
+        """Leader only. Leases up to max_messages deliverable messages (expired leases
+        first, then new ones) for ack_deadline_ms; waits up to wait_ms for one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,17 +97,16 @@ class StorageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Handoff(self, request, context):
-        """Takes over messages another node kept for a topic this node now owns; their
-        ids and publish times stay as they are. Answers after the synced write.
+    def AttachSubscription(self, request, context):
+        """Starts the subscription's cursor at the first entry appended at or after
+        its create time. Idempotent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def AttachSubscription(self, request, context):
-        """Starts the subscription's cursor at the first message published at or
-        after its create time. Idempotent.
+    def Replicate(self, request, context):
+        """Leader to follower: log entries and delivery state of the shards it leads.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,15 +135,15 @@ def add_StorageServicer_to_server(servicer, server):
                     request_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageModifyAckDeadlineRequest.FromString,
                     response_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageModifyAckDeadlineResponse.SerializeToString,
             ),
-            'Handoff': grpc.unary_unary_rpc_method_handler(
-                    servicer.Handoff,
-                    request_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.HandoffRequest.FromString,
-                    response_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.HandoffResponse.SerializeToString,
-            ),
             'AttachSubscription': grpc.unary_unary_rpc_method_handler(
                     servicer.AttachSubscription,
                     request_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.AttachSubscriptionRequest.FromString,
                     response_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.AttachSubscriptionResponse.SerializeToString,
+            ),
+            'Replicate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Replicate,
+                    request_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.ReplicateRequest.FromString,
+                    response_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.ReplicateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -265,33 +265,6 @@ class Storage:
             _registered_method=True)
 
     @staticmethod
-    def Handoff(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/notifymesh.internal.v1.Storage/Handoff',
-            notifymesh_dot_internal_dot_v1_dot_storage__pb2.HandoffRequest.SerializeToString,
-            notifymesh_dot_internal_dot_v1_dot_storage__pb2.HandoffResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
     def AttachSubscription(request,
             target,
             options=(),
@@ -308,6 +281,33 @@ class Storage:
             '/notifymesh.internal.v1.Storage/AttachSubscription',
             notifymesh_dot_internal_dot_v1_dot_storage__pb2.AttachSubscriptionRequest.SerializeToString,
             notifymesh_dot_internal_dot_v1_dot_storage__pb2.AttachSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Replicate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Storage/Replicate',
+            notifymesh_dot_internal_dot_v1_dot_storage__pb2.ReplicateRequest.SerializeToString,
+            notifymesh_dot_internal_dot_v1_dot_storage__pb2.ReplicateResponse.FromString,
             options,
             channel_credentials,
             insecure,
