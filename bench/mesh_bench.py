@@ -7,6 +7,7 @@ stops the mesh. Each result is ONE JSON line on stdout; progress goes to stderr.
     .venv/bin/python bench/mesh_bench.py                         # everything, defaults
     .venv/bin/python bench/mesh_bench.py --messages 2000 --duration 3
     .venv/bin/python bench/mesh_bench.py --only e2e_latency --subscriptions 1,10
+    .venv/bin/python bench/mesh_bench.py --only failover --failover-seconds 12
 
 See bench/README.md for what each line means.
 """
@@ -18,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import struct
 import sys
 import tempfile
@@ -33,7 +35,10 @@ if str(REPO) not in sys.path:
 from deploy.local import LocalMesh, free_port  # noqa: E402
 from notifymesh.client import Client  # noqa: E402
 
-BENCHES = ("publish_batched", "publish_unbatched", "e2e_latency")
+BENCHES = ("publish_batched", "publish_unbatched", "e2e_latency", "failover")
+# The mesh's own bound (metadata/store.py MAX_REPLICATION_FACTOR); the mesh caps a
+# topic's replica set at the live storage nodes (3 here) when the topic is created.
+MAX_REPLICATION_FACTOR = 5
 
 BATCH_SIZE = 500
 BATCHED_IN_FLIGHT = 8
@@ -46,6 +51,16 @@ WARMUP_WAIT_S = 15.0
 # After every expected message arrived: a short look for late duplicates.
 SETTLE_S = 0.5
 HEADER = struct.Struct(">QQ")  # send time (time.time_ns()), sequence number
+# failover: one publisher, one call at a time, FAILOVER_BATCH messages a call; the
+# leader of partition 0 is SIGKILLed FAILOVER_KILL_AFTER_S after publishing starts.
+FAILOVER_BATCH = 20
+FAILOVER_REPLICATION_FACTOR = 3
+FAILOVER_KILL_AFTER_S = 3.0
+LEADER_WAIT_S = 20.0  # for a fresh topic's first leader, before a run starts
+FAILOVER_LEADER_WAIT_S = 10.0  # for a leader to show in the cluster status before the kill
+# After a failed call: a short pause so a call that fails at once does not spin.
+FAILOVER_RETRY_PAUSE_S = 0.05
+FAILOVER_DELIVERY_WAIT_S = 60.0  # for every acknowledged message to be delivered after the run
 
 
 def log(message: str) -> None:
@@ -82,6 +97,10 @@ def latency_summary(values_ms: list[float]) -> dict:
             "mean_ms": r(sum(values) / len(values) if values else None)}
 
 
+def error_kind(e: BaseException) -> str:
+    return type(e).__name__ + (f":{e.code().name}" if hasattr(e, "code") else "")
+
+
 def unique(prefix: str) -> str:
     return f"bench-{prefix}-{uuid.uuid4().hex[:10]}"
 
@@ -96,11 +115,41 @@ def payload(size: int, seq: int) -> bytes:
 
 # -- publish throughput ----------------------------------------------------------
 
+async def shard_of(client: Client, topic: str, partition: int = 0):
+    """The ClusterStatus shard of topic/partition, None when not (yet) listed."""
+    status = await client.get_cluster_status()
+    return next((s for s in status.shards if s.topic == topic and s.partition == partition), None)
+
+
+async def wait_for_leader(client: Client, topic: str, timeout: float, partition: int = 0):
+    """Polls the cluster status until topic/partition has a leader; returns the shard
+    (None when none was elected within timeout). A fresh topic's leader is elected
+    on the storage nodes' next tick: waiting keeps that out of the measurement."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            shard = await shard_of(client, topic, partition)
+        except Exception as e:
+            log(f"cluster status failed: {error_kind(e)}")
+            shard = None
+        if shard is not None and shard.leader:
+            return shard
+        if time.monotonic() >= deadline:
+            log(f"warning: no leader of {topic}/{partition} within {timeout:g}s")
+            return None
+        await asyncio.sleep(0.1)
+
+
 async def publish_throughput(client: Client, n: int, size: int, batch: int, in_flight: int,
-                             timeout_s: float) -> dict:
-    """Publishes n messages in batches of `batch`, at most `in_flight` calls at once."""
+                             timeout_s: float, replication_factor: int) -> dict:
+    """Publishes n messages in batches of `batch`, at most `in_flight` calls at once,
+    to a fresh topic of the given replication factor."""
     topic = unique("pub")
-    await client.create_topic(topic)
+    await client.create_topic(topic, replication_factor=replication_factor)
+    t0 = time.monotonic()
+    shard = await wait_for_leader(client, topic, LEADER_WAIT_S)
+    leader_wait = time.monotonic() - t0
+    replicas = len(shard.replicas) if shard is not None else None  # the mesh caps it at live nodes
     body = b"p" * size
     batches = [min(batch, n - start) for start in range(0, n, batch)]
     semaphore = asyncio.Semaphore(in_flight)
@@ -134,7 +183,8 @@ async def publish_throughput(client: Client, n: int, size: int, batch: int, in_f
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
     elapsed = time.perf_counter() - start
-    return {"published": ok, "errors": errors, "error_kinds": error_kinds, "timed_out_calls": len(pending),
+    return {"replicas": replicas, "leader_wait_s": round(leader_wait, 3),
+            "published": ok, "errors": errors, "error_kinds": error_kinds, "timed_out_calls": len(pending),
             "elapsed_s": round(elapsed, 3), "msgs_per_s": round(ok / elapsed, 1) if elapsed else None,
             "mb_per_s": round(ok * size / elapsed / 1e6, 3) if elapsed else None,
             "calls": len(call_ms), "call_latency": latency_summary(call_ms)}
@@ -321,6 +371,168 @@ async def e2e_latency(addr: str, k: int, size: int, rate: float, duration: float
     return params, results
 
 
+# -- failover --------------------------------------------------------------------
+
+async def failover(mesh: LocalMesh, seconds: float, max_messages: int, size: int) -> tuple[dict, dict]:
+    """One publisher, one call of FAILOVER_BATCH messages at a time, for at most
+    `seconds` and `max_messages`; FAILOVER_KILL_AFTER_S in, the leader of partition 0
+    is SIGKILLed. After the run the node is restarted and the one subscription
+    (created before publishing) is read until every acknowledged id arrived."""
+    addr = mesh.frontend_addr
+    topic = unique("failover")
+    subscription = f"{topic}-sub"
+    admin, publisher, sub_client = Client(addr), Client(addr), Client(addr)
+    receiver = Receiver(sub_client, subscription)
+    receive_task = None
+    killed: str | None = None
+    try:
+        await admin.create_topic(topic, replication_factor=FAILOVER_REPLICATION_FACTOR)
+        await admin.create_subscription(subscription, topic)
+        shard = await wait_for_leader(admin, topic, LEADER_WAIT_S)
+        replicas = list(shard.replicas) if shard is not None else []
+
+        acked: dict[str, int] = {}  # message id -> seq
+        ack_times: list[float] = []  # monotonic time of each acknowledged call
+        call_ms: list[float] = []
+        failed_calls = 0
+        failed_messages = 0
+        error_kinds: dict[str, int] = {}
+        kill_at: float | None = None
+        start = time.monotonic()
+        deadline = start + seconds
+
+        async def publish_loop() -> int:
+            nonlocal failed_calls, failed_messages
+            seq = 0
+            while time.monotonic() < deadline and seq < max_messages:
+                count = min(FAILOVER_BATCH, max_messages - seq)
+                batch = [payload(size, seq + i) for i in range(count)]
+                t0 = time.perf_counter()
+                try:
+                    ids = await publisher.publish(topic, batch)
+                except Exception as e:  # counted, not fatal
+                    failed_calls += 1
+                    failed_messages += count
+                    kind = error_kind(e)
+                    error_kinds[kind] = error_kinds.get(kind, 0) + 1
+                    await asyncio.sleep(FAILOVER_RETRY_PAUSE_S)
+                else:
+                    ack_times.append(time.monotonic())
+                    call_ms.append((time.perf_counter() - t0) * 1000)
+                    for i, message_id in enumerate(ids):
+                        acked[message_id] = seq + i
+                seq += count
+            return seq
+
+        async def kill_leader() -> None:
+            nonlocal killed, kill_at
+            await asyncio.sleep(FAILOVER_KILL_AFTER_S)
+            current = await wait_for_leader(admin, topic, min(FAILOVER_LEADER_WAIT_S, deadline - time.monotonic()))
+            if current is None:
+                log("failover: no leader in the cluster status; nothing killed")
+                return
+            killed = current.leader
+            log(f"failover: SIGKILL {killed} (leader of {topic}/0, replicas {list(current.replicas)}) "
+                f"at {time.monotonic() - start:.2f}s, {len(acked)} acknowledged so far")
+            await asyncio.to_thread(mesh.kill, killed, signal.SIGKILL)
+            kill_at = time.monotonic()  # once the process is gone (reaped)
+
+        log(f"failover: publishing up to {max_messages} messages for at most {seconds:g}s, "
+            f"{FAILOVER_BATCH} per call, one call at a time; leader killed after {FAILOVER_KILL_AFTER_S:g}s")
+        killer = asyncio.create_task(kill_leader())
+        try:
+            sent = await publish_loop()
+        finally:
+            if not killer.done() and killed is None:  # publishing ended first (count bound): no kill
+                log("failover: publishing ended before the kill; nothing killed")
+                killer.cancel()
+            await asyncio.gather(killer, return_exceptions=True)
+        end = time.monotonic()
+        publish_elapsed = end - start
+        log(f"failover: {len(acked)} acknowledged, {failed_calls} failed calls in {publish_elapsed:.2f}s")
+
+        new_leader = None
+        try:
+            after = await shard_of(admin, topic)
+            new_leader = after.leader if after is not None else None
+        except Exception as e:
+            log(f"failover: cluster status failed: {error_kind(e)}")
+
+        restart_s = restart_error = None
+        if killed is not None:
+            log(f"failover: restarting {killed}")
+            t0 = time.monotonic()
+            try:
+                await asyncio.to_thread(mesh.restart, killed)
+                restart_s = round(time.monotonic() - t0, 3)
+            except Exception as e:
+                restart_error = f"{type(e).__name__}: {e}"
+                log(f"failover: restart of {killed} failed: {restart_error}")
+
+        # The subscription existed before the first publish: every acknowledged id must come.
+        receive_task = asyncio.create_task(receiver.run())
+        ids = set(acked)
+        t0 = time.monotonic()
+        complete = await wait_until(lambda: receiver.has_all(ids), FAILOVER_DELIVERY_WAIT_S)
+        if complete:
+            await asyncio.sleep(SETTLE_S)  # a look for late duplicates
+        delivery_wait = time.monotonic() - t0
+        await receiver.drain_acks(5)
+        if receive_task.done() and not receive_task.cancelled() and receive_task.exception() is not None:
+            log(f"warning: subscriber ended with {receive_task.exception()!r}")
+    finally:
+        if receive_task is not None:
+            receive_task.cancel()
+            await asyncio.gather(receive_task, return_exceptions=True)
+        for c in (admin, publisher, sub_client):
+            await c.close()
+        if killed is not None and not mesh.processes[killed].alive():
+            log(f"failover: {killed} still down; restarting")
+            try:
+                await asyncio.to_thread(mesh.restart, killed)
+            except Exception as e:
+                log(f"failover: restart of {killed} failed: {type(e).__name__}: {e}")
+
+    gaps = [b - a for a, b in zip(ack_times, ack_times[1:])]
+    stall = max(gaps, default=None)
+    stall_at = gaps.index(stall) if gaps else None
+    after_kill = [t for t in ack_times if kill_at is not None and t > kill_at]
+    delivered = sum(1 for mid in receiver.first_seen if mid in ids)
+    by_seq: dict[int, int] = {}
+    for seq in receiver.seqs.values():
+        by_seq[seq] = by_seq.get(seq, 0) + 1
+    params = {"replication_factor": FAILOVER_REPLICATION_FACTOR, "size": size, "batch": FAILOVER_BATCH,
+              "in_flight": 1, "max_seconds": seconds, "max_messages": max_messages,
+              "kill_after_s": FAILOVER_KILL_AFTER_S, "kill_signal": "SIGKILL", "partition": 0}
+    results = {
+        "replicas": replicas, "killed": killed, "new_leader": new_leader,
+        "killed_at_s": round(kill_at - start, 3) if kill_at is not None else None,
+        # longest gap between two successive acknowledged publish calls, and when it began
+        "stall_s": round(stall, 3) if stall is not None else None,
+        "stall_began_at_s": round(ack_times[stall_at] - start, 3) if stall_at is not None else None,
+        # kill -> first acknowledgement after it (None: none came before the run ended)
+        "first_ack_after_kill_s": round(after_kill[0] - kill_at, 3) if after_kill else None,
+        "acked_calls_after_kill": len(after_kill),
+        # last acknowledgement -> end of publishing (a long tail: it never recovered)
+        "no_ack_at_end_s": round(end - ack_times[-1], 3) if ack_times else round(publish_elapsed, 3),
+        "sent": sent, "acknowledged": len(acked), "failed_calls": failed_calls, "failed_messages": failed_messages,
+        "error_kinds": error_kinds, "publish_elapsed_s": round(publish_elapsed, 3),
+        "acked_msgs_per_s": round(len(acked) / publish_elapsed, 1) if publish_elapsed else None,
+        "call_latency": latency_summary(call_ms),
+        "restart_s": restart_s, "restart_error": restart_error,
+        "delivered": delivered, "missing": len(ids) - delivered,
+        # deliveries beyond the first of a message id
+        "duplicates": receiver.deliveries - len(receiver.first_seen),
+        # payloads (sequence numbers) delivered under more than one message id
+        "duplicate_payloads": sum(n - 1 for n in by_seq.values() if n > 1),
+        # delivered ids whose Publish call failed (stored, but the client was not told)
+        "unexpected": sum(1 for mid in receiver.first_seen if mid not in ids),
+        "redelivered": receiver.redelivered, "ack_errors": receiver.ack_errors,
+        "complete": complete, "delivery_wait_s": round(delivery_wait, 3),
+    }
+    return params, results
+
+
 # -- CPU accounting --------------------------------------------------------------
 
 def _cpu_seconds(pid: int | str) -> float | None:
@@ -333,49 +545,55 @@ def _cpu_seconds(pid: int | str) -> float | None:
         return None
 
 
-def cpu_snapshot(mesh: LocalMesh) -> dict[str, float | None]:
-    snap = {"bench": _cpu_seconds("self")}
+def cpu_snapshot(mesh: LocalMesh) -> dict[str, tuple[int, float | None] | None]:
+    """name -> (pid, CPU seconds); the pid tells a restarted process from the one before."""
+    snap = {"bench": (os.getpid(), _cpu_seconds("self"))}
     for name, process in mesh.processes.items():
-        snap[name] = _cpu_seconds(process.popen.pid) if process.alive() else None
+        snap[name] = (process.popen.pid, _cpu_seconds(process.popen.pid)) if process.alive() else None
     return snap
 
 
 def cpu_used(before: dict, after: dict) -> dict[str, float | None]:
-    """CPU seconds each process (the bench client too) spent between two snapshots."""
-    return {name: (round(after[name] - before[name], 2) if before.get(name) is not None
-                   and after.get(name) is not None else None) for name in after}
+    """CPU seconds each process (the bench client too) spent between two snapshots;
+    None for a process not alive at both, or killed and restarted in between."""
+    used = {}
+    for name, now in after.items():
+        then = before.get(name)
+        ok = then is not None and now is not None and then[0] == now[0] and None not in (then[1], now[1])
+        used[name] = round(now[1] - then[1], 2) if ok else None
+    return used
 
 
 # -- driver ----------------------------------------------------------------------
 
 async def run(mesh: LocalMesh, args, only: list[str], subscriptions: list[int]) -> None:
     addr = mesh.frontend_addr
-    if "publish_batched" in only:
-        log(f"publish_batched: {args.messages} x {args.size} B, batches of {BATCH_SIZE}, "
-            f"{BATCHED_IN_FLIGHT} in flight")
-        cpu0 = cpu_snapshot(mesh)
-        async with Client(addr) as client:
-            results = await publish_throughput(client, args.messages, args.size, BATCH_SIZE, BATCHED_IN_FLIGHT,
-                                               timeout_s=args.max_seconds)
-        results["cpu_s"] = cpu_used(cpu0, cpu_snapshot(mesh))
-        emit("publish_batched", {"messages": args.messages, "size": args.size, "batch": BATCH_SIZE,
-                                 "in_flight": BATCHED_IN_FLIGHT, "clients": 1}, results)
-    if "publish_unbatched" in only:
-        log(f"publish_unbatched: {args.unbatched_messages} x {args.size} B, 1 per call, "
-            f"{UNBATCHED_IN_FLIGHT} in flight")
-        cpu0 = cpu_snapshot(mesh)
-        async with Client(addr) as client:
-            results = await publish_throughput(client, args.unbatched_messages, args.size, 1,
-                                               UNBATCHED_IN_FLIGHT, timeout_s=args.max_seconds)
-        results["cpu_s"] = cpu_used(cpu0, cpu_snapshot(mesh))
-        emit("publish_unbatched", {"messages": args.unbatched_messages, "size": args.size, "batch": 1,
-                                   "in_flight": UNBATCHED_IN_FLIGHT, "clients": 1}, results)
+    publish_runs = [("publish_batched", args.messages, BATCH_SIZE, BATCHED_IN_FLIGHT),
+                    ("publish_unbatched", args.unbatched_messages, 1, UNBATCHED_IN_FLIGHT)]
+    for bench, messages, batch, in_flight in publish_runs:
+        if bench not in only:
+            continue
+        for rf in args.replication_factors:  # each on a fresh topic of that replication factor
+            log(f"{bench}: {messages} x {args.size} B, {batch} per call, {in_flight} in flight, "
+                f"replication factor {rf}")
+            cpu0 = cpu_snapshot(mesh)
+            async with Client(addr) as client:
+                results = await publish_throughput(client, messages, args.size, batch, in_flight,
+                                                   timeout_s=args.max_seconds, replication_factor=rf)
+            results["cpu_s"] = cpu_used(cpu0, cpu_snapshot(mesh))
+            emit(bench, {"messages": messages, "size": args.size, "batch": batch, "in_flight": in_flight,
+                         "clients": 1, "replication_factor": rf}, results)
     if "e2e_latency" in only:
         for k in subscriptions:
             cpu0 = cpu_snapshot(mesh)
             params, results = await e2e_latency(addr, k, args.size, args.rate, args.duration, args.max_in_flight)
             results["cpu_s"] = cpu_used(cpu0, cpu_snapshot(mesh))
             emit("e2e_latency", params, results)
+    if "failover" in only:  # last: it kills (and restarts) a storage node
+        cpu0 = cpu_snapshot(mesh)
+        params, results = await failover(mesh, args.failover_seconds, args.failover_messages, args.size)
+        results["cpu_s"] = cpu_used(cpu0, cpu_snapshot(mesh))
+        emit("failover", params, results)
 
 
 def parse_args(argv=None):
@@ -392,6 +610,12 @@ def parse_args(argv=None):
                         help=f"e2e: most Publish calls in flight (default {E2E_MAX_IN_FLIGHT})")
     parser.add_argument("--max-seconds", type=float, default=300,
                         help="time bound of each publish throughput run (default 300)")
+    parser.add_argument("--replication-factors", default="1,3",
+                        help="publish_batched/unbatched: one run per replication factor in this list (default 1,3)")
+    parser.add_argument("--failover-seconds", type=float, default=12,
+                        help=f"failover: most seconds of publishing (default 12; more than {FAILOVER_KILL_AFTER_S:g})")
+    parser.add_argument("--failover-messages", type=int, default=100000,
+                        help="failover: most messages published (default 100000)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="mesh data dir (default: a new temp dir, removed at the end unless --keep)")
     parser.add_argument("--keep", action="store_true", help="keep the mesh data dir (logs/*.log) at the end")
@@ -406,6 +630,15 @@ def parse_args(argv=None):
         parser.error("--subscriptions must be a comma list of integers")
     if any(k < 1 for k in subscriptions) or not subscriptions:
         parser.error("--subscriptions must list positive integers")
+    try:
+        args.replication_factors = [int(rf) for rf in args.replication_factors.split(",") if rf.strip()]
+    except ValueError:
+        parser.error("--replication-factors must be a comma list of integers")
+    if not args.replication_factors or any(not 1 <= rf <= MAX_REPLICATION_FACTOR for rf in args.replication_factors):
+        parser.error(f"--replication-factors must list integers from 1 to {MAX_REPLICATION_FACTOR}")
+    if args.failover_seconds <= FAILOVER_KILL_AFTER_S or args.failover_messages < 1:
+        parser.error(f"--failover-seconds must be more than {FAILOVER_KILL_AFTER_S:g}, "
+                     "--failover-messages positive")
     if (args.messages < 1 or args.unbatched_messages is not None and args.unbatched_messages < 1 or args.size < 16
             or args.rate <= 0 or args.duration <= 0 or args.max_in_flight < 1 or args.max_seconds <= 0):
         parser.error("--messages, --unbatched-messages, --rate, --duration, --max-in-flight and --max-seconds "

@@ -83,6 +83,8 @@ class Replication:
             dedup_window_ms
         self.led: dict[str, Leadership] = {}
         self._known_epoch: dict[str, int] = {}
+        # Shards whose candidacy key this node has put and not yet withdrawn.
+        self._candidacies: set[str] = set()
         self._last_heard: dict[str, float] = {}
         self._senders: dict[str, asyncio.Task] = {}
         self._wake_sender: dict[str, asyncio.Event] = {}
@@ -147,6 +149,13 @@ class Replication:
 
     # -- elections --------------------------------------------------------------
 
+    async def _withdraw_candidacy(self, shard: str) -> None:
+        """A stale announcement could understate this log in a later election and let
+        a less advanced replica win: it goes before this node takes any entry."""
+        if shard in self._candidacies:
+            await self._cluster.etcd.delete(CANDIDATES + f"{shard}/{self._node}".encode())
+            self._candidacies.discard(shard)
+
     async def _delete_leader_key(self, shard: str, epoch: int) -> None:
         """Only the key of that epoch: never one a newer leader wrote."""
         etcd, leader_key = self._cluster.etcd, LEADERS + shard.encode()
@@ -166,6 +175,7 @@ class Replication:
         mine = {"end": log_.end, "last_epoch": log_.last_epoch}
         await etcd.put(CANDIDATES + f"{shard}/{self._node}".encode(), json.dumps(mine).encode(),
                        lease=registration.lease)
+        self._candidacies.add(shard)
         prefix = CANDIDATES + f"{shard}/".encode()
         announced = {kv.key[len(prefix):].decode(): json.loads(kv.value) for kv in await etcd.get_prefix(prefix)}
         announced = {node: pos for node, pos in announced.items() if node in placement.replicas}
@@ -196,7 +206,7 @@ class Replication:
                 lead.progress[node] = Progress(next=log_.end)
         await self._engine.write_entries(shard, marker, [storage_pb2.StoredMessage(epoch=epoch)],
                                          self._dedup_window_ms)
-        await self._cluster.etcd.delete(CANDIDATES + f"{shard}/{self._node}".encode())
+        await self._withdraw_candidacy(shard)
         log.info("leading", extra=fields(shard=shard, epoch=epoch, replicas=replicas, end=log_.end))
         self._advance_commit(lead)
         self._wake(lead)
@@ -377,6 +387,7 @@ class Replication:
                 continue
             self._known_epoch[shard] = batch.epoch
             self._last_heard[shard] = time.monotonic()
+            await self._withdraw_candidacy(shard)
             log_ = self._engine.shard(shard)
             if log_.end < batch.first:
                 self._engine.reset(shard, batch.first)  # too far behind: start over at the leader's first

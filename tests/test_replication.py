@@ -57,7 +57,7 @@ async def test_continuous_publish_loses_nothing_when_a_leader_and_a_follower_die
             sent = 0
             deadline = time.monotonic() + 20  # bounded in time and count
             while not stop.is_set() and time.monotonic() < deadline and sent < 50_000:
-                batch = [b"%s-%d" % (topic.encode(), sent + i) for i in range(20)]
+                batch = [b"%s-%d" % (topic.encode(), sent + i) for i in range(10)]
                 sent += len(batch)
                 try:
                     acked[topic] += await client.publish(topic, batch)
@@ -66,7 +66,7 @@ async def test_continuous_publish_loses_nothing_when_a_leader_and_a_follower_die
                     last_ack[topic] = now
                 except grpc.aio.AioRpcError as e:
                     errors.append(e.code().name)
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.02)
 
         publishers = [asyncio.create_task(publisher(t)) for t in topics]
         await asyncio.sleep(3)
@@ -86,10 +86,10 @@ async def test_continuous_publish_loses_nothing_when_a_leader_and_a_follower_die
         record_property("longest_publish_stall_s", round(longest, 2))
         record_property("acknowledged", sum(len(ids) for ids in acked.values()))
         record_property("failed_publish_calls", len(errors))
-        assert all(len(ids) > 1000 for ids in acked.values())
+        assert all(len(ids) > 500 for ids in acked.values())
         for topic in topics:
             for sub in subs[topic]:
-                received = await receive(client, sub, len(acked[topic]), timeout=60)
+                received = await receive(client, sub, len(acked[topic]), timeout=120)
                 missing = set(acked[topic]) - set(ids_of(received))
                 assert not missing, f"{len(missing)} acknowledged messages of {topic} lost for {sub}"
 
