@@ -59,6 +59,7 @@ class Progress:
     next: int              # next entry to send
     match: int = 0         # entries below are on its disk
     state_version: int = -1  # the delivery state it has (ShardLog.state_version)
+    state_due: bool = True   # send the delivery state with the next call (set every tick)
     first: int = -1          # the leader's first entry, as last sent
 
 
@@ -108,13 +109,19 @@ class Replication:
             await self._step_down(shard, "shutting down", resign=True)
 
     async def _run(self) -> None:
+        last_tick = 0.0
         while True:
             try:
                 await asyncio.wait_for(self._changed.wait(), TICK_S)
             except TimeoutError:
-                for lead in self.led.values():  # delivery state goes out every tick
-                    self._wake(lead)
+                pass
             self._changed.clear()
+            if time.monotonic() - last_tick >= TICK_S:
+                last_tick = time.monotonic()
+                for lead in self.led.values():  # delivery state goes out once a tick, not with every batch
+                    for progress in lead.progress.values():
+                        progress.state_due = True
+                    self._wake(lead)
             if self._registration_of() is None:  # not registered yet: cannot lead
                 continue
             try:
@@ -332,7 +339,7 @@ class Replication:
             log_ = self._engine.shard(shard)
             start = max(progress.next, log_.first)
             entries = self._engine.entries(shard, start, REPLICATE_MAX_ENTRIES) if start < log_.end else []
-            states = progress.state_version != log_.state_version
+            states = progress.state_due and progress.state_version != log_.state_version
             if not entries and progress.match >= log_.end and not states and progress.first == log_.first:
                 continue
             prev_epoch = (self._engine.epoch_at(shard, start - 1) or 0) if start - 1 >= log_.first else 0
@@ -343,7 +350,7 @@ class Replication:
             if states:
                 shard_entries.subscriptions.extend(self._engine.export_states(shard))
             request.shards.append(shard_entries)
-            sent[shard] = (lead.epoch, log_.state_version, log_.first)
+            sent[shard] = (lead.epoch, states, log_.state_version, log_.first)
         return request, sent
 
     async def _handle_results(self, node: str, response: storage_pb2.ReplicateResponse, sent: dict) -> bool:
@@ -359,10 +366,12 @@ class Replication:
             progress = lead.progress.get(node)
             if progress is None:
                 continue
-            _, state_version, first = sent[shard]
+            _, states_sent, state_version, first = sent[shard]
             if result.ok:
                 progress.match = progress.next = result.end
-                progress.state_version, progress.first = state_version, first
+                progress.first = first
+                if states_sent:
+                    progress.state_version, progress.state_due = state_version, False
                 self._advance_commit(lead)
             else:
                 progress.next = result.end  # where the follower's log fits ours
