@@ -223,10 +223,7 @@ class Cluster:
         leader = self.leaders.items.get(shard)
         if leader is None:
             raise errors.Unavailable(f"partition {partition} of topic {topic!r} has no leader at the moment")
-        return leader["node"], leader["addr"], self.revisions_of_leader(shard)
-
-    def revisions_of_leader(self, shard: str) -> int:
-        return self.leaders.revisions.get(shard, (0, 0))[0]
+        return leader["node"], leader["addr"], self.leaders.revisions.get(shard, (0, 0))[0]
 
     def _rebuild_rings(self) -> None:
         for kind in KINDS:

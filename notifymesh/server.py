@@ -122,6 +122,7 @@ class Component(Protocol):
     async def start(self) -> None: ...
     async def drain(self) -> None: ...   # stop streams and background work; the server still answers
     async def close(self) -> None: ...   # after the server stopped: flush and close state
+    # Optional: shard_status() -> list[notifymesh.v1.ShardStatus], for Node.Describe (storage nodes).
 
 
 @dataclass
@@ -207,12 +208,12 @@ async def serve(kind: str, args: argparse.Namespace,
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
-    # Ordered shutdown: NOT_SERVING, leave the rings, drain streams, stop the
-    # server with a grace period, then flush state.
+    # Ordered shutdown: NOT_SERVING, drain streams and hand over, leave the rings,
+    # stop the server with a grace period, then flush state.
     log.info("shutting down")
     await health_servicer.enter_graceful_shutdown()
+    await component.drain()  # still registered: a storage leader hands over its state first
     await registration.stop()
-    await component.drain()
     await server.stop(DRAIN_GRACE_S)
     await component.close()
     await cluster.stop()

@@ -73,6 +73,8 @@ class ShardLog:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     # Counts changes of the delivery state, so the leader knows what a follower has.
     state_version: int = 0
+    # (leader epoch, state_version) of the delivery state held here, as last recorded.
+    state_stamp: tuple[int, int] = (0, 0)
 
     def notify(self) -> None:
         """Wakes every pull waiting on this shard."""
@@ -115,6 +117,9 @@ class StorageEngine:
         db = self._db
         for key, value in self._prefixed(b"f"):
             self.shard(key[1:].decode()).first = int.from_bytes(value, "big")
+        for key, value in self._prefixed(b"v"):
+            self.shard(key[1:].decode()).state_stamp = (int.from_bytes(value[:8], "big"),
+                                                        int.from_bytes(value[8:], "big"))
         for key, value in self._prefixed(b"c"):
             shard, sub = (part.decode() for part in key[1:].split(b"\0", 1))
             self.shard(shard).subscriptions[sub] = SubscriptionState(sub, int.from_bytes(value, "big"))
@@ -381,6 +386,7 @@ class StorageEngine:
             prefix = kind + shard.encode() + b"\0"
             batch.delete_range(prefix, keys.prefix_end(prefix))
         batch.delete(keys.first(shard))
+        batch.delete(keys.state_stamp(shard))
         self._db.write(batch, self._unsynced)
         log_.notify()
         log.info("shard dropped", extra=fields(shard=shard))
@@ -400,9 +406,15 @@ class StorageEngine:
                             for seq, lease in s.leases.items()])
                 for s in self.shard(shard).subscriptions.values()]
 
-    def import_states(self, shard: str, states: list[storage_pb2.SubscriptionState]) -> None:
+    def record_state_stamp(self, shard: str, stamp: tuple[int, int]) -> None:
+        self.shard(shard).state_stamp = stamp
+        self._db.put(keys.state_stamp(shard), keys.seq_bytes(stamp[0]) + keys.seq_bytes(stamp[1]), self._unsynced)
+
+    def import_states(self, shard: str, states: list[storage_pb2.SubscriptionState],
+                      stamp: tuple[int, int]) -> None:
         """A follower takes the leader's delivery state as it is."""
         log_ = self.shard(shard)
+        self.record_state_stamp(shard, stamp)
         batch = WriteBatch(raw_mode=True)
         for prefix in (keys.cursor_prefix(shard), keys.lease_prefix(shard)):
             batch.delete_range(prefix, keys.prefix_end(prefix))

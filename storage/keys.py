@@ -4,6 +4,7 @@ separates them; sequence numbers are 8-byte big-endian so keys sort by seq.
 
   m shard \0 seq                  -> CRC-32 (4 bytes) + notifymesh.internal.v1.StoredMessage
   f shard                         -> first seq still kept (8 bytes)
+  v shard                         -> stamp of the delivery state: epoch, version (8 + 8 bytes)
   c shard \0 subscription         -> cursor: next seq never delivered (8 bytes)
   l shard \0 subscription \0 seq  -> notifymesh.internal.v1.Lease (in flight)
   k shard \0 idempotency key      -> expiry ms (8 bytes) + message id
@@ -43,6 +44,10 @@ def message_prefix(shard: str) -> bytes:
 
 def first(shard: str) -> bytes:
     return b"f" + shard.encode()
+
+
+def state_stamp(shard: str) -> bytes:
+    return b"v" + shard.encode()
 
 
 def cursor(shard: str, subscription: str) -> bytes:

@@ -34,7 +34,7 @@ import grpc
 from gen.notifymesh.internal.v1 import storage_pb2, storage_pb2_grpc
 from gen.notifymesh.v1 import cluster_pb2
 from notifymesh import errors
-from notifymesh.cluster import CANDIDATES, LEADERS, PLACEMENTS, Cluster, Registration
+from notifymesh.cluster import CANDIDATES, LEADERS, PLACEMENTS, Cluster
 from notifymesh.log import fields
 from storage import keys
 from storage.engine import StorageEngine
@@ -46,7 +46,8 @@ REPLICATE_TIMEOUT_S = 5.0
 COMMIT_TIMEOUT_S = 5.0         # a publish not on a majority by then is UNAVAILABLE
 LEASE_MARGIN_S = 0.5           # stop acknowledging this long before the lease could lapse
 TICK_S = 0.5                   # elections, placement changes
-ABANDONED_AFTER_S = 30.0       # a shard held here but placed elsewhere, unheard of this long, is dropped
+ABANDONED_AFTER_S = 30.0
+FINAL_STATE_TIMEOUT_S = 2.0    # on shutdown, for the followers to take the last delivery state       # a shard held here but placed elsewhere, unheard of this long, is dropped
 
 
 def quorum(replicas) -> int:
@@ -100,7 +101,22 @@ class Replication:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        """Gives up every leadership at once so the others elect without waiting for the lease."""
+        """Sends the followers the final delivery state, then gives up every
+        leadership at once so the others elect without waiting for the lease."""
+        if self._task:
+            self._task.cancel()
+        for lead in self.led.values():
+            log_ = self._engine.shard(lead.shard)
+            self._engine.record_state_stamp(lead.shard, (lead.epoch, log_.state_version))
+            for progress in lead.progress.values():
+                progress.state_due = True
+            self._wake(lead)
+        give_up = time.monotonic() + FINAL_STATE_TIMEOUT_S
+        while time.monotonic() < give_up and any(
+                p.state_version != self._engine.shard(lead.shard).state_version
+                for lead in self.led.values() for node, p in lead.progress.items()
+                if node in self._cluster.live("storage")):
+            await asyncio.sleep(0.02)
         tasks = [t for t in (self._task, *self._senders.values()) if t]
         for task in tasks:
             task.cancel()
@@ -179,7 +195,7 @@ class Replication:
         registration = self._registration_of()
         log_ = self._engine.shard(shard)
         etcd = self._cluster.etcd
-        mine = {"end": log_.end, "last_epoch": log_.last_epoch}
+        mine = {"end": log_.end, "last_epoch": log_.last_epoch, "state": list(log_.state_stamp)}
         await etcd.put(CANDIDATES + f"{shard}/{self._node}".encode(), json.dumps(mine).encode(),
                        lease=registration.lease)
         self._candidacies.add(shard)
@@ -188,7 +204,9 @@ class Replication:
         announced = {node: pos for node, pos in announced.items() if node in placement.replicas}
         if len(announced) < quorum(placement.replicas):
             return
-        best = max(announced, key=lambda node: (announced[node]["last_epoch"], announced[node]["end"], node))
+        # The most advanced log; among equal logs, the newest delivery state.
+        best = max(announced, key=lambda node: (announced[node]["last_epoch"], announced[node]["end"],
+                                                announced[node]["state"], node))
         if best != self._node:
             return
         leader_key = LEADERS + shard.encode()
@@ -349,6 +367,7 @@ class Replication:
                 entries=entries, commit=log_.commit, first=log_.first, has_subscriptions=states)
             if states:
                 shard_entries.subscriptions.extend(self._engine.export_states(shard))
+                shard_entries.state_epoch, shard_entries.state_version = lead.epoch, log_.state_version
             request.shards.append(shard_entries)
             sent[shard] = (lead.epoch, states, log_.state_version, log_.first)
         return request, sent
@@ -418,7 +437,8 @@ class Replication:
                 log_ = self._engine.shard(shard)
                 self._engine.advance_commit(shard, batch.commit)
                 if batch.has_subscriptions:
-                    self._engine.import_states(shard, list(batch.subscriptions))
+                    self._engine.import_states(shard, list(batch.subscriptions),
+                                               (batch.state_epoch, batch.state_version))
                 self._engine.trim(shard, batch.first)
                 result.end = log_.end
         return storage_pb2.ReplicateResponse(shards=results)

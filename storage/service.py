@@ -130,8 +130,14 @@ class StorageNode:
             for name in [s for s in log_.subscriptions if s not in subscriptions]:
                 if await etcd.get(SUBSCRIPTIONS + name.encode()) is None:
                     self.engine.detach(shard, name)
-            for record in [r for r in subscriptions.values() if r.topic == topic]:
-                self.engine.attach(shard, record)
+            self._attach_known(shard)
+
+    def _attach_known(self, shard: str) -> None:
+        """Attaches every subscription etcd has for the shard's topic (a new leader
+        may not have the latest delivery state yet)."""
+        topic, _ = keys.split_shard(shard)
+        for record in [r for r in self._cluster.subscriptions.items.values() if r.topic == topic]:
+            self.engine.attach(shard, record)
 
     async def _collect(self) -> None:
         rounds = 0
@@ -139,6 +145,8 @@ class StorageNode:
             await asyncio.sleep(self._config.storage_gc_interval_s)
             try:
                 for shard in list(self.replication.led):
+                    # Nothing is deleted for want of a subscription this node has not attached yet.
+                    self._attach_known(shard)
                     record = self._cluster.topics.items.get(keys.split_shard(shard)[0])
                     retention = record.message_retention.ToMilliseconds() if record else None
                     if freed := self.engine.collect(shard, retention):

@@ -185,7 +185,8 @@ async def test_delivery_state_moves_to_a_follower(engine, tmp_path):
     follower.start()
     try:
         await follower.write_entries(SHARD, 0, engine.entries(SHARD, 0, 10), DEDUP_MS)
-        follower.import_states(SHARD, engine.export_states(SHARD))
+        follower.import_states(SHARD, engine.export_states(SHARD), (1, 5))
+        assert follower.shard(SHARD).state_stamp == (1, 5)
         follower.advance_commit(SHARD, 3)
         # as the new leader: c is next, b comes back when its lease is nacked
         [c] = await follower.pull(SHARD, "audit", 10, 60_000, 0)

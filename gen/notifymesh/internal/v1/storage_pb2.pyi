@@ -102,7 +102,7 @@ class ReplicateRequest(_message.Message):
     def __init__(self, leader: _Optional[str] = ..., shards: _Optional[_Iterable[_Union[ShardEntries, _Mapping]]] = ...) -> None: ...
 
 class ShardEntries(_message.Message):
-    __slots__ = ("topic", "partition", "epoch", "start", "prev_epoch", "entries", "commit", "first", "has_subscriptions", "subscriptions")
+    __slots__ = ("topic", "partition", "epoch", "start", "prev_epoch", "entries", "commit", "first", "has_subscriptions", "subscriptions", "state_epoch", "state_version")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +113,8 @@ class ShardEntries(_message.Message):
     FIRST_FIELD_NUMBER: _ClassVar[int]
     HAS_SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
+    STATE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    STATE_VERSION_FIELD_NUMBER: _ClassVar[int]
     topic: str
     partition: int
     epoch: int
@@ -123,7 +125,9 @@ class ShardEntries(_message.Message):
     first: int
     has_subscriptions: bool
     subscriptions: _containers.RepeatedCompositeFieldContainer[SubscriptionState]
-    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., epoch: _Optional[int] = ..., start: _Optional[int] = ..., prev_epoch: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[StoredMessage, _Mapping]]] = ..., commit: _Optional[int] = ..., first: _Optional[int] = ..., has_subscriptions: _Optional[bool] = ..., subscriptions: _Optional[_Iterable[_Union[SubscriptionState, _Mapping]]] = ...) -> None: ...
+    state_epoch: int
+    state_version: int
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., epoch: _Optional[int] = ..., start: _Optional[int] = ..., prev_epoch: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[StoredMessage, _Mapping]]] = ..., commit: _Optional[int] = ..., first: _Optional[int] = ..., has_subscriptions: _Optional[bool] = ..., subscriptions: _Optional[_Iterable[_Union[SubscriptionState, _Mapping]]] = ..., state_epoch: _Optional[int] = ..., state_version: _Optional[int] = ...) -> None: ...
 
 class ReplicateResponse(_message.Message):
     __slots__ = ("shards",)
