@@ -172,8 +172,9 @@ class SubscriptionDispatcher:
         while self.streams:
             self._expire()
             self._ensure_pullers()  # the topic may have gained partitions
-            room = min(sum(max(0, s.room()) for s in self.streams) - self._reserved,
-                       self._budget.available() - self._reserved, PULL_MAX_MESSAGES)
+            free = min(sum(max(0, s.room()) for s in self.streams), self._budget.available()) - self._reserved
+            # A fair share, so one partition's long poll never holds all the room.
+            room = min(free, max(1, free // max(1, len(self._tasks))), PULL_MAX_MESSAGES)
             if room <= 0:
                 self._wake.clear()
                 timeout = self._expiry[0][0] - time.monotonic() if self._expiry else None
@@ -201,6 +202,7 @@ class SubscriptionDispatcher:
                 continue
             finally:
                 self._reserved -= room
+                self._wake.set()  # the room is free again for the other partitions
             if received:
                 await self._hand_out(received)
 

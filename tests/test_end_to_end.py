@@ -105,3 +105,36 @@ async def test_idempotency_key_returns_the_original_id_and_delivers_once(mesh, c
     [again] = await client.publish(topic, [Message(b"charge", idempotency_key="order-7")])
     assert again == first
     assert ids_of(await receive(client, sub, 2, timeout=3)) == [first]
+
+
+async def test_partitions_ordering_keys_and_raising_the_count(mesh, client):
+    from notifymesh.client import Message
+    topic, sub = unique("parts"), unique("parts-sub")
+    created = cli(mesh, "topic", "create", topic, "--partitions", "3", "--replication-factor", "2")
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["partitions"] == 3
+    await client.create_subscription(sub, topic)
+    ids = await client.publish(topic, [Message(b"k-%d" % i, ordering_key="customer-7") for i in range(30)])
+    ids += await client.publish(topic, [b"free-%d" % i for i in range(30)])
+    received = await receive(client, sub, 60)
+    assert set(ids_of(received)) == set(ids)
+    keyed_partitions = {m.ack_id.split(":")[0] for m in received if m.message.data.startswith(b"k-")}
+    assert len(keyed_partitions) == 1, "one ordering key, one partition"
+
+    lowered = cli(mesh, "topic", "update", topic, "--partitions", "2")
+    assert lowered.returncode == 1 and b"INVALID_ARGUMENT" in lowered.stderr
+    raised = cli(mesh, "topic", "update", topic, "--partitions", "5")
+    assert json.loads(raised.stdout)["partitions"] == 5
+    more = []
+    for _ in range(10):  # spread over all five partitions
+        more += await client.publish(topic, [b"more"])
+    received = await receive(client, sub, len(more), timeout=30)
+    assert set(ids_of(received)) == set(more)
+
+    status = cli(mesh, "cluster", "status")
+    assert status.returncode == 0, status.stderr
+    lines = [line for line in status.stdout.decode().splitlines() if line.startswith(topic)]
+    assert len(lines) == 5  # one per partition, each with a leader and 2 replicas
+    for line in lines:
+        assert "(election)" not in line and line.count("leader") == 1 and line.count("follower") == 1
+    assert "storage-1" in status.stdout.decode().splitlines()[1]  # the storage members line
