@@ -341,7 +341,7 @@ class StorageEngine:
             state = log_.subscriptions[subscription.name] = SubscriptionState(subscription.name, cursor)
             log_.state_version += 1
             log.info("subscription attached", extra=fields(shard=shard, subscription=subscription.name,
-                                                           cursor=cursor))
+                                                           cursor=cursor, first=log_.first, end=log_.end))
         return state
 
     def _first_seq_at_or_after(self, log_: ShardLog, ms: int) -> int:

@@ -35,6 +35,7 @@ from gen.notifymesh.internal.v1 import storage_pb2, storage_pb2_grpc
 from gen.notifymesh.v1 import cluster_pb2
 from notifymesh import errors
 from notifymesh.cluster import CANDIDATES, LEADERS, PLACEMENTS, Cluster
+from notifymesh.clock import now_ms
 from notifymesh.log import fields
 from storage import keys
 from storage.engine import StorageEngine
@@ -229,7 +230,8 @@ class Replication:
         for node in replicas:
             if node != self._node:
                 lead.progress[node] = Progress(next=log_.end)
-        await self._engine.write_entries(shard, marker, [storage_pb2.StoredMessage(epoch=epoch)],
+        # Stamped like any entry: attaching a subscription searches entries by append time.
+        await self._engine.write_entries(shard, marker, [storage_pb2.StoredMessage(epoch=epoch, append_ms=now_ms())],
                                          self._dedup_window_ms)
         await self._withdraw_candidacy(shard)
         log.info("leading", extra=fields(shard=shard, epoch=epoch, replicas=replicas, end=log_.end))

@@ -113,6 +113,21 @@ async def test_state_survives_reopen(engine, tmp_path):
         await engine.close()
 
 
+async def test_subscription_after_an_epoch_marker_starts_at_its_create_time(engine):
+    from storage import keys
+    await append(engine, SHARD, messages(b"old"))
+    created = now_ms()
+    await asyncio.sleep(0.01)
+    [new] = await append(engine, SHARD, messages(b"new"))
+    log_ = engine.shard(SHARD)
+    marker = storage_pb2.StoredMessage(epoch=2, append_ms=now_ms())
+    await engine.write_entries(SHARD, log_.end, [marker], DEDUP_MS)
+    [newer] = await append(engine, SHARD, messages(b"newer"), epoch=2)
+    engine.attach(SHARD, subscription("late", created_ms=created))
+    assert [m.message.message_id for m in await engine.pull(SHARD, "late", 10, 10_000, 0)] == [new, newer]
+    assert keys.split_shard(SHARD) == ("orders", 0)
+
+
 async def test_subscription_starts_at_its_create_time(engine):
     await append(engine, SHARD, messages(b"old"), DEDUP_MS)
     await asyncio.sleep(0.01)
