@@ -329,24 +329,23 @@ class Replication:
         while True:
             await wake.wait()
             wake.clear()
-            request, sent = self._request_for(node)
-            if not request.shards:
-                continue
             addr = self._cluster.live("storage").get(node)
-            if addr is None:
-                await asyncio.sleep(TICK_S)  # not alive: try again when it may be
-                wake.set()
+            if addr is None:  # not alive: the next tick wakes this again
                 continue
             try:
+                request, sent = self._request_for(node)
+                if not request.shards:
+                    continue
                 stub = storage_pb2_grpc.StorageStub(self._cluster.channel(addr))
                 response = await stub.Replicate(request, timeout=REPLICATE_TIMEOUT_S)
-            except grpc.aio.AioRpcError as e:
-                log.debug("replicate failed", extra=fields(to=node, code=e.code().name))
+                if await self._handle_results(node, response, sent):
+                    wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the node is down or restarting: retry after a pause
+                code = e.code().name if isinstance(e, grpc.aio.AioRpcError) else repr(e)
+                log.debug("replicate failed", extra=fields(to=node, error=code))
                 await asyncio.sleep(TICK_S)
-                wake.set()
-                continue
-            more = await self._handle_results(node, response, sent)
-            if more:
                 wake.set()
 
     def _request_for(self, node: str) -> tuple[storage_pb2.ReplicateRequest, dict]:
@@ -411,7 +410,9 @@ class Replication:
             result = storage_pb2.ShardResult(topic=batch.topic, partition=batch.partition)
             results.append(result)
             known = self._known_epoch.get(shard, 0)
-            if batch.epoch < known or (shard in self.led and self.led[shard].epoch != batch.epoch):
+            if shard in self.led and batch.epoch > self.led[shard].epoch:
+                await self._step_down(shard, f"epoch {batch.epoch} replicates to this node")
+            if batch.epoch < known or shard in self.led:
                 result.newer_epoch = max(known, self.led[shard].epoch if shard in self.led else 0)
                 result.end = self._engine.shard(shard).end
                 continue
