@@ -152,6 +152,10 @@ class LocalMesh:
         for port in (*(p for pair in self.etcd_ports for p in pair), self.frontend_port):
             if not _port_free(port):
                 raise RuntimeError(f"127.0.0.1:{port} is in use: is another mesh running? (choose other ports)")
+        existing = sorted(p.name for p in self.data_dir.glob("etcd-*") if p.is_dir())
+        if existing and existing != self.etcd_names():
+            raise RuntimeError(f"{self.data_dir} holds an etcd cluster of {len(existing)} member(s), not "
+                               f"{len(self.etcd_names())}: keep --etcd-members as it was, or use another --data-dir")
         for name in self.etcd_names():
             self.processes[name].start()
         for name in self.etcd_names():
