@@ -15,6 +15,7 @@ losing one only means a message is delivered again, which at-least-once allows.
 """
 
 import asyncio
+import collections
 import heapq
 import logging
 from dataclasses import dataclass, field
@@ -75,11 +76,31 @@ class ShardLog:
     state_version: int = 0
     # (leader epoch, state_version) of the delivery state held here, as last recorded.
     state_stamp: tuple[int, int] = (0, 0)
+    # Ids of the last RETRY_SCAN_ENTRIES messages, read from the log at the first
+    # retried append and kept up to date after it (None until then).
+    recent_ids: "RecentIds | None" = None
 
     def notify(self) -> None:
         """Wakes every pull waiting on this shard."""
         changed, self.changed = self.changed, asyncio.Event()
         changed.set()
+
+
+class RecentIds:
+    """A bounded set of the newest message ids, oldest dropped first."""
+
+    def __init__(self, ids: list[str]):
+        self._order = collections.deque(ids[-RETRY_SCAN_ENTRIES:])
+        self._ids = set(self._order)
+
+    def add(self, message_id: str) -> None:
+        self._order.append(message_id)
+        self._ids.add(message_id)
+        if len(self._order) > RETRY_SCAN_ENTRIES:
+            self._ids.discard(self._order.popleft())
+
+    def __contains__(self, message_id: str) -> bool:
+        return message_id in self._ids
 
 
 @dataclass
@@ -218,7 +239,9 @@ class StorageEngine:
         log_ = self.shard(shard)
         publish_ms = now_ms()
         publish_time = timestamp(publish_ms)
-        already = self._recent_ids(log_) if retry else set()
+        if retry and log_.recent_ids is None:
+            log_.recent_ids = RecentIds(self._read_recent_ids(log_))
+        already = log_.recent_ids if retry else ()
         seen: dict[str, str] = {}  # idempotency keys first used within this request
         ids, entries = [], []
         for message in messages:
@@ -241,15 +264,15 @@ class StorageEngine:
             ids.append(message.message_id)
         return ids, entries
 
-    def _recent_ids(self, log_: ShardLog) -> set[str]:
+    def _read_recent_ids(self, log_: ShardLog) -> list[str]:
         start = max(log_.first, log_.end - RETRY_SCAN_ENTRIES)
-        ids = set()
+        ids = []
         for key, value in self._db.items(from_key=keys.message(log_.name, start)):
             if not key.startswith(keys.message_prefix(log_.name)):
                 break
             entry = self._decode(log_.name, keys.seq_of(key), value)
-            if entry is not None:
-                ids.add(entry.message.message_id)
+            if entry is not None and entry.HasField("message"):
+                ids.append(entry.message.message_id)
         return ids
 
     def _seen_id(self, dedup_key: bytes, now: int) -> str | None:
@@ -269,9 +292,12 @@ class StorageEngine:
         ops: list[tuple] = []
         if start < log_.end:
             ops.append(("delete_range", keys.message(shard, start), keys.message(shard, log_.end)))
+            log_.recent_ids = None  # ids of the replaced tail may be among them
         for offset, entry in enumerate(entries):
             ops.append(("put", keys.message(shard, start + offset), keys.sealed(entry.SerializeToString())))
             message = entry.message
+            if log_.recent_ids is not None and message.message_id:
+                log_.recent_ids.add(message.message_id)
             if message.idempotency_key:
                 expiry = entry.append_ms + dedup_window_ms
                 ops.append(("put", keys.idempotency(shard, message.idempotency_key),
@@ -313,6 +339,7 @@ class StorageEngine:
         self._db.write(batch, self._synced)
         log_.first = log_.end = log_.commit = first
         log_.last_epoch = 0
+        log_.recent_ids = None
         log.info("log reset", extra=fields(shard=shard, first=first))
 
     def trim(self, shard: str, first: int) -> int:

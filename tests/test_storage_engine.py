@@ -224,6 +224,14 @@ async def test_retry_skips_messages_already_in_the_log(engine):
         m.message_id = f"id-{m.data.decode()}"
     assert await append(engine, SHARD, again, retry=True) == ["id-a", "id-b", "id-c"]
     assert [m.message.data for m in await engine.pull(SHARD, "audit", 10, 60_000, 0)] == [b"a", b"b", b"c"]
+    # the ids read at the first retry are kept current: later appends count too
+    later = messages(b"d")
+    later[0].message_id = "id-d"
+    await append(engine, SHARD, later)
+    retried = messages(b"d")
+    retried[0].message_id = "id-d"
+    assert await append(engine, SHARD, retried, retry=True) == ["id-d"]
+    assert [m.message.data for m in await engine.pull(SHARD, "audit", 10, 60_000, 0)] == [b"d"]
 
 
 async def test_only_committed_entries_are_delivered(engine):
