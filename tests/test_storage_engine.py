@@ -116,6 +116,7 @@ async def test_state_survives_reopen(engine, tmp_path):
 async def test_subscription_after_an_epoch_marker_starts_at_its_create_time(engine):
     from storage import keys
     await append(engine, SHARD, messages(b"old"))
+    await asyncio.sleep(0.01)
     created = now_ms()
     await asyncio.sleep(0.01)
     [new] = await append(engine, SHARD, messages(b"new"))
