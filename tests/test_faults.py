@@ -79,3 +79,23 @@ async def test_killed_member_leaves_etcd_within_its_lease_and_rings_agree(own_me
         owners = [dict(own_mesh.describe(topics, addr=addr).topic_owners) for addr in members.values()]
     assert all(o == owners[0] for o in owners)
     assert "storage-2" not in owners[0].values()
+
+
+async def test_subscriber_stream_survives_a_sender_restart(own_mesh):
+    """The frontend relays the stream to the sender; when that sender dies and comes
+    back, the relay reconnects and the client's stream carries on, unbroken."""
+    async with Client(own_mesh.frontend_addr) as client:
+        topic, sub = unique("relay"), unique("relay-sub")
+        await client.create_topic(topic)
+        await client.create_subscription(sub, topic, ack_deadline_s=2)
+        frames = client.subscribe_frames(sub, reconnect=False)  # any break would raise here
+        first = await client.publish(topic, [b"before"])
+        got = await asyncio.wait_for(frames.__anext__(), 10)
+        assert ids_of(got) == first
+        await client.acknowledge(sub, [m.ack_id for m in got])
+        own_mesh.kill("sender-1")
+        own_mesh.restart("sender-1")
+        second = await client.publish(topic, [b"after"])
+        got = await asyncio.wait_for(frames.__anext__(), 20)
+        assert ids_of(got) == second
+        await frames.aclose()
