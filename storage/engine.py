@@ -283,9 +283,18 @@ class StorageEngine:
 
     async def write_entries(self, shard: str, start: int, entries: list[storage_pb2.StoredMessage],
                             dedup_window_ms: int) -> None:
+        """The leader's own entries: see _write."""
+        await self._write(shard, start, [e.SerializeToString() for e in entries], entries, dedup_window_ms)
+
+    async def write_raw_entries(self, shard: str, start: int, raw: list[bytes], dedup_window_ms: int) -> None:
+        """Entries replicated from the leader, stored as they came; parsed only to
+        index their idempotency keys."""
+        await self._write(shard, start, raw, [storage_pb2.StoredMessage.FromString(r) for r in raw], dedup_window_ms)
+
+    async def _write(self, shard: str, start: int, raw: list[bytes], entries: list[storage_pb2.StoredMessage],
+                     dedup_window_ms: int) -> None:
         """Writes entries at start.. with a synced write, replacing anything from start
-        on (a deposed leader's unreplicated tail). Both the leader's own appends and
-        a follower's replicated batches come through here."""
+        on (a deposed leader's unreplicated tail)."""
         log_ = self.shard(shard)
         if start < log_.first:
             raise errors.FailedPrecondition(f"{shard}: entry {start} is below the first kept entry {log_.first}")
@@ -293,8 +302,8 @@ class StorageEngine:
         if start < log_.end:
             ops.append(("delete_range", keys.message(shard, start), keys.message(shard, log_.end)))
             log_.recent_ids = None  # ids of the replaced tail may be among them
-        for offset, entry in enumerate(entries):
-            ops.append(("put", keys.message(shard, start + offset), keys.sealed(entry.SerializeToString())))
+        for offset, (value, entry) in enumerate(zip(raw, entries)):
+            ops.append(("put", keys.message(shard, start + offset), keys.sealed(value)))
             message = entry.message
             if log_.recent_ids is not None and message.message_id:
                 log_.recent_ids.add(message.message_id)
@@ -315,17 +324,19 @@ class StorageEngine:
             log_.commit = commit
             log_.notify()
 
-    def entries(self, shard: str, start: int, limit: int) -> list[storage_pb2.StoredMessage]:
-        """Up to limit entries from start on, for replication."""
+    def raw_entries(self, shard: str, start: int, limit: int) -> list[bytes]:
+        """Up to limit serialized entries from start on, for replication; stops before
+        a gap or a corrupted entry rather than send entries out of place."""
         log_ = self.shard(shard)
         out = []
         stop = keys.message(shard, log_.end)
         for key, value in self._db.items(from_key=keys.message(shard, start)):
-            if key >= stop or len(out) >= limit:
+            if key >= stop or len(out) >= limit or keys.seq_of(key) != start + len(out):
                 break
-            entry = self._decode(shard, keys.seq_of(key), value)
-            if entry is None or keys.seq_of(key) != start + len(out):
-                break  # a gap: stop before it rather than send entries out of place
+            entry = keys.unsealed(value)
+            if entry is None:
+                log.error("corrupted entry not replicated", extra=fields(shard=shard, seq=keys.seq_of(key)))
+                break
             out.append(entry)
         return out
 

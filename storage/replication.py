@@ -357,7 +357,7 @@ class Replication:
                 continue
             log_ = self._engine.shard(shard)
             start = max(progress.next, log_.first)
-            entries = self._engine.entries(shard, start, REPLICATE_MAX_ENTRIES) if start < log_.end else []
+            entries = self._engine.raw_entries(shard, start, REPLICATE_MAX_ENTRIES) if start < log_.end else []
             states = progress.state_due and progress.state_version != log_.state_version
             if not entries and progress.match >= log_.end and not states and progress.first == log_.first:
                 continue
@@ -430,8 +430,8 @@ class Replication:
                 result.end = self._first_of_epoch(shard, batch.start - 1)  # our tail diverges from there
                 continue
             if batch.entries or batch.start < log_.end:
-                writes.append(self._engine.write_entries(shard, batch.start, list(batch.entries),
-                                                         self._dedup_window_ms))
+                writes.append(self._engine.write_raw_entries(shard, batch.start, list(batch.entries),
+                                                             self._dedup_window_ms))
             result.ok = True
         await asyncio.gather(*writes)
         for batch, result in zip(request.shards, results):

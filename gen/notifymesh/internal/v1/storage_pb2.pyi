@@ -120,14 +120,14 @@ class ShardEntries(_message.Message):
     epoch: int
     start: int
     prev_epoch: int
-    entries: _containers.RepeatedCompositeFieldContainer[StoredMessage]
+    entries: _containers.RepeatedScalarFieldContainer[bytes]
     commit: int
     first: int
     has_subscriptions: bool
     subscriptions: _containers.RepeatedCompositeFieldContainer[SubscriptionState]
     state_epoch: int
     state_version: int
-    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., epoch: _Optional[int] = ..., start: _Optional[int] = ..., prev_epoch: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[StoredMessage, _Mapping]]] = ..., commit: _Optional[int] = ..., first: _Optional[int] = ..., has_subscriptions: _Optional[bool] = ..., subscriptions: _Optional[_Iterable[_Union[SubscriptionState, _Mapping]]] = ..., state_epoch: _Optional[int] = ..., state_version: _Optional[int] = ...) -> None: ...
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., epoch: _Optional[int] = ..., start: _Optional[int] = ..., prev_epoch: _Optional[int] = ..., entries: _Optional[_Iterable[bytes]] = ..., commit: _Optional[int] = ..., first: _Optional[int] = ..., has_subscriptions: _Optional[bool] = ..., subscriptions: _Optional[_Iterable[_Union[SubscriptionState, _Mapping]]] = ..., state_epoch: _Optional[int] = ..., state_version: _Optional[int] = ...) -> None: ...
 
 class ReplicateResponse(_message.Message):
     __slots__ = ("shards",)
