@@ -100,6 +100,9 @@ class SubscriptionDispatcher:
         self._wake.set()
         self._ensure_pullers()
 
+    def idle(self) -> bool:
+        return not self.streams and not self._in_flight
+
     def _ensure_pullers(self) -> None:
         for partition in range(self._partitions()):
             task = self._tasks.get(partition)
@@ -286,6 +289,8 @@ class Dispatcher:
         finally:
             await dispatcher.remove(stream)
             log.info("subscriber gone", extra=fields(subscription=name, streams=len(dispatcher.streams)))
+            if dispatcher.idle() and self.subscriptions.get(name) is dispatcher:
+                del self.subscriptions[name]  # nothing connected, nothing in flight: keep no state
 
     async def acknowledge(self, name: str, ack_ids: list[str]) -> None:
         await (await self._dispatcher(name)).acknowledge(ack_ids)
