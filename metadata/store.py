@@ -40,6 +40,11 @@ class MetadataStore:
                                        60, 31 * 24 * 3600)
         else:
             record.message_retention.FromSeconds(int(self._config.default_retention_s))
+        if record.HasField("dedup_window"):
+            validation.seconds_between("dedup window", record.dedup_window.ToTimedelta().total_seconds(),
+                                       60, 7 * 24 * 3600)
+        else:
+            record.dedup_window.FromSeconds(int(self._config.dedup_window_s))
         record.partition_count = record.partition_count or 1
         validation.count_between("partition count", record.partition_count, 1, MAX_PARTITIONS)
         record.replication_factor = record.replication_factor or self._config.default_replication_factor

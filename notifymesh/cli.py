@@ -39,6 +39,7 @@ def attribute(text: str) -> tuple[str, str]:
 def _topic_line(topic) -> str:
     return json.dumps({"name": topic.name, "partitions": topic.partition_count,
                        "replication_factor": topic.replication_factor,
+                       "dedup_window_s": topic.dedup_window.seconds, "dedup_by_payload": topic.dedup_by_payload,
                        "message_retention_s": topic.message_retention.seconds,
                        "create_time": topic.create_time.ToJsonString()})
 
@@ -63,7 +64,8 @@ def _message_line(received) -> str:
 async def _topic(args, client: Client) -> None:
     if args.action == "create":
         print(_topic_line(await client.create_topic(args.name, args.retention, args.partitions,
-                                                    args.replication_factor)))
+                                                    args.replication_factor, args.dedup_window,
+                                                    args.dedup_by_payload)))
     elif args.action == "update":
         print(_topic_line(await client.update_topic(args.name, args.partitions)))
     elif args.action == "get":
@@ -228,6 +230,9 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--partitions", type=int, default=0, help="partitions (default 1)")
     create.add_argument("--replication-factor", type=int, default=0,
                         help="copies of each message, 1 to 5 (default 3, capped by live storage nodes)")
+    create.add_argument("--dedup-window", type=duration, help="how long repeats are recognised (default 24h)")
+    create.add_argument("--dedup-by-payload", action="store_true",
+                        help="a message without an idempotency key repeats one with equal data and attributes")
     update = topic_actions.add_parser("update", help="raise the partition count")
     update.add_argument("name")
     update.add_argument("--partitions", type=int, required=True)

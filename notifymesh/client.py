@@ -68,9 +68,14 @@ class Client:
     # -- topics -----------------------------------------------------------------
 
     async def create_topic(self, name: str, retention_s: float | None = None, partitions: int = 0,
-                           replication_factor: int = 0) -> pubsub_pb2.Topic:
-        """partitions and replication_factor 0 take the server's defaults (1 and 3)."""
-        topic = pubsub_pb2.Topic(name=name, partition_count=partitions, replication_factor=replication_factor)
+                           replication_factor: int = 0, dedup_window_s: float | None = None,
+                           dedup_by_payload: bool = False) -> pubsub_pb2.Topic:
+        """partitions and replication_factor 0 take the server's defaults (1 and 3);
+        the dedup window defaults to 24 h."""
+        topic = pubsub_pb2.Topic(name=name, partition_count=partitions, replication_factor=replication_factor,
+                                 dedup_by_payload=dedup_by_payload)
+        if dedup_window_s is not None:
+            topic.dedup_window.CopyFrom(_duration(dedup_window_s))
         if retention_s is not None:
             topic.message_retention.CopyFrom(_duration(retention_s))
         return await self._publisher.CreateTopic(pubsub_pb2.CreateTopicRequest(topic=topic), timeout=self._timeout)
@@ -159,6 +164,6 @@ class Client:
         await self._subscriber.ModifyAckDeadline(pubsub_pb2.ModifyAckDeadlineRequest(
             subscription=subscription, ack_ids=ack_ids, ack_deadline=_duration(seconds)), timeout=self._timeout)
 
-    async def nack(self, subscription: str, ack_ids: list[str]) -> None:
-        """Asks for immediate redelivery."""
-        await self.modify_ack_deadline(subscription, ack_ids, 0)
+    async def nack(self, subscription: str, ack_ids: list[str], delay_s: float = 0) -> None:
+        """Asks for redelivery, at once or after delay_s."""
+        await self.modify_ack_deadline(subscription, ack_ids, delay_s)

@@ -16,6 +16,7 @@ losing one only means a message is delivered again, which at-least-once allows.
 
 import asyncio
 import collections
+import hashlib
 import heapq
 import logging
 from dataclasses import dataclass, field
@@ -84,6 +85,19 @@ class ShardLog:
         """Wakes every pull waiting on this shard."""
         changed, self.changed = self.changed, asyncio.Event()
         changed.set()
+
+
+def dedup_key_of(message: pubsub_pb2.PubsubMessage, by_payload: bool) -> str:
+    """What a repeat is recognised by: the idempotency key, else (by_payload) a hash
+    of data and attributes; publish time and ids are not part of it."""
+    if message.idempotency_key:
+        return "k:" + message.idempotency_key
+    if not by_payload:
+        return ""
+    digest = hashlib.sha256(len(message.data).to_bytes(8, "big") + message.data)
+    for key in sorted(message.attributes):
+        digest.update(key.encode() + b"\0" + message.attributes[key].encode() + b"\0")
+    return "p:" + digest.hexdigest()
 
 
 class RecentIds:
@@ -232,9 +246,10 @@ class StorageEngine:
                     write.done.set_result(None)
 
     def prepare(self, shard: str, messages: list[pubsub_pb2.PubsubMessage], epoch: int, dedup_window_ms: int,
-                retry: bool) -> tuple[list[str], list[storage_pb2.StoredMessage]]:
+                retry: bool, by_payload: bool = False) -> tuple[list[str], list[storage_pb2.StoredMessage]]:
         """Leader side, synchronous: the ids to answer and the new entries (from
-        log.end on) for messages not already stored, by idempotency key or, for a
+        log.end on) for messages not already stored: by idempotency key (or, with
+        by_payload, by a hash of data and attributes) within the window, or, for a
         retry, by message id. Ids the client did not set are assigned here."""
         log_ = self.shard(shard)
         publish_ms = now_ms()
@@ -242,25 +257,26 @@ class StorageEngine:
         if retry and log_.recent_ids is None:
             log_.recent_ids = RecentIds(self._read_recent_ids(log_))
         already = log_.recent_ids if retry else ()
-        seen: dict[str, str] = {}  # idempotency keys first used within this request
+        seen: dict[str, str] = {}  # dedup keys first used within this request
         ids, entries = [], []
         for message in messages:
-            if message.idempotency_key:
-                original = seen.get(message.idempotency_key) or self._seen_id(
-                    keys.idempotency(shard, message.idempotency_key), publish_ms)
+            dedup_key = dedup_key_of(message, by_payload)
+            if dedup_key:
+                original = seen.get(dedup_key) or self._seen_id(keys.idempotency(shard, dedup_key), publish_ms)
                 if original:
                     ids.append(original)
                     continue
-                seen[message.idempotency_key] = message.message_id or "?"
             if message.message_id in already:
                 ids.append(message.message_id)
                 continue
             if not message.message_id:
                 message.message_id = new_message_id(publish_ms)
             message.publish_time.CopyFrom(publish_time)
-            if message.idempotency_key:
-                seen[message.idempotency_key] = message.message_id
-            entries.append(storage_pb2.StoredMessage(message=message, append_ms=publish_ms, epoch=epoch))
+            entry = storage_pb2.StoredMessage(message=message, append_ms=publish_ms, epoch=epoch)
+            if dedup_key:
+                seen[dedup_key] = message.message_id
+                entry.dedup_key, entry.dedup_until_ms = dedup_key, publish_ms + dedup_window_ms
+            entries.append(entry)
             ids.append(message.message_id)
         return ids, entries
 
@@ -281,18 +297,16 @@ class StorageEngine:
             return None
         return value[8:].decode()
 
-    async def write_entries(self, shard: str, start: int, entries: list[storage_pb2.StoredMessage],
-                            dedup_window_ms: int) -> None:
+    async def write_entries(self, shard: str, start: int, entries: list[storage_pb2.StoredMessage]) -> None:
         """The leader's own entries: see _write."""
-        await self._write(shard, start, [e.SerializeToString() for e in entries], entries, dedup_window_ms)
+        await self._write(shard, start, [e.SerializeToString() for e in entries], entries)
 
-    async def write_raw_entries(self, shard: str, start: int, raw: list[bytes], dedup_window_ms: int) -> None:
+    async def write_raw_entries(self, shard: str, start: int, raw: list[bytes]) -> None:
         """Entries replicated from the leader, stored as they came; parsed only to
-        index their idempotency keys."""
-        await self._write(shard, start, raw, [storage_pb2.StoredMessage.FromString(r) for r in raw], dedup_window_ms)
+        index their dedup keys."""
+        await self._write(shard, start, raw, [storage_pb2.StoredMessage.FromString(r) for r in raw])
 
-    async def _write(self, shard: str, start: int, raw: list[bytes], entries: list[storage_pb2.StoredMessage],
-                     dedup_window_ms: int) -> None:
+    async def _write(self, shard: str, start: int, raw: list[bytes], entries: list[storage_pb2.StoredMessage]) -> None:
         """Writes entries at start.. with a synced write, replacing anything from start
         on (a deposed leader's unreplicated tail)."""
         log_ = self.shard(shard)
@@ -307,10 +321,9 @@ class StorageEngine:
             message = entry.message
             if log_.recent_ids is not None and message.message_id:
                 log_.recent_ids.add(message.message_id)
-            if message.idempotency_key:
-                expiry = entry.append_ms + dedup_window_ms
-                ops.append(("put", keys.idempotency(shard, message.idempotency_key),
-                            expiry.to_bytes(8, "big") + message.message_id.encode()))
+            if entry.dedup_key:
+                ops.append(("put", keys.idempotency(shard, entry.dedup_key),
+                            entry.dedup_until_ms.to_bytes(8, "big") + message.message_id.encode()))
         # Set before the write completes so the next leader append lands after these.
         log_.end = start + len(entries)
         log_.last_epoch = entries[-1].epoch if entries else (self.epoch_at(shard, start - 1) or 0)

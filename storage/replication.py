@@ -78,12 +78,11 @@ class Leadership:
 
 class Replication:
     def __init__(self, engine: StorageEngine, cluster: Cluster, registration_of, node_id: str,
-                 replication_factor_of, dedup_window_ms: int):
+                 replication_factor_of):
         """registration_of(): this node's Registration (its lease fences leadership);
         replication_factor_of(topic): the topic's replication factor."""
         self._engine, self._cluster, self._node = engine, cluster, node_id
-        self._registration_of, self._rf_of, self._dedup_window_ms = registration_of, replication_factor_of, \
-            dedup_window_ms
+        self._registration_of, self._rf_of = registration_of, replication_factor_of
         self.led: dict[str, Leadership] = {}
         self._known_epoch: dict[str, int] = {}
         # Shards whose candidacy key this node has put and not yet withdrawn.
@@ -231,8 +230,7 @@ class Replication:
             if node != self._node:
                 lead.progress[node] = Progress(next=log_.end)
         # Stamped like any entry: attaching a subscription searches entries by append time.
-        await self._engine.write_entries(shard, marker, [storage_pb2.StoredMessage(epoch=epoch, append_ms=now_ms())],
-                                         self._dedup_window_ms)
+        await self._engine.write_entries(shard, marker, [storage_pb2.StoredMessage(epoch=epoch, append_ms=now_ms())])
         await self._withdraw_candidacy(shard)
         log.info("leading", extra=fields(shard=shard, epoch=epoch, replicas=replicas, end=log_.end))
         self._advance_commit(lead)
@@ -262,16 +260,16 @@ class Replication:
             raise errors.Unavailable(f"leadership of {shard} may have lapsed (member lease not renewed)")
         return lead
 
-    async def append(self, shard: str, messages, retry: bool) -> list[str]:
+    async def append(self, shard: str, messages, retry: bool, dedup_window_ms: int, by_payload: bool) -> list[str]:
         lead = self.leadership(shard)
         live = self._cluster.live("storage")
         if sum(node in live for node in lead.replicas) < quorum(lead.replicas):
             raise errors.Unavailable(f"fewer than {quorum(lead.replicas)} of the replicas of {shard} are alive")
-        ids, entries = self._engine.prepare(shard, messages, lead.epoch, self._dedup_window_ms, retry)
+        ids, entries = self._engine.prepare(shard, messages, lead.epoch, dedup_window_ms, retry, by_payload)
         log_ = self._engine.shard(shard)
         start = log_.end
         if entries:
-            await self._engine.write_entries(shard, start, entries, self._dedup_window_ms)
+            await self._engine.write_entries(shard, start, entries)
         if self.led.get(shard) is not lead:
             raise errors.Unavailable(f"leader of {shard} stepped down")
         self._advance_commit(lead)
@@ -430,8 +428,7 @@ class Replication:
                 result.end = self._first_of_epoch(shard, batch.start - 1)  # our tail diverges from there
                 continue
             if batch.entries or batch.start < log_.end:
-                writes.append(self._engine.write_raw_entries(shard, batch.start, list(batch.entries),
-                                                             self._dedup_window_ms))
+                writes.append(self._engine.write_raw_entries(shard, batch.start, list(batch.entries)))
             result.ok = True
         await asyncio.gather(*writes)
         for batch, result in zip(request.shards, results):

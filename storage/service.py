@@ -60,7 +60,7 @@ class StorageNode:
         self._ctx, self._cluster, self._config = ctx, ctx.cluster, ctx.config
         self.engine = StorageEngine(Path(ctx.args.data_dir), ctx.node_id)
         self.replication = Replication(self.engine, ctx.cluster, lambda: ctx.registration, ctx.node_id,
-                                       self._replication_factor, int(ctx.config.dedup_window_s * 1000))
+                                       self._replication_factor)
         self.servicers = [(storage_pb2_grpc.add_StorageServicer_to_server, StorageServicer(self))]
         self._metadata_changed = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -76,8 +76,11 @@ class StorageNode:
         return shard
 
     async def append(self, topic: str, partition: int, messages, retry: bool) -> list[str]:
-        await self._cluster.topic(topic)  # NOT_FOUND rather than data for a topic that does not exist
-        return await self.replication.append(keys.shard_name(topic, partition), messages, retry)
+        record = await self._cluster.topic(topic)  # NOT_FOUND rather than data for a topic that does not exist
+        window_ms = (record.dedup_window.ToMilliseconds() if record.HasField("dedup_window")
+                     else int(self._config.dedup_window_s * 1000))
+        return await self.replication.append(keys.shard_name(topic, partition), messages, retry, window_ms,
+                                             record.dedup_by_payload)
 
     async def pull(self, topic: str, partition: int, subscription: str, max_messages: int, ack_deadline_ms: int,
                    wait_ms: int):

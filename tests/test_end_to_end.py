@@ -138,3 +138,16 @@ async def test_partitions_ordering_keys_and_raising_the_count(mesh, client):
     for line in lines:
         assert "(election)" not in line and line.count("leader") == 1 and line.count("follower") == 1
     assert "storage-1" in status.stdout.decode().splitlines()[1]  # the storage members line
+
+
+async def test_cli_topic_with_payload_dedup(mesh, client):
+    topic = unique("hashed")
+    created = cli(mesh, "topic", "create", topic, "--dedup-by-payload", "--dedup-window", "1h")
+    assert created.returncode == 0, created.stderr
+    assert {"dedup_by_payload": True, "dedup_window_s": 3600}.items() <= json.loads(created.stdout).items()
+    first = cli(mesh, "publish", topic, "same", "--attr", "k=v").stdout
+    again = cli(mesh, "publish", topic, "same", "--attr", "k=v").stdout
+    other = cli(mesh, "publish", topic, "same", "--attr", "k=w").stdout
+    assert first == again != other
+    bad = cli(mesh, "topic", "create", unique("hashed"), "--dedup-window", "10s")
+    assert bad.returncode == 1 and b"dedup window" in bad.stderr

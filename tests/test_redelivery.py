@@ -58,3 +58,24 @@ async def test_disconnected_subscriber_hands_its_messages_to_the_next(mesh, clie
     assert set(ids_of(first)) == set(ids)
     second = await receive(client, sub, 3, timeout=10)  # long before the 60 s deadline
     assert set(ids_of(second)) == set(ids)
+
+
+async def test_nack_with_a_delay_redelivers_after_it(mesh, client):
+    topic, sub = unique("later"), unique("later-sub")
+    await client.create_topic(topic)
+    await client.create_subscription(sub, topic, ack_deadline_s=60)
+    await client.publish(topic, [b"not yet"])
+    loop = asyncio.get_running_loop()
+    seen = []
+
+    async def run():
+        async for received in client.subscribe(sub):
+            seen.append(loop.time())
+            if len(seen) == 1:
+                await client.nack(sub, [received.ack_id], delay_s=1.5)
+            else:
+                await client.acknowledge(sub, [received.ack_id])
+                return
+
+    await asyncio.wait_for(run(), 15)
+    assert 1.4 <= seen[1] - seen[0] < 10

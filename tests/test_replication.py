@@ -197,3 +197,19 @@ async def test_the_mesh_keeps_working_without_one_etcd_member(tmp_path):
             assert set(ids_of(received)) == set(first + second)
     finally:
         mesh.stop()
+
+
+async def test_repeats_are_recognised_across_a_leader_failover(own_mesh):
+    from notifymesh.client import Message
+    mesh = own_mesh
+    async with Client(mesh.frontend_addr) as client:
+        topic, sub = unique("dedup"), unique("dedup-sub")
+        await client.create_topic(topic, replication_factor=3, dedup_by_payload=True)
+        await client.create_subscription(sub, topic)
+        [keyed] = await client.publish(topic, [Message(b"charge 7", idempotency_key="order-7")])
+        [hashed] = await client.publish(topic, [Message(b"ship 7", {"carrier": "x"})])
+        mesh.kill(await leader_of(client, topic))
+        assert await client.publish(topic, [Message(b"charge 7 again", idempotency_key="order-7")]) == [keyed]
+        assert await client.publish(topic, [Message(b"ship 7", {"carrier": "x"})]) == [hashed]
+        received = await receive(client, sub, 3, timeout=10)
+        assert sorted(ids_of(received)) == sorted([keyed, hashed])

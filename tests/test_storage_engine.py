@@ -22,10 +22,10 @@ def messages(*payloads: bytes, key: str = "") -> list[pubsub_pb2.PubsubMessage]:
 
 
 async def append(engine: StorageEngine, shard: str, msgs, dedup_ms: int = DEDUP_MS, epoch: int = 1,
-                 retry: bool = False) -> list[str]:
+                 retry: bool = False, by_payload: bool = False) -> list[str]:
     """What a leader does: prepare, write (synced), and commit (a single replica here)."""
-    ids, entries = engine.prepare(shard, msgs, epoch, dedup_ms, retry)
-    await engine.write_entries(shard, engine.shard(shard).end, entries, dedup_ms)
+    ids, entries = engine.prepare(shard, msgs, epoch, dedup_ms, retry, by_payload)
+    await engine.write_entries(shard, engine.shard(shard).end, entries)
     engine.advance_commit(shard, engine.shard(shard).end)
     return ids
 
@@ -122,7 +122,7 @@ async def test_subscription_after_an_epoch_marker_starts_at_its_create_time(engi
     [new] = await append(engine, SHARD, messages(b"new"))
     log_ = engine.shard(SHARD)
     marker = storage_pb2.StoredMessage(epoch=2, append_ms=now_ms())
-    await engine.write_entries(SHARD, log_.end, [marker], DEDUP_MS)
+    await engine.write_entries(SHARD, log_.end, [marker])
     [newer] = await append(engine, SHARD, messages(b"newer"), epoch=2)
     engine.attach(SHARD, subscription("late", created_ms=created))
     assert [m.message.message_id for m in await engine.pull(SHARD, "late", 10, 10_000, 0)] == [new, newer]
@@ -172,12 +172,12 @@ async def test_follower_write_replaces_a_diverged_tail_and_keeps_seqs(engine, tm
         # the follower got a and b from epoch 1, then an entry of a deposed leader
         entries = engine.raw_entries(SHARD, 0, 10)
         assert [storage_pb2.StoredMessage.FromString(e).message.message_id for e in entries] == leader_ids
-        await follower.write_raw_entries(SHARD, 0, entries[:2], DEDUP_MS)
+        await follower.write_raw_entries(SHARD, 0, entries[:2])
         stale = storage_pb2.StoredMessage(message=pubsub_pb2.PubsubMessage(data=b"stale", message_id="x"), epoch=1)
-        await follower.write_entries(SHARD, 2, [stale], DEDUP_MS)
+        await follower.write_entries(SHARD, 2, [stale])
         assert follower.shard(SHARD).end == 3
         # the new leader (epoch 2) sends its marker at 2: the stale entry goes
-        await follower.write_entries(SHARD, 2, [storage_pb2.StoredMessage(epoch=2)], DEDUP_MS)
+        await follower.write_entries(SHARD, 2, [storage_pb2.StoredMessage(epoch=2)])
         log_ = follower.shard(SHARD)
         assert (log_.end, log_.last_epoch) == (3, 2)
         assert [follower.epoch_at(SHARD, seq) for seq in range(3)] == [1, 1, 2]
@@ -201,7 +201,7 @@ async def test_delivery_state_moves_to_a_follower(engine, tmp_path):
     follower = StorageEngine(tmp_path / "follower", "storage-2")
     follower.start()
     try:
-        await follower.write_raw_entries(SHARD, 0, engine.raw_entries(SHARD, 0, 10), DEDUP_MS)
+        await follower.write_raw_entries(SHARD, 0, engine.raw_entries(SHARD, 0, 10))
         follower.import_states(SHARD, engine.export_states(SHARD), (1, 5))
         assert follower.shard(SHARD).state_stamp == (1, 5)
         follower.advance_commit(SHARD, 3)
@@ -239,7 +239,7 @@ async def test_retry_skips_messages_already_in_the_log(engine):
 async def test_only_committed_entries_are_delivered(engine):
     engine.attach(SHARD, subscription("audit"))
     ids, entries = engine.prepare(SHARD, messages(b"a", b"b"), 1, DEDUP_MS, False)
-    await engine.write_entries(SHARD, 0, entries, DEDUP_MS)
+    await engine.write_entries(SHARD, 0, entries)
     assert await engine.pull(SHARD, "audit", 10, 60_000, 0) == []
     engine.advance_commit(SHARD, 1)
     assert [m.message.message_id for m in await engine.pull(SHARD, "audit", 10, 60_000, 0)] == ids[:1]
@@ -276,3 +276,23 @@ async def test_unknown_subscription_and_bad_ack_id(engine):
     [pulled] = await engine.pull(SHARD, "audit", 1, 60_000, 0)
     assert pulled.ack_id == "0:0"  # partition 0, seq 0
     assert engine.acknowledge(SHARD, "audit", [pulled.ack_id]) == 1
+
+
+async def test_payload_hash_dedup_within_the_window(engine):
+    engine.attach(SHARD, subscription("audit"))
+
+    def msg(data: bytes, **attributes):
+        return pubsub_pb2.PubsubMessage(data=data, attributes=attributes)
+
+    [first] = await append(engine, SHARD, [msg(b"charge", a="1", b="2")], by_payload=True)
+    # same data and attributes (order does not matter): the original id
+    assert await append(engine, SHARD, [msg(b"charge", b="2", a="1")], by_payload=True) == [first]
+    # other attributes, other data, or no payload dedup on the topic: new messages
+    assert await append(engine, SHARD, [msg(b"charge", a="1")], by_payload=True) != [first]
+    assert await append(engine, SHARD, [msg(b"charge!", a="1", b="2")], by_payload=True) != [first]
+    assert await append(engine, SHARD, [msg(b"charge", a="1", b="2")]) != [first]
+    assert len(await engine.pull(SHARD, "audit", 10, 60_000, 0)) == 4
+    # past the window it is new again
+    [short] = await append(engine, SHARD, [msg(b"brief")], dedup_ms=1, by_payload=True)
+    await asyncio.sleep(0.01)
+    assert await append(engine, SHARD, [msg(b"brief")], by_payload=True) != [short]

@@ -170,14 +170,18 @@ class LeaseState(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., delivery_attempt: _Optional[int] = ...) -> None: ...
 
 class StoredMessage(_message.Message):
-    __slots__ = ("message", "append_ms", "epoch")
+    __slots__ = ("message", "append_ms", "epoch", "dedup_key", "dedup_until_ms")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     APPEND_MS_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    DEDUP_KEY_FIELD_NUMBER: _ClassVar[int]
+    DEDUP_UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
     message: _pubsub_pb2.PubsubMessage
     append_ms: int
     epoch: int
-    def __init__(self, message: _Optional[_Union[_pubsub_pb2.PubsubMessage, _Mapping]] = ..., append_ms: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
+    dedup_key: str
+    dedup_until_ms: int
+    def __init__(self, message: _Optional[_Union[_pubsub_pb2.PubsubMessage, _Mapping]] = ..., append_ms: _Optional[int] = ..., epoch: _Optional[int] = ..., dedup_key: _Optional[str] = ..., dedup_until_ms: _Optional[int] = ...) -> None: ...
 
 class Lease(_message.Message):
     __slots__ = ("deadline_ms", "delivery_attempt")
