@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 MAX_PARTITIONS = 256
 MAX_REPLICATION_FACTOR = 5
+MAX_BACKOFF_S = 600
 
 
 class MetadataStore:
@@ -131,6 +132,7 @@ class MetadataStore:
             record.ack_deadline.CopyFrom(duration_pb2.Duration(
                 seconds=int(config.default_ack_deadline_s),
                 nanos=int(config.default_ack_deadline_s % 1 * 1e9)))
+        await self._check_delivery_policy(record)
         record.create_time.CopyFrom(timestamp(now_ms()))
         key = SUBSCRIPTIONS + subscription.name.encode()
         topic_key = TOPICS + subscription.topic.encode()
@@ -151,6 +153,29 @@ class MetadataStore:
             log.warning("attach at storage failed; its watch will attach it",
                         extra=fields(subscription=record.name, error=repr(e)))
         return record
+
+    async def _check_delivery_policy(self, record: pubsub_pb2.Subscription) -> None:
+        """Validates the retry policy and dead-lettering, filling in defaults."""
+        if record.HasField("retry_policy"):
+            policy = record.retry_policy
+            if not policy.HasField("minimum_backoff"):
+                policy.minimum_backoff.FromSeconds(1)
+            if not policy.HasField("maximum_backoff"):
+                policy.maximum_backoff.FromSeconds(60)
+            policy.multiplier = policy.multiplier or 2.0
+            low = policy.minimum_backoff.ToMilliseconds() / 1000
+            high = policy.maximum_backoff.ToMilliseconds() / 1000
+            validation.seconds_between("minimum backoff", low, 0, MAX_BACKOFF_S)
+            validation.seconds_between("maximum backoff", high, low, MAX_BACKOFF_S)
+            if not 1.0 <= policy.multiplier <= 10.0:
+                raise errors.InvalidArgument(f"backoff multiplier {policy.multiplier:g} out of range: 1 to 10")
+        if record.max_delivery_attempts or record.dead_letter_topic:
+            validation.count_between("max delivery attempts", record.max_delivery_attempts, 1, 100)
+            if not record.dead_letter_topic:
+                raise errors.InvalidArgument("max delivery attempts needs a dead-letter topic")
+            if record.dead_letter_topic == record.topic:
+                raise errors.InvalidArgument("the dead-letter topic must differ from the subscription's topic")
+            await self.get_topic(record.dead_letter_topic)  # NOT_FOUND when missing
 
     async def get_subscription(self, name: str) -> pubsub_pb2.Subscription:
         kv = await self._etcd.get(SUBSCRIPTIONS + validation.name("subscription", name).encode())

@@ -45,9 +45,15 @@ def _topic_line(topic) -> str:
 
 
 def _subscription_line(sub) -> str:
-    return json.dumps({"name": sub.name, "topic": sub.topic,
-                       "ack_deadline_s": sub.ack_deadline.ToMilliseconds() / 1000,
-                       "create_time": sub.create_time.ToJsonString()})
+    line = {"name": sub.name, "topic": sub.topic, "ack_deadline_s": sub.ack_deadline.ToMilliseconds() / 1000,
+            "create_time": sub.create_time.ToJsonString()}
+    if sub.HasField("retry_policy"):
+        line |= {"min_backoff_s": sub.retry_policy.minimum_backoff.ToMilliseconds() / 1000,
+                 "max_backoff_s": sub.retry_policy.maximum_backoff.ToMilliseconds() / 1000,
+                 "backoff_multiplier": sub.retry_policy.multiplier}
+    if sub.dead_letter_topic:
+        line |= {"max_delivery_attempts": sub.max_delivery_attempts, "dead_letter_topic": sub.dead_letter_topic}
+    return json.dumps(line)
 
 
 def _message_line(received) -> str:
@@ -100,7 +106,9 @@ async def _cluster(args, client: Client) -> None:
 
 async def _subscription(args, client: Client) -> None:
     if args.action == "create":
-        print(_subscription_line(await client.create_subscription(args.name, args.topic, args.ack_deadline)))
+        print(_subscription_line(await client.create_subscription(
+            args.name, args.topic, args.ack_deadline, args.min_backoff, args.max_backoff,
+            args.max_delivery_attempts, args.dead_letter_topic or "")))
     elif args.action == "get":
         print(_subscription_line(await client.get_subscription(args.name)))
     elif args.action == "list":
@@ -246,6 +254,11 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--topic", required=True)
     create.add_argument("--ack-deadline", type=duration, help="e.g. 10s (default 10s)")
+    create.add_argument("--min-backoff", type=duration, help="retry policy: first redelivery wait (default 1s)")
+    create.add_argument("--max-backoff", type=duration, help="retry policy: longest redelivery wait (default 60s)")
+    create.add_argument("--max-delivery-attempts", type=int, default=0,
+                        help="then move the message to --dead-letter-topic")
+    create.add_argument("--dead-letter-topic")
     sub_actions.add_parser("get").add_argument("name")
     sub_actions.add_parser("list").add_argument("--topic")
     sub_actions.add_parser("delete").add_argument("name")

@@ -106,11 +106,23 @@ class Client:
 
     # -- subscriptions ----------------------------------------------------------
 
-    async def create_subscription(self, name: str, topic: str,
-                                  ack_deadline_s: float | None = None) -> pubsub_pb2.Subscription:
-        subscription = pubsub_pb2.Subscription(name=name, topic=topic)
+    async def create_subscription(self, name: str, topic: str, ack_deadline_s: float | None = None,
+                                  min_backoff_s: float | None = None, max_backoff_s: float | None = None,
+                                  max_delivery_attempts: int = 0,
+                                  dead_letter_topic: str = "") -> pubsub_pb2.Subscription:
+        """With either backoff, redeliveries follow a retry policy (defaults 1 s to
+        60 s, doubling); with max_delivery_attempts, exhausted messages move to
+        dead_letter_topic."""
+        subscription = pubsub_pb2.Subscription(name=name, topic=topic, max_delivery_attempts=max_delivery_attempts,
+                                               dead_letter_topic=dead_letter_topic)
         if ack_deadline_s is not None:
             subscription.ack_deadline.CopyFrom(_duration(ack_deadline_s))
+        if min_backoff_s is not None or max_backoff_s is not None:
+            subscription.retry_policy.SetInParent()
+            if min_backoff_s is not None:
+                subscription.retry_policy.minimum_backoff.CopyFrom(_duration(min_backoff_s))
+            if max_backoff_s is not None:
+                subscription.retry_policy.maximum_backoff.CopyFrom(_duration(max_backoff_s))
         return await self._subscriber.CreateSubscription(
             pubsub_pb2.CreateSubscriptionRequest(subscription=subscription), timeout=self._timeout)
 

@@ -37,13 +37,52 @@ NODE_ID_FILE = "NODE_ID"
 RETRY_SCAN_ENTRIES = 200_000  # how far back a retried append looks for its message ids
 
 
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """A subscription's retry backoff and dead-lettering, from its record."""
+    min_backoff_ms: int = 0
+    max_backoff_ms: int = 0
+    multiplier: float = 1.0
+    max_attempts: int = 0
+    dead_letter_topic: str = ""
+
+    @classmethod
+    def of(cls, subscription: pubsub_pb2.Subscription) -> "DeliveryPolicy":
+        policy = subscription.retry_policy
+        return cls(policy.minimum_backoff.ToMilliseconds(), policy.maximum_backoff.ToMilliseconds(),
+                   policy.multiplier or 1.0, subscription.max_delivery_attempts, subscription.dead_letter_topic)
+
+    def backoff_ms(self, attempt: int) -> int:
+        """The wait after failed attempt number attempt (1-based)."""
+        return int(min(self.max_backoff_ms, self.min_backoff_ms * self.multiplier ** (attempt - 1)))
+
+    def exhausted(self, attempt: int) -> bool:
+        return bool(self.max_attempts and self.dead_letter_topic and attempt >= self.max_attempts)
+
+
+@dataclass
+class DeadLetter:
+    shard: str
+    subscription: str
+    seq: int
+    message: pubsub_pb2.PubsubMessage
+    attempts: int
+    topic: str
+
+
+DEAD_LETTER_RETRY_MS = 30_000  # a dead letter not moved by then is tried again
+
+
 @dataclass
 class SubscriptionState:
     name: str
     cursor: int
     leases: dict[int, storage_pb2.Lease] = field(default_factory=dict)
     # (deadline_ms, seq); entries whose lease changed since are skipped when popped.
+    # A lease's deadline is when the message may be delivered again: the ack
+    # deadline plus the retry backoff.
     deadlines: list[tuple[int, int]] = field(default_factory=list)
+    policy: DeliveryPolicy = DeliveryPolicy()
 
     def lease(self, seq: int, lease: storage_pb2.Lease) -> None:
         self.leases[seq] = lease
@@ -138,6 +177,8 @@ class StorageEngine:
         self._synced.sync = True
         self._unsynced = WriteOptions()
         self.shards: dict[str, ShardLog] = {}
+        # Messages out of delivery attempts, for the storage service to move.
+        self.dead_letters: asyncio.Queue[DeadLetter] = asyncio.Queue()
         self._pending: list[_Write] = []
         self._wake_committer = asyncio.Event()
         self._committer: asyncio.Task | None = None
@@ -383,13 +424,16 @@ class StorageEngine:
 
     def attach(self, shard: str, subscription: pubsub_pb2.Subscription) -> SubscriptionState:
         """Starts the subscription at the first entry appended at or after its create
-        time, unless it is attached already."""
+        time, unless it is attached already; takes its delivery policy either way."""
         log_ = self.shard(shard)
         state = log_.subscriptions.get(subscription.name)
+        if state is not None:
+            state.policy = DeliveryPolicy.of(subscription)
         if state is None:
             cursor = self._first_seq_at_or_after(log_, to_ms(subscription.create_time))
             self._db.put(keys.cursor(shard, subscription.name), keys.seq_bytes(cursor), self._unsynced)
-            state = log_.subscriptions[subscription.name] = SubscriptionState(subscription.name, cursor)
+            state = log_.subscriptions[subscription.name] = SubscriptionState(
+                subscription.name, cursor, policy=DeliveryPolicy.of(subscription))
             log_.state_version += 1
             log.info("subscription attached", extra=fields(shard=shard, subscription=subscription.name,
                                                            cursor=cursor, first=log_.first, end=log_.end))
@@ -517,7 +561,12 @@ class StorageEngine:
                 del state.leases[seq]
                 batch.delete(keys.lease(log_.name, state.name, seq))
                 continue
-            lease = storage_pb2.Lease(deadline_ms=deadline, delivery_attempt=state.leases[seq].delivery_attempt + 1)
+            attempts = state.leases[seq].delivery_attempt
+            if state.policy.exhausted(attempts):
+                self._dead_letter(log_, state, seq, entry, attempts, now, batch)
+                continue
+            lease = storage_pb2.Lease(deadline_ms=deadline + state.policy.backoff_ms(attempts + 1),
+                                      delivery_attempt=attempts + 1)
             received.append(self._leased(log_, state, seq, entry, lease, batch))
         if len(received) < max_messages and state.cursor < log_.commit:
             cursor = state.cursor
@@ -533,8 +582,8 @@ class StorageEngine:
                 entry = self._decode(log_.name, seq, value)
                 if entry is None or not entry.HasField("message"):  # corrupted, or an epoch marker
                     continue
-                received.append(self._leased(log_, state, seq, entry,
-                                             storage_pb2.Lease(deadline_ms=deadline, delivery_attempt=1), batch))
+                received.append(self._leased(log_, state, seq, entry, storage_pb2.Lease(
+                    deadline_ms=deadline + state.policy.backoff_ms(1), delivery_attempt=1), batch))
             else:
                 cursor = log_.commit
             if cursor > state.cursor:
@@ -544,6 +593,36 @@ class StorageEngine:
             self._db.write(batch, self._unsynced)
             log_.state_version += 1
         return received
+
+    def _dead_letter(self, log_: ShardLog, state: SubscriptionState, seq: int, entry: storage_pb2.StoredMessage,
+                     attempts: int, now: int, batch: WriteBatch) -> None:
+        """Queues the message for its dead-letter topic; the lease stays (pushed out)
+        until it has moved there, so a failure to move it only delays it."""
+        self.dead_letters.put_nowait(DeadLetter(log_.name, state.name, seq, entry.message, attempts,
+                                                state.policy.dead_letter_topic))
+        lease = storage_pb2.Lease(deadline_ms=now + DEAD_LETTER_RETRY_MS, delivery_attempt=attempts)
+        state.lease(seq, lease)
+        batch.put(keys.lease(log_.name, state.name, seq), lease.SerializeToString())
+
+    def sweep_dead_letters(self, shard: str) -> None:
+        """Moves due, exhausted leases to the dead-letter queue even while no
+        subscriber pulls."""
+        log_ = self.shards.get(shard)
+        if log_ is None:
+            return
+        now = now_ms()
+        batch = WriteBatch(raw_mode=True)
+        for state in log_.subscriptions.values():
+            if not state.policy.max_attempts:
+                continue
+            for seq, lease in list(state.leases.items()):
+                if lease.deadline_ms <= now and state.policy.exhausted(lease.delivery_attempt):
+                    entry = self._entry(shard, seq)
+                    if entry is not None:
+                        self._dead_letter(log_, state, seq, entry, lease.delivery_attempt, now, batch)
+        if len(batch):
+            self._db.write(batch, self._unsynced)
+            log_.state_version += 1
 
     def _leased(self, log_: ShardLog, state: SubscriptionState, seq: int, entry: storage_pb2.StoredMessage,
                 lease: storage_pb2.Lease, batch: WriteBatch) -> pubsub_pb2.ReceivedMessage:
@@ -586,7 +665,9 @@ class StorageEngine:
             lease = state.leases.get(seq)
             if lease is None:
                 continue
-            lease = storage_pb2.Lease(deadline_ms=deadline, delivery_attempt=lease.delivery_attempt)
+            # A nack waits out the retry backoff; an extension is taken as given.
+            due = deadline + (state.policy.backoff_ms(lease.delivery_attempt) if ack_deadline_ms == 0 else 0)
+            lease = storage_pb2.Lease(deadline_ms=due, delivery_attempt=lease.delivery_attempt)
             state.lease(seq, lease)
             batch.put(keys.lease(shard, subscription, seq), lease.SerializeToString())
         if len(batch):

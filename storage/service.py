@@ -4,14 +4,18 @@ subscriptions, drop deleted topics) and deletes what is no longer needed."""
 
 import asyncio
 import logging
+import zlib
 from pathlib import Path
 
 from gen.notifymesh.internal.v1 import storage_pb2, storage_pb2_grpc
+from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
+from notifymesh.clock import new_message_id
 from notifymesh.cluster import SUBSCRIPTIONS, TOPICS
 from notifymesh.log import fields
 from notifymesh.server import Context
 from storage import keys
+from storage.client import StorageClient
 from storage.engine import StorageEngine
 from storage.replication import Replication
 
@@ -62,6 +66,7 @@ class StorageNode:
         self.replication = Replication(self.engine, ctx.cluster, lambda: ctx.registration, ctx.node_id,
                                        self._replication_factor)
         self.servicers = [(storage_pb2_grpc.add_StorageServicer_to_server, StorageServicer(self))]
+        self._storage = StorageClient(ctx.cluster)
         self._metadata_changed = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
 
@@ -105,7 +110,8 @@ class StorageNode:
         for mirror in (self._cluster.topics, self._cluster.subscriptions, self._cluster.leaders):
             mirror.on_change(self._metadata_changed.set)
         self._metadata_changed.set()
-        self._tasks = [asyncio.create_task(self._follow_metadata()), asyncio.create_task(self._collect())]
+        self._tasks = [asyncio.create_task(self._follow_metadata()), asyncio.create_task(self._collect()),
+                       asyncio.create_task(self._move_dead_letters())]
 
     async def _follow_metadata(self) -> None:
         while True:
@@ -150,6 +156,7 @@ class StorageNode:
                 for shard in list(self.replication.led):
                     # Nothing is deleted for want of a subscription this node has not attached yet.
                     self._attach_known(shard)
+                    self.engine.sweep_dead_letters(shard)
                     record = self._cluster.topics.items.get(keys.split_shard(shard)[0])
                     retention = record.message_retention.ToMilliseconds() if record else None
                     if freed := self.engine.collect(shard, retention):
@@ -159,6 +166,34 @@ class StorageNode:
                     self.engine.collect_idempotency_keys()
             except Exception as e:
                 log.error("garbage collection failed", extra=fields(error=repr(e)))
+
+    async def _move_dead_letters(self) -> None:
+        """Publishes each message out of delivery attempts to its subscription's
+        dead-letter topic, then acknowledges it where it came from. The idempotency
+        key makes a repeated move (after a crash between the two) land once."""
+        while True:
+            dead = await self.engine.dead_letters.get()
+            try:
+                record = await self._cluster.topic(dead.topic)
+                original = dead.message
+                moved = pubsub_pb2.PubsubMessage(
+                    data=original.data, message_id=new_message_id(), ordering_key=original.ordering_key,
+                    idempotency_key=f"dead-letter/{dead.subscription}/{original.message_id}",
+                    attributes={**original.attributes,
+                                "notifymesh.original_message_id": original.message_id,
+                                "notifymesh.subscription": dead.subscription,
+                                "notifymesh.delivery_attempts": str(dead.attempts),
+                                "notifymesh.last_error": "not acknowledged (nacked or ack deadline passed)"})
+                partition = zlib.crc32(original.message_id.encode()) % max(1, record.partition_count)
+                await self._storage.append((dead.topic, partition), [moved])
+                shard = self.led_shard(*keys.split_shard(dead.shard))
+                self.engine.acknowledge(shard, dead.subscription, [keys.ack_id(keys.split_shard(shard)[1], dead.seq)])
+                log.info("dead-lettered", extra=fields(subscription=dead.subscription, message=original.message_id,
+                                                       attempts=dead.attempts, topic=dead.topic))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the lease brings it back in DEAD_LETTER_RETRY_MS
+                log.warning("dead-lettering failed", extra=fields(subscription=dead.subscription, error=repr(e)))
 
     async def drain(self) -> None:
         self.engine.stop_waiting()

@@ -2,7 +2,11 @@
 
 import asyncio
 
+import grpc
+import pytest
+
 from conftest import ids_of, receive, unique
+from notifymesh.client import Message
 
 
 async def test_unacked_message_is_redelivered_after_the_deadline_and_not_after_ack(mesh, client):
@@ -79,3 +83,54 @@ async def test_nack_with_a_delay_redelivers_after_it(mesh, client):
 
     await asyncio.wait_for(run(), 15)
     assert 1.4 <= seen[1] - seen[0] < 10
+
+
+async def test_retry_backoff_then_dead_letter_topic(mesh, client):
+    topic, dead, sub, dead_sub = unique("flaky"), unique("flaky-dead"), unique("flaky-sub"), unique("dead-sub")
+    await client.create_topic(topic)
+    await client.create_topic(dead)
+    await client.create_subscription(dead_sub, dead)
+    created = await client.create_subscription(sub, topic, min_backoff_s=1, max_backoff_s=1.5,
+                                               max_delivery_attempts=3, dead_letter_topic=dead)
+    assert created.retry_policy.multiplier == 2.0
+    [message_id] = await client.publish(topic, [Message(b"poison", {"kind": "bad"})])
+    loop = asyncio.get_running_loop()
+    attempts = []
+
+    async def nack_everything():
+        async for received in client.subscribe(sub):
+            attempts.append((loop.time(), received.delivery_attempt))
+            await client.nack(sub, [received.ack_id])
+
+    nacker = asyncio.create_task(nack_everything())
+    try:
+        [moved] = await receive(client, dead_sub, 1, timeout=20)
+        await asyncio.sleep(1.0)  # no fourth attempt follows
+    finally:
+        nacker.cancel()
+    assert [n for _, n in attempts] == [1, 2, 3]
+    gaps = [later - earlier for (earlier, _), (later, _) in zip(attempts, attempts[1:])]
+    assert 0.9 <= gaps[0] < 5 and 1.4 <= gaps[1] < 5, gaps  # 1 s, then 1 s x 2 capped at 1.5 s
+    assert moved.message.data == b"poison"
+    assert moved.message.attributes["kind"] == "bad"
+    assert moved.message.attributes["notifymesh.original_message_id"] == message_id
+    assert moved.message.attributes["notifymesh.delivery_attempts"] == "3"
+    assert moved.message.attributes["notifymesh.subscription"] == sub
+
+
+async def test_dead_letter_settings_are_checked(client):
+    topic = unique("dlq-checks")
+    await client.create_topic(topic)
+    for kwargs, expected in [
+        ({"max_delivery_attempts": 3}, "needs a dead-letter topic"),
+        ({"max_delivery_attempts": 3, "dead_letter_topic": topic}, "must differ"),
+        ({"max_delivery_attempts": 0, "dead_letter_topic": "nowhere-topic"}, "max delivery attempts"),
+        ({"min_backoff_s": 5, "max_backoff_s": 2}, "maximum backoff"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await client.create_subscription(unique("sub"), topic, **kwargs)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and expected in info.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await client.create_subscription(unique("sub"), topic, max_delivery_attempts=5,
+                                         dead_letter_topic=unique("missing"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
