@@ -6,6 +6,8 @@ transactions, so two concurrent creates of one name cannot both succeed.
 """
 
 import logging
+import secrets
+import urllib.parse
 
 from google.protobuf import duration_pb2
 
@@ -155,7 +157,20 @@ class MetadataStore:
         return record
 
     async def _check_delivery_policy(self, record: pubsub_pb2.Subscription) -> None:
-        """Validates the retry policy and dead-lettering, filling in defaults."""
+        """Validates the retry policy, dead-lettering and push endpoint, filling in
+        defaults (and the push signing secret)."""
+        if record.HasField("push_config"):
+            push = record.push_config
+            url = urllib.parse.urlsplit(push.endpoint)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise errors.InvalidArgument(f"push endpoint {push.endpoint!r} is not an http(s) URL")
+            push.secret = secrets.token_hex(32)
+            push.max_in_flight = push.max_in_flight or 16
+            validation.count_between("push max in flight", push.max_in_flight, 1, 1000)
+            if not push.HasField("timeout"):
+                push.timeout.FromSeconds(10)
+            validation.seconds_between("push timeout", push.timeout.ToMilliseconds() / 1000, 1, 60)
+            record.retry_policy.SetInParent()  # a failing endpoint is retried with backoff, not at once
         if record.HasField("retry_policy"):
             policy = record.retry_policy
             if not policy.HasField("minimum_backoff"):

@@ -51,6 +51,8 @@ def _subscription_line(sub) -> str:
         line |= {"min_backoff_s": sub.retry_policy.minimum_backoff.ToMilliseconds() / 1000,
                  "max_backoff_s": sub.retry_policy.maximum_backoff.ToMilliseconds() / 1000,
                  "backoff_multiplier": sub.retry_policy.multiplier}
+    if sub.push_config.endpoint:
+        line |= {"push_endpoint": sub.push_config.endpoint, "push_secret": sub.push_config.secret}
     if sub.dead_letter_topic:
         line |= {"max_delivery_attempts": sub.max_delivery_attempts, "dead_letter_topic": sub.dead_letter_topic}
     return json.dumps(line)
@@ -108,7 +110,7 @@ async def _subscription(args, client: Client) -> None:
     if args.action == "create":
         print(_subscription_line(await client.create_subscription(
             args.name, args.topic, args.ack_deadline, args.min_backoff, args.max_backoff,
-            args.max_delivery_attempts, args.dead_letter_topic or "")))
+            args.max_delivery_attempts, args.dead_letter_topic or "", args.push_endpoint or "")))
     elif args.action == "get":
         print(_subscription_line(await client.get_subscription(args.name)))
     elif args.action == "list":
@@ -259,6 +261,7 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--max-delivery-attempts", type=int, default=0,
                         help="then move the message to --dead-letter-topic")
     create.add_argument("--dead-letter-topic")
+    create.add_argument("--push-endpoint", help="http(s) URL to POST each message to")
     sub_actions.add_parser("get").add_argument("name")
     sub_actions.add_parser("list").add_argument("--topic")
     sub_actions.add_parser("delete").add_argument("name")

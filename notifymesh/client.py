@@ -108,13 +108,16 @@ class Client:
 
     async def create_subscription(self, name: str, topic: str, ack_deadline_s: float | None = None,
                                   min_backoff_s: float | None = None, max_backoff_s: float | None = None,
-                                  max_delivery_attempts: int = 0,
-                                  dead_letter_topic: str = "") -> pubsub_pb2.Subscription:
+                                  max_delivery_attempts: int = 0, dead_letter_topic: str = "",
+                                  push_endpoint: str = "") -> pubsub_pb2.Subscription:
         """With either backoff, redeliveries follow a retry policy (defaults 1 s to
         60 s, doubling); with max_delivery_attempts, exhausted messages move to
-        dead_letter_topic."""
+        dead_letter_topic. With push_endpoint, the mesh POSTs each message there
+        (the signing secret comes back in push_config.secret)."""
         subscription = pubsub_pb2.Subscription(name=name, topic=topic, max_delivery_attempts=max_delivery_attempts,
                                                dead_letter_topic=dead_letter_topic)
+        if push_endpoint:
+            subscription.push_config.endpoint = push_endpoint
         if ack_deadline_s is not None:
             subscription.ack_deadline.CopyFrom(_duration(ack_deadline_s))
         if min_backoff_s is not None or max_backoff_s is not None:

@@ -292,6 +292,12 @@ class Dispatcher:
             if dispatcher.idle() and self.subscriptions.get(name) is dispatcher:
                 del self.subscriptions[name]  # nothing connected, nothing in flight: keep no state
 
+    async def attach(self, name: str, stream: Stream) -> SubscriptionDispatcher:
+        """Adds a consumer inside the sender (a push worker) to the subscription."""
+        dispatcher = await self._dispatcher(name)
+        dispatcher.add(stream)
+        return dispatcher
+
     async def acknowledge(self, name: str, ack_ids: list[str]) -> None:
         await (await self._dispatcher(name)).acknowledge(ack_ids)
 

@@ -5,6 +5,7 @@ from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import validation
 from notifymesh.server import Context
 from sender.dispatch import Dispatcher
+from sender.push import PushSubscriptions
 
 
 class SenderServicer(sender_pb2_grpc.SenderServicer):
@@ -31,12 +32,14 @@ class SenderService:
 
     def __init__(self, ctx: Context):
         self.dispatcher = Dispatcher(ctx.cluster, ctx.config)
+        self.push = PushSubscriptions(ctx.cluster, self.dispatcher, ctx.node_id)
         self.servicers = [(sender_pb2_grpc.add_SenderServicer_to_server, SenderServicer(self.dispatcher))]
 
     async def start(self) -> None:
-        pass
+        self.push.start()
 
     async def drain(self) -> None:
+        await self.push.stop()
         await self.dispatcher.close()
 
     async def close(self) -> None:

@@ -29,7 +29,7 @@ class Topic(_message.Message):
     def __init__(self, name: _Optional[str] = ..., message_retention: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., partition_count: _Optional[int] = ..., replication_factor: _Optional[int] = ..., dedup_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., dedup_by_payload: _Optional[bool] = ...) -> None: ...
 
 class Subscription(_message.Message):
-    __slots__ = ("name", "topic", "ack_deadline", "create_time", "retry_policy", "max_delivery_attempts", "dead_letter_topic")
+    __slots__ = ("name", "topic", "ack_deadline", "create_time", "retry_policy", "max_delivery_attempts", "dead_letter_topic", "push_config")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     ACK_DEADLINE_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class Subscription(_message.Message):
     RETRY_POLICY_FIELD_NUMBER: _ClassVar[int]
     MAX_DELIVERY_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTER_TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PUSH_CONFIG_FIELD_NUMBER: _ClassVar[int]
     name: str
     topic: str
     ack_deadline: _duration_pb2.Duration
@@ -44,7 +45,20 @@ class Subscription(_message.Message):
     retry_policy: RetryPolicy
     max_delivery_attempts: int
     dead_letter_topic: str
-    def __init__(self, name: _Optional[str] = ..., topic: _Optional[str] = ..., ack_deadline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retry_policy: _Optional[_Union[RetryPolicy, _Mapping]] = ..., max_delivery_attempts: _Optional[int] = ..., dead_letter_topic: _Optional[str] = ...) -> None: ...
+    push_config: PushConfig
+    def __init__(self, name: _Optional[str] = ..., topic: _Optional[str] = ..., ack_deadline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retry_policy: _Optional[_Union[RetryPolicy, _Mapping]] = ..., max_delivery_attempts: _Optional[int] = ..., dead_letter_topic: _Optional[str] = ..., push_config: _Optional[_Union[PushConfig, _Mapping]] = ...) -> None: ...
+
+class PushConfig(_message.Message):
+    __slots__ = ("endpoint", "secret", "max_in_flight", "timeout")
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    endpoint: str
+    secret: str
+    max_in_flight: int
+    timeout: _duration_pb2.Duration
+    def __init__(self, endpoint: _Optional[str] = ..., secret: _Optional[str] = ..., max_in_flight: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class RetryPolicy(_message.Message):
     __slots__ = ("minimum_backoff", "maximum_backoff", "multiplier")

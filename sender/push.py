@@ -1,0 +1,139 @@
+"""Push subscriptions: this sender POSTs their messages to HTTP endpoints.
+
+A push worker is one more consumer of the subscription's dispatcher, with a
+window of push_config.max_in_flight: that many requests at most are in flight,
+and nothing more is pulled from storage meanwhile, so a slow or dead endpoint
+holds no more than that in memory. A 2xx answer acknowledges the message;
+anything else nacks it, and storage applies the subscription's retry policy
+(and dead-lettering).
+"""
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+
+import httpx
+
+from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh.cluster import Cluster
+from notifymesh.log import fields
+from sender.dispatch import Dispatcher, Stream
+
+log = logging.getLogger(__name__)
+
+
+def signature(secret: str, body: bytes) -> str:
+    """The X-Notifymesh-Signature value a receiver recomputes to verify a request."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def request_body(subscription: str, received: pubsub_pb2.ReceivedMessage) -> bytes:
+    message = received.message
+    return json.dumps({
+        "message_id": message.message_id, "subscription": subscription,
+        "attributes": dict(message.attributes), "data": base64.b64encode(message.data).decode(),
+        "publish_time": message.publish_time.ToJsonString(), "delivery_attempt": received.delivery_attempt,
+    }).encode()
+
+
+class PushWorker:
+    def __init__(self, record: pubsub_pb2.Subscription, dispatcher: Dispatcher, http: httpx.AsyncClient):
+        self._record, self._dispatcher, self._http = record, dispatcher, http
+        self._push = record.push_config
+        self.in_flight = 0  # requests not yet answered (bounded by max_in_flight)
+
+    async def run(self) -> None:
+        name, limit = self._record.name, self._push.max_in_flight
+        slots = asyncio.Semaphore(limit)
+        tasks: set[asyncio.Task] = set()
+        stream = Stream(limit)
+        sub = await self._dispatcher.attach(name, stream)
+        log.info("pushing", extra=fields(subscription=name, endpoint=self._push.endpoint))
+        try:
+            async for frame in stream.frames():
+                for received in frame.received_messages:
+                    await slots.acquire()
+                    task = asyncio.create_task(self._deliver(sub, received))
+                    tasks.add(task)
+                    task.add_done_callback(lambda t: (tasks.discard(t), slots.release()))
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await sub.remove(stream)
+
+    async def _deliver(self, sub, received: pubsub_pb2.ReceivedMessage) -> None:
+        body = request_body(self._record.name, received)
+        headers = {"Content-Type": "application/json",
+                   "X-Notifymesh-Message-Id": received.message.message_id,
+                   "X-Notifymesh-Delivery-Attempt": str(received.delivery_attempt),
+                   "X-Notifymesh-Signature": signature(self._push.secret, body)}
+        self.in_flight += 1
+        try:
+            response = await self._http.post(self._push.endpoint, content=body, headers=headers,
+                                             timeout=self._push.timeout.ToMilliseconds() / 1000)
+            outcome = response.status_code
+        except httpx.HTTPError as e:  # timeout, refused, reset: a failed attempt
+            outcome = type(e).__name__
+        finally:
+            self.in_flight -= 1
+        try:
+            if isinstance(outcome, int) and 200 <= outcome < 300:
+                await sub.acknowledge([received.ack_id])
+            else:
+                log.info("push failed", extra=fields(subscription=self._record.name, outcome=outcome,
+                                                     attempt=received.delivery_attempt))
+                await sub.modify_ack_deadline([received.ack_id], 0)
+        except Exception as e:  # storage unreachable: the lease brings the message back
+            log.warning("push outcome not recorded", extra=fields(subscription=self._record.name, error=repr(e)))
+
+
+class PushSubscriptions:
+    """Runs a PushWorker for every push subscription the sender ring gives this
+    sender, following etcd as subscriptions and senders come and go."""
+
+    def __init__(self, cluster: Cluster, dispatcher: Dispatcher, node_id: str):
+        self._cluster, self._dispatcher, self._node = cluster, dispatcher, node_id
+        self._http = httpx.AsyncClient(limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
+        self.workers: dict[str, tuple[PushWorker, asyncio.Task]] = {}
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        for mirror in (self._cluster.subscriptions, self._cluster.members):
+            mirror.on_change(self._changed.set)
+        self._changed.set()
+        self._task = asyncio.create_task(self._follow())
+
+    async def _follow(self) -> None:
+        while True:
+            try:  # also every second: a worker whose subscription vanished has ended
+                await asyncio.wait_for(self._changed.wait(), 1.0)
+            except TimeoutError:
+                pass
+            self._changed.clear()
+            ring = self._cluster.rings["sender"]
+            wanted = {name: record for name, record in self._cluster.subscriptions.items.items()
+                      if record.push_config.endpoint and ring.owner(name) == self._node}
+            for name in list(self.workers):
+                worker, task = self.workers[name]
+                if name not in wanted or task.done() or \
+                        wanted[name].push_config.endpoint != worker._push.endpoint:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                    del self.workers[name]
+            for name, record in wanted.items():
+                if name not in self.workers:
+                    worker = PushWorker(record, self._dispatcher, self._http)
+                    self.workers[name] = (worker, asyncio.create_task(worker.run()))
+
+    async def stop(self) -> None:
+        tasks = [self._task] if self._task else []
+        tasks += [task for _, task in self.workers.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._http.aclose()

@@ -1,0 +1,153 @@
+"""Push subscriptions against real HTTP servers on loopback."""
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from conftest import receive, unique
+from notifymesh.client import Message
+
+
+class Receiver:
+    """A webhook endpoint: answers each POST with the next status of a script
+    (then `otherwise`), after an optional delay, and records every request."""
+
+    def __init__(self, statuses=(), otherwise=200, delay_s=0.0):
+        self.requests: list[tuple[float, dict, bytes]] = []
+        self.concurrent = self.most_concurrent = 0
+        lock = threading.Lock()
+        self._statuses, self._otherwise, self._delay = list(statuses), otherwise, delay_s
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append((time.monotonic(), dict(self.headers), body))
+                with lock:
+                    receiver.concurrent += 1
+                    receiver.most_concurrent = max(receiver.most_concurrent, receiver.concurrent)
+                time.sleep(receiver._delay)
+                with lock:
+                    receiver.concurrent -= 1
+                status = receiver._statuses.pop(0) if receiver._statuses else receiver._otherwise
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def messages(self) -> list[dict]:
+        return [json.loads(body) for _, _, body in self.requests]
+
+
+@pytest.fixture
+def receiver_factory():
+    made = []
+
+    def make(**kwargs) -> Receiver:
+        made.append(Receiver(**kwargs))
+        return made[-1]
+
+    yield make
+    for receiver in made:
+        receiver.close()
+
+
+async def wait_until(predicate, timeout: float):
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return predicate()
+
+
+def verify(secret: str, headers: dict, body: bytes) -> bool:
+    """What a receiver does with X-Notifymesh-Signature."""
+    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, headers["X-Notifymesh-Signature"])
+
+
+async def test_failing_endpoint_is_retried_with_backoff_until_it_accepts(client, receiver_factory):
+    receiver = receiver_factory(statuses=[500, 500, 500])
+    topic, sub = unique("hooks"), unique("hooks-sub")
+    await client.create_topic(topic)
+    created = await client.create_subscription(sub, topic, push_endpoint=receiver.url, min_backoff_s=1,
+                                               max_backoff_s=2)
+    [message_id] = await client.publish(topic, [Message(b"order 7", {"kind": "order"})])
+    assert await wait_until(lambda: len(receiver.requests) >= 4, 30)
+    await asyncio.sleep(2.5)  # acknowledged by the 200: no fifth attempt
+    assert len(receiver.requests) == 4
+    times = [t for t, _, _ in receiver.requests]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert 0.9 <= gaps[0] < 5 and 1.9 <= gaps[1] < 6 and 1.9 <= gaps[2] < 6, gaps  # 1 s, 2 s, 2 s (capped)
+    bodies = receiver.messages()
+    assert [b["delivery_attempt"] for b in bodies] == [1, 2, 3, 4]
+    assert {b["message_id"] for b in bodies} == {message_id}
+    assert base64.b64decode(bodies[0]["data"]) == b"order 7" and bodies[0]["attributes"] == {"kind": "order"}
+    _, headers, body = receiver.requests[-1]
+    assert headers["X-Notifymesh-Message-Id"] == message_id and headers["X-Notifymesh-Delivery-Attempt"] == "4"
+    assert verify(created.push_config.secret, headers, body)
+    assert not verify(created.push_config.secret, headers, body.replace(b"order", b"0rder"))
+    assert not verify("another secret", headers, body)
+    await client.delete_subscription(sub)
+
+
+async def test_an_endpoint_that_never_accepts_dead_letters(client, receiver_factory):
+    receiver = receiver_factory(otherwise=503)
+    topic, dead, sub, dead_sub = unique("hooks"), unique("hooks-dead"), unique("hooks-sub"), unique("dead-sub")
+    await client.create_topic(topic)
+    await client.create_topic(dead)
+    await client.create_subscription(dead_sub, dead)
+    await client.create_subscription(sub, topic, push_endpoint=receiver.url, min_backoff_s=1, max_backoff_s=1,
+                                     max_delivery_attempts=3, dead_letter_topic=dead)
+    [message_id] = await client.publish(topic, [b"undeliverable"])
+    [moved] = await receive(client, dead_sub, 1, timeout=30)
+    assert moved.message.attributes["notifymesh.original_message_id"] == message_id
+    assert len(receiver.requests) == 3
+    await client.delete_subscription(sub)
+
+
+async def test_slow_and_dead_endpoints_do_not_hold_up_a_healthy_one(client, receiver_factory):
+    slow = receiver_factory(delay_s=3)
+    healthy = receiver_factory()
+    topic = unique("fanout")
+    await client.create_topic(topic)
+    slow_sub = await client.create_subscription(unique("slow"), topic, push_endpoint=slow.url)
+    dead_sub = await client.create_subscription(unique("dead"), topic, push_endpoint="http://127.0.0.1:1/hook")
+    healthy_sub = await client.create_subscription(unique("healthy"), topic, push_endpoint=healthy.url)
+    assert dead_sub.retry_policy.minimum_backoff.seconds == 1  # push retries back off by default
+    ids = []
+    for start in range(0, 300, 100):
+        ids += await client.publish(topic, [b"m-%d" % i for i in range(start, start + 100)])
+    assert await wait_until(lambda: len({m["message_id"] for m in healthy.messages()}) == 300, 20)
+    # the slow endpoint never has more than its window in flight at once
+    await asyncio.sleep(1)
+    assert slow_sub.push_config.max_in_flight == 16
+    assert 1 <= slow.most_concurrent <= 16
+    for sub in (slow_sub, dead_sub, healthy_sub):
+        await client.delete_subscription(sub.name)
+
+
+async def test_push_settings_are_checked(client):
+    import grpc
+    topic = unique("hook-checks")
+    await client.create_topic(topic)
+    for url in ("ftp://example/x", "not a url", "http://"):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await client.create_subscription(unique("sub"), topic, push_endpoint=url)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "push endpoint" in info.value.details()
