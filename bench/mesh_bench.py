@@ -23,8 +23,10 @@ import signal
 import struct
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 # Runnable as a plain script from anywhere: the repo root holds deploy/, notifymesh/, gen/.
@@ -35,7 +37,7 @@ if str(REPO) not in sys.path:
 from deploy.local import LocalMesh, free_port  # noqa: E402
 from notifymesh.client import Client  # noqa: E402
 
-BENCHES = ("publish_batched", "publish_unbatched", "e2e_latency", "failover")
+BENCHES = ("publish_batched", "publish_unbatched", "e2e_latency", "webhook", "failover")
 # The mesh's own bound (metadata/store.py MAX_REPLICATION_FACTOR); the mesh caps a
 # topic's replica set at the live storage nodes (3 here) when the topic is created.
 MAX_REPLICATION_FACTOR = 5
@@ -533,6 +535,195 @@ async def failover(mesh: LocalMesh, seconds: float, max_messages: int, size: int
     return params, results
 
 
+# -- webhook (push subscriptions) ------------------------------------------------
+
+class WebhookReceiver:
+    """One local HTTP endpoint for every push subscription: answers 200 to every
+    POST and records, per (subscription, message_id), the first arrival time and
+    the number of POSTs. An aiohttp server on the bench's event loop when aiohttp
+    is importable, else a stdlib ThreadingHTTPServer (HTTP/1.1 keep-alive) in a thread."""
+
+    def __init__(self):
+        self.first: dict[tuple[str, str], float] = {}  # (subscription, id) -> monotonic time of first POST
+        self.posts: dict[tuple[str, str], int] = {}  # (subscription, id) -> POSTs
+        self.distinct: dict[str, int] = {}  # subscription -> distinct ids received
+        self.bad_requests = 0  # bodies that were not the mesh's JSON
+        self._lock = threading.Lock()
+        self.kind = self.url = None
+        self._runner = self._server = None
+
+    def record(self, body: bytes) -> None:
+        now = time.monotonic()
+        try:
+            doc = json.loads(body)
+            key = (doc["subscription"], doc["message_id"])
+        except (ValueError, KeyError, TypeError):
+            with self._lock:
+                self.bad_requests += 1
+            return
+        with self._lock:
+            n = self.posts.get(key, 0)
+            self.posts[key] = n + 1
+            if n == 0:
+                self.first[key] = now
+                self.distinct[key[0]] = self.distinct.get(key[0], 0) + 1
+
+    async def start(self) -> str:
+        try:
+            from aiohttp import web
+        except ImportError:
+            web = None
+        if web is not None:
+            async def handle(request):
+                self.record(await request.read())
+                return web.Response(status=200)
+            app = web.Application(client_max_size=16 * 1024 * 1024)
+            app.router.add_post("/{tail:.*}", handle)
+            self._runner = web.AppRunner(app, access_log=None)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=1024)
+            await site.start()
+            port = self._runner.addresses[0][1]
+            self.kind = "aiohttp"
+        else:
+            receiver = self
+
+            class Handler(BaseHTTPRequestHandler):
+                protocol_version = "HTTP/1.1"  # keep-alive: the sender reuses connections
+
+                def do_POST(self):
+                    body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                    receiver.record(body)
+                    self.send_response(200)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+
+                def log_message(self, *args):
+                    pass
+
+            class Server(ThreadingHTTPServer):
+                daemon_threads = True
+                request_queue_size = 1024
+
+                def handle_error(self, request, client_address):
+                    if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+                        super().handle_error(request, client_address)  # a reset by the sender is no news
+
+            self._server = Server(("127.0.0.1", 0), Handler)
+            port = self._server.server_address[1]
+            threading.Thread(target=self._server.serve_forever, daemon=True, name="webhook").start()
+            self.kind = "stdlib ThreadingHTTPServer"
+        self.url = f"http://127.0.0.1:{port}"
+        log(f"webhook receiver ({self.kind}) on {self.url}")
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def received(self, subscriptions: list[str]) -> int:
+        with self._lock:
+            return sum(self.distinct.get(s, 0) for s in subscriptions)
+
+
+async def webhook(client: Client, receiver: WebhookReceiver, k: int, n: int, size: int,
+                  timeout_s: float) -> tuple[dict, dict]:
+    """K push subscriptions on a fresh topic to the one receiver; after a warm-up
+    message reached all K, publishes n messages in batches of BATCH_SIZE (at most
+    BATCHED_IN_FLIGHT calls in flight) and waits for K x n distinct deliveries."""
+    topic = unique("hook")
+    await client.create_topic(topic)
+    subscriptions = [f"{topic}-sub{i}" for i in range(k)]
+    created = []
+    try:
+        for i, name in enumerate(subscriptions):
+            created.append(await client.create_subscription(name, topic,
+                                                            push_endpoint=f"{receiver.url}/hook/{i}"))
+        push_max_in_flight = created[0].push_config.max_in_flight if created else None
+        await wait_for_leader(client, topic, LEADER_WAIT_S)
+        # Warm-up: one message every subscription must get before the clock starts,
+        # so starting the push workers is not counted.
+        t0 = time.monotonic()
+        warm_ids = await client.publish(topic, [payload(size, 2**64 - 1)])
+        warm_keys = [(s, warm_ids[0]) for s in subscriptions]
+        warm_ok = await wait_until(lambda: all(key in receiver.first for key in warm_keys), WARMUP_WAIT_S)
+        warmup_s = time.monotonic() - t0
+        if not warm_ok:
+            log(f"warning: webhook warm-up message not pushed to every subscription within {WARMUP_WAIT_S}s")
+        base = receiver.received(subscriptions)  # the warm-up deliveries
+
+        log(f"webhook K={k}: publishing {n} x {size} B in batches of {BATCH_SIZE}")
+        published: list[str] = []
+        errors: dict[str, int] = {}
+        room = asyncio.Semaphore(BATCHED_IN_FLIGHT)
+
+        async def one(start_seq: int, count: int) -> None:
+            async with room:
+                try:
+                    published.extend(await client.publish(topic, [payload(size, start_seq + i)
+                                                                  for i in range(count)]))
+                except Exception as e:  # counted, not fatal
+                    errors[error_kind(e)] = errors.get(error_kind(e), 0) + count
+
+        start = time.monotonic()
+        deadline = start + timeout_s
+        publishing = asyncio.gather(*(one(s, min(BATCH_SIZE, n - s)) for s in range(0, n, BATCH_SIZE)))
+        try:
+            await asyncio.wait_for(asyncio.shield(publishing), timeout_s)
+        except TimeoutError:
+            log(f"webhook K={k}: publishing not done within {timeout_s:g}s")
+        publish_elapsed = time.monotonic() - start
+        expected = len(published) * k
+        complete = await wait_until(lambda: publishing.done() and receiver.received(subscriptions) - base >= expected,
+                                    max(0.0, deadline - time.monotonic()))
+        if not publishing.done():
+            publishing.cancel()
+            await asyncio.gather(publishing, return_exceptions=True)
+            expected = len(published) * k
+        if complete:
+            await asyncio.sleep(SETTLE_S)  # a look for late duplicates
+        waited = time.monotonic() - start
+        # counts as of the end of the wait (pushes go on while the subscriptions are deleted)
+        ids, names = set(published), set(subscriptions)
+        with receiver._lock:
+            keys = [(s, mid) for s in subscriptions for mid in ids if (s, mid) in receiver.first]
+            last = max((receiver.first[key] for key in keys), default=None)
+            posts = sum(receiver.posts[key] for key in keys)
+            unexpected = sum(1 for (s, mid) in receiver.first if s in names and mid not in ids and mid not in warm_ids)
+            bad_requests = receiver.bad_requests
+    finally:
+        for sub in created:
+            try:
+                await client.delete_subscription(sub.name)
+            except Exception as e:
+                log(f"warning: deleting {sub.name} failed: {error_kind(e)}")
+
+    deliveries = len(keys)
+    elapsed = (last - start) if last is not None else None
+    per_sub = {s: 0 for s in subscriptions}
+    for s, _ in keys:
+        per_sub[s] += 1
+    params = {"subscriptions": k, "messages": n, "size": size, "batch": BATCH_SIZE, "in_flight": BATCHED_IN_FLIGHT,
+              "timeout_s": timeout_s, "receiver": receiver.kind, "push_max_in_flight": push_max_in_flight}
+    results = {
+        "published": len(published), "publish_errors": errors, "publish_elapsed_s": round(publish_elapsed, 3),
+        "expected": expected, "deliveries": deliveries, "missing": expected - deliveries,
+        "duplicates": posts - deliveries,  # POSTs beyond the first of a (subscription, id)
+        "unexpected": unexpected,  # ids pushed whose Publish call failed
+        "min_per_subscription": min(per_sub.values(), default=0),
+        "max_per_subscription": max(per_sub.values(), default=0),
+        "complete": complete, "warmup_ok": warm_ok, "warmup_s": round(warmup_s, 3),
+        # first publish -> last distinct delivery
+        "elapsed_s": round(elapsed, 3) if elapsed is not None else None,
+        "delivered_per_s": round(deliveries / elapsed, 1) if elapsed else None,
+        "wait_s": round(waited, 3), "bad_requests": bad_requests,
+    }
+    return params, results
+
+
 # -- CPU accounting --------------------------------------------------------------
 
 def _cpu_seconds(pid: int | str) -> float | None:
@@ -589,6 +780,19 @@ async def run(mesh: LocalMesh, args, only: list[str], subscriptions: list[int]) 
             params, results = await e2e_latency(addr, k, args.size, args.rate, args.duration, args.max_in_flight)
             results["cpu_s"] = cpu_used(cpu0, cpu_snapshot(mesh))
             emit("e2e_latency", params, results)
+    if "webhook" in only:
+        receiver = WebhookReceiver()
+        await receiver.start()
+        try:
+            async with Client(addr) as client:
+                for k in args.webhook_subscriptions:
+                    cpu0 = cpu_snapshot(mesh)
+                    params, results = await webhook(client, receiver, k, args.webhook_messages, args.size,
+                                                    args.webhook_seconds)
+                    results["cpu_s"] = cpu_used(cpu0, cpu_snapshot(mesh))
+                    emit("webhook", params, results)
+        finally:
+            await receiver.stop()
     if "failover" in only:  # last: it kills (and restarts) a storage node
         cpu0 = cpu_snapshot(mesh)
         params, results = await failover(mesh, args.failover_seconds, args.failover_messages, args.size)
@@ -616,6 +820,12 @@ def parse_args(argv=None):
                         help=f"failover: most seconds of publishing (default 12; more than {FAILOVER_KILL_AFTER_S:g})")
     parser.add_argument("--failover-messages", type=int, default=100000,
                         help="failover: most messages published (default 100000)")
+    parser.add_argument("--webhook-subscriptions", default="1,100",
+                        help="webhook: one run per K push subscriptions in this list (default 1,100)")
+    parser.add_argument("--webhook-messages", type=int, default=2000,
+                        help="webhook: messages published per run (default 2000)")
+    parser.add_argument("--webhook-seconds", type=float, default=120,
+                        help="webhook: time bound of each run from the first publish (default 120)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="mesh data dir (default: a new temp dir, removed at the end unless --keep)")
     parser.add_argument("--keep", action="store_true", help="keep the mesh data dir (logs/*.log) at the end")
@@ -643,6 +853,14 @@ def parse_args(argv=None):
             or args.rate <= 0 or args.duration <= 0 or args.max_in_flight < 1 or args.max_seconds <= 0):
         parser.error("--messages, --unbatched-messages, --rate, --duration, --max-in-flight and --max-seconds "
                      "must be positive, --size at least 16")
+    try:
+        args.webhook_subscriptions = [int(k) for k in args.webhook_subscriptions.split(",") if k.strip()]
+    except ValueError:
+        parser.error("--webhook-subscriptions must be a comma list of integers")
+    if (not args.webhook_subscriptions or any(k < 1 for k in args.webhook_subscriptions)
+            or args.webhook_messages < 1 or args.webhook_seconds <= 0):
+        parser.error("--webhook-subscriptions must list positive integers, --webhook-messages and "
+                     "--webhook-seconds must be positive")
     if args.unbatched_messages is None:
         args.unbatched_messages = min(3000, args.messages)
     return args, only, subscriptions

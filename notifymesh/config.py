@@ -40,6 +40,9 @@ class Config:
     # and concurrent storage pulls.
     sender_max_outstanding: int = 100_000
     sender_max_concurrent_pulls: int = 64
+    # Push requests in flight from one sender over all its push subscriptions (each
+    # subscription also has its own push_config.max_in_flight).
+    sender_max_push_in_flight: int = 256
     # Default per-stream flow control when the subscriber does not ask for one.
     stream_max_outstanding: int = 1000
     # Storage: how often acknowledged and expired messages are deleted.

@@ -25,6 +25,7 @@ def setup(service: str, node_id: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per push request otherwise
 
 
 def fields(**kv) -> dict:

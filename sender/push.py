@@ -40,8 +40,9 @@ def request_body(subscription: str, received: pubsub_pb2.ReceivedMessage) -> byt
 
 
 class PushWorker:
-    def __init__(self, record: pubsub_pb2.Subscription, dispatcher: Dispatcher, http: httpx.AsyncClient):
-        self._record, self._dispatcher, self._http = record, dispatcher, http
+    def __init__(self, record: pubsub_pb2.Subscription, dispatcher: Dispatcher, http: httpx.AsyncClient,
+                 sender_slots: asyncio.Semaphore):
+        self._record, self._dispatcher, self._http, self._sender_slots = record, dispatcher, http, sender_slots
         self._push = record.push_config
         self.in_flight = 0  # requests not yet answered (bounded by max_in_flight)
 
@@ -56,9 +57,10 @@ class PushWorker:
             async for frame in stream.frames():
                 for received in frame.received_messages:
                     await slots.acquire()
+                    await self._sender_slots.acquire()  # the sender-wide cap, shared by all workers
                     task = asyncio.create_task(self._deliver(sub, received))
                     tasks.add(task)
-                    task.add_done_callback(lambda t: (tasks.discard(t), slots.release()))
+                    task.add_done_callback(lambda t: (tasks.discard(t), slots.release(), self._sender_slots.release()))
         finally:
             for task in tasks:
                 task.cancel()
@@ -95,8 +97,9 @@ class PushSubscriptions:
     """Runs a PushWorker for every push subscription the sender ring gives this
     sender, following etcd as subscriptions and senders come and go."""
 
-    def __init__(self, cluster: Cluster, dispatcher: Dispatcher, node_id: str):
+    def __init__(self, cluster: Cluster, dispatcher: Dispatcher, node_id: str, max_in_flight: int):
         self._cluster, self._dispatcher, self._node = cluster, dispatcher, node_id
+        self._slots = asyncio.Semaphore(max_in_flight)
         self._http = httpx.AsyncClient(limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
         self.workers: dict[str, tuple[PushWorker, asyncio.Task]] = {}
         self._changed = asyncio.Event()
@@ -127,7 +130,7 @@ class PushSubscriptions:
                     del self.workers[name]
             for name, record in wanted.items():
                 if name not in self.workers:
-                    worker = PushWorker(record, self._dispatcher, self._http)
+                    worker = PushWorker(record, self._dispatcher, self._http, self._slots)
                     self.workers[name] = (worker, asyncio.create_task(worker.run()))
 
     async def stop(self) -> None:

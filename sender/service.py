@@ -32,7 +32,7 @@ class SenderService:
 
     def __init__(self, ctx: Context):
         self.dispatcher = Dispatcher(ctx.cluster, ctx.config)
-        self.push = PushSubscriptions(ctx.cluster, self.dispatcher, ctx.node_id)
+        self.push = PushSubscriptions(ctx.cluster, self.dispatcher, ctx.node_id, ctx.config.sender_max_push_in_flight)
         self.servicers = [(sender_pb2_grpc.add_SenderServicer_to_server, SenderServicer(self.dispatcher))]
 
     async def start(self) -> None:
