@@ -90,6 +90,7 @@ class LocalMesh:
     etcd_ports: list[tuple[int, int]] | None = None
     etcd_members: int = 1
     storage_nodes: int = 3
+    senders: int = 1
     config_file: Path | None = None
     processes: dict[str, Process] = field(default_factory=dict)
 
@@ -121,7 +122,8 @@ class LocalMesh:
         self._add_service("metadata", "metadata-1")
         for i in range(1, self.storage_nodes + 1):
             self._add_service("storage", f"storage-{i}", "--data-dir", str(self.data_dir / f"storage-{i}"))
-        self._add_service("sender", "sender-1")
+        for i in range(1, self.senders + 1):
+            self._add_service("sender", f"sender-{i}")
         self._add_service("frontend", "frontend-1", listen=f"127.0.0.1:{self.frontend_port}")
 
     def add_storage_node(self) -> str:

@@ -201,7 +201,7 @@ def _up(args) -> int:
     from deploy.local import LocalMesh
 
     mesh = LocalMesh(Path(args.data_dir), frontend_port=args.port, storage_nodes=args.storage_nodes,
-                     etcd_members=args.etcd_members)
+                     etcd_members=args.etcd_members, senders=args.senders)
     stopping = False
 
     def request_stop(signum, frame):
@@ -285,6 +285,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default=".notifymesh")
     up.add_argument("--port", type=int, default=50051, help="frontend port")
     up.add_argument("--storage-nodes", type=int, default=3)
+    up.add_argument("--senders", type=int, default=1, help="2 or more: another takes over when one dies")
     up.add_argument("--etcd-members", type=int, default=1, choices=(1, 3, 5),
                     help="etcd cluster size (3 survives the loss of one member)")
     return p

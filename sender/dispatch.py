@@ -197,7 +197,7 @@ class SubscriptionDispatcher:
             except Exception as e:
                 status = errors.status_of(e)
                 if status and status[0] == grpc.StatusCode.NOT_FOUND:  # storage checked etcd: it is gone
-                    self._end_streams(errors.NotFound(status[1]))
+                    self.end_streams(errors.NotFound(status[1]))
                     return
                 log.warning("pull failed", extra=fields(subscription=self.name, partition=partition,
                                                         error=status or repr(e)))
@@ -233,13 +233,13 @@ class SubscriptionDispatcher:
         if position < len(received):  # the streams went away meanwhile
             await self._nack([m.ack_id for m in received[position:]])
 
-    def _end_streams(self, reason: Exception | None) -> None:
+    def end_streams(self, reason: Exception | None) -> None:
         for stream in self.streams:
             stream.queue.put_nowait(reason or _END)
 
     async def close(self) -> None:
         """Ends every stream and hands unacknowledged messages back."""
-        self._end_streams(None)
+        self.end_streams(None)
         for stream in list(self.streams):
             await self.remove(stream)
         for task in self._tasks.values():
@@ -250,8 +250,8 @@ class SubscriptionDispatcher:
 class Dispatcher:
     """All subscriptions this sender serves."""
 
-    def __init__(self, cluster: Cluster, config: Config):
-        self._cluster, self._config = cluster, config
+    def __init__(self, cluster: Cluster, config: Config, node_id: str):
+        self._cluster, self._config, self._node = cluster, config, node_id
         self._storage = StorageClient(cluster)
         self._budget = Budget(config.sender_max_outstanding)
         self._pulls = asyncio.Semaphore(config.sender_max_concurrent_pulls)
@@ -279,6 +279,7 @@ class Dispatcher:
             raise errors.Unavailable("sender is shutting down")
         if max_outstanding < 0:
             raise errors.InvalidArgument("max_outstanding_messages must not be negative")
+        self._check_owner(name)
         dispatcher = await self._dispatcher(name)
         stream = Stream(max_outstanding or self._config.stream_max_outstanding)
         dispatcher.add(stream)
@@ -291,6 +292,21 @@ class Dispatcher:
             log.info("subscriber gone", extra=fields(subscription=name, streams=len(dispatcher.streams)))
             if dispatcher.idle() and self.subscriptions.get(name) is dispatcher:
                 del self.subscriptions[name]  # nothing connected, nothing in flight: keep no state
+
+    def _check_owner(self, name: str) -> None:
+        """Streams are served only by the subscription's owner on the sender ring, so
+        two senders do not both serve one subscription past a ring change."""
+        owner = self._cluster.rings["sender"].owner(name)
+        if owner != self._node:
+            raise errors.Unavailable(f"subscription {name!r} is served by {owner or 'no sender'}, not {self._node}")
+
+    def release_unowned(self) -> None:
+        """After a ring change: ends the streams of subscriptions another sender now
+        owns; their frontends reconnect them there."""
+        ring = self._cluster.rings["sender"]
+        for name, dispatcher in self.subscriptions.items():
+            if dispatcher.streams and ring.owner(name) != self._node:
+                dispatcher.end_streams(errors.Unavailable(f"subscription {name!r} moved to {ring.owner(name)}"))
 
     async def attach(self, name: str, stream: Stream) -> SubscriptionDispatcher:
         """Adds a consumer inside the sender (a push worker) to the subscription."""

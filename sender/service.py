@@ -31,7 +31,8 @@ class SenderService:
     reflected = ()
 
     def __init__(self, ctx: Context):
-        self.dispatcher = Dispatcher(ctx.cluster, ctx.config)
+        self.dispatcher = Dispatcher(ctx.cluster, ctx.config, ctx.node_id)
+        ctx.cluster.members.on_change(self.dispatcher.release_unowned)
         self.push = PushSubscriptions(ctx.cluster, self.dispatcher, ctx.node_id, ctx.config.sender_max_push_in_flight)
         self.servicers = [(sender_pb2_grpc.add_SenderServicer_to_server, SenderServicer(self.dispatcher))]
 

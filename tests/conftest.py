@@ -2,8 +2,11 @@
 ephemeral loopback ports, with RocksDB under a temporary directory."""
 
 import asyncio
+import json
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -73,6 +76,47 @@ async def receive(client: Client, subscription: str, count: int, timeout: float 
 
 def ids_of(received) -> list[str]:
     return [m.message.message_id for m in received]
+
+
+class Receiver:
+    """A webhook endpoint: answers each POST with the next status of a script
+    (then `otherwise`), after an optional delay, and records every request."""
+
+    def __init__(self, statuses=(), otherwise=200, delay_s=0.0):
+        self.requests: list[tuple[float, dict, bytes]] = []
+        self.concurrent = self.most_concurrent = 0
+        lock = threading.Lock()
+        self._statuses, self._otherwise, self._delay = list(statuses), otherwise, delay_s
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append((time.monotonic(), dict(self.headers), body))
+                with lock:
+                    receiver.concurrent += 1
+                    receiver.most_concurrent = max(receiver.most_concurrent, receiver.concurrent)
+                time.sleep(receiver._delay)
+                with lock:
+                    receiver.concurrent -= 1
+                status = receiver._statuses.pop(0) if receiver._statuses else receiver._otherwise
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def messages(self) -> list[dict]:
+        return [json.loads(body) for _, _, body in self.requests]
 
 
 def pytest_terminal_summary(terminalreporter):

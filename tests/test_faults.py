@@ -138,3 +138,45 @@ async def test_sender_sigkill_with_a_thousand_in_flight_loses_none(own_mesh, rec
         record_property("duplicates_after_sender_kill", len(after) - len(set(after)))
         assert set(after) == set(ids)
         assert await receive(client, sub, 1, timeout=4) == [], "all acknowledged after the restart"
+
+
+async def test_another_sender_takes_over_when_the_owner_dies(tmp_path, record_property):
+    """Two senders: SIGKILL the one that owns a streaming and a push subscription
+    (no restart). The other takes both over within the lease TTL, the stream goes
+    on through the frontend, and every message is delivered."""
+    from conftest import Receiver, new_mesh
+    mesh = new_mesh(tmp_path / "mesh", senders=2)
+    receiver = Receiver()
+    try:
+        async with Client(mesh.frontend_addr) as client:
+            topic, sub = unique("handover"), unique("handover-sub")
+            await client.create_topic(topic)
+            owner = mesh.describe(subscriptions=[sub]).subscription_owners[sub]
+            push = unique("handover-push")
+            while mesh.describe(subscriptions=[push]).subscription_owners[push] != owner:
+                push = unique("handover-push")  # both subscriptions on the sender that will die
+            await client.create_subscription(sub, topic, ack_deadline_s=2)
+            await client.create_subscription(push, topic, push_endpoint=receiver.url)
+            frames = client.subscribe_frames(sub, reconnect=False)  # a break would raise here
+            first = await client.publish(topic, [b"before"])
+            got = await asyncio.wait_for(frames.__anext__(), 10)
+            assert ids_of(got) == first
+            mesh.kill(owner)  # and not restarted
+            killed_at = time.monotonic()
+            later = await client.publish(topic, [b"after-%d" % i for i in range(20)])
+            seen = set()
+            while not set(later) <= seen:
+                seen.update(ids_of(await asyncio.wait_for(frames.__anext__(), 20)))
+            record_takeover = time.monotonic() - killed_at
+            pushed = {m["message_id"] for m in receiver.messages()}
+            deadline = time.monotonic() + 20
+            while not set(first + later) <= pushed and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+                pushed = {m["message_id"] for m in receiver.messages()}
+            assert set(first + later) <= pushed
+            record_property("stream_takeover_s", round(record_takeover, 2))
+            assert record_takeover < 15
+            await frames.aclose()
+    finally:
+        receiver.close()
+        mesh.stop()

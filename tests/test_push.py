@@ -4,56 +4,12 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import receive, unique
+from conftest import Receiver, receive, unique
 from notifymesh.client import Message
-
-
-class Receiver:
-    """A webhook endpoint: answers each POST with the next status of a script
-    (then `otherwise`), after an optional delay, and records every request."""
-
-    def __init__(self, statuses=(), otherwise=200, delay_s=0.0):
-        self.requests: list[tuple[float, dict, bytes]] = []
-        self.concurrent = self.most_concurrent = 0
-        lock = threading.Lock()
-        self._statuses, self._otherwise, self._delay = list(statuses), otherwise, delay_s
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append((time.monotonic(), dict(self.headers), body))
-                with lock:
-                    receiver.concurrent += 1
-                    receiver.most_concurrent = max(receiver.most_concurrent, receiver.concurrent)
-                time.sleep(receiver._delay)
-                with lock:
-                    receiver.concurrent -= 1
-                status = receiver._statuses.pop(0) if receiver._statuses else receiver._otherwise
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-    def messages(self) -> list[dict]:
-        return [json.loads(body) for _, _, body in self.requests]
 
 
 @pytest.fixture
