@@ -44,8 +44,9 @@ def generate(out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "gen")
-    generate(parser.parse_args().out)
-    print(f"generated {parser.parse_args().out}", file=sys.stderr)
+    out = parser.parse_args().out
+    generate(out)
+    print(f"generated {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":
