@@ -43,16 +43,16 @@ class PushWorker:
     def __init__(self, record: pubsub_pb2.Subscription, dispatcher: Dispatcher, http: httpx.AsyncClient,
                  sender_slots: asyncio.Semaphore):
         self._record, self._dispatcher, self._http, self._sender_slots = record, dispatcher, http, sender_slots
-        self._push = record.push_config
+        self.push_config = record.push_config
         self.in_flight = 0  # requests not yet answered (bounded by max_in_flight)
 
     async def run(self) -> None:
-        name, limit = self._record.name, self._push.max_in_flight
+        name, limit = self._record.name, self.push_config.max_in_flight
         slots = asyncio.Semaphore(limit)
         tasks: set[asyncio.Task] = set()
         stream = Stream(limit)
         sub = await self._dispatcher.attach(name, stream)
-        log.info("pushing", extra=fields(subscription=name, endpoint=self._push.endpoint))
+        log.info("pushing", extra=fields(subscription=name, endpoint=self.push_config.endpoint))
         try:
             async for frame in stream.frames():
                 for received in frame.received_messages:
@@ -72,11 +72,11 @@ class PushWorker:
         headers = {"Content-Type": "application/json",
                    "X-Notifymesh-Message-Id": received.message.message_id,
                    "X-Notifymesh-Delivery-Attempt": str(received.delivery_attempt),
-                   "X-Notifymesh-Signature": signature(self._push.secret, body)}
+                   "X-Notifymesh-Signature": signature(self.push_config.secret, body)}
         self.in_flight += 1
         try:
-            response = await self._http.post(self._push.endpoint, content=body, headers=headers,
-                                             timeout=self._push.timeout.ToMilliseconds() / 1000)
+            response = await self._http.post(self.push_config.endpoint, content=body, headers=headers,
+                                             timeout=self.push_config.timeout.ToMilliseconds() / 1000)
             outcome = response.status_code
         except httpx.HTTPError as e:  # timeout, refused, reset: a failed attempt
             outcome = type(e).__name__
@@ -124,7 +124,7 @@ class PushSubscriptions:
             for name in list(self.workers):
                 worker, task = self.workers[name]
                 if name not in wanted or task.done() or \
-                        wanted[name].push_config.endpoint != worker._push.endpoint:
+                        wanted[name].push_config.endpoint != worker.push_config.endpoint:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
                     del self.workers[name]
