@@ -12,11 +12,11 @@ import zlib
 
 import grpc
 
-from gen.notifymesh.internal.v1 import metadata_pb2_grpc, node_pb2, node_pb2_grpc, sender_pb2_grpc
+from gen.notifymesh.internal.v1 import metadata_pb2_grpc, node_pb2, node_pb2_grpc, sender_pb2_grpc, storage_pb2
 from gen.notifymesh.v1 import cluster_pb2, pubsub_pb2
 from notifymesh import errors, rpc, validation
 from notifymesh.batching import Coalescer
-from notifymesh.clock import new_message_id
+from notifymesh.clock import new_message_id, shard_hint, to_ms, topic_hash
 from notifymesh.cluster import Cluster
 from notifymesh.config import Config
 from notifymesh.log import fields
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 RECONNECT_BACKOFF_S = (0.05, 2.0)
 MERGED_MAX_ITEMS = 5000  # messages or ack ids in one merged downstream call
+DEAD_LETTERS_PAGE, MAX_DEAD_LETTERS_PAGE = 100, 1000
 
 
 class Gateway:
@@ -66,8 +67,8 @@ class Gateway:
         spread = self._least_loaded(topic, partitions)
         groups: dict[int, list[int]] = {}
         for index, message in enumerate(messages):
-            message.message_id = new_message_id()
             partition = zlib.crc32(message.ordering_key.encode()) % partitions if message.ordering_key else spread
+            message.message_id = new_message_id(topic, partition)
             groups.setdefault(partition, []).append(index)
         ids = [""] * len(messages)
         replies = await asyncio.gather(*(self._append(topic, p, [messages[i] for i in group])
@@ -146,6 +147,55 @@ class Gateway:
         request = pubsub_pb2.ModifyAckDeadlineRequest(
             subscription=name, ack_ids=self._ack_ids(name, ack_ids), ack_deadline=ack_deadline)
         await rpc.call("Sender.ModifyAckDeadline", lambda t: self._sender(name).ModifyAckDeadline(request, timeout=t))
+
+    async def nack(self, request: pubsub_pb2.NackRequest) -> None:
+        self._ack_ids(request.subscription, request.ack_ids)
+        if request.HasField("delay"):
+            validation.seconds_between("nack delay", request.delay.ToMilliseconds() / 1000, 0,
+                                       self._config.max_ack_deadline_s)
+        validation.reason(request.reason)
+        await rpc.call("Sender.Nack", lambda t: self._sender(request.subscription).Nack(request, timeout=t))
+
+    # -- dead letters and message status: asked of each partition's leader ------
+
+    async def _each_partition(self, subscription: str, method: str, request_of) -> list:
+        validation.name("subscription", subscription)
+        record = await self._cluster.subscription(subscription)
+        topic = await self._cluster.topic(record.topic)
+        return await asyncio.gather(*(self._storage.call(method, record.topic, p, request_of(record.topic, p))
+                                      for p in range(max(1, topic.partition_count))))
+
+    async def list_dead_letters(self, subscription: str, max_messages: int) -> list[pubsub_pb2.DeadLetter]:
+        limit = validation.count_between("max_messages", max_messages or DEAD_LETTERS_PAGE, 1, MAX_DEAD_LETTERS_PAGE)
+        replies = await self._each_partition(subscription, "ListDeadLetters", lambda topic, p: (
+            storage_pb2.StorageListDeadLettersRequest(topic=topic, partition=p, subscription=subscription,
+                                                      max_messages=limit)))
+        listed = [dead for reply in replies for dead in reply.dead_letters]
+        return sorted(listed, key=lambda d: to_ms(d.dead_letter_time))[:limit]
+
+    async def redrive_dead_letters(self, subscription: str) -> int:
+        replies = await self._each_partition(subscription, "RedriveDeadLetters", lambda topic, p: (
+            storage_pb2.StorageRedriveDeadLettersRequest(topic=topic, partition=p, subscription=subscription)))
+        redriven = sum(reply.redriven for reply in replies)
+        log.info("dead letters redriven", extra=fields(subscription=subscription, messages=redriven))
+        return redriven
+
+    async def message_status(self, message_id: str) -> pubsub_pb2.MessageStatus:
+        """The id names its partition and a hash of its topic; the leader of that
+        shard knows the rest."""
+        hint = shard_hint(message_id)
+        if hint is None:
+            raise errors.InvalidArgument(f"{message_id!r} is not a notifymesh message id")
+        hashed, partition = hint
+        for topic in [t for t in self._cluster.topics.items if topic_hash(t) == hashed]:
+            try:
+                return await self._storage.call("GetMessageStatus", topic, partition,
+                                                storage_pb2.StorageGetMessageStatusRequest(
+                                                    topic=topic, partition=partition, message_id=message_id))
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+        raise errors.NotFound(f"message {message_id!r} is not kept (any more)")
 
     def _sender(self, subscription: str) -> sender_pb2_grpc.SenderStub:
         _, addr = self._cluster.owner("sender", subscription)

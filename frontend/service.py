@@ -28,6 +28,9 @@ class PublisherServicer(pubsub_pb2_grpc.PublisherServicer):
         ids = await self._gateway.publish(request.topic, request.messages)
         return pubsub_pb2.PublishResponse(message_ids=ids)
 
+    async def GetMessageStatus(self, request, context):
+        return await self._gateway.message_status(request.message_id)
+
 
 class SubscriberServicer(pubsub_pb2_grpc.SubscriberServicer):
     def __init__(self, gateway: Gateway):
@@ -56,6 +59,18 @@ class SubscriberServicer(pubsub_pb2_grpc.SubscriberServicer):
     async def ModifyAckDeadline(self, request, context):
         await self._gateway.modify_ack_deadline(request.subscription, request.ack_ids, request.ack_deadline)
         return pubsub_pb2.ModifyAckDeadlineResponse()
+
+    async def Nack(self, request, context):
+        await self._gateway.nack(request)
+        return pubsub_pb2.NackResponse()
+
+    async def ListDeadLetters(self, request, context):
+        dead_letters = await self._gateway.list_dead_letters(request.subscription, request.max_messages)
+        return pubsub_pb2.ListDeadLettersResponse(dead_letters=dead_letters)
+
+    async def RedriveDeadLetters(self, request, context):
+        redriven = await self._gateway.redrive_dead_letters(request.subscription)
+        return pubsub_pb2.RedriveDeadLettersResponse(redriven=redriven)
 
 
 class ClusterAdminServicer(cluster_pb2_grpc.ClusterAdminServicer):

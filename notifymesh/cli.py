@@ -13,7 +13,9 @@ from pathlib import Path
 
 import grpc
 
+from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh.client import Client, Message, default_addr
+from storage.keys import parse_ack_id
 
 PUBLISH_BATCH = 500
 PUBLISH_IN_FLIGHT = 8
@@ -59,14 +61,51 @@ def _subscription_line(sub) -> str:
 
 
 def _message_line(received) -> str:
-    message = received.message
+    return json.dumps({**_message_fields(received.message), "attempt": received.delivery_attempt,
+                       "ack_id": received.ack_id}, ensure_ascii=False)
+
+
+def _message_fields(message) -> dict:
     line = {"id": message.message_id, "attributes": dict(message.attributes),
-            "publish_time": message.publish_time.ToJsonString(), "attempt": received.delivery_attempt}
+            "publish_time": message.publish_time.ToJsonString()}
     try:
         line["data"] = message.data.decode()
     except UnicodeDecodeError:
         line["data_base64"] = base64.b64encode(message.data).decode()
-    return json.dumps(line, ensure_ascii=False)
+    return line
+
+
+def _status_line(status) -> str:
+    deliveries = [{"subscription": d.subscription, "state": pubsub_pb2.DeliveryState.Name(d.state),
+                   "delivery_attempts": d.delivery_attempts,
+                   "attempts": [{"attempt": a.attempt, "delivery_time": a.delivery_time.ToJsonString(),
+                                 "outcome": pubsub_pb2.AttemptOutcome.Name(a.outcome),
+                                 **({"outcome_time": a.outcome_time.ToJsonString()}
+                                    if a.HasField("outcome_time") else {}),
+                                 **({"error": a.error} if a.error else {})} for a in d.attempts]}
+                  for d in status.deliveries]
+    return json.dumps({"topic": status.topic, "partition": status.partition, "message": _message_fields(status.message),
+                       "deliveries": deliveries}, ensure_ascii=False)
+
+
+async def _nack(args, client: Client) -> None:
+    """Ack ids name their subscription; all given must be of one."""
+    subscriptions = {parse_ack_id(ack_id)[2] for ack_id in args.ack_id}
+    if len(subscriptions) != 1:
+        raise SystemExit(f"the ack ids are of {len(subscriptions)} subscriptions; give those of one at a time")
+    await client.nack(subscriptions.pop(), args.ack_id, args.delay, args.terminal, args.reason or "")
+
+
+async def _dead_letters(args, client: Client) -> None:
+    if args.action == "list":
+        for dead in await client.list_dead_letters(args.subscription, args.max):
+            print(json.dumps({**_message_fields(dead.message), "delivery_attempts": dead.delivery_attempts,
+                              "dead_letter_time": dead.dead_letter_time.ToJsonString(),
+                              "last_error": dead.last_error, "dead_letter_message_id": dead.dead_letter_message_id},
+                             ensure_ascii=False))
+    elif args.action == "redrive":
+        redriven = await client.redrive_dead_letters(args.subscription)
+        print(f"redriven {redriven} dead letters to {args.subscription}", file=sys.stderr)
 
 
 async def _topic(args, client: Client) -> None:
@@ -191,7 +230,7 @@ async def _subscribe(args, client: Client) -> int:
         if printed and not args.no_ack:
             await client.acknowledge(args.subscription, [m.ack_id for m in printed])
         if len(printed) < len(frame):  # beyond --max: hand back for prompt redelivery
-            await client.nack(args.subscription, [m.ack_id for m in frame[len(printed):]])
+            await client.nack(args.subscription, [m.ack_id for m in frame[len(printed):]], delay_s=0)
         if args.max and seen >= args.max:
             return 0
     return 0
@@ -277,6 +316,24 @@ def parser() -> argparse.ArgumentParser:
     subscribe.add_argument("--max", type=int, help="exit after this many messages")
     subscribe.add_argument("--no-ack", action="store_true", help="print without acknowledging")
 
+    nack = commands.add_parser("nack", help="give messages back for redelivery, or to the dead-letter topic")
+    nack.add_argument("ack_id", nargs="+")
+    nack.add_argument("--terminal", action="store_true", help="to the dead-letter topic now, no more attempts")
+    nack.add_argument("--delay", type=duration, help="redeliver after this long (default: the retry backoff)")
+    nack.add_argument("--reason", help="kept in the delivery log")
+
+    dead = commands.add_parser("dead-letters", help="list or redrive a subscription's dead letters")
+    dead_actions = dead.add_subparsers(dest="action", required=True)
+    listing = dead_actions.add_parser("list", help="the dead-lettered messages still kept, oldest first")
+    listing.add_argument("subscription")
+    listing.add_argument("--max", type=int, default=0, help="at most this many (default 100, up to 1000)")
+    dead_actions.add_parser("redrive", help="deliver them to the subscription again").add_argument("subscription")
+
+    message = commands.add_parser("message", help="where a message is")
+    message.add_subparsers(dest="action", required=True).add_parser(
+        "status", help="per subscription: pending, delivered, acknowledged or dead-lettered, with each attempt"
+    ).add_argument("message_id")
+
     cluster = commands.add_parser("cluster", help="the state of the cluster")
     cluster.add_subparsers(dest="action", required=True).add_parser(
         "status", help="live members by kind; every partition's replicas, leader, epoch and lag")
@@ -288,6 +345,22 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--senders", type=int, default=1, help="2 or more: another takes over when one dies")
     up.add_argument("--etcd-members", type=int, default=1, choices=(1, 3, 5),
                     help="etcd cluster size (3 survives the loss of one member)")
+
+    bench = commands.add_parser("bench", help="publish-to-deliver benchmark on a fresh topic (the peer harness's "
+                                              "workload); one JSON line on stdout")
+    bench.add_argument("--messages", type=int, default=50000, help="N messages in all (default 50000)")
+    bench.add_argument("--size", type=int, default=256, help="payload bytes, at least 16 (default 256)")
+    bench.add_argument("--subscribers", type=int, default=1, help="K subscriptions, one subscriber process each")
+    bench.add_argument("--publishers", type=int, default=1, help="publisher processes sharing N (default 1)")
+    bench.add_argument("--rate", type=float, help="messages/s in all (default: full speed)")
+    bench.add_argument("--window", type=int, default=1000,
+                       help="most unacknowledged publishes in flight, and each subscriber's max outstanding")
+    bench.add_argument("--topic-partitions", type=int, default=1)
+    bench.add_argument("--replication-factor", type=int, default=3)
+    bench.add_argument("--timeout", type=float, default=600, help="bound of the publishing and of each subscriber, s")
+    bench.add_argument("--idle-timeout", type=float, default=30, help="a subscriber gives up after this long "
+                                                                      "without a new message, s")
+    bench.add_argument("--addr", default=argparse.SUPPRESS, help="frontend address (as before the command)")
     return p
 
 
@@ -303,6 +376,12 @@ async def _run(args) -> int:
             return await _publish(args, client)
         elif args.command == "subscribe":
             return await _subscribe(args, client)
+        elif args.command == "nack":
+            await _nack(args, client)
+        elif args.command == "dead-letters":
+            await _dead_letters(args, client)
+        elif args.command == "message":
+            print(_status_line(await client.get_message_status(args.message_id)))
     return 0
 
 
@@ -310,6 +389,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if args.command == "up":
         raise SystemExit(_up(args))
+    if args.command == "bench":
+        from notifymesh import bench
+        raise SystemExit(bench.run(args))
     try:
         raise SystemExit(asyncio.run(_run(args)))
     except grpc.aio.AioRpcError as e:

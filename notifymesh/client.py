@@ -179,6 +179,27 @@ class Client:
         await self._subscriber.ModifyAckDeadline(pubsub_pb2.ModifyAckDeadlineRequest(
             subscription=subscription, ack_ids=ack_ids, ack_deadline=_duration(seconds)), timeout=self._timeout)
 
-    async def nack(self, subscription: str, ack_ids: list[str], delay_s: float = 0) -> None:
-        """Asks for redelivery, at once or after delay_s."""
-        await self.modify_ack_deadline(subscription, ack_ids, delay_s)
+    async def nack(self, subscription: str, ack_ids: list[str], delay_s: float | None = None,
+                   terminal: bool = False, reason: str = "") -> None:
+        """Asks for redelivery after delay_s (by default the subscription's retry
+        backoff, at once without one); terminal sends the messages to the
+        dead-letter topic instead. reason goes to the delivery log."""
+        request = pubsub_pb2.NackRequest(subscription=subscription, ack_ids=ack_ids, terminal=terminal, reason=reason)
+        if delay_s is not None:
+            request.delay.CopyFrom(_duration(delay_s))
+        await self._subscriber.Nack(request, timeout=self._timeout)
+
+    async def list_dead_letters(self, subscription: str, max_messages: int = 0) -> list[pubsub_pb2.DeadLetter]:
+        reply = await self._subscriber.ListDeadLetters(pubsub_pb2.ListDeadLettersRequest(
+            subscription=subscription, max_messages=max_messages), timeout=self._timeout)
+        return list(reply.dead_letters)
+
+    async def redrive_dead_letters(self, subscription: str) -> int:
+        """Delivers the subscription's dead letters again; returns how many."""
+        reply = await self._subscriber.RedriveDeadLetters(pubsub_pb2.RedriveDeadLettersRequest(
+            subscription=subscription), timeout=self._timeout)
+        return reply.redriven
+
+    async def get_message_status(self, message_id: str) -> pubsub_pb2.MessageStatus:
+        return await self._publisher.GetMessageStatus(pubsub_pb2.GetMessageStatusRequest(message_id=message_id),
+                                                      timeout=self._timeout)

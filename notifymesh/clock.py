@@ -3,6 +3,7 @@ and the message ids made from them."""
 
 import os
 import time
+import zlib
 
 from google.protobuf import timestamp_pb2
 
@@ -19,6 +20,26 @@ def to_ms(ts: timestamp_pb2.Timestamp) -> int:
     return ts.seconds * 1000 + ts.nanos // 1_000_000
 
 
-def new_message_id(ms: int | None = None) -> str:
-    """Time-ordered and unique without coordination: 44 bits of ms, 64 random bits."""
-    return f"{now_ms() if ms is None else ms:011x}{os.urandom(8).hex()}"
+MESSAGE_ID_LENGTH = 39
+
+
+def new_message_id(topic: str, partition: int, ms: int | None = None) -> str:
+    """Time-ordered and unique without coordination (44 bits of ms, 64 random
+    bits), then where the message is stored (a hash of the topic, the partition),
+    so that a status lookup by id alone finds its shard."""
+    ms = now_ms() if ms is None else ms
+    return f"{ms:011x}{os.urandom(8).hex()}{topic_hash(topic):08x}{partition:04x}"
+
+
+def shard_hint(message_id: str) -> tuple[int, int] | None:
+    """(hash of the topic, partition) of a message id made by new_message_id."""
+    if len(message_id) != MESSAGE_ID_LENGTH:
+        return None
+    try:
+        return int(message_id[27:35], 16), int(message_id[35:], 16)
+    except ValueError:
+        return None
+
+
+def topic_hash(topic: str) -> int:
+    return zlib.crc32(topic.encode())

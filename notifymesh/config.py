@@ -47,6 +47,9 @@ class Config:
     stream_max_outstanding: int = 1000
     # Storage: how often acknowledged and expired messages are deleted.
     storage_gc_interval_s: float = 1.0
+    # How long GetMessageStatus can answer for a message after it was delivered
+    # (its delivery log outlives the message itself).
+    delivery_log_retention_s: float = 24 * 3600.0
 
 
 def load(file: Path | None = None, env: Mapping[str, str] | None = None,

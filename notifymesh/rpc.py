@@ -33,9 +33,14 @@ POLICIES: dict[str, CallPolicy] = {
     "Storage.Pull": CallPolicy(timeout_s=30, retry_for_s=0),   # the sender's loop retries
     "Storage.Acknowledge": CallPolicy(timeout_s=5, retry_for_s=8),
     "Storage.ModifyAckDeadline": CallPolicy(timeout_s=5, retry_for_s=8),
+    "Storage.Nack": CallPolicy(timeout_s=5, retry_for_s=8),
     "Storage.AttachSubscription": CallPolicy(timeout_s=5, retry_for_s=2),
+    "Storage.ListDeadLetters": CallPolicy(timeout_s=10, retry_for_s=8),
+    "Storage.RedriveDeadLetters": CallPolicy(timeout_s=10, retry_for_s=8),
+    "Storage.GetMessageStatus": CallPolicy(timeout_s=10, retry_for_s=8),
     "Sender.Acknowledge": CallPolicy(timeout_s=5, retry_for_s=8),
     "Sender.ModifyAckDeadline": CallPolicy(timeout_s=5, retry_for_s=8),
+    "Sender.Nack": CallPolicy(timeout_s=5, retry_for_s=8),
     # Longer than one etcd request (5 s), so an etcd failure comes back as UNAVAILABLE and is retried.
     "Metadata": CallPolicy(timeout_s=10, retry_for_s=15),
 }

@@ -12,6 +12,7 @@ MAX_ATTRIBUTES = 100
 MAX_ATTRIBUTE_KEY_BYTES = 256
 MAX_ATTRIBUTE_VALUE_BYTES = 1024
 MAX_IDEMPOTENCY_KEY_BYTES = 256
+MAX_REASON_BYTES = 1024
 
 
 def name(kind: str, value: str) -> str:
@@ -60,3 +61,9 @@ def count_between(what: str, value: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise InvalidArgument(f"{what} {value} out of range: {low} to {high}")
     return value
+
+
+def reason(text: str) -> str:
+    if len(text.encode()) > MAX_REASON_BYTES:
+        raise InvalidArgument(f"reason over {MAX_REASON_BYTES} bytes")
+    return text

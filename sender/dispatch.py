@@ -81,8 +81,8 @@ class Budget:
 
 class SubscriptionDispatcher:
     def __init__(self, subscription: pubsub_pb2.Subscription, partitions: Callable[[], int], storage: StorageClient,
-                 budget: Budget, pulls: asyncio.Semaphore, acks: Coalescer):
-        self.name, self.topic, self._partitions = subscription.name, subscription.topic, partitions
+                 budget: Budget, pulls: asyncio.Semaphore, acks: Coalescer, owned: Callable[[], bool]):
+        self.name, self.topic, self._partitions, self._owned = subscription.name, subscription.topic, partitions, owned
         self.ack_deadline_ms = subscription.ack_deadline.ToMilliseconds()
         self._storage, self._budget, self._pulls, self._acks = storage, budget, pulls, acks
         self.streams: list[Stream] = []
@@ -109,7 +109,7 @@ class SubscriptionDispatcher:
             if task is None or task.done():
                 self._tasks[partition] = asyncio.create_task(self._run(partition))
 
-    async def _per_partition(self, ack_ids: list[str], call) -> None:
+    async def _per_partition(self, ack_ids, call) -> None:
         by_partition: dict[int, list[str]] = {}
         for ack_id in ack_ids:
             by_partition.setdefault(keys.parse_ack_id(ack_id)[0], []).append(ack_id)
@@ -162,6 +162,10 @@ class SubscriptionDispatcher:
         await self._per_partition(ack_ids, lambda p, ids: self._storage.modify_ack_deadline(
             self.topic, p, self.name, ids, ack_deadline_ms))
 
+    async def nack(self, request: pubsub_pb2.NackRequest) -> None:
+        self._forget(request.ack_ids)
+        await self._per_partition(request.ack_ids, lambda p, ids: self._storage.nack(self.topic, p, request, ids))
+
     def _expire(self) -> None:
         """Frees the room of messages past their ack deadline: storage redelivers them."""
         now = time.monotonic()
@@ -173,6 +177,9 @@ class SubscriptionDispatcher:
 
     async def _run(self, partition: int) -> None:
         while self.streams:
+            if not self._owned():  # checked before every pull: the fence
+                self.end_streams(errors.Unavailable(f"this sender no longer serves subscription {self.name!r}"))
+                return
             self._expire()
             self._ensure_pullers()  # the topic may have gained partitions
             free = min(sum(max(0, s.room()) for s in self.streams), self._budget.available()) - self._reserved
@@ -250,8 +257,10 @@ class SubscriptionDispatcher:
 class Dispatcher:
     """All subscriptions this sender serves."""
 
-    def __init__(self, cluster: Cluster, config: Config, node_id: str):
+    def __init__(self, cluster: Cluster, config: Config, node_id: str, registration_of: Callable):
+        """registration_of(): this sender's Registration, whose lease fences it."""
         self._cluster, self._config, self._node = cluster, config, node_id
+        self._registration_of = registration_of
         self._storage = StorageClient(cluster)
         self._budget = Budget(config.sender_max_outstanding)
         self._pulls = asyncio.Semaphore(config.sender_max_concurrent_pulls)
@@ -270,7 +279,7 @@ class Dispatcher:
         if dispatcher is None or dispatcher.topic != record.topic:
             dispatcher = self.subscriptions[name] = SubscriptionDispatcher(
                 record, lambda: self._partition_count(record.topic), self._storage, self._budget, self._pulls,
-                self._acks)
+                self._acks, lambda: self.owns(name))
         return dispatcher
 
     async def subscribe(self, name: str, max_outstanding: int):
@@ -293,20 +302,25 @@ class Dispatcher:
             if dispatcher.idle() and self.subscriptions.get(name) is dispatcher:
                 del self.subscriptions[name]  # nothing connected, nothing in flight: keep no state
 
+    def owns(self, name: str) -> bool:
+        """A subscription is served only by its owner on the sender ring, and only
+        while that sender's lease is certainly alive: another sender takes it over
+        only once etcd has expired the lease, after this sender stopped."""
+        registration = self._registration_of()
+        return (registration is not None and time.monotonic() < registration.valid_until
+                and self._cluster.rings["sender"].owner(name) == self._node)
+
     def _check_owner(self, name: str) -> None:
-        """Streams are served only by the subscription's owner on the sender ring, so
-        two senders do not both serve one subscription past a ring change."""
-        owner = self._cluster.rings["sender"].owner(name)
-        if owner != self._node:
+        if not self.owns(name):
+            owner = self._cluster.rings["sender"].owner(name)
             raise errors.Unavailable(f"subscription {name!r} is served by {owner or 'no sender'}, not {self._node}")
 
     def release_unowned(self) -> None:
-        """After a ring change: ends the streams of subscriptions another sender now
-        owns; their frontends reconnect them there."""
-        ring = self._cluster.rings["sender"]
+        """After a ring change: ends the streams of subscriptions this sender no longer
+        owns; their frontends reconnect them to the new owner."""
         for name, dispatcher in self.subscriptions.items():
-            if dispatcher.streams and ring.owner(name) != self._node:
-                dispatcher.end_streams(errors.Unavailable(f"subscription {name!r} moved to {ring.owner(name)}"))
+            if dispatcher.streams and not self.owns(name):
+                dispatcher.end_streams(errors.Unavailable(f"subscription {name!r} moved from {self._node}"))
 
     async def attach(self, name: str, stream: Stream) -> SubscriptionDispatcher:
         """Adds a consumer inside the sender (a push worker) to the subscription."""
@@ -319,6 +333,9 @@ class Dispatcher:
 
     async def modify_ack_deadline(self, name: str, ack_ids: list[str], ack_deadline_ms: int) -> None:
         await (await self._dispatcher(name)).modify_ack_deadline(ack_ids, ack_deadline_ms)
+
+    async def nack(self, request: pubsub_pb2.NackRequest) -> None:
+        await (await self._dispatcher(request.subscription)).nack(request)
 
     async def close(self) -> None:
         self._closing = True

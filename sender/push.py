@@ -18,6 +18,7 @@ import logging
 import httpx
 
 from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh import validation
 from notifymesh.cluster import Cluster
 from notifymesh.log import fields
 from sender.dispatch import Dispatcher, Stream
@@ -77,18 +78,19 @@ class PushWorker:
         try:
             response = await self._http.post(self.push_config.endpoint, content=body, headers=headers,
                                              timeout=self.push_config.timeout.ToMilliseconds() / 1000)
-            outcome = response.status_code
+            error = "" if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
         except httpx.HTTPError as e:  # timeout, refused, reset: a failed attempt
-            outcome = type(e).__name__
+            error = f"{type(e).__name__}: {e}"[:validation.MAX_REASON_BYTES]
         finally:
             self.in_flight -= 1
         try:
-            if isinstance(outcome, int) and 200 <= outcome < 300:
+            if not error:
                 await sub.acknowledge([received.ack_id])
             else:
-                log.info("push failed", extra=fields(subscription=self._record.name, outcome=outcome,
+                log.info("push failed", extra=fields(subscription=self._record.name, error=error,
                                                      attempt=received.delivery_attempt))
-                await sub.modify_ack_deadline([received.ack_id], 0)
+                await sub.nack(pubsub_pb2.NackRequest(subscription=self._record.name, ack_ids=[received.ack_id],
+                                                      reason=error))
         except Exception as e:  # storage unreachable: the lease brings the message back
             log.warning("push outcome not recorded", extra=fields(subscription=self._record.name, error=repr(e)))
 
@@ -97,8 +99,8 @@ class PushSubscriptions:
     """Runs a PushWorker for every push subscription the sender ring gives this
     sender, following etcd as subscriptions and senders come and go."""
 
-    def __init__(self, cluster: Cluster, dispatcher: Dispatcher, node_id: str, max_in_flight: int):
-        self._cluster, self._dispatcher, self._node = cluster, dispatcher, node_id
+    def __init__(self, cluster: Cluster, dispatcher: Dispatcher, max_in_flight: int):
+        self._cluster, self._dispatcher = cluster, dispatcher
         self._slots = asyncio.Semaphore(max_in_flight)
         self._http = httpx.AsyncClient(limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
         self.workers: dict[str, tuple[PushWorker, asyncio.Task]] = {}
@@ -118,9 +120,8 @@ class PushSubscriptions:
             except TimeoutError:
                 pass
             self._changed.clear()
-            ring = self._cluster.rings["sender"]
             wanted = {name: record for name, record in self._cluster.subscriptions.items.items()
-                      if record.push_config.endpoint and ring.owner(name) == self._node}
+                      if record.push_config.endpoint and self._dispatcher.owns(name)}
             for name in list(self.workers):
                 worker, task = self.workers[name]
                 if name not in wanted or task.done() or \

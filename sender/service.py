@@ -26,14 +26,18 @@ class SenderServicer(sender_pb2_grpc.SenderServicer):
                                                    request.ack_deadline.ToMilliseconds())
         return pubsub_pb2.ModifyAckDeadlineResponse()
 
+    async def Nack(self, request, context):
+        await self._dispatcher.nack(request)
+        return pubsub_pb2.NackResponse()
+
 
 class SenderService:
     reflected = ()
 
     def __init__(self, ctx: Context):
-        self.dispatcher = Dispatcher(ctx.cluster, ctx.config, ctx.node_id)
+        self.dispatcher = Dispatcher(ctx.cluster, ctx.config, ctx.node_id, lambda: ctx.registration)
         ctx.cluster.members.on_change(self.dispatcher.release_unowned)
-        self.push = PushSubscriptions(ctx.cluster, self.dispatcher, ctx.node_id, ctx.config.sender_max_push_in_flight)
+        self.push = PushSubscriptions(ctx.cluster, self.dispatcher, ctx.config.sender_max_push_in_flight)
         self.servicers = [(sender_pb2_grpc.add_SenderServicer_to_server, SenderServicer(self.dispatcher))]
 
     async def start(self) -> None:

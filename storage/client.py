@@ -15,6 +15,11 @@ class StorageClient:
         _, addr, _ = self._cluster.leader(topic, partition)
         return storage_pb2_grpc.StorageStub(self._cluster.channel(addr))
 
+    async def call(self, method: str, topic: str, partition: int, request):
+        """Storage.<method> on the leader of the topic's partition."""
+        return await rpc.call(f"Storage.{method}", lambda t: getattr(
+            self._leader(topic, partition), method)(request, timeout=t))
+
     async def append(self, shard: tuple[str, int], messages) -> list[str]:
         """The messages must carry their ids: a retry (after a timeout or a failover)
         is marked as one, and the leader skips the ids it already has."""
@@ -33,27 +38,30 @@ class StorageClient:
 
     async def pull(self, topic: str, partition: int, subscription: str, max_messages: int, ack_deadline_ms: int,
                    wait_ms: int) -> list[pubsub_pb2.ReceivedMessage]:
-        request = storage_pb2.PullRequest(topic=topic, partition=partition, subscription=subscription,
-                                          max_messages=max_messages, ack_deadline_ms=ack_deadline_ms, wait_ms=wait_ms)
-        response = await rpc.call("Storage.Pull", lambda t: self._leader(topic, partition).Pull(request, timeout=t))
+        response = await self.call("Pull", topic, partition, storage_pb2.PullRequest(
+            topic=topic, partition=partition, subscription=subscription, max_messages=max_messages,
+            ack_deadline_ms=ack_deadline_ms, wait_ms=wait_ms))
         return list(response.received_messages)
 
     async def acknowledge(self, topic: str, partition: int, subscription: str, ack_ids: list[str]) -> None:
-        request = storage_pb2.StorageAcknowledgeRequest(topic=topic, partition=partition, subscription=subscription,
-                                                        ack_ids=ack_ids)
-        await rpc.call("Storage.Acknowledge",
-                       lambda t: self._leader(topic, partition).Acknowledge(request, timeout=t))
+        await self.call("Acknowledge", topic, partition, storage_pb2.StorageAcknowledgeRequest(
+            topic=topic, partition=partition, subscription=subscription, ack_ids=ack_ids))
 
     async def modify_ack_deadline(self, topic: str, partition: int, subscription: str, ack_ids: list[str],
                                   ack_deadline_ms: int) -> None:
-        request = storage_pb2.StorageModifyAckDeadlineRequest(
+        await self.call("ModifyAckDeadline", topic, partition, storage_pb2.StorageModifyAckDeadlineRequest(
             topic=topic, partition=partition, subscription=subscription, ack_ids=ack_ids,
-            ack_deadline_ms=ack_deadline_ms)
-        await rpc.call("Storage.ModifyAckDeadline",
-                       lambda t: self._leader(topic, partition).ModifyAckDeadline(request, timeout=t))
+            ack_deadline_ms=ack_deadline_ms))
+
+    async def nack(self, topic: str, partition: int, request: pubsub_pb2.NackRequest, ack_ids: list[str]) -> None:
+        """request's ack ids of this partition: ack_ids."""
+        nack = storage_pb2.StorageNackRequest(topic=topic, partition=partition, subscription=request.subscription,
+                                              ack_ids=ack_ids, terminal=request.terminal, reason=request.reason)
+        if request.HasField("delay"):
+            nack.delay_ms = request.delay.ToMilliseconds()
+        await self.call("Nack", topic, partition, nack)
 
     async def attach_subscription(self, subscription: pubsub_pb2.Subscription, partitions: int) -> None:
         for partition in range(partitions):
-            request = storage_pb2.AttachSubscriptionRequest(subscription=subscription, partition=partition)
-            await rpc.call("Storage.AttachSubscription",
-                           lambda t: self._leader(subscription.topic, partition).AttachSubscription(request, timeout=t))
+            await self.call("AttachSubscription", subscription.topic, partition, storage_pb2.AttachSubscriptionRequest(
+                subscription=subscription, partition=partition))

@@ -34,6 +34,7 @@ from storage import keys
 log = logging.getLogger(__name__)
 
 NODE_ID_FILE = "NODE_ID"
+INDEX_SKEW_MS = 600_000
 RETRY_SCAN_ENTRIES = 200_000  # how far back a retried append looks for its message ids
 
 
@@ -62,12 +63,14 @@ class DeliveryPolicy:
 
 @dataclass
 class DeadLetter:
+    """A message out of delivery attempts, for the storage service to move."""
     shard: str
     subscription: str
     seq: int
     message: pubsub_pb2.PubsubMessage
     attempts: int
     topic: str
+    error: str
 
 
 DEAD_LETTER_RETRY_MS = 30_000  # a dead letter not moved by then is tried again
@@ -83,6 +86,9 @@ class SubscriptionState:
     # deadline plus the retry backoff.
     deadlines: list[tuple[int, int]] = field(default_factory=list)
     policy: DeliveryPolicy = DeliveryPolicy()
+    # Messages moved to the dead-letter topic, by seq: kept for listing and redrive.
+    dead_letters: dict[int, storage_pb2.DeadLetterRecord] = field(default_factory=dict)
+    created_ms: int = 0  # the subscription's create time: older messages were never its own
 
     def lease(self, seq: int, lease: storage_pb2.Lease) -> None:
         self.leases[seq] = lease
@@ -99,7 +105,7 @@ class SubscriptionState:
 
     def low_watermark(self) -> int:
         """No entry below this is still owed to the subscription."""
-        return min(self.cursor, min(self.leases, default=self.cursor))
+        return min(self.cursor, min(self.leases, default=self.cursor), min(self.dead_letters, default=self.cursor))
 
 
 @dataclass
@@ -204,6 +210,11 @@ class StorageEngine:
             state = self.shard(shard.decode()).subscriptions.get(sub.decode())
             if state is not None:
                 state.lease(keys.seq_of(key), storage_pb2.Lease.FromString(value))
+        for key, value in self._prefixed(b"x"):
+            shard, sub, _ = key[1:].split(b"\0", 2)
+            state = self.shard(shard.decode()).subscriptions.get(sub.decode())
+            if state is not None:
+                state.dead_letters[keys.seq_of(key)] = storage_pb2.DeadLetterRecord.FromString(value)
         it = db.iter()
         it.seek(b"m")
         while it.valid() and it.key().startswith(b"m"):
@@ -311,7 +322,7 @@ class StorageEngine:
                 ids.append(message.message_id)
                 continue
             if not message.message_id:
-                message.message_id = new_message_id(publish_ms)
+                message.message_id = new_message_id(*keys.split_shard(shard), publish_ms)
             message.publish_time.CopyFrom(publish_time)
             entry = storage_pb2.StoredMessage(message=message, append_ms=publish_ms, epoch=epoch)
             if dedup_key:
@@ -360,8 +371,10 @@ class StorageEngine:
         for offset, (value, entry) in enumerate(zip(raw, entries)):
             ops.append(("put", keys.message(shard, start + offset), keys.sealed(value)))
             message = entry.message
-            if log_.recent_ids is not None and message.message_id:
-                log_.recent_ids.add(message.message_id)
+            if message.message_id:
+                ops.append(("put", keys.message_index(shard, message.message_id), keys.seq_bytes(start + offset)))
+                if log_.recent_ids is not None:
+                    log_.recent_ids.add(message.message_id)
             if entry.dedup_key:
                 ops.append(("put", keys.idempotency(shard, entry.dedup_key),
                             entry.dedup_until_ms.to_bytes(8, "big") + message.message_id.encode()))
@@ -398,8 +411,8 @@ class StorageEngine:
         """A follower too far behind starts over at the leader's first entry."""
         log_ = self.shard(shard)
         batch = WriteBatch(raw_mode=True)
-        prefix = keys.message_prefix(shard)
-        batch.delete_range(prefix, keys.prefix_end(prefix))
+        for prefix in (keys.message_prefix(shard), keys.message_index_prefix(shard), keys.delivery_prefix(shard)):
+            batch.delete_range(prefix, keys.prefix_end(prefix))
         batch.put(keys.first(shard), keys.seq_bytes(first))
         self._db.write(batch, self._synced)
         log_.first = log_.end = log_.commit = first
@@ -429,11 +442,13 @@ class StorageEngine:
         state = log_.subscriptions.get(subscription.name)
         if state is not None:
             state.policy = DeliveryPolicy.of(subscription)
+            state.created_ms = to_ms(subscription.create_time)
         if state is None:
             cursor = self._first_seq_at_or_after(log_, to_ms(subscription.create_time))
             self._db.put(keys.cursor(shard, subscription.name), keys.seq_bytes(cursor), self._unsynced)
             state = log_.subscriptions[subscription.name] = SubscriptionState(
-                subscription.name, cursor, policy=DeliveryPolicy.of(subscription))
+                subscription.name, cursor, policy=DeliveryPolicy.of(subscription),
+                created_ms=to_ms(subscription.create_time))
             log_.state_version += 1
             log.info("subscription attached", extra=fields(shard=shard, subscription=subscription.name,
                                                            cursor=cursor, first=log_.first, end=log_.end))
@@ -464,8 +479,8 @@ class StorageEngine:
             return
         batch = WriteBatch(raw_mode=True)
         batch.delete(keys.cursor(shard, subscription))
-        prefix = keys.lease_prefix(shard, subscription)
-        batch.delete_range(prefix, keys.prefix_end(prefix))
+        for prefix in (keys.lease_prefix(shard, subscription), keys.dead_letter_prefix(shard, subscription)):
+            batch.delete_range(prefix, keys.prefix_end(prefix))
         self._db.write(batch, self._unsynced)
         log_.state_version += 1
         log_.notify()
@@ -477,7 +492,7 @@ class StorageEngine:
         if log_ is None:
             return
         batch = WriteBatch(raw_mode=True)
-        for kind in (b"m", b"c", b"l", b"k"):
+        for kind in (b"m", b"c", b"l", b"k", b"i", b"x", b"d"):
             prefix = kind + shard.encode() + b"\0"
             batch.delete_range(prefix, keys.prefix_end(prefix))
         batch.delete(keys.first(shard))
@@ -497,8 +512,10 @@ class StorageEngine:
         return [storage_pb2.SubscriptionState(
                     name=s.name, cursor=s.cursor,
                     leases=[storage_pb2.LeaseState(seq=seq, deadline_ms=lease.deadline_ms,
-                                                   delivery_attempt=lease.delivery_attempt)
-                            for seq, lease in s.leases.items()])
+                                                   delivery_attempt=lease.delivery_attempt,
+                                                   delivered_ms=lease.delivered_ms, last_error=lease.last_error)
+                            for seq, lease in s.leases.items()],
+                    dead_letters=s.dead_letters.values())
                 for s in self.shard(shard).subscriptions.values()]
 
     def record_state_stamp(self, shard: str, stamp: tuple[int, int]) -> None:
@@ -511,16 +528,20 @@ class StorageEngine:
         log_ = self.shard(shard)
         self.record_state_stamp(shard, stamp)
         batch = WriteBatch(raw_mode=True)
-        for prefix in (keys.cursor_prefix(shard), keys.lease_prefix(shard)):
+        for prefix in (keys.cursor_prefix(shard), keys.lease_prefix(shard), keys.dead_letter_prefix(shard)):
             batch.delete_range(prefix, keys.prefix_end(prefix))
         log_.subscriptions = {}
         for state in states:
             local = log_.subscriptions[state.name] = SubscriptionState(state.name, state.cursor)
             batch.put(keys.cursor(shard, state.name), keys.seq_bytes(state.cursor))
             for lease in state.leases:
-                record = storage_pb2.Lease(deadline_ms=lease.deadline_ms, delivery_attempt=lease.delivery_attempt)
+                record = storage_pb2.Lease(deadline_ms=lease.deadline_ms, delivery_attempt=lease.delivery_attempt,
+                                           delivered_ms=lease.delivered_ms, last_error=lease.last_error)
                 local.lease(lease.seq, record)
                 batch.put(keys.lease(shard, state.name, lease.seq), record.SerializeToString())
+            for dead in state.dead_letters:
+                local.dead_letters[dead.seq] = dead
+                batch.put(keys.dead_letter(shard, state.name, dead.seq), dead.SerializeToString())
         self._db.write(batch, self._unsynced)
 
     # -- delivery (leader) ------------------------------------------------------
@@ -561,12 +582,16 @@ class StorageEngine:
                 del state.leases[seq]
                 batch.delete(keys.lease(log_.name, state.name, seq))
                 continue
-            attempts = state.leases[seq].delivery_attempt
+            previous = state.leases[seq]
+            attempts = previous.delivery_attempt
+            if attempts and not previous.last_error:  # neither acked nor nacked in time
+                batch.put(keys.delivery(log_.name, seq, state.name, previous.delivered_ms, attempts),
+                          keys.delivery_record(0, pubsub_pb2.EXPIRED))
             if state.policy.exhausted(attempts):
-                self._dead_letter(log_, state, seq, entry, attempts, now, batch)
+                self._dead_letter(log_, state, seq, entry, previous, now, batch)
                 continue
             lease = storage_pb2.Lease(deadline_ms=deadline + state.policy.backoff_ms(attempts + 1),
-                                      delivery_attempt=attempts + 1)
+                                      delivery_attempt=attempts + 1, delivered_ms=now)
             received.append(self._leased(log_, state, seq, entry, lease, batch))
         if len(received) < max_messages and state.cursor < log_.commit:
             cursor = state.cursor
@@ -583,7 +608,7 @@ class StorageEngine:
                 if entry is None or not entry.HasField("message"):  # corrupted, or an epoch marker
                     continue
                 received.append(self._leased(log_, state, seq, entry, storage_pb2.Lease(
-                    deadline_ms=deadline + state.policy.backoff_ms(1), delivery_attempt=1), batch))
+                    deadline_ms=deadline + state.policy.backoff_ms(1), delivery_attempt=1, delivered_ms=now), batch))
             else:
                 cursor = log_.commit
             if cursor > state.cursor:
@@ -595,14 +620,66 @@ class StorageEngine:
         return received
 
     def _dead_letter(self, log_: ShardLog, state: SubscriptionState, seq: int, entry: storage_pb2.StoredMessage,
-                     attempts: int, now: int, batch: WriteBatch) -> None:
+                     lease: storage_pb2.Lease, now: int, batch: WriteBatch) -> None:
         """Queues the message for its dead-letter topic; the lease stays (pushed out)
-        until it has moved there, so a failure to move it only delays it."""
-        self.dead_letters.put_nowait(DeadLetter(log_.name, state.name, seq, entry.message, attempts,
-                                                state.policy.dead_letter_topic))
-        lease = storage_pb2.Lease(deadline_ms=now + DEAD_LETTER_RETRY_MS, delivery_attempt=attempts)
+        until it has moved there (see bury), so a failure to move it only delays it."""
+        error = lease.last_error or "not acknowledged within the ack deadline"
+        self.dead_letters.put_nowait(DeadLetter(log_.name, state.name, seq, entry.message, lease.delivery_attempt,
+                                                state.policy.dead_letter_topic, error))
+        lease = storage_pb2.Lease(deadline_ms=now + DEAD_LETTER_RETRY_MS, delivery_attempt=lease.delivery_attempt,
+                                  delivered_ms=lease.delivered_ms, last_error=error)
         state.lease(seq, lease)
         batch.put(keys.lease(log_.name, state.name, seq), lease.SerializeToString())
+
+    def bury(self, dead: DeadLetter, dead_letter_message_id: str) -> None:
+        """The message is in the dead-letter topic: its lease becomes a dead-letter
+        record, kept for listing and redrive."""
+        state = self.subscription(dead.shard, dead.subscription)
+        lease = state.leases.pop(dead.seq, None)
+        if lease is None:
+            return  # acknowledged meanwhile, or buried already
+        record = storage_pb2.DeadLetterRecord(seq=dead.seq, delivery_attempts=dead.attempts, dead_ms=now_ms(),
+                                              last_error=dead.error, dead_letter_message_id=dead_letter_message_id)
+        state.dead_letters[dead.seq] = record
+        batch = WriteBatch(raw_mode=True)
+        batch.delete(keys.lease(dead.shard, dead.subscription, dead.seq))
+        batch.put(keys.dead_letter(dead.shard, dead.subscription, dead.seq), record.SerializeToString())
+        batch.put(keys.delivery(dead.shard, dead.seq, dead.subscription, lease.delivered_ms, dead.attempts),
+                  keys.delivery_record(record.dead_ms, pubsub_pb2.DEAD_LETTER, dead.error))
+        self._db.write(batch, self._unsynced)
+        self.shards[dead.shard].state_version += 1
+
+    def list_dead_letters(self, shard: str, subscription: str, limit: int) -> list[pubsub_pb2.DeadLetter]:
+        state = self.subscription(shard, subscription)
+        listed = []
+        for seq in sorted(state.dead_letters)[:limit]:
+            record, entry = state.dead_letters[seq], self._entry(shard, seq)
+            if entry is not None:
+                listed.append(pubsub_pb2.DeadLetter(
+                    message=entry.message, delivery_attempts=record.delivery_attempts,
+                    dead_letter_time=timestamp(record.dead_ms), last_error=record.last_error,
+                    dead_letter_message_id=record.dead_letter_message_id))
+        return listed
+
+    def redrive(self, shard: str, subscription: str) -> int:
+        """Makes the subscription's dead letters deliverable now, to it alone, with
+        their attempts counted from zero again."""
+        state = self.subscription(shard, subscription)
+        log_ = self.shards[shard]
+        batch = WriteBatch(raw_mode=True)
+        now = now_ms()
+        redriven = len(state.dead_letters)
+        for seq in state.dead_letters:
+            lease = storage_pb2.Lease(deadline_ms=now, delivery_attempt=0)
+            state.lease(seq, lease)
+            batch.delete(keys.dead_letter(shard, subscription, seq))
+            batch.put(keys.lease(shard, subscription, seq), lease.SerializeToString())
+        state.dead_letters.clear()
+        if redriven:
+            self._db.write(batch, self._unsynced)
+            log_.state_version += 1
+            log_.notify()
+        return redriven
 
     def sweep_dead_letters(self, shard: str) -> None:
         """Moves due, exhausted leases to the dead-letter queue even while no
@@ -619,7 +696,7 @@ class StorageEngine:
                 if lease.deadline_ms <= now and state.policy.exhausted(lease.delivery_attempt):
                     entry = self._entry(shard, seq)
                     if entry is not None:
-                        self._dead_letter(log_, state, seq, entry, lease.delivery_attempt, now, batch)
+                        self._dead_letter(log_, state, seq, entry, lease, now, batch)
         if len(batch):
             self._db.write(batch, self._unsynced)
             log_.state_version += 1
@@ -628,15 +705,17 @@ class StorageEngine:
                 lease: storage_pb2.Lease, batch: WriteBatch) -> pubsub_pb2.ReceivedMessage:
         state.lease(seq, lease)
         batch.put(keys.lease(log_.name, state.name, seq), lease.SerializeToString())
-        return pubsub_pb2.ReceivedMessage(ack_id=keys.ack_id(log_.partition, seq), message=entry.message,
+        batch.put(keys.delivery(log_.name, seq, state.name, lease.delivered_ms, lease.delivery_attempt),
+                  keys.delivery_record(0, pubsub_pb2.IN_FLIGHT))
+        return pubsub_pb2.ReceivedMessage(ack_id=keys.ack_id(state.name, log_.partition, seq), message=entry.message,
                                           delivery_attempt=lease.delivery_attempt)
 
-    def _seqs(self, log_: ShardLog, ack_ids: list[str]) -> list[int]:
+    def _seqs(self, log_: ShardLog, subscription: str, ack_ids: list[str]) -> list[int]:
         seqs = []
         for value in ack_ids:
-            partition, seq = keys.parse_ack_id(value)
-            if partition != log_.partition:
-                raise errors.InvalidArgument(f"ack id {value!r} is not of partition {log_.partition}")
+            partition, seq, of = keys.parse_ack_id(value)
+            if partition != log_.partition or of != subscription:
+                raise errors.InvalidArgument(f"ack id {value!r} is not of {subscription!r} partition {log_.partition}")
             seqs.append(seq)
         return seqs
 
@@ -645,10 +724,14 @@ class StorageEngine:
         state = self.subscription(shard, subscription)
         log_ = self.shards[shard]
         batch = WriteBatch(raw_mode=True)
+        now = now_ms()
         acked = 0
-        for seq in self._seqs(log_, ack_ids):
-            if state.leases.pop(seq, None) is not None:
+        for seq in self._seqs(log_, subscription, ack_ids):
+            lease = state.leases.pop(seq, None)
+            if lease is not None:
                 batch.delete(keys.lease(shard, subscription, seq))
+                batch.put(keys.delivery(shard, seq, subscription, lease.delivered_ms, lease.delivery_attempt),
+                          keys.delivery_record(now, pubsub_pb2.ACKED))
                 acked += 1
         if acked:
             self._db.write(batch, self._unsynced)
@@ -656,24 +739,112 @@ class StorageEngine:
         return acked
 
     def modify_ack_deadline(self, shard: str, subscription: str, ack_ids: list[str], ack_deadline_ms: int) -> None:
-        """Moves the deadline of in-flight messages; 0 makes them deliverable now (nack)."""
+        """Moves the deadline of in-flight messages; 0 is a nack."""
+        if ack_deadline_ms == 0:
+            self.nack(shard, subscription, ack_ids)
+            return
         state = self.subscription(shard, subscription)
         log_ = self.shards[shard]
         batch = WriteBatch(raw_mode=True)
         deadline = now_ms() + ack_deadline_ms
-        for seq in self._seqs(log_, ack_ids):
+        for seq in self._seqs(log_, subscription, ack_ids):
+            lease = state.leases.get(seq)
+            if lease is not None:
+                lease = storage_pb2.Lease(deadline_ms=deadline, delivery_attempt=lease.delivery_attempt,
+                                          delivered_ms=lease.delivered_ms, last_error=lease.last_error)
+                state.lease(seq, lease)
+                batch.put(keys.lease(shard, subscription, seq), lease.SerializeToString())
+        if len(batch):
+            self._db.write(batch, self._unsynced)
+            log_.state_version += 1
+
+    def nack(self, shard: str, subscription: str, ack_ids: list[str], delay_ms: int | None = None,
+             terminal: bool = False, reason: str = "") -> None:
+        """Gives in-flight messages back: deliverable again after delay_ms (by default
+        the retry backoff), or, when terminal, queued for the dead-letter topic now."""
+        state = self.subscription(shard, subscription)
+        log_ = self.shards[shard]
+        if terminal and not state.policy.dead_letter_topic:
+            raise errors.FailedPrecondition(f"subscription {subscription!r} has no dead-letter topic")
+        batch = WriteBatch(raw_mode=True)
+        now = now_ms()
+        error = reason or ("nacked as terminal" if terminal else "nacked")
+        for seq in self._seqs(log_, subscription, ack_ids):
             lease = state.leases.get(seq)
             if lease is None:
                 continue
-            # A nack waits out the retry backoff; an extension is taken as given.
-            due = deadline + (state.policy.backoff_ms(lease.delivery_attempt) if ack_deadline_ms == 0 else 0)
-            lease = storage_pb2.Lease(deadline_ms=due, delivery_attempt=lease.delivery_attempt)
+            batch.put(keys.delivery(shard, seq, subscription, lease.delivered_ms, lease.delivery_attempt),
+                      keys.delivery_record(now, pubsub_pb2.NACKED, error))
+            if terminal and (entry := self._entry(shard, seq)) is not None:
+                lease = storage_pb2.Lease(delivery_attempt=lease.delivery_attempt, delivered_ms=lease.delivered_ms,
+                                          last_error=error)
+                self._dead_letter(log_, state, seq, entry, lease, now, batch)
+                continue
+            wait = state.policy.backoff_ms(lease.delivery_attempt) if delay_ms is None else delay_ms
+            lease = storage_pb2.Lease(deadline_ms=now + wait, delivery_attempt=lease.delivery_attempt,
+                                      delivered_ms=lease.delivered_ms, last_error=error)
             state.lease(seq, lease)
             batch.put(keys.lease(shard, subscription, seq), lease.SerializeToString())
         if len(batch):
             self._db.write(batch, self._unsynced)
             log_.state_version += 1
             log_.notify()
+
+    def message_status(self, shard: str, message_id: str) -> pubsub_pb2.MessageStatus:
+        """Where the message is, for every subscription it was published for. Once
+        every subscription is done with it, its payload is gone but its delivery log
+        stays for a while (collect_delivery_log)."""
+        log_ = self.shards.get(shard)
+        seq_value = self._db.get(keys.message_index(shard, message_id))
+        if log_ is None or seq_value is None:
+            raise errors.NotFound(f"message {message_id!r} is unknown in {shard}, or its delivery log expired")
+        seq = int.from_bytes(seq_value, "big")
+        topic, partition = keys.split_shard(shard)
+        status = pubsub_pb2.MessageStatus(topic=topic, partition=partition)
+        attempts = self._delivery_log(shard, seq)
+        if seq < log_.first:
+            if not attempts:
+                raise errors.NotFound(f"message {message_id!r} is no longer kept in {shard}, nor its delivery log")
+            for name, tried in sorted(attempts.items()):
+                dead = tried[-1].outcome == pubsub_pb2.DEAD_LETTER
+                status.deliveries.add(subscription=name, attempts=tried, delivery_attempts=tried[-1].attempt,
+                                      state=pubsub_pb2.DEAD_LETTERED if dead else pubsub_pb2.ACKNOWLEDGED)
+            return status
+        entry = self._entry(shard, seq)
+        if entry is None or entry.message.message_id != message_id:
+            raise errors.NotFound(f"message {message_id!r} is not kept in {shard}")
+        status.message.CopyFrom(entry.message)
+        now = now_ms()
+        for name in sorted(log_.subscriptions):
+            state = log_.subscriptions[name]
+            if state.created_ms > entry.append_ms:
+                continue  # published before the subscription existed
+            delivery = status.deliveries.add(subscription=name, attempts=attempts.get(name, []))
+            lease, dead = state.leases.get(seq), state.dead_letters.get(seq)
+            if dead is not None:
+                delivery.state, delivery.delivery_attempts = pubsub_pb2.DEAD_LETTERED, dead.delivery_attempts
+            elif lease is not None:
+                waiting = lease.last_error or lease.deadline_ms <= now  # for a retry
+                delivery.state = pubsub_pb2.PENDING if waiting else pubsub_pb2.DELIVERED
+                delivery.delivery_attempts = lease.delivery_attempt
+            elif seq >= state.cursor:
+                delivery.state = pubsub_pb2.PENDING
+            else:
+                delivery.state = pubsub_pb2.ACKNOWLEDGED
+                delivery.delivery_attempts = max((a.attempt for a in delivery.attempts), default=0)
+        return status
+
+    def _delivery_log(self, shard: str, seq: int) -> dict[str, list[pubsub_pb2.DeliveryAttempt]]:
+        """The recorded attempts at delivering entry seq, by subscription, in attempt order."""
+        attempts: dict[str, list[pubsub_pb2.DeliveryAttempt]] = {}
+        for key, value in self._prefixed(keys.delivery_prefix(shard, seq)):
+            subscription, attempt, delivered_ms, outcome_ms, outcome, error = keys.parse_delivery(key, value)
+            record = pubsub_pb2.DeliveryAttempt(attempt=attempt, delivery_time=timestamp(delivered_ms),
+                                                outcome=outcome, error=error)
+            if outcome_ms:
+                record.outcome_time.CopyFrom(timestamp(outcome_ms))
+            attempts.setdefault(subscription, []).append(record)
+        return attempts
 
     # -- garbage collection (leader) --------------------------------------------
 
@@ -698,9 +869,31 @@ class StorageEngine:
         for seq in [seq for seq in state.leases if seq < below]:
             del state.leases[seq]
             batch.delete(keys.lease(log_.name, state.name, seq))
+        for seq in [seq for seq in state.dead_letters if seq < below]:
+            del state.dead_letters[seq]
+            batch.delete(keys.dead_letter(log_.name, state.name, seq))
         if state.cursor < below:
             state.cursor = below
             batch.put(keys.cursor(log_.name, state.name), keys.seq_bytes(below))
+
+    def collect_delivery_log(self, shard: str, older_than_ms: int) -> int:
+        """Deletes the delivery records and index keys of messages no longer kept and
+        delivered before older_than_ms; returns how many records."""
+        log_ = self.shards.get(shard)
+        if log_ is None:
+            return 0
+        batch = WriteBatch(raw_mode=True)
+        end = keys.delivery_prefix(shard, log_.first)
+        for key, value in self._prefixed(keys.delivery_prefix(shard)):
+            if key >= end or keys.parse_delivery(key, value)[2] >= older_than_ms:
+                break  # records are in seq order, which is about delivery order
+            batch.delete(key)
+        deleted = len(batch)
+        # Ids begin with their publish time (the margin covers frontends' clock skew).
+        batch.delete_range(keys.message_index_prefix(shard),
+                           keys.message_index(shard, f"{max(0, older_than_ms - INDEX_SKEW_MS):011x}"))
+        self._db.write(batch, self._unsynced)
+        return deleted
 
     def collect_idempotency_keys(self) -> int:
         """Deletes idempotency keys past their window; returns how many."""

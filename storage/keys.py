@@ -8,8 +8,13 @@ separates them; sequence numbers are 8-byte big-endian so keys sort by seq.
   c shard \0 subscription         -> cursor: next seq never delivered (8 bytes)
   l shard \0 subscription \0 seq  -> notifymesh.internal.v1.Lease (in flight)
   k shard \0 idempotency key      -> expiry ms (8 bytes) + message id
+  i shard \0 message id           -> seq (8 bytes)
+  x shard \0 subscription \0 seq  -> notifymesh.internal.v1.DeadLetterRecord
+  d shard \0 seq subscription \0 delivered ms (8 bytes) attempt (4 bytes)
+                                  -> delivery record: DELIVERY_RECORD + error (UTF-8)
 """
 
+import struct
 import zlib
 
 from notifymesh import errors
@@ -75,6 +80,48 @@ def idempotency_prefix(shard: str) -> bytes:
     return b"k" + shard.encode() + b"\0"
 
 
+def message_index(shard: str, message_id: str) -> bytes:
+    return message_index_prefix(shard) + message_id.encode()
+
+
+def message_index_prefix(shard: str) -> bytes:
+    return b"i" + shard.encode() + b"\0"
+
+
+def dead_letter(shard: str, subscription: str, seq: int) -> bytes:
+    return dead_letter_prefix(shard, subscription) + seq_bytes(seq)
+
+
+def dead_letter_prefix(shard: str, subscription: str = "") -> bytes:
+    return b"x" + shard.encode() + b"\0" + (subscription.encode() + b"\0" if subscription else b"")
+
+
+def delivery(shard: str, seq: int, subscription: str, delivered_ms: int, attempt: int) -> bytes:
+    """Ordered by delivery time: a redriven message counts its attempts from 1 again."""
+    return (delivery_prefix(shard, seq) + subscription.encode() + b"\0" + delivered_ms.to_bytes(8, "big")
+            + attempt.to_bytes(4, "big"))
+
+
+def delivery_prefix(shard: str, seq: int | None = None) -> bytes:
+    """The delivery records of one message, or of the whole shard without seq."""
+    return b"d" + shard.encode() + b"\0" + (seq_bytes(seq) if seq is not None else b"")
+
+
+DELIVERY_RECORD = struct.Struct(">qB")  # outcome ms, outcome (notifymesh.v1.AttemptOutcome)
+
+
+def delivery_record(outcome_ms: int, outcome: int, error: str = "") -> bytes:
+    return DELIVERY_RECORD.pack(outcome_ms, outcome) + error.encode()
+
+
+def parse_delivery(key: bytes, value: bytes) -> tuple[str, int, int, int, int, str]:
+    """(subscription, attempt, delivered ms, outcome ms, outcome, error) of a delivery record."""
+    subscription = key[key.index(b"\0") + 1 + SEQ_BYTES:-13].decode()
+    outcome_ms, outcome = DELIVERY_RECORD.unpack_from(value)
+    return (subscription, int.from_bytes(key[-4:], "big"), int.from_bytes(key[-12:-4], "big"), outcome_ms, outcome,
+            value[DELIVERY_RECORD.size:].decode())
+
+
 def prefix_end(prefix: bytes) -> bytes:
     """The smallest key above every key starting with prefix (prefix never ends in 0xff here)."""
     return prefix[:-1] + bytes([prefix[-1] + 1])
@@ -90,17 +137,18 @@ def unsealed(value: bytes) -> bytes | None:
     return entry if len(value) >= 4 and zlib.crc32(entry) == int.from_bytes(value[:4], "big") else None
 
 
-def ack_id(partition: int, seq: int) -> str:
-    """Entries keep their seq on every replica, so an ack id stays valid across leaders."""
-    return f"{partition}:{seq:x}"
+def ack_id(subscription: str, partition: int, seq: int) -> str:
+    """Entries keep their seq on every replica, so an ack id stays valid across
+    leaders; it names its subscription so that a tool given only the id can act on it."""
+    return f"{partition}:{seq:x}:{subscription}"
 
 
-def parse_ack_id(value: str) -> tuple[int, int]:
-    """(partition, seq)."""
-    partition, sep, seq = value.partition(":")
+def parse_ack_id(value: str) -> tuple[int, int, str]:
+    """(partition, seq, subscription)."""
+    partition, seq, subscription = (value.split(":", 2) + ["", ""])[:3]
     try:
-        if not sep:
+        if not subscription:
             raise ValueError
-        return int(partition), int(seq, 16)
+        return int(partition), int(seq, 16), subscription
     except ValueError:
         raise errors.InvalidArgument(f"malformed ack id {value!r}") from None

@@ -10,7 +10,7 @@ from pathlib import Path
 from gen.notifymesh.internal.v1 import storage_pb2, storage_pb2_grpc
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
-from notifymesh.clock import new_message_id
+from notifymesh.clock import new_message_id, now_ms
 from notifymesh.cluster import SUBSCRIPTIONS, TOPICS
 from notifymesh.log import fields
 from notifymesh.server import Context
@@ -21,7 +21,7 @@ from storage.replication import Replication
 
 log = logging.getLogger(__name__)
 
-IDEMPOTENCY_GC_EVERY = 60  # GC rounds between sweeps of expired idempotency keys
+SLOW_GC_EVERY = 60  # GC rounds between sweeps of expired idempotency keys and delivery logs
 
 
 class StorageServicer(storage_pb2_grpc.StorageServicer):
@@ -47,6 +47,27 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         self._node.engine.modify_ack_deadline(shard, request.subscription, list(request.ack_ids),
                                               request.ack_deadline_ms)
         return storage_pb2.StorageModifyAckDeadlineResponse()
+
+    async def Nack(self, request, context):
+        shard = self._node.led_shard(request.topic, request.partition)
+        delay_ms = request.delay_ms if request.HasField("delay_ms") else None
+        self._node.engine.nack(shard, request.subscription, list(request.ack_ids), delay_ms, request.terminal,
+                               request.reason)
+        return storage_pb2.StorageNackResponse()
+
+    async def ListDeadLetters(self, request, context):
+        shard = self._node.led_shard(request.topic, request.partition)
+        return pubsub_pb2.ListDeadLettersResponse(
+            dead_letters=self._node.engine.list_dead_letters(shard, request.subscription, request.max_messages))
+
+    async def RedriveDeadLetters(self, request, context):
+        shard = self._node.led_shard(request.topic, request.partition)
+        return pubsub_pb2.RedriveDeadLettersResponse(
+            redriven=self._node.engine.redrive(shard, request.subscription))
+
+    async def GetMessageStatus(self, request, context):
+        shard = self._node.led_shard(request.topic, request.partition)
+        return self._node.engine.message_status(shard, request.message_id)
 
     async def AttachSubscription(self, request, context):
         shard = self._node.led_shard(request.subscription.topic, request.partition)
@@ -162,32 +183,36 @@ class StorageNode:
                     if freed := self.engine.collect(shard, retention):
                         log.debug("collected", extra=fields(shard=shard, entries=freed))
                 rounds += 1
-                if rounds % IDEMPOTENCY_GC_EVERY == 0:
+                if rounds % SLOW_GC_EVERY == 0:
                     self.engine.collect_idempotency_keys()
+                    log_expired_before = now_ms() - int(self._config.delivery_log_retention_s * 1000)
+                    for shard in list(self.engine.shards):
+                        self.engine.collect_delivery_log(shard, log_expired_before)
             except Exception as e:
                 log.error("garbage collection failed", extra=fields(error=repr(e)))
 
     async def _move_dead_letters(self) -> None:
         """Publishes each message out of delivery attempts to its subscription's
-        dead-letter topic, then acknowledges it where it came from. The idempotency
-        key makes a repeated move (after a crash between the two) land once."""
+        dead-letter topic, then records it as a dead letter where it came from. The
+        idempotency key makes a repeated move (after a crash between the two) land once."""
         while True:
             dead = await self.engine.dead_letters.get()
             try:
                 record = await self._cluster.topic(dead.topic)
                 original = dead.message
+                partition = zlib.crc32(original.message_id.encode()) % max(1, record.partition_count)
                 moved = pubsub_pb2.PubsubMessage(
-                    data=original.data, message_id=new_message_id(), ordering_key=original.ordering_key,
+                    data=original.data, message_id=new_message_id(dead.topic, partition),
+                    ordering_key=original.ordering_key,
                     idempotency_key=f"dead-letter/{dead.subscription}/{original.message_id}",
                     attributes={**original.attributes,
                                 "notifymesh.original_message_id": original.message_id,
                                 "notifymesh.subscription": dead.subscription,
                                 "notifymesh.delivery_attempts": str(dead.attempts),
-                                "notifymesh.last_error": "not acknowledged (nacked or ack deadline passed)"})
-                partition = zlib.crc32(original.message_id.encode()) % max(1, record.partition_count)
-                await self._storage.append((dead.topic, partition), [moved])
-                shard = self.led_shard(*keys.split_shard(dead.shard))
-                self.engine.acknowledge(shard, dead.subscription, [keys.ack_id(keys.split_shard(shard)[1], dead.seq)])
+                                "notifymesh.last_error": dead.error})
+                [moved_id] = await self._storage.append((dead.topic, partition), [moved])
+                self.led_shard(*keys.split_shard(dead.shard))
+                self.engine.bury(dead, moved_id)
                 log.info("dead-lettered", extra=fields(subscription=dead.subscription, message=original.message_id,
                                                        attempts=dead.attempts, topic=dead.topic))
             except asyncio.CancelledError:

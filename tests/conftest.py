@@ -3,6 +3,9 @@ ephemeral loopback ports, with RocksDB under a temporary directory."""
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -45,6 +48,13 @@ def own_mesh(tmp_path):
 async def client(mesh):
     async with Client(mesh.frontend_addr) as client:
         yield client
+
+
+def cli(mesh, *args, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    """The notifymesh command against mesh."""
+    env = {**os.environ, "NOTIFYMESH_ADDR": mesh.frontend_addr}
+    return subprocess.run([sys.executable, "-m", "notifymesh.cli", *args], input=stdin, capture_output=True,
+                          env=env, timeout=120)
 
 
 def unique(prefix: str) -> str:

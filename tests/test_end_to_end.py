@@ -2,17 +2,8 @@
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 
-from conftest import ids_of, receive, unique
-
-
-def cli(mesh, *args, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "NOTIFYMESH_ADDR": mesh.frontend_addr}
-    return subprocess.run([sys.executable, "-m", "notifymesh.cli", *args], input=stdin, capture_output=True,
-                          env=env, timeout=120)
+from conftest import cli, ids_of, receive, unique
 
 
 async def test_thousand_messages_from_cli_and_client_reach_two_subscriptions(mesh, client):

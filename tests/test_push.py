@@ -9,6 +9,7 @@ import time
 import pytest
 
 from conftest import Receiver, receive, unique
+from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh.client import Message
 
 
@@ -60,11 +61,19 @@ async def test_failing_endpoint_is_retried_with_backoff_until_it_accepts(client,
     assert verify(created.push_config.secret, headers, body)
     assert not verify(created.push_config.secret, headers, body.replace(b"order", b"0rder"))
     assert not verify("another secret", headers, body)
+    # the delivery log: three failed attempts with their error, then the ack
+    status = await client.get_message_status(message_id)
+    [delivery] = [d for d in status.deliveries if d.subscription == sub]
+    assert delivery.state == pubsub_pb2.ACKNOWLEDGED and delivery.delivery_attempts == 4
+    assert [(a.attempt, a.outcome, a.error) for a in delivery.attempts] == [
+        (1, pubsub_pb2.NACKED, "HTTP 500"), (2, pubsub_pb2.NACKED, "HTTP 500"), (3, pubsub_pb2.NACKED, "HTTP 500"),
+        (4, pubsub_pb2.ACKED, "")]
     await client.delete_subscription(sub)
 
 
-async def test_an_endpoint_that_never_accepts_dead_letters(client, receiver_factory):
-    receiver = receiver_factory(otherwise=503)
+async def test_an_endpoint_that_never_accepts_dead_letters_and_redrive_delivers_once_it_recovers(
+        client, receiver_factory):
+    receiver = receiver_factory(statuses=[503, 503, 503])
     topic, dead, sub, dead_sub = unique("hooks"), unique("hooks-dead"), unique("hooks-sub"), unique("dead-sub")
     await client.create_topic(topic)
     await client.create_topic(dead)
@@ -74,7 +83,23 @@ async def test_an_endpoint_that_never_accepts_dead_letters(client, receiver_fact
     [message_id] = await client.publish(topic, [b"undeliverable"])
     [moved] = await receive(client, dead_sub, 1, timeout=30)
     assert moved.message.attributes["notifymesh.original_message_id"] == message_id
+    assert moved.message.attributes["notifymesh.last_error"] == "HTTP 503"
     assert len(receiver.requests) == 3
+    [dead_letter] = await client.list_dead_letters(sub)
+    assert dead_letter.message.message_id == message_id and dead_letter.delivery_attempts == 3
+    assert dead_letter.dead_letter_message_id == moved.message.message_id
+    status = await client.get_message_status(message_id)
+    assert [d.state for d in status.deliveries] == [pubsub_pb2.DEAD_LETTERED]
+    # the endpoint answers 200 from now on: redrive delivers the message there, once
+    assert await client.redrive_dead_letters(sub) == 1
+    assert await wait_until(lambda: len(receiver.requests) == 4, 15)
+    assert receiver.messages()[-1]["message_id"] == message_id
+    assert receiver.messages()[-1]["delivery_attempt"] == 1
+    assert await client.list_dead_letters(sub) == []
+    await asyncio.sleep(1.5)
+    assert len(receiver.requests) == 4
+    status = await client.get_message_status(message_id)
+    assert [d.state for d in status.deliveries] == [pubsub_pb2.ACKNOWLEDGED]
     await client.delete_subscription(sub)
 
 

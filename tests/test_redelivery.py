@@ -1,11 +1,12 @@
 """Ack deadlines: an unacknowledged message comes back; an acknowledged one never does."""
 
 import asyncio
+import json
 
 import grpc
 import pytest
 
-from conftest import ids_of, receive, unique
+from conftest import cli, ids_of, receive, unique
 from notifymesh.client import Message
 
 
@@ -134,3 +135,56 @@ async def test_dead_letter_settings_are_checked(client):
         await client.create_subscription(unique("sub"), topic, max_delivery_attempts=5,
                                          dead_letter_topic=unique("missing"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_terminal_nack_list_and_redrive_from_the_cli(mesh, client):
+    topic, dead, sub, dead_sub = unique("orders"), unique("orders-dead"), unique("orders-sub"), unique("dead-sub")
+    await client.create_topic(topic)
+    await client.create_topic(dead)
+    await client.create_subscription(dead_sub, dead)
+    assert cli(mesh, "subscription", "create", sub, "--topic", topic, "--max-delivery-attempts", "5",
+               "--dead-letter-topic", dead).returncode == 0
+    published = cli(mesh, "publish", topic, "malformed order")
+    message_id = published.stdout.decode().strip()
+    subscribed = cli(mesh, "subscribe", sub, "--max", "1", "--no-ack")
+    ack_id = json.loads(subscribed.stdout)["ack_id"]
+
+    nacked = cli(mesh, "nack", ack_id, "--terminal", "--reason", "schema v1 expected")
+    assert nacked.returncode == 0, nacked.stderr
+    [moved] = await receive(client, dead_sub, 1, timeout=15)  # at once: no further attempts
+    assert moved.message.attributes["notifymesh.original_message_id"] == message_id
+    assert moved.message.attributes["notifymesh.last_error"] == "schema v1 expected"
+    assert moved.message.attributes["notifymesh.delivery_attempts"] == "1"
+
+    [listed] = [json.loads(line) for line in cli(mesh, "dead-letters", "list", sub).stdout.splitlines()]
+    assert (listed["id"], listed["data"], listed["last_error"]) == (message_id, "malformed order", "schema v1 expected")
+    status = json.loads(cli(mesh, "message", "status", message_id).stdout)
+    [delivery] = status["deliveries"]
+    assert (delivery["subscription"], delivery["state"]) == (sub, "DEAD_LETTERED")
+    assert [(a["attempt"], a["outcome"], a["error"]) for a in delivery["attempts"]] == [
+        (1, "DEAD_LETTER", "schema v1 expected")]
+
+    redriven = cli(mesh, "dead-letters", "redrive", sub)
+    assert redriven.returncode == 0 and b"redriven 1 " in redriven.stderr
+    [again] = await receive(client, sub, 1, timeout=15)
+    assert again.message.message_id == message_id and again.delivery_attempt == 1
+    assert await receive(client, dead_sub, 1, timeout=1) == [], "the dead-letter topic got it once"
+
+    missing = cli(mesh, "message", "status", "0" * 39)
+    assert missing.returncode == 1 and b"NOT_FOUND" in missing.stderr
+    bad = cli(mesh, "message", "status", "nonsense")
+    assert bad.returncode == 1 and b"INVALID_ARGUMENT" in bad.stderr
+
+
+async def test_terminal_nack_needs_a_dead_letter_topic(mesh, client):
+    topic, sub = unique("plain"), unique("plain-sub")
+    await client.create_topic(topic)
+    await client.create_subscription(sub, topic)
+    await client.publish(topic, [b"x"])
+    [received] = await receive(client, sub, 1, ack=False)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await client.nack(sub, [received.ack_id], terminal=True)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "no dead-letter topic" in info.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await client.nack(sub, [received.ack_id], delay_s=900)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

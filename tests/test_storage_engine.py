@@ -6,6 +6,7 @@ import pytest
 
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh import errors
 from notifymesh.clock import now_ms, timestamp
 from storage.engine import StorageEngine
 
@@ -146,7 +147,7 @@ async def test_retention_expires_unacked_messages(engine):
     await asyncio.sleep(0.05)
     [fresh] = await append(engine, SHARD, messages(b"fresh"), DEDUP_MS)
     assert engine.collect(SHARD, 30) == 1
-    engine.modify_ack_deadline(SHARD, "audit", ["0:0"], 0)
+    engine.modify_ack_deadline(SHARD, "audit", ["0:0:audit"], 0)
     assert [m.message.message_id for m in await engine.pull(SHARD, "audit", 10, 60_000, 0)] == [fresh]
 
 
@@ -208,7 +209,7 @@ async def test_delivery_state_moves_to_a_follower(engine, tmp_path):
         # as the new leader: c is next, b comes back when its lease is nacked
         [c] = await follower.pull(SHARD, "audit", 10, 60_000, 0)
         assert c.message.message_id == ids[2]
-        follower.modify_ack_deadline(SHARD, "audit", [ids_ack for ids_ack in ["0:1"]], 0)
+        follower.modify_ack_deadline(SHARD, "audit", ["0:1:audit"], 0)
         [b] = await follower.pull(SHARD, "audit", 10, 60_000, 0)
         assert b.message.message_id == ids[1] and b.delivery_attempt == 2
     finally:
@@ -263,18 +264,20 @@ async def test_refuses_another_nodes_data_dir(engine, tmp_path):
 
 
 async def test_unknown_subscription_and_bad_ack_id(engine):
-    from notifymesh import errors
+
     with pytest.raises(errors.NotFound):
         await engine.pull(SHARD, "nobody", 1, 1000, 0)
     engine.attach(SHARD, subscription("audit"))
-    for bad in ("zz", "0:zz", "1", "x:1"):
+    for bad in ("zz", "0:zz:audit", "1", "x:1:audit", "0:1"):
         with pytest.raises(errors.InvalidArgument):
             engine.acknowledge(SHARD, "audit", [bad])
-    with pytest.raises(errors.InvalidArgument, match="not of partition 0"):
-        engine.acknowledge(SHARD, "audit", ["1:0"])
+    with pytest.raises(errors.InvalidArgument, match="not of 'audit' partition 0"):
+        engine.acknowledge(SHARD, "audit", ["1:0:audit"])
+    with pytest.raises(errors.InvalidArgument, match="not of 'audit' partition 0"):
+        engine.acknowledge(SHARD, "audit", ["0:0:billing"])
     await append(engine, SHARD, messages(b"x"))
     [pulled] = await engine.pull(SHARD, "audit", 1, 60_000, 0)
-    assert pulled.ack_id == "0:0"  # partition 0, seq 0
+    assert pulled.ack_id == "0:0:audit"  # partition 0, seq 0, subscription
     assert engine.acknowledge(SHARD, "audit", [pulled.ack_id]) == 1
 
 
@@ -296,3 +299,78 @@ async def test_payload_hash_dedup_within_the_window(engine):
     [short] = await append(engine, SHARD, [msg(b"brief")], dedup_ms=1, by_payload=True)
     await asyncio.sleep(0.01)
     assert await append(engine, SHARD, [msg(b"brief")], by_payload=True) != [short]
+
+
+def dead_letter_subscription(name: str) -> pubsub_pb2.Subscription:
+    record = subscription(name)
+    record.max_delivery_attempts, record.dead_letter_topic = 5, "orders-dead"
+    return record
+
+
+async def test_terminal_nack_dead_letters_then_redrive(engine, tmp_path):
+    engine.attach(SHARD, dead_letter_subscription("audit"))
+    engine.attach(SHARD, subscription("billing"))
+    [poison, fine] = await append(engine, SHARD, messages(b"poison", b"fine"))
+    with pytest.raises(errors.FailedPrecondition, match="no dead-letter topic"):
+        [b] = await engine.pull(SHARD, "billing", 1, 60_000, 0)
+        engine.nack(SHARD, "billing", [b.ack_id], terminal=True)
+    first, second = await engine.pull(SHARD, "audit", 10, 60_000, 0)
+    engine.nack(SHARD, "audit", [first.ack_id], terminal=True, reason="unparseable")
+    engine.acknowledge(SHARD, "audit", [second.ack_id])
+    dead = engine.dead_letters.get_nowait()
+    assert (dead.message.message_id, dead.attempts, dead.error, dead.topic) == (poison, 1, "unparseable", "orders-dead")
+    engine.bury(dead, "dlq-copy-id")
+    [listed] = engine.list_dead_letters(SHARD, "audit", 10)
+    assert (listed.message.message_id, listed.last_error, listed.dead_letter_message_id) == \
+        (poison, "unparseable", "dlq-copy-id")
+    assert await engine.pull(SHARD, "audit", 10, 60_000, 0) == []
+
+    status = engine.message_status(SHARD, poison)
+    by_sub = {d.subscription: d for d in status.deliveries}
+    assert by_sub["audit"].state == pubsub_pb2.DEAD_LETTERED and by_sub["audit"].delivery_attempts == 1
+    assert [a.outcome for a in by_sub["audit"].attempts] == [pubsub_pb2.DEAD_LETTER]
+    assert by_sub["billing"].state == pubsub_pb2.DELIVERED
+    assert engine.message_status(SHARD, fine).deliveries[0].state == pubsub_pb2.ACKNOWLEDGED
+
+    # the dead letter survives a restart and keeps its entry from being collected
+    assert engine.collect(SHARD, None) == 0
+    await engine.close()
+    engine = StorageEngine(tmp_path / "node", "storage-1")
+    engine.start()
+    try:
+        engine.attach(SHARD, dead_letter_subscription("audit"))
+        assert [d.message.message_id for d in engine.list_dead_letters(SHARD, "audit", 10)] == [poison]
+        assert engine.redrive(SHARD, "audit") == 1
+        [again] = await engine.pull(SHARD, "audit", 10, 60_000, 0)
+        assert again.message.message_id == poison and again.delivery_attempt == 1
+        assert engine.list_dead_letters(SHARD, "audit", 10) == []
+        engine.acknowledge(SHARD, "audit", [again.ack_id])
+        status = {d.subscription: d for d in engine.message_status(SHARD, poison).deliveries}
+        assert status["audit"].state == pubsub_pb2.ACKNOWLEDGED
+    finally:
+        await engine.close()
+
+
+async def test_delivery_log_records_each_attempt(engine):
+    engine.attach(SHARD, subscription("audit"))
+    [message_id] = await append(engine, SHARD, messages(b"x"))
+    [first] = await engine.pull(SHARD, "audit", 1, 60_000, 0)
+    engine.nack(SHARD, "audit", [first.ack_id], delay_ms=0, reason="HTTP 500")
+    [second] = await engine.pull(SHARD, "audit", 1, 1, 0)  # its 1 ms ack deadline passes
+    await asyncio.sleep(0.01)
+    [third] = await engine.pull(SHARD, "audit", 1, 60_000, 0)
+    [delivery] = engine.message_status(SHARD, message_id).deliveries
+    assert delivery.state == pubsub_pb2.DELIVERED and delivery.delivery_attempts == 3
+    engine.acknowledge(SHARD, "audit", [third.ack_id])
+    [delivery] = engine.message_status(SHARD, message_id).deliveries
+    assert delivery.state == pubsub_pb2.ACKNOWLEDGED
+    assert [(a.attempt, a.outcome, a.error) for a in delivery.attempts] == [
+        (1, pubsub_pb2.NACKED, "HTTP 500"), (2, pubsub_pb2.EXPIRED, ""), (3, pubsub_pb2.ACKED, "")]
+    # the delivery log outlives the message, until it expires too
+    assert engine.collect(SHARD, None) == 1
+    [delivery] = engine.message_status(SHARD, message_id).deliveries
+    assert delivery.state == pubsub_pb2.ACKNOWLEDGED and len(delivery.attempts) == 3
+    assert engine.collect_delivery_log(SHARD, now_ms() - 60_000) == 0
+    assert engine.collect_delivery_log(SHARD, now_ms() + 1) == 3
+    with pytest.raises(errors.NotFound):
+        engine.message_status(SHARD, message_id)

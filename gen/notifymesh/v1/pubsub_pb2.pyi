@@ -3,12 +3,41 @@ import datetime
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class DeliveryState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DELIVERY_STATE_UNSPECIFIED: _ClassVar[DeliveryState]
+    PENDING: _ClassVar[DeliveryState]
+    DELIVERED: _ClassVar[DeliveryState]
+    ACKNOWLEDGED: _ClassVar[DeliveryState]
+    DEAD_LETTERED: _ClassVar[DeliveryState]
+
+class AttemptOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ATTEMPT_OUTCOME_UNSPECIFIED: _ClassVar[AttemptOutcome]
+    IN_FLIGHT: _ClassVar[AttemptOutcome]
+    ACKED: _ClassVar[AttemptOutcome]
+    NACKED: _ClassVar[AttemptOutcome]
+    EXPIRED: _ClassVar[AttemptOutcome]
+    DEAD_LETTER: _ClassVar[AttemptOutcome]
+DELIVERY_STATE_UNSPECIFIED: DeliveryState
+PENDING: DeliveryState
+DELIVERED: DeliveryState
+ACKNOWLEDGED: DeliveryState
+DEAD_LETTERED: DeliveryState
+ATTEMPT_OUTCOME_UNSPECIFIED: AttemptOutcome
+IN_FLIGHT: AttemptOutcome
+ACKED: AttemptOutcome
+NACKED: AttemptOutcome
+EXPIRED: AttemptOutcome
+DEAD_LETTER: AttemptOutcome
 
 class Topic(_message.Message):
     __slots__ = ("name", "message_retention", "create_time", "partition_count", "replication_factor", "dedup_window", "dedup_by_payload")
@@ -230,3 +259,105 @@ class ModifyAckDeadlineRequest(_message.Message):
 class ModifyAckDeadlineResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class NackRequest(_message.Message):
+    __slots__ = ("subscription", "ack_ids", "delay", "terminal", "reason")
+    SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    ACK_IDS_FIELD_NUMBER: _ClassVar[int]
+    DELAY_FIELD_NUMBER: _ClassVar[int]
+    TERMINAL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    subscription: str
+    ack_ids: _containers.RepeatedScalarFieldContainer[str]
+    delay: _duration_pb2.Duration
+    terminal: bool
+    reason: str
+    def __init__(self, subscription: _Optional[str] = ..., ack_ids: _Optional[_Iterable[str]] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., terminal: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class NackResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DeadLetter(_message.Message):
+    __slots__ = ("message", "delivery_attempts", "dead_letter_time", "last_error", "dead_letter_message_id")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTER_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTER_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    message: PubsubMessage
+    delivery_attempts: int
+    dead_letter_time: _timestamp_pb2.Timestamp
+    last_error: str
+    dead_letter_message_id: str
+    def __init__(self, message: _Optional[_Union[PubsubMessage, _Mapping]] = ..., delivery_attempts: _Optional[int] = ..., dead_letter_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., dead_letter_message_id: _Optional[str] = ...) -> None: ...
+
+class ListDeadLettersRequest(_message.Message):
+    __slots__ = ("subscription", "max_messages")
+    SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    subscription: str
+    max_messages: int
+    def __init__(self, subscription: _Optional[str] = ..., max_messages: _Optional[int] = ...) -> None: ...
+
+class ListDeadLettersResponse(_message.Message):
+    __slots__ = ("dead_letters",)
+    DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
+    dead_letters: _containers.RepeatedCompositeFieldContainer[DeadLetter]
+    def __init__(self, dead_letters: _Optional[_Iterable[_Union[DeadLetter, _Mapping]]] = ...) -> None: ...
+
+class RedriveDeadLettersRequest(_message.Message):
+    __slots__ = ("subscription",)
+    SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    subscription: str
+    def __init__(self, subscription: _Optional[str] = ...) -> None: ...
+
+class RedriveDeadLettersResponse(_message.Message):
+    __slots__ = ("redriven",)
+    REDRIVEN_FIELD_NUMBER: _ClassVar[int]
+    redriven: int
+    def __init__(self, redriven: _Optional[int] = ...) -> None: ...
+
+class GetMessageStatusRequest(_message.Message):
+    __slots__ = ("message_id",)
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    message_id: str
+    def __init__(self, message_id: _Optional[str] = ...) -> None: ...
+
+class DeliveryAttempt(_message.Message):
+    __slots__ = ("attempt", "delivery_time", "outcome", "outcome_time", "error")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_TIME_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_TIME_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    attempt: int
+    delivery_time: _timestamp_pb2.Timestamp
+    outcome: AttemptOutcome
+    outcome_time: _timestamp_pb2.Timestamp
+    error: str
+    def __init__(self, attempt: _Optional[int] = ..., delivery_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., outcome: _Optional[_Union[AttemptOutcome, str]] = ..., outcome_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class SubscriptionDelivery(_message.Message):
+    __slots__ = ("subscription", "state", "delivery_attempts", "attempts")
+    SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    subscription: str
+    state: DeliveryState
+    delivery_attempts: int
+    attempts: _containers.RepeatedCompositeFieldContainer[DeliveryAttempt]
+    def __init__(self, subscription: _Optional[str] = ..., state: _Optional[_Union[DeliveryState, str]] = ..., delivery_attempts: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[DeliveryAttempt, _Mapping]]] = ...) -> None: ...
+
+class MessageStatus(_message.Message):
+    __slots__ = ("message", "topic", "partition", "deliveries")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    message: PubsubMessage
+    topic: str
+    partition: int
+    deliveries: _containers.RepeatedCompositeFieldContainer[SubscriptionDelivery]
+    def __init__(self, message: _Optional[_Union[PubsubMessage, _Mapping]] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., deliveries: _Optional[_Iterable[_Union[SubscriptionDelivery, _Mapping]]] = ...) -> None: ...

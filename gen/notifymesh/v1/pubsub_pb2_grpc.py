@@ -65,6 +65,11 @@ class PublisherStub:
                 request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.PublishRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.PublishResponse.FromString,
                 _registered_method=True)
+        self.GetMessageStatus = channel.unary_unary(
+                '/notifymesh.v1.Publisher/GetMessageStatus',
+                request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.GetMessageStatusRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.MessageStatus.FromString,
+                _registered_method=True)
 
 
 class PublisherServicer:
@@ -114,6 +119,15 @@ class PublisherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMessageStatus(self, request, context):
+        """Where a message is: for every subscription of its topic, whether it is
+        pending, delivered and awaiting an ack, acknowledged or dead-lettered, with
+        each delivery attempt. NOT_FOUND once the message is no longer kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PublisherServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +160,11 @@ def add_PublisherServicer_to_server(servicer, server):
                     servicer.Publish,
                     request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.PublishRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.PublishResponse.SerializeToString,
+            ),
+            'GetMessageStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMessageStatus,
+                    request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.GetMessageStatusRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.MessageStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -321,6 +340,33 @@ class Publisher:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def GetMessageStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.v1.Publisher/GetMessageStatus',
+            notifymesh_dot_v1_dot_pubsub__pb2.GetMessageStatusRequest.SerializeToString,
+            notifymesh_dot_v1_dot_pubsub__pb2.MessageStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class SubscriberStub:
     """Subscription administration and delivery.
@@ -366,6 +412,21 @@ class SubscriberStub:
                 '/notifymesh.v1.Subscriber/ModifyAckDeadline',
                 request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.ModifyAckDeadlineRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.ModifyAckDeadlineResponse.FromString,
+                _registered_method=True)
+        self.Nack = channel.unary_unary(
+                '/notifymesh.v1.Subscriber/Nack',
+                request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.NackRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.NackResponse.FromString,
+                _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/notifymesh.v1.Subscriber/ListDeadLetters',
+                request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.RedriveDeadLetters = channel.unary_unary(
+                '/notifymesh.v1.Subscriber/RedriveDeadLetters',
+                request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.RedriveDeadLettersRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.RedriveDeadLettersResponse.FromString,
                 _registered_method=True)
 
 
@@ -420,6 +481,30 @@ class SubscriberServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Nack(self, request, context):
+        """Gives messages back: delivered again after a delay (or the retry policy's
+        backoff), or, when terminal, moved to the dead-letter topic at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeadLetters(self, request, context):
+        """The subscription's dead-lettered messages still kept (up to the topic's
+        retention), oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedriveDeadLetters(self, request, context):
+        """Makes the subscription's dead-lettered messages deliverable again, to this
+        subscription only, with their attempt count starting over.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SubscriberServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -457,6 +542,21 @@ def add_SubscriberServicer_to_server(servicer, server):
                     servicer.ModifyAckDeadline,
                     request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.ModifyAckDeadlineRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.ModifyAckDeadlineResponse.SerializeToString,
+            ),
+            'Nack': grpc.unary_unary_rpc_method_handler(
+                    servicer.Nack,
+                    request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.NackRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.NackResponse.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'RedriveDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedriveDeadLetters,
+                    request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.RedriveDeadLettersRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.RedriveDeadLettersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -649,6 +749,87 @@ class Subscriber:
             '/notifymesh.v1.Subscriber/ModifyAckDeadline',
             notifymesh_dot_v1_dot_pubsub__pb2.ModifyAckDeadlineRequest.SerializeToString,
             notifymesh_dot_v1_dot_pubsub__pb2.ModifyAckDeadlineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Nack(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.v1.Subscriber/Nack',
+            notifymesh_dot_v1_dot_pubsub__pb2.NackRequest.SerializeToString,
+            notifymesh_dot_v1_dot_pubsub__pb2.NackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.v1.Subscriber/ListDeadLetters',
+            notifymesh_dot_v1_dot_pubsub__pb2.ListDeadLettersRequest.SerializeToString,
+            notifymesh_dot_v1_dot_pubsub__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedriveDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.v1.Subscriber/RedriveDeadLetters',
+            notifymesh_dot_v1_dot_pubsub__pb2.RedriveDeadLettersRequest.SerializeToString,
+            notifymesh_dot_v1_dot_pubsub__pb2.RedriveDeadLettersResponse.FromString,
             options,
             channel_credentials,
             insecure,

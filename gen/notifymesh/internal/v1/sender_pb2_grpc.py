@@ -49,6 +49,11 @@ class SenderStub:
                 request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.ModifyAckDeadlineRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.ModifyAckDeadlineResponse.FromString,
                 _registered_method=True)
+        self.Nack = channel.unary_unary(
+                '/notifymesh.internal.v1.Sender/Nack',
+                request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.NackRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.NackResponse.FromString,
+                _registered_method=True)
 
 
 class SenderServicer:
@@ -72,6 +77,12 @@ class SenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Nack(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +100,11 @@ def add_SenderServicer_to_server(servicer, server):
                     servicer.ModifyAckDeadline,
                     request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.ModifyAckDeadlineRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.ModifyAckDeadlineResponse.SerializeToString,
+            ),
+            'Nack': grpc.unary_unary_rpc_method_handler(
+                    servicer.Nack,
+                    request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.NackRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.NackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +188,33 @@ class Sender:
             '/notifymesh.internal.v1.Sender/ModifyAckDeadline',
             notifymesh_dot_v1_dot_pubsub__pb2.ModifyAckDeadlineRequest.SerializeToString,
             notifymesh_dot_v1_dot_pubsub__pb2.ModifyAckDeadlineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Nack(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Sender/Nack',
+            notifymesh_dot_v1_dot_pubsub__pb2.NackRequest.SerializeToString,
+            notifymesh_dot_v1_dot_pubsub__pb2.NackResponse.FromString,
             options,
             channel_credentials,
             insecure,

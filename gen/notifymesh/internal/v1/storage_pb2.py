@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from gen.notifymesh.v1 import pubsub_pb2 as notifymesh_dot_v1_dot_pubsub__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$notifymesh/internal/v1/storage.proto\x12\x16notifymesh.internal.v1\x1a\x1anotifymesh/v1/pubsub.proto\"p\n\rAppendRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12.\n\x08messages\x18\x02 \x03(\x0b\x32\x1c.notifymesh.v1.PubsubMessage\x12\x11\n\tpartition\x18\x03 \x01(\x05\x12\r\n\x05retry\x18\x04 \x01(\x08\"%\n\x0e\x41ppendResponse\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\"\x85\x01\n\x0bPullRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x14\n\x0csubscription\x18\x02 \x01(\t\x12\x14\n\x0cmax_messages\x18\x03 \x01(\x05\x12\x17\n\x0f\x61\x63k_deadline_ms\x18\x04 \x01(\x05\x12\x0f\n\x07wait_ms\x18\x05 \x01(\x05\x12\x11\n\tpartition\x18\x06 \x01(\x05\"I\n\x0cPullResponse\x12\x39\n\x11received_messages\x18\x01 \x03(\x0b\x32\x1e.notifymesh.v1.ReceivedMessage\"d\n\x19StorageAcknowledgeRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x14\n\x0csubscription\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x63k_ids\x18\x03 \x03(\t\x12\x11\n\tpartition\x18\x04 \x01(\x05\"\x1c\n\x1aStorageAcknowledgeResponse\"\x83\x01\n\x1fStorageModifyAckDeadlineRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x14\n\x0csubscription\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x63k_ids\x18\x03 \x03(\t\x12\x17\n\x0f\x61\x63k_deadline_ms\x18\x04 \x01(\x05\x12\x11\n\tpartition\x18\x05 \x01(\x05\"\"\n StorageModifyAckDeadlineResponse\"a\n\x19\x41ttachSubscriptionRequest\x12\x31\n\x0csubscription\x18\x01 \x01(\x0b\x32\x1b.notifymesh.v1.Subscription\x12\x11\n\tpartition\x18\x02 \x01(\x05\"\x1c\n\x1a\x41ttachSubscriptionResponse\"X\n\x10ReplicateRequest\x12\x0e\n\x06leader\x18\x01 \x01(\t\x12\x34\n\x06shards\x18\x02 \x03(\x0b\x32$.notifymesh.internal.v1.ShardEntries\"\x9b\x02\n\x0cShardEntries\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\r\n\x05\x65poch\x18\x03 \x01(\x03\x12\r\n\x05start\x18\x04 \x01(\x03\x12\x12\n\nprev_epoch\x18\x05 \x01(\x03\x12\x0f\n\x07\x65ntries\x18\x06 \x03(\x0c\x12\x0e\n\x06\x63ommit\x18\x07 \x01(\x03\x12\r\n\x05\x66irst\x18\x08 \x01(\x03\x12\x19\n\x11has_subscriptions\x18\t \x01(\x08\x12@\n\rsubscriptions\x18\n \x03(\x0b\x32).notifymesh.internal.v1.SubscriptionState\x12\x13\n\x0bstate_epoch\x18\x0b \x01(\x03\x12\x15\n\rstate_version\x18\x0c \x01(\x03\"H\n\x11ReplicateResponse\x12\x33\n\x06shards\x18\x01 \x03(\x0b\x32#.notifymesh.internal.v1.ShardResult\"]\n\x0bShardResult\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x03\x12\x13\n\x0bnewer_epoch\x18\x05 \x01(\x03\"e\n\x11SubscriptionState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x03\x12\x32\n\x06leases\x18\x03 \x03(\x0b\x32\".notifymesh.internal.v1.LeaseState\"H\n\nLeaseState\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x02 \x01(\x03\x12\x18\n\x10\x64\x65livery_attempt\x18\x03 \x01(\x05\"\x97\x01\n\rStoredMessage\x12-\n\x07message\x18\x01 \x01(\x0b\x32\x1c.notifymesh.v1.PubsubMessage\x12\x11\n\tappend_ms\x18\x02 \x01(\x03\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x11\n\tdedup_key\x18\x06 \x01(\t\x12\x16\n\x0e\x64\x65\x64up_until_ms\x18\x07 \x01(\x03J\x04\x08\x03\x10\x04J\x04\x08\x05\x10\x06\"6\n\x05Lease\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x01 \x01(\x03\x12\x18\n\x10\x64\x65livery_attempt\x18\x02 \x01(\x05\"`\n\x0eShardPlacement\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x10\n\x08replicas\x18\x03 \x03(\t\x12\x1a\n\x12replication_factor\x18\x04 \x01(\x05\x32\x93\x05\n\x07Storage\x12W\n\x06\x41ppend\x12%.notifymesh.internal.v1.AppendRequest\x1a&.notifymesh.internal.v1.AppendResponse\x12Q\n\x04Pull\x12#.notifymesh.internal.v1.PullRequest\x1a$.notifymesh.internal.v1.PullResponse\x12t\n\x0b\x41\x63knowledge\x12\x31.notifymesh.internal.v1.StorageAcknowledgeRequest\x1a\x32.notifymesh.internal.v1.StorageAcknowledgeResponse\x12\x86\x01\n\x11ModifyAckDeadline\x12\x37.notifymesh.internal.v1.StorageModifyAckDeadlineRequest\x1a\x38.notifymesh.internal.v1.StorageModifyAckDeadlineResponse\x12{\n\x12\x41ttachSubscription\x12\x31.notifymesh.internal.v1.AttachSubscriptionRequest\x1a\x32.notifymesh.internal.v1.AttachSubscriptionResponse\x12`\n\tReplicate\x12(.notifymesh.internal.v1.ReplicateRequest\x1a).notifymesh.internal.v1.ReplicateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$notifymesh/internal/v1/storage.proto\x12\x16notifymesh.internal.v1\x1a\x1anotifymesh/v1/pubsub.proto\"p\n\rAppendRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12.\n\x08messages\x18\x02 \x03(\x0b\x32\x1c.notifymesh.v1.PubsubMessage\x12\x11\n\tpartition\x18\x03 \x01(\x05\x12\r\n\x05retry\x18\x04 \x01(\x08\"%\n\x0e\x41ppendResponse\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\"\x85\x01\n\x0bPullRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x14\n\x0csubscription\x18\x02 \x01(\t\x12\x14\n\x0cmax_messages\x18\x03 \x01(\x05\x12\x17\n\x0f\x61\x63k_deadline_ms\x18\x04 \x01(\x05\x12\x0f\n\x07wait_ms\x18\x05 \x01(\x05\x12\x11\n\tpartition\x18\x06 \x01(\x05\"I\n\x0cPullResponse\x12\x39\n\x11received_messages\x18\x01 \x03(\x0b\x32\x1e.notifymesh.v1.ReceivedMessage\"d\n\x19StorageAcknowledgeRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x14\n\x0csubscription\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x63k_ids\x18\x03 \x03(\t\x12\x11\n\tpartition\x18\x04 \x01(\x05\"\x1c\n\x1aStorageAcknowledgeResponse\"\x83\x01\n\x1fStorageModifyAckDeadlineRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x14\n\x0csubscription\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x63k_ids\x18\x03 \x03(\t\x12\x17\n\x0f\x61\x63k_deadline_ms\x18\x04 \x01(\x05\x12\x11\n\tpartition\x18\x05 \x01(\x05\"\"\n StorageModifyAckDeadlineResponse\"\xa3\x01\n\x12StorageNackRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x14\n\x0csubscription\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x63k_ids\x18\x04 \x03(\t\x12\x15\n\x08\x64\x65lay_ms\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x10\n\x08terminal\x18\x06 \x01(\x08\x12\x0e\n\x06reason\x18\x07 \x01(\tB\x0b\n\t_delay_ms\"\x15\n\x13StorageNackResponse\"m\n\x1dStorageListDeadLettersRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x14\n\x0csubscription\x18\x03 \x01(\t\x12\x14\n\x0cmax_messages\x18\x04 \x01(\x05\"Z\n StorageRedriveDeadLettersRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x14\n\x0csubscription\x18\x03 \x01(\t\"V\n\x1eStorageGetMessageStatusRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x12\n\nmessage_id\x18\x03 \x01(\t\"a\n\x19\x41ttachSubscriptionRequest\x12\x31\n\x0csubscription\x18\x01 \x01(\x0b\x32\x1b.notifymesh.v1.Subscription\x12\x11\n\tpartition\x18\x02 \x01(\x05\"\x1c\n\x1a\x41ttachSubscriptionResponse\"X\n\x10ReplicateRequest\x12\x0e\n\x06leader\x18\x01 \x01(\t\x12\x34\n\x06shards\x18\x02 \x03(\x0b\x32$.notifymesh.internal.v1.ShardEntries\"\x9b\x02\n\x0cShardEntries\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\r\n\x05\x65poch\x18\x03 \x01(\x03\x12\r\n\x05start\x18\x04 \x01(\x03\x12\x12\n\nprev_epoch\x18\x05 \x01(\x03\x12\x0f\n\x07\x65ntries\x18\x06 \x03(\x0c\x12\x0e\n\x06\x63ommit\x18\x07 \x01(\x03\x12\r\n\x05\x66irst\x18\x08 \x01(\x03\x12\x19\n\x11has_subscriptions\x18\t \x01(\x08\x12@\n\rsubscriptions\x18\n \x03(\x0b\x32).notifymesh.internal.v1.SubscriptionState\x12\x13\n\x0bstate_epoch\x18\x0b \x01(\x03\x12\x15\n\rstate_version\x18\x0c \x01(\x03\"H\n\x11ReplicateResponse\x12\x33\n\x06shards\x18\x01 \x03(\x0b\x32#.notifymesh.internal.v1.ShardResult\"]\n\x0bShardResult\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x03\x12\x13\n\x0bnewer_epoch\x18\x05 \x01(\x03\"\xa5\x01\n\x11SubscriptionState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x03\x12\x32\n\x06leases\x18\x03 \x03(\x0b\x32\".notifymesh.internal.v1.LeaseState\x12>\n\x0c\x64\x65\x61\x64_letters\x18\x04 \x03(\x0b\x32(.notifymesh.internal.v1.DeadLetterRecord\"r\n\nLeaseState\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x02 \x01(\x03\x12\x18\n\x10\x64\x65livery_attempt\x18\x03 \x01(\x05\x12\x14\n\x0c\x64\x65livered_ms\x18\x04 \x01(\x03\x12\x12\n\nlast_error\x18\x05 \x01(\t\"\x97\x01\n\rStoredMessage\x12-\n\x07message\x18\x01 \x01(\x0b\x32\x1c.notifymesh.v1.PubsubMessage\x12\x11\n\tappend_ms\x18\x02 \x01(\x03\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x11\n\tdedup_key\x18\x06 \x01(\t\x12\x16\n\x0e\x64\x65\x64up_until_ms\x18\x07 \x01(\x03J\x04\x08\x03\x10\x04J\x04\x08\x05\x10\x06\"`\n\x05Lease\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x01 \x01(\x03\x12\x18\n\x10\x64\x65livery_attempt\x18\x02 \x01(\x05\x12\x14\n\x0c\x64\x65livered_ms\x18\x03 \x01(\x03\x12\x12\n\nlast_error\x18\x04 \x01(\t\"\x7f\n\x10\x44\x65\x61\x64LetterRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x19\n\x11\x64\x65livery_attempts\x18\x02 \x01(\x05\x12\x0f\n\x07\x64\x65\x61\x64_ms\x18\x03 \x01(\x03\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12\x1e\n\x16\x64\x65\x61\x64_letter_message_id\x18\x05 \x01(\t\"`\n\x0eShardPlacement\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x10\n\x08replicas\x18\x03 \x03(\t\x12\x1a\n\x12replication_factor\x18\x04 \x01(\x05\x32\xcb\x08\n\x07Storage\x12W\n\x06\x41ppend\x12%.notifymesh.internal.v1.AppendRequest\x1a&.notifymesh.internal.v1.AppendResponse\x12Q\n\x04Pull\x12#.notifymesh.internal.v1.PullRequest\x1a$.notifymesh.internal.v1.PullResponse\x12t\n\x0b\x41\x63knowledge\x12\x31.notifymesh.internal.v1.StorageAcknowledgeRequest\x1a\x32.notifymesh.internal.v1.StorageAcknowledgeResponse\x12\x86\x01\n\x11ModifyAckDeadline\x12\x37.notifymesh.internal.v1.StorageModifyAckDeadlineRequest\x1a\x38.notifymesh.internal.v1.StorageModifyAckDeadlineResponse\x12_\n\x04Nack\x12*.notifymesh.internal.v1.StorageNackRequest\x1a+.notifymesh.internal.v1.StorageNackResponse\x12p\n\x0fListDeadLetters\x12\x35.notifymesh.internal.v1.StorageListDeadLettersRequest\x1a&.notifymesh.v1.ListDeadLettersResponse\x12y\n\x12RedriveDeadLetters\x12\x38.notifymesh.internal.v1.StorageRedriveDeadLettersRequest\x1a).notifymesh.v1.RedriveDeadLettersResponse\x12h\n\x10GetMessageStatus\x12\x36.notifymesh.internal.v1.StorageGetMessageStatusRequest\x1a\x1c.notifymesh.v1.MessageStatus\x12{\n\x12\x41ttachSubscription\x12\x31.notifymesh.internal.v1.AttachSubscriptionRequest\x1a\x32.notifymesh.internal.v1.AttachSubscriptionResponse\x12`\n\tReplicate\x12(.notifymesh.internal.v1.ReplicateRequest\x1a).notifymesh.internal.v1.ReplicateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,28 +48,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STORAGEMODIFYACKDEADLINEREQUEST']._serialized_end=720
   _globals['_STORAGEMODIFYACKDEADLINERESPONSE']._serialized_start=722
   _globals['_STORAGEMODIFYACKDEADLINERESPONSE']._serialized_end=756
-  _globals['_ATTACHSUBSCRIPTIONREQUEST']._serialized_start=758
-  _globals['_ATTACHSUBSCRIPTIONREQUEST']._serialized_end=855
-  _globals['_ATTACHSUBSCRIPTIONRESPONSE']._serialized_start=857
-  _globals['_ATTACHSUBSCRIPTIONRESPONSE']._serialized_end=885
-  _globals['_REPLICATEREQUEST']._serialized_start=887
-  _globals['_REPLICATEREQUEST']._serialized_end=975
-  _globals['_SHARDENTRIES']._serialized_start=978
-  _globals['_SHARDENTRIES']._serialized_end=1261
-  _globals['_REPLICATERESPONSE']._serialized_start=1263
-  _globals['_REPLICATERESPONSE']._serialized_end=1335
-  _globals['_SHARDRESULT']._serialized_start=1337
-  _globals['_SHARDRESULT']._serialized_end=1430
-  _globals['_SUBSCRIPTIONSTATE']._serialized_start=1432
-  _globals['_SUBSCRIPTIONSTATE']._serialized_end=1533
-  _globals['_LEASESTATE']._serialized_start=1535
-  _globals['_LEASESTATE']._serialized_end=1607
-  _globals['_STOREDMESSAGE']._serialized_start=1610
-  _globals['_STOREDMESSAGE']._serialized_end=1761
-  _globals['_LEASE']._serialized_start=1763
-  _globals['_LEASE']._serialized_end=1817
-  _globals['_SHARDPLACEMENT']._serialized_start=1819
-  _globals['_SHARDPLACEMENT']._serialized_end=1915
-  _globals['_STORAGE']._serialized_start=1918
-  _globals['_STORAGE']._serialized_end=2577
+  _globals['_STORAGENACKREQUEST']._serialized_start=759
+  _globals['_STORAGENACKREQUEST']._serialized_end=922
+  _globals['_STORAGENACKRESPONSE']._serialized_start=924
+  _globals['_STORAGENACKRESPONSE']._serialized_end=945
+  _globals['_STORAGELISTDEADLETTERSREQUEST']._serialized_start=947
+  _globals['_STORAGELISTDEADLETTERSREQUEST']._serialized_end=1056
+  _globals['_STORAGEREDRIVEDEADLETTERSREQUEST']._serialized_start=1058
+  _globals['_STORAGEREDRIVEDEADLETTERSREQUEST']._serialized_end=1148
+  _globals['_STORAGEGETMESSAGESTATUSREQUEST']._serialized_start=1150
+  _globals['_STORAGEGETMESSAGESTATUSREQUEST']._serialized_end=1236
+  _globals['_ATTACHSUBSCRIPTIONREQUEST']._serialized_start=1238
+  _globals['_ATTACHSUBSCRIPTIONREQUEST']._serialized_end=1335
+  _globals['_ATTACHSUBSCRIPTIONRESPONSE']._serialized_start=1337
+  _globals['_ATTACHSUBSCRIPTIONRESPONSE']._serialized_end=1365
+  _globals['_REPLICATEREQUEST']._serialized_start=1367
+  _globals['_REPLICATEREQUEST']._serialized_end=1455
+  _globals['_SHARDENTRIES']._serialized_start=1458
+  _globals['_SHARDENTRIES']._serialized_end=1741
+  _globals['_REPLICATERESPONSE']._serialized_start=1743
+  _globals['_REPLICATERESPONSE']._serialized_end=1815
+  _globals['_SHARDRESULT']._serialized_start=1817
+  _globals['_SHARDRESULT']._serialized_end=1910
+  _globals['_SUBSCRIPTIONSTATE']._serialized_start=1913
+  _globals['_SUBSCRIPTIONSTATE']._serialized_end=2078
+  _globals['_LEASESTATE']._serialized_start=2080
+  _globals['_LEASESTATE']._serialized_end=2194
+  _globals['_STOREDMESSAGE']._serialized_start=2197
+  _globals['_STOREDMESSAGE']._serialized_end=2348
+  _globals['_LEASE']._serialized_start=2350
+  _globals['_LEASE']._serialized_end=2446
+  _globals['_DEADLETTERRECORD']._serialized_start=2448
+  _globals['_DEADLETTERRECORD']._serialized_end=2575
+  _globals['_SHARDPLACEMENT']._serialized_start=2577
+  _globals['_SHARDPLACEMENT']._serialized_end=2673
+  _globals['_STORAGE']._serialized_start=2676
+  _globals['_STORAGE']._serialized_end=3775
 # @@protoc_insertion_point(module_scope)

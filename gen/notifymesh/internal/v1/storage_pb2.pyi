@@ -81,6 +81,60 @@ class StorageModifyAckDeadlineResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class StorageNackRequest(_message.Message):
+    __slots__ = ("topic", "partition", "subscription", "ack_ids", "delay_ms", "terminal", "reason")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    ACK_IDS_FIELD_NUMBER: _ClassVar[int]
+    DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    TERMINAL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    subscription: str
+    ack_ids: _containers.RepeatedScalarFieldContainer[str]
+    delay_ms: int
+    terminal: bool
+    reason: str
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., subscription: _Optional[str] = ..., ack_ids: _Optional[_Iterable[str]] = ..., delay_ms: _Optional[int] = ..., terminal: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class StorageNackResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StorageListDeadLettersRequest(_message.Message):
+    __slots__ = ("topic", "partition", "subscription", "max_messages")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    subscription: str
+    max_messages: int
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., subscription: _Optional[str] = ..., max_messages: _Optional[int] = ...) -> None: ...
+
+class StorageRedriveDeadLettersRequest(_message.Message):
+    __slots__ = ("topic", "partition", "subscription")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    subscription: str
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., subscription: _Optional[str] = ...) -> None: ...
+
+class StorageGetMessageStatusRequest(_message.Message):
+    __slots__ = ("topic", "partition", "message_id")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    message_id: str
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., message_id: _Optional[str] = ...) -> None: ...
+
 class AttachSubscriptionRequest(_message.Message):
     __slots__ = ("subscription", "partition")
     SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -150,24 +204,30 @@ class ShardResult(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., ok: _Optional[bool] = ..., end: _Optional[int] = ..., newer_epoch: _Optional[int] = ...) -> None: ...
 
 class SubscriptionState(_message.Message):
-    __slots__ = ("name", "cursor", "leases")
+    __slots__ = ("name", "cursor", "leases", "dead_letters")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     LEASES_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     cursor: int
     leases: _containers.RepeatedCompositeFieldContainer[LeaseState]
-    def __init__(self, name: _Optional[str] = ..., cursor: _Optional[int] = ..., leases: _Optional[_Iterable[_Union[LeaseState, _Mapping]]] = ...) -> None: ...
+    dead_letters: _containers.RepeatedCompositeFieldContainer[DeadLetterRecord]
+    def __init__(self, name: _Optional[str] = ..., cursor: _Optional[int] = ..., leases: _Optional[_Iterable[_Union[LeaseState, _Mapping]]] = ..., dead_letters: _Optional[_Iterable[_Union[DeadLetterRecord, _Mapping]]] = ...) -> None: ...
 
 class LeaseState(_message.Message):
-    __slots__ = ("seq", "deadline_ms", "delivery_attempt")
+    __slots__ = ("seq", "deadline_ms", "delivery_attempt", "delivered_ms", "last_error")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     DELIVERY_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     seq: int
     deadline_ms: int
     delivery_attempt: int
-    def __init__(self, seq: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., delivery_attempt: _Optional[int] = ...) -> None: ...
+    delivered_ms: int
+    last_error: str
+    def __init__(self, seq: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., delivery_attempt: _Optional[int] = ..., delivered_ms: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
 
 class StoredMessage(_message.Message):
     __slots__ = ("message", "append_ms", "epoch", "dedup_key", "dedup_until_ms")
@@ -184,12 +244,30 @@ class StoredMessage(_message.Message):
     def __init__(self, message: _Optional[_Union[_pubsub_pb2.PubsubMessage, _Mapping]] = ..., append_ms: _Optional[int] = ..., epoch: _Optional[int] = ..., dedup_key: _Optional[str] = ..., dedup_until_ms: _Optional[int] = ...) -> None: ...
 
 class Lease(_message.Message):
-    __slots__ = ("deadline_ms", "delivery_attempt")
+    __slots__ = ("deadline_ms", "delivery_attempt", "delivered_ms", "last_error")
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     DELIVERY_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     deadline_ms: int
     delivery_attempt: int
-    def __init__(self, deadline_ms: _Optional[int] = ..., delivery_attempt: _Optional[int] = ...) -> None: ...
+    delivered_ms: int
+    last_error: str
+    def __init__(self, deadline_ms: _Optional[int] = ..., delivery_attempt: _Optional[int] = ..., delivered_ms: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class DeadLetterRecord(_message.Message):
+    __slots__ = ("seq", "delivery_attempts", "dead_ms", "last_error", "dead_letter_message_id")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    DEAD_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTER_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    delivery_attempts: int
+    dead_ms: int
+    last_error: str
+    dead_letter_message_id: str
+    def __init__(self, seq: _Optional[int] = ..., delivery_attempts: _Optional[int] = ..., dead_ms: _Optional[int] = ..., last_error: _Optional[str] = ..., dead_letter_message_id: _Optional[str] = ...) -> None: ...
 
 class ShardPlacement(_message.Message):
     __slots__ = ("topic", "partition", "replicas", "replication_factor")

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from gen.notifymesh.internal.v1 import storage_pb2 as notifymesh_dot_internal_dot_v1_dot_storage__pb2
+from gen.notifymesh.v1 import pubsub_pb2 as notifymesh_dot_v1_dot_pubsub__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -54,6 +55,26 @@ class StorageStub:
                 request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageModifyAckDeadlineRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageModifyAckDeadlineResponse.FromString,
                 _registered_method=True)
+        self.Nack = channel.unary_unary(
+                '/notifymesh.internal.v1.Storage/Nack',
+                request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageNackRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageNackResponse.FromString,
+                _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/notifymesh.internal.v1.Storage/ListDeadLetters',
+                request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageListDeadLettersRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.RedriveDeadLetters = channel.unary_unary(
+                '/notifymesh.internal.v1.Storage/RedriveDeadLetters',
+                request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageRedriveDeadLettersRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.RedriveDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.GetMessageStatus = channel.unary_unary(
+                '/notifymesh.internal.v1.Storage/GetMessageStatus',
+                request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageGetMessageStatusRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.MessageStatus.FromString,
+                _registered_method=True)
         self.AttachSubscription = channel.unary_unary(
                 '/notifymesh.internal.v1.Storage/AttachSubscription',
                 request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.AttachSubscriptionRequest.SerializeToString,
@@ -97,6 +118,31 @@ class StorageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Nack(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeadLetters(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedriveDeadLetters(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMessageStatus(self, request, context):
+        """NOT_FOUND when the shard holds no such message (any more).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AttachSubscription(self, request, context):
         """Starts the subscription's cursor at the first entry appended at or after
         its create time. Idempotent.
@@ -134,6 +180,26 @@ def add_StorageServicer_to_server(servicer, server):
                     servicer.ModifyAckDeadline,
                     request_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageModifyAckDeadlineRequest.FromString,
                     response_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageModifyAckDeadlineResponse.SerializeToString,
+            ),
+            'Nack': grpc.unary_unary_rpc_method_handler(
+                    servicer.Nack,
+                    request_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageNackRequest.FromString,
+                    response_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageNackResponse.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageListDeadLettersRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'RedriveDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedriveDeadLetters,
+                    request_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageRedriveDeadLettersRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.RedriveDeadLettersResponse.SerializeToString,
+            ),
+            'GetMessageStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMessageStatus,
+                    request_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageGetMessageStatusRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.MessageStatus.SerializeToString,
             ),
             'AttachSubscription': grpc.unary_unary_rpc_method_handler(
                     servicer.AttachSubscription,
@@ -254,6 +320,114 @@ class Storage:
             '/notifymesh.internal.v1.Storage/ModifyAckDeadline',
             notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageModifyAckDeadlineRequest.SerializeToString,
             notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageModifyAckDeadlineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Nack(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Storage/Nack',
+            notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageNackRequest.SerializeToString,
+            notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageNackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Storage/ListDeadLetters',
+            notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageListDeadLettersRequest.SerializeToString,
+            notifymesh_dot_v1_dot_pubsub__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedriveDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Storage/RedriveDeadLetters',
+            notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageRedriveDeadLettersRequest.SerializeToString,
+            notifymesh_dot_v1_dot_pubsub__pb2.RedriveDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMessageStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Storage/GetMessageStatus',
+            notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageGetMessageStatusRequest.SerializeToString,
+            notifymesh_dot_v1_dot_pubsub__pb2.MessageStatus.FromString,
             options,
             channel_credentials,
             insecure,
