@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: up test proto bench venv clean
+.PHONY: up test proto bench compare venv clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,6 +25,10 @@ proto: venv
 
 bench: venv
 	$(PY) bench/mesh_bench.py $(ARGS)
+
+# notifymesh beside NATS JetStream and RabbitMQ (../shared/bench/peers); as root it installs them.
+compare: venv
+	$(PY) bench/compare $(ARGS)
 
 clean:
 	rm -rf $(VENV) .notifymesh

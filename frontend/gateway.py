@@ -16,7 +16,7 @@ from gen.notifymesh.internal.v1 import metadata_pb2_grpc, node_pb2, node_pb2_grp
 from gen.notifymesh.v1 import cluster_pb2, pubsub_pb2
 from notifymesh import errors, rpc, validation
 from notifymesh.batching import Coalescer
-from notifymesh.clock import new_message_id, shard_hint, to_ms, topic_hash
+from notifymesh.clock import new_message_id, now_ms, shard_hint, to_ms, topic_hash
 from notifymesh.cluster import Cluster
 from notifymesh.config import Config
 from notifymesh.log import fields
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 RECONNECT_BACKOFF_S = (0.05, 2.0)
 MERGED_MAX_ITEMS = 5000  # messages or ack ids in one merged downstream call
 DEAD_LETTERS_PAGE, MAX_DEAD_LETTERS_PAGE = 100, 1000
+SENDER_SUBSCRIBE = "/notifymesh.internal.v1.Sender/Subscribe"
 
 
 class Gateway:
@@ -66,9 +67,10 @@ class Gateway:
         partitions = max(1, record.partition_count)
         spread = self._least_loaded(topic, partitions)
         groups: dict[int, list[int]] = {}
+        ms = now_ms()
         for index, message in enumerate(messages):
             partition = zlib.crc32(message.ordering_key.encode()) % partitions if message.ordering_key else spread
-            message.message_id = new_message_id(topic, partition)
+            message.message_id = new_message_id(topic, partition, ms)
             groups.setdefault(partition, []).append(index)
         ids = [""] * len(messages)
         replies = await asyncio.gather(*(self._append(topic, p, [messages[i] for i in group])
@@ -106,7 +108,10 @@ class Gateway:
             call = None
             try:
                 _, addr = self._cluster.owner("sender", name)
-                call = sender_pb2_grpc.SenderStub(self._cluster.channel(addr)).Subscribe(request)
+                # The sender's frames are SubscribeResponses on the wire (see sender.proto).
+                call = self._cluster.channel(addr).unary_stream(
+                    SENDER_SUBSCRIBE, request_serializer=pubsub_pb2.SubscribeRequest.SerializeToString,
+                    response_deserializer=pubsub_pb2.SubscribeResponse.FromString)(request)
                 self._relays.add(call)
                 async for frame in call:
                     backoff = RECONNECT_BACKOFF_S[0]

@@ -350,7 +350,8 @@ def parser() -> argparse.ArgumentParser:
                                               "workload); one JSON line on stdout")
     bench.add_argument("--messages", type=int, default=50000, help="N messages in all (default 50000)")
     bench.add_argument("--size", type=int, default=256, help="payload bytes, at least 16 (default 256)")
-    bench.add_argument("--subscribers", type=int, default=1, help="K subscriptions, one subscriber process each")
+    bench.add_argument("--subscribers", type=int, default=1,
+                       help="K subscriptions, one subscriber process each; 0: publishing alone (the peers' phase a)")
     bench.add_argument("--publishers", type=int, default=1, help="publisher processes sharing N (default 1)")
     bench.add_argument("--rate", type=float, help="messages/s in all (default: full speed)")
     bench.add_argument("--window", type=int, default=1000,

@@ -37,8 +37,15 @@ class Message:
     ordering_key: str = ""
 
     def proto(self) -> pubsub_pb2.PubsubMessage:
-        return pubsub_pb2.PubsubMessage(data=self.data, attributes=self.attributes,
-                                        idempotency_key=self.idempotency_key, ordering_key=self.ordering_key)
+        # Only the fields set: each keyword costs a protobuf call, and this runs per message.
+        proto = pubsub_pb2.PubsubMessage(data=self.data)
+        if self.attributes:
+            proto.attributes.update(self.attributes)
+        if self.idempotency_key:
+            proto.idempotency_key = self.idempotency_key
+        if self.ordering_key:
+            proto.ordering_key = self.ordering_key
+        return proto
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:

@@ -36,10 +36,8 @@ class Config:
     # etcd lease of every member registration: a dead process drops out of the
     # rings this long after its last keep-alive.
     member_lease_ttl_s: int = 3
-    # Sender: delivered-but-unacked messages across all subscriptions of one sender,
-    # and concurrent storage pulls.
+    # Sender: delivered-but-unacked messages across all subscriptions of one sender.
     sender_max_outstanding: int = 100_000
-    sender_max_concurrent_pulls: int = 64
     # Push requests in flight from one sender over all its push subscriptions (each
     # subscription also has its own push_config.max_in_flight).
     sender_max_push_in_flight: int = 256

@@ -1,11 +1,13 @@
-"""Dispatch of one sender: pulls each subscription's messages from storage and
-spreads them over the subscriber streams connected to it.
+"""Dispatch of one sender: pulls the messages of the subscriptions it serves from
+storage and spreads them over the subscriber streams connected to it.
 
-Concurrency is bounded three ways: per stream (max outstanding messages, the
-subscriber's flow control), per sender (config.sender_max_outstanding over all
-subscriptions) and in storage pulls (a semaphore). A dispatcher pulls only as
-many messages as its streams have room for, so nothing piles up in memory:
-what no stream can take stays in storage.
+One long poll per shard (topic partition) serves every subscription of that
+topic the sender has room for, so the number of storage calls does not grow with
+the number of subscriptions. Concurrency is bounded per stream (max outstanding
+messages, the subscriber's flow control) and per sender
+(config.sender_max_outstanding over all subscriptions): a pull asks for no more
+than that room, so nothing piles up in memory and what no stream can take stays
+in storage. Messages pass through as storage serialized them.
 """
 
 import asyncio
@@ -13,11 +15,10 @@ import collections
 import itertools
 import logging
 import time
-
-import grpc
 from dataclasses import dataclass, field
 from typing import Callable
 
+from gen.notifymesh.internal.v1 import sender_pb2, storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 from notifymesh.batching import Coalescer
@@ -29,8 +30,9 @@ from storage.client import StorageClient
 
 log = logging.getLogger(__name__)
 
-PULL_MAX_MESSAGES = 1000
+PULL_MAX_MESSAGES = 1000  # per subscription in one pull
 PULL_WAIT_MS = 1000
+BUDGET_RECHECK_S = 0.1
 _END = "end"  # queued to a stream to end it; an exception queued ends it with that error
 
 
@@ -45,7 +47,7 @@ class Stream:
         return self.max_outstanding - len(self.outstanding)
 
     async def frames(self):
-        """Yields SubscribeResponses; batches queued meanwhile go out as one frame."""
+        """Yields SubscribeFrames; batches queued meanwhile go out as one frame."""
         while True:
             item = await self.queue.get()
             batch = []
@@ -53,7 +55,7 @@ class Stream:
                 batch.extend(item)
                 item = self.queue.get_nowait() if not self.queue.empty() else None
             if batch:
-                yield pubsub_pb2.SubscribeResponse(received_messages=batch)
+                yield sender_pb2.SubscribeFrame(received_messages=batch)
             if item is _END:
                 return
             if isinstance(item, Exception):
@@ -65,49 +67,35 @@ class Budget:
 
     def __init__(self, limit: int):
         self.limit, self.used = limit, 0
-        self.freed = asyncio.Event()
 
     def available(self) -> int:
         return self.limit - self.used
 
-    def take(self, n: int) -> None:
-        self.used += n
-
-    def give_back(self, n: int) -> None:
-        if n:
-            self.used -= n
-            self.freed.set()
-
 
 class SubscriptionDispatcher:
-    def __init__(self, subscription: pubsub_pb2.Subscription, partitions: Callable[[], int], storage: StorageClient,
-                 budget: Budget, pulls: asyncio.Semaphore, acks: Coalescer, owned: Callable[[], bool]):
-        self.name, self.topic, self._partitions, self._owned = subscription.name, subscription.topic, partitions, owned
+    def __init__(self, subscription: pubsub_pb2.Subscription, storage: StorageClient, budget: Budget,
+                 acks: Coalescer, owned: Callable[[], bool], room_freed: Callable[[], None]):
+        self.name, self.topic = subscription.name, subscription.topic
         self.ack_deadline_ms = subscription.ack_deadline.ToMilliseconds()
-        self._storage, self._budget, self._pulls, self._acks = storage, budget, pulls, acks
+        self._storage, self._budget, self._acks, self.owned = storage, budget, acks, owned
+        self._room_freed = room_freed  # wakes the pulls of this subscription's topic
         self.streams: list[Stream] = []
         # ack id -> (stream, monotonic deadline); and the same in delivery order for expiry.
         self._in_flight: dict[str, tuple[Stream, float]] = {}
         self._expiry: collections.deque[tuple[float, str]] = collections.deque()
-        self._wake = asyncio.Event()
-        # One pull loop per partition; room being pulled for is reserved meanwhile.
-        self._tasks: dict[int, asyncio.Task] = {}
-        self._reserved = 0
+        self.reserved = 0  # room asked for in pulls under way
         self._turn = itertools.count()
 
     def add(self, stream: Stream) -> None:
         self.streams.append(stream)
-        self._wake.set()
-        self._ensure_pullers()
+        self._room_freed()
 
     def idle(self) -> bool:
         return not self.streams and not self._in_flight
 
-    def _ensure_pullers(self) -> None:
-        for partition in range(self._partitions()):
-            task = self._tasks.get(partition)
-            if task is None or task.done():
-                self._tasks[partition] = asyncio.create_task(self._run(partition))
+    def room(self) -> int:
+        """Messages the streams can take that no pull under way asks for already."""
+        return sum(max(0, s.room()) for s in self.streams) - self.reserved
 
     async def _per_partition(self, ack_ids, call) -> None:
         by_partition: dict[int, list[str]] = {}
@@ -132,21 +120,21 @@ class SubscriptionDispatcher:
                 await self._nack(unacked)
             except Exception as e:  # they come back after their ack deadline instead
                 log.warning("nack on disconnect failed", extra=fields(subscription=self.name, error=repr(e)))
-        self._wake.set()
 
     def _forget(self, ack_ids) -> int:
         forgotten = 0
+        in_flight = self._in_flight
         for ack_id in ack_ids:
-            entry = self._in_flight.pop(ack_id, None)
+            entry = in_flight.pop(ack_id, None)
             if entry is not None:
                 entry[0].outstanding.discard(ack_id)
                 forgotten += 1
-        self._budget.give_back(forgotten)
         if forgotten:
-            self._wake.set()
+            self._budget.used -= forgotten
+            self._room_freed()
         return forgotten
 
-    async def acknowledge(self, ack_ids: list[str]) -> None:
+    async def acknowledge(self, ack_ids) -> None:
         self._forget(ack_ids)
         await self._per_partition(ack_ids, lambda p, ids: self._acks.submit((self.topic, p, self.name), ids))
 
@@ -166,79 +154,41 @@ class SubscriptionDispatcher:
         self._forget(request.ack_ids)
         await self._per_partition(request.ack_ids, lambda p, ids: self._storage.nack(self.topic, p, request, ids))
 
-    def _expire(self) -> None:
-        """Frees the room of messages past their ack deadline: storage redelivers them."""
+    def expire(self) -> float | None:
+        """Frees the room of messages past their ack deadline (storage redelivers
+        them); returns when the next one expires (monotonic)."""
         now = time.monotonic()
         while self._expiry and self._expiry[0][0] <= now:
             until, ack_id = self._expiry.popleft()
             entry = self._in_flight.get(ack_id)
             if entry is not None and entry[1] == until:
                 self._forget([ack_id])
+        return self._expiry[0][0] if self._expiry else None
 
-    async def _run(self, partition: int) -> None:
-        while self.streams:
-            if not self._owned():  # checked before every pull: the fence
-                self.end_streams(errors.Unavailable(f"this sender no longer serves subscription {self.name!r}"))
-                return
-            self._expire()
-            self._ensure_pullers()  # the topic may have gained partitions
-            free = min(sum(max(0, s.room()) for s in self.streams), self._budget.available()) - self._reserved
-            # A fair share, so one partition's long poll never holds all the room.
-            room = min(free, max(1, free // max(1, len(self._tasks))), PULL_MAX_MESSAGES)
-            if room <= 0:
-                self._wake.clear()
-                timeout = self._expiry[0][0] - time.monotonic() if self._expiry else None
-                waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(self._budget.freed.wait())]
-                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                for w in waits:
-                    w.cancel()
-                self._budget.freed.clear()
-                continue
-            self._reserved += room
-            try:
-                async with self._pulls:
-                    received = await self._storage.pull(self.topic, partition, self.name, room,
-                                                        self.ack_deadline_ms, PULL_WAIT_MS)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                status = errors.status_of(e)
-                if status and status[0] == grpc.StatusCode.NOT_FOUND:  # storage checked etcd: it is gone
-                    self.end_streams(errors.NotFound(status[1]))
-                    return
-                log.warning("pull failed", extra=fields(subscription=self.name, partition=partition,
-                                                        error=status or repr(e)))
-                await asyncio.sleep(0.5)
-                continue
-            finally:
-                self._reserved -= room
-                self._wake.set()  # the room is free again for the other partitions
-            if received:
-                await self._hand_out(received)
-
-    async def _hand_out(self, received: list[pubsub_pb2.ReceivedMessage]) -> None:
-        """Splits the batch over the streams with room, starting at a rotating one so
-        competing subscribers share the load."""
+    async def hand_out(self, received: list[bytes], ack_ids: list[str]) -> None:
+        """Splits a pulled batch over the streams with room, starting at a rotating
+        one so competing subscribers share the load."""
         until = time.monotonic() + self.ack_deadline_ms / 1000
         streams = list(self.streams)
         start = next(self._turn) % len(streams) if streams else 0
         position = 0
+        in_flight, expiry = self._in_flight, self._expiry
         for stream in streams[start:] + streams[:start]:
             take = min(stream.room(), len(received) - position)
             if take <= 0:
                 continue
-            batch = received[position:position + take]
-            position += take
-            for message in batch:
-                if message.ack_id in self._in_flight:  # redelivered while we still counted it
-                    self._forget([message.ack_id])
-                self._in_flight[message.ack_id] = (stream, until)
-                self._expiry.append((until, message.ack_id))
-                stream.outstanding.add(message.ack_id)
-            self._budget.take(len(batch))
-            stream.queue.put_nowait(batch)
+            end = position + take
+            for ack_id in ack_ids[position:end]:
+                if ack_id in in_flight:  # redelivered while we still counted it
+                    self._forget([ack_id])
+                in_flight[ack_id] = (stream, until)
+                expiry.append((until, ack_id))
+                stream.outstanding.add(ack_id)
+            self._budget.used += take
+            stream.queue.put_nowait(received[position:end])
+            position = end
         if position < len(received):  # the streams went away meanwhile
-            await self._nack([m.ack_id for m in received[position:]])
+            await self._nack(ack_ids[position:])
 
     def end_streams(self, reason: Exception | None) -> None:
         for stream in self.streams:
@@ -249,9 +199,71 @@ class SubscriptionDispatcher:
         self.end_streams(None)
         for stream in list(self.streams):
             await self.remove(stream)
-        for task in self._tasks.values():
-            task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+
+class ShardPuller:
+    """The long poll of one shard for every subscription of its topic on this sender."""
+
+    def __init__(self, topic: str, partition: int, dispatcher: "Dispatcher"):
+        self.topic, self.partition, self._dispatcher = topic, partition, dispatcher
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+    async def run(self) -> None:
+        dispatcher = self._dispatcher
+        while subscriptions := dispatcher.serving(self.topic):
+            self.wake.clear()
+            budget = dispatcher.budget.available() - sum(s.reserved for s in subscriptions)
+            pulls: dict[str, tuple[SubscriptionDispatcher, int]] = {}
+            next_expiry = None
+            partitions = dispatcher.partition_count(self.topic)
+            for sub in subscriptions:
+                if not sub.owned():  # checked before every pull: the fence
+                    sub.end_streams(errors.Unavailable(f"this sender no longer serves subscription {sub.name!r}"))
+                    continue
+                expires = sub.expire()
+                if expires is not None:
+                    next_expiry = expires if next_expiry is None else min(next_expiry, expires)
+                room = sub.room()
+                # A fair share, so one partition's long poll never holds all the room.
+                room = min(room, max(1, room // partitions), PULL_MAX_MESSAGES, budget)
+                if room > 0:
+                    pulls[sub.name] = (sub, room)
+                    budget -= room
+            if not pulls:
+                timeout = None if next_expiry is None else max(0.0, next_expiry - time.monotonic())
+                if budget <= 0:  # room freed by another topic's acks wakes only that topic's pulls
+                    timeout = min(timeout or BUDGET_RECHECK_S, BUDGET_RECHECK_S)
+                try:
+                    await asyncio.wait_for(self.wake.wait(), timeout)
+                except TimeoutError:
+                    pass
+                continue
+            await self._pull(pulls)
+
+    async def _pull(self, pulls: dict[str, tuple[SubscriptionDispatcher, int]]) -> None:
+        request = storage_pb2.PullRequest(topic=self.topic, partition=self.partition, wait_ms=PULL_WAIT_MS)
+        for sub, room in pulls.values():
+            request.subscriptions.add(name=sub.name, max_messages=room, ack_deadline_ms=sub.ack_deadline_ms)
+            sub.reserved += room
+        try:
+            response = await self._dispatcher.storage.call("Pull", self.topic, self.partition, request)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("pull failed", extra=fields(topic=self.topic, partition=self.partition,
+                                                    error=errors.status_of(e) or repr(e)))
+            await asyncio.sleep(0.5)
+            return
+        finally:
+            for sub, room in pulls.values():
+                sub.reserved -= room
+        for pulled in response.subscriptions:
+            sub = pulls[pulled.name][0]
+            if pulled.not_found:  # storage checked etcd: it is gone
+                sub.end_streams(errors.NotFound(f"subscription {sub.name!r} not found"))
+            else:
+                await sub.hand_out(list(pulled.received_messages), list(pulled.ack_ids))
 
 
 class Dispatcher:
@@ -261,29 +273,41 @@ class Dispatcher:
         """registration_of(): this sender's Registration, whose lease fences it."""
         self._cluster, self._config, self._node = cluster, config, node_id
         self._registration_of = registration_of
-        self._storage = StorageClient(cluster)
-        self._budget = Budget(config.sender_max_outstanding)
-        self._pulls = asyncio.Semaphore(config.sender_max_concurrent_pulls)
+        self.storage = StorageClient(cluster)
+        self.budget = Budget(config.sender_max_outstanding)
         # Concurrent acks of one subscription share one storage call.
-        self._acks = Coalescer(lambda key, ack_ids: self._storage.acknowledge(*key, ack_ids), max_items=5000)
+        self._acks = Coalescer(lambda key, ack_ids: self.storage.acknowledge(*key, ack_ids), max_items=5000)
         self.subscriptions: dict[str, SubscriptionDispatcher] = {}
+        self._pullers: dict[tuple[str, int], ShardPuller] = {}
         self._closing = False
 
-    def _partition_count(self, topic: str) -> int:
+    def partition_count(self, topic: str) -> int:
         record = self._cluster.topics.items.get(topic)
         return max(1, record.partition_count) if record else 1
+
+    def serving(self, topic: str) -> list[SubscriptionDispatcher]:
+        return [d for d in self.subscriptions.values() if d.topic == topic and d.streams]
+
+    def _room_freed(self, topic: str) -> None:
+        """Wakes (or starts) the pulls of every partition of the topic."""
+        for partition in range(self.partition_count(topic)):
+            puller = self._pullers.get((topic, partition))
+            if puller is None or puller.task.done():
+                puller = self._pullers[(topic, partition)] = ShardPuller(topic, partition, self)
+                puller.task = asyncio.create_task(puller.run())
+            puller.wake.set()
 
     async def _dispatcher(self, name: str) -> SubscriptionDispatcher:
         record = await self._cluster.subscription(name)
         dispatcher = self.subscriptions.get(name)
         if dispatcher is None or dispatcher.topic != record.topic:
             dispatcher = self.subscriptions[name] = SubscriptionDispatcher(
-                record, lambda: self._partition_count(record.topic), self._storage, self._budget, self._pulls,
-                self._acks, lambda: self.owns(name))
+                record, self.storage, self.budget, self._acks, lambda: self.owns(name),
+                lambda: self._room_freed(record.topic))
         return dispatcher
 
     async def subscribe(self, name: str, max_outstanding: int):
-        """Yields SubscribeResponse frames for one new subscriber until it goes away."""
+        """Yields SubscribeFrames for one new subscriber until it goes away."""
         if self._closing:
             raise errors.Unavailable("sender is shutting down")
         if max_outstanding < 0:
@@ -340,3 +364,7 @@ class Dispatcher:
     async def close(self) -> None:
         self._closing = True
         await asyncio.gather(*(d.close() for d in self.subscriptions.values()), return_exceptions=True)
+        pullers = [p.task for p in self._pullers.values()]
+        for task in pullers:
+            task.cancel()
+        await asyncio.gather(*pullers, return_exceptions=True)

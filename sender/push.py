@@ -56,7 +56,8 @@ class PushWorker:
         log.info("pushing", extra=fields(subscription=name, endpoint=self.push_config.endpoint))
         try:
             async for frame in stream.frames():
-                for received in frame.received_messages:
+                for raw in frame.received_messages:
+                    received = pubsub_pb2.ReceivedMessage.FromString(raw)
                     await slots.acquire()
                     await self._sender_slots.acquire()  # the sender-wide cap, shared by all workers
                     task = asyncio.create_task(self._deliver(sub, received))

@@ -29,13 +29,14 @@ from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 from notifymesh.clock import new_message_id, now_ms, timestamp, to_ms
 from notifymesh.log import fields
-from storage import keys
+from storage import keys, wire
 
 log = logging.getLogger(__name__)
 
 NODE_ID_FILE = "NODE_ID"
 INDEX_SKEW_MS = 600_000
 RETRY_SCAN_ENTRIES = 200_000  # how far back a retried append looks for its message ids
+MAX_TAIL_ENTRIES = 50_000  # per shard: unreplicated entries kept in memory
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,30 @@ class DeadLetter:
 DEAD_LETTER_RETRY_MS = 30_000  # a dead letter not moved by then is tried again
 
 
+class Lease:
+    """One in-flight delivery (a plain object: one is made per delivery)."""
+    __slots__ = ("deadline_ms", "attempt", "delivered_ms", "last_error")
+
+    def __init__(self, deadline_ms: int, attempt: int, delivered_ms: int, last_error: str = ""):
+        # deadline_ms: when the message may be delivered again (ack deadline plus
+        # retry backoff); last_error: why the last attempt failed, if it was nacked.
+        self.deadline_ms, self.attempt, self.delivered_ms, self.last_error = \
+            deadline_ms, attempt, delivered_ms, last_error
+
+    def encoded(self) -> bytes:
+        return keys.LEASE.pack(self.deadline_ms, self.delivered_ms, self.attempt) + self.last_error.encode()
+
+    @classmethod
+    def decode(cls, value: bytes) -> "Lease":
+        deadline_ms, delivered_ms, attempt = keys.LEASE.unpack_from(value)
+        return cls(deadline_ms, attempt, delivered_ms, value[keys.LEASE.size:].decode())
+
+
 @dataclass
 class SubscriptionState:
     name: str
     cursor: int
-    leases: dict[int, storage_pb2.Lease] = field(default_factory=dict)
+    leases: dict[int, Lease] = field(default_factory=dict)
     # (deadline_ms, seq); entries whose lease changed since are skipped when popped.
     # A lease's deadline is when the message may be delivered again: the ack
     # deadline plus the retry backoff.
@@ -90,7 +110,7 @@ class SubscriptionState:
     dead_letters: dict[int, storage_pb2.DeadLetterRecord] = field(default_factory=dict)
     created_ms: int = 0  # the subscription's create time: older messages were never its own
 
-    def lease(self, seq: int, lease: storage_pb2.Lease) -> None:
+    def lease(self, seq: int, lease: Lease) -> None:
         self.leases[seq] = lease
         heapq.heappush(self.deadlines, (lease.deadline_ms, seq))
 
@@ -114,6 +134,8 @@ class ShardLog:
     partition: int
     first: int = 0       # lowest seq still kept
     end: int = 0         # one past the last entry written here
+    written: int = 0     # ... and synced: end runs ahead while a write is under way
+    replacements: int = 0  # counts writes that replaced entries (a deposed leader's tail)
     commit: int = 0      # entries below are on a majority (as far as this node knows)
     last_epoch: int = 0  # epoch of the entry at end - 1 (0: none, or below first)
     subscriptions: dict[str, SubscriptionState] = field(default_factory=dict)
@@ -125,6 +147,9 @@ class ShardLog:
     # Ids of the last RETRY_SCAN_ENTRIES messages, read from the log at the first
     # retried append and kept up to date after it (None until then).
     recent_ids: "RecentIds | None" = None
+    # The leader's entries not yet on every follower (seq -> serialized entry), so
+    # replication sends them without reading them back from RocksDB.
+    tail: dict[int, bytes] = field(default_factory=dict)
 
     def notify(self) -> None:
         """Wakes every pull waiting on this shard."""
@@ -163,9 +188,24 @@ class RecentIds:
 
 
 @dataclass
-class _Write:
-    ops: list[tuple]  # ("put", key, value) or ("delete_range", start, end)
-    done: asyncio.Future
+class Entries:
+    """Serialized StoredMessages, with what indexing them takes: per entry its
+    message id, dedup key, dedup expiry and epoch."""
+    raw: list[bytes] = field(default_factory=list)
+    meta: list[tuple[str, str, int, int]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, stored: list[storage_pb2.StoredMessage]) -> "Entries":
+        return cls([e.SerializeToString() for e in stored],
+                   [(e.message.message_id, e.dedup_key, e.dedup_until_ms, e.epoch) for e in stored])
+
+    @classmethod
+    def parsed(cls, raw: list[bytes]) -> "Entries":
+        meta = []
+        for value in raw:
+            e = storage_pb2.StoredMessage.FromString(value)
+            meta.append((e.message.message_id, e.dedup_key, e.dedup_until_ms, e.epoch))
+        return cls(raw, meta)
 
 
 class StorageEngine:
@@ -179,13 +219,16 @@ class StorageEngine:
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         self._db = Rdict(str(data_dir / "rocksdb"), options)
-        self._synced = WriteOptions()
-        self._synced.sync = True
+        self._synced_options = WriteOptions()
+        self._synced_options.sync = True
         self._unsynced = WriteOptions()
         self.shards: dict[str, ShardLog] = {}
         # Messages out of delivery attempts, for the storage service to move.
         self.dead_letters: asyncio.Queue[DeadLetter] = asyncio.Queue()
-        self._pending: list[_Write] = []
+        # Group commit: writes go into the group being formed, which the committer
+        # writes (synced) as one batch while the next one forms.
+        self._group = WriteBatch(raw_mode=True)
+        self._group_done: asyncio.Future | None = None
         self._wake_committer = asyncio.Event()
         self._committer: asyncio.Task | None = None
         self._closed = False
@@ -209,7 +252,7 @@ class StorageEngine:
             shard, sub, _ = key[1:].split(b"\0", 2)
             state = self.shard(shard.decode()).subscriptions.get(sub.decode())
             if state is not None:
-                state.lease(keys.seq_of(key), storage_pb2.Lease.FromString(value))
+                state.lease(keys.seq_of(key), Lease.decode(value))
         for key, value in self._prefixed(b"x"):
             shard, sub, _ = key[1:].split(b"\0", 2)
             state = self.shard(shard.decode()).subscriptions.get(sub.decode())
@@ -228,7 +271,7 @@ class StorageEngine:
             log_.last_epoch = entry.epoch if entry else 0
             it.seek(keys.prefix_end(prefix))
         for log_ in self.shards.values():
-            log_.end = max(log_.end, log_.first)
+            log_.end = log_.written = max(log_.end, log_.first)
         log.info("recovered", extra=fields(shards=len(self.shards),
                                            entries=sum(s.end - s.first for s in self.shards.values())))
 
@@ -266,51 +309,57 @@ class StorageEngine:
 
     # -- writing the log --------------------------------------------------------
 
-    async def _write_synced(self, ops: list[tuple]) -> None:
+    def _forming_group(self) -> WriteBatch:
+        """The batch to add a synced write's puts to; then await _synced()."""
         if self._closed:
             raise errors.Unavailable("storage node is shutting down")
-        write = _Write(ops, asyncio.get_running_loop().create_future())
-        self._pending.append(write)
+        return self._group
+
+    async def _synced(self) -> None:
+        """Waits until the forming group (with what was just added) is written."""
+        if self._group_done is None:
+            self._group_done = asyncio.get_running_loop().create_future()
+        done = self._group_done
         self._wake_committer.set()
-        await write.done
+        await asyncio.shield(done)  # shared by every write of the group
 
     async def _commit_loop(self) -> None:
         """While one group is being written, the next accumulates: group commit."""
-        while not (self._closed and not self._pending):
+        while not (self._closed and self._group_done is None):
             await self._wake_committer.wait()
             self._wake_committer.clear()
-            writes, self._pending = self._pending, []
-            if not writes:
+            batch, done = self._group, self._group_done
+            if done is None:
                 continue
-            batch = WriteBatch(raw_mode=True)
-            for write in writes:  # one synced write for all of them
-                for op, *args in write.ops:
-                    getattr(batch, op)(*args)
+            self._group, self._group_done = WriteBatch(raw_mode=True), None
             try:
-                await asyncio.to_thread(self._db.write, batch, self._synced)
+                await asyncio.to_thread(self._db.write, batch, self._synced_options)
             except Exception as e:
                 log.error("log write failed", extra=fields(error=repr(e)))
-                for write in writes:
-                    write.done.set_exception(errors.Unavailable(f"storage write failed: {e}"))
+                done.set_exception(errors.Unavailable(f"storage write failed: {e}"))
+                done.exception()  # retrieved: a group no writer awaits any more is not an error
                 continue
-            for write in writes:
-                if not write.done.done():
-                    write.done.set_result(None)
+            done.set_result(None)
 
     def prepare(self, shard: str, messages: list[pubsub_pb2.PubsubMessage], epoch: int, dedup_window_ms: int,
-                retry: bool, by_payload: bool = False) -> tuple[list[str], list[storage_pb2.StoredMessage]]:
+                retry: bool, by_payload: bool = False) -> tuple[list[str], Entries]:
         """Leader side, synchronous: the ids to answer and the new entries (from
         log.end on) for messages not already stored: by idempotency key (or, with
         by_payload, by a hash of data and attributes) within the window, or, for a
         retry, by message id. Ids the client did not set are assigned here."""
         log_ = self.shard(shard)
         publish_ms = now_ms()
-        publish_time = timestamp(publish_ms)
+        # The entry is built as bytes: the message, its publish time appended (a
+        # field the client may not set, so appending it is setting it), then the
+        # entry's own fields.
+        publish_time = wire.field(4, timestamp(publish_ms).SerializeToString())
+        entry_fields = storage_pb2.StoredMessage(append_ms=publish_ms, epoch=epoch).SerializeToString()
+        dedup_until_ms = publish_ms + dedup_window_ms
         if retry and log_.recent_ids is None:
             log_.recent_ids = RecentIds(self._read_recent_ids(log_))
         already = log_.recent_ids if retry else ()
         seen: dict[str, str] = {}  # dedup keys first used within this request
-        ids, entries = [], []
+        ids, entries = [], Entries()
         for message in messages:
             dedup_key = dedup_key_of(message, by_payload)
             if dedup_key:
@@ -323,13 +372,14 @@ class StorageEngine:
                 continue
             if not message.message_id:
                 message.message_id = new_message_id(*keys.split_shard(shard), publish_ms)
-            message.publish_time.CopyFrom(publish_time)
-            entry = storage_pb2.StoredMessage(message=message, append_ms=publish_ms, epoch=epoch)
+            message_id = message.message_id
+            raw = wire.field(1, message.SerializeToString() + publish_time) + entry_fields
             if dedup_key:
-                seen[dedup_key] = message.message_id
-                entry.dedup_key, entry.dedup_until_ms = dedup_key, publish_ms + dedup_window_ms
-            entries.append(entry)
-            ids.append(message.message_id)
+                seen[dedup_key] = message_id
+                raw += storage_pb2.StoredMessage(dedup_key=dedup_key, dedup_until_ms=dedup_until_ms).SerializeToString()
+            entries.raw.append(raw)
+            entries.meta.append((message_id, dedup_key, dedup_until_ms, epoch))
+            ids.append(message_id)
         return ids, entries
 
     def _read_recent_ids(self, log_: ShardLog) -> list[str]:
@@ -349,40 +399,62 @@ class StorageEngine:
             return None
         return value[8:].decode()
 
-    async def write_entries(self, shard: str, start: int, entries: list[storage_pb2.StoredMessage]) -> None:
-        """The leader's own entries: see _write."""
-        await self._write(shard, start, [e.SerializeToString() for e in entries], entries)
+    async def write_entries(self, shard: str, start: int, entries: Entries) -> None:
+        """The leader's own entries (kept in the tail for replication): see _write."""
+        log_ = self.shard(shard)
+        tail = log_.tail
+        for seq in [seq for seq in tail if seq >= start]:  # replaced
+            del tail[seq]
+        for offset, raw in enumerate(entries.raw):
+            tail[start + offset] = raw
+        while len(tail) > MAX_TAIL_ENTRIES:  # a follower far behind reads from RocksDB
+            del tail[next(iter(tail))]
+        await self._write(shard, start, entries)
 
     async def write_raw_entries(self, shard: str, start: int, raw: list[bytes]) -> None:
         """Entries replicated from the leader, stored as they came; parsed only to
-        index their dedup keys."""
-        await self._write(shard, start, raw, [storage_pb2.StoredMessage.FromString(r) for r in raw])
+        index their message ids and dedup keys."""
+        self.shard(shard).tail.clear()  # a follower now
+        await self._write(shard, start, Entries.parsed(raw))
 
-    async def _write(self, shard: str, start: int, raw: list[bytes], entries: list[storage_pb2.StoredMessage]) -> None:
+    def release_tail(self, shard: str, below: int) -> None:
+        """Every follower has the entries below: replication needs them no more."""
+        tail = self.shard(shard).tail
+        while tail and (seq := next(iter(tail))) < below:
+            del tail[seq]
+
+    async def _write(self, shard: str, start: int, entries: Entries) -> None:
         """Writes entries at start.. with a synced write, replacing anything from start
         on (a deposed leader's unreplicated tail)."""
         log_ = self.shard(shard)
         if start < log_.first:
             raise errors.FailedPrecondition(f"{shard}: entry {start} is below the first kept entry {log_.first}")
-        ops: list[tuple] = []
+        batch = self._forming_group()
         if start < log_.end:
-            ops.append(("delete_range", keys.message(shard, start), keys.message(shard, log_.end)))
+            batch.delete_range(keys.message(shard, start), keys.message(shard, log_.end))
             log_.recent_ids = None  # ids of the replaced tail may be among them
-        for offset, (value, entry) in enumerate(zip(raw, entries)):
-            ops.append(("put", keys.message(shard, start + offset), keys.sealed(value)))
-            message = entry.message
-            if message.message_id:
-                ops.append(("put", keys.message_index(shard, message.message_id), keys.seq_bytes(start + offset)))
-                if log_.recent_ids is not None:
-                    log_.recent_ids.add(message.message_id)
-            if entry.dedup_key:
-                ops.append(("put", keys.idempotency(shard, entry.dedup_key),
-                            entry.dedup_until_ms.to_bytes(8, "big") + message.message_id.encode()))
+            log_.replacements += 1
+        recent_ids = log_.recent_ids
+        message_prefix, index_prefix = keys.message_prefix(shard), keys.message_index_prefix(shard)
+        for seq, (value, (message_id, dedup_key, dedup_until_ms, _)) in enumerate(zip(entries.raw, entries.meta),
+                                                                                  start):
+            seq_key = keys.seq_bytes(seq)
+            batch.put(message_prefix + seq_key, keys.sealed(value))
+            if message_id:
+                batch.put(index_prefix + message_id.encode(), seq_key)
+                if recent_ids is not None:
+                    recent_ids.add(message_id)
+            if dedup_key:
+                batch.put(keys.idempotency(shard, dedup_key), dedup_until_ms.to_bytes(8, "big") + message_id.encode())
         # Set before the write completes so the next leader append lands after these.
-        log_.end = start + len(entries)
-        log_.last_epoch = entries[-1].epoch if entries else (self.epoch_at(shard, start - 1) or 0)
+        end = log_.end = start + len(entries.raw)
+        log_.written = min(log_.written, start)
+        log_.last_epoch = entries.meta[-1][3] if entries.raw else (self.epoch_at(shard, start - 1) or 0)
         log_.commit = min(log_.commit, log_.end)
-        await self._write_synced(ops)
+        replacements = log_.replacements
+        await self._synced()  # groups complete in the order they were formed
+        if log_.replacements == replacements:  # else these entries may be gone again
+            log_.written = max(log_.written, end)
 
     def advance_commit(self, shard: str, commit: int) -> None:
         log_ = self.shard(shard)
@@ -395,6 +467,15 @@ class StorageEngine:
         """Up to limit serialized entries from start on, for replication; stops before
         a gap or a corrupted entry rather than send entries out of place."""
         log_ = self.shard(shard)
+        tail = log_.tail
+        if start in tail:
+            out = []
+            for seq in range(start, min(log_.end, start + limit)):
+                raw = tail.get(seq)
+                if raw is None:
+                    break
+                out.append(raw)
+            return out
         out = []
         stop = keys.message(shard, log_.end)
         for key, value in self._db.items(from_key=keys.message(shard, start)):
@@ -414,8 +495,8 @@ class StorageEngine:
         for prefix in (keys.message_prefix(shard), keys.message_index_prefix(shard), keys.delivery_prefix(shard)):
             batch.delete_range(prefix, keys.prefix_end(prefix))
         batch.put(keys.first(shard), keys.seq_bytes(first))
-        self._db.write(batch, self._synced)
-        log_.first = log_.end = log_.commit = first
+        self._db.write(batch, self._synced_options)
+        log_.first = log_.end = log_.written = log_.commit = first
         log_.last_epoch = 0
         log_.recent_ids = None
         log.info("log reset", extra=fields(shard=shard, first=first))
@@ -509,13 +590,12 @@ class StorageEngine:
         return state
 
     def export_states(self, shard: str) -> list[storage_pb2.SubscriptionState]:
+        pack = keys.LEASE_STATE.pack
         return [storage_pb2.SubscriptionState(
-                    name=s.name, cursor=s.cursor,
-                    leases=[storage_pb2.LeaseState(seq=seq, deadline_ms=lease.deadline_ms,
-                                                   delivery_attempt=lease.delivery_attempt,
-                                                   delivered_ms=lease.delivered_ms, last_error=lease.last_error)
-                            for seq, lease in s.leases.items()],
-                    dead_letters=s.dead_letters.values())
+                    name=s.name, cursor=s.cursor, dead_letters=s.dead_letters.values(),
+                    leases=b"".join(pack(seq, lease.deadline_ms, lease.delivered_ms, lease.attempt)
+                                    for seq, lease in s.leases.items()),
+                    lease_errors={seq: lease.last_error for seq, lease in s.leases.items() if lease.last_error})
                 for s in self.shard(shard).subscriptions.values()]
 
     def record_state_stamp(self, shard: str, stamp: tuple[int, int]) -> None:
@@ -534,11 +614,11 @@ class StorageEngine:
         for state in states:
             local = log_.subscriptions[state.name] = SubscriptionState(state.name, state.cursor)
             batch.put(keys.cursor(shard, state.name), keys.seq_bytes(state.cursor))
-            for lease in state.leases:
-                record = storage_pb2.Lease(deadline_ms=lease.deadline_ms, delivery_attempt=lease.delivery_attempt,
-                                           delivered_ms=lease.delivered_ms, last_error=lease.last_error)
-                local.lease(lease.seq, record)
-                batch.put(keys.lease(shard, state.name, lease.seq), record.SerializeToString())
+            errors_ = state.lease_errors
+            for seq, deadline_ms, delivered_ms, attempt in keys.LEASE_STATE.iter_unpack(state.leases):
+                lease = Lease(deadline_ms, attempt, delivered_ms, errors_.get(seq, ""))
+                local.lease(seq, lease)
+                batch.put(keys.lease(shard, state.name, seq), lease.encoded())
             for dead in state.dead_letters:
                 local.dead_letters[dead.seq] = dead
                 batch.put(keys.dead_letter(shard, state.name, dead.seq), dead.SerializeToString())
@@ -546,90 +626,115 @@ class StorageEngine:
 
     # -- delivery (leader) ------------------------------------------------------
 
-    async def pull(self, shard: str, subscription: str, max_messages: int, ack_deadline_ms: int,
-                   wait_ms: int) -> list[pubsub_pb2.ReceivedMessage]:
-        """Leases up to max_messages: expired leases first, then new committed
-        entries. Waits up to wait_ms for one to become deliverable."""
+    async def pull(self, shard: str, pulls: list[tuple[str, int, int]],
+                   wait_ms: int) -> dict[str, tuple[list[bytes], list[str]]]:
+        """For each (subscription, max_messages, ack_deadline_ms), leases deliverable
+        messages: expired leases first, then new committed entries. Waits up to
+        wait_ms for a first one. Returns, per subscription with messages, the
+        serialized ReceivedMessages and their ack ids."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + wait_ms / 1000
         while True:
             log_ = self.shards.get(shard)
-            state = self.subscription(shard, subscription)
-            received = self._lease_deliverable(log_, state, max_messages, ack_deadline_ms)
+            if log_ is None:
+                raise errors.NotFound(f"shard {shard} is not kept here")
+            now = now_ms()
+            batch = WriteBatch(raw_mode=True)
+            messages: dict[int, bytes | None] = {}  # each entry read once for all subscriptions
+            pulled = {}
+            soonest = None
+            for name, max_messages, ack_deadline_ms in pulls:
+                state = log_.subscriptions.get(name)
+                if state is None:
+                    continue
+                leased = self._lease_deliverable(log_, state, max_messages, now, now + ack_deadline_ms, messages,
+                                                 batch)
+                if leased[0]:
+                    pulled[name] = leased
+                elif (due := state.next_deadline()) is not None:
+                    soonest = due if soonest is None else min(soonest, due)
+            if len(batch):
+                self._db.write(batch, self._unsynced)
+                log_.state_version += 1
             remaining = give_up - loop.time()
-            if received or remaining <= 0 or self._draining:
-                return received
-            next_deadline = state.next_deadline()
-            if next_deadline is not None:
-                remaining = min(remaining, max(0.0, (next_deadline - now_ms()) / 1000))
+            if pulled or remaining <= 0 or self._draining:
+                return pulled
+            if soonest is not None:
+                remaining = min(remaining, max(0.0, (soonest - now_ms()) / 1000))
             try:
                 await asyncio.wait_for(log_.changed.wait(), remaining)
             except TimeoutError:
                 pass
 
-    def _lease_deliverable(self, log_: ShardLog, state: SubscriptionState, max_messages: int,
-                           ack_deadline_ms: int) -> list[pubsub_pb2.ReceivedMessage]:
+    def _message(self, shard: str, seq: int, messages: dict[int, bytes | None]) -> bytes | None:
+        """The serialized PubsubMessage of entry seq (None: an epoch marker, or gone)."""
+        if seq not in messages:
+            value = self._db.get(keys.message(shard, seq))
+            entry = keys.unsealed(value) if value is not None else None
+            if value is not None and entry is None:
+                log.error("corrupted entry skipped", extra=fields(shard=shard, seq=seq))
+            messages[seq] = wire.message_of(entry) if entry is not None else None
+        return messages[seq]
+
+    def _lease_deliverable(self, log_: ShardLog, state: SubscriptionState, max_messages: int, now: int,
+                           deadline: int, messages: dict[int, bytes | None],
+                           batch: WriteBatch) -> tuple[list[bytes], list[str]]:
         """Synchronous on purpose: nothing else runs between choosing messages and
         recording their leases, so two pulls never lease one message twice."""
-        now = now_ms()
-        deadline = now + ack_deadline_ms
-        batch = WriteBatch(raw_mode=True)
-        received: list[pubsub_pb2.ReceivedMessage] = []
-        while len(received) < max_messages and (due := state.next_deadline()) is not None and due <= now:
+        raws: list[bytes] = []
+        ack_ids: list[str] = []
+        shard, name, policy = log_.name, state.name, state.policy
+        ack_prefix = f"{log_.partition}:"
+        ack_suffix = f":{name}"
+        lease_prefix = keys.lease_prefix(shard, name)
+        while len(raws) < max_messages and (due := state.next_deadline()) is not None and due <= now:
             _, seq = heapq.heappop(state.deadlines)
-            entry = self._entry(log_.name, seq)
-            if entry is None:  # expired by retention meanwhile
-                del state.leases[seq]
-                batch.delete(keys.lease(log_.name, state.name, seq))
-                continue
+            message = self._message(shard, seq, messages)
             previous = state.leases[seq]
-            attempts = previous.delivery_attempt
-            if attempts and not previous.last_error:  # neither acked nor nacked in time
-                batch.put(keys.delivery(log_.name, seq, state.name, previous.delivered_ms, attempts),
-                          keys.delivery_record(0, pubsub_pb2.EXPIRED))
-            if state.policy.exhausted(attempts):
-                self._dead_letter(log_, state, seq, entry, previous, now, batch)
+            if message is None:  # expired by retention meanwhile
+                del state.leases[seq]
+                batch.delete(lease_prefix + keys.seq_bytes(seq))
                 continue
-            lease = storage_pb2.Lease(deadline_ms=deadline + state.policy.backoff_ms(attempts + 1),
-                                      delivery_attempt=attempts + 1, delivered_ms=now)
-            received.append(self._leased(log_, state, seq, entry, lease, batch))
-        if len(received) < max_messages and state.cursor < log_.commit:
-            cursor = state.cursor
-            stop = keys.message(log_.name, log_.commit)
-            for key, value in self._db.items(from_key=keys.message(log_.name, cursor)):
-                if len(received) >= max_messages:
-                    break
-                if key >= stop:
-                    cursor = log_.commit
-                    break
-                seq = keys.seq_of(key)
-                cursor = seq + 1
-                entry = self._decode(log_.name, seq, value)
-                if entry is None or not entry.HasField("message"):  # corrupted, or an epoch marker
-                    continue
-                received.append(self._leased(log_, state, seq, entry, storage_pb2.Lease(
-                    deadline_ms=deadline + state.policy.backoff_ms(1), delivery_attempt=1, delivered_ms=now), batch))
-            else:
-                cursor = log_.commit
-            if cursor > state.cursor:
-                state.cursor = cursor
-                batch.put(keys.cursor(log_.name, state.name), keys.seq_bytes(cursor))
-        if len(batch):
-            self._db.write(batch, self._unsynced)
-            log_.state_version += 1
-        return received
+            attempts = previous.attempt
+            if attempts and not previous.last_error:  # neither acked nor nacked in time
+                batch.put(keys.delivery(shard, seq, name, previous.delivered_ms, attempts),
+                          keys.delivery_record(0, pubsub_pb2.EXPIRED))
+            if policy.exhausted(attempts):
+                self._dead_letter(log_, state, seq, message, previous, now, batch)
+                continue
+            lease = Lease(deadline + policy.backoff_ms(attempts + 1), attempts + 1, now)
+            state.lease(seq, lease)
+            batch.put(lease_prefix + keys.seq_bytes(seq), lease.encoded())
+            ack_id = f"{ack_prefix}{seq:x}{ack_suffix}"
+            raws.append(wire.received_message(ack_id, message, attempts + 1))
+            ack_ids.append(ack_id)
+        if len(raws) < max_messages and state.cursor < log_.commit:
+            first_deadline = deadline + policy.backoff_ms(1)
+            seq = state.cursor
+            while seq < log_.commit and len(raws) < max_messages:
+                message = self._message(shard, seq, messages)
+                if message is not None:  # else an epoch marker, or corrupted
+                    lease = Lease(first_deadline, 1, now)
+                    state.lease(seq, lease)
+                    batch.put(lease_prefix + keys.seq_bytes(seq), lease.encoded())
+                    ack_id = f"{ack_prefix}{seq:x}{ack_suffix}"
+                    raws.append(wire.received_message(ack_id, message, 1))
+                    ack_ids.append(ack_id)
+                seq += 1
+            state.cursor = seq
+            batch.put(keys.cursor(shard, name), keys.seq_bytes(seq))
+        return raws, ack_ids
 
-    def _dead_letter(self, log_: ShardLog, state: SubscriptionState, seq: int, entry: storage_pb2.StoredMessage,
-                     lease: storage_pb2.Lease, now: int, batch: WriteBatch) -> None:
+    def _dead_letter(self, log_: ShardLog, state: SubscriptionState, seq: int, message: bytes, lease: "Lease",
+                     now: int, batch: WriteBatch) -> None:
         """Queues the message for its dead-letter topic; the lease stays (pushed out)
         until it has moved there (see bury), so a failure to move it only delays it."""
         error = lease.last_error or "not acknowledged within the ack deadline"
-        self.dead_letters.put_nowait(DeadLetter(log_.name, state.name, seq, entry.message, lease.delivery_attempt,
-                                                state.policy.dead_letter_topic, error))
-        lease = storage_pb2.Lease(deadline_ms=now + DEAD_LETTER_RETRY_MS, delivery_attempt=lease.delivery_attempt,
-                                  delivered_ms=lease.delivered_ms, last_error=error)
+        self.dead_letters.put_nowait(DeadLetter(log_.name, state.name, seq, pubsub_pb2.PubsubMessage.FromString(message),
+                                                lease.attempt, state.policy.dead_letter_topic, error))
+        lease = Lease(now + DEAD_LETTER_RETRY_MS, lease.attempt, lease.delivered_ms, error)
         state.lease(seq, lease)
-        batch.put(keys.lease(log_.name, state.name, seq), lease.SerializeToString())
+        batch.put(keys.lease(log_.name, state.name, seq), lease.encoded())
 
     def bury(self, dead: DeadLetter, dead_letter_message_id: str) -> None:
         """The message is in the dead-letter topic: its lease becomes a dead-letter
@@ -670,10 +775,10 @@ class StorageEngine:
         now = now_ms()
         redriven = len(state.dead_letters)
         for seq in state.dead_letters:
-            lease = storage_pb2.Lease(deadline_ms=now, delivery_attempt=0)
+            lease = Lease(now, 0, 0)
             state.lease(seq, lease)
             batch.delete(keys.dead_letter(shard, subscription, seq))
-            batch.put(keys.lease(shard, subscription, seq), lease.SerializeToString())
+            batch.put(keys.lease(shard, subscription, seq), lease.encoded())
         state.dead_letters.clear()
         if redriven:
             self._db.write(batch, self._unsynced)
@@ -693,22 +798,13 @@ class StorageEngine:
             if not state.policy.max_attempts:
                 continue
             for seq, lease in list(state.leases.items()):
-                if lease.deadline_ms <= now and state.policy.exhausted(lease.delivery_attempt):
-                    entry = self._entry(shard, seq)
-                    if entry is not None:
-                        self._dead_letter(log_, state, seq, entry, lease, now, batch)
+                if lease.deadline_ms <= now and state.policy.exhausted(lease.attempt):
+                    message = self._message(shard, seq, {})
+                    if message is not None:
+                        self._dead_letter(log_, state, seq, message, lease, now, batch)
         if len(batch):
             self._db.write(batch, self._unsynced)
             log_.state_version += 1
-
-    def _leased(self, log_: ShardLog, state: SubscriptionState, seq: int, entry: storage_pb2.StoredMessage,
-                lease: storage_pb2.Lease, batch: WriteBatch) -> pubsub_pb2.ReceivedMessage:
-        state.lease(seq, lease)
-        batch.put(keys.lease(log_.name, state.name, seq), lease.SerializeToString())
-        batch.put(keys.delivery(log_.name, seq, state.name, lease.delivered_ms, lease.delivery_attempt),
-                  keys.delivery_record(0, pubsub_pb2.IN_FLIGHT))
-        return pubsub_pb2.ReceivedMessage(ack_id=keys.ack_id(state.name, log_.partition, seq), message=entry.message,
-                                          delivery_attempt=lease.delivery_attempt)
 
     def _seqs(self, log_: ShardLog, subscription: str, ack_ids: list[str]) -> list[int]:
         seqs = []
@@ -724,14 +820,14 @@ class StorageEngine:
         state = self.subscription(shard, subscription)
         log_ = self.shards[shard]
         batch = WriteBatch(raw_mode=True)
-        now = now_ms()
+        acked_record = keys.delivery_record(now_ms(), pubsub_pb2.ACKED)
+        lease_prefix = keys.lease_prefix(shard, subscription)
         acked = 0
         for seq in self._seqs(log_, subscription, ack_ids):
             lease = state.leases.pop(seq, None)
             if lease is not None:
-                batch.delete(keys.lease(shard, subscription, seq))
-                batch.put(keys.delivery(shard, seq, subscription, lease.delivered_ms, lease.delivery_attempt),
-                          keys.delivery_record(now, pubsub_pb2.ACKED))
+                batch.delete(lease_prefix + keys.seq_bytes(seq))
+                batch.put(keys.delivery(shard, seq, subscription, lease.delivered_ms, lease.attempt), acked_record)
                 acked += 1
         if acked:
             self._db.write(batch, self._unsynced)
@@ -750,10 +846,9 @@ class StorageEngine:
         for seq in self._seqs(log_, subscription, ack_ids):
             lease = state.leases.get(seq)
             if lease is not None:
-                lease = storage_pb2.Lease(deadline_ms=deadline, delivery_attempt=lease.delivery_attempt,
-                                          delivered_ms=lease.delivered_ms, last_error=lease.last_error)
+                lease = Lease(deadline, lease.attempt, lease.delivered_ms, lease.last_error)
                 state.lease(seq, lease)
-                batch.put(keys.lease(shard, subscription, seq), lease.SerializeToString())
+                batch.put(keys.lease(shard, subscription, seq), lease.encoded())
         if len(batch):
             self._db.write(batch, self._unsynced)
             log_.state_version += 1
@@ -773,18 +868,16 @@ class StorageEngine:
             lease = state.leases.get(seq)
             if lease is None:
                 continue
-            batch.put(keys.delivery(shard, seq, subscription, lease.delivered_ms, lease.delivery_attempt),
+            batch.put(keys.delivery(shard, seq, subscription, lease.delivered_ms, lease.attempt),
                       keys.delivery_record(now, pubsub_pb2.NACKED, error))
-            if terminal and (entry := self._entry(shard, seq)) is not None:
-                lease = storage_pb2.Lease(delivery_attempt=lease.delivery_attempt, delivered_ms=lease.delivered_ms,
-                                          last_error=error)
-                self._dead_letter(log_, state, seq, entry, lease, now, batch)
+            if terminal and (message := self._message(shard, seq, {})) is not None:
+                self._dead_letter(log_, state, seq, message, Lease(0, lease.attempt, lease.delivered_ms, error),
+                                  now, batch)
                 continue
-            wait = state.policy.backoff_ms(lease.delivery_attempt) if delay_ms is None else delay_ms
-            lease = storage_pb2.Lease(deadline_ms=now + wait, delivery_attempt=lease.delivery_attempt,
-                                      delivered_ms=lease.delivered_ms, last_error=error)
+            wait = state.policy.backoff_ms(lease.attempt) if delay_ms is None else delay_ms
+            lease = Lease(now + wait, lease.attempt, lease.delivered_ms, error)
             state.lease(seq, lease)
-            batch.put(keys.lease(shard, subscription, seq), lease.SerializeToString())
+            batch.put(keys.lease(shard, subscription, seq), lease.encoded())
         if len(batch):
             self._db.write(batch, self._unsynced)
             log_.state_version += 1
@@ -826,7 +919,11 @@ class StorageEngine:
             elif lease is not None:
                 waiting = lease.last_error or lease.deadline_ms <= now  # for a retry
                 delivery.state = pubsub_pb2.PENDING if waiting else pubsub_pb2.DELIVERED
-                delivery.delivery_attempts = lease.delivery_attempt
+                delivery.delivery_attempts = lease.attempt
+                if lease.attempt and not any(a.attempt == lease.attempt and to_ms(a.delivery_time) == lease.delivered_ms
+                                             for a in delivery.attempts):  # the attempt under way
+                    delivery.attempts.add(attempt=lease.attempt, delivery_time=timestamp(lease.delivered_ms),
+                                          outcome=pubsub_pb2.EXPIRED if waiting else pubsub_pb2.IN_FLIGHT)
             elif seq >= state.cursor:
                 delivery.state = pubsub_pb2.PENDING
             else:

@@ -6,7 +6,7 @@ separates them; sequence numbers are 8-byte big-endian so keys sort by seq.
   f shard                         -> first seq still kept (8 bytes)
   v shard                         -> stamp of the delivery state: epoch, version (8 + 8 bytes)
   c shard \0 subscription         -> cursor: next seq never delivered (8 bytes)
-  l shard \0 subscription \0 seq  -> notifymesh.internal.v1.Lease (in flight)
+  l shard \0 subscription \0 seq  -> lease (in flight): LEASE + last error (UTF-8)
   k shard \0 idempotency key      -> expiry ms (8 bytes) + message id
   i shard \0 message id           -> seq (8 bytes)
   x shard \0 subscription \0 seq  -> notifymesh.internal.v1.DeadLetterRecord
@@ -78,6 +78,11 @@ def idempotency(shard: str, key: str) -> bytes:
 
 def idempotency_prefix(shard: str) -> bytes:
     return b"k" + shard.encode() + b"\0"
+
+
+LEASE = struct.Struct(">qqi")  # deadline ms, delivered ms, delivery attempt
+# A lease as the leader sends it to followers: seq, then LEASE.
+LEASE_STATE = struct.Struct(">qqqi")
 
 
 def message_index(shard: str, message_id: str) -> bytes:

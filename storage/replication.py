@@ -38,7 +38,7 @@ from notifymesh.cluster import CANDIDATES, LEADERS, PLACEMENTS, Cluster
 from notifymesh.clock import now_ms
 from notifymesh.log import fields
 from storage import keys
-from storage.engine import StorageEngine
+from storage.engine import Entries, StorageEngine
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,8 @@ class Replication:
             if node != self._node:
                 lead.progress[node] = Progress(next=log_.end)
         # Stamped like any entry: attaching a subscription searches entries by append time.
-        await self._engine.write_entries(shard, marker, [storage_pb2.StoredMessage(epoch=epoch, append_ms=now_ms())])
+        await self._engine.write_entries(
+            shard, marker, Entries.of([storage_pb2.StoredMessage(epoch=epoch, append_ms=now_ms())]))
         await self._withdraw_candidacy(shard)
         log.info("leading", extra=fields(shard=shard, epoch=epoch, replicas=replicas, end=log_.end))
         self._advance_commit(lead)
@@ -244,6 +245,7 @@ class Replication:
             if not waiter.done():
                 waiter.set_exception(errors.Unavailable(f"leader of {shard} stepped down: {reason}"))
         log.info("stepped down", extra=fields(shard=shard, epoch=lead.epoch, reason=reason))
+        self._engine.shard(shard).tail.clear()
         if resign:
             try:
                 await self._delete_leader_key(shard, lead.epoch)
@@ -268,13 +270,13 @@ class Replication:
         ids, entries = self._engine.prepare(shard, messages, lead.epoch, dedup_window_ms, retry, by_payload)
         log_ = self._engine.shard(shard)
         start = log_.end
-        if entries:
+        if entries.raw:
             await self._engine.write_entries(shard, start, entries)
         if self.led.get(shard) is not lead:
             raise errors.Unavailable(f"leader of {shard} stepped down")
         self._advance_commit(lead)
         self._wake(lead)
-        await self._committed(lead, start + len(entries))
+        await self._committed(lead, start + len(entries.raw))
         return ids
 
     async def _committed(self, lead: Leadership, upto: int) -> None:
@@ -290,7 +292,7 @@ class Replication:
 
     def _advance_commit(self, lead: Leadership) -> None:
         log_ = self._engine.shard(lead.shard)
-        matches = sorted([log_.end] + [lead.progress[n].match for n in lead.replicas if n != self._node
+        matches = sorted([log_.written] + [lead.progress[n].match for n in lead.replicas if n != self._node
                                        and n in lead.progress], reverse=True)
         needed = quorum(lead.replicas)
         if len(matches) < needed:
@@ -391,6 +393,7 @@ class Replication:
                 if states_sent:
                     progress.state_version, progress.state_due = state_version, False
                 self._advance_commit(lead)
+                self._engine.release_tail(shard, min(p.match for p in lead.progress.values()))
             else:
                 progress.next = result.end  # where the follower's log fits ours
             if progress.next < self._engine.shard(shard).end:

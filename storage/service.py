@@ -33,9 +33,14 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         return storage_pb2.AppendResponse(message_ids=ids)
 
     async def Pull(self, request, context):
-        received = await self._node.pull(request.topic, request.partition, request.subscription,
-                                         request.max_messages, request.ack_deadline_ms, request.wait_ms)
-        return storage_pb2.PullResponse(received_messages=received)
+        pulls = [(s.name, s.max_messages, s.ack_deadline_ms) for s in request.subscriptions]
+        pulled, missing = await self._node.pull(request.topic, request.partition, pulls, request.wait_ms)
+        response = storage_pb2.PullResponse()
+        for name, (received, ack_ids) in pulled.items():
+            response.subscriptions.add(name=name, received_messages=received, ack_ids=ack_ids)
+        for name in missing:
+            response.subscriptions.add(name=name, not_found=True)
+        return response
 
     async def Acknowledge(self, request, context):
         shard = self._node.led_shard(request.topic, request.partition)
@@ -108,19 +113,24 @@ class StorageNode:
         return await self.replication.append(keys.shard_name(topic, partition), messages, retry, window_ms,
                                              record.dedup_by_payload)
 
-    async def pull(self, topic: str, partition: int, subscription: str, max_messages: int, ack_deadline_ms: int,
-                   wait_ms: int):
-        if max_messages <= 0 or ack_deadline_ms <= 0 or wait_ms < 0:
+    async def pull(self, topic: str, partition: int, pulls: list[tuple[str, int, int]], wait_ms: int):
+        """(messages by subscription, the subscriptions that do not exist)."""
+        if wait_ms < 0 or any(max_messages <= 0 or deadline_ms <= 0 for _, max_messages, deadline_ms in pulls):
             raise errors.InvalidArgument("max_messages and ack_deadline_ms must be positive, wait_ms not negative")
         shard = self.led_shard(topic, partition)
-        log_ = self.engine.shards.get(shard)
-        if log_ is None or subscription not in log_.subscriptions:
+        log_ = self.engine.shard(shard)
+        missing = []
+        for name in [name for name, _, _ in pulls if name not in log_.subscriptions]:
             # Pulled before this node's watch saw the subscription: attach from etcd.
-            record = await self._cluster.subscription(subscription)
-            if record.topic != topic:
-                raise errors.InvalidArgument(f"subscription {subscription!r} is on topic {record.topic!r}")
-            self.engine.attach(shard, record)
-        return await self.engine.pull(shard, subscription, max_messages, ack_deadline_ms, wait_ms)
+            try:
+                record = await self._cluster.subscription(name)
+            except errors.NotFound:
+                record = None
+            if record is None or record.topic != topic:
+                missing.append(name)
+            else:
+                self.engine.attach(shard, record)
+        return await self.engine.pull(shard, pulls, wait_ms), missing
 
     def shard_status(self):
         return self.replication.status()

@@ -8,7 +8,8 @@ from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 from notifymesh.clock import now_ms, timestamp
-from storage.engine import StorageEngine
+from storage import wire
+from storage.engine import Entries, StorageEngine
 
 DEDUP_MS = 60_000
 SHARD = "orders/0"
@@ -31,6 +32,16 @@ async def append(engine: StorageEngine, shard: str, msgs, dedup_ms: int = DEDUP_
     return ids
 
 
+async def pull(engine: StorageEngine, shard: str, subscription: str, max_messages: int, ack_deadline_ms: int,
+               wait_ms: int) -> list[pubsub_pb2.ReceivedMessage]:
+    """One subscription's pull, its messages decoded (as a subscriber sees them)."""
+    pulled = await engine.pull(shard, [(subscription, max_messages, ack_deadline_ms)], wait_ms)
+    received, ack_ids = pulled.get(subscription, ([], []))
+    messages = [pubsub_pb2.ReceivedMessage.FromString(raw) for raw in received]
+    assert [m.ack_id for m in messages] == ack_ids
+    return messages
+
+
 @pytest.fixture
 async def engine(tmp_path):
     engine = StorageEngine(tmp_path / "node", "storage-1")
@@ -49,11 +60,11 @@ async def reopen(engine: StorageEngine, tmp_path) -> StorageEngine:
 async def test_append_pull_ack_and_collect(engine):
     engine.attach(SHARD, subscription("audit"))
     ids = await append(engine, SHARD, messages(b"a", b"b", b"c"), DEDUP_MS)
-    pulled = await engine.pull(SHARD, "audit", 10, 10_000, 0)
+    pulled = await pull(engine, SHARD, "audit", 10, 10_000, 0)
     assert [m.message.message_id for m in pulled] == ids
     assert [m.message.data for m in pulled] == [b"a", b"b", b"c"]
     assert all(m.message.HasField("publish_time") and m.delivery_attempt == 1 for m in pulled)
-    assert await engine.pull(SHARD, "audit", 10, 10_000, 0) == []  # leased, not deliverable
+    assert await pull(engine, SHARD, "audit", 10, 10_000, 0) == []  # leased, not deliverable
     assert engine.collect(SHARD, None) == 0  # in flight: kept
     assert engine.acknowledge(SHARD, "audit", [m.ack_id for m in pulled]) == 3
     assert engine.acknowledge(SHARD, "audit", [m.ack_id for m in pulled]) == 0
@@ -64,10 +75,10 @@ async def test_message_is_kept_until_every_subscription_acked(engine):
     engine.attach(SHARD, subscription("audit"))
     engine.attach(SHARD, subscription("billing"))
     await append(engine, SHARD, messages(b"x"), DEDUP_MS)
-    [audit] = await engine.pull(SHARD, "audit", 10, 10_000, 0)
+    [audit] = await pull(engine, SHARD, "audit", 10, 10_000, 0)
     engine.acknowledge(SHARD, "audit", [audit.ack_id])
     assert engine.collect(SHARD, None) == 0
-    [billing] = await engine.pull(SHARD, "billing", 10, 10_000, 0)
+    [billing] = await pull(engine, SHARD, "billing", 10, 10_000, 0)
     engine.acknowledge(SHARD, "billing", [billing.ack_id])
     assert engine.collect(SHARD, None) == 1
 
@@ -75,17 +86,17 @@ async def test_message_is_kept_until_every_subscription_acked(engine):
 async def test_expired_lease_is_redelivered_and_nack_is_immediate(engine):
     engine.attach(SHARD, subscription("audit"))
     [message_id] = await append(engine, SHARD, messages(b"x"), DEDUP_MS)
-    [first] = await engine.pull(SHARD, "audit", 10, 200, 0)
-    [second] = await engine.pull(SHARD, "audit", 10, 60_000, 2000)  # waits for the 200 ms lease
+    [first] = await pull(engine, SHARD, "audit", 10, 200, 0)
+    [second] = await pull(engine, SHARD, "audit", 10, 60_000, 2000)  # waits for the 200 ms lease
     assert second.message.message_id == message_id and second.delivery_attempt == 2
     engine.modify_ack_deadline(SHARD, "audit", [second.ack_id], 0)
-    [third] = await engine.pull(SHARD, "audit", 10, 60_000, 0)
+    [third] = await pull(engine, SHARD, "audit", 10, 60_000, 0)
     assert third.delivery_attempt == 3
 
 
 async def test_waiting_pull_wakes_on_append(engine):
     engine.attach(SHARD, subscription("audit"))
-    waiting = asyncio.create_task(engine.pull(SHARD, "audit", 10, 10_000, 5000))
+    waiting = asyncio.create_task(pull(engine, SHARD, "audit", 10, 10_000, 5000))
     await asyncio.sleep(0.05)
     assert not waiting.done()
     await append(engine, SHARD, messages(b"late"), DEDUP_MS)
@@ -96,17 +107,17 @@ async def test_waiting_pull_wakes_on_append(engine):
 async def test_state_survives_reopen(engine, tmp_path):
     engine.attach(SHARD, subscription("audit"))
     ids = await append(engine, SHARD, messages(b"a", b"b", b"c", b"d"), DEDUP_MS)
-    pulled = await engine.pull(SHARD, "audit", 2, 60_000, 0)
+    pulled = await pull(engine, SHARD, "audit", 2, 60_000, 0)
     engine.acknowledge(SHARD, "audit", [pulled[0].ack_id])
     engine = await reopen(engine, tmp_path)
     try:
         assert engine.shard(SHARD).commit == 0  # unknown until a leader establishes it
         engine.advance_commit(SHARD, engine.shard(SHARD).end)
         # b still leased for 60 s; c, d never delivered; a acked
-        rest = await engine.pull(SHARD, "audit", 10, 60_000, 0)
+        rest = await pull(engine, SHARD, "audit", 10, 60_000, 0)
         assert [m.message.message_id for m in rest] == ids[2:]
         engine.modify_ack_deadline(SHARD, "audit", [pulled[1].ack_id], 0)
-        [again] = await engine.pull(SHARD, "audit", 10, 60_000, 0)
+        [again] = await pull(engine, SHARD, "audit", 10, 60_000, 0)
         assert again.message.message_id == ids[1] and again.delivery_attempt == 2
         more = await append(engine, SHARD, messages(b"e"), DEDUP_MS)
         assert more[0] not in ids
@@ -123,10 +134,10 @@ async def test_subscription_after_an_epoch_marker_starts_at_its_create_time(engi
     [new] = await append(engine, SHARD, messages(b"new"))
     log_ = engine.shard(SHARD)
     marker = storage_pb2.StoredMessage(epoch=2, append_ms=now_ms())
-    await engine.write_entries(SHARD, log_.end, [marker])
+    await engine.write_entries(SHARD, log_.end, Entries.of([marker]))
     [newer] = await append(engine, SHARD, messages(b"newer"), epoch=2)
     engine.attach(SHARD, subscription("late", created_ms=created))
-    assert [m.message.message_id for m in await engine.pull(SHARD, "late", 10, 10_000, 0)] == [new, newer]
+    assert [m.message.message_id for m in await pull(engine, SHARD, "late", 10, 10_000, 0)] == [new, newer]
     assert keys.split_shard(SHARD) == ("orders", 0)
 
 
@@ -137,18 +148,18 @@ async def test_subscription_starts_at_its_create_time(engine):
     await asyncio.sleep(0.01)
     [new] = await append(engine, SHARD, messages(b"new"), DEDUP_MS)
     engine.attach(SHARD, subscription("late", created_ms=created))
-    assert [m.message.message_id for m in await engine.pull(SHARD, "late", 10, 10_000, 0)] == [new]
+    assert [m.message.message_id for m in await pull(engine, SHARD, "late", 10, 10_000, 0)] == [new]
 
 
 async def test_retention_expires_unacked_messages(engine):
     engine.attach(SHARD, subscription("audit"))
     await append(engine, SHARD, messages(b"old"), DEDUP_MS)
-    await engine.pull(SHARD, "audit", 10, 60_000, 0)  # in flight, never acked
+    await pull(engine, SHARD, "audit", 10, 60_000, 0)  # in flight, never acked
     await asyncio.sleep(0.05)
     [fresh] = await append(engine, SHARD, messages(b"fresh"), DEDUP_MS)
     assert engine.collect(SHARD, 30) == 1
     engine.modify_ack_deadline(SHARD, "audit", ["0:0:audit"], 0)
-    assert [m.message.message_id for m in await engine.pull(SHARD, "audit", 10, 60_000, 0)] == [fresh]
+    assert [m.message.message_id for m in await pull(engine, SHARD, "audit", 10, 60_000, 0)] == [fresh]
 
 
 async def test_idempotency_key_within_and_across_batches(engine):
@@ -156,7 +167,7 @@ async def test_idempotency_key_within_and_across_batches(engine):
     first = await append(engine, SHARD, messages(b"a", b"a", key="k1"), DEDUP_MS)
     assert first[0] == first[1]
     assert await append(engine, SHARD, messages(b"a", key="k1"), DEDUP_MS) == first[:1]
-    assert len(await engine.pull(SHARD, "audit", 10, 60_000, 0)) == 1
+    assert len(await pull(engine, SHARD, "audit", 10, 60_000, 0)) == 1
     expired = await append(engine, SHARD, messages(b"b", key="k2"), 1)
     await asyncio.sleep(0.01)
     assert await append(engine, SHARD, messages(b"b", key="k2"), DEDUP_MS) != expired
@@ -175,10 +186,10 @@ async def test_follower_write_replaces_a_diverged_tail_and_keeps_seqs(engine, tm
         assert [storage_pb2.StoredMessage.FromString(e).message.message_id for e in entries] == leader_ids
         await follower.write_raw_entries(SHARD, 0, entries[:2])
         stale = storage_pb2.StoredMessage(message=pubsub_pb2.PubsubMessage(data=b"stale", message_id="x"), epoch=1)
-        await follower.write_entries(SHARD, 2, [stale])
+        await follower.write_entries(SHARD, 2, Entries.of([stale]))
         assert follower.shard(SHARD).end == 3
         # the new leader (epoch 2) sends its marker at 2: the stale entry goes
-        await follower.write_entries(SHARD, 2, [storage_pb2.StoredMessage(epoch=2)])
+        await follower.write_entries(SHARD, 2, Entries.of([storage_pb2.StoredMessage(epoch=2)]))
         log_ = follower.shard(SHARD)
         assert (log_.end, log_.last_epoch) == (3, 2)
         assert [follower.epoch_at(SHARD, seq) for seq in range(3)] == [1, 1, 2]
@@ -196,9 +207,9 @@ async def test_follower_write_replaces_a_diverged_tail_and_keeps_seqs(engine, tm
 async def test_delivery_state_moves_to_a_follower(engine, tmp_path):
     engine.attach(SHARD, subscription("audit"))
     ids = await append(engine, SHARD, messages(b"a", b"b", b"c"))
-    [first] = await engine.pull(SHARD, "audit", 1, 60_000, 0)
+    [first] = await pull(engine, SHARD, "audit", 1, 60_000, 0)
     engine.acknowledge(SHARD, "audit", [first.ack_id])
-    await engine.pull(SHARD, "audit", 1, 60_000, 0)  # b in flight
+    await pull(engine, SHARD, "audit", 1, 60_000, 0)  # b in flight
     follower = StorageEngine(tmp_path / "follower", "storage-2")
     follower.start()
     try:
@@ -207,10 +218,10 @@ async def test_delivery_state_moves_to_a_follower(engine, tmp_path):
         assert follower.shard(SHARD).state_stamp == (1, 5)
         follower.advance_commit(SHARD, 3)
         # as the new leader: c is next, b comes back when its lease is nacked
-        [c] = await follower.pull(SHARD, "audit", 10, 60_000, 0)
+        [c] = await pull(follower, SHARD, "audit", 10, 60_000, 0)
         assert c.message.message_id == ids[2]
         follower.modify_ack_deadline(SHARD, "audit", ["0:1:audit"], 0)
-        [b] = await follower.pull(SHARD, "audit", 10, 60_000, 0)
+        [b] = await pull(follower, SHARD, "audit", 10, 60_000, 0)
         assert b.message.message_id == ids[1] and b.delivery_attempt == 2
     finally:
         await follower.close()
@@ -226,7 +237,7 @@ async def test_retry_skips_messages_already_in_the_log(engine):
     for m in again:
         m.message_id = f"id-{m.data.decode()}"
     assert await append(engine, SHARD, again, retry=True) == ["id-a", "id-b", "id-c"]
-    assert [m.message.data for m in await engine.pull(SHARD, "audit", 10, 60_000, 0)] == [b"a", b"b", b"c"]
+    assert [m.message.data for m in await pull(engine, SHARD, "audit", 10, 60_000, 0)] == [b"a", b"b", b"c"]
     # the ids read at the first retry are kept current: later appends count too
     later = messages(b"d")
     later[0].message_id = "id-d"
@@ -234,16 +245,16 @@ async def test_retry_skips_messages_already_in_the_log(engine):
     retried = messages(b"d")
     retried[0].message_id = "id-d"
     assert await append(engine, SHARD, retried, retry=True) == ["id-d"]
-    assert [m.message.data for m in await engine.pull(SHARD, "audit", 10, 60_000, 0)] == [b"d"]
+    assert [m.message.data for m in await pull(engine, SHARD, "audit", 10, 60_000, 0)] == [b"d"]
 
 
 async def test_only_committed_entries_are_delivered(engine):
     engine.attach(SHARD, subscription("audit"))
     ids, entries = engine.prepare(SHARD, messages(b"a", b"b"), 1, DEDUP_MS, False)
     await engine.write_entries(SHARD, 0, entries)
-    assert await engine.pull(SHARD, "audit", 10, 60_000, 0) == []
+    assert await pull(engine, SHARD, "audit", 10, 60_000, 0) == []
     engine.advance_commit(SHARD, 1)
-    assert [m.message.message_id for m in await engine.pull(SHARD, "audit", 10, 60_000, 0)] == ids[:1]
+    assert [m.message.message_id for m in await pull(engine, SHARD, "audit", 10, 60_000, 0)] == ids[:1]
 
 
 async def test_corrupted_entry_is_never_delivered(engine, tmp_path):
@@ -254,7 +265,7 @@ async def test_corrupted_entry_is_never_delivered(engine, tmp_path):
     value = bytearray(engine._db[key])
     value[-1] ^= 0xFF  # flip bits of the stored entry
     engine._db[key] = bytes(value)
-    delivered = await engine.pull(SHARD, "audit", 10, 60_000, 0)
+    delivered = await pull(engine, SHARD, "audit", 10, 60_000, 0)
     assert [m.message.message_id for m in delivered] == [ids[0], ids[2]]
 
 
@@ -266,7 +277,7 @@ async def test_refuses_another_nodes_data_dir(engine, tmp_path):
 async def test_unknown_subscription_and_bad_ack_id(engine):
 
     with pytest.raises(errors.NotFound):
-        await engine.pull(SHARD, "nobody", 1, 1000, 0)
+        await pull(engine, SHARD, "nobody", 1, 1000, 0)
     engine.attach(SHARD, subscription("audit"))
     for bad in ("zz", "0:zz:audit", "1", "x:1:audit", "0:1"):
         with pytest.raises(errors.InvalidArgument):
@@ -276,7 +287,7 @@ async def test_unknown_subscription_and_bad_ack_id(engine):
     with pytest.raises(errors.InvalidArgument, match="not of 'audit' partition 0"):
         engine.acknowledge(SHARD, "audit", ["0:0:billing"])
     await append(engine, SHARD, messages(b"x"))
-    [pulled] = await engine.pull(SHARD, "audit", 1, 60_000, 0)
+    [pulled] = await pull(engine, SHARD, "audit", 1, 60_000, 0)
     assert pulled.ack_id == "0:0:audit"  # partition 0, seq 0, subscription
     assert engine.acknowledge(SHARD, "audit", [pulled.ack_id]) == 1
 
@@ -294,7 +305,7 @@ async def test_payload_hash_dedup_within_the_window(engine):
     assert await append(engine, SHARD, [msg(b"charge", a="1")], by_payload=True) != [first]
     assert await append(engine, SHARD, [msg(b"charge!", a="1", b="2")], by_payload=True) != [first]
     assert await append(engine, SHARD, [msg(b"charge", a="1", b="2")]) != [first]
-    assert len(await engine.pull(SHARD, "audit", 10, 60_000, 0)) == 4
+    assert len(await pull(engine, SHARD, "audit", 10, 60_000, 0)) == 4
     # past the window it is new again
     [short] = await append(engine, SHARD, [msg(b"brief")], dedup_ms=1, by_payload=True)
     await asyncio.sleep(0.01)
@@ -312,9 +323,9 @@ async def test_terminal_nack_dead_letters_then_redrive(engine, tmp_path):
     engine.attach(SHARD, subscription("billing"))
     [poison, fine] = await append(engine, SHARD, messages(b"poison", b"fine"))
     with pytest.raises(errors.FailedPrecondition, match="no dead-letter topic"):
-        [b] = await engine.pull(SHARD, "billing", 1, 60_000, 0)
+        [b] = await pull(engine, SHARD, "billing", 1, 60_000, 0)
         engine.nack(SHARD, "billing", [b.ack_id], terminal=True)
-    first, second = await engine.pull(SHARD, "audit", 10, 60_000, 0)
+    first, second = await pull(engine, SHARD, "audit", 10, 60_000, 0)
     engine.nack(SHARD, "audit", [first.ack_id], terminal=True, reason="unparseable")
     engine.acknowledge(SHARD, "audit", [second.ack_id])
     dead = engine.dead_letters.get_nowait()
@@ -323,7 +334,7 @@ async def test_terminal_nack_dead_letters_then_redrive(engine, tmp_path):
     [listed] = engine.list_dead_letters(SHARD, "audit", 10)
     assert (listed.message.message_id, listed.last_error, listed.dead_letter_message_id) == \
         (poison, "unparseable", "dlq-copy-id")
-    assert await engine.pull(SHARD, "audit", 10, 60_000, 0) == []
+    assert await pull(engine, SHARD, "audit", 10, 60_000, 0) == []
 
     status = engine.message_status(SHARD, poison)
     by_sub = {d.subscription: d for d in status.deliveries}
@@ -341,7 +352,7 @@ async def test_terminal_nack_dead_letters_then_redrive(engine, tmp_path):
         engine.attach(SHARD, dead_letter_subscription("audit"))
         assert [d.message.message_id for d in engine.list_dead_letters(SHARD, "audit", 10)] == [poison]
         assert engine.redrive(SHARD, "audit") == 1
-        [again] = await engine.pull(SHARD, "audit", 10, 60_000, 0)
+        [again] = await pull(engine, SHARD, "audit", 10, 60_000, 0)
         assert again.message.message_id == poison and again.delivery_attempt == 1
         assert engine.list_dead_letters(SHARD, "audit", 10) == []
         engine.acknowledge(SHARD, "audit", [again.ack_id])
@@ -354,11 +365,11 @@ async def test_terminal_nack_dead_letters_then_redrive(engine, tmp_path):
 async def test_delivery_log_records_each_attempt(engine):
     engine.attach(SHARD, subscription("audit"))
     [message_id] = await append(engine, SHARD, messages(b"x"))
-    [first] = await engine.pull(SHARD, "audit", 1, 60_000, 0)
+    [first] = await pull(engine, SHARD, "audit", 1, 60_000, 0)
     engine.nack(SHARD, "audit", [first.ack_id], delay_ms=0, reason="HTTP 500")
-    [second] = await engine.pull(SHARD, "audit", 1, 1, 0)  # its 1 ms ack deadline passes
+    [second] = await pull(engine, SHARD, "audit", 1, 1, 0)  # its 1 ms ack deadline passes
     await asyncio.sleep(0.01)
-    [third] = await engine.pull(SHARD, "audit", 1, 60_000, 0)
+    [third] = await pull(engine, SHARD, "audit", 1, 60_000, 0)
     [delivery] = engine.message_status(SHARD, message_id).deliveries
     assert delivery.state == pubsub_pb2.DELIVERED and delivery.delivery_attempts == 3
     engine.acknowledge(SHARD, "audit", [third.ack_id])
@@ -374,3 +385,41 @@ async def test_delivery_log_records_each_attempt(engine):
     assert engine.collect_delivery_log(SHARD, now_ms() + 1) == 3
     with pytest.raises(errors.NotFound):
         engine.message_status(SHARD, message_id)
+
+
+async def test_one_pull_serves_several_subscriptions(engine):
+    engine.attach(SHARD, subscription("audit"))
+    engine.attach(SHARD, subscription("billing"))
+    ids = await append(engine, SHARD, messages(b"a", b"b", b"c"))
+    pulled = await engine.pull(SHARD, [("audit", 2, 60_000), ("billing", 10, 60_000)], 0)
+    decoded = {name: [pubsub_pb2.ReceivedMessage.FromString(raw) for raw in raws] for name, (raws, _) in pulled.items()}
+    assert [m.message.message_id for m in decoded["audit"]] == ids[:2]
+    assert [m.message.message_id for m in decoded["billing"]] == ids
+    assert [m.ack_id for m in decoded["billing"]] == pulled["billing"][1]
+    pulled = await engine.pull(SHARD, [("audit", 10, 60_000), ("billing", 10, 60_000)], 0)
+    assert list(pulled) == ["audit"]  # billing has nothing more
+
+
+def test_wire_format_matches_the_generated_classes():
+    message = pubsub_pb2.PubsubMessage(data=b"x" * 300, attributes={"k": "v"}, message_id="id-1")
+    raw = wire.received_message("0:1f:audit", message.SerializeToString(), 300)
+    assert pubsub_pb2.ReceivedMessage.FromString(raw) == pubsub_pb2.ReceivedMessage(
+        ack_id="0:1f:audit", message=message, delivery_attempt=300)
+    stored = storage_pb2.StoredMessage(message=message, append_ms=5, epoch=2).SerializeToString()
+    assert wire.message_of(stored) == message.SerializeToString()
+    # fields in another order (valid protobuf): decoded the slow way, same answer
+    reordered = storage_pb2.StoredMessage(epoch=2).SerializeToString() + \
+        storage_pb2.StoredMessage(message=message).SerializeToString()
+    assert wire.message_of(reordered) == message.SerializeToString()
+    assert wire.message_of(storage_pb2.StoredMessage(epoch=2).SerializeToString()) is None
+
+
+async def test_written_trails_end_until_the_write_is_synced(engine):
+    """A leader counts itself towards a majority only with what it has synced."""
+    _, entries = engine.prepare(SHARD, messages(b"a"), 1, DEDUP_MS, False)
+    writing = asyncio.create_task(engine.write_entries(SHARD, 0, entries))
+    await asyncio.sleep(0)
+    log_ = engine.shard(SHARD)
+    assert (log_.end, log_.written) == (1, 0)
+    await writing
+    assert log_.written == 1

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from gen.notifymesh.internal.v1 import sender_pb2 as notifymesh_dot_internal_dot_v1_dot_sender__pb2
 from gen.notifymesh.v1 import pubsub_pb2 as notifymesh_dot_v1_dot_pubsub__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -37,7 +38,7 @@ class SenderStub:
         self.Subscribe = channel.unary_stream(
                 '/notifymesh.internal.v1.Sender/Subscribe',
                 request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.SubscribeRequest.SerializeToString,
-                response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.SubscribeResponse.FromString,
+                response_deserializer=notifymesh_dot_internal_dot_v1_dot_sender__pb2.SubscribeFrame.FromString,
                 _registered_method=True)
         self.Acknowledge = channel.unary_unary(
                 '/notifymesh.internal.v1.Sender/Acknowledge',
@@ -89,7 +90,7 @@ def add_SenderServicer_to_server(servicer, server):
             'Subscribe': grpc.unary_stream_rpc_method_handler(
                     servicer.Subscribe,
                     request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.SubscribeRequest.FromString,
-                    response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.SubscribeResponse.SerializeToString,
+                    response_serializer=notifymesh_dot_internal_dot_v1_dot_sender__pb2.SubscribeFrame.SerializeToString,
             ),
             'Acknowledge': grpc.unary_unary_rpc_method_handler(
                     servicer.Acknowledge,
@@ -133,7 +134,7 @@ class Sender:
             target,
             '/notifymesh.internal.v1.Sender/Subscribe',
             notifymesh_dot_v1_dot_pubsub__pb2.SubscribeRequest.SerializeToString,
-            notifymesh_dot_v1_dot_pubsub__pb2.SubscribeResponse.FromString,
+            notifymesh_dot_internal_dot_v1_dot_sender__pb2.SubscribeFrame.FromString,
             options,
             channel_credentials,
             insecure,

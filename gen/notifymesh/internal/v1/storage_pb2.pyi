@@ -26,26 +26,44 @@ class AppendResponse(_message.Message):
     def __init__(self, message_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PullRequest(_message.Message):
-    __slots__ = ("topic", "subscription", "max_messages", "ack_deadline_ms", "wait_ms", "partition")
+    __slots__ = ("topic", "partition", "wait_ms", "subscriptions")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
-    SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    wait_ms: int
+    subscriptions: _containers.RepeatedCompositeFieldContainer[SubscriptionPull]
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., wait_ms: _Optional[int] = ..., subscriptions: _Optional[_Iterable[_Union[SubscriptionPull, _Mapping]]] = ...) -> None: ...
+
+class SubscriptionPull(_message.Message):
+    __slots__ = ("name", "max_messages", "ack_deadline_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     ACK_DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
-    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
-    PARTITION_FIELD_NUMBER: _ClassVar[int]
-    topic: str
-    subscription: str
+    name: str
     max_messages: int
     ack_deadline_ms: int
-    wait_ms: int
-    partition: int
-    def __init__(self, topic: _Optional[str] = ..., subscription: _Optional[str] = ..., max_messages: _Optional[int] = ..., ack_deadline_ms: _Optional[int] = ..., wait_ms: _Optional[int] = ..., partition: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., max_messages: _Optional[int] = ..., ack_deadline_ms: _Optional[int] = ...) -> None: ...
 
 class PullResponse(_message.Message):
-    __slots__ = ("received_messages",)
+    __slots__ = ("subscriptions",)
+    SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
+    subscriptions: _containers.RepeatedCompositeFieldContainer[PulledMessages]
+    def __init__(self, subscriptions: _Optional[_Iterable[_Union[PulledMessages, _Mapping]]] = ...) -> None: ...
+
+class PulledMessages(_message.Message):
+    __slots__ = ("name", "received_messages", "ack_ids", "not_found")
+    NAME_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_MESSAGES_FIELD_NUMBER: _ClassVar[int]
-    received_messages: _containers.RepeatedCompositeFieldContainer[_pubsub_pb2.ReceivedMessage]
-    def __init__(self, received_messages: _Optional[_Iterable[_Union[_pubsub_pb2.ReceivedMessage, _Mapping]]] = ...) -> None: ...
+    ACK_IDS_FIELD_NUMBER: _ClassVar[int]
+    NOT_FOUND_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    received_messages: _containers.RepeatedScalarFieldContainer[bytes]
+    ack_ids: _containers.RepeatedScalarFieldContainer[str]
+    not_found: bool
+    def __init__(self, name: _Optional[str] = ..., received_messages: _Optional[_Iterable[bytes]] = ..., ack_ids: _Optional[_Iterable[str]] = ..., not_found: _Optional[bool] = ...) -> None: ...
 
 class StorageAcknowledgeRequest(_message.Message):
     __slots__ = ("topic", "subscription", "ack_ids", "partition")
@@ -204,30 +222,25 @@ class ShardResult(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., ok: _Optional[bool] = ..., end: _Optional[int] = ..., newer_epoch: _Optional[int] = ...) -> None: ...
 
 class SubscriptionState(_message.Message):
-    __slots__ = ("name", "cursor", "leases", "dead_letters")
+    __slots__ = ("name", "cursor", "dead_letters", "leases", "lease_errors")
+    class LeaseErrorsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: str
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
-    LEASES_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
+    LEASES_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ERRORS_FIELD_NUMBER: _ClassVar[int]
     name: str
     cursor: int
-    leases: _containers.RepeatedCompositeFieldContainer[LeaseState]
     dead_letters: _containers.RepeatedCompositeFieldContainer[DeadLetterRecord]
-    def __init__(self, name: _Optional[str] = ..., cursor: _Optional[int] = ..., leases: _Optional[_Iterable[_Union[LeaseState, _Mapping]]] = ..., dead_letters: _Optional[_Iterable[_Union[DeadLetterRecord, _Mapping]]] = ...) -> None: ...
-
-class LeaseState(_message.Message):
-    __slots__ = ("seq", "deadline_ms", "delivery_attempt", "delivered_ms", "last_error")
-    SEQ_FIELD_NUMBER: _ClassVar[int]
-    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
-    DELIVERY_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
-    DELIVERED_MS_FIELD_NUMBER: _ClassVar[int]
-    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
-    seq: int
-    deadline_ms: int
-    delivery_attempt: int
-    delivered_ms: int
-    last_error: str
-    def __init__(self, seq: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., delivery_attempt: _Optional[int] = ..., delivered_ms: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
+    leases: bytes
+    lease_errors: _containers.ScalarMap[int, str]
+    def __init__(self, name: _Optional[str] = ..., cursor: _Optional[int] = ..., dead_letters: _Optional[_Iterable[_Union[DeadLetterRecord, _Mapping]]] = ..., leases: _Optional[bytes] = ..., lease_errors: _Optional[_Mapping[int, str]] = ...) -> None: ...
 
 class StoredMessage(_message.Message):
     __slots__ = ("message", "append_ms", "epoch", "dedup_key", "dedup_until_ms")
@@ -242,18 +255,6 @@ class StoredMessage(_message.Message):
     dedup_key: str
     dedup_until_ms: int
     def __init__(self, message: _Optional[_Union[_pubsub_pb2.PubsubMessage, _Mapping]] = ..., append_ms: _Optional[int] = ..., epoch: _Optional[int] = ..., dedup_key: _Optional[str] = ..., dedup_until_ms: _Optional[int] = ...) -> None: ...
-
-class Lease(_message.Message):
-    __slots__ = ("deadline_ms", "delivery_attempt", "delivered_ms", "last_error")
-    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
-    DELIVERY_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
-    DELIVERED_MS_FIELD_NUMBER: _ClassVar[int]
-    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
-    deadline_ms: int
-    delivery_attempt: int
-    delivered_ms: int
-    last_error: str
-    def __init__(self, deadline_ms: _Optional[int] = ..., delivery_attempt: _Optional[int] = ..., delivered_ms: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
 
 class DeadLetterRecord(_message.Message):
     __slots__ = ("seq", "delivery_attempts", "dead_ms", "last_error", "dead_letter_message_id")

@@ -99,8 +99,10 @@ class StorageServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Pull(self, request, context):
-        """Leader only. Leases up to max_messages deliverable messages (expired leases
-        first, then new ones) for ack_deadline_ms; waits up to wait_ms for one.
+        """Leader only. For each subscription, leases up to its max_messages
+        deliverable messages (expired leases first, then new ones) for its
+        ack_deadline_ms; waits up to wait_ms for a first one. One call serves every
+        subscription of the shard a sender has room for.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,51 @@
+"""Protobuf wire format, written and sliced by hand on the delivery hot path, so
+that a message stored once is delivered without being decoded or re-encoded
+(Python protobuf objects cost microseconds each; slicing bytes costs little).
+
+Only the two shapes below are handled; anything else falls back to the
+generated classes, which are the reference.
+"""
+
+from gen.notifymesh.internal.v1 import storage_pb2
+
+_MESSAGE_TAG = 0x0A  # StoredMessage.message: field 1, length-delimited
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def message_of(entry: bytes) -> bytes | None:
+    """The serialized notifymesh.v1.PubsubMessage of a serialized StoredMessage, or
+    None for an entry without one (an epoch marker)."""
+    if entry and entry[0] == _MESSAGE_TAG:  # serializers write field 1 first
+        length, start = _read_varint(entry, 1)
+        return entry[start:start + length]
+    stored = storage_pb2.StoredMessage.FromString(entry)
+    return stored.message.SerializeToString() if stored.HasField("message") else None
+
+
+def field(number: int, value: bytes) -> bytes:
+    """A length-delimited field (bytes, string or message)."""
+    return bytes((number << 3 | 2,)) + varint(len(value)) + value
+
+
+def received_message(ack_id: str, message: bytes, attempt: int) -> bytes:
+    """A serialized notifymesh.v1.ReceivedMessage{ack_id=1, message=2, delivery_attempt=3}."""
+    return field(1, ack_id.encode()) + field(2, message) + b"\x18" + varint(attempt)
