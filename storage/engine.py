@@ -1,5 +1,4 @@
-"""A storage node's shards: replicated logs, cursors and leases in RocksDB plus an
-in-memory index. Replication itself (who leads, who follows) is in
+"""A storage node's shards: replicated logs in RocksDB, delivery state in memory. Replication itself (who leads, who follows) is in
 storage/replication.py; this module keeps one node's copy.
 
 Each shard's log has sequence numbers. Entries below `commit` are on a majority
@@ -10,8 +9,10 @@ leader deletes what every subscription has moved past, or what is older than
 the topic's retention, and followers drop what the leader no longer keeps.
 
 Log writes are group-committed: concurrent appends (and replicated batches)
-share one synced WriteBatch. Cursor and lease updates are written without sync:
-losing one only means a message is delivered again, which at-least-once allows.
+share one synced WriteBatch. Cursors, leases and dead letters live in memory on
+the leader, which saves them as one value per shard (snapshot) when they changed,
+about every 0.5 s, and sends the same to its followers; a crash loses at most that
+much, which only means messages are delivered again, as at-least-once allows.
 """
 
 import asyncio
@@ -87,14 +88,6 @@ class Lease:
         self.deadline_ms, self.attempt, self.delivered_ms, self.last_error = \
             deadline_ms, attempt, delivered_ms, last_error
 
-    def encoded(self) -> bytes:
-        return keys.LEASE.pack(self.deadline_ms, self.delivered_ms, self.attempt) + self.last_error.encode()
-
-    @classmethod
-    def decode(cls, value: bytes) -> "Lease":
-        deadline_ms, delivered_ms, attempt = keys.LEASE.unpack_from(value)
-        return cls(deadline_ms, attempt, delivered_ms, value[keys.LEASE.size:].decode())
-
 
 @dataclass
 class SubscriptionState:
@@ -142,8 +135,14 @@ class ShardLog:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     # Counts changes of the delivery state, so the leader knows what a follower has.
     state_version: int = 0
-    # (leader epoch, state_version) of the delivery state held here, as last recorded.
+    # (leader epoch, state_version) of the delivery state held here, as last saved.
     state_stamp: tuple[int, int] = (0, 0)
+    # The delivery state as saved or received from the leader, not yet taken into
+    # subscriptions (a follower never needs it there; a new leader does).
+    saved: list[storage_pb2.SubscriptionState] | None = None
+    # While leading: the epoch, and the last snapshot taken (state_version, states).
+    leader_epoch: int = 0
+    snapshot: tuple[int, list[storage_pb2.SubscriptionState]] | None = None
     # Ids of the last RETRY_SCAN_ENTRIES messages, read from the log at the first
     # retried append and kept up to date after it (None until then).
     recent_ids: "RecentIds | None" = None
@@ -242,22 +241,10 @@ class StorageEngine:
         db = self._db
         for key, value in self._prefixed(b"f"):
             self.shard(key[1:].decode()).first = int.from_bytes(value, "big")
-        for key, value in self._prefixed(b"v"):
-            self.shard(key[1:].decode()).state_stamp = (int.from_bytes(value[:8], "big"),
-                                                        int.from_bytes(value[8:], "big"))
-        for key, value in self._prefixed(b"c"):
-            shard, sub = (part.decode() for part in key[1:].split(b"\0", 1))
-            self.shard(shard).subscriptions[sub] = SubscriptionState(sub, int.from_bytes(value, "big"))
-        for key, value in self._prefixed(b"l"):
-            shard, sub, _ = key[1:].split(b"\0", 2)
-            state = self.shard(shard.decode()).subscriptions.get(sub.decode())
-            if state is not None:
-                state.lease(keys.seq_of(key), Lease.decode(value))
-        for key, value in self._prefixed(b"x"):
-            shard, sub, _ = key[1:].split(b"\0", 2)
-            state = self.shard(shard.decode()).subscriptions.get(sub.decode())
-            if state is not None:
-                state.dead_letters[keys.seq_of(key)] = storage_pb2.DeadLetterRecord.FromString(value)
+        for key, value in self._prefixed(b"s"):
+            saved = storage_pb2.DeliveryState.FromString(value)
+            log_ = self.shard(key[1:].decode())
+            log_.saved, log_.state_stamp = list(saved.subscriptions), (saved.epoch, saved.version)
         it = db.iter()
         it.seek(b"m")
         while it.valid() and it.key().startswith(b"m"):
@@ -519,14 +506,13 @@ class StorageEngine:
     def attach(self, shard: str, subscription: pubsub_pb2.Subscription) -> SubscriptionState:
         """Starts the subscription at the first entry appended at or after its create
         time, unless it is attached already; takes its delivery policy either way."""
-        log_ = self.shard(shard)
+        log_ = self._restored(shard)
         state = log_.subscriptions.get(subscription.name)
         if state is not None:
             state.policy = DeliveryPolicy.of(subscription)
             state.created_ms = to_ms(subscription.create_time)
         if state is None:
             cursor = self._first_seq_at_or_after(log_, to_ms(subscription.create_time))
-            self._db.put(keys.cursor(shard, subscription.name), keys.seq_bytes(cursor), self._unsynced)
             state = log_.subscriptions[subscription.name] = SubscriptionState(
                 subscription.name, cursor, policy=DeliveryPolicy.of(subscription),
                 created_ms=to_ms(subscription.create_time))
@@ -558,11 +544,6 @@ class StorageEngine:
         log_ = self.shards.get(shard)
         if log_ is None or log_.subscriptions.pop(subscription, None) is None:
             return
-        batch = WriteBatch(raw_mode=True)
-        batch.delete(keys.cursor(shard, subscription))
-        for prefix in (keys.lease_prefix(shard, subscription), keys.dead_letter_prefix(shard, subscription)):
-            batch.delete_range(prefix, keys.prefix_end(prefix))
-        self._db.write(batch, self._unsynced)
         log_.state_version += 1
         log_.notify()
         log.info("subscription detached", extra=fields(shard=shard, subscription=subscription))
@@ -573,56 +554,72 @@ class StorageEngine:
         if log_ is None:
             return
         batch = WriteBatch(raw_mode=True)
-        for kind in (b"m", b"c", b"l", b"k", b"i", b"x", b"d"):
+        for kind in (b"m", b"k", b"i", b"d"):
             prefix = kind + shard.encode() + b"\0"
             batch.delete_range(prefix, keys.prefix_end(prefix))
         batch.delete(keys.first(shard))
-        batch.delete(keys.state_stamp(shard))
+        batch.delete(keys.delivery_state(shard))
         self._db.write(batch, self._unsynced)
         log_.notify()
         log.info("shard dropped", extra=fields(shard=shard))
 
     def subscription(self, shard: str, subscription: str) -> SubscriptionState:
-        log_ = self.shards.get(shard)
+        log_ = self._restored(shard) if shard in self.shards else None
         state = log_.subscriptions.get(subscription) if log_ else None
         if state is None:
             raise errors.NotFound(f"subscription {subscription!r} is not attached to shard {shard}")
         return state
 
-    def export_states(self, shard: str) -> list[storage_pb2.SubscriptionState]:
-        pack = keys.LEASE_STATE.pack
-        return [storage_pb2.SubscriptionState(
-                    name=s.name, cursor=s.cursor, dead_letters=s.dead_letters.values(),
-                    leases=b"".join(pack(seq, lease.deadline_ms, lease.delivered_ms, lease.attempt)
-                                    for seq, lease in s.leases.items()),
-                    lease_errors={seq: lease.last_error for seq, lease in s.leases.items() if lease.last_error})
-                for s in self.shard(shard).subscriptions.values()]
+    def lead(self, shard: str, epoch: int) -> None:
+        """This node leads the shard from now on: its delivery state comes out of the
+        saved (or received) form."""
+        log_ = self._restored(shard)
+        log_.leader_epoch, log_.snapshot = epoch, None
 
-    def record_state_stamp(self, shard: str, stamp: tuple[int, int]) -> None:
+    def _restored(self, shard: str) -> ShardLog:
+        log_ = self.shard(shard)
+        if log_.saved is not None:
+            log_.subscriptions = {}
+            for saved in log_.saved:
+                state = log_.subscriptions[saved.name] = SubscriptionState(saved.name, saved.cursor)
+                errors_ = saved.lease_errors
+                for seq, deadline_ms, delivered_ms, attempt in keys.LEASE_STATE.iter_unpack(saved.leases):
+                    state.lease(seq, Lease(deadline_ms, attempt, delivered_ms, errors_.get(seq, "")))
+                for dead in saved.dead_letters:
+                    state.dead_letters[dead.seq] = dead
+            log_.saved = None
+        return log_
+
+    def snapshot(self, shard: str) -> list[storage_pb2.SubscriptionState]:
+        """The leader's delivery state, saved (without sync) when it changed since the
+        last snapshot; the leader sends the same to its followers."""
+        log_ = self._restored(shard)
+        if log_.snapshot is None or log_.snapshot[0] != log_.state_version:
+            pack = keys.LEASE_STATE.pack
+            states = [storage_pb2.SubscriptionState(
+                          name=s.name, cursor=s.cursor, dead_letters=s.dead_letters.values(),
+                          leases=b"".join(pack(seq, lease.deadline_ms, lease.delivered_ms, lease.attempt)
+                                          for seq, lease in s.leases.items()),
+                          lease_errors={seq: lease.last_error for seq, lease in s.leases.items() if lease.last_error})
+                      for s in log_.subscriptions.values()]
+            self._save(shard, states, (log_.leader_epoch, log_.state_version))
+            log_.snapshot = (log_.state_version, states)
+        return log_.snapshot[1]
+
+    def _save(self, shard: str, states: list[storage_pb2.SubscriptionState],
+              stamp: tuple[int, int]) -> storage_pb2.DeliveryState:
         self.shard(shard).state_stamp = stamp
-        self._db.put(keys.state_stamp(shard), keys.seq_bytes(stamp[0]) + keys.seq_bytes(stamp[1]), self._unsynced)
+        saved = storage_pb2.DeliveryState(subscriptions=states, epoch=stamp[0], version=stamp[1])
+        self._db.put(keys.delivery_state(shard), saved.SerializeToString(), self._unsynced)
+        return saved
 
     def import_states(self, shard: str, states: list[storage_pb2.SubscriptionState],
                       stamp: tuple[int, int]) -> None:
-        """A follower takes the leader's delivery state as it is."""
+        """A follower takes the leader's delivery state as it is (and leaves it in
+        that form until it leads)."""
         log_ = self.shard(shard)
-        self.record_state_stamp(shard, stamp)
-        batch = WriteBatch(raw_mode=True)
-        for prefix in (keys.cursor_prefix(shard), keys.lease_prefix(shard), keys.dead_letter_prefix(shard)):
-            batch.delete_range(prefix, keys.prefix_end(prefix))
-        log_.subscriptions = {}
-        for state in states:
-            local = log_.subscriptions[state.name] = SubscriptionState(state.name, state.cursor)
-            batch.put(keys.cursor(shard, state.name), keys.seq_bytes(state.cursor))
-            errors_ = state.lease_errors
-            for seq, deadline_ms, delivered_ms, attempt in keys.LEASE_STATE.iter_unpack(state.leases):
-                lease = Lease(deadline_ms, attempt, delivered_ms, errors_.get(seq, ""))
-                local.lease(seq, lease)
-                batch.put(keys.lease(shard, state.name, seq), lease.encoded())
-            for dead in state.dead_letters:
-                local.dead_letters[dead.seq] = dead
-                batch.put(keys.dead_letter(shard, state.name, dead.seq), dead.SerializeToString())
-        self._db.write(batch, self._unsynced)
+        saved = self._save(shard, states, stamp)  # a copy: the request it came in is not kept alive
+        log_.saved, log_.subscriptions, log_.snapshot = list(saved.subscriptions), {}, None
 
     # -- delivery (leader) ------------------------------------------------------
 
@@ -635,9 +632,9 @@ class StorageEngine:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + wait_ms / 1000
         while True:
-            log_ = self.shards.get(shard)
-            if log_ is None:
+            if shard not in self.shards:
                 raise errors.NotFound(f"shard {shard} is not kept here")
+            log_ = self._restored(shard)
             now = now_ms()
             batch = WriteBatch(raw_mode=True)
             messages: dict[int, bytes | None] = {}  # each entry read once for all subscriptions
@@ -655,6 +652,7 @@ class StorageEngine:
                     soonest = due if soonest is None else min(soonest, due)
             if len(batch):
                 self._db.write(batch, self._unsynced)
+            if pulled or len(batch):
                 log_.state_version += 1
             remaining = give_up - loop.time()
             if pulled or remaining <= 0 or self._draining:
@@ -686,25 +684,21 @@ class StorageEngine:
         shard, name, policy = log_.name, state.name, state.policy
         ack_prefix = f"{log_.partition}:"
         ack_suffix = f":{name}"
-        lease_prefix = keys.lease_prefix(shard, name)
         while len(raws) < max_messages and (due := state.next_deadline()) is not None and due <= now:
             _, seq = heapq.heappop(state.deadlines)
             message = self._message(shard, seq, messages)
             previous = state.leases[seq]
             if message is None:  # expired by retention meanwhile
                 del state.leases[seq]
-                batch.delete(lease_prefix + keys.seq_bytes(seq))
                 continue
             attempts = previous.attempt
             if attempts and not previous.last_error:  # neither acked nor nacked in time
                 batch.put(keys.delivery(shard, seq, name, previous.delivered_ms, attempts),
                           keys.delivery_record(0, pubsub_pb2.EXPIRED))
             if policy.exhausted(attempts):
-                self._dead_letter(log_, state, seq, message, previous, now, batch)
+                self._dead_letter(log_, state, seq, message, previous, now)
                 continue
-            lease = Lease(deadline + policy.backoff_ms(attempts + 1), attempts + 1, now)
-            state.lease(seq, lease)
-            batch.put(lease_prefix + keys.seq_bytes(seq), lease.encoded())
+            state.lease(seq, Lease(deadline + policy.backoff_ms(attempts + 1), attempts + 1, now))
             ack_id = f"{ack_prefix}{seq:x}{ack_suffix}"
             raws.append(wire.received_message(ack_id, message, attempts + 1))
             ack_ids.append(ack_id)
@@ -714,27 +708,23 @@ class StorageEngine:
             while seq < log_.commit and len(raws) < max_messages:
                 message = self._message(shard, seq, messages)
                 if message is not None:  # else an epoch marker, or corrupted
-                    lease = Lease(first_deadline, 1, now)
-                    state.lease(seq, lease)
-                    batch.put(lease_prefix + keys.seq_bytes(seq), lease.encoded())
+                    state.lease(seq, Lease(first_deadline, 1, now))
                     ack_id = f"{ack_prefix}{seq:x}{ack_suffix}"
                     raws.append(wire.received_message(ack_id, message, 1))
                     ack_ids.append(ack_id)
                 seq += 1
             state.cursor = seq
-            batch.put(keys.cursor(shard, name), keys.seq_bytes(seq))
         return raws, ack_ids
 
     def _dead_letter(self, log_: ShardLog, state: SubscriptionState, seq: int, message: bytes, lease: "Lease",
-                     now: int, batch: WriteBatch) -> None:
+                     now: int) -> None:
         """Queues the message for its dead-letter topic; the lease stays (pushed out)
         until it has moved there (see bury), so a failure to move it only delays it."""
         error = lease.last_error or "not acknowledged within the ack deadline"
         self.dead_letters.put_nowait(DeadLetter(log_.name, state.name, seq, pubsub_pb2.PubsubMessage.FromString(message),
                                                 lease.attempt, state.policy.dead_letter_topic, error))
-        lease = Lease(now + DEAD_LETTER_RETRY_MS, lease.attempt, lease.delivered_ms, error)
-        state.lease(seq, lease)
-        batch.put(keys.lease(log_.name, state.name, seq), lease.encoded())
+        state.lease(seq, Lease(now + DEAD_LETTER_RETRY_MS, lease.attempt, lease.delivered_ms, error))
+        log_.state_version += 1
 
     def bury(self, dead: DeadLetter, dead_letter_message_id: str) -> None:
         """The message is in the dead-letter topic: its lease becomes a dead-letter
@@ -746,12 +736,8 @@ class StorageEngine:
         record = storage_pb2.DeadLetterRecord(seq=dead.seq, delivery_attempts=dead.attempts, dead_ms=now_ms(),
                                               last_error=dead.error, dead_letter_message_id=dead_letter_message_id)
         state.dead_letters[dead.seq] = record
-        batch = WriteBatch(raw_mode=True)
-        batch.delete(keys.lease(dead.shard, dead.subscription, dead.seq))
-        batch.put(keys.dead_letter(dead.shard, dead.subscription, dead.seq), record.SerializeToString())
-        batch.put(keys.delivery(dead.shard, dead.seq, dead.subscription, lease.delivered_ms, dead.attempts),
-                  keys.delivery_record(record.dead_ms, pubsub_pb2.DEAD_LETTER, dead.error))
-        self._db.write(batch, self._unsynced)
+        self._db.put(keys.delivery(dead.shard, dead.seq, dead.subscription, lease.delivered_ms, dead.attempts),
+                     keys.delivery_record(record.dead_ms, pubsub_pb2.DEAD_LETTER, dead.error), self._unsynced)
         self.shards[dead.shard].state_version += 1
 
     def list_dead_letters(self, shard: str, subscription: str, limit: int) -> list[pubsub_pb2.DeadLetter]:
@@ -771,17 +757,12 @@ class StorageEngine:
         their attempts counted from zero again."""
         state = self.subscription(shard, subscription)
         log_ = self.shards[shard]
-        batch = WriteBatch(raw_mode=True)
         now = now_ms()
         redriven = len(state.dead_letters)
         for seq in state.dead_letters:
-            lease = Lease(now, 0, 0)
-            state.lease(seq, lease)
-            batch.delete(keys.dead_letter(shard, subscription, seq))
-            batch.put(keys.lease(shard, subscription, seq), lease.encoded())
+            state.lease(seq, Lease(now, 0, 0))
         state.dead_letters.clear()
         if redriven:
-            self._db.write(batch, self._unsynced)
             log_.state_version += 1
             log_.notify()
         return redriven
@@ -793,7 +774,6 @@ class StorageEngine:
         if log_ is None:
             return
         now = now_ms()
-        batch = WriteBatch(raw_mode=True)
         for state in log_.subscriptions.values():
             if not state.policy.max_attempts:
                 continue
@@ -801,10 +781,7 @@ class StorageEngine:
                 if lease.deadline_ms <= now and state.policy.exhausted(lease.attempt):
                     message = self._message(shard, seq, {})
                     if message is not None:
-                        self._dead_letter(log_, state, seq, message, lease, now, batch)
-        if len(batch):
-            self._db.write(batch, self._unsynced)
-            log_.state_version += 1
+                        self._dead_letter(log_, state, seq, message, lease, now)
 
     def _seqs(self, log_: ShardLog, subscription: str, ack_ids: list[str]) -> list[int]:
         seqs = []
@@ -821,12 +798,10 @@ class StorageEngine:
         log_ = self.shards[shard]
         batch = WriteBatch(raw_mode=True)
         acked_record = keys.delivery_record(now_ms(), pubsub_pb2.ACKED)
-        lease_prefix = keys.lease_prefix(shard, subscription)
         acked = 0
         for seq in self._seqs(log_, subscription, ack_ids):
             lease = state.leases.pop(seq, None)
             if lease is not None:
-                batch.delete(lease_prefix + keys.seq_bytes(seq))
                 batch.put(keys.delivery(shard, seq, subscription, lease.delivered_ms, lease.attempt), acked_record)
                 acked += 1
         if acked:
@@ -841,17 +816,12 @@ class StorageEngine:
             return
         state = self.subscription(shard, subscription)
         log_ = self.shards[shard]
-        batch = WriteBatch(raw_mode=True)
         deadline = now_ms() + ack_deadline_ms
         for seq in self._seqs(log_, subscription, ack_ids):
             lease = state.leases.get(seq)
             if lease is not None:
-                lease = Lease(deadline, lease.attempt, lease.delivered_ms, lease.last_error)
-                state.lease(seq, lease)
-                batch.put(keys.lease(shard, subscription, seq), lease.encoded())
-        if len(batch):
-            self._db.write(batch, self._unsynced)
-            log_.state_version += 1
+                state.lease(seq, Lease(deadline, lease.attempt, lease.delivered_ms, lease.last_error))
+                log_.state_version += 1
 
     def nack(self, shard: str, subscription: str, ack_ids: list[str], delay_ms: int | None = None,
              terminal: bool = False, reason: str = "") -> None:
@@ -871,13 +841,10 @@ class StorageEngine:
             batch.put(keys.delivery(shard, seq, subscription, lease.delivered_ms, lease.attempt),
                       keys.delivery_record(now, pubsub_pb2.NACKED, error))
             if terminal and (message := self._message(shard, seq, {})) is not None:
-                self._dead_letter(log_, state, seq, message, Lease(0, lease.attempt, lease.delivered_ms, error),
-                                  now, batch)
+                self._dead_letter(log_, state, seq, message, Lease(0, lease.attempt, lease.delivered_ms, error), now)
                 continue
             wait = state.policy.backoff_ms(lease.attempt) if delay_ms is None else delay_ms
-            lease = Lease(now + wait, lease.attempt, lease.delivered_ms, error)
-            state.lease(seq, lease)
-            batch.put(keys.lease(shard, subscription, seq), lease.encoded())
+            state.lease(seq, Lease(now + wait, lease.attempt, lease.delivered_ms, error))
         if len(batch):
             self._db.write(batch, self._unsynced)
             log_.state_version += 1
@@ -887,7 +854,7 @@ class StorageEngine:
         """Where the message is, for every subscription it was published for. Once
         every subscription is done with it, its payload is gone but its delivery log
         stays for a while (collect_delivery_log)."""
-        log_ = self.shards.get(shard)
+        log_ = self._restored(shard) if shard in self.shards else None
         seq_value = self._db.get(keys.message_index(shard, message_id))
         if log_ is None or seq_value is None:
             raise errors.NotFound(f"message {message_id!r} is unknown in {shard}, or its delivery log expired")
@@ -948,30 +915,26 @@ class StorageEngine:
     def collect(self, shard: str, retention_ms: int | None) -> int:
         """Deletes what no subscription still needs, and what is past retention;
         returns how many entries were freed."""
-        log_ = self.shards.get(shard)
-        if log_ is None:
+        if shard not in self.shards:
             return 0
-        batch = WriteBatch(raw_mode=True)
+        log_ = self._restored(shard)
         if retention_ms is not None:
             expired_below = min(self._first_seq_at_or_after(log_, now_ms() - retention_ms), log_.commit)
             for state in log_.subscriptions.values():
-                self._expire(log_, state, expired_below, batch)
-        if len(batch):
-            self._db.write(batch, self._unsynced)
-            log_.state_version += 1
+                self._expire(log_, state, expired_below)
         low = min((s.low_watermark() for s in log_.subscriptions.values()), default=log_.commit)
         return self.trim(shard, low)
 
-    def _expire(self, log_: ShardLog, state: SubscriptionState, below: int, batch: WriteBatch) -> None:
-        for seq in [seq for seq in state.leases if seq < below]:
-            del state.leases[seq]
-            batch.delete(keys.lease(log_.name, state.name, seq))
-        for seq in [seq for seq in state.dead_letters if seq < below]:
-            del state.dead_letters[seq]
-            batch.delete(keys.dead_letter(log_.name, state.name, seq))
-        if state.cursor < below:
-            state.cursor = below
-            batch.put(keys.cursor(log_.name, state.name), keys.seq_bytes(below))
+    def _expire(self, log_: ShardLog, state: SubscriptionState, below: int) -> None:
+        expired = [seq for seq in state.leases if seq < below]
+        dead = [seq for seq in state.dead_letters if seq < below]
+        if expired or dead or state.cursor < below:
+            for seq in expired:
+                del state.leases[seq]
+            for seq in dead:
+                del state.dead_letters[seq]
+            state.cursor = max(state.cursor, below)
+            log_.state_version += 1
 
     def collect_delivery_log(self, shard: str, older_than_ms: int) -> int:
         """Deletes the delivery records and index keys of messages no longer kept and
@@ -1016,6 +979,9 @@ class StorageEngine:
         if self._closed:
             return
         self.stop_waiting()
+        for name, log_ in self.shards.items():
+            if log_.saved is None:  # the delivery state of a shard led here: the latest
+                self.snapshot(name)
         self._closed = True
         if self._committer:
             self._wake_committer.set()

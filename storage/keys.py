@@ -4,12 +4,9 @@ separates them; sequence numbers are 8-byte big-endian so keys sort by seq.
 
   m shard \0 seq                  -> CRC-32 (4 bytes) + notifymesh.internal.v1.StoredMessage
   f shard                         -> first seq still kept (8 bytes)
-  v shard                         -> stamp of the delivery state: epoch, version (8 + 8 bytes)
-  c shard \0 subscription         -> cursor: next seq never delivered (8 bytes)
-  l shard \0 subscription \0 seq  -> lease (in flight): LEASE + last error (UTF-8)
+  s shard                         -> notifymesh.internal.v1.DeliveryState: cursors, leases, dead letters
   k shard \0 idempotency key      -> expiry ms (8 bytes) + message id
   i shard \0 message id           -> seq (8 bytes)
-  x shard \0 subscription \0 seq  -> notifymesh.internal.v1.DeadLetterRecord
   d shard \0 seq subscription \0 delivered ms (8 bytes) attempt (4 bytes)
                                   -> delivery record: DELIVERY_RECORD + error (UTF-8)
 """
@@ -51,25 +48,8 @@ def first(shard: str) -> bytes:
     return b"f" + shard.encode()
 
 
-def state_stamp(shard: str) -> bytes:
-    return b"v" + shard.encode()
-
-
-def cursor(shard: str, subscription: str) -> bytes:
-    return cursor_prefix(shard) + subscription.encode()
-
-
-def cursor_prefix(shard: str) -> bytes:
-    return b"c" + shard.encode() + b"\0"
-
-
-def lease(shard: str, subscription: str, seq: int) -> bytes:
-    return lease_prefix(shard, subscription) + seq_bytes(seq)
-
-
-def lease_prefix(shard: str, subscription: str = "") -> bytes:
-    """All leases of the shard's subscription, or of the whole shard without one."""
-    return b"l" + shard.encode() + b"\0" + (subscription.encode() + b"\0" if subscription else b"")
+def delivery_state(shard: str) -> bytes:
+    return b"s" + shard.encode()
 
 
 def idempotency(shard: str, key: str) -> bytes:
@@ -80,8 +60,7 @@ def idempotency_prefix(shard: str) -> bytes:
     return b"k" + shard.encode() + b"\0"
 
 
-LEASE = struct.Struct(">qqi")  # deadline ms, delivered ms, delivery attempt
-# A lease as the leader sends it to followers: seq, then LEASE.
+# A lease in SubscriptionState.leases: seq, deadline ms, delivered ms, delivery attempt.
 LEASE_STATE = struct.Struct(">qqqi")
 
 
@@ -91,14 +70,6 @@ def message_index(shard: str, message_id: str) -> bytes:
 
 def message_index_prefix(shard: str) -> bytes:
     return b"i" + shard.encode() + b"\0"
-
-
-def dead_letter(shard: str, subscription: str, seq: int) -> bytes:
-    return dead_letter_prefix(shard, subscription) + seq_bytes(seq)
-
-
-def dead_letter_prefix(shard: str, subscription: str = "") -> bytes:
-    return b"x" + shard.encode() + b"\0" + (subscription.encode() + b"\0" if subscription else b"")
 
 
 def delivery(shard: str, seq: int, subscription: str, delivered_ms: int, attempt: int) -> bytes:

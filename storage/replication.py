@@ -106,8 +106,7 @@ class Replication:
         if self._task:
             self._task.cancel()
         for lead in self.led.values():
-            log_ = self._engine.shard(lead.shard)
-            self._engine.record_state_stamp(lead.shard, (lead.epoch, log_.state_version))
+            self._engine.snapshot(lead.shard)  # saved here as well as sent
             for progress in lead.progress.values():
                 progress.state_due = True
             self._wake(lead)
@@ -135,6 +134,7 @@ class Replication:
             if time.monotonic() - last_tick >= TICK_S:
                 last_tick = time.monotonic()
                 for lead in self.led.values():  # delivery state goes out once a tick, not with every batch
+                    self._engine.snapshot(lead.shard)
                     for progress in lead.progress.values():
                         progress.state_due = True
                     self._wake(lead)
@@ -223,6 +223,7 @@ class Replication:
 
     async def _lead(self, shard: str, epoch: int, replicas: list[str]) -> None:
         self._known_epoch[shard] = epoch
+        self._engine.lead(shard, epoch)
         log_ = self._engine.shard(shard)
         marker = log_.end
         lead = self.led[shard] = Leadership(shard, epoch, replicas, marker)
@@ -367,7 +368,7 @@ class Replication:
                 topic=topic, partition=partition, epoch=lead.epoch, start=start, prev_epoch=prev_epoch,
                 entries=entries, commit=log_.commit, first=log_.first, has_subscriptions=states)
             if states:
-                shard_entries.subscriptions.extend(self._engine.export_states(shard))
+                shard_entries.subscriptions.extend(self._engine.snapshot(shard))
                 shard_entries.state_epoch, shard_entries.state_version = lead.epoch, log_.state_version
             request.shards.append(shard_entries)
             sent[shard] = (lead.epoch, states, log_.state_version, log_.first)

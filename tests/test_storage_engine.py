@@ -214,7 +214,7 @@ async def test_delivery_state_moves_to_a_follower(engine, tmp_path):
     follower.start()
     try:
         await follower.write_raw_entries(SHARD, 0, engine.raw_entries(SHARD, 0, 10))
-        follower.import_states(SHARD, engine.export_states(SHARD), (1, 5))
+        follower.import_states(SHARD, engine.snapshot(SHARD), (1, 5))
         assert follower.shard(SHARD).state_stamp == (1, 5)
         follower.advance_commit(SHARD, 3)
         # as the new leader: c is next, b comes back when its lease is nacked

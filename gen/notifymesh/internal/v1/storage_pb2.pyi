@@ -242,6 +242,16 @@ class SubscriptionState(_message.Message):
     lease_errors: _containers.ScalarMap[int, str]
     def __init__(self, name: _Optional[str] = ..., cursor: _Optional[int] = ..., dead_letters: _Optional[_Iterable[_Union[DeadLetterRecord, _Mapping]]] = ..., leases: _Optional[bytes] = ..., lease_errors: _Optional[_Mapping[int, str]] = ...) -> None: ...
 
+class DeliveryState(_message.Message):
+    __slots__ = ("subscriptions", "epoch", "version")
+    SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    subscriptions: _containers.RepeatedCompositeFieldContainer[SubscriptionState]
+    epoch: int
+    version: int
+    def __init__(self, subscriptions: _Optional[_Iterable[_Union[SubscriptionState, _Mapping]]] = ..., epoch: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+
 class StoredMessage(_message.Message):
     __slots__ = ("message", "append_ms", "epoch", "dedup_key", "dedup_until_ms")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
