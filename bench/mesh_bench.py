@@ -37,7 +37,7 @@ if str(REPO) not in sys.path:
 from deploy.local import LocalMesh, free_port  # noqa: E402
 from notifymesh.client import Client  # noqa: E402
 
-BENCHES = ("publish_batched", "publish_unbatched", "e2e_latency", "webhook", "failover")
+BENCHES = ("publish_batched", "publish_unbatched", "e2e_latency", "webhook", "fanout_streams", "failover")
 # The mesh's own bound (metadata/store.py MAX_REPLICATION_FACTOR); the mesh caps a
 # topic's replica set at the live storage nodes (3 here) when the topic is created.
 MAX_REPLICATION_FACTOR = 5
@@ -755,6 +755,124 @@ def cpu_used(before: dict, after: dict) -> dict[str, float | None]:
     return used
 
 
+# -- fan-out to many streams -----------------------------------------------------
+
+FANOUT_CREATE_CONCURRENCY = 64
+FANOUT_CONNECT_TIMEOUT_S = 300
+FANOUT_DELIVERY_TIMEOUT_S = 30
+FANOUT_WARM_UP_EVERY_S = 10
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def _fanout_streams_process(addr: str, names: list[str], connected, go, results) -> None:
+    """One client process: a Subscribe stream per name. Counts the streams that saw
+    the warm-up message; after go, reports each stream's receive time of the
+    measured message."""
+    async def main():
+        seen_warm: set[str] = set()
+        measured: dict[str, int] = {}
+
+        async def consume(client: Client, name: str):
+            async for frame in client.subscribe_frames(name, max_outstanding=10):
+                now = time.time_ns()
+                for received in frame:
+                    if received.message.data == b"warm-up":
+                        if name not in seen_warm:
+                            seen_warm.add(name)
+                            connected.value += 1
+                    else:
+                        measured.setdefault(name, now)
+                await client.acknowledge(name, [m.ack_id for m in frame])
+
+        async with Client(addr) as client:
+            tasks = [asyncio.create_task(consume(client, name)) for name in names]
+            while not go.is_set():
+                await asyncio.sleep(0.05)
+            give_up = time.monotonic() + FANOUT_DELIVERY_TIMEOUT_S
+            while len(measured) < len(names) and time.monotonic() < give_up:
+                await asyncio.sleep(0.01)
+            results.put(list(measured.values()))
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+async def fanout_streams(mesh: LocalMesh, streams: int, processes: int) -> tuple[dict, dict]:
+    """streams subscriptions of one topic, one Subscribe stream each through the one
+    frontend, spread over client processes; then one message, and how long until
+    every stream has it. Also the frontend's memory with all streams open."""
+    import multiprocessing
+    params = {"streams": streams, "client_processes": processes, "replication_factor": 3}
+    topic = unique("fanout")
+    names = [f"{topic}-{i}" for i in range(streams)]
+    async with Client(mesh.frontend_addr) as client:
+        await client.create_topic(topic, replication_factor=3)
+        await wait_for_leader(client, topic, 30)
+        limit = asyncio.Semaphore(FANOUT_CREATE_CONCURRENCY)
+        created = 0
+        started = time.monotonic()
+
+        async def create(name):
+            nonlocal created
+            async with limit:
+                await client.create_subscription(name, topic)
+            created += 1
+            if created % 1000 == 0:
+                log(f"fanout_streams: {created}/{streams} subscriptions created")
+
+        await asyncio.gather(*(create(name) for name in names))
+        create_s = time.monotonic() - started
+        frontend_pid = mesh.processes["frontend-1"].popen.pid
+        rss_before = _rss_mb(frontend_pid)
+        ctx = multiprocessing.get_context("spawn")  # gRPC does not survive fork
+        connected = [ctx.RawValue("q", 0) for _ in range(processes)]
+        go, results = ctx.Event(), ctx.Queue()
+        children = [ctx.Process(target=_fanout_streams_process, daemon=True,
+                                args=(mesh.frontend_addr, names[i::processes], connected[i], go, results))
+                    for i in range(processes)]
+        for child in children:
+            child.start()
+        try:
+            started = time.monotonic()
+            give_up = started + FANOUT_CONNECT_TIMEOUT_S
+            while sum(c.value for c in connected) < streams and time.monotonic() < give_up:
+                # Tells when each stream is attached; again for the streams that attach later.
+                await client.publish(topic, [b"warm-up"])
+                await asyncio.sleep(FANOUT_WARM_UP_EVERY_S)
+                log(f"fanout_streams: {sum(c.value for c in connected)}/{streams} streams attached")
+            attached = sum(c.value for c in connected)
+            connect_s = time.monotonic() - started
+            await asyncio.sleep(2)  # redeliveries of warm-up messages settle
+            rss_streams = _rss_mb(frontend_pid)
+            go.set()
+            sent_ns = time.time_ns()
+            await client.publish(topic, [b"measured"])
+            receipts = []
+            for _ in children:
+                receipts += await asyncio.to_thread(results.get, True, FANOUT_DELIVERY_TIMEOUT_S + 30)
+        finally:
+            for child in children:
+                child.join(10)
+                if child.is_alive():
+                    child.terminate()
+    latencies = sorted((t - sent_ns) / 1e6 for t in receipts)
+    return params, {"subscriptions_created_s": round(create_s, 1), "streams_attached": attached,
+                    "attach_s": round(connect_s, 1), "received": len(latencies),
+                    "all_received_ms": round(latencies[-1], 1) if len(latencies) == streams else None,
+                    **latency_summary(latencies),
+                    "frontend_rss_mb": {"before_streams": rss_before, "with_streams": rss_streams},
+                    "sender_rss_mb": _rss_mb(mesh.processes["sender-1"].popen.pid)}
+
+
 # -- driver ----------------------------------------------------------------------
 
 async def run(mesh: LocalMesh, args, only: list[str], subscriptions: list[int]) -> None:
@@ -793,6 +911,11 @@ async def run(mesh: LocalMesh, args, only: list[str], subscriptions: list[int]) 
                     emit("webhook", params, results)
         finally:
             await receiver.stop()
+    if "fanout_streams" in only:
+        cpu0 = cpu_snapshot(mesh)
+        params, results = await fanout_streams(mesh, args.fanout_streams, args.fanout_processes)
+        results["cpu_s"] = cpu_used(cpu0, cpu_snapshot(mesh))
+        emit("fanout_streams", params, results)
     if "failover" in only:  # last: it kills (and restarts) a storage node
         cpu0 = cpu_snapshot(mesh)
         params, results = await failover(mesh, args.failover_seconds, args.failover_messages, args.size)
@@ -826,6 +949,10 @@ def parse_args(argv=None):
                         help="webhook: messages published per run (default 2000)")
     parser.add_argument("--webhook-seconds", type=float, default=120,
                         help="webhook: time bound of each run from the first publish (default 120)")
+    parser.add_argument("--fanout-streams", type=int, default=10000,
+                        help="fanout_streams: subscriptions, one stream each (default 10000)")
+    parser.add_argument("--fanout-processes", type=int, default=4,
+                        help="fanout_streams: client processes holding the streams (default 4)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="mesh data dir (default: a new temp dir, removed at the end unless --keep)")
     parser.add_argument("--keep", action="store_true", help="keep the mesh data dir (logs/*.log) at the end")

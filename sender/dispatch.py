@@ -279,6 +279,7 @@ class Dispatcher:
         self._acks = Coalescer(lambda key, ack_ids: self.storage.acknowledge(*key, ack_ids), max_items=5000)
         self.subscriptions: dict[str, SubscriptionDispatcher] = {}
         self._pullers: dict[tuple[str, int], ShardPuller] = {}
+        self._ring_owned: dict[str, bool] = {}  # subscription -> this sender owns it on the ring
         self._closing = False
 
     def partition_count(self, topic: str) -> int:
@@ -331,8 +332,12 @@ class Dispatcher:
         while that sender's lease is certainly alive: another sender takes it over
         only once etcd has expired the lease, after this sender stopped."""
         registration = self._registration_of()
-        return (registration is not None and time.monotonic() < registration.valid_until
-                and self._cluster.rings["sender"].owner(name) == self._node)
+        if registration is None or time.monotonic() >= registration.valid_until:
+            return False
+        owned = self._ring_owned.get(name)
+        if owned is None:  # a ring lookup costs microseconds: once per ring change
+            owned = self._ring_owned[name] = self._cluster.rings["sender"].owner(name) == self._node
+        return owned
 
     def _check_owner(self, name: str) -> None:
         if not self.owns(name):
@@ -342,6 +347,7 @@ class Dispatcher:
     def release_unowned(self) -> None:
         """After a ring change: ends the streams of subscriptions this sender no longer
         owns; their frontends reconnect them to the new owner."""
+        self._ring_owned.clear()
         for name, dispatcher in self.subscriptions.items():
             if dispatcher.streams and not self.owns(name):
                 dispatcher.end_streams(errors.Unavailable(f"subscription {name!r} moved from {self._node}"))

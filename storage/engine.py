@@ -102,6 +102,7 @@ class SubscriptionState:
     # Messages moved to the dead-letter topic, by seq: kept for listing and redrive.
     dead_letters: dict[int, storage_pb2.DeadLetterRecord] = field(default_factory=dict)
     created_ms: int = 0  # the subscription's create time: older messages were never its own
+    record: pubsub_pb2.Subscription | None = None  # the etcd record policy and created_ms come from
 
     def lease(self, seq: int, lease: Lease) -> None:
         self.leases[seq] = lease
@@ -508,14 +509,14 @@ class StorageEngine:
         time, unless it is attached already; takes its delivery policy either way."""
         log_ = self._restored(shard)
         state = log_.subscriptions.get(subscription.name)
-        if state is not None:
-            state.policy = DeliveryPolicy.of(subscription)
+        if state is not None and state.record is not subscription:  # new, or restored from a snapshot
+            state.record, state.policy = subscription, DeliveryPolicy.of(subscription)
             state.created_ms = to_ms(subscription.create_time)
         if state is None:
             cursor = self._first_seq_at_or_after(log_, to_ms(subscription.create_time))
             state = log_.subscriptions[subscription.name] = SubscriptionState(
                 subscription.name, cursor, policy=DeliveryPolicy.of(subscription),
-                created_ms=to_ms(subscription.create_time))
+                created_ms=to_ms(subscription.create_time), record=subscription)
             log_.state_version += 1
             log.info("subscription attached", extra=fields(shard=shard, subscription=subscription.name,
                                                            cursor=cursor, first=log_.first, end=log_.end))
