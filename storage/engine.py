@@ -22,6 +22,7 @@ import heapq
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Awaitable
 
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
@@ -147,6 +148,9 @@ class ShardLog:
     # Ids of the last RETRY_SCAN_ENTRIES messages, read from the log at the first
     # retried append and kept up to date after it (None until then).
     recent_ids: "RecentIds | None" = None
+    # Dedup keys of entries staged for a write not yet synced (key -> message id):
+    # RocksDB does not have them yet, and a repeat may arrive meanwhile.
+    staged_keys: dict[str, str] = field(default_factory=dict)
     # The leader's entries not yet on every follower (seq -> serialized entry), so
     # replication sends them without reading them back from RocksDB.
     tail: dict[int, bytes] = field(default_factory=dict)
@@ -297,19 +301,15 @@ class StorageEngine:
 
     # -- writing the log --------------------------------------------------------
 
-    def _forming_group(self) -> WriteBatch:
-        """The batch to add a synced write's puts to; then await _synced()."""
+    def _join_group(self) -> tuple[WriteBatch, asyncio.Future]:
+        """The batch being formed, to add a synced write's puts to, and the future
+        that is done once that batch is written (shared by every write of the group)."""
         if self._closed:
             raise errors.Unavailable("storage node is shutting down")
-        return self._group
-
-    async def _synced(self) -> None:
-        """Waits until the forming group (with what was just added) is written."""
         if self._group_done is None:
             self._group_done = asyncio.get_running_loop().create_future()
-        done = self._group_done
         self._wake_committer.set()
-        await asyncio.shield(done)  # shared by every write of the group
+        return self._group, self._group_done
 
     async def _commit_loop(self) -> None:
         """While one group is being written, the next accumulates: group commit."""
@@ -346,12 +346,14 @@ class StorageEngine:
         if retry and log_.recent_ids is None:
             log_.recent_ids = RecentIds(self._read_recent_ids(log_))
         already = log_.recent_ids if retry else ()
+        dedup_keys = [dedup_key_of(message, by_payload) for message in messages]
+        staged = log_.staged_keys
+        stored = self._stored_ids(shard, {key for key in dedup_keys if key and key not in staged}, publish_ms)
         seen: dict[str, str] = {}  # dedup keys first used within this request
         ids, entries = [], Entries()
-        for message in messages:
-            dedup_key = dedup_key_of(message, by_payload)
+        for message, dedup_key in zip(messages, dedup_keys):
             if dedup_key:
-                original = seen.get(dedup_key) or self._seen_id(keys.idempotency(shard, dedup_key), publish_ms)
+                original = seen.get(dedup_key) or staged.get(dedup_key) or stored.get(dedup_key)
                 if original:
                     ids.append(original)
                     continue
@@ -381,14 +383,17 @@ class StorageEngine:
                 ids.append(entry.message.message_id)
         return ids
 
-    def _seen_id(self, dedup_key: bytes, now: int) -> str | None:
-        value = self._db.get(dedup_key)
-        if value is None or int.from_bytes(value[:8], "big") <= now:
-            return None
-        return value[8:].decode()
+    def _stored_ids(self, shard: str, dedup_keys: set[str], now: int) -> dict[str, str]:
+        """The message ids stored under those dedup keys and not expired: one multi-get."""
+        wanted = list(dedup_keys)
+        values = self._db.get([keys.idempotency(shard, key) for key in wanted]) if wanted else []
+        return {key: value[8:].decode() for key, value in zip(wanted, values)
+                if value is not None and int.from_bytes(value[:8], "big") > now}
 
-    async def write_entries(self, shard: str, start: int, entries: Entries) -> None:
-        """The leader's own entries (kept in the tail for replication): see _write."""
+    def write_entries(self, shard: str, start: int, entries: Entries) -> Awaitable[None]:
+        """The leader's own entries, staged at once and kept in the tail, so
+        replication can send them while they are being synced here; await the
+        result for the synced write (see _write)."""
         log_ = self.shard(shard)
         tail = log_.tail
         for seq in [seq for seq in tail if seq >= start]:  # replaced
@@ -397,13 +402,13 @@ class StorageEngine:
             tail[start + offset] = raw
         while len(tail) > MAX_TAIL_ENTRIES:  # a follower far behind reads from RocksDB
             del tail[next(iter(tail))]
-        await self._write(shard, start, entries)
+        return self._write(shard, start, entries)
 
-    async def write_raw_entries(self, shard: str, start: int, raw: list[bytes]) -> None:
+    def write_raw_entries(self, shard: str, start: int, raw: list[bytes]) -> Awaitable[None]:
         """Entries replicated from the leader, stored as they came; parsed only to
         index their message ids and dedup keys."""
         self.shard(shard).tail.clear()  # a follower now
-        await self._write(shard, start, Entries.parsed(raw))
+        return self._write(shard, start, Entries.parsed(raw))
 
     def release_tail(self, shard: str, below: int) -> None:
         """Every follower has the entries below: replication needs them no more."""
@@ -411,18 +416,19 @@ class StorageEngine:
         while tail and (seq := next(iter(tail))) < below:
             del tail[seq]
 
-    async def _write(self, shard: str, start: int, entries: Entries) -> None:
-        """Writes entries at start.. with a synced write, replacing anything from start
-        on (a deposed leader's unreplicated tail)."""
+    def _write(self, shard: str, start: int, entries: Entries) -> Awaitable[None]:
+        """Stages entries at start.. into the group being formed, replacing anything
+        from start on (a deposed leader's unreplicated tail): end moves at once,
+        written once the returned awaitable says the group is synced."""
         log_ = self.shard(shard)
         if start < log_.first:
             raise errors.FailedPrecondition(f"{shard}: entry {start} is below the first kept entry {log_.first}")
-        batch = self._forming_group()
+        batch, done = self._join_group()
         if start < log_.end:
             batch.delete_range(keys.message(shard, start), keys.message(shard, log_.end))
             log_.recent_ids = None  # ids of the replaced tail may be among them
             log_.replacements += 1
-        recent_ids = log_.recent_ids
+        recent_ids, staged = log_.recent_ids, []
         message_prefix, index_prefix = keys.message_prefix(shard), keys.message_index_prefix(shard)
         for seq, (value, (message_id, dedup_key, dedup_until_ms, _)) in enumerate(zip(entries.raw, entries.meta),
                                                                                   start):
@@ -434,13 +440,24 @@ class StorageEngine:
                     recent_ids.add(message_id)
             if dedup_key:
                 batch.put(keys.idempotency(shard, dedup_key), dedup_until_ms.to_bytes(8, "big") + message_id.encode())
+                log_.staged_keys[dedup_key] = message_id
+                staged.append((dedup_key, message_id))
         # Set before the write completes so the next leader append lands after these.
         end = log_.end = start + len(entries.raw)
         log_.written = min(log_.written, start)
         log_.last_epoch = entries.meta[-1][3] if entries.raw else (self.epoch_at(shard, start - 1) or 0)
         log_.commit = min(log_.commit, log_.end)
-        replacements = log_.replacements
-        await self._synced()  # groups complete in the order they were formed
+        return self._written(log_, end, log_.replacements, done, staged)
+
+    @staticmethod
+    async def _written(log_: ShardLog, end: int, replacements: int, done: asyncio.Future,
+                       staged: list[tuple[str, str]]) -> None:
+        try:
+            await asyncio.shield(done)  # groups complete in the order they were formed
+        finally:  # in RocksDB now, or never
+            for dedup_key, message_id in staged:
+                if log_.staged_keys.get(dedup_key) == message_id:
+                    del log_.staged_keys[dedup_key]
         if log_.replacements == replacements:  # else these entries may be gone again
             log_.written = max(log_.written, end)
 

@@ -272,11 +272,12 @@ class Replication:
         log_ = self._engine.shard(shard)
         start = log_.end
         if entries.raw:
-            await self._engine.write_entries(shard, start, entries)
+            written = self._engine.write_entries(shard, start, entries)
+            self._wake(lead)  # the followers write them while this node syncs: one sync's time, not two
+            await written
         if self.led.get(shard) is not lead:
             raise errors.Unavailable(f"leader of {shard} stepped down")
         self._advance_commit(lead)
-        self._wake(lead)
         await self._committed(lead, start + len(entries.raw))
         return ids
 
@@ -298,7 +299,9 @@ class Replication:
         needed = quorum(lead.replicas)
         if len(matches) < needed:
             return
-        commit = matches[needed - 1]
+        # Followers may have synced entries this node is still syncing; it delivers
+        # from its own disk, so it counts as committed only what it has written.
+        commit = min(matches[needed - 1], log_.written)
         if commit > lead.marker:  # an entry of this epoch is on a majority: all before it is too
             self._engine.advance_commit(lead.shard, commit)
         commit = log_.commit

@@ -423,3 +423,34 @@ async def test_written_trails_end_until_the_write_is_synced(engine):
     assert (log_.end, log_.written) == (1, 0)
     await writing
     assert log_.written == 1
+
+
+async def test_a_repeat_arriving_while_the_first_write_syncs_is_recognised(engine):
+    engine.attach(SHARD, subscription("audit"))
+    first_ids, entries = engine.prepare(SHARD, messages(b"a", key="k1"), 1, DEDUP_MS, False)
+    writing = engine.write_entries(SHARD, 0, entries)  # staged, not yet in RocksDB
+    repeat_ids, repeat = engine.prepare(SHARD, messages(b"a again", key="k1"), 1, DEDUP_MS, False)
+    assert repeat_ids == first_ids and repeat.raw == []
+    await writing
+    assert engine.shard(SHARD).staged_keys == {}
+    assert engine.prepare(SHARD, messages(b"a", key="k1"), 1, DEDUP_MS, False)[0] == first_ids
+
+
+async def test_leader_commits_only_what_it_has_synced_itself(engine):
+    """Followers write a leader's entries while it syncs them; a majority of followers
+    must not make it deliver entries it cannot read from its own disk yet."""
+    from storage.replication import Leadership, Progress, Replication
+    replication = Replication(engine, None, None, "storage-1", None)
+    engine.attach(SHARD, subscription("audit"))
+    engine.lead(SHARD, 1)
+    lead = replication.led[SHARD] = Leadership(SHARD, 1, ["storage-1", "storage-2", "storage-3"], marker=0)
+    ids, entries = engine.prepare(SHARD, messages(b"a", b"b", b"c"), 1, DEDUP_MS, False)
+    writing = engine.write_entries(SHARD, 0, entries)
+    lead.progress = {node: Progress(next=3, match=3) for node in ("storage-2", "storage-3")}
+    replication._advance_commit(lead)  # both followers have all three; this node has none synced
+    assert engine.shard(SHARD).commit == 0
+    assert await pull(engine, SHARD, "audit", 10, 60_000, 0) == []
+    await writing
+    replication._advance_commit(lead)
+    assert engine.shard(SHARD).commit == 3
+    assert [m.message.message_id for m in await pull(engine, SHARD, "audit", 10, 60_000, 0)] == ids
