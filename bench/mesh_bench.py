@@ -761,6 +761,8 @@ FANOUT_CREATE_CONCURRENCY = 64
 FANOUT_CONNECT_TIMEOUT_S = 300
 FANOUT_DELIVERY_TIMEOUT_S = 30
 FANOUT_WARM_UP_EVERY_S = 10
+FANOUT_QUIET_CORES = 0.1  # the mesh counts as settled below this CPU use over a second
+FANOUT_SETTLE_TIMEOUT_S = 120
 
 
 def _rss_mb(pid: int) -> float | None:
@@ -804,6 +806,21 @@ def _fanout_streams_process(addr: str, names: list[str], connected, go, results)
             await asyncio.gather(*tasks, return_exceptions=True)
 
     asyncio.run(main())
+
+
+async def settle(mesh: LocalMesh) -> float:
+    """Waits until the mesh's processes together use under FANOUT_QUIET_CORES for a
+    second (bounded by FANOUT_SETTLE_TIMEOUT_S); returns the seconds waited."""
+    started = time.monotonic()
+    before = cpu_snapshot(mesh)
+    while time.monotonic() - started < FANOUT_SETTLE_TIMEOUT_S:
+        await asyncio.sleep(1)
+        after = cpu_snapshot(mesh)
+        used = sum(v for name, v in cpu_used(before, after).items() if name != "bench" and v)
+        before = after
+        if used < FANOUT_QUIET_CORES:
+            break
+    return round(time.monotonic() - started, 1)
 
 
 async def fanout_streams(mesh: LocalMesh, streams: int, processes: int) -> tuple[dict, dict]:
@@ -851,7 +868,7 @@ async def fanout_streams(mesh: LocalMesh, streams: int, processes: int) -> tuple
                 log(f"fanout_streams: {sum(c.value for c in connected)}/{streams} streams attached")
             attached = sum(c.value for c in connected)
             connect_s = time.monotonic() - started
-            await asyncio.sleep(2)  # redeliveries of warm-up messages settle
+            settle_s = await settle(mesh)  # warm-up deliveries and acks done: one message alone is measured
             rss_streams = _rss_mb(frontend_pid)
             go.set()
             sent_ns = time.time_ns()
@@ -866,7 +883,7 @@ async def fanout_streams(mesh: LocalMesh, streams: int, processes: int) -> tuple
                     child.terminate()
     latencies = sorted((t - sent_ns) / 1e6 for t in receipts)
     return params, {"subscriptions_created_s": round(create_s, 1), "streams_attached": attached,
-                    "attach_s": round(connect_s, 1), "received": len(latencies),
+                    "attach_s": round(connect_s, 1), "settle_s": settle_s, "received": len(latencies),
                     "all_received_ms": round(latencies[-1], 1) if len(latencies) == streams else None,
                     **latency_summary(latencies),
                     "frontend_rss_mb": {"before_streams": rss_before, "with_streams": rss_streams},

@@ -21,6 +21,7 @@ from notifymesh.cluster import Cluster
 from notifymesh.config import Config
 from notifymesh.log import fields
 from storage.client import StorageClient
+from storage.keys import parse_ack_id
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,8 @@ class Gateway:
     def __init__(self, cluster: Cluster, config: Config):
         self._cluster, self._config = cluster, config
         self._storage = StorageClient(cluster)
-        # Concurrent publishes to a topic share one Append; concurrent acks of a
-        # subscription one call to its sender.
+        # Concurrent publishes to a topic share one Append; concurrent acks of all
+        # subscriptions one sender has one call to it (ack ids name their subscription).
         self._appends = Coalescer(self._storage.append, max_items=MERGED_MAX_ITEMS,
                                   size_of=lambda m: len(m.data) + 64)
         self._acks = Coalescer(self._send_acks, max_items=MERGED_MAX_ITEMS)
@@ -132,18 +133,24 @@ class Gateway:
             backoff = min(backoff * 2, RECONNECT_BACKOFF_S[1])
 
     def _ack_ids(self, name: str, ack_ids) -> list[str]:
+        """Checked here, before acks of several subscriptions share a call: one
+        client's bad ack id must fail only its own request."""
         validation.name("subscription", name)
         validation.batch(len(ack_ids), self._config, what="ack ids")
-        if not all(ack_ids):
-            raise errors.InvalidArgument("empty ack id")
+        for ack_id in ack_ids:
+            if parse_ack_id(ack_id)[2] != name:
+                raise errors.InvalidArgument(f"ack id {ack_id!r} is not of subscription {name!r}")
         return list(ack_ids)
 
     async def acknowledge(self, name: str, ack_ids) -> None:
-        await self._acks.submit(name, self._ack_ids(name, ack_ids))
+        ack_ids = self._ack_ids(name, ack_ids)
+        await self._acks.submit(self._cluster.owner("sender", name)[1], ack_ids)
 
-    async def _send_acks(self, name: str, ack_ids: list[str]) -> None:
-        request = pubsub_pb2.AcknowledgeRequest(subscription=name, ack_ids=ack_ids)
-        await rpc.call("Sender.Acknowledge", lambda t: self._sender(name).Acknowledge(request, timeout=t))
+    async def _send_acks(self, sender_addr: str, ack_ids: list[str]) -> None:
+        """Acks of any subscriptions the sender at sender_addr owns (subscription "")."""
+        stub = sender_pb2_grpc.SenderStub(self._cluster.channel(sender_addr))
+        request = pubsub_pb2.AcknowledgeRequest(ack_ids=ack_ids)
+        await rpc.call("Sender.Acknowledge", lambda t: stub.Acknowledge(request, timeout=t))
 
     async def modify_ack_deadline(self, name: str, ack_ids, ack_deadline) -> None:
         seconds = ack_deadline.ToMilliseconds() / 1000

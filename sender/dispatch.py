@@ -136,7 +136,7 @@ class SubscriptionDispatcher:
 
     async def acknowledge(self, ack_ids) -> None:
         self._forget(ack_ids)
-        await self._per_partition(ack_ids, lambda p, ids: self._acks.submit((self.topic, p, self.name), ids))
+        await self._per_partition(ack_ids, lambda p, ids: self._acks.submit((self.topic, p), ids))
 
     async def modify_ack_deadline(self, ack_ids: list[str], ack_deadline_ms: int) -> None:
         if ack_deadline_ms == 0:
@@ -275,8 +275,8 @@ class Dispatcher:
         self._registration_of = registration_of
         self.storage = StorageClient(cluster)
         self.budget = Budget(config.sender_max_outstanding)
-        # Concurrent acks of one subscription share one storage call.
-        self._acks = Coalescer(lambda key, ack_ids: self.storage.acknowledge(*key, ack_ids), max_items=5000)
+        # Concurrent acks of a shard, of any of its subscriptions, share one storage call.
+        self._acks = Coalescer(lambda shard, ack_ids: self.storage.acknowledge(*shard, "", ack_ids), max_items=5000)
         self.subscriptions: dict[str, SubscriptionDispatcher] = {}
         self._pullers: dict[tuple[str, int], ShardPuller] = {}
         self._ring_owned: dict[str, bool] = {}  # subscription -> this sender owns it on the ring
@@ -359,7 +359,21 @@ class Dispatcher:
         return dispatcher
 
     async def acknowledge(self, name: str, ack_ids: list[str]) -> None:
-        await (await self._dispatcher(name)).acknowledge(ack_ids)
+        """name "": each ack id's own subscription (a frontend merged acks of several);
+        acks of a subscription deleted meanwhile are dropped."""
+        if name:
+            await (await self._dispatcher(name)).acknowledge(ack_ids)
+            return
+        by_subscription: dict[str, list[str]] = {}
+        for ack_id in ack_ids:
+            by_subscription.setdefault(keys.parse_ack_id(ack_id)[2], []).append(ack_id)
+
+        async def one(subscription: str, ids: list[str]) -> None:
+            try:
+                await (await self._dispatcher(subscription)).acknowledge(ids)
+            except errors.NotFound:
+                pass
+        await asyncio.gather(*(one(s, ids) for s, ids in by_subscription.items()))
 
     async def modify_ack_deadline(self, name: str, ack_ids: list[str], ack_deadline_ms: int) -> None:
         await (await self._dispatcher(name)).modify_ack_deadline(ack_ids, ack_deadline_ms)

@@ -18,6 +18,8 @@ class SenderServicer(sender_pb2_grpc.SenderServicer):
             yield frame
 
     async def Acknowledge(self, request, context):
+        if request.subscription:
+            validation.name("subscription", request.subscription)
         await self._dispatcher.acknowledge(request.subscription, list(request.ack_ids))
         return pubsub_pb2.AcknowledgeResponse()
 

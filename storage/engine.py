@@ -811,17 +811,32 @@ class StorageEngine:
         return seqs
 
     def acknowledge(self, shard: str, subscription: str, ack_ids: list[str]) -> int:
-        """Ends the leases; returns how many were in flight (others were acked already)."""
-        state = self.subscription(shard, subscription)
-        log_ = self.shards[shard]
+        """Ends the leases; returns how many were in flight (others were acked already).
+        Subscription "": each ack id's own (a sender merged acks of several), and
+        those of a subscription no longer attached are dropped."""
+        log_ = self._restored(shard) if shard in self.shards else None
+        if subscription:
+            self.subscription(shard, subscription)  # NOT_FOUND unless attached
+            by_subscription = {subscription: self._seqs(log_, subscription, ack_ids)}
+        else:
+            by_subscription = {}
+            for value in ack_ids:
+                partition, seq, of = keys.parse_ack_id(value)
+                if log_ is None or partition != log_.partition:
+                    raise errors.InvalidArgument(f"ack id {value!r} is not of shard {shard}")
+                by_subscription.setdefault(of, []).append(seq)
         batch = WriteBatch(raw_mode=True)
         acked_record = keys.delivery_record(now_ms(), pubsub_pb2.ACKED)
         acked = 0
-        for seq in self._seqs(log_, subscription, ack_ids):
-            lease = state.leases.pop(seq, None)
-            if lease is not None:
-                batch.put(keys.delivery(shard, seq, subscription, lease.delivered_ms, lease.attempt), acked_record)
-                acked += 1
+        for name, seqs in by_subscription.items():
+            state = log_.subscriptions.get(name)
+            if state is None:
+                continue
+            for seq in seqs:
+                lease = state.leases.pop(seq, None)
+                if lease is not None:
+                    batch.put(keys.delivery(shard, seq, name, lease.delivered_ms, lease.attempt), acked_record)
+                    acked += 1
         if acked:
             self._db.write(batch, self._unsynced)
             log_.state_version += 1

@@ -454,3 +454,18 @@ async def test_leader_commits_only_what_it_has_synced_itself(engine):
     replication._advance_commit(lead)
     assert engine.shard(SHARD).commit == 3
     assert [m.message.message_id for m in await pull(engine, SHARD, "audit", 10, 60_000, 0)] == ids
+
+
+async def test_acks_of_several_subscriptions_in_one_call(engine):
+    for name in ("audit", "billing"):
+        engine.attach(SHARD, subscription(name))
+    await append(engine, SHARD, messages(b"a", b"b"))
+    audit = [m.ack_id for m in await pull(engine, SHARD, "audit", 10, 60_000, 0)]
+    billing = [m.ack_id for m in await pull(engine, SHARD, "billing", 10, 60_000, 0)]
+    engine.detach(SHARD, "billing")  # deleted meanwhile: its acks are dropped, not an error
+    assert engine.acknowledge(SHARD, "", audit + billing) == 2
+    assert engine.acknowledge(SHARD, "", audit) == 0  # acked already
+    with pytest.raises(errors.InvalidArgument):
+        engine.acknowledge(SHARD, "", ["7:0:audit"])  # another partition
+    engine.modify_ack_deadline(SHARD, "audit", audit, 0)
+    assert await pull(engine, SHARD, "audit", 10, 60_000, 0) == []
