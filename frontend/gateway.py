@@ -98,7 +98,8 @@ class Gateway:
 
     async def subscribe(self, name: str, max_outstanding: int):
         """Relays the stream of the sender that owns the subscription; when that sender
-        goes away, reconnects to the new owner without ending the client's stream."""
+        goes away, reconnects to the new owner without ending the client's stream.
+        Frames are relayed as the sender serialized them (bytes), never decoded here."""
         validation.name("subscription", name)
         if max_outstanding < 0:
             raise errors.InvalidArgument("max_outstanding_messages must not be negative")
@@ -111,8 +112,7 @@ class Gateway:
                 _, addr = self._cluster.owner("sender", name)
                 # The sender's frames are SubscribeResponses on the wire (see sender.proto).
                 call = self._cluster.channel(addr).unary_stream(
-                    SENDER_SUBSCRIBE, request_serializer=pubsub_pb2.SubscribeRequest.SerializeToString,
-                    response_deserializer=pubsub_pb2.SubscribeResponse.FromString)(request)
+                    SENDER_SUBSCRIBE, request_serializer=pubsub_pb2.SubscribeRequest.SerializeToString)(request)
                 self._relays.add(call)
                 async for frame in call:
                     backoff = RECONNECT_BACKOFF_S[0]

@@ -26,6 +26,7 @@ import uuid
 from array import array
 
 import grpc
+import uvloop
 
 from notifymesh.client import Client, default_addr
 from notifymesh.publisher import Publisher
@@ -135,7 +136,7 @@ async def _subscribe(addr: str, subscription: str, args: dict, ready, progress) 
 
 def _subscriber_process(addr, subscription, args, ready, progress, results) -> None:
     try:
-        results.put(("subscriber", asyncio.run(_subscribe(addr, subscription, args, ready, progress))))
+        results.put(("subscriber", uvloop.run(_subscribe(addr, subscription, args, ready, progress))))
     except KeyboardInterrupt:
         pass
     except Exception as e:  # reported to the parent rather than leaving it waiting
@@ -200,7 +201,7 @@ async def _publish(addr: str, topic: str, seqs: range, args: dict, window: int, 
 
 def _publisher_process(addr, topic, seqs, args, window, rate, ready, go, acked, results) -> None:
     try:
-        results.put(("publisher", asyncio.run(_publish(addr, topic, seqs, args, window, rate, ready, go, acked))))
+        results.put(("publisher", uvloop.run(_publish(addr, topic, seqs, args, window, rate, ready, go, acked))))
     except KeyboardInterrupt:
         pass
     except Exception as e:

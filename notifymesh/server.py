@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
 import grpc
+import uvloop
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -90,7 +91,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 except Exception as e:
                     await _abort(context, e, method)
 
-            return grpc.unary_stream_rpc_method_handler(unary_stream, None, handler.response_serializer)
+            serialize = handler.response_serializer
+            return grpc.unary_stream_rpc_method_handler(  # a relayed frame comes serialized already
+                unary_stream, None, lambda response: response if isinstance(response, bytes) else serialize(response))
         return handler
 
 
@@ -235,4 +238,4 @@ def main(kind: str, build: Callable[[Context], Awaitable[Component]],
     p = parser(kind)
     if add_arguments:
         add_arguments(p)
-    asyncio.run(serve(kind, p.parse_args(), build))
+    uvloop.run(serve(kind, p.parse_args(), build))
