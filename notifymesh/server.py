@@ -34,6 +34,26 @@ log = logging.getLogger(__name__)
 
 SLOW_CALL_S = 1.0
 LONG_POLLS = frozenset({"/notifymesh.internal.v1.Storage/Pull"})  # slow by design: never "slow"
+SLOW_CALL_LOG_EVERY_S = 10.0
+
+
+class SlowCalls:
+    """Logs slow calls, per method at most once every SLOW_CALL_LOG_EVERY_S with how
+    many there were since the last line and the slowest: under overload a line per
+    call (thousands a second were seen) would only add to the load."""
+
+    def __init__(self):
+        self._since: dict[str, tuple[float | None, int, float]] = {}  # method -> (last logged, calls, slowest)
+
+    def record(self, method: str, seconds: float) -> None:
+        now = time.monotonic()
+        logged, calls, slowest = self._since.get(method, (None, 0, 0.0))
+        calls, slowest = calls + 1, max(slowest, seconds)
+        if logged is None or now - logged >= SLOW_CALL_LOG_EVERY_S:
+            log.warning("slow calls", extra=fields(method=method, calls=calls, slowest_s=round(slowest, 3)))
+            self._since[method] = (now, 0, 0.0)
+        else:
+            self._since[method] = (logged, calls, slowest)
 DRAIN_GRACE_S = 5.0
 
 
@@ -57,6 +77,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     slow calls. Cancellation and explicit aborts pass through. Requests are parsed
     here rather than by grpc, so a malformed one is INVALID_ARGUMENT, not UNKNOWN."""
 
+    def __init__(self):
+        self._slow_calls = SlowCalls()
+
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
         if handler is None:
@@ -76,7 +99,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     await _abort(context, e, method)
                 finally:
                     if (elapsed := time.monotonic() - started) > SLOW_CALL_S and method not in LONG_POLLS:
-                        log.warning("slow call", extra=fields(method=method, seconds=round(elapsed, 3)))
+                        self._slow_calls.record(method, elapsed)
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, None, handler.response_serializer)
         if handler.unary_stream:

@@ -67,7 +67,9 @@ class SenderServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Acknowledge(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """With subscription empty, the ack ids may be of several subscriptions this
+        sender owns (each ack id names its own): a frontend merges its clients' acks.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
