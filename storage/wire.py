@@ -11,7 +11,12 @@ from gen.notifymesh.internal.v1 import storage_pb2
 _MESSAGE_TAG = 0x0A  # StoredMessage.message: field 1, length-delimited
 
 
+_ONE_BYTE = [bytes((value,)) for value in range(0x80)]  # the varints of 0..127, built once
+
+
 def varint(value: int) -> bytes:
+    if value < 0x80:  # attempts, ack id lengths: the usual case on the delivery path
+        return _ONE_BYTE[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
