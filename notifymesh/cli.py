@@ -4,6 +4,7 @@ subscribe, and run the local mesh (`notifymesh up`)."""
 import argparse
 import asyncio
 import base64
+import collections
 import json
 import re
 import signal
@@ -172,23 +173,31 @@ async def _publish(args, client: Client) -> int:
 
 
 async def _publish_lines(topic: str, attributes: dict[str, str], client: Client) -> int:
-    """Publishes stdin lines in batches, PUBLISH_IN_FLIGHT batches at a time."""
+    """Publishes stdin lines in batches, PUBLISH_IN_FLIGHT batches at a time, and
+    prints the id of each message published, in the order of the lines."""
     acknowledged = failed = read = 0
     slots = asyncio.Semaphore(PUBLISH_IN_FLIGHT)
-    tasks: set[asyncio.Task] = set()
+    sends: collections.deque[asyncio.Task] = collections.deque()  # in the order of the lines
     last_progress = 0.0
 
-    async def send(batch: list[Message]) -> None:
+    async def send(batch: list[Message]) -> list[str]:
         nonlocal acknowledged, failed
         try:
             ids = await client.publish(topic, batch)
             acknowledged += len(ids)
+            return ids
         except grpc.aio.AioRpcError as e:
             failed += len(batch)
             print(f"error: {len(batch)} messages not acknowledged: {e.code().name}: {e.details()}",
                   file=sys.stderr)
+            return []
         finally:
             slots.release()
+
+    def print_ids() -> None:
+        while sends and sends[0].done():
+            for message_id in sends.popleft().result():
+                print(message_id)
 
     def progress(final: bool = False) -> None:
         nonlocal last_progress
@@ -206,16 +215,15 @@ async def _publish_lines(topic: str, attributes: dict[str, str], client: Client)
             read += 1
         if batch and (len(batch) >= PUBLISH_BATCH or not line):
             await slots.acquire()
-            task = asyncio.create_task(send(batch))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            sends.append(asyncio.create_task(send(batch)))
             batch = []
+        print_ids()
         progress()
         if not line:
             break
-    await asyncio.gather(*tasks)
+    await asyncio.gather(*sends)
+    print_ids()
     progress(final=True)
-    print(acknowledged)
     return 1 if failed else 0
 
 
