@@ -212,6 +212,16 @@ class Entries:
         return cls(raw, meta)
 
 
+@dataclass
+class _GroupWrite:
+    """A write staged into the group being formed: what becomes true of its shard
+    once the group is synced (or not, when the write failed)."""
+    log: ShardLog
+    end: int
+    replacements: int
+    dedup_keys: list[tuple[str, str]]  # (dedup key, message id) staged in the shard's staged_keys
+
+
 class StorageEngine:
     def __init__(self, data_dir: Path, node_id: str):
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -233,6 +243,7 @@ class StorageEngine:
         # writes (synced) as one batch while the next one forms.
         self._group = WriteBatch(raw_mode=True)
         self._group_done: asyncio.Future | None = None
+        self._group_writes: list[_GroupWrite] = []
         self._wake_committer = asyncio.Event()
         self._committer: asyncio.Task | None = None
         self._closed = False
@@ -316,18 +327,26 @@ class StorageEngine:
         while not (self._closed and self._group_done is None):
             await self._wake_committer.wait()
             self._wake_committer.clear()
-            batch, done = self._group, self._group_done
+            batch, done, writes = self._group, self._group_done, self._group_writes
             if done is None:
                 continue
-            self._group, self._group_done = WriteBatch(raw_mode=True), None
+            self._group, self._group_done, self._group_writes = WriteBatch(raw_mode=True), None, []
             try:
                 await asyncio.to_thread(self._db.write, batch, self._synced_options)
             except Exception as e:
                 log.error("log write failed", extra=fields(error=repr(e)))
                 done.set_exception(errors.Unavailable(f"storage write failed: {e}"))
                 done.exception()  # retrieved: a group no writer awaits any more is not an error
-                continue
-            done.set_result(None)
+            else:
+                for write in writes:  # groups complete in the order they were formed
+                    if write.log.replacements == write.replacements:  # else these entries may be gone again
+                        write.log.written = max(write.log.written, write.end)
+                done.set_result(None)
+            for write in writes:  # in RocksDB now, or never: repeats are found there
+                staged = write.log.staged_keys
+                for dedup_key, message_id in write.dedup_keys:
+                    if staged.get(dedup_key) == message_id:
+                        del staged[dedup_key]
 
     def prepare(self, shard: str, messages: list[pubsub_pb2.PubsubMessage], epoch: int, dedup_window_ms: int,
                 retry: bool, by_payload: bool = False) -> tuple[list[str], Entries]:
@@ -419,7 +438,7 @@ class StorageEngine:
     def _write(self, shard: str, start: int, entries: Entries) -> Awaitable[None]:
         """Stages entries at start.. into the group being formed, replacing anything
         from start on (a deposed leader's unreplicated tail): end moves at once,
-        written once the returned awaitable says the group is synced."""
+        written (and the returned awaitable) once the group is synced."""
         log_ = self.shard(shard)
         if start < log_.first:
             raise errors.FailedPrecondition(f"{shard}: entry {start} is below the first kept entry {log_.first}")
@@ -428,7 +447,7 @@ class StorageEngine:
             batch.delete_range(keys.message(shard, start), keys.message(shard, log_.end))
             log_.recent_ids = None  # ids of the replaced tail may be among them
             log_.replacements += 1
-        recent_ids, staged = log_.recent_ids, []
+        recent_ids, dedup_keys = log_.recent_ids, []
         message_prefix, index_prefix = keys.message_prefix(shard), keys.message_index_prefix(shard)
         for seq, (value, (message_id, dedup_key, dedup_until_ms, _)) in enumerate(zip(entries.raw, entries.meta),
                                                                                   start):
@@ -441,25 +460,14 @@ class StorageEngine:
             if dedup_key:
                 batch.put(keys.idempotency(shard, dedup_key), dedup_until_ms.to_bytes(8, "big") + message_id.encode())
                 log_.staged_keys[dedup_key] = message_id
-                staged.append((dedup_key, message_id))
+                dedup_keys.append((dedup_key, message_id))
         # Set before the write completes so the next leader append lands after these.
         end = log_.end = start + len(entries.raw)
         log_.written = min(log_.written, start)
         log_.last_epoch = entries.meta[-1][3] if entries.raw else (self.epoch_at(shard, start - 1) or 0)
         log_.commit = min(log_.commit, log_.end)
-        return self._written(log_, end, log_.replacements, done, staged)
-
-    @staticmethod
-    async def _written(log_: ShardLog, end: int, replacements: int, done: asyncio.Future,
-                       staged: list[tuple[str, str]]) -> None:
-        try:
-            await asyncio.shield(done)  # groups complete in the order they were formed
-        finally:  # in RocksDB now, or never
-            for dedup_key, message_id in staged:
-                if log_.staged_keys.get(dedup_key) == message_id:
-                    del log_.staged_keys[dedup_key]
-        if log_.replacements == replacements:  # else these entries may be gone again
-            log_.written = max(log_.written, end)
+        self._group_writes.append(_GroupWrite(log_, end, log_.replacements, dedup_keys))
+        return asyncio.shield(done)  # one writer giving up does not cancel the group
 
     def advance_commit(self, shard: str, commit: int) -> None:
         log_ = self.shard(shard)
