@@ -92,6 +92,9 @@ async def test_ack_deadline_and_ack_id_checks(client):
     await client.create_subscription(sub, topic)
     code, details = await status_of(client.acknowledge(sub, ["not-hex!"]))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "malformed ack id" in details
+    # acks of several subscriptions share calls downstream: another's ack id is refused here
+    code, details = await status_of(client.acknowledge(sub, ["0:1:someone-else"]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "is not of subscription" in details
     code, _ = await status_of(client.acknowledge(sub, []))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     code, _ = await status_of(client.modify_ack_deadline(sub, ["1"], 10_000))
