@@ -8,9 +8,10 @@ create-only transaction. The revision of that transaction is the leader's epoch.
 Because any majority overlaps the majority that acknowledged a write, the most
 advanced log of a majority holds every acknowledged entry.
 
-The leader appends, replicates to the other replicas (one call in flight per
-follower node, carrying every shard it leads there), and acknowledges a publish
-once a majority has the entries on disk. It first writes a marker entry of its
+The leader appends and, while its own write syncs, replicates to the other
+replicas (one stream per follower node, one request in flight on it, carrying
+every shard it leads there), and acknowledges a publish once a majority has the
+entries on disk, itself included. It first writes a marker entry of its
 own epoch and counts entries as committed only once an entry of its epoch is on
 a majority, so an older epoch's tail is never taken for committed. Followers
 refuse any epoch older than the newest they have seen, and a leader whose member
@@ -43,7 +44,7 @@ from storage.engine import Entries, StorageEngine
 log = logging.getLogger(__name__)
 
 REPLICATE_MAX_ENTRIES = 2000   # per shard per call
-REPLICATE_TIMEOUT_S = 5.0
+REPLICATE_TIMEOUT_S = 5.0      # for a follower's answer
 COMMIT_TIMEOUT_S = 5.0         # a publish not on a majority by then is UNAVAILABLE
 LEASE_MARGIN_S = 0.5           # stop acknowledging this long before the lease could lapse
 TICK_S = 0.5                   # elections, placement changes
@@ -74,6 +75,36 @@ class Leadership:
     progress: dict[str, Progress] = field(default_factory=dict)
     learners: set[str] = field(default_factory=set)
     waiters: list[tuple[int, asyncio.Future]] = field(default_factory=list)
+
+
+class _FollowerStream:
+    """The Replicate stream to one follower node: opened on first use, and again
+    after a failure or when the node's address changed."""
+
+    def __init__(self, cluster: Cluster):
+        self._cluster = cluster
+        self._call: grpc.aio.StreamStreamCall | None = None
+        self._addr: str | None = None
+
+    async def exchange(self, addr: str, request: storage_pb2.ReplicateRequest) -> storage_pb2.ReplicateResponse:
+        if self._call is None or self._addr != addr:
+            self.close()
+            self._call, self._addr = storage_pb2_grpc.StorageStub(self._cluster.channel(addr)).Replicate(), addr
+        try:
+            await self._call.write(request)
+            response = await asyncio.wait_for(self._call.read(), REPLICATE_TIMEOUT_S)
+        except BaseException:
+            self.close()
+            raise
+        if response is grpc.aio.EOF:
+            self.close()
+            raise ConnectionError("replication stream ended")
+        return response
+
+    def close(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
 
 
 class Replication:
@@ -328,29 +359,31 @@ class Replication:
         return wake
 
     async def _send_to(self, node: str, wake: asyncio.Event) -> None:
-        """One Replicate call in flight to node at a time, carrying every shard this
-        node leads there; what accumulates meanwhile goes in the next call."""
-        while True:
-            await wake.wait()
-            wake.clear()
-            addr = self._cluster.live("storage").get(node)
-            if addr is None:  # not alive: the next tick wakes this again
-                continue
-            try:
-                request, sent = self._request_for(node)
-                if not request.shards:
+        """One Replicate request in flight to node at a time, carrying every shard this
+        node leads there; what accumulates meanwhile goes in the next."""
+        stream = _FollowerStream(self._cluster)
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                addr = self._cluster.live("storage").get(node)
+                if addr is None:  # not alive: the next tick wakes this again
                     continue
-                stub = storage_pb2_grpc.StorageStub(self._cluster.channel(addr))
-                response = await stub.Replicate(request, timeout=REPLICATE_TIMEOUT_S)
-                if await self._handle_results(node, response, sent):
+                try:
+                    request, sent = self._request_for(node)
+                    if not request.shards:
+                        continue
+                    if await self._handle_results(node, await stream.exchange(addr, request), sent):
+                        wake.set()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # the node is down or restarting: retry after a pause
+                    code = e.code().name if isinstance(e, grpc.aio.AioRpcError) else repr(e)
+                    log.debug("replicate failed", extra=fields(to=node, error=code))
+                    await asyncio.sleep(TICK_S)
                     wake.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # the node is down or restarting: retry after a pause
-                code = e.code().name if isinstance(e, grpc.aio.AioRpcError) else repr(e)
-                log.debug("replicate failed", extra=fields(to=node, error=code))
-                await asyncio.sleep(TICK_S)
-                wake.set()
+        finally:
+            stream.close()
 
     def _request_for(self, node: str) -> tuple[storage_pb2.ReplicateRequest, dict]:
         request = storage_pb2.ReplicateRequest(leader=self._node)

@@ -79,8 +79,9 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         self._node.engine.attach(shard, request.subscription)
         return storage_pb2.AttachSubscriptionResponse()
 
-    async def Replicate(self, request, context):
-        return await self._node.replication.replicate(request)
+    async def Replicate(self, requests, context):
+        async for request in requests:
+            yield await self._node.replication.replicate(request)
 
 
 class StorageNode:

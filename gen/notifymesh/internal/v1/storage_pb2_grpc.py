@@ -80,7 +80,7 @@ class StorageStub:
                 request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.AttachSubscriptionRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.AttachSubscriptionResponse.FromString,
                 _registered_method=True)
-        self.Replicate = channel.unary_unary(
+        self.Replicate = channel.stream_stream(
                 '/notifymesh.internal.v1.Storage/Replicate',
                 request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.ReplicateRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.ReplicateResponse.FromString,
@@ -153,8 +153,10 @@ class StorageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Replicate(self, request, context):
+    def Replicate(self, request_iterator, context):
         """Leader to follower: log entries and delivery state of the shards it leads.
+        One stream per leader node; each request is answered in turn, one in flight
+        (a stream message costs less than a call).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -208,7 +210,7 @@ def add_StorageServicer_to_server(servicer, server):
                     request_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.AttachSubscriptionRequest.FromString,
                     response_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.AttachSubscriptionResponse.SerializeToString,
             ),
-            'Replicate': grpc.unary_unary_rpc_method_handler(
+            'Replicate': grpc.stream_stream_rpc_method_handler(
                     servicer.Replicate,
                     request_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.ReplicateRequest.FromString,
                     response_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.ReplicateResponse.SerializeToString,
@@ -468,7 +470,7 @@ class Storage:
             _registered_method=True)
 
     @staticmethod
-    def Replicate(request,
+    def Replicate(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -478,8 +480,8 @@ class Storage:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_stream(
+            request_iterator,
             target,
             '/notifymesh.internal.v1.Storage/Replicate',
             notifymesh_dot_internal_dot_v1_dot_storage__pb2.ReplicateRequest.SerializeToString,
