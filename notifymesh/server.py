@@ -72,6 +72,17 @@ def _parse(deserialize, raw: bytes):
         raise errors.InvalidArgument(f"malformed request: {e}") from None
 
 
+async def _mapped(responses: Callable[[], Any], context, method: str):
+    """Yields what responses() yields; an error ends the stream with its status."""
+    try:
+        async for response in responses():
+            yield response
+    except (asyncio.CancelledError, grpc.aio.AbortError):
+        raise
+    except Exception as e:
+        await _abort(context, e, method)
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Maps errors to status codes (errors.STATUS_CODES) for every handler and logs
     slow calls. Cancellation and explicit aborts pass through. Requests are parsed
@@ -106,17 +117,20 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             inner_stream = handler.unary_stream
 
             async def unary_stream(raw, context):
-                try:
-                    async for response in inner_stream(_parse(deserialize, raw), context):
-                        yield response
-                except (asyncio.CancelledError, grpc.aio.AbortError):
-                    raise
-                except Exception as e:
-                    await _abort(context, e, method)
+                async for response in _mapped(lambda: inner_stream(_parse(deserialize, raw), context), context, method):
+                    yield response
 
             serialize = handler.response_serializer
             return grpc.unary_stream_rpc_method_handler(  # a relayed frame comes serialized already
                 unary_stream, None, lambda response: response if isinstance(response, bytes) else serialize(response))
+        if handler.stream_stream:
+            inner_bidi = handler.stream_stream
+
+            async def stream_stream(requests, context):
+                async for response in _mapped(lambda: inner_bidi(requests, context), context, method):
+                    yield response
+
+            return grpc.stream_stream_rpc_method_handler(stream_stream, deserialize, handler.response_serializer)
         return handler
 
 
