@@ -106,7 +106,9 @@ class Gateway:
         await self._cluster.subscription(name)
         request = pubsub_pb2.SubscribeRequest(subscription=name, max_outstanding_messages=max_outstanding)
         backoff = RECONNECT_BACKOFF_S[0]
-        while not self._closing:
+        while True:
+            if self._closing:  # close_streams(): the client subscribes again, elsewhere
+                raise errors.Unavailable("frontend is shutting down; subscribe again")
             call = None
             try:
                 _, addr = self._cluster.owner("sender", name)
@@ -117,10 +119,11 @@ class Gateway:
                 async for frame in call:
                     backoff = RECONNECT_BACKOFF_S[0]
                     yield frame
+            except asyncio.CancelledError:
+                if not self._closing:  # the client went away
+                    raise
             except grpc.aio.AioRpcError as e:
-                if self._closing:
-                    return
-                if e.code() not in (*errors.RETRYABLE_CODES, grpc.StatusCode.CANCELLED):
+                if not self._closing and e.code() not in (*errors.RETRYABLE_CODES, grpc.StatusCode.CANCELLED):
                     raise
                 log.info("sender stream broke; reconnecting", extra=fields(subscription=name, code=e.code().name))
             except errors.Unavailable:
@@ -129,8 +132,9 @@ class Gateway:
                 if call is not None:
                     self._relays.discard(call)
                     call.cancel()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, RECONNECT_BACKOFF_S[1])
+            if not self._closing:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RECONNECT_BACKOFF_S[1])
 
     def _ack_ids(self, name: str, ack_ids) -> list[str]:
         """Checked here, before acks of several subscriptions share a call: one

@@ -4,6 +4,9 @@ import asyncio
 import signal
 import time
 
+import grpc
+import pytest
+
 from conftest import ids_of, receive, unique
 from notifymesh.client import Client
 
@@ -99,6 +102,24 @@ async def test_subscriber_stream_survives_a_sender_restart(own_mesh):
         got = await asyncio.wait_for(frames.__anext__(), 20)
         assert ids_of(got) == second
         await frames.aclose()
+
+
+async def test_a_frontend_shutting_down_tells_its_subscribers_to_subscribe_again(own_mesh):
+    """SIGTERM drains: the frontend ends each Subscribe stream with UNAVAILABLE at
+    once (clients reconnect elsewhere) rather than leaving it to the grace period's
+    blanket cancel."""
+    async with Client(own_mesh.frontend_addr) as client:
+        topic, sub = unique("drain"), unique("drain-sub")
+        await client.create_topic(topic)
+        await client.create_subscription(sub, topic)
+        frames = client.subscribe_frames(sub, reconnect=False)
+        sent = await client.publish(topic, [b"attached"])
+        assert ids_of(await asyncio.wait_for(frames.__anext__(), 10)) == sent
+        own_mesh.kill("frontend-1", signal.SIGTERM)  # returns once the process has exited
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await asyncio.wait_for(frames.__anext__(), 10)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "shutting down; subscribe again" in info.value.details()
 
 
 async def test_sender_sigkill_with_a_thousand_in_flight_loses_none(own_mesh, record_property):
