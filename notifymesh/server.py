@@ -33,7 +33,6 @@ from notifymesh.log import fields
 log = logging.getLogger(__name__)
 
 SLOW_CALL_S = 1.0
-LONG_POLLS = frozenset({"/notifymesh.internal.v1.Storage/Pull"})  # slow by design: never "slow"
 SLOW_CALL_LOG_EVERY_S = 10.0
 
 
@@ -109,7 +108,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 except Exception as e:
                     await _abort(context, e, method)
                 finally:
-                    if (elapsed := time.monotonic() - started) > SLOW_CALL_S and method not in LONG_POLLS:
+                    if (elapsed := time.monotonic() - started) > SLOW_CALL_S:
                         self._slow_calls.record(method, elapsed)
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, None, handler.response_serializer)

@@ -208,8 +208,15 @@ class ShardPuller:
         self.topic, self.partition, self._dispatcher = topic, partition, dispatcher
         self.wake = asyncio.Event()
         self.task: asyncio.Task | None = None
+        self._stream = dispatcher.storage.pull_stream()
 
     async def run(self) -> None:
+        try:
+            await self._serve()
+        finally:
+            self._stream.close()
+
+    async def _serve(self) -> None:
         dispatcher = self._dispatcher
         while subscriptions := dispatcher.serving(self.topic):
             self.wake.clear()
@@ -247,7 +254,7 @@ class ShardPuller:
             request.subscriptions.add(name=sub.name, max_messages=room, ack_deadline_ms=sub.ack_deadline_ms)
             sub.reserved += room
         try:
-            response = await self._dispatcher.storage.call("Pull", self.topic, self.partition, request)
+            response = await self._dispatcher.storage.pull(self._stream, request)
         except asyncio.CancelledError:
             raise
         except Exception as e:

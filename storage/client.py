@@ -7,6 +7,9 @@ from notifymesh import rpc
 from notifymesh.cluster import Cluster
 
 
+PULL_TIMEOUT_S = 30  # a long poll waits up to its wait_ms (about 1 s) for messages
+
+
 class StorageClient:
     def __init__(self, cluster: Cluster):
         self._cluster = cluster
@@ -36,12 +39,14 @@ class StorageClient:
         response = await rpc.call("Storage.Append", attempt)
         return list(response.message_ids)
 
-    async def pull(self, topic: str, partition: int, subscription: str, max_messages: int, ack_deadline_ms: int,
-                   wait_ms: int) -> list[pubsub_pb2.ReceivedMessage]:
-        response = await self.call("Pull", topic, partition, storage_pb2.PullRequest(
-            topic=topic, partition=partition, subscription=subscription, max_messages=max_messages,
-            ack_deadline_ms=ack_deadline_ms, wait_ms=wait_ms))
-        return list(response.received_messages)
+    def pull_stream(self) -> rpc.LockstepStream:
+        """A stream of Pulls, for pull()."""
+        return rpc.LockstepStream(lambda addr: storage_pb2_grpc.StorageStub(self._cluster.channel(addr)).Pull())
+
+    async def pull(self, stream: rpc.LockstepStream, request: storage_pb2.PullRequest) -> storage_pb2.PullResponse:
+        """A long poll of the shard's leader on stream (opened again when the leader moved)."""
+        _, addr, _ = self._cluster.leader(request.topic, request.partition)
+        return await stream.exchange(addr, request, PULL_TIMEOUT_S)
 
     async def acknowledge(self, topic: str, partition: int, subscription: str, ack_ids: list[str]) -> None:
         await self.call("Acknowledge", topic, partition, storage_pb2.StorageAcknowledgeRequest(

@@ -34,7 +34,7 @@ import grpc
 
 from gen.notifymesh.internal.v1 import storage_pb2, storage_pb2_grpc
 from gen.notifymesh.v1 import cluster_pb2
-from notifymesh import errors
+from notifymesh import errors, rpc
 from notifymesh.cluster import CANDIDATES, LEADERS, PLACEMENTS, Cluster
 from notifymesh.clock import now_ms
 from notifymesh.log import fields
@@ -75,36 +75,6 @@ class Leadership:
     progress: dict[str, Progress] = field(default_factory=dict)
     learners: set[str] = field(default_factory=set)
     waiters: list[tuple[int, asyncio.Future]] = field(default_factory=list)
-
-
-class _FollowerStream:
-    """The Replicate stream to one follower node: opened on first use, and again
-    after a failure or when the node's address changed."""
-
-    def __init__(self, cluster: Cluster):
-        self._cluster = cluster
-        self._call: grpc.aio.StreamStreamCall | None = None
-        self._addr: str | None = None
-
-    async def exchange(self, addr: str, request: storage_pb2.ReplicateRequest) -> storage_pb2.ReplicateResponse:
-        if self._call is None or self._addr != addr:
-            self.close()
-            self._call, self._addr = storage_pb2_grpc.StorageStub(self._cluster.channel(addr)).Replicate(), addr
-        try:
-            await self._call.write(request)
-            response = await asyncio.wait_for(self._call.read(), REPLICATE_TIMEOUT_S)
-        except BaseException:
-            self.close()
-            raise
-        if response is grpc.aio.EOF:
-            self.close()
-            raise ConnectionError("replication stream ended")
-        return response
-
-    def close(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
 
 
 class Replication:
@@ -361,7 +331,7 @@ class Replication:
     async def _send_to(self, node: str, wake: asyncio.Event) -> None:
         """One Replicate request in flight to node at a time, carrying every shard this
         node leads there; what accumulates meanwhile goes in the next."""
-        stream = _FollowerStream(self._cluster)
+        stream = rpc.LockstepStream(lambda addr: storage_pb2_grpc.StorageStub(self._cluster.channel(addr)).Replicate())
         try:
             while True:
                 await wake.wait()
@@ -373,7 +343,8 @@ class Replication:
                     request, sent = self._request_for(node)
                     if not request.shards:
                         continue
-                    if await self._handle_results(node, await stream.exchange(addr, request), sent):
+                    response = await stream.exchange(addr, request, REPLICATE_TIMEOUT_S)
+                    if await self._handle_results(node, response, sent):
                         wake.set()
                 except asyncio.CancelledError:
                     raise

@@ -32,15 +32,16 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         ids = await self._node.append(request.topic, request.partition, list(request.messages), request.retry)
         return storage_pb2.AppendResponse(message_ids=ids)
 
-    async def Pull(self, request, context):
-        pulls = [(s.name, s.max_messages, s.ack_deadline_ms) for s in request.subscriptions]
-        pulled, missing = await self._node.pull(request.topic, request.partition, pulls, request.wait_ms)
-        response = storage_pb2.PullResponse()
-        for name, (received, ack_ids) in pulled.items():
-            response.subscriptions.add(name=name, received_messages=received, ack_ids=ack_ids)
-        for name in missing:
-            response.subscriptions.add(name=name, not_found=True)
-        return response
+    async def Pull(self, requests, context):
+        async for request in self._node.stream_requests(requests):
+            pulls = [(s.name, s.max_messages, s.ack_deadline_ms) for s in request.subscriptions]
+            pulled, missing = await self._node.pull(request.topic, request.partition, pulls, request.wait_ms)
+            response = storage_pb2.PullResponse()
+            for name, (received, ack_ids) in pulled.items():
+                response.subscriptions.add(name=name, received_messages=received, ack_ids=ack_ids)
+            for name in missing:
+                response.subscriptions.add(name=name, not_found=True)
+            yield response
 
     async def Acknowledge(self, request, context):
         shard = self._node.led_shard(request.topic, request.partition)
@@ -80,7 +81,7 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         return storage_pb2.AttachSubscriptionResponse()
 
     async def Replicate(self, requests, context):
-        async for request in requests:
+        async for request in self._node.stream_requests(requests):
             yield await self._node.replication.replicate(request)
 
 
@@ -96,6 +97,25 @@ class StorageNode:
         self._storage = StorageClient(ctx.cluster)
         self._metadata_changed = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._draining = asyncio.get_running_loop().create_future()  # done once drain() began
+
+    async def stream_requests(self, requests):
+        """The requests of a Pull or Replicate stream until drain(), which ends the
+        stream with UNAVAILABLE: a stream never ends by itself, and the server's grace
+        period would wait for it (cancelling its handler leaves the call open)."""
+        requests = aiter(requests)
+        while not self._draining.done():
+            next_request = asyncio.ensure_future(anext(requests))
+            await asyncio.wait((next_request, self._draining), return_when=asyncio.FIRST_COMPLETED)
+            if not next_request.done():
+                next_request.cancel()
+                break
+            try:
+                request = next_request.result()
+            except StopAsyncIteration:  # the client closed its side
+                return
+            yield request
+        raise errors.Unavailable("storage node is shutting down")
 
     def _replication_factor(self, topic: str) -> int:
         record = self._cluster.topics.items.get(topic)
@@ -232,6 +252,7 @@ class StorageNode:
                 log.warning("dead-lettering failed", extra=fields(subscription=dead.subscription, error=repr(e)))
 
     async def drain(self) -> None:
+        self._draining.set_result(None)
         self.engine.stop_waiting()
         for task in self._tasks:
             task.cancel()

@@ -40,7 +40,7 @@ class StorageStub:
                 request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.AppendRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.AppendResponse.FromString,
                 _registered_method=True)
-        self.Pull = channel.unary_unary(
+        self.Pull = channel.stream_stream(
                 '/notifymesh.internal.v1.Storage/Pull',
                 request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.PullRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.PullResponse.FromString,
@@ -98,11 +98,12 @@ class StorageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Pull(self, request, context):
+    def Pull(self, request_iterator, context):
         """Leader only. For each subscription, leases up to its max_messages
         deliverable messages (expired leases first, then new ones) for its
         ack_deadline_ms; waits up to wait_ms for a first one. One call serves every
-        subscription of the shard a sender has room for.
+        subscription of the shard a sender has room for. One stream per shard and
+        sender; each request is answered in turn, one in flight.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -170,7 +171,7 @@ def add_StorageServicer_to_server(servicer, server):
                     request_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.AppendRequest.FromString,
                     response_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.AppendResponse.SerializeToString,
             ),
-            'Pull': grpc.unary_unary_rpc_method_handler(
+            'Pull': grpc.stream_stream_rpc_method_handler(
                     servicer.Pull,
                     request_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.PullRequest.FromString,
                     response_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.PullResponse.SerializeToString,
@@ -254,7 +255,7 @@ class Storage:
             _registered_method=True)
 
     @staticmethod
-    def Pull(request,
+    def Pull(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -264,8 +265,8 @@ class Storage:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_stream(
+            request_iterator,
             target,
             '/notifymesh.internal.v1.Storage/Pull',
             notifymesh_dot_internal_dot_v1_dot_storage__pb2.PullRequest.SerializeToString,
