@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 SLOW_CALL_S = 1.0
 SLOW_CALL_LOG_EVERY_S = 10.0
+DRAIN_GRACE_S = 5.0
 
 
 class SlowCalls:
@@ -53,7 +54,6 @@ class SlowCalls:
             self._since[method] = (now, 0, 0.0)
         else:
             self._since[method] = (logged, calls, slowest)
-DRAIN_GRACE_S = 5.0
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:

@@ -810,29 +810,31 @@ class StorageEngine:
                         self._dead_letter(log_, state, seq, message, lease, now)
 
     def _seqs(self, log_: ShardLog, subscription: str, ack_ids: list[str]) -> list[int]:
-        seqs = []
+        return self._seqs_by_subscription(log_, subscription, ack_ids).get(subscription, [])
+
+    @staticmethod
+    def _seqs_by_subscription(log_: ShardLog, subscription: str, ack_ids: list[str]) -> dict[str, list[int]]:
+        """The entries the ack ids name, by subscription; all of subscription's
+        unless that is "" (any)."""
+        seqs: dict[str, list[int]] = {}
         for value in ack_ids:
             partition, seq, of = keys.parse_ack_id(value)
-            if partition != log_.partition or of != subscription:
-                raise errors.InvalidArgument(f"ack id {value!r} is not of {subscription!r} partition {log_.partition}")
-            seqs.append(seq)
+            if partition != log_.partition or (subscription and of != subscription):
+                raise errors.InvalidArgument(
+                    f"ack id {value!r} is not of {subscription or 'this shard'!r} partition {log_.partition}")
+            seqs.setdefault(of, []).append(seq)
         return seqs
 
     def acknowledge(self, shard: str, subscription: str, ack_ids: list[str]) -> int:
         """Ends the leases; returns how many were in flight (others were acked already).
         Subscription "": each ack id's own (a sender merged acks of several), and
         those of a subscription no longer attached are dropped."""
-        log_ = self._restored(shard) if shard in self.shards else None
         if subscription:
             self.subscription(shard, subscription)  # NOT_FOUND unless attached
-            by_subscription = {subscription: self._seqs(log_, subscription, ack_ids)}
-        else:
-            by_subscription = {}
-            for value in ack_ids:
-                partition, seq, of = keys.parse_ack_id(value)
-                if log_ is None or partition != log_.partition:
-                    raise errors.InvalidArgument(f"ack id {value!r} is not of shard {shard}")
-                by_subscription.setdefault(of, []).append(seq)
+        elif shard not in self.shards:
+            return 0
+        log_ = self._restored(shard)
+        by_subscription = self._seqs_by_subscription(log_, subscription, ack_ids)
         batch = WriteBatch(raw_mode=True)
         acked_record = keys.delivery_record(now_ms(), pubsub_pb2.ACKED)
         acked = 0

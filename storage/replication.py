@@ -43,7 +43,7 @@ from storage.engine import Entries, StorageEngine
 
 log = logging.getLogger(__name__)
 
-REPLICATE_MAX_ENTRIES = 2000   # per shard per call
+REPLICATE_MAX_ENTRIES = 2000   # per shard per request
 REPLICATE_TIMEOUT_S = 5.0      # for a follower's answer
 COMMIT_TIMEOUT_S = 5.0         # a publish not on a majority by then is UNAVAILABLE
 LEASE_MARGIN_S = 0.5           # stop acknowledging this long before the lease could lapse
