@@ -16,7 +16,7 @@ from gen.notifymesh.internal.v1 import metadata_pb2_grpc, node_pb2, node_pb2_grp
 from gen.notifymesh.v1 import cluster_pb2, pubsub_pb2
 from notifymesh import errors, rpc, validation
 from notifymesh.batching import Coalescer
-from notifymesh.clock import new_message_id, now_ms, shard_hint, to_ms, topic_hash
+from notifymesh.clock import new_message_ids, now_ms, shard_hint, to_ms, topic_hash
 from notifymesh.cluster import Cluster
 from notifymesh.config import Config
 from notifymesh.log import fields
@@ -68,11 +68,13 @@ class Gateway:
         partitions = max(1, record.partition_count)
         spread = self._least_loaded(topic, partitions)
         groups: dict[int, list[int]] = {}
-        ms = now_ms()
         for index, message in enumerate(messages):
             partition = zlib.crc32(message.ordering_key.encode()) % partitions if message.ordering_key else spread
-            message.message_id = new_message_id(topic, partition, ms)
             groups.setdefault(partition, []).append(index)
+        ms = now_ms()
+        for partition, group in groups.items():
+            for index, message_id in zip(group, new_message_ids(topic, partition, len(group), ms)):
+                messages[index].message_id = message_id
         ids = [""] * len(messages)
         replies = await asyncio.gather(*(self._append(topic, p, [messages[i] for i in group])
                                          for p, group in groups.items()))

@@ -23,14 +23,19 @@ def to_ms(ts: timestamp_pb2.Timestamp) -> int:
 MESSAGE_ID_LENGTH = 39
 
 
-def new_message_id(topic: str, partition: int, ms: int | None = None) -> str:
+def new_message_ids(topic: str, partition: int, count: int, ms: int | None = None) -> list[str]:
     """Time-ordered and unique without coordination (44 bits of ms, 64 random
     bits), then where the message is stored (a hash of the topic, the partition),
     so that a status lookup by id alone finds its shard."""
     # getrandbits: 64 bits from a generator seeded from os.urandom at start, without
     # a system call per id.
-    ms = now_ms() if ms is None else ms
-    return f"{ms:011x}{random.getrandbits(64):016x}{topic_hash(topic):08x}{partition:04x}"
+    head = f"{now_ms() if ms is None else ms:011x}"
+    where = f"{topic_hash(topic):08x}{partition:04x}"
+    return [f"{head}{random.getrandbits(64):016x}{where}" for _ in range(count)]
+
+
+def new_message_id(topic: str, partition: int, ms: int | None = None) -> str:
+    return new_message_ids(topic, partition, 1, ms)[0]
 
 
 def shard_hint(message_id: str) -> tuple[int, int] | None:

@@ -151,9 +151,10 @@ class ShardLog:
     # Dedup keys of entries staged for a write not yet synced (key -> message id):
     # RocksDB does not have them yet, and a repeat may arrive meanwhile.
     staged_keys: dict[str, str] = field(default_factory=dict)
-    # The leader's entries not yet on every follower (seq -> serialized entry), so
-    # replication sends them without reading them back from RocksDB.
-    tail: dict[int, bytes] = field(default_factory=dict)
+    # The leader's entries not yet on every follower (seq -> serialized entry, message
+    # id, dedup key, dedup expiry, epoch), so replication sends them without reading
+    # them back from RocksDB.
+    tail: dict[int, tuple[bytes, str, str, int, int]] = field(default_factory=dict)
 
     def notify(self) -> None:
         """Wakes every pull waiting on this shard."""
@@ -193,23 +194,46 @@ class RecentIds:
 
 @dataclass
 class Entries:
-    """Serialized StoredMessages, with what indexing them takes: per entry its
-    message id, dedup key, dedup expiry and epoch."""
+    """Serialized StoredMessages, with what storing them takes besides their bytes,
+    one value per entry (as in storage_pb2.ShardEntries): message id, dedup key and
+    dedup expiry; and the epoch of the last entry."""
     raw: list[bytes] = field(default_factory=list)
-    meta: list[tuple[str, str, int, int]] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    dedup_keys: list[str] = field(default_factory=list)
+    dedup_until_ms: list[int] = field(default_factory=list)
+    last_epoch: int = 0
+
+    def add(self, raw: bytes, message_id: str, dedup_key: str, dedup_until_ms: int, epoch: int) -> None:
+        self.raw.append(raw)
+        self.ids.append(message_id)
+        self.dedup_keys.append(dedup_key)
+        self.dedup_until_ms.append(dedup_until_ms)
+        self.last_epoch = epoch
 
     @classmethod
     def of(cls, stored: list[storage_pb2.StoredMessage]) -> "Entries":
-        return cls([e.SerializeToString() for e in stored],
-                   [(e.message.message_id, e.dedup_key, e.dedup_until_ms, e.epoch) for e in stored])
+        entries = cls()
+        for e in stored:
+            entries.add(e.SerializeToString(), e.message.message_id, e.dedup_key, e.dedup_until_ms, e.epoch)
+        return entries
 
     @classmethod
     def parsed(cls, raw: list[bytes]) -> "Entries":
-        meta = []
+        entries = cls()
         for value in raw:
             e = storage_pb2.StoredMessage.FromString(value)
-            meta.append((e.message.message_id, e.dedup_key, e.dedup_until_ms, e.epoch))
-        return cls(raw, meta)
+            entries.add(value, e.message.message_id, e.dedup_key, e.dedup_until_ms, e.epoch)
+        return entries
+
+    @classmethod
+    def replicated(cls, batch: storage_pb2.ShardEntries) -> "Entries":
+        """A leader's batch, indexed as the leader sent it (parsed when the index does
+        not match the entries)."""
+        count = len(batch.entries)
+        if not len(batch.message_ids) == len(batch.dedup_keys) == len(batch.dedup_until_ms) == count:
+            return cls.parsed(list(batch.entries))
+        return cls(list(batch.entries), list(batch.message_ids), list(batch.dedup_keys), list(batch.dedup_until_ms),
+                   batch.last_entry_epoch)
 
 
 @dataclass
@@ -393,8 +417,7 @@ class StorageEngine:
             if dedup_key:
                 seen[dedup_key] = message_id
                 raw += storage_pb2.StoredMessage(dedup_key=dedup_key, dedup_until_ms=dedup_until_ms).SerializeToString()
-            entries.raw.append(raw)
-            entries.meta.append((message_id, dedup_key, dedup_until_ms, epoch))
+            entries.add(raw, message_id, dedup_key, dedup_until_ms, epoch)
             ids.append(message_id)
         return ids, entries
 
@@ -424,17 +447,17 @@ class StorageEngine:
         tail = log_.tail
         for seq in [seq for seq in tail if seq >= start]:  # replaced
             del tail[seq]
-        for offset, raw in enumerate(entries.raw):
-            tail[start + offset] = raw
+        epoch = entries.last_epoch  # a leader writes entries of its own epoch
+        for seq, indexed in enumerate(zip(entries.raw, entries.ids, entries.dedup_keys, entries.dedup_until_ms), start):
+            tail[seq] = (*indexed, epoch)
         while len(tail) > MAX_TAIL_ENTRIES:  # a follower far behind reads from RocksDB
             del tail[next(iter(tail))]
         return self._write(shard, start, entries)
 
-    def write_raw_entries(self, shard: str, start: int, raw: list[bytes]) -> Awaitable[None]:
-        """Entries replicated from the leader, stored as they came; parsed only to
-        index their message ids and dedup keys."""
+    def write_replicated(self, shard: str, start: int, entries: Entries) -> Awaitable[None]:
+        """Entries replicated from the leader, stored as they came."""
         self.shard(shard).tail.clear()  # a follower now
-        return self._write(shard, start, Entries.parsed(raw))
+        return self._write(shard, start, entries)
 
     def release_tail(self, shard: str, below: int) -> None:
         """Every follower has the entries below: replication needs them no more."""
@@ -456,8 +479,8 @@ class StorageEngine:
             log_.replacements += 1
         recent_ids, dedup_keys = log_.recent_ids, []
         message_prefix, index_prefix = keys.message_prefix(shard), keys.message_index_prefix(shard)
-        for seq, (value, (message_id, dedup_key, dedup_until_ms, _)) in enumerate(zip(entries.raw, entries.meta),
-                                                                                  start):
+        for seq, (value, message_id, dedup_key, dedup_until_ms) in enumerate(
+                zip(entries.raw, entries.ids, entries.dedup_keys, entries.dedup_until_ms), start):
             seq_key = keys.seq_bytes(seq)
             batch.put(message_prefix + seq_key, keys.sealed(value))
             if message_id:
@@ -471,7 +494,7 @@ class StorageEngine:
         # Set before the write completes so the next leader append lands after these.
         end = log_.end = start + len(entries.raw)
         log_.written = min(log_.written, start)
-        log_.last_epoch = entries.meta[-1][3] if entries.raw else (self.epoch_at(shard, start - 1) or 0)
+        log_.last_epoch = entries.last_epoch if entries.raw else (self.epoch_at(shard, start - 1) or 0)
         log_.commit = min(log_.commit, log_.end)
         self._group_writes.append(_GroupWrite(log_, end, log_.replacements, dedup_keys))
         return asyncio.shield(done)  # one writer giving up does not cancel the group
@@ -483,30 +506,30 @@ class StorageEngine:
             log_.commit = commit
             log_.notify()
 
-    def raw_entries(self, shard: str, start: int, limit: int) -> list[bytes]:
-        """Up to limit serialized entries from start on, for replication; stops before
-        a gap or a corrupted entry rather than send entries out of place."""
+    def entries_from(self, shard: str, start: int, limit: int) -> Entries:
+        """Up to limit entries from start on, for replication; stops before a gap or a
+        corrupted entry rather than send entries out of place."""
         log_ = self.shard(shard)
         tail = log_.tail
         if start in tail:
-            out = []
+            entries = Entries()
             for seq in range(start, min(log_.end, start + limit)):
-                raw = tail.get(seq)
-                if raw is None:
+                indexed = tail.get(seq)
+                if indexed is None:
                     break
-                out.append(raw)
-            return out
-        out = []
+                entries.add(*indexed)
+            return entries
+        raw = []
         stop = keys.message(shard, log_.end)
         for key, value in self._db.items(from_key=keys.message(shard, start)):
-            if key >= stop or len(out) >= limit or keys.seq_of(key) != start + len(out):
+            if key >= stop or len(raw) >= limit or keys.seq_of(key) != start + len(raw):
                 break
             entry = keys.unsealed(value)
             if entry is None:
                 log.error("corrupted entry not replicated", extra=fields(shard=shard, seq=keys.seq_of(key)))
                 break
-            out.append(entry)
-        return out
+            raw.append(entry)
+        return Entries.parsed(raw)
 
     def reset(self, shard: str, first: int) -> None:
         """A follower too far behind starts over at the leader's first entry."""

@@ -365,15 +365,17 @@ class Replication:
                 continue
             log_ = self._engine.shard(shard)
             start = max(progress.next, log_.first)
-            entries = self._engine.raw_entries(shard, start, REPLICATE_MAX_ENTRIES) if start < log_.end else []
+            entries = self._engine.entries_from(shard, start, REPLICATE_MAX_ENTRIES) if start < log_.end else Entries()
             states = progress.state_due and progress.state_version != log_.state_version
-            if not entries and progress.match >= log_.end and not states and progress.first == log_.first:
+            if not entries.raw and progress.match >= log_.end and not states and progress.first == log_.first:
                 continue
             prev_epoch = (self._engine.epoch_at(shard, start - 1) or 0) if start - 1 >= log_.first else 0
             topic, partition = keys.split_shard(shard)
             shard_entries = storage_pb2.ShardEntries(
                 topic=topic, partition=partition, epoch=lead.epoch, start=start, prev_epoch=prev_epoch,
-                entries=entries, commit=log_.commit, first=log_.first, has_subscriptions=states)
+                entries=entries.raw, message_ids=entries.ids, dedup_keys=entries.dedup_keys,
+                dedup_until_ms=entries.dedup_until_ms, last_entry_epoch=entries.last_epoch, commit=log_.commit,
+                first=log_.first, has_subscriptions=states)
             if states:
                 shard_entries.subscriptions.extend(self._engine.snapshot(shard))
                 shard_entries.state_epoch, shard_entries.state_version = lead.epoch, log_.state_version
@@ -439,7 +441,7 @@ class Replication:
                 result.end = self._first_of_epoch(shard, batch.start - 1)  # our tail diverges from there
                 continue
             if batch.entries or batch.start < log_.end:
-                writes.append(self._engine.write_raw_entries(shard, batch.start, list(batch.entries)))
+                writes.append(self._engine.write_replicated(shard, batch.start, Entries.replicated(batch)))
             result.ok = True
         await asyncio.gather(*writes)
         for batch, result in zip(request.shards, results):

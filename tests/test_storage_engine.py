@@ -182,9 +182,10 @@ async def test_follower_write_replaces_a_diverged_tail_and_keeps_seqs(engine, tm
     follower.start()
     try:
         # the follower got a and b from epoch 1, then an entry of a deposed leader
-        entries = engine.raw_entries(SHARD, 0, 10)
-        assert [storage_pb2.StoredMessage.FromString(e).message.message_id for e in entries] == leader_ids
-        await follower.write_raw_entries(SHARD, 0, entries[:2])
+        entries = engine.entries_from(SHARD, 0, 10)
+        assert [storage_pb2.StoredMessage.FromString(e).message.message_id for e in entries.raw] == leader_ids
+        assert entries.ids == leader_ids
+        await follower.write_replicated(SHARD, 0, Entries.parsed(entries.raw[:2]))
         stale = storage_pb2.StoredMessage(message=pubsub_pb2.PubsubMessage(data=b"stale", message_id="x"), epoch=1)
         await follower.write_entries(SHARD, 2, Entries.of([stale]))
         assert follower.shard(SHARD).end == 3
@@ -197,9 +198,32 @@ async def test_follower_write_replaces_a_diverged_tail_and_keeps_seqs(engine, tm
         assert follower.shard(SHARD).first == 0
         follower.advance_commit(SHARD, 3)
         assert follower.trim(SHARD, 2) == 2
-        assert storage_pb2.StoredMessage.FromString(follower.raw_entries(SHARD, 2, 10)[0]).epoch == 2
+        assert follower.entries_from(SHARD, 2, 10).last_epoch == 2
         follower.reset(SHARD, 10)
         assert (follower.shard(SHARD).first, follower.shard(SHARD).end) == (10, 10)
+    finally:
+        await follower.close()
+
+
+@pytest.mark.parametrize("index", ["as sent", "mismatched"])
+async def test_a_follower_indexes_replicated_entries_by_the_leaders_index(engine, tmp_path, index):
+    """As the next leader, a follower finds repeats and message ids of what it was sent,
+    whether it took the leader's index or (index not matching) parsed the entries."""
+    ids = await append(engine, SHARD, messages(b"a", key="k1") + messages(b"b"))
+    sent = engine.entries_from(SHARD, 0, 10)
+    batch = storage_pb2.ShardEntries(entries=sent.raw, message_ids=sent.ids, dedup_keys=sent.dedup_keys,
+                                     dedup_until_ms=sent.dedup_until_ms, last_entry_epoch=sent.last_epoch)
+    if index == "mismatched":
+        del batch.message_ids[1:]
+    follower = StorageEngine(tmp_path / "follower", "storage-2")
+    follower.start()
+    try:
+        await follower.write_replicated(SHARD, 0, Entries.replicated(batch))
+        assert follower.shard(SHARD).last_epoch == 1
+        repeat_ids, entries = follower.prepare(SHARD, messages(b"a again", key="k1"), 2, DEDUP_MS, retry=False)
+        assert repeat_ids == [ids[0]] and not entries.raw
+        follower.advance_commit(SHARD, 2)
+        assert follower.message_status(SHARD, ids[1]).message.data == b"b"
     finally:
         await follower.close()
 
@@ -213,7 +237,7 @@ async def test_delivery_state_moves_to_a_follower(engine, tmp_path):
     follower = StorageEngine(tmp_path / "follower", "storage-2")
     follower.start()
     try:
-        await follower.write_raw_entries(SHARD, 0, engine.raw_entries(SHARD, 0, 10))
+        await follower.write_replicated(SHARD, 0, engine.entries_from(SHARD, 0, 10))
         follower.import_states(SHARD, engine.snapshot(SHARD), (1, 5))
         assert follower.shard(SHARD).state_stamp == (1, 5)
         follower.advance_commit(SHARD, 3)

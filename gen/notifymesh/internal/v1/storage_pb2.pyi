@@ -174,7 +174,7 @@ class ReplicateRequest(_message.Message):
     def __init__(self, leader: _Optional[str] = ..., shards: _Optional[_Iterable[_Union[ShardEntries, _Mapping]]] = ...) -> None: ...
 
 class ShardEntries(_message.Message):
-    __slots__ = ("topic", "partition", "epoch", "start", "prev_epoch", "entries", "commit", "first", "has_subscriptions", "subscriptions", "state_epoch", "state_version")
+    __slots__ = ("topic", "partition", "epoch", "start", "prev_epoch", "entries", "commit", "first", "has_subscriptions", "subscriptions", "state_epoch", "state_version", "message_ids", "dedup_keys", "dedup_until_ms", "last_entry_epoch")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +187,10 @@ class ShardEntries(_message.Message):
     SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
     STATE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     STATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_IDS_FIELD_NUMBER: _ClassVar[int]
+    DEDUP_KEYS_FIELD_NUMBER: _ClassVar[int]
+    DEDUP_UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ENTRY_EPOCH_FIELD_NUMBER: _ClassVar[int]
     topic: str
     partition: int
     epoch: int
@@ -199,7 +203,11 @@ class ShardEntries(_message.Message):
     subscriptions: _containers.RepeatedCompositeFieldContainer[SubscriptionState]
     state_epoch: int
     state_version: int
-    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., epoch: _Optional[int] = ..., start: _Optional[int] = ..., prev_epoch: _Optional[int] = ..., entries: _Optional[_Iterable[bytes]] = ..., commit: _Optional[int] = ..., first: _Optional[int] = ..., has_subscriptions: _Optional[bool] = ..., subscriptions: _Optional[_Iterable[_Union[SubscriptionState, _Mapping]]] = ..., state_epoch: _Optional[int] = ..., state_version: _Optional[int] = ...) -> None: ...
+    message_ids: _containers.RepeatedScalarFieldContainer[str]
+    dedup_keys: _containers.RepeatedScalarFieldContainer[str]
+    dedup_until_ms: _containers.RepeatedScalarFieldContainer[int]
+    last_entry_epoch: int
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., epoch: _Optional[int] = ..., start: _Optional[int] = ..., prev_epoch: _Optional[int] = ..., entries: _Optional[_Iterable[bytes]] = ..., commit: _Optional[int] = ..., first: _Optional[int] = ..., has_subscriptions: _Optional[bool] = ..., subscriptions: _Optional[_Iterable[_Union[SubscriptionState, _Mapping]]] = ..., state_epoch: _Optional[int] = ..., state_version: _Optional[int] = ..., message_ids: _Optional[_Iterable[str]] = ..., dedup_keys: _Optional[_Iterable[str]] = ..., dedup_until_ms: _Optional[_Iterable[int]] = ..., last_entry_epoch: _Optional[int] = ...) -> None: ...
 
 class ReplicateResponse(_message.Message):
     __slots__ = ("shards",)
