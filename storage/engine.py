@@ -39,6 +39,9 @@ NODE_ID_FILE = "NODE_ID"
 INDEX_SKEW_MS = 600_000
 RETRY_SCAN_ENTRIES = 200_000  # how far back a retried append looks for its message ids
 MAX_TAIL_ENTRIES = 50_000  # per shard: unreplicated entries kept in memory
+# Per shard with subscriptions: new messages kept in memory for delivery, trimmed to
+# what some subscription has not reached once there are RECENT_TRIM_AT of them.
+RECENT_TRIM_AT, MAX_RECENT_MESSAGES = 1_000, 10_000
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,42 @@ class SubscriptionState:
         return min(self.cursor, min(self.leases, default=self.cursor), min(self.dead_letters, default=self.cursor))
 
 
+class SeqWindow:
+    """Values of the consecutive seqs start, start + 1, ... kept in memory."""
+    __slots__ = ("start", "values")
+
+    def __init__(self):
+        self.start, self.values = 0, []
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def get(self, seq: int, default=None):
+        index = seq - self.start
+        return self.values[index] if 0 <= index < len(self.values) else default
+
+    def slice(self, start: int, limit: int) -> list:
+        index = start - self.start
+        return self.values[index:index + limit] if 0 <= index < len(self.values) else []
+
+    def put(self, start: int, values: list, limit: int) -> None:
+        """Values from start on, replacing any from there; keeps the newest limit."""
+        if not self.start <= start <= self.start + len(self.values):  # not adjoining: start over
+            self.start, self.values = start, []
+        del self.values[start - self.start:]
+        self.values.extend(values)
+        self.drop_below(self.start + len(self.values) - limit)
+
+    def drop_below(self, seq: int) -> None:
+        count = min(seq - self.start, len(self.values))
+        if count > 0:
+            del self.values[:count]
+            self.start += count
+
+    def clear(self) -> None:
+        self.values = []
+
+
 @dataclass
 class ShardLog:
     name: str
@@ -151,10 +190,13 @@ class ShardLog:
     # Dedup keys of entries staged for a write not yet synced (key -> message id):
     # RocksDB does not have them yet, and a repeat may arrive meanwhile.
     staged_keys: dict[str, str] = field(default_factory=dict)
-    # The leader's entries not yet on every follower (seq -> serialized entry, message
-    # id, dedup key, dedup expiry, epoch), so replication sends them without reading
+    # The leader's entries not yet on every follower (serialized entry, message id,
+    # dedup key, dedup expiry, epoch), so replication sends them without reading
     # them back from RocksDB.
-    tail: dict[int, tuple[bytes, str, str, int, int]] = field(default_factory=dict)
+    tail: SeqWindow = field(default_factory=SeqWindow)
+    # The leader's newest messages (serialized PubsubMessage; None for an epoch
+    # marker), delivered without reading them back from RocksDB.
+    recent: SeqWindow = field(default_factory=SeqWindow)
 
     def notify(self) -> None:
         """Wakes every pull waiting on this shard."""
@@ -202,6 +244,9 @@ class Entries:
     dedup_keys: list[str] = field(default_factory=list)
     dedup_until_ms: list[int] = field(default_factory=list)
     last_epoch: int = 0
+    # The serialized PubsubMessage of each (None: an epoch marker), where the leader
+    # made the entries; empty for entries it reads back or receives.
+    messages: list[bytes | None] = field(default_factory=list)
 
     def add(self, raw: bytes, message_id: str, dedup_key: str, dedup_until_ms: int, epoch: int) -> None:
         self.raw.append(raw)
@@ -215,6 +260,7 @@ class Entries:
         entries = cls()
         for e in stored:
             entries.add(e.SerializeToString(), e.message.message_id, e.dedup_key, e.dedup_until_ms, e.epoch)
+            entries.messages.append(e.message.SerializeToString() if e.HasField("message") else None)
         return entries
 
     @classmethod
@@ -393,6 +439,7 @@ class StorageEngine:
         publish_time = wire.field(4, timestamp(publish_ms).SerializeToString())
         entry_fields = storage_pb2.StoredMessage(append_ms=publish_ms, epoch=epoch).SerializeToString()
         dedup_until_ms = publish_ms + dedup_window_ms
+        dedup_until_field = storage_pb2.StoredMessage(dedup_until_ms=dedup_until_ms).SerializeToString()
         if retry and log_.recent_ids is None:
             log_.recent_ids = RecentIds(self._read_recent_ids(log_))
         already = log_.recent_ids if retry else ()
@@ -413,11 +460,13 @@ class StorageEngine:
             if not message.message_id:
                 message.message_id = new_message_id(*keys.split_shard(shard), publish_ms)
             message_id = message.message_id
-            raw = wire.field(1, message.SerializeToString() + publish_time) + entry_fields
+            serialized = message.SerializeToString() + publish_time
+            raw = wire.field(1, serialized) + entry_fields
             if dedup_key:
                 seen[dedup_key] = message_id
-                raw += storage_pb2.StoredMessage(dedup_key=dedup_key, dedup_until_ms=dedup_until_ms).SerializeToString()
+                raw += wire.field(6, dedup_key.encode()) + dedup_until_field
             entries.add(raw, message_id, dedup_key, dedup_until_ms, epoch)
+            entries.messages.append(serialized)
             ids.append(message_id)
         return ids, entries
 
@@ -441,29 +490,32 @@ class StorageEngine:
 
     def write_entries(self, shard: str, start: int, entries: Entries) -> Awaitable[None]:
         """The leader's own entries, staged at once and kept in the tail, so
-        replication can send them while they are being synced here; await the
-        result for the synced write (see _write)."""
+        replication can send them while they are being synced here, and (with
+        subscriptions) among the recent messages to deliver; await the result for
+        the synced write (see _write)."""
         log_ = self.shard(shard)
-        tail = log_.tail
-        for seq in [seq for seq in tail if seq >= start]:  # replaced
-            del tail[seq]
         epoch = entries.last_epoch  # a leader writes entries of its own epoch
-        for seq, indexed in enumerate(zip(entries.raw, entries.ids, entries.dedup_keys, entries.dedup_until_ms), start):
-            tail[seq] = (*indexed, epoch)
-        while len(tail) > MAX_TAIL_ENTRIES:  # a follower far behind reads from RocksDB
-            del tail[next(iter(tail))]
+        log_.tail.put(start, [(*indexed, epoch) for indexed in zip(
+            entries.raw, entries.ids, entries.dedup_keys, entries.dedup_until_ms)], MAX_TAIL_ENTRIES)
+        recent = log_.recent
+        if log_.subscriptions:
+            recent.put(start, entries.messages, MAX_RECENT_MESSAGES)
+            if len(recent) > RECENT_TRIM_AT:
+                recent.drop_below(min(state.cursor for state in log_.subscriptions.values()))
+        else:
+            recent.clear()
         return self._write(shard, start, entries)
 
     def write_replicated(self, shard: str, start: int, entries: Entries) -> Awaitable[None]:
         """Entries replicated from the leader, stored as they came."""
-        self.shard(shard).tail.clear()  # a follower now
+        log_ = self.shard(shard)
+        log_.tail.clear()  # a follower now
+        log_.recent.clear()
         return self._write(shard, start, entries)
 
     def release_tail(self, shard: str, below: int) -> None:
         """Every follower has the entries below: replication needs them no more."""
-        tail = self.shard(shard).tail
-        while tail and (seq := next(iter(tail))) < below:
-            del tail[seq]
+        self.shard(shard).tail.drop_below(below)
 
     def _write(self, shard: str, start: int, entries: Entries) -> Awaitable[None]:
         """Stages entries at start.. into the group being formed, replacing anything
@@ -510,13 +562,10 @@ class StorageEngine:
         """Up to limit entries from start on, for replication; stops before a gap or a
         corrupted entry rather than send entries out of place."""
         log_ = self.shard(shard)
-        tail = log_.tail
-        if start in tail:
+        kept = log_.tail.slice(start, min(limit, log_.end - start))
+        if kept:
             entries = Entries()
-            for seq in range(start, min(log_.end, start + limit)):
-                indexed = tail.get(seq)
-                if indexed is None:
-                    break
+            for indexed in kept:
                 entries.add(*indexed)
             return entries
         raw = []
@@ -541,6 +590,8 @@ class StorageEngine:
         self._write_synced(batch)
         log_.first = log_.end = log_.written = log_.commit = first
         log_.last_epoch = 0
+        log_.tail.clear()
+        log_.recent.clear()
         log_.recent_ids = None
         log.info("log reset", extra=fields(shard=shard, first=first))
 
@@ -722,6 +773,9 @@ class StorageEngine:
 
     def _message(self, shard: str, seq: int, messages: dict[int, bytes | None]) -> bytes | None:
         """The serialized PubsubMessage of entry seq (None: an epoch marker, or gone)."""
+        message = self.shards[shard].recent.get(seq, messages)  # messages: a value no entry has
+        if message is not messages:
+            return message
         if seq not in messages:
             value = self._db.get(keys.message(shard, seq))
             entry = keys.unsealed(value) if value is not None else None

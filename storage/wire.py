@@ -52,5 +52,7 @@ def field(number: int, value: bytes) -> bytes:
 
 
 def received_message(ack_id: str, message: bytes, attempt: int) -> bytes:
-    """A serialized notifymesh.v1.ReceivedMessage{ack_id=1, message=2, delivery_attempt=3}."""
-    return field(1, ack_id.encode()) + field(2, message) + b"\x18" + varint(attempt)
+    """A serialized notifymesh.v1.ReceivedMessage{ack_id=1, message=2, delivery_attempt=3}
+    (written out: this runs once per delivery)."""
+    ack_id_bytes = ack_id.encode()
+    return b"\x0a" + varint(len(ack_id_bytes)) + ack_id_bytes + b"\x12" + varint(len(message)) + message + b"\x18" + varint(attempt)

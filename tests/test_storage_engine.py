@@ -9,7 +9,7 @@ from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 from notifymesh.clock import now_ms, timestamp
 from storage import wire
-from storage.engine import Entries, StorageEngine
+from storage.engine import Entries, SeqWindow, StorageEngine
 
 DEDUP_MS = 60_000
 SHARD = "orders/0"
@@ -281,6 +281,31 @@ async def test_only_committed_entries_are_delivered(engine):
     assert [m.message.message_id for m in await pull(engine, SHARD, "audit", 10, 60_000, 0)] == ids[:1]
 
 
+async def test_messages_kept_in_memory_are_never_served_after_their_entries_were_replaced(engine):
+    engine.attach(SHARD, subscription("audit"))
+    ids = await append(engine, SHARD, messages(b"a", b"b", b"c"))
+    # deposed: a new leader's entry replaces b and c, then this node leads again
+    replacement = storage_pb2.StoredMessage(message=pubsub_pb2.PubsubMessage(data=b"x", message_id="x"), epoch=2)
+    await engine.write_replicated(SHARD, 1, Entries.of([replacement]))
+    engine.advance_commit(SHARD, 2)
+    delivered = await pull(engine, SHARD, "audit", 10, 60_000, 0)
+    assert [(m.message.message_id, m.message.data) for m in delivered] == [(ids[0], b"a"), ("x", b"x")]
+
+
+def test_seq_window_keeps_consecutive_seqs():
+    window = SeqWindow()
+    window.put(10, ["a", "b", "c"], limit=10)
+    assert [window.get(seq) for seq in (9, 10, 12, 13)] == [None, "a", "c", None]
+    window.put(11, ["B"], limit=10)  # replaces from 11 on
+    assert (window.start, window.values) == (10, ["a", "B"])
+    window.put(20, ["z"], limit=10)  # not adjoining: starts over
+    assert (window.start, window.values) == (20, ["z"])
+    window.put(21, list("abcdefghijk"), limit=10)  # the newest 10
+    assert (window.start, window.slice(25, 3)) == (22, ["e", "f", "g"])
+    window.drop_below(30)
+    assert (window.start, window.values) == (30, ["j", "k"])
+
+
 async def test_corrupted_entry_is_never_delivered(engine, tmp_path):
     from storage import keys
     engine.attach(SHARD, subscription("audit"))
@@ -289,8 +314,13 @@ async def test_corrupted_entry_is_never_delivered(engine, tmp_path):
     value = bytearray(engine._db[key])
     value[-1] ^= 0xFF  # flip bits of the stored entry
     engine._db[key] = bytes(value)
-    delivered = await pull(engine, SHARD, "audit", 10, 60_000, 0)
-    assert [m.message.message_id for m in delivered] == [ids[0], ids[2]]
+    engine = await reopen(engine, tmp_path)  # read from disk, not from what was kept in memory
+    try:
+        engine.advance_commit(SHARD, 3)
+        delivered = await pull(engine, SHARD, "audit", 10, 60_000, 0)
+        assert [m.message.message_id for m in delivered] == [ids[0], ids[2]]
+    finally:
+        await engine.close()
 
 
 async def test_refuses_another_nodes_data_dir(engine, tmp_path):
