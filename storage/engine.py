@@ -564,10 +564,8 @@ class StorageEngine:
         log_ = self.shard(shard)
         kept = log_.tail.slice(start, min(limit, log_.end - start))
         if kept:
-            entries = Entries()
-            for indexed in kept:
-                entries.add(*indexed)
-            return entries
+            raw, ids, dedup_keys, dedup_until_ms, epochs = map(list, zip(*kept))
+            return Entries(raw, ids, dedup_keys, dedup_until_ms, epochs[-1])
         raw = []
         stop = keys.message(shard, log_.end)
         for key, value in self._db.items(from_key=keys.message(shard, start)):
