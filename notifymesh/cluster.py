@@ -67,16 +67,22 @@ class PrefixMirror(Generic[T]):
     """A dict kept equal to the keys under an etcd prefix: read once, then
     followed by a watch from the revision read; re-read after any watch error."""
 
-    def __init__(self, etcd: aetcd.Client, prefix: bytes, decode: Callable[[bytes], T]):
+    def __init__(self, etcd: aetcd.Client, prefix: bytes, decode: Callable[[bytes], T],
+                 group_by: Callable[[T], str] | None = None):
+        """group_by(item): the group an item is also listed under in groups."""
         self.items: dict[str, T] = {}
         # name -> (create revision, mod revision), for epochs and compare-and-swap.
         self.revisions: dict[str, tuple[int, int]] = {}
-        self._etcd, self._prefix, self._decode = etcd, prefix, decode
-        self._listeners: list[Callable[[], None]] = []
+        # group -> {name: item}: e.g. the subscriptions of each topic, without a scan of all.
+        self.groups: dict[str, dict[str, T]] = {}
+        self._etcd, self._prefix, self._decode, self._group_by = etcd, prefix, decode, group_by
+        self._listeners: list[Callable[[str | None], None]] = []
         self._loaded = asyncio.Event()
         self._task: asyncio.Task | None = None
 
-    def on_change(self, listener: Callable[[], None]) -> None:
+    def on_change(self, listener: Callable[[str | None], None]) -> None:
+        """listener(name) after the item of that name changed or went; listener(None)
+        after everything was read again (any item may have changed)."""
         self._listeners.append(listener)
 
     async def start(self) -> None:
@@ -99,9 +105,24 @@ class PrefixMirror(Generic[T]):
             item = self._decode(kv.value)
         return item
 
-    def _changed(self) -> None:
+    def _changed(self, name: str | None) -> None:
         for listener in self._listeners:
-            listener()
+            listener(name)
+
+    def _put(self, name: str, item: T) -> None:
+        self._drop(name)
+        self.items[name] = item
+        if self._group_by is not None:
+            self.groups.setdefault(self._group_by(item), {})[name] = item
+
+    def _drop(self, name: str) -> None:
+        item = self.items.pop(name, None)
+        self.revisions.pop(name, None)
+        if item is not None and self._group_by is not None:
+            group = self.groups.get(self._group_by(item), {})
+            group.pop(name, None)
+            if not group:
+                self.groups.pop(self._group_by(item), None)
 
     def _name(self, key: bytes) -> str:
         return key[len(self._prefix):].decode()
@@ -110,20 +131,21 @@ class PrefixMirror(Generic[T]):
         while True:
             try:
                 snapshot = await self._etcd.get_prefix(self._prefix)
-                self.items = {self._name(kv.key): self._decode(kv.value) for kv in snapshot}
-                self.revisions = {self._name(kv.key): (kv.create_revision, kv.mod_revision) for kv in snapshot}
+                self.items, self.revisions, self.groups = {}, {}, {}
+                for kv in snapshot:
+                    self._put(self._name(kv.key), self._decode(kv.value))
+                    self.revisions[self._name(kv.key)] = (kv.create_revision, kv.mod_revision)
                 self._loaded.set()
-                self._changed()
+                self._changed(None)
                 watch = await self._etcd.watch_prefix(self._prefix, start_revision=snapshot.header.revision + 1)
                 async for event in watch:
                     name = self._name(event.kv.key)
                     if event.kind == aetcd.rtypes.EventKind.PUT:
-                        self.items[name] = self._decode(event.kv.value)
+                        self._put(name, self._decode(event.kv.value))
                         self.revisions[name] = (event.kv.create_revision, event.kv.mod_revision)
                     else:
-                        self.items.pop(name, None)
-                        self.revisions.pop(name, None)
-                    self._changed()
+                        self._drop(name)
+                    self._changed(name)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # etcd restarting or unreachable: keep the last view, retry
@@ -197,7 +219,8 @@ class Cluster:
         self.etcd = etcd
         self.members = PrefixMirror(etcd, MEMBERS, json.loads)
         self.topics = PrefixMirror(etcd, TOPICS, pubsub_pb2.Topic.FromString)
-        self.subscriptions = PrefixMirror(etcd, SUBSCRIPTIONS, pubsub_pb2.Subscription.FromString)
+        self.subscriptions = PrefixMirror(etcd, SUBSCRIPTIONS, pubsub_pb2.Subscription.FromString,
+                                          group_by=lambda subscription: subscription.topic)
         self.placements = PrefixMirror(etcd, PLACEMENTS, storage_pb2.ShardPlacement.FromString)
         self.leaders = PrefixMirror(etcd, LEADERS, json.loads)
         self.rings: dict[str, Ring] = {kind: Ring() for kind in KINDS}
@@ -225,7 +248,7 @@ class Cluster:
             raise errors.Unavailable(f"partition {partition} of topic {topic!r} has no leader at the moment")
         return leader["node"], leader["addr"], self.leaders.revisions.get(shard, (0, 0))[0]
 
-    def _rebuild_rings(self) -> None:
+    def _rebuild_rings(self, _changed: str | None = None) -> None:
         for kind in KINDS:
             ring = Ring(self.live(kind))
             if ring != self.rings[kind]:

@@ -106,32 +106,43 @@ class PushSubscriptions:
         self._http = httpx.AsyncClient(limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
         self.workers: dict[str, tuple[PushWorker, asyncio.Task]] = {}
         self._changed = asyncio.Event()
+        # Subscriptions changed since the last look; None: look at all of them.
+        self._changed_names: set[str] | None = None
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
-        for mirror in (self._cluster.subscriptions, self._cluster.members):
-            mirror.on_change(self._changed.set)
+        self._cluster.subscriptions.on_change(self._subscription_changed)
+        self._cluster.members.on_change(lambda _name: self._subscription_changed(None))  # ownership moved
         self._changed.set()
         self._task = asyncio.create_task(self._follow())
+
+    def _subscription_changed(self, name: str | None) -> None:
+        if name is None or self._changed_names is None:
+            self._changed_names = None
+        else:
+            self._changed_names.add(name)
+        self._changed.set()
 
     async def _follow(self) -> None:
         while True:
             try:  # also every second: a worker whose subscription vanished has ended
                 await asyncio.wait_for(self._changed.wait(), 1.0)
             except TimeoutError:
-                pass
+                self._changed_names = None
             self._changed.clear()
-            wanted = {name: record for name, record in self._cluster.subscriptions.items.items()
-                      if record.push_config.endpoint and self._dispatcher.owns(name)}
-            for name in list(self.workers):
-                worker, task = self.workers[name]
-                if name not in wanted or task.done() or \
-                        wanted[name].push_config.endpoint != worker.push_config.endpoint:
+            names, self._changed_names = self._changed_names, set()
+            items = self._cluster.subscriptions.items
+            for name in (items.keys() | self.workers.keys()) if names is None else names:
+                record = items.get(name)
+                wanted = record is not None and bool(record.push_config.endpoint) and self._dispatcher.owns(name)
+                if name in self.workers:
+                    worker, task = self.workers[name]
+                    if wanted and not task.done() and record.push_config.endpoint == worker.push_config.endpoint:
+                        continue
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
                     del self.workers[name]
-            for name, record in wanted.items():
-                if name not in self.workers:
+                if wanted:
                     worker = PushWorker(record, self._dispatcher, self._http, self._slots)
                     self.workers[name] = (worker, asyncio.create_task(worker.run()))
 

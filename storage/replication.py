@@ -98,7 +98,7 @@ class Replication:
 
     def start(self) -> None:
         for mirror in (self._cluster.placements, self._cluster.leaders, self._cluster.members):
-            mirror.on_change(self._changed.set)
+            mirror.on_change(lambda _name: self._changed.set())
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:

@@ -96,6 +96,8 @@ class StorageNode:
         self.servicers = [(storage_pb2_grpc.add_StorageServicer_to_server, StorageServicer(self))]
         self._storage = StorageClient(ctx.cluster)
         self._metadata_changed = asyncio.Event()
+        # Subscriptions changed since the last reconcile; None: reconcile everything.
+        self._changed_subscriptions: set[str] | None = None
         self._tasks: list[asyncio.Task] = []
         self._draining = asyncio.get_running_loop().create_future()  # done once drain() began
 
@@ -159,22 +161,51 @@ class StorageNode:
     async def start(self) -> None:
         self.engine.start()
         self.replication.start()
-        for mirror in (self._cluster.topics, self._cluster.subscriptions, self._cluster.leaders):
-            mirror.on_change(self._metadata_changed.set)
+        self._cluster.subscriptions.on_change(self._subscription_changed)
+        for mirror in (self._cluster.topics, self._cluster.leaders):
+            mirror.on_change(lambda _name: self._subscription_changed(None))
         self._metadata_changed.set()
         self._tasks = [asyncio.create_task(self._follow_metadata()), asyncio.create_task(self._collect()),
                        asyncio.create_task(self._move_dead_letters())]
+
+    def _subscription_changed(self, name: str | None) -> None:
+        """Notes a subscription to look at (None: look at everything: a topic, a
+        leadership or the whole mirror changed)."""
+        if name is None or self._changed_subscriptions is None:
+            self._changed_subscriptions = None
+        else:
+            self._changed_subscriptions.add(name)
+        self._metadata_changed.set()
 
     async def _follow_metadata(self) -> None:
         while True:
             await self._metadata_changed.wait()
             self._metadata_changed.clear()
+            names, self._changed_subscriptions = self._changed_subscriptions, set()
             try:
-                await self._reconcile()
+                # One subscription's change costs work for it alone: with 10,000
+                # subscriptions, looking at all of them on each change took minutes.
+                await (self._reconcile() if names is None else self._reconcile_subscriptions(names))
             except Exception as e:
                 log.warning("reconcile failed; will retry", extra=fields(error=repr(e)))
                 await asyncio.sleep(1)
-                self._metadata_changed.set()
+                self._subscription_changed(None)
+
+    async def _reconcile_subscriptions(self, names: set[str]) -> None:
+        """Attaches or detaches the named subscriptions on the shards this node leads."""
+        etcd, topics, subscriptions = self._cluster.etcd, self._cluster.topics.items, self._cluster.subscriptions.items
+        for name in names:
+            record = subscriptions.get(name)
+            if record is not None:
+                topic = topics.get(record.topic)  # not mirrored yet: its arrival attaches everything
+                for partition in range(max(1, topic.partition_count) if topic else 0):
+                    if (shard := keys.shard_name(record.topic, partition)) in self.replication.led:
+                        self.engine.attach(shard, record)
+                continue
+            for shard in list(self.replication.led):
+                if name in self.engine.shard(shard).subscriptions \
+                        and await etcd.get(SUBSCRIPTIONS + name.encode()) is None:
+                    self.engine.detach(shard, name)
 
     async def _reconcile(self) -> None:
         """Brings the subscriptions of the shards this node leads, and the topics it
@@ -197,7 +228,7 @@ class StorageNode:
         """Attaches every subscription etcd has for the shard's topic (a new leader
         may not have the latest delivery state yet)."""
         topic, _ = keys.split_shard(shard)
-        for record in [r for r in self._cluster.subscriptions.items.values() if r.topic == topic]:
+        for record in list(self._cluster.subscriptions.groups.get(topic, {}).values()):
             self.engine.attach(shard, record)
 
     async def _collect(self) -> None:

@@ -1,13 +1,16 @@
 """The Python client covers the public API; config sources merge in their documented order."""
 
+import asyncio
 import json
 import re
 
 import pytest
+from conftest import unique
 
 from gen.notifymesh.v1 import cluster_pb2, pubsub_pb2
 from notifymesh import config
 from notifymesh.client import Client
+from notifymesh.cluster import PrefixMirror, connect_etcd
 
 
 def snake(name: str) -> str:
@@ -32,3 +35,29 @@ def test_config_precedence(tmp_path):
     assert (merged.max_message_bytes, merged.max_batch_messages, merged.member_lease_ttl_s) == (10, 30, 9)
     with pytest.raises(ValueError, match="unknown config key 'nope'"):
         config.load(env={}, etcd_values={"nope": 1})
+
+
+async def test_etcd_mirror_groups_items_and_names_each_change(mesh):
+    """The metadata cache: a dict of the keys under a prefix, grouped (subscriptions
+    by topic), with listeners told which name changed."""
+    etcd = connect_etcd(mesh.etcd_endpoint)
+    prefix = f"/test-mirror/{unique('m')}/".encode()
+    mirror = PrefixMirror(etcd, prefix, bytes.decode, group_by=lambda value: value.split(":")[0])
+    changed = asyncio.Queue()
+    mirror.on_change(changed.put_nowait)
+    try:
+        await etcd.put(prefix + b"a", b"orders:1")
+        await mirror.start()
+        assert await changed.get() is None  # read in full
+        assert mirror.groups == {"orders": {"a": "orders:1"}}
+        await etcd.put(prefix + b"b", b"orders:2")
+        await etcd.put(prefix + b"a", b"audit:1")  # moves to another group
+        assert [await changed.get(), await changed.get()] == ["b", "a"]
+        assert mirror.groups == {"orders": {"b": "orders:2"}, "audit": {"a": "audit:1"}}
+        await etcd.delete(prefix + b"a")
+        assert await changed.get() == "a"
+        assert mirror.groups == {"orders": {"b": "orders:2"}} and set(mirror.items) == {"b"}
+    finally:
+        await mirror.stop()
+        await etcd.delete_prefix(prefix)
+        await etcd.close()
