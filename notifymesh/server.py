@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 SLOW_CALL_S = 1.0
 SLOW_CALL_LOG_EVERY_S = 10.0
 DRAIN_GRACE_S = 5.0
+GIL_SWITCH_INTERVAL_S = 0.0005  # see main()
 
 
 class SlowCalls:
@@ -274,4 +276,10 @@ def main(kind: str, build: Callable[[Context], Awaitable[Component]],
     p = parser(kind)
     if add_arguments:
         add_arguments(p)
+    # The event loop shares the GIL with gRPC's own threads (and the storage node's
+    # write thread); one that needs it while the loop runs Python waits for the
+    # switch interval, 5 ms by default, so under load every message arriving stood
+    # in line behind it. At 0.5 ms, A/B over five rounds: K=10 delivered +21%, K=1
+    # publish +10%, p50 at 5,000 msg/s 10.6 ms against 14.7 ms (0.2 ms was worse).
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     uvloop.run(serve(kind, p.parse_args(), build))
