@@ -133,8 +133,9 @@ class PrefixMirror(Generic[T]):
                 snapshot = await self._etcd.get_prefix(self._prefix)
                 self.items, self.revisions, self.groups = {}, {}, {}
                 for kv in snapshot:
-                    self._put(self._name(kv.key), self._decode(kv.value))
-                    self.revisions[self._name(kv.key)] = (kv.create_revision, kv.mod_revision)
+                    name = self._name(kv.key)
+                    self._put(name, self._decode(kv.value))
+                    self.revisions[name] = (kv.create_revision, kv.mod_revision)
                 self._loaded.set()
                 self._changed(None)
                 watch = await self._etcd.watch_prefix(self._prefix, start_revision=snapshot.header.revision + 1)
@@ -151,6 +152,29 @@ class PrefixMirror(Generic[T]):
             except Exception as e:  # etcd restarting or unreachable: keep the last view, retry
                 log.warning("etcd watch failed; retrying", extra=fields(prefix=self._prefix.decode(), error=repr(e)))
                 await asyncio.sleep(0.5)
+
+
+class ChangedNames:
+    """The names a PrefixMirror reported changed since they were last taken (None:
+    all of them may have), for a loop that reconciles only what changed."""
+
+    def __init__(self):
+        self._names: set[str] | None = None  # nothing taken yet: all
+        self.event = asyncio.Event()  # set while there is something to take
+        self.event.set()
+
+    def note(self, name: str | None) -> None:
+        """A PrefixMirror listener; None means all."""
+        if name is None or self._names is None:
+            self._names = None
+        else:
+            self._names.add(name)
+        self.event.set()
+
+    def take(self) -> set[str] | None:
+        names, self._names = self._names, set()
+        self.event.clear()
+        return names
 
 
 class Registration:
@@ -226,7 +250,7 @@ class Cluster:
         self.rings: dict[str, Ring] = {kind: Ring() for kind in KINDS}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._options = channel_options(max_message_bytes)
-        self.members.on_change(self._rebuild_rings)
+        self.members.on_change(lambda _name: self._rebuild_rings())
 
     async def start(self) -> None:
         for mirror in self._mirrors():
@@ -248,7 +272,7 @@ class Cluster:
             raise errors.Unavailable(f"partition {partition} of topic {topic!r} has no leader at the moment")
         return leader["node"], leader["addr"], self.leaders.revisions.get(shard, (0, 0))[0]
 
-    def _rebuild_rings(self, _changed: str | None = None) -> None:
+    def _rebuild_rings(self) -> None:
         for kind in KINDS:
             ring = Ring(self.live(kind))
             if ring != self.rings[kind]:

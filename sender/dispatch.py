@@ -351,7 +351,7 @@ class Dispatcher:
             owner = self._cluster.rings["sender"].owner(name)
             raise errors.Unavailable(f"subscription {name!r} is served by {owner or 'no sender'}, not {self._node}")
 
-    def release_unowned(self, _changed: str | None = None) -> None:
+    def release_unowned(self) -> None:
         """After a ring change: ends the streams of subscriptions this sender no longer
         owns; their frontends reconnect them to the new owner."""
         self._ring_owned.clear()

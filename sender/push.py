@@ -19,7 +19,7 @@ import httpx
 
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import validation
-from notifymesh.cluster import Cluster
+from notifymesh.cluster import ChangedNames, Cluster
 from notifymesh.log import fields
 from sender.dispatch import Dispatcher, Stream
 
@@ -105,32 +105,21 @@ class PushSubscriptions:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._http = httpx.AsyncClient(limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
         self.workers: dict[str, tuple[PushWorker, asyncio.Task]] = {}
-        self._changed = asyncio.Event()
-        # Subscriptions changed since the last look; None: look at all of them.
-        self._changed_names: set[str] | None = None
+        self._changed = ChangedNames()
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
-        self._cluster.subscriptions.on_change(self._subscription_changed)
-        self._cluster.members.on_change(lambda _name: self._subscription_changed(None))  # ownership moved
-        self._changed.set()
+        self._cluster.subscriptions.on_change(self._changed.note)
+        self._cluster.members.on_change(lambda _name: self._changed.note(None))  # ownership moved
         self._task = asyncio.create_task(self._follow())
-
-    def _subscription_changed(self, name: str | None) -> None:
-        if name is None or self._changed_names is None:
-            self._changed_names = None
-        else:
-            self._changed_names.add(name)
-        self._changed.set()
 
     async def _follow(self) -> None:
         while True:
             try:  # also every second: a worker whose subscription vanished has ended
-                await asyncio.wait_for(self._changed.wait(), 1.0)
+                await asyncio.wait_for(self._changed.event.wait(), 1.0)
             except TimeoutError:
-                self._changed_names = None
-            self._changed.clear()
-            names, self._changed_names = self._changed_names, set()
+                self._changed.note(None)
+            names = self._changed.take()
             items = self._cluster.subscriptions.items
             for name in (items.keys() | self.workers.keys()) if names is None else names:
                 record = items.get(name)

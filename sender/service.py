@@ -38,7 +38,7 @@ class SenderService:
 
     def __init__(self, ctx: Context):
         self.dispatcher = Dispatcher(ctx.cluster, ctx.config, ctx.node_id, lambda: ctx.registration)
-        ctx.cluster.members.on_change(self.dispatcher.release_unowned)
+        ctx.cluster.members.on_change(lambda _name: self.dispatcher.release_unowned())
         self.push = PushSubscriptions(ctx.cluster, self.dispatcher, ctx.config.sender_max_push_in_flight)
         self.servicers = [(sender_pb2_grpc.add_SenderServicer_to_server, SenderServicer(self.dispatcher))]
 

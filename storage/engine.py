@@ -42,6 +42,7 @@ MAX_TAIL_ENTRIES = 50_000  # per shard: unreplicated entries kept in memory
 # Per shard with subscriptions: new messages kept in memory for delivery, trimmed to
 # what some subscription has not reached once there are RECENT_TRIM_AT of them.
 RECENT_TRIM_AT, MAX_RECENT_MESSAGES = 1_000, 10_000
+_NOT_KEPT = object()  # SeqWindow.get's answer for a seq outside the window
 
 
 @dataclass(frozen=True)
@@ -771,8 +772,8 @@ class StorageEngine:
 
     def _message(self, shard: str, seq: int, messages: dict[int, bytes | None]) -> bytes | None:
         """The serialized PubsubMessage of entry seq (None: an epoch marker, or gone)."""
-        message = self.shards[shard].recent.get(seq, messages)  # messages: a value no entry has
-        if message is not messages:
+        message = self.shards[shard].recent.get(seq, _NOT_KEPT)
+        if message is not _NOT_KEPT:
             return message
         if seq not in messages:
             value = self._db.get(keys.message(shard, seq))

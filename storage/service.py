@@ -11,7 +11,7 @@ from gen.notifymesh.internal.v1 import storage_pb2, storage_pb2_grpc
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 from notifymesh.clock import new_message_id, now_ms
-from notifymesh.cluster import SUBSCRIPTIONS, TOPICS
+from notifymesh.cluster import SUBSCRIPTIONS, TOPICS, ChangedNames
 from notifymesh.log import fields
 from notifymesh.server import Context
 from storage import keys
@@ -95,9 +95,7 @@ class StorageNode:
                                        self._replication_factor)
         self.servicers = [(storage_pb2_grpc.add_StorageServicer_to_server, StorageServicer(self))]
         self._storage = StorageClient(ctx.cluster)
-        self._metadata_changed = asyncio.Event()
-        # Subscriptions changed since the last reconcile; None: reconcile everything.
-        self._changed_subscriptions: set[str] | None = None
+        self._changed_subscriptions = ChangedNames()
         self._tasks: list[asyncio.Task] = []
         self._draining = asyncio.get_running_loop().create_future()  # done once drain() began
 
@@ -161,27 +159,16 @@ class StorageNode:
     async def start(self) -> None:
         self.engine.start()
         self.replication.start()
-        self._cluster.subscriptions.on_change(self._subscription_changed)
-        for mirror in (self._cluster.topics, self._cluster.leaders):
-            mirror.on_change(lambda _name: self._subscription_changed(None))
-        self._metadata_changed.set()
+        self._cluster.subscriptions.on_change(self._changed_subscriptions.note)
+        for mirror in (self._cluster.topics, self._cluster.leaders):  # these call for a look at everything
+            mirror.on_change(lambda _name: self._changed_subscriptions.note(None))
         self._tasks = [asyncio.create_task(self._follow_metadata()), asyncio.create_task(self._collect()),
                        asyncio.create_task(self._move_dead_letters())]
 
-    def _subscription_changed(self, name: str | None) -> None:
-        """Notes a subscription to look at (None: look at everything: a topic, a
-        leadership or the whole mirror changed)."""
-        if name is None or self._changed_subscriptions is None:
-            self._changed_subscriptions = None
-        else:
-            self._changed_subscriptions.add(name)
-        self._metadata_changed.set()
-
     async def _follow_metadata(self) -> None:
         while True:
-            await self._metadata_changed.wait()
-            self._metadata_changed.clear()
-            names, self._changed_subscriptions = self._changed_subscriptions, set()
+            await self._changed_subscriptions.event.wait()
+            names = self._changed_subscriptions.take()
             try:
                 # One subscription's change costs work for it alone: with 10,000
                 # subscriptions, looking at all of them on each change took minutes.
@@ -189,7 +176,7 @@ class StorageNode:
             except Exception as e:
                 log.warning("reconcile failed; will retry", extra=fields(error=repr(e)))
                 await asyncio.sleep(1)
-                self._subscription_changed(None)
+                self._changed_subscriptions.note(None)
 
     async def _reconcile_subscriptions(self, names: set[str]) -> None:
         """Attaches or detaches the named subscriptions on the shards this node leads."""
