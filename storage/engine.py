@@ -128,39 +128,48 @@ class SubscriptionState:
 
 
 class SeqWindow:
-    """Values of the consecutive seqs start, start + 1, ... kept in memory."""
-    __slots__ = ("start", "values")
+    """Values of the consecutive seqs start, start + 1, ... kept in memory, in one
+    or more parallel columns (lists of equal length)."""
+    __slots__ = ("start", "columns")
 
-    def __init__(self):
-        self.start, self.values = 0, []
+    def __init__(self, columns: int = 1):
+        self.start, self.columns = 0, [[] for _ in range(columns)]
 
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self.columns[0])
 
     def get(self, seq: int, default=None):
+        """The first column's value for seq."""
         index = seq - self.start
-        return self.values[index] if 0 <= index < len(self.values) else default
+        return self.columns[0][index] if 0 <= index < len(self) else default
 
-    def slice(self, start: int, limit: int) -> list:
+    def slice(self, start: int, limit: int) -> list[list]:
+        """Each column's values for up to limit seqs from start on (empty lists when
+        start is outside)."""
         index = start - self.start
-        return self.values[index:index + limit] if 0 <= index < len(self.values) else []
+        if not 0 <= index < len(self):
+            return [[] for _ in self.columns]
+        return [column[index:index + limit] for column in self.columns]
 
-    def put(self, start: int, values: list, limit: int) -> None:
+    def put(self, start: int, columns: list[list], limit: int) -> None:
         """Values from start on, replacing any from there; keeps the newest limit."""
-        if not self.start <= start <= self.start + len(self.values):  # not adjoining: start over
-            self.start, self.values = start, []
-        del self.values[start - self.start:]
-        self.values.extend(values)
-        self.drop_below(self.start + len(self.values) - limit)
+        if not self.start <= start <= self.start + len(self):  # not adjoining: start over
+            self.start = start
+            self.clear()
+        for column, values in zip(self.columns, columns):
+            del column[start - self.start:]
+            column.extend(values)
+        self.drop_below(self.start + len(self) - limit)
 
     def drop_below(self, seq: int) -> None:
-        count = min(seq - self.start, len(self.values))
+        count = min(seq - self.start, len(self))
         if count > 0:
-            del self.values[:count]
+            for column in self.columns:
+                del column[:count]
             self.start += count
 
     def clear(self) -> None:
-        self.values = []
+        self.columns = [[] for _ in self.columns]
 
 
 @dataclass
@@ -191,10 +200,10 @@ class ShardLog:
     # Dedup keys of entries staged for a write not yet synced (key -> message id):
     # RocksDB does not have them yet, and a repeat may arrive meanwhile.
     staged_keys: dict[str, str] = field(default_factory=dict)
-    # The leader's entries not yet on every follower (serialized entry, message id,
-    # dedup key, dedup expiry, epoch), so replication sends them without reading
-    # them back from RocksDB.
-    tail: SeqWindow = field(default_factory=SeqWindow)
+    # The leader's entries not yet on every follower (columns: serialized entry,
+    # message id, dedup key, dedup expiry, epoch), so replication sends them without
+    # reading them back from RocksDB.
+    tail: SeqWindow = field(default_factory=lambda: SeqWindow(columns=5))
     # The leader's newest messages (serialized PubsubMessage; None for an epoch
     # marker), delivered without reading them back from RocksDB.
     recent: SeqWindow = field(default_factory=SeqWindow)
@@ -495,12 +504,12 @@ class StorageEngine:
         subscriptions) among the recent messages to deliver; await the result for
         the synced write (see _write)."""
         log_ = self.shard(shard)
-        epoch = entries.last_epoch  # a leader writes entries of its own epoch
-        log_.tail.put(start, [(*indexed, epoch) for indexed in zip(
-            entries.raw, entries.ids, entries.dedup_keys, entries.dedup_until_ms)], MAX_TAIL_ENTRIES)
+        epochs = [entries.last_epoch] * len(entries.raw)  # a leader writes entries of its own epoch
+        log_.tail.put(start, [entries.raw, entries.ids, entries.dedup_keys, entries.dedup_until_ms, epochs],
+                      MAX_TAIL_ENTRIES)
         recent = log_.recent
         if log_.subscriptions:
-            recent.put(start, entries.messages, MAX_RECENT_MESSAGES)
+            recent.put(start, [entries.messages], MAX_RECENT_MESSAGES)
             if len(recent) > RECENT_TRIM_AT:
                 recent.drop_below(min(state.cursor for state in log_.subscriptions.values()))
         else:
@@ -563,9 +572,8 @@ class StorageEngine:
         """Up to limit entries from start on, for replication; stops before a gap or a
         corrupted entry rather than send entries out of place."""
         log_ = self.shard(shard)
-        kept = log_.tail.slice(start, min(limit, log_.end - start))
-        if kept:
-            raw, ids, dedup_keys, dedup_until_ms, epochs = map(list, zip(*kept))
+        raw, ids, dedup_keys, dedup_until_ms, epochs = log_.tail.slice(start, min(limit, log_.end - start))
+        if raw:
             return Entries(raw, ids, dedup_keys, dedup_until_ms, epochs[-1])
         raw = []
         stop = keys.message(shard, log_.end)

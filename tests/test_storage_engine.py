@@ -293,17 +293,18 @@ async def test_messages_kept_in_memory_are_never_served_after_their_entries_were
 
 
 def test_seq_window_keeps_consecutive_seqs():
-    window = SeqWindow()
-    window.put(10, ["a", "b", "c"], limit=10)
+    window = SeqWindow(columns=2)
+    window.put(10, [["a", "b", "c"], [1, 2, 3]], limit=10)
     assert [window.get(seq) for seq in (9, 10, 12, 13)] == [None, "a", "c", None]
-    window.put(11, ["B"], limit=10)  # replaces from 11 on
-    assert (window.start, window.values) == (10, ["a", "B"])
-    window.put(20, ["z"], limit=10)  # not adjoining: starts over
-    assert (window.start, window.values) == (20, ["z"])
-    window.put(21, list("abcdefghijk"), limit=10)  # the newest 10
-    assert (window.start, window.slice(25, 3)) == (22, ["e", "f", "g"])
+    window.put(11, [["B"], [20]], limit=10)  # replaces from 11 on
+    assert (window.start, window.columns) == (10, [["a", "B"], [1, 20]])
+    window.put(20, [["z"], [0]], limit=10)  # not adjoining: starts over
+    assert (window.start, window.columns) == (20, [["z"], [0]])
+    window.put(21, [list("abcdefghijk"), list(range(11))], limit=10)  # the newest 10
+    assert (window.start, window.slice(25, 3)) == (22, [["e", "f", "g"], [4, 5, 6]])
+    assert window.slice(40, 3) == [[], []]
     window.drop_below(30)
-    assert (window.start, window.values) == (30, ["j", "k"])
+    assert (window.start, window.columns) == (30, [["j", "k"], [9, 10]])
 
 
 async def test_corrupted_entry_is_never_delivered(engine, tmp_path):
