@@ -870,6 +870,7 @@ async def fanout_streams(mesh: LocalMesh, streams: int, processes: int) -> tuple
             connect_s = time.monotonic() - started
             settle_s = await settle(mesh)  # warm-up deliveries and acks done: one message alone is measured
             rss_streams = _rss_mb(frontend_pid)
+            log(f"fanout_streams: settled after {settle_s} s; publishing the measured message")
             go.set()
             sent_ns = time.time_ns()
             await client.publish(topic, [b"measured"])

@@ -149,8 +149,22 @@ class Gateway:
         return list(ack_ids)
 
     async def acknowledge(self, name: str, ack_ids) -> None:
-        ack_ids = self._ack_ids(name, ack_ids)
-        await self._acks.submit(self._cluster.owner("sender", name)[1], ack_ids)
+        """name "": each ack id names its own subscription (a client merged the acks
+        of several); they go to the senders that own those subscriptions."""
+        if name:
+            ack_ids = self._ack_ids(name, ack_ids)
+            await self._acks.submit(self._cluster.owner("sender", name)[1], ack_ids)
+            return
+        validation.batch(len(ack_ids), self._config, what="ack ids")
+        by_sender: dict[str, list[str]] = {}
+        owners: dict[str, str] = {}
+        for ack_id in ack_ids:
+            subscription = parse_ack_id(ack_id)[2]
+            addr = owners.get(subscription)
+            if addr is None:
+                addr = owners[subscription] = self._cluster.owner("sender", subscription)[1]
+            by_sender.setdefault(addr, []).append(ack_id)
+        await asyncio.gather(*(self._acks.submit(addr, ids) for addr, ids in by_sender.items()))
 
     async def _send_acks(self, sender_addr: str, ack_ids: list[str]) -> None:
         """Acks of any subscriptions the sender at sender_addr owns (subscription "")."""

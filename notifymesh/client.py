@@ -10,6 +10,7 @@
 """
 
 import asyncio
+import itertools
 import os
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterable
@@ -19,10 +20,13 @@ from google.protobuf import duration_pb2
 
 from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
 from notifymesh import errors
+from notifymesh.batching import Coalescer
 from notifymesh.cluster import channel_options
 
 DEFAULT_ADDR = "127.0.0.1:50051"
 RECONNECT_BACKOFF_S = (0.1, 5.0)
+MAX_ACK_IDS_PER_CALL = 1000  # the server's limit on ack ids in one request
+ACK_CALLS_IN_FLIGHT = 4
 
 
 def default_addr() -> str:
@@ -62,6 +66,12 @@ class Client:
         self._subscriber = pubsub_pb2_grpc.SubscriberStub(self._channel)
         self._cluster = cluster_pb2_grpc.ClusterAdminStub(self._channel)
         self._timeout = timeout_s
+        # Concurrent acks, of any subscriptions, share one call: a process holding
+        # many subscriptions sends a few calls, not one per subscription. Items are
+        # (subscription, ack ids) requests; their size is their count of ack ids.
+        self._acks = Coalescer(self._send_acks, max_items=MAX_ACK_IDS_PER_CALL, max_bytes=MAX_ACK_IDS_PER_CALL,
+                               size_of=lambda request: len(request[1]))
+        self._ack_lanes = itertools.cycle(range(ACK_CALLS_IN_FLIGHT))
 
     async def __aenter__(self) -> "Client":
         return self
@@ -179,8 +189,27 @@ class Client:
                 yield message
 
     async def acknowledge(self, subscription: str, ack_ids: list[str]) -> None:
-        await self._subscriber.Acknowledge(pubsub_pb2.AcknowledgeRequest(subscription=subscription, ack_ids=ack_ids),
-                                           timeout=self._timeout)
+        """Acks issued while earlier ones are in flight go out together, in one call
+        (at most ACK_CALLS_IN_FLIGHT calls at a time)."""
+        results = await self._acks.submit(next(self._ack_lanes), [(subscription, list(ack_ids))])
+        if results and isinstance(results[0], BaseException):
+            raise results[0]
+
+    async def _send_acks(self, _lane, requests: list[tuple[str, list[str]]]) -> list | None:
+        """One merged call (subscription "": each ack id names its own). When the
+        server refuses it, each request goes again alone, so a bad ack id fails
+        only the request that carried it."""
+        if len(requests) > 1:
+            merged = pubsub_pb2.AcknowledgeRequest(ack_ids=[a for _, ack_ids in requests for a in ack_ids])
+            try:
+                await self._subscriber.Acknowledge(merged, timeout=self._timeout)
+                return None
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                    raise
+        return await asyncio.gather(*(self._subscriber.Acknowledge(pubsub_pb2.AcknowledgeRequest(
+            subscription=subscription, ack_ids=ack_ids), timeout=self._timeout) for subscription, ack_ids in requests),
+            return_exceptions=True)
 
     async def modify_ack_deadline(self, subscription: str, ack_ids: list[str], seconds: float) -> None:
         await self._subscriber.ModifyAckDeadline(pubsub_pb2.ModifyAckDeadlineRequest(

@@ -8,6 +8,7 @@ registration in etcd, and ordered shutdown on SIGTERM/SIGINT.
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -37,6 +38,7 @@ SLOW_CALL_S = 1.0
 SLOW_CALL_LOG_EVERY_S = 10.0
 DRAIN_GRACE_S = 5.0
 GIL_SWITCH_INTERVAL_S = 0.0005  # see main()
+GC_THRESHOLDS = (50_000, 20, 10)  # see main()
 
 
 class SlowCalls:
@@ -282,4 +284,11 @@ def main(kind: str, build: Callable[[Context], Awaitable[Component]],
     # in line behind it. At 0.5 ms, A/B over five rounds: K=10 delivered +21%, K=1
     # publish +10%, p50 at 5,000 msg/s 10.6 ms against 14.7 ms (0.2 ms was worse).
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    # Python's cyclic GC walks every object of the generations it collects, and
+    # by default starts after 700 net new objects. Busy services collected their
+    # young objects constantly, promoting in-flight messages to older generations
+    # that then had to be walked too; with 10,000 streams (about a million live
+    # objects) the sender spent 8 s of the fan-out bench in full collections of
+    # up to 0.9 s each. See docs/benchmarks.md for the A/B.
+    gc.set_threshold(*GC_THRESHOLDS)
     uvloop.run(serve(kind, p.parse_args(), build))

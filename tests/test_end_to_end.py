@@ -3,7 +3,11 @@
 import asyncio
 import json
 
+import grpc
+import pytest
+
 from conftest import cli, ids_of, receive, unique
+from gen.notifymesh.v1 import pubsub_pb2
 
 
 async def test_thousand_messages_from_cli_and_client_reach_two_subscriptions(mesh, client):
@@ -77,6 +81,40 @@ async def test_two_subscribers_of_one_subscription_split_the_messages(mesh, clie
         task.cancel()
     assert set(ids_of(got[0])) | set(ids_of(got[1])) == set(ids)
     assert got[0] and got[1], "both subscribers got a share"
+
+
+async def test_acks_of_several_subscriptions_share_a_call_and_a_bad_one_fails_alone(mesh, client):
+    topic, subs = unique("many"), [unique("each") for _ in range(4)]
+    await client.create_topic(topic)
+    for sub in subs:
+        await client.create_subscription(sub, topic)
+    [message_id] = await client.publish(topic, [b"to all"])
+    ack_ids = {}
+    for sub in subs:
+        [received] = await receive(client, sub, 1, ack=False)
+        ack_ids[sub] = received.ack_id
+    # one request naming no subscription acks for two of them at once
+    await client._subscriber.Acknowledge(pubsub_pb2.AcknowledgeRequest(ack_ids=[ack_ids[subs[0]], ack_ids[subs[1]]]))
+    # concurrent acks go out merged; the one with another subscription's ack id fails alone
+    results = await asyncio.gather(client.acknowledge(subs[2], [ack_ids[subs[2]]]),
+                                   client.acknowledge(subs[3], [ack_ids[subs[2]]]), return_exceptions=True)
+    assert results[0] is None
+    assert isinstance(results[1], grpc.aio.AioRpcError)
+    assert results[1].code() == grpc.StatusCode.INVALID_ARGUMENT and "is not of subscription" in results[1].details()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await client._subscriber.Acknowledge(pubsub_pb2.AcknowledgeRequest(ack_ids=[ack_ids[subs[3]], "junk"]))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "malformed ack id" in info.value.details()
+
+    async def states():
+        status = await client.get_message_status(message_id)
+        return {d.subscription: d.state for d in status.deliveries}
+    for _ in range(50):  # acks reach storage through the sender: give them a moment
+        if [s for s in (await states()).values()].count(pubsub_pb2.ACKNOWLEDGED) == 3:
+            break
+        await asyncio.sleep(0.1)
+    # the unacknowledged one was handed back for redelivery when its stream closed
+    expected = {**{sub: pubsub_pb2.ACKNOWLEDGED for sub in subs[:3]}, subs[3]: pubsub_pb2.PENDING}
+    assert await states() == expected
 
 
 async def test_publish_without_subscriptions_then_subscription_sees_only_later_messages(mesh, client):
