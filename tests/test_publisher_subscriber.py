@@ -62,6 +62,34 @@ async def test_five_thousand_messages_resolve_to_distinct_ids_and_arrive_exactly
     assert subscriber.outstanding_messages == 0 and subscriber.ack_errors == 0
 
 
+async def test_publisher_sends_at_once_when_idle_and_batches_behind_a_call_in_flight(client):
+    """max_latency_s only bounds the wait behind a call in flight: with it at a
+    minute, an idle topic's message still goes at once, and what is published
+    while that call is out goes when it returns, as one batch."""
+    topic, _ = await new_topic(client)
+    calls = []
+    publish = client.publish
+
+    async def counted(topic, messages):
+        calls.append(len(messages))
+        return await publish(topic, messages)
+
+    client.publish = counted
+    try:
+        publisher = Publisher(client, max_latency_s=60)
+        first = await publisher.publish(topic, b"first")
+        for _ in range(500):  # until its call is out, which is at once: nothing waits for a minute
+            if calls:
+                break
+            await asyncio.sleep(0.01)
+        rest = [await publisher.publish(topic, b"m-%d" % i) for i in range(50)]
+        await asyncio.wait_for(asyncio.gather(first, *rest), 10)
+        assert calls == [1, 50]
+        await publisher.close()
+    finally:
+        del client.publish
+
+
 async def test_publisher_outstanding_messages_and_bytes_stay_within_their_limits(mesh, client):
     topic, _ = await new_topic(client, subscriptions=0)
     publisher = Publisher(client, max_messages=50, max_outstanding_messages=120, max_outstanding_bytes=60_000)
