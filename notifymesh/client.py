@@ -26,7 +26,7 @@ from notifymesh.cluster import channel_options
 DEFAULT_ADDR = "127.0.0.1:50051"
 RECONNECT_BACKOFF_S = (0.1, 5.0)
 MAX_ACK_IDS_PER_CALL = 1000  # the server's limit on ack ids in one request
-ACK_CALLS_IN_FLIGHT = 4
+ACK_CALLS_IN_FLIGHT = 32
 
 
 def default_addr() -> str:
