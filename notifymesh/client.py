@@ -195,21 +195,30 @@ class Client:
         if results and isinstance(results[0], BaseException):
             raise results[0]
 
-    async def _send_acks(self, _lane, requests: list[tuple[str, list[str]]]) -> list | None:
-        """One merged call (subscription "": each ack id names its own). When the
-        server refuses it, each request goes again alone, so a bad ack id fails
-        only the request that carried it."""
-        if len(requests) > 1:
-            merged = pubsub_pb2.AcknowledgeRequest(ack_ids=[a for _, ack_ids in requests for a in ack_ids])
+    async def _send_acks(self, _lane, requests: list[tuple[str, list[str]]]) -> list:
+        """One merged call (subscription "": each ack id names its own) for the
+        requests whose ack ids name their subscription (partition:seq:subscription);
+        the others, and all of them when the server refuses the merged call, go
+        alone, so a bad ack id fails only its own request, with the server's answer."""
+        results: list = [None] * len(requests)
+        names_own = [all(a.split(":", 2)[-1] == subscription for a in ack_ids) for subscription, ack_ids in requests]
+        together = [i for i, ok in enumerate(names_own) if ok]
+        alone = [i for i, ok in enumerate(names_own) if not ok]
+        if len(together) > 1:
             try:
-                await self._subscriber.Acknowledge(merged, timeout=self._timeout)
-                return None
+                await self._subscriber.Acknowledge(pubsub_pb2.AcknowledgeRequest(
+                    ack_ids=[a for i in together for a in requests[i][1]]), timeout=self._timeout)
+                together = []
             except grpc.aio.AioRpcError as e:
                 if e.code() != grpc.StatusCode.INVALID_ARGUMENT:
                     raise
-        return await asyncio.gather(*(self._subscriber.Acknowledge(pubsub_pb2.AcknowledgeRequest(
-            subscription=subscription, ack_ids=ack_ids), timeout=self._timeout) for subscription, ack_ids in requests),
+        alone += together
+        replies = await asyncio.gather(*(self._subscriber.Acknowledge(pubsub_pb2.AcknowledgeRequest(
+            subscription=requests[i][0], ack_ids=requests[i][1]), timeout=self._timeout) for i in alone),
             return_exceptions=True)
+        for i, reply in zip(alone, replies):
+            results[i] = reply
+        return results
 
     async def modify_ack_deadline(self, subscription: str, ack_ids: list[str], seconds: float) -> None:
         await self._subscriber.ModifyAckDeadline(pubsub_pb2.ModifyAckDeadlineRequest(

@@ -96,11 +96,24 @@ async def test_acks_of_several_subscriptions_share_a_call_and_a_bad_one_fails_al
     # one request naming no subscription acks for two of them at once
     await client._subscriber.Acknowledge(pubsub_pb2.AcknowledgeRequest(ack_ids=[ack_ids[subs[0]], ack_ids[subs[1]]]))
     # concurrent acks go out merged; the one with another subscription's ack id fails alone
-    results = await asyncio.gather(client.acknowledge(subs[2], [ack_ids[subs[2]]]),
-                                   client.acknowledge(subs[3], [ack_ids[subs[2]]]), return_exceptions=True)
-    assert results[0] is None
-    assert isinstance(results[1], grpc.aio.AioRpcError)
-    assert results[1].code() == grpc.StatusCode.INVALID_ARGUMENT and "is not of subscription" in results[1].details()
+    sent = []
+    acknowledge = client._subscriber.Acknowledge
+
+    def recorded(request, **kwargs):
+        sent.append((request.subscription, len(request.ack_ids)))
+        return acknowledge(request, **kwargs)
+
+    client._subscriber.Acknowledge = recorded
+    try:
+        acks = [client.acknowledge(subs[i % 3], [ack_ids[subs[i % 3]]]) for i in range(200)]
+        results = await asyncio.gather(*acks, client.acknowledge(subs[3], [ack_ids[subs[2]]]),
+                                       return_exceptions=True)
+    finally:
+        client._subscriber.Acknowledge = acknowledge
+    assert results[:200] == [None] * 200
+    assert isinstance(results[200], grpc.aio.AioRpcError)
+    assert results[200].code() == grpc.StatusCode.INVALID_ARGUMENT and "is not of subscription" in results[200].details()
+    assert len(sent) < 201 and any(name == "" and count > 1 for name, count in sent)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await client._subscriber.Acknowledge(pubsub_pb2.AcknowledgeRequest(ack_ids=[ack_ids[subs[3]], "junk"]))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "malformed ack id" in info.value.details()
