@@ -22,6 +22,7 @@ from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, pubsub_pb2, pubsub_
 from notifymesh import errors
 from notifymesh.batching import Coalescer
 from notifymesh.cluster import channel_options
+from storage.keys import parse_ack_id
 
 DEFAULT_ADDR = "127.0.0.1:50051"
 RECONNECT_BACKOFF_S = (0.1, 5.0)
@@ -50,6 +51,13 @@ class Message:
         if self.ordering_key:
             proto.ordering_key = self.ordering_key
         return proto
+
+
+def _of_subscription(subscription: str, ack_ids: list[str]) -> bool:
+    try:
+        return all(parse_ack_id(ack_id)[2] == subscription for ack_id in ack_ids)
+    except errors.InvalidArgument:
+        return False
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -197,11 +205,11 @@ class Client:
 
     async def _send_acks(self, _lane, requests: list[tuple[str, list[str]]]) -> list:
         """One merged call (subscription "": each ack id names its own) for the
-        requests whose ack ids name their subscription (partition:seq:subscription);
-        the others, and all of them when the server refuses the merged call, go
-        alone, so a bad ack id fails only its own request, with the server's answer."""
+        requests whose ack ids are well formed and of their subscription; the
+        others, and all of them when the server refuses the merged call, go alone,
+        so a bad ack id fails only its own request, with the server's answer."""
         results: list = [None] * len(requests)
-        names_own = [all(a.split(":", 2)[-1] == subscription for a in ack_ids) for subscription, ack_ids in requests]
+        names_own = [_of_subscription(subscription, ack_ids) for subscription, ack_ids in requests]
         together = [i for i, ok in enumerate(names_own) if ok]
         alone = [i for i, ok in enumerate(names_own) if not ok]
         if len(together) > 1:
