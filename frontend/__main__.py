@@ -1,5 +1,4 @@
-import notifymesh  # noqa: F401  first: it chooses gRPC's I/O path before grpc loads
+from notifymesh.server import process  # first: it chooses gRPC's I/O path before grpc loads
 from frontend.service import build
-from notifymesh import server
 
-server.main("frontend", build)
+process.main("frontend", build)

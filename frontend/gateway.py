@@ -14,14 +14,15 @@ import grpc
 
 from gen.notifymesh.internal.v1 import metadata_pb2_grpc, node_pb2, node_pb2_grpc, sender_pb2_grpc, storage_pb2
 from gen.notifymesh.v1 import cluster_pb2, pubsub_pb2
-from notifymesh import errors, rpc, validation
+from notifymesh import errors
+from notifymesh.server import rpc, validation
 from notifymesh.batching import Coalescer
-from notifymesh.clock import new_message_ids, now_ms, shard_hint, to_ms, topic_hash
-from notifymesh.cluster import Cluster
-from notifymesh.config import Config
+from notifymesh.clock import now_ms, to_ms
+from notifymesh.contracts import AckId, MessageId, ack_ids_by_subscription, topic_hash
+from notifymesh.server.cluster import Cluster
+from notifymesh.server.config import Config
 from notifymesh.log import fields
-from storage.client import StorageClient
-from storage.keys import parse_ack_id
+from notifymesh.server.clients import StorageClient
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class Gateway:
             groups.setdefault(partition, []).append(index)
         ms = now_ms()
         for partition, group in groups.items():
-            for index, message_id in zip(group, new_message_ids(topic, partition, len(group), ms)):
+            for index, message_id in zip(group, MessageId.new_batch(topic, partition, len(group), ms)):
                 messages[index].message_id = message_id
         ids = [""] * len(messages)
         replies = await asyncio.gather(*(self._append(topic, p, [messages[i] for i in group])
@@ -144,7 +145,7 @@ class Gateway:
         validation.name("subscription", name)
         validation.batch(len(ack_ids), self._config, what="ack ids")
         for ack_id in ack_ids:
-            if parse_ack_id(ack_id)[2] != name:
+            if AckId.parse(ack_id).subscription != name:
                 raise errors.InvalidArgument(f"ack id {ack_id!r} is not of subscription {name!r}")
         return list(ack_ids)
 
@@ -157,13 +158,8 @@ class Gateway:
             return
         validation.batch(len(ack_ids), self._config, what="ack ids")
         by_sender: dict[str, list[str]] = {}
-        owners: dict[str, str] = {}
-        for ack_id in ack_ids:
-            subscription = parse_ack_id(ack_id)[2]
-            addr = owners.get(subscription)
-            if addr is None:
-                addr = owners[subscription] = self._cluster.owner("sender", subscription)[1]
-            by_sender.setdefault(addr, []).append(ack_id)
+        for subscription, ids in ack_ids_by_subscription(ack_ids).items():
+            by_sender.setdefault(self._cluster.owner("sender", subscription).addr, []).extend(ids)
         await asyncio.gather(*(self._acks.submit(addr, ids) for addr, ids in by_sender.items()))
 
     async def _send_acks(self, sender_addr: str, ack_ids: list[str]) -> None:
@@ -215,11 +211,9 @@ class Gateway:
     async def message_status(self, message_id: str) -> pubsub_pb2.MessageStatus:
         """The id names its partition and a hash of its topic; the leader of that
         shard knows the rest."""
-        hint = shard_hint(message_id)
-        if hint is None:
-            raise errors.InvalidArgument(f"{message_id!r} is not a notifymesh message id")
-        hashed, partition = hint
-        for topic in [t for t in self._cluster.topics.items if topic_hash(t) == hashed]:
+        parsed = MessageId.parse(message_id)
+        partition = parsed.partition
+        for topic in [t for t in self._cluster.topics.items if topic_hash(t) == parsed.topic_hash]:
             try:
                 return await self._storage.call("GetMessageStatus", topic, partition,
                                                 storage_pb2.StorageGetMessageStatusRequest(
@@ -257,8 +251,8 @@ class Gateway:
             shard = status.shards.add(topic=placement.topic, partition=placement.partition,
                                       replicas=placement.replicas)
             if leader is not None:
-                shard.leader = leader["node"]
-                shard.epoch = cluster.leaders.revisions.get(name, (0, 0))[0]
+                shard.leader = leader.node
+                shard.epoch = cluster.epoch(name)
             led = reported.get((placement.topic, placement.partition))
             if led is not None and led.leader == shard.leader:
                 shard.commit = led.commit

@@ -2,7 +2,7 @@
 
 from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
 from frontend.gateway import Gateway
-from notifymesh.server import Context
+from notifymesh.server.process import Context
 
 
 class PublisherServicer(pubsub_pb2_grpc.PublisherServicer):

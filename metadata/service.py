@@ -3,8 +3,8 @@
 from gen.notifymesh.internal.v1 import metadata_pb2_grpc
 from gen.notifymesh.v1 import pubsub_pb2
 from metadata.store import MetadataStore
-from notifymesh.server import Context
-from storage.client import StorageClient
+from notifymesh.server.process import Context
+from notifymesh.server.clients import StorageClient
 
 
 class MetadataServicer(metadata_pb2_grpc.MetadataServicer):

@@ -13,10 +13,12 @@ from google.protobuf import duration_pb2
 
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
-from notifymesh import errors, validation
-from notifymesh.cluster import CANDIDATES, LEADERS, PLACEMENTS, SUBSCRIPTIONS, TOPICS, Cluster
-from notifymesh.config import Config
-from storage.client import StorageClient
+from notifymesh import errors
+from notifymesh.server import validation
+from notifymesh.contracts import CANDIDATES, LEADERS, PLACEMENTS, SUBSCRIPTIONS, TOPICS, shard_name
+from notifymesh.server.cluster import Cluster
+from notifymesh.server.config import Config
+from notifymesh.server.clients import StorageClient
 from notifymesh.clock import now_ms, timestamp
 from notifymesh.log import fields
 
@@ -70,7 +72,7 @@ class MetadataStore:
             raise errors.Unavailable("no live storage nodes to place the topic on")
         puts = []
         for partition in partitions:
-            shard = f"{topic.name}/{partition}"
+            shard = shard_name(topic.name, partition)
             placement = storage_pb2.ShardPlacement(
                 topic=topic.name, partition=partition, replication_factor=topic.replication_factor,
                 replicas=ring.replicas(shard, topic.replication_factor))

@@ -16,7 +16,7 @@ import grpc
 
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh.client import Client, Message, default_addr
-from storage.keys import parse_ack_id
+from notifymesh.contracts import AckId
 
 PUBLISH_BATCH = 500
 PUBLISH_IN_FLIGHT = 8
@@ -91,7 +91,7 @@ def _status_line(status) -> str:
 
 async def _nack(args, client: Client) -> None:
     """Ack ids name their subscription; all given must be of one."""
-    subscriptions = {parse_ack_id(ack_id)[2] for ack_id in args.ack_id}
+    subscriptions = {AckId.parse(ack_id).subscription for ack_id in args.ack_id}
     if len(subscriptions) != 1:
         raise SystemExit(f"the ack ids are of {len(subscriptions)} subscriptions; give those of one at a time")
     await client.nack(subscriptions.pop(), args.ack_id, args.delay, args.terminal, args.reason or "")

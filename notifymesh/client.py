@@ -21,8 +21,8 @@ from google.protobuf import duration_pb2
 from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
 from notifymesh import errors
 from notifymesh.batching import Coalescer
-from notifymesh.cluster import channel_options
-from storage.keys import parse_ack_id
+from notifymesh.channel import channel_options
+from notifymesh.contracts import AckId
 
 DEFAULT_ADDR = "127.0.0.1:50051"
 RECONNECT_BACKOFF_S = (0.1, 5.0)
@@ -55,7 +55,7 @@ class Message:
 
 def _of_subscription(subscription: str, ack_ids: list[str]) -> bool:
     try:
-        return all(parse_ack_id(ack_id)[2] == subscription for ack_id in ack_ids)
+        return all(AckId.parse(ack_id).subscription == subscription for ack_id in ack_ids)
     except errors.InvalidArgument:
         return False
 

@@ -1,77 +1,95 @@
-"""Domain errors and the one table that maps them to gRPC status codes."""
+"""The one error family and its one map to gRPC status codes, for both sides.
 
-import aetcd
+A service raises a subclass (InvalidArgument("...")) and its server answers with
+that class's code and the message; the client turns every failed call back into
+the class of its status code (from_rpc_error), keeping the code and details:
+
+    try:
+        await client.get_topic("orders")
+    except notifymesh.NotFound as e:
+        print(e.code, e.details)
+"""
+
 import grpc
 
 
 class NotifymeshError(Exception):
-    """Base of every error a service reports to its caller with a status code."""
+    """A failed request: code is its gRPC status code, details the server's message."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, details: str = "", code: grpc.StatusCode | None = None):
+        super().__init__(details)
+        self.details = details
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.details}" if self.details else self.code.name
 
 
 class InvalidArgument(NotifymeshError):
-    pass
+    code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class NotFound(NotifymeshError):
-    pass
+    code = grpc.StatusCode.NOT_FOUND
 
 
 class AlreadyExists(NotifymeshError):
-    pass
+    code = grpc.StatusCode.ALREADY_EXISTS
 
 
 class FailedPrecondition(NotifymeshError):
-    pass
+    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class Aborted(NotifymeshError):
-    pass
+    code = grpc.StatusCode.ABORTED
 
 
 class ResourceExhausted(NotifymeshError):
-    pass
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class Unavailable(NotifymeshError):
-    pass
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(NotifymeshError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class Unauthenticated(NotifymeshError):
-    pass
+    code = grpc.StatusCode.UNAUTHENTICATED
 
 
 class PermissionDenied(NotifymeshError):
-    pass
+    code = grpc.StatusCode.PERMISSION_DENIED
 
 
-STATUS_CODES: dict[type[NotifymeshError], grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    Aborted: grpc.StatusCode.ABORTED,
-    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+class Cancelled(NotifymeshError):
+    code = grpc.StatusCode.CANCELLED
+
+
+class Internal(NotifymeshError):
+    code = grpc.StatusCode.INTERNAL
+
+
+ERROR_CLASSES: dict[grpc.StatusCode, type[NotifymeshError]] = {
+    cls.code: cls for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, Aborted,
+                              ResourceExhausted, Unavailable, DeadlineExceeded, Unauthenticated,
+                              PermissionDenied, Cancelled, Internal)
 }
 
-# Service-to-service calls retry these; anything else goes back to the caller.
+# Calls are retried on these (by the client's publisher and subscriber and between
+# services); anything else goes back to the caller.
 RETRYABLE_CODES = (grpc.StatusCode.UNAVAILABLE,)
 
 
-def status_of(error: BaseException) -> tuple[grpc.StatusCode, str] | None:
-    """The status a caller should see for error, or None when it is a bug (INTERNAL).
-
-    A failed call to another service passes its status through unchanged, so a
-    NOT_FOUND from storage reaches the client as NOT_FOUND.
-    """
-    if isinstance(error, NotifymeshError):
-        for cls in type(error).__mro__:
-            if cls in STATUS_CODES:
-                return STATUS_CODES[cls], str(error)
-    if isinstance(error, grpc.aio.AioRpcError):
-        return error.code(), error.details() or error.code().name
-    if isinstance(error, aetcd.exceptions.ClientError):  # etcd unreachable, electing, or a lease lost
-        return grpc.StatusCode.UNAVAILABLE, f"etcd: {error}"
-    return None
+def from_rpc_error(error: grpc.RpcError) -> NotifymeshError:
+    """The error of the family for a failed call's status; the call's error is kept
+    as its __cause__ by `raise from_rpc_error(e) from e`."""
+    code = error.code() if callable(getattr(error, "code", None)) else grpc.StatusCode.UNKNOWN
+    details = (error.details() if callable(getattr(error, "details", None)) else "") or ""
+    return ERROR_CLASSES.get(code, NotifymeshError)(details, code)

@@ -1,4 +1,4 @@
-from notifymesh import server
+from notifymesh.server import process  # first: it chooses gRPC's I/O path before grpc loads
 from sender.service import build
 
-server.main("sender", build)
+process.main("sender", build)

@@ -22,11 +22,12 @@ from gen.notifymesh.internal.v1 import sender_pb2, storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 from notifymesh.batching import Coalescer
-from notifymesh.cluster import Cluster
-from notifymesh.config import Config
+from notifymesh.contracts import ack_ids_by_partition, ack_ids_by_subscription
+from notifymesh.server.cluster import Cluster
+from notifymesh.server.config import Config
+from notifymesh.server.status import status_of
 from notifymesh.log import fields
-from storage import keys
-from storage.client import StorageClient
+from notifymesh.server.clients import StorageClient
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,7 @@ class SubscriptionDispatcher:
         return sum(max(0, s.room()) for s in self.streams) - self.reserved
 
     async def _per_partition(self, ack_ids, call) -> None:
-        by_partition: dict[int, list[str]] = {}
-        for ack_id in ack_ids:
-            by_partition.setdefault(keys.parse_ack_id(ack_id)[0], []).append(ack_id)
-        await asyncio.gather(*(call(partition, ids) for partition, ids in by_partition.items()))
+        await asyncio.gather(*(call(partition, ids) for partition, ids in ack_ids_by_partition(ack_ids).items()))
 
     async def _nack(self, ack_ids: list[str]) -> None:
         await self._per_partition(ack_ids, lambda p, ids: self._storage.modify_ack_deadline(
@@ -259,7 +257,7 @@ class ShardPuller:
             raise
         except Exception as e:
             log.warning("pull failed", extra=fields(topic=self.topic, partition=self.partition,
-                                                    error=errors.status_of(e) or repr(e)))
+                                                    error=status_of(e) or repr(e)))
             await asyncio.sleep(0.5)
             return
         finally:
@@ -371,9 +369,7 @@ class Dispatcher:
         if name:
             await (await self._dispatcher(name)).acknowledge(ack_ids)
             return
-        by_subscription: dict[str, list[str]] = {}
-        for ack_id in ack_ids:
-            by_subscription.setdefault(keys.parse_ack_id(ack_id)[2], []).append(ack_id)
+        by_subscription = ack_ids_by_subscription(ack_ids)
 
         async def one(subscription: str, ids: list[str]) -> None:
             try:

@@ -18,8 +18,8 @@ import logging
 import httpx
 
 from gen.notifymesh.v1 import pubsub_pb2
-from notifymesh import validation
-from notifymesh.cluster import ChangedNames, Cluster
+from notifymesh.server import validation
+from notifymesh.server.cluster import ChangedNames, Cluster
 from notifymesh.log import fields
 from sender.dispatch import Dispatcher, Stream
 

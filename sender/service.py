@@ -2,8 +2,8 @@
 
 from gen.notifymesh.internal.v1 import sender_pb2_grpc
 from gen.notifymesh.v1 import pubsub_pb2
-from notifymesh import validation
-from notifymesh.server import Context
+from notifymesh.server import validation
+from notifymesh.server.process import Context
 from sender.dispatch import Dispatcher
 from sender.push import PushSubscriptions
 

@@ -1,4 +1,4 @@
-from notifymesh import server
+from notifymesh.server import process  # first: it chooses gRPC's I/O path before grpc loads
 from storage.service import build
 
 
@@ -6,4 +6,4 @@ def _arguments(parser):
     parser.add_argument("--data-dir", required=True, help="RocksDB directory of this node")
 
 
-server.main("storage", build, _arguments)
+process.main("storage", build, _arguments)

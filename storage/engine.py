@@ -29,7 +29,8 @@ from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
-from notifymesh.clock import new_message_id, now_ms, timestamp, to_ms
+from notifymesh.clock import now_ms, timestamp, to_ms
+from notifymesh.contracts import AckId, MessageId, Shard
 from notifymesh.log import fields
 from storage import keys, wire
 
@@ -365,7 +366,7 @@ class StorageEngine:
     def shard(self, name: str) -> ShardLog:
         log_ = self.shards.get(name)
         if log_ is None:
-            log_ = self.shards[name] = ShardLog(name, keys.split_shard(name)[1])
+            log_ = self.shards[name] = ShardLog(name, Shard.parse(name).partition)
         return log_
 
     def _entry(self, shard: str, seq: int) -> storage_pb2.StoredMessage | None:
@@ -468,7 +469,7 @@ class StorageEngine:
                 ids.append(message.message_id)
                 continue
             if not message.message_id:
-                message.message_id = new_message_id(*keys.split_shard(shard), publish_ms)
+                message.message_id = MessageId.new_batch(*Shard.parse(shard), 1, publish_ms)[0]
             message_id = message.message_id
             serialized = message.SerializeToString() + publish_time
             raw = wire.field(1, serialized) + entry_fields
@@ -799,8 +800,7 @@ class StorageEngine:
         raws: list[bytes] = []
         ack_ids: list[str] = []
         shard, name, policy = log_.name, state.name, state.policy
-        ack_prefix = f"{log_.partition}:"
-        ack_suffix = f":{name}"
+        ack_id_of = AckId.encoder(log_.partition, name)
         while len(raws) < max_messages and (due := state.next_deadline()) is not None and due <= now:
             _, seq = heapq.heappop(state.deadlines)
             message = self._message(shard, seq, messages)
@@ -816,7 +816,7 @@ class StorageEngine:
                 self._dead_letter(log_, state, seq, message, previous, now)
                 continue
             state.lease(seq, Lease(deadline + policy.backoff_ms(attempts + 1), attempts + 1, now))
-            ack_id = f"{ack_prefix}{seq:x}{ack_suffix}"
+            ack_id = ack_id_of(seq)
             raws.append(wire.received_message(ack_id, message, attempts + 1))
             ack_ids.append(ack_id)
         if len(raws) < max_messages and state.cursor < log_.commit:
@@ -826,7 +826,7 @@ class StorageEngine:
                 message = self._message(shard, seq, messages)
                 if message is not None:  # else an epoch marker, or corrupted
                     state.lease(seq, Lease(first_deadline, 1, now))
-                    ack_id = f"{ack_prefix}{seq:x}{ack_suffix}"
+                    ack_id = ack_id_of(seq)
                     raws.append(wire.received_message(ack_id, message, 1))
                     ack_ids.append(ack_id)
                 seq += 1
@@ -909,11 +909,11 @@ class StorageEngine:
         unless that is "" (any)."""
         seqs: dict[str, list[int]] = {}
         for value in ack_ids:
-            partition, seq, of = keys.parse_ack_id(value)
-            if partition != log_.partition or (subscription and of != subscription):
+            ack = AckId.parse(value)
+            if ack.partition != log_.partition or (subscription and ack.subscription != subscription):
                 raise errors.InvalidArgument(
                     f"ack id {value!r} is not of {subscription or 'this shard'!r} partition {log_.partition}")
-            seqs.setdefault(of, []).append(seq)
+            seqs.setdefault(ack.subscription, []).append(ack.seq)
         return seqs
 
     def acknowledge(self, shard: str, subscription: str, ack_ids: list[str]) -> int:
@@ -993,7 +993,7 @@ class StorageEngine:
         if log_ is None or seq_value is None:
             raise errors.NotFound(f"message {message_id!r} is unknown in {shard}, or its delivery log expired")
         seq = int.from_bytes(seq_value, "big")
-        topic, partition = keys.split_shard(shard)
+        topic, partition = Shard.parse(shard)
         status = pubsub_pb2.MessageStatus(topic=topic, partition=partition)
         attempts = self._delivery_log(shard, seq)
         if seq < log_.first:
@@ -1085,7 +1085,7 @@ class StorageEngine:
         deleted = len(batch)
         # Ids begin with their publish time (the margin covers frontends' clock skew).
         batch.delete_range(keys.message_index_prefix(shard),
-                           keys.message_index(shard, f"{max(0, older_than_ms - INDEX_SKEW_MS):011x}"))
+                           keys.message_index(shard, MessageId.lowest_at(older_than_ms - INDEX_SKEW_MS)))
         self._db.write(batch, self._unsynced)
         return deleted
 

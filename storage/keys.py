@@ -1,5 +1,5 @@
 """RocksDB key layout of a storage node. A shard is one partition of a topic,
-named "topic/partition". Names never contain NUL or "/" (validation.NAME), so NUL
+named "topic/partition" (contracts.Shard). Names never contain NUL or "/" (validation.NAME), so NUL
 separates them; sequence numbers are 8-byte big-endian so keys sort by seq.
 
   m shard \0 seq                  -> CRC-32 (4 bytes) + notifymesh.internal.v1.StoredMessage
@@ -14,18 +14,8 @@ separates them; sequence numbers are 8-byte big-endian so keys sort by seq.
 import struct
 import zlib
 
-from notifymesh import errors
 
 SEQ_BYTES = 8
-
-
-def shard_name(topic: str, partition: int) -> str:
-    return f"{topic}/{partition}"
-
-
-def split_shard(shard: str) -> tuple[str, int]:
-    topic, _, partition = shard.rpartition("/")
-    return topic, int(partition)
 
 
 def seq_bytes(seq: int) -> bytes:
@@ -111,20 +101,3 @@ def unsealed(value: bytes) -> bytes | None:
     """The entry, or None when its checksum does not match (corrupted or partial)."""
     entry = value[4:]
     return entry if len(value) >= 4 and zlib.crc32(entry) == int.from_bytes(value[:4], "big") else None
-
-
-def ack_id(subscription: str, partition: int, seq: int) -> str:
-    """Entries keep their seq on every replica, so an ack id stays valid across
-    leaders; it names its subscription so that a tool given only the id can act on it."""
-    return f"{partition}:{seq:x}:{subscription}"
-
-
-def parse_ack_id(value: str) -> tuple[int, int, str]:
-    """(partition, seq, subscription)."""
-    partition, seq, subscription = (value.split(":", 2) + ["", ""])[:3]
-    try:
-        if not subscription:
-            raise ValueError
-        return int(partition), int(seq, 16), subscription
-    except ValueError:
-        raise errors.InvalidArgument(f"malformed ack id {value!r}") from None

@@ -25,7 +25,6 @@ compare-and-swap on the record) for one that should not.
 """
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -34,8 +33,11 @@ import grpc
 
 from gen.notifymesh.internal.v1 import storage_pb2, storage_pb2_grpc
 from gen.notifymesh.v1 import cluster_pb2
-from notifymesh import errors, rpc
-from notifymesh.cluster import CANDIDATES, LEADERS, PLACEMENTS, Cluster
+from notifymesh import errors
+from notifymesh.server import rpc
+from notifymesh.contracts import (PLACEMENTS, Candidacy, LeaderRecord, Shard, candidate_key, candidates_prefix,
+                                  leader_key, shard_name)
+from notifymesh.server.cluster import Cluster
 from notifymesh.clock import now_ms
 from notifymesh.log import fields
 from storage import keys
@@ -152,14 +154,14 @@ class Replication:
         placements, leaders = self._cluster.placements.items, self._cluster.leaders.items
         for shard, placement in list(placements.items()):
             leader = leaders.get(shard)
-            epoch = self._cluster.leaders.revisions.get(shard, (0, 0))[0]
+            epoch = self._cluster.epoch(shard)
             if leader is not None:
                 self._known_epoch[shard] = max(self._known_epoch.get(shard, 0), epoch)
             lead = self.led.get(shard)
             if lead is not None and not await self._still_leader(shard, lead, leader, epoch):
                 await self._step_down(shard, "leader key changed")
                 lead = None
-            if leader is not None and leader["node"] == self._node and lead is None:
+            if leader is not None and leader.node == self._node and lead is None:
                 await self._delete_leader_key(shard, epoch)  # from before this process restarted
                 log.info("cleared the leader key of an earlier run", extra=fields(shard=shard, epoch=epoch))
             elif leader is None and self._node in placement.replicas:
@@ -177,48 +179,47 @@ class Replication:
         """A stale announcement could understate this log in a later election and let
         a less advanced replica win: it goes before this node takes any entry."""
         if shard in self._candidacies:
-            await self._cluster.etcd.delete(CANDIDATES + f"{shard}/{self._node}".encode())
+            await self._cluster.etcd.delete(candidate_key(shard, self._node))
             self._candidacies.discard(shard)
 
     async def _delete_leader_key(self, shard: str, epoch: int) -> None:
         """Only the key of that epoch: never one a newer leader wrote."""
-        etcd, leader_key = self._cluster.etcd, LEADERS + shard.encode()
+        etcd, key = self._cluster.etcd, leader_key(shard)
         txn = etcd.transactions
-        await etcd.transaction(compare=[txn.create(leader_key) == epoch], success=[txn.delete(leader_key)], failure=[])
+        await etcd.transaction(compare=[txn.create(key) == epoch], success=[txn.delete(key)], failure=[])
 
-    async def _still_leader(self, shard: str, lead: Leadership, leader: dict | None, epoch: int) -> bool:
+    async def _still_leader(self, shard: str, lead: Leadership, leader: LeaderRecord | None, epoch: int) -> bool:
         if leader is not None:
-            return leader["node"] == self._node and epoch == lead.epoch
-        kv = await self._cluster.etcd.get(LEADERS + shard.encode())  # the mirror may not show our win yet
+            return leader.node == self._node and epoch == lead.epoch
+        kv = await self._cluster.etcd.get(leader_key(shard))  # the mirror may not show our win yet
         return kv is not None and kv.create_revision == lead.epoch
 
     async def _campaign(self, shard: str, placement: storage_pb2.ShardPlacement) -> None:
         registration = self._registration_of()
         log_ = self._engine.shard(shard)
         etcd = self._cluster.etcd
-        mine = {"end": log_.end, "last_epoch": log_.last_epoch, "state": list(log_.state_stamp)}
-        await etcd.put(CANDIDATES + f"{shard}/{self._node}".encode(), json.dumps(mine).encode(),
-                       lease=registration.lease)
+        mine = Candidacy(log_.end, log_.last_epoch, tuple(log_.state_stamp))
+        await etcd.put(candidate_key(shard, self._node), mine.encode(), lease=registration.lease)
         self._candidacies.add(shard)
-        prefix = CANDIDATES + f"{shard}/".encode()
-        announced = {kv.key[len(prefix):].decode(): json.loads(kv.value) for kv in await etcd.get_prefix(prefix)}
+        prefix = candidates_prefix(shard)
+        announced = {kv.key[len(prefix):].decode(): Candidacy.parse(kv.value) for kv in await etcd.get_prefix(prefix)}
         announced = {node: pos for node, pos in announced.items() if node in placement.replicas}
         if len(announced) < quorum(placement.replicas):
             return
         # The most advanced log; among equal logs, the newest delivery state.
-        best = max(announced, key=lambda node: (announced[node]["last_epoch"], announced[node]["end"],
-                                                announced[node]["state"], node))
+        best = max(announced, key=lambda node: (announced[node].last_epoch, announced[node].end,
+                                                announced[node].state, node))
         if best != self._node:
             return
-        leader_key = LEADERS + shard.encode()
-        value = json.dumps({"node": self._node, "addr": registration.addr}).encode()
+        key = leader_key(shard)
+        value = LeaderRecord(self._node, registration.addr).encode()
         txn = etcd.transactions
-        won, _ = await etcd.transaction(compare=[txn.create(leader_key) == 0],
-                                        success=[txn.put(leader_key, value, lease=registration.lease)], failure=[])
+        won, _ = await etcd.transaction(compare=[txn.create(key) == 0],
+                                        success=[txn.put(key, value, lease=registration.lease)], failure=[])
         if not won:
             return
-        kv = await etcd.get(leader_key)
-        if kv is None or json.loads(kv.value)["node"] != self._node:
+        kv = await etcd.get(key)
+        if kv is None or LeaderRecord.parse(kv.value).node != self._node:
             return
         await self._lead(shard, kv.create_revision, list(placement.replicas))
 
@@ -370,7 +371,7 @@ class Replication:
             if not entries.raw and progress.match >= log_.end and not states and progress.first == log_.first:
                 continue
             prev_epoch = (self._engine.epoch_at(shard, start - 1) or 0) if start - 1 >= log_.first else 0
-            topic, partition = keys.split_shard(shard)
+            topic, partition = Shard.parse(shard)
             shard_entries = storage_pb2.ShardEntries(
                 topic=topic, partition=partition, epoch=lead.epoch, start=start, prev_epoch=prev_epoch,
                 entries=entries.raw, message_ids=entries.ids, dedup_keys=entries.dedup_keys,
@@ -386,7 +387,7 @@ class Replication:
     async def _handle_results(self, node: str, response: storage_pb2.ReplicateResponse, sent: dict) -> bool:
         more = False
         for result in response.shards:
-            shard = keys.shard_name(result.topic, result.partition)
+            shard = shard_name(result.topic, result.partition)
             lead = self.led.get(shard)
             if lead is None or shard not in sent or sent[shard][0] != lead.epoch:
                 continue
@@ -417,7 +418,7 @@ class Replication:
         fits the local log, writes all of them in one synced write."""
         results, writes = [], []
         for batch in request.shards:
-            shard = keys.shard_name(batch.topic, batch.partition)
+            shard = shard_name(batch.topic, batch.partition)
             result = storage_pb2.ShardResult(topic=batch.topic, partition=batch.partition)
             results.append(result)
             known = self._known_epoch.get(shard, 0)
@@ -446,7 +447,7 @@ class Replication:
         await asyncio.gather(*writes)
         for batch, result in zip(request.shards, results):
             if result.ok:
-                shard = keys.shard_name(batch.topic, batch.partition)
+                shard = shard_name(batch.topic, batch.partition)
                 log_ = self._engine.shard(shard)
                 self._engine.advance_commit(shard, batch.commit)
                 if batch.has_subscriptions:
@@ -477,7 +478,7 @@ class Replication:
         replacement, a dead replica stays and counts against the quorum."""
         lead.replicas = list(placement.replicas)
         live = self._cluster.live("storage")
-        topic, _ = keys.split_shard(lead.shard)
+        topic, _ = Shard.parse(lead.shard)
         wanted = self._cluster.rings["storage"].replicas(lead.shard, self._rf_of(topic) or len(lead.replicas))
         log_ = self._engine.shard(lead.shard)
         for node in list(lead.progress):
@@ -540,7 +541,7 @@ class Replication:
         out = []
         for shard, lead in self.led.items():
             log_ = self._engine.shard(shard)
-            topic, partition = keys.split_shard(shard)
+            topic, partition = Shard.parse(shard)
             replicas = [cluster_pb2.ReplicaStatus(node_id=self._node, role="leader", end=log_.end, lag=0)]
             for node, progress in sorted(lead.progress.items()):
                 role = "learner" if node in lead.learners else "follower"

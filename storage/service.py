@@ -10,12 +10,13 @@ from pathlib import Path
 from gen.notifymesh.internal.v1 import storage_pb2, storage_pb2_grpc
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
-from notifymesh.clock import new_message_id, now_ms
-from notifymesh.cluster import SUBSCRIPTIONS, TOPICS, ChangedNames
+from notifymesh.clock import now_ms
+from notifymesh.contracts import SUBSCRIPTIONS, TOPICS, MessageId, Shard, shard_name
+from notifymesh.server.cluster import ChangedNames
 from notifymesh.log import fields
-from notifymesh.server import Context
+from notifymesh.server.process import Context
 from storage import keys
-from storage.client import StorageClient
+from notifymesh.server.clients import StorageClient
 from storage.engine import StorageEngine
 from storage.replication import Replication
 
@@ -123,7 +124,7 @@ class StorageNode:
 
     def led_shard(self, topic: str, partition: int) -> str:
         """The shard's name, when this node leads it (UNAVAILABLE otherwise: ask the leader)."""
-        shard = keys.shard_name(topic, partition)
+        shard = shard_name(topic, partition)
         self.replication.leadership(shard)
         return shard
 
@@ -131,7 +132,7 @@ class StorageNode:
         record = await self._cluster.topic(topic)  # NOT_FOUND rather than data for a topic that does not exist
         window_ms = (record.dedup_window.ToMilliseconds() if record.HasField("dedup_window")
                      else int(self._config.dedup_window_s * 1000))
-        return await self.replication.append(keys.shard_name(topic, partition), messages, retry, window_ms,
+        return await self.replication.append(shard_name(topic, partition), messages, retry, window_ms,
                                              record.dedup_by_payload)
 
     async def pull(self, topic: str, partition: int, pulls: list[tuple[str, int, int]], wait_ms: int):
@@ -186,7 +187,7 @@ class StorageNode:
             if record is not None:
                 topic = topics.get(record.topic)  # not mirrored yet: its arrival attaches everything
                 for partition in range(max(1, topic.partition_count) if topic else 0):
-                    if (shard := keys.shard_name(record.topic, partition)) in self.replication.led:
+                    if (shard := shard_name(record.topic, partition)) in self.replication.led:
                         self.engine.attach(shard, record)
                 continue
             for shard in list(self.replication.led):
@@ -200,11 +201,11 @@ class StorageNode:
         mirror may lag behind a create that an append or pull has already seen."""
         etcd, topics, subscriptions = self._cluster.etcd, self._cluster.topics.items, self._cluster.subscriptions.items
         for shard in list(self.engine.shards):
-            topic, _ = keys.split_shard(shard)
+            topic, _ = Shard.parse(shard)
             if topic not in topics and await etcd.get(TOPICS + topic.encode()) is None:
                 self.engine.drop(shard)
         for shard in list(self.replication.led):
-            topic, _ = keys.split_shard(shard)
+            topic, _ = Shard.parse(shard)
             log_ = self.engine.shard(shard)
             for name in [s for s in log_.subscriptions if s not in subscriptions]:
                 if await etcd.get(SUBSCRIPTIONS + name.encode()) is None:
@@ -214,7 +215,7 @@ class StorageNode:
     def _attach_known(self, shard: str) -> None:
         """Attaches every subscription etcd has for the shard's topic (a new leader
         may not have the latest delivery state yet)."""
-        topic, _ = keys.split_shard(shard)
+        topic, _ = Shard.parse(shard)
         for record in list(self._cluster.subscriptions.groups.get(topic, {}).values()):
             self.engine.attach(shard, record)
 
@@ -227,7 +228,7 @@ class StorageNode:
                     # Nothing is deleted for want of a subscription this node has not attached yet.
                     self._attach_known(shard)
                     self.engine.sweep_dead_letters(shard)
-                    record = self._cluster.topics.items.get(keys.split_shard(shard)[0])
+                    record = self._cluster.topics.items.get(Shard.parse(shard)[0])
                     retention = record.message_retention.ToMilliseconds() if record else None
                     if freed := self.engine.collect(shard, retention):
                         log.debug("collected", extra=fields(shard=shard, entries=freed))
@@ -251,7 +252,7 @@ class StorageNode:
                 original = dead.message
                 partition = zlib.crc32(original.message_id.encode()) % max(1, record.partition_count)
                 moved = pubsub_pb2.PubsubMessage(
-                    data=original.data, message_id=new_message_id(dead.topic, partition),
+                    data=original.data, message_id=MessageId.new_batch(dead.topic, partition, 1, now_ms())[0],
                     ordering_key=original.ordering_key,
                     idempotency_key=f"dead-letter/{dead.subscription}/{original.message_id}",
                     attributes={**original.attributes,
@@ -260,7 +261,7 @@ class StorageNode:
                                 "notifymesh.delivery_attempts": str(dead.attempts),
                                 "notifymesh.last_error": dead.error})
                 [moved_id] = await self._storage.append((dead.topic, partition), [moved])
-                self.led_shard(*keys.split_shard(dead.shard))
+                self.led_shard(*Shard.parse(dead.shard))
                 self.engine.bury(dead, moved_id)
                 log.info("dead-lettered", extra=fields(subscription=dead.subscription, message=original.message_id,
                                                        attempts=dead.attempts, topic=dead.topic))

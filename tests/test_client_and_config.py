@@ -8,9 +8,9 @@ import pytest
 from conftest import unique
 
 from gen.notifymesh.v1 import cluster_pb2, pubsub_pb2
-from notifymesh import config
+from notifymesh.server import config
 from notifymesh.client import Client
-from notifymesh.cluster import PrefixMirror, connect_etcd
+from notifymesh.server.cluster import PrefixMirror, connect_etcd
 
 
 def snake(name: str) -> str:

@@ -3,13 +3,13 @@
 import logging
 import time
 
-from notifymesh import server
+from notifymesh.server import process
 
 
 def test_slow_calls_are_logged_once_per_interval_with_their_count(caplog, monkeypatch):
-    monkeypatch.setattr(server, "SLOW_CALL_LOG_EVERY_S", 0.2)
-    slow_calls = server.SlowCalls()
-    with caplog.at_level(logging.WARNING, logger="notifymesh.server"):
+    monkeypatch.setattr(process, "SLOW_CALL_LOG_EVERY_S", 0.2)
+    slow_calls = process.SlowCalls()
+    with caplog.at_level(logging.WARNING, logger="notifymesh.server.process"):
         for seconds in (1.5, 2.5, 1.2):
             slow_calls.record("/A", seconds)
         slow_calls.record("/B", 3.0)

@@ -8,6 +8,7 @@ from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 from notifymesh.clock import now_ms, timestamp
+from notifymesh.contracts import Shard
 from storage import wire
 from storage.engine import Entries, SeqWindow, StorageEngine
 
@@ -126,7 +127,6 @@ async def test_state_survives_reopen(engine, tmp_path):
 
 
 async def test_subscription_after_an_epoch_marker_starts_at_its_create_time(engine):
-    from storage import keys
     await append(engine, SHARD, messages(b"old"))
     await asyncio.sleep(0.01)
     created = now_ms()
@@ -138,7 +138,7 @@ async def test_subscription_after_an_epoch_marker_starts_at_its_create_time(engi
     [newer] = await append(engine, SHARD, messages(b"newer"), epoch=2)
     engine.attach(SHARD, subscription("late", created_ms=created))
     assert [m.message.message_id for m in await pull(engine, SHARD, "late", 10, 10_000, 0)] == [new, newer]
-    assert keys.split_shard(SHARD) == ("orders", 0)
+    assert Shard.parse(SHARD) == ("orders", 0)
 
 
 async def test_subscription_starts_at_its_create_time(engine):

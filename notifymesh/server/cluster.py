@@ -1,16 +1,15 @@
 """One process's view of the mesh, all of it read from etcd.
 
-etcd keys (KEYS below): member registrations under a lease, topics and
+etcd keys (their layout and records in notifymesh.contracts): member registrations under a lease, topics and
 subscriptions as serialized protos, and the cluster config. Every service
 mirrors them with a watch, so each computes the same ring owners.
 """
 
 import asyncio
-import json
 import logging
 import os
 import time
-from typing import Callable, Generic, TypeVar
+from typing import Callable, Generic, NamedTuple, TypeVar
 
 import aetcd
 import grpc
@@ -18,23 +17,28 @@ import grpc
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
+from notifymesh.channel import channel_options
+from notifymesh.contracts import (LEADERS, MEMBERS, PLACEMENTS, SUBSCRIPTIONS, TOPICS, LeaderRecord, MemberRecord,
+                                  member_key, shard_name)
 from notifymesh.log import fields
-from notifymesh.ring import Ring
+from notifymesh.server.ring import Ring
 
 log = logging.getLogger(__name__)
-
-MEMBERS = b"/notifymesh/members/"            # + kind/node_id -> JSON {"addr", "pid"}
-TOPICS = b"/notifymesh/topics/"              # + name -> notifymesh.v1.Topic
-SUBSCRIPTIONS = b"/notifymesh/subscriptions/"  # + name -> notifymesh.v1.Subscription
-PLACEMENTS = b"/notifymesh/placements/"      # + topic/partition -> internal.v1.ShardPlacement
-# + topic/partition -> JSON {"node", "addr"}, under the leader's member lease; the
-# key's create revision is the leader's epoch.
-LEADERS = b"/notifymesh/leaders/"
-CANDIDATES = b"/notifymesh/candidates/"      # + topic/partition/node -> JSON {"end", "last_epoch"}
 
 KINDS = ("metadata", "storage", "sender", "frontend")
 
 T = TypeVar("T")
+
+
+class Member(NamedTuple):
+    node: str
+    addr: str
+
+
+class ShardLeader(NamedTuple):
+    node: str
+    addr: str
+    epoch: int  # the create revision of the shard's leader key
 
 
 def connect_etcd(endpoints: str) -> aetcd.Client:
@@ -45,22 +49,6 @@ def connect_etcd(endpoints: str) -> aetcd.Client:
     host, _, port = target.rpartition(":")
     return aetcd.Client(host=host or "127.0.0.1", port=int(port), timeout=5,
                         options={"grpc.lb_policy_name": "round_robin"})
-
-
-def channel_options(max_message_bytes: int) -> list[tuple[str, object]]:
-    """Options of every channel and server: size limits and keep-alives that notice
-    a dead peer within seconds, not minutes."""
-    return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", 10_000),
-        ("grpc.keepalive_timeout_ms", 5_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 1_000),
-    ]
 
 
 class PrefixMirror(Generic[T]):
@@ -182,9 +170,9 @@ class Registration:
     within the lease TTL once the process dies."""
 
     def __init__(self, etcd: aetcd.Client, kind: str, node_id: str, addr: str, ttl_s: int):
-        self.key = MEMBERS + f"{kind}/{node_id}".encode()
+        self.key = member_key(kind, node_id)
         self.addr = addr
-        self._value = json.dumps({"addr": addr, "pid": os.getpid(), "started": time.time()}).encode()
+        self._value = MemberRecord(addr, os.getpid(), time.time()).encode()
         self._etcd, self._ttl = etcd, ttl_s
         self.lease = None
         # Until this monotonic time the lease is certainly alive (the last keep-alive
@@ -241,12 +229,12 @@ class Cluster:
 
     def __init__(self, etcd: aetcd.Client, max_message_bytes: int):
         self.etcd = etcd
-        self.members = PrefixMirror(etcd, MEMBERS, json.loads)
+        self.members = PrefixMirror(etcd, MEMBERS, MemberRecord.parse)
         self.topics = PrefixMirror(etcd, TOPICS, pubsub_pb2.Topic.FromString)
         self.subscriptions = PrefixMirror(etcd, SUBSCRIPTIONS, pubsub_pb2.Subscription.FromString,
                                           group_by=lambda subscription: subscription.topic)
         self.placements = PrefixMirror(etcd, PLACEMENTS, storage_pb2.ShardPlacement.FromString)
-        self.leaders = PrefixMirror(etcd, LEADERS, json.loads)
+        self.leaders = PrefixMirror(etcd, LEADERS, LeaderRecord.parse)
         self.rings: dict[str, Ring] = {kind: Ring() for kind in KINDS}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._options = channel_options(max_message_bytes)
@@ -264,13 +252,16 @@ class Cluster:
     def _mirrors(self) -> tuple[PrefixMirror, ...]:
         return self.members, self.topics, self.subscriptions, self.placements, self.leaders
 
-    def leader(self, topic: str, partition: int) -> tuple[str, str, int]:
-        """(node id, address, epoch) of the shard's leader."""
-        shard = f"{topic}/{partition}"
+    def leader(self, topic: str, partition: int) -> "ShardLeader":
+        shard = shard_name(topic, partition)
         leader = self.leaders.items.get(shard)
         if leader is None:
             raise errors.Unavailable(f"partition {partition} of topic {topic!r} has no leader at the moment")
-        return leader["node"], leader["addr"], self.leaders.revisions.get(shard, (0, 0))[0]
+        return ShardLeader(leader.node, leader.addr, self.epoch(shard))
+
+    def epoch(self, shard: str) -> int:
+        """The epoch of the shard's current leader (0 without one)."""
+        return self.leaders.revisions.get(shard, (0, 0))[0]
 
     def _rebuild_rings(self) -> None:
         for kind in KINDS:
@@ -282,16 +273,16 @@ class Cluster:
     def live(self, kind: str) -> dict[str, str]:
         """node id -> address of the live members of one kind."""
         prefix = kind + "/"
-        return {name[len(prefix):]: info["addr"] for name, info in self.members.items.items()
+        return {name[len(prefix):]: info.addr for name, info in self.members.items.items()
                 if name.startswith(prefix)}
 
-    def owner(self, kind: str, key: str) -> tuple[str, str]:
-        """(node id, address) of the member of kind that owns key."""
+    def owner(self, kind: str, key: str) -> "Member":
+        """The member of kind that owns key."""
         node = self.rings[kind].owner(key)
         addr = self.live(kind).get(node) if node else None
         if addr is None:
             raise errors.Unavailable(f"no live {kind} node")
-        return node, addr
+        return Member(node, addr)
 
     def any_member(self, kind: str, key: str = "") -> str:
         """Address of some live member of kind (spread by key), for stateless services."""

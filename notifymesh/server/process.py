@@ -26,10 +26,12 @@ from grpc_reflection.v1alpha import reflection
 
 from gen.notifymesh.internal.v1 import node_pb2, node_pb2_grpc
 from gen.notifymesh.v1 import cluster_pb2
-from notifymesh import config as config_mod
-from notifymesh import errors
+from notifymesh.server import config as config_mod
+from notifymesh import contracts, errors
+from notifymesh.server.status import status_of
 from notifymesh import log as log_mod
-from notifymesh.cluster import Cluster, Registration, channel_options, connect_etcd
+from notifymesh.channel import channel_options
+from notifymesh.server.cluster import Cluster, Registration, connect_etcd
 from notifymesh.log import fields
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,7 @@ class SlowCalls:
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
-    mapped = errors.status_of(error)
+    mapped = status_of(error)
     if mapped is None:
         log.exception("unhandled error", exc_info=error, extra=fields(method=method))
         mapped = (grpc.StatusCode.INTERNAL, f"internal error: {error!r}")
@@ -87,7 +89,7 @@ async def _mapped(responses: Callable[[], Any], context, method: str):
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps errors to status codes (errors.STATUS_CODES) for every handler and logs
+    """Maps errors to status codes (notifymesh.server.status) for every handler and logs
     slow calls. Cancellation and explicit aborts pass through. Requests are parsed
     here rather than by grpc, so a malformed one is INVALID_ARGUMENT, not UNKNOWN."""
 
@@ -220,7 +222,7 @@ async def _read_etcd_config(etcd) -> dict:
     deadline = time.monotonic() + 30
     while True:
         try:
-            kv = await etcd.get(config_mod.CONFIG_KEY)
+            kv = await etcd.get(contracts.CONFIG)
             return json.loads(kv.value) if kv else {}
         except Exception as e:
             if time.monotonic() > deadline:

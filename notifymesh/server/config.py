@@ -2,7 +2,7 @@
 
 Precedence, lowest first: the defaults below, a JSON config file (--config),
 NOTIFYMESH_<FIELD> environment variables, then the JSON object stored in etcd
-at CONFIG_KEY, which every service of the mesh reads at start.
+at contracts.CONFIG, which every service of the mesh reads at start.
 """
 
 import dataclasses
@@ -10,8 +10,6 @@ import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
-
-CONFIG_KEY = b"/notifymesh/config"
 
 
 @dataclasses.dataclass(frozen=True)

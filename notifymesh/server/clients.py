@@ -3,8 +3,8 @@ try looks the leader up again, so a retry after a failover reaches the new one."
 
 from gen.notifymesh.internal.v1 import storage_pb2, storage_pb2_grpc
 from gen.notifymesh.v1 import pubsub_pb2
-from notifymesh import rpc
-from notifymesh.cluster import Cluster
+from notifymesh.server import rpc
+from notifymesh.server.cluster import Cluster
 
 
 PULL_TIMEOUT_S = 30  # a long poll waits up to its wait_ms (about 1 s) for messages

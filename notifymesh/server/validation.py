@@ -4,7 +4,7 @@ with a message that says what is wrong and what is allowed."""
 
 import re
 
-from notifymesh.config import Config
+from notifymesh.server.config import Config
 from notifymesh.errors import InvalidArgument
 
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{2,254}")

@@ -1,0 +1,221 @@
+"""Every format shared across processes, each a named record with one encode and
+one parse: what a client, the frontend, a sender and a storage node must read
+alike. Nothing here talks to the network or needs more than the standard library.
+
+- AckId        "partition:seq-hex:subscription", given to subscribers, sent back with acks
+- MessageId    39 hex digits: publish ms, randomness, topic hash, partition
+- Shard        "topic/partition", the name of one partition in etcd and RocksDB keys
+- etcd records MemberRecord, LeaderRecord, Candidacy (JSON) under the etcd key layout
+"""
+
+import json
+import random
+import zlib
+from typing import Callable, Iterable, NamedTuple
+
+from notifymesh.errors import InvalidArgument
+
+# -- ack ids -------------------------------------------------------------------------
+
+
+class AckId(NamedTuple):
+    """Entries keep their seq on every replica, so an ack id stays valid across
+    leaders; it names its subscription, so a tool given only the id can act on it."""
+    partition: int
+    seq: int
+    subscription: str
+
+    def encode(self) -> str:
+        return f"{self.partition}:{self.seq:x}:{self.subscription}"
+
+    @staticmethod
+    def encoder(partition: int, subscription: str) -> Callable[[int], str]:
+        """encode() for one partition's and subscription's seqs, for the delivery
+        loop (a record per ack id there costs more than the rest of the id)."""
+        head, tail = f"{partition}:", f":{subscription}"
+        return lambda seq: f"{head}{seq:x}{tail}"
+
+    @classmethod
+    def parse(cls, value: str) -> "AckId":
+        """Raises InvalidArgument for anything encode() did not make."""
+        partition, seq, subscription = (value.split(":", 2) + ["", ""])[:3]
+        try:
+            if not subscription or not partition.isdigit():
+                raise ValueError
+            return cls(int(partition), int(seq, 16), subscription)
+        except ValueError:
+            raise InvalidArgument(f"malformed ack id {value!r}") from None
+
+
+class AckGroup(NamedTuple):
+    subscription: str
+    partition: int
+
+
+def group_ack_ids(ack_ids: Iterable[str]) -> dict[AckGroup, list[AckId]]:
+    """The ack ids by (subscription, partition), in their order within each group:
+    the one place acks are split for routing (by subscription to its sender, by
+    partition to its leader). Raises InvalidArgument on a malformed one."""
+    groups: dict[AckGroup, list[AckId]] = {}
+    for value in ack_ids:
+        ack = AckId.parse(value)
+        groups.setdefault(AckGroup(ack.subscription, ack.partition), []).append(ack)
+    return groups
+
+
+def ack_ids_by_subscription(ack_ids: Iterable[str]) -> dict[str, list[str]]:
+    """The ack ids (as given) by the subscription each names."""
+    by_subscription: dict[str, list[str]] = {}
+    for group, acks in group_ack_ids(ack_ids).items():
+        by_subscription.setdefault(group.subscription, []).extend(ack.encode() for ack in acks)
+    return by_subscription
+
+
+def ack_ids_by_partition(ack_ids: Iterable[str]) -> dict[int, list[str]]:
+    """The ack ids (as given) by the partition each names."""
+    by_partition: dict[int, list[str]] = {}
+    for group, acks in group_ack_ids(ack_ids).items():
+        by_partition.setdefault(group.partition, []).extend(ack.encode() for ack in acks)
+    return by_partition
+
+
+# -- message ids -----------------------------------------------------------------------
+
+MESSAGE_ID_LENGTH = 39
+_MS_DIGITS, _RANDOM_DIGITS, _HASH_DIGITS, _PARTITION_DIGITS = 11, 16, 8, 4
+
+
+def topic_hash(topic: str) -> int:
+    return zlib.crc32(topic.encode())
+
+
+class MessageId(NamedTuple):
+    """Time-ordered and unique without coordination (44 bits of ms, 64 random bits),
+    then where the message is stored (a hash of its topic, its partition), so a
+    status lookup by id alone finds its shard."""
+    publish_ms: int
+    random: int
+    topic_hash: int
+    partition: int
+
+    def encode(self) -> str:
+        return f"{self.publish_ms:011x}{self.random:016x}{self.topic_hash:08x}{self.partition:04x}"
+
+    @classmethod
+    def parse(cls, value: str) -> "MessageId":
+        """Raises InvalidArgument for anything encode() did not make."""
+        try:
+            if len(value) != MESSAGE_ID_LENGTH:
+                raise ValueError
+            hash_at = _MS_DIGITS + _RANDOM_DIGITS
+            return cls(int(value[:_MS_DIGITS], 16), int(value[_MS_DIGITS:hash_at], 16),
+                       int(value[hash_at:hash_at + _HASH_DIGITS], 16), int(value[hash_at + _HASH_DIGITS:], 16))
+        except ValueError:
+            raise InvalidArgument(f"{value!r} is not a notifymesh message id") from None
+
+    @staticmethod
+    def new_batch(topic: str, partition: int, count: int, publish_ms: int) -> list[str]:
+        """count encoded ids of messages published at publish_ms to the partition
+        (written out: this runs once per message)."""
+        # getrandbits: 64 bits from a generator seeded from os.urandom at start, without
+        # a system call per id.
+        head = f"{publish_ms:011x}"
+        where = f"{topic_hash(topic):08x}{partition:04x}"
+        return [f"{head}{random.getrandbits(64):016x}{where}" for _ in range(count)]
+
+    @staticmethod
+    def lowest_at(publish_ms: int) -> str:
+        """A prefix that sorts below every id published at or after publish_ms."""
+        return f"{max(0, publish_ms):011x}"
+
+
+# -- shards ------------------------------------------------------------------------------
+
+
+class Shard(NamedTuple):
+    """One partition of a topic. Topic names never contain NUL or "/"."""
+    topic: str
+    partition: int
+
+    def encode(self) -> str:
+        return f"{self.topic}/{self.partition}"
+
+    @classmethod
+    def parse(cls, name: str) -> "Shard":
+        topic, _, partition = name.rpartition("/")
+        return cls(topic, int(partition))
+
+
+def shard_name(topic: str, partition: int) -> str:
+    return Shard(topic, partition).encode()
+
+
+# -- etcd: key layout and records -------------------------------------------------------
+
+MEMBERS = b"/notifymesh/members/"            # + kind/node_id -> MemberRecord
+TOPICS = b"/notifymesh/topics/"              # + name -> notifymesh.v1.Topic
+SUBSCRIPTIONS = b"/notifymesh/subscriptions/"  # + name -> notifymesh.v1.Subscription
+PLACEMENTS = b"/notifymesh/placements/"      # + shard -> internal.v1.ShardPlacement
+# + shard -> LeaderRecord, under the leader's member lease; the key's create
+# revision is the leader's epoch.
+LEADERS = b"/notifymesh/leaders/"
+CANDIDATES = b"/notifymesh/candidates/"      # + shard/node -> Candidacy
+CONFIG = b"/notifymesh/config"               # the cluster configuration, a JSON object
+
+
+def member_key(kind: str, node_id: str) -> bytes:
+    return MEMBERS + f"{kind}/{node_id}".encode()
+
+
+def leader_key(shard: str) -> bytes:
+    return LEADERS + shard.encode()
+
+
+def candidates_prefix(shard: str) -> bytes:
+    return CANDIDATES + f"{shard}/".encode()
+
+
+def candidate_key(shard: str, node_id: str) -> bytes:
+    return candidates_prefix(shard) + node_id.encode()
+
+
+class MemberRecord(NamedTuple):
+    addr: str
+    pid: int = 0
+    started: float = 0.0
+
+    def encode(self) -> bytes:
+        return json.dumps(self._asdict()).encode()
+
+    @classmethod
+    def parse(cls, value: bytes) -> "MemberRecord":
+        record = json.loads(value)
+        return cls(record["addr"], record.get("pid", 0), record.get("started", 0.0))
+
+
+class LeaderRecord(NamedTuple):
+    node: str
+    addr: str
+
+    def encode(self) -> bytes:
+        return json.dumps(self._asdict()).encode()
+
+    @classmethod
+    def parse(cls, value: bytes) -> "LeaderRecord":
+        record = json.loads(value)
+        return cls(record["node"], record["addr"])
+
+
+class Candidacy(NamedTuple):
+    """A replica's log position, announced while its shard has no leader."""
+    end: int
+    last_epoch: int
+    state: tuple[int, ...]  # the stamp of its delivery state: newer compares higher
+
+    def encode(self) -> bytes:
+        return json.dumps({"end": self.end, "last_epoch": self.last_epoch, "state": list(self.state)}).encode()
+
+    @classmethod
+    def parse(cls, value: bytes) -> "Candidacy":
+        record = json.loads(value)
+        return cls(record["end"], record["last_epoch"], tuple(record["state"]))
