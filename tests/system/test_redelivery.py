@@ -6,7 +6,7 @@ import json
 import grpc
 import pytest
 
-from conftest import cli, ids_of, receive, unique
+from helpers import cli, ids_of, receive, unique
 from notifymesh.client import Message
 
 

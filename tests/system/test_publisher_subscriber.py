@@ -6,7 +6,7 @@ import time
 import grpc
 import pytest
 
-from conftest import unique
+from helpers import unique
 from deploy.local import free_port
 from notifymesh.client import Client, Message
 from notifymesh.publisher import Publisher

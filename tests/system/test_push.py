@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import Receiver, receive, unique
+from helpers import Receiver, receive, unique
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh.client import Message
 

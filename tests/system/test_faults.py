@@ -7,7 +7,7 @@ import time
 import grpc
 import pytest
 
-from conftest import ids_of, receive, unique
+from helpers import ids_of, receive, unique
 from notifymesh.client import Client
 
 LEASE_TTL_S = 3  # config.member_lease_ttl_s
@@ -165,7 +165,7 @@ async def test_another_sender_takes_over_when_the_owner_dies(tmp_path, record_pr
     """Two senders: SIGKILL the one that owns a streaming and a push subscription
     (no restart). The other takes both over within the lease TTL, the stream goes
     on through the frontend, and every message is delivered."""
-    from conftest import Receiver, new_mesh
+    from helpers import Receiver, new_mesh
     mesh = new_mesh(tmp_path / "mesh", senders=2)
     receiver = Receiver()
     try:

@@ -8,7 +8,7 @@ import time
 import grpc
 import pytest
 
-from conftest import ids_of, receive, unique
+from helpers import ids_of, receive, unique
 from gen.notifymesh.internal.v1 import storage_pb2, storage_pb2_grpc
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh.client import Client
@@ -180,7 +180,7 @@ async def test_a_joining_node_takes_shards_and_a_lost_node_is_replaced(own_mesh)
 
 
 async def test_the_mesh_keeps_working_without_one_etcd_member(tmp_path):
-    from conftest import new_mesh
+    from helpers import new_mesh
     mesh = new_mesh(tmp_path / "mesh", etcd_members=3)
     try:
         async with Client(mesh.frontend_addr) as client:

@@ -5,7 +5,7 @@ import asyncio
 import grpc
 import pytest
 
-from conftest import unique
+from helpers import unique
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh.client import Message
 

@@ -1,0 +1,104 @@
+"""Helpers of the system tests: the real mesh, the CLI, receiving, a webhook endpoint."""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from deploy.local import LocalMesh, free_port
+from notifymesh.client import Client
+
+
+def new_mesh(path, etcd_members: int = 1, **kwargs) -> LocalMesh:
+    mesh = LocalMesh(path, frontend_port=free_port(), etcd_ports=[(free_port(), free_port()) for _ in range(etcd_members)],
+                     **kwargs)
+    try:
+        mesh.start()
+    except BaseException:
+        mesh.stop()
+        raise
+    return mesh
+
+
+def cli(mesh, *args, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    """The notifymesh command against mesh."""
+    env = {**os.environ, "NOTIFYMESH_ADDR": mesh.frontend_addr}
+    return subprocess.run([sys.executable, "-m", "notifymesh.cli", *args], input=stdin, capture_output=True,
+                          env=env, timeout=120)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+async def receive(client: Client, subscription: str, count: int, timeout: float = 30, ack: bool = True,
+                  max_outstanding: int = 0) -> list:
+    """Messages received over one Subscribe stream until count distinct message ids
+    arrived or timeout passed; acknowledges each frame when ack."""
+    received, ids = [], set()
+    deadline = time.monotonic() + timeout
+
+    async def run():
+        async for frame in client.subscribe_frames(subscription, max_outstanding=max_outstanding):
+            received.extend(frame)
+            ids.update(m.message.message_id for m in frame)
+            if ack:
+                await client.acknowledge(subscription, [m.ack_id for m in frame])
+            if len(ids) >= count:
+                return
+
+    try:
+        await asyncio.wait_for(run(), max(0.0, deadline - time.monotonic()))
+    except TimeoutError:
+        pass
+    return received
+
+
+def ids_of(received) -> list[str]:
+    return [m.message.message_id for m in received]
+
+
+class Receiver:
+    """A webhook endpoint: answers each POST with the next status of a script
+    (then `otherwise`), after an optional delay, and records every request."""
+
+    def __init__(self, statuses=(), otherwise=200, delay_s=0.0):
+        self.requests: list[tuple[float, dict, bytes]] = []
+        self.concurrent = self.most_concurrent = 0
+        lock = threading.Lock()
+        self._statuses, self._otherwise, self._delay = list(statuses), otherwise, delay_s
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append((time.monotonic(), dict(self.headers), body))
+                with lock:
+                    receiver.concurrent += 1
+                    receiver.most_concurrent = max(receiver.most_concurrent, receiver.concurrent)
+                time.sleep(receiver._delay)
+                with lock:
+                    receiver.concurrent -= 1
+                status = receiver._statuses.pop(0) if receiver._statuses else receiver._otherwise
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def messages(self) -> list[dict]:
+        return [json.loads(body) for _, _, body in self.requests]
