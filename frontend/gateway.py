@@ -12,35 +12,37 @@ import zlib
 
 import grpc
 
-from gen.notifymesh.internal.v1 import metadata_pb2_grpc, node_pb2, node_pb2_grpc, sender_pb2_grpc, storage_pb2
+from gen.notifymesh.internal.v1 import node_pb2, node_pb2_grpc, storage_pb2
 from gen.notifymesh.v1 import cluster_pb2, pubsub_pb2
 from notifymesh import errors
-from notifymesh.server import rpc, validation
+from notifymesh.server import validation
+from notifymesh.backoff import Backoff, BackoffPolicy
 from notifymesh.batching import Coalescer
 from notifymesh.clock import now_ms, to_ms
 from notifymesh.contracts import AckId, MessageId, ack_ids_by_subscription, topic_hash
 from notifymesh.server.cluster import Cluster
 from notifymesh.server.config import Config
 from notifymesh.log import fields
-from notifymesh.server.clients import StorageClient
+from notifymesh.server.clients import MetadataClient, SenderClient, StorageClient
 
 log = logging.getLogger(__name__)
 
-RECONNECT_BACKOFF_S = (0.05, 2.0)
+RECONNECT_BACKOFF = BackoffPolicy(first_s=0.05, max_s=2.0)
 MERGED_MAX_ITEMS = 5000  # messages or ack ids in one merged downstream call
 DEAD_LETTERS_PAGE, MAX_DEAD_LETTERS_PAGE = 100, 1000
-SENDER_SUBSCRIBE = "/notifymesh.internal.v1.Sender/Subscribe"
 
 
 class Gateway:
     def __init__(self, cluster: Cluster, config: Config):
         self._cluster, self._config = cluster, config
         self._storage = StorageClient(cluster)
+        self._senders = SenderClient(cluster)
+        self._metadata = MetadataClient(cluster)
         # Concurrent publishes to a topic share one Append; concurrent acks of all
         # subscriptions one sender has one call to it (ack ids name their subscription).
         self._appends = Coalescer(self._storage.append, max_items=MERGED_MAX_ITEMS,
                                   size_of=lambda m: len(m.data) + 64)
-        self._acks = Coalescer(self._send_acks, max_items=MERGED_MAX_ITEMS)
+        self._acks = Coalescer(self._senders.acknowledge, max_items=MERGED_MAX_ITEMS)
         self._in_flight: dict[tuple[str, int], int] = {}
         self._turn = itertools.count()
         self._relays: set[grpc.aio.UnaryStreamCall] = set()
@@ -50,10 +52,7 @@ class Gateway:
 
     async def admin(self, method: str, request):
         """Calls Metadata.<method>, which validates names and limits."""
-        async def attempt(timeout):
-            stub = metadata_pb2_grpc.MetadataStub(self._cluster.channel(self._cluster.any_member("metadata")))
-            return await getattr(stub, method)(request, timeout=timeout)
-        return await rpc.call("Metadata", attempt)
+        return await self._metadata.call(method, request)
 
     # -- publish ----------------------------------------------------------------
 
@@ -108,19 +107,16 @@ class Gateway:
             raise errors.InvalidArgument("max_outstanding_messages must not be negative")
         await self._cluster.subscription(name)
         request = pubsub_pb2.SubscribeRequest(subscription=name, max_outstanding_messages=max_outstanding)
-        backoff = RECONNECT_BACKOFF_S[0]
+        backoff = Backoff(RECONNECT_BACKOFF)
         while True:
             if self._closing:  # close_streams(): the client subscribes again, elsewhere
                 raise errors.Unavailable("frontend is shutting down; subscribe again")
             call = None
             try:
-                _, addr = self._cluster.owner("sender", name)
-                # The sender's frames are SubscribeResponses on the wire (see sender.proto).
-                call = self._cluster.channel(addr).unary_stream(
-                    SENDER_SUBSCRIBE, request_serializer=pubsub_pb2.SubscribeRequest.SerializeToString)(request)
+                call = self._senders.subscribe(self._senders.owner_addr(name), request)
                 self._relays.add(call)
                 async for frame in call:
-                    backoff = RECONNECT_BACKOFF_S[0]
+                    backoff.reset()
                     yield frame
             except asyncio.CancelledError:
                 if not self._closing:  # the client went away
@@ -136,8 +132,7 @@ class Gateway:
                     self._relays.discard(call)
                     call.cancel()
             if not self._closing:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, RECONNECT_BACKOFF_S[1])
+                await backoff.sleep()
 
     def _ack_ids(self, name: str, ack_ids) -> list[str]:
         """Checked here, before acks of several subscriptions share a call: one
@@ -154,19 +149,13 @@ class Gateway:
         of several); they go to the senders that own those subscriptions."""
         if name:
             ack_ids = self._ack_ids(name, ack_ids)
-            await self._acks.submit(self._cluster.owner("sender", name)[1], ack_ids)
+            await self._acks.submit(self._senders.owner_addr(name), ack_ids)
             return
         validation.batch(len(ack_ids), self._config, what="ack ids")
         by_sender: dict[str, list[str]] = {}
         for subscription, ids in ack_ids_by_subscription(ack_ids).items():
-            by_sender.setdefault(self._cluster.owner("sender", subscription).addr, []).extend(ids)
+            by_sender.setdefault(self._senders.owner_addr(subscription), []).extend(ids)
         await asyncio.gather(*(self._acks.submit(addr, ids) for addr, ids in by_sender.items()))
-
-    async def _send_acks(self, sender_addr: str, ack_ids: list[str]) -> None:
-        """Acks of any subscriptions the sender at sender_addr owns (subscription "")."""
-        stub = sender_pb2_grpc.SenderStub(self._cluster.channel(sender_addr))
-        request = pubsub_pb2.AcknowledgeRequest(ack_ids=ack_ids)
-        await rpc.call("Sender.Acknowledge", lambda t: stub.Acknowledge(request, timeout=t))
 
     async def modify_ack_deadline(self, name: str, ack_ids, ack_deadline) -> None:
         seconds = ack_deadline.ToMilliseconds() / 1000
@@ -174,7 +163,7 @@ class Gateway:
             validation.seconds_between("ack deadline", seconds, 0, self._config.max_ack_deadline_s)
         request = pubsub_pb2.ModifyAckDeadlineRequest(
             subscription=name, ack_ids=self._ack_ids(name, ack_ids), ack_deadline=ack_deadline)
-        await rpc.call("Sender.ModifyAckDeadline", lambda t: self._sender(name).ModifyAckDeadline(request, timeout=t))
+        await self._senders.modify_ack_deadline(request)
 
     async def nack(self, request: pubsub_pb2.NackRequest) -> None:
         self._ack_ids(request.subscription, request.ack_ids)
@@ -182,7 +171,7 @@ class Gateway:
             validation.seconds_between("nack delay", request.delay.ToMilliseconds() / 1000, 0,
                                        self._config.max_ack_deadline_s)
         validation.reason(request.reason)
-        await rpc.call("Sender.Nack", lambda t: self._sender(request.subscription).Nack(request, timeout=t))
+        await self._senders.nack(request)
 
     # -- dead letters and message status: asked of each partition's leader ------
 
@@ -222,10 +211,6 @@ class Gateway:
                 if e.code() != grpc.StatusCode.NOT_FOUND:
                     raise
         raise errors.NotFound(f"message {message_id!r} is not kept (any more)")
-
-    def _sender(self, subscription: str) -> sender_pb2_grpc.SenderStub:
-        _, addr = self._cluster.owner("sender", subscription)
-        return sender_pb2_grpc.SenderStub(self._cluster.channel(addr))
 
     async def cluster_status(self) -> cluster_pb2.ClusterStatus:
         """Members from etcd; per shard, the replica set and leader from etcd and

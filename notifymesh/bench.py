@@ -25,8 +25,11 @@ import time
 import uuid
 from array import array
 
+import notifymesh.server  # noqa: F401  first: it chooses gRPC's I/O path, for this process and its children
 import grpc
 import uvloop
+
+from notifymesh import errors
 
 from notifymesh.client import Client, default_addr
 from notifymesh.publisher import Publisher
@@ -57,6 +60,8 @@ def r3(value: float | None) -> float | None:
 
 
 def describe(error: BaseException) -> str:
+    if isinstance(error, errors.NotifymeshError):
+        return f"{error.code.name}: {error.details}"
     if isinstance(error, grpc.aio.AioRpcError):
         return f"{error.code().name}: {error.details()}"
     return repr(error)

@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import base64
 import collections
+import importlib
 import json
 import re
 import signal
@@ -12,10 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
 
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh.client import Client, Message, default_addr
+from notifymesh.errors import NotifymeshError
 from notifymesh.contracts import AckId
 
 PUBLISH_BATCH = 500
@@ -186,10 +187,9 @@ async def _publish_lines(topic: str, attributes: dict[str, str], client: Client)
             ids = await client.publish(topic, batch)
             acknowledged += len(ids)
             return ids
-        except grpc.aio.AioRpcError as e:
+        except NotifymeshError as e:
             failed += len(batch)
-            print(f"error: {len(batch)} messages not acknowledged: {e.code().name}: {e.details()}",
-                  file=sys.stderr)
+            print(f"error: {len(batch)} messages not acknowledged: {e}", file=sys.stderr)
             return []
         finally:
             slots.release()
@@ -244,8 +244,17 @@ async def _subscribe(args, client: Client) -> int:
     return 0
 
 
+def _server_side(module: str, command: str):
+    """A module of the server side, which `notifymesh[server]` installs."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise SystemExit(f"notifymesh {command} needs the server side ({e.name} is missing): "
+                         "pip install 'notifymesh[server]'") from None
+
+
 def _up(args) -> int:
-    from deploy.local import LocalMesh
+    LocalMesh = _server_side("deploy.local", "up").LocalMesh
 
     mesh = LocalMesh(Path(args.data_dir), frontend_port=args.port, storage_nodes=args.storage_nodes,
                      etcd_members=args.etcd_members, senders=args.senders)
@@ -399,12 +408,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "up":
         raise SystemExit(_up(args))
     if args.command == "bench":
-        from notifymesh import bench
-        raise SystemExit(bench.run(args))
+        raise SystemExit(_server_side("notifymesh.bench", "bench").run(args))
     try:
         raise SystemExit(asyncio.run(_run(args)))
-    except grpc.aio.AioRpcError as e:
-        print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+    except NotifymeshError as e:
+        print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1)
     except KeyboardInterrupt:
         raise SystemExit(130)

@@ -1,5 +1,8 @@
 """The Python client of the public notifymesh.v1 API (asyncio).
 
+Every failed call raises the notifymesh.errors family (NotFound, InvalidArgument,
+Unavailable, ...), whose code and details are the server's status.
+
     async with Client("127.0.0.1:50051") as client:
         await client.create_topic("orders")
         await client.create_subscription("orders-audit", topic="orders")
@@ -13,19 +16,20 @@ import asyncio
 import itertools
 import os
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterable
+from typing import AsyncIterator, Iterable, NamedTuple
 
 import grpc
 from google.protobuf import duration_pb2
 
 from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
 from notifymesh import errors
+from notifymesh.backoff import Backoff, BackoffPolicy
 from notifymesh.batching import Coalescer
 from notifymesh.channel import channel_options
 from notifymesh.contracts import AckId
 
 DEFAULT_ADDR = "127.0.0.1:50051"
-RECONNECT_BACKOFF_S = (0.1, 5.0)
+RECONNECT_BACKOFF = BackoffPolicy(first_s=0.1, max_s=5.0)
 MAX_ACK_IDS_PER_CALL = 1000  # the server's limit on ack ids in one request
 ACK_CALLS_IN_FLIGHT = 32
 
@@ -53,6 +57,11 @@ class Message:
         return proto
 
 
+class _AckRequest(NamedTuple):
+    subscription: str
+    ack_ids: list[str]
+
+
 def _of_subscription(subscription: str, ack_ids: list[str]) -> bool:
     try:
         return all(AckId.parse(ack_id).subscription == subscription for ack_id in ack_ids)
@@ -75,11 +84,18 @@ class Client:
         self._cluster = cluster_pb2_grpc.ClusterAdminStub(self._channel)
         self._timeout = timeout_s
         # Concurrent acks, of any subscriptions, share one call: a process holding
-        # many subscriptions sends a few calls, not one per subscription. Items are
-        # (subscription, ack ids) requests; their size is their count of ack ids.
+        # many subscriptions sends a few calls, not one per subscription. An item's
+        # size is its count of ack ids.
         self._acks = Coalescer(self._send_acks, max_items=MAX_ACK_IDS_PER_CALL, max_bytes=MAX_ACK_IDS_PER_CALL,
-                               size_of=lambda request: len(request[1]))
+                               size_of=lambda request: len(request.ack_ids))
         self._ack_lanes = itertools.cycle(range(ACK_CALLS_IN_FLIGHT))
+
+    async def _call(self, method, request):
+        """One unary call; its failure raised as the error family."""
+        try:
+            return await method(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as e:
+            raise errors.from_rpc_error(e) from e
 
     async def __aenter__(self) -> "Client":
         return self
@@ -103,30 +119,29 @@ class Client:
             topic.dedup_window.CopyFrom(_duration(dedup_window_s))
         if retention_s is not None:
             topic.message_retention.CopyFrom(_duration(retention_s))
-        return await self._publisher.CreateTopic(pubsub_pb2.CreateTopicRequest(topic=topic), timeout=self._timeout)
+        return await self._call(self._publisher.CreateTopic, pubsub_pb2.CreateTopicRequest(topic=topic))
 
     async def get_topic(self, name: str) -> pubsub_pb2.Topic:
-        return await self._publisher.GetTopic(pubsub_pb2.GetTopicRequest(name=name), timeout=self._timeout)
+        return await self._call(self._publisher.GetTopic, pubsub_pb2.GetTopicRequest(name=name))
 
     async def list_topics(self) -> list[pubsub_pb2.Topic]:
-        reply = await self._publisher.ListTopics(pubsub_pb2.ListTopicsRequest(), timeout=self._timeout)
+        reply = await self._call(self._publisher.ListTopics, pubsub_pb2.ListTopicsRequest())
         return list(reply.topics)
 
     async def update_topic(self, name: str, partitions: int) -> pubsub_pb2.Topic:
-        return await self._publisher.UpdateTopic(pubsub_pb2.UpdateTopicRequest(name=name, partition_count=partitions),
-                                                 timeout=self._timeout)
+        return await self._call(self._publisher.UpdateTopic,
+                                pubsub_pb2.UpdateTopicRequest(name=name, partition_count=partitions))
 
     async def get_cluster_status(self) -> cluster_pb2.ClusterStatus:
-        return await self._cluster.GetClusterStatus(cluster_pb2.GetClusterStatusRequest(), timeout=self._timeout)
+        return await self._call(self._cluster.GetClusterStatus, cluster_pb2.GetClusterStatusRequest())
 
     async def delete_topic(self, name: str) -> None:
-        await self._publisher.DeleteTopic(pubsub_pb2.DeleteTopicRequest(name=name), timeout=self._timeout)
+        await self._call(self._publisher.DeleteTopic, pubsub_pb2.DeleteTopicRequest(name=name))
 
     async def publish(self, topic: str, messages: Iterable[bytes | Message]) -> list[str]:
         """Publishes one batch; returns the message ids in order once it is durably stored."""
         protos = [Message(m).proto() if isinstance(m, bytes) else m.proto() for m in messages]
-        reply = await self._publisher.Publish(pubsub_pb2.PublishRequest(topic=topic, messages=protos),
-                                              timeout=self._timeout)
+        reply = await self._call(self._publisher.Publish, pubsub_pb2.PublishRequest(topic=topic, messages=protos))
         return list(reply.message_ids)
 
     # -- subscriptions ----------------------------------------------------------
@@ -151,21 +166,18 @@ class Client:
                 subscription.retry_policy.minimum_backoff.CopyFrom(_duration(min_backoff_s))
             if max_backoff_s is not None:
                 subscription.retry_policy.maximum_backoff.CopyFrom(_duration(max_backoff_s))
-        return await self._subscriber.CreateSubscription(
-            pubsub_pb2.CreateSubscriptionRequest(subscription=subscription), timeout=self._timeout)
+        return await self._call(self._subscriber.CreateSubscription,
+                                pubsub_pb2.CreateSubscriptionRequest(subscription=subscription))
 
     async def get_subscription(self, name: str) -> pubsub_pb2.Subscription:
-        return await self._subscriber.GetSubscription(pubsub_pb2.GetSubscriptionRequest(name=name),
-                                                      timeout=self._timeout)
+        return await self._call(self._subscriber.GetSubscription, pubsub_pb2.GetSubscriptionRequest(name=name))
 
     async def list_subscriptions(self, topic: str = "") -> list[pubsub_pb2.Subscription]:
-        reply = await self._subscriber.ListSubscriptions(pubsub_pb2.ListSubscriptionsRequest(topic=topic),
-                                                         timeout=self._timeout)
+        reply = await self._call(self._subscriber.ListSubscriptions, pubsub_pb2.ListSubscriptionsRequest(topic=topic))
         return list(reply.subscriptions)
 
     async def delete_subscription(self, name: str) -> None:
-        await self._subscriber.DeleteSubscription(pubsub_pb2.DeleteSubscriptionRequest(name=name),
-                                                  timeout=self._timeout)
+        await self._call(self._subscriber.DeleteSubscription, pubsub_pb2.DeleteSubscriptionRequest(name=name))
 
     async def subscribe_frames(self, subscription: str, max_outstanding: int = 0,
                                reconnect: bool = True) -> AsyncIterator[list[pubsub_pb2.ReceivedMessage]]:
@@ -173,22 +185,21 @@ class Client:
         broken stream (UNAVAILABLE, or ended by a frontend shutting down) is opened
         again; unacknowledged messages come back after their ack deadline."""
         request = pubsub_pb2.SubscribeRequest(subscription=subscription, max_outstanding_messages=max_outstanding)
-        backoff = RECONNECT_BACKOFF_S[0]
+        backoff = Backoff(RECONNECT_BACKOFF)
         while True:
             call = self._subscriber.Subscribe(request)
             try:
                 async for frame in call:
-                    backoff = RECONNECT_BACKOFF_S[0]
+                    backoff.reset()
                     yield list(frame.received_messages)
             except grpc.aio.AioRpcError as e:
                 if not reconnect or e.code() not in errors.RETRYABLE_CODES:
-                    raise
+                    raise errors.from_rpc_error(e) from e
             finally:
                 call.cancel()
             if not reconnect:
                 return
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, RECONNECT_BACKOFF_S[1])
+            await backoff.sleep()
 
     async def subscribe(self, subscription: str, max_outstanding: int = 0,
                         reconnect: bool = True) -> AsyncIterator[pubsub_pb2.ReceivedMessage]:
@@ -199,38 +210,37 @@ class Client:
     async def acknowledge(self, subscription: str, ack_ids: list[str]) -> None:
         """Acks issued while earlier ones are in flight go out together, in one call
         (at most ACK_CALLS_IN_FLIGHT calls at a time)."""
-        results = await self._acks.submit(next(self._ack_lanes), [(subscription, list(ack_ids))])
+        results = await self._acks.submit(next(self._ack_lanes), [_AckRequest(subscription, list(ack_ids))])
         if results and isinstance(results[0], BaseException):
             raise results[0]
 
-    async def _send_acks(self, _lane, requests: list[tuple[str, list[str]]]) -> list:
+    async def _send_acks(self, _lane, requests: list["_AckRequest"]) -> list:
         """One merged call (subscription "": each ack id names its own) for the
         requests whose ack ids are well formed and of their subscription; the
         others, and all of them when the server refuses the merged call, go alone,
         so a bad ack id fails only its own request, with the server's answer."""
         results: list = [None] * len(requests)
-        names_own = [_of_subscription(subscription, ack_ids) for subscription, ack_ids in requests]
+        names_own = [_of_subscription(request.subscription, request.ack_ids) for request in requests]
         together = [i for i, ok in enumerate(names_own) if ok]
         alone = [i for i, ok in enumerate(names_own) if not ok]
         if len(together) > 1:
             try:
-                await self._subscriber.Acknowledge(pubsub_pb2.AcknowledgeRequest(
-                    ack_ids=[a for i in together for a in requests[i][1]]), timeout=self._timeout)
+                await self._call(self._subscriber.Acknowledge, pubsub_pb2.AcknowledgeRequest(
+                    ack_ids=[a for i in together for a in requests[i].ack_ids]))
                 together = []
-            except grpc.aio.AioRpcError as e:
-                if e.code() != grpc.StatusCode.INVALID_ARGUMENT:
-                    raise
+            except errors.InvalidArgument:
+                pass
         alone += together
-        replies = await asyncio.gather(*(self._subscriber.Acknowledge(pubsub_pb2.AcknowledgeRequest(
-            subscription=requests[i][0], ack_ids=requests[i][1]), timeout=self._timeout) for i in alone),
+        replies = await asyncio.gather(*(self._call(self._subscriber.Acknowledge, pubsub_pb2.AcknowledgeRequest(
+            subscription=requests[i].subscription, ack_ids=requests[i].ack_ids)) for i in alone),
             return_exceptions=True)
         for i, reply in zip(alone, replies):
             results[i] = reply
         return results
 
     async def modify_ack_deadline(self, subscription: str, ack_ids: list[str], seconds: float) -> None:
-        await self._subscriber.ModifyAckDeadline(pubsub_pb2.ModifyAckDeadlineRequest(
-            subscription=subscription, ack_ids=ack_ids, ack_deadline=_duration(seconds)), timeout=self._timeout)
+        await self._call(self._subscriber.ModifyAckDeadline, pubsub_pb2.ModifyAckDeadlineRequest(
+            subscription=subscription, ack_ids=ack_ids, ack_deadline=_duration(seconds)))
 
     async def nack(self, subscription: str, ack_ids: list[str], delay_s: float | None = None,
                    terminal: bool = False, reason: str = "") -> None:
@@ -240,19 +250,19 @@ class Client:
         request = pubsub_pb2.NackRequest(subscription=subscription, ack_ids=ack_ids, terminal=terminal, reason=reason)
         if delay_s is not None:
             request.delay.CopyFrom(_duration(delay_s))
-        await self._subscriber.Nack(request, timeout=self._timeout)
+        await self._call(self._subscriber.Nack, request)
 
     async def list_dead_letters(self, subscription: str, max_messages: int = 0) -> list[pubsub_pb2.DeadLetter]:
-        reply = await self._subscriber.ListDeadLetters(pubsub_pb2.ListDeadLettersRequest(
-            subscription=subscription, max_messages=max_messages), timeout=self._timeout)
+        reply = await self._call(self._subscriber.ListDeadLetters, pubsub_pb2.ListDeadLettersRequest(
+            subscription=subscription, max_messages=max_messages))
         return list(reply.dead_letters)
 
     async def redrive_dead_letters(self, subscription: str) -> int:
         """Delivers the subscription's dead letters again; returns how many."""
-        reply = await self._subscriber.RedriveDeadLetters(pubsub_pb2.RedriveDeadLettersRequest(
-            subscription=subscription), timeout=self._timeout)
+        reply = await self._call(self._subscriber.RedriveDeadLetters, pubsub_pb2.RedriveDeadLettersRequest(
+            subscription=subscription))
         return reply.redriven
 
     async def get_message_status(self, message_id: str) -> pubsub_pb2.MessageStatus:
-        return await self._publisher.GetMessageStatus(pubsub_pb2.GetMessageStatusRequest(message_id=message_id),
-                                                      timeout=self._timeout)
+        return await self._call(self._publisher.GetMessageStatus,
+                                pubsub_pb2.GetMessageStatusRequest(message_id=message_id))

@@ -18,8 +18,6 @@ first attempt was stored after all.
 
 import asyncio
 import itertools
-import random
-import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -27,11 +25,12 @@ from dataclasses import dataclass, field
 import grpc
 
 from notifymesh import errors
+from notifymesh.backoff import BackoffPolicy, retry
 from notifymesh.client import Client, Message
 
 # A deadline may pass while the write went through; the idempotency key makes resending safe.
 RETRYABLE_CODES = (*errors.RETRYABLE_CODES, grpc.StatusCode.DEADLINE_EXCEEDED)
-RETRY_BACKOFF_S = (0.1, 5.0)
+RETRY_BACKOFF = BackoffPolicy(first_s=0.1, max_s=5.0)
 
 
 def message_size(message: Message) -> int:
@@ -94,7 +93,7 @@ class Publisher:
 
     async def publish(self, topic: str, message: bytes | Message) -> asyncio.Future:
         """Queues message once there is room; the future resolves to its id when it
-        is durably stored, or raises the call's grpc.aio.AioRpcError."""
+        is durably stored, or raises the call's error (notifymesh.errors)."""
         if self._closed:
             raise RuntimeError("publisher is closed")
         if isinstance(message, bytes):
@@ -236,15 +235,9 @@ class Publisher:
                     queue.ready.set()  # what gathered while the call was out goes now
 
     async def _publish_with_retries(self, topic: str, messages: list[Message]) -> list[str]:
-        give_up = time.monotonic() + self.retry_for_s
-        backoff = RETRY_BACKOFF_S[0]
-        while True:
-            try:
-                return await self._client.publish(topic, messages)
-            except grpc.aio.AioRpcError as e:
-                left = give_up - time.monotonic()
-                if e.code() not in RETRYABLE_CODES or left <= 0:
-                    raise
-            # Jitter, so publishers do not retry in step; the last try is at give_up.
-            await asyncio.sleep(min(backoff * random.uniform(0.5, 1), left))
-            backoff = min(backoff * 2, RETRY_BACKOFF_S[1])
+        return await retry(lambda: self._client.publish(topic, messages), _retryable, RETRY_BACKOFF,
+                           self.retry_for_s)
+
+
+def _retryable(error: Exception) -> bool:
+    return isinstance(error, errors.NotifymeshError) and error.code in RETRYABLE_CODES

@@ -1,7 +1,15 @@
-"""Calls to the leader of a shard (a topic's partition), as etcd names it. Each
-try looks the leader up again, so a retry after a failover reaches the new one."""
+"""The internal clients: how one service calls another, found through the
+cluster view, with the retry rules of notifymesh.server.rpc.
 
-from gen.notifymesh.internal.v1 import storage_pb2, storage_pb2_grpc
+- StorageClient: the leader of a shard (a topic's partition), as etcd names it.
+  Each try looks the leader up again, so a retry after a failover reaches the new one.
+- SenderClient: the sender that owns a subscription on the ring.
+- MetadataClient: any live metadata service (it is stateless).
+"""
+
+import grpc
+
+from gen.notifymesh.internal.v1 import metadata_pb2_grpc, sender_pb2_grpc, storage_pb2, storage_pb2_grpc
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh.server import rpc
 from notifymesh.server.cluster import Cluster
@@ -15,8 +23,7 @@ class StorageClient:
         self._cluster = cluster
 
     def _leader(self, topic: str, partition: int) -> storage_pb2_grpc.StorageStub:
-        _, addr, _ = self._cluster.leader(topic, partition)
-        return storage_pb2_grpc.StorageStub(self._cluster.channel(addr))
+        return storage_pb2_grpc.StorageStub(self._cluster.channel(self._cluster.leader(topic, partition).addr))
 
     async def call(self, method: str, topic: str, partition: int, request):
         """Storage.<method> on the leader of the topic's partition."""
@@ -45,7 +52,7 @@ class StorageClient:
 
     async def pull(self, stream: rpc.LockstepStream, request: storage_pb2.PullRequest) -> storage_pb2.PullResponse:
         """A long poll of the shard's leader on stream (opened again when the leader moved)."""
-        _, addr, _ = self._cluster.leader(request.topic, request.partition)
+        addr = self._cluster.leader(request.topic, request.partition).addr
         return await stream.exchange(addr, request, PULL_TIMEOUT_S)
 
     async def acknowledge(self, topic: str, partition: int, subscription: str, ack_ids: list[str]) -> None:
@@ -70,3 +77,48 @@ class StorageClient:
         for partition in range(partitions):
             await self.call("AttachSubscription", subscription.topic, partition, storage_pb2.AttachSubscriptionRequest(
                 subscription=subscription, partition=partition))
+
+
+class SenderClient:
+    SUBSCRIBE = "/notifymesh.internal.v1.Sender/Subscribe"
+
+    def __init__(self, cluster: Cluster):
+        self._cluster = cluster
+
+    def owner_addr(self, subscription: str) -> str:
+        """The address of the sender that owns subscription (Unavailable without one)."""
+        return self._cluster.owner("sender", subscription).addr
+
+    def _stub(self, addr: str) -> sender_pb2_grpc.SenderStub:
+        return sender_pb2_grpc.SenderStub(self._cluster.channel(addr))
+
+    def subscribe(self, addr: str, request: pubsub_pb2.SubscribeRequest) -> grpc.aio.UnaryStreamCall:
+        """The sender's stream of frames, as bytes: they are SubscribeResponses on the
+        wire (see sender.proto), relayed without being decoded."""
+        return self._cluster.channel(addr).unary_stream(
+            self.SUBSCRIBE, request_serializer=pubsub_pb2.SubscribeRequest.SerializeToString)(request)
+
+    async def acknowledge(self, addr: str, ack_ids: list[str]) -> None:
+        """Acks of any subscriptions the sender at addr owns (each ack id names its own)."""
+        request = pubsub_pb2.AcknowledgeRequest(ack_ids=ack_ids)
+        await rpc.call("Sender.Acknowledge", lambda t: self._stub(addr).Acknowledge(request, timeout=t))
+
+    async def modify_ack_deadline(self, request: pubsub_pb2.ModifyAckDeadlineRequest) -> None:
+        await rpc.call("Sender.ModifyAckDeadline", lambda t: self._stub(
+            self.owner_addr(request.subscription)).ModifyAckDeadline(request, timeout=t))
+
+    async def nack(self, request: pubsub_pb2.NackRequest) -> None:
+        await rpc.call("Sender.Nack", lambda t: self._stub(self.owner_addr(request.subscription)).Nack(
+            request, timeout=t))
+
+
+class MetadataClient:
+    def __init__(self, cluster: Cluster):
+        self._cluster = cluster
+
+    async def call(self, method: str, request):
+        """Metadata.<method> on any live metadata service."""
+        async def attempt(timeout):
+            stub = metadata_pb2_grpc.MetadataStub(self._cluster.channel(self._cluster.any_member("metadata")))
+            return await getattr(stub, method)(request, timeout=timeout)
+        return await rpc.call("Metadata", attempt)

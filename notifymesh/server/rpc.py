@@ -6,13 +6,13 @@ member died goes to the new owner once the ring has changed.
 """
 
 import asyncio
-import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
 
 import grpc
 
 from notifymesh import errors
+from notifymesh.backoff import BackoffPolicy, retry
 
 T = TypeVar("T")
 
@@ -23,8 +23,7 @@ class CallPolicy:
     # How long to keep retrying retryable failures (a member's lease TTL plus slack,
     # so the ring moves on from a dead owner within it).
     retry_for_s: float
-    first_backoff_s: float = 0.05
-    max_backoff_s: float = 1.0
+    backoff: BackoffPolicy = BackoffPolicy(first_s=0.05, max_s=1.0)
 
 
 POLICIES: dict[str, CallPolicy] = {
@@ -79,18 +78,15 @@ class LockstepStream:
             self._call = None
 
 
+def retryable(error: Exception) -> bool:
+    """A failed try worth another: the callee was unavailable, or no member owned the key."""
+    if isinstance(error, grpc.aio.AioRpcError):
+        return error.code() in errors.RETRYABLE_CODES
+    return isinstance(error, errors.Unavailable)
+
+
 async def call(policy_name: str, attempt: Callable[[float], Awaitable[T]]) -> T:
     """Runs attempt(timeout_s) until it succeeds, fails terminally or the policy's
     retry window closes; the last error is raised."""
     policy = POLICIES[policy_name]
-    give_up = time.monotonic() + policy.retry_for_s
-    backoff = policy.first_backoff_s
-    while True:
-        try:
-            return await attempt(policy.timeout_s)
-        except (grpc.aio.AioRpcError, errors.Unavailable) as e:
-            retryable = isinstance(e, errors.Unavailable) or e.code() in errors.RETRYABLE_CODES
-            if not retryable or time.monotonic() + backoff > give_up:
-                raise
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, policy.max_backoff_s)
+    return await retry(lambda: attempt(policy.timeout_s), retryable, policy.backoff, policy.retry_for_s)

@@ -8,6 +8,7 @@ import pytest
 
 from helpers import cli, ids_of, receive, unique
 from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh import errors
 
 
 async def test_thousand_messages_from_cli_and_client_reach_two_subscriptions(mesh, client):
@@ -111,8 +112,8 @@ async def test_acks_of_several_subscriptions_share_a_call_and_a_bad_one_fails_al
     finally:
         client._subscriber.Acknowledge = acknowledge
     assert results[:200] == [None] * 200
-    assert isinstance(results[200], grpc.aio.AioRpcError)
-    assert results[200].code() == grpc.StatusCode.INVALID_ARGUMENT and "is not of subscription" in results[200].details()
+    assert isinstance(results[200], errors.InvalidArgument) and "is not of subscription" in results[200].details
+    assert results[200].code == grpc.StatusCode.INVALID_ARGUMENT
     assert len(sent) < 201 and any(name == "" and count > 1 for name, count in sent)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await client._subscriber.Acknowledge(pubsub_pb2.AcknowledgeRequest(ack_ids=[ack_ids[subs[3]], "junk"]))

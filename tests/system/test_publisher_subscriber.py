@@ -8,6 +8,7 @@ import pytest
 
 from helpers import unique
 from deploy.local import free_port
+from notifymesh import errors
 from notifymesh.client import Client, Message
 from notifymesh.publisher import Publisher
 from notifymesh.subscriber import Subscriber
@@ -117,9 +118,9 @@ async def test_publisher_outstanding_messages_and_bytes_stay_within_their_limits
 async def test_publish_to_a_missing_topic_fails_its_future_with_not_found(client):
     async with Publisher(client) as publisher:
         missing = await publisher.publish(unique("missing"), b"nowhere")
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
+        with pytest.raises(errors.NotFound) as raised:
             await missing
-    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert raised.value.code == grpc.StatusCode.NOT_FOUND
 
 
 async def test_invalid_batch_fails_only_its_own_futures(client):
@@ -131,7 +132,7 @@ async def test_invalid_batch_fails_only_its_own_futures(client):
         await publisher.flush()
         again = await publisher.publish(topic, b"fine again")
     assert good.result() and again.result()
-    assert empty.exception().code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert isinstance(empty.exception(), errors.InvalidArgument)
 
 
 async def test_unreachable_frontend_fails_futures_with_unavailable_after_the_retry_window():
@@ -143,7 +144,7 @@ async def test_unreachable_frontend_fails_futures_with_unavailable_after_the_ret
         elapsed = time.monotonic() - started
         await publisher.close()
     assert not pending
-    assert {f.exception().code() for f in done} == {grpc.StatusCode.UNAVAILABLE}
+    assert {type(f.exception()) for f in done} == {errors.Unavailable}
     assert elapsed >= 1.0  # retried across the window, not failed at the first refusal
 
 
@@ -271,7 +272,7 @@ async def test_subscriber_stops_reading_at_max_outstanding_bytes(mesh, client):
 
 async def test_subscribing_to_a_missing_subscription_raises_not_found(client):
     async with Subscriber(client, unique("missing")) as subscriber:
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
+        with pytest.raises(errors.NotFound) as raised:
             async for _ in subscriber:
                 pass
-    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert raised.value.code == grpc.StatusCode.NOT_FOUND

@@ -1,0 +1,58 @@
+"""The one retry backoff: exponential, capped, with jitter, used by the client
+(reconnecting streams), the Publisher (retrying batches), the frontend (relaying
+a sender's stream) and every service-to-service call (notifymesh.server.rpc)."""
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BackoffPolicy:
+    first_s: float
+    max_s: float
+    multiplier: float = 2.0
+    # Each wait is drawn from [(1 - jitter) * step, step], so many clients that
+    # failed together (a frontend restarting) do not come back in step.
+    jitter: float = 0.5
+
+
+class Backoff:
+    """The waits of one series of tries: each next_s() is longer, up to max_s;
+    reset() after a success starts again from first_s."""
+
+    def __init__(self, policy: BackoffPolicy):
+        self.policy = policy
+        self._step = policy.first_s
+
+    def reset(self) -> None:
+        self._step = self.policy.first_s
+
+    def next_s(self) -> float:
+        wait = self._step * random.uniform(1 - self.policy.jitter, 1)
+        self._step = min(self._step * self.policy.multiplier, self.policy.max_s)
+        return wait
+
+    async def sleep(self) -> None:
+        await asyncio.sleep(self.next_s())
+
+
+async def retry(attempt: Callable[[], Awaitable[T]], retryable: Callable[[Exception], bool],
+                policy: BackoffPolicy, retry_for_s: float) -> T:
+    """attempt() until it succeeds, fails with an error retryable() refuses, or
+    retry_for_s has passed since the first try (the last try is at that bound);
+    the last error is raised."""
+    give_up = time.monotonic() + retry_for_s
+    backoff = Backoff(policy)
+    while True:
+        try:
+            return await attempt()
+        except Exception as e:
+            left = give_up - time.monotonic()
+            if left <= 0 or not retryable(e):
+                raise
+        await asyncio.sleep(min(backoff.next_s(), left))
