@@ -316,26 +316,7 @@ def run(args) -> int:
             f"messages of {args.size} bytes" + (f" at {args.rate:g}/s" if args.rate else ""))
         go.set()
 
-        collected: dict[str, list[dict]] = {"publisher": [], "subscriber": []}
-        expected_results = len(processes)
-        deadline = time.monotonic() + args.timeout + args.idle_timeout + 60
-        next_progress = time.monotonic() + PROGRESS_EVERY_S
-        while sum(map(len, collected.values())) < expected_results:
-            try:
-                kind, result = results.get(timeout=POLL_S)
-            except queue.Empty:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("no result from every process in time")
-                if not any(p.is_alive() for p in processes):
-                    raise RuntimeError("a process exited without a result")
-            else:
-                if kind == "error":
-                    raise RuntimeError(result)
-                collected[kind].append(result)
-            if time.monotonic() >= next_progress:
-                next_progress += PROGRESS_EVERY_S
-                log(f"acknowledged {sum(v.value for v in pub_acked)}/{args.messages}, delivered "
-                    f"{sum(v.value for v in sub_progress)}/{args.messages * args.subscribers}")
+        collected = _collect(results, processes, args, pub_acked, sub_progress)
         for process in processes:
             process.join(10)
     except KeyboardInterrupt:
@@ -354,6 +335,31 @@ def run(args) -> int:
     line = summary(params, collected["publisher"], collected["subscriber"], loadavg_start)
     print(json.dumps(line), flush=True)
     return 0 if line["missing"] == 0 and line["publish_errors"] == 0 else 2
+
+
+def _collect(results, processes: list, args, pub_acked: list, sub_progress: list) -> dict[str, list[dict]]:
+    """Every process's result, by kind, showing progress meanwhile; raises when a
+    process failed, died without a result, or the run outlived its bound."""
+    collected: dict[str, list[dict]] = {"publisher": [], "subscriber": []}
+    deadline = time.monotonic() + args.timeout + args.idle_timeout + 60
+    next_progress = time.monotonic() + PROGRESS_EVERY_S
+    while sum(map(len, collected.values())) < len(processes):
+        try:
+            kind, result = results.get(timeout=POLL_S)
+        except queue.Empty:
+            if time.monotonic() > deadline:
+                raise RuntimeError("no result from every process in time")
+            if not any(p.is_alive() for p in processes):
+                raise RuntimeError("a process exited without a result")
+        else:
+            if kind == "error":
+                raise RuntimeError(result)
+            collected[kind].append(result)
+        if time.monotonic() >= next_progress:
+            next_progress += PROGRESS_EVERY_S
+            log(f"acknowledged {sum(v.value for v in pub_acked)}/{args.messages}, delivered "
+                f"{sum(v.value for v in sub_progress)}/{args.messages * args.subscribers}")
+    return collected
 
 
 def _first_error(results) -> str:

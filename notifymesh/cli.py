@@ -283,11 +283,8 @@ def _up(args) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="notifymesh", description=__doc__)
-    p.add_argument("--addr", default=None, help="frontend address (default $NOTIFYMESH_ADDR or 127.0.0.1:50051)")
-    commands = p.add_subparsers(dest="command", required=True)
-
+def _add_topic_commands(commands) -> None:
+    """topic create|update|get|list|delete"""
     topic = commands.add_parser("topic", help="create, get, list or delete topics")
     topic_actions = topic.add_subparsers(dest="action", required=True)
     create = topic_actions.add_parser("create")
@@ -306,6 +303,9 @@ def parser() -> argparse.ArgumentParser:
     topic_actions.add_parser("list")
     topic_actions.add_parser("delete").add_argument("name")
 
+
+def _add_subscription_commands(commands) -> None:
+    """subscription create|get|list|delete"""
     sub = commands.add_parser("subscription", help="create, get, list or delete subscriptions")
     sub_actions = sub.add_subparsers(dest="action", required=True)
     create = sub_actions.add_parser("create")
@@ -322,6 +322,9 @@ def parser() -> argparse.ArgumentParser:
     sub_actions.add_parser("list").add_argument("--topic")
     sub_actions.add_parser("delete").add_argument("name")
 
+
+def _add_message_commands(commands) -> None:
+    """publish, subscribe, nack, dead-letters, message status"""
     publish = commands.add_parser("publish", help="publish a message, or each stdin line with '-'")
     publish.add_argument("topic")
     publish.add_argument("message", help="the payload, or - to publish each line of stdin")
@@ -351,10 +354,16 @@ def parser() -> argparse.ArgumentParser:
         "status", help="per subscription: pending, delivered, acknowledged or dead-lettered, with each attempt"
     ).add_argument("message_id")
 
+
+def _add_cluster_commands(commands) -> None:
+    """cluster status"""
     cluster = commands.add_parser("cluster", help="the state of the cluster")
     cluster.add_subparsers(dest="action", required=True).add_parser(
         "status", help="live members by kind; every partition's replicas, leader, epoch and lag")
 
+
+def _add_server_side_commands(commands) -> None:
+    """up and bench, which need the server side (notifymesh[server])"""
     up = commands.add_parser("up", help="run the local mesh in the foreground")
     up.add_argument("--data-dir", default=".notifymesh")
     up.add_argument("--port", type=int, default=50051, help="frontend port")
@@ -379,6 +388,17 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--idle-timeout", type=float, default=30, help="a subscriber gives up after this long "
                                                                       "without a new message, s")
     bench.add_argument("--addr", default=argparse.SUPPRESS, help="frontend address (as before the command)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="notifymesh", description=__doc__)
+    p.add_argument("--addr", default=None, help="frontend address (default $NOTIFYMESH_ADDR or 127.0.0.1:50051)")
+    commands = p.add_subparsers(dest="command", required=True)
+    _add_topic_commands(commands)
+    _add_subscription_commands(commands)
+    _add_message_commands(commands)
+    _add_cluster_commands(commands)
+    _add_server_side_commands(commands)
     return p
 
 
