@@ -1,0 +1,102 @@
+"""The follower's side of replication: the Replicate handler.
+
+A follower refuses any epoch older than the newest it has seen (and any batch of
+a shard it still leads), checks that each batch fits its log (rules:
+resend_from), truncating a divergent tail by overwriting it, and writes the
+batches of one request in one synced write.
+"""
+
+import asyncio
+import time
+from typing import Awaitable, Mapping, Protocol
+
+from gen.notifymesh.internal.v1 import storage_pb2
+from notifymesh.contracts import shard_name
+from storage.engine import Entries, ShardLog
+from storage.replication_rules import epoch_refused, leader_deposed, newest_epoch, resend_from
+
+
+class FollowerLog(Protocol):
+    """What the follower needs of the storage engine."""
+
+    def shard(self, name: str) -> ShardLog: ...
+    def epoch_at(self, shard: str, seq: int) -> int | None: ...
+    def reset(self, shard: str, first: int) -> None: ...
+    def write_replicated(self, shard: str, start: int, entries: Entries) -> Awaitable[None]: ...
+    def advance_commit(self, shard: str, commit: int) -> None: ...
+    def import_states(self, shard: str, states: list[storage_pb2.SubscriptionState],
+                      stamp: tuple[int, int]) -> None: ...
+    def trim(self, shard: str, first: int) -> int: ...
+
+
+class Led(Protocol):
+    epoch: int
+
+
+class Leading(Protocol):
+    """The shards this node leads (storage.leader.Leader)."""
+
+    @property
+    def led(self) -> Mapping[str, Led]: ...
+
+    async def step_down(self, shard: str, reason: str, resign: bool = False) -> None: ...
+
+
+class Candidate(Protocol):
+    """This node's candidacies (storage.election.Election)."""
+
+    async def withdraw(self, shard: str) -> None: ...
+
+
+class Follower:
+    def __init__(self, engine: FollowerLog, leading: Leading, candidate: Candidate, known_epoch: dict[str, int],
+                 last_heard: dict[str, float]):
+        """known_epoch: the newest epoch seen of each shard (shared with the leader
+        side); last_heard: when a leader last fed each shard (monotonic), for placement."""
+        self._engine, self._leading, self._candidate = engine, leading, candidate
+        self._known_epoch, self._last_heard = known_epoch, last_heard
+
+    async def replicate(self, request: storage_pb2.ReplicateRequest) -> storage_pb2.ReplicateResponse:
+        """Applies a leader's batches: refuses older epochs, checks that each batch
+        fits the local log, writes all of them in one synced write."""
+        results, writes = [], []
+        led = self._leading.led
+        for batch in request.shards:
+            shard = shard_name(batch.topic, batch.partition)
+            result = storage_pb2.ShardResult(topic=batch.topic, partition=batch.partition)
+            results.append(result)
+            known = self._known_epoch.get(shard, 0)
+            lead = led.get(shard)
+            if leader_deposed(batch.epoch, lead.epoch if lead is not None else None):
+                await self._leading.step_down(shard, f"epoch {batch.epoch} replicates to this node")
+                lead = led.get(shard)
+            led_epoch = lead.epoch if lead is not None else None
+            if epoch_refused(batch.epoch, known, led_epoch):
+                result.newer_epoch = newest_epoch(known, led_epoch)
+                result.end = self._engine.shard(shard).end
+                continue
+            self._known_epoch[shard] = batch.epoch
+            self._last_heard[shard] = time.monotonic()
+            await self._candidate.withdraw(shard)
+            log_ = self._engine.shard(shard)
+            if log_.end < batch.first:
+                self._engine.reset(shard, batch.first)  # too far behind: start over at the leader's first
+            resend = resend_from(self._engine, shard, batch.start, batch.prev_epoch, log_.first, log_.end)
+            if resend is not None:  # a gap, or our tail diverges: the leader sends from there
+                result.end = resend
+                continue
+            if batch.entries or batch.start < log_.end:
+                writes.append(self._engine.write_replicated(shard, batch.start, Entries.replicated(batch)))
+            result.ok = True
+        await asyncio.gather(*writes)
+        for batch, result in zip(request.shards, results):
+            if result.ok:
+                shard = shard_name(batch.topic, batch.partition)
+                log_ = self._engine.shard(shard)
+                self._engine.advance_commit(shard, batch.commit)
+                if batch.has_subscriptions:
+                    self._engine.import_states(shard, list(batch.subscriptions),
+                                               (batch.state_epoch, batch.state_version))
+                self._engine.trim(shard, batch.first)
+                result.end = log_.end
+        return storage_pb2.ReplicateResponse(shards=results)

@@ -1,0 +1,322 @@
+"""The leader's side of replication: the write path (append, replicate, commit)
+and one replication stream per follower node.
+
+The leader appends and, while its own write syncs, replicates to the other
+replicas (one stream per follower node, one request in flight on it, carrying
+every shard it leads there), and acknowledges a publish once a majority has the
+entries on disk, itself included. It first writes a marker entry of its own
+epoch and counts entries as committed only once an entry of its epoch is on a
+majority (rules: commit_index). A leader whose member lease may have lapsed
+acknowledges nothing, so a deposed leader cannot get a write acknowledged.
+"""
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, NamedTuple, Protocol
+
+import grpc
+
+from gen.notifymesh.internal.v1 import storage_pb2, storage_pb2_grpc
+from notifymesh import errors
+from notifymesh.clock import now_ms
+from notifymesh.contracts import Shard, shard_name
+from notifymesh.log import fields
+from notifymesh.server import rpc
+from storage.election import Registered
+from storage.engine import Entries, ShardLog
+from storage.replication_rules import commit_index, quorum
+
+log = logging.getLogger(__name__)
+
+REPLICATE_MAX_ENTRIES = 2000   # per shard per request
+REPLICATE_TIMEOUT_S = 5.0      # for a follower's answer
+COMMIT_TIMEOUT_S = 5.0         # a publish not on a majority by then is UNAVAILABLE
+LEASE_MARGIN_S = 0.5           # stop acknowledging this long before the lease could lapse
+TICK_S = 0.5                   # elections, placement changes; the pause before retrying a follower
+
+
+@dataclass
+class Progress:
+    """A leader's view of one other replica (or learner) of a shard."""
+    next: int              # next entry to send
+    match: int = 0         # entries below are on its disk
+    state_version: int = -1  # the delivery state it has (ShardLog.state_version)
+    state_due: bool = True   # send the delivery state with the next call (set every tick)
+    first: int = -1          # the leader's first entry, as last sent
+
+
+@dataclass
+class Leadership:
+    shard: str
+    epoch: int
+    replicas: list[str]
+    marker: int                     # seq of this epoch's first entry
+    progress: dict[str, Progress] = field(default_factory=dict)
+    learners: set[str] = field(default_factory=set)
+    waiters: list[tuple[int, asyncio.Future]] = field(default_factory=list)
+
+
+class SentShard(NamedTuple):
+    """What a Replicate request carried for one shard, to read its result by."""
+    epoch: int
+    states_sent: bool     # it carried the delivery state ...
+    state_version: int    # ... of this version
+    first: int            # the leader's first entry
+
+
+class Outgoing(NamedTuple):
+    request: storage_pb2.ReplicateRequest
+    sent: dict[str, SentShard]
+
+
+class LeaderLog(Protocol):
+    """What the leader needs of the storage engine."""
+
+    def shard(self, name: str) -> ShardLog: ...
+    def lead(self, shard: str, epoch: int) -> None: ...
+    def prepare(self, shard: str, messages, epoch: int, dedup_window_ms: int, retry: bool,
+                by_payload: bool) -> tuple[list[str], Entries]: ...
+    def write_entries(self, shard: str, start: int, entries: Entries) -> Awaitable[None]: ...
+    def entries_from(self, shard: str, start: int, limit: int) -> Entries: ...
+    def epoch_at(self, shard: str, seq: int) -> int | None: ...
+    def release_tail(self, shard: str, below: int) -> None: ...
+    def advance_commit(self, shard: str, commit: int) -> None: ...
+    def snapshot(self, shard: str) -> list[storage_pb2.SubscriptionState]: ...
+
+
+class Peers(Protocol):
+    """The live storage nodes and channels to them (the Cluster has these)."""
+
+    def live(self, kind: str) -> dict[str, str]: ...
+    def channel(self, addr: str) -> grpc.aio.Channel: ...
+
+
+class LeaderKeys(Protocol):
+    """The election's part in taking and giving up leadership."""
+
+    async def withdraw(self, shard: str) -> None: ...
+    async def delete_leader_key(self, shard: str, epoch: int) -> None: ...
+
+
+class Leader:
+    """The shards this node leads (led), their write path and the streams to followers."""
+
+    def __init__(self, engine: LeaderLog, peers: Peers, keys: LeaderKeys, node_id: str,
+                 registration_of: Callable[[], Registered | None], known_epoch: dict[str, int]):
+        """known_epoch: the newest epoch seen of each shard, shared with the follower side."""
+        self._engine, self._peers, self._keys, self._node = engine, peers, keys, node_id
+        self._registration_of, self._known_epoch = registration_of, known_epoch
+        self.led: dict[str, Leadership] = {}  # never rebound: the coordinator shares it
+        self.senders: dict[str, asyncio.Task] = {}
+        self._wake_sender: dict[str, asyncio.Event] = {}
+
+    # -- taking and giving up leadership ------------------------------------------
+
+    async def lead(self, shard: str, epoch: int, replicas: list[str]) -> None:
+        self._known_epoch[shard] = epoch
+        self._engine.lead(shard, epoch)
+        log_ = self._engine.shard(shard)
+        marker = log_.end
+        lead = self.led[shard] = Leadership(shard, epoch, replicas, marker)
+        for node in replicas:
+            if node != self._node:
+                lead.progress[node] = Progress(next=log_.end)
+        # Stamped like any entry: attaching a subscription searches entries by append time.
+        await self._engine.write_entries(
+            shard, marker, Entries.of([storage_pb2.StoredMessage(epoch=epoch, append_ms=now_ms())]))
+        await self._keys.withdraw(shard)
+        log.info("leading", extra=fields(shard=shard, epoch=epoch, replicas=replicas, end=log_.end))
+        self.advance_commit(lead)
+        self.wake(lead)
+
+    async def step_down(self, shard: str, reason: str, resign: bool = False) -> None:
+        lead = self.led.pop(shard, None)
+        if lead is None:
+            return
+        for _, waiter in lead.waiters:
+            if not waiter.done():
+                waiter.set_exception(errors.Unavailable(f"leader of {shard} stepped down: {reason}"))
+        log.info("stepped down", extra=fields(shard=shard, epoch=lead.epoch, reason=reason))
+        self._engine.shard(shard).tail.clear()
+        if resign:
+            try:
+                await self._keys.delete_leader_key(shard, lead.epoch)
+            except Exception as e:
+                log.warning("resign failed", extra=fields(shard=shard, error=repr(e)))
+
+    def state_due(self) -> None:
+        """Snapshots the delivery state of every shard led and has it sent to the
+        followers with the next request (once a tick, not with every batch)."""
+        for lead in self.led.values():
+            self._engine.snapshot(lead.shard)  # saved here as well as sent
+            for progress in lead.progress.values():
+                progress.state_due = True
+            self.wake(lead)
+
+    def states_pending(self) -> bool:
+        """Whether a live follower lacks the latest delivery state of a shard led."""
+        live = self._peers.live("storage")
+        return any(p.state_version != self._engine.shard(lead.shard).state_version
+                   for lead in self.led.values() for node, p in lead.progress.items() if node in live)
+
+    # -- the write path -------------------------------------------------------------
+
+    def leadership(self, shard: str) -> Leadership:
+        lead = self.led.get(shard)
+        if lead is None:
+            raise errors.Unavailable(f"this node does not lead {shard}")
+        if time.monotonic() > self._registration_of().valid_until - LEASE_MARGIN_S:
+            raise errors.Unavailable(f"leadership of {shard} may have lapsed (member lease not renewed)")
+        return lead
+
+    async def append(self, shard: str, messages, retry: bool, dedup_window_ms: int, by_payload: bool) -> list[str]:
+        lead = self.leadership(shard)
+        live = self._peers.live("storage")
+        if sum(node in live for node in lead.replicas) < quorum(lead.replicas):
+            raise errors.Unavailable(f"fewer than {quorum(lead.replicas)} of the replicas of {shard} are alive")
+        ids, entries = self._engine.prepare(shard, messages, lead.epoch, dedup_window_ms, retry, by_payload)
+        log_ = self._engine.shard(shard)
+        start = log_.end
+        if entries.raw:
+            written = self._engine.write_entries(shard, start, entries)
+            self.wake(lead)  # the followers write them while this node syncs: one sync's time, not two
+            await written
+        if self.led.get(shard) is not lead:
+            raise errors.Unavailable(f"leader of {shard} stepped down")
+        self.advance_commit(lead)
+        await self._committed(lead, start + len(entries.raw))
+        return ids
+
+    async def _committed(self, lead: Leadership, upto: int) -> None:
+        if self._engine.shard(lead.shard).commit >= upto:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        lead.waiters.append((upto, waiter))
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), COMMIT_TIMEOUT_S)
+        except TimeoutError:
+            raise errors.Unavailable(f"{lead.shard}: not on a majority of replicas within {COMMIT_TIMEOUT_S:g}s") \
+                from None
+
+    def advance_commit(self, lead: Leadership) -> None:
+        """Commits what a majority has (rules: commit_index) and releases the
+        appends waiting for it."""
+        log_ = self._engine.shard(lead.shard)
+        commit = commit_index(log_.commit, log_.written, [lead.progress[n].match for n in lead.replicas
+                                                          if n != self._node and n in lead.progress],
+                              lead.replicas, lead.marker)
+        if commit is None:
+            return
+        if commit > log_.commit:
+            self._engine.advance_commit(lead.shard, commit)
+        commit = log_.commit
+        still = []
+        for upto, waiter in lead.waiters:
+            if upto <= commit:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                still.append((upto, waiter))
+        lead.waiters = still
+
+    def wake(self, lead: Leadership) -> None:
+        for node in lead.progress:
+            self.wake_node(node)
+
+    # -- the stream to one follower node ----------------------------------------------
+
+    def wake_node(self, node: str) -> None:
+        """Has the sender to node send what it has not yet (started on first use)."""
+        wake = self._wake_sender.get(node)
+        if wake is None:
+            wake = self._wake_sender[node] = asyncio.Event()
+            self.senders[node] = asyncio.create_task(self._send_to(node, wake))
+        wake.set()
+
+    async def _send_to(self, node: str, wake: asyncio.Event) -> None:
+        """One Replicate request in flight to node at a time, carrying every shard this
+        node leads there; what accumulates meanwhile goes in the next."""
+        stream = rpc.LockstepStream(lambda addr: storage_pb2_grpc.StorageStub(self._peers.channel(addr)).Replicate())
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                addr = self._peers.live("storage").get(node)
+                if addr is None:  # not alive: the next tick wakes this again
+                    continue
+                try:
+                    outgoing = self.request_for(node)
+                    if not outgoing.request.shards:
+                        continue
+                    response = await stream.exchange(addr, outgoing.request, REPLICATE_TIMEOUT_S)
+                    if await self._handle_results(node, response, outgoing.sent):
+                        wake.set()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # the node is down or restarting: retry after a pause
+                    code = e.code().name if isinstance(e, grpc.aio.AioRpcError) else repr(e)
+                    log.debug("replicate failed", extra=fields(to=node, error=code))
+                    await asyncio.sleep(TICK_S)
+                    wake.set()
+        finally:
+            stream.close()
+
+    def request_for(self, node: str) -> Outgoing:
+        """The next Replicate request to node: for each shard led there, the entries
+        it lacks (up to REPLICATE_MAX_ENTRIES), and the delivery state when due."""
+        request = storage_pb2.ReplicateRequest(leader=self._node)
+        sent = {}
+        for shard, lead in self.led.items():
+            progress = lead.progress.get(node)
+            if progress is None:
+                continue
+            log_ = self._engine.shard(shard)
+            start = max(progress.next, log_.first)
+            entries = self._engine.entries_from(shard, start, REPLICATE_MAX_ENTRIES) if start < log_.end else Entries()
+            states = progress.state_due and progress.state_version != log_.state_version
+            if not entries.raw and progress.match >= log_.end and not states and progress.first == log_.first:
+                continue
+            prev_epoch = (self._engine.epoch_at(shard, start - 1) or 0) if start - 1 >= log_.first else 0
+            topic, partition = Shard.parse(shard)
+            shard_entries = storage_pb2.ShardEntries(
+                topic=topic, partition=partition, epoch=lead.epoch, start=start, prev_epoch=prev_epoch,
+                entries=entries.raw, message_ids=entries.ids, dedup_keys=entries.dedup_keys,
+                dedup_until_ms=entries.dedup_until_ms, last_entry_epoch=entries.last_epoch, commit=log_.commit,
+                first=log_.first, has_subscriptions=states)
+            if states:
+                shard_entries.subscriptions.extend(self._engine.snapshot(shard))
+                shard_entries.state_epoch, shard_entries.state_version = lead.epoch, log_.state_version
+            request.shards.append(shard_entries)
+            sent[shard] = SentShard(lead.epoch, states, log_.state_version, log_.first)
+        return Outgoing(request, sent)
+
+    async def _handle_results(self, node: str, response: storage_pb2.ReplicateResponse,
+                              sent: dict[str, SentShard]) -> bool:
+        """Takes in a follower's answer; whether there is more to send it."""
+        more = False
+        for result in response.shards:
+            shard = shard_name(result.topic, result.partition)
+            lead = self.led.get(shard)
+            if lead is None or shard not in sent or sent[shard].epoch != lead.epoch:
+                continue
+            if result.newer_epoch > lead.epoch:
+                await self.step_down(shard, f"{node} knows a newer epoch {result.newer_epoch}")
+                continue
+            progress = lead.progress.get(node)
+            if progress is None:
+                continue
+            what = sent[shard]
+            if result.ok:
+                progress.match = progress.next = result.end
+                progress.first = what.first
+                if what.states_sent:
+                    progress.state_version, progress.state_due = what.state_version, False
+                self.advance_commit(lead)
+                self._engine.release_tail(shard, min(p.match for p in lead.progress.values()))
+            else:
+                progress.next = result.end  # where the follower's log fits ours
+            if progress.next < self._engine.shard(shard).end:
+                more = True
+        return more
