@@ -17,6 +17,7 @@ from notifymesh.log import fields
 from notifymesh.server.process import Context
 from storage import keys
 from notifymesh.server.clients import StorageClient
+from storage.delivery import Pull
 from storage.engine import StorageEngine
 from storage.replication import Replication
 
@@ -35,11 +36,11 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
 
     async def Pull(self, requests, context):
         async for request in self._node.stream_requests(requests):
-            pulls = [(s.name, s.max_messages, s.ack_deadline_ms) for s in request.subscriptions]
+            pulls = [Pull(s.name, s.max_messages, s.ack_deadline_ms) for s in request.subscriptions]
             pulled, missing = await self._node.pull(request.topic, request.partition, pulls, request.wait_ms)
             response = storage_pb2.PullResponse()
-            for name, (received, ack_ids) in pulled.items():
-                response.subscriptions.add(name=name, received_messages=received, ack_ids=ack_ids)
+            for name, got in pulled.items():
+                response.subscriptions.add(name=name, received_messages=got.received, ack_ids=got.ack_ids)
             for name in missing:
                 response.subscriptions.add(name=name, not_found=True)
             yield response
@@ -135,14 +136,14 @@ class StorageNode:
         return await self.replication.append(shard_name(topic, partition), messages, retry, window_ms,
                                              record.dedup_by_payload)
 
-    async def pull(self, topic: str, partition: int, pulls: list[tuple[str, int, int]], wait_ms: int):
+    async def pull(self, topic: str, partition: int, pulls: list[Pull], wait_ms: int):
         """(messages by subscription, the subscriptions that do not exist)."""
-        if wait_ms < 0 or any(max_messages <= 0 or deadline_ms <= 0 for _, max_messages, deadline_ms in pulls):
+        if wait_ms < 0 or any(p.max_messages <= 0 or p.ack_deadline_ms <= 0 for p in pulls):
             raise errors.InvalidArgument("max_messages and ack_deadline_ms must be positive, wait_ms not negative")
         shard = self.led_shard(topic, partition)
         log_ = self.engine.shard(shard)
         missing = []
-        for name in [name for name, _, _ in pulls if name not in log_.subscriptions]:
+        for name in [p.subscription for p in pulls if p.subscription not in log_.subscriptions]:
             # Pulled before this node's watch saw the subscription: attach from etcd.
             try:
                 record = await self._cluster.subscription(name)

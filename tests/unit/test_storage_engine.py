@@ -10,7 +10,7 @@ from notifymesh import errors
 from notifymesh.clock import now_ms, timestamp
 from notifymesh.contracts import Shard
 from storage import wire
-from storage.engine import Entries, SeqWindow, StorageEngine
+from storage.engine import Entries, Pull, SeqWindow, StorageEngine
 
 DEDUP_MS = 60_000
 SHARD = "orders/0"
@@ -36,7 +36,7 @@ async def append(engine: StorageEngine, shard: str, msgs, dedup_ms: int = DEDUP_
 async def pull(engine: StorageEngine, shard: str, subscription: str, max_messages: int, ack_deadline_ms: int,
                wait_ms: int) -> list[pubsub_pb2.ReceivedMessage]:
     """One subscription's pull, its messages decoded (as a subscriber sees them)."""
-    pulled = await engine.pull(shard, [(subscription, max_messages, ack_deadline_ms)], wait_ms)
+    pulled = await engine.pull(shard, [Pull(subscription, max_messages, ack_deadline_ms)], wait_ms)
     received, ack_ids = pulled.get(subscription, ([], []))
     messages = [pubsub_pb2.ReceivedMessage.FromString(raw) for raw in received]
     assert [m.ack_id for m in messages] == ack_ids
@@ -312,9 +312,9 @@ async def test_corrupted_entry_is_never_delivered(engine, tmp_path):
     engine.attach(SHARD, subscription("audit"))
     ids = await append(engine, SHARD, messages(b"good", b"bad", b"fine"))
     key = keys.message(SHARD, 1)
-    value = bytearray(engine._db[key])
+    value = bytearray(engine.db.rdict[key])
     value[-1] ^= 0xFF  # flip bits of the stored entry
-    engine._db[key] = bytes(value)
+    engine.db.rdict[key] = bytes(value)
     engine = await reopen(engine, tmp_path)  # read from disk, not from what was kept in memory
     try:
         engine.advance_commit(SHARD, 3)

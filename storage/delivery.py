@@ -1,0 +1,415 @@
+"""Delivery state of each shard, on its leader: per subscription a cursor (the
+next seq never delivered) and leases for messages delivered but not yet
+acknowledged; a lease past its deadline makes the message deliverable again.
+Pull, ack, nack and modify-ack-deadline work on it; each outcome of an attempt
+is recorded in the delivery log (keys.ShardKeys.delivery, read by
+storage/delivery_log.py).
+
+The state lives in memory on the leader, which saves it as one value per shard
+(snapshot) when it changed, about every 0.5 s, and sends the same to its
+followers; a crash loses at most that much, which only means messages are
+delivered again, as at-least-once allows.
+"""
+
+import asyncio
+import heapq
+import logging
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from gen.notifymesh.internal.v1 import storage_pb2
+from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh import errors
+from notifymesh.clock import now_ms, to_ms
+from notifymesh.contracts import AckId
+from notifymesh.log import fields
+from storage import keys, wire
+from storage.interfaces import Batch, LogStore, Records
+from storage.log import ShardLog
+
+log = logging.getLogger(__name__)
+
+DEAD_LETTER_RETRY_MS = 30_000  # a dead letter not moved by then is tried again
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """A subscription's retry backoff and dead-lettering, from its record."""
+    min_backoff_ms: int = 0
+    max_backoff_ms: int = 0
+    multiplier: float = 1.0
+    max_attempts: int = 0
+    dead_letter_topic: str = ""
+
+    @classmethod
+    def of(cls, subscription: pubsub_pb2.Subscription) -> "DeliveryPolicy":
+        policy = subscription.retry_policy
+        return cls(policy.minimum_backoff.ToMilliseconds(), policy.maximum_backoff.ToMilliseconds(),
+                   policy.multiplier or 1.0, subscription.max_delivery_attempts, subscription.dead_letter_topic)
+
+    def backoff_ms(self, attempt: int) -> int:
+        """The wait after failed attempt number attempt (1-based)."""
+        return int(min(self.max_backoff_ms, self.min_backoff_ms * self.multiplier ** (attempt - 1)))
+
+    def exhausted(self, attempt: int) -> bool:
+        return bool(self.max_attempts and self.dead_letter_topic and attempt >= self.max_attempts)
+
+
+class Lease:
+    """One in-flight delivery (a plain object: one is made per delivery)."""
+    __slots__ = ("deadline_ms", "attempt", "delivered_ms", "last_error")
+
+    def __init__(self, deadline_ms: int, attempt: int, delivered_ms: int, last_error: str = ""):
+        # deadline_ms: when the message may be delivered again (ack deadline plus
+        # retry backoff); last_error: why the last attempt failed, if it was nacked.
+        self.deadline_ms, self.attempt, self.delivered_ms, self.last_error = \
+            deadline_ms, attempt, delivered_ms, last_error
+
+
+@dataclass
+class SubscriptionState:
+    name: str
+    cursor: int
+    leases: dict[int, Lease] = field(default_factory=dict)
+    # (deadline_ms, seq); entries whose lease changed since are skipped when popped.
+    # A lease's deadline is when the message may be delivered again: the ack
+    # deadline plus the retry backoff.
+    deadlines: list[tuple[int, int]] = field(default_factory=list)
+    policy: DeliveryPolicy = DeliveryPolicy()
+    # Messages moved to the dead-letter topic, by seq: kept for listing and redrive.
+    dead_letters: dict[int, storage_pb2.DeadLetterRecord] = field(default_factory=dict)
+    created_ms: int = 0  # the subscription's create time: older messages were never its own
+    record: pubsub_pb2.Subscription | None = None  # the etcd record policy and created_ms come from
+
+    def lease(self, seq: int, lease: Lease) -> None:
+        self.leases[seq] = lease
+        heapq.heappush(self.deadlines, (lease.deadline_ms, seq))
+
+    def next_deadline(self) -> int | None:
+        while self.deadlines:
+            deadline, seq = self.deadlines[0]
+            lease = self.leases.get(seq)
+            if lease is not None and lease.deadline_ms == deadline:
+                return deadline
+            heapq.heappop(self.deadlines)
+        return None
+
+    def low_watermark(self) -> int:
+        """No entry below this is still owed to the subscription."""
+        return min(self.cursor, min(self.leases, default=self.cursor), min(self.dead_letters, default=self.cursor))
+
+
+@dataclass
+class DeadLetter:
+    """A message out of delivery attempts, for the storage service to move."""
+    shard: str
+    subscription: str
+    seq: int
+    message: pubsub_pb2.PubsubMessage
+    attempts: int
+    topic: str
+    error: str
+
+
+class Pull(NamedTuple):
+    """One subscription's part of a pull."""
+    subscription: str
+    max_messages: int
+    ack_deadline_ms: int
+
+
+class Pulled(NamedTuple):
+    """What one subscription got: serialized ReceivedMessages and their ack ids."""
+    received: list[bytes]
+    ack_ids: list[str]
+
+
+class Deliveries:
+    """Implements interfaces.SubscriptionStore."""
+
+    def __init__(self, logs: LogStore, records: Records):
+        self._logs, self._records = logs, records
+        # Messages out of delivery attempts, for the storage service to move.
+        self.dead_letters: asyncio.Queue[DeadLetter] = asyncio.Queue()
+        self._draining = False
+
+    def recover(self) -> None:
+        """Finds the saved delivery state of every shard (taken into memory when led)."""
+        for key, value in self._records.prefixed(keys.STATE):
+            saved = keys.parse_delivery_state(value)
+            log_ = self._logs.shard(keys.shard_of(key))
+            log_.saved, log_.state_stamp = list(saved.subscriptions), (saved.epoch, saved.version)
+
+    # -- subscriptions ----------------------------------------------------------
+
+    def attach(self, shard: str, subscription: pubsub_pb2.Subscription) -> SubscriptionState:
+        """Starts the subscription at the first entry appended at or after its create
+        time, unless it is attached already; takes its delivery policy either way."""
+        log_ = self.restored(shard)
+        state = log_.subscriptions.get(subscription.name)
+        if state is not None and state.record is not subscription:  # new, or restored from a snapshot
+            state.record, state.policy = subscription, DeliveryPolicy.of(subscription)
+            state.created_ms = to_ms(subscription.create_time)
+        if state is None:
+            cursor = self._logs.first_seq_at_or_after(log_, to_ms(subscription.create_time))
+            state = log_.subscriptions[subscription.name] = SubscriptionState(
+                subscription.name, cursor, policy=DeliveryPolicy.of(subscription),
+                created_ms=to_ms(subscription.create_time), record=subscription)
+            log_.state_version += 1
+            log.info("subscription attached", extra=fields(shard=shard, subscription=subscription.name,
+                                                           cursor=cursor, first=log_.first, end=log_.end))
+        return state
+
+    def detach(self, shard: str, subscription: str) -> None:
+        log_ = self._logs.shards.get(shard)
+        if log_ is None or log_.subscriptions.pop(subscription, None) is None:
+            return
+        log_.state_version += 1
+        log_.notify()
+        log.info("subscription detached", extra=fields(shard=shard, subscription=subscription))
+
+    def subscription(self, shard: str, subscription: str) -> SubscriptionState:
+        log_ = self.restored(shard) if shard in self._logs.shards else None
+        state = log_.subscriptions.get(subscription) if log_ else None
+        if state is None:
+            raise errors.NotFound(f"subscription {subscription!r} is not attached to shard {shard}")
+        return state
+
+    # -- saved form: leading, snapshots, followers ----------------------------------
+
+    def lead(self, shard: str, epoch: int) -> None:
+        """This node leads the shard from now on: its delivery state comes out of the
+        saved (or received) form."""
+        log_ = self.restored(shard)
+        log_.leader_epoch, log_.snapshot = epoch, None
+
+    def restored(self, shard: str) -> ShardLog:
+        log_ = self._logs.shard(shard)
+        if log_.saved is not None:
+            log_.subscriptions = {}
+            for saved in log_.saved:
+                state = log_.subscriptions[saved.name] = SubscriptionState(saved.name, saved.cursor)
+                errors_ = saved.lease_errors
+                for lease in keys.parse_lease_states(saved.leases):
+                    state.lease(lease.seq, Lease(lease.deadline_ms, lease.attempt, lease.delivered_ms,
+                                                 errors_.get(lease.seq, "")))
+                for dead in saved.dead_letters:
+                    state.dead_letters[dead.seq] = dead
+            log_.saved = None
+        return log_
+
+    def snapshot(self, shard: str) -> list[storage_pb2.SubscriptionState]:
+        """The leader's delivery state, saved (without sync) when it changed since the
+        last snapshot; the leader sends the same to its followers."""
+        log_ = self.restored(shard)
+        if log_.snapshot is None or log_.snapshot[0] != log_.state_version:
+            pack = keys.lease_state
+            states = [storage_pb2.SubscriptionState(
+                          name=s.name, cursor=s.cursor, dead_letters=s.dead_letters.values(),
+                          leases=b"".join(pack(seq, lease.deadline_ms, lease.delivered_ms, lease.attempt)
+                                          for seq, lease in s.leases.items()),
+                          lease_errors={seq: lease.last_error for seq, lease in s.leases.items() if lease.last_error})
+                      for s in log_.subscriptions.values()]
+            self._save(log_, states, (log_.leader_epoch, log_.state_version))
+            log_.snapshot = (log_.state_version, states)
+        return log_.snapshot[1]
+
+    def _save(self, log_: ShardLog, states: list[storage_pb2.SubscriptionState],
+              stamp: tuple[int, int]) -> storage_pb2.DeliveryState:
+        log_.state_stamp = stamp
+        saved = storage_pb2.DeliveryState(subscriptions=states, epoch=stamp[0], version=stamp[1])
+        self._records.put(log_.layout.state, keys.delivery_state_value(saved))
+        return saved
+
+    def import_states(self, shard: str, states: list[storage_pb2.SubscriptionState],
+                      stamp: tuple[int, int]) -> None:
+        """A follower takes the leader's delivery state as it is (and leaves it in
+        that form until it leads)."""
+        log_ = self._logs.shard(shard)
+        saved = self._save(log_, states, stamp)  # a copy: the request it came in is not kept alive
+        log_.saved, log_.subscriptions, log_.snapshot = list(saved.subscriptions), {}, None
+
+    # -- delivery (leader) ------------------------------------------------------
+
+    async def pull(self, shard: str, pulls: list[Pull], wait_ms: int) -> dict[str, Pulled]:
+        """For each subscription, leases deliverable messages: expired leases first,
+        then new committed entries. Waits up to wait_ms for a first one. Returns what
+        each subscription with messages got."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + wait_ms / 1000
+        while True:
+            if shard not in self._logs.shards:
+                raise errors.NotFound(f"shard {shard} is not kept here")
+            log_ = self.restored(shard)
+            now = now_ms()
+            batch = self._records.batch()
+            messages: dict[int, bytes | None] = {}  # each entry read once for all subscriptions
+            pulled = {}
+            soonest = None
+            for name, max_messages, ack_deadline_ms in pulls:
+                state = log_.subscriptions.get(name)
+                if state is None:
+                    continue
+                leased = self._lease_deliverable(log_, state, max_messages, now, now + ack_deadline_ms, messages,
+                                                 batch)
+                if leased.received:
+                    pulled[name] = leased
+                elif (due := state.next_deadline()) is not None:
+                    soonest = due if soonest is None else min(soonest, due)
+            if len(batch):
+                self._records.write(batch)
+            if pulled or len(batch):
+                log_.state_version += 1
+            remaining = give_up - loop.time()
+            if pulled or remaining <= 0 or self._draining:
+                return pulled
+            if soonest is not None:
+                remaining = min(remaining, max(0.0, (soonest - now_ms()) / 1000))
+            try:
+                await asyncio.wait_for(log_.changed.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    def _lease_deliverable(self, log_: ShardLog, state: SubscriptionState, max_messages: int, now: int,
+                           deadline: int, messages: dict[int, bytes | None], batch: Batch) -> Pulled:
+        """Synchronous on purpose: nothing else runs between choosing messages and
+        recording their leases, so two pulls never lease one message twice."""
+        raws: list[bytes] = []
+        ack_ids: list[str] = []
+        name, policy, read = state.name, state.policy, self._logs.message
+        ack_id_of = AckId.encoder(log_.partition, name)
+        while len(raws) < max_messages and (due := state.next_deadline()) is not None and due <= now:
+            _, seq = heapq.heappop(state.deadlines)
+            message = read(log_, seq, messages)
+            previous = state.leases[seq]
+            if message is None:  # expired by retention meanwhile
+                del state.leases[seq]
+                continue
+            attempts = previous.attempt
+            if attempts and not previous.last_error:  # neither acked nor nacked in time
+                batch.put(log_.layout.delivery(seq, name, previous.delivered_ms, attempts),
+                          keys.delivery_record(0, pubsub_pb2.EXPIRED))
+            if policy.exhausted(attempts):
+                self.dead_letter(log_, state, seq, message, previous, now)
+                continue
+            state.lease(seq, Lease(deadline + policy.backoff_ms(attempts + 1), attempts + 1, now))
+            ack_id = ack_id_of(seq)
+            raws.append(wire.received_message(ack_id, message, attempts + 1))
+            ack_ids.append(ack_id)
+        if len(raws) < max_messages and state.cursor < log_.commit:
+            first_deadline = deadline + policy.backoff_ms(1)
+            seq = state.cursor
+            while seq < log_.commit and len(raws) < max_messages:
+                message = read(log_, seq, messages)
+                if message is not None:  # else an epoch marker, or corrupted
+                    state.lease(seq, Lease(first_deadline, 1, now))
+                    ack_id = ack_id_of(seq)
+                    raws.append(wire.received_message(ack_id, message, 1))
+                    ack_ids.append(ack_id)
+                seq += 1
+            state.cursor = seq
+        return Pulled(raws, ack_ids)
+
+    def dead_letter(self, log_: ShardLog, state: SubscriptionState, seq: int, message: bytes, lease: Lease,
+                    now: int) -> None:
+        """Queues the message for its dead-letter topic; the lease stays (pushed out)
+        until it has moved there (see DeadLetters.bury), so a failure to move it only
+        delays it."""
+        error = lease.last_error or "not acknowledged within the ack deadline"
+        self.dead_letters.put_nowait(DeadLetter(log_.name, state.name, seq,
+                                                pubsub_pb2.PubsubMessage.FromString(message), lease.attempt,
+                                                state.policy.dead_letter_topic, error))
+        state.lease(seq, Lease(now + DEAD_LETTER_RETRY_MS, lease.attempt, lease.delivered_ms, error))
+        log_.state_version += 1
+
+    # -- acks ---------------------------------------------------------------------
+
+    def _seqs(self, log_: ShardLog, subscription: str, ack_ids: list[str]) -> list[int]:
+        return self._seqs_by_subscription(log_, subscription, ack_ids).get(subscription, [])
+
+    @staticmethod
+    def _seqs_by_subscription(log_: ShardLog, subscription: str, ack_ids: list[str]) -> dict[str, list[int]]:
+        """The entries the ack ids name, by subscription; all of subscription's
+        unless that is "" (any)."""
+        seqs: dict[str, list[int]] = {}
+        for value in ack_ids:
+            ack = AckId.parse(value)
+            if ack.partition != log_.partition or (subscription and ack.subscription != subscription):
+                raise errors.InvalidArgument(
+                    f"ack id {value!r} is not of {subscription or 'this shard'!r} partition {log_.partition}")
+            seqs.setdefault(ack.subscription, []).append(ack.seq)
+        return seqs
+
+    def acknowledge(self, shard: str, subscription: str, ack_ids: list[str]) -> int:
+        """Ends the leases; returns how many were in flight (others were acked already).
+        Subscription "": each ack id's own (a sender merged acks of several), and
+        those of a subscription no longer attached are dropped."""
+        if subscription:
+            self.subscription(shard, subscription)  # NOT_FOUND unless attached
+        elif shard not in self._logs.shards:
+            return 0
+        log_ = self.restored(shard)
+        by_subscription = self._seqs_by_subscription(log_, subscription, ack_ids)
+        batch = self._records.batch()
+        delivery_key, acked_record = log_.layout.delivery, keys.delivery_record(now_ms(), pubsub_pb2.ACKED)
+        acked = 0
+        for name, seqs in by_subscription.items():
+            state = log_.subscriptions.get(name)
+            if state is None:
+                continue
+            for seq in seqs:
+                lease = state.leases.pop(seq, None)
+                if lease is not None:
+                    batch.put(delivery_key(seq, name, lease.delivered_ms, lease.attempt), acked_record)
+                    acked += 1
+        if acked:
+            self._records.write(batch)
+            log_.state_version += 1
+        return acked
+
+    def modify_ack_deadline(self, shard: str, subscription: str, ack_ids: list[str], ack_deadline_ms: int) -> None:
+        """Moves the deadline of in-flight messages; 0 is a nack."""
+        if ack_deadline_ms == 0:
+            self.nack(shard, subscription, ack_ids)
+            return
+        state = self.subscription(shard, subscription)
+        log_ = self._logs.shards[shard]
+        deadline = now_ms() + ack_deadline_ms
+        for seq in self._seqs(log_, subscription, ack_ids):
+            lease = state.leases.get(seq)
+            if lease is not None:
+                state.lease(seq, Lease(deadline, lease.attempt, lease.delivered_ms, lease.last_error))
+                log_.state_version += 1
+
+    def nack(self, shard: str, subscription: str, ack_ids: list[str], delay_ms: int | None = None,
+             terminal: bool = False, reason: str = "") -> None:
+        """Gives in-flight messages back: deliverable again after delay_ms (by default
+        the retry backoff), or, when terminal, queued for the dead-letter topic now."""
+        state = self.subscription(shard, subscription)
+        log_ = self._logs.shards[shard]
+        if terminal and not state.policy.dead_letter_topic:
+            raise errors.FailedPrecondition(f"subscription {subscription!r} has no dead-letter topic")
+        batch = self._records.batch()
+        now = now_ms()
+        error = reason or ("nacked as terminal" if terminal else "nacked")
+        for seq in self._seqs(log_, subscription, ack_ids):
+            lease = state.leases.get(seq)
+            if lease is None:
+                continue
+            batch.put(log_.layout.delivery(seq, subscription, lease.delivered_ms, lease.attempt),
+                      keys.delivery_record(now, pubsub_pb2.NACKED, error))
+            if terminal and (message := self._logs.message(log_, seq, {})) is not None:
+                self.dead_letter(log_, state, seq, message, Lease(0, lease.attempt, lease.delivered_ms, error), now)
+                continue
+            wait = state.policy.backoff_ms(lease.attempt) if delay_ms is None else delay_ms
+            state.lease(seq, Lease(now + wait, lease.attempt, lease.delivered_ms, error))
+        if len(batch):
+            self._records.write(batch)
+            log_.state_version += 1
+            log_.notify()
+
+    def stop_waiting(self) -> None:
+        """Makes waiting pulls return now, so the server's grace period is not spent on them."""
+        self._draining = True
+        for log_ in self._logs.shards.values():
+            log_.notify()

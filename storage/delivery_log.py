@@ -1,0 +1,105 @@
+"""The delivery log and message status: every attempt at delivering a message,
+by subscription, with its outcome (written by storage/delivery.py and
+storage/dead_letters.py under keys.ShardKeys.delivery), and where a message is
+now. The log outlives the message's payload for a while (collect)."""
+
+from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh import errors
+from notifymesh.clock import now_ms, timestamp, to_ms
+from notifymesh.contracts import MessageId, Shard
+from storage import keys
+from storage.delivery import SubscriptionState
+from storage.interfaces import LogStore, Records, SubscriptionStore
+
+INDEX_SKEW_MS = 600_000
+
+
+class DeliveryLog:
+    def __init__(self, logs: LogStore, subscriptions: SubscriptionStore, records: Records):
+        self._logs, self._subscriptions, self._records = logs, subscriptions, records
+
+    def message_status(self, shard: str, message_id: str) -> pubsub_pb2.MessageStatus:
+        """Where the message is, for every subscription it was published for. Once
+        every subscription is done with it, its payload is gone but its delivery log
+        stays for a while (collect)."""
+        log_ = self._subscriptions.restored(shard) if shard in self._logs.shards else None
+        seq_value = self._records.get(keys.ShardKeys(shard).index(message_id))
+        if log_ is None or seq_value is None:
+            raise errors.NotFound(f"message {message_id!r} is unknown in {shard}, or its delivery log expired")
+        seq = keys.parse_index_value(seq_value)
+        topic, partition = Shard.parse(shard)
+        status = pubsub_pb2.MessageStatus(topic=topic, partition=partition)
+        attempts = self.attempts(shard, seq)
+        if seq < log_.first:
+            if not attempts:
+                raise errors.NotFound(f"message {message_id!r} is no longer kept in {shard}, nor its delivery log")
+            for name, tried in sorted(attempts.items()):
+                dead = tried[-1].outcome == pubsub_pb2.DEAD_LETTER
+                status.deliveries.add(subscription=name, attempts=tried, delivery_attempts=tried[-1].attempt,
+                                      state=pubsub_pb2.DEAD_LETTERED if dead else pubsub_pb2.ACKNOWLEDGED)
+            return status
+        entry = self._logs.entry(shard, seq)
+        if entry is None or entry.message.message_id != message_id:
+            raise errors.NotFound(f"message {message_id!r} is not kept in {shard}")
+        status.message.CopyFrom(entry.message)
+        now = now_ms()
+        for name in sorted(log_.subscriptions):
+            state = log_.subscriptions[name]
+            if state.created_ms > entry.append_ms:
+                continue  # published before the subscription existed
+            _delivery_status(status.deliveries.add(subscription=name, attempts=attempts.get(name, [])),
+                             state, seq, now)
+        return status
+
+    def attempts(self, shard: str, seq: int) -> dict[str, list[pubsub_pb2.DeliveryAttempt]]:
+        """The recorded attempts at delivering entry seq, by subscription, in attempt order."""
+        attempts: dict[str, list[pubsub_pb2.DeliveryAttempt]] = {}
+        for key, value in self._records.prefixed(keys.ShardKeys(shard).deliveries(seq)):
+            tried = keys.parse_delivery(key, value)
+            record = pubsub_pb2.DeliveryAttempt(attempt=tried.attempt, delivery_time=timestamp(tried.delivered_ms),
+                                                outcome=tried.outcome, error=tried.error)
+            if tried.outcome_ms:
+                record.outcome_time.CopyFrom(timestamp(tried.outcome_ms))
+            attempts.setdefault(tried.subscription, []).append(record)
+        return attempts
+
+    def collect(self, shard: str, older_than_ms: int) -> int:
+        """Deletes the delivery records and index keys of messages no longer kept and
+        delivered before older_than_ms; returns how many records."""
+        log_ = self._logs.shards.get(shard)
+        if log_ is None:
+            return 0
+        layout = log_.layout
+        batch = self._records.batch()
+        end = layout.deliveries(log_.first)
+        for key, _ in self._records.prefixed(layout.deliveries()):
+            if key >= end or keys.parse_delivery_key(key).delivered_ms >= older_than_ms:
+                break  # records are in seq order, which is about delivery order
+            batch.delete(key)
+        deleted = len(batch)
+        # Ids begin with their publish time (the margin covers frontends' clock skew).
+        batch.delete_range(layout.index_prefix, layout.index(MessageId.lowest_at(older_than_ms - INDEX_SKEW_MS)))
+        self._records.write(batch)
+        return deleted
+
+
+def _delivery_status(delivery: pubsub_pb2.SubscriptionDelivery, state: SubscriptionState, seq: int,
+                     now: int) -> None:
+    """Fills in where entry seq is for the subscription: dead-lettered, in flight or
+    waiting for a retry, not yet delivered, or acknowledged."""
+    lease, dead = state.leases.get(seq), state.dead_letters.get(seq)
+    if dead is not None:
+        delivery.state, delivery.delivery_attempts = pubsub_pb2.DEAD_LETTERED, dead.delivery_attempts
+    elif lease is not None:
+        waiting = lease.last_error or lease.deadline_ms <= now  # for a retry
+        delivery.state = pubsub_pb2.PENDING if waiting else pubsub_pb2.DELIVERED
+        delivery.delivery_attempts = lease.attempt
+        if lease.attempt and not any(a.attempt == lease.attempt and to_ms(a.delivery_time) == lease.delivered_ms
+                                     for a in delivery.attempts):  # the attempt under way
+            delivery.attempts.add(attempt=lease.attempt, delivery_time=timestamp(lease.delivered_ms),
+                                  outcome=pubsub_pb2.EXPIRED if waiting else pubsub_pb2.IN_FLIGHT)
+    elif seq >= state.cursor:
+        delivery.state = pubsub_pb2.PENDING
+    else:
+        delivery.state = pubsub_pb2.ACKNOWLEDGED
+        delivery.delivery_attempts = max((a.attempt for a in delivery.attempts), default=0)

@@ -1,0 +1,410 @@
+"""Each shard's replicated log on this node: entries in RocksDB by seq, the
+positions that matter (first kept, end written, written synced, commit), and
+what the leader keeps in memory to replicate and deliver without reading back.
+Entries below `commit` are on a majority of the replica set and only those are
+delivered. Writes are group-committed (storage/group_commit.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Awaitable
+
+from gen.notifymesh.internal.v1 import storage_pb2
+from notifymesh import errors
+from notifymesh.contracts import Shard
+from notifymesh.log import fields
+from storage import keys, wire
+from storage.db import Database
+from storage.group_commit import GroupCommit, GroupWrite
+
+if TYPE_CHECKING:
+    from storage.dedup import RecentIds
+    from storage.delivery import SubscriptionState
+
+log = logging.getLogger(__name__)
+
+MAX_TAIL_ENTRIES = 50_000  # per shard: unreplicated entries kept in memory
+# Per shard with subscriptions: new messages kept in memory for delivery, trimmed to
+# what some subscription has not reached once there are RECENT_TRIM_AT of them.
+RECENT_TRIM_AT, MAX_RECENT_MESSAGES = 1_000, 10_000
+_NOT_KEPT = object()  # SeqWindow.get's answer for a seq outside the window
+
+
+class SeqWindow:
+    """Values of the consecutive seqs start, start + 1, ... kept in memory, in one
+    or more parallel columns (lists of equal length)."""
+    __slots__ = ("start", "columns")
+
+    def __init__(self, columns: int = 1):
+        self.start, self.columns = 0, [[] for _ in range(columns)]
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
+
+    def get(self, seq: int, default=None):
+        """The first column's value for seq."""
+        index = seq - self.start
+        return self.columns[0][index] if 0 <= index < len(self) else default
+
+    def slice(self, start: int, limit: int) -> list[list]:
+        """Each column's values for up to limit seqs from start on (empty lists when
+        start is outside)."""
+        index = start - self.start
+        if not 0 <= index < len(self):
+            return [[] for _ in self.columns]
+        return [column[index:index + limit] for column in self.columns]
+
+    def put(self, start: int, columns: list[list], limit: int) -> None:
+        """Values from start on, replacing any from there; keeps the newest limit."""
+        if not self.start <= start <= self.start + len(self):  # not adjoining: start over
+            self.start = start
+            self.clear()
+        for column, values in zip(self.columns, columns):
+            del column[start - self.start:]
+            column.extend(values)
+        self.drop_below(self.start + len(self) - limit)
+
+    def drop_below(self, seq: int) -> None:
+        count = min(seq - self.start, len(self))
+        if count > 0:
+            for column in self.columns:
+                del column[:count]
+            self.start += count
+
+    def clear(self) -> None:
+        self.columns = [[] for _ in self.columns]
+
+
+@dataclass
+class ShardLog:
+    """What this node holds in memory of one shard: its log's positions, and
+    beside them the shard's delivery state (storage/delivery.py) and dedup state
+    (storage/dedup.py), so each part finds a shard's state with one lookup."""
+    name: str
+    partition: int
+    first: int = 0       # lowest seq still kept
+    end: int = 0         # one past the last entry written here
+    written: int = 0     # ... and synced: end runs ahead while a write is under way
+    replacements: int = 0  # counts writes that replaced entries (a deposed leader's tail)
+    commit: int = 0      # entries below are on a majority (as far as this node knows)
+    last_epoch: int = 0  # epoch of the entry at end - 1 (0: none, or below first)
+    subscriptions: dict[str, SubscriptionState] = field(default_factory=dict)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Counts changes of the delivery state, so the leader knows what a follower has.
+    state_version: int = 0
+    # (leader epoch, state_version) of the delivery state held here, as last saved.
+    state_stamp: tuple[int, int] = (0, 0)
+    # The delivery state as saved or received from the leader, not yet taken into
+    # subscriptions (a follower never needs it there; a new leader does).
+    saved: list[storage_pb2.SubscriptionState] | None = None
+    # While leading: the epoch, and the last snapshot taken (state_version, states).
+    leader_epoch: int = 0
+    snapshot: tuple[int, list[storage_pb2.SubscriptionState]] | None = None
+    # Ids of the last RETRY_SCAN_ENTRIES messages, read from the log at the first
+    # retried append and kept up to date after it (None until then).
+    recent_ids: RecentIds | None = None
+    # Dedup keys of entries staged for a write not yet synced (key -> message id):
+    # RocksDB does not have them yet, and a repeat may arrive meanwhile.
+    staged_keys: dict[str, str] = field(default_factory=dict)
+    # The leader's entries not yet on every follower (columns: serialized entry,
+    # message id, dedup key, dedup expiry, epoch), so replication sends them without
+    # reading them back from RocksDB.
+    tail: SeqWindow = field(default_factory=lambda: SeqWindow(columns=5))
+    # The leader's newest messages (serialized PubsubMessage; None for an epoch
+    # marker), delivered without reading them back from RocksDB.
+    recent: SeqWindow = field(default_factory=SeqWindow)
+    layout: keys.ShardKeys = field(init=False, repr=False)  # the shard's keys
+
+    def __post_init__(self) -> None:
+        self.layout = keys.ShardKeys(self.name)
+
+    def notify(self) -> None:
+        """Wakes every pull waiting on this shard."""
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
+
+
+@dataclass
+class Entries:
+    """Serialized StoredMessages, with what storing them takes besides their bytes,
+    one value per entry (as in storage_pb2.ShardEntries): message id, dedup key and
+    dedup expiry; and the epoch of the last entry."""
+    raw: list[bytes] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    dedup_keys: list[str] = field(default_factory=list)
+    dedup_until_ms: list[int] = field(default_factory=list)
+    last_epoch: int = 0
+    # The serialized PubsubMessage of each (None: an epoch marker), where the leader
+    # made the entries; empty for entries it reads back or receives.
+    messages: list[bytes | None] = field(default_factory=list)
+
+    def add(self, raw: bytes, message_id: str, dedup_key: str, dedup_until_ms: int, epoch: int) -> None:
+        self.raw.append(raw)
+        self.ids.append(message_id)
+        self.dedup_keys.append(dedup_key)
+        self.dedup_until_ms.append(dedup_until_ms)
+        self.last_epoch = epoch
+
+    @classmethod
+    def of(cls, stored: list[storage_pb2.StoredMessage]) -> Entries:
+        entries = cls()
+        for e in stored:
+            entries.add(e.SerializeToString(), e.message.message_id, e.dedup_key, e.dedup_until_ms, e.epoch)
+            entries.messages.append(e.message.SerializeToString() if e.HasField("message") else None)
+        return entries
+
+    @classmethod
+    def parsed(cls, raw: list[bytes]) -> Entries:
+        entries = cls()
+        for value in raw:
+            e = storage_pb2.StoredMessage.FromString(value)
+            entries.add(value, e.message.message_id, e.dedup_key, e.dedup_until_ms, e.epoch)
+        return entries
+
+    @classmethod
+    def replicated(cls, batch: storage_pb2.ShardEntries) -> Entries:
+        """A leader's batch, indexed as the leader sent it (parsed when the index does
+        not match the entries)."""
+        count = len(batch.entries)
+        if not len(batch.message_ids) == len(batch.dedup_keys) == len(batch.dedup_until_ms) == count:
+            return cls.parsed(list(batch.entries))
+        return cls(list(batch.entries), list(batch.message_ids), list(batch.dedup_keys), list(batch.dedup_until_ms),
+                   batch.last_entry_epoch)
+
+
+class ShardLogs:
+    """Implements interfaces.LogStore."""
+
+    def __init__(self, db: Database, group: GroupCommit):
+        self._db = db
+        self._rdict = db.rdict  # read directly on the delivery path (no call layer per message)
+        self._group = group
+        self.shards: dict[str, ShardLog] = {}
+
+    def recover(self) -> None:
+        """Rebuilds the positions of every shard's log from the keys on disk."""
+        for key, value in self._db.prefixed(keys.FIRST):
+            self.shard(keys.shard_of(key)).first = keys.parse_first_value(value)
+        it = self._rdict.iter()
+        it.seek(keys.MESSAGE)
+        while it.valid() and it.key().startswith(keys.MESSAGE):
+            first = keys.parse_message(it.key())
+            log_ = self.shard(first.shard)
+            log_.first = max(log_.first, first.seq)
+            after = keys.prefix_end(log_.layout.message_prefix)
+            it.seek_for_prev(after)
+            log_.end = keys.seq_of(it.key()) + 1
+            entry = self.entry(first.shard, log_.end - 1)
+            log_.last_epoch = entry.epoch if entry else 0
+            it.seek(after)
+        for log_ in self.shards.values():
+            log_.end = log_.written = max(log_.end, log_.first)
+        log.info("recovered", extra=fields(shards=len(self.shards),
+                                           entries=sum(s.end - s.first for s in self.shards.values())))
+
+    def shard(self, name: str) -> ShardLog:
+        log_ = self.shards.get(name)
+        if log_ is None:
+            log_ = self.shards[name] = ShardLog(name, Shard.parse(name).partition)
+        return log_
+
+    # -- reading ----------------------------------------------------------------
+
+    def entry(self, shard: str, seq: int) -> storage_pb2.StoredMessage | None:
+        log_ = self.shards.get(shard)  # not shard(): reading creates no shard
+        value = self._rdict.get(log_.layout.message(seq) if log_ else keys.message(shard, seq))
+        return self._decode(shard, seq, value)
+
+    @staticmethod
+    def _decode(shard: str, seq: int, value: bytes | None) -> storage_pb2.StoredMessage | None:
+        if value is None:
+            return None
+        entry = keys.unsealed(value)
+        if entry is None:
+            log.error("corrupted entry skipped", extra=fields(shard=shard, seq=seq))
+            return None
+        return storage_pb2.StoredMessage.FromString(entry)
+
+    def epoch_at(self, shard: str, seq: int) -> int | None:
+        entry = self.entry(shard, seq)
+        return entry.epoch if entry else None
+
+    def message(self, log_: ShardLog, seq: int, messages: dict[int, bytes | None]) -> bytes | None:
+        """The serialized PubsubMessage of entry seq (None: an epoch marker, or gone)."""
+        message = log_.recent.get(seq, _NOT_KEPT)
+        if message is not _NOT_KEPT:
+            return message
+        if seq not in messages:
+            value = self._rdict.get(log_.layout.message(seq))
+            entry = keys.unsealed(value) if value is not None else None
+            if value is not None and entry is None:
+                log.error("corrupted entry skipped", extra=fields(shard=log_.name, seq=seq))
+            messages[seq] = wire.message_of(entry) if entry is not None else None
+        return messages[seq]
+
+    def message_ids_from(self, log_: ShardLog, start: int) -> list[str]:
+        ids = []
+        prefix = log_.layout.message_prefix
+        for key, value in self._rdict.items(from_key=log_.layout.message(start)):
+            if not key.startswith(prefix):
+                break
+            entry = self._decode(log_.name, keys.seq_of(key), value)
+            if entry is not None and entry.HasField("message"):
+                ids.append(entry.message.message_id)
+        return ids
+
+    def first_seq_at_or_after(self, log_: ShardLog, ms: int) -> int:
+        """Binary search over the entries, which are in append-time order."""
+        low, high = log_.first, log_.end
+        it = self._rdict.iter()
+        prefix = log_.layout.message_prefix
+        while low < high:
+            mid = (low + high) // 2
+            it.seek(log_.layout.message(mid))
+            if not it.valid() or not it.key().startswith(prefix):
+                high = mid
+                continue
+            seq = keys.seq_of(it.key())
+            entry = self._decode(log_.name, seq, it.value())
+            if entry is not None and entry.append_ms >= ms:
+                high = mid
+            else:
+                low = seq + 1
+        return low
+
+    def entries_from(self, shard: str, start: int, limit: int) -> Entries:
+        """Up to limit entries from start on, for replication; stops before a gap or a
+        corrupted entry rather than send entries out of place."""
+        log_ = self.shard(shard)
+        raw, ids, dedup_keys, dedup_until_ms, epochs = log_.tail.slice(start, min(limit, log_.end - start))
+        if raw:
+            return Entries(raw, ids, dedup_keys, dedup_until_ms, epochs[-1])
+        raw = []
+        stop = log_.layout.message(log_.end)
+        for key, value in self._rdict.items(from_key=log_.layout.message(start)):
+            if key >= stop or len(raw) >= limit or keys.seq_of(key) != start + len(raw):
+                break
+            entry = keys.unsealed(value)
+            if entry is None:
+                log.error("corrupted entry not replicated", extra=fields(shard=shard, seq=keys.seq_of(key)))
+                break
+            raw.append(entry)
+        return Entries.parsed(raw)
+
+    # -- writing ----------------------------------------------------------------
+
+    def write_entries(self, shard: str, start: int, entries: Entries) -> Awaitable[None]:
+        """The leader's own entries, staged at once and kept in the tail, so
+        replication can send them while they are being synced here, and (with
+        subscriptions) among the recent messages to deliver; await the result for
+        the synced write (see _write)."""
+        log_ = self.shard(shard)
+        epochs = [entries.last_epoch] * len(entries.raw)  # a leader writes entries of its own epoch
+        log_.tail.put(start, [entries.raw, entries.ids, entries.dedup_keys, entries.dedup_until_ms, epochs],
+                      MAX_TAIL_ENTRIES)
+        recent = log_.recent
+        if log_.subscriptions:
+            recent.put(start, [entries.messages], MAX_RECENT_MESSAGES)
+            if len(recent) > RECENT_TRIM_AT:
+                recent.drop_below(min(state.cursor for state in log_.subscriptions.values()))
+        else:
+            recent.clear()
+        return self._write(log_, start, entries)
+
+    def write_replicated(self, shard: str, start: int, entries: Entries) -> Awaitable[None]:
+        """Entries replicated from the leader, stored as they came."""
+        log_ = self.shard(shard)
+        log_.tail.clear()  # a follower now
+        log_.recent.clear()
+        return self._write(log_, start, entries)
+
+    def release_tail(self, shard: str, below: int) -> None:
+        """Every follower has the entries below: replication needs them no more."""
+        self.shard(shard).tail.drop_below(below)
+
+    def _write(self, log_: ShardLog, start: int, entries: Entries) -> Awaitable[None]:
+        """Stages entries at start.. into the group being formed, replacing anything
+        from start on (a deposed leader's unreplicated tail): end moves at once,
+        written (and the returned awaitable) once the group is synced. Indexes each
+        message by id, and records its dedup key (storage/dedup.py reads them)."""
+        if start < log_.first:
+            raise errors.FailedPrecondition(f"{log_.name}: entry {start} is below the first kept entry {log_.first}")
+        batch, done = self._group.join()
+        layout = log_.layout
+        if start < log_.end:
+            batch.delete_range(layout.message(start), layout.message(log_.end))
+            log_.recent_ids = None  # ids of the replaced tail may be among them
+            log_.replacements += 1
+        recent_ids, dedup_keys, staged = log_.recent_ids, [], log_.staged_keys
+        put_entry, put_idempotency = layout.put_entry, layout.put_idempotency
+        for seq, (value, message_id, dedup_key, dedup_until_ms) in enumerate(
+                zip(entries.raw, entries.ids, entries.dedup_keys, entries.dedup_until_ms), start):
+            put_entry(batch, seq, value, message_id)
+            if message_id and recent_ids is not None:
+                recent_ids.add(message_id)
+            if dedup_key:
+                put_idempotency(batch, dedup_key, dedup_until_ms, message_id)
+                staged[dedup_key] = message_id
+                dedup_keys.append((dedup_key, message_id))
+        # Set before the write completes so the next leader append lands after these.
+        end = log_.end = start + len(entries.raw)
+        log_.written = min(log_.written, start)
+        log_.last_epoch = entries.last_epoch if entries.raw else (self.epoch_at(log_.name, start - 1) or 0)
+        log_.commit = min(log_.commit, log_.end)
+        self._group.staged(GroupWrite(log_, end, log_.replacements, dedup_keys))
+        return asyncio.shield(done)  # one writer giving up does not cancel the group
+
+    def advance_commit(self, shard: str, commit: int) -> None:
+        log_ = self.shard(shard)
+        commit = min(commit, log_.end)
+        if commit > log_.commit:
+            log_.commit = commit
+            log_.notify()
+
+    # -- dropping -----------------------------------------------------------------
+
+    def reset(self, shard: str, first: int) -> None:
+        """A follower too far behind starts over at the leader's first entry."""
+        log_ = self.shard(shard)
+        layout = log_.layout
+        batch = self._db.batch()
+        for prefix in (layout.message_prefix, layout.index_prefix, layout.deliveries()):
+            batch.delete_range(prefix, keys.prefix_end(prefix))
+        batch.put(layout.first, keys.first_value(first))
+        self._db.write_synced(batch)
+        log_.first = log_.end = log_.written = log_.commit = first
+        log_.last_epoch = 0
+        log_.tail.clear()
+        log_.recent.clear()
+        log_.recent_ids = None
+        log.info("log reset", extra=fields(shard=shard, first=first))
+
+    def trim(self, shard: str, first: int) -> int:
+        """Drops entries below first (the leader no longer keeps them); returns how many."""
+        log_ = self.shard(shard)
+        first = min(first, log_.commit)
+        if first <= log_.first:
+            return 0
+        batch = self._db.batch()
+        batch.delete_range(log_.layout.message(log_.first), log_.layout.message(first))
+        batch.put(log_.layout.first, keys.first_value(first))
+        self._db.write(batch)
+        freed, log_.first = first - log_.first, first
+        return freed
+
+    def drop(self, shard: str) -> None:
+        """Forgets the shard entirely (its topic was deleted, or it moved away)."""
+        log_ = self.shards.pop(shard, None)
+        if log_ is None:
+            return
+        batch = self._db.batch()
+        layout = log_.layout
+        for prefix in layout.entry_prefixes():
+            batch.delete_range(prefix, keys.prefix_end(prefix))
+        batch.delete(layout.first)
+        batch.delete(layout.state)
+        self._db.write(batch)
+        log_.notify()
+        log.info("shard dropped", extra=fields(shard=shard))

@@ -1,0 +1,187 @@
+"""The storage engine's parts, each driven through its interfaces
+(storage/interfaces.py) over in-memory fakes (tests/unit/storage_fakes.py):
+no RocksDB. The engine as a whole is in test_storage_engine.py."""
+
+import pytest
+
+from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh import errors
+from notifymesh.clock import now_ms, timestamp
+from storage import keys
+from storage.db import Database
+from storage.dead_letters import DeadLetters
+from storage.dedup import Dedup
+from storage.delivery import Deliveries, Pull
+from storage.delivery_log import DeliveryLog
+from storage.group_commit import GroupCommit
+from storage.interfaces import LogStore, Records, SubscriptionStore
+from storage.log import Entries, ShardLogs
+from storage.retention import Retention
+from tests.unit.storage_fakes import MemoryLog, MemoryRecords
+
+SHARD = "orders/3"
+
+
+def subscription(name: str, created_ms: int = 0, **fields) -> pubsub_pb2.Subscription:
+    return pubsub_pb2.Subscription(name=name, topic="orders", create_time=timestamp(created_ms), **fields)
+
+
+@pytest.fixture
+def log_():
+    return MemoryLog()
+
+
+@pytest.fixture
+def records():
+    return MemoryRecords()
+
+
+@pytest.fixture
+def deliveries(log_, records):
+    return Deliveries(log_, records)
+
+
+async def pull(deliveries: Deliveries, name: str, max_messages: int = 10, ack_deadline_ms: int = 60_000):
+    got = (await deliveries.pull(SHARD, [Pull(name, max_messages, ack_deadline_ms)], 0)).get(name)
+    return [pubsub_pb2.ReceivedMessage.FromString(raw) for raw in got.received] if got else []
+
+
+def test_fakes_and_real_parts_implement_the_interfaces(tmp_path, log_, records, deliveries):
+    db = Database(tmp_path / "rocksdb")
+    try:
+        assert isinstance(records, Records) and isinstance(db, Records)
+        assert isinstance(log_, LogStore) and isinstance(ShardLogs(db, GroupCommit(db)), LogStore)
+        assert isinstance(deliveries, SubscriptionStore)
+    finally:
+        db.close()
+
+
+async def test_delivery_state_over_a_fake_log(log_, records, deliveries):
+    log_.append(SHARD, b"old", append_ms=10)
+    log_.append(SHARD, b"a", b"b", append_ms=20)
+    log_.append(SHARD, b"uncommitted", append_ms=30, commit=False)
+    deliveries.attach(SHARD, subscription("audit", created_ms=20))  # starts at its create time
+    first = await pull(deliveries, "audit")
+    assert [(m.message.data, m.ack_id, m.delivery_attempt) for m in first] == [
+        (b"a", "3:1:audit", 1), (b"b", "3:2:audit", 1)]
+    assert await pull(deliveries, "audit") == []  # leased; the uncommitted entry is not delivered
+    assert deliveries.acknowledge(SHARD, "audit", [first[0].ack_id]) == 1
+    deliveries.nack(SHARD, "audit", [first[1].ack_id], delay_ms=0, reason="HTTP 503")
+    [again] = await pull(deliveries, "audit", ack_deadline_ms=1)
+    assert (again.message.data, again.delivery_attempt) == (b"b", 2)
+    assert [(d.subscription, d.attempt, d.outcome, d.error) for d in records.deliveries(SHARD)] == [
+        ("audit", 1, pubsub_pb2.ACKED, ""), ("audit", 1, pubsub_pb2.NACKED, "HTTP 503")]
+    with pytest.raises(errors.InvalidArgument):
+        deliveries.acknowledge(SHARD, "audit", ["4:1:audit"])  # another partition
+    with pytest.raises(errors.NotFound):
+        deliveries.subscription(SHARD, "billing")
+
+
+async def test_snapshot_moves_delivery_state_to_another_node(log_, records, deliveries):
+    log_.append(SHARD, b"a", b"b", b"c")
+    deliveries.attach(SHARD, subscription("audit"))
+    a, b = await pull(deliveries, "audit", max_messages=2)
+    deliveries.acknowledge(SHARD, "audit", [a.ack_id])
+    deliveries.nack(SHARD, "audit", [b.ack_id], delay_ms=60_000, reason="later")
+    states = deliveries.snapshot(SHARD)
+    assert keys.parse_delivery_state(records.get(keys.ShardKeys(SHARD).state)).subscriptions == states
+
+    follower_log = MemoryLog()
+    follower_log.append(SHARD, b"a", b"b", b"c")
+    follower = Deliveries(follower_log, MemoryRecords())
+    follower.import_states(SHARD, states, (1, 7))
+    assert follower_log.shard(SHARD).state_stamp == (1, 7) and follower_log.shard(SHARD).subscriptions == {}
+    follower.lead(SHARD, 2)  # as the new leader: the saved form comes back into memory
+    state = follower.subscription(SHARD, "audit")
+    assert (state.cursor, list(state.leases), state.leases[1].last_error) == (2, [1], "later")
+    follower.attach(SHARD, subscription("audit"))
+    [c] = await pull(follower, "audit")
+    assert c.message.data == b"c"
+
+
+async def test_dead_letters_over_fakes(log_, records, deliveries):
+    dead_letters = DeadLetters(log_, deliveries, records)
+    log_.append(SHARD, b"poison")
+    deliveries.attach(SHARD, subscription("audit", max_delivery_attempts=1, dead_letter_topic="dlq"))
+    await pull(deliveries, "audit")
+    log_.shard(SHARD).subscriptions["audit"].leases[0].deadline_ms = 0  # its deadline passed
+    dead_letters.sweep(SHARD)
+    dead = deliveries.dead_letters.get_nowait()
+    assert (dead.seq, dead.attempts, dead.topic, dead.message.data) == (0, 1, "dlq", b"poison")
+    dead_letters.bury(dead, "copy-1")
+    [listed] = dead_letters.list(SHARD, "audit", 10)
+    assert (listed.message.data, listed.dead_letter_message_id, listed.delivery_attempts) == (b"poison", "copy-1", 1)
+    assert records.deliveries(SHARD)[-1].outcome == pubsub_pb2.DEAD_LETTER
+    assert dead_letters.redrive(SHARD, "audit") == 1
+    [again] = await pull(deliveries, "audit")
+    assert (again.message.data, again.delivery_attempt) == (b"poison", 1)
+
+
+async def test_retention_over_fakes(log_, deliveries):
+    retention = Retention(log_, deliveries)
+    log_.append(SHARD, b"a", b"b", append_ms=1)
+    log_.append(SHARD, b"c", append_ms=now_ms() + 60_000)
+    deliveries.attach(SHARD, subscription("audit"))
+    [a, _, _] = await pull(deliveries, "audit")
+    deliveries.acknowledge(SHARD, "audit", [a.ack_id])
+    assert retention.collect(SHARD, None) == 1  # b and c in flight
+    assert retention.collect(SHARD, 1000) == 1  # b past retention: expired for the subscription
+    assert list(deliveries.subscription(SHARD, "audit").leases) == [2]
+    assert retention.collect("other/0", None) == 0
+
+
+async def test_delivery_log_over_fakes(log_, records, deliveries):
+    delivery_log = DeliveryLog(log_, deliveries, records)
+    [seq] = log_.append(SHARD, b"a")
+    records.put(keys.ShardKeys(SHARD).index("id-0"), keys.index_value(seq))
+    deliveries.attach(SHARD, subscription("audit"))
+    [a] = await pull(deliveries, "audit")
+    [status] = delivery_log.message_status(SHARD, "id-0").deliveries
+    assert (status.state, [t.outcome for t in status.attempts]) == (pubsub_pb2.DELIVERED, [pubsub_pb2.IN_FLIGHT])
+    deliveries.acknowledge(SHARD, "audit", [a.ack_id])
+    [status] = delivery_log.message_status(SHARD, "id-0").deliveries
+    assert (status.state, [t.outcome for t in status.attempts]) == (pubsub_pb2.ACKNOWLEDGED, [pubsub_pb2.ACKED])
+    log_.trim(SHARD, 1)
+    assert delivery_log.collect(SHARD, now_ms() + 1) == 1
+    with pytest.raises(errors.NotFound):
+        delivery_log.message_status(SHARD, "id-0")
+
+
+def test_dedup_finds_stored_idempotency_keys(log_, records):
+    dedup = Dedup(log_, records)
+    layout = keys.ShardKeys(SHARD)
+    records.put(layout.idempotency("k:once"), keys.idempotency_value(now_ms() + 60_000, "original"))
+    records.put(layout.idempotency("k:expired"), keys.idempotency_value(now_ms() - 1, "gone"))
+    messages = [pubsub_pb2.PubsubMessage(data=b"x", idempotency_key=key) for key in ("once", "expired", "expired")]
+    ids, entries = dedup.prepare(SHARD, messages, 1, 60_000, retry=False)
+    assert ids[0] == "original" and ids[1] == ids[2] != "gone"
+    assert entries.ids == [ids[1]] and entries.dedup_keys == ["k:expired"]
+    assert dedup.collect_idempotency_keys() == 1
+    log_.append(SHARD, b"a")
+    retried = pubsub_pb2.PubsubMessage(data=b"a", message_id="id-0")
+    assert dedup.prepare(SHARD, [retried], 1, 60_000, retry=True) == (["id-0"], Entries())  # in the log already
+
+
+def test_keys_encode_and_parse_in_pairs():
+    layout = keys.ShardKeys(SHARD)
+    key = layout.delivery(7, "audit", 123, 4)
+    assert keys.parse_delivery_key(key) == keys.DeliveryKey(SHARD, 7, "audit", 123, 4)
+    assert key.startswith(layout.deliveries(7)) and key.startswith(layout.deliveries())
+    assert keys.parse_delivery(key, keys.delivery_record(456, pubsub_pb2.NACKED, "HTTP 500")) == keys.Delivery(
+        "audit", 4, 123, 456, pubsub_pb2.NACKED, "HTTP 500")
+    assert keys.parse_message(layout.message(9)) == keys.MessageKey(SHARD, 9) == (SHARD, 9)
+    assert keys.message(SHARD, 9) == layout.message(9)
+    assert keys.shard_of(layout.first) == keys.shard_of(layout.state) == keys.shard_of(layout.index("x")) == SHARD
+    assert keys.parse_idempotency_value(keys.idempotency_value(5, "id")) == keys.Idempotency(5, "id")
+    assert keys.parse_index_value(keys.index_value(2 ** 40)) == 2 ** 40
+    assert keys.parse_first_value(keys.first_value(3)) == 3
+    packed = keys.lease_state(1, 2, 3, 4) + keys.lease_state(5, 6, 7, 8)
+    assert list(keys.parse_lease_states(packed)) == [keys.LeaseState(1, 2, 3, 4), keys.LeaseState(5, 6, 7, 8)]
+    assert keys.unsealed(keys.sealed(b"entry")) == b"entry" and keys.unsealed(b"\0" + keys.sealed(b"x")[1:]) is None
+    batch = MemoryRecords()
+    writes = batch.batch()
+    layout.put_entry(writes, 9, b"entry", "id-9")
+    layout.put_idempotency(writes, "k:a", 5, "id-9")
+    batch.write(writes)
+    assert batch.values == {layout.message(9): keys.sealed(b"entry"), layout.index("id-9"): keys.index_value(9),
+                            layout.idempotency("k:a"): keys.idempotency_value(5, "id-9")}
