@@ -36,6 +36,16 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+async def new_topic(client: Client, prefix: str, subscription_prefix: str | None = None,
+                    topic_options: dict | None = None, **subscription_options) -> tuple[str, str]:
+    """(topic, subscription): a new topic with one subscription, the setup most
+    tests start from; names are unique per call."""
+    topic, subscription = unique(prefix), unique(subscription_prefix or f"{prefix}-sub")
+    await client.create_topic(topic, **(topic_options or {}))
+    await client.create_subscription(subscription, topic, **subscription_options)
+    return topic, subscription
+
+
 async def receive(client: Client, subscription: str, count: int, timeout: float = 30, ack: bool = True,
                   max_outstanding: int = 0) -> list:
     """Messages received over one Subscribe stream until count distinct message ids

@@ -6,7 +6,6 @@ to install instead of failing with a traceback."""
 import json
 import os
 import subprocess
-import sys
 import venv
 from pathlib import Path
 

@@ -6,7 +6,7 @@ import json
 import grpc
 import pytest
 
-from helpers import cli, ids_of, receive, unique
+from helpers import cli, ids_of, new_topic, receive, unique
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 
@@ -42,9 +42,7 @@ async def test_thousand_messages_from_cli_and_client_reach_two_subscriptions(mes
 
 
 async def test_cli_single_publish_with_attributes_and_subscribe(mesh, client):
-    topic, sub = unique("alerts"), unique("alerts-sub")
-    await client.create_topic(topic)
-    await client.create_subscription(sub, topic)
+    topic, sub = await new_topic(client, "alerts")
     published = cli(mesh, "publish", topic, "disk full", "--attr", "host=db1", "--attr", "sev=2")
     assert published.returncode == 0, published.stderr
     message_id = published.stdout.decode().strip()
@@ -58,9 +56,7 @@ async def test_cli_single_publish_with_attributes_and_subscribe(mesh, client):
 
 
 async def test_two_subscribers_of_one_subscription_split_the_messages(mesh, client):
-    topic, sub = unique("jobs"), unique("workers")
-    await client.create_topic(topic)
-    await client.create_subscription(sub, topic)
+    topic, sub = await new_topic(client, "jobs", subscription_prefix="workers")
     ids = []
     for start in range(0, 1000, 250):
         ids += await client.publish(topic, [b"job-%d" % i for i in range(start, start + 250)])
@@ -143,9 +139,7 @@ async def test_publish_without_subscriptions_then_subscription_sees_only_later_m
 
 async def test_idempotency_key_returns_the_original_id_and_delivers_once(mesh, client):
     from notifymesh.client import Message
-    topic, sub = unique("idem"), unique("idem-sub")
-    await client.create_topic(topic)
-    await client.create_subscription(sub, topic)
+    topic, sub = await new_topic(client, "idem")
     [first] = await client.publish(topic, [Message(b"charge", idempotency_key="order-7")])
     [again] = await client.publish(topic, [Message(b"charge", idempotency_key="order-7")])
     assert again == first

@@ -7,7 +7,7 @@ import time
 import grpc
 import pytest
 
-from helpers import ids_of, receive, unique
+from helpers import ids_of, new_topic, receive, unique
 from notifymesh import errors
 from notifymesh.client import Client
 
@@ -21,9 +21,7 @@ async def leader_of(client, topic: str) -> str:
 
 async def test_acknowledged_messages_survive_sigkill_of_their_leader(own_mesh):
     async with Client(own_mesh.frontend_addr) as client:
-        topic, sub = unique("durable"), unique("durable-sub")
-        await client.create_topic(topic)
-        await client.create_subscription(sub, topic)
+        topic, sub = await new_topic(client, "durable")
         ids = []
         for start in range(0, 1000, 100):
             ids += await client.publish(topic, [b"m-%d" % i for i in range(start, start + 100)])
@@ -39,9 +37,7 @@ async def test_acknowledged_messages_survive_sigkill_of_their_leader(own_mesh):
 
 async def test_whole_mesh_restart_keeps_topics_subscriptions_and_unacked_messages(own_mesh):
     async with Client(own_mesh.frontend_addr) as client:
-        topic, sub = unique("restart"), unique("restart-sub")
-        await client.create_topic(topic)
-        await client.create_subscription(sub, topic, ack_deadline_s=2)
+        topic, sub = await new_topic(client, "restart", ack_deadline_s=2)
         acked_ids = await client.publish(topic, [b"acked-%d" % i for i in range(10)])
         await receive(client, sub, 10, timeout=10)
         unacked_ids = await client.publish(topic, [b"unacked-%d" % i for i in range(20)])
@@ -89,9 +85,7 @@ async def test_subscriber_stream_survives_a_sender_restart(own_mesh):
     """The frontend relays the stream to the sender; when that sender dies and comes
     back, the relay reconnects and the client's stream carries on, unbroken."""
     async with Client(own_mesh.frontend_addr) as client:
-        topic, sub = unique("relay"), unique("relay-sub")
-        await client.create_topic(topic)
-        await client.create_subscription(sub, topic, ack_deadline_s=2)
+        topic, sub = await new_topic(client, "relay", ack_deadline_s=2)
         frames = client.subscribe_frames(sub, reconnect=False)  # any break would raise here
         first = await client.publish(topic, [b"before"])
         got = await asyncio.wait_for(frames.__anext__(), 10)
@@ -110,9 +104,7 @@ async def test_a_frontend_shutting_down_tells_its_subscribers_to_subscribe_again
     once (clients reconnect elsewhere) rather than leaving it to the grace period's
     blanket cancel."""
     async with Client(own_mesh.frontend_addr) as client:
-        topic, sub = unique("drain"), unique("drain-sub")
-        await client.create_topic(topic)
-        await client.create_subscription(sub, topic)
+        topic, sub = await new_topic(client, "drain")
         frames = client.subscribe_frames(sub, reconnect=False)
         sent = await client.publish(topic, [b"attached"])
         assert ids_of(await asyncio.wait_for(frames.__anext__(), 10)) == sent
@@ -127,9 +119,7 @@ async def test_sender_sigkill_with_a_thousand_in_flight_loses_none(own_mesh, rec
     """A thousand messages delivered and unacknowledged when the sender dies: after
     it comes back, every one is delivered again (at least once) and then acked."""
     async with Client(own_mesh.frontend_addr) as client:
-        topic, sub = unique("inflight"), unique("inflight-sub")
-        await client.create_topic(topic)
-        await client.create_subscription(sub, topic, ack_deadline_s=2)
+        topic, sub = await new_topic(client, "inflight", ack_deadline_s=2)
         ids = []
         for start in range(0, 1000, 250):
             ids += await client.publish(topic, [b"m-%d" % i for i in range(start, start + 250)])

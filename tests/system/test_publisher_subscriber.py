@@ -16,7 +16,7 @@ from notifymesh.subscriber import Subscriber
 SETTLE_S = 0.5  # after everything arrived: a look for late duplicates
 
 
-async def new_topic(client: Client, subscriptions: int = 1) -> tuple[str, list[str]]:
+async def topic_with_subscriptions(client: Client, subscriptions: int = 1) -> tuple[str, list[str]]:
     topic = unique("pubsub")
     await client.create_topic(topic)
     names = [unique("pubsub-sub") for _ in range(subscriptions)]
@@ -48,7 +48,7 @@ async def collect(subscriber: Subscriber, ids: set[str], timeout: float = 60) ->
 
 
 async def test_five_thousand_messages_resolve_to_distinct_ids_and_arrive_exactly_once(mesh, client):
-    topic, [sub] = await new_topic(client)
+    topic, [sub] = await topic_with_subscriptions(client)
     async with Client(mesh.frontend_addr) as sub_client, Subscriber(sub_client, sub) as subscriber:
         async with Publisher(client) as publisher:
             futures = [await publisher.publish(topic, b"m-%d" % i) for i in range(5000)]
@@ -67,7 +67,7 @@ async def test_publisher_sends_at_once_when_idle_and_batches_behind_a_call_in_fl
     """max_latency_s only bounds the wait behind a call in flight: with it at a
     minute, an idle topic's message still goes at once, and what is published
     while that call is out goes when it returns, as one batch."""
-    topic, _ = await new_topic(client)
+    topic, _ = await topic_with_subscriptions(client)
     calls = []
     publish = client.publish
 
@@ -92,7 +92,7 @@ async def test_publisher_sends_at_once_when_idle_and_batches_behind_a_call_in_fl
 
 
 async def test_publisher_outstanding_messages_and_bytes_stay_within_their_limits(mesh, client):
-    topic, _ = await new_topic(client, subscriptions=0)
+    topic, _ = await topic_with_subscriptions(client, subscriptions=0)
     publisher = Publisher(client, max_messages=50, max_outstanding_messages=120, max_outstanding_bytes=60_000)
     most_messages = most_bytes = 0
 
@@ -124,7 +124,7 @@ async def test_publish_to_a_missing_topic_fails_its_future_with_not_found(client
 
 
 async def test_invalid_batch_fails_only_its_own_futures(client):
-    topic, _ = await new_topic(client, subscriptions=0)
+    topic, _ = await topic_with_subscriptions(client, subscriptions=0)
     async with Publisher(client) as publisher:
         good = await publisher.publish(topic, b"fine")
         await publisher.flush()
@@ -150,7 +150,7 @@ async def test_unreachable_frontend_fails_futures_with_unavailable_after_the_ret
 
 async def test_publishes_during_a_frontend_restart_are_retried_and_stored_once(own_mesh):
     async with Client(own_mesh.frontend_addr, timeout_s=5) as client:
-        topic, [sub] = await new_topic(client)
+        topic, [sub] = await topic_with_subscriptions(client)
         own_mesh.kill("frontend-1")
         async with Publisher(client, retry_for_s=60) as publisher:
             futures = [await publisher.publish(topic, b"m-%d" % i) for i in range(200)]
@@ -166,7 +166,7 @@ async def test_publishes_during_a_frontend_restart_are_retried_and_stored_once(o
 
 async def test_same_idempotency_key_twice_gets_the_first_id(client):
     """What a retry after a lost reply relies on: the resent message is recognised."""
-    topic, _ = await new_topic(client, subscriptions=0)
+    topic, _ = await topic_with_subscriptions(client, subscriptions=0)
     async with Publisher(client) as publisher:
         first = await publisher.publish(topic, Message(b"once", idempotency_key="order-17"))
         await publisher.flush()
@@ -175,7 +175,7 @@ async def test_same_idempotency_key_twice_gets_the_first_id(client):
 
 
 async def test_nack_redelivers_and_callbacks_that_raise_nack(mesh, client):
-    topic, [sub] = await new_topic(client)
+    topic, [sub] = await topic_with_subscriptions(client)
     ids = set(await client.publish(topic, [b"job-%d" % i for i in range(20)]))
     attempts: dict[str, list[int]] = {}
     done = asyncio.Event()
@@ -203,7 +203,7 @@ async def test_nack_redelivers_and_callbacks_that_raise_nack(mesh, client):
 
 
 async def test_sync_callback_and_nack_with_a_delay(mesh, client):
-    topic, [sub] = await new_topic(client)
+    topic, [sub] = await topic_with_subscriptions(client)
     [message_id] = await client.publish(topic, [b"later"])
     arrivals: list[tuple[float, int]] = []
 
@@ -226,7 +226,7 @@ async def test_sync_callback_and_nack_with_a_delay(mesh, client):
 
 
 async def test_subscriber_holds_back_at_max_outstanding_messages(mesh, client):
-    topic, [sub] = await new_topic(client)
+    topic, [sub] = await topic_with_subscriptions(client)
     ids = set(await client.publish(topic, [b"m-%d" % i for i in range(100)]))
     held = []
     async with Subscriber(client, sub, max_outstanding_messages=10) as subscriber:
@@ -242,7 +242,7 @@ async def test_subscriber_holds_back_at_max_outstanding_messages(mesh, client):
 
 
 async def test_subscriber_stops_reading_at_max_outstanding_bytes(mesh, client):
-    topic, [sub] = await new_topic(client)
+    topic, [sub] = await topic_with_subscriptions(client)
     async with Subscriber(client, sub, max_outstanding_bytes=3000) as subscriber:
         held = []
 

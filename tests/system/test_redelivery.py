@@ -5,15 +5,13 @@ import json
 
 import pytest
 
-from helpers import cli, ids_of, receive, unique
+from helpers import cli, ids_of, new_topic, receive, unique
 from notifymesh import errors
 from notifymesh.client import Message
 
 
 async def test_unacked_message_is_redelivered_after_the_deadline_and_not_after_ack(mesh, client):
-    topic, sub = unique("redeliver"), unique("redeliver-sub")
-    await client.create_topic(topic)
-    await client.create_subscription(sub, topic, ack_deadline_s=1)
+    topic, sub = await new_topic(client, "redeliver", ack_deadline_s=1)
     [message_id] = await client.publish(topic, [b"retry me"])
 
     deliveries = []
@@ -35,9 +33,7 @@ async def test_unacked_message_is_redelivered_after_the_deadline_and_not_after_a
 
 
 async def test_nack_redelivers_at_once(mesh, client):
-    topic, sub = unique("nack"), unique("nack-sub")
-    await client.create_topic(topic)
-    await client.create_subscription(sub, topic, ack_deadline_s=60)
+    topic, sub = await new_topic(client, "nack", ack_deadline_s=60)
     [message_id] = await client.publish(topic, [b"again"])
     attempts = []
 
@@ -55,9 +51,7 @@ async def test_nack_redelivers_at_once(mesh, client):
 
 
 async def test_disconnected_subscriber_hands_its_messages_to_the_next(mesh, client):
-    topic, sub = unique("handback"), unique("handback-sub")
-    await client.create_topic(topic)
-    await client.create_subscription(sub, topic, ack_deadline_s=60)
+    topic, sub = await new_topic(client, "handback", ack_deadline_s=60)
     ids = await client.publish(topic, [b"a", b"b", b"c"])
     first = await receive(client, sub, 3, timeout=10, ack=False)  # stream closes without acking
     assert set(ids_of(first)) == set(ids)
@@ -66,9 +60,7 @@ async def test_disconnected_subscriber_hands_its_messages_to_the_next(mesh, clie
 
 
 async def test_nack_with_a_delay_redelivers_after_it(mesh, client):
-    topic, sub = unique("later"), unique("later-sub")
-    await client.create_topic(topic)
-    await client.create_subscription(sub, topic, ack_deadline_s=60)
+    topic, sub = await new_topic(client, "later", ack_deadline_s=60)
     await client.publish(topic, [b"not yet"])
     loop = asyncio.get_running_loop()
     seen = []
@@ -176,9 +168,7 @@ async def test_terminal_nack_list_and_redrive_from_the_cli(mesh, client):
 
 
 async def test_terminal_nack_needs_a_dead_letter_topic(mesh, client):
-    topic, sub = unique("plain"), unique("plain-sub")
-    await client.create_topic(topic)
-    await client.create_subscription(sub, topic)
+    topic, sub = await new_topic(client, "plain")
     await client.publish(topic, [b"x"])
     [received] = await receive(client, sub, 1, ack=False)
     with pytest.raises(errors.FailedPrecondition) as info:

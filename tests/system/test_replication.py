@@ -8,7 +8,7 @@ import time
 import grpc
 import pytest
 
-from helpers import ids_of, receive, unique
+from helpers import ids_of, new_topic, receive, unique
 from gen.notifymesh.internal.v1 import storage_pb2, storage_pb2_grpc
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh.client import Client
@@ -98,9 +98,7 @@ async def test_continuous_publish_loses_nothing_when_a_leader_and_a_follower_die
 async def test_two_of_three_replicas_down_refuses_publishes_then_resumes(own_mesh):
     mesh = own_mesh
     async with Client(mesh.frontend_addr, timeout_s=60) as client:
-        topic, sub = unique("quorum"), unique("quorum-sub")
-        await client.create_topic(topic, replication_factor=3)
-        await client.create_subscription(sub, topic)
+        topic, sub = await new_topic(client, "quorum", topic_options=dict(replication_factor=3))
         before = await client.publish(topic, [b"before-%d" % i for i in range(50)])
         status = await shard_status(client, topic)
         assert len(status.replicas) == 3
@@ -120,9 +118,7 @@ async def test_two_of_three_replicas_down_refuses_publishes_then_resumes(own_mes
 async def test_a_paused_leader_cannot_acknowledge_after_a_new_leader_exists(own_mesh):
     mesh = own_mesh
     async with Client(mesh.frontend_addr) as client:
-        topic, sub = unique("fenced"), unique("fenced-sub")
-        await client.create_topic(topic, replication_factor=3)
-        await client.create_subscription(sub, topic)
+        topic, sub = await new_topic(client, "fenced", topic_options=dict(replication_factor=3))
         await client.publish(topic, [b"warm-up"])
         old = await leader_of(client, topic)
         old_addr = mesh.members()[old]
@@ -152,9 +148,7 @@ async def test_a_paused_leader_cannot_acknowledge_after_a_new_leader_exists(own_
 async def test_a_joining_node_takes_shards_and_a_lost_node_is_replaced(own_mesh):
     mesh = own_mesh
     async with Client(mesh.frontend_addr) as client:
-        topic, sub = unique("moving"), unique("moving-sub")
-        await client.create_topic(topic, partitions=8, replication_factor=3)
-        await client.create_subscription(sub, topic)
+        topic, sub = await new_topic(client, "moving", topic_options=dict(partitions=8, replication_factor=3))
         ids = []
         for i in range(8):
             ids += await client.publish(topic, [b"m-%d-%d" % (i, j) for j in range(25)])
@@ -185,9 +179,7 @@ async def test_the_mesh_keeps_working_without_one_etcd_member(tmp_path):
     mesh = new_mesh(tmp_path / "mesh", etcd_members=3)
     try:
         async with Client(mesh.frontend_addr) as client:
-            topic, sub = unique("etcd3"), unique("etcd3-sub")
-            await client.create_topic(topic)
-            await client.create_subscription(sub, topic)
+            topic, sub = await new_topic(client, "etcd3")
             first = await client.publish(topic, [b"one"])
             mesh.kill("etcd-1")
             second = await client.publish(topic, [b"two"])
@@ -204,9 +196,7 @@ async def test_repeats_are_recognised_across_a_leader_failover(own_mesh):
     from notifymesh.client import Message
     mesh = own_mesh
     async with Client(mesh.frontend_addr) as client:
-        topic, sub = unique("dedup"), unique("dedup-sub")
-        await client.create_topic(topic, replication_factor=3, dedup_by_payload=True)
-        await client.create_subscription(sub, topic)
+        topic, sub = await new_topic(client, "dedup", topic_options=dict(replication_factor=3, dedup_by_payload=True))
         [keyed] = await client.publish(topic, [Message(b"charge 7", idempotency_key="order-7")])
         [hashed] = await client.publish(topic, [Message(b"ship 7", {"carrier": "x"})])
         mesh.kill(await leader_of(client, topic))

@@ -5,7 +5,7 @@ import asyncio
 import grpc
 import pytest
 
-from helpers import unique
+from helpers import new_topic, unique
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 from notifymesh.errors import NotifymeshError
@@ -69,9 +69,7 @@ async def test_duplicates_are_already_exists_and_delete_needs_no_subscriptions(c
 
 
 async def test_message_and_batch_limits(client):
-    topic, sub = unique("limits"), unique("limits-sub")
-    await client.create_topic(topic)
-    await client.create_subscription(sub, topic)
+    topic, sub = await new_topic(client, "limits")
     cases = {
         "bytes of data": [b"x" * (1024 * 1024 + 1)],
         "at most 1000": [b"x"] * 1001,
@@ -131,9 +129,7 @@ async def test_malformed_request_bytes_never_crash_a_service(mesh, client):
 
 
 async def test_deleting_a_subscription_ends_its_streams_with_not_found(client):
-    topic, sub = unique("gone"), unique("gone-sub")
-    await client.create_topic(topic)
-    await client.create_subscription(sub, topic)
+    topic, sub = await new_topic(client, "gone")
     frames = client.subscribe_frames(sub)
     await client.publish(topic, [b"one"])
     first = await asyncio.wait_for(frames.__anext__(), 10)
