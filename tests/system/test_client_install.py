@@ -5,6 +5,7 @@ to install instead of failing with a traceback."""
 
 import json
 import os
+import shutil
 import subprocess
 import venv
 from pathlib import Path
@@ -36,7 +37,11 @@ def test_the_plain_distribution_is_the_client_alone(tmp_path, mesh):
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(ROOT)], check=True, env=env, cwd=tmp_path,
+    # A copy of the source, since building a wheel leaves build/ behind in its tree.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", ".notifymesh", "build", "*.egg-info",
+                                                                "__pycache__", ".pytest_cache"))
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(source)], check=True, env=env, cwd=tmp_path,
                    timeout=600)
     listed = subprocess.run([str(python), "-m", "pip", "list", "--format=json"], check=True, capture_output=True,
                             text=True, env=env).stdout
