@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import logging
 import zlib
+from typing import Protocol
 
 import grpc
 
@@ -32,12 +33,43 @@ MERGED_MAX_ITEMS = 5000  # messages or ack ids in one merged downstream call
 DEAD_LETTERS_PAGE, MAX_DEAD_LETTERS_PAGE = 100, 1000
 
 
+class GatewayStorage(Protocol):
+    """What the gateway asks of storage (notifymesh.server.clients.StorageClient)."""
+
+    async def append(self, shard: tuple[str, int], messages) -> list[str]: ...
+
+    async def call(self, method: str, topic: str, partition: int, request): ...
+
+
+class GatewaySenders(Protocol):
+    """What the gateway asks of the senders (notifymesh.server.clients.SenderClient)."""
+
+    def owner_addr(self, subscription: str) -> str: ...
+
+    def subscribe(self, addr: str, request: pubsub_pb2.SubscribeRequest) -> grpc.aio.UnaryStreamCall: ...
+
+    async def acknowledge(self, addr: str, ack_ids: list[str]) -> None: ...
+
+    async def modify_ack_deadline(self, request: pubsub_pb2.ModifyAckDeadlineRequest) -> None: ...
+
+    async def nack(self, request: pubsub_pb2.NackRequest) -> None: ...
+
+
+class GatewayMetadata(Protocol):
+    """What the gateway asks of metadata (notifymesh.server.clients.MetadataClient)."""
+
+    async def call(self, method: str, request): ...
+
+
 class Gateway:
-    def __init__(self, cluster: Cluster, config: Config):
+    def __init__(self, cluster: Cluster, config: Config, storage: GatewayStorage | None = None,
+                 senders: GatewaySenders | None = None, metadata: GatewayMetadata | None = None):
+        """storage, senders, metadata: the internal clients, by default the real ones
+        over the cluster (tests pass fakes)."""
         self._cluster, self._config = cluster, config
-        self._storage = StorageClient(cluster)
-        self._senders = SenderClient(cluster)
-        self._metadata = MetadataClient(cluster)
+        self._storage: GatewayStorage = storage if storage is not None else StorageClient(cluster)
+        self._senders: GatewaySenders = senders if senders is not None else SenderClient(cluster)
+        self._metadata: GatewayMetadata = metadata if metadata is not None else MetadataClient(cluster)
         # Concurrent publishes to a topic share one Append; concurrent acks of all
         # subscriptions one sender has one call to it (ack ids name their subscription).
         self._appends = Coalescer(self._storage.append, max_items=MERGED_MAX_ITEMS,

@@ -16,7 +16,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 from gen.notifymesh.internal.v1 import sender_pb2, storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
@@ -27,6 +27,7 @@ from notifymesh.server.cluster import Cluster
 from notifymesh.server.config import Config
 from notifymesh.server.status import status_of
 from notifymesh.log import fields
+from notifymesh.server import rpc
 from notifymesh.server.clients import StorageClient
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,21 @@ PULL_MAX_MESSAGES = 1000  # per subscription in one pull
 PULL_WAIT_MS = 1000
 BUDGET_RECHECK_S = 0.1
 _END = "end"  # queued to a stream to end it; an exception queued ends it with that error
+
+
+class DispatchStorage(Protocol):
+    """What dispatch asks of storage (notifymesh.server.clients.StorageClient)."""
+
+    def pull_stream(self) -> rpc.LockstepStream: ...
+
+    async def pull(self, stream: rpc.LockstepStream, request: storage_pb2.PullRequest) -> storage_pb2.PullResponse: ...
+
+    async def acknowledge(self, topic: str, partition: int, subscription: str, ack_ids: list[str]) -> None: ...
+
+    async def modify_ack_deadline(self, topic: str, partition: int, subscription: str, ack_ids: list[str],
+                                  ack_deadline_ms: int) -> None: ...
+
+    async def nack(self, topic: str, partition: int, request: pubsub_pb2.NackRequest, ack_ids: list[str]) -> None: ...
 
 
 @dataclass(eq=False)
@@ -74,7 +90,7 @@ class Budget:
 
 
 class SubscriptionDispatcher:
-    def __init__(self, subscription: pubsub_pb2.Subscription, storage: StorageClient, budget: Budget,
+    def __init__(self, subscription: pubsub_pb2.Subscription, storage: DispatchStorage, budget: Budget,
                  acks: Coalescer, owned: Callable[[], bool], room_freed: Callable[[], None]):
         self.name, self.topic = subscription.name, subscription.topic
         self.ack_deadline_ms = subscription.ack_deadline.ToMilliseconds()
@@ -274,11 +290,13 @@ class ShardPuller:
 class Dispatcher:
     """All subscriptions this sender serves."""
 
-    def __init__(self, cluster: Cluster, config: Config, node_id: str, registration_of: Callable):
-        """registration_of(): this sender's Registration, whose lease fences it."""
+    def __init__(self, cluster: Cluster, config: Config, node_id: str, registration_of: Callable,
+                 storage: DispatchStorage | None = None):
+        """registration_of(): this sender's Registration, whose lease fences it.
+        storage: the storage client, by default the real one over the cluster (tests pass a fake)."""
         self._cluster, self._config, self._node = cluster, config, node_id
         self._registration_of = registration_of
-        self.storage = StorageClient(cluster)
+        self.storage: DispatchStorage = storage if storage is not None else StorageClient(cluster)
         self.budget = Budget(config.sender_max_outstanding)
         # Concurrent acks of a shard, of any of its subscriptions, share one storage call.
         self._acks = Coalescer(lambda shard, ack_ids: self.storage.acknowledge(*shard, "", ack_ids), max_items=5000)

@@ -1,0 +1,259 @@
+"""The sender's dispatcher: acks and nacks split by partition, room accounting per
+stream and per sender, streams handing back what they had not acknowledged,
+driven with a fake storage client and cluster view."""
+
+import asyncio
+
+import pytest
+
+from fakes import FakeCluster, FakeDispatchStorage, FakeRegistration, eventually, received, settle
+from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh import errors
+from notifymesh.batching import Coalescer
+from notifymesh.contracts import AckId
+from notifymesh.server.config import Config
+from sender.dispatch import Budget, Dispatcher, Stream, SubscriptionDispatcher
+
+SUB, TOPIC, NODE = "orders-sub", "orders", "sender-1"
+
+
+def ack_id(partition: int, seq: int, subscription: str = SUB) -> str:
+    return AckId(partition, seq, subscription).encode()
+
+
+def make_dispatcher(partitions: int = 2, sender_max_outstanding: int = 100_000, **cluster_args):
+    storage = FakeDispatchStorage()
+    cluster = FakeCluster(topics={TOPIC: partitions, "audit": 1},
+                          subscriptions={SUB: TOPIC, "audit-sub": "audit"}, sender_owner=NODE, **cluster_args)
+    registration = FakeRegistration()
+    dispatcher = Dispatcher(cluster, Config(sender_max_outstanding=sender_max_outstanding), NODE,
+                            lambda: registration, storage=storage)
+    return dispatcher, storage, cluster
+
+
+class SubscriptionFixture:
+    """One SubscriptionDispatcher with its collaborators."""
+
+    def __init__(self, ack_deadline_ms: int = 10_000, budget: int = 100):
+        self.storage = FakeDispatchStorage()
+        self.budget = Budget(budget)
+        self.room_freed = 0
+        subscription = pubsub_pb2.Subscription(name=SUB, topic=TOPIC)
+        subscription.ack_deadline.FromMilliseconds(ack_deadline_ms)
+        acks = Coalescer(lambda shard, ids: self.storage.acknowledge(*shard, "", ids))
+        self.sub = SubscriptionDispatcher(subscription, self.storage, self.budget, acks, lambda: True,
+                                          self._freed)
+
+    def _freed(self) -> None:
+        self.room_freed += 1
+
+    async def hand_out(self, *ack_ids: str) -> None:
+        await self.sub.hand_out([received(a).SerializeToString() for a in ack_ids], list(ack_ids))
+
+
+def queued(stream: Stream) -> list[str]:
+    """The ack ids of the batches queued to a stream."""
+    ids = []
+    while not stream.queue.empty():
+        ids += [pubsub_pb2.ReceivedMessage.FromString(raw).ack_id for raw in stream.queue.get_nowait()]
+    return ids
+
+
+# -- acks, nacks and deadlines: one storage call per partition ----------------------------
+
+
+async def test_acks_go_to_storage_grouped_by_partition():
+    dispatcher, storage, _ = make_dispatcher()
+    await dispatcher.acknowledge(SUB, [ack_id(0, 1), ack_id(1, 2), ack_id(0, 3)])
+    assert sorted(storage.acks) == [(TOPIC, 0, "", [ack_id(0, 1), ack_id(0, 3)]), (TOPIC, 1, "", [ack_id(1, 2)])]
+    await dispatcher.close()
+
+
+async def test_acks_of_several_subscriptions_are_split_by_the_subscription_each_names():
+    dispatcher, storage, _ = make_dispatcher()
+    await dispatcher.acknowledge("", [ack_id(1, 1), ack_id(0, 7, "audit-sub"), ack_id(1, 2),
+                                      ack_id(0, 9, "deleted-sub")])  # of a subscription gone: dropped
+    assert sorted(storage.acks) == [("audit", 0, "", [ack_id(0, 7, "audit-sub")]),
+                                    (TOPIC, 1, "", [ack_id(1, 1), ack_id(1, 2)])]
+    with pytest.raises(errors.InvalidArgument):
+        await dispatcher.acknowledge("", ["not-an-ack-id"])
+    await dispatcher.close()
+
+
+async def test_nacks_go_to_storage_grouped_by_partition_with_their_delay():
+    dispatcher, storage, _ = make_dispatcher(partitions=3)
+    request = pubsub_pb2.NackRequest(subscription=SUB, ack_ids=[ack_id(2, 1), ack_id(0, 1), ack_id(2, 5)])
+    request.delay.FromSeconds(2)
+    await dispatcher.nack(request)
+    assert sorted(storage.nacks) == [(TOPIC, 0, SUB, [ack_id(0, 1)], 2000),
+                                     (TOPIC, 2, SUB, [ack_id(2, 1), ack_id(2, 5)], 2000)]
+    await dispatcher.close()
+
+
+async def test_deadline_changes_go_to_storage_grouped_by_partition():
+    dispatcher, storage, _ = make_dispatcher()
+    await dispatcher.modify_ack_deadline(SUB, [ack_id(1, 4), ack_id(0, 4)], 30_000)
+    assert sorted(storage.deadlines) == [(TOPIC, 0, SUB, [ack_id(0, 4)], 30_000),
+                                         (TOPIC, 1, SUB, [ack_id(1, 4)], 30_000)]
+    await dispatcher.close()
+
+
+# -- room: per stream and per sender -------------------------------------------------------
+
+
+async def test_handing_out_fills_streams_with_room_and_hands_back_the_rest():
+    f = SubscriptionFixture()
+    one, two, three = Stream(2), Stream(2), Stream(1)
+    for stream in (one, two, three):
+        f.sub.add(stream)
+    await f.hand_out(ack_id(0, 1), ack_id(0, 2), ack_id(1, 3), ack_id(1, 4))
+    assert (queued(one), queued(two), queued(three)) == ([ack_id(0, 1), ack_id(0, 2)], [ack_id(1, 3), ack_id(1, 4)], [])
+    assert f.budget.used == 4 and f.sub.room() == 1
+    await f.hand_out(ack_id(0, 5), ack_id(0, 6), ack_id(1, 7))  # room for one: the rest goes back at once
+    assert queued(three) == [ack_id(0, 5)]
+    assert sorted(f.storage.deadlines) == [(TOPIC, 0, SUB, [ack_id(0, 6)], 0), (TOPIC, 1, SUB, [ack_id(1, 7)], 0)]
+    assert f.budget.used == 5 and f.sub.room() == 0
+
+
+async def test_competing_streams_take_turns():
+    f = SubscriptionFixture()
+    one, two = Stream(10), Stream(10)
+    f.sub.add(one)
+    f.sub.add(two)
+    for seq in range(4):
+        await f.hand_out(ack_id(0, seq))
+    assert queued(one) == [ack_id(0, 0), ack_id(0, 2)]
+    assert queued(two) == [ack_id(0, 1), ack_id(0, 3)]
+
+
+async def test_acks_nacks_and_zero_deadlines_free_room_and_budget():
+    f = SubscriptionFixture()
+    stream = Stream(4)
+    f.sub.add(stream)
+    await f.hand_out(*(ack_id(0, seq) for seq in range(4)))
+    assert (stream.room(), f.budget.used) == (0, 4)
+    freed = f.room_freed
+    await f.sub.acknowledge([ack_id(0, 0)])
+    await f.sub.nack(pubsub_pb2.NackRequest(subscription=SUB, ack_ids=[ack_id(0, 1)]))
+    await f.sub.modify_ack_deadline([ack_id(0, 2)], 0)
+    await f.sub.modify_ack_deadline([ack_id(0, 3)], 60_000)  # extended: still out
+    assert (stream.room(), f.budget.used) == (3, 1)
+    assert stream.outstanding == {ack_id(0, 3)}
+    assert f.room_freed == freed + 3  # each woke the pulls
+    await f.sub.acknowledge([ack_id(0, 0)])  # again: nothing more to free
+    assert f.budget.used == 1
+
+
+async def test_messages_past_their_ack_deadline_free_their_room():
+    f = SubscriptionFixture(ack_deadline_ms=20)
+    stream = Stream(2)
+    f.sub.add(stream)
+    await f.hand_out(ack_id(0, 1), ack_id(0, 2))
+    assert f.sub.expire() is not None and stream.room() == 0
+    await asyncio.sleep(0.03)
+    assert f.sub.expire() is None
+    assert (stream.room(), f.budget.used) == (2, 0)
+
+
+async def test_a_redelivery_still_counted_is_counted_once():
+    f = SubscriptionFixture()
+    stream = Stream(5)
+    f.sub.add(stream)
+    await f.hand_out(ack_id(0, 1))
+    await f.hand_out(ack_id(0, 1))
+    assert (stream.room(), f.budget.used) == (4, 1)
+
+
+async def test_a_removed_stream_hands_its_unacked_messages_back_for_redelivery_now():
+    f = SubscriptionFixture()
+    leaving, staying = Stream(3), Stream(3)
+    f.sub.add(leaving)
+    f.sub.add(staying)
+    await f.hand_out(ack_id(0, 1), ack_id(1, 2), ack_id(0, 3), ack_id(1, 4))  # 3 to leaving, 1 to staying
+    assert queued(leaving) == [ack_id(0, 1), ack_id(1, 2), ack_id(0, 3)]
+    await f.sub.acknowledge([ack_id(1, 2)])
+    await f.sub.remove(leaving)
+    # (a stream's outstanding ids are a set: their order is not kept)
+    assert [(t, p, s, sorted(ids), ms) for t, p, s, ids, ms in f.storage.deadlines] == [
+        (TOPIC, 0, SUB, [ack_id(0, 1), ack_id(0, 3)], 0)]
+    assert f.sub.streams == [staying] and leaving.outstanding == set()
+    assert staying.outstanding == {ack_id(1, 4)} and f.budget.used == 1
+    assert not f.sub.idle()
+    await f.sub.remove(staying)
+    assert f.sub.idle() and f.budget.used == 0
+
+
+# -- the whole path: subscribe, pull, deliver, ack, go away -------------------------------
+
+
+async def test_a_subscriber_gets_what_the_long_polls_of_every_partition_pull():
+    dispatcher, storage, _ = make_dispatcher(partitions=2)
+    frames = dispatcher.subscribe(SUB, 3)
+    first = asyncio.ensure_future(anext(frames))
+    await eventually(lambda: {p.partition for p in storage.pulls} == {0, 1})  # one long poll per shard
+    for pull in storage.pulls:
+        assert pull.topic == TOPIC
+        [asked] = pull.subscriptions
+        assert (asked.name, asked.ack_deadline_ms) == (SUB, 10_000)
+    assert sum(p.subscriptions[0].max_messages for p in storage.pulls) <= 3  # no more than the stream's room
+
+    storage.respond(0, SUB, [received(ack_id(0, 1))])
+    frame = await asyncio.wait_for(first, 1)
+    assert [pubsub_pb2.ReceivedMessage.FromString(raw).ack_id for raw in frame.received_messages] == [ack_id(0, 1)]
+    await dispatcher.acknowledge(SUB, [ack_id(0, 1)])
+    assert storage.acks == [(TOPIC, 0, "", [ack_id(0, 1)])]
+    assert dispatcher.budget.used == 0
+
+    storage.respond(1, SUB, [received(ack_id(1, 1))])
+    await asyncio.wait_for(anext(frames), 1)
+    assert dispatcher.budget.used == 1
+    await frames.aclose()  # the subscriber goes away with one unacked: it goes back now
+    assert storage.deadlines == [(TOPIC, 1, SUB, [ack_id(1, 1)], 0)]
+    assert dispatcher.budget.used == 0
+    assert SUB not in dispatcher.subscriptions  # nothing connected, nothing in flight: no state kept
+    await dispatcher.close()
+
+
+@pytest.mark.parametrize("stream_room, sender_room", [(2, 100), (10, 2)], ids=["stream", "sender"])
+async def test_a_pull_asks_no_more_than_the_room_of_the_stream_and_of_the_sender(stream_room, sender_room):
+    dispatcher, storage, _ = make_dispatcher(partitions=1, sender_max_outstanding=sender_room)
+    frames = dispatcher.subscribe(SUB, stream_room)
+    frame = asyncio.ensure_future(anext(frames))
+    await eventually(lambda: storage.pulls)
+    assert storage.pulls[0].subscriptions[0].max_messages == 2
+    storage.respond(0, SUB, [received(ack_id(0, 1)), received(ack_id(0, 2))])
+    await asyncio.wait_for(frame, 1)
+    await settle()
+    assert len(storage.pulls) == 1  # no room: no pull
+    await dispatcher.acknowledge(SUB, [ack_id(0, 1)])
+    await eventually(lambda: len(storage.pulls) == 2)  # room freed wakes the pull
+    assert storage.pulls[1].subscriptions[0].max_messages == 1
+    await frames.aclose()
+    await dispatcher.close()
+
+
+async def test_only_the_owner_with_a_live_lease_serves_a_subscription():
+    dispatcher, _, cluster = make_dispatcher()
+    cluster.owners[SUB] = "sender-2"
+    with pytest.raises(errors.Unavailable, match="sender-2"):
+        await anext(dispatcher.subscribe(SUB, 0))
+
+    dispatcher, _, _ = make_dispatcher()
+    dispatcher._registration_of = lambda: FakeRegistration(valid_for_s=-1)
+    with pytest.raises(errors.Unavailable):
+        await anext(dispatcher.subscribe(SUB, 0))
+
+
+async def test_close_ends_the_streams_and_hands_their_messages_back():
+    dispatcher, storage, _ = make_dispatcher(partitions=1)
+    frames = dispatcher.subscribe(SUB, 5)
+    frame = asyncio.ensure_future(anext(frames))
+    await eventually(lambda: storage.pulls)
+    storage.respond(0, SUB, [received(ack_id(0, 1))])
+    await asyncio.wait_for(frame, 1)
+    await asyncio.wait_for(dispatcher.close(), 1)
+    assert storage.deadlines == [(TOPIC, 0, SUB, [ack_id(0, 1)], 0)]
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(anext(frames), 1)
+    with pytest.raises(errors.Unavailable):
+        await anext(dispatcher.subscribe(SUB, 0))

@@ -1,0 +1,186 @@
+"""The frontend's routing: publishes to partitions with ids naming them, acks to
+the senders that own their subscriptions, status lookups to the shard an id
+names; driven with fakes of the cluster view and the internal clients."""
+
+import asyncio
+import zlib
+
+import grpc
+import pytest
+
+from fakes import FakeCluster, FakeGatewayStorage, FakeMetadata, FakeSenders, eventually, settle
+from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh import errors
+from notifymesh.contracts import AckId, MessageId, topic_hash
+from notifymesh.server.config import Config
+from frontend.gateway import Gateway
+
+TOPIC = "orders"
+OWNERS = {"sub-a": "sender-1:1", "sub-b": "sender-2:2", "sub-c": "sender-1:1"}
+
+
+def make_gateway(partitions: int = 4, topics: dict[str, int] | None = None):
+    cluster = FakeCluster(topics=topics or {TOPIC: partitions}, subscriptions={name: TOPIC for name in OWNERS})
+    storage, senders, metadata = FakeGatewayStorage(), FakeSenders(dict(OWNERS)), FakeMetadata()
+    return Gateway(cluster, Config(), storage=storage, senders=senders, metadata=metadata), storage, senders
+
+
+def message(data: bytes, ordering_key: str = "") -> pubsub_pb2.PubsubMessage:
+    return pubsub_pb2.PubsubMessage(data=data, ordering_key=ordering_key)
+
+
+def ack(partition: int, seq: int, subscription: str) -> str:
+    return AckId(partition, seq, subscription).encode()
+
+
+# -- publish --------------------------------------------------------------------------------
+
+
+async def test_an_ordering_key_picks_the_partition_by_crc32():
+    gateway, storage, _ = make_gateway(partitions=4)
+    keys = ["customer-1", "customer-2", "customer-3", "customer-1"]
+    ids = await gateway.publish(TOPIC, [message(b"%d" % i, key) for i, key in enumerate(keys)])
+    appended = {partition: [m.data for m in messages] for (topic, partition), messages in storage.appends}
+    expected: dict[int, list[bytes]] = {}
+    for i, key in enumerate(keys):
+        expected.setdefault(zlib.crc32(key.encode()) % 4, []).append(b"%d" % i)
+    assert appended == expected
+    assert len(expected) > 1  # the keys do spread
+    for key, message_id in zip(keys, ids):
+        assert MessageId.parse(message_id).partition == zlib.crc32(key.encode()) % 4
+
+
+async def test_ids_name_the_partition_and_topic_the_message_is_stored_in_and_keep_the_order():
+    gateway, storage, _ = make_gateway(partitions=3)
+    messages = [message(b"a", "k1"), message(b"b"), message(b"c", "k2"), message(b"d"), message(b"e", "k1")]
+    ids = await gateway.publish(TOPIC, messages)
+    assert len(set(ids)) == 5
+    for (topic, partition), stored in storage.appends:
+        for m in stored:
+            parsed = MessageId.parse(m.message_id)
+            assert (parsed.partition, parsed.topic_hash) == (partition, topic_hash(TOPIC))
+    stored_ids = {m.data: m.message_id for _, stored in storage.appends for m in stored}
+    assert ids == [stored_ids[m.data] for m in messages]  # each caller's id at its message's place
+
+
+async def test_without_an_ordering_key_publishes_take_turns_over_idle_partitions():
+    gateway, storage, _ = make_gateway(partitions=3)
+    for i in range(6):
+        await gateway.publish(TOPIC, [message(b"%d" % i), message(b"%d+" % i)])
+    assert [partition for (_, partition), _ in storage.appends] == [0, 1, 2, 0, 1, 2]  # a batch stays together
+
+
+async def test_without_an_ordering_key_a_publish_avoids_a_busy_partition():
+    gateway, storage, _ = make_gateway(partitions=3)
+    busy = storage.hold((TOPIC, 0))
+    stuck = asyncio.create_task(gateway.publish(TOPIC, [message(b"stuck")]))  # partition 0 (its turn)
+    await eventually(lambda: storage.appends)
+    for i in range(6):
+        await asyncio.wait_for(gateway.publish(TOPIC, [message(b"%d" % i)]), 1)
+    chosen = [partition for (_, partition), _ in storage.appends]
+    assert chosen[:3] == [0, 1, 2]  # idle: each its turn
+    assert 0 not in chosen[3:] and set(chosen[3:]) == {1, 2}  # then never the busy one
+    busy.set()
+    await asyncio.wait_for(stuck, 1)
+
+
+async def test_a_publish_to_an_unknown_topic_or_of_an_invalid_message_does_no_storage_work():
+    gateway, storage, _ = make_gateway()
+    with pytest.raises(errors.NotFound):
+        await gateway.publish("no-such-topic", [message(b"x")])
+    with pytest.raises(errors.InvalidArgument):
+        await gateway.publish(TOPIC, [pubsub_pb2.PubsubMessage()])
+    assert storage.appends == []
+
+
+# -- acks ---------------------------------------------------------------------------------------
+
+
+async def test_acks_of_a_named_subscription_go_to_its_sender():
+    gateway, _, senders = make_gateway()
+    ids = [ack(0, 1, "sub-b"), ack(3, 2, "sub-b")]
+    await gateway.acknowledge("sub-b", ids)
+    assert senders.acks == [("sender-2:2", ids)]
+
+
+async def test_acks_without_a_subscription_go_to_the_owner_of_the_subscription_each_names():
+    gateway, _, senders = make_gateway()
+    await gateway.acknowledge("", [ack(0, 1, "sub-a"), ack(1, 1, "sub-b"), ack(0, 2, "sub-c"), ack(2, 3, "sub-a")])
+    assert sorted(senders.acks) == [
+        ("sender-1:1", [ack(0, 1, "sub-a"), ack(2, 3, "sub-a"), ack(0, 2, "sub-c")]),
+        ("sender-2:2", [ack(1, 1, "sub-b")])]
+
+
+async def test_concurrent_acks_for_one_sender_share_a_call():
+    gateway, _, senders = make_gateway()
+    await asyncio.gather(gateway.acknowledge("sub-a", [ack(0, 1, "sub-a")]),
+                         gateway.acknowledge("sub-c", [ack(0, 1, "sub-c")]),
+                         gateway.acknowledge("sub-a", [ack(0, 2, "sub-a")]))
+    assert senders.acks == [("sender-1:1", [ack(0, 1, "sub-a"), ack(0, 1, "sub-c"), ack(0, 2, "sub-a")])]
+
+
+@pytest.mark.parametrize("name, ack_ids", [
+    ("sub-a", ["garbage"]),
+    ("sub-a", [ack(0, 1, "sub-a"), "0:zz:sub-a"]),
+    ("sub-a", [ack(0, 1, "sub-b")]),  # well formed, of another subscription
+    ("", [ack(0, 1, "sub-a"), "no-colons"]),
+    ("sub-a", []),
+], ids=["malformed", "bad-seq", "other-subscription", "merged-malformed", "none"])
+async def test_a_bad_ack_id_is_refused_and_nothing_is_sent(name, ack_ids):
+    gateway, _, senders = make_gateway()
+    with pytest.raises(errors.InvalidArgument):
+        await gateway.acknowledge(name, ack_ids)
+    await settle()
+    assert senders.acks == []
+
+
+async def test_nacks_and_deadline_changes_check_their_ack_ids_and_go_to_the_sender():
+    gateway, _, senders = make_gateway()
+    with pytest.raises(errors.InvalidArgument):
+        await gateway.nack(pubsub_pb2.NackRequest(subscription="sub-a", ack_ids=[ack(0, 1, "sub-b")]))
+    deadline = pubsub_pb2.ModifyAckDeadlineRequest().ack_deadline
+    deadline.FromSeconds(30)
+    with pytest.raises(errors.InvalidArgument):
+        await gateway.modify_ack_deadline("sub-a", ["garbage"], deadline)
+    assert senders.nacks == [] and senders.deadlines == []
+    request = pubsub_pb2.NackRequest(subscription="sub-a", ack_ids=[ack(0, 1, "sub-a")])
+    await gateway.nack(request)
+    await gateway.modify_ack_deadline("sub-a", [ack(0, 1, "sub-a")], deadline)
+    assert senders.nacks == [request]
+    assert list(senders.deadlines[0].ack_ids) == [ack(0, 1, "sub-a")]
+
+
+# -- message status --------------------------------------------------------------------------------
+
+
+async def test_message_status_asks_the_shard_the_id_names():
+    gateway, storage, _ = make_gateway(topics={TOPIC: 4, "audit": 8})
+    [message_id] = MessageId.new_batch("audit", 5, 1, 1_700_000_000_000)
+    status = pubsub_pb2.MessageStatus(topic="audit", partition=5)
+    storage.replies[("GetMessageStatus", "audit", 5)] = status
+    assert await gateway.message_status(message_id) is status
+    [(method, topic, partition, request)] = storage.calls
+    assert (method, topic, partition, request.topic, request.partition, request.message_id) == (
+        "GetMessageStatus", "audit", 5, "audit", 5, message_id)
+
+
+async def test_message_status_of_an_unknown_or_malformed_id():
+    gateway, storage, _ = make_gateway(topics={TOPIC: 4})
+    [of_a_deleted_topic] = MessageId.new_batch("deleted", 0, 1, 1_700_000_000_000)
+    with pytest.raises(errors.NotFound):
+        await gateway.message_status(of_a_deleted_topic)
+    assert storage.calls == []
+    with pytest.raises(errors.InvalidArgument):
+        await gateway.message_status("not-an-id")
+    [gone] = MessageId.new_batch(TOPIC, 1, 1, 1_700_000_000_000)
+    storage.replies[("GetMessageStatus", TOPIC, 1)] = grpc.aio.AioRpcError(
+        grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(), grpc.aio.Metadata(), "no such message")
+    with pytest.raises(errors.NotFound):
+        await gateway.message_status(gone)
+
+
+async def test_admin_calls_go_to_metadata():
+    gateway, _, _ = make_gateway()
+    request = pubsub_pb2.GetTopicRequest(name=TOPIC)
+    await gateway.admin("GetTopic", request)
+    assert gateway._metadata.calls == [("GetTopic", request)]
