@@ -106,18 +106,16 @@ class Dedup:
         """The message ids stored under those dedup keys and not expired: one multi-get."""
         wanted = list(dedup_keys)
         values = self._records.get_many([log_.layout.idempotency(key) for key in wanted])
-        found = {}
-        for key, value in zip(wanted, values):
-            if value is not None and (stored := keys.parse_idempotency_value(value)).until_ms > now:
-                found[key] = stored.message_id
-        return found
+        live = keys.live_message_id
+        return {key: message_id for key, value in zip(wanted, values)
+                if value is not None and (message_id := live(value, now)) is not None}
 
     def collect_idempotency_keys(self) -> int:
         """Deletes idempotency keys past their window; returns how many."""
         now = now_ms()
         batch = self._records.batch()
         for key, value in self._records.prefixed(keys.IDEMPOTENCY):
-            if keys.parse_idempotency_value(value).until_ms <= now:
+            if keys.live_message_id(value, now) is None:
                 batch.delete(key)
         if count := len(batch):
             self._records.write(batch)

@@ -175,6 +175,13 @@ def parse_idempotency_value(value: bytes) -> Idempotency:
     return Idempotency(int.from_bytes(value[:_MS_BYTES], "big"), value[_MS_BYTES:].decode())
 
 
+def live_message_id(value: bytes, now_ms: int) -> str | None:
+    """parse_idempotency_value's message id while the key is live at now_ms, else
+    None. For the append path, once per repeat: no record made (measured: with
+    one, preparing a batch of half repeats took about 8% longer)."""
+    return value[_MS_BYTES:].decode() if int.from_bytes(value[:_MS_BYTES], "big") > now_ms else None
+
+
 DELIVERY_RECORD = struct.Struct(">qB")  # outcome ms, outcome (notifymesh.v1.AttemptOutcome)
 
 

@@ -173,6 +173,7 @@ def test_keys_encode_and_parse_in_pairs():
     assert keys.message(SHARD, 9) == layout.message(9)
     assert keys.shard_of(layout.first) == keys.shard_of(layout.state) == keys.shard_of(layout.index("x")) == SHARD
     assert keys.parse_idempotency_value(keys.idempotency_value(5, "id")) == keys.Idempotency(5, "id")
+    assert [keys.live_message_id(keys.idempotency_value(5, "id"), now) for now in (4, 5)] == ["id", None]
     assert keys.parse_index_value(keys.index_value(2 ** 40)) == 2 ** 40
     assert keys.parse_first_value(keys.first_value(3)) == 3
     packed = keys.lease_state(1, 2, 3, 4) + keys.lease_state(5, 6, 7, 8)
