@@ -53,30 +53,28 @@ class AckGroup(NamedTuple):
 
 
 def group_ack_ids(ack_ids: Iterable[str]) -> dict[AckGroup, list[AckId]]:
-    """The ack ids by (subscription, partition), in their order within each group:
-    the one place acks are split for routing (by subscription to its sender, by
-    partition to its leader). Raises InvalidArgument on a malformed one."""
-    groups: dict[AckGroup, list[AckId]] = {}
-    for value in ack_ids:
-        ack = AckId.parse(value)
-        groups.setdefault(AckGroup(ack.subscription, ack.partition), []).append(ack)
-    return groups
+    """The ack ids, parsed, by (subscription, partition), in their order within
+    each group. Raises InvalidArgument on a malformed one."""
+    return _grouped(ack_ids, lambda ack, _value: (AckGroup(ack.subscription, ack.partition), ack))
 
 
 def ack_ids_by_subscription(ack_ids: Iterable[str]) -> dict[str, list[str]]:
-    """The ack ids (as given) by the subscription each names."""
-    by_subscription: dict[str, list[str]] = {}
-    for group, acks in group_ack_ids(ack_ids).items():
-        by_subscription.setdefault(group.subscription, []).extend(ack.encode() for ack in acks)
-    return by_subscription
+    """The ack ids, as given, by the subscription each names (routing to senders)."""
+    return _grouped(ack_ids, lambda ack, value: (ack.subscription, value))
 
 
 def ack_ids_by_partition(ack_ids: Iterable[str]) -> dict[int, list[str]]:
-    """The ack ids (as given) by the partition each names."""
-    by_partition: dict[int, list[str]] = {}
-    for group, acks in group_ack_ids(ack_ids).items():
-        by_partition.setdefault(group.partition, []).extend(ack.encode() for ack in acks)
-    return by_partition
+    """The ack ids, as given, by the partition each names (routing to leaders)."""
+    return _grouped(ack_ids, lambda ack, value: (ack.partition, value))
+
+
+def _grouped(ack_ids: Iterable[str], key_and_item: Callable) -> dict:
+    """The one grouping of ack ids: key_and_item(parsed, value) -> (group, item)."""
+    groups: dict = {}
+    for value in ack_ids:
+        key, item = key_and_item(AckId.parse(value), value)
+        groups.setdefault(key, []).append(item)
+    return groups
 
 
 # -- message ids -----------------------------------------------------------------------

@@ -15,7 +15,6 @@ from notifymesh.contracts import SUBSCRIPTIONS, TOPICS, MessageId, Shard, shard_
 from notifymesh.server.cluster import ChangedNames
 from notifymesh.log import fields
 from notifymesh.server.process import Context
-from storage import keys
 from notifymesh.server.clients import StorageClient
 from storage.delivery import Pull
 from storage.engine import StorageEngine
