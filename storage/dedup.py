@@ -6,6 +6,7 @@ message, so inline there); this module reads them and collects the expired."""
 
 import collections
 import hashlib
+from typing import NamedTuple
 
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
@@ -16,6 +17,11 @@ from storage.interfaces import LogStore, Records
 from storage.log import Entries, ShardLog
 
 RETRY_SCAN_ENTRIES = 200_000  # how far back a retried append looks for its message ids
+
+
+class Prepared(NamedTuple):
+    message_ids: list[str]  # one per message of the append, in order: new or the original's
+    entries: Entries  # what to write, from log.end on: the messages not stored already
 
 
 def dedup_key_of(message: pubsub_pb2.PubsubMessage, by_payload: bool) -> str:
@@ -53,7 +59,7 @@ class Dedup:
         self._logs, self._records = logs, records
 
     def prepare(self, shard: str, messages: list[pubsub_pb2.PubsubMessage], epoch: int, dedup_window_ms: int,
-                retry: bool, by_payload: bool = False) -> tuple[list[str], Entries]:
+                retry: bool, by_payload: bool = False) -> Prepared:
         """Leader side, synchronous: the ids to answer and the new entries (from
         log.end on) for messages not already stored: by idempotency key (or, with
         by_payload, by a hash of data and attributes) within the window, or, for a
@@ -93,7 +99,7 @@ class Dedup:
             entries.add(raw, message_id, dedup_key, dedup_until_ms, epoch)
             entries.messages.append(serialized)
             ids.append(message_id)
-        return ids, entries
+        return Prepared(ids, entries)
 
     def _recent_ids(self, log_: ShardLog) -> RecentIds:
         """Read from the log at the first retry, kept current by the log's writes after."""

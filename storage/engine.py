@@ -23,17 +23,12 @@ from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from storage.db import Database
 from storage.dead_letters import DeadLetters
-from storage.dedup import RETRY_SCAN_ENTRIES, Dedup, RecentIds, dedup_key_of
-from storage.delivery import (DEAD_LETTER_RETRY_MS, DeadLetter, Deliveries, DeliveryPolicy, Lease, Pull, Pulled,
-                              SubscriptionState)
-from storage.delivery_log import INDEX_SKEW_MS, DeliveryLog
+from storage.dedup import Dedup, Prepared
+from storage.delivery import DeadLetter, Deliveries, Pull, Pulled, SubscriptionState
+from storage.delivery_log import DeliveryLog
 from storage.group_commit import GroupCommit
-from storage.log import MAX_RECENT_MESSAGES, MAX_TAIL_ENTRIES, RECENT_TRIM_AT, Entries, SeqWindow, ShardLog, ShardLogs
+from storage.log import Entries, ShardLog, ShardLogs
 from storage.retention import Retention
-
-__all__ = ["StorageEngine", "Entries", "SeqWindow", "ShardLog", "DeliveryPolicy", "Lease", "SubscriptionState",
-           "DeadLetter", "Pull", "Pulled", "RecentIds", "dedup_key_of", "NODE_ID_FILE", "DEAD_LETTER_RETRY_MS",
-           "INDEX_SKEW_MS", "MAX_RECENT_MESSAGES", "MAX_TAIL_ENTRIES", "RECENT_TRIM_AT", "RETRY_SCAN_ENTRIES"]
 
 NODE_ID_FILE = "NODE_ID"
 
@@ -99,7 +94,7 @@ class StorageEngine:
     # -- appends (storage/dedup.py) --------------------------------------------------
 
     def prepare(self, shard: str, messages: list[pubsub_pb2.PubsubMessage], epoch: int, dedup_window_ms: int,
-                retry: bool, by_payload: bool = False) -> tuple[list[str], Entries]:
+                retry: bool, by_payload: bool = False) -> Prepared:
         return self.dedup.prepare(shard, messages, epoch, dedup_window_ms, retry, by_payload)
 
     def collect_idempotency_keys(self) -> int:

@@ -12,7 +12,7 @@ from typing import Awaitable, Mapping, Protocol
 
 from gen.notifymesh.internal.v1 import storage_pb2
 from notifymesh.contracts import shard_name
-from storage.engine import Entries, ShardLog
+from storage.log import Entries, ShardLog
 from storage.replication_rules import epoch_refused, leader_deposed, newest_epoch, resend_from
 
 

@@ -25,7 +25,7 @@ from notifymesh.contracts import Shard, shard_name
 from notifymesh.log import fields
 from notifymesh.server import rpc
 from storage.election import Registered
-from storage.engine import Entries, ShardLog
+from storage.log import Entries, ShardLog
 from storage.replication_rules import commit_index, quorum
 
 log = logging.getLogger(__name__)

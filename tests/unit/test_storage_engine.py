@@ -10,7 +10,9 @@ from notifymesh import errors
 from notifymesh.clock import now_ms, timestamp
 from notifymesh.contracts import Shard
 from storage import wire
-from storage.engine import Entries, Pull, SeqWindow, StorageEngine
+from storage.delivery import Pull
+from storage.engine import StorageEngine
+from storage.log import Entries, SeqWindow
 
 DEDUP_MS = 60_000
 SHARD = "orders/0"
