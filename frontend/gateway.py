@@ -16,15 +16,15 @@ import grpc
 from gen.notifymesh.internal.v1 import node_pb2, node_pb2_grpc, storage_pb2
 from gen.notifymesh.v1 import cluster_pb2, pubsub_pb2
 from notifymesh import errors
-from notifymesh.server import validation
 from notifymesh.backoff import Backoff, BackoffPolicy
 from notifymesh.batching import Coalescer
 from notifymesh.clock import now_ms, to_ms
 from notifymesh.contracts import AckId, MessageId, ack_ids_by_subscription, topic_hash
+from notifymesh.log import fields
+from notifymesh.server import validation
+from notifymesh.server.clients import MetadataClient, SenderClient, StorageClient
 from notifymesh.server.cluster import Cluster
 from notifymesh.server.config import Config
-from notifymesh.log import fields
-from notifymesh.server.clients import MetadataClient, SenderClient, StorageClient
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The frontend process: thin public servicers over the Gateway, with server reflection."""
 
-from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
 from frontend.gateway import Gateway
+from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
 from notifymesh.server.process import Context
 
 

@@ -3,8 +3,8 @@
 from gen.notifymesh.internal.v1 import metadata_pb2_grpc
 from gen.notifymesh.v1 import pubsub_pb2
 from metadata.store import MetadataStore
-from notifymesh.server.process import Context
 from notifymesh.server.clients import StorageClient
+from notifymesh.server.process import Context
 
 
 class MetadataServicer(metadata_pb2_grpc.MetadataServicer):

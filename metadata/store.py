@@ -14,13 +14,13 @@ from google.protobuf import duration_pb2
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
-from notifymesh.server import validation
+from notifymesh.clock import now_ms, timestamp
 from notifymesh.contracts import CANDIDATES, LEADERS, PLACEMENTS, SUBSCRIPTIONS, TOPICS, shard_name
+from notifymesh.log import fields
+from notifymesh.server import validation
+from notifymesh.server.clients import StorageClient
 from notifymesh.server.cluster import Cluster
 from notifymesh.server.config import Config
-from notifymesh.server.clients import StorageClient
-from notifymesh.clock import now_ms, timestamp
-from notifymesh.log import fields
 
 log = logging.getLogger(__name__)
 

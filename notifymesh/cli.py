@@ -13,11 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh.client import Client, Message, default_addr
-from notifymesh.errors import NotifymeshError
 from notifymesh.contracts import AckId
+from notifymesh.errors import NotifymeshError
 
 PUBLISH_BATCH = 500
 PUBLISH_IN_FLIGHT = 8

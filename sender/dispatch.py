@@ -23,12 +23,12 @@ from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 from notifymesh.batching import Coalescer
 from notifymesh.contracts import ack_ids_by_partition, ack_ids_by_subscription
-from notifymesh.server.cluster import Cluster
-from notifymesh.server.config import Config
-from notifymesh.server.status import status_of
 from notifymesh.log import fields
 from notifymesh.server import rpc
 from notifymesh.server.clients import StorageClient
+from notifymesh.server.cluster import Cluster
+from notifymesh.server.config import Config
+from notifymesh.server.status import status_of
 
 log = logging.getLogger(__name__)
 

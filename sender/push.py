@@ -18,9 +18,9 @@ import logging
 import httpx
 
 from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh.log import fields
 from notifymesh.server import validation
 from notifymesh.server.cluster import ChangedNames, Cluster
-from notifymesh.log import fields
 from sender.dispatch import Dispatcher, Stream
 
 log = logging.getLogger(__name__)

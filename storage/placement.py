@@ -13,8 +13,8 @@ from typing import Callable, Mapping, Protocol
 from gen.notifymesh.internal.v1 import storage_pb2
 from notifymesh.contracts import PLACEMENTS, Shard
 from notifymesh.log import fields
-from storage.log import ShardLog
 from storage.leader import Leadership, Progress
+from storage.log import ShardLog
 from storage.replication_rules import replica_swap
 
 log = logging.getLogger(__name__)

@@ -12,10 +12,10 @@ from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 from notifymesh.clock import now_ms
 from notifymesh.contracts import SUBSCRIPTIONS, TOPICS, MessageId, Shard, shard_name
-from notifymesh.server.cluster import ChangedNames
 from notifymesh.log import fields
-from notifymesh.server.process import Context
 from notifymesh.server.clients import StorageClient
+from notifymesh.server.cluster import ChangedNames
+from notifymesh.server.process import Context
 from storage.delivery import Pull
 from storage.engine import StorageEngine
 from storage.replication import Replication

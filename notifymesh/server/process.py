@@ -26,13 +26,13 @@ from grpc_reflection.v1alpha import reflection
 
 from gen.notifymesh.internal.v1 import node_pb2, node_pb2_grpc
 from gen.notifymesh.v1 import cluster_pb2
-from notifymesh.server import config as config_mod
 from notifymesh import contracts, errors
-from notifymesh.server.status import status_of
 from notifymesh import log as log_mod
 from notifymesh.channel import channel_options
-from notifymesh.server.cluster import Cluster, Registration, connect_etcd
 from notifymesh.log import fields
+from notifymesh.server import config as config_mod
+from notifymesh.server.cluster import Cluster, Registration, connect_etcd
+from notifymesh.server.status import status_of
 
 log = logging.getLogger(__name__)
 

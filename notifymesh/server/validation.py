@@ -4,8 +4,8 @@ with a message that says what is wrong and what is allowed."""
 
 import re
 
-from notifymesh.server.config import Config
 from notifymesh.errors import InvalidArgument
+from notifymesh.server.config import Config
 
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{2,254}")
 MAX_ATTRIBUTES = 100

@@ -4,12 +4,12 @@ import asyncio
 
 import grpc
 import pytest
-
 from helpers import new_topic, unique
+
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
-from notifymesh.errors import NotifymeshError
 from notifymesh.client import Message
+from notifymesh.errors import NotifymeshError
 
 BAD_NAMES = ["ab", "9lives", "has space", "x" * 256, "", "sl/ash", "nul\0byte"]
 

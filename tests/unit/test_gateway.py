@@ -7,13 +7,13 @@ import zlib
 
 import grpc
 import pytest
-
 from fakes import FakeCluster, FakeGatewayStorage, FakeMetadata, FakeSenders, eventually, settle
+
+from frontend.gateway import Gateway
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 from notifymesh.contracts import AckId, MessageId, topic_hash
 from notifymesh.server.config import Config
-from frontend.gateway import Gateway
 
 TOPIC = "orders"
 OWNERS = {"sub-a": "sender-1:1", "sub-b": "sender-2:2", "sub-c": "sender-1:1"}
