@@ -73,6 +73,9 @@ class StorageEngine:
     def write_replicated(self, shard: str, start: int, entries: Entries) -> Awaitable[None]:
         return self.log.write_replicated(shard, start, entries)
 
+    def save_epoch(self, shard: str, epoch: int) -> Awaitable[None] | None:
+        return self.log.save_epoch(shard, epoch)
+
     def release_tail(self, shard: str, below: int) -> None:
         self.log.release_tail(shard, below)
 

@@ -1,7 +1,8 @@
 """The follower's side of replication: the Replicate handler.
 
 A follower refuses any epoch older than the newest it has seen (and any batch of
-a shard it still leads), checks that each batch fits its log (rules:
+a shard it still leads); the newest seen survives a restart (the log's seen_epoch,
+on disk before the batch is answered, and the epoch of its last entry), checks that each batch fits its log (rules:
 resend_from), truncating a divergent tail by overwriting it, and writes the
 batches of one request in one synced write.
 """
@@ -11,6 +12,7 @@ import time
 from typing import Awaitable, Mapping, Protocol
 
 from gen.notifymesh.internal.v1 import storage_pb2
+from notifymesh import errors
 from notifymesh.contracts import shard_name
 from storage.log import Entries, ShardLog
 from storage.replication_rules import epoch_refused, leader_deposed, newest_epoch, resend_from
@@ -21,6 +23,7 @@ class FollowerLog(Protocol):
 
     def shard(self, name: str) -> ShardLog: ...
     def epoch_at(self, shard: str, seq: int) -> int | None: ...
+    def save_epoch(self, shard: str, epoch: int) -> Awaitable[None] | None: ...
     def reset(self, shard: str, first: int) -> None: ...
     def write_replicated(self, shard: str, start: int, entries: Entries) -> Awaitable[None]: ...
     def advance_commit(self, shard: str, commit: int) -> None: ...
@@ -55,28 +58,48 @@ class Follower:
         side); last_heard: when a leader last fed each shard (monotonic), for placement."""
         self._engine, self._leading, self._candidate = engine, leading, candidate
         self._known_epoch, self._last_heard = known_epoch, last_heard
+        self._open = False
+
+    def open(self) -> None:
+        """The engine has recovered and writes: batches are taken from now on."""
+        self._open = True
+
+    async def _admit(self, shard: str, batch: storage_pb2.ShardEntries, result: storage_pb2.ShardResult,
+                     writes: list[Awaitable[None]]) -> bool:
+        """Whether the batch's epoch is taken: not older than the newest seen here
+        (in memory, on disk, or as the epoch of the log's last entry), and this node
+        does not lead the shard (after stepping down for a newer epoch). A taken
+        epoch is saved with the writes, so it is on disk before the answer."""
+        led = self._leading.led
+        log_ = self._engine.shard(shard)
+        known = max(self._known_epoch.get(shard, 0), log_.seen_epoch, log_.last_epoch)
+        lead = led.get(shard)
+        if leader_deposed(batch.epoch, lead.epoch if lead is not None else None):
+            await self._leading.step_down(shard, f"epoch {batch.epoch} replicates to this node")
+            lead = led.get(shard)
+        led_epoch = lead.epoch if lead is not None else None
+        if epoch_refused(batch.epoch, known, led_epoch):
+            result.newer_epoch = newest_epoch(known, led_epoch)
+            result.end = log_.end
+            return False
+        self._known_epoch[shard] = batch.epoch
+        if (saved := self._engine.save_epoch(shard, batch.epoch)) is not None:
+            writes.append(saved)
+        self._last_heard[shard] = time.monotonic()
+        return True
 
     async def replicate(self, request: storage_pb2.ReplicateRequest) -> storage_pb2.ReplicateResponse:
         """Applies a leader's batches: refuses older epochs, checks that each batch
         fits the local log, writes all of them in one synced write."""
+        if not self._open:
+            raise errors.Unavailable("storage node is starting: its replication state is not loaded yet")
         results, writes = [], []
-        led = self._leading.led
         for batch in request.shards:
             shard = shard_name(batch.topic, batch.partition)
             result = storage_pb2.ShardResult(topic=batch.topic, partition=batch.partition)
             results.append(result)
-            known = self._known_epoch.get(shard, 0)
-            lead = led.get(shard)
-            if leader_deposed(batch.epoch, lead.epoch if lead is not None else None):
-                await self._leading.step_down(shard, f"epoch {batch.epoch} replicates to this node")
-                lead = led.get(shard)
-            led_epoch = lead.epoch if lead is not None else None
-            if epoch_refused(batch.epoch, known, led_epoch):
-                result.newer_epoch = newest_epoch(known, led_epoch)
-                result.end = self._engine.shard(shard).end
+            if not await self._admit(shard, batch, result, writes):
                 continue
-            self._known_epoch[shard] = batch.epoch
-            self._last_heard[shard] = time.monotonic()
             await self._candidate.withdraw(shard)
             log_ = self._engine.shard(shard)
             if log_.end < batch.first:

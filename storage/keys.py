@@ -6,6 +6,7 @@ separates them; sequence numbers are 8-byte big-endian so keys sort by seq.
   m shard \0 seq                  -> CRC-32 (4 bytes) + notifymesh.internal.v1.StoredMessage
   f shard                         -> first seq still kept (8 bytes)
   s shard                         -> notifymesh.internal.v1.DeliveryState: cursors, leases, dead letters
+  e shard                         -> the newest leader epoch this node has seen of the shard (8 bytes)
   k shard \0 idempotency key      -> expiry ms (8 bytes) + message id
   i shard \0 message id           -> seq (8 bytes)
   d shard \0 seq subscription \0 delivered ms (8 bytes) attempt (4 bytes)
@@ -26,6 +27,7 @@ _MS_BYTES, _ATTEMPT_BYTES = 8, 4
 
 # The first byte of every key: its kind.
 MESSAGE, FIRST, STATE, IDEMPOTENCY, INDEX, DELIVERY = b"m", b"f", b"s", b"k", b"i", b"d"
+EPOCH = b"e"
 
 
 # -- sequence numbers -------------------------------------------------------------------
@@ -56,7 +58,7 @@ def prefix_end(prefix: bytes) -> bytes:
 class ShardKeys:
     """The keys of one shard, its prefixes encoded once."""
     __slots__ = ("message_prefix", "index_prefix", "idempotency_prefix", "delivery_shard_prefix", "first",
-                 "state")
+                 "state", "epoch")
 
     def __init__(self, shard: str):
         name = shard.encode()
@@ -66,6 +68,7 @@ class ShardKeys:
         self.delivery_shard_prefix = DELIVERY + name + b"\0"
         self.first = FIRST + name  # -> first_value
         self.state = STATE + name  # -> delivery_state_value
+        self.epoch = EPOCH + name  # -> epoch_value
 
     def message(self, seq: int) -> bytes:
         """-> sealed(entry); parse with seq_of."""
@@ -160,6 +163,8 @@ first_value = seq_bytes  # a first key's value: the first seq kept
 parse_first_value = seq_of
 index_value = seq_bytes  # an index key's value: the message's seq
 parse_index_value = seq_of
+epoch_value = seq_bytes  # an epoch key's value: the newest epoch seen (like Raft's currentTerm)
+parse_epoch_value = seq_of
 
 
 class Idempotency(NamedTuple):

@@ -90,6 +90,9 @@ class ShardLog:
     replacements: int = 0  # counts writes that replaced entries (a deposed leader's tail)
     commit: int = 0      # entries below are on a majority (as far as this node knows)
     last_epoch: int = 0  # epoch of the entry at end - 1 (0: none, or below first)
+    # The newest leader epoch this node has taken a batch of (or led), kept on disk
+    # (keys.EPOCH) so a restart does not forget it: Raft's currentTerm.
+    seen_epoch: int = 0
     subscriptions: dict[str, SubscriptionState] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     # Counts changes of the delivery state, so the leader knows what a follower has.
@@ -187,6 +190,8 @@ class ShardLogs:
         """Rebuilds the positions of every shard's log from the keys on disk."""
         for key, value in self._db.prefixed(keys.FIRST):
             self.shard(keys.shard_of(key)).first = keys.parse_first_value(value)
+        for key, value in self._db.prefixed(keys.EPOCH):
+            self.shard(keys.shard_of(key)).seen_epoch = keys.parse_epoch_value(value)
         it = self._rdict.iter()
         it.seek(keys.MESSAGE)
         while it.valid() and it.key().startswith(keys.MESSAGE):
@@ -356,6 +361,19 @@ class ShardLogs:
         self._group.staged(GroupWrite(log_, end, log_.replacements, dedup_keys))
         return asyncio.shield(done)  # one writer giving up does not cancel the group
 
+    def save_epoch(self, shard: str, epoch: int) -> Awaitable[None] | None:
+        """Records that this node has seen epoch of shard (a no-op, None, when it knew
+        as new a one): in memory at once, on disk with the group being formed, which
+        the returned awaitable waits for. Groups are written in order, so entries
+        staged after this are never on disk without it."""
+        log_ = self.shard(shard)
+        if epoch <= log_.seen_epoch:
+            return None
+        log_.seen_epoch = epoch
+        batch, done = self._group.join()
+        batch.put(log_.layout.epoch, keys.epoch_value(epoch))
+        return asyncio.shield(done)
+
     def advance_commit(self, shard: str, commit: int) -> None:
         log_ = self.shard(shard)
         commit = min(commit, log_.end)
@@ -405,6 +423,7 @@ class ShardLogs:
             batch.delete_range(prefix, keys.prefix_end(prefix))
         batch.delete(layout.first)
         batch.delete(layout.state)
+        batch.delete(layout.epoch)
         self._db.write(batch)
         log_.notify()
         log.info("shard dropped", extra=fields(shard=shard))

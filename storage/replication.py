@@ -86,6 +86,7 @@ class Replication:
     def start(self) -> None:
         for mirror in (self._cluster.placements, self._cluster.leaders, self._cluster.members):
             mirror.on_change(lambda _name: self._changed.set())
+        self.follower.open()  # the engine recovered (its constructor) and writes (started before this)
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:

@@ -241,9 +241,11 @@ class FakeFollowerLog:
         self.epochs = EpochLog(epochs)
         self.commit = 0
         self.writes: list[int] = []
+        self.seen_epoch = 0
 
     first = property(lambda self: self.epochs.first)
     end = property(lambda self: self.epochs.end)
+    last_epoch = property(lambda self: self.epochs.epoch_at(SHARD, self.end - 1) or 0)
 
     def shard(self, name):  # the ShardLog, as far as the follower reads it
         return self
@@ -253,6 +255,9 @@ class FakeFollowerLog:
 
     def reset(self, shard, first):
         self.epochs = EpochLog([], first)
+
+    def save_epoch(self, shard, epoch):
+        self.seen_epoch = max(self.seen_epoch, epoch)
 
     async def write_replicated(self, shard, start, entries):
         self.writes.append(start)
@@ -293,7 +298,9 @@ def batch(epoch: int, start: int, prev_epoch: int, first: int = 0, commit: int =
 
 
 def follower(engine, leading=None, known=None):
-    return Follower(engine, leading or FakeLeading(), FakeCandidate(), dict(known or {}), {})
+    part = Follower(engine, leading or FakeLeading(), FakeCandidate(), dict(known or {}), {})
+    part.open()
+    return part
 
 
 async def test_the_follower_refuses_an_older_epoch_and_reports_the_newest():

@@ -1,0 +1,102 @@
+"""Replication safety on a real RocksDB, without gRPC or etcd: what a follower
+remembers across a restart, what a truncation removes, how big a leader's
+request grows, and when a leader cut off from its followers steps down."""
+
+import pytest
+
+from gen.notifymesh.internal.v1 import storage_pb2
+from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh import errors
+from storage.engine import StorageEngine
+from storage.follower import Follower
+from storage.log import Entries
+from storage.replication import Replication
+
+SHARD = "orders/0"
+
+
+class NoLeading:
+    led: dict = {}
+
+    async def step_down(self, shard, reason, resign=False):
+        pass
+
+
+class NoCandidacy:
+    async def withdraw(self, shard):
+        pass
+
+
+def marker(epoch: int) -> storage_pb2.StoredMessage:
+    return storage_pb2.StoredMessage(epoch=epoch)
+
+
+def message(epoch: int, data: bytes, message_id: str, key: str = "") -> storage_pb2.StoredMessage:
+    return storage_pb2.StoredMessage(message=pubsub_pb2.PubsubMessage(data=data, message_id=message_id),
+                                     epoch=epoch, dedup_key=key, dedup_until_ms=2**62 if key else 0)
+
+
+def request(epoch: int, start: int, prev_epoch: int, stored=(), commit: int = 0) -> storage_pb2.ReplicateRequest:
+    entries = Entries.of(list(stored))
+    return storage_pb2.ReplicateRequest(leader="storage-1", shards=[storage_pb2.ShardEntries(
+        topic="orders", partition=0, epoch=epoch, start=start, prev_epoch=prev_epoch, entries=entries.raw,
+        message_ids=entries.ids, dedup_keys=entries.dedup_keys, dedup_until_ms=entries.dedup_until_ms,
+        last_entry_epoch=entries.last_epoch, commit=commit)])
+
+
+def open_engine(tmp_path) -> StorageEngine:
+    engine = StorageEngine(tmp_path / "follower", "storage-2")
+    engine.start()
+    return engine
+
+
+def follower_of(engine: StorageEngine) -> Follower:
+    """A follower as a fresh process has it: nothing in memory but what the engine recovered."""
+    part = Follower(engine, NoLeading(), NoCandidacy(), {}, {})
+    part.open()
+    return part
+
+
+# -- finding 1: a restarted follower remembers the epochs it has seen ------------------------
+
+
+async def test_a_restarted_follower_refuses_an_epoch_older_than_its_last_entry(tmp_path):
+    engine = open_engine(tmp_path)
+    [taken] = (await follower_of(engine).replicate(request(7, 0, 0, [marker(7)]))).shards
+    assert taken.ok
+    await engine.close()
+    engine = open_engine(tmp_path)
+    try:
+        [result] = (await follower_of(engine).replicate(
+            request(5, 0, 0, [message(5, b"stale", "old-1")]))).shards
+        assert not result.ok and result.newer_epoch == 7
+        assert engine.epoch_at(SHARD, 0) == 7
+    finally:
+        await engine.close()
+
+
+async def test_a_restarted_follower_refuses_an_epoch_older_than_one_it_took_without_entries(tmp_path):
+    """A leader of epoch 7 reached this node with a batch carrying no entry of its own
+    (only its commit): the epoch is remembered all the same, on disk before the answer."""
+    engine = open_engine(tmp_path)
+    part = follower_of(engine)
+    assert (await part.replicate(request(3, 0, 0, [marker(3), message(3, b"a", "id-a")]))).shards[0].ok
+    assert (await part.replicate(request(7, 2, 3, commit=2))).shards[0].ok
+    await engine.close()
+    engine = open_engine(tmp_path)
+    try:
+        [result] = (await follower_of(engine).replicate(
+            request(5, 2, 3, [message(5, b"deposed", "id-x")]))).shards
+        assert not result.ok and result.newer_epoch == 7 and engine.shard(SHARD).end == 2
+    finally:
+        await engine.close()
+
+
+async def test_the_replicate_handler_does_not_serve_before_replication_started(tmp_path):
+    engine = StorageEngine(tmp_path / "node", "storage-2")  # recovered, group commit not started
+    try:
+        replication = Replication(engine, None, None, "storage-2", None)
+        with pytest.raises(errors.Unavailable):
+            await replication.replicate(request(7, 0, 0))
+    finally:
+        await engine.close()
