@@ -15,6 +15,19 @@ class DeadLetters:
     def __init__(self, logs: LogStore, subscriptions: SubscriptionStore, records: Records):
         self._logs, self._subscriptions, self._records = logs, subscriptions, records
 
+    def move_key(self, dead: DeadLetter) -> str | None:
+        """The idempotency key of the dead-lettering's move, None when there is
+        nothing to move (acknowledged or redriven meanwhile). It names the attempt
+        that ended the message's delivery by its delivery time, which a retried move
+        of that dead-lettering keeps (its lease is pushed out, not replaced) and a
+        redrive changes (the next attempt is delivered anew): each dead-lettering
+        moves once, however often it is tried."""
+        state = self._subscriptions.subscription(dead.shard, dead.subscription)
+        lease = state.leases.get(dead.seq)
+        if lease is None or lease.attempt != dead.attempts:
+            return None
+        return f"dead-letter/{dead.subscription}/{dead.message.message_id}/{lease.delivered_ms}"
+
     def bury(self, dead: DeadLetter, dead_letter_message_id: str) -> None:
         """The message is in the dead-letter topic: its lease becomes a dead-letter
         record, kept for listing and redrive."""

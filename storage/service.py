@@ -244,17 +244,22 @@ class StorageNode:
     async def _move_dead_letters(self) -> None:
         """Publishes each message out of delivery attempts to its subscription's
         dead-letter topic, then records it as a dead letter where it came from. The
-        idempotency key makes a repeated move (after a crash between the two) land once."""
+        idempotency key (DeadLetters.move_key) makes a repeated move of one
+        dead-lettering (after a crash between the two) land once, and each
+        dead-lettering of a redriven message land again."""
         while True:
             dead = await self.engine.dead_letters.get()
             try:
+                key = self.engine.dead_letter_store.move_key(dead)
+                if key is None:
+                    continue
                 record = await self._cluster.topic(dead.topic)
                 original = dead.message
                 partition = zlib.crc32(original.message_id.encode()) % max(1, record.partition_count)
                 moved = pubsub_pb2.PubsubMessage(
                     data=original.data, message_id=MessageId.new_batch(dead.topic, partition, 1, now_ms())[0],
                     ordering_key=original.ordering_key,
-                    idempotency_key=f"dead-letter/{dead.subscription}/{original.message_id}",
+                    idempotency_key=key,
                     attributes={**original.attributes,
                                 "notifymesh.original_message_id": original.message_id,
                                 "notifymesh.subscription": dead.subscription,

@@ -176,3 +176,32 @@ async def test_terminal_nack_needs_a_dead_letter_topic(mesh, client):
     assert "no dead-letter topic" in info.value.details
     with pytest.raises(errors.InvalidArgument):
         await client.nack(sub, [received.ack_id], delay_s=900)
+
+
+async def test_a_redriven_message_is_dead_lettered_again(mesh, client):
+    """Each dead-lettering is its own move: after a redrive, the second terminal
+    nack lands in the dead-letter topic again (its move is not taken for a repeat
+    of the first)."""
+    topic, dead, sub, dead_sub = unique("twice"), unique("twice-dead"), unique("twice-sub"), unique("dead-sub")
+    await client.create_topic(topic)
+    await client.create_topic(dead)
+    await client.create_subscription(dead_sub, dead)
+    await client.create_subscription(sub, topic, max_delivery_attempts=5, dead_letter_topic=dead)
+    [message_id] = await client.publish(topic, [b"poison twice"])
+    moved_ids = []
+    for round_ in (1, 2):
+        [received] = await receive(client, sub, 1, timeout=15, ack=False)
+        assert received.message.message_id == message_id and received.delivery_attempt == 1, round_
+        await client.nack(sub, [received.ack_id], terminal=True, reason=f"round {round_}")
+        [moved] = await receive(client, dead_sub, 1, timeout=15)
+        assert moved.message.attributes["notifymesh.original_message_id"] == message_id
+        assert moved.message.attributes["notifymesh.last_error"] == f"round {round_}"
+        moved_ids.append(moved.message.message_id)
+        for _ in range(50):  # buried right after the move: a moment after it arrived
+            listed = await client.list_dead_letters(sub)
+            if listed and listed[0].dead_letter_message_id == moved.message.message_id:
+                break
+            await asyncio.sleep(0.1)
+        assert [d.dead_letter_message_id for d in listed] == [moved.message.message_id], round_
+        assert await client.redrive_dead_letters(sub) == 1
+    assert moved_ids[0] != moved_ids[1]

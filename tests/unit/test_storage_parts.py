@@ -2,6 +2,8 @@
 (storage/interfaces.py) over in-memory fakes (tests/unit/storage_fakes.py):
 no RocksDB. The engine as a whole is in test_storage_engine.py."""
 
+import time
+
 import pytest
 
 from gen.notifymesh.v1 import pubsub_pb2
@@ -115,6 +117,32 @@ async def test_dead_letters_over_fakes(log_, records, deliveries):
     assert dead_letters.redrive(SHARD, "audit") == 1
     [again] = await pull(deliveries, "audit")
     assert (again.message.data, again.delivery_attempt) == (b"poison", 1)
+
+
+async def test_each_dead_lettering_moves_once(log_, records, deliveries):
+    """A retried move of one dead-lettering has its key; a redriven message's next
+    dead-lettering another; an acknowledged one none."""
+    dead_letters = DeadLetters(log_, deliveries, records)
+    log_.append(SHARD, b"poison")
+    deliveries.attach(SHARD, subscription("audit", max_delivery_attempts=1, dead_letter_topic="dlq"))
+    leases = log_.shard(SHARD).subscriptions["audit"].leases
+    [first] = await pull(deliveries, "audit")
+    deliveries.nack(SHARD, "audit", [first.ack_id], terminal=True)
+    dead = deliveries.dead_letters.get_nowait()
+    leases[0].deadline_ms = 0  # the move failed: the sweep queues it again
+    dead_letters.sweep(SHARD)
+    retried = deliveries.dead_letters.get_nowait()
+    first_key = dead_letters.move_key(dead)
+    assert first_key == dead_letters.move_key(retried) is not None
+    dead_letters.bury(retried, "copy-1")
+    assert dead_letters.redrive(SHARD, "audit") == 1
+    time.sleep(0.002)  # the next delivery is a later millisecond
+    [second] = await pull(deliveries, "audit")
+    deliveries.nack(SHARD, "audit", [second.ack_id], terminal=True)
+    again = deliveries.dead_letters.get_nowait()
+    assert dead_letters.move_key(again) not in (None, first_key)
+    deliveries.acknowledge(SHARD, "audit", [second.ack_id])
+    assert dead_letters.move_key(again) is None
 
 
 async def test_retention_over_fakes(log_, deliveries):
