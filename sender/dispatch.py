@@ -11,7 +11,7 @@ in storage. Messages pass through as storage serialized them.
 """
 
 import asyncio
-import collections
+import heapq
 import itertools
 import logging
 import time
@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 PULL_MAX_MESSAGES = 1000  # per subscription in one pull
 PULL_WAIT_MS = 1000
 BUDGET_RECHECK_S = 0.1
+# The expiry heap holds one live entry per message in flight plus stale ones (acked,
+# or superseded by a deadline change) until they surface; past 2 x live + this, it is
+# rebuilt from the live ones: O(live) once per as many pushes, so O(1) amortized.
+EXPIRY_SLACK = 64
 _END = "end"  # queued to a stream to end it; an exception queued ends it with that error
 
 
@@ -97,9 +101,12 @@ class SubscriptionDispatcher:
         self._storage, self._budget, self._acks, self.owned = storage, budget, acks, owned
         self._room_freed = room_freed  # wakes the pulls of this subscription's topic
         self.streams: list[Stream] = []
-        # ack id -> (stream, monotonic deadline); and the same in delivery order for expiry.
+        # ack id -> (stream, monotonic deadline); and a heap of (deadline, ack id) for
+        # expiry, whose entries no longer in _in_flight with that deadline are stale
+        # (skipped when they surface). Bound: after each push len(_expiry) <= 2 *
+        # len(_in_flight) + EXPIRY_SLACK; what acks leave stale surfaces within a deadline.
         self._in_flight: dict[str, tuple[Stream, float]] = {}
-        self._expiry: collections.deque[tuple[float, str]] = collections.deque()
+        self._expiry: list[tuple[float, str]] = []
         self.reserved = 0  # room asked for in pulls under way
         self._turn = itertools.count()
 
@@ -160,7 +167,7 @@ class SubscriptionDispatcher:
             for ack_id in ack_ids:
                 if (entry := self._in_flight.get(ack_id)) is not None:
                     self._in_flight[ack_id] = (entry[0], until)
-                    self._expiry.append((until, ack_id))
+                    self._expire_at(until, ack_id)
         await self._per_partition(ack_ids, lambda p, ids: self._storage.modify_ack_deadline(
             self.topic, p, self.name, ids, ack_deadline_ms))
 
@@ -168,16 +175,27 @@ class SubscriptionDispatcher:
         self._forget(request.ack_ids)
         await self._per_partition(request.ack_ids, lambda p, ids: self._storage.nack(self.topic, p, request, ids))
 
+    def _expire_at(self, until: float, ack_id: str) -> None:
+        expiry = self._expiry
+        heapq.heappush(expiry, (until, ack_id))
+        if len(expiry) > 2 * len(self._in_flight) + EXPIRY_SLACK:  # mostly stale: keep the live ones
+            expiry[:] = [(deadline, a) for a, (_, deadline) in self._in_flight.items()]
+            heapq.heapify(expiry)
+
     def expire(self) -> float | None:
         """Frees the room of messages past their ack deadline (storage redelivers
         them); returns when the next one expires (monotonic)."""
         now = time.monotonic()
-        while self._expiry and self._expiry[0][0] <= now:
-            until, ack_id = self._expiry.popleft()
-            entry = self._in_flight.get(ack_id)
+        expiry, in_flight = self._expiry, self._in_flight
+        while expiry:
+            until, ack_id = expiry[0]
+            entry = in_flight.get(ack_id)
             if entry is not None and entry[1] == until:
+                if until > now:
+                    return until
                 self._forget([ack_id])
-        return self._expiry[0][0] if self._expiry else None
+            heapq.heappop(expiry)  # expired now, or stale
+        return None
 
     async def hand_out(self, received: list[bytes], ack_ids: list[str]) -> None:
         """Splits a pulled batch over the streams with room, starting at a rotating
@@ -186,7 +204,7 @@ class SubscriptionDispatcher:
         streams = list(self.streams)
         start = next(self._turn) % len(streams) if streams else 0
         position = 0
-        in_flight, expiry = self._in_flight, self._expiry
+        in_flight = self._in_flight
         for stream in streams[start:] + streams[:start]:
             take = min(stream.room(), len(received) - position)
             if take <= 0:
@@ -196,7 +214,7 @@ class SubscriptionDispatcher:
                 if ack_id in in_flight:  # redelivered while we still counted it
                     self._forget([ack_id])
                 in_flight[ack_id] = (stream, until)
-                expiry.append((until, ack_id))
+                self._expire_at(until, ack_id)
                 stream.outstanding.add(ack_id)
             self._budget.used += take
             stream.queue.put_nowait(received[position:end])

@@ -3,6 +3,7 @@ stream and per sender, streams handing back what they had not acknowledged,
 driven with a fake storage client and cluster view."""
 
 import asyncio
+import time
 
 import pytest
 
@@ -257,3 +258,35 @@ async def test_close_ends_the_streams_and_hands_their_messages_back():
         await asyncio.wait_for(anext(frames), 1)
     with pytest.raises(errors.Unavailable):
         await anext(dispatcher.subscribe(SUB, 0))
+
+
+# -- expiry: deadlines in any order ---------------------------------------------------------
+
+
+async def test_an_extended_deadline_does_not_hold_up_the_expiry_of_shorter_ones():
+    f = SubscriptionFixture(ack_deadline_ms=10_000)
+    stream = Stream(2)
+    f.sub.add(stream)
+    await f.hand_out(ack_id(0, 1), ack_id(0, 2))
+    await f.sub.modify_ack_deadline([ack_id(0, 1)], 60_000)  # extended: due last
+    await f.sub.modify_ack_deadline([ack_id(0, 2)], 20)  # shortened: due first
+    await asyncio.sleep(0.03)
+    next_due = f.sub.expire()
+    assert stream.outstanding == {ack_id(0, 1)} and f.budget.used == 1  # the shorter one's room is free
+    assert next_due is not None and next_due - time.monotonic() > 50  # the 60 s one is next
+
+
+async def test_repeated_extensions_keep_the_expiry_queue_bounded():
+    f = SubscriptionFixture(ack_deadline_ms=10_000)
+    stream = Stream(10)
+    f.sub.add(stream)
+    await f.hand_out(*(ack_id(0, seq) for seq in range(10)))
+    for _ in range(1000):  # a client extending its leases again and again
+        await f.sub.modify_ack_deadline([ack_id(0, 0), ack_id(0, 1)], 30_000)
+    await f.sub.acknowledge([ack_id(0, seq) for seq in range(2, 10)])
+    for seq in range(10, 1000):  # and messages acknowledged long before their deadline
+        await f.hand_out(ack_id(0, seq))
+        await f.sub.acknowledge([ack_id(0, seq)])
+    assert len(f.sub._expiry) <= 2 * len(stream.outstanding) + 64  # the bound the dispatcher states
+    assert stream.outstanding == {ack_id(0, 0), ack_id(0, 1)}
+    assert f.sub.expire() is not None and f.budget.used == 2
