@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -44,6 +45,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class Network(Protocol):
+    """Where each process of the mesh runs: the address it listens on, and its
+    command as run there. The tests' partition harness (tests/netns.py) puts each
+    process on a host of its own; `notifymesh up` runs all of them on loopback."""
+
+    def address(self, name: str) -> str: ...
+
+    def wrap(self, name: str, argv: list[str]) -> list[str]: ...
+
+
+class Loopback:
+    def address(self, name: str) -> str:
+        return "127.0.0.1"
+
+    def wrap(self, name: str, argv: list[str]) -> list[str]:
+        return argv
 
 
 @dataclass
@@ -92,28 +111,31 @@ class LocalMesh:
     storage_nodes: int = 3
     senders: int = 1
     config_file: Path | None = None
+    network: Network = field(default_factory=Loopback)
     processes: dict[str, Process] = field(default_factory=dict)
 
     @property
     def etcd_endpoint(self) -> str:
-        return ",".join(f"127.0.0.1:{client}" for client, _ in self.etcd_ports)
+        return ",".join(f"{self.network.address(name)}:{client}"
+                        for name, (client, _) in zip(self.etcd_names(), self.etcd_ports))
 
     def etcd_names(self) -> list[str]:
         return [f"etcd-{i}" for i in range(1, len(self.etcd_ports) + 1)]
 
     @property
     def frontend_addr(self) -> str:
-        return f"127.0.0.1:{self.frontend_port}"
+        return f"{self.network.address('frontend-1')}:{self.frontend_port}"
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         if self.etcd_ports is None:
             self.etcd_ports = [(23790 + i, 23800 + i) for i in range(self.etcd_members)]
-        initial_cluster = ",".join(f"{name}=http://127.0.0.1:{peer}"
+        address = self.network.address
+        initial_cluster = ",".join(f"{name}=http://{address(name)}:{peer}"
                                    for name, (_, peer) in zip(self.etcd_names(), self.etcd_ports))
         for name, (client, peer) in zip(self.etcd_names(), self.etcd_ports):
-            client_url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
+            client_url, peer_url = f"http://{address(name)}:{client}", f"http://{address(name)}:{peer}"
             self._add(name, [find_etcd(), "--name", name, "--data-dir", str(self.data_dir / name),
                              "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
                              "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
@@ -124,7 +146,7 @@ class LocalMesh:
             self._add_service("storage", f"storage-{i}", "--data-dir", str(self.data_dir / f"storage-{i}"))
         for i in range(1, self.senders + 1):
             self._add_service("sender", f"sender-{i}")
-        self._add_service("frontend", "frontend-1", listen=f"127.0.0.1:{self.frontend_port}")
+        self._add_service("frontend", "frontend-1", listen=f"{address('frontend-1')}:{self.frontend_port}")
 
     def add_storage_node(self) -> str:
         """Starts one more storage node; returns its id once it serves."""
@@ -135,11 +157,11 @@ class LocalMesh:
         return node_id
 
     def _add(self, name: str, argv: list[str]) -> None:
-        self.processes[name] = Process(name, argv, self.data_dir / "logs" / f"{name}.log")
+        self.processes[name] = Process(name, self.network.wrap(name, argv), self.data_dir / "logs" / f"{name}.log")
 
-    def _add_service(self, kind: str, node_id: str, *extra: str, listen: str = "127.0.0.1:0") -> None:
+    def _add_service(self, kind: str, node_id: str, *extra: str, listen: str | None = None) -> None:
         argv = [sys.executable, "-m", kind, "--node-id", node_id, "--etcd", self.etcd_endpoint,
-                "--listen", listen, *extra]
+                "--listen", listen or f"{self.network.address(node_id)}:0", *extra]
         if self.config_file:
             argv += ["--config", str(self.config_file)]
         self._add(node_id, argv)
@@ -152,7 +174,7 @@ class LocalMesh:
     def start(self, progress=lambda line: None) -> None:
         """Starts etcd, then every service, and returns once all report SERVING."""
         for port in (*(p for pair in self.etcd_ports for p in pair), self.frontend_port):
-            if not _port_free(port):
+            if isinstance(self.network, Loopback) and not _port_free(port):
                 raise RuntimeError(f"127.0.0.1:{port} is in use: is another mesh running? (choose other ports)")
         existing = sorted(p.name for p in self.data_dir.glob("etcd-*") if p.is_dir())
         if existing and existing != self.etcd_names():
@@ -175,7 +197,7 @@ class LocalMesh:
             if not self.processes[name].alive():
                 raise RuntimeError(f"{name} exited; see {self.processes[name].log_path}")
             try:
-                with socket.create_connection(("127.0.0.1", client_port), timeout=0.5):
+                with socket.create_connection((self.network.address(name), client_port), timeout=0.5):
                     return
             except OSError:
                 time.sleep(0.1)
