@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh.channel import parse_addresses
 from notifymesh.client import Client, Message, default_addr
 from notifymesh.contracts import AckId
-from notifymesh.errors import NotifymeshError
+from notifymesh.errors import InvalidArgument, NotifymeshError
 
 PUBLISH_BATCH = 500
 PUBLISH_IN_FLIGHT = 8
@@ -30,6 +31,14 @@ def duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (examples: 10s, 500ms, 2m)")
     scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2) or "s"]
     return float(match.group(1)) * scale
+
+
+def addresses(text: str) -> str:
+    """--addr: host:port, or several separated by commas (each must name its port)."""
+    try:
+        return ",".join(parse_addresses(text))
+    except InvalidArgument as e:
+        raise argparse.ArgumentTypeError(e.details) from None
 
 
 def attribute(text: str) -> tuple[str, str]:
@@ -391,7 +400,9 @@ def _add_server_side_commands(commands) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="notifymesh", description=__doc__)
-    p.add_argument("--addr", default=None, help="frontend address (default $NOTIFYMESH_ADDR or 127.0.0.1:50051)")
+    p.add_argument("--addr", type=addresses, default=None,
+                   help="frontend host:port, or several as a,b: calls are spread over them and go to the others "
+                        "while one is down (default $NOTIFYMESH_ADDR or 127.0.0.1:50051)")
     commands = p.add_subparsers(dest="command", required=True)
     _add_topic_commands(commands)
     _add_subscription_commands(commands)

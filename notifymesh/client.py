@@ -16,7 +16,7 @@ import asyncio
 import itertools
 import os
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterable, NamedTuple
+from typing import AsyncIterator, Iterable, NamedTuple, Sequence
 
 import grpc
 from google.protobuf import duration_pb2
@@ -25,7 +25,7 @@ from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, pubsub_pb2, pubsub_
 from notifymesh import errors
 from notifymesh.backoff import Backoff, BackoffPolicy
 from notifymesh.batching import Coalescer
-from notifymesh.channel import channel_options
+from notifymesh.channel import channel_options, client_target
 from notifymesh.contracts import AckId
 
 DEFAULT_ADDR = "127.0.0.1:50051"
@@ -35,6 +35,7 @@ ACK_CALLS_IN_FLIGHT = 32
 
 
 def default_addr() -> str:
+    """$NOTIFYMESH_ADDR (host:port, or several separated by commas), else the local mesh's."""
     return os.environ.get("NOTIFYMESH_ADDR", DEFAULT_ADDR)
 
 
@@ -76,9 +77,13 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 
 
 class Client:
-    def __init__(self, addr: str | None = None, timeout_s: float = 30):
-        self.addr = addr or default_addr()
-        self._channel = grpc.aio.insecure_channel(self.addr, options=channel_options(64 * 1024 * 1024))
+    def __init__(self, addr: str | Sequence[str] | None = None, timeout_s: float = 30):
+        """addr: a frontend's host:port, or several ("a:1,b:2" or a list): calls are
+        then spread over them (round robin) and go to the others while one is down."""
+        target = client_target(addr or default_addr())
+        self.addr = ",".join(target.addresses)
+        self._channel = grpc.aio.insecure_channel(
+            target.target, options=[*channel_options(64 * 1024 * 1024), *target.options])
         self._publisher = pubsub_pb2_grpc.PublisherStub(self._channel)
         self._subscriber = pubsub_pb2_grpc.SubscriberStub(self._channel)
         self._cluster = cluster_pb2_grpc.ClusterAdminStub(self._channel)
