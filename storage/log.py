@@ -306,6 +306,7 @@ class ShardLogs:
         subscriptions) among the recent messages to deliver; await the result for
         the synced write (see _write)."""
         log_ = self.shard(shard)
+        written = self._write(log_, start, entries)  # first: the tail names what a replaced part held
         epochs = [entries.last_epoch] * len(entries.raw)  # a leader writes entries of its own epoch
         log_.tail.put(start, [entries.raw, entries.ids, entries.dedup_keys, entries.dedup_until_ms, epochs],
                       MAX_TAIL_ENTRIES)
@@ -316,14 +317,15 @@ class ShardLogs:
                 recent.drop_below(min(state.cursor for state in log_.subscriptions.values()))
         else:
             recent.clear()
-        return self._write(log_, start, entries)
+        return written
 
     def write_replicated(self, shard: str, start: int, entries: Entries) -> Awaitable[None]:
         """Entries replicated from the leader, stored as they came."""
         log_ = self.shard(shard)
+        written = self._write(log_, start, entries)  # first: the tail names what a replaced part held
         log_.tail.clear()  # a follower now
         log_.recent.clear()
-        return self._write(log_, start, entries)
+        return written
 
     def release_tail(self, shard: str, below: int) -> None:
         """Every follower has the entries below: replication needs them no more."""
@@ -339,6 +341,7 @@ class ShardLogs:
         batch, done = self._group.join()
         layout = log_.layout
         if start < log_.end:
+            self._forget_keys(log_, batch, start)
             batch.delete_range(layout.message(start), layout.message(log_.end))
             log_.recent_ids = None  # ids of the replaced tail may be among them
             log_.replacements += 1
@@ -374,6 +377,32 @@ class ShardLogs:
         batch.put(log_.layout.epoch, keys.epoch_value(epoch))
         return asyncio.shield(done)
 
+    def _forget_keys(self, log_: ShardLog, batch, start: int) -> None:
+        """Deletes (in batch, before the replacing entries' puts) the index and
+        idempotency keys of the entries from start to end, and their staged dedup
+        keys: a repeat must not be answered with the id of an entry that is gone.
+        Deleting an idempotency key unconditionally loses nothing live: the entry was
+        written only because no live entry held its key. The entries are read from
+        the tail where kept, else from RocksDB (a follower's replaced tail)."""
+        layout, staged = log_.layout, log_.staged_keys
+        _raw, ids, dedup_keys, _until, _epochs = log_.tail.slice(start, log_.end - start)
+        dropped = list(zip(ids, dedup_keys))
+        read_from = start + len(ids)
+        stop = layout.message(log_.end)
+        for key, value in self._rdict.items(from_key=layout.message(read_from)) if read_from < log_.end else ():
+            if key >= stop:
+                break
+            entry = self._decode(log_.name, keys.seq_of(key), value)
+            if entry is not None:
+                dropped.append((entry.message.message_id, entry.dedup_key))
+        for message_id, dedup_key in dropped:
+            if message_id:
+                batch.delete(layout.index(message_id))
+            if dedup_key:
+                batch.delete(layout.idempotency(dedup_key))
+                if staged.get(dedup_key) == message_id:
+                    del staged[dedup_key]
+
     def advance_commit(self, shard: str, commit: int) -> None:
         log_ = self.shard(shard)
         commit = min(commit, log_.end)
@@ -384,11 +413,12 @@ class ShardLogs:
     # -- dropping -----------------------------------------------------------------
 
     def reset(self, shard: str, first: int) -> None:
-        """A follower too far behind starts over at the leader's first entry."""
+        """A follower too far behind starts over at the leader's first entry: every
+        entry goes, with its index, idempotency and delivery keys."""
         log_ = self.shard(shard)
         layout = log_.layout
         batch = self._db.batch()
-        for prefix in (layout.message_prefix, layout.index_prefix, layout.deliveries()):
+        for prefix in (layout.message_prefix, layout.index_prefix, layout.idempotency_prefix, layout.deliveries()):
             batch.delete_range(prefix, keys.prefix_end(prefix))
         batch.put(layout.first, keys.first_value(first))
         self._db.write_synced(batch)
@@ -397,6 +427,7 @@ class ShardLogs:
         log_.tail.clear()
         log_.recent.clear()
         log_.recent_ids = None
+        log_.staged_keys.clear()
         log.info("log reset", extra=fields(shard=shard, first=first))
 
     def trim(self, shard: str, first: int) -> int:

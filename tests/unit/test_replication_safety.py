@@ -100,3 +100,75 @@ async def test_the_replicate_handler_does_not_serve_before_replication_started(t
             await replication.replicate(request(7, 0, 0))
     finally:
         await engine.close()
+
+
+# -- finding 2: a truncated tail takes its idempotency and index keys with it ------------------
+
+DEDUP_MS = 60_000
+
+
+def publish(data: bytes, key: str = "", attributes=None) -> list[pubsub_pb2.PubsubMessage]:
+    return [pubsub_pb2.PubsubMessage(data=data, idempotency_key=key, attributes=attributes or {})]
+
+
+@pytest.mark.parametrize("by_payload", [False, True], ids=["idempotency key", "payload hash"])
+async def test_a_truncated_entry_is_not_answered_as_a_repeat(tmp_path, by_payload):
+    """A deposed leader's entry reached this node and was never committed; the new
+    leader's marker replaces it. As the next leader, this node stores the same
+    message again rather than answer with the id of an entry that is gone."""
+    from storage.dedup import dedup_key_of
+    engine = open_engine(tmp_path)
+    try:
+        repeat = publish(b"charge 8", "" if by_payload else "order-8", {"amount": "8"})
+        dedup_key = dedup_key_of(repeat[0], by_payload)
+        stale = message(1, b"charge 8", "stale-8", dedup_key)
+        await engine.write_replicated(SHARD, 0, Entries.of([marker(1), message(1, b"a", "id-a"), stale]))
+        await engine.write_replicated(SHARD, 2, Entries.of([marker(2)]))  # the new leader's marker at 2
+        layout = engine.shard(SHARD).layout
+        assert engine.db.get(layout.index("stale-8")) is None
+        assert engine.db.get(layout.idempotency(dedup_key)) is None
+        assert engine.db.get(layout.index("id-a")) is not None  # what stays keeps its keys
+        ids, entries = engine.prepare(SHARD, repeat, 3, DEDUP_MS, retry=False, by_payload=by_payload)
+        assert ids != ["stale-8"] and len(entries.raw) == 1
+    finally:
+        await engine.close()
+
+
+async def test_a_truncated_entry_still_being_synced_is_not_answered_as_a_repeat(tmp_path):
+    """The replaced entry's write has not synced yet: its dedup key is staged in memory."""
+    engine = open_engine(tmp_path)
+    try:
+        await engine.write_replicated(SHARD, 0, Entries.of([marker(1)]))
+        stale = engine.write_entries(SHARD, 1, Entries.of([message(1, b"charge 9", "stale-9", "k:order-9")]))
+        replaced = engine.write_replicated(SHARD, 1, Entries.of([marker(2)]))
+        ids, entries = engine.prepare(SHARD, publish(b"charge 9", "order-9"), 3, DEDUP_MS, retry=False)
+        assert ids != ["stale-9"] and len(entries.raw) == 1
+        await stale
+        await replaced
+        assert engine.db.get(engine.shard(SHARD).layout.idempotency("k:order-9")) is None
+    finally:
+        await engine.close()
+
+
+async def test_a_reset_drops_the_idempotency_keys_of_the_entries_it_drops(tmp_path):
+    engine = open_engine(tmp_path)
+    try:
+        await engine.write_replicated(SHARD, 0, Entries.of([marker(1), message(1, b"x", "old-x", "k:order-x")]))
+        engine.reset(SHARD, 10)
+        ids, entries = engine.prepare(SHARD, publish(b"x", "order-x"), 2, DEDUP_MS, retry=False)
+        assert ids != ["old-x"] and len(entries.raw) == 1
+    finally:
+        await engine.close()
+
+
+async def test_a_leader_write_over_its_own_tail_forgets_the_replaced_keys(tmp_path):
+    engine = open_engine(tmp_path)
+    try:
+        await engine.write_entries(SHARD, 0, Entries.of([marker(1), message(1, b"y", "old-y", "k:order-y")]))
+        await engine.write_entries(SHARD, 1, Entries.of([marker(2)]))
+        layout = engine.shard(SHARD).layout
+        assert engine.db.get(layout.index("old-y")) is None and engine.db.get(layout.idempotency("k:order-y")) is None
+        ids, entries = engine.prepare(SHARD, publish(b"y", "order-y"), 2, DEDUP_MS, retry=False)
+        assert ids != ["old-y"] and len(entries.raw) == 1
+    finally:
+        await engine.close()
