@@ -82,8 +82,9 @@ class StorageEngine:
     def advance_commit(self, shard: str, commit: int) -> None:
         self.log.advance_commit(shard, commit)
 
-    def entries_from(self, shard: str, start: int, limit: int) -> Entries:
-        return self.log.entries_from(shard, start, limit)
+    def entries_from(self, shard: str, start: int, limit: int, max_bytes: int | None = None,
+                     at_least_one: bool = True) -> Entries:
+        return self.log.entries_from(shard, start, limit, max_bytes, at_least_one)
 
     def reset(self, shard: str, first: int) -> None:
         self.log.reset(shard, first)
@@ -100,8 +101,14 @@ class StorageEngine:
                 retry: bool, by_payload: bool = False) -> Prepared:
         return self.dedup.prepare(shard, messages, epoch, dedup_window_ms, retry, by_payload)
 
+    async def load_recent_ids(self, shard: str) -> None:
+        await self.dedup.load_recent_ids(shard)
+
     def collect_idempotency_keys(self) -> int:
         return self.dedup.collect_idempotency_keys()
+
+    async def sweep_idempotency_keys(self) -> int:
+        return await self.dedup.sweep_idempotency_keys()
 
     # -- delivery state (storage/delivery.py) ----------------------------------------
 

@@ -31,6 +31,11 @@ from storage.replication_rules import commit_index, quorum
 log = logging.getLogger(__name__)
 
 REPLICATE_MAX_ENTRIES = 2000   # per shard per request
+# Bytes of one Replicate request (at least one entry goes, however big): a quarter of
+# Config.max_grpc_message_bytes's default (64 MiB), which the follower's server
+# enforces; the rest is room for delivery states and per-entry framing.
+REPLICATE_MAX_BYTES = 16 * 1024 * 1024
+SHARD_FRAMING_BYTES = 8        # a shard's tag and length in the request, besides its ShardEntries
 REPLICATE_TIMEOUT_S = 5.0      # for a follower's answer
 COMMIT_TIMEOUT_S = 5.0         # a publish not on a majority by then is UNAVAILABLE
 LEASE_MARGIN_S = 0.5           # stop acknowledging this long before the lease could lapse
@@ -78,8 +83,10 @@ class LeaderLog(Protocol):
     def lead(self, shard: str, epoch: int) -> None: ...
     def prepare(self, shard: str, messages, epoch: int, dedup_window_ms: int, retry: bool,
                 by_payload: bool) -> tuple[list[str], Entries]: ...
+    async def load_recent_ids(self, shard: str) -> None: ...
     def write_entries(self, shard: str, start: int, entries: Entries) -> Awaitable[None]: ...
-    def entries_from(self, shard: str, start: int, limit: int) -> Entries: ...
+    def entries_from(self, shard: str, start: int, limit: int, max_bytes: int | None = None,
+                     at_least_one: bool = True) -> Entries: ...
     def epoch_at(self, shard: str, seq: int) -> int | None: ...
     def save_epoch(self, shard: str, epoch: int) -> Awaitable[None] | None: ...
     def release_tail(self, shard: str, below: int) -> None: ...
@@ -105,9 +112,12 @@ class Leader:
     """The shards this node leads (led), their write path and the streams to followers."""
 
     def __init__(self, engine: LeaderLog, peers: Peers, keys: LeaderKeys, node_id: str,
-                 registration_of: Callable[[], Registered | None], known_epoch: dict[str, int]):
-        """known_epoch: the newest epoch seen of each shard, shared with the follower side."""
+                 registration_of: Callable[[], Registered | None], known_epoch: dict[str, int],
+                 max_request_bytes: int = REPLICATE_MAX_BYTES):
+        """known_epoch: the newest epoch seen of each shard, shared with the follower side;
+        max_request_bytes: the bound of one Replicate request (well under the gRPC limit)."""
         self._engine, self._peers, self._keys, self._node = engine, peers, keys, node_id
+        self._max_request_bytes = max_request_bytes
         self._registration_of, self._known_epoch = registration_of, known_epoch
         self.led: dict[str, Leadership] = {}  # never rebound: the coordinator shares it
         self.senders: dict[str, asyncio.Task] = {}
@@ -176,6 +186,8 @@ class Leader:
         return lead
 
     async def append(self, shard: str, messages, retry: bool, dedup_window_ms: int, by_payload: bool) -> list[str]:
+        if retry:  # read in slices before prepare, which runs without yielding
+            await self._engine.load_recent_ids(shard)
         lead = self.leadership(shard)
         live = self._peers.live("storage")
         if sum(node in live for node in lead.replicas) < quorum(lead.replicas):
@@ -269,32 +281,44 @@ class Leader:
 
     def request_for(self, node: str) -> Outgoing:
         """The next Replicate request to node: for each shard led there, the entries
-        it lacks (up to REPLICATE_MAX_ENTRIES), and the delivery state when due."""
+        it lacks (up to REPLICATE_MAX_ENTRIES, and max_request_bytes for the whole
+        request, though at least one entry), and the delivery state when due."""
         request = storage_pb2.ReplicateRequest(leader=self._node)
-        sent = {}
+        sent, budget, any_entries = {}, self._max_request_bytes, False
         for shard, lead in self.led.items():
             progress = lead.progress.get(node)
             if progress is None:
                 continue
             log_ = self._engine.shard(shard)
             start = max(progress.next, log_.first)
-            entries = self._engine.entries_from(shard, start, REPLICATE_MAX_ENTRIES) if start < log_.end else Entries()
+            entries = Entries()
+            if start < log_.end and (budget > 0 or not any_entries):
+                entries = self._engine.entries_from(shard, start, REPLICATE_MAX_ENTRIES, max(budget, 0),
+                                                    at_least_one=not any_entries)
             states = progress.state_due and progress.state_version != log_.state_version
             if not entries.raw and progress.match >= log_.end and not states and progress.first == log_.first:
                 continue
-            prev_epoch = (self._engine.epoch_at(shard, start - 1) or 0) if start - 1 >= log_.first else 0
-            topic, partition = Shard.parse(shard)
-            shard_entries = storage_pb2.ShardEntries(
-                topic=topic, partition=partition, epoch=lead.epoch, start=start, prev_epoch=prev_epoch,
-                entries=entries.raw, message_ids=entries.ids, dedup_keys=entries.dedup_keys,
-                dedup_until_ms=entries.dedup_until_ms, last_entry_epoch=entries.last_epoch, commit=log_.commit,
-                first=log_.first, has_subscriptions=states)
-            if states:
-                shard_entries.subscriptions.extend(self._engine.snapshot(shard))
-                shard_entries.state_epoch, shard_entries.state_version = lead.epoch, log_.state_version
+            shard_entries = self._shard_entries(shard, lead, start, entries, states)
+            budget -= shard_entries.ByteSize() + SHARD_FRAMING_BYTES
+            any_entries = any_entries or bool(entries.raw)
             request.shards.append(shard_entries)
             sent[shard] = SentShard(lead.epoch, states, log_.state_version, log_.first)
         return Outgoing(request, sent)
+
+    def _shard_entries(self, shard: str, lead: Leadership, start: int, entries: Entries,
+                       states: bool) -> storage_pb2.ShardEntries:
+        log_ = self._engine.shard(shard)
+        prev_epoch = (self._engine.epoch_at(shard, start - 1) or 0) if start - 1 >= log_.first else 0
+        topic, partition = Shard.parse(shard)
+        shard_entries = storage_pb2.ShardEntries(
+            topic=topic, partition=partition, epoch=lead.epoch, start=start, prev_epoch=prev_epoch,
+            entries=entries.raw, message_ids=entries.ids, dedup_keys=entries.dedup_keys,
+            dedup_until_ms=entries.dedup_until_ms, last_entry_epoch=entries.last_epoch, commit=log_.commit,
+            first=log_.first, has_subscriptions=states)
+        if states:
+            shard_entries.subscriptions.extend(self._engine.snapshot(shard))
+            shard_entries.state_epoch, shard_entries.state_version = lead.epoch, log_.state_version
+        return shard_entries
 
     async def _handle_results(self, node: str, response: storage_pb2.ReplicateResponse,
                               sent: dict[str, SentShard]) -> bool:

@@ -177,6 +177,25 @@ class Entries:
                    batch.last_entry_epoch)
 
 
+ENTRY_FRAMING_BYTES = 32  # an entry's share of a request besides its bytes: tags, lengths, expiry
+
+
+def entry_bytes(raw: bytes, message_id: str, dedup_key: str) -> int:
+    """What one entry adds to a Replicate request (ShardEntries' parallel columns)."""
+    return len(raw) + len(message_id) + len(dedup_key) + ENTRY_FRAMING_BYTES
+
+
+def _fitting(sizes, max_bytes: int, at_least_one: bool) -> int:
+    """How many of the sizes fit in max_bytes, in order (at least one if so told)."""
+    count, total = 0, 0
+    for size in sizes:
+        total += size
+        if (count or not at_least_one) and total > max_bytes:
+            break
+        count += 1
+    return count
+
+
 class ShardLogs:
     """Implements interfaces.LogStore."""
 
@@ -279,14 +298,24 @@ class ShardLogs:
                 low = seq + 1
         return low
 
-    def entries_from(self, shard: str, start: int, limit: int) -> Entries:
-        """Up to limit entries from start on, for replication; stops before a gap or a
-        corrupted entry rather than send entries out of place."""
+    def entries_from(self, shard: str, start: int, limit: int, max_bytes: int | None = None,
+                     at_least_one: bool = True) -> Entries:
+        """Up to limit entries from start on, for replication, and (max_bytes) no more
+        than that many bytes of them (entry_bytes), though at least one unless told
+        otherwise; stops before a gap or a corrupted entry rather than send entries
+        out of place."""
         log_ = self.shard(shard)
         raw, ids, dedup_keys, dedup_until_ms, epochs = log_.tail.slice(start, min(limit, log_.end - start))
         if raw:
+            if max_bytes is not None:
+                count = _fitting(map(entry_bytes, raw, ids, dedup_keys), max_bytes, at_least_one)
+                if not count:
+                    return Entries()
+                raw, ids, dedup_keys, dedup_until_ms = raw[:count], ids[:count], dedup_keys[:count], \
+                    dedup_until_ms[:count]
+                epochs = epochs[:count]
             return Entries(raw, ids, dedup_keys, dedup_until_ms, epochs[-1])
-        raw = []
+        raw, size = [], 0
         stop = log_.layout.message(log_.end)
         for key, value in self._rdict.items(from_key=log_.layout.message(start)):
             if key >= stop or len(raw) >= limit or keys.seq_of(key) != start + len(raw):
@@ -294,6 +323,10 @@ class ShardLogs:
             entry = keys.unsealed(value)
             if entry is None:
                 log.error("corrupted entry not replicated", extra=fields(shard=shard, seq=keys.seq_of(key)))
+                break
+            # Its id and dedup key (sent beside it too) are within it: at most its length again.
+            size += 2 * len(entry) + ENTRY_FRAMING_BYTES
+            if max_bytes is not None and (raw or not at_least_one) and size > max_bytes:
                 break
             raw.append(entry)
         return Entries.parsed(raw)

@@ -44,7 +44,7 @@ from notifymesh.server.cluster import Cluster
 from storage.election import Election, EtcdElectionStore, Registered
 from storage.engine import StorageEngine
 from storage.follower import Follower
-from storage.leader import TICK_S, Leader, Leadership, Progress
+from storage.leader import REPLICATE_MAX_BYTES, TICK_S, Leader, Leadership, Progress
 from storage.placement import EtcdPlacementStore, Placement
 from storage.replication_rules import quorum
 
@@ -57,16 +57,19 @@ FINAL_STATE_TIMEOUT_S = 2.0    # on shutdown, for the followers to take the last
 
 class Replication:
     def __init__(self, engine: StorageEngine, cluster: Cluster, registration_of: Callable[[], Registered | None],
-                 node_id: str, replication_factor_of: Callable[[str], int]):
+                 node_id: str, replication_factor_of: Callable[[str], int],
+                 max_request_bytes: int = REPLICATE_MAX_BYTES):
         """registration_of(): this node's Registration (its lease fences leadership);
-        replication_factor_of(topic): the topic's replication factor."""
+        replication_factor_of(topic): the topic's replication factor; max_request_bytes:
+        the bound of one Replicate request (well under Config.max_grpc_message_bytes)."""
         self._engine, self._cluster, self._node = engine, cluster, node_id
         self._registration_of = registration_of
         known_epoch: dict[str, int] = {}   # the newest epoch seen of each shard
         last_heard: dict[str, float] = {}  # when a leader last fed each shard here
         self._known_epoch = known_epoch
         self.election = Election(EtcdElectionStore(cluster), engine, node_id)
-        self.leader = Leader(engine, cluster, self.election, node_id, registration_of, known_epoch)
+        self.leader = Leader(engine, cluster, self.election, node_id, registration_of, known_epoch,
+                             max_request_bytes)
         self.follower = Follower(engine, self.leader, self.election, known_epoch, last_heard)
         self.placement = Placement(engine, EtcdPlacementStore(cluster), self.leader, node_id,
                                    replication_factor_of, last_heard)

@@ -172,3 +172,55 @@ async def test_a_leader_write_over_its_own_tail_forgets_the_replaced_keys(tmp_pa
         assert ids != ["old-y"] and len(entries.raw) == 1
     finally:
         await engine.close()
+
+
+# -- finding 5: a Replicate request is bounded by bytes ------------------------------------------
+
+
+def leader_of(engine: StorageEngine, max_request_bytes: int):
+    from storage.leader import Leader
+    return Leader(engine, None, None, "storage-1", None, {}, max_request_bytes=max_request_bytes)
+
+
+async def test_a_request_to_a_follower_far_behind_stays_under_the_byte_bound(tmp_path):
+    """Many shards, large messages, from the tail kept in memory and read back from
+    RocksDB: every request stays under the bound, and each one carries something."""
+    from storage.leader import Leadership, Progress
+    engine = open_engine(tmp_path)
+    try:
+        leader, bound = leader_of(engine, max_request_bytes=200_000), 200_000
+        for partition in range(4):
+            shard = f"orders/{partition}"
+            big = Entries.of([message(1, bytes([partition]) * 30_000, f"m{partition}-{i}") for i in range(20)])
+            write = engine.write_entries if partition % 2 else engine.write_replicated  # tail, or RocksDB
+            await write(shard, 0, big)
+            leader.led[shard] = Leadership(shard, 1, ["storage-1", "storage-2"], marker=0,
+                                           progress={"storage-2": Progress(next=0)})
+        sent = {f"orders/{p}": 0 for p in range(4)}
+        for _ in range(100):
+            request = leader.request_for("storage-2").request
+            if not any(batch.entries for batch in request.shards):
+                break
+            assert request.ByteSize() <= bound
+            for batch in request.shards:  # as if the follower took them
+                shard = f"orders/{batch.partition}"
+                sent[shard] += len(batch.entries)
+                leader.led[shard].progress["storage-2"].next = batch.start + len(batch.entries)
+                leader.led[shard].progress["storage-2"].match = batch.start + len(batch.entries)
+        assert sent == {f"orders/{p}": 20 for p in range(4)}
+    finally:
+        await engine.close()
+
+
+async def test_an_entry_larger_than_the_bound_still_goes_alone(tmp_path):
+    from storage.leader import Leadership, Progress
+    engine = open_engine(tmp_path)
+    try:
+        leader = leader_of(engine, max_request_bytes=10_000)
+        await engine.write_replicated(SHARD, 0, Entries.of([message(1, b"x" * 50_000, f"big-{i}") for i in range(3)]))
+        leader.led[SHARD] = Leadership(SHARD, 1, ["storage-1", "storage-2"], marker=0,
+                                       progress={"storage-2": Progress(next=0)})
+        [batch] = leader.request_for("storage-2").request.shards
+        assert len(batch.entries) == 1
+    finally:
+        await engine.close()
