@@ -44,8 +44,8 @@ class Database:
         """One multi-get."""
         return self.rdict.get(keys) if keys else []
 
-    def prefixed(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        for key, value in self.rdict.items(from_key=prefix):
+    def prefixed(self, prefix: bytes, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        for key, value in self.rdict.items(from_key=max(prefix, start)):
             if not key.startswith(prefix):
                 return
             yield key, value

@@ -45,7 +45,8 @@ class Records(Protocol):
 
     def get_many(self, keys: list[bytes]) -> list[bytes | None]: ...
 
-    def prefixed(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]: ...
+    def prefixed(self, prefix: bytes, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """The keys starting with prefix, in order, from start on (a scan resumed)."""
 
 
 @runtime_checkable

@@ -234,7 +234,7 @@ class StorageNode:
                         log.debug("collected", extra=fields(shard=shard, entries=freed))
                 rounds += 1
                 if rounds % SLOW_GC_EVERY == 0:
-                    self.engine.collect_idempotency_keys()
+                    await self.engine.sweep_idempotency_keys()
                     log_expired_before = now_ms() - int(self._config.delivery_log_retention_s * 1000)
                     for shard in list(self.engine.shards):
                         self.engine.collect_delivery_log(shard, log_expired_before)

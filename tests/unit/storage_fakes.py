@@ -58,9 +58,9 @@ class MemoryRecords:
     def get_many(self, keys_: list[bytes]) -> list[bytes | None]:
         return [self.values.get(key) for key in keys_]
 
-    def prefixed(self, prefix: bytes):
+    def prefixed(self, prefix: bytes, start: bytes = b""):
         for key in sorted(self.values):
-            if key.startswith(prefix):
+            if key.startswith(prefix) and key >= start:
                 yield key, self.values[key]
 
     def deliveries(self, shard: str) -> list[keys.Delivery]:
