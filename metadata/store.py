@@ -9,6 +9,7 @@ import logging
 import secrets
 import urllib.parse
 
+from aetcd import utils as etcd_utils
 from google.protobuf import duration_pb2
 
 from gen.notifymesh.internal.v1 import storage_pb2
@@ -27,6 +28,20 @@ log = logging.getLogger(__name__)
 MAX_PARTITIONS = 256
 MAX_REPLICATION_FACTOR = 5
 MAX_BACKOFF_S = 600
+DELETE_TRIES = 3  # a delete retries when subscriptions changed between its check and its transaction
+
+
+def _refuse_if_named(topic: str, subscriptions: list[pubsub_pb2.Subscription]) -> None:
+    """FAILED_PRECONDITION when a subscription reads from the topic or dead-letters to it."""
+    attached = [s.name for s in subscriptions if s.topic == topic]
+    if attached:
+        raise errors.FailedPrecondition(
+            f"topic {topic!r} has {len(attached)} subscription(s) ({', '.join(attached[:5])}); delete them first")
+    dead_lettering = [s.name for s in subscriptions if s.dead_letter_topic == topic]
+    if dead_lettering:
+        raise errors.FailedPrecondition(
+            f"topic {topic!r} is the dead-letter topic of {len(dead_lettering)} subscription(s) "
+            f"({', '.join(dead_lettering[:5])}); delete them first")
 
 
 class MetadataStore:
@@ -50,6 +65,7 @@ class MetadataStore:
                                        60, 7 * 24 * 3600)
         else:
             record.dedup_window.FromSeconds(int(self._config.dedup_window_s))
+        validation.dedup_attributes(record.dedup_attributes, record.dedup_by_payload)
         record.partition_count = record.partition_count or 1
         validation.count_between("partition count", record.partition_count, 1, MAX_PARTITIONS)
         record.replication_factor = record.replication_factor or self._config.default_replication_factor
@@ -111,17 +127,29 @@ class MetadataStore:
         return [pubsub_pb2.Topic.FromString(kv.value) for kv in await self._etcd.get_prefix(TOPICS)]
 
     async def delete_topic(self, name: str) -> None:
-        await self.get_topic(name)
-        attached = [s.name for s in await self.list_subscriptions(topic=name)]
-        if attached:
-            raise errors.FailedPrecondition(
-                f"topic {name!r} has {len(attached)} subscription(s) ({', '.join(attached[:5])}); delete them first")
-        deleted = await self._etcd.delete(TOPICS + name.encode())
-        if not deleted:
-            raise errors.NotFound(f"topic {name!r} not found")
-        for prefix in (PLACEMENTS, LEADERS, CANDIDATES):
-            await self._etcd.delete_prefix(prefix + f"{name}/".encode())
-        log.info("topic deleted", extra=fields(topic=name))
+        """Deletes a topic no subscription names (as its topic or its dead-letter
+        topic). The check and the delete are one transaction: it fails if any
+        subscription was created since the check read them (create_subscription's
+        own transaction, in turn, needs both its topics to exist)."""
+        key = TOPICS + validation.name("topic", name).encode()
+        for _ in range(DELETE_TRIES):
+            kv = await self._etcd.get(key)
+            if kv is None:
+                raise errors.NotFound(f"topic {name!r} not found")
+            listed = await self._etcd.get_prefix(SUBSCRIPTIONS)
+            _refuse_if_named(name, [pubsub_pb2.Subscription.FromString(s.value) for s in listed])
+            prefix_end = etcd_utils.prefix_range_end
+            deleted, _ = await self._etcd.transaction(
+                compare=[self._txn.mod(key) == kv.mod_revision,
+                         self._txn.create(SUBSCRIPTIONS, prefix_end(SUBSCRIPTIONS)) < listed.header.revision + 1],
+                success=[self._txn.delete(key),
+                         *(self._txn.delete(p, prefix_end(p)) for p in
+                           (prefix + f"{name}/".encode() for prefix in (PLACEMENTS, LEADERS, CANDIDATES)))],
+                failure=[])
+            if deleted:
+                log.info("topic deleted", extra=fields(topic=name))
+                return
+        raise errors.Aborted(f"subscriptions changed while deleting topic {name!r}; try again")
 
     async def create_subscription(self, subscription: pubsub_pb2.Subscription) -> pubsub_pb2.Subscription:
         validation.name("subscription", subscription.name)
@@ -141,12 +169,14 @@ class MetadataStore:
         key = SUBSCRIPTIONS + subscription.name.encode()
         topic_key = TOPICS + subscription.topic.encode()
         created, _ = await self._etcd.transaction(
-            compare=[self._txn.create(key) == 0, self._txn.version(topic_key) > 0],
+            compare=[self._txn.create(key) == 0, *self._topics_exist(record)],
             success=[self._txn.put(key, record.SerializeToString())], failure=[])
         if not created:
             if await self._etcd.get(key) is not None:
                 raise errors.AlreadyExists(f"subscription {subscription.name!r} already exists")
-            raise errors.NotFound(f"topic {subscription.topic!r} not found")
+            if await self._etcd.get(topic_key) is None:
+                raise errors.NotFound(f"topic {subscription.topic!r} not found")
+            raise errors.NotFound(f"dead-letter topic {record.dead_letter_topic!r} not found")
         log.info("subscription created", extra=fields(subscription=record.name, topic=record.topic))
         # Storage also attaches it when its watch sees the record; attaching now closes
         # the gap for messages published right after this call returns.
@@ -157,6 +187,11 @@ class MetadataStore:
             log.warning("attach at storage failed; its watch will attach it",
                         extra=fields(subscription=record.name, error=repr(e)))
         return record
+
+    def _topics_exist(self, record: pubsub_pb2.Subscription) -> list:
+        """The compares of a subscription's create: its topic and dead-letter topic exist."""
+        names = [record.topic] + ([record.dead_letter_topic] if record.dead_letter_topic else [])
+        return [self._txn.version(TOPICS + n.encode()) > 0 for n in names]
 
     async def _check_delivery_policy(self, record: pubsub_pb2.Subscription) -> None:
         """Validates the retry policy, dead-lettering and push endpoint, filling in

@@ -58,6 +58,8 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
     async def Nack(self, request, context):
         shard = self._node.led_shard(request.topic, request.partition)
         delay_ms = request.delay_ms if request.HasField("delay_ms") else None
+        if request.terminal:
+            await self._node.check_dead_letter_topic(shard, request.subscription)
         self._node.engine.nack(shard, request.subscription, list(request.ack_ids), delay_ms, request.terminal,
                                request.reason)
         return storage_pb2.StorageNackResponse()
@@ -92,6 +94,7 @@ class StorageNode:
     def __init__(self, ctx: Context):
         self._ctx, self._cluster, self._config = ctx, ctx.cluster, ctx.config
         self.engine = StorageEngine(Path(ctx.args.data_dir), ctx.node_id)
+        self.engine.dedup.payload_attributes = self._payload_attributes
         self.replication = Replication(self.engine, ctx.cluster, lambda: ctx.registration, ctx.node_id,
                                        self._replication_factor)
         self.servicers = [(storage_pb2_grpc.add_StorageServicer_to_server, StorageServicer(self))]
@@ -118,6 +121,12 @@ class StorageNode:
             yield request
         raise errors.Unavailable("storage node is shutting down")
 
+    def _payload_attributes(self, topic: str) -> tuple[str, ...]:
+        """Topic.dedup_attributes, what a payload hash covers besides the data (an
+        append has awaited the topic's record)."""
+        record = self._cluster.topics.items.get(topic)
+        return tuple(record.dedup_attributes) if record else ()
+
     def _replication_factor(self, topic: str) -> int:
         record = self._cluster.topics.items.get(topic)
         return record.replication_factor if record else 0
@@ -127,6 +136,17 @@ class StorageNode:
         shard = shard_name(topic, partition)
         self.replication.leadership(shard)
         return shard
+
+    async def check_dead_letter_topic(self, shard: str, subscription: str) -> None:
+        """FAILED_PRECONDITION unless the subscription's dead-letter topic exists, so a
+        terminal nack never answers success for a dead-lettering that cannot happen
+        (the message stays in flight and comes back). Asks etcd itself: the mirror
+        may not have seen a delete yet; terminal nacks are rare enough for the read."""
+        topic = self.engine.subscription(shard, subscription).policy.dead_letter_topic
+        if topic and await self._cluster.etcd.get(TOPICS + topic.encode()) is None:
+            raise errors.FailedPrecondition(
+                f"dead-letter topic {topic!r} of subscription {subscription!r} does not exist; "
+                "the messages were not dead-lettered and stay deliverable")
 
     async def append(self, topic: str, partition: int, messages, retry: bool) -> list[str]:
         record = await self._cluster.topic(topic)  # NOT_FOUND rather than data for a topic that does not exist

@@ -4,12 +4,14 @@ import asyncio
 
 import grpc
 import pytest
-from helpers import new_topic, unique
+from helpers import new_topic, receive, unique
 
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 from notifymesh.client import Message
+from notifymesh.contracts import TOPICS
 from notifymesh.errors import NotifymeshError
+from notifymesh.server.cluster import connect_etcd
 
 BAD_NAMES = ["ab", "9lives", "has space", "x" * 256, "", "sl/ash", "nul\0byte"]
 
@@ -154,3 +156,39 @@ async def test_every_service_reports_health_and_the_frontend_serves_reflection(m
             services = {s.name for s in reply.list_services_response.service}
             break
     assert {"notifymesh.v1.Publisher", "notifymesh.v1.Subscriber", "grpc.health.v1.Health"} <= services
+
+
+async def test_a_dead_letter_topic_in_use_cannot_be_deleted(client):
+    topic, dead, sub = unique("dlq-use"), unique("dlq-used"), unique("dlq-use-sub")
+    await client.create_topic(topic)
+    await client.create_topic(dead)
+    await client.create_subscription(sub, topic, max_delivery_attempts=3, dead_letter_topic=dead)
+    code, details = await status_of(client.delete_topic(dead))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and sub in details and "dead-letter" in details
+    assert (await client.get_topic(dead)).name == dead
+    await client.delete_subscription(sub)
+    await client.delete_topic(dead)
+    code, _ = await status_of(client.get_topic(dead))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_terminal_nack_that_cannot_dead_letter_fails_and_the_message_stays(mesh, client):
+    """A dead-letter topic gone behind the metadata service's back (as a delete
+    could before it was refused): the terminal nack says so, and the message is
+    delivered again rather than left pending for ever."""
+    topic, dead = unique("dlq-gone"), unique("dlq-gone-dead")
+    await client.create_topic(topic)
+    await client.create_topic(dead)
+    sub = unique("dlq-gone-sub")
+    await client.create_subscription(sub, topic, ack_deadline_s=1, max_delivery_attempts=5, dead_letter_topic=dead)
+    [message_id] = await client.publish(topic, [b"nowhere to go"])
+    [received] = await receive(client, sub, 1, ack=False)
+    etcd = connect_etcd(mesh.etcd_endpoint)
+    try:
+        assert await etcd.delete(TOPICS + dead.encode())
+    finally:
+        await etcd.close()
+    code, details = await status_of(client.nack(sub, [received.ack_id], terminal=True))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and dead in details
+    [again] = await receive(client, sub, 1, timeout=15)
+    assert again.message.message_id == message_id and again.delivery_attempt >= 2
