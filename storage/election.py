@@ -7,6 +7,7 @@ choose_leader) claims leadership with a create-only transaction. The create
 revision of the leader key is the leader's epoch.
 """
 
+import time
 from typing import Any, Protocol
 
 from notifymesh.contracts import Candidacy, LeaderRecord, candidate_key, candidates_prefix, leader_key
@@ -96,6 +97,13 @@ class Election:
         self._store, self._logs, self._node = store, logs, node_id
         # Shards whose candidacy key this node has put and not yet withdrawn.
         self._candidacies: set[str] = set()
+        # Shards this node does not stand for until then (monotonic): it resigned them
+        # for want of a majority. At most one per shard, dropped once past.
+        self._held_off: dict[str, float] = {}
+
+    def hold_off(self, shard: str, seconds: float) -> None:
+        """This node does not stand for shard for that long (see check-quorum in storage.leader)."""
+        self._held_off[shard] = time.monotonic() + seconds
 
     async def withdraw(self, shard: str) -> None:
         """A stale announcement could understate this log in a later election and let
@@ -117,7 +125,11 @@ class Election:
 
     async def campaign(self, shard: str, replicas: list[str], registration: Registered) -> int | None:
         """Announces this node's position; claims the leader key when this node is
-        the best of a quorum. The epoch won, or None."""
+        the best of a quorum. The epoch won, or None (also while held off)."""
+        if shard in self._held_off:
+            if time.monotonic() < self._held_off[shard]:
+                return None
+            del self._held_off[shard]
         log_ = self._logs.shard(shard)
         mine = Candidacy(log_.end, log_.last_epoch, tuple(log_.state_stamp))
         await self._store.announce(shard, self._node, mine, registration.lease)

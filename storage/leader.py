@@ -26,7 +26,8 @@ from notifymesh.log import fields
 from notifymesh.server import rpc
 from storage.election import Registered
 from storage.log import Entries, ShardLog
-from storage.replication_rules import commit_index, quorum
+from notifymesh.server.config import Config
+from storage.replication_rules import commit_index, quorum, quorum_lost
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,12 @@ REPLICATE_TIMEOUT_S = 5.0      # for a follower's answer
 COMMIT_TIMEOUT_S = 5.0         # a publish not on a majority by then is UNAVAILABLE
 LEASE_MARGIN_S = 0.5           # stop acknowledging this long before the lease could lapse
 TICK_S = 0.5                   # elections, placement changes; the pause before retrying a follower
+HEARTBEAT_S = TICK_S           # an idle shard is sent an empty batch this often, for check-quorum
+# Check-quorum: a leader not answered by a majority within the member lease resigns.
+CHECK_QUORUM_S = float(Config.member_lease_ttl_s)
+# ... and does not stand again for this long, so a replica reaching a majority is elected
+# rather than this node again (its log, with its unreplicated tail, is the most advanced).
+HOLD_OFF_S = 2 * CHECK_QUORUM_S
 
 
 @dataclass
@@ -50,6 +57,7 @@ class Progress:
     state_version: int = -1  # the delivery state it has (ShardLog.state_version)
     state_due: bool = True   # send the delivery state with the next call (set every tick)
     first: int = -1          # the leader's first entry, as last sent
+    heard: float = field(default_factory=time.monotonic)  # its last answer (from: leading began)
 
 
 @dataclass
@@ -106,6 +114,7 @@ class LeaderKeys(Protocol):
 
     async def withdraw(self, shard: str) -> None: ...
     async def delete_leader_key(self, shard: str, epoch: int) -> None: ...
+    def hold_off(self, shard: str, seconds: float) -> None: ...
 
 
 class Leader:
@@ -113,11 +122,12 @@ class Leader:
 
     def __init__(self, engine: LeaderLog, peers: Peers, keys: LeaderKeys, node_id: str,
                  registration_of: Callable[[], Registered | None], known_epoch: dict[str, int],
-                 max_request_bytes: int = REPLICATE_MAX_BYTES):
+                 max_request_bytes: int = REPLICATE_MAX_BYTES, lease_s: float = CHECK_QUORUM_S):
         """known_epoch: the newest epoch seen of each shard, shared with the follower side;
-        max_request_bytes: the bound of one Replicate request (well under the gRPC limit)."""
+        max_request_bytes: the bound of one Replicate request (well under the gRPC limit);
+        lease_s: how long a leader may go unanswered by a majority (check_quorum)."""
         self._engine, self._peers, self._keys, self._node = engine, peers, keys, node_id
-        self._max_request_bytes = max_request_bytes
+        self._max_request_bytes, self._lease_s = max_request_bytes, lease_s
         self._registration_of, self._known_epoch = registration_of, known_epoch
         self.led: dict[str, Leadership] = {}  # never rebound: the coordinator shares it
         self.senders: dict[str, asyncio.Task] = {}
@@ -159,6 +169,17 @@ class Leader:
                 await self._keys.delete_leader_key(shard, lead.epoch)
             except Exception as e:
                 log.warning("resign failed", extra=fields(shard=shard, error=repr(e)))
+
+    async def check_quorum(self) -> None:
+        """Resigns every shard whose leader has not been answered by a majority of its
+        replica set within the lease (rules: quorum_lost): cut off from its followers
+        but not from etcd, it would otherwise lead, and refuse every publish, forever."""
+        now = time.monotonic()
+        for shard, lead in list(self.led.items()):
+            heard = {node: p.heard for node, p in lead.progress.items() if node not in lead.learners}
+            if quorum_lost(heard, lead.replicas, self._node, now, self._lease_s):
+                self._keys.hold_off(shard, HOLD_OFF_S)
+                await self.step_down(shard, f"no answer from a majority within {self._lease_s:g}s", resign=True)
 
     def state_due(self) -> None:
         """Snapshots the delivery state of every shard led and has it sent to the
@@ -296,7 +317,9 @@ class Leader:
                 entries = self._engine.entries_from(shard, start, REPLICATE_MAX_ENTRIES, max(budget, 0),
                                                     at_least_one=not any_entries)
             states = progress.state_due and progress.state_version != log_.state_version
-            if not entries.raw and progress.match >= log_.end and not states and progress.first == log_.first:
+            heartbeat = time.monotonic() - progress.heard >= HEARTBEAT_S
+            if (not entries.raw and progress.match >= log_.end and not states and progress.first == log_.first
+                    and not heartbeat):
                 continue
             shard_entries = self._shard_entries(shard, lead, start, entries, states)
             budget -= shard_entries.ByteSize() + SHARD_FRAMING_BYTES
@@ -335,6 +358,7 @@ class Leader:
             progress = lead.progress.get(node)
             if progress is None:
                 continue
+            progress.heard = time.monotonic()
             what = sent[shard]
             if result.ok:
                 progress.match = progress.next = result.end

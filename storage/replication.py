@@ -119,6 +119,12 @@ class Replication:
             if time.monotonic() - last_tick >= TICK_S:
                 last_tick = time.monotonic()
                 self.leader.state_due()  # delivery state goes out once a tick, not with every batch
+                try:
+                    await self.leader.check_quorum()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    log.warning("check-quorum failed", extra=fields(error=repr(e)))
             if self._registration_of() is None:  # not registered yet: cannot lead
                 continue
             try:

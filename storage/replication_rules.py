@@ -113,6 +113,20 @@ def commit_index(commit: int, written: int, follower_matches: list[int], replica
     return commit
 
 
+# -- check-quorum ----------------------------------------------------------------------------
+
+
+def quorum_lost(heard: Mapping[str, float], replicas: Collection[str], node: str, now: float,
+                lease_s: float) -> bool:
+    """Check-quorum: whether the leader node has not heard from a majority of its
+    replica set (itself counted) within lease_s, so it must step down and let a
+    replica that still reaches a majority lead. heard: when each other node last
+    answered (monotonic seconds); a node outside the replica set (a learner) does
+    not count."""
+    recent = sum(1 for other in replicas if other == node or now - heard.get(other, float("-inf")) <= lease_s)
+    return recent < quorum(replicas)
+
+
 # -- placement ------------------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ from storage.election import Election
 from storage.follower import Follower
 from storage.leader import Leadership
 from storage.replication_rules import (choose_leader, commit_index, epoch_refused, first_of_epoch, leader_deposed,
-                                       newest_epoch, quorum, replica_swap, resend_from)
+                                       newest_epoch, quorum, quorum_lost, replica_swap, resend_from)
 
 REPLICAS = ["storage-1", "storage-2", "storage-3"]
 SHARD = "orders/0"
@@ -229,6 +229,33 @@ def test_no_swap_without_a_ready_learner_or_when_full_and_all_wanted():
     assert replica_swap(["a", "b", "c"], ["a", "b", "c"], ["a", "b", "c", "d"], ["d"], 3) is None
     grown = replica_swap(["a", "b"], ["a", "b", "c"], ["a", "b", "c"], ["c"], 3)
     assert grown is not None and grown.replicas == ["a", "b", "c"] and grown.removed is None
+
+
+# -- check-quorum ---------------------------------------------------------------------------
+
+
+def test_a_leader_that_heard_from_a_majority_within_the_lease_keeps_leading():
+    heard = {"storage-2": 97.5, "storage-3": 90.0}  # storage-2 answered 2.5 s ago
+    assert not quorum_lost(heard, REPLICAS, "storage-1", now=100.0, lease_s=3.0)
+
+
+def test_a_leader_that_heard_from_no_majority_within_the_lease_steps_down():
+    heard = {"storage-2": 96.9, "storage-3": 90.0}  # 3.1 s and 10 s ago: only itself counts
+    assert quorum_lost(heard, REPLICAS, "storage-1", now=100.0, lease_s=3.0)
+    assert quorum_lost({}, REPLICAS, "storage-1", now=100.0, lease_s=3.0)  # never heard of
+
+
+def test_check_quorum_counts_only_the_replica_set():
+    """A learner's answers (it is fed, not a member) do not keep a leader in place."""
+    heard = {"learner-9": 99.9, "storage-2": 80.0}
+    assert quorum_lost(heard, REPLICAS, "storage-1", now=100.0, lease_s=3.0)
+    assert not quorum_lost({}, ["storage-1"], "storage-1", now=100.0, lease_s=3.0)  # a single replica
+
+
+def test_five_replicas_need_two_followers_heard():
+    five = REPLICAS + ["storage-4", "storage-5"]
+    assert quorum_lost({"storage-2": 99.0}, five, "storage-1", now=100.0, lease_s=3.0)
+    assert not quorum_lost({"storage-2": 99.0, "storage-5": 98.0}, five, "storage-1", now=100.0, lease_s=3.0)
 
 
 # -- the follower part with fakes ---------------------------------------------------------------

@@ -224,3 +224,103 @@ async def test_an_entry_larger_than_the_bound_still_goes_alone(tmp_path):
         assert len(batch.entries) == 1
     finally:
         await engine.close()
+
+
+# -- finding 4: check-quorum ------------------------------------------------------------------------
+
+
+class Keys:
+    """The election's part in giving up leadership, recorded."""
+
+    def __init__(self):
+        self.deleted: list[tuple[str, int]] = []
+        self.held_off: list[str] = []
+
+    def hold_off(self, shard, seconds):
+        self.held_off.append(shard)
+
+    async def withdraw(self, shard):
+        pass
+
+    async def delete_leader_key(self, shard, epoch):
+        self.deleted.append((shard, epoch))
+
+
+def cut_off_leader(engine: StorageEngine, heard_ago: dict[str, float]):
+    """A leader of SHARD (epoch 9, replicas storage-1..3) whose followers last
+    answered that many seconds ago."""
+    import time
+
+    from storage.leader import Leader, Leadership, Progress
+    keys_ = Keys()
+    leader = Leader(engine, None, keys_, "storage-1", None, {}, lease_s=3.0)
+    now = time.monotonic()
+    leader.led[SHARD] = Leadership(SHARD, 9, ["storage-1", "storage-2", "storage-3"], marker=0, progress={
+        node: Progress(next=0, heard=now - ago) for node, ago in heard_ago.items()})
+    return leader, keys_
+
+
+async def test_a_leader_cut_off_from_its_followers_resigns(tmp_path):
+    engine = open_engine(tmp_path)
+    try:
+        leader, keys_ = cut_off_leader(engine, {"storage-2": 3.5, "storage-3": 30.0})
+        await leader.check_quorum()
+        assert SHARD not in leader.led and keys_.deleted == [(SHARD, 9)] and keys_.held_off == [SHARD]
+    finally:
+        await engine.close()
+
+
+async def test_a_leader_that_hears_from_one_follower_keeps_leading(tmp_path):
+    engine = open_engine(tmp_path)
+    try:
+        leader, keys_ = cut_off_leader(engine, {"storage-2": 0.4, "storage-3": 30.0})
+        await leader.check_quorum()
+        assert SHARD in leader.led and keys_.deleted == []
+    finally:
+        await engine.close()
+
+
+async def test_an_answer_counts_as_heard_and_an_idle_shard_is_sent_a_heartbeat(tmp_path):
+    import time
+    engine = open_engine(tmp_path)
+    try:
+        leader, _ = cut_off_leader(engine, {"storage-2": 30.0, "storage-3": 30.0})
+        outgoing = leader.request_for("storage-2")  # nothing to send but a heartbeat, long overdue
+        assert [b.partition for b in outgoing.request.shards] == [0]
+        answer = storage_pb2.ReplicateResponse(shards=[storage_pb2.ShardResult(topic="orders", partition=0,
+                                                                               ok=True, end=0)])
+        await leader._handle_results("storage-2", answer, outgoing.sent)
+        assert time.monotonic() - leader.led[SHARD].progress["storage-2"].heard < 1.0
+        await leader.check_quorum()
+        assert SHARD in leader.led
+    finally:
+        await engine.close()
+
+
+async def test_a_leader_resigned_for_lost_quorum_does_not_stand_again_at_once():
+    """Else its log, the longest (its own unreplicated tail), would win the election
+    it caused, and it would lead cut off again."""
+    from storage.election import Election
+
+    class Store:
+        announced: dict = {}
+
+        async def announce(self, shard, node, candidacy, lease):
+            self.announced[node] = candidacy
+
+        async def announcements(self, shard):
+            return dict(self.announced)
+
+        async def claim(self, shard, record, lease, counted):
+            return 50
+
+    class Log:
+        end, last_epoch, state_stamp = 10, 9, (0, 0)
+
+    class Registration:
+        addr, lease = "127.0.0.1:1", None
+
+    election = Election(Store(), type("Logs", (), {"shard": lambda self, name: Log()})(), "storage-1")
+    election.hold_off(SHARD, 6.0)
+    assert await election.campaign(SHARD, ["storage-1"], Registration()) is None
+    assert Store.announced == {}
