@@ -62,12 +62,20 @@ class SlowCalls:
             self._since[method] = (logged, calls, slowest)
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
+def _fail(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
+    """Ends the call with the error's status, set on the context for the handler
+    to return: not context.abort(), whose AbortError grpc keeps on the call's state
+    while its traceback keeps the aborting frames, the context (and so the state)
+    and, through the error it was raised over, the request: a reference cycle per
+    refused call, about 2 KiB per refused 1 KiB message, that only a rare full
+    collection (GC_THRESHOLDS) would free. Measured: 20,000 refused messages grew
+    the frontend by 45 MiB with abort(), by under 2 MiB this way."""
     mapped = status_of(error)
     if mapped is None:
         log.exception("unhandled error", exc_info=error, extra=fields(method=method))
         mapped = (grpc.StatusCode.INTERNAL, f"internal error: {error!r}")
-    await context.abort(*mapped)
+    context.set_code(mapped[0])
+    context.set_details(mapped[1])
 
 
 def _parse(deserialize, raw: bytes):
@@ -85,7 +93,7 @@ async def _mapped(responses: Callable[[], Any], context, method: str):
     except (asyncio.CancelledError, grpc.aio.AbortError):
         raise
     except Exception as e:
-        await _abort(context, e, method)
+        _fail(context, e, method)
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -112,7 +120,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 except (asyncio.CancelledError, grpc.aio.AbortError):
                     raise
                 except Exception as e:
-                    await _abort(context, e, method)
+                    _fail(context, e, method)
+                    return None  # grpc sends no response with a status that is not OK
                 finally:
                     if (elapsed := time.monotonic() - started) > SLOW_CALL_S:
                         self._slow_calls.record(method, elapsed)
