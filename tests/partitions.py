@@ -1,6 +1,7 @@
 """The partition test bench: a mesh whose every process runs on a host of its own
-(tests/netns.py), and a checker that publishes unique payloads without pause and
-consumes them, so that what a fault did is measured, not guessed:
+(tests/netns.py), a nemesis that injects random faults into it, and a checker
+that publishes unique payloads without pause and consumes them, so that what a
+fault did is measured, not guessed:
 
 - lost: acknowledged publishes never delivered (must be 0)
 - duplicates: deliveries beyond the first of a message
@@ -8,6 +9,10 @@ consumes them, so that what a fault did is measured, not guessed:
 """
 
 import asyncio
+import os
+import random
+import signal
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -117,3 +122,113 @@ class Checker:
                       delivered=len(self.deliveries), lost=len(lost),
                       duplicates=sum(n - 1 for n in self.deliveries.values()),
                       longest_stall_s=round(self.longest_stall_s, 2), errors=dict(self.errors))
+
+
+# -- the nemesis: random faults, one at a time --------------------------------------
+
+FAKETIME_LIBS = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+                 "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1")
+FAULT_KINDS = ("kill", "pause", "isolate", "cut", "loss", "skew")
+
+
+@dataclass
+class Fault:
+    kind: str
+    target: str
+    other: str = ""
+    seconds: float = 0.0
+    detail: str = ""
+
+
+class Nemesis:
+    """Injects one random fault at a time into a partitioned mesh, chosen by a
+    seeded generator (the same seed gives the same faults): a process killed
+    (SIGKILL, restarted after the fault), paused (SIGSTOP/SIGCONT), a host cut off
+    from all others, a link between two hosts cut or made lossy, or a service's
+    wall clock skewed (restarted under libfaketime; the monotonic clock is left
+    alone, and etcd, a Go binary, is never skewed). Never the machine's clock."""
+
+    def __init__(self, mesh: LocalMesh, lab: Lab, seed: int, fault_s: tuple[float, float] = (3, 10),
+                 quiet_s: float = 5, kinds: tuple[str, ...] = FAULT_KINDS, every_kind_in_turn: bool = False):
+        """every_kind_in_turn: the kinds in order, round and round (targets still at
+        random), so that a short run covers each."""
+        self.mesh, self.lab, self.rng = mesh, lab, random.Random(seed)
+        self.fault_s, self.quiet_s, self.kinds, self.in_turn = fault_s, quiet_s, kinds, every_kind_in_turn
+        self.faults: list[Fault] = []
+        self._plain_argv: dict[str, list[str]] = {}  # a skewed service's command as it was
+        self._faketime = next((lib for lib in FAKETIME_LIBS if os.path.exists(lib)), None)
+        if "skew" in kinds and self._faketime is None:
+            raise RuntimeError("libfaketime not found: install the faketime package (see .ci/run)")
+
+    async def run(self, seconds: float, progress=lambda line: None) -> None:
+        """Faults one after another for about seconds, each followed by quiet_s of calm."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while loop.time() < end:
+            fault = self._choose()
+            progress(f"fault {len(self.faults) + 1}: {fault.kind} {fault.target} {fault.other} "
+                     f"{fault.detail} for {fault.seconds:.1f}s")
+            await asyncio.to_thread(self._inject, fault)
+            try:
+                await asyncio.sleep(fault.seconds)
+            finally:
+                await asyncio.to_thread(self._repair, fault)
+            self.faults.append(fault)
+            await asyncio.sleep(self.quiet_s)
+
+    def counts(self) -> dict[str, int]:
+        counted: dict[str, int] = {}
+        for fault in self.faults:
+            counted[fault.kind] = counted.get(fault.kind, 0) + 1
+        return counted
+
+    def _choose(self) -> Fault:
+        kind = self.kinds[len(self.faults) % len(self.kinds)] if self.in_turn else self.rng.choice(self.kinds)
+        services = self.mesh.service_names()
+        hosts = [*self.mesh.processes]
+        seconds = self.rng.uniform(*self.fault_s)
+        if kind in ("kill", "pause"):
+            return Fault(kind, self.rng.choice(hosts), seconds=seconds)
+        if kind == "isolate":
+            return Fault(kind, self.rng.choice(hosts), seconds=seconds)
+        if kind in ("cut", "loss"):
+            a, b = self.rng.sample(hosts, 2)
+            return Fault(kind, a, b, seconds, f"{self.rng.choice((10, 30, 60))}%" if kind == "loss" else "")
+        return Fault(kind, self.rng.choice(services), seconds=seconds,
+                     detail=f"{self.rng.choice((-1, 1)) * self.rng.choice((2, 10, 60)):+d}s")  # libfaketime: a sign
+
+    def _inject(self, fault: Fault) -> None:
+        if fault.kind == "kill":
+            self.mesh.kill(fault.target)
+        elif fault.kind == "pause":
+            self.mesh.kill(fault.target, signal.SIGSTOP)
+        elif fault.kind == "isolate":
+            self.lab.isolate(fault.target)
+        elif fault.kind == "cut":
+            self.lab.cut(fault.target, fault.other)
+        elif fault.kind == "loss":
+            self.lab.lose(fault.target, fault.other, int(fault.detail.rstrip("%")))
+        elif fault.kind == "skew":
+            self._restart_skewed(fault.target, fault.detail)
+
+    def _repair(self, fault: Fault) -> None:
+        if fault.kind == "kill":
+            self.mesh.restart(fault.target)
+        elif fault.kind == "pause":
+            self.mesh.kill(fault.target, signal.SIGCONT)
+        elif fault.kind in ("isolate", "cut", "loss"):
+            self.lab.heal()
+        elif fault.kind == "skew":
+            self._restart_skewed(fault.target, None)
+
+    def _restart_skewed(self, name: str, offset: str | None) -> None:
+        """Restarts the service with its wall clock offset (None: as it was)."""
+        process = self.mesh.processes[name]
+        plain = self._plain_argv.setdefault(name, process.argv)
+        if offset is None:
+            process.argv = plain
+        else:
+            at = plain.index(sys.executable)
+            process.argv = [*plain[:at], "env", f"LD_PRELOAD={self._faketime}", f"FAKETIME={offset}",
+                            "FAKETIME_DONT_FAKE_MONOTONIC=1", *plain[at:]]
+        self.mesh.restart(name)
