@@ -5,6 +5,7 @@ start, kill (SIGKILL) and restart real processes.
 """
 
 import importlib.resources
+import json
 import os
 import shutil
 import signal
@@ -23,6 +24,16 @@ from gen.notifymesh.internal.v1 import node_pb2, node_pb2_grpc
 
 STOP_TIMEOUT_S = 15
 START_TIMEOUT_S = 60
+# Ports from the frontend port P: frontend i (from 0) at P+i, etcd member i's client
+# and peer ports at P+10+i and P+20+i; the other services take free ports (each
+# registers its address in etcd). So meshes 30 ports apart run side by side.
+MAX_FRONTENDS = 10
+MAX_ETCD_MEMBERS = 5
+ETCD_CLIENT_OFFSET, ETCD_PEER_OFFSET = 10, 20
+LEGACY_ETCD_PORTS = (23790, 23800)  # before ports derived from P: a data dir's etcd created then keeps them
+ETCD_PORTS_FILE = "etcd-ports.json"  # in the data dir: etcd keeps the peer URLs it was created with
+# make up ARGS="--ha": no process is the only one of its kind (storage nodes are three anyway).
+HA = {"etcd_members": 3, "metadata_services": 2, "senders": 2, "frontends": 2}
 
 
 def find_etcd() -> str:
@@ -105,12 +116,17 @@ class Process:
 class LocalMesh:
     data_dir: Path
     frontend_port: int = 50051
-    # (client port, peer port) of each etcd member; default 2379x/2380x, x = member index.
+    # (client port, peer port) of each etcd member; by default from frontend_port
+    # (see ETCD_CLIENT_OFFSET), or those the data dir's etcd was created with.
     etcd_ports: list[tuple[int, int]] | None = None
     etcd_members: int = 1
     storage_nodes: int = 3
     senders: int = 1
     config_file: Path | None = None
+    metadata_services: int = 1
+    frontends: int = 1
+    # The port of each frontend; by default frontend_port + i.
+    frontend_ports: list[int] | None = None
     network: Network = field(default_factory=Loopback)
     processes: dict[str, Process] = field(default_factory=dict)
 
@@ -124,13 +140,32 @@ class LocalMesh:
 
     @property
     def frontend_addr(self) -> str:
-        return f"{self.network.address('frontend-1')}:{self.frontend_port}"
+        """The first frontend's address."""
+        return self.frontend_addrs[0]
+
+    @property
+    def frontend_addrs(self) -> list[str]:
+        return [f"{self.network.address(name)}:{port}"
+                for name, port in zip(self.frontend_names(), self.frontend_ports)]
+
+    @property
+    def frontend_target(self) -> str:
+        """Every frontend, as a Client or NOTIFYMESH_ADDR takes them: a,b."""
+        return ",".join(self.frontend_addrs)
+
+    def frontend_names(self) -> list[str]:
+        return [f"frontend-{i}" for i in range(1, len(self.frontend_ports) + 1)]
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        if not 1 <= self.frontends <= MAX_FRONTENDS or not 1 <= self.etcd_members <= MAX_ETCD_MEMBERS:
+            raise ValueError(f"1 to {MAX_FRONTENDS} frontends and 1 to {MAX_ETCD_MEMBERS} etcd members")
+        if self.frontend_ports is None:
+            self.frontend_ports = [self.frontend_port + i for i in range(self.frontends)]
+        self.frontend_port = self.frontend_ports[0]
         if self.etcd_ports is None:
-            self.etcd_ports = [(23790 + i, 23800 + i) for i in range(self.etcd_members)]
+            self.etcd_ports = self._default_etcd_ports()
         address = self.network.address
         initial_cluster = ",".join(f"{name}=http://{address(name)}:{peer}"
                                    for name, (_, peer) in zip(self.etcd_names(), self.etcd_ports))
@@ -141,12 +176,25 @@ class LocalMesh:
                              "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
                              "--initial-cluster", initial_cluster, "--initial-cluster-token", "notifymesh",
                              "--log-level", "warn"])
-        self._add_service("metadata", "metadata-1")
+        for i in range(1, self.metadata_services + 1):
+            self._add_service("metadata", f"metadata-{i}")
         for i in range(1, self.storage_nodes + 1):
             self._add_service("storage", f"storage-{i}", "--data-dir", str(self.data_dir / f"storage-{i}"))
         for i in range(1, self.senders + 1):
             self._add_service("sender", f"sender-{i}")
-        self._add_service("frontend", "frontend-1", listen=f"{address('frontend-1')}:{self.frontend_port}")
+        for name, addr in zip(self.frontend_names(), self.frontend_addrs):
+            self._add_service("frontend", name, listen=addr)
+
+    def _default_etcd_ports(self) -> list[tuple[int, int]]:
+        """The ports recorded in the data dir, else the old fixed ones for an etcd made
+        before they were recorded, else derived from the frontend port."""
+        record = self.data_dir / ETCD_PORTS_FILE
+        if any(p.is_dir() for p in self.data_dir.glob("etcd-*")):
+            if record.exists():
+                return [tuple(pair) for pair in json.loads(record.read_text())]
+            return [(LEGACY_ETCD_PORTS[0] + i, LEGACY_ETCD_PORTS[1] + i) for i in range(self.etcd_members)]
+        return [(self.frontend_port + ETCD_CLIENT_OFFSET + i, self.frontend_port + ETCD_PEER_OFFSET + i)
+                for i in range(self.etcd_members)]
 
     def add_storage_node(self) -> str:
         """Starts one more storage node; returns its id once it serves."""
@@ -173,13 +221,14 @@ class LocalMesh:
 
     def start(self, progress=lambda line: None) -> None:
         """Starts etcd, then every service, and returns once all report SERVING."""
-        for port in (*(p for pair in self.etcd_ports for p in pair), self.frontend_port):
+        for port in (*(p for pair in self.etcd_ports for p in pair), *self.frontend_ports):
             if isinstance(self.network, Loopback) and not _port_free(port):
                 raise RuntimeError(f"127.0.0.1:{port} is in use: is another mesh running? (choose other ports)")
         existing = sorted(p.name for p in self.data_dir.glob("etcd-*") if p.is_dir())
         if existing and existing != self.etcd_names():
             raise RuntimeError(f"{self.data_dir} holds an etcd cluster of {len(existing)} member(s), not "
                                f"{len(self.etcd_names())}: keep --etcd-members as it was, or use another --data-dir")
+        (self.data_dir / ETCD_PORTS_FILE).write_text(json.dumps(self.etcd_ports))
         for name in self.etcd_names():
             self.processes[name].start()
         for name in self.etcd_names():
@@ -188,7 +237,9 @@ class LocalMesh:
         for name in self.service_names():
             self.processes[name].start()
         self.wait_serving(self.service_names())
-        progress(f"services serving: {', '.join(self.service_names())}")
+        members = self.members()
+        progress("services serving: " + ", ".join(f"{name} ({members.get(name, '?')})"
+                                                  for name in self.service_names()))
 
     def _wait_etcd(self, name: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -204,9 +255,18 @@ class LocalMesh:
         raise TimeoutError("etcd did not start")
 
     def describe(self, topics=(), subscriptions=(), addr: str | None = None) -> node_pb2.DescribeResponse:
-        with grpc.insecure_channel(addr or self.frontend_addr) as channel:
-            return node_pb2_grpc.NodeStub(channel).Describe(
-                node_pb2.DescribeRequest(topics=topics, subscriptions=subscriptions), timeout=5)
+        """Node.Describe of addr; by default of the first live frontend that answers
+        (a test may have killed the others)."""
+        live = [a for name, a in zip(self.frontend_names(), self.frontend_addrs) if self.processes[name].alive()]
+        targets = [addr] if addr else live or self.frontend_addrs[:1]
+        for target in targets:
+            try:
+                with grpc.insecure_channel(target) as channel:
+                    return node_pb2_grpc.NodeStub(channel).Describe(
+                        node_pb2.DescribeRequest(topics=topics, subscriptions=subscriptions), timeout=5)
+            except grpc.RpcError:
+                if target == targets[-1]:
+                    raise
 
     def members(self) -> dict[str, str]:
         """node id -> address of every live member, as the frontend sees etcd."""

@@ -262,10 +262,12 @@ def _server_side(module: str, command: str):
 
 
 def _up(args) -> int:
-    LocalMesh = _server_side("deploy.local", "up").LocalMesh
-
-    mesh = LocalMesh(Path(args.data_dir), frontend_port=args.port, storage_nodes=args.storage_nodes,
-                     etcd_members=args.etcd_members, senders=args.senders)
+    local = _server_side("deploy.local", "up")
+    counts = {"etcd_members": args.etcd_members, "metadata_services": args.metadata, "senders": args.senders,
+              "frontends": args.frontends}
+    if args.ha:  # at least two of each kind (etcd: three, to keep a majority)
+        counts = {kind: max(count, local.HA[kind]) for kind, count in counts.items()}
+    mesh = local.LocalMesh(Path(args.data_dir), frontend_port=args.port, storage_nodes=args.storage_nodes, **counts)
     stopping = False
 
     def request_stop(signum, frame):
@@ -281,8 +283,8 @@ def _up(args) -> int:
         except (RuntimeError, TimeoutError) as e:
             say(f"cannot start: {e}")
             return 1
-        print(f"notifymesh mesh is up: frontend {mesh.frontend_addr} "
-              f"(logs in {mesh.data_dir / 'logs'}; Ctrl-C stops)", flush=True)
+        print(f"notifymesh mesh is up: frontend{'s' if len(mesh.frontend_addrs) > 1 else ''} {mesh.frontend_target} "
+              f"(NOTIFYMESH_ADDR={mesh.frontend_target}; logs in {mesh.data_dir / 'logs'}; Ctrl-C stops)", flush=True)
         mesh.supervise(lambda: stopping, progress=say)
     finally:
         say("stopping")
@@ -374,11 +376,18 @@ def _add_server_side_commands(commands) -> None:
     """up and bench, which need the server side (notifymesh[server])"""
     up = commands.add_parser("up", help="run the local mesh in the foreground")
     up.add_argument("--data-dir", default=".notifymesh")
-    up.add_argument("--port", type=int, default=50051, help="frontend port")
+    up.add_argument("--port", type=int, default=50051,
+                    help="P: frontend i at P+i, etcd at P+10.. (clients) and P+20.. (peers); others take free ports")
     up.add_argument("--storage-nodes", type=int, default=3)
     up.add_argument("--senders", type=int, default=1, help="2 or more: another takes over when one dies")
     up.add_argument("--etcd-members", type=int, default=1, choices=(1, 3, 5),
                     help="etcd cluster size (3 survives the loss of one member)")
+    up.add_argument("--metadata", type=int, default=1, choices=range(1, 6), metavar="{1..5}",
+                    help="metadata services (stateless; any serves)")
+    up.add_argument("--frontends", type=int, default=1, choices=range(1, 11), metavar="{1..10}",
+                    help="frontends, at --port, --port+1, ...; a client given all of them spreads its calls")
+    up.add_argument("--ha", action="store_true",
+                    help="no single point of failure: 3 etcd members and 2 each of metadata, sender and frontend")
 
     bench = commands.add_parser("bench", help="publish-to-deliver benchmark on a fresh topic (the peer harness's "
                                               "workload); one JSON line on stdout")

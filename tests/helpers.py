@@ -10,13 +10,14 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from deploy.local import LocalMesh, free_port
+from deploy.local import HA, LocalMesh, free_port
 from notifymesh.client import Client
 
 
-def new_mesh(path, etcd_members: int = 1, **kwargs) -> LocalMesh:
-    mesh = LocalMesh(path, frontend_port=free_port(), etcd_ports=[(free_port(), free_port()) for _ in range(etcd_members)],
-                     **kwargs)
+def new_mesh(path, etcd_members: int = 1, frontends: int = 1, **kwargs) -> LocalMesh:
+    """A started mesh on free ports; kwargs as LocalMesh takes them (metadata_services, senders, ...)."""
+    mesh = LocalMesh(path, frontend_ports=[free_port() for _ in range(frontends)], frontends=frontends,
+                     etcd_ports=[(free_port(), free_port()) for _ in range(etcd_members)], **kwargs)
     try:
         mesh.start()
     except BaseException:
@@ -25,9 +26,23 @@ def new_mesh(path, etcd_members: int = 1, **kwargs) -> LocalMesh:
     return mesh
 
 
+def new_ha_mesh(path, **kwargs) -> LocalMesh:
+    """The mesh of `notifymesh up --ha`: no process the only one of its kind."""
+    return new_mesh(path, **{**HA, **kwargs})
+
+
+def frontend_log_lines(mesh: LocalMesh, text: str) -> dict[str, int]:
+    """frontend name -> how many lines of its log contain text."""
+    counts = {}
+    for name in mesh.frontend_names():
+        with open(mesh.processes[name].log_path, errors="replace") as log:
+            counts[name] = sum(text in line for line in log)
+    return counts
+
+
 def cli(mesh, *args, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    """The notifymesh command against mesh."""
-    env = {**os.environ, "NOTIFYMESH_ADDR": mesh.frontend_addr}
+    """The notifymesh command against mesh (all its frontends)."""
+    env = {**os.environ, "NOTIFYMESH_ADDR": mesh.frontend_target}
     return subprocess.run([sys.executable, "-m", "notifymesh.cli", *args], input=stdin, capture_output=True,
                           env=env, timeout=120)
 

@@ -2,7 +2,7 @@
 ephemeral loopback ports, with RocksDB under a temporary directory."""
 
 import pytest
-from helpers import new_mesh
+from helpers import new_ha_mesh, new_mesh
 
 from notifymesh.client import Client
 
@@ -19,6 +19,15 @@ def mesh(tmp_path_factory):
 def own_mesh(tmp_path):
     """A mesh for one test alone: fault tests kill and restart its processes."""
     mesh = new_mesh(tmp_path / "mesh")
+    yield mesh
+    mesh.stop()
+
+
+@pytest.fixture
+def ha_mesh(tmp_path):
+    """The mesh of `notifymesh up --ha` for one test: 3 etcd members, 2 metadata
+    services, 3 storage nodes, 2 senders, 2 frontends."""
+    mesh = new_ha_mesh(tmp_path / "mesh")
     yield mesh
     mesh.stop()
 
