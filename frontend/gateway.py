@@ -19,7 +19,7 @@ from notifymesh import errors
 from notifymesh.backoff import Backoff, BackoffPolicy
 from notifymesh.batching import Coalescer
 from notifymesh.clock import now_ms, to_ms
-from notifymesh.contracts import AckId, MessageId, ack_ids_by_subscription, topic_hash
+from notifymesh.contracts import AckId, MessageId, ack_ids_by_subscription, dedup_key, topic_hash
 from notifymesh.log import fields
 from notifymesh.server import validation
 from notifymesh.server.clients import MetadataClient, SenderClient, StorageClient
@@ -89,20 +89,18 @@ class Gateway:
     # -- publish ----------------------------------------------------------------
 
     async def publish(self, topic: str, messages) -> list[str]:
-        """Messages with an ordering key go to the partition the key hashes to, the
-        rest to the partition with the fewest appends in flight. Ids are given
-        here, so a retry after a failover is recognised by the new leader."""
+        """Messages with an ordering key go to the partition the key hashes to; so
+        do, by their dedup key (contracts.dedup_key: idempotency key, payload hash on
+        a payload-dedup topic, or retry key), the rest that have one, so that storage,
+        which recognises repeats per partition, recognises them topic-wide; the rest
+        go to the partition with the fewest appends in flight. Ids are given here,
+        so a retry after a failover is recognised by the new leader."""
         validation.name("topic", topic)
         validation.batch(len(messages), self._config)
         for index, message in enumerate(messages):
             validation.message(index, message, self._config)
         record = await self._cluster.topic(topic)  # NOT_FOUND before any storage work
-        partitions = max(1, record.partition_count)
-        spread = self._least_loaded(topic, partitions)
-        groups: dict[int, list[int]] = {}
-        for index, message in enumerate(messages):
-            partition = zlib.crc32(message.ordering_key.encode()) % partitions if message.ordering_key else spread
-            groups.setdefault(partition, []).append(index)
+        groups = self._partitioned(topic, record, messages)
         ms = now_ms()
         for partition, group in groups.items():
             for index, message_id in zip(group, MessageId.new_batch(topic, partition, len(group), ms)):
@@ -114,6 +112,20 @@ class Gateway:
             for index, message_id in zip(group, reply):
                 ids[index] = message_id
         return ids
+
+    def _partitioned(self, topic: str, record: pubsub_pb2.Topic, messages) -> dict[int, list[int]]:
+        """partition -> the indexes of the messages that go there, in order."""
+        partitions = max(1, record.partition_count)
+        if partitions == 1:
+            return {0: list(range(len(messages)))}
+        spread = self._least_loaded(topic, partitions)
+        by_payload, names = record.dedup_by_payload, tuple(record.dedup_attributes)
+        groups: dict[int, list[int]] = {}
+        for index, message in enumerate(messages):
+            key = message.ordering_key or dedup_key(message, by_payload, names)
+            partition = zlib.crc32(key.encode()) % partitions if key else spread
+            groups.setdefault(partition, []).append(index)
+        return groups
 
     async def _append(self, topic: str, partition: int, messages) -> list[str]:
         key = (topic, partition)

@@ -52,6 +52,7 @@ def _topic_line(topic) -> str:
     return json.dumps({"name": topic.name, "partitions": topic.partition_count,
                        "replication_factor": topic.replication_factor,
                        "dedup_window_s": topic.dedup_window.seconds, "dedup_by_payload": topic.dedup_by_payload,
+                       "dedup_attributes": list(topic.dedup_attributes),
                        "message_retention_s": topic.message_retention.seconds,
                        "create_time": topic.create_time.ToJsonString()})
 
@@ -122,7 +123,7 @@ async def _topic(args, client: Client) -> None:
     if args.action == "create":
         print(_topic_line(await client.create_topic(args.name, args.retention, args.partitions,
                                                     args.replication_factor, args.dedup_window,
-                                                    args.dedup_by_payload)))
+                                                    args.dedup_by_payload, args.dedup_attribute)))
     elif args.action == "update":
         print(_topic_line(await client.update_topic(args.name, args.partitions)))
     elif args.action == "get":
@@ -305,7 +306,10 @@ def _add_topic_commands(commands) -> None:
                         help="copies of each message, 1 to 5 (default 3, capped by live storage nodes)")
     create.add_argument("--dedup-window", type=duration, help="how long repeats are recognised (default 24h)")
     create.add_argument("--dedup-by-payload", action="store_true",
-                        help="a message without an idempotency key repeats one with equal data and attributes")
+                        help="a message without an idempotency key repeats one with equal data "
+                             "(and the attributes named by --dedup-attribute)")
+    create.add_argument("--dedup-attribute", action="append", default=[], metavar="NAME",
+                        help="with --dedup-by-payload: an attribute that is part of the payload (repeatable)")
     update = topic_actions.add_parser("update", help="raise the partition count")
     update.add_argument("name")
     update.add_argument("--partitions", type=int, required=True)

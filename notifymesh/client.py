@@ -45,6 +45,9 @@ class Message:
     attributes: dict[str, str] = field(default_factory=dict)
     idempotency_key: str = ""
     ordering_key: str = ""
+    # Identifies this message across resends of its publish (the Publisher gives
+    # each one without an idempotency key its own); see PubsubMessage.retry_key.
+    retry_key: str = ""
 
     def proto(self) -> pubsub_pb2.PubsubMessage:
         # Only the fields set: each keyword costs a protobuf call, and this runs per message.
@@ -55,6 +58,8 @@ class Message:
             proto.idempotency_key = self.idempotency_key
         if self.ordering_key:
             proto.ordering_key = self.ordering_key
+        if self.retry_key:
+            proto.retry_key = self.retry_key
         return proto
 
 
@@ -115,11 +120,13 @@ class Client:
 
     async def create_topic(self, name: str, retention_s: float | None = None, partitions: int = 0,
                            replication_factor: int = 0, dedup_window_s: float | None = None,
-                           dedup_by_payload: bool = False) -> pubsub_pb2.Topic:
+                           dedup_by_payload: bool = False,
+                           dedup_attributes: Iterable[str] = ()) -> pubsub_pb2.Topic:
         """partitions and replication_factor 0 take the server's defaults (1 and 3);
-        the dedup window defaults to 24 h."""
+        the dedup window defaults to 24 h. With dedup_by_payload, a repeat is
+        recognised by its data and the attributes named in dedup_attributes."""
         topic = pubsub_pb2.Topic(name=name, partition_count=partitions, replication_factor=replication_factor,
-                                 dedup_by_payload=dedup_by_payload)
+                                 dedup_by_payload=dedup_by_payload, dedup_attributes=dedup_attributes)
         if dedup_window_s is not None:
             topic.dedup_window.CopyFrom(_duration(dedup_window_s))
         if retention_s is not None:

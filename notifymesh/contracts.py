@@ -6,8 +6,11 @@ alike. Nothing here talks to the network or needs more than the standard library
 - MessageId    39 hex digits: publish ms, randomness, topic hash, partition
 - Shard        "topic/partition", the name of one partition in etcd and RocksDB keys
 - etcd records MemberRecord, LeaderRecord, Candidacy (JSON) under the etcd key layout
+- dedup_key    what a repeated message is recognised by: the frontend routes by it,
+               storage keeps it
 """
 
+import hashlib
 import json
 import random
 import zlib
@@ -217,3 +220,24 @@ class Candidacy(NamedTuple):
     def parse(cls, value: bytes) -> "Candidacy":
         record = json.loads(value)
         return cls(record["end"], record["last_epoch"], tuple(record["state"]))
+
+
+# -- de-duplication keys ---------------------------------------------------------------
+
+
+def dedup_key(message, by_payload: bool, payload_attributes: Iterable[str] | None = None) -> str:
+    """What a repeat of message (a notifymesh.v1.PubsubMessage) is recognised by on
+    its topic: "k:" + its idempotency key; else, on a payload-dedup topic, "p:" + a
+    hash of its data and the attributes named (None: all); else "r:" + its retry
+    key; "" for none. The frontend sends a message with one to the partition it
+    hashes to, where storage recognises the repeat."""
+    if message.idempotency_key:
+        return "k:" + message.idempotency_key
+    if by_payload:
+        digest = hashlib.sha256(len(message.data).to_bytes(8, "big") + message.data)
+        attributes = message.attributes
+        names = attributes if payload_attributes is None else payload_attributes
+        for key in sorted(name for name in set(names) if name in attributes):
+            digest.update(key.encode() + b"\0" + attributes[key].encode() + b"\0")
+        return "p:" + digest.hexdigest()
+    return "r:" + message.retry_key if message.retry_key else ""

@@ -12,8 +12,10 @@ end-to-end latency from 7.2-8.1 to 5.6-6.5 ms). While every call slot is busy th
 queue keeps filling, so under load batches are full and no slot idles. Memory is
 bounded: publish() waits while max_outstanding_messages or _bytes are queued or
 in flight. A batch that fails with a retryable status is sent again with the
-same idempotency keys, so the topic's de-duplication recognises a retry whose
-first attempt was stored after all.
+same keys (each message's idempotency key, else the retry key given here), so
+the topic's de-duplication recognises a retry whose first attempt was stored
+after all. The retry key is not an idempotency key: on a payload-dedup topic the
+payload hash still recognises repeated payloads (PubsubMessage.retry_key).
 """
 
 import asyncio
@@ -28,7 +30,7 @@ from notifymesh import errors
 from notifymesh.backoff import BackoffPolicy, retry
 from notifymesh.client import Client, Message
 
-# A deadline may pass while the write went through; the idempotency key makes resending safe.
+# A deadline may pass while the write went through; the idempotency or retry key makes resending safe.
 RETRYABLE_CODES = (*errors.RETRYABLE_CODES, grpc.StatusCode.DEADLINE_EXCEEDED)
 RETRY_BACKOFF = BackoffPolicy(first_s=0.1, max_s=5.0)
 
@@ -36,7 +38,7 @@ RETRY_BACKOFF = BackoffPolicy(first_s=0.1, max_s=5.0)
 def message_size(message: Message) -> int:
     """What a message weighs for batching and flow control (data, attributes and keys)."""
     return (len(message.data) + sum(len(k) + len(v) for k, v in message.attributes.items())
-            + len(message.idempotency_key) + len(message.ordering_key))
+            + len(message.idempotency_key) + len(message.ordering_key) + len(message.retry_key))
 
 
 @dataclass(eq=False)
@@ -98,9 +100,9 @@ class Publisher:
             raise RuntimeError("publisher is closed")
         if isinstance(message, bytes):
             message = Message(message)
-        if not message.idempotency_key:
+        if not message.idempotency_key and not message.retry_key:
             key = f"{self._key_prefix}-{next(self._key_counter)}"
-            message = Message(message.data, message.attributes, key, message.ordering_key)
+            message = Message(message.data, message.attributes, message.idempotency_key, message.ordering_key, key)
         size = message_size(message)
         await self._reserve(size)
         if self._closed:  # closed while this publish waited for room

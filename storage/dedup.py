@@ -1,17 +1,18 @@
 """De-duplication of appends: a message repeated within its topic's window (by
-idempotency key, or by a hash of its payload) or retried (by message id) is
-stored once, and the repeat answered with the original's id. The log's write
-path records each entry's dedup key (storage/log.py ShardLogs._write: per
-message, so inline there); this module reads them and collects the expired."""
+idempotency key, by a hash of its payload, or by retry key: contracts.dedup_key)
+or retried by the frontend (by message id) is stored once, and the repeat
+answered with the original's id. The log's write path records each entry's dedup
+key (storage/log.py ShardLogs._write: per message, so inline there); this module
+reads them and collects the expired."""
 
 import asyncio
 import collections
-import hashlib
 import itertools
-from typing import NamedTuple
+from typing import Callable, Collection, NamedTuple
 
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh import contracts
 from notifymesh.clock import now_ms, timestamp
 from notifymesh.contracts import MessageId, Shard
 from storage import keys, wire
@@ -33,17 +34,12 @@ class Prepared(NamedTuple):
     entries: Entries  # what to write, from log.end on: the messages not stored already
 
 
-def dedup_key_of(message: pubsub_pb2.PubsubMessage, by_payload: bool) -> str:
-    """What a repeat is recognised by: the idempotency key, else (by_payload) a hash
-    of data and attributes; publish time and ids are not part of it."""
-    if message.idempotency_key:
-        return "k:" + message.idempotency_key
-    if not by_payload:
-        return ""
-    digest = hashlib.sha256(len(message.data).to_bytes(8, "big") + message.data)
-    for key in sorted(message.attributes):
-        digest.update(key.encode() + b"\0" + message.attributes[key].encode() + b"\0")
-    return "p:" + digest.hexdigest()
+def dedup_key_of(message: pubsub_pb2.PubsubMessage, by_payload: bool,
+                 payload_attributes: Collection[str] | None = None) -> str:
+    """What a repeat is recognised by (contracts.dedup_key: the idempotency key, else
+    with by_payload a hash of the data and the attributes named (None: all), else
+    the retry key); publish time and ids are not part of it."""
+    return contracts.dedup_key(message, by_payload, payload_attributes)
 
 
 class RecentIds:
@@ -74,13 +70,18 @@ class Dedup:
     def __init__(self, logs: LogStore, records: Records):
         self._logs, self._records = logs, records
         self._loading: dict[str, asyncio.Future] = {}  # shard -> its recent ids being read (one per shard)
+        # The attributes a topic's payload hash covers besides the data
+        # (Topic.dedup_attributes): the storage node looks them up in its topic
+        # records. None, as here by default, is all of them.
+        self.payload_attributes: Callable[[str], Collection[str] | None] = lambda topic: None
 
     def prepare(self, shard: str, messages: list[pubsub_pb2.PubsubMessage], epoch: int, dedup_window_ms: int,
                 retry: bool, by_payload: bool = False) -> Prepared:
         """Leader side, synchronous: the ids to answer and the new entries (from
         log.end on) for messages not already stored: by idempotency key (or, with
-        by_payload, by a hash of data and attributes) within the window, or, for a
-        retry, by message id. Ids the client did not set are assigned here."""
+        by_payload, by a hash of the data and the topic's payload_attributes; else
+        by retry key) within the window, or, for a retry, by message id. Ids the
+        client did not set are assigned here."""
         log_ = self._logs.shard(shard)
         publish_ms = now_ms()
         # The entry is built as bytes: the message, its publish time appended (a
@@ -91,7 +92,8 @@ class Dedup:
         dedup_until_ms = publish_ms + dedup_window_ms
         dedup_until_field = storage_pb2.StoredMessage(dedup_until_ms=dedup_until_ms).SerializeToString()
         already = self._recent_ids(log_) if retry else ()
-        dedup_keys = [dedup_key_of(message, by_payload) for message in messages]
+        names = self.payload_attributes(Shard.parse(shard)[0]) if by_payload else None
+        dedup_keys = [dedup_key_of(message, by_payload, names) for message in messages]
         staged = log_.staged_keys
         stored = self._stored_ids(log_, {key for key in dedup_keys if key and key not in staged}, publish_ms)
         seen: dict[str, str] = {}  # dedup keys first used within this request

@@ -47,8 +47,22 @@ def message(index: int, msg, config: Config) -> None:
                 f"message {index}: attribute {key!r} value over {MAX_ATTRIBUTE_VALUE_BYTES} bytes")
     if len(msg.idempotency_key.encode()) > MAX_IDEMPOTENCY_KEY_BYTES:
         raise InvalidArgument(f"message {index}: idempotency key over {MAX_IDEMPOTENCY_KEY_BYTES} bytes")
+    if len(msg.retry_key.encode()) > MAX_IDEMPOTENCY_KEY_BYTES:
+        raise InvalidArgument(f"message {index}: retry key over {MAX_IDEMPOTENCY_KEY_BYTES} bytes")
     if msg.message_id or msg.HasField("publish_time"):
         raise InvalidArgument(f"message {index}: message_id and publish_time are set by the server")
+
+
+def dedup_attributes(names, by_payload: bool) -> None:
+    """Topic.dedup_attributes: distinct attribute keys, only with dedup_by_payload."""
+    if names and not by_payload:
+        raise InvalidArgument("dedup attributes name what a payload hash covers: they need dedup_by_payload")
+    if len(names) > MAX_ATTRIBUTES or len(set(names)) != len(names):
+        raise InvalidArgument(f"dedup attributes must be distinct, at most {MAX_ATTRIBUTES}")
+    for name in names:
+        if not name or len(name.encode()) > MAX_ATTRIBUTE_KEY_BYTES:
+            raise InvalidArgument(f"dedup attribute {name[:40]!r}: an attribute key is 1 to "
+                                  f"{MAX_ATTRIBUTE_KEY_BYTES} bytes")
 
 
 def seconds_between(what: str, seconds: float, low: float, high: float) -> float:

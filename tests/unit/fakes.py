@@ -33,7 +33,7 @@ async def settle(turns: int = 10) -> None:
 class PublishCall(NamedTuple):
     topic: str
     data: list[bytes]
-    keys: list[str]  # idempotency keys, as sent in this call
+    keys: list[str]  # the key each message's resend is recognised by: its idempotency key, else its retry key
 
 
 class FakePublishClient:
@@ -50,7 +50,8 @@ class FakePublishClient:
         self._ids = itertools.count()
 
     async def publish(self, topic: str, messages) -> list[str]:
-        self.calls.append(PublishCall(topic, [m.data for m in messages], [m.idempotency_key for m in messages]))
+        self.calls.append(PublishCall(topic, [m.data for m in messages],
+                                      [m.idempotency_key or m.retry_key for m in messages]))
         self.call_times.append(time.monotonic())
         outcome = self.outcomes.pop(0) if self.outcomes else self.always
         if self.gate is not None:

@@ -137,3 +137,39 @@ async def test_recent_ids_are_read_once_for_concurrent_retries(slices, engine):
     await asyncio.gather(*(engine.load_recent_ids(SHARD) for _ in range(5)))
     assert reads == 3 * SLICE  # one read of each entry, not five
     assert engine.prepare(SHARD, [retried(stored[0])], 1, 60_000, retry=True).message_ids == [stored[0]]
+
+
+# -- what a repeat is recognised by ------------------------------------------------------
+
+
+def publish(dedup: Dedup, *messages: pubsub_pb2.PubsubMessage, by_payload: bool = False) -> list[str]:
+    """A leader's append on the fakes: prepare, then the new entries' dedup keys
+    stored as the log's write would."""
+    prepared = dedup.prepare(SHARD, list(messages), 1, 60_000, retry=False, by_payload=by_payload)
+    layout, entries = keys.ShardKeys(SHARD), prepared.entries
+    for message_id, key, until in zip(entries.ids, entries.dedup_keys, entries.dedup_until_ms):
+        if key:
+            dedup._records.put(layout.idempotency(key), keys.idempotency_value(until, message_id))
+    return prepared.message_ids
+
+
+def sent(data: bytes, retry_key: str, **attributes) -> pubsub_pb2.PubsubMessage:
+    return pubsub_pb2.PubsubMessage(data=data, retry_key=retry_key, attributes=attributes)
+
+
+def test_a_retry_key_recognises_a_resend_but_not_a_repeated_payload_without_payload_dedup():
+    dedup = Dedup(MemoryLog(), MemoryRecords())
+    [first] = publish(dedup, sent(b"charge", "pub-0"))
+    assert publish(dedup, sent(b"charge", "pub-0")) == [first]  # the resend
+    assert publish(dedup, sent(b"charge", "pub-1")) != [first]  # another publish of it
+
+
+def test_on_a_payload_dedup_topic_retry_keys_do_not_hide_a_repeated_payload():
+    dedup = Dedup(MemoryLog(), MemoryRecords())
+    dedup.payload_attributes = lambda topic: ["tenant"] if topic == "orders" else None
+    [first] = publish(dedup, sent(b"charge", "pub-0", tenant="a", sent_at="1"), by_payload=True)
+    # other retry keys and other unnamed attributes: the same payload
+    assert publish(dedup, sent(b"charge", "pub-1", tenant="a", sent_at="2"), by_payload=True) == [first]
+    assert publish(dedup, sent(b"charge", "pub-2", tenant="b", sent_at="1"), by_payload=True) != [first]
+    keyed = pubsub_pb2.PubsubMessage(data=b"charge", idempotency_key="order-7", attributes={"tenant": "a"})
+    assert publish(dedup, keyed, by_payload=True) != [first]  # an idempotency key is what a keyed message is by

@@ -12,7 +12,7 @@ from fakes import FakeCluster, FakeGatewayStorage, FakeMetadata, FakeSenders, ev
 from frontend.gateway import Gateway
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
-from notifymesh.contracts import AckId, MessageId, topic_hash
+from notifymesh.contracts import AckId, MessageId, dedup_key, topic_hash
 from notifymesh.server.config import Config
 
 TOPIC = "orders"
@@ -48,6 +48,49 @@ async def test_an_ordering_key_picks_the_partition_by_crc32():
     assert len(expected) > 1  # the keys do spread
     for key, message_id in zip(keys, ids):
         assert MessageId.parse(message_id).partition == zlib.crc32(key.encode()) % 4
+
+
+def partitions_of(storage: FakeGatewayStorage) -> dict[bytes, set[int]]:
+    """data -> the partitions messages with that data were appended to."""
+    seen: dict[bytes, set[int]] = {}
+    for (_, partition), stored in storage.appends:
+        for m in stored:
+            seen.setdefault(m.data, set()).add(partition)
+    return seen
+
+
+async def test_a_keyed_message_goes_where_its_key_hashes_in_every_publish():
+    """De-duplication is per partition: a repeat must meet its original there."""
+    gateway, storage, _ = make_gateway(partitions=4)
+    for _ in range(8):  # separate publishes, which spread over partitions without a key
+        await gateway.publish(TOPIC, [pubsub_pb2.PubsubMessage(data=b"keyed", idempotency_key="order-7"),
+                                      pubsub_pb2.PubsubMessage(data=b"retried", retry_key="pub-1-0"),
+                                      pubsub_pb2.PubsubMessage(data=b"ordered", idempotency_key="order-7",
+                                                               ordering_key="customer-1")])
+    assert partitions_of(storage) == {b"keyed": {zlib.crc32(b"k:order-7") % 4},
+                                      b"retried": {zlib.crc32(b"r:pub-1-0") % 4},
+                                      b"ordered": {zlib.crc32(b"customer-1") % 4}}  # the ordering key decides
+
+
+async def test_on_a_payload_dedup_topic_a_message_goes_where_its_payload_hashes():
+    gateway, storage, _ = make_gateway(partitions=4)
+    record = gateway._cluster.topics.items[TOPIC]
+    record.dedup_by_payload = True
+    record.dedup_attributes.append("tenant")
+
+    def payload(data: bytes, i: int, **attributes) -> pubsub_pb2.PubsubMessage:
+        # a retry key of its own each time, as a Publisher gives; other attributes differ too
+        return pubsub_pb2.PubsubMessage(data=data, retry_key=f"pub-{i}", attributes={"sent_at": str(i), **attributes})
+
+    for i in range(8):
+        await gateway.publish(TOPIC, [payload(b"same", i), payload(b"tenant a", i, tenant="a")])
+    seen = partitions_of(storage)
+    assert len(seen[b"same"]) == 1 and len(seen[b"tenant a"]) == 1
+    assert seen[b"same"] == {zlib.crc32(dedup_key(payload(b"same", 0), True, ["tenant"]).encode()) % 4}
+    # the named attribute is part of the payload: equal data with its values differing hashes apart
+    storage.appends.clear()
+    await gateway.publish(TOPIC, [payload(b"by tenant", 0, tenant=tenant) for tenant in "abcdefgh"])
+    assert len({partition for (_, partition), _ in storage.appends}) > 1
 
 
 async def test_ids_name_the_partition_and_topic_the_message_is_stored_in_and_keep_the_order():

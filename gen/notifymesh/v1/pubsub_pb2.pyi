@@ -40,7 +40,7 @@ EXPIRED: AttemptOutcome
 DEAD_LETTER: AttemptOutcome
 
 class Topic(_message.Message):
-    __slots__ = ("name", "message_retention", "create_time", "partition_count", "replication_factor", "dedup_window", "dedup_by_payload")
+    __slots__ = ("name", "message_retention", "create_time", "partition_count", "replication_factor", "dedup_window", "dedup_by_payload", "dedup_attributes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_RETENTION_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class Topic(_message.Message):
     REPLICATION_FACTOR_FIELD_NUMBER: _ClassVar[int]
     DEDUP_WINDOW_FIELD_NUMBER: _ClassVar[int]
     DEDUP_BY_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    DEDUP_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     message_retention: _duration_pb2.Duration
     create_time: _timestamp_pb2.Timestamp
@@ -55,7 +56,8 @@ class Topic(_message.Message):
     replication_factor: int
     dedup_window: _duration_pb2.Duration
     dedup_by_payload: bool
-    def __init__(self, name: _Optional[str] = ..., message_retention: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., partition_count: _Optional[int] = ..., replication_factor: _Optional[int] = ..., dedup_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., dedup_by_payload: _Optional[bool] = ...) -> None: ...
+    dedup_attributes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., message_retention: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., partition_count: _Optional[int] = ..., replication_factor: _Optional[int] = ..., dedup_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., dedup_by_payload: _Optional[bool] = ..., dedup_attributes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Subscription(_message.Message):
     __slots__ = ("name", "topic", "ack_deadline", "create_time", "retry_policy", "max_delivery_attempts", "dead_letter_topic", "push_config")
@@ -100,7 +102,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, minimum_backoff: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., maximum_backoff: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., multiplier: _Optional[float] = ...) -> None: ...
 
 class PubsubMessage(_message.Message):
-    __slots__ = ("data", "attributes", "message_id", "publish_time", "idempotency_key", "ordering_key")
+    __slots__ = ("data", "attributes", "message_id", "publish_time", "idempotency_key", "ordering_key", "retry_key")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -114,13 +116,15 @@ class PubsubMessage(_message.Message):
     PUBLISH_TIME_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     ORDERING_KEY_FIELD_NUMBER: _ClassVar[int]
+    RETRY_KEY_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     attributes: _containers.ScalarMap[str, str]
     message_id: str
     publish_time: _timestamp_pb2.Timestamp
     idempotency_key: str
     ordering_key: str
-    def __init__(self, data: _Optional[bytes] = ..., attributes: _Optional[_Mapping[str, str]] = ..., message_id: _Optional[str] = ..., publish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., ordering_key: _Optional[str] = ...) -> None: ...
+    retry_key: str
+    def __init__(self, data: _Optional[bytes] = ..., attributes: _Optional[_Mapping[str, str]] = ..., message_id: _Optional[str] = ..., publish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., ordering_key: _Optional[str] = ..., retry_key: _Optional[str] = ...) -> None: ...
 
 class ReceivedMessage(_message.Message):
     __slots__ = ("ack_id", "message", "delivery_attempt")
