@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Bounded state under a backlog: a fresh local mesh, a topic with a subscription
+nobody consumes and a push subscription whose endpoint is dead, and N messages
+published to it. Samples every process's resident memory (VmRSS from /proc) while
+publishing, and prints one JSON line: the largest RSS per process and per kind,
+publish throughput over the first and the last tenth of the run (publishing must
+go on at the end as at the start), and errors.
+
+    .venv/bin/python bench/backlog.py --messages 1000000 --size 1024
+"""
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import notifymesh.server  # noqa: E402,F401  first: gRPC's I/O path, as the services choose it
+from deploy.local import LocalMesh, free_port  # noqa: E402
+from notifymesh.client import Client  # noqa: E402
+from notifymesh.publisher import Publisher  # noqa: E402
+
+SAMPLE_EVERY_S = 1.0
+PROGRESS_EVERY = 50_000
+
+
+def rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+class RssSampler(threading.Thread):
+    """The largest RSS of each process of the mesh, sampled every SAMPLE_EVERY_S."""
+
+    def __init__(self, mesh: LocalMesh):
+        super().__init__(daemon=True)
+        self.mesh, self.peak = mesh, {}
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(SAMPLE_EVERY_S):
+            for name, process in self.mesh.processes.items():
+                if process.popen is not None and (rss := rss_mib(process.popen.pid)) is not None:
+                    self.peak[name] = max(self.peak.get(name, 0.0), rss)
+
+
+def dead_endpoint() -> str:
+    """A loopback URL nothing listens on: every push is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/dead"
+
+
+async def publish(addr: str, args) -> dict:
+    payload = b"x" * args.size
+    topic = "backlog"
+    marks: list[float] = []
+    errors = 0
+    async with Client(addr, timeout_s=30) as client:
+        await client.create_topic(topic, partitions=args.partitions, replication_factor=3)
+        await client.create_subscription("backlog-idle", topic)
+        await client.create_subscription("backlog-dead-push", topic, push_endpoint=dead_endpoint())
+        async with Publisher(client) as publisher:
+            futures = []
+            for i in range(args.messages):
+                futures.append(await publisher.publish(topic, payload))
+                if (i + 1) % (args.messages // 10 or 1) == 0:
+                    marks.append(time.monotonic())
+                if (i + 1) % PROGRESS_EVERY == 0:
+                    print(f"backlog: queued {i + 1}/{args.messages}", file=sys.stderr, flush=True)
+                if len(futures) >= 10_000:  # settle as we go: a bounded list of futures
+                    errors += sum(1 for f in await asyncio.gather(*futures, return_exceptions=True)
+                                  if isinstance(f, BaseException))
+                    futures = []
+            errors += sum(1 for f in await asyncio.gather(*futures, return_exceptions=True)
+                          if isinstance(f, BaseException))
+        marks.append(time.monotonic())
+    tenth = args.messages // 10 or 1
+    return {"publish_errors": errors,
+            "first_tenth_msgs_per_s": round(tenth / (marks[1] - marks[0]), 1) if len(marks) > 2 else None,
+            "last_tenth_msgs_per_s": round(tenth / (marks[-1] - marks[-2]), 1) if len(marks) > 2 else None}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--messages", type=int, default=1_000_000)
+    p.add_argument("--size", type=int, default=1024)
+    p.add_argument("--partitions", type=int, default=4)
+    args = p.parse_args()
+    uname = platform.uname()
+    line = {"system": "notifymesh", "bench": "backlog", "messages": args.messages, "size": args.size,
+            "partitions": args.partitions,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": {"cores": os.cpu_count(), "system": f"{uname.system} {uname.release}"}}
+    with tempfile.TemporaryDirectory() as tmp:
+        mesh = LocalMesh(Path(tmp), frontend_port=free_port(), etcd_ports=[(free_port(), free_port())])
+        sampler = RssSampler(mesh)
+        try:
+            mesh.start()
+            sampler.start()
+            started = time.monotonic()
+            line |= asyncio.run(publish(mesh.frontend_addr, args))
+            line["publish_s"] = round(time.monotonic() - started, 1)
+            time.sleep(5 * SAMPLE_EVERY_S)  # what the backlog holds once publishing stopped
+        except Exception as e:
+            line["error"] = repr(e)
+        finally:
+            sampler.stopping.set()
+            mesh.stop()
+    peak = {name: round(mib, 1) for name, mib in sorted(sampler.peak.items())}
+    by_kind: dict[str, float] = {}
+    for name, mib in peak.items():
+        kind = name.rsplit("-", 1)[0]
+        by_kind[kind] = max(by_kind.get(kind, 0.0), mib)
+    line |= {"peak_rss_mib": peak, "peak_rss_mib_by_kind": by_kind}
+    print(json.dumps(line), flush=True)
+    return 0 if "error" not in line and not line.get("publish_errors") else 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
