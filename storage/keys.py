@@ -11,6 +11,9 @@ separates them; sequence numbers are 8-byte big-endian so keys sort by seq.
   i shard \0 message id           -> seq (8 bytes)
   d shard \0 seq subscription \0 delivered ms (8 bytes) attempt (4 bytes)
                                   -> delivery record: DELIVERY_RECORD + error (UTF-8)
+  c shard \0 seq                  -> notifymesh.v1.PubsubMessage without its data: what a
+                                     collected message's status still shows, kept with its
+                                     delivery records (storage/delivery_log.py)
 
 The log's write and delivery loops build keys per message: they use a shard's
 ShardKeys, whose prefixes are encoded once.
@@ -21,6 +24,7 @@ import zlib
 from typing import Iterator, NamedTuple
 
 from gen.notifymesh.internal.v1 import storage_pb2
+from gen.notifymesh.v1 import pubsub_pb2
 
 SEQ_BYTES = 8
 _MS_BYTES, _ATTEMPT_BYTES = 8, 4
@@ -28,6 +32,7 @@ _MS_BYTES, _ATTEMPT_BYTES = 8, 4
 # The first byte of every key: its kind.
 MESSAGE, FIRST, STATE, IDEMPOTENCY, INDEX, DELIVERY = b"m", b"f", b"s", b"k", b"i", b"d"
 EPOCH = b"e"
+COLLECTED = b"c"
 
 
 # -- sequence numbers -------------------------------------------------------------------
@@ -57,7 +62,8 @@ def prefix_end(prefix: bytes) -> bytes:
 
 class ShardKeys:
     """The keys of one shard, its prefixes encoded once."""
-    __slots__ = ("message_prefix", "index_prefix", "idempotency_prefix", "delivery_shard_prefix", "first",
+    __slots__ = ("message_prefix", "index_prefix", "idempotency_prefix", "delivery_shard_prefix", "collected_prefix",
+                 "first",
                  "state", "epoch")
 
     def __init__(self, shard: str):
@@ -66,6 +72,7 @@ class ShardKeys:
         self.index_prefix = INDEX + name + b"\0"
         self.idempotency_prefix = IDEMPOTENCY + name + b"\0"
         self.delivery_shard_prefix = DELIVERY + name + b"\0"
+        self.collected_prefix = COLLECTED + name + b"\0"
         self.first = FIRST + name  # -> first_value
         self.state = STATE + name  # -> delivery_state_value
         self.epoch = EPOCH + name  # -> epoch_value
@@ -107,10 +114,15 @@ class ShardKeys:
         """The prefix of the delivery records of one message, or of the whole shard without seq."""
         return self.delivery_shard_prefix + (seq_bytes(seq) if seq is not None else b"")
 
+    def collected(self, seq: int) -> bytes:
+        """-> collected_value(message); parse with seq_of."""
+        return self.collected_prefix + seq.to_bytes(SEQ_BYTES, "big")
+
     def entry_prefixes(self) -> tuple[bytes, ...]:
         """The prefixes of every key kept per entry: messages, their index, idempotency
-        keys and delivery records."""
-        return self.message_prefix, self.index_prefix, self.idempotency_prefix, self.delivery_shard_prefix
+        keys, delivery records and the identities of collected messages."""
+        return (self.message_prefix, self.index_prefix, self.idempotency_prefix, self.delivery_shard_prefix,
+                self.collected_prefix)
 
 
 def message(shard: str, seq: int) -> bytes:
@@ -194,6 +206,17 @@ class DeliveryRecord(NamedTuple):
     outcome_ms: int  # 0: not yet known (an expiry is recorded when the message is delivered again)
     outcome: int     # notifymesh.v1.AttemptOutcome
     error: str
+
+
+def collected_value(message: pubsub_pb2.PubsubMessage) -> bytes:
+    """A collected message's identity: the message without its data."""
+    kept = pubsub_pb2.PubsubMessage()
+    kept.CopyFrom(message)
+    kept.ClearField("data")
+    return kept.SerializeToString()
+
+
+parse_collected_value = pubsub_pb2.PubsubMessage.FromString
 
 
 def delivery_record(outcome_ms: int, outcome: int, error: str = "") -> bytes:
