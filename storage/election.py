@@ -3,14 +3,17 @@
 Without a leader, every replica announces its log position (a Candidacy: end, the
 epoch of its last entry, its delivery state's stamp) under its member lease; once
 a quorum of the replica set has announced, the most advanced one (rules:
-choose_leader) claims leadership with a create-only transaction. The create
-revision of the leader key is the leader's epoch.
+choose_leader) claims leadership with a create-only transaction that also checks
+that nothing it relied on changed since it read it: each announcement it counted
+(a withdrawal deletes it) and the placement record. The create revision of the
+leader key is the leader's epoch.
 """
 
+import asyncio
 import time
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from notifymesh.contracts import Candidacy, LeaderRecord, candidate_key, candidates_prefix, leader_key
+from notifymesh.contracts import PLACEMENTS, Candidacy, LeaderRecord, candidate_key, candidates_prefix, leader_key
 from storage.replication_rules import choose_leader
 
 
@@ -21,18 +24,31 @@ class Registered(Protocol):
     valid_until: float  # monotonic time until which the lease is certainly alive
 
 
+class Announcements(NamedTuple):
+    candidacies: dict[str, Candidacy]  # node -> its announced position
+    revisions: dict[str, int]          # node -> mod revision of its candidacy key, as read
+
+
+class ClaimBasis(NamedTuple):
+    """What a claim relied on, as read: it fails if any of it changed since."""
+    candidates: dict[str, int]  # node -> mod revision of each announcement counted
+    placement_revision: int     # mod revision of the shard's placement record (0: not checked)
+
+
 class ElectionStore(Protocol):
     """The etcd keys of elections: candidacies and the leader key."""
 
-    async def announce(self, shard: str, node: str, candidacy: Candidacy, lease: Any) -> None: ...
+    async def announce(self, shard: str, node: str, candidacy: Candidacy, lease: Any) -> int:
+        """Puts the candidacy; its revision."""
 
-    async def announcements(self, shard: str) -> dict[str, Candidacy]: ...
+    async def announcements(self, shard: str) -> Announcements: ...
 
-    async def withdraw(self, shard: str, node: str) -> None: ...
+    async def withdraw(self, shard: str, node: str, revision: int) -> None:
+        """Deletes the node's candidacy if it is the one put at revision."""
 
-    async def claim(self, shard: str, record: LeaderRecord, lease: Any) -> int | None:
-        """Creates the leader key if there is none; the epoch (its create revision)
-        when the key then names record.node, None otherwise."""
+    async def claim(self, shard: str, record: LeaderRecord, lease: Any, basis: ClaimBasis) -> int | None:
+        """Creates the leader key if there is none and nothing in basis changed; the
+        epoch (its create revision) when the key then names record.node, None otherwise."""
 
     async def delete_leader(self, shard: str, epoch: int) -> None:
         """Deletes the leader key only if it is the one of that epoch."""
@@ -57,22 +73,30 @@ class EtcdElectionStore:
     def __init__(self, cluster):
         self._cluster = cluster
 
-    async def announce(self, shard: str, node: str, candidacy: Candidacy, lease: Any) -> None:
-        await self._cluster.etcd.put(candidate_key(shard, node), candidacy.encode(), lease=lease)
+    async def announce(self, shard: str, node: str, candidacy: Candidacy, lease: Any) -> int:
+        put = await self._cluster.etcd.put(candidate_key(shard, node), candidacy.encode(), lease=lease)
+        return put.header.revision
 
-    async def announcements(self, shard: str) -> dict[str, Candidacy]:
+    async def announcements(self, shard: str) -> Announcements:
         prefix = candidates_prefix(shard)
-        return {kv.key[len(prefix):].decode(): Candidacy.parse(kv.value)
-                for kv in await self._cluster.etcd.get_prefix(prefix)}
+        kvs = [(kv.key[len(prefix):].decode(), kv) for kv in await self._cluster.etcd.get_prefix(prefix)]
+        return Announcements({node: Candidacy.parse(kv.value) for node, kv in kvs},
+                             {node: kv.mod_revision for node, kv in kvs})
 
-    async def withdraw(self, shard: str, node: str) -> None:
-        await self._cluster.etcd.delete(candidate_key(shard, node))
+    async def withdraw(self, shard: str, node: str, revision: int) -> None:
+        etcd, key = self._cluster.etcd, candidate_key(shard, node)
+        txn = etcd.transactions
+        await etcd.transaction(compare=[txn.mod(key) == revision], success=[txn.delete(key)], failure=[])
 
-    async def claim(self, shard: str, record: LeaderRecord, lease: Any) -> int | None:
+    async def claim(self, shard: str, record: LeaderRecord, lease: Any, basis: ClaimBasis) -> int | None:
         etcd, key = self._cluster.etcd, leader_key(shard)
         txn = etcd.transactions
-        won, _ = await etcd.transaction(compare=[txn.create(key) == 0],
-                                        success=[txn.put(key, record.encode(), lease=lease)], failure=[])
+        compare = [txn.create(key) == 0]
+        compare += [txn.mod(candidate_key(shard, node)) == revision for node, revision in basis.candidates.items()]
+        if basis.placement_revision:
+            compare.append(txn.mod(PLACEMENTS + shard.encode()) == basis.placement_revision)
+        won, _ = await etcd.transaction(compare=compare, success=[txn.put(key, record.encode(), lease=lease)],
+                                        failure=[])
         if not won:
             return None
         kv = await etcd.get(key)
@@ -95,8 +119,12 @@ class Election:
 
     def __init__(self, store: ElectionStore, logs: Positions, node_id: str):
         self._store, self._logs, self._node = store, logs, node_id
-        # Shards whose candidacy key this node has put and not yet withdrawn.
-        self._candidacies: set[str] = set()
+        # Shards whose candidacy key this node has put (or is putting: None) and not
+        # yet withdrawn, with its revision; at most one per shard of this node.
+        self._candidacies: dict[str, int | None] = {}
+        # Announcing and claiming, and withdrawing, one at a time: a withdrawal while an
+        # announcement is on its way must come after it, or the announcement outlives it.
+        self._lock = asyncio.Lock()
         # Shards this node does not stand for until then (monotonic): it resigned them
         # for want of a majority. At most one per shard, dropped once past.
         self._held_off: dict[str, float] = {}
@@ -108,9 +136,13 @@ class Election:
     async def withdraw(self, shard: str) -> None:
         """A stale announcement could understate this log in a later election and let
         a less advanced replica win: it goes before this node takes any entry."""
-        if shard in self._candidacies:
-            await self._store.withdraw(shard, self._node)
-            self._candidacies.discard(shard)
+        if shard not in self._candidacies:
+            return
+        async with self._lock:
+            revision = self._candidacies.get(shard)
+            if revision is not None:
+                await self._store.withdraw(shard, self._node, revision)
+            self._candidacies.pop(shard, None)
 
     async def delete_leader_key(self, shard: str, epoch: int) -> None:
         """Only the key of that epoch: never one a newer leader wrote."""
@@ -123,17 +155,26 @@ class Election:
             return leader.node == self._node and epoch == led_epoch
         return await self._store.leader_epoch(shard) == led_epoch  # the mirror may not show our win yet
 
-    async def campaign(self, shard: str, replicas: list[str], registration: Registered) -> int | None:
+    async def campaign(self, shard: str, replicas: list[str], registration: Registered,
+                       placement_revision: int = 0) -> int | None:
         """Announces this node's position; claims the leader key when this node is
-        the best of a quorum. The epoch won, or None (also while held off)."""
+        the best of a quorum, provided no announcement counted and not the placement
+        record (of placement_revision; 0: not checked) changed meanwhile. The epoch
+        won, or None (also while held off)."""
         if shard in self._held_off:
             if time.monotonic() < self._held_off[shard]:
                 return None
             del self._held_off[shard]
         log_ = self._logs.shard(shard)
         mine = Candidacy(log_.end, log_.last_epoch, tuple(log_.state_stamp))
-        await self._store.announce(shard, self._node, mine, registration.lease)
-        self._candidacies.add(shard)
-        if choose_leader(await self._store.announcements(shard), replicas) != self._node:
-            return None
-        return await self._store.claim(shard, LeaderRecord(self._node, registration.addr), registration.lease)
+        self._candidacies.setdefault(shard, None)  # before the await: a withdrawal now waits for it
+        async with self._lock:
+            if shard not in self._candidacies:  # withdrawn while this waited: this node follows
+                return None
+            self._candidacies[shard] = await self._store.announce(shard, self._node, mine, registration.lease)
+            read = await self._store.announcements(shard)
+            if choose_leader(read.candidacies, replicas) != self._node:
+                return None
+            counted = {node: revision for node, revision in read.revisions.items() if node in replicas}
+            return await self._store.claim(shard, LeaderRecord(self._node, registration.addr), registration.lease,
+                                           ClaimBasis(counted, placement_revision))

@@ -224,6 +224,10 @@ class Leader:
             raise errors.Unavailable(f"leader of {shard} stepped down")
         self.advance_commit(lead)
         await self._committed(lead, start + len(entries.raw))
+        # The quorum may have taken longer than the lease: another node may lead by now.
+        if self.led.get(shard) is not lead:
+            raise errors.Unavailable(f"leader of {shard} stepped down")
+        self.leadership(shard)
         return ids
 
     async def _committed(self, lead: Leadership, upto: int) -> None:

@@ -149,7 +149,8 @@ class Replication:
                 await self.election.delete_leader_key(shard, epoch)  # from before this process restarted
                 log.info("cleared the leader key of an earlier run", extra=fields(shard=shard, epoch=epoch))
             elif leader is None and self._node in placement.replicas:
-                won = await self.election.campaign(shard, placement.replicas, self._registration_of())
+                won = await self.election.campaign(shard, placement.replicas, self._registration_of(),
+                                                   self._cluster.placements.revisions.get(shard, (0, 0))[1])
                 if won is not None:
                     await self.leader.lead(shard, won, list(placement.replicas))
             elif lead is not None:

@@ -3,7 +3,7 @@ follower and placement parts driven with in-memory fakes: no etcd, no gRPC."""
 
 from gen.notifymesh.internal.v1 import storage_pb2
 from notifymesh.contracts import Candidacy, LeaderRecord
-from storage.election import Election
+from storage.election import Announcements, Election
 from storage.follower import Follower
 from storage.leader import Leadership
 from storage.replication_rules import (choose_leader, commit_index, epoch_refused, first_of_epoch, leader_deposed,
@@ -66,14 +66,15 @@ class FakeElectionStore:
 
     async def announce(self, shard, node, candidacy, lease):
         self.announced[node] = candidacy
+        return 1
 
     async def announcements(self, shard):
-        return dict(self.announced)
+        return Announcements(dict(self.announced), {node: 1 for node in self.announced})
 
-    async def withdraw(self, shard, node):
+    async def withdraw(self, shard, node, revision):
         self.announced.pop(node, None)
 
-    async def claim(self, shard, record, lease):
+    async def claim(self, shard, record, lease, basis):
         self.claims.append(record)
         return 41
 

@@ -324,3 +324,119 @@ async def test_a_leader_resigned_for_lost_quorum_does_not_stand_again_at_once():
     election.hold_off(SHARD, 6.0)
     assert await election.campaign(SHARD, ["storage-1"], Registration()) is None
     assert Store.announced == {}
+
+
+# -- finding 3: the lease is checked again before acknowledging; claims check what they read ----------
+
+
+class LiveReplicas:
+    def live(self, kind):
+        return {"storage-1": "a", "storage-2": "b", "storage-3": "c"}
+
+
+class Lease:
+    addr, lease = "127.0.0.1:1", None
+
+    def __init__(self):
+        import time
+        self.valid_until = time.monotonic() + 60
+
+
+async def test_a_publish_is_not_acknowledged_when_the_lease_lapsed_while_it_waited_for_its_quorum(tmp_path):
+    import asyncio
+    import time
+
+    from storage.leader import Leader, Progress
+    engine, lease = open_engine(tmp_path), Lease()
+    try:
+        leader = Leader(engine, LiveReplicas(), Keys(), "storage-1", lambda: lease, {})
+        leader.wake = lambda lead: None  # no streams: the test plays the followers
+        await leader.lead(SHARD, 9, ["storage-1", "storage-2", "storage-3"])
+        lead = leader.led[SHARD]
+        publishing = asyncio.create_task(leader.append(SHARD, publish(b"late"), False, DEDUP_MS, False))
+        while engine.shard(SHARD).written < 2:  # marker and message synced here, waiting for a follower
+            await asyncio.sleep(0.005)
+        lease.valid_until = time.monotonic() - 1  # the lease lapsed meanwhile: another node may lead now
+        lead.progress["storage-2"] = Progress(next=2, match=2)
+        leader.advance_commit(lead)
+        with pytest.raises(errors.Unavailable):
+            await publishing
+    finally:
+        await engine.close()
+
+
+class RevisionStore:
+    """ElectionStore with etcd's revisions: a claim succeeds only if nothing it relied
+    on changed since it was read."""
+
+    def __init__(self):
+        from notifymesh.contracts import Candidacy
+        self.revision = 0
+        self.announced: dict[str, tuple[Candidacy, int]] = {}
+        self.before_claim = lambda: None
+
+    def _next(self) -> int:
+        self.revision += 1
+        return self.revision
+
+    async def announce(self, shard, node, candidacy, lease):
+        self.announced[node] = (candidacy, self._next())
+        return self.revision
+
+    async def announcements(self, shard):
+        from storage.election import Announcements
+        return Announcements({n: c for n, (c, _) in self.announced.items()},
+                             {n: r for n, (_, r) in self.announced.items()})
+
+    async def withdraw(self, shard, node, revision):
+        if node in self.announced and self.announced[node][1] == revision:
+            del self.announced[node]
+            self._next()
+
+    async def claim(self, shard, record, lease, basis):
+        self.before_claim()
+        current = {n: r for n, (_, r) in self.announced.items()}
+        if any(current.get(n) != r for n, r in basis.candidates.items()):
+            return None
+        return self._next()
+
+
+async def test_a_claim_fails_when_an_announcement_it_counted_was_withdrawn_meanwhile():
+    from notifymesh.contracts import Candidacy
+    from storage.election import Election
+    store = RevisionStore()
+    await store.announce(SHARD, "storage-2", Candidacy(5, 3, (0, 0)), None)
+    other = store.announced["storage-2"][1]
+    # storage-2 takes a new leader's batch (and withdraws) between the read and the claim
+    store.before_claim = lambda: store.announced.pop("storage-2") and store._next()
+    election = Election(store, type("Logs", (), {"shard": lambda self, name: Lease()})(), "storage-1")
+    Lease.end, Lease.last_epoch, Lease.state_stamp = 9, 3, (0, 0)
+    assert await election.campaign(SHARD, ["storage-1", "storage-2", "storage-3"], Lease()) is None
+    assert other  # it was counted: the quorum of two needed it
+    store.before_claim = lambda: None
+    await store.announce(SHARD, "storage-3", Candidacy(5, 3, (0, 0)), None)
+    assert await election.campaign(SHARD, ["storage-1", "storage-2", "storage-3"], Lease()) is not None
+
+
+async def test_a_withdrawal_during_an_announcement_is_not_lost():
+    """The follower takes a batch (and withdraws) while this node's announcement is on
+    its way to etcd: the announcement must not outlive the withdrawal."""
+    import asyncio
+
+    from storage.election import Election
+    store = RevisionStore()
+    announcing = asyncio.Event()
+    plain_announce = store.announce
+
+    async def slow_announce(shard, node, candidacy, lease):
+        announcing.set()
+        await asyncio.sleep(0.05)
+        return await plain_announce(shard, node, candidacy, lease)
+    store.announce = slow_announce
+    Lease.end, Lease.last_epoch, Lease.state_stamp = 9, 3, (0, 0)
+    election = Election(store, type("Logs", (), {"shard": lambda self, name: Lease()})(), "storage-1")
+    campaign = asyncio.create_task(election.campaign(SHARD, ["storage-1", "storage-2", "storage-3"], Lease()))
+    await announcing.wait()
+    await election.withdraw(SHARD)
+    await campaign
+    assert "storage-1" not in store.announced
