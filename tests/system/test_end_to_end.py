@@ -181,9 +181,12 @@ async def test_partitions_ordering_keys_and_raising_the_count(mesh, client):
 
 async def test_cli_topic_with_payload_dedup(mesh, client):
     topic = unique("hashed")
-    created = cli(mesh, "topic", "create", topic, "--dedup-by-payload", "--dedup-window", "1h")
+    # The payload is the data and the attributes named (only k here: the data alone by default).
+    created = cli(mesh, "topic", "create", topic, "--dedup-by-payload", "--dedup-window", "1h",
+                  "--dedup-attribute", "k")
     assert created.returncode == 0, created.stderr
-    assert {"dedup_by_payload": True, "dedup_window_s": 3600}.items() <= json.loads(created.stdout).items()
+    assert {"dedup_by_payload": True, "dedup_window_s": 3600,
+            "dedup_attributes": ["k"]}.items() <= json.loads(created.stdout).items()
     first = cli(mesh, "publish", topic, "same", "--attr", "k=v").stdout
     again = cli(mesh, "publish", topic, "same", "--attr", "k=v").stdout
     other = cli(mesh, "publish", topic, "same", "--attr", "k=w").stdout
