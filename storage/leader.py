@@ -7,7 +7,9 @@ every shard it leads there), and acknowledges a publish once a majority has the
 entries on disk, itself included. It first writes a marker entry of its own
 epoch and counts entries as committed only once an entry of its epoch is on a
 majority (rules: commit_index). A leader whose member lease may have lapsed
-acknowledges nothing, so a deposed leader cannot get a write acknowledged.
+acknowledges nothing (checked at admission and again once a majority has the
+entries), so a deposed leader cannot get a write acknowledged. A leader that no
+majority has answered within the lease resigns (check_quorum; rules: quorum_lost).
 """
 
 import asyncio

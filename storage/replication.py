@@ -14,9 +14,12 @@ every shard it leads there), and acknowledges a publish once a majority has the
 entries on disk, itself included. It first writes a marker entry of its
 own epoch and counts entries as committed only once an entry of its epoch is on
 a majority, so an older epoch's tail is never taken for committed. Followers
-refuse any epoch older than the newest they have seen, and a leader whose member
-lease may have lapsed acknowledges nothing, so a deposed leader cannot get a
-write acknowledged.
+refuse any epoch older than the newest they have seen (kept on disk, so a
+restart does not forget it), and a leader whose member lease may have lapsed
+acknowledges nothing (checked again once a majority has the entries), so a
+deposed leader cannot get a write acknowledged. A leader no majority has
+answered within the lease resigns (check-quorum): one that still reaches etcd
+but not its followers does not keep the shard.
 
 The leader also keeps the placement in line with the ring over the live storage
 nodes: a node that should hold the shard but does not is fed as a learner until
