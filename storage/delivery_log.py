@@ -33,6 +33,9 @@ class DeliveryLog:
         if seq < log_.first:
             if not attempts:
                 raise errors.NotFound(f"message {message_id!r} is no longer kept in {shard}, nor its delivery log")
+            kept = self._records.get(log_.layout.collected(seq))  # its identity (storage/retention.py)
+            if kept is not None:
+                status.message.MergeFrom(keys.parse_collected_value(kept))
             for name, tried in sorted(attempts.items()):
                 dead = tried[-1].outcome == pubsub_pb2.DEAD_LETTER
                 status.deliveries.add(subscription=name, attempts=tried, delivery_attempts=tried[-1].attempt,
@@ -64,19 +67,24 @@ class DeliveryLog:
         return attempts
 
     def collect(self, shard: str, older_than_ms: int) -> int:
-        """Deletes the delivery records and index keys of messages no longer kept and
-        delivered before older_than_ms; returns how many records."""
+        """Deletes the delivery records, identities and index keys of messages no
+        longer kept and delivered before older_than_ms; returns how many records."""
         log_ = self._logs.shards.get(shard)
         if log_ is None:
             return 0
         layout = log_.layout
         batch = self._records.batch()
         end = layout.deliveries(log_.first)
+        kept_from = log_.first  # the first collected message whose delivery records stay
         for key, _ in self._records.prefixed(layout.deliveries()):
-            if key >= end or keys.parse_delivery_key(key).delivered_ms >= older_than_ms:
+            if key >= end:
+                break
+            if (delivery := keys.parse_delivery_key(key)).delivered_ms >= older_than_ms:
+                kept_from = delivery.seq
                 break  # records are in seq order, which is about delivery order
             batch.delete(key)
         deleted = len(batch)
+        batch.delete_range(layout.collected_prefix, layout.collected(kept_from))
         # Ids begin with their publish time (the margin covers frontends' clock skew).
         batch.delete_range(layout.index_prefix, layout.index(MessageId.lowest_at(older_than_ms - INDEX_SKEW_MS)))
         self._records.write(batch)

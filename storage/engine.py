@@ -49,7 +49,7 @@ class StorageEngine:
         self.deliveries = Deliveries(self.log, self.db)
         self.dead_letter_store = DeadLetters(self.log, self.deliveries, self.db)
         self.delivery_log = DeliveryLog(self.log, self.deliveries, self.db)
-        self.retention = Retention(self.log, self.deliveries)
+        self.retention = Retention(self.log, self.deliveries, self.db)
         # Messages out of delivery attempts, for the storage service to move.
         self.dead_letters = self.deliveries.dead_letters
         self._closed = False

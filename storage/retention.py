@@ -1,17 +1,22 @@
 """Garbage collection of the log, on the leader: deletes what every subscription
 has moved past, and what is older than the topic's retention (expiring it for
 subscriptions that never took it). Followers drop what the leader no longer
-keeps (replication sends them its first entry)."""
+keeps (replication sends them its first entry).
+
+What it deletes leaves its identity behind (keys.ShardKeys.collected: id, publish
+time, attributes), for its status while its delivery log is kept; the delivery
+log's collection deletes both."""
 
 from notifymesh.clock import now_ms
+from storage import keys
 from storage.delivery import SubscriptionState
-from storage.interfaces import LogStore, SubscriptionStore
+from storage.interfaces import LogStore, Records, SubscriptionStore
 from storage.log import ShardLog
 
 
 class Retention:
-    def __init__(self, logs: LogStore, subscriptions: SubscriptionStore):
-        self._logs, self._subscriptions = logs, subscriptions
+    def __init__(self, logs: LogStore, subscriptions: SubscriptionStore, records: Records):
+        self._logs, self._subscriptions, self._records = logs, subscriptions, records
 
     def collect(self, shard: str, retention_ms: int | None) -> int:
         """Deletes what no subscription still needs, and what is past retention;
@@ -24,7 +29,18 @@ class Retention:
             for state in log_.subscriptions.values():
                 _expire(log_, state, expired_below)
         low = min((s.low_watermark() for s in log_.subscriptions.values()), default=log_.commit)
+        self._keep_identities(log_, min(low, log_.commit))
         return self._logs.trim(shard, low)
+
+    def _keep_identities(self, log_: ShardLog, below: int) -> None:
+        """Records the identity of each message about to be deleted (below below)."""
+        batch = self._records.batch()
+        for seq in range(log_.first, below):
+            entry = self._logs.entry(log_.name, seq)
+            if entry is not None and entry.message.message_id:  # else an epoch marker
+                batch.put(log_.layout.collected(seq), keys.collected_value(entry.message))
+        if len(batch):
+            self._records.write(batch)
 
 
 def _expire(log_: ShardLog, state: SubscriptionState, below: int) -> None:

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from helpers import cli, ids_of, new_topic, receive, unique
+from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 from notifymesh.client import Message
 
@@ -205,3 +206,23 @@ async def test_a_redriven_message_is_dead_lettered_again(mesh, client):
         assert [d.dead_letter_message_id for d in listed] == [moved.message.message_id], round_
         assert await client.redrive_dead_letters(sub) == 1
     assert moved_ids[0] != moved_ids[1]
+
+
+async def test_status_of_a_message_every_subscription_acknowledged_keeps_its_identity(mesh, client):
+    """Once acknowledged everywhere the message's payload is collected, but its
+    status still names it: id, publish time and attributes (its data is gone)."""
+    topic, sub = await new_topic(client, "done")
+    [message_id] = await client.publish(topic, [Message(b"finished", {"order": "42"})])
+    [received] = await receive(client, sub, 1)
+    published = received.message.publish_time
+    for _ in range(100):  # storage collects what every subscription acknowledged about every second
+        status = await client.get_message_status(message_id)
+        if not status.message.data:
+            break
+        await asyncio.sleep(0.1)
+    assert status.message.data == b"", "collected"
+    assert status.message.message_id == message_id
+    assert status.message.publish_time == published and published.seconds > 0
+    assert dict(status.message.attributes) == {"order": "42"}
+    [delivery] = status.deliveries
+    assert (delivery.subscription, delivery.state) == (sub, pubsub_pb2.ACKNOWLEDGED)

@@ -146,7 +146,7 @@ async def test_each_dead_lettering_moves_once(log_, records, deliveries):
 
 
 async def test_retention_over_fakes(log_, deliveries):
-    retention = Retention(log_, deliveries)
+    retention = Retention(log_, deliveries, MemoryRecords())
     log_.append(SHARD, b"a", b"b", append_ms=1)
     log_.append(SHARD, b"c", append_ms=now_ms() + 60_000)
     deliveries.attach(SHARD, subscription("audit"))
@@ -173,6 +173,26 @@ async def test_delivery_log_over_fakes(log_, records, deliveries):
     assert delivery_log.collect(SHARD, now_ms() + 1) == 1
     with pytest.raises(errors.NotFound):
         delivery_log.message_status(SHARD, "id-0")
+
+
+async def test_a_collected_message_keeps_its_identity_while_its_delivery_log_is_kept(log_, records, deliveries):
+    delivery_log, retention = DeliveryLog(log_, deliveries, records), Retention(log_, deliveries, records)
+    [seq] = log_.append(SHARD, b"payload")
+    log_.entries[SHARD][seq].message.attributes["order"] = "42"
+    log_.entries[SHARD][seq].message.publish_time.FromMilliseconds(1234)
+    records.put(keys.ShardKeys(SHARD).index("id-0"), keys.index_value(seq))
+    deliveries.attach(SHARD, subscription("audit"))
+    [a] = await pull(deliveries, "audit")
+    deliveries.acknowledge(SHARD, "audit", [a.ack_id])
+    assert retention.collect(SHARD, None) == 1
+    status = delivery_log.message_status(SHARD, "id-0")
+    assert (status.message.message_id, status.message.publish_time.ToMilliseconds(), dict(status.message.attributes),
+            status.message.data) == ("id-0", 1234, {"order": "42"}, b"")
+    assert [d.state for d in status.deliveries] == [pubsub_pb2.ACKNOWLEDGED]
+    assert delivery_log.collect(SHARD, now_ms() - 60_000) == 0  # delivered since: both stay
+    assert records.get(keys.ShardKeys(SHARD).collected(seq)) is not None
+    assert delivery_log.collect(SHARD, now_ms() + 1) == 1
+    assert list(records.prefixed(keys.ShardKeys(SHARD).collected_prefix)) == [], "collected with its delivery log"
 
 
 def test_dedup_finds_stored_idempotency_keys(log_, records):
