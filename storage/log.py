@@ -460,6 +460,7 @@ class ShardLogs:
         log_.tail.clear()
         log_.recent.clear()
         log_.recent_ids = None
+        log_.replacements += 1  # a read of recent ids under way starts over; writes under way move no `written`
         log_.staged_keys.clear()
         log.info("log reset", extra=fields(shard=shard, first=first))
 

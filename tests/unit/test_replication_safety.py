@@ -440,3 +440,25 @@ async def test_a_withdrawal_during_an_announcement_is_not_lost():
     await election.withdraw(SHARD)
     await campaign
     assert "storage-1" not in store.announced
+
+
+async def test_a_reset_while_recent_ids_are_being_read_leaves_none_of_the_dropped_ids(tmp_path):
+    """The ids a retried append checks are read slice by slice; a reset meanwhile
+    drops every entry, and with them every id read so far."""
+    import asyncio
+
+    from storage.dedup import RECENT_IDS_SLICE
+    engine = open_engine(tmp_path)
+    try:
+        count = 3 * RECENT_IDS_SLICE
+        await engine.write_replicated(SHARD, 0, Entries.of([message(1, b"m", f"old-{i}") for i in range(count)]))
+        loading = asyncio.create_task(engine.load_recent_ids(SHARD))
+        for _ in range(3):  # the first slice is read (the load runs as a task of its own)
+            await asyncio.sleep(0)
+        engine.reset(SHARD, count + 10)
+        await loading
+        ids, entries = engine.prepare(SHARD, [pubsub_pb2.PubsubMessage(data=b"m", message_id="old-0")], 2,
+                                      DEDUP_MS, retry=True)
+        assert len(entries.raw) == 1  # stored again: the old entry is gone
+    finally:
+        await engine.close()
