@@ -90,9 +90,10 @@ class Gateway:
 
     async def publish(self, topic: str, messages) -> list[str]:
         """Messages with an ordering key go to the partition the key hashes to; so
-        do, by their dedup key (contracts.dedup_key: idempotency key, payload hash on
-        a payload-dedup topic, or retry key), the rest that have one, so that storage,
-        which recognises repeats per partition, recognises them topic-wide; the rest
+        do, by their dedup key (contracts.dedup_key: idempotency key, or payload hash
+        on a payload-dedup topic), the rest that have one, so that storage, which
+        recognises repeats per partition, recognises them topic-wide; those known by
+        a retry key alone go together where the request's first one hashes; the rest
         go to the partition with the fewest appends in flight. Ids are given here,
         so a retry after a failover is recognised by the new leader."""
         validation.name("topic", topic)
@@ -121,9 +122,18 @@ class Gateway:
         spread = self._least_loaded(topic, partitions)
         by_payload, names = record.dedup_by_payload, tuple(record.dedup_attributes)
         groups: dict[int, list[int]] = {}
+        retried = None  # where the request's messages known by their retry key alone go
         for index, message in enumerate(messages):
             key = message.ordering_key or dedup_key(message, by_payload, names)
-            partition = zlib.crc32(key.encode()) % partitions if key else spread
+            if key.startswith("r:"):
+                # A retry resends its whole request (the Publisher does): the first retry
+                # key places all of them, so a batch stays one append, not one per
+                # partition, and its retry still meets it.
+                if retried is None:
+                    retried = zlib.crc32(key.encode()) % partitions
+                partition = retried
+            else:
+                partition = zlib.crc32(key.encode()) % partitions if key else spread
             groups.setdefault(partition, []).append(index)
         return groups
 

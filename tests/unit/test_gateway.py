@@ -72,6 +72,18 @@ async def test_a_keyed_message_goes_where_its_key_hashes_in_every_publish():
                                       b"ordered": {zlib.crc32(b"customer-1") % 4}}  # the ordering key decides
 
 
+async def test_a_batch_known_by_retry_keys_stays_one_append_and_its_resend_meets_it():
+    """A Publisher's batch: each message with a retry key of its own. It goes whole
+    to one partition (one append, not one per partition), the one its first retry
+    key hashes to, so the same batch resent after a lost reply lands there too."""
+    gateway, storage, _ = make_gateway(partitions=4)
+    batch = [pubsub_pb2.PubsubMessage(data=b"m-%d" % i, retry_key=f"pub-7-{i}") for i in range(20)]
+    for _ in range(3):
+        await gateway.publish(TOPIC, [pubsub_pb2.PubsubMessage(data=m.data, retry_key=m.retry_key) for m in batch])
+    assert [partition for (_, partition), _ in storage.appends] == [zlib.crc32(b"r:pub-7-0") % 4] * 3
+    assert all(len(stored) == 20 for _, stored in storage.appends)
+
+
 async def test_on_a_payload_dedup_topic_a_message_goes_where_its_payload_hashes():
     gateway, storage, _ = make_gateway(partitions=4)
     record = gateway._cluster.topics.items[TOPIC]
