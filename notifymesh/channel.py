@@ -11,13 +11,17 @@ from notifymesh import errors
 # passed through as given.
 URI_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:")
 
-# Several frontends: a call that fails UNAVAILABLE (its frontend died under it) is
-# tried again, on the next frontend of the round robin, before the caller sees it.
-# 3 attempts: one frontend down of two still leaves two tries on live ones.
+# Several frontends: a call that fails UNAVAILABLE (its frontend died under it, or
+# every frontend looked down) is tried again, on the next frontend of the round
+# robin, before the caller sees it. 5 attempts (gRPC's most), waiting up to 0.1,
+# 0.2, 0.4, 0.8 s between them: up to 1.5 s, beyond the channel's reconnect backoff
+# (1 s at most: grpc.max_reconnect_backoff_ms above), so a call made while one frontend
+# just died and the other is back from a restart the channel has not yet noticed
+# reaches the one that is back (tests/unit/test_client_addresses.py).
 FAILOVER_SERVICE_CONFIG = json.dumps({"methodConfig": [{
     "name": [{"service": "notifymesh.v1.Publisher"}, {"service": "notifymesh.v1.Subscriber"},
              {"service": "notifymesh.v1.ClusterAdmin"}],
-    "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "0.5s", "backoffMultiplier": 2,
+    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.1s", "maxBackoff": "0.8s", "backoffMultiplier": 2,
                     "retryableStatusCodes": ["UNAVAILABLE"]},
 }]})
 

@@ -16,7 +16,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 from gen.notifymesh.internal.v1 import sender_pb2, storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
@@ -99,7 +99,7 @@ class SubscriptionDispatcher:
         self.name, self.topic = subscription.name, subscription.topic
         self.ack_deadline_ms = subscription.ack_deadline.ToMilliseconds()
         self._storage, self._budget, self._acks, self.owned = storage, budget, acks, owned
-        self._room_freed = room_freed  # wakes the pulls of this subscription's topic
+        self.room_freed = room_freed  # wakes the pulls of this subscription's topic
         self.streams: list[Stream] = []
         # ack id -> (stream, monotonic deadline); and a heap of (deadline, ack id) for
         # expiry, whose entries no longer in _in_flight with that deadline are stale
@@ -112,7 +112,7 @@ class SubscriptionDispatcher:
 
     def add(self, stream: Stream) -> None:
         self.streams.append(stream)
-        self._room_freed()
+        self.room_freed()
 
     def idle(self) -> bool:
         return not self.streams and not self._in_flight
@@ -152,7 +152,7 @@ class SubscriptionDispatcher:
                 forgotten += 1
         if forgotten:
             self._budget.used -= forgotten
-            self._room_freed()
+            self.room_freed()
         return forgotten
 
     async def acknowledge(self, ack_ids) -> None:
@@ -233,58 +233,119 @@ class SubscriptionDispatcher:
             await self.remove(stream)
 
 
+class PullPlan(NamedTuple):
+    """What one shard's next pull asks: leases (subscription -> (it, how many)) of
+    the subscriptions known to have messages there, with room; watches: the others,
+    waited on without holding any room."""
+    leases: dict[str, tuple[SubscriptionDispatcher, int]]
+    watches: list[SubscriptionDispatcher]
+    next_expiry: float | None
+    budget_left: int
+
+
 class ShardPuller:
-    """The long poll of one shard for every subscription of its topic on this sender."""
+    """The pulls of one shard for every subscription of its topic on this sender.
+
+    Room is held only by a pull that returns at once: a subscription is leased
+    from the shard only once storage said it has messages there (ready); until
+    then the shard is long-polled for it with max_messages 0, which leases
+    nothing and holds no room. So whichever partition has messages gets the room
+    of a subscriber whose limit is below the partition count, within a round
+    trip of the message (or of the room) rather than after other partitions'
+    long polls."""
 
     def __init__(self, topic: str, partition: int, dispatcher: "Dispatcher"):
         self.topic, self.partition, self._dispatcher = topic, partition, dispatcher
         self.wake = asyncio.Event()
         self.task: asyncio.Task | None = None
         self._stream = dispatcher.storage.pull_stream()
+        # Subscriptions with deliverable messages on this shard, as storage last said
+        # (bounded: a subset of the topic's subscriptions served here).
+        self._ready: set[str] = set()
+        self._watch: asyncio.Task | None = None  # a pull of watches only, under way
+        self._watching: set[str] = set()  # the subscriptions it waits for
 
     async def run(self) -> None:
         try:
             await self._serve()
         finally:
+            if self._watch is not None:
+                self._watch.cancel()
             self._stream.close()
+
+    def poke(self, name: str | None = None) -> None:
+        """Room was freed (for subscription name) or a subscriber came: a watch under
+        way that it makes stale (a ready subscription now has room, or one is not
+        watched) is cut short, which is safe as a watch leases nothing."""
+        if self._watch is None or self._watch.done():
+            self.wake.set()
+            return
+        sub = self._dispatcher.subscriptions.get(name) if name else None
+        if sub is None or (sub.name in self._ready and sub.room() > 0) or (
+                sub.name not in self._ready and sub.name not in self._watching):
+            self._watch.cancel()
 
     async def _serve(self) -> None:
         dispatcher = self._dispatcher
         while subscriptions := dispatcher.serving(self.topic):
             self.wake.clear()
-            budget = dispatcher.budget.available() - sum(s.reserved for s in subscriptions)
-            pulls: dict[str, tuple[SubscriptionDispatcher, int]] = {}
-            next_expiry = None
-            partitions = dispatcher.partition_count(self.topic)
-            for sub in subscriptions:
-                if not sub.owned():  # checked before every pull: the fence
-                    sub.end_streams(errors.Unavailable(f"this sender no longer serves subscription {sub.name!r}"))
-                    continue
-                expires = sub.expire()
-                if expires is not None:
-                    next_expiry = expires if next_expiry is None else min(next_expiry, expires)
-                room = sub.room()
-                # A fair share, so one partition's long poll never holds all the room.
-                room = min(room, max(1, room // partitions), PULL_MAX_MESSAGES, budget)
-                if room > 0:
-                    pulls[sub.name] = (sub, room)
-                    budget -= room
-            if not pulls:
-                timeout = None if next_expiry is None else max(0.0, next_expiry - time.monotonic())
-                if budget <= 0:  # room freed by another topic's acks wakes only that topic's pulls
+            plan = self._plan(subscriptions)
+            if plan.leases:
+                await self._pull(plan, 0)
+            elif plan.watches:
+                wait_ms = PULL_WAIT_MS
+                if plan.next_expiry is not None:  # wake in time to free the room of expired messages
+                    wait_ms = min(wait_ms, max(0, int((plan.next_expiry - time.monotonic()) * 1000) + 1))
+                self._watching = {sub.name for sub in plan.watches}
+                self._watch = asyncio.ensure_future(self._pull(plan, wait_ms))
+                try:
+                    await asyncio.wait([self._watch])
+                finally:
+                    self._watch.cancel()  # when this task itself is cancelled
+                self._watch, self._watching = None, set()
+            else:
+                timeout = None if plan.next_expiry is None else max(0.0, plan.next_expiry - time.monotonic())
+                if plan.budget_left <= 0:  # room freed by another topic's acks wakes only that topic's pulls
                     timeout = min(timeout or BUDGET_RECHECK_S, BUDGET_RECHECK_S)
                 try:
                     await asyncio.wait_for(self.wake.wait(), timeout)
                 except TimeoutError:
                     pass
-                continue
-            await self._pull(pulls)
 
-    async def _pull(self, pulls: dict[str, tuple[SubscriptionDispatcher, int]]) -> None:
-        request = storage_pb2.PullRequest(topic=self.topic, partition=self.partition, wait_ms=PULL_WAIT_MS)
-        for sub, room in pulls.values():
+    def _plan(self, subscriptions: list[SubscriptionDispatcher]) -> PullPlan:
+        dispatcher = self._dispatcher
+        budget = dispatcher.budget.available() - sum(s.reserved for s in subscriptions)
+        leases: dict[str, tuple[SubscriptionDispatcher, int]] = {}
+        watches = []
+        next_expiry = None
+        partitions = dispatcher.partition_count(self.topic)
+        self._ready.intersection_update(s.name for s in subscriptions)
+        for sub in subscriptions:
+            if not sub.owned():  # checked before every pull: the fence
+                sub.end_streams(errors.Unavailable(f"this sender no longer serves subscription {sub.name!r}"))
+                continue
+            expires = sub.expire()
+            if expires is not None:
+                next_expiry = expires if next_expiry is None else min(next_expiry, expires)
+            if sub.name not in self._ready:
+                watches.append(sub)
+                continue
+            room = sub.room()
+            # A fair share, so one partition's pull never takes all the room at once.
+            room = min(room, max(1, room // partitions), PULL_MAX_MESSAGES, budget)
+            if room > 0:
+                leases[sub.name] = (sub, room)
+                budget -= room
+        return PullPlan(leases, watches, next_expiry, budget)
+
+    async def _pull(self, plan: PullPlan, wait_ms: int) -> None:
+        """Leases (at once, wait_ms 0) or waits up to wait_ms for the watched ones."""
+        request = storage_pb2.PullRequest(topic=self.topic, partition=self.partition, wait_ms=wait_ms)
+        for sub, room in plan.leases.values():
             request.subscriptions.add(name=sub.name, max_messages=room, ack_deadline_ms=sub.ack_deadline_ms)
             sub.reserved += room
+        for sub in plan.watches:
+            request.subscriptions.add(name=sub.name, max_messages=0, ack_deadline_ms=sub.ack_deadline_ms)
         try:
             response = await self._dispatcher.storage.pull(self._stream, request)
         except asyncio.CancelledError:
@@ -295,14 +356,28 @@ class ShardPuller:
             await asyncio.sleep(0.5)
             return
         finally:
-            for sub, room in pulls.values():
+            for sub, room in plan.leases.values():
                 sub.reserved -= room
+        await self._take(plan, response)
+
+    async def _take(self, plan: PullPlan, response: storage_pb2.PullResponse) -> None:
+        """Hands out what was leased and notes which subscriptions have messages left."""
+        self._ready.difference_update(plan.leases)  # listed again below when some are left
+        subs = {**{name: sub for name, (sub, _) in plan.leases.items()}, **{sub.name: sub for sub in plan.watches}}
+        unused = {name: room for name, (_, room) in plan.leases.items()}
         for pulled in response.subscriptions:
-            sub = pulls[pulled.name][0]
+            sub = subs[pulled.name]
             if pulled.not_found:  # storage checked etcd: it is gone
                 sub.end_streams(errors.NotFound(f"subscription {sub.name!r} not found"))
-            else:
+                continue
+            if pulled.ready:
+                self._ready.add(pulled.name)
+            if pulled.received_messages:
+                unused[pulled.name] -= len(pulled.received_messages)
                 await sub.hand_out(list(pulled.received_messages), list(pulled.ack_ids))
+        for name, room in unused.items():
+            if room > 0:  # room this pull held and did not use: another shard's pull may want it
+                subs[name].room_freed()
 
 
 class Dispatcher:
@@ -330,14 +405,14 @@ class Dispatcher:
     def serving(self, topic: str) -> list[SubscriptionDispatcher]:
         return [d for d in self.subscriptions.values() if d.topic == topic and d.streams]
 
-    def _room_freed(self, topic: str) -> None:
-        """Wakes (or starts) the pulls of every partition of the topic."""
+    def _room_freed(self, topic: str, name: str) -> None:
+        """Wakes (or starts) the pulls of every partition of the topic, for subscription name."""
         for partition in range(self.partition_count(topic)):
             puller = self._pullers.get((topic, partition))
             if puller is None or puller.task.done():
                 puller = self._pullers[(topic, partition)] = ShardPuller(topic, partition, self)
                 puller.task = asyncio.create_task(puller.run())
-            puller.wake.set()
+            puller.poke(name)
 
     async def _dispatcher(self, name: str) -> SubscriptionDispatcher:
         record = await self._cluster.subscription(name)
@@ -345,7 +420,7 @@ class Dispatcher:
         if dispatcher is None or dispatcher.topic != record.topic:
             dispatcher = self.subscriptions[name] = SubscriptionDispatcher(
                 record, self.storage, self.budget, self._acks, lambda: self.owns(name),
-                lambda: self._room_freed(record.topic))
+                lambda: self._room_freed(record.topic, name))
         return dispatcher
 
     async def subscribe(self, name: str, max_outstanding: int):

@@ -112,16 +112,19 @@ class DeadLetter:
 
 
 class Pull(NamedTuple):
-    """One subscription's part of a pull."""
+    """One subscription's part of a pull; max_messages 0: lease none, only wait
+    until it has a deliverable message (a sender with no room to spare)."""
     subscription: str
     max_messages: int
     ack_deadline_ms: int
 
 
 class Pulled(NamedTuple):
-    """What one subscription got: serialized ReceivedMessages and their ack ids."""
+    """What one subscription got: serialized ReceivedMessages and their ack ids;
+    ready: it has a deliverable message left."""
     received: list[bytes]
     ack_ids: list[str]
+    ready: bool = False
 
 
 class Deliveries:
@@ -246,19 +249,23 @@ class Deliveries:
             messages: dict[int, bytes | None] = {}  # each entry read once for all subscriptions
             pulled = {}
             soonest = None
+            leased_any = False
             for name, max_messages, ack_deadline_ms in pulls:
                 state = log_.subscriptions.get(name)
                 if state is None:
                     continue
                 leased = self._lease_deliverable(log_, state, max_messages, now, now + ack_deadline_ms, messages,
                                                  batch)
-                if leased.received:
-                    pulled[name] = leased
-                elif (due := state.next_deadline()) is not None:
+                due = state.next_deadline()
+                ready = state.cursor < log_.commit or (due is not None and due <= now)
+                if leased.received or (ready and not max_messages):
+                    pulled[name] = leased._replace(ready=ready)
+                    leased_any = leased_any or bool(leased.received)
+                elif due is not None:
                     soonest = due if soonest is None else min(soonest, due)
             if len(batch):
                 self._records.write(batch)
-            if pulled or len(batch):
+            if leased_any or len(batch):
                 log_.state_version += 1
             remaining = give_up - loop.time()
             if pulled or remaining <= 0 or self._draining:

@@ -208,10 +208,9 @@ class DeliveryRecord(NamedTuple):
     error: str
 
 
-def collected_value(message: pubsub_pb2.PubsubMessage) -> bytes:
-    """A collected message's identity: the message without its data."""
-    kept = pubsub_pb2.PubsubMessage()
-    kept.CopyFrom(message)
+def collected_value(message: bytes) -> bytes:
+    """A collected message's identity: the serialized message without its data."""
+    kept = pubsub_pb2.PubsubMessage.FromString(message)
     kept.ClearField("data")
     return kept.SerializeToString()
 

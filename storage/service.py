@@ -19,6 +19,7 @@ from notifymesh.server.process import Context
 from storage.delivery import Pull
 from storage.engine import StorageEngine
 from storage.replication import Replication
+from storage.retention import COLLECT_CHUNK
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
             pulled, missing = await self._node.pull(request.topic, request.partition, pulls, request.wait_ms)
             response = storage_pb2.PullResponse()
             for name, got in pulled.items():
-                response.subscriptions.add(name=name, received_messages=got.received, ack_ids=got.ack_ids)
+                response.subscriptions.add(name=name, received_messages=got.received, ack_ids=got.ack_ids,
+                                           ready=got.ready)
             for name in missing:
                 response.subscriptions.add(name=name, not_found=True)
             yield response
@@ -157,8 +159,8 @@ class StorageNode:
 
     async def pull(self, topic: str, partition: int, pulls: list[Pull], wait_ms: int):
         """(messages by subscription, the subscriptions that do not exist)."""
-        if wait_ms < 0 or any(p.max_messages <= 0 or p.ack_deadline_ms <= 0 for p in pulls):
-            raise errors.InvalidArgument("max_messages and ack_deadline_ms must be positive, wait_ms not negative")
+        if wait_ms < 0 or any(p.max_messages < 0 or p.ack_deadline_ms <= 0 for p in pulls):
+            raise errors.InvalidArgument("ack_deadline_ms must be positive, max_messages and wait_ms not negative")
         shard = self.led_shard(topic, partition)
         log_ = self.engine.shard(shard)
         missing = []
@@ -250,7 +252,7 @@ class StorageNode:
                     self.engine.sweep_dead_letters(shard)
                     record = self._cluster.topics.items.get(Shard.parse(shard)[0])
                     retention = record.message_retention.ToMilliseconds() if record else None
-                    if freed := self.engine.collect(shard, retention):
+                    if freed := await self._collect_shard(shard, retention):
                         log.debug("collected", extra=fields(shard=shard, entries=freed))
                 rounds += 1
                 if rounds % SLOW_GC_EVERY == 0:
@@ -260,6 +262,17 @@ class StorageNode:
                         self.engine.collect_delivery_log(shard, log_expired_before)
             except Exception as e:
                 log.error("garbage collection failed", extra=fields(error=repr(e)))
+
+    async def _collect_shard(self, shard: str, retention_ms: int | None) -> int:
+        """Collects the shard a chunk at a time (retention.COLLECT_CHUNK), letting
+        other work run between chunks, while this node leads it."""
+        freed = 0
+        while shard in self.replication.led:
+            freed += (chunk := self.engine.collect(shard, retention_ms))
+            if chunk < COLLECT_CHUNK:
+                break
+            await asyncio.sleep(0)
+        return freed
 
     async def _move_dead_letters(self) -> None:
         """Publishes each message out of delivery attempts to its subscription's

@@ -216,14 +216,29 @@ class FakeDispatchStorage:
         copy.CopyFrom(request)
         self.pulls.append(copy)
         self.pull_arrived.set()
-        return await self._queue(request.partition).get()
+        response = await self._queue(request.partition).get()
+        asked = {s.name: s.max_messages for s in request.subscriptions}
+        for pulled in response.subscriptions:  # what storage does: it leases no more than asked
+            assert len(pulled.received_messages) <= asked.get(pulled.name, 0), (
+                f"answered {len(pulled.received_messages)} messages of {pulled.name} to a pull asking {asked}")
+        return response
 
-    def respond(self, partition: int, subscription: str, messages: list[pubsub_pb2.ReceivedMessage]) -> None:
-        """Answers the partition's (next) pull with messages for subscription."""
+    def respond(self, partition: int, subscription: str, messages: list[pubsub_pb2.ReceivedMessage],
+                ready: bool = False) -> None:
+        """Answers the partition's (next) pull with messages for subscription; ready:
+        it has more there."""
         response = storage_pb2.PullResponse()
         response.subscriptions.add(name=subscription, received_messages=[m.SerializeToString() for m in messages],
-                                   ack_ids=[m.ack_id for m in messages])
+                                   ack_ids=[m.ack_id for m in messages], ready=ready)
         self._queue(partition).put_nowait(response)
+
+    def respond_ready(self, partition: int, subscription: str) -> None:
+        """Answers the partition's (next) pull, a wait (max_messages 0), with: it has messages."""
+        self.respond(partition, subscription, [], ready=True)
+
+    def waiting(self, partition: int) -> list[storage_pb2.PullRequest]:
+        """The pulls of partition recorded so far."""
+        return [p for p in self.pulls if p.partition == partition]
 
     async def acknowledge(self, topic, partition, subscription, ack_ids) -> None:
         self.acks.append((topic, partition, subscription, list(ack_ids)))

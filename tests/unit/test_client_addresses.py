@@ -97,3 +97,27 @@ def test_the_cli_refuses_an_address_without_a_port(capsys):
         cli.parser().parse_args(["--addr", "127.0.0.1:50051,localhost", "topic", "list"])
     assert "'localhost' has no port" in capsys.readouterr().err
     assert cli.parser().parse_args(["--addr", "a:1, b:2", "topic", "list"]).addr == "a:1,b:2"
+
+
+async def test_calls_reach_a_frontend_back_from_a_restart_when_the_other_dies_at_once(two_frontends):
+    """The client's channel retries a dead frontend only every second or so (its
+    reconnect backoff); a call in that window must wait for it, not fail."""
+    (a, server_a, addr_a), (b, server_b, addr_b) = two_frontends
+    async with Client(f"{addr_a},{addr_b}", timeout_s=10) as client:
+        await client.get_cluster_status()
+        await server_a.stop(0)
+        for _ in range(10):  # a's reconnect backoff grows to its most
+            await client.get_cluster_status()
+            await asyncio.sleep(0.2)
+        back = grpc.aio.server()
+        cluster_pb2_grpc.add_ClusterAdminServicer_to_server(a, back)
+        back.add_insecure_port(addr_a)
+        await back.start()
+        await server_b.stop(0)
+        try:
+            calls_before = a.calls
+            for _ in range(5):
+                await client.get_cluster_status()
+            assert a.calls == calls_before + 5
+        finally:
+            await back.stop(0)

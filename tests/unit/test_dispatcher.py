@@ -196,8 +196,13 @@ async def test_a_subscriber_gets_what_the_long_polls_of_every_partition_pull():
         assert pull.topic == TOPIC
         [asked] = pull.subscriptions
         assert (asked.name, asked.ack_deadline_ms) == (SUB, 10_000)
+        assert asked.max_messages == 0 and pull.wait_ms > 0  # waits for messages, holding no room
     assert sum(p.subscriptions[0].max_messages for p in storage.pulls) <= 3  # no more than the stream's room
 
+    storage.respond_ready(0, SUB)  # partition 0 has messages: they are leased at once
+    await eventually(lambda: len(storage.waiting(0)) == 2)
+    lease = storage.waiting(0)[1]
+    assert lease.wait_ms == 0 and 1 <= lease.subscriptions[0].max_messages <= 3
     storage.respond(0, SUB, [received(ack_id(0, 1))])
     frame = await asyncio.wait_for(first, 1)
     assert [pubsub_pb2.ReceivedMessage.FromString(raw).ack_id for raw in frame.received_messages] == [ack_id(0, 1)]
@@ -205,6 +210,8 @@ async def test_a_subscriber_gets_what_the_long_polls_of_every_partition_pull():
     assert storage.acks == [(TOPIC, 0, "", [ack_id(0, 1)])]
     assert dispatcher.budget.used == 0
 
+    storage.respond_ready(1, SUB)
+    await eventually(lambda: len(storage.waiting(1)) == 2)
     storage.respond(1, SUB, [received(ack_id(1, 1))])
     await asyncio.wait_for(anext(frames), 1)
     assert dispatcher.budget.used == 1
@@ -221,14 +228,16 @@ async def test_a_pull_asks_no_more_than_the_room_of_the_stream_and_of_the_sender
     frames = dispatcher.subscribe(SUB, stream_room)
     frame = asyncio.ensure_future(anext(frames))
     await eventually(lambda: storage.pulls)
-    assert storage.pulls[0].subscriptions[0].max_messages == 2
-    storage.respond(0, SUB, [received(ack_id(0, 1)), received(ack_id(0, 2))])
+    storage.respond_ready(0, SUB)  # answers the wait: leased next
+    await eventually(lambda: len(storage.pulls) == 2)
+    assert storage.pulls[1].subscriptions[0].max_messages == 2
+    storage.respond(0, SUB, [received(ack_id(0, 1)), received(ack_id(0, 2))], ready=True)
     await asyncio.wait_for(frame, 1)
     await settle()
-    assert len(storage.pulls) == 1  # no room: no pull
+    assert len(storage.pulls) == 2  # no room: no pull
     await dispatcher.acknowledge(SUB, [ack_id(0, 1)])
-    await eventually(lambda: len(storage.pulls) == 2)  # room freed wakes the pull
-    assert storage.pulls[1].subscriptions[0].max_messages == 1
+    await eventually(lambda: len(storage.pulls) == 3)  # room freed wakes the pull
+    assert storage.pulls[2].subscriptions[0].max_messages == 1
     await frames.aclose()
     await dispatcher.close()
 
@@ -250,6 +259,8 @@ async def test_close_ends_the_streams_and_hands_their_messages_back():
     frames = dispatcher.subscribe(SUB, 5)
     frame = asyncio.ensure_future(anext(frames))
     await eventually(lambda: storage.pulls)
+    storage.respond_ready(0, SUB)
+    await eventually(lambda: len(storage.pulls) == 2)
     storage.respond(0, SUB, [received(ack_id(0, 1))])
     await asyncio.wait_for(frame, 1)
     await asyncio.wait_for(dispatcher.close(), 1)
@@ -290,3 +301,50 @@ async def test_repeated_extensions_keep_the_expiry_queue_bounded():
     assert len(f.sub._expiry) <= 2 * len(stream.outstanding) + 64  # the bound the dispatcher states
     assert stream.outstanding == {ack_id(0, 0), ack_id(0, 1)}
     assert f.sub.expire() is not None and f.budget.used == 2
+
+
+# -- room below the partition count: no wait holds it -----------------------------------
+
+
+async def test_a_stream_with_less_room_than_partitions_gets_the_messages_of_whichever_partition_has_them():
+    dispatcher, storage, _ = make_dispatcher(partitions=8)
+    frames = dispatcher.subscribe(SUB, 1)
+    frame = asyncio.ensure_future(anext(frames))
+    await eventually(lambda: {p.partition for p in storage.pulls} == set(range(8)))
+    assert all(p.subscriptions[0].max_messages == 0 for p in storage.pulls)  # every shard waits, none holds the room
+    for partition in (5, 2):
+        storage.respond_ready(partition, SUB)
+        await eventually(lambda: len(storage.waiting(partition)) == 2)
+        lease = storage.waiting(partition)[1]
+        assert (lease.wait_ms, lease.subscriptions[0].max_messages) == (0, 1)
+        storage.respond(partition, SUB, [received(ack_id(partition, 1))])
+        got = await asyncio.wait_for(frame, 1)
+        assert [pubsub_pb2.ReceivedMessage.FromString(raw).ack_id for raw in got.received_messages] == [
+            ack_id(partition, 1)]
+        await dispatcher.acknowledge(SUB, [ack_id(partition, 1)])
+        frame = asyncio.ensure_future(anext(frames))
+    frame.cancel()
+    await frames.aclose()
+    await dispatcher.close()
+
+
+async def test_room_freed_cuts_short_a_wait_of_the_shard_that_holds_up_a_subscription_with_messages():
+    dispatcher, storage, cluster = make_dispatcher(partitions=1)
+    cluster.add_subscription("other-sub", TOPIC)
+    frames, others = dispatcher.subscribe(SUB, 1), dispatcher.subscribe("other-sub", 1)
+    frame, other = asyncio.ensure_future(anext(frames)), asyncio.ensure_future(anext(others))
+    await eventually(lambda: storage.pulls and len(storage.pulls[-1].subscriptions) == 2)
+    storage.respond_ready(0, SUB)
+    await eventually(lambda: any(s.max_messages for p in storage.pulls for s in p.subscriptions))
+    storage.respond(0, SUB, [received(ack_id(0, 1))], ready=True)  # more waiting, but no room now
+    await asyncio.wait_for(frame, 1)
+    await eventually(lambda: [s.name for s in storage.pulls[-1].subscriptions] == ["other-sub"])
+    waits = len(storage.pulls)
+    await dispatcher.acknowledge(SUB, [ack_id(0, 1)])  # room: the wait for other-sub must not hold it up
+    await eventually(lambda: len(storage.pulls) > waits)
+    lease = storage.pulls[waits]
+    assert lease.wait_ms == 0 and {s.name: s.max_messages for s in lease.subscriptions} == {SUB: 1, "other-sub": 0}
+    other.cancel()
+    await asyncio.gather(other, return_exceptions=True)
+    await frames.aclose()
+    await dispatcher.close()

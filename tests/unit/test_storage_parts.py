@@ -18,7 +18,7 @@ from storage.delivery_log import DeliveryLog
 from storage.group_commit import GroupCommit
 from storage.interfaces import LogStore, Records, SubscriptionStore
 from storage.log import Entries, ShardLogs
-from storage.retention import Retention
+from storage.retention import COLLECT_CHUNK, Retention
 from tests.unit.storage_fakes import MemoryLog, MemoryRecords
 
 SHARD = "orders/3"
@@ -193,6 +193,14 @@ async def test_a_collected_message_keeps_its_identity_while_its_delivery_log_is_
     assert records.get(keys.ShardKeys(SHARD).collected(seq)) is not None
     assert delivery_log.collect(SHARD, now_ms() + 1) == 1
     assert list(records.prefixed(keys.ShardKeys(SHARD).collected_prefix)) == [], "collected with its delivery log"
+
+
+def test_retention_collects_a_chunk_at_a_time(log_, records, deliveries):
+    retention = Retention(log_, deliveries, records)
+    log_.append(SHARD, *[b"x"] * (COLLECT_CHUNK + 5))
+    assert retention.collect(SHARD, None) == COLLECT_CHUNK
+    assert retention.collect(SHARD, None) == 5
+    assert len(list(records.prefixed(keys.ShardKeys(SHARD).collected_prefix))) == COLLECT_CHUNK + 5
 
 
 def test_dedup_finds_stored_idempotency_keys(log_, records):

@@ -54,16 +54,18 @@ class PullResponse(_message.Message):
     def __init__(self, subscriptions: _Optional[_Iterable[_Union[PulledMessages, _Mapping]]] = ...) -> None: ...
 
 class PulledMessages(_message.Message):
-    __slots__ = ("name", "received_messages", "ack_ids", "not_found")
+    __slots__ = ("name", "received_messages", "ack_ids", "not_found", "ready")
     NAME_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     ACK_IDS_FIELD_NUMBER: _ClassVar[int]
     NOT_FOUND_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
     name: str
     received_messages: _containers.RepeatedScalarFieldContainer[bytes]
     ack_ids: _containers.RepeatedScalarFieldContainer[str]
     not_found: bool
-    def __init__(self, name: _Optional[str] = ..., received_messages: _Optional[_Iterable[bytes]] = ..., ack_ids: _Optional[_Iterable[str]] = ..., not_found: _Optional[bool] = ...) -> None: ...
+    ready: bool
+    def __init__(self, name: _Optional[str] = ..., received_messages: _Optional[_Iterable[bytes]] = ..., ack_ids: _Optional[_Iterable[str]] = ..., not_found: _Optional[bool] = ..., ready: _Optional[bool] = ...) -> None: ...
 
 class StorageAcknowledgeRequest(_message.Message):
     __slots__ = ("topic", "subscription", "ack_ids", "partition")

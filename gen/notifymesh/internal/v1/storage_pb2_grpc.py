@@ -102,8 +102,11 @@ class StorageServicer:
         """Leader only. For each subscription, leases up to its max_messages
         deliverable messages (expired leases first, then new ones) for its
         ack_deadline_ms; waits up to wait_ms for a first one. One call serves every
-        subscription of the shard a sender has room for. One stream per shard and
-        sender; each request is answered in turn, one in flight.
+        subscription of the shard a sender has room for. max_messages 0 leases
+        none: the call then returns (with ready set) once that subscription has a
+        deliverable message, so a sender waits for messages without holding room
+        that another shard's messages could use. One stream per shard and sender;
+        each request is answered in turn, one in flight.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
