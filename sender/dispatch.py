@@ -245,14 +245,10 @@ class PullPlan(NamedTuple):
 
 class ShardPuller:
     """The pulls of one shard for every subscription of its topic on this sender.
-
-    Room is held only by a pull that returns at once: a subscription is leased
-    from the shard only once storage said it has messages there (ready); until
-    then the shard is long-polled for it with max_messages 0, which leases
-    nothing and holds no room. So whichever partition has messages gets the room
-    of a subscriber whose limit is below the partition count, within a round
-    trip of the message (or of the room) rather than after other partitions'
-    long polls."""
+    Only a pull that returns at once holds room: a subscription is leased here once
+    storage said it has messages here (ready); until then it is long-polled with
+    max_messages 0, which leases nothing. So a subscriber's room goes to whichever
+    partition has messages, however far its limit is below the partition count."""
 
     def __init__(self, topic: str, partition: int, dispatcher: "Dispatcher"):
         self.topic, self.partition, self._dispatcher = topic, partition, dispatcher

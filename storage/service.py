@@ -40,7 +40,8 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
             pulled, missing = await self._node.pull(request.topic, request.partition, pulls, request.wait_ms)
             response = storage_pb2.PullResponse()
             for name, got in pulled.items():
-                response.subscriptions.add(name=name, received_messages=got.received, ack_ids=got.ack_ids)
+                response.subscriptions.add(name=name, received_messages=got.received, ack_ids=got.ack_ids,
+                                           ready=got.ready)
             for name in missing:
                 response.subscriptions.add(name=name, not_found=True)
             yield response
@@ -158,8 +159,8 @@ class StorageNode:
 
     async def pull(self, topic: str, partition: int, pulls: list[Pull], wait_ms: int):
         """(messages by subscription, the subscriptions that do not exist)."""
-        if wait_ms < 0 or any(p.max_messages <= 0 or p.ack_deadline_ms <= 0 for p in pulls):
-            raise errors.InvalidArgument("max_messages and ack_deadline_ms must be positive, wait_ms not negative")
+        if wait_ms < 0 or any(p.max_messages < 0 or p.ack_deadline_ms <= 0 for p in pulls):
+            raise errors.InvalidArgument("ack_deadline_ms must be positive, max_messages and wait_ms not negative")
         shard = self.led_shard(topic, partition)
         log_ = self.engine.shard(shard)
         missing = []

@@ -39,7 +39,8 @@ async def pull(engine: StorageEngine, shard: str, subscription: str, max_message
                wait_ms: int) -> list[pubsub_pb2.ReceivedMessage]:
     """One subscription's pull, its messages decoded (as a subscriber sees them)."""
     pulled = await engine.pull(shard, [Pull(subscription, max_messages, ack_deadline_ms)], wait_ms)
-    received, ack_ids = pulled.get(subscription, ([], []))
+    got = pulled.get(subscription)
+    received, ack_ids = (got.received, got.ack_ids) if got else ([], [])
     messages = [pubsub_pb2.ReceivedMessage.FromString(raw) for raw in received]
     assert [m.ack_id for m in messages] == ack_ids
     return messages
@@ -449,7 +450,7 @@ async def test_one_pull_serves_several_subscriptions(engine):
     engine.attach(SHARD, subscription("billing"))
     ids = await append(engine, SHARD, messages(b"a", b"b", b"c"))
     pulled = await engine.pull(SHARD, [("audit", 2, 60_000), ("billing", 10, 60_000)], 0)
-    decoded = {name: [pubsub_pb2.ReceivedMessage.FromString(raw) for raw in raws] for name, (raws, _) in pulled.items()}
+    decoded = {name: [pubsub_pb2.ReceivedMessage.FromString(raw) for raw in raws] for name, (raws, *_) in pulled.items()}
     assert [m.message.message_id for m in decoded["audit"]] == ids[:2]
     assert [m.message.message_id for m in decoded["billing"]] == ids
     assert [m.ack_id for m in decoded["billing"]] == pulled["billing"][1]
