@@ -108,6 +108,27 @@ async def test_waiting_pull_wakes_on_append(engine):
     assert [m.message.data for m in pulled] == [b"late"]
 
 
+async def test_a_pull_of_max_messages_0_leases_nothing_and_returns_once_there_is_something(engine):
+    """What a sender with no room to hold asks (sender/dispatch.py ShardPuller)."""
+    engine.attach(SHARD, subscription("audit"))
+    watch = [Pull("audit", 0, 10_000)]
+    assert await engine.pull(SHARD, watch, 0) == {}  # nothing: not listed
+    waiting = asyncio.create_task(engine.pull(SHARD, watch, 5000))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await append(engine, SHARD, messages(b"a", b"b"), DEDUP_MS)
+    got = (await asyncio.wait_for(waiting, 1))["audit"]
+    assert (got.received, got.ack_ids, got.ready) == ([], [], True)
+    leased = (await engine.pull(SHARD, [Pull("audit", 1, 10_000)], 0))["audit"]
+    assert len(leased.received) == 1 and leased.ready  # one more left
+    leased = (await engine.pull(SHARD, [Pull("audit", 5, 200)], 0))["audit"]
+    assert len(leased.received) == 1 and not leased.ready  # none left: both leased
+    got = (await engine.pull(SHARD, watch, 2000))["audit"]  # the 200 ms lease expires: ready again
+    assert (got.received, got.ready) == ([], True)
+    [again] = await pull(engine, SHARD, "audit", 10, 10_000, 0)
+    assert again.delivery_attempt == 2  # the waits counted no delivery attempt
+
+
 async def test_state_survives_reopen(engine, tmp_path):
     engine.attach(SHARD, subscription("audit"))
     ids = await append(engine, SHARD, messages(b"a", b"b", b"c", b"d"), DEDUP_MS)
