@@ -192,3 +192,25 @@ async def test_a_terminal_nack_that_cannot_dead_letter_fails_and_the_message_sta
     assert code == grpc.StatusCode.FAILED_PRECONDITION and dead in details
     [again] = await receive(client, sub, 1, timeout=15)
     assert again.message.message_id == message_id and again.delivery_attempt >= 2
+
+
+async def test_a_dead_letter_topic_is_never_deleted_under_a_subscription_created_meanwhile(client):
+    """The delete's check and the create's own are transactions: when both race,
+    at most one succeeds, and a subscription never names a topic that is gone."""
+    topic = unique("dlq-race")
+    await client.create_topic(topic)
+    both = 0
+    for _ in range(20):
+        dead, sub = unique("dlq-race-dead"), unique("dlq-race-sub")
+        await client.create_topic(dead)
+        created, deleted = await asyncio.gather(
+            client.create_subscription(sub, topic, max_delivery_attempts=3, dead_letter_topic=dead),
+            client.delete_topic(dead), return_exceptions=True)
+        for outcome in (created, deleted):
+            assert not isinstance(outcome, Exception) or isinstance(outcome, (errors.NotFound,
+                                                                               errors.FailedPrecondition)), outcome
+        both += not isinstance(created, Exception) and not isinstance(deleted, Exception)
+        if not isinstance(created, Exception):
+            assert (await client.get_topic(dead)).name == dead
+            await client.delete_subscription(sub)
+    assert both == 0
