@@ -277,8 +277,8 @@ class ShardPuller:
             self.wake.set()
             return
         sub = self._dispatcher.subscriptions.get(name) if name else None
-        if sub is None or (sub.name in self._ready and sub.room() > 0) or (
-                sub.name not in self._ready and sub.name not in self._watching):
+        if sub is None or (sub.room() > 0 if sub.name in self._ready else (
+                sub.name not in self._watching and bool(sub.streams) and sub.owned())):
             self._watch.cancel()
 
     async def _serve(self) -> None:
