@@ -6,7 +6,10 @@ a quorum of the replica set has announced, the most advanced one (rules:
 choose_leader) claims leadership with a create-only transaction that also checks
 that nothing it relied on changed since it read it: each announcement it counted
 (a withdrawal deletes it) and the placement record. The create revision of the
-leader key is the leader's epoch.
+leader key is the leader's epoch. A follower withdraws its announcement, before
+taking a leader's first batch, in a transaction that checks the leader key is
+still that leader's: etcd orders the two, so either the claim fails or the
+follower refuses the deposed leader's batch.
 """
 
 import asyncio
@@ -43,8 +46,9 @@ class ElectionStore(Protocol):
 
     async def announcements(self, shard: str) -> Announcements: ...
 
-    async def withdraw(self, shard: str, node: str, revision: int) -> None:
-        """Deletes the node's candidacy if it is the one put at revision."""
+    async def withdraw(self, shard: str, node: str, leader_epoch: int | None) -> bool:
+        """Deletes the node's candidacy; with leader_epoch, only if the leader key is
+        that epoch's (its create revision). Whether it did."""
 
     async def claim(self, shard: str, record: LeaderRecord, lease: Any, basis: ClaimBasis) -> int | None:
         """Creates the leader key if there is none and nothing in basis changed; the
@@ -83,10 +87,12 @@ class EtcdElectionStore:
         return Announcements({node: Candidacy.parse(kv.value) for node, kv in kvs},
                              {node: kv.mod_revision for node, kv in kvs})
 
-    async def withdraw(self, shard: str, node: str, revision: int) -> None:
+    async def withdraw(self, shard: str, node: str, leader_epoch: int | None) -> bool:
         etcd, key = self._cluster.etcd, candidate_key(shard, node)
         txn = etcd.transactions
-        await etcd.transaction(compare=[txn.mod(key) == revision], success=[txn.delete(key)], failure=[])
+        compare = [txn.create(leader_key(shard)) == leader_epoch] if leader_epoch is not None else []
+        withdrawn, _ = await etcd.transaction(compare=compare, success=[txn.delete(key)], failure=[])
+        return withdrawn
 
     async def claim(self, shard: str, record: LeaderRecord, lease: Any, basis: ClaimBasis) -> int | None:
         etcd, key = self._cluster.etcd, leader_key(shard)
@@ -121,6 +127,7 @@ class Election:
         self._store, self._logs, self._node = store, logs, node_id
         # Shards whose candidacy key this node has put (or is putting: None) and not
         # yet withdrawn, with its revision; at most one per shard of this node.
+        # Only this node writes its candidacy keys, and under _lock.
         self._candidacies: dict[str, int | None] = {}
         # Announcing and claiming, and withdrawing, one at a time: a withdrawal while an
         # announcement is on its way must come after it, or the announcement outlives it.
@@ -133,16 +140,23 @@ class Election:
         """This node does not stand for shard for that long (see check-quorum in storage.leader)."""
         self._held_off[shard] = time.monotonic() + seconds
 
-    async def withdraw(self, shard: str) -> None:
+    async def withdraw(self, shard: str, leader_epoch: int | None = None) -> bool:
         """A stale announcement could understate this log in a later election and let
-        a less advanced replica win: it goes before this node takes any entry."""
+        a less advanced replica win: it goes before this node takes any entry. With
+        leader_epoch (a follower taking that leader's batch), only while the leader key
+        is that leader's, in one etcd transaction: False, and the announcement stays,
+        when it is not (the key lapsed, or a newer leader claimed it, perhaps counting
+        this announcement): the batch must then be refused."""
         if shard not in self._candidacies:
-            return
+            return True
         async with self._lock:
-            revision = self._candidacies.get(shard)
-            if revision is not None:
-                await self._store.withdraw(shard, self._node, revision)
+            if shard not in self._candidacies:
+                return True
+            if self._candidacies[shard] is not None:  # put (None: the campaign waiting for the lock)
+                if not await self._store.withdraw(shard, self._node, leader_epoch):
+                    return False
             self._candidacies.pop(shard, None)
+            return True
 
     async def delete_leader_key(self, shard: str, epoch: int) -> None:
         """Only the key of that epoch: never one a newer leader wrote."""

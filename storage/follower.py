@@ -48,7 +48,8 @@ class Leading(Protocol):
 class Candidate(Protocol):
     """This node's candidacies (storage.election.Election)."""
 
-    async def withdraw(self, shard: str) -> None: ...
+    async def withdraw(self, shard: str, leader_epoch: int | None = None) -> bool:
+        """False: the leader key is not leader_epoch's, the announcement stays."""
 
 
 class Follower:
@@ -100,8 +101,10 @@ class Follower:
             results.append(result)
             if not await self._admit(shard, batch, result, writes):
                 continue
-            await self._candidate.withdraw(shard)
             log_ = self._engine.shard(shard)
+            if not await self._candidate.withdraw(shard, batch.epoch):  # that leader's key is gone
+                result.end = log_.end
+                continue
             if log_.end < batch.first:
                 self._engine.reset(shard, batch.first)  # too far behind: start over at the leader's first
             resend = resend_from(self._engine, shard, batch.start, batch.prev_epoch, log_.first, log_.end)

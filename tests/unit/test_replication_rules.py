@@ -71,8 +71,9 @@ class FakeElectionStore:
     async def announcements(self, shard):
         return Announcements(dict(self.announced), {node: 1 for node in self.announced})
 
-    async def withdraw(self, shard, node, revision):
+    async def withdraw(self, shard, node, leader_epoch):
         self.announced.pop(node, None)
+        return True
 
     async def claim(self, shard, record, lease, basis):
         self.claims.append(record)
@@ -316,8 +317,9 @@ class FakeCandidate:
     def __init__(self):
         self.withdrawn: list[str] = []
 
-    async def withdraw(self, shard):
+    async def withdraw(self, shard, leader_epoch=None):
         self.withdrawn.append(shard)
+        return True
 
 
 def batch(epoch: int, start: int, prev_epoch: int, first: int = 0, commit: int = 0) -> storage_pb2.ReplicateRequest:

@@ -23,8 +23,8 @@ class NoLeading:
 
 
 class NoCandidacy:
-    async def withdraw(self, shard):
-        pass
+    async def withdraw(self, shard, leader_epoch=None):
+        return True
 
 
 def marker(epoch: int) -> storage_pb2.StoredMessage:
@@ -388,10 +388,14 @@ class RevisionStore:
         return Announcements({n: c for n, (c, _) in self.announced.items()},
                              {n: r for n, (_, r) in self.announced.items()})
 
-    async def withdraw(self, shard, node, revision):
-        if node in self.announced and self.announced[node][1] == revision:
-            del self.announced[node]
+    leader_epoch: int | None = None  # the leader key's create revision (None: no key)
+
+    async def withdraw(self, shard, node, leader_epoch):
+        if leader_epoch is not None and self.leader_epoch != leader_epoch:
+            return False
+        if self.announced.pop(node, None) is not None:
             self._next()
+        return True
 
     async def claim(self, shard, record, lease, basis):
         self.before_claim()
@@ -462,3 +466,44 @@ async def test_a_reset_while_recent_ids_are_being_read_leaves_none_of_the_droppe
         assert len(entries.raw) == 1  # stored again: the old entry is gone
     finally:
         await engine.close()
+
+
+class RefusedCandidacy:
+    """A candidacy whose withdrawal etcd refuses: the leader key is not the batch's
+    leader's (it lapsed, or a newer leader claimed, perhaps counting this announcement)."""
+
+    def __init__(self):
+        self.asked: list[tuple[str, int | None]] = []
+
+    async def withdraw(self, shard, leader_epoch=None):
+        self.asked.append((shard, leader_epoch))
+        return False
+
+
+async def test_a_follower_whose_withdrawal_is_refused_does_not_take_the_batch(tmp_path):
+    engine = open_engine(tmp_path)
+    try:
+        candidacy = RefusedCandidacy()
+        part = Follower(engine, NoLeading(), candidacy, {}, {})
+        part.open()
+        [result] = (await part.replicate(request(7, 0, 0, [marker(7), message(7, b"a", "id-a")]))).shards
+        assert candidacy.asked == [(SHARD, 7)]
+        assert not result.ok and engine.shard(SHARD).end == 0
+    finally:
+        await engine.close()
+
+
+async def test_an_election_withdraws_only_while_the_leader_key_is_the_batchs_leaders():
+    from notifymesh.contracts import Candidacy
+    from storage.election import Election
+    store = RevisionStore()
+    Lease.end, Lease.last_epoch, Lease.state_stamp = 9, 3, (0, 0)
+    election = Election(store, type("Logs", (), {"shard": lambda self, name: Lease()})(), "storage-1")
+    await store.announce(SHARD, "storage-2", Candidacy(5, 3, (0, 0)), None)
+    await election.campaign(SHARD, ["storage-1", "storage-2", "storage-3"], Lease())
+    store.leader_epoch = 12  # claimed meanwhile by another node
+    assert await election.withdraw(SHARD, leader_epoch=7) is False
+    assert "storage-1" in store.announced  # still announced: a later withdrawal may go through
+    store.leader_epoch = 7
+    assert await election.withdraw(SHARD, leader_epoch=7) is True
+    assert "storage-1" not in store.announced
