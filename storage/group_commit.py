@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from rocksdict import WriteBatch
@@ -28,6 +28,9 @@ class GroupWrite:
     end: int
     replacements: int
     dedup_keys: list[tuple[str, str]]  # (dedup key, message id) staged in the shard's staged_keys
+    start: int = 0
+    ids: list[str] = field(default_factory=list)  # message id of each entry from start on
+    keys: list[str] = field(default_factory=list)  # dedup key of each entry from start on
 
 
 class GroupCommit:
@@ -38,6 +41,7 @@ class GroupCommit:
         self._batch = WriteBatch(raw_mode=True)
         self._done: asyncio.Future | None = None
         self._writes: list[GroupWrite] = []
+        self._writing: list[GroupWrite] = []  # the group being written
         self._wake = asyncio.Event()
         self._committer: asyncio.Task | None = None
         self._closed = False
@@ -59,6 +63,13 @@ class GroupCommit:
     def staged(self, write: GroupWrite) -> None:
         self._writes.append(write)
 
+    def unsynced(self, log_: ShardLog, start: int) -> list[tuple[str, str]]:
+        """(message id, dedup key) of the entries of log_ from start on that are staged
+        or being written, not yet readable: what replacing them must delete besides."""
+        return [(message_id, dedup_key) for write in (*self._writing, *self._writes) if write.log is log_
+                for seq, message_id, dedup_key in zip(range(write.start, write.end), write.ids, write.keys)
+                if seq >= start]
+
     async def _commit_loop(self) -> None:
         """While one group is being written, the next accumulates: group commit."""
         while not (self._closed and self._done is None):
@@ -68,6 +79,7 @@ class GroupCommit:
             if done is None:
                 continue
             self._batch, self._done, self._writes = WriteBatch(raw_mode=True), None, []
+            self._writing = writes
             try:
                 await asyncio.to_thread(self._db.write_synced, batch)
             except Exception as e:
@@ -79,6 +91,7 @@ class GroupCommit:
                     if write.log.replacements == write.replacements:  # else these entries may be gone again
                         write.log.written = max(write.log.written, write.end)
                 done.set_result(None)
+            self._writing = []
             for write in writes:  # in RocksDB now, or never: repeats are found there
                 staged = write.log.staged_keys
                 for dedup_key, message_id in write.dedup_keys:

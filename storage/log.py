@@ -394,7 +394,7 @@ class ShardLogs:
         log_.written = min(log_.written, start)
         log_.last_epoch = entries.last_epoch if entries.raw else (self.epoch_at(log_.name, start - 1) or 0)
         log_.commit = min(log_.commit, log_.end)
-        self._group.staged(GroupWrite(log_, end, log_.replacements, dedup_keys))
+        self._group.staged(GroupWrite(log_, end, log_.replacements, dedup_keys, start, entries.ids, entries.dedup_keys))
         return asyncio.shield(done)  # one writer giving up does not cancel the group
 
     def save_epoch(self, shard: str, epoch: int) -> Awaitable[None] | None:
@@ -416,10 +416,10 @@ class ShardLogs:
         keys: a repeat must not be answered with the id of an entry that is gone.
         Deleting an idempotency key unconditionally loses nothing live: the entry was
         written only because no live entry held its key. The entries are read from
-        the tail where kept, else from RocksDB (a follower's replaced tail)."""
+        the tail where kept, else from RocksDB, and from the writes not yet synced."""
         layout, staged = log_.layout, log_.staged_keys
         _raw, ids, dedup_keys, _until, _epochs = log_.tail.slice(start, log_.end - start)
-        dropped = list(zip(ids, dedup_keys))
+        dropped = list(zip(ids, dedup_keys)) + self._group.unsynced(log_, start)
         read_from = start + len(ids)
         stop = layout.message(log_.end)
         for key, value in self._rdict.items(from_key=layout.message(read_from)) if read_from < log_.end else ():

@@ -507,3 +507,21 @@ async def test_an_election_withdraws_only_while_the_leader_key_is_the_batchs_lea
     store.leader_epoch = 7
     assert await election.withdraw(SHARD, leader_epoch=7) is True
     assert "storage-1" not in store.announced
+
+
+async def test_a_follower_write_replaced_before_it_synced_leaves_no_keys(tmp_path):
+    """Two leaders' batches (a deposed one's, then the new one's over it) within one
+    group commit: the replaced entries were never readable, only staged."""
+    engine = open_engine(tmp_path)
+    try:
+        first = engine.write_replicated(SHARD, 0, Entries.of([marker(1), message(1, b"z", "stale-z", "k:order-z")]))
+        second = engine.write_replicated(SHARD, 1, Entries.of([marker(2)]))
+        await first
+        await second
+        layout = engine.shard(SHARD).layout
+        assert engine.db.get(layout.idempotency("k:order-z")) is None
+        assert engine.db.get(layout.index("stale-z")) is None
+        ids, entries = engine.prepare(SHARD, publish(b"z", "order-z"), 2, DEDUP_MS, retry=False)
+        assert ids != ["stale-z"] and len(entries.raw) == 1
+    finally:
+        await engine.close()
