@@ -133,12 +133,15 @@ class Election:
         # announcement is on its way must come after it, or the announcement outlives it.
         self._lock = asyncio.Lock()
         # Shards this node does not stand for until then (monotonic): it resigned them
-        # for want of a majority. At most one per shard, dropped once past.
+        # for want of a majority. At most one per shard led; the past ones are dropped.
         self._held_off: dict[str, float] = {}
 
     def hold_off(self, shard: str, seconds: float) -> None:
         """This node does not stand for shard for that long (see check-quorum in storage.leader)."""
-        self._held_off[shard] = time.monotonic() + seconds
+        now = time.monotonic()
+        for past in [name for name, until in self._held_off.items() if until <= now]:  # shards gone meanwhile
+            del self._held_off[past]
+        self._held_off[shard] = now + seconds
 
     async def withdraw(self, shard: str, leader_epoch: int | None = None) -> bool:
         """A stale announcement could understate this log in a later election and let
