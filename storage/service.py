@@ -97,8 +97,10 @@ class StorageNode:
         self._ctx, self._cluster, self._config = ctx, ctx.cluster, ctx.config
         self.engine = StorageEngine(Path(ctx.args.data_dir), ctx.node_id)
         self.engine.dedup.payload_attributes = self._payload_attributes
+        # A quarter of the gRPC message limit: a request carries entries of many shards
+        # plus their delivery state, whose size is counted but not capped.
         self.replication = Replication(self.engine, ctx.cluster, lambda: ctx.registration, ctx.node_id,
-                                       self._replication_factor)
+                                       self._replication_factor, ctx.config.max_grpc_message_bytes // 4)
         self.servicers = [(storage_pb2_grpc.add_StorageServicer_to_server, StorageServicer(self))]
         self._storage = StorageClient(ctx.cluster)
         self._changed_subscriptions = ChangedNames()
