@@ -166,6 +166,8 @@ class Gateway:
             if self._closing:  # close_streams(): the client subscribes again, elsewhere
                 raise errors.Unavailable("frontend is shutting down; subscribe again")
             call = None
+            # Taken before the owner is looked up, so no change in between is missed.
+            senders_changed = self._cluster.next_ring_change("sender")
             try:
                 call = self._senders.subscribe(self._senders.owner_addr(name), request)
                 self._relays.add(call)
@@ -186,7 +188,10 @@ class Gateway:
                     self._relays.discard(call)
                     call.cancel()
             if not self._closing:
-                await backoff.sleep()
+                # A dead sender is seen gone when its lease lapses: the new owner is
+                # tried at once then, not after the backoff (stream takeover measured
+                # 5.0 s with the backoff alone).
+                await backoff.sleep(cut_short=senders_changed)
 
     def _ack_ids(self, name: str, ack_ids) -> list[str]:
         """Checked here, before acks of several subscriptions share a call: one

@@ -37,8 +37,16 @@ class Backoff:
         self._step = min(self._step * self.policy.multiplier, self.policy.max_s)
         return wait
 
-    async def sleep(self) -> None:
-        await asyncio.sleep(self.next_s())
+    async def sleep(self, cut_short: asyncio.Event | None = None) -> None:
+        """The next wait, or less once cut_short is set (what the wait was for may be
+        ready: e.g. a new member to try)."""
+        if cut_short is None:
+            await asyncio.sleep(self.next_s())
+            return
+        try:
+            await asyncio.wait_for(cut_short.wait(), self.next_s())
+        except TimeoutError:
+            pass
 
 
 async def retry(attempt: Callable[[], Awaitable[T]], retryable: Callable[[Exception], bool],

@@ -236,6 +236,7 @@ class Cluster:
         self.placements = PrefixMirror(etcd, PLACEMENTS, storage_pb2.ShardPlacement.FromString)
         self.leaders = PrefixMirror(etcd, LEADERS, LeaderRecord.parse)
         self.rings: dict[str, Ring] = {kind: Ring() for kind in KINDS}
+        self._ring_changes = {kind: asyncio.Event() for kind in KINDS}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._options = channel_options(max_message_bytes)
         self.members.on_change(lambda _name: self._rebuild_rings())
@@ -269,6 +270,12 @@ class Cluster:
             if ring != self.rings[kind]:
                 log.info("ring changed", extra=fields(kind=kind, nodes=list(ring.nodes)))
                 self.rings[kind] = ring
+                self._ring_changes[kind].set()
+                self._ring_changes[kind] = asyncio.Event()
+
+    def next_ring_change(self, kind: str) -> asyncio.Event:
+        """An event set at the next change of kind's ring (take it before looking)."""
+        return self._ring_changes[kind]
 
     def live(self, kind: str) -> dict[str, str]:
         """node id -> address of the live members of one kind."""

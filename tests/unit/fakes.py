@@ -152,6 +152,10 @@ class FakeCluster:
         self.owners: dict[str, str] = {}
         self.sender_owner = sender_owner
         self.rings = {"sender": FakeRing(lambda key: self.owners.get(key, self.sender_owner))}
+        self.ring_changed = asyncio.Event()
+
+    def next_ring_change(self, kind: str) -> asyncio.Event:
+        return self.ring_changed
 
     def add_subscription(self, name: str, topic: str, ack_deadline_s: int = 10) -> None:
         subscription = pubsub_pb2.Subscription(name=name, topic=topic)
