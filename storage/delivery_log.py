@@ -1,7 +1,15 @@
 """The delivery log and message status: every attempt at delivering a message,
 by subscription, with its outcome (written by storage/delivery.py and
 storage/dead_letters.py under keys.ShardKeys.delivery), and where a message is
-now. The log outlives the message's payload for a while (collect)."""
+now. The log outlives the message's payload for a while (collect).
+
+It is replicated: the leader sends the records written since a follower's last
+answer (written_since; keys.ShardKeys.written holds their keys in order), the
+follower stores them under the same keys (store_replicated), and records the
+identities of the messages it trims itself (keep_identities), as retention does
+on the leader. Collection runs on every replica alike."""
+
+from typing import NamedTuple
 
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
@@ -10,8 +18,17 @@ from notifymesh.contracts import MessageId, Shard
 from storage import keys
 from storage.delivery import SubscriptionState
 from storage.interfaces import LogStore, Records, SubscriptionStore
+from storage.retention import COLLECT_CHUNK
 
 INDEX_SKEW_MS = 600_000
+
+
+class WrittenRecords(NamedTuple):
+    """Delivery records for a follower: keys and their values (as stored), and the
+    position after them in the shard's written keys."""
+    keys: list[bytes]
+    values: list[bytes]
+    end: int
 
 
 class DeliveryLog:
@@ -65,6 +82,49 @@ class DeliveryLog:
                 record.outcome_time.CopyFrom(timestamp(tried.outcome_ms))
             attempts.setdefault(tried.subscription, []).append(record)
         return attempts
+
+    def written_since(self, shard: str, position: int, limit: int, max_bytes: int) -> WrittenRecords:
+        """The delivery records written since position (the oldest kept, if that is
+        gone), up to limit and about max_bytes; records deleted since are left out."""
+        layout = self._logs.shard(shard).layout
+        start = max(position, layout.written_from)
+        chosen = layout.written[start - layout.written_from:start - layout.written_from + limit]
+        sent_keys, sent_values, size, end = [], [], 0, start
+        for key, value in zip(chosen, self._records.get_many(chosen)):
+            if size >= max_bytes and end > start:
+                break
+            end += 1
+            if value is not None:
+                sent_keys.append(key)
+                sent_values.append(value)
+                size += len(key) + len(value)
+        return WrittenRecords(sent_keys, sent_values, end)
+
+    def store_replicated(self, shard: str, delivery_keys: list[bytes], values: list[bytes]) -> None:
+        """A follower stores the leader's delivery records as they are (keys of this
+        shard only)."""
+        prefix = self._logs.shard(shard).layout.delivery_shard_prefix
+        batch = self._records.batch()
+        for key, value in zip(delivery_keys, values):
+            if key.startswith(prefix):
+                batch.put(key, value)
+        if len(batch):
+            self._records.write(batch)
+
+    def keep_identities(self, shard: str, below: int) -> int:
+        """Records the identity of each message below below (at most COLLECT_CHUNK of
+        them, committed ones), as retention does before it deletes them; returns the
+        seq up to which they are recorded (what the caller may trim)."""
+        log_ = self._logs.shard(shard)
+        below = min(below, log_.commit, log_.first + COLLECT_CHUNK)
+        batch, read, messages = self._records.batch(), self._logs.message, {}
+        for seq in range(log_.first, below):
+            if (message := read(log_, seq, messages)) is not None:  # else an epoch marker
+                batch.put(log_.layout.collected(seq), keys.collected_value(message))
+            messages.clear()
+        if len(batch):
+            self._records.write(batch)
+        return below
 
     def collect(self, shard: str, older_than_ms: int) -> int:
         """Deletes the delivery records, identities and index keys of messages no

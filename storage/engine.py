@@ -25,7 +25,7 @@ from storage.db import Database
 from storage.dead_letters import DeadLetters
 from storage.dedup import Dedup, Prepared
 from storage.delivery import DeadLetter, Deliveries, Pull, Pulled, SubscriptionState
-from storage.delivery_log import DeliveryLog
+from storage.delivery_log import DeliveryLog, WrittenRecords
 from storage.group_commit import GroupCommit
 from storage.log import Entries, ShardLog, ShardLogs
 from storage.retention import Retention
@@ -90,7 +90,9 @@ class StorageEngine:
         self.log.reset(shard, first)
 
     def trim(self, shard: str, first: int) -> int:
-        return self.log.trim(shard, first)
+        """A follower drops what its leader no longer keeps, recording the identities
+        of those messages first (COLLECT_CHUNK at a time: the rest with the next batch)."""
+        return self.log.trim(shard, self.delivery_log.keep_identities(shard, first))
 
     def drop(self, shard: str) -> None:
         self.log.drop(shard)
@@ -162,6 +164,15 @@ class StorageEngine:
 
     def message_status(self, shard: str, message_id: str) -> pubsub_pb2.MessageStatus:
         return self.delivery_log.message_status(shard, message_id)
+
+    def written_since(self, shard: str, position: int, limit: int, max_bytes: int) -> WrittenRecords:
+        return self.delivery_log.written_since(shard, position, limit, max_bytes)
+
+    def release_written(self, shard: str, below: int) -> None:
+        self.shard(shard).layout.release_written(below)
+
+    def store_replicated(self, shard: str, delivery_keys: list[bytes], values: list[bytes]) -> None:
+        self.delivery_log.store_replicated(shard, delivery_keys, values)
 
     def collect_delivery_log(self, shard: str, older_than_ms: int) -> int:
         return self.delivery_log.collect(shard, older_than_ms)

@@ -30,6 +30,7 @@ class FollowerLog(Protocol):
     def import_states(self, shard: str, states: list[storage_pb2.SubscriptionState],
                       stamp: tuple[int, int]) -> None: ...
     def trim(self, shard: str, first: int) -> int: ...
+    def store_replicated(self, shard: str, delivery_keys: list[bytes], values: list[bytes]) -> None: ...
 
 
 class Led(Protocol):
@@ -123,6 +124,8 @@ class Follower:
                 if batch.has_subscriptions:
                     self._engine.import_states(shard, list(batch.subscriptions),
                                                (batch.state_epoch, batch.state_version))
+                if batch.delivery_keys:
+                    self._engine.store_replicated(shard, list(batch.delivery_keys), list(batch.delivery_records))
                 self._engine.trim(shard, batch.first)
                 result.end = log_.end
         return storage_pb2.ReplicateResponse(shards=results)

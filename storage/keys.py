@@ -27,6 +27,11 @@ from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 
 SEQ_BYTES = 8
+# Delivery keys a shard's leader keeps for followers yet to take their records (they
+# take them every tick): about 100 bytes each with the list's slot (sys.getsizeof of a
+# key of a 20-character shard and subscription, + 8), so at most ~10 MB per shard while
+# a follower is away; one that comes back further behind misses the oldest records.
+WRITTEN_KEPT = 50_000
 _MS_BYTES, _ATTEMPT_BYTES = 8, 4
 
 # The first byte of every key: its kind.
@@ -64,7 +69,7 @@ class ShardKeys:
     """The keys of one shard, its prefixes encoded once."""
     __slots__ = ("message_prefix", "index_prefix", "idempotency_prefix", "delivery_shard_prefix", "collected_prefix",
                  "first",
-                 "state", "epoch")
+                 "state", "epoch", "written", "written_from")
 
     def __init__(self, shard: str):
         name = shard.encode()
@@ -76,6 +81,11 @@ class ShardKeys:
         self.first = FIRST + name  # -> first_value
         self.state = STATE + name  # -> delivery_state_value
         self.epoch = EPOCH + name  # -> epoch_value
+        # The delivery keys made here, in order: the leader sends their records to its
+        # followers (storage/leader.py). Position p is written[p - written_from]; a
+        # window of at most 2 * WRITTEN_KEPT keys (released as followers take them).
+        self.written: list[bytes] = []
+        self.written_from = 0
 
     def message(self, seq: int) -> bytes:
         """-> sealed(entry); parse with seq_of."""
@@ -91,9 +101,28 @@ class ShardKeys:
 
     def delivery(self, seq: int, subscription: str, delivered_ms: int, attempt: int) -> bytes:
         """-> delivery_record(...); parse with parse_delivery_key. Ordered by delivery
-        time: a redriven message counts its attempts from 1 again."""
-        return (self.delivery_shard_prefix + seq.to_bytes(SEQ_BYTES, "big") + subscription.encode() + b"\0"
-                + delivered_ms.to_bytes(_MS_BYTES, "big") + attempt.to_bytes(_ATTEMPT_BYTES, "big"))
+        time: a redriven message counts its attempts from 1 again. Only a record's
+        writer makes its key: the key is noted in `written`, for replication (one
+        list append per record, no object of its own)."""
+        key = (self.delivery_shard_prefix + seq.to_bytes(SEQ_BYTES, "big") + subscription.encode() + b"\0"
+               + delivered_ms.to_bytes(_MS_BYTES, "big") + attempt.to_bytes(_ATTEMPT_BYTES, "big"))
+        written = self.written
+        written.append(key)
+        if len(written) > 2 * WRITTEN_KEPT:  # a follower this far behind misses the oldest (one move per 50,000)
+            self.release_written(self.written_from + len(written) - WRITTEN_KEPT)
+        return key
+
+    @property
+    def written_end(self) -> int:
+        """The position after the last delivery key made."""
+        return self.written_from + len(self.written)
+
+    def release_written(self, below: int) -> None:
+        """Forgets the delivery keys made before position below."""
+        count = min(below - self.written_from, len(self.written))
+        if count > 0:
+            del self.written[:count]
+            self.written_from += count
 
     # The log's write loop stores each entry through these two, one call each
     # (measured: as fast as the keys built inline; a call per key and value was

@@ -27,6 +27,7 @@ from notifymesh.contracts import Shard, shard_name
 from notifymesh.log import fields
 from notifymesh.server import rpc
 from storage.election import Registered
+from storage.delivery_log import WrittenRecords
 from storage.log import Entries, ShardLog
 from notifymesh.server.config import Config
 from storage.replication_rules import commit_index, quorum, quorum_lost
@@ -34,6 +35,7 @@ from storage.replication_rules import commit_index, quorum, quorum_lost
 log = logging.getLogger(__name__)
 
 REPLICATE_MAX_ENTRIES = 2000   # per shard per request
+REPLICATE_MAX_RECORDS = 5000   # delivery records per shard per request (~80 bytes each)
 # Bytes of one Replicate request (at least one entry goes, however big): a quarter of
 # Config.max_grpc_message_bytes's default (64 MiB), which the follower's server
 # enforces; the rest is room for delivery states and per-entry framing.
@@ -62,6 +64,7 @@ class Progress:
     state_version: int = -1  # the delivery state it has (ShardLog.state_version)
     state_due: bool = True   # send the delivery state with the next call (set every tick)
     first: int = -1          # the leader's first entry, as last sent
+    records: int = 0         # the delivery records it has: a position in keys.ShardKeys.written
     heard: float = field(default_factory=time.monotonic)  # its last answer (from: leading began)
 
 
@@ -82,6 +85,7 @@ class SentShard(NamedTuple):
     states_sent: bool     # it carried the delivery state ...
     state_version: int    # ... of this version
     first: int            # the leader's first entry
+    records_end: int      # the position after the delivery records it carried
 
 
 class Outgoing(NamedTuple):
@@ -105,6 +109,8 @@ class LeaderLog(Protocol):
     def release_tail(self, shard: str, below: int) -> None: ...
     def advance_commit(self, shard: str, commit: int) -> None: ...
     def snapshot(self, shard: str) -> list[storage_pb2.SubscriptionState]: ...
+    def written_since(self, shard: str, position: int, limit: int, max_bytes: int) -> WrittenRecords: ...
+    def release_written(self, shard: str, below: int) -> None: ...
 
 
 class Peers(Protocol):
@@ -168,7 +174,9 @@ class Leader:
             if not waiter.done():
                 waiter.set_exception(errors.Unavailable(f"leader of {shard} stepped down: {reason}"))
         log.info("stepped down", extra=fields(shard=shard, epoch=lead.epoch, reason=reason))
-        self._engine.shard(shard).tail.clear()
+        log_ = self._engine.shard(shard)
+        log_.tail.clear()
+        self._engine.release_written(shard, log_.layout.written_end)  # a follower's records come from its leader
         if resign:
             try:
                 await self._keys.delete_leader_key(shard, lead.epoch)
@@ -191,6 +199,9 @@ class Leader:
         followers with the next request (once a tick, not with every batch)."""
         for lead in self.led.values():
             self._engine.snapshot(lead.shard)  # saved here as well as sent
+            layout = self._engine.shard(lead.shard).layout
+            self._engine.release_written(lead.shard, min((p.records for p in lead.progress.values()),
+                                                         default=layout.written_end))
             for progress in lead.progress.values():
                 progress.state_due = True
             self.wake(lead)
@@ -312,7 +323,8 @@ class Leader:
     def request_for(self, node: str) -> Outgoing:
         """The next Replicate request to node: for each shard led there, the entries
         it lacks (up to REPLICATE_MAX_ENTRIES, and max_request_bytes for the whole
-        request, though at least one entry), and the delivery state when due."""
+        request, though at least one entry), the delivery state when due, and the
+        delivery records written since its last answer (in what room is left)."""
         request = storage_pb2.ReplicateRequest(leader=self._node)
         sent, budget, any_entries = {}, self._max_request_bytes, False
         for shard, lead in self.led.items():
@@ -326,15 +338,21 @@ class Leader:
                 entries = self._engine.entries_from(shard, start, REPLICATE_MAX_ENTRIES, max(budget, 0),
                                                     at_least_one=not any_entries)
             states = progress.state_due and progress.state_version != log_.state_version
+            room = budget - sum(map(len, entries.raw))
+            records = WrittenRecords([], [], progress.records)
+            if progress.records < log_.layout.written_end and room > 0:
+                records = self._engine.written_since(shard, progress.records, REPLICATE_MAX_RECORDS, room)
             heartbeat = time.monotonic() - progress.heard >= HEARTBEAT_S
             if (not entries.raw and progress.match >= log_.end and not states and progress.first == log_.first
-                    and not heartbeat):
+                    and not heartbeat and records.end == progress.records):
                 continue
             shard_entries = self._shard_entries(shard, lead, start, entries, states)
+            shard_entries.delivery_keys.extend(records.keys)
+            shard_entries.delivery_records.extend(records.values)
             budget -= shard_entries.ByteSize() + SHARD_FRAMING_BYTES
             any_entries = any_entries or bool(entries.raw)
             request.shards.append(shard_entries)
-            sent[shard] = SentShard(lead.epoch, states, log_.state_version, log_.first)
+            sent[shard] = SentShard(lead.epoch, states, log_.state_version, log_.first, records.end)
         return Outgoing(request, sent)
 
     def _shard_entries(self, shard: str, lead: Leadership, start: int, entries: Entries,
@@ -374,6 +392,7 @@ class Leader:
                 progress.first = what.first
                 if what.states_sent:
                     progress.state_version, progress.state_due = what.state_version, False
+                progress.records = max(progress.records, what.records_end)
                 self.advance_commit(lead)
                 self._engine.release_tail(shard, min(p.match for p in lead.progress.values()))
             else:

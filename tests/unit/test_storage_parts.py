@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 from notifymesh.clock import now_ms, timestamp
@@ -242,3 +243,99 @@ def test_keys_encode_and_parse_in_pairs():
     batch.write(writes)
     assert batch.values == {layout.message(9): keys.sealed(b"entry"), layout.index("id-9"): keys.index_value(9),
                             layout.idempotency("k:a"): keys.idempotency_value(5, "id-9")}
+
+
+# -- the delivery log is replicated (issue "Never lost", finding 10) ---------------------------
+
+
+class _NotLeading:
+    led: dict = {}
+
+    async def step_down(self, shard, reason, resign=False):
+        pass
+
+
+class _Candidacy:
+    async def withdraw(self, shard, leader_epoch=None):
+        return True
+
+
+def _open(path, node: str):
+    from storage.engine import StorageEngine
+    engine = StorageEngine(path, node)
+    engine.start()
+    return engine
+
+
+async def _replicate(leader, follower, node: str = "storage-2") -> storage_pb2.ReplicateRequest:
+    """One Replicate exchange between a Leader and a Follower, without gRPC."""
+    outgoing = leader.request_for(node)
+    await leader._handle_results(node, await follower.replicate(outgoing.request), outgoing.sent)
+    return outgoing.request
+
+
+async def test_delivery_records_and_identities_reach_a_follower_and_outlive_the_leader(tmp_path):
+    """Attempts recorded on the leader (a nack with its reason, an ack) go to the
+    follower with the next request and are not sent again once answered; the
+    follower records the identity of what it trims; as the new leader it answers
+    message status with both attempts."""
+    from storage.follower import Follower
+    from storage.leader import Leader, Leadership, Progress
+    stored = [storage_pb2.StoredMessage(epoch=1), storage_pb2.StoredMessage(
+        epoch=1, message=pubsub_pb2.PubsubMessage(data=b"pay", message_id="id-1", attributes={"order": "9"}))]
+    a, b = _open(tmp_path / "a", "storage-1"), _open(tmp_path / "b", "storage-2")
+    try:
+        await a.write_replicated(SHARD, 0, Entries.of(stored))
+        a.advance_commit(SHARD, 2)
+        a.lead(SHARD, 1)
+        a.attach(SHARD, subscription("audit"))
+        [first] = (await a.pull(SHARD, [Pull("audit", 10, 60_000)], 0))["audit"].ack_ids
+        a.nack(SHARD, "audit", [first], delay_ms=0, reason="card declined")
+        [second] = (await a.pull(SHARD, [Pull("audit", 10, 60_000)], 0))["audit"].ack_ids
+        assert a.acknowledge(SHARD, "audit", [second]) == 1
+        leader = Leader(a, None, None, "storage-1", None, {})
+        leader.led[SHARD] = Leadership(SHARD, 1, ["storage-1", "storage-2"], marker=0,
+                                       progress={"storage-2": Progress(next=0)})
+        follower = Follower(b, _NotLeading(), _Candidacy(), {}, {})
+        follower.open()
+        [sent] = (await _replicate(leader, follower)).shards
+        assert len(sent.delivery_keys) == len(sent.delivery_records) == 2
+        assert not (await _replicate(leader, follower)).shards, "answered: not sent again"
+        leader.state_due()
+        assert a.shard(SHARD).layout.written == [], "released once every follower has them"
+        assert a.collect(SHARD, None) == 2  # acknowledged: collected on the leader
+        await _replicate(leader, follower)  # its new first: the follower trims, keeping the identity
+        assert b.shard(SHARD).first == 2
+        b.lead(SHARD, 2)
+        status = b.message_status(SHARD, "id-1")
+        assert (status.message.message_id, dict(status.message.attributes), status.message.data) == (
+            "id-1", {"order": "9"}, b"")
+        [delivery] = status.deliveries
+        assert [(t.attempt, t.outcome, t.error) for t in delivery.attempts] == [
+            (1, pubsub_pb2.NACKED, "card declined"), (2, pubsub_pb2.ACKED, "")]
+        b.store_replicated(SHARD, [keys.ShardKeys("other/0").delivery(1, "x", 1, 1)], [b"x" * 9])
+        assert list(b.db.prefixed(keys.ShardKeys("other/0").deliveries())) == [], "another shard's key is refused"
+    finally:
+        await a.close()
+        await b.close()
+
+
+def test_the_delivery_keys_kept_for_followers_are_bounded(monkeypatch):
+    monkeypatch.setattr(keys, "WRITTEN_KEPT", 10)
+    layout = keys.ShardKeys(SHARD)
+    made = [layout.delivery(seq, "audit", 1, 1) for seq in range(25)]
+    assert len(layout.written) <= 20 and layout.written_end == 25
+    assert layout.written == made[layout.written_from:]
+    layout.release_written(23)
+    assert (layout.written, layout.written_from) == (made[23:], 23)
+    layout.release_written(5)  # behind the window: nothing
+    assert layout.written_end == 25
+
+
+def test_a_follower_records_identities_a_chunk_at_a_time(log_, records, deliveries):
+    delivery_log = DeliveryLog(log_, deliveries, records)
+    log_.append(SHARD, *[b"x"] * (COLLECT_CHUNK + 5))
+    assert delivery_log.keep_identities(SHARD, COLLECT_CHUNK + 5) == COLLECT_CHUNK
+    log_.trim(SHARD, COLLECT_CHUNK)
+    assert delivery_log.keep_identities(SHARD, COLLECT_CHUNK + 5) == COLLECT_CHUNK + 5
+    assert len(list(records.prefixed(keys.ShardKeys(SHARD).collected_prefix))) == COLLECT_CHUNK + 5

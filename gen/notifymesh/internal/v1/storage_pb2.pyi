@@ -176,7 +176,7 @@ class ReplicateRequest(_message.Message):
     def __init__(self, leader: _Optional[str] = ..., shards: _Optional[_Iterable[_Union[ShardEntries, _Mapping]]] = ...) -> None: ...
 
 class ShardEntries(_message.Message):
-    __slots__ = ("topic", "partition", "epoch", "start", "prev_epoch", "entries", "commit", "first", "has_subscriptions", "subscriptions", "state_epoch", "state_version", "message_ids", "dedup_keys", "dedup_until_ms", "last_entry_epoch")
+    __slots__ = ("topic", "partition", "epoch", "start", "prev_epoch", "entries", "commit", "first", "has_subscriptions", "subscriptions", "state_epoch", "state_version", "message_ids", "dedup_keys", "dedup_until_ms", "last_entry_epoch", "delivery_keys", "delivery_records")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +193,8 @@ class ShardEntries(_message.Message):
     DEDUP_KEYS_FIELD_NUMBER: _ClassVar[int]
     DEDUP_UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
     LAST_ENTRY_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_KEYS_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_RECORDS_FIELD_NUMBER: _ClassVar[int]
     topic: str
     partition: int
     epoch: int
@@ -209,7 +211,9 @@ class ShardEntries(_message.Message):
     dedup_keys: _containers.RepeatedScalarFieldContainer[str]
     dedup_until_ms: _containers.RepeatedScalarFieldContainer[int]
     last_entry_epoch: int
-    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., epoch: _Optional[int] = ..., start: _Optional[int] = ..., prev_epoch: _Optional[int] = ..., entries: _Optional[_Iterable[bytes]] = ..., commit: _Optional[int] = ..., first: _Optional[int] = ..., has_subscriptions: _Optional[bool] = ..., subscriptions: _Optional[_Iterable[_Union[SubscriptionState, _Mapping]]] = ..., state_epoch: _Optional[int] = ..., state_version: _Optional[int] = ..., message_ids: _Optional[_Iterable[str]] = ..., dedup_keys: _Optional[_Iterable[str]] = ..., dedup_until_ms: _Optional[_Iterable[int]] = ..., last_entry_epoch: _Optional[int] = ...) -> None: ...
+    delivery_keys: _containers.RepeatedScalarFieldContainer[bytes]
+    delivery_records: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., epoch: _Optional[int] = ..., start: _Optional[int] = ..., prev_epoch: _Optional[int] = ..., entries: _Optional[_Iterable[bytes]] = ..., commit: _Optional[int] = ..., first: _Optional[int] = ..., has_subscriptions: _Optional[bool] = ..., subscriptions: _Optional[_Iterable[_Union[SubscriptionState, _Mapping]]] = ..., state_epoch: _Optional[int] = ..., state_version: _Optional[int] = ..., message_ids: _Optional[_Iterable[str]] = ..., dedup_keys: _Optional[_Iterable[str]] = ..., dedup_until_ms: _Optional[_Iterable[int]] = ..., last_entry_epoch: _Optional[int] = ..., delivery_keys: _Optional[_Iterable[bytes]] = ..., delivery_records: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ReplicateResponse(_message.Message):
     __slots__ = ("shards",)
