@@ -50,17 +50,28 @@ class Backoff:
 
 
 async def retry(attempt: Callable[[], Awaitable[T]], retryable: Callable[[Exception], bool],
-                policy: BackoffPolicy, retry_for_s: float) -> T:
+                policy: BackoffPolicy, retry_for_s: float,
+                cut_short: Callable[[], asyncio.Event] | None = None) -> T:
     """attempt() until it succeeds, fails with an error retryable() refuses, or
     retry_for_s has passed since the first try (the last try is at that bound);
-    the last error is raised."""
+    the last error is raised. cut_short(), taken before each try, gives an event
+    that ends the wait after a failed one early (what it failed for may have
+    changed: e.g. a new leader)."""
     give_up = time.monotonic() + retry_for_s
     backoff = Backoff(policy)
     while True:
+        changed = cut_short() if cut_short is not None else None
         try:
             return await attempt()
         except Exception as e:
             left = give_up - time.monotonic()
             if left <= 0 or not retryable(e):
                 raise
-        await asyncio.sleep(min(backoff.next_s(), left))
+        wait = min(backoff.next_s(), left)
+        if changed is None:
+            await asyncio.sleep(wait)
+            continue
+        try:
+            await asyncio.wait_for(changed.wait(), wait)
+        except TimeoutError:
+            pass

@@ -28,7 +28,7 @@ class StorageClient:
     async def call(self, method: str, topic: str, partition: int, request):
         """Storage.<method> on the leader of the topic's partition."""
         return await rpc.call(f"Storage.{method}", lambda t: getattr(
-            self._leader(topic, partition), method)(request, timeout=t))
+            self._leader(topic, partition), method)(request, timeout=t), self._cluster.next_leader_change)
 
     async def append(self, shard: tuple[str, int], messages) -> list[str]:
         """The messages must carry their ids: a retry (after a timeout or a failover)
@@ -43,7 +43,9 @@ class StorageClient:
             tries += 1
             return await self._leader(topic, partition).Append(request, timeout=timeout)
 
-        response = await rpc.call("Storage.Append", attempt)
+        # A retry waits out its backoff or a leader change, whichever comes first: a
+        # failover's new leader is tried at once.
+        response = await rpc.call("Storage.Append", attempt, self._cluster.next_leader_change)
         return list(response.message_ids)
 
     def pull_stream(self) -> rpc.LockstepStream:

@@ -237,6 +237,8 @@ class Cluster:
         self.leaders = PrefixMirror(etcd, LEADERS, LeaderRecord.parse)
         self.rings: dict[str, Ring] = {kind: Ring() for kind in KINDS}
         self._ring_changes = {kind: asyncio.Event() for kind in KINDS}
+        self._leader_change = asyncio.Event()
+        self.leaders.on_change(lambda _name: self._leaders_changed())
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._options = channel_options(max_message_bytes)
         self.members.on_change(lambda _name: self._rebuild_rings())
@@ -272,6 +274,14 @@ class Cluster:
                 self.rings[kind] = ring
                 self._ring_changes[kind].set()
                 self._ring_changes[kind] = asyncio.Event()
+
+    def _leaders_changed(self) -> None:
+        self._leader_change.set()
+        self._leader_change = asyncio.Event()
+
+    def next_leader_change(self) -> asyncio.Event:
+        """An event set at the next change of any shard's leader (take it before looking)."""
+        return self._leader_change
 
     def next_ring_change(self, kind: str) -> asyncio.Event:
         """An event set at the next change of kind's ring (take it before looking)."""

@@ -85,8 +85,10 @@ def retryable(error: Exception) -> bool:
     return isinstance(error, errors.Unavailable)
 
 
-async def call(policy_name: str, attempt: Callable[[float], Awaitable[T]]) -> T:
+async def call(policy_name: str, attempt: Callable[[float], Awaitable[T]],
+               cut_short: Callable[[], asyncio.Event] | None = None) -> T:
     """Runs attempt(timeout_s) until it succeeds, fails terminally or the policy's
-    retry window closes; the last error is raised."""
+    retry window closes; the last error is raised. cut_short: see backoff.retry."""
     policy = POLICIES[policy_name]
-    return await retry(lambda: attempt(policy.timeout_s), retryable, policy.backoff, policy.retry_for_s)
+    return await retry(lambda: attempt(policy.timeout_s), retryable, policy.backoff, policy.retry_for_s,
+                       cut_short)

@@ -43,3 +43,22 @@ async def test_a_wait_is_cut_short_when_its_event_is_set():
     started = time.monotonic()
     await backoff.sleep(cut_short=ready)
     assert time.monotonic() - started < 1
+
+
+async def test_a_retry_tries_again_at_once_when_its_event_is_set():
+    """A failover: the first try fails, the leader changes; the next try comes then,
+    not after the (long) backoff."""
+    changed = asyncio.Event()
+    calls = []
+
+    async def attempt():
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            asyncio.get_running_loop().call_later(0.05, changed.set)
+            raise errors.Unavailable("no leader")
+        return "stored"
+
+    started = time.monotonic()
+    result = await retry(attempt, lambda e: True, BackoffPolicy(first_s=10, max_s=10, jitter=0), 30,
+                         cut_short=lambda: changed)
+    assert result == "stored" and len(calls) == 2 and time.monotonic() - started < 1
