@@ -65,12 +65,18 @@ class Network(Protocol):
 
     def address(self, name: str) -> str: ...
 
+    def listen(self, name: str) -> tuple[str, str | None]:
+        """(where the service listens, what it advertises to the others if not that)."""
+
     def wrap(self, name: str, argv: list[str]) -> list[str]: ...
 
 
 class Loopback:
     def address(self, name: str) -> str:
         return "127.0.0.1"
+
+    def listen(self, name: str) -> tuple[str, str | None]:
+        return "127.0.0.1:0", None
 
     def wrap(self, name: str, argv: list[str]) -> list[str]:
         return argv
@@ -208,8 +214,11 @@ class LocalMesh:
         self.processes[name] = Process(name, self.network.wrap(name, argv), self.data_dir / "logs" / f"{name}.log")
 
     def _add_service(self, kind: str, node_id: str, *extra: str, listen: str | None = None) -> None:
+        advertise = None
+        if listen is None:
+            listen, advertise = self.network.listen(node_id)
         argv = [sys.executable, "-m", kind, "--node-id", node_id, "--etcd", self.etcd_endpoint,
-                "--listen", listen or f"{self.network.address(node_id)}:0", *extra]
+                "--listen", listen, *(["--advertise", advertise] if advertise else []), *extra]
         if self.config_file:
             argv += ["--config", str(self.config_file)]
         self._add(node_id, argv)

@@ -23,12 +23,16 @@ import itertools
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 LAB_SELF = "test"  # the host name of the test process's own (root) namespace
 _LOCK = Path("/tmp/notifymesh-netns.lock")  # subnets are chosen under it: xdist workers build labs at once
 _SUBNET_BASE = "10.250"  # 10.250.N.0/24, N free on this machine; only ever inside namespaces this lab made
+SERVICE_PORT, PROXY_PORT = 6000, 7000  # of a host whose service sits behind a delay proxy
+_DELAY_PROXY = Path(__file__).with_name("delay_proxy.py")
 
 
 class LabError(RuntimeError):
@@ -64,6 +68,8 @@ class Lab:
         self._cuts: set[tuple[str, str]] = set()
         self._losses: dict[tuple[str, str], int] = {}
         self._subnet = ""
+        self._proxies: dict[str, subprocess.Popen] = {}
+        self._delay_dir = Path(tempfile.mkdtemp(prefix="nmlab-"))
 
     # -- building -------------------------------------------------------------------
 
@@ -123,6 +129,35 @@ class Lab:
         """The address of host name (made on first use)."""
         return self.host(name).ip
 
+    def listen(self, name: str) -> tuple[str, str | None]:
+        """A service on host name listens on any port, or behind its delay proxy."""
+        ip = self.host(name).ip
+        if name in self._proxies:
+            return f"{ip}:{SERVICE_PORT}", f"{ip}:{PROXY_PORT}"
+        return f"{ip}:0", None
+
+    def proxy(self, name: str) -> None:
+        """Puts a delay proxy in front of the service of host name, which then
+        advertises the proxy's address: every connection to it can be delayed
+        (delay()). Call before the mesh is made."""
+        ip, delay_file = self.host(name).ip, self._delay_dir / name
+        delay_file.write_text("0")
+        proxy = subprocess.Popen(self.wrap(name, [sys.executable, str(_DELAY_PROXY), ip, str(PROXY_PORT), ip,
+                                                  str(SERVICE_PORT), str(delay_file)]),
+                                 stdout=subprocess.PIPE, text=True)
+        self._proxies[name] = proxy
+        if proxy.stdout.readline().strip() != "ready":
+            raise LabError(f"the delay proxy of {name} did not start")
+
+    def delay(self, name: str, ms: float) -> None:
+        """Every connection to the service of host name (behind its proxy) delayed by
+        ms each way, from within 50 ms on."""
+        if name not in self._proxies:
+            raise LabError(f"{name} has no delay proxy: Lab.proxy({name!r}) before the mesh is made")
+        temporary = self._delay_dir / f".{name}"
+        temporary.write_text(str(ms))
+        temporary.replace(self._delay_dir / name)
+
     def wrap(self, name: str, argv: list[str]) -> list[str]:
         """argv run on host name (made on first use)."""
         namespace = self.host(name).namespace
@@ -131,6 +166,11 @@ class Lab:
     def close(self) -> None:
         """Removes every namespace and link the lab made (processes on them should be
         stopped first). Safe to call twice."""
+        for proxy in self._proxies.values():
+            proxy.kill()
+            proxy.wait()
+        self._proxies.clear()
+        shutil.rmtree(self._delay_dir, ignore_errors=True)
         for host in self.hosts.values():
             if host.namespace:
                 _sh("ip", "netns", "del", host.namespace, check=False)
@@ -164,6 +204,8 @@ class Lab:
         if a is None:
             self._cuts.clear()
             self._losses.clear()
+            for name in self._proxies:
+                self.delay(name, 0)
         else:
             pair = tuple(sorted((a, b)))
             self._cuts.discard(pair)

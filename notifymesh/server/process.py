@@ -221,6 +221,8 @@ def parser(kind: str) -> argparse.ArgumentParser:
     p.add_argument("--node-id", required=True)
     p.add_argument("--etcd", default="127.0.0.1:2379", help="etcd client endpoint host:port")
     p.add_argument("--listen", default="127.0.0.1:0", help="host:port to serve on (port 0: any free port)")
+    p.add_argument("--advertise", help="host:port the others reach this process at, when not the listen address "
+                                       "(behind a proxy or NAT)")
     p.add_argument("--config", type=Path, help="JSON config file (see notifymesh/config.py)")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -258,7 +260,7 @@ async def serve(kind: str, args: argparse.Namespace,
     await server.start()
     await component.start()
     host = args.listen.rpartition(":")[0] or "127.0.0.1"
-    addr = f"{host}:{port}"
+    addr = args.advertise or f"{host}:{port}"
     registration = Registration(etcd, kind, args.node_id, addr, config.member_lease_ttl_s)
     await registration.start()
     ctx.registration = registration

@@ -122,3 +122,22 @@ async def test_a_deposed_leader_meets_a_restarted_follower_and_overwrites_nothin
         record_property(name, value)
     assert resumed and after, report
     assert report.lost == 0, report
+
+
+async def test_delayed_and_lossy_links_between_replicas_lose_nothing(lab, tmp_path, record_property):
+    """200 ms more each way on every connection to a storage node (through a delay
+    proxy in front of each) and 5% loss between every two replicas."""
+    replicas = [f"storage-{i}" for i in (1, 2, 3)]
+    for name in replicas:
+        lab.proxy(name)
+    mesh = partitioned_mesh(tmp_path, lab)
+
+    def slow_and_lossy(lab, leader, followers):
+        for i, a in enumerate(replicas):
+            lab.delay(a, 200)
+            for b in replicas[i + 1:]:
+                lab.lose(a, b, 5)
+    try:
+        await run_fault(mesh, lab, record_property, slow_and_lossy)
+    finally:
+        mesh.stop()
