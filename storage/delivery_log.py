@@ -21,14 +21,17 @@ from storage.interfaces import LogStore, Records, SubscriptionStore
 from storage.retention import COLLECT_CHUNK
 
 INDEX_SKEW_MS = 600_000
+# A record's tags and lengths in a ShardEntries (two fields, each under 16 KiB).
+RECORD_FRAMING_BYTES = 6
 
 
 class WrittenRecords(NamedTuple):
-    """Delivery records for a follower: keys and their values (as stored), and the
-    position after them in the shard's written keys."""
+    """Delivery records for a follower: keys and their values (as stored), the
+    position after them in the shard's written keys, and their bytes in a request."""
     keys: list[bytes]
     values: list[bytes]
     end: int
+    size: int
 
 
 class DeliveryLog:
@@ -85,20 +88,21 @@ class DeliveryLog:
 
     def written_since(self, shard: str, position: int, limit: int, max_bytes: int) -> WrittenRecords:
         """The delivery records written since position (the oldest kept, if that is
-        gone), up to limit and about max_bytes; records deleted since are left out."""
+        gone), up to limit and max_bytes in a ShardEntries; records deleted since are
+        left out."""
         layout = self._logs.shard(shard).layout
         start = max(position, layout.written_from)
         chosen = layout.written[start - layout.written_from:start - layout.written_from + limit]
         sent_keys, sent_values, size, end = [], [], 0, start
         for key, value in zip(chosen, self._records.get_many(chosen)):
-            if size >= max_bytes and end > start:
-                break
-            end += 1
             if value is not None:
+                if size + len(key) + len(value) + RECORD_FRAMING_BYTES > max_bytes:
+                    break
+                size += len(key) + len(value) + RECORD_FRAMING_BYTES
                 sent_keys.append(key)
                 sent_values.append(value)
-                size += len(key) + len(value)
-        return WrittenRecords(sent_keys, sent_values, end)
+            end += 1
+        return WrittenRecords(sent_keys, sent_values, end, size)
 
     def store_replicated(self, shard: str, delivery_keys: list[bytes], values: list[bytes]) -> None:
         """A follower stores the leader's delivery records as they are (keys of this

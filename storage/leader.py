@@ -338,18 +338,19 @@ class Leader:
                 entries = self._engine.entries_from(shard, start, REPLICATE_MAX_ENTRIES, max(budget, 0),
                                                     at_least_one=not any_entries)
             states = progress.state_due and progress.state_version != log_.state_version
-            room = budget - sum(map(len, entries.raw))
-            records = WrittenRecords([], [], progress.records)
-            if progress.records < log_.layout.written_end and room > 0:
-                records = self._engine.written_since(shard, progress.records, REPLICATE_MAX_RECORDS, room)
+            records_due = progress.records < log_.layout.written_end
             heartbeat = time.monotonic() - progress.heard >= HEARTBEAT_S
             if (not entries.raw and progress.match >= log_.end and not states and progress.first == log_.first
-                    and not heartbeat and records.end == progress.records):
+                    and not heartbeat and not records_due):
                 continue
             shard_entries = self._shard_entries(shard, lead, start, entries, states)
-            shard_entries.delivery_keys.extend(records.keys)
-            shard_entries.delivery_records.extend(records.values)
             budget -= shard_entries.ByteSize() + SHARD_FRAMING_BYTES
+            records = WrittenRecords([], [], progress.records, 0)
+            if records_due and budget > 0:  # in the room left: what does not fit goes next time
+                records = self._engine.written_since(shard, progress.records, REPLICATE_MAX_RECORDS, budget)
+                shard_entries.delivery_keys.extend(records.keys)
+                shard_entries.delivery_records.extend(records.values)
+                budget -= records.size
             any_entries = any_entries or bool(entries.raw)
             request.shards.append(shard_entries)
             sent[shard] = SentShard(lead.epoch, states, log_.state_version, log_.first, records.end)

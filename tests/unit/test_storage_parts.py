@@ -339,3 +339,33 @@ def test_a_follower_records_identities_a_chunk_at_a_time(log_, records, deliveri
     log_.trim(SHARD, COLLECT_CHUNK)
     assert delivery_log.keep_identities(SHARD, COLLECT_CHUNK + 5) == COLLECT_CHUNK + 5
     assert len(list(records.prefixed(keys.ShardKeys(SHARD).collected_prefix))) == COLLECT_CHUNK + 5
+
+
+async def test_delivery_records_go_within_the_request_bound(tmp_path):
+    """Many records for a follower: each request stays under the leader's byte bound
+    and carries some, until all went."""
+    from storage.leader import Leader, Leadership, Progress
+    a = _open(tmp_path / "a", "storage-1")
+    try:
+        stored = [storage_pb2.StoredMessage(epoch=1, message=pubsub_pb2.PubsubMessage(data=b"x", message_id=f"m{i}"))
+                  for i in range(3000)]
+        await a.write_replicated(SHARD, 0, Entries.of(stored))
+        a.advance_commit(SHARD, 3000)
+        a.lead(SHARD, 1)
+        a.attach(SHARD, subscription("audit"))
+        a.acknowledge(SHARD, "audit", list((await a.pull(SHARD, [Pull("audit", 3000, 60_000)], 0))["audit"].ack_ids))
+        leader = Leader(a, None, None, "storage-1", None, {}, max_request_bytes=20_000)
+        progress = Progress(next=3000, match=3000, first=0)
+        leader.led[SHARD] = Leadership(SHARD, 1, ["storage-1", "storage-2"], marker=0,
+                                       progress={"storage-2": progress})
+        sent, requests = set(), 0
+        while progress.records < a.shard(SHARD).layout.written_end and requests < 100:
+            outgoing, requests = leader.request_for("storage-2"), requests + 1
+            assert outgoing.request.ByteSize() <= 20_000
+            [batch] = outgoing.request.shards
+            assert batch.delivery_keys
+            sent.update(batch.delivery_keys)
+            progress.records = outgoing.sent[SHARD].records_end  # as if the follower took them
+        assert len(sent) == 3000 and requests > 5  # ~57 bytes a record: ~170 kB in all
+    finally:
+        await a.close()
