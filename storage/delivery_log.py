@@ -18,7 +18,7 @@ from notifymesh.contracts import MessageId, Shard
 from storage import keys
 from storage.delivery import SubscriptionState
 from storage.interfaces import LogStore, Records, SubscriptionStore
-from storage.retention import COLLECT_CHUNK
+from storage.retention import COLLECT_CHUNK, keep_identities
 
 INDEX_SKEW_MS = 600_000
 # A record's tags and lengths in a ShardEntries (two fields, each under 16 KiB).
@@ -121,13 +121,7 @@ class DeliveryLog:
         seq up to which they are recorded (what the caller may trim)."""
         log_ = self._logs.shard(shard)
         below = min(below, log_.commit, log_.first + COLLECT_CHUNK)
-        batch, read, messages = self._records.batch(), self._logs.message, {}
-        for seq in range(log_.first, below):
-            if (message := read(log_, seq, messages)) is not None:  # else an epoch marker
-                batch.put(log_.layout.collected(seq), keys.collected_value(message))
-            messages.clear()
-        if len(batch):
-            self._records.write(batch)
+        keep_identities(self._records, self._logs, log_, below)
         return below
 
     def collect(self, shard: str, older_than_ms: int) -> int:

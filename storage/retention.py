@@ -36,19 +36,8 @@ class Retention:
                 _expire(log_, state, expired_below)
         low = min(min((s.low_watermark() for s in log_.subscriptions.values()), default=log_.commit),
                   log_.first + COLLECT_CHUNK)
-        self._keep_identities(log_, min(low, log_.commit))
+        keep_identities(self._records, self._logs, log_, min(low, log_.commit))
         return self._logs.trim(shard, low)
-
-    def _keep_identities(self, log_: ShardLog, below: int) -> None:
-        """Records the identity of each message about to be deleted (below below)."""
-        batch, read, messages = self._records.batch(), self._logs.message, {}
-        for seq in range(log_.first, below):
-            # Most were delivered a moment ago: read from the log's recent entries in memory.
-            if (message := read(log_, seq, messages)) is not None:  # else an epoch marker
-                batch.put(log_.layout.collected(seq), keys.collected_value(message))
-            messages.clear()
-        if len(batch):
-            self._records.write(batch)
 
 
 def _expire(log_: ShardLog, state: SubscriptionState, below: int) -> None:
@@ -62,3 +51,17 @@ def _expire(log_: ShardLog, state: SubscriptionState, below: int) -> None:
             del state.dead_letters[seq]
         state.cursor = max(state.cursor, below)
         log_.state_version += 1
+
+
+def keep_identities(records: Records, logs: LogStore, log_: ShardLog, below: int) -> None:
+    """Records the identity of each message of log_ below below (its id, publish
+    time and attributes, not its data), for message status once it is deleted:
+    retention does so on the leader, and each follower before it trims."""
+    batch, read, messages = records.batch(), logs.message, {}
+    for seq in range(log_.first, below):
+        # Most were delivered a moment ago: read from the log's recent entries in memory.
+        if (message := read(log_, seq, messages)) is not None:  # else an epoch marker
+            batch.put(log_.layout.collected(seq), keys.collected_value(message))
+        messages.clear()
+    if len(batch):
+        records.write(batch)

@@ -16,8 +16,12 @@ from notifymesh.client import Client
 
 def new_mesh(path, etcd_members: int = 1, frontends: int = 1, **kwargs) -> LocalMesh:
     """A started mesh on free ports; kwargs as LocalMesh takes them (metadata_services, senders, ...)."""
-    mesh = LocalMesh(path, frontend_ports=[free_port() for _ in range(frontends)], frontends=frontends,
-                     etcd_ports=[(free_port(), free_port()) for _ in range(etcd_members)], **kwargs)
+    return started(LocalMesh(path, frontend_ports=[free_port() for _ in range(frontends)], frontends=frontends,
+                             etcd_ports=[(free_port(), free_port()) for _ in range(etcd_members)], **kwargs))
+
+
+def started(mesh: LocalMesh) -> LocalMesh:
+    """mesh, started; stopped again when it does not start."""
     try:
         mesh.start()
     except BaseException:

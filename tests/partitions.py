@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from helpers import started
 from netns import Lab
 
 from deploy.local import LocalMesh
@@ -33,13 +34,8 @@ MAX_PUBLISHED = 100_000  # bound of one checker run
 def partitioned_mesh(tmp_path, lab: Lab, **kwargs) -> LocalMesh:
     """A mesh with each process on a host of its own (etcd too), on fixed ports:
     every host has all its ports to itself."""
-    mesh = LocalMesh(tmp_path / "mesh", network=lab, etcd_ports=[(2379, 2380)], frontend_port=50051, **kwargs)
-    try:
-        mesh.start()
-    except BaseException:
-        mesh.stop()
-        raise
-    return mesh
+    return started(LocalMesh(tmp_path / "mesh", network=lab, etcd_ports=[(2379, 2380)], frontend_port=50051,
+                             **kwargs))
 
 
 @dataclass
