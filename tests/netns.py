@@ -74,7 +74,11 @@ class Lab:
     # -- building -------------------------------------------------------------------
 
     def __enter__(self) -> "Lab":
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.close()  # what was made before the failure
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
