@@ -41,12 +41,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kinds", default=",".join(FAULT_KINDS), help=f"comma list of {','.join(FAULT_KINDS)}")
     p.add_argument("--partitions", type=int, default=2, help="partitions of the checker's topic")
     p.add_argument("--senders", type=int, default=2)
+    p.add_argument("--frontends", type=int, default=2,
+                   help="the checker's client uses all of them, so one frontend's fault need not stall it")
     return p
 
 
 async def run(args, mesh, lab) -> dict:
     say = lambda line: print(f"nemesis: {line}", file=sys.stderr, flush=True)  # noqa: E731
-    async with Client(mesh.frontend_addr, timeout_s=10) as client:
+    async with Client(mesh.frontend_target, timeout_s=10) as client:
         topic, sub = f"nemesis-{args.seed}", f"nemesis-{args.seed}-sub"
         await client.create_topic(topic, partitions=args.partitions, replication_factor=3)
         await client.create_subscription(sub, topic, ack_deadline_s=10)
@@ -65,10 +67,11 @@ def main() -> int:
     args = parser().parse_args()
     uname = platform.uname()
     line = {"system": "notifymesh", "bench": "nemesis", "seed": args.seed, "seconds": args.seconds,
+            "senders": args.senders, "frontends": args.frontends,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": {"cores": os.cpu_count(), "system": f"{uname.system} {uname.release}"}}
     with tempfile.TemporaryDirectory() as tmp, Lab() as lab:
-        mesh = partitioned_mesh(Path(tmp), lab, senders=args.senders)
+        mesh = partitioned_mesh(Path(tmp), lab, senders=args.senders, frontends=args.frontends)
         try:
             line |= asyncio.run(run(args, mesh, lab))
         except Exception as e:
