@@ -52,7 +52,9 @@ async def run(args, mesh, lab) -> dict:
         topic, sub = f"nemesis-{args.seed}", f"nemesis-{args.seed}-sub"
         await client.create_topic(topic, partitions=args.partitions, replication_factor=3)
         await client.create_subscription(sub, topic, ack_deadline_s=10)
-        checker = Checker(client, topic, sub)
+        # Publishing must last the whole run: at most about 250 messages/s go out
+        # (batches of 5, 20 ms apart), so this bound is never reached first.
+        checker = Checker(client, topic, sub, max_published=int((args.seconds + 300) * 300))
         checker.start()
         nemesis = Nemesis(mesh, lab, args.seed, (args.fault_min, args.fault_max), args.quiet,
                           tuple(args.kinds.split(",")))

@@ -28,7 +28,7 @@ from notifymesh.subscriber import Subscriber
 PUBLISH_TIMEOUT_S = 5  # a publish stuck behind a cut fails after this and is counted as not acknowledged
 BATCH = 5
 PAUSE_S = 0.02  # between publishes: about 200 messages/s, enough to see every stall
-MAX_PUBLISHED = 100_000  # bound of one checker run
+MAX_PUBLISHED = 100_000  # default bound of one checker run (a long run sets its own)
 
 
 def partitioned_mesh(tmp_path, lab: Lab, **kwargs) -> LocalMesh:
@@ -52,8 +52,10 @@ class Report:
 class Checker:
     """Publishes unique payloads to topic and consumes subscription until stopped."""
 
-    def __init__(self, client: Client, topic: str, subscription: str):
+    def __init__(self, client: Client, topic: str, subscription: str, max_published: int = MAX_PUBLISHED):
+        """max_published bounds the run (and what it remembers: an id and payload each)."""
         self._client, self._topic, self._subscription = client, topic, subscription
+        self._max_published = max_published
         self.acknowledged: dict[str, bytes] = {}  # message id -> payload
         self.deliveries: dict[str, int] = {}  # message id -> times delivered
         self.errors: dict[str, int] = {}
@@ -69,7 +71,7 @@ class Checker:
 
     async def _publish(self) -> None:
         sent = 0
-        while not self._stopping.is_set() and sent < MAX_PUBLISHED:
+        while not self._stopping.is_set() and sent < self._max_published:
             batch = [b"m-%d" % (sent + i) for i in range(BATCH)]
             sent += BATCH
             try:
