@@ -80,14 +80,6 @@ async def test_expired_idempotency_keys_are_swept_in_slices(slices):
     assert await dedup.sweep_idempotency_keys() == 0 and dedup.collect_idempotency_keys() == 0
 
 
-@pytest.fixture
-async def engine(tmp_path):
-    engine = StorageEngine(tmp_path / "node", "storage-1")
-    engine.start()
-    yield engine
-    await engine.close()
-
-
 async def append(engine: StorageEngine, count: int, wait: bool = True) -> list[str]:
     ids, entries = engine.prepare(SHARD, [pubsub_pb2.PubsubMessage(data=b"m") for _ in range(count)], 1, 60_000,
                                   False)

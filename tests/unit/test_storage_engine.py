@@ -46,14 +46,6 @@ async def pull(engine: StorageEngine, shard: str, subscription: str, max_message
     return messages
 
 
-@pytest.fixture
-async def engine(tmp_path):
-    engine = StorageEngine(tmp_path / "node", "storage-1")
-    engine.start()
-    yield engine
-    await engine.close()
-
-
 async def reopen(engine: StorageEngine, tmp_path) -> StorageEngine:
     await engine.close()
     reopened = StorageEngine(tmp_path / "node", "storage-1")
