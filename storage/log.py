@@ -25,20 +25,32 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_TAIL_ENTRIES = 50_000  # per shard: unreplicated entries kept in memory
-# Per shard with subscriptions: new messages kept in memory for delivery, trimmed to
-# what some subscription has not reached once there are RECENT_TRIM_AT of them.
-RECENT_TRIM_AT, MAX_RECENT_MESSAGES = 1_000, 10_000
+# Per shard, what the leader keeps in memory besides RocksDB, bounded by count and
+# by the bytes of the entries (messages) themselves; a node holds at most the sum
+# over the shards it leads. What falls out is read back from RocksDB.
+# - The tail (entries not yet on every follower): a request carries at most
+#   max_grpc_message_bytes // 4 (16 MiB), so a follower that is behind is served
+#   from RocksDB either way; 8 MiB covers about 0.3 s of a 1 KiB-message publish
+#   peak (24-27k messages/s here) while followers keep up.
+MAX_TAIL_ENTRIES, MAX_TAIL_BYTES = 50_000, 8 << 20
+# - The recent messages, for delivery, trimmed to what some subscription has not
+#   reached once there are RECENT_TRIM_AT of them.
+RECENT_TRIM_AT, MAX_RECENT_MESSAGES, MAX_RECENT_BYTES = 1_000, 10_000, 4 << 20
 _NOT_KEPT = object()  # SeqWindow.get's answer for a seq outside the window
+
+
+def _size(value) -> int:
+    return len(value) if value is not None else 0
 
 
 class SeqWindow:
     """Values of the consecutive seqs start, start + 1, ... kept in memory, in one
-    or more parallel columns (lists of equal length)."""
-    __slots__ = ("start", "columns")
+    or more parallel columns (lists of equal length). `bytes` is the total length
+    of the first column's values (bytes, or None for none)."""
+    __slots__ = ("start", "columns", "bytes")
 
     def __init__(self, columns: int = 1):
-        self.start, self.columns = 0, [[] for _ in range(columns)]
+        self.start, self.columns, self.bytes = 0, [[] for _ in range(columns)], 0
 
     def __len__(self) -> int:
         return len(self.columns[0])
@@ -56,25 +68,38 @@ class SeqWindow:
             return [[] for _ in self.columns]
         return [column[index:index + limit] for column in self.columns]
 
-    def put(self, start: int, columns: list[list], limit: int) -> None:
-        """Values from start on, replacing any from there; keeps the newest limit."""
+    def put(self, start: int, columns: list[list], limit: int, max_bytes: int) -> None:
+        """Values from start on, replacing any from there; keeps the newest, at most
+        limit of them and max_bytes of the first column's (though always the last)."""
         if not self.start <= start <= self.start + len(self):  # not adjoining: start over
-            self.start = start
             self.clear()
+            self.start = start
+        first = self.columns[0]
+        self.bytes += sum(map(_size, columns[0])) - sum(map(_size, first[start - self.start:]))
         for column, values in zip(self.columns, columns):
             del column[start - self.start:]
             column.extend(values)
         self.drop_below(self.start + len(self) - limit)
+        if self.bytes > max_bytes:
+            over, count = self.bytes - max_bytes, 0
+            for value in first:
+                if over <= 0 or count == len(first) - 1:
+                    break
+                over -= _size(value)
+                count += 1
+            self.drop_below(self.start + count)
 
     def drop_below(self, seq: int) -> None:
         count = min(seq - self.start, len(self))
         if count > 0:
+            self.bytes -= sum(map(_size, self.columns[0][:count]))
             for column in self.columns:
                 del column[:count]
             self.start += count
 
     def clear(self) -> None:
         self.columns = [[] for _ in self.columns]
+        self.bytes = 0
 
 
 @dataclass
@@ -342,10 +367,10 @@ class ShardLogs:
         written = self._write(log_, start, entries)  # first: the tail names what a replaced part held
         epochs = [entries.last_epoch] * len(entries.raw)  # a leader writes entries of its own epoch
         log_.tail.put(start, [entries.raw, entries.ids, entries.dedup_keys, entries.dedup_until_ms, epochs],
-                      MAX_TAIL_ENTRIES)
+                      MAX_TAIL_ENTRIES, MAX_TAIL_BYTES)
         recent = log_.recent
         if log_.subscriptions:
-            recent.put(start, [entries.messages], MAX_RECENT_MESSAGES)
+            recent.put(start, [entries.messages], MAX_RECENT_MESSAGES, MAX_RECENT_BYTES)
             if len(recent) > RECENT_TRIM_AT:
                 recent.drop_below(min(state.cursor for state in log_.subscriptions.values()))
         else:

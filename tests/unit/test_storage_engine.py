@@ -310,17 +310,31 @@ async def test_messages_kept_in_memory_are_never_served_after_their_entries_were
 
 def test_seq_window_keeps_consecutive_seqs():
     window = SeqWindow(columns=2)
-    window.put(10, [["a", "b", "c"], [1, 2, 3]], limit=10)
+    window.put(10, [["a", "b", "c"], [1, 2, 3]], limit=10, max_bytes=100)
     assert [window.get(seq) for seq in (9, 10, 12, 13)] == [None, "a", "c", None]
-    window.put(11, [["B"], [20]], limit=10)  # replaces from 11 on
+    window.put(11, [["B"], [20]], limit=10, max_bytes=100)  # replaces from 11 on
     assert (window.start, window.columns) == (10, [["a", "B"], [1, 20]])
-    window.put(20, [["z"], [0]], limit=10)  # not adjoining: starts over
+    window.put(20, [["z"], [0]], limit=10, max_bytes=100)  # not adjoining: starts over
     assert (window.start, window.columns) == (20, [["z"], [0]])
-    window.put(21, [list("abcdefghijk"), list(range(11))], limit=10)  # the newest 10
+    window.put(21, [list("abcdefghijk"), list(range(11))], limit=10, max_bytes=100)  # the newest 10
     assert (window.start, window.slice(25, 3)) == (22, [["e", "f", "g"], [4, 5, 6]])
     assert window.slice(40, 3) == [[], []]
     window.drop_below(30)
     assert (window.start, window.columns) == (30, [["j", "k"], [9, 10]])
+
+
+def test_seq_window_is_bounded_by_bytes():
+    window = SeqWindow()
+    window.put(0, [[b"x" * 400, None, b"y" * 400]], limit=100, max_bytes=1000)
+    assert (window.start, window.bytes) == (0, 800)
+    window.put(3, [[b"z" * 300]], limit=100, max_bytes=1000)  # 1,100 bytes: the oldest goes
+    assert (window.start, window.bytes, window.get(2)) == (1, 700, b"y" * 400)
+    window.put(2, [[b"w" * 10]], limit=100, max_bytes=1000)  # replacing gives back what it replaced
+    assert (window.start, len(window), window.bytes) == (1, 2, 10)
+    window.put(3, [[b"big" * 1000]], limit=100, max_bytes=1000)  # the newest stays, however big
+    assert (window.start, len(window), window.bytes) == (3, 1, 3000)
+    window.drop_below(4)
+    assert (len(window), window.bytes) == (0, 0)
 
 
 async def test_corrupted_entry_is_never_delivered(engine, tmp_path):
