@@ -26,7 +26,13 @@ class DeadLetters:
         lease = state.leases.get(dead.seq)
         if lease is None or lease.attempt != dead.attempts:
             return None
-        return f"dead-letter/{dead.subscription}/{dead.message.message_id}/{lease.delivered_ms}"
+        return f"dead-letter/{dead.subscription}/{dead.message_id}/{lease.delivered_ms}"
+
+    def message(self, dead: DeadLetter) -> pubsub_pb2.PubsubMessage | None:
+        """The message to move (None: gone meanwhile, with its shard or by retention)."""
+        log_ = self._logs.shards.get(dead.shard)
+        message = self._logs.message(log_, dead.seq, {}) if log_ is not None else None
+        return pubsub_pb2.PubsubMessage.FromString(message) if message is not None else None
 
     def bury(self, dead: DeadLetter, dead_letter_message_id: str) -> None:
         """The message is in the dead-letter topic: its lease becomes a dead-letter
@@ -83,5 +89,6 @@ class DeadLetters:
             for seq, lease in list(state.leases.items()):
                 if lease.deadline_ms <= now and state.policy.exhausted(lease.attempt):
                     message = self._logs.message(log_, seq, {})
-                    if message is not None:
-                        self._subscriptions.dead_letter(log_, state, seq, message, lease, now)
+                    if message is not None and not self._subscriptions.dead_letter(log_, state, seq, message,
+                                                                                   lease, now):
+                        return  # the queue is full: the rest wait for a later sweep

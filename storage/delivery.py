@@ -30,6 +30,13 @@ from storage.log import ShardLog
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_RETRY_MS = 30_000  # a dead letter not moved by then is tried again
+# Dead-letterings waiting for the storage service to move them, at most. A queued
+# DeadLetter holds no message (the move reads it from the log), a few hundred
+# bytes, so the queue stays within a few MB. When it is full an exhausted message
+# waits in its lease DEAD_LETTER_BUSY_MS at a time and a terminal nack is refused:
+# back-pressure instead of growth when the dead-letter topic cannot take them.
+MAX_QUEUED_DEAD_LETTERS = 10_000
+DEAD_LETTER_BUSY_MS = 1_000
 
 
 @dataclass(frozen=True)
@@ -105,7 +112,7 @@ class DeadLetter:
     shard: str
     subscription: str
     seq: int
-    message: pubsub_pb2.PubsubMessage
+    message_id: str
     attempts: int
     topic: str
     error: str
@@ -130,10 +137,10 @@ class Pulled(NamedTuple):
 class Deliveries:
     """Implements interfaces.SubscriptionStore."""
 
-    def __init__(self, logs: LogStore, records: Records):
+    def __init__(self, logs: LogStore, records: Records, max_queued_dead_letters: int = MAX_QUEUED_DEAD_LETTERS):
         self._logs, self._records = logs, records
         # Messages out of delivery attempts, for the storage service to move.
-        self.dead_letters: asyncio.Queue[DeadLetter] = asyncio.Queue()
+        self.dead_letters: asyncio.Queue[DeadLetter] = asyncio.Queue(max_queued_dead_letters)
         self._draining = False
 
     def recover(self) -> None:
@@ -318,16 +325,22 @@ class Deliveries:
         return Pulled(raws, ack_ids)
 
     def dead_letter(self, log_: ShardLog, state: SubscriptionState, seq: int, message: bytes, lease: Lease,
-                    now: int) -> None:
+                    now: int) -> bool:
         """Queues the message for its dead-letter topic; the lease stays (pushed out)
         until it has moved there (see DeadLetters.bury), so a failure to move it only
-        delays it."""
+        delays it. False when the queue is full: the lease comes due again in
+        DEAD_LETTER_BUSY_MS, and is queued then."""
         error = lease.last_error or "not acknowledged within the ack deadline"
-        self.dead_letters.put_nowait(DeadLetter(log_.name, state.name, seq,
-                                                pubsub_pb2.PubsubMessage.FromString(message), lease.attempt,
-                                                state.policy.dead_letter_topic, error))
-        state.lease(seq, Lease(now + DEAD_LETTER_RETRY_MS, lease.attempt, lease.delivered_ms, error))
+        try:
+            self.dead_letters.put_nowait(DeadLetter(log_.name, state.name, seq,
+                                                    pubsub_pb2.PubsubMessage.FromString(message).message_id,
+                                                    lease.attempt, state.policy.dead_letter_topic, error))
+            queued, wait_ms = True, DEAD_LETTER_RETRY_MS
+        except asyncio.QueueFull:
+            queued, wait_ms = False, DEAD_LETTER_BUSY_MS
+        state.lease(seq, Lease(now + wait_ms, lease.attempt, lease.delivered_ms, error))
         log_.state_version += 1
+        return queued
 
     # -- acks ---------------------------------------------------------------------
 
@@ -395,10 +408,15 @@ class Deliveries:
         log_ = self._logs.shards[shard]
         if terminal and not state.policy.dead_letter_topic:
             raise errors.FailedPrecondition(f"subscription {subscription!r} has no dead-letter topic")
+        seqs = self._seqs(log_, subscription, ack_ids)
+        if terminal and (room := self.dead_letters.maxsize - self.dead_letters.qsize()) < len(seqs):
+            raise errors.ResourceExhausted(
+                f"{self.dead_letters.qsize()} dead-letterings are waiting to move, room for {room} more; "
+                "nothing was nacked: retry later")
         batch = self._records.batch()
         now = now_ms()
         error = reason or ("nacked as terminal" if terminal else "nacked")
-        for seq in self._seqs(log_, subscription, ack_ids):
+        for seq in seqs:
             lease = state.leases.get(seq)
             if lease is None:
                 continue

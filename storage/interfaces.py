@@ -85,5 +85,5 @@ class SubscriptionStore(Protocol):
         """Raises NotFound unless the subscription is attached to the shard."""
 
     def dead_letter(self, log_: ShardLog, state: SubscriptionState, seq: int, message: bytes, lease: Lease,
-                    now: int) -> None:
-        """Queues the message for its dead-letter topic."""
+                    now: int) -> bool:
+        """Queues the message for its dead-letter topic (False: the queue is full)."""

@@ -24,6 +24,7 @@ from storage.retention import COLLECT_CHUNK
 log = logging.getLogger(__name__)
 
 SLOW_GC_EVERY = 60  # GC rounds between sweeps of expired idempotency keys and delivery logs
+DEAD_LETTER_MOVERS = 4  # dead-letter moves under way at once (each an append to the dead-letter topic)
 
 
 class StorageServicer(storage_pb2_grpc.StorageServicer):
@@ -188,7 +189,7 @@ class StorageNode:
         for mirror in (self._cluster.topics, self._cluster.leaders):  # these call for a look at everything
             mirror.on_change(lambda _name: self._changed_subscriptions.note(None))
         self._tasks = [asyncio.create_task(self._follow_metadata()), asyncio.create_task(self._collect()),
-                       asyncio.create_task(self._move_dead_letters())]
+                       *(asyncio.create_task(self._move_dead_letters()) for _ in range(DEAD_LETTER_MOVERS))]
 
     async def _follow_metadata(self) -> None:
         while True:
@@ -281,15 +282,17 @@ class StorageNode:
         dead-letter topic, then records it as a dead letter where it came from. The
         idempotency key (DeadLetters.move_key) makes a repeated move of one
         dead-lettering (after a crash between the two) land once, and each
-        dead-lettering of a redriven message land again."""
+        dead-lettering of a redriven message land again. DEAD_LETTER_MOVERS of
+        these run, so one slow append does not hold up the queue."""
+        store = self.engine.dead_letter_store
         while True:
             dead = await self.engine.dead_letters.get()
             try:
-                key = self.engine.dead_letter_store.move_key(dead)
-                if key is None:
+                key = store.move_key(dead)
+                original = store.message(dead) if key is not None else None
+                if original is None:
                     continue
                 record = await self._cluster.topic(dead.topic)
-                original = dead.message
                 partition = zlib.crc32(original.message_id.encode()) % max(1, record.partition_count)
                 moved = pubsub_pb2.PubsubMessage(
                     data=original.data, message_id=MessageId.new_batch(dead.topic, partition, 1, now_ms())[0],

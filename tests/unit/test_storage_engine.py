@@ -414,7 +414,7 @@ async def test_terminal_nack_dead_letters_then_redrive(engine, tmp_path):
     engine.nack(SHARD, "audit", [first.ack_id], terminal=True, reason="unparseable")
     engine.acknowledge(SHARD, "audit", [second.ack_id])
     dead = engine.dead_letters.get_nowait()
-    assert (dead.message.message_id, dead.attempts, dead.error, dead.topic) == (poison, 1, "unparseable", "orders-dead")
+    assert (dead.message_id, dead.attempts, dead.error, dead.topic) == (poison, 1, "unparseable", "orders-dead")
     engine.bury(dead, "dlq-copy-id")
     [listed] = engine.list_dead_letters(SHARD, "audit", 10)
     assert (listed.message.message_id, listed.last_error, listed.dead_letter_message_id) == \

@@ -110,7 +110,7 @@ async def test_dead_letters_over_fakes(log_, records, deliveries):
     log_.shard(SHARD).subscriptions["audit"].leases[0].deadline_ms = 0  # its deadline passed
     dead_letters.sweep(SHARD)
     dead = deliveries.dead_letters.get_nowait()
-    assert (dead.seq, dead.attempts, dead.topic, dead.message.data) == (0, 1, "dlq", b"poison")
+    assert (dead.seq, dead.attempts, dead.topic, dead_letters.message(dead).data) == (0, 1, "dlq", b"poison")
     dead_letters.bury(dead, "copy-1")
     [listed] = dead_letters.list(SHARD, "audit", 10)
     assert (listed.message.data, listed.dead_letter_message_id, listed.delivery_attempts) == (b"poison", "copy-1", 1)
@@ -144,6 +144,32 @@ async def test_each_dead_lettering_moves_once(log_, records, deliveries):
     assert dead_letters.move_key(again) not in (None, first_key)
     deliveries.acknowledge(SHARD, "audit", [second.ack_id])
     assert dead_letters.move_key(again) is None
+
+
+async def test_a_full_dead_letter_queue_holds_messages_back_and_refuses_terminal_nacks(log_, records):
+    """Back-pressure, not growth: what does not fit waits in its lease, is not
+    delivered again, and is queued once there is room."""
+    deliveries = Deliveries(log_, records, max_queued_dead_letters=2)
+    dead_letters = DeadLetters(log_, deliveries, records)
+    for data in (b"a", b"b", b"c"):
+        log_.append(SHARD, data)
+    deliveries.attach(SHARD, subscription("audit", max_delivery_attempts=1, dead_letter_topic="dlq"))
+    received = await pull(deliveries, "audit")
+    leases = log_.shard(SHARD).subscriptions["audit"].leases
+    for lease in leases.values():
+        lease.deadline_ms = 0  # every deadline passed
+    dead_letters.sweep(SHARD)
+    assert deliveries.dead_letters.qsize() == 2
+    assert await pull(deliveries, "audit") == []  # the third waits in its lease, not redelivered
+    with pytest.raises(errors.ResourceExhausted, match="nothing was nacked"):
+        deliveries.nack(SHARD, "audit", [received[2].ack_id], terminal=True)
+    assert leases[2].attempt == 1 and leases[2].deadline_ms <= now_ms() + 1_000
+    moved = [deliveries.dead_letters.get_nowait() for _ in range(2)]
+    for dead in moved:
+        dead_letters.bury(dead, "copy")
+    leases[2].deadline_ms = 0
+    dead_letters.sweep(SHARD)
+    assert [d.seq for d in moved] + [deliveries.dead_letters.get_nowait().seq] == [0, 1, 2]
 
 
 async def test_retention_over_fakes(log_, deliveries):
