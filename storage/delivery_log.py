@@ -50,7 +50,8 @@ class DeliveryLog:
         topic, partition = Shard.parse(shard)
         status = pubsub_pb2.MessageStatus(topic=topic, partition=partition)
         attempts = self.attempts(shard, seq)
-        if seq < log_.first:
+        entry = self._logs.entry(shard, seq) if seq >= log_.first else None
+        if entry is None or not entry.HasField("message"):  # gone, or a stub (storage/retention.py)
             if not attempts:
                 raise errors.NotFound(f"message {message_id!r} is no longer kept in {shard}, nor its delivery log")
             kept = self._records.get(log_.layout.collected(seq))  # its identity (storage/retention.py)
@@ -61,8 +62,7 @@ class DeliveryLog:
                 status.deliveries.add(subscription=name, attempts=tried, delivery_attempts=tried[-1].attempt,
                                       state=pubsub_pb2.DEAD_LETTERED if dead else pubsub_pb2.ACKNOWLEDGED)
             return status
-        entry = self._logs.entry(shard, seq)
-        if entry is None or entry.message.message_id != message_id:
+        if entry.message.message_id != message_id:
             raise errors.NotFound(f"message {message_id!r} is not kept in {shard}")
         status.message.CopyFrom(entry.message)
         now = now_ms()

@@ -180,6 +180,9 @@ class StorageEngine:
     def collect(self, shard: str, retention_ms: int | None) -> int:
         return self.retention.collect(shard, retention_ms)
 
+    def stub(self, shard: str) -> int:
+        return self.retention.stub(shard)
+
     # -- shutdown ---------------------------------------------------------------
 
     def stop_waiting(self) -> None:

@@ -10,7 +10,7 @@ driven by an in-memory fake in tests (tests/unit/storage_fakes.py):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Container, Iterator, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from gen.notifymesh.internal.v1 import storage_pb2
@@ -72,6 +72,10 @@ class LogStore(Protocol):
 
     def trim(self, shard: str, first: int) -> int:
         """Drops the committed entries below first; returns how many."""
+
+    def stub(self, log_: ShardLog, start: int, stop: int, keep: Container[int], batch: Batch) -> list[tuple[int, bytes]]:
+        """Replaces (in batch) the messages from start to stop but those in keep by
+        stubs; returns the (seq, serialized message) of each replaced."""
 
 
 @runtime_checkable

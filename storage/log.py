@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Awaitable
+from typing import TYPE_CHECKING, Awaitable, Container
 
 from gen.notifymesh.internal.v1 import storage_pb2
 from notifymesh import errors
@@ -114,6 +114,7 @@ class ShardLog:
     written: int = 0     # ... and synced: end runs ahead while a write is under way
     replacements: int = 0  # counts writes that replaced entries (a deposed leader's tail)
     commit: int = 0      # entries below are on a majority (as far as this node knows)
+    stubbed_to: int = 0  # entries below no longer needed are stubs (storage/retention.py), bar the pinned
     last_epoch: int = 0  # epoch of the entry at end - 1 (0: none, or below first)
     # The newest leader epoch this node has taken a batch of (or led), kept on disk
     # (keys.EPOCH) so a restart does not forget it: Raft's currentTerm.
@@ -501,6 +502,27 @@ class ShardLogs:
         self._db.write(batch)
         freed, log_.first = first - log_.first, first
         return freed
+
+    def stub(self, log_: ShardLog, start: int, stop: int, keep: Container[int], batch) -> list[tuple[int, bytes]]:
+        """Replaces, in batch, each message entry from start to stop but those in
+        keep by its stub: the entry without its message (what an epoch marker is),
+        so that its data takes no room while an older entry keeps the log from being
+        trimmed. Returns the (seq, serialized message) of each one replaced."""
+        layout, replaced = log_.layout, []
+        stop_key = layout.message(stop)
+        for key, value in self._rdict.items(from_key=layout.message(start)):
+            if key >= stop_key:
+                break
+            seq = keys.seq_of(key)
+            if seq in keep:
+                continue
+            entry = self._decode(log_.name, seq, value)
+            if entry is None or not entry.HasField("message"):
+                continue
+            replaced.append((seq, entry.message.SerializeToString()))
+            entry.ClearField("message")
+            batch.put(key, keys.sealed(entry.SerializeToString()))
+        return replaced
 
     def drop(self, shard: str) -> None:
         """Forgets the shard entirely (its topic was deleted, or it moved away)."""

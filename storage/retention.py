@@ -3,9 +3,22 @@ has moved past, and what is older than the topic's retention (expiring it for
 subscriptions that never took it). Followers drop what the leader no longer
 keeps (replication sends them its first entry).
 
-What it deletes leaves its identity behind (keys.ShardKeys.collected: id, publish
+The log is trimmed from its start, so an entry still owed to a subscription
+(a lease that is never acknowledged, a dead letter kept for redrive) keeps every
+later one. Below the lowest cursor, what no subscription needs is therefore
+replaced by a stub (the entry without its message), so such an entry pins its
+own message and the stubs' few bytes, not all later messages. Each replica
+stubs by the delivery state it holds: a follower's may be older than its
+leader's, but an entry below the cursor that no subscription needs never becomes
+needed again (acks, expiry and dead-lettering only release entries; a redrive
+turns a dead letter, pinned, into a lease, pinned), so an older state keeps more,
+never less.
+
+What it deletes or stubs leaves its identity behind (keys.ShardKeys.collected: id, publish
 time, attributes), for its status while its delivery log is kept; the delivery
 log's collection deletes both."""
+
+from typing import NamedTuple
 
 from notifymesh.clock import now_ms
 from storage import keys
@@ -38,6 +51,50 @@ class Retention:
                   log_.first + COLLECT_CHUNK)
         keep_identities(self._records, self._logs, log_, min(low, log_.commit))
         return self._logs.trim(shard, low)
+
+    def stub(self, shard: str) -> int:
+        """Stubs the entries below the lowest cursor that no subscription needs, by
+        the delivery state this replica holds, going over COLLECT_CHUNK entries at
+        most; returns how many it went over."""
+        log_ = self._logs.shards.get(shard)
+        owed = owed_entries(log_) if log_ is not None else None
+        if owed is None:
+            return 0
+        start = max(log_.first, log_.stubbed_to)
+        stop = min(owed.below, log_.commit, start + COLLECT_CHUNK)
+        if start >= stop:
+            return 0
+        batch = self._records.batch()
+        replaced = self._logs.stub(log_, start, stop, owed.pinned, batch)
+        for seq, message in replaced:
+            batch.put(log_.layout.collected(seq), keys.collected_value(message))
+        self._records.write(batch)
+        log_.stubbed_to = stop
+        return stop - start
+
+
+class OwedEntries(NamedTuple):
+    """What a shard's subscriptions may still be delivered: every entry from below
+    on, and below it only the pinned ones (leased, or dead letters)."""
+    below: int
+    pinned: frozenset[int]
+
+
+def owed_entries(log_: ShardLog) -> OwedEntries | None:
+    """By the delivery state in memory (a leader's) or as saved or received (a
+    follower's); None when there is none to go by."""
+    if log_.saved:
+        below = min(saved.cursor for saved in log_.saved)
+        leased = (lease.seq for saved in log_.saved for lease in keys.parse_lease_states(saved.leases))
+        dead = (record.seq for saved in log_.saved for record in saved.dead_letters)
+    elif log_.saved is None and log_.subscriptions:
+        states = log_.subscriptions.values()
+        below = min(state.cursor for state in states)
+        leased = (seq for state in states for seq in state.leases)
+        dead = (seq for state in states for seq in state.dead_letters)
+    else:
+        return None
+    return OwedEntries(below, frozenset(seq for seqs in (leased, dead) for seq in seqs if seq < below))
 
 
 def _expire(log_: ShardLog, state: SubscriptionState, below: int) -> None:

@@ -257,6 +257,8 @@ class StorageNode:
                     retention = record.message_retention.ToMilliseconds() if record else None
                     if freed := await self._collect_shard(shard, retention):
                         log.debug("collected", extra=fields(shard=shard, entries=freed))
+                for shard in list(self.engine.shards):  # a follower by the leader's delivery state it holds
+                    await self._stub_shard(shard)
                 rounds += 1
                 if rounds % SLOW_GC_EVERY == 0:
                     await self.engine.sweep_idempotency_keys()
@@ -276,6 +278,12 @@ class StorageNode:
                 break
             await asyncio.sleep(0)
         return freed
+
+    async def _stub_shard(self, shard: str) -> None:
+        """Stubs what the shard's subscriptions no longer need (retention.stub), a
+        chunk at a time, as _collect_shard collects."""
+        while shard in self.engine.shards and self.engine.stub(shard) == COLLECT_CHUNK:
+            await asyncio.sleep(0)
 
     async def _move_dead_letters(self) -> None:
         """Publishes each message out of delivery attempts to its subscription's

@@ -111,6 +111,15 @@ class MemoryLog:
         at = bisect.bisect_left([self.entries[log_.name][s].append_ms for s in seqs], ms)
         return seqs[at] if at < len(seqs) else log_.end
 
+    def stub(self, log_: ShardLog, start: int, stop: int, keep, batch) -> list[tuple[int, bytes]]:
+        replaced = []
+        for seq in range(start, stop):
+            entry = self.entries[log_.name].get(seq)
+            if seq not in keep and entry is not None and entry.HasField("message"):
+                replaced.append((seq, entry.message.SerializeToString()))
+                entry.ClearField("message")
+        return replaced
+
     def trim(self, shard: str, first: int) -> int:
         log_ = self.shard(shard)
         first = min(first, log_.commit)

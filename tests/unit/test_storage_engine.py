@@ -9,7 +9,7 @@ from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 from notifymesh.clock import now_ms, timestamp
 from notifymesh.contracts import Shard
-from storage import wire
+from storage import keys, wire
 from storage.delivery import Pull
 from storage.engine import StorageEngine
 from storage.log import Entries, SeqWindow
@@ -553,3 +553,36 @@ async def test_acks_of_several_subscriptions_in_one_call(engine):
         engine.acknowledge(SHARD, "", ["7:0:audit"])  # another partition
     engine.modify_ack_deadline(SHARD, "audit", audit, 0)
     assert await pull(engine, SHARD, "audit", 10, 60_000, 0) == []
+
+
+async def test_a_stuck_lease_pins_its_own_message_not_every_later_one(engine, tmp_path):
+    """Below the lowest cursor what no subscription needs becomes a stub: the log
+    cannot be trimmed past the lease, but the acknowledged messages' data goes."""
+    engine.attach(SHARD, subscription("audit"))
+    ids = await append(engine, SHARD, messages(b"stuck", b"b", b"c", b"d"))
+    stuck, *rest = await pull(engine, SHARD, "audit", 10, 60_000, 0)
+    engine.acknowledge(SHARD, "audit", [m.ack_id for m in rest])
+    assert engine.collect(SHARD, None) == 0  # the lease keeps the log from being trimmed
+    engine.stub(SHARD)
+    assert [engine.log.entry(SHARD, seq).HasField("message") for seq in range(4)] == [True, False, False, False]
+    status = engine.message_status(SHARD, ids[2])  # a stub's message keeps its identity and history
+    assert (status.message.message_id, [d.state for d in status.deliveries]) == (ids[2], [pubsub_pb2.ACKNOWLEDGED])
+    engine.nack(SHARD, "audit", [stuck.ack_id], delay_ms=0)
+    [again] = await pull(engine, SHARD, "audit", 10, 60_000, 0)
+    assert (again.message.data, again.delivery_attempt) == (b"stuck", 2)
+
+    # a follower stubs by the delivery state it received, and keeps what it names
+    follower = await reopen(engine, tmp_path)
+    try:
+        [saved] = follower.deliveries.snapshot(SHARD)
+        follower.log.shard(SHARD).subscriptions = {}
+        follower.log.shard(SHARD).saved = [saved]
+        for seq in range(4):  # as replicated: whole entries
+            entry = storage_pb2.StoredMessage(message=pubsub_pb2.PubsubMessage(data=b"x", message_id=f"m{seq}"),
+                                              epoch=1)
+            follower.db.rdict[follower.log.shard(SHARD).layout.message(seq)] = keys.sealed(entry.SerializeToString())
+        follower.advance_commit(SHARD, 4)  # as the leader tells it
+        follower.stub(SHARD)
+        assert [follower.log.entry(SHARD, seq).HasField("message") for seq in range(4)] == [True, False, False, False]
+    finally:
+        await follower.close()
