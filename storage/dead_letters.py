@@ -7,7 +7,7 @@ from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh.clock import now_ms, timestamp
 from storage import keys
-from storage.delivery import DeadLetter, Lease
+from storage.delivery import MAX_DEAD_LETTER_RECORDS, DeadLetter, Lease
 from storage.interfaces import LogStore, Records, SubscriptionStore
 
 
@@ -44,6 +44,8 @@ class DeadLetters:
         record = storage_pb2.DeadLetterRecord(seq=dead.seq, delivery_attempts=dead.attempts, dead_ms=now_ms(),
                                               last_error=dead.error, dead_letter_message_id=dead_letter_message_id)
         state.dead_letters[dead.seq] = record
+        if len(state.dead_letters) > MAX_DEAD_LETTER_RECORDS:
+            del state.dead_letters[min(state.dead_letters)]
         log_ = self._logs.shards[dead.shard]
         self._records.put(log_.layout.delivery(dead.seq, dead.subscription, lease.delivered_ms, dead.attempts),
                           keys.delivery_record(record.dead_ms, pubsub_pb2.DEAD_LETTER, dead.error))

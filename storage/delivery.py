@@ -36,6 +36,14 @@ DEAD_LETTER_RETRY_MS = 30_000  # a dead letter not moved by then is tried again
 # waits in its lease DEAD_LETTER_BUSY_MS at a time and a terminal nack is refused:
 # back-pressure instead of growth when the dead-letter topic cannot take them.
 MAX_QUEUED_DEAD_LETTERS = 10_000
+# Per subscription and shard, what the delivery state holds at most:
+# - leases (messages delivered and not yet acknowledged, or waiting for a retry):
+#   at the limit no new message is delivered until one ends, as JetStream's
+#   max_ack_pending; about 250 bytes each in memory, 28 in a snapshot;
+# - dead-letter records, for listing and redrive: past the limit the oldest record
+#   goes (its message is in the dead-letter topic, and its outcome in the
+#   delivery log).
+MAX_LEASES, MAX_DEAD_LETTER_RECORDS = 20_000, 10_000
 DEAD_LETTER_BUSY_MS = 1_000
 
 
@@ -264,7 +272,8 @@ class Deliveries:
                 leased = self._lease_deliverable(log_, state, max_messages, now, now + ack_deadline_ms, messages,
                                                  batch)
                 due = state.next_deadline()
-                ready = state.cursor < log_.commit or (due is not None and due <= now)
+                ready = (state.cursor < log_.commit and len(state.leases) < MAX_LEASES) or \
+                    (due is not None and due <= now)
                 if leased.received or (ready and not max_messages):
                     pulled[name] = leased._replace(ready=ready)
                     leased_any = leased_any or bool(leased.received)
@@ -310,10 +319,11 @@ class Deliveries:
             ack_id = ack_id_of(seq)
             raws.append(wire.received_message(ack_id, message, attempts + 1))
             ack_ids.append(ack_id)
-        if len(raws) < max_messages and state.cursor < log_.commit:
+        room = min(max_messages - len(raws), MAX_LEASES - len(state.leases))
+        if room > 0 and state.cursor < log_.commit:
             first_deadline = deadline + policy.backoff_ms(1)
-            seq = state.cursor
-            while seq < log_.commit and len(raws) < max_messages:
+            seq, room = state.cursor, len(raws) + room
+            while seq < log_.commit and len(raws) < room:
                 message = read(log_, seq, messages)
                 if message is not None:  # else an epoch marker, or corrupted
                     state.lease(seq, Lease(first_deadline, 1, now))

@@ -12,6 +12,7 @@ from notifymesh import errors
 from notifymesh.clock import now_ms, timestamp
 from storage import keys
 from storage.db import Database
+from storage import dead_letters as dead_letters_module, delivery
 from storage.dead_letters import DeadLetters
 from storage.dedup import Dedup
 from storage.delivery import Deliveries, Pull
@@ -395,3 +396,24 @@ async def test_delivery_records_go_within_the_request_bound(tmp_path):
         assert len(sent) == 3000 and requests > 5  # ~57 bytes a record: ~170 kB in all
     finally:
         await a.close()
+
+
+async def test_leases_and_dead_letter_records_are_bounded(log_, records, monkeypatch):
+    """At MAX_LEASES nothing new is delivered (nor announced ready) until a lease
+    ends; past MAX_DEAD_LETTER_RECORDS the oldest record goes."""
+    monkeypatch.setattr(delivery, "MAX_LEASES", 2)
+    monkeypatch.setattr(dead_letters_module, "MAX_DEAD_LETTER_RECORDS", 1)
+    deliveries = Deliveries(log_, records)
+    dead_letters = DeadLetters(log_, deliveries, records)
+    log_.append(SHARD, b"a", b"b", b"c", b"d")
+    deliveries.attach(SHARD, subscription("audit", max_delivery_attempts=1, dead_letter_topic="dlq"))
+    a, b = await pull(deliveries, "audit")
+    assert await pull(deliveries, "audit") == []
+    assert await deliveries.pull(SHARD, [Pull("audit", 0, 60_000)], 0) == {}  # not ready: a sender waits
+    deliveries.acknowledge(SHARD, "audit", [a.ack_id])
+    [c] = await pull(deliveries, "audit")
+    assert c.message.data == b"c"
+    for ack_id in (b.ack_id, c.ack_id):
+        deliveries.nack(SHARD, "audit", [ack_id], terminal=True)
+        dead_letters.bury(deliveries.dead_letters.get_nowait(), "copy")
+    assert [d.message.data for d in dead_letters.list(SHARD, "audit", 10)] == [b"c"]
