@@ -4,7 +4,9 @@ namespaces, as the partition tests build them), one random fault at a time
 (kills, pauses, a host cut off, a link cut or lossy, a service's wall clock
 skewed) chosen by a seed, while a checker publishes unique payloads and consumes
 them. Prints one JSON line: faults injected, messages acknowledged, lost (must
-be 0), duplicated, the longest stall. Needs root, iproute2, nftables and
+be 0), duplicated and why, leaders per (partition, epoch) that acknowledged
+writes (must be one), the longest stall and each partition's longest
+unavailability. Needs root, iproute2, nftables and
 faketime (.ci/run installs them).
 
     sudo .venv/bin/python bench/nemesis.py --seconds 1800 --seed 7
@@ -54,8 +56,8 @@ async def run(args, mesh, lab) -> dict:
         await client.create_subscription(sub, topic, ack_deadline_s=10)
         # Publishing must last the whole run: at most about 250 messages/s go out
         # (batches of 5, 20 ms apart), so this bound is never reached first.
-        checker = Checker(client, topic, sub, max_published=int((args.seconds + 300) * 300))
-        checker.start()
+        checker = Checker(client, topic, sub, mesh, max_published=int((args.seconds + 300) * 300))
+        await checker.start()
         nemesis = Nemesis(mesh, lab, args.seed, (args.fault_min, args.fault_max), args.quiet,
                           tuple(args.kinds.split(",")))
         started = time.monotonic()
@@ -81,7 +83,7 @@ def main() -> int:
         finally:
             mesh.stop()
     print(json.dumps(line), flush=True)
-    return 0 if line.get("lost") == 0 and "error" not in line else 2
+    return 0 if line.get("lost") == 0 and line.get("one_leader_per_epoch") and "error" not in line else 2
 
 
 if __name__ == "__main__":

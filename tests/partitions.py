@@ -1,11 +1,12 @@
 """The partition test bench: a mesh whose every process runs on a host of its own
 (tests/netns.py), a nemesis that injects random faults into it, and a checker
 that publishes unique payloads without pause and consumes them, so that what a
-fault did is measured, not guessed:
+fault did is measured, not guessed (tests/audit.py has the accounting):
 
 - lost: acknowledged publishes never delivered (must be 0)
-- duplicates: deliveries beyond the first of a message
-- longest_stall_s: the longest time without an acknowledged publish
+- duplicates: deliveries beyond the first of a message, by cause
+- leaders per (partition, epoch) that acknowledged writes (must be one; tests/leadership.py)
+- the longest stall (no publish acknowledged) and the longest unavailability of each partition
 """
 
 import asyncio
@@ -16,6 +17,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+import leadership
+from audit import EpochAudit, Ledger, attribute, audit_epochs
 from helpers import started
 from netns import Lab
 
@@ -27,8 +30,9 @@ from notifymesh.subscriber import Subscriber
 
 PUBLISH_TIMEOUT_S = 5  # a publish stuck behind a cut fails after this and is counted as not acknowledged
 BATCH = 5
-PAUSE_S = 0.02  # between publishes: about 200 messages/s, enough to see every stall
+PAUSE_S = 0.02  # between publishes: about 200 messages/s in all, enough to see every stall
 MAX_PUBLISHED = 100_000  # default bound of one checker run (a long run sets its own)
+WITNESS = "-witness"  # suffix of the subscription nobody consumes: it keeps every entry for the epoch audit
 
 
 def partitioned_mesh(tmp_path, lab: Lab, **kwargs) -> LocalMesh:
@@ -45,56 +49,67 @@ class Report:
     delivered: int
     lost: int
     duplicates: int
+    duplicates_by_cause: dict[str, int]  # see Ledger: redelivered, forgotten, stored_twice
+    delivered_unacknowledged: int  # publishes that failed or timed out here but were stored: no loss
     longest_stall_s: float
+    longest_unavailability_s: dict[int, float]  # partition -> s
+    epochs_led: int
+    leaders_per_epoch: dict[int, int]  # leaders -> epochs with acknowledged writes: only 1 may appear
+    epochs_not_one_leader: list[dict]
+    epochs_not_one_leader_count: int
+    acknowledged_without_entry: int
+    acknowledged_in_two_epochs: int
+    one_leader_per_epoch: bool
     errors: dict[str, int] = field(default_factory=dict)
 
 
 class Checker:
-    """Publishes unique payloads to topic and consumes subscription until stopped."""
+    """Publishes unique payloads to topic and consumes subscription until stopped;
+    then audits who led the topic's partitions in mesh."""
 
-    def __init__(self, client: Client, topic: str, subscription: str, max_published: int = MAX_PUBLISHED):
+    def __init__(self, client: Client, topic: str, subscription: str, mesh: LocalMesh,
+                 max_published: int = MAX_PUBLISHED):
         """max_published bounds the run (and what it remembers: an id and payload each)."""
-        self._client, self._topic, self._subscription = client, topic, subscription
+        self._client, self._topic, self._subscription, self._mesh = client, topic, subscription, mesh
         self._max_published = max_published
-        self.acknowledged: dict[str, bytes] = {}  # message id -> payload
-        self.deliveries: dict[str, int] = {}  # message id -> times delivered
-        self.errors: dict[str, int] = {}
-        self.failed = 0
-        self._last_ack = time.monotonic()
-        self.longest_stall_s = 0.0
+        self._sent = 0
+        self.partitions = 1
+        self.ledger = Ledger(self.partitions, time.monotonic())
         self._stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
+        self._publishers: list[asyncio.Task] = []
+        self._consumer: asyncio.Task | None = None
 
-    def start(self) -> None:
-        self._last_ack = time.monotonic()
-        self._tasks = [asyncio.create_task(self._publish()), asyncio.create_task(self._consume())]
+    async def start(self) -> None:
+        """Creates the witness subscription, then publishes (one loop per partition:
+        see Ledger) and consumes."""
+        record = await self._client.get_topic(self._topic)
+        self.partitions = max(1, record.partition_count)
+        await self._client.create_subscription(self._subscription + WITNESS, self._topic)
+        self.ledger = Ledger(self.partitions, time.monotonic())
+        self._publishers = [asyncio.create_task(self._publish(loop)) for loop in range(self.partitions)]
+        self._consumer = asyncio.create_task(self._consume())
 
-    async def _publish(self) -> None:
-        sent = 0
-        while not self._stopping.is_set() and sent < self._max_published:
-            batch = [b"m-%d" % (sent + i) for i in range(BATCH)]
-            sent += BATCH
+    @property
+    def acknowledged(self) -> dict[str, bytes]:
+        return self.ledger.acknowledged
+
+    async def _publish(self, loop: int) -> None:
+        while not self._stopping.is_set() and self._sent < self._max_published:
+            batch = [b"m-%d-%d" % (loop, self._sent + i) for i in range(BATCH)]
+            self._sent += BATCH
             try:
                 ids = await asyncio.wait_for(self._client.publish(self._topic, batch), PUBLISH_TIMEOUT_S)
             except (NotifymeshError, TimeoutError) as e:
-                self.failed += len(batch)
-                name = e.code.name if isinstance(e, NotifymeshError) else "TIMEOUT"
-                self.errors[name] = self.errors.get(name, 0) + 1
+                self.ledger.fail(len(batch), e.code.name if isinstance(e, NotifymeshError) else "TIMEOUT")
             else:
-                now = time.monotonic()
-                self.longest_stall_s = max(self.longest_stall_s, now - self._last_ack)
-                self._last_ack = now
-                self.acknowledged.update(zip(ids, batch))
-            await asyncio.sleep(PAUSE_S)
+                self.ledger.acknowledge(ids, batch, time.monotonic())
+            await asyncio.sleep(PAUSE_S * self.partitions)
 
     async def _consume(self) -> None:
         async with Subscriber(self._client, self._subscription, max_outstanding_messages=1000) as subscriber:
             async for delivery in subscriber:
-                self.deliveries[delivery.message_id] = self.deliveries.get(delivery.message_id, 0) + 1
+                self.ledger.deliver(delivery.message_id, delivery.data, delivery.delivery_attempt)
                 delivery.ack()
-
-    def progressed_since(self, count: int) -> bool:
-        return len(self.acknowledged) > count
 
     async def wait_published(self, more: int, timeout_s: float) -> bool:
         """Until more messages than now are acknowledged, or timeout_s."""
@@ -106,20 +121,38 @@ class Checker:
 
     async def stop(self, drain_s: float = 60) -> Report:
         """Stops publishing, waits up to drain_s for every acknowledged message to be
-        delivered, then reports."""
+        delivered, audits the leaders, then reports."""
         self._stopping.set()
-        await self._tasks[0]
-        self.longest_stall_s = max(self.longest_stall_s, 0.0)
+        await asyncio.gather(*self._publishers)
+        ledger = self.ledger
+        ledger.publishing_ended(time.monotonic())
         deadline = time.monotonic() + drain_s
-        while set(self.acknowledged) - set(self.deliveries) and time.monotonic() < deadline:
+        while ledger.lost() and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
-        self._tasks[1].cancel()
-        await asyncio.gather(self._tasks[1], return_exceptions=True)
-        lost = set(self.acknowledged) - set(self.deliveries)
-        return Report(acknowledged=len(self.acknowledged), failed_publishes=self.failed,
-                      delivered=len(self.deliveries), lost=len(lost),
-                      duplicates=sum(n - 1 for n in self.deliveries.values()),
-                      longest_stall_s=round(self.longest_stall_s, 2), errors=dict(self.errors))
+        self._consumer.cancel()
+        await asyncio.gather(self._consumer, return_exceptions=True)
+        epochs = await self.audit_leaders()
+        delivered = ledger.delivered
+        return Report(acknowledged=len(ledger.acknowledged), failed_publishes=ledger.failed,
+                      delivered=len(delivered), lost=len(ledger.lost()),
+                      duplicates=sum(d.times - 1 for d in delivered.values()),
+                      duplicates_by_cause=ledger.duplicates_by_cause(),
+                      delivered_unacknowledged=len(delivered.keys() - ledger.acknowledged.keys()),
+                      longest_stall_s=round(ledger.longest_stall_s, 2),
+                      longest_unavailability_s={p: round(s, 2) for p, s in sorted(ledger.unavailable_s.items())},
+                      **vars(epochs), one_leader_per_epoch=epochs.one_leader_per_epoch,
+                      errors=dict(ledger.errors))
+
+    async def audit_leaders(self) -> EpochAudit:
+        """Who led each (partition, epoch) of the topic, by the storage nodes' logs,
+        etcd and the epochs of the acknowledged messages' entries."""
+        nodes = [process for name, process in self._mesh.processes.items() if name.startswith("storage-")]
+        claims = await asyncio.to_thread(leadership.claims_in_logs, [p.log_path for p in nodes], self._topic)
+        stored = await asyncio.to_thread(leadership.stored_epochs, [self._mesh.data_dir / p.name for p in nodes],
+                                         self._topic, self.partitions)
+        attribution = attribute(stored, self.ledger.acknowledged)
+        granted = await leadership.grants(self._mesh.etcd_endpoint, self._topic, attribution.epochs(claims))
+        return audit_epochs(claims, granted, attribution)
 
 
 # -- the nemesis: random faults, one at a time --------------------------------------

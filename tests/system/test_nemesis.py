@@ -25,8 +25,8 @@ async def test_random_faults_lose_nothing(lab, tmp_path, record_property):
         async with Client(mesh.frontend_addr, timeout_s=10) as client:
             topic, sub = await new_topic(client, "nemesis", topic_options=dict(partitions=2, replication_factor=3),
                                          ack_deadline_s=10)
-            checker = Checker(client, topic, sub)
-            checker.start()
+            checker = Checker(client, topic, sub, mesh)
+            await checker.start()
             nemesis = Nemesis(mesh, lab, SEED, fault_s=(2, 4), quiet_s=3, every_kind_in_turn=True)
             await nemesis.run(SECONDS)
             assert await checker.wait_published(50, 30), "the mesh does not serve after the faults"
@@ -38,3 +38,4 @@ async def test_random_faults_lose_nothing(lab, tmp_path, record_property):
         record_property(name, value)
     assert set(nemesis.counts()) == set(FAULT_KINDS)  # each kind at least once
     assert report.lost == 0, report
+    assert report.one_leader_per_epoch, report

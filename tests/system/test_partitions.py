@@ -48,8 +48,8 @@ async def run_fault(mesh, lab: Lab, record_property, fault) -> None:
     async with Client(mesh.frontend_addr, timeout_s=10) as client:
         topic, sub = await new_topic(client, "part", topic_options=dict(replication_factor=3))
         leader, followers = await roles(client, topic)
-        checker = Checker(client, topic, sub)
-        checker.start()
+        checker = Checker(client, topic, sub, mesh)
+        await checker.start()
         assert await checker.wait_published(50, RECOVERY_S), "no publish before the fault"
         fault(lab, leader, followers)
         faulted = asyncio.get_running_loop().time()
@@ -63,6 +63,7 @@ async def run_fault(mesh, lab: Lab, record_property, fault) -> None:
     for name, value in vars(report).items():
         record_property(name, value)
     assert report.lost == 0, report
+    assert report.one_leader_per_epoch, report
     assert report.acknowledged > 100
 
 
@@ -106,8 +107,8 @@ async def test_a_deposed_leader_meets_a_restarted_follower_and_overwrites_nothin
     async with Client(mesh.frontend_addr, timeout_s=10) as client:
         topic, sub = await new_topic(client, "deposed", topic_options=dict(replication_factor=3))
         leader, followers = await roles(client, topic)
-        checker = Checker(client, topic, sub)
-        checker.start()
+        checker = Checker(client, topic, sub, mesh)
+        await checker.start()
         assert await checker.wait_published(50, RECOVERY_S)
         mesh.kill(leader, signal.SIGSTOP)
         try:
@@ -122,6 +123,7 @@ async def test_a_deposed_leader_meets_a_restarted_follower_and_overwrites_nothin
         record_property(name, value)
     assert resumed and after, report
     assert report.lost == 0, report
+    assert report.one_leader_per_epoch, report
 
 
 async def test_delayed_and_lossy_links_between_replicas_lose_nothing(lab, tmp_path, record_property):
