@@ -57,8 +57,8 @@ async def test_losing_any_one_process_loses_no_acknowledged_message(ha_mesh, rec
     mesh = ha_mesh
     async with Client(mesh.frontend_target, timeout_s=10) as client:
         topic, subscription = await new_topic(client, "ha", ack_deadline_s=3)
-        checker = Checker(client, topic, subscription)
-        checker.start()
+        checker = Checker(client, topic, subscription, mesh)
+        await checker.start()
         assert await checker.wait_published(20, RECOVERY_TIMEOUT_S)
         status = await client.get_cluster_status()
         leader = next(s.leader for s in status.shards if s.topic == topic)
