@@ -25,6 +25,7 @@ from notifymesh.server import validation
 from notifymesh.server.clients import MetadataClient, SenderClient, StorageClient
 from notifymesh.server.cluster import Cluster
 from notifymesh.server.config import Config
+from notifymesh.server.liveness import DeadMembers, EtcdMemberLeases
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,12 @@ class GatewaySenders(Protocol):
     async def nack(self, request: pubsub_pb2.NackRequest) -> None: ...
 
 
+class Suspects(Protocol):
+    """Where a member whose stream broke is reported (notifymesh.server.liveness.DeadMembers)."""
+
+    def suspect(self, kind: str, addr: str) -> None: ...
+
+
 class GatewayMetadata(Protocol):
     """What the gateway asks of metadata (notifymesh.server.clients.MetadataClient)."""
 
@@ -63,13 +70,16 @@ class GatewayMetadata(Protocol):
 
 class Gateway:
     def __init__(self, cluster: Cluster, config: Config, storage: GatewayStorage | None = None,
-                 senders: GatewaySenders | None = None, metadata: GatewayMetadata | None = None):
+                 senders: GatewaySenders | None = None, metadata: GatewayMetadata | None = None,
+                 suspects: Suspects | None = None):
         """storage, senders, metadata: the internal clients, by default the real ones
-        over the cluster (tests pass fakes)."""
+        over the cluster; suspects: where a sender whose stream broke is checked, by
+        default a DeadMembers over the cluster (tests pass fakes)."""
         self._cluster, self._config = cluster, config
         self._storage: GatewayStorage = storage if storage is not None else StorageClient(cluster)
         self._senders: GatewaySenders = senders if senders is not None else SenderClient(cluster)
         self._metadata: GatewayMetadata = metadata if metadata is not None else MetadataClient(cluster)
+        self.suspects: Suspects = suspects if suspects is not None else DeadMembers(EtcdMemberLeases(cluster))
         # Concurrent publishes to a topic share one Append; concurrent acks of all
         # subscriptions one sender has one call to it (ack ids name their subscription).
         self._appends = Coalescer(self._storage.append, max_items=MERGED_MAX_ITEMS,
@@ -169,7 +179,8 @@ class Gateway:
             # Taken before the owner is looked up, so no change in between is missed.
             senders_changed = self._cluster.next_ring_change("sender")
             try:
-                call = self._senders.subscribe(self._senders.owner_addr(name), request)
+                addr = self._senders.owner_addr(name)
+                call = self._senders.subscribe(addr, request)
                 self._relays.add(call)
                 async for frame in call:
                     backoff.reset()
@@ -180,6 +191,10 @@ class Gateway:
             except grpc.aio.AioRpcError as e:
                 if not self._closing and e.code() not in (*errors.RETRYABLE_CODES, grpc.StatusCode.CANCELLED):
                     raise
+                if e.code() == grpc.StatusCode.UNAVAILABLE:
+                    # Perhaps the sender died: if its address refuses connections, its lease
+                    # ends now and the ring moves on, instead of after the lease (3 s).
+                    self.suspects.suspect("sender", addr)
                 log.info("sender stream broke; reconnecting", extra=fields(subscription=name, code=e.code().name))
             except errors.Unavailable:
                 pass  # no live sender yet
@@ -188,9 +203,9 @@ class Gateway:
                     self._relays.discard(call)
                     call.cancel()
             if not self._closing:
-                # A dead sender is seen gone when its lease lapses: the new owner is
-                # tried at once then, not after the backoff (stream takeover measured
-                # 5.0 s with the backoff alone).
+                # A dead sender is seen gone when its lease ends: the new owner is tried
+                # at once then, not after the backoff (stream takeover measured 5.0 s
+                # with the backoff alone).
                 await backoff.sleep(cut_short=senders_changed)
 
     def _ack_ids(self, name: str, ack_ids) -> list[str]:

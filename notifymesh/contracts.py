@@ -184,6 +184,9 @@ class MemberRecord(NamedTuple):
     addr: str
     pid: int = 0
     started: float = 0.0
+    # The etcd lease the key lives under (0: not recorded), so that a peer that finds
+    # the member dead can end the lease at once (notifymesh.server.liveness).
+    lease: int = 0
 
     def encode(self) -> bytes:
         return json.dumps(self._asdict()).encode()
@@ -191,7 +194,7 @@ class MemberRecord(NamedTuple):
     @classmethod
     def parse(cls, value: bytes) -> "MemberRecord":
         record = json.loads(value)
-        return cls(record["addr"], record.get("pid", 0), record.get("started", 0.0))
+        return cls(record["addr"], record.get("pid", 0), record.get("started", 0.0), record.get("lease", 0))
 
 
 class LeaderRecord(NamedTuple):

@@ -60,11 +60,24 @@ class Follower:
         side); last_heard: when a leader last fed each shard (monotonic), for placement."""
         self._engine, self._leading, self._candidate = engine, leading, candidate
         self._known_epoch, self._last_heard = known_epoch, last_heard
+        # Leader node -> when a request of it last came (monotonic), for silent_leaders:
+        # the storage nodes, at most.
+        self._heard_from: dict[str, float] = {}
         self._open = False
 
     def open(self) -> None:
         """The engine has recovered and writes: batches are taken from now on."""
         self._open = True
+
+    def silent_leaders(self, leaders: Mapping[str, str], after_s: float) -> list[str]:
+        """The addresses of the leaders (node -> address: those of the shards this node
+        follows) that sent nothing here for after_s, counted from when they were
+        first asked about. A live leader sends each shard a heartbeat every
+        leader.HEARTBEAT_S at least."""
+        now = time.monotonic()
+        for gone in self._heard_from.keys() - leaders.keys():
+            del self._heard_from[gone]
+        return [addr for node, addr in leaders.items() if now - self._heard_from.setdefault(node, now) >= after_s]
 
     async def _admit(self, shard: str, batch: storage_pb2.ShardEntries, result: storage_pb2.ShardResult,
                      writes: list[Awaitable[None]]) -> bool:
@@ -95,6 +108,7 @@ class Follower:
         fits the local log, writes all of them in one synced write."""
         if not self._open:
             raise errors.Unavailable("storage node is starting: its replication state is not loaded yet")
+        self._heard_from[request.leader] = time.monotonic()
         results, writes = [], []
         for batch in request.shards:
             shard = shard_name(batch.topic, batch.partition)

@@ -21,6 +21,20 @@ deposed leader cannot get a write acknowledged. A leader no majority has
 answered within the lease resigns (check-quorum): one that still reaches etcd
 but not its followers does not keep the shard.
 
+A follower whose leader went silent probes the leader's address; a dead process's
+address refuses connections, and its member lease is then ended at once
+(notifymesh.server.liveness) rather than after its TTL, so the followers elect
+within a second of its death. This weakens no fencing: ending a lease is its expiry
+brought forward (etcd deletes the same keys), and no rule here relies on when that
+happens. A deposed leader of epoch E, even alive, gets a write acknowledged only by
+a majority that took it at E; a newer leader's claim counted a majority of
+announcements (unchanged up to the claim), and the two majorities share a replica.
+An announced replica takes no batch of E: withdrawing needs E's leader key, which
+is gone (a withdrawal while it exists changes the announcement and fails the claim);
+after taking the newer leader's batch it refuses E as older (on disk). So that
+replica took the write before announcing, its announcement counts it, and the most
+advanced of the majority, elected, has it.
+
 The leader also keeps the placement in line with the ring over the live storage
 nodes: a node that should hold the shard but does not is fed as a learner until
 it has everything committed, and then swapped into the placement (a
@@ -32,6 +46,7 @@ The parts, one job each:
 - storage/leader.py             Leadership, the write path, the streams to followers
 - storage/follower.py           the Replicate handler
 - storage/placement.py          the replica set and learners; dropping abandoned shards
+- notifymesh/server/liveness.py ending a dead member's lease at once
 - this module                   Replication: the loop that follows etcd, start and stop, status
 """
 
@@ -44,6 +59,7 @@ from gen.notifymesh.v1 import cluster_pb2
 from notifymesh.contracts import Shard
 from notifymesh.log import fields
 from notifymesh.server.cluster import Cluster
+from notifymesh.server.liveness import DeadMembers, EtcdMemberLeases
 from storage.election import Election, EtcdElectionStore, Registered
 from storage.engine import StorageEngine
 from storage.follower import Follower
@@ -56,6 +72,13 @@ __all__ = ["Replication", "Leadership", "Progress", "quorum"]
 log = logging.getLogger(__name__)
 
 FINAL_STATE_TIMEOUT_S = 2.0    # on shutdown, for the followers to take the last delivery state
+# A leader that sent nothing for this long (a live one sends every shard a heartbeat
+# every HEARTBEAT_S, 1 s, and streams while publishes come) has its address probed:
+# if it refuses connections, its process is dead and its lease is ended at once
+# (notifymesh.server.liveness), so the followers elect without waiting out the lease.
+# An idle live leader costs each follower a TCP connect about once a second.
+LEADER_SILENT_S = 0.5
+WATCH_LEADERS_S = 0.1          # how often the followers' silence is looked at
 
 
 class Replication:
@@ -81,8 +104,13 @@ class Replication:
         self.leadership = self.leader.leadership
         self.append = self.leader.append
         self.replicate = self.follower.replicate
+        self.dead_members = DeadMembers(EtcdMemberLeases(cluster))
+        # node -> address of the leaders of the shards this node follows (as of the last
+        # round): those whose silence is watched.
+        self._followed: dict[str, str] = {}
         self._changed = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._watch: asyncio.Task | None = None
 
     def _advance_commit(self, lead: Leadership) -> None:  # tests/unit/test_storage_engine.py drives this
         self.leader.advance_commit(lead)
@@ -94,12 +122,17 @@ class Replication:
             mirror.on_change(lambda _name: self._changed.set())
         self.follower.open()  # the engine recovered (its constructor) and writes (started before this)
         self._task = asyncio.create_task(self._run())
+        self._watch = asyncio.create_task(self._watch_leaders())
 
     async def stop(self) -> None:
         """Sends the followers the final delivery state, then gives up every
         leadership at once so the others elect without waiting for the lease."""
         if self._task:
             self._task.cancel()
+        if self._watch:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+        await self.dead_members.close()
         self.leader.state_due()
         give_up = time.monotonic() + FINAL_STATE_TIMEOUT_S
         while time.monotonic() < give_up and self.leader.states_pending():
@@ -137,13 +170,24 @@ class Replication:
             except Exception as e:
                 log.warning("replication round failed", extra=fields(error=repr(e)))
 
+    async def _watch_leaders(self) -> None:
+        """Has the leaders that went silent checked (DeadMembers): a dead one's lease is
+        ended, which deletes its leader keys, and this node campaigns at once."""
+        while True:
+            await asyncio.sleep(WATCH_LEADERS_S)
+            for addr in self.follower.silent_leaders(self._followed, LEADER_SILENT_S):
+                self.dead_members.suspect("storage", addr)
+
     async def _reconcile(self) -> None:
         placements, leaders = self._cluster.placements.items, self._cluster.leaders.items
+        followed: dict[str, str] = {}
         for shard, placement in list(placements.items()):
             leader = leaders.get(shard)
             epoch = self._cluster.epoch(shard)
             if leader is not None:
                 self._known_epoch[shard] = max(self._known_epoch.get(shard, 0), epoch)
+                if leader.node != self._node and self._node in placement.replicas:
+                    followed[leader.node] = leader.addr
             lead = self.led.get(shard)
             if lead is not None and not await self.election.still_leader(shard, lead.epoch, leader, epoch):
                 await self.leader.step_down(shard, "leader key changed")
@@ -158,6 +202,7 @@ class Replication:
                     await self.leader.lead(shard, won, list(placement.replicas))
             elif lead is not None:
                 await self.placement.maintain(lead, placement)
+        self._followed = followed
         for shard in list(self.led):
             if shard not in placements:
                 await self.leader.step_down(shard, "topic deleted", resign=True)

@@ -172,7 +172,7 @@ class Registration:
     def __init__(self, etcd: aetcd.Client, kind: str, node_id: str, addr: str, ttl_s: int):
         self.key = member_key(kind, node_id)
         self.addr = addr
-        self._value = MemberRecord(addr, os.getpid(), time.time()).encode()
+        self._record = MemberRecord(addr, os.getpid(), time.time())
         self._etcd, self._ttl = etcd, ttl_s
         self.lease = None
         # Until this monotonic time the lease is certainly alive (the last keep-alive
@@ -187,7 +187,7 @@ class Registration:
     async def _register(self) -> None:
         sent = time.monotonic()
         self.lease = await self._etcd.lease(self._ttl)
-        await self._etcd.put(self.key, self._value, lease=self.lease)
+        await self._etcd.put(self.key, self._record._replace(lease=self.lease.id).encode(), lease=self.lease)
         self.valid_until = sent + self._ttl
 
     async def _keep_alive(self) -> None:

@@ -47,3 +47,52 @@ async def test_a_claim_checks_the_announcements_and_placement_it_read(mesh):
             await etcd.delete(key)
         await etcd.delete_prefix(candidates_prefix(shard))
         await etcd.close()
+
+
+async def test_a_dead_leaders_lease_is_ended_at_once_and_a_paused_or_cut_off_ones_is_not(mesh):
+    """The leader key goes with the member lease: ended at once when the member's
+    address refuses connections (its process died), so its followers elect without
+    waiting out the lease; kept when a connect is accepted (a paused process: its
+    kernel still accepts) or not answered (a cut link)."""
+    import socket
+    from notifymesh.contracts import MemberRecord, member_key
+    from notifymesh.server.liveness import DeadMembers, EtcdMemberLeases
+
+    etcd = connect_etcd(mesh.etcd_endpoint)
+    paused = socket.create_server(("127.0.0.1", 0))  # listens, never accepts
+    # A full accept queue: the kernel drops every SYN, as a cut link (nftables drop) does.
+    cut_off = socket.create_server(("127.0.0.1", 0), backlog=0)
+    fillers = [socket.socket() for _ in range(3)]
+    for filler in fillers:
+        filler.setblocking(False)
+        filler.connect_ex(cut_off.getsockname())
+    closed = socket.create_server(("127.0.0.1", 0))
+    dead_addr = f"127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()
+    members = {"dead": dead_addr, "paused": f"127.0.0.1:{paused.getsockname()[1]}",
+               "cut-off": f"127.0.0.1:{cut_off.getsockname()[1]}"}
+    nodes = {kind: unique(f"liveness-{kind}") for kind in members}
+    shards = {kind: f"{unique('liveness')}/0" for kind in members}
+    mirror = {}
+    try:
+        for kind, addr in members.items():
+            lease = await etcd.lease(60)  # far longer than the test: only a revoke ends it
+            record = MemberRecord(addr, lease=lease.id)
+            await etcd.put(member_key("storage", nodes[kind]), record.encode(), lease=lease)
+            await etcd.put(leader_key(shards[kind]), LeaderRecord(nodes[kind], addr).encode(), lease=lease)
+            mirror[f"storage/{nodes[kind]}"] = record
+        dead_members = DeadMembers(EtcdMemberLeases(SimpleNamespace(etcd=etcd, members=SimpleNamespace(items=mirror))))
+        assert await dead_members.check("storage", members["dead"])
+        assert await etcd.get(leader_key(shards["dead"])) is None
+        assert await etcd.get(member_key("storage", nodes["dead"])) is None
+        for kind in ("paused", "cut-off"):
+            assert not await dead_members.check("storage", members[kind])
+            assert await etcd.get(leader_key(shards[kind])) is not None, kind
+        assert await dead_members.check("storage", members["dead"]) is False  # already gone
+    finally:
+        for sock in (paused, cut_off, *fillers):
+            sock.close()
+        for kind in members:
+            await etcd.delete(leader_key(shards[kind]))
+            await etcd.delete(member_key("storage", nodes[kind]))
+        await etcd.close()

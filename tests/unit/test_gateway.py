@@ -239,3 +239,76 @@ async def test_admin_calls_go_to_metadata():
     request = pubsub_pb2.GetTopicRequest(name=TOPIC)
     await gateway.admin("GetTopic", request)
     assert gateway._metadata.calls == [("GetTopic", request)]
+
+
+# -- relayed streams ------------------------------------------------------------------------------
+
+
+class RelayCall:
+    """A sender's stream as the gateway relays it: fails with code, or gives one frame."""
+
+    def __init__(self, addr: str, code: grpc.StatusCode | None):
+        self.addr, self.code = addr, code
+
+    async def __aiter__(self):
+        if self.code is not None:
+            raise grpc.aio.AioRpcError(self.code, grpc.aio.Metadata(), grpc.aio.Metadata(), "stream broke")
+        yield self.addr.encode()
+
+    def cancel(self) -> None:
+        pass
+
+
+class RelayingSenders(FakeSenders):
+    """Streams of the senders at the addresses in broken fail with their code."""
+
+    def __init__(self, owners: dict[str, str], broken: dict[str, grpc.StatusCode]):
+        super().__init__(owners)
+        self.broken = broken
+
+    def subscribe(self, addr: str, request):
+        return RelayCall(addr, self.broken.get(addr))
+
+
+class Suspects:
+    """The liveness check: a suspect it finds dead leaves the ring (on_suspect)."""
+
+    def __init__(self, on_suspect):
+        self.suspected: list[tuple[str, str]] = []
+        self._on_suspect = on_suspect
+
+    def suspect(self, kind: str, addr: str) -> None:
+        self.suspected.append((kind, addr))
+        self._on_suspect()
+
+
+def relaying_gateway(code: grpc.StatusCode):
+    """sub-a's owner, sender-1, breaks its stream with code; once it is found dead
+    (suspected: in this fake, at once), the ring moves sub-a to sender-2."""
+    cluster = FakeCluster(topics={TOPIC: 1}, subscriptions={"sub-a": TOPIC})
+    senders = RelayingSenders({"sub-a": "sender-1:1"}, {"sender-1:1": code})
+
+    def sender_1_dead():
+        senders.owners["sub-a"] = "sender-2:2"
+        cluster.ring_changed.set()
+    suspects = Suspects(sender_1_dead)
+    return Gateway(cluster, Config(), FakeGatewayStorage(), senders, FakeMetadata(), suspects), senders, suspects
+
+
+async def test_a_sender_whose_stream_breaks_unavailable_is_checked_and_its_successor_relayed():
+    gateway, senders, suspects = relaying_gateway(grpc.StatusCode.UNAVAILABLE)
+    frames = gateway.subscribe("sub-a", 10)
+    assert await asyncio.wait_for(frames.__anext__(), 1) == b"sender-2:2"
+    assert suspects.suspected == [("sender", "sender-1:1")]
+    await frames.aclose()
+
+
+async def test_a_stream_the_sender_ended_otherwise_is_no_reason_to_check_it():
+    gateway, senders, suspects = relaying_gateway(grpc.StatusCode.CANCELLED)
+    frames = gateway.subscribe("sub-a", 10)
+    next_frame = asyncio.ensure_future(frames.__anext__())
+    await asyncio.sleep(0.3)  # a few reconnects (backoff from 50 ms)
+    assert suspects.suspected == [] and not next_frame.done()
+    next_frame.cancel()
+    await asyncio.gather(next_frame, return_exceptions=True)
+    await frames.aclose()

@@ -1,0 +1,113 @@
+"""Ending a dead member's lease at once: only when its address refuses two connects
+(a dead process), never on a timeout (a cut link) or an accepted connect (a paused
+process); and the storage follower's view of which leaders went silent."""
+
+import asyncio
+import socket
+
+from fakes import eventually
+
+from gen.notifymesh.internal.v1 import storage_pb2
+from notifymesh.contracts import MemberRecord
+from notifymesh.server.liveness import DeadMembers, Reach, probe
+from storage.follower import Follower
+
+ADDR = "10.0.0.7:7001"
+
+
+class Leases:
+    """MemberLeases over a dict of kind/node -> MemberRecord; records the revokes."""
+
+    def __init__(self, records: dict[str, MemberRecord]):
+        self.records = records
+        self.revoked: list[int] = []
+        self.reads = 0
+
+    def node_at(self, kind: str, addr: str) -> str | None:
+        return next((name.split("/", 1)[1] for name, record in self.records.items()
+                     if name.startswith(kind + "/") and record.addr == addr), None)
+
+    async def record(self, kind: str, node: str) -> MemberRecord | None:
+        self.reads += 1
+        return self.records.get(f"{kind}/{node}")
+
+    async def revoke(self, lease: int) -> None:
+        self.revoked.append(lease)
+
+
+class Probes:
+    """Answers the connects in turn with the given outcomes (the last one repeats)."""
+
+    def __init__(self, *outcomes: Reach):
+        self.outcomes, self.tried = list(outcomes), []
+
+    async def __call__(self, addr: str) -> Reach:
+        self.tried.append(addr)
+        return self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
+
+
+def dead_members(*outcomes: Reach, record: MemberRecord = MemberRecord(ADDR, lease=41)):
+    leases, probes = Leases({"storage/storage-1": record}), Probes(*outcomes)
+    return DeadMembers(leases, probes, confirm_after_s=0), leases, probes
+
+
+async def test_a_member_whose_address_refuses_twice_has_its_lease_ended():
+    members, leases, probes = dead_members(Reach.REFUSED)
+    assert await members.check("storage", ADDR)
+    assert leases.revoked == [41] and probes.tried == [ADDR, ADDR]
+
+
+async def test_a_timeout_or_an_accepted_connect_ends_no_lease():
+    for outcomes in [(Reach.NO_ANSWER,), (Reach.ACCEPTED,), (Reach.REFUSED, Reach.NO_ANSWER),
+                     (Reach.REFUSED, Reach.ACCEPTED)]:
+        members, leases, _ = dead_members(*outcomes)
+        assert not await members.check("storage", ADDR), outcomes
+        assert leases.revoked == [], outcomes
+
+
+async def test_no_lease_is_ended_for_an_address_no_member_has_or_a_record_without_its_lease():
+    members, leases, probes = dead_members(Reach.REFUSED)
+    assert not await members.check("storage", "10.0.0.8:7001")  # nobody registered there
+    assert not await members.check("sender", ADDR)               # a storage node's address, not a sender's
+    members, leases, probes = dead_members(Reach.REFUSED, record=MemberRecord(ADDR))  # lease not recorded
+    assert not await members.check("storage", ADDR)
+    assert leases.revoked == [] and probes.tried == []
+
+
+async def test_a_suspect_is_checked_once_however_often_its_stream_breaks():
+    members, leases, probes = dead_members(Reach.ACCEPTED)  # alive: keeps its lease
+    for _ in range(5):
+        members.suspect("storage", ADDR)
+    await eventually(lambda: leases.reads == 1)
+    await asyncio.sleep(0.05)
+    members.suspect("storage", ADDR)  # within recheck_s of the last check
+    await asyncio.sleep(0.05)
+    assert leases.reads == 1 and probes.tried == [ADDR] and leases.revoked == []
+    await members.close()
+
+
+async def test_a_probe_tells_a_closed_port_from_a_listening_one():
+    listening = socket.create_server(("127.0.0.1", 0))  # never accepts: like a paused process
+    closed = socket.create_server(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    try:
+        assert await probe(f"127.0.0.1:{listening.getsockname()[1]}") is Reach.ACCEPTED
+        assert await probe(f"127.0.0.1:{closed_port}") is Reach.REFUSED
+    finally:
+        listening.close()
+
+
+async def test_a_follower_finds_silent_the_leaders_that_sent_it_nothing_lately():
+    follower = Follower(None, None, None, {}, {})
+    follower.open()
+    leaders = {"storage-1": "a:1", "storage-3": "c:3"}
+    assert follower.silent_leaders(leaders, 0.05) == []  # from when first asked about
+    await asyncio.sleep(0.06)
+    await follower.replicate(storage_pb2.ReplicateRequest(leader="storage-1"))  # an empty batch: a heartbeat
+    assert follower.silent_leaders(leaders, 0.05) == ["c:3"]
+    await asyncio.sleep(0.06)
+    assert sorted(follower.silent_leaders(leaders, 0.05)) == ["a:1", "c:3"]
+    # a node no longer leading here is forgotten: leading again, it is counted afresh
+    assert follower.silent_leaders({"storage-1": "a:1"}, 0.05) == ["a:1"]
+    assert follower.silent_leaders(leaders, 0.05) == ["a:1"]
