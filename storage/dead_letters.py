@@ -49,7 +49,7 @@ class DeadLetters:
         log_ = self._logs.shards[dead.shard]
         self._records.put(log_.layout.delivery(dead.seq, dead.subscription, lease.delivered_ms, dead.attempts),
                           keys.delivery_record(record.dead_ms, pubsub_pb2.DEAD_LETTER, dead.error))
-        log_.state_version += 1
+        log_.touch(state)
 
     def list(self, shard: str, subscription: str, limit: int) -> list[pubsub_pb2.DeadLetter]:
         state = self._subscriptions.subscription(shard, subscription)
@@ -74,7 +74,7 @@ class DeadLetters:
             state.lease(seq, Lease(now, 0, 0))
         state.dead_letters.clear()
         if redriven:
-            log_.state_version += 1
+            log_.touch(state)
             log_.notify()
         return redriven
 

@@ -5,10 +5,12 @@ Pull, ack, nack and modify-ack-deadline work on it; each outcome of an attempt
 is recorded in the delivery log (keys.ShardKeys.delivery, read by
 storage/delivery_log.py).
 
-The state lives in memory on the leader, which saves it as one value per shard
-(snapshot) when it changed, about every 0.5 s, and sends the same to its
-followers; a crash loses at most that much, which only means messages are
-delivered again, as at-least-once allows.
+The state lives in memory on the leader, which saves it about every 0.5 s, one
+RocksDB value per subscription that changed since (save_state), and sends each
+follower the subscriptions changed since the state it has (state_since): the
+cost of a tick follows what changed, not how many leases and dead letters are
+held. A crash loses at most that much, which only means messages are delivered
+again, as at-least-once allows.
 """
 
 import asyncio
@@ -39,11 +41,14 @@ MAX_QUEUED_DEAD_LETTERS = 10_000
 # Per subscription and shard, what the delivery state holds at most:
 # - leases (messages delivered and not yet acknowledged, or waiting for a retry):
 #   at the limit no new message is delivered until one ends, as JetStream's
-#   max_ack_pending; about 250 bytes each in memory, 28 in a snapshot;
+#   max_ack_pending; about 250 bytes each in memory, 28 in the saved state;
 # - dead-letter records, for listing and redrive: past the limit the oldest record
 #   goes (its message is in the dead-letter topic, and its outcome in the
 #   delivery log).
 MAX_LEASES, MAX_DEAD_LETTER_RECORDS = 20_000, 10_000
+# Detached subscriptions a leader remembers for followers with an older state; one
+# further behind than the oldest is sent the whole state.
+MAX_REMOVED = 1_000
 DEAD_LETTER_BUSY_MS = 1_000
 
 
@@ -95,6 +100,10 @@ class SubscriptionState:
     dead_letters: dict[int, storage_pb2.DeadLetterRecord] = field(default_factory=dict)
     created_ms: int = 0  # the subscription's create time: older messages were never its own
     record: pubsub_pb2.Subscription | None = None  # the etcd record policy and created_ms come from
+    version: int = 0  # the shard's state_version at its last change (ShardLog.touch)
+    # Its saved form, as of version saved_version (built once per change, for disk and followers).
+    saved: storage_pb2.SubscriptionState | None = None
+    saved_version: int = -1
 
     def lease(self, seq: int, lease: Lease) -> None:
         self.leases[seq] = lease
@@ -126,6 +135,21 @@ class DeadLetter:
     error: str
 
 
+class StateUpdate(NamedTuple):
+    """Delivery state for a follower: the subscriptions changed since the state it
+    has and those detached since (delta), or every subscription (not delta); and
+    the stamp (leader epoch, state_version) of the state it brings it to."""
+    states: list[storage_pb2.SubscriptionState]
+    removed: list[str]
+    delta: bool
+    stamp: tuple[int, int]
+
+    @classmethod
+    def of(cls, batch: storage_pb2.ShardEntries) -> "StateUpdate":
+        return cls(list(batch.subscriptions), list(batch.removed_subscriptions), batch.state_delta,
+                   (batch.state_epoch, batch.state_version))
+
+
 class Pull(NamedTuple):
     """One subscription's part of a pull; max_messages 0: lease none, only wait
     until it has a deliverable message (a sender with no room to spare)."""
@@ -154,9 +178,16 @@ class Deliveries:
     def recover(self) -> None:
         """Finds the saved delivery state of every shard (taken into memory when led)."""
         for key, value in self._records.prefixed(keys.STATE):
-            saved = keys.parse_delivery_state(value)
             log_ = self._logs.shard(keys.shard_of(key))
-            log_.saved, log_.state_stamp = list(saved.subscriptions), (saved.epoch, saved.version)
+            if log_.saved is None:
+                log_.saved = {}
+            if (subscription := keys.subscription_of_state(key)) is not None:
+                log_.saved[subscription] = keys.parse_subscription_state(value)
+                continue
+            stamp = keys.parse_delivery_state(value)
+            log_.state_stamp = (stamp.epoch, stamp.version)
+            for state in stamp.subscriptions:  # saved by an earlier version: its own keys (after) win
+                log_.saved.setdefault(state.name, state)
 
     # -- subscriptions ----------------------------------------------------------
 
@@ -173,7 +204,7 @@ class Deliveries:
             state = log_.subscriptions[subscription.name] = SubscriptionState(
                 subscription.name, cursor, policy=DeliveryPolicy.of(subscription),
                 created_ms=to_ms(subscription.create_time), record=subscription)
-            log_.state_version += 1
+            log_.touch(state)
             log.info("subscription attached", extra=fields(shard=shard, subscription=subscription.name,
                                                            cursor=cursor, first=log_.first, end=log_.end))
         return state
@@ -183,6 +214,12 @@ class Deliveries:
         if log_ is None or log_.subscriptions.pop(subscription, None) is None:
             return
         log_.state_version += 1
+        log_.removed[subscription] = log_.state_version
+        if len(log_.removed) > MAX_REMOVED:  # the oldest half goes: a follower behind them gets everything
+            forgotten = sorted(log_.removed.items(), key=lambda item: item[1])[:MAX_REMOVED // 2]
+            for name, _ in forgotten:
+                del log_.removed[name]
+            log_.removed_floor = forgotten[-1][1]
         log_.notify()
         log.info("subscription detached", extra=fields(shard=shard, subscription=subscription))
 
@@ -199,13 +236,15 @@ class Deliveries:
         """This node leads the shard from now on: its delivery state comes out of the
         saved (or received) form."""
         log_ = self.restored(shard)
-        log_.leader_epoch, log_.snapshot = epoch, None
+        log_.leader_epoch, log_.saved_version = epoch, -1
+        log_.removed.clear()
+        log_.removed_floor = log_.state_version
 
     def restored(self, shard: str) -> ShardLog:
         log_ = self._logs.shard(shard)
         if log_.saved is not None:
             log_.subscriptions = {}
-            for saved in log_.saved:
+            for saved in log_.saved.values():
                 state = log_.subscriptions[saved.name] = SubscriptionState(saved.name, saved.cursor)
                 errors_ = saved.lease_errors
                 for lease in keys.parse_lease_states(saved.leases):
@@ -213,39 +252,81 @@ class Deliveries:
                                                  errors_.get(lease.seq, "")))
                 for dead in saved.dead_letters:
                     state.dead_letters[dead.seq] = dead
+                log_.touch(state)
             log_.saved = None
         return log_
 
-    def snapshot(self, shard: str) -> list[storage_pb2.SubscriptionState]:
-        """The leader's delivery state, saved (without sync) when it changed since the
-        last snapshot; the leader sends the same to its followers."""
-        log_ = self.restored(shard)
-        if log_.snapshot is None or log_.snapshot[0] != log_.state_version:
+    @staticmethod
+    def _saved_form(log_: ShardLog, state: SubscriptionState) -> storage_pb2.SubscriptionState:
+        if state.saved_version != state.version:
             pack = keys.lease_state
-            states = [storage_pb2.SubscriptionState(
-                          name=s.name, cursor=s.cursor, dead_letters=s.dead_letters.values(),
-                          leases=b"".join(pack(seq, lease.deadline_ms, lease.delivered_ms, lease.attempt)
-                                          for seq, lease in s.leases.items()),
-                          lease_errors={seq: lease.last_error for seq, lease in s.leases.items() if lease.last_error})
-                      for s in log_.subscriptions.values()]
-            self._save(log_, states, (log_.leader_epoch, log_.state_version))
-            log_.snapshot = (log_.state_version, states)
-        return log_.snapshot[1]
+            state.saved = storage_pb2.SubscriptionState(
+                name=state.name, cursor=state.cursor, dead_letters=state.dead_letters.values(),
+                leases=b"".join(pack(seq, lease.deadline_ms, lease.delivered_ms, lease.attempt)
+                                for seq, lease in state.leases.items()),
+                lease_errors={seq: lease.last_error for seq, lease in state.leases.items() if lease.last_error})
+            state.saved_version = state.version
+        return state.saved
 
-    def _save(self, log_: ShardLog, states: list[storage_pb2.SubscriptionState],
-              stamp: tuple[int, int]) -> storage_pb2.DeliveryState:
-        log_.state_stamp = stamp
-        saved = storage_pb2.DeliveryState(subscriptions=states, epoch=stamp[0], version=stamp[1])
-        self._records.put(log_.layout.state, keys.delivery_state_value(saved))
-        return saved
+    def save_state(self, shard: str) -> None:
+        """Saves (without sync) the leader's delivery state: the subscriptions changed
+        since it last did, and the stamp."""
+        log_ = self.restored(shard)
+        if log_.saved_version == log_.state_version:
+            return
+        batch, layout = self._records.batch(), log_.layout
+        for state in log_.subscriptions.values():
+            if state.version > log_.saved_version:
+                batch.put(layout.subscription_state(state.name),
+                          keys.subscription_state_value(self._saved_form(log_, state)))
+        for name, version in log_.removed.items():
+            if version > log_.saved_version and name not in log_.subscriptions:
+                batch.delete(layout.subscription_state(name))
+        if log_.saved_version < log_.removed_floor:  # removals forgotten: delete what is not kept
+            for key, _ in self._records.prefixed(layout.subscription_state_prefix):
+                if keys.subscription_of_state(key) not in log_.subscriptions:
+                    batch.delete(key)
+        log_.saved_version = log_.state_version
+        log_.state_stamp = (log_.leader_epoch, log_.state_version)
+        batch.put(layout.state, keys.delivery_state_value(
+            storage_pb2.DeliveryState(epoch=log_.leader_epoch, version=log_.state_version)))
+        self._records.write(batch)
 
-    def import_states(self, shard: str, states: list[storage_pb2.SubscriptionState],
-                      stamp: tuple[int, int]) -> None:
+    def state_since(self, shard: str, version: int) -> StateUpdate:
+        """What a follower that has the leader's state of version (-1: none) lacks."""
+        log_ = self.restored(shard)
+        stamp = (log_.leader_epoch, log_.state_version)
+        states = log_.subscriptions.values()
+        if version < log_.removed_floor:
+            return StateUpdate([self._saved_form(log_, s) for s in states], [], False, stamp)
+        return StateUpdate([self._saved_form(log_, s) for s in states if s.version > version],
+                           [name for name, at in log_.removed.items() if at > version], True, stamp)
+
+    def import_states(self, shard: str, update: StateUpdate) -> None:
         """A follower takes the leader's delivery state as it is (and leaves it in
         that form until it leads)."""
         log_ = self._logs.shard(shard)
-        saved = self._save(log_, states, stamp)  # a copy: the request it came in is not kept alive
-        log_.saved, log_.subscriptions, log_.snapshot = list(saved.subscriptions), {}, None
+        layout, batch = log_.layout, self._records.batch()
+        if not update.delta:
+            saved = {}
+        elif log_.saved is not None:
+            saved = log_.saved
+        else:  # taken into memory meanwhile (a status read): back to the saved form
+            saved = {state.name: self._saved_form(log_, state) for state in log_.subscriptions.values()}
+        if not update.delta:
+            batch.delete_range(layout.subscription_state_prefix, keys.prefix_end(layout.subscription_state_prefix))
+        for state in update.states:
+            value = keys.subscription_state_value(state)
+            batch.put(layout.subscription_state(state.name), value)
+            saved[state.name] = keys.parse_subscription_state(value)  # a copy: the request is not kept alive
+        for name in update.removed:
+            saved.pop(name, None)
+            batch.delete(layout.subscription_state(name))
+        log_.state_stamp = update.stamp
+        batch.put(layout.state, keys.delivery_state_value(
+            storage_pb2.DeliveryState(epoch=update.stamp[0], version=update.stamp[1])))
+        self._records.write(batch)
+        log_.saved, log_.subscriptions = saved, {}
 
     # -- delivery (leader) ------------------------------------------------------
 
@@ -264,25 +345,24 @@ class Deliveries:
             messages: dict[int, bytes | None] = {}  # each entry read once for all subscriptions
             pulled = {}
             soonest = None
-            leased_any = False
             for name, max_messages, ack_deadline_ms in pulls:
                 state = log_.subscriptions.get(name)
                 if state is None:
                     continue
+                records = len(batch)
                 leased = self._lease_deliverable(log_, state, max_messages, now, now + ack_deadline_ms, messages,
                                                  batch)
+                if leased.received or len(batch) > records:
+                    log_.touch(state)
                 due = state.next_deadline()
                 ready = (state.cursor < log_.commit and len(state.leases) < MAX_LEASES) or \
                     (due is not None and due <= now)
                 if leased.received or (ready and not max_messages):
                     pulled[name] = leased._replace(ready=ready)
-                    leased_any = leased_any or bool(leased.received)
                 elif due is not None:
                     soonest = due if soonest is None else min(soonest, due)
             if len(batch):
                 self._records.write(batch)
-            if leased_any or len(batch):
-                log_.state_version += 1
             remaining = give_up - loop.time()
             if pulled or remaining <= 0 or self._draining:
                 return pulled
@@ -307,6 +387,7 @@ class Deliveries:
             previous = state.leases[seq]
             if message is None:  # expired by retention meanwhile
                 del state.leases[seq]
+                log_.touch(state)
                 continue
             attempts = previous.attempt
             if attempts and not previous.last_error:  # neither acked nor nacked in time
@@ -349,7 +430,7 @@ class Deliveries:
         except asyncio.QueueFull:
             queued, wait_ms = False, DEAD_LETTER_BUSY_MS
         state.lease(seq, Lease(now + wait_ms, lease.attempt, lease.delivered_ms, error))
-        log_.state_version += 1
+        log_.touch(state)
         return queued
 
     # -- acks ---------------------------------------------------------------------
@@ -381,7 +462,7 @@ class Deliveries:
         by_subscription = self._seqs_by_subscription(log_, subscription, ack_ids)
         batch = self._records.batch()
         delivery_key, acked_record = log_.layout.delivery, keys.delivery_record(now_ms(), pubsub_pb2.ACKED)
-        acked = 0
+        acked = written = 0
         for name, seqs in by_subscription.items():
             state = log_.subscriptions.get(name)
             if state is None:
@@ -391,9 +472,11 @@ class Deliveries:
                 if lease is not None:
                     batch.put(delivery_key(seq, name, lease.delivered_ms, lease.attempt), acked_record)
                     acked += 1
+            if len(batch) > written:
+                log_.touch(state)
+                written = len(batch)
         if acked:
             self._records.write(batch)
-            log_.state_version += 1
         return acked
 
     def modify_ack_deadline(self, shard: str, subscription: str, ack_ids: list[str], ack_deadline_ms: int) -> None:
@@ -408,7 +491,7 @@ class Deliveries:
             lease = state.leases.get(seq)
             if lease is not None:
                 state.lease(seq, Lease(deadline, lease.attempt, lease.delivered_ms, lease.last_error))
-                log_.state_version += 1
+                log_.touch(state)
 
     def nack(self, shard: str, subscription: str, ack_ids: list[str], delay_ms: int | None = None,
              terminal: bool = False, reason: str = "") -> None:
@@ -439,7 +522,7 @@ class Deliveries:
             state.lease(seq, Lease(now + wait, lease.attempt, lease.delivered_ms, error))
         if len(batch):
             self._records.write(batch)
-            log_.state_version += 1
+            log_.touch(state)
             log_.notify()
 
     def stop_waiting(self) -> None:

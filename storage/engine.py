@@ -5,7 +5,7 @@ module keeps one node's copy, as a facade over its parts, each with one job:
   storage/log.py           the log: entries, positions, recovery, trim and reset
   storage/group_commit.py  concurrent log writes share one synced WriteBatch
   storage/dedup.py         repeats and retries recognised at append
-  storage/delivery.py      cursors and leases: pull, ack, nack, snapshots of them
+  storage/delivery.py      cursors and leases: pull, ack, nack, their saved form
   storage/dead_letters.py  messages out of attempts: bury, list, redrive, sweep
   storage/delivery_log.py  each delivery attempt's outcome, and message status
   storage/retention.py     garbage collection of the log
@@ -24,7 +24,7 @@ from gen.notifymesh.v1 import pubsub_pb2
 from storage.db import Database
 from storage.dead_letters import DeadLetters
 from storage.dedup import Dedup, Prepared
-from storage.delivery import DeadLetter, Deliveries, Pull, Pulled, SubscriptionState
+from storage.delivery import DeadLetter, Deliveries, Pull, Pulled, StateUpdate, SubscriptionState
 from storage.delivery_log import DeliveryLog, WrittenRecords
 from storage.group_commit import GroupCommit
 from storage.log import Entries, ShardLog, ShardLogs
@@ -126,12 +126,14 @@ class StorageEngine:
     def lead(self, shard: str, epoch: int) -> None:
         self.deliveries.lead(shard, epoch)
 
-    def snapshot(self, shard: str) -> list[storage_pb2.SubscriptionState]:
-        return self.deliveries.snapshot(shard)
+    def save_state(self, shard: str) -> None:
+        self.deliveries.save_state(shard)
 
-    def import_states(self, shard: str, states: list[storage_pb2.SubscriptionState],
-                      stamp: tuple[int, int]) -> None:
-        self.deliveries.import_states(shard, states, stamp)
+    def state_since(self, shard: str, version: int) -> StateUpdate:
+        return self.deliveries.state_since(shard, version)
+
+    def import_states(self, shard: str, update: StateUpdate) -> None:
+        self.deliveries.import_states(shard, update)
 
     async def pull(self, shard: str, pulls: list[Pull], wait_ms: int) -> dict[str, Pulled]:
         return await self.deliveries.pull(shard, pulls, wait_ms)
@@ -196,7 +198,7 @@ class StorageEngine:
         self.stop_waiting()
         for name, log_ in self.shards.items():
             if log_.saved is None:  # the delivery state of a shard led here: the latest
-                self.snapshot(name)
+                self.save_state(name)
         self._closed = True
         await self._group.close()
         self.db.close()

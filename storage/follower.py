@@ -14,6 +14,7 @@ from typing import Awaitable, Mapping, Protocol
 from gen.notifymesh.internal.v1 import storage_pb2
 from notifymesh import errors
 from notifymesh.contracts import shard_name
+from storage.delivery import StateUpdate
 from storage.log import Entries, ShardLog
 from storage.replication_rules import epoch_refused, leader_deposed, newest_epoch, resend_from
 
@@ -27,8 +28,7 @@ class FollowerLog(Protocol):
     def reset(self, shard: str, first: int) -> None: ...
     def write_replicated(self, shard: str, start: int, entries: Entries) -> Awaitable[None]: ...
     def advance_commit(self, shard: str, commit: int) -> None: ...
-    def import_states(self, shard: str, states: list[storage_pb2.SubscriptionState],
-                      stamp: tuple[int, int]) -> None: ...
+    def import_states(self, shard: str, update: StateUpdate) -> None: ...
     def trim(self, shard: str, first: int) -> int: ...
     def store_replicated(self, shard: str, delivery_keys: list[bytes], values: list[bytes]) -> None: ...
 
@@ -136,8 +136,7 @@ class Follower:
                 log_ = self._engine.shard(shard)
                 self._engine.advance_commit(shard, batch.commit)
                 if batch.has_subscriptions:
-                    self._engine.import_states(shard, list(batch.subscriptions),
-                                               (batch.state_epoch, batch.state_version))
+                    self._engine.import_states(shard, StateUpdate.of(batch))
                 if batch.delivery_keys:
                     self._engine.store_replicated(shard, list(batch.delivery_keys), list(batch.delivery_records))
                 self._engine.trim(shard, batch.first)

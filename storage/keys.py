@@ -69,7 +69,7 @@ class ShardKeys:
     """The keys of one shard, its prefixes encoded once."""
     __slots__ = ("message_prefix", "index_prefix", "idempotency_prefix", "delivery_shard_prefix", "collected_prefix",
                  "first",
-                 "state", "epoch", "written", "written_from")
+                 "state", "subscription_state_prefix", "epoch", "written", "written_from")
 
     def __init__(self, shard: str):
         name = shard.encode()
@@ -79,7 +79,8 @@ class ShardKeys:
         self.delivery_shard_prefix = DELIVERY + name + b"\0"
         self.collected_prefix = COLLECTED + name + b"\0"
         self.first = FIRST + name  # -> first_value
-        self.state = STATE + name  # -> delivery_state_value
+        self.state = STATE + name  # -> delivery_state_value (the state's stamp)
+        self.subscription_state_prefix = STATE + name + b"\0"
         self.epoch = EPOCH + name  # -> epoch_value
         # The delivery keys made here, in order: the leader sends their records to its
         # followers (storage/leader.py). Position p is written[p - written_from]; a
@@ -90,6 +91,10 @@ class ShardKeys:
     def message(self, seq: int) -> bytes:
         """-> sealed(entry); parse with seq_of."""
         return self.message_prefix + seq.to_bytes(SEQ_BYTES, "big")
+
+    def subscription_state(self, subscription: str) -> bytes:
+        """-> subscription_state_value; parse with subscription_of_state."""
+        return self.subscription_state_prefix + subscription.encode()
 
     def index(self, message_id: str) -> bytes:
         """-> index_value(seq)."""
@@ -278,6 +283,20 @@ def delivery_state_value(state: storage_pb2.DeliveryState) -> bytes:
 
 def parse_delivery_state(value: bytes) -> storage_pb2.DeliveryState:
     return storage_pb2.DeliveryState.FromString(value)
+
+
+def subscription_state_value(state: storage_pb2.SubscriptionState) -> bytes:
+    return state.SerializeToString()
+
+
+def parse_subscription_state(value: bytes) -> storage_pb2.SubscriptionState:
+    return storage_pb2.SubscriptionState.FromString(value)
+
+
+def subscription_of_state(key: bytes) -> str | None:
+    """The subscription of a ShardKeys.subscription_state key; None for a stamp (ShardKeys.state)."""
+    _, separator, subscription = key[1:].partition(b"\0")
+    return subscription.decode() if separator else None
 
 
 # A lease in SubscriptionState.leases: seq, deadline ms, delivered ms, delivery attempt.

@@ -27,6 +27,7 @@ from notifymesh.contracts import Shard, shard_name
 from notifymesh.log import fields
 from notifymesh.server import rpc
 from storage.election import Registered
+from storage.delivery import StateUpdate
 from storage.delivery_log import WrittenRecords
 from storage.log import Entries, ShardLog
 from notifymesh.server.config import Config
@@ -108,7 +109,8 @@ class LeaderLog(Protocol):
     def save_epoch(self, shard: str, epoch: int) -> Awaitable[None] | None: ...
     def release_tail(self, shard: str, below: int) -> None: ...
     def advance_commit(self, shard: str, commit: int) -> None: ...
-    def snapshot(self, shard: str) -> list[storage_pb2.SubscriptionState]: ...
+    def save_state(self, shard: str) -> None: ...
+    def state_since(self, shard: str, version: int) -> StateUpdate: ...
     def written_since(self, shard: str, position: int, limit: int, max_bytes: int) -> WrittenRecords: ...
     def release_written(self, shard: str, below: int) -> None: ...
 
@@ -195,10 +197,10 @@ class Leader:
                 await self.step_down(shard, f"no answer from a majority within {self._lease_s:g}s", resign=True)
 
     def state_due(self) -> None:
-        """Snapshots the delivery state of every shard led and has it sent to the
-        followers with the next request (once a tick, not with every batch)."""
+        """Saves the delivery state of every shard led and has what changed sent to
+        the followers with the next request (once a tick, not with every batch)."""
         for lead in self.led.values():
-            self._engine.snapshot(lead.shard)  # saved here as well as sent
+            self._engine.save_state(lead.shard)
             layout = self._engine.shard(lead.shard).layout
             self._engine.release_written(lead.shard, min((p.records for p in lead.progress.values()),
                                                          default=layout.written_end))
@@ -343,7 +345,8 @@ class Leader:
             if (not entries.raw and progress.match >= log_.end and not states and progress.first == log_.first
                     and not heartbeat and not records_due):
                 continue
-            shard_entries = self._shard_entries(shard, lead, start, entries, states)
+            shard_entries = self._shard_entries(shard, lead, start, entries,
+                                                progress.state_version if states else None)
             budget -= shard_entries.ByteSize() + SHARD_FRAMING_BYTES
             records = WrittenRecords([], [], progress.records, 0)
             if records_due and budget > 0:  # in the room left: what does not fit goes next time
@@ -357,7 +360,9 @@ class Leader:
         return Outgoing(request, sent)
 
     def _shard_entries(self, shard: str, lead: Leadership, start: int, entries: Entries,
-                       states: bool) -> storage_pb2.ShardEntries:
+                       state_since: int | None) -> storage_pb2.ShardEntries:
+        """A follower's batch: the entries, and with state_since (the version of the
+        delivery state it has) what it lacks of that."""
         log_ = self._engine.shard(shard)
         prev_epoch = (self._engine.epoch_at(shard, start - 1) or 0) if start - 1 >= log_.first else 0
         topic, partition = Shard.parse(shard)
@@ -365,10 +370,13 @@ class Leader:
             topic=topic, partition=partition, epoch=lead.epoch, start=start, prev_epoch=prev_epoch,
             entries=entries.raw, message_ids=entries.ids, dedup_keys=entries.dedup_keys,
             dedup_until_ms=entries.dedup_until_ms, last_entry_epoch=entries.last_epoch, commit=log_.commit,
-            first=log_.first, has_subscriptions=states)
-        if states:
-            shard_entries.subscriptions.extend(self._engine.snapshot(shard))
-            shard_entries.state_epoch, shard_entries.state_version = lead.epoch, log_.state_version
+            first=log_.first, has_subscriptions=state_since is not None)
+        if state_since is not None:
+            update = self._engine.state_since(shard, state_since)
+            shard_entries.subscriptions.extend(update.states)
+            shard_entries.removed_subscriptions.extend(update.removed)
+            shard_entries.state_delta = update.delta
+            shard_entries.state_epoch, shard_entries.state_version = update.stamp
         return shard_entries
 
     async def _handle_results(self, node: str, response: storage_pb2.ReplicateResponse,

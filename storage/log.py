@@ -125,12 +125,16 @@ class ShardLog:
     state_version: int = 0
     # (leader epoch, state_version) of the delivery state held here, as last saved.
     state_stamp: tuple[int, int] = (0, 0)
-    # The delivery state as saved or received from the leader, not yet taken into
-    # subscriptions (a follower never needs it there; a new leader does).
-    saved: list[storage_pb2.SubscriptionState] | None = None
-    # While leading: the epoch, and the last snapshot taken (state_version, states).
+    # The delivery state as saved or received from the leader, by subscription, not
+    # yet taken into subscriptions (a follower never needs it there; a new leader does).
+    saved: dict[str, storage_pb2.SubscriptionState] | None = None
+    # While leading: the epoch; the state_version last saved; the subscriptions
+    # detached, with the state_version of their detach, for followers that have
+    # an older state: the newest MAX_REMOVED, those at or below removed_floor forgotten.
     leader_epoch: int = 0
-    snapshot: tuple[int, list[storage_pb2.SubscriptionState]] | None = None
+    saved_version: int = -1
+    removed: dict[str, int] = field(default_factory=dict)
+    removed_floor: int = 0
     # Ids of the last RETRY_SCAN_ENTRIES messages, read from the log at the first
     # retried append and kept up to date after it (None until then).
     recent_ids: RecentIds | None = None
@@ -148,6 +152,11 @@ class ShardLog:
 
     def __post_init__(self) -> None:
         self.layout = keys.ShardKeys(self.name)
+
+    def touch(self, state: SubscriptionState) -> None:
+        """Counts a change of the subscription's delivery state."""
+        self.state_version += 1
+        state.version = self.state_version
 
     def notify(self) -> None:
         """Wakes every pull waiting on this shard."""
@@ -535,6 +544,7 @@ class ShardLogs:
             batch.delete_range(prefix, keys.prefix_end(prefix))
         batch.delete(layout.first)
         batch.delete(layout.state)
+        batch.delete_range(layout.subscription_state_prefix, keys.prefix_end(layout.subscription_state_prefix))
         batch.delete(layout.epoch)
         self._db.write(batch)
         log_.notify()

@@ -84,9 +84,10 @@ def owed_entries(log_: ShardLog) -> OwedEntries | None:
     """By the delivery state in memory (a leader's) or as saved or received (a
     follower's); None when there is none to go by."""
     if log_.saved:
-        below = min(saved.cursor for saved in log_.saved)
-        leased = (lease.seq for saved in log_.saved for lease in keys.parse_lease_states(saved.leases))
-        dead = (record.seq for saved in log_.saved for record in saved.dead_letters)
+        saved_states = log_.saved.values()
+        below = min(saved.cursor for saved in saved_states)
+        leased = (lease.seq for saved in saved_states for lease in keys.parse_lease_states(saved.leases))
+        dead = (record.seq for saved in saved_states for record in saved.dead_letters)
     elif log_.saved is None and log_.subscriptions:
         states = log_.subscriptions.values()
         below = min(state.cursor for state in states)
@@ -107,7 +108,7 @@ def _expire(log_: ShardLog, state: SubscriptionState, below: int) -> None:
         for seq in dead:
             del state.dead_letters[seq]
         state.cursor = max(state.cursor, below)
-        log_.state_version += 1
+        log_.touch(state)
 
 
 def keep_identities(records: Records, logs: LogStore, log_: ShardLog, below: int) -> None:

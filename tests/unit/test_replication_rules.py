@@ -296,7 +296,7 @@ class FakeFollowerLog:
     def advance_commit(self, shard, commit):
         self.commit = max(self.commit, min(commit, self.end))
 
-    def import_states(self, shard, states, stamp):
+    def import_states(self, shard, update):
         pass
 
     def trim(self, shard, first):

@@ -254,8 +254,9 @@ async def test_delivery_state_moves_to_a_follower(engine, tmp_path):
     follower.start()
     try:
         await follower.write_replicated(SHARD, 0, engine.entries_from(SHARD, 0, 10))
-        follower.import_states(SHARD, engine.snapshot(SHARD), (1, 5))
-        assert follower.shard(SHARD).state_stamp == (1, 5)
+        update = engine.state_since(SHARD, -1)
+        follower.import_states(SHARD, update)
+        assert follower.shard(SHARD).state_stamp == update.stamp
         follower.advance_commit(SHARD, 3)
         # as the new leader: c is next, b comes back when its lease is nacked
         [c] = await pull(follower, SHARD, "audit", 10, 60_000, 0)
@@ -574,9 +575,7 @@ async def test_a_stuck_lease_pins_its_own_message_not_every_later_one(engine, tm
     # a follower stubs by the delivery state it received, and keeps what it names
     follower = await reopen(engine, tmp_path)
     try:
-        [saved] = follower.deliveries.snapshot(SHARD)
-        follower.log.shard(SHARD).subscriptions = {}
-        follower.log.shard(SHARD).saved = [saved]
+        follower.import_states(SHARD, follower.state_since(SHARD, -1))  # as a follower has it
         for seq in range(4):  # as replicated: whole entries
             entry = storage_pb2.StoredMessage(message=pubsub_pb2.PubsubMessage(data=b"x", message_id=f"m{seq}"),
                                               epoch=1)

@@ -87,14 +87,16 @@ async def test_snapshot_moves_delivery_state_to_another_node(log_, records, deli
     a, b = await pull(deliveries, "audit", max_messages=2)
     deliveries.acknowledge(SHARD, "audit", [a.ack_id])
     deliveries.nack(SHARD, "audit", [b.ack_id], delay_ms=60_000, reason="later")
-    states = deliveries.snapshot(SHARD)
-    assert keys.parse_delivery_state(records.get(keys.ShardKeys(SHARD).state)).subscriptions == states
+    deliveries.save_state(SHARD)
+    update = deliveries.state_since(SHARD, -1)
+    layout = keys.ShardKeys(SHARD)
+    assert [keys.parse_subscription_state(records.get(layout.subscription_state("audit")))] == update.states
 
     follower_log = MemoryLog()
     follower_log.append(SHARD, b"a", b"b", b"c")
     follower = Deliveries(follower_log, MemoryRecords())
-    follower.import_states(SHARD, states, (1, 7))
-    assert follower_log.shard(SHARD).state_stamp == (1, 7) and follower_log.shard(SHARD).subscriptions == {}
+    follower.import_states(SHARD, update)
+    assert follower_log.shard(SHARD).state_stamp == update.stamp and follower_log.shard(SHARD).subscriptions == {}
     follower.lead(SHARD, 2)  # as the new leader: the saved form comes back into memory
     state = follower.subscription(SHARD, "audit")
     assert (state.cursor, list(state.leases), state.leases[1].last_error) == (2, [1], "later")
@@ -417,3 +419,37 @@ async def test_leases_and_dead_letter_records_are_bounded(log_, records, monkeyp
         deliveries.nack(SHARD, "audit", [ack_id], terminal=True)
         dead_letters.bury(deliveries.dead_letters.get_nowait(), "copy")
     assert [d.message.data for d in dead_letters.list(SHARD, "audit", 10)] == [b"c"]
+
+
+async def test_the_delivery_state_goes_by_what_changed(log_, records, deliveries, monkeypatch):
+    """A tick saves and sends the subscriptions changed since, not every one; a
+    detached subscription goes too; a follower further behind than the leader
+    remembers detaches gets everything."""
+    log_.append(SHARD, b"a", b"b")
+    for name in ("audit", "billing", "crm"):
+        deliveries.attach(SHARD, subscription(name))
+    deliveries.lead(SHARD, 1)
+    follower_records = MemoryRecords()
+    follower = Deliveries(MemoryLog(), follower_records)
+    follower.import_states(SHARD, full := deliveries.state_since(SHARD, -1))
+    assert (sorted(s.name for s in full.states), full.delta) == (["audit", "billing", "crm"], False)
+    deliveries.save_state(SHARD)
+
+    [a] = await pull(deliveries, "audit", max_messages=1)
+    deliveries.detach(SHARD, "crm")
+    update = deliveries.state_since(SHARD, full.stamp[1])
+    assert ([s.name for s in update.states], update.removed, update.delta) == (["audit"], ["crm"], True)
+    follower.import_states(SHARD, update)
+    held = {name: state.cursor for name, state in follower._logs.shard(SHARD).saved.items()}
+    assert held == {"audit": 1, "billing": 0}
+    deliveries.save_state(SHARD)
+    layout = keys.ShardKeys(SHARD)
+    assert records.get(layout.subscription_state("crm")) is None
+    assert keys.parse_subscription_state(records.get(layout.subscription_state("audit"))).cursor == 1
+    assert follower_records.get(layout.subscription_state("crm")) is None
+
+    monkeypatch.setattr(delivery, "MAX_REMOVED", 2)
+    for name in ("d1", "d2", "d3"):
+        deliveries.attach(SHARD, subscription(name))
+        deliveries.detach(SHARD, name)
+    assert deliveries.state_since(SHARD, update.stamp[1]).delta is False  # its detaches are forgotten

@@ -176,7 +176,7 @@ class ReplicateRequest(_message.Message):
     def __init__(self, leader: _Optional[str] = ..., shards: _Optional[_Iterable[_Union[ShardEntries, _Mapping]]] = ...) -> None: ...
 
 class ShardEntries(_message.Message):
-    __slots__ = ("topic", "partition", "epoch", "start", "prev_epoch", "entries", "commit", "first", "has_subscriptions", "subscriptions", "state_epoch", "state_version", "message_ids", "dedup_keys", "dedup_until_ms", "last_entry_epoch", "delivery_keys", "delivery_records")
+    __slots__ = ("topic", "partition", "epoch", "start", "prev_epoch", "entries", "commit", "first", "has_subscriptions", "subscriptions", "state_delta", "removed_subscriptions", "state_epoch", "state_version", "message_ids", "dedup_keys", "dedup_until_ms", "last_entry_epoch", "delivery_keys", "delivery_records")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +187,8 @@ class ShardEntries(_message.Message):
     FIRST_FIELD_NUMBER: _ClassVar[int]
     HAS_SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
+    STATE_DELTA_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
     STATE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     STATE_VERSION_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -205,6 +207,8 @@ class ShardEntries(_message.Message):
     first: int
     has_subscriptions: bool
     subscriptions: _containers.RepeatedCompositeFieldContainer[SubscriptionState]
+    state_delta: bool
+    removed_subscriptions: _containers.RepeatedScalarFieldContainer[str]
     state_epoch: int
     state_version: int
     message_ids: _containers.RepeatedScalarFieldContainer[str]
@@ -213,7 +217,7 @@ class ShardEntries(_message.Message):
     last_entry_epoch: int
     delivery_keys: _containers.RepeatedScalarFieldContainer[bytes]
     delivery_records: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., epoch: _Optional[int] = ..., start: _Optional[int] = ..., prev_epoch: _Optional[int] = ..., entries: _Optional[_Iterable[bytes]] = ..., commit: _Optional[int] = ..., first: _Optional[int] = ..., has_subscriptions: _Optional[bool] = ..., subscriptions: _Optional[_Iterable[_Union[SubscriptionState, _Mapping]]] = ..., state_epoch: _Optional[int] = ..., state_version: _Optional[int] = ..., message_ids: _Optional[_Iterable[str]] = ..., dedup_keys: _Optional[_Iterable[str]] = ..., dedup_until_ms: _Optional[_Iterable[int]] = ..., last_entry_epoch: _Optional[int] = ..., delivery_keys: _Optional[_Iterable[bytes]] = ..., delivery_records: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., epoch: _Optional[int] = ..., start: _Optional[int] = ..., prev_epoch: _Optional[int] = ..., entries: _Optional[_Iterable[bytes]] = ..., commit: _Optional[int] = ..., first: _Optional[int] = ..., has_subscriptions: _Optional[bool] = ..., subscriptions: _Optional[_Iterable[_Union[SubscriptionState, _Mapping]]] = ..., state_delta: _Optional[bool] = ..., removed_subscriptions: _Optional[_Iterable[str]] = ..., state_epoch: _Optional[int] = ..., state_version: _Optional[int] = ..., message_ids: _Optional[_Iterable[str]] = ..., dedup_keys: _Optional[_Iterable[str]] = ..., dedup_until_ms: _Optional[_Iterable[int]] = ..., last_entry_epoch: _Optional[int] = ..., delivery_keys: _Optional[_Iterable[bytes]] = ..., delivery_records: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ReplicateResponse(_message.Message):
     __slots__ = ("shards",)
