@@ -12,6 +12,12 @@ key under that lease (a storage node's leader keys and candidacies) exactly as t
 expiry would, so every rule that holds after an expiry (storage's fencing above
 all: see storage/replication.py) holds after this. A member that is not certainly
 dead keeps its lease, and the failover waits for the expiry as before.
+
+A firewall that rejects (a TCP reset or ICMP port unreachable) rather than drops
+looks like a dead process here (this machine's sandbox refuses connects to
+addresses routed nowhere): a live member's lease is then ended for nothing. That is
+a needless failover, not a loss: the fencing does not rely on it, the member steps
+down from what it led and registers again at its next keep-alive (TTL/3).
 """
 
 import asyncio
