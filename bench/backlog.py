@@ -7,6 +7,12 @@ publish throughput over the first and the last tenth of the run (publishing must
 go on at the end as at the start), and errors.
 
     .venv/bin/python bench/backlog.py --messages 1000000 --size 1024
+
+With --stuck-lease, the topic has one subscription instead, whose subscriber
+acknowledges every message but the first it receives, which it never does (its
+lease expires and it comes back, again and again). At the end the line also
+gives the message bytes each storage node still keeps (read from its RocksDB once
+the mesh has stopped): what the one stuck message pins.
 """
 
 import argparse
@@ -29,9 +35,13 @@ import notifymesh.server  # noqa: E402,F401  first: gRPC's I/O path, as the serv
 from deploy.local import LocalMesh, free_port  # noqa: E402
 from notifymesh.client import Client  # noqa: E402
 from notifymesh.publisher import Publisher  # noqa: E402
+from notifymesh.subscriber import Subscriber  # noqa: E402
+from storage import keys  # noqa: E402
+from storage.db import Database  # noqa: E402
 
 SAMPLE_EVERY_S = 1.0
 PROGRESS_EVERY = 50_000
+SETTLE_S = 10.0  # after publishing: for the last acks, and a few garbage-collection rounds (1 s each)
 
 
 def rss_mib(pid: int) -> float | None:
@@ -67,15 +77,34 @@ def dead_endpoint() -> str:
     return f"http://127.0.0.1:{port}/dead"
 
 
+async def consume_all_but_the_first(client: Client, subscription: str, counts: dict) -> None:
+    """Acknowledges every message but the first received, which it never does."""
+    stuck = None
+    async with Subscriber(client, subscription, max_outstanding_messages=1000) as subscriber:
+        async for delivery in subscriber:
+            if stuck is None:
+                stuck = delivery.message_id
+            if delivery.message_id == stuck:
+                counts["stuck_deliveries"] += 1
+                continue  # neither acked nor nacked: its lease runs out
+            counts["acknowledged_by_subscriber"] += 1
+            delivery.ack()
+
+
 async def publish(addr: str, args) -> dict:
     payload = b"x" * args.size
     topic = "backlog"
     marks: list[float] = []
     errors = 0
+    consumed = {"stuck_deliveries": 0, "acknowledged_by_subscriber": 0}
     async with Client(addr, timeout_s=30) as client:
         await client.create_topic(topic, partitions=args.partitions, replication_factor=3)
-        await client.create_subscription("backlog-idle", topic)
-        await client.create_subscription("backlog-dead-push", topic, push_endpoint=dead_endpoint())
+        if args.stuck_lease:
+            await client.create_subscription("backlog-stuck", topic, ack_deadline_s=10)
+            consumer = asyncio.create_task(consume_all_but_the_first(client, "backlog-stuck", consumed))
+        else:
+            await client.create_subscription("backlog-idle", topic)
+            await client.create_subscription("backlog-dead-push", topic, push_endpoint=dead_endpoint())
         tenth = args.messages // 10 or 1
         marks.append(time.monotonic())
         acked = 0
@@ -97,10 +126,28 @@ async def publish(addr: str, args) -> dict:
                 if (i + 1) % PROGRESS_EVERY == 0:
                     print(f"backlog: published {i + 1}/{args.messages}, acknowledged {acked}", file=sys.stderr,
                           flush=True)
-    return {"publish_errors": errors,
+        if args.stuck_lease:
+            await asyncio.sleep(SETTLE_S)
+            consumer.cancel()
+            await asyncio.gather(consumer, return_exceptions=True)
+    return {"publish_errors": errors, **(consumed if args.stuck_lease else {}),
             "first_tenth_msgs_per_s": round(tenth / (marks[1] - marks[0]), 1) if len(marks) > 2 else None,
             "last_tenth_msgs_per_s": round(tenth / (marks[-1] - marks[-2]), 1) if len(marks) > 2 else None,
             "acknowledged_msgs_per_s": round(acked / (marks[-1] - marks[0]), 1) if len(marks) > 1 else None}
+
+
+def kept_message_mib(path: Path) -> float:
+    """The bytes of the log entries a stopped storage node's RocksDB holds."""
+    db = Database(path)
+    try:
+        it, total = db.rdict.iter(), 0
+        it.seek(keys.MESSAGE)
+        while it.valid() and it.key().startswith(keys.MESSAGE):
+            total += len(it.value())
+            it.next()
+        return round(total / 2**20, 1)
+    finally:
+        db.rdict.close()
 
 
 def main() -> int:
@@ -108,9 +155,12 @@ def main() -> int:
     p.add_argument("--messages", type=int, default=1_000_000)
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--stuck-lease", action="store_true",
+                   help="one subscription, acknowledged but for one message (see above)")
     args = p.parse_args()
     uname = platform.uname()
-    line = {"system": "notifymesh", "bench": "backlog", "messages": args.messages, "size": args.size,
+    line = {"system": "notifymesh", "bench": "backlog-stuck-lease" if args.stuck_lease else "backlog",
+            "messages": args.messages, "size": args.size,
             "partitions": args.partitions,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": {"cores": os.cpu_count(), "system": f"{uname.system} {uname.release}"}}
@@ -129,6 +179,9 @@ def main() -> int:
         finally:
             sampler.stopping.set()
             mesh.stop()
+        if args.stuck_lease:
+            line["kept_message_mib"] = {path.name: kept_message_mib(path / "rocksdb")
+                                        for path in sorted(Path(tmp).glob("storage-*"))}
     peak = {name: round(mib, 1) for name, mib in sorted(sampler.peak.items())}
     by_kind: dict[str, float] = {}
     for name, mib in peak.items():
