@@ -293,6 +293,12 @@ class Dispatcher:
             if dispatcher.idle() and self.subscriptions.get(name) is dispatcher:
                 del self.subscriptions[name]  # nothing connected, nothing in flight: keep no state
 
+    @property
+    def addr(self) -> str:
+        """This sender's address as registered ("" before it is)."""
+        registration = self._registration_of()
+        return registration.addr if registration is not None else ""
+
     def owns(self, name: str) -> bool:
         """A subscription is served only by its owner on the sender ring, and only
         while that sender's lease is certainly alive: another sender takes it over

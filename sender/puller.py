@@ -129,7 +129,8 @@ class ShardPuller:
 
     async def _pull(self, plan: PullPlan, wait_ms: int) -> None:
         """Leases (at once, wait_ms 0) or waits up to wait_ms for the watched ones."""
-        request = storage_pb2.PullRequest(topic=self.topic, partition=self.partition, wait_ms=wait_ms)
+        request = storage_pb2.PullRequest(topic=self.topic, partition=self.partition, wait_ms=wait_ms,
+                                          sender_addr=self._dispatcher.addr)
         for sub, room in plan.leases.values():
             request.subscriptions.add(name=sub.name, max_messages=room, ack_deadline_ms=sub.ack_deadline_ms)
             sub.reserved += room

@@ -36,16 +36,23 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         return storage_pb2.AppendResponse(message_ids=ids)
 
     async def Pull(self, requests, context):
-        async for request in self._node.stream_requests(requests):
-            pulls = [Pull(s.name, s.max_messages, s.ack_deadline_ms) for s in request.subscriptions]
-            pulled, missing = await self._node.pull(request.topic, request.partition, pulls, request.wait_ms)
-            response = storage_pb2.PullResponse()
-            for name, got in pulled.items():
-                response.subscriptions.add(name=name, received_messages=got.received, ack_ids=got.ack_ids,
-                                           ready=got.ready)
-            for name in missing:
-                response.subscriptions.add(name=name, not_found=True)
-            yield response
+        sender_addr = ""
+        try:
+            async for request in self._node.stream_requests(requests):
+                sender_addr = request.sender_addr
+                pulls = [Pull(s.name, s.max_messages, s.ack_deadline_ms) for s in request.subscriptions]
+                pulled, missing = await self._node.pull(request.topic, request.partition, pulls, request.wait_ms)
+                response = storage_pb2.PullResponse()
+                for name, got in pulled.items():
+                    response.subscriptions.add(name=name, received_messages=got.received, ack_ids=got.ack_ids,
+                                               ready=got.ready)
+                for name in missing:
+                    response.subscriptions.add(name=name, not_found=True)
+                yield response
+        except asyncio.CancelledError:  # the stream broke, or the sender cancelled it (a live one costs a connect)
+            if sender_addr:
+                self._node.replication.dead_members.suspect("sender", sender_addr)
+            raise
 
     async def Acknowledge(self, request, context):
         shard = self._node.led_shard(request.topic, request.partition)

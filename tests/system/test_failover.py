@@ -8,7 +8,7 @@ import asyncio
 import json
 import time
 
-from helpers import ids_of, new_mesh, unique
+from helpers import Receiver, ids_of, new_mesh, unique
 from notifymesh.client import Client
 
 LEASE_S = 30  # the last keep-alive was at most LEASE_S / 3 before the kill: expiry 20-30 s after
@@ -58,4 +58,34 @@ async def test_a_killed_leader_and_a_killed_sender_are_replaced_long_before_thei
             record_property("stream_takeover_s", round(time.monotonic() - killed_at, 2))
             await frames.aclose()
     finally:
+        mesh.stop()
+
+
+async def test_a_killed_sender_with_push_subscriptions_only_is_replaced_long_before_its_lease_lapses(
+        tmp_path, record_property):
+    """No subscriber stream runs through a frontend here: the storage leader sees the
+    dead sender's pull stream break."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"member_lease_ttl_s": LEASE_S}))
+    mesh = new_mesh(tmp_path / "mesh", senders=2, config_file=config)
+    receiver = Receiver()
+    try:
+        async with Client(mesh.frontend_addr) as client:
+            topic = unique("push-failover")
+            await client.create_topic(topic, replication_factor=3)
+            sub = unique("push-failover-sub")
+            await client.create_subscription(sub, topic, push_endpoint=receiver.url)
+            await client.publish(topic, [b"before"])
+            while not receiver.requests:
+                await asyncio.sleep(0.05)
+            owner = mesh.describe(subscriptions=[sub]).subscription_owners[sub]
+            mesh.kill(owner)
+            killed_at = time.monotonic()
+            [later] = await client.publish(topic, [b"later"])
+            while later not in {m["message_id"] for m in receiver.messages()}:
+                assert time.monotonic() - killed_at < SANITY_S, "the dead sender's lease was waited out"
+                await asyncio.sleep(0.02)
+            record_property("push_takeover_s", round(time.monotonic() - killed_at, 2))
+    finally:
+        receiver.close()
         mesh.stop()

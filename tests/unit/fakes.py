@@ -174,8 +174,9 @@ class FakeCluster:
 
 
 class FakeRegistration:
-    def __init__(self, valid_for_s: float = 3600):
+    def __init__(self, valid_for_s: float = 3600, addr: str = "127.0.0.1:1"):
         self.valid_until = time.monotonic() + valid_for_s
+        self.addr = addr
 
 
 # -- the internal clients --------------------------------------------------------------------

@@ -26,16 +26,18 @@ class AppendResponse(_message.Message):
     def __init__(self, message_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PullRequest(_message.Message):
-    __slots__ = ("topic", "partition", "wait_ms", "subscriptions")
+    __slots__ = ("topic", "partition", "wait_ms", "subscriptions", "sender_addr")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
+    SENDER_ADDR_FIELD_NUMBER: _ClassVar[int]
     topic: str
     partition: int
     wait_ms: int
     subscriptions: _containers.RepeatedCompositeFieldContainer[SubscriptionPull]
-    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., wait_ms: _Optional[int] = ..., subscriptions: _Optional[_Iterable[_Union[SubscriptionPull, _Mapping]]] = ...) -> None: ...
+    sender_addr: str
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., wait_ms: _Optional[int] = ..., subscriptions: _Optional[_Iterable[_Union[SubscriptionPull, _Mapping]]] = ..., sender_addr: _Optional[str] = ...) -> None: ...
 
 class SubscriptionPull(_message.Message):
     __slots__ = ("name", "max_messages", "ack_deadline_ms")
