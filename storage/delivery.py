@@ -28,6 +28,7 @@ from notifymesh.log import fields
 from storage import keys, wire
 from storage.interfaces import Batch, LogStore, Records
 from storage.log import ShardLog
+from storage.stats import RateWindow
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,8 @@ class SubscriptionState:
     # Its saved form, as of version saved_version (built once per change, for disk and followers).
     saved: storage_pb2.SubscriptionState | None = None
     saved_version: int = -1
+    # Deliveries per second over the last minute, for describe (in memory only).
+    delivered: RateWindow = field(default_factory=RateWindow)
 
     def lease(self, seq: int, lease: Lease) -> None:
         self.leases[seq] = lease
@@ -413,6 +416,8 @@ class Deliveries:
                     ack_ids.append(ack_id)
                 seq += 1
             state.cursor = seq
+        if raws:
+            state.delivered.add(len(raws), now)
         return Pulled(raws, ack_ids)
 
     def dead_letter(self, log_: ShardLog, state: SubscriptionState, seq: int, message: bytes, lease: Lease,

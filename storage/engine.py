@@ -9,6 +9,7 @@ module keeps one node's copy, as a facade over its parts, each with one job:
   storage/dead_letters.py  messages out of attempts: bury, list, redrive, sweep
   storage/delivery_log.py  each delivery attempt's outcome, and message status
   storage/retention.py     garbage collection of the log
+  storage/stats.py         what each subscription owes, for describe
   storage/keys.py          the RocksDB key layout; storage/db.py the RocksDB itself
 
 They meet through the Protocols in storage/interfaces.py (LogStore, SubscriptionStore,
@@ -29,6 +30,7 @@ from storage.delivery_log import DeliveryLog, WrittenRecords
 from storage.group_commit import GroupCommit
 from storage.log import Entries, ShardLog, ShardLogs
 from storage.retention import Retention
+from storage.stats import Stats, SubscriptionStats
 
 NODE_ID_FILE = "NODE_ID"
 
@@ -50,6 +52,7 @@ class StorageEngine:
         self.dead_letter_store = DeadLetters(self.log, self.deliveries, self.db)
         self.delivery_log = DeliveryLog(self.log, self.deliveries, self.db)
         self.retention = Retention(self.log, self.deliveries, self.db)
+        self.stats = Stats(self.log, self.deliveries)
         # Messages out of delivery attempts, for the storage service to move.
         self.dead_letters = self.deliveries.dead_letters
         self._closed = False
@@ -147,6 +150,12 @@ class StorageEngine:
     def nack(self, shard: str, subscription: str, ack_ids: list[str], delay_ms: int | None = None,
              terminal: bool = False, reason: str = "") -> None:
         self.deliveries.nack(shard, subscription, ack_ids, delay_ms, terminal, reason)
+
+    def describe(self, shard: str, subscriptions: list[str]) -> list[SubscriptionStats]:
+        return self.stats.describe(shard, subscriptions)
+
+    def backlogs(self, shard: str) -> dict[str, int]:
+        return self.stats.backlogs(shard)
 
     # -- dead letters (storage/dead_letters.py) ---------------------------------------
 
