@@ -13,6 +13,7 @@ from typing import Protocol
 
 import grpc
 
+from frontend import stats
 from gen.notifymesh.internal.v1 import node_pb2, node_pb2_grpc, storage_pb2
 from gen.notifymesh.v1 import cluster_pb2, pubsub_pb2
 from notifymesh import errors
@@ -54,6 +55,8 @@ class GatewaySenders(Protocol):
     async def modify_ack_deadline(self, request: pubsub_pb2.ModifyAckDeadlineRequest) -> None: ...
 
     async def nack(self, request: pubsub_pb2.NackRequest) -> None: ...
+
+    async def count_streams(self, subscriptions: list[str]) -> dict[str, int]: ...
 
 
 class Suspects(Protocol):
@@ -286,6 +289,39 @@ class Gateway:
                     raise
         raise errors.NotFound(f"message {message_id!r} is not kept (any more)")
 
+    # -- describe: numbers from each partition's leader, streams from the senders -----
+
+    async def describe_subscription(self, name: str) -> pubsub_pb2.SubscriptionStats:
+        validation.name("subscription", name)
+        record = await self._cluster.subscription(name)
+        described = await self._describe(record.topic, [name])
+        if not described:  # deleted meanwhile
+            raise errors.NotFound(f"subscription {name!r} not found")
+        return described[0]
+
+    async def describe_topic(self, name: str) -> pubsub_pb2.TopicStats:
+        validation.name("topic", name)
+        record = await self._cluster.topic(name)
+        names = sorted(self._cluster.subscriptions.groups.get(name, {}))
+        return stats.of_topic(name, max(1, record.partition_count), await self._describe(name, names))
+
+    async def _describe(self, topic: str, names: list[str]) -> list[pubsub_pb2.SubscriptionStats]:
+        """The named subscriptions of the topic, each per partition and in total; those
+        a partition's leader does not know (deleted meanwhile) are left out."""
+        if not names:
+            return []
+        partitions = range(max(1, (await self._cluster.topic(topic)).partition_count))
+        *replies, streams = await asyncio.gather(
+            *(self._storage.call("DescribeSubscriptions", topic, p, storage_pb2.DescribeSubscriptionsRequest(
+                topic=topic, partition=p, subscriptions=names)) for p in partitions),
+            self._senders.count_streams(names))
+        by_name: dict[str, dict[int, pubsub_pb2.DeliveryStats]] = {name: {} for name in names}
+        for partition, reply in zip(partitions, replies):
+            for described in reply.subscriptions:
+                by_name.get(described.name, {})[partition] = described.stats
+        return [stats.of_subscription(name, topic, by_name[name], streams.get(name, 0))
+                for name in names if len(by_name[name]) == len(partitions)]
+
     async def cluster_status(self) -> cluster_pb2.ClusterStatus:
         """Members from etcd; per shard, the replica set and leader from etcd and
         the commit and each replica's progress from the leader itself."""
@@ -316,6 +352,7 @@ class Gateway:
             if led is not None and led.leader == shard.leader:
                 shard.commit = led.commit
                 shard.replica_status.extend(led.replica_status)
+                shard.backlogs.extend(led.backlogs)
         return status
 
     def close_streams(self) -> None:

@@ -31,6 +31,9 @@ class PublisherServicer(pubsub_pb2_grpc.PublisherServicer):
     async def GetMessageStatus(self, request, context):
         return await self._gateway.message_status(request.message_id)
 
+    async def DescribeTopic(self, request, context):
+        return await self._gateway.describe_topic(request.name)
+
 
 class SubscriberServicer(pubsub_pb2_grpc.SubscriberServicer):
     def __init__(self, gateway: Gateway):
@@ -71,6 +74,9 @@ class SubscriberServicer(pubsub_pb2_grpc.SubscriberServicer):
     async def RedriveDeadLetters(self, request, context):
         redriven = await self._gateway.redrive_dead_letters(request.subscription)
         return pubsub_pb2.RedriveDeadLettersResponse(redriven=redriven)
+
+    async def DescribeSubscription(self, request, context):
+        return await self._gateway.describe_subscription(request.name)
 
 
 class ClusterAdminServicer(cluster_pb2_grpc.ClusterAdminServicer):

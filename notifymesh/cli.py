@@ -99,6 +99,30 @@ def _status_line(status) -> str:
                        "deliveries": deliveries}, ensure_ascii=False)
 
 
+def _delivery_fields(stats) -> dict:
+    """DeliveryStats as describe prints them (the age in seconds; null: nothing unacknowledged)."""
+    return {"backlog": stats.backlog, "in_flight": stats.in_flight,
+            "oldest_unacked_age_s": (stats.oldest_unacked_age.ToMilliseconds() / 1000
+                                     if stats.HasField("oldest_unacked_age") else None),
+            "delivery_rate_per_s": round(stats.delivery_rate, 3), "dead_letters": stats.dead_letters}
+
+
+def _described(stats) -> dict:
+    """SubscriptionStats or TopicStats: the totals, then per partition."""
+    return {**_delivery_fields(stats.total), "streams": stats.streams,
+            "partitions": [{"partition": p.partition, **_delivery_fields(p.stats)} for p in stats.partitions]}
+
+
+def _subscription_stats_line(stats) -> str:
+    return json.dumps({"subscription": stats.subscription, "topic": stats.topic, **_described(stats)})
+
+
+def _topic_stats_line(stats) -> str:
+    return json.dumps({"topic": stats.topic, **_described(stats),
+                       "subscriptions": [{"subscription": s.subscription, **_described(s)}
+                                         for s in stats.subscriptions]})
+
+
 async def _nack(args, client: Client) -> None:
     """Ack ids name their subscription; all given must be of one."""
     subscriptions = {AckId.parse(ack_id).subscription for ack_id in args.ack_id}
@@ -128,6 +152,8 @@ async def _topic(args, client: Client) -> None:
         print(_topic_line(await client.update_topic(args.name, args.partitions)))
     elif args.action == "get":
         print(_topic_line(await client.get_topic(args.name)))
+    elif args.action == "describe":
+        print(_topic_stats_line(await client.describe_topic(args.name)))
     elif args.action == "list":
         for topic in await client.list_topics():
             print(_topic_line(topic))
@@ -145,15 +171,17 @@ async def _cluster(args, client: Client) -> None:
     for kind in ("metadata", "storage", "sender", "frontend"):
         print(f"{kind:<9} {', '.join(by_kind.get(kind, [])) or '(none alive)'}")
     print()
-    print(f"{'TOPIC':<24} {'PART':>4} {'LEADER':<12} {'EPOCH':>7} {'COMMIT':>9}  REPLICAS (role end lag)")
+    print(f"{'TOPIC':<24} {'PART':>4} {'LEADER':<12} {'EPOCH':>7} {'COMMIT':>9}  REPLICAS (role end lag)"
+          "  BACKLOG (subscription messages)")
     for shard in status.shards:
         progress = {r.node_id: r for r in shard.replica_status}
         replicas = []
         for node in [*shard.replicas, *(n for n in progress if n not in shard.replicas)]:
             r = progress.get(node)
             replicas.append(f"{node} {r.role} {r.end} {r.lag}" if r else f"{node} ?")
+        backlogs = "; ".join(f"{b.subscription} {b.backlog}" for b in shard.backlogs) or "-"
         print(f"{shard.topic:<24} {shard.partition:>4} {shard.leader or '(election)':<12} {shard.epoch:>7} "
-              f"{shard.commit:>9}  {'; '.join(replicas)}")
+              f"{shard.commit:>9}  {'; '.join(replicas)}  {backlogs}")
 
 
 async def _subscription(args, client: Client) -> None:
@@ -163,6 +191,8 @@ async def _subscription(args, client: Client) -> None:
             args.max_delivery_attempts, args.dead_letter_topic or "", args.push_endpoint or "")))
     elif args.action == "get":
         print(_subscription_line(await client.get_subscription(args.name)))
+    elif args.action == "describe":
+        print(_subscription_stats_line(await client.describe_subscription(args.name)))
     elif args.action == "list":
         for sub in await client.list_subscriptions(args.topic or ""):
             print(_subscription_line(sub))
@@ -314,6 +344,9 @@ def _add_topic_commands(commands) -> None:
     update.add_argument("name")
     update.add_argument("--partitions", type=int, required=True)
     topic_actions.add_parser("get").add_argument("name")
+    topic_actions.add_parser("describe", help="every subscription's backlog, in flight, oldest unacknowledged "
+                                              "age, delivery rate, dead letters and streams, per partition and "
+                                              "in total").add_argument("name")
     topic_actions.add_parser("list")
     topic_actions.add_parser("delete").add_argument("name")
 
@@ -333,6 +366,9 @@ def _add_subscription_commands(commands) -> None:
     create.add_argument("--dead-letter-topic")
     create.add_argument("--push-endpoint", help="http(s) URL to POST each message to")
     sub_actions.add_parser("get").add_argument("name")
+    sub_actions.add_parser("describe", help="backlog, in flight, oldest unacknowledged age, delivery rate, "
+                                            "dead letters and streams, per partition and in total"
+                           ).add_argument("name")
     sub_actions.add_parser("list").add_argument("--topic")
     sub_actions.add_parser("delete").add_argument("name")
 

@@ -278,3 +278,13 @@ class Client:
     async def get_message_status(self, message_id: str) -> pubsub_pb2.MessageStatus:
         return await self._call(self._publisher.GetMessageStatus,
                                 pubsub_pb2.GetMessageStatusRequest(message_id=message_id))
+
+    async def describe_topic(self, name: str) -> pubsub_pb2.TopicStats:
+        """Every subscription's backlog, in flight, oldest unacknowledged age, delivery
+        rate, dead letters and streams, per partition and in total (cheap: counters)."""
+        return await self._call(self._publisher.DescribeTopic, pubsub_pb2.DescribeTopicRequest(name=name))
+
+    async def describe_subscription(self, name: str) -> pubsub_pb2.SubscriptionStats:
+        """The subscription's numbers, as describe_topic gives them for each."""
+        return await self._call(self._subscriber.DescribeSubscription,
+                                pubsub_pb2.DescribeSubscriptionRequest(name=name))

@@ -60,6 +60,7 @@ class Stream:
     max_outstanding: int
     outstanding: set[str] = field(default_factory=set)
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    subscriber: bool = False  # a client's Subscribe stream (else a consumer inside the sender: a push worker)
 
     def room(self) -> int:
         return self.max_outstanding - len(self.outstanding)
@@ -281,7 +282,7 @@ class Dispatcher:
             raise errors.InvalidArgument("max_outstanding_messages must not be negative")
         self._check_owner(name)
         dispatcher = await self._dispatcher(name)
-        stream = Stream(max_outstanding or self._config.stream_max_outstanding)
+        stream = Stream(max_outstanding or self._config.stream_max_outstanding, subscriber=True)
         dispatcher.add(stream)
         log.info("subscriber connected", extra=fields(subscription=name, streams=len(dispatcher.streams)))
         try:
@@ -350,6 +351,12 @@ class Dispatcher:
 
     async def nack(self, request: pubsub_pb2.NackRequest) -> None:
         await (await self._dispatcher(request.subscription)).nack(request)
+
+    def count_streams(self, names: list[str]) -> dict[str, int]:
+        """How many Subscribe streams this sender serves for each of the subscriptions (none: left out)."""
+        counts = {name: sum(s.subscriber for s in d.streams)
+                  for name in names if (d := self.subscriptions.get(name)) is not None}
+        return {name: count for name, count in counts.items() if count}
 
     async def close(self) -> None:
         self._closing = True

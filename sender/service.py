@@ -1,6 +1,6 @@
 """The sender process: a thin Sender servicer over the Dispatcher."""
 
-from gen.notifymesh.internal.v1 import sender_pb2_grpc
+from gen.notifymesh.internal.v1 import sender_pb2, sender_pb2_grpc
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh.server import validation
 from notifymesh.server.process import Context
@@ -31,6 +31,9 @@ class SenderServicer(sender_pb2_grpc.SenderServicer):
     async def Nack(self, request, context):
         await self._dispatcher.nack(request)
         return pubsub_pb2.NackResponse()
+
+    async def CountStreams(self, request, context):
+        return sender_pb2.CountStreamsResponse(streams=self._dispatcher.count_streams(list(request.subscriptions)))
 
 
 class SenderService:

@@ -223,4 +223,6 @@ class Replication:
             out.append(cluster_pb2.ShardStatus(topic=topic, partition=partition, replicas=lead.replicas,
                                                leader=self._node, epoch=lead.epoch, commit=log_.commit,
                                                replica_status=replicas))
+            out[-1].backlogs.extend(cluster_pb2.SubscriptionBacklog(subscription=name, backlog=backlog)
+                                    for name, backlog in self._engine.backlogs(shard).items())
         return out

@@ -20,11 +20,22 @@ from storage.delivery import Pull
 from storage.engine import StorageEngine
 from storage.replication import Replication
 from storage.retention import COLLECT_CHUNK
+from storage.stats import RATE_WINDOW_S, SubscriptionStats
 
 log = logging.getLogger(__name__)
 
 SLOW_GC_EVERY = 60  # GC rounds between sweeps of expired idempotency keys and delivery logs
 DEAD_LETTER_MOVERS = 4  # dead-letter moves under way at once (each an append to the dead-letter topic)
+
+
+def delivery_stats(stats: SubscriptionStats) -> pubsub_pb2.DeliveryStats:
+    """The public form of one subscription's numbers on a shard."""
+    out = pubsub_pb2.DeliveryStats(backlog=stats.backlog, in_flight=stats.in_flight,
+                                   delivery_rate=stats.delivered_last_minute / RATE_WINDOW_S,
+                                   dead_letters=stats.dead_letters)
+    if stats.oldest_unacked_age_ms is not None:
+        out.oldest_unacked_age.FromMilliseconds(stats.oldest_unacked_age_ms)
+    return out
 
 
 class StorageServicer(storage_pb2_grpc.StorageServicer):
@@ -92,6 +103,12 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         shard = self._node.led_shard(request.subscription.topic, request.partition)
         self._node.engine.attach(shard, request.subscription)
         return storage_pb2.AttachSubscriptionResponse()
+
+    async def DescribeSubscriptions(self, request, context):
+        described = await self._node.describe(request.topic, request.partition, list(request.subscriptions))
+        return storage_pb2.DescribeSubscriptionsResponse(subscriptions=[
+            storage_pb2.SubscriptionDeliveryStats(name=stats.subscription, stats=delivery_stats(stats))
+            for stats in described])
 
     async def Replicate(self, requests, context):
         async for request in self._node.stream_requests(requests):
@@ -172,10 +189,15 @@ class StorageNode:
         if wait_ms < 0 or any(p.max_messages < 0 or p.ack_deadline_ms <= 0 for p in pulls):
             raise errors.InvalidArgument("ack_deadline_ms must be positive, max_messages and wait_ms not negative")
         shard = self.led_shard(topic, partition)
+        missing = await self._attach_missing(topic, shard, [p.subscription for p in pulls])
+        return await self.engine.pull(shard, pulls, wait_ms), missing
+
+    async def _attach_missing(self, topic: str, shard: str, names: list[str]) -> list[str]:
+        """Attaches those of the subscriptions asked for before this node's watch saw
+        them, from etcd; returns the ones that do not exist (for this topic)."""
         log_ = self.engine.shard(shard)
         missing = []
-        for name in [p.subscription for p in pulls if p.subscription not in log_.subscriptions]:
-            # Pulled before this node's watch saw the subscription: attach from etcd.
+        for name in [name for name in names if name not in log_.subscriptions]:
             try:
                 record = await self._cluster.subscription(name)
             except errors.NotFound:
@@ -184,7 +206,13 @@ class StorageNode:
                 missing.append(name)
             else:
                 self.engine.attach(shard, record)
-        return await self.engine.pull(shard, pulls, wait_ms), missing
+        return missing
+
+    async def describe(self, topic: str, partition: int, names: list[str]) -> list[SubscriptionStats]:
+        """The numbers of the named subscriptions that exist on the shard this node leads."""
+        shard = self.led_shard(topic, partition)
+        await self._attach_missing(topic, shard, names)
+        return self.engine.describe(shard, names)
 
     def shard_status(self):
         return self.replication.status()

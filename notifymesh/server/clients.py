@@ -7,15 +7,22 @@ cluster view, with the retry rules of notifymesh.server.rpc.
 - MetadataClient: any live metadata service (it is stateless).
 """
 
+import asyncio
+import logging
+
 import grpc
 
-from gen.notifymesh.internal.v1 import metadata_pb2_grpc, sender_pb2_grpc, storage_pb2, storage_pb2_grpc
+from gen.notifymesh.internal.v1 import metadata_pb2_grpc, sender_pb2, sender_pb2_grpc, storage_pb2, storage_pb2_grpc
 from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh.log import fields
 from notifymesh.server import rpc
 from notifymesh.server.cluster import Cluster
 
+log = logging.getLogger(__name__)
+
 
 PULL_TIMEOUT_S = 30  # a long poll waits up to its wait_ms (about 1 s) for messages
+COUNT_STREAMS_TIMEOUT_S = 2  # describe's numbers wait no longer for a sender's count of streams
 
 
 class StorageClient:
@@ -112,6 +119,25 @@ class SenderClient:
     async def nack(self, request: pubsub_pb2.NackRequest) -> None:
         await rpc.call("Sender.Nack", lambda t: self._stub(self.owner_addr(request.subscription)).Nack(
             request, timeout=t))
+
+    async def count_streams(self, subscriptions: list[str]) -> dict[str, int]:
+        """Subscribe streams per subscription, over every live sender (an owner that
+        just changed may still serve some); a sender that does not answer within
+        COUNT_STREAMS_TIMEOUT_S counts none."""
+        request = sender_pb2.CountStreamsRequest(subscriptions=subscriptions)
+
+        async def one(addr: str) -> dict[str, int]:
+            try:
+                return dict((await self._stub(addr).CountStreams(request, timeout=COUNT_STREAMS_TIMEOUT_S)).streams)
+            except grpc.aio.AioRpcError as e:
+                log.warning("sender did not count its streams", extra=fields(addr=addr, code=e.code().name))
+                return {}
+
+        counts: dict[str, int] = {}
+        for answer in await asyncio.gather(*(one(addr) for addr in self._cluster.live("sender").values())):
+            for name, count in answer.items():
+                counts[name] = counts.get(name, 0) + count
+        return counts
 
 
 class MetadataClient:

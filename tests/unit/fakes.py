@@ -127,6 +127,7 @@ class FakeMirror:
 
     def __init__(self, items: dict[str, Any] | None = None):
         self.items: dict[str, Any] = dict(items or {})
+        self.groups: dict[str, dict[str, Any]] = {}  # subscriptions by topic
 
 
 class FakeRing:
@@ -161,6 +162,7 @@ class FakeCluster:
         subscription = pubsub_pb2.Subscription(name=name, topic=topic)
         subscription.ack_deadline.FromSeconds(ack_deadline_s)
         self.subscriptions.items[name] = subscription
+        self.subscriptions.groups.setdefault(topic, {})[name] = subscription
 
     async def topic(self, name: str) -> pubsub_pb2.Topic:
         if name not in self.topics.items:
@@ -292,6 +294,7 @@ class FakeSenders:
         self.acks: list[tuple[str, list[str]]] = []
         self.deadlines: list[pubsub_pb2.ModifyAckDeadlineRequest] = []
         self.nacks: list[pubsub_pb2.NackRequest] = []
+        self.streams: dict[str, int] = {}  # subscription -> Subscribe streams the senders count
 
     def owner_addr(self, subscription: str) -> str:
         if subscription not in self.owners:
@@ -309,6 +312,9 @@ class FakeSenders:
 
     async def nack(self, request) -> None:
         self.nacks.append(request)
+
+    async def count_streams(self, subscriptions: list[str]) -> dict[str, int]:
+        return {name: self.streams[name] for name in subscriptions if name in self.streams}
 
 
 class FakeMetadata:

@@ -33,7 +33,7 @@ class ReplicaStatus(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., end: _Optional[int] = ..., lag: _Optional[int] = ...) -> None: ...
 
 class ShardStatus(_message.Message):
-    __slots__ = ("topic", "partition", "replicas", "leader", "epoch", "commit", "replica_status")
+    __slots__ = ("topic", "partition", "replicas", "leader", "epoch", "commit", "replica_status", "backlogs")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class ShardStatus(_message.Message):
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     COMMIT_FIELD_NUMBER: _ClassVar[int]
     REPLICA_STATUS_FIELD_NUMBER: _ClassVar[int]
+    BACKLOGS_FIELD_NUMBER: _ClassVar[int]
     topic: str
     partition: int
     replicas: _containers.RepeatedScalarFieldContainer[str]
@@ -48,7 +49,16 @@ class ShardStatus(_message.Message):
     epoch: int
     commit: int
     replica_status: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
-    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., replicas: _Optional[_Iterable[str]] = ..., leader: _Optional[str] = ..., epoch: _Optional[int] = ..., commit: _Optional[int] = ..., replica_status: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ...) -> None: ...
+    backlogs: _containers.RepeatedCompositeFieldContainer[SubscriptionBacklog]
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., replicas: _Optional[_Iterable[str]] = ..., leader: _Optional[str] = ..., epoch: _Optional[int] = ..., commit: _Optional[int] = ..., replica_status: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., backlogs: _Optional[_Iterable[_Union[SubscriptionBacklog, _Mapping]]] = ...) -> None: ...
+
+class SubscriptionBacklog(_message.Message):
+    __slots__ = ("subscription", "backlog")
+    SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_FIELD_NUMBER: _ClassVar[int]
+    subscription: str
+    backlog: int
+    def __init__(self, subscription: _Optional[str] = ..., backlog: _Optional[int] = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
     __slots__ = ("members", "shards")

@@ -365,3 +365,65 @@ class MessageStatus(_message.Message):
     partition: int
     deliveries: _containers.RepeatedCompositeFieldContainer[SubscriptionDelivery]
     def __init__(self, message: _Optional[_Union[PubsubMessage, _Mapping]] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., deliveries: _Optional[_Iterable[_Union[SubscriptionDelivery, _Mapping]]] = ...) -> None: ...
+
+class DeliveryStats(_message.Message):
+    __slots__ = ("backlog", "in_flight", "oldest_unacked_age", "delivery_rate", "dead_letters")
+    BACKLOG_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_UNACKED_AGE_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_RATE_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
+    backlog: int
+    in_flight: int
+    oldest_unacked_age: _duration_pb2.Duration
+    delivery_rate: float
+    dead_letters: int
+    def __init__(self, backlog: _Optional[int] = ..., in_flight: _Optional[int] = ..., oldest_unacked_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., delivery_rate: _Optional[float] = ..., dead_letters: _Optional[int] = ...) -> None: ...
+
+class PartitionStats(_message.Message):
+    __slots__ = ("partition", "stats")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    stats: DeliveryStats
+    def __init__(self, partition: _Optional[int] = ..., stats: _Optional[_Union[DeliveryStats, _Mapping]] = ...) -> None: ...
+
+class SubscriptionStats(_message.Message):
+    __slots__ = ("subscription", "topic", "total", "partitions", "streams")
+    SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
+    subscription: str
+    topic: str
+    total: DeliveryStats
+    partitions: _containers.RepeatedCompositeFieldContainer[PartitionStats]
+    streams: int
+    def __init__(self, subscription: _Optional[str] = ..., topic: _Optional[str] = ..., total: _Optional[_Union[DeliveryStats, _Mapping]] = ..., partitions: _Optional[_Iterable[_Union[PartitionStats, _Mapping]]] = ..., streams: _Optional[int] = ...) -> None: ...
+
+class TopicStats(_message.Message):
+    __slots__ = ("topic", "total", "partitions", "subscriptions", "streams")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    total: DeliveryStats
+    partitions: _containers.RepeatedCompositeFieldContainer[PartitionStats]
+    subscriptions: _containers.RepeatedCompositeFieldContainer[SubscriptionStats]
+    streams: int
+    def __init__(self, topic: _Optional[str] = ..., total: _Optional[_Union[DeliveryStats, _Mapping]] = ..., partitions: _Optional[_Iterable[_Union[PartitionStats, _Mapping]]] = ..., subscriptions: _Optional[_Iterable[_Union[SubscriptionStats, _Mapping]]] = ..., streams: _Optional[int] = ...) -> None: ...
+
+class DescribeTopicRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DescribeSubscriptionRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...

@@ -70,6 +70,11 @@ class PublisherStub:
                 request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.GetMessageStatusRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.MessageStatus.FromString,
                 _registered_method=True)
+        self.DescribeTopic = channel.unary_unary(
+                '/notifymesh.v1.Publisher/DescribeTopic',
+                request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.DescribeTopicRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.TopicStats.FromString,
+                _registered_method=True)
 
 
 class PublisherServicer:
@@ -128,6 +133,15 @@ class PublisherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DescribeTopic(self, request, context):
+        """The delivery numbers of every subscription of the topic, per partition and
+        summed (see TopicStats). Read off counters each partition's leader keeps,
+        never by counting the log: cheap enough to call every few seconds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PublisherServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +179,11 @@ def add_PublisherServicer_to_server(servicer, server):
                     servicer.GetMessageStatus,
                     request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.GetMessageStatusRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.MessageStatus.SerializeToString,
+            ),
+            'DescribeTopic': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeTopic,
+                    request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.DescribeTopicRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.TopicStats.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -367,6 +386,33 @@ class Publisher:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def DescribeTopic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.v1.Publisher/DescribeTopic',
+            notifymesh_dot_v1_dot_pubsub__pb2.DescribeTopicRequest.SerializeToString,
+            notifymesh_dot_v1_dot_pubsub__pb2.TopicStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class SubscriberStub:
     """Subscription administration and delivery.
@@ -427,6 +473,11 @@ class SubscriberStub:
                 '/notifymesh.v1.Subscriber/RedriveDeadLetters',
                 request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.RedriveDeadLettersRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.RedriveDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.DescribeSubscription = channel.unary_unary(
+                '/notifymesh.v1.Subscriber/DescribeSubscription',
+                request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.DescribeSubscriptionRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.SubscriptionStats.FromString,
                 _registered_method=True)
 
 
@@ -505,6 +556,15 @@ class SubscriberServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DescribeSubscription(self, request, context):
+        """The subscription's backlog, messages in flight, oldest unacknowledged
+        message's age, delivery rate, dead letters and connected streams, per
+        partition and in total. Cheap, as DescribeTopic.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SubscriberServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -557,6 +617,11 @@ def add_SubscriberServicer_to_server(servicer, server):
                     servicer.RedriveDeadLetters,
                     request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.RedriveDeadLettersRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.RedriveDeadLettersResponse.SerializeToString,
+            ),
+            'DescribeSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeSubscription,
+                    request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.DescribeSubscriptionRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.SubscriptionStats.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -830,6 +895,33 @@ class Subscriber:
             '/notifymesh.v1.Subscriber/RedriveDeadLetters',
             notifymesh_dot_v1_dot_pubsub__pb2.RedriveDeadLettersRequest.SerializeToString,
             notifymesh_dot_v1_dot_pubsub__pb2.RedriveDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.v1.Subscriber/DescribeSubscription',
+            notifymesh_dot_v1_dot_pubsub__pb2.DescribeSubscriptionRequest.SerializeToString,
+            notifymesh_dot_v1_dot_pubsub__pb2.SubscriptionStats.FromString,
             options,
             channel_credentials,
             insecure,

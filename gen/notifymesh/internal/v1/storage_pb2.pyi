@@ -169,6 +169,30 @@ class AttachSubscriptionResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class DescribeSubscriptionsRequest(_message.Message):
+    __slots__ = ("topic", "partition", "subscriptions")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    subscriptions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., subscriptions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DescribeSubscriptionsResponse(_message.Message):
+    __slots__ = ("subscriptions",)
+    SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
+    subscriptions: _containers.RepeatedCompositeFieldContainer[SubscriptionDeliveryStats]
+    def __init__(self, subscriptions: _Optional[_Iterable[_Union[SubscriptionDeliveryStats, _Mapping]]] = ...) -> None: ...
+
+class SubscriptionDeliveryStats(_message.Message):
+    __slots__ = ("name", "stats")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    stats: _pubsub_pb2.DeliveryStats
+    def __init__(self, name: _Optional[str] = ..., stats: _Optional[_Union[_pubsub_pb2.DeliveryStats, _Mapping]] = ...) -> None: ...
+
 class ReplicateRequest(_message.Message):
     __slots__ = ("leader", "shards")
     LEADER_FIELD_NUMBER: _ClassVar[int]

@@ -80,6 +80,11 @@ class StorageStub:
                 request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.AttachSubscriptionRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.AttachSubscriptionResponse.FromString,
                 _registered_method=True)
+        self.DescribeSubscriptions = channel.unary_unary(
+                '/notifymesh.internal.v1.Storage/DescribeSubscriptions',
+                request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.DescribeSubscriptionsRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.DescribeSubscriptionsResponse.FromString,
+                _registered_method=True)
         self.Replicate = channel.stream_stream(
                 '/notifymesh.internal.v1.Storage/Replicate',
                 request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.ReplicateRequest.SerializeToString,
@@ -157,6 +162,14 @@ class StorageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DescribeSubscriptions(self, request, context):
+        """Leader only. The delivery numbers of the named subscriptions on the shard
+        (those not attached and not in etcd for the topic are left out).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Replicate(self, request_iterator, context):
         """Leader to follower: log entries and delivery state of the shards it leads.
         One stream per leader node; each request is answered in turn, one in flight
@@ -213,6 +226,11 @@ def add_StorageServicer_to_server(servicer, server):
                     servicer.AttachSubscription,
                     request_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.AttachSubscriptionRequest.FromString,
                     response_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.AttachSubscriptionResponse.SerializeToString,
+            ),
+            'DescribeSubscriptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeSubscriptions,
+                    request_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.DescribeSubscriptionsRequest.FromString,
+                    response_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.DescribeSubscriptionsResponse.SerializeToString,
             ),
             'Replicate': grpc.stream_stream_rpc_method_handler(
                     servicer.Replicate,
@@ -463,6 +481,33 @@ class Storage:
             '/notifymesh.internal.v1.Storage/AttachSubscription',
             notifymesh_dot_internal_dot_v1_dot_storage__pb2.AttachSubscriptionRequest.SerializeToString,
             notifymesh_dot_internal_dot_v1_dot_storage__pb2.AttachSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeSubscriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Storage/DescribeSubscriptions',
+            notifymesh_dot_internal_dot_v1_dot_storage__pb2.DescribeSubscriptionsRequest.SerializeToString,
+            notifymesh_dot_internal_dot_v1_dot_storage__pb2.DescribeSubscriptionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
