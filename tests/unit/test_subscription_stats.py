@@ -186,7 +186,7 @@ async def test_a_subscription_is_described_per_partition_and_in_total():
 
 async def test_a_topic_is_described_per_subscription_per_partition_and_in_total():
     gateway, storage, _ = make_gateway(2, {"audit": TOPIC, "billing": TOPIC}, {"billing": 2})
-    answer(storage, 0, audit=stats(10, 2, 4_000), billing=stats(1, 1, 9_000))
+    answer(storage, 0, audit=stats(10, 2, 9_000), billing=stats(1, 1, 4_000))  # the oldest is not the last
     answer(storage, 1, audit=stats(5), billing=stats(0))
     described = await gateway.describe_topic(TOPIC)
     assert [s.subscription for s in described.subscriptions] == ["audit", "billing"]
