@@ -1,7 +1,7 @@
 """Delivery state of each shard, on its leader: per subscription a cursor (the
 next seq never delivered) and leases for messages delivered but not yet
 acknowledged; a lease past its deadline makes the message deliverable again.
-Pull, ack, nack and modify-ack-deadline work on it; each outcome of an attempt
+Pull, ack, nack, modify-ack-deadline and seek work on it; each outcome of an attempt
 is recorded in the delivery log (keys.ShardKeys.delivery, read by
 storage/delivery_log.py).
 

@@ -5,7 +5,7 @@ module keeps one node's copy, as a facade over its parts, each with one job:
   storage/log.py           the log: entries, positions, recovery, trim and reset
   storage/group_commit.py  concurrent log writes share one synced WriteBatch
   storage/dedup.py         repeats and retries recognised at append
-  storage/delivery.py      cursors and leases: pull, ack, nack, their saved form
+  storage/delivery.py      cursors and leases: pull, ack, nack, seek, their saved form
   storage/dead_letters.py  messages out of attempts: bury, list, redrive, sweep
   storage/delivery_log.py  each delivery attempt's outcome, and message status
   storage/retention.py     garbage collection of the log
