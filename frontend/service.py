@@ -78,6 +78,9 @@ class SubscriberServicer(pubsub_pb2_grpc.SubscriberServicer):
     async def DescribeSubscription(self, request, context):
         return await self._gateway.describe_subscription(request.name)
 
+    async def Seek(self, request, context):
+        return await self._gateway.seek(request)
+
 
 class ClusterAdminServicer(cluster_pb2_grpc.ClusterAdminServicer):
     def __init__(self, gateway: Gateway):
