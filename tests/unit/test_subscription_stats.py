@@ -146,6 +146,23 @@ async def test_the_engine_describes_a_known_backlog(engine):
     assert (audit.backlog, audit.in_flight, audit.dead_letters) == (2, 0, 0)  # the nacked one and the redriven
 
 
+async def test_a_purge_empties_the_backlog_and_a_seek_back_refills_it(engine):
+    """Seek moves the cursor and ends the leases: the numbers follow, being read off them."""
+    engine.attach(SHARD, dead_lettering("audit"))
+    await marker(engine, 1)
+    await append(engine, SHARD, messages(*[b"m-%d" % i for i in range(5)]), epoch=1)
+    got = await pull(engine, SHARD, "audit", 2, 60_000, 0)
+    engine.acknowledge(SHARD, "audit", [got[0].ack_id])
+    assert engine.describe(SHARD, ["audit"])[0][1:3] == (4, 1)
+    engine.seek(SHARD, "audit", None, None, None)  # a purge
+    [audit] = engine.describe(SHARD, ["audit"])
+    assert (audit.backlog, audit.in_flight, audit.oldest_unacked_age_ms) == (0, 0, None)
+    engine.seek(SHARD, "audit", 0, None, 3_600_000)  # back to the start, kept by retain_acked
+    [audit] = engine.describe(SHARD, ["audit"])
+    assert (audit.backlog, audit.in_flight) == (5, 0)  # the marker at the start not counted
+    assert audit.oldest_unacked_age_ms is not None
+
+
 # -- the frontend: per partition and in total --------------------------------------------------
 
 TOPIC = "orders"
