@@ -72,6 +72,12 @@ class SubscriberServicer(pubsub_pb2_grpc.SubscriberServicer):
         redriven = await self._gateway.redrive_dead_letters(request.subscription)
         return pubsub_pb2.RedriveDeadLettersResponse(redriven=redriven)
 
+    async def UpdateSubscription(self, request, context):
+        return await self._gateway.admin("UpdateSubscription", request)
+
+    async def Pull(self, request, context):
+        return await self._gateway.pull(request)
+
 
 class ClusterAdminServicer(cluster_pb2_grpc.ClusterAdminServicer):
     def __init__(self, gateway: Gateway):
