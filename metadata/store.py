@@ -344,7 +344,7 @@ class MetadataStore:
             record.CopyFrom(current)
             # A message field named whole is replaced (unset: back to its default).
             mask.MergeMessage(subscription, record, replace_message_field=True, replace_repeated_field=True)
-            await self._check_update(record)
+            await self._check_update(record, mask)
             if record.push_config.endpoint and current.push_config.secret:
                 record.push_config.secret = current.push_config.secret  # receivers keep verifying
             updated, _ = await self._etcd.transaction(
@@ -365,7 +365,7 @@ class MetadataStore:
                         extra=fields(subscription=name, error=repr(e)))
         return record
 
-    async def _check_update(self, record: pubsub_pb2.Subscription) -> None:
+    async def _check_update(self, record: pubsub_pb2.Subscription, mask: field_mask_pb2.FieldMask) -> None:
         """An updated record's checks: those of a new one."""
         config = self._config
         if record.HasField("ack_deadline"):
@@ -373,8 +373,8 @@ class MetadataStore:
                                        config.min_ack_deadline_s, config.max_ack_deadline_s)
         else:
             record.ack_deadline.FromMilliseconds(int(config.default_ack_deadline_s * 1000))
-        if record.HasField("push_config") and not record.push_config.endpoint:
-            record.ClearField("push_config")  # an empty push config: a pull subscription
+        if "push_config" in mask.paths and not record.push_config.endpoint:
+            record.ClearField("push_config")  # push config unset (or empty): a pull subscription
         await self._check_delivery_policy(record)
 
     async def delete_subscription(self, name: str) -> None:
