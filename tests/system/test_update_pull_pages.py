@@ -129,7 +129,7 @@ async def test_an_update_refuses_unknown_or_fixed_fields_and_missing_things(mesh
     assert (await update([]))[0] == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(errors.InvalidArgument, match="ack deadline 0.5s out of range"):
         await client.update_subscription(sub, ack_deadline_s=0.5)
-    with pytest.raises(errors.NotFound, match="dead-letter topic 'no-such-dead' not found"):
+    with pytest.raises(errors.NotFound, match="topic 'no-such-dead' not found"):
         await client.update_subscription(sub, max_delivery_attempts=3, dead_letter_topic="no-such-dead")
     with pytest.raises(errors.NotFound, match="subscription 'no-such-sub' not found"):
         await client.update_subscription("no-such-sub", ack_deadline_s=5)
@@ -162,10 +162,14 @@ async def wait_until_async(get, timeout: float):
 
 async def test_subscription_update_in_the_cli(mesh, client):
     topic, sub = await new_topic(client, "upd-cli")
+    backlog = await client.publish(topic, [b"b-%d" % i for i in range(50)])
     updated = cli(mesh, "subscription", "update", sub, "--ack-deadline", "20s", "--min-backoff", "2s")
     assert updated.returncode == 0, updated.stderr
     line = json.loads(updated.stdout)
     assert (line["name"], line["topic"], line["ack_deadline_s"], line["min_backoff_s"]) == (sub, topic, 20.0, 2.0)
+    pulled = await client.pull(sub, 100, wait_s=5)
+    assert sorted(ids_of(pulled)) == sorted(backlog), "the backlog published before the update is kept"
+    await client.acknowledge(sub, [m.ack_id for m in pulled])
     missing = cli(mesh, "subscription", "update", "no-such-sub", "--ack-deadline", "20s")
     assert missing.returncode == 1
     assert missing.stderr.decode().strip() == "error: NOT_FOUND: subscription 'no-such-sub' not found"
