@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import time
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -14,7 +15,10 @@ import pytest
 from helpers import Receiver, cli, ids_of, new_topic, unique
 from gen.notifymesh.v1 import pubsub_pb2, pubsub_pb2_grpc
 from notifymesh import errors
+from metadata.store import MetadataStore
 from notifymesh.client import Message
+from notifymesh.server.cluster import connect_etcd
+from notifymesh.server.config import Config
 
 MIRROR_S = 0.5  # time for every process's watch to see an etcd record change
 
@@ -298,3 +302,33 @@ async def test_a_bad_page_size_or_token_is_refused(mesh, client):
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
     with pytest.raises(errors.InvalidArgument, match="page_size 1001 out of range"):
         await client.list_subscriptions(page_size=1001)
+
+
+async def test_a_topic_delete_fails_when_an_update_names_it_as_a_dead_letter_topic_meanwhile(mesh, client):
+    """The delete's check and its transaction are apart: an update in between that
+    names the topic fails the transaction, and the retry's check refuses."""
+    topic, sub = await new_topic(client, "del-race")
+    dead = unique("del-race-dead")
+    await client.create_topic(dead)
+    etcd = connect_etcd(mesh.etcd_endpoint)
+    raced = []
+
+    class RacingEtcd:
+        """etcd, with the update right after the delete's check read the subscriptions."""
+
+        def __getattr__(self, name):
+            return getattr(etcd, name)
+
+        async def get_prefix(self, prefix):
+            listed = await etcd.get_prefix(prefix)
+            if not raced:
+                raced.append(await client.update_subscription(sub, max_delivery_attempts=5, dead_letter_topic=dead))
+            return listed
+
+    try:
+        store = MetadataStore(SimpleNamespace(etcd=RacingEtcd()), Config(), storage=None)
+        with pytest.raises(errors.FailedPrecondition, match="is the dead-letter topic of 1 subscription"):
+            await store.delete_topic(dead)
+        assert raced and (await client.get_topic(dead)).name == dead
+    finally:
+        await etcd.close()
