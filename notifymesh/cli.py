@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import base64
 import collections
+import datetime
 import importlib
 import json
 import re
@@ -41,6 +42,18 @@ def addresses(text: str) -> str:
         raise argparse.ArgumentTypeError(e.details) from None
 
 
+def instant(text: str) -> datetime.datetime:
+    """An ISO 8601 time with its zone: 2026-11-30T10:00:00Z, 2026-11-30T11:00:00+01:00."""
+    try:
+        parsed = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time with its zone: {text!r} "
+                                         "(example: 2026-11-30T10:00:00Z)")
+    return parsed
+
+
 def attribute(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -54,6 +67,7 @@ def _topic_line(topic) -> str:
                        "dedup_window_s": topic.dedup_window.seconds, "dedup_by_payload": topic.dedup_by_payload,
                        "dedup_attributes": list(topic.dedup_attributes),
                        "message_retention_s": topic.message_retention.seconds,
+                       "retain_acked_s": topic.retain_acked.seconds,
                        "create_time": topic.create_time.ToJsonString()})
 
 
@@ -123,9 +137,13 @@ async def _topic(args, client: Client) -> None:
     if args.action == "create":
         print(_topic_line(await client.create_topic(args.name, args.retention, args.partitions,
                                                     args.replication_factor, args.dedup_window,
-                                                    args.dedup_by_payload, args.dedup_attribute)))
+                                                    args.dedup_by_payload, args.dedup_attribute,
+                                                    args.retain_acked)))
     elif args.action == "update":
-        print(_topic_line(await client.update_topic(args.name, args.partitions)))
+        if args.partitions is None and args.retain_acked is None:
+            print("notifymesh topic update: error: give --partitions, --retain-acked or both", file=sys.stderr)
+            raise SystemExit(2)
+        print(_topic_line(await client.update_topic(args.name, args.partitions or 0, args.retain_acked)))
     elif args.action == "get":
         print(_topic_line(await client.get_topic(args.name)))
     elif args.action == "list":
@@ -169,8 +187,18 @@ async def _subscription(args, client: Client) -> None:
     elif args.action == "delete":
         await client.delete_subscription(args.name)
         print(f"deleted subscription {args.name}", file=sys.stderr)
+    elif args.action in ("seek", "purge"):
+        await _seek(args, client)
     elif args.action == "update":
         await _update_subscription(args, client)
+
+
+async def _seek(args, client: Client) -> None:
+    """subscription seek NAME --time T | --to-end; subscription purge NAME (seek to the end)."""
+    to_end = args.action == "purge" or args.to_end
+    reply = await client.seek(args.name, None if to_end else args.time, to_end)
+    target = {"to_end": True} if to_end else {"time": args.time.astimezone(datetime.timezone.utc).isoformat()}
+    print(json.dumps({"subscription": args.name, **target, "partitions_limited": reply.partitions_limited}))
 
 
 async def _update_subscription(args, client: Client) -> None:
@@ -335,16 +363,19 @@ def _add_topic_commands(commands) -> None:
                              "(and the attributes named by --dedup-attribute)")
     create.add_argument("--dedup-attribute", action="append", default=[], metavar="NAME",
                         help="with --dedup-by-payload: an attribute that is part of the payload (repeatable)")
-    update = topic_actions.add_parser("update", help="raise the partition count")
+    create.add_argument("--retain-acked", type=duration, help="keep acknowledged messages this long, so "
+                        "'subscription seek' can go back that far (default off; at most --retention)")
+    update = topic_actions.add_parser("update", help="raise the partition count, set --retain-acked")
     update.add_argument("name")
-    update.add_argument("--partitions", type=int, required=True)
+    update.add_argument("--partitions", type=int, help="the new partition count (only raised)")
+    update.add_argument("--retain-acked", type=duration, help="keep acknowledged messages this long (0: off)")
     topic_actions.add_parser("get").add_argument("name")
     topic_actions.add_parser("list")
     topic_actions.add_parser("delete").add_argument("name")
 
 
 def _add_subscription_commands(commands) -> None:
-    """subscription create|get|list|delete|update"""
+    """subscription create|get|list|delete|update, and seek|purge"""
     sub = commands.add_parser("subscription", help="create, get, list, delete or update subscriptions")
     sub_actions = sub.add_subparsers(dest="action", required=True)
     create = sub_actions.add_parser("create")
@@ -370,6 +401,19 @@ def _add_subscription_commands(commands) -> None:
     push = update.add_mutually_exclusive_group()
     push.add_argument("--push-endpoint", help="http(s) URL to POST each message to (the secret stays)")
     push.add_argument("--no-push", action="store_true", help="make it a pull subscription")
+    _add_seek_commands(sub_actions)
+
+
+def _add_seek_commands(sub_actions) -> None:
+    """subscription seek|purge"""
+    seek = sub_actions.add_parser("seek", help="deliver again what was published since a time, or skip to the end")
+    seek.add_argument("name")
+    target = seek.add_mutually_exclusive_group(required=True)
+    target.add_argument("--time", type=instant, help="an ISO 8601 time with its zone, e.g. 2026-11-30T10:00:00Z: "
+                        "what was published since is delivered (again; going back reaches what the topic's "
+                        "--retain-acked keeps), what was published before counts as acknowledged")
+    target.add_argument("--to-end", action="store_true", help="acknowledge everything published so far")
+    sub_actions.add_parser("purge", help="acknowledge everything published so far").add_argument("name")
 
 
 def _add_message_commands(commands) -> None:
