@@ -2,7 +2,7 @@
 
 from gen.notifymesh.internal.v1 import metadata_pb2_grpc
 from gen.notifymesh.v1 import pubsub_pb2
-from metadata.store import MetadataStore
+from metadata.store import MetadataStore, Page
 from notifymesh.server.clients import StorageClient
 from notifymesh.server.process import Context
 
@@ -18,7 +18,8 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
         return await self._store.get_topic(request.name)
 
     async def ListTopics(self, request, context):
-        return pubsub_pb2.ListTopicsResponse(topics=await self._store.list_topics())
+        topics, next_token = await self._store.list_topics(Page.of("topic", request.page_size, request.page_token))
+        return pubsub_pb2.ListTopicsResponse(topics=topics, next_page_token=next_token)
 
     async def UpdateTopic(self, request, context):
         return await self._store.update_topic(request.name, request.partition_count,
@@ -35,12 +36,16 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
         return await self._store.get_subscription(request.name)
 
     async def ListSubscriptions(self, request, context):
-        return pubsub_pb2.ListSubscriptionsResponse(
-            subscriptions=await self._store.list_subscriptions(request.topic))
+        subscriptions, next_token = await self._store.list_subscriptions(
+            request.topic, Page.of("subscription", request.page_size, request.page_token))
+        return pubsub_pb2.ListSubscriptionsResponse(subscriptions=subscriptions, next_page_token=next_token)
 
     async def DeleteSubscription(self, request, context):
         await self._store.delete_subscription(request.name)
         return pubsub_pb2.DeleteSubscriptionResponse()
+
+    async def UpdateSubscription(self, request, context):
+        return await self._store.update_subscription(request.subscription, list(request.update_mask.paths))
 
 
 class MetadataService:

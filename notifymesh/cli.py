@@ -219,6 +219,8 @@ async def _subscription(args, client: Client) -> None:
         print(f"deleted subscription {args.name}", file=sys.stderr)
     elif args.action in ("seek", "purge"):
         await _seek(args, client)
+    elif args.action == "update":
+        await _update_subscription(args, client)
 
 
 async def _seek(args, client: Client) -> None:
@@ -227,6 +229,29 @@ async def _seek(args, client: Client) -> None:
     reply = await client.seek(args.name, None if to_end else args.time, to_end)
     target = {"to_end": True} if to_end else {"time": args.time.astimezone(datetime.timezone.utc).isoformat()}
     print(json.dumps({"subscription": args.name, **target, "partitions_limited": reply.partitions_limited}))
+
+
+async def _update_subscription(args, client: Client) -> None:
+    """Only the settings given change; the subscription keeps its messages."""
+    push_endpoint = "" if args.no_push else args.push_endpoint
+    changes = (args.ack_deadline, args.min_backoff, args.max_backoff, args.max_delivery_attempts,
+               args.dead_letter_topic, push_endpoint)
+    if all(change is None for change in changes):
+        print("notifymesh subscription update: error: give at least one setting to change (see --help)",
+              file=sys.stderr)
+        raise SystemExit(2)
+    print(_subscription_line(await client.update_subscription(args.name, *changes)))
+
+
+async def _pull(args, client: Client) -> int:
+    """Prints the messages ready now (or the first within --wait) as JSON lines; with
+    --ack, acknowledges them once printed."""
+    received = await client.pull(args.subscription, args.max, args.wait)
+    for message in received:
+        print(_message_line(message), flush=True)
+    if received and args.ack:
+        await client.acknowledge(args.subscription, [m.ack_id for m in received])
+    return 0
 
 
 async def _publish(args, client: Client) -> int:
@@ -383,8 +408,8 @@ def _add_topic_commands(commands) -> None:
 
 
 def _add_subscription_commands(commands) -> None:
-    """subscription create|get|list|delete"""
-    sub = commands.add_parser("subscription", help="create, get, list or delete subscriptions")
+    """subscription create|get|list|delete|update, and seek|purge"""
+    sub = commands.add_parser("subscription", help="create, get, list, delete or update subscriptions")
     sub_actions = sub.add_subparsers(dest="action", required=True)
     create = sub_actions.add_parser("create")
     create.add_argument("name")
@@ -402,6 +427,16 @@ def _add_subscription_commands(commands) -> None:
                            ).add_argument("name")
     sub_actions.add_parser("list").add_argument("--topic")
     sub_actions.add_parser("delete").add_argument("name")
+    update = sub_actions.add_parser("update", help="change settings in place, keeping the messages")
+    update.add_argument("name")
+    update.add_argument("--ack-deadline", type=duration, help="e.g. 30s, 1s to 600s")
+    update.add_argument("--min-backoff", type=duration, help="retry policy: first redelivery wait")
+    update.add_argument("--max-backoff", type=duration, help="retry policy: longest redelivery wait")
+    update.add_argument("--max-delivery-attempts", type=int, help="then to the dead-letter topic (0: never)")
+    update.add_argument("--dead-letter-topic", help="'' with --max-delivery-attempts 0 ends dead-lettering")
+    push = update.add_mutually_exclusive_group()
+    push.add_argument("--push-endpoint", help="http(s) URL to POST each message to (the secret stays)")
+    push.add_argument("--no-push", action="store_true", help="make it a pull subscription")
     _add_seek_commands(sub_actions)
 
 
@@ -418,7 +453,7 @@ def _add_seek_commands(sub_actions) -> None:
 
 
 def _add_message_commands(commands) -> None:
-    """publish, subscribe, nack, dead-letters, message status"""
+    """publish, subscribe, pull, nack, dead-letters, message status"""
     publish = commands.add_parser("publish", help="publish a message, or each stdin line with '-'")
     publish.add_argument("topic")
     publish.add_argument("message", help="the payload, or - to publish each line of stdin")
@@ -429,6 +464,13 @@ def _add_message_commands(commands) -> None:
     subscribe.add_argument("subscription")
     subscribe.add_argument("--max", type=int, help="exit after this many messages")
     subscribe.add_argument("--no-ack", action="store_true", help="print without acknowledging")
+
+    pull = commands.add_parser("pull", help="print the messages ready now (without a stream) and exit")
+    pull.add_argument("subscription")
+    pull.add_argument("--max", type=int, default=0, help="at most this many (default 100, up to 1000)")
+    pull.add_argument("--wait", type=duration, default=0.0,
+                      help="with none ready, wait this long for one (e.g. 2s; up to 30s; default 0)")
+    pull.add_argument("--ack", action="store_true", help="acknowledge them once printed")
 
     nack = commands.add_parser("nack", help="give messages back for redelivery, or to the dead-letter topic")
     nack.add_argument("ack_id", nargs="+")
@@ -517,6 +559,8 @@ async def _run(args) -> int:
             return await _publish(args, client)
         elif args.command == "subscribe":
             return await _subscribe(args, client)
+        elif args.command == "pull":
+            return await _pull(args, client)
         elif args.command == "nack":
             await _nack(args, client)
         elif args.command == "dead-letters":

@@ -35,6 +35,12 @@ class SenderServicer(sender_pb2_grpc.SenderServicer):
     async def CountStreams(self, request, context):
         return sender_pb2.CountStreamsResponse(streams=self._dispatcher.count_streams(list(request.subscriptions)))
 
+    async def Pull(self, request, context):
+        validation.name("subscription", request.subscription)
+        received = await self._dispatcher.pull(request.subscription, request.max_messages,
+                                               request.wait.ToMilliseconds())
+        return sender_pb2.SubscribeFrame(received_messages=received)
+
 
 class SenderService:
     reflected = ()
@@ -42,6 +48,7 @@ class SenderService:
     def __init__(self, ctx: Context):
         self.dispatcher = Dispatcher(ctx.cluster, ctx.config, ctx.node_id, lambda: ctx.registration)
         ctx.cluster.members.on_change(lambda _name: self.dispatcher.release_unowned())
+        ctx.cluster.subscriptions.on_change(self.dispatcher.record_changed)
         self.push = PushSubscriptions(ctx.cluster, self.dispatcher, ctx.config.sender_max_push_in_flight)
         self.servicers = [(sender_pb2_grpc.add_SenderServicer_to_server, SenderServicer(self.dispatcher))]
 

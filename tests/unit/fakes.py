@@ -295,6 +295,7 @@ class FakeSenders:
         self.deadlines: list[pubsub_pb2.ModifyAckDeadlineRequest] = []
         self.nacks: list[pubsub_pb2.NackRequest] = []
         self.streams: dict[str, int] = {}  # subscription -> Subscribe streams the senders count
+        self.pulls: list[pubsub_pb2.PullRequest] = []
 
     def owner_addr(self, subscription: str) -> str:
         if subscription not in self.owners:
@@ -315,6 +316,10 @@ class FakeSenders:
 
     async def count_streams(self, subscriptions: list[str]) -> dict[str, int]:
         return {name: self.streams[name] for name in subscriptions if name in self.streams}
+
+    async def pull(self, request) -> pubsub_pb2.PullResponse:
+        self.pulls.append(request)
+        return pubsub_pb2.PullResponse()
 
 
 class FakeMetadata:
