@@ -278,3 +278,25 @@ class Client:
     async def get_message_status(self, message_id: str) -> pubsub_pb2.MessageStatus:
         return await self._call(self._publisher.GetMessageStatus,
                                 pubsub_pb2.GetMessageStatusRequest(message_id=message_id))
+
+    # -- cluster configuration (in etcd; running services follow it) -------------
+
+    async def get_config(self, key: str = "") -> list[cluster_pb2.ConfigSetting]:
+        """Every setting (or key's alone) with its value, default and restart_required."""
+        reply = await self._call(self._cluster.GetConfig, cluster_pb2.GetConfigRequest(key=key))
+        return list(reply.settings)
+
+    async def set_config(self, key: str, value: str | float | None) -> cluster_pb2.ConfigSetting:
+        """Sets key cluster-wide; None resets it to its default. The answer's
+        restart_required says whether running services take it in only at restart."""
+        request = cluster_pb2.SetConfigRequest(key=key, value="" if value is None else str(value),
+                                               reset=value is None)
+        return await self._call(self._cluster.SetConfig, request)
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        """True once a connection to a frontend is up, False after timeout_s without one."""
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout_s)
+            return True
+        except TimeoutError:
+            return False

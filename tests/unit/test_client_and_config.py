@@ -6,6 +6,7 @@ import re
 import pytest
 
 from gen.notifymesh.v1 import cluster_pb2, pubsub_pb2
+from notifymesh import errors
 from notifymesh.client import Client
 from notifymesh.server import config
 
@@ -17,7 +18,7 @@ def snake(name: str) -> str:
 def test_client_has_a_method_for_every_public_rpc():
     rpcs = [m.name for d in (pubsub_pb2.DESCRIPTOR, cluster_pb2.DESCRIPTOR)
             for s in d.services_by_name.values() for m in s.methods]
-    assert len(rpcs) == 18
+    assert len(rpcs) == 20
     missing = [rpc for rpc in rpcs if not hasattr(Client, snake(rpc).replace("subscribe", "subscribe_frames"))
                and not hasattr(Client, snake(rpc))]
     assert not missing
@@ -32,3 +33,30 @@ def test_config_precedence(tmp_path):
     assert (merged.max_message_bytes, merged.max_batch_messages, merged.member_lease_ttl_s) == (10, 30, 9)
     with pytest.raises(ValueError, match="unknown config key 'nope'"):
         config.load(env={}, etcd_values={"nope": 1})
+
+
+def test_a_live_config_follows_etcd_but_keeps_what_needs_a_restart():
+    live = config.LiveConfig(env={"NOTIFYMESH_MAX_BATCH_MESSAGES": "30"}, etcd_values={"member_lease_ttl_s": 4})
+    assert (live.max_batch_messages, live.member_lease_ttl_s) == (30, 4)
+    live.update({"max_batch_messages": 2, "member_lease_ttl_s": 9, "storage_gc_interval_s": 0.5})
+    assert (live.max_batch_messages, live.storage_gc_interval_s) == (2, 0.5)
+    assert live.member_lease_ttl_s == 4, "read once at start: a change waits for a restart"
+    live.update({})  # the key deleted: back to the file's and environment's values
+    assert live.max_batch_messages == 30
+    for bad in ({"nope": 1}, {"max_batch_messages": "many"}, [1], {"min_ack_deadline_s": 700}):
+        live.update(bad)
+        assert live.current == config.load(env={"NOTIFYMESH_MAX_BATCH_MESSAGES": "30"},
+                                           etcd_values={"member_lease_ttl_s": 4}), bad
+
+
+def test_a_setting_takes_a_positive_number_of_its_type():
+    assert config.setting_value("max_batch_messages", "10") == 10
+    assert config.setting_value("storage_gc_interval_s", "0.25") == 0.25
+    for key, text, says in (("nope", "1", "unknown config key 'nope'"), ("max_batch_messages", "1.5", "an integer"),
+                            ("storage_gc_interval_s", "soon", "a number"), ("max_batch_messages", "0", "above 0"),
+                            ("storage_gc_interval_s", "inf", "above 0")):
+        with pytest.raises(errors.InvalidArgument, match=says):
+            config.setting_value(key, text)
+    with pytest.raises(errors.InvalidArgument, match="ack deadlines out of order"):
+        config.check(config.Config(min_ack_deadline_s=20))
+    assert config.RESTART_REQUIRED < set(config.FIELDS)
