@@ -1,12 +1,13 @@
 """The Python client covers the public API; config sources merge in their documented order."""
 
+import argparse
 import json
 import re
 
 import pytest
 
 from gen.notifymesh.v1 import cluster_pb2, pubsub_pb2
-from notifymesh import errors
+from notifymesh import cli, errors
 from notifymesh.client import Client
 from notifymesh.server import config
 
@@ -60,3 +61,21 @@ def test_a_setting_takes_a_positive_number_of_its_type():
     with pytest.raises(errors.InvalidArgument, match="ack deadlines out of order"):
         config.check(config.Config(min_ack_deadline_s=20))
     assert config.RESTART_REQUIRED < set(config.FIELDS)
+
+
+def test_every_command_and_flag_of_the_cli_has_help():
+    missing = []
+
+    def walk(p: argparse.ArgumentParser, path: str) -> None:
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helped = {choice.dest for choice in action._choices_actions if choice.help}
+                for name, command in action.choices.items():
+                    if name not in helped:
+                        missing.append(f"{path} {name}")
+                    walk(command, f"{path} {name}")
+            elif not action.help:
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(cli.parser(), "notifymesh")
+    assert not missing
