@@ -294,9 +294,16 @@ class Client:
         return await self._call(self._cluster.SetConfig, request)
 
     async def wait_connected(self, timeout_s: float) -> bool:
-        """True once a connection to a frontend is up, False after timeout_s without one."""
+        """True once a connection to a frontend is up; False as soon as every frontend
+        refused one, or after timeout_s without an answer."""
+        async def settled() -> bool:
+            state = self._channel.get_state(try_to_connect=True)
+            while state not in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE):
+                await self._channel.wait_for_state_change(state)
+                state = self._channel.get_state(try_to_connect=True)
+            return state == grpc.ChannelConnectivity.READY
+
         try:
-            await asyncio.wait_for(self._channel.channel_ready(), timeout_s)
-            return True
+            return await asyncio.wait_for(settled(), timeout_s)
         except TimeoutError:
             return False
