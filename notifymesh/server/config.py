@@ -125,7 +125,14 @@ class LiveConfig:
     def __init__(self, file: Path | None = None, env: Mapping[str, str] | None = None,
                  etcd_values: Mapping[str, Any] | None = None):
         self._local = _local_layers(file, env)
-        self.current = self._started = _merge([*self._local, ("etcd", etcd_values or {})])
+        self._started = _merge([*self._local, ("etcd", etcd_values or {})])
+        self._take(self._started)
+
+    def _take(self, config: Config) -> None:
+        # Each setting an attribute of this object: read per message on the publish path,
+        # where a __getattr__ cost 300 ns a read, a plain attribute 15 ns.
+        self.current = config
+        self.__dict__.update({key: getattr(config, key) for key in FIELDS})
 
     def update(self, etcd_values: Mapping[str, Any] | None) -> None:
         try:
@@ -141,7 +148,4 @@ class LiveConfig:
         if config != self.current:
             log.info("cluster config changed", extra=log_fields(changed={
                 key: getattr(config, key) for key in FIELDS if getattr(config, key) != getattr(self.current, key)}))
-            self.current = config
-
-    def __getattr__(self, name: str):
-        return getattr(self.current, name)
+            self._take(config)
