@@ -648,8 +648,10 @@ def _accept_after_the_command(p: argparse.ArgumentParser, top: bool = True) -> N
             if not (top and name in NO_FRONTEND):
                 _accept_after_the_command(command, top=False)
     if not subcommands and not top:
-        p.add_argument("--addr", type=addresses, default=argparse.SUPPRESS, help="as before the command")
-        p.add_argument("--output", choices=OUTPUTS, default=argparse.SUPPRESS, help="as before the command")
+        if "--addr" not in p._option_string_actions:
+            p.add_argument("--addr", type=addresses, default=argparse.SUPPRESS, help="as before the command")
+        if "--output" not in p._option_string_actions:
+            p.add_argument("--output", choices=OUTPUTS, default=argparse.SUPPRESS, help="as before the command")
 
 
 def _version() -> str:
