@@ -57,8 +57,9 @@ class ClusterSettings:
             except ValueError as e:  # a key written by hand that no setting has
                 raise errors.FailedPrecondition(f"the config in etcd: {e}") from None
             compare = (self._txn.mod(CONFIG) == kv.mod_revision) if kv else (self._txn.version(CONFIG) == 0)
-            written, _ = await self._etcd.transaction(
-                compare=[compare], success=[self._txn.put(CONFIG, json.dumps(values, sort_keys=True))], failure=[])
+            encoded = json.dumps(values, sort_keys=True).encode()
+            written, _ = await self._etcd.transaction(compare=[compare], success=[self._txn.put(CONFIG, encoded)],
+                                                      failure=[])
             if written:
                 log.info("cluster config set", extra=fields(key=key, value=value))
                 return _setting(key, values)

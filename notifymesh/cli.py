@@ -32,7 +32,7 @@ from notifymesh.errors import InvalidArgument, NotifymeshError, Unavailable
 PUBLISH_BATCH = 500
 PUBLISH_IN_FLIGHT = 8
 PUBLISH_LINGER_S = 0.05  # a partial batch goes out once stdin is quiet this long
-PUBLISH_READ_AHEAD = 2 * PUBLISH_BATCH  # lines read from stdin and not yet batched, at most
+STDIN_CHUNK_BYTES, STDIN_CHUNKS_AHEAD = 64 * 1024, 16  # stdin read ahead of publishing: 1 MiB at most
 INTERRUPT_GRACE_S = 2.0  # after Ctrl-C, how long publishes in flight may still be answered
 PROGRESS_EVERY_S = 0.5
 CONNECT_PROBE_S = 2.0  # how long a call that found no frontend waits for one before saying so
@@ -311,26 +311,50 @@ def _refused_message(error: NotifymeshError, batch_size: int) -> tuple[int, str]
 _QUIET = object()  # stdin had no new line for PUBLISH_LINGER_S
 
 
-def _read_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
-    """A daemon thread's job, so that a read blocked on a terminal does not hold up
-    the exit after Ctrl-C: each stdin line into queue (waiting while it is full),
-    then None."""
-    try:
-        for line in sys.stdin.buffer:
-            asyncio.run_coroutine_threadsafe(queue.put(line), loop).result()
-        asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
-    except (RuntimeError, OSError, ValueError):  # the loop closed (the command ended), or stdin did
-        pass
+class _StdinLines:
+    """stdin's lines (without their ends), read by a daemon thread from the descriptor
+    itself: a read blocked on a terminal must not hold up the exit after Ctrl-C, and
+    a thread still inside sys.stdin's buffer when Python exits makes it abort. The
+    thread keeps at most STDIN_CHUNKS_AHEAD chunks of STDIN_CHUNK_BYTES read ahead."""
 
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._chunks: asyncio.Queue = asyncio.Queue(STDIN_CHUNKS_AHEAD)
+        self._lines: collections.deque[bytes] = collections.deque()
+        self._ended = False
+        threading.Thread(target=self._read, args=(loop,), name="stdin", daemon=True).start()
 
-async def _next_line(queue: asyncio.Queue, linger_s: float | None):
-    """The next line, None at the end of stdin, or _QUIET after linger_s without one."""
-    if linger_s is None:
-        return await queue.get()
-    try:
-        return await asyncio.wait_for(queue.get(), linger_s)
-    except TimeoutError:
-        return _QUIET
+    def _read(self, loop: asyncio.AbstractEventLoop) -> None:
+        put = lambda item: asyncio.run_coroutine_threadsafe(self._chunks.put(item), loop).result()  # noqa: E731
+        try:
+            pending = b""
+            try:
+                while chunk := os.read(0, STDIN_CHUNK_BYTES):
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    if lines:
+                        put(lines)
+            except OSError:  # stdin closed or unreadable: its end
+                pass
+            if pending:
+                put([pending])
+            put(None)
+        except RuntimeError:  # the loop closed: the command ended
+            pass
+
+    async def next(self, linger_s: float | None):
+        """The next line, None at the end of stdin, or _QUIET after linger_s without one."""
+        while not self._lines:
+            if self._ended:
+                return None
+            try:
+                chunk = await (self._chunks.get() if linger_s is None else
+                               asyncio.wait_for(self._chunks.get(), linger_s))
+            except TimeoutError:
+                return _QUIET
+            if chunk is None:
+                self._ended = True
+            else:
+                self._lines.extend(chunk)
+        return self._lines.popleft()
 
 
 async def _publish_lines(topic: str, attributes: dict[str, str], client: Client, out: Output,
@@ -393,13 +417,12 @@ async def _publish_lines(topic: str, attributes: dict[str, str], client: Client,
                   f"not acknowledged {read - tally['acknowledged']}", end="\n" if final else "",
                   file=sys.stderr, flush=True)
 
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue(PUBLISH_READ_AHEAD)
-    threading.Thread(target=_read_lines, args=(loop, queue), name="stdin", daemon=True).start()
+    stdin = _StdinLines(asyncio.get_running_loop())
     batch: list[tuple[int, Message]] = []
     try:
         while True:
-            line = await _next_line(queue, PUBLISH_LINGER_S if batch else None)
+            # With a partial batch, or results to come, wake up to send it or print them.
+            line = await stdin.next(PUBLISH_LINGER_S if batch or sends else None)
             if isinstance(line, bytes):
                 read += 1
                 batch.append((read, Message(line.rstrip(b"\r\n"), attributes)))
