@@ -87,22 +87,24 @@ def fail(message: str) -> NoReturn:
 class Output:  # every command reports through args.out.record(dict)
     """Where a command's results go: one JSON object per line (the default), or with
     --output table aligned columns, printed at close(). A streaming command's table
-    (streaming=True) prints each row as it comes, under a header of the first's keys;
-    such a command calls flush() once it has printed what it has."""
+    (streaming=True) prints each row as it comes, in columns as wide as the first
+    row's (a wider cell pushes the rest of its row); such a command calls flush()
+    once it has printed what it has."""
 
     def __init__(self, form: str = "json", streaming: bool = False):
         self.form, self.streaming = form, streaming
         self._rows: list[dict] = []
-        self._header: list[str] | None = None
+        self._columns: dict[str, int] | None = None  # streaming: key -> width
 
     def record(self, record: dict) -> None:
         if self.form == "json":
             print(json.dumps(record, ensure_ascii=False))
         elif self.streaming:
-            if self._header is None:
-                self._header = list(record)
-                print("  ".join(key.upper() for key in self._header))
-            print("  ".join(_cell(record.get(key, "")) for key in self._header))
+            cells = {key: _cell(value) for key, value in record.items()}
+            if self._columns is None:
+                self._columns = {key: max(len(key), len(cell)) for key, cell in cells.items()}
+                print("  ".join(key.upper().ljust(width) for key, width in self._columns.items()).rstrip())
+            print("  ".join(cells.get(key, "").ljust(width) for key, width in self._columns.items()).rstrip())
         else:
             self._rows.append(record)
 
@@ -366,6 +368,11 @@ async def _publish_lines(topic: str, attributes: dict[str, str], client: Client,
     many were acknowledged and how many not before the KeyboardInterrupt."""
     tally = collections.Counter()  # acknowledged, invalid (skipped), failed
     read = 0
+    tty = sys.stderr.isatty()  # progress that updates in place is for people watching
+
+    def say(text: str) -> None:
+        print(("\r\x1b[K" if tty else "") + text, file=sys.stderr, flush=True)
+
     slots = asyncio.Semaphore(PUBLISH_IN_FLIGHT)
     sends: collections.deque[asyncio.Task] = collections.deque()  # in the order of the lines
     last_progress = 0.0
@@ -383,7 +390,7 @@ async def _publish_lines(topic: str, attributes: dict[str, str], client: Client,
                     line, _ = batch.pop(refused[0])
                     tally["invalid"] += 1
                     results[line] = {"line": line, "error": f"{e.code.name}: {refused[1]}"}
-                    print(f"error: line {line}: {e.code.name}: {refused[1]} (skipped)", file=sys.stderr)
+                    say(f"error: line {line}: {e.code.name}: {refused[1]} (skipped)")
                     continue
                 tally["acknowledged"] += len(ids)
                 results.update((line, {"line": line, "message_id": message_id})
@@ -393,9 +400,8 @@ async def _publish_lines(topic: str, attributes: dict[str, str], client: Client,
             tally["failed"] += len(batch)
             refused = _refused_message(e, len(batch))
             why = f"line {batch[refused[0]][0]}: {e.code.name}: {refused[1]}" if refused else str(e)
-            print(f"error: {why}; lines {batch[0][0]} to {batch[-1][0]}: {len(batch)} messages not acknowledged"
-                  + ("" if skip_invalid or not refused else " (--skip-invalid publishes the others)"),
-                  file=sys.stderr)
+            say(f"error: {why}; lines {batch[0][0]} to {batch[-1][0]}: {len(batch)} messages not acknowledged"
+                + ("" if skip_invalid or not refused else " (--skip-invalid publishes the others)"))
         finally:
             slots.release()
         return [results[line] for line in sorted(results)]
@@ -410,12 +416,14 @@ async def _publish_lines(topic: str, attributes: dict[str, str], client: Client,
         out.flush()
 
     def progress(final: str = "") -> None:
+        """On a terminal, a line updated in place; at the end (final), the summary anywhere."""
         nonlocal last_progress
-        if final or time.monotonic() - last_progress >= PROGRESS_EVERY_S:
+        counts = f"read {read}, acknowledged {tally['acknowledged']}, not acknowledged {read - tally['acknowledged']}"
+        if final:
+            say(final + counts)
+        elif tty and time.monotonic() - last_progress >= PROGRESS_EVERY_S:
             last_progress = time.monotonic()
-            print(f"\r{final}read {read}, acknowledged {tally['acknowledged']}, "
-                  f"not acknowledged {read - tally['acknowledged']}", end="\n" if final else "",
-                  file=sys.stderr, flush=True)
+            print(f"\r\x1b[K{counts}", end="", file=sys.stderr, flush=True)
 
     stdin = _StdinLines(asyncio.get_running_loop())
     batch: list[tuple[int, Message]] = []

@@ -24,9 +24,12 @@ def test_json_lines_by_default_and_a_streaming_table_row_by_row(capsys):
     out.record({"message_id": "x", "data": "é"})
     assert capsys.readouterr().out == '{"message_id": "x", "data": "é"}\n'
     streaming = cli.Output("table", streaming=True)
-    streaming.record({"line": 1, "message_id": "a"})
-    streaming.record({"line": 2, "message_id": "b"})
-    assert capsys.readouterr().out.splitlines() == ["LINE  MESSAGE_ID", "1  a", "2  b"]
+    streaming.record({"line": 1, "message_id": "abcdefghijklm"})
+    streaming.record({"line": 22222, "message_id": "b"})
+    assert capsys.readouterr().out.splitlines() == [
+        "LINE  MESSAGE_ID",
+        "1     abcdefghijklm",
+        "22222  b"]  # as wide as the first row: a wider cell pushes the rest
 
 
 def test_counts_out_of_range_are_refused():
