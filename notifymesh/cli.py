@@ -300,6 +300,7 @@ async def _publish(args, client: Client) -> int:
 
 
 _REFUSED_MESSAGE = re.compile(r"message (\d+): (.*)", re.DOTALL)  # the server's words for one bad message
+_TOO_MANY = re.compile(r"\d+ messages in one request; at most (\d+)")  # ... and for a batch over its limit
 
 
 def _refused_message(error: NotifymeshError, batch_size: int) -> tuple[int, str] | None:
@@ -379,12 +380,18 @@ async def _publish_lines(topic: str, attributes: dict[str, str], client: Client,
 
     async def send(batch: list[tuple[int, Message]]) -> list[dict]:
         results: dict[int, dict] = {}
+        most = len(batch)  # messages a call may carry: fewer once the server says so (config set)
         try:
             while batch:
+                part = batch[:most]
                 try:
-                    ids = await client.publish(topic, [message for _, message in batch])
+                    ids = await client.publish(topic, [message for _, message in part])
                 except InvalidArgument as e:
-                    refused = _refused_message(e, len(batch))
+                    limit = _TOO_MANY.fullmatch(e.details)
+                    if limit and 0 < int(limit.group(1)) < most:
+                        most = int(limit.group(1))
+                        continue
+                    refused = _refused_message(e, len(part))
                     if not skip_invalid or refused is None:
                         raise
                     line, _ = batch.pop(refused[0])
@@ -394,8 +401,8 @@ async def _publish_lines(topic: str, attributes: dict[str, str], client: Client,
                     continue
                 tally["acknowledged"] += len(ids)
                 results.update((line, {"line": line, "message_id": message_id})
-                               for (line, _), message_id in zip(batch, ids))
-                batch = []
+                               for (line, _), message_id in zip(part, ids))
+                del batch[:len(part)]
         except NotifymeshError as e:
             tally["failed"] += len(batch)
             refused = _refused_message(e, len(batch))

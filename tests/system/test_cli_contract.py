@@ -185,6 +185,8 @@ async def test_cluster_config_is_live_and_says_what_waits_for_a_restart(own_mesh
                 break
             assert time.monotonic() - started < 5, "the frontend did not take the new limit in"
             time.sleep(0.1)
+        lines = cli(own_mesh, "publish", topic, "-", stdin=b"1\n2\n3\n4\n5\n")  # in calls of 2 now
+        assert lines.returncode == 0 and len(json_lines(lines.stdout)) == 5, lines.stderr
         assert config("set", "default_ack_deadline_s", "20").returncode == 0
         started = time.monotonic()
         while (await client.create_subscription(unique("configured-sub"), topic)).ack_deadline.seconds != 20:
