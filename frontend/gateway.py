@@ -271,6 +271,21 @@ class Gateway:
         log.info("dead letters redriven", extra=fields(subscription=subscription, messages=redriven))
         return redriven
 
+    async def seek(self, request: pubsub_pb2.SeekRequest) -> pubsub_pb2.SeekResponse:
+        """Seeks every partition, each on its leader (a partition retried seeks to
+        the same point again: its messages from there may be delivered twice)."""
+        target = request.WhichOneof("target")
+        if target is None or (target == "to_end" and not request.to_end):
+            raise errors.InvalidArgument("a seek needs a time or to_end")
+        time_ms = to_ms(request.time) if target == "time" else 0
+        replies = await self._each_partition(request.subscription, "Seek", lambda topic, p: (
+            storage_pb2.StorageSeekRequest(topic=topic, partition=p, subscription=request.subscription,
+                                           time_ms=time_ms, to_end=target == "to_end")))
+        limited = sum(reply.limited for reply in replies)
+        log.info("subscription seek", extra=fields(subscription=request.subscription, target=target,
+                                                   time_ms=time_ms, partitions_limited=limited))
+        return pubsub_pb2.SeekResponse(partitions_limited=limited)
+
     async def message_status(self, message_id: str) -> pubsub_pb2.MessageStatus:
         """The id names its partition and a hash of its topic; the leader of that
         shard knows the rest."""

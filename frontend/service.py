@@ -72,6 +72,9 @@ class SubscriberServicer(pubsub_pb2_grpc.SubscriberServicer):
         redriven = await self._gateway.redrive_dead_letters(request.subscription)
         return pubsub_pb2.RedriveDeadLettersResponse(redriven=redriven)
 
+    async def Seek(self, request, context):
+        return await self._gateway.seek(request)
+
 
 class ClusterAdminServicer(cluster_pb2_grpc.ClusterAdminServicer):
     def __init__(self, gateway: Gateway):

@@ -22,7 +22,8 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
         return pubsub_pb2.ListTopicsResponse(topics=await self._store.list_topics())
 
     async def UpdateTopic(self, request, context):
-        return await self._store.update_topic(request.name, request.partition_count)
+        return await self._store.update_topic(request.name, request.partition_count,
+                                              request.retain_acked if request.HasField("retain_acked") else None)
 
     async def DeleteTopic(self, request, context):
         await self._store.delete_topic(request.name)

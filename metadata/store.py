@@ -44,6 +44,14 @@ def _refuse_if_named(topic: str, subscriptions: list[pubsub_pb2.Subscription]) -
             f"({', '.join(dead_lettering[:5])}); delete them first")
 
 
+def _check_retain_acked(topic: pubsub_pb2.Topic) -> None:
+    """Topic.retain_acked: zero (off), or 1 minute to the topic's retention."""
+    seconds = topic.retain_acked.ToMilliseconds() / 1000
+    if seconds:
+        validation.seconds_between("retain_acked", seconds, 60,
+                                   topic.message_retention.ToMilliseconds() / 1000)
+
+
 class MetadataStore:
     def __init__(self, cluster: Cluster, config: Config, storage: StorageClient):
         self._cluster, self._etcd, self._config, self._storage = cluster, cluster.etcd, config, storage
@@ -66,6 +74,7 @@ class MetadataStore:
         else:
             record.dedup_window.FromSeconds(int(self._config.dedup_window_s))
         validation.dedup_attributes(record.dedup_attributes, record.dedup_by_payload)
+        _check_retain_acked(record)
         record.partition_count = record.partition_count or 1
         validation.count_between("partition count", record.partition_count, 1, MAX_PARTITIONS)
         record.replication_factor = record.replication_factor or self._config.default_replication_factor
@@ -95,14 +104,21 @@ class MetadataStore:
             puts.append(self._txn.put(PLACEMENTS + shard.encode(), placement.SerializeToString()))
         return puts
 
-    async def update_topic(self, name: str, partition_count: int) -> pubsub_pb2.Topic:
-        """Raises the partition count; new partitions get replica sets like the first ones."""
+    async def update_topic(self, name: str, partition_count: int,
+                           retain_acked: duration_pb2.Duration | None = None) -> pubsub_pb2.Topic:
+        """Raises the partition count (0 with retain_acked: unchanged); new
+        partitions get replica sets like the first ones. Sets retain_acked unless None."""
         record = await self.get_topic(name)
+        changed = retain_acked is not None and record.retain_acked != retain_acked
+        if retain_acked is not None:
+            partition_count = partition_count or record.partition_count
+            record.retain_acked.CopyFrom(retain_acked)
+            _check_retain_acked(record)
         if partition_count < record.partition_count:
             raise errors.InvalidArgument(
                 f"topic {name!r} has {record.partition_count} partitions; the count can be raised, not lowered")
         validation.count_between("partition count", partition_count, 1, MAX_PARTITIONS)
-        if partition_count == record.partition_count:
+        if partition_count == record.partition_count and not changed:
             return record
         old = record.partition_count
         record.partition_count = partition_count
@@ -114,7 +130,8 @@ class MetadataStore:
                      *self._placements(record, range(old, partition_count))], failure=[])
         if not updated:
             raise errors.Aborted(f"topic {name!r} changed meanwhile; try again")
-        log.info("topic updated", extra=fields(topic=name, partitions=partition_count))
+        log.info("topic updated", extra=fields(topic=name, partitions=partition_count,
+                                               retain_acked_s=record.retain_acked.seconds))
         return record
 
     async def get_topic(self, name: str) -> pubsub_pb2.Topic:

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import base64
 import collections
+import datetime
 import importlib
 import importlib.metadata
 import json
@@ -55,6 +56,18 @@ def addresses(text: str) -> str:
         return ",".join(parse_addresses(text))
     except InvalidArgument as e:
         raise argparse.ArgumentTypeError(e.details) from None
+
+
+def instant(text: str) -> datetime.datetime:
+    """An ISO 8601 time with its zone: 2026-11-30T10:00:00Z, 2026-11-30T11:00:00+01:00."""
+    try:
+        parsed = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time with its zone: {text!r} "
+                                         "(example: 2026-11-30T10:00:00Z)")
+    return parsed
 
 
 def attribute(text: str) -> tuple[str, str]:
@@ -145,6 +158,7 @@ def _topic_record(topic) -> dict:
             "dedup_window_s": topic.dedup_window.seconds, "dedup_by_payload": topic.dedup_by_payload,
             "dedup_attributes": list(topic.dedup_attributes),
             "message_retention_s": topic.message_retention.seconds,
+            "retain_acked_s": topic.retain_acked.seconds,
             "create_time": topic.create_time.ToJsonString()}
 
 
@@ -226,9 +240,13 @@ async def _topic(args, client: Client) -> None:
     if args.action == "create":
         args.out.record(_topic_record(await client.create_topic(args.name, args.retention, args.partitions,
                                                                args.replication_factor, args.dedup_window,
-                                                               args.dedup_by_payload, args.dedup_attribute)))
+                                                               args.dedup_by_payload, args.dedup_attribute,
+                                                               args.retain_acked)))
     elif args.action == "update":
-        args.out.record(_topic_record(await client.update_topic(args.name, args.partitions)))
+        if args.partitions is None and args.retain_acked is None:
+            print("notifymesh topic update: error: give --partitions, --retain-acked or both", file=sys.stderr)
+            raise SystemExit(2)
+        args.out.record(_topic_record(await client.update_topic(args.name, args.partitions or 0, args.retain_acked)))
     elif args.action == "get":
         args.out.record(_topic_record(await client.get_topic(args.name)))
     elif args.action == "list":
@@ -286,6 +304,16 @@ async def _subscription(args, client: Client) -> None:
     elif args.action == "delete":
         await client.delete_subscription(args.name)
         args.out.record({"subscription": args.name, "deleted": True})
+    elif args.action in ("seek", "purge"):
+        await _seek(args, client)
+
+
+async def _seek(args, client: Client) -> None:
+    """subscription seek NAME --time T | --to-end; subscription purge NAME (seek to the end)."""
+    to_end = args.action == "purge" or args.to_end
+    reply = await client.seek(args.name, None if to_end else args.time, to_end)
+    target = {"to_end": True} if to_end else {"time": args.time.astimezone(datetime.timezone.utc).isoformat()}
+    args.out.record({"subscription": args.name, **target, "partitions_limited": reply.partitions_limited})
 
 
 async def _publish(args, client: Client) -> int:
@@ -540,9 +568,12 @@ def _add_topic_commands(commands) -> None:
                              "(and the attributes named by --dedup-attribute)")
     create.add_argument("--dedup-attribute", action="append", default=[], metavar="NAME",
                         help="with --dedup-by-payload: an attribute that is part of the payload (repeatable)")
-    update = topic_actions.add_parser("update", help="raise the partition count")
+    create.add_argument("--retain-acked", type=duration, help="keep acknowledged messages this long, so "
+                        "'subscription seek' can go back that far (default off; at most --retention)")
+    update = topic_actions.add_parser("update", help="raise the partition count, set --retain-acked")
     update.add_argument("name", help="the topic")
-    update.add_argument("--partitions", type=count(1), required=True, help="the new count: never lower than now")
+    update.add_argument("--partitions", type=count(1), help="the new partition count (only raised)")
+    update.add_argument("--retain-acked", type=duration, help="keep acknowledged messages this long (0: off)")
     topic_actions.add_parser("get", help="one topic").add_argument("name", help="the topic")
     topic_actions.add_parser("list", help="every topic, one a line")
     topic_actions.add_parser("delete", help="delete a topic no subscription names").add_argument(
@@ -568,6 +599,20 @@ def _add_subscription_commands(commands) -> None:
     sub_actions.add_parser("list", help="every subscription, one a line").add_argument(
         "--topic", help="only those of this topic")
     sub_actions.add_parser("delete", help="delete a subscription").add_argument("name", help="the subscription")
+    _add_seek_commands(sub_actions)
+
+
+def _add_seek_commands(sub_actions) -> None:
+    """subscription seek|purge"""
+    seek = sub_actions.add_parser("seek", help="deliver again what was published since a time, or skip to the end")
+    seek.add_argument("name", help="the subscription")
+    target = seek.add_mutually_exclusive_group(required=True)
+    target.add_argument("--time", type=instant, help="an ISO 8601 time with its zone, e.g. 2026-11-30T10:00:00Z: "
+                        "what was published since is delivered (again; going back reaches what the topic's "
+                        "--retain-acked keeps), what was published before counts as acknowledged")
+    target.add_argument("--to-end", action="store_true", help="acknowledge everything published so far")
+    sub_actions.add_parser("purge", help="acknowledge everything published so far").add_argument(
+        "name", help="the subscription")
 
 
 def _add_message_commands(commands) -> None:

@@ -13,6 +13,7 @@ Unavailable, ...), whose code and details are the server's status.
 """
 
 import asyncio
+import datetime
 import itertools
 import os
 from dataclasses import dataclass, field
@@ -121,12 +122,16 @@ class Client:
     async def create_topic(self, name: str, retention_s: float | None = None, partitions: int = 0,
                            replication_factor: int = 0, dedup_window_s: float | None = None,
                            dedup_by_payload: bool = False,
-                           dedup_attributes: Iterable[str] = ()) -> pubsub_pb2.Topic:
+                           dedup_attributes: Iterable[str] = (),
+                           retain_acked_s: float | None = None) -> pubsub_pb2.Topic:
         """partitions and replication_factor 0 take the server's defaults (1 and 3);
         the dedup window defaults to 24 h. With dedup_by_payload, a repeat is
-        recognised by its data and the attributes named in dedup_attributes."""
+        recognised by its data and the attributes named in dedup_attributes.
+        retain_acked_s keeps acknowledged messages that long, for seek (default off)."""
         topic = pubsub_pb2.Topic(name=name, partition_count=partitions, replication_factor=replication_factor,
                                  dedup_by_payload=dedup_by_payload, dedup_attributes=dedup_attributes)
+        if retain_acked_s is not None:
+            topic.retain_acked.CopyFrom(_duration(retain_acked_s))
         if dedup_window_s is not None:
             topic.dedup_window.CopyFrom(_duration(dedup_window_s))
         if retention_s is not None:
@@ -140,9 +145,14 @@ class Client:
         reply = await self._call(self._publisher.ListTopics, pubsub_pb2.ListTopicsRequest())
         return list(reply.topics)
 
-    async def update_topic(self, name: str, partitions: int) -> pubsub_pb2.Topic:
-        return await self._call(self._publisher.UpdateTopic,
-                                pubsub_pb2.UpdateTopicRequest(name=name, partition_count=partitions))
+    async def update_topic(self, name: str, partitions: int = 0,
+                           retain_acked_s: float | None = None) -> pubsub_pb2.Topic:
+        """Raises the partition count (0: unchanged, with retain_acked_s); sets how
+        long acknowledged messages are kept (0: off) unless retain_acked_s is None."""
+        request = pubsub_pb2.UpdateTopicRequest(name=name, partition_count=partitions)
+        if retain_acked_s is not None:
+            request.retain_acked.CopyFrom(_duration(retain_acked_s))
+        return await self._call(self._publisher.UpdateTopic, request)
 
     async def get_cluster_status(self) -> cluster_pb2.ClusterStatus:
         return await self._call(self._cluster.GetClusterStatus, cluster_pb2.GetClusterStatusRequest())
@@ -274,6 +284,23 @@ class Client:
         reply = await self._call(self._subscriber.RedriveDeadLetters, pubsub_pb2.RedriveDeadLettersRequest(
             subscription=subscription))
         return reply.redriven
+
+    async def seek(self, subscription: str, time: datetime.datetime | None = None,
+                   to_end: bool = False) -> pubsub_pb2.SeekResponse:
+        """Delivers what was published at or after time (an aware datetime) again,
+        and counts what was published before as acknowledged; to_end acknowledges
+        everything published so far. Going back reaches only what is kept (a
+        topic's retain_acked); partitions_limited says how many stopped short."""
+        request = pubsub_pb2.SeekRequest(subscription=subscription)
+        if to_end:
+            request.to_end = True
+        elif time is not None:
+            request.time.FromDatetime(time.astimezone(datetime.timezone.utc))
+        return await self._call(self._subscriber.Seek, request)
+
+    async def purge(self, subscription: str) -> None:
+        """Acknowledges every message published to the subscription so far."""
+        await self.seek(subscription, to_end=True)
 
     async def get_message_status(self, message_id: str) -> pubsub_pb2.MessageStatus:
         return await self._call(self._publisher.GetMessageStatus,

@@ -1,7 +1,7 @@
 """Delivery state of each shard, on its leader: per subscription a cursor (the
 next seq never delivered) and leases for messages delivered but not yet
 acknowledged; a lease past its deadline makes the message deliverable again.
-Pull, ack, nack and modify-ack-deadline work on it; each outcome of an attempt
+Pull, ack, nack, modify-ack-deadline and seek work on it; each outcome of an attempt
 is recorded in the delivery log (keys.ShardKeys.delivery, read by
 storage/delivery_log.py).
 
@@ -164,6 +164,13 @@ class Pulled(NamedTuple):
     received: list[bytes]
     ack_ids: list[str]
     ready: bool = False
+
+
+class Seeked(NamedTuple):
+    """A seek's outcome on one shard: the subscription's new cursor, and whether
+    going back stopped short of the time asked (limited)."""
+    cursor: int
+    limited: bool
 
 
 class Deliveries:
@@ -524,6 +531,36 @@ class Deliveries:
             self._records.write(batch)
             log_.touch(state)
             log_.notify()
+
+    def seek(self, shard: str, subscription: str, time_ms: int | None, floor: int) -> Seeked:
+        """Moves the subscription's cursor to the first entry appended at or after
+        time_ms (None: the commit point, a purge), though back no lower than floor
+        (retention.Retention.seek_floor: what every replica still keeps). Its leases
+        end: the entries from the cursor on are delivered again, those below the
+        time count as acknowledged, as in Pub/Sub's Seek; those between (a seek back
+        stopped short at floor) are delivered again at once. Dead letters stay, for
+        listing and redrive."""
+        state = self.subscription(shard, subscription)
+        log_ = self._logs.shards[shard]
+        target = log_.commit if time_ms is None else min(self._logs.first_seq_at_or_after(log_, time_ms),
+                                                         log_.commit)
+        cursor = target if target >= state.cursor else max(target, min(floor, state.cursor))
+        batch, now = self._records.batch(), now_ms()
+        for seq, lease in state.leases.items():
+            if lease.attempt and not lease.last_error:  # in flight (a nacked attempt has its outcome)
+                batch.put(log_.layout.delivery(seq, subscription, lease.delivered_ms, lease.attempt),
+                          keys.delivery_record(now, pubsub_pb2.SEEK))
+        if len(batch):
+            self._records.write(batch)
+        owed = [seq for seq in state.leases if target <= seq < cursor]  # whole: leased
+        state.cursor, state.leases, state.deadlines = cursor, {}, []
+        for seq in owed:
+            state.lease(seq, Lease(now, 0, 0))
+        log_.touch(state)
+        log_.notify()
+        log.info("subscription seek", extra=fields(shard=shard, subscription=subscription, cursor=cursor,
+                                                   target=target, commit=log_.commit))
+        return Seeked(cursor, target < cursor)
 
     def stop_waiting(self) -> None:
         """Makes waiting pulls return now, so the server's grace period is not spent on them."""

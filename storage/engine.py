@@ -5,7 +5,7 @@ module keeps one node's copy, as a facade over its parts, each with one job:
   storage/log.py           the log: entries, positions, recovery, trim and reset
   storage/group_commit.py  concurrent log writes share one synced WriteBatch
   storage/dedup.py         repeats and retries recognised at append
-  storage/delivery.py      cursors and leases: pull, ack, nack, their saved form
+  storage/delivery.py      cursors and leases: pull, ack, nack, seek, their saved form
   storage/dead_letters.py  messages out of attempts: bury, list, redrive, sweep
   storage/delivery_log.py  each delivery attempt's outcome, and message status
   storage/retention.py     garbage collection of the log
@@ -24,7 +24,7 @@ from gen.notifymesh.v1 import pubsub_pb2
 from storage.db import Database
 from storage.dead_letters import DeadLetters
 from storage.dedup import Dedup, Prepared
-from storage.delivery import DeadLetter, Deliveries, Pull, Pulled, StateUpdate, SubscriptionState
+from storage.delivery import DeadLetter, Deliveries, Pull, Pulled, Seeked, StateUpdate, SubscriptionState
 from storage.delivery_log import DeliveryLog, WrittenRecords
 from storage.group_commit import GroupCommit
 from storage.log import Entries, ShardLog, ShardLogs
@@ -148,6 +148,12 @@ class StorageEngine:
              terminal: bool = False, reason: str = "") -> None:
         self.deliveries.nack(shard, subscription, ack_ids, delay_ms, terminal, reason)
 
+    def seek(self, shard: str, subscription: str, time_ms: int | None, retention_ms: int | None,
+             retain_acked_ms: int | None) -> Seeked:
+        """time_ms None: to the end (a purge). Back no further than retention allows."""
+        floor = self.retention.seek_floor(shard, retention_ms, retain_acked_ms)
+        return self.deliveries.seek(shard, subscription, time_ms, floor)
+
     # -- dead letters (storage/dead_letters.py) ---------------------------------------
 
     def bury(self, dead: DeadLetter, dead_letter_message_id: str) -> None:
@@ -179,11 +185,11 @@ class StorageEngine:
     def collect_delivery_log(self, shard: str, older_than_ms: int) -> int:
         return self.delivery_log.collect(shard, older_than_ms)
 
-    def collect(self, shard: str, retention_ms: int | None) -> int:
-        return self.retention.collect(shard, retention_ms)
+    def collect(self, shard: str, retention_ms: int | None, retain_acked_ms: int | None = None) -> int:
+        return self.retention.collect(shard, retention_ms, retain_acked_ms)
 
-    def stub(self, shard: str) -> int:
-        return self.retention.stub(shard)
+    def stub(self, shard: str, retain_acked_ms: int | None = None) -> int:
+        return self.retention.stub(shard, retain_acked_ms)
 
     # -- shutdown ---------------------------------------------------------------
 

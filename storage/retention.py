@@ -14,6 +14,20 @@ needed again (acks, expiry and dead-lettering only release entries; a redrive
 turns a dead letter, pinned, into a lease, pinned), so an older state keeps more,
 never less.
 
+A seek (Deliveries.seek) moves a cursor back, which that rule does not allow
+unless the entries it goes back over are still whole on every replica. So a seek
+goes back no lower than seek_floor: the lowest cursor of the shard's
+subscriptions (below it, entries may be stubs or gone), or, for a topic with
+retain_acked (a window W, at most its retention), the first entry appended within
+W. Collection and stubbing keep every entry appended within W + RETAIN_MARGIN_MS
+on every replica, whatever the cursors: the margin covers clock skew between
+replicas and a follower's delivery state lagging the leader's (about 0.5 s), so
+what a seek moved back over is whole on a follower until its state has the new
+cursor. (A follower cut off from its leader for longer than the margin may stub
+entries a seek has since made owed again; enabling retain_acked on a topic keeps
+what is acknowledged from then on.) Thus the lowest cursor never falls below what
+any replica has stubbed, and the rule above holds.
+
 What it deletes or stubs leaves its identity behind (keys.ShardKeys.collected: id, publish
 time, attributes), for its status while its delivery log is kept; the delivery
 log's collection deletes both."""
@@ -31,15 +45,20 @@ from storage.log import ShardLog
 # machine), so a chunk holds it for 10-20 ms; the storage service collects
 # chunk after chunk, yielding between them, until a shard is done.
 COLLECT_CHUNK = 2_000
+# With a topic's retain_acked window, what collection and stubbing keep beyond it
+# (a seek reaches only within the window): clock skew between replicas, and a
+# follower's delivery state a little behind its leader's (module docstring).
+RETAIN_MARGIN_MS = 60_000
 
 
 class Retention:
     def __init__(self, logs: LogStore, subscriptions: SubscriptionStore, records: Records):
         self._logs, self._subscriptions, self._records = logs, subscriptions, records
 
-    def collect(self, shard: str, retention_ms: int | None) -> int:
+    def collect(self, shard: str, retention_ms: int | None, retain_acked_ms: int | None = None) -> int:
         """Deletes what no subscription still needs, and what is past retention, up
-        to COLLECT_CHUNK entries; returns how many entries were freed."""
+        to COLLECT_CHUNK entries, though nothing within the retain_acked window
+        (plus RETAIN_MARGIN_MS); returns how many entries were freed."""
         if shard not in self._logs.shards:
             return 0
         log_ = self._subscriptions.restored(shard)
@@ -48,20 +67,21 @@ class Retention:
             for state in log_.subscriptions.values():
                 _expire(log_, state, expired_below)
         low = min(min((s.low_watermark() for s in log_.subscriptions.values()), default=log_.commit),
-                  log_.first + COLLECT_CHUNK)
+                  log_.first + COLLECT_CHUNK, self._kept_from(log_, retain_acked_ms))
         keep_identities(self._records, self._logs, log_, min(low, log_.commit))
         return self._logs.trim(shard, low)
 
-    def stub(self, shard: str) -> int:
+    def stub(self, shard: str, retain_acked_ms: int | None = None) -> int:
         """Stubs the entries below the lowest cursor that no subscription needs, by
-        the delivery state this replica holds, going over COLLECT_CHUNK entries at
-        most; returns how many it went over."""
+        the delivery state this replica holds, but none within the retain_acked
+        window (plus RETAIN_MARGIN_MS), going over COLLECT_CHUNK entries at most;
+        returns how many it went over."""
         log_ = self._logs.shards.get(shard)
         owed = owed_entries(log_) if log_ is not None else None
         if owed is None:
             return 0
         start = max(log_.first, log_.stubbed_to)
-        stop = min(owed.below, log_.commit, start + COLLECT_CHUNK)
+        stop = min(owed.below, log_.commit, start + COLLECT_CHUNK, self._kept_from(log_, retain_acked_ms))
         if start >= stop:
             return 0
         batch = self._records.batch()
@@ -71,6 +91,26 @@ class Retention:
         self._records.write(batch)
         log_.stubbed_to = stop
         return stop - start
+
+
+    def seek_floor(self, shard: str, retention_ms: int | None, retain_acked_ms: int | None) -> int:
+        """The lowest entry a seek may move a cursor of the shard back to (the
+        module docstring says why): whole on every replica, and within retention."""
+        log_ = self._subscriptions.restored(shard)
+        floor = min((s.cursor for s in log_.subscriptions.values()), default=log_.commit)
+        now = now_ms()
+        if retain_acked_ms:
+            floor = min(floor, self._logs.first_seq_at_or_after(log_, now - retain_acked_ms))
+        if retention_ms is not None:
+            floor = max(floor, self._logs.first_seq_at_or_after(log_, now - retention_ms))
+        # What this replica stubbed already (before the window was enabled, say) stays out of reach.
+        return max(floor, log_.first, log_.stubbed_to)
+
+    def _kept_from(self, log_: ShardLog, retain_acked_ms: int | None) -> int:
+        """The first entry the retain_acked window keeps (log_.end without one)."""
+        if not retain_acked_ms:
+            return log_.end
+        return self._logs.first_seq_at_or_after(log_, now_ms() - retain_acked_ms - RETAIN_MARGIN_MS)
 
 
 class OwedEntries(NamedTuple):

@@ -16,7 +16,7 @@ from notifymesh.log import fields
 from notifymesh.server.clients import StorageClient
 from notifymesh.server.cluster import ChangedNames
 from notifymesh.server.process import Context
-from storage.delivery import Pull
+from storage.delivery import Pull, Seeked
 from storage.engine import StorageEngine
 from storage.replication import Replication
 from storage.retention import COLLECT_CHUNK
@@ -83,6 +83,11 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         shard = self._node.led_shard(request.topic, request.partition)
         return pubsub_pb2.RedriveDeadLettersResponse(
             redriven=self._node.engine.redrive(shard, request.subscription))
+
+    async def Seek(self, request, context):
+        seeked = await self._node.seek(request.topic, request.partition, request.subscription,
+                                       None if request.to_end else request.time_ms)
+        return storage_pb2.StorageSeekResponse(limited=seeked.limited)
 
     async def GetMessageStatus(self, request, context):
         shard = self._node.led_shard(request.topic, request.partition)
@@ -186,6 +191,17 @@ class StorageNode:
                 self.engine.attach(shard, record)
         return await self.engine.pull(shard, pulls, wait_ms), missing
 
+    async def seek(self, topic: str, partition: int, subscription: str, time_ms: int | None) -> Seeked:
+        shard = self.led_shard(topic, partition)
+        record = await self._cluster.topic(topic)
+        if subscription not in self.engine.shard(shard).subscriptions:  # not attached here yet: from etcd
+            attached = await self._cluster.subscription(subscription)
+            if attached.topic != topic:
+                raise errors.NotFound(f"subscription {subscription!r} is not of topic {topic!r}")
+            self.engine.attach(shard, attached)
+        return self.engine.seek(shard, subscription, time_ms, record.message_retention.ToMilliseconds() or None,
+                                _retain_acked_ms(record))
+
     def shard_status(self):
         return self.replication.status()
 
@@ -261,11 +277,15 @@ class StorageNode:
                     self._attach_known(shard)
                     self.engine.sweep_dead_letters(shard)
                     record = self._cluster.topics.items.get(Shard.parse(shard)[0])
-                    retention = record.message_retention.ToMilliseconds() if record else None
-                    if freed := await self._collect_shard(shard, retention):
+                    if record is None:  # its retention and retain_acked window are not known yet
+                        continue
+                    if freed := await self._collect_shard(shard, record.message_retention.ToMilliseconds(),
+                                                          _retain_acked_ms(record)):
                         log.debug("collected", extra=fields(shard=shard, entries=freed))
                 for shard in list(self.engine.shards):  # a follower by the leader's delivery state it holds
-                    await self._stub_shard(shard)
+                    record = self._cluster.topics.items.get(Shard.parse(shard)[0])
+                    if record is not None:  # else its retain_acked window is not known yet
+                        await self._stub_shard(shard, _retain_acked_ms(record))
                 rounds += 1
                 if rounds % SLOW_GC_EVERY == 0:
                     await self.engine.sweep_idempotency_keys()
@@ -275,21 +295,21 @@ class StorageNode:
             except Exception as e:
                 log.error("garbage collection failed", extra=fields(error=repr(e)))
 
-    async def _collect_shard(self, shard: str, retention_ms: int | None) -> int:
+    async def _collect_shard(self, shard: str, retention_ms: int | None, retain_acked_ms: int | None) -> int:
         """Collects the shard a chunk at a time (retention.COLLECT_CHUNK), letting
         other work run between chunks, while this node leads it."""
         freed = 0
         while shard in self.replication.led:
-            freed += (chunk := self.engine.collect(shard, retention_ms))
+            freed += (chunk := self.engine.collect(shard, retention_ms, retain_acked_ms))
             if chunk < COLLECT_CHUNK:
                 break
             await asyncio.sleep(0)
         return freed
 
-    async def _stub_shard(self, shard: str) -> None:
+    async def _stub_shard(self, shard: str, retain_acked_ms: int | None) -> None:
         """Stubs what the shard's subscriptions no longer need (retention.stub), a
         chunk at a time, as _collect_shard collects."""
-        while shard in self.engine.shards and self.engine.stub(shard) == COLLECT_CHUNK:
+        while shard in self.engine.shards and self.engine.stub(shard, retain_acked_ms) == COLLECT_CHUNK:
             await asyncio.sleep(0)
 
     async def _move_dead_letters(self) -> None:
@@ -338,6 +358,11 @@ class StorageNode:
 
     async def close(self) -> None:
         await self.engine.close()
+
+
+def _retain_acked_ms(topic: pubsub_pb2.Topic | None) -> int | None:
+    """Topic.retain_acked in ms, None when off (or the topic is not mirrored yet)."""
+    return (topic.retain_acked.ToMilliseconds() or None) if topic is not None else None
 
 
 async def build(ctx: Context) -> StorageNode:

@@ -36,6 +36,7 @@ POLICIES: dict[str, CallPolicy] = {
     "Storage.ListDeadLetters": CallPolicy(timeout_s=10, retry_for_s=8),
     "Storage.RedriveDeadLetters": CallPolicy(timeout_s=10, retry_for_s=8),
     "Storage.GetMessageStatus": CallPolicy(timeout_s=10, retry_for_s=8),
+    "Storage.Seek": CallPolicy(timeout_s=10, retry_for_s=8),
     "Sender.Acknowledge": CallPolicy(timeout_s=5, retry_for_s=8),
     "Sender.ModifyAckDeadline": CallPolicy(timeout_s=5, retry_for_s=8),
     "Sender.Nack": CallPolicy(timeout_s=5, retry_for_s=8),

@@ -10,8 +10,10 @@ import pytest
 from fakes import FakeCluster, FakeGatewayStorage, FakeMetadata, FakeSenders, eventually, settle
 
 from frontend.gateway import Gateway
+from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
+from notifymesh.clock import timestamp
 from notifymesh.contracts import AckId, MessageId, dedup_key, topic_hash
 from notifymesh.server.config import Config
 
@@ -312,3 +314,29 @@ async def test_a_stream_the_sender_ended_otherwise_is_no_reason_to_check_it():
     next_frame.cancel()
     await asyncio.gather(next_frame, return_exceptions=True)
     await frames.aclose()
+
+
+# -- seek --------------------------------------------------------------------------------
+
+
+async def test_a_seek_goes_to_every_partition_and_counts_those_limited():
+    gateway, storage, _ = make_gateway(partitions=3)
+    storage.replies[("Seek", TOPIC, 1)] = storage_pb2.StorageSeekResponse(limited=True)
+    for partition in (0, 2):
+        storage.replies[("Seek", TOPIC, partition)] = storage_pb2.StorageSeekResponse()
+    request = pubsub_pb2.SeekRequest(subscription="sub-a", time=timestamp(1_700_000_000_000))
+    assert (await gateway.seek(request)).partitions_limited == 1
+    assert sorted((p, r.subscription, r.time_ms, r.to_end) for _, _, p, r in storage.calls) == [
+        (p, "sub-a", 1_700_000_000_000, False) for p in range(3)]
+    storage.calls.clear()
+    await gateway.seek(pubsub_pb2.SeekRequest(subscription="sub-a", to_end=True))
+    assert sorted((p, r.to_end) for _, _, p, r in storage.calls) == [(p, True) for p in range(3)]
+
+
+@pytest.mark.parametrize("request_", [pubsub_pb2.SeekRequest(subscription="sub-a"),
+                                      pubsub_pb2.SeekRequest(subscription="sub-a", to_end=False)])
+async def test_a_seek_without_a_target_is_refused_and_nothing_is_sent(request_):
+    gateway, storage, _ = make_gateway()
+    with pytest.raises(errors.InvalidArgument, match="a time or to_end"):
+        await gateway.seek(request_)
+    assert storage.calls == []

@@ -27,6 +27,7 @@ class AttemptOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NACKED: _ClassVar[AttemptOutcome]
     EXPIRED: _ClassVar[AttemptOutcome]
     DEAD_LETTER: _ClassVar[AttemptOutcome]
+    SEEK: _ClassVar[AttemptOutcome]
 DELIVERY_STATE_UNSPECIFIED: DeliveryState
 PENDING: DeliveryState
 DELIVERED: DeliveryState
@@ -38,9 +39,10 @@ ACKED: AttemptOutcome
 NACKED: AttemptOutcome
 EXPIRED: AttemptOutcome
 DEAD_LETTER: AttemptOutcome
+SEEK: AttemptOutcome
 
 class Topic(_message.Message):
-    __slots__ = ("name", "message_retention", "create_time", "partition_count", "replication_factor", "dedup_window", "dedup_by_payload", "dedup_attributes")
+    __slots__ = ("name", "message_retention", "create_time", "partition_count", "replication_factor", "dedup_window", "dedup_by_payload", "dedup_attributes", "retain_acked")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_RETENTION_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +51,7 @@ class Topic(_message.Message):
     DEDUP_WINDOW_FIELD_NUMBER: _ClassVar[int]
     DEDUP_BY_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     DEDUP_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    RETAIN_ACKED_FIELD_NUMBER: _ClassVar[int]
     name: str
     message_retention: _duration_pb2.Duration
     create_time: _timestamp_pb2.Timestamp
@@ -57,7 +60,8 @@ class Topic(_message.Message):
     dedup_window: _duration_pb2.Duration
     dedup_by_payload: bool
     dedup_attributes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., message_retention: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., partition_count: _Optional[int] = ..., replication_factor: _Optional[int] = ..., dedup_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., dedup_by_payload: _Optional[bool] = ..., dedup_attributes: _Optional[_Iterable[str]] = ...) -> None: ...
+    retain_acked: _duration_pb2.Duration
+    def __init__(self, name: _Optional[str] = ..., message_retention: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., partition_count: _Optional[int] = ..., replication_factor: _Optional[int] = ..., dedup_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., dedup_by_payload: _Optional[bool] = ..., dedup_attributes: _Optional[_Iterable[str]] = ..., retain_acked: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Subscription(_message.Message):
     __slots__ = ("name", "topic", "ack_deadline", "create_time", "retry_policy", "max_delivery_attempts", "dead_letter_topic", "push_config")
@@ -159,12 +163,14 @@ class ListTopicsResponse(_message.Message):
     def __init__(self, topics: _Optional[_Iterable[_Union[Topic, _Mapping]]] = ...) -> None: ...
 
 class UpdateTopicRequest(_message.Message):
-    __slots__ = ("name", "partition_count")
+    __slots__ = ("name", "partition_count", "retain_acked")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PARTITION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    RETAIN_ACKED_FIELD_NUMBER: _ClassVar[int]
     name: str
     partition_count: int
-    def __init__(self, name: _Optional[str] = ..., partition_count: _Optional[int] = ...) -> None: ...
+    retain_acked: _duration_pb2.Duration
+    def __init__(self, name: _Optional[str] = ..., partition_count: _Optional[int] = ..., retain_acked: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class DeleteTopicRequest(_message.Message):
     __slots__ = ("name",)
@@ -321,6 +327,22 @@ class RedriveDeadLettersResponse(_message.Message):
     REDRIVEN_FIELD_NUMBER: _ClassVar[int]
     redriven: int
     def __init__(self, redriven: _Optional[int] = ...) -> None: ...
+
+class SeekRequest(_message.Message):
+    __slots__ = ("subscription", "time", "to_end")
+    SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    TO_END_FIELD_NUMBER: _ClassVar[int]
+    subscription: str
+    time: _timestamp_pb2.Timestamp
+    to_end: bool
+    def __init__(self, subscription: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., to_end: _Optional[bool] = ...) -> None: ...
+
+class SeekResponse(_message.Message):
+    __slots__ = ("partitions_limited",)
+    PARTITIONS_LIMITED_FIELD_NUMBER: _ClassVar[int]
+    partitions_limited: int
+    def __init__(self, partitions_limited: _Optional[int] = ...) -> None: ...
 
 class GetMessageStatusRequest(_message.Message):
     __slots__ = ("message_id",)

@@ -428,6 +428,11 @@ class SubscriberStub:
                 request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.RedriveDeadLettersRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.RedriveDeadLettersResponse.FromString,
                 _registered_method=True)
+        self.Seek = channel.unary_unary(
+                '/notifymesh.v1.Subscriber/Seek',
+                request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.SeekRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.SeekResponse.FromString,
+                _registered_method=True)
 
 
 class SubscriberServicer:
@@ -505,6 +510,18 @@ class SubscriberServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Seek(self, request, context):
+        """Moves the subscription to a point in time on every partition, as Pub/Sub's
+        Seek: what was published from then on is delivered (again), what was
+        published before counts as acknowledged; messages in flight are not
+        redelivered unless published since. to_end acknowledges everything
+        published so far (a purge). Going back reaches only what is still kept
+        (see Topic.retain_acked).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SubscriberServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -557,6 +574,11 @@ def add_SubscriberServicer_to_server(servicer, server):
                     servicer.RedriveDeadLetters,
                     request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.RedriveDeadLettersRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.RedriveDeadLettersResponse.SerializeToString,
+            ),
+            'Seek': grpc.unary_unary_rpc_method_handler(
+                    servicer.Seek,
+                    request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.SeekRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.SeekResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -830,6 +852,33 @@ class Subscriber:
             '/notifymesh.v1.Subscriber/RedriveDeadLetters',
             notifymesh_dot_v1_dot_pubsub__pb2.RedriveDeadLettersRequest.SerializeToString,
             notifymesh_dot_v1_dot_pubsub__pb2.RedriveDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Seek(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.v1.Subscriber/Seek',
+            notifymesh_dot_v1_dot_pubsub__pb2.SeekRequest.SerializeToString,
+            notifymesh_dot_v1_dot_pubsub__pb2.SeekResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -147,6 +147,26 @@ class StorageRedriveDeadLettersRequest(_message.Message):
     subscription: str
     def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., subscription: _Optional[str] = ...) -> None: ...
 
+class StorageSeekRequest(_message.Message):
+    __slots__ = ("topic", "partition", "subscription", "time_ms", "to_end")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    TO_END_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    subscription: str
+    time_ms: int
+    to_end: bool
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., subscription: _Optional[str] = ..., time_ms: _Optional[int] = ..., to_end: _Optional[bool] = ...) -> None: ...
+
+class StorageSeekResponse(_message.Message):
+    __slots__ = ("limited",)
+    LIMITED_FIELD_NUMBER: _ClassVar[int]
+    limited: bool
+    def __init__(self, limited: _Optional[bool] = ...) -> None: ...
+
 class StorageGetMessageStatusRequest(_message.Message):
     __slots__ = ("topic", "partition", "message_id")
     TOPIC_FIELD_NUMBER: _ClassVar[int]

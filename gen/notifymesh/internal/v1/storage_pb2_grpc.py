@@ -70,6 +70,11 @@ class StorageStub:
                 request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageRedriveDeadLettersRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.RedriveDeadLettersResponse.FromString,
                 _registered_method=True)
+        self.Seek = channel.unary_unary(
+                '/notifymesh.internal.v1.Storage/Seek',
+                request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageSeekRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageSeekResponse.FromString,
+                _registered_method=True)
         self.GetMessageStatus = channel.unary_unary(
                 '/notifymesh.internal.v1.Storage/GetMessageStatus',
                 request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageGetMessageStatusRequest.SerializeToString,
@@ -142,6 +147,13 @@ class StorageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Seek(self, request, context):
+        """Moves the subscription's cursor on this shard; its leases end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetMessageStatus(self, request, context):
         """NOT_FOUND when the shard holds no such message (any more).
         """
@@ -203,6 +215,11 @@ def add_StorageServicer_to_server(servicer, server):
                     servicer.RedriveDeadLetters,
                     request_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageRedriveDeadLettersRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.RedriveDeadLettersResponse.SerializeToString,
+            ),
+            'Seek': grpc.unary_unary_rpc_method_handler(
+                    servicer.Seek,
+                    request_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageSeekRequest.FromString,
+                    response_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageSeekResponse.SerializeToString,
             ),
             'GetMessageStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMessageStatus,
@@ -409,6 +426,33 @@ class Storage:
             '/notifymesh.internal.v1.Storage/RedriveDeadLetters',
             notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageRedriveDeadLettersRequest.SerializeToString,
             notifymesh_dot_v1_dot_pubsub__pb2.RedriveDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Seek(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Storage/Seek',
+            notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageSeekRequest.SerializeToString,
+            notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageSeekResponse.FromString,
             options,
             channel_credentials,
             insecure,
