@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 RECONNECT_BACKOFF = BackoffPolicy(first_s=0.05, max_s=2.0)
 MERGED_MAX_ITEMS = 5000  # messages or ack ids in one merged downstream call
 DEAD_LETTERS_PAGE, MAX_DEAD_LETTERS_PAGE = 100, 1000
+PULL_MESSAGES, MAX_PULL_MESSAGES, MAX_PULL_WAIT_S = 100, 1000, 30  # Subscriber.Pull: default and most
 
 
 class GatewayStorage(Protocol):
@@ -54,6 +55,8 @@ class GatewaySenders(Protocol):
     async def modify_ack_deadline(self, request: pubsub_pb2.ModifyAckDeadlineRequest) -> None: ...
 
     async def nack(self, request: pubsub_pb2.NackRequest) -> None: ...
+
+    async def pull(self, request: pubsub_pb2.PullRequest) -> pubsub_pb2.PullResponse: ...
 
 
 class Suspects(Protocol):
@@ -246,6 +249,18 @@ class Gateway:
                                        self._config.max_ack_deadline_s)
         validation.reason(request.reason)
         await self._senders.nack(request)
+
+    async def pull(self, request: pubsub_pb2.PullRequest) -> pubsub_pb2.PullResponse:
+        """A unary pull, served by the sender that owns the subscription (it leases from
+        the partitions' leaders)."""
+        validation.name("subscription", request.subscription)
+        forwarded = pubsub_pb2.PullRequest()
+        forwarded.CopyFrom(request)
+        forwarded.max_messages = validation.count_between("max_messages", request.max_messages or PULL_MESSAGES,
+                                                          1, MAX_PULL_MESSAGES)
+        validation.seconds_between("pull wait", request.wait.ToMilliseconds() / 1000, 0, MAX_PULL_WAIT_S)
+        await self._cluster.subscription(request.subscription)  # NOT_FOUND before any sender work
+        return await self._senders.pull(forwarded)
 
     # -- dead letters and message status: asked of each partition's leader ------
 

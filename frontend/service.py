@@ -75,6 +75,12 @@ class SubscriberServicer(pubsub_pb2_grpc.SubscriberServicer):
     async def Seek(self, request, context):
         return await self._gateway.seek(request)
 
+    async def UpdateSubscription(self, request, context):
+        return await self._gateway.admin("UpdateSubscription", request)
+
+    async def Pull(self, request, context):
+        return await self._gateway.pull(request)
+
 
 class ClusterAdminServicer(cluster_pb2_grpc.ClusterAdminServicer):
     def __init__(self, gateway: Gateway):

@@ -3,7 +3,7 @@
 from gen.notifymesh.internal.v1 import metadata_pb2_grpc
 from gen.notifymesh.v1 import cluster_pb2, pubsub_pb2
 from metadata.settings import ClusterSettings
-from metadata.store import MetadataStore
+from metadata.store import MetadataStore, Page
 from notifymesh.server.clients import StorageClient
 from notifymesh.server.process import Context
 
@@ -19,7 +19,8 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
         return await self._store.get_topic(request.name)
 
     async def ListTopics(self, request, context):
-        return pubsub_pb2.ListTopicsResponse(topics=await self._store.list_topics())
+        topics, next_token = await self._store.list_topics(Page.of("topic", request.page_size, request.page_token))
+        return pubsub_pb2.ListTopicsResponse(topics=topics, next_page_token=next_token)
 
     async def UpdateTopic(self, request, context):
         return await self._store.update_topic(request.name, request.partition_count,
@@ -36,12 +37,16 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
         return await self._store.get_subscription(request.name)
 
     async def ListSubscriptions(self, request, context):
-        return pubsub_pb2.ListSubscriptionsResponse(
-            subscriptions=await self._store.list_subscriptions(request.topic))
+        subscriptions, next_token = await self._store.list_subscriptions(
+            request.topic, Page.of("subscription", request.page_size, request.page_token))
+        return pubsub_pb2.ListSubscriptionsResponse(subscriptions=subscriptions, next_page_token=next_token)
 
     async def DeleteSubscription(self, request, context):
         await self._store.delete_subscription(request.name)
         return pubsub_pb2.DeleteSubscriptionResponse()
+
+    async def UpdateSubscription(self, request, context):
+        return await self._store.update_subscription(request.subscription, list(request.update_mask.paths))
 
     async def GetConfig(self, request, context):
         return cluster_pb2.ClusterConfig(settings=await self._settings.get(request.key))
@@ -55,7 +60,8 @@ class MetadataService:
 
     def __init__(self, ctx: Context):
         store = MetadataStore(ctx.cluster, ctx.config, StorageClient(ctx.cluster))
-        self.servicers = [(metadata_pb2_grpc.add_MetadataServicer_to_server, MetadataServicer(store, ClusterSettings(ctx.cluster.etcd)))]
+        self.servicers = [(metadata_pb2_grpc.add_MetadataServicer_to_server,
+                           MetadataServicer(store, ClusterSettings(ctx.cluster.etcd)))]
 
     async def start(self) -> None:
         pass

@@ -5,12 +5,16 @@ of its own and any number of replicas can serve. Creates and deletes are etcd
 transactions, so two concurrent creates of one name cannot both succeed.
 """
 
+import base64
+import binascii
 import logging
 import secrets
 import urllib.parse
+from typing import NamedTuple
 
+from aetcd import rpc as etcd_rpc
 from aetcd import utils as etcd_utils
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, field_mask_pb2
 
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
@@ -29,6 +33,13 @@ MAX_PARTITIONS = 256
 MAX_REPLICATION_FACTOR = 5
 MAX_BACKOFF_S = 600
 DELETE_TRIES = 3  # a delete retries when subscriptions changed between its check and its transaction
+UPDATE_TRIES = 3  # an update retries when the record changed between its read and its transaction
+# What UpdateSubscription may change (its update_mask paths); name, topic and
+# create_time identify the subscription and its backlog.
+UPDATABLE = ("ack_deadline", "retry_policy", "max_delivery_attempts", "dead_letter_topic", "push_config")
+IMMUTABLE = ("name", "topic", "create_time")
+PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
+ETCD_TIMEOUT_S = 5  # as every other etcd request (cluster.connect_etcd)
 
 
 def _refuse_if_named(topic: str, subscriptions: list[pubsub_pb2.Subscription]) -> None:
@@ -50,6 +61,50 @@ def _check_retain_acked(topic: pubsub_pb2.Topic) -> None:
     if seconds:
         validation.seconds_between("retain_acked", seconds, 60,
                                    topic.message_retention.ToMilliseconds() / 1000)
+
+
+def update_mask(paths) -> field_mask_pb2.FieldMask:
+    """The update mask of UpdateSubscription: fields (or fields of retry_policy and
+    push_config) that can change. INVALID_ARGUMENT for none, an unknown one or one
+    that cannot change."""
+    if not paths:
+        raise errors.InvalidArgument(f"update_mask names no field; give some of: {', '.join(UPDATABLE)}")
+    for path in paths:
+        top = path.split(".")[0]
+        if top in IMMUTABLE:
+            raise errors.InvalidArgument(f"a subscription's {top} cannot be changed (create another one)")
+        if top not in UPDATABLE or not field_mask_pb2.FieldMask(paths=[path]).IsValidForDescriptor(
+                pubsub_pb2.Subscription.DESCRIPTOR):
+            raise errors.InvalidArgument(f"update_mask path {path!r} is not a field that can be updated; "
+                                         f"give some of: {', '.join(UPDATABLE)}")
+        if path == "push_config.secret":
+            raise errors.InvalidArgument("push_config.secret is set by the server")
+    return field_mask_pb2.FieldMask(paths=paths)
+
+
+class Page(NamedTuple):
+    """Where a listing starts and how much it returns."""
+    after: str  # the last name of the page before ("": from the first)
+    size: int
+
+    @classmethod
+    def of(cls, kind: str, page_size: int, page_token: str) -> "Page":
+        """page_token: base64 of "<kind>/<the last name listed>", from a listing of kind."""
+        if page_size < 0 or page_size > MAX_PAGE_SIZE:
+            raise errors.InvalidArgument(f"page_size {page_size} out of range: 1 to {MAX_PAGE_SIZE} (0: {PAGE_SIZE})")
+        after = ""
+        if page_token:
+            try:
+                listing, _, after = base64.urlsafe_b64decode(page_token.encode()).decode().partition("/")
+            except (binascii.Error, UnicodeError, ValueError):
+                listing = ""
+            if listing != kind or not validation.NAME.fullmatch(after):
+                raise errors.InvalidArgument(f"page_token {page_token[:40]!r} is not one of a {kind} listing")
+        return cls(after, page_size or PAGE_SIZE)
+
+    @staticmethod
+    def token(kind: str, last: str) -> str:
+        return base64.urlsafe_b64encode(f"{kind}/{last}".encode()).decode()
 
 
 class MetadataStore:
@@ -140,14 +195,30 @@ class MetadataStore:
             raise errors.NotFound(f"topic {name!r} not found")
         return pubsub_pb2.Topic.FromString(kv.value)
 
-    async def list_topics(self) -> list[pubsub_pb2.Topic]:
-        return [pubsub_pb2.Topic.FromString(kv.value) for kv in await self._etcd.get_prefix(TOPICS)]
+    async def list_topics(self, page: Page) -> tuple[list[pubsub_pb2.Topic], str]:
+        """(a page of topics by name, the next page's token or "")."""
+        kvs, more = await self._range(TOPICS, page.after, page.size)
+        topics = [pubsub_pb2.Topic.FromString(kv.value) for kv in kvs]
+        return topics, Page.token("topic", topics[-1].name) if more else ""
+
+    async def _range(self, prefix: bytes, after: str, limit: int) -> tuple[list, bool]:
+        """Up to limit records under prefix, by key, from the first after prefix +
+        after; and whether more follow. aetcd 1.0's range reads take no limit (a TODO
+        there), so this is etcd's own Range: a page costs its size, not the size of
+        everything listed."""
+        await self._etcd.connect()
+        start = prefix + after.encode() + b"\0" if after else prefix
+        response = await self._etcd.kvstub.Range(
+            etcd_rpc.RangeRequest(key=start, range_end=etcd_utils.prefix_range_end(prefix), limit=limit),
+            timeout=ETCD_TIMEOUT_S, metadata=self._etcd.metadata)
+        return list(response.kvs), response.more
 
     async def delete_topic(self, name: str) -> None:
         """Deletes a topic no subscription names (as its topic or its dead-letter
         topic). The check and the delete are one transaction: it fails if any
-        subscription was created since the check read them (create_subscription's
-        own transaction, in turn, needs both its topics to exist)."""
+        subscription was created or updated since the check read them (the
+        transactions of create_subscription and update_subscription, in turn, need
+        the topics they name to exist)."""
         key = TOPICS + validation.name("topic", name).encode()
         for _ in range(DELETE_TRIES):
             kv = await self._etcd.get(key)
@@ -157,8 +228,10 @@ class MetadataStore:
             _refuse_if_named(name, [pubsub_pb2.Subscription.FromString(s.value) for s in listed])
             prefix_end = etcd_utils.prefix_range_end
             deleted, _ = await self._etcd.transaction(
+                # No subscription written since the check read them: created, or updated
+                # to name this topic as its dead-letter topic.
                 compare=[self._txn.mod(key) == kv.mod_revision,
-                         self._txn.create(SUBSCRIPTIONS, prefix_end(SUBSCRIPTIONS)) < listed.header.revision + 1],
+                         self._txn.mod(SUBSCRIPTIONS, prefix_end(SUBSCRIPTIONS)) < listed.header.revision + 1],
                 success=[self._txn.delete(key),
                          *(self._txn.delete(p, prefix_end(p)) for p in
                            (prefix + f"{name}/".encode() for prefix in (PLACEMENTS, LEADERS, CANDIDATES)))],
@@ -252,10 +325,74 @@ class MetadataStore:
             raise errors.NotFound(f"subscription {name!r} not found")
         return pubsub_pb2.Subscription.FromString(kv.value)
 
-    async def list_subscriptions(self, topic: str = "") -> list[pubsub_pb2.Subscription]:
-        subscriptions = [pubsub_pb2.Subscription.FromString(kv.value)
-                         for kv in await self._etcd.get_prefix(SUBSCRIPTIONS)]
-        return [s for s in subscriptions if not topic or s.topic == topic]
+    async def list_subscriptions(self, topic: str, page: Page) -> tuple[list[pubsub_pb2.Subscription], str]:
+        """(a page of the subscriptions (of topic, when set) by name, the next page's
+        token or ""). Records are keyed by name alone: a topic's page reads on, a page
+        of records at a time, until it is full or the records end."""
+        listed: list[pubsub_pb2.Subscription] = []
+        after, more = page.after, True
+        while more and len(listed) < page.size:
+            kvs, more = await self._range(SUBSCRIPTIONS, after, page.size)
+            for index, kv in enumerate(kvs):
+                record = pubsub_pb2.Subscription.FromString(kv.value)
+                after = record.name
+                if not topic or record.topic == topic:
+                    listed.append(record)
+                    if len(listed) == page.size:
+                        more = more or index < len(kvs) - 1
+                        break
+        return listed, Page.token("subscription", after) if more else ""
+
+    async def update_subscription(self, subscription: pubsub_pb2.Subscription,
+                                  paths: list[str]) -> pubsub_pb2.Subscription:
+        """Changes the fields paths name (update_mask) in one transaction on the
+        record as read, which also needs a dead-letter topic it names to exist. The
+        name stays, so storage keeps the subscription's cursor and leases (its backlog)
+        and takes the new delivery policy when it attaches the new record."""
+        name = validation.name("subscription", subscription.name)
+        mask = update_mask(paths)
+        key = SUBSCRIPTIONS + name.encode()
+        for _ in range(UPDATE_TRIES):
+            kv = await self._etcd.get(key)
+            if kv is None:
+                raise errors.NotFound(f"subscription {name!r} not found")
+            current = pubsub_pb2.Subscription.FromString(kv.value)
+            record = pubsub_pb2.Subscription()
+            record.CopyFrom(current)
+            # A message field named whole is replaced (unset: back to its default).
+            mask.MergeMessage(subscription, record, replace_message_field=True, replace_repeated_field=True)
+            await self._check_update(record, mask)
+            if record.push_config.endpoint and current.push_config.secret:
+                record.push_config.secret = current.push_config.secret  # receivers keep verifying
+            updated, _ = await self._etcd.transaction(
+                compare=[self._txn.mod(key) == kv.mod_revision, *self._topics_exist(record)],
+                success=[self._txn.put(key, record.SerializeToString())], failure=[])
+            if updated:
+                break
+            if record.dead_letter_topic and await self._etcd.get(TOPICS + record.dead_letter_topic.encode()) is None:
+                raise errors.NotFound(f"dead-letter topic {record.dead_letter_topic!r} not found")
+        else:
+            raise errors.Aborted(f"subscription {name!r} changed meanwhile; try again")
+        log.info("subscription updated", extra=fields(subscription=name, fields=",".join(mask.paths)))
+        try:  # as at create: storage's watch would take the new policy too, a moment later
+            topic = await self.get_topic(record.topic)
+            await self._storage.attach_subscription(record, topic.partition_count)
+        except Exception as e:
+            log.warning("attach at storage failed; its watch will take the update",
+                        extra=fields(subscription=name, error=repr(e)))
+        return record
+
+    async def _check_update(self, record: pubsub_pb2.Subscription, mask: field_mask_pb2.FieldMask) -> None:
+        """An updated record's checks: those of a new one."""
+        config = self._config
+        if record.HasField("ack_deadline"):
+            validation.seconds_between("ack deadline", record.ack_deadline.ToMilliseconds() / 1000,
+                                       config.min_ack_deadline_s, config.max_ack_deadline_s)
+        else:
+            record.ack_deadline.FromMilliseconds(int(config.default_ack_deadline_s * 1000))
+        if "push_config" in mask.paths and not record.push_config.endpoint:
+            record.ClearField("push_config")  # push config unset (or empty): a pull subscription
+        await self._check_delivery_policy(record)
 
     async def delete_subscription(self, name: str) -> None:
         validation.name("subscription", name)

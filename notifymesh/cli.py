@@ -306,6 +306,8 @@ async def _subscription(args, client: Client) -> None:
         args.out.record({"subscription": args.name, "deleted": True})
     elif args.action in ("seek", "purge"):
         await _seek(args, client)
+    elif args.action == "update":
+        await _update_subscription(args, client)
 
 
 async def _seek(args, client: Client) -> None:
@@ -314,6 +316,30 @@ async def _seek(args, client: Client) -> None:
     reply = await client.seek(args.name, None if to_end else args.time, to_end)
     target = {"to_end": True} if to_end else {"time": args.time.astimezone(datetime.timezone.utc).isoformat()}
     args.out.record({"subscription": args.name, **target, "partitions_limited": reply.partitions_limited})
+
+
+async def _update_subscription(args, client: Client) -> None:
+    """Only the settings given change; the subscription keeps its messages."""
+    push_endpoint = "" if args.no_push else args.push_endpoint
+    changes = (args.ack_deadline, args.min_backoff, args.max_backoff, args.max_delivery_attempts,
+               args.dead_letter_topic, push_endpoint)
+    if all(change is None for change in changes):
+        print("notifymesh subscription update: error: give at least one setting to change (see --help)",
+              file=sys.stderr)
+        raise SystemExit(2)
+    args.out.record(_subscription_record(await client.update_subscription(args.name, *changes)))
+
+
+async def _pull(args, client: Client) -> int:
+    """Prints the messages ready now (or the first within --wait) as JSON lines; with
+    --ack, acknowledges them once printed."""
+    received = await client.pull(args.subscription, args.max, args.wait)
+    for message in received:
+        args.out.record(_received_record(message))
+    args.out.flush()  # printed (or the pipe closed: then not acknowledged) before the ack
+    if received and args.ack:
+        await client.acknowledge(args.subscription, [m.ack_id for m in received])
+    return 0
 
 
 async def _publish(args, client: Client) -> int:
@@ -581,8 +607,8 @@ def _add_topic_commands(commands) -> None:
 
 
 def _add_subscription_commands(commands) -> None:
-    """subscription create|get|list|delete"""
-    sub = commands.add_parser("subscription", help="create, get, list or delete subscriptions")
+    """subscription create|get|list|delete|update, and seek|purge"""
+    sub = commands.add_parser("subscription", help="create, get, list, delete or update subscriptions")
     sub_actions = sub.add_subparsers(dest="action", required=True)
     create = sub_actions.add_parser("create", help="create a subscription; prints it (with a push signing secret)")
     create.add_argument("name", help="3 to 255 characters: a letter, then letters, digits, '.', '_' or '-'")
@@ -599,6 +625,16 @@ def _add_subscription_commands(commands) -> None:
     sub_actions.add_parser("list", help="every subscription, one a line").add_argument(
         "--topic", help="only those of this topic")
     sub_actions.add_parser("delete", help="delete a subscription").add_argument("name", help="the subscription")
+    update = sub_actions.add_parser("update", help="change settings in place, keeping the messages")
+    update.add_argument("name", help="the subscription")
+    update.add_argument("--ack-deadline", type=duration, help="e.g. 30s, 1s to 600s")
+    update.add_argument("--min-backoff", type=duration, help="retry policy: first redelivery wait")
+    update.add_argument("--max-backoff", type=duration, help="retry policy: longest redelivery wait")
+    update.add_argument("--max-delivery-attempts", type=count(0, 100), help="then to the dead-letter topic (0: never)")
+    update.add_argument("--dead-letter-topic", help="'' with --max-delivery-attempts 0 ends dead-lettering")
+    push = update.add_mutually_exclusive_group()
+    push.add_argument("--push-endpoint", help="http(s) URL to POST each message to (the secret stays)")
+    push.add_argument("--no-push", action="store_true", help="make it a pull subscription")
     _add_seek_commands(sub_actions)
 
 
@@ -616,7 +652,7 @@ def _add_seek_commands(sub_actions) -> None:
 
 
 def _add_message_commands(commands) -> None:
-    """publish, subscribe, nack, dead-letters, message status"""
+    """publish, subscribe, pull, nack, dead-letters, message status"""
     publish = commands.add_parser("publish", help="publish a message, or each stdin line with '-'; prints "
                                                   "{\"message_id\": ...} (with '-': and the line number) per message")
     publish.add_argument("topic", help="the topic")
@@ -632,6 +668,13 @@ def _add_message_commands(commands) -> None:
     subscribe.add_argument("subscription", help="the subscription")
     subscribe.add_argument("--max", type=count(1), help="exit after this many messages")
     subscribe.add_argument("--no-ack", action="store_true", help="print without acknowledging")
+
+    pull = commands.add_parser("pull", help="print the messages ready now (without a stream) and exit")
+    pull.add_argument("subscription", help="the subscription")
+    pull.add_argument("--max", type=count(1, 1000), default=0, help="at most this many (default 100, up to 1000)")
+    pull.add_argument("--wait", type=duration, default=0.0,
+                      help="with none ready, wait this long for one (e.g. 2s; up to 30s; default 0)")
+    pull.add_argument("--ack", action="store_true", help="acknowledge them once printed")
 
     nack = commands.add_parser("nack", help="give messages back for redelivery, or to the dead-letter topic")
     nack.add_argument("ack_id", nargs="+", help="ack ids (as subscribe --no-ack prints them), of one subscription")
@@ -816,6 +859,8 @@ async def _run(args) -> int:
             return await _publish(args, client)
         elif args.command == "subscribe":
             return await _subscribe(args, client)
+        elif args.command == "pull":
+            return await _pull(args, client)
         elif args.command == "nack":
             await _nack(args, client)
         elif args.command == "dead-letters":

@@ -141,9 +141,18 @@ class Client:
     async def get_topic(self, name: str) -> pubsub_pb2.Topic:
         return await self._call(self._publisher.GetTopic, pubsub_pb2.GetTopicRequest(name=name))
 
-    async def list_topics(self) -> list[pubsub_pb2.Topic]:
-        reply = await self._call(self._publisher.ListTopics, pubsub_pb2.ListTopicsRequest())
-        return list(reply.topics)
+    async def list_topics(self, page_size: int = 0) -> list[pubsub_pb2.Topic]:
+        """Every topic, by name (page after page; see topic_pages)."""
+        return [topic async for page in self.topic_pages(page_size) for topic in page]
+
+    async def topic_pages(self, page_size: int = 0) -> AsyncIterator[list[pubsub_pb2.Topic]]:
+        """The topics a page at a time (page_size 0: the server's 100; at most 1000)."""
+        token = None
+        while token != "":
+            reply = await self._call(self._publisher.ListTopics, pubsub_pb2.ListTopicsRequest(
+                page_size=page_size, page_token=token or ""))
+            token = reply.next_page_token
+            yield list(reply.topics)
 
     async def update_topic(self, name: str, partitions: int = 0,
                            retain_acked_s: float | None = None) -> pubsub_pb2.Topic:
@@ -194,12 +203,64 @@ class Client:
     async def get_subscription(self, name: str) -> pubsub_pb2.Subscription:
         return await self._call(self._subscriber.GetSubscription, pubsub_pb2.GetSubscriptionRequest(name=name))
 
-    async def list_subscriptions(self, topic: str = "") -> list[pubsub_pb2.Subscription]:
-        reply = await self._call(self._subscriber.ListSubscriptions, pubsub_pb2.ListSubscriptionsRequest(topic=topic))
-        return list(reply.subscriptions)
+    async def list_subscriptions(self, topic: str = "", page_size: int = 0) -> list[pubsub_pb2.Subscription]:
+        """Every subscription (of topic, when given), by name (see subscription_pages)."""
+        return [sub async for page in self.subscription_pages(topic, page_size) for sub in page]
+
+    async def subscription_pages(self, topic: str = "",
+                                 page_size: int = 0) -> AsyncIterator[list[pubsub_pb2.Subscription]]:
+        """The subscriptions a page at a time (page_size 0: the server's 100; at most 1000)."""
+        token = None
+        while token != "":
+            reply = await self._call(self._subscriber.ListSubscriptions, pubsub_pb2.ListSubscriptionsRequest(
+                topic=topic, page_size=page_size, page_token=token or ""))
+            token = reply.next_page_token
+            yield list(reply.subscriptions)
 
     async def delete_subscription(self, name: str) -> None:
         await self._call(self._subscriber.DeleteSubscription, pubsub_pb2.DeleteSubscriptionRequest(name=name))
+
+    async def update_subscription(self, name: str, ack_deadline_s: float | None = None,
+                                  min_backoff_s: float | None = None, max_backoff_s: float | None = None,
+                                  max_delivery_attempts: int | None = None, dead_letter_topic: str | None = None,
+                                  push_endpoint: str | None = None) -> pubsub_pb2.Subscription:
+        """Changes the settings given (and only those) in place: the subscription keeps
+        its messages. push_endpoint "" makes it a pull subscription; max_delivery_attempts
+        0 with dead_letter_topic "" ends dead-lettering."""
+        subscription, paths = pubsub_pb2.Subscription(name=name), []
+        if ack_deadline_s is not None:
+            subscription.ack_deadline.CopyFrom(_duration(ack_deadline_s))
+            paths.append("ack_deadline")
+        for path, seconds in (("minimum_backoff", min_backoff_s), ("maximum_backoff", max_backoff_s)):
+            if seconds is not None:
+                getattr(subscription.retry_policy, path).CopyFrom(_duration(seconds))
+                paths.append(f"retry_policy.{path}")
+        if max_delivery_attempts is not None:
+            subscription.max_delivery_attempts = max_delivery_attempts
+            paths.append("max_delivery_attempts")
+        if dead_letter_topic is not None:
+            subscription.dead_letter_topic = dead_letter_topic
+            paths.append("dead_letter_topic")
+        if push_endpoint:  # its other push settings stay
+            subscription.push_config.endpoint = push_endpoint
+            paths.append("push_config.endpoint")
+        elif push_endpoint is not None:
+            paths.append("push_config")
+        request = pubsub_pb2.UpdateSubscriptionRequest(subscription=subscription)
+        request.update_mask.paths.extend(paths)
+        return await self._call(self._subscriber.UpdateSubscription, request)
+
+    async def pull(self, subscription: str, max_messages: int = 0,
+                   wait_s: float = 0) -> list[pubsub_pb2.ReceivedMessage]:
+        """Up to max_messages (0: the server's 100) messages ready now; with none ready,
+        waits up to wait_s (at most 30) for a first one. Ack them as Subscribe's."""
+        request = pubsub_pb2.PullRequest(subscription=subscription, max_messages=max_messages,
+                                         wait=_duration(wait_s))
+        try:
+            reply = await self._subscriber.Pull(request, timeout=self._timeout + max(0.0, wait_s))
+        except grpc.aio.AioRpcError as e:
+            raise errors.from_rpc_error(e) from e
+        return list(reply.received_messages)
 
     async def subscribe_frames(self, subscription: str, max_outstanding: int = 0,
                                reconnect: bool = True) -> AsyncIterator[list[pubsub_pb2.ReceivedMessage]]:

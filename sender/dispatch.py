@@ -29,6 +29,7 @@ from notifymesh.server.clients import StorageClient
 from notifymesh.server.cluster import Cluster
 from notifymesh.server.config import Config
 from sender.puller import ShardPuller
+from sender.unary_pull import UnaryPull
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +248,7 @@ class Dispatcher:
         self._pullers: dict[tuple[str, int], ShardPuller] = {}
         self._ring_owned: dict[str, bool] = {}  # subscription -> this sender owns it on the ring
         self._closing = False
+        self._pull_turn = itertools.count()  # which partition a unary pull asks first
 
     def partition_count(self, topic: str) -> int:
         record = self._cluster.topics.items.get(topic)
@@ -323,6 +325,28 @@ class Dispatcher:
         for name, dispatcher in self.subscriptions.items():
             if dispatcher.streams and not self.owns(name):
                 dispatcher.end_streams(errors.Unavailable(f"subscription {name!r} moved from {self._node}"))
+
+    def record_changed(self, name: str | None) -> None:
+        """A cluster.subscriptions listener: a subscription served here takes its new
+        ack deadline (UpdateSubscription) from its next pull on (None: any may have changed)."""
+        records = self._cluster.subscriptions.items
+        for sub_name in list(self.subscriptions) if name is None else [name]:
+            dispatcher, record = self.subscriptions.get(sub_name), records.get(sub_name)
+            if dispatcher is not None and record is not None and record.topic == dispatcher.topic:
+                dispatcher.ack_deadline_ms = record.ack_deadline.ToMilliseconds()
+
+    async def pull(self, name: str, max_messages: int, wait_ms: int) -> list[bytes]:
+        """A unary pull (UnaryPull) of a subscription this sender owns: serialized
+        ReceivedMessages. They are in no stream here, so they take no stream's room."""
+        if self._closing:
+            raise errors.Unavailable("sender is shutting down")
+        if max_messages <= 0 or wait_ms < 0:
+            raise errors.InvalidArgument("max_messages must be positive and wait not negative")
+        self._check_owner(name)
+        record = await self._cluster.subscription(name)
+        topic = await self._cluster.topic(record.topic)
+        pull = UnaryPull(self.storage, record.topic, max(1, topic.partition_count), next(self._pull_turn))
+        return await pull.run(name, max_messages, record.ack_deadline.ToMilliseconds(), wait_ms)
 
     async def attach(self, name: str, stream: Stream) -> SubscriptionDispatcher:
         """Adds a consumer inside the sender (a push worker) to the subscription."""

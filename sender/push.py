@@ -126,7 +126,8 @@ class PushSubscriptions:
                 wanted = record is not None and bool(record.push_config.endpoint) and self._dispatcher.owns(name)
                 if name in self.workers:
                     worker, task = self.workers[name]
-                    if wanted and not task.done() and record.push_config.endpoint == worker.push_config.endpoint:
+                    # Any change of the push config (UpdateSubscription) starts the worker over with it.
+                    if wanted and not task.done() and record.push_config == worker.push_config:
                         continue
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)

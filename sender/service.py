@@ -1,6 +1,6 @@
 """The sender process: a thin Sender servicer over the Dispatcher."""
 
-from gen.notifymesh.internal.v1 import sender_pb2_grpc
+from gen.notifymesh.internal.v1 import sender_pb2, sender_pb2_grpc
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh.server import validation
 from notifymesh.server.process import Context
@@ -32,6 +32,12 @@ class SenderServicer(sender_pb2_grpc.SenderServicer):
         await self._dispatcher.nack(request)
         return pubsub_pb2.NackResponse()
 
+    async def Pull(self, request, context):
+        validation.name("subscription", request.subscription)
+        received = await self._dispatcher.pull(request.subscription, request.max_messages,
+                                               request.wait.ToMilliseconds())
+        return sender_pb2.SubscribeFrame(received_messages=received)
+
 
 class SenderService:
     reflected = ()
@@ -39,6 +45,7 @@ class SenderService:
     def __init__(self, ctx: Context):
         self.dispatcher = Dispatcher(ctx.cluster, ctx.config, ctx.node_id, lambda: ctx.registration)
         ctx.cluster.members.on_change(lambda _name: self.dispatcher.release_unowned())
+        ctx.cluster.subscriptions.on_change(self.dispatcher.record_changed)
         self.push = PushSubscriptions(ctx.cluster, self.dispatcher, ctx.config.sender_max_push_in_flight)
         self.servicers = [(sender_pb2_grpc.add_SenderServicer_to_server, SenderServicer(self.dispatcher))]
 

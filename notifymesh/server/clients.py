@@ -83,6 +83,7 @@ class StorageClient:
 
 class SenderClient:
     SUBSCRIBE = "/notifymesh.internal.v1.Sender/Subscribe"
+    PULL = "/notifymesh.internal.v1.Sender/Pull"
 
     def __init__(self, cluster: Cluster):
         self._cluster = cluster
@@ -112,6 +113,18 @@ class SenderClient:
     async def nack(self, request: pubsub_pb2.NackRequest) -> None:
         await rpc.call("Sender.Nack", lambda t: self._stub(self.owner_addr(request.subscription)).Nack(
             request, timeout=t))
+
+    async def pull(self, request: pubsub_pb2.PullRequest) -> pubsub_pb2.PullResponse:
+        """The sender answers a SubscribeFrame, which is a PullResponse on the wire;
+        its timeout is the pull's wait and the policy's."""
+        wait_s = request.wait.ToMilliseconds() / 1000
+
+        def attempt(timeout):
+            call = self._cluster.channel(self.owner_addr(request.subscription)).unary_unary(
+                self.PULL, request_serializer=pubsub_pb2.PullRequest.SerializeToString,
+                response_deserializer=pubsub_pb2.PullResponse.FromString)
+            return call(request, timeout=wait_s + timeout)
+        return await rpc.call("Sender.Pull", attempt)
 
 
 class MetadataClient:

@@ -40,6 +40,9 @@ POLICIES: dict[str, CallPolicy] = {
     "Sender.Acknowledge": CallPolicy(timeout_s=5, retry_for_s=8),
     "Sender.ModifyAckDeadline": CallPolicy(timeout_s=5, retry_for_s=8),
     "Sender.Nack": CallPolicy(timeout_s=5, retry_for_s=8),
+    # Besides its wait. Retried (to a new owner) within about a member's lease TTL: what
+    # a broken try had leased comes back after its ack deadline.
+    "Sender.Pull": CallPolicy(timeout_s=10, retry_for_s=4),
     # Longer than one etcd request (5 s), so an etcd failure comes back as UNAVAILABLE and is retried.
     "Metadata": CallPolicy(timeout_s=10, retry_for_s=15),
 }

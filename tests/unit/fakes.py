@@ -292,6 +292,7 @@ class FakeSenders:
         self.acks: list[tuple[str, list[str]]] = []
         self.deadlines: list[pubsub_pb2.ModifyAckDeadlineRequest] = []
         self.nacks: list[pubsub_pb2.NackRequest] = []
+        self.pulls: list[pubsub_pb2.PullRequest] = []
 
     def owner_addr(self, subscription: str) -> str:
         if subscription not in self.owners:
@@ -309,6 +310,10 @@ class FakeSenders:
 
     async def nack(self, request) -> None:
         self.nacks.append(request)
+
+    async def pull(self, request) -> pubsub_pb2.PullResponse:
+        self.pulls.append(request)
+        return pubsub_pb2.PullResponse()
 
 
 class FakeMetadata:

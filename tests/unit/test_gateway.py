@@ -340,3 +340,21 @@ async def test_a_seek_without_a_target_is_refused_and_nothing_is_sent(request_):
     with pytest.raises(errors.InvalidArgument, match="a time or to_end"):
         await gateway.seek(request_)
     assert storage.calls == []
+
+async def test_a_pull_is_checked_then_asked_of_the_owning_sender_with_the_default_filled_in():
+    gateway, _, senders = make_gateway()
+    request = pubsub_pb2.PullRequest(subscription="sub-a")
+    request.wait.FromSeconds(2)
+    await gateway.pull(request)
+    [forwarded] = senders.pulls
+    assert (forwarded.subscription, forwarded.max_messages, forwarded.wait.seconds) == ("sub-a", 100, 2)
+    for bad in (pubsub_pb2.PullRequest(subscription="sub-a", max_messages=1001),
+                pubsub_pb2.PullRequest(subscription="sub-a", max_messages=-1),
+                pubsub_pb2.PullRequest(subscription="sub-a", wait={"seconds": 31}),
+                pubsub_pb2.PullRequest(subscription="sub-a", wait={"seconds": -1}),
+                pubsub_pb2.PullRequest(subscription="x")):
+        with pytest.raises(errors.InvalidArgument):
+            await gateway.pull(bad)
+    with pytest.raises(errors.NotFound):
+        await gateway.pull(pubsub_pb2.PullRequest(subscription="nope-sub"))
+    assert len(senders.pulls) == 1

@@ -433,6 +433,16 @@ class SubscriberStub:
                 request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.SeekRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.SeekResponse.FromString,
                 _registered_method=True)
+        self.UpdateSubscription = channel.unary_unary(
+                '/notifymesh.v1.Subscriber/UpdateSubscription',
+                request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.UpdateSubscriptionRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.Subscription.FromString,
+                _registered_method=True)
+        self.Pull = channel.unary_unary(
+                '/notifymesh.v1.Subscriber/Pull',
+                request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.PullRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.PullResponse.FromString,
+                _registered_method=True)
 
 
 class SubscriberServicer:
@@ -522,6 +532,25 @@ class SubscriberServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateSubscription(self, request, context):
+        """Changes the settings update_mask names, in place: the subscription keeps
+        its name, topic and backlog. NOT_FOUND without the subscription (or the
+        dead-letter topic named).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Pull(self, request, context):
+        """Leases up to max_messages deliverable messages and returns them at once;
+        with none ready, waits up to wait for a first one and returns what there is
+        then (maybe nothing). Without a stream, for scripts and cron jobs; the ack
+        ids are those of Subscribe, for Acknowledge, ModifyAckDeadline and Nack.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SubscriberServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -579,6 +608,16 @@ def add_SubscriberServicer_to_server(servicer, server):
                     servicer.Seek,
                     request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.SeekRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.SeekResponse.SerializeToString,
+            ),
+            'UpdateSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSubscription,
+                    request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.UpdateSubscriptionRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.Subscription.SerializeToString,
+            ),
+            'Pull': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pull,
+                    request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.PullRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.PullResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -879,6 +918,60 @@ class Subscriber:
             '/notifymesh.v1.Subscriber/Seek',
             notifymesh_dot_v1_dot_pubsub__pb2.SeekRequest.SerializeToString,
             notifymesh_dot_v1_dot_pubsub__pb2.SeekResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.v1.Subscriber/UpdateSubscription',
+            notifymesh_dot_v1_dot_pubsub__pb2.UpdateSubscriptionRequest.SerializeToString,
+            notifymesh_dot_v1_dot_pubsub__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pull(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.v1.Subscriber/Pull',
+            notifymesh_dot_v1_dot_pubsub__pb2.PullRequest.SerializeToString,
+            notifymesh_dot_v1_dot_pubsub__pb2.PullResponse.FromString,
             options,
             channel_credentials,
             insecure,

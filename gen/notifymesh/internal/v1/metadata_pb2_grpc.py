@@ -80,6 +80,11 @@ class MetadataStub:
                 request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.DeleteSubscriptionRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.DeleteSubscriptionResponse.FromString,
                 _registered_method=True)
+        self.UpdateSubscription = channel.unary_unary(
+                '/notifymesh.internal.v1.Metadata/UpdateSubscription',
+                request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.UpdateSubscriptionRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.Subscription.FromString,
+                _registered_method=True)
         self.GetConfig = channel.unary_unary(
                 '/notifymesh.internal.v1.Metadata/GetConfig',
                 request_serializer=notifymesh_dot_v1_dot_cluster__pb2.GetConfigRequest.SerializeToString,
@@ -149,6 +154,12 @@ class MetadataServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateSubscription(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetConfig(self, request, context):
         """The cluster configuration at contracts.CONFIG: keys and values checked here.
         """
@@ -209,6 +220,11 @@ def add_MetadataServicer_to_server(servicer, server):
                     servicer.DeleteSubscription,
                     request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.DeleteSubscriptionRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.DeleteSubscriptionResponse.SerializeToString,
+            ),
+            'UpdateSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSubscription,
+                    request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.UpdateSubscriptionRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.Subscription.SerializeToString,
             ),
             'GetConfig': grpc.unary_unary_rpc_method_handler(
                     servicer.GetConfig,
@@ -464,6 +480,33 @@ class Metadata:
             '/notifymesh.internal.v1.Metadata/DeleteSubscription',
             notifymesh_dot_v1_dot_pubsub__pb2.DeleteSubscriptionRequest.SerializeToString,
             notifymesh_dot_v1_dot_pubsub__pb2.DeleteSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Metadata/UpdateSubscription',
+            notifymesh_dot_v1_dot_pubsub__pb2.UpdateSubscriptionRequest.SerializeToString,
+            notifymesh_dot_v1_dot_pubsub__pb2.Subscription.FromString,
             options,
             channel_credentials,
             insecure,

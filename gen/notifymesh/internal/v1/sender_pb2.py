@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from gen.notifymesh.v1 import pubsub_pb2 as notifymesh_dot_v1_dot_pubsub__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#notifymesh/internal/v1/sender.proto\x12\x16notifymesh.internal.v1\x1a\x1anotifymesh/v1/pubsub.proto\"+\n\x0eSubscribeFrame\x12\x19\n\x11received_messages\x18\x01 \x03(\x0c\x32\xdf\x02\n\x06Sender\x12V\n\tSubscribe\x12\x1f.notifymesh.v1.SubscribeRequest\x1a&.notifymesh.internal.v1.SubscribeFrame0\x01\x12T\n\x0b\x41\x63knowledge\x12!.notifymesh.v1.AcknowledgeRequest\x1a\".notifymesh.v1.AcknowledgeResponse\x12\x66\n\x11ModifyAckDeadline\x12\'.notifymesh.v1.ModifyAckDeadlineRequest\x1a(.notifymesh.v1.ModifyAckDeadlineResponse\x12?\n\x04Nack\x12\x1a.notifymesh.v1.NackRequest\x1a\x1b.notifymesh.v1.NackResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#notifymesh/internal/v1/sender.proto\x12\x16notifymesh.internal.v1\x1a\x1anotifymesh/v1/pubsub.proto\"+\n\x0eSubscribeFrame\x12\x19\n\x11received_messages\x18\x01 \x03(\x0c\x32\xab\x03\n\x06Sender\x12V\n\tSubscribe\x12\x1f.notifymesh.v1.SubscribeRequest\x1a&.notifymesh.internal.v1.SubscribeFrame0\x01\x12T\n\x0b\x41\x63knowledge\x12!.notifymesh.v1.AcknowledgeRequest\x1a\".notifymesh.v1.AcknowledgeResponse\x12\x66\n\x11ModifyAckDeadline\x12\'.notifymesh.v1.ModifyAckDeadlineRequest\x1a(.notifymesh.v1.ModifyAckDeadlineResponse\x12?\n\x04Nack\x12\x1a.notifymesh.v1.NackRequest\x1a\x1b.notifymesh.v1.NackResponse\x12J\n\x04Pull\x12\x1a.notifymesh.v1.PullRequest\x1a&.notifymesh.internal.v1.SubscribeFrameb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,5 +35,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBSCRIBEFRAME']._serialized_start=91
   _globals['_SUBSCRIBEFRAME']._serialized_end=134
   _globals['_SENDER']._serialized_start=137
-  _globals['_SENDER']._serialized_end=488
+  _globals['_SENDER']._serialized_end=564
 # @@protoc_insertion_point(module_scope)

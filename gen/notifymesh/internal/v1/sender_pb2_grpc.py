@@ -55,6 +55,11 @@ class SenderStub:
                 request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.NackRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.NackResponse.FromString,
                 _registered_method=True)
+        self.Pull = channel.unary_unary(
+                '/notifymesh.internal.v1.Sender/Pull',
+                request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.PullRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_internal_dot_v1_dot_sender__pb2.SubscribeFrame.FromString,
+                _registered_method=True)
 
 
 class SenderServicer:
@@ -86,6 +91,14 @@ class SenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Pull(self, request, context):
+        """A unary pull of a subscription this sender owns; the frame is a
+        notifymesh.v1.PullResponse on the wire.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +121,11 @@ def add_SenderServicer_to_server(servicer, server):
                     servicer.Nack,
                     request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.NackRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.NackResponse.SerializeToString,
+            ),
+            'Pull': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pull,
+                    request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.PullRequest.FromString,
+                    response_serializer=notifymesh_dot_internal_dot_v1_dot_sender__pb2.SubscribeFrame.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +236,33 @@ class Sender:
             '/notifymesh.internal.v1.Sender/Nack',
             notifymesh_dot_v1_dot_pubsub__pb2.NackRequest.SerializeToString,
             notifymesh_dot_v1_dot_pubsub__pb2.NackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pull(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Sender/Pull',
+            notifymesh_dot_v1_dot_pubsub__pb2.PullRequest.SerializeToString,
+            notifymesh_dot_internal_dot_v1_dot_sender__pb2.SubscribeFrame.FromString,
             options,
             channel_credentials,
             insecure,
