@@ -95,6 +95,12 @@ class ClusterAdminServicer(cluster_pb2_grpc.ClusterAdminServicer):
     async def GetClusterStatus(self, request, context):
         return await self._gateway.cluster_status()
 
+    async def GetConfig(self, request, context):
+        return await self._gateway.admin("GetConfig", request)
+
+    async def SetConfig(self, request, context):
+        return await self._gateway.admin("SetConfig", request)
+
 
 class FrontendService:
     reflected = tuple(s.full_name for d in (pubsub_pb2.DESCRIPTOR, cluster_pb2.DESCRIPTOR)

@@ -1,15 +1,16 @@
 """The metadata process: a thin Metadata servicer over MetadataStore."""
 
 from gen.notifymesh.internal.v1 import metadata_pb2_grpc
-from gen.notifymesh.v1 import pubsub_pb2
+from gen.notifymesh.v1 import cluster_pb2, pubsub_pb2
+from metadata.settings import ClusterSettings
 from metadata.store import MetadataStore, Page
 from notifymesh.server.clients import StorageClient
 from notifymesh.server.process import Context
 
 
 class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
-    def __init__(self, store: MetadataStore):
-        self._store = store
+    def __init__(self, store: MetadataStore, settings: ClusterSettings):
+        self._store, self._settings = store, settings
 
     async def CreateTopic(self, request, context):
         return await self._store.create_topic(request.topic)
@@ -47,13 +48,20 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
     async def UpdateSubscription(self, request, context):
         return await self._store.update_subscription(request.subscription, list(request.update_mask.paths))
 
+    async def GetConfig(self, request, context):
+        return cluster_pb2.ClusterConfig(settings=await self._settings.get(request.key))
+
+    async def SetConfig(self, request, context):
+        return await self._settings.set(request.key, request.value, request.reset)
+
 
 class MetadataService:
     reflected = ()
 
     def __init__(self, ctx: Context):
         store = MetadataStore(ctx.cluster, ctx.config, StorageClient(ctx.cluster))
-        self.servicers = [(metadata_pb2_grpc.add_MetadataServicer_to_server, MetadataServicer(store))]
+        self.servicers = [(metadata_pb2_grpc.add_MetadataServicer_to_server,
+                           MetadataServicer(store, ClusterSettings(ctx.cluster.etcd)))]
 
     async def start(self) -> None:
         pass

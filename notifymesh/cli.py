@@ -1,5 +1,11 @@
 """The `notifymesh` command: administer topics and subscriptions, publish,
-subscribe, and run the local mesh (`notifymesh up`)."""
+subscribe, and run the local mesh (`notifymesh up`).
+
+Output: each result is one JSON object per line on stdout (`--output table`
+prints aligned columns for people); a payload that is UTF-8 shows as `data`,
+any other as `data_base64`. Errors go to stderr as `error: CODE: details` with
+exit 1; usage errors exit 2.
+"""
 
 import argparse
 import asyncio
@@ -7,22 +13,32 @@ import base64
 import collections
 import datetime
 import importlib
+import importlib.metadata
 import json
+import os
 import re
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh.channel import parse_addresses
 from notifymesh.client import Client, Message, default_addr
 from notifymesh.contracts import AckId
-from notifymesh.errors import InvalidArgument, NotifymeshError
+from notifymesh.errors import InvalidArgument, NotifymeshError, Unavailable
 
 PUBLISH_BATCH = 500
 PUBLISH_IN_FLIGHT = 8
+PUBLISH_LINGER_S = 0.05  # a partial batch goes out once stdin is quiet this long
+STDIN_CHUNK_BYTES, STDIN_CHUNKS_AHEAD = 64 * 1024, 16  # stdin read ahead of publishing: 1 MiB at most
+INTERRUPT_GRACE_S = 2.0  # after Ctrl-C, how long publishes in flight may still be answered
 PROGRESS_EVERY_S = 0.5
+CONNECT_PROBE_S = 2.0  # how long a call that found no frontend waits for one before saying so
+DEFAULT_MAX_DELIVERY_ATTEMPTS = 5  # with --dead-letter-topic alone (Pub/Sub's default too)
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # as a command killed by SIGPIPE: `subscribe ... | head`
 
 
 def duration(text: str) -> float:
@@ -61,17 +77,96 @@ def attribute(text: str) -> tuple[str, str]:
     return key, value
 
 
+def count(low: int, high: int | None = None):
+    """An argparse type: an integer from low (to high): out of range is a usage
+    error, never replaced by a default."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            allowed = f"{low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"{value} out of range: {allowed}")
+        return value
+    return parse
+
+
+def fail(message: str) -> NoReturn:
+    """Ends the command with `error: message` on stderr and exit 1."""
+    raise SystemExit(f"error: {message}")
+
+
+class Output:  # every command reports through args.out.record(dict)
+    """Where a command's results go: one JSON object per line (the default), or with
+    --output table aligned columns, printed at close(). A streaming command's table
+    (streaming=True) prints each row as it comes, in columns as wide as the first
+    row's (a wider cell pushes the rest of its row); such a command calls flush()
+    once it has printed what it has."""
+
+    def __init__(self, form: str = "json", streaming: bool = False):
+        self.form, self.streaming = form, streaming
+        self._rows: list[dict] = []
+        self._columns: dict[str, int] | None = None  # streaming: key -> width
+
+    def record(self, record: dict) -> None:
+        if self.form == "json":
+            print(json.dumps(record, ensure_ascii=False))
+        elif self.streaming:
+            cells = {key: _cell(value) for key, value in record.items()}
+            if self._columns is None:
+                self._columns = {key: max(len(key), len(cell)) for key, cell in cells.items()}
+                print("  ".join(key.upper().ljust(width) for key, width in self._columns.items()).rstrip())
+            print("  ".join(cells.get(key, "").ljust(width) for key, width in self._columns.items()).rstrip())
+        else:
+            self._rows.append(record)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+    def close(self) -> None:
+        rows, self._rows = self._rows, []
+        if not rows:
+            return
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        cells = [[key.upper() for key in columns]] + [[_cell(row.get(key, "")) for key in columns] for row in rows]
+        widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+        for line in cells:
+            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+
+
+def _cell(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+async def require_frontend(client: Client) -> None:
+    """Fails with what to do when no frontend accepts a connection (a stream would
+    otherwise wait for one, reconnecting, for ever)."""
+    if not await client.wait_connected(CONNECT_PROBE_S):
+        addresses = client.addr.split(",")
+        fail(f"cannot reach the frontend{'s' if len(addresses) > 1 else ''} at {client.addr}: "
+             "is the mesh running? (make up)")
+
+
 def _topic_line(topic) -> str:
-    return json.dumps({"name": topic.name, "partitions": topic.partition_count,
-                       "replication_factor": topic.replication_factor,
-                       "dedup_window_s": topic.dedup_window.seconds, "dedup_by_payload": topic.dedup_by_payload,
-                       "dedup_attributes": list(topic.dedup_attributes),
-                       "message_retention_s": topic.message_retention.seconds,
-                       "retain_acked_s": topic.retain_acked.seconds,
-                       "create_time": topic.create_time.ToJsonString()})
+    return json.dumps(_topic_record(topic))
+
+
+def _topic_record(topic) -> dict:
+    return {"name": topic.name, "partitions": topic.partition_count,
+            "replication_factor": topic.replication_factor,
+            "dedup_window_s": topic.dedup_window.seconds, "dedup_by_payload": topic.dedup_by_payload,
+            "dedup_attributes": list(topic.dedup_attributes),
+            "message_retention_s": topic.message_retention.seconds,
+            "retain_acked_s": topic.retain_acked.seconds,
+            "create_time": topic.create_time.ToJsonString()}
 
 
 def _subscription_line(sub) -> str:
+    return json.dumps(_subscription_record(sub))
+
+
+def _subscription_record(sub) -> dict:
     line = {"name": sub.name, "topic": sub.topic, "ack_deadline_s": sub.ack_deadline.ToMilliseconds() / 1000,
             "create_time": sub.create_time.ToJsonString()}
     if sub.HasField("retry_policy"):
@@ -82,12 +177,15 @@ def _subscription_line(sub) -> str:
         line |= {"push_endpoint": sub.push_config.endpoint, "push_secret": sub.push_config.secret}
     if sub.dead_letter_topic:
         line |= {"max_delivery_attempts": sub.max_delivery_attempts, "dead_letter_topic": sub.dead_letter_topic}
-    return json.dumps(line)
+    return line
 
 
 def _message_line(received) -> str:
-    return json.dumps({**_message_fields(received.message), "attempt": received.delivery_attempt,
-                       "ack_id": received.ack_id}, ensure_ascii=False)
+    return json.dumps(_received_record(received), ensure_ascii=False)
+
+
+def _received_record(received) -> dict:
+    return {**_message_fields(received.message), "attempt": received.delivery_attempt, "ack_id": received.ack_id}
 
 
 def _message_fields(message) -> dict:
@@ -101,6 +199,10 @@ def _message_fields(message) -> dict:
 
 
 def _status_line(status) -> str:
+    return json.dumps(_status_record(status), ensure_ascii=False)
+
+
+def _status_record(status) -> dict:
     deliveries = [{"subscription": d.subscription, "state": pubsub_pb2.DeliveryState.Name(d.state),
                    "delivery_attempts": d.delivery_attempts,
                    "attempts": [{"attempt": a.attempt, "delivery_time": a.delivery_time.ToJsonString(),
@@ -109,8 +211,8 @@ def _status_line(status) -> str:
                                     if a.HasField("outcome_time") else {}),
                                  **({"error": a.error} if a.error else {})} for a in d.attempts]}
                   for d in status.deliveries]
-    return json.dumps({"topic": status.topic, "partition": status.partition, "message": _message_fields(status.message),
-                       "deliveries": deliveries}, ensure_ascii=False)
+    return {"topic": status.topic, "partition": status.partition, "message": _message_fields(status.message),
+            "deliveries": deliveries}
 
 
 def _delivery_fields(stats) -> dict:
@@ -127,62 +229,76 @@ def _described(stats) -> dict:
             "partitions": [{"partition": p.partition, **_delivery_fields(p.stats)} for p in stats.partitions]}
 
 
-def _subscription_stats_line(stats) -> str:
-    return json.dumps({"subscription": stats.subscription, "topic": stats.topic, **_described(stats)})
+def _subscription_stats_record(stats) -> dict:
+    return {"subscription": stats.subscription, "topic": stats.topic, **_described(stats)}
 
 
-def _topic_stats_line(stats) -> str:
-    return json.dumps({"topic": stats.topic, **_described(stats),
-                       "subscriptions": [{"subscription": s.subscription, **_described(s)}
-                                         for s in stats.subscriptions]})
+def _topic_stats_record(stats) -> dict:
+    return {"topic": stats.topic, **_described(stats),
+            "subscriptions": [{"subscription": s.subscription, **_described(s)} for s in stats.subscriptions]}
 
 
 async def _nack(args, client: Client) -> None:
     """Ack ids name their subscription; all given must be of one."""
     subscriptions = {AckId.parse(ack_id).subscription for ack_id in args.ack_id}
     if len(subscriptions) != 1:
-        raise SystemExit(f"the ack ids are of {len(subscriptions)} subscriptions; give those of one at a time")
-    await client.nack(subscriptions.pop(), args.ack_id, args.delay, args.terminal, args.reason or "")
+        fail(f"the ack ids are of {len(subscriptions)} subscriptions; give those of one at a time")
+    subscription = subscriptions.pop()
+    await client.nack(subscription, args.ack_id, args.delay, args.terminal, args.reason or "")
+    args.out.record({"subscription": subscription, "nacked": len(args.ack_id), "terminal": args.terminal})
 
 
 async def _dead_letters(args, client: Client) -> None:
     if args.action == "list":
         for dead in await client.list_dead_letters(args.subscription, args.max):
-            print(json.dumps({**_message_fields(dead.message), "delivery_attempts": dead.delivery_attempts,
-                              "dead_letter_time": dead.dead_letter_time.ToJsonString(),
-                              "last_error": dead.last_error, "dead_letter_message_id": dead.dead_letter_message_id},
-                             ensure_ascii=False))
+            args.out.record({**_message_fields(dead.message), "delivery_attempts": dead.delivery_attempts,
+                             "dead_letter_time": dead.dead_letter_time.ToJsonString(),
+                             "last_error": dead.last_error, "dead_letter_message_id": dead.dead_letter_message_id})
     elif args.action == "redrive":
         redriven = await client.redrive_dead_letters(args.subscription)
-        print(f"redriven {redriven} dead letters to {args.subscription}", file=sys.stderr)
+        args.out.record({"subscription": args.subscription, "redriven": redriven})
 
 
 async def _topic(args, client: Client) -> None:
     if args.action == "create":
-        print(_topic_line(await client.create_topic(args.name, args.retention, args.partitions,
-                                                    args.replication_factor, args.dedup_window,
-                                                    args.dedup_by_payload, args.dedup_attribute,
-                                                    args.retain_acked)))
+        args.out.record(_topic_record(await client.create_topic(args.name, args.retention, args.partitions,
+                                                               args.replication_factor, args.dedup_window,
+                                                               args.dedup_by_payload, args.dedup_attribute,
+                                                               args.retain_acked)))
     elif args.action == "update":
         if args.partitions is None and args.retain_acked is None:
             print("notifymesh topic update: error: give --partitions, --retain-acked or both", file=sys.stderr)
             raise SystemExit(2)
-        print(_topic_line(await client.update_topic(args.name, args.partitions or 0, args.retain_acked)))
+        args.out.record(_topic_record(await client.update_topic(args.name, args.partitions or 0, args.retain_acked)))
     elif args.action == "get":
-        print(_topic_line(await client.get_topic(args.name)))
+        args.out.record(_topic_record(await client.get_topic(args.name)))
     elif args.action == "describe":
-        print(_topic_stats_line(await client.describe_topic(args.name)))
+        args.out.record(_topic_stats_record(await client.describe_topic(args.name)))
     elif args.action == "list":
         for topic in await client.list_topics():
-            print(_topic_line(topic))
+            args.out.record(_topic_record(topic))
     elif args.action == "delete":
         await client.delete_topic(args.name)
-        print(f"deleted topic {args.name}", file=sys.stderr)
+        args.out.record({"topic": args.name, "deleted": True})
 
 
 async def _cluster(args, client: Client) -> None:
-    """A table for people: members by kind, then every shard with its replicas."""
+    """One JSON object (members, shards); with --output table, a table for people."""
     status = await client.get_cluster_status()
+    if args.output == "table":
+        _cluster_table(status)
+        return
+    args.out.record({
+        "members": [{"kind": m.kind, "node_id": m.node_id, "addr": m.addr} for m in status.members],
+        "shards": [{"topic": shard.topic, "partition": shard.partition, "leader": shard.leader, "epoch": shard.epoch,
+                    "commit": shard.commit, "replicas": list(shard.replicas),
+                    "replica_status": [{"node_id": r.node_id, "role": r.role, "end": r.end, "lag": r.lag}
+                                       for r in shard.replica_status],
+                    "backlogs": {b.subscription: b.backlog for b in shard.backlogs}} for shard in status.shards]})
+
+
+def _cluster_table(status) -> None:
+    """Members by kind, then every shard with its replicas."""
     by_kind: dict[str, list[str]] = {}
     for member in status.members:
         by_kind.setdefault(member.kind, []).append(f"{member.node_id} ({member.addr})")
@@ -204,19 +320,20 @@ async def _cluster(args, client: Client) -> None:
 
 async def _subscription(args, client: Client) -> None:
     if args.action == "create":
-        print(_subscription_line(await client.create_subscription(
+        attempts = args.max_delivery_attempts or (DEFAULT_MAX_DELIVERY_ATTEMPTS if args.dead_letter_topic else 0)
+        args.out.record(_subscription_record(await client.create_subscription(
             args.name, args.topic, args.ack_deadline, args.min_backoff, args.max_backoff,
-            args.max_delivery_attempts, args.dead_letter_topic or "", args.push_endpoint or "")))
+            attempts, args.dead_letter_topic or "", args.push_endpoint or "")))
     elif args.action == "get":
-        print(_subscription_line(await client.get_subscription(args.name)))
+        args.out.record(_subscription_record(await client.get_subscription(args.name)))
     elif args.action == "describe":
-        print(_subscription_stats_line(await client.describe_subscription(args.name)))
+        args.out.record(_subscription_stats_record(await client.describe_subscription(args.name)))
     elif args.action == "list":
         for sub in await client.list_subscriptions(args.topic or ""):
-            print(_subscription_line(sub))
+            args.out.record(_subscription_record(sub))
     elif args.action == "delete":
         await client.delete_subscription(args.name)
-        print(f"deleted subscription {args.name}", file=sys.stderr)
+        args.out.record({"subscription": args.name, "deleted": True})
     elif args.action in ("seek", "purge"):
         await _seek(args, client)
     elif args.action == "update":
@@ -228,7 +345,7 @@ async def _seek(args, client: Client) -> None:
     to_end = args.action == "purge" or args.to_end
     reply = await client.seek(args.name, None if to_end else args.time, to_end)
     target = {"to_end": True} if to_end else {"time": args.time.astimezone(datetime.timezone.utc).isoformat()}
-    print(json.dumps({"subscription": args.name, **target, "partitions_limited": reply.partitions_limited}))
+    args.out.record({"subscription": args.name, **target, "partitions_limited": reply.partitions_limited})
 
 
 async def _update_subscription(args, client: Client) -> None:
@@ -240,7 +357,7 @@ async def _update_subscription(args, client: Client) -> None:
         print("notifymesh subscription update: error: give at least one setting to change (see --help)",
               file=sys.stderr)
         raise SystemExit(2)
-    print(_subscription_line(await client.update_subscription(args.name, *changes)))
+    args.out.record(_subscription_record(await client.update_subscription(args.name, *changes)))
 
 
 async def _pull(args, client: Client) -> int:
@@ -248,7 +365,8 @@ async def _pull(args, client: Client) -> int:
     --ack, acknowledges them once printed."""
     received = await client.pull(args.subscription, args.max, args.wait)
     for message in received:
-        print(_message_line(message), flush=True)
+        args.out.record(_received_record(message))
+    args.out.flush()  # printed (or the pipe closed: then not acknowledged) before the ack
     if received and args.ack:
         await client.acknowledge(args.subscription, [m.ack_id for m in received])
     return 0
@@ -258,74 +376,187 @@ async def _publish(args, client: Client) -> int:
     attributes = dict(args.attr or [])
     if args.message != "-":
         [message_id] = await client.publish(args.topic, [Message(args.message.encode(), attributes, args.key or "")])
-        print(message_id)
+        args.out.record({"message_id": message_id})
         return 0
     if args.key:
-        raise SystemExit("--key applies to one message; with '-' each line is its own message")
-    return await _publish_lines(args.topic, attributes, client)
+        fail("--key applies to one message; with '-' each line is its own message")
+    return await _publish_lines(args.topic, attributes, client, args.out, args.skip_invalid)
 
 
-async def _publish_lines(topic: str, attributes: dict[str, str], client: Client) -> int:
+_REFUSED_MESSAGE = re.compile(r"message (\d+): (.*)", re.DOTALL)  # the server's words for one bad message
+_TOO_MANY = re.compile(r"\d+ messages in one request; at most (\d+)")  # ... and for a batch over its limit
+
+
+def _refused_message(error: NotifymeshError, batch_size: int) -> tuple[int, str] | None:
+    """(index in the batch, what is wrong) when the server refused the batch for one message."""
+    match = _REFUSED_MESSAGE.fullmatch(error.details)
+    if isinstance(error, InvalidArgument) and match and int(match.group(1)) < batch_size:
+        return int(match.group(1)), match.group(2)
+    return None
+
+
+_QUIET = object()  # stdin had no new line for PUBLISH_LINGER_S
+
+
+class _StdinLines:
+    """stdin's lines (without their ends), read by a daemon thread from the descriptor
+    itself: a read blocked on a terminal must not hold up the exit after Ctrl-C, and
+    a thread still inside sys.stdin's buffer when Python exits makes it abort. The
+    thread keeps at most STDIN_CHUNKS_AHEAD chunks of STDIN_CHUNK_BYTES read ahead."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._chunks: asyncio.Queue = asyncio.Queue(STDIN_CHUNKS_AHEAD)
+        self._lines: collections.deque[bytes] = collections.deque()
+        self._ended = False
+        threading.Thread(target=self._read, args=(loop,), name="stdin", daemon=True).start()
+
+    def _read(self, loop: asyncio.AbstractEventLoop) -> None:
+        put = lambda item: asyncio.run_coroutine_threadsafe(self._chunks.put(item), loop).result()  # noqa: E731
+        try:
+            pending = b""
+            try:
+                while chunk := os.read(0, STDIN_CHUNK_BYTES):
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    if lines:
+                        put(lines)
+            except OSError:  # stdin closed or unreadable: its end
+                pass
+            if pending:
+                put([pending])
+            put(None)
+        except RuntimeError:  # the loop closed: the command ended
+            pass
+
+    async def next(self, linger_s: float | None):
+        """The next line, None at the end of stdin, or _QUIET after linger_s without one."""
+        while not self._lines:
+            if self._ended:
+                return None
+            try:
+                chunk = await (self._chunks.get() if linger_s is None else
+                               asyncio.wait_for(self._chunks.get(), linger_s))
+            except TimeoutError:
+                return _QUIET
+            if chunk is None:
+                self._ended = True
+            else:
+                self._lines.extend(chunk)
+        return self._lines.popleft()
+
+
+async def _publish_lines(topic: str, attributes: dict[str, str], client: Client, out: Output,
+                         skip_invalid: bool = False) -> int:
     """Publishes stdin lines in batches, PUBLISH_IN_FLIGHT batches at a time, and
-    prints the id of each message published, in the order of the lines."""
-    acknowledged = failed = read = 0
+    records each line's message id (or error), in the order of the lines. A batch
+    the server refuses for one message names that line (1-based); with skip_invalid
+    the line is reported and the rest of the batch published. Ctrl-C prints how
+    many were acknowledged and how many not before the KeyboardInterrupt."""
+    tally = collections.Counter()  # acknowledged, invalid (skipped), failed
+    read = 0
+    tty = sys.stderr.isatty()  # progress that updates in place is for people watching
+
+    def say(text: str) -> None:
+        print(("\r\x1b[K" if tty else "") + text, file=sys.stderr, flush=True)
+
     slots = asyncio.Semaphore(PUBLISH_IN_FLIGHT)
     sends: collections.deque[asyncio.Task] = collections.deque()  # in the order of the lines
     last_progress = 0.0
 
-    async def send(batch: list[Message]) -> list[str]:
-        nonlocal acknowledged, failed
+    async def send(batch: list[tuple[int, Message]]) -> list[dict]:
+        results: dict[int, dict] = {}
+        most = len(batch)  # messages a call may carry: fewer once the server says so (config set)
         try:
-            ids = await client.publish(topic, batch)
-            acknowledged += len(ids)
-            return ids
+            while batch:
+                part = batch[:most]
+                try:
+                    ids = await client.publish(topic, [message for _, message in part])
+                except InvalidArgument as e:
+                    limit = _TOO_MANY.fullmatch(e.details)
+                    if limit and 0 < int(limit.group(1)) < most:
+                        most = int(limit.group(1))
+                        continue
+                    refused = _refused_message(e, len(part))
+                    if not skip_invalid or refused is None:
+                        raise
+                    line, _ = batch.pop(refused[0])
+                    tally["invalid"] += 1
+                    results[line] = {"line": line, "error": f"{e.code.name}: {refused[1]}"}
+                    say(f"error: line {line}: {e.code.name}: {refused[1]} (skipped)")
+                    continue
+                tally["acknowledged"] += len(ids)
+                results.update((line, {"line": line, "message_id": message_id})
+                               for (line, _), message_id in zip(part, ids))
+                del batch[:len(part)]
         except NotifymeshError as e:
-            failed += len(batch)
-            print(f"error: {len(batch)} messages not acknowledged: {e}", file=sys.stderr)
-            return []
+            tally["failed"] += len(batch)
+            refused = _refused_message(e, len(batch))
+            why = f"line {batch[refused[0]][0]}: {e.code.name}: {refused[1]}" if refused else str(e)
+            say(f"error: {why}; lines {batch[0][0]} to {batch[-1][0]}: {len(batch)} messages not acknowledged"
+                + ("" if skip_invalid or not refused else " (--skip-invalid publishes the others)"))
         finally:
             slots.release()
+        return [results[line] for line in sorted(results)]
 
-    def print_ids() -> None:
-        while sends and sends[0].done():
-            for message_id in sends.popleft().result():
-                print(message_id)
+    def record_results(everything_done: bool = False) -> None:
+        """The results of the batches done, in order (at the end: of every batch done)."""
+        while sends and (sends[0].done() or everything_done):
+            task = sends.popleft()
+            if task.done() and not task.cancelled():
+                for result in task.result():
+                    out.record(result)
+        out.flush()
 
-    def progress(final: bool = False) -> None:
+    def progress(final: str = "") -> None:
+        """On a terminal, a line updated in place; at the end (final), the summary anywhere."""
         nonlocal last_progress
-        if final or time.monotonic() - last_progress >= PROGRESS_EVERY_S:
+        counts = f"read {read}, acknowledged {tally['acknowledged']}, not acknowledged {read - tally['acknowledged']}"
+        if final:
+            say(final + counts)
+        elif tty and time.monotonic() - last_progress >= PROGRESS_EVERY_S:
             last_progress = time.monotonic()
-            print(f"\rread {read}, acknowledged {acknowledged}, failed {failed}", end="\n" if final else "",
-                  file=sys.stderr, flush=True)
+            print(f"\r\x1b[K{counts}", end="", file=sys.stderr, flush=True)
 
-    loop = asyncio.get_running_loop()
-    batch: list[Message] = []
-    while True:
-        line = await loop.run_in_executor(None, sys.stdin.buffer.readline)
-        if line:
-            batch.append(Message(line.rstrip(b"\r\n"), attributes))
-            read += 1
-        if batch and (len(batch) >= PUBLISH_BATCH or not line):
-            await slots.acquire()
-            sends.append(asyncio.create_task(send(batch)))
-            batch = []
-        print_ids()
-        progress()
-        if not line:
-            break
-    await asyncio.gather(*sends)
-    print_ids()
-    progress(final=True)
-    return 1 if failed else 0
+    stdin = _StdinLines(asyncio.get_running_loop())
+    batch: list[tuple[int, Message]] = []
+    try:
+        while True:
+            # With a partial batch, or results to come, wake up to send it or print them.
+            line = await stdin.next(PUBLISH_LINGER_S if batch or sends else None)
+            if isinstance(line, bytes):
+                read += 1
+                batch.append((read, Message(line.rstrip(b"\r\n"), attributes)))
+            if batch and (len(batch) >= PUBLISH_BATCH or not isinstance(line, bytes)):
+                await slots.acquire()
+                sends.append(asyncio.create_task(send(batch)))
+                batch = []
+            record_results()
+            progress()
+            if line is None:
+                break
+        await asyncio.gather(*sends)
+    except asyncio.CancelledError:  # Ctrl-C: what is in flight may still be answered, briefly
+        in_flight = [task for task in sends if not task.done()]
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=INTERRUPT_GRACE_S)
+        for task in in_flight:
+            task.cancel()
+        record_results(everything_done=True)
+        progress(final="interrupted: ")
+        raise
+    record_results()
+    progress(final="done: ")
+    return 1 if tally["failed"] else 0
 
 
 async def _subscribe(args, client: Client) -> int:
     """Prints each message as it arrives, then acknowledges the frame's messages."""
+    await require_frontend(client)  # the stream would wait, reconnecting, for a frontend that is not there
     seen = 0
     async for frame in client.subscribe_frames(args.subscription, max_outstanding=args.max or 0):
         printed = frame[:args.max - seen] if args.max else frame
         for received in printed:
-            print(_message_line(received), flush=True)
+            args.out.record(_received_record(received))
+        args.out.flush()  # printed (or the pipe closed: then not acknowledged) before the ack
         seen += len(printed)
         if printed and not args.no_ack:
             await client.acknowledge(args.subscription, [m.ack_id for m in printed])
@@ -381,11 +612,11 @@ def _add_topic_commands(commands) -> None:
     """topic create|update|get|list|delete"""
     topic = commands.add_parser("topic", help="create, get, list or delete topics")
     topic_actions = topic.add_subparsers(dest="action", required=True)
-    create = topic_actions.add_parser("create")
-    create.add_argument("name")
+    create = topic_actions.add_parser("create", help="create a topic; prints it")
+    create.add_argument("name", help="3 to 255 characters: a letter, then letters, digits, '.', '_' or '-'")
     create.add_argument("--retention", type=duration, help="how long unacked messages are kept (default 7d)")
-    create.add_argument("--partitions", type=int, default=0, help="partitions (default 1)")
-    create.add_argument("--replication-factor", type=int, default=0,
+    create.add_argument("--partitions", type=count(1), default=0, help="partitions (default 1)")
+    create.add_argument("--replication-factor", type=count(1), default=0,
                         help="copies of each message, 1 to 5 (default 3, capped by live storage nodes)")
     create.add_argument("--dedup-window", type=duration, help="how long repeats are recognised (default 24h)")
     create.add_argument("--dedup-by-payload", action="store_true",
@@ -396,43 +627,46 @@ def _add_topic_commands(commands) -> None:
     create.add_argument("--retain-acked", type=duration, help="keep acknowledged messages this long, so "
                         "'subscription seek' can go back that far (default off; at most --retention)")
     update = topic_actions.add_parser("update", help="raise the partition count, set --retain-acked")
-    update.add_argument("name")
-    update.add_argument("--partitions", type=int, help="the new partition count (only raised)")
+    update.add_argument("name", help="the topic")
+    update.add_argument("--partitions", type=count(1), help="the new partition count (only raised)")
     update.add_argument("--retain-acked", type=duration, help="keep acknowledged messages this long (0: off)")
-    topic_actions.add_parser("get").add_argument("name")
+    topic_actions.add_parser("get", help="one topic").add_argument("name", help="the topic")
     topic_actions.add_parser("describe", help="every subscription's backlog, in flight, oldest unacknowledged "
                                               "age, delivery rate, dead letters and streams, per partition and "
-                                              "in total").add_argument("name")
-    topic_actions.add_parser("list")
-    topic_actions.add_parser("delete").add_argument("name")
+                                              "in total").add_argument("name", help="the topic")
+    topic_actions.add_parser("list", help="every topic, one a line")
+    topic_actions.add_parser("delete", help="delete a topic no subscription names").add_argument(
+        "name", help="the topic")
 
 
 def _add_subscription_commands(commands) -> None:
     """subscription create|get|list|delete|update, and seek|purge"""
     sub = commands.add_parser("subscription", help="create, get, list, delete or update subscriptions")
     sub_actions = sub.add_subparsers(dest="action", required=True)
-    create = sub_actions.add_parser("create")
-    create.add_argument("name")
-    create.add_argument("--topic", required=True)
+    create = sub_actions.add_parser("create", help="create a subscription; prints it (with a push signing secret)")
+    create.add_argument("name", help="3 to 255 characters: a letter, then letters, digits, '.', '_' or '-'")
+    create.add_argument("--topic", required=True, help="the topic it receives from")
     create.add_argument("--ack-deadline", type=duration, help="e.g. 10s (default 10s)")
     create.add_argument("--min-backoff", type=duration, help="retry policy: first redelivery wait (default 1s)")
     create.add_argument("--max-backoff", type=duration, help="retry policy: longest redelivery wait (default 60s)")
-    create.add_argument("--max-delivery-attempts", type=int, default=0,
-                        help="then move the message to --dead-letter-topic")
-    create.add_argument("--dead-letter-topic")
+    create.add_argument("--max-delivery-attempts", type=count(1, 100), default=0,
+                        help="then move the message to --dead-letter-topic (1 to 100; default with it: "
+                             f"{DEFAULT_MAX_DELIVERY_ATTEMPTS})")
+    create.add_argument("--dead-letter-topic", help="an existing topic that gets the messages whose attempts ran out")
     create.add_argument("--push-endpoint", help="http(s) URL to POST each message to")
-    sub_actions.add_parser("get").add_argument("name")
+    sub_actions.add_parser("get", help="one subscription").add_argument("name", help="the subscription")
     sub_actions.add_parser("describe", help="backlog, in flight, oldest unacknowledged age, delivery rate, "
                                             "dead letters and streams, per partition and in total"
-                           ).add_argument("name")
-    sub_actions.add_parser("list").add_argument("--topic")
-    sub_actions.add_parser("delete").add_argument("name")
+                           ).add_argument("name", help="the subscription")
+    sub_actions.add_parser("list", help="every subscription, one a line").add_argument(
+        "--topic", help="only those of this topic")
+    sub_actions.add_parser("delete", help="delete a subscription").add_argument("name", help="the subscription")
     update = sub_actions.add_parser("update", help="change settings in place, keeping the messages")
-    update.add_argument("name")
+    update.add_argument("name", help="the subscription")
     update.add_argument("--ack-deadline", type=duration, help="e.g. 30s, 1s to 600s")
     update.add_argument("--min-backoff", type=duration, help="retry policy: first redelivery wait")
     update.add_argument("--max-backoff", type=duration, help="retry policy: longest redelivery wait")
-    update.add_argument("--max-delivery-attempts", type=int, help="then to the dead-letter topic (0: never)")
+    update.add_argument("--max-delivery-attempts", type=count(0, 100), help="then to the dead-letter topic (0: never)")
     update.add_argument("--dead-letter-topic", help="'' with --max-delivery-attempts 0 ends dead-lettering")
     push = update.add_mutually_exclusive_group()
     push.add_argument("--push-endpoint", help="http(s) URL to POST each message to (the secret stays)")
@@ -443,37 +677,43 @@ def _add_subscription_commands(commands) -> None:
 def _add_seek_commands(sub_actions) -> None:
     """subscription seek|purge"""
     seek = sub_actions.add_parser("seek", help="deliver again what was published since a time, or skip to the end")
-    seek.add_argument("name")
+    seek.add_argument("name", help="the subscription")
     target = seek.add_mutually_exclusive_group(required=True)
     target.add_argument("--time", type=instant, help="an ISO 8601 time with its zone, e.g. 2026-11-30T10:00:00Z: "
                         "what was published since is delivered (again; going back reaches what the topic's "
                         "--retain-acked keeps), what was published before counts as acknowledged")
     target.add_argument("--to-end", action="store_true", help="acknowledge everything published so far")
-    sub_actions.add_parser("purge", help="acknowledge everything published so far").add_argument("name")
+    sub_actions.add_parser("purge", help="acknowledge everything published so far").add_argument(
+        "name", help="the subscription")
 
 
 def _add_message_commands(commands) -> None:
     """publish, subscribe, pull, nack, dead-letters, message status"""
-    publish = commands.add_parser("publish", help="publish a message, or each stdin line with '-'")
-    publish.add_argument("topic")
+    publish = commands.add_parser("publish", help="publish a message, or each stdin line with '-'; prints "
+                                                  "{\"message_id\": ...} (with '-': and the line number) per message")
+    publish.add_argument("topic", help="the topic")
     publish.add_argument("message", help="the payload, or - to publish each line of stdin")
-    publish.add_argument("--attr", type=attribute, action="append", metavar="KEY=VALUE")
-    publish.add_argument("--key", help="idempotency key")
+    publish.add_argument("--attr", type=attribute, action="append", metavar="KEY=VALUE",
+                         help="an attribute of the message (repeatable)")
+    publish.add_argument("--key", help="idempotency key: a repeat within the topic's dedup window gets the same id")
+    publish.add_argument("--skip-invalid", action="store_true",
+                         help="with '-': publish the valid lines, report the refused ones (exit 0 all the same)")
 
-    subscribe = commands.add_parser("subscribe", help="print messages as they arrive, acknowledging each")
-    subscribe.add_argument("subscription")
-    subscribe.add_argument("--max", type=int, help="exit after this many messages")
+    subscribe = commands.add_parser("subscribe", help="print messages as they arrive, acknowledging each; "
+                                                      "UTF-8 payloads as data, others as data_base64")
+    subscribe.add_argument("subscription", help="the subscription")
+    subscribe.add_argument("--max", type=count(1), help="exit after this many messages")
     subscribe.add_argument("--no-ack", action="store_true", help="print without acknowledging")
 
     pull = commands.add_parser("pull", help="print the messages ready now (without a stream) and exit")
-    pull.add_argument("subscription")
-    pull.add_argument("--max", type=int, default=0, help="at most this many (default 100, up to 1000)")
+    pull.add_argument("subscription", help="the subscription")
+    pull.add_argument("--max", type=count(1, 1000), default=0, help="at most this many (default 100, up to 1000)")
     pull.add_argument("--wait", type=duration, default=0.0,
                       help="with none ready, wait this long for one (e.g. 2s; up to 30s; default 0)")
     pull.add_argument("--ack", action="store_true", help="acknowledge them once printed")
 
     nack = commands.add_parser("nack", help="give messages back for redelivery, or to the dead-letter topic")
-    nack.add_argument("ack_id", nargs="+")
+    nack.add_argument("ack_id", nargs="+", help="ack ids (as subscribe --no-ack prints them), of one subscription")
     nack.add_argument("--terminal", action="store_true", help="to the dead-letter topic now, no more attempts")
     nack.add_argument("--delay", type=duration, help="redeliver after this long (default: the retry backoff)")
     nack.add_argument("--reason", help="kept in the delivery log")
@@ -481,14 +721,15 @@ def _add_message_commands(commands) -> None:
     dead = commands.add_parser("dead-letters", help="list or redrive a subscription's dead letters")
     dead_actions = dead.add_subparsers(dest="action", required=True)
     listing = dead_actions.add_parser("list", help="the dead-lettered messages still kept, oldest first")
-    listing.add_argument("subscription")
-    listing.add_argument("--max", type=int, default=0, help="at most this many (default 100, up to 1000)")
-    dead_actions.add_parser("redrive", help="deliver them to the subscription again").add_argument("subscription")
+    listing.add_argument("subscription", help="the subscription")
+    listing.add_argument("--max", type=count(1, 1000), default=0, help="at most this many (default 100, up to 1000)")
+    dead_actions.add_parser("redrive", help="deliver them to the subscription again").add_argument(
+        "subscription", help="the subscription")
 
     message = commands.add_parser("message", help="where a message is")
     message.add_subparsers(dest="action", required=True).add_parser(
         "status", help="per subscription: pending, delivered, acknowledged or dead-lettered, with each attempt"
-    ).add_argument("message_id")
+    ).add_argument("message_id", help="as publish printed it")
 
 
 def _add_cluster_commands(commands) -> None:
@@ -501,11 +742,11 @@ def _add_cluster_commands(commands) -> None:
 def _add_server_side_commands(commands) -> None:
     """up and bench, which need the server side (notifymesh[server])"""
     up = commands.add_parser("up", help="run the local mesh in the foreground")
-    up.add_argument("--data-dir", default=".notifymesh")
-    up.add_argument("--port", type=int, default=50051,
+    up.add_argument("--data-dir", default=".notifymesh", help="etcd's and the storage nodes' data, and logs/")
+    up.add_argument("--port", type=count(1, 65535 - 30), default=50051,
                     help="P: frontend i at P+i, etcd at P+10.. (clients) and P+20.. (peers); others take free ports")
-    up.add_argument("--storage-nodes", type=int, default=3)
-    up.add_argument("--senders", type=int, default=1, help="2 or more: another takes over when one dies")
+    up.add_argument("--storage-nodes", type=count(1), default=3, help="storage nodes (default 3)")
+    up.add_argument("--senders", type=count(1), default=1, help="2 or more: another takes over when one dies")
     up.add_argument("--etcd-members", type=int, default=1, choices=(1, 3, 5),
                     help="etcd cluster size (3 survives the loss of one member)")
     up.add_argument("--metadata", type=int, default=1, choices=range(1, 6), metavar="{1..5}",
@@ -517,34 +758,129 @@ def _add_server_side_commands(commands) -> None:
 
     bench = commands.add_parser("bench", help="publish-to-deliver benchmark on a fresh topic (the peer harness's "
                                               "workload); one JSON line on stdout")
-    bench.add_argument("--messages", type=int, default=50000, help="N messages in all (default 50000)")
-    bench.add_argument("--size", type=int, default=256, help="payload bytes, at least 16 (default 256)")
-    bench.add_argument("--subscribers", type=int, default=1,
+    bench.add_argument("--messages", type=count(1), default=50000, help="N messages in all (default 50000)")
+    bench.add_argument("--size", type=count(16), default=256, help="payload bytes, at least 16 (default 256)")
+    bench.add_argument("--subscribers", type=count(0), default=1,
                        help="K subscriptions, one subscriber process each; 0: publishing alone (the peers' phase a)")
-    bench.add_argument("--publishers", type=int, default=1, help="publisher processes sharing N (default 1)")
+    bench.add_argument("--publishers", type=count(1), default=1, help="publisher processes sharing N (default 1)")
     bench.add_argument("--rate", type=float, help="messages/s in all (default: full speed)")
-    bench.add_argument("--window", type=int, default=1000,
+    bench.add_argument("--window", type=count(1), default=1000,
                        help="most unacknowledged publishes in flight, and each subscriber's max outstanding")
-    bench.add_argument("--topic-partitions", type=int, default=1)
-    bench.add_argument("--replication-factor", type=int, default=3)
+    bench.add_argument("--topic-partitions", type=count(1), default=1, help="partitions of the bench's topic")
+    bench.add_argument("--replication-factor", type=count(1, 5), default=3, help="of the bench's topic (default 3)")
     bench.add_argument("--timeout", type=float, default=600, help="bound of the publishing and of each subscriber, s")
     bench.add_argument("--idle-timeout", type=float, default=30, help="a subscriber gives up after this long "
                                                                       "without a new message, s")
     bench.add_argument("--addr", default=argparse.SUPPRESS, help="frontend address (as before the command)")
 
 
+def _add_config_commands(commands) -> None:
+    """config get|set|reset"""
+    config = commands.add_parser("config", help="the cluster configuration in etcd, which running services follow")
+    actions = config.add_subparsers(dest="action", required=True)
+    get = actions.add_parser("get", help="every setting (or one): its value, default, whether etcd has it, and "
+                                         "whether a change takes effect live or at restart")
+    get.add_argument("key", nargs="?", help="one setting (default: all)")
+    put = actions.add_parser("set", help="set a setting cluster-wide: running services take it in within seconds, "
+                                         "or when restarted (the answer says which)")
+    put.add_argument("key", help="a setting, as `config get` lists them")
+    put.add_argument("value", help="a number above 0 (an integer for the integer settings)")
+    actions.add_parser("reset", help="remove a setting from etcd: its default applies again").add_argument(
+        "key", help="a setting, as `config get` lists them")
+
+
+def _add_completion_command(commands) -> None:
+    """completion bash|zsh (needs notifymesh[completion])"""
+    completion = commands.add_parser(
+        "completion", help="print a shell completion script: source <(notifymesh completion bash), or "
+                           "notifymesh completion zsh > ~/.zfunc/_notifymesh (needs notifymesh[completion])")
+    completion.add_argument("shell", choices=("bash", "zsh"), help="the shell")
+
+
+OUTPUTS = ("json", "table")
+NO_FRONTEND = ("up", "bench", "completion")  # commands that call no frontend
+
+
+def _accept_after_the_command(p: argparse.ArgumentParser, top: bool = True) -> None:
+    """--addr and --output after the (sub)command too, on every command that calls a
+    frontend: walks the parser, so commands added later get them as well."""
+    subcommands = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+    for action in subcommands:
+        for name, command in action.choices.items():
+            if not (top and name in NO_FRONTEND):
+                _accept_after_the_command(command, top=False)
+    if not subcommands and not top:
+        if "--addr" not in p._option_string_actions:
+            p.add_argument("--addr", type=addresses, default=argparse.SUPPRESS, help="as before the command")
+        if "--output" not in p._option_string_actions:
+            p.add_argument("--output", choices=OUTPUTS, default=argparse.SUPPRESS, help="as before the command")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("notifymesh")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown (not installed)"
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="notifymesh", description=__doc__)
+    p = argparse.ArgumentParser(prog="notifymesh", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"notifymesh {_version()}",
+                   help="print the version and exit")
     p.add_argument("--addr", type=addresses, default=None,
                    help="frontend host:port, or several as a,b: calls are spread over them and go to the others "
                         "while one is down (default $NOTIFYMESH_ADDR or 127.0.0.1:50051)")
+    p.add_argument("--output", choices=OUTPUTS, default="json",
+                   help="json: one JSON object per line (default); table: aligned columns for people")
     commands = p.add_subparsers(dest="command", required=True)
     _add_topic_commands(commands)
     _add_subscription_commands(commands)
     _add_message_commands(commands)
     _add_cluster_commands(commands)
     _add_server_side_commands(commands)
+    _add_config_commands(commands)
+    _add_completion_command(commands)
+    _accept_after_the_command(p)
     return p
+
+
+def _setting_record(setting) -> dict:
+    return {"key": setting.key, "value": json.loads(setting.value), "default": json.loads(setting.default_value),
+            "stored": setting.stored, "takes_effect": "at restart" if setting.restart_required else "live"}
+
+
+async def _config(args, client: Client) -> None:
+    if args.action == "get":
+        for setting in await client.get_config(args.key or ""):
+            args.out.record(_setting_record(setting))
+        return
+    setting = await client.set_config(args.key, args.value if args.action == "set" else None)
+    args.out.record(_setting_record(setting))
+    if setting.restart_required:
+        print(f"note: services read {setting.key} when they start: running ones take the change in when restarted",
+              file=sys.stderr)
+
+
+def _completion(args) -> int:
+    try:
+        import shtab
+    except ImportError:
+        fail("shell completion needs shtab: pip install 'notifymesh[completion]'")
+    print(shtab.complete(parser(), args.shell))
+    return 0
+
+
+async def _check_frontend(args) -> None:
+    """Fails with what to do when no frontend answers (after a call failed UNAVAILABLE)."""
+    async with Client(args.addr or default_addr()) as client:
+        await require_frontend(client)
+
+
+def _quiet_stdout() -> None:
+    """stdout's reader went away: what Python still flushes at exit goes nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 async def _run(args) -> int:
@@ -566,7 +902,9 @@ async def _run(args) -> int:
         elif args.command == "dead-letters":
             await _dead_letters(args, client)
         elif args.command == "message":
-            print(_status_line(await client.get_message_status(args.message_id)))
+            args.out.record(_status_record(await client.get_message_status(args.message_id)))
+        elif args.command == "config":
+            await _config(args, client)
     return 0
 
 
@@ -576,13 +914,25 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(_up(args))
     if args.command == "bench":
         raise SystemExit(_server_side("notifymesh.bench", "bench").run(args))
+    args.out = Output(args.output, streaming=args.command in ("publish", "subscribe"))
     try:
-        raise SystemExit(asyncio.run(_run(args)))
+        if args.command == "completion":
+            raise SystemExit(_completion(args))
+        try:
+            code = asyncio.run(_run(args))
+        finally:
+            args.out.close()
+        raise SystemExit(code)
     except NotifymeshError as e:
+        if isinstance(e, Unavailable):
+            asyncio.run(_check_frontend(args))  # fails with what to do when none answers
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1)
     except KeyboardInterrupt:
         raise SystemExit(130)
+    except BrokenPipeError:  # `notifymesh subscribe ... | head`: the reader has what it wanted
+        _quiet_stdout()
+        raise SystemExit(EXIT_BROKEN_PIPE)
 
 
 if __name__ == "__main__":

@@ -376,3 +376,32 @@ class Client:
         """The subscription's numbers, as describe_topic gives them for each."""
         return await self._call(self._subscriber.DescribeSubscription,
                                 pubsub_pb2.DescribeSubscriptionRequest(name=name))
+
+    # -- cluster configuration (in etcd; running services follow it) -------------
+
+    async def get_config(self, key: str = "") -> list[cluster_pb2.ConfigSetting]:
+        """Every setting (or key's alone) with its value, default and restart_required."""
+        reply = await self._call(self._cluster.GetConfig, cluster_pb2.GetConfigRequest(key=key))
+        return list(reply.settings)
+
+    async def set_config(self, key: str, value: str | float | None) -> cluster_pb2.ConfigSetting:
+        """Sets key cluster-wide; None resets it to its default. The answer's
+        restart_required says whether running services take it in only at restart."""
+        request = cluster_pb2.SetConfigRequest(key=key, value="" if value is None else str(value),
+                                               reset=value is None)
+        return await self._call(self._cluster.SetConfig, request)
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        """True once a connection to a frontend is up; False as soon as every frontend
+        refused one, or after timeout_s without an answer."""
+        async def settled() -> bool:
+            state = self._channel.get_state(try_to_connect=True)
+            while state not in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE):
+                await self._channel.wait_for_state_change(state)
+                state = self._channel.get_state(try_to_connect=True)
+            return state == grpc.ChannelConnectivity.READY
+
+        try:
+            return await asyncio.wait_for(settled(), timeout_s)
+        except TimeoutError:
+            return False

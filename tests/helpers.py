@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from deploy.local import HA, LocalMesh, free_port
 from notifymesh.client import Client
@@ -47,8 +48,15 @@ def frontend_log_lines(mesh: LocalMesh, text: str) -> dict[str, int]:
 def cli(mesh, *args, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     """The notifymesh command against mesh (all its frontends)."""
     env = {**os.environ, "NOTIFYMESH_ADDR": mesh.frontend_target}
-    return subprocess.run([sys.executable, "-m", "notifymesh.cli", *args], input=stdin, capture_output=True,
-                          env=env, timeout=120)
+    return subprocess.run(cli_argv(*args), input=stdin, capture_output=True, env=env, timeout=120)
+
+
+NOTIFYMESH = Path(sys.executable).with_name("notifymesh")  # the installed entry point, beside the venv's python
+
+
+def cli_argv(*args: str) -> list[str]:
+    """The command line of the installed `notifymesh` entry point (python -m notifymesh.cli without one)."""
+    return [str(NOTIFYMESH), *args] if NOTIFYMESH.exists() else [sys.executable, "-m", "notifymesh.cli", *args]
 
 
 def unique(prefix: str) -> str:

@@ -31,7 +31,7 @@ from notifymesh import log as log_mod
 from notifymesh.channel import channel_options
 from notifymesh.log import fields
 from notifymesh.server import config as config_mod
-from notifymesh.server.cluster import Cluster, Registration, connect_etcd
+from notifymesh.server.cluster import Cluster, PrefixMirror, Registration, connect_etcd
 from notifymesh.server.status import status_of
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ class Context:
     kind: str
     node_id: str
     args: argparse.Namespace
-    config: config_mod.Config
+    config: config_mod.LiveConfig  # read like a Config; follows etcd (see config.RESTART_REQUIRED)
     cluster: Cluster
     # Set once the process is registered in etcd (after component.start()).
     registration: Registration | None = None
@@ -241,11 +241,28 @@ async def _read_etcd_config(etcd) -> dict:
             await asyncio.sleep(0.3)
 
 
+def _config_object(value: bytes):
+    """The etcd config key's JSON, or None when it is not JSON (LiveConfig keeps its own then)."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return None
+
+
+async def follow_config(etcd, config: config_mod.LiveConfig) -> PrefixMirror:
+    """A watch of the config key that updates config at each change (a deleted key: the defaults)."""
+    mirror = PrefixMirror(etcd, contracts.CONFIG, _config_object)  # the key alone: no other key starts so
+    mirror.on_change(lambda _name: config.update(mirror.items.get("", {})))
+    await mirror.start()
+    return mirror
+
+
 async def serve(kind: str, args: argparse.Namespace,
                 build: Callable[[Context], Awaitable[Component]]) -> None:
     log_mod.setup(kind, args.node_id, args.log_level)
     etcd = connect_etcd(args.etcd)
-    config = config_mod.load(args.config, etcd_values=await _read_etcd_config(etcd))
+    config = config_mod.LiveConfig(args.config, etcd_values=await _read_etcd_config(etcd))
+    settings = await follow_config(etcd, config)
     cluster = Cluster(etcd, config.max_grpc_message_bytes)
     await cluster.start()
     ctx = Context(kind, args.node_id, args, config, cluster)
@@ -282,6 +299,7 @@ async def serve(kind: str, args: argparse.Namespace,
     await server.stop(DRAIN_GRACE_S)
     await component.close()
     await cluster.stop()
+    await settings.stop()
     await etcd.close()
     log.info("stopped")
 

@@ -63,3 +63,6 @@ def test_the_plain_distribution_is_the_client_alone(tmp_path, mesh):
     up = subprocess.run([str(cli), "up"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
     assert up.returncode == 1 and "pip install 'notifymesh[server]'" in up.stderr
     assert "Traceback" not in up.stderr
+    completion = subprocess.run([str(cli), "completion", "bash"], capture_output=True, text=True, env=env,
+                                cwd=tmp_path, timeout=60)  # shtab is an extra, not a dependency
+    assert completion.returncode == 1 and "pip install 'notifymesh[completion]'" in completion.stderr

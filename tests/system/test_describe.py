@@ -121,7 +121,11 @@ async def test_describe_gives_every_number_of_a_known_backlog_per_partition_and_
 
         status = cli(mesh, "cluster", "status")
         assert status.returncode == 0, status.stderr
-        rows = {int(row.split()[1]): row for row in status.stdout.decode().splitlines() if row.startswith(topic + " ")}
+        shards = {s["partition"]: s["backlogs"] for s in json.loads(status.stdout)["shards"] if s["topic"] == topic}
+        assert shards == {0: {taker: 2, idle: 6}, 1: {taker: 3, idle: 4}}
+        table = cli(mesh, "cluster", "status", "--output", "table")
+        assert table.returncode == 0, table.stderr
+        rows = {int(row.split()[1]): row for row in table.stdout.decode().splitlines() if row.startswith(topic + " ")}
         backlogs = sorted([(taker, 2), (idle, 6)])
         assert rows[0].endswith("; ".join(f"{name} {count}" for name, count in backlogs))
         assert rows[1].endswith("; ".join(f"{name} {count}" for name, count in sorted([(taker, 3), (idle, 4)])))

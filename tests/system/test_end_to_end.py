@@ -24,7 +24,9 @@ async def test_thousand_messages_from_cli_and_client_reach_two_subscriptions(mes
     lines = b"".join(b"cli-%d\n" % i for i in range(500))
     published = cli(mesh, "publish", topic, "-", stdin=lines)
     assert published.returncode == 0, published.stderr
-    cli_ids = published.stdout.decode().split()  # one per line, in the order of the lines
+    lines_published = [json.loads(line) for line in published.stdout.splitlines()]  # in the order of the lines
+    assert [line["line"] for line in lines_published] == list(range(1, 501))
+    cli_ids = [line["message_id"] for line in lines_published]
     assert len(set(cli_ids)) == 500
     assert b"acknowledged 500" in published.stderr  # progress on stderr
     ids = []
@@ -45,7 +47,7 @@ async def test_cli_single_publish_with_attributes_and_subscribe(mesh, client):
     topic, sub = await new_topic(client, "alerts")
     published = cli(mesh, "publish", topic, "disk full", "--attr", "host=db1", "--attr", "sev=2")
     assert published.returncode == 0, published.stderr
-    message_id = published.stdout.decode().strip()
+    message_id = json.loads(published.stdout)["message_id"]
     subscribed = cli(mesh, "subscribe", sub, "--max", "1")
     assert subscribed.returncode == 0, subscribed.stderr
     line = json.loads(subscribed.stdout)
@@ -170,7 +172,7 @@ async def test_partitions_ordering_keys_and_raising_the_count(mesh, client):
     received = await receive(client, sub, len(more), timeout=30)
     assert set(ids_of(received)) == set(more)
 
-    status = cli(mesh, "cluster", "status")
+    status = cli(mesh, "cluster", "status", "--output", "table")
     assert status.returncode == 0, status.stderr
     lines = [line for line in status.stdout.decode().splitlines() if line.startswith(topic)]
     assert len(lines) == 5  # one per partition, each with a leader and 2 replicas

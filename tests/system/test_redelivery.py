@@ -137,12 +137,13 @@ async def test_terminal_nack_list_and_redrive_from_the_cli(mesh, client):
     assert cli(mesh, "subscription", "create", sub, "--topic", topic, "--max-delivery-attempts", "5",
                "--dead-letter-topic", dead).returncode == 0
     published = cli(mesh, "publish", topic, "malformed order")
-    message_id = published.stdout.decode().strip()
+    message_id = json.loads(published.stdout)["message_id"]
     subscribed = cli(mesh, "subscribe", sub, "--max", "1", "--no-ack")
     ack_id = json.loads(subscribed.stdout)["ack_id"]
 
     nacked = cli(mesh, "nack", ack_id, "--terminal", "--reason", "schema v1 expected")
     assert nacked.returncode == 0, nacked.stderr
+    assert json.loads(nacked.stdout) == {"subscription": sub, "nacked": 1, "terminal": True}
     [moved] = await receive(client, dead_sub, 1, timeout=15)  # at once: no further attempts
     assert moved.message.attributes["notifymesh.original_message_id"] == message_id
     assert moved.message.attributes["notifymesh.last_error"] == "schema v1 expected"
@@ -157,7 +158,7 @@ async def test_terminal_nack_list_and_redrive_from_the_cli(mesh, client):
         (1, "DEAD_LETTER", "schema v1 expected")]
 
     redriven = cli(mesh, "dead-letters", "redrive", sub)
-    assert redriven.returncode == 0 and b"redriven 1 " in redriven.stderr
+    assert redriven.returncode == 0 and json.loads(redriven.stdout) == {"subscription": sub, "redriven": 1}
     [again] = await receive(client, sub, 1, timeout=15)
     assert again.message.message_id == message_id and again.delivery_attempt == 1
     assert await receive(client, dead_sub, 1, timeout=1) == [], "the dead-letter topic got it once"

@@ -67,3 +67,39 @@ class ClusterStatus(_message.Message):
     members: _containers.RepeatedCompositeFieldContainer[ClusterMember]
     shards: _containers.RepeatedCompositeFieldContainer[ShardStatus]
     def __init__(self, members: _Optional[_Iterable[_Union[ClusterMember, _Mapping]]] = ..., shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ...) -> None: ...
+
+class GetConfigRequest(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    def __init__(self, key: _Optional[str] = ...) -> None: ...
+
+class ConfigSetting(_message.Message):
+    __slots__ = ("key", "value", "default_value", "stored", "restart_required")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_VALUE_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    RESTART_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: str
+    default_value: str
+    stored: bool
+    restart_required: bool
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ..., default_value: _Optional[str] = ..., stored: _Optional[bool] = ..., restart_required: _Optional[bool] = ...) -> None: ...
+
+class ClusterConfig(_message.Message):
+    __slots__ = ("settings",)
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    settings: _containers.RepeatedCompositeFieldContainer[ConfigSetting]
+    def __init__(self, settings: _Optional[_Iterable[_Union[ConfigSetting, _Mapping]]] = ...) -> None: ...
+
+class SetConfigRequest(_message.Message):
+    __slots__ = ("key", "value", "reset")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: str
+    reset: bool
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ..., reset: _Optional[bool] = ...) -> None: ...

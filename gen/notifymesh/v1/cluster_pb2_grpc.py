@@ -39,6 +39,16 @@ class ClusterAdminStub:
                 request_serializer=notifymesh_dot_v1_dot_cluster__pb2.GetClusterStatusRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_cluster__pb2.ClusterStatus.FromString,
                 _registered_method=True)
+        self.GetConfig = channel.unary_unary(
+                '/notifymesh.v1.ClusterAdmin/GetConfig',
+                request_serializer=notifymesh_dot_v1_dot_cluster__pb2.GetConfigRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_cluster__pb2.ClusterConfig.FromString,
+                _registered_method=True)
+        self.SetConfig = channel.unary_unary(
+                '/notifymesh.v1.ClusterAdmin/SetConfig',
+                request_serializer=notifymesh_dot_v1_dot_cluster__pb2.SetConfigRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_cluster__pb2.ConfigSetting.FromString,
+                _registered_method=True)
 
 
 class ClusterAdminServicer:
@@ -52,6 +62,22 @@ class ClusterAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetConfig(self, request, context):
+        """The cluster configuration kept in etcd: every setting with its value, its
+        default and whether a change needs a restart.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetConfig(self, request, context):
+        """Sets (or resets) one setting in etcd. Running services pick a change up
+        within seconds; a setting with restart_required at their next start.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +85,16 @@ def add_ClusterAdminServicer_to_server(servicer, server):
                     servicer.GetClusterStatus,
                     request_deserializer=notifymesh_dot_v1_dot_cluster__pb2.GetClusterStatusRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_cluster__pb2.ClusterStatus.SerializeToString,
+            ),
+            'GetConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConfig,
+                    request_deserializer=notifymesh_dot_v1_dot_cluster__pb2.GetConfigRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_cluster__pb2.ClusterConfig.SerializeToString,
+            ),
+            'SetConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetConfig,
+                    request_deserializer=notifymesh_dot_v1_dot_cluster__pb2.SetConfigRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_cluster__pb2.ConfigSetting.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +124,60 @@ class ClusterAdmin:
             '/notifymesh.v1.ClusterAdmin/GetClusterStatus',
             notifymesh_dot_v1_dot_cluster__pb2.GetClusterStatusRequest.SerializeToString,
             notifymesh_dot_v1_dot_cluster__pb2.ClusterStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.v1.ClusterAdmin/GetConfig',
+            notifymesh_dot_v1_dot_cluster__pb2.GetConfigRequest.SerializeToString,
+            notifymesh_dot_v1_dot_cluster__pb2.ClusterConfig.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.v1.ClusterAdmin/SetConfig',
+            notifymesh_dot_v1_dot_cluster__pb2.SetConfigRequest.SerializeToString,
+            notifymesh_dot_v1_dot_cluster__pb2.ConfigSetting.FromString,
             options,
             channel_credentials,
             insecure,

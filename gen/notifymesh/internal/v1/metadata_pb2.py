@@ -22,16 +22,17 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from gen.notifymesh.v1 import cluster_pb2 as notifymesh_dot_v1_dot_cluster__pb2
 from gen.notifymesh.v1 import pubsub_pb2 as notifymesh_dot_v1_dot_pubsub__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%notifymesh/internal/v1/metadata.proto\x12\x16notifymesh.internal.v1\x1a\x1anotifymesh/v1/pubsub.proto2\xe9\x06\n\x08Metadata\x12\x46\n\x0b\x43reateTopic\x12!.notifymesh.v1.CreateTopicRequest\x1a\x14.notifymesh.v1.Topic\x12@\n\x08GetTopic\x12\x1e.notifymesh.v1.GetTopicRequest\x1a\x14.notifymesh.v1.Topic\x12Q\n\nListTopics\x12 .notifymesh.v1.ListTopicsRequest\x1a!.notifymesh.v1.ListTopicsResponse\x12\x46\n\x0bUpdateTopic\x12!.notifymesh.v1.UpdateTopicRequest\x1a\x14.notifymesh.v1.Topic\x12T\n\x0b\x44\x65leteTopic\x12!.notifymesh.v1.DeleteTopicRequest\x1a\".notifymesh.v1.DeleteTopicResponse\x12[\n\x12\x43reateSubscription\x12(.notifymesh.v1.CreateSubscriptionRequest\x1a\x1b.notifymesh.v1.Subscription\x12U\n\x0fGetSubscription\x12%.notifymesh.v1.GetSubscriptionRequest\x1a\x1b.notifymesh.v1.Subscription\x12\x66\n\x11ListSubscriptions\x12\'.notifymesh.v1.ListSubscriptionsRequest\x1a(.notifymesh.v1.ListSubscriptionsResponse\x12i\n\x12\x44\x65leteSubscription\x12(.notifymesh.v1.DeleteSubscriptionRequest\x1a).notifymesh.v1.DeleteSubscriptionResponse\x12[\n\x12UpdateSubscription\x12(.notifymesh.v1.UpdateSubscriptionRequest\x1a\x1b.notifymesh.v1.Subscriptionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%notifymesh/internal/v1/metadata.proto\x12\x16notifymesh.internal.v1\x1a\x1bnotifymesh/v1/cluster.proto\x1a\x1anotifymesh/v1/pubsub.proto2\x81\x08\n\x08Metadata\x12\x46\n\x0b\x43reateTopic\x12!.notifymesh.v1.CreateTopicRequest\x1a\x14.notifymesh.v1.Topic\x12@\n\x08GetTopic\x12\x1e.notifymesh.v1.GetTopicRequest\x1a\x14.notifymesh.v1.Topic\x12Q\n\nListTopics\x12 .notifymesh.v1.ListTopicsRequest\x1a!.notifymesh.v1.ListTopicsResponse\x12\x46\n\x0bUpdateTopic\x12!.notifymesh.v1.UpdateTopicRequest\x1a\x14.notifymesh.v1.Topic\x12T\n\x0b\x44\x65leteTopic\x12!.notifymesh.v1.DeleteTopicRequest\x1a\".notifymesh.v1.DeleteTopicResponse\x12[\n\x12\x43reateSubscription\x12(.notifymesh.v1.CreateSubscriptionRequest\x1a\x1b.notifymesh.v1.Subscription\x12U\n\x0fGetSubscription\x12%.notifymesh.v1.GetSubscriptionRequest\x1a\x1b.notifymesh.v1.Subscription\x12\x66\n\x11ListSubscriptions\x12\'.notifymesh.v1.ListSubscriptionsRequest\x1a(.notifymesh.v1.ListSubscriptionsResponse\x12i\n\x12\x44\x65leteSubscription\x12(.notifymesh.v1.DeleteSubscriptionRequest\x1a).notifymesh.v1.DeleteSubscriptionResponse\x12[\n\x12UpdateSubscription\x12(.notifymesh.v1.UpdateSubscriptionRequest\x1a\x1b.notifymesh.v1.Subscription\x12J\n\tGetConfig\x12\x1f.notifymesh.v1.GetConfigRequest\x1a\x1c.notifymesh.v1.ClusterConfig\x12J\n\tSetConfig\x12\x1f.notifymesh.v1.SetConfigRequest\x1a\x1c.notifymesh.v1.ConfigSettingb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'notifymesh.internal.v1.metadata_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_METADATA']._serialized_start=94
-  _globals['_METADATA']._serialized_end=967
+  _globals['_METADATA']._serialized_start=123
+  _globals['_METADATA']._serialized_end=1148
 # @@protoc_insertion_point(module_scope)

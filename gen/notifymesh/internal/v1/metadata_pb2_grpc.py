@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from gen.notifymesh.v1 import cluster_pb2 as notifymesh_dot_v1_dot_cluster__pb2
 from gen.notifymesh.v1 import pubsub_pb2 as notifymesh_dot_v1_dot_pubsub__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -84,6 +85,16 @@ class MetadataStub:
                 request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.UpdateSubscriptionRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.Subscription.FromString,
                 _registered_method=True)
+        self.GetConfig = channel.unary_unary(
+                '/notifymesh.internal.v1.Metadata/GetConfig',
+                request_serializer=notifymesh_dot_v1_dot_cluster__pb2.GetConfigRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_cluster__pb2.ClusterConfig.FromString,
+                _registered_method=True)
+        self.SetConfig = channel.unary_unary(
+                '/notifymesh.internal.v1.Metadata/SetConfig',
+                request_serializer=notifymesh_dot_v1_dot_cluster__pb2.SetConfigRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_cluster__pb2.ConfigSetting.FromString,
+                _registered_method=True)
 
 
 class MetadataServicer:
@@ -149,6 +160,19 @@ class MetadataServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetConfig(self, request, context):
+        """The cluster configuration at contracts.CONFIG: keys and values checked here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetadataServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +225,16 @@ def add_MetadataServicer_to_server(servicer, server):
                     servicer.UpdateSubscription,
                     request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.UpdateSubscriptionRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.Subscription.SerializeToString,
+            ),
+            'GetConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConfig,
+                    request_deserializer=notifymesh_dot_v1_dot_cluster__pb2.GetConfigRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_cluster__pb2.ClusterConfig.SerializeToString,
+            ),
+            'SetConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetConfig,
+                    request_deserializer=notifymesh_dot_v1_dot_cluster__pb2.SetConfigRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_cluster__pb2.ConfigSetting.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -473,6 +507,60 @@ class Metadata:
             '/notifymesh.internal.v1.Metadata/UpdateSubscription',
             notifymesh_dot_v1_dot_pubsub__pb2.UpdateSubscriptionRequest.SerializeToString,
             notifymesh_dot_v1_dot_pubsub__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Metadata/GetConfig',
+            notifymesh_dot_v1_dot_cluster__pb2.GetConfigRequest.SerializeToString,
+            notifymesh_dot_v1_dot_cluster__pb2.ClusterConfig.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Metadata/SetConfig',
+            notifymesh_dot_v1_dot_cluster__pb2.SetConfigRequest.SerializeToString,
+            notifymesh_dot_v1_dot_cluster__pb2.ConfigSetting.FromString,
             options,
             channel_credentials,
             insecure,
