@@ -51,16 +51,23 @@ class DeadLetters:
                           keys.delivery_record(record.dead_ms, pubsub_pb2.DEAD_LETTER, dead.error))
         log_.touch(state)
 
-    def list(self, shard: str, subscription: str, limit: int) -> list[pubsub_pb2.DeadLetter]:
+    def list(self, shard: str, subscription: str, limit: int,
+             after_seq: int = -1) -> storage_pb2.StorageListDeadLettersResponse:
+        """Up to limit dead letters with a seq above after_seq, lowest first, with
+        their seqs (a page's position) and whether more are kept after them."""
         state = self._subscriptions.subscription(shard, subscription)
-        listed = []
-        for seq in sorted(state.dead_letters)[:limit]:
+        listed = storage_pb2.StorageListDeadLettersResponse()
+        for seq in sorted(seq for seq in state.dead_letters if seq > after_seq):
+            if len(listed.seqs) == limit:
+                listed.more = True
+                break
             record, entry = state.dead_letters[seq], self._logs.entry(shard, seq)
             if entry is not None:
-                listed.append(pubsub_pb2.DeadLetter(
+                listed.dead_letters.append(pubsub_pb2.DeadLetter(
                     message=entry.message, delivery_attempts=record.delivery_attempts,
                     dead_letter_time=timestamp(record.dead_ms), last_error=record.last_error,
                     dead_letter_message_id=record.dead_letter_message_id))
+                listed.seqs.append(seq)
         return listed
 
     def redrive(self, shard: str, subscription: str) -> int:

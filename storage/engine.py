@@ -168,8 +168,9 @@ class StorageEngine:
     def bury(self, dead: DeadLetter, dead_letter_message_id: str) -> None:
         self.dead_letter_store.bury(dead, dead_letter_message_id)
 
-    def list_dead_letters(self, shard: str, subscription: str, limit: int) -> list[pubsub_pb2.DeadLetter]:
-        return self.dead_letter_store.list(shard, subscription, limit)
+    def list_dead_letters(self, shard: str, subscription: str, limit: int,
+                          after_seq: int = -1) -> storage_pb2.StorageListDeadLettersResponse:
+        return self.dead_letter_store.list(shard, subscription, limit, after_seq)
 
     def redrive(self, shard: str, subscription: str) -> int:
         return self.dead_letter_store.redrive(shard, subscription)

@@ -87,8 +87,8 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
 
     async def ListDeadLetters(self, request, context):
         shard = self._node.led_shard(request.topic, request.partition)
-        return pubsub_pb2.ListDeadLettersResponse(
-            dead_letters=self._node.engine.list_dead_letters(shard, request.subscription, request.max_messages))
+        after_seq = request.after_seq if request.HasField("after_seq") else -1
+        return self._node.engine.list_dead_letters(shard, request.subscription, request.max_messages, after_seq)
 
     async def RedriveDeadLetters(self, request, context):
         shard = self._node.led_shard(request.topic, request.partition)

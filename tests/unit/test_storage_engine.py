@@ -417,7 +417,7 @@ async def test_terminal_nack_dead_letters_then_redrive(engine, tmp_path):
     dead = engine.dead_letters.get_nowait()
     assert (dead.message_id, dead.attempts, dead.error, dead.topic) == (poison, 1, "unparseable", "orders-dead")
     engine.bury(dead, "dlq-copy-id")
-    [listed] = engine.list_dead_letters(SHARD, "audit", 10)
+    [listed] = engine.list_dead_letters(SHARD, "audit", 10).dead_letters
     assert (listed.message.message_id, listed.last_error, listed.dead_letter_message_id) == \
         (poison, "unparseable", "dlq-copy-id")
     assert await pull(engine, SHARD, "audit", 10, 60_000, 0) == []
@@ -436,11 +436,11 @@ async def test_terminal_nack_dead_letters_then_redrive(engine, tmp_path):
     engine.start()
     try:
         engine.attach(SHARD, dead_letter_subscription("audit"))
-        assert [d.message.message_id for d in engine.list_dead_letters(SHARD, "audit", 10)] == [poison]
+        assert [d.message.message_id for d in engine.list_dead_letters(SHARD, "audit", 10).dead_letters] == [poison]
         assert engine.redrive(SHARD, "audit") == 1
         [again] = await pull(engine, SHARD, "audit", 10, 60_000, 0)
         assert again.message.message_id == poison and again.delivery_attempt == 1
-        assert engine.list_dead_letters(SHARD, "audit", 10) == []
+        assert not engine.list_dead_letters(SHARD, "audit", 10).dead_letters
         engine.acknowledge(SHARD, "audit", [again.ack_id])
         status = {d.subscription: d for d in engine.message_status(SHARD, poison).deliveries}
         assert status["audit"].state == pubsub_pb2.ACKNOWLEDGED
@@ -585,3 +585,21 @@ async def test_a_stuck_lease_pins_its_own_message_not_every_later_one(engine, tm
         assert [follower.log.entry(SHARD, seq).HasField("message") for seq in range(4)] == [True, False, False, False]
     finally:
         await follower.close()
+
+
+async def test_dead_letters_are_listed_after_a_seq_lowest_first(engine):
+    engine.attach(SHARD, dead_letter_subscription("audit"))
+    ids = await append(engine, SHARD, messages(*(b"poison-%d" % i for i in range(5))))
+    for received in await pull(engine, SHARD, "audit", 10, 60_000, 0):
+        engine.nack(SHARD, "audit", [received.ack_id], terminal=True)
+    while not engine.dead_letters.empty():
+        engine.bury(engine.dead_letters.get_nowait(), "copy")
+
+    first = engine.list_dead_letters(SHARD, "audit", 2)
+    assert [d.message.message_id for d in first.dead_letters] == ids[:2] and first.more
+    rest = engine.list_dead_letters(SHARD, "audit", 2, after_seq=first.seqs[-1])
+    assert [d.message.message_id for d in rest.dead_letters] == ids[2:4] and rest.more
+    last = engine.list_dead_letters(SHARD, "audit", 2, after_seq=rest.seqs[-1])
+    assert [d.message.message_id for d in last.dead_letters] == ids[4:] and not last.more
+    everything = engine.list_dead_letters(SHARD, "audit", 5)
+    assert len(everything.dead_letters) == 5 and not everything.more  # exactly all: nothing after them

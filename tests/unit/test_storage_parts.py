@@ -115,7 +115,7 @@ async def test_dead_letters_over_fakes(log_, records, deliveries):
     dead = deliveries.dead_letters.get_nowait()
     assert (dead.seq, dead.attempts, dead.topic, dead_letters.message(dead).data) == (0, 1, "dlq", b"poison")
     dead_letters.bury(dead, "copy-1")
-    [listed] = dead_letters.list(SHARD, "audit", 10)
+    [listed] = dead_letters.list(SHARD, "audit", 10).dead_letters
     assert (listed.message.data, listed.dead_letter_message_id, listed.delivery_attempts) == (b"poison", "copy-1", 1)
     assert records.deliveries(SHARD)[-1].outcome == pubsub_pb2.DEAD_LETTER
     assert dead_letters.redrive(SHARD, "audit") == 1
@@ -418,7 +418,7 @@ async def test_leases_and_dead_letter_records_are_bounded(log_, records, monkeyp
     for ack_id in (b.ack_id, c.ack_id):
         deliveries.nack(SHARD, "audit", [ack_id], terminal=True)
         dead_letters.bury(deliveries.dead_letters.get_nowait(), "copy")
-    assert [d.message.data for d in dead_letters.list(SHARD, "audit", 10)] == [b"c"]
+    assert [d.message.data for d in dead_letters.list(SHARD, "audit", 10).dead_letters] == [b"c"]
 
 
 async def test_the_delivery_state_goes_by_what_changed(log_, records, deliveries, monkeypatch):

@@ -126,16 +126,28 @@ class StorageNackResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class StorageListDeadLettersRequest(_message.Message):
-    __slots__ = ("topic", "partition", "subscription", "max_messages")
+    __slots__ = ("topic", "partition", "subscription", "max_messages", "after_seq")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
     topic: str
     partition: int
     subscription: str
     max_messages: int
-    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., subscription: _Optional[str] = ..., max_messages: _Optional[int] = ...) -> None: ...
+    after_seq: int
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., subscription: _Optional[str] = ..., max_messages: _Optional[int] = ..., after_seq: _Optional[int] = ...) -> None: ...
+
+class StorageListDeadLettersResponse(_message.Message):
+    __slots__ = ("dead_letters", "seqs", "more")
+    DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
+    SEQS_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    dead_letters: _containers.RepeatedCompositeFieldContainer[_pubsub_pb2.DeadLetter]
+    seqs: _containers.RepeatedScalarFieldContainer[int]
+    more: bool
+    def __init__(self, dead_letters: _Optional[_Iterable[_Union[_pubsub_pb2.DeadLetter, _Mapping]]] = ..., seqs: _Optional[_Iterable[int]] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class StorageRedriveDeadLettersRequest(_message.Message):
     __slots__ = ("topic", "partition", "subscription")

@@ -63,7 +63,7 @@ class StorageStub:
         self.ListDeadLetters = channel.unary_unary(
                 '/notifymesh.internal.v1.Storage/ListDeadLetters',
                 request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageListDeadLettersRequest.SerializeToString,
-                response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.ListDeadLettersResponse.FromString,
+                response_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageListDeadLettersResponse.FromString,
                 _registered_method=True)
         self.RedriveDeadLetters = channel.unary_unary(
                 '/notifymesh.internal.v1.Storage/RedriveDeadLetters',
@@ -222,7 +222,7 @@ def add_StorageServicer_to_server(servicer, server):
             'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDeadLetters,
                     request_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageListDeadLettersRequest.FromString,
-                    response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.ListDeadLettersResponse.SerializeToString,
+                    response_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageListDeadLettersResponse.SerializeToString,
             ),
             'RedriveDeadLetters': grpc.unary_unary_rpc_method_handler(
                     servicer.RedriveDeadLetters,
@@ -416,7 +416,7 @@ class Storage:
             target,
             '/notifymesh.internal.v1.Storage/ListDeadLetters',
             notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageListDeadLettersRequest.SerializeToString,
-            notifymesh_dot_v1_dot_pubsub__pb2.ListDeadLettersResponse.FromString,
+            notifymesh_dot_internal_dot_v1_dot_storage__pb2.StorageListDeadLettersResponse.FromString,
             options,
             channel_credentials,
             insecure,
