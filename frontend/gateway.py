@@ -6,6 +6,7 @@ cache, kept current by a watch), so a publish costs no call to metadata.
 """
 
 import asyncio
+import heapq
 import itertools
 import logging
 import zlib
@@ -20,7 +21,7 @@ from notifymesh import errors
 from notifymesh.backoff import Backoff, BackoffPolicy
 from notifymesh.batching import Coalescer
 from notifymesh.clock import now_ms, to_ms
-from notifymesh.contracts import AckId, MessageId, ack_ids_by_subscription, dedup_key, topic_hash
+from notifymesh.contracts import AckId, DeadLetterPageToken, MessageId, ack_ids_by_subscription, dedup_key, topic_hash
 from notifymesh.log import fields
 from notifymesh.server import validation
 from notifymesh.server.clients import MetadataClient, SenderClient, StorageClient
@@ -274,13 +275,30 @@ class Gateway:
         return await asyncio.gather(*(self._storage.call(method, record.topic, p, request_of(record.topic, p))
                                       for p in range(max(1, topic.partition_count))))
 
-    async def list_dead_letters(self, subscription: str, max_messages: int) -> list[pubsub_pb2.DeadLetter]:
-        limit = validation.count_between("max_messages", max_messages or DEAD_LETTERS_PAGE, 1, MAX_DEAD_LETTERS_PAGE)
+    async def list_dead_letters(self, request: pubsub_pb2.ListDeadLettersRequest) -> pubsub_pb2.ListDeadLettersResponse:
+        """A page: up to page_size from each partition after its position in the
+        token, merged by dead-letter time. The merge takes from the head of each
+        partition's listing (in seq order), so what it takes of each is a prefix
+        and the next token moves that partition past it alone."""
+        subscription, size = request.subscription, request.page_size or request.max_messages  # the old name
+        if size < 0 or size > MAX_DEAD_LETTERS_PAGE:
+            raise errors.InvalidArgument(
+                f"page_size {size} out of range: 1 to {MAX_DEAD_LETTERS_PAGE} (0: {DEAD_LETTERS_PAGE})")
+        size = size or DEAD_LETTERS_PAGE
+        position = DeadLetterPageToken.parse(request.page_token, subscription)
         replies = await self._each_partition(subscription, "ListDeadLetters", lambda topic, p: (
             storage_pb2.StorageListDeadLettersRequest(topic=topic, partition=p, subscription=subscription,
-                                                      max_messages=limit)))
-        listed = [dead for reply in replies for dead in reply.dead_letters]
-        return sorted(listed, key=lambda d: to_ms(d.dead_letter_time))[:limit]
+                                                      max_messages=size, after_seq=position.after.get(p))))
+        listed = [[(to_ms(dead.dead_letter_time), p, seq, dead) for seq, dead in zip(reply.seqs, reply.dead_letters)]
+                  for p, reply in enumerate(replies)]
+        page = list(itertools.islice(heapq.merge(*listed), size))
+        after = dict(position.after)
+        for _, p, seq, _ in page:
+            after[p] = seq
+        more = any(reply.more for reply in replies) or len(page) < sum(map(len, listed))
+        return pubsub_pb2.ListDeadLettersResponse(
+            dead_letters=[dead for *_, dead in page],
+            next_page_token=DeadLetterPageToken(subscription, after).encode() if more else "")
 
     async def redrive_dead_letters(self, subscription: str) -> int:
         replies = await self._each_partition(subscription, "RedriveDeadLetters", lambda topic, p: (

@@ -68,8 +68,7 @@ class SubscriberServicer(pubsub_pb2_grpc.SubscriberServicer):
         return pubsub_pb2.NackResponse()
 
     async def ListDeadLetters(self, request, context):
-        dead_letters = await self._gateway.list_dead_letters(request.subscription, request.max_messages)
-        return pubsub_pb2.ListDeadLettersResponse(dead_letters=dead_letters)
+        return await self._gateway.list_dead_letters(request)
 
     async def RedriveDeadLetters(self, request, context):
         redriven = await self._gateway.redrive_dead_letters(request.subscription)

@@ -8,8 +8,11 @@ alike. Nothing here talks to the network or needs more than the standard library
 - etcd records MemberRecord, LeaderRecord, Candidacy (JSON) under the etcd key layout
 - dedup_key    what a repeated message is recognised by: the frontend routes by it,
                storage keeps it
+- DeadLetterPageToken  a ListDeadLetters page_token: where each partition's listing is
 """
 
+import base64
+import binascii
 import hashlib
 import json
 import random
@@ -149,6 +152,42 @@ class Shard(NamedTuple):
 
 def shard_name(topic: str, partition: int) -> str:
     return Shard(topic, partition).encode()
+
+
+# -- dead-letter pages -------------------------------------------------------------------
+
+
+class DeadLetterPageToken(NamedTuple):
+    """Where a subscription's dead-letter listing is: each partition's last seq
+    listed (a partition not named: from its first). Opaque to clients."""
+    subscription: str
+    after: dict[int, int]
+
+    def encode(self) -> str:
+        positions = ",".join(f"{p}:{seq:x}" for p, seq in sorted(self.after.items()))
+        return base64.urlsafe_b64encode(f"dead-letters/{self.subscription}/{positions}".encode()).decode()
+
+    @classmethod
+    def parse(cls, value: str, subscription: str) -> "DeadLetterPageToken":
+        """"" is the first page. Raises InvalidArgument for anything encode() did
+        not make for this subscription."""
+        if not value:
+            return cls(subscription, {})
+        try:
+            kind, _, rest = base64.urlsafe_b64decode(value.encode()).decode().partition("/")
+            listed, _, positions = rest.rpartition("/")
+            if kind != "dead-letters" or listed != subscription:
+                raise ValueError
+            after = {}
+            for position in filter(None, positions.split(",")):
+                partition, _, seq = position.partition(":")
+                if not partition.isdigit():
+                    raise ValueError
+                after[int(partition)] = int(seq, 16)
+            return cls(subscription, after)
+        except (binascii.Error, UnicodeError, ValueError):
+            raise InvalidArgument(f"page_token {value[:40]!r} is not one of a dead letter listing of "
+                                  f"{subscription}") from None
 
 
 # -- etcd: key layout and records -------------------------------------------------------

@@ -1,11 +1,13 @@
 """The formats shared across processes: each encode has a parse that gives it back,
 and anything else is refused with InvalidArgument."""
 
+import base64
+
 import grpc
 import pytest
 
 from notifymesh import errors
-from notifymesh.contracts import (AckGroup, AckId, Candidacy, LeaderRecord, MemberRecord, MessageId, Shard,
+from notifymesh.contracts import (AckGroup, AckId, Candidacy, DeadLetterPageToken, LeaderRecord, MemberRecord, MessageId, Shard,
                                   ack_ids_by_partition, ack_ids_by_subscription, group_ack_ids, topic_hash)
 
 
@@ -74,3 +76,15 @@ def test_every_status_maps_to_one_class_of_the_family_keeping_code_and_details()
     other = errors.from_rpc_error(_RpcError(grpc.StatusCode.DATA_LOSS, "lost"))
     assert type(other) is errors.NotifymeshError and other.code == grpc.StatusCode.DATA_LOSS
     assert errors.NotFound("topic 'x' not found").code == grpc.StatusCode.NOT_FOUND
+
+
+def test_dead_letter_page_tokens_round_trip_for_their_subscription_alone():
+    token = DeadLetterPageToken("orders-audit", {0: 0x1F, 3: 7})
+    assert DeadLetterPageToken.parse(token.encode(), "orders-audit") == token
+    assert DeadLetterPageToken.parse("", "orders-audit") == DeadLetterPageToken("orders-audit", {})
+    assert DeadLetterPageToken.parse(DeadLetterPageToken("s.x", {}).encode(), "s.x").after == {}
+    for value in ("garbage!", token.encode()[:-4], DeadLetterPageToken("orders-billing", {0: 1}).encode(),
+                  base64.urlsafe_b64encode(b"dead-letters/orders-audit/x:1").decode(),
+                  base64.urlsafe_b64encode(b"topic/orders-audit").decode()):
+        with pytest.raises(errors.InvalidArgument, match="page_token .* not one of a dead letter listing"):
+            DeadLetterPageToken.parse(value, "orders-audit")
