@@ -250,10 +250,13 @@ async def _nack(args, client: Client) -> None:
 
 async def _dead_letters(args, client: Client) -> None:
     if args.action == "list":
-        for dead in await client.list_dead_letters(args.subscription, args.max):
-            args.out.record({**_message_fields(dead.message), "delivery_attempts": dead.delivery_attempts,
-                             "dead_letter_time": dead.dead_letter_time.ToJsonString(),
-                             "last_error": dead.last_error, "dead_letter_message_id": dead.dead_letter_message_id})
+        async for page in client.dead_letter_pages(args.subscription, args.max):
+            for dead in page:
+                args.out.record({**_message_fields(dead.message), "delivery_attempts": dead.delivery_attempts,
+                                 "dead_letter_time": dead.dead_letter_time.ToJsonString(),
+                                 "last_error": dead.last_error, "dead_letter_message_id": dead.dead_letter_message_id})
+            if args.max:
+                break  # the first page of that many
     elif args.action == "redrive":
         redriven = await client.redrive_dead_letters(args.subscription)
         args.out.record({"subscription": args.subscription, "redriven": redriven})
@@ -722,7 +725,8 @@ def _add_message_commands(commands) -> None:
     dead_actions = dead.add_subparsers(dest="action", required=True)
     listing = dead_actions.add_parser("list", help="the dead-lettered messages still kept, oldest first")
     listing.add_argument("subscription", help="the subscription")
-    listing.add_argument("--max", type=count(1, 1000), default=0, help="at most this many (default 100, up to 1000)")
+    listing.add_argument("--max", type=count(1, 1000), default=0,
+                         help="at most this many (default: all, page after page; up to 1000)")
     dead_actions.add_parser("redrive", help="deliver them to the subscription again").add_argument(
         "subscription", help="the subscription")
 

@@ -335,10 +335,20 @@ class Client:
             request.delay.CopyFrom(_duration(delay_s))
         await self._call(self._subscriber.Nack, request)
 
-    async def list_dead_letters(self, subscription: str, max_messages: int = 0) -> list[pubsub_pb2.DeadLetter]:
-        reply = await self._call(self._subscriber.ListDeadLetters, pubsub_pb2.ListDeadLettersRequest(
-            subscription=subscription, max_messages=max_messages))
-        return list(reply.dead_letters)
+    async def list_dead_letters(self, subscription: str, page_size: int = 0) -> list[pubsub_pb2.DeadLetter]:
+        """Every dead letter kept for the subscription (page after page; see dead_letter_pages)."""
+        return [dead async for page in self.dead_letter_pages(subscription, page_size) for dead in page]
+
+    async def dead_letter_pages(self, subscription: str,
+                                page_size: int = 0) -> AsyncIterator[list[pubsub_pb2.DeadLetter]]:
+        """The dead letters a page at a time (page_size 0: the server's 100; at most
+        1000), each partition's oldest first, merged by dead-letter time."""
+        token = None
+        while token != "":
+            reply = await self._call(self._subscriber.ListDeadLetters, pubsub_pb2.ListDeadLettersRequest(
+                subscription=subscription, page_size=page_size, page_token=token or ""))
+            token = reply.next_page_token
+            yield list(reply.dead_letters)
 
     async def redrive_dead_letters(self, subscription: str) -> int:
         """Delivers the subscription's dead letters again; returns how many."""
