@@ -723,7 +723,8 @@ def _add_message_commands(commands) -> None:
 
     dead = commands.add_parser("dead-letters", help="list or redrive a subscription's dead letters")
     dead_actions = dead.add_subparsers(dest="action", required=True)
-    listing = dead_actions.add_parser("list", help="the dead-lettered messages still kept, each partition's oldest first")
+    listing = dead_actions.add_parser("list",
+                                      help="the dead-lettered messages still kept, each partition's oldest first")
     listing.add_argument("subscription", help="the subscription")
     listing.add_argument("--max", type=count(1, 1000), default=0,
                          help="at most this many (default: all, page after page; up to 1000)")
