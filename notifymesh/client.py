@@ -147,12 +147,9 @@ class Client:
 
     async def topic_pages(self, page_size: int = 0) -> AsyncIterator[list[pubsub_pb2.Topic]]:
         """The topics a page at a time (page_size 0: the server's 100; at most 1000)."""
-        token = None
-        while token != "":
-            reply = await self._call(self._publisher.ListTopics, pubsub_pb2.ListTopicsRequest(
-                page_size=page_size, page_token=token or ""))
-            token = reply.next_page_token
-            yield list(reply.topics)
+        async for page in self._pages(self._publisher.ListTopics, pubsub_pb2.ListTopicsRequest(page_size=page_size),
+                                      "topics"):
+            yield page
 
     async def update_topic(self, name: str, partitions: int = 0,
                            retain_acked_s: float | None = None) -> pubsub_pb2.Topic:
@@ -210,12 +207,9 @@ class Client:
     async def subscription_pages(self, topic: str = "",
                                  page_size: int = 0) -> AsyncIterator[list[pubsub_pb2.Subscription]]:
         """The subscriptions a page at a time (page_size 0: the server's 100; at most 1000)."""
-        token = None
-        while token != "":
-            reply = await self._call(self._subscriber.ListSubscriptions, pubsub_pb2.ListSubscriptionsRequest(
-                topic=topic, page_size=page_size, page_token=token or ""))
-            token = reply.next_page_token
-            yield list(reply.subscriptions)
+        async for page in self._pages(self._subscriber.ListSubscriptions, pubsub_pb2.ListSubscriptionsRequest(
+                topic=topic, page_size=page_size), "subscriptions"):
+            yield page
 
     async def delete_subscription(self, name: str) -> None:
         await self._call(self._subscriber.DeleteSubscription, pubsub_pb2.DeleteSubscriptionRequest(name=name))
@@ -343,12 +337,22 @@ class Client:
                                 page_size: int = 0) -> AsyncIterator[list[pubsub_pb2.DeadLetter]]:
         """The dead letters a page at a time (page_size 0: the server's 100; at most
         1000), each partition's oldest first, merged by dead-letter time."""
-        token = None
-        while token != "":
-            reply = await self._call(self._subscriber.ListDeadLetters, pubsub_pb2.ListDeadLettersRequest(
-                subscription=subscription, page_size=page_size, page_token=token or ""))
-            token = reply.next_page_token
-            yield list(reply.dead_letters)
+        async for page in self._pages(self._subscriber.ListDeadLetters, pubsub_pb2.ListDeadLettersRequest(
+                subscription=subscription, page_size=page_size), "dead_letters"):
+            yield page
+
+    async def _pages(self, method, request, items: str) -> AsyncIterator[list]:
+        """Each page of a List call (the reply's repeated field items), following
+        next_page_token; a token handed back unchanged ends it with an error rather
+        than a loop."""
+        while True:
+            reply = await self._call(method, request)
+            yield list(getattr(reply, items))
+            if not reply.next_page_token:
+                return
+            if reply.next_page_token == request.page_token:
+                raise errors.Internal(f"the server answered page token {request.page_token!r} with itself")
+            request.page_token = reply.next_page_token
 
     async def redrive_dead_letters(self, subscription: str) -> int:
         """Delivers the subscription's dead letters again; returns how many."""

@@ -79,3 +79,19 @@ def test_every_command_and_flag_of_the_cli_has_help():
 
     walk(cli.parser(), "notifymesh")
     assert not missing
+
+
+async def test_a_page_token_handed_back_unchanged_ends_a_listing_with_an_error():
+    """A server that never moves on does not make the client loop forever."""
+    client = Client("127.0.0.1:1")
+
+    async def stuck(method, request):
+        return pubsub_pb2.ListTopicsResponse(topics=[pubsub_pb2.Topic(name="t")], next_page_token="same")
+
+    client._call = stuck
+    pages = []
+    with pytest.raises(errors.Internal, match="with itself"):
+        async for page in client.topic_pages():
+            pages.append(page)
+    assert len(pages) == 2
+    await client.close()
