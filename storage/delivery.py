@@ -267,7 +267,7 @@ class Deliveries:
         return log_
 
     @staticmethod
-    def _saved_form(log_: ShardLog, state: SubscriptionState) -> storage_pb2.SubscriptionState:
+    def _saved_form(state: SubscriptionState) -> storage_pb2.SubscriptionState:
         if state.saved_version != state.version:
             pack = keys.lease_state
             state.saved = storage_pb2.SubscriptionState(
@@ -288,7 +288,7 @@ class Deliveries:
         for state in log_.subscriptions.values():
             if state.version > log_.saved_version:
                 batch.put(layout.subscription_state(state.name),
-                          keys.subscription_state_value(self._saved_form(log_, state)))
+                          keys.subscription_state_value(self._saved_form(state)))
         for name, version in log_.removed.items():
             if version > log_.saved_version and name not in log_.subscriptions:
                 batch.delete(layout.subscription_state(name))
@@ -308,8 +308,8 @@ class Deliveries:
         stamp = (log_.leader_epoch, log_.state_version)
         states = log_.subscriptions.values()
         if version < log_.removed_floor:
-            return StateUpdate([self._saved_form(log_, s) for s in states], [], False, stamp)
-        return StateUpdate([self._saved_form(log_, s) for s in states if s.version > version],
+            return StateUpdate([self._saved_form(s) for s in states], [], False, stamp)
+        return StateUpdate([self._saved_form(s) for s in states if s.version > version],
                            [name for name, at in log_.removed.items() if at > version], True, stamp)
 
     def import_states(self, shard: str, update: StateUpdate) -> None:
@@ -319,12 +319,11 @@ class Deliveries:
         layout, batch = log_.layout, self._records.batch()
         if not update.delta:
             saved = {}
+            batch.delete_range(layout.subscription_state_prefix, keys.prefix_end(layout.subscription_state_prefix))
         elif log_.saved is not None:
             saved = log_.saved
         else:  # taken into memory meanwhile (a status read): back to the saved form
-            saved = {state.name: self._saved_form(log_, state) for state in log_.subscriptions.values()}
-        if not update.delta:
-            batch.delete_range(layout.subscription_state_prefix, keys.prefix_end(layout.subscription_state_prefix))
+            saved = {state.name: self._saved_form(state) for state in log_.subscriptions.values()}
         for state in update.states:
             value = keys.subscription_state_value(state)
             batch.put(layout.subscription_state(state.name), value)
@@ -474,19 +473,19 @@ class Deliveries:
         by_subscription = self._seqs_by_subscription(log_, subscription, ack_ids)
         batch = self._records.batch()
         delivery_key, acked_record = log_.layout.delivery, keys.delivery_record(now_ms(), pubsub_pb2.ACKED)
-        acked = written = 0
+        acked = 0
         for name, seqs in by_subscription.items():
             state = log_.subscriptions.get(name)
             if state is None:
                 continue
+            acked_before = acked
             for seq in seqs:
                 lease = state.leases.pop(seq, None)
                 if lease is not None:
                     batch.put(delivery_key(seq, name, lease.delivered_ms, lease.attempt), acked_record)
                     acked += 1
-            if len(batch) > written:
+            if acked > acked_before:
                 log_.touch(state)
-                written = len(batch)
         if acked:
             self._records.write(batch)
         return acked

@@ -32,8 +32,6 @@ What it deletes or stubs leaves its identity behind (keys.ShardKeys.collected: i
 time, attributes), for its status while its delivery log is kept; the delivery
 log's collection deletes both."""
 
-from typing import NamedTuple
-
 from notifymesh.clock import now_ms
 from storage import keys
 from storage.delivery import SubscriptionState
@@ -77,21 +75,20 @@ class Retention:
         window (plus RETAIN_MARGIN_MS), going over COLLECT_CHUNK entries at most;
         returns how many it went over."""
         log_ = self._logs.shards.get(shard)
-        owed = owed_entries(log_) if log_ is not None else None
-        if owed is None:
+        below = lowest_cursor(log_) if log_ is not None else None
+        if below is None:
             return 0
         start = max(log_.first, log_.stubbed_to)
-        stop = min(owed.below, log_.commit, start + COLLECT_CHUNK, self._kept_from(log_, retain_acked_ms))
-        if start >= stop:
+        stop = min(below, log_.commit, start + COLLECT_CHUNK, self._kept_from(log_, retain_acked_ms))
+        if start >= stop:  # the common case, every round: nothing new below the cursors
             return 0
         batch = self._records.batch()
-        replaced = self._logs.stub(log_, start, stop, owed.pinned, batch)
+        replaced = self._logs.stub(log_, start, stop, pinned_below(log_, stop), batch)
         for seq, message in replaced:
             batch.put(log_.layout.collected(seq), keys.collected_value(message))
         self._records.write(batch)
         log_.stubbed_to = stop
         return stop - start
-
 
     def seek_floor(self, shard: str, retention_ms: int | None, retain_acked_ms: int | None) -> int:
         """The lowest entry a seek may move a cursor of the shard back to (the
@@ -113,29 +110,32 @@ class Retention:
         return self._logs.first_seq_at_or_after(log_, now_ms() - retain_acked_ms - RETAIN_MARGIN_MS)
 
 
-class OwedEntries(NamedTuple):
-    """What a shard's subscriptions may still be delivered: every entry from below
-    on, and below it only the pinned ones (leased, or dead letters)."""
-    below: int
-    pinned: frozenset[int]
-
-
-def owed_entries(log_: ShardLog) -> OwedEntries | None:
-    """By the delivery state in memory (a leader's) or as saved or received (a
-    follower's); None when there is none to go by."""
+def _states(log_: ShardLog):
+    """The delivery state this replica goes by: the leader's in memory, or as saved
+    or received (a follower's); None when it has none."""
     if log_.saved:
-        saved_states = log_.saved.values()
-        below = min(saved.cursor for saved in saved_states)
-        leased = (lease.seq for saved in saved_states for lease in keys.parse_lease_states(saved.leases))
-        dead = (record.seq for saved in saved_states for record in saved.dead_letters)
-    elif log_.saved is None and log_.subscriptions:
-        states = log_.subscriptions.values()
-        below = min(state.cursor for state in states)
-        leased = (seq for state in states for seq in state.leases)
-        dead = (seq for state in states for seq in state.dead_letters)
-    else:
-        return None
-    return OwedEntries(below, frozenset(seq for seqs in (leased, dead) for seq in seqs if seq < below))
+        return list(log_.saved.values())
+    if log_.saved is None and log_.subscriptions:
+        return list(log_.subscriptions.values())
+    return None
+
+
+def lowest_cursor(log_: ShardLog) -> int | None:
+    """Every entry from here on may still be delivered to some subscription."""
+    states = _states(log_)
+    return min(state.cursor for state in states) if states else None
+
+
+def pinned_below(log_: ShardLog, below: int) -> frozenset[int]:
+    """The entries below below still owed to a subscription: leased, or dead letters."""
+    pinned = set()
+    for state in _states(log_) or ():
+        if isinstance(state, SubscriptionState):
+            pinned.update(state.leases, state.dead_letters)
+        else:  # the saved form
+            pinned.update(lease.seq for lease in keys.parse_lease_states(state.leases))
+            pinned.update(record.seq for record in state.dead_letters)
+    return frozenset(seq for seq in pinned if seq < below)
 
 
 def _expire(log_: ShardLog, state: SubscriptionState, below: int) -> None:
