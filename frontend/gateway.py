@@ -280,11 +280,9 @@ class Gateway:
         token, merged by dead-letter time. The merge takes from the head of each
         partition's listing (in seq order), so what it takes of each is a prefix
         and the next token moves that partition past it alone."""
-        subscription, size = request.subscription, request.page_size or request.max_messages  # the old name
-        if size < 0 or size > MAX_DEAD_LETTERS_PAGE:
-            raise errors.InvalidArgument(
-                f"page_size {size} out of range: 1 to {MAX_DEAD_LETTERS_PAGE} (0: {DEAD_LETTERS_PAGE})")
-        size = size or DEAD_LETTERS_PAGE
+        subscription = request.subscription
+        size = validation.page_size(request.page_size or request.max_messages,  # the old name
+                                    DEAD_LETTERS_PAGE, MAX_DEAD_LETTERS_PAGE)
         position = DeadLetterPageToken.parse(request.page_token, subscription)
         replies = await self._each_partition(subscription, "ListDeadLetters", lambda topic, p: (
             storage_pb2.StorageListDeadLettersRequest(topic=topic, partition=p, subscription=subscription,

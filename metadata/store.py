@@ -39,6 +39,9 @@ UPDATE_TRIES = 3  # an update retries when the record changed between its read a
 UPDATABLE = ("ack_deadline", "retry_policy", "max_delivery_attempts", "dead_letter_topic", "push_config")
 IMMUTABLE = ("name", "topic", "create_time")
 PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
+# Records one filtered page reads at most: a topic with few subscriptions among many
+# gets a short page (with a token) rather than a read of every record in one call.
+MAX_SCANNED_PER_PAGE = 10 * MAX_PAGE_SIZE
 ETCD_TIMEOUT_S = 5  # as every other etcd request (cluster.connect_etcd)
 
 
@@ -90,8 +93,7 @@ class Page(NamedTuple):
     @classmethod
     def of(cls, kind: str, page_size: int, page_token: str) -> "Page":
         """page_token: base64 of "<kind>/<the last name listed>", from a listing of kind."""
-        if page_size < 0 or page_size > MAX_PAGE_SIZE:
-            raise errors.InvalidArgument(f"page_size {page_size} out of range: 1 to {MAX_PAGE_SIZE} (0: {PAGE_SIZE})")
+        size = validation.page_size(page_size, PAGE_SIZE, MAX_PAGE_SIZE)
         after = ""
         if page_token:
             try:
@@ -100,7 +102,7 @@ class Page(NamedTuple):
                 listing = ""
             if listing != kind or not validation.NAME.fullmatch(after):
                 raise errors.InvalidArgument(f"page_token {page_token[:40]!r} is not one of a {kind} listing")
-        return cls(after, page_size or PAGE_SIZE)
+        return cls(after, size)
 
     @staticmethod
     def token(kind: str, last: str) -> str:
@@ -246,14 +248,7 @@ class MetadataStore:
         validation.name("topic", subscription.topic)
         record = pubsub_pb2.Subscription()
         record.CopyFrom(subscription)
-        config = self._config
-        if record.HasField("ack_deadline"):
-            validation.seconds_between("ack deadline", record.ack_deadline.ToTimedelta().total_seconds(),
-                                       config.min_ack_deadline_s, config.max_ack_deadline_s)
-        else:
-            record.ack_deadline.CopyFrom(duration_pb2.Duration(
-                seconds=int(config.default_ack_deadline_s),
-                nanos=int(config.default_ack_deadline_s % 1 * 1e9)))
+        self._check_ack_deadline(record)
         await self._check_delivery_policy(record)
         record.create_time.CopyFrom(timestamp(now_ms()))
         key = SUBSCRIPTIONS + subscription.name.encode()
@@ -268,15 +263,28 @@ class MetadataStore:
                 raise errors.NotFound(f"topic {subscription.topic!r} not found")
             raise errors.NotFound(f"dead-letter topic {record.dead_letter_topic!r} not found")
         log.info("subscription created", extra=fields(subscription=record.name, topic=record.topic))
-        # Storage also attaches it when its watch sees the record; attaching now closes
-        # the gap for messages published right after this call returns.
+        await self._attach(record)
+        return record
+
+    async def _attach(self, record: pubsub_pb2.Subscription) -> None:
+        """Attaches the record (new or updated) at storage now. Storage's watch does so
+        too when it sees the record; attaching now closes the gap for messages
+        published right after the call returns."""
         try:
             topic = await self.get_topic(record.topic)
             await self._storage.attach_subscription(record, topic.partition_count)
         except Exception as e:
             log.warning("attach at storage failed; its watch will attach it",
                         extra=fields(subscription=record.name, error=repr(e)))
-        return record
+
+    def _check_ack_deadline(self, record: pubsub_pb2.Subscription) -> None:
+        """Within the configured bounds, or the default when unset."""
+        config = self._config
+        if record.HasField("ack_deadline"):
+            validation.seconds_between("ack deadline", record.ack_deadline.ToMilliseconds() / 1000,
+                                       config.min_ack_deadline_s, config.max_ack_deadline_s)
+        else:
+            record.ack_deadline.FromMilliseconds(int(config.default_ack_deadline_s * 1000))
 
     def _topics_exist(self, record: pubsub_pb2.Subscription) -> list:
         """The compares of a subscription's create: its topic and dead-letter topic exist."""
@@ -328,11 +336,13 @@ class MetadataStore:
     async def list_subscriptions(self, topic: str, page: Page) -> tuple[list[pubsub_pb2.Subscription], str]:
         """(a page of the subscriptions (of topic, when set) by name, the next page's
         token or ""). Records are keyed by name alone: a topic's page reads on, a page
-        of records at a time, until it is full or the records end."""
+        of records at a time, until it is full, the records end, or it has read
+        MAX_SCANNED_PER_PAGE (a short page then, with a token)."""
         listed: list[pubsub_pb2.Subscription] = []
-        after, more = page.after, True
-        while more and len(listed) < page.size:
+        after, more, scanned = page.after, True, 0
+        while more and len(listed) < page.size and scanned < MAX_SCANNED_PER_PAGE:
             kvs, more = await self._range(SUBSCRIPTIONS, after, page.size)
+            scanned += len(kvs)
             for index, kv in enumerate(kvs):
                 record = pubsub_pb2.Subscription.FromString(kv.value)
                 after = record.name
@@ -374,22 +384,12 @@ class MetadataStore:
         else:
             raise errors.Aborted(f"subscription {name!r} changed meanwhile; try again")
         log.info("subscription updated", extra=fields(subscription=name, fields=",".join(mask.paths)))
-        try:  # as at create: storage's watch would take the new policy too, a moment later
-            topic = await self.get_topic(record.topic)
-            await self._storage.attach_subscription(record, topic.partition_count)
-        except Exception as e:
-            log.warning("attach at storage failed; its watch will take the update",
-                        extra=fields(subscription=name, error=repr(e)))
+        await self._attach(record)
         return record
 
     async def _check_update(self, record: pubsub_pb2.Subscription, mask: field_mask_pb2.FieldMask) -> None:
         """An updated record's checks: those of a new one."""
-        config = self._config
-        if record.HasField("ack_deadline"):
-            validation.seconds_between("ack deadline", record.ack_deadline.ToMilliseconds() / 1000,
-                                       config.min_ack_deadline_s, config.max_ack_deadline_s)
-        else:
-            record.ack_deadline.FromMilliseconds(int(config.default_ack_deadline_s * 1000))
+        self._check_ack_deadline(record)
         if "push_config" in mask.paths and not record.push_config.endpoint:
             record.ClearField("push_config")  # push config unset (or empty): a pull subscription
         await self._check_delivery_policy(record)

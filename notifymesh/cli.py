@@ -148,10 +148,6 @@ async def require_frontend(client: Client) -> None:
              "is the mesh running? (make up)")
 
 
-def _topic_line(topic) -> str:
-    return json.dumps(_topic_record(topic))
-
-
 def _topic_record(topic) -> dict:
     return {"name": topic.name, "partitions": topic.partition_count,
             "replication_factor": topic.replication_factor,
@@ -160,10 +156,6 @@ def _topic_record(topic) -> dict:
             "message_retention_s": topic.message_retention.seconds,
             "retain_acked_s": topic.retain_acked.seconds,
             "create_time": topic.create_time.ToJsonString()}
-
-
-def _subscription_line(sub) -> str:
-    return json.dumps(_subscription_record(sub))
 
 
 def _subscription_record(sub) -> dict:
@@ -180,10 +172,6 @@ def _subscription_record(sub) -> dict:
     return line
 
 
-def _message_line(received) -> str:
-    return json.dumps(_received_record(received), ensure_ascii=False)
-
-
 def _received_record(received) -> dict:
     return {**_message_fields(received.message), "attempt": received.delivery_attempt, "ack_id": received.ack_id}
 
@@ -196,10 +184,6 @@ def _message_fields(message) -> dict:
     except UnicodeDecodeError:
         line["data_base64"] = base64.b64encode(message.data).decode()
     return line
-
-
-def _status_line(status) -> str:
-    return json.dumps(_status_record(status), ensure_ascii=False)
 
 
 def _status_record(status) -> dict:
@@ -278,8 +262,9 @@ async def _topic(args, client: Client) -> None:
     elif args.action == "describe":
         args.out.record(_topic_stats_record(await client.describe_topic(args.name)))
     elif args.action == "list":
-        for topic in await client.list_topics():
-            args.out.record(_topic_record(topic))
+        async for page in client.topic_pages():  # printed a page at a time: nothing grows with the listing
+            for topic in page:
+                args.out.record(_topic_record(topic))
     elif args.action == "delete":
         await client.delete_topic(args.name)
         args.out.record({"topic": args.name, "deleted": True})
@@ -332,8 +317,9 @@ async def _subscription(args, client: Client) -> None:
     elif args.action == "describe":
         args.out.record(_subscription_stats_record(await client.describe_subscription(args.name)))
     elif args.action == "list":
-        for sub in await client.list_subscriptions(args.topic or ""):
-            args.out.record(_subscription_record(sub))
+        async for page in client.subscription_pages(args.topic or ""):
+            for sub in page:
+                args.out.record(_subscription_record(sub))
     elif args.action == "delete":
         await client.delete_subscription(args.name)
         args.out.record({"subscription": args.name, "deleted": True})

@@ -101,10 +101,11 @@ class Client:
                                size_of=lambda request: len(request.ack_ids))
         self._ack_lanes = itertools.cycle(range(ACK_CALLS_IN_FLIGHT))
 
-    async def _call(self, method, request):
-        """One unary call; its failure raised as the error family."""
+    async def _call(self, method, request, extra_timeout_s: float = 0):
+        """One unary call (allowed extra_timeout_s beyond the client's timeout); its
+        failure raised as the error family."""
         try:
-            return await method(request, timeout=self._timeout)
+            return await method(request, timeout=self._timeout + extra_timeout_s)
         except grpc.aio.AioRpcError as e:
             raise errors.from_rpc_error(e) from e
 
@@ -250,10 +251,7 @@ class Client:
         waits up to wait_s (at most 30) for a first one. Ack them as Subscribe's."""
         request = pubsub_pb2.PullRequest(subscription=subscription, max_messages=max_messages,
                                          wait=_duration(wait_s))
-        try:
-            reply = await self._subscriber.Pull(request, timeout=self._timeout + max(0.0, wait_s))
-        except grpc.aio.AioRpcError as e:
-            raise errors.from_rpc_error(e) from e
+        reply = await self._call(self._subscriber.Pull, request, max(0.0, wait_s))
         return list(reply.received_messages)
 
     async def subscribe_frames(self, subscription: str, max_outstanding: int = 0,

@@ -71,6 +71,13 @@ def seconds_between(what: str, seconds: float, low: float, high: float) -> float
     return seconds
 
 
+def page_size(size: int, default: int, most: int) -> int:
+    """A List call's page size (0: the default), the same rule for every listing."""
+    if not 0 <= size <= most:
+        raise InvalidArgument(f"page_size {size} out of range: 1 to {most} (0: {default})")
+    return size or default
+
+
 def count_between(what: str, value: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise InvalidArgument(f"{what} {value} out of range: {low} to {high}")
