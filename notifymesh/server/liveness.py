@@ -24,11 +24,11 @@ import asyncio
 import enum
 import logging
 import time
-from typing import Awaitable, Callable, Protocol
+from typing import Awaitable, Callable, NamedTuple, Protocol
 
 import aetcd
 
-from notifymesh.contracts import MemberRecord, member_key
+from notifymesh.contracts import MemberRecord
 from notifymesh.log import fields
 
 log = logging.getLogger(__name__)
@@ -61,16 +61,19 @@ async def probe(addr: str, timeout_s: float = PROBE_TIMEOUT_S) -> Reach:
     return Reach.ACCEPTED
 
 
+class RegisteredMember(NamedTuple):
+    node: str
+    record: MemberRecord
+
+
 class MemberLeases(Protocol):
     """The member registrations in etcd."""
 
-    def node_at(self, kind: str, addr: str) -> str | None:
-        """The node of kind registered at addr, as mirrored (None: none)."""
+    def member_at(self, kind: str, addr: str) -> RegisteredMember | None:
+        """The member of kind registered at addr, as mirrored (None: none)."""
 
-    async def record(self, kind: str, node: str) -> MemberRecord | None:
-        """The member's record read from etcd itself (None: the key is gone)."""
-
-    async def revoke(self, lease: int) -> None: ...
+    async def revoke(self, lease: int) -> bool:
+        """Ends the lease; False when etcd no longer has it (ended already)."""
 
 
 class EtcdMemberLeases:
@@ -79,35 +82,40 @@ class EtcdMemberLeases:
     def __init__(self, cluster):
         self._cluster = cluster
 
-    def node_at(self, kind: str, addr: str) -> str | None:
+    def member_at(self, kind: str, addr: str) -> RegisteredMember | None:
         prefix = kind + "/"
-        return next((name[len(prefix):] for name, record in list(self._cluster.members.items.items())
+        return next((RegisteredMember(name[len(prefix):], record)
+                     for name, record in list(self._cluster.members.items.items())
                      if name.startswith(prefix) and record.addr == addr), None)
 
-    async def record(self, kind: str, node: str) -> MemberRecord | None:
-        kv = await self._cluster.etcd.get(member_key(kind, node))
-        return None if kv is None else MemberRecord.parse(kv.value)
-
-    async def revoke(self, lease: int) -> None:
+    async def revoke(self, lease: int) -> bool:
         try:
             await self._cluster.etcd.revoke_lease(lease)
         except aetcd.exceptions.ClientError as e:
-            if "lease not found" not in str(e):  # else another peer, or the expiry, came first
+            if "lease not found" not in str(e):
                 raise
+            return False  # another peer, or the expiry, came first
+        return True
 
 
 class DeadMembers:
     """Checks suspected members, at most one check per member at a time and none
-    within RECHECK_S of the last, so a stream that keeps breaking costs little."""
+    within RECHECK_S of the last, so a stream that keeps breaking costs little. A
+    suspicion is never dropped: one that comes while a check runs, or within
+    RECHECK_S of the last, gets a check once the window has passed (a live member's
+    own stream ends, which also raise suspicion, must not hide its death just after)."""
 
     def __init__(self, leases: MemberLeases, probe_: Callable[[str], Awaitable[Reach]] = probe,
                  confirm_after_s: float = CONFIRM_AFTER_S, recheck_s: float = RECHECK_S):
         self._leases, self._probe = leases, probe_
         self._confirm_after_s, self._recheck_s = confirm_after_s, recheck_s
-        # (kind, addr) -> its check while one runs; and when the last one ended. Both
-        # hold members suspected within recheck_s at most: a few per peer.
+        # (kind, addr) -> its check while one runs or waits; when the last one ended;
+        # those suspected again while one ran. All hold members suspected within
+        # recheck_s at most: a few per peer.
         self._checks: dict[tuple[str, str], asyncio.Task] = {}
         self._checked: dict[tuple[str, str], float] = {}
+        self._again: set[tuple[str, str]] = set()
+        self._closed = False
 
     def suspect(self, kind: str, addr: str) -> None:
         """The member of kind at addr went quiet or its stream broke: check it in the
@@ -116,40 +124,53 @@ class DeadMembers:
         for past in [m for m, at in self._checked.items() if now - at >= self._recheck_s]:
             del self._checked[past]
         member = (kind, addr)
-        if member in self._checks or member in self._checked:
+        if self._closed:
             return
-        self._checks[member] = asyncio.create_task(self._check_once(member))
+        if member in self._checks:
+            self._again.add(member)
+            return
+        last = self._checked.get(member)
+        wait_s = 0.0 if last is None else max(0.0, last + self._recheck_s - now)
+        self._checks[member] = asyncio.create_task(self._check_once(member, wait_s))
 
-    async def _check_once(self, member: tuple[str, str]) -> None:
+    async def _check_once(self, member: tuple[str, str], wait_s: float) -> None:
         try:
+            if wait_s:
+                await asyncio.sleep(wait_s)
+            self._again.discard(member)  # this check covers what was suspected so far
             await self.check(*member)
         except Exception as e:  # etcd unreachable: the lease expires by itself
             log.warning("checking a member failed", extra=fields(kind=member[0], addr=member[1], error=repr(e)))
         finally:
             self._checks.pop(member, None)
             self._checked[member] = time.monotonic()
+            if member in self._again:
+                self._again.discard(member)
+                self.suspect(*member)
 
     async def check(self, kind: str, addr: str) -> bool:
         """Revokes the lease of the member of kind registered at addr if two connects to
-        addr, the second a fresh one, are refused. Whether it did. The record is read
-        before the connects: a process started at addr since registers a lease of its
-        own, which this never touches."""
-        node = self._leases.node_at(kind, addr)
-        if node is None:
+        addr, the second a fresh one, are refused. Whether it did. The record is the
+        mirrored one, so a live member costs a connect and no etcd read: a record the
+        mirror still holds of a member gone has a lease etcd no longer knows (the
+        revoke then ends nothing, and this answers False), and a process started at addr since listens before it
+        registers (so its connects are accepted) and under a lease of its own."""
+        member = self._leases.member_at(kind, addr)
+        if member is None or not member.record.lease:
             return False
-        record = await self._leases.record(kind, node)
-        if record is None or record.addr != addr or not record.lease:
-            return False
+        node, record = member
         if await self._probe(addr) is not Reach.REFUSED:
             return False
         await asyncio.sleep(self._confirm_after_s)
         if await self._probe(addr) is not Reach.REFUSED:
             return False
-        await self._leases.revoke(record.lease)
+        if not await self._leases.revoke(record.lease):
+            return False
         log.warning("member refuses connections: its lease is ended", extra=fields(kind=kind, member=node, addr=addr))
         return True
 
     async def close(self) -> None:
+        self._closed = True
         for task in list(self._checks.values()):
             task.cancel()
         await asyncio.gather(*self._checks.values(), return_exceptions=True)

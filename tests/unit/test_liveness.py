@@ -9,7 +9,7 @@ from fakes import eventually
 
 from gen.notifymesh.internal.v1 import storage_pb2
 from notifymesh.contracts import MemberRecord
-from notifymesh.server.liveness import DeadMembers, Reach, probe
+from notifymesh.server.liveness import DeadMembers, Reach, RegisteredMember, probe
 from storage.follower import Follower
 
 ADDR = "10.0.0.7:7001"
@@ -23,16 +23,14 @@ class Leases:
         self.revoked: list[int] = []
         self.reads = 0
 
-    def node_at(self, kind: str, addr: str) -> str | None:
-        return next((name.split("/", 1)[1] for name, record in self.records.items()
+    def member_at(self, kind: str, addr: str) -> RegisteredMember | None:
+        self.reads += 1
+        return next((RegisteredMember(name.split("/", 1)[1], record) for name, record in self.records.items()
                      if name.startswith(kind + "/") and record.addr == addr), None)
 
-    async def record(self, kind: str, node: str) -> MemberRecord | None:
-        self.reads += 1
-        return self.records.get(f"{kind}/{node}")
-
-    async def revoke(self, lease: int) -> None:
+    async def revoke(self, lease: int) -> bool:
         self.revoked.append(lease)
+        return True
 
 
 class Probes:
@@ -83,6 +81,21 @@ async def test_a_suspect_is_checked_once_however_often_its_stream_breaks():
     members.suspect("storage", ADDR)  # within recheck_s of the last check
     await asyncio.sleep(0.05)
     assert leases.reads == 1 and probes.tried == [ADDR] and leases.revoked == []
+    await members.close()
+
+
+async def test_a_suspicion_within_the_recheck_window_is_checked_once_the_window_passed():
+    """A live member's stream ends (checked: alive), then it dies: its death is not
+    hidden by the check just before."""
+    leases, probes = Leases({"storage/storage-1": MemberRecord(ADDR, lease=41)}), Probes(Reach.ACCEPTED)
+    members = DeadMembers(leases, probes, confirm_after_s=0, recheck_s=0.2)
+    members.suspect("storage", ADDR)
+    await eventually(lambda: leases.reads == 1)
+    probes.outcomes = [Reach.REFUSED]  # it died just after
+    members.suspect("storage", ADDR)  # within the window
+    await asyncio.sleep(0.05)
+    assert leases.revoked == []  # not before the window passed
+    await eventually(lambda: leases.revoked == [41])
     await members.close()
 
 
