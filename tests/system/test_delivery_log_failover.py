@@ -39,7 +39,9 @@ async def test_message_status_keeps_every_attempt_after_the_leader_dies(own_mesh
     async with Client(mesh.frontend_addr) as client:
         topic, sub = await new_topic(client, "dlog", topic_options=dict(replication_factor=3))
         [message_id] = await client.publish(topic, [Message(b"charge 9", {"order": "9"})])
-        [first] = await receive(client, sub, 1, timeout=10, ack=False)
+        # A unary pull, not a stream: a stream still closing on the sender would take the
+        # redelivery and hand it back (a third attempt), which this test is not about.
+        [first] = await client.pull(sub, 1, wait_s=10)
         await client.nack(sub, [first.ack_id], delay_s=0, reason="card declined")
         [second] = await receive(client, sub, 1, timeout=10)
         assert second.message.message_id == message_id
