@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from gen.notifymesh.v1 import cluster_pb2 as notifymesh_dot_v1_dot_cluster__pb2
+from gen.notifymesh.v1 import notify_pb2 as notifymesh_dot_v1_dot_notify__pb2
 from gen.notifymesh.v1 import pubsub_pb2 as notifymesh_dot_v1_dot_pubsub__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -95,6 +96,66 @@ class MetadataStub:
                 request_serializer=notifymesh_dot_v1_dot_cluster__pb2.SetConfigRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_cluster__pb2.ConfigSetting.FromString,
                 _registered_method=True)
+        self.CreateCategory = channel.unary_unary(
+                '/notifymesh.internal.v1.Metadata/CreateCategory',
+                request_serializer=notifymesh_dot_v1_dot_notify__pb2.CreateCategoryRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_notify__pb2.Category.FromString,
+                _registered_method=True)
+        self.GetCategory = channel.unary_unary(
+                '/notifymesh.internal.v1.Metadata/GetCategory',
+                request_serializer=notifymesh_dot_v1_dot_notify__pb2.GetCategoryRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_notify__pb2.Category.FromString,
+                _registered_method=True)
+        self.ListCategories = channel.unary_unary(
+                '/notifymesh.internal.v1.Metadata/ListCategories',
+                request_serializer=notifymesh_dot_v1_dot_notify__pb2.ListCategoriesRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_notify__pb2.ListCategoriesResponse.FromString,
+                _registered_method=True)
+        self.UpdateCategory = channel.unary_unary(
+                '/notifymesh.internal.v1.Metadata/UpdateCategory',
+                request_serializer=notifymesh_dot_v1_dot_notify__pb2.UpdateCategoryRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_notify__pb2.Category.FromString,
+                _registered_method=True)
+        self.DeleteCategory = channel.unary_unary(
+                '/notifymesh.internal.v1.Metadata/DeleteCategory',
+                request_serializer=notifymesh_dot_v1_dot_notify__pb2.DeleteCategoryRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_notify__pb2.DeleteCategoryResponse.FromString,
+                _registered_method=True)
+        self.CreateTemplate = channel.unary_unary(
+                '/notifymesh.internal.v1.Metadata/CreateTemplate',
+                request_serializer=notifymesh_dot_v1_dot_notify__pb2.CreateTemplateRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_notify__pb2.Template.FromString,
+                _registered_method=True)
+        self.GetTemplate = channel.unary_unary(
+                '/notifymesh.internal.v1.Metadata/GetTemplate',
+                request_serializer=notifymesh_dot_v1_dot_notify__pb2.GetTemplateRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_notify__pb2.Template.FromString,
+                _registered_method=True)
+        self.ListTemplates = channel.unary_unary(
+                '/notifymesh.internal.v1.Metadata/ListTemplates',
+                request_serializer=notifymesh_dot_v1_dot_notify__pb2.ListTemplatesRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_notify__pb2.ListTemplatesResponse.FromString,
+                _registered_method=True)
+        self.DeleteTemplate = channel.unary_unary(
+                '/notifymesh.internal.v1.Metadata/DeleteTemplate',
+                request_serializer=notifymesh_dot_v1_dot_notify__pb2.DeleteTemplateRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_notify__pb2.DeleteTemplateResponse.FromString,
+                _registered_method=True)
+        self.SetProvider = channel.unary_unary(
+                '/notifymesh.internal.v1.Metadata/SetProvider',
+                request_serializer=notifymesh_dot_v1_dot_notify__pb2.SetProviderRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_notify__pb2.Provider.FromString,
+                _registered_method=True)
+        self.GetProvider = channel.unary_unary(
+                '/notifymesh.internal.v1.Metadata/GetProvider',
+                request_serializer=notifymesh_dot_v1_dot_notify__pb2.GetProviderRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_notify__pb2.Provider.FromString,
+                _registered_method=True)
+        self.ListProviders = channel.unary_unary(
+                '/notifymesh.internal.v1.Metadata/ListProviders',
+                request_serializer=notifymesh_dot_v1_dot_notify__pb2.ListProvidersRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_notify__pb2.ListProvidersResponse.FromString,
+                _registered_method=True)
 
 
 class MetadataServicer:
@@ -173,6 +234,82 @@ class MetadataServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateCategory(self, request, context):
+        """The notification layer's cluster metadata (etcd): categories, templates
+        (each version a key; a create compiles every content first) and providers
+        (kept with their secrets: the frontend strips them, only senders read them,
+        from the etcd mirror).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCategory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCategories(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateCategory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCategory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTemplate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTemplate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTemplates(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTemplate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetProvider(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProvider(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProviders(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetadataServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -235,6 +372,66 @@ def add_MetadataServicer_to_server(servicer, server):
                     servicer.SetConfig,
                     request_deserializer=notifymesh_dot_v1_dot_cluster__pb2.SetConfigRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_cluster__pb2.ConfigSetting.SerializeToString,
+            ),
+            'CreateCategory': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCategory,
+                    request_deserializer=notifymesh_dot_v1_dot_notify__pb2.CreateCategoryRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_notify__pb2.Category.SerializeToString,
+            ),
+            'GetCategory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCategory,
+                    request_deserializer=notifymesh_dot_v1_dot_notify__pb2.GetCategoryRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_notify__pb2.Category.SerializeToString,
+            ),
+            'ListCategories': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCategories,
+                    request_deserializer=notifymesh_dot_v1_dot_notify__pb2.ListCategoriesRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_notify__pb2.ListCategoriesResponse.SerializeToString,
+            ),
+            'UpdateCategory': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateCategory,
+                    request_deserializer=notifymesh_dot_v1_dot_notify__pb2.UpdateCategoryRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_notify__pb2.Category.SerializeToString,
+            ),
+            'DeleteCategory': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCategory,
+                    request_deserializer=notifymesh_dot_v1_dot_notify__pb2.DeleteCategoryRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_notify__pb2.DeleteCategoryResponse.SerializeToString,
+            ),
+            'CreateTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTemplate,
+                    request_deserializer=notifymesh_dot_v1_dot_notify__pb2.CreateTemplateRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_notify__pb2.Template.SerializeToString,
+            ),
+            'GetTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTemplate,
+                    request_deserializer=notifymesh_dot_v1_dot_notify__pb2.GetTemplateRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_notify__pb2.Template.SerializeToString,
+            ),
+            'ListTemplates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTemplates,
+                    request_deserializer=notifymesh_dot_v1_dot_notify__pb2.ListTemplatesRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_notify__pb2.ListTemplatesResponse.SerializeToString,
+            ),
+            'DeleteTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTemplate,
+                    request_deserializer=notifymesh_dot_v1_dot_notify__pb2.DeleteTemplateRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_notify__pb2.DeleteTemplateResponse.SerializeToString,
+            ),
+            'SetProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetProvider,
+                    request_deserializer=notifymesh_dot_v1_dot_notify__pb2.SetProviderRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_notify__pb2.Provider.SerializeToString,
+            ),
+            'GetProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProvider,
+                    request_deserializer=notifymesh_dot_v1_dot_notify__pb2.GetProviderRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_notify__pb2.Provider.SerializeToString,
+            ),
+            'ListProviders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProviders,
+                    request_deserializer=notifymesh_dot_v1_dot_notify__pb2.ListProvidersRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_notify__pb2.ListProvidersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -561,6 +758,330 @@ class Metadata:
             '/notifymesh.internal.v1.Metadata/SetConfig',
             notifymesh_dot_v1_dot_cluster__pb2.SetConfigRequest.SerializeToString,
             notifymesh_dot_v1_dot_cluster__pb2.ConfigSetting.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCategory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Metadata/CreateCategory',
+            notifymesh_dot_v1_dot_notify__pb2.CreateCategoryRequest.SerializeToString,
+            notifymesh_dot_v1_dot_notify__pb2.Category.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCategory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Metadata/GetCategory',
+            notifymesh_dot_v1_dot_notify__pb2.GetCategoryRequest.SerializeToString,
+            notifymesh_dot_v1_dot_notify__pb2.Category.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCategories(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Metadata/ListCategories',
+            notifymesh_dot_v1_dot_notify__pb2.ListCategoriesRequest.SerializeToString,
+            notifymesh_dot_v1_dot_notify__pb2.ListCategoriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateCategory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Metadata/UpdateCategory',
+            notifymesh_dot_v1_dot_notify__pb2.UpdateCategoryRequest.SerializeToString,
+            notifymesh_dot_v1_dot_notify__pb2.Category.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCategory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Metadata/DeleteCategory',
+            notifymesh_dot_v1_dot_notify__pb2.DeleteCategoryRequest.SerializeToString,
+            notifymesh_dot_v1_dot_notify__pb2.DeleteCategoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Metadata/CreateTemplate',
+            notifymesh_dot_v1_dot_notify__pb2.CreateTemplateRequest.SerializeToString,
+            notifymesh_dot_v1_dot_notify__pb2.Template.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Metadata/GetTemplate',
+            notifymesh_dot_v1_dot_notify__pb2.GetTemplateRequest.SerializeToString,
+            notifymesh_dot_v1_dot_notify__pb2.Template.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTemplates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Metadata/ListTemplates',
+            notifymesh_dot_v1_dot_notify__pb2.ListTemplatesRequest.SerializeToString,
+            notifymesh_dot_v1_dot_notify__pb2.ListTemplatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Metadata/DeleteTemplate',
+            notifymesh_dot_v1_dot_notify__pb2.DeleteTemplateRequest.SerializeToString,
+            notifymesh_dot_v1_dot_notify__pb2.DeleteTemplateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Metadata/SetProvider',
+            notifymesh_dot_v1_dot_notify__pb2.SetProviderRequest.SerializeToString,
+            notifymesh_dot_v1_dot_notify__pb2.Provider.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Metadata/GetProvider',
+            notifymesh_dot_v1_dot_notify__pb2.GetProviderRequest.SerializeToString,
+            notifymesh_dot_v1_dot_notify__pb2.Provider.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProviders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Metadata/ListProviders',
+            notifymesh_dot_v1_dot_notify__pb2.ListProvidersRequest.SerializeToString,
+            notifymesh_dot_v1_dot_notify__pb2.ListProvidersResponse.FromString,
             options,
             channel_credentials,
             insecure,

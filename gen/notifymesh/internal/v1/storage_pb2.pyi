@@ -7,6 +7,98 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class TableOp(_message.Message):
+    __slots__ = ("key", "value", "delete", "erase", "expire_ms")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    DELETE_FIELD_NUMBER: _ClassVar[int]
+    ERASE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_MS_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    value: bytes
+    delete: bool
+    erase: bool
+    expire_ms: int
+    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., delete: _Optional[bool] = ..., erase: _Optional[bool] = ..., expire_ms: _Optional[int] = ...) -> None: ...
+
+class TableWriteRequest(_message.Message):
+    __slots__ = ("partition", "ops")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    ops: _containers.RepeatedCompositeFieldContainer[TableOp]
+    def __init__(self, partition: _Optional[int] = ..., ops: _Optional[_Iterable[_Union[TableOp, _Mapping]]] = ...) -> None: ...
+
+class TableWriteResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TableReadRequest(_message.Message):
+    __slots__ = ("partition", "keys")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    keys: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, partition: _Optional[int] = ..., keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class TableReadResponse(_message.Message):
+    __slots__ = ("values", "found")
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[bytes]
+    found: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, values: _Optional[_Iterable[bytes]] = ..., found: _Optional[_Iterable[bool]] = ...) -> None: ...
+
+class TableScanRequest(_message.Message):
+    __slots__ = ("partition", "prefix", "start_after", "limit", "reverse")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    START_AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    REVERSE_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    prefix: bytes
+    start_after: bytes
+    limit: int
+    reverse: bool
+    def __init__(self, partition: _Optional[int] = ..., prefix: _Optional[bytes] = ..., start_after: _Optional[bytes] = ..., limit: _Optional[int] = ..., reverse: _Optional[bool] = ...) -> None: ...
+
+class TableScanResponse(_message.Message):
+    __slots__ = ("keys", "values", "more")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[bytes]
+    values: _containers.RepeatedScalarFieldContainer[bytes]
+    more: bool
+    def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., values: _Optional[_Iterable[bytes]] = ..., more: _Optional[bool] = ...) -> None: ...
+
+class RateAcquireRequest(_message.Message):
+    __slots__ = ("partition", "key", "limit", "period_ms", "token", "force")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_MS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    key: bytes
+    limit: int
+    period_ms: int
+    token: str
+    force: bool
+    def __init__(self, partition: _Optional[int] = ..., key: _Optional[bytes] = ..., limit: _Optional[int] = ..., period_ms: _Optional[int] = ..., token: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class RateAcquireResponse(_message.Message):
+    __slots__ = ("allowed", "retry_after_ms", "count")
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    allowed: bool
+    retry_after_ms: int
+    count: int
+    def __init__(self, allowed: _Optional[bool] = ..., retry_after_ms: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+
 class AppendRequest(_message.Message):
     __slots__ = ("topic", "messages", "partition", "retry")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
@@ -104,7 +196,7 @@ class StorageModifyAckDeadlineResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class StorageNackRequest(_message.Message):
-    __slots__ = ("topic", "partition", "subscription", "ack_ids", "delay_ms", "terminal", "reason")
+    __slots__ = ("topic", "partition", "subscription", "ack_ids", "delay_ms", "terminal", "reason", "deferred")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +204,7 @@ class StorageNackRequest(_message.Message):
     DELAY_MS_FIELD_NUMBER: _ClassVar[int]
     TERMINAL_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    DEFERRED_FIELD_NUMBER: _ClassVar[int]
     topic: str
     partition: int
     subscription: str
@@ -119,7 +212,8 @@ class StorageNackRequest(_message.Message):
     delay_ms: int
     terminal: bool
     reason: str
-    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., subscription: _Optional[str] = ..., ack_ids: _Optional[_Iterable[str]] = ..., delay_ms: _Optional[int] = ..., terminal: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    deferred: bool
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., subscription: _Optional[str] = ..., ack_ids: _Optional[_Iterable[str]] = ..., delay_ms: _Optional[int] = ..., terminal: _Optional[bool] = ..., reason: _Optional[str] = ..., deferred: _Optional[bool] = ...) -> None: ...
 
 class StorageNackResponse(_message.Message):
     __slots__ = ()

@@ -95,6 +95,26 @@ class StorageStub:
                 request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.ReplicateRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.ReplicateResponse.FromString,
                 _registered_method=True)
+        self.TableWrite = channel.unary_unary(
+                '/notifymesh.internal.v1.Storage/TableWrite',
+                request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableWriteRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableWriteResponse.FromString,
+                _registered_method=True)
+        self.TableRead = channel.unary_unary(
+                '/notifymesh.internal.v1.Storage/TableRead',
+                request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableReadRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableReadResponse.FromString,
+                _registered_method=True)
+        self.TableScan = channel.unary_unary(
+                '/notifymesh.internal.v1.Storage/TableScan',
+                request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableScanRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableScanResponse.FromString,
+                _registered_method=True)
+        self.RateAcquire = channel.unary_unary(
+                '/notifymesh.internal.v1.Storage/RateAcquire',
+                request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.RateAcquireRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.RateAcquireResponse.FromString,
+                _registered_method=True)
 
 
 class StorageServicer:
@@ -191,6 +211,36 @@ class StorageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TableWrite(self, request, context):
+        """The replicated table (storage/table.py): rows kept as a compacted log in a
+        partition of contracts.TABLE_TOPIC. Leader only, like Append. A write
+        answers once it is on a majority and applied on this leader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TableRead(self, request, context):
+        """Reads the leader's applied rows (every acknowledged write included).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TableScan(self, request, context):
+        """Rows whose keys start with prefix, in key order, after start_after.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RateAcquire(self, request, context):
+        """Check-and-count against a sliding-window limit, as one write on the leader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -253,6 +303,26 @@ def add_StorageServicer_to_server(servicer, server):
                     servicer.Replicate,
                     request_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.ReplicateRequest.FromString,
                     response_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.ReplicateResponse.SerializeToString,
+            ),
+            'TableWrite': grpc.unary_unary_rpc_method_handler(
+                    servicer.TableWrite,
+                    request_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableWriteRequest.FromString,
+                    response_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableWriteResponse.SerializeToString,
+            ),
+            'TableRead': grpc.unary_unary_rpc_method_handler(
+                    servicer.TableRead,
+                    request_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableReadRequest.FromString,
+                    response_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableReadResponse.SerializeToString,
+            ),
+            'TableScan': grpc.unary_unary_rpc_method_handler(
+                    servicer.TableScan,
+                    request_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableScanRequest.FromString,
+                    response_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableScanResponse.SerializeToString,
+            ),
+            'RateAcquire': grpc.unary_unary_rpc_method_handler(
+                    servicer.RateAcquire,
+                    request_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.RateAcquireRequest.FromString,
+                    response_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.RateAcquireResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -579,6 +649,114 @@ class Storage:
             '/notifymesh.internal.v1.Storage/Replicate',
             notifymesh_dot_internal_dot_v1_dot_storage__pb2.ReplicateRequest.SerializeToString,
             notifymesh_dot_internal_dot_v1_dot_storage__pb2.ReplicateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TableWrite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Storage/TableWrite',
+            notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableWriteRequest.SerializeToString,
+            notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableWriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TableRead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Storage/TableRead',
+            notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableReadRequest.SerializeToString,
+            notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableReadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TableScan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Storage/TableScan',
+            notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableScanRequest.SerializeToString,
+            notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableScanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RateAcquire(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Storage/RateAcquire',
+            notifymesh_dot_internal_dot_v1_dot_storage__pb2.RateAcquireRequest.SerializeToString,
+            notifymesh_dot_internal_dot_v1_dot_storage__pb2.RateAcquireResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,51 @@
+"""The topics and subscriptions the notification layer runs on, created by the
+metadata service at start (idempotently). Public calls may not create, change or
+delete names under RESERVED_PREFIX.
+
+- TABLE_TOPIC: the replicated table (storage/table.py; rows in rows.py).
+- NOTIFY_TOPIC: accepted Notify requests (NotificationJob), consumed by the
+  fan-out (FANOUT_SUBSCRIPTION).
+- channel_topic(channel, priority): one recipient on one channel (ChannelTask),
+  consumed by that channel's sender (channel_subscription), dead letters in
+  channel_dead_letter_topic(channel).
+"""
+
+from gen.notifymesh.v1 import notify_pb2
+
+RESERVED_PREFIX = "notifymesh."
+TABLE_TOPIC = "notifymesh.table"
+NOTIFY_TOPIC = "notifymesh.notify"
+FANOUT_SUBSCRIPTION = "notifymesh.notify.fanout"
+NOTIFY_DEAD_LETTER_TOPIC = "notifymesh.notify.dead"
+
+CHANNELS = (notify_pb2.EMAIL, notify_pb2.SMS, notify_pb2.WEBHOOK)
+
+
+def channel_name(channel: int) -> str:
+    """"email", "sms", "webhook": the name in topics, rows, the log and the CLI."""
+    return notify_pb2.Channel.Name(channel).lower()
+
+
+def parse_channel(name: str) -> int:
+    """The Channel of channel_name(); ValueError for anything else."""
+    value = notify_pb2.Channel.Value(name.upper())
+    if value == notify_pb2.CHANNEL_UNSPECIFIED:
+        raise ValueError(name)
+    return value
+
+
+def channel_topic(channel: int, priority: int) -> str:
+    suffix = ".high" if priority == notify_pb2.HIGH else ""
+    return f"notifymesh.channel.{channel_name(channel)}{suffix}"
+
+
+def channel_subscription(channel: int, priority: int) -> str:
+    return channel_topic(channel, priority) + ".send"
+
+
+def channel_dead_letter_topic(channel: int) -> str:
+    return f"notifymesh.channel.{channel_name(channel)}.dead"
+
+
+def is_reserved(name: str) -> bool:
+    return name.startswith(RESERVED_PREFIX)

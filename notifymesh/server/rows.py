@@ -1,0 +1,186 @@
+"""The rows of the replicated table (storage/table.py, Storage.TableWrite): each
+key encoded and parsed here, with the partition key that places it.
+
+A row lives in partition `partition_of(partition key)` of the table topic
+(internal_topics.TABLE_TOPIC). The partition key is what a reader knows: the
+recipient id for a recipient's rows, the notification id for a notification's,
+the audience name for an audience's. Keys are a kind byte, then fields
+separated by NUL: recipient ids, names and channels never contain NUL
+(validation.recipient_id refuses control characters). Times are 13-digit
+decimal milliseconds so keys sort by time.
+
+  C rid                               -> notifymesh.v1.Recipient (contact data)
+  U rid                               -> PreferenceRow: enabled false = unsubscribed from all
+  P rid category channel              -> PreferenceRow ("" category/channel: every)
+  L rid category                      -> RateLimitRow: the recipient's override
+  Q rid category                      -> RateCounter (Storage.RateAcquire)
+  X rid                               -> erasure time (13 digits): the recipient was deleted
+  R rid accepted_ms nid               -> b"": the recipient's notifications by time
+  N nid                               -> NotificationRecord
+  E nid rid channel event_ms state    -> notifymesh.v1.SendEvent
+  K nid                               -> FanoutCheckpoint
+  A audience                          -> notifymesh.v1.Audience
+  M audience rid                      -> b"": a member
+"""
+
+import zlib
+from typing import NamedTuple
+
+SEP = b"\0"
+_MS_DIGITS = 13
+
+CONTACT, UNSUBSCRIBED, PREFERENCE, RATE_LIMIT, RATE_COUNTER, ERASED = b"C", b"U", b"P", b"L", b"Q", b"X"
+RECIPIENT_NOTIFICATION, NOTIFICATION, EVENT, CHECKPOINT = b"R", b"N", b"E", b"K"
+AUDIENCE, MEMBER = b"A", b"M"
+
+
+def partition_of(partition_key: str, partitions: int) -> int:
+    """The table partition of every row placed by partition_key."""
+    return zlib.crc32(partition_key.encode()) % partitions
+
+
+def _key(kind: bytes, *fields: str) -> bytes:
+    return kind + SEP.join(f.encode() for f in fields)
+
+
+def _ms(ms: int) -> str:
+    return f"{max(0, ms):0{_MS_DIGITS}d}"
+
+
+def _fields(key: bytes) -> list[str]:
+    return [f.decode() for f in key[1:].split(SEP)]
+
+
+# -- recipients (partition key: recipient id) ------------------------------------------
+
+
+def contact_key(recipient: str) -> bytes:
+    return _key(CONTACT, recipient)
+
+
+def unsubscribed_key(recipient: str) -> bytes:
+    return _key(UNSUBSCRIBED, recipient)
+
+
+def preference_key(recipient: str, category: str, channel: str) -> bytes:
+    return _key(PREFERENCE, recipient, category, channel)
+
+
+def preferences_prefix(recipient: str) -> bytes:
+    return _key(PREFERENCE, recipient) + SEP
+
+
+class PreferenceKey(NamedTuple):
+    recipient: str
+    category: str
+    channel: str
+
+
+def parse_preference_key(key: bytes) -> PreferenceKey:
+    return PreferenceKey(*_fields(key))
+
+
+def rate_limit_key(recipient: str, category: str) -> bytes:
+    return _key(RATE_LIMIT, recipient, category)
+
+
+def rate_limits_prefix(recipient: str) -> bytes:
+    return _key(RATE_LIMIT, recipient) + SEP
+
+
+def parse_rate_limit_key(key: bytes) -> tuple[str, str]:
+    recipient, category = _fields(key)
+    return recipient, category
+
+
+def rate_counter_key(recipient: str, category: str) -> bytes:
+    return _key(RATE_COUNTER, recipient, category)
+
+
+def erased_key(recipient: str) -> bytes:
+    return _key(ERASED, recipient)
+
+
+def recipient_rows_erased(recipient: str) -> list[bytes]:
+    """The single rows a recipient's erasure removes (its preference and override
+    rows are found by prefix: preferences_prefix, rate_limits_prefix)."""
+    return [contact_key(recipient), unsubscribed_key(recipient)]
+
+
+def recipient_notification_key(recipient: str, accepted_ms: int, notification_id: str) -> bytes:
+    return _key(RECIPIENT_NOTIFICATION, recipient, _ms(accepted_ms), notification_id)
+
+
+def recipient_notifications_prefix(recipient: str) -> bytes:
+    return _key(RECIPIENT_NOTIFICATION, recipient) + SEP
+
+
+def recipient_notifications_from(recipient: str, ms: int) -> bytes:
+    """A key below every one of the recipient's notifications accepted at or after ms."""
+    return _key(RECIPIENT_NOTIFICATION, recipient, _ms(ms))
+
+
+class RecipientNotificationKey(NamedTuple):
+    recipient: str
+    accepted_ms: int
+    notification_id: str
+
+
+def parse_recipient_notification_key(key: bytes) -> RecipientNotificationKey:
+    recipient, ms, notification_id = _fields(key)
+    return RecipientNotificationKey(recipient, int(ms), notification_id)
+
+
+# -- notifications (partition key: notification id) ------------------------------------
+
+
+def notification_key(notification_id: str) -> bytes:
+    return _key(NOTIFICATION, notification_id)
+
+
+def checkpoint_key(notification_id: str) -> bytes:
+    return _key(CHECKPOINT, notification_id)
+
+
+def event_key(notification_id: str, recipient: str, channel: str, event_ms: int, state: int) -> bytes:
+    return _key(EVENT, notification_id, recipient, channel, _ms(event_ms), f"{state:02d}")
+
+
+def events_prefix(notification_id: str, recipient: str | None = None) -> bytes:
+    """Every event of the notification, or of one recipient of it."""
+    if recipient is None:
+        return _key(EVENT, notification_id) + SEP
+    return _key(EVENT, notification_id, recipient) + SEP
+
+
+class EventKey(NamedTuple):
+    notification_id: str
+    recipient: str
+    channel: str
+    event_ms: int
+    state: int
+
+
+def parse_event_key(key: bytes) -> EventKey:
+    notification_id, recipient, channel, ms, state = _fields(key)
+    return EventKey(notification_id, recipient, channel, int(ms), int(state))
+
+
+# -- audiences (partition key: audience name) ------------------------------------------
+
+
+def audience_key(audience: str) -> bytes:
+    return _key(AUDIENCE, audience)
+
+
+def member_key(audience: str, recipient: str) -> bytes:
+    return _key(MEMBER, audience, recipient)
+
+
+def members_prefix(audience: str) -> bytes:
+    return _key(MEMBER, audience) + SEP
+
+
+def parse_member_key(key: bytes) -> tuple[str, str]:
+    audience, recipient = _fields(key)
+    return audience, recipient
