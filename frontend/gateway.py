@@ -9,7 +9,6 @@ import asyncio
 import heapq
 import itertools
 import logging
-import zlib
 from typing import Protocol
 
 import grpc
@@ -20,14 +19,15 @@ from gen.notifymesh.v1 import cluster_pb2, pubsub_pb2
 from notifymesh import errors
 from notifymesh.backoff import Backoff, BackoffPolicy
 from notifymesh.batching import Coalescer
-from notifymesh.clock import now_ms, to_ms
-from notifymesh.contracts import AckId, DeadLetterPageToken, MessageId, ack_ids_by_subscription, dedup_key, topic_hash
+from notifymesh.clock import to_ms
+from notifymesh.contracts import AckId, DeadLetterPageToken, MessageId, ack_ids_by_subscription, topic_hash
 from notifymesh.log import fields
 from notifymesh.server import validation
 from notifymesh.server.clients import MetadataClient, SenderClient, StorageClient
 from notifymesh.server.cluster import Cluster
 from notifymesh.server.config import Config
 from notifymesh.server.liveness import DeadMembers, EtcdMemberLeases
+from notifymesh.server.publishing import TopicAppender
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +89,8 @@ class Gateway:
         self.suspects: Suspects = suspects if suspects is not None else DeadMembers(EtcdMemberLeases(cluster))
         # Concurrent publishes to a topic share one Append; concurrent acks of all
         # subscriptions one sender has one call to it (ack ids name their subscription).
-        self._appends = Coalescer(self._storage.append, max_items=MERGED_MAX_ITEMS,
-                                  size_of=lambda m: len(m.data) + 64)
+        self._appender = TopicAppender(self._storage)
         self._acks = Coalescer(self._senders.acknowledge, max_items=MERGED_MAX_ITEMS)
-        self._in_flight: dict[tuple[str, int], int] = {}
-        self._turn = itertools.count()
         self._relays: set[grpc.aio.UnaryStreamCall] = set()
         self._closing = False
 
@@ -106,66 +103,14 @@ class Gateway:
     # -- publish ----------------------------------------------------------------
 
     async def publish(self, topic: str, messages) -> list[str]:
-        """Messages with an ordering key go to the partition the key hashes to; so
-        do, by their dedup key (contracts.dedup_key: idempotency key, or payload hash
-        on a payload-dedup topic), the rest that have one, so that storage, which
-        recognises repeats per partition, recognises them topic-wide; those known by
-        a retry key alone go together where the request's first one hashes; the rest
-        go to the partition with the fewest appends in flight. Ids are given here,
-        so a retry after a failover is recognised by the new leader."""
+        """Checks the messages, then appends them (publishing.TopicAppender: the
+        partition of each, and its id)."""
         validation.name("topic", topic)
         validation.batch(len(messages), self._config)
         for index, message in enumerate(messages):
             validation.message(index, message, self._config)
         record = await self._cluster.topic(topic)  # NOT_FOUND before any storage work
-        groups = self._partitioned(topic, record, messages)
-        ms = now_ms()
-        for partition, group in groups.items():
-            for index, message_id in zip(group, MessageId.new_batch(topic, partition, len(group), ms)):
-                messages[index].message_id = message_id
-        ids = [""] * len(messages)
-        replies = await asyncio.gather(*(self._append(topic, p, [messages[i] for i in group])
-                                         for p, group in groups.items()))
-        for group, reply in zip(groups.values(), replies):
-            for index, message_id in zip(group, reply):
-                ids[index] = message_id
-        return ids
-
-    def _partitioned(self, topic: str, record: pubsub_pb2.Topic, messages) -> dict[int, list[int]]:
-        """partition -> the indexes of the messages that go there, in order."""
-        partitions = max(1, record.partition_count)
-        if partitions == 1:
-            return {0: list(range(len(messages)))}
-        spread = self._least_loaded(topic, partitions)
-        by_payload, names = record.dedup_by_payload, tuple(record.dedup_attributes)
-        groups: dict[int, list[int]] = {}
-        retried = None  # where the request's messages known by their retry key alone go
-        for index, message in enumerate(messages):
-            key = message.ordering_key or dedup_key(message, by_payload, names)
-            if key.startswith("r:"):
-                # A retry resends its whole request (the Publisher does): the first retry
-                # key places all of them, so a batch stays one append, not one per
-                # partition, and its retry still meets it.
-                if retried is None:
-                    retried = zlib.crc32(key.encode()) % partitions
-                partition = retried
-            else:
-                partition = zlib.crc32(key.encode()) % partitions if key else spread
-            groups.setdefault(partition, []).append(index)
-        return groups
-
-    async def _append(self, topic: str, partition: int, messages) -> list[str]:
-        key = (topic, partition)
-        self._in_flight[key] = self._in_flight.get(key, 0) + 1
-        try:
-            return await self._appends.submit(key, messages)
-        finally:
-            self._in_flight[key] -= 1
-
-    def _least_loaded(self, topic: str, partitions: int) -> int:
-        start = next(self._turn) % partitions  # ties go round
-        return min(((start + i) % partitions for i in range(partitions)),
-                   key=lambda p: self._in_flight.get((topic, p), 0))
+        return await self._appender.publish(record, messages)
 
     # -- delivery ---------------------------------------------------------------
 
