@@ -52,7 +52,8 @@ class DispatchStorage(Protocol):
     async def modify_ack_deadline(self, topic: str, partition: int, subscription: str, ack_ids: list[str],
                                   ack_deadline_ms: int) -> None: ...
 
-    async def nack(self, topic: str, partition: int, request: pubsub_pb2.NackRequest, ack_ids: list[str]) -> None: ...
+    async def nack(self, topic: str, partition: int, request: pubsub_pb2.NackRequest, ack_ids: list[str],
+                   deferred: bool = False) -> None: ...
 
 
 @dataclass(eq=False)
@@ -170,9 +171,12 @@ class SubscriptionDispatcher:
         await self._per_partition(ack_ids, lambda p, ids: self._storage.modify_ack_deadline(
             self.topic, p, self.name, ids, ack_deadline_ms))
 
-    async def nack(self, request: pubsub_pb2.NackRequest) -> None:
+    async def nack(self, request: pubsub_pb2.NackRequest, deferred: bool = False) -> None:
+        """deferred: deliver again after request.delay without counting an attempt (a
+        notification held back by a rate limit failed nothing)."""
         self._forget(request.ack_ids)
-        await self._per_partition(request.ack_ids, lambda p, ids: self._storage.nack(self.topic, p, request, ids))
+        await self._per_partition(request.ack_ids, lambda p, ids: self._storage.nack(self.topic, p, request, ids,
+                                                                                     deferred=deferred))
 
     def _expire_at(self, until: float, ack_id: str) -> None:
         expiry = self._expiry

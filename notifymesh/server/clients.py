@@ -74,10 +74,13 @@ class StorageClient:
             topic=topic, partition=partition, subscription=subscription, ack_ids=ack_ids,
             ack_deadline_ms=ack_deadline_ms))
 
-    async def nack(self, topic: str, partition: int, request: pubsub_pb2.NackRequest, ack_ids: list[str]) -> None:
-        """request's ack ids of this partition: ack_ids."""
+    async def nack(self, topic: str, partition: int, request: pubsub_pb2.NackRequest, ack_ids: list[str],
+                   deferred: bool = False) -> None:
+        """request's ack ids of this partition: ack_ids. deferred: no attempt counted
+        (StorageNackRequest.deferred)."""
         nack = storage_pb2.StorageNackRequest(topic=topic, partition=partition, subscription=request.subscription,
-                                              ack_ids=ack_ids, terminal=request.terminal, reason=request.reason)
+                                              ack_ids=ack_ids, terminal=request.terminal, reason=request.reason,
+                                              deferred=deferred)
         if request.HasField("delay"):
             nack.delay_ms = request.delay.ToMilliseconds()
         await self.call("Nack", topic, partition, nack)

@@ -198,6 +198,7 @@ class StorageNack(NamedTuple):
     subscription: str
     ack_ids: list[str]
     delay_ms: int | None
+    deferred: bool = False
 
 
 class FakeDispatchStorage:
@@ -253,9 +254,10 @@ class FakeDispatchStorage:
     async def modify_ack_deadline(self, topic, partition, subscription, ack_ids, ack_deadline_ms) -> None:
         self.deadlines.append((topic, partition, subscription, list(ack_ids), ack_deadline_ms))
 
-    async def nack(self, topic, partition, request: pubsub_pb2.NackRequest, ack_ids) -> None:
+    async def nack(self, topic, partition, request: pubsub_pb2.NackRequest, ack_ids, deferred=False) -> None:
         self.nacks.append(StorageNack(topic, partition, request.subscription, list(ack_ids),
-                                      request.delay.ToMilliseconds() if request.HasField("delay") else None))
+                                      request.delay.ToMilliseconds() if request.HasField("delay") else None,
+                                      deferred))
 
 
 class FakeGatewayStorage:

@@ -86,9 +86,20 @@ async def test_nacks_go_to_storage_grouped_by_partition_with_their_delay():
     request = pubsub_pb2.NackRequest(subscription=SUB, ack_ids=[ack_id(2, 1), ack_id(0, 1), ack_id(2, 5)])
     request.delay.FromSeconds(2)
     await dispatcher.nack(request)
-    assert sorted(storage.nacks) == [(TOPIC, 0, SUB, [ack_id(0, 1)], 2000),
-                                     (TOPIC, 2, SUB, [ack_id(2, 1), ack_id(2, 5)], 2000)]
+    assert sorted(storage.nacks) == [(TOPIC, 0, SUB, [ack_id(0, 1)], 2000, False),
+                                     (TOPIC, 2, SUB, [ack_id(2, 1), ack_id(2, 5)], 2000, False)]
     await dispatcher.close()
+
+
+async def test_a_deferred_nack_reaches_storage_as_one():
+    """The notification pipeline's rate-limit delay: storage counts no attempt for it."""
+    f = SubscriptionFixture()
+    request = pubsub_pb2.NackRequest(subscription=SUB, ack_ids=[ack_id(1, 4)])
+    request.delay.FromSeconds(30)
+    await f.sub.nack(request, deferred=True)
+    await f.sub.nack(pubsub_pb2.NackRequest(subscription=SUB, ack_ids=[ack_id(1, 5)]))
+    assert f.storage.nacks == [(TOPIC, 1, SUB, [ack_id(1, 4)], 30_000, True),
+                               (TOPIC, 1, SUB, [ack_id(1, 5)], None, False)]
 
 
 async def test_deadline_changes_go_to_storage_grouped_by_partition():
