@@ -1,0 +1,254 @@
+"""The notification log: what happened to each recipient of a notification on
+each channel, as rows of the replicated table (rows.py):
+
+  N nid                              the header (NotificationRecord), written once accepted
+  E nid rid channel event_ms state   one SendEvent per step (partition key: the notification id)
+  R rid accepted_ms nid              the recipient's index by time (partition key: the recipient id)
+
+Every row of a notification expires at accepted_ms + the retention, so a
+notification's rows go together. The fan-out and the channel workers write it
+(accepted, index, record); the frontend reads it (notification, by_recipient).
+Events hold no address or phone number: reasons are scrubbed by their writers.
+"""
+
+import asyncio
+import base64
+import binascii
+from typing import Callable, Iterable, NamedTuple, Protocol, Sequence
+
+from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
+from gen.notifymesh.internal.v1 import storage_pb2
+from gen.notifymesh.v1 import notify_pb2
+from notifymesh import errors
+from notifymesh.batching import Coalescer
+from notifymesh.clock import timestamp
+from notifymesh.server import rows, validation
+from notifymesh.server.internal_topics import channel_name, parse_channel
+
+SENDS_PAGE, MAX_SENDS_PAGE = 1000, 1000  # GetNotification: sends per page
+NOTIFICATIONS_PAGE, MAX_NOTIFICATIONS_PAGE = 100, 1000  # ListNotifications
+SCAN_ROWS = 1000  # rows per table scan while a page is gathered
+PARALLEL_READS = 32  # a ListNotifications page reads its notifications this many at a time
+_LAST_MS, _LAST_STATE = 10 ** 13 - 1, 99  # the highest event_ms and state an event key can hold
+
+
+class LogTable(Protocol):
+    """What the log asks of the table (notifymesh.server.table.TableClient)."""
+
+    async def write_many(self, ops_by_partition_key: dict[str, list[storage_pb2.TableOp]]) -> None: ...
+
+    async def read(self, partition_key: str, keys: list[bytes]) -> list[bytes | None]: ...
+
+    async def read_many(self, keys_by_partition_key: dict[str, list[bytes]]) -> dict[bytes, bytes | None]: ...
+
+    async def scan(self, partition_key: str, prefix: bytes, start_after: bytes = b"", limit: int = 1000,
+                   reverse: bool = False): ...  # -> table.Scanned(keys, values, more)
+
+
+class Event(NamedTuple):
+    """One step of one recipient's notification on one channel."""
+    notification_id: str
+    accepted_ms: int  # the notification's: its rows expire together
+    recipient: str
+    channel: int
+    state: int  # notify_pb2.SendState
+    time_ms: int
+    reason: str = ""
+    provider: str = ""
+    provider_message_id: str = ""
+    attempt: int = 0
+
+
+class PageToken(NamedTuple):
+    """Where a page of the log ends, opaque to clients: for GetNotification the last
+    (recipient, channel) listed; for ListNotifications the last index row listed."""
+    kind: str  # "sends" or "recipient"
+    owner: str  # the notification id, or the recipient id: a token is good for its own listing only
+    fields: tuple[str, ...]
+
+    def encode(self) -> str:
+        return base64.urlsafe_b64encode("\0".join((self.kind, self.owner, *self.fields)).encode()).decode()
+
+    @classmethod
+    def parse(cls, value: str, kind: str, owner: str, count: int) -> "PageToken":
+        """Raises InvalidArgument for anything encode() did not make for this listing."""
+        try:
+            parts = base64.urlsafe_b64decode(value.encode()).decode().split("\0")
+            if parts[:2] != [kind, owner] or len(parts) != 2 + count:
+                raise ValueError
+            return cls(kind, owner, tuple(parts[2:]))
+        except (binascii.Error, UnicodeError, ValueError):
+            raise errors.InvalidArgument(f"page_token {value[:40]!r} is not one of this listing") from None
+
+
+def _put(key: bytes, message, expire_ms: int) -> storage_pb2.TableOp:
+    return storage_pb2.TableOp(key=key, value=message.SerializeToString(), expire_ms=expire_ms)
+
+
+class NotificationLog:
+    def __init__(self, table: LogTable, retention_ms: int | Callable[[], int]):
+        """retention_ms: how long a notification's rows are kept, or a function giving
+        it (a live setting: read at each write)."""
+        self._table = table
+        self._retention_ms = retention_ms if callable(retention_ms) else (lambda: retention_ms)
+
+    def expire_ms(self, accepted_ms: int) -> int:
+        return accepted_ms + self._retention_ms()
+
+    # -- writing -------------------------------------------------------------------------
+
+    async def accepted(self, record: internal_pb2.NotificationRecord, recipients: Sequence[str]) -> None:
+        """The header row, with the index rows of the recipients given (the fan-out
+        writes a big audience's index a page at a time: index)."""
+        ops = self._index_ops(record.id, record.accepted_ms, recipients)
+        ops.setdefault(record.id, []).append(
+            _put(rows.notification_key(record.id), record, self.expire_ms(record.accepted_ms)))
+        await self._table.write_many(ops)
+
+    async def index(self, notification_id: str, accepted_ms: int, recipients: Sequence[str]) -> None:
+        await self._table.write_many(self._index_ops(notification_id, accepted_ms, recipients))
+
+    def _index_ops(self, notification_id: str, accepted_ms: int,
+                   recipients: Sequence[str]) -> dict[str, list[storage_pb2.TableOp]]:
+        expire = self.expire_ms(accepted_ms)
+        return {rid: [storage_pb2.TableOp(key=rows.recipient_notification_key(rid, accepted_ms, notification_id),
+                                          expire_ms=expire)] for rid in recipients}
+
+    async def record(self, events: Iterable[Event]) -> None:
+        """Writes the events, one table write per partition (the table client also
+        merges concurrent writes to a partition into one call)."""
+        ops: dict[str, list[storage_pb2.TableOp]] = {}
+        for e in events:
+            value = notify_pb2.SendEvent(state=e.state, time=timestamp(e.time_ms), reason=e.reason,
+                                         provider=e.provider, provider_message_id=e.provider_message_id,
+                                         attempt=e.attempt)
+            key = rows.event_key(e.notification_id, e.recipient, channel_name(e.channel), e.time_ms, e.state)
+            ops.setdefault(e.notification_id, []).append(_put(key, value, self.expire_ms(e.accepted_ms)))
+        if ops:
+            await self._table.write_many(ops)
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def header(self, notification_id: str) -> internal_pb2.NotificationRecord | None:
+        (raw,) = await self._table.read(notification_id, [rows.notification_key(notification_id)])
+        return None if raw is None else internal_pb2.NotificationRecord.FromString(raw)
+
+    async def notification(self, notification_id: str, page_size: int = 0,
+                           page_token: str = "") -> notify_pb2.Notification:
+        """The header and a page of sends (per recipient and channel, in recipient
+        order). NotFound when no header row is written (yet, or any more)."""
+        size = validation.page_size(page_size, SENDS_PAGE, MAX_SENDS_PAGE)
+        start_after = b""
+        if page_token:
+            rid, channel = PageToken.parse(page_token, "sends", notification_id, 2).fields
+            # Past every event of that send, even ones written since the page was read.
+            start_after = rows.event_key(notification_id, rid, channel, _LAST_MS, _LAST_STATE)
+        record = await self.header(notification_id)
+        if record is None:
+            raise errors.NotFound(f"notification {notification_id!r} not found")
+        result = _header(record)
+        prefix, more = rows.events_prefix(notification_id), False
+        sends = result.sends
+        while True:
+            scanned = await self._table.scan(notification_id, prefix, start_after, limit=SCAN_ROWS)
+            for key, value in zip(scanned.keys, scanned.values):
+                parsed = rows.parse_event_key(key)
+                if not sends or (sends[-1].recipient, channel_name(sends[-1].channel)) != \
+                        (parsed.recipient, parsed.channel):
+                    if len(sends) == size:  # the page is full and its last send complete
+                        more = True
+                        break
+                    sends.add(recipient=parsed.recipient, channel=parse_channel(parsed.channel))
+                _add_event(sends[-1], value)
+            if more or not scanned.more or not scanned.keys:
+                break
+            start_after = scanned.keys[-1]
+        if more:
+            last = sends[-1]
+            result.next_page_token = PageToken("sends", notification_id,
+                                               (last.recipient, channel_name(last.channel))).encode()
+        return result
+
+    async def by_recipient(self, recipient: str, start_ms: int = 0, end_ms: int = 0, page_size: int = 0,
+                           page_token: str = "") -> notify_pb2.ListNotificationsResponse:
+        """The recipient's notifications accepted within [start_ms, end_ms] (end 0:
+        up to now), newest first, each with this recipient's sends only."""
+        size = validation.page_size(page_size, NOTIFICATIONS_PAGE, MAX_NOTIFICATIONS_PAGE)
+        if page_token:
+            ms, nid = PageToken.parse(page_token, "recipient", recipient, 2).fields
+            start_after = rows.recipient_notification_key(recipient, int(ms), nid)
+        else:  # a reverse scan lists the keys below start_after: those accepted up to end_ms
+            start_after = rows.recipient_notifications_from(recipient, end_ms + 1) if end_ms else b""
+        scanned = await self._table.scan(recipient, rows.recipient_notifications_prefix(recipient), start_after,
+                                         limit=size + 1, reverse=True)
+        listed = [rows.parse_recipient_notification_key(key) for key in scanned.keys]
+        in_range = [k for k in listed if k.accepted_ms >= start_ms]
+        page = in_range[:size]
+        more = len(in_range) > size or (scanned.more and len(in_range) == len(listed) and bool(page))
+        slots = asyncio.Semaphore(PARALLEL_READS)
+
+        async def one(key: rows.RecipientNotificationKey) -> notify_pb2.Notification | None:
+            async with slots:
+                return await self._recipient_sends(key.notification_id, recipient)
+
+        found = await asyncio.gather(*(one(k) for k in page))
+        response = notify_pb2.ListNotificationsResponse(notifications=[n for n in found if n is not None])
+        if more:
+            last = page[-1]
+            response.next_page_token = PageToken("recipient", recipient,
+                                                 (str(last.accepted_ms), last.notification_id)).encode()
+        return response
+
+    async def _recipient_sends(self, notification_id: str, recipient: str) -> notify_pb2.Notification | None:
+        """The notification with one recipient's sends (None: its header expired)."""
+        record, events = await asyncio.gather(self.header(notification_id),
+                                              self._scan_all(notification_id, rows.events_prefix(notification_id,
+                                                                                                  recipient)))
+        if record is None:
+            return None
+        result = _header(record)
+        for key, value in events:
+            channel = parse_channel(rows.parse_event_key(key).channel)
+            if not result.sends or result.sends[-1].channel != channel:
+                result.sends.add(recipient=recipient, channel=channel)
+            _add_event(result.sends[-1], value)
+        return result
+
+    async def _scan_all(self, partition_key: str, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        """Every row under prefix: for one recipient of one notification, a few per
+        channel and attempt (at most max_delivery_attempts of each)."""
+        found, start_after = [], b""
+        while True:
+            scanned = await self._table.scan(partition_key, prefix, start_after, limit=SCAN_ROWS)
+            found += zip(scanned.keys, scanned.values)
+            if not scanned.more or not scanned.keys:
+                return found
+            start_after = scanned.keys[-1]
+
+
+class BatchedRecorder:
+    """Events recorded concurrently (a sender's many sends under way) share one
+    NotificationLog.record: one table write per partition for all of them."""
+
+    def __init__(self, notification_log: NotificationLog, max_events: int = 5000):
+        self._calls = Coalescer(lambda _key, events: notification_log.record(events), max_items=max_events)
+
+    async def record(self, events: list[Event]) -> None:
+        await self._calls.submit("", events)
+
+
+def _header(record: internal_pb2.NotificationRecord) -> notify_pb2.Notification:
+    request = record.request
+    return notify_pb2.Notification(
+        id=record.id, template=request.template, template_version=record.template_version,
+        category=request.category, priority=request.priority or notify_pb2.NORMAL,
+        create_time=timestamp(record.accepted_ms), recipient_count=record.recipient_count,
+        audience=request.audience)
+
+
+def _add_event(send: notify_pb2.RecipientSend, raw: bytes) -> None:
+    """Appends an event (they come oldest first) and makes it the send's latest."""
+    event = send.timeline.add()
+    event.MergeFromString(raw)
+    send.state, send.reason = event.state, event.reason
+    send.provider, send.provider_message_id = event.provider, event.provider_message_id

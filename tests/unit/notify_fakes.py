@@ -1,0 +1,191 @@
+"""In-memory fakes of what the notification pipeline asks of the table, the
+metadata mirrors, rendering, providers and publishing, behind the Protocols of
+sender/fanout.py, sender/channel_worker.py and notifymesh/server/notification_log.py."""
+
+import bisect
+import string
+from typing import NamedTuple
+
+from gen.notifymesh.internal.v1 import storage_pb2
+from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
+from notifymesh import errors
+from notifymesh.clock import now_ms
+from notifymesh.server import rows
+from sender.channel_worker import Failed, Outgoing, Sent
+
+PARTITIONS = 8
+
+
+class Scanned(NamedTuple):
+    keys: list[bytes]
+    values: list[bytes]
+    more: bool
+
+
+class RateDecision(NamedTuple):
+    allowed: bool
+    retry_after_ms: int
+    count: int
+
+
+class FakeTable:
+    """The table client's calls over one sorted dict per partition; each call is
+    recorded (calls), and write calls can be made to fail (fail_writes)."""
+
+    def __init__(self):
+        self.rows: list[dict[bytes, tuple[bytes, int]]] = [{} for _ in range(PARTITIONS)]
+        self.calls: list[tuple[str, object]] = []
+        self.fail_writes: Exception | None = None
+        self.counters: dict[bytes, list[tuple[int, str]]] = {}
+
+    def partition(self, partition_key: str) -> int:
+        return rows.partition_of(partition_key, PARTITIONS)
+
+    def _apply(self, partition_key: str, ops) -> None:
+        shard = self.rows[self.partition(partition_key)]
+        for op in ops:
+            if op.delete or op.erase:
+                shard.pop(op.key, None)
+            else:
+                shard[op.key] = (op.value, op.expire_ms)
+
+    async def write(self, partition_key: str, ops: list[storage_pb2.TableOp]) -> None:
+        self.calls.append(("write", {partition_key: list(ops)}))
+        if self.fail_writes is not None:
+            raise self.fail_writes
+        self._apply(partition_key, ops)
+
+    async def write_many(self, ops_by_partition_key: dict[str, list[storage_pb2.TableOp]]) -> None:
+        self.calls.append(("write_many", {k: list(v) for k, v in ops_by_partition_key.items()}))
+        if self.fail_writes is not None:
+            raise self.fail_writes
+        for partition_key, ops in ops_by_partition_key.items():
+            self._apply(partition_key, ops)
+
+    def get(self, partition_key: str, key: bytes) -> bytes | None:
+        found = self.rows[self.partition(partition_key)].get(key)
+        return None if found is None else found[0]
+
+    def expire_of(self, partition_key: str, key: bytes) -> int:
+        return self.rows[self.partition(partition_key)][key][1]
+
+    async def read(self, partition_key: str, keys: list[bytes]) -> list[bytes | None]:
+        self.calls.append(("read", {partition_key: list(keys)}))
+        return [self.get(partition_key, key) for key in keys]
+
+    async def read_many(self, keys_by_partition_key: dict[str, list[bytes]]) -> dict[bytes, bytes | None]:
+        self.calls.append(("read_many", {k: list(v) for k, v in keys_by_partition_key.items()}))
+        return {key: self.get(pk, key) for pk, keys in keys_by_partition_key.items() for key in keys}
+
+    async def scan(self, partition_key: str, prefix: bytes, start_after: bytes = b"", limit: int = 1000,
+                   reverse: bool = False) -> Scanned:
+        """Forward: keys above start_after; reverse: keys below it (b"": from the end), highest first."""
+        self.calls.append(("scan", partition_key))
+        keys = sorted(k for k in self.rows[self.partition(partition_key)] if k.startswith(prefix))
+        if reverse:
+            keys = keys[:bisect.bisect_left(keys, start_after)] if start_after else keys
+            keys.reverse()
+        else:
+            keys = keys[bisect.bisect_right(keys, start_after):]
+        page = keys[:limit]
+        return Scanned(page, [self.get(partition_key, k) for k in page], len(keys) > limit)
+
+    async def rate_acquire(self, partition_key: str, key: bytes, limit: int, period_ms: int, token: str,
+                           force: bool = False) -> RateDecision:
+        """A sliding log of (ms, token): a token counted already is allowed again."""
+        self.calls.append(("rate_acquire", (partition_key, key, limit, period_ms, token, force)))
+        now = now_ms()
+        sent = [(ms, t) for ms, t in self.counters.get(key, []) if ms > now - period_ms]
+        if any(t == token for _, t in sent):
+            return RateDecision(True, 0, len(sent))
+        if len(sent) >= limit and not force:
+            return RateDecision(False, sent[0][0] + period_ms - now, len(sent))
+        sent.append((now, token))
+        self.counters[key] = sent
+        return RateDecision(True, 0, len(sent))
+
+    def count(self, kind: str) -> int:
+        return sum(1 for call, _ in self.calls if call == kind)
+
+
+class FakeMetadata:
+    def __init__(self):
+        self.categories: dict[str, notify_pb2.Category] = {}
+        self.templates: dict[tuple[str, int], notify_pb2.Template] = {}
+        self.providers: dict[int, notify_pb2.Provider] = {}
+        self.subscriptions: dict[str, pubsub_pb2.Subscription] = {}
+
+    def category(self, name: str) -> notify_pb2.Category | None:
+        return self.categories.get(name)
+
+    def template(self, name: str, version: int) -> notify_pb2.Template | None:
+        return self.templates.get((name, version))
+
+    def provider(self, channel: int) -> notify_pb2.Provider | None:
+        return self.providers.get(channel)
+
+    def subscription(self, name: str) -> pubsub_pb2.Subscription | None:
+        return self.subscriptions.get(name)
+
+
+class _Values(dict):
+    def __missing__(self, name):
+        raise errors.InvalidArgument(f"template variable {name!r} is missing")
+
+
+class FakeRendering:
+    """Templates as string.Template text over the data ($amount); a name the data
+    lacks fails like a Jinja2 strict undefined."""
+
+    def render(self, template, channel, locale, values):
+        for content in template.contents:
+            if content.channel == channel:
+                data = _Values(values["data"])
+                return notify_pb2.RenderedContent(
+                    channel=channel, version=template.version,
+                    subject=string.Template(content.subject).substitute(data),
+                    text=string.Template(content.text).substitute(data))
+        raise errors.FailedPrecondition(f"template {template.name!r} has no content for channel {channel}")
+
+    def context(self, recipient, data, notification_id, category, unsubscribe_url=""):
+        return {"data": data, "recipient": recipient, "notification_id": notification_id, "category": category,
+                "unsubscribe_url": unsubscribe_url}
+
+    def unsubscribe_url(self, recipient: str, category: str) -> str:
+        return f"http://unsubscribe.test/{recipient}/{category}"
+
+
+class FakeProviders:
+    """Answers each send with the next scripted result (then Sent); records what it was given."""
+
+    def __init__(self):
+        self.sent: list[Outgoing] = []
+        self.script: list[Sent | Failed] = []
+
+    async def send(self, message: Outgoing) -> Sent | Failed:
+        self.sent.append(message)
+        if self.script:
+            return self.script.pop(0)
+        return Sent("fake", f"pm-{len(self.sent)}")
+
+
+class FakePublisher:
+    """Storage's idempotency: a message whose key the topic has seen is dropped."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, list[pubsub_pb2.PubsubMessage]]] = []
+        self.stored: dict[str, dict[str, pubsub_pb2.PubsubMessage]] = {}
+        self.fail: Exception | None = None
+
+    async def publish(self, topic: str, messages) -> list[str]:
+        self.calls.append((topic, list(messages)))
+        if self.fail is not None:
+            raise self.fail
+        stored = self.stored.setdefault(topic, {})
+        for message in messages:
+            stored.setdefault(message.idempotency_key, message)
+        return [f"id-{m.idempotency_key}" for m in messages]
+
+    def published(self) -> int:
+        """Messages published, repeats included."""
+        return sum(len(messages) for _, messages in self.calls)

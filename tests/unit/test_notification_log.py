@@ -1,0 +1,131 @@
+"""The notification log over a fake table: events grouped per recipient and
+channel with their timeline and latest state, pages of sends and of a
+recipient's notifications, and batched writes that expire with the notification."""
+
+import asyncio
+
+import pytest
+
+from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
+from gen.notifymesh.v1 import notify_pb2
+from notify_fakes import FakeTable
+from notifymesh import errors
+from notifymesh.clock import to_ms
+from notifymesh.server import rows
+from notifymesh.server.notification_log import BatchedRecorder, Event, NotificationLog
+
+EMAIL, SMS = notify_pb2.EMAIL, notify_pb2.SMS
+RETENTION = 3_600_000
+T0 = 1_700_000_000_000
+
+
+def record(nid: str, accepted_ms: int = T0, **request) -> internal_pb2.NotificationRecord:
+    return internal_pb2.NotificationRecord(id=nid, accepted_ms=accepted_ms, template_version=2, recipient_count=2,
+                                           request=notify_pb2.NotifyRequest(template="invoice", category="billing",
+                                                                            **request))
+
+
+def ev(nid, rid, channel, state, ms, accepted_ms=T0, **kw) -> Event:
+    return Event(nid, accepted_ms, rid, channel, state, ms, **kw)
+
+
+async def test_sends_are_grouped_per_recipient_and_channel_with_timeline_oldest_first():
+    table = FakeTable()
+    log = NotificationLog(table, RETENTION)
+    await log.accepted(record("n1", recipients=["alice", "bob"]), ["alice", "bob"])
+    await log.record([  # written out of order, over two calls
+        ev("n1", "bob", EMAIL, notify_pb2.SEND_QUEUED, T0 + 1),
+        ev("n1", "alice", SMS, notify_pb2.SUPPRESSED_OPTED_OUT, T0 + 1, reason="opted out of every category on sms"),
+        ev("n1", "alice", EMAIL, notify_pb2.SEND_SENT, T0 + 30, provider="smtp", provider_message_id="pm-1",
+           attempt=2)])
+    await log.record([
+        ev("n1", "alice", EMAIL, notify_pb2.SEND_FAILED, T0 + 10, reason="HTTP 503", attempt=1),
+        ev("n1", "alice", EMAIL, notify_pb2.SEND_QUEUED, T0 + 1)])
+    n = await log.notification("n1")
+    assert (n.id, n.template, n.template_version, n.category, n.priority, to_ms(n.create_time)) == \
+        ("n1", "invoice", 2, "billing", notify_pb2.NORMAL, T0)
+    assert [(s.recipient, s.channel, s.state) for s in n.sends] == [
+        ("alice", EMAIL, notify_pb2.SEND_SENT), ("alice", SMS, notify_pb2.SUPPRESSED_OPTED_OUT),
+        ("bob", EMAIL, notify_pb2.SEND_QUEUED)]
+    alice_email = n.sends[0]
+    assert [e.state for e in alice_email.timeline] == [notify_pb2.SEND_QUEUED, notify_pb2.SEND_FAILED,
+                                                       notify_pb2.SEND_SENT]
+    assert [to_ms(e.time) for e in alice_email.timeline] == [T0 + 1, T0 + 10, T0 + 30]
+    assert (alice_email.provider, alice_email.provider_message_id) == ("smtp", "pm-1")
+    assert n.sends[1].reason == "opted out of every category on sms"
+    assert not n.next_page_token
+    # every row expires with the notification
+    assert table.expire_of("n1", rows.notification_key("n1")) == T0 + RETENTION
+    assert table.expire_of("n1", rows.event_key("n1", "bob", "email", T0 + 1, notify_pb2.SEND_QUEUED)) == \
+        T0 + RETENTION
+    assert table.expire_of("alice", rows.recipient_notification_key("alice", T0, "n1")) == T0 + RETENTION
+
+
+async def test_a_notification_without_its_header_row_is_not_found():
+    log = NotificationLog(FakeTable(), RETENTION)
+    with pytest.raises(errors.NotFound):
+        await log.notification("n-unknown")
+
+
+async def test_pages_of_sends_list_each_once_even_as_events_arrive_between_pages(monkeypatch):
+    from notifymesh.server import notification_log
+    monkeypatch.setattr(notification_log, "SCAN_ROWS", 3)  # groups spread over several scans
+    log = NotificationLog(FakeTable(), lambda: RETENTION)
+    await log.accepted(record("n1"), [])
+    rids = [f"r{i}" for i in range(5)]
+    await log.record([ev("n1", rid, EMAIL, state, T0 + i) for rid in rids
+                      for i, state in enumerate([notify_pb2.SEND_QUEUED, notify_pb2.SEND_RENDERED])])
+    listed, token, pages = [], "", 0
+    while True:
+        page = await log.notification("n1", page_size=2, page_token=token)
+        pages += 1
+        listed += [(s.recipient, len(s.timeline)) for s in page.sends]
+        if pages == 1:  # the first page's last send goes on: the next page does not list it again
+            await log.record([ev("n1", "r1", EMAIL, notify_pb2.SEND_SENT, T0 + 5)])
+        token = page.next_page_token
+        if not token:
+            break
+    assert pages == 3
+    assert listed == [(rid, 2) for rid in rids]
+    with pytest.raises(errors.InvalidArgument):
+        await log.notification("n1", page_token="garbage")
+    first = await log.notification("n1", page_size=1)
+    await log.accepted(record("n2"), [])
+    with pytest.raises(errors.InvalidArgument):  # a token is good for its own notification only
+        await log.notification("n2", page_token=first.next_page_token)
+    with pytest.raises(errors.InvalidArgument):
+        await log.notification("n1", page_size=1001)
+
+
+async def test_by_recipient_lists_a_time_range_newest_first_in_pages_with_that_recipients_sends():
+    log = NotificationLog(FakeTable(), RETENTION)
+    for i in range(5):
+        nid, ms = f"n{i}", T0 + i * 1000
+        await log.accepted(record(nid, accepted_ms=ms), ["alice", "bob"])
+        await log.record([ev(nid, "alice", EMAIL, notify_pb2.SEND_SENT, ms + 1, accepted_ms=ms),
+                          ev(nid, "bob", SMS, notify_pb2.SEND_QUEUED, ms + 1, accepted_ms=ms)])
+    everything = await log.by_recipient("alice")
+    assert [n.id for n in everything.notifications] == ["n4", "n3", "n2", "n1", "n0"]
+    assert not everything.next_page_token
+    assert all([(s.recipient, s.channel) for s in n.sends] == [("alice", EMAIL)] for n in everything.notifications)
+    ranged, token = [], ""
+    while True:
+        page = await log.by_recipient("alice", start_ms=T0 + 1000, end_ms=T0 + 3000, page_size=2, page_token=token)
+        ranged.append([n.id for n in page.notifications])
+        token = page.next_page_token
+        if not token:
+            break
+    assert ranged == [["n3", "n2"], ["n1"]]
+    assert [n.id for n in (await log.by_recipient("bob", end_ms=T0 + 1500)).notifications] == ["n1", "n0"]
+    assert (await log.by_recipient("carol")).notifications == []
+    with pytest.raises(errors.InvalidArgument):  # alice's token is not bob's
+        await log.by_recipient("bob", page_token=(await log.by_recipient("alice", page_size=1)).next_page_token)
+
+
+async def test_events_of_many_notifications_recorded_together_are_one_table_write():
+    table = FakeTable()
+    recorder = BatchedRecorder(NotificationLog(table, RETENTION))
+    await asyncio.gather(*(recorder.record([ev(f"n{i}", "alice", EMAIL, notify_pb2.SEND_QUEUED, T0)])
+                           for i in range(20)))
+    assert table.count("write_many") <= 2  # the first call goes at once, the other 19 together
+    assert sum(len(ops) for call, by_key in table.calls if call == "write_many" for ops in by_key.values()) == 20
