@@ -89,3 +89,20 @@ class TopicAppender:
         start = next(self._turn) % partitions  # ties go round
         return min(((start + i) % partitions for i in range(partitions)),
                    key=lambda p: self._in_flight.get((topic, p), 0))
+
+
+class Topics(Protocol):
+    """notifymesh.server.cluster.Cluster.topic"""
+
+    async def topic(self, name: str) -> pubsub_pb2.Topic: ...
+
+
+class InternalPublisher:
+    """Publishes to the mesh's own topics from inside a service (the sender's
+    fan-out): messages made by the service itself, so no client checks."""
+
+    def __init__(self, topics: Topics, storage: AppendStorage):
+        self._topics, self._appender = topics, TopicAppender(storage)
+
+    async def publish(self, topic: str, messages) -> list[str]:
+        return await self._appender.publish(await self._topics.topic(topic), messages)

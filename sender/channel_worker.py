@@ -1,0 +1,275 @@
+"""Sending one recipient's notification on one channel: the handler of a channel
+subscription's messages (ChannelTask), one per (channel, priority).
+
+The steps, in order, each recorded in the notification log:
+1. a provider must be set for the channel, else the task waits (a deferred nack,
+   logged once per task);
+2. the rate limit: the recipient's override for the category, else the
+   category's; over it, DROP suppresses (SUPPRESSED_RATE_LIMITED, ack) and DELAY
+   puts the task back until the limit allows it (SEND_DELAYED, a deferred nack:
+   no attempt counted). High priority is counted but never held back;
+3. the contact, read again (erased meanwhile, or no address: SUPPRESSED_NO_CONTACT);
+4. rendering (a missing variable fails this recipient for good: SEND_FAILED);
+5. the provider (at most its max_concurrency sends at once, high priority
+   first): SEND_SENT; a transient failure SEND_FAILED and a nack (Retry-After as
+   the delay when given), and on the subscription's last attempt
+   SEND_DEAD_LETTERED and a nack to the dead-letter topic; a permanent one
+   SEND_FAILED and an ack.
+The task's events are written together before its ack or nack; reasons never
+hold the recipient's address.
+"""
+
+import asyncio
+import json
+import logging
+from collections import OrderedDict, deque
+from typing import Any, NamedTuple, Protocol
+
+from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
+from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
+from notifymesh import errors
+from notifymesh.clock import now_ms
+from notifymesh.log import fields
+from notifymesh.server import rows, validation
+from notifymesh.server.internal_topics import channel_name
+from notifymesh.server.notification_log import Event
+from sender.fanout import task_key
+from sender.pipeline import ACK, Outcome
+from sender.preferences import contact
+
+log = logging.getLogger(__name__)
+
+NO_PROVIDER_DELAY_MS = 30_000  # a task whose channel has no provider looks again this much later
+MAX_NACK_DELAY_MS = 600_000  # the longest nack delay storage takes; a longer rate-limit wait takes two
+WAITING_NOTED = 100_000  # tasks remembered as logged waiting for a provider (the oldest forgotten first)
+
+
+class ChannelTable(Protocol):
+    """What a channel worker asks of the table (notifymesh.server.table.TableClient)."""
+
+    async def read(self, partition_key: str, keys: list[bytes]) -> list[bytes | None]: ...
+
+    async def rate_acquire(self, partition_key: str, key: bytes, limit: int, period_ms: int, token: str,
+                           force: bool = False): ...  # -> table.RateDecision(allowed, retry_after_ms, count)
+
+
+class ChannelMetadata(Protocol):
+    """The mirrors of etcd (cluster.categories, cluster.templates, cluster.providers,
+    cluster.subscriptions)."""
+
+    def category(self, name: str) -> notify_pb2.Category | None: ...
+
+    def template(self, name: str, version: int) -> notify_pb2.Template | None: ...
+
+    def provider(self, channel: int) -> notify_pb2.Provider | None: ...
+
+    def subscription(self, name: str) -> pubsub_pb2.Subscription | None: ...
+
+
+class Rendering(Protocol):
+    """notifymesh.server.templating (Renderer.render, context) and the unsubscribe URL
+    of notifymesh.server.unsubscribe."""
+
+    def render(self, template: notify_pb2.Template, channel: int, locale: str,
+               values: dict[str, Any]) -> notify_pb2.RenderedContent:
+        """Raises errors.InvalidArgument (a missing variable, a render error) or
+        errors.FailedPrecondition (no content for the channel)."""
+
+    def context(self, recipient: notify_pb2.Recipient | None, data: dict, notification_id: str, category: str,
+                unsubscribe_url: str = "") -> dict[str, Any]: ...
+
+    def unsubscribe_url(self, recipient: str, category: str) -> str: ...
+
+
+class Outgoing(NamedTuple):
+    """One rendered message to one address: the fields of sender.providers.OutgoingMessage."""
+    channel: int
+    to: str
+    subject: str = ""
+    text: str = ""
+    html: str = ""
+    json_body: str = ""
+    headers: dict[str, str] = {}
+    idempotency_key: str = ""
+    notification_id: str = ""
+    recipient: str = ""
+
+
+class Sent(NamedTuple):
+    provider: str
+    provider_message_id: str
+
+
+class Failed(NamedTuple):
+    transient: bool
+    reason: str
+    provider: str = ""
+    retry_after_s: float | None = None  # the provider's Retry-After
+
+
+class Providers(Protocol):
+    """The channel's provider (sender.providers.provider_for of its record), its
+    failures classified (TransientSendError, PermanentSendError)."""
+
+    async def send(self, message: Outgoing) -> Sent | Failed: ...
+
+
+class Recorder(Protocol):
+    """notification_log.BatchedRecorder"""
+
+    async def record(self, events: list[Event]) -> None: ...
+
+
+class PrioritySlots:
+    """The sends one channel's provider has in flight, at most limit: a freed slot
+    goes to a waiting high priority send before any normal one."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+        self._waiting: dict[bool, deque[asyncio.Future]] = {True: deque(), False: deque()}
+
+    async def acquire(self, high: bool) -> None:
+        if self.used < self.limit and not self._waiting[True] and (high or not self._waiting[False]):
+            self.used += 1
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[high].append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():  # handed a slot as it was cancelled
+                self.release()
+            else:
+                self._waiting[high].remove(future)
+            raise
+
+    def release(self) -> None:
+        self.used -= 1
+        self.wake()
+
+    def wake(self) -> None:
+        """Hands free slots to waiters (also after limit grew)."""
+        while self.used < self.limit:
+            queue = self._waiting[True] or self._waiting[False]
+            if not queue:
+                return
+            self.used += 1
+            queue.popleft().set_result(None)
+
+
+def scrub(reason: str, address: str) -> str:
+    """A provider's reason without the recipient's address (the log keeps none)."""
+    if address:
+        reason = reason.replace(address, "<recipient>")
+    return reason[:validation.MAX_REASON_BYTES]
+
+
+class ChannelSender:
+    def __init__(self, subscription: str, table: ChannelTable, metadata: ChannelMetadata, rendering: Rendering,
+                 providers: Providers, recorder: Recorder, slots: PrioritySlots):
+        self.subscription = subscription
+        self._table, self._metadata, self._rendering = table, metadata, rendering
+        self._providers, self._recorder, self._slots = providers, recorder, slots
+        self._waiting_noted: OrderedDict[str, None] = OrderedDict()
+
+    async def handle(self, received: pubsub_pb2.ReceivedMessage) -> Outcome:
+        task = internal_pb2.ChannelTask.FromString(received.message.data)
+        events: list[Event] = []
+
+        def event(state: int, **kw) -> None:
+            events.append(Event(task.notification_id, task.accepted_ms, task.recipient, task.channel, state,
+                                now_ms(), attempt=received.delivery_attempt, **kw))
+
+        outcome = await self._send(task, received.delivery_attempt, event)
+        if events:
+            await self._recorder.record(events)
+        return outcome
+
+    def _noted_waiting(self, key: str) -> bool:
+        """Whether the task was logged as waiting for a provider already (else notes it)."""
+        if key in self._waiting_noted:
+            return True
+        self._waiting_noted[key] = None
+        if len(self._waiting_noted) > WAITING_NOTED:
+            self._waiting_noted.popitem(last=False)
+        return False
+
+    async def _send(self, task: internal_pb2.ChannelTask, attempt: int, event) -> Outcome:
+        rid, channel, name = task.recipient, task.channel, channel_name(task.channel)
+        key = task_key(task.notification_id, rid, channel)
+        if self._metadata.provider(channel) is None:
+            reason = f"no {name} provider is set; the notification waits for one"
+            if not self._noted_waiting(key):
+                event(notify_pb2.SEND_DELAYED, reason=reason)
+                log.warning("no provider for a channel", extra=fields(channel=name, notification=task.notification_id))
+            return Outcome(ack=False, delay_ms=NO_PROVIDER_DELAY_MS, deferred=True, reason=reason)
+        self._waiting_noted.pop(key, None)
+
+        category = self._metadata.category(task.category) or notify_pb2.Category(name=task.category)
+        contact_raw, override_raw = await self._table.read(rid, [rows.contact_key(rid),
+                                                                 rows.rate_limit_key(rid, task.category)])
+        limit = category.rate_limit
+        if override_raw is not None:
+            override = internal_pb2.RateLimitRow.FromString(override_raw).rate_limit
+            if override.limit > 0:
+                limit = override
+        if limit.limit > 0 and limit.period_seconds > 0:
+            decision = await self._table.rate_acquire(rid, rows.rate_counter_key(rid, task.category), limit.limit,
+                                                      limit.period_seconds * 1000, key,
+                                                      force=task.priority == notify_pb2.HIGH)
+            if not decision.allowed:
+                what = f"over the rate limit of {limit.limit} per {limit.period_seconds}s of category {task.category}"
+                if category.over_limit == notify_pb2.DELAY:
+                    delay = min(max(decision.retry_after_ms, 1), MAX_NACK_DELAY_MS)
+                    event(notify_pb2.SEND_DELAYED, reason=f"{what}; again in {delay / 1000:g}s")
+                    return Outcome(ack=False, delay_ms=delay, deferred=True, reason=what)
+                event(notify_pb2.SUPPRESSED_RATE_LIMITED, reason=what)
+                return ACK
+
+        recipient = notify_pb2.Recipient.FromString(contact_raw) if contact_raw is not None else None
+        address = contact(recipient, channel)
+        if not address:
+            event(notify_pb2.SUPPRESSED_NO_CONTACT,
+                  reason="recipient not found" if recipient is None else f"no {name} contact")
+            return ACK
+
+        template = self._metadata.template(task.template, task.template_version)
+        if template is None:
+            event(notify_pb2.SEND_FAILED, reason=f"template {task.template!r} version {task.template_version} "
+                                                 "not found (deleted after the notification was accepted)")
+            return ACK
+        unsubscribe_url = self._rendering.unsubscribe_url(rid, task.category) if channel == notify_pb2.EMAIL else ""
+        try:
+            values = self._rendering.context(recipient, json.loads(task.data or "{}"), task.notification_id,
+                                             task.category, unsubscribe_url)
+            rendered = self._rendering.render(template, channel, recipient.locale, values)
+        except (errors.InvalidArgument, errors.FailedPrecondition) as e:  # this recipient's, for good
+            event(notify_pb2.SEND_FAILED, reason=scrub(e.details, address))
+            return ACK
+        event(notify_pb2.SEND_RENDERED)
+
+        headers = {}
+        if unsubscribe_url:  # RFC 8058 one-click unsubscribe
+            headers = {"List-Unsubscribe": f"<{unsubscribe_url}>",
+                       "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+        message = Outgoing(channel, address, rendered.subject, rendered.text, rendered.html, rendered.json_body,
+                           headers, key, task.notification_id, rid)
+        await self._slots.acquire(task.priority == notify_pb2.HIGH)
+        try:
+            result = await self._providers.send(message)
+        finally:
+            self._slots.release()
+        if isinstance(result, Sent):
+            event(notify_pb2.SEND_SENT, provider=result.provider, provider_message_id=result.provider_message_id)
+            return ACK
+        reason = scrub(result.reason, address)
+        event(notify_pb2.SEND_FAILED, reason=reason, provider=result.provider)
+        if not result.transient:
+            return ACK
+        record = self._metadata.subscription(self.subscription)
+        if record is not None and record.max_delivery_attempts and attempt >= record.max_delivery_attempts:
+            event(notify_pb2.SEND_DEAD_LETTERED, reason=f"{attempt} attempts failed; the last: {reason}",
+                  provider=result.provider)
+            return Outcome(ack=False, terminal=bool(record.dead_letter_topic), reason=reason)
+        delay = None if result.retry_after_s is None else min(int(result.retry_after_s * 1000), MAX_NACK_DELAY_MS)
+        return Outcome(ack=False, delay_ms=delay, reason=reason)

@@ -1,0 +1,197 @@
+"""The notification fan-out: turns one accepted notification (a NotificationJob on
+internal_topics.NOTIFY_TOPIC, whose message id is the notification id) into one
+ChannelTask per recipient and channel, on the channel topics.
+
+Recipients are expanded a page at a time (at most PAGE: the request's list, or
+an audience's members in id order), so memory holds one page whatever the
+audience's size. Per page: the recipients' contact, unsubscribe and preference
+rows are read in one batched read (grouped by table partition), the channels
+decided (sender/preferences.py), the log written (suppressions, SEND_QUEUED,
+the recipient index), the tasks published with the idempotency key
+"nid/recipient/channel", and then the checkpoint row (K) written. A crash
+delivers the job again: it resumes after the checkpoint, and a page published
+again is recognised by storage as repeats of its tasks' keys.
+"""
+
+import asyncio
+import logging
+from typing import NamedTuple, Protocol
+
+from google.protobuf.message import DecodeError
+
+from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
+from gen.notifymesh.internal.v1 import storage_pb2
+from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
+from notifymesh.clock import now_ms
+from notifymesh.log import fields
+from notifymesh.server import rows
+from notifymesh.server.internal_topics import CHANNELS, channel_name, channel_topic
+from notifymesh.server.notification_log import Event, NotificationLog
+from sender.pipeline import ACK, Outcome
+from sender.preferences import Action, Preference, decide
+
+log = logging.getLogger(__name__)
+
+PAGE = 1000  # recipients expanded at a time: what one job holds in memory
+PUBLISH_MAX_MESSAGES = 1000  # channel tasks in one publish
+PUBLISH_MAX_BYTES = 4 * 1024 * 1024  # and their data (a task carries the request's data, up to 64 KiB)
+_STATES = {Action.SEND: notify_pb2.SEND_QUEUED, Action.OPTED_OUT: notify_pb2.SUPPRESSED_OPTED_OUT,
+           Action.NO_CONTACT: notify_pb2.SUPPRESSED_NO_CONTACT}
+
+
+class FanoutTable(Protocol):
+    """What the fan-out asks of the table (notifymesh.server.table.TableClient)."""
+
+    async def write(self, partition_key: str, ops: list[storage_pb2.TableOp]) -> None: ...
+
+    async def read(self, partition_key: str, keys: list[bytes]) -> list[bytes | None]: ...
+
+    async def read_many(self, keys_by_partition_key: dict[str, list[bytes]]) -> dict[bytes, bytes | None]: ...
+
+    async def scan(self, partition_key: str, prefix: bytes, start_after: bytes = b"", limit: int = 1000,
+                   reverse: bool = False): ...  # -> table.Scanned(keys, values, more)
+
+
+class FanoutMetadata(Protocol):
+    """The metadata mirrors (cluster.categories, cluster.templates)."""
+
+    def category(self, name: str) -> notify_pb2.Category | None: ...
+
+    def template(self, name: str, version: int) -> notify_pb2.Template | None: ...
+
+
+class Publisher(Protocol):
+    """notifymesh.server.publishing.InternalPublisher"""
+
+    async def publish(self, topic: str, messages: list[pubsub_pb2.PubsubMessage]) -> list[str]: ...
+
+
+class Job(NamedTuple):
+    """What every page of one notification needs."""
+    notification_id: str
+    job: internal_pb2.NotificationJob
+    category: notify_pb2.Category
+    requested: list[int]  # the request's channels (none: the template's, as the recipient has them)
+    template_channels: list[int]
+    scopes: list[tuple[str, str]]  # the (category, channel) preference rows that can apply
+
+
+def task_key(notification_id: str, recipient: str, channel: int) -> str:
+    """A channel task's idempotency key: a task published again is a repeat."""
+    return f"{notification_id}/{recipient}/{channel_name(channel)}"
+
+
+class Fanout:
+    def __init__(self, table: FanoutTable, notification_log: NotificationLog, metadata: FanoutMetadata,
+                 publisher: Publisher):
+        self._table, self._log, self._metadata, self._publisher = table, notification_log, metadata, publisher
+
+    async def handle(self, received: pubsub_pb2.ReceivedMessage) -> Outcome:
+        """A job of the fan-out subscription (a pipeline.Handler)."""
+        notification_id = received.message.message_id
+        try:
+            job = internal_pb2.NotificationJob.FromString(received.message.data)
+        except DecodeError:  # nothing anyone can send: set aside for a person to look at
+            log.error("not a notification job", extra=fields(message=notification_id))
+            return Outcome(ack=False, terminal=True, reason="not a NotificationJob")
+        done = await self.run(notification_id, job)
+        log.info("notification fanned out", extra=fields(notification=notification_id, recipients=done))
+        return ACK
+
+    def _job(self, notification_id: str, job: internal_pb2.NotificationJob) -> Job:
+        request = job.request
+        category = self._metadata.category(request.category) or notify_pb2.Category(name=request.category)
+        template = self._metadata.template(request.template, job.template_version)
+        template_channels = list(dict.fromkeys(c.channel for c in template.contents)) if template else []
+        requested = list(dict.fromkeys(request.channels))
+        names = [channel_name(c) for c in (requested or template_channels or CHANNELS)]
+        scopes = [(request.category, ""), ("", "")] + [(cat, ch) for ch in names for cat in (request.category, "")]
+        return Job(notification_id, job, category, requested, template_channels, scopes)
+
+    async def run(self, notification_id: str, job: internal_pb2.NotificationJob) -> int:
+        """Expands the job from its checkpoint on; returns the recipients done in all."""
+        request, accepted_ms = job.request, job.accepted_ms
+        expire = self._log.expire_ms(accepted_ms)
+        (raw,) = await self._table.read(notification_id, [rows.checkpoint_key(notification_id)])
+        checkpoint = internal_pb2.FanoutCheckpoint.FromString(raw) if raw is not None else None
+        record = internal_pb2.NotificationRecord(
+            id=notification_id, request=request, template_version=job.template_version, accepted_ms=accepted_ms,
+            recipient_count=len(request.recipients))
+        if checkpoint is None:
+            checkpoint = internal_pb2.FanoutCheckpoint()
+            await self._log.accepted(record, [])
+        else:
+            log.info("fan-out resumes", extra=fields(notification=notification_id, after=checkpoint.recipients_done))
+        context = self._job(notification_id, job)
+        while True:
+            page, more = await self._page(request, checkpoint)
+            if page:
+                await self._expand(context, page)
+                checkpoint = internal_pb2.FanoutCheckpoint(after_recipient=page[-1],
+                                                           recipients_done=checkpoint.recipients_done + len(page))
+                await self._table.write(notification_id, [storage_pb2.TableOp(
+                    key=rows.checkpoint_key(notification_id), value=checkpoint.SerializeToString(), expire_ms=expire)])
+            if not more:
+                break
+        if request.audience:  # its size is known now
+            record.recipient_count = checkpoint.recipients_done
+            await self._log.accepted(record, [])
+        return checkpoint.recipients_done
+
+    async def _page(self, request: notify_pb2.NotifyRequest,
+                    checkpoint: internal_pb2.FanoutCheckpoint) -> tuple[list[str], bool]:
+        """The next page of recipients after the checkpoint, and whether more follow."""
+        if not request.audience:
+            listed = list(dict.fromkeys(request.recipients))  # a recipient named twice is notified once
+            start = checkpoint.recipients_done
+            return listed[start:start + PAGE], start + PAGE < len(listed)
+        start_after = rows.member_key(request.audience, checkpoint.after_recipient) \
+            if checkpoint.after_recipient else b""
+        scanned = await self._table.scan(request.audience, rows.members_prefix(request.audience), start_after,
+                                         limit=PAGE)
+        return [rows.parse_member_key(key)[1] for key in scanned.keys], scanned.more and bool(scanned.keys)
+
+    async def _expand(self, job: Job, recipients: list[str]) -> None:
+        nid, request, accepted_ms = job.notification_id, job.job.request, job.job.accepted_ms
+        keys = {rid: [rows.contact_key(rid), rows.unsubscribed_key(rid),
+                      *(rows.preference_key(rid, cat, ch) for cat, ch in job.scopes)] for rid in recipients}
+        found = await self._table.read_many(keys)
+        ms = now_ms()
+        events: list[Event] = []
+        tasks: dict[str, list[pubsub_pb2.PubsubMessage]] = {}
+        for rid in recipients:
+            contact_raw, unsubscribed_raw, *preference_raws = (found.get(key) for key in keys[rid])
+            recipient = notify_pb2.Recipient.FromString(contact_raw) if contact_raw is not None else None
+            unsubscribed = unsubscribed_raw is not None and not internal_pb2.PreferenceRow.FromString(
+                unsubscribed_raw).enabled
+            preferences = [Preference(cat, ch, internal_pb2.PreferenceRow.FromString(raw).enabled)
+                           for (cat, ch), raw in zip(job.scopes, preference_raws) if raw is not None]
+            for decision in decide(recipient, unsubscribed, preferences, job.category, job.requested,
+                                   job.template_channels):
+                events.append(Event(nid, accepted_ms, rid, decision.channel, _STATES[decision.action], ms,
+                                    reason=decision.reason))
+                if decision.action is Action.SEND:
+                    task = internal_pb2.ChannelTask(
+                        notification_id=nid, recipient=rid, channel=decision.channel, template=request.template,
+                        template_version=job.job.template_version, category=request.category,
+                        priority=request.priority or notify_pb2.NORMAL, data=request.data, accepted_ms=accepted_ms)
+                    tasks.setdefault(channel_topic(decision.channel, request.priority), []).append(
+                        pubsub_pb2.PubsubMessage(data=task.SerializeToString(),
+                                                 idempotency_key=task_key(nid, rid, decision.channel)))
+        # The log first: a task may be sent (and logged) before this call returns.
+        await asyncio.gather(self._log.index(nid, accepted_ms, recipients), self._log.record(events))
+        await asyncio.gather(*(self._publisher.publish(topic, chunk)
+                               for topic, messages in tasks.items() for chunk in _chunks(messages)))
+
+
+def _chunks(messages: list[pubsub_pb2.PubsubMessage]) -> list[list[pubsub_pb2.PubsubMessage]]:
+    """Publish calls of at most PUBLISH_MAX_MESSAGES and PUBLISH_MAX_BYTES each (at least one message)."""
+    chunks: list[list[pubsub_pb2.PubsubMessage]] = []
+    size = 0
+    for message in messages:
+        if not chunks or len(chunks[-1]) == PUBLISH_MAX_MESSAGES or size + len(message.data) > PUBLISH_MAX_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(message)
+        size += len(message.data)
+    return chunks

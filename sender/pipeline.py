@@ -1,0 +1,167 @@
+"""The notification pipeline's workers inside a sender: one per internal
+subscription (the fan-out's, and each channel's normal and high priority one)
+that this sender owns on the ring, following etcd as senders come and go.
+
+A worker is one more consumer of its subscription's dispatcher (like a push
+worker, sender/push.py): a stream whose window bounds the messages it holds.
+Each message is handled by a task of its own, which answers an Outcome: ack, or
+nack (with a delay, deferred, or terminal). While messages are held, their
+leases are extended every third of the ack deadline, in one call, so a big
+audience's fan-out or a slow provider does not see its message delivered again
+elsewhere. A worker that stops (drain, ownership moved) takes nothing new, lets
+what is under way finish within a grace period, and hands the rest back.
+"""
+
+import asyncio
+import logging
+from typing import Callable, NamedTuple, Protocol
+
+from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh.log import fields
+from notifymesh.server import validation
+from notifymesh.server.cluster import ChangedNames, Cluster
+from sender.dispatch import Dispatcher, Stream, SubscriptionDispatcher
+
+log = logging.getLogger(__name__)
+
+FOLLOW_EVERY_S = 1.0  # also reconciled this often: a provider's concurrency changed, a worker ended
+
+
+class Outcome(NamedTuple):
+    """What becomes of a handled message."""
+    ack: bool
+    delay_ms: int | None = None  # a nack's: None for the retry policy's backoff
+    deferred: bool = False  # a nack that counts no attempt (a rate-limit delay, no provider yet)
+    terminal: bool = False  # a nack straight to the dead-letter topic
+    reason: str = ""
+
+
+ACK = Outcome(ack=True)
+
+
+class Handler(Protocol):
+    async def handle(self, received: pubsub_pb2.ReceivedMessage) -> Outcome: ...
+
+
+class SubscriptionWorker:
+    def __init__(self, name: str, dispatcher: Dispatcher, handler: Handler, window: int):
+        self.name, self.window = name, window
+        self._dispatcher, self._handler = dispatcher, handler
+        self._handlers: set[asyncio.Task] = set()
+        self._grace_s = 0.0
+        self.task = asyncio.create_task(self._run())
+
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """Takes nothing new; waits up to grace_s for the messages being handled."""
+        self._grace_s = grace_s
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        stream = Stream(self.window)
+        sub = await self._dispatcher.attach(self.name, stream)
+        keeper = asyncio.create_task(self._keep_leased(sub, stream))
+        log.info("pipeline worker started", extra=fields(subscription=self.name, window=self.window))
+        try:
+            async for frame in stream.frames():
+                for raw in frame.received_messages:
+                    task = asyncio.create_task(self._handle(sub, pubsub_pb2.ReceivedMessage.FromString(raw)))
+                    self._handlers.add(task)
+                    task.add_done_callback(self._handlers.discard)
+        finally:
+            keeper.cancel()
+            if self._handlers and self._grace_s:
+                await asyncio.wait(list(self._handlers), timeout=self._grace_s)
+            for task in list(self._handlers):
+                task.cancel()
+            await asyncio.gather(*self._handlers, keeper, return_exceptions=True)
+            await sub.remove(stream)  # what is not acknowledged goes back for redelivery now
+
+    async def _keep_leased(self, sub: SubscriptionDispatcher, stream: Stream) -> None:
+        while True:
+            await asyncio.sleep(max(0.1, sub.ack_deadline_ms / 3000))
+            held = list(stream.outstanding)
+            if held:
+                try:
+                    await sub.modify_ack_deadline(held, sub.ack_deadline_ms)
+                except Exception as e:  # storage unreachable: the next round tries again
+                    log.warning("lease extension failed", extra=fields(subscription=self.name, error=repr(e)))
+
+    async def _handle(self, sub: SubscriptionDispatcher, received: pubsub_pb2.ReceivedMessage) -> None:
+        try:
+            outcome = await self._handler.handle(received)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug or an unreachable table: retried by the subscription's policy
+            log.warning("pipeline message failed", exc_info=True,
+                        extra=fields(subscription=self.name, message=received.message.message_id))
+            outcome = Outcome(ack=False, reason=f"{type(e).__name__}: {e}"[:validation.MAX_REASON_BYTES])
+        try:
+            if outcome.ack:
+                await sub.acknowledge([received.ack_id])
+                return
+            request = pubsub_pb2.NackRequest(subscription=self.name, ack_ids=[received.ack_id],
+                                             terminal=outcome.terminal, reason=outcome.reason)
+            if outcome.delay_ms is not None:
+                request.delay.FromMilliseconds(outcome.delay_ms)
+            await sub.nack(request, deferred=outcome.deferred)
+        except Exception as e:  # storage unreachable: the lease brings the message back
+            log.warning("pipeline outcome not recorded", extra=fields(subscription=self.name, error=repr(e)))
+
+
+class WorkerSpec(NamedTuple):
+    handler: Handler
+    window: int
+
+
+class PipelineWorkers:
+    """Runs a SubscriptionWorker for every subscription that specs() names and this
+    sender owns; a worker whose window changed (a provider's max_concurrency) is
+    started again with the new one."""
+
+    def __init__(self, cluster: Cluster, dispatcher: Dispatcher, specs: Callable[[], dict[str, WorkerSpec]],
+                 drain_grace_s: float):
+        self._cluster, self._dispatcher, self._specs, self._grace_s = cluster, dispatcher, specs, drain_grace_s
+        self.workers: dict[str, SubscriptionWorker] = {}
+        self._changed = ChangedNames()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._cluster.subscriptions.on_change(self._changed.note)
+        self._cluster.members.on_change(lambda _name: self._changed.note(None))  # ownership moved
+        self._task = asyncio.create_task(self._follow())
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._changed.event.wait(), FOLLOW_EVERY_S)
+            except TimeoutError:
+                pass
+            self._changed.take()
+            try:
+                await self._reconcile()
+            except Exception as e:  # a record gone meanwhile: the next round sees it
+                log.warning("pipeline workers not reconciled", extra=fields(error=repr(e)))
+
+    async def _reconcile(self) -> None:
+        specs = self._specs()
+        records = self._cluster.subscriptions.items
+        for name in specs.keys() | self.workers.keys():
+            spec = specs.get(name)
+            wanted = spec is not None and name in records and self._dispatcher.owns(name)
+            worker = self.workers.get(name)
+            if worker is not None:
+                if wanted and not worker.task.done() and worker.window == spec.window:
+                    continue
+                del self.workers[name]
+                await worker.stop(self._grace_s if wanted else 0.0)
+            if wanted:
+                self.workers[name] = SubscriptionWorker(name, self._dispatcher, spec.handler, spec.window)
+
+    async def stop(self) -> None:
+        """Drains: every worker takes nothing new and finishes or hands back what it holds."""
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        workers, self.workers = list(self.workers.values()), {}
+        await asyncio.gather(*(w.stop(self._grace_s) for w in workers))

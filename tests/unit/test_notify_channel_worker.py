@@ -1,0 +1,206 @@
+"""A channel worker's steps over fakes: rate limits (drop, delay, high priority,
+the recipient's override), no contact, a missing variable, transient failures
+retried with Retry-After, permanent ones, the last attempt dead-lettered, no
+provider set, and provider concurrency with high priority first."""
+
+import asyncio
+import itertools
+
+import pytest
+
+from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
+from gen.notifymesh.internal.v1 import storage_pb2
+from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
+from notify_fakes import FakeMetadata, FakeProviders, FakeRendering, FakeTable
+from notifymesh.server import rows
+from notifymesh.server.internal_topics import channel_subscription
+from notifymesh.server.notification_log import BatchedRecorder, NotificationLog
+from sender import channel_worker
+from sender.channel_worker import ChannelSender, Failed, PrioritySlots, Sent
+from sender.pipeline import ACK
+
+EMAIL, SMS = notify_pb2.EMAIL, notify_pb2.SMS
+SUB = channel_subscription(EMAIL, notify_pb2.NORMAL)
+T0 = 1_700_000_000_000
+
+
+@pytest.fixture(autouse=True)
+def clock(monkeypatch):
+    """A millisecond per event: a retry's events do not share their keys' time."""
+    ticks = itertools.count(T0)
+    monkeypatch.setattr(channel_worker, "now_ms", lambda: next(ticks))
+
+
+class Parts:
+    def __init__(self, over_limit=notify_pb2.DROP, limit=0):
+        self.table, self.metadata, self.providers = FakeTable(), FakeMetadata(), FakeProviders()
+        self.log = NotificationLog(self.table, 3_600_000)
+        self.sender = ChannelSender(SUB, self.table, self.metadata, FakeRendering(), self.providers,
+                                    BatchedRecorder(self.log), PrioritySlots(4))
+        self.metadata.categories["billing"] = notify_pb2.Category(
+            name="billing", over_limit=over_limit, rate_limit=notify_pb2.RateLimit(limit=limit, period_seconds=3600))
+        self.metadata.templates[("invoice", 1)] = notify_pb2.Template(name="invoice", version=1, contents=[
+            notify_pb2.TemplateContent(channel=EMAIL, subject="Invoice $number", text="Pay $amount")])
+        self.metadata.providers[EMAIL] = notify_pb2.Provider(channel=EMAIL, kind="smtp", max_concurrency=4)
+        self.metadata.subscriptions[SUB] = pubsub_pb2.Subscription(name=SUB, max_delivery_attempts=5,
+                                                                   dead_letter_topic="notifymesh.channel.email.dead")
+
+    async def put(self, rid: str, key: bytes, message) -> None:
+        await self.table.write(rid, [storage_pb2.TableOp(key=key, value=message.SerializeToString())])
+
+    async def recipient(self, rid: str, **contact) -> None:
+        await self.put(rid, rows.contact_key(rid), notify_pb2.Recipient(id=rid, **contact))
+
+    async def handle(self, rid: str, nid: str = "n1", attempt: int = 1, data: str = '{"number": 17, "amount": "12.00"}',
+                     priority=notify_pb2.NORMAL):
+        task = internal_pb2.ChannelTask(notification_id=nid, recipient=rid, channel=EMAIL, template="invoice",
+                                        template_version=1, category="billing", priority=priority, data=data,
+                                        accepted_ms=T0)
+        return await self.sender.handle(pubsub_pb2.ReceivedMessage(
+            ack_id=f"ack-{rid}", delivery_attempt=attempt, message=pubsub_pb2.PubsubMessage(
+                message_id=f"m-{rid}", data=task.SerializeToString())))
+
+    async def timeline(self, rid: str, nid: str = "n1") -> list[tuple[int, str]]:
+        scanned = await self.table.scan(nid, rows.events_prefix(nid, rid))
+        return [(rows.parse_event_key(k).state, notify_pb2.SendEvent.FromString(v).reason)
+                for k, v in zip(scanned.keys, scanned.values)]
+
+
+async def test_a_task_is_rendered_and_sent_with_its_unsubscribe_headers_and_logged_in_one_write():
+    p = Parts()
+    await p.recipient("alice", email="alice@example.com")
+    writes = p.table.count("write_many")
+    assert await p.handle("alice") == ACK
+    (message,) = p.providers.sent
+    assert (message.to, message.subject, message.text, message.idempotency_key) == (
+        "alice@example.com", "Invoice 17", "Pay 12.00", "n1/alice/email")
+    assert message.headers == {"List-Unsubscribe": "<http://unsubscribe.test/alice/billing>",
+                               "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+    assert [s for s, _ in await p.timeline("alice")] == [notify_pb2.SEND_RENDERED, notify_pb2.SEND_SENT]
+    assert p.table.count("write_many") == writes + 1  # both events in one table write
+    sent = notify_pb2.SendEvent.FromString((await p.table.scan("n1", rows.events_prefix("n1", "alice"))).values[-1])
+    assert (sent.provider, sent.provider_message_id, sent.attempt) == ("fake", "pm-1", 1)
+
+
+async def test_over_a_dropping_limit_the_task_is_suppressed_and_acked():
+    p = Parts(limit=2)
+    await p.recipient("alice", email="alice@example.com")
+    for nid in ("n1", "n2", "n3"):
+        assert await p.handle("alice", nid=nid) == ACK
+    assert len(p.providers.sent) == 2
+    assert (await p.timeline("alice", "n3")) == [
+        (notify_pb2.SUPPRESSED_RATE_LIMITED, "over the rate limit of 2 per 3600s of category billing")]
+    # a retried task counts once (its token): n1 again is within the limit
+    assert await p.handle("alice", nid="n1", attempt=2) == ACK
+    assert len(p.providers.sent) == 3
+
+
+async def test_over_a_delaying_limit_the_task_is_put_back_without_an_attempt_and_high_priority_is_not():
+    p = Parts(over_limit=notify_pb2.DELAY, limit=1)
+    await p.recipient("alice", email="alice@example.com")
+    assert await p.handle("alice", nid="n1") == ACK
+    outcome = await p.handle("alice", nid="n2")
+    assert (outcome.ack, outcome.deferred) == (False, True)
+    assert outcome.delay_ms == 600_000  # the hour's wait, in nacks of at most 10 minutes
+    assert [s for s, _ in await p.timeline("alice", "n2")] == [notify_pb2.SEND_DELAYED]
+    assert await p.handle("alice", nid="n3", priority=notify_pb2.HIGH) == ACK  # counted, never held back
+    assert len(p.providers.sent) == 2
+    assert [args[5] for call, args in p.table.calls if call == "rate_acquire"] == [False, False, True]  # force
+
+
+async def test_the_recipients_override_replaces_the_categorys_limit():
+    p = Parts(limit=1)
+    await p.recipient("alice", email="alice@example.com")
+    await p.put("alice", rows.rate_limit_key("alice", "billing"),
+                internal_pb2.RateLimitRow(rate_limit=notify_pb2.RateLimit(limit=3, period_seconds=60)))
+    for nid in ("n1", "n2", "n3", "n4"):
+        await p.handle("alice", nid=nid)
+    assert len(p.providers.sent) == 3
+
+
+async def test_no_contact_and_a_missing_variable_fail_only_that_recipient():
+    p = Parts()
+    await p.recipient("alice", email="alice@example.com")
+    await p.recipient("bob", phone="+14155550100")
+    assert await p.handle("bob") == ACK
+    assert await p.handle("carol") == ACK
+    assert await p.handle("alice", nid="n2", data='{"number": 17}') == ACK
+    assert await p.handle("alice") == ACK
+    assert await p.timeline("bob") == [(notify_pb2.SUPPRESSED_NO_CONTACT, "no email contact")]
+    assert await p.timeline("carol") == [(notify_pb2.SUPPRESSED_NO_CONTACT, "recipient not found")]
+    ((state, reason),) = await p.timeline("alice", "n2")
+    assert state == notify_pb2.SEND_FAILED and "'amount'" in reason
+    assert [m.recipient for m in p.providers.sent] == ["alice"]
+
+
+async def test_a_transient_failure_is_retried_with_retry_after_then_sent():
+    p = Parts()
+    await p.recipient("alice", email="alice@example.com")
+    p.providers.script = [Failed(True, "HTTP 429 for alice@example.com", "sms_http", retry_after_s=7)]
+    outcome = await p.handle("alice", attempt=1)
+    assert (outcome.ack, outcome.delay_ms, outcome.deferred, outcome.terminal) == (False, 7000, False, False)
+    p.providers.script = [Failed(True, "timeout")]
+    outcome = await p.handle("alice", attempt=2)
+    assert (outcome.ack, outcome.delay_ms) == (False, None)  # the retry policy's backoff
+    assert await p.handle("alice", attempt=3) == ACK
+    states = await p.timeline("alice")
+    assert [s for s, _ in states] == [notify_pb2.SEND_RENDERED, notify_pb2.SEND_FAILED] * 2 + \
+        [notify_pb2.SEND_RENDERED, notify_pb2.SEND_SENT]
+    assert states[1][1] == "HTTP 429 for <recipient>"  # the log holds no address
+
+
+async def test_a_permanent_failure_is_not_retried():
+    p = Parts()
+    await p.recipient("alice", email="alice@example.com")
+    p.providers.script = [Failed(False, "550 no such mailbox")]
+    assert await p.handle("alice") == ACK
+    assert (await p.timeline("alice"))[-1] == (notify_pb2.SEND_FAILED, "550 no such mailbox")
+
+
+async def test_the_last_attempt_is_dead_lettered():
+    p = Parts()
+    await p.recipient("alice", email="alice@example.com")
+    p.providers.script = [Failed(True, "HTTP 503")]
+    outcome = await p.handle("alice", attempt=5)
+    assert (outcome.ack, outcome.terminal) == (False, True)
+    assert [s for s, _ in await p.timeline("alice")] == [notify_pb2.SEND_RENDERED, notify_pb2.SEND_FAILED,
+                                                         notify_pb2.SEND_DEAD_LETTERED]
+
+
+async def test_without_a_provider_the_task_waits_logged_once():
+    p = Parts()
+    del p.metadata.providers[EMAIL]
+    await p.recipient("alice", email="alice@example.com")
+    for _ in range(3):
+        outcome = await p.handle("alice")
+        assert (outcome.ack, outcome.deferred, outcome.delay_ms) == (False, True, 30_000)
+    assert [s for s, _ in await p.timeline("alice")] == [notify_pb2.SEND_DELAYED]
+    assert p.table.count("read") == 0  # nothing else done while it waits
+    p.metadata.providers[EMAIL] = notify_pb2.Provider(channel=EMAIL, kind="smtp")
+    assert await p.handle("alice") == ACK
+
+
+async def test_provider_slots_go_to_high_priority_first():
+    slots = PrioritySlots(1)
+    await slots.acquire(False)
+    order = []
+
+    async def take(name, high):
+        await slots.acquire(high)
+        order.append(name)
+
+    waiters = [asyncio.create_task(take("normal", False)), asyncio.create_task(take("high", True))]
+    await asyncio.sleep(0)
+    assert order == []
+    slots.release()
+    await asyncio.sleep(0)
+    assert order == ["high"]
+    slots.release()
+    await asyncio.gather(*waiters)
+    assert order == ["high", "normal"] and slots.used == 1
+    cancelled = asyncio.create_task(slots.acquire(True))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    slots.release()
+    assert slots.used == 0

@@ -1,0 +1,163 @@
+"""The fan-out over fakes: channel tasks per recipient and channel with their
+idempotency keys, the log's suppressions, pages of an audience with a checkpoint
+after each, and a crash that resumes at the checkpoint without a duplicate task."""
+
+import pytest
+
+from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
+from gen.notifymesh.internal.v1 import storage_pb2
+from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
+from notify_fakes import FakeMetadata, FakePublisher, FakeTable
+from notifymesh.server import rows
+from notifymesh.server.internal_topics import channel_topic
+from notifymesh.server.notification_log import NotificationLog
+from sender.fanout import Fanout
+
+EMAIL, SMS = notify_pb2.EMAIL, notify_pb2.SMS
+T0 = 1_700_000_000_000
+EMAIL_TOPIC, SMS_TOPIC = channel_topic(EMAIL, notify_pb2.NORMAL), channel_topic(SMS, notify_pb2.NORMAL)
+
+
+class Parts:
+    def __init__(self):
+        self.table, self.metadata, self.publisher = FakeTable(), FakeMetadata(), FakePublisher()
+        self.log = NotificationLog(self.table, 3_600_000)
+        self.fanout = Fanout(self.table, self.log, self.metadata, self.publisher)
+        self.metadata.categories["marketing"] = notify_pb2.Category(name="marketing")
+        self.metadata.templates[("promo", 1)] = notify_pb2.Template(name="promo", version=1, contents=[
+            notify_pb2.TemplateContent(channel=EMAIL, text="hi"), notify_pb2.TemplateContent(channel=SMS, text="hi")])
+
+    async def put(self, partition_key: str, key: bytes, message=None) -> None:
+        value = message.SerializeToString() if message is not None else b""
+        await self.table.write(partition_key, [storage_pb2.TableOp(key=key, value=value)])
+
+    async def recipient(self, rid: str, **contact) -> None:
+        await self.put(rid, rows.contact_key(rid), notify_pb2.Recipient(id=rid, **contact))
+
+    def states(self, nid: str) -> dict[tuple[str, str], tuple[int, str]]:
+        """(recipient, channel) -> (state, reason) of the events logged."""
+        shard_rows = self.table.rows[self.table.partition(nid)]
+        found = {}
+        for key, (value, _) in sorted(shard_rows.items()):
+            if key.startswith(rows.events_prefix(nid)):
+                parsed = rows.parse_event_key(key)
+                reason = notify_pb2.SendEvent.FromString(value).reason
+                found[(parsed.recipient, parsed.channel)] = (parsed.state, reason)
+        return found
+
+    def tasks(self, topic: str) -> dict[str, internal_pb2.ChannelTask]:
+        return {k: internal_pb2.ChannelTask.FromString(m.data) for k, m in self.publisher.stored.get(topic, {}).items()}
+
+
+def job(**request) -> internal_pb2.NotificationJob:
+    request.setdefault("template", "promo")
+    request.setdefault("category", "marketing")
+    return internal_pb2.NotificationJob(request=notify_pb2.NotifyRequest(**request), template_version=1,
+                                        accepted_ms=T0)
+
+
+def received(nid: str, notification_job: internal_pb2.NotificationJob) -> pubsub_pb2.ReceivedMessage:
+    return pubsub_pb2.ReceivedMessage(ack_id="a-1", delivery_attempt=1, message=pubsub_pb2.PubsubMessage(
+        message_id=nid, data=notification_job.SerializeToString()))
+
+
+async def test_recipients_become_tasks_per_channel_and_suppressions_are_logged():
+    p = Parts()
+    await p.recipient("alice", email="alice@example.com", phone="+14155550100")
+    await p.recipient("bob", email="bob@example.com")
+    await p.recipient("carol", phone="+14155550101")
+    await p.put("carol", rows.preference_key("carol", "marketing", "sms"), internal_pb2.PreferenceRow(enabled=False))
+    await p.put("dave", rows.contact_key("dave"), notify_pb2.Recipient(id="dave", email="dave@example.com"))
+    await p.put("dave", rows.unsubscribed_key("dave"), internal_pb2.PreferenceRow(enabled=False))
+    outcome = await p.fanout.handle(received("n1", job(recipients=["alice", "bob", "carol", "dave", "erin", "bob"],
+                                                       data='{"x": 1}')))
+    assert outcome.ack
+    assert sorted(p.tasks(EMAIL_TOPIC)) == ["n1/alice/email", "n1/bob/email"]
+    assert sorted(p.tasks(SMS_TOPIC)) == ["n1/alice/sms"]
+    task = p.tasks(EMAIL_TOPIC)["n1/bob/email"]
+    assert (task.notification_id, task.recipient, task.channel, task.template, task.template_version, task.category,
+            task.data, task.accepted_ms, task.priority) == ("n1", "bob", EMAIL, "promo", 1, "marketing", '{"x": 1}',
+                                                            T0, notify_pb2.NORMAL)
+    assert p.states("n1") == {
+        ("alice", "email"): (notify_pb2.SEND_QUEUED, ""), ("alice", "sms"): (notify_pb2.SEND_QUEUED, ""),
+        ("bob", "email"): (notify_pb2.SEND_QUEUED, ""),
+        ("carol", "sms"): (notify_pb2.SUPPRESSED_OPTED_OUT, "opted out of category marketing on sms"),
+        ("dave", "email"): (notify_pb2.SUPPRESSED_OPTED_OUT, "unsubscribed from everything"),
+        ("erin", "email"): (notify_pb2.SUPPRESSED_NO_CONTACT, "recipient not found"),
+        ("erin", "sms"): (notify_pb2.SUPPRESSED_NO_CONTACT, "recipient not found")}
+    header = await p.log.header("n1")
+    assert (header.id, header.recipient_count, header.request.template) == ("n1", 6, "promo")
+    for rid in ("alice", "bob", "carol", "dave", "erin"):
+        assert p.table.get(rid, rows.recipient_notification_key(rid, T0, "n1")) is not None
+    # the recipients' rows were read in one batched read
+    assert p.table.count("read_many") == 1
+
+
+async def test_high_priority_tasks_go_to_the_high_topics():
+    p = Parts()
+    await p.recipient("alice", email="alice@example.com")
+    await p.fanout.run("n1", job(recipients=["alice"], priority=notify_pb2.HIGH, channels=[EMAIL]))
+    assert list(p.tasks(channel_topic(EMAIL, notify_pb2.HIGH))) == ["n1/alice/email"]
+    assert not p.tasks(EMAIL_TOPIC)
+
+
+async def add_audience(p: Parts, name: str, count: int) -> list[str]:
+    members = [f"m{i:05d}" for i in range(count)]
+    for rid in members:
+        await p.recipient(rid, email=f"{rid}@example.com")
+        await p.put(name, rows.member_key(name, rid))
+    return members
+
+
+async def test_an_audience_is_expanded_a_page_at_a_time_with_a_checkpoint_after_each():
+    p = Parts()
+    members = await add_audience(p, "everyone", 2500)
+    p.table.calls.clear()
+    done = await p.fanout.run("n1", job(audience="everyone", channels=[EMAIL]))
+    assert done == 2500
+    assert sorted(p.tasks(EMAIL_TOPIC)) == sorted(f"n1/{rid}/email" for rid in members)
+    assert max(len(messages) for _, messages in p.publisher.calls) <= 1000
+    reads = [keys for call, keys in p.table.calls if call == "read_many"]
+    assert [len(keys) for keys in reads] == [1000, 1000, 500]  # one batched read per page, a page at most 1000
+    checkpoints = [ops[0] for call, by_key in p.table.calls if call == "write"
+                   for ops in by_key.values() if ops[0].key == rows.checkpoint_key("n1")]
+    assert [internal_pb2.FanoutCheckpoint.FromString(op.value).recipients_done for op in checkpoints] == \
+        [1000, 2000, 2500]
+    assert (await p.log.header("n1")).recipient_count == 2500
+
+
+async def test_a_crash_mid_audience_resumes_at_the_checkpoint_without_duplicate_tasks():
+    p = Parts()
+    members = await add_audience(p, "everyone", 2500)
+    publish = p.publisher.publish
+    calls = 0
+
+    async def crash_on_third_page(topic, messages):
+        nonlocal calls
+        calls += 1
+        result = await publish(topic, messages)
+        if calls == 2:  # page 2 published, its checkpoint not written: the sender dies
+            raise ConnectionError("sender killed")
+        return result
+
+    p.publisher.publish = crash_on_third_page
+    with pytest.raises(ConnectionError):
+        await p.fanout.run("n1", job(audience="everyone", channels=[EMAIL]))
+    assert p.publisher.published() == 2000
+    p.publisher.publish = publish
+    assert await p.fanout.run("n1", job(audience="everyone", channels=[EMAIL])) == 2500
+    # resumed after page 1: page 2 published again (dropped as repeats by key), page 1 not
+    assert p.publisher.published() == 2000 + 1500
+    assert len(p.tasks(EMAIL_TOPIC)) == 2500 == len(set(p.tasks(EMAIL_TOPIC)))
+    assert sorted(p.tasks(EMAIL_TOPIC)) == sorted(f"n1/{rid}/email" for rid in members)
+    # a job delivered again once done publishes nothing
+    assert await p.fanout.run("n1", job(audience="everyone", channels=[EMAIL])) == 2500
+    assert p.publisher.published() == 3500
+
+
+async def test_a_job_that_is_no_notification_job_is_set_aside():
+    p = Parts()
+    message = pubsub_pb2.ReceivedMessage(ack_id="a", message=pubsub_pb2.PubsubMessage(message_id="n1",
+                                                                                     data=b"\xff\xff"))
+    outcome = await p.fanout.handle(message)
+    assert (outcome.ack, outcome.terminal) == (False, True)

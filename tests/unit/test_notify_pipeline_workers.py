@@ -1,0 +1,157 @@
+"""The pipeline's subscription workers over a fake dispatcher: outcomes become
+acks and (deferred, delayed, terminal) nacks, held messages' leases are
+extended, a drain finishes what is under way within its grace and hands back
+the rest; workers follow ownership and a provider's concurrency."""
+
+import asyncio
+
+from fakes import eventually
+from gen.notifymesh.v1 import pubsub_pb2
+from sender.dispatch import Stream
+from sender.pipeline import ACK, Outcome, PipelineWorkers, SubscriptionWorker, WorkerSpec
+
+SUB = "notifymesh.channel.email.send"
+
+
+class FakeSub:
+    def __init__(self, ack_deadline_ms: int = 30_000):
+        self.ack_deadline_ms = ack_deadline_ms
+        self.acks: list[str] = []
+        self.nacks: list[tuple[pubsub_pb2.NackRequest, bool]] = []
+        self.extended: list[list[str]] = []
+        self.handed_back: list[str] = []
+        self.stream: Stream | None = None
+
+    def deliver(self, *ack_ids: str) -> None:
+        """What the dispatcher does: the messages count against the stream's window."""
+        self.stream.outstanding.update(ack_ids)
+        self.stream.queue.put_nowait([pubsub_pb2.ReceivedMessage(ack_id=a, delivery_attempt=1).SerializeToString()
+                                      for a in ack_ids])
+
+    async def acknowledge(self, ack_ids):
+        self.acks += ack_ids
+        self.stream.outstanding.difference_update(ack_ids)
+
+    async def nack(self, request, deferred=False):
+        self.nacks.append((request, deferred))
+        self.stream.outstanding.difference_update(request.ack_ids)
+
+    async def modify_ack_deadline(self, ack_ids, ack_deadline_ms):
+        self.extended.append(sorted(ack_ids))
+
+    async def remove(self, stream):
+        self.handed_back += sorted(stream.outstanding)
+        stream.outstanding.clear()
+
+
+class FakeDispatcher:
+    def __init__(self, owned=True):
+        self.sub = FakeSub()
+        self.owned = owned
+        self.attached: list[tuple[str, int]] = []
+
+    async def attach(self, name, stream):
+        self.attached.append((name, stream.max_outstanding))
+        self.sub.stream = stream
+        return self.sub
+
+    def owns(self, name):
+        return self.owned
+
+
+class ScriptedHandler:
+    """Answers each message with outcomes[ack_id]; ack ids in gates wait for their event."""
+
+    def __init__(self, outcomes=None):
+        self.outcomes = outcomes or {}
+        self.gates: dict[str, asyncio.Event] = {}
+        self.started: list[str] = []
+
+    async def handle(self, received):
+        self.started.append(received.ack_id)
+        if received.ack_id in self.gates:
+            await self.gates[received.ack_id].wait()
+        outcome = self.outcomes.get(received.ack_id, ACK)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+async def test_outcomes_become_acks_and_nacks():
+    dispatcher = FakeDispatcher()
+    handler = ScriptedHandler({"b": Outcome(ack=False, delay_ms=5000, deferred=True, reason="rate limited"),
+                               "c": Outcome(ack=False, terminal=True, reason="dead"),
+                               "d": RuntimeError("table unreachable")})
+    worker = SubscriptionWorker(SUB, dispatcher, handler, window=8)
+    await eventually(lambda: dispatcher.sub.stream is not None)
+    dispatcher.sub.deliver("a", "b", "c", "d")
+    await eventually(lambda: len(dispatcher.sub.acks) + len(dispatcher.sub.nacks) == 4)
+    assert dispatcher.sub.acks == ["a"]
+    nacks = {request.ack_ids[0]: (request, deferred) for request, deferred in dispatcher.sub.nacks}
+    assert nacks["b"][1] is True and nacks["b"][0].delay.ToMilliseconds() == 5000
+    assert nacks["c"][0].terminal and not nacks["c"][1]
+    assert "table unreachable" in nacks["d"][0].reason and not nacks["d"][0].HasField("delay")
+    assert dispatcher.attached == [(SUB, 8)]
+    await worker.stop()
+
+
+async def test_held_messages_have_their_leases_extended():
+    dispatcher = FakeDispatcher()
+    dispatcher.sub.ack_deadline_ms = 300  # extended every 100 ms
+    handler = ScriptedHandler()
+    handler.gates["slow"] = asyncio.Event()
+    worker = SubscriptionWorker(SUB, dispatcher, handler, window=8)
+    await eventually(lambda: dispatcher.sub.stream is not None)
+    dispatcher.sub.deliver("slow")
+    await eventually(lambda: len(dispatcher.sub.extended) >= 2, timeout_s=2)
+    assert dispatcher.sub.extended[0] == ["slow"]
+    handler.gates["slow"].set()
+    await eventually(lambda: dispatcher.sub.acks == ["slow"])
+    await worker.stop()
+
+
+async def test_a_drain_finishes_what_is_under_way_and_hands_back_the_rest():
+    dispatcher = FakeDispatcher()
+    handler = ScriptedHandler()
+    handler.gates["quick"], handler.gates["stuck"] = asyncio.Event(), asyncio.Event()
+    worker = SubscriptionWorker(SUB, dispatcher, handler, window=8)
+    await eventually(lambda: dispatcher.sub.stream is not None)
+    dispatcher.sub.deliver("quick", "stuck")
+    await eventually(lambda: len(handler.started) == 2)
+    asyncio.get_running_loop().call_later(0.05, handler.gates["quick"].set)
+    await worker.stop(grace_s=0.3)
+    assert dispatcher.sub.acks == ["quick"]  # finished within the grace
+    assert dispatcher.sub.handed_back == ["stuck"]  # given back for another sender
+
+
+class FakeMirror:
+    def __init__(self, names):
+        self.items = {name: pubsub_pb2.Subscription(name=name) for name in names}
+
+    def on_change(self, listener):
+        pass
+
+
+class FakeCluster:
+    def __init__(self, names):
+        self.subscriptions = FakeMirror(names)
+        self.members = FakeMirror([])
+
+
+async def test_workers_follow_ownership_and_the_window():
+    dispatcher = FakeDispatcher()
+    windows = {"w": 4}
+    handler = ScriptedHandler()
+    workers = PipelineWorkers(FakeCluster([SUB]), dispatcher, lambda: {SUB: WorkerSpec(handler, windows["w"]),
+                                                                       "not-created-yet": WorkerSpec(handler, 1)},
+                              drain_grace_s=0.1)
+    await workers._reconcile()
+    assert list(workers.workers) == [SUB]
+    await eventually(lambda: dispatcher.attached == [(SUB, 4)])
+    windows["w"] = 16  # the provider's max_concurrency changed
+    await workers._reconcile()
+    await eventually(lambda: dispatcher.attached == [(SUB, 4), (SUB, 16)])
+    dispatcher.owned = False
+    await workers._reconcile()
+    assert workers.workers == {}
+    await workers.stop()
