@@ -5,7 +5,7 @@ The steps, in order, each recorded in the notification log:
 1. a provider must be set for the channel, else the task waits (a deferred nack,
    logged once per task);
 2. the rate limit: the recipient's override for the category, else the
-   category's; over it, DROP suppresses (SUPPRESSED_RATE_LIMITED, ack) and DELAY
+   category's, else the cluster's default; over it, DROP suppresses (SUPPRESSED_RATE_LIMITED, ack) and DELAY
    puts the task back until the limit allows it (SEND_DELAYED, a deferred nack:
    no attempt counted). High priority is counted but never held back;
 3. the contact, read again (erased meanwhile, or no address: SUPPRESSED_NO_CONTACT);
@@ -23,7 +23,7 @@ import asyncio
 import json
 import logging
 from collections import OrderedDict, deque
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
 from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
@@ -54,16 +54,15 @@ class ChannelTable(Protocol):
 
 
 class ChannelMetadata(Protocol):
-    """The mirrors of etcd (cluster.categories, cluster.templates, cluster.providers,
-    cluster.subscriptions)."""
+    """The mirrors of etcd (notifymesh.server.cluster.Cluster): each raises NotFound."""
 
-    def category(self, name: str) -> notify_pb2.Category | None: ...
+    async def category(self, name: str) -> notify_pb2.Category: ...
 
-    def template(self, name: str, version: int) -> notify_pb2.Template | None: ...
+    async def template(self, name: str, version: int = 0) -> notify_pb2.Template: ...
 
-    def provider(self, channel: int) -> notify_pb2.Provider | None: ...
+    async def provider(self, channel: int) -> notify_pb2.Provider: ...
 
-    def subscription(self, name: str) -> pubsub_pb2.Subscription | None: ...
+    async def subscription(self, name: str) -> pubsub_pb2.Subscription: ...
 
 
 class Rendering(Protocol):
@@ -78,7 +77,8 @@ class Rendering(Protocol):
     def context(self, recipient: notify_pb2.Recipient | None, data: dict, notification_id: str, category: str,
                 unsubscribe_url: str = "") -> dict[str, Any]: ...
 
-    def unsubscribe_url(self, recipient: str, category: str) -> str: ...
+    def unsubscribe_url(self, recipient: str, category: str, channel: str) -> str:
+        """"" when the frontends' HTTP address is not known."""
 
 
 class Outgoing(NamedTuple):
@@ -166,8 +166,11 @@ def scrub(reason: str, address: str) -> str:
 
 class ChannelSender:
     def __init__(self, subscription: str, table: ChannelTable, metadata: ChannelMetadata, rendering: Rendering,
-                 providers: Providers, recorder: Recorder, slots: PrioritySlots):
-        self.subscription = subscription
+                 providers: Providers, recorder: Recorder, slots: PrioritySlots,
+                 default_limit: Callable[[], notify_pb2.RateLimit] = notify_pb2.RateLimit):
+        """default_limit(): the limit of a category without one (the cluster settings
+        notify_default_rate_limit and notify_default_rate_period_s; limit 0: none)."""
+        self.subscription, self._default_limit = subscription, default_limit
         self._table, self._metadata, self._rendering = table, metadata, rendering
         self._providers, self._recorder, self._slots = providers, recorder, slots
         self._waiting_noted: OrderedDict[str, None] = OrderedDict()
@@ -197,7 +200,9 @@ class ChannelSender:
     async def _send(self, task: internal_pb2.ChannelTask, attempt: int, event) -> Outcome:
         rid, channel, name = task.recipient, task.channel, channel_name(task.channel)
         key = task_key(task.notification_id, rid, channel)
-        if self._metadata.provider(channel) is None:
+        try:
+            await self._metadata.provider(channel)
+        except errors.NotFound:
             reason = f"no {name} provider is set; the notification waits for one"
             if not self._noted_waiting(key):
                 event(notify_pb2.SEND_DELAYED, reason=reason)
@@ -205,10 +210,13 @@ class ChannelSender:
             return Outcome(ack=False, delay_ms=NO_PROVIDER_DELAY_MS, deferred=True, reason=reason)
         self._waiting_noted.pop(key, None)
 
-        category = self._metadata.category(task.category) or notify_pb2.Category(name=task.category)
+        try:
+            category = await self._metadata.category(task.category)
+        except errors.NotFound:  # deleted since the notification was accepted: no limit of its own
+            category = notify_pb2.Category(name=task.category)
         contact_raw, override_raw = await self._table.read(rid, [rows.contact_key(rid),
                                                                  rows.rate_limit_key(rid, task.category)])
-        limit = category.rate_limit
+        limit = category.rate_limit if category.rate_limit.limit > 0 else self._default_limit()
         if override_raw is not None:
             override = internal_pb2.RateLimitRow.FromString(override_raw).rate_limit
             if override.limit > 0:
@@ -233,12 +241,14 @@ class ChannelSender:
                   reason="recipient not found" if recipient is None else f"no {name} contact")
             return ACK
 
-        template = self._metadata.template(task.template, task.template_version)
-        if template is None:
+        try:
+            template = await self._metadata.template(task.template, task.template_version)
+        except errors.NotFound:
             event(notify_pb2.SEND_FAILED, reason=f"template {task.template!r} version {task.template_version} "
                                                  "not found (deleted after the notification was accepted)")
             return ACK
-        unsubscribe_url = self._rendering.unsubscribe_url(rid, task.category) if channel == notify_pb2.EMAIL else ""
+        unsubscribe_url = self._rendering.unsubscribe_url(rid, task.category, name) \
+            if channel == notify_pb2.EMAIL else ""
         try:
             values = self._rendering.context(recipient, json.loads(task.data or "{}"), task.notification_id,
                                              task.category, unsubscribe_url)
@@ -266,8 +276,8 @@ class ChannelSender:
         event(notify_pb2.SEND_FAILED, reason=reason, provider=result.provider)
         if not result.transient:
             return ACK
-        record = self._metadata.subscription(self.subscription)
-        if record is not None and record.max_delivery_attempts and attempt >= record.max_delivery_attempts:
+        record = await self._metadata.subscription(self.subscription)
+        if record.max_delivery_attempts and attempt >= record.max_delivery_attempts:
             event(notify_pb2.SEND_DEAD_LETTERED, reason=f"{attempt} attempts failed; the last: {reason}",
                   provider=result.provider)
             return Outcome(ack=False, terminal=bool(record.dead_letter_topic), reason=reason)

@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError
 from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
+from notifymesh import errors
 from notifymesh.clock import now_ms
 from notifymesh.log import fields
 from notifymesh.server import rows
@@ -53,11 +54,11 @@ class FanoutTable(Protocol):
 
 
 class FanoutMetadata(Protocol):
-    """The metadata mirrors (cluster.categories, cluster.templates)."""
+    """The metadata mirrors (notifymesh.server.cluster.Cluster): each raises NotFound."""
 
-    def category(self, name: str) -> notify_pb2.Category | None: ...
+    async def category(self, name: str) -> notify_pb2.Category: ...
 
-    def template(self, name: str, version: int) -> notify_pb2.Template | None: ...
+    async def template(self, name: str, version: int = 0) -> notify_pb2.Template: ...
 
 
 class Publisher(Protocol):
@@ -98,11 +99,17 @@ class Fanout:
         log.info("notification fanned out", extra=fields(notification=notification_id, recipients=done))
         return ACK
 
-    def _job(self, notification_id: str, job: internal_pb2.NotificationJob) -> Job:
+    async def _job(self, notification_id: str, job: internal_pb2.NotificationJob) -> Job:
         request = job.request
-        category = self._metadata.category(request.category) or notify_pb2.Category(name=request.category)
-        template = self._metadata.template(request.template, job.template_version)
-        template_channels = list(dict.fromkeys(c.channel for c in template.contents)) if template else []
+        try:
+            category = await self._metadata.category(request.category)
+        except errors.NotFound:  # deleted since the notification was accepted: no opt-out exemption
+            category = notify_pb2.Category(name=request.category)
+        try:
+            template = await self._metadata.template(request.template, job.template_version)
+            template_channels = list(dict.fromkeys(c.channel for c in template.contents))
+        except errors.NotFound:  # its tasks fail, each logged, when they find it gone
+            template_channels = []
         requested = list(dict.fromkeys(request.channels))
         names = [channel_name(c) for c in (requested or template_channels or CHANNELS)]
         scopes = [(request.category, ""), ("", "")] + [(cat, ch) for ch in names for cat in (request.category, "")]
@@ -122,7 +129,7 @@ class Fanout:
             await self._log.accepted(record, [])
         else:
             log.info("fan-out resumes", extra=fields(notification=notification_id, after=checkpoint.recipients_done))
-        context = self._job(notification_id, job)
+        context = await self._job(notification_id, job)
         while True:
             page, more = await self._page(request, checkpoint)
             if page:

@@ -115,17 +115,23 @@ class FakeMetadata:
         self.providers: dict[int, notify_pb2.Provider] = {}
         self.subscriptions: dict[str, pubsub_pb2.Subscription] = {}
 
-    def category(self, name: str) -> notify_pb2.Category | None:
-        return self.categories.get(name)
+    @staticmethod
+    def _found(what: str, item):
+        if item is None:
+            raise errors.NotFound(f"{what} not found")
+        return item
 
-    def template(self, name: str, version: int) -> notify_pb2.Template | None:
-        return self.templates.get((name, version))
+    async def category(self, name: str) -> notify_pb2.Category:
+        return self._found("category", self.categories.get(name))
 
-    def provider(self, channel: int) -> notify_pb2.Provider | None:
-        return self.providers.get(channel)
+    async def template(self, name: str, version: int = 0) -> notify_pb2.Template:
+        return self._found("template", self.templates.get((name, version)))
 
-    def subscription(self, name: str) -> pubsub_pb2.Subscription | None:
-        return self.subscriptions.get(name)
+    async def provider(self, channel: int) -> notify_pb2.Provider:
+        return self._found("provider", self.providers.get(channel))
+
+    async def subscription(self, name: str) -> pubsub_pb2.Subscription:
+        return self._found("subscription", self.subscriptions.get(name))
 
 
 class _Values(dict):
@@ -151,8 +157,8 @@ class FakeRendering:
         return {"data": data, "recipient": recipient, "notification_id": notification_id, "category": category,
                 "unsubscribe_url": unsubscribe_url}
 
-    def unsubscribe_url(self, recipient: str, category: str) -> str:
-        return f"http://unsubscribe.test/{recipient}/{category}"
+    def unsubscribe_url(self, recipient: str, category: str, channel: str) -> str:
+        return f"http://unsubscribe.test/{recipient}/{category}/{channel}"
 
 
 class FakeProviders:

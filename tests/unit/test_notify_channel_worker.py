@@ -74,7 +74,7 @@ async def test_a_task_is_rendered_and_sent_with_its_unsubscribe_headers_and_logg
     (message,) = p.providers.sent
     assert (message.to, message.subject, message.text, message.idempotency_key) == (
         "alice@example.com", "Invoice 17", "Pay 12.00", "n1/alice/email")
-    assert message.headers == {"List-Unsubscribe": "<http://unsubscribe.test/alice/billing>",
+    assert message.headers == {"List-Unsubscribe": "<http://unsubscribe.test/alice/billing/email>",
                                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
     assert [s for s, _ in await p.timeline("alice")] == [notify_pb2.SEND_RENDERED, notify_pb2.SEND_SENT]
     assert p.table.count("write_many") == writes + 1  # both events in one table write
@@ -116,6 +116,17 @@ async def test_the_recipients_override_replaces_the_categorys_limit():
     for nid in ("n1", "n2", "n3", "n4"):
         await p.handle("alice", nid=nid)
     assert len(p.providers.sent) == 3
+
+
+async def test_a_category_without_a_limit_takes_the_clusters_default():
+    p = Parts(limit=0)
+    p.sender = ChannelSender(SUB, p.table, p.metadata, FakeRendering(), p.providers, BatchedRecorder(p.log),
+                             PrioritySlots(4), lambda: notify_pb2.RateLimit(limit=2, period_seconds=60))
+    await p.recipient("alice", email="alice@example.com")
+    for nid in ("n1", "n2", "n3"):
+        await p.handle("alice", nid=nid)
+    assert len(p.providers.sent) == 2
+    assert [args[2:4] for call, args in p.table.calls if call == "rate_acquire"] == [(2, 60_000)] * 3
 
 
 async def test_no_contact_and_a_missing_variable_fail_only_that_recipient():
