@@ -5,6 +5,7 @@ from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh.server import validation
 from notifymesh.server.process import Context
 from sender.dispatch import Dispatcher
+from sender.notifications import NotificationPipeline
 from sender.push import PushSubscriptions
 
 
@@ -50,12 +51,15 @@ class SenderService:
         ctx.cluster.members.on_change(lambda _name: self.dispatcher.release_unowned())
         ctx.cluster.subscriptions.on_change(self.dispatcher.record_changed)
         self.push = PushSubscriptions(ctx.cluster, self.dispatcher, ctx.config.sender_max_push_in_flight)
+        self.notifications = NotificationPipeline(ctx, self.dispatcher)
         self.servicers = [(sender_pb2_grpc.add_SenderServicer_to_server, SenderServicer(self.dispatcher))]
 
     async def start(self) -> None:
         self.push.start()
+        await self.notifications.start()
 
     async def drain(self) -> None:
+        await self.notifications.drain()  # takes no new task; finishes or hands back what it holds
         await self.push.stop()
         await self.dispatcher.close()
 

@@ -1,0 +1,137 @@
+"""The notification pipeline of a sender, put together from the real parts: the
+table client, the cluster's mirrors of categories, templates, providers and
+subscriptions, the renderer, signed unsubscribe links, and the channel
+providers (sender/providers). It runs the fan-out worker and a worker per
+channel and priority for the internal subscriptions this sender owns.
+"""
+
+import asyncio
+import logging
+
+from gen.notifymesh.v1 import notify_pb2
+from notifymesh.log import fields
+from notifymesh.server import templating, unsubscribe
+from notifymesh.server.clients import StorageClient
+from notifymesh.server.internal_topics import CHANNELS, FANOUT_SUBSCRIPTION, channel_name, channel_subscription
+from notifymesh.server.notification_log import BatchedRecorder, NotificationLog
+from notifymesh.server.process import Context
+from notifymesh.server.publishing import InternalPublisher
+from notifymesh.server.table import TableClient
+from sender.channel_worker import ChannelSender, Failed, Outgoing, PrioritySlots, Sent
+from sender.dispatch import Dispatcher
+from sender.fanout import Fanout
+from sender.pipeline import PipelineWorkers, WorkerSpec
+from sender.providers import (ChannelProvider, OutgoingMessage, PermanentSendError, TransientSendError,
+                              provider_for)
+
+log = logging.getLogger(__name__)
+
+FANOUT_JOBS = 4  # notifications fanned out at once by one sender (each holds one page)
+DEFAULT_CONCURRENCY = 32  # a provider's max_concurrency when unset; and the window of a channel without one
+DRAIN_GRACE_S = 5.0  # a stopping sender lets sends under way finish this long, then hands them back
+
+
+class ChannelProviders:
+    """One sender.providers adapter per channel, made from the channel's record in
+    the mirror and made again when that record changes; failures become Failed."""
+
+    def __init__(self, ctx: Context):
+        self._cluster = ctx.cluster
+        self._made: dict[int, tuple[notify_pb2.Provider, ChannelProvider]] = {}
+        self._closing: set[asyncio.Task] = set()
+
+    def _provider(self, channel: int) -> ChannelProvider | None:
+        record = self._cluster.providers.items.get(channel_name(channel))
+        if record is None:
+            return None
+        made = self._made.get(channel)
+        if made is None or made[0] != record:
+            if made is not None:  # its sends under way finish on their own connections first
+                task = asyncio.create_task(made[1].close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+            made = self._made[channel] = (record, provider_for(record))
+        return made[1]
+
+    async def send(self, message: Outgoing) -> Sent | Failed:
+        try:
+            provider = self._provider(message.channel)
+        except ValueError as e:  # a kind no adapter has (metadata refuses those)
+            return Failed(True, str(e))
+        if provider is None:  # removed since the task looked
+            return Failed(True, f"no {channel_name(message.channel)} provider is set")
+        try:
+            result = await provider.send(OutgoingMessage(*message))
+        except TransientSendError as e:
+            return Failed(True, e.reason, provider.name, e.retry_after_s)
+        except PermanentSendError as e:
+            return Failed(False, e.reason, provider.name)
+        return Sent(result.provider, result.provider_message_id)
+
+    async def close(self) -> None:
+        providers = [provider for _, provider in self._made.values()]
+        self._made.clear()
+        await asyncio.gather(*(p.close() for p in providers), *self._closing, return_exceptions=True)
+
+
+class TemplateRendering:
+    """templating.Renderer and context, and the email's signed unsubscribe link to
+    the frontends' HTTP server."""
+
+    def __init__(self, ctx: Context, signer: unsubscribe.TokenSigner):
+        self._ctx, self._signer = ctx, signer
+        self._renderer = templating.Renderer()
+        self.render = self._renderer.render
+        self.context = templating.context
+
+    def unsubscribe_url(self, recipient: str, category: str, channel: str) -> str:
+        config = self._ctx.config
+        base = unsubscribe.public_base_url(config.public_base_url, sorted(self._ctx.cluster.live("frontend").values()),
+                                           config.frontend_http_port_offset)
+        return unsubscribe.unsubscribe_url(base, self._signer.issue(recipient, category, channel)) if base else ""
+
+
+class NotificationPipeline:
+    def __init__(self, ctx: Context, dispatcher: Dispatcher):
+        self._ctx, self._dispatcher = ctx, dispatcher
+        self._workers: PipelineWorkers | None = None
+        self._providers = ChannelProviders(ctx)
+
+    async def start(self) -> None:
+        ctx, config = self._ctx, self._ctx.config
+        table = TableClient(ctx.cluster)
+        notification_log = NotificationLog(table, lambda: round(config.notification_log_retention_s * 1000))
+        recorder = BatchedRecorder(notification_log)
+        rendering = TemplateRendering(ctx, await unsubscribe.signer(ctx.cluster.etcd))
+        fanout = Fanout(table, notification_log, ctx.cluster, InternalPublisher(ctx.cluster, StorageClient(ctx.cluster)))
+        slots = {channel: PrioritySlots(DEFAULT_CONCURRENCY) for channel in CHANNELS}
+
+        def default_limit() -> notify_pb2.RateLimit:
+            return notify_pb2.RateLimit(limit=config.notify_default_rate_limit,
+                                        period_seconds=round(config.notify_default_rate_period_s))
+
+        senders = {(channel, priority): ChannelSender(
+            channel_subscription(channel, priority), table, ctx.cluster, rendering, self._providers, recorder,
+            slots[channel], default_limit) for channel in CHANNELS for priority in (notify_pb2.NORMAL, notify_pb2.HIGH)}
+
+        def specs() -> dict[str, WorkerSpec]:
+            wanted = {FANOUT_SUBSCRIPTION: WorkerSpec(fanout, FANOUT_JOBS)}
+            for channel in CHANNELS:
+                record = ctx.cluster.providers.items.get(channel_name(channel))
+                window = (record.max_concurrency if record is not None else 0) or DEFAULT_CONCURRENCY
+                if slots[channel].limit != window:
+                    log.info("provider concurrency", extra=fields(channel=channel_name(channel), window=window))
+                    slots[channel].limit = window
+                    slots[channel].wake()
+                for priority in (notify_pb2.NORMAL, notify_pb2.HIGH):
+                    wanted[channel_subscription(channel, priority)] = WorkerSpec(senders[(channel, priority)], window)
+            return wanted
+
+        self._workers = PipelineWorkers(ctx.cluster, self._dispatcher, specs, DRAIN_GRACE_S)
+        self._workers.start()
+
+    async def drain(self) -> None:
+        """Takes no new job or task; what is under way finishes within DRAIN_GRACE_S or goes back."""
+        if self._workers is not None:
+            await self._workers.stop()
+        await self._providers.close()
