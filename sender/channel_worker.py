@@ -15,8 +15,9 @@ The steps, in order, each recorded in the notification log:
    the delay when given), and on the subscription's last attempt
    SEND_DEAD_LETTERED and a nack to the dead-letter topic; a permanent one
    SEND_FAILED and an ack.
-The task's events are written together before its ack or nack; reasons never
-hold the recipient's address.
+The task's events are written before its ack or nack, and SEND_RENDERED also
+before the provider is called (every attempt that may have reached the provider
+is in the log); reasons never hold the recipient's address.
 """
 
 import asyncio
@@ -183,9 +184,14 @@ class ChannelSender:
             events.append(Event(task.notification_id, task.accepted_ms, task.recipient, task.channel, state,
                                 now_ms(), attempt=received.delivery_attempt, **kw))
 
-        outcome = await self._send(task, received.delivery_attempt, event)
-        if events:
-            await self._recorder.record(events)
+        async def flush() -> None:
+            taken = events[:]
+            events.clear()
+            if taken:
+                await self._recorder.record(taken)
+
+        outcome = await self._send(task, received.delivery_attempt, event, flush)
+        await flush()
         return outcome
 
     def _noted_waiting(self, key: str) -> bool:
@@ -197,7 +203,7 @@ class ChannelSender:
             self._waiting_noted.popitem(last=False)
         return False
 
-    async def _send(self, task: internal_pb2.ChannelTask, attempt: int, event) -> Outcome:
+    async def _send(self, task: internal_pb2.ChannelTask, attempt: int, event, flush) -> Outcome:
         rid, channel, name = task.recipient, task.channel, channel_name(task.channel)
         key = task_key(task.notification_id, rid, channel)
         try:
@@ -257,6 +263,9 @@ class ChannelSender:
             event(notify_pb2.SEND_FAILED, reason=scrub(e.details, address))
             return ACK
         event(notify_pb2.SEND_RENDERED)
+        # Logged before the provider sees it: a sender that dies after the send leaves the
+        # attempt in the log, so a second send after redelivery is one the log accounts for.
+        await flush()
 
         headers = {}
         if unsubscribe_url:  # RFC 8058 one-click unsubscribe

@@ -66,18 +66,27 @@ class Parts:
                 for k, v in zip(scanned.keys, scanned.values)]
 
 
-async def test_a_task_is_rendered_and_sent_with_its_unsubscribe_headers_and_logged_in_one_write():
+async def test_a_task_is_rendered_and_sent_with_its_unsubscribe_headers_and_each_attempt_logged_first():
     p = Parts()
     await p.recipient("alice", email="alice@example.com")
     writes = p.table.count("write_many")
+    send = p.providers.send
+    logged_before_sending = []
+
+    async def checked_send(message):
+        logged_before_sending.append([s for s, _ in await p.timeline("alice")])
+        return await send(message)
+
+    p.providers.send = checked_send
     assert await p.handle("alice") == ACK
+    assert logged_before_sending == [[notify_pb2.SEND_RENDERED]]
     (message,) = p.providers.sent
     assert (message.to, message.subject, message.text, message.idempotency_key) == (
         "alice@example.com", "Invoice 17", "Pay 12.00", "n1/alice/email")
     assert message.headers == {"List-Unsubscribe": "<http://unsubscribe.test/alice/billing/email>",
                                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
     assert [s for s, _ in await p.timeline("alice")] == [notify_pb2.SEND_RENDERED, notify_pb2.SEND_SENT]
-    assert p.table.count("write_many") == writes + 1  # both events in one table write
+    assert p.table.count("write_many") == writes + 2  # the attempt, then its outcome
     sent = notify_pb2.SendEvent.FromString((await p.table.scan("n1", rows.events_prefix("n1", "alice"))).values[-1])
     assert (sent.provider, sent.provider_message_id, sent.attempt) == ("fake", "pm-1", 1)
 
