@@ -103,7 +103,8 @@ class NotificationPipeline:
         notification_log = NotificationLog(table, lambda: round(config.notification_log_retention_s * 1000))
         recorder = BatchedRecorder(notification_log)
         rendering = TemplateRendering(ctx, await unsubscribe.signer(ctx.cluster.etcd))
-        fanout = Fanout(table, notification_log, ctx.cluster, InternalPublisher(ctx.cluster, StorageClient(ctx.cluster)))
+        publisher = InternalPublisher(ctx.cluster, StorageClient(ctx.cluster))
+        fanout = Fanout(table, notification_log, ctx.cluster, publisher)
         slots = {channel: PrioritySlots(DEFAULT_CONCURRENCY) for channel in CHANNELS}
 
         def default_limit() -> notify_pb2.RateLimit:
