@@ -29,6 +29,7 @@ from typing import Any, Callable, NamedTuple, Protocol
 from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
 from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
 from notifymesh import errors
+from notifymesh.batching import Coalescer
 from notifymesh.clock import now_ms
 from notifymesh.log import fields
 from notifymesh.server import rows, validation
@@ -43,12 +44,13 @@ log = logging.getLogger(__name__)
 NO_PROVIDER_DELAY_MS = 30_000  # a task whose channel has no provider looks again this much later
 MAX_NACK_DELAY_MS = 600_000  # the longest nack delay storage takes; a longer rate-limit wait takes two
 WAITING_NOTED = 100_000  # tasks remembered as logged waiting for a provider (the oldest forgotten first)
+READS_PER_CALL = 1000  # tasks' reads merged into one read_many (2 rows each)
 
 
 class ChannelTable(Protocol):
     """What a channel worker asks of the table (notifymesh.server.table.TableClient)."""
 
-    async def read(self, partition_key: str, keys: list[bytes]) -> list[bytes | None]: ...
+    async def read_many(self, keys_by_partition_key: dict[str, list[bytes]]) -> dict[bytes, bytes | None]: ...
 
     async def rate_acquire(self, partition_key: str, key: bytes, limit: int, period_ms: int, token: str,
                            force: bool = False): ...  # -> table.RateDecision(allowed, retry_after_ms, count)
@@ -158,6 +160,27 @@ class PrioritySlots:
             queue.popleft().set_result(None)
 
 
+class BatchedReads:
+    """The reads of tasks under way at once (each a recipient's contact and override
+    rows) share one read_many: one table call per partition for all of them, not
+    one per task."""
+
+    def __init__(self, table: ChannelTable, max_reads: int = READS_PER_CALL):
+        self._table = table
+        self._calls = Coalescer(self._read, max_items=max_reads)
+
+    async def _read(self, _key, reads: list[tuple[str, list[bytes]]]) -> list[list[bytes | None]]:
+        wanted: dict[str, list[bytes]] = {}
+        for partition_key, keys in reads:
+            wanted.setdefault(partition_key, []).extend(keys)
+        found = await self._table.read_many(wanted)
+        return [[found.get(key) for key in keys] for _, keys in reads]
+
+    async def read(self, partition_key: str, keys: list[bytes]) -> list[bytes | None]:
+        (values,) = await self._calls.submit("", [(partition_key, keys)])
+        return values
+
+
 def scrub(reason: str, address: str) -> str:
     """A provider's reason without the recipient's address (the log keeps none)."""
     if address:
@@ -168,10 +191,13 @@ def scrub(reason: str, address: str) -> str:
 class ChannelSender:
     def __init__(self, subscription: str, table: ChannelTable, metadata: ChannelMetadata, rendering: Rendering,
                  providers: Providers, recorder: Recorder, slots: PrioritySlots,
-                 default_limit: Callable[[], notify_pb2.RateLimit] = notify_pb2.RateLimit):
+                 default_limit: Callable[[], notify_pb2.RateLimit] = notify_pb2.RateLimit,
+                 reads: BatchedReads | None = None):
         """default_limit(): the limit of a category without one (the cluster settings
-        notify_default_rate_limit and notify_default_rate_period_s; limit 0: none)."""
+        notify_default_rate_limit and notify_default_rate_period_s; limit 0: none).
+        reads: shared by the sender's channel workers (by default this one's own)."""
         self.subscription, self._default_limit = subscription, default_limit
+        self._reads = reads if reads is not None else BatchedReads(table)
         self._table, self._metadata, self._rendering = table, metadata, rendering
         self._providers, self._recorder, self._slots = providers, recorder, slots
         self._waiting_noted: OrderedDict[str, None] = OrderedDict()
@@ -220,7 +246,7 @@ class ChannelSender:
             category = await self._metadata.category(task.category)
         except errors.NotFound:  # deleted since the notification was accepted: no limit of its own
             category = notify_pb2.Category(name=task.category)
-        contact_raw, override_raw = await self._table.read(rid, [rows.contact_key(rid),
+        contact_raw, override_raw = await self._reads.read(rid, [rows.contact_key(rid),
                                                                  rows.rate_limit_key(rid, task.category)])
         limit = category.rate_limit if category.rate_limit.limit > 0 else self._default_limit()
         if override_raw is not None:

@@ -17,7 +17,7 @@ from notifymesh.server.notification_log import BatchedRecorder, NotificationLog
 from notifymesh.server.process import Context
 from notifymesh.server.publishing import InternalPublisher
 from notifymesh.server.table import TableClient
-from sender.channel_worker import ChannelSender, Failed, Outgoing, PrioritySlots, Sent
+from sender.channel_worker import BatchedReads, ChannelSender, Failed, Outgoing, PrioritySlots, Sent
 from sender.dispatch import Dispatcher
 from sender.fanout import Fanout
 from sender.pipeline import PipelineWorkers, WorkerSpec
@@ -111,9 +111,11 @@ class NotificationPipeline:
             return notify_pb2.RateLimit(limit=config.notify_default_rate_limit,
                                         period_seconds=round(config.notify_default_rate_period_s))
 
+        reads = BatchedReads(table)
         senders = {(channel, priority): ChannelSender(
             channel_subscription(channel, priority), table, ctx.cluster, rendering, self._providers, recorder,
-            slots[channel], default_limit) for channel in CHANNELS for priority in (notify_pb2.NORMAL, notify_pb2.HIGH)}
+            slots[channel], default_limit, reads)
+            for channel in CHANNELS for priority in (notify_pb2.NORMAL, notify_pb2.HIGH)}
 
         def specs() -> dict[str, WorkerSpec]:
             wanted = {FANOUT_SUBSCRIPTION: WorkerSpec(fanout, FANOUT_JOBS)}

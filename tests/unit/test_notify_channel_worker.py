@@ -138,6 +138,16 @@ async def test_a_category_without_a_limit_takes_the_clusters_default():
     assert [args[2:4] for call, args in p.table.calls if call == "rate_acquire"] == [(2, 60_000)] * 3
 
 
+async def test_tasks_under_way_at_once_share_one_table_read():
+    p = Parts()
+    rids = [f"r{i}" for i in range(20)]
+    for rid in rids:
+        await p.recipient(rid, email=f"{rid}@example.com")
+    outcomes = await asyncio.gather(*(p.handle(rid) for rid in rids))
+    assert outcomes == [ACK] * 20 and len(p.providers.sent) == 20
+    assert p.table.count("read_many") <= 2  # the first at once, the other 19 together
+
+
 async def test_no_contact_and_a_missing_variable_fail_only_that_recipient():
     p = Parts()
     await p.recipient("alice", email="alice@example.com")
@@ -195,7 +205,7 @@ async def test_without_a_provider_the_task_waits_logged_once():
         outcome = await p.handle("alice")
         assert (outcome.ack, outcome.deferred, outcome.delay_ms) == (False, True, 30_000)
     assert [s for s, _ in await p.timeline("alice")] == [notify_pb2.SEND_DELAYED]
-    assert p.table.count("read") == 0  # nothing else done while it waits
+    assert p.table.count("read_many") == 0  # nothing else done while it waits
     p.metadata.providers[EMAIL] = notify_pb2.Provider(channel=EMAIL, kind="smtp")
     assert await p.handle("alice") == ACK
 
