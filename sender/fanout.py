@@ -2,9 +2,9 @@
 internal_topics.NOTIFY_TOPIC, whose message id is the notification id) into one
 ChannelTask per recipient and channel, on the channel topics.
 
-Recipients are expanded a page at a time (at most PAGE: the request's list, or
-an audience's members in id order), so memory holds one page whatever the
-audience's size. Per page: the recipients' contact, unsubscribe and preference
+Recipients are expanded a page at a time (the request's list, or an audience's
+members in id order; at most PAGE, fewer when the data is big), so memory holds
+one page whatever the audience's size. Per page: the recipients' contact, unsubscribe and preference
 rows are read in one batched read (grouped by table partition), the channels
 decided (sender/preferences.py), the log written (suppressions, SEND_QUEUED,
 the recipient index), the tasks published with the idempotency key
@@ -34,6 +34,7 @@ from sender.preferences import Action, Preference, decide
 log = logging.getLogger(__name__)
 
 PAGE = 1000  # recipients expanded at a time: what one job holds in memory
+PAGE_BYTES = 16 * 1024 * 1024  # and a page's tasks' data at most (a request's data is up to 64 KiB)
 PUBLISH_MAX_MESSAGES = 1000  # channel tasks in one publish
 PUBLISH_MAX_BYTES = 4 * 1024 * 1024  # and their data (a task carries the request's data, up to 64 KiB)
 _STATES = {Action.SEND: notify_pb2.SEND_QUEUED, Action.OPTED_OUT: notify_pb2.SUPPRESSED_OPTED_OUT,
@@ -75,6 +76,12 @@ class Job(NamedTuple):
     requested: list[int]  # the request's channels (none: the template's, as the recipient has them)
     template_channels: list[int]
     scopes: list[tuple[str, str]]  # the (category, channel) preference rows that can apply
+
+
+def page_size(request: notify_pb2.NotifyRequest) -> int:
+    """Recipients per page: PAGE, fewer when their tasks would carry over PAGE_BYTES of data."""
+    per_recipient = (len(request.data) + 256) * max(1, len(request.channels) or len(CHANNELS))
+    return max(1, min(PAGE, PAGE_BYTES // per_recipient))
 
 
 def task_key(notification_id: str, recipient: str, channel: int) -> str:
@@ -131,7 +138,7 @@ class Fanout:
             log.info("fan-out resumes", extra=fields(notification=notification_id, after=checkpoint.recipients_done))
         context = await self._job(notification_id, job)
         while True:
-            page, more = await self._page(request, checkpoint)
+            page, more = await self._page(request, checkpoint, page_size(request))
             if page:
                 await self._expand(context, page)
                 checkpoint = internal_pb2.FanoutCheckpoint(after_recipient=page[-1],
@@ -145,17 +152,17 @@ class Fanout:
             await self._log.accepted(record, [])
         return checkpoint.recipients_done
 
-    async def _page(self, request: notify_pb2.NotifyRequest,
-                    checkpoint: internal_pb2.FanoutCheckpoint) -> tuple[list[str], bool]:
+    async def _page(self, request: notify_pb2.NotifyRequest, checkpoint: internal_pb2.FanoutCheckpoint,
+                    size: int) -> tuple[list[str], bool]:
         """The next page of recipients after the checkpoint, and whether more follow."""
         if not request.audience:
             listed = list(dict.fromkeys(request.recipients))  # a recipient named twice is notified once
             start = checkpoint.recipients_done
-            return listed[start:start + PAGE], start + PAGE < len(listed)
+            return listed[start:start + size], start + size < len(listed)
         start_after = rows.member_key(request.audience, checkpoint.after_recipient) \
             if checkpoint.after_recipient else b""
         scanned = await self._table.scan(request.audience, rows.members_prefix(request.audience), start_after,
-                                         limit=PAGE)
+                                         limit=size)
         return [rows.parse_member_key(key)[1] for key in scanned.keys], scanned.more and bool(scanned.keys)
 
     async def _expand(self, job: Job, recipients: list[str]) -> None:

@@ -11,7 +11,7 @@ from notify_fakes import FakeMetadata, FakePublisher, FakeTable
 from notifymesh.server import rows
 from notifymesh.server.internal_topics import channel_topic
 from notifymesh.server.notification_log import NotificationLog
-from sender.fanout import Fanout
+from sender.fanout import Fanout, page_size
 
 EMAIL, SMS = notify_pb2.EMAIL, notify_pb2.SMS
 T0 = 1_700_000_000_000
@@ -153,6 +153,17 @@ async def test_a_crash_mid_audience_resumes_at_the_checkpoint_without_duplicate_
     # a job delivered again once done publishes nothing
     assert await p.fanout.run("n1", job(audience="everyone", channels=[EMAIL])) == 2500
     assert p.publisher.published() == 3500
+
+
+async def test_big_data_makes_smaller_pages_so_a_page_stays_bounded():
+    p = Parts()
+    await add_audience(p, "everyone", 300)
+    data = '{"blob": "%s"}' % ("x" * 60_000)
+    await p.fanout.run("n1", job(audience="everyone", data=data))
+    assert len(p.tasks(EMAIL_TOPIC)) == 300
+    reads = [keys for call, keys in p.table.calls if call == "read_many"]
+    assert max(len(keys) for keys in reads) == page_size(notify_pb2.NotifyRequest(data=data)) < 300
+    assert max(sum(len(m.data) for m in messages) for _, messages in p.publisher.calls) <= 16 * 1024 * 1024
 
 
 async def test_a_job_that_is_no_notification_job_is_set_aside():
