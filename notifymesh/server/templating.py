@@ -219,6 +219,8 @@ class Renderer:
                     setattr(out, field, _render(compiled[index, field], values, f"{_label(content)} {field}"))
         finally:
             _range_budget.reset(token)
+        # A header is one line: data with a line break must not end the subject early.
+        out.subject = " ".join(out.subject.splitlines())
         if channel == notify_pb2.WEBHOOK:
             try:
                 json.loads(out.json_body)

@@ -109,6 +109,13 @@ def test_html_is_autoescaped_and_nothing_else():
     assert render(template(content(text="{{ data.v }}")), data={"v": "<x>"}).text == "<x>"
 
 
+def test_a_subject_is_one_line():
+    tpl = template(content(EMAIL, subject="Re: {{ data.v }}", text="{{ data.v }}"))
+    rendered = render(tpl, channel=EMAIL, data={"v": "a\r\nBcc: x@example.com\nc"})
+    assert rendered.subject == "Re: a Bcc: x@example.com c"
+    assert rendered.text == "a\r\nBcc: x@example.com\nc"
+
+
 def test_a_webhook_body_must_render_to_json():
     tpl = template(content(WEBHOOK, json_body='{"amount": {{ data.amount | tojson }}, "to": "{{ recipient.id }}"}'))
     assert render(tpl, channel=WEBHOOK, data={"amount": 'say "hi"'}).json_body == \
