@@ -2,11 +2,15 @@
 created at metadata start, idempotently: a name that exists already is left as
 it is (several metadata replicas race at start; a restart finds them made). A
 create needs live storage nodes to place partitions on, so it is retried until
-every one is made."""
+every one is made. It waits for as many storage nodes as the replication
+factor first: the services of a mesh start together, and a partition placed on
+the first node alone would hold acknowledged writes on one replica until
+placement moved it."""
 
 import asyncio
 import logging
-from typing import NamedTuple
+import time
+from typing import Callable, NamedTuple
 
 from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
 from metadata.store import MetadataStore
@@ -19,6 +23,7 @@ from notifymesh.server.internal_topics import (
 log = logging.getLogger(__name__)
 
 RETRY_S = 0.5  # between rounds while storage nodes are not up yet
+STORAGE_WAIT_S = 30  # for as many storage nodes as the replication factor, at most
 TABLE_PARTITIONS, NOTIFY_PARTITIONS, CHANNEL_PARTITIONS = 8, 4, 4
 
 
@@ -79,8 +84,15 @@ async def create_missing(store: MetadataStore) -> int:
     return made
 
 
-async def bootstrap(store: MetadataStore) -> None:
-    """create_missing until it succeeds (storage nodes may start after this service)."""
+async def bootstrap(store: MetadataStore, storage_nodes: Callable[[], int], replication_factor: int) -> None:
+    """create_missing until it succeeds (storage nodes may start after this service),
+    once replication_factor storage nodes are live (storage_nodes()), or after
+    STORAGE_WAIT_S with fewer: partitions placed on fewer nodes than their
+    replication factor are fed to more by placement, but meanwhile a lone replica
+    holds what is written to them."""
+    give_up = time.monotonic() + STORAGE_WAIT_S
+    while storage_nodes() < replication_factor and time.monotonic() < give_up:
+        await asyncio.sleep(RETRY_S)
     while True:
         try:
             made = await create_missing(store)

@@ -86,9 +86,11 @@ class MetadataService:
         self.servicers = [(metadata_pb2_grpc.add_MetadataServicer_to_server,
                            MetadataServicer(self._store, ClusterSettings(ctx.cluster.etcd)))]
         self._bootstrap: asyncio.Task | None = None
+        self._cluster, self._replication_factor = ctx.cluster, ctx.config.default_replication_factor
 
     async def start(self) -> None:
-        self._bootstrap = asyncio.create_task(bootstrap(self._store))
+        self._bootstrap = asyncio.create_task(bootstrap(
+            self._store, lambda: len(self._cluster.rings["storage"].nodes), self._replication_factor))
 
     async def drain(self) -> None:
         if self._bootstrap is not None:

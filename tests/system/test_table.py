@@ -27,13 +27,15 @@ WAIT_S = 30
 @pytest.fixture
 async def table_mesh(tmp_path):
     """A mesh of its own (tests kill its storage nodes) and a TableClient on it,
-    once every table partition has a leader."""
+    once every table partition has a leader and 3 replicas."""
     mesh = new_mesh(tmp_path / "mesh")
     cluster = Cluster(connect_etcd(mesh.etcd_endpoint), Config.max_grpc_message_bytes)
     await cluster.start()
     try:
         deadline = time.monotonic() + WAIT_S
-        while not all(shard_name(TABLE_TOPIC, p) in cluster.leaders.items for p in range(PARTITIONS)):
+        shards = [shard_name(TABLE_TOPIC, p) for p in range(PARTITIONS)]
+        while not all(shard in cluster.leaders.items and shard in cluster.placements.items
+                      and len(cluster.placements.items[shard].replicas) == 3 for shard in shards):
             assert time.monotonic() < deadline, "the table partitions got no leaders"
             await asyncio.sleep(0.1)
         yield mesh, cluster, TableClient(cluster)
