@@ -211,6 +211,8 @@ class StorageNode:
                 "the messages were not dead-lettered and stay deliverable")
 
     async def append(self, topic: str, partition: int, messages, retry: bool) -> list[str]:
+        if topic == TABLE_TOPIC:  # its entries are TableOps this node made: a publish would write rows
+            raise errors.InvalidArgument(f"topic {TABLE_TOPIC!r} is written through the table's calls only")
         record = await self._cluster.topic(topic)  # NOT_FOUND rather than data for a topic that does not exist
         window_ms = (record.dedup_window.ToMilliseconds() if record.HasField("dedup_window")
                      else int(self._config.dedup_window_s * 1000))

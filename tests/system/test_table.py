@@ -11,6 +11,7 @@ import uuid
 import pytest
 from helpers import new_mesh, unique
 
+from gen.notifymesh.internal.v1 import storage_pb2
 from notifymesh import errors
 from notifymesh.client import Client
 from notifymesh.contracts import shard_name
@@ -167,3 +168,5 @@ async def test_internal_topics_exist_and_their_names_are_reserved(mesh):
         for call in calls:
             with pytest.raises(errors.InvalidArgument, match="reserved"):
                 await call
+        with pytest.raises(errors.InvalidArgument, match="table"):  # a publish would write rows
+            await client.publish(TABLE_TOPIC, [storage_pb2.TableOp(key=b"C\0x", value=b"y").SerializeToString()])
