@@ -54,9 +54,10 @@ APPLY_CHUNK = 2_000
 # stopped: a few ms of the event loop (a 125,000-row shard is gone over in about 2 min).
 SWEEP_CHUNK = 1_000
 TRIM_CHUNK = 5_000   # leading entries a leader looks at per trim of a shard
-# An erase compacts the shard once no other erase came for this long: a recipient
-# import of deletes does not compact once per row.
-ERASE_COMPACT_DELAY_S = 0.2
+# An erase compacts the shard once no other erase came for this long (a recipient
+# import of deletes does not compact once per row), though no later than
+# ERASE_COMPACT_MAX_DELAY_S after the first of a run of erases.
+ERASE_COMPACT_DELAY_S, ERASE_COMPACT_MAX_DELAY_S = 0.2, 2.0
 # Request bounds.
 MAX_OPS, MAX_KEYS, MAX_SCAN = 10_000, 10_000, 10_000
 MAX_KEY_BYTES, MAX_VALUE_BYTES = 4096, 1 << 20
@@ -108,7 +109,8 @@ class Table:
         # what a rate acquire decides on (bounded by the writes in flight).
         self.pending: dict[str, dict[bytes, Pending]] = {}
         self._sweep_from: dict[str, bytes] = {}  # per shard, the row key the next sweep starts at
-        self._compact_due: dict[str, float] = {}  # shard -> when (monotonic) to compact, after an erase
+        # shard -> (first erase not yet compacted, when to compact), monotonic
+        self._compact_due: dict[str, tuple[float, float]] = {}
 
     def recover(self) -> None:
         for key, value in self._db.prefixed(keys.APPLIED):
@@ -301,11 +303,13 @@ class Table:
         return self._logs.trim(shard, first)
 
     def compact_later(self, shard: str) -> None:
-        self._compact_due[shard] = time.monotonic() + ERASE_COMPACT_DELAY_S
+        now = time.monotonic()
+        first, _ = self._compact_due.get(shard, (now, now))
+        self._compact_due[shard] = first, min(now + ERASE_COMPACT_DELAY_S, first + ERASE_COMPACT_MAX_DELAY_S)
 
     def due_compactions(self) -> list[str]:
         now = time.monotonic()
-        due = [shard for shard, at in self._compact_due.items() if at <= now]
+        due = [shard for shard, (_, at) in self._compact_due.items() if at <= now]
         for shard in due:
             del self._compact_due[shard]
         return due

@@ -178,6 +178,19 @@ async def test_erase_leaves_no_file_with_the_erased_value(engine, tmp_path):
     assert files_with_secret() == ""
 
 
+def test_a_run_of_erases_compacts_once_and_not_later_than_the_bound(engine, monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr("storage.table.time.monotonic", lambda: clock[0])
+    table = engine.table
+    for _ in range(30):  # an erase every 0.1 s: each pushes the compaction back, up to the bound
+        table.compact_later(SHARD)
+        clock[0] += 0.1
+        if table.due_compactions():
+            break
+    assert clock[0] == pytest.approx(102.1)
+    assert table.due_compactions() == []
+
+
 def test_rate_decisions_count_within_the_window_once_per_token():
     now = 1_000_000
     current = None
