@@ -52,14 +52,30 @@ class TableClient:
     def __init__(self, cluster: Cluster):
         self._cluster = cluster
         self._storage = StorageClient(cluster)
+        self._partitions: int | None = None  # the table topic's partition count, once known
         self._writes: Coalescer[storage_pb2.TableOp, None] = Coalescer(
             self._send_write, MAX_OPS_PER_CALL, MAX_BYTES_PER_CALL, lambda op: op.ByteSize())
 
     def partition(self, partition_key: str) -> int:
-        topic = self._cluster.topics.items.get(TABLE_TOPIC)
-        if topic is None:
-            raise errors.Unavailable(f"the table topic {TABLE_TOPIC!r} is not known here yet (created at metadata start)")
-        return partition_of(partition_key, topic.partition_count)
+        if self._partitions is None:
+            topic = self._cluster.topics.items.get(TABLE_TOPIC)
+            if topic is None:
+                raise errors.Unavailable(f"the table topic {TABLE_TOPIC!r} is not known here yet "
+                                         "(metadata creates it at start)")
+            self._partitions = topic.partition_count  # fixed: no public call may change the topic
+        return partition_of(partition_key, self._partitions)
+
+    async def _known(self) -> None:
+        """Reads the table topic from etcd when the mirror has not seen it yet."""
+        if self._partitions is None and TABLE_TOPIC not in self._cluster.topics.items:
+            try:
+                self._partitions = (await self._cluster.topic(TABLE_TOPIC)).partition_count
+            except errors.NotFound:
+                raise errors.Unavailable(f"the table topic {TABLE_TOPIC!r} is not created yet") from None
+
+    async def _partition(self, partition_key: str) -> int:
+        await self._known()
+        return self.partition(partition_key)
 
     async def _send_write(self, partition: int, ops: list[storage_pb2.TableOp]) -> None:
         await self._storage.call("TableWrite", TABLE_TOPIC, partition,
@@ -67,7 +83,7 @@ class TableClient:
 
     async def write(self, partition_key: str, ops: list[storage_pb2.TableOp]) -> None:
         """Durable (on a majority, applied on the leader) when it returns."""
-        await self._write_partition(self.partition(partition_key), ops)
+        await self._write_partition(await self._partition(partition_key), ops)
 
     async def _write_partition(self, partition: int, ops: list[storage_pb2.TableOp]) -> None:
         await asyncio.gather(*(self._writes.submit(partition, ops[i:i + MAX_OPS_PER_CALL])
@@ -75,6 +91,7 @@ class TableClient:
 
     async def write_many(self, ops_by_partition_key: dict[str, list[storage_pb2.TableOp]]) -> None:
         by_partition: dict[int, list[storage_pb2.TableOp]] = defaultdict(list)
+        await self._known()
         for partition_key, ops in ops_by_partition_key.items():
             by_partition[self.partition(partition_key)].extend(ops)
         await asyncio.gather(*(self._write_partition(p, ops) for p, ops in by_partition.items()))
@@ -89,10 +106,11 @@ class TableClient:
 
     async def read(self, partition_key: str, keys: list[bytes]) -> list[bytes | None]:
         """The value of each row, None for a row that does not exist (or expired)."""
-        return await self._read_partition(self.partition(partition_key), keys) if keys else []
+        return await self._read_partition(await self._partition(partition_key), keys) if keys else []
 
     async def read_many(self, keys_by_partition_key: dict[str, list[bytes]]) -> dict[bytes, bytes | None]:
         by_partition: dict[int, list[bytes]] = defaultdict(list)
+        await self._known()
         for partition_key, keys in keys_by_partition_key.items():
             by_partition[self.partition(partition_key)].extend(keys)
         partitions = [(p, list(dict.fromkeys(keys))) for p, keys in by_partition.items() if keys]
@@ -103,7 +121,7 @@ class TableClient:
                    reverse: bool = False) -> Scanned:
         """Rows whose keys start with prefix, in key order (reverse: highest first),
         after start_after (reverse: before it); more: rows remain."""
-        partition = self.partition(partition_key)
+        partition = await self._partition(partition_key)
         response = await self._storage.call("TableScan", TABLE_TOPIC, partition, storage_pb2.TableScanRequest(
             partition=partition, prefix=prefix, start_after=start_after, limit=limit, reverse=reverse))
         return Scanned(list(response.keys), list(response.values), response.more)
@@ -112,7 +130,7 @@ class TableClient:
                            force: bool = False) -> RateDecision:
         """Counts a send against at most limit per period_ms (rows.rate_counter_key),
         once per token; force counts it even over the limit."""
-        partition = self.partition(partition_key)
+        partition = await self._partition(partition_key)
         response = await self._storage.call("RateAcquire", TABLE_TOPIC, partition, storage_pb2.RateAcquireRequest(
             partition=partition, key=key, limit=limit, period_ms=period_ms, token=token, force=force))
         return RateDecision(response.allowed, response.retry_after_ms, response.count)

@@ -66,6 +66,10 @@ async def test_many_keys_are_read_one_call_per_partition(table):
     assert table._storage.calls[-1] == ("TableRead", partition_of("r1", 8), 2)
 
 
-def test_no_partition_before_the_table_topic_is_known():
+async def test_no_partition_before_the_table_topic_is_created():
+    cluster = FakeCluster()
+    table = TableClient(cluster)
     with pytest.raises(errors.Unavailable):
-        TableClient(FakeCluster()).partition("alice")
+        table.partition("alice")
+    with pytest.raises(errors.Unavailable, match="not created yet"):
+        await table.read("alice", [b"C\0alice"])
