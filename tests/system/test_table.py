@@ -8,6 +8,7 @@ import subprocess
 import time
 import uuid
 
+import grpc
 import pytest
 from helpers import new_mesh, unique
 
@@ -15,6 +16,7 @@ from gen.notifymesh.internal.v1 import storage_pb2
 from notifymesh import errors
 from notifymesh.client import Client
 from notifymesh.contracts import shard_name
+from notifymesh.server.clients import StorageClient
 from notifymesh.server.cluster import Cluster, connect_etcd
 from notifymesh.server.config import Config
 from notifymesh.server.internal_topics import FANOUT_SUBSCRIPTION, NOTIFY_TOPIC, TABLE_TOPIC
@@ -170,3 +172,32 @@ async def test_internal_topics_exist_and_their_names_are_reserved(mesh):
                 await call
         with pytest.raises(errors.InvalidArgument, match="table"):  # a publish would write rows
             await client.publish(TABLE_TOPIC, [storage_pb2.TableOp(key=b"C\0x", value=b"y").SerializeToString()])
+
+
+async def test_malformed_table_requests_get_invalid_argument_or_not_found(mesh):
+    cluster = Cluster(connect_etcd(mesh.etcd_endpoint), Config.max_grpc_message_bytes)
+    await cluster.start()
+    try:
+        table = TableClient(cluster)
+        deadline = time.monotonic() + WAIT_S
+        while shard_name(TABLE_TOPIC, 0) not in cluster.leaders.items:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        storage = StorageClient(cluster)
+        for method, request, code in [
+                ("TableRead", storage_pb2.TableReadRequest(partition=0), grpc.StatusCode.INVALID_ARGUMENT),
+                ("TableWrite", storage_pb2.TableWriteRequest(partition=0, ops=[put(b"", b"x")]),
+                 grpc.StatusCode.INVALID_ARGUMENT),
+                ("TableScan", storage_pb2.TableScanRequest(partition=0, limit=0), grpc.StatusCode.INVALID_ARGUMENT),
+                ("RateAcquire", storage_pb2.RateAcquireRequest(partition=0, key=b"q", limit=0, period_ms=1000),
+                 grpc.StatusCode.INVALID_ARGUMENT)]:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await storage.call(method, TABLE_TOPIC, 0, request)
+            assert info.value.code() == code, (method, info.value.details())
+        with pytest.raises(grpc.aio.AioRpcError) as info:  # a partition the table does not have, on a leader
+            await storage.call("TableRead", TABLE_TOPIC, 0, storage_pb2.TableReadRequest(partition=99, keys=[b"k"]))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert await table.scan("anyone", b"Z\0nothing") == ([], [], False)
+    finally:
+        await cluster.stop()
+        await cluster.etcd.close()
