@@ -1,0 +1,110 @@
+"""Email over SMTP (aiosmtplib): multipart text and HTML, our own Message-ID,
+STARTTLS and login when configured, through a bounded pool of kept-open
+connections.
+
+Provider settings: host, port (default 25), starttls ("true"/"false"), username,
+from, timeout_seconds (default 30); secret: the password. Failures: a 4xx reply,
+a refused or dropped connection and a timeout are transient; a 5xx reply is
+permanent (550 mailbox unavailable, 553 bad address, 535 bad credentials).
+"""
+
+import asyncio
+import email.utils
+from email.message import EmailMessage
+
+import aiosmtplib
+
+from gen.notifymesh.v1 import notify_pb2
+from sender.providers.base import OutgoingMessage, PermanentSendError, SendResult, TransientSendError, setting
+
+DEFAULT_TIMEOUT_S = 30.0
+
+
+def build_message(msg: OutgoingMessage, sender: str) -> EmailMessage:
+    """The MIME message: text/plain, or multipart/alternative with the HTML."""
+    mail = EmailMessage()
+    mail["From"] = sender
+    mail["To"] = msg.to
+    mail["Subject"] = msg.subject
+    mail["Date"] = email.utils.formatdate(localtime=False)
+    domain = sender.rpartition("@")[2].rstrip(">") or "notifymesh.local"
+    mail["Message-ID"] = email.utils.make_msgid(domain=domain)
+    for name, value in msg.headers.items():
+        mail[name] = value
+    mail.set_content(msg.text)
+    if msg.html:
+        mail.add_alternative(msg.html, subtype="html")
+    return mail
+
+
+def classify(error: Exception) -> TransientSendError | PermanentSendError:
+    if isinstance(error, aiosmtplib.SMTPRecipientsRefused):  # each refused recipient has its reply
+        codes = [r.code for r in error.recipients]
+        reason = "; ".join(f"{r.code} {r.message}" for r in error.recipients)
+        return PermanentSendError(reason) if codes and all(c >= 500 for c in codes) else TransientSendError(reason)
+    if isinstance(error, aiosmtplib.SMTPResponseException) and not isinstance(error, aiosmtplib.SMTPConnectError):
+        reason = f"{error.code} {error.message}"
+        return PermanentSendError(reason) if error.code >= 500 else TransientSendError(reason)
+    return TransientSendError(f"{type(error).__name__}: {error}")
+
+
+class SmtpProvider:
+    name = "smtp"
+
+    def __init__(self, record: notify_pb2.Provider):
+        s = record.settings
+        self._host, self._port = setting(s, "host", "127.0.0.1"), int(setting(s, "port", "25"))
+        self._starttls = setting(s, "starttls", "false").lower() == "true"
+        self._username, self._password = setting(s, "username"), record.secret
+        self._from = setting(s, "from", "notifymesh@localhost")
+        self._timeout = float(setting(s, "timeout_seconds", str(DEFAULT_TIMEOUT_S)))
+        size = record.max_concurrency or 32
+        # At most `size` connections exist; an idle one waits here for the next send.
+        self._slots = asyncio.Semaphore(size)
+        self._idle: list[aiosmtplib.SMTP] = []
+        self.connects = 0  # connections opened, for tests and stats
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        client = aiosmtplib.SMTP(hostname=self._host, port=self._port, timeout=self._timeout,
+                                 start_tls=self._starttls)
+        await client.connect()
+        self.connects += 1
+        if self._username:
+            await client.login(self._username, self._password)
+        return client
+
+    async def send(self, msg: OutgoingMessage) -> SendResult:
+        mail = build_message(msg, self._from)
+        async with self._slots:
+            client = self._idle.pop() if self._idle else None
+            reused = client is not None
+            while True:
+                try:
+                    if client is None:
+                        client = await self._connect()
+                    await client.send_message(mail, sender=email.utils.parseaddr(self._from)[1],
+                                              recipients=[msg.to])
+                except asyncio.CancelledError:
+                    if client is not None:
+                        client.close()
+                    raise
+                except Exception as e:
+                    failed, client = client, None
+                    if failed is not None:
+                        failed.close()
+                    # A kept-open connection the server dropped meanwhile (idle timeout):
+                    # once more on a new one, not a failed attempt.
+                    if reused and isinstance(e, (aiosmtplib.SMTPServerDisconnected, ConnectionError)):
+                        reused = False
+                        continue
+                    raise classify(e) from None
+                self._idle.append(client)
+                return SendResult(self.name, mail["Message-ID"])
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for client in idle:
+            try:
+                await asyncio.wait_for(client.quit(), 2)
+            except Exception:
+                client.close()
