@@ -12,6 +12,9 @@ HTTP:
                                       the next `count` requests of the channel fail with
                                       `status` (email: SMTP reply code to DATA)
   GET  /_outbox?channel=sms           what the channel stored, as a JSON list
+  POST /_erase {"address": "alice@example.com"}
+                                      rewrites the outbox without any record that holds the
+                                      address (a recipient's erasure reaches the outbox too)
 
     python -m deploy.local_providers --data-dir .notifymesh --smtp-port 50066 --http-port 50067
 """
@@ -94,6 +97,23 @@ class Outbox:
 
     def read(self, channel: str) -> list[dict]:
         return read_outbox(self._data_dir, channel)
+
+    def erase(self, address: str) -> int:
+        """Rewrites every file without the lines that hold address (JSON-escaped as
+        stored); returns how many went."""
+        needle, erased = json.dumps(address, ensure_ascii=False)[1:-1], 0
+        for channel in OUTBOX_CHANNELS:
+            for path in outbox_files(self._data_dir, channel):
+                if not path.exists():
+                    continue
+                lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+                kept = [line for line in lines if needle not in line]
+                if len(kept) < len(lines):
+                    tmp = path.with_suffix(".tmp")
+                    tmp.write_text("".join(kept), encoding="utf-8")
+                    tmp.replace(path)
+                    erased += len(lines) - len(kept)
+        return erased
 
 
 def read_outbox(data_dir, channel: str) -> list[dict]:
@@ -218,6 +238,15 @@ class LocalProviders:
             return web.json_response({"message": f"channel: one of {list(OUTBOX_CHANNELS)}"}, status=400)
         return web.json_response(self.outbox.read(channel))
 
+    async def _erase(self, request: web.Request) -> web.Response:
+        try:
+            address = (await request.json())["address"]
+            if not isinstance(address, str) or len(address) < 3:
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"message": 'want {"address": "an email address or phone number"}'}, status=400)
+        return web.json_response({"erased": self.outbox.erase(address)})
+
     # -- lifecycle --------------------------------------------------------------
 
     async def start(self) -> None:
@@ -229,6 +258,7 @@ class LocalProviders:
         app.router.add_post("/webhook/{path:.*}", self._webhook)
         app.router.add_post("/_faults", self._faults)
         app.router.add_get("/_outbox", self._outbox)
+        app.router.add_post("/_erase", self._erase)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.http_port)

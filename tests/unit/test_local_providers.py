@@ -73,3 +73,23 @@ def test_credentials_are_made_once_and_kept(tmp_path):
     assert credentials(tmp_path) == first
     assert json.loads((tmp_path / local_providers.CREDENTIALS_FILE).read_text())["sms_token"] == first.sms_token
     assert (tmp_path / local_providers.CREDENTIALS_FILE).stat().st_mode & 0o077 == 0
+
+
+async def test_erase_rewrites_the_outbox_without_the_address(http):
+    providers, session, sms = http
+    for to in ("+14155550100", "+14155550111", "+14155550100"):
+        assert (await sms(to))[0] == 201
+    outbox = providers.outbox
+    outbox.store("email", {"to": ["alice@example.com"], "text": "Hi"})
+    outbox.store("email", {"to": ["bob@example.com"], "text": "alice@example.com wrote"})  # named in the text
+    outbox.store("email", {"to": ["carol@example.com"], "text": "Hi"})
+    async with session.post("/_erase", json={"address": "+14155550100"}) as r:
+        assert await r.json() == {"erased": 2}
+    async with session.post("/_erase", json={"address": "alice@example.com"}) as r:
+        assert await r.json() == {"erased": 2}
+    assert [r["to"] for r in outbox.read("sms")] == ["+14155550111"]
+    assert [r["to"] for r in outbox.read("email")] == [["carol@example.com"]]
+    files = [p for c in ("sms", "email") for p in outbox_files(outbox._data_dir, c) if p.exists()]
+    assert not any(b"+14155550100" in p.read_bytes() or b"alice@example.com" in p.read_bytes() for p in files)
+    async with session.post("/_erase", json={"address": ""}) as r:
+        assert r.status == 400
