@@ -9,7 +9,8 @@ took 0.10 ms of CPU per send where httpx took 2.2 ms, at 32 in flight).
   Settings: timeout_seconds (default 10).
 
 Failures: a timeout, a connection error, 5xx and 429 (with its Retry-After) are
-transient; any other status is permanent, with the provider's error message.
+transient; any other status (a redirect too) and a URL that is not http(s) are
+permanent, with the provider's error message.
 """
 
 import asyncio
@@ -55,11 +56,13 @@ async def _post(session: aiohttp.ClientSession, url: str, **kwargs) -> tuple[int
     """(status, body); raises TransientSendError on a timeout or connection error and
     the classified error on a non-2xx status."""
     try:
-        async with session.post(url, **kwargs) as response:
+        async with session.post(url, allow_redirects=False, **kwargs) as response:
             body = await response.read()
             if not 200 <= response.status < 300:
                 raise refused(response.status, body, response.headers.get("Retry-After"))
             return response.status, body
+    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as e:  # the same URL will not do next time
+        raise PermanentSendError(f"not an http(s) URL: {e}") from None
     except (aiohttp.ClientError, asyncio.TimeoutError) as e:
         raise TransientSendError(f"{type(e).__name__}: {e}".rstrip(": ")) from None
 

@@ -74,7 +74,10 @@ class SmtpProvider:
         return client
 
     async def send(self, msg: OutgoingMessage) -> SendResult:
-        mail = build_message(msg, self._from)
+        try:
+            mail = build_message(msg, self._from)
+        except ValueError as e:  # a header with a line break: the same message fails every time
+            raise PermanentSendError(f"not a valid email: {e}") from None
         async with self._slots:
             client = self._idle.pop() if self._idle else None
             reused = client is not None

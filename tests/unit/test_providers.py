@@ -245,6 +245,16 @@ async def test_webhook_posts_the_json_signed_with_the_provider_secret(local, pro
         await hook.send(OutgoingMessage(notify_pb2.WEBHOOK, f"http://127.0.0.1:{local.http_port}/nope", json_body=body))
 
 
+async def test_a_message_that_cannot_be_sent_as_it_is_fails_permanently(local, provider):
+    with pytest.raises(PermanentSendError, match="not a valid email"):
+        await provider(notify_pb2.EMAIL).send(mail(headers={"List-Unsubscribe": "<x>\r\nBcc: eve@example.com"}))
+    hook = provider(notify_pb2.WEBHOOK)
+    for url in ("not a url", "ftp://127.0.0.1/x"):
+        with pytest.raises(PermanentSendError, match="not an http"):
+            await hook.send(OutgoingMessage(notify_pb2.WEBHOOK, url, json_body="{}"))
+    assert local.outbox.read("email") == []
+
+
 def test_an_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="no provider of kind 'carrier-pigeon'"):
         provider_for(notify_pb2.Provider(channel=notify_pb2.SMS, kind="carrier-pigeon"))
