@@ -22,7 +22,7 @@ HTTP:
 import argparse
 import asyncio
 import email
-import email.policy
+import email.header
 import json
 import os
 import secrets
@@ -162,12 +162,14 @@ class LocalProviders:
         fault = self.take_fault("email")
         if fault is not None:
             return f"{fault.status} fault injected"
-        mail = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        text, html = mail.get_body(("plain",)), mail.get_body(("html",))
+        # compat32 parsing: policy.default's header registry cost 5 ms a message.
+        mail = email.message_from_bytes(envelope.content)
+        bodies = {part.get_content_type(): part for part in mail.walk() if not part.is_multipart()}
+        headers = {name: _header_text(value) for name, value in mail.items()}
         self.outbox.store("email", {
-            "from": envelope.mail_from, "to": envelope.rcpt_tos, "subject": str(mail["Subject"] or ""),
-            "text": text.get_content() if text else "", "html": html.get_content() if html else "",
-            "message_id": str(mail["Message-ID"] or ""), "headers": {k: str(v) for k, v in mail.items()}})
+            "from": envelope.mail_from, "to": envelope.rcpt_tos, "subject": headers.get("Subject", ""),
+            "text": _body_text(bodies.get("text/plain")), "html": _body_text(bodies.get("text/html")),
+            "message_id": headers.get("Message-ID", ""), "headers": headers})
         return "250 OK"
 
     def _smtp_protocol(self) -> SMTP:
@@ -271,6 +273,16 @@ class LocalProviders:
             self.drop_smtp_connections()
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+def _header_text(value) -> str:
+    return str(email.header.make_header(email.header.decode_header(value)))
+
+
+def _body_text(part) -> str:
+    if part is None:
+        return ""
+    return part.get_payload(decode=True).decode(part.get_content_charset() or "utf-8", errors="replace")
 
 
 def _fault_response(fault: Fault) -> web.Response:

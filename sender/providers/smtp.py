@@ -10,7 +10,11 @@ permanent (550 mailbox unavailable, 553 bad address, 535 bad credentials).
 
 import asyncio
 import email.utils
-from email.message import EmailMessage
+import secrets
+from email.header import Header
+from email.message import Message
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 
 import aiosmtplib
 
@@ -20,20 +24,25 @@ from sender.providers.base import OutgoingMessage, PermanentSendError, SendResul
 DEFAULT_TIMEOUT_S = 30.0
 
 
-def build_message(msg: OutgoingMessage, sender: str) -> EmailMessage:
-    """The MIME message: text/plain, or multipart/alternative with the HTML."""
-    mail = EmailMessage()
-    mail["From"] = sender
-    mail["To"] = msg.to
-    mail["Subject"] = msg.subject
-    mail["Date"] = email.utils.formatdate(localtime=False)
-    domain = sender.rpartition("@")[2].rstrip(">") or "notifymesh.local"
-    mail["Message-ID"] = email.utils.make_msgid(domain=domain)
-    for name, value in msg.headers.items():
-        mail[name] = value
-    mail.set_content(msg.text)
+def build_message(msg: OutgoingMessage, sender: str) -> Message:
+    """The MIME message: text/plain, or multipart/alternative with the HTML. Built on
+    the email package's compat32 classes: EmailMessage's header registry cost 1.1 ms
+    of CPU a message, these 0.3 ms (bench/providers.py)."""
+    headers = {"From": sender, "To": msg.to, "Subject": msg.subject, **msg.headers}
+    if any("\r" in value or "\n" in value for value in headers.values()):
+        raise ValueError("a header value with a line break")  # it would add headers of its own
     if msg.html:
-        mail.add_alternative(msg.html, subtype="html")
+        # A boundary of our own, random: the generator would otherwise compile a regex a
+        # message to check the one it makes does not occur in the text.
+        mail = MIMEMultipart("alternative", boundary="=_" + secrets.token_hex(16))
+        mail.attach(MIMEText(msg.text, "plain", "utf-8"))
+        mail.attach(MIMEText(msg.html, "html", "utf-8"))
+    else:
+        mail = MIMEText(msg.text, "plain", "utf-8")
+    domain = sender.rpartition("@")[2].rstrip(">") or "notifymesh.local"
+    headers.update({"Date": email.utils.formatdate(), "Message-ID": email.utils.make_msgid(domain=domain)})
+    for name, value in headers.items():
+        mail[name] = value if value.isascii() else Header(value, "utf-8")
     return mail
 
 

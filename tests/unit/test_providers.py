@@ -78,6 +78,11 @@ async def test_email_is_sent_multipart_with_its_unsubscribe_headers_and_our_mess
     assert stored["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     await smtp.send(mail())  # text only: no HTML part
     assert local.outbox.read("email")[1]["html"] == ""
+    await smtp.send(OutgoingMessage(notify_pb2.EMAIL, "jorg@example.com", subject="Rechnung fällig",
+                                    text="Betrag: 12,00 €", html="<p>12,00 €</p>"))
+    utf8 = local.outbox.read("email")[2]
+    assert (utf8["subject"], utf8["text"].strip(), utf8["html"].strip()) == ("Rechnung fällig", "Betrag: 12,00 €",
+                                                                             "<p>12,00 €</p>")
 
 
 async def test_email_4xx_is_transient_5xx_permanent(local, provider):
