@@ -1,7 +1,8 @@
 """The metadata process: a thin Metadata servicer over MetadataStore."""
 
 from gen.notifymesh.internal.v1 import metadata_pb2_grpc
-from gen.notifymesh.v1 import cluster_pb2, pubsub_pb2
+from gen.notifymesh.v1 import cluster_pb2, notify_pb2, pubsub_pb2
+from metadata.notify_store import NotifyMetadataStore
 from metadata.settings import ClusterSettings
 from metadata.store import MetadataStore, Page
 from notifymesh.server.clients import StorageClient
@@ -9,8 +10,8 @@ from notifymesh.server.process import Context
 
 
 class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
-    def __init__(self, store: MetadataStore, settings: ClusterSettings):
-        self._store, self._settings = store, settings
+    def __init__(self, store: MetadataStore, settings: ClusterSettings, notify: NotifyMetadataStore):
+        self._store, self._settings, self._notify = store, settings, notify
 
     async def CreateTopic(self, request, context):
         return await self._store.create_topic(request.topic)
@@ -54,6 +55,44 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
     async def SetConfig(self, request, context):
         return await self._settings.set(request.key, request.value, request.reset)
 
+    async def CreateCategory(self, request, context):
+        return await self._notify.create_category(request.category)
+
+    async def GetCategory(self, request, context):
+        return await self._notify.get_category(request.name)
+
+    async def ListCategories(self, request, context):
+        return notify_pb2.ListCategoriesResponse(categories=await self._notify.list_categories())
+
+    async def UpdateCategory(self, request, context):
+        return await self._notify.update_category(request.category)
+
+    async def DeleteCategory(self, request, context):
+        await self._notify.delete_category(request.name)
+        return notify_pb2.DeleteCategoryResponse()
+
+    async def CreateTemplate(self, request, context):
+        return await self._notify.create_template(request.template)
+
+    async def GetTemplate(self, request, context):
+        return await self._notify.get_template(request.name, request.version)
+
+    async def ListTemplates(self, request, context):
+        return notify_pb2.ListTemplatesResponse(templates=await self._notify.list_templates())
+
+    async def DeleteTemplate(self, request, context):
+        await self._notify.delete_template(request.name)
+        return notify_pb2.DeleteTemplateResponse()
+
+    async def SetProvider(self, request, context):
+        return await self._notify.set_provider(request.provider, request.keep_secret)
+
+    async def GetProvider(self, request, context):
+        return await self._notify.get_provider(request.channel)
+
+    async def ListProviders(self, request, context):
+        return notify_pb2.ListProvidersResponse(providers=await self._notify.list_providers())
+
 
 class MetadataService:
     reflected = ()
@@ -61,7 +100,8 @@ class MetadataService:
     def __init__(self, ctx: Context):
         store = MetadataStore(ctx.cluster, ctx.config, StorageClient(ctx.cluster))
         self.servicers = [(metadata_pb2_grpc.add_MetadataServicer_to_server,
-                           MetadataServicer(store, ClusterSettings(ctx.cluster.etcd)))]
+                           MetadataServicer(store, ClusterSettings(ctx.cluster.etcd),
+                                            NotifyMetadataStore(ctx.cluster)))]
 
     async def start(self) -> None:
         pass

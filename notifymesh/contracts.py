@@ -202,6 +202,19 @@ PLACEMENTS = b"/notifymesh/placements/"      # + shard -> internal.v1.ShardPlace
 LEADERS = b"/notifymesh/leaders/"
 CANDIDATES = b"/notifymesh/candidates/"      # + shard/node -> Candidacy
 CONFIG = b"/notifymesh/config"               # the cluster configuration, a JSON object
+# The notification layer's cluster metadata (metadata/notify_store.py):
+CATEGORIES = b"/notifymesh/categories/"      # + name -> notifymesh.v1.Category
+TEMPLATES = b"/notifymesh/templates/"        # + template_version_name() -> notifymesh.v1.Template
+PROVIDERS = b"/notifymesh/providers/"        # + channel name ("email") -> notifymesh.v1.Provider, with its secret
+
+
+def template_version_name(name: str, version: int) -> str:
+    """"name/0000000007": a template's versions sort in version order under "name/"."""
+    return f"{name}/{version:010d}"
+
+
+def template_versions_prefix(name: str) -> bytes:
+    return TEMPLATES + f"{name}/".encode()
 
 
 def member_key(kind: str, node_id: str) -> bytes:
