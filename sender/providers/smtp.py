@@ -2,8 +2,9 @@
 STARTTLS and login when configured, through a bounded pool of kept-open
 connections.
 
-Provider settings: host, port (default 25), starttls ("true"/"false"), username,
-from, timeout_seconds (default 30); secret: the password. Failures: a 4xx reply,
+Provider settings: host, port (default 25), starttls or use_tls ("true"/"false":
+STARTTLS, or TLS from the start), username, from, timeout_seconds (default 30);
+secret: the password. Failures: a 4xx reply,
 a refused or dropped connection and a timeout are transient; a 5xx reply is
 permanent (550 mailbox unavailable, 553 bad address, 535 bad credentials).
 """
@@ -64,6 +65,7 @@ class SmtpProvider:
         s = record.settings
         self._host, self._port = setting(s, "host", "127.0.0.1"), int(setting(s, "port", "25"))
         self._starttls = setting(s, "starttls", "false").lower() == "true"
+        self._use_tls = setting(s, "use_tls", "false").lower() == "true"  # implicit TLS (port 465)
         self._username, self._password = setting(s, "username"), record.secret
         self._from = setting(s, "from", "notifymesh@localhost")
         self._timeout = float(setting(s, "timeout_seconds", str(DEFAULT_TIMEOUT_S)))
@@ -75,7 +77,7 @@ class SmtpProvider:
 
     async def _connect(self) -> aiosmtplib.SMTP:
         client = aiosmtplib.SMTP(hostname=self._host, port=self._port, timeout=self._timeout,
-                                 start_tls=self._starttls)
+                                 use_tls=self._use_tls, start_tls=self._starttls and not self._use_tls)
         await client.connect()
         self.connects += 1
         if self._username:

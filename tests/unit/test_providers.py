@@ -143,6 +143,43 @@ async def test_email_logs_in_when_configured(tmp_path, provider, local):
         server.close()
 
 
+@pytest.mark.parametrize("mode", ["starttls", "use_tls"])
+async def test_email_over_starttls_or_tls(tmp_path, provider, local, monkeypatch, mode):
+    import ssl
+    import subprocess
+
+    from aiosmtpd.smtp import SMTP
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the client trusts the test's certificate
+
+    class Handler:
+        def __init__(self):
+            self.secure = []
+
+        async def handle_DATA(self, server, session, envelope):
+            self.secure.append(session.ssl is not None or server.transport.get_extra_info("ssl_object") is not None)
+            return "250 OK"
+
+    handler = Handler()
+    if mode == "starttls":
+        factory = lambda: SMTP(handler, tls_context=server_tls, require_starttls=True)  # noqa: E731
+        server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+    else:
+        server = await asyncio.get_running_loop().create_server(lambda: SMTP(handler), "127.0.0.1", 0, ssl=server_tls)
+    try:
+        smtp = provider(notify_pb2.EMAIL, port=str(server.sockets[0].getsockname()[1]), **{mode: "true"})
+        assert (await smtp.send(mail())).provider == "smtp"
+        assert handler.secure == [True]
+    finally:
+        server.close()
+
+
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
