@@ -89,3 +89,15 @@ async def test_a_bad_token_is_400_and_writes_nothing(endpoint):
             async with session.request(method, url, data="List-Unsubscribe=One-Click") as answer:
                 assert answer.status == 400, (method, url)
     assert table.writes == []
+
+
+def test_the_public_base_url_setting_takes_an_http_base_url_only():
+    from notifymesh.errors import InvalidArgument
+    from notifymesh.server import config
+
+    assert config.setting_value("public_base_url", "https://notify.example.com/") == "https://notify.example.com"
+    assert config.setting_value("public_base_url", "") == ""  # back to the frontends' own address
+    for bad in ("notify.example.com", "ftp://x", "https://x/?a=1", "https://"):
+        with pytest.raises(InvalidArgument, match="public_base_url"):
+            config.setting_value("public_base_url", bad)
+    assert config.load(env={"NOTIFYMESH_PUBLIC_BASE_URL": "http://a:1"}).public_base_url == "http://a:1"
