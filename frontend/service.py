@@ -1,8 +1,11 @@
 """The frontend process: thin public servicers over the Gateway, with server reflection."""
 
 from frontend.gateway import Gateway
+from frontend.http import HttpServer, UnsubscribeEndpoint, application
 from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
+from notifymesh.server import unsubscribe
 from notifymesh.server.process import Context
+from notifymesh.server.table import TableClient
 
 
 class PublisherServicer(pubsub_pb2_grpc.PublisherServicer):
@@ -106,19 +109,32 @@ class FrontendService:
                       for s in d.services_by_name.values())
 
     def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.http: HttpServer | None = None
         self.gateway = Gateway(ctx.cluster, ctx.config)
         self.servicers = [(pubsub_pb2_grpc.add_PublisherServicer_to_server, PublisherServicer(self.gateway)),
                           (pubsub_pb2_grpc.add_SubscriberServicer_to_server, SubscriberServicer(self.gateway)),
                           (cluster_pb2_grpc.add_ClusterAdminServicer_to_server, ClusterAdminServicer(self.gateway))]
 
     async def start(self) -> None:
-        pass
+        self.http = await start_http(self.ctx)
 
     async def drain(self) -> None:
         self.gateway.close_streams()
 
     async def close(self) -> None:
-        pass
+        await self.http.stop()
+
+
+async def start_http(ctx: Context) -> HttpServer:
+    """The HTTP server (frontend/http.py) at the gRPC port + frontend_http_port_offset
+    (any free port when the gRPC one is)."""
+    host, _, port = ctx.args.listen.rpartition(":")
+    endpoint = UnsubscribeEndpoint(TableClient(ctx.cluster), await unsubscribe.signer(ctx.cluster.etcd))
+    server = HttpServer(application(endpoint), host or "127.0.0.1",
+                        int(port) + ctx.config.frontend_http_port_offset if int(port) else 0)
+    await server.start()
+    return server
 
 
 async def build(ctx: Context) -> FrontendService:

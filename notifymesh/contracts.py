@@ -17,6 +17,7 @@ import hashlib
 import json
 import random
 import zlib
+from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
 
 from notifymesh.errors import InvalidArgument
@@ -296,3 +297,16 @@ def dedup_key(message, by_payload: bool, payload_attributes: Iterable[str] | Non
             digest.update(key.encode() + b"\0" + attributes[key].encode() + b"\0")
         return "p:" + digest.hexdigest()
     return "r:" + message.retry_key if message.retry_key else ""
+
+
+# -- the local mesh's outbox (deploy/local_providers.py writes it, `notifymesh outbox list` reads it) ---
+
+OUTBOX_CHANNELS = ("email", "sms", "webhook")
+OUTBOX_MAX_BYTES = 64 * 1024 * 1024  # a channel's file is moved to its .1 beyond this (one kept): 128 MiB at most
+
+
+def outbox_files(data_dir, channel: str) -> list[Path]:
+    """A channel's JSON-lines files under the data dir, oldest first: the rotated
+    one, then the current one (each may not exist)."""
+    current = Path(data_dir) / "outbox" / f"{channel}.jsonl"
+    return [current.with_name(current.name + ".1"), current]

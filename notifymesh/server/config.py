@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -55,6 +56,12 @@ class Config:
     # How long GetMessageStatus can answer for a message after it was delivered
     # (its delivery log outlives the message itself).
     delivery_log_retention_s: float = 24 * 3600.0
+    # Frontend: its HTTP server (one-click unsubscribe, frontend/http.py) listens at its
+    # gRPC port plus this (deploy/local.py's port plan: P+25 for the first frontend).
+    frontend_http_port_offset: int = 25
+    # The frontends' HTTP base URL as recipients reach it, for the unsubscribe links of
+    # emails; empty: http://<a frontend's host>:<its HTTP port>.
+    public_base_url: str = ""
     # How long the notification log (a notification, its events, a recipient's index
     # of it) is kept after the notification was accepted.
     notification_log_retention_s: float = 30 * 24 * 3600.0
@@ -69,7 +76,7 @@ class Config:
 # member lease, the sender's fixed budgets): a change reaches a service at its next
 # start. Every other setting is read where it is used, so it follows etcd at run time.
 RESTART_REQUIRED = frozenset({"max_grpc_message_bytes", "member_lease_ttl_s", "sender_max_outstanding",
-                              "sender_max_push_in_flight"})
+                              "sender_max_push_in_flight", "frontend_http_port_offset"})
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # Settings whose 0 means "off" (every other one is a positive number).
@@ -111,6 +118,8 @@ def setting_value(key: str, text: str) -> int | float:
     if key not in FIELDS:
         raise InvalidArgument(f"unknown config key {key!r}; the keys: {', '.join(FIELDS)}")
     kind = FIELDS[key].type
+    if kind is str:
+        return _url(key, text)
     try:
         value = kind(text)
     except ValueError:
@@ -120,6 +129,14 @@ def setting_value(key: str, text: str) -> int | float:
     if not math.isfinite(value) or value <= 0:
         raise InvalidArgument(f"{key}: {text!r} out of range: a number above 0")
     return value
+
+
+def _url(key: str, text: str) -> str:
+    """An http(s) base URL, or "" for the default."""
+    parsed = urllib.parse.urlsplit(text)
+    if text and (parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.query or parsed.fragment):
+        raise InvalidArgument(f"{key}: {text!r} is not an http(s) base URL like https://notify.example.com")
+    return text.rstrip("/")
 
 
 def check(config: Config) -> None:
