@@ -1,8 +1,13 @@
 """The frontend process: thin public servicers over the Gateway, with server reflection."""
 
 from frontend.gateway import Gateway
-from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
+from frontend.notifications import Notifications, NotificationsServicer
+from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, notify_pb2, notify_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
+from notifymesh.server import templating
+from notifymesh.server.cluster import Cluster
+from notifymesh.server.notification_log import NotificationLog
 from notifymesh.server.process import Context
+from notifymesh.server.table import TableClient
 
 
 class PublisherServicer(pubsub_pb2_grpc.PublisherServicer):
@@ -101,15 +106,37 @@ class ClusterAdminServicer(cluster_pb2_grpc.ClusterAdminServicer):
         return await self._gateway.admin("SetConfig", request)
 
 
+class MirroredCatalog:
+    """Categories and templates as this process's mirrors of etcd have them."""
+
+    def __init__(self, cluster: Cluster):
+        self._cluster = cluster
+
+    async def category(self, name: str) -> notify_pb2.Category:
+        return await self._cluster.categories.get("category", name)
+
+    async def template(self, name: str, version: int = 0) -> notify_pb2.Template:
+        return await self._cluster.template(name, version)
+
+
+def _notifications(ctx: Context, gateway: Gateway) -> Notifications:
+    table = TableClient(ctx.cluster)
+    return Notifications(table, gateway, MirroredCatalog(ctx.cluster), gateway,
+                         NotificationLog(table, round(ctx.config.notification_log_retention_s * 1000)),
+                         templating.Renderer(), templating.context)
+
+
 class FrontendService:
-    reflected = tuple(s.full_name for d in (pubsub_pb2.DESCRIPTOR, cluster_pb2.DESCRIPTOR)
+    reflected = tuple(s.full_name for d in (pubsub_pb2.DESCRIPTOR, cluster_pb2.DESCRIPTOR, notify_pb2.DESCRIPTOR)
                       for s in d.services_by_name.values())
 
     def __init__(self, ctx: Context):
         self.gateway = Gateway(ctx.cluster, ctx.config)
         self.servicers = [(pubsub_pb2_grpc.add_PublisherServicer_to_server, PublisherServicer(self.gateway)),
                           (pubsub_pb2_grpc.add_SubscriberServicer_to_server, SubscriberServicer(self.gateway)),
-                          (cluster_pb2_grpc.add_ClusterAdminServicer_to_server, ClusterAdminServicer(self.gateway))]
+                          (cluster_pb2_grpc.add_ClusterAdminServicer_to_server, ClusterAdminServicer(self.gateway)),
+                          (notify_pb2_grpc.add_NotificationsServicer_to_server,
+                           NotificationsServicer(_notifications(ctx, self.gateway)))]
 
     async def start(self) -> None:
         pass
