@@ -361,13 +361,13 @@ class Client:
                 subscription=subscription, page_size=page_size), "dead_letters"):
             yield page
 
-    async def _pages(self, method, request, items: str) -> AsyncIterator[list]:
-        """Each page of a List call (the reply's repeated field items), following
-        next_page_token; a token handed back unchanged ends it with an error rather
-        than a loop."""
+    async def _pages(self, method, request, items: str = ""):
+        """Each page of a List call (the reply's repeated field items, or the reply
+        itself without items), following next_page_token; a token handed back
+        unchanged ends it with an error rather than a loop."""
         while True:
             reply = await self._call(method, request)
-            yield list(getattr(reply, items))
+            yield list(getattr(reply, items)) if items else reply
             if not reply.next_page_token:
                 return
             if reply.next_page_token == request.page_token:
@@ -606,11 +606,11 @@ class Client:
             id=notification_id, page_size=page_size, page_token=page_token))
 
     async def notification_pages(self, notification_id: str,
-                                 page_size: int = 0) -> AsyncIterator[list[notify_pb2.RecipientSend]]:
-        """Its sends (recipient, channel, state, timeline) a page at a time (page_size
-        0: the server's 1000, also the most)."""
+                                 page_size: int = 0) -> AsyncIterator[notify_pb2.Notification]:
+        """The notification a page of its sends (recipient, channel, state, timeline)
+        at a time, the header on each (page_size 0: the server's 1000, also the most)."""
         async for page in self._pages(self._notifications.GetNotification, notify_pb2.GetNotificationRequest(
-                id=notification_id, page_size=page_size), "sends"):
+                id=notification_id, page_size=page_size)):
             yield page
 
     async def list_notifications(self, recipient: str, start: datetime.datetime | None = None,
