@@ -67,8 +67,8 @@ class Metadata(Protocol):
 
 
 class Catalog(Protocol):
-    """Categories and templates as the local mirror of etcd has them; NotFound for
-    one that does not exist."""
+    """Categories and templates as the local mirror of etcd has them
+    (notifymesh.server.cluster.Cluster); NotFound for one that does not exist."""
 
     async def category(self, name: str) -> notify_pb2.Category: ...
 

@@ -4,7 +4,6 @@ from frontend.gateway import Gateway
 from frontend.notifications import Notifications, NotificationsServicer
 from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, notify_pb2, notify_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
 from notifymesh.server import templating
-from notifymesh.server.cluster import Cluster
 from notifymesh.server.notification_log import NotificationLog
 from notifymesh.server.process import Context
 from notifymesh.server.table import TableClient
@@ -106,22 +105,11 @@ class ClusterAdminServicer(cluster_pb2_grpc.ClusterAdminServicer):
         return await self._gateway.admin("SetConfig", request)
 
 
-class MirroredCatalog:
-    """Categories and templates as this process's mirrors of etcd have them."""
-
-    def __init__(self, cluster: Cluster):
-        self._cluster = cluster
-
-    async def category(self, name: str) -> notify_pb2.Category:
-        return await self._cluster.categories.get("category", name)
-
-    async def template(self, name: str, version: int = 0) -> notify_pb2.Template:
-        return await self._cluster.template(name, version)
-
-
 def _notifications(ctx: Context, gateway: Gateway) -> Notifications:
+    """Over the table, the gateway (metadata calls, publishing), the cluster's mirrors
+    of categories and templates, the notification log and the renderer."""
     table = TableClient(ctx.cluster)
-    return Notifications(table, gateway, MirroredCatalog(ctx.cluster), gateway,
+    return Notifications(table, gateway, ctx.cluster, gateway,
                          NotificationLog(table, round(ctx.config.notification_log_retention_s * 1000)),
                          templating.Renderer(), templating.context)
 
