@@ -387,11 +387,11 @@ async def _notify(args, client: Client) -> None:
 
 async def _notification(args, client: Client) -> None:
     if args.action == "status":
-        first = True
+        header_shown = False
         async for page in client.notification_pages(args.id):
-            if first:
+            if not header_shown:
                 _header(args, page)
-                first = False
+                header_shown = True
             for send in page.sends:
                 if args.output == "table":  # a row per step, for people
                     for e in send.timeline:
@@ -413,7 +413,7 @@ def _header(args, notification: notify_pb2.Notification) -> None:
     if args.output == "table":
         for key, value in header.items():
             print(f"{key}: {value}")
-        print()
+        print("(no sends yet)" if not notification.sends else "")
     else:
         args.out.record(header)
 

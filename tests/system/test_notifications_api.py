@@ -99,7 +99,7 @@ async def test_a_provider_secret_is_write_only(own_mesh, tmp_path):
     secret = tmp_path / "token"
     secret.write_text("sms-token\n")
     set_ = cli(own_mesh, "provider", "set", "sms", "--setting", "base_url=http://127.0.0.1:9/", "--setting",
-               "account=ac1", "--secret-file", str(secret))
+               "account=ac1", "--setting", "from=+14155550100", "--secret-file", str(secret))
     assert set_.returncode == 0, set_.stderr
     shown = cli(own_mesh, "provider", "get", "sms")
     assert json_lines(shown.stdout)[0]["secret_set"] is True and b"sms-token" not in shown.stdout
