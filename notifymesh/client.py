@@ -13,6 +13,7 @@ Unavailable, ...), whose code and details are the server's status.
 """
 
 import asyncio
+import collections
 import datetime
 import itertools
 import json
@@ -34,6 +35,7 @@ DEFAULT_ADDR = "127.0.0.1:50051"
 RECONNECT_BACKOFF = BackoffPolicy(first_s=0.1, max_s=5.0)
 MAX_ACK_IDS_PER_CALL = 1000  # the server's limit on ack ids in one request
 MAX_RECIPIENTS_PER_CALL = 1000  # the server's limit on recipients (ids) in one request
+IMPORT_CALLS_IN_FLIGHT = 2  # import_recipients: one checked by the server while the next is read
 ACK_CALLS_IN_FLIGHT = 32
 
 
@@ -443,22 +445,32 @@ class Client:
             recipients=recipients))
 
     async def import_recipients(self, recipients: Iterable[notify_pb2.Recipient],
-                                batch_size: int = MAX_RECIPIENTS_PER_CALL) -> AsyncIterator[ImportedBatch]:
-        """Upserts any number of recipients, batch_size (at most 1000) to a call, one
-        call at a time; yields each batch's outcome (a refused recipient does not stop
-        the import; a failed call does)."""
+                                batch_size: int = MAX_RECIPIENTS_PER_CALL,
+                                in_flight: int = IMPORT_CALLS_IN_FLIGHT) -> AsyncIterator[ImportedBatch]:
+        """Upserts any number of recipients, batch_size (at most 1000) to a call, up to
+        in_flight calls at a time (the next batch is read while the server checks the
+        last); yields each batch's outcome in order (a refused recipient does not stop
+        the import; a failed call does, and the calls still in flight are cancelled)."""
         if not 1 <= batch_size <= MAX_RECIPIENTS_PER_CALL:
             raise errors.InvalidArgument(f"batch_size {batch_size}: 1 to {MAX_RECIPIENTS_PER_CALL}")
+        calls: collections.deque[tuple[int, int, asyncio.Future]] = collections.deque()  # (start, count, call)
         start, batch = 0, []
-        for recipient in itertools.chain(recipients, [None]):
-            if recipient is not None:
-                batch.append(recipient)
-            if batch and (recipient is None or len(batch) == batch_size):
-                reply = await self.upsert_recipients(batch)
-                refused = [notify_pb2.RecipientError(index=start + e.index, id=e.id, reason=e.reason)
-                           for e in reply.errors]
-                yield ImportedBatch(start, len(batch), reply.stored, refused)
-                start, batch = start + len(batch), []
+        try:
+            for recipient in itertools.chain(recipients, [None]):
+                if recipient is not None:
+                    batch.append(recipient)
+                if batch and (recipient is None or len(batch) == batch_size):
+                    calls.append((start, len(batch), asyncio.ensure_future(self.upsert_recipients(batch))))
+                    start, batch = start + len(batch), []
+                while calls and (len(calls) >= max(1, in_flight) or recipient is None):
+                    first, count, call = calls.popleft()
+                    reply = await call
+                    refused = [notify_pb2.RecipientError(index=first + e.index, id=e.id, reason=e.reason)
+                               for e in reply.errors]
+                    yield ImportedBatch(first, count, reply.stored, refused)
+        finally:
+            for _, _, call in calls:
+                call.cancel()
 
     async def get_recipient(self, recipient_id: str) -> notify_pb2.Recipient:
         return await self._call(self._notifications.GetRecipient, notify_pb2.GetRecipientRequest(id=recipient_id))
