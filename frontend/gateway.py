@@ -325,7 +325,10 @@ class Gateway:
         shard knows the rest."""
         parsed = MessageId.parse(message_id)
         partition = parsed.partition
-        for topic in [t for t in self._cluster.topics.items if topic_hash(t) == parsed.topic_hash]:
+        # A partition the topic does not have has no leader to ask (its calls would be
+        # retried as UNAVAILABLE): such an id names no message.
+        for topic in [t for t, record in self._cluster.topics.items.items()
+                      if topic_hash(t) == parsed.topic_hash and partition < max(1, record.partition_count)]:
             try:
                 return await self._storage.call("GetMessageStatus", topic, partition,
                                                 storage_pb2.StorageGetMessageStatusRequest(

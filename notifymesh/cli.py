@@ -1,5 +1,6 @@
 """The `notifymesh` command: administer topics and subscriptions, publish,
-subscribe, and run the local mesh (`notifymesh up`).
+subscribe, notify people (recipients, templates, notify: notifymesh.notify_cli),
+and run the local mesh (`notifymesh up`).
 
 Output: each result is one JSON object per line on stdout (`--output table`
 prints aligned columns for people); a payload that is UTF-8 shows as `data`,
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh import notify_cli
 from notifymesh.channel import parse_addresses
 from notifymesh.client import Client, Message, default_addr
 from notifymesh.contracts import OUTBOX_CHANNELS, AckId, outbox_files
@@ -862,6 +864,7 @@ def parser() -> argparse.ArgumentParser:
     _add_config_commands(commands)
     _add_completion_command(commands)
     _add_outbox_command(commands)
+    notify_cli.add_commands(commands)
     _accept_after_the_command(p)
     return p
 
@@ -926,6 +929,8 @@ async def _run(args) -> int:
             args.out.record(_status_record(await client.get_message_status(args.message_id)))
         elif args.command == "config":
             await _config(args, client)
+        elif args.command in notify_cli.COMMANDS:
+            return await notify_cli.run(args, client)
     return 0
 
 

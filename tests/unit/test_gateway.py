@@ -234,6 +234,11 @@ async def test_message_status_of_an_unknown_or_malformed_id():
         grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(), grpc.aio.Metadata(), "no such message")
     with pytest.raises(errors.NotFound):
         await gateway.message_status(gone)
+    storage.calls.clear()
+    [beyond] = MessageId.new_batch(TOPIC, 4, 1, 1_700_000_000_000)  # a partition the topic does not have
+    with pytest.raises(errors.NotFound):
+        await gateway.message_status(beyond)
+    assert storage.calls == []
 
 
 async def test_admin_calls_go_to_metadata():
