@@ -190,8 +190,11 @@ class Gateway:
         else:
             frames = fanin.FanIn(request, partitions, lambda: self._senders.owners(name, partitions), self._relay,
                                  lambda: self._cluster.next_ring_change("sender")).frames()
-        async for frame in frames:
-            yield frame
+        try:
+            async for frame in frames:
+                yield frame
+        finally:  # the client went away: its upstreams end now, not when collected
+            await frames.aclose()
 
     def _partition_count(self, topic: str) -> int:
         """From the mirror (a subscription may outlive its topic a moment: 1 then)."""
