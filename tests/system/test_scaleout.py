@@ -76,21 +76,30 @@ async def test_both_senders_stream_one_subscription_each_message_once_with_acks(
         await frames.aclose()
 
 
-async def test_a_unary_pull_takes_from_both_senders(two_senders):
+async def test_unary_pulls_nacks_and_modacks_reach_both_senders(two_senders):
     async with Client(two_senders.frontend_addr) as client:
         topic, sub = unique("scale-pull"), unique("scale-pull-sub")
         await client.create_topic(topic, partitions=PARTITIONS)
-        await client.create_subscription(sub, topic, ack_deadline_s=10)
+        await client.create_subscription(sub, topic, ack_deadline_s=30)
         published = await client.publish(topic, spread(unique("p"), 40))
-        got = []
-        deadline = time.monotonic() + 20
-        while len(set(ids_of(got))) < len(published) and time.monotonic() < deadline:
-            batch = await client.pull(sub, max_messages=10, wait_s=1)
-            assert len(batch) <= 10
-            got += batch
-            await client.acknowledge(sub, [m.ack_id for m in batch])
-        assert sorted(ids_of(got)) == sorted(published)
-        assert {owners(sub)[AckId.parse(m.ack_id).partition] for m in got} == set(SENDERS)
+
+        async def pull_all() -> dict:
+            got = {}
+            deadline = time.monotonic() + 20
+            while len(got) < len(published) and time.monotonic() < deadline:
+                batch = await client.pull(sub, max_messages=10, wait_s=1)
+                assert len(batch) <= 10
+                got.update({m.message.message_id: m for m in batch})
+            return got
+        got = await pull_all()
+        assert sorted(got) == sorted(published)
+        assert {owners(sub)[AckId.parse(m.ack_id).partition] for m in got.values()} == set(SENDERS)
+        # one nack and one modack, each spanning both owners' pairs (ack deadline 30 s: only the nack brings them back)
+        await client.modify_ack_deadline(sub, [m.ack_id for m in got.values()], 60)
+        await client.nack(sub, [m.ack_id for m in got.values()], delay_s=0)
+        again = await pull_all()
+        assert sorted(again) == sorted(published) and all(m.delivery_attempt == 2 for m in again.values())
+        await client.acknowledge(sub, [m.ack_id for m in again.values()])
         await client.publish(topic, [b"late"])  # a long poll over both owners ends with the first message
         started = time.monotonic()
         assert len(await client.pull(sub, max_messages=10, wait_s=20)) == 1
@@ -144,3 +153,25 @@ async def test_a_killed_senders_pairs_move_and_nothing_is_lost(tmp_path):
             await frames.aclose()
     finally:
         mesh.stop()
+
+
+async def test_a_streams_nacks_free_the_room_of_the_sender_that_delivered(two_senders):
+    """max_outstanding 4: two per sender. A nack routed to the wrong sender would leave
+    the other's room taken until the ack deadline (60 s) and stall the stream."""
+    async with Client(two_senders.frontend_addr) as client:
+        topic, sub = unique("scale-nack"), unique("scale-nack-sub")
+        await client.create_topic(topic, partitions=PARTITIONS)
+        await client.create_subscription(sub, topic, ack_deadline_s=60)
+        published = await client.publish(topic, spread(unique("n"), 20))
+        frames = client.subscribe_frames(sub, max_outstanding=4)
+        acked: set[str] = set()
+        while acked != set(published):
+            frame = await asyncio.wait_for(anext(frames), 10)
+            first = [m.ack_id for m in frame if m.delivery_attempt == 1]
+            if first:
+                await client.nack(sub, first, delay_s=0)
+            again = [m for m in frame if m.delivery_attempt > 1]
+            if again:
+                await client.acknowledge(sub, [m.ack_id for m in again])
+                acked.update(m.message.message_id for m in again)
+        await frames.aclose()
