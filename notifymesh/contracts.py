@@ -70,6 +70,11 @@ def ack_ids_by_subscription(ack_ids: Iterable[str]) -> dict[str, list[str]]:
     return _grouped(ack_ids, lambda ack, value: (ack.subscription, value))
 
 
+def ack_ids_by_pair(ack_ids: Iterable[str]) -> dict[AckGroup, list[str]]:
+    """The ack ids, as given, by (subscription, partition): the pair a sender owns."""
+    return _grouped(ack_ids, lambda ack, value: (AckGroup(ack.subscription, ack.partition), value))
+
+
 def ack_ids_by_partition(ack_ids: Iterable[str]) -> dict[int, list[str]]:
     """The ack ids, as given, by the partition each names (routing to leaders)."""
     return _grouped(ack_ids, lambda ack, value: (ack.partition, value))

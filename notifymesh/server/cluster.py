@@ -301,9 +301,9 @@ class Cluster:
         return {name[len(prefix):]: info.addr for name, info in self.members.items.items()
                 if name.startswith(prefix)}
 
-    def owner(self, kind: str, key: str) -> "Member":
-        """The member of kind that owns key."""
-        node = self.rings[kind].owner(key)
+    def owner(self, kind: str, key: str, partition: int = 0) -> "Member":
+        """The member of kind that owns key (its pair with partition: see Ring.owner)."""
+        node = self.rings[kind].owner(key, partition)
         addr = self.live(kind).get(node) if node else None
         if addr is None:
             raise errors.Unavailable(f"no live {kind} node")

@@ -164,7 +164,7 @@ async def test_acks_without_a_subscription_go_to_the_owner_of_the_subscription_e
     gateway, _, senders = make_gateway()
     await gateway.acknowledge("", [ack(0, 1, "sub-a"), ack(1, 1, "sub-b"), ack(0, 2, "sub-c"), ack(2, 3, "sub-a")])
     assert sorted(senders.acks) == [
-        ("sender-1:1", [ack(0, 1, "sub-a"), ack(2, 3, "sub-a"), ack(0, 2, "sub-c")]),
+        ("sender-1:1", [ack(0, 1, "sub-a"), ack(0, 2, "sub-c"), ack(2, 3, "sub-a")]),  # by pair
         ("sender-2:2", [ack(1, 1, "sub-b")])]
 
 
@@ -296,7 +296,7 @@ def relaying_gateway(code: grpc.StatusCode):
     senders = RelayingSenders({"sub-a": "sender-1:1"}, {"sender-1:1": code})
 
     def sender_1_dead():
-        senders.owners["sub-a"] = "sender-2:2"
+        senders.owned["sub-a"] = "sender-2:2"
         cluster.ring_changed.set()
     suspects = Suspects(sender_1_dead)
     return Gateway(cluster, Config(), FakeGatewayStorage(), senders, FakeMetadata(), suspects), senders, suspects
