@@ -36,8 +36,10 @@ if str(REPO) not in sys.path:
 
 from deploy.local import LocalMesh, free_port  # noqa: E402
 from notifymesh.client import Client  # noqa: E402
+from notifymesh.contracts import AckId  # noqa: E402
+from notifymesh.server.ring import Ring  # noqa: E402
 
-BENCHES = ("publish_batched", "publish_unbatched", "e2e_latency", "webhook", "fanout_streams", "failover")
+BENCHES = ("publish_batched", "publish_unbatched", "e2e_latency", "webhook", "fanout_streams", "deliver", "failover")
 # The mesh's own bound (metadata/store.py MAX_REPLICATION_FACTOR); the mesh caps a
 # topic's replica set at the live storage nodes (3 here) when the topic is created.
 MAX_REPLICATION_FACTOR = 5
@@ -724,6 +726,69 @@ async def webhook(client: Client, receiver: WebhookReceiver, k: int, n: int, siz
     return params, results
 
 
+# -- deliver: one partitioned subscription drained by the senders owning its pairs --
+
+async def deliver(client: Client, n: int, size: int, partitions: int, max_outstanding: int, timeout_s: float,
+                  senders: list[str]) -> tuple[dict, dict]:
+    """A backlog of n messages on a fresh topic of `partitions` partitions (batches of
+    BATCH_SIZE spread over them), then one Subscribe stream through the frontend
+    drains it, acknowledging every frame; the clock runs from subscribing to the last
+    distinct message. per_sender: messages by the sender owning their pair."""
+    topic = unique("deliver")
+    sub = f"{topic}-sub"
+    await client.create_topic(topic, partitions=partitions)
+    await client.create_subscription(sub, topic, ack_deadline_s=60)
+    for partition in range(partitions):
+        await wait_for_leader(client, topic, LEADER_WAIT_S, partition)
+    room = asyncio.Semaphore(BATCHED_IN_FLIGHT)
+    published: list[str] = []
+
+    async def one(start_seq: int, count: int) -> None:
+        async with room:
+            published.extend(await client.publish(topic, [payload(size, start_seq + i) for i in range(count)]))
+    log(f"deliver: backlog of {n} x {size} B on {partitions} partitions")
+    await asyncio.gather(*(one(s, min(BATCH_SIZE, n - s)) for s in range(0, n, BATCH_SIZE)))
+    seen: set[str] = set()
+    by_partition: dict[int, int] = {}
+    received = 0
+    acks: set[asyncio.Task] = set()
+
+    async def drain() -> None:
+        nonlocal received
+        async for frame in client.subscribe_frames(sub, max_outstanding=max_outstanding):
+            received += len(frame)
+            for m in frame:
+                if m.message.message_id not in seen:
+                    seen.add(m.message.message_id)
+                    partition = AckId.parse(m.ack_id).partition
+                    by_partition[partition] = by_partition.get(partition, 0) + 1
+            task = asyncio.create_task(client.acknowledge(sub, [m.ack_id for m in frame]))
+            acks.add(task)
+            task.add_done_callback(acks.discard)
+            if len(seen) >= len(published):
+                return
+    log(f"deliver: draining through one stream, max_outstanding {max_outstanding}, senders {senders}")
+    start = time.monotonic()
+    try:
+        await asyncio.wait_for(drain(), timeout_s)
+    except TimeoutError:
+        log(f"deliver: not drained within {timeout_s:g}s")
+    elapsed = time.monotonic() - start
+    await asyncio.gather(*acks, return_exceptions=True)
+    await client.delete_subscription(sub)
+    ring = Ring(senders)
+    per_sender: dict[str, int] = {}
+    for partition, count in by_partition.items():
+        owner = ring.owner(sub, partition)
+        per_sender[owner] = per_sender.get(owner, 0) + count
+    params = {"messages": n, "size": size, "partitions": partitions, "senders": len(senders),
+              "max_outstanding": max_outstanding}
+    results = {"published": len(published), "delivered": len(seen), "duplicates": received - len(seen),
+               "elapsed_s": round(elapsed, 3), "msgs_per_s": round(len(seen) / elapsed, 1) if elapsed else None,
+               "per_sender": per_sender}
+    return params, results
+
+
 # -- CPU accounting --------------------------------------------------------------
 
 def _cpu_seconds(pid: int | str) -> float | None:
@@ -934,6 +999,14 @@ async def run(mesh: LocalMesh, args, only: list[str], subscriptions: list[int]) 
         params, results = await fanout_streams(mesh, args.fanout_streams, args.fanout_processes)
         results["cpu_s"] = cpu_used(cpu0, cpu_snapshot(mesh))
         emit("fanout_streams", params, results)
+    if "deliver" in only:
+        cpu0 = cpu_snapshot(mesh)
+        async with Client(addr) as client:
+            params, results = await deliver(client, args.deliver_messages, args.size, args.deliver_partitions,
+                                            args.deliver_outstanding, args.max_seconds,
+                                            [f"sender-{i}" for i in range(1, mesh.senders + 1)])
+        results["cpu_s"] = cpu_used(cpu0, cpu_snapshot(mesh))
+        emit("deliver", params, results)
     if "failover" in only:  # last: it kills (and restarts) a storage node
         cpu0 = cpu_snapshot(mesh)
         params, results = await failover(mesh, args.failover_seconds, args.failover_messages, args.size)
@@ -974,6 +1047,11 @@ def parse_args(argv=None):
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="mesh data dir (default: a new temp dir, removed at the end unless --keep)")
     parser.add_argument("--keep", action="store_true", help="keep the mesh data dir (logs/*.log) at the end")
+    parser.add_argument("--senders", type=int, default=1, help="sender processes of the mesh (default 1)")
+    parser.add_argument("--deliver-messages", type=int, default=100000, help="deliver: backlog (default 100000)")
+    parser.add_argument("--deliver-partitions", type=int, default=4, help="deliver: topic partitions (default 4)")
+    parser.add_argument("--deliver-outstanding", type=int, default=2000,
+                        help="deliver: the stream's max_outstanding_messages (default 2000)")
     args = parser.parse_args(argv)
     only = [b.strip() for b in args.only.split(",") if b.strip()]
     unknown = [b for b in only if b not in BENCHES]
@@ -1006,6 +1084,8 @@ def parse_args(argv=None):
             or args.webhook_messages < 1 or args.webhook_seconds <= 0):
         parser.error("--webhook-subscriptions must list positive integers, --webhook-messages and "
                      "--webhook-seconds must be positive")
+    if args.senders < 1 or args.deliver_messages < 1 or args.deliver_partitions < 1 or args.deliver_outstanding < 1:
+        parser.error("--senders, --deliver-messages, --deliver-partitions and --deliver-outstanding must be positive")
     if args.unbatched_messages is None:
         args.unbatched_messages = min(3000, args.messages)
     return args, only, subscriptions
@@ -1015,7 +1095,8 @@ def main(argv=None) -> int:
     args, only, subscriptions = parse_args(argv)
     made_temp = args.data_dir is None
     data_dir = Path(tempfile.mkdtemp(prefix="notifymesh-bench-")) if made_temp else args.data_dir
-    mesh = LocalMesh(data_dir / "mesh", frontend_port=free_port(), etcd_ports=[(free_port(), free_port())])
+    mesh = LocalMesh(data_dir / "mesh", frontend_port=free_port(), etcd_ports=[(free_port(), free_port())],
+                     senders=args.senders)
     failed = True
     try:
         log(f"starting mesh in {mesh.data_dir}")

@@ -20,16 +20,24 @@ from typing import Protocol
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gen.notifymesh.internal.v1 import node_pb2, node_pb2_grpc
+from deploy import local_providers
+from gen.notifymesh.internal.v1 import metadata_pb2_grpc, node_pb2, node_pb2_grpc
+from gen.notifymesh.v1 import notify_pb2
+from notifymesh.server.config import Config
 
 STOP_TIMEOUT_S = 15
 START_TIMEOUT_S = 60
 # Ports from the frontend port P: frontend i (from 0) at P+i, etcd member i's client
 # and peer ports at P+10+i and P+20+i; the other services take free ports (each
 # registers its address in etcd). So meshes 30 ports apart run side by side.
+# The local providers' SMTP and HTTP servers at P+18 and P+19; frontend i's HTTP
+# server (one-click unsubscribe) at its port + Config.frontend_http_port_offset,
+# P+25+i (within the 30 for up to 5 frontends).
 MAX_FRONTENDS = 10
 MAX_ETCD_MEMBERS = 5
 ETCD_CLIENT_OFFSET, ETCD_PEER_OFFSET = 10, 20
+LOCAL_SMTP_OFFSET, LOCAL_HTTP_OFFSET = 18, 19
+LOCAL_PROVIDERS = "local-providers"  # the process's name
 LEGACY_ETCD_PORTS = (23790, 23800)  # before ports derived from P: a data dir's etcd created then keeps them
 ETCD_PORTS_FILE = "etcd-ports.json"  # in the data dir: etcd keeps the peer URLs it was created with
 # make up ARGS="--ha": no process is the only one of its kind (storage nodes are three anyway).
@@ -56,6 +64,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_frontend_port() -> int:
+    """A free port whose frontend HTTP port (+ frontend_http_port_offset) is free too."""
+    while True:
+        port = free_port()
+        http = port + Config.frontend_http_port_offset
+        if http <= 65535 and _port_free(http):
+            return port
 
 
 class Network(Protocol):
@@ -135,6 +152,10 @@ class LocalMesh:
     frontend_ports: list[int] | None = None
     network: Network = field(default_factory=Loopback)
     processes: dict[str, Process] = field(default_factory=dict)
+    # The embedded SMTP server and SMS/webhook API (deploy/local_providers.py), on
+    # loopback meshes; (SMTP port, HTTP port), by default from frontend_port.
+    local_providers: bool = True
+    provider_ports: tuple[int, int] | None = None
 
     @property
     def etcd_endpoint(self) -> str:
@@ -182,6 +203,14 @@ class LocalMesh:
                              "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
                              "--initial-cluster", initial_cluster, "--initial-cluster-token", "notifymesh",
                              "--log-level", "warn"])
+        if self.local_providers and isinstance(self.network, Loopback):
+            if self.provider_ports is None:
+                self.provider_ports = (self.frontend_port + LOCAL_SMTP_OFFSET, self.frontend_port + LOCAL_HTTP_OFFSET)
+            self._add(LOCAL_PROVIDERS, [sys.executable, "-m", "deploy.local_providers", "--data-dir",
+                                        str(self.data_dir), "--smtp-port", str(self.provider_ports[0]),
+                                        "--http-port", str(self.provider_ports[1])])
+        else:
+            self.provider_ports = None
         for i in range(1, self.metadata_services + 1):
             self._add_service("metadata", f"metadata-{i}")
         for i in range(1, self.storage_nodes + 1):
@@ -224,13 +253,17 @@ class LocalMesh:
         self._add(node_id, argv)
 
     def service_names(self) -> list[str]:
-        return [name for name in self.processes if not name.startswith("etcd-")]
+        return [name for name in self.processes if not name.startswith("etcd-") and name != LOCAL_PROVIDERS]
+
+    def frontend_http_ports(self) -> list[int]:
+        return [port + Config.frontend_http_port_offset for port in self.frontend_ports]
 
     # -- lifecycle --------------------------------------------------------------
 
     def start(self, progress=lambda line: None) -> None:
         """Starts etcd, then every service, and returns once all report SERVING."""
-        for port in (*(p for pair in self.etcd_ports for p in pair), *self.frontend_ports):
+        for port in (*(p for pair in self.etcd_ports for p in pair), *self.frontend_ports,
+                     *self.frontend_http_ports(), *(self.provider_ports or ())):
             if isinstance(self.network, Loopback) and not _port_free(port):
                 raise RuntimeError(f"127.0.0.1:{port} is in use: is another mesh running? (choose other ports)")
         existing = sorted(p.name for p in self.data_dir.glob("etcd-*") if p.is_dir())
@@ -243,12 +276,45 @@ class LocalMesh:
         for name in self.etcd_names():
             self._wait_etcd(name)
         progress(f"etcd up on {self.etcd_endpoint}")
+        if self.provider_ports:
+            self.processes[LOCAL_PROVIDERS].start()
+            self._wait_local_providers()
+            progress(f"local providers: smtp 127.0.0.1:{self.provider_ports[0]}, sms api and webhooks "
+                     f"http://127.0.0.1:{self.provider_ports[1]}, outbox {self.data_dir / 'outbox'}")
         for name in self.service_names():
             self.processes[name].start()
         self.wait_serving(self.service_names())
         members = self.members()
         progress("services serving: " + ", ".join(f"{name} ({members.get(name, '?')})"
                                                   for name in self.service_names()))
+        if self.provider_ports:
+            progress(self._set_local_providers(members))
+
+    def _wait_local_providers(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not all(_port_open(port) for port in self.provider_ports):
+            if not self.processes[LOCAL_PROVIDERS].alive():
+                raise RuntimeError(f"{LOCAL_PROVIDERS} exited; see {self.processes[LOCAL_PROVIDERS].log_path}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the local providers did not start")
+            time.sleep(0.05)
+
+    def _set_local_providers(self, members: dict[str, str]) -> str:
+        """Points every channel without a provider at the local providers (Metadata.SetProvider)."""
+        records = local_providers.provider_records(local_providers.credentials(self.data_dir), "127.0.0.1",
+                                                   *self.provider_ports)
+        metadata = next(addr for name, addr in members.items() if name.startswith("metadata-"))
+        try:
+            with grpc.insecure_channel(metadata) as channel:
+                stub = metadata_pb2_grpc.MetadataStub(channel)
+                have = {p.channel for p in stub.ListProviders(notify_pb2.ListProvidersRequest(), timeout=10).providers}
+                for record in records:
+                    if record.channel not in have:
+                        stub.SetProvider(notify_pb2.SetProviderRequest(provider=record), timeout=10)
+        except grpc.RpcError as e:  # the mesh runs; notifications wait for a provider set by hand
+            return f"could not set the local providers: {e.code().name}: {e.details()}"
+        names = [notify_pb2.Channel.Name(r.channel).lower() for r in records if r.channel not in have]
+        return f"local providers set for {', '.join(names)}" if names else "providers already set; kept"
 
     def _wait_etcd(self, name: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -316,6 +382,8 @@ class LocalMesh:
         process.start()
         if name.startswith("etcd-"):
             self._wait_etcd(name)
+        elif name == LOCAL_PROVIDERS:
+            self._wait_local_providers()
         else:
             self.wait_serving([name])
 
@@ -348,6 +416,14 @@ def _port_free(port: int) -> bool:
             return True
         except OSError:
             return False
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def _serving(addr: str) -> bool:

@@ -13,14 +13,14 @@ from typing import Protocol
 
 import grpc
 
-from frontend import stats
+from frontend import fanin, stats
 from gen.notifymesh.internal.v1 import node_pb2, node_pb2_grpc, storage_pb2
 from gen.notifymesh.v1 import cluster_pb2, pubsub_pb2
 from notifymesh import errors
 from notifymesh.backoff import Backoff, BackoffPolicy
 from notifymesh.batching import Coalescer
 from notifymesh.clock import to_ms
-from notifymesh.contracts import AckId, DeadLetterPageToken, MessageId, ack_ids_by_subscription, topic_hash
+from notifymesh.contracts import AckId, DeadLetterPageToken, MessageId, topic_hash
 from notifymesh.log import fields
 from notifymesh.server import validation
 from notifymesh.server.clients import MetadataClient, SenderClient, StorageClient
@@ -48,7 +48,11 @@ class GatewayStorage(Protocol):
 class GatewaySenders(Protocol):
     """What the gateway asks of the senders (notifymesh.server.clients.SenderClient)."""
 
-    def owner_addr(self, subscription: str) -> str: ...
+    def owner_addr(self, subscription: str, partition: int = 0) -> str: ...
+
+    def owners(self, subscription: str, partitions: int) -> dict[str, list[int]]: ...
+
+    def by_owner(self, ack_ids: list[str]) -> dict[str, list[str]]: ...
 
     def subscribe(self, addr: str, request: pubsub_pb2.SubscribeRequest) -> grpc.aio.UnaryStreamCall: ...
 
@@ -60,7 +64,7 @@ class GatewaySenders(Protocol):
 
     async def count_streams(self, subscriptions: list[str]) -> dict[str, int]: ...
 
-    async def pull(self, request: pubsub_pb2.PullRequest) -> pubsub_pb2.PullResponse: ...
+    async def pull(self, request: pubsub_pb2.PullRequest, addr: str = "") -> pubsub_pb2.PullResponse: ...
 
 
 class Suspects(Protocol):
@@ -117,12 +121,35 @@ class Gateway:
     async def subscribe(self, name: str, max_outstanding: int):
         """Relays the stream of the sender that owns the subscription; when that sender
         goes away, reconnects to the new owner without ending the client's stream.
-        Frames are relayed as the sender serialized them (bytes), never decoded here."""
+        Frames are relayed as the sender serialized them (bytes), never decoded here.
+        A topic of several partitions: the streams of every sender owning some of the
+        subscription's pairs, merged (frontend.fanin)."""
         validation.name("subscription", name)
         if max_outstanding < 0:
             raise errors.InvalidArgument("max_outstanding_messages must not be negative")
-        await self._cluster.subscription(name)
+        record = await self._cluster.subscription(name)
         request = pubsub_pb2.SubscribeRequest(subscription=name, max_outstanding_messages=max_outstanding)
+        partitions = self._partition_count(record.topic)
+        if partitions == 1:
+            frames = self._relay(request, lambda: self._senders.owner_addr(name))
+        else:
+            frames = fanin.FanIn(request, partitions, lambda: self._senders.owners(name, partitions), self._relay,
+                                 lambda: self._cluster.next_ring_change("sender")).frames()
+        try:
+            async for frame in frames:
+                yield frame
+        finally:  # the client went away: its upstreams end now, not when collected
+            await frames.aclose()
+
+    def _partition_count(self, topic: str) -> int:
+        """From the mirror (a subscription may outlive its topic a moment: 1 then)."""
+        record = self._cluster.topics.items.get(topic)
+        return max(1, record.partition_count) if record is not None else 1
+
+    async def _relay(self, request: pubsub_pb2.SubscribeRequest, pick):
+        """The frames of the sender at pick(), reconnecting as it goes away, until
+        pick() says None (that sender serves none of the subscription any more)."""
+        name = request.subscription
         backoff = Backoff(RECONNECT_BACKOFF)
         while True:
             if self._closing:  # close_streams(): the client subscribes again, elsewhere
@@ -131,7 +158,8 @@ class Gateway:
             # Taken before the owner is looked up, so no change in between is missed.
             senders_changed = self._cluster.next_ring_change("sender")
             try:
-                addr = self._senders.owner_addr(name)
+                if (addr := pick()) is None:
+                    return
                 call = self._senders.subscribe(addr, request)
                 self._relays.add(call)
                 async for frame in call:
@@ -172,16 +200,13 @@ class Gateway:
 
     async def acknowledge(self, name: str, ack_ids) -> None:
         """name "": each ack id names its own subscription (a client merged the acks
-        of several); they go to the senders that own those subscriptions."""
+        of several); they go to the senders that own their pairs."""
         if name:
             ack_ids = self._ack_ids(name, ack_ids)
-            await self._acks.submit(self._senders.owner_addr(name), ack_ids)
-            return
-        validation.batch(len(ack_ids), self._config, what="ack ids")
-        by_sender: dict[str, list[str]] = {}
-        for subscription, ids in ack_ids_by_subscription(ack_ids).items():
-            by_sender.setdefault(self._senders.owner_addr(subscription), []).extend(ids)
-        await asyncio.gather(*(self._acks.submit(addr, ids) for addr, ids in by_sender.items()))
+        else:
+            validation.batch(len(ack_ids), self._config, what="ack ids")
+        # Each to the owner of its (subscription, partition) pair.
+        await asyncio.gather(*(self._acks.submit(addr, ids) for addr, ids in self._senders.by_owner(ack_ids).items()))
 
     async def modify_ack_deadline(self, name: str, ack_ids, ack_deadline) -> None:
         seconds = ack_deadline.ToMilliseconds() / 1000
@@ -200,16 +225,20 @@ class Gateway:
         await self._senders.nack(request)
 
     async def pull(self, request: pubsub_pb2.PullRequest) -> pubsub_pb2.PullResponse:
-        """A unary pull, served by the sender that owns the subscription (it leases from
-        the partitions' leaders)."""
+        """A unary pull, served by the senders that own the subscription's pairs (they
+        lease from the partitions' leaders; several: frontend.fanin.pull)."""
         validation.name("subscription", request.subscription)
         forwarded = pubsub_pb2.PullRequest()
         forwarded.CopyFrom(request)
         forwarded.max_messages = validation.count_between("max_messages", request.max_messages or PULL_MESSAGES,
                                                           1, MAX_PULL_MESSAGES)
         validation.seconds_between("pull wait", request.wait.ToMilliseconds() / 1000, 0, MAX_PULL_WAIT_S)
-        await self._cluster.subscription(request.subscription)  # NOT_FOUND before any sender work
-        return await self._senders.pull(forwarded)
+        record = await self._cluster.subscription(request.subscription)  # NOT_FOUND before any sender work
+        partitions = self._partition_count(record.topic)
+        owners = self._senders.owners(request.subscription, partitions) if partitions > 1 else {}
+        if len(owners) <= 1:
+            return await self._senders.pull(forwarded)
+        return await fanin.pull(forwarded, owners, partitions, next(self._turn), self._senders.pull)
 
     # -- dead letters and message status: asked of each partition's leader ------
 
@@ -270,7 +299,10 @@ class Gateway:
         shard knows the rest."""
         parsed = MessageId.parse(message_id)
         partition = parsed.partition
-        for topic in [t for t in self._cluster.topics.items if topic_hash(t) == parsed.topic_hash]:
+        # A partition the topic does not have has no leader to ask (its calls would be
+        # retried as UNAVAILABLE): such an id names no message.
+        for topic in [t for t, record in self._cluster.topics.items.items()
+                      if topic_hash(t) == parsed.topic_hash and partition < max(1, record.partition_count)]:
             try:
                 return await self._storage.call("GetMessageStatus", topic, partition,
                                                 storage_pb2.StorageGetMessageStatusRequest(

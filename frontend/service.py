@@ -1,8 +1,13 @@
 """The frontend process: thin public servicers over the Gateway, with server reflection."""
 
 from frontend.gateway import Gateway
-from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
+from frontend.http import HttpServer, UnsubscribeEndpoint, application
+from frontend.notifications import Notifications, NotificationsServicer
+from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, notify_pb2, notify_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
+from notifymesh.server import templating, unsubscribe
+from notifymesh.server.notification_log import NotificationLog
 from notifymesh.server.process import Context
+from notifymesh.server.table import TableClient
 
 
 class PublisherServicer(pubsub_pb2_grpc.PublisherServicer):
@@ -101,24 +106,48 @@ class ClusterAdminServicer(cluster_pb2_grpc.ClusterAdminServicer):
         return await self._gateway.admin("SetConfig", request)
 
 
+def _notifications(ctx: Context, gateway: Gateway, table: TableClient) -> Notifications:
+    """Over the table, the gateway (metadata calls, publishing), the cluster's mirrors
+    of categories and templates, the notification log and the renderer."""
+    return Notifications(table, gateway, ctx.cluster, gateway,
+                         NotificationLog(table, round(ctx.config.notification_log_retention_s * 1000)),
+                         templating.Renderer(), templating.context)
+
+
 class FrontendService:
-    reflected = tuple(s.full_name for d in (pubsub_pb2.DESCRIPTOR, cluster_pb2.DESCRIPTOR)
+    reflected = tuple(s.full_name for d in (pubsub_pb2.DESCRIPTOR, cluster_pb2.DESCRIPTOR, notify_pb2.DESCRIPTOR)
                       for s in d.services_by_name.values())
 
     def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.http: HttpServer | None = None
         self.gateway = Gateway(ctx.cluster, ctx.config)
+        self.table = TableClient(ctx.cluster)
         self.servicers = [(pubsub_pb2_grpc.add_PublisherServicer_to_server, PublisherServicer(self.gateway)),
                           (pubsub_pb2_grpc.add_SubscriberServicer_to_server, SubscriberServicer(self.gateway)),
-                          (cluster_pb2_grpc.add_ClusterAdminServicer_to_server, ClusterAdminServicer(self.gateway))]
+                          (cluster_pb2_grpc.add_ClusterAdminServicer_to_server, ClusterAdminServicer(self.gateway)),
+                          (notify_pb2_grpc.add_NotificationsServicer_to_server,
+                           NotificationsServicer(_notifications(ctx, self.gateway, self.table)))]
 
     async def start(self) -> None:
-        pass
+        self.http = await start_http(self.ctx, self.table)
 
     async def drain(self) -> None:
         self.gateway.close_streams()
 
     async def close(self) -> None:
-        pass
+        await self.http.stop()
+
+
+async def start_http(ctx: Context, table: TableClient) -> HttpServer:
+    """The HTTP server (frontend/http.py) at the gRPC port + frontend_http_port_offset
+    (any free port when the gRPC one is)."""
+    host, _, port = ctx.args.listen.rpartition(":")
+    endpoint = UnsubscribeEndpoint(table, await unsubscribe.signer(ctx.cluster.etcd))
+    server = HttpServer(application(endpoint), host or "127.0.0.1",
+                        int(port) + ctx.config.frontend_http_port_offset if int(port) else 0)
+    await server.start()
+    return server
 
 
 async def build(ctx: Context) -> FrontendService:

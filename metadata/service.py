@@ -1,18 +1,34 @@
-"""The metadata process: a thin Metadata servicer over MetadataStore."""
+"""The metadata process: a thin Metadata servicer over MetadataStore; at start it
+creates the notification layer's internal topics (metadata/bootstrap.py)."""
+
+import asyncio
 
 from gen.notifymesh.internal.v1 import metadata_pb2_grpc
-from gen.notifymesh.v1 import cluster_pb2, pubsub_pb2
+from gen.notifymesh.v1 import cluster_pb2, notify_pb2, pubsub_pb2
+from metadata.bootstrap import bootstrap
+from metadata.notify_store import NotifyMetadataStore
 from metadata.settings import ClusterSettings
 from metadata.store import MetadataStore, Page
+from notifymesh import errors
 from notifymesh.server.clients import StorageClient
+from notifymesh.server.internal_topics import RESERVED_PREFIX, is_reserved
 from notifymesh.server.process import Context
 
 
+def _not_reserved(kind: str, *names: str) -> None:
+    """INVALID_ARGUMENT for a public change of an internal topic or subscription."""
+    for name in names:
+        if is_reserved(name):
+            raise errors.InvalidArgument(f"{kind} name {name!r} is reserved: names starting with "
+                                         f"{RESERVED_PREFIX!r} belong to notifymesh itself")
+
+
 class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
-    def __init__(self, store: MetadataStore, settings: ClusterSettings):
-        self._store, self._settings = store, settings
+    def __init__(self, store: MetadataStore, settings: ClusterSettings, notify: NotifyMetadataStore):
+        self._store, self._settings, self._notify = store, settings, notify
 
     async def CreateTopic(self, request, context):
+        _not_reserved("topic", request.topic.name)
         return await self._store.create_topic(request.topic)
 
     async def GetTopic(self, request, context):
@@ -23,14 +39,19 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
         return pubsub_pb2.ListTopicsResponse(topics=topics, next_page_token=next_token)
 
     async def UpdateTopic(self, request, context):
+        _not_reserved("topic", request.name)
         return await self._store.update_topic(request.name, request.partition_count,
                                               request.retain_acked if request.HasField("retain_acked") else None)
 
     async def DeleteTopic(self, request, context):
+        _not_reserved("topic", request.name)
         await self._store.delete_topic(request.name)
         return pubsub_pb2.DeleteTopicResponse()
 
     async def CreateSubscription(self, request, context):
+        subscription = request.subscription
+        _not_reserved("subscription", subscription.name)
+        _not_reserved("topic", subscription.topic, subscription.dead_letter_topic)
         return await self._store.create_subscription(request.subscription)
 
     async def GetSubscription(self, request, context):
@@ -42,10 +63,13 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
         return pubsub_pb2.ListSubscriptionsResponse(subscriptions=subscriptions, next_page_token=next_token)
 
     async def DeleteSubscription(self, request, context):
+        _not_reserved("subscription", request.name)
         await self._store.delete_subscription(request.name)
         return pubsub_pb2.DeleteSubscriptionResponse()
 
     async def UpdateSubscription(self, request, context):
+        _not_reserved("subscription", request.subscription.name)
+        _not_reserved("topic", request.subscription.dead_letter_topic)
         return await self._store.update_subscription(request.subscription, list(request.update_mask.paths))
 
     async def GetConfig(self, request, context):
@@ -54,20 +78,64 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
     async def SetConfig(self, request, context):
         return await self._settings.set(request.key, request.value, request.reset)
 
+    async def CreateCategory(self, request, context):
+        return await self._notify.create_category(request.category)
+
+    async def GetCategory(self, request, context):
+        return await self._notify.get_category(request.name)
+
+    async def ListCategories(self, request, context):
+        return notify_pb2.ListCategoriesResponse(categories=await self._notify.list_categories())
+
+    async def UpdateCategory(self, request, context):
+        return await self._notify.update_category(request.category)
+
+    async def DeleteCategory(self, request, context):
+        await self._notify.delete_category(request.name)
+        return notify_pb2.DeleteCategoryResponse()
+
+    async def CreateTemplate(self, request, context):
+        return await self._notify.create_template(request.template)
+
+    async def GetTemplate(self, request, context):
+        return await self._notify.get_template(request.name, request.version)
+
+    async def ListTemplates(self, request, context):
+        return notify_pb2.ListTemplatesResponse(templates=await self._notify.list_templates())
+
+    async def DeleteTemplate(self, request, context):
+        await self._notify.delete_template(request.name)
+        return notify_pb2.DeleteTemplateResponse()
+
+    async def SetProvider(self, request, context):
+        return await self._notify.set_provider(request.provider, request.keep_secret)
+
+    async def GetProvider(self, request, context):
+        return await self._notify.get_provider(request.channel)
+
+    async def ListProviders(self, request, context):
+        return notify_pb2.ListProvidersResponse(providers=await self._notify.list_providers())
+
 
 class MetadataService:
     reflected = ()
 
     def __init__(self, ctx: Context):
-        store = MetadataStore(ctx.cluster, ctx.config, StorageClient(ctx.cluster))
+        self._store = MetadataStore(ctx.cluster, ctx.config, StorageClient(ctx.cluster))
         self.servicers = [(metadata_pb2_grpc.add_MetadataServicer_to_server,
-                           MetadataServicer(store, ClusterSettings(ctx.cluster.etcd)))]
+                           MetadataServicer(self._store, ClusterSettings(ctx.cluster.etcd),
+                                            NotifyMetadataStore(ctx.cluster)))]
+        self._bootstrap: asyncio.Task | None = None
+        self._cluster, self._replication_factor = ctx.cluster, ctx.config.default_replication_factor
 
     async def start(self) -> None:
-        pass
+        self._bootstrap = asyncio.create_task(bootstrap(
+            self._store, lambda: len(self._cluster.rings["storage"].nodes), self._replication_factor))
 
     async def drain(self) -> None:
-        pass
+        if self._bootstrap is not None:
+            self._bootstrap.cancel()
+            await asyncio.gather(self._bootstrap, return_exceptions=True)
 
     async def close(self) -> None:
         pass

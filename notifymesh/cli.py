@@ -1,5 +1,6 @@
 """The `notifymesh` command: administer topics and subscriptions, publish,
-subscribe, and run the local mesh (`notifymesh up`).
+subscribe, notify people (recipients, templates, notify: notifymesh.notify_cli),
+and run the local mesh (`notifymesh up`).
 
 Output: each result is one JSON object per line on stdout (`--output table`
 prints aligned columns for people); a payload that is UTF-8 shows as `data`,
@@ -25,9 +26,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh import notify_cli
 from notifymesh.channel import parse_addresses
 from notifymesh.client import Client, Message, default_addr
-from notifymesh.contracts import AckId
+from notifymesh.contracts import OUTBOX_CHANNELS, AckId, outbox_files
 from notifymesh.errors import InvalidArgument, NotifymeshError, Unavailable
 
 PUBLISH_BATCH = 500
@@ -571,7 +573,8 @@ def _up(args) -> int:
               "frontends": args.frontends}
     if args.ha:  # at least two of each kind (etcd: three, to keep a majority)
         counts = {kind: max(count, local.HA[kind]) for kind, count in counts.items()}
-    mesh = local.LocalMesh(Path(args.data_dir), frontend_port=args.port, storage_nodes=args.storage_nodes, **counts)
+    mesh = local.LocalMesh(Path(args.data_dir), frontend_port=args.port, storage_nodes=args.storage_nodes,
+                           local_providers=args.local_providers, **counts)
     stopping = False
 
     def request_stop(signum, frame):
@@ -746,6 +749,9 @@ def _add_server_side_commands(commands) -> None:
                     help="frontends, at --port, --port+1, ...; a client given all of them spreads its calls")
     up.add_argument("--ha", action="store_true",
                     help="no single point of failure: 3 etcd members and 2 each of metadata, sender and frontend")
+    up.add_argument("--no-local-providers", dest="local_providers", action="store_false",
+                    help="run no local SMTP server and SMS API (by default at P+18 and P+19, set as the providers "
+                         "of channels that have none)")
 
     bench = commands.add_parser("bench", help="publish-to-deliver benchmark on a fresh topic (the peer harness's "
                                               "workload); one JSON line on stdout")
@@ -780,6 +786,31 @@ def _add_config_commands(commands) -> None:
         "key", help="a setting, as `config get` lists them")
 
 
+def _add_outbox_command(commands) -> None:
+    """outbox list: what the local providers received (a file read, no frontend)"""
+    outbox = commands.add_parser("outbox", help="what the local mesh's providers received (email, SMS, webhooks)")
+    listing = outbox.add_subparsers(dest="action", required=True).add_parser(
+        "list", help="every message a local provider received, oldest first, one a line")
+    listing.add_argument("--channel", choices=OUTBOX_CHANNELS, help="only this channel (default: all)")
+    listing.add_argument("--data-dir", default=".notifymesh", help="the mesh's data dir, as `up` was given it")
+    listing.add_argument("--output", choices=OUTPUTS, default=argparse.SUPPRESS, help="as before the command")
+
+
+def _outbox(args) -> int:
+    if not (Path(args.data_dir) / "outbox").is_dir():
+        fail(f"no outbox under {args.data_dir}: give the data dir of a mesh `up` runs with its local providers")
+    for channel in [args.channel] if args.channel else OUTBOX_CHANNELS:
+        for path in outbox_files(args.data_dir, channel):
+            try:
+                with open(path, encoding="utf-8") as lines:
+                    for line in lines:
+                        if line.strip():
+                            args.out.record({"channel": channel, **json.loads(line)})
+            except FileNotFoundError:
+                continue
+    return 0
+
+
 def _add_completion_command(commands) -> None:
     """completion bash|zsh (needs notifymesh[completion])"""
     completion = commands.add_parser(
@@ -789,7 +820,7 @@ def _add_completion_command(commands) -> None:
 
 
 OUTPUTS = ("json", "table")
-NO_FRONTEND = ("up", "bench", "completion")  # commands that call no frontend
+NO_FRONTEND = ("up", "bench", "completion", "outbox")  # commands that call no frontend
 
 
 def _accept_after_the_command(p: argparse.ArgumentParser, top: bool = True) -> None:
@@ -832,6 +863,8 @@ def parser() -> argparse.ArgumentParser:
     _add_server_side_commands(commands)
     _add_config_commands(commands)
     _add_completion_command(commands)
+    _add_outbox_command(commands)
+    notify_cli.add_commands(commands)
     _accept_after_the_command(p)
     return p
 
@@ -896,6 +929,8 @@ async def _run(args) -> int:
             args.out.record(_status_record(await client.get_message_status(args.message_id)))
         elif args.command == "config":
             await _config(args, client)
+        elif args.command in notify_cli.COMMANDS:
+            return await notify_cli.run(args, client)
     return 0
 
 
@@ -909,6 +944,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "completion":
             raise SystemExit(_completion(args))
+        if args.command == "outbox":
+            try:
+                raise SystemExit(_outbox(args))
+            finally:
+                args.out.close()
         try:
             code = asyncio.run(_run(args))
         finally:

@@ -13,8 +13,10 @@ Unavailable, ...), whose code and details are the server's status.
 """
 
 import asyncio
+import collections
 import datetime
 import itertools
+import json
 import os
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterable, NamedTuple, Sequence
@@ -22,7 +24,7 @@ from typing import AsyncIterator, Iterable, NamedTuple, Sequence
 import grpc
 from google.protobuf import duration_pb2
 
-from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
+from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, notify_pb2, notify_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
 from notifymesh import errors
 from notifymesh.backoff import Backoff, BackoffPolicy
 from notifymesh.batching import Coalescer
@@ -32,6 +34,8 @@ from notifymesh.contracts import AckId
 DEFAULT_ADDR = "127.0.0.1:50051"
 RECONNECT_BACKOFF = BackoffPolicy(first_s=0.1, max_s=5.0)
 MAX_ACK_IDS_PER_CALL = 1000  # the server's limit on ack ids in one request
+MAX_RECIPIENTS_PER_CALL = 1000  # the server's limit on recipients (ids) in one request
+IMPORT_CALLS_IN_FLIGHT = 2  # import_recipients: one checked by the server while the next is read
 ACK_CALLS_IN_FLIGHT = 32
 
 
@@ -76,6 +80,25 @@ def _of_subscription(subscription: str, ack_ids: list[str]) -> bool:
         return False
 
 
+def channel_of(value: int | str) -> int:
+    """A notify_pb2.Channel from itself or its name ("email", "sms", "webhook")."""
+    if isinstance(value, int) and value in notify_pb2.Channel.values() and value != notify_pb2.CHANNEL_UNSPECIFIED:
+        return value
+    names = [n.lower() for n in notify_pb2.Channel.keys() if n != "CHANNEL_UNSPECIFIED"]
+    if isinstance(value, str) and value.lower() in names:
+        return notify_pb2.Channel.Value(value.upper())
+    raise errors.InvalidArgument(f"unknown channel {value!r}: one of {', '.join(names)}")
+
+
+class ImportedBatch(NamedTuple):
+    """One UpsertRecipients call of import_recipients: its recipients' indexes in the
+    whole import were start to start + count - 1; errors carry those indexes."""
+    start: int
+    count: int
+    stored: int
+    errors: list[notify_pb2.RecipientError]
+
+
 def _duration(seconds: float) -> duration_pb2.Duration:
     d = duration_pb2.Duration()
     d.FromMilliseconds(round(seconds * 1000))
@@ -93,6 +116,7 @@ class Client:
         self._publisher = pubsub_pb2_grpc.PublisherStub(self._channel)
         self._subscriber = pubsub_pb2_grpc.SubscriberStub(self._channel)
         self._cluster = cluster_pb2_grpc.ClusterAdminStub(self._channel)
+        self._notifications = notify_pb2_grpc.NotificationsStub(self._channel)
         self._timeout = timeout_s
         # Concurrent acks, of any subscriptions, share one call: a process holding
         # many subscriptions sends a few calls, not one per subscription. An item's
@@ -339,13 +363,13 @@ class Client:
                 subscription=subscription, page_size=page_size), "dead_letters"):
             yield page
 
-    async def _pages(self, method, request, items: str) -> AsyncIterator[list]:
-        """Each page of a List call (the reply's repeated field items), following
-        next_page_token; a token handed back unchanged ends it with an error rather
-        than a loop."""
+    async def _pages(self, method, request, items: str = ""):
+        """Each page of a List call (the reply's repeated field items, or the reply
+        itself without items), following next_page_token; a token handed back
+        unchanged ends it with an error rather than a loop."""
         while True:
             reply = await self._call(method, request)
-            yield list(getattr(reply, items))
+            yield list(getattr(reply, items)) if items else reply
             if not reply.next_page_token:
                 return
             if reply.next_page_token == request.page_token:
@@ -402,6 +426,223 @@ class Client:
         request = cluster_pb2.SetConfigRequest(key=key, value="" if value is None else str(value),
                                                reset=value is None)
         return await self._call(self._cluster.SetConfig, request)
+
+    # -- notifications: recipients, preferences, categories, templates, audiences,
+    # providers, notify and the notification log --------------------------------
+
+    async def upsert_recipient(self, recipient: notify_pb2.Recipient | str, **fields) -> notify_pb2.Recipient:
+        """A Recipient, or its id with its fields as keywords (email, phone, locale,
+        timezone, attributes, webhook_url); replaces the whole stored record."""
+        record = recipient if isinstance(recipient, notify_pb2.Recipient) else notify_pb2.Recipient(id=recipient,
+                                                                                                      **fields)
+        return await self._call(self._notifications.UpsertRecipient, notify_pb2.UpsertRecipientRequest(
+            recipient=record))
+
+    async def upsert_recipients(self, recipients: Iterable[notify_pb2.Recipient]
+                                ) -> notify_pb2.UpsertRecipientsResponse:
+        """Up to MAX_RECIPIENTS_PER_CALL; the answer names the refused ones by index."""
+        return await self._call(self._notifications.UpsertRecipients, notify_pb2.UpsertRecipientsRequest(
+            recipients=recipients))
+
+    async def import_recipients(self, recipients: Iterable[notify_pb2.Recipient],
+                                batch_size: int = MAX_RECIPIENTS_PER_CALL,
+                                in_flight: int = IMPORT_CALLS_IN_FLIGHT) -> AsyncIterator[ImportedBatch]:
+        """Upserts any number of recipients, batch_size (at most 1000) to a call, up to
+        in_flight calls at a time (the next batch is read while the server checks the
+        last); yields each batch's outcome in order (a refused recipient does not stop
+        the import; a failed call does, and the calls still in flight are cancelled)."""
+        if not 1 <= batch_size <= MAX_RECIPIENTS_PER_CALL:
+            raise errors.InvalidArgument(f"batch_size {batch_size}: 1 to {MAX_RECIPIENTS_PER_CALL}")
+        calls: collections.deque[tuple[int, int, asyncio.Future]] = collections.deque()  # (start, count, call)
+        start, batch = 0, []
+        try:
+            for recipient in itertools.chain(recipients, [None]):
+                if recipient is not None:
+                    batch.append(recipient)
+                if batch and (recipient is None or len(batch) == batch_size):
+                    calls.append((start, len(batch), asyncio.ensure_future(self.upsert_recipients(batch))))
+                    start, batch = start + len(batch), []
+                while calls and (len(calls) >= max(1, in_flight) or recipient is None):
+                    first, count, call = calls.popleft()
+                    reply = await call
+                    refused = [notify_pb2.RecipientError(index=first + e.index, id=e.id, reason=e.reason)
+                               for e in reply.errors]
+                    yield ImportedBatch(first, count, reply.stored, refused)
+        finally:
+            for _, _, call in calls:
+                call.cancel()
+
+    async def get_recipient(self, recipient_id: str) -> notify_pb2.Recipient:
+        return await self._call(self._notifications.GetRecipient, notify_pb2.GetRecipientRequest(id=recipient_id))
+
+    async def delete_recipient(self, recipient_id: str) -> None:
+        """Erases the recipient's contact data, preferences and attributes everywhere."""
+        await self._call(self._notifications.DeleteRecipient, notify_pb2.DeleteRecipientRequest(id=recipient_id))
+
+    async def get_preferences(self, recipient: str) -> notify_pb2.Preferences:
+        return await self._call(self._notifications.GetPreferences,
+                                notify_pb2.GetPreferencesRequest(recipient=recipient))
+
+    async def update_preferences(self, recipient: str, preferences: Iterable[notify_pb2.Preference] = (),
+                                 unsubscribed: bool | None = None,
+                                 rate_limits: dict[str, tuple[int, float]] | None = None) -> notify_pb2.Preferences:
+        """Sets each (category, channel) preference given ("" for every one), the
+        global unsubscribe unless None, and per category a (limit, period_s) override
+        ((0, 0) removes it); answers all of the recipient's preferences."""
+        request = notify_pb2.UpdatePreferencesRequest(recipient=recipient, preferences=preferences)
+        if unsubscribed is not None:
+            request.unsubscribed = unsubscribed
+        for category, (limit, period_s) in (rate_limits or {}).items():
+            request.rate_limits.add(category=category, rate_limit=notify_pb2.RateLimit(
+                limit=limit, period_seconds=round(period_s)))
+        return await self._call(self._notifications.UpdatePreferences, request)
+
+    @staticmethod
+    def _category(name: str, description: str, mandatory: bool, limit: int, period_s: float,
+                  over_limit: str) -> notify_pb2.Category:
+        return notify_pb2.Category(name=name, description=description, mandatory=mandatory,
+                                   rate_limit=notify_pb2.RateLimit(limit=limit, period_seconds=round(period_s)),
+                                   over_limit=notify_pb2.OverLimitPolicy.Value(over_limit.upper()))
+
+    async def create_category(self, name: str, description: str = "", mandatory: bool = False, limit: int = 0,
+                              period_s: float = 0, over_limit: str = "drop") -> notify_pb2.Category:
+        """At most limit notifications a recipient per period_s (0: no limit); over it,
+        "drop" (suppressed) or "delay". A mandatory category ignores opt-outs."""
+        return await self._call(self._notifications.CreateCategory, notify_pb2.CreateCategoryRequest(
+            category=self._category(name, description, mandatory, limit, period_s, over_limit)))
+
+    async def update_category(self, name: str, description: str = "", mandatory: bool = False, limit: int = 0,
+                              period_s: float = 0, over_limit: str = "drop") -> notify_pb2.Category:
+        """Replaces the category's settings with these."""
+        return await self._call(self._notifications.UpdateCategory, notify_pb2.UpdateCategoryRequest(
+            category=self._category(name, description, mandatory, limit, period_s, over_limit)))
+
+    async def get_category(self, name: str) -> notify_pb2.Category:
+        return await self._call(self._notifications.GetCategory, notify_pb2.GetCategoryRequest(name=name))
+
+    async def list_categories(self) -> list[notify_pb2.Category]:
+        reply = await self._call(self._notifications.ListCategories, notify_pb2.ListCategoriesRequest())
+        return list(reply.categories)
+
+    async def delete_category(self, name: str) -> None:
+        await self._call(self._notifications.DeleteCategory, notify_pb2.DeleteCategoryRequest(name=name))
+
+    async def create_template(self, template: notify_pb2.Template) -> notify_pb2.Template:
+        """Adds a version (the first for a new name); refused when it does not compile."""
+        return await self._call(self._notifications.CreateTemplate,
+                                notify_pb2.CreateTemplateRequest(template=template))
+
+    async def get_template(self, name: str, version: int = 0) -> notify_pb2.Template:
+        """version 0: the latest."""
+        return await self._call(self._notifications.GetTemplate,
+                                notify_pb2.GetTemplateRequest(name=name, version=version))
+
+    async def list_templates(self) -> list[notify_pb2.Template]:
+        """The latest version of each."""
+        reply = await self._call(self._notifications.ListTemplates, notify_pb2.ListTemplatesRequest())
+        return list(reply.templates)
+
+    async def delete_template(self, name: str) -> None:
+        """Every version."""
+        await self._call(self._notifications.DeleteTemplate, notify_pb2.DeleteTemplateRequest(name=name))
+
+    async def preview_template(self, name: str, channel: int | str, data: dict | str | None = None,
+                               recipient: str = "", locale: str = "", version: int = 0) -> notify_pb2.RenderedContent:
+        """Renders without sending: data (a dict or JSON object text) as `data`, the
+        stored recipient's fields as `recipient`."""
+        return await self._call(self._notifications.PreviewTemplate, notify_pb2.PreviewTemplateRequest(
+            name=name, version=version, channel=channel_of(channel), locale=locale, recipient=recipient,
+            data=data if isinstance(data, str) else json.dumps(data or {})))
+
+    async def create_audience(self, name: str, description: str = "") -> notify_pb2.Audience:
+        return await self._call(self._notifications.CreateAudience, notify_pb2.CreateAudienceRequest(
+            audience=notify_pb2.Audience(name=name, description=description)))
+
+    async def get_audience(self, name: str) -> notify_pb2.Audience:
+        return await self._call(self._notifications.GetAudience, notify_pb2.GetAudienceRequest(name=name))
+
+    async def delete_audience(self, name: str) -> None:
+        """The audience and all its members."""
+        await self._call(self._notifications.DeleteAudience, notify_pb2.DeleteAudienceRequest(name=name))
+
+    async def add_audience_members(self, audience: str, recipients: Iterable[str]) -> None:
+        """Up to MAX_RECIPIENTS_PER_CALL ids (they need not be recipients yet)."""
+        await self._call(self._notifications.AddAudienceMembers, notify_pb2.AudienceMembersRequest(
+            audience=audience, recipients=recipients))
+
+    async def remove_audience_members(self, audience: str, recipients: Iterable[str]) -> None:
+        await self._call(self._notifications.RemoveAudienceMembers, notify_pb2.AudienceMembersRequest(
+            audience=audience, recipients=recipients))
+
+    async def list_audience_members(self, audience: str, page_size: int = 0) -> list[str]:
+        """Every member, by id (see audience_member_pages for a large audience)."""
+        return [rid async for page in self.audience_member_pages(audience, page_size) for rid in page]
+
+    async def audience_member_pages(self, audience: str, page_size: int = 0) -> AsyncIterator[list[str]]:
+        """The members a page at a time (page_size 0: the server's 1000, also the most)."""
+        async for page in self._pages(self._notifications.ListAudienceMembers, notify_pb2.ListAudienceMembersRequest(
+                audience=audience, page_size=page_size), "recipients"):
+            yield page
+
+    async def set_provider(self, provider: notify_pb2.Provider, keep_secret: bool = False) -> notify_pb2.Provider:
+        """How a channel sends; the secret is write-only (keep_secret with an empty
+        one keeps the stored secret)."""
+        return await self._call(self._notifications.SetProvider, notify_pb2.SetProviderRequest(
+            provider=provider, keep_secret=keep_secret))
+
+    async def get_provider(self, channel: int | str) -> notify_pb2.Provider:
+        return await self._call(self._notifications.GetProvider,
+                                notify_pb2.GetProviderRequest(channel=channel_of(channel)))
+
+    async def list_providers(self) -> list[notify_pb2.Provider]:
+        reply = await self._call(self._notifications.ListProviders, notify_pb2.ListProvidersRequest())
+        return list(reply.providers)
+
+    async def notify(self, template: str, category: str, recipients: Iterable[str] = (), audience: str = "",
+                     data: dict | str | None = None, channels: Iterable[int | str] = (), idempotency_key: str = "",
+                     priority: int = notify_pb2.NORMAL, template_version: int = 0) -> str:
+        """Accepts a notification to up to MAX_RECIPIENTS_PER_CALL recipient ids, or
+        to an audience; returns its id once it is durably stored (everything after
+        happens asynchronously). A repeat with the same idempotency_key returns the
+        first notification's id and notifies nobody again."""
+        reply = await self._call(self._notifications.Notify, notify_pb2.NotifyRequest(
+            template=template, template_version=template_version, category=category, recipients=recipients,
+            audience=audience, data=data if isinstance(data, str) else json.dumps(data or {}),
+            channels=[channel_of(c) for c in channels], idempotency_key=idempotency_key, priority=priority))
+        return reply.notification_id
+
+    async def get_notification(self, notification_id: str, page_size: int = 0,
+                               page_token: str = "") -> notify_pb2.Notification:
+        """The notification and a page of its sends (see notification_pages)."""
+        return await self._call(self._notifications.GetNotification, notify_pb2.GetNotificationRequest(
+            id=notification_id, page_size=page_size, page_token=page_token))
+
+    async def notification_pages(self, notification_id: str,
+                                 page_size: int = 0) -> AsyncIterator[notify_pb2.Notification]:
+        """The notification a page of its sends (recipient, channel, state, timeline)
+        at a time, the header on each (page_size 0: the server's 1000, also the most)."""
+        async for page in self._pages(self._notifications.GetNotification, notify_pb2.GetNotificationRequest(
+                id=notification_id, page_size=page_size)):
+            yield page
+
+    async def list_notifications(self, recipient: str, start: datetime.datetime | None = None,
+                                 end: datetime.datetime | None = None,
+                                 page_size: int = 0) -> list[notify_pb2.Notification]:
+        """The recipient's notifications from start to end (aware datetimes; None:
+        from the oldest kept, up to now), newest first, each with its sends to them."""
+        return [n async for page in self.notifications_pages(recipient, start, end, page_size) for n in page]
+
+    async def notifications_pages(self, recipient: str, start: datetime.datetime | None = None,
+                                  end: datetime.datetime | None = None,
+                                  page_size: int = 0) -> AsyncIterator[list[notify_pb2.Notification]]:
+        """As list_notifications, a page at a time (page_size 0: the server's 100; at most 1000)."""
+        request = notify_pb2.ListNotificationsRequest(recipient=recipient, page_size=page_size)
+        if start is not None:
+            request.start_time.FromDatetime(start.astimezone(datetime.timezone.utc))
+        if end is not None:
+            request.end_time.FromDatetime(end.astimezone(datetime.timezone.utc))
+        async for page in self._pages(self._notifications.ListNotifications, request, "notifications"):
+            yield page
 
     async def wait_connected(self, timeout_s: float) -> bool:
         """True once a connection to a frontend is up; False as soon as every frontend

@@ -17,6 +17,7 @@ import hashlib
 import json
 import random
 import zlib
+from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
 
 from notifymesh.errors import InvalidArgument
@@ -67,6 +68,11 @@ def group_ack_ids(ack_ids: Iterable[str]) -> dict[AckGroup, list[AckId]]:
 def ack_ids_by_subscription(ack_ids: Iterable[str]) -> dict[str, list[str]]:
     """The ack ids, as given, by the subscription each names (routing to senders)."""
     return _grouped(ack_ids, lambda ack, value: (ack.subscription, value))
+
+
+def ack_ids_by_pair(ack_ids: Iterable[str]) -> dict[AckGroup, list[str]]:
+    """The ack ids, as given, by (subscription, partition): the pair a sender owns."""
+    return _grouped(ack_ids, lambda ack, value: (AckGroup(ack.subscription, ack.partition), value))
 
 
 def ack_ids_by_partition(ack_ids: Iterable[str]) -> dict[int, list[str]]:
@@ -201,6 +207,19 @@ PLACEMENTS = b"/notifymesh/placements/"      # + shard -> internal.v1.ShardPlace
 LEADERS = b"/notifymesh/leaders/"
 CANDIDATES = b"/notifymesh/candidates/"      # + shard/node -> Candidacy
 CONFIG = b"/notifymesh/config"               # the cluster configuration, a JSON object
+# The notification layer's cluster metadata (metadata/notify_store.py):
+CATEGORIES = b"/notifymesh/categories/"      # + name -> notifymesh.v1.Category
+TEMPLATES = b"/notifymesh/templates/"        # + template_version_name() -> notifymesh.v1.Template
+PROVIDERS = b"/notifymesh/providers/"        # + channel name ("email") -> notifymesh.v1.Provider, with its secret
+
+
+def template_version_name(name: str, version: int) -> str:
+    """"name/0000000007": a template's versions sort in version order under "name/"."""
+    return f"{name}/{version:010d}"
+
+
+def template_versions_prefix(name: str) -> bytes:
+    return TEMPLATES + f"{name}/".encode()
 
 
 def member_key(kind: str, node_id: str) -> bytes:
@@ -283,3 +302,16 @@ def dedup_key(message, by_payload: bool, payload_attributes: Iterable[str] | Non
             digest.update(key.encode() + b"\0" + attributes[key].encode() + b"\0")
         return "p:" + digest.hexdigest()
     return "r:" + message.retry_key if message.retry_key else ""
+
+
+# -- the local mesh's outbox (deploy/local_providers.py writes it, `notifymesh outbox list` reads it) ---
+
+OUTBOX_CHANNELS = ("email", "sms", "webhook")
+OUTBOX_MAX_BYTES = 64 * 1024 * 1024  # a channel's file is moved to its .1 beyond this (one kept): 128 MiB at most
+
+
+def outbox_files(data_dir, channel: str) -> list[Path]:
+    """A channel's JSON-lines files under the data dir, oldest first: the rotated
+    one, then the current one (each may not exist)."""
+    current = Path(data_dir) / "outbox" / f"{channel}.jsonl"
+    return [current.with_name(current.name + ".1"), current]

@@ -95,7 +95,8 @@ class Budget:
 
 class SubscriptionDispatcher:
     def __init__(self, subscription: pubsub_pb2.Subscription, storage: DispatchStorage, budget: Budget,
-                 acks: Coalescer, owned: Callable[[], bool], room_freed: Callable[[], None]):
+                 acks: Coalescer, owned: Callable[..., bool], room_freed: Callable[[], None]):
+        """owned(partition): this sender serves that pair; owned(): some pair."""
         self.name, self.topic = subscription.name, subscription.topic
         self.ack_deadline_ms = subscription.ack_deadline.ToMilliseconds()
         self._storage, self._budget, self._acks, self.owned = storage, budget, acks, owned
@@ -251,7 +252,8 @@ class Dispatcher:
         self._acks = Coalescer(lambda shard, ack_ids: self.storage.acknowledge(*shard, "", ack_ids), max_items=5000)
         self.subscriptions: dict[str, SubscriptionDispatcher] = {}
         self._pullers: dict[tuple[str, int], ShardPuller] = {}
-        self._ring_owned: dict[str, bool] = {}  # subscription -> this sender owns it on the ring
+        # (subscription, partition or None for any) -> this sender owns it on the ring
+        self._ring_owned: dict[tuple[str, int | None], bool] = {}
         self._closing = False
         self._pull_turn = itertools.count()  # which partition a unary pull asks first
 
@@ -263,10 +265,13 @@ class Dispatcher:
         return [d for d in self.subscriptions.values() if d.topic == topic and d.streams]
 
     def _room_freed(self, topic: str, name: str) -> None:
-        """Wakes (or starts) the pulls of every partition of the topic, for subscription name."""
+        """Wakes the pulls of every partition of the topic, for subscription name, and
+        starts those of the partitions it owns (a puller ends once it serves none)."""
         for partition in range(self.partition_count(topic)):
             puller = self._pullers.get((topic, partition))
             if puller is None or puller.task.done():
+                if not self.owns(name, partition):
+                    continue
                 puller = self._pullers[(topic, partition)] = ShardPuller(topic, partition, self)
                 puller.task = asyncio.create_task(puller.run())
             puller.poke(name)
@@ -276,7 +281,7 @@ class Dispatcher:
         dispatcher = self.subscriptions.get(name)
         if dispatcher is None or dispatcher.topic != record.topic:
             dispatcher = self.subscriptions[name] = SubscriptionDispatcher(
-                record, self.storage, self.budget, self._acks, lambda: self.owns(name),
+                record, self.storage, self.budget, self._acks, lambda partition=None: self.owns(name, partition),
                 lambda: self._room_freed(record.topic, name))
         return dispatcher
 
@@ -306,16 +311,23 @@ class Dispatcher:
         registration = self._registration_of()
         return registration.addr if registration is not None else ""
 
-    def owns(self, name: str) -> bool:
-        """A subscription is served only by its owner on the sender ring, and only
-        while that sender's lease is certainly alive: another sender takes it over
-        only once etcd has expired the lease, after this sender stopped."""
+    def owns(self, name: str, partition: int | None = None) -> bool:
+        """A (subscription, partition) pair is served only by its owner on the sender
+        ring (Ring.owner), and only while that sender's lease is certainly alive:
+        another sender takes it over only once etcd has expired the lease, after this
+        sender stopped. partition None: whether this sender owns some pair of it."""
         registration = self._registration_of()
         if registration is None or time.monotonic() >= registration.valid_until:
             return False
-        owned = self._ring_owned.get(name)
+        owned = self._ring_owned.get((name, partition))
         if owned is None:  # a ring lookup costs microseconds: once per ring change
-            owned = self._ring_owned[name] = self._cluster.rings["sender"].owner(name) == self._node
+            if partition is None:
+                record = self._cluster.subscriptions.items.get(name)
+                partitions = self.partition_count(record.topic) if record is not None else 1
+                owned = any(self.owns(name, p) for p in range(partitions))
+            else:
+                owned = self._cluster.rings["sender"].owner(name, partition) == self._node
+            self._ring_owned[(name, partition)] = owned
         return owned
 
     def _check_owner(self, name: str) -> None:
@@ -324,12 +336,15 @@ class Dispatcher:
             raise errors.Unavailable(f"subscription {name!r} is served by {owner or 'no sender'}, not {self._node}")
 
     def release_unowned(self) -> None:
-        """After a ring change: ends the streams of subscriptions this sender no longer
-        owns; their frontends reconnect them to the new owner."""
+        """After a ring change: ends the streams of subscriptions this sender owns no
+        pair of any more (their frontends reconnect them to the new owners) and starts
+        the pulls of the pairs it owns now (those it lost stop at their next plan)."""
         self._ring_owned.clear()
         for name, dispatcher in self.subscriptions.items():
             if dispatcher.streams and not self.owns(name):
                 dispatcher.end_streams(errors.Unavailable(f"subscription {name!r} moved from {self._node}"))
+            elif dispatcher.streams:
+                dispatcher.room_freed()
 
     def record_changed(self, name: str | None) -> None:
         """A cluster.subscriptions listener: a subscription served here takes its new
@@ -350,7 +365,8 @@ class Dispatcher:
         self._check_owner(name)
         record = await self._cluster.subscription(name)
         topic = await self._cluster.topic(record.topic)
-        pull = UnaryPull(self.storage, record.topic, max(1, topic.partition_count), next(self._pull_turn))
+        pull = UnaryPull(self.storage, record.topic, max(1, topic.partition_count), next(self._pull_turn),
+                         owned=lambda partition: self.owns(name, partition))
         return await pull.run(name, max_messages, record.ack_deadline.ToMilliseconds(), wait_ms)
 
     async def attach(self, name: str, stream: Stream) -> SubscriptionDispatcher:

@@ -55,6 +55,7 @@ class ShardPuller:
         self._watching: set[str] = set()  # the subscriptions it waits for
 
     async def run(self) -> None:
+        log.info("pulling shard", extra=fields(topic=self.topic, partition=self.partition))
         try:
             await self._serve()
         finally:
@@ -71,12 +72,15 @@ class ShardPuller:
             return
         sub = self._dispatcher.subscriptions.get(name) if name else None
         if sub is None or (sub.room() > 0 if sub.name in self._ready else (
-                sub.name not in self._watching and bool(sub.streams) and sub.owned())):
+                sub.name not in self._watching and bool(sub.streams) and sub.owned(self.partition))):
             self._watch.cancel()
 
     async def _serve(self) -> None:
         dispatcher = self._dispatcher
-        while subscriptions := dispatcher.serving(self.topic):
+        # The subscriptions whose pair with this partition this sender owns, and those it
+        # owns no pair of (their streams end at the plan): without any, the puller ends.
+        while subscriptions := [s for s in dispatcher.serving(self.topic)
+                                if s.owned(self.partition) or not s.owned()]:
             self.wake.clear()
             plan = self._plan(subscriptions)
             if plan.leases:
@@ -110,8 +114,9 @@ class ShardPuller:
         partitions = dispatcher.partition_count(self.topic)
         self._ready.intersection_update(s.name for s in subscriptions)
         for sub in subscriptions:
-            if not sub.owned():  # checked before every pull: the fence
-                sub.end_streams(errors.Unavailable(f"this sender no longer serves subscription {sub.name!r}"))
+            if not sub.owned(self.partition):  # checked before every pull: the fence
+                if not sub.owned():
+                    sub.end_streams(errors.Unavailable(f"this sender no longer serves subscription {sub.name!r}"))
                 continue
             expires = sub.expire()
             if expires is not None:

@@ -13,6 +13,7 @@ storage like any others).
 
 import asyncio
 import logging
+from typing import Callable
 
 from gen.notifymesh.internal.v1 import storage_pb2
 from notifymesh import errors
@@ -30,11 +31,14 @@ STORAGE_WAIT_MS = 10_000
 class UnaryPull:
     """One Pull call's work on the shards of one topic."""
 
-    def __init__(self, storage, topic: str, partitions: int, first: int = 0):
+    def __init__(self, storage, topic: str, partitions: int, first: int = 0,
+                 owned: Callable[[int], bool] = lambda partition: True):
         """storage: a sender.dispatch.DispatchStorage; first: the partition asked first
-        (callers rotate it, so no partition is always drained before the others)."""
+        (callers rotate it, so no partition is always drained before the others);
+        owned(partition): whether this sender serves that partition of the subscription
+        (the others are left to their owners)."""
         self._storage, self.topic = storage, topic
-        self._order = [(first + i) % partitions for i in range(partitions)]
+        self._order = [p for p in ((first + i) % partitions for i in range(partitions)) if owned(p)]
         self._streams: dict[int, rpc.LockstepStream] = {}  # at most one per partition, closed by run()
 
     async def run(self, name: str, max_messages: int, ack_deadline_ms: int, wait_ms: int) -> list[bytes]:
@@ -44,6 +48,8 @@ class UnaryPull:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + wait_ms / 1000
         received: list[bytes] = []
+        if not self._order:  # the pairs moved to other senders meanwhile
+            raise errors.Unavailable(f"this sender serves no partition of subscription {name!r} now")
         try:
             while True:
                 failures = []

@@ -505,13 +505,17 @@ class Deliveries:
                 log_.touch(state)
 
     def nack(self, shard: str, subscription: str, ack_ids: list[str], delay_ms: int | None = None,
-             terminal: bool = False, reason: str = "") -> None:
+             terminal: bool = False, reason: str = "", deferred: bool = False) -> None:
         """Gives in-flight messages back: deliverable again after delay_ms (by default
-        the retry backoff), or, when terminal, queued for the dead-letter topic now."""
+        the retry backoff), or, when terminal, queued for the dead-letter topic now.
+        Deferred: after delay_ms, as the same attempt again (no failure: a rate-limit
+        delay), recorded as DEFERRED."""
         state = self.subscription(shard, subscription)
         log_ = self._logs.shards[shard]
         if terminal and not state.policy.dead_letter_topic:
             raise errors.FailedPrecondition(f"subscription {subscription!r} has no dead-letter topic")
+        if deferred and (terminal or delay_ms is None):
+            raise errors.InvalidArgument("a deferred nack takes a delay_ms and is not terminal")
         seqs = self._seqs(log_, subscription, ack_ids)
         if terminal and (room := self.dead_letters.maxsize - self.dead_letters.qsize()) < len(seqs):
             raise errors.ResourceExhausted(
@@ -524,8 +528,12 @@ class Deliveries:
             lease = state.leases.get(seq)
             if lease is None:
                 continue
+            outcome = pubsub_pb2.DEFERRED if deferred else pubsub_pb2.NACKED
             batch.put(log_.layout.delivery(seq, subscription, lease.delivered_ms, lease.attempt),
-                      keys.delivery_record(now, pubsub_pb2.NACKED, error))
+                      keys.delivery_record(now, outcome, error))
+            if deferred:  # the next delivery counts as this attempt again (its outcome is recorded: no expiry)
+                state.lease(seq, Lease(now + delay_ms, lease.attempt - 1, lease.delivered_ms, error or "deferred"))
+                continue
             if terminal and (message := self._logs.message(log_, seq, {})) is not None:
                 self.dead_letter(log_, state, seq, message, Lease(0, lease.attempt, lease.delivered_ms, error), now)
                 continue

@@ -10,6 +10,7 @@ module keeps one node's copy, as a facade over its parts, each with one job:
   storage/delivery_log.py  each delivery attempt's outcome, and message status
   storage/retention.py     garbage collection of the log
   storage/stats.py         what each subscription owes, for describe
+  storage/table.py         the replicated table's rows, applied from its shards' logs
   storage/keys.py          the RocksDB key layout; storage/db.py the RocksDB itself
 
 They meet through the Protocols in storage/interfaces.py (LogStore, SubscriptionStore,
@@ -31,6 +32,7 @@ from storage.group_commit import GroupCommit
 from storage.log import Entries, ShardLog, ShardLogs
 from storage.retention import Retention
 from storage.stats import Stats, SubscriptionStats
+from storage.table import Table
 
 NODE_ID_FILE = "NODE_ID"
 
@@ -53,11 +55,13 @@ class StorageEngine:
         self.delivery_log = DeliveryLog(self.log, self.deliveries, self.db)
         self.retention = Retention(self.log, self.deliveries, self.db)
         self.stats = Stats(self.log, self.deliveries)
+        self.table = Table(self.log, self.db)
         # Messages out of delivery attempts, for the storage service to move.
         self.dead_letters = self.deliveries.dead_letters
         self._closed = False
         self.deliveries.recover()
         self.log.recover()
+        self.table.recover()
 
     def start(self) -> None:
         self._group.start()
@@ -84,6 +88,8 @@ class StorageEngine:
 
     def advance_commit(self, shard: str, commit: int) -> None:
         self.log.advance_commit(shard, commit)
+        if self.shards[shard].table:  # every replica applies at commit (a chunk; the node's table loop the rest)
+            self.table.apply(shard)
 
     def entries_from(self, shard: str, start: int, limit: int, max_bytes: int | None = None,
                      at_least_one: bool = True) -> Entries:
@@ -91,10 +97,16 @@ class StorageEngine:
 
     def reset(self, shard: str, first: int) -> None:
         self.log.reset(shard, first)
+        if self.shards[shard].table:  # rows of erased values may be in its files: compact them out
+            self.table.compact_later(shard)
 
     def trim(self, shard: str, first: int) -> int:
         """A follower drops what its leader no longer keeps, recording the identities
-        of those messages first (COLLECT_CHUNK at a time: the rest with the next batch)."""
+        of those messages first (COLLECT_CHUNK at a time: the rest with the next batch).
+        A table shard's entries go once applied (storage/table.py)."""
+        log_ = self.shard(shard)
+        if log_.table:
+            return self.log.trim(shard, min(first, log_.applied))
         return self.log.trim(shard, self.delivery_log.keep_identities(shard, first))
 
     def drop(self, shard: str) -> None:
@@ -148,8 +160,8 @@ class StorageEngine:
         self.deliveries.modify_ack_deadline(shard, subscription, ack_ids, ack_deadline_ms)
 
     def nack(self, shard: str, subscription: str, ack_ids: list[str], delay_ms: int | None = None,
-             terminal: bool = False, reason: str = "") -> None:
-        self.deliveries.nack(shard, subscription, ack_ids, delay_ms, terminal, reason)
+             terminal: bool = False, reason: str = "", deferred: bool = False) -> None:
+        self.deliveries.nack(shard, subscription, ack_ids, delay_ms, terminal, reason, deferred)
 
     def describe(self, shard: str, subscriptions: list[str]) -> list[SubscriptionStats]:
         return self.stats.describe(shard, subscriptions)

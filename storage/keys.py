@@ -14,6 +14,10 @@ separates them; sequence numbers are 8-byte big-endian so keys sort by seq.
   c shard \0 seq                  -> notifymesh.v1.PubsubMessage without its data: what a
                                      collected message's status still shows, kept with its
                                      delivery records (storage/delivery_log.py)
+  t shard \0 row key              -> a row of the replicated table (storage/table.py):
+                                     seq (8 bytes) + epoch (8) + expire ms (8) + value
+  a shard                         -> the table shard's applied position: entries below it are
+                                     in its rows (8 bytes; written with the rows)
 
 The log's write and delivery loops build keys per message: they use a shard's
 ShardKeys, whose prefixes are encoded once.
@@ -38,6 +42,7 @@ _MS_BYTES, _ATTEMPT_BYTES = 8, 4
 MESSAGE, FIRST, STATE, IDEMPOTENCY, INDEX, DELIVERY = b"m", b"f", b"s", b"k", b"i", b"d"
 EPOCH = b"e"
 COLLECTED = b"c"
+TABLE_ROW, APPLIED = b"t", b"a"
 
 
 # -- sequence numbers -------------------------------------------------------------------
@@ -69,7 +74,7 @@ class ShardKeys:
     """The keys of one shard, its prefixes encoded once."""
     __slots__ = ("message_prefix", "index_prefix", "idempotency_prefix", "delivery_shard_prefix", "collected_prefix",
                  "first",
-                 "state", "subscription_state_prefix", "epoch", "written", "written_from")
+                 "state", "subscription_state_prefix", "epoch", "written", "written_from", "row_prefix", "applied")
 
     def __init__(self, shard: str):
         name = shard.encode()
@@ -82,6 +87,8 @@ class ShardKeys:
         self.state = STATE + name  # -> delivery_state_value (the state's stamp)
         self.subscription_state_prefix = STATE + name + b"\0"
         self.epoch = EPOCH + name  # -> epoch_value
+        self.row_prefix = TABLE_ROW + name + b"\0"  # + row key -> row_value
+        self.applied = APPLIED + name  # -> applied_value
         # The delivery keys made here, in order: the leader sends their records to its
         # followers (storage/leader.py). Position p is written[p - written_from]; a
         # window of at most 2 * WRITTEN_KEPT keys (released as followers take them).
@@ -154,9 +161,9 @@ class ShardKeys:
 
     def entry_prefixes(self) -> tuple[bytes, ...]:
         """The prefixes of every key kept per entry: messages, their index, idempotency
-        keys, delivery records and the identities of collected messages."""
+        keys, delivery records, the identities of collected messages, and a table's rows."""
         return (self.message_prefix, self.index_prefix, self.idempotency_prefix, self.delivery_shard_prefix,
-                self.collected_prefix)
+                self.collected_prefix, self.row_prefix)
 
 
 def message(shard: str, seq: int) -> bytes:
@@ -206,6 +213,8 @@ def unsealed(value: bytes) -> bytes | None:
 
 
 first_value = seq_bytes  # a first key's value: the first seq kept
+applied_value = seq_bytes  # an applied key's value: the first entry not yet in the rows
+parse_applied_value = seq_of
 parse_first_value = seq_of
 index_value = seq_bytes  # an index key's value: the message's seq
 parse_index_value = seq_of
@@ -231,6 +240,27 @@ def live_message_id(value: bytes, now_ms: int) -> str | None:
     None. For the append path, once per repeat: no record made (measured: with
     one, preparing a batch of half repeats took about 8% longer)."""
     return value[_MS_BYTES:].decode() if int.from_bytes(value[:_MS_BYTES], "big") > now_ms else None
+
+
+ROW_HEAD = struct.Struct(">qqq")  # seq, epoch, expire ms (0: never)
+
+
+class Row(NamedTuple):
+    """A table row as stored: the entry that wrote it (its seq and epoch, to stub it
+    when superseded), when it expires, its value."""
+    seq: int
+    epoch: int
+    expire_ms: int
+    value: bytes
+
+
+def row_value(seq: int, epoch: int, expire_ms: int, value: bytes) -> bytes:
+    return ROW_HEAD.pack(seq, epoch, expire_ms) + value
+
+
+def parse_row_value(value: bytes) -> Row:
+    seq, epoch, expire_ms = ROW_HEAD.unpack_from(value)
+    return Row(seq, epoch, expire_ms, value[ROW_HEAD.size:])
 
 
 DELIVERY_RECORD = struct.Struct(">qB")  # outcome ms, outcome (notifymesh.v1.AttemptOutcome)

@@ -227,11 +227,27 @@ class Leader:
     async def append(self, shard: str, messages, retry: bool, dedup_window_ms: int, by_payload: bool) -> list[str]:
         if retry:  # read in slices before prepare, which runs without yielding
             await self._engine.load_recent_ids(shard)
+        lead = self._writable(shard)
+        ids, entries = self._engine.prepare(shard, messages, lead.epoch, dedup_window_ms, retry, by_payload)
+        await self._commit_entries(shard, lead, entries)
+        return ids
+
+    async def append_entries(self, shard: str, make: Callable[[int, int], Entries]) -> int:
+        """Appends the entries make(epoch, start) returns (called without yielding,
+        once the write is admitted) and waits until they are committed; returns the
+        end of the entries written. The replicated table's write path."""
+        lead = self._writable(shard)
+        entries = make(lead.epoch, self._engine.shard(shard).end)
+        return await self._commit_entries(shard, lead, entries)
+
+    def _writable(self, shard: str) -> Leadership:
         lead = self.leadership(shard)
         live = self._peers.live("storage")
         if sum(node in live for node in lead.replicas) < quorum(lead.replicas):
             raise errors.Unavailable(f"fewer than {quorum(lead.replicas)} of the replicas of {shard} are alive")
-        ids, entries = self._engine.prepare(shard, messages, lead.epoch, dedup_window_ms, retry, by_payload)
+        return lead
+
+    async def _commit_entries(self, shard: str, lead: Leadership, entries: Entries) -> int:
         log_ = self._engine.shard(shard)
         start = log_.end
         if entries.raw:
@@ -246,7 +262,7 @@ class Leader:
         if self.led.get(shard) is not lead:
             raise errors.Unavailable(f"leader of {shard} stepped down")
         self.leadership(shard)
-        return ids
+        return start + len(entries.raw)
 
     async def _committed(self, lead: Leadership, upto: int) -> None:
         if self._engine.shard(lead.shard).commit >= upto:

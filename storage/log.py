@@ -15,6 +15,7 @@ from gen.notifymesh.internal.v1 import storage_pb2
 from notifymesh import errors
 from notifymesh.contracts import Shard
 from notifymesh.log import fields
+from notifymesh.server.internal_topics import TABLE_TOPIC
 from storage import keys, wire
 from storage.db import Database
 from storage.group_commit import GroupCommit, GroupWrite
@@ -148,10 +149,14 @@ class ShardLog:
     # The leader's newest messages (serialized PubsubMessage; None for an epoch
     # marker), delivered without reading them back from RocksDB.
     recent: SeqWindow = field(default_factory=SeqWindow)
+    # A partition of the replicated table (storage/table.py): entries below applied are in its rows.
+    table: bool = field(init=False)
+    applied: int = 0
     layout: keys.ShardKeys = field(init=False, repr=False)  # the shard's keys
 
     def __post_init__(self) -> None:
         self.layout = keys.ShardKeys(self.name)
+        self.table = Shard.parse(self.name).topic == TABLE_TOPIC
 
     def touch(self, state: SubscriptionState) -> None:
         """Counts a change of the subscription's delivery state."""
@@ -489,6 +494,10 @@ class ShardLogs:
         for prefix in (layout.message_prefix, layout.index_prefix, layout.idempotency_prefix, layout.deliveries()):
             batch.delete_range(prefix, keys.prefix_end(prefix))
         batch.put(layout.first, keys.first_value(first))
+        if log_.table:  # its rows are rebuilt from the entries it now receives (all live values are there)
+            batch.delete_range(layout.row_prefix, keys.prefix_end(layout.row_prefix))
+            batch.put(layout.applied, keys.applied_value(first))
+            log_.applied = first
         self._db.write_synced(batch)
         log_.first = log_.end = log_.written = log_.commit = first
         log_.last_epoch = 0
@@ -546,6 +555,7 @@ class ShardLogs:
         batch.delete(layout.state)
         batch.delete_range(layout.subscription_state_prefix, keys.prefix_end(layout.subscription_state_prefix))
         batch.delete(layout.epoch)
+        batch.delete(layout.applied)
         self._db.write(batch)
         log_.notify()
         log.info("shard dropped", extra=fields(shard=shard))

@@ -4,6 +4,7 @@ subscriptions, drop deleted topics) and deletes what is no longer needed."""
 
 import asyncio
 import logging
+import time
 import zlib
 from pathlib import Path
 
@@ -15,15 +16,18 @@ from notifymesh.contracts import SUBSCRIPTIONS, TOPICS, MessageId, Shard, shard_
 from notifymesh.log import fields
 from notifymesh.server.clients import StorageClient
 from notifymesh.server.cluster import ChangedNames
+from notifymesh.server.internal_topics import TABLE_TOPIC
 from notifymesh.server.process import Context
 from storage.delivery import Pull, Seeked
 from storage.engine import StorageEngine
 from storage.replication import Replication
 from storage.retention import COLLECT_CHUNK
 from storage.stats import RATE_WINDOW_S, SubscriptionStats
+from storage.table import TableService
 
 log = logging.getLogger(__name__)
 
+TABLE_UPKEEP_S = 0.05  # how often the table loop looks for entries to apply and erasures to compact
 SLOW_GC_EVERY = 60  # GC rounds between sweeps of expired idempotency keys and delivery logs
 DEAD_LETTER_MOVERS = 4  # dead-letter moves under way at once (each an append to the dead-letter topic)
 
@@ -82,7 +86,7 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         if request.terminal:
             await self._node.check_dead_letter_topic(shard, request.subscription)
         self._node.engine.nack(shard, request.subscription, list(request.ack_ids), delay_ms, request.terminal,
-                               request.reason)
+                               request.reason, request.deferred)
         return storage_pb2.StorageNackResponse()
 
     async def ListDeadLetters(self, request, context):
@@ -119,6 +123,25 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         async for request in self._node.stream_requests(requests):
             yield await self._node.replication.replicate(request)
 
+    async def TableWrite(self, request, context):
+        await self._node.tables.write(request.partition, list(request.ops))
+        return storage_pb2.TableWriteResponse()
+
+    async def TableRead(self, request, context):
+        values = await self._node.tables.read(request.partition, list(request.keys))
+        return storage_pb2.TableReadResponse(values=[v or b"" for v in values], found=[v is not None for v in values])
+
+    async def TableScan(self, request, context):
+        scanned = await self._node.tables.scan(request.partition, request.prefix, request.start_after, request.limit,
+                                               request.reverse)
+        return storage_pb2.TableScanResponse(keys=scanned.keys, values=scanned.values, more=scanned.more)
+
+    async def RateAcquire(self, request, context):
+        decision = await self._node.tables.rate_acquire(request.partition, request.key, request.limit,
+                                                        request.period_ms, request.token, request.force)
+        return storage_pb2.RateAcquireResponse(allowed=decision.allowed, retry_after_ms=decision.retry_after_ms,
+                                               count=decision.count)
+
 
 class StorageNode:
     reflected = ()
@@ -131,6 +154,8 @@ class StorageNode:
         # plus their delivery state, whose size is counted but not capped.
         self.replication = Replication(self.engine, ctx.cluster, lambda: ctx.registration, ctx.node_id,
                                        self._replication_factor, ctx.config.max_grpc_message_bytes // 4)
+        self.tables = TableService(self.engine.table, self.engine.log, self.replication.leader,
+                                   self._table_partitions)
         self.servicers = [(storage_pb2_grpc.add_StorageServicer_to_server, StorageServicer(self))]
         self._storage = StorageClient(ctx.cluster)
         self._changed_subscriptions = ChangedNames()
@@ -161,6 +186,9 @@ class StorageNode:
         record = self._cluster.topics.items.get(topic)
         return tuple(record.dedup_attributes) if record else ()
 
+    async def _table_partitions(self) -> int:
+        return (await self._cluster.topic(TABLE_TOPIC)).partition_count
+
     def _replication_factor(self, topic: str) -> int:
         record = self._cluster.topics.items.get(topic)
         return record.replication_factor if record else 0
@@ -183,6 +211,8 @@ class StorageNode:
                 "the messages were not dead-lettered and stay deliverable")
 
     async def append(self, topic: str, partition: int, messages, retry: bool) -> list[str]:
+        if topic == TABLE_TOPIC:  # its entries are TableOps this node made: a publish would write rows
+            raise errors.InvalidArgument(f"topic {TABLE_TOPIC!r} is written through the table's calls only")
         record = await self._cluster.topic(topic)  # NOT_FOUND rather than data for a topic that does not exist
         window_ms = (record.dedup_window.ToMilliseconds() if record.HasField("dedup_window")
                      else int(self._config.dedup_window_s * 1000))
@@ -245,6 +275,7 @@ class StorageNode:
         for mirror in (self._cluster.topics, self._cluster.leaders):  # these call for a look at everything
             mirror.on_change(lambda _name: self._changed_subscriptions.note(None))
         self._tasks = [asyncio.create_task(self._follow_metadata()), asyncio.create_task(self._collect()),
+                       asyncio.create_task(self._table_upkeep()),
                        *(asyncio.create_task(self._move_dead_letters()) for _ in range(DEAD_LETTER_MOVERS))]
 
     async def _follow_metadata(self) -> None:
@@ -306,6 +337,8 @@ class StorageNode:
             await asyncio.sleep(self._config.storage_gc_interval_s)
             try:
                 for shard in list(self.replication.led):
+                    if self.engine.shard(shard).table:  # no messages: _table_upkeep keeps it
+                        continue
                     # Nothing is deleted for want of a subscription this node has not attached yet.
                     self._attach_known(shard)
                     self.engine.sweep_dead_letters(shard)
@@ -317,7 +350,7 @@ class StorageNode:
                         log.debug("collected", extra=fields(shard=shard, entries=freed))
                 for shard in list(self.engine.shards):  # a follower by the leader's delivery state it holds
                     record = self._cluster.topics.items.get(Shard.parse(shard)[0])
-                    if record is not None:  # else its retain_acked window is not known yet
+                    if record is not None and not self.engine.shard(shard).table:  # else its window is not known yet
                         await self._stub_shard(shard, _retain_acked_ms(record))
                 rounds += 1
                 if rounds % SLOW_GC_EVERY == 0:
@@ -327,6 +360,31 @@ class StorageNode:
                         self.engine.collect_delivery_log(shard, log_expired_before)
             except Exception as e:
                 log.error("garbage collection failed", extra=fields(error=repr(e)))
+
+    async def _table_upkeep(self) -> None:
+        """Applies what the table shards have committed beyond what was applied at
+        commit (a restart's backlog), a chunk at a time; compacts after erasures; and
+        each gc interval drops expired rows and (leading) trims dead entries."""
+        table, last_gc = self.engine.table, 0.0
+        while True:
+            await asyncio.sleep(TABLE_UPKEEP_S)
+            try:
+                for log_ in table.shards():
+                    while table.apply(log_.name):
+                        await asyncio.sleep(0)
+                for shard in table.due_compactions():
+                    await asyncio.to_thread(table.compact, shard)
+                if time.monotonic() - last_gc >= self._config.storage_gc_interval_s:
+                    last_gc = time.monotonic()
+                    for log_ in table.shards():
+                        table.sweep(log_.name)
+                        if log_.name in self.replication.led:
+                            table.trim_leading(log_.name)
+                        await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.error("table upkeep failed", extra=fields(error=repr(e)))
 
     async def _collect_shard(self, shard: str, retention_ms: int | None, retain_acked_ms: int | None) -> int:
         """Collects the shard a chunk at a time (retention.COLLECT_CHUNK), letting

@@ -11,14 +11,15 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from deploy.local import HA, LocalMesh, free_port
+from deploy.local import HA, LocalMesh, free_frontend_port, free_port
 from notifymesh.client import Client
 
 
 def new_mesh(path, etcd_members: int = 1, frontends: int = 1, **kwargs) -> LocalMesh:
     """A started mesh on free ports; kwargs as LocalMesh takes them (metadata_services, senders, ...)."""
-    return started(LocalMesh(path, frontend_ports=[free_port() for _ in range(frontends)], frontends=frontends,
-                             etcd_ports=[(free_port(), free_port()) for _ in range(etcd_members)], **kwargs))
+    return started(LocalMesh(path, frontend_ports=[free_frontend_port() for _ in range(frontends)],
+                             frontends=frontends, etcd_ports=[(free_port(), free_port()) for _ in range(etcd_members)],
+                             **{"provider_ports": (free_port(), free_port()), **kwargs}))
 
 
 def started(mesh: LocalMesh) -> LocalMesh:

@@ -3,7 +3,8 @@ cluster view, with the retry rules of notifymesh.server.rpc.
 
 - StorageClient: the leader of a shard (a topic's partition), as etcd names it.
   Each try looks the leader up again, so a retry after a failover reaches the new one.
-- SenderClient: the sender that owns a subscription on the ring.
+- SenderClient: the senders that own a subscription's (subscription, partition)
+  pairs on the ring.
 - MetadataClient: any live metadata service (it is stateless).
 """
 
@@ -14,6 +15,7 @@ import grpc
 
 from gen.notifymesh.internal.v1 import metadata_pb2_grpc, sender_pb2, sender_pb2_grpc, storage_pb2, storage_pb2_grpc
 from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh.contracts import ack_ids_by_pair
 from notifymesh.log import fields
 from notifymesh.server import rpc
 from notifymesh.server.cluster import Cluster
@@ -98,9 +100,39 @@ class SenderClient:
     def __init__(self, cluster: Cluster):
         self._cluster = cluster
 
-    def owner_addr(self, subscription: str) -> str:
-        """The address of the sender that owns subscription (Unavailable without one)."""
-        return self._cluster.owner("sender", subscription).addr
+    def owner_addr(self, subscription: str, partition: int = 0) -> str:
+        """The address of the sender that owns the pair (Unavailable without one)."""
+        return self._cluster.owner("sender", subscription, partition).addr
+
+    def owners(self, subscription: str, partitions: int) -> dict[str, list[int]]:
+        """address -> the partitions of subscription (of a topic of that many) the sender there owns."""
+        owned: dict[str, list[int]] = {}
+        for partition in range(partitions):
+            owned.setdefault(self.owner_addr(subscription, partition), []).append(partition)
+        return owned
+
+    def by_owner(self, ack_ids: list[str]) -> dict[str, list[str]]:
+        """The ack ids by the address of the sender that owns each one's pair."""
+        grouped: dict[str, list[str]] = {}
+        for (subscription, partition), ids in ack_ids_by_pair(ack_ids).items():
+            grouped.setdefault(self.owner_addr(subscription, partition), []).extend(ids)
+        return grouped
+
+    async def _per_pair(self, method: str, request) -> None:
+        """Sender.<method> with the request's ack ids split by pair, each part to its
+        pair's owner; each try looks the owner up again, so a retry after a takeover
+        reaches the new one."""
+        groups = ack_ids_by_pair(request.ack_ids)
+
+        async def one(pair, ack_ids: list[str]) -> None:
+            part = request
+            if len(groups) > 1:
+                part = type(request)()
+                part.CopyFrom(request)
+                part.ack_ids[:] = ack_ids
+            await rpc.call(f"Sender.{method}", lambda t: getattr(self._stub(self.owner_addr(*pair)), method)(
+                part, timeout=t))
+        await asyncio.gather(*(one(pair, ids) for pair, ids in groups.items()))
 
     def _stub(self, addr: str) -> sender_pb2_grpc.SenderStub:
         return sender_pb2_grpc.SenderStub(self._cluster.channel(addr))
@@ -117,17 +149,16 @@ class SenderClient:
         await rpc.call("Sender.Acknowledge", lambda t: self._stub(addr).Acknowledge(request, timeout=t))
 
     async def modify_ack_deadline(self, request: pubsub_pb2.ModifyAckDeadlineRequest) -> None:
-        await rpc.call("Sender.ModifyAckDeadline", lambda t: self._stub(
-            self.owner_addr(request.subscription)).ModifyAckDeadline(request, timeout=t))
+        await self._per_pair("ModifyAckDeadline", request)
 
     async def nack(self, request: pubsub_pb2.NackRequest) -> None:
-        await rpc.call("Sender.Nack", lambda t: self._stub(self.owner_addr(request.subscription)).Nack(
-            request, timeout=t))
+        await self._per_pair("Nack", request)
 
     async def count_streams(self, subscriptions: list[str]) -> dict[str, int]:
-        """Subscribe streams per subscription, over every live sender (an owner that
-        just changed may still serve some); a sender that does not answer within
-        COUNT_STREAMS_TIMEOUT_S counts none."""
+        """Subscribe streams per subscription: the most any live sender counts (a
+        client's stream of a subscription whose pairs several senders own is one
+        stream to each of them; an owner that just changed may still serve some); a
+        sender that does not answer within COUNT_STREAMS_TIMEOUT_S counts none."""
         request = sender_pb2.CountStreamsRequest(subscriptions=subscriptions)
 
         async def one(addr: str) -> dict[str, int]:
@@ -140,16 +171,17 @@ class SenderClient:
         counts: dict[str, int] = {}
         for answer in await asyncio.gather(*(one(addr) for addr in self._cluster.live("sender").values())):
             for name, count in answer.items():
-                counts[name] = counts.get(name, 0) + count
+                counts[name] = max(counts.get(name, 0), count)
         return counts
 
-    async def pull(self, request: pubsub_pb2.PullRequest) -> pubsub_pb2.PullResponse:
-        """The sender answers a SubscribeFrame, which is a PullResponse on the wire;
-        its timeout is the pull's wait and the policy's."""
+    async def pull(self, request: pubsub_pb2.PullRequest, addr: str = "") -> pubsub_pb2.PullResponse:
+        """The sender at addr (by default the owner of the subscription's partition 0)
+        answers a SubscribeFrame, which is a PullResponse on the wire; its timeout is
+        the pull's wait and the policy's."""
         wait_s = request.wait.ToMilliseconds() / 1000
 
         def attempt(timeout):
-            call = self._cluster.channel(self.owner_addr(request.subscription)).unary_unary(
+            call = self._cluster.channel(addr or self.owner_addr(request.subscription)).unary_unary(
                 self.PULL, request_serializer=pubsub_pb2.PullRequest.SerializeToString,
                 response_deserializer=pubsub_pb2.PullResponse.FromString)
             return call(request, timeout=wait_s + timeout)

@@ -15,12 +15,13 @@ import aetcd
 import grpc
 
 from gen.notifymesh.internal.v1 import storage_pb2
-from gen.notifymesh.v1 import pubsub_pb2
+from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
 from notifymesh import errors
 from notifymesh.channel import channel_options
-from notifymesh.contracts import (LEADERS, MEMBERS, PLACEMENTS, SUBSCRIPTIONS, TOPICS, LeaderRecord, MemberRecord,
-                                  member_key, shard_name)
+from notifymesh.contracts import (CATEGORIES, LEADERS, MEMBERS, PLACEMENTS, PROVIDERS, SUBSCRIPTIONS, TEMPLATES, TOPICS,
+                                  LeaderRecord, MemberRecord, member_key, shard_name, template_versions_prefix)
 from notifymesh.log import fields
+from notifymesh.server.internal_topics import channel_name
 from notifymesh.server.ring import Ring
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,12 @@ class Cluster:
                                           group_by=lambda subscription: subscription.topic)
         self.placements = PrefixMirror(etcd, PLACEMENTS, storage_pb2.ShardPlacement.FromString)
         self.leaders = PrefixMirror(etcd, LEADERS, LeaderRecord.parse)
+        # The notification layer's metadata: every stored template version (grouped by
+        # template name), providers by channel name with their secrets (senders use them).
+        self.categories = PrefixMirror(etcd, CATEGORIES, notify_pb2.Category.FromString)
+        self.templates = PrefixMirror(etcd, TEMPLATES, notify_pb2.Template.FromString,
+                                      group_by=lambda template: template.name)
+        self.providers = PrefixMirror(etcd, PROVIDERS, notify_pb2.Provider.FromString)
         self.rings: dict[str, Ring] = {kind: Ring() for kind in KINDS}
         self._ring_changes = {kind: asyncio.Event() for kind in KINDS}
         self._leader_change = asyncio.Event()
@@ -253,7 +260,8 @@ class Cluster:
         await asyncio.gather(*(c.close() for c in self._channels.values()), return_exceptions=True)
 
     def _mirrors(self) -> tuple[PrefixMirror, ...]:
-        return self.members, self.topics, self.subscriptions, self.placements, self.leaders
+        return (self.members, self.topics, self.subscriptions, self.placements, self.leaders, self.categories,
+                self.templates, self.providers)
 
     def leader(self, topic: str, partition: int) -> "ShardLeader":
         shard = shard_name(topic, partition)
@@ -293,9 +301,9 @@ class Cluster:
         return {name[len(prefix):]: info.addr for name, info in self.members.items.items()
                 if name.startswith(prefix)}
 
-    def owner(self, kind: str, key: str) -> "Member":
-        """The member of kind that owns key."""
-        node = self.rings[kind].owner(key)
+    def owner(self, kind: str, key: str, partition: int = 0) -> "Member":
+        """The member of kind that owns key (its pair with partition: see Ring.owner)."""
+        node = self.rings[kind].owner(key, partition)
         addr = self.live(kind).get(node) if node else None
         if addr is None:
             raise errors.Unavailable(f"no live {kind} node")
@@ -316,3 +324,23 @@ class Cluster:
 
     async def subscription(self, name: str) -> pubsub_pb2.Subscription:
         return await self.subscriptions.get("subscription", name)
+
+    async def category(self, name: str) -> notify_pb2.Category:
+        return await self.categories.get("category", name)
+
+    async def template(self, name: str, version: int = 0) -> notify_pb2.Template:
+        """The version (0: the latest) from the mirror; on a miss, from etcd, so a
+        version created a moment ago through another process is found."""
+        versions = list(self.templates.groups.get(name, {}).values())
+        found = [t for t in versions if t.version == version] if version else versions
+        if not found:
+            kvs = await self.etcd.get_prefix(template_versions_prefix(name))
+            versions = [notify_pb2.Template.FromString(kv.value) for kv in kvs]
+            found = [t for t in versions if t.version == version] if version else versions
+        if not found:
+            raise errors.NotFound(f"template {name!r} version {version} not found" if version
+                                  else f"template {name!r} not found")
+        return max(found, key=lambda t: t.version)
+
+    async def provider(self, channel: int) -> notify_pb2.Provider:
+        return await self.providers.get("provider", channel_name(channel))

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -55,15 +56,32 @@ class Config:
     # How long GetMessageStatus can answer for a message after it was delivered
     # (its delivery log outlives the message itself).
     delivery_log_retention_s: float = 24 * 3600.0
+    # Frontend: its HTTP server (one-click unsubscribe, frontend/http.py) listens at its
+    # gRPC port plus this (deploy/local.py's port plan: P+25 for the first frontend).
+    frontend_http_port_offset: int = 25
+    # The frontends' HTTP base URL as recipients reach it, for the unsubscribe links of
+    # emails; empty: http://<a frontend's host>:<its HTTP port>.
+    public_base_url: str = ""
+    # How long the notification log (a notification, its events, a recipient's index
+    # of it) is kept after the notification was accepted.
+    notification_log_retention_s: float = 30 * 24 * 3600.0
+    # The per-recipient rate limit of a category without one of its own (and no
+    # recipient override): at most notify_default_rate_limit notifications per
+    # notify_default_rate_period_s; 0 (the default): no limit.
+    notify_default_rate_limit: int = 0
+    notify_default_rate_period_s: float = 0.0
 
 
 # Read once when a process starts (its gRPC server's size limits and channels, its
 # member lease, the sender's fixed budgets): a change reaches a service at its next
 # start. Every other setting is read where it is used, so it follows etcd at run time.
 RESTART_REQUIRED = frozenset({"max_grpc_message_bytes", "member_lease_ttl_s", "sender_max_outstanding",
-                              "sender_max_push_in_flight"})
+                              "sender_max_push_in_flight", "frontend_http_port_offset"})
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+# Settings whose 0 means "off" (every other one is a positive number).
+ZERO_ALLOWED = frozenset({"notify_default_rate_limit", "notify_default_rate_period_s"})
+MAX_RATE_LIMIT, MAX_RATE_PERIOD_S = 1_000_000, 30 * 24 * 3600.0  # as a category's (metadata/notify_store.py)
 Layer = tuple[str, Mapping[str, Any]]  # (source, values)
 
 
@@ -100,13 +118,25 @@ def setting_value(key: str, text: str) -> int | float:
     if key not in FIELDS:
         raise InvalidArgument(f"unknown config key {key!r}; the keys: {', '.join(FIELDS)}")
     kind = FIELDS[key].type
+    if kind is str:
+        return _url(key, text)
     try:
         value = kind(text)
     except ValueError:
         raise InvalidArgument(f"{key}: {text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if key in ZERO_ALLOWED and value == 0:
+        return value
     if not math.isfinite(value) or value <= 0:
         raise InvalidArgument(f"{key}: {text!r} out of range: a number above 0")
     return value
+
+
+def _url(key: str, text: str) -> str:
+    """An http(s) base URL, or "" for the default."""
+    parsed = urllib.parse.urlsplit(text)
+    if text and (parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.query or parsed.fragment):
+        raise InvalidArgument(f"{key}: {text!r} is not an http(s) base URL like https://notify.example.com")
+    return text.rstrip("/")
 
 
 def check(config: Config) -> None:
@@ -115,6 +145,11 @@ def check(config: Config) -> None:
         raise InvalidArgument(
             f"ack deadlines out of order: min_ack_deadline_s {config.min_ack_deadline_s:g} <= default_ack_deadline_s "
             f"{config.default_ack_deadline_s:g} <= max_ack_deadline_s {config.max_ack_deadline_s:g} must hold")
+    limit, period = config.notify_default_rate_limit, config.notify_default_rate_period_s
+    if limit and not (limit <= MAX_RATE_LIMIT and 1 <= period <= MAX_RATE_PERIOD_S):
+        raise InvalidArgument(
+            f"default rate limit {limit} per {period:g}s: a limit up to {MAX_RATE_LIMIT:,} needs "
+            f"notify_default_rate_period_s from 1 to {MAX_RATE_PERIOD_S:,.0f} (30 days; set the period first)")
 
 
 class LiveConfig:

@@ -38,6 +38,11 @@ POLICIES: dict[str, CallPolicy] = {
     "Storage.GetMessageStatus": CallPolicy(timeout_s=10, retry_for_s=8),
     "Storage.DescribeSubscriptions": CallPolicy(timeout_s=5, retry_for_s=8),
     "Storage.Seek": CallPolicy(timeout_s=10, retry_for_s=8),
+    # The replicated table (storage/table.py): across a failover, as Append.
+    "Storage.TableWrite": CallPolicy(timeout_s=10, retry_for_s=12),
+    "Storage.TableRead": CallPolicy(timeout_s=5, retry_for_s=12),
+    "Storage.TableScan": CallPolicy(timeout_s=10, retry_for_s=12),
+    "Storage.RateAcquire": CallPolicy(timeout_s=10, retry_for_s=12),
     "Sender.Acknowledge": CallPolicy(timeout_s=5, retry_for_s=8),
     "Sender.ModifyAckDeadline": CallPolicy(timeout_s=5, retry_for_s=8),
     "Sender.Nack": CallPolicy(timeout_s=5, retry_for_s=8),

@@ -3,6 +3,11 @@ and the metadata service (which owns the records). Each raises InvalidArgument
 with a message that says what is wrong and what is allowed."""
 
 import re
+import zoneinfo
+from urllib.parse import urlsplit
+
+import email_validator
+import phonenumbers
 
 from notifymesh.errors import InvalidArgument
 from notifymesh.server.config import Config
@@ -88,3 +93,106 @@ def reason(text: str) -> str:
     if len(text.encode()) > MAX_REASON_BYTES:
         raise InvalidArgument(f"reason over {MAX_REASON_BYTES} bytes")
     return text
+
+
+# -- the notification layer: recipients ------------------------------------------------
+
+MAX_RECIPIENT_ID_BYTES = 255
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+LOCALE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*")
+MAX_LOCALE_CHARS = 35
+MAX_URL_CHARS = 2048
+MAX_DESCRIPTION_BYTES = 1024
+
+
+def recipient_id(value: str, what: str = "recipient id") -> str:
+    """The caller's user id: 1 to 255 bytes of UTF-8 without control characters (row
+    keys separate their fields with NUL)."""
+    size = len(value.encode())
+    if not 1 <= size <= MAX_RECIPIENT_ID_BYTES:
+        raise InvalidArgument(f"{what} {value[:40]!r}: {size} bytes; 1 to {MAX_RECIPIENT_ID_BYTES} bytes of UTF-8")
+    if CONTROL.search(value):
+        raise InvalidArgument(f"{what} {value[:40]!r} holds a control character")
+    return value
+
+
+def email(value: str) -> str:
+    """The address normalized (email-validator's syntax check; no DNS lookup)."""
+    try:
+        return email_validator.validate_email(value, check_deliverability=False).normalized
+    except email_validator.EmailNotValidError as e:
+        raise InvalidArgument(f"invalid email {value[:80]!r}: {e}") from None
+
+
+def phone(value: str) -> str:
+    """The number in E.164 ("+14155550100"), checked with libphonenumber."""
+    try:
+        number = phonenumbers.parse(value, None)
+    except phonenumbers.NumberParseException as e:
+        raise InvalidArgument(f"invalid phone {value[:40]!r}: {e.args[0] if e.args else e}; "
+                              "give it in E.164, e.g. +14155550100") from None
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidArgument(f"invalid phone {value[:40]!r}: not a valid number for its country code")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def locale(value: str) -> str:
+    if len(value) > MAX_LOCALE_CHARS or not LOCALE.fullmatch(value):
+        raise InvalidArgument(f"invalid locale {value[:40]!r}: a BCP 47 tag such as en, de-CH or zh-Hant-TW")
+    return value
+
+
+def timezone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise InvalidArgument(f"invalid timezone {value[:60]!r}: an IANA name such as Europe/Berlin") from None
+    return value
+
+
+def attributes(values, what: str = "attributes") -> None:
+    """Bounded like message attributes."""
+    if len(values) > MAX_ATTRIBUTES:
+        raise InvalidArgument(f"{len(values)} {what}; at most {MAX_ATTRIBUTES}")
+    for key, value in values.items():
+        if not key or len(key.encode()) > MAX_ATTRIBUTE_KEY_BYTES:
+            raise InvalidArgument(f"{what}: a key must be 1 to {MAX_ATTRIBUTE_KEY_BYTES} bytes")
+        if len(value.encode()) > MAX_ATTRIBUTE_VALUE_BYTES:
+            raise InvalidArgument(f"{what}: the value of {key[:40]!r} is over {MAX_ATTRIBUTE_VALUE_BYTES} bytes")
+
+
+def http_url(value: str, what: str = "webhook_url") -> str:
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        parts = None
+    if len(value) > MAX_URL_CHARS or parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidArgument(f"invalid {what} {value[:80]!r}: an http or https URL of at most "
+                              f"{MAX_URL_CHARS} characters")
+    return value
+
+
+def description(value: str) -> str:
+    if len(value.encode()) > MAX_DESCRIPTION_BYTES:
+        raise InvalidArgument(f"description over {MAX_DESCRIPTION_BYTES} bytes")
+    return value
+
+
+def recipient(record):
+    """A notifymesh.v1.Recipient checked, with its email and phone normalized (a copy)."""
+    checked = type(record)()
+    checked.CopyFrom(record)
+    recipient_id(record.id)
+    if record.email:
+        checked.email = email(record.email)
+    if record.phone:
+        checked.phone = phone(record.phone)
+    if record.locale:
+        locale(record.locale)
+    if record.timezone:
+        timezone(record.timezone)
+    attributes(record.attributes)
+    if record.webhook_url:
+        http_url(record.webhook_url)
+    checked.ClearField("update_time")
+    return checked

@@ -155,7 +155,8 @@ async def test_every_service_reports_health_and_the_frontend_serves_reflection(m
         async for reply in replies:
             services = {s.name for s in reply.list_services_response.service}
             break
-    assert {"notifymesh.v1.Publisher", "notifymesh.v1.Subscriber", "grpc.health.v1.Health"} <= services
+    assert {"notifymesh.v1.Publisher", "notifymesh.v1.Subscriber", "notifymesh.v1.Notifications",
+            "grpc.health.v1.Health"} <= services
 
 
 async def test_a_dead_letter_topic_in_use_cannot_be_deleted(client):

@@ -9,6 +9,7 @@ from typing import Any, Callable, NamedTuple
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
+from notifymesh.contracts import ack_ids_by_pair
 
 
 async def eventually(condition: Callable[[], bool], timeout_s: float = 1.0) -> None:
@@ -134,13 +135,14 @@ class FakeRing:
     def __init__(self, owner: Callable[[str], str | None]):
         self._owner = owner
 
-    def owner(self, key: str) -> str | None:
-        return self._owner(key)
+    def owner(self, key: str, partition: int = 0) -> str | None:
+        return self._owner(key, partition)
 
 
 class FakeCluster:
     """Topics and subscriptions (protos by name) and a sender ring whose owner of
-    every subscription is sender_owner (a node id), or per subscription in owners."""
+    every subscription is sender_owner (a node id), or per subscription in owners, or
+    per (subscription, partition) pair in owners under "subscription/partition"."""
 
     def __init__(self, topics: dict[str, int] | None = None, subscriptions: dict[str, str] | None = None,
                  sender_owner: str = "sender-1", ack_deadline_s: int = 10):
@@ -152,7 +154,8 @@ class FakeCluster:
             self.add_subscription(name, topic, ack_deadline_s)
         self.owners: dict[str, str] = {}
         self.sender_owner = sender_owner
-        self.rings = {"sender": FakeRing(lambda key: self.owners.get(key, self.sender_owner))}
+        self.rings = {"sender": FakeRing(lambda key, partition: self.owners.get(
+            f"{key}/{partition}", self.owners.get(key, self.sender_owner)))}
         self.ring_changed = asyncio.Event()
 
     def next_ring_change(self, kind: str) -> asyncio.Event:
@@ -292,17 +295,31 @@ class FakeSenders:
     """The sender client as the frontend uses it; owners: subscription -> sender address."""
 
     def __init__(self, owners: dict[str, str]):
-        self.owners = owners
+        self.owned = owners
         self.acks: list[tuple[str, list[str]]] = []
         self.deadlines: list[pubsub_pb2.ModifyAckDeadlineRequest] = []
         self.nacks: list[pubsub_pb2.NackRequest] = []
         self.streams: dict[str, int] = {}  # subscription -> Subscribe streams the senders count
         self.pulls: list[pubsub_pb2.PullRequest] = []
 
-    def owner_addr(self, subscription: str) -> str:
-        if subscription not in self.owners:
+    def owner_addr(self, subscription: str, partition: int = 0) -> str:
+        """owners: "subscription/partition" or, for every partition, "subscription"."""
+        addr = self.owned.get(f"{subscription}/{partition}", self.owned.get(subscription))
+        if addr is None:
             raise errors.Unavailable("no live sender node")
-        return self.owners[subscription]
+        return addr
+
+    def owners(self, subscription: str, partitions: int) -> dict[str, list[int]]:
+        owned: dict[str, list[int]] = {}
+        for partition in range(partitions):
+            owned.setdefault(self.owner_addr(subscription, partition), []).append(partition)
+        return owned
+
+    def by_owner(self, ack_ids: list[str]) -> dict[str, list[str]]:
+        grouped: dict[str, list[str]] = {}
+        for (subscription, partition), ids in ack_ids_by_pair(ack_ids).items():
+            grouped.setdefault(self.owner_addr(subscription, partition), []).extend(ids)
+        return grouped
 
     def subscribe(self, addr: str, request):
         raise NotImplementedError
@@ -319,7 +336,7 @@ class FakeSenders:
     async def count_streams(self, subscriptions: list[str]) -> dict[str, int]:
         return {name: self.streams[name] for name in subscriptions if name in self.streams}
 
-    async def pull(self, request) -> pubsub_pb2.PullResponse:
+    async def pull(self, request, addr: str = "") -> pubsub_pb2.PullResponse:
         self.pulls.append(request)
         return pubsub_pb2.PullResponse()
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from gen.notifymesh.v1 import cluster_pb2, pubsub_pb2
+from gen.notifymesh.v1 import cluster_pb2, notify_pb2, pubsub_pb2
 from notifymesh import cli, errors
 from notifymesh.client import Client
 from notifymesh.server import config
@@ -95,3 +95,9 @@ async def test_a_page_token_handed_back_unchanged_ends_a_listing_with_an_error()
             pages.append(page)
     assert len(pages) == 2
     await client.close()
+
+
+def test_client_has_a_method_for_every_notifications_rpc():
+    rpcs = [m.name for s in notify_pb2.DESCRIPTOR.services_by_name.values() for m in s.methods]
+    assert len(rpcs) == 28
+    assert [rpc for rpc in rpcs if not hasattr(Client, snake(rpc))] == []

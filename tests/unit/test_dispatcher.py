@@ -42,7 +42,7 @@ class SubscriptionFixture:
         subscription = pubsub_pb2.Subscription(name=SUB, topic=TOPIC)
         subscription.ack_deadline.FromMilliseconds(ack_deadline_ms)
         acks = Coalescer(lambda shard, ids: self.storage.acknowledge(*shard, "", ids))
-        self.sub = SubscriptionDispatcher(subscription, self.storage, self.budget, acks, lambda: True,
+        self.sub = SubscriptionDispatcher(subscription, self.storage, self.budget, acks, lambda partition=None: True,
                                           self._freed)
 
     def _freed(self) -> None:

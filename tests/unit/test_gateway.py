@@ -164,7 +164,7 @@ async def test_acks_without_a_subscription_go_to_the_owner_of_the_subscription_e
     gateway, _, senders = make_gateway()
     await gateway.acknowledge("", [ack(0, 1, "sub-a"), ack(1, 1, "sub-b"), ack(0, 2, "sub-c"), ack(2, 3, "sub-a")])
     assert sorted(senders.acks) == [
-        ("sender-1:1", [ack(0, 1, "sub-a"), ack(2, 3, "sub-a"), ack(0, 2, "sub-c")]),
+        ("sender-1:1", [ack(0, 1, "sub-a"), ack(0, 2, "sub-c"), ack(2, 3, "sub-a")]),  # by pair
         ("sender-2:2", [ack(1, 1, "sub-b")])]
 
 
@@ -234,6 +234,11 @@ async def test_message_status_of_an_unknown_or_malformed_id():
         grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(), grpc.aio.Metadata(), "no such message")
     with pytest.raises(errors.NotFound):
         await gateway.message_status(gone)
+    storage.calls.clear()
+    [beyond] = MessageId.new_batch(TOPIC, 4, 1, 1_700_000_000_000)  # a partition the topic does not have
+    with pytest.raises(errors.NotFound):
+        await gateway.message_status(beyond)
+    assert storage.calls == []
 
 
 async def test_admin_calls_go_to_metadata():
@@ -291,7 +296,7 @@ def relaying_gateway(code: grpc.StatusCode):
     senders = RelayingSenders({"sub-a": "sender-1:1"}, {"sender-1:1": code})
 
     def sender_1_dead():
-        senders.owners["sub-a"] = "sender-2:2"
+        senders.owned["sub-a"] = "sender-2:2"
         cluster.ring_changed.set()
     suspects = Suspects(sender_1_dead)
     return Gateway(cluster, Config(), FakeGatewayStorage(), senders, FakeMetadata(), suspects), senders, suspects

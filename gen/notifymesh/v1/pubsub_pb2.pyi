@@ -29,6 +29,7 @@ class AttemptOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXPIRED: _ClassVar[AttemptOutcome]
     DEAD_LETTER: _ClassVar[AttemptOutcome]
     SEEK: _ClassVar[AttemptOutcome]
+    DEFERRED: _ClassVar[AttemptOutcome]
 DELIVERY_STATE_UNSPECIFIED: DeliveryState
 PENDING: DeliveryState
 DELIVERED: DeliveryState
@@ -41,6 +42,7 @@ NACKED: AttemptOutcome
 EXPIRED: AttemptOutcome
 DEAD_LETTER: AttemptOutcome
 SEEK: AttemptOutcome
+DEFERRED: AttemptOutcome
 
 class Topic(_message.Message):
     __slots__ = ("name", "message_retention", "create_time", "partition_count", "replication_factor", "dedup_window", "dedup_by_payload", "dedup_attributes", "retain_acked")

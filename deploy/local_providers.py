@@ -1,0 +1,320 @@
+"""The local mesh's embedded providers, one process: an SMTP server (aiosmtpd) and
+an HTTP server (aiohttp) with an SMS API fake and a webhook receiver. Each stores
+what it receives as JSON lines under <data dir>/outbox/ (contracts.outbox_files),
+which `notifymesh outbox list` prints, so a new user sees notifications arrive
+without any account.
+
+HTTP:
+  POST /accounts/{account}/messages   the SMS API (form To, From, Body; basic auth
+                                      account:token) -> 201 {"id", "status": "queued"}
+  POST /webhook/{anything}            a webhook receiver: stores path, body, signature
+  POST /_faults {"channel": "sms", "status": 500, "count": 2, "retry_after": 1}
+                                      the next `count` requests of the channel fail with
+                                      `status` (email: SMTP reply code to DATA)
+  GET  /_outbox?channel=sms           what the channel stored, as a JSON list
+  POST /_erase {"address": "alice@example.com"}
+                                      rewrites the outbox without any record that holds the
+                                      address (a recipient's erasure reaches the outbox too)
+
+    python -m deploy.local_providers --data-dir .notifymesh --smtp-port 50066 --http-port 50067
+"""
+
+import argparse
+import asyncio
+import email
+import email.header
+import json
+import os
+import secrets
+import signal
+import sys
+import uuid
+from pathlib import Path
+from typing import NamedTuple
+
+import aiohttp
+from aiohttp import web
+from aiosmtpd.smtp import SMTP
+
+from gen.notifymesh.v1 import notify_pb2
+from notifymesh.contracts import OUTBOX_CHANNELS, OUTBOX_MAX_BYTES, outbox_files
+
+CREDENTIALS_FILE = "local-providers.json"  # in the data dir: kept across restarts
+SMS_FROM = "+15005550006"
+EMAIL_FROM = "notifymesh@localhost"
+
+
+class Credentials(NamedTuple):
+    sms_account: str
+    sms_token: str
+    webhook_secret: str
+
+
+def credentials(data_dir: Path) -> Credentials:
+    """The data dir's local credentials, made at first use."""
+    path = Path(data_dir) / CREDENTIALS_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        made = Credentials("AC" + secrets.token_hex(8), secrets.token_urlsafe(24), secrets.token_urlsafe(24))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(made._asdict()))
+        os.chmod(tmp, 0o600)
+        tmp.replace(path)
+    return Credentials(**json.loads(path.read_text()))
+
+
+def provider_records(creds: Credentials, host: str, smtp_port: int, http_port: int) -> list[notify_pb2.Provider]:
+    """The providers that point the channels at this process."""
+    return [
+        notify_pb2.Provider(channel=notify_pb2.EMAIL, kind="smtp", settings={
+            "host": host, "port": str(smtp_port), "starttls": "false", "from": EMAIL_FROM}),
+        notify_pb2.Provider(channel=notify_pb2.SMS, kind="sms_http", secret=creds.sms_token, settings={
+            "base_url": f"http://{host}:{http_port}", "account": creds.sms_account, "from": SMS_FROM}),
+        notify_pb2.Provider(channel=notify_pb2.WEBHOOK, kind="webhook", secret=creds.webhook_secret, settings={}),
+    ]
+
+
+class Fault(NamedTuple):
+    status: int
+    count: int
+    retry_after: str
+
+
+class Outbox:
+    """The JSON-lines files, one per channel, each rotated at OUTBOX_MAX_BYTES."""
+
+    def __init__(self, data_dir: Path):
+        self._data_dir = data_dir
+        (Path(data_dir) / "outbox").mkdir(parents=True, exist_ok=True)
+
+    def store(self, channel: str, record: dict) -> None:
+        rotated, current = outbox_files(self._data_dir, channel)
+        with open(current, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            full = f.tell() > OUTBOX_MAX_BYTES
+        if full:
+            current.replace(rotated)
+
+    def read(self, channel: str) -> list[dict]:
+        return read_outbox(self._data_dir, channel)
+
+    def erase(self, address: str) -> int:
+        """Rewrites every file without the lines that hold address (JSON-escaped as
+        stored); returns how many went."""
+        needle, erased = json.dumps(address, ensure_ascii=False)[1:-1], 0
+        for channel in OUTBOX_CHANNELS:
+            for path in outbox_files(self._data_dir, channel):
+                if not path.exists():
+                    continue
+                lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+                kept = [line for line in lines if needle not in line]
+                if len(kept) < len(lines):
+                    tmp = path.with_suffix(".tmp")
+                    tmp.write_text("".join(kept), encoding="utf-8")
+                    tmp.replace(path)
+                    erased += len(lines) - len(kept)
+        return erased
+
+
+def read_outbox(data_dir, channel: str) -> list[dict]:
+    records = []
+    for path in outbox_files(data_dir, channel):
+        if path.exists():
+            with open(path, encoding="utf-8") as f:
+                records += [json.loads(line) for line in f if line.strip()]
+    return records
+
+
+class LocalProviders:
+    """Both servers on the running loop; port 0: any free one (smtp_port, http_port
+    say which after start())."""
+
+    def __init__(self, data_dir: Path, creds: Credentials, host: str = "127.0.0.1", smtp_port: int = 0,
+                 http_port: int = 0):
+        self.outbox = Outbox(data_dir)
+        self.creds, self.host, self.smtp_port, self.http_port = creds, host, smtp_port, http_port
+        self.faults: dict[str, Fault] = {}  # channel -> the fault its next requests get
+        self.smtp_sessions: set[SMTP] = set()  # open SMTP connections (drop_smtp_connections)
+        self._smtp_server: asyncio.Server | None = None
+        self._runner: web.AppRunner | None = None
+
+    # -- faults -----------------------------------------------------------------
+
+    def take_fault(self, channel: str) -> Fault | None:
+        fault = self.faults.get(channel)
+        if fault is None:
+            return None
+        if fault.count <= 1:
+            del self.faults[channel]
+        else:
+            self.faults[channel] = fault._replace(count=fault.count - 1)
+        return fault
+
+    def drop_smtp_connections(self) -> None:
+        """Closes every open SMTP connection, as a server's idle timeout or restart does."""
+        for session in list(self.smtp_sessions):
+            if session.transport is not None:
+                session.transport.close()
+
+    # -- SMTP -------------------------------------------------------------------
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        fault = self.take_fault("email")
+        if fault is not None:
+            return f"{fault.status} fault injected"
+        # compat32 parsing: policy.default's header registry cost 5 ms a message.
+        mail = email.message_from_bytes(envelope.content)
+        bodies = {part.get_content_type(): part for part in mail.walk() if not part.is_multipart()}
+        headers = {name: _header_text(value) for name, value in mail.items()}
+        self.outbox.store("email", {
+            "from": envelope.mail_from, "to": envelope.rcpt_tos, "subject": headers.get("Subject", ""),
+            "text": _body_text(bodies.get("text/plain")), "html": _body_text(bodies.get("text/html")),
+            "message_id": headers.get("Message-ID", ""), "headers": headers})
+        return "250 OK"
+
+    def _smtp_protocol(self) -> SMTP:
+        providers = self
+
+        class Session(SMTP):
+            def connection_made(self, transport):
+                super().connection_made(transport)
+                providers.smtp_sessions.add(self)
+
+            def connection_lost(self, exc):
+                providers.smtp_sessions.discard(self)
+                super().connection_lost(exc)
+
+        return Session(self, hostname="notifymesh.local")
+
+    # -- HTTP -------------------------------------------------------------------
+
+    async def _sms(self, request: web.Request) -> web.Response:
+        fault = self.take_fault("sms")
+        if fault is not None:
+            return _fault_response(fault)
+        expected = aiohttp.encode_basic_auth(self.creds.sms_account, self.creds.sms_token)
+        if request.match_info["account"] != self.creds.sms_account or request.headers.get("Authorization") != expected:
+            return web.json_response({"message": "authentication failed"}, status=401)
+        form = await request.post()
+        to, body = str(form.get("To", "")), str(form.get("Body", ""))
+        if not to.startswith("+") or not to[1:].isdigit():
+            return web.json_response({"message": f"'To' is not a phone number: {to!r}"}, status=400)
+        if not body:
+            return web.json_response({"message": "'Body' is empty"}, status=400)
+        message_id = "SM" + uuid.uuid4().hex
+        self.outbox.store("sms", {"to": to, "from": str(form.get("From", "")), "body": body, "id": message_id})
+        return web.json_response({"id": message_id, "status": "queued"}, status=201)
+
+    async def _webhook(self, request: web.Request) -> web.Response:
+        fault = self.take_fault("webhook")
+        if fault is not None:
+            return _fault_response(fault)
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = raw.decode(errors="replace")
+        self.outbox.store("webhook", {"path": request.path, "body": body,
+                                      "signature": request.headers.get("X-Notifymesh-Signature", "")})
+        return web.json_response({"received": True})
+
+    async def _faults(self, request: web.Request) -> web.Response:
+        try:
+            spec = await request.json()
+            channel, status, count = spec["channel"], int(spec["status"]), int(spec.get("count", 1))
+            if channel not in OUTBOX_CHANNELS or not 100 <= status <= 599 or count < 0:
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"message": f"want {{\"channel\": one of {list(OUTBOX_CHANNELS)}, "
+                                                 "\"status\": 100..599, \"count\": N, \"retry_after\": S}"},
+                                     status=400)
+        if count == 0:
+            self.faults.pop(channel, None)
+        else:
+            self.faults[channel] = Fault(status, count, str(spec.get("retry_after", "")))
+        return web.json_response({"channel": channel, "status": status, "count": count})
+
+    async def _outbox(self, request: web.Request) -> web.Response:
+        channel = request.query.get("channel", "")
+        if channel not in OUTBOX_CHANNELS:
+            return web.json_response({"message": f"channel: one of {list(OUTBOX_CHANNELS)}"}, status=400)
+        return web.json_response(self.outbox.read(channel))
+
+    async def _erase(self, request: web.Request) -> web.Response:
+        try:
+            address = (await request.json())["address"]
+            if not isinstance(address, str) or len(address) < 3:
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"message": 'want {"address": "an email address or phone number"}'}, status=400)
+        return web.json_response({"erased": self.outbox.erase(address)})
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._smtp_server = await loop.create_server(self._smtp_protocol, self.host, self.smtp_port)
+        self.smtp_port = self._smtp_server.sockets[0].getsockname()[1]
+        app = web.Application()
+        app.router.add_post("/accounts/{account}/messages", self._sms)
+        app.router.add_post("/webhook/{path:.*}", self._webhook)
+        app.router.add_post("/_faults", self._faults)
+        app.router.add_get("/_outbox", self._outbox)
+        app.router.add_post("/_erase", self._erase)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.http_port)
+        await site.start()
+        self.http_port = site._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._smtp_server is not None:
+            self._smtp_server.close()
+            self.drop_smtp_connections()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def _header_text(value) -> str:
+    return str(email.header.make_header(email.header.decode_header(value)))
+
+
+def _body_text(part) -> str:
+    if part is None:
+        return ""
+    return part.get_payload(decode=True).decode(part.get_content_charset() or "utf-8", errors="replace")
+
+
+def _fault_response(fault: Fault) -> web.Response:
+    headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+    return web.json_response({"message": "fault injected"}, status=fault.status, headers=headers)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    providers = LocalProviders(args.data_dir, credentials(args.data_dir), args.host, args.smtp_port, args.http_port)
+    await providers.start()
+    print(f"local providers: smtp {args.host}:{providers.smtp_port}; sms api and webhooks "
+          f"http://{args.host}:{providers.http_port}; outbox {Path(args.data_dir).resolve() / 'outbox'}", flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await providers.stop()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m deploy.local_providers", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", type=Path, required=True, help="the mesh's data dir: outbox/ and credentials")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--smtp-port", type=int, default=0)
+    p.add_argument("--http-port", type=int, default=0)
+    args = p.parse_args()
+    try:
+        asyncio.run(_serve(args))
+    except OSError as e:  # a port in use
+        sys.exit(f"local providers: {e}")
+
+
+if __name__ == "__main__":
+    main()

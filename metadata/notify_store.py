@@ -1,0 +1,319 @@
+"""The notification layer's cluster metadata in etcd: categories, templates (a key
+per version) and providers (with their secrets). Every process mirrors them
+(Cluster.categories, .templates, .providers); only this service writes them.
+
+Internal: Get and List return provider secrets (senders need them); the public
+frontend strips them.
+"""
+
+import asyncio
+import logging
+import re
+import urllib.parse
+
+from gen.notifymesh.v1 import notify_pb2
+from notifymesh import errors
+from notifymesh.clock import now_ms, timestamp
+from notifymesh.contracts import CATEGORIES, PROVIDERS, TEMPLATES, template_version_name, template_versions_prefix
+from notifymesh.log import fields
+from notifymesh.server import templating, validation
+from notifymesh.server.cluster import Cluster
+from notifymesh.server.config import MAX_RATE_LIMIT, MAX_RATE_PERIOD_S
+from notifymesh.server.internal_topics import CHANNELS, channel_name
+
+log = logging.getLogger(__name__)
+
+WRITE_TRIES = 3  # a write retries when another changed the record between its read and its transaction
+MAX_DESCRIPTION_BYTES = 1024
+# Categories and templates are listed whole and mirrored by every process: their
+# counts and sizes are bounded so a listing fits a gRPC message (64 MiB) and the
+# mirrors stay small.
+MAX_CATEGORIES = 1000
+MAX_TEMPLATES = 500
+KEEP_VERSIONS = 20  # a template's latest versions kept; a create deletes older ones
+MAX_FIELD_BYTES = 64 * 1024  # one subject, text, html or json_body
+MAX_TEMPLATE_BYTES = 128 * 1024  # one version, every content together
+MAX_CONTENTS = 100
+LOCALE = re.compile(r"[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8})*")
+DEFAULT_LOCALE = "en"
+# What each channel's content has, and must have.
+REQUIRED_FIELDS = {notify_pb2.EMAIL: ("subject", "text"), notify_pb2.SMS: ("text",),
+                   notify_pb2.WEBHOOK: ("json_body",)}
+# Providers: the kind each channel takes, the settings each kind knows (required first).
+PROVIDER_KINDS = {notify_pb2.EMAIL: "smtp", notify_pb2.SMS: "sms_http", notify_pb2.WEBHOOK: "webhook"}
+REQUIRED_SETTINGS = {"smtp": ("host", "port", "from"), "sms_http": ("base_url", "account", "from"), "webhook": ()}
+OPTIONAL_SETTINGS = {"smtp": ("starttls", "use_tls", "username", "timeout_seconds"),
+                     "sms_http": ("timeout_seconds",), "webhook": ("timeout_seconds",)}
+MAX_SETTING_BYTES = 1024
+MAX_SECRET_BYTES = 4096
+DEFAULT_MAX_CONCURRENCY, MAX_CONCURRENCY = 32, 1000
+
+
+def _bytes_at_most(what: str, text: str, most: int) -> None:
+    if len(text.encode()) > most:
+        raise errors.InvalidArgument(f"{what} is {len(text.encode()):,} bytes; at most {most:,}")
+
+
+def _channel(channel: int, what: str) -> str:
+    if channel not in CHANNELS:
+        raise errors.InvalidArgument(f"{what}: unknown channel {channel}; the channels: "
+                                     f"{', '.join(channel_name(c) for c in CHANNELS)}")
+    return channel_name(channel)
+
+
+def _locale(what: str, locale: str) -> str:
+    if not LOCALE.fullmatch(locale):
+        raise errors.InvalidArgument(f"{what} {locale!r} is not a locale such as 'en' or 'de-CH'")
+    return locale
+
+
+def check_category(category: notify_pb2.Category) -> notify_pb2.Category:
+    """A copy to store: checked, the policy explicit, a period without a limit dropped."""
+    record = notify_pb2.Category()
+    record.CopyFrom(category)
+    validation.name("category", record.name)
+    _bytes_at_most("description", record.description, MAX_DESCRIPTION_BYTES)
+    limit, period = record.rate_limit.limit, record.rate_limit.period_seconds
+    validation.count_between("rate limit", limit, 0, MAX_RATE_LIMIT)
+    if limit:
+        if not 1 <= period <= MAX_RATE_PERIOD_S:
+            raise errors.InvalidArgument(f"rate limit period {period}s out of range: 1s to "
+                                         f"{MAX_RATE_PERIOD_S:,.0f}s (30 days)")
+    else:
+        record.ClearField("rate_limit")  # 0: no limit, whatever the period
+    if record.over_limit not in notify_pb2.OverLimitPolicy.values():
+        raise errors.InvalidArgument(f"unknown over-limit policy {record.over_limit}; DROP or DELAY")
+    record.over_limit = record.over_limit or notify_pb2.DROP
+    return record
+
+
+def check_template(template: notify_pb2.Template) -> notify_pb2.Template:
+    """A copy to store (default locale filled in), or INVALID_ARGUMENT naming what is wrong."""
+    record = notify_pb2.Template()
+    record.CopyFrom(template)
+    record.ClearField("create_time")
+    record.version = 0
+    validation.name("template", record.name)
+    _bytes_at_most("description", record.description, MAX_DESCRIPTION_BYTES)
+    record.default_locale = _locale("default locale", record.default_locale or DEFAULT_LOCALE)
+    if not record.contents:
+        raise errors.InvalidArgument(f"template {record.name!r} has no content; give at least one channel's")
+    if len(record.contents) > MAX_CONTENTS:
+        raise errors.InvalidArgument(f"{len(record.contents)} contents; at most {MAX_CONTENTS}")
+    seen = set()
+    for content in record.contents:
+        channel = _channel(content.channel, "template content")
+        if content.locale:
+            _locale(f"{channel} content locale", content.locale)
+        label = f"{channel}/{content.locale or 'default'}"
+        if (content.channel, content.locale.lower()) in seen:
+            raise errors.InvalidArgument(f"two {label} contents; at most one per channel and locale")
+        seen.add((content.channel, content.locale.lower()))
+        allowed = templating.FIELDS[content.channel]
+        for field in ("subject", "text", "html", "json_body"):
+            value = getattr(content, field)
+            if value and field not in allowed:
+                raise errors.InvalidArgument(f"{label}: a {channel} content has no {field} "
+                                             f"(it has {', '.join(allowed)})")
+            _bytes_at_most(f"{label} {field}", value, MAX_FIELD_BYTES)
+        for field in REQUIRED_FIELDS[content.channel]:
+            if not getattr(content, field):
+                raise errors.InvalidArgument(f"{label}: a {channel} content needs {field}")
+    if record.ByteSize() > MAX_TEMPLATE_BYTES:
+        raise errors.InvalidArgument(f"template {record.name!r} is {record.ByteSize():,} bytes; "
+                                     f"at most {MAX_TEMPLATE_BYTES:,} together")
+    templating.check(record)
+    return record
+
+
+def check_provider(provider: notify_pb2.Provider) -> notify_pb2.Provider:
+    """A copy to store (max_concurrency filled in, secret_set from secret)."""
+    record = notify_pb2.Provider()
+    record.CopyFrom(provider)
+    channel = _channel(record.channel, "provider")
+    kind = PROVIDER_KINDS[record.channel]
+    if record.kind != kind:
+        raise errors.InvalidArgument(f"provider kind {record.kind!r}: the {channel} channel's kind is {kind!r}")
+    known = REQUIRED_SETTINGS[kind] + OPTIONAL_SETTINGS[kind]
+    for key, value in record.settings.items():
+        if key not in known:
+            raise errors.InvalidArgument(f"{kind} provider: unknown setting {key!r}; the settings: {', '.join(known)}")
+        _bytes_at_most(f"setting {key}", value, MAX_SETTING_BYTES)
+    missing = [key for key in REQUIRED_SETTINGS[kind] if not record.settings.get(key)]
+    if missing:
+        raise errors.InvalidArgument(f"{kind} provider: missing setting(s) {', '.join(missing)}")
+    settings = record.settings
+    if "port" in settings:
+        _integer_setting("port", settings["port"], 1, 65535)
+    if "timeout_seconds" in settings:
+        _integer_setting("timeout_seconds", settings["timeout_seconds"], 1, 300)
+    for flag in ("starttls", "use_tls"):
+        if settings.get(flag, "false") not in ("true", "false"):
+            raise errors.InvalidArgument(f"setting {flag} {settings[flag]!r}: 'true' or 'false'")
+    if "base_url" in settings:
+        url = urllib.parse.urlsplit(settings["base_url"])
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise errors.InvalidArgument(f"setting base_url {settings['base_url']!r} is not an http(s) URL")
+    _bytes_at_most("secret", record.secret, MAX_SECRET_BYTES)
+    record.max_concurrency = record.max_concurrency or DEFAULT_MAX_CONCURRENCY
+    validation.count_between("max concurrency", record.max_concurrency, 1, MAX_CONCURRENCY)
+    record.secret_set = bool(record.secret)
+    return record
+
+
+def _integer_setting(key: str, text: str, low: int, high: int) -> None:
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise errors.InvalidArgument(f"setting {key} {text!r}: a whole number from {low} to {high}")
+
+
+class NotifyMetadataStore:
+    def __init__(self, cluster: Cluster):
+        self._cluster, self._etcd, self._txn = cluster, cluster.etcd, cluster.etcd.transactions
+
+    # -- categories ----------------------------------------------------------------------
+
+    async def create_category(self, category: notify_pb2.Category) -> notify_pb2.Category:
+        record = check_category(category)
+        if len(self._cluster.categories.items) >= MAX_CATEGORIES:  # the mirror: a bound, not an exact count
+            raise errors.ResourceExhausted(f"{MAX_CATEGORIES} categories exist; delete one first")
+        record.create_time.CopyFrom(timestamp(now_ms()))
+        key = CATEGORIES + record.name.encode()
+        created, _ = await self._etcd.transaction(compare=[self._txn.create(key) == 0],
+                                                  success=[self._txn.put(key, record.SerializeToString())],
+                                                  failure=[])
+        if not created:
+            raise errors.AlreadyExists(f"category {record.name!r} already exists")
+        log.info("category created", extra=fields(category=record.name))
+        return record
+
+    async def get_category(self, name: str) -> notify_pb2.Category:
+        kv = await self._etcd.get(CATEGORIES + validation.name("category", name).encode())
+        if kv is None:
+            raise errors.NotFound(f"category {name!r} not found")
+        return notify_pb2.Category.FromString(kv.value)
+
+    async def list_categories(self) -> list[notify_pb2.Category]:
+        return [notify_pb2.Category.FromString(kv.value) for kv in await self._etcd.get_prefix(CATEGORIES)]
+
+    async def update_category(self, category: notify_pb2.Category) -> notify_pb2.Category:
+        """Replaces every field but the name and create time."""
+        record = check_category(category)
+        key = CATEGORIES + record.name.encode()
+        for _ in range(WRITE_TRIES):
+            kv = await self._etcd.get(key)
+            if kv is None:
+                raise errors.NotFound(f"category {record.name!r} not found")
+            record.create_time.CopyFrom(notify_pb2.Category.FromString(kv.value).create_time)
+            updated, _ = await self._etcd.transaction(compare=[self._txn.mod(key) == kv.mod_revision],
+                                                      success=[self._txn.put(key, record.SerializeToString())],
+                                                      failure=[])
+            if updated:
+                log.info("category updated", extra=fields(category=record.name))
+                return record
+        raise errors.Aborted(f"category {record.name!r} changed meanwhile; try again")
+
+    async def delete_category(self, name: str) -> None:
+        if not await self._etcd.delete(CATEGORIES + validation.name("category", name).encode()):
+            raise errors.NotFound(f"category {name!r} not found")
+        log.info("category deleted", extra=fields(category=name))
+
+    # -- templates -----------------------------------------------------------------------
+
+    async def _versions(self, name: str) -> list:
+        """The stored versions' kvs, oldest first (their keys sort by version)."""
+        return list(await self._etcd.get_prefix(template_versions_prefix(name)))
+
+    async def create_template(self, template: notify_pb2.Template) -> notify_pb2.Template:
+        """Stores the next version (1 for a new name) and deletes those beyond the
+        latest KEEP_VERSIONS, in one transaction that fails if another version was
+        written or the template deleted since the versions were read."""
+        record = check_template(template)
+        name = record.name
+        for _ in range(WRITE_TRIES):
+            versions = await self._versions(name)
+            if not versions and len(self._cluster.templates.groups) >= MAX_TEMPLATES:
+                raise errors.ResourceExhausted(f"{MAX_TEMPLATES} templates exist; delete one first")
+            latest = notify_pb2.Template.FromString(versions[-1].value).version if versions else 0
+            record.version = latest + 1
+            record.create_time.CopyFrom(timestamp(now_ms()))
+            key = TEMPLATES + template_version_name(name, record.version).encode()
+            compare = [self._txn.create(key) == 0]
+            if versions:
+                compare.append(self._txn.mod(versions[-1].key) == versions[-1].mod_revision)
+            old = versions[:max(0, len(versions) + 1 - KEEP_VERSIONS)]
+            created, _ = await self._etcd.transaction(
+                compare=compare, success=[self._txn.put(key, record.SerializeToString()),
+                                          *(self._txn.delete(kv.key) for kv in old)], failure=[])
+            if created:
+                log.info("template version created", extra=fields(template=name, version=record.version,
+                                                                  versions_dropped=len(old)))
+                return record
+        raise errors.Aborted(f"template {name!r} changed meanwhile; try again")
+
+    async def get_template(self, name: str, version: int = 0) -> notify_pb2.Template:
+        validation.name("template", name)
+        if version < 0:
+            raise errors.InvalidArgument(f"template version {version}: 1 or more (0: the latest)")
+        if version:
+            kv = await self._etcd.get(TEMPLATES + template_version_name(name, version).encode())
+            if kv is None:
+                raise errors.NotFound(f"template {name!r} version {version} not found")
+            return notify_pb2.Template.FromString(kv.value)
+        versions = await self._versions(name)
+        if not versions:
+            raise errors.NotFound(f"template {name!r} not found")
+        return notify_pb2.Template.FromString(versions[-1].value)
+
+    async def list_templates(self) -> list[notify_pb2.Template]:
+        """The latest version of each template, by name: the keys first (every
+        version's), then the latest value of each."""
+        latest: dict[str, bytes] = {}
+        for kv in await self._etcd.get_prefix(TEMPLATES, keys_only=True):
+            name = kv.key[len(TEMPLATES):].decode().rpartition("/")[0]
+            latest[name] = max(latest.get(name, b""), kv.key)
+        kvs = await asyncio.gather(*(self._etcd.get(key) for key in latest.values()))
+        return [notify_pb2.Template.FromString(kv.value) for kv in kvs if kv is not None]
+
+    async def delete_template(self, name: str) -> None:
+        """Deletes every version (a template made again later starts at version 1)."""
+        validation.name("template", name)
+        deleted = await self._etcd.delete_prefix(template_versions_prefix(name))
+        if not deleted.deleted:
+            raise errors.NotFound(f"template {name!r} not found")
+        log.info("template deleted", extra=fields(template=name, versions=deleted.deleted))
+
+    # -- providers -----------------------------------------------------------------------
+
+    async def set_provider(self, provider: notify_pb2.Provider, keep_secret: bool) -> notify_pb2.Provider:
+        """Replaces the channel's provider; with keep_secret and no secret given, the
+        stored secret stays (a compare-and-swap on the record read)."""
+        record = check_provider(provider)
+        key = PROVIDERS + channel_name(record.channel).encode()
+        keep = keep_secret and not record.secret
+        for _ in range(WRITE_TRIES):
+            compare = []
+            if keep:
+                kv = await self._etcd.get(key)
+                if kv is not None:
+                    record.secret = notify_pb2.Provider.FromString(kv.value).secret
+                    record.secret_set = bool(record.secret)
+                compare = [self._txn.mod(key) == kv.mod_revision if kv else self._txn.version(key) == 0]
+            written, _ = await self._etcd.transaction(compare=compare,
+                                                      success=[self._txn.put(key, record.SerializeToString())],
+                                                      failure=[])
+            if written:
+                log.info("provider set", extra=fields(channel=channel_name(record.channel), kind=record.kind,
+                                                      secret_set=record.secret_set))
+                return record
+        raise errors.Aborted(f"the {channel_name(record.channel)} provider changed meanwhile; try again")
+
+    async def get_provider(self, channel: int) -> notify_pb2.Provider:
+        name = _channel(channel, "provider")
+        kv = await self._etcd.get(PROVIDERS + name.encode())
+        if kv is None:
+            raise errors.NotFound(f"no provider set for the {name} channel")
+        return notify_pb2.Provider.FromString(kv.value)
+
+    async def list_providers(self) -> list[notify_pb2.Provider]:
+        return [notify_pb2.Provider.FromString(kv.value) for kv in await self._etcd.get_prefix(PROVIDERS)]
+

@@ -1,0 +1,229 @@
+"""Templates rendered for one recipient on one channel: Jinja2 in its sandbox,
+with strict undefined variables, HTML autoescaped (and nothing else), bounded
+output and bounded range() work.
+
+check(template) compiles every content field of a template (the metadata
+service refuses one that does not compile); Renderer renders a stored version
+with locale fallback; context() builds the names a template sees.
+"""
+
+import contextvars
+import json
+from collections import OrderedDict
+from typing import Any, NamedTuple
+
+import jinja2
+from jinja2 import sandbox
+
+from gen.notifymesh.v1 import notify_pb2
+from notifymesh import errors
+from notifymesh.server.internal_topics import channel_name
+
+# What one field may render to: a runaway loop stops here rather than filling memory.
+MAX_OUTPUT_CHARS = 1 << 20
+# Items all range() calls of one render may produce together: nested loops over
+# range() multiply (the sandbox alone bounds each range, not their product).
+MAX_RANGE_ITEMS = 1_000_000
+# Compiled template versions kept (each compiled once, then rendered per recipient).
+CACHE_SIZE = 256
+# The content fields of each channel, in rendering order.
+FIELDS = {notify_pb2.EMAIL: ("subject", "text", "html"), notify_pb2.SMS: ("text",),
+          notify_pb2.WEBHOOK: ("json_body",)}
+
+
+class MissingVariable(errors.InvalidArgument):
+    """A variable the template uses is not in the context: permanent for this recipient."""
+
+    def __init__(self, variable: str, details: str):
+        super().__init__(details)
+        self.variable = variable
+
+
+class RenderError(errors.InvalidArgument):
+    """The template failed while rendering (unsafe access, too much output, a
+    webhook body that is not JSON...)."""
+
+
+class _Missing(jinja2.UndefinedError):
+    def __init__(self, message: str, variable: str):
+        super().__init__(message)
+        self.variable = variable
+
+
+class _Undefined(jinja2.StrictUndefined):
+    """StrictUndefined whose error carries the missing name. The sandbox's refusals
+    use other exception classes (SecurityError) and keep them."""
+    __slots__ = ()
+
+    def __init__(self, hint=None, obj=jinja2.utils.missing, name=None, exc=jinja2.UndefinedError):
+        if exc is jinja2.UndefinedError:
+            def exc(message, _name=name or "?"):
+                return _Missing(message, _name)
+        super().__init__(hint, obj, name, exc)
+
+
+_range_budget: contextvars.ContextVar[int] = contextvars.ContextVar("range_budget", default=MAX_RANGE_ITEMS)
+
+
+def _budgeted_range(*args: int) -> range:
+    """range() that draws from the render's budget of items."""
+    items = range(*args)
+    left = _range_budget.get() - len(items)
+    if left < 0:
+        raise RenderError(f"range() would produce over {MAX_RANGE_ITEMS:,} items in one render")
+    _range_budget.set(left)
+    return items
+
+
+class _Environment(sandbox.SandboxedEnvironment):
+    """The sandbox, also refusing `*` and `**` results that are huge ("x" * 10**9, 9**9**9)."""
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "**":
+            if isinstance(left, int) and isinstance(right, int) and right > 0 and \
+                    max(abs(left).bit_length(), 1) * right > 8 * MAX_OUTPUT_CHARS:
+                raise RenderError(f"{left} ** {right} is too large")
+        else:
+            for sequence, count in ((left, right), (right, left)):
+                if isinstance(sequence, (str, list, tuple)) and isinstance(count, int) and \
+                        len(sequence) * count > MAX_OUTPUT_CHARS:
+                    raise RenderError(f"a sequence repeated {count} times is over {MAX_OUTPUT_CHARS:,} items")
+        return super().call_binop(context, operator, left, right)
+
+
+def _environment(autoescape: bool) -> _Environment:
+    env = _Environment(undefined=_Undefined, autoescape=autoescape, keep_trailing_newline=True)
+    env.globals["range"] = _budgeted_range
+    return env
+
+
+_TEXT, _HTML = _environment(False), _environment(True)
+
+
+def _label(content: notify_pb2.TemplateContent) -> str:
+    return f"{channel_name(content.channel)}/{content.locale or 'default'}"
+
+
+def _compile(content: notify_pb2.TemplateContent, field: str) -> jinja2.Template:
+    """The field's template; InvalidArgument naming the content, the field and the line."""
+    env = _HTML if field == "html" else _TEXT
+    try:
+        return env.from_string(getattr(content, field))
+    except jinja2.TemplateSyntaxError as e:
+        raise errors.InvalidArgument(f"{_label(content)} {field} line {e.lineno}: {e.message}") from None
+
+
+def check(template: notify_pb2.Template) -> None:
+    """Compiles every set field of every content (INVALID_ARGUMENT at the first that fails)."""
+    for content in template.contents:
+        for field in FIELDS.get(content.channel, ()):
+            if getattr(content, field):
+                _compile(content, field)
+
+
+def context(recipient: notify_pb2.Recipient | None, data: dict, notification_id: str, category: str,
+            unsubscribe_url: str = "") -> dict[str, Any]:
+    """The names a template sees (notify.proto's TemplateContent)."""
+    recipient = recipient or notify_pb2.Recipient()
+    return {"data": data, "notification_id": notification_id, "category": category,
+            "unsubscribe_url": unsubscribe_url,
+            "recipient": {"id": recipient.id, "email": recipient.email, "phone": recipient.phone,
+                          "locale": recipient.locale, "timezone": recipient.timezone,
+                          "attributes": dict(recipient.attributes)}}
+
+
+def _locales(locale: str, default_locale: str) -> list[str]:
+    """Where a locale's content is looked for, in order: "de-CH", "de", the default, ""."""
+    locale = locale.lower()
+    language = locale.replace("_", "-").split("-")[0]
+    return [locale, language, default_locale.lower(), ""]
+
+
+def pick(template: notify_pb2.Template, channel: int, locale: str) -> int:
+    """The index of the content used for channel and locale (locale fallback);
+    FAILED_PRECONDITION when the template has none for the channel."""
+    found = {c.locale.lower(): i for i, c in enumerate(template.contents) if c.channel == channel}
+    for candidate in _locales(locale or template.default_locale, template.default_locale):
+        if candidate in found:
+            return found[candidate]
+    raise errors.FailedPrecondition(f"template {template.name!r} version {template.version} has no "
+                                    f"{channel_name(channel)} content")
+
+
+class _Key(NamedTuple):
+    """A version's cache key: create_time too, since a template deleted and made
+    again starts its versions at 1 once more."""
+    name: str
+    version: int
+    created_ns: int
+
+
+def _render(compiled: jinja2.Template, values: dict, label: str) -> str:
+    parts, size = [], 0
+    try:
+        for part in compiled.generate(values):
+            size += len(part)
+            if size > MAX_OUTPUT_CHARS:
+                raise RenderError(f"{label}: renders to over {MAX_OUTPUT_CHARS:,} characters")
+            parts.append(part)
+    except _Missing as e:
+        raise MissingVariable(e.variable, f"{label}: template variable {e.variable!r} is missing: {e.message}") \
+            from None
+    except jinja2.exceptions.SecurityError as e:
+        raise RenderError(f"{label}: refused by the sandbox: {e}") from None
+    except RenderError as e:
+        raise RenderError(f"{label}: {e.details}") from None
+    except (jinja2.TemplateError, ArithmeticError, TypeError, ValueError, LookupError, AttributeError) as e:
+        # The template's own fault on this data (1/0, a filter given the wrong type...).
+        raise RenderError(f"{label}: {type(e).__name__}: {e}") from None
+    return "".join(parts)
+
+
+class Renderer:
+    """Renders stored template versions, compiling each version once (a bounded
+    LRU of CACHE_SIZE versions)."""
+
+    def __init__(self, cache_size: int = CACHE_SIZE):
+        self._cache: OrderedDict[_Key, dict[tuple[int, str], jinja2.Template]] = OrderedDict()
+        self._size = cache_size
+
+    def _compiled(self, template: notify_pb2.Template) -> dict[tuple[int, str], jinja2.Template]:
+        """(content index, field) -> compiled template, for every set field."""
+        key = _Key(template.name, template.version, template.create_time.ToNanoseconds())
+        compiled = self._cache.get(key)
+        if compiled is None:
+            compiled = {(i, field): _compile(content, field) for i, content in enumerate(template.contents)
+                        for field in FIELDS.get(content.channel, ()) if getattr(content, field)}
+            self._cache[key] = compiled
+            if len(self._cache) > self._size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return compiled
+
+    def render(self, template: notify_pb2.Template, channel: int, locale: str,
+               values: dict[str, Any]) -> notify_pb2.RenderedContent:
+        """The content of channel for locale (fallback: its language, the default
+        locale, the content without locale), rendered with values (context()).
+        Raises MissingVariable, RenderError, FailedPrecondition (no content)."""
+        index = pick(template, channel, locale)
+        content = template.contents[index]
+        compiled = self._compiled(template)
+        out = notify_pb2.RenderedContent(channel=channel, locale=content.locale or template.default_locale,
+                                         version=template.version)
+        token = _range_budget.set(MAX_RANGE_ITEMS)
+        try:
+            for field in FIELDS[channel]:
+                if (index, field) in compiled:
+                    setattr(out, field, _render(compiled[index, field], values, f"{_label(content)} {field}"))
+        finally:
+            _range_budget.reset(token)
+        # A header is one line: data with a line break must not end the subject early.
+        out.subject = " ".join(out.subject.splitlines())
+        if channel == notify_pb2.WEBHOOK:
+            try:
+                json.loads(out.json_body)
+            except ValueError as e:
+                raise RenderError(f"{_label(content)} json_body does not render to a JSON document: {e}") from None
+        return out

@@ -1,0 +1,455 @@
+"""The replicated table: rows kept as a compacted log in the partitions of
+internal_topics.TABLE_TOPIC (row keys and values: notifymesh/server/rows.py).
+
+An entry's message.data is a serialized TableOp. Every replica applies its
+committed entries in order into materialized rows (keys.ShardKeys.row_prefix:
+seq, epoch, expiry and value), moving its applied position (keys.ShardKeys.applied)
+in the same batch, so a restart resumes exactly where it stopped. Applying a
+write stubs the entry of the value it supersedes, and a delete or erase leaves
+only its own key: a stub is the entry rewritten as a delete of its key, so a
+replica that receives a stub instead of the value it replaced ends in the same
+state (the value was dead; a later entry holds the live one, if any). The log
+thus holds live values only; the leader trims its leading dead entries
+(trim_leading) and followers trim what it trimmed, though never past what they
+applied. A follower whose log ends below the leader's first entry resets (log.reset
+drops its rows) and rebuilds them from the entries it then receives: every live
+value is among them.
+
+Expired rows read as absent; sweep drops them and stubs their entries. An erase,
+once applied on a replica, has it flush and compact the shard's entries and rows
+(compact), so no file keeps the erased value: superseded versions go with the
+compaction, the write-ahead log holding them with the flush.
+
+Reads (rows, scan) and rate acquires go to the leader, which applies at commit
+and serves once the marker entry of its epoch is applied (TableService.ready).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Awaitable, Callable, Iterator, NamedTuple, Protocol
+
+from rocksdict import BottommostLevelCompaction, CompactOptions
+
+from gen.notifymesh.internal.v1 import notify_pb2, storage_pb2
+from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh import errors
+from notifymesh.clock import now_ms
+from notifymesh.contracts import shard_name
+from notifymesh.log import fields
+from notifymesh.server.internal_topics import TABLE_TOPIC
+from storage import keys
+from storage.db import Database
+from storage.log import Entries, ShardLog, ShardLogs
+
+log = logging.getLogger(__name__)
+
+# Entries applied per call: a follower applies at each commit advance (a Replicate
+# request carries at most leader.REPLICATE_MAX_ENTRIES); the rest, after a restart
+# say, a chunk at a time by the storage node's table loop.
+APPLY_CHUNK = 2_000
+# Rows looked at per sweep of a shard (once per gc interval), from where the last one
+# stopped: a few ms of the event loop (a 125,000-row shard is gone over in about 2 min).
+SWEEP_CHUNK = 1_000
+TRIM_CHUNK = 5_000   # leading entries a leader looks at per trim of a shard
+# An erase compacts the shard once no other erase came for this long (a recipient
+# import of deletes does not compact once per row), though no later than
+# ERASE_COMPACT_MAX_DELAY_S after the first of a run of erases.
+ERASE_COMPACT_DELAY_S, ERASE_COMPACT_MAX_DELAY_S = 0.2, 2.0
+# Request bounds.
+MAX_OPS, MAX_KEYS, MAX_SCAN = 10_000, 10_000, 10_000
+MAX_KEY_BYTES, MAX_VALUE_BYTES = 4096, 1 << 20
+MAX_RATE_LIMIT = 10_000  # a counter row holds at most this many sends (a few hundred KB)
+MAX_PERIOD_MS = 366 * 24 * 3600 * 1000
+
+
+def _is_write(op: storage_pb2.TableOp) -> bool:
+    """A put: anything else (delete, erase, stub) leaves no value."""
+    return not (op.delete or op.erase)
+
+
+def stub_entry(key: bytes, epoch: int) -> bytes:
+    """The stub of a table entry: a delete of its key, in the same epoch."""
+    message = pubsub_pb2.PubsubMessage(data=storage_pb2.TableOp(key=key, delete=True).SerializeToString())
+    return storage_pb2.StoredMessage(message=message, epoch=epoch).SerializeToString()
+
+
+def key_after(key: bytes) -> bytes | None:
+    """The smallest key above every key starting with key (None: there is none)."""
+    stripped = key.rstrip(b"\xff")
+    return stripped[:-1] + bytes([stripped[-1] + 1]) if stripped else None
+
+
+class Scanned(NamedTuple):
+    keys: list[bytes]
+    values: list[bytes]
+    more: bool
+
+
+class RateDecision(NamedTuple):
+    allowed: bool
+    retry_after_ms: int
+    count: int
+
+
+class Pending(NamedTuple):
+    """A leader's write of a row not yet applied."""
+    seq: int
+    op: storage_pb2.TableOp
+
+
+class Table:
+    """The rows of this node's table shards (a part of the StorageEngine)."""
+
+    def __init__(self, logs: ShardLogs, db: Database):
+        self._logs, self._db, self._rdict = logs, db, db.rdict
+        # Per shard, the rows written by this node as leader and not yet applied:
+        # what a rate acquire decides on (bounded by the writes in flight).
+        self.pending: dict[str, dict[bytes, Pending]] = {}
+        self._sweep_from: dict[str, bytes] = {}  # per shard, the row key the next sweep starts at
+        # shard -> (first erase not yet compacted, when to compact), monotonic
+        self._compact_due: dict[str, tuple[float, float]] = {}
+
+    def recover(self) -> None:
+        for key, value in self._db.prefixed(keys.APPLIED):
+            self._logs.shard(keys.shard_of(key)).applied = keys.parse_applied_value(value)
+
+    def shards(self) -> list[ShardLog]:
+        return [log_ for log_ in self._logs.shards.values() if log_.table]
+
+    # -- applying ---------------------------------------------------------------
+
+    def entries(self, shard: str, ops: list[storage_pb2.TableOp], epoch: int, start: int) -> Entries:
+        """The leader's entries for ops from start on, noted as pending."""
+        entries, append_ms = Entries(), now_ms()
+        pending = self.pending.setdefault(shard, {})
+        for seq, op in enumerate(ops, start):
+            message = pubsub_pb2.PubsubMessage(data=op.SerializeToString())
+            entries.add(storage_pb2.StoredMessage(message=message, epoch=epoch, append_ms=append_ms)
+                        .SerializeToString(), "", "", 0, epoch)
+            entries.messages.append(None)  # a table shard delivers nothing
+            pending[op.key] = Pending(seq, op)
+        return entries
+
+    def apply(self, shard: str, limit: int = APPLY_CHUNK) -> int:
+        """Applies up to limit committed entries from the applied position on, in one
+        batch with the new position; returns how many."""
+        log_ = self._logs.shards.get(shard)
+        if log_ is None or not log_.table:
+            return 0
+        start = max(log_.applied, log_.first)
+        stop = min(log_.commit, start + limit)
+        if start >= stop:
+            return 0
+        layout, batch = log_.layout, self._db.batch()
+        rows: dict[bytes, keys.Row | None] = {}  # this chunk's rows, by row key
+        pending = self.pending.get(shard)
+        erased = False
+        stop_key = layout.message(stop)
+        for key, value in self._rdict.items(from_key=layout.message(start)):
+            if key >= stop_key:
+                break
+            seq = keys.seq_of(key)
+            raw = keys.unsealed(value)
+            entry = storage_pb2.StoredMessage.FromString(raw) if raw is not None else None
+            if entry is None or not entry.HasField("message"):  # an epoch marker (or corrupted: logged by reads)
+                continue
+            try:
+                op = storage_pb2.TableOp.FromString(entry.message.data)
+            except Exception:
+                log.error("table entry not applied: not a TableOp", extra=fields(shard=shard, seq=seq))
+                continue
+            row_key = layout.row_prefix + op.key
+            row = rows[row_key] if row_key in rows else self._row(row_key)
+            if row is not None and row.seq >= seq:  # applied before a restart lost the position
+                continue
+            if row is not None and row.seq >= log_.first:  # superseded: its value goes
+                batch.put(layout.message(row.seq), keys.sealed(stub_entry(op.key, row.epoch)))
+            if _is_write(op):
+                rows[row_key] = keys.Row(seq, entry.epoch, op.expire_ms, op.value)
+                batch.put(row_key, keys.row_value(seq, entry.epoch, op.expire_ms, op.value))
+            else:
+                rows[row_key] = None
+                batch.delete(row_key)
+                erased = erased or op.erase
+            if pending and (noted := pending.get(op.key)) is not None and noted.seq <= seq:
+                del pending[op.key]
+        batch.put(layout.applied, keys.applied_value(stop))
+        self._db.write(batch)
+        log_.applied = stop
+        if pending:  # writes that never came to be (a deposed leader's)
+            for key in [k for k, noted in pending.items() if noted.seq < stop]:
+                del pending[key]
+        if erased:
+            self.compact_later(shard)
+        return stop - start
+
+    async def applied_to(self, shard: str, upto: int) -> None:
+        """Applies (a chunk at a time, yielding between) until entries below upto are."""
+        log_ = self._logs.shard(shard)
+        while log_.applied < upto:
+            if not self.apply(shard):
+                raise errors.Unavailable(f"{shard}: entries up to {upto} are not committed here")
+            await asyncio.sleep(0)
+
+    def _row(self, row_key: bytes) -> keys.Row | None:
+        value = self._rdict.get(row_key)
+        return keys.parse_row_value(value) if value is not None else None
+
+    # -- reading ----------------------------------------------------------------
+
+    def read(self, shard: str, row_keys: list[bytes]) -> list[bytes | None]:
+        """The live value of each row (None: absent or expired)."""
+        layout, now = self._logs.shard(shard).layout, now_ms()
+        values = self._db.get_many([layout.row_prefix + key for key in row_keys])
+        return [_live(value, now) for value in values]
+
+    def current(self, shard: str, key: bytes) -> bytes | None:
+        """The row's value with this leader's pending write of it, if any."""
+        noted = self.pending.get(shard, {}).get(key)
+        if noted is not None:
+            op = noted.op
+            return op.value if _is_write(op) and not (op.expire_ms and op.expire_ms <= now_ms()) else None
+        return self.read(shard, [key])[0]
+
+    def scan(self, shard: str, prefix: bytes, start_after: bytes, limit: int, reverse: bool) -> Scanned:
+        """Live rows whose keys start with prefix, after start_after (before it, reversed)."""
+        row_prefix = self._logs.shard(shard).layout.row_prefix
+        full = row_prefix + prefix
+        found_keys, values, now = [], [], now_ms()
+        more = False
+        for key, value in (self._backward(full, row_prefix + start_after if start_after else None) if reverse
+                           else self._forward(full, row_prefix + start_after if start_after else None)):
+            live = _live(value, now)
+            if live is None:
+                continue
+            if len(found_keys) == limit:
+                more = True
+                break
+            found_keys.append(key[len(row_prefix):])
+            values.append(live)
+        return Scanned(found_keys, values, more)
+
+    def _forward(self, prefix: bytes, after: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        start = max(prefix, after + b"\0") if after is not None else prefix
+        for key, value in self._rdict.items(from_key=start):
+            if not key.startswith(prefix):
+                return
+            yield key, value
+
+    def _backward(self, prefix: bytes, before: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        end = key_after(prefix)
+        bound = min(end, before) if before is not None and end is not None else (before or end)
+        it = self._rdict.iter()
+        if bound is None:
+            it.seek_to_last()
+        else:
+            it.seek_for_prev(bound)
+            if it.valid() and it.key() >= bound:
+                it.prev()
+        while it.valid() and it.key().startswith(prefix):
+            yield it.key(), it.value()
+            it.prev()
+
+    # -- upkeep -----------------------------------------------------------------
+
+    def sweep(self, shard: str, limit: int = SWEEP_CHUNK) -> int:
+        """Drops expired rows and stubs their entries, looking at up to limit rows from
+        where the last sweep stopped (from the first again at the end); returns how
+        many it dropped."""
+        log_ = self._logs.shards.get(shard)
+        if log_ is None:
+            return 0
+        layout, now, batch = log_.layout, now_ms(), self._db.batch()
+        start = self._sweep_from.get(shard, layout.row_prefix)
+        looked, dropped, last = 0, 0, None
+        for key, value in self._rdict.items(from_key=start):
+            if not key.startswith(layout.row_prefix) or looked == limit:
+                break
+            looked, last = looked + 1, key
+            row = keys.parse_row_value(value)
+            if row.expire_ms and row.expire_ms <= now:
+                batch.delete(key)
+                if row.seq >= log_.first:
+                    batch.put(layout.message(row.seq), keys.sealed(stub_entry(key[len(layout.row_prefix):],
+                                                                              row.epoch)))
+                dropped += 1
+        self._sweep_from[shard] = last + b"\0" if looked == limit and last is not None else layout.row_prefix
+        if len(batch):
+            self._db.write(batch)
+        return dropped
+
+    def trim_leading(self, shard: str, limit: int = TRIM_CHUNK) -> int:
+        """The leader drops its leading dead entries (markers and stubs, deletes
+        included: a replica that lacks one resets, one that has it applies it before
+        trimming), looking at up to limit; returns how many."""
+        log_ = self._logs.shards.get(shard)
+        if log_ is None:
+            return 0
+        stop = min(log_.applied, log_.commit, log_.first + limit)
+        first = log_.first
+        stop_key = log_.layout.message(stop)
+        for key, value in self._rdict.items(from_key=log_.layout.message(first)):
+            if key >= stop_key or keys.seq_of(key) != first:
+                break
+            raw = keys.unsealed(value)
+            entry = storage_pb2.StoredMessage.FromString(raw) if raw is not None else None
+            if entry is not None and entry.HasField("message") and _is_write(
+                    storage_pb2.TableOp.FromString(entry.message.data)):
+                break
+            first += 1
+        return self._logs.trim(shard, first)
+
+    def compact_later(self, shard: str) -> None:
+        now = time.monotonic()
+        first, _ = self._compact_due.get(shard, (now, now))
+        self._compact_due[shard] = first, min(now + ERASE_COMPACT_DELAY_S, first + ERASE_COMPACT_MAX_DELAY_S)
+
+    def due_compactions(self) -> list[str]:
+        now = time.monotonic()
+        due = [shard for shard, (_, at) in self._compact_due.items() if at <= now]
+        for shard in due:
+            del self._compact_due[shard]
+        return due
+
+    def compact(self, shard: str) -> None:
+        """Flushes the memtable (the write-ahead log files holding what it held go) and
+        compacts the shard's entries and rows through the bottommost level, so the
+        versions an erase superseded are in no file. Blocking: run in a thread."""
+        layout = keys.ShardKeys(shard)
+        self._rdict.flush(True)
+        options = CompactOptions()
+        options.set_bottommost_level_compaction(BottommostLevelCompaction.force())
+        for prefix in (layout.message_prefix, layout.row_prefix):
+            self._rdict.compact_range(prefix, keys.prefix_end(prefix), options)
+        log.info("table shard compacted after an erase", extra=fields(shard=shard))
+
+
+def _live(value: bytes | None, now: int) -> bytes | None:
+    if value is None:
+        return None
+    row = keys.parse_row_value(value)
+    return None if row.expire_ms and row.expire_ms <= now else row.value
+
+
+class TableLeader(Protocol):
+    """What the table's requests need of the leader (storage.leader.Leader)."""
+
+    @property
+    def led(self) -> dict: ...
+    def leadership(self, shard: str): ...
+    async def append_entries(self, shard: str, make: Callable[[int, int], Entries]) -> int: ...
+
+
+class TableService:
+    """The Storage servicer's table requests: validated, on this node as leader."""
+
+    def __init__(self, table: Table, logs: ShardLogs, leader: TableLeader,
+                 partition_count: Callable[[], Awaitable[int]]):
+        """partition_count(): awaitable of the table topic's partition count."""
+        self._table, self._logs, self._leader, self._partition_count = table, logs, leader, partition_count
+        # (shard, key) -> the lock serializing rate acquires of one row; removed when free.
+        self._locks: dict[tuple[str, bytes], asyncio.Lock] = {}
+
+    async def _shard(self, partition: int) -> str:
+        count = await self._partition_count()
+        if not 0 <= partition < count:
+            raise errors.NotFound(f"table partition {partition} does not exist (the table has {count})")
+        return shard_name(TABLE_TOPIC, partition)
+
+    def ready(self, shard: str) -> None:
+        """UNAVAILABLE unless this node leads the shard and has applied the marker of
+        its epoch (then every acknowledged write is in its rows)."""
+        lead = self._leader.leadership(shard)
+        log_ = self._logs.shard(shard)
+        if log_.applied <= lead.marker:
+            self._table.apply(shard)
+        if log_.applied <= lead.marker:
+            raise errors.Unavailable(f"{shard}: the new leader is still applying its log; retry")
+
+    async def write(self, partition: int, ops: list[storage_pb2.TableOp]) -> None:
+        if not 1 <= len(ops) <= MAX_OPS:
+            raise errors.InvalidArgument(f"a table write takes 1 to {MAX_OPS} ops, not {len(ops)}")
+        for op in ops:
+            _check_key(op.key)
+            if len(op.value) > MAX_VALUE_BYTES:
+                raise errors.InvalidArgument(f"a row value is at most {MAX_VALUE_BYTES} bytes, not {len(op.value)}")
+            if (op.delete or op.erase) and op.value:
+                raise errors.InvalidArgument("a delete or erase carries no value")
+            if op.expire_ms < 0:
+                raise errors.InvalidArgument(f"expire_ms must not be negative, not {op.expire_ms}")
+        shard = await self._shard(partition)
+        await self._write(shard, ops)
+
+    async def _write(self, shard: str, ops: list[storage_pb2.TableOp]) -> None:
+        upto = await self._leader.append_entries(
+            shard, lambda epoch, start: self._table.entries(shard, ops, epoch, start))
+        await self._table.applied_to(shard, upto)
+
+    async def read(self, partition: int, row_keys: list[bytes]) -> list[bytes | None]:
+        if not 1 <= len(row_keys) <= MAX_KEYS:
+            raise errors.InvalidArgument(f"a table read takes 1 to {MAX_KEYS} keys, not {len(row_keys)}")
+        for key in row_keys:
+            _check_key(key)
+        shard = await self._shard(partition)
+        self.ready(shard)
+        return self._table.read(shard, row_keys)
+
+    async def scan(self, partition: int, prefix: bytes, start_after: bytes, limit: int, reverse: bool) -> Scanned:
+        if not 1 <= limit <= MAX_SCAN:
+            raise errors.InvalidArgument(f"limit must be 1 to {MAX_SCAN}, not {limit}")
+        if len(prefix) > MAX_KEY_BYTES or len(start_after) > MAX_KEY_BYTES:
+            raise errors.InvalidArgument(f"prefix and start_after are at most {MAX_KEY_BYTES} bytes")
+        shard = await self._shard(partition)
+        self.ready(shard)
+        return self._table.scan(shard, prefix, start_after, limit, reverse)
+
+    async def rate_acquire(self, partition: int, key: bytes, limit: int, period_ms: int, token: str,
+                           force: bool) -> RateDecision:
+        """A sliding log of sends (notify_pb2.RateCounter): at most limit within
+        period_ms. A token already counted is allowed again without counting; force
+        counts even over the limit. Acquires of one row take turns, each answered
+        once its write is committed and applied."""
+        _check_key(key)
+        if not 1 <= limit <= MAX_RATE_LIMIT:
+            raise errors.InvalidArgument(f"limit must be 1 to {MAX_RATE_LIMIT}, not {limit}")
+        if not 1 <= period_ms <= MAX_PERIOD_MS:
+            raise errors.InvalidArgument(f"period_ms must be 1 to {MAX_PERIOD_MS}, not {period_ms}")
+        shard = await self._shard(partition)
+        lock = self._locks.setdefault((shard, key), asyncio.Lock())
+        try:
+            async with lock:
+                self.ready(shard)
+                decision, counter = decide(self._table.current(shard, key), limit, period_ms, token, force, now_ms())
+                if counter is not None:
+                    expire_ms = max(counter.sent_ms) + period_ms  # the row goes once the window passed its sends
+                    await self._write(shard, [storage_pb2.TableOp(key=key, value=counter.SerializeToString(),
+                                                                  expire_ms=expire_ms)])
+                return decision
+        finally:
+            if not lock.locked() and self._locks.get((shard, key)) is lock:
+                del self._locks[(shard, key)]
+
+
+def decide(current: bytes | None, limit: int, period_ms: int, token: str, force: bool,
+           now: int) -> tuple[RateDecision, notify_pb2.RateCounter | None]:
+    """The rate decision, and the counter to write (None: nothing to write)."""
+    counter = notify_pb2.RateCounter.FromString(current) if current else notify_pb2.RateCounter()
+    tokens = list(counter.tokens) + [""] * (len(counter.sent_ms) - len(counter.tokens))
+    sends = [(ms, t) for ms, t in zip(counter.sent_ms, tokens) if ms > now - period_ms][-limit:]
+    if token and any(t == token for _, t in sends):
+        return RateDecision(True, 0, len(sends)), None
+    if len(sends) >= limit and not force:
+        return RateDecision(False, max(1, sends[len(sends) - limit][0] + period_ms - now), len(sends)), None
+    sends = (sends + [(now, token)])[-limit:]
+    written = notify_pb2.RateCounter(sent_ms=[ms for ms, _ in sends], tokens=[t for _, t in sends])
+    return RateDecision(True, 0, len(sends)), written
+
+
+def _check_key(key: bytes) -> None:
+    if not key:
+        raise errors.InvalidArgument("a row key must not be empty")
+    if len(key) > MAX_KEY_BYTES:
+        raise errors.InvalidArgument(f"a row key is at most {MAX_KEY_BYTES} bytes, not {len(key)}")

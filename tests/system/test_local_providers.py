@@ -1,0 +1,118 @@
+"""The local mesh's embedded providers: `notifymesh up` runs them on ports from
+--port, prints them, sets them as the channels' providers, and `notifymesh
+outbox list` shows what they received; the frontend's unsubscribe endpoint
+checks tokens signed with the cluster's key in etcd."""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+
+import aiohttp
+import grpc
+from helpers import cli_argv
+
+from deploy.local import LOCAL_HTTP_OFFSET, LOCAL_SMTP_OFFSET, _port_free, free_port
+from deploy.local_providers import credentials, provider_records
+from gen.notifymesh.internal.v1 import metadata_pb2_grpc, node_pb2, node_pb2_grpc
+from gen.notifymesh.v1 import notify_pb2
+from notifymesh.server.cluster import connect_etcd
+from notifymesh.server.config import Config
+from notifymesh.server.unsubscribe import TokenSigner, signer, unsubscribe_url
+from sender.providers import OutgoingMessage, provider_for
+
+UP_TIMEOUT_S = 90
+
+
+def free_mesh_port() -> int:
+    """P with P..P+29 free: the whole port plan of one mesh."""
+    while True:
+        port = free_port()
+        if port + 30 < 65535 and all(_port_free(port + i) for i in range(30)):
+            return port
+
+
+def outbox(data_dir, *args) -> tuple[int, list]:
+    done = subprocess.run(cli_argv("outbox", "list", "--data-dir", str(data_dir), *args), capture_output=True,
+                          text=True, timeout=30)
+    return done.returncode, done.stdout.splitlines()
+
+
+async def test_up_runs_the_local_providers_sets_them_and_outbox_list_shows_what_they_got(tmp_path):
+    port, data_dir = free_mesh_port(), tmp_path / "data"
+    up = subprocess.Popen(cli_argv("up", "--data-dir", str(data_dir), "--port", str(port), "--storage-nodes", "1"),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + UP_TIMEOUT_S
+        while not any("mesh is up" in line for line in lines):
+            assert up.poll() is None and time.monotonic() < deadline, "".join(lines)
+            lines.append(await asyncio.to_thread(up.stdout.readline))
+        said = "".join(lines)
+        smtp_port, http_port = port + LOCAL_SMTP_OFFSET, port + LOCAL_HTTP_OFFSET
+        assert f"local providers: smtp 127.0.0.1:{smtp_port}, sms api and webhooks http://127.0.0.1:{http_port}" \
+               in said, said
+        assert "local providers set for email, sms, webhook" in said, said
+
+        # Set in etcd, through the metadata service.
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            described = await node_pb2_grpc.NodeStub(channel).Describe(node_pb2.DescribeRequest())
+        metadata = next(m.addr for m in described.members if m.kind == "metadata")
+        async with grpc.aio.insecure_channel(metadata) as channel:
+            listed = await metadata_pb2_grpc.MetadataStub(channel).ListProviders(notify_pb2.ListProvidersRequest())
+        kinds = {p.channel: (p.kind, dict(p.settings)) for p in listed.providers}
+        assert kinds[notify_pb2.EMAIL] == ("smtp", {"host": "127.0.0.1", "port": str(smtp_port),
+                                                    "starttls": "false", "from": "notifymesh@localhost"})
+        assert kinds[notify_pb2.SMS][0] == "sms_http"
+        assert kinds[notify_pb2.SMS][1]["base_url"] == f"http://127.0.0.1:{http_port}"
+        assert kinds[notify_pb2.WEBHOOK][0] == "webhook"
+
+        assert outbox(data_dir) == (0, [])
+        providers = {r.channel: provider_for(r)
+                     for r in provider_records(credentials(data_dir), "127.0.0.1", smtp_port, http_port)}
+        try:
+            await providers[notify_pb2.EMAIL].send(OutgoingMessage(notify_pb2.EMAIL, "alice@example.com",
+                                                                   subject="Hello", text="Hi Alice"))
+            sent = await providers[notify_pb2.SMS].send(OutgoingMessage(notify_pb2.SMS, "+14155550100", text="Hi"))
+            await providers[notify_pb2.WEBHOOK].send(OutgoingMessage(
+                notify_pb2.WEBHOOK, f"http://127.0.0.1:{http_port}/webhook/alice", json_body='{"hi": 1}'))
+        finally:
+            for provider in providers.values():
+                await provider.close()
+        code, listed_lines = outbox(data_dir)
+        records = [json.loads(line) for line in listed_lines]
+        assert code == 0 and [r["channel"] for r in records] == ["email", "sms", "webhook"]
+        assert records[0]["to"] == ["alice@example.com"] and records[0]["subject"] == "Hello"
+        assert records[1]["id"] == sent.provider_message_id and records[2]["body"] == {"hi": 1}
+        code, table = outbox(data_dir, "--channel", "sms", "--output", "table")
+        assert code == 0 and table[0].split() == ["CHANNEL", "TO", "FROM", "BODY", "ID"] and "+14155550100" in table[1]
+    finally:
+        os.killpg(up.pid, signal.SIGTERM)
+        up.wait(60)
+    assert up.returncode == 0
+    assert _port_free(port + LOCAL_SMTP_OFFSET) and _port_free(port + LOCAL_HTTP_OFFSET)  # stopped with the rest
+
+
+def test_outbox_list_without_an_outbox_says_so(tmp_path):
+    done = subprocess.run(cli_argv("outbox", "list", "--data-dir", str(tmp_path)), capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 1 and "no outbox under" in done.stderr and "Traceback" not in done.stderr
+
+
+async def test_the_cluster_has_one_unsubscribe_key_and_the_frontend_checks_tokens_with_it(mesh):
+    etcd = connect_etcd(mesh.etcd_endpoint)
+    try:
+        first, second = await asyncio.gather(signer(etcd), signer(etcd))
+    finally:
+        await etcd.close()
+    token = first.issue("alice", "marketing", "email")
+    assert second.verify(token).recipient == "alice"
+    base = f"http://127.0.0.1:{mesh.frontend_ports[0] + Config.frontend_http_port_offset}"
+    forged = TokenSigner(b"not the cluster's key").issue("alice", "marketing", "email")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(unsubscribe_url(base, token)) as page:
+            assert page.status == 200 and "marketing" in await page.text()
+        async with session.post(unsubscribe_url(base, forged), data="List-Unsubscribe=One-Click") as refused:
+            assert refused.status == 400 and "signature" in await refused.text()

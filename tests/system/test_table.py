@@ -1,0 +1,203 @@
+"""The replicated table on the real mesh (3 storage nodes, RF 3): acknowledged
+writes survive a leader's SIGKILL, a follower stopped through writes and deletes
+converges, an erase leaves no file with the erased bytes, rate counts survive
+failover; and the internal topics exist while their names stay reserved."""
+
+import asyncio
+import subprocess
+import time
+import uuid
+
+import grpc
+import pytest
+from helpers import new_mesh, unique
+
+from gen.notifymesh.internal.v1 import storage_pb2
+from notifymesh import errors
+from notifymesh.client import Client
+from notifymesh.contracts import shard_name
+from notifymesh.server.clients import StorageClient
+from notifymesh.server.cluster import Cluster, connect_etcd
+from notifymesh.server.config import Config
+from notifymesh.server.internal_topics import FANOUT_SUBSCRIPTION, NOTIFY_TOPIC, TABLE_TOPIC
+from notifymesh.server.table import TableClient, delete, erase, put
+from storage.engine import StorageEngine
+
+PARTITIONS = 8
+WAIT_S = 30
+
+
+@pytest.fixture
+async def table_mesh(tmp_path):
+    """A mesh of its own (tests kill its storage nodes) and a TableClient on it,
+    once every table partition has a leader and 3 replicas."""
+    mesh = new_mesh(tmp_path / "mesh")
+    cluster = Cluster(connect_etcd(mesh.etcd_endpoint), Config.max_grpc_message_bytes)
+    await cluster.start()
+    try:
+        deadline = time.monotonic() + WAIT_S
+        shards = [shard_name(TABLE_TOPIC, p) for p in range(PARTITIONS)]
+        while not all(shard in cluster.leaders.items and shard in cluster.placements.items
+                      and len(cluster.placements.items[shard].replicas) == 3 for shard in shards):
+            assert time.monotonic() < deadline, "the table partitions got no leaders"
+            await asyncio.sleep(0.1)
+        yield mesh, cluster, TableClient(cluster)
+    finally:
+        await cluster.stop()
+        await cluster.etcd.close()
+        mesh.stop()
+
+
+async def wait_new_leader(cluster: Cluster, partition: int, old: str) -> str:
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        leader = cluster.leaders.items.get(shard_name(TABLE_TOPIC, partition))
+        if leader is not None and leader.node != old:
+            return leader.node
+        assert time.monotonic() < deadline, f"partition {partition} was not led again"
+        await asyncio.sleep(0.05)
+
+
+async def test_acknowledged_writes_survive_a_leader_kill(table_mesh):
+    mesh, cluster, table = table_mesh
+    rows = {f"r{i}": f"value-{i}".encode() for i in range(400)}
+    await table.write_many({rid: [put(b"C\0" + rid.encode(), value)] for rid, value in rows.items()})
+    gone = [f"r{i}" for i in range(0, 400, 7)]
+    await table.write_many({rid: [delete(b"C\0" + rid.encode())] for rid in gone})
+    leader = cluster.leaders.items[shard_name(TABLE_TOPIC, table.partition("r1"))].node
+    mesh.kill(leader)
+    await wait_new_leader(cluster, table.partition("r1"), leader)
+    found = await table.read_many({rid: [b"C\0" + rid.encode()] for rid in rows})
+    assert {key[2:].decode(): value for key, value in found.items()} == {
+        rid: None if rid in gone else value for rid, value in rows.items()}
+    mesh.restart(leader)
+
+
+async def test_a_stopped_follower_converges_through_writes_deletes_and_a_reset(table_mesh):
+    mesh, cluster, table = table_mesh
+    partition = table.partition("alice")
+    shard = shard_name(TABLE_TOPIC, partition)
+    keys = [b"M\0aud\0%04d" % i for i in range(300)]
+    gone = [b"M\0aud\0gone%d" % i for i in range(20)]
+    await table.write("alice", [put(key, b"first") for key in keys + gone])
+    placement = cluster.placements.items[shard]
+    leader = cluster.leaders.items[shard].node
+    follower = next(node for node in placement.replicas if node != leader)
+    await asyncio.sleep(1.5)  # the commit reaches the follower (a heartbeat a second): it applies those rows
+    mesh.kill(follower)
+    await table.write("alice", [delete(key) for key in gone])  # deletes the leader then trims away
+    expected = dict.fromkeys(gone)
+    for round_ in range(5):  # every earlier value superseded: the leader trims past the follower's log
+        ops = []
+        for i, key in enumerate(keys):
+            if (i + round_) % 5 == 0:
+                ops.append(delete(key))
+                expected[key] = None
+            else:
+                value = b"round-%d-%d" % (round_, i)
+                ops.append(put(key, value))
+                expected[key] = value
+        await table.write("alice", ops)
+    await asyncio.sleep(3)  # the leader's upkeep trims its dead head
+    mesh.restart(follower)
+    await table.write("alice", [put(b"M\0aud\0last", b"x")])
+    expected[b"M\0aud\0last"] = b"x"
+    await asyncio.sleep(3)  # the commit reaches the follower with the next batch or heartbeat
+    found = await table.read("alice", list(expected))
+    assert dict(zip(expected, found)) == expected
+    log_text = (mesh.data_dir / "logs" / f"{follower}.log").read_text()
+    assert "log reset" in log_text and TABLE_TOPIC in log_text  # it rebuilt from the leader's entries
+    await cluster.stop()
+    mesh.stop()
+    for node in placement.replicas:  # every replica's own rows, read from its RocksDB
+        engine = StorageEngine(mesh.data_dir / node, node)
+        try:
+            assert dict(zip(expected, engine.table.read(shard, list(expected)))) == expected, node
+        finally:
+            await engine.close()
+
+
+def files_holding(mesh, text: str) -> list[str]:
+    found = subprocess.run(["grep", "-rl", text, *(str(mesh.data_dir / f"storage-{i}") for i in (1, 2, 3))],
+                           capture_output=True, text=True).stdout
+    return found.split()
+
+
+async def test_an_erase_leaves_no_file_holding_the_erased_bytes(table_mesh):
+    mesh, cluster, table = table_mesh
+    email = f"erase-{uuid.uuid4().hex}@example.com"
+    await table.write("bob", [put(b"C\0bob", email.encode())])
+    await table.write("bob", [put(b"C\0bob", (email + ".v2").encode())])
+    await table.write_many({f"other{i}": [put(b"C\0other%d" % i, b"x" * 200)] for i in range(200)})
+    deadline = time.monotonic() + WAIT_S
+    while len(files_holding(mesh, email)) < 3:  # every replica has it (in its write-ahead log at least)
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.2)
+    await table.write("bob", [erase(b"C\0bob")])
+    assert await table.read("bob", [b"C\0bob"]) == [None]
+    deadline = time.monotonic() + WAIT_S
+    while holding := files_holding(mesh, email):
+        assert time.monotonic() < deadline, f"still holding the erased value: {holding}"
+        await asyncio.sleep(0.2)
+
+
+async def test_rate_counts_survive_a_leader_kill(table_mesh):
+    mesh, cluster, table = table_mesh
+    key = b"Q\0carol\0marketing"
+    decisions = [await table.rate_acquire("carol", key, 3, 3_600_000, f"n{i}") for i in range(3)]
+    assert [(d.allowed, d.count) for d in decisions] == [(True, 1), (True, 2), (True, 3)]
+    leader = cluster.leaders.items[shard_name(TABLE_TOPIC, table.partition("carol"))].node
+    mesh.kill(leader)
+    await wait_new_leader(cluster, table.partition("carol"), leader)
+    fourth = await table.rate_acquire("carol", key, 3, 3_600_000, "n3")
+    assert not fourth.allowed and fourth.count == 3 and 3_500_000 < fourth.retry_after_ms <= 3_600_000
+    again = await table.rate_acquire("carol", key, 3, 3_600_000, "n1")  # counted already: allowed, not twice
+    assert again.allowed and again.count == 3
+    assert (await table.rate_acquire("carol", key, 3, 3_600_000, "n4", force=True)).allowed
+
+
+async def test_internal_topics_exist_and_their_names_are_reserved(mesh):
+    async with Client(mesh.frontend_addr) as client:
+        deadline = time.monotonic() + WAIT_S
+        while TABLE_TOPIC not in {t.name for t in await client.list_topics()}:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        assert (await client.get_topic(TABLE_TOPIC)).partition_count == PARTITIONS
+        calls = [client.create_topic("notifymesh.mine"), client.delete_topic(NOTIFY_TOPIC),
+                 client.create_subscription(unique("sub"), NOTIFY_TOPIC),
+                 client.create_subscription("notifymesh.sub", NOTIFY_TOPIC),
+                 client.delete_subscription(FANOUT_SUBSCRIPTION)]
+        for call in calls:
+            with pytest.raises(errors.InvalidArgument, match="reserved"):
+                await call
+        with pytest.raises(errors.InvalidArgument, match="table"):  # a publish would write rows
+            await client.publish(TABLE_TOPIC, [storage_pb2.TableOp(key=b"C\0x", value=b"y").SerializeToString()])
+
+
+async def test_malformed_table_requests_get_invalid_argument_or_not_found(mesh):
+    cluster = Cluster(connect_etcd(mesh.etcd_endpoint), Config.max_grpc_message_bytes)
+    await cluster.start()
+    try:
+        table = TableClient(cluster)
+        deadline = time.monotonic() + WAIT_S
+        while shard_name(TABLE_TOPIC, 0) not in cluster.leaders.items:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        storage = StorageClient(cluster)
+        for method, request, code in [
+                ("TableRead", storage_pb2.TableReadRequest(partition=0), grpc.StatusCode.INVALID_ARGUMENT),
+                ("TableWrite", storage_pb2.TableWriteRequest(partition=0, ops=[put(b"", b"x")]),
+                 grpc.StatusCode.INVALID_ARGUMENT),
+                ("TableScan", storage_pb2.TableScanRequest(partition=0, limit=0), grpc.StatusCode.INVALID_ARGUMENT),
+                ("RateAcquire", storage_pb2.RateAcquireRequest(partition=0, key=b"q", limit=0, period_ms=1000),
+                 grpc.StatusCode.INVALID_ARGUMENT)]:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await storage.call(method, TABLE_TOPIC, 0, request)
+            assert info.value.code() == code, (method, info.value.details())
+        with pytest.raises(grpc.aio.AioRpcError) as info:  # a partition the table does not have, on a leader
+            await storage.call("TableRead", TABLE_TOPIC, 0, storage_pb2.TableReadRequest(partition=99, keys=[b"k"]))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert await table.scan("anyone", b"Z\0nothing") == ([], [], False)
+    finally:
+        await cluster.stop()
+        await cluster.etcd.close()

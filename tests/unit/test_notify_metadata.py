@@ -1,0 +1,129 @@
+"""Checks of categories, templates and providers before they are stored in etcd,
+and the notification settings of the cluster config."""
+
+import pytest
+
+from gen.notifymesh.v1 import notify_pb2
+from metadata.notify_store import check_category, check_provider, check_template
+from notifymesh import errors
+from notifymesh.server import config
+
+EMAIL, SMS, WEBHOOK = notify_pb2.EMAIL, notify_pb2.SMS, notify_pb2.WEBHOOK
+
+
+def email(locale="", **fields):
+    return notify_pb2.TemplateContent(channel=EMAIL, locale=locale, **({"subject": "s", "text": "t"} | fields))
+
+
+def tpl(*contents, **fields) -> notify_pb2.Template:
+    return notify_pb2.Template(name=fields.pop("name", "invoice-due"), contents=list(contents), **fields)
+
+
+def test_a_template_gets_its_default_locale_and_no_version_of_its_own():
+    record = check_template(tpl(email(), version=7))
+    assert (record.default_locale, record.version) == ("en", 0)
+
+
+@pytest.mark.parametrize("template,message", [
+    (tpl(email(), name="x"), "invalid template name 'x'"),
+    (tpl(), "has no content"),
+    (tpl(notify_pb2.TemplateContent(channel=9, text="x")), "unknown channel 9"),
+    (tpl(notify_pb2.TemplateContent(text="x")), "unknown channel 0"),
+    (tpl(email(), email()), "two email/default contents"),
+    (tpl(email("de"), email("DE")), "two email/DE contents"),
+    (tpl(email(subject="")), "email/default: a email content needs subject"),
+    (tpl(email(text="")), "needs text"),
+    (tpl(notify_pb2.TemplateContent(channel=SMS)), "sms/default: a sms content needs text"),
+    (tpl(notify_pb2.TemplateContent(channel=SMS, text="x", subject="y")), "a sms content has no subject"),
+    (tpl(notify_pb2.TemplateContent(channel=WEBHOOK)), "needs json_body"),
+    (tpl(email(html="x" * (64 * 1024 + 1))), "email/default html is 65,537 bytes; at most 65,536"),
+    (tpl(email(html="x" * 60_000), email("de", html="x" * 60_000), email("fr", html="x" * 60_000)),
+     "at most 131,072 together"),
+    (tpl(email("not a locale")), "'not a locale' is not a locale"),
+    (tpl(email(), default_locale="e"), "default locale 'e'"),
+    (tpl(email(text="{% for %}")), "email/default text line 1: "),
+])
+def test_bad_templates_are_invalid_argument(template, message):
+    with pytest.raises(errors.InvalidArgument) as info:
+        check_template(template)
+    assert message in info.value.details
+
+
+def test_a_category_is_stored_with_an_explicit_policy():
+    hourly = notify_pb2.RateLimit(limit=3, period_seconds=3600)
+    record = check_category(notify_pb2.Category(name="marketing", rate_limit=hourly))
+    assert record.over_limit == notify_pb2.DROP and record.rate_limit.limit == 3
+    # No limit: no period either.
+    record = check_category(notify_pb2.Category(name="billing", rate_limit=notify_pb2.RateLimit(period_seconds=60)))
+    assert not record.HasField("rate_limit")
+
+
+@pytest.mark.parametrize("limit,period,message", [
+    (-1, 60, "rate limit -1 out of range: 0 to 1000000"), (1_000_001, 60, "rate limit 1000001"),
+    (3, 0, r"rate limit period 0s out of range: 1s to 2,592,000s \(30 days\)"),
+    (3, 30 * 86400 + 1, "rate limit period"),
+])
+def test_bad_rate_limits_are_invalid_argument(limit, period, message):
+    category = notify_pb2.Category(name="marketing", rate_limit=notify_pb2.RateLimit(limit=limit,
+                                                                                      period_seconds=period))
+    with pytest.raises(errors.InvalidArgument, match=message):
+        check_category(category)
+    with pytest.raises(errors.InvalidArgument, match="invalid category name"):
+        check_category(notify_pb2.Category(name="9x"))
+    with pytest.raises(errors.InvalidArgument, match="unknown over-limit policy 7"):
+        check_category(notify_pb2.Category(name="marketing", over_limit=7))
+
+
+def smtp(**settings):
+    return notify_pb2.Provider(channel=EMAIL, kind="smtp",
+                               settings={"host": "localhost", "port": "25", "from": "n@example.com"} | settings)
+
+
+def test_a_provider_gets_its_defaults():
+    record = check_provider(smtp())
+    assert (record.max_concurrency, record.secret_set) == (32, False)
+    record = check_provider(notify_pb2.Provider(channel=SMS, kind="sms_http", secret="token", max_concurrency=1000,
+                                                settings={"base_url": "http://127.0.0.1:9", "account": "a",
+                                                          "from": "+14155550100"}))
+    assert (record.max_concurrency, record.secret_set, record.secret) == (1000, True, "token")
+    assert check_provider(notify_pb2.Provider(channel=WEBHOOK, kind="webhook")).kind == "webhook"
+
+
+@pytest.mark.parametrize("provider,message", [
+    (notify_pb2.Provider(kind="smtp"), "unknown channel 0"),
+    (notify_pb2.Provider(channel=EMAIL, kind="sms_http"), "the email channel's kind is 'smtp'"),
+    (notify_pb2.Provider(channel=EMAIL, kind="smtp", settings={"host": "h"}), "missing setting(s) port, from"),
+    (notify_pb2.Provider(channel=SMS, kind="sms_http"), "missing setting(s) base_url, account, from"),
+    (smtp(port="0"), "setting port '0': a whole number from 1 to 65535"),
+    (smtp(port="25x"), "setting port '25x'"),
+    (smtp(starttls="yes"), "setting starttls 'yes': 'true' or 'false'"),
+    (smtp(colour="blue"), "unknown setting 'colour'"),
+    (smtp(host="h" * 1025), "setting host is 1,025 bytes"),
+    (notify_pb2.Provider(channel=SMS, kind="sms_http", settings={"base_url": "ftp://x", "account": "a", "from": "f"}),
+     "base_url 'ftp://x' is not an http(s) URL"),
+    (notify_pb2.Provider(channel=WEBHOOK, kind="webhook", max_concurrency=1001),
+     "max concurrency 1001 out of range: 1 to 1000"),
+    (notify_pb2.Provider(channel=WEBHOOK, kind="webhook", max_concurrency=-1), "max concurrency -1"),
+    (notify_pb2.Provider(channel=WEBHOOK, kind="webhook", secret="s" * 4097), "secret is 4,097 bytes"),
+])
+def test_bad_providers_are_invalid_argument(provider, message):
+    with pytest.raises(errors.InvalidArgument) as info:
+        check_provider(provider)
+    assert message in info.value.details
+
+
+def test_notification_settings_have_their_defaults_and_bounds():
+    defaults = config.Config()
+    assert defaults.notification_log_retention_s == 30 * 24 * 3600
+    assert (defaults.notify_default_rate_limit, defaults.notify_default_rate_period_s) == (0, 0)
+    assert config.setting_value("notify_default_rate_limit", "0") == 0  # 0: no default limit
+    with pytest.raises(errors.InvalidArgument, match="out of range"):
+        config.setting_value("notification_log_retention_s", "0")
+    # A limit needs its period, within 1 s to 30 days.
+    with pytest.raises(errors.InvalidArgument, match="needs notify_default_rate_period_s from 1"):
+        config.check(config.load(env={}, etcd_values={"notify_default_rate_limit": 5}))
+    config.check(config.load(env={}, etcd_values={"notify_default_rate_limit": 5,
+                                                  "notify_default_rate_period_s": 3600}))
+    with pytest.raises(errors.InvalidArgument):
+        config.check(config.load(env={}, etcd_values={"notify_default_rate_limit": 1_000_001,
+                                                      "notify_default_rate_period_s": 3600}))

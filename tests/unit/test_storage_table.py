@@ -1,0 +1,312 @@
+"""The replicated table (storage/table.py) on a real RocksDB in a temporary
+directory: apply, stubs, trim, rebuild, expiry, erase, rate acquire, and the
+deferred nack of storage/delivery.py."""
+
+import asyncio
+import subprocess
+from types import SimpleNamespace
+
+import pytest
+
+from gen.notifymesh.internal.v1 import notify_pb2, storage_pb2
+from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh import errors
+from notifymesh.clock import now_ms
+from notifymesh.contracts import shard_name
+from notifymesh.server.internal_topics import TABLE_TOPIC
+from notifymesh.server.table import delete, erase, put
+from storage import keys
+from storage.delivery import Pull
+from storage.engine import StorageEngine
+from storage.log import Entries
+from storage.table import TableService, decide
+
+SHARD = shard_name(TABLE_TOPIC, 0)
+
+
+async def write(engine: StorageEngine, ops, epoch: int = 1) -> int:
+    """What the leader does: its entries written, committed (one replica) and applied."""
+    log_ = engine.shard(SHARD)
+    start = log_.end
+    await engine.write_entries(SHARD, start, engine.table.entries(SHARD, ops, epoch, start))
+    engine.advance_commit(SHARD, log_.end)
+    return log_.end
+
+
+def read(engine: StorageEngine, *row_keys: bytes) -> list[bytes | None]:
+    return engine.table.read(SHARD, list(row_keys))
+
+
+def ops_in_log(engine: StorageEngine) -> list[storage_pb2.TableOp | None]:
+    """The log from its first entry: each entry's op (None: a marker)."""
+    log_ = engine.shard(SHARD)
+    out = []
+    for seq in range(log_.first, log_.end):
+        entry = engine.log.entry(SHARD, seq)
+        out.append(storage_pb2.TableOp.FromString(entry.message.data) if entry.HasField("message") else None)
+    return out
+
+
+async def replicate(leader: StorageEngine, follower: StorageEngine, start: int) -> None:
+    """Sends the follower the leader's entries from start on, as a leader does for a
+    follower behind: read back from RocksDB (stubs included), not from its tail."""
+    leader.release_tail(SHARD, leader.shard(SHARD).end)
+    entries = leader.entries_from(SHARD, start, 10_000)
+    await follower.write_replicated(SHARD, start, entries)
+    follower.advance_commit(SHARD, leader.shard(SHARD).commit)
+    follower.trim(SHARD, leader.shard(SHARD).first)
+
+
+async def test_writes_apply_into_rows_and_superseded_entries_become_stubs(engine):
+    await write(engine, [put(b"a", b"1"), put(b"b", b"2")])
+    await write(engine, [put(b"a", b"3"), delete(b"b")])
+    assert read(engine, b"a", b"b", b"c") == [b"3", None, None]
+    # Only the live value keeps its bytes: the rest are deletes of their keys.
+    assert ops_in_log(engine) == [delete(b"a"), delete(b"b"), put(b"a", b"3"), delete(b"b")]
+    log_ = engine.shard(SHARD)
+    assert log_.applied == log_.end == 4
+    assert engine.table.trim_leading(SHARD) == 2  # the leading dead entries, up to the live one
+    assert (log_.first, read(engine, b"a")) == (2, [b"3"])
+    assert engine.table.trim_leading(SHARD) == 0
+
+
+async def test_the_applied_position_and_rows_survive_a_restart(engine, tmp_path):
+    await write(engine, [put(b"a", b"1")])
+    await write(engine, [put(b"a", b"2"), put(b"b", b"x")])
+    await engine.close()
+    reopened = StorageEngine(tmp_path / "node", "storage-1")
+    reopened.start()
+    try:
+        log_ = reopened.shard(SHARD)
+        assert log_.applied == 3 and log_.commit == 0
+        reopened.advance_commit(SHARD, 3)  # nothing to apply again
+        assert read(reopened, b"a", b"b") == [b"2", b"x"]
+        # A position lost (unsynced) is applied again to the same rows.
+        log_.applied = 0
+        assert reopened.table.apply(SHARD) == 3
+        assert read(reopened, b"a", b"b") == [b"2", b"x"]
+    finally:
+        await reopened.close()
+
+
+async def test_a_follower_converges_whether_it_gets_values_or_their_stubs(engine, tmp_path):
+    follower = StorageEngine(tmp_path / "follower", "storage-2")
+    follower.start()
+    try:
+        await write(engine, [put(b"a", b"1"), put(b"b", b"1"), put(b"c", b"1")])
+        await replicate(engine, follower, 0)
+        assert read(follower, b"a", b"b", b"c") == [b"1", b"1", b"1"]
+        end = engine.shard(SHARD).end
+        await write(engine, [put(b"a", b"2")])
+        await write(engine, [put(b"a", b"3"), delete(b"b"), put(b"c", b"2", expire_ms=now_ms() + 100)])
+        await asyncio.sleep(0.15)
+        assert engine.table.sweep(SHARD) == 1  # c expired: dropped and stubbed on the leader
+        await replicate(engine, follower, end)  # a=2 arrives as a stub; c=2 too: c=1 must go
+        for key in (b"a", b"b", b"c"):
+            assert read(follower, key) == read(engine, key)
+        assert read(follower, b"a", b"b", b"c") == [b"3", None, None]
+        # The leader trims its dead head; the follower trims only what it applied.
+        assert engine.table.trim_leading(SHARD) > 0
+        follower.shard(SHARD).applied = 1
+        follower.trim(SHARD, engine.shard(SHARD).first)
+        assert follower.shard(SHARD).first == 1
+    finally:
+        await follower.close()
+
+
+async def test_a_follower_reset_rebuilds_its_rows_from_the_entries_it_then_receives(engine, tmp_path):
+    follower = StorageEngine(tmp_path / "follower", "storage-2")
+    follower.start()
+    try:
+        await write(engine, [put(b"old", b"1"), put(b"gone", b"1")])
+        await replicate(engine, follower, 0)
+        assert read(follower, b"old", b"gone") == [b"1", b"1"]
+        # While the follower is away: the old rows are deleted, others written, the head trimmed.
+        await write(engine, [delete(b"gone"), put(b"old", b"2")] + [put(b"k%d" % i, b"v") for i in range(5)])
+        await write(engine, [delete(b"k0")])
+        engine.table.trim_leading(SHARD)
+        first = engine.shard(SHARD).first
+        assert first > follower.shard(SHARD).end  # the follower is too far behind: it resets
+        follower.reset(SHARD, first)
+        assert read(follower, b"old") == [None]  # rows dropped with the log
+        await replicate(engine, follower, first)
+        names = [b"old", b"gone"] + [b"k%d" % i for i in range(5)]
+        assert read(follower, *names) == read(engine, *names) == [b"2", None, None, b"v", b"v", b"v", b"v"]
+    finally:
+        await follower.close()
+
+
+async def test_expired_rows_read_as_absent_and_a_sweep_drops_them(engine):
+    await write(engine, [put(b"soon", b"x", expire_ms=now_ms() + 100_000), put(b"past", b"y", expire_ms=1)])
+    assert read(engine, b"soon", b"past") == [b"x", None]
+    assert engine.table.scan(SHARD, b"", b"", 10, False).keys == [b"soon"]
+    assert engine.table.sweep(SHARD) == 1
+    assert ops_in_log(engine)[1] == delete(b"past")
+    assert engine.db.get(engine.shard(SHARD).layout.row_prefix + b"past") is None
+
+
+async def test_scan_by_prefix_in_both_directions_with_pages(engine):
+    await write(engine, [put(b"M\0aud\0" + name, b"") for name in (b"a", b"b", b"c", b"d")]
+                + [put(b"M\0aue\0x", b""), put(b"L", b"")])
+    scan = engine.table.scan
+    page = scan(SHARD, b"M\0aud\0", b"", 3, False)
+    assert page.keys == [b"M\0aud\0a", b"M\0aud\0b", b"M\0aud\0c"] and page.more
+    page = scan(SHARD, b"M\0aud\0", page.keys[-1], 3, False)
+    assert page.keys == [b"M\0aud\0d"] and not page.more
+    page = scan(SHARD, b"M\0aud\0", b"", 2, True)
+    assert page.keys == [b"M\0aud\0d", b"M\0aud\0c"] and page.more
+    assert scan(SHARD, b"M\0aud\0", b"M\0aud\0c", 10, True).keys == [b"M\0aud\0b", b"M\0aud\0a"]
+    assert scan(SHARD, b"", b"", 10, True).keys[0] == b"M\0aue\0x"
+
+
+async def test_erase_leaves_no_file_with_the_erased_value(engine, tmp_path):
+    secret = b"erase-me-7f3a@example.com"
+    await write(engine, [put(b"C\0alice", secret)] + [put(b"filler%d" % i, b"x" * 100) for i in range(100)])
+    engine.db.rdict.flush(True)  # the value is in a table file, not only in the write-ahead log
+
+    def files_with_secret() -> str:
+        return subprocess.run(["grep", "-rl", secret, str(tmp_path / "node")], capture_output=True,
+                              text=True).stdout
+
+    assert files_with_secret()
+    await write(engine, [erase(b"C\0alice")])
+    assert read(engine, b"C\0alice") == [None]
+    assert engine.table.due_compactions() == []  # debounced
+    await asyncio.sleep(0.25)
+    assert engine.table.due_compactions() == [SHARD]
+    engine.table.compact(SHARD)
+    assert files_with_secret() == ""
+
+
+def test_a_run_of_erases_compacts_once_and_not_later_than_the_bound(engine, monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr("storage.table.time.monotonic", lambda: clock[0])
+    table = engine.table
+    for _ in range(30):  # an erase every 0.1 s: each pushes the compaction back, up to the bound
+        table.compact_later(SHARD)
+        clock[0] += 0.1
+        if table.due_compactions():
+            break
+    assert clock[0] == pytest.approx(102.1)
+    assert table.due_compactions() == []
+
+
+def test_rate_decisions_count_within_the_window_once_per_token():
+    now = 1_000_000
+    current = None
+    for i in range(3):
+        decision, counter = decide(current, 3, 60_000, f"t{i}", False, now + i)
+        assert decision.allowed and decision.count == i + 1
+        current = counter.SerializeToString()
+    decision, counter = decide(current, 3, 60_000, "t3", False, now + 10)
+    assert (decision.allowed, decision.retry_after_ms, decision.count, counter) == (False, 59_990, 3, None)
+    decision, counter = decide(current, 3, 60_000, "t1", False, now + 10)  # counted already: allowed, not again
+    assert (decision.allowed, decision.count, counter) == (True, 3, None)
+    decision, counter = decide(current, 3, 60_000, "t4", True, now + 10)  # forced: counted, the oldest goes
+    assert decision.allowed and list(counter.tokens) == ["t1", "t2", "t4"]
+    decision, counter = decide(current, 3, 60_000, "t5", False, now + 60_000)  # t0 left the window
+    assert decision.allowed and list(counter.tokens) == ["t1", "t2", "t5"]
+    assert decide(current, 2, 60_000, "t6", False, now + 10)[0].count == 2  # a lowered limit: at most 2 kept
+
+
+class FakeLeader:
+    """storage.leader.Leader's part in the table: one replica, this engine."""
+
+    def __init__(self, engine: StorageEngine):
+        self.engine, self.led = engine, {}
+
+    def leadership(self, shard: str):
+        if shard not in self.led:
+            raise errors.Unavailable(f"this node does not lead {shard}")
+        return self.led[shard]
+
+    async def append_entries(self, shard: str, make) -> int:
+        lead = self.leadership(shard)
+        log_ = self.engine.shard(shard)
+        start = log_.end
+        await self.engine.write_entries(shard, start, make(lead.epoch, start))
+        self.engine.advance_commit(shard, log_.end)
+        return log_.end
+
+
+@pytest.fixture
+def service(engine):
+    leader = FakeLeader(engine)
+
+    async def partitions() -> int:
+        return 2
+
+    return SimpleNamespace(tables=TableService(engine.table, engine.log, leader, partitions), leader=leader)
+
+
+async def test_requests_are_served_once_the_leaders_marker_is_applied(engine, service):
+    with pytest.raises(errors.Unavailable):
+        await service.tables.read(0, [b"a"])
+    await engine.write_entries(SHARD, 0, Entries.of([storage_pb2.StoredMessage(epoch=2)]))  # the marker
+    service.leader.led[SHARD] = SimpleNamespace(epoch=2, marker=0)
+    with pytest.raises(errors.Unavailable, match="still applying"):
+        await service.tables.read(0, [b"a"])
+    engine.advance_commit(SHARD, 1)
+    await service.tables.write(0, [put(b"a", b"1")])
+    assert await service.tables.read(0, [b"a", b"b"]) == [b"1", None]
+    decisions = [await service.tables.rate_acquire(0, b"Q\0alice\0m", 2, 60_000, f"n{i}", False) for i in range(3)]
+    assert [d.allowed for d in decisions] == [True, True, False]
+    counter = notify_pb2.RateCounter.FromString((await service.tables.read(0, [b"Q\0alice\0m"]))[0])
+    assert list(counter.tokens) == ["n0", "n1"]
+
+
+async def test_concurrent_acquires_of_one_row_take_turns(engine, service):
+    await engine.write_entries(SHARD, 0, Entries.of([storage_pb2.StoredMessage(epoch=1)]))
+    engine.advance_commit(SHARD, 1)
+    service.leader.led[SHARD] = SimpleNamespace(epoch=1, marker=0)
+    decisions = await asyncio.gather(*(service.tables.rate_acquire(0, b"Q\0bob\0m", 3, 60_000, f"n{i}", False)
+                                       for i in range(10)))
+    assert sum(d.allowed for d in decisions) == 3
+    assert not service.tables._locks  # every lock let go
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda t: t.write(0, []), errors.InvalidArgument),
+    (lambda t: t.write(0, [put(b"", b"x")]), errors.InvalidArgument),
+    (lambda t: t.write(0, [storage_pb2.TableOp(key=b"k", value=b"v", delete=True)]), errors.InvalidArgument),
+    (lambda t: t.write(0, [put(b"k", b"v", expire_ms=-1)]), errors.InvalidArgument),
+    (lambda t: t.write(2, [put(b"k", b"v")]), errors.NotFound),
+    (lambda t: t.read(0, []), errors.InvalidArgument),
+    (lambda t: t.read(0, [b""]), errors.InvalidArgument),
+    (lambda t: t.read(-1, [b"k"]), errors.NotFound),
+    (lambda t: t.scan(0, b"", b"", 0, False), errors.InvalidArgument),
+    (lambda t: t.scan(0, b"", b"", 10_001, False), errors.InvalidArgument),
+    (lambda t: t.rate_acquire(0, b"", 3, 1000, "t", False), errors.InvalidArgument),
+    (lambda t: t.rate_acquire(0, b"q", 0, 1000, "t", False), errors.InvalidArgument),
+    (lambda t: t.rate_acquire(0, b"q", 3, 0, "t", False), errors.InvalidArgument),
+    (lambda t: t.rate_acquire(5, b"q", 3, 1000, "t", False), errors.NotFound),
+])
+async def test_malformed_requests_are_refused(service, call, error):
+    with pytest.raises(error):
+        await call(service.tables)
+
+
+async def test_a_deferred_nack_redelivers_without_counting_an_attempt(engine):
+    shard = "orders/0"
+    engine.attach(shard, pubsub_pb2.Subscription(name="audit", topic="orders"))
+    ids, entries = engine.prepare(shard, [pubsub_pb2.PubsubMessage(data=b"x")], 1, 60_000, False)
+    await engine.write_entries(shard, 0, entries)
+    engine.advance_commit(shard, 1)
+
+    async def pull_one() -> pubsub_pb2.ReceivedMessage:
+        got = (await engine.pull(shard, [Pull("audit", 1, 60_000)], 2000))["audit"]
+        [received] = [pubsub_pb2.ReceivedMessage.FromString(raw) for raw in got.received]
+        return received
+
+    first = await pull_one()
+    engine.nack(shard, "audit", [first.ack_id], delay_ms=100, reason="rate limited", deferred=True)
+    second = await pull_one()
+    assert (first.delivery_attempt, second.delivery_attempt) == (1, 1)
+    engine.nack(shard, "audit", [second.ack_id], delay_ms=0)
+    third = await pull_one()
+    assert third.delivery_attempt == 2
+    outcomes = [(a.attempt, a.outcome, a.error)
+                for a in engine.message_status(shard, ids[0]).deliveries[0].attempts]
+    assert outcomes[:2] == [(1, pubsub_pb2.DEFERRED, "rate limited"), (1, pubsub_pb2.NACKED, "nacked")]
+    with pytest.raises(errors.InvalidArgument):
+        engine.nack(shard, "audit", [third.ack_id], deferred=True)

@@ -1,0 +1,75 @@
+"""notifymesh/server/table.py with a fake StorageClient: calls per partition,
+concurrent writes coalesced, reads of many keys grouped per partition."""
+
+import asyncio
+
+import pytest
+from fakes import FakeCluster
+
+from gen.notifymesh.internal.v1 import storage_pb2
+from notifymesh import errors
+from notifymesh.server.internal_topics import TABLE_TOPIC
+from notifymesh.server.rows import partition_of
+from notifymesh.server.table import TableClient, put
+
+
+class FakeStorage:
+    """StorageClient.call against rows in memory, one partition's calls at a time."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, int, int]] = []  # (method, partition, ops or keys)
+        self.rows: dict[bytes, bytes] = {}
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def call(self, method: str, topic: str, partition: int, request):
+        assert topic == TABLE_TOPIC and request.partition == partition
+        await self.gate.wait()
+        if method == "TableWrite":
+            self.calls.append((method, partition, len(request.ops)))
+            self.rows.update((op.key, op.value) for op in request.ops)
+            return storage_pb2.TableWriteResponse()
+        self.calls.append((method, partition, len(request.keys)))
+        return storage_pb2.TableReadResponse(values=[self.rows.get(k, b"") for k in request.keys],
+                                             found=[k in self.rows for k in request.keys])
+
+
+@pytest.fixture
+def table():
+    client = TableClient(FakeCluster(topics={TABLE_TOPIC: 8}))
+    client._storage = FakeStorage()
+    return client
+
+
+async def test_concurrent_writes_to_one_partition_go_in_one_call(table):
+    table._storage.gate.clear()
+    first = asyncio.create_task(table.write("alice", [put(b"a0", b"x")]))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(table.write("alice", [put(b"a%d" % i, b"x")])) for i in range(1, 20)]
+    await asyncio.sleep(0)
+    table._storage.gate.set()
+    await asyncio.gather(first, *rest)
+    assert table._storage.calls == [("TableWrite", partition_of("alice", 8), 1),
+                                    ("TableWrite", partition_of("alice", 8), 19)]
+
+
+async def test_many_keys_are_read_one_call_per_partition(table):
+    recipients = [f"r{i}" for i in range(100)]
+    await table.write_many({rid: [put(b"C\0" + rid.encode(), rid.encode())] for rid in recipients})
+    writes = len(table._storage.calls)
+    assert writes == len({partition_of(rid, 8) for rid in recipients})
+    found = await table.read_many({rid: [b"C\0" + rid.encode()] for rid in recipients + ["nobody"]})
+    assert found == {**{b"C\0" + rid.encode(): rid.encode() for rid in recipients}, b"C\0nobody": None}
+    reads = table._storage.calls[writes:]
+    assert len(reads) == len({partition_of(rid, 8) for rid in recipients + ["nobody"]})
+    assert await table.read("r1", [b"C\0r1", b"C\0none"]) == [b"r1", None]
+    assert table._storage.calls[-1] == ("TableRead", partition_of("r1", 8), 2)
+
+
+async def test_no_partition_before_the_table_topic_is_created():
+    cluster = FakeCluster()
+    table = TableClient(cluster)
+    with pytest.raises(errors.Unavailable):
+        table.partition("alice")
+    with pytest.raises(errors.Unavailable, match="not created yet"):
+        await table.read("alice", [b"C\0alice"])
