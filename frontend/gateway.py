@@ -94,6 +94,7 @@ class Gateway:
         # Concurrent publishes to a topic share one Append; concurrent acks of all
         # subscriptions one sender has one call to it (ack ids name their subscription).
         self._appender = TopicAppender(self._storage)
+        self._turn = itertools.count()  # which sender's partitions a unary pull asks first
         self._acks = Coalescer(self._senders.acknowledge, max_items=MERGED_MAX_ITEMS)
         self._relays: set[grpc.aio.UnaryStreamCall] = set()
         self._closing = False
