@@ -22,7 +22,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from deploy import local_providers
 from gen.notifymesh.internal.v1 import metadata_pb2_grpc, node_pb2, node_pb2_grpc
-from gen.notifymesh.v1 import notify_pb2
+from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, notify_pb2
+from notifymesh.server import internal_topics
 from notifymesh.server.config import Config
 
 STOP_TIMEOUT_S = 15
@@ -289,6 +290,8 @@ class LocalMesh:
                                                   for name in self.service_names()))
         if self.provider_ports:
             progress(self._set_local_providers(members))
+        self.wait_notifications_ready()
+        progress("notifications ready: the table, the notify topic and every channel's topics have leaders")
 
     def _wait_local_providers(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -367,6 +370,28 @@ class LocalMesh:
                 if name in members and _serving(members[name]):
                     pending.discard(name)
             time.sleep(0.05)
+
+    def wait_notifications_ready(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Until every partition of the notification layer's internal topics has a
+        leader: metadata creates them in the background once storage serves
+        (metadata/bootstrap.py), and until then the table answers UNAVAILABLE."""
+        wanted = {internal_topics.TABLE_TOPIC, internal_topics.NOTIFY_TOPIC,
+                  *(internal_topics.channel_topic(c, p) for c in internal_topics.CHANNELS
+                    for p in (notify_pb2.NORMAL, notify_pb2.HIGH))}
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with grpc.insecure_channel(self.frontend_addrs[0]) as channel:
+                    status = cluster_pb2_grpc.ClusterAdminStub(channel).GetClusterStatus(
+                        cluster_pb2.GetClusterStatusRequest(), timeout=5)
+                led = {s.topic for s in status.shards if s.leader}
+                if wanted <= led and all(s.leader for s in status.shards if s.topic in wanted):
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the notification layer's topics have no leaders after {timeout}s")
+            time.sleep(0.2)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self.processes[name]

@@ -10,7 +10,6 @@ import aiohttp
 from helpers import unique
 
 from gen.notifymesh.v1 import notify_pb2
-from notifymesh import errors
 from notifymesh.client import Client
 from notifymesh.contracts import outbox_files
 
@@ -29,20 +28,6 @@ async def settled(client, nid: str, sends: int, final=FINAL):
         assert time.monotonic() < deadline, \
             f"not settled: {[(s.recipient, s.channel, s.state) for s in notification.sends]}"
         await asyncio.sleep(0.2)
-
-
-async def table_ready(client) -> None:
-    """A new mesh's internal topics are created at metadata start, after the mesh
-    serves: the table answers UNAVAILABLE until then."""
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        try:
-            await client.get_recipient("nobody-at-all")
-        except errors.NotFound:
-            return
-        except errors.Unavailable:
-            assert time.monotonic() < deadline, "the table topic was not created"
-            await asyncio.sleep(0.2)
 
 
 async def new_template(client, name: str) -> None:
@@ -68,7 +53,6 @@ def outbox_to(mesh, channel: str, address: str) -> list[dict]:
 
 
 async def test_notify_reaches_email_and_sms_honouring_preferences_and_logs_each_step(mesh, client):
-    await table_ready(client)
     template, category = unique("invoice"), unique("billing")
     await new_template(client, template)
     await client.create_category(category)
@@ -127,7 +111,6 @@ async def fault(mesh, channel: str, status: int, count: int) -> None:
 
 
 async def test_a_failing_provider_is_retried_a_permanent_failure_is_not(mesh, client):
-    await table_ready(client)
     template, category = unique("invoice"), unique("billing")
     await new_template(client, template)
     await client.create_category(category)
@@ -155,7 +138,6 @@ async def test_a_failing_provider_is_retried_a_permanent_failure_is_not(mesh, cl
 
 
 async def test_a_rate_limit_drops_and_a_missing_variable_fails_only_its_recipient(mesh, client):
-    await table_ready(client)
     template, category = unique("welcome"), unique("marketing")
     await client.create_template(notify_pb2.Template(name=template, contents=[notify_pb2.TemplateContent(
         channel=notify_pb2.EMAIL, subject="Hi", text="Your code: {{ recipient.attributes.code }}")]))
@@ -176,7 +158,6 @@ async def test_a_rate_limit_drops_and_a_missing_variable_fails_only_its_recipien
 
 async def test_a_sender_killed_mid_audience_loses_no_recipient_and_sends_no_unlogged_duplicate(own_mesh):
     async with Client(own_mesh.frontend_addr) as client:
-        await table_ready(client)
         template, category, audience = unique("news"), unique("news"), unique("everyone")
         await client.create_template(notify_pb2.Template(name=template, contents=[notify_pb2.TemplateContent(
             channel=notify_pb2.EMAIL, subject="News", text="Hello {{ recipient.id }}")]))
@@ -216,7 +197,6 @@ async def test_a_sender_killed_mid_audience_loses_no_recipient_and_sends_no_unlo
 
 async def test_rate_limit_counts_hold_across_a_sender_restart(own_mesh):
     async with Client(own_mesh.frontend_addr) as client:
-        await table_ready(client)
         template, category, rid = unique("promo"), unique("promo"), unique("alice")
         await client.create_template(notify_pb2.Template(name=template, contents=[notify_pb2.TemplateContent(
             channel=notify_pb2.EMAIL, subject="Promo", text="Hi")]))
