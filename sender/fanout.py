@@ -8,12 +8,20 @@ one page whatever the audience's size. Per page: the recipients' contact, unsubs
 rows are read in one batched read (grouped by table partition), the channels
 decided (sender/preferences.py), the log written (suppressions, SEND_QUEUED,
 the recipient index), the tasks published with the idempotency key
-"nid/recipient/channel", and then the checkpoint row (K) written. A crash
+"nid/recipient/channel", and then the checkpoint row (K) written.
+
+A recipient to be sent something is first checked for a duplicate: a hash of
+the template, category and data is counted for it (Storage.RateAcquire, limit 1
+over the notify topic's dedup window, the notification id as the token), so
+the same request repeated without its idempotency key notifies nobody twice
+(SUPPRESSED_DUPLICATE), while the same notification fanned out again after a
+crash is let through again. A crash
 delivers the job again: it resumes after the checkpoint, and a page published
 again is recognised by storage as repeats of its tasks' keys.
 """
 
 import asyncio
+import hashlib
 import logging
 from typing import NamedTuple, Protocol
 
@@ -26,7 +34,7 @@ from notifymesh import errors
 from notifymesh.clock import now_ms
 from notifymesh.log import fields
 from notifymesh.server import rows
-from notifymesh.server.internal_topics import CHANNELS, channel_name, channel_topic
+from notifymesh.server.internal_topics import CHANNELS, NOTIFY_TOPIC, channel_name, channel_topic
 from notifymesh.server.notification_log import Event, NotificationLog
 from sender.pipeline import ACK, Outcome
 from sender.preferences import Action, Preference, decide
@@ -39,6 +47,7 @@ PUBLISH_MAX_MESSAGES = 1000  # channel tasks in one publish
 PUBLISH_MAX_BYTES = 4 * 1024 * 1024  # and their data (a task carries the request's data, up to 64 KiB)
 _STATES = {Action.SEND: notify_pb2.SEND_QUEUED, Action.OPTED_OUT: notify_pb2.SUPPRESSED_OPTED_OUT,
            Action.NO_CONTACT: notify_pb2.SUPPRESSED_NO_CONTACT}
+DEFAULT_DEDUP_WINDOW_MS = 24 * 3600 * 1000  # a topic's default dedup window (Topic.dedup_window)
 
 
 class FanoutTable(Protocol):
@@ -53,6 +62,9 @@ class FanoutTable(Protocol):
     async def scan(self, partition_key: str, prefix: bytes, start_after: bytes = b"", limit: int = 1000,
                    reverse: bool = False): ...  # -> table.Scanned(keys, values, more)
 
+    async def rate_acquire(self, partition_key: str, key: bytes, limit: int, period_ms: int, token: str,
+                           force: bool = False): ...  # -> table.RateDecision(allowed, retry_after_ms, count)
+
 
 class FanoutMetadata(Protocol):
     """The metadata mirrors (notifymesh.server.cluster.Cluster): each raises NotFound."""
@@ -60,6 +72,8 @@ class FanoutMetadata(Protocol):
     async def category(self, name: str) -> notify_pb2.Category: ...
 
     async def template(self, name: str, version: int = 0) -> notify_pb2.Template: ...
+
+    async def topic(self, name: str) -> pubsub_pb2.Topic: ...
 
 
 class Publisher(Protocol):
@@ -76,12 +90,20 @@ class Job(NamedTuple):
     requested: list[int]  # the request's channels (none: the template's, as the recipient has them)
     template_channels: list[int]
     scopes: list[tuple[str, str]]  # the (category, channel) preference rows that can apply
+    payload_hash: str  # of template, category and data: what a repeat is recognised by
+    dedup_window_ms: int
 
 
 def page_size(request: notify_pb2.NotifyRequest) -> int:
     """Recipients per page: PAGE, fewer when their tasks would carry over PAGE_BYTES of data."""
     per_recipient = (len(request.data) + 256) * max(1, len(request.channels) or len(CHANNELS))
     return max(1, min(PAGE, PAGE_BYTES // per_recipient))
+
+
+def payload_hash(request: notify_pb2.NotifyRequest, template_version: int) -> str:
+    """What a repeated request has in common with the first, whatever its key."""
+    parts = (request.template, str(template_version), request.category, request.data)
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
 def task_key(notification_id: str, recipient: str, channel: int) -> str:
@@ -120,7 +142,22 @@ class Fanout:
         requested = list(dict.fromkeys(request.channels))
         names = [channel_name(c) for c in (requested or template_channels or CHANNELS)]
         scopes = [(request.category, ""), ("", "")] + [(cat, ch) for ch in names for cat in (request.category, "")]
-        return Job(notification_id, job, category, requested, template_channels, scopes)
+        try:
+            window = (await self._metadata.topic(NOTIFY_TOPIC)).dedup_window.ToMilliseconds()
+        except errors.NotFound:
+            window = 0
+        return Job(notification_id, job, category, requested, template_channels, scopes,
+                   payload_hash(request, job.template_version), window or DEFAULT_DEDUP_WINDOW_MS)
+
+    async def _duplicates(self, job: Job, recipients: list[str]) -> set[str]:
+        """The recipients the same template, category and data reached within the
+        window through another notification."""
+        async def repeated(rid: str) -> bool:
+            decision = await self._table.rate_acquire(rid, rows.duplicate_key(rid, job.payload_hash), 1,
+                                                      job.dedup_window_ms, job.notification_id)
+            return not decision.allowed
+        found = await asyncio.gather(*(repeated(rid) for rid in recipients))
+        return {rid for rid, dup in zip(recipients, found) if dup}
 
     async def run(self, notification_id: str, job: internal_pb2.NotificationJob) -> int:
         """Expands the job from its checkpoint on; returns the recipients done in all."""
@@ -170,9 +207,7 @@ class Fanout:
         keys = {rid: [rows.contact_key(rid), rows.unsubscribed_key(rid),
                       *(rows.preference_key(rid, cat, ch) for cat, ch in job.scopes)] for rid in recipients}
         found = await self._table.read_many(keys)
-        ms = now_ms()
-        events: list[Event] = []
-        tasks: dict[str, list[pubsub_pb2.PubsubMessage]] = {}
+        decisions = {}
         for rid in recipients:
             contact_raw, unsubscribed_raw, *preference_raws = (found.get(key) for key in keys[rid])
             recipient = notify_pb2.Recipient.FromString(contact_raw) if contact_raw is not None else None
@@ -180,8 +215,20 @@ class Fanout:
                 unsubscribed_raw).enabled
             preferences = [Preference(cat, ch, internal_pb2.PreferenceRow.FromString(raw).enabled)
                            for (cat, ch), raw in zip(job.scopes, preference_raws) if raw is not None]
-            for decision in decide(recipient, unsubscribed, preferences, job.category, job.requested,
-                                   job.template_channels):
+            decisions[rid] = decide(recipient, unsubscribed, preferences, job.category, job.requested,
+                                    job.template_channels)
+        duplicates = await self._duplicates(
+            job, [rid for rid, decided in decisions.items() if any(d.action is Action.SEND for d in decided)])
+        ms = now_ms()
+        events: list[Event] = []
+        tasks: dict[str, list[pubsub_pb2.PubsubMessage]] = {}
+        for rid, decided in decisions.items():
+            for decision in decided:
+                if decision.action is Action.SEND and rid in duplicates:
+                    events.append(Event(nid, accepted_ms, rid, decision.channel, notify_pb2.SUPPRESSED_DUPLICATE,
+                                        ms, reason="the same template, category and data reached this recipient "
+                                                   "through another notification within the dedup window"))
+                    continue
                 events.append(Event(nid, accepted_ms, rid, decision.channel, _STATES[decision.action], ms,
                                     reason=decision.reason))
                 if decision.action is Action.SEND:

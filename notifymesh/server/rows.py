@@ -15,6 +15,9 @@ decimal milliseconds so keys sort by time.
   L rid category                      -> RateLimitRow: the recipient's override
   Q rid category                      -> RateCounter (Storage.RateAcquire)
   X rid                               -> erasure time (13 digits): the recipient was deleted
+  D rid payload hash                  -> RateCounter of limit 1: the notification that had this
+                                         template, category and data for the recipient within the
+                                         notify topic's dedup window (sender/fanout.py)
   R rid accepted_ms nid               -> b"": the recipient's notifications by time
   N nid                               -> NotificationRecord
   E nid rid channel event_ms state    -> notifymesh.v1.SendEvent
@@ -31,6 +34,7 @@ _MS_DIGITS = 13
 
 CONTACT, UNSUBSCRIBED, PREFERENCE, RATE_LIMIT, RATE_COUNTER, ERASED = b"C", b"U", b"P", b"L", b"Q", b"X"
 RECIPIENT_NOTIFICATION, NOTIFICATION, EVENT, CHECKPOINT = b"R", b"N", b"E", b"K"
+DUPLICATE = b"D"
 AUDIENCE, MEMBER = b"A", b"M"
 
 
@@ -95,6 +99,10 @@ def parse_rate_limit_key(key: bytes) -> tuple[str, str]:
 
 def rate_counter_key(recipient: str, category: str) -> bytes:
     return _key(RATE_COUNTER, recipient, category)
+
+
+def duplicate_key(recipient: str, payload_hash: str) -> bytes:
+    return _key(DUPLICATE, recipient, payload_hash)
 
 
 def erased_key(recipient: str) -> bytes:

@@ -150,9 +150,13 @@ async def test_a_rate_limit_drops_and_a_missing_variable_fails_only_its_recipien
     assert sends[(alice, notify_pb2.EMAIL)].state == notify_pb2.SEND_SENT
     failed = sends[(bob, notify_pb2.EMAIL)]
     assert failed.state == notify_pb2.SEND_FAILED and "code" in failed.reason
-    second = await client.notify(template, category, [alice])
+    # Other data (the same again would be a duplicate): over the category's limit of 1.
+    second = await client.notify(template, category, [alice], data={"n": 2})
     _, sends = await settled(client, second, 1)
     assert sends[(alice, notify_pb2.EMAIL)].state == notify_pb2.SUPPRESSED_RATE_LIMITED
+    third = await client.notify(template, category, [alice])
+    _, sends = await settled(client, third, 1)
+    assert sends[(alice, notify_pb2.EMAIL)].state == notify_pb2.SUPPRESSED_DUPLICATE
     assert len(outbox_to(mesh, "email", f"{alice}@example.com")) == 1
 
 
@@ -202,13 +206,13 @@ async def test_rate_limit_counts_hold_across_a_sender_restart(own_mesh):
             channel=notify_pb2.EMAIL, subject="Promo", text="Hi")]))
         await client.create_category(category, limit=2, period_s=3600)
         await client.upsert_recipient(rid, email=f"{rid}@example.com")
-        for _ in range(2):
-            await settled(client, await client.notify(template, category, [rid]), 1)
+        for n in range(2):
+            await settled(client, await client.notify(template, category, [rid], data={"n": n}), 1)
         own_mesh.restart("sender-1")
-        _, sends = await settled(client, await client.notify(template, category, [rid]), 1)
+        _, sends = await settled(client, await client.notify(template, category, [rid], data={"n": 2}), 1)
         assert sends[(rid, notify_pb2.EMAIL)].state == notify_pb2.SUPPRESSED_RATE_LIMITED
         # high priority is counted but never held back
-        _, sends = await settled(client, await client.notify(template, category, [rid],
+        _, sends = await settled(client, await client.notify(template, category, [rid], data={"n": 3},
                                                              priority=notify_pb2.HIGH), 1)
         assert sends[(rid, notify_pb2.EMAIL)].state == notify_pb2.SEND_SENT
         assert len(outbox_to(own_mesh, "email", f"{rid}@example.com")) == 3

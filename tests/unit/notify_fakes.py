@@ -114,6 +114,7 @@ class FakeMetadata:
         self.templates: dict[tuple[str, int], notify_pb2.Template] = {}
         self.providers: dict[int, notify_pb2.Provider] = {}
         self.subscriptions: dict[str, pubsub_pb2.Subscription] = {}
+        self.topics: dict[str, pubsub_pb2.Topic] = {}
 
     @staticmethod
     def _found(what: str, item):
@@ -132,6 +133,9 @@ class FakeMetadata:
 
     async def subscription(self, name: str) -> pubsub_pb2.Subscription:
         return self._found("subscription", self.subscriptions.get(name))
+
+    async def topic(self, name: str) -> pubsub_pb2.Topic:
+        return self._found("topic", self.topics.get(name))
 
 
 class _Values(dict):

@@ -172,3 +172,21 @@ async def test_a_job_that_is_no_notification_job_is_set_aside():
                                                                                      data=b"\xff\xff"))
     outcome = await p.fanout.handle(message)
     assert (outcome.ack, outcome.terminal) == (False, True)
+
+
+async def test_the_same_request_again_under_another_id_is_a_duplicate_but_the_same_job_again_is_not():
+    p = Parts()
+    await p.recipient("alice", email="alice@example.com")
+    await p.recipient("bob", email="bob@example.com")
+    await p.fanout.handle(received("n1", job(recipients=["alice"], data='{"invoice": 17}')))
+    # A repeat without its idempotency key: a new notification id, the same template, category and data.
+    await p.fanout.handle(received("n2", job(recipients=["alice", "bob"], data='{"invoice": 17}')))
+    assert p.states("n2")[("alice", "email")][0] == notify_pb2.SUPPRESSED_DUPLICATE
+    assert p.states("n2")[("bob", "email")][0] == notify_pb2.SEND_QUEUED
+    assert sorted(p.tasks(EMAIL_TOPIC)) == ["n1/alice/email", "n2/bob/email"]
+    # Other data is another notification; the first one delivered again (a crash) is no duplicate of itself.
+    await p.fanout.handle(received("n3", job(recipients=["alice"], data='{"invoice": 18}')))
+    await p.table.write("n1", [storage_pb2.TableOp(key=rows.checkpoint_key("n1"), delete=True)])
+    await p.fanout.handle(received("n1", job(recipients=["alice"], data='{"invoice": 17}')))
+    assert p.states("n3")[("alice", "email")][0] == notify_pb2.SEND_QUEUED
+    assert p.states("n1")[("alice", "email")][0] == notify_pb2.SEND_QUEUED
