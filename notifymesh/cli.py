@@ -590,8 +590,11 @@ def _up(args) -> int:
         except (RuntimeError, TimeoutError) as e:
             say(f"cannot start: {e}")
             return 1
+        http = ", ".join(f"http://{mesh.network.address(name)}:{port}"
+                         for name, port in zip(mesh.frontend_names(), mesh.frontend_http_ports()))
         print(f"notifymesh mesh is up: frontend{'s' if len(mesh.frontend_addrs) > 1 else ''} {mesh.frontend_target} "
-              f"(NOTIFYMESH_ADDR={mesh.frontend_target}; logs in {mesh.data_dir / 'logs'}; Ctrl-C stops)", flush=True)
+              f"(NOTIFYMESH_ADDR={mesh.frontend_target}; HTTP {http}; logs in {mesh.data_dir / 'logs'}; "
+              "Ctrl-C stops)", flush=True)
         mesh.supervise(lambda: stopping, progress=say)
     finally:
         say("stopping")
@@ -805,10 +808,22 @@ def _outbox(args) -> int:
                 with open(path, encoding="utf-8") as lines:
                     for line in lines:
                         if line.strip():
-                            args.out.record({"channel": channel, **json.loads(line)})
+                            received = json.loads(line)
+                            args.out.record({"channel": channel, **received} if args.out.form == "json"
+                                            else _outbox_row(channel, received))
             except FileNotFoundError:
                 continue
     return 0
+
+
+def _outbox_row(channel: str, received: dict) -> dict:
+    """A received message as one table row: who it went to and its first line."""
+    to = received.get("to") or received.get("path", "")
+    text = received.get("subject") or received.get("body") or received.get("text") or ""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return {"channel": channel, "to": ", ".join(to) if isinstance(to, list) else to,
+            "message": first[:60] + ("…" if len(first) > 60 else ""),
+            "id": received.get("message_id") or received.get("id", "")}
 
 
 def _add_completion_command(commands) -> None:
