@@ -16,6 +16,7 @@ from notifymesh.contracts import outbox_files
 FINAL = {notify_pb2.SUPPRESSED_OPTED_OUT, notify_pb2.SUPPRESSED_RATE_LIMITED, notify_pb2.SUPPRESSED_DUPLICATE,
          notify_pb2.SUPPRESSED_NO_CONTACT, notify_pb2.SEND_SENT, notify_pb2.SEND_DEAD_LETTERED}
 WAIT_S = 60
+PEOPLE = 100  # recipients of the first test: half with a phone
 
 
 async def settled(client, nid: str, sends: int, final=FINAL):
@@ -56,26 +57,26 @@ async def test_notify_reaches_email_and_sms_honouring_preferences_and_logs_each_
     template, category = unique("invoice"), unique("billing")
     await new_template(client, template)
     await client.create_category(category)
-    people = [unique(f"p{i}") for i in range(12)]
-    for i, rid in enumerate(people):
-        await client.upsert_recipient(rid, email=f"{rid}@example.com", **({"phone": f"+1415555{i:04d}"}
-                                                                         if i % 2 == 0 else {}))
+    people = [unique(f"p{i}") for i in range(PEOPLE)]
+    await client.upsert_recipients([notify_pb2.Recipient(id=rid, email=f"{rid}@example.com",
+                                                         phone=f"+1415555{i:04d}" if i % 2 == 0 else "")
+                                    for i, rid in enumerate(people)])
     opted_out, unsubscribed = people[0], people[1]
     await client.update_preferences(opted_out, [notify_pb2.Preference(category=category, channel="sms",
                                                                       enabled=False)])
     await client.update_preferences(unsubscribed, unsubscribed=True)
     nobody = unique("nobody")
     nid = await client.notify(template, category, people + [nobody], data={"invoice": 17, "amount": "12.00"})
-    # email for all 12, sms for the 6 with a phone, and the unknown recipient's two channels
-    notification, sends = await settled(client, nid, 12 + 6 + 2)
-    assert notification.recipient_count == 13
+    # email for all, sms for the half with a phone, and the unknown recipient's two channels
+    notification, sends = await settled(client, nid, PEOPLE + PEOPLE // 2 + 2)
+    assert notification.recipient_count == PEOPLE + 1
     assert sends[(opted_out, notify_pb2.SMS)].state == notify_pb2.SUPPRESSED_OPTED_OUT
     assert sends[(opted_out, notify_pb2.EMAIL)].state == notify_pb2.SEND_SENT
     assert sends[(unsubscribed, notify_pb2.EMAIL)].state == notify_pb2.SUPPRESSED_OPTED_OUT
     assert sends[(unsubscribed, notify_pb2.EMAIL)].reason == "unsubscribed from everything"
     assert {sends[(nobody, c)].state for c in (notify_pb2.EMAIL, notify_pb2.SMS)} == {notify_pb2.SUPPRESSED_NO_CONTACT}
     sent = [s for s in sends.values() if s.state == notify_pb2.SEND_SENT]
-    assert len(sent) == 11 + 5
+    assert len(sent) == (PEOPLE - 1) + (PEOPLE // 2 - 1)
     for send in sent:
         assert [e.state for e in send.timeline] == [notify_pb2.SEND_QUEUED, notify_pb2.SEND_RENDERED,
                                                     notify_pb2.SEND_SENT]
@@ -85,7 +86,7 @@ async def test_notify_reaches_email_and_sms_honouring_preferences_and_logs_each_
         assert mail["subject"] == "Invoice 17" and f"Hello {rid}, 12.00 is due." in mail["text"]
         assert "".join(mail["headers"]["List-Unsubscribe"].split()).startswith("<http") and \
             mail["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    for i in range(2, 12, 2):
+    for i in range(2, PEOPLE, 2):
         (sms,) = outbox_to(mesh, "sms", f"+1415555{i:04d}")
         assert sms["body"] == f"12.00 due for {people[i]}"
     assert outbox_to(mesh, "sms", "+14155550000") == []  # opted out of sms
