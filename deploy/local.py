@@ -317,7 +317,23 @@ class LocalMesh:
         except grpc.RpcError as e:  # the mesh runs; notifications wait for a provider set by hand
             return f"could not set the local providers: {e.code().name}: {e.details()}"
         names = [notify_pb2.Channel.Name(r.channel).lower() for r in records if r.channel not in have]
-        return f"local providers set for {', '.join(names)}" if names else "providers already set; kept"
+        said = f"local providers set for {', '.join(names)}" if names else "providers already set; kept"
+        return f"{said}; {self._set_erasure_hook(metadata)}"
+
+    def _set_erasure_hook(self, metadata: str) -> str:
+        """Points the erasure hook (frontend/erasure_hook.py) at the local providers'
+        /_erase, unless one is set: a deleted recipient's addresses leave their outbox too."""
+        url = f"http://127.0.0.1:{self.provider_ports[1]}/_erase"
+        try:
+            with grpc.insecure_channel(metadata) as channel:
+                stub = metadata_pb2_grpc.MetadataStub(channel)
+                (setting,) = stub.GetConfig(cluster_pb2.GetConfigRequest(key="erasure_hook_url"), timeout=10).settings
+                if setting.stored:
+                    return "erasure hook already set; kept"
+                stub.SetConfig(cluster_pb2.SetConfigRequest(key="erasure_hook_url", value=url), timeout=10)
+        except grpc.RpcError as e:
+            return f"could not set the erasure hook: {e.code().name}: {e.details()}"
+        return f"erasure hook {url}"
 
     def _wait_etcd(self, name: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -241,13 +241,16 @@ class LocalProviders:
         return web.json_response(self.outbox.read(channel))
 
     async def _erase(self, request: web.Request) -> web.Response:
+        """{"address": A}, or {"addresses": [A, ...]} as the mesh's erasure hook sends it."""
         try:
-            address = (await request.json())["address"]
-            if not isinstance(address, str) or len(address) < 3:
+            body = await request.json()
+            addresses = body["addresses"] if "addresses" in body else [body["address"]]
+            if not isinstance(addresses, list) or not all(isinstance(a, str) and len(a) >= 3 for a in addresses):
                 raise ValueError
         except (ValueError, KeyError, TypeError):
-            return web.json_response({"message": 'want {"address": "an email address or phone number"}'}, status=400)
-        return web.json_response({"erased": self.outbox.erase(address)})
+            return web.json_response({"message": 'want {"address": "an email address or phone number"} or '
+                                                 '{"addresses": [...]}'}, status=400)
+        return web.json_response({"erased": sum(self.outbox.erase(address) for address in addresses)})
 
     # -- lifecycle --------------------------------------------------------------
 

@@ -101,6 +101,17 @@ class Renderer(Protocol):
                context: dict) -> notify_pb2.RenderedContent: ...
 
 
+class ErasureHook(Protocol):
+    """frontend.erasure_hook.ErasureHook: tells the providers' side of an erasure."""
+
+    async def erased(self, recipient: str, addresses: list[str]) -> bool: ...
+
+
+class NoErasureHook:
+    async def erased(self, recipient: str, addresses: list[str]) -> bool:
+        return True
+
+
 # The names a template sees (notifymesh.server.templating.context):
 # (recipient, data, notification id, category) -> context.
 ContextOf = Callable[[notify_pb2.Recipient, dict, str, str], dict]
@@ -172,9 +183,11 @@ def _members_after(audience: str, token: str) -> str:
 
 class Notifications:
     def __init__(self, table: Table, metadata: Metadata, catalog: Catalog, mesh: Mesh,
-                 notification_log: NotificationLog, renderer: Renderer, context_of: ContextOf):
+                 notification_log: NotificationLog, renderer: Renderer, context_of: ContextOf,
+                 erasure_hook: ErasureHook = NoErasureHook()):
         self._table, self._metadata, self._catalog, self._mesh = table, metadata, catalog, mesh
         self._log, self._renderer, self._context_of = notification_log, renderer, context_of
+        self._erasure_hook = erasure_hook
 
     # -- recipients -------------------------------------------------------------
 
@@ -230,14 +243,21 @@ class Notifications:
     async def delete_recipient(self, request: notify_pb2.DeleteRecipientRequest) -> notify_pb2.DeleteRecipientResponse:
         """Erases the contact, unsubscribe, preference and override rows (an erase
         compacts the old values out of every replica's files) and writes the X row:
-        the erasure's own record. Idempotent: erasing again erases nothing more."""
+        the erasure's own record; then tells the erasure hook the addresses it had.
+        Idempotent: erasing again erases nothing more."""
         rid = validation.recipient_id(request.id)
+        [contact] = await self._table.read(rid, [rows.contact_key(rid)])
+        addresses = []
+        if contact is not None:
+            recipient = notify_pb2.Recipient.FromString(contact)
+            addresses = [a for a in (recipient.email, recipient.phone) if a]
         found = [*await self._rows(rid, rows.preferences_prefix(rid)),
                  *await self._rows(rid, rows.rate_limits_prefix(rid))]
         erased = [*rows.recipient_rows_erased(rid), *(key for key, _ in found)]
         ms = now_ms()
         await self._table.write(rid, [*map(_erase, erased), _put(rows.erased_key(rid), f"{ms:013d}".encode())])
-        log.info("recipient erased", extra=fields(recipient=rid, rows=len(erased), erased_ms=ms))
+        told = await self._erasure_hook.erased(rid, addresses)
+        log.info("recipient erased", extra=fields(recipient=rid, rows=len(erased), erased_ms=ms, hook_told=told))
         return notify_pb2.DeleteRecipientResponse()
 
     # -- preferences -------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The frontend process: thin public servicers over the Gateway, with server reflection."""
 
 from frontend.gateway import Gateway
+from frontend.erasure_hook import ErasureHook
 from frontend.http import HttpServer, UnsubscribeEndpoint, application
 from frontend.notifications import Notifications, NotificationsServicer
 from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, notify_pb2, notify_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
@@ -106,12 +107,12 @@ class ClusterAdminServicer(cluster_pb2_grpc.ClusterAdminServicer):
         return await self._gateway.admin("SetConfig", request)
 
 
-def _notifications(ctx: Context, gateway: Gateway, table: TableClient) -> Notifications:
+def _notifications(ctx: Context, gateway: Gateway, table: TableClient, hook: ErasureHook) -> Notifications:
     """Over the table, the gateway (metadata calls, publishing), the cluster's mirrors
-    of categories and templates, the notification log and the renderer."""
+    of categories and templates, the notification log, the renderer and the erasure hook."""
     return Notifications(table, gateway, ctx.cluster, gateway,
                          NotificationLog(table, round(ctx.config.notification_log_retention_s * 1000)),
-                         templating.Renderer(), templating.context)
+                         templating.Renderer(), templating.context, hook)
 
 
 class FrontendService:
@@ -123,11 +124,12 @@ class FrontendService:
         self.http: HttpServer | None = None
         self.gateway = Gateway(ctx.cluster, ctx.config)
         self.table = TableClient(ctx.cluster)
+        self.erasure_hook = ErasureHook(lambda: ctx.config.erasure_hook_url)
         self.servicers = [(pubsub_pb2_grpc.add_PublisherServicer_to_server, PublisherServicer(self.gateway)),
                           (pubsub_pb2_grpc.add_SubscriberServicer_to_server, SubscriberServicer(self.gateway)),
                           (cluster_pb2_grpc.add_ClusterAdminServicer_to_server, ClusterAdminServicer(self.gateway)),
                           (notify_pb2_grpc.add_NotificationsServicer_to_server,
-                           NotificationsServicer(_notifications(ctx, self.gateway, self.table)))]
+                           NotificationsServicer(_notifications(ctx, self.gateway, self.table, self.erasure_hook)))]
 
     async def start(self) -> None:
         self.http = await start_http(self.ctx, self.table)
@@ -137,6 +139,7 @@ class FrontendService:
 
     async def close(self) -> None:
         await self.http.stop()
+        await self.erasure_hook.close()
 
 
 async def start_http(ctx: Context, table: TableClient) -> HttpServer:

@@ -62,6 +62,9 @@ class Config:
     # The frontends' HTTP base URL as recipients reach it, for the unsubscribe links of
     # emails; empty: http://<a frontend's host>:<its HTTP port>.
     public_base_url: str = ""
+    # Where a recipient's erasure is announced (frontend/erasure_hook.py): a POST of
+    # {"recipient", "addresses"} after DeleteRecipient erased it; empty: nowhere.
+    erasure_hook_url: str = ""
     # How long the notification log (a notification, its events, a recipient's index
     # of it) is kept after the notification was accepted.
     notification_log_retention_s: float = 30 * 24 * 3600.0

@@ -217,3 +217,30 @@ async def test_rate_limit_counts_hold_across_a_sender_restart(own_mesh):
                                                              priority=notify_pb2.HIGH), 1)
         assert sends[(rid, notify_pb2.EMAIL)].state == notify_pb2.SEND_SENT
         assert len(outbox_to(own_mesh, "email", f"{rid}@example.com")) == 3
+
+
+def files_holding(directory, needle: bytes) -> list[str]:
+    return [str(path) for path in directory.rglob("*") if path.is_file() and needle in path.read_bytes()]
+
+
+async def test_deleting_a_recipient_leaves_its_address_in_no_replica_file_log_or_outbox(mesh, client):
+    template, category, rid = unique("invoice"), unique("billing"), unique("gone")
+    email, phone = f"{rid}@example.com", "+14155558877"
+    await new_template(client, template)
+    await client.create_category(category)
+    await client.upsert_recipient(rid, email=email, phone=phone)
+    nid = await client.notify(template, category, [rid], data={"invoice": 5, "amount": "1.00"})
+    _, sends = await settled(client, nid, 2)
+    assert {s.state for s in sends.values()} == {notify_pb2.SEND_SENT}
+    assert outbox_to(mesh, "email", email) and outbox_to(mesh, "sms", phone)
+    await client.delete_recipient(rid)
+    # The erasure hook (set by the local mesh) made the local providers forget the addresses at once.
+    assert outbox_to(mesh, "email", email) == [] and outbox_to(mesh, "sms", phone) == []
+    # Every replica compacts the erased rows out of its files, after a short debounce.
+    deadline = time.monotonic() + WAIT_S
+    while holding := files_holding(mesh.data_dir, email.encode()) + files_holding(mesh.data_dir, phone.encode()):
+        assert time.monotonic() < deadline, f"still holding the address: {holding}"
+        await asyncio.sleep(0.5)
+    # The log says what happened and still holds no address.
+    notification = await client.get_notification(nid)
+    assert email not in str(notification) and phone not in str(notification)
