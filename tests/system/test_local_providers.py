@@ -87,7 +87,7 @@ async def test_up_runs_the_local_providers_sets_them_and_outbox_list_shows_what_
         assert records[0]["to"] == ["alice@example.com"] and records[0]["subject"] == "Hello"
         assert records[1]["id"] == sent.provider_message_id and records[2]["body"] == {"hi": 1}
         code, table = outbox(data_dir, "--channel", "sms", "--output", "table")
-        assert code == 0 and table[0].split() == ["CHANNEL", "TO", "FROM", "BODY", "ID"] and "+14155550100" in table[1]
+        assert code == 0 and table[0].split() == ["CHANNEL", "TO", "MESSAGE", "ID"] and "+14155550100" in table[1]
     finally:
         os.killpg(up.pid, signal.SIGTERM)
         up.wait(60)
