@@ -6,6 +6,7 @@ answers OK or a precise status, never UNKNOWN, INTERNAL or UNAVAILABLE, and in a
 bounded time. Then the same service seen without the Python stubs (reflection and
 raw bytes), and the public data plane kept off the internal topics."""
 
+import asyncio
 import json
 import time
 
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from gen.notifymesh.v1 import notify_pb2 as pb
 from gen.notifymesh.v1 import notify_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
+from notifymesh import errors
 from notifymesh.server import internal_topics
 
 PRECISE = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
@@ -252,3 +254,41 @@ def test_the_public_data_plane_cannot_touch_internal_topics(known, channel):
     publisher.CreateTopic(pubsub_pb2.CreateTopicRequest(topic=pubsub_pb2.Topic(name=own)), timeout=CALL_SECONDS)
     publisher.Publish(pubsub_pb2.PublishRequest(topic=own, messages=[pubsub_pb2.PubsubMessage(data=b"x")]),
                       timeout=CALL_SECONDS)
+
+
+async def test_an_expensive_template_fails_its_recipient_and_stalls_nobody(client):
+    """Nested loops over a big list in data: the send fails with the render's reason
+    in about templating.MAX_RENDER_SECONDS, and a notification behind it on the same
+    channel is sent at once (the channel worker and the sender process go on)."""
+    for _ in range(300):  # a new mesh's table topic is created once metadata serves
+        try:
+            await client.get_recipient("nobody-at-all")
+        except errors.NotFound:
+            break
+        except errors.Unavailable:
+            await asyncio.sleep(0.1)
+    hostile, fine, category = unique("burn"), unique("fine"), unique("alerts")
+    await client.create_category(category)
+    await client.create_template(pb.Template(name=hostile, contents=[pb.TemplateContent(
+        channel=pb.SMS, text="{% for a in data.l %}{% for b in data.l %}{% for c in data.l %}{% endfor %}"
+                             "{% endfor %}{% endfor %}done")]))
+    await client.create_template(pb.Template(name=fine, contents=[pb.TemplateContent(channel=pb.SMS, text="hello")]))
+    victim, bystander = unique("victim"), unique("bystander")
+    await client.upsert_recipient(victim, phone="+14155550111")
+    await client.upsert_recipient(bystander, phone="+14155550112")
+    started = time.monotonic()
+    burning = await client.notify(hostile, category, [victim], data=json.dumps({"l": list(range(3000))}))
+    sent = await client.notify(fine, category, [bystander])
+
+    async def final(nid: str) -> pb.RecipientSend:
+        while time.monotonic() - started < 30:
+            sends = (await client.get_notification(nid)).sends
+            if sends and sends[0].state in (pb.SEND_SENT, pb.SEND_FAILED, pb.SEND_DEAD_LETTERED):
+                return sends[0]
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"{nid} not settled in 30 s")
+
+    failed, delivered = await final(burning), await final(sent)
+    assert (failed.state, delivered.state) == (pb.SEND_FAILED, pb.SEND_SENT), (failed, delivered)
+    assert "rendering took over" in failed.reason
+    assert time.monotonic() - started < 20
