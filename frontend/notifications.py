@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 MAX_RECIPIENTS = 1000  # per UpsertRecipients, Notify, audience change
 MAX_DATA_BYTES = 64 * 1024
+MAX_DATA_DEPTH = 32  # nested objects and arrays in data: templates and the sender walk it recursively
 MAX_PREFERENCES = 1000  # preferences and rate limits in one UpdatePreferences
 SCAN_PAGE = 1000  # rows per table scan: what one step of a listing or a deletion holds
 MEMBERS_PAGE, NOTIFICATION_SENDS_PAGE = 1000, 1000
@@ -145,9 +146,24 @@ def _data(text: str) -> dict:
         data = json.loads(text or "{}")
     except ValueError as e:
         raise errors.InvalidArgument(f"data is not JSON: {e}") from None
+    except RecursionError:  # nested past the parser's stack
+        raise errors.InvalidArgument(f"data nests objects and arrays over {MAX_DATA_DEPTH} deep") from None
+    if _depth(data) > MAX_DATA_DEPTH:
+        raise errors.InvalidArgument(f"data nests objects and arrays over {MAX_DATA_DEPTH} deep")
     if not isinstance(data, dict):
         raise errors.InvalidArgument(f"data must be a JSON object, not {type(data).__name__}")
     return data
+
+
+def _depth(value) -> int:
+    """How deep objects and arrays nest in a parsed JSON value (without recursion)."""
+    deepest, level = 0, [(value, 1)]
+    while level:
+        item, depth = level.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            level.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _recipient_ids(ids, what: str = "recipients") -> list[str]:

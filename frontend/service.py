@@ -5,7 +5,7 @@ from frontend.erasure_hook import ErasureHook
 from frontend.http import HttpServer, UnsubscribeEndpoint, application
 from frontend.notifications import Notifications, NotificationsServicer
 from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, notify_pb2, notify_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
-from notifymesh.server import templating, unsubscribe
+from notifymesh.server import templating, unsubscribe, validation
 from notifymesh.server.notification_log import NotificationLog
 from notifymesh.server.process import Context
 from notifymesh.server.table import TableClient
@@ -31,6 +31,7 @@ class PublisherServicer(pubsub_pb2_grpc.PublisherServicer):
         return await self._gateway.admin("DeleteTopic", request)
 
     async def Publish(self, request, context):
+        validation.not_reserved("topic", request.topic)
         ids = await self._gateway.publish(request.topic, request.messages)
         return pubsub_pb2.PublishResponse(message_ids=ids)
 
@@ -58,18 +59,22 @@ class SubscriberServicer(pubsub_pb2_grpc.SubscriberServicer):
         return await self._gateway.admin("DeleteSubscription", request)
 
     async def Subscribe(self, request, context):
+        validation.not_reserved("subscription", request.subscription)
         async for frame in self._gateway.subscribe(request.subscription, request.max_outstanding_messages):
             yield frame
 
     async def Acknowledge(self, request, context):
+        validation.not_reserved("subscription", request.subscription)
         await self._gateway.acknowledge(request.subscription, request.ack_ids)
         return pubsub_pb2.AcknowledgeResponse()
 
     async def ModifyAckDeadline(self, request, context):
+        validation.not_reserved("subscription", request.subscription)
         await self._gateway.modify_ack_deadline(request.subscription, request.ack_ids, request.ack_deadline)
         return pubsub_pb2.ModifyAckDeadlineResponse()
 
     async def Nack(self, request, context):
+        validation.not_reserved("subscription", request.subscription)
         await self._gateway.nack(request)
         return pubsub_pb2.NackResponse()
 
@@ -84,12 +89,14 @@ class SubscriberServicer(pubsub_pb2_grpc.SubscriberServicer):
         return await self._gateway.describe_subscription(request.name)
 
     async def Seek(self, request, context):
+        validation.not_reserved("subscription", request.subscription)
         return await self._gateway.seek(request)
 
     async def UpdateSubscription(self, request, context):
         return await self._gateway.admin("UpdateSubscription", request)
 
     async def Pull(self, request, context):
+        validation.not_reserved("subscription", request.subscription)
         return await self._gateway.pull(request)
 
 

@@ -9,18 +9,12 @@ from metadata.bootstrap import bootstrap
 from metadata.notify_store import NotifyMetadataStore
 from metadata.settings import ClusterSettings
 from metadata.store import MetadataStore, Page
-from notifymesh import errors
+from notifymesh.server import validation
 from notifymesh.server.clients import StorageClient
-from notifymesh.server.internal_topics import RESERVED_PREFIX, is_reserved
 from notifymesh.server.process import Context
 
 
-def _not_reserved(kind: str, *names: str) -> None:
-    """INVALID_ARGUMENT for a public change of an internal topic or subscription."""
-    for name in names:
-        if is_reserved(name):
-            raise errors.InvalidArgument(f"{kind} name {name!r} is reserved: names starting with "
-                                         f"{RESERVED_PREFIX!r} belong to notifymesh itself")
+_not_reserved = validation.not_reserved
 
 
 class MetadataServicer(metadata_pb2_grpc.MetadataServicer):

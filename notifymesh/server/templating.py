@@ -8,12 +8,16 @@ with locale fallback; context() builds the names a template sees.
 """
 
 import contextvars
+import functools
 import json
+import re
+import time
 from collections import OrderedDict
 from typing import Any, NamedTuple
 
 import jinja2
 from jinja2 import sandbox
+from jinja2.compiler import CodeGenerator
 
 from gen.notifymesh.v1 import notify_pb2
 from notifymesh import errors
@@ -24,6 +28,11 @@ MAX_OUTPUT_CHARS = 1 << 20
 # Items all range() calls of one render may produce together: nested loops over
 # range() multiply (the sandbox alone bounds each range, not their product).
 MAX_RANGE_ITEMS = 1_000_000
+# CPU time one render of one field may take: a loop over a big list in data, nested,
+# runs billions of empty iterations that neither range() nor the output bound sees.
+MAX_RENDER_SECONDS = 1.0
+# An int argument a call or filter may get ("x".ljust(10**9), "x"|center(10**9)).
+MAX_ARGUMENT = MAX_OUTPUT_CHARS
 # Compiled template versions kept (each compiled once, then rendered per recipient).
 CACHE_SIZE = 256
 # The content fields of each channel, in rendering order.
@@ -62,6 +71,44 @@ class _Undefined(jinja2.StrictUndefined):
         super().__init__(hint, obj, name, exc)
 
 
+_deadline: contextvars.ContextVar[float] = contextvars.ContextVar("render_deadline", default=float("inf"))
+
+
+def _tick() -> None:
+    """Called at the start of every block body (each loop iteration, macro call, if
+    branch): ends a render past its deadline."""
+    if time.monotonic() > _deadline.get():
+        raise RenderError(f"rendering took over {MAX_RENDER_SECONDS:g} s")
+
+
+class _TickingCodeGenerator(CodeGenerator):
+    def blockvisit(self, nodes, frame) -> None:
+        self.writeline("environment.tick()")
+        super().blockvisit(nodes, frame)
+
+
+def _checked_arguments(args, kwargs) -> None:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_ARGUMENT:
+            raise RenderError(f"an argument of {value} is over {MAX_ARGUMENT:,}")
+        if isinstance(value, str) and _BIG_NUMBER.search(value):
+            raise RenderError("a format width or precision over 7 digits")
+
+
+# A format string's width or precision ("%999999999d", "{:>999999999}"): the output it makes.
+_BIG_NUMBER = re.compile(r"\d{7,}")
+
+
+def _bounded_filter(function):
+    """A filter refusing huge int arguments ("x"|center(10**9)) and huge format
+    widths before it runs; jinja's pass_context & co. markers kept."""
+    @functools.wraps(function)
+    def bounded(*args, **kwargs):
+        _checked_arguments(args, kwargs)
+        return function(*args, **kwargs)
+    return bounded
+
+
 _range_budget: contextvars.ContextVar[int] = contextvars.ContextVar("range_budget", default=MAX_RANGE_ITEMS)
 
 
@@ -77,10 +124,27 @@ def _budgeted_range(*args: int) -> range:
 
 class _Environment(sandbox.SandboxedEnvironment):
     """The sandbox, also refusing `*` and `**` results that are huge ("x" * 10**9, 9**9**9)."""
-    intercepted_binops = frozenset(["*", "**"])
+    intercepted_binops = frozenset(["*", "**", "%"])
+    code_generator_class = _TickingCodeGenerator
+    tick = staticmethod(_tick)
+
+    def call(self, context, obj, *args, **kwargs):
+        """Every call a template makes: no huge int argument or format width in its arguments."""
+        _checked_arguments(args, kwargs)
+        return super().call(context, obj, *args, **kwargs)
+
+    def wrap_str_format(self, value):
+        """str.format and format_map, as the sandbox wraps them: no huge width in the string."""
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None:
+            _checked_arguments((value.__self__,), {})
+        return wrapped
 
     def call_binop(self, context, operator, left, right):
-        if operator == "**":
+        if operator == "%":
+            if isinstance(left, str):
+                _checked_arguments((left,), {})
+        elif operator == "**":
             if isinstance(left, int) and isinstance(right, int) and right > 0 and \
                     max(abs(left).bit_length(), 1) * right > 8 * MAX_OUTPUT_CHARS:
                 raise RenderError(f"{left} ** {right} is too large")
@@ -95,6 +159,8 @@ class _Environment(sandbox.SandboxedEnvironment):
 def _environment(autoescape: bool) -> _Environment:
     env = _Environment(undefined=_Undefined, autoescape=autoescape, keep_trailing_newline=True)
     env.globals["range"] = _budgeted_range
+    del env.globals["lipsum"]  # lipsum(n=10**6): megabytes of text from one call
+    env.filters = {name: _bounded_filter(f) for name, f in env.filters.items()}
     return env
 
 
@@ -112,6 +178,8 @@ def _compile(content: notify_pb2.TemplateContent, field: str) -> jinja2.Template
         return env.from_string(getattr(content, field))
     except jinja2.TemplateSyntaxError as e:
         raise errors.InvalidArgument(f"{_label(content)} {field} line {e.lineno}: {e.message}") from None
+    except (RecursionError, MemoryError):  # "{{ ((((...)))) }}" nested past the parser's stack
+        raise errors.InvalidArgument(f"{_label(content)} {field}: nested too deeply to compile") from None
 
 
 def check(template: notify_pb2.Template) -> None:
@@ -174,6 +242,8 @@ def _render(compiled: jinja2.Template, values: dict, label: str) -> str:
         raise RenderError(f"{label}: refused by the sandbox: {e}") from None
     except RenderError as e:
         raise RenderError(f"{label}: {e.details}") from None
+    except (RecursionError, MemoryError) as e:  # a macro calling itself; data nested deeply
+        raise RenderError(f"{label}: {type(e).__name__}: too deep or too large") from None
     except (jinja2.TemplateError, ArithmeticError, TypeError, ValueError, LookupError, AttributeError) as e:
         # The template's own fault on this data (1/0, a filter given the wrong type...).
         raise RenderError(f"{label}: {type(e).__name__}: {e}") from None
@@ -216,7 +286,11 @@ class Renderer:
         try:
             for field in FIELDS[channel]:
                 if (index, field) in compiled:
-                    setattr(out, field, _render(compiled[index, field], values, f"{_label(content)} {field}"))
+                    deadline = _deadline.set(time.monotonic() + MAX_RENDER_SECONDS)
+                    try:
+                        setattr(out, field, _render(compiled[index, field], values, f"{_label(content)} {field}"))
+                    finally:
+                        _deadline.reset(deadline)
         finally:
             _range_budget.reset(token)
         # A header is one line: data with a line break must not end the subject early.

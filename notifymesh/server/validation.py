@@ -11,6 +11,7 @@ import phonenumbers
 
 from notifymesh.errors import InvalidArgument
 from notifymesh.server.config import Config
+from notifymesh.server.internal_topics import RESERVED_PREFIX, is_reserved
 
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{2,254}")
 MAX_ATTRIBUTES = 100
@@ -26,6 +27,16 @@ def name(kind: str, value: str) -> str:
             f"invalid {kind} name {value!r}: 3 to 255 characters, a letter first, "
             "then letters, digits, '.', '_' or '-'")
     return value
+
+
+def not_reserved(kind: str, *names: str) -> None:
+    """INVALID_ARGUMENT for a public change of an internal topic or subscription, or
+    public traffic on one (publishing to it, consuming, acking, seeking): only
+    notifymesh's own services touch those; reading their state stays public."""
+    for value in names:
+        if is_reserved(value):
+            raise InvalidArgument(f"{kind} name {value[:80]!r} is reserved: names starting with "
+                                  f"{RESERVED_PREFIX!r} belong to notifymesh itself")
 
 
 def batch(count: int, config: Config, what: str = "messages") -> None:

@@ -1,6 +1,8 @@
 """Templates: locale fallback, strict undefined variables, the sandbox, compile
 errors naming their line, HTML-only autoescape, webhook JSON bodies, bounds."""
 
+import time
+
 import pytest
 
 from gen.notifymesh.v1 import notify_pb2
@@ -89,6 +91,34 @@ def test_the_sandbox_refuses_unsafe_attributes(source):
 def test_runaway_work_and_output_are_refused(source):
     with pytest.raises(RenderError):
         render(template(content(text=source)))
+
+
+@pytest.mark.parametrize("source,reason", [
+    ("{% for a in data.l %}{% for b in data.l %}{% for c in data.l %}{% endfor %}{% endfor %}{% endfor %}",
+     "rendering took over 1 s"),
+    ("{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}", "RecursionError"),
+    ("{{ 'x'|center(10**9) }}", "argument of 1000000000"), ("{{ 'x'.ljust(999999999) }}", "argument of 999999999"),
+    ("{{ '{:>999999999}'.format(1) }}", "format width"), ("{{ '%999999999d' % 1 }}", "format width"),
+    ("{{ '%999999999d'|format(1) }}", "format width"), ("{{ lipsum(1000000) }}", "variable 'lipsum' is missing"),
+    ("{{ data.s|replace('a', 'x' * 1000000) }}", "MemoryError|over 1,048,576 characters")])
+def test_an_expensive_render_fails_within_a_bounded_time(source, reason):
+    """Work a hostile template makes from a big data list or a huge argument: refused
+    in about MAX_RENDER_SECONDS at most, not minutes of CPU or gigabytes of memory."""
+    started = time.monotonic()
+    with pytest.raises(errors.InvalidArgument, match=reason):  # RenderError or MissingVariable
+        render(template(content(text=source)), data={"l": list(range(3000)), "s": "a" * 60000})
+    assert time.monotonic() - started < templating.MAX_RENDER_SECONDS + 1
+
+
+def test_a_template_nested_past_the_parser_stack_is_refused_at_check():
+    with pytest.raises(errors.InvalidArgument, match="nested too deeply"):
+        check(template(content(text="{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}")))
+
+
+def test_a_bounded_template_still_renders():
+    tpl = template(content(text="{{ '%5d' % 3 }}|{{ 'ab'|center(6) }}|{{ '{:>4}'.format(7) }}|{% for i in data.l %}"
+                                "{{ i }}{% endfor %}"))
+    assert render(tpl, data={"l": [1, 2]}).text == "    3|  ab  |   7|12"
 
 
 def test_a_compile_error_names_channel_locale_field_and_line():
