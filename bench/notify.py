@@ -155,8 +155,9 @@ class Tracker:
         return sum(len(s) for s in self.done.values())
 
 
-def sent_ms(send: notify_pb2.RecipientSend) -> int | None:
-    times = [e.time.ToMilliseconds() for e in send.timeline if e.state == notify_pb2.SEND_SENT]
+def sent_ms(send: notify_pb2.RecipientSend, state: int = notify_pb2.SEND_SENT) -> int | None:
+    """The time of the send's last event of that state."""
+    times = [e.time.ToMilliseconds() for e in send.timeline if e.state == state]
     return times[-1] if times else None
 
 
@@ -170,6 +171,21 @@ def states(tracker: Tracker) -> dict[str, int]:
             if name in counts or len(counts) < 10:
                 counts[name] = counts.get(name, 0) + 1
     return counts
+
+
+def stages(tracker: Tracker) -> dict:
+    """Where a send's time goes, from its timeline: queued (fan-out) to rendered (the
+    channel worker's reads, rate limit, render) and rendered to sent (the rendered
+    event's write, the provider), p50 and p99 in ms."""
+    spans: dict[str, list[int]] = {"queued_to_rendered": [], "rendered_to_sent": []}
+    for sends in tracker.done.values():
+        for s in sends:
+            queued, rendered, sent = (sent_ms(s, state) for state in (
+                notify_pb2.SEND_QUEUED, notify_pb2.SEND_RENDERED, notify_pb2.SEND_SENT))
+            if None not in (queued, rendered, sent):
+                spans["queued_to_rendered"].append(rendered - queued)
+                spans["rendered_to_sent"].append(sent - rendered)
+    return {name: {"p50": percentile(v, 0.5), "p99": percentile(v, 0.99)} for name, v in spans.items() if v}
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -192,10 +208,13 @@ async def throughput(client: Client, args, channels: list[int]) -> dict:
     done = await tracker.wait(started + args.max_seconds)
     sent = [t for sends in tracker.done.values() for s in sends if (t := sent_ms(s)) is not None]
     line = {"notify_calls_s": round(notify_s, 2), "sends_expected": sum(expected.values()), "sends_done": done,
-            "states": states(tracker)}
+            "states": states(tracker), "stage_ms": stages(tracker)}
     if done == sum(expected.values()) and sent:
         elapsed = (max(sent) - started_ms) / 1000
-        line |= {"pipeline_s": round(elapsed, 2), "recipients_per_s": round(args.recipients / elapsed),
+        queued = [t for sends in tracker.done.values() for s in sends
+                  if (t := sent_ms(s, notify_pb2.SEND_QUEUED)) is not None]
+        line |= {"fanout_s": round((max(queued) - started_ms) / 1000, 2),  # the last task queued
+                 "pipeline_s": round(elapsed, 2), "recipients_per_s": round(args.recipients / elapsed),
                  "sends_per_s": round(len(sent) / elapsed)}
     else:
         line["error"] = f"not done within {args.max_seconds}s"
@@ -231,7 +250,7 @@ async def latency(client: Client, args) -> dict:
     waits = [t - called_ms[nid] for nid, sends in tracker.done.items() for s in sends if (t := sent_ms(s))]
     line = {"rate": args.rate, "batch": args.batch, "offered_recipients_per_s": round(
         total_calls * args.batch / offered_s), "sends_expected": sum(expected.values()), "sends_done": done,
-        "states": states(tracker)}
+        "states": states(tracker), "stage_ms": stages(tracker)}
     if waits:
         line |= {"latency_ms": {"p50": round(percentile(waits, 0.5)), "p99": round(percentile(waits, 0.99)),
                                 "max": round(max(waits))}}
@@ -291,6 +310,8 @@ def main() -> int:
                      senders=args.senders, provider_ports=(free_port(), free_port()))
     try:
         mesh.start(progress)
+        progress("pids (for a profiler): " + ", ".join(f"{name} {p.popen.pid}" for name, p in mesh.processes.items()
+                                                       if p.popen is not None))
         line |= asyncio.run(run(mesh, args))
     except Exception as e:
         line["error"] = repr(e)
