@@ -41,9 +41,11 @@ REQUIRED_FIELDS = {notify_pb2.EMAIL: ("subject", "text"), notify_pb2.SMS: ("text
                    notify_pb2.WEBHOOK: ("json_body",)}
 # Providers: the kind each channel takes, the settings each kind knows (required first).
 PROVIDER_KINDS = {notify_pb2.EMAIL: "smtp", notify_pb2.SMS: "sms_http", notify_pb2.WEBHOOK: "webhook"}
-REQUIRED_SETTINGS = {"smtp": ("host", "port", "from"), "sms_http": ("base_url", "account", "from"), "webhook": ()}
+SINK = "sink"  # any channel's: accepts at once and sends nothing (load tests, dry runs)
+REQUIRED_SETTINGS = {"smtp": ("host", "port", "from"), "sms_http": ("base_url", "account", "from"), "webhook": (),
+                     SINK: ()}
 OPTIONAL_SETTINGS = {"smtp": ("starttls", "use_tls", "username", "timeout_seconds"),
-                     "sms_http": ("timeout_seconds",), "webhook": ("timeout_seconds",)}
+                     "sms_http": ("timeout_seconds",), "webhook": ("timeout_seconds",), SINK: ()}
 MAX_SETTING_BYTES = 1024
 MAX_SECRET_BYTES = 4096
 DEFAULT_MAX_CONCURRENCY, MAX_CONCURRENCY = 32, 1000
@@ -131,9 +133,10 @@ def check_provider(provider: notify_pb2.Provider) -> notify_pb2.Provider:
     record = notify_pb2.Provider()
     record.CopyFrom(provider)
     channel = _channel(record.channel, "provider")
-    kind = PROVIDER_KINDS[record.channel]
+    kind = record.kind if record.kind == SINK else PROVIDER_KINDS[record.channel]
     if record.kind != kind:
-        raise errors.InvalidArgument(f"provider kind {record.kind!r}: the {channel} channel's kind is {kind!r}")
+        raise errors.InvalidArgument(f"provider kind {record.kind!r}: the {channel} channel's kind is {kind!r} "
+                                     f"(or {SINK!r})")
     known = REQUIRED_SETTINGS[kind] + OPTIONAL_SETTINGS[kind]
     for key, value in record.settings.items():
         if key not in known:

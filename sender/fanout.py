@@ -42,7 +42,7 @@ from sender.preferences import Action, Preference, decide
 log = logging.getLogger(__name__)
 
 PAGE = 1000  # recipients expanded at a time: what one job holds in memory
-PAGE_BYTES = 16 * 1024 * 1024  # and a page's tasks' data at most (a request's data is up to 64 KiB)
+PAGE_BYTES = 4 * 1024 * 1024  # and a page's tasks' data at most (a request's data is up to 64 KiB)
 PUBLISH_MAX_MESSAGES = 1000  # channel tasks in one publish
 PUBLISH_MAX_BYTES = 4 * 1024 * 1024  # and their data (a task carries the request's data, up to 64 KiB)
 _STATES = {Action.SEND: notify_pb2.SEND_QUEUED, Action.OPTED_OUT: notify_pb2.SUPPRESSED_OPTED_OUT,

@@ -26,9 +26,22 @@ from sender.providers import (ChannelProvider, OutgoingMessage, PermanentSendErr
 
 log = logging.getLogger(__name__)
 
-FANOUT_JOBS = 4  # notifications fanned out at once by one sender (each holds one page)
-DEFAULT_CONCURRENCY = 32  # a provider's max_concurrency when unset; and the window of a channel without one
+# Notifications fanned out at once by one sender, each holding one page (at most
+# fanout.PAGE_BYTES of task data: 64 MiB in all). A small notification's fan-out
+# is a few table round trips, so at 4 at once a sender fanned out ~50 a second.
+FANOUT_JOBS = 16
+DEFAULT_CONCURRENCY = 32  # a provider's max_concurrency when unset
 DRAIN_GRACE_S = 5.0  # a stopping sender lets sends under way finish this long, then hands them back
+# A channel worker holds at least this many tasks, whatever its provider's
+# max_concurrency (PrioritySlots bounds the sends): the reads and log writes of the
+# tasks under way batch into fewer table calls. At a window of 32, storage spent
+# 4x the CPU per send (bench/notify.py, docs/benchmarks.md).
+MIN_WINDOW = 256
+
+
+def window(max_concurrency: int) -> int:
+    """The tasks a channel worker holds for a provider of that max_concurrency."""
+    return max(max_concurrency, MIN_WINDOW)
 
 
 class ChannelProviders:
@@ -121,13 +134,15 @@ class NotificationPipeline:
             wanted = {FANOUT_SUBSCRIPTION: WorkerSpec(fanout, FANOUT_JOBS)}
             for channel in CHANNELS:
                 record = ctx.cluster.providers.items.get(channel_name(channel))
-                window = (record.max_concurrency if record is not None else 0) or DEFAULT_CONCURRENCY
-                if slots[channel].limit != window:
-                    log.info("provider concurrency", extra=fields(channel=channel_name(channel), window=window))
-                    slots[channel].limit = window
+                concurrency = (record.max_concurrency if record is not None else 0) or DEFAULT_CONCURRENCY
+                if slots[channel].limit != concurrency:
+                    log.info("provider concurrency", extra=fields(channel=channel_name(channel),
+                                                                  concurrency=concurrency))
+                    slots[channel].limit = concurrency
                     slots[channel].wake()
                 for priority in (notify_pb2.NORMAL, notify_pb2.HIGH):
-                    wanted[channel_subscription(channel, priority)] = WorkerSpec(senders[(channel, priority)], window)
+                    wanted[channel_subscription(channel, priority)] = WorkerSpec(senders[(channel, priority)],
+                                                                                   window(concurrency))
             return wanted
 
         self._workers = PipelineWorkers(ctx.cluster, self._dispatcher, specs, DRAIN_GRACE_S)

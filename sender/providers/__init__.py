@@ -6,9 +6,10 @@ from gen.notifymesh.v1 import notify_pb2
 from sender.providers.base import (ChannelProvider, OutgoingMessage, PermanentSendError, SendError, SendResult,
                                    TransientSendError)
 from sender.providers.http import SmsHttpProvider, WebhookProvider
+from sender.providers.sink import SinkProvider
 from sender.providers.smtp import SmtpProvider
 
-KINDS = {"smtp": SmtpProvider, "sms_http": SmsHttpProvider, "webhook": WebhookProvider}
+KINDS = {"smtp": SmtpProvider, "sms_http": SmsHttpProvider, "webhook": WebhookProvider, "sink": SinkProvider}
 
 __all__ = ["ChannelProvider", "OutgoingMessage", "PermanentSendError", "SendError", "SendResult",
            "TransientSendError", "KINDS", "provider_for"]

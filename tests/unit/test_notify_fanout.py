@@ -11,7 +11,7 @@ from notify_fakes import FakeMetadata, FakePublisher, FakeTable
 from notifymesh.server import rows
 from notifymesh.server.internal_topics import channel_topic
 from notifymesh.server.notification_log import NotificationLog
-from sender.fanout import Fanout, page_size
+from sender.fanout import PAGE_BYTES, Fanout, page_size
 
 EMAIL, SMS = notify_pb2.EMAIL, notify_pb2.SMS
 T0 = 1_700_000_000_000
@@ -163,7 +163,7 @@ async def test_big_data_makes_smaller_pages_so_a_page_stays_bounded():
     assert len(p.tasks(EMAIL_TOPIC)) == 300
     reads = [keys for call, keys in p.table.calls if call == "read_many"]
     assert max(len(keys) for keys in reads) == page_size(notify_pb2.NotifyRequest(data=data)) < 300
-    assert max(sum(len(m.data) for m in messages) for _, messages in p.publisher.calls) <= 16 * 1024 * 1024
+    assert max(sum(len(m.data) for m in messages) for _, messages in p.publisher.calls) <= PAGE_BYTES
 
 
 async def test_a_job_that_is_no_notification_job_is_set_aside():

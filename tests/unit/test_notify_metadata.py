@@ -89,9 +89,16 @@ def test_a_provider_gets_its_defaults():
     assert check_provider(notify_pb2.Provider(channel=WEBHOOK, kind="webhook")).kind == "webhook"
 
 
+def test_the_sink_provider_serves_every_channel_without_settings():
+    for channel in (EMAIL, SMS, WEBHOOK):
+        assert check_provider(notify_pb2.Provider(channel=channel, kind="sink")).kind == "sink"
+    with pytest.raises(errors.InvalidArgument, match="sink provider: unknown setting 'host'"):
+        check_provider(notify_pb2.Provider(channel=EMAIL, kind="sink", settings={"host": "h"}))
+
+
 @pytest.mark.parametrize("provider,message", [
     (notify_pb2.Provider(kind="smtp"), "unknown channel 0"),
-    (notify_pb2.Provider(channel=EMAIL, kind="sms_http"), "the email channel's kind is 'smtp'"),
+    (notify_pb2.Provider(channel=EMAIL, kind="sms_http"), "the email channel's kind is 'smtp' (or 'sink')"),
     (notify_pb2.Provider(channel=EMAIL, kind="smtp", settings={"host": "h"}), "missing setting(s) port, from"),
     (notify_pb2.Provider(channel=SMS, kind="sms_http"), "missing setting(s) base_url, account, from"),
     (smtp(port="0"), "setting port '0': a whole number from 1 to 65535"),

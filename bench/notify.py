@@ -1,0 +1,329 @@
+#!/usr/bin/env python3
+"""The notification pipeline end to end on a fresh local mesh (etcd, metadata,
+3 storage, --senders senders, a frontend, the local providers; as
+bench/backlog.py starts it): loads --recipients recipients (email and phone)
+through UpsertRecipients, makes a category without limits and a template with
+email and SMS content, then notifies them in one of four modes and prints one
+JSON line (progress on stderr):
+
+- sink: both channels to the sink provider (accepts at once): recipients/s and
+  sends/s through fan-out, preferences, rate limit, render and log;
+- sms: the SMS channel to the local SMS API fake over loopback HTTP;
+- email: the email channel to the local SMTP server;
+- latency: both channels to the sink, Notify calls of --batch recipients at a
+  steady --rate recipients/s for --duration s; notify-to-provider latency p50/p99.
+
+Every figure is measured from the notification log (GetNotification pages):
+throughput runs from the first Notify call to the last SEND_SENT event's time
+(the sender's clock, the same machine's); latency is each SEND_SENT event's time
+minus its Notify call's. The CPU seconds of each mesh process (utime + stime of
+/proc/<pid>/stat) over the run give where the time goes, per 1,000 recipients.
+
+    .venv/bin/python bench/notify.py --mode sink --recipients 20000
+    .venv/bin/python bench/notify.py --mode sms --senders 2
+    .venv/bin/python bench/notify.py --mode latency --rate 1000 --duration 10
+"""
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import notifymesh.server  # noqa: E402,F401  first: gRPC's I/O path, as the services choose it
+from deploy import local_providers  # noqa: E402
+from deploy.local import LocalMesh, free_port  # noqa: E402
+from gen.notifymesh.v1 import notify_pb2  # noqa: E402
+from notifymesh import errors  # noqa: E402
+from notifymesh.client import Client  # noqa: E402
+
+CATEGORY, TEMPLATE = "bench", "bench-invoice"
+PER_CALL = 1000  # the most recipient ids of one Notify
+DONE_STATES = frozenset({notify_pb2.SEND_SENT, notify_pb2.SEND_FAILED, notify_pb2.SEND_DEAD_LETTERED,
+                         notify_pb2.SUPPRESSED_OPTED_OUT, notify_pb2.SUPPRESSED_RATE_LIMITED,
+                         notify_pb2.SUPPRESSED_DUPLICATE, notify_pb2.SUPPRESSED_NO_CONTACT})
+POLL_S = 1.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of the process, in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def cpu_by_process(mesh: LocalMesh) -> dict[str, float]:
+    return {name: cpu_s(p.popen.pid) for name, p in mesh.processes.items() if p.popen is not None}
+
+
+def progress(text: str) -> None:
+    print(f"notify bench: {text}", file=sys.stderr, flush=True)
+
+
+def recipient(i: int) -> notify_pb2.Recipient:
+    # 415-200-0000 on: valid US numbers for up to 8,000,000 recipients.
+    return notify_pb2.Recipient(id=f"r{i:07d}", email=f"r{i}@example.com", phone=f"+1415{2_000_000 + i:07d}",
+                                locale="en", attributes={"name": f"Person {i}"})
+
+
+async def table_ready(client: Client) -> None:
+    """A new mesh's internal topics are created at metadata start, after the mesh
+    serves: the table answers UNAVAILABLE until then."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            await client.get_recipient("nobody-at-all")
+        except errors.NotFound:
+            return
+        except errors.Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def load(client: Client, count: int) -> dict:
+    await table_ready(client)
+    started, refused = time.monotonic(), 0
+    async for batch in client.import_recipients(recipient(i) for i in range(count)):
+        refused += len(batch.errors)
+        if (batch.start + batch.count) % 5000 == 0:
+            progress(f"recipients {batch.start + batch.count}/{count}")
+    await client.create_category(CATEGORY, description="bench: no limit")
+    await client.create_template(notify_pb2.Template(name=TEMPLATE, contents=[
+        notify_pb2.TemplateContent(channel=notify_pb2.EMAIL, subject="Invoice {{ data.invoice }} is due",
+                                   text="Hello {{ recipient.attributes.name }}, invoice {{ data.invoice }}: {{ data.amount }}.",
+                                   html="<p>Invoice <b>{{ data.invoice }}</b>: {{ data.amount }}</p>"),
+        notify_pb2.TemplateContent(channel=notify_pb2.SMS, text="Invoice {{ data.invoice }} is due: {{ data.amount }}.")]))
+    return {"load_s": round(time.monotonic() - started, 1), "recipients_refused": refused}
+
+
+async def set_providers(client: Client, mesh: LocalMesh, mode: str, concurrency: int) -> None:
+    """sink/latency: the sink on email and SMS; sms, email: the local providers."""
+    if mode in ("sink", "latency"):
+        records = [notify_pb2.Provider(channel=c, kind="sink") for c in (notify_pb2.EMAIL, notify_pb2.SMS)]
+    else:
+        records = [r for r in local_providers.provider_records(local_providers.credentials(mesh.data_dir),
+                                                               "127.0.0.1", *mesh.provider_ports)
+                   if r.channel == (notify_pb2.SMS if mode == "sms" else notify_pb2.EMAIL)]
+    for record in records:
+        record.max_concurrency = concurrency
+        await client.set_provider(record)
+    await asyncio.sleep(2.0)  # the senders' mirrors take the providers and their windows
+
+
+class Tracker:
+    """Each notification's sends, read from the log until every one is done."""
+
+    def __init__(self, client: Client, expected_per_notification: dict[str, int]):
+        self.client, self.expected = client, expected_per_notification
+        self.done: dict[str, list[notify_pb2.RecipientSend]] = {}
+
+    async def _read(self, nid: str) -> list[notify_pb2.RecipientSend] | None:
+        sends = [s async for page in self.client.notification_pages(nid) for s in page.sends]
+        if len(sends) < self.expected[nid] or any(s.state not in DONE_STATES for s in sends):
+            return None
+        return sends
+
+    async def wait(self, deadline: float) -> int:
+        """Sends done; reads the pending notifications in order, each poll stopping at
+        the first not done (so the log is read about once per notification)."""
+        while time.monotonic() < deadline:
+            for nid in self.expected:
+                if nid in self.done:
+                    continue
+                sends = await self._read(nid)
+                if sends is None:
+                    break
+                self.done[nid] = sends
+            count = sum(len(s) for s in self.done.values())
+            if len(self.done) == len(self.expected):
+                return count
+            progress(f"{len(self.done)}/{len(self.expected)} notifications done, {count} sends")
+            await asyncio.sleep(POLL_S)
+        return sum(len(s) for s in self.done.values())
+
+
+def sent_ms(send: notify_pb2.RecipientSend, state: int = notify_pb2.SEND_SENT) -> int | None:
+    """The time of the send's last event of that state."""
+    times = [e.time.ToMilliseconds() for e in send.timeline if e.state == state]
+    return times[-1] if times else None
+
+
+def states(tracker: Tracker) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for sends in tracker.done.values():
+        for s in sends:
+            name = notify_pb2.SendState.Name(s.state)
+            if s.reason:  # why not sent: the first few kinds of reason
+                name += f": {s.reason[:120]}"
+            if name in counts or len(counts) < 10:
+                counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def stages(tracker: Tracker) -> dict:
+    """Where a send's time goes, from its timeline: queued (fan-out) to rendered (the
+    channel worker's reads, rate limit, render) and rendered to sent (the rendered
+    event's write, the provider), p50 and p99 in ms."""
+    spans: dict[str, list[int]] = {"queued_to_rendered": [], "rendered_to_sent": []}
+    for sends in tracker.done.values():
+        for s in sends:
+            queued, rendered, sent = (sent_ms(s, state) for state in (
+                notify_pb2.SEND_QUEUED, notify_pb2.SEND_RENDERED, notify_pb2.SEND_SENT))
+            if None not in (queued, rendered, sent):
+                spans["queued_to_rendered"].append(rendered - queued)
+                spans["rendered_to_sent"].append(sent - rendered)
+    return {name: {"p50": percentile(v, 0.5), "p99": percentile(v, 0.99)} for name, v in spans.items() if v}
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+async def throughput(client: Client, args, channels: list[int]) -> dict:
+    ids = [recipient(i).id for i in range(args.recipients)]
+    expected: dict[str, int] = {}
+    started_ms = time.time() * 1000
+    started = time.monotonic()
+    calls = [client.notify(TEMPLATE, CATEGORY, ids[i:i + PER_CALL], data={"invoice": i, "amount": "12.00 EUR"},
+                           channels=channels) for i in range(0, len(ids), PER_CALL)]
+    for nid, start in zip(await asyncio.gather(*calls), range(0, len(ids), PER_CALL)):
+        expected[nid] = len(ids[start:start + PER_CALL]) * len(channels)
+    notify_s = time.monotonic() - started
+    progress(f"{len(expected)} notifications accepted in {notify_s:.1f}s")
+    tracker = Tracker(client, expected)
+    done = await tracker.wait(started + args.max_seconds)
+    sent = [t for sends in tracker.done.values() for s in sends if (t := sent_ms(s)) is not None]
+    line = {"notify_calls_s": round(notify_s, 2), "sends_expected": sum(expected.values()), "sends_done": done,
+            "states": states(tracker), "stage_ms": stages(tracker)}
+    if done == sum(expected.values()) and sent:
+        elapsed = (max(sent) - started_ms) / 1000
+        queued = [t for sends in tracker.done.values() for s in sends
+                  if (t := sent_ms(s, notify_pb2.SEND_QUEUED)) is not None]
+        line |= {"fanout_s": round((max(queued) - started_ms) / 1000, 2),  # the last task queued
+                 "pipeline_s": round(elapsed, 2), "recipients_per_s": round(args.recipients / elapsed),
+                 "sends_per_s": round(len(sent) / elapsed)}
+    else:
+        line["error"] = f"not done within {args.max_seconds}s"
+    return line
+
+
+async def latency(client: Client, args) -> dict:
+    """Notify calls of args.batch recipients at args.rate recipients/s, each timed."""
+    ids = [recipient(i).id for i in range(args.recipients)]
+    calls_per_s = args.rate / args.batch
+    total_calls = int(args.duration * calls_per_s)
+    called_ms: dict[str, float] = {}
+    expected: dict[str, int] = {}
+    started, pending = time.monotonic(), set()
+
+    async def one(k: int) -> None:
+        start = (k * args.batch) % len(ids)
+        batch = ids[start:start + args.batch]
+        at = time.time() * 1000
+        nid = await client.notify(TEMPLATE, CATEGORY, batch, data={"invoice": k, "amount": "12.00 EUR"})
+        called_ms[nid], expected[nid] = at, len(batch) * 2
+
+    for k in range(total_calls):
+        await asyncio.sleep(max(0.0, started + k / calls_per_s - time.monotonic()))
+        task = asyncio.create_task(one(k))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    await asyncio.gather(*pending)
+    offered_s = time.monotonic() - started
+    progress(f"{total_calls} calls in {offered_s:.1f}s")
+    tracker = Tracker(client, dict(sorted(expected.items(), key=lambda kv: called_ms[kv[0]])))
+    done = await tracker.wait(started + args.duration + args.max_seconds)
+    waits = [t - called_ms[nid] for nid, sends in tracker.done.items() for s in sends if (t := sent_ms(s))]
+    line = {"rate": args.rate, "batch": args.batch, "offered_recipients_per_s": round(
+        total_calls * args.batch / offered_s), "sends_expected": sum(expected.values()), "sends_done": done,
+        "states": states(tracker), "stage_ms": stages(tracker)}
+    if waits:
+        line |= {"latency_ms": {"p50": round(percentile(waits, 0.5)), "p99": round(percentile(waits, 0.99)),
+                                "max": round(max(waits))}}
+    if done != sum(expected.values()):
+        line["error"] = f"not done within {args.max_seconds}s after the last call"
+    return line
+
+
+async def run(mesh: LocalMesh, args) -> dict:
+    async with Client(mesh.frontend_addr, timeout_s=60) as client:
+        line = await load(client, args.recipients)
+        concurrency = args.concurrency or (256 if args.mode in ("sink", "latency") else 32)
+        await set_providers(client, mesh, args.mode, concurrency)
+        line["provider_concurrency"] = concurrency
+        before, cpu_started = cpu_by_process(mesh), time.monotonic()
+        if args.mode == "latency":
+            line |= await latency(client, args)
+            recipients = line["sends_done"] / 2
+        else:
+            channels = {"sink": [notify_pb2.EMAIL, notify_pb2.SMS], "sms": [notify_pb2.SMS],
+                        "email": [notify_pb2.EMAIL]}[args.mode]
+            line |= await throughput(client, args, channels)
+            recipients = args.recipients
+        after, wall = cpu_by_process(mesh), time.monotonic() - cpu_started
+    cpu = {name: after[name] - before.get(name, 0.0) for name in after}
+    line["cpu_s"] = {name: round(s, 1) for name, s in sorted(cpu.items())}
+    line["cpu_utilisation"] = round(sum(cpu.values()) / wall, 2)  # of the machine's os.cpu_count() cores
+    if recipients:
+        line["cpu_s_per_1000_recipients"] = {name: round(s * 1000 / recipients, 3) for name, s in sorted(cpu.items())
+                                             if s > 0}
+    return line
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", choices=("sink", "sms", "email", "latency"), default="sink")
+    p.add_argument("--recipients", type=int, default=20_000, help="loaded, and notified (throughput modes)")
+    p.add_argument("--senders", type=int, default=1)
+    p.add_argument("--concurrency", type=int, default=0,
+                   help="the providers' max_concurrency (default: 256 for the sink, 32 otherwise)")
+    p.add_argument("--rate", type=int, default=1000, help="latency: recipients/s offered")
+    p.add_argument("--batch", type=int, default=10, help="latency: recipients per Notify call")
+    p.add_argument("--duration", type=float, default=10.0, help="latency: seconds of Notify calls")
+    p.add_argument("--max-seconds", type=float, default=300.0, help="the most a run waits for its sends")
+    p.add_argument("--keep", action="store_true", help="keep the mesh's data dir (logs/*.log)")
+    args = p.parse_args()
+    if not 1 <= args.recipients <= 8_000_000 or not 1 <= args.batch <= PER_CALL or args.rate < 1:
+        p.error("--recipients 1 to 8,000,000, --batch 1 to 1000, --rate at least 1")
+    uname = platform.uname()
+    line = {"system": "notifymesh", "bench": "notify", "mode": args.mode, "recipients": args.recipients,
+            "senders": args.senders,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": {"cores": os.cpu_count(), "system": f"{uname.system} {uname.release}"}}
+    tmp = tempfile.mkdtemp(prefix="notify-bench-")
+    mesh = LocalMesh(Path(tmp), frontend_port=free_port(), etcd_ports=[(free_port(), free_port())],
+                     senders=args.senders, provider_ports=(free_port(), free_port()))
+    try:
+        mesh.start(progress)
+        progress("pids (for a profiler): " + ", ".join(f"{name} {p.popen.pid}" for name, p in mesh.processes.items()
+                                                       if p.popen is not None))
+        line |= asyncio.run(run(mesh, args))
+    except Exception as e:
+        line["error"] = repr(e)
+    finally:
+        mesh.stop()
+    if args.keep or "error" in line:
+        progress(f"data dir kept: {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(line), flush=True)
+    return 0 if "error" not in line else 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
