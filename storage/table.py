@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterator, NamedTuple, Protocol
 
 from rocksdict import BottommostLevelCompaction, CompactOptions
@@ -343,6 +344,12 @@ class TableLeader(Protocol):
     async def append_entries(self, shard: str, make: Callable[[int, int], Entries]) -> int: ...
 
 
+@dataclass
+class RowLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 class TableService:
     """The Storage servicer's table requests: validated, on this node as leader."""
 
@@ -350,8 +357,10 @@ class TableService:
                  partition_count: Callable[[], Awaitable[int]]):
         """partition_count(): awaitable of the table topic's partition count."""
         self._table, self._logs, self._leader, self._partition_count = table, logs, leader, partition_count
-        # (shard, key) -> the lock serializing rate acquires of one row; removed when free.
-        self._locks: dict[tuple[str, bytes], asyncio.Lock] = {}
+        # (shard, key) -> the lock serializing rate acquires of one row, and how many
+        # acquires hold or wait for it: removed when none does (a released lock reads
+        # unlocked while the waiter it woke has not run yet, so locked() cannot tell).
+        self._locks: dict[tuple[str, bytes], RowLock] = {}
 
     async def _shard(self, partition: int) -> str:
         count = await self._partition_count()
@@ -418,9 +427,10 @@ class TableService:
         if not 1 <= period_ms <= MAX_PERIOD_MS:
             raise errors.InvalidArgument(f"period_ms must be 1 to {MAX_PERIOD_MS}, not {period_ms}")
         shard = await self._shard(partition)
-        lock = self._locks.setdefault((shard, key), asyncio.Lock())
+        row = self._locks.setdefault((shard, key), RowLock())
+        row.users += 1
         try:
-            async with lock:
+            async with row.lock:
                 self.ready(shard)
                 decision, counter = decide(self._table.current(shard, key), limit, period_ms, token, force, now_ms())
                 if counter is not None:
@@ -429,7 +439,8 @@ class TableService:
                                                                   expire_ms=expire_ms)])
                 return decision
         finally:
-            if not lock.locked() and self._locks.get((shard, key)) is lock:
+            row.users -= 1
+            if not row.users:
                 del self._locks[(shard, key)]
 
 

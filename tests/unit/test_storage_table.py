@@ -310,3 +310,30 @@ async def test_a_deferred_nack_redelivers_without_counting_an_attempt(engine):
     assert outcomes[:2] == [(1, pubsub_pb2.DEFERRED, "rate limited"), (1, pubsub_pb2.NACKED, "nacked")]
     with pytest.raises(errors.InvalidArgument):
         engine.nack(shard, "audit", [third.ack_id], deferred=True)
+
+
+async def test_a_rows_lock_stays_while_an_acquire_waits_for_it(engine, service):
+    """Released, a lock reads unlocked before the waiter it woke runs: the lock must
+    stay for that waiter, or a later acquire would take a second lock of the row."""
+    await engine.write_entries(SHARD, 0, Entries.of([storage_pb2.StoredMessage(epoch=1)]))
+    engine.advance_commit(SHARD, 1)
+    service.leader.led[SHARD] = SimpleNamespace(epoch=1, marker=0)
+    gates = [asyncio.Event(), asyncio.Event()]
+    write = service.tables._write
+
+    async def gated_write(shard, ops):
+        await gates.pop(0).wait()
+        await write(shard, ops)
+    service.tables._write = gated_write
+    first_gate, second_gate = gates
+    key = b"Q\0carol\0m"
+    first = asyncio.create_task(service.tables.rate_acquire(0, key, 3, 60_000, "n1", False))
+    second = asyncio.create_task(service.tables.rate_acquire(0, key, 3, 60_000, "n2", False))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    first_gate.set()
+    await first
+    assert (shard_name(TABLE_TOPIC, 0), key) in service.tables._locks  # the second holds it now
+    second_gate.set()
+    await second
+    assert not service.tables._locks
