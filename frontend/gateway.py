@@ -206,6 +206,7 @@ class Gateway:
             ack_ids = self._ack_ids(name, ack_ids)
         else:
             validation.batch(len(ack_ids), self._config, what="ack ids")
+            validation.ack_ids_not_reserved(ack_ids)
         # Each to the owner of its (subscription, partition) pair.
         await asyncio.gather(*(self._acks.submit(addr, ids) for addr, ids in self._senders.by_owner(ack_ids).items()))
 

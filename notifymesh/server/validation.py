@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import email_validator
 import phonenumbers
 
+from notifymesh.contracts import AckId
 from notifymesh.errors import InvalidArgument
 from notifymesh.server.config import Config
 from notifymesh.server.internal_topics import RESERVED_PREFIX, is_reserved
@@ -37,6 +38,16 @@ def not_reserved(kind: str, *names: str) -> None:
         if is_reserved(value):
             raise InvalidArgument(f"{kind} name {value[:80]!r} is reserved: names starting with "
                                   f"{RESERVED_PREFIX!r} belong to notifymesh itself")
+
+
+def ack_ids_not_reserved(ack_ids) -> None:
+    """not_reserved for acks merged across subscriptions (each ack id names its own,
+    contracts.AckId "partition:seq:subscription"): a guessed ack id must not ack an
+    internal subscription's message. Only an id that contains the prefix is parsed."""
+    marker = ":" + RESERVED_PREFIX
+    for ack_id in ack_ids:
+        if marker in ack_id:
+            not_reserved("subscription", AckId.parse(ack_id).subscription)
 
 
 def batch(count: int, config: Config, what: str = "messages") -> None:

@@ -230,6 +230,8 @@ def test_the_public_data_plane_cannot_touch_internal_topics(known, channel):
                                                       messages=[pubsub_pb2.PubsubMessage(data=b"forged row")])),
         (subscriber.Pull, pubsub_pb2.PullRequest(subscription=fanout, max_messages=1)),
         (subscriber.Acknowledge, pubsub_pb2.AcknowledgeRequest(subscription=sms, ack_ids=["0/1/1"])),
+        # merged acks (no subscription named): a guessed ack id of an internal subscription
+        (subscriber.Acknowledge, pubsub_pb2.AcknowledgeRequest(ack_ids=[f"0:1:{sms}"])),
         (subscriber.ModifyAckDeadline, pubsub_pb2.ModifyAckDeadlineRequest(subscription=sms, ack_ids=["0/1/1"])),
         (subscriber.Nack, pubsub_pb2.NackRequest(subscription=fanout, ack_ids=["0/1/1"])),
         (subscriber.Seek, pubsub_pb2.SeekRequest(subscription=sms, to_end=True)),
