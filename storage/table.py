@@ -41,6 +41,7 @@ from notifymesh.clock import now_ms
 from notifymesh.contracts import shard_name
 from notifymesh.log import fields
 from notifymesh.server.internal_topics import TABLE_TOPIC
+from notifymesh.server.table import RateDecision, Scanned
 from storage import keys
 from storage.db import Database
 from storage.log import Entries, ShardLog, ShardLogs
@@ -81,18 +82,6 @@ def key_after(key: bytes) -> bytes | None:
     """The smallest key above every key starting with key (None: there is none)."""
     stripped = key.rstrip(b"\xff")
     return stripped[:-1] + bytes([stripped[-1] + 1]) if stripped else None
-
-
-class Scanned(NamedTuple):
-    keys: list[bytes]
-    values: list[bytes]
-    more: bool
-
-
-class RateDecision(NamedTuple):
-    allowed: bool
-    retry_after_ms: int
-    count: int
 
 
 class Pending(NamedTuple):

@@ -4,28 +4,16 @@ sender/fanout.py, sender/channel_worker.py and notifymesh/server/notification_lo
 
 import bisect
 import string
-from typing import NamedTuple
 
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
 from notifymesh import errors
 from notifymesh.clock import now_ms
 from notifymesh.server import rows
+from notifymesh.server.table import RateDecision, Scanned
 from sender.channel_worker import Failed, Outgoing, Sent
 
 PARTITIONS = 8
-
-
-class Scanned(NamedTuple):
-    keys: list[bytes]
-    values: list[bytes]
-    more: bool
-
-
-class RateDecision(NamedTuple):
-    allowed: bool
-    retry_after_ms: int
-    count: int
 
 
 class FakeTable:
