@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import notifymesh.server  # noqa: E402,F401  first: gRPC's I/O path, as the services choose it
+from bench.procfs import rss_mib  # noqa: E402
 from deploy.local import LocalMesh, free_port  # noqa: E402
 from notifymesh.client import Client  # noqa: E402
 from notifymesh.publisher import Publisher  # noqa: E402
@@ -42,16 +43,6 @@ from storage.db import Database  # noqa: E402
 SAMPLE_EVERY_S = 1.0
 PROGRESS_EVERY = 50_000
 SETTLE_S = 10.0  # after publishing: for the last acks, and a few garbage-collection rounds (1 s each)
-
-
-def rss_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 class RssSampler(threading.Thread):

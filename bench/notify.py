@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import notifymesh.server  # noqa: E402,F401  first: gRPC's I/O path, as the services choose it
 from deploy import local_providers  # noqa: E402
+from bench.procfs import cpu_s  # noqa: E402
 from deploy.local import LocalMesh, free_port  # noqa: E402
 from gen.notifymesh.v1 import notify_pb2  # noqa: E402
 from notifymesh import errors  # noqa: E402
@@ -52,18 +53,6 @@ DONE_STATES = frozenset({notify_pb2.SEND_SENT, notify_pb2.SEND_FAILED, notify_pb
                          notify_pb2.SUPPRESSED_OPTED_OUT, notify_pb2.SUPPRESSED_RATE_LIMITED,
                          notify_pb2.SUPPRESSED_DUPLICATE, notify_pb2.SUPPRESSED_NO_CONTACT})
 POLL_S = 1.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_s(pid: int) -> float:
-    """utime + stime of the process, in seconds."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def cpu_by_process(mesh: LocalMesh) -> dict[str, float]:
     return {name: cpu_s(p.popen.pid) for name, p in mesh.processes.items() if p.popen is not None}
 

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import notifymesh.server  # noqa: E402,F401  first: gRPC's I/O path, as the services choose it
+from bench.procfs import rss_mib  # noqa: E402
 from deploy.local import LocalMesh, free_port  # noqa: E402
 from gen.notifymesh.v1 import notify_pb2  # noqa: E402
 from notifymesh.contracts import shard_name  # noqa: E402
@@ -39,16 +40,6 @@ SAMPLE_EVERY_S = 1.0
 PROGRESS_EVERY_S = 10.0
 READY_TIMEOUT_S = 60
 WARMUP_READS = 200
-
-
-def rss_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 class RssSampler(threading.Thread):
