@@ -32,6 +32,9 @@ class Coalescer(Generic[Item, Result]):
         self._send, self._max_items, self._max_bytes, self._size_of = send, max_items, max_bytes, size_of
         self._waiting: dict[Hashable, deque[_Request]] = defaultdict(deque)
         self._busy: set[Hashable] = set()
+        # The drains under way: the event loop keeps only weak references to tasks, so
+        # a drain awaiting a call could be garbage collected with its callers waiting.
+        self._drains: set[asyncio.Task] = set()
 
     async def submit(self, key: Hashable, items: Sequence[Item]) -> list[Result] | None:
         """Results for items, in order (None when send returns None); send's error
@@ -40,7 +43,9 @@ class Coalescer(Generic[Item, Result]):
         self._waiting[key].append(request)
         if key not in self._busy:
             self._busy.add(key)
-            asyncio.create_task(self._drain(key))
+            drain = asyncio.create_task(self._drain(key))
+            self._drains.add(drain)
+            drain.add_done_callback(self._drains.discard)
         return await request.done
 
     async def _drain(self, key: Hashable) -> None:

@@ -192,8 +192,13 @@ class Registration:
         self.valid_until = sent + self._ttl
 
     async def _keep_alive(self) -> None:
+        # Keep-alives go out every TTL/3 from the last one sent, not from its reply: on
+        # a busy sender a refresh took up to 1.2 s (bench/notify.py, 20,000 recipients),
+        # and a third of the TTL after such a reply the lease had expired in etcd.
+        next_at = time.monotonic()
         while True:
-            await asyncio.sleep(self._ttl / 3)
+            next_at = max(next_at + self._ttl / 3, time.monotonic())
+            await asyncio.sleep(next_at - time.monotonic())
             try:
                 sent = time.monotonic()
                 reply = await self.lease.refresh()
