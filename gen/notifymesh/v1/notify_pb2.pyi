@@ -22,6 +22,8 @@ class Channel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EMAIL: _ClassVar[Channel]
     SMS: _ClassVar[Channel]
     WEBHOOK: _ClassVar[Channel]
+    PUSH: _ClassVar[Channel]
+    IN_APP: _ClassVar[Channel]
 
 class Priority(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -42,6 +44,10 @@ class SendState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SEND_SENT: _ClassVar[SendState]
     SEND_FAILED: _ClassVar[SendState]
     SEND_DEAD_LETTERED: _ClassVar[SendState]
+    SEND_DELIVERED: _ClassVar[SendState]
+    SEND_OPENED: _ClassVar[SendState]
+    SEND_CLICKED: _ClassVar[SendState]
+    SEND_UNSUBSCRIBED: _ClassVar[SendState]
 OVER_LIMIT_POLICY_UNSPECIFIED: OverLimitPolicy
 DROP: OverLimitPolicy
 DELAY: OverLimitPolicy
@@ -49,6 +55,8 @@ CHANNEL_UNSPECIFIED: Channel
 EMAIL: Channel
 SMS: Channel
 WEBHOOK: Channel
+PUSH: Channel
+IN_APP: Channel
 PRIORITY_UNSPECIFIED: Priority
 NORMAL: Priority
 HIGH: Priority
@@ -63,6 +71,10 @@ SEND_RENDERED: SendState
 SEND_SENT: SendState
 SEND_FAILED: SendState
 SEND_DEAD_LETTERED: SendState
+SEND_DELIVERED: SendState
+SEND_OPENED: SendState
+SEND_CLICKED: SendState
+SEND_UNSUBSCRIBED: SendState
 
 class Recipient(_message.Message):
     __slots__ = ("id", "email", "phone", "locale", "timezone", "attributes", "webhook_url", "update_time")
