@@ -137,10 +137,10 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         return storage_pb2.TableScanResponse(keys=scanned.keys, values=scanned.values, more=scanned.more)
 
     async def RateAcquire(self, request, context):
-        decision = await self._node.tables.rate_acquire(request.partition, request.key, request.limit,
-                                                        request.period_ms, request.token, request.force)
-        return storage_pb2.RateAcquireResponse(allowed=decision.allowed, retry_after_ms=decision.retry_after_ms,
-                                               count=decision.count)
+        decisions = await self._node.tables.rate_acquire(request.partition, list(request.acquires))
+        return storage_pb2.RateAcquireResponse(decisions=[
+            storage_pb2.RateDecision(allowed=d.allowed, retry_after_ms=d.retry_after_ms, count=d.count)
+            for d in decisions])
 
 
 class StorageNode:

@@ -27,6 +27,7 @@ and serves once the marker entry of its epoch is applied (TableService.ready).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -404,33 +405,57 @@ class TableService:
         self.ready(shard)
         return self._table.scan(shard, prefix, start_after, limit, reverse)
 
-    async def rate_acquire(self, partition: int, key: bytes, limit: int, period_ms: int, token: str,
-                           force: bool) -> RateDecision:
-        """A sliding log of sends (notify_pb2.RateCounter): at most limit within
+    async def rate_acquire(self, partition: int, acquires: list[storage_pb2.RateAcquire]) -> list[RateDecision]:
+        """Sliding logs of sends (notify_pb2.RateCounter): at most limit within
         period_ms. A token already counted is allowed again without counting; force
-        counts even over the limit. Acquires of one row take turns, each answered
-        once its write is committed and applied."""
-        _check_key(key)
-        if not 1 <= limit <= MAX_RATE_LIMIT:
-            raise errors.InvalidArgument(f"limit must be 1 to {MAX_RATE_LIMIT}, not {limit}")
-        if not 1 <= period_ms <= MAX_PERIOD_MS:
-            raise errors.InvalidArgument(f"period_ms must be 1 to {MAX_PERIOD_MS}, not {period_ms}")
+        counts even over the limit. The acquires are decided in order (a second one
+        of a row sees the first) and their rows written in one replicated write:
+        one round for a fan-out page's duplicate checks, not one per recipient.
+        Acquires of one row take turns across calls, each answered once its write
+        is committed and applied."""
+        if not 1 <= len(acquires) <= MAX_OPS:
+            raise errors.InvalidArgument(f"a rate acquire takes 1 to {MAX_OPS} acquires, not {len(acquires)}")
+        for acquire in acquires:
+            _check_key(acquire.key)
+            if not 1 <= acquire.limit <= MAX_RATE_LIMIT:
+                raise errors.InvalidArgument(f"limit must be 1 to {MAX_RATE_LIMIT}, not {acquire.limit}")
+            if not 1 <= acquire.period_ms <= MAX_PERIOD_MS:
+                raise errors.InvalidArgument(f"period_ms must be 1 to {MAX_PERIOD_MS}, not {acquire.period_ms}")
         shard = await self._shard(partition)
-        row = self._locks.setdefault((shard, key), RowLock())
-        row.users += 1
+        keys = sorted({acquire.key for acquire in acquires})  # locked in key order: calls sharing rows never deadlock
+        locks = []
+        for key in keys:
+            row = self._locks.setdefault((shard, key), RowLock())
+            row.users += 1
+            locks.append(row)
         try:
-            async with row.lock:
+            async with contextlib.AsyncExitStack() as held:
+                for row in locks:
+                    await held.enter_async_context(row.lock)
                 self.ready(shard)
-                decision, counter = decide(self._table.current(shard, key), limit, period_ms, token, force, now_ms())
-                if counter is not None:
-                    expire_ms = max(counter.sent_ms) + period_ms  # the row goes once the window passed its sends
-                    await self._write(shard, [storage_pb2.TableOp(key=key, value=counter.SerializeToString(),
-                                                                  expire_ms=expire_ms)])
-                return decision
+                now = now_ms()
+                values: dict[bytes, bytes | None] = {}
+                writes: dict[bytes, storage_pb2.TableOp] = {}
+                decisions = []
+                for acquire in acquires:
+                    key = acquire.key
+                    current = values[key] if key in values else self._table.current(shard, key)
+                    decision, counter = decide(current, acquire.limit, acquire.period_ms, acquire.token,
+                                               acquire.force, now)
+                    if counter is not None:
+                        values[key] = counter.SerializeToString()
+                        # the row goes once the window passed its sends
+                        writes[key] = storage_pb2.TableOp(key=key, value=values[key],
+                                                          expire_ms=max(counter.sent_ms) + acquire.period_ms)
+                    decisions.append(decision)
+                if writes:
+                    await self._write(shard, list(writes.values()))
+                return decisions
         finally:
-            row.users -= 1
-            if not row.users:
-                del self._locks[(shard, key)]
+            for key, row in zip(keys, locks):
+                row.users -= 1
+                if not row.users:
+                    del self._locks[(shard, key)]
 
 
 def decide(current: bytes | None, limit: int, period_ms: int, token: str, force: bool,

@@ -30,9 +30,17 @@ COUNT_STREAMS_TIMEOUT_S = 2  # describe's numbers wait no longer for a sender's 
 class StorageClient:
     def __init__(self, cluster: Cluster):
         self._cluster = cluster
+        # A stub per channel: making one per call cost a busy sender 5 % of its CPU
+        # (py-spy, bench/notify.py). Bound: one per address, like the cluster's channels.
+        self._stubs: dict[str, tuple[object, storage_pb2_grpc.StorageStub]] = {}
 
     def _leader(self, topic: str, partition: int) -> storage_pb2_grpc.StorageStub:
-        return storage_pb2_grpc.StorageStub(self._cluster.channel(self._cluster.leader(topic, partition).addr))
+        addr = self._cluster.leader(topic, partition).addr
+        channel = self._cluster.channel(addr)
+        cached = self._stubs.get(addr)
+        if cached is None or cached[0] is not channel:  # the channel was made again (closed, reconnected)
+            cached = self._stubs[addr] = (channel, storage_pb2_grpc.StorageStub(channel))
+        return cached[1]
 
     async def call(self, method: str, topic: str, partition: int, request):
         """Storage.<method> on the leader of the topic's partition."""

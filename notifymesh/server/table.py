@@ -55,6 +55,8 @@ class TableClient:
         self._partitions: int | None = None  # the table topic's partition count, once known
         self._writes: Coalescer[storage_pb2.TableOp, None] = Coalescer(
             self._send_write, MAX_OPS_PER_CALL, MAX_BYTES_PER_CALL, lambda op: op.ByteSize())
+        self._acquires: Coalescer[storage_pb2.RateAcquire, RateDecision] = Coalescer(
+            self._send_acquires, MAX_OPS_PER_CALL)
 
     def partition(self, partition_key: str) -> int:
         if self._partitions is None:
@@ -126,11 +128,17 @@ class TableClient:
             partition=partition, prefix=prefix, start_after=start_after, limit=limit, reverse=reverse))
         return Scanned(list(response.keys), list(response.values), response.more)
 
+    async def _send_acquires(self, partition: int, acquires: list[storage_pb2.RateAcquire]) -> list[RateDecision]:
+        response = await self._storage.call("RateAcquire", TABLE_TOPIC, partition, storage_pb2.RateAcquireRequest(
+            partition=partition, acquires=acquires))
+        return [RateDecision(d.allowed, d.retry_after_ms, d.count) for d in response.decisions]
+
     async def rate_acquire(self, partition_key: str, key: bytes, limit: int, period_ms: int, token: str,
                            force: bool = False) -> RateDecision:
         """Counts a send against at most limit per period_ms (rows.rate_counter_key),
-        once per token; force counts it even over the limit."""
+        once per token; force counts it even over the limit. Concurrent acquires of a
+        partition go in one call (a fan-out page checks a thousand recipients at once)."""
         partition = await self._partition(partition_key)
-        response = await self._storage.call("RateAcquire", TABLE_TOPIC, partition, storage_pb2.RateAcquireRequest(
-            partition=partition, key=key, limit=limit, period_ms=period_ms, token=token, force=force))
-        return RateDecision(response.allowed, response.retry_after_ms, response.count)
+        (decision,) = await self._acquires.submit(partition, [storage_pb2.RateAcquire(
+            key=key, limit=limit, period_ms=period_ms, token=token, force=force)])
+        return decision

@@ -189,7 +189,8 @@ async def test_malformed_table_requests_get_invalid_argument_or_not_found(mesh):
                 ("TableWrite", storage_pb2.TableWriteRequest(partition=0, ops=[put(b"", b"x")]),
                  grpc.StatusCode.INVALID_ARGUMENT),
                 ("TableScan", storage_pb2.TableScanRequest(partition=0, limit=0), grpc.StatusCode.INVALID_ARGUMENT),
-                ("RateAcquire", storage_pb2.RateAcquireRequest(partition=0, key=b"q", limit=0, period_ms=1000),
+                ("RateAcquire", storage_pb2.RateAcquireRequest(partition=0, acquires=[
+                    storage_pb2.RateAcquire(key=b"q", limit=0, period_ms=1000)]),
                  grpc.StatusCode.INVALID_ARGUMENT)]:
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await storage.call(method, TABLE_TOPIC, 0, request)

@@ -239,6 +239,14 @@ def service(engine):
     return SimpleNamespace(tables=TableService(engine.table, engine.log, leader, partitions), leader=leader)
 
 
+async def acquire(tables: TableService, partition: int, key: bytes, limit: int, period_ms: int, token: str,
+                  force: bool):
+    """One acquire, alone in its call."""
+    (decision,) = await tables.rate_acquire(partition, [storage_pb2.RateAcquire(
+        key=key, limit=limit, period_ms=period_ms, token=token, force=force)])
+    return decision
+
+
 async def test_requests_are_served_once_the_leaders_marker_is_applied(engine, service):
     with pytest.raises(errors.Unavailable):
         await service.tables.read(0, [b"a"])
@@ -249,7 +257,7 @@ async def test_requests_are_served_once_the_leaders_marker_is_applied(engine, se
     engine.advance_commit(SHARD, 1)
     await service.tables.write(0, [put(b"a", b"1")])
     assert await service.tables.read(0, [b"a", b"b"]) == [b"1", None]
-    decisions = [await service.tables.rate_acquire(0, b"Q\0alice\0m", 2, 60_000, f"n{i}", False) for i in range(3)]
+    decisions = [await acquire(service.tables, 0, b"Q\0alice\0m", 2, 60_000, f"n{i}", False) for i in range(3)]
     assert [d.allowed for d in decisions] == [True, True, False]
     counter = notify_pb2.RateCounter.FromString((await service.tables.read(0, [b"Q\0alice\0m"]))[0])
     assert list(counter.tokens) == ["n0", "n1"]
@@ -259,10 +267,34 @@ async def test_concurrent_acquires_of_one_row_take_turns(engine, service):
     await engine.write_entries(SHARD, 0, Entries.of([storage_pb2.StoredMessage(epoch=1)]))
     engine.advance_commit(SHARD, 1)
     service.leader.led[SHARD] = SimpleNamespace(epoch=1, marker=0)
-    decisions = await asyncio.gather(*(service.tables.rate_acquire(0, b"Q\0bob\0m", 3, 60_000, f"n{i}", False)
+    decisions = await asyncio.gather(*(acquire(service.tables, 0, b"Q\0bob\0m", 3, 60_000, f"n{i}", False)
                                        for i in range(10)))
     assert sum(d.allowed for d in decisions) == 3
     assert not service.tables._locks  # every lock let go
+
+
+async def test_acquires_of_one_call_are_decided_in_order_and_written_once(engine, service):
+    await engine.write_entries(SHARD, 0, Entries.of([storage_pb2.StoredMessage(epoch=1)]))
+    engine.advance_commit(SHARD, 1)
+    service.leader.led[SHARD] = SimpleNamespace(epoch=1, marker=0)
+    writes = []
+    write = service.tables._write
+
+    async def counted_write(shard, ops):
+        writes.append(len(ops))
+        await write(shard, ops)
+    service.tables._write = counted_write
+    dave, erin = b"Q\0dave\0m", b"Q\0erin\0m"
+    acquires = [storage_pb2.RateAcquire(key=key, limit=2, period_ms=60_000, token=token)
+                for key, token in [(dave, "n1"), (erin, "n1"), (dave, "n2"), (dave, "n3"), (dave, "n1")]]
+    decisions = await service.tables.rate_acquire(0, acquires)
+    # dave's third is over his limit of 2; his first token again is counted already
+    assert [d.allowed for d in decisions] == [True, True, True, False, True]
+    assert [d.count for d in decisions] == [1, 1, 2, 2, 2]
+    assert writes == [2]  # one replicated write, one row per counter changed
+    rows = await service.tables.read(0, [dave, erin])
+    assert [list(notify_pb2.RateCounter.FromString(r).tokens) for r in rows] == [["n1", "n2"], ["n1"]]
+    assert not service.tables._locks
 
 
 @pytest.mark.parametrize("call, error", [
@@ -276,10 +308,11 @@ async def test_concurrent_acquires_of_one_row_take_turns(engine, service):
     (lambda t: t.read(-1, [b"k"]), errors.NotFound),
     (lambda t: t.scan(0, b"", b"", 0, False), errors.InvalidArgument),
     (lambda t: t.scan(0, b"", b"", 10_001, False), errors.InvalidArgument),
-    (lambda t: t.rate_acquire(0, b"", 3, 1000, "t", False), errors.InvalidArgument),
-    (lambda t: t.rate_acquire(0, b"q", 0, 1000, "t", False), errors.InvalidArgument),
-    (lambda t: t.rate_acquire(0, b"q", 3, 0, "t", False), errors.InvalidArgument),
-    (lambda t: t.rate_acquire(5, b"q", 3, 1000, "t", False), errors.NotFound),
+    (lambda t: acquire(t, 0, b"", 3, 1000, "t", False), errors.InvalidArgument),
+    (lambda t: acquire(t, 0, b"q", 0, 1000, "t", False), errors.InvalidArgument),
+    (lambda t: acquire(t, 0, b"q", 3, 0, "t", False), errors.InvalidArgument),
+    (lambda t: acquire(t, 5, b"q", 3, 1000, "t", False), errors.NotFound),
+    (lambda t: t.rate_acquire(0, []), errors.InvalidArgument),
 ])
 async def test_malformed_requests_are_refused(service, call, error):
     with pytest.raises(error):
@@ -327,8 +360,8 @@ async def test_a_rows_lock_stays_while_an_acquire_waits_for_it(engine, service):
     service.tables._write = gated_write
     first_gate, second_gate = gates
     key = b"Q\0carol\0m"
-    first = asyncio.create_task(service.tables.rate_acquire(0, key, 3, 60_000, "n1", False))
-    second = asyncio.create_task(service.tables.rate_acquire(0, key, 3, 60_000, "n2", False))
+    first = asyncio.create_task(acquire(service.tables, 0, key, 3, 60_000, "n1", False))
+    second = asyncio.create_task(acquire(service.tables, 0, key, 3, 60_000, "n2", False))
     for _ in range(5):
         await asyncio.sleep(0)
     first_gate.set()

@@ -74,22 +74,34 @@ class TableScanResponse(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., values: _Optional[_Iterable[bytes]] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class RateAcquireRequest(_message.Message):
-    __slots__ = ("partition", "key", "limit", "period_ms", "token", "force")
+    __slots__ = ("partition", "acquires")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
+    ACQUIRES_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    acquires: _containers.RepeatedCompositeFieldContainer[RateAcquire]
+    def __init__(self, partition: _Optional[int] = ..., acquires: _Optional[_Iterable[_Union[RateAcquire, _Mapping]]] = ...) -> None: ...
+
+class RateAcquire(_message.Message):
+    __slots__ = ("key", "limit", "period_ms", "token", "force")
     KEY_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     PERIOD_MS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
-    partition: int
     key: bytes
     limit: int
     period_ms: int
     token: str
     force: bool
-    def __init__(self, partition: _Optional[int] = ..., key: _Optional[bytes] = ..., limit: _Optional[int] = ..., period_ms: _Optional[int] = ..., token: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+    def __init__(self, key: _Optional[bytes] = ..., limit: _Optional[int] = ..., period_ms: _Optional[int] = ..., token: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class RateAcquireResponse(_message.Message):
+    __slots__ = ("decisions",)
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    decisions: _containers.RepeatedCompositeFieldContainer[RateDecision]
+    def __init__(self, decisions: _Optional[_Iterable[_Union[RateDecision, _Mapping]]] = ...) -> None: ...
+
+class RateDecision(_message.Message):
     __slots__ = ("allowed", "retry_after_ms", "count")
     ALLOWED_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
