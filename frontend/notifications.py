@@ -143,7 +143,7 @@ def _data(text: str) -> dict:
     if size > MAX_DATA_BYTES:
         raise errors.InvalidArgument(f"data is {size} bytes; at most {MAX_DATA_BYTES}")
     try:
-        data = json.loads(text or "{}")
+        data = json.loads(text or "{}", parse_constant=validation.not_json)
     except ValueError as e:
         raise errors.InvalidArgument(f"data is not JSON: {e}") from None
     except RecursionError:  # nested past the parser's stack

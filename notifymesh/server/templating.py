@@ -21,6 +21,7 @@ from jinja2.compiler import CodeGenerator
 
 from gen.notifymesh.v1 import notify_pb2
 from notifymesh import errors
+from notifymesh.server import validation
 from notifymesh.server.internal_topics import channel_name
 
 # What one field may render to: a runaway loop stops here rather than filling memory.
@@ -297,7 +298,7 @@ class Renderer:
         out.subject = " ".join(out.subject.splitlines())
         if channel == notify_pb2.WEBHOOK:
             try:
-                json.loads(out.json_body)
+                json.loads(out.json_body, parse_constant=validation.not_json)
             except ValueError as e:
                 raise RenderError(f"{_label(content)} json_body does not render to a JSON document: {e}") from None
         return out

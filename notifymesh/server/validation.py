@@ -218,3 +218,9 @@ def recipient(record):
         http_url(record.webhook_url)
     checked.ClearField("update_time")
     return checked
+
+
+def not_json(constant: str):
+    """json.loads' parse_constant: NaN and Infinity parse in Python but are not JSON,
+    so other languages' parsers (a webhook receiver's, a client's) refuse them."""
+    raise ValueError(f"{constant} is not a JSON value")

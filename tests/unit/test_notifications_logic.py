@@ -355,6 +355,8 @@ async def test_notify_to_an_audience_needs_the_audience(api):
     ({"category": ""}, errors.InvalidArgument, "category"),
     ({"data": "[1, 2]"}, errors.InvalidArgument, "JSON object"),
     ({"data": "{"}, errors.InvalidArgument, "not JSON"),
+    ({"data": '{"amount": NaN}'}, errors.InvalidArgument, "NaN is not a JSON value"),
+    ({"data": '{"amount": -Infinity}'}, errors.InvalidArgument, "Infinity is not a JSON value"),
     ({"data": json.dumps({"x": "y" * 65536})}, errors.InvalidArgument, "at most 65536"),
     ({"recipients": []}, errors.InvalidArgument, "recipients or an audience"),
     ({"recipients": [f"r{i}" for i in range(1001)]}, errors.InvalidArgument, "1 to 1000"),

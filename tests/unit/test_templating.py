@@ -153,6 +153,8 @@ def test_a_webhook_body_must_render_to_json():
     with pytest.raises(RenderError, match="json_body does not render to a JSON document"):
         render(template(content(WEBHOOK, json_body='{"amount": {{ data.amount }}}')), channel=WEBHOOK,
                data={"amount": "twelve"})
+    with pytest.raises(RenderError, match="NaN is not a JSON value"):  # a template's own constant
+        render(template(content(WEBHOOK, json_body='{"amount": NaN}')), channel=WEBHOOK, data={})
 
 
 def test_compiled_versions_are_cached_and_bounded():
