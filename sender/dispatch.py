@@ -118,6 +118,12 @@ class SubscriptionDispatcher:
     def idle(self) -> bool:
         return not self.streams and not self._in_flight
 
+    def state(self, partitions: int) -> dict:
+        """For Dispatcher.state: streams as [held, window], messages in flight, owned partitions."""
+        return {"streams": [[len(s.outstanding), s.max_outstanding] for s in self.streams],
+                "in_flight": len(self._in_flight), "reserved": self.reserved,
+                "owned": [p for p in range(partitions) if self.owned(p)]}
+
     def room(self) -> int:
         """Messages the streams can take that no pull under way asks for already."""
         return sum(max(0, s.room()) for s in self.streams) - self.reserved
@@ -128,6 +134,11 @@ class SubscriptionDispatcher:
     async def _nack(self, ack_ids: list[str]) -> None:
         await self._per_partition(ack_ids, lambda p, ids: self._storage.modify_ack_deadline(
             self.topic, p, self.name, ids, 0))
+
+    def detach(self, stream: Stream) -> None:
+        """Hands the stream nothing more; what it holds stays its own until remove."""
+        if stream in self.streams:
+            self.streams.remove(stream)
 
     async def remove(self, stream: Stream) -> None:
         """Hands the stream's unacknowledged messages back to storage for immediate
@@ -401,6 +412,13 @@ class Dispatcher:
         counts = {name: sum(s.subscriber for s in d.streams)
                   for name in names if (d := self.subscriptions.get(name)) is not None}
         return {name: count for name, count in counts.items() if count}
+
+    def state(self) -> dict:
+        """Each subscription's streams, messages in flight and pulls, for a person
+        looking at a live sender (SIGUSR1)."""
+        return {"budget": [self.budget.used, self.budget.limit],
+                "subscriptions": {name: d.state(self.partition_count(d.topic)) for name, d in self.subscriptions.items()},
+                "pullers": {f"{topic}/{partition}": puller.state() for (topic, partition), puller in self._pullers.items()}}
 
     async def close(self) -> None:
         self._closing = True

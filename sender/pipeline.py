@@ -8,8 +8,12 @@ Each message is handled by a task of its own, which answers an Outcome: ack, or
 nack (with a delay, deferred, or terminal). While messages are held, their
 leases are extended every third of the ack deadline, in one call, so a big
 audience's fan-out or a slow provider does not see its message delivered again
-elsewhere. A worker that stops (drain, ownership moved) takes nothing new, lets
-what is under way finish within a grace period, and hands the rest back.
+elsewhere. A worker that stops (drain, ownership moved, its stream ended) takes
+nothing new, lets what is under way finish within a grace period (still
+extending their leases: no other sender gets those messages meanwhile), and
+hands the rest back. Cancelling the work under way at once made a sender whose
+etcd lease lapsed for a moment under load (bench/notify.py beside other test
+suites: every ~10 s) start every fan-out page again, and never finish one.
 """
 
 import asyncio
@@ -44,16 +48,19 @@ class Handler(Protocol):
 
 
 class SubscriptionWorker:
-    def __init__(self, name: str, dispatcher: Dispatcher, handler: Handler, window: int):
+    def __init__(self, name: str, dispatcher: Dispatcher, handler: Handler, window: int, grace_s: float = 0.0):
+        """grace_s: how long the messages under way may take to finish once the worker stops."""
         self.name, self.window = name, window
         self._dispatcher, self._handler = dispatcher, handler
         self._handlers: set[asyncio.Task] = set()
-        self._grace_s = 0.0
+        self._grace_s = grace_s
         self.task = asyncio.create_task(self._run())
 
-    async def stop(self, grace_s: float = 0.0) -> None:
-        """Takes nothing new; waits up to grace_s for the messages being handled."""
-        self._grace_s = grace_s
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Takes nothing new; waits up to grace_s (default: the worker's) for the
+        messages being handled."""
+        if grace_s is not None:
+            self._grace_s = grace_s
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
 
@@ -69,9 +76,10 @@ class SubscriptionWorker:
                     self._handlers.add(task)
                     task.add_done_callback(self._handlers.discard)
         finally:
-            keeper.cancel()
+            sub.detach(stream)  # nothing new comes
             if self._handlers and self._grace_s:
                 await asyncio.wait(list(self._handlers), timeout=self._grace_s)
+            keeper.cancel()
             for task in list(self._handlers):
                 task.cancel()
             await asyncio.gather(*self._handlers, keeper, return_exceptions=True)
@@ -123,6 +131,7 @@ class PipelineWorkers:
                  drain_grace_s: float):
         self._cluster, self._dispatcher, self._specs, self._grace_s = cluster, dispatcher, specs, drain_grace_s
         self.workers: dict[str, SubscriptionWorker] = {}
+        self._stopping: set[asyncio.Task] = set()  # workers finishing their grace (at most one per name per change)
         self._changed = ChangedNames()
         self._task: asyncio.Task | None = None
 
@@ -154,9 +163,14 @@ class PipelineWorkers:
                 if wanted and not worker.task.done() and worker.window == spec.window:
                     continue
                 del self.workers[name]
-                await worker.stop(self._grace_s if wanted else 0.0)
+                # Its messages under way finish in the background while a new worker (when
+                # wanted) takes new ones: they are leased to this sender, so no one else has them.
+                stopping = asyncio.create_task(worker.stop())
+                self._stopping.add(stopping)
+                stopping.add_done_callback(self._stopping.discard)
             if wanted:
-                self.workers[name] = SubscriptionWorker(name, self._dispatcher, spec.handler, spec.window)
+                self.workers[name] = SubscriptionWorker(name, self._dispatcher, spec.handler, spec.window,
+                                                        self._grace_s)
 
     async def stop(self) -> None:
         """Drains: every worker takes nothing new and finishes or hands back what it holds."""
@@ -164,4 +178,4 @@ class PipelineWorkers:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         workers, self.workers = list(self.workers.values()), {}
-        await asyncio.gather(*(w.stop(self._grace_s) for w in workers))
+        await asyncio.gather(*(w.stop() for w in workers), *self._stopping)

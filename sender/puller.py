@@ -63,6 +63,11 @@ class ShardPuller:
                 self._watch.cancel()
             self._stream.close()
 
+    def state(self) -> dict:
+        """For Dispatcher.state: whether it runs, and which subscriptions it leases and watches."""
+        return {"done": self.task is None or self.task.done(), "ready": sorted(self._ready),
+                "watching": sorted(self._watching)}
+
     def poke(self, name: str | None = None) -> None:
         """Room was freed (for subscription name) or a subscriber came: a watch under
         way that it makes stale (a ready subscription now has room, or one is not

@@ -54,6 +54,10 @@ class SenderService:
         self.notifications = NotificationPipeline(ctx, self.dispatcher)
         self.servicers = [(sender_pb2_grpc.add_SenderServicer_to_server, SenderServicer(self.dispatcher))]
 
+    def state(self) -> dict:
+        """What SIGUSR1 logs (notifymesh.server.process.log_tasks)."""
+        return self.dispatcher.state()
+
     async def start(self) -> None:
         self.push.start()
         await self.notifications.start()

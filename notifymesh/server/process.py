@@ -257,6 +257,36 @@ async def follow_config(etcd, config: config_mod.LiveConfig) -> PrefixMirror:
     return mirror
 
 
+TASKS_LOGGED = 200  # SIGUSR1 logs at most this many tasks' stacks
+
+
+def log_tasks(state: Callable[[], dict] | None = None) -> None:
+    """SIGUSR1: where every task of the event loop waits, and the component's own
+    state() if it has one, for a person finding out why a live process makes no
+    progress (`kill -USR1 <pid>`; py-spy shows only the running frame, not the awaits)."""
+    if state is not None:
+        log.warning("state", extra=fields(state=state()))
+    tasks = list(asyncio.all_tasks())
+    for task in tasks[:TASKS_LOGGED]:
+        log.warning("task", extra=fields(task=task.get_name(), awaits=_awaits(task.get_coro())))
+    log.warning("tasks logged", extra=fields(count=min(len(tasks), TASKS_LOGGED), of=len(tasks)))
+
+
+def _awaits(awaitable, depth: int = 24) -> list[str]:
+    """The chain of awaits from a task's coroutine down to what it waits for."""
+    chain = []
+    while awaitable is not None and len(chain) < depth:
+        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None) \
+            or getattr(awaitable, "ag_frame", None)
+        if frame is None:
+            chain.append(repr(awaitable)[:200])  # a future, or a coroutine that finished
+            break
+        chain.append(f"{frame.f_code.co_filename.rsplit('/', 2)[-1]}:{frame.f_lineno} {frame.f_code.co_name}")
+        awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None) \
+            or getattr(awaitable, "ag_await", None)
+    return chain
+
+
 async def serve(kind: str, args: argparse.Namespace,
                 build: Callable[[Context], Awaitable[Component]]) -> None:
     log_mod.setup(kind, args.node_id, args.log_level)
@@ -288,6 +318,7 @@ async def serve(kind: str, args: argparse.Namespace,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, log_tasks, getattr(component, "state", None))
     await stop.wait()
 
     # Ordered shutdown: NOT_SERVING, drain streams and hand over, leave the rings,

@@ -2,6 +2,8 @@
 
 import asyncio
 import json
+import signal
+import time
 
 import grpc
 import pytest
@@ -195,3 +197,19 @@ async def test_cli_topic_with_payload_dedup(mesh, client):
     assert first == again != other
     bad = cli(mesh, "topic", "create", unique("hashed"), "--dedup-window", "10s")
     assert bad.returncode == 1 and b"dedup window" in bad.stderr
+
+
+async def test_sigusr1_logs_a_senders_tasks_and_dispatch_state(mesh):
+    """For a person looking at a live process that makes no progress."""
+    sender = next(p for name, p in mesh.processes.items() if name.startswith("sender"))
+    sender.popen.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [json.loads(line) for line in open(sender.log_path, errors="replace") if '"tasks logged"' in line
+                 or '"msg": "state"' in line]
+        if len(lines) >= 2 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    state = next(line["state"] for line in lines if line["msg"] == "state")
+    assert "budget" in state and "pullers" in state
+    assert next(line for line in lines if line["msg"] == "tasks logged")["count"] > 0

@@ -21,6 +21,7 @@ class FakeSub:
         self.extended: list[list[str]] = []
         self.handed_back: list[str] = []
         self.stream: Stream | None = None
+        self.detached = False
 
     def deliver(self, *ack_ids: str) -> None:
         """What the dispatcher does: the messages count against the stream's window."""
@@ -38,6 +39,9 @@ class FakeSub:
 
     async def modify_ack_deadline(self, ack_ids, ack_deadline_ms):
         self.extended.append(sorted(ack_ids))
+
+    def detach(self, stream):
+        self.detached = True
 
     async def remove(self, stream):
         self.handed_back += sorted(stream.outstanding)
@@ -124,6 +128,23 @@ async def test_a_drain_finishes_what_is_under_way_and_hands_back_the_rest():
     assert dispatcher.sub.handed_back == ["stuck"]  # given back for another sender
 
 
+async def test_a_worker_whose_stream_ends_lets_its_messages_finish():
+    """Ownership lost (the puller ends the stream, e.g. a lease that lapsed for a
+    moment): the messages under way are still leased to this sender and finish."""
+    dispatcher = FakeDispatcher()
+    handler = ScriptedHandler()
+    handler.gates["page"] = asyncio.Event()
+    worker = SubscriptionWorker(SUB, dispatcher, handler, window=8, grace_s=5.0)
+    await eventually(lambda: dispatcher.sub.stream is not None)
+    dispatcher.sub.deliver("page")
+    await eventually(lambda: handler.started == ["page"])
+    dispatcher.sub.stream.queue.put_nowait(RuntimeError("this sender no longer serves it"))
+    await eventually(lambda: dispatcher.sub.detached)
+    handler.gates["page"].set()
+    await asyncio.wait([worker.task], timeout=2)  # ended with the stream's error
+    assert dispatcher.sub.acks == ["page"] and dispatcher.sub.handed_back == []
+
+
 class FakeMirror:
     def __init__(self, names):
         self.items = {name: pubsub_pb2.Subscription(name=name) for name in names}
@@ -151,7 +172,12 @@ async def test_workers_follow_ownership_and_the_window():
     windows["w"] = 16  # the provider's max_concurrency changed
     await workers._reconcile()
     await eventually(lambda: dispatcher.attached == [(SUB, 4), (SUB, 16)])
+    handler.gates["under-way"] = asyncio.Event()
+    dispatcher.sub.deliver("under-way")
+    await eventually(lambda: "under-way" in handler.started)
     dispatcher.owned = False
-    await workers._reconcile()
+    await workers._reconcile()  # does not wait for the old worker's grace
     assert workers.workers == {}
+    handler.gates["under-way"].set()
+    await eventually(lambda: dispatcher.sub.acks == ["under-way"])  # finished, not cancelled
     await workers.stop()
