@@ -105,10 +105,14 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
         return await self._notify.set_provider(request.provider, request.keep_secret)
 
     async def GetProvider(self, request, context):
-        return await self._notify.get_provider(request.channel)
+        return await self._notify.get_provider(request.channel, request.name)
 
     async def ListProviders(self, request, context):
         return notify_pb2.ListProvidersResponse(providers=await self._notify.list_providers())
+
+    async def DeleteProvider(self, request, context):
+        await self._notify.delete_provider(request.channel, request.name)
+        return notify_pb2.DeleteProviderResponse()
 
 
 class MetadataService:

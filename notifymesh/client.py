@@ -590,13 +590,22 @@ class Client:
         return await self._call(self._notifications.SetProvider, notify_pb2.SetProviderRequest(
             provider=provider, keep_secret=keep_secret))
 
-    async def get_provider(self, channel: int | str) -> notify_pb2.Provider:
+    async def get_provider(self, channel: int | str, name: str = "") -> notify_pb2.Provider:
         return await self._call(self._notifications.GetProvider,
-                                notify_pb2.GetProviderRequest(channel=channel_of(channel)))
+                                notify_pb2.GetProviderRequest(channel=channel_of(channel), name=name))
 
     async def list_providers(self) -> list[notify_pb2.Provider]:
         reply = await self._call(self._notifications.ListProviders, notify_pb2.ListProvidersRequest())
         return list(reply.providers)
+
+    async def delete_provider(self, channel: int | str, name: str = "") -> None:
+        await self._call(self._notifications.DeleteProvider,
+                         notify_pb2.DeleteProviderRequest(channel=channel_of(channel), name=name))
+
+    async def get_provider_status(self, channel: int | str = 0) -> notify_pb2.GetProviderStatusResponse:
+        """Each provider's circuit breaker in each live sender (of channel; 0: all)."""
+        return await self._call(self._notifications.GetProviderStatus, notify_pb2.GetProviderStatusRequest(
+            channel=channel_of(channel) if channel else 0))
 
     async def notify(self, template: str, category: str, recipients: Iterable[str] = (), audience: str = "",
                      data: dict | str | None = None, channels: Iterable[int | str] = (), idempotency_key: str = "",
