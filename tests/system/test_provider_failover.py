@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 
-import grpc
 import pytest
 from helpers import cli, unique
 from test_notify_pipeline import new_template, read_outbox, settled

@@ -4,8 +4,6 @@ sender/notifications.py ChannelProviders, on a fake clock and fake adapters."""
 import asyncio
 import types
 
-import pytest
-
 from gen.notifymesh.v1 import notify_pb2
 from sender import breaker
 from sender.breaker import Breaker
