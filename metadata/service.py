@@ -62,7 +62,8 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
         return pubsub_pb2.DeleteSubscriptionResponse()
 
     async def UpdateSubscription(self, request, context):
-        _not_reserved("subscription", request.subscription.name)
+        if list(request.update_mask.paths) != ["redrive_rules"]:  # the one change notifymesh's own take
+            _not_reserved("subscription", request.subscription.name)
         _not_reserved("topic", request.subscription.dead_letter_topic)
         return await self._store.update_subscription(request.subscription, list(request.update_mask.paths))
 

@@ -269,6 +269,15 @@ class Client:
         request.update_mask.paths.extend(paths)
         return await self._call(self._subscriber.UpdateSubscription, request)
 
+    async def set_redrive_rules(self, subscription: str,
+                                rules: Iterable[pubsub_pb2.RedriveRule]) -> pubsub_pb2.Subscription:
+        """Replaces the subscription's redrive rules (none: every dead letter waits for
+        a person); notifymesh's own subscriptions take this change too."""
+        request = pubsub_pb2.UpdateSubscriptionRequest(subscription=pubsub_pb2.Subscription(
+            name=subscription, redrive_rules=rules))
+        request.update_mask.paths.append("redrive_rules")
+        return await self._call(self._subscriber.UpdateSubscription, request)
+
     async def pull(self, subscription: str, max_messages: int = 0,
                    wait_s: float = 0) -> list[pubsub_pb2.ReceivedMessage]:
         """Up to max_messages (0: the server's 100) messages ready now; with none ready,
