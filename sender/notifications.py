@@ -85,6 +85,7 @@ class ChannelProviders:
         self._cooldown_s = lambda: config.provider_breaker_cooldown_s
         # (channel, provider name) -> Made: as many as the mirror has records.
         self._made: dict[tuple[int, str], Made] = {}
+        self._ordered: dict[int, tuple[tuple[int, ...], list[Made]]] = {}  # per channel: (fingerprint, Mades)
         self._closing: set[asyncio.Task] = set()
 
     def _close_later(self, made: Made) -> None:
@@ -95,8 +96,15 @@ class ChannelProviders:
             task.add_done_callback(self._closing.discard)
 
     def providers(self, channel: int) -> list[Made]:
-        """The channel's providers in the order they are tried."""
-        records = ordered(self._cluster.providers.groups.get(channel_name(channel), {}).values())
+        """The channel's providers in the order they are tried; worked out again only
+        when the mirror holds other record objects for the channel (it decodes a new
+        one at each change; the cached Mades keep the old ones alive, so no id is reused)."""
+        group = self._cluster.providers.groups.get(channel_name(channel), {})
+        fingerprint = tuple(map(id, group.values()))
+        cached = self._ordered.get(channel)
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]
+        records = ordered(group.values())
         names = {provider_name(record) for record in records}
         for key in [key for key in self._made if key[0] == channel and key[1] not in names]:
             self._close_later(self._made.pop(key))
@@ -114,6 +122,7 @@ class ChannelProviders:
                 made = self._made[key] = Made(record, adapter, error,
                                               Breaker(self._failures, self._cooldown_s, self._clock))
             found.append(made)
+        self._ordered[channel] = (fingerprint, found)
         return found
 
     async def send(self, message: Outgoing) -> Sent | Failed:
@@ -171,6 +180,7 @@ class ChannelProviders:
     async def close(self) -> None:
         providers = [made.adapter for made in self._made.values() if made.adapter is not None]
         self._made.clear()
+        self._ordered.clear()
         await asyncio.gather(*(p.close() for p in providers), *self._closing, return_exceptions=True)
 
 
