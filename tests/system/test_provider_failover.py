@@ -17,11 +17,12 @@ from test_notify_pipeline import new_template, read_outbox, settled
 
 from deploy.local import _port_open, free_port
 from deploy.local_providers import SMS_FROM, credentials
-from gen.notifymesh.v1 import notify_pb2
+from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
 from notifymesh import errors
 from notifymesh.client import Client
 from notifymesh.contracts import PROVIDERS
 from notifymesh.server.cluster import connect_etcd
+from notifymesh.server.internal_topics import channel_subscription
 
 SMS = notify_pb2.SMS
 COOLDOWN_S = 2
@@ -181,3 +182,28 @@ async def test_the_primary_goes_down_every_sms_arrives_through_the_second_and_se
         assert set(phones) <= primary.received()
         status = await client.get_provider_status("sms")
         assert {s.name: s.state for s in status.providers}["sms-a"] == notify_pb2.BREAKER_CLOSED
+
+
+async def test_a_task_dead_lettered_while_every_provider_is_down_goes_back_by_rule_and_is_sent(own_mesh, primary):
+    mesh = own_mesh
+    async with Client(mesh.frontend_addr) as client:
+        await client.set_config("provider_breaker_cooldown_s", COOLDOWN_S)
+        await client.delete_provider("sms")
+        await client.set_provider(sms_provider("sms-a", 1, primary.data_dir, primary.http_port))
+        rule = pubsub_pb2.RedriveRule(reason="provider unavailable|Cannot connect", max_redrives=3)
+        rule.after.FromSeconds(1)
+        await client.set_redrive_rules(channel_subscription(SMS, notify_pb2.NORMAL), [rule])
+        template, category = unique("invoice"), unique("billing")
+        await new_template(client, template)
+        await client.create_category(category)
+        await client.upsert_recipient("r5", phone="+14155555000")
+        primary.stop()
+        nid = await client.notify(template, category, ["r5"], data={"invoice": 1, "amount": "1.00"}, channels=["sms"])
+        _, sends = await settled(client, nid, 1, {notify_pb2.SEND_DEAD_LETTERED})  # 5 attempts: about 15 s
+        primary.start()
+        _, sends = await settled(client, nid, 1, {notify_pb2.SEND_SENT})
+        send = sends[("r5", SMS)]
+        states = [e.state for e in send.timeline]
+        assert states.count(notify_pb2.SEND_DEAD_LETTERED) == 1 and send.provider == "sms-a"
+        assert states.index(notify_pb2.SEND_DEAD_LETTERED) < states.index(notify_pb2.SEND_SENT)
+        assert "+14155555000" in primary.received()

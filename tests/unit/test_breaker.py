@@ -2,9 +2,11 @@
 sender/notifications.py ChannelProviders, on a fake clock and fake adapters."""
 
 import asyncio
+import re
 import types
 
 from gen.notifymesh.v1 import notify_pb2
+from metadata.bootstrap import provider_unavailable_rule
 from sender import breaker
 from sender.breaker import Breaker
 from sender.channel_worker import Failed, Outgoing, Sent
@@ -157,6 +159,7 @@ async def test_every_breaker_open_fails_transiently_naming_them_until_the_first_
     failed = await p.send()
     assert failed.transient and failed.provider == "" and failed.retry_after_s == 10.0
     assert failed.reason.startswith("provider unavailable: no sms provider takes sends now")
+    assert re.search(provider_unavailable_rule().reason, failed.reason)  # channel subscriptions redrive it
     assert "sms-a: circuit open (connection refused)" in failed.reason and "sms-b" in failed.reason
     p.clock.now += 4
     assert (await p.send()).retry_after_s == 6.0
