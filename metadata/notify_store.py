@@ -321,6 +321,7 @@ class NotifyMetadataStore:
         for _ in range(WRITE_TRIES):
             kvs = {k: await self._etcd.get(k) for k in ((key, legacy) if name == DEFAULT_PROVIDER else (key,))}
             stored = kvs[key] or kvs.get(legacy)
+            # The mirror: a bound, not an exact count (as for categories).
             if stored is None and len(self._cluster.providers.groups.get(channel, {})) >= MAX_PROVIDERS_PER_CHANNEL:
                 raise errors.ResourceExhausted(f"the {channel} channel has {MAX_PROVIDERS_PER_CHANNEL} providers; "
                                                "delete one first")

@@ -92,7 +92,6 @@ def update_mask(paths) -> field_mask_pb2.FieldMask:
     return field_mask_pb2.FieldMask(paths=paths)
 
 
-
 def check_redrive_rules(record: pubsub_pb2.Subscription) -> None:
     """Each rule's pattern compiles, its delay and count are in range (defaults
     filled in: 10 minutes, 3 times); rules need dead-lettering."""
@@ -117,6 +116,7 @@ def check_redrive_rules(record: pubsub_pb2.Subscription) -> None:
         validation.seconds_between("redrive rule delay", rule.after.ToMilliseconds() / 1000, 1, MAX_REDRIVE_AFTER_S)
         rule.max_redrives = rule.max_redrives or DEFAULT_MAX_REDRIVES
         validation.count_between("redrive rule max redrives", rule.max_redrives, 1, MAX_REDRIVES)
+
 
 class Page(NamedTuple):
     """Where a listing starts and how much it returns."""
