@@ -15,7 +15,7 @@ import grpc
 
 from frontend import fanin, stats
 from gen.notifymesh.internal.v1 import node_pb2, node_pb2_grpc, storage_pb2
-from gen.notifymesh.v1 import cluster_pb2, pubsub_pb2
+from gen.notifymesh.v1 import cluster_pb2, notify_pb2, pubsub_pb2
 from notifymesh import errors
 from notifymesh.backoff import Backoff, BackoffPolicy
 from notifymesh.batching import Coalescer
@@ -63,6 +63,8 @@ class GatewaySenders(Protocol):
     async def nack(self, request: pubsub_pb2.NackRequest) -> None: ...
 
     async def count_streams(self, subscriptions: list[str]) -> dict[str, int]: ...
+
+    async def provider_status(self, channel: int) -> notify_pb2.GetProviderStatusResponse: ...
 
     async def pull(self, request: pubsub_pb2.PullRequest, addr: str = "") -> pubsub_pb2.PullResponse: ...
 
@@ -295,6 +297,10 @@ class Gateway:
         log.info("subscription seek", extra=fields(subscription=request.subscription, target=target,
                                                    time_ms=time_ms, partitions_limited=limited))
         return pubsub_pb2.SeekResponse(partitions_limited=limited)
+
+    async def provider_status(self, channel: int) -> notify_pb2.GetProviderStatusResponse:
+        """The live senders' circuit breakers of the providers (sender/breaker.py)."""
+        return await self._senders.provider_status(channel)
 
     async def message_status(self, message_id: str) -> pubsub_pb2.MessageStatus:
         """The id names its partition and a hash of its topic; the leader of that

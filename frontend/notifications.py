@@ -83,6 +83,8 @@ class Mesh(Protocol):
 
     async def message_status(self, message_id: str) -> pubsub_pb2.MessageStatus: ...
 
+    async def provider_status(self, channel: int) -> notify_pb2.GetProviderStatusResponse: ...
+
 
 class NotificationLog(Protocol):
     """The reader of the log (notifymesh.server.notification_log.NotificationLog).
@@ -346,6 +348,11 @@ class Notifications:
         listed = await self._metadata.admin("ListProviders", request)
         return notify_pb2.ListProvidersResponse(providers=[_without_secret(p) for p in listed.providers])
 
+    async def provider_status(self, request: notify_pb2.GetProviderStatusRequest) -> notify_pb2.GetProviderStatusResponse:
+        if request.channel:
+            _channel(request.channel)
+        return await self._mesh.provider_status(request.channel)
+
     async def preview_template(self, request: notify_pb2.PreviewTemplateRequest) -> notify_pb2.RenderedContent:
         channel = _channel(request.channel)
         data = _data(request.data)
@@ -569,6 +576,12 @@ class NotificationsServicer(notify_pb2_grpc.NotificationsServicer):
 
     async def ListProviders(self, request, context):
         return await self._n.list_providers(request)
+
+    async def DeleteProvider(self, request, context):
+        return await self._n.admin("DeleteProvider", request)
+
+    async def GetProviderStatus(self, request, context):
+        return await self._n.provider_status(request)
 
     async def Notify(self, request, context):
         return await self._n.notify(request)

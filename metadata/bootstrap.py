@@ -47,6 +47,15 @@ def _subscription(name: str, topic: str, ack_deadline_s: int, max_attempts: int,
     return record
 
 
+def provider_unavailable_rule() -> pubsub_pb2.RedriveRule:
+    """A channel task dead-lettered because every provider of its channel was
+    unavailable (sender/notifications.py ChannelProviders) goes back after 10
+    minutes, 3 times at most: a provider outage is a known transient failure."""
+    rule = pubsub_pb2.RedriveRule(reason="^provider unavailable", max_redrives=3)
+    rule.after.FromSeconds(600)
+    return rule
+
+
 def internal() -> Internal:
     """Every internal topic and subscription, with its parameters (design of issue 15).
     Replication factor: the cluster's default (3)."""
@@ -60,7 +69,9 @@ def internal() -> Internal:
         for priority in (notify_pb2.NORMAL, notify_pb2.HIGH):
             topic = channel_topic(channel, priority)
             topics.append(pubsub_pb2.Topic(name=topic, partition_count=CHANNEL_PARTITIONS, dedup_by_payload=False))
-            subscriptions.append(_subscription(channel_subscription(channel, priority), topic, 30, 5, dead))
+            subscription = _subscription(channel_subscription(channel, priority), topic, 30, 5, dead)
+            subscription.redrive_rules.append(provider_unavailable_rule())
+            subscriptions.append(subscription)
     return Internal(topics, subscriptions)
 
 

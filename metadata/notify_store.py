@@ -49,6 +49,28 @@ OPTIONAL_SETTINGS = {"smtp": ("starttls", "use_tls", "username", "timeout_second
 MAX_SETTING_BYTES = 1024
 MAX_SECRET_BYTES = 4096
 DEFAULT_MAX_CONCURRENCY, MAX_CONCURRENCY = 32, 1000
+# Several providers per channel, tried by priority (lowest first) where a circuit
+# breaker passes one over: a handful is what failover needs; each is an adapter
+# (connections, a breaker) in every sender.
+MAX_PROVIDERS_PER_CHANNEL = 10
+MAX_PRIORITY = 1000
+DEFAULT_PROVIDER = "default"  # the name of a provider set without one
+
+
+def provider_key(channel: int, name: str) -> bytes:
+    """providers/<channel>/<name>. Before providers had names a channel had one, at
+    providers/<channel> (legacy_provider_key): read as "default", replaced by the
+    next write of "default"."""
+    return PROVIDERS + f"{channel_name(channel)}/{name}".encode()
+
+
+def legacy_provider_key(channel: int) -> bytes:
+    return PROVIDERS + channel_name(channel).encode()
+
+
+def _named(record: notify_pb2.Provider) -> notify_pb2.Provider:
+    record.name = record.name or DEFAULT_PROVIDER
+    return record
 
 
 def _bytes_at_most(what: str, text: str, most: int) -> None:
@@ -160,6 +182,8 @@ def check_provider(provider: notify_pb2.Provider) -> notify_pb2.Provider:
     _bytes_at_most("secret", record.secret, MAX_SECRET_BYTES)
     record.max_concurrency = record.max_concurrency or DEFAULT_MAX_CONCURRENCY
     validation.count_between("max concurrency", record.max_concurrency, 1, MAX_CONCURRENCY)
+    validation.name("provider", _named(record).name)
+    validation.count_between("provider priority", record.priority, 0, MAX_PRIORITY)
     record.secret_set = bool(record.secret)
     return record
 
@@ -288,35 +312,53 @@ class NotifyMetadataStore:
     # -- providers -----------------------------------------------------------------------
 
     async def set_provider(self, provider: notify_pb2.Provider, keep_secret: bool) -> notify_pb2.Provider:
-        """Replaces the channel's provider; with keep_secret and no secret given, the
-        stored secret stays (a compare-and-swap on the record read)."""
+        """Adds the channel's provider of that name or replaces it; with keep_secret and
+        no secret given, the stored secret stays. A compare-and-swap on the record read
+        (and, for "default", on the legacy key it replaces)."""
         record = check_provider(provider)
-        key = PROVIDERS + channel_name(record.channel).encode()
-        keep = keep_secret and not record.secret
+        channel, name = channel_name(record.channel), record.name
+        key, legacy = provider_key(record.channel, name), legacy_provider_key(record.channel)
         for _ in range(WRITE_TRIES):
-            compare = []
-            if keep:
-                kv = await self._etcd.get(key)
-                if kv is not None:
-                    record.secret = notify_pb2.Provider.FromString(kv.value).secret
-                    record.secret_set = bool(record.secret)
-                compare = [self._txn.mod(key) == kv.mod_revision if kv else self._txn.version(key) == 0]
-            written, _ = await self._etcd.transaction(compare=compare,
-                                                      success=[self._txn.put(key, record.SerializeToString())],
-                                                      failure=[])
+            kvs = {k: await self._etcd.get(k) for k in ((key, legacy) if name == DEFAULT_PROVIDER else (key,))}
+            stored = kvs[key] or kvs.get(legacy)
+            # The mirror: a bound, not an exact count (as for categories).
+            if stored is None and len(self._cluster.providers.groups.get(channel, {})) >= MAX_PROVIDERS_PER_CHANNEL:
+                raise errors.ResourceExhausted(f"the {channel} channel has {MAX_PROVIDERS_PER_CHANNEL} providers; "
+                                               "delete one first")
+            if keep_secret and not record.secret and stored is not None:
+                record.secret = notify_pb2.Provider.FromString(stored.value).secret
+            record.secret_set = bool(record.secret)
+            compare = [self._txn.mod(k) == kv.mod_revision if kv else self._txn.version(k) == 0
+                       for k, kv in kvs.items()]
+            success = [self._txn.put(key, record.SerializeToString())]
+            if kvs.get(legacy) is not None:
+                success.append(self._txn.delete(legacy))
+            written, _ = await self._etcd.transaction(compare=compare, success=success, failure=[])
             if written:
-                log.info("provider set", extra=fields(channel=channel_name(record.channel), kind=record.kind,
-                                                      secret_set=record.secret_set))
+                log.info("provider set", extra=fields(channel=channel, provider=name, kind=record.kind,
+                                                      priority=record.priority, secret_set=record.secret_set))
                 return record
-        raise errors.Aborted(f"the {channel_name(record.channel)} provider changed meanwhile; try again")
+        raise errors.Aborted(f"the {channel} provider {name!r} changed meanwhile; try again")
 
-    async def get_provider(self, channel: int) -> notify_pb2.Provider:
-        name = _channel(channel, "provider")
-        kv = await self._etcd.get(PROVIDERS + name.encode())
+    async def get_provider(self, channel: int, name: str = "") -> notify_pb2.Provider:
+        channel_text, name = _channel(channel, "provider"), name or DEFAULT_PROVIDER
+        kv = await self._etcd.get(provider_key(channel, name))
+        if kv is None and name == DEFAULT_PROVIDER:
+            kv = await self._etcd.get(legacy_provider_key(channel))
         if kv is None:
-            raise errors.NotFound(f"no provider set for the {name} channel")
-        return notify_pb2.Provider.FromString(kv.value)
+            raise errors.NotFound(f"no provider {name!r} set for the {channel_text} channel")
+        return _named(notify_pb2.Provider.FromString(kv.value))
 
     async def list_providers(self) -> list[notify_pb2.Provider]:
-        return [notify_pb2.Provider.FromString(kv.value) for kv in await self._etcd.get_prefix(PROVIDERS)]
+        """By channel, then priority, then name (the order senders try them in)."""
+        found = [_named(notify_pb2.Provider.FromString(kv.value)) for kv in await self._etcd.get_prefix(PROVIDERS)]
+        return sorted(found, key=lambda p: (p.channel, p.priority, p.name))
 
+    async def delete_provider(self, channel: int, name: str = "") -> None:
+        channel_text, name = _channel(channel, "provider"), name or DEFAULT_PROVIDER
+        deleted = await self._etcd.delete(provider_key(channel, name))
+        if name == DEFAULT_PROVIDER:
+            deleted = await self._etcd.delete(legacy_provider_key(channel)) or deleted
+        if not deleted:
+            raise errors.NotFound(f"no provider {name!r} set for the {channel_text} channel")
+        log.info("provider deleted", extra=fields(channel=channel_text, provider=name))

@@ -62,7 +62,8 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
         return pubsub_pb2.DeleteSubscriptionResponse()
 
     async def UpdateSubscription(self, request, context):
-        _not_reserved("subscription", request.subscription.name)
+        if list(request.update_mask.paths) != ["redrive_rules"]:  # the one change notifymesh's own take
+            _not_reserved("subscription", request.subscription.name)
         _not_reserved("topic", request.subscription.dead_letter_topic)
         return await self._store.update_subscription(request.subscription, list(request.update_mask.paths))
 
@@ -105,10 +106,14 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
         return await self._notify.set_provider(request.provider, request.keep_secret)
 
     async def GetProvider(self, request, context):
-        return await self._notify.get_provider(request.channel)
+        return await self._notify.get_provider(request.channel, request.name)
 
     async def ListProviders(self, request, context):
         return notify_pb2.ListProvidersResponse(providers=await self._notify.list_providers())
+
+    async def DeleteProvider(self, request, context):
+        await self._notify.delete_provider(request.channel, request.name)
+        return notify_pb2.DeleteProviderResponse()
 
 
 class MetadataService:

@@ -8,6 +8,7 @@ transactions, so two concurrent creates of one name cannot both succeed.
 import base64
 import binascii
 import logging
+import re
 import secrets
 import urllib.parse
 from typing import NamedTuple
@@ -36,13 +37,19 @@ DELETE_TRIES = 3  # a delete retries when subscriptions changed between its chec
 UPDATE_TRIES = 3  # an update retries when the record changed between its read and its transaction
 # What UpdateSubscription may change (its update_mask paths); name, topic and
 # create_time identify the subscription and its backlog.
-UPDATABLE = ("ack_deadline", "retry_policy", "max_delivery_attempts", "dead_letter_topic", "push_config")
+UPDATABLE = ("ack_deadline", "retry_policy", "max_delivery_attempts", "dead_letter_topic", "push_config",
+             "redrive_rules")
 IMMUTABLE = ("name", "topic", "create_time")
 PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
 # Records one filtered page reads at most: a topic with few subscriptions among many
 # gets a short page (with a token) rather than a read of every record in one call.
 MAX_SCANNED_PER_PAGE = 10 * MAX_PAGE_SIZE
 ETCD_TIMEOUT_S = 5  # as every other etcd request (cluster.connect_etcd)
+# Redrive rules: each storage leader matches a subscription's rules against its dead
+# letters every sweep (about a second), so a few short patterns.
+MAX_REDRIVE_RULES, MAX_REDRIVE_PATTERN_BYTES = 10, 256
+DEFAULT_REDRIVE_AFTER_S, MAX_REDRIVE_AFTER_S = 600, 7 * 24 * 3600
+DEFAULT_MAX_REDRIVES, MAX_REDRIVES = 3, 100
 
 
 def _refuse_if_named(topic: str, subscriptions: list[pubsub_pb2.Subscription]) -> None:
@@ -83,6 +90,32 @@ def update_mask(paths) -> field_mask_pb2.FieldMask:
         if path == "push_config.secret":
             raise errors.InvalidArgument("push_config.secret is set by the server")
     return field_mask_pb2.FieldMask(paths=paths)
+
+
+def check_redrive_rules(record: pubsub_pb2.Subscription) -> None:
+    """Each rule's pattern compiles, its delay and count are in range (defaults
+    filled in: 10 minutes, 3 times); rules need dead-lettering."""
+    rules = record.redrive_rules
+    if not rules:
+        return
+    if not record.max_delivery_attempts:
+        raise errors.InvalidArgument("redrive rules need dead-lettering: set max delivery attempts and a "
+                                     "dead-letter topic")
+    validation.count_between("redrive rules", len(rules), 0, MAX_REDRIVE_RULES)
+    for rule in rules:
+        if not 1 <= len(rule.reason.encode()) <= MAX_REDRIVE_PATTERN_BYTES:
+            raise errors.InvalidArgument(f"redrive rule reason {rule.reason[:80]!r}: a regular expression of 1 to "
+                                         f"{MAX_REDRIVE_PATTERN_BYTES} bytes")
+        try:
+            re.compile(rule.reason)
+        except re.error as e:
+            raise errors.InvalidArgument(f"redrive rule reason {rule.reason!r} is not a regular expression: {e}") \
+                from None
+        if not rule.HasField("after"):
+            rule.after.FromSeconds(DEFAULT_REDRIVE_AFTER_S)
+        validation.seconds_between("redrive rule delay", rule.after.ToMilliseconds() / 1000, 1, MAX_REDRIVE_AFTER_S)
+        rule.max_redrives = rule.max_redrives or DEFAULT_MAX_REDRIVES
+        validation.count_between("redrive rule max redrives", rule.max_redrives, 1, MAX_REDRIVES)
 
 
 class Page(NamedTuple):
@@ -326,6 +359,7 @@ class MetadataStore:
             if record.dead_letter_topic == record.topic:
                 raise errors.InvalidArgument("the dead-letter topic must differ from the subscription's topic")
             await self.get_topic(record.dead_letter_topic)  # NOT_FOUND when missing
+        check_redrive_rules(record)
 
     async def get_subscription(self, name: str) -> pubsub_pb2.Subscription:
         kv = await self._etcd.get(SUBSCRIPTIONS + validation.name("subscription", name).encode())

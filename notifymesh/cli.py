@@ -240,12 +240,36 @@ async def _dead_letters(args, client: Client) -> None:
             for dead in page:
                 args.out.record({**_message_fields(dead.message), "delivery_attempts": dead.delivery_attempts,
                                  "dead_letter_time": dead.dead_letter_time.ToJsonString(),
-                                 "last_error": dead.last_error, "dead_letter_message_id": dead.dead_letter_message_id})
+                                 "last_error": dead.last_error, "dead_letter_message_id": dead.dead_letter_message_id,
+                                 "redrives": dead.redrives})
             if args.max:
                 break  # the first page of that many
     elif args.action == "redrive":
         redriven = await client.redrive_dead_letters(args.subscription)
         args.out.record({"subscription": args.subscription, "redriven": redriven})
+    else:
+        await _redrive_rules(args, client)
+
+
+async def _redrive_rules(args, client: Client) -> None:
+    """dead-letters rules|add-rule|remove-rule: a rule is named by its reason pattern."""
+    if args.action == "rules":
+        subscriptions = [await client.get_subscription(args.subscription)] if args.subscription \
+            else await client.list_subscriptions()
+    else:
+        subscription = await client.get_subscription(args.subscription)
+        rules = [rule for rule in subscription.redrive_rules if rule.reason != args.reason]
+        if args.action == "add-rule":
+            rule = pubsub_pb2.RedriveRule(reason=args.reason, max_redrives=args.max_redrives)
+            rule.after.FromMilliseconds(round(args.after * 1000))
+            rules.append(rule)
+        elif len(rules) == len(subscription.redrive_rules):
+            fail(f"subscription {args.subscription!r} has no redrive rule with reason {args.reason!r}")
+        subscriptions = [await client.set_redrive_rules(args.subscription, rules)]
+    for subscription in subscriptions:
+        for rule in subscription.redrive_rules:
+            args.out.record({"subscription": subscription.name, "reason": rule.reason,
+                             "after_s": rule.after.ToMilliseconds() / 1000, "max_redrives": rule.max_redrives})
 
 
 async def _topic(args, client: Client) -> None:
@@ -713,7 +737,8 @@ def _add_message_commands(commands) -> None:
     nack.add_argument("--delay", type=duration, help="redeliver after this long (default: the retry backoff)")
     nack.add_argument("--reason", help="kept in the delivery log")
 
-    dead = commands.add_parser("dead-letters", help="list or redrive a subscription's dead letters")
+    dead = commands.add_parser("dead-letters", help="list or redrive a subscription's dead letters; rules that redrive "
+                                                    "them by themselves")
     dead_actions = dead.add_subparsers(dest="action", required=True)
     listing = dead_actions.add_parser("list",
                                       help="the dead-lettered messages still kept, each partition's oldest first")
@@ -722,6 +747,17 @@ def _add_message_commands(commands) -> None:
                          help="at most this many (default: all, page after page; up to 1000)")
     dead_actions.add_parser("redrive", help="deliver them to the subscription again").add_argument(
         "subscription", help="the subscription")
+    dead_actions.add_parser("rules", help="the redrive rules: dead letters that go back by themselves").add_argument(
+        "subscription", nargs="?", help="default: every subscription's")
+    add_rule = dead_actions.add_parser("add-rule", help="redrive dead letters whose last error matches, by themselves "
+                                                        "(replaces a rule of the same reason)")
+    remove_rule = dead_actions.add_parser("remove-rule", help="remove the rule of that reason")
+    for parser_ in (add_rule, remove_rule):
+        parser_.add_argument("subscription", help="a subscription with dead-lettering (notifymesh's own too)")
+        parser_.add_argument("--reason", required=True, help="a regular expression searched for in the last error, "
+                                                             "e.g. '^provider unavailable'")
+    add_rule.add_argument("--after", type=duration, default=600.0, help="dead this long first (default 10m)")
+    add_rule.add_argument("--max-redrives", type=count(1, 100), default=3, help="per message (default 3)")
 
     message = commands.add_parser("message", help="where a message is")
     message.add_subparsers(dest="action", required=True).add_parser(

@@ -269,6 +269,15 @@ class Client:
         request.update_mask.paths.extend(paths)
         return await self._call(self._subscriber.UpdateSubscription, request)
 
+    async def set_redrive_rules(self, subscription: str,
+                                rules: Iterable[pubsub_pb2.RedriveRule]) -> pubsub_pb2.Subscription:
+        """Replaces the subscription's redrive rules (none: every dead letter waits for
+        a person); notifymesh's own subscriptions take this change too."""
+        request = pubsub_pb2.UpdateSubscriptionRequest(subscription=pubsub_pb2.Subscription(
+            name=subscription, redrive_rules=rules))
+        request.update_mask.paths.append("redrive_rules")
+        return await self._call(self._subscriber.UpdateSubscription, request)
+
     async def pull(self, subscription: str, max_messages: int = 0,
                    wait_s: float = 0) -> list[pubsub_pb2.ReceivedMessage]:
         """Up to max_messages (0: the server's 100) messages ready now; with none ready,
@@ -590,13 +599,22 @@ class Client:
         return await self._call(self._notifications.SetProvider, notify_pb2.SetProviderRequest(
             provider=provider, keep_secret=keep_secret))
 
-    async def get_provider(self, channel: int | str) -> notify_pb2.Provider:
+    async def get_provider(self, channel: int | str, name: str = "") -> notify_pb2.Provider:
         return await self._call(self._notifications.GetProvider,
-                                notify_pb2.GetProviderRequest(channel=channel_of(channel)))
+                                notify_pb2.GetProviderRequest(channel=channel_of(channel), name=name))
 
     async def list_providers(self) -> list[notify_pb2.Provider]:
         reply = await self._call(self._notifications.ListProviders, notify_pb2.ListProvidersRequest())
         return list(reply.providers)
+
+    async def delete_provider(self, channel: int | str, name: str = "") -> None:
+        await self._call(self._notifications.DeleteProvider,
+                         notify_pb2.DeleteProviderRequest(channel=channel_of(channel), name=name))
+
+    async def get_provider_status(self, channel: int | str = 0) -> notify_pb2.GetProviderStatusResponse:
+        """Each provider's circuit breaker in each live sender (of channel; 0: all)."""
+        return await self._call(self._notifications.GetProviderStatus, notify_pb2.GetProviderStatusRequest(
+            channel=channel_of(channel) if channel else 0))
 
     async def notify(self, template: str, category: str, recipients: Iterable[str] = (), audience: str = "",
                      data: dict | str | None = None, channels: Iterable[int | str] = (), idempotency_key: str = "",

@@ -107,8 +107,20 @@ def _rendered_record(r: notify_pb2.RenderedContent) -> dict:
 
 
 def _provider_record(p: notify_pb2.Provider) -> dict:
-    return {"channel": channel_name(p.channel), "kind": p.kind, "settings": dict(p.settings),
-            "secret_set": p.secret_set, "max_concurrency": p.max_concurrency}
+    return {"channel": channel_name(p.channel), "name": p.name or "default", "priority": p.priority, "kind": p.kind,
+            "settings": dict(p.settings), "secret_set": p.secret_set, "max_concurrency": p.max_concurrency}
+
+
+def _provider_status_record(s: notify_pb2.ProviderStatus) -> dict:
+    record = {"sender": s.sender, "channel": channel_name(s.channel), "name": s.name, "priority": s.priority,
+              "state": notify_pb2.BreakerState.Name(s.state).removeprefix("BREAKER_").lower(),
+              "error_rate": round(s.error_rate, 3), "sends": s.sends, "failures": s.failures,
+              "consecutive_failures": s.consecutive_failures}
+    if s.HasField("retry_time"):
+        record["retry_time"] = s.retry_time.ToJsonString()
+    if s.last_error:
+        record["last_error"] = s.last_error
+    return record
 
 
 def _state(state: int) -> str:
@@ -442,15 +454,25 @@ async def _provider(args, client: Client) -> None:
     if args.action == "set":
         kind = args.kind or PROVIDER_KINDS[channel_name(args.channel)]
         provider = notify_pb2.Provider(channel=args.channel, kind=kind, settings=dict(args.setting or []),
-                                       max_concurrency=args.max_concurrency or 0)
+                                       max_concurrency=args.max_concurrency or 0, name=args.name,
+                                       priority=args.priority)
         if args.secret_file is not None:
             provider.secret = args.secret_file.rstrip("\r\n")
         args.out.record(_provider_record(await client.set_provider(provider, keep_secret=args.secret_file is None)))
     elif args.action == "get":
-        args.out.record(_provider_record(await client.get_provider(args.channel)))
+        args.out.record(_provider_record(await client.get_provider(args.channel, args.name)))
     elif args.action == "list":
         for provider in await client.list_providers():
             args.out.record(_provider_record(provider))
+    elif args.action == "delete":
+        await client.delete_provider(args.channel, args.name)
+        args.out.record({"channel": channel_name(args.channel), "name": args.name or "default", "deleted": True})
+    elif args.action == "status":
+        status = await client.get_provider_status(args.channel or 0)
+        for each in status.providers:
+            args.out.record(_provider_status_record(each))
+        if status.unanswered_senders:
+            print(f"senders that did not answer: {', '.join(status.unanswered_senders)}", file=sys.stderr)
 
 
 async def run(args, client: Client) -> int:
@@ -612,7 +634,7 @@ def _add_audience_commands(commands) -> None:
 
 
 def _add_provider_commands(commands) -> None:
-    """provider set|get|list"""
+    """provider set|get|list|delete|status"""
     provider = commands.add_parser("provider", help="how each channel sends")
     actions = provider.add_subparsers(dest="action", required=True)
     put = actions.add_parser("set", help="configure a channel's provider (secrets are write-only)")
@@ -625,6 +647,15 @@ def _add_provider_commands(commands) -> None:
                      help="the password or token, read from FILE ('-': stdin), never from the command line; "
                           "without it the stored secret is kept")
     put.add_argument("--max-concurrency", type=base.count(1, 1000), help="sends in flight at once (default 32)")
-    actions.add_parser("get", help="a channel's provider (without its secret)").add_argument(
-        "channel", type=channel, help="email, sms or webhook")
-    actions.add_parser("list", help="every provider (without secrets)")
+    put.add_argument("--name", default="", help="a channel has several providers by name (default: 'default')")
+    put.add_argument("--priority", type=base.count(0, 1000), default=0,
+                     help="lower is tried first; the next takes over while one's circuit breaker is open")
+    get = actions.add_parser("get", help="a channel's provider (without its secret)")
+    get.add_argument("channel", type=channel, help="email, sms or webhook")
+    get.add_argument("--name", default="", help="default: 'default'")
+    actions.add_parser("list", help="every provider (without secrets), in the order each channel tries them")
+    delete = actions.add_parser("delete", help="remove one of a channel's providers")
+    delete.add_argument("channel", type=channel, help="email, sms or webhook")
+    delete.add_argument("--name", default="", help="default: 'default'")
+    status = actions.add_parser("status", help="each provider's circuit breaker and recent error rate, per sender")
+    status.add_argument("channel", type=channel, nargs="?", help="default: every channel")

@@ -7,16 +7,23 @@ channel and priority for the internal subscriptions this sender owns.
 
 import asyncio
 import logging
+import time
+from typing import Callable, NamedTuple
 
 from gen.notifymesh.v1 import notify_pb2
+from notifymesh.clock import now_ms, timestamp
 from notifymesh.log import fields
 from notifymesh.server import templating, unsubscribe
 from notifymesh.server.clients import StorageClient
+from notifymesh.server.cluster import Cluster
+from notifymesh.server.config import LiveConfig
 from notifymesh.server.internal_topics import CHANNELS, FANOUT_SUBSCRIPTION, channel_name, channel_subscription
 from notifymesh.server.notification_log import BatchedRecorder, NotificationLog
 from notifymesh.server.process import Context
 from notifymesh.server.publishing import InternalPublisher
 from notifymesh.server.table import TableClient
+from sender import breaker
+from sender.breaker import Breaker, Permit
 from sender.channel_worker import BatchedReads, ChannelSender, Failed, Outgoing, PrioritySlots, Sent
 from sender.dispatch import Dispatcher
 from sender.fanout import Fanout
@@ -44,47 +51,141 @@ def window(max_concurrency: int) -> int:
     return max(max_concurrency, MIN_WINDOW)
 
 
-class ChannelProviders:
-    """One sender.providers adapter per channel, made from the channel's record in
-    the mirror and made again when that record changes; failures become Failed."""
+def provider_name(record: notify_pb2.Provider) -> str:
+    """A record's name ("" before providers had names: "default")."""
+    return record.name or "default"
 
-    def __init__(self, ctx: Context):
-        self._cluster = ctx.cluster
-        self._made: dict[int, tuple[notify_pb2.Provider, ChannelProvider]] = {}
+
+def ordered(records) -> list[notify_pb2.Provider]:
+    """The order a channel's providers are tried in: priority, then name."""
+    return sorted(records, key=lambda record: (record.priority, provider_name(record)))
+
+
+class Made(NamedTuple):
+    record: notify_pb2.Provider
+    adapter: ChannelProvider | None  # None: no adapter for the record's kind
+    error: str  # why not
+    breaker: Breaker
+
+
+class ChannelProviders:
+    """Each channel's providers from the mirror, tried by priority: one adapter
+    (sender.providers) and one circuit breaker (sender/breaker.py) each, made again
+    when its record changes. A send goes to the first provider whose breaker lets it
+    through; transient failures count towards opening that breaker; when every
+    breaker is open the send fails transiently, naming them."""
+
+    def __init__(self, cluster: Cluster, config: LiveConfig,
+                 make: Callable[[notify_pb2.Provider], ChannelProvider] = provider_for,
+                 clock: Callable[[], float] = time.monotonic):
+        """cluster.providers: the mirror, grouped by channel name; config: live, for the
+        breakers' settings; make: an adapter for a record (raises ValueError)."""
+        self._cluster, self._make, self._clock = cluster, make, clock
+        self._failures = lambda: config.provider_breaker_failures
+        self._cooldown_s = lambda: config.provider_breaker_cooldown_s
+        # (channel, provider name) -> Made: as many as the mirror has records.
+        self._made: dict[tuple[int, str], Made] = {}
+        self._ordered: dict[int, tuple[tuple[int, ...], list[Made]]] = {}  # per channel: (fingerprint, Mades)
         self._closing: set[asyncio.Task] = set()
 
-    def _provider(self, channel: int) -> ChannelProvider | None:
-        record = self._cluster.providers.items.get(channel_name(channel))
-        if record is None:
-            return None
-        made = self._made.get(channel)
-        if made is None or made[0] != record:
-            if made is not None:  # its sends under way finish on their own connections first
-                task = asyncio.create_task(made[1].close())
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
-            made = self._made[channel] = (record, provider_for(record))
-        return made[1]
+    def _close_later(self, made: Made) -> None:
+        """Its sends under way finish on their own connections first."""
+        if made.adapter is not None:
+            task = asyncio.create_task(made.adapter.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    def providers(self, channel: int) -> list[Made]:
+        """The channel's providers in the order they are tried; worked out again only
+        when the mirror holds other record objects for the channel (it decodes a new
+        one at each change; the cached Mades keep the old ones alive, so no id is reused)."""
+        group = self._cluster.providers.groups.get(channel_name(channel), {})
+        fingerprint = tuple(map(id, group.values()))
+        cached = self._ordered.get(channel)
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]
+        records = ordered(group.values())
+        names = {provider_name(record) for record in records}
+        for key in [key for key in self._made if key[0] == channel and key[1] not in names]:
+            self._close_later(self._made.pop(key))
+        found = []
+        for record in records:
+            key = (channel, provider_name(record))
+            made = self._made.get(key)
+            if made is None or made.record != record:
+                if made is not None:
+                    self._close_later(made)
+                try:
+                    adapter, error = self._make(record), ""
+                except ValueError as e:  # a kind no adapter has (metadata refuses those)
+                    adapter, error = None, str(e)
+                made = self._made[key] = Made(record, adapter, error,
+                                              Breaker(self._failures, self._cooldown_s, self._clock))
+            found.append(made)
+        self._ordered[channel] = (fingerprint, found)
+        return found
 
     async def send(self, message: Outgoing) -> Sent | Failed:
-        try:
-            provider = self._provider(message.channel)
-        except ValueError as e:  # a kind no adapter has (metadata refuses those)
-            return Failed(True, str(e))
-        if provider is None:  # removed since the task looked
+        made = self.providers(message.channel)
+        if not made:  # removed since the task looked
             return Failed(True, f"no {channel_name(message.channel)} provider is set")
+        for candidate in made:
+            if candidate.adapter is None:
+                continue
+            permit = candidate.breaker.permit()
+            if permit is not None:
+                return await self._send(candidate, permit, message)
+        passed = "; ".join(f"{provider_name(m.record)}: "
+                           + (m.error or f"circuit open ({m.breaker.status().last_error or 'trial under way'})")
+                           for m in made)
+        reason = f"provider unavailable: no {channel_name(message.channel)} provider takes sends now ({passed})"
+        # Again when the first breaker half-opens (at least a second later).
+        retry = min((m.breaker.retry_in_s() for m in made if m.adapter is not None), default=0.0)
+        return Failed(True, reason, "", max(retry, 1.0))
+
+    async def _send(self, made: Made, permit: Permit, message: Outgoing) -> Sent | Failed:
+        name, breaker = provider_name(made.record), made.breaker
         try:
-            result = await provider.send(OutgoingMessage(*message))
+            result = await made.adapter.send(OutgoingMessage(*message))
         except TransientSendError as e:
-            return Failed(True, e.reason, provider.name, e.retry_after_s)
-        except PermanentSendError as e:
-            return Failed(False, e.reason, provider.name)
-        return Sent(result.provider, result.provider_message_id)
+            breaker.failed(permit, e.reason)
+            return Failed(True, e.reason, name, e.retry_after_s)
+        except PermanentSendError as e:  # the provider answered: the message's fault, not its own
+            breaker.succeeded(permit)
+            return Failed(False, e.reason, name)
+        except BaseException:
+            breaker.abandoned(permit)
+            raise
+        breaker.succeeded(permit)
+        return Sent(name, result.provider_message_id)
+
+    def status(self, channel: int = 0) -> list[notify_pb2.ProviderStatus]:
+        """Every provider's breaker (of one channel, or all), as this sender sees it."""
+        listed = []
+        for each in CHANNELS:
+            if channel and each != channel:
+                continue
+            for made in self.providers(each):
+                status = made.breaker.status()
+                shown = notify_pb2.ProviderStatus(
+                    channel=each, name=provider_name(made.record), priority=made.record.priority,
+                    state=BREAKER_STATES[status.state], sends=status.sends, failures=status.failures,
+                    error_rate=status.error_rate, consecutive_failures=status.consecutive_failures,
+                    last_error=made.error or status.last_error)
+                if status.state == breaker.OPEN:
+                    shown.retry_time.CopyFrom(timestamp(now_ms() + round(status.retry_in_s * 1000)))
+                listed.append(shown)
+        return listed
 
     async def close(self) -> None:
-        providers = [provider for _, provider in self._made.values()]
+        providers = [made.adapter for made in self._made.values() if made.adapter is not None]
         self._made.clear()
+        self._ordered.clear()
         await asyncio.gather(*(p.close() for p in providers), *self._closing, return_exceptions=True)
+
+
+BREAKER_STATES = {breaker.CLOSED: notify_pb2.BREAKER_CLOSED, breaker.OPEN: notify_pb2.BREAKER_OPEN,
+                  breaker.HALF_OPEN: notify_pb2.BREAKER_HALF_OPEN}
 
 
 class TemplateRendering:
@@ -108,7 +209,7 @@ class NotificationPipeline:
     def __init__(self, ctx: Context, dispatcher: Dispatcher):
         self._ctx, self._dispatcher = ctx, dispatcher
         self._workers: PipelineWorkers | None = None
-        self._providers = ChannelProviders(ctx)
+        self._providers = self.providers = ChannelProviders(ctx.cluster, ctx.config)
 
     async def start(self) -> None:
         ctx, config = self._ctx, self._ctx.config
@@ -133,8 +234,9 @@ class NotificationPipeline:
         def specs() -> dict[str, WorkerSpec]:
             wanted = {FANOUT_SUBSCRIPTION: WorkerSpec(fanout, FANOUT_JOBS)}
             for channel in CHANNELS:
-                record = ctx.cluster.providers.items.get(channel_name(channel))
-                concurrency = (record.max_concurrency if record is not None else 0) or DEFAULT_CONCURRENCY
+                # The most of any of the channel's providers: each adapter bounds its own.
+                records = ctx.cluster.providers.groups.get(channel_name(channel), {}).values()
+                concurrency = max((record.max_concurrency for record in records), default=0) or DEFAULT_CONCURRENCY
                 if slots[channel].limit != concurrency:
                     log.info("provider concurrency", extra=fields(channel=channel_name(channel),
                                                                   concurrency=concurrency))

@@ -1,17 +1,17 @@
 """The sender process: a thin Sender servicer over the Dispatcher."""
 
 from gen.notifymesh.internal.v1 import sender_pb2, sender_pb2_grpc
-from gen.notifymesh.v1 import pubsub_pb2
+from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
 from notifymesh.server import validation
 from notifymesh.server.process import Context
 from sender.dispatch import Dispatcher
-from sender.notifications import NotificationPipeline
+from sender.notifications import ChannelProviders, NotificationPipeline
 from sender.push import PushSubscriptions
 
 
 class SenderServicer(sender_pb2_grpc.SenderServicer):
-    def __init__(self, dispatcher: Dispatcher):
-        self._dispatcher = dispatcher
+    def __init__(self, dispatcher: Dispatcher, providers: ChannelProviders, node_id: str):
+        self._dispatcher, self._providers, self._node_id = dispatcher, providers, node_id
 
     async def Subscribe(self, request, context):
         validation.name("subscription", request.subscription)
@@ -42,6 +42,12 @@ class SenderServicer(sender_pb2_grpc.SenderServicer):
                                                request.wait.ToMilliseconds())
         return sender_pb2.SubscribeFrame(received_messages=received)
 
+    async def GetProviderStatus(self, request, context):
+        listed = self._providers.status(request.channel)
+        for status in listed:
+            status.sender = self._node_id
+        return notify_pb2.GetProviderStatusResponse(providers=listed)
+
 
 class SenderService:
     reflected = ()
@@ -52,7 +58,8 @@ class SenderService:
         ctx.cluster.subscriptions.on_change(self.dispatcher.record_changed)
         self.push = PushSubscriptions(ctx.cluster, self.dispatcher, ctx.config.sender_max_push_in_flight)
         self.notifications = NotificationPipeline(ctx, self.dispatcher)
-        self.servicers = [(sender_pb2_grpc.add_SenderServicer_to_server, SenderServicer(self.dispatcher))]
+        self.servicers = [(sender_pb2_grpc.add_SenderServicer_to_server,
+                           SenderServicer(self.dispatcher, self.notifications.providers, ctx.node_id))]
 
     def state(self) -> dict:
         """What SIGUSR1 logs (notifymesh.server.process.log_tasks)."""

@@ -1,7 +1,10 @@
 """Dead letters: messages out of delivery attempts. Delivery state queues them
 (Deliveries.dead_letter); the storage service publishes each to its
 subscription's dead-letter topic and then buries it here, where it is kept for
-listing and redrive."""
+listing and redrive: by a person (RedriveDeadLetters), or by the subscription's
+redrive rules, which the leader's sweep applies."""
+
+import re
 
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
@@ -42,7 +45,8 @@ class DeadLetters:
         if lease is None:
             return  # acknowledged meanwhile, or buried already
         record = storage_pb2.DeadLetterRecord(seq=dead.seq, delivery_attempts=dead.attempts, dead_ms=now_ms(),
-                                              last_error=dead.error, dead_letter_message_id=dead_letter_message_id)
+                                              last_error=dead.error, dead_letter_message_id=dead_letter_message_id,
+                                              redrives=state.redrives.pop(dead.seq, 0))
         state.dead_letters[dead.seq] = record
         if len(state.dead_letters) > MAX_DEAD_LETTER_RECORDS:
             del state.dead_letters[min(state.dead_letters)]
@@ -66,7 +70,7 @@ class DeadLetters:
                 listed.dead_letters.append(pubsub_pb2.DeadLetter(
                     message=entry.message, delivery_attempts=record.delivery_attempts,
                     dead_letter_time=timestamp(record.dead_ms), last_error=record.last_error,
-                    dead_letter_message_id=record.dead_letter_message_id))
+                    dead_letter_message_id=record.dead_letter_message_id, redrives=record.redrives))
                 listed.seqs.append(seq)
         return listed
 
@@ -85,12 +89,44 @@ class DeadLetters:
             log_.notify()
         return redriven
 
+    def redrive_by_rules(self, shard: str) -> int:
+        """Sends back the dead letters a rule of their subscription's record matches
+        (the first rule whose reason is found in the last error decides), once they
+        have been dead for its `after`, fewer than its max_redrives times; drops
+        the redrive counts of leases acknowledged since. Returns how many went back."""
+        log_ = self._logs.shards.get(shard)
+        if log_ is None:
+            return 0
+        now, redriven = now_ms(), 0
+        for state in log_.subscriptions.values():
+            gone = [seq for seq in state.redrives if seq not in state.leases]
+            for seq in gone:
+                del state.redrives[seq]
+            rules = state.record.redrive_rules if state.record is not None else ()
+            if not rules:
+                if gone:
+                    log_.touch(state)
+                continue
+            due = [record for record in state.dead_letters.values() if (rule := matching(rules, record.last_error))
+                   and record.redrives < rule.max_redrives and record.dead_ms + rule.after.ToMilliseconds() <= now]
+            for record in due:
+                del state.dead_letters[record.seq]
+                state.lease(record.seq, Lease(now, 0, 0))
+                state.redrives[record.seq] = record.redrives + 1
+            if due or gone:
+                log_.touch(state)
+            redriven += len(due)
+        if redriven:
+            log_.notify()
+        return redriven
+
     def sweep(self, shard: str) -> None:
         """Moves due, exhausted leases to the dead-letter queue even while no
-        subscriber pulls."""
+        subscriber pulls, and applies the redrive rules."""
         log_ = self._logs.shards.get(shard)
         if log_ is None:
             return
+        self.redrive_by_rules(shard)
         now = now_ms()
         for state in log_.subscriptions.values():
             if not state.policy.max_attempts:
@@ -101,3 +137,12 @@ class DeadLetters:
                     if message is not None and not self._subscriptions.dead_letter(log_, state, seq, message,
                                                                                    lease, now):
                         return  # the queue is full: the rest wait for a later sweep
+
+
+def matching(rules, last_error: str) -> pubsub_pb2.RedriveRule | None:
+    """The first rule whose reason is found in last_error (patterns are checked when
+    stored; re caches the compiled ones)."""
+    for rule in rules:
+        if re.search(rule.reason, last_error):
+            return rule
+    return None

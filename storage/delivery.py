@@ -99,6 +99,9 @@ class SubscriptionState:
     policy: DeliveryPolicy = DeliveryPolicy()
     # Messages moved to the dead-letter topic, by seq: kept for listing and redrive.
     dead_letters: dict[int, storage_pb2.DeadLetterRecord] = field(default_factory=dict)
+    # Leases a redrive rule sent back: seq -> redrives so far (storage/dead_letters.py);
+    # at most one per lease, dropped with it.
+    redrives: dict[int, int] = field(default_factory=dict)
     created_ms: int = 0  # the subscription's create time: older messages were never its own
     record: pubsub_pb2.Subscription | None = None  # the etcd record policy and created_ms come from
     version: int = 0  # the shard's state_version at its last change (ShardLog.touch)
@@ -262,6 +265,7 @@ class Deliveries:
                                                  errors_.get(lease.seq, "")))
                 for dead in saved.dead_letters:
                     state.dead_letters[dead.seq] = dead
+                state.redrives.update(saved.redrives)
                 log_.touch(state)
             log_.saved = None
         return log_
@@ -274,7 +278,8 @@ class Deliveries:
                 name=state.name, cursor=state.cursor, dead_letters=state.dead_letters.values(),
                 leases=b"".join(pack(seq, lease.deadline_ms, lease.delivered_ms, lease.attempt)
                                 for seq, lease in state.leases.items()),
-                lease_errors={seq: lease.last_error for seq, lease in state.leases.items() if lease.last_error})
+                lease_errors={seq: lease.last_error for seq, lease in state.leases.items() if lease.last_error},
+                redrives=state.redrives)
             state.saved_version = state.version
         return state.saved
 

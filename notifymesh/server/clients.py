@@ -14,7 +14,7 @@ import logging
 import grpc
 
 from gen.notifymesh.internal.v1 import metadata_pb2_grpc, sender_pb2, sender_pb2_grpc, storage_pb2, storage_pb2_grpc
-from gen.notifymesh.v1 import pubsub_pb2
+from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
 from notifymesh.contracts import ack_ids_by_pair
 from notifymesh.log import fields
 from notifymesh.server import rpc
@@ -181,6 +181,28 @@ class SenderClient:
             for name, count in answer.items():
                 counts[name] = max(counts.get(name, 0), count)
         return counts
+
+    async def provider_status(self, channel: int) -> notify_pb2.GetProviderStatusResponse:
+        """Every live sender's circuit breakers of the providers (of channel; 0: all);
+        a sender that does not answer within COUNT_STREAMS_TIMEOUT_S is named unanswered."""
+        request = notify_pb2.GetProviderStatusRequest(channel=channel)
+        live = sorted(self._cluster.live("sender").items())
+
+        async def one(addr: str) -> notify_pb2.GetProviderStatusResponse | None:
+            try:
+                return await self._stub(addr).GetProviderStatus(request, timeout=COUNT_STREAMS_TIMEOUT_S)
+            except grpc.aio.AioRpcError as e:
+                log.warning("sender did not tell its providers' status", extra=fields(addr=addr, code=e.code().name))
+                return None
+
+        merged = notify_pb2.GetProviderStatusResponse()
+        for (node, _), answer in zip(live, await asyncio.gather(*(one(addr) for _, addr in live))):
+            if answer is None:
+                merged.unanswered_senders.append(node)
+            else:
+                merged.providers.extend(answer.providers)
+        merged.providers.sort(key=lambda s: (s.channel, s.priority, s.name, s.sender))
+        return merged
 
     async def pull(self, request: pubsub_pb2.PullRequest, addr: str = "") -> pubsub_pb2.PullResponse:
         """The sender at addr (by default the owner of the subscription's partition 0)

@@ -246,7 +246,9 @@ class Cluster:
         self.categories = PrefixMirror(etcd, CATEGORIES, notify_pb2.Category.FromString)
         self.templates = PrefixMirror(etcd, TEMPLATES, notify_pb2.Template.FromString,
                                       group_by=lambda template: template.name)
-        self.providers = PrefixMirror(etcd, PROVIDERS, notify_pb2.Provider.FromString)
+        # Providers grouped by channel name: a channel's several, tried by priority.
+        self.providers = PrefixMirror(etcd, PROVIDERS, notify_pb2.Provider.FromString,
+                                      group_by=lambda provider: channel_name(provider.channel))
         self.rings: dict[str, Ring] = {kind: Ring() for kind in KINDS}
         self._ring_changes = {kind: asyncio.Event() for kind in KINDS}
         self._leader_change = asyncio.Event()
@@ -348,4 +350,14 @@ class Cluster:
         return max(found, key=lambda t: t.version)
 
     async def provider(self, channel: int) -> notify_pb2.Provider:
-        return await self.providers.get("provider", channel_name(channel))
+        """The channel's first provider by priority; on a miss, from etcd, so one set a
+        moment ago through another process is found."""
+        name = channel_name(channel)
+        found = list(self.providers.groups.get(name, {}).values())
+        if not found:
+            kvs = await self.etcd.get_prefix(PROVIDERS + name.encode())
+            found = [notify_pb2.Provider.FromString(kv.value) for kv in kvs
+                     if kv.key[len(PROVIDERS):].decode().partition("/")[0] == name]
+        if not found:
+            raise errors.NotFound(f"provider {name!r} not found")
+        return min(found, key=lambda provider: (provider.priority, provider.name))

@@ -73,6 +73,10 @@ class Config:
     # notify_default_rate_period_s; 0 (the default): no limit.
     notify_default_rate_limit: int = 0
     notify_default_rate_period_s: float = 0.0
+    # Sender: a provider's circuit breaker opens after this many transient failures in
+    # a row, and half-opens (one trial send) this long after (sender/breaker.py).
+    provider_breaker_failures: int = 5
+    provider_breaker_cooldown_s: float = 30.0
 
 
 # Read once when a process starts (its gRPC server's size limits and channels, its

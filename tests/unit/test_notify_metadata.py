@@ -3,8 +3,9 @@ and the notification settings of the cluster config."""
 
 import pytest
 
-from gen.notifymesh.v1 import notify_pb2
+from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
 from metadata.notify_store import check_category, check_provider, check_template
+from metadata.store import check_redrive_rules
 from notifymesh import errors
 from notifymesh.server import config
 
@@ -87,6 +88,33 @@ def test_a_provider_gets_its_defaults():
                                                           "from": "+14155550100"}))
     assert (record.max_concurrency, record.secret_set, record.secret) == (1000, True, "token")
     assert check_provider(notify_pb2.Provider(channel=WEBHOOK, kind="webhook")).kind == "webhook"
+
+
+def test_a_provider_is_named_default_without_a_name_and_its_priority_is_bounded():
+    assert (check_provider(smtp()).name, check_provider(smtp()).priority) == ("default", 0)
+    named = notify_pb2.Provider(channel=WEBHOOK, kind="webhook", name="relay-2", priority=1000)
+    assert check_provider(named).name == "relay-2"
+    named.priority = -1
+    with pytest.raises(errors.InvalidArgument, match="provider priority -1 out of range: 0 to 1000"):
+        check_provider(named)
+    named.name = "b/c"  # a name is the last part of its etcd key
+    with pytest.raises(errors.InvalidArgument, match="invalid provider name 'b/c'"):
+        check_provider(named)
+
+
+def test_redrive_rules_are_checked_and_get_their_defaults():
+    rule = pubsub_pb2.RedriveRule(reason="^provider unavailable")
+    record = pubsub_pb2.Subscription(name="s", max_delivery_attempts=5, dead_letter_topic="d", redrive_rules=[rule])
+    check_redrive_rules(record)
+    assert (record.redrive_rules[0].after.seconds, record.redrive_rules[0].max_redrives) == (600, 3)
+    for rules, message in (([pubsub_pb2.RedriveRule(reason="(")], "is not a regular expression"),
+                           ([pubsub_pb2.RedriveRule(reason="")], "a regular expression of 1 to 256 bytes"),
+                           ([pubsub_pb2.RedriveRule(reason="x", max_redrives=101)], "max redrives 101 out of range"),
+                           ([pubsub_pb2.RedriveRule(reason="x")] * 11, "redrive rules 11 out of range: 0 to 10")):
+        with pytest.raises(errors.InvalidArgument, match=message):
+            check_redrive_rules(pubsub_pb2.Subscription(name="s", max_delivery_attempts=5, redrive_rules=rules))
+    with pytest.raises(errors.InvalidArgument, match="redrive rules need dead-lettering"):
+        check_redrive_rules(pubsub_pb2.Subscription(name="s", redrive_rules=[rule]))
 
 
 def test_the_sink_provider_serves_every_channel_without_settings():

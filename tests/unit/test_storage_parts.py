@@ -123,6 +123,52 @@ async def test_dead_letters_over_fakes(log_, records, deliveries):
     assert (again.message.data, again.delivery_attempt) == (b"poison", 1)
 
 
+async def test_redrive_rules_send_matching_dead_letters_back_after_their_delay_at_most_max_times(
+        log_, records, deliveries):
+    dead_letters = DeadLetters(log_, deliveries, records)
+    log_.append(SHARD, b"transient")
+    log_.append(SHARD, b"unknown")
+    rule = pubsub_pb2.RedriveRule(reason="^provider unavailable", max_redrives=2)
+    rule.after.FromSeconds(600)
+    deliveries.attach(SHARD, subscription("audit", max_delivery_attempts=1, dead_letter_topic="dlq",
+                                          redrive_rules=[pubsub_pb2.RedriveRule(reason="^never"), rule]))
+    state = log_.shard(SHARD).subscriptions["audit"]
+
+    async def die() -> None:
+        """Each message delivered now fails for good with its reason, and is buried."""
+        for received in await pull(deliveries, "audit"):
+            reason = "provider unavailable: sms-a open" if received.message.data == b"transient" else "HTTP 400"
+            deliveries.nack(SHARD, "audit", [received.ack_id], terminal=True, reason=reason)
+            dead_letters.bury(deliveries.dead_letters.get_nowait(), "copy")
+
+    await die()
+    assert sorted(state.dead_letters) == [0, 1]
+    assert dead_letters.redrive_by_rules(SHARD) == 0  # not dead for 10 minutes yet
+    for round_ in (1, 2):
+        for record in state.dead_letters.values():
+            record.dead_ms -= 600_000
+        assert dead_letters.redrive_by_rules(SHARD) == 1
+        assert sorted(state.dead_letters) == [1] and state.redrives == {0: round_}
+        await die()
+        [listed, _] = dead_letters.list(SHARD, "audit", 10).dead_letters
+        assert (listed.message.data, listed.redrives, listed.delivery_attempts) == (b"transient", round_, 1)
+    for record in state.dead_letters.values():
+        record.dead_ms -= 600_000
+    assert dead_letters.redrive_by_rules(SHARD) == 0  # twice at most; the unknown reason waits for a person
+    saved = delivery.Deliveries._saved_form(state)
+    assert [r.redrives for r in saved.dead_letters] == [0, 2]
+
+    # A redriven message acknowledged: its count goes with its lease.
+    state.dead_letters[0].redrives = 0
+    state.dead_letters[0].dead_ms -= 600_000
+    assert dead_letters.redrive_by_rules(SHARD) == 1
+    [again] = await pull(deliveries, "audit")
+    assert again.delivery_attempt == 1
+    deliveries.acknowledge(SHARD, "audit", [again.ack_id])
+    dead_letters.redrive_by_rules(SHARD)
+    assert state.redrives == {}
+
+
 async def test_each_dead_lettering_moves_once(log_, records, deliveries):
     """A retried move of one dead-lettering has its key; a redriven message's next
     dead-lettering another; an acknowledged one none."""

@@ -25,6 +25,13 @@ class Channel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PUSH: _ClassVar[Channel]
     IN_APP: _ClassVar[Channel]
 
+class BreakerState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BREAKER_STATE_UNSPECIFIED: _ClassVar[BreakerState]
+    BREAKER_CLOSED: _ClassVar[BreakerState]
+    BREAKER_OPEN: _ClassVar[BreakerState]
+    BREAKER_HALF_OPEN: _ClassVar[BreakerState]
+
 class Priority(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PRIORITY_UNSPECIFIED: _ClassVar[Priority]
@@ -57,6 +64,10 @@ SMS: Channel
 WEBHOOK: Channel
 PUSH: Channel
 IN_APP: Channel
+BREAKER_STATE_UNSPECIFIED: BreakerState
+BREAKER_CLOSED: BreakerState
+BREAKER_OPEN: BreakerState
+BREAKER_HALF_OPEN: BreakerState
 PRIORITY_UNSPECIFIED: Priority
 NORMAL: Priority
 HIGH: Priority
@@ -422,7 +433,7 @@ class ListAudienceMembersResponse(_message.Message):
     def __init__(self, recipients: _Optional[_Iterable[str]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Provider(_message.Message):
-    __slots__ = ("channel", "kind", "settings", "secret", "secret_set", "max_concurrency")
+    __slots__ = ("channel", "kind", "settings", "secret", "secret_set", "max_concurrency", "name", "priority")
     class SettingsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -436,13 +447,17 @@ class Provider(_message.Message):
     SECRET_FIELD_NUMBER: _ClassVar[int]
     SECRET_SET_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     channel: Channel
     kind: str
     settings: _containers.ScalarMap[str, str]
     secret: str
     secret_set: bool
     max_concurrency: int
-    def __init__(self, channel: _Optional[_Union[Channel, str]] = ..., kind: _Optional[str] = ..., settings: _Optional[_Mapping[str, str]] = ..., secret: _Optional[str] = ..., secret_set: _Optional[bool] = ..., max_concurrency: _Optional[int] = ...) -> None: ...
+    name: str
+    priority: int
+    def __init__(self, channel: _Optional[_Union[Channel, str]] = ..., kind: _Optional[str] = ..., settings: _Optional[_Mapping[str, str]] = ..., secret: _Optional[str] = ..., secret_set: _Optional[bool] = ..., max_concurrency: _Optional[int] = ..., name: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class SetProviderRequest(_message.Message):
     __slots__ = ("provider", "keep_secret")
@@ -453,10 +468,64 @@ class SetProviderRequest(_message.Message):
     def __init__(self, provider: _Optional[_Union[Provider, _Mapping]] = ..., keep_secret: _Optional[bool] = ...) -> None: ...
 
 class GetProviderRequest(_message.Message):
+    __slots__ = ("channel", "name")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    channel: Channel
+    name: str
+    def __init__(self, channel: _Optional[_Union[Channel, str]] = ..., name: _Optional[str] = ...) -> None: ...
+
+class DeleteProviderRequest(_message.Message):
+    __slots__ = ("channel", "name")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    channel: Channel
+    name: str
+    def __init__(self, channel: _Optional[_Union[Channel, str]] = ..., name: _Optional[str] = ...) -> None: ...
+
+class DeleteProviderResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ProviderStatus(_message.Message):
+    __slots__ = ("sender", "channel", "name", "priority", "state", "sends", "failures", "error_rate", "consecutive_failures", "retry_time", "last_error")
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SENDS_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    RETRY_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    sender: str
+    channel: Channel
+    name: str
+    priority: int
+    state: BreakerState
+    sends: int
+    failures: int
+    error_rate: float
+    consecutive_failures: int
+    retry_time: _timestamp_pb2.Timestamp
+    last_error: str
+    def __init__(self, sender: _Optional[str] = ..., channel: _Optional[_Union[Channel, str]] = ..., name: _Optional[str] = ..., priority: _Optional[int] = ..., state: _Optional[_Union[BreakerState, str]] = ..., sends: _Optional[int] = ..., failures: _Optional[int] = ..., error_rate: _Optional[float] = ..., consecutive_failures: _Optional[int] = ..., retry_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class GetProviderStatusRequest(_message.Message):
     __slots__ = ("channel",)
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     channel: Channel
     def __init__(self, channel: _Optional[_Union[Channel, str]] = ...) -> None: ...
+
+class GetProviderStatusResponse(_message.Message):
+    __slots__ = ("providers", "unanswered_senders")
+    PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    UNANSWERED_SENDERS_FIELD_NUMBER: _ClassVar[int]
+    providers: _containers.RepeatedCompositeFieldContainer[ProviderStatus]
+    unanswered_senders: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, providers: _Optional[_Iterable[_Union[ProviderStatus, _Mapping]]] = ..., unanswered_senders: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListProvidersRequest(_message.Message):
     __slots__ = ()

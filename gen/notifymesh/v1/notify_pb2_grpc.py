@@ -159,6 +159,16 @@ class NotificationsStub:
                 request_serializer=notifymesh_dot_v1_dot_notify__pb2.ListProvidersRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_notify__pb2.ListProvidersResponse.FromString,
                 _registered_method=True)
+        self.DeleteProvider = channel.unary_unary(
+                '/notifymesh.v1.Notifications/DeleteProvider',
+                request_serializer=notifymesh_dot_v1_dot_notify__pb2.DeleteProviderRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_notify__pb2.DeleteProviderResponse.FromString,
+                _registered_method=True)
+        self.GetProviderStatus = channel.unary_unary(
+                '/notifymesh.v1.Notifications/GetProviderStatus',
+                request_serializer=notifymesh_dot_v1_dot_notify__pb2.GetProviderStatusRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_notify__pb2.GetProviderStatusResponse.FromString,
+                _registered_method=True)
         self.Notify = channel.unary_unary(
                 '/notifymesh.v1.Notifications/Notify',
                 request_serializer=notifymesh_dot_v1_dot_notify__pb2.NotifyRequest.SerializeToString,
@@ -350,6 +360,21 @@ class NotificationsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteProvider(self, request, context):
+        """A channel may have several providers, tried by priority: a provider whose
+        circuit breaker is open (in a sender) is passed over for the next.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProviderStatus(self, request, context):
+        """Each provider's breaker state and recent error rate, as each live sender sees it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Notify(self, request, context):
         """Accepts a notification: answers once the request is durably stored in the
         mesh (a replicated topic, acknowledged like a publish). Everything after
@@ -500,6 +525,16 @@ def add_NotificationsServicer_to_server(servicer, server):
                     servicer.ListProviders,
                     request_deserializer=notifymesh_dot_v1_dot_notify__pb2.ListProvidersRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_notify__pb2.ListProvidersResponse.SerializeToString,
+            ),
+            'DeleteProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteProvider,
+                    request_deserializer=notifymesh_dot_v1_dot_notify__pb2.DeleteProviderRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_notify__pb2.DeleteProviderResponse.SerializeToString,
+            ),
+            'GetProviderStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProviderStatus,
+                    request_deserializer=notifymesh_dot_v1_dot_notify__pb2.GetProviderStatusRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_notify__pb2.GetProviderStatusResponse.SerializeToString,
             ),
             'Notify': grpc.unary_unary_rpc_method_handler(
                     servicer.Notify,
@@ -1192,6 +1227,60 @@ class Notifications:
             '/notifymesh.v1.Notifications/ListProviders',
             notifymesh_dot_v1_dot_notify__pb2.ListProvidersRequest.SerializeToString,
             notifymesh_dot_v1_dot_notify__pb2.ListProvidersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.v1.Notifications/DeleteProvider',
+            notifymesh_dot_v1_dot_notify__pb2.DeleteProviderRequest.SerializeToString,
+            notifymesh_dot_v1_dot_notify__pb2.DeleteProviderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProviderStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.v1.Notifications/GetProviderStatus',
+            notifymesh_dot_v1_dot_notify__pb2.GetProviderStatusRequest.SerializeToString,
+            notifymesh_dot_v1_dot_notify__pb2.GetProviderStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -67,7 +67,7 @@ class Topic(_message.Message):
     def __init__(self, name: _Optional[str] = ..., message_retention: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., partition_count: _Optional[int] = ..., replication_factor: _Optional[int] = ..., dedup_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., dedup_by_payload: _Optional[bool] = ..., dedup_attributes: _Optional[_Iterable[str]] = ..., retain_acked: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Subscription(_message.Message):
-    __slots__ = ("name", "topic", "ack_deadline", "create_time", "retry_policy", "max_delivery_attempts", "dead_letter_topic", "push_config")
+    __slots__ = ("name", "topic", "ack_deadline", "create_time", "retry_policy", "max_delivery_attempts", "dead_letter_topic", "push_config", "redrive_rules")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     ACK_DEADLINE_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,7 @@ class Subscription(_message.Message):
     MAX_DELIVERY_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTER_TOPIC_FIELD_NUMBER: _ClassVar[int]
     PUSH_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    REDRIVE_RULES_FIELD_NUMBER: _ClassVar[int]
     name: str
     topic: str
     ack_deadline: _duration_pb2.Duration
@@ -84,7 +85,18 @@ class Subscription(_message.Message):
     max_delivery_attempts: int
     dead_letter_topic: str
     push_config: PushConfig
-    def __init__(self, name: _Optional[str] = ..., topic: _Optional[str] = ..., ack_deadline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retry_policy: _Optional[_Union[RetryPolicy, _Mapping]] = ..., max_delivery_attempts: _Optional[int] = ..., dead_letter_topic: _Optional[str] = ..., push_config: _Optional[_Union[PushConfig, _Mapping]] = ...) -> None: ...
+    redrive_rules: _containers.RepeatedCompositeFieldContainer[RedriveRule]
+    def __init__(self, name: _Optional[str] = ..., topic: _Optional[str] = ..., ack_deadline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retry_policy: _Optional[_Union[RetryPolicy, _Mapping]] = ..., max_delivery_attempts: _Optional[int] = ..., dead_letter_topic: _Optional[str] = ..., push_config: _Optional[_Union[PushConfig, _Mapping]] = ..., redrive_rules: _Optional[_Iterable[_Union[RedriveRule, _Mapping]]] = ...) -> None: ...
+
+class RedriveRule(_message.Message):
+    __slots__ = ("reason", "after", "max_redrives")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    MAX_REDRIVES_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    after: _duration_pb2.Duration
+    max_redrives: int
+    def __init__(self, reason: _Optional[str] = ..., after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_redrives: _Optional[int] = ...) -> None: ...
 
 class PushConfig(_message.Message):
     __slots__ = ("endpoint", "secret", "max_in_flight", "timeout")
@@ -304,18 +316,20 @@ class NackResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class DeadLetter(_message.Message):
-    __slots__ = ("message", "delivery_attempts", "dead_letter_time", "last_error", "dead_letter_message_id")
+    __slots__ = ("message", "delivery_attempts", "dead_letter_time", "last_error", "dead_letter_message_id", "redrives")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     DELIVERY_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTER_TIME_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTER_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    REDRIVES_FIELD_NUMBER: _ClassVar[int]
     message: PubsubMessage
     delivery_attempts: int
     dead_letter_time: _timestamp_pb2.Timestamp
     last_error: str
     dead_letter_message_id: str
-    def __init__(self, message: _Optional[_Union[PubsubMessage, _Mapping]] = ..., delivery_attempts: _Optional[int] = ..., dead_letter_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., dead_letter_message_id: _Optional[str] = ...) -> None: ...
+    redrives: int
+    def __init__(self, message: _Optional[_Union[PubsubMessage, _Mapping]] = ..., delivery_attempts: _Optional[int] = ..., dead_letter_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., dead_letter_message_id: _Optional[str] = ..., redrives: _Optional[int] = ...) -> None: ...
 
 class ListDeadLettersRequest(_message.Message):
     __slots__ = ("subscription", "max_messages", "page_size", "page_token")

@@ -156,6 +156,11 @@ class MetadataStub:
                 request_serializer=notifymesh_dot_v1_dot_notify__pb2.ListProvidersRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_notify__pb2.ListProvidersResponse.FromString,
                 _registered_method=True)
+        self.DeleteProvider = channel.unary_unary(
+                '/notifymesh.internal.v1.Metadata/DeleteProvider',
+                request_serializer=notifymesh_dot_v1_dot_notify__pb2.DeleteProviderRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_notify__pb2.DeleteProviderResponse.FromString,
+                _registered_method=True)
 
 
 class MetadataServicer:
@@ -310,6 +315,12 @@ class MetadataServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteProvider(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetadataServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -432,6 +443,11 @@ def add_MetadataServicer_to_server(servicer, server):
                     servicer.ListProviders,
                     request_deserializer=notifymesh_dot_v1_dot_notify__pb2.ListProvidersRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_notify__pb2.ListProvidersResponse.SerializeToString,
+            ),
+            'DeleteProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteProvider,
+                    request_deserializer=notifymesh_dot_v1_dot_notify__pb2.DeleteProviderRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_notify__pb2.DeleteProviderResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1082,6 +1098,33 @@ class Metadata:
             '/notifymesh.internal.v1.Metadata/ListProviders',
             notifymesh_dot_v1_dot_notify__pb2.ListProvidersRequest.SerializeToString,
             notifymesh_dot_v1_dot_notify__pb2.ListProvidersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Metadata/DeleteProvider',
+            notifymesh_dot_v1_dot_notify__pb2.DeleteProviderRequest.SerializeToString,
+            notifymesh_dot_v1_dot_notify__pb2.DeleteProviderResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from gen.notifymesh.v1 import notify_pb2 as notifymesh_dot_v1_dot_notify__pb2
 from gen.notifymesh.v1 import pubsub_pb2 as notifymesh_dot_v1_dot_pubsub__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#notifymesh/internal/v1/sender.proto\x12\x16notifymesh.internal.v1\x1a\x1anotifymesh/v1/pubsub.proto\",\n\x13\x43ountStreamsRequest\x12\x15\n\rsubscriptions\x18\x01 \x03(\t\"\x92\x01\n\x14\x43ountStreamsResponse\x12J\n\x07streams\x18\x01 \x03(\x0b\x32\x39.notifymesh.internal.v1.CountStreamsResponse.StreamsEntry\x1a.\n\x0cStreamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"+\n\x0eSubscribeFrame\x12\x19\n\x11received_messages\x18\x01 \x03(\x0c\x32\x96\x04\n\x06Sender\x12V\n\tSubscribe\x12\x1f.notifymesh.v1.SubscribeRequest\x1a&.notifymesh.internal.v1.SubscribeFrame0\x01\x12T\n\x0b\x41\x63knowledge\x12!.notifymesh.v1.AcknowledgeRequest\x1a\".notifymesh.v1.AcknowledgeResponse\x12\x66\n\x11ModifyAckDeadline\x12\'.notifymesh.v1.ModifyAckDeadlineRequest\x1a(.notifymesh.v1.ModifyAckDeadlineResponse\x12?\n\x04Nack\x12\x1a.notifymesh.v1.NackRequest\x1a\x1b.notifymesh.v1.NackResponse\x12i\n\x0c\x43ountStreams\x12+.notifymesh.internal.v1.CountStreamsRequest\x1a,.notifymesh.internal.v1.CountStreamsResponse\x12J\n\x04Pull\x12\x1a.notifymesh.v1.PullRequest\x1a&.notifymesh.internal.v1.SubscribeFrameb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#notifymesh/internal/v1/sender.proto\x12\x16notifymesh.internal.v1\x1a\x1anotifymesh/v1/notify.proto\x1a\x1anotifymesh/v1/pubsub.proto\",\n\x13\x43ountStreamsRequest\x12\x15\n\rsubscriptions\x18\x01 \x03(\t\"\x92\x01\n\x14\x43ountStreamsResponse\x12J\n\x07streams\x18\x01 \x03(\x0b\x32\x39.notifymesh.internal.v1.CountStreamsResponse.StreamsEntry\x1a.\n\x0cStreamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"+\n\x0eSubscribeFrame\x12\x19\n\x11received_messages\x18\x01 \x03(\x0c\x32\xfe\x04\n\x06Sender\x12V\n\tSubscribe\x12\x1f.notifymesh.v1.SubscribeRequest\x1a&.notifymesh.internal.v1.SubscribeFrame0\x01\x12T\n\x0b\x41\x63knowledge\x12!.notifymesh.v1.AcknowledgeRequest\x1a\".notifymesh.v1.AcknowledgeResponse\x12\x66\n\x11ModifyAckDeadline\x12\'.notifymesh.v1.ModifyAckDeadlineRequest\x1a(.notifymesh.v1.ModifyAckDeadlineResponse\x12?\n\x04Nack\x12\x1a.notifymesh.v1.NackRequest\x1a\x1b.notifymesh.v1.NackResponse\x12i\n\x0c\x43ountStreams\x12+.notifymesh.internal.v1.CountStreamsRequest\x1a,.notifymesh.internal.v1.CountStreamsResponse\x12J\n\x04Pull\x12\x1a.notifymesh.v1.PullRequest\x1a&.notifymesh.internal.v1.SubscribeFrame\x12\x66\n\x11GetProviderStatus\x12\'.notifymesh.v1.GetProviderStatusRequest\x1a(.notifymesh.v1.GetProviderStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,14 +35,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_COUNTSTREAMSRESPONSE_STREAMSENTRY']._loaded_options = None
   _globals['_COUNTSTREAMSRESPONSE_STREAMSENTRY']._serialized_options = b'8\001'
-  _globals['_COUNTSTREAMSREQUEST']._serialized_start=91
-  _globals['_COUNTSTREAMSREQUEST']._serialized_end=135
-  _globals['_COUNTSTREAMSRESPONSE']._serialized_start=138
-  _globals['_COUNTSTREAMSRESPONSE']._serialized_end=284
-  _globals['_COUNTSTREAMSRESPONSE_STREAMSENTRY']._serialized_start=238
-  _globals['_COUNTSTREAMSRESPONSE_STREAMSENTRY']._serialized_end=284
-  _globals['_SUBSCRIBEFRAME']._serialized_start=286
-  _globals['_SUBSCRIBEFRAME']._serialized_end=329
-  _globals['_SENDER']._serialized_start=332
-  _globals['_SENDER']._serialized_end=866
+  _globals['_COUNTSTREAMSREQUEST']._serialized_start=119
+  _globals['_COUNTSTREAMSREQUEST']._serialized_end=163
+  _globals['_COUNTSTREAMSRESPONSE']._serialized_start=166
+  _globals['_COUNTSTREAMSRESPONSE']._serialized_end=312
+  _globals['_COUNTSTREAMSRESPONSE_STREAMSENTRY']._serialized_start=266
+  _globals['_COUNTSTREAMSRESPONSE_STREAMSENTRY']._serialized_end=312
+  _globals['_SUBSCRIBEFRAME']._serialized_start=314
+  _globals['_SUBSCRIBEFRAME']._serialized_end=357
+  _globals['_SENDER']._serialized_start=360
+  _globals['_SENDER']._serialized_end=998
 # @@protoc_insertion_point(module_scope)

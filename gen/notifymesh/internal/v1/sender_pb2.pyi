@@ -1,3 +1,4 @@
+from gen.notifymesh.v1 import notify_pb2 as _notify_pb2
 from gen.notifymesh.v1 import pubsub_pb2 as _pubsub_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor

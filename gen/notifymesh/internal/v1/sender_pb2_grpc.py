@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from gen.notifymesh.internal.v1 import sender_pb2 as notifymesh_dot_internal_dot_v1_dot_sender__pb2
+from gen.notifymesh.v1 import notify_pb2 as notifymesh_dot_v1_dot_notify__pb2
 from gen.notifymesh.v1 import pubsub_pb2 as notifymesh_dot_v1_dot_pubsub__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -65,6 +66,11 @@ class SenderStub:
                 request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.PullRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_internal_dot_v1_dot_sender__pb2.SubscribeFrame.FromString,
                 _registered_method=True)
+        self.GetProviderStatus = channel.unary_unary(
+                '/notifymesh.internal.v1.Sender/GetProviderStatus',
+                request_serializer=notifymesh_dot_v1_dot_notify__pb2.GetProviderStatusRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_notify__pb2.GetProviderStatusResponse.FromString,
+                _registered_method=True)
 
 
 class SenderServicer:
@@ -111,6 +117,13 @@ class SenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetProviderStatus(self, request, context):
+        """This sender's circuit breakers of the providers (sender/breaker.py).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +156,11 @@ def add_SenderServicer_to_server(servicer, server):
                     servicer.Pull,
                     request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.PullRequest.FromString,
                     response_serializer=notifymesh_dot_internal_dot_v1_dot_sender__pb2.SubscribeFrame.SerializeToString,
+            ),
+            'GetProviderStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProviderStatus,
+                    request_deserializer=notifymesh_dot_v1_dot_notify__pb2.GetProviderStatusRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_notify__pb2.GetProviderStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +325,33 @@ class Sender:
             '/notifymesh.internal.v1.Sender/Pull',
             notifymesh_dot_v1_dot_pubsub__pb2.PullRequest.SerializeToString,
             notifymesh_dot_internal_dot_v1_dot_sender__pb2.SubscribeFrame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProviderStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Sender/GetProviderStatus',
+            notifymesh_dot_v1_dot_notify__pb2.GetProviderStatusRequest.SerializeToString,
+            notifymesh_dot_v1_dot_notify__pb2.GetProviderStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -404,7 +404,7 @@ class ShardResult(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., ok: _Optional[bool] = ..., end: _Optional[int] = ..., newer_epoch: _Optional[int] = ...) -> None: ...
 
 class SubscriptionState(_message.Message):
-    __slots__ = ("name", "cursor", "dead_letters", "leases", "lease_errors")
+    __slots__ = ("name", "cursor", "dead_letters", "leases", "lease_errors", "redrives")
     class LeaseErrorsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -412,17 +412,26 @@ class SubscriptionState(_message.Message):
         key: int
         value: str
         def __init__(self, key: _Optional[int] = ..., value: _Optional[str] = ...) -> None: ...
+    class RedrivesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
     LEASES_FIELD_NUMBER: _ClassVar[int]
     LEASE_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    REDRIVES_FIELD_NUMBER: _ClassVar[int]
     name: str
     cursor: int
     dead_letters: _containers.RepeatedCompositeFieldContainer[DeadLetterRecord]
     leases: bytes
     lease_errors: _containers.ScalarMap[int, str]
-    def __init__(self, name: _Optional[str] = ..., cursor: _Optional[int] = ..., dead_letters: _Optional[_Iterable[_Union[DeadLetterRecord, _Mapping]]] = ..., leases: _Optional[bytes] = ..., lease_errors: _Optional[_Mapping[int, str]] = ...) -> None: ...
+    redrives: _containers.ScalarMap[int, int]
+    def __init__(self, name: _Optional[str] = ..., cursor: _Optional[int] = ..., dead_letters: _Optional[_Iterable[_Union[DeadLetterRecord, _Mapping]]] = ..., leases: _Optional[bytes] = ..., lease_errors: _Optional[_Mapping[int, str]] = ..., redrives: _Optional[_Mapping[int, int]] = ...) -> None: ...
 
 class DeliveryState(_message.Message):
     __slots__ = ("subscriptions", "epoch", "version")
@@ -449,18 +458,20 @@ class StoredMessage(_message.Message):
     def __init__(self, message: _Optional[_Union[_pubsub_pb2.PubsubMessage, _Mapping]] = ..., append_ms: _Optional[int] = ..., epoch: _Optional[int] = ..., dedup_key: _Optional[str] = ..., dedup_until_ms: _Optional[int] = ...) -> None: ...
 
 class DeadLetterRecord(_message.Message):
-    __slots__ = ("seq", "delivery_attempts", "dead_ms", "last_error", "dead_letter_message_id")
+    __slots__ = ("seq", "delivery_attempts", "dead_ms", "last_error", "dead_letter_message_id", "redrives")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     DELIVERY_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     DEAD_MS_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTER_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    REDRIVES_FIELD_NUMBER: _ClassVar[int]
     seq: int
     delivery_attempts: int
     dead_ms: int
     last_error: str
     dead_letter_message_id: str
-    def __init__(self, seq: _Optional[int] = ..., delivery_attempts: _Optional[int] = ..., dead_ms: _Optional[int] = ..., last_error: _Optional[str] = ..., dead_letter_message_id: _Optional[str] = ...) -> None: ...
+    redrives: int
+    def __init__(self, seq: _Optional[int] = ..., delivery_attempts: _Optional[int] = ..., dead_ms: _Optional[int] = ..., last_error: _Optional[str] = ..., dead_letter_message_id: _Optional[str] = ..., redrives: _Optional[int] = ...) -> None: ...
 
 class ShardPlacement(_message.Message):
     __slots__ = ("topic", "partition", "replicas", "replication_factor")
