@@ -2,12 +2,15 @@
 
 from frontend.gateway import Gateway
 from frontend.erasure_hook import ErasureHook
-from frontend.http import HttpServer, UnsubscribeEndpoint, application
+from frontend.http import HttpServer, TrackingEndpoint, UnsubscribeEndpoint, application
+from frontend.tracking import SendRecorder
 from frontend.notifications import Notifications, NotificationsServicer
 from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, notify_pb2, notify_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
-from notifymesh.server import templating, unsubscribe, validation
+from notifymesh.server import templating, tracking, unsubscribe, validation
+from notifymesh.server.clients import StorageClient
 from notifymesh.server.notification_log import NotificationLog
 from notifymesh.server.process import Context
+from notifymesh.server.publishing import InternalPublisher
 from notifymesh.server.table import TableClient
 
 
@@ -151,10 +154,15 @@ class FrontendService:
 
 async def start_http(ctx: Context, table: TableClient) -> HttpServer:
     """The HTTP server (frontend/http.py) at the gRPC port + frontend_http_port_offset
-    (any free port when the gRPC one is)."""
+    (any free port when the gRPC one is): unsubscribe and tracking, whose events are
+    recorded in the notification log and published on the events topic."""
     host, _, port = ctx.args.listen.rpartition(":")
-    endpoint = UnsubscribeEndpoint(table, await unsubscribe.signer(ctx.cluster.etcd))
-    server = HttpServer(application(endpoint), host or "127.0.0.1",
+    signer = await unsubscribe.signer(ctx.cluster.etcd)
+    recorder = SendRecorder(NotificationLog(table, lambda: round(ctx.config.notification_log_retention_s * 1000),
+                                            InternalPublisher(ctx.cluster, StorageClient(ctx.cluster))))
+    endpoint = UnsubscribeEndpoint(table, signer, recorder)
+    tracked = TrackingEndpoint(tracking.Tracking(signer), recorder, lambda: ctx.config.notification_log_retention_s)
+    server = HttpServer(application(endpoint, tracked), host or "127.0.0.1",
                         int(port) + ctx.config.frontend_http_port_offset if int(port) else 0)
     await server.start()
     return server

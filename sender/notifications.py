@@ -10,7 +10,7 @@ import logging
 
 from gen.notifymesh.v1 import notify_pb2
 from notifymesh.log import fields
-from notifymesh.server import templating, unsubscribe
+from notifymesh.server import templating, tracking, unsubscribe
 from notifymesh.server.clients import StorageClient
 from notifymesh.server.internal_topics import CHANNELS, FANOUT_SUBSCRIPTION, channel_name, channel_subscription
 from notifymesh.server.notification_log import BatchedRecorder, NotificationLog
@@ -88,20 +88,44 @@ class ChannelProviders:
 
 
 class TemplateRendering:
-    """templating.Renderer and context, and the email's signed unsubscribe link to
-    the frontends' HTTP server."""
+    """templating.Renderer and context, and the signed links to the frontends' HTTP
+    server: the email's unsubscribe link, its tracked links and open pixel, the
+    SMS status callback."""
 
     def __init__(self, ctx: Context, signer: unsubscribe.TokenSigner):
         self._ctx, self._signer = ctx, signer
+        self._tracking = tracking.Tracking(signer)
         self._renderer = templating.Renderer()
         self.render = self._renderer.render
         self.context = templating.context
 
-    def unsubscribe_url(self, recipient: str, category: str, channel: str) -> str:
+    def _base_url(self) -> str:
         config = self._ctx.config
-        base = unsubscribe.public_base_url(config.public_base_url, sorted(self._ctx.cluster.live("frontend").values()),
+        return unsubscribe.public_base_url(config.public_base_url, sorted(self._ctx.cluster.live("frontend").values()),
                                            config.frontend_http_port_offset)
-        return unsubscribe.unsubscribe_url(base, self._signer.issue(recipient, category, channel)) if base else ""
+
+    def unsubscribe_url(self, recipient: str, category: str, channel: str, notification_id: str = "",
+                        accepted_ms: int = 0) -> str:
+        base = self._base_url()
+        return unsubscribe.unsubscribe_url(base, self._signer.issue(
+            recipient, category, channel, notification_id=notification_id, accepted_ms=accepted_ms)) if base else ""
+
+    def tracker(self, notification_id: str, recipient: str, channel: int, accepted_ms: int) -> tracking.Tracker | None:
+        """The send's tracked links; None while the frontends' address is not known."""
+        base = self._base_url()
+        send = tracking.Send(notification_id, recipient, channel_name(channel), accepted_ms)
+        return tracking.Tracker(self._tracking, base, send) if base else None
+
+    def track_html(self, html: str, notification_id: str, recipient: str, accepted_ms: int) -> str:
+        """The email's HTML with its links tracked, unless email_tracking is 0."""
+        tracker = self.tracker(notification_id, recipient, notify_pb2.EMAIL, accepted_ms) \
+            if self._ctx.config.email_tracking else None
+        return tracker.html(html) if tracker else html
+
+    def status_callback_url(self, notification_id: str, recipient: str, channel: int, accepted_ms: int) -> str:
+        """Where the provider reports delivery (an SMS status callback); "" while unknown."""
+        tracker = self.tracker(notification_id, recipient, channel, accepted_ms)
+        return tracker.status_callback() if tracker else ""
 
 
 class NotificationPipeline:
@@ -113,10 +137,11 @@ class NotificationPipeline:
     async def start(self) -> None:
         ctx, config = self._ctx, self._ctx.config
         table = TableClient(ctx.cluster)
-        notification_log = NotificationLog(table, lambda: round(config.notification_log_retention_s * 1000))
+        publisher = InternalPublisher(ctx.cluster, StorageClient(ctx.cluster))
+        notification_log = NotificationLog(table, lambda: round(config.notification_log_retention_s * 1000),
+                                           publisher)
         recorder = BatchedRecorder(notification_log)
         rendering = TemplateRendering(ctx, await unsubscribe.signer(ctx.cluster.etcd))
-        publisher = InternalPublisher(ctx.cluster, StorageClient(ctx.cluster))
         fanout = Fanout(table, notification_log, ctx.cluster, publisher)
         slots = {channel: PrioritySlots(DEFAULT_CONCURRENCY) for channel in CHANNELS}
 

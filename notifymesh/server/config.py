@@ -73,6 +73,9 @@ class Config:
     # notify_default_rate_period_s; 0 (the default): no limit.
     notify_default_rate_limit: int = 0
     notify_default_rate_period_s: float = 0.0
+    # Email tracking (notifymesh/server/tracking.py): 1, links go through the frontends'
+    # click redirect and an open pixel is added; 0: emails go out as rendered.
+    email_tracking: int = 1
 
 
 # Read once when a process starts (its gRPC server's size limits and channels, its
@@ -83,7 +86,7 @@ RESTART_REQUIRED = frozenset({"max_grpc_message_bytes", "member_lease_ttl_s", "s
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # Settings whose 0 means "off" (every other one is a positive number).
-ZERO_ALLOWED = frozenset({"notify_default_rate_limit", "notify_default_rate_period_s"})
+ZERO_ALLOWED = frozenset({"notify_default_rate_limit", "notify_default_rate_period_s", "email_tracking"})
 MAX_RATE_LIMIT, MAX_RATE_PERIOD_S = 1_000_000, 30 * 24 * 3600.0  # as a category's (metadata/notify_store.py)
 Layer = tuple[str, Mapping[str, Any]]  # (source, values)
 
