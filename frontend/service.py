@@ -1,11 +1,13 @@
 """The frontend process: thin public servicers over the Gateway, with server reflection."""
 
+from frontend.analytics import Analytics, AnalyticsServicer
 from frontend.gateway import Gateway
 from frontend.erasure_hook import ErasureHook
 from frontend.http import HttpServer, TrackingEndpoint, UnsubscribeEndpoint, application
 from frontend.tracking import SendRecorder
 from frontend.notifications import Notifications, NotificationsServicer
 from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, notify_pb2, notify_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
+from gen.notifymesh.v1 import events_pb2, events_pb2_grpc
 from notifymesh.server import templating, tracking, unsubscribe, validation
 from notifymesh.server.clients import StorageClient
 from notifymesh.server.notification_log import NotificationLog
@@ -126,7 +128,8 @@ def _notifications(ctx: Context, gateway: Gateway, table: TableClient, hook: Era
 
 
 class FrontendService:
-    reflected = tuple(s.full_name for d in (pubsub_pb2.DESCRIPTOR, cluster_pb2.DESCRIPTOR, notify_pb2.DESCRIPTOR)
+    reflected = tuple(s.full_name for d in (pubsub_pb2.DESCRIPTOR, cluster_pb2.DESCRIPTOR, notify_pb2.DESCRIPTOR,
+                                            events_pb2.DESCRIPTOR)
                       for s in d.services_by_name.values())
 
     def __init__(self, ctx: Context):
@@ -139,7 +142,9 @@ class FrontendService:
                           (pubsub_pb2_grpc.add_SubscriberServicer_to_server, SubscriberServicer(self.gateway)),
                           (cluster_pb2_grpc.add_ClusterAdminServicer_to_server, ClusterAdminServicer(self.gateway)),
                           (notify_pb2_grpc.add_NotificationsServicer_to_server,
-                           NotificationsServicer(_notifications(ctx, self.gateway, self.table, self.erasure_hook)))]
+                           NotificationsServicer(_notifications(ctx, self.gateway, self.table, self.erasure_hook))),
+                          (events_pb2_grpc.add_AnalyticsServicer_to_server,
+                           AnalyticsServicer(Analytics(ctx.cluster, self.table)))]
 
     async def start(self) -> None:
         self.http = await start_http(self.ctx, self.table)

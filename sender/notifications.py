@@ -1,8 +1,9 @@
 """The notification pipeline of a sender, put together from the real parts: the
 table client, the cluster's mirrors of categories, templates, providers and
 subscriptions, the renderer, signed unsubscribe links, and the channel
-providers (sender/providers). It runs the fan-out worker and a worker per
-channel and priority for the internal subscriptions this sender owns.
+providers (sender/providers). It runs the fan-out worker, a worker per
+channel and priority, and the stats consumer of the events topic, for the
+internal subscriptions this sender owns.
 """
 
 import asyncio
@@ -12,12 +13,15 @@ from gen.notifymesh.v1 import notify_pb2
 from notifymesh.log import fields
 from notifymesh.server import templating, tracking, unsubscribe
 from notifymesh.server.clients import StorageClient
-from notifymesh.server.internal_topics import CHANNELS, FANOUT_SUBSCRIPTION, channel_name, channel_subscription
+from notifymesh.server.event_stats import EventCounter
+from notifymesh.server.internal_topics import (CHANNELS, EVENTS_STATS_SUBSCRIPTION, FANOUT_SUBSCRIPTION, channel_name,
+                                               channel_subscription)
 from notifymesh.server.notification_log import BatchedRecorder, NotificationLog
 from notifymesh.server.process import Context
 from notifymesh.server.publishing import InternalPublisher
 from notifymesh.server.table import TableClient
 from sender.channel_worker import BatchedReads, ChannelSender, Failed, Outgoing, PrioritySlots, Sent
+from sender import event_stats
 from sender.dispatch import Dispatcher
 from sender.fanout import Fanout
 from sender.pipeline import PipelineWorkers, WorkerSpec
@@ -150,13 +154,15 @@ class NotificationPipeline:
                                         period_seconds=round(config.notify_default_rate_period_s))
 
         reads = BatchedReads(table)
+        stats = event_stats.StatsConsumer(EventCounter(table, ctx.node_id))
         senders = {(channel, priority): ChannelSender(
             channel_subscription(channel, priority), table, ctx.cluster, rendering, self._providers, recorder,
             slots[channel], default_limit, reads)
             for channel in CHANNELS for priority in (notify_pb2.NORMAL, notify_pb2.HIGH)}
 
         def specs() -> dict[str, WorkerSpec]:
-            wanted = {FANOUT_SUBSCRIPTION: WorkerSpec(fanout, FANOUT_JOBS)}
+            wanted = {FANOUT_SUBSCRIPTION: WorkerSpec(fanout, FANOUT_JOBS),
+                      EVENTS_STATS_SUBSCRIPTION: WorkerSpec(stats, event_stats.WINDOW)}
             for channel in CHANNELS:
                 record = ctx.cluster.providers.items.get(channel_name(channel))
                 concurrency = (record.max_concurrency if record is not None else 0) or DEFAULT_CONCURRENCY

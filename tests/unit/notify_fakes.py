@@ -142,7 +142,8 @@ class FakeRendering:
                 return notify_pb2.RenderedContent(
                     channel=channel, version=template.version,
                     subject=string.Template(content.subject).substitute(data),
-                    text=string.Template(content.text).substitute(data))
+                    text=string.Template(content.text).substitute(data),
+                    html=string.Template(content.html).substitute(data))
         raise errors.FailedPrecondition(f"template {template.name!r} has no content for channel {channel}")
 
     def context(self, recipient, data, notification_id, category, unsubscribe_url=""):
