@@ -137,3 +137,25 @@ async def test_an_unsubscribe_through_a_notifications_link_records_it_on_that_no
         assert answer.status == 200
     assert await states(table) == [notify_pb2.SEND_UNSUBSCRIBED]
     assert published(publisher)[0].event.reason == "from news email notifications"
+
+
+def test_the_sender_tracks_emails_unless_the_setting_is_off_and_only_with_a_known_frontend():
+    from types import SimpleNamespace
+
+    from sender.notifications import TemplateRendering
+    config = SimpleNamespace(public_base_url="http://t.test", frontend_http_port_offset=25, email_tracking=1)
+    frontends: dict[str, str] = {}
+    rendering = TemplateRendering(SimpleNamespace(config=config, cluster=SimpleNamespace(live=lambda _: frontends)),
+                                  TokenSigner(KEY))
+    html = '<a href="https://x.example/">x</a>'
+    tracked = rendering.track_html(html, "n1", "alice", 1)
+    assert "http://t.test/t/c/" in tracked and "http://t.test/t/o/" in tracked
+    callback = rendering.status_callback_url("n1", "alice", notify_pb2.SMS, 1)
+    assert Tracking(TokenSigner(KEY)).verify(STATUS, callback.rsplit("/", 1)[1], DAY)[0] == ("n1", "alice", "sms", 1)
+    config.email_tracking = 0
+    assert rendering.track_html(html, "n1", "alice", 1) == html
+    config.public_base_url, config.email_tracking = "", 1  # no frontend known yet: nothing to point at
+    assert rendering.track_html(html, "n1", "alice", 1) == html
+    assert rendering.status_callback_url("n1", "alice", notify_pb2.SMS, 1) == ""
+    frontends["f1"] = "127.0.0.1:50051"
+    assert rendering.status_callback_url("n1", "alice", notify_pb2.SMS, 1).startswith("http://127.0.0.1:50076/t/s/")
