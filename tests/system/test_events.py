@@ -119,7 +119,7 @@ async def test_opens_clicks_and_receipts_are_recorded_streamed_and_counted(mesh,
     assert (await client.get_stats(template=unique("other"))).sent == 0
 
 
-async def test_the_events_topic_takes_subscriptions_but_no_publishes(client):
+async def test_the_events_topic_takes_subscriptions_but_no_publishes_and_stats_says_what_is_wrong(mesh, client):
     try:
         await client.publish(EVENTS_TOPIC, [b"forged"])
         raise AssertionError("a public publish to the events topic was taken")
@@ -130,3 +130,7 @@ async def test_the_events_topic_takes_subscriptions_but_no_publishes(client):
         raise AssertionError("a reserved subscription name was taken")
     except errors.InvalidArgument as e:
         assert "reserved" in e.details
+    table = cli(mesh, "stats", "--output", "table")
+    assert table.returncode == 0 and table.stdout.split()[:3] == [b"SINCE", b"TEMPLATE", b"CATEGORY"], table.stderr
+    too_far = cli(mesh, "stats", "--since", "40d")
+    assert too_far.returncode == 1 and b"31 days" in too_far.stderr and b"Traceback" not in too_far.stderr
