@@ -116,7 +116,9 @@ class TrackingEndpoint:
             error = str(form.get("ErrorCode", ""))
             reason = "" if state == notify_pb2.SEND_DELIVERED else \
                 f"the provider reported it {status}" + (f" (error {error[:40]})" if error else "")
-            await self._record(send, state, unless=frozenset({notify_pb2.SEND_DELIVERED, state}), reason=reason,
+            # Once delivered, nothing more; a failure is recorded whatever attempts failed
+            # before the send that the provider took (a provider reports it once).
+            await self._record(send, state, unless=frozenset({notify_pb2.SEND_DELIVERED}), reason=reason,
                                provider_message_id=str(form.get("MessageSid", ""))[:128])
         return web.Response(status=204)
 

@@ -126,6 +126,14 @@ async def test_sms_status_callbacks_record_delivered_once_and_failures(mesh_http
     async with session.post(url, data={"MessageSid": "SM1", "MessageStatus": "undelivered"}) as answer:
         assert answer.status == 204
     assert await states(table) == [notify_pb2.SEND_DELIVERED]  # delivered is final
+    other = Tracker(Tracking(TokenSigner(KEY)), url.split("/t/")[0], SEND._replace(recipient="bob"))
+    async with session.post(other.status_callback(), data={"MessageSid": "SM2", "MessageStatus": "undelivered",
+                                                           "ErrorCode": "30003"}) as answer:
+        assert answer.status == 204
+    scanned = await table.scan("n1", rows.events_prefix("n1", "bob"))
+    (failed,) = [notify_pb2.SendEvent.FromString(v) for v in scanned.values]
+    assert (failed.state, failed.reason, failed.provider_message_id) == (
+        notify_pb2.SEND_FAILED, "the provider reported it undelivered (error 30003)", "SM2")
 
 
 async def test_an_unsubscribe_through_a_notifications_link_records_it_on_that_notification(mesh_http):
