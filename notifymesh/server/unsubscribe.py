@@ -7,6 +7,7 @@ names what it unsubscribes from (and the notification whose link it was) and
 cannot be altered or made without the key. The key is 32 random bytes in etcd
 (SIGNING_KEY), created at first use by whichever process needs it first, in a
 create-if-absent transaction so every frontend and sender uses the same one.
+Tracking links (tracking.py) sign with keys derived from it (TokenSigner.derived).
 """
 
 import base64
