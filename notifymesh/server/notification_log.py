@@ -37,6 +37,7 @@ _LAST_MS, _LAST_STATE = 10 ** 13 - 1, 99  # the highest event_ms and state an ev
 # Events in one message of the events topic: one message per event would add a
 # write to the mesh per event, one per batch adds a fraction of one.
 EVENTS_PER_MESSAGE = 1000
+PUBLISH_MAX_EVENTS = 5 * EVENTS_PER_MESSAGE  # events of concurrent records merged into one publish call
 
 
 class LogTable(Protocol):
@@ -107,6 +108,7 @@ class NotificationLog:
         it (a live setting: read at each write). publisher: where recorded events
         are published (None: a reader's log, which records nothing)."""
         self._table, self._publisher = table, publisher
+        self._publishes = Coalescer(self._publish, max_items=PUBLISH_MAX_EVENTS)
         self._retention_ms = retention_ms if callable(retention_ms) else (lambda: retention_ms)
 
     def expire_ms(self, accepted_ms: int) -> int:
@@ -132,8 +134,13 @@ class NotificationLog:
                                           expire_ms=expire)] for rid in recipients}
 
     async def record(self, events: Iterable[Event]) -> None:
+        """Writes the events' rows, then publishes them on the events topic."""
+        await self.publish(await self.write_rows(events))
+
+    async def write_rows(self, events: Iterable[Event]) -> list[events_pb2.NotificationEvent]:
         """Writes the events, one table write per partition (the table client also
-        merges concurrent writes to a partition into one call)."""
+        merges concurrent writes to a partition into one call); returns them as the
+        events topic carries them, in order."""
         ops: dict[str, list[storage_pb2.TableOp]] = {}
         published: list[events_pb2.NotificationEvent] = []
         for e in events:
@@ -147,11 +154,19 @@ class NotificationLog:
                 category=e.category, event=value))
         if ops:
             await self._table.write_many(ops)
+        return published
+
+    async def publish(self, published: list[events_pb2.NotificationEvent]) -> None:
+        """Publishes events whose rows are written; concurrent calls share one publish
+        (fewer, fuller messages)."""
         if published and self._publisher is not None:
-            await self._publisher.publish(EVENTS_TOPIC, [
-                pubsub_pb2.PubsubMessage(data=events_pb2.NotificationEvents(
-                    events=published[i:i + EVENTS_PER_MESSAGE]).SerializeToString())
-                for i in range(0, len(published), EVENTS_PER_MESSAGE)])
+            await self._publishes.submit("", published)
+
+    async def _publish(self, _key, published: list[events_pb2.NotificationEvent]) -> None:
+        await self._publisher.publish(EVENTS_TOPIC, [
+            pubsub_pb2.PubsubMessage(data=events_pb2.NotificationEvents(
+                events=published[i:i + EVENTS_PER_MESSAGE]).SerializeToString())
+            for i in range(0, len(published), EVENTS_PER_MESSAGE)])
 
     # -- reading -------------------------------------------------------------------------
 
@@ -261,13 +276,17 @@ class NotificationLog:
 
 class BatchedRecorder:
     """Events recorded concurrently (a sender's many sends under way) share one
-    NotificationLog.record: one table write per partition for all of them."""
+    NotificationLog.write_rows (one table write per partition for all of them),
+    then one publish. The two are separate stages, each one call at a time, so a
+    batch publishes while the next one's rows are written: publishing adds work,
+    not a round trip, to each batch's turn."""
 
     def __init__(self, notification_log: NotificationLog, max_events: int = 5000):
-        self._calls = Coalescer(lambda _key, events: notification_log.record(events), max_items=max_events)
+        self._log = notification_log
+        self._writes = Coalescer(lambda _key, events: notification_log.write_rows(events), max_items=max_events)
 
     async def record(self, events: list[Event]) -> None:
-        await self._calls.submit("", events)
+        await self._log.publish(await self._writes.submit("", events))
 
 
 def _header(record: internal_pb2.NotificationRecord) -> notify_pb2.Notification:
