@@ -21,10 +21,10 @@ from typing import Callable, Protocol
 
 from aiohttp import web
 
+from frontend.tracking import SMS_STATUSES, SendRecorder
 from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import notify_pb2
-from frontend.tracking import SMS_STATUSES, SendRecorder
 from notifymesh.log import fields
 from notifymesh.server import rows, tracking
 from notifymesh.server.unsubscribe import InvalidToken, TokenSigner, Unsubscribe
