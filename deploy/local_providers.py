@@ -5,12 +5,17 @@ which `notifymesh outbox list` prints, so a new user sees notifications arrive
 without any account.
 
 HTTP:
-  POST /accounts/{account}/messages   the SMS API (form To, From, Body; basic auth
-                                      account:token) -> 201 {"id", "status": "queued"}
+  POST /accounts/{account}/messages   the SMS API (form To, From, Body, StatusCallback; basic
+                                      auth account:token) -> 201 {"id", "status": "queued"};
+                                      RECEIPT_DELAY_S later, like a real provider, it POSTs
+                                      form MessageSid, MessageStatus ("delivered") to the
+                                      StatusCallback URL
   POST /webhook/{anything}            a webhook receiver: stores path, body, signature
   POST /_faults {"channel": "sms", "status": 500, "count": 2, "retry_after": 1}
                                       the next `count` requests of the channel fail with
                                       `status` (email: SMTP reply code to DATA)
+  POST /_receipts {"status": "undelivered", "count": 1}
+                                      the next `count` SMS status callbacks report `status`
   GET  /_outbox?channel=sms           what the channel stored, as a JSON list
   POST /_erase {"address": "alice@example.com"}
                                       rewrites the outbox without any record that holds the
@@ -42,6 +47,8 @@ from notifymesh.contracts import OUTBOX_CHANNELS, OUTBOX_MAX_BYTES, outbox_files
 CREDENTIALS_FILE = "local-providers.json"  # in the data dir: kept across restarts
 SMS_FROM = "+15005550006"
 EMAIL_FROM = "notifymesh@localhost"
+RECEIPT_DELAY_S = 0.2  # from accepting an SMS to calling its StatusCallback
+RECEIPT_STATUSES = ("delivered", "undelivered", "failed", "sent")
 
 
 class Credentials(NamedTuple):
@@ -137,6 +144,9 @@ class LocalProviders:
         self.smtp_sessions: set[SMTP] = set()  # open SMTP connections (drop_smtp_connections)
         self._smtp_server: asyncio.Server | None = None
         self._runner: web.AppRunner | None = None
+        self.receipts: list[str] = []  # the statuses the next SMS callbacks report (then "delivered")
+        self._callbacks: set[asyncio.Task] = set()
+        self._client: aiohttp.ClientSession | None = None
 
     # -- faults -----------------------------------------------------------------
 
@@ -203,7 +213,37 @@ class LocalProviders:
             return web.json_response({"message": "'Body' is empty"}, status=400)
         message_id = "SM" + uuid.uuid4().hex
         self.outbox.store("sms", {"to": to, "from": str(form.get("From", "")), "body": body, "id": message_id})
+        callback = str(form.get("StatusCallback", ""))
+        if callback:
+            task = asyncio.create_task(self._report(callback, message_id,
+                                                    self.receipts.pop(0) if self.receipts else "delivered"))
+            self._callbacks.add(task)
+            task.add_done_callback(self._callbacks.discard)
         return web.json_response({"id": message_id, "status": "queued"}, status=201)
+
+    async def _report(self, url: str, message_id: str, status: str) -> None:
+        """The delivery receipt, once, as a provider sends it (no retry here)."""
+        await asyncio.sleep(RECEIPT_DELAY_S)
+        form = {"MessageSid": message_id, "MessageStatus": status}
+        if status in ("undelivered", "failed"):
+            form["ErrorCode"] = "30003"  # the common API's "unreachable handset"
+        try:
+            async with self._client.post(url, data=form, allow_redirects=False) as response:
+                await response.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            pass
+
+    async def _receipts(self, request: web.Request) -> web.Response:
+        try:
+            spec = await request.json()
+            status, count = spec["status"], int(spec.get("count", 1))
+            if status not in RECEIPT_STATUSES or not 0 <= count <= 1000:
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"message": f'want {{"status": one of {list(RECEIPT_STATUSES)}, '
+                                                 '"count": 0..1000}'}, status=400)
+        self.receipts = [status] * count
+        return web.json_response({"status": status, "count": count})
 
     async def _webhook(self, request: web.Request) -> web.Response:
         fault = self.take_fault("webhook")
@@ -264,6 +304,8 @@ class LocalProviders:
         app.router.add_post("/_faults", self._faults)
         app.router.add_get("/_outbox", self._outbox)
         app.router.add_post("/_erase", self._erase)
+        app.router.add_post("/_receipts", self._receipts)
+        self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.http_port)
@@ -276,6 +318,11 @@ class LocalProviders:
             self.drop_smtp_connections()
         if self._runner is not None:
             await self._runner.cleanup()
+        for task in list(self._callbacks):
+            task.cancel()
+        await asyncio.gather(*self._callbacks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.close()
 
 
 def _header_text(value) -> str:

@@ -7,18 +7,26 @@ List-Unsubscribe links of emails (notifymesh/server/unsubscribe.py makes the tok
                               opt-out as the recipient's preference row for the
                               token's category and channel
 A token that is malformed, altered, not ours or expired is answered 400.
+An unsubscribe through a notification's link also records SEND_UNSUBSCRIBED on it.
+
+  GET  /t/o/<token>, GET /t/c/<token>, POST /t/s/<token>
+                              email opens and clicks, SMS status callbacks
+                              (notifymesh/server/tracking.py); an unknown, altered
+                              or expired token: 404, nothing recorded
 """
 
 import html
 import logging
-from typing import Protocol
+from typing import Callable, Protocol
 
 from aiohttp import web
 
+from frontend.tracking import SMS_STATUSES, SendRecorder
 from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
 from gen.notifymesh.internal.v1 import storage_pb2
+from gen.notifymesh.v1 import notify_pb2
 from notifymesh.log import fields
-from notifymesh.server import rows
+from notifymesh.server import rows, tracking
 from notifymesh.server.unsubscribe import InvalidToken, TokenSigner, Unsubscribe
 
 log = logging.getLogger(__name__)
@@ -40,8 +48,9 @@ class TableWriter(Protocol):
 
 
 class UnsubscribeEndpoint:
-    def __init__(self, table: TableWriter, signer: TokenSigner):
-        self._table, self._signer = table, signer
+    def __init__(self, table: TableWriter, signer: TokenSigner, recorder: SendRecorder | None = None):
+        """recorder: where SEND_UNSUBSCRIBED is recorded (None: nowhere)."""
+        self._table, self._signer, self._recorder = table, signer, recorder
 
     def _request(self, request: web.Request) -> Unsubscribe:
         try:
@@ -61,14 +70,67 @@ class UnsubscribeEndpoint:
         key = rows.preference_key(wanted.recipient, wanted.category, wanted.channel)
         await self._table.write(wanted.recipient, [storage_pb2.TableOp(key=key, value=row)])
         log.info("unsubscribed", extra=fields(category=wanted.category, channel=wanted.channel))
+        if wanted.notification_id and self._recorder is not None:
+            await self._recorder.record(
+                tracking.Send(wanted.notification_id, wanted.recipient, wanted.channel, wanted.accepted_ms),
+                notify_pb2.SEND_UNSUBSCRIBED, reason=f"from {wanted.category or 'every'} {wanted.channel} notifications")
         return web.Response(text=f"You are unsubscribed from {wanted.category or 'all'} {wanted.channel} "
                                  "notifications.\n")
 
 
-def application(endpoint: UnsubscribeEndpoint) -> web.Application:
+class TrackingEndpoint:
+    """Opens, clicks and SMS status callbacks (notifymesh/server/tracking.py)."""
+
+    def __init__(self, tokens: tracking.Tracking, recorder: SendRecorder, max_age_s: Callable[[], float]):
+        """max_age_s(): how long a token works (the notification log's retention)."""
+        self._tokens, self._recorder, self._max_age_s = tokens, recorder, max_age_s
+
+    def _verified(self, request: web.Request, kind: str) -> tuple[tracking.Send, str]:
+        try:
+            return self._tokens.verify(kind, request.match_info["token"], self._max_age_s())
+        except InvalidToken:
+            raise web.HTTPNotFound(text="no such link\n") from None
+
+    async def _record(self, send: tracking.Send, state: int, **kw) -> None:
+        if not (await self._recorder.record(send, state, **kw)).found:
+            raise web.HTTPNotFound(text="no such notification\n")
+
+    async def opened(self, request: web.Request) -> web.Response:
+        send, _ = self._verified(request, tracking.OPEN)
+        await self._record(send, notify_pb2.SEND_OPENED)
+        return web.Response(body=tracking.PIXEL_GIF, content_type="image/gif",
+                            headers={"Cache-Control": "no-store, private"})
+
+    async def clicked(self, request: web.Request) -> web.Response:
+        send, target = self._verified(request, tracking.CLICK)
+        await self._record(send, notify_pb2.SEND_CLICKED, reason=f"link {tracking.without_query(target)}")
+        raise web.HTTPFound(target)
+
+    async def status(self, request: web.Request) -> web.Response:
+        """The common SMS API's status callback: form MessageSid, MessageStatus (ErrorCode)."""
+        send, _ = self._verified(request, tracking.STATUS)
+        form = await request.post()
+        status = str(form.get("MessageStatus", "")).lower()
+        state = SMS_STATUSES.get(status)
+        if state is not None:
+            error = str(form.get("ErrorCode", ""))
+            reason = "" if state == notify_pb2.SEND_DELIVERED else \
+                f"the provider reported it {status}" + (f" (error {error[:40]})" if error else "")
+            # Once delivered, nothing more; a failure is recorded whatever attempts failed
+            # before the send that the provider took (a provider reports it once).
+            await self._record(send, state, unless=frozenset({notify_pb2.SEND_DELIVERED}), reason=reason,
+                               provider_message_id=str(form.get("MessageSid", ""))[:128])
+        return web.Response(status=204)
+
+
+def application(endpoint: UnsubscribeEndpoint, tracked: TrackingEndpoint | None = None) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)  # a form, nothing more
     app.router.add_get("/unsubscribe", endpoint.confirm)
     app.router.add_post("/unsubscribe", endpoint.unsubscribe)
+    if tracked is not None:
+        app.router.add_get(f"/t/{tracking.OPEN}/{{token}}", tracked.opened)
+        app.router.add_get(f"/t/{tracking.CLICK}/{{token}}", tracked.clicked)
+        app.router.add_post(f"/t/{tracking.STATUS}/{{token}}", tracked.status)
     return app
 
 

@@ -1,13 +1,18 @@
 """The frontend process: thin public servicers over the Gateway, with server reflection."""
 
+from frontend.analytics import Analytics, AnalyticsServicer
 from frontend.gateway import Gateway
 from frontend.erasure_hook import ErasureHook
-from frontend.http import HttpServer, UnsubscribeEndpoint, application
+from frontend.http import HttpServer, TrackingEndpoint, UnsubscribeEndpoint, application
+from frontend.tracking import SendRecorder
 from frontend.notifications import Notifications, NotificationsServicer
 from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, notify_pb2, notify_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
-from notifymesh.server import templating, unsubscribe, validation
+from gen.notifymesh.v1 import events_pb2, events_pb2_grpc
+from notifymesh.server import templating, tracking, unsubscribe, validation
+from notifymesh.server.clients import StorageClient
 from notifymesh.server.notification_log import NotificationLog
 from notifymesh.server.process import Context
+from notifymesh.server.publishing import InternalPublisher
 from notifymesh.server.table import TableClient
 
 
@@ -123,7 +128,8 @@ def _notifications(ctx: Context, gateway: Gateway, table: TableClient, hook: Era
 
 
 class FrontendService:
-    reflected = tuple(s.full_name for d in (pubsub_pb2.DESCRIPTOR, cluster_pb2.DESCRIPTOR, notify_pb2.DESCRIPTOR)
+    reflected = tuple(s.full_name for d in (pubsub_pb2.DESCRIPTOR, cluster_pb2.DESCRIPTOR, notify_pb2.DESCRIPTOR,
+                                            events_pb2.DESCRIPTOR)
                       for s in d.services_by_name.values())
 
     def __init__(self, ctx: Context):
@@ -136,7 +142,9 @@ class FrontendService:
                           (pubsub_pb2_grpc.add_SubscriberServicer_to_server, SubscriberServicer(self.gateway)),
                           (cluster_pb2_grpc.add_ClusterAdminServicer_to_server, ClusterAdminServicer(self.gateway)),
                           (notify_pb2_grpc.add_NotificationsServicer_to_server,
-                           NotificationsServicer(_notifications(ctx, self.gateway, self.table, self.erasure_hook)))]
+                           NotificationsServicer(_notifications(ctx, self.gateway, self.table, self.erasure_hook))),
+                          (events_pb2_grpc.add_AnalyticsServicer_to_server,
+                           AnalyticsServicer(Analytics(ctx.cluster, self.table)))]
 
     async def start(self) -> None:
         self.http = await start_http(self.ctx, self.table)
@@ -151,10 +159,15 @@ class FrontendService:
 
 async def start_http(ctx: Context, table: TableClient) -> HttpServer:
     """The HTTP server (frontend/http.py) at the gRPC port + frontend_http_port_offset
-    (any free port when the gRPC one is)."""
+    (any free port when the gRPC one is): unsubscribe and tracking, whose events are
+    recorded in the notification log and published on the events topic."""
     host, _, port = ctx.args.listen.rpartition(":")
-    endpoint = UnsubscribeEndpoint(table, await unsubscribe.signer(ctx.cluster.etcd))
-    server = HttpServer(application(endpoint), host or "127.0.0.1",
+    signer = await unsubscribe.signer(ctx.cluster.etcd)
+    recorder = SendRecorder(NotificationLog(table, lambda: round(ctx.config.notification_log_retention_s * 1000),
+                                            InternalPublisher(ctx.cluster, StorageClient(ctx.cluster))))
+    endpoint = UnsubscribeEndpoint(table, signer, recorder)
+    tracked = TrackingEndpoint(tracking.Tracking(signer), recorder, lambda: ctx.config.notification_log_retention_s)
+    server = HttpServer(application(endpoint, tracked), host or "127.0.0.1",
                         int(port) + ctx.config.frontend_http_port_offset if int(port) else 0)
     await server.start()
     return server

@@ -17,14 +17,14 @@ from metadata.store import MetadataStore
 from notifymesh import errors
 from notifymesh.log import fields
 from notifymesh.server.internal_topics import (
-    CHANNELS, FANOUT_SUBSCRIPTION, NOTIFY_DEAD_LETTER_TOPIC, NOTIFY_TOPIC, TABLE_TOPIC, channel_dead_letter_topic,
-    channel_subscription, channel_topic)
+    CHANNELS, EVENTS_DEAD_LETTER_TOPIC, EVENTS_STATS_SUBSCRIPTION, EVENTS_TOPIC, FANOUT_SUBSCRIPTION,
+    NOTIFY_DEAD_LETTER_TOPIC, NOTIFY_TOPIC, TABLE_TOPIC, channel_dead_letter_topic, channel_subscription, channel_topic)
 
 log = logging.getLogger(__name__)
 
 RETRY_S = 0.5  # between rounds while storage nodes are not up yet
 STORAGE_WAIT_S = 30  # for as many storage nodes as the replication factor, at most
-TABLE_PARTITIONS, NOTIFY_PARTITIONS, CHANNEL_PARTITIONS = 8, 4, 4
+TABLE_PARTITIONS, NOTIFY_PARTITIONS, CHANNEL_PARTITIONS, EVENTS_PARTITIONS = 8, 4, 4, 4
 
 
 class Internal(NamedTuple):
@@ -72,6 +72,11 @@ def internal() -> Internal:
             subscription = _subscription(channel_subscription(channel, priority), topic, 30, 5, dead)
             subscription.redrive_rules.append(provider_unavailable_rule())
             subscriptions.append(subscription)
+    # The events: no payload dedup (each message is a batch of distinct events; hashing
+    # them would cost every send), counted by the stats consumer.
+    topics += [pubsub_pb2.Topic(name=EVENTS_TOPIC, partition_count=EVENTS_PARTITIONS, dedup_by_payload=False),
+               pubsub_pb2.Topic(name=EVENTS_DEAD_LETTER_TOPIC, partition_count=1)]
+    subscriptions.append(_subscription(EVENTS_STATS_SUBSCRIPTION, EVENTS_TOPIC, 30, 20, EVENTS_DEAD_LETTER_TOPIC))
     return Internal(topics, subscriptions)
 
 

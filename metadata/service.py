@@ -45,7 +45,8 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
     async def CreateSubscription(self, request, context):
         subscription = request.subscription
         _not_reserved("subscription", subscription.name)
-        _not_reserved("topic", subscription.topic, subscription.dead_letter_topic)
+        validation.subscribable(subscription.topic)
+        _not_reserved("topic", subscription.dead_letter_topic)
         return await self._store.create_subscription(request.subscription)
 
     async def GetSubscription(self, request, context):

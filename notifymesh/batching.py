@@ -12,6 +12,8 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Generic, Hashable, Sequence, TypeVar
 
+from notifymesh import errors
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -70,10 +72,17 @@ class Coalescer(Generic[Item, Result]):
         try:
             results = await self._send(key, items)
         except BaseException as e:  # includes cancellation: no request may hang
+            cancelled = isinstance(e, asyncio.CancelledError)
+            # A CancelledError while this drain is not being cancelled came from inside the
+            # call (a gRPC call another caller's failure cancelled): the batch failed, and
+            # the drain goes on, else the requests waiting behind it would wait for ever.
+            stopping = cancelled and asyncio.current_task().cancelling() > 0
+            failure = errors.Unavailable(f"the call was cancelled: {e}".rstrip(": ")) \
+                if cancelled and not stopping else e
             for request in batch:
                 if not request.done.done():
-                    request.done.set_exception(e)
-            if isinstance(e, asyncio.CancelledError):
+                    request.done.set_exception(failure)
+            if stopping:
                 raise
             return
         start = 0

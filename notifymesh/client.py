@@ -25,6 +25,7 @@ import grpc
 from google.protobuf import duration_pb2
 
 from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, notify_pb2, notify_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
+from gen.notifymesh.v1 import events_pb2, events_pb2_grpc
 from notifymesh import errors
 from notifymesh.backoff import Backoff, BackoffPolicy
 from notifymesh.batching import Coalescer
@@ -117,6 +118,7 @@ class Client:
         self._subscriber = pubsub_pb2_grpc.SubscriberStub(self._channel)
         self._cluster = cluster_pb2_grpc.ClusterAdminStub(self._channel)
         self._notifications = notify_pb2_grpc.NotificationsStub(self._channel)
+        self._analytics = events_pb2_grpc.AnalyticsStub(self._channel)
         self._timeout = timeout_s
         # Concurrent acks, of any subscriptions, share one call: a process holding
         # many subscriptions sends a few calls, not one per subscription. An item's
@@ -661,6 +663,17 @@ class Client:
             request.end_time.FromDatetime(end.astimezone(datetime.timezone.utc))
         async for page in self._pages(self._notifications.ListNotifications, request, "notifications"):
             yield page
+
+    async def get_stats(self, template: str = "", category: str = "",
+                        start: datetime.datetime | None = None) -> events_pb2.Stats:
+        """Counts of the notification events (sent, delivered, failed, opened, clicked...)
+        and their rates from start's hour (an aware datetime; None: the last hour) up
+        to now, of one template and category ("": every one). The events themselves
+        stream on the topic "notifymesh.events": subscribe to it like to any topic."""
+        request = events_pb2.GetStatsRequest(template=template, category=category)
+        if start is not None:
+            request.start_time.FromDatetime(start.astimezone(datetime.timezone.utc))
+        return await self._call(self._analytics.GetStats, request)
 
     async def wait_connected(self, timeout_s: float) -> bool:
         """True once a connection to a frontend is up; False as soon as every frontend

@@ -1,10 +1,11 @@
 """The `notifymesh` commands of the notification layer: recipient, prefs, category,
-template, notify, notification, audience and provider (notifymesh.cli adds them
+template, notify, notification, audience, provider and stats (notifymesh.cli adds them
 to its parser and runs them; they report through its Output like the others)."""
 
 import argparse
 import collections
 import csv
+import datetime
 import json
 import sys
 import time
@@ -16,7 +17,7 @@ from notifymesh import cli as base
 from notifymesh.client import MAX_RECIPIENTS_PER_CALL, Client, channel_of
 from notifymesh.errors import InvalidArgument, NotFound
 
-COMMANDS = ("recipient", "prefs", "category", "template", "notify", "notification", "audience", "provider")
+COMMANDS = ("recipient", "prefs", "category", "template", "notify", "notification", "audience", "provider", "stats")
 CONTACT_FIELDS = ("id", "email", "phone", "locale", "timezone", "webhook_url")  # other import columns: attributes
 BAR_WIDTH = 30
 PROVIDER_KINDS = {"email": "smtp", "sms": "sms_http", "webhook": "webhook"}
@@ -475,11 +476,24 @@ async def _provider(args, client: Client) -> None:
             print(f"senders that did not answer: {', '.join(status.unanswered_senders)}", file=sys.stderr)
 
 
+async def _stats(args, client: Client) -> None:
+    start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=args.since)
+    stats = await client.get_stats(args.template or "", args.category or "", start)
+    record = {"since": stats.start_time.ToJsonString(), "template": args.template or "*",
+              "category": args.category or "*"}
+    for name in ("queued", "sent", "delivered", "failed", "opened", "clicked", "unsubscribed", "dead_lettered",
+                 "suppressed"):
+        record[name] = getattr(stats, name)
+    for name in ("delivery_rate", "open_rate", "click_rate", "failure_rate"):
+        record[name] = round(getattr(stats, name), 4)
+    args.out.record(record)
+
+
 async def run(args, client: Client) -> int:
     """Runs one of COMMANDS; the exit code."""
     handler = {"recipient": _recipient, "prefs": _prefs, "category": _category, "template": _template,
                "notify": _notify, "notification": _notification, "audience": _audience,
-               "provider": _provider}[args.command]
+               "provider": _provider, "stats": _stats}[args.command]
     return await handler(args, client) or 0
 
 
@@ -493,6 +507,16 @@ def add_commands(commands) -> None:
     _add_notify_commands(commands)
     _add_audience_commands(commands)
     _add_provider_commands(commands)
+    _add_stats_command(commands)
+
+
+def _add_stats_command(commands) -> None:
+    stats = commands.add_parser("stats", help="sent, delivered, failed, opened, clicked and their rates, counted "
+                                              "from the events stream (notifymesh.events)")
+    stats.add_argument("--template", help="one template's (default: every one)")
+    stats.add_argument("--category", help="one category's (default: every one)")
+    stats.add_argument("--since", type=base.duration, default=3600.0,
+                       help="how far back, rounded down to the hour: 1h (default), 24h, 7d; at most 31d")
 
 
 def _add_recipient_commands(commands) -> None:

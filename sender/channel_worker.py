@@ -80,8 +80,15 @@ class Rendering(Protocol):
     def context(self, recipient: notify_pb2.Recipient | None, data: dict, notification_id: str, category: str,
                 unsubscribe_url: str = "") -> dict[str, Any]: ...
 
-    def unsubscribe_url(self, recipient: str, category: str, channel: str) -> str:
+    def unsubscribe_url(self, recipient: str, category: str, channel: str, notification_id: str = "",
+                        accepted_ms: int = 0) -> str:
         """"" when the frontends' HTTP address is not known."""
+
+    def track_html(self, html: str, notification_id: str, recipient: str, accepted_ms: int) -> str:
+        """The email's HTML with links through the click redirect and an open pixel."""
+
+    def status_callback_url(self, notification_id: str, recipient: str, channel: int, accepted_ms: int) -> str:
+        """Where a provider reports the send delivered; "" when not known."""
 
 
 class Outgoing(NamedTuple):
@@ -96,6 +103,7 @@ class Outgoing(NamedTuple):
     idempotency_key: str = ""
     notification_id: str = ""
     recipient: str = ""
+    status_callback: str = ""
 
 
 class Sent(NamedTuple):
@@ -208,7 +216,8 @@ class ChannelSender:
 
         def event(state: int, **kw) -> None:
             events.append(Event(task.notification_id, task.accepted_ms, task.recipient, task.channel, state,
-                                now_ms(), attempt=received.delivery_attempt, **kw))
+                                now_ms(), attempt=received.delivery_attempt, template=task.template,
+                                category=task.category, **kw))
 
         async def flush() -> None:
             taken = events[:]
@@ -279,8 +288,8 @@ class ChannelSender:
             event(notify_pb2.SEND_FAILED, reason=f"template {task.template!r} version {task.template_version} "
                                                  "not found (deleted after the notification was accepted)")
             return ACK
-        unsubscribe_url = self._rendering.unsubscribe_url(rid, task.category, name) \
-            if channel == notify_pb2.EMAIL else ""
+        unsubscribe_url = self._rendering.unsubscribe_url(rid, task.category, name, task.notification_id,
+                                                          task.accepted_ms) if channel == notify_pb2.EMAIL else ""
         try:
             values = self._rendering.context(recipient, json.loads(task.data or "{}"), task.notification_id,
                                              task.category, unsubscribe_url)
@@ -297,8 +306,12 @@ class ChannelSender:
         if unsubscribe_url:  # RFC 8058 one-click unsubscribe
             headers = {"List-Unsubscribe": f"<{unsubscribe_url}>",
                        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+        if channel == notify_pb2.EMAIL and rendered.html:
+            rendered.html = self._rendering.track_html(rendered.html, task.notification_id, rid, task.accepted_ms)
+        callback = self._rendering.status_callback_url(task.notification_id, rid, channel, task.accepted_ms) \
+            if channel == notify_pb2.SMS else ""
         message = Outgoing(channel, address, rendered.subject, rendered.text, rendered.html, rendered.json_body,
-                           headers, key, task.notification_id, rid)
+                           headers, key, task.notification_id, rid, callback)
         await self._slots.acquire(task.priority == notify_pb2.HIGH)
         try:
             result = await self._providers.send(message)

@@ -227,10 +227,11 @@ class Fanout:
                 if decision.action is Action.SEND and rid in duplicates:
                     events.append(Event(nid, accepted_ms, rid, decision.channel, notify_pb2.SUPPRESSED_DUPLICATE,
                                         ms, reason="the same template, category and data reached this recipient "
-                                                   "through another notification within the dedup window"))
+                                                   "through another notification within the dedup window",
+                                        template=request.template, category=request.category))
                     continue
                 events.append(Event(nid, accepted_ms, rid, decision.channel, _STATES[decision.action], ms,
-                                    reason=decision.reason))
+                                    reason=decision.reason, template=request.template, category=request.category))
                 if decision.action is Action.SEND:
                     task = internal_pb2.ChannelTask(
                         notification_id=nid, recipient=rid, channel=decision.channel, template=request.template,

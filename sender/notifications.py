@@ -1,8 +1,9 @@
 """The notification pipeline of a sender, put together from the real parts: the
 table client, the cluster's mirrors of categories, templates, providers and
 subscriptions, the renderer, signed unsubscribe links, and the channel
-providers (sender/providers). It runs the fan-out worker and a worker per
-channel and priority for the internal subscriptions this sender owns.
+providers (sender/providers). It runs the fan-out worker, a worker per
+channel and priority, and the stats consumer of the events topic, for the
+internal subscriptions this sender owns.
 """
 
 import asyncio
@@ -13,11 +14,13 @@ from typing import Callable, NamedTuple
 from gen.notifymesh.v1 import notify_pb2
 from notifymesh.clock import now_ms, timestamp
 from notifymesh.log import fields
-from notifymesh.server import templating, unsubscribe
+from notifymesh.server import templating, tracking, unsubscribe
 from notifymesh.server.clients import StorageClient
 from notifymesh.server.cluster import Cluster
 from notifymesh.server.config import LiveConfig
-from notifymesh.server.internal_topics import CHANNELS, FANOUT_SUBSCRIPTION, channel_name, channel_subscription
+from notifymesh.server.event_stats import EventCounter
+from notifymesh.server.internal_topics import (CHANNELS, EVENTS_STATS_SUBSCRIPTION, FANOUT_SUBSCRIPTION, channel_name,
+                                               channel_subscription)
 from notifymesh.server.notification_log import BatchedRecorder, NotificationLog
 from notifymesh.server.process import Context
 from notifymesh.server.publishing import InternalPublisher
@@ -25,6 +28,7 @@ from notifymesh.server.table import TableClient
 from sender import breaker
 from sender.breaker import Breaker, Permit
 from sender.channel_worker import BatchedReads, ChannelSender, Failed, Outgoing, PrioritySlots, Sent
+from sender import event_stats
 from sender.dispatch import Dispatcher
 from sender.fanout import Fanout
 from sender.pipeline import PipelineWorkers, WorkerSpec
@@ -189,20 +193,44 @@ BREAKER_STATES = {breaker.CLOSED: notify_pb2.BREAKER_CLOSED, breaker.OPEN: notif
 
 
 class TemplateRendering:
-    """templating.Renderer and context, and the email's signed unsubscribe link to
-    the frontends' HTTP server."""
+    """templating.Renderer and context, and the signed links to the frontends' HTTP
+    server: the email's unsubscribe link, its tracked links and open pixel, the
+    SMS status callback."""
 
     def __init__(self, ctx: Context, signer: unsubscribe.TokenSigner):
         self._ctx, self._signer = ctx, signer
+        self._tracking = tracking.Tracking(signer)
         self._renderer = templating.Renderer()
         self.render = self._renderer.render
         self.context = templating.context
 
-    def unsubscribe_url(self, recipient: str, category: str, channel: str) -> str:
+    def _base_url(self) -> str:
         config = self._ctx.config
-        base = unsubscribe.public_base_url(config.public_base_url, sorted(self._ctx.cluster.live("frontend").values()),
+        return unsubscribe.public_base_url(config.public_base_url, sorted(self._ctx.cluster.live("frontend").values()),
                                            config.frontend_http_port_offset)
-        return unsubscribe.unsubscribe_url(base, self._signer.issue(recipient, category, channel)) if base else ""
+
+    def unsubscribe_url(self, recipient: str, category: str, channel: str, notification_id: str = "",
+                        accepted_ms: int = 0) -> str:
+        base = self._base_url()
+        return unsubscribe.unsubscribe_url(base, self._signer.issue(
+            recipient, category, channel, notification_id=notification_id, accepted_ms=accepted_ms)) if base else ""
+
+    def tracker(self, notification_id: str, recipient: str, channel: int, accepted_ms: int) -> tracking.Tracker | None:
+        """The send's tracked links; None while the frontends' address is not known."""
+        base = self._base_url()
+        send = tracking.Send(notification_id, recipient, channel_name(channel), accepted_ms)
+        return tracking.Tracker(self._tracking, base, send) if base else None
+
+    def track_html(self, html: str, notification_id: str, recipient: str, accepted_ms: int) -> str:
+        """The email's HTML with its links tracked, unless email_tracking is 0."""
+        tracker = self.tracker(notification_id, recipient, notify_pb2.EMAIL, accepted_ms) \
+            if self._ctx.config.email_tracking else None
+        return tracker.html(html) if tracker else html
+
+    def status_callback_url(self, notification_id: str, recipient: str, channel: int, accepted_ms: int) -> str:
+        """Where the provider reports delivery (an SMS status callback); "" while unknown."""
+        tracker = self.tracker(notification_id, recipient, channel, accepted_ms)
+        return tracker.status_callback() if tracker else ""
 
 
 class NotificationPipeline:
@@ -214,10 +242,11 @@ class NotificationPipeline:
     async def start(self) -> None:
         ctx, config = self._ctx, self._ctx.config
         table = TableClient(ctx.cluster)
-        notification_log = NotificationLog(table, lambda: round(config.notification_log_retention_s * 1000))
+        publisher = InternalPublisher(ctx.cluster, StorageClient(ctx.cluster))
+        notification_log = NotificationLog(table, lambda: round(config.notification_log_retention_s * 1000),
+                                           publisher)
         recorder = BatchedRecorder(notification_log)
         rendering = TemplateRendering(ctx, await unsubscribe.signer(ctx.cluster.etcd))
-        publisher = InternalPublisher(ctx.cluster, StorageClient(ctx.cluster))
         fanout = Fanout(table, notification_log, ctx.cluster, publisher)
         slots = {channel: PrioritySlots(DEFAULT_CONCURRENCY) for channel in CHANNELS}
 
@@ -226,13 +255,15 @@ class NotificationPipeline:
                                         period_seconds=round(config.notify_default_rate_period_s))
 
         reads = BatchedReads(table)
+        stats = event_stats.StatsConsumer(EventCounter(table, ctx.node_id))
         senders = {(channel, priority): ChannelSender(
             channel_subscription(channel, priority), table, ctx.cluster, rendering, self._providers, recorder,
             slots[channel], default_limit, reads)
             for channel in CHANNELS for priority in (notify_pb2.NORMAL, notify_pb2.HIGH)}
 
         def specs() -> dict[str, WorkerSpec]:
-            wanted = {FANOUT_SUBSCRIPTION: WorkerSpec(fanout, FANOUT_JOBS)}
+            wanted = {FANOUT_SUBSCRIPTION: WorkerSpec(fanout, FANOUT_JOBS),
+                      EVENTS_STATS_SUBSCRIPTION: WorkerSpec(stats, event_stats.WINDOW)}
             for channel in CHANNELS:
                 # The most of any of the channel's providers: each adapter bounds its own.
                 records = ctx.cluster.providers.groups.get(channel_name(channel), {}).values()

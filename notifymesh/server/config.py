@@ -77,6 +77,9 @@ class Config:
     # a row, and half-opens (one trial send) this long after (sender/breaker.py).
     provider_breaker_failures: int = 5
     provider_breaker_cooldown_s: float = 30.0
+    # Email tracking (notifymesh/server/tracking.py): 1, links go through the frontends'
+    # click redirect and an open pixel is added; 0: emails go out as rendered.
+    email_tracking: int = 1
 
 
 # Read once when a process starts (its gRPC server's size limits and channels, its
@@ -87,7 +90,7 @@ RESTART_REQUIRED = frozenset({"max_grpc_message_bytes", "member_lease_ttl_s", "s
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # Settings whose 0 means "off" (every other one is a positive number).
-ZERO_ALLOWED = frozenset({"notify_default_rate_limit", "notify_default_rate_period_s"})
+ZERO_ALLOWED = frozenset({"notify_default_rate_limit", "notify_default_rate_period_s", "email_tracking"})
 MAX_RATE_LIMIT, MAX_RATE_PERIOD_S = 1_000_000, 30 * 24 * 3600.0  # as a category's (metadata/notify_store.py)
 Layer = tuple[str, Mapping[str, Any]]  # (source, values)
 

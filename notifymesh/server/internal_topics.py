@@ -8,6 +8,10 @@ delete names under RESERVED_PREFIX.
 - channel_topic(channel, priority): one recipient on one channel (ChannelTask),
   consumed by that channel's sender (channel_subscription), dead letters in
   channel_dead_letter_topic(channel).
+- EVENTS_TOPIC: every event of the notification log (notifymesh.v1.NotificationEvents),
+  the one reserved topic public subscriptions may be made on (an analytics
+  service's); EVENTS_STATS_SUBSCRIPTION: the mesh's own consumer, which keeps
+  the counts of `notifymesh stats` (notifymesh/server/event_stats.py).
 """
 
 from gen.notifymesh.v1 import notify_pb2
@@ -17,6 +21,12 @@ TABLE_TOPIC = "notifymesh.table"
 NOTIFY_TOPIC = "notifymesh.notify"
 FANOUT_SUBSCRIPTION = "notifymesh.notify.fanout"
 NOTIFY_DEAD_LETTER_TOPIC = "notifymesh.notify.dead"
+EVENTS_TOPIC = "notifymesh.events"
+EVENTS_STATS_SUBSCRIPTION = "notifymesh.events.stats"
+EVENTS_DEAD_LETTER_TOPIC = "notifymesh.events.dead"
+# Reserved topics on which public subscriptions may be created (and then consumed:
+# the subscription's own name is public).
+SUBSCRIBABLE_TOPICS = frozenset({EVENTS_TOPIC})
 
 CHANNELS = (notify_pb2.EMAIL, notify_pb2.SMS, notify_pb2.WEBHOOK)
 

@@ -6,7 +6,11 @@ each channel, as rows of the replicated table (rows.py):
   R rid accepted_ms nid              the recipient's index by time (partition key: the recipient id)
 
 Every row of a notification expires at accepted_ms + the retention, so a
-notification's rows go together. The fan-out and the channel workers write it
+notification's rows go together. Each batch of events recorded is then also
+published on internal_topics.EVENTS_TOPIC (notifymesh.v1.NotificationEvents, at
+most EVENTS_PER_MESSAGE a message), after its rows are written: a record that
+fails is retried by its caller (the same rows written again), so every event
+written reaches the stream at least once. The fan-out and the channel workers write it
 (accepted, index, record); the frontend reads it (notification, by_recipient).
 Events hold no address or phone number: reasons are scrubbed by their writers.
 """
@@ -18,18 +22,22 @@ from typing import Callable, Iterable, NamedTuple, Protocol, Sequence
 
 from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
 from gen.notifymesh.internal.v1 import storage_pb2
-from gen.notifymesh.v1 import notify_pb2
+from gen.notifymesh.v1 import events_pb2, notify_pb2, pubsub_pb2
 from notifymesh import errors
 from notifymesh.batching import Coalescer
 from notifymesh.clock import timestamp
 from notifymesh.server import rows, validation
-from notifymesh.server.internal_topics import channel_name, parse_channel
+from notifymesh.server.internal_topics import EVENTS_TOPIC, channel_name, parse_channel
 
 SENDS_PAGE, MAX_SENDS_PAGE = 1000, 1000  # GetNotification: sends per page
 NOTIFICATIONS_PAGE, MAX_NOTIFICATIONS_PAGE = 100, 1000  # ListNotifications
 SCAN_ROWS = 1000  # rows per table scan while a page is gathered
 PARALLEL_READS = 32  # a ListNotifications page reads its notifications this many at a time
 _LAST_MS, _LAST_STATE = 10 ** 13 - 1, 99  # the highest event_ms and state an event key can hold
+# Events in one message of the events topic: one message per event would add a
+# write to the mesh per event, one per batch adds a fraction of one.
+EVENTS_PER_MESSAGE = 1000
+PUBLISH_MAX_EVENTS = 5 * EVENTS_PER_MESSAGE  # events of concurrent records merged into one publish call
 
 
 class LogTable(Protocol):
@@ -45,6 +53,12 @@ class LogTable(Protocol):
                    reverse: bool = False): ...  # -> table.Scanned(keys, values, more)
 
 
+class EventPublisher(Protocol):
+    """notifymesh.server.publishing.InternalPublisher"""
+
+    async def publish(self, topic: str, messages: list[pubsub_pb2.PubsubMessage]) -> list[str]: ...
+
+
 class Event(NamedTuple):
     """One step of one recipient's notification on one channel."""
     notification_id: str
@@ -57,6 +71,8 @@ class Event(NamedTuple):
     provider: str = ""
     provider_message_id: str = ""
     attempt: int = 0
+    template: str = ""  # the notification's: carried on the events stream, not in the row
+    category: str = ""
 
 
 class PageToken(NamedTuple):
@@ -86,10 +102,13 @@ def _put(key: bytes, message, expire_ms: int) -> storage_pb2.TableOp:
 
 
 class NotificationLog:
-    def __init__(self, table: LogTable, retention_ms: int | Callable[[], int]):
+    def __init__(self, table: LogTable, retention_ms: int | Callable[[], int],
+                 publisher: EventPublisher | None = None):
         """retention_ms: how long a notification's rows are kept, or a function giving
-        it (a live setting: read at each write)."""
-        self._table = table
+        it (a live setting: read at each write). publisher: where recorded events
+        are published (None: a reader's log, which records nothing)."""
+        self._table, self._publisher = table, publisher
+        self._publishes = Coalescer(self._publish, max_items=PUBLISH_MAX_EVENTS)
         self._retention_ms = retention_ms if callable(retention_ms) else (lambda: retention_ms)
 
     def expire_ms(self, accepted_ms: int) -> int:
@@ -115,17 +134,39 @@ class NotificationLog:
                                           expire_ms=expire)] for rid in recipients}
 
     async def record(self, events: Iterable[Event]) -> None:
+        """Writes the events' rows, then publishes them on the events topic."""
+        await self.publish(await self.write_rows(events))
+
+    async def write_rows(self, events: Iterable[Event]) -> list[events_pb2.NotificationEvent]:
         """Writes the events, one table write per partition (the table client also
-        merges concurrent writes to a partition into one call)."""
+        merges concurrent writes to a partition into one call); returns them as the
+        events topic carries them, in order."""
         ops: dict[str, list[storage_pb2.TableOp]] = {}
+        published: list[events_pb2.NotificationEvent] = []
         for e in events:
             value = notify_pb2.SendEvent(state=e.state, time=timestamp(e.time_ms), reason=e.reason,
                                          provider=e.provider, provider_message_id=e.provider_message_id,
                                          attempt=e.attempt)
             key = rows.event_key(e.notification_id, e.recipient, channel_name(e.channel), e.time_ms, e.state)
             ops.setdefault(e.notification_id, []).append(_put(key, value, self.expire_ms(e.accepted_ms)))
+            published.append(events_pb2.NotificationEvent(
+                notification_id=e.notification_id, recipient=e.recipient, channel=e.channel, template=e.template,
+                category=e.category, event=value))
         if ops:
             await self._table.write_many(ops)
+        return published
+
+    async def publish(self, published: list[events_pb2.NotificationEvent]) -> None:
+        """Publishes events whose rows are written; concurrent calls share one publish
+        (fewer, fuller messages)."""
+        if published and self._publisher is not None:
+            await self._publishes.submit("", published)
+
+    async def _publish(self, _key, published: list[events_pb2.NotificationEvent]) -> None:
+        await self._publisher.publish(EVENTS_TOPIC, [
+            pubsub_pb2.PubsubMessage(data=events_pb2.NotificationEvents(
+                events=published[i:i + EVENTS_PER_MESSAGE]).SerializeToString())
+            for i in range(0, len(published), EVENTS_PER_MESSAGE)])
 
     # -- reading -------------------------------------------------------------------------
 
@@ -214,6 +255,13 @@ class NotificationLog:
             _add_event(result.sends[-1], value)
         return result
 
+    async def states(self, notification_id: str, recipient: str, channel: int) -> set[int]:
+        """The states one send has been in (its rows: a few per attempt)."""
+        name = channel_name(channel)
+        keys = (rows.parse_event_key(key) for key, _ in
+                await self._scan_all(notification_id, rows.events_prefix(notification_id, recipient)))
+        return {key.state for key in keys if key.channel == name}
+
     async def _scan_all(self, partition_key: str, prefix: bytes) -> list[tuple[bytes, bytes]]:
         """Every row under prefix: for one recipient of one notification, a few per
         channel and attempt (at most max_delivery_attempts of each)."""
@@ -228,13 +276,17 @@ class NotificationLog:
 
 class BatchedRecorder:
     """Events recorded concurrently (a sender's many sends under way) share one
-    NotificationLog.record: one table write per partition for all of them."""
+    NotificationLog.write_rows (one table write per partition for all of them),
+    then one publish. The two are separate stages, each one call at a time, so a
+    batch publishes while the next one's rows are written: publishing adds work,
+    not a round trip, to each batch's turn."""
 
     def __init__(self, notification_log: NotificationLog, max_events: int = 5000):
-        self._calls = Coalescer(lambda _key, events: notification_log.record(events), max_items=max_events)
+        self._log = notification_log
+        self._writes = Coalescer(lambda _key, events: notification_log.write_rows(events), max_items=max_events)
 
     async def record(self, events: list[Event]) -> None:
-        await self._calls.submit("", events)
+        await self._log.publish(await self._writes.submit("", events))
 
 
 def _header(record: internal_pb2.NotificationRecord) -> notify_pb2.Notification:

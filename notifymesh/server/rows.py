@@ -24,6 +24,13 @@ decimal milliseconds so keys sort by time.
   K nid                               -> FanoutCheckpoint
   A audience                          -> notifymesh.v1.Audience
   M audience rid                      -> b"": a member
+  S p hour template category state node
+                                      -> decimal count: the events of that hour (13-digit ms
+                                         of its start) counted by the stats consumer `node`
+                                         from partition p of the events topic
+                                         (notifymesh/server/event_stats.py)
+  Y p message id                      -> b"": that message of the events topic is counted
+  (partition key of S and Y: stats_partition_key(p))
 """
 
 import zlib
@@ -36,6 +43,7 @@ CONTACT, UNSUBSCRIBED, PREFERENCE, RATE_LIMIT, RATE_COUNTER, ERASED = b"C", b"U"
 RECIPIENT_NOTIFICATION, NOTIFICATION, EVENT, CHECKPOINT = b"R", b"N", b"E", b"K"
 DUPLICATE = b"D"
 AUDIENCE, MEMBER = b"A", b"M"
+STATS_COUNT, STATS_COUNTED = b"S", b"Y"
 
 
 def partition_of(partition_key: str, partitions: int) -> int:
@@ -192,3 +200,42 @@ def members_prefix(audience: str) -> bytes:
 def parse_member_key(key: bytes) -> tuple[str, str]:
     audience, recipient = _fields(key)
     return audience, recipient
+
+
+# -- event counts (partition key: stats_partition_key) -------------------------------
+
+
+def stats_partition_key(events_partition: int) -> str:
+    return f"stats/{events_partition}"
+
+
+def stats_count_key(events_partition: int, hour_ms: int, template: str, category: str, state: int,
+                    node: str) -> bytes:
+    return _key(STATS_COUNT, str(events_partition), _ms(hour_ms), template, category, f"{state:02d}", node)
+
+
+def stats_counts_from(events_partition: int, hour_ms: int) -> bytes:
+    """A key below every count of events_partition from hour_ms on (a scan's start_after)."""
+    return _key(STATS_COUNT, str(events_partition), _ms(hour_ms))
+
+
+def stats_counts_prefix(events_partition: int) -> bytes:
+    return _key(STATS_COUNT, str(events_partition)) + SEP
+
+
+class StatsCountKey(NamedTuple):
+    events_partition: int
+    hour_ms: int
+    template: str
+    category: str
+    state: int
+    node: str
+
+
+def parse_stats_count_key(key: bytes) -> StatsCountKey:
+    partition, hour, template, category, state, node = _fields(key)
+    return StatsCountKey(int(partition), int(hour), template, category, int(state), node)
+
+
+def stats_counted_key(events_partition: int, message_id: str) -> bytes:
+    return _key(STATS_COUNTED, str(events_partition), message_id)

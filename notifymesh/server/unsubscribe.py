@@ -1,11 +1,13 @@
 """Signed one-click unsubscribe tokens (RFC 8058), made by the sender for an
 email's List-Unsubscribe link and checked by the frontend's HTTP server.
 
-A token is base64url(recipient NUL category NUL channel NUL issued seconds) "."
-base64url(HMAC-SHA256 of those bytes), so it names what it unsubscribes from and
+A token is base64url(recipient NUL category NUL channel [NUL notification id NUL
+accepted ms] NUL issued seconds) "." base64url(HMAC-SHA256 of those bytes), so it
+names what it unsubscribes from (and the notification whose link it was) and
 cannot be altered or made without the key. The key is 32 random bytes in etcd
 (SIGNING_KEY), created at first use by whichever process needs it first, in a
 create-if-absent transaction so every frontend and sender uses the same one.
+Tracking links (tracking.py) sign with keys derived from it (TokenSigner.derived).
 """
 
 import base64
@@ -33,6 +35,10 @@ class Unsubscribe(NamedTuple):
     category: str
     channel: str  # internal_topics.channel_name: "email"
     issued_s: int
+    # The notification whose link it is (its SEND_UNSUBSCRIBED event); "" in a token
+    # made without one.
+    notification_id: str = ""
+    accepted_ms: int = 0
 
 
 def _b64(raw: bytes) -> str:
@@ -44,33 +50,57 @@ def _unb64(text: str) -> bytes:
 
 
 class TokenSigner:
+    """Signs fields (strings without NUL) with the time issued. Other kinds of token
+    (notifymesh/server/tracking.py) sign with a key derived for their purpose, so a
+    token of one kind never opens as another."""
+
     def __init__(self, key: bytes):
         self._key = key
+
+    def derived(self, purpose: str) -> "TokenSigner":
+        return TokenSigner(hmac.new(self._key, purpose.encode(), hashlib.sha256).digest())
 
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._key, payload, hashlib.sha256).digest()
 
-    def issue(self, recipient: str, category: str, channel: str, now_s: float | None = None) -> str:
+    def sign(self, fields: tuple[str, ...], now_s: float | None = None) -> str:
         issued = int(time.time() if now_s is None else now_s)
-        payload = _SEP.join((recipient, category, channel, str(issued))).encode()
+        payload = _SEP.join((*fields, str(issued))).encode()
         return f"{_b64(payload)}.{_b64(self._mac(payload))}"
 
-    def verify(self, token: str, now_s: float | None = None, max_age_s: float = MAX_AGE_S) -> Unsubscribe:
+    def open(self, token: str, counts: tuple[int, ...], now_s: float | None = None, max_age_s: float = MAX_AGE_S,
+             what: str = "an unsubscribe token") -> tuple[list[str], int]:
+        """(the fields sign() was given, the time issued); InvalidToken for anything
+        sign() did not make with one of counts fields, or older than max_age_s."""
         try:
             payload_text, mac_text = token.split(".")
             payload, mac = _unb64(payload_text), _unb64(mac_text)
         except (ValueError, binascii.Error):
-            raise InvalidToken("not an unsubscribe token") from None
+            raise InvalidToken(f"not {what}") from None
         if not hmac.compare_digest(mac, self._mac(payload)):
             raise InvalidToken("the token's signature does not match: altered or not ours")
         try:
-            recipient, category, channel, issued = payload.decode().split(_SEP)
-            request = Unsubscribe(recipient, category, channel, int(issued))
+            *fields, issued_text = payload.decode().split(_SEP)
+            issued = int(issued_text)
+            if len(fields) not in counts:
+                raise ValueError
         except (ValueError, UnicodeError):
+            raise InvalidToken(f"not {what}") from None
+        if (time.time() if now_s is None else now_s) - issued > max_age_s:
+            raise InvalidToken("the link has expired")
+        return fields, issued
+
+    def issue(self, recipient: str, category: str, channel: str, now_s: float | None = None,
+              notification_id: str = "", accepted_ms: int = 0) -> str:
+        extra = (notification_id, str(accepted_ms)) if notification_id else ()
+        return self.sign((recipient, category, channel, *extra), now_s)
+
+    def verify(self, token: str, now_s: float | None = None, max_age_s: float = MAX_AGE_S) -> Unsubscribe:
+        fields, issued = self.open(token, (3, 5), now_s, max_age_s)
+        try:
+            return Unsubscribe(*fields[:3], issued, *fields[3:4], *(int(ms) for ms in fields[4:]))
+        except ValueError:
             raise InvalidToken("not an unsubscribe token") from None
-        if (time.time() if now_s is None else now_s) - request.issued_s > max_age_s:
-            raise InvalidToken("the unsubscribe link has expired")
-        return request
 
 
 async def signer(etcd) -> TokenSigner:

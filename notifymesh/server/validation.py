@@ -12,7 +12,7 @@ import phonenumbers
 from notifymesh.contracts import AckId
 from notifymesh.errors import InvalidArgument
 from notifymesh.server.config import Config
-from notifymesh.server.internal_topics import RESERVED_PREFIX, is_reserved
+from notifymesh.server.internal_topics import RESERVED_PREFIX, SUBSCRIBABLE_TOPICS, is_reserved
 
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{2,254}")
 MAX_ATTRIBUTES = 100
@@ -38,6 +38,13 @@ def not_reserved(kind: str, *names: str) -> None:
         if is_reserved(value):
             raise InvalidArgument(f"{kind} name {value[:80]!r} is reserved: names starting with "
                                   f"{RESERVED_PREFIX!r} belong to notifymesh itself")
+
+
+def subscribable(topic: str) -> None:
+    """not_reserved for the topic of a public subscription, but for the reserved
+    topics made to be subscribed to (internal_topics.SUBSCRIBABLE_TOPICS: the events)."""
+    if topic not in SUBSCRIBABLE_TOPICS:
+        not_reserved("topic", topic)
 
 
 def ack_ids_not_reserved(ack_ids) -> None:

@@ -22,6 +22,8 @@ class OutgoingMessage(NamedTuple):
     idempotency_key: str = ""
     notification_id: str = ""
     recipient: str = ""
+    # sms: where the provider reports the message's delivery (StatusCallback).
+    status_callback: str = ""
 
 
 class SendResult(NamedTuple):

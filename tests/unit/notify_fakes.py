@@ -142,15 +142,23 @@ class FakeRendering:
                 return notify_pb2.RenderedContent(
                     channel=channel, version=template.version,
                     subject=string.Template(content.subject).substitute(data),
-                    text=string.Template(content.text).substitute(data))
+                    text=string.Template(content.text).substitute(data),
+                    html=string.Template(content.html).substitute(data))
         raise errors.FailedPrecondition(f"template {template.name!r} has no content for channel {channel}")
 
     def context(self, recipient, data, notification_id, category, unsubscribe_url=""):
         return {"data": data, "recipient": recipient, "notification_id": notification_id, "category": category,
                 "unsubscribe_url": unsubscribe_url}
 
-    def unsubscribe_url(self, recipient: str, category: str, channel: str) -> str:
+    def unsubscribe_url(self, recipient: str, category: str, channel: str, notification_id: str = "",
+                        accepted_ms: int = 0) -> str:
         return f"http://unsubscribe.test/{recipient}/{category}/{channel}"
+
+    def track_html(self, html: str, notification_id: str, recipient: str, accepted_ms: int) -> str:
+        return html + f"<img src=http://track.test/{notification_id}/{recipient}>"
+
+    def status_callback_url(self, notification_id: str, recipient: str, channel: int, accepted_ms: int) -> str:
+        return f"http://track.test/status/{notification_id}/{recipient}"
 
 
 class FakeProviders:

@@ -65,3 +65,25 @@ async def test_max_bytes_splits_but_always_sends_one_request():
     coalescer = Coalescer(send, max_bytes=10, size_of=len)
     await asyncio.gather(*(coalescer.submit("k", [b"x" * n]) for n in (1, 6, 6, 30)))
     assert sizes == [7, 6, 30]  # all four waiting when the drain starts
+
+
+async def test_a_call_cancelled_from_inside_fails_its_batch_and_the_waiting_requests_go_on():
+    """A gRPC call cancelled by another caller's failure raises CancelledError in a
+    drain nobody cancelled: the requests queued behind it must still be sent."""
+    from notifymesh import errors
+    calls = []
+
+    async def send(key, items):
+        calls.append(items)
+        await asyncio.sleep(0.01)
+        if len(calls) == 1:
+            raise asyncio.CancelledError()
+        return items
+
+    coalescer = Coalescer(send)
+    first = asyncio.create_task(coalescer.submit("k", [1]))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(coalescer.submit("k", [2]))
+    assert await asyncio.wait_for(second, 1) == [2]
+    with pytest.raises(errors.Unavailable, match="cancelled"):
+        await first

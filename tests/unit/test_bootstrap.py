@@ -54,4 +54,9 @@ async def test_every_internal_topic_and_subscription_is_made_once(monkeypatch):
                 30, 5, internal_topics.channel_dead_letter_topic(channel))
             assert (send.retry_policy.minimum_backoff.seconds, send.retry_policy.maximum_backoff.seconds,
                     send.retry_policy.multiplier) == (1, 60, 2.0)
+    events = topics[internal_topics.EVENTS_TOPIC]
+    assert events.partition_count == 4 and not events.dedup_by_payload
+    stats = subscriptions[internal_topics.EVENTS_STATS_SUBSCRIPTION]
+    assert (stats.topic, stats.dead_letter_topic) == (internal_topics.EVENTS_TOPIC,
+                                                       internal_topics.EVENTS_DEAD_LETTER_TOPIC)
     assert all(internal_topics.is_reserved(name) for name in [*topics, *subscriptions])

@@ -101,3 +101,9 @@ def test_client_has_a_method_for_every_notifications_rpc():
     rpcs = [m.name for s in notify_pb2.DESCRIPTOR.services_by_name.values() for m in s.methods]
     assert len(rpcs) == 30
     assert [rpc for rpc in rpcs if not hasattr(Client, snake(rpc))] == []
+
+
+def test_client_has_a_method_for_every_analytics_rpc():
+    from gen.notifymesh.v1 import events_pb2
+    rpcs = [m.name for s in events_pb2.DESCRIPTOR.services_by_name.values() for m in s.methods]
+    assert rpcs == ["GetStats"] and all(hasattr(Client, snake(rpc)) for rpc in rpcs)

@@ -129,3 +129,36 @@ async def test_events_of_many_notifications_recorded_together_are_one_table_writ
                            for i in range(20)))
     assert table.count("write_many") <= 2  # the first call goes at once, the other 19 together
     assert sum(len(ops) for call, by_key in table.calls if call == "write_many" for ops in by_key.values()) == 20
+
+
+async def test_recorded_events_are_published_after_their_rows_a_thousand_a_message():
+    from notify_fakes import FakePublisher
+
+    from gen.notifymesh.v1 import events_pb2
+    from notifymesh.server.internal_topics import EVENTS_TOPIC
+    table, publisher = FakeTable(), FakePublisher()
+    log = NotificationLog(table, RETENTION, publisher)
+    written_first = []
+    publish = publisher.publish
+
+    async def checked(topic, messages):
+        written_first.append(table.count("write_many"))
+        return await publish(topic, messages)
+
+    publisher.publish = checked
+    await log.record([ev("n1", f"r{i}", EMAIL, notify_pb2.SEND_SENT, T0 + i, template="invoice", category="billing",
+                         provider="smtp") for i in range(2500)])
+    assert written_first == [1]
+    ((topic, messages),) = publisher.calls
+    assert topic == EVENTS_TOPIC
+    batches = [events_pb2.NotificationEvents.FromString(m.data).events for m in messages]
+    assert [len(b) for b in batches] == [1000, 1000, 500]
+    first = batches[0][0]
+    assert (first.notification_id, first.recipient, first.channel, first.template, first.category) == (
+        "n1", "r0", EMAIL, "invoice", "billing")
+    assert (first.event.state, first.event.provider, first.event.time.ToMilliseconds()) == (
+        notify_pb2.SEND_SENT, "smtp", T0)
+    publisher.fail = RuntimeError("storage down")  # the caller retries the record: rows and events again
+    with pytest.raises(RuntimeError):
+        await log.record([ev("n1", "x", EMAIL, notify_pb2.SEND_QUEUED, T0)])
+    assert await NotificationLog(FakeTable(), RETENTION).record([ev("n1", "x", EMAIL, 1, T0)]) is None  # no publisher

@@ -234,3 +234,22 @@ async def test_provider_slots_go_to_high_priority_first():
     await asyncio.gather(cancelled, return_exceptions=True)
     slots.release()
     assert slots.used == 0
+
+
+async def test_an_emails_html_is_tracked_and_an_sms_carries_its_status_callback():
+    p = Parts()
+    p.metadata.templates[("invoice", 1)].contents.extend([
+        notify_pb2.TemplateContent(channel=EMAIL, locale="de", subject="x", text="y"),
+        notify_pb2.TemplateContent(channel=SMS, text="Pay $amount")])
+    p.metadata.templates[("invoice", 1)].contents[0].html = '<a href="https://pay.example/$number">pay</a>'
+    p.metadata.providers[SMS] = notify_pb2.Provider(channel=SMS, kind="sms_http")
+    await p.recipient("alice", email="alice@example.com", phone="+14155550100")
+    assert await p.handle("alice") == ACK
+    task = internal_pb2.ChannelTask(notification_id="n1", recipient="alice", channel=SMS, template="invoice",
+                                    template_version=1, category="billing", data='{"amount": "1"}', accepted_ms=T0)
+    received = pubsub_pb2.ReceivedMessage(ack_id="a", delivery_attempt=1,
+                                          message=pubsub_pb2.PubsubMessage(message_id="m", data=task.SerializeToString()))
+    assert await p.sender.handle(received) == ACK
+    email, sms = p.providers.sent
+    assert email.html == '<a href="https://pay.example/17">pay</a><img src=http://track.test/n1/alice>'
+    assert (email.status_callback, sms.status_callback) == ("", "http://track.test/status/n1/alice")

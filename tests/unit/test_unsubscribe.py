@@ -19,7 +19,7 @@ def test_a_token_names_what_it_unsubscribes_from():
     signer = TokenSigner(KEY)
     token = signer.issue("alice", "marketing", "email", now_s=1_700_000_000)
     wanted = signer.verify(token, now_s=1_700_000_100)
-    assert wanted == ("alice", "marketing", "email", 1_700_000_000)
+    assert wanted == ("alice", "marketing", "email", 1_700_000_000, "", 0)
     assert signer.verify(signer.issue("bob:ü", "", "email")).recipient == "bob:ü"  # any id, every category
 
 
