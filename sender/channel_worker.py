@@ -27,12 +27,13 @@ from collections import OrderedDict, deque
 from typing import Any, Callable, NamedTuple, Protocol
 
 from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
+from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
 from notifymesh import errors
 from notifymesh.batching import Coalescer
 from notifymesh.clock import now_ms
 from notifymesh.log import fields
-from notifymesh.server import rows, validation
+from notifymesh.server import devices, rows, validation
 from notifymesh.server.internal_topics import channel_name
 from notifymesh.server.notification_log import Event
 from sender.fanout import task_key
@@ -48,7 +49,13 @@ READS_PER_CALL = 1000  # tasks' reads merged into one read_many (2 rows each)
 
 
 class ChannelTable(Protocol):
-    """What a channel worker asks of the table (notifymesh.server.table.TableClient)."""
+    """What a channel worker asks of the table (notifymesh.server.table.TableClient);
+    write and scan: push's devices (notifymesh.server.devices.DeviceTable)."""
+
+    async def write(self, partition_key: str, ops: list[storage_pb2.TableOp]) -> None: ...
+
+    async def scan(self, partition_key: str, prefix: bytes, start_after: bytes = b"", limit: int = 1000,
+                   reverse: bool = False): ...  # -> table.Scanned(keys, values, more)
 
     async def read_many(self, keys_by_partition_key: dict[str, list[bytes]]) -> dict[bytes, bytes | None]: ...
 
@@ -96,6 +103,7 @@ class Outgoing(NamedTuple):
     idempotency_key: str = ""
     notification_id: str = ""
     recipient: str = ""
+    platform: str = ""  # push: the device's (`to` is its token)
 
 
 class Sent(NamedTuple):
@@ -108,6 +116,7 @@ class Failed(NamedTuple):
     reason: str
     provider: str = ""
     retry_after_s: float | None = None  # the provider's Retry-After
+    dead: bool = False  # the address will never work (a push token unregistered): removed
 
 
 class Providers(Protocol):
@@ -201,6 +210,7 @@ class ChannelSender:
         self._table, self._metadata, self._rendering = table, metadata, rendering
         self._providers, self._recorder, self._slots = providers, recorder, slots
         self._waiting_noted: OrderedDict[str, None] = OrderedDict()
+        self._devices = devices.Devices(table)
 
     async def handle(self, received: pubsub_pb2.ReceivedMessage) -> Outcome:
         task = internal_pb2.ChannelTask.FromString(received.message.data)
@@ -219,6 +229,42 @@ class ChannelSender:
         outcome = await self._send(task, received.delivery_attempt, event, flush)
         await flush()
         return outcome
+
+    async def _send_devices(self, task: internal_pb2.ChannelTask, targets: list[notify_pb2.Device],
+                            rendered: notify_pb2.RenderedContent, key: str, event) -> Sent | Failed:
+        """Push: the rendered notification to each of the recipient's devices at once.
+        A dead token's device is removed. All sent: one Sent (their ids); else the
+        sent ones are logged here and one Failed stands for the others (transient
+        when one of them is: the task is tried again, on every device, whose
+        collapse id makes a repeat replace what the device shows)."""
+        async def one(device: notify_pb2.Device) -> Sent | Failed:
+            await self._slots.acquire(task.priority == notify_pb2.HIGH)
+            try:
+                return await self._providers.send(Outgoing(
+                    notify_pb2.PUSH, device.token, rendered.subject, rendered.text, "", rendered.json_body, {}, key,
+                    task.notification_id, task.recipient, device.platform))
+            finally:
+                self._slots.release()
+
+        results = list(zip(targets, await asyncio.gather(*(one(device) for device in targets))))
+        sent = [(d, r) for d, r in results if isinstance(r, Sent)]
+        failed = [(d, r) for d, r in results if isinstance(r, Failed)]
+        ids = ",".join(r.provider_message_id for _, r in sent)
+        if not failed:
+            return Sent(sent[0][1].provider, ids)
+        for device, result in failed:
+            if result.dead:
+                await self._devices.remove(task.recipient, device.platform, device.token)
+                log.info("dead push token removed", extra=fields(recipient=task.recipient, platform=device.platform,
+                                                                 notification=task.notification_id))
+        if sent:
+            event(notify_pb2.SEND_SENT, provider=sent[0][1].provider, provider_message_id=ids,
+                  reason=f"{len(sent)} of {len(targets)} devices")
+        reason = "; ".join(f"{devices.short(d)}: {r.reason}" + (" (token dead: device removed)" if r.dead else "")
+                           for d, r in failed)
+        transient = [r for _, r in failed if r.transient]
+        waits = [r.retry_after_s for r in transient if r.retry_after_s is not None]
+        return Failed(bool(transient), reason, failed[0][1].provider, max(waits) if waits else None)
 
     def _noted_waiting(self, key: str) -> bool:
         """Whether the task was logged as waiting for a provider already (else notes it)."""
@@ -268,7 +314,8 @@ class ChannelSender:
 
         recipient = notify_pb2.Recipient.FromString(contact_raw) if contact_raw is not None else None
         address = contact(recipient, channel)
-        if not address:
+        targets = await self._devices.list(rid) if channel == notify_pb2.PUSH and recipient is not None else []
+        if not address and not targets:
             event(notify_pb2.SUPPRESSED_NO_CONTACT,
                   reason="recipient not found" if recipient is None else f"no {name} contact")
             return ACK
@@ -297,13 +344,16 @@ class ChannelSender:
         if unsubscribe_url:  # RFC 8058 one-click unsubscribe
             headers = {"List-Unsubscribe": f"<{unsubscribe_url}>",
                        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
-        message = Outgoing(channel, address, rendered.subject, rendered.text, rendered.html, rendered.json_body,
-                           headers, key, task.notification_id, rid)
-        await self._slots.acquire(task.priority == notify_pb2.HIGH)
-        try:
-            result = await self._providers.send(message)
-        finally:
-            self._slots.release()
+        if targets:
+            result = await self._send_devices(task, targets, rendered, key, event)
+        else:
+            message = Outgoing(channel, address, rendered.subject, rendered.text, rendered.html, rendered.json_body,
+                               headers, key, task.notification_id, rid)
+            await self._slots.acquire(task.priority == notify_pb2.HIGH)
+            try:
+                result = await self._providers.send(message)
+            finally:
+                self._slots.release()
         if isinstance(result, Sent):
             event(notify_pb2.SEND_SENT, provider=result.provider, provider_message_id=result.provider_message_id)
             return ACK

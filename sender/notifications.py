@@ -21,8 +21,8 @@ from sender.channel_worker import BatchedReads, ChannelSender, Failed, Outgoing,
 from sender.dispatch import Dispatcher
 from sender.fanout import Fanout
 from sender.pipeline import PipelineWorkers, WorkerSpec
-from sender.providers import (ChannelProvider, OutgoingMessage, PermanentSendError, TransientSendError,
-                              provider_for)
+from sender.providers import (ChannelProvider, DeadAddressError, OutgoingMessage, PermanentSendError,
+                              TransientSendError, provider_for)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,8 @@ class ChannelProviders:
             result = await provider.send(OutgoingMessage(*message))
         except TransientSendError as e:
             return Failed(True, e.reason, provider.name, e.retry_after_s)
+        except DeadAddressError as e:
+            return Failed(False, e.reason, provider.name, dead=True)
         except PermanentSendError as e:
             return Failed(False, e.reason, provider.name)
         return Sent(result.provider, result.provider_message_id)

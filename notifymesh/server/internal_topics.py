@@ -19,6 +19,7 @@ FANOUT_SUBSCRIPTION = "notifymesh.notify.fanout"
 NOTIFY_DEAD_LETTER_TOPIC = "notifymesh.notify.dead"
 
 CHANNELS = (notify_pb2.EMAIL, notify_pb2.SMS, notify_pb2.WEBHOOK)
+CHANNELS += (notify_pb2.PUSH,)
 
 
 def channel_name(channel: int) -> str:
