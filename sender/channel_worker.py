@@ -232,11 +232,12 @@ class ChannelSender:
 
     async def _send_devices(self, task: internal_pb2.ChannelTask, targets: list[notify_pb2.Device],
                             rendered: notify_pb2.RenderedContent, key: str, event) -> Sent | Failed:
-        """Push: the rendered notification to each of the recipient's devices at once.
-        A dead token's device is removed. All sent: one Sent (their ids); else the
-        sent ones are logged here and one Failed stands for the others (transient
-        when one of them is: the task is tried again, on every device, whose
-        collapse id makes a repeat replace what the device shows)."""
+        """Push: the rendered notification to each of the recipient's devices at once;
+        a dead token's device is removed. The result the caller logs last: Sent when
+        every failure was permanent and a device got it (the failures logged before
+        it), else one Failed for the failures (the sent ones logged before it). A
+        transient failure has the task tried again, on every device: the collapse id
+        makes a repeat replace what a device shows."""
         async def one(device: notify_pb2.Device) -> Sent | Failed:
             await self._slots.acquire(task.priority == notify_pb2.HIGH)
             try:
@@ -249,22 +250,31 @@ class ChannelSender:
         results = list(zip(targets, await asyncio.gather(*(one(device) for device in targets))))
         sent = [(d, r) for d, r in results if isinstance(r, Sent)]
         failed = [(d, r) for d, r in results if isinstance(r, Failed)]
-        ids = ",".join(r.provider_message_id for _, r in sent)
+        sent_as = Sent(sent[0][1].provider, ",".join(r.provider_message_id for _, r in sent)) if sent else None
         if not failed:
-            return Sent(sent[0][1].provider, ids)
+            return sent_as
         for device, result in failed:
             if result.dead:
                 await self._devices.remove(task.recipient, device.platform, device.token)
                 log.info("dead push token removed", extra=fields(recipient=task.recipient, platform=device.platform,
                                                                  notification=task.notification_id))
-        if sent:
-            event(notify_pb2.SEND_SENT, provider=sent[0][1].provider, provider_message_id=ids,
-                  reason=f"{len(sent)} of {len(targets)} devices")
         reason = "; ".join(f"{devices.short(d)}: {r.reason}" + (" (token dead: device removed)" if r.dead else "")
                            for d, r in failed)
         transient = [r for _, r in failed if r.transient]
         waits = [r.retry_after_s for r in transient if r.retry_after_s is not None]
-        return Failed(bool(transient), reason, failed[0][1].provider, max(waits) if waits else None)
+        result = Failed(bool(transient), reason, failed[0][1].provider, max(waits) if waits else None)
+        if sent_as is None:
+            return result
+        if transient:
+            event(notify_pb2.SEND_SENT, provider=sent_as.provider, provider_message_id=sent_as.provider_message_id,
+                  reason=f"{len(sent)} of {len(targets)} devices")
+        else:
+            event(notify_pb2.SEND_FAILED, reason=scrub(reason, ""), provider=result.provider)
+        # The log orders a send's events by time, then state: what the caller logs next gets a later ms.
+        logged_ms = now_ms()
+        while now_ms() <= logged_ms:
+            await asyncio.sleep(0.001)
+        return result if transient else sent_as
 
     def _noted_waiting(self, key: str) -> bool:
         """Whether the task was logged as waiting for a provider already (else notes it)."""

@@ -43,7 +43,7 @@ class ApnsProvider:
         self._clock = clock
         self._bearer = CachedBearer(self._jwt, clock, refresh_margin_s=0)
         self._throttle = Throttle(self.name, clock)
-        self._client = httpx.AsyncClient(http2=True, base_url=setting(s, "base_url", BASE_URL),
+        self._client = httpx.AsyncClient(http2=True, http1=False, base_url=setting(s, "base_url", BASE_URL),
                                          timeout=float(setting(s, "timeout_seconds", "10")))
 
     async def _jwt(self) -> Bearer:
