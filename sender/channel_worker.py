@@ -326,8 +326,8 @@ class ChannelSender:
         address = contact(recipient, channel)
         targets = await self._devices.list(rid) if channel == notify_pb2.PUSH and recipient is not None else []
         if not address and not targets:
-            event(notify_pb2.SUPPRESSED_NO_CONTACT,
-                  reason="recipient not found" if recipient is None else f"no {name} contact")
+            event(notify_pb2.SUPPRESSED_NO_CONTACT, reason="recipient not found" if recipient is None else
+                  "no push device" if channel == notify_pb2.PUSH else f"no {name} contact")
             return ACK
 
         try:
