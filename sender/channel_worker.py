@@ -9,6 +9,7 @@ The steps, in order, each recorded in the notification log:
    puts the task back until the limit allows it (SEND_DELAYED, a deferred nack:
    no attempt counted). High priority is counted but never held back;
 3. the contact, read again (erased meanwhile, or no address: SUPPRESSED_NO_CONTACT);
+   push: the recipient's devices (none: SUPPRESSED_NO_CONTACT), each sent to (_send_devices);
 4. rendering (a missing variable fails this recipient for good: SEND_FAILED);
 5. the provider (at most its max_concurrency sends at once, high priority
    first): SEND_SENT; a transient failure SEND_FAILED and a nack (Retry-After as
