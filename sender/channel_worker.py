@@ -152,7 +152,7 @@ class PrioritySlots:
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():  # handed a slot as it was cancelled
                 self.release()
-            else:
+            elif future in self._waiting[high]:  # else wake() dropped it already
                 self._waiting[high].remove(future)
             raise
 
@@ -166,8 +166,11 @@ class PrioritySlots:
             queue = self._waiting[True] or self._waiting[False]
             if not queue:
                 return
+            future = queue.popleft()
+            if future.done():  # cancelled, its task not run yet: no slot for it
+                continue
             self.used += 1
-            queue.popleft().set_result(None)
+            future.set_result(None)
 
 
 class BatchedReads:

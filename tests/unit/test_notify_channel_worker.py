@@ -234,3 +234,19 @@ async def test_provider_slots_go_to_high_priority_first():
     await asyncio.gather(cancelled, return_exceptions=True)
     slots.release()
     assert slots.used == 0
+
+
+async def test_a_slot_freed_while_its_waiter_is_being_cancelled_goes_to_the_next_one():
+    slots = PrioritySlots(1)
+    await slots.acquire(False)
+    cancelled = asyncio.ensure_future(slots.acquire(False))
+    waiting = asyncio.ensure_future(slots.acquire(False))
+    await asyncio.sleep(0)
+    cancelled.cancel()  # its future is cancelled; its task has not run its handler yet
+    slots.release()  # a free slot: not to the cancelled one (InvalidStateError), to the next
+    await asyncio.wait_for(waiting, 1)
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert slots.used == 1
+    slots.release()
+    assert slots.used == 0
