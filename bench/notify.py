@@ -10,6 +10,9 @@ JSON line (progress on stderr):
   sends/s through fan-out, preferences, rate limit, render and log;
 - sms: the SMS channel to the local SMS API fake over loopback HTTP;
 - email: the email channel to the local SMTP server;
+- push: the push channel to the local APNs fake over HTTP/2 (--push-provider fcm:
+  the FCM fake over HTTP/1.1), --devices devices a recipient (added through
+  AddDevice before the run); push_sends_per_s counts each device's send;
 - latency: both channels to the sink, Notify calls of --batch recipients at a
   steady --rate recipients/s for --duration s; notify-to-provider latency p50/p99.
 
@@ -22,6 +25,7 @@ minus its Notify call's. The CPU seconds of each mesh process (utime + stime of
     .venv/bin/python bench/notify.py --mode sink --recipients 20000
     .venv/bin/python bench/notify.py --mode sms --senders 2
     .venv/bin/python bench/notify.py --mode latency --rate 1000 --duration 10
+    .venv/bin/python bench/notify.py --mode push --recipients 20000 --devices 1
 """
 
 import argparse
@@ -82,6 +86,22 @@ async def table_ready(client: Client) -> None:
             await asyncio.sleep(0.2)
 
 
+def apns_token(recipient_index: int, device: int) -> str:
+    return f"{device:08x}{recipient_index:056x}"
+
+
+async def add_devices(client: Client, count: int, devices: int, platform_name: str) -> float:
+    """Each recipient's devices (APNs tokens, also valid FCM tokens); the seconds it took."""
+    started, slots = time.monotonic(), asyncio.Semaphore(64)
+
+    async def add(i: int, d: int) -> None:
+        async with slots:
+            await client.add_device(recipient(i).id, platform_name, apns_token(i, d))
+
+    await asyncio.gather(*(add(i, d) for i in range(count) for d in range(devices)))
+    return round(time.monotonic() - started, 1)
+
+
 async def load(client: Client, count: int) -> dict:
     await table_ready(client)
     started, refused = time.monotonic(), 0
@@ -94,17 +114,24 @@ async def load(client: Client, count: int) -> dict:
         notify_pb2.TemplateContent(channel=notify_pb2.EMAIL, subject="Invoice {{ data.invoice }} is due",
                                    text="Hello {{ recipient.attributes.name }}, invoice {{ data.invoice }}: {{ data.amount }}.",
                                    html="<p>Invoice <b>{{ data.invoice }}</b>: {{ data.amount }}</p>"),
-        notify_pb2.TemplateContent(channel=notify_pb2.SMS, text="Invoice {{ data.invoice }} is due: {{ data.amount }}.")]))
+        notify_pb2.TemplateContent(channel=notify_pb2.SMS, text="Invoice {{ data.invoice }} is due: {{ data.amount }}."),
+        notify_pb2.TemplateContent(channel=notify_pb2.PUSH, subject="Invoice {{ data.invoice }}",
+                                   text="{{ data.amount }} is due", json_body='{"invoice": "{{ data.invoice }}"}')]))
     return {"load_s": round(time.monotonic() - started, 1), "recipients_refused": refused}
 
 
-async def set_providers(client: Client, mesh: LocalMesh, mode: str, concurrency: int) -> None:
-    """sink/latency: the sink on email and SMS; sms, email: the local providers."""
+async def set_providers(client: Client, mesh: LocalMesh, mode: str, concurrency: int, push_provider: str) -> None:
+    """sink/latency: the sink on email and SMS; sms, email, push: the local providers."""
+    creds = local_providers.credentials(mesh.data_dir)
     if mode in ("sink", "latency"):
         records = [notify_pb2.Provider(channel=c, kind="sink") for c in (notify_pb2.EMAIL, notify_pb2.SMS)]
+    elif mode == "push" and push_provider == "apns":
+        records = [local_providers.apns_record(creds, "127.0.0.1", mesh.provider_ports[2])]
+    elif mode == "push":
+        records = [r for r in local_providers.provider_records(creds, "127.0.0.1", *mesh.provider_ports[:2])
+                   if r.channel == notify_pb2.PUSH]
     else:
-        records = [r for r in local_providers.provider_records(local_providers.credentials(mesh.data_dir),
-                                                               "127.0.0.1", *mesh.provider_ports)
+        records = [r for r in local_providers.provider_records(creds, "127.0.0.1", *mesh.provider_ports[:2])
                    if r.channel == (notify_pb2.SMS if mode == "sms" else notify_pb2.EMAIL)]
     for record in records:
         record.max_concurrency = concurrency
@@ -251,8 +278,10 @@ async def latency(client: Client, args) -> dict:
 async def run(mesh: LocalMesh, args) -> dict:
     async with Client(mesh.frontend_addr, timeout_s=60) as client:
         line = await load(client, args.recipients)
+        if args.mode == "push":
+            line["add_devices_s"] = await add_devices(client, args.recipients, args.devices, args.push_provider)
         concurrency = args.concurrency or (256 if args.mode in ("sink", "latency") else 32)
-        await set_providers(client, mesh, args.mode, concurrency)
+        await set_providers(client, mesh, args.mode, concurrency, args.push_provider)
         line["provider_concurrency"] = concurrency
         before, cpu_started = cpu_by_process(mesh), time.monotonic()
         if args.mode == "latency":
@@ -260,13 +289,17 @@ async def run(mesh: LocalMesh, args) -> dict:
             recipients = line["sends_done"] / 2
         else:
             channels = {"sink": [notify_pb2.EMAIL, notify_pb2.SMS], "sms": [notify_pb2.SMS],
-                        "email": [notify_pb2.EMAIL]}[args.mode]
+                        "email": [notify_pb2.EMAIL], "push": [notify_pb2.PUSH]}[args.mode]
             line |= await throughput(client, args, channels)
             recipients = args.recipients
+            if args.mode == "push" and "sends_per_s" in line:  # a recipient's send went to each device
+                line["push_sends_per_s"] = line["sends_per_s"] * args.devices
         after, wall = cpu_by_process(mesh), time.monotonic() - cpu_started
     cpu = {name: after[name] - before.get(name, 0.0) for name in after}
     line["cpu_s"] = {name: round(s, 1) for name, s in sorted(cpu.items())}
     line["cpu_utilisation"] = round(sum(cpu.values()) / wall, 2)  # of the machine's os.cpu_count() cores
+    if args.mode == "push" and recipients:
+        line["cpu_ms_per_push_send"] = round(sum(cpu.values()) * 1000 / (recipients * args.devices), 3)
     if recipients:
         line["cpu_s_per_1000_recipients"] = {name: round(s * 1000 / recipients, 3) for name, s in sorted(cpu.items())
                                              if s > 0}
@@ -276,7 +309,9 @@ async def run(mesh: LocalMesh, args) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=("sink", "sms", "email", "latency"), default="sink")
+    p.add_argument("--mode", choices=("sink", "sms", "email", "latency", "push"), default="sink")
+    p.add_argument("--push-provider", choices=("apns", "fcm"), default="apns", help="push: the local fake sent to")
+    p.add_argument("--devices", type=int, default=1, help="push: devices a recipient (1 to 20)")
     p.add_argument("--recipients", type=int, default=20_000, help="loaded, and notified (throughput modes)")
     p.add_argument("--senders", type=int, default=1)
     p.add_argument("--concurrency", type=int, default=0,
@@ -287,16 +322,18 @@ def main() -> int:
     p.add_argument("--max-seconds", type=float, default=300.0, help="the most a run waits for its sends")
     p.add_argument("--keep", action="store_true", help="keep the mesh's data dir (logs/*.log)")
     args = p.parse_args()
-    if not 1 <= args.recipients <= 8_000_000 or not 1 <= args.batch <= PER_CALL or args.rate < 1:
-        p.error("--recipients 1 to 8,000,000, --batch 1 to 1000, --rate at least 1")
+    if not 1 <= args.recipients <= 8_000_000 or not 1 <= args.batch <= PER_CALL or args.rate < 1 or \
+            not 1 <= args.devices <= 20:
+        p.error("--recipients 1 to 8,000,000, --batch 1 to 1000, --rate at least 1, --devices 1 to 20")
     uname = platform.uname()
     line = {"system": "notifymesh", "bench": "notify", "mode": args.mode, "recipients": args.recipients,
-            "senders": args.senders,
+            "senders": args.senders, **({"push_provider": args.push_provider, "devices": args.devices}
+                                        if args.mode == "push" else {}),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": {"cores": os.cpu_count(), "system": f"{uname.system} {uname.release}"}}
     tmp = tempfile.mkdtemp(prefix="notify-bench-")
     mesh = LocalMesh(Path(tmp), frontend_port=free_port(), etcd_ports=[(free_port(), free_port())],
-                     senders=args.senders, provider_ports=(free_port(), free_port()))
+                     senders=args.senders, provider_ports=(free_port(), free_port(), free_port()))
     try:
         mesh.start(progress)
         progress("pids (for a profiler): " + ", ".join(f"{name} {p.popen.pid}" for name, p in mesh.processes.items()

@@ -31,13 +31,14 @@ START_TIMEOUT_S = 60
 # Ports from the frontend port P: frontend i (from 0) at P+i, etcd member i's client
 # and peer ports at P+10+i and P+20+i; the other services take free ports (each
 # registers its address in etcd). So meshes 30 ports apart run side by side.
-# The local providers' SMTP and HTTP servers at P+18 and P+19; frontend i's HTTP
+# The local providers' SMTP and HTTP servers at P+18 and P+19, the APNs fake (HTTP/2)
+# at P+17; frontend i's HTTP
 # server (one-click unsubscribe) at its port + Config.frontend_http_port_offset,
 # P+25+i (within the 30 for up to 5 frontends).
 MAX_FRONTENDS = 10
 MAX_ETCD_MEMBERS = 5
 ETCD_CLIENT_OFFSET, ETCD_PEER_OFFSET = 10, 20
-LOCAL_SMTP_OFFSET, LOCAL_HTTP_OFFSET = 18, 19
+LOCAL_SMTP_OFFSET, LOCAL_HTTP_OFFSET, LOCAL_APNS_OFFSET = 18, 19, 17
 LOCAL_PROVIDERS = "local-providers"  # the process's name
 LEGACY_ETCD_PORTS = (23790, 23800)  # before ports derived from P: a data dir's etcd created then keeps them
 ETCD_PORTS_FILE = "etcd-ports.json"  # in the data dir: etcd keeps the peer URLs it was created with
@@ -154,9 +155,9 @@ class LocalMesh:
     network: Network = field(default_factory=Loopback)
     processes: dict[str, Process] = field(default_factory=dict)
     # The embedded SMTP server and SMS/webhook API (deploy/local_providers.py), on
-    # loopback meshes; (SMTP port, HTTP port), by default from frontend_port.
+    # loopback meshes; (SMTP port, HTTP port, APNs port), by default from frontend_port.
     local_providers: bool = True
-    provider_ports: tuple[int, int] | None = None
+    provider_ports: tuple[int, int, int] | None = None
 
     @property
     def etcd_endpoint(self) -> str:
@@ -206,10 +207,12 @@ class LocalMesh:
                              "--log-level", "warn"])
         if self.local_providers and isinstance(self.network, Loopback):
             if self.provider_ports is None:
-                self.provider_ports = (self.frontend_port + LOCAL_SMTP_OFFSET, self.frontend_port + LOCAL_HTTP_OFFSET)
+                self.provider_ports = (self.frontend_port + LOCAL_SMTP_OFFSET, self.frontend_port + LOCAL_HTTP_OFFSET,
+                                       self.frontend_port + LOCAL_APNS_OFFSET)
             self._add(LOCAL_PROVIDERS, [sys.executable, "-m", "deploy.local_providers", "--data-dir",
                                         str(self.data_dir), "--smtp-port", str(self.provider_ports[0]),
-                                        "--http-port", str(self.provider_ports[1])])
+                                        "--http-port", str(self.provider_ports[1]),
+                                        "--apns-port", str(self.provider_ports[2])])
         else:
             self.provider_ports = None
         for i in range(1, self.metadata_services + 1):
@@ -280,8 +283,9 @@ class LocalMesh:
         if self.provider_ports:
             self.processes[LOCAL_PROVIDERS].start()
             self._wait_local_providers()
-            progress(f"local providers: smtp 127.0.0.1:{self.provider_ports[0]}, sms api and webhooks "
-                     f"http://127.0.0.1:{self.provider_ports[1]}, outbox {self.data_dir / 'outbox'}")
+            progress(f"local providers: smtp 127.0.0.1:{self.provider_ports[0]}, sms api, webhooks and fcm "
+                     f"http://127.0.0.1:{self.provider_ports[1]}, apns (http/2) 127.0.0.1:{self.provider_ports[2]}, "
+                     f"outbox {self.data_dir / 'outbox'}")
         for name in self.service_names():
             self.processes[name].start()
         self.wait_serving(self.service_names())
@@ -305,7 +309,7 @@ class LocalMesh:
     def _set_local_providers(self, members: dict[str, str]) -> str:
         """Points every channel without a provider at the local providers (Metadata.SetProvider)."""
         records = local_providers.provider_records(local_providers.credentials(self.data_dir), "127.0.0.1",
-                                                   *self.provider_ports)
+                                                   *self.provider_ports[:2])
         metadata = next(addr for name, addr in members.items() if name.startswith("metadata-"))
         try:
             with grpc.insecure_channel(metadata) as channel:

@@ -1,5 +1,6 @@
-"""The local mesh's embedded providers, one process: an SMTP server (aiosmtpd) and
-an HTTP server (aiohttp) with an SMS API fake and a webhook receiver. Each stores
+"""The local mesh's embedded providers, one process: an SMTP server (aiosmtpd), an
+HTTP server (aiohttp) with an SMS API fake, a webhook receiver and an FCM fake,
+and an APNs fake serving HTTP/2 (h2, cleartext with prior knowledge). Each stores
 what it receives as JSON lines under <data dir>/outbox/ (contracts.outbox_files),
 which `notifymesh outbox list` prints, so a new user sees notifications arrive
 without any account.
@@ -11,17 +12,29 @@ HTTP:
                                       form MessageSid, MessageStatus ("delivered") to the
                                       StatusCallback URL
   POST /webhook/{anything}            a webhook receiver: stores path, body, signature
+  POST /fcm/token                     FCM's OAuth2 token endpoint: form grant_type (jwt-bearer),
+                                      assertion (RS256, checked with the service account's
+                                      public key) -> {"access_token", "expires_in"}
+  POST /fcm/v1/projects/{p}/messages:send
+                                      FCM HTTP v1 send (bearer token from /fcm/token)
   POST /_faults {"channel": "sms", "status": 500, "count": 2, "retry_after": 1}
                                       the next `count` requests of the channel fail with
-                                      `status` (email: SMTP reply code to DATA)
+                                      `status` (email: SMTP reply code to DATA; push: both
+                                      fakes, in their providers' error shapes)
   POST /_receipts {"status": "undelivered", "count": 1}
                                       the next `count` SMS status callbacks report `status`
+  POST /_faults {"channel": "push", "dead_token": T}
+                                      both push fakes answer T as unregistered from then on
   GET  /_outbox?channel=sms           what the channel stored, as a JSON list
   POST /_erase {"address": "alice@example.com"}
                                       rewrites the outbox without any record that holds the
                                       address (a recipient's erasure reaches the outbox too)
 
-    python -m deploy.local_providers --data-dir .notifymesh --smtp-port 50066 --http-port 50067
+APNs (HTTP/2 at --apns-port): POST /3/device/{token}, authorization: bearer an ES256
+JWT (kid, iss: team id; checked with the key's public half), apns-topic, apns-push-type
+-> 200 with apns-id; errors as APNs answers them ({"reason": ...}).
+
+    python -m deploy.local_providers --data-dir .notifymesh --smtp-port 50066 --http-port 50067 --apns-port 50065
 """
 
 import argparse
@@ -41,6 +54,8 @@ import aiohttp
 from aiohttp import web
 from aiosmtpd.smtp import SMTP
 
+from deploy import push_fakes
+
 from gen.notifymesh.v1 import notify_pb2
 from notifymesh.contracts import OUTBOX_CHANNELS, OUTBOX_MAX_BYTES, outbox_files
 
@@ -55,30 +70,42 @@ class Credentials(NamedTuple):
     sms_account: str
     sms_token: str
     webhook_secret: str
+    fcm_key: str = ""  # the FCM service account's private key (PEM, RSA)
+    apns_key: str = ""  # the APNs .p8 key (PEM, EC P-256)
 
 
 def credentials(data_dir: Path) -> Credentials:
-    """The data dir's local credentials, made at first use."""
+    """The data dir's local credentials, made at first use (the push keys added to
+    a data dir made before them)."""
     path = Path(data_dir) / CREDENTIALS_FILE
-    if not path.exists():
+    made = Credentials(**json.loads(path.read_text())) if path.exists() else \
+        Credentials("AC" + secrets.token_hex(8), secrets.token_urlsafe(24), secrets.token_urlsafe(24))
+    if not path.exists() or not made.fcm_key or not made.apns_key:
+        made = made._replace(fcm_key=made.fcm_key or push_fakes.new_rsa_key(),
+                             apns_key=made.apns_key or push_fakes.new_ec_key())
         path.parent.mkdir(parents=True, exist_ok=True)
-        made = Credentials("AC" + secrets.token_hex(8), secrets.token_urlsafe(24), secrets.token_urlsafe(24))
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(made._asdict()))
         os.chmod(tmp, 0o600)
         tmp.replace(path)
-    return Credentials(**json.loads(path.read_text()))
+    return made
 
 
 def provider_records(creds: Credentials, host: str, smtp_port: int, http_port: int) -> list[notify_pb2.Provider]:
-    """The providers that point the channels at this process."""
+    """The providers that point the channels at this process (push: the FCM fake;
+    apns_record is the APNs fake's)."""
     return [
         notify_pb2.Provider(channel=notify_pb2.EMAIL, kind="smtp", settings={
             "host": host, "port": str(smtp_port), "starttls": "false", "from": EMAIL_FROM}),
         notify_pb2.Provider(channel=notify_pb2.SMS, kind="sms_http", secret=creds.sms_token, settings={
             "base_url": f"http://{host}:{http_port}", "account": creds.sms_account, "from": SMS_FROM}),
         notify_pb2.Provider(channel=notify_pb2.WEBHOOK, kind="webhook", secret=creds.webhook_secret, settings={}),
+        push_fakes.fcm_record(creds.fcm_key, host, http_port),
     ]
+
+
+def apns_record(creds: Credentials, host: str, apns_port: int) -> notify_pb2.Provider:
+    return push_fakes.apns_record(creds.apns_key, host, apns_port)
 
 
 class Fault(NamedTuple):
@@ -137,9 +164,10 @@ class LocalProviders:
     say which after start())."""
 
     def __init__(self, data_dir: Path, creds: Credentials, host: str = "127.0.0.1", smtp_port: int = 0,
-                 http_port: int = 0):
+                 http_port: int = 0, apns_port: int = 0):
         self.outbox = Outbox(data_dir)
         self.creds, self.host, self.smtp_port, self.http_port = creds, host, smtp_port, http_port
+        self.push = push_fakes.PushFakes(self, creds.fcm_key, creds.apns_key, host, apns_port)
         self.faults: dict[str, Fault] = {}  # channel -> the fault its next requests get
         self.smtp_sessions: set[SMTP] = set()  # open SMTP connections (drop_smtp_connections)
         self._smtp_server: asyncio.Server | None = None
@@ -261,6 +289,9 @@ class LocalProviders:
     async def _faults(self, request: web.Request) -> web.Response:
         try:
             spec = await request.json()
+            if isinstance(spec, dict) and spec.get("channel") == "push" and isinstance(spec.get("dead_token"), str):
+                self.push.dead(spec["dead_token"])
+                return web.json_response({"channel": "push", "dead_token": spec["dead_token"]})
             channel, status, count = spec["channel"], int(spec["status"]), int(spec.get("count", 1))
             if channel not in OUTBOX_CHANNELS or not 100 <= status <= 599 or count < 0:
                 raise ValueError
@@ -306,13 +337,16 @@ class LocalProviders:
         app.router.add_post("/_erase", self._erase)
         app.router.add_post("/_receipts", self._receipts)
         self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        self.push.routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.http_port)
         await site.start()
         self.http_port = site._server.sockets[0].getsockname()[1]
+        await self.push.start(self.http_port)
 
     async def stop(self) -> None:
+        await self.push.stop()
         if self._smtp_server is not None:
             self._smtp_server.close()
             self.drop_smtp_connections()
@@ -341,10 +375,12 @@ def _fault_response(fault: Fault) -> web.Response:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    providers = LocalProviders(args.data_dir, credentials(args.data_dir), args.host, args.smtp_port, args.http_port)
+    providers = LocalProviders(args.data_dir, credentials(args.data_dir), args.host, args.smtp_port, args.http_port,
+                               args.apns_port)
     await providers.start()
-    print(f"local providers: smtp {args.host}:{providers.smtp_port}; sms api and webhooks "
-          f"http://{args.host}:{providers.http_port}; outbox {Path(args.data_dir).resolve() / 'outbox'}", flush=True)
+    print(f"local providers: smtp {args.host}:{providers.smtp_port}; sms api, webhooks and fcm "
+          f"http://{args.host}:{providers.http_port}; apns (http/2) {args.host}:{providers.push.apns_port}; "
+          f"outbox {Path(args.data_dir).resolve() / 'outbox'}", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
@@ -359,6 +395,7 @@ def main() -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--smtp-port", type=int, default=0)
     p.add_argument("--http-port", type=int, default=0)
+    p.add_argument("--apns-port", type=int, default=0)
     args = p.parse_args()
     try:
         asyncio.run(_serve(args))

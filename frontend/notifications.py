@@ -26,7 +26,7 @@ from gen.notifymesh.v1 import notify_pb2, notify_pb2_grpc, pubsub_pb2
 from notifymesh import errors
 from notifymesh.clock import now_ms, to_ms
 from notifymesh.log import fields
-from notifymesh.server import internal_topics, rows, validation
+from notifymesh.server import devices, internal_topics, rows, validation
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +206,7 @@ class Notifications:
         self._table, self._metadata, self._catalog, self._mesh = table, metadata, catalog, mesh
         self._log, self._renderer, self._context_of = notification_log, renderer, context_of
         self._erasure_hook = erasure_hook
+        self._devices = devices.Devices(table)
 
     # -- recipients -------------------------------------------------------------
 
@@ -270,13 +271,36 @@ class Notifications:
             recipient = notify_pb2.Recipient.FromString(contact)
             addresses = [a for a in (recipient.email, recipient.phone) if a]
         found = [*await self._rows(rid, rows.preferences_prefix(rid)),
-                 *await self._rows(rid, rows.rate_limits_prefix(rid))]
+                 *await self._rows(rid, rows.rate_limits_prefix(rid)),
+                 *await self._rows(rid, rows.devices_prefix(rid))]
+        # Device tokens identify the person too: the hook hears of them as of addresses.
+        addresses += [notify_pb2.Device.FromString(value).token for key, value in found
+                      if key.startswith(rows.devices_prefix(rid))]
         erased = [*rows.recipient_rows_erased(rid), *(key for key, _ in found)]
         ms = now_ms()
         await self._table.write(rid, [*map(_erase, erased), _put(rows.erased_key(rid), f"{ms:013d}".encode())])
         told = await self._erasure_hook.erased(rid, addresses)
         log.info("recipient erased", extra=fields(recipient=rid, rows=len(erased), erased_ms=ms, hook_told=told))
         return notify_pb2.DeleteRecipientResponse()
+
+    # -- devices ------------------------------------------------------------------
+
+    async def add_device(self, request: notify_pb2.AddDeviceRequest) -> notify_pb2.Device:
+        rid = validation.recipient_id(request.recipient)
+        devices.check(request.device)  # bad input first, before the recipient is looked up
+        await self._contact(rid)
+        return await self._devices.add(rid, request.device)
+
+    async def remove_device(self, request: notify_pb2.RemoveDeviceRequest) -> notify_pb2.RemoveDeviceResponse:
+        rid = validation.recipient_id(request.recipient)
+        platform = devices.platform(request.platform)
+        if not await self._devices.remove(rid, platform, devices.token(platform, request.token)):
+            raise errors.NotFound(f"recipient {rid!r} has no {platform} device with that token")
+        return notify_pb2.RemoveDeviceResponse()
+
+    async def list_devices(self, request: notify_pb2.ListDevicesRequest) -> notify_pb2.ListDevicesResponse:
+        rid = validation.recipient_id(request.recipient)
+        return notify_pb2.ListDevicesResponse(devices=await self._devices.list(rid))
 
     # -- preferences -------------------------------------------------------------
 
@@ -591,3 +615,12 @@ class NotificationsServicer(notify_pb2_grpc.NotificationsServicer):
 
     async def ListNotifications(self, request, context):
         return await self._n.list_notifications(request)
+
+    async def AddDevice(self, request, context):
+        return await self._n.add_device(request)
+
+    async def RemoveDevice(self, request, context):
+        return await self._n.remove_device(request)
+
+    async def ListDevices(self, request, context):
+        return await self._n.list_devices(request)

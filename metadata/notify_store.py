@@ -11,6 +11,9 @@ import logging
 import re
 import urllib.parse
 
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
 from gen.notifymesh.v1 import notify_pb2
 from notifymesh import errors
 from notifymesh.clock import now_ms, timestamp
@@ -38,14 +41,17 @@ LOCALE = re.compile(r"[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8})*")
 DEFAULT_LOCALE = "en"
 # What each channel's content has, and must have.
 REQUIRED_FIELDS = {notify_pb2.EMAIL: ("subject", "text"), notify_pb2.SMS: ("text",),
-                   notify_pb2.WEBHOOK: ("json_body",)}
+                   notify_pb2.WEBHOOK: ("json_body",), notify_pb2.PUSH: ("text",)}
 # Providers: the kind each channel takes, the settings each kind knows (required first).
 PROVIDER_KINDS = {notify_pb2.EMAIL: "smtp", notify_pb2.SMS: "sms_http", notify_pb2.WEBHOOK: "webhook"}
+PUSH_KINDS = ("fcm", "apns")  # the push channel's: each sends to the devices of its platform
 SINK = "sink"  # any channel's: accepts at once and sends nothing (load tests, dry runs)
 REQUIRED_SETTINGS = {"smtp": ("host", "port", "from"), "sms_http": ("base_url", "account", "from"), "webhook": (),
-                     SINK: ()}
+                     SINK: (), "fcm": ("project_id", "client_email"), "apns": ("key_id", "team_id", "topic")}
 OPTIONAL_SETTINGS = {"smtp": ("starttls", "use_tls", "username", "timeout_seconds"),
-                     "sms_http": ("timeout_seconds",), "webhook": ("timeout_seconds",), SINK: ()}
+                     "sms_http": ("timeout_seconds",), "webhook": ("timeout_seconds",), SINK: (),
+                     "fcm": ("token_url", "base_url", "timeout_seconds"), "apns": ("base_url", "timeout_seconds")}
+SECRET_REQUIRED = {"fcm": "the service account's private key (PEM)", "apns": "the .p8 signing key (PEM)"}
 MAX_SETTING_BYTES = 1024
 MAX_SECRET_BYTES = 4096
 DEFAULT_MAX_CONCURRENCY, MAX_CONCURRENCY = 32, 1000
@@ -155,7 +161,13 @@ def check_provider(provider: notify_pb2.Provider) -> notify_pb2.Provider:
     record = notify_pb2.Provider()
     record.CopyFrom(provider)
     channel = _channel(record.channel, "provider")
-    kind = record.kind if record.kind == SINK else PROVIDER_KINDS[record.channel]
+    if record.channel == notify_pb2.PUSH:
+        if record.kind not in (*PUSH_KINDS, SINK):
+            raise errors.InvalidArgument(f"provider kind {record.kind!r}: the push channel's kinds are "
+                                         f"{', '.join(map(repr, PUSH_KINDS))} (or {SINK!r})")
+        kind = record.kind
+    else:
+        kind = record.kind if record.kind == SINK else PROVIDER_KINDS[record.channel]
     if record.kind != kind:
         raise errors.InvalidArgument(f"provider kind {record.kind!r}: the {channel} channel's kind is {kind!r} "
                                      f"(or {SINK!r})")
@@ -175,17 +187,32 @@ def check_provider(provider: notify_pb2.Provider) -> notify_pb2.Provider:
     for flag in ("starttls", "use_tls"):
         if settings.get(flag, "false") not in ("true", "false"):
             raise errors.InvalidArgument(f"setting {flag} {settings[flag]!r}: 'true' or 'false'")
-    if "base_url" in settings:
-        url = urllib.parse.urlsplit(settings["base_url"])
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise errors.InvalidArgument(f"setting base_url {settings['base_url']!r} is not an http(s) URL")
+    for key in ("base_url", "token_url"):
+        if key in settings:
+            url = urllib.parse.urlsplit(settings[key])
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise errors.InvalidArgument(f"setting {key} {settings[key]!r} is not an http(s) URL")
     _bytes_at_most("secret", record.secret, MAX_SECRET_BYTES)
+    if kind in SECRET_REQUIRED and record.secret:  # none given: SetProvider may keep the stored one
+        _signing_key(kind, record.secret)
     record.max_concurrency = record.max_concurrency or DEFAULT_MAX_CONCURRENCY
     validation.count_between("max concurrency", record.max_concurrency, 1, MAX_CONCURRENCY)
     validation.name("provider", _named(record).name)
     validation.count_between("provider priority", record.priority, 0, MAX_PRIORITY)
     record.secret_set = bool(record.secret)
     return record
+
+
+def _signing_key(kind: str, secret: str) -> None:
+    """The fcm provider's RSA or the apns provider's EC private key, as PEM: a key that
+    does not load is refused here, not at the first send."""
+    wanted = rsa.RSAPrivateKey if kind == "fcm" else ec.EllipticCurvePrivateKey
+    try:
+        key = load_pem_private_key(secret.encode(), password=None)
+    except (ValueError, TypeError):
+        key = None
+    if not isinstance(key, wanted):
+        raise errors.InvalidArgument(f"{kind} provider: the secret must be {SECRET_REQUIRED[kind]}")
 
 
 def _integer_setting(key: str, text: str, low: int, high: int) -> None:

@@ -827,7 +827,7 @@ def _add_config_commands(commands) -> None:
 
 def _add_outbox_command(commands) -> None:
     """outbox list: what the local providers received (a file read, no frontend)"""
-    outbox = commands.add_parser("outbox", help="what the local mesh's providers received (email, SMS, webhooks)")
+    outbox = commands.add_parser("outbox", help="what the local mesh's providers received (email, SMS, webhooks, push)")
     listing = outbox.add_subparsers(dest="action", required=True).add_parser(
         "list", help="every message a local provider received, oldest first, one a line")
     listing.add_argument("--channel", choices=OUTBOX_CHANNELS, help="only this channel (default: all)")
@@ -855,7 +855,7 @@ def _outbox(args) -> int:
 def _outbox_row(channel: str, received: dict) -> dict:
     """A received message as one table row: who it went to and its first line."""
     to = received.get("to") or received.get("path", "")
-    text = received.get("subject") or received.get("body") or received.get("text") or ""
+    text = received.get("subject") or received.get("title") or received.get("body") or received.get("text") or ""
     first = text.strip().splitlines()[0] if text.strip() else ""
     return {"channel": channel, "to": ", ".join(to) if isinstance(to, list) else to,
             "message": first[:60] + ("…" if len(first) > 60 else ""),

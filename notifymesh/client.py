@@ -490,6 +490,20 @@ class Client:
         """Erases the recipient's contact data, preferences and attributes everywhere."""
         await self._call(self._notifications.DeleteRecipient, notify_pb2.DeleteRecipientRequest(id=recipient_id))
 
+    async def add_device(self, recipient: str, platform: str, token: str, app_id: str = "") -> notify_pb2.Device:
+        """Adds a device ("apns" or "fcm") to the recipient, or refreshes it (last_seen)."""
+        device = notify_pb2.Device(platform=platform, token=token, app_id=app_id)
+        return await self._call(self._notifications.AddDevice,
+                                notify_pb2.AddDeviceRequest(recipient=recipient, device=device))
+
+    async def remove_device(self, recipient: str, platform: str, token: str) -> None:
+        await self._call(self._notifications.RemoveDevice,
+                         notify_pb2.RemoveDeviceRequest(recipient=recipient, platform=platform, token=token))
+
+    async def list_devices(self, recipient: str) -> list[notify_pb2.Device]:
+        reply = await self._call(self._notifications.ListDevices, notify_pb2.ListDevicesRequest(recipient=recipient))
+        return list(reply.devices)
+
     async def get_preferences(self, recipient: str) -> notify_pb2.Preferences:
         return await self._call(self._notifications.GetPreferences,
                                 notify_pb2.GetPreferencesRequest(recipient=recipient))

@@ -306,7 +306,7 @@ def dedup_key(message, by_payload: bool, payload_attributes: Iterable[str] | Non
 
 # -- the local mesh's outbox (deploy/local_providers.py writes it, `notifymesh outbox list` reads it) ---
 
-OUTBOX_CHANNELS = ("email", "sms", "webhook")
+OUTBOX_CHANNELS = ("email", "sms", "webhook", "push")
 OUTBOX_MAX_BYTES = 64 * 1024 * 1024  # a channel's file is moved to its .1 beyond this (one kept): 128 MiB at most
 
 

@@ -17,10 +17,12 @@ from notifymesh import cli as base
 from notifymesh.client import MAX_RECIPIENTS_PER_CALL, Client, channel_of
 from notifymesh.errors import InvalidArgument, NotFound
 
-COMMANDS = ("recipient", "prefs", "category", "template", "notify", "notification", "audience", "provider", "stats")
+COMMANDS = ("recipient", "prefs", "category", "template", "notify", "notification", "audience", "provider", "stats",
+            "device")
 CONTACT_FIELDS = ("id", "email", "phone", "locale", "timezone", "webhook_url")  # other import columns: attributes
 BAR_WIDTH = 30
-PROVIDER_KINDS = {"email": "smtp", "sms": "sms_http", "webhook": "webhook"}
+PROVIDER_KINDS = {"email": "smtp", "sms": "sms_http", "webhook": "webhook", "push": "fcm"}
+PUSH_KINDS = ("fcm", "apns")
 
 
 # -- argument types ------------------------------------------------------------------------
@@ -489,11 +491,29 @@ async def _stats(args, client: Client) -> None:
     args.out.record(record)
 
 
+def _device_record(recipient: str, d: notify_pb2.Device) -> dict:
+    return {"recipient": recipient, "platform": d.platform, "token": d.token, "app_id": d.app_id,
+            "last_seen": d.last_seen.ToJsonString()}
+
+
+async def _device(args, client: Client) -> None:
+    if args.action == "add":
+        args.out.record(_device_record(args.recipient, await client.add_device(args.recipient, args.platform,
+                                                                               args.token, args.app_id or "")))
+    elif args.action == "remove":
+        await client.remove_device(args.recipient, args.platform, args.token)
+        args.out.record({"recipient": args.recipient, "platform": args.platform, "token": args.token,
+                         "removed": True})
+    elif args.action == "list":
+        for device in await client.list_devices(args.recipient):
+            args.out.record(_device_record(args.recipient, device))
+
+
 async def run(args, client: Client) -> int:
     """Runs one of COMMANDS; the exit code."""
     handler = {"recipient": _recipient, "prefs": _prefs, "category": _category, "template": _template,
                "notify": _notify, "notification": _notification, "audience": _audience,
-               "provider": _provider, "stats": _stats}[args.command]
+               "provider": _provider, "stats": _stats, "device": _device}[args.command]
     return await handler(args, client) or 0
 
 
@@ -508,6 +528,7 @@ def add_commands(commands) -> None:
     _add_audience_commands(commands)
     _add_provider_commands(commands)
     _add_stats_command(commands)
+    _add_device_commands(commands)
 
 
 def _add_stats_command(commands) -> None:
@@ -517,6 +538,21 @@ def _add_stats_command(commands) -> None:
     stats.add_argument("--category", help="one category's (default: every one)")
     stats.add_argument("--since", type=base.duration, default=3600.0,
                        help="how far back, rounded down to the hour: 1h (default), 24h, 7d; at most 31d")
+
+
+def _add_device_commands(commands) -> None:
+    """device add|remove|list"""
+    device = commands.add_parser("device", help="a recipient's mobile devices (the push channel sends to each)")
+    actions = device.add_subparsers(dest="action", required=True)
+    for action, text in (("add", "add a device token, or refresh one the recipient has"),
+                         ("remove", "remove a device token")):
+        change = actions.add_parser(action, help=text)
+        change.add_argument("recipient", help="the recipient's id")
+        change.add_argument("--platform", required=True, choices=PUSH_KINDS, help="apns or fcm")
+        change.add_argument("--token", required=True, help="the device (apns) or registration (fcm) token")
+        if action == "add":
+            change.add_argument("--app-id", help="the app's bundle id or package name")
+    actions.add_parser("list", help="the recipient's devices").add_argument("recipient", help="the recipient's id")
 
 
 def _add_recipient_commands(commands) -> None:
@@ -591,13 +627,14 @@ def _add_template_commands(commands) -> None:
     put = actions.add_parser("create", help="add a version: the latest one's contents with this channel and "
                                             "locale's set (a new name starts at version 1)")
     put.add_argument("name", help="the template")
-    put.add_argument("--channel", type=channel, required=True, help="email, sms or webhook")
+    put.add_argument("--channel", type=channel, required=True, help="email, sms, webhook or push")
     put.add_argument("--locale", help="the content's locale (default: the template's default locale)")
-    put.add_argument("--subject", help="email: the subject (a template)")
-    put.add_argument("--body-file", type=text_file, metavar="FILE", help="email: the text body; sms: the text "
-                                                                         "('-': stdin)")
+    put.add_argument("--subject", help="email: the subject; push: the title (a template)")
+    put.add_argument("--body-file", type=text_file, metavar="FILE", help="email: the text body; sms: the text; "
+                                                                         "push: the body ('-': stdin)")
     put.add_argument("--html-file", type=text_file, metavar="FILE", help="email: the HTML body (optional)")
-    put.add_argument("--json-file", type=text_file, metavar="FILE", help="webhook: the JSON body (a template)")
+    put.add_argument("--json-file", type=text_file, metavar="FILE", help="webhook: the JSON body; push: the data "
+                                                                         "payload, a JSON object (a template)")
     put.add_argument("--default-locale", help="the template's default locale (default en)")
     put.add_argument("--description", help="for people")
     get = actions.add_parser("get", help="a template version")
@@ -609,7 +646,7 @@ def _add_template_commands(commands) -> None:
     preview.add_argument("name", help="the template")
     preview.add_argument("--data", type=json_object, help="a JSON object: the template's data")
     preview.add_argument("--recipient", help="a stored recipient whose fields fill `recipient`")
-    preview.add_argument("--channel", type=channel, help="email, sms or webhook")
+    preview.add_argument("--channel", type=channel, help="email, sms, webhook or push")
     preview.add_argument("--locale", help="default: the recipient's, else the template's default")
     preview.add_argument("--version", type=base.count(0), default=0, help="default: the latest")
 
@@ -626,7 +663,7 @@ def _add_notify_commands(commands) -> None:
     data.add_argument("--data", type=json_object, help="a JSON object of at most 64 KiB: the template's data")
     data.add_argument("--data-file", type=text_file, metavar="FILE", help="the data from a file ('-': stdin)")
     notify.add_argument("--channel", type=channel, action="append",
-                        help="email, sms or webhook (repeatable; default: every channel a recipient has and allows)")
+                        help="email, sms, webhook or push (repeatable; default: every channel a recipient has and allows)")
     notify.add_argument("--key", help="idempotency key: a repeat within 24 h notifies nobody again")
     notify.add_argument("--priority", choices=("normal", "high"), default="normal",
                         help="high: sent first, never delayed by a rate limit")
@@ -662,9 +699,9 @@ def _add_provider_commands(commands) -> None:
     provider = commands.add_parser("provider", help="how each channel sends")
     actions = provider.add_subparsers(dest="action", required=True)
     put = actions.add_parser("set", help="configure a channel's provider (secrets are write-only)")
-    put.add_argument("channel", type=channel, help="email, sms or webhook")
-    put.add_argument("--kind", choices=sorted(PROVIDER_KINDS.values()), help="default: the channel's (email smtp, "
-                                                                              "sms sms_http, webhook webhook)")
+    put.add_argument("channel", type=channel, help="email, sms, webhook or push")
+    put.add_argument("--kind", choices=sorted({*PROVIDER_KINDS.values(), *PUSH_KINDS}),
+                     help="default: the channel's (email smtp, sms sms_http, webhook webhook, push fcm)")
     put.add_argument("--setting", type=base.attribute, action="append", metavar="KEY=VALUE",
                      help="e.g. host=smtp.example.com, port=587, from=..., base_url=... (repeatable)")
     put.add_argument("--secret-file", type=text_file, metavar="FILE",
@@ -675,11 +712,11 @@ def _add_provider_commands(commands) -> None:
     put.add_argument("--priority", type=base.count(0, 1000), default=0,
                      help="lower is tried first; the next takes over while one's circuit breaker is open")
     get = actions.add_parser("get", help="a channel's provider (without its secret)")
-    get.add_argument("channel", type=channel, help="email, sms or webhook")
+    get.add_argument("channel", type=channel, help="email, sms, webhook or push")
     get.add_argument("--name", default="", help="default: 'default'")
     actions.add_parser("list", help="every provider (without secrets), in the order each channel tries them")
     delete = actions.add_parser("delete", help="remove one of a channel's providers")
-    delete.add_argument("channel", type=channel, help="email, sms or webhook")
+    delete.add_argument("channel", type=channel, help="email, sms, webhook or push")
     delete.add_argument("--name", default="", help="default: 'default'")
     status = actions.add_parser("status", help="each provider's circuit breaker and recent error rate, per sender")
     status.add_argument("channel", type=channel, nargs="?", help="default: every channel")

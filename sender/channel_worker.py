@@ -9,6 +9,7 @@ The steps, in order, each recorded in the notification log:
    puts the task back until the limit allows it (SEND_DELAYED, a deferred nack:
    no attempt counted). High priority is counted but never held back;
 3. the contact, read again (erased meanwhile, or no address: SUPPRESSED_NO_CONTACT);
+   push: the recipient's devices (none: SUPPRESSED_NO_CONTACT), each sent to (_send_devices);
 4. rendering (a missing variable fails this recipient for good: SEND_FAILED);
 5. the provider (at most its max_concurrency sends at once, high priority
    first): SEND_SENT; a transient failure SEND_FAILED and a nack (Retry-After as
@@ -27,12 +28,13 @@ from collections import OrderedDict, deque
 from typing import Any, Callable, NamedTuple, Protocol
 
 from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
+from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
 from notifymesh import errors
 from notifymesh.batching import Coalescer
 from notifymesh.clock import now_ms
 from notifymesh.log import fields
-from notifymesh.server import rows, validation
+from notifymesh.server import devices, rows, validation
 from notifymesh.server.internal_topics import channel_name
 from notifymesh.server.notification_log import Event
 from sender.fanout import task_key
@@ -48,7 +50,13 @@ READS_PER_CALL = 1000  # tasks' reads merged into one read_many (2 rows each)
 
 
 class ChannelTable(Protocol):
-    """What a channel worker asks of the table (notifymesh.server.table.TableClient)."""
+    """What a channel worker asks of the table (notifymesh.server.table.TableClient);
+    write and scan: push's devices (notifymesh.server.devices.DeviceTable)."""
+
+    async def write(self, partition_key: str, ops: list[storage_pb2.TableOp]) -> None: ...
+
+    async def scan(self, partition_key: str, prefix: bytes, start_after: bytes = b"", limit: int = 1000,
+                   reverse: bool = False): ...  # -> table.Scanned(keys, values, more)
 
     async def read_many(self, keys_by_partition_key: dict[str, list[bytes]]) -> dict[bytes, bytes | None]: ...
 
@@ -104,6 +112,7 @@ class Outgoing(NamedTuple):
     notification_id: str = ""
     recipient: str = ""
     status_callback: str = ""
+    platform: str = ""  # push: the device's (`to` is its token)
 
 
 class Sent(NamedTuple):
@@ -116,6 +125,7 @@ class Failed(NamedTuple):
     reason: str
     provider: str = ""
     retry_after_s: float | None = None  # the provider's Retry-After
+    dead: bool = False  # the address will never work (a push token unregistered): removed
 
 
 class Providers(Protocol):
@@ -150,7 +160,7 @@ class PrioritySlots:
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():  # handed a slot as it was cancelled
                 self.release()
-            else:
+            elif future in self._waiting[high]:  # else wake() dropped it already
                 self._waiting[high].remove(future)
             raise
 
@@ -164,8 +174,11 @@ class PrioritySlots:
             queue = self._waiting[True] or self._waiting[False]
             if not queue:
                 return
+            future = queue.popleft()
+            if future.done():  # cancelled, its task not run yet: no slot for it
+                continue
             self.used += 1
-            queue.popleft().set_result(None)
+            future.set_result(None)
 
 
 class BatchedReads:
@@ -209,6 +222,7 @@ class ChannelSender:
         self._table, self._metadata, self._rendering = table, metadata, rendering
         self._providers, self._recorder, self._slots = providers, recorder, slots
         self._waiting_noted: OrderedDict[str, None] = OrderedDict()
+        self._devices = devices.Devices(table)
 
     async def handle(self, received: pubsub_pb2.ReceivedMessage) -> Outcome:
         task = internal_pb2.ChannelTask.FromString(received.message.data)
@@ -228,6 +242,52 @@ class ChannelSender:
         outcome = await self._send(task, received.delivery_attempt, event, flush)
         await flush()
         return outcome
+
+    async def _send_devices(self, task: internal_pb2.ChannelTask, targets: list[notify_pb2.Device],
+                            rendered: notify_pb2.RenderedContent, key: str, event) -> Sent | Failed:
+        """Push: the rendered notification to each of the recipient's devices at once;
+        a dead token's device is removed. The result the caller logs last: Sent when
+        every failure was permanent and a device got it (the failures logged before
+        it), else one Failed for the failures (the sent ones logged before it). A
+        transient failure has the task tried again, on every device: the collapse id
+        makes a repeat replace what a device shows."""
+        async def one(device: notify_pb2.Device) -> Sent | Failed:
+            await self._slots.acquire(task.priority == notify_pb2.HIGH)
+            try:
+                return await self._providers.send(Outgoing(
+                    notify_pb2.PUSH, device.token, rendered.subject, rendered.text, "", rendered.json_body, {}, key,
+                    task.notification_id, task.recipient, platform=device.platform))
+            finally:
+                self._slots.release()
+
+        results = list(zip(targets, await asyncio.gather(*(one(device) for device in targets))))
+        sent = [(d, r) for d, r in results if isinstance(r, Sent)]
+        failed = [(d, r) for d, r in results if isinstance(r, Failed)]
+        sent_as = Sent(sent[0][1].provider, ",".join(r.provider_message_id for _, r in sent)) if sent else None
+        if not failed:
+            return sent_as
+        for device, result in failed:
+            if result.dead:
+                await self._devices.remove(task.recipient, device.platform, device.token)
+                log.info("dead push token removed", extra=fields(recipient=task.recipient, platform=device.platform,
+                                                                 notification=task.notification_id))
+        reason = "; ".join(f"{devices.short(d)}: {r.reason}" + (" (token dead: device removed)" if r.dead else "")
+                           for d, r in failed)
+        transient = [r for _, r in failed if r.transient]
+        waits = [r.retry_after_s for r in transient if r.retry_after_s is not None]
+        result = Failed(bool(transient), reason, failed[0][1].provider, max(waits) if waits else None)
+        if sent_as is None:
+            return result
+        if transient:
+            event(notify_pb2.SEND_SENT, provider=sent_as.provider, provider_message_id=sent_as.provider_message_id,
+                  reason=f"{len(sent)} of {len(targets)} devices")
+        else:
+            event(notify_pb2.SEND_FAILED, reason=scrub(reason, ""), provider=result.provider)
+        # The log orders a send's events by time, then state: what the caller logs next gets a later ms.
+        logged_ms = now_ms()
+        while now_ms() <= logged_ms:
+            await asyncio.sleep(0.001)
+        return result if transient else sent_as
 
     def _noted_waiting(self, key: str) -> bool:
         """Whether the task was logged as waiting for a provider already (else notes it)."""
@@ -277,9 +337,10 @@ class ChannelSender:
 
         recipient = notify_pb2.Recipient.FromString(contact_raw) if contact_raw is not None else None
         address = contact(recipient, channel)
-        if not address:
-            event(notify_pb2.SUPPRESSED_NO_CONTACT,
-                  reason="recipient not found" if recipient is None else f"no {name} contact")
+        targets = await self._devices.list(rid) if channel == notify_pb2.PUSH and recipient is not None else []
+        if not address and not targets:
+            event(notify_pb2.SUPPRESSED_NO_CONTACT, reason="recipient not found" if recipient is None else
+                  "no push device" if channel == notify_pb2.PUSH else f"no {name} contact")
             return ACK
 
         try:
@@ -306,17 +367,21 @@ class ChannelSender:
         if unsubscribe_url:  # RFC 8058 one-click unsubscribe
             headers = {"List-Unsubscribe": f"<{unsubscribe_url}>",
                        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
-        if channel == notify_pb2.EMAIL and rendered.html:
-            rendered.html = self._rendering.track_html(rendered.html, task.notification_id, rid, task.accepted_ms)
-        callback = self._rendering.status_callback_url(task.notification_id, rid, channel, task.accepted_ms) \
-            if channel == notify_pb2.SMS else ""
-        message = Outgoing(channel, address, rendered.subject, rendered.text, rendered.html, rendered.json_body,
-                           headers, key, task.notification_id, rid, callback)
-        await self._slots.acquire(task.priority == notify_pb2.HIGH)
-        try:
-            result = await self._providers.send(message)
-        finally:
-            self._slots.release()
+        if targets:
+            result = await self._send_devices(task, targets, rendered, key, event)
+        else:
+            if channel == notify_pb2.EMAIL and rendered.html:
+                rendered.html = self._rendering.track_html(rendered.html, task.notification_id, rid,
+                                                           task.accepted_ms)
+            callback = self._rendering.status_callback_url(task.notification_id, rid, channel, task.accepted_ms) \
+                if channel == notify_pb2.SMS else ""
+            message = Outgoing(channel, address, rendered.subject, rendered.text, rendered.html, rendered.json_body,
+                               headers, key, task.notification_id, rid, callback)
+            await self._slots.acquire(task.priority == notify_pb2.HIGH)
+            try:
+                result = await self._providers.send(message)
+            finally:
+                self._slots.release()
         if isinstance(result, Sent):
             event(notify_pb2.SEND_SENT, provider=result.provider, provider_message_id=result.provider_message_id)
             return ACK

@@ -204,19 +204,19 @@ class Fanout:
 
     async def _expand(self, job: Job, recipients: list[str]) -> None:
         nid, request, accepted_ms = job.notification_id, job.job.request, job.job.accepted_ms
-        keys = {rid: [rows.contact_key(rid), rows.unsubscribed_key(rid),
+        keys = {rid: [rows.contact_key(rid), rows.unsubscribed_key(rid), rows.has_devices_key(rid),
                       *(rows.preference_key(rid, cat, ch) for cat, ch in job.scopes)] for rid in recipients}
         found = await self._table.read_many(keys)
         decisions = {}
         for rid in recipients:
-            contact_raw, unsubscribed_raw, *preference_raws = (found.get(key) for key in keys[rid])
+            contact_raw, unsubscribed_raw, devices_raw, *preference_raws = (found.get(key) for key in keys[rid])
             recipient = notify_pb2.Recipient.FromString(contact_raw) if contact_raw is not None else None
             unsubscribed = unsubscribed_raw is not None and not internal_pb2.PreferenceRow.FromString(
                 unsubscribed_raw).enabled
             preferences = [Preference(cat, ch, internal_pb2.PreferenceRow.FromString(raw).enabled)
                            for (cat, ch), raw in zip(job.scopes, preference_raws) if raw is not None]
             decisions[rid] = decide(recipient, unsubscribed, preferences, job.category, job.requested,
-                                    job.template_channels)
+                                    job.template_channels, has_devices=devices_raw is not None)
         duplicates = await self._duplicates(
             job, [rid for rid, decided in decisions.items() if any(d.action is Action.SEND for d in decided)])
         ms = now_ms()

@@ -32,8 +32,8 @@ from sender import event_stats
 from sender.dispatch import Dispatcher
 from sender.fanout import Fanout
 from sender.pipeline import PipelineWorkers, WorkerSpec
-from sender.providers import (ChannelProvider, OutgoingMessage, PermanentSendError, TransientSendError,
-                              provider_for)
+from sender.providers import (ChannelProvider, DeadAddressError, OutgoingMessage, PermanentSendError,
+                              TransientSendError, provider_for)
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,9 @@ class ChannelProviders:
         except TransientSendError as e:
             breaker.failed(permit, e.reason)
             return Failed(True, e.reason, name, e.retry_after_s)
+        except DeadAddressError as e:  # the provider answered: the address (a push token) is gone
+            breaker.succeeded(permit)
+            return Failed(False, e.reason, name, dead=True)
         except PermanentSendError as e:  # the provider answered: the message's fault, not its own
             breaker.succeeded(permit)
             return Failed(False, e.reason, name)

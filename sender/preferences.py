@@ -48,6 +48,14 @@ def contact(recipient: notify_pb2.Recipient | None, channel: int) -> str:
     return ""
 
 
+def reachable(recipient: notify_pb2.Recipient | None, channel: int, has_devices: bool) -> bool:
+    """Whether the recipient can be sent anything on channel: push to its devices
+    (rows.has_devices_key), the others at its contact address."""
+    if channel == notify_pb2.PUSH:
+        return recipient is not None and has_devices
+    return bool(contact(recipient, channel))
+
+
 def _rule(category: str, channel: str) -> str:
     return f"opted out of {'category ' + category if category else 'every category'} on " \
            f"{channel if channel else 'every channel'}"
@@ -63,7 +71,8 @@ def opt_out(preferences: Iterable[Preference], unsubscribed: bool, category: str
 
 
 def decide(recipient: notify_pb2.Recipient | None, unsubscribed: bool, preferences: Iterable[Preference],
-           category: notify_pb2.Category, requested: Iterable[int], template_channels: Iterable[int]) -> list[Decision]:
+           category: notify_pb2.Category, requested: Iterable[int], template_channels: Iterable[int],
+           has_devices: bool = False) -> list[Decision]:
     """One decision per channel: the requested channels; with none requested, the
     template's channels the recipient has a contact for (all of the template's,
     each suppressed for no contact, when it has none of them, so the log says why)."""
@@ -72,12 +81,13 @@ def decide(recipient: notify_pb2.Recipient | None, unsubscribed: bool, preferenc
         channels = requested
     else:
         template_channels = list(dict.fromkeys(template_channels))
-        channels = [c for c in template_channels if contact(recipient, c)] or template_channels
+        channels = [c for c in template_channels if reachable(recipient, c, has_devices)] or template_channels
     preferences = list(preferences)
     decisions = []
     for channel in channels:
-        if not contact(recipient, channel):
-            what = "recipient not found" if recipient is None else f"no {channel_name(channel)} contact"
+        if not reachable(recipient, channel, has_devices):
+            what = "recipient not found" if recipient is None else \
+                "no push device" if channel == notify_pb2.PUSH else f"no {channel_name(channel)} contact"
             decisions.append(Decision(channel, Action.NO_CONTACT, what))
             continue
         rule = None if category.mandatory else opt_out(preferences, unsubscribed, category.name,

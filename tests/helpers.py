@@ -19,7 +19,7 @@ def new_mesh(path, etcd_members: int = 1, frontends: int = 1, **kwargs) -> Local
     """A started mesh on free ports; kwargs as LocalMesh takes them (metadata_services, senders, ...)."""
     return started(LocalMesh(path, frontend_ports=[free_frontend_port() for _ in range(frontends)],
                              frontends=frontends, etcd_ports=[(free_port(), free_port()) for _ in range(etcd_members)],
-                             **{"provider_ports": (free_port(), free_port()), **kwargs}))
+                             **{"provider_ports": (free_port(), free_port(), free_port()), **kwargs}))
 
 
 def started(mesh: LocalMesh) -> LocalMesh:

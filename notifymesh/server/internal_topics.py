@@ -29,6 +29,7 @@ EVENTS_DEAD_LETTER_TOPIC = "notifymesh.events.dead"
 SUBSCRIBABLE_TOPICS = frozenset({EVENTS_TOPIC})
 
 CHANNELS = (notify_pb2.EMAIL, notify_pb2.SMS, notify_pb2.WEBHOOK)
+CHANNELS += (notify_pb2.PUSH,)
 
 
 def channel_name(channel: int) -> str:

@@ -15,6 +15,9 @@ decimal milliseconds so keys sort by time.
   L rid category                      -> RateLimitRow: the recipient's override
   Q rid category                      -> RateCounter (Storage.RateAcquire)
   X rid                               -> erasure time (13 digits): the recipient was deleted
+  V rid                               -> b"": the recipient has (or lately had) a device; one
+                                         key the fan-out reads to decide the push channel
+  V rid platform token                -> notifymesh.v1.Device
   D rid payload hash                  -> RateCounter of limit 1: the notification that had this
                                          template, category and data for the recipient within the
                                          notify topic's dedup window (sender/fanout.py)
@@ -42,6 +45,7 @@ _MS_DIGITS = 13
 CONTACT, UNSUBSCRIBED, PREFERENCE, RATE_LIMIT, RATE_COUNTER, ERASED = b"C", b"U", b"P", b"L", b"Q", b"X"
 RECIPIENT_NOTIFICATION, NOTIFICATION, EVENT, CHECKPOINT = b"R", b"N", b"E", b"K"
 DUPLICATE = b"D"
+DEVICE = b"V"
 AUDIENCE, MEMBER = b"A", b"M"
 STATS_COUNT, STATS_COUNTED = b"S", b"Y"
 
@@ -118,9 +122,22 @@ def erased_key(recipient: str) -> bytes:
 
 
 def recipient_rows_erased(recipient: str) -> list[bytes]:
-    """The single rows a recipient's erasure removes (its preference and override
-    rows are found by prefix: preferences_prefix, rate_limits_prefix)."""
-    return [contact_key(recipient), unsubscribed_key(recipient)]
+    """The single rows a recipient's erasure removes (its preference, override and
+    device rows are found by prefix: preferences_prefix, rate_limits_prefix, devices_prefix)."""
+    return [contact_key(recipient), unsubscribed_key(recipient), has_devices_key(recipient)]
+
+
+def has_devices_key(recipient: str) -> bytes:
+    return _key(DEVICE, recipient)
+
+
+def device_key(recipient: str, platform: str, token: str) -> bytes:
+    return _key(DEVICE, recipient, platform, token)
+
+
+def devices_prefix(recipient: str) -> bytes:
+    """Every device row of the recipient (not has_devices_key, which has no SEP after the id)."""
+    return _key(DEVICE, recipient) + SEP
 
 
 def recipient_notification_key(recipient: str, accepted_ms: int, notification_id: str) -> bytes:

@@ -38,7 +38,8 @@ MAX_ARGUMENT = MAX_OUTPUT_CHARS
 CACHE_SIZE = 256
 # The content fields of each channel, in rendering order.
 FIELDS = {notify_pb2.EMAIL: ("subject", "text", "html"), notify_pb2.SMS: ("text",),
-          notify_pb2.WEBHOOK: ("json_body",)}
+          notify_pb2.WEBHOOK: ("json_body",), notify_pb2.PUSH: ("subject", "text", "json_body")}
+MAX_PUSH_PAYLOAD_BYTES = 4096  # APNs' and FCM's bound of one notification: title, body and data
 
 
 class MissingVariable(errors.InvalidArgument):
@@ -301,4 +302,27 @@ class Renderer:
                 json.loads(out.json_body, parse_constant=validation.not_json)
             except ValueError as e:
                 raise RenderError(f"{_label(content)} json_body does not render to a JSON document: {e}") from None
+        if channel == notify_pb2.PUSH:
+            out.json_body = push_data(out, _label(content))
         return out
+
+
+def push_data(out: notify_pb2.RenderedContent, label: str) -> str:
+    """The rendered data payload as a JSON object of strings (FCM's data map; a
+    value that is not a string becomes its JSON text), "" for none; RenderError
+    when it is not an object or the notification is over MAX_PUSH_PAYLOAD_BYTES."""
+    data = {}
+    if out.json_body.strip():
+        try:
+            value = json.loads(out.json_body)
+        except ValueError as e:
+            raise RenderError(f"{label} json_body does not render to a JSON object: {e}") from None
+        if not isinstance(value, dict):
+            raise RenderError(f"{label} json_body renders to a JSON {type(value).__name__}, not an object")
+        data = {k: v if isinstance(v, str) else json.dumps(v, separators=(",", ":")) for k, v in value.items()}
+    payload = json.dumps(data, separators=(",", ":")) if data else ""
+    size = len(out.subject.encode()) + len(out.text.encode()) + len(payload.encode())
+    if size > MAX_PUSH_PAYLOAD_BYTES:
+        raise RenderError(f"{label}: title, body and data are {size:,} bytes; a push notification holds "
+                          f"{MAX_PUSH_PAYLOAD_BYTES:,}")
+    return payload

@@ -3,15 +3,18 @@
 the subscription's retry policy) or permanent (the recipient-channel fails)."""
 
 from gen.notifymesh.v1 import notify_pb2
-from sender.providers.base import (ChannelProvider, OutgoingMessage, PermanentSendError, SendError, SendResult,
-                                   TransientSendError)
+from sender.providers.apns import ApnsProvider
+from sender.providers.base import (ChannelProvider, DeadAddressError, OutgoingMessage, PermanentSendError, SendError,
+                                   SendResult, TransientSendError)
+from sender.providers.fcm import FcmProvider
 from sender.providers.http import SmsHttpProvider, WebhookProvider
 from sender.providers.sink import SinkProvider
 from sender.providers.smtp import SmtpProvider
 
-KINDS = {"smtp": SmtpProvider, "sms_http": SmsHttpProvider, "webhook": WebhookProvider, "sink": SinkProvider}
+KINDS = {"smtp": SmtpProvider, "sms_http": SmsHttpProvider, "webhook": WebhookProvider, "sink": SinkProvider,
+         "fcm": FcmProvider, "apns": ApnsProvider}
 
-__all__ = ["ChannelProvider", "OutgoingMessage", "PermanentSendError", "SendError", "SendResult",
+__all__ = ["ChannelProvider", "DeadAddressError", "OutgoingMessage", "PermanentSendError", "SendError", "SendResult",
            "TransientSendError", "KINDS", "provider_for"]
 
 

@@ -24,6 +24,7 @@ class OutgoingMessage(NamedTuple):
     recipient: str = ""
     # sms: where the provider reports the message's delivery (StatusCallback).
     status_callback: str = ""
+    platform: str = ""  # push: the device's, "apns" or "fcm" (`to` is its token)
 
 
 class SendResult(NamedTuple):
@@ -48,6 +49,11 @@ class TransientSendError(SendError):
 
 class PermanentSendError(SendError):
     """Trying again would fail the same way (5xx SMTP, an HTTP 4xx other than 429)."""
+
+
+class DeadAddressError(PermanentSendError):
+    """The address will never work again (a push token the provider calls
+    unregistered or bad): the sender removes it from the recipient."""
 
 
 class ChannelProvider(Protocol):

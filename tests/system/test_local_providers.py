@@ -14,7 +14,7 @@ import aiohttp
 import grpc
 from helpers import cli_argv
 
-from deploy.local import LOCAL_HTTP_OFFSET, LOCAL_SMTP_OFFSET, _port_free, free_port
+from deploy.local import LOCAL_APNS_OFFSET, LOCAL_HTTP_OFFSET, LOCAL_SMTP_OFFSET, _port_free, free_port
 from deploy.local_providers import credentials, provider_records
 from gen.notifymesh.internal.v1 import metadata_pb2_grpc, node_pb2, node_pb2_grpc
 from gen.notifymesh.v1 import notify_pb2
@@ -52,9 +52,9 @@ async def test_up_runs_the_local_providers_sets_them_and_outbox_list_shows_what_
             lines.append(await asyncio.to_thread(up.stdout.readline))
         said = "".join(lines)
         smtp_port, http_port = port + LOCAL_SMTP_OFFSET, port + LOCAL_HTTP_OFFSET
-        assert f"local providers: smtp 127.0.0.1:{smtp_port}, sms api and webhooks http://127.0.0.1:{http_port}" \
-               in said, said
-        assert "local providers set for email, sms, webhook" in said, said
+        assert f"local providers: smtp 127.0.0.1:{smtp_port}, sms api, webhooks and fcm http://127.0.0.1:{http_port}, " \
+               f"apns (http/2) 127.0.0.1:{port + LOCAL_APNS_OFFSET}" in said, said
+        assert "local providers set for email, sms, webhook, push" in said, said
 
         # Set in etcd, through the metadata service.
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -68,6 +68,8 @@ async def test_up_runs_the_local_providers_sets_them_and_outbox_list_shows_what_
         assert kinds[notify_pb2.SMS][0] == "sms_http"
         assert kinds[notify_pb2.SMS][1]["base_url"] == f"http://127.0.0.1:{http_port}"
         assert kinds[notify_pb2.WEBHOOK][0] == "webhook"
+        assert kinds[notify_pb2.PUSH][0] == "fcm" and kinds[notify_pb2.PUSH][1]["base_url"] == \
+            f"http://127.0.0.1:{http_port}/fcm"
 
         assert outbox(data_dir) == (0, [])
         providers = {r.channel: provider_for(r)
@@ -92,7 +94,8 @@ async def test_up_runs_the_local_providers_sets_them_and_outbox_list_shows_what_
         os.killpg(up.pid, signal.SIGTERM)
         up.wait(60)
     assert up.returncode == 0
-    assert _port_free(port + LOCAL_SMTP_OFFSET) and _port_free(port + LOCAL_HTTP_OFFSET)  # stopped with the rest
+    assert _port_free(port + LOCAL_SMTP_OFFSET) and _port_free(port + LOCAL_HTTP_OFFSET) and \
+        _port_free(port + LOCAL_APNS_OFFSET)  # stopped with the rest
 
 
 def test_outbox_list_without_an_outbox_says_so(tmp_path):

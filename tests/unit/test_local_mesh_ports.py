@@ -10,7 +10,7 @@ def test_every_port_derives_from_the_frontend_port(tmp_path):
     assert mesh.frontend_addrs == ["127.0.0.1:6000", "127.0.0.1:6001"]
     assert mesh.frontend_target == "127.0.0.1:6000,127.0.0.1:6001"
     assert mesh.etcd_ports == [(6010, 6020), (6011, 6021), (6012, 6022)]
-    assert mesh.provider_ports == (6018, 6019) and mesh.frontend_http_ports() == [6025, 6026]
+    assert mesh.provider_ports == (6018, 6019, 6017) and mesh.frontend_http_ports() == [6025, 6026]
     assert [n for n in mesh.processes if not n.startswith("storage-")] == [
         "etcd-1", "etcd-2", "etcd-3", "local-providers", "metadata-1", "metadata-2", "sender-1", "sender-2",
         "frontend-1", "frontend-2"]

@@ -191,12 +191,14 @@ async def test_delete_erases_every_row_of_the_recipient_and_records_the_erasure(
         recipient="alice", unsubscribed=True,
         preferences=[pb.Preference(category="marketing", channel="email", enabled=False)],
         rate_limits=[pb.CategoryRateLimit(category="billing", rate_limit=pb.RateLimit(limit=2, period_seconds=60))]))
+    await api.n.add_device(pb.AddDeviceRequest(recipient="alice", device=pb.Device(platform="fcm", token="tok-1")))
     await api.n.upsert_recipient(pb.UpsertRecipientRequest(recipient=pb.Recipient(id="alicia")))
     caplog.set_level("INFO")
     await api.n.delete_recipient(pb.DeleteRecipientRequest(id="alice"))
     erased = {op.key for op in api.table.writes[-1][1] if op.erase}
     assert erased == {rows.contact_key("alice"), rows.unsubscribed_key("alice"),
-                      rows.preference_key("alice", "marketing", "email"), rows.rate_limit_key("alice", "billing")}
+                      rows.preference_key("alice", "marketing", "email"), rows.rate_limit_key("alice", "billing"),
+                      rows.has_devices_key("alice"), rows.device_key("alice", "fcm", "tok-1")}
     assert set(api.table.rows) == {rows.erased_key("alice"), rows.contact_key("alicia")}
     assert len(api.table.rows[rows.erased_key("alice")][1]) == 13
     assert "recipient erased" in caplog.text

@@ -253,3 +253,19 @@ async def test_an_emails_html_is_tracked_and_an_sms_carries_its_status_callback(
     email, sms = p.providers.sent
     assert email.html == '<a href="https://pay.example/17">pay</a><img src=http://track.test/n1/alice>'
     assert (email.status_callback, sms.status_callback) == ("", "http://track.test/status/n1/alice")
+
+
+async def test_a_slot_freed_while_its_waiter_is_being_cancelled_goes_to_the_next_one():
+    slots = PrioritySlots(1)
+    await slots.acquire(False)
+    cancelled = asyncio.ensure_future(slots.acquire(False))
+    waiting = asyncio.ensure_future(slots.acquire(False))
+    await asyncio.sleep(0)
+    cancelled.cancel()  # its future is cancelled; its task has not run its handler yet
+    slots.release()  # a free slot: not to the cancelled one (InvalidStateError), to the next
+    await asyncio.wait_for(waiting, 1)
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert slots.used == 1
+    slots.release()
+    assert slots.used == 0

@@ -432,6 +432,52 @@ class ListAudienceMembersResponse(_message.Message):
     next_page_token: str
     def __init__(self, recipients: _Optional[_Iterable[str]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class Device(_message.Message):
+    __slots__ = ("platform", "token", "app_id", "last_seen")
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    APP_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    platform: str
+    token: str
+    app_id: str
+    last_seen: _timestamp_pb2.Timestamp
+    def __init__(self, platform: _Optional[str] = ..., token: _Optional[str] = ..., app_id: _Optional[str] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class AddDeviceRequest(_message.Message):
+    __slots__ = ("recipient", "device")
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    recipient: str
+    device: Device
+    def __init__(self, recipient: _Optional[str] = ..., device: _Optional[_Union[Device, _Mapping]] = ...) -> None: ...
+
+class RemoveDeviceRequest(_message.Message):
+    __slots__ = ("recipient", "platform", "token")
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    recipient: str
+    platform: str
+    token: str
+    def __init__(self, recipient: _Optional[str] = ..., platform: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
+
+class RemoveDeviceResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListDevicesRequest(_message.Message):
+    __slots__ = ("recipient",)
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    recipient: str
+    def __init__(self, recipient: _Optional[str] = ...) -> None: ...
+
+class ListDevicesResponse(_message.Message):
+    __slots__ = ("devices",)
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedCompositeFieldContainer[Device]
+    def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
+
 class Provider(_message.Message):
     __slots__ = ("channel", "kind", "settings", "secret", "secret_set", "max_concurrency", "name", "priority")
     class SettingsEntry(_message.Message):

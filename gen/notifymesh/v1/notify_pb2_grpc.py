@@ -184,6 +184,21 @@ class NotificationsStub:
                 request_serializer=notifymesh_dot_v1_dot_notify__pb2.ListNotificationsRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_notify__pb2.ListNotificationsResponse.FromString,
                 _registered_method=True)
+        self.AddDevice = channel.unary_unary(
+                '/notifymesh.v1.Notifications/AddDevice',
+                request_serializer=notifymesh_dot_v1_dot_notify__pb2.AddDeviceRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_notify__pb2.Device.FromString,
+                _registered_method=True)
+        self.RemoveDevice = channel.unary_unary(
+                '/notifymesh.v1.Notifications/RemoveDevice',
+                request_serializer=notifymesh_dot_v1_dot_notify__pb2.RemoveDeviceRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_notify__pb2.RemoveDeviceResponse.FromString,
+                _registered_method=True)
+        self.ListDevices = channel.unary_unary(
+                '/notifymesh.v1.Notifications/ListDevices',
+                request_serializer=notifymesh_dot_v1_dot_notify__pb2.ListDevicesRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_notify__pb2.ListDevicesResponse.FromString,
+                _registered_method=True)
 
 
 class NotificationsServicer:
@@ -398,6 +413,27 @@ class NotificationsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddDevice(self, request, context):
+        """A recipient's mobile devices (the push channel sends to each). Adding a
+        token the recipient has refreshes it (app_id, last_seen); at most 20 each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveDevice(self, request, context):
+        """NOT_FOUND when the recipient has no such device.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDevices(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NotificationsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -550,6 +586,21 @@ def add_NotificationsServicer_to_server(servicer, server):
                     servicer.ListNotifications,
                     request_deserializer=notifymesh_dot_v1_dot_notify__pb2.ListNotificationsRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_notify__pb2.ListNotificationsResponse.SerializeToString,
+            ),
+            'AddDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddDevice,
+                    request_deserializer=notifymesh_dot_v1_dot_notify__pb2.AddDeviceRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_notify__pb2.Device.SerializeToString,
+            ),
+            'RemoveDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveDevice,
+                    request_deserializer=notifymesh_dot_v1_dot_notify__pb2.RemoveDeviceRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_notify__pb2.RemoveDeviceResponse.SerializeToString,
+            ),
+            'ListDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDevices,
+                    request_deserializer=notifymesh_dot_v1_dot_notify__pb2.ListDevicesRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_notify__pb2.ListDevicesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1362,6 +1413,87 @@ class Notifications:
             '/notifymesh.v1.Notifications/ListNotifications',
             notifymesh_dot_v1_dot_notify__pb2.ListNotificationsRequest.SerializeToString,
             notifymesh_dot_v1_dot_notify__pb2.ListNotificationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.v1.Notifications/AddDevice',
+            notifymesh_dot_v1_dot_notify__pb2.AddDeviceRequest.SerializeToString,
+            notifymesh_dot_v1_dot_notify__pb2.Device.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.v1.Notifications/RemoveDevice',
+            notifymesh_dot_v1_dot_notify__pb2.RemoveDeviceRequest.SerializeToString,
+            notifymesh_dot_v1_dot_notify__pb2.RemoveDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.v1.Notifications/ListDevices',
+            notifymesh_dot_v1_dot_notify__pb2.ListDevicesRequest.SerializeToString,
+            notifymesh_dot_v1_dot_notify__pb2.ListDevicesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,205 @@
+"""The push providers (sender/providers/fcm.py, apns.py, push_auth.py): their
+tokens and their refresh under a fake clock, the throttling back-off, and their
+requests against the local fakes (deploy/push_fakes.py, real HTTP and HTTP/2
+servers in the test's loop): sent, dead tokens, throttling, refused credentials."""
+
+import asyncio
+
+import time
+
+import aiohttp
+import jwt
+import pytest
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from deploy.local_providers import LocalProviders, apns_record, credentials, provider_records, read_outbox
+from deploy.push_fakes import new_ec_key, new_rsa_key
+from gen.notifymesh.v1 import notify_pb2
+from sender.providers import DeadAddressError, OutgoingMessage, PermanentSendError, TransientSendError, provider_for
+from sender.providers.apns import TOKEN_REFRESH_S, ApnsProvider
+from sender.providers.fcm import SCOPE, FcmProvider
+from sender.providers.push_auth import Bearer, CachedBearer, Throttle
+
+APNS_TOKEN = "ab" * 32
+
+
+class Clock:
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def public(pem: str):
+    return load_pem_private_key(pem.encode(), password=None).public_key()
+
+
+async def test_a_cached_bearer_is_fetched_once_until_near_its_expiry_and_again_after_invalidate():
+    clock, fetched = Clock(1000.0), []
+
+    async def fetch() -> Bearer:
+        fetched.append(clock.now)
+        await asyncio.sleep(0)
+        return Bearer(f"t{len(fetched)}", clock.now + 3600)
+
+    bearer = CachedBearer(fetch, clock, refresh_margin_s=300)
+    assert await asyncio.gather(*(bearer.get() for _ in range(5))) == ["t1"] * 5  # one fetch shared
+    clock.now += 3600 - 301
+    assert await bearer.get() == "t1"
+    clock.now += 2  # within the margin of its expiry
+    assert await bearer.get() == "t2" and len(fetched) == 2
+    bearer.invalidate("t1")  # an older token refused: the current one stays
+    assert await bearer.get() == "t2"
+    bearer.invalidate("t2")
+    assert await bearer.get() == "t3"
+
+
+async def test_apns_signs_an_es256_jwt_and_makes_another_every_50_minutes():
+    clock, key = Clock(1_800_000_000.0), new_ec_key()
+    provider = ApnsProvider(notify_pb2.Provider(kind="apns", secret=key, settings={
+        "key_id": "KEY1", "team_id": "TEAM1", "topic": "com.x", "base_url": "http://127.0.0.1:9"}), clock)
+    try:
+        first = await provider._bearer.get()
+        assert jwt.get_unverified_header(first) == {"alg": "ES256", "typ": "JWT", "kid": "KEY1"}
+        assert jwt.decode(first, public(key), algorithms=["ES256"], options={"verify_iat": False}) == {"iss": "TEAM1", "iat": 1_800_000_000}
+        clock.now += TOKEN_REFRESH_S - 1
+        assert await provider._bearer.get() == first
+        clock.now += 1
+        second = await provider._bearer.get()
+        assert second != first
+        assert jwt.decode(second, public(key), algorithms=["ES256"], options={"verify_iat": False})["iat"] == 1_800_000_000 + TOKEN_REFRESH_S
+    finally:
+        await provider.close()
+
+
+async def test_fcm_asserts_its_service_account_with_an_rs256_jwt():
+    clock, key = Clock(1_800_000_000.0), new_rsa_key()
+    provider = FcmProvider(notify_pb2.Provider(kind="fcm", secret=key, settings={
+        "project_id": "p", "client_email": "a@p.iam", "token_url": "http://127.0.0.1:9/token"}), clock)
+    try:
+        claims = jwt.decode(provider.assertion(), public(key), algorithms=["RS256"], audience="http://127.0.0.1:9/token",
+                            options={"verify_exp": False, "verify_iat": False})
+        assert claims == {"iss": "a@p.iam", "scope": SCOPE, "aud": "http://127.0.0.1:9/token",
+                          "iat": 1_800_000_000, "exp": 1_800_003_600}
+    finally:
+        await provider.close()
+
+
+def test_throttling_backs_off_every_send_until_retry_after_else_doubling_to_a_bound():
+    clock = Clock(100.0)
+    throttle = Throttle("apns", clock)
+    throttle.check()
+    assert throttle.throttled(7.0, "429").retry_after_s == 7.0
+    with pytest.raises(TransientSendError, match="backing off 7.0s more") as held:
+        throttle.check()
+    assert held.value.retry_after_s == 7.0
+    clock.now += 7
+    throttle.check()
+    assert [throttle.throttled(None, "429").retry_after_s for _ in range(8)] == [2, 4, 8, 16, 32, 60, 60, 60]
+    throttle.ok()
+    assert throttle.throttled(None, "429").retry_after_s == 1
+
+
+async def test_apns_with_no_server_to_reach_is_transient():
+    from deploy.local import free_port
+    provider = ApnsProvider(notify_pb2.Provider(kind="apns", secret=new_ec_key(), settings={
+        "key_id": "K", "team_id": "T", "topic": "com.x", "base_url": f"http://127.0.0.1:{free_port()}"}))
+    try:
+        with pytest.raises(TransientSendError, match="apns: cannot connect"):
+            await provider.send(push(APNS_TOKEN, "apns"))
+    finally:
+        await provider.close()
+
+
+# -- against the local fakes ---------------------------------------------------------------
+
+
+@pytest.fixture
+async def fakes(tmp_path):
+    providers = LocalProviders(tmp_path, credentials(tmp_path))
+    await providers.start()
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{providers.http_port}") as session:
+        async def fault(**spec):
+            async with session.post("/_faults", json={"channel": "push", **spec}) as r:
+                assert r.status == 200, await r.text()
+        yield providers, fault
+    await providers.stop()
+
+
+def fcm_record(providers: LocalProviders) -> notify_pb2.Provider:
+    [record] = [r for r in provider_records(providers.creds, "127.0.0.1", 0, providers.http_port)
+                if r.channel == notify_pb2.PUSH]
+    return record
+
+
+def push(token: str, platform: str, **kw) -> OutgoingMessage:
+    return OutgoingMessage(notify_pb2.PUSH, token, subject="Invoice 17", text="is due", platform=platform,
+                           idempotency_key="n1/alice/push", **kw)
+
+
+async def test_fcm_and_apns_send_to_the_fakes_which_store_what_they_got(fakes):
+    providers, _ = fakes
+    fcm_rec = fcm_record(providers)
+    fcm, apns = provider_for(fcm_rec), provider_for(apns_record(providers.creds, "127.0.0.1", providers.push.apns_port))
+    try:
+        sent = await fcm.send(push("fcm-token-1", "fcm", json_body='{"invoice":"17"}'))
+        sent_apns = await apns.send(push(APNS_TOKEN, "apns", json_body='{"invoice":"17"}'))
+        with pytest.raises(PermanentSendError, match="a fcm device; the push provider sends to apns devices"):
+            await apns.send(push("fcm-token-1", "fcm"))
+    finally:
+        await fcm.close()
+        await apns.close()
+    stored = read_outbox(providers.outbox._data_dir, "push")
+    assert [(s["provider"], s["to"], s["title"], s["body"], s["data"], s["id"]) for s in stored] == [
+        ("fcm", "fcm-token-1", "Invoice 17", "is due", {"invoice": "17"}, sent.provider_message_id),
+        ("apns", APNS_TOKEN, "Invoice 17", "is due", {"invoice": "17"}, sent_apns.provider_message_id)]
+
+
+async def test_dead_tokens_and_throttling_as_each_provider_answers_them(fakes):
+    providers, fault = fakes
+    fcm_rec = fcm_record(providers)
+    clock = Clock(time.time())
+    fcm = FcmProvider(fcm_rec, clock)
+    apns = ApnsProvider(apns_record(providers.creds, "127.0.0.1", providers.push.apns_port), clock)
+    try:
+        await fault(dead_token="dead-fcm")
+        await fault(dead_token="cd" * 32)
+        with pytest.raises(DeadAddressError, match="fcm HTTP 404 UNREGISTERED"):
+            await fcm.send(push("dead-fcm", "fcm"))
+        with pytest.raises(DeadAddressError, match="apns HTTP 410 Unregistered"):
+            await apns.send(push("cd" * 32, "apns"))
+        with pytest.raises(DeadAddressError, match="apns HTTP 400 BadDeviceToken"):
+            await apns.send(push("not-hex", "apns"))
+
+        for provider, token in ((fcm, "fcm-2"), (apns, APNS_TOKEN)):
+            await fault(status=429, count=1, retry_after=5)
+            with pytest.raises(TransientSendError) as throttled:
+                await provider.send(push(token, provider.platform))
+            assert throttled.value.retry_after_s == 5
+            with pytest.raises(TransientSendError, match="backing off"):  # held back: the fake is not asked
+                await provider.send(push(token, provider.platform))
+            clock.now += 5
+            await provider.send(push(token, provider.platform))
+        assert [s["to"] for s in read_outbox(providers.outbox._data_dir, "push")] == ["fcm-2", APNS_TOKEN]
+    finally:
+        await fcm.close()
+        await apns.close()
+
+
+async def test_the_fakes_refuse_a_key_they_do_not_know(fakes):
+    providers, _ = fakes
+    fcm_rec = fcm_record(providers)
+    fcm_rec.secret = new_rsa_key()
+    other = apns_record(providers.creds, "127.0.0.1", providers.push.apns_port)
+    other.secret = new_ec_key()
+    fcm, apns = provider_for(fcm_rec), provider_for(other)
+    try:
+        with pytest.raises(PermanentSendError, match="fcm token endpoint: HTTP 400.*invalid_grant"):
+            await fcm.send(push("fcm-1", "fcm"))
+        with pytest.raises(PermanentSendError, match="apns HTTP 403 InvalidProviderToken"):
+            await apns.send(push(APNS_TOKEN, "apns"))
+    finally:
+        await fcm.close()
+        await apns.close()
+    assert read_outbox(providers.outbox._data_dir, "push") == []
