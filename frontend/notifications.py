@@ -492,8 +492,9 @@ class Notifications:
 
 
 class NotificationsServicer(notify_pb2_grpc.NotificationsServicer):
-    def __init__(self, notifications: Notifications):
-        self._n = notifications
+    def __init__(self, notifications: Notifications, inbox):
+        """inbox: frontend.inbox.FrontendInbox (the in-app calls)."""
+        self._n, self._inbox = notifications, inbox
 
     async def UpsertRecipient(self, request, context):
         return await self._n.upsert_recipient(request)
@@ -578,3 +579,16 @@ class NotificationsServicer(notify_pb2_grpc.NotificationsServicer):
 
     async def ListNotifications(self, request, context):
         return await self._n.list_notifications(request)
+
+    async def SubscribeInbox(self, request, context):
+        async for frame in self._inbox.subscribe(request):
+            yield frame
+
+    async def AckInbox(self, request, context):
+        return await self._inbox.ack(request)
+
+    async def MarkRead(self, request, context):
+        return await self._inbox.mark_read(request)
+
+    async def ListInbox(self, request, context):
+        return await self._inbox.list(request)

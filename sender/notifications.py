@@ -12,6 +12,7 @@ from gen.notifymesh.v1 import notify_pb2
 from notifymesh.log import fields
 from notifymesh.server import templating, unsubscribe
 from notifymesh.server.clients import StorageClient
+from notifymesh.server.inbox import InboxStore, InboxWaker
 from notifymesh.server.internal_topics import CHANNELS, FANOUT_SUBSCRIPTION, channel_name, channel_subscription
 from notifymesh.server.notification_log import BatchedRecorder, NotificationLog
 from notifymesh.server.process import Context
@@ -20,6 +21,7 @@ from notifymesh.server.table import TableClient
 from sender.channel_worker import BatchedReads, ChannelSender, Failed, Outgoing, PrioritySlots, Sent
 from sender.dispatch import Dispatcher
 from sender.fanout import Fanout
+from sender.in_app import InAppDelivery
 from sender.pipeline import PipelineWorkers, WorkerSpec
 from sender.providers import (ChannelProvider, OutgoingMessage, PermanentSendError, TransientSendError,
                               provider_for)
@@ -125,9 +127,11 @@ class NotificationPipeline:
                                         period_seconds=round(config.notify_default_rate_period_s))
 
         reads = BatchedReads(table)
+        inbox = InAppDelivery(InboxStore(table, lambda: round(config.notification_log_retention_s * 1000)),
+                              InboxWaker(ctx.cluster))
         senders = {(channel, priority): ChannelSender(
             channel_subscription(channel, priority), table, ctx.cluster, rendering, self._providers, recorder,
-            slots[channel], default_limit, reads)
+            slots[channel], default_limit, reads, inbox)
             for channel in CHANNELS for priority in (notify_pb2.NORMAL, notify_pb2.HIGH)}
 
         def specs() -> dict[str, WorkerSpec]:

@@ -18,7 +18,7 @@ NOTIFY_TOPIC = "notifymesh.notify"
 FANOUT_SUBSCRIPTION = "notifymesh.notify.fanout"
 NOTIFY_DEAD_LETTER_TOPIC = "notifymesh.notify.dead"
 
-CHANNELS = (notify_pb2.EMAIL, notify_pb2.SMS, notify_pb2.WEBHOOK)
+CHANNELS = (notify_pb2.EMAIL, notify_pb2.SMS, notify_pb2.WEBHOOK, notify_pb2.IN_APP)
 
 
 def channel_name(channel: int) -> str:

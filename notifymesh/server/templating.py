@@ -37,7 +37,8 @@ MAX_ARGUMENT = MAX_OUTPUT_CHARS
 CACHE_SIZE = 256
 # The content fields of each channel, in rendering order.
 FIELDS = {notify_pb2.EMAIL: ("subject", "text", "html"), notify_pb2.SMS: ("text",),
-          notify_pb2.WEBHOOK: ("json_body",)}
+          notify_pb2.WEBHOOK: ("json_body",),
+          notify_pb2.IN_APP: ("subject", "text", "json_body")}  # in-app: title, body, data
 
 
 class MissingVariable(errors.InvalidArgument):
@@ -295,7 +296,7 @@ class Renderer:
             _range_budget.reset(token)
         # A header is one line: data with a line break must not end the subject early.
         out.subject = " ".join(out.subject.splitlines())
-        if channel == notify_pb2.WEBHOOK:
+        if channel == notify_pb2.WEBHOOK or (channel == notify_pb2.IN_APP and out.json_body):
             try:
                 json.loads(out.json_body)
             except ValueError as e:
