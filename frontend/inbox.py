@@ -1,33 +1,36 @@
 """In-app inbox streams on one frontend, and the inbox calls (ack, read, list).
 
-A stream is a loop: scan the recipient's unacknowledged items (J rows,
-notifymesh.server.inbox), send the ones not in flight on this stream, then
-sleep until woken. Woken by: Inbox.Wake naming its recipient (a sender wrote an
-item; some frontend acknowledged one), or its periodic re-scan (RESCAN_S,
-jittered), the safety net for a wake-up lost on the way.
+A stream first scans the recipient's unacknowledged items (J rows,
+notifymesh.server.inbox) and sends them, at most max_outstanding in flight;
+then it waits. Inbox.Wake hands it new items (written by a sender, which sends
+the item itself) and acknowledgements (from any frontend): a new item with room
+goes out with no table call; one without room, an acknowledgement that frees
+room while items wait, or the periodic re-scan (RESCAN_S, jittered: the safety
+net for a lost wake-up) makes the stream scan again.
 
-The bound: table calls per frontend = one scan per stream per wake-up of its
-recipient (wake-ups that come while a scan is under way fold into one more
-scan) + one scan per stream per RESCAN_S: 10,000 idle streams cost
-10,000 / 300 s = 33 scans/s, never one per stream per poll. Memory per stream:
-the keys of at most max_outstanding items in flight and one frame of items.
+The bound: table calls per frontend = one scan per stream at connect, per
+RESCAN_S (10,000 idle streams: 10,000 / 300 s = 33 scans/s) and per time its
+room fills and frees again; none per live item, none per stream per poll.
+Memory per stream: at most max_outstanding items (handed, not yet sent) and
+max_outstanding keys (sent, not acknowledged).
 """
 
 import asyncio
 import random
 from typing import AsyncIterator, Protocol
 
+from gen.notifymesh.internal.v1 import inbox_pb2
 from gen.notifymesh.v1 import notify_pb2
 from notifymesh import errors
 from notifymesh.clock import now_ms
-from notifymesh.server import validation
+from notifymesh.server import rows, validation
 from notifymesh.server.inbox import InboxStore, InboxWaker, RecipientLocks
 from notifymesh.server.notification_log import Event
 
 MAX_STREAMS = 20_000  # inbox streams one frontend holds
 MAX_STREAMS_PER_RECIPIENT = 32  # a user's tabs and devices
 OUTSTANDING, MAX_OUTSTANDING = 100, 1000
-RESCAN_S = 300.0  # each stream looks again at least this often (±50%), woken or not
+RESCAN_S = 300.0  # each stream scans at least this often (±50%), woken or not
 
 
 class Recorder(Protocol):
@@ -37,12 +40,18 @@ class Recorder(Protocol):
 
 
 class _Stream:
-    __slots__ = ("recipient", "max_outstanding", "outstanding", "woken")
+    __slots__ = ("recipient", "max_outstanding", "outstanding", "handed", "scan", "woken")
 
     def __init__(self, recipient: str, max_outstanding: int):
         self.recipient, self.max_outstanding = recipient, max_outstanding
-        self.outstanding: set[bytes] = set()  # J keys sent on this stream, not acknowledged
+        self.outstanding: dict[str, bytes] = {}  # notification id -> J key: sent here, not acknowledged
+        # Items a wake-up handed over, not sent yet (with outstanding, at most max_outstanding).
+        self.handed: dict[str, tuple[bytes, notify_pb2.InboxItem]] = {}
+        self.scan = True  # the table may hold unacknowledged items not sent here: scan once there is room
         self.woken = asyncio.Event()
+
+    def room(self) -> int:
+        return self.max_outstanding - len(self.outstanding) - len(self.handed)
 
 
 class InboxStreams:
@@ -56,9 +65,25 @@ class InboxStreams:
     def count(self) -> int:
         return self._count
 
-    def wake(self, recipients) -> None:
-        for rid in recipients:
-            for stream in self._by_recipient.get(rid, ()):
+    def wake(self, request: inbox_pb2.WakeInboxRequest) -> None:
+        for delivery in request.items:
+            nid = delivery.item.notification_id
+            key = rows.inbox_key(rows.INBOX_UNACKED, delivery.recipient, delivery.accepted_ms, nid)
+            for stream in self._by_recipient.get(delivery.recipient, ()):
+                if nid in stream.outstanding or nid in stream.handed:
+                    continue
+                if stream.room() > 0:
+                    stream.handed[nid] = (key, delivery.item)
+                else:
+                    stream.scan = True  # it comes with a scan once there is room
+                stream.woken.set()
+        for acked in request.acked:
+            self.acked(acked.recipient, acked.notification_ids)
+
+    def acked(self, recipient: str, notification_ids) -> None:
+        for stream in self._by_recipient.get(recipient, ()):
+            freed = [stream.outstanding.pop(nid, None) for nid in notification_ids]
+            if any(key is not None for key in freed):
                 stream.woken.set()
 
     def close(self) -> None:
@@ -83,43 +108,69 @@ class InboxStreams:
         mine.add(stream)
         self._count += 1
         try:
+            rescan = False
             while True:
                 stream.woken.clear()
-                items = await self._next(stream)
+                items = await self._next(stream, rescan)
                 if self._closing:
                     raise errors.Unavailable("frontend is shutting down; subscribe again")
                 if items:
                     yield notify_pb2.SubscribeInboxResponse(items=items)
+                    rescan = False
                     continue
                 try:
                     await asyncio.wait_for(stream.woken.wait(), self._rescan_s * random.uniform(0.5, 1.5))
+                    rescan = False
                 except TimeoutError:
-                    pass
+                    rescan = True
         finally:
             self._count -= 1
             mine.discard(stream)
             if not mine and self._by_recipient.get(recipient) is mine:
                 del self._by_recipient[recipient]
 
-    async def _next(self, stream: _Stream) -> list[notify_pb2.InboxItem]:
-        """The items to send now: unacknowledged, not in flight here, as many as
-        there is room for. Items in flight that are gone from J were acknowledged
-        (on any frontend): their room is free again."""
+    async def _next(self, stream: _Stream, rescan: bool) -> list[notify_pb2.InboxItem]:
+        """What to send now: a scan's items when one is due (rescan: even without
+        room, to learn of acknowledgements a lost wake-up did not bring), then
+        the items handed over, within the room."""
+        items = []
+        if rescan or (stream.scan and stream.max_outstanding > len(stream.outstanding)):
+            stream.scan = False
+            items = await self._scan(stream)
+        handed, stream.handed = stream.handed, {}
+        for nid, (key, item) in handed.items():
+            if nid in stream.outstanding:
+                continue
+            if len(stream.outstanding) >= stream.max_outstanding:
+                stream.scan = True
+                break
+            stream.outstanding[nid] = key
+            items.append(item)
+        return items
+
+    async def _scan(self, stream: _Stream) -> list[notify_pb2.InboxItem]:
+        """The oldest unacknowledged items not in flight, within the room. Items in
+        flight that are gone from J were acknowledged: their room is free again."""
         room = stream.max_outstanding - len(stream.outstanding)
-        # At most len(outstanding) of the scanned rows are in flight: the rest fill the room.
+        # At most len(outstanding) of the rows are in flight: the rest can fill the room.
         scanned = await self._store.unacked(stream.recipient, len(stream.outstanding) + max(room, 1))
         seen = set(scanned.keys)
         last = scanned.keys[-1] if scanned.keys else b""
-        stream.outstanding = {k for k in stream.outstanding if k in seen or (scanned.more and k > last)}
-        room = stream.max_outstanding - len(stream.outstanding)
+        stream.outstanding = {nid: key for nid, key in stream.outstanding.items()
+                              if key in seen or (scanned.more and key > last)}
+        in_flight = set(stream.outstanding.values())
         items = []
         for key, value in zip(scanned.keys, scanned.values):
-            if room <= 0:
+            if key in in_flight:
+                continue
+            if len(stream.outstanding) >= stream.max_outstanding:
+                stream.scan = True  # more than the room: the rest once there is room again
                 break
-            if key not in stream.outstanding:
-                stream.outstanding.add(key)
-                items.append(notify_pb2.InboxItem.FromString(value))
-                room -= 1
+            item = notify_pb2.InboxItem.FromString(value)
+            stream.outstanding[item.notification_id] = key
+            items.append(item)
+        else:
+            stream.scan = stream.scan or scanned.more
         return items
 
 
@@ -141,8 +192,9 @@ class FrontendInbox:
             changed = await self._store.ack(rid, request.notification_ids)
             await self._record(rid, changed, notify_pb2.SEND_DELIVERED)
         if changed:  # the recipient's streams, here and on other frontends, have room again
-            self.streams.wake([rid])
-            await self._waker.wake([rid])
+            ids = [c.notification_id for c in changed]
+            self.streams.acked(rid, ids)
+            await self._waker.acked(rid, ids)
         return notify_pb2.AckInboxResponse(acked=len(changed))
 
     async def mark_read(self, request: notify_pb2.MarkReadRequest) -> notify_pb2.MarkReadResponse:

@@ -269,6 +269,8 @@ class Notifications:
             addresses = [a for a in (recipient.email, recipient.phone) if a]
         found = [*await self._rows(rid, rows.preferences_prefix(rid)),
                  *await self._rows(rid, rows.rate_limits_prefix(rid))]
+        for kind in (rows.INBOX_ITEM, rows.INBOX_UNACKED, rows.INBOX_UNREAD):  # rendered with their data
+            found += await self._rows(rid, rows.inbox_prefix(kind, rid))
         erased = [*rows.recipient_rows_erased(rid), *(key for key, _ in found)]
         ms = now_ms()
         await self._table.write(rid, [*map(_erase, erased), _put(rows.erased_key(rid), f"{ms:013d}".encode())])

@@ -118,13 +118,13 @@ class ClusterAdminServicer(cluster_pb2_grpc.ClusterAdminServicer):
 
 
 class InboxWakeServicer(inbox_pb2_grpc.InboxServicer):
-    """Internal: senders and frontends name the recipients whose inbox changed."""
+    """Internal: senders hand over new items, frontends name those acknowledged."""
 
     def __init__(self, streams: InboxStreams):
         self._streams = streams
 
     async def Wake(self, request, context):
-        self._streams.wake(request.recipients)
+        self._streams.wake(request)
         return inbox_pb2.WakeInboxResponse()
 
 

@@ -127,7 +127,8 @@ class Inbox(Protocol):
     """The IN_APP channel's provider, inside the mesh (sender.in_app.InAppDelivery):
     writes the recipient's inbox item and wakes the frontends' streams."""
 
-    async def deliver(self, task: internal_pb2.ChannelTask, rendered: notify_pb2.RenderedContent) -> Sent: ...
+    async def deliver(self, task: internal_pb2.ChannelTask, rendered: notify_pb2.RenderedContent,
+                      attempt: int) -> Sent: ...
 
 
 class PrioritySlots:
@@ -302,7 +303,7 @@ class ChannelSender:
         # attempt in the log, so a second send after redelivery is one the log accounts for.
         await flush()
         if channel == notify_pb2.IN_APP:
-            sent = await self._inbox.deliver(task, rendered)
+            sent = await self._inbox.deliver(task, rendered, attempt)
             event(notify_pb2.SEND_SENT, provider=sent.provider, provider_message_id=sent.provider_message_id)
             return ACK
 

@@ -10,11 +10,12 @@ A stream scans J only (its unacknowledged items), so a recipient's old,
 acknowledged items cost it nothing. All three rows expire with the
 notification's log rows.
 
-Wake-ups: whoever changes a recipient's items (a sender writing one, a frontend
-acknowledging) tells every live frontend the recipient's id (Inbox.Wake; merged
-per frontend while a call is in flight), and a frontend wakes only the streams of
-that recipient. A lost wake-up delays an item until that stream's next periodic
-re-scan (frontend/inbox.py), never loses it: the J row stays until acknowledged.
+Wake-ups: whoever changes a recipient's items tells every live frontend
+(Inbox.Wake; merged per frontend while a call is in flight): a sender the new
+item itself, once written; a frontend the ids it acknowledged. A frontend hands
+them to its streams of that recipient, with no table call. A lost wake-up delays
+an item until that stream's next scan (frontend/inbox.py), never loses it: the J
+row stays until acknowledged.
 """
 
 import asyncio
@@ -39,7 +40,7 @@ LIST_PAGE, MAX_LIST_PAGE = 50, 1000
 MAX_UNREAD_COUNTED = 10_000  # one scan of keys: the unread count stops there
 MAX_IDS = 1000  # notification ids in one AckInbox or MarkRead
 WAKE_TIMEOUT_S = 2.0  # a wake-up that takes longer is dropped (the stream's re-scan finds the item)
-WAKE_MAX_RECIPIENTS = 5000  # recipient ids in one Wake call
+WAKE_MAX_CHANGES = 5000  # items and acknowledgements in one Wake call
 
 
 class InboxTable(Protocol):
@@ -84,14 +85,13 @@ class InboxStore:
         """retention_ms(): the notification log's retention (a live setting)."""
         self._table, self._retention_ms = table, retention_ms
 
-    async def add(self, recipient: str, accepted_ms: int, item: notify_pb2.InboxItem) -> bool:
-        """Writes the item, unread and unacknowledged, unless it is there already (a
-        task delivered again must not bring back an item acknowledged or read).
-        Returns whether it wrote."""
+    async def add(self, recipient: str, accepted_ms: int, item: notify_pb2.InboxItem, again: bool) -> bool:
+        """Writes the item, unread and unacknowledged. again (the task's attempt
+        after a first): unless it is there already, so an item acknowledged or read
+        does not come back. Returns whether it wrote."""
         nid = item.notification_id
         key = rows.inbox_key(rows.INBOX_ITEM, recipient, accepted_ms, nid)
-        [found] = await self._table.read(recipient, [key])
-        if found is not None:
+        if again and (await self._table.read(recipient, [key]))[0] is not None:
             return False
         expire, value = accepted_ms + self._retention_ms(), item.SerializeToString()
         await self._table.write(recipient, [
@@ -180,25 +180,32 @@ class InboxStore:
 
 
 class InboxWaker:
-    """Tells every live frontend which recipients' items changed: one Inbox.Wake
-    call per frontend at a time, the recipients of the calls that wait merged
+    """Tells every live frontend of new and acknowledged items: one Inbox.Wake
+    call per frontend at a time, what the calls waiting meanwhile carry merged
     into the next (notifymesh.batching.Coalescer)."""
 
     def __init__(self, cluster):
         """cluster: notifymesh.server.cluster.Cluster (its live frontends and channels)."""
         self._cluster = cluster
-        self._calls = Coalescer(self._wake, max_items=WAKE_MAX_RECIPIENTS)
+        self._calls = Coalescer(self._wake, max_items=WAKE_MAX_CHANGES)
 
-    async def _wake(self, addr: str, recipients: list[str]) -> None:
-        stub = inbox_pb2_grpc.InboxStub(self._cluster.channel(addr))
-        await stub.Wake(inbox_pb2.WakeInboxRequest(recipients=list(dict.fromkeys(recipients))),
-                        timeout=WAKE_TIMEOUT_S)
+    async def _wake(self, addr: str, changes: list) -> None:
+        request = inbox_pb2.WakeInboxRequest(
+            items=[c for c in changes if isinstance(c, inbox_pb2.InboxDelivery)],
+            acked=[c for c in changes if isinstance(c, inbox_pb2.InboxAcked)])
+        await inbox_pb2_grpc.InboxStub(self._cluster.channel(addr)).Wake(request, timeout=WAKE_TIMEOUT_S)
 
-    async def wake(self, recipients: Sequence[str]) -> None:
+    async def delivered(self, recipient: str, accepted_ms: int, item: notify_pb2.InboxItem) -> None:
+        await self._tell([inbox_pb2.InboxDelivery(recipient=recipient, accepted_ms=accepted_ms, item=item)])
+
+    async def acked(self, recipient: str, notification_ids: Sequence[str]) -> None:
+        await self._tell([inbox_pb2.InboxAcked(recipient=recipient, notification_ids=notification_ids)])
+
+    async def _tell(self, changes: list) -> None:
         """Never raises: a frontend that misses a wake-up finds the items at its
-        streams' next re-scan."""
+        streams' next scan."""
         addrs = sorted(set(self._cluster.live("frontend").values()))
-        results = await asyncio.gather(*(self._calls.submit(addr, list(recipients)) for addr in addrs),
+        results = await asyncio.gather(*(self._calls.submit(addr, changes) for addr in addrs),
                                        return_exceptions=True)
         for addr, result in zip(addrs, results):
             if isinstance(result, BaseException):

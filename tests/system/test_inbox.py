@@ -120,6 +120,8 @@ async def test_read_state_and_unread_count(mesh, client):
     assert len(page.items) == 2 and page.next_page_token
     rest = await client.list_inbox(rid, page_size=2, page_token=page.next_page_token)
     assert [i.notification_id for i in rest.items] == nids[:1] and not rest.next_page_token
+    await client.delete_recipient(rid)  # the items hold rendered data: erased with the recipient
+    assert await client.list_inbox(rid) == notify_pb2.ListInboxResponse()
 
 
 async def test_flow_control_holds_at_most_max_outstanding_unacknowledged(mesh, client):
