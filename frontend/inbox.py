@@ -11,12 +11,14 @@ net for a lost wake-up) makes the stream scan again.
 The bound: table calls per frontend = one scan per stream at connect, per
 RESCAN_S (10,000 idle streams: 10,000 / 300 s = 33 scans/s) and per time its
 room fills and frees again; none per live item, none per stream per poll.
-Memory per stream: at most max_outstanding items (handed, not yet sent) and
-max_outstanding keys (sent, not acknowledged).
+Memory per stream: at most max_outstanding items (handed, not yet sent),
+max_outstanding keys (sent, not acknowledged) and max_outstanding ids (the
+latest acknowledged).
 """
 
 import asyncio
 import random
+from collections import OrderedDict
 from typing import AsyncIterator, Protocol
 
 from gen.notifymesh.internal.v1 import inbox_pb2
@@ -40,13 +42,16 @@ class Recorder(Protocol):
 
 
 class _Stream:
-    __slots__ = ("recipient", "max_outstanding", "outstanding", "handed", "scan", "woken")
+    __slots__ = ("recipient", "max_outstanding", "outstanding", "handed", "acked", "scan", "woken")
 
     def __init__(self, recipient: str, max_outstanding: int):
         self.recipient, self.max_outstanding = recipient, max_outstanding
         self.outstanding: dict[str, bytes] = {}  # notification id -> J key: sent here, not acknowledged
         # Items a wake-up handed over, not sent yet (with outstanding, at most max_outstanding).
         self.handed: dict[str, tuple[bytes, notify_pb2.InboxItem]] = {}
+        # The latest acknowledged here (at most max_outstanding): a wake-up that comes
+        # after its item went out with a scan and was acknowledged does not send it again.
+        self.acked: OrderedDict[str, None] = OrderedDict()
         self.scan = True  # the table may hold unacknowledged items not sent here: scan once there is room
         self.woken = asyncio.Event()
 
@@ -70,7 +75,7 @@ class InboxStreams:
             nid = delivery.item.notification_id
             key = rows.inbox_key(rows.INBOX_UNACKED, delivery.recipient, delivery.accepted_ms, nid)
             for stream in self._by_recipient.get(delivery.recipient, ()):
-                if nid in stream.outstanding or nid in stream.handed:
+                if nid in stream.outstanding or nid in stream.handed or nid in stream.acked:
                     continue
                 if stream.room() > 0:
                     stream.handed[nid] = (key, delivery.item)
@@ -82,9 +87,25 @@ class InboxStreams:
 
     def acked(self, recipient: str, notification_ids) -> None:
         for stream in self._by_recipient.get(recipient, ()):
-            freed = [stream.outstanding.pop(nid, None) for nid in notification_ids]
-            if any(key is not None for key in freed):
+            freed = False
+            for nid in notification_ids:
+                if stream.outstanding.pop(nid, None) is not None:
+                    freed = True
+                    stream.acked[nid] = None
+                    if len(stream.acked) > stream.max_outstanding:
+                        stream.acked.popitem(last=False)
+            if freed:
                 stream.woken.set()
+
+    def accepted_ms(self, recipient: str, notification_ids) -> dict[str, int]:
+        """When the items in flight on this frontend's streams were accepted (their
+        keys hold it): an acknowledgement of those needs no header read."""
+        known = {}
+        for stream in self._by_recipient.get(recipient, ()):
+            for nid in notification_ids:
+                if (key := stream.outstanding.get(nid)) is not None:
+                    known[nid] = rows.parse_inbox_key(key).accepted_ms
+        return known
 
     def close(self) -> None:
         """Ends every stream with UNAVAILABLE: clients subscribe again, elsewhere,
@@ -178,7 +199,7 @@ class FrontendInbox:
     """The inbox calls: validation, the rows (InboxStore), the log events, the wake-ups."""
 
     def __init__(self, store: InboxStore, streams: InboxStreams, recorder: Recorder, waker: InboxWaker):
-        self._store, self.streams, self._recorder, self._waker = store, streams, recorder, waker
+        self._store, self.streams, self._recorder, self.waker = store, streams, recorder, waker
         self._locks = RecipientLocks()
 
     def subscribe(self, request: notify_pb2.SubscribeInboxRequest) -> AsyncIterator[notify_pb2.SubscribeInboxResponse]:
@@ -189,12 +210,13 @@ class FrontendInbox:
     async def ack(self, request: notify_pb2.AckInboxRequest) -> notify_pb2.AckInboxResponse:
         rid = validation.recipient_id(request.recipient)
         async with self._locks.hold(rid):
-            changed = await self._store.ack(rid, request.notification_ids)
+            changed = await self._store.ack(rid, request.notification_ids,
+                                            self.streams.accepted_ms(rid, request.notification_ids))
             await self._record(rid, changed, notify_pb2.SEND_DELIVERED)
         if changed:  # the recipient's streams, here and on other frontends, have room again
             ids = [c.notification_id for c in changed]
             self.streams.acked(rid, ids)
-            await self._waker.acked(rid, ids)
+            self.waker.acked(rid, ids)
         return notify_pb2.AckInboxResponse(acked=len(changed))
 
     async def mark_read(self, request: notify_pb2.MarkReadRequest) -> notify_pb2.MarkReadResponse:

@@ -173,6 +173,7 @@ class FrontendService:
     async def close(self) -> None:
         await self.http.stop()
         await self.erasure_hook.close()
+        await self.inbox.waker.close()
 
 
 async def start_http(ctx: Context, table: TableClient) -> HttpServer:

@@ -22,5 +22,5 @@ class InAppDelivery:
         # A task delivered again may find its item written: the frontends are told anyway,
         # since the first attempt may have died before it told them.
         await self._store.add(task.recipient, task.accepted_ms, item, again=attempt > 1)
-        await self._waker.delivered(task.recipient, task.accepted_ms, item)
+        self._waker.delivered(task.recipient, task.accepted_ms, item)
         return Sent(PROVIDER, task.notification_id)

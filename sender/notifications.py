@@ -111,6 +111,7 @@ class NotificationPipeline:
         self._ctx, self._dispatcher = ctx, dispatcher
         self._workers: PipelineWorkers | None = None
         self._providers = ChannelProviders(ctx)
+        self._waker: InboxWaker | None = None
 
     async def start(self) -> None:
         ctx, config = self._ctx, self._ctx.config
@@ -127,8 +128,9 @@ class NotificationPipeline:
                                         period_seconds=round(config.notify_default_rate_period_s))
 
         reads = BatchedReads(table)
+        self._waker = InboxWaker(ctx.cluster)
         inbox = InAppDelivery(InboxStore(table, lambda: round(config.notification_log_retention_s * 1000)),
-                              InboxWaker(ctx.cluster))
+                              self._waker)
         senders = {(channel, priority): ChannelSender(
             channel_subscription(channel, priority), table, ctx.cluster, rendering, self._providers, recorder,
             slots[channel], default_limit, reads, inbox)
@@ -157,3 +159,5 @@ class NotificationPipeline:
         if self._workers is not None:
             await self._workers.stop()
         await self._providers.close()
+        if self._waker is not None:
+            await self._waker.close()

@@ -21,14 +21,17 @@ row stays until acknowledged.
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from typing import Callable, NamedTuple, Protocol, Sequence
+
+import grpc
 
 from gen.notifymesh.internal.v1 import inbox_pb2, inbox_pb2_grpc
 from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import notify_pb2
 from notifymesh import errors
-from notifymesh.batching import Coalescer
+from notifymesh.backoff import Backoff, BackoffPolicy
 from notifymesh.log import fields
 from notifymesh.server import rows, validation
 from notifymesh.server.notification_log import PageToken
@@ -39,8 +42,10 @@ PROVIDER = "in_app"  # the provider name the log records for an in-app send
 LIST_PAGE, MAX_LIST_PAGE = 50, 1000
 MAX_UNREAD_COUNTED = 10_000  # one scan of keys: the unread count stops there
 MAX_IDS = 1000  # notification ids in one AckInbox or MarkRead
-WAKE_TIMEOUT_S = 2.0  # a wake-up that takes longer is dropped (the stream's re-scan finds the item)
+WAKE_TIMEOUT_S = 10.0  # one Wake call; a failed one is tried again
 WAKE_MAX_CHANGES = 5000  # items and acknowledgements in one Wake call
+WAKE_MAX_PENDING = 100_000  # changes queued for one frontend (a few hundred bytes each)
+WAKE_BACKOFF = BackoffPolicy(first_s=0.1, max_s=5.0)
 
 
 class InboxTable(Protocol):
@@ -115,21 +120,26 @@ class InboxStore:
                 accepted[nid] = internal_pb2.NotificationRecord.FromString(raw).accepted_ms
         return accepted
 
-    async def ack(self, recipient: str, notification_ids: Sequence[str]) -> list[Changed]:
-        """Acknowledges the items not acknowledged yet; returns those. Callers
-        serialize the changes of one recipient (Frontend: RecipientLocks)."""
-        return await self._change(recipient, _ids(notification_ids), rows.INBOX_UNACKED, "acked")
+    async def ack(self, recipient: str, notification_ids: Sequence[str],
+                  known: dict[str, int] | None = None) -> list[Changed]:
+        """Acknowledges the items not acknowledged yet; returns those. known: the
+        accepted_ms of some (a stream here sent them), the rest read from their
+        notifications' headers. Callers serialize the changes of one recipient
+        (RecipientLocks)."""
+        return await self._change(recipient, _ids(notification_ids), rows.INBOX_UNACKED, "acked", known or {})
 
     async def mark_read(self, recipient: str, notification_ids: Sequence[str]) -> list[Changed]:
         """Marks read the items not read yet; returns those."""
-        return await self._change(recipient, _ids(notification_ids), rows.INBOX_UNREAD, "read")
+        return await self._change(recipient, _ids(notification_ids), rows.INBOX_UNREAD, "read", {})
 
-    async def _change(self, recipient: str, notification_ids: list[str], marker: bytes,
-                      flag: str) -> list[Changed]:
+    async def _change(self, recipient: str, notification_ids: list[str], marker: bytes, flag: str,
+                      known: dict[str, int]) -> list[Changed]:
         """Sets flag on the items whose marker row (J: unacknowledged, W: unread) is
         there, and deletes that row; the J copy of an unacknowledged item read
         gets the flag too."""
-        accepted = await self._accepted(notification_ids)
+        unknown = [nid for nid in notification_ids if nid not in known]
+        accepted = {**{nid: known[nid] for nid in notification_ids if nid in known},
+                    **(await self._accepted(unknown) if unknown else {})}
         items = [Changed(nid, ms) for nid, ms in accepted.items()]
         kinds = (rows.INBOX_ITEM, rows.INBOX_UNACKED, rows.INBOX_UNREAD)
         keys = [rows.inbox_key(kind, recipient, c.accepted_ms, c.notification_id) for c in items for kind in kinds]
@@ -172,44 +182,69 @@ class InboxStore:
             items=[notify_pb2.InboxItem.FromString(v) for v in values if v is not None],
             unread_count=len(unread.keys))
         if scanned.more and scanned.keys:
-            last = scanned.keys[-1]
-            _, ms, nid = last[1:].decode().split("\0")
+            last = rows.parse_inbox_key(scanned.keys[-1])
             response.next_page_token = PageToken("inbox-unread" if unread_only else "inbox", recipient,
-                                                 (str(int(ms)), nid)).encode()
+                                                 (str(last.accepted_ms), last.notification_id)).encode()
         return response
 
 
 class InboxWaker:
-    """Tells every live frontend of new and acknowledged items: one Inbox.Wake
-    call per frontend at a time, what the calls waiting meanwhile carry merged
-    into the next (notifymesh.batching.Coalescer)."""
+    """Tells every live frontend of new and acknowledged items, in the background:
+    per frontend a queue of changes (at most WAKE_MAX_PENDING; past it the oldest
+    are dropped: their streams get them at their next scan) and one Inbox.Wake
+    call at a time carrying up to WAKE_MAX_CHANGES of them. A failed call is
+    tried again (backoff) while the frontend is live: a busy frontend gets its
+    wake-ups late, not never."""
 
     def __init__(self, cluster):
         """cluster: notifymesh.server.cluster.Cluster (its live frontends and channels)."""
         self._cluster = cluster
-        self._calls = Coalescer(self._wake, max_items=WAKE_MAX_CHANGES)
+        self._pending: dict[str, deque] = {}
+        self._drains: dict[str, asyncio.Task] = {}
 
-    async def _wake(self, addr: str, changes: list) -> None:
-        request = inbox_pb2.WakeInboxRequest(
-            items=[c for c in changes if isinstance(c, inbox_pb2.InboxDelivery)],
-            acked=[c for c in changes if isinstance(c, inbox_pb2.InboxAcked)])
-        await inbox_pb2_grpc.InboxStub(self._cluster.channel(addr)).Wake(request, timeout=WAKE_TIMEOUT_S)
+    def delivered(self, recipient: str, accepted_ms: int, item: notify_pb2.InboxItem) -> None:
+        self._tell(inbox_pb2.InboxDelivery(recipient=recipient, accepted_ms=accepted_ms, item=item))
 
-    async def delivered(self, recipient: str, accepted_ms: int, item: notify_pb2.InboxItem) -> None:
-        await self._tell([inbox_pb2.InboxDelivery(recipient=recipient, accepted_ms=accepted_ms, item=item)])
+    def acked(self, recipient: str, notification_ids: Sequence[str]) -> None:
+        self._tell(inbox_pb2.InboxAcked(recipient=recipient, notification_ids=notification_ids))
 
-    async def acked(self, recipient: str, notification_ids: Sequence[str]) -> None:
-        await self._tell([inbox_pb2.InboxAcked(recipient=recipient, notification_ids=notification_ids)])
+    def _tell(self, change) -> None:
+        for addr in set(self._cluster.live("frontend").values()):
+            pending = self._pending.setdefault(addr, deque(maxlen=WAKE_MAX_PENDING))
+            if len(pending) == WAKE_MAX_PENDING:
+                log.warning("inbox wake-up dropped: the frontend is behind", extra=fields(frontend=addr))
+            pending.append(change)
+            if addr not in self._drains:
+                self._drains[addr] = asyncio.create_task(self._drain(addr))
 
-    async def _tell(self, changes: list) -> None:
-        """Never raises: a frontend that misses a wake-up finds the items at its
-        streams' next scan."""
-        addrs = sorted(set(self._cluster.live("frontend").values()))
-        results = await asyncio.gather(*(self._calls.submit(addr, changes) for addr in addrs),
-                                       return_exceptions=True)
-        for addr, result in zip(addrs, results):
-            if isinstance(result, BaseException):
-                log.warning("inbox wake-up lost", extra=fields(frontend=addr, error=repr(result)))
+    async def _drain(self, addr: str) -> None:
+        pending, backoff = self._pending[addr], Backoff(WAKE_BACKOFF)
+        try:
+            while pending:
+                batch = [pending.popleft() for _ in range(min(len(pending), WAKE_MAX_CHANGES))]
+                request = inbox_pb2.WakeInboxRequest(
+                    items=[c for c in batch if isinstance(c, inbox_pb2.InboxDelivery)],
+                    acked=[c for c in batch if isinstance(c, inbox_pb2.InboxAcked)])
+                try:
+                    await inbox_pb2_grpc.InboxStub(self._cluster.channel(addr)).Wake(request, timeout=WAKE_TIMEOUT_S)
+                    backoff.reset()
+                except grpc.aio.AioRpcError as e:
+                    if addr not in self._cluster.live("frontend").values():
+                        log.info("inbox wake-ups dropped: the frontend left", extra=fields(frontend=addr))
+                        pending.clear()
+                        return
+                    log.warning("inbox wake-up failed; again", extra=fields(frontend=addr, code=e.code().name))
+                    pending.extendleft(reversed(batch))
+                    await backoff.sleep()
+        finally:
+            del self._drains[addr]
+            if not pending:
+                del self._pending[addr]
+
+    async def close(self) -> None:
+        for task in list(self._drains.values()):
+            task.cancel()
+        await asyncio.gather(*self._drains.values(), return_exceptions=True)
 
 
 class RecipientLocks:

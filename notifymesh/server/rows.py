@@ -156,8 +156,15 @@ def inbox_prefix(kind: bytes, recipient: str) -> bytes:
     return _key(kind, recipient) + SEP
 
 
-def inbox_notification_id(key: bytes) -> str:
-    return _fields(key)[2]
+class InboxKey(NamedTuple):
+    recipient: str
+    accepted_ms: int
+    notification_id: str
+
+
+def parse_inbox_key(key: bytes) -> InboxKey:
+    recipient, ms, notification_id = _fields(key)
+    return InboxKey(recipient, int(ms), notification_id)
 
 
 # -- notifications (partition key: notification id) ------------------------------------
