@@ -9,10 +9,11 @@ import os
 import time
 
 import pytest
-from helpers import cli, cli_argv, unique
+from helpers import cli, cli_argv, new_mesh, unique
 
 from gen.notifymesh.v1 import notify_pb2
 from notifymesh import errors
+from notifymesh.client import Client
 
 WAIT_S = 30
 
@@ -137,6 +138,29 @@ async def test_flow_control_holds_at_most_max_outstanding_unacknowledged(mesh, c
     got += await stream.take(2)
     assert sorted(i.notification_id for i in got) == sorted(nids)
     await stream.close()
+
+
+async def test_acks_on_one_frontend_free_room_on_another_and_a_killed_frontends_items_come_again(tmp_path):
+    mesh = new_mesh(tmp_path / "mesh", frontends=2)
+    try:
+        async with Client(mesh.frontend_addrs[0]) as first, Client(mesh.frontend_addrs[1]) as second:
+            template, category, rid = await in_app_setup(first)
+            stream = Stream(second, rid, max_outstanding=1)
+            await asyncio.sleep(0.5)
+            nids = [await first.notify(template, category, [rid], data={"n": n}) for n in (1, 2)]
+            assert [i.notification_id for i in await stream.take(1)] == nids[:1]
+            await stream.nothing_more()  # no room for the second
+            assert await first.ack_inbox(rid, nids[:1]) == 1  # told to the second frontend
+            assert [i.notification_id for i in await stream.take(1)] == nids[1:]
+            mesh.kill(mesh.frontend_names()[1])
+            await stream.close()
+            again = Stream(first, rid)  # not acknowledged: delivered again by the other frontend
+            assert [i.notification_id for i in await again.take(1)] == nids[1:]
+            assert await first.ack_inbox(rid, nids[1:]) == 1
+            await again.close()
+            assert (await timeline(first, nids[1], rid)).count(notify_pb2.SEND_DELIVERED) == 1
+    finally:
+        mesh.stop()
 
 
 async def test_inbox_calls_refuse_bad_input(mesh, client):
