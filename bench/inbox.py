@@ -89,6 +89,19 @@ class Streams:
         await asyncio.gather(*self._tasks, *self._pending, return_exceptions=True)
 
 
+async def missing(client: Client, streams: Streams, counts: dict[str, int]) -> dict[str, int]:
+    """The log's state of the sends of the notifications some stream has not got
+    yet: whether the pipeline is behind (queued, rendered) or the streams are (sent)."""
+    found: dict[str, int] = {}
+    for nid, count in counts.items():
+        if len(streams.arrived.get(nid, ())) < count:
+            async for page in client.notification_pages(nid):
+                for send in page.sends:
+                    name = notify_pb2.SendState.Name(send.state)
+                    found[name] = found.get(name, 0) + 1
+    return found
+
+
 def summary(waits_ms: list[float]) -> dict:
     return {"items": len(waits_ms), "p50": round(percentile(waits_ms, 0.5)), "p99": round(percentile(waits_ms, 0.99)),
             "max": round(max(waits_ms))} if waits_ms else {"items": 0}
@@ -111,6 +124,7 @@ async def broadcast(client: Client, streams: Streams, recipients: list[str], dat
     line = {**summary(waits), "all_s": round(time.monotonic() - started, 2)}
     if not done:
         line["error"] = f"not every item arrived within {timeout_s}s"
+        line["log_states_of_those_missing"] = await missing(client, streams, counts)
     return line
 
 
@@ -138,6 +152,7 @@ async def steady(client: Client, streams: Streams, recipients: list[str], rate: 
     line = {"rate": rate, "notifications": total, **summary(waits)}
     if not done:
         line["error"] = f"not every item arrived within {timeout_s}s"
+        line["log_states_of_those_missing"] = await missing(client, streams, {nid: 1 for nid in called})
     return line
 
 
