@@ -276,6 +276,8 @@ class Notifications:
         # Device tokens identify the person too: the hook hears of them as of addresses.
         addresses += [notify_pb2.Device.FromString(value).token for key, value in found
                       if key.startswith(rows.devices_prefix(rid))]
+        for kind in (rows.INBOX_ITEM, rows.INBOX_UNACKED, rows.INBOX_UNREAD):  # rendered with their data
+            found += await self._rows(rid, rows.inbox_prefix(kind, rid))
         erased = [*rows.recipient_rows_erased(rid), *(key for key, _ in found)]
         ms = now_ms()
         await self._table.write(rid, [*map(_erase, erased), _put(rows.erased_key(rid), f"{ms:013d}".encode())])
@@ -523,8 +525,9 @@ class Notifications:
 
 
 class NotificationsServicer(notify_pb2_grpc.NotificationsServicer):
-    def __init__(self, notifications: Notifications):
-        self._n = notifications
+    def __init__(self, notifications: Notifications, inbox):
+        """inbox: frontend.inbox.FrontendInbox (the in-app calls)."""
+        self._n, self._inbox = notifications, inbox
 
     async def UpsertRecipient(self, request, context):
         return await self._n.upsert_recipient(request)
@@ -624,3 +627,16 @@ class NotificationsServicer(notify_pb2_grpc.NotificationsServicer):
 
     async def ListDevices(self, request, context):
         return await self._n.list_devices(request)
+
+    async def SubscribeInbox(self, request, context):
+        async for frame in self._inbox.subscribe(request):
+            yield frame
+
+    async def AckInbox(self, request, context):
+        return await self._inbox.ack(request)
+
+    async def MarkRead(self, request, context):
+        return await self._inbox.mark_read(request)
+
+    async def ListInbox(self, request, context):
+        return await self._inbox.list(request)

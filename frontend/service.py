@@ -2,14 +2,17 @@
 
 from frontend.analytics import Analytics, AnalyticsServicer
 from frontend.gateway import Gateway
+from frontend.inbox import FrontendInbox, InboxStreams
 from frontend.erasure_hook import ErasureHook
 from frontend.http import HttpServer, TrackingEndpoint, UnsubscribeEndpoint, application
 from frontend.tracking import SendRecorder
 from frontend.notifications import Notifications, NotificationsServicer
+from gen.notifymesh.internal.v1 import inbox_pb2, inbox_pb2_grpc
 from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, notify_pb2, notify_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
 from gen.notifymesh.v1 import events_pb2, events_pb2_grpc
 from notifymesh.server import templating, tracking, unsubscribe, validation
 from notifymesh.server.clients import StorageClient
+from notifymesh.server.inbox import InboxStore, InboxWaker
 from notifymesh.server.notification_log import NotificationLog
 from notifymesh.server.process import Context
 from notifymesh.server.publishing import InternalPublisher
@@ -119,6 +122,25 @@ class ClusterAdminServicer(cluster_pb2_grpc.ClusterAdminServicer):
         return await self._gateway.admin("SetConfig", request)
 
 
+class InboxWakeServicer(inbox_pb2_grpc.InboxServicer):
+    """Internal: senders hand over new items, frontends name those acknowledged."""
+
+    def __init__(self, streams: InboxStreams):
+        self._streams = streams
+
+    async def Wake(self, request, context):
+        self._streams.wake(request)
+        return inbox_pb2.WakeInboxResponse()
+
+
+def _inbox(ctx: Context, table: TableClient) -> FrontendInbox:
+    def retention_ms() -> int:  # a live setting
+        return round(ctx.config.notification_log_retention_s * 1000)
+
+    store = InboxStore(table, retention_ms)
+    return FrontendInbox(store, InboxStreams(store), NotificationLog(table, retention_ms), InboxWaker(ctx.cluster))
+
+
 def _notifications(ctx: Context, gateway: Gateway, table: TableClient, hook: ErasureHook) -> Notifications:
     """Over the table, the gateway (metadata calls, publishing), the cluster's mirrors
     of categories and templates, the notification log, the renderer and the erasure hook."""
@@ -138,23 +160,28 @@ class FrontendService:
         self.gateway = Gateway(ctx.cluster, ctx.config)
         self.table = TableClient(ctx.cluster)
         self.erasure_hook = ErasureHook(lambda: ctx.config.erasure_hook_url)
+        self.inbox = _inbox(ctx, self.table)
         self.servicers = [(pubsub_pb2_grpc.add_PublisherServicer_to_server, PublisherServicer(self.gateway)),
                           (pubsub_pb2_grpc.add_SubscriberServicer_to_server, SubscriberServicer(self.gateway)),
                           (cluster_pb2_grpc.add_ClusterAdminServicer_to_server, ClusterAdminServicer(self.gateway)),
                           (notify_pb2_grpc.add_NotificationsServicer_to_server,
-                           NotificationsServicer(_notifications(ctx, self.gateway, self.table, self.erasure_hook))),
+                           NotificationsServicer(_notifications(ctx, self.gateway, self.table, self.erasure_hook),
+                                                 self.inbox)),
                           (events_pb2_grpc.add_AnalyticsServicer_to_server,
-                           AnalyticsServicer(Analytics(ctx.cluster, self.table)))]
+                           AnalyticsServicer(Analytics(ctx.cluster, self.table))),
+                          (inbox_pb2_grpc.add_InboxServicer_to_server, InboxWakeServicer(self.inbox.streams))]
 
     async def start(self) -> None:
         self.http = await start_http(self.ctx, self.table)
 
     async def drain(self) -> None:
         self.gateway.close_streams()
+        self.inbox.streams.close()
 
     async def close(self) -> None:
         await self.http.stop()
         await self.erasure_hook.close()
+        await self.inbox.waker.close()
 
 
 async def start_http(ctx: Context, table: TableClient) -> HttpServer:

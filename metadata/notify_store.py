@@ -41,7 +41,8 @@ LOCALE = re.compile(r"[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8})*")
 DEFAULT_LOCALE = "en"
 # What each channel's content has, and must have.
 REQUIRED_FIELDS = {notify_pb2.EMAIL: ("subject", "text"), notify_pb2.SMS: ("text",),
-                   notify_pb2.WEBHOOK: ("json_body",), notify_pb2.PUSH: ("text",)}
+                   notify_pb2.WEBHOOK: ("json_body",), notify_pb2.PUSH: ("text",),
+                   notify_pb2.IN_APP: ("text",)}
 # Providers: the kind each channel takes, the settings each kind knows (required first).
 PROVIDER_KINDS = {notify_pb2.EMAIL: "smtp", notify_pb2.SMS: "sms_http", notify_pb2.WEBHOOK: "webhook"}
 PUSH_KINDS = ("fcm", "apns")  # the push channel's: each sends to the devices of its platform
@@ -161,6 +162,8 @@ def check_provider(provider: notify_pb2.Provider) -> notify_pb2.Provider:
     record = notify_pb2.Provider()
     record.CopyFrom(provider)
     channel = _channel(record.channel, "provider")
+    if record.channel == notify_pb2.IN_APP:
+        raise errors.InvalidArgument("the in_app channel has no provider to set: notifymesh delivers to the inbox")
     if record.channel == notify_pb2.PUSH:
         if record.kind not in (*PUSH_KINDS, SINK):
             raise errors.InvalidArgument(f"provider kind {record.kind!r}: the push channel's kinds are "

@@ -991,7 +991,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(_up(args))
     if args.command == "bench":
         raise SystemExit(_server_side("notifymesh.bench", "bench").run(args))
-    args.out = Output(args.output, streaming=args.command in ("publish", "subscribe"))
+    args.out = Output(args.output, streaming=args.command in ("publish", "subscribe", "inbox"))
     try:
         if args.command == "completion":
             raise SystemExit(_completion(args))

@@ -689,6 +689,56 @@ class Client:
             request.start_time.FromDatetime(start.astimezone(datetime.timezone.utc))
         return await self._call(self._analytics.GetStats, request)
 
+    # -- in-app inbox -----------------------------------------------------------------
+
+    async def subscribe_inbox(self, recipient: str, max_outstanding: int = 0,
+                           reconnect: bool = True) -> AsyncIterator[list[notify_pb2.InboxItem]]:
+        """The recipient's unacknowledged items, then new ones, a frame at a time
+        (at most max_outstanding unacknowledged at once; 0: the server's 100). Ack
+        them with ack_inbox; an item not acknowledged comes again on the next stream.
+        With reconnect, a broken stream (UNAVAILABLE) is opened again."""
+        request = notify_pb2.SubscribeInboxRequest(recipient=recipient, max_outstanding=max_outstanding)
+        backoff = Backoff(RECONNECT_BACKOFF)
+        while True:
+            call = self._notifications.SubscribeInbox(request)
+            try:
+                async for frame in call:
+                    backoff.reset()
+                    yield list(frame.items)
+            except grpc.aio.AioRpcError as e:
+                if not reconnect or e.code() not in errors.RETRYABLE_CODES:
+                    raise errors.from_rpc_error(e) from e
+            finally:
+                call.cancel()
+            if not reconnect:
+                return
+            await backoff.sleep()
+
+    async def ack_inbox(self, recipient: str, notification_ids: Iterable[str]) -> int:
+        """Acknowledges delivered items; returns how many were not acknowledged before."""
+        reply = await self._call(self._notifications.AckInbox, notify_pb2.AckInboxRequest(
+            recipient=recipient, notification_ids=list(notification_ids)))
+        return reply.acked
+
+    async def mark_read(self, recipient: str, notification_ids: Iterable[str]) -> int:
+        """Marks items read; returns how many were unread."""
+        reply = await self._call(self._notifications.MarkRead, notify_pb2.MarkReadRequest(
+            recipient=recipient, notification_ids=list(notification_ids)))
+        return reply.marked
+
+    async def list_inbox(self, recipient: str, unread_only: bool = False, page_size: int = 0,
+                         page_token: str = "") -> notify_pb2.ListInboxResponse:
+        """A page of the recipient's items, newest first, and the unread count."""
+        return await self._call(self._notifications.ListInbox, notify_pb2.ListInboxRequest(
+            recipient=recipient, unread_only=unread_only, page_size=page_size, page_token=page_token))
+
+    async def inbox_pages(self, recipient: str, unread_only: bool = False,
+                          page_size: int = 0) -> AsyncIterator[notify_pb2.ListInboxResponse]:
+        """Every page of list_inbox."""
+        async for page in self._pages(self._notifications.ListInbox, notify_pb2.ListInboxRequest(
+                recipient=recipient, unread_only=unread_only, page_size=page_size)):
+            yield page
+
     async def wait_connected(self, timeout_s: float) -> bool:
         """True once a connection to a frontend is up; False as soon as every frontend
         refused one, or after timeout_s without an answer."""

@@ -18,7 +18,7 @@ from notifymesh.client import MAX_RECIPIENTS_PER_CALL, Client, channel_of
 from notifymesh.errors import InvalidArgument, NotFound
 
 COMMANDS = ("recipient", "prefs", "category", "template", "notify", "notification", "audience", "provider", "stats",
-            "device")
+            "device", "inbox")
 CONTACT_FIELDS = ("id", "email", "phone", "locale", "timezone", "webhook_url")  # other import columns: attributes
 BAR_WIDTH = 30
 PROVIDER_KINDS = {"email": "smtp", "sms": "sms_http", "webhook": "webhook", "push": "fcm"}
@@ -455,7 +455,7 @@ async def _audience(args, client: Client) -> None:
 
 async def _provider(args, client: Client) -> None:
     if args.action == "set":
-        kind = args.kind or PROVIDER_KINDS[channel_name(args.channel)]
+        kind = args.kind or PROVIDER_KINDS.get(channel_name(args.channel), "")
         provider = notify_pb2.Provider(channel=args.channel, kind=kind, settings=dict(args.setting or []),
                                        max_concurrency=args.max_concurrency or 0, name=args.name,
                                        priority=args.priority)
@@ -509,11 +509,34 @@ async def _device(args, client: Client) -> None:
             args.out.record(_device_record(args.recipient, device))
 
 
+def _item_record(recipient: str, item: notify_pb2.InboxItem) -> dict:
+    return {"recipient": recipient, "notification": item.notification_id, "title": item.title, "body": item.body,
+            "data": item.data, "category": item.category, "create_time": item.create_time.ToJsonString(),
+            "read": item.read, "acked": item.acked}
+
+
+async def _inbox(args, client: Client) -> None:
+    if args.action == "list":
+        async for page in client.inbox_pages(args.recipient, args.unread):
+            for item in page.items:
+                args.out.record(_item_record(args.recipient, item))
+    elif args.action == "watch":  # until interrupted; each frame acknowledged once printed (at least once)
+        async for items in client.subscribe_inbox(args.recipient, args.max_outstanding):
+            for item in items:
+                args.out.record(_item_record(args.recipient, item))
+            args.out.flush()
+            if items and not args.no_ack:
+                await client.ack_inbox(args.recipient, [item.notification_id for item in items])
+    elif args.action == "read":
+        marked = await client.mark_read(args.recipient, args.ids)
+        args.out.record({"recipient": args.recipient, "marked_read": marked})
+
+
 async def run(args, client: Client) -> int:
     """Runs one of COMMANDS; the exit code."""
     handler = {"recipient": _recipient, "prefs": _prefs, "category": _category, "template": _template,
                "notify": _notify, "notification": _notification, "audience": _audience,
-               "provider": _provider, "stats": _stats, "device": _device}[args.command]
+               "provider": _provider, "stats": _stats, "device": _device, "inbox": _inbox}[args.command]
     return await handler(args, client) or 0
 
 
@@ -529,6 +552,7 @@ def add_commands(commands) -> None:
     _add_provider_commands(commands)
     _add_stats_command(commands)
     _add_device_commands(commands)
+    _add_inbox_commands(commands)
 
 
 def _add_stats_command(commands) -> None:
@@ -720,3 +744,20 @@ def _add_provider_commands(commands) -> None:
     delete.add_argument("--name", default="", help="default: 'default'")
     status = actions.add_parser("status", help="each provider's circuit breaker and recent error rate, per sender")
     status.add_argument("channel", type=channel, nargs="?", help="default: every channel")
+
+
+def _add_inbox_commands(commands) -> None:
+    """inbox list|watch|read"""
+    inbox = commands.add_parser("inbox", help="a recipient's in-app notifications")
+    actions = inbox.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="the items, newest first")
+    listing.add_argument("recipient", help="the recipient's id")
+    listing.add_argument("--unread", action="store_true", help="only the unread ones")
+    watch = actions.add_parser("watch", help="stream the unacknowledged items, then new ones as they come")
+    watch.add_argument("recipient", help="the recipient's id")
+    watch.add_argument("--max-outstanding", type=base.count(1, 1000), default=0,
+                       help="unacknowledged items in flight at most (default 100)")
+    watch.add_argument("--no-ack", action="store_true", help="print without acknowledging (they come again)")
+    read = actions.add_parser("read", help="mark items read")
+    read.add_argument("recipient", help="the recipient's id")
+    read.add_argument("ids", nargs="+", metavar="NID", help="notification ids")

@@ -141,6 +141,14 @@ class Recorder(Protocol):
     async def record(self, events: list[Event]) -> None: ...
 
 
+class Inbox(Protocol):
+    """The IN_APP channel's provider, inside the mesh (sender.in_app.InAppDelivery):
+    writes the recipient's inbox item and wakes the frontends' streams."""
+
+    async def deliver(self, task: internal_pb2.ChannelTask, rendered: notify_pb2.RenderedContent,
+                      attempt: int) -> Sent: ...
+
+
 class PrioritySlots:
     """The sends one channel's provider has in flight, at most limit: a freed slot
     goes to a waiting high priority send before any normal one."""
@@ -213,7 +221,7 @@ class ChannelSender:
     def __init__(self, subscription: str, table: ChannelTable, metadata: ChannelMetadata, rendering: Rendering,
                  providers: Providers, recorder: Recorder, slots: PrioritySlots,
                  default_limit: Callable[[], notify_pb2.RateLimit] = notify_pb2.RateLimit,
-                 reads: BatchedReads | None = None):
+                 reads: BatchedReads | None = None, inbox: Inbox | None = None):
         """default_limit(): the limit of a category without one (the cluster settings
         notify_default_rate_limit and notify_default_rate_period_s; limit 0: none).
         reads: shared by the sender's channel workers (by default this one's own)."""
@@ -223,6 +231,7 @@ class ChannelSender:
         self._providers, self._recorder, self._slots = providers, recorder, slots
         self._waiting_noted: OrderedDict[str, None] = OrderedDict()
         self._devices = devices.Devices(table)
+        self._inbox = inbox  # the IN_APP channel's delivery (no provider record)
 
     async def handle(self, received: pubsub_pb2.ReceivedMessage) -> Outcome:
         task = internal_pb2.ChannelTask.FromString(received.message.data)
@@ -302,7 +311,8 @@ class ChannelSender:
         rid, channel, name = task.recipient, task.channel, channel_name(task.channel)
         key = task_key(task.notification_id, rid, channel)
         try:
-            await self._metadata.provider(channel)
+            if channel != notify_pb2.IN_APP:  # in-app needs no provider record
+                await self._metadata.provider(channel)
         except errors.NotFound:
             reason = f"no {name} provider is set; the notification waits for one"
             if not self._noted_waiting(key):
@@ -362,6 +372,10 @@ class ChannelSender:
         # Logged before the provider sees it: a sender that dies after the send leaves the
         # attempt in the log, so a second send after redelivery is one the log accounts for.
         await flush()
+        if channel == notify_pb2.IN_APP:
+            sent = await self._inbox.deliver(task, rendered, attempt)
+            event(notify_pb2.SEND_SENT, provider=sent.provider, provider_message_id=sent.provider_message_id)
+            return ACK
 
         headers = {}
         if unsubscribe_url:  # RFC 8058 one-click unsubscribe

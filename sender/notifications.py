@@ -21,6 +21,7 @@ from notifymesh.server.config import LiveConfig
 from notifymesh.server.event_stats import EventCounter
 from notifymesh.server.internal_topics import (CHANNELS, EVENTS_STATS_SUBSCRIPTION, FANOUT_SUBSCRIPTION, channel_name,
                                                channel_subscription)
+from notifymesh.server.inbox import InboxStore, InboxWaker
 from notifymesh.server.notification_log import BatchedRecorder, NotificationLog
 from notifymesh.server.process import Context
 from notifymesh.server.publishing import InternalPublisher
@@ -31,6 +32,7 @@ from sender.channel_worker import BatchedReads, ChannelSender, Failed, Outgoing,
 from sender import event_stats
 from sender.dispatch import Dispatcher
 from sender.fanout import Fanout
+from sender.in_app import InAppDelivery
 from sender.pipeline import PipelineWorkers, WorkerSpec
 from sender.providers import (ChannelProvider, DeadAddressError, OutgoingMessage, PermanentSendError,
                               TransientSendError, provider_for)
@@ -241,6 +243,7 @@ class NotificationPipeline:
         self._ctx, self._dispatcher = ctx, dispatcher
         self._workers: PipelineWorkers | None = None
         self._providers = self.providers = ChannelProviders(ctx.cluster, ctx.config)
+        self._waker: InboxWaker | None = None
 
     async def start(self) -> None:
         ctx, config = self._ctx, self._ctx.config
@@ -259,9 +262,12 @@ class NotificationPipeline:
 
         reads = BatchedReads(table)
         stats = event_stats.StatsConsumer(EventCounter(table, ctx.node_id))
+        self._waker = InboxWaker(ctx.cluster)
+        inbox = InAppDelivery(InboxStore(table, lambda: round(config.notification_log_retention_s * 1000)),
+                              self._waker)
         senders = {(channel, priority): ChannelSender(
             channel_subscription(channel, priority), table, ctx.cluster, rendering, self._providers, recorder,
-            slots[channel], default_limit, reads)
+            slots[channel], default_limit, reads, inbox)
             for channel in CHANNELS for priority in (notify_pb2.NORMAL, notify_pb2.HIGH)}
 
         def specs() -> dict[str, WorkerSpec]:
@@ -289,3 +295,5 @@ class NotificationPipeline:
         if self._workers is not None:
             await self._workers.stop()
         await self._providers.close()
+        if self._waker is not None:
+            await self._waker.close()

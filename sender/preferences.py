@@ -45,6 +45,8 @@ def contact(recipient: notify_pb2.Recipient | None, channel: int) -> str:
         return recipient.phone
     if channel == notify_pb2.WEBHOOK:
         return recipient.webhook_url
+    if channel == notify_pb2.IN_APP:  # every stored recipient has an inbox
+        return recipient.id
     return ""
 
 

@@ -28,8 +28,7 @@ EVENTS_DEAD_LETTER_TOPIC = "notifymesh.events.dead"
 # the subscription's own name is public).
 SUBSCRIBABLE_TOPICS = frozenset({EVENTS_TOPIC})
 
-CHANNELS = (notify_pb2.EMAIL, notify_pb2.SMS, notify_pb2.WEBHOOK)
-CHANNELS += (notify_pb2.PUSH,)
+CHANNELS = (notify_pb2.EMAIL, notify_pb2.SMS, notify_pb2.WEBHOOK, notify_pb2.PUSH, notify_pb2.IN_APP)
 
 
 def channel_name(channel: int) -> str:

@@ -25,6 +25,9 @@ decimal milliseconds so keys sort by time.
   N nid                               -> NotificationRecord
   E nid rid channel event_ms state    -> notifymesh.v1.SendEvent
   K nid                               -> FanoutCheckpoint
+  I rid accepted_ms nid               -> notifymesh.v1.InboxItem: the recipient's in-app item
+  J rid accepted_ms nid               -> notifymesh.v1.InboxItem: the same while not acknowledged
+  W rid accepted_ms nid               -> b"": the same while unread
   A audience                          -> notifymesh.v1.Audience
   M audience rid                      -> b"": a member
   S p hour template category state node
@@ -162,6 +165,31 @@ class RecipientNotificationKey(NamedTuple):
 def parse_recipient_notification_key(key: bytes) -> RecipientNotificationKey:
     recipient, ms, notification_id = _fields(key)
     return RecipientNotificationKey(recipient, int(ms), notification_id)
+
+
+# -- in-app inbox (partition key: recipient id) ------------------------------------------
+
+INBOX_ITEM, INBOX_UNACKED, INBOX_UNREAD = b"I", b"J", b"W"
+
+
+def inbox_key(kind: bytes, recipient: str, accepted_ms: int, notification_id: str) -> bytes:
+    """kind: INBOX_ITEM, INBOX_UNACKED or INBOX_UNREAD."""
+    return _key(kind, recipient, _ms(accepted_ms), notification_id)
+
+
+def inbox_prefix(kind: bytes, recipient: str) -> bytes:
+    return _key(kind, recipient) + SEP
+
+
+class InboxKey(NamedTuple):
+    recipient: str
+    accepted_ms: int
+    notification_id: str
+
+
+def parse_inbox_key(key: bytes) -> InboxKey:
+    recipient, ms, notification_id = _fields(key)
+    return InboxKey(recipient, int(ms), notification_id)
 
 
 # -- notifications (partition key: notification id) ------------------------------------

@@ -38,7 +38,8 @@ MAX_ARGUMENT = MAX_OUTPUT_CHARS
 CACHE_SIZE = 256
 # The content fields of each channel, in rendering order.
 FIELDS = {notify_pb2.EMAIL: ("subject", "text", "html"), notify_pb2.SMS: ("text",),
-          notify_pb2.WEBHOOK: ("json_body",), notify_pb2.PUSH: ("subject", "text", "json_body")}
+          notify_pb2.WEBHOOK: ("json_body",), notify_pb2.PUSH: ("subject", "text", "json_body"),
+          notify_pb2.IN_APP: ("subject", "text", "json_body")}  # in-app: title, body, data
 MAX_PUSH_PAYLOAD_BYTES = 4096  # APNs' and FCM's bound of one notification: title, body and data
 
 
@@ -297,7 +298,7 @@ class Renderer:
             _range_budget.reset(token)
         # A header is one line: data with a line break must not end the subject early.
         out.subject = " ".join(out.subject.splitlines())
-        if channel == notify_pb2.WEBHOOK:
+        if channel == notify_pb2.WEBHOOK or (channel == notify_pb2.IN_APP and out.json_body):
             try:
                 json.loads(out.json_body, parse_constant=validation.not_json)
             except ValueError as e:

@@ -700,3 +700,87 @@ class ListNotificationsResponse(_message.Message):
     notifications: _containers.RepeatedCompositeFieldContainer[Notification]
     next_page_token: str
     def __init__(self, notifications: _Optional[_Iterable[_Union[Notification, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class InboxItem(_message.Message):
+    __slots__ = ("notification_id", "title", "body", "data", "category", "create_time", "read", "acked")
+    NOTIFICATION_ID_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    READ_FIELD_NUMBER: _ClassVar[int]
+    ACKED_FIELD_NUMBER: _ClassVar[int]
+    notification_id: str
+    title: str
+    body: str
+    data: str
+    category: str
+    create_time: _timestamp_pb2.Timestamp
+    read: bool
+    acked: bool
+    def __init__(self, notification_id: _Optional[str] = ..., title: _Optional[str] = ..., body: _Optional[str] = ..., data: _Optional[str] = ..., category: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., read: _Optional[bool] = ..., acked: _Optional[bool] = ...) -> None: ...
+
+class SubscribeInboxRequest(_message.Message):
+    __slots__ = ("recipient", "max_outstanding")
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    MAX_OUTSTANDING_FIELD_NUMBER: _ClassVar[int]
+    recipient: str
+    max_outstanding: int
+    def __init__(self, recipient: _Optional[str] = ..., max_outstanding: _Optional[int] = ...) -> None: ...
+
+class SubscribeInboxResponse(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[InboxItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[InboxItem, _Mapping]]] = ...) -> None: ...
+
+class AckInboxRequest(_message.Message):
+    __slots__ = ("recipient", "notification_ids")
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    NOTIFICATION_IDS_FIELD_NUMBER: _ClassVar[int]
+    recipient: str
+    notification_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, recipient: _Optional[str] = ..., notification_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AckInboxResponse(_message.Message):
+    __slots__ = ("acked",)
+    ACKED_FIELD_NUMBER: _ClassVar[int]
+    acked: int
+    def __init__(self, acked: _Optional[int] = ...) -> None: ...
+
+class MarkReadRequest(_message.Message):
+    __slots__ = ("recipient", "notification_ids")
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    NOTIFICATION_IDS_FIELD_NUMBER: _ClassVar[int]
+    recipient: str
+    notification_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, recipient: _Optional[str] = ..., notification_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class MarkReadResponse(_message.Message):
+    __slots__ = ("marked",)
+    MARKED_FIELD_NUMBER: _ClassVar[int]
+    marked: int
+    def __init__(self, marked: _Optional[int] = ...) -> None: ...
+
+class ListInboxRequest(_message.Message):
+    __slots__ = ("recipient", "unread_only", "page_size", "page_token")
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    UNREAD_ONLY_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    recipient: str
+    unread_only: bool
+    page_size: int
+    page_token: str
+    def __init__(self, recipient: _Optional[str] = ..., unread_only: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListInboxResponse(_message.Message):
+    __slots__ = ("items", "next_page_token", "unread_count")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    UNREAD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[InboxItem]
+    next_page_token: str
+    unread_count: int
+    def __init__(self, items: _Optional[_Iterable[_Union[InboxItem, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., unread_count: _Optional[int] = ...) -> None: ...

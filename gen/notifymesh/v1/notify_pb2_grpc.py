@@ -199,6 +199,26 @@ class NotificationsStub:
                 request_serializer=notifymesh_dot_v1_dot_notify__pb2.ListDevicesRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_notify__pb2.ListDevicesResponse.FromString,
                 _registered_method=True)
+        self.SubscribeInbox = channel.unary_stream(
+                '/notifymesh.v1.Notifications/SubscribeInbox',
+                request_serializer=notifymesh_dot_v1_dot_notify__pb2.SubscribeInboxRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_notify__pb2.SubscribeInboxResponse.FromString,
+                _registered_method=True)
+        self.AckInbox = channel.unary_unary(
+                '/notifymesh.v1.Notifications/AckInbox',
+                request_serializer=notifymesh_dot_v1_dot_notify__pb2.AckInboxRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_notify__pb2.AckInboxResponse.FromString,
+                _registered_method=True)
+        self.MarkRead = channel.unary_unary(
+                '/notifymesh.v1.Notifications/MarkRead',
+                request_serializer=notifymesh_dot_v1_dot_notify__pb2.MarkReadRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_notify__pb2.MarkReadResponse.FromString,
+                _registered_method=True)
+        self.ListInbox = channel.unary_unary(
+                '/notifymesh.v1.Notifications/ListInbox',
+                request_serializer=notifymesh_dot_v1_dot_notify__pb2.ListInboxRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_notify__pb2.ListInboxResponse.FromString,
+                _registered_method=True)
 
 
 class NotificationsServicer:
@@ -434,6 +454,37 @@ class NotificationsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubscribeInbox(self, request, context):
+        """In-app inbox (channel IN_APP): the recipient's unacknowledged items first
+        (what arrived while no stream was open), then new ones as they arrive. At
+        most max_outstanding delivered and unacknowledged items at once; an item
+        not acknowledged is delivered again on the next stream (at least once).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AckInbox(self, request, context):
+        """Acknowledges delivered items (on any frontend): each logs SEND_DELIVERED once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkRead(self, request, context):
+        """Marks items read (logs SEND_OPENED once each).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInbox(self, request, context):
+        """The recipient's items, newest first, with the unread count.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NotificationsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -601,6 +652,26 @@ def add_NotificationsServicer_to_server(servicer, server):
                     servicer.ListDevices,
                     request_deserializer=notifymesh_dot_v1_dot_notify__pb2.ListDevicesRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_notify__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'SubscribeInbox': grpc.unary_stream_rpc_method_handler(
+                    servicer.SubscribeInbox,
+                    request_deserializer=notifymesh_dot_v1_dot_notify__pb2.SubscribeInboxRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_notify__pb2.SubscribeInboxResponse.SerializeToString,
+            ),
+            'AckInbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.AckInbox,
+                    request_deserializer=notifymesh_dot_v1_dot_notify__pb2.AckInboxRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_notify__pb2.AckInboxResponse.SerializeToString,
+            ),
+            'MarkRead': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkRead,
+                    request_deserializer=notifymesh_dot_v1_dot_notify__pb2.MarkReadRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_notify__pb2.MarkReadResponse.SerializeToString,
+            ),
+            'ListInbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInbox,
+                    request_deserializer=notifymesh_dot_v1_dot_notify__pb2.ListInboxRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_notify__pb2.ListInboxResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1494,6 +1565,114 @@ class Notifications:
             '/notifymesh.v1.Notifications/ListDevices',
             notifymesh_dot_v1_dot_notify__pb2.ListDevicesRequest.SerializeToString,
             notifymesh_dot_v1_dot_notify__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubscribeInbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/notifymesh.v1.Notifications/SubscribeInbox',
+            notifymesh_dot_v1_dot_notify__pb2.SubscribeInboxRequest.SerializeToString,
+            notifymesh_dot_v1_dot_notify__pb2.SubscribeInboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AckInbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.v1.Notifications/AckInbox',
+            notifymesh_dot_v1_dot_notify__pb2.AckInboxRequest.SerializeToString,
+            notifymesh_dot_v1_dot_notify__pb2.AckInboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkRead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.v1.Notifications/MarkRead',
+            notifymesh_dot_v1_dot_notify__pb2.MarkReadRequest.SerializeToString,
+            notifymesh_dot_v1_dot_notify__pb2.MarkReadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.v1.Notifications/ListInbox',
+            notifymesh_dot_v1_dot_notify__pb2.ListInboxRequest.SerializeToString,
+            notifymesh_dot_v1_dot_notify__pb2.ListInboxResponse.FromString,
             options,
             channel_credentials,
             insecure,
