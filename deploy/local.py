@@ -308,8 +308,9 @@ class LocalMesh:
 
     def _set_local_providers(self, members: dict[str, str]) -> str:
         """Points every channel without a provider at the local providers (Metadata.SetProvider)."""
-        records = local_providers.provider_records(local_providers.credentials(self.data_dir), "127.0.0.1",
-                                                   *self.provider_ports[:2])
+        creds = local_providers.credentials(self.data_dir)
+        records = local_providers.provider_records(creds, "127.0.0.1", *self.provider_ports[:2])
+        records.append(local_providers.apns_record(creds, "127.0.0.1", self.provider_ports[2]))  # beside the FCM fake
         metadata = next(addr for name, addr in members.items() if name.startswith("metadata-"))
         try:
             with grpc.insecure_channel(metadata) as channel:

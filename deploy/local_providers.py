@@ -92,8 +92,9 @@ def credentials(data_dir: Path) -> Credentials:
 
 
 def provider_records(creds: Credentials, host: str, smtp_port: int, http_port: int) -> list[notify_pb2.Provider]:
-    """The providers that point the channels at this process (push: the FCM fake;
-    apns_record is the APNs fake's)."""
+    """The providers that point the channels at this process (push: the FCM fake,
+    named "fcm"; apns_record is the APNs fake's, "apns": a push goes to the one of
+    its device's platform)."""
     return [
         notify_pb2.Provider(channel=notify_pb2.EMAIL, kind="smtp", settings={
             "host": host, "port": str(smtp_port), "starttls": "false", "from": EMAIL_FROM}),

@@ -64,13 +64,13 @@ def _public(private_pem: str):
 
 
 def fcm_record(key: str, host: str, http_port: int) -> notify_pb2.Provider:
-    return notify_pb2.Provider(channel=notify_pb2.PUSH, kind="fcm", secret=key, settings={
+    return notify_pb2.Provider(channel=notify_pb2.PUSH, kind="fcm", name="fcm", secret=key, settings={
         "project_id": FCM_PROJECT, "client_email": FCM_CLIENT_EMAIL,
         "token_url": f"http://{host}:{http_port}/fcm/token", "base_url": f"http://{host}:{http_port}/fcm"})
 
 
 def apns_record(key: str, host: str, apns_port: int) -> notify_pb2.Provider:
-    return notify_pb2.Provider(channel=notify_pb2.PUSH, kind="apns", secret=key, settings={
+    return notify_pb2.Provider(channel=notify_pb2.PUSH, kind="apns", name="apns", secret=key, settings={
         "key_id": APNS_KEY_ID, "team_id": APNS_TEAM_ID, "topic": APNS_TOPIC, "base_url": f"http://{host}:{apns_port}"})
 
 

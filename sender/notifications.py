@@ -36,6 +36,7 @@ from sender.in_app import InAppDelivery
 from sender.pipeline import PipelineWorkers, WorkerSpec
 from sender.providers import (ChannelProvider, DeadAddressError, OutgoingMessage, PermanentSendError,
                               TransientSendError, provider_for)
+from sender.providers.sink import SinkProvider
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,10 @@ class ChannelProviders:
 
     async def send(self, message: Outgoing) -> Sent | Failed:
         made = self.providers(message.channel)
+        if message.platform:  # push: only providers of the device's platform (or the sink) can reach it
+            made = [m for m in made if m.record.kind in (message.platform, SinkProvider.name)]
+            if not made:
+                return Failed(False, f"no push provider sends to {message.platform} devices")
         if not made:  # removed since the task looked
             return Failed(True, f"no {channel_name(message.channel)} provider is set")
         for candidate in made:

@@ -190,3 +190,17 @@ async def test_a_changed_record_gets_a_new_adapter_and_a_deleted_one_is_closed()
     assert (await p.send()).provider == "default"
     p.mirror.groups.clear()
     assert await p.send() == Failed(True, "no sms provider is set")
+
+
+async def test_a_push_goes_to_a_provider_of_its_devices_platform():
+    p = Providers()
+    for record in (notify_pb2.Provider(channel=notify_pb2.PUSH, kind="fcm", name="fcm", priority=1),
+                   notify_pb2.Provider(channel=notify_pb2.PUSH, kind="apns", name="apns", priority=2)):
+        p.mirror.groups.setdefault("push", {})[f"push/{record.name}"] = record
+
+    async def push(platform):
+        return await p.providers.send(Outgoing(notify_pb2.PUSH, "token", text="hi", platform=platform))
+    assert await push("apns") == Sent("apns", "apns-1")  # not the first by priority: it cannot reach the device
+    assert await push("fcm") == Sent("fcm", "fcm-1")
+    del p.mirror.groups["push"]["push/apns"]
+    assert await push("apns") == Failed(False, "no push provider sends to apns devices")
