@@ -70,7 +70,7 @@ class InboxStreams:
     def count(self) -> int:
         return self._count
 
-    def wake(self, request: inbox_pb2.WakeInboxRequest) -> None:
+    def wake(self, request: inbox_pb2.InboxChanges) -> None:
         for delivery in request.items:
             nid = delivery.item.notification_id
             key = rows.inbox_key(rows.INBOX_UNACKED, delivery.recipient, delivery.accepted_ms, nid)

@@ -10,9 +10,10 @@ from frontend.notifications import Notifications, NotificationsServicer
 from gen.notifymesh.internal.v1 import inbox_pb2, inbox_pb2_grpc
 from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, notify_pb2, notify_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
 from gen.notifymesh.v1 import events_pb2, events_pb2_grpc
+from notifymesh import errors
 from notifymesh.server import templating, tracking, unsubscribe, validation
 from notifymesh.server.clients import StorageClient
-from notifymesh.server.inbox import InboxStore, InboxWaker
+from notifymesh.server.inbox import InboxStore, InboxWaker, wake_changes, wake_key
 from notifymesh.server.notification_log import NotificationLog
 from notifymesh.server.process import Context
 from notifymesh.server.publishing import InternalPublisher
@@ -127,9 +128,12 @@ class InboxWakeServicer(inbox_pb2_grpc.InboxServicer):
 
     def __init__(self, streams: InboxStreams):
         self._streams = streams
+        self.key: bytes | None = None  # the cluster's wake key, read at start
 
     async def Wake(self, request, context):
-        self._streams.wake(request)
+        if self.key is None:
+            raise errors.Unavailable("the frontend is starting")
+        self._streams.wake(wake_changes(self.key, request))
         return inbox_pb2.WakeInboxResponse()
 
 
@@ -161,6 +165,7 @@ class FrontendService:
         self.table = TableClient(ctx.cluster)
         self.erasure_hook = ErasureHook(lambda: ctx.config.erasure_hook_url)
         self.inbox = _inbox(ctx, self.table)
+        self.wake = InboxWakeServicer(self.inbox.streams)
         self.servicers = [(pubsub_pb2_grpc.add_PublisherServicer_to_server, PublisherServicer(self.gateway)),
                           (pubsub_pb2_grpc.add_SubscriberServicer_to_server, SubscriberServicer(self.gateway)),
                           (cluster_pb2_grpc.add_ClusterAdminServicer_to_server, ClusterAdminServicer(self.gateway)),
@@ -169,10 +174,11 @@ class FrontendService:
                                                  self.inbox)),
                           (events_pb2_grpc.add_AnalyticsServicer_to_server,
                            AnalyticsServicer(Analytics(ctx.cluster, self.table))),
-                          (inbox_pb2_grpc.add_InboxServicer_to_server, InboxWakeServicer(self.inbox.streams))]
+                          (inbox_pb2_grpc.add_InboxServicer_to_server, self.wake)]
 
     async def start(self) -> None:
         self.http = await start_http(self.ctx, self.table)
+        self.wake.key = await wake_key(self.ctx.cluster.etcd)
 
     async def drain(self) -> None:
         self.gateway.close_streams()

@@ -20,7 +20,10 @@ row stays until acknowledged.
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
+import secrets
 from collections import deque
 from typing import Callable, NamedTuple, Protocol, Sequence
 
@@ -188,6 +191,28 @@ class InboxStore:
         return response
 
 
+WAKE_KEY = b"/notifymesh/inbox-wake-key"  # etcd: the key of the Wake calls' MACs
+
+
+async def wake_key(etcd) -> bytes:
+    """The cluster's key for Inbox.Wake: read from etcd, or made there first."""
+    txn = etcd.transactions
+    await etcd.transaction(compare=[txn.version(WAKE_KEY) == 0],
+                           success=[txn.put(WAKE_KEY, secrets.token_bytes(32))], failure=[])
+    return (await etcd.get(WAKE_KEY)).value  # ours, or the one another process put first
+
+
+def wake_mac(key: bytes, changes: bytes) -> bytes:
+    return hmac.new(key, changes, hashlib.sha256).digest()
+
+
+def wake_changes(key: bytes, request: inbox_pb2.WakeInboxRequest) -> inbox_pb2.InboxChanges:
+    """The changes of a Wake call; PermissionDenied when its MAC is not the cluster's."""
+    if not hmac.compare_digest(wake_mac(key, request.changes), request.mac):
+        raise errors.PermissionDenied("Inbox.Wake is internal to the mesh")
+    return inbox_pb2.InboxChanges.FromString(request.changes)
+
+
 class InboxWaker:
     """Tells every live frontend of new and acknowledged items, in the background:
     per frontend a queue of changes (at most WAKE_MAX_PENDING; past it the oldest
@@ -199,6 +224,7 @@ class InboxWaker:
     def __init__(self, cluster):
         """cluster: notifymesh.server.cluster.Cluster (its live frontends and channels)."""
         self._cluster = cluster
+        self._key: bytes | None = None
         self._pending: dict[str, deque] = {}
         self._drains: dict[str, asyncio.Task] = {}
 
@@ -222,18 +248,21 @@ class InboxWaker:
         try:
             while pending:
                 batch = [pending.popleft() for _ in range(min(len(pending), WAKE_MAX_CHANGES))]
-                request = inbox_pb2.WakeInboxRequest(
+                changes = inbox_pb2.InboxChanges(
                     items=[c for c in batch if isinstance(c, inbox_pb2.InboxDelivery)],
-                    acked=[c for c in batch if isinstance(c, inbox_pb2.InboxAcked)])
+                    acked=[c for c in batch if isinstance(c, inbox_pb2.InboxAcked)]).SerializeToString()
                 try:
+                    if self._key is None:
+                        self._key = await wake_key(self._cluster.etcd)
+                    request = inbox_pb2.WakeInboxRequest(changes=changes, mac=wake_mac(self._key, changes))
                     await inbox_pb2_grpc.InboxStub(self._cluster.channel(addr)).Wake(request, timeout=WAKE_TIMEOUT_S)
                     backoff.reset()
-                except grpc.aio.AioRpcError as e:
+                except (grpc.aio.AioRpcError, errors.NotifymeshError, OSError) as e:  # etcd too
                     if addr not in self._cluster.live("frontend").values():
                         log.info("inbox wake-ups dropped: the frontend left", extra=fields(frontend=addr))
                         pending.clear()
                         return
-                    log.warning("inbox wake-up failed; again", extra=fields(frontend=addr, code=e.code().name))
+                    log.warning("inbox wake-up failed; again", extra=fields(frontend=addr, error=repr(e)))
                     pending.extendleft(reversed(batch))
                     await backoff.sleep()
         finally:

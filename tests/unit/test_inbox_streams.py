@@ -11,7 +11,7 @@ from gen.notifymesh.internal.v1 import inbox_pb2
 from gen.notifymesh.v1 import notify_pb2
 from notifymesh import errors
 from notifymesh.server import rows
-from notifymesh.server.inbox import RecipientLocks
+from notifymesh.server.inbox import RecipientLocks, wake_changes, wake_mac
 from notifymesh.server.table import Scanned
 
 RID = "alice"
@@ -68,13 +68,13 @@ async def test_catch_up_then_live_items_without_a_table_call():
     reader = Reader(streams, 10)
     assert await reader.take(2) == ["n1", "n2"]
     scans = store.scans
-    streams.wake(inbox_pb2.WakeInboxRequest(items=[store.add(3)]))
+    streams.wake(inbox_pb2.InboxChanges(items=[store.add(3)]))
     assert await reader.take(1) == ["n3"]
-    streams.wake(inbox_pb2.WakeInboxRequest(items=[store.add(4)]))
+    streams.wake(inbox_pb2.InboxChanges(items=[store.add(4)]))
     assert await reader.take(1) == ["n4"]
     assert store.scans == scans  # handed over, not read
-    streams.wake(inbox_pb2.WakeInboxRequest(items=[store.add(5)]))  # not for another recipient's stream
-    streams.wake(inbox_pb2.WakeInboxRequest(items=[inbox_pb2.InboxDelivery(
+    streams.wake(inbox_pb2.InboxChanges(items=[store.add(5)]))  # not for another recipient's stream
+    streams.wake(inbox_pb2.InboxChanges(items=[inbox_pb2.InboxDelivery(
         recipient="bob", accepted_ms=9, item=notify_pb2.InboxItem(notification_id="n9"))]))
     assert await reader.take(1) == ["n5"]
     await reader.none()
@@ -89,10 +89,10 @@ async def test_at_most_max_outstanding_and_acks_make_room_for_what_waits():
     streams = InboxStreams(store)
     reader = Reader(streams, 2)
     assert await reader.take(2) == ["n1", "n2"]
-    streams.wake(inbox_pb2.WakeInboxRequest(items=[store.add(4)]))  # no room: left in the table
+    streams.wake(inbox_pb2.InboxChanges(items=[store.add(4)]))  # no room: left in the table
     await reader.none()
     store.ack(1)
-    streams.wake(inbox_pb2.WakeInboxRequest(acked=[inbox_pb2.InboxAcked(recipient=RID, notification_ids=["n1"])]))
+    streams.wake(inbox_pb2.InboxChanges(acked=[inbox_pb2.InboxAcked(recipient=RID, notification_ids=["n1"])]))
     assert await reader.take(1) == ["n3"]
     await reader.none()
     store.ack(2), store.ack(3)
@@ -138,3 +138,14 @@ async def test_recipient_locks_serialize_one_recipient_and_forget_it_after():
     await asyncio.gather(change("a"), change("b"))
     assert order == ["a+", "a-", "b+", "b-"]
     assert locks._locks == {}
+
+
+def test_a_wake_call_without_the_clusters_mac_is_refused():
+    key = b"k" * 32
+    changes = inbox_pb2.InboxChanges(items=[inbox_pb2.InboxDelivery(
+        recipient=RID, accepted_ms=1, item=notify_pb2.InboxItem(notification_id="forged"))]).SerializeToString()
+    assert wake_changes(key, inbox_pb2.WakeInboxRequest(changes=changes, mac=wake_mac(key, changes))).items
+    with pytest.raises(errors.PermissionDenied):
+        wake_changes(key, inbox_pb2.WakeInboxRequest(changes=changes, mac=wake_mac(b"x" * 32, changes)))
+    with pytest.raises(errors.PermissionDenied):
+        wake_changes(key, inbox_pb2.WakeInboxRequest(changes=changes))

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from gen.notifymesh.v1 import notify_pb2 as notifymesh_dot_v1_dot_notify__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"notifymesh/internal/v1/inbox.proto\x12\x16notifymesh.internal.v1\x1a\x1anotifymesh/v1/notify.proto\"{\n\x10WakeInboxRequest\x12\x34\n\x05items\x18\x01 \x03(\x0b\x32%.notifymesh.internal.v1.InboxDelivery\x12\x31\n\x05\x61\x63ked\x18\x02 \x03(\x0b\x32\".notifymesh.internal.v1.InboxAcked\"\x13\n\x11WakeInboxResponse\"_\n\rInboxDelivery\x12\x11\n\trecipient\x18\x01 \x01(\t\x12\x13\n\x0b\x61\x63\x63\x65pted_ms\x18\x02 \x01(\x03\x12&\n\x04item\x18\x03 \x01(\x0b\x32\x18.notifymesh.v1.InboxItem\"9\n\nInboxAcked\x12\x11\n\trecipient\x18\x01 \x01(\t\x12\x18\n\x10notification_ids\x18\x02 \x03(\t2d\n\x05Inbox\x12[\n\x04Wake\x12(.notifymesh.internal.v1.WakeInboxRequest\x1a).notifymesh.internal.v1.WakeInboxResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"notifymesh/internal/v1/inbox.proto\x12\x16notifymesh.internal.v1\x1a\x1anotifymesh/v1/notify.proto\"0\n\x10WakeInboxRequest\x12\x0f\n\x07\x63hanges\x18\x01 \x01(\x0c\x12\x0b\n\x03mac\x18\x02 \x01(\x0c\"w\n\x0cInboxChanges\x12\x34\n\x05items\x18\x01 \x03(\x0b\x32%.notifymesh.internal.v1.InboxDelivery\x12\x31\n\x05\x61\x63ked\x18\x02 \x03(\x0b\x32\".notifymesh.internal.v1.InboxAcked\"\x13\n\x11WakeInboxResponse\"_\n\rInboxDelivery\x12\x11\n\trecipient\x18\x01 \x01(\t\x12\x13\n\x0b\x61\x63\x63\x65pted_ms\x18\x02 \x01(\x03\x12&\n\x04item\x18\x03 \x01(\x0b\x32\x18.notifymesh.v1.InboxItem\"9\n\nInboxAcked\x12\x11\n\trecipient\x18\x01 \x01(\t\x12\x18\n\x10notification_ids\x18\x02 \x03(\t2d\n\x05Inbox\x12[\n\x04Wake\x12(.notifymesh.internal.v1.WakeInboxRequest\x1a).notifymesh.internal.v1.WakeInboxResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,13 +33,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'notifymesh.internal.v1.inbo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WAKEINBOXREQUEST']._serialized_start=90
-  _globals['_WAKEINBOXREQUEST']._serialized_end=213
-  _globals['_WAKEINBOXRESPONSE']._serialized_start=215
-  _globals['_WAKEINBOXRESPONSE']._serialized_end=234
-  _globals['_INBOXDELIVERY']._serialized_start=236
-  _globals['_INBOXDELIVERY']._serialized_end=331
-  _globals['_INBOXACKED']._serialized_start=333
-  _globals['_INBOXACKED']._serialized_end=390
-  _globals['_INBOX']._serialized_start=392
-  _globals['_INBOX']._serialized_end=492
+  _globals['_WAKEINBOXREQUEST']._serialized_end=138
+  _globals['_INBOXCHANGES']._serialized_start=140
+  _globals['_INBOXCHANGES']._serialized_end=259
+  _globals['_WAKEINBOXRESPONSE']._serialized_start=261
+  _globals['_WAKEINBOXRESPONSE']._serialized_end=280
+  _globals['_INBOXDELIVERY']._serialized_start=282
+  _globals['_INBOXDELIVERY']._serialized_end=377
+  _globals['_INBOXACKED']._serialized_start=379
+  _globals['_INBOXACKED']._serialized_end=436
+  _globals['_INBOX']._serialized_start=438
+  _globals['_INBOX']._serialized_end=538
 # @@protoc_insertion_point(module_scope)

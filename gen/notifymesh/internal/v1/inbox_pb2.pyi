@@ -8,6 +8,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WakeInboxRequest(_message.Message):
+    __slots__ = ("changes", "mac")
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    changes: bytes
+    mac: bytes
+    def __init__(self, changes: _Optional[bytes] = ..., mac: _Optional[bytes] = ...) -> None: ...
+
+class InboxChanges(_message.Message):
     __slots__ = ("items", "acked")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     ACKED_FIELD_NUMBER: _ClassVar[int]
