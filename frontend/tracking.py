@@ -25,7 +25,7 @@ class TrackingLog(Protocol):
 
     async def header(self, notification_id: str) -> internal_pb2.NotificationRecord | None: ...
 
-    async def states(self, notification_id: str, recipient: str, channel: int) -> set[int]: ...
+    async def send_events(self, notification_id: str, recipient: str, channel: int) -> list[notify_pb2.SendEvent]: ...
 
     async def record(self, events: list[Event]) -> None: ...
 
@@ -48,12 +48,15 @@ class SendRecorder:
             channel = parse_channel(send.channel)
         except ValueError:
             return Recorded(False, False)
-        header, states = await asyncio.gather(self._log.header(send.notification_id),
-                                              self._log.states(send.notification_id, send.recipient, channel))
+        header, events = await asyncio.gather(self._log.header(send.notification_id),
+                                              self._log.send_events(send.notification_id, send.recipient, channel))
         if header is None:
             return Recorded(False, False)
-        if states & (unless if unless is not None else {state}):
+        if {e.state for e in events} & (unless if unless is not None else {state}):
             return Recorded(True, False)
+        # The provider that sent it, so the send's latest state still names it.
+        sent = [e.provider for e in events if e.state == notify_pb2.SEND_SENT]
+        fields.setdefault("provider", sent[-1] if sent else "")
         await self._log.record([Event(send.notification_id, send.accepted_ms, send.recipient, channel, state,
                                       now_ms(), template=header.request.template, category=header.request.category,
                                       **fields)])

@@ -255,12 +255,12 @@ class NotificationLog:
             _add_event(result.sends[-1], value)
         return result
 
-    async def states(self, notification_id: str, recipient: str, channel: int) -> set[int]:
-        """The states one send has been in (its rows: a few per attempt)."""
+    async def send_events(self, notification_id: str, recipient: str, channel: int) -> list[notify_pb2.SendEvent]:
+        """One send's events, oldest first (a few per attempt)."""
         name = channel_name(channel)
-        keys = (rows.parse_event_key(key) for key, _ in
-                await self._scan_all(notification_id, rows.events_prefix(notification_id, recipient)))
-        return {key.state for key in keys if key.channel == name}
+        return [notify_pb2.SendEvent.FromString(value) for key, value in
+                await self._scan_all(notification_id, rows.events_prefix(notification_id, recipient))
+                if rows.parse_event_key(key).channel == name]
 
     async def _scan_all(self, partition_key: str, prefix: bytes) -> list[tuple[bytes, bytes]]:
         """Every row under prefix: for one recipient of one notification, a few per
