@@ -13,7 +13,7 @@ import time
 
 import pytest
 from helpers import cli, unique
-from test_notify_pipeline import new_template, read_outbox, settled
+from test_notify_pipeline import SENT, new_template, read_outbox, settled
 
 from deploy.local import _port_open, free_port
 from deploy.local_providers import SMS_FROM, credentials
@@ -150,13 +150,13 @@ async def test_the_primary_goes_down_every_sms_arrives_through_the_second_and_se
             return phones, {rid: sends[(rid, SMS)] for rid in people}
 
         phones, sends = await notify(1, 10)
-        assert {s.state for s in sends.values()} == {notify_pb2.SEND_SENT}
+        assert {s.state for s in sends.values()} <= SENT  # sent (the fake's receipt may have come too)
         assert {s.provider for s in sends.values()} == {"sms-a"}
         assert set(phones) <= primary.received()
 
         primary.stop()
         phones, sends = await notify(2, 40)
-        assert {s.state for s in sends.values()} == {notify_pb2.SEND_SENT}  # none dead-lettered
+        assert {s.state for s in sends.values()} <= SENT  # none dead-lettered
         assert {s.provider for s in sends.values()} == {"sms-b"}
         second = {record["to"] for record in read_outbox(mesh.data_dir, "sms")}
         assert set(phones) <= second
@@ -202,7 +202,7 @@ async def test_a_task_dead_lettered_while_every_provider_is_down_goes_back_by_ru
         nid = await client.notify(template, category, ["r5"], data={"invoice": 1, "amount": "1.00"}, channels=["sms"])
         _, sends = await settled(client, nid, 1, {notify_pb2.SEND_DEAD_LETTERED})  # 5 attempts: about 15 s
         primary.start()
-        _, sends = await settled(client, nid, 1, {notify_pb2.SEND_SENT})
+        _, sends = await settled(client, nid, 1, SENT)
         send = sends[("r5", SMS)]
         states = [e.state for e in send.timeline]
         assert states.count(notify_pb2.SEND_DEAD_LETTERED) == 1 and send.provider == "sms-a"
