@@ -272,7 +272,9 @@ class ChannelSender:
         results = list(zip(targets, await asyncio.gather(*(one(device) for device in targets))))
         sent = [(d, r) for d, r in results if isinstance(r, Sent)]
         failed = [(d, r) for d, r in results if isinstance(r, Failed)]
-        sent_as = Sent(sent[0][1].provider, ",".join(r.provider_message_id for _, r in sent)) if sent else None
+        # Every provider that reached a device (an iPhone's through APNs, an Android's through FCM).
+        sent_as = Sent(",".join(dict.fromkeys(r.provider for _, r in sent)),
+                       ",".join(r.provider_message_id for _, r in sent)) if sent else None
         if not failed:
             return sent_as
         for device, result in failed:

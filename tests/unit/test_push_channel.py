@@ -162,3 +162,13 @@ def test_push_providers_are_fcm_or_apns_with_their_settings_and_a_key_that_loads
             (notify_pb2.Provider(channel=notify_pb2.EMAIL, kind="fcm"), "email channel's kind is 'smtp'")):
         with pytest.raises(errors.InvalidArgument, match=says):
             check_provider(provider)
+
+
+async def test_a_send_through_two_providers_names_both():
+    p = Parts()
+    await p.alice(TOKENS[:2])
+    p.providers.script = [Sent("apns", "a1"), Sent("fcm", "f1")]
+    assert await p.handle() == ACK
+    scanned = await p.table.scan("n1", rows.events_prefix("n1", "alice"))
+    sent = notify_pb2.SendEvent.FromString(scanned.values[-1])
+    assert (sent.state, sent.provider, sent.provider_message_id) == (notify_pb2.SEND_SENT, "apns,fcm", "a1,f1")
