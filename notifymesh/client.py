@@ -19,7 +19,7 @@ import itertools
 import json
 import os
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterable, NamedTuple, Sequence
+from typing import Any, AsyncIterator, Callable, Iterable, NamedTuple, Sequence
 
 import grpc
 from google.protobuf import duration_pb2
@@ -295,13 +295,21 @@ class Client:
         broken stream (UNAVAILABLE, or ended by a frontend shutting down) is opened
         again; unacknowledged messages come back after their ack deadline."""
         request = pubsub_pb2.SubscribeRequest(subscription=subscription, max_outstanding_messages=max_outstanding)
+        async for messages in self._streamed(lambda: self._subscriber.Subscribe(request),
+                                             lambda frame: list(frame.received_messages), reconnect):
+            yield messages
+
+    async def _streamed(self, open_call: Callable[[], Any], items_of: Callable[[Any], list],
+                        reconnect: bool) -> AsyncIterator[list]:
+        """items_of(frame) for each frame of the server stream open_call() starts; with
+        reconnect, a stream broken by a retryable error is opened again after a backoff."""
         backoff = Backoff(RECONNECT_BACKOFF)
         while True:
-            call = self._subscriber.Subscribe(request)
+            call = open_call()
             try:
                 async for frame in call:
                     backoff.reset()
-                    yield list(frame.received_messages)
+                    yield items_of(frame)
             except grpc.aio.AioRpcError as e:
                 if not reconnect or e.code() not in errors.RETRYABLE_CODES:
                     raise errors.from_rpc_error(e) from e
@@ -698,21 +706,9 @@ class Client:
         them with ack_inbox; an item not acknowledged comes again on the next stream.
         With reconnect, a broken stream (UNAVAILABLE) is opened again."""
         request = notify_pb2.SubscribeInboxRequest(recipient=recipient, max_outstanding=max_outstanding)
-        backoff = Backoff(RECONNECT_BACKOFF)
-        while True:
-            call = self._notifications.SubscribeInbox(request)
-            try:
-                async for frame in call:
-                    backoff.reset()
-                    yield list(frame.items)
-            except grpc.aio.AioRpcError as e:
-                if not reconnect or e.code() not in errors.RETRYABLE_CODES:
-                    raise errors.from_rpc_error(e) from e
-            finally:
-                call.cancel()
-            if not reconnect:
-                return
-            await backoff.sleep()
+        async for items in self._streamed(lambda: self._notifications.SubscribeInbox(request),
+                                          lambda frame: list(frame.items), reconnect):
+            yield items
 
     async def ack_inbox(self, recipient: str, notification_ids: Iterable[str]) -> int:
         """Acknowledges delivered items; returns how many were not acknowledged before."""
