@@ -19,14 +19,8 @@ phase, the frontend's RSS with and without the streams, CPU seconds per process.
 
 import argparse
 import asyncio
-import datetime
-import json
-import os
-import platform
 import random
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,9 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import notifymesh.server  # noqa: E402,F401  first: gRPC's I/O path, as the services choose it
+from bench import fresh_mesh  # noqa: E402
+from bench.fresh_mesh import header, run_on_fresh_mesh  # noqa: E402
 from bench.notify import cpu_by_process, percentile, table_ready  # noqa: E402
 from bench.procfs import rss_mib  # noqa: E402
-from deploy.local import LocalMesh, free_port  # noqa: E402
+from deploy.local import LocalMesh  # noqa: E402
 from gen.notifymesh.v1 import notify_pb2  # noqa: E402
 from notifymesh.client import Client  # noqa: E402
 
@@ -46,7 +42,7 @@ ACKS_IN_FLIGHT = 64
 
 
 def progress(text: str) -> None:
-    print(f"inbox bench: {text}", file=sys.stderr, flush=True)
+    fresh_mesh.progress("inbox", text)
 
 
 class Streams:
@@ -206,26 +202,8 @@ def main() -> int:
     args = p.parse_args()
     if not 1 <= args.streams <= 20_000 or args.connections < 1 or args.rate <= 0:
         p.error("--streams 1 to 20,000 (a frontend's most), --connections at least 1, --rate above 0")
-    uname = platform.uname()
-    line = {"system": "notifymesh", "bench": "inbox", "streams": args.streams, "connections": args.connections,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": {"cores": os.cpu_count(), "system": f"{uname.system} {uname.release}"}}
-    tmp = tempfile.mkdtemp(prefix="inbox-bench-")
-    mesh = LocalMesh(Path(tmp), frontend_port=free_port(), etcd_ports=[(free_port(), free_port())],
-                     provider_ports=(free_port(), free_port()))
-    try:
-        mesh.start(progress)
-        line |= asyncio.run(run(mesh, args))
-    except Exception as e:
-        line["error"] = repr(e)
-    finally:
-        mesh.stop()
-    if args.keep or "error" in line:
-        progress(f"data dir kept: {tmp}")
-    else:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(json.dumps(line), flush=True)
-    return 0 if "error" not in line else 2
+    line = header("inbox", streams=args.streams, connections=args.connections)
+    return run_on_fresh_mesh(line, lambda mesh: run(mesh, args), args.keep)
 
 
 if __name__ == "__main__":

@@ -30,13 +30,7 @@ minus its Notify call's. The CPU seconds of each mesh process (utime + stime of
 
 import argparse
 import asyncio
-import datetime
-import json
-import os
-import platform
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -44,9 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import notifymesh.server  # noqa: E402,F401  first: gRPC's I/O path, as the services choose it
+from bench import fresh_mesh  # noqa: E402
+from bench.fresh_mesh import header, run_on_fresh_mesh  # noqa: E402
 from deploy import local_providers  # noqa: E402
 from bench.procfs import cpu_s  # noqa: E402
-from deploy.local import LocalMesh, free_port  # noqa: E402
+from deploy.local import LocalMesh  # noqa: E402
 from gen.notifymesh.v1 import notify_pb2  # noqa: E402
 from notifymesh import errors  # noqa: E402
 from notifymesh.client import Client  # noqa: E402
@@ -62,7 +58,7 @@ def cpu_by_process(mesh: LocalMesh) -> dict[str, float]:
 
 
 def progress(text: str) -> None:
-    print(f"notify bench: {text}", file=sys.stderr, flush=True)
+    fresh_mesh.progress("notify", text)
 
 
 def recipient(i: int) -> notify_pb2.Recipient:
@@ -325,30 +321,9 @@ def main() -> int:
     if not 1 <= args.recipients <= 8_000_000 or not 1 <= args.batch <= PER_CALL or args.rate < 1 or \
             not 1 <= args.devices <= 20:
         p.error("--recipients 1 to 8,000,000, --batch 1 to 1000, --rate at least 1, --devices 1 to 20")
-    uname = platform.uname()
-    line = {"system": "notifymesh", "bench": "notify", "mode": args.mode, "recipients": args.recipients,
-            "senders": args.senders, **({"push_provider": args.push_provider, "devices": args.devices}
-                                        if args.mode == "push" else {}),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": {"cores": os.cpu_count(), "system": f"{uname.system} {uname.release}"}}
-    tmp = tempfile.mkdtemp(prefix="notify-bench-")
-    mesh = LocalMesh(Path(tmp), frontend_port=free_port(), etcd_ports=[(free_port(), free_port())],
-                     senders=args.senders, provider_ports=(free_port(), free_port(), free_port()))
-    try:
-        mesh.start(progress)
-        progress("pids (for a profiler): " + ", ".join(f"{name} {p.popen.pid}" for name, p in mesh.processes.items()
-                                                       if p.popen is not None))
-        line |= asyncio.run(run(mesh, args))
-    except Exception as e:
-        line["error"] = repr(e)
-    finally:
-        mesh.stop()
-    if args.keep or "error" in line:
-        progress(f"data dir kept: {tmp}")
-    else:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(json.dumps(line), flush=True)
-    return 0 if "error" not in line else 2
+    line = header("notify", mode=args.mode, recipients=args.recipients, senders=args.senders,
+                  **({"push_provider": args.push_provider, "devices": args.devices} if args.mode == "push" else {}))
+    return run_on_fresh_mesh(line, lambda mesh: run(mesh, args), args.keep, args.senders)
 
 
 if __name__ == "__main__":
