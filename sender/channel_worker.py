@@ -236,10 +236,16 @@ class ChannelSender:
     async def handle(self, received: pubsub_pb2.ReceivedMessage) -> Outcome:
         task = internal_pb2.ChannelTask.FromString(received.message.data)
         events: list[Event] = []
+        last_ms = 0
 
         def event(state: int, **kw) -> None:
+            # Each of the task's events a millisecond after the one before at least: the
+            # log orders a send's events by time, then state (rows.event_key), so a push
+            # logging its devices' failure and then its sends must not share a ms.
+            nonlocal last_ms
+            last_ms = max(now_ms(), last_ms + 1)
             events.append(Event(task.notification_id, task.accepted_ms, task.recipient, task.channel, state,
-                                now_ms(), attempt=received.delivery_attempt, template=task.template,
+                                last_ms, attempt=received.delivery_attempt, template=task.template,
                                 category=task.category, **kw))
 
         async def flush() -> None:
@@ -260,16 +266,9 @@ class ChannelSender:
         it), else one Failed for the failures (the sent ones logged before it). A
         transient failure has the task tried again, on every device: the collapse id
         makes a repeat replace what a device shows."""
-        async def one(device: notify_pb2.Device) -> Sent | Failed:
-            await self._slots.acquire(task.priority == notify_pb2.HIGH)
-            try:
-                return await self._providers.send(Outgoing(
-                    notify_pb2.PUSH, device.token, rendered.subject, rendered.text, "", rendered.json_body, {}, key,
-                    task.notification_id, task.recipient, platform=device.platform))
-            finally:
-                self._slots.release()
-
-        results = list(zip(targets, await asyncio.gather(*(one(device) for device in targets))))
+        results = list(zip(targets, await asyncio.gather(*(self._provider_send(task, Outgoing(
+            notify_pb2.PUSH, device.token, rendered.subject, rendered.text, "", rendered.json_body, {}, key,
+            task.notification_id, task.recipient, platform=device.platform)) for device in targets))))
         sent = [(d, r) for d, r in results if isinstance(r, Sent)]
         failed = [(d, r) for d, r in results if isinstance(r, Failed)]
         # Every provider that reached a device (an iPhone's through APNs, an Android's through FCM).
@@ -294,11 +293,15 @@ class ChannelSender:
                   reason=f"{len(sent)} of {len(targets)} devices")
         else:
             event(notify_pb2.SEND_FAILED, reason=scrub(reason, ""), provider=result.provider)
-        # The log orders a send's events by time, then state: what the caller logs next gets a later ms.
-        logged_ms = now_ms()
-        while now_ms() <= logged_ms:
-            await asyncio.sleep(0.001)
         return result if transient else sent_as
+
+    async def _provider_send(self, task: internal_pb2.ChannelTask, message: Outgoing) -> Sent | Failed:
+        """The provider's answer, within its concurrency (high priority first)."""
+        await self._slots.acquire(task.priority == notify_pb2.HIGH)
+        try:
+            return await self._providers.send(message)
+        finally:
+            self._slots.release()
 
     def _noted_waiting(self, key: str) -> bool:
         """Whether the task was logged as waiting for a provider already (else notes it)."""
@@ -391,13 +394,9 @@ class ChannelSender:
                                                            task.accepted_ms)
             callback = self._rendering.status_callback_url(task.notification_id, rid, channel, task.accepted_ms) \
                 if channel == notify_pb2.SMS else ""
-            message = Outgoing(channel, address, rendered.subject, rendered.text, rendered.html, rendered.json_body,
-                               headers, key, task.notification_id, rid, callback)
-            await self._slots.acquire(task.priority == notify_pb2.HIGH)
-            try:
-                result = await self._providers.send(message)
-            finally:
-                self._slots.release()
+            result = await self._provider_send(task, Outgoing(
+                channel, address, rendered.subject, rendered.text, rendered.html, rendered.json_body, headers, key,
+                task.notification_id, rid, callback))
         if isinstance(result, Sent):
             event(notify_pb2.SEND_SENT, provider=result.provider, provider_message_id=result.provider_message_id)
             return ACK

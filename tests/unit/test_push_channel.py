@@ -172,3 +172,17 @@ async def test_a_send_through_two_providers_names_both():
     scanned = await p.table.scan("n1", rows.events_prefix("n1", "alice"))
     sent = notify_pb2.SendEvent.FromString(scanned.values[-1])
     assert (sent.state, sent.provider, sent.provider_message_id) == (notify_pb2.SEND_SENT, "apns,fcm", "a1,f1")
+
+
+async def test_a_tasks_events_keep_their_order_within_one_millisecond(monkeypatch):
+    """The log orders a send's events by time, then state: FAILED (a dead device) then
+    SENT (the others) must not share a ms, or SENT would sort first."""
+    monkeypatch.setattr("sender.channel_worker.now_ms", lambda: T0 + 5)  # a clock that does not move
+    p = Parts()
+    await p.alice(TOKENS[:2])
+    p.providers.script = [Failed(False, "fcm HTTP 404 UNREGISTERED", "fcm", dead=True), Sent("fcm", "m2")]
+    assert await p.handle() == ACK
+    scanned = await p.table.scan("n1", rows.events_prefix("n1", "alice"))
+    keys = [rows.parse_event_key(k) for k in scanned.keys]
+    assert [k.state for k in keys] == [notify_pb2.SEND_RENDERED, notify_pb2.SEND_FAILED, notify_pb2.SEND_SENT]
+    assert [k.event_ms for k in keys] == [T0 + 5, T0 + 6, T0 + 7]
