@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import hmac
 import logging
-import secrets
 from collections import deque
 from typing import Callable, NamedTuple, Protocol, Sequence
 
@@ -36,7 +35,7 @@ from gen.notifymesh.v1 import notify_pb2
 from notifymesh import errors
 from notifymesh.backoff import Backoff, BackoffPolicy
 from notifymesh.log import fields
-from notifymesh.server import rows, validation
+from notifymesh.server import rows, unsubscribe, validation
 from notifymesh.server.notification_log import PageToken
 
 log = logging.getLogger(__name__)
@@ -191,15 +190,9 @@ class InboxStore:
         return response
 
 
-WAKE_KEY = b"/notifymesh/inbox-wake-key"  # etcd: the key of the Wake calls' MACs
-
-
 async def wake_key(etcd) -> bytes:
-    """The cluster's key for Inbox.Wake: read from etcd, or made there first."""
-    txn = etcd.transactions
-    await etcd.transaction(compare=[txn.version(WAKE_KEY) == 0],
-                           success=[txn.put(WAKE_KEY, secrets.token_bytes(32))], failure=[])
-    return (await etcd.get(WAKE_KEY)).value  # ours, or the one another process put first
+    """The cluster's key for Inbox.Wake's MACs."""
+    return await unsubscribe.derived_key(etcd, "inbox-wake")
 
 
 def wake_mac(key: bytes, changes: bytes) -> bytes:

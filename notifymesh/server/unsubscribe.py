@@ -7,7 +7,8 @@ names what it unsubscribes from (and the notification whose link it was) and
 cannot be altered or made without the key. The key is 32 random bytes in etcd
 (SIGNING_KEY), created at first use by whichever process needs it first, in a
 create-if-absent transaction so every frontend and sender uses the same one.
-Tracking links (tracking.py) sign with keys derived from it (TokenSigner.derived).
+Tracking links (tracking.py) sign with keys derived from it (TokenSigner.derived),
+and the inbox's Wake calls carry MACs keyed with another (derived_key).
 """
 
 import base64
@@ -103,13 +104,23 @@ class TokenSigner:
             raise InvalidToken("not an unsubscribe token") from None
 
 
-async def signer(etcd) -> TokenSigner:
-    """The cluster's signer: its key read from etcd, or made there first."""
+async def _cluster_secret(etcd) -> bytes:
+    """The cluster's signing key: read from etcd, or made there first."""
     txn = etcd.transactions
     await etcd.transaction(compare=[txn.version(SIGNING_KEY) == 0],
                            success=[txn.put(SIGNING_KEY, secrets.token_bytes(KEY_BYTES))], failure=[])
-    kv = await etcd.get(SIGNING_KEY)  # ours, or the one another process put first
-    return TokenSigner(kv.value)
+    return (await etcd.get(SIGNING_KEY)).value  # ours, or the one another process put first
+
+
+async def signer(etcd) -> TokenSigner:
+    """The cluster's signer."""
+    return TokenSigner(await _cluster_secret(etcd))
+
+
+async def derived_key(etcd, purpose: str) -> bytes:
+    """A key of the cluster's for one purpose (e.g. the inbox's Wake calls), derived
+    from its signing key: a MAC made with it opens nothing else."""
+    return hmac.new(await _cluster_secret(etcd), purpose.encode(), hashlib.sha256).digest()
 
 
 def unsubscribe_url(base_url: str, token: str) -> str:
