@@ -8,6 +8,8 @@ import time
 import zlib
 from pathlib import Path
 
+import grpc
+
 from gen.notifymesh.internal.v1 import storage_pb2, storage_pb2_grpc
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
@@ -64,7 +66,9 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
                 for name in missing:
                     response.subscriptions.add(name=name, not_found=True)
                 yield response
-        except asyncio.CancelledError:  # the stream broke, or the sender cancelled it (a live one costs a connect)
+        except (asyncio.CancelledError, grpc.RpcError, grpc.aio.UsageError, ConnectionError):
+            # The stream broke (however the break shows), or the sender cancelled it:
+            # a live one costs a connect.
             if sender_addr:
                 self._node.replication.dead_members.suspect("sender", sender_addr)
             raise

@@ -40,6 +40,12 @@ PROBE_TIMEOUT_S = 0.5
 CONFIRM_AFTER_S = 0.05
 # A member found alive is not probed again by this process for this long.
 RECHECK_S = 0.5
+# A check that could not tell (a connect timed out, etcd did not answer) is made
+# again after RECHECK_S, up to this many times in a row: about 10 s, a third of the
+# longest lease a test runs with, after which the lease's own expiry is near. On a
+# loaded machine one etcd call can fail; a dead member's takeover then waited out
+# its lease (seen once in CI: > 15 s against 0.1 s usually).
+MAX_UNSURE_CHECKS = 20
 
 
 class Reach(enum.Enum):
@@ -59,6 +65,12 @@ async def probe(addr: str, timeout_s: float = PROBE_TIMEOUT_S) -> Reach:
         return Reach.NO_ANSWER
     writer.close()
     return Reach.ACCEPTED
+
+
+class Verdict(enum.Enum):
+    ENDED = "ended"            # dead: its lease was revoked
+    KEPT = "kept"              # alive, or nothing to end (not registered, or ended already)
+    UNSURE = "unsure"          # no answer, or etcd failed: worth asking again
 
 
 class RegisteredMember(NamedTuple):
@@ -115,6 +127,7 @@ class DeadMembers:
         self._checks: dict[tuple[str, str], asyncio.Task] = {}
         self._checked: dict[tuple[str, str], float] = {}
         self._again: set[tuple[str, str]] = set()
+        self._unsure: dict[tuple[str, str], int] = {}  # checks in a row that could not tell
         self._closed = False
 
     def suspect(self, kind: str, addr: str) -> None:
@@ -134,40 +147,47 @@ class DeadMembers:
         self._checks[member] = asyncio.create_task(self._check_once(member, wait_s))
 
     async def _check_once(self, member: tuple[str, str], wait_s: float) -> None:
+        verdict = Verdict.UNSURE
         try:
             if wait_s:
                 await asyncio.sleep(wait_s)
             self._again.discard(member)  # this check covers what was suspected so far
-            await self.check(*member)
-        except Exception as e:  # etcd unreachable: the lease expires by itself
+            verdict = await self.check(*member)
+        except Exception as e:  # etcd unreachable: asked again below, else the lease expires by itself
             log.warning("checking a member failed", extra=fields(kind=member[0], addr=member[1], error=repr(e)))
         finally:
             self._checks.pop(member, None)
             self._checked[member] = time.monotonic()
+            unsure = self._unsure.pop(member, 0) + 1 if verdict is Verdict.UNSURE else 0
+            if unsure and unsure < MAX_UNSURE_CHECKS:
+                self._unsure[member] = unsure
+                self._again.add(member)
             if member in self._again:
                 self._again.discard(member)
                 self.suspect(*member)
 
-    async def check(self, kind: str, addr: str) -> bool:
+    async def check(self, kind: str, addr: str) -> Verdict:
         """Revokes the lease of the member of kind registered at addr if two connects to
-        addr, the second a fresh one, are refused. Whether it did. The record is the
+        addr, the second a fresh one, are refused (ENDED). A connect that times out
+        leaves it UNSURE; one accepted, KEPT. The record is the
         mirrored one, so a live member costs a connect and no etcd read: a record the
         mirror still holds of a member gone has a lease etcd no longer knows (the
         revoke then ends nothing, and this answers False), and a process started at addr since listens before it
         registers (so its connects are accepted) and under a lease of its own."""
         member = self._leases.member_at(kind, addr)
         if member is None or not member.record.lease:
-            return False
+            return Verdict.KEPT
         node, record = member
-        if await self._probe(addr) is not Reach.REFUSED:
-            return False
-        await asyncio.sleep(self._confirm_after_s)
-        if await self._probe(addr) is not Reach.REFUSED:
-            return False
+        for attempt in range(2):
+            if attempt:
+                await asyncio.sleep(self._confirm_after_s)
+            reach = await self._probe(addr)
+            if reach is not Reach.REFUSED:
+                return Verdict.UNSURE if reach is Reach.NO_ANSWER else Verdict.KEPT
         if not await self._leases.revoke(record.lease):
-            return False
+            return Verdict.KEPT
         log.warning("member refuses connections: its lease is ended", extra=fields(kind=kind, member=node, addr=addr))
-        return True
+        return Verdict.ENDED
 
     async def close(self) -> None:
         self._closed = True

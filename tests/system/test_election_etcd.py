@@ -56,7 +56,7 @@ async def test_a_dead_leaders_lease_is_ended_at_once_and_a_paused_or_cut_off_one
     kernel still accepts) or not answered (a cut link)."""
     import socket
     from notifymesh.contracts import MemberRecord, member_key
-    from notifymesh.server.liveness import DeadMembers, EtcdMemberLeases
+    from notifymesh.server.liveness import DeadMembers, EtcdMemberLeases, Verdict
 
     etcd = connect_etcd(mesh.etcd_endpoint)
     paused = socket.create_server(("127.0.0.1", 0))  # listens, never accepts
@@ -82,13 +82,13 @@ async def test_a_dead_leaders_lease_is_ended_at_once_and_a_paused_or_cut_off_one
             await etcd.put(leader_key(shards[kind]), LeaderRecord(nodes[kind], addr).encode(), lease=lease)
             mirror[f"storage/{nodes[kind]}"] = record
         dead_members = DeadMembers(EtcdMemberLeases(SimpleNamespace(etcd=etcd, members=SimpleNamespace(items=mirror))))
-        assert await dead_members.check("storage", members["dead"])
+        assert await dead_members.check("storage", members["dead"]) is Verdict.ENDED
         assert await etcd.get(leader_key(shards["dead"])) is None
         assert await etcd.get(member_key("storage", nodes["dead"])) is None
         for kind in ("paused", "cut-off"):
-            assert not await dead_members.check("storage", members[kind])
+            assert await dead_members.check("storage", members[kind]) is not Verdict.ENDED
             assert await etcd.get(leader_key(shards[kind])) is not None, kind
-        assert await dead_members.check("storage", members["dead"]) is False  # already gone
+        assert await dead_members.check("storage", members["dead"]) is Verdict.KEPT  # already gone
     finally:
         for sock in (paused, cut_off, *fillers):
             sock.close()

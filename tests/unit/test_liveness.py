@@ -9,7 +9,7 @@ from fakes import eventually
 
 from gen.notifymesh.internal.v1 import storage_pb2
 from notifymesh.contracts import MemberRecord
-from notifymesh.server.liveness import DeadMembers, Reach, RegisteredMember, probe
+from notifymesh.server.liveness import MAX_UNSURE_CHECKS, DeadMembers, Reach, RegisteredMember, Verdict, probe
 from storage.follower import Follower
 
 ADDR = "10.0.0.7:7001"
@@ -51,24 +51,25 @@ def dead_members(*outcomes: Reach, record: MemberRecord = MemberRecord(ADDR, lea
 
 async def test_a_member_whose_address_refuses_twice_has_its_lease_ended():
     members, leases, probes = dead_members(Reach.REFUSED)
-    assert await members.check("storage", ADDR)
+    assert await members.check("storage", ADDR) is Verdict.ENDED
     assert leases.revoked == [41] and probes.tried == [ADDR, ADDR]
 
 
 async def test_a_timeout_or_an_accepted_connect_ends_no_lease():
-    for outcomes in [(Reach.NO_ANSWER,), (Reach.ACCEPTED,), (Reach.REFUSED, Reach.NO_ANSWER),
-                     (Reach.REFUSED, Reach.ACCEPTED)]:
+    for outcomes, verdict in [((Reach.NO_ANSWER,), Verdict.UNSURE), ((Reach.ACCEPTED,), Verdict.KEPT),
+                              ((Reach.REFUSED, Reach.NO_ANSWER), Verdict.UNSURE),
+                              ((Reach.REFUSED, Reach.ACCEPTED), Verdict.KEPT)]:
         members, leases, _ = dead_members(*outcomes)
-        assert not await members.check("storage", ADDR), outcomes
+        assert await members.check("storage", ADDR) is verdict, outcomes
         assert leases.revoked == [], outcomes
 
 
 async def test_no_lease_is_ended_for_an_address_no_member_has_or_a_record_without_its_lease():
     members, leases, probes = dead_members(Reach.REFUSED)
-    assert not await members.check("storage", "10.0.0.8:7001")  # nobody registered there
-    assert not await members.check("sender", ADDR)               # a storage node's address, not a sender's
+    assert await members.check("storage", "10.0.0.8:7001") is Verdict.KEPT  # nobody registered there
+    assert await members.check("sender", ADDR) is Verdict.KEPT  # a storage node's address, not a sender's
     members, leases, probes = dead_members(Reach.REFUSED, record=MemberRecord(ADDR))  # lease not recorded
-    assert not await members.check("storage", ADDR)
+    assert await members.check("storage", ADDR) is Verdict.KEPT
     assert leases.revoked == [] and probes.tried == []
 
 
@@ -96,6 +97,44 @@ async def test_a_suspicion_within_the_recheck_window_is_checked_once_the_window_
     await asyncio.sleep(0.05)
     assert leases.revoked == []  # not before the window passed
     await eventually(lambda: leases.revoked == [41])
+    await members.close()
+
+
+async def test_a_check_that_could_not_tell_is_made_again_until_it_can():
+    """A connect that timed out, or an etcd call that failed, under load: the dead
+    member's lease is still ended at once, not waited out."""
+    leases, probes = Leases({"storage/storage-1": MemberRecord(ADDR, lease=41)}), Probes(Reach.NO_ANSWER)
+    members = DeadMembers(leases, probes, confirm_after_s=0, recheck_s=0.05)
+    members.suspect("storage", ADDR)
+    await eventually(lambda: len(probes.tried) >= 3)
+    probes.outcomes = [Reach.REFUSED]
+    await eventually(lambda: leases.revoked == [41])
+    await members.close()
+
+    failing = Leases({"storage/storage-1": MemberRecord(ADDR, lease=41)})
+    calls = []
+
+    async def revoke_failing_once(lease: int) -> bool:
+        calls.append(lease)
+        if len(calls) == 1:
+            raise ConnectionError("etcd did not answer")
+        failing.revoked.append(lease)
+        return True
+
+    failing.revoke = revoke_failing_once
+    members = DeadMembers(failing, Probes(Reach.REFUSED), confirm_after_s=0, recheck_s=0.05)
+    members.suspect("storage", ADDR)
+    await eventually(lambda: failing.revoked == [41])
+    await members.close()
+
+
+async def test_a_member_that_never_answers_is_checked_a_bounded_number_of_times():
+    leases, probes = Leases({"storage/storage-1": MemberRecord(ADDR, lease=41)}), Probes(Reach.NO_ANSWER)
+    members = DeadMembers(leases, probes, confirm_after_s=0, recheck_s=0.001)
+    members.suspect("storage", ADDR)
+    await eventually(lambda: leases.reads == MAX_UNSURE_CHECKS)
+    await asyncio.sleep(0.1)
+    assert leases.reads == MAX_UNSURE_CHECKS and leases.revoked == []
     await members.close()
 
 
