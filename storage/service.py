@@ -8,8 +8,6 @@ import time
 import zlib
 from pathlib import Path
 
-import grpc
-
 from gen.notifymesh.internal.v1 import storage_pb2, storage_pb2_grpc
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
@@ -53,6 +51,9 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         return storage_pb2.AppendResponse(message_ids=ids)
 
     async def Pull(self, requests, context):
+        """A sender's pull stream. However it ends (cancelled, broken, or its requests
+        ending: a killed sender's stream is seen either way, by timing), the sender is
+        suspected: a live one costs a connect (notifymesh.server.liveness)."""
         sender_addr = ""
         try:
             async for request in self._node.stream_requests(requests):
@@ -66,12 +67,9 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
                 for name in missing:
                     response.subscriptions.add(name=name, not_found=True)
                 yield response
-        except (asyncio.CancelledError, grpc.RpcError, grpc.aio.UsageError, ConnectionError):
-            # The stream broke (however the break shows), or the sender cancelled it:
-            # a live one costs a connect.
-            if sender_addr:
+        finally:
+            if sender_addr and not self._node.draining:
                 self._node.replication.dead_members.suspect("sender", sender_addr)
-            raise
 
     async def Acknowledge(self, request, context):
         shard = self._node.led_shard(request.topic, request.partition)
@@ -166,22 +164,30 @@ class StorageNode:
         self._tasks: list[asyncio.Task] = []
         self._draining = asyncio.get_running_loop().create_future()  # done once drain() began
 
+    @property
+    def draining(self) -> bool:
+        return self._draining.done()
+
     async def stream_requests(self, requests):
         """The requests of a Pull or Replicate stream until drain(), which ends the
         stream with UNAVAILABLE: a stream never ends by itself, and the server's grace
         period would wait for it (cancelling its handler leaves the call open)."""
         requests = aiter(requests)
-        while not self._draining.done():
-            next_request = asyncio.ensure_future(anext(requests))
-            await asyncio.wait((next_request, self._draining), return_when=asyncio.FIRST_COMPLETED)
-            if not next_request.done():
+        next_request = None
+        try:
+            while not self._draining.done():
+                next_request = asyncio.ensure_future(anext(requests))
+                await asyncio.wait((next_request, self._draining), return_when=asyncio.FIRST_COMPLETED)
+                if not next_request.done():
+                    break
+                try:
+                    request = next_request.result()
+                except StopAsyncIteration:  # the client closed its side
+                    return
+                yield request
+        finally:  # also when the stream is closed while a read waits: its end is nobody's error
+            if next_request is not None and not next_request.done():
                 next_request.cancel()
-                break
-            try:
-                request = next_request.result()
-            except StopAsyncIteration:  # the client closed its side
-                return
-            yield request
         raise errors.Unavailable("storage node is shutting down")
 
     def _payload_attributes(self, topic: str) -> tuple[str, ...]:
