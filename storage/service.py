@@ -177,6 +177,9 @@ class StorageNode:
         try:
             while not self._draining.done():
                 next_request = asyncio.ensure_future(anext(requests))
+                # A read left waiting when the stream closes ends by itself later: its end is
+                # nobody's error, and asyncio would log it as one never retrieved.
+                next_request.add_done_callback(lambda read: read.cancelled() or read.exception())
                 await asyncio.wait((next_request, self._draining), return_when=asyncio.FIRST_COMPLETED)
                 if not next_request.done():
                     break
@@ -185,7 +188,7 @@ class StorageNode:
                 except StopAsyncIteration:  # the client closed its side
                     return
                 yield request
-        finally:  # also when the stream is closed while a read waits: its end is nobody's error
+        finally:  # also when the stream is closed while a read waits
             if next_request is not None and not next_request.done():
                 next_request.cancel()
         raise errors.Unavailable("storage node is shutting down")

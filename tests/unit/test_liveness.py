@@ -56,9 +56,9 @@ async def test_a_member_whose_address_refuses_twice_has_its_lease_ended():
 
 
 async def test_a_timeout_or_an_accepted_connect_ends_no_lease():
-    for outcomes, verdict in [((Reach.NO_ANSWER,), Verdict.UNSURE), ((Reach.ACCEPTED,), Verdict.KEPT),
+    for outcomes, verdict in [((Reach.NO_ANSWER,), Verdict.UNSURE), ((Reach.ACCEPTED,), Verdict.ALIVE),
                               ((Reach.REFUSED, Reach.NO_ANSWER), Verdict.UNSURE),
-                              ((Reach.REFUSED, Reach.ACCEPTED), Verdict.KEPT)]:
+                              ((Reach.REFUSED, Reach.ACCEPTED), Verdict.ALIVE)]:
         members, leases, _ = dead_members(*outcomes)
         assert await members.check("storage", ADDR) is verdict, outcomes
         assert leases.revoked == [], outcomes
@@ -125,6 +125,26 @@ async def test_a_check_that_could_not_tell_is_made_again_until_it_can():
     members = DeadMembers(failing, Probes(Reach.REFUSED), confirm_after_s=0, recheck_s=0.05)
     members.suspect("storage", ADDR)
     await eventually(lambda: failing.revoked == [41])
+    await members.close()
+
+
+async def test_a_member_still_accepting_as_its_streams_break_is_checked_once_more():
+    """A killed process's connections close before its listener: one suspicion, a
+    first connect accepted, the one after refused, and the lease is ended."""
+    leases, probes = Leases({"storage/storage-1": MemberRecord(ADDR, lease=41)}), Probes(Reach.ACCEPTED)
+    members = DeadMembers(leases, probes, confirm_after_s=0, recheck_s=0.05)
+    members.suspect("storage", ADDR)
+    await eventually(lambda: leases.reads == 1)
+    probes.outcomes = [Reach.REFUSED]
+    await eventually(lambda: leases.revoked == [41])
+    await members.close()
+
+    alive = Leases({"storage/storage-1": MemberRecord(ADDR, lease=41)})
+    members = DeadMembers(alive, Probes(Reach.ACCEPTED), confirm_after_s=0, recheck_s=0.01)
+    members.suspect("storage", ADDR)
+    await eventually(lambda: alive.reads == 2)
+    await asyncio.sleep(0.1)
+    assert alive.reads == 2 and alive.revoked == []  # alive twice: left alone until suspected again
     await members.close()
 
 
