@@ -906,6 +906,7 @@ def parser() -> argparse.ArgumentParser:
                         "while one is down (default $NOTIFYMESH_ADDR or 127.0.0.1:50051)")
     p.add_argument("--output", choices=OUTPUTS, default="json",
                    help="json: one JSON object per line (default); table: aligned columns for people")
+    _add_tls_options(p)
     commands = p.add_subparsers(dest="command", required=True)
     _add_topic_commands(commands)
     _add_subscription_commands(commands)
@@ -985,8 +986,30 @@ async def _run(args) -> int:
     return 0
 
 
+TLS_OPTIONS = {"ca": "NOTIFYMESH_CA", "cert": "NOTIFYMESH_CERT", "key": "NOTIFYMESH_KEY"}  # before the command
+
+
+def _add_tls_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ca", dest="tls_ca", help="PEM file of the CA the frontend's certificate is checked "
+                   "against (default $NOTIFYMESH_CA, else the local mesh's tls/ca.pem, else the system's)")
+    p.add_argument("--cert", dest="tls_cert",
+                   help="PEM client certificate (default $NOTIFYMESH_CERT, else the local mesh's)")
+    p.add_argument("--key", dest="tls_key", help="PEM key of --cert (default $NOTIFYMESH_KEY, else the local mesh's)")
+
+
+def _use_tls_options(args) -> None:
+    """--ca/--cert/--key as the environment the Client (and bench's processes) read them from."""
+    for option, env in TLS_OPTIONS.items():
+        path = getattr(args, f"tls_{option}", None)
+        if path:
+            if not os.path.isfile(path):
+                fail(f"--{option} {path}: no such file")
+            os.environ[env] = path
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    _use_tls_options(args)
     if args.command == "up":
         raise SystemExit(_up(args))
     if args.command == "bench":

@@ -26,6 +26,7 @@ from google.protobuf import duration_pb2
 
 from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, notify_pb2, notify_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
 from gen.notifymesh.v1 import events_pb2, events_pb2_grpc
+from notifymesh import credentials as credentials_mod
 from notifymesh import errors
 from notifymesh.backoff import Backoff, BackoffPolicy
 from notifymesh.batching import Coalescer
@@ -106,14 +107,28 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return d
 
 
+def secure_channel(target, credentials: credentials_mod.Credentials, options: list) -> grpc.aio.Channel:
+    """The channel to the frontends: TLS (the client certificate when there is one),
+    or plaintext for a mesh explicitly run without TLS."""
+    if credentials.plaintext:
+        return grpc.aio.insecure_channel(target.target, options=options)
+    tls = grpc.ssl_channel_credentials(credentials.ca_pem, credentials.key_pem, credentials.cert_pem)
+    if len(target.addresses) > 1:  # an ipv4:a,b target: the certificate must name the first address's host
+        options = [*options, ("grpc.ssl_target_name_override", target.addresses[0].rpartition(":")[0].strip("[]"))]
+    return grpc.aio.secure_channel(target.target, tls, options=options)
+
+
 class Client:
-    def __init__(self, addr: str | Sequence[str] | None = None, timeout_s: float = 30):
+    def __init__(self, addr: str | Sequence[str] | None = None, timeout_s: float = 30, *,
+                 ca=None, cert=None, key=None, api_key: str | None = None):
         """addr: a frontend's host:port, or several ("a:1,b:2" or a list): calls are
-        then spread over them (round robin) and go to the others while one is down."""
+        then spread over them (round robin) and go to the others while one is down.
+        ca, cert, key: PEM file paths (or bytes); by default as notifymesh.credentials finds them."""
         target = client_target(addr or default_addr())
         self.addr = ",".join(target.addresses)
-        self._channel = grpc.aio.insecure_channel(
-            target.target, options=[*channel_options(64 * 1024 * 1024), *target.options])
+        self.credentials = credentials_mod.resolve(target.addresses, ca=ca, cert=cert, key=key, api_key=api_key)
+        self._channel = secure_channel(target, self.credentials,
+                                       [*channel_options(64 * 1024 * 1024), *target.options])
         self._publisher = pubsub_pb2_grpc.PublisherStub(self._channel)
         self._subscriber = pubsub_pb2_grpc.SubscriberStub(self._channel)
         self._cluster = cluster_pb2_grpc.ClusterAdminStub(self._channel)
