@@ -24,7 +24,7 @@ from notifymesh.contracts import (CATEGORIES, LEADERS, MEMBERS, PLACEMENTS, PROV
 from notifymesh.log import fields
 from notifymesh.server.internal_topics import channel_name
 from notifymesh.server.ring import Ring
-from notifymesh.server.tls import ChannelCredentials, internal_options
+from notifymesh.server.tls import CHECK_EVERY_S, ChannelCredentials, internal_options
 
 log = logging.getLogger(__name__)
 
@@ -290,14 +290,26 @@ class Cluster:
         # the calls they carry; closed at the next rotation (two generations at most).
         self._retired: list[grpc.aio.Channel] = []
         self._tls, self._tls_generation = tls, 0
+        self._tls_task: asyncio.Task | None = None
         self._options = channel_options(max_message_bytes) + (internal_options() if tls else [])
         self.members.on_change(lambda _name: self._rebuild_rings())
 
     async def start(self) -> None:
         for mirror in self._mirrors():
             await mirror.start()
+        if self._tls:
+            self._tls_task = asyncio.create_task(self._follow_certificates())
+
+    async def _follow_certificates(self) -> None:
+        """Takes in rotated certificate files within a second even while no new channel
+        is asked for: the next channel() then makes its channels anew."""
+        while True:
+            await asyncio.sleep(CHECK_EVERY_S)
+            self._tls.current()
 
     async def stop(self) -> None:
+        if self._tls_task:
+            self._tls_task.cancel()
         for mirror in self._mirrors():
             await mirror.stop()
         await asyncio.gather(*(c.close() for c in [*self._channels.values(), *self._retired]),
