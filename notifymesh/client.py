@@ -39,6 +39,9 @@ MAX_ACK_IDS_PER_CALL = 1000  # the server's limit on ack ids in one request
 MAX_RECIPIENTS_PER_CALL = 1000  # the server's limit on recipients (ids) in one request
 IMPORT_CALLS_IN_FLIGHT = 2  # import_recipients: one checked by the server while the next is read
 ACK_CALLS_IN_FLIGHT = 32
+# Publish requests larger than this go gzip-compressed (every service accepts gzip);
+# the measurement behind the figure is in docs/benchmarks.md (2026-11-30, transport).
+COMPRESS_OVER_BYTES = 32 * 1024
 
 
 def default_addr() -> str:
@@ -135,6 +138,7 @@ class Client:
         self._notifications = notify_pb2_grpc.NotificationsStub(self._channel)
         self._analytics = events_pb2_grpc.AnalyticsStub(self._channel)
         self._timeout = timeout_s
+        self.compress_over_bytes = COMPRESS_OVER_BYTES  # publish requests above it are sent gzip-compressed
         # Concurrent acks, of any subscriptions, share one call: a process holding
         # many subscriptions sends a few calls, not one per subscription. An item's
         # size is its count of ack ids.
@@ -142,11 +146,11 @@ class Client:
                                size_of=lambda request: len(request.ack_ids))
         self._ack_lanes = itertools.cycle(range(ACK_CALLS_IN_FLIGHT))
 
-    async def _call(self, method, request, extra_timeout_s: float = 0):
+    async def _call(self, method, request, extra_timeout_s: float = 0, compression: grpc.Compression | None = None):
         """One unary call (allowed extra_timeout_s beyond the client's timeout); its
         failure raised as the error family."""
         try:
-            return await method(request, timeout=self._timeout + extra_timeout_s)
+            return await method(request, timeout=self._timeout + extra_timeout_s, compression=compression)
         except grpc.aio.AioRpcError as e:
             raise errors.from_rpc_error(e) from e
 
@@ -211,7 +215,9 @@ class Client:
     async def publish(self, topic: str, messages: Iterable[bytes | Message]) -> list[str]:
         """Publishes one batch; returns the message ids in order once it is durably stored."""
         protos = [Message(m).proto() if isinstance(m, bytes) else m.proto() for m in messages]
-        reply = await self._call(self._publisher.Publish, pubsub_pb2.PublishRequest(topic=topic, messages=protos))
+        request = pubsub_pb2.PublishRequest(topic=topic, messages=protos)
+        gzip = grpc.Compression.Gzip if request.ByteSize() > self.compress_over_bytes else None
+        reply = await self._call(self._publisher.Publish, request, compression=gzip)
         return list(reply.message_ids)
 
     # -- subscriptions ----------------------------------------------------------

@@ -145,3 +145,16 @@ async def test_rotating_certificates_while_traffic_runs_loses_nothing_and_new_co
         assert now == x509.load_pem_x509_certificate((mesh.tls_dir / f"{name}.pem").read_bytes()), name
     for name in ("storage-1", "sender-1"):  # their own channels were rebuilt with the new client certificate
         assert "client certificate reloaded" in mesh.processes[name].log_path.read_text(), name
+
+
+async def test_every_service_accepts_gzip_and_a_large_publish_arrives_intact(mesh, client):
+    for node, addr in mesh.members().items():
+        async with tls_channel(addr, mesh.tls_dir, mesh.tls_dir) as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5, compression=grpc.Compression.Gzip)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, node
+    topic, sub = await new_topic(client, "gzip")
+    data = b'{"event": "order.shipped", "user": "alice"}\n' * 3000  # 130 KiB: over the client's threshold
+    [message_id] = await client.publish(topic, [data])
+    [got] = await receive(client, sub, 1)
+    assert (got.message.message_id, got.message.data) == (message_id, data)
