@@ -598,7 +598,7 @@ def _up(args) -> int:
     if args.ha:  # at least two of each kind (etcd: three, to keep a majority)
         counts = {kind: max(count, local.HA[kind]) for kind, count in counts.items()}
     mesh = local.LocalMesh(Path(args.data_dir), frontend_port=args.port, storage_nodes=args.storage_nodes,
-                           local_providers=args.local_providers, **counts)
+                           local_providers=args.local_providers, tls=not args.plaintext, **counts)
     stopping = False
 
     def request_stop(signum, frame):
@@ -616,8 +616,9 @@ def _up(args) -> int:
             return 1
         http = ", ".join(f"http://{mesh.network.address(name)}:{port}"
                          for name, port in zip(mesh.frontend_names(), mesh.frontend_http_ports()))
+        tls = f"TLS, CA {mesh.tls_dir / 'ca.pem'}" if mesh.tls else "plaintext"
         print(f"notifymesh mesh is up: frontend{'s' if len(mesh.frontend_addrs) > 1 else ''} {mesh.frontend_target} "
-              f"(NOTIFYMESH_ADDR={mesh.frontend_target}; HTTP {http}; logs in {mesh.data_dir / 'logs'}; "
+              f"(NOTIFYMESH_ADDR={mesh.frontend_target}; {tls}; HTTP {http}; logs in {mesh.data_dir / 'logs'}; "
               "Ctrl-C stops)", flush=True)
         mesh.supervise(lambda: stopping, progress=say)
     finally:
@@ -791,6 +792,9 @@ def _add_server_side_commands(commands) -> None:
     up.add_argument("--no-local-providers", dest="local_providers", action="store_false",
                     help="run no local SMTP server and SMS API (by default at P+18 and P+19, set as the providers "
                          "of channels that have none)")
+    up.add_argument("--plaintext", action="store_true",
+                    help="no TLS anywhere (default: mutual TLS from a local CA under --data-dir/tls), for a "
+                         "comparison or behind a proxy that ends TLS")
 
     bench = commands.add_parser("bench", help="publish-to-deliver benchmark on a fresh topic (the peer harness's "
                                               "workload); one JSON line on stdout")
