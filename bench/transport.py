@@ -27,6 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import notifymesh.server  # noqa: E402,F401  first: gRPC's I/O path, as the services choose it
+from bench.procfs import cpu_s  # noqa: E402
 from deploy.local import LocalMesh, free_frontend_port, free_port  # noqa: E402
 from notifymesh.client import Client  # noqa: E402
 
@@ -40,12 +42,22 @@ def new_mesh(path: Path, tls: bool) -> LocalMesh:
     return mesh
 
 
+def mesh_cpu_s(mesh: LocalMesh) -> float:
+    """CPU time of every process of the mesh (etcd and services) so far: less swayed
+    by a busy machine than throughput, which waits for the cores."""
+    return sum(cpu_s(p.popen.pid) for p in mesh.processes.values() if p.popen is not None)
+
+
 def cli_bench(mesh: LocalMesh, args) -> dict:
     argv = [str(NOTIFYMESH) if NOTIFYMESH.exists() else sys.executable, *([] if NOTIFYMESH.exists() else
             ["-m", "notifymesh.cli"]), "--addr", mesh.frontend_addr, "bench", "--messages", str(args.messages),
             "--size", str(args.size), "--subscribers", str(args.subscribers)]
+    before = mesh_cpu_s(mesh)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    line = json.loads(done.stdout.strip().splitlines()[-1])
+    line["mesh_cpu_ms_per_msg"] = 1000 * (mesh_cpu_s(mesh) - before) / line["published"]
+    line["client_cpu_ms_per_msg"] = 1000 * sum(line["cpu_s"]["publishers"]) / line["published"]
+    return line
 
 
 def payload(size: int) -> bytes:
@@ -62,7 +74,7 @@ def payload(size: int) -> bytes:
 async def publish_rate(addr: str, size: int, compress: bool, seconds: float, window: int) -> float:
     data = payload(size)
     async with Client(addr) as client:
-        client.compress_over_bytes = 0 if compress else 1 << 40
+        client.compress_over_bytes = 0 if compress else None
         topic = f"transport-{size}-{int(compress)}-{time.monotonic_ns()}"
         await client.create_topic(topic)
         await client.publish(topic, [data])
@@ -82,8 +94,8 @@ async def publish_rate(addr: str, size: int, compress: bool, seconds: float, win
 
 
 def spread(values: list[float]) -> dict:
-    return {"median": round(statistics.median(values), 1), "min": round(min(values), 1), "max": round(max(values), 1),
-            "runs": [round(v, 1) for v in values]}
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
+            "max": round(max(values), 3), "runs": [round(v, 3) for v in values]}
 
 
 def main() -> None:
@@ -102,18 +114,21 @@ def main() -> None:
         try:
             if args.only != "compression":
                 meshes["plaintext"] = new_mesh(Path(tmp) / "plain", False)
-                rates = {"tls": [], "plaintext": []}
+                keys = ("publish_msgs_per_s", "mesh_cpu_ms_per_msg", "client_cpu_ms_per_msg")
+                runs = {mode: {key: [] for key in keys} for mode in ("tls", "plaintext")}
                 for _ in range(args.rounds):
                     for mode in ("plaintext", "tls"):
                         line = cli_bench(meshes[mode], args)
-                        rates[mode].append(line["publish_msgs_per_s"])
-                        print(json.dumps({"bench": "tls", "mode": mode, "publish_msgs_per_s": line[
-                            "publish_msgs_per_s"], "loadavg": line["loadavg"]}), flush=True)
-                tls, plain = statistics.median(rates["tls"]), statistics.median(rates["plaintext"])
-                print(json.dumps({"bench": "tls", "size": args.size, "messages": args.messages,
-                                  "tls": spread(rates["tls"]), "plaintext": spread(rates["plaintext"]),
-                                  "tls_vs_plaintext_pct": round(100 * (tls - plain) / plain, 1),
-                                  "loadavg": os.getloadavg()}), flush=True)
+                        for key in keys:
+                            runs[mode][key].append(line[key])
+                        print(json.dumps({"bench": "tls", "mode": mode, **{key: line[key] for key in keys},
+                                          "loadavg": line["loadavg"]}), flush=True)
+                summary = {"bench": "tls", "size": args.size, "messages": args.messages}
+                for key in keys:
+                    tls, plain = (statistics.median(runs[mode][key]) for mode in ("tls", "plaintext"))
+                    summary[key] = {"tls": spread(runs["tls"][key]), "plaintext": spread(runs["plaintext"][key]),
+                                    "tls_vs_plaintext_pct": round(100 * (tls - plain) / plain, 1)}
+                print(json.dumps({**summary, "loadavg": os.getloadavg()}), flush=True)
             if args.only != "tls":
                 for size in (int(s) for s in args.sizes.split(",")):
                     rates = {False: [], True: []}

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -146,8 +147,20 @@ async def require_frontend(client: Client) -> None:
     otherwise wait for one, reconnecting, for ever)."""
     if not await client.wait_connected(CONNECT_PROBE_S):
         addresses = client.addr.split(",")
+        if _listening(addresses[0]) and not client.credentials.plaintext:
+            fail(f"the frontend at {addresses[0]} accepts connections but no TLS session with this client: check "
+                 "--ca/--cert/--key (or NOTIFYMESH_CA/CERT/KEY) against the mesh's tls/ca.pem")
         fail(f"cannot reach the frontend{'s' if len(addresses) > 1 else ''} at {client.addr}: "
              "is the mesh running? (make up)")
+
+
+def _listening(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=1):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def _topic_record(topic) -> dict:

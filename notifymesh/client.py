@@ -138,7 +138,9 @@ class Client:
         self._notifications = notify_pb2_grpc.NotificationsStub(self._channel)
         self._analytics = events_pb2_grpc.AnalyticsStub(self._channel)
         self._timeout = timeout_s
-        self.compress_over_bytes = COMPRESS_OVER_BYTES  # publish requests above it are sent gzip-compressed
+        # Publish requests above it are sent gzip-compressed; None: never (a client
+        # on a fast link to its frontend, where gzip's CPU costs more than it saves).
+        self.compress_over_bytes: int | None = COMPRESS_OVER_BYTES
         # Concurrent acks, of any subscriptions, share one call: a process holding
         # many subscriptions sends a few calls, not one per subscription. An item's
         # size is its count of ack ids.
@@ -216,7 +218,8 @@ class Client:
         """Publishes one batch; returns the message ids in order once it is durably stored."""
         protos = [Message(m).proto() if isinstance(m, bytes) else m.proto() for m in messages]
         request = pubsub_pb2.PublishRequest(topic=topic, messages=protos)
-        gzip = grpc.Compression.Gzip if request.ByteSize() > self.compress_over_bytes else None
+        over = self.compress_over_bytes
+        gzip = grpc.Compression.Gzip if over is not None and request.ByteSize() > over else None
         reply = await self._call(self._publisher.Publish, request, compression=gzip)
         return list(reply.message_ids)
 

@@ -76,7 +76,7 @@ async def test_a_client_refuses_a_frontend_whose_certificate_is_not_from_the_ca_
         with pytest.raises(errors.Unavailable):
             await client.list_topics()
     done = cli(mesh, "--ca", str(other_ca / CA_FILE), "topic", "list")
-    assert done.returncode == 1 and b"error:" in done.stderr and b"Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 1 and b"no TLS session with this client" in done.stderr, done.stderr
     assert cli(mesh, "--ca", str(mesh.tls_dir / CA_FILE), "topic", "list").returncode == 0
 
 
