@@ -31,6 +31,7 @@ import notifymesh.server  # noqa: E402,F401  first: gRPC's I/O path, as the serv
 from bench.procfs import cpu_s  # noqa: E402
 from deploy.local import LocalMesh, free_frontend_port, free_port  # noqa: E402
 from notifymesh.client import Client  # noqa: E402
+from notifymesh.publisher import Publisher  # noqa: E402
 
 NOTIFYMESH = Path(sys.executable).with_name("notifymesh")
 
@@ -93,6 +94,23 @@ async def publish_rate(addr: str, size: int, compress: bool, seconds: float, win
         return rate
 
 
+async def batched_rate(addr: str, size: int, compress: bool, messages: int) -> float:
+    """Publisher's batches (up to 500 messages, 1 MiB) of size-byte JSON-like messages:
+    the requests of a busy publisher, far over the threshold."""
+    data = [payload(size) for _ in range(100)]
+    async with Client(addr) as client:
+        client.compress_over_bytes = 0 if compress else None
+        topic = f"transport-batched-{int(compress)}-{time.monotonic_ns()}"
+        await client.create_topic(topic)
+        async with Publisher(client) as publisher:
+            started = time.monotonic()
+            futures = [await publisher.publish(topic, data[i % 100]) for i in range(messages)]
+            await asyncio.gather(*futures)
+            rate = messages / (time.monotonic() - started)
+        await client.delete_topic(topic)
+        return rate
+
+
 def spread(values: list[float]) -> dict:
     return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
             "max": round(max(values), 3), "runs": [round(v, 3) for v in values]}
@@ -130,6 +148,14 @@ def main() -> None:
                                     "tls_vs_plaintext_pct": round(100 * (tls - plain) / plain, 1)}
                 print(json.dumps({**summary, "loadavg": os.getloadavg()}), flush=True)
             if args.only != "tls":
+                rates = {False: [], True: []}
+                for _ in range(args.rounds):
+                    for compress in (False, True):
+                        rates[compress].append(asyncio.run(batched_rate(
+                            meshes["tls"].frontend_addr, 256, compress, args.messages)))
+                print(json.dumps({"bench": "compression", "batched": True, "size": 256, "messages": args.messages,
+                                  "plain": spread(rates[False]), "gzip": spread(rates[True]),
+                                  "loadavg": os.getloadavg()}), flush=True)
                 for size in (int(s) for s in args.sizes.split(",")):
                     rates = {False: [], True: []}
                     for _ in range(args.rounds):
