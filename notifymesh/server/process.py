@@ -298,7 +298,10 @@ async def serve(kind: str, args: argparse.Namespace,
                 build: Callable[[Context], Awaitable[Component]]) -> None:
     log_mod.setup(kind, args.node_id, args.log_level)
     files = None if args.plaintext else TlsFiles(args.tls_dir, args.node_id)
-    tls = ChannelCredentials(files) if files else None
+    try:
+        tls = ChannelCredentials(files) if files else None
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"cannot read this process's TLS files: {e}")
     etcd = connect_etcd(args.etcd, tls)
     config = config_mod.LiveConfig(args.config, etcd_values=await _read_etcd_config(etcd))
     settings = await follow_config(etcd, config)

@@ -10,7 +10,8 @@ CA names, so a peer is checked for being the cluster's, whatever address it has.
 
 Rotation without downtime: a server re-reads its files at each new connection when
 they changed (grpc's dynamic server credentials), and a process's channels are
-rebuilt with new client credentials when its files change (ChannelCredentials).
+rebuilt with new client credentials when its files change (ChannelCredentials);
+the etcd client takes them at its next connect (cluster.TlsEtcdClient).
 """
 
 import logging
