@@ -17,8 +17,8 @@ from deploy import pki
 from notifymesh import errors
 from notifymesh.client import Client
 from notifymesh.credentials import CA_FILE
-from notifymesh.server.cluster import connect_etcd
-from notifymesh.server.tls import ChannelCredentials, TlsFiles, internal_options
+from notifymesh.server.cluster import TlsEtcdClient, connect_etcd
+from notifymesh.server.tls import internal_options
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +80,22 @@ async def test_a_client_refuses_a_frontend_whose_certificate_is_not_from_the_ca_
     assert cli(mesh, "--ca", str(mesh.tls_dir / CA_FILE), "topic", "list").returncode == 0
 
 
+class Fixed:
+    """Client credentials that never change (what ChannelCredentials gives TlsEtcdClient)."""
+
+    def __init__(self, ca: bytes, key: bytes | None = None, cert: bytes | None = None):
+        self.credentials = grpc.ssl_channel_credentials(ca, key, cert)
+
+    def current(self) -> grpc.ChannelCredentials:
+        return self.credentials
+
+
 async def test_etcd_refuses_a_client_without_a_certificate_of_the_cluster_ca(mesh, other_ca):
     host, _, port = mesh.etcd_endpoint.rpartition(":")
-    clients = [aetcd.Client(host=host, port=int(port), timeout=3),  # plaintext
-               connect_etcd(mesh.etcd_endpoint, ChannelCredentials(TlsFiles(other_ca, "other")))]
-    for etcd in clients:
+    ca = (mesh.tls_dir / CA_FILE).read_bytes()  # each trusts etcd's certificate: etcd is the one refusing
+    foreign = Fixed(ca, (other_ca / "other.key").read_bytes(), (other_ca / "other.pem").read_bytes())
+    for etcd in (aetcd.Client(host=host, port=int(port), timeout=3), TlsEtcdClient(Fixed(ca), host=host,
+                 port=int(port), timeout=3), TlsEtcdClient(foreign, host=host, port=int(port), timeout=3)):
         with pytest.raises(Exception):
             await etcd.get(b"/notifymesh/config")
         await etcd.close()
