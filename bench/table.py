@@ -124,7 +124,7 @@ def percentile(values: list[float], p: float) -> float:
 
 
 async def run(mesh: LocalMesh, sampler: RssSampler, args) -> dict:
-    cluster = Cluster(connect_etcd(mesh.etcd_endpoint), Config.max_grpc_message_bytes)
+    cluster = Cluster(connect_etcd(mesh.etcd_endpoint, mesh.client_tls()), Config.max_grpc_message_bytes, mesh.client_tls())
     await cluster.start()
     try:
         await wait_ready(cluster)

@@ -20,11 +20,13 @@ from typing import Protocol
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from deploy import local_providers
+from deploy import local_providers, pki
 from gen.notifymesh.internal.v1 import metadata_pb2_grpc, node_pb2, node_pb2_grpc
 from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, notify_pb2
+from notifymesh.credentials import CLIENT_NAME, TLS_DIR, register_local_mesh
 from notifymesh.server import internal_topics
 from notifymesh.server.config import Config
+from notifymesh.server.tls import ChannelCredentials, TlsFiles, internal_options
 
 STOP_TIMEOUT_S = 15
 START_TIMEOUT_S = 60
@@ -158,6 +160,9 @@ class LocalMesh:
     # loopback meshes; (SMTP port, HTTP port, APNs port), by default from frontend_port.
     local_providers: bool = True
     provider_ports: tuple[int, int, int] | None = None
+    # Mutual TLS between every process and on the public port, from the local CA
+    # under data_dir/tls (deploy/pki.py); False: plaintext, for a TLS-off comparison.
+    tls: bool = True
 
     @property
     def etcd_endpoint(self) -> str:
@@ -196,15 +201,16 @@ class LocalMesh:
         if self.etcd_ports is None:
             self.etcd_ports = self._default_etcd_ports()
         address = self.network.address
-        initial_cluster = ",".join(f"{name}=http://{address(name)}:{peer}"
+        scheme = "https" if self.tls else "http"
+        initial_cluster = ",".join(f"{name}={scheme}://{address(name)}:{peer}"
                                    for name, (_, peer) in zip(self.etcd_names(), self.etcd_ports))
         for name, (client, peer) in zip(self.etcd_names(), self.etcd_ports):
-            client_url, peer_url = f"http://{address(name)}:{client}", f"http://{address(name)}:{peer}"
+            client_url, peer_url = f"{scheme}://{address(name)}:{client}", f"{scheme}://{address(name)}:{peer}"
             self._add(name, [find_etcd(), "--name", name, "--data-dir", str(self.data_dir / name),
                              "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
                              "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
                              "--initial-cluster", initial_cluster, "--initial-cluster-token", "notifymesh",
-                             "--log-level", "warn"])
+                             "--log-level", "warn", *self._etcd_tls_flags(name)])
         if self.local_providers and isinstance(self.network, Loopback):
             if self.provider_ports is None:
                 self.provider_ports = (self.frontend_port + LOCAL_SMTP_OFFSET, self.frontend_port + LOCAL_HTTP_OFFSET,
@@ -224,6 +230,36 @@ class LocalMesh:
         for name, addr in zip(self.frontend_names(), self.frontend_addrs):
             self._add_service("frontend", name, listen=addr)
 
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / TLS_DIR
+
+    def _etcd_tls_flags(self, name: str) -> list[str]:
+        """Client and peer certificates, each side required to show one of the local CA."""
+        if not self.tls:
+            return []
+        ca, cert, key = (str(path) for path in TlsFiles(self.tls_dir, name).paths)
+        return ["--cert-file", cert, "--key-file", key, "--trusted-ca-file", ca, "--client-cert-auth",
+                "--peer-cert-file", cert, "--peer-key-file", key, "--peer-trusted-ca-file", ca,
+                "--peer-client-cert-auth"]
+
+    def _ensure_certificates(self) -> None:
+        """The local CA and a certificate per process and for the CLI, where missing."""
+        if self.tls:
+            names = [name for name in self.processes if name != LOCAL_PROVIDERS]
+            pki.ensure(self.tls_dir, {**{name: [self.network.address(name)] for name in names}, CLIENT_NAME: []})
+
+    def client_tls(self) -> ChannelCredentials | None:
+        """The CLI's credentials (tls/client.*), for a test's own etcd client or Cluster."""
+        return ChannelCredentials(TlsFiles(self.tls_dir, CLIENT_NAME)) if self.tls else None
+
+    def channel(self, addr: str) -> grpc.Channel:
+        """A blocking channel to any process of the mesh, with the CLI's certificate."""
+        if not self.tls:
+            return grpc.insecure_channel(addr)
+        ca, cert, key = (path.read_bytes() for path in TlsFiles(self.tls_dir, CLIENT_NAME).paths)
+        return grpc.secure_channel(addr, grpc.ssl_channel_credentials(ca, key, cert), options=internal_options())
+
     def _default_etcd_ports(self) -> list[tuple[int, int]]:
         """The ports recorded in the data dir, else the old fixed ones for an etcd made
         before they were recorded, else derived from the frontend port."""
@@ -239,6 +275,7 @@ class LocalMesh:
         """Starts one more storage node; returns its id once it serves."""
         node_id = f"storage-{sum(n.startswith('storage-') for n in self.processes) + 1}"
         self._add_service("storage", node_id, "--data-dir", str(self.data_dir / node_id))
+        self._ensure_certificates()
         self.processes[node_id].start()
         self.wait_serving([node_id])
         return node_id
@@ -251,7 +288,8 @@ class LocalMesh:
         if listen is None:
             listen, advertise = self.network.listen(node_id)
         argv = [sys.executable, "-m", kind, "--node-id", node_id, "--etcd", self.etcd_endpoint,
-                "--listen", listen, *(["--advertise", advertise] if advertise else []), *extra]
+                "--listen", listen, *(["--advertise", advertise] if advertise else []), *extra,
+                *(["--tls-dir", str(self.tls_dir)] if self.tls else ["--plaintext"])]
         if self.config_file:
             argv += ["--config", str(self.config_file)]
         self._add(node_id, argv)
@@ -275,6 +313,8 @@ class LocalMesh:
             raise RuntimeError(f"{self.data_dir} holds an etcd cluster of {len(existing)} member(s), not "
                                f"{len(self.etcd_names())}: keep --etcd-members as it was, or use another --data-dir")
         (self.data_dir / ETCD_PORTS_FILE).write_text(json.dumps(self.etcd_ports))
+        self._ensure_certificates()
+        register_local_mesh(self.frontend_addrs, self.data_dir, plaintext=not self.tls)
         for name in self.etcd_names():
             self.processes[name].start()
         for name in self.etcd_names():
@@ -313,7 +353,7 @@ class LocalMesh:
         records.append(local_providers.apns_record(creds, "127.0.0.1", self.provider_ports[2]))  # beside the FCM fake
         metadata = next(addr for name, addr in members.items() if name.startswith("metadata-"))
         try:
-            with grpc.insecure_channel(metadata) as channel:
+            with self.channel(metadata) as channel:
                 stub = metadata_pb2_grpc.MetadataStub(channel)
                 have = {p.channel for p in stub.ListProviders(notify_pb2.ListProvidersRequest(), timeout=10).providers}
                 for record in records:
@@ -330,7 +370,7 @@ class LocalMesh:
         /_erase, unless one is set: a deleted recipient's addresses leave their outbox too."""
         url = f"http://127.0.0.1:{self.provider_ports[1]}/_erase"
         try:
-            with grpc.insecure_channel(metadata) as channel:
+            with self.channel(metadata) as channel:
                 stub = metadata_pb2_grpc.MetadataStub(channel)
                 (setting,) = stub.GetConfig(cluster_pb2.GetConfigRequest(key="erasure_hook_url"), timeout=10).settings
                 if setting.stored:
@@ -360,7 +400,7 @@ class LocalMesh:
         targets = [addr] if addr else live or self.frontend_addrs[:1]
         for target in targets:
             try:
-                with grpc.insecure_channel(target) as channel:
+                with self.channel(target) as channel:
                     return node_pb2_grpc.NodeStub(channel).Describe(
                         node_pb2.DescribeRequest(topics=topics, subscriptions=subscriptions), timeout=5)
             except grpc.RpcError:
@@ -388,9 +428,17 @@ class LocalMesh:
                 time.sleep(0.1)
                 continue
             for name in list(pending):
-                if name in members and _serving(members[name]):
+                if name in members and self._serving(members[name]):
                     pending.discard(name)
             time.sleep(0.05)
+
+    def _serving(self, addr: str) -> bool:
+        try:
+            with self.channel(addr) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                return reply.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            return False
 
     def wait_notifications_ready(self, timeout: float = START_TIMEOUT_S) -> None:
         """Until every partition of the notification layer's internal topics has a
@@ -402,7 +450,7 @@ class LocalMesh:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with grpc.insecure_channel(self.frontend_addrs[0]) as channel:
+                with self.channel(self.frontend_addrs[0]) as channel:
                     status = cluster_pb2_grpc.ClusterAdminStub(channel).GetClusterStatus(
                         cluster_pb2.GetClusterStatusRequest(), timeout=5)
                 led = {s.topic for s in status.shards if s.leader}
@@ -469,13 +517,4 @@ def _port_open(port: int) -> bool:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
     except OSError:
-        return False
-
-
-def _serving(addr: str) -> bool:
-    try:
-        with grpc.insecure_channel(addr) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
-            return reply.status == health_pb2.HealthCheckResponse.SERVING
-    except grpc.RpcError:
         return False

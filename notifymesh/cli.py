@@ -19,6 +19,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -146,8 +147,20 @@ async def require_frontend(client: Client) -> None:
     otherwise wait for one, reconnecting, for ever)."""
     if not await client.wait_connected(CONNECT_PROBE_S):
         addresses = client.addr.split(",")
+        if _listening(addresses[0]) and not client.credentials.plaintext:
+            fail(f"the frontend at {addresses[0]} accepts connections but no TLS session with this client: check "
+                 "--ca/--cert/--key (or NOTIFYMESH_CA/CERT/KEY) against the mesh's tls/ca.pem")
         fail(f"cannot reach the frontend{'s' if len(addresses) > 1 else ''} at {client.addr}: "
              "is the mesh running? (make up)")
+
+
+def _listening(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=1):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def _topic_record(topic) -> dict:
@@ -598,7 +611,7 @@ def _up(args) -> int:
     if args.ha:  # at least two of each kind (etcd: three, to keep a majority)
         counts = {kind: max(count, local.HA[kind]) for kind, count in counts.items()}
     mesh = local.LocalMesh(Path(args.data_dir), frontend_port=args.port, storage_nodes=args.storage_nodes,
-                           local_providers=args.local_providers, **counts)
+                           local_providers=args.local_providers, tls=not args.plaintext, **counts)
     stopping = False
 
     def request_stop(signum, frame):
@@ -616,8 +629,9 @@ def _up(args) -> int:
             return 1
         http = ", ".join(f"http://{mesh.network.address(name)}:{port}"
                          for name, port in zip(mesh.frontend_names(), mesh.frontend_http_ports()))
+        tls = f"TLS, CA {mesh.tls_dir / 'ca.pem'}" if mesh.tls else "plaintext"
         print(f"notifymesh mesh is up: frontend{'s' if len(mesh.frontend_addrs) > 1 else ''} {mesh.frontend_target} "
-              f"(NOTIFYMESH_ADDR={mesh.frontend_target}; HTTP {http}; logs in {mesh.data_dir / 'logs'}; "
+              f"(NOTIFYMESH_ADDR={mesh.frontend_target}; {tls}; HTTP {http}; logs in {mesh.data_dir / 'logs'}; "
               "Ctrl-C stops)", flush=True)
         mesh.supervise(lambda: stopping, progress=say)
     finally:
@@ -791,6 +805,9 @@ def _add_server_side_commands(commands) -> None:
     up.add_argument("--no-local-providers", dest="local_providers", action="store_false",
                     help="run no local SMTP server and SMS API (by default at P+18 and P+19, set as the providers "
                          "of channels that have none)")
+    up.add_argument("--plaintext", action="store_true",
+                    help="no TLS anywhere (default: mutual TLS from a local CA under --data-dir/tls), for a "
+                         "comparison or behind a proxy that ends TLS")
 
     bench = commands.add_parser("bench", help="publish-to-deliver benchmark on a fresh topic (the peer harness's "
                                               "workload); one JSON line on stdout")
@@ -906,6 +923,7 @@ def parser() -> argparse.ArgumentParser:
                         "while one is down (default $NOTIFYMESH_ADDR or 127.0.0.1:50051)")
     p.add_argument("--output", choices=OUTPUTS, default="json",
                    help="json: one JSON object per line (default); table: aligned columns for people")
+    _add_tls_options(p)
     commands = p.add_subparsers(dest="command", required=True)
     _add_topic_commands(commands)
     _add_subscription_commands(commands)
@@ -985,8 +1003,30 @@ async def _run(args) -> int:
     return 0
 
 
+TLS_OPTIONS = {"ca": "NOTIFYMESH_CA", "cert": "NOTIFYMESH_CERT", "key": "NOTIFYMESH_KEY"}  # before the command
+
+
+def _add_tls_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ca", dest="tls_ca", help="PEM file of the CA the frontend's certificate is checked "
+                   "against (default $NOTIFYMESH_CA, else the local mesh's tls/ca.pem, else the system's)")
+    p.add_argument("--cert", dest="tls_cert",
+                   help="PEM client certificate (default $NOTIFYMESH_CERT, else the local mesh's)")
+    p.add_argument("--key", dest="tls_key", help="PEM key of --cert (default $NOTIFYMESH_KEY, else the local mesh's)")
+
+
+def _use_tls_options(args) -> None:
+    """--ca/--cert/--key as the environment the Client (and bench's processes) read them from."""
+    for option, env in TLS_OPTIONS.items():
+        path = getattr(args, f"tls_{option}", None)
+        if path:
+            if not os.path.isfile(path):
+                fail(f"--{option} {path}: no such file")
+            os.environ[env] = path
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    _use_tls_options(args)
     if args.command == "up":
         raise SystemExit(_up(args))
     if args.command == "bench":

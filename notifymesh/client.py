@@ -26,6 +26,7 @@ from google.protobuf import duration_pb2
 
 from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, notify_pb2, notify_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
 from gen.notifymesh.v1 import events_pb2, events_pb2_grpc
+from notifymesh import credentials as credentials_mod
 from notifymesh import errors
 from notifymesh.backoff import Backoff, BackoffPolicy
 from notifymesh.batching import Coalescer
@@ -38,6 +39,9 @@ MAX_ACK_IDS_PER_CALL = 1000  # the server's limit on ack ids in one request
 MAX_RECIPIENTS_PER_CALL = 1000  # the server's limit on recipients (ids) in one request
 IMPORT_CALLS_IN_FLIGHT = 2  # import_recipients: one checked by the server while the next is read
 ACK_CALLS_IN_FLIGHT = 32
+# Publish requests larger than this go gzip-compressed (every service accepts gzip);
+# the measurement behind the figure is in docs/benchmarks.md (2026-11-30, transport).
+COMPRESS_OVER_BYTES = 32 * 1024
 
 
 def default_addr() -> str:
@@ -106,20 +110,37 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return d
 
 
+def secure_channel(target, credentials: credentials_mod.Credentials, options: list) -> grpc.aio.Channel:
+    """The channel to the frontends: TLS (the client certificate when there is one),
+    or plaintext for a mesh explicitly run without TLS."""
+    if credentials.plaintext:
+        return grpc.aio.insecure_channel(target.target, options=options)
+    tls = grpc.ssl_channel_credentials(credentials.ca_pem, credentials.key_pem, credentials.cert_pem)
+    if len(target.addresses) > 1:  # an ipv4:a,b target: the certificate must name the first address's host
+        options = [*options, ("grpc.ssl_target_name_override", target.addresses[0].rpartition(":")[0].strip("[]"))]
+    return grpc.aio.secure_channel(target.target, tls, options=options)
+
+
 class Client:
-    def __init__(self, addr: str | Sequence[str] | None = None, timeout_s: float = 30):
+    def __init__(self, addr: str | Sequence[str] | None = None, timeout_s: float = 30, *,
+                 ca=None, cert=None, key=None, api_key: str | None = None):
         """addr: a frontend's host:port, or several ("a:1,b:2" or a list): calls are
-        then spread over them (round robin) and go to the others while one is down."""
+        then spread over them (round robin) and go to the others while one is down.
+        ca, cert, key: PEM file paths (or bytes); by default as notifymesh.credentials finds them."""
         target = client_target(addr or default_addr())
         self.addr = ",".join(target.addresses)
-        self._channel = grpc.aio.insecure_channel(
-            target.target, options=[*channel_options(64 * 1024 * 1024), *target.options])
+        self.credentials = credentials_mod.resolve(target.addresses, ca=ca, cert=cert, key=key, api_key=api_key)
+        self._channel = secure_channel(target, self.credentials,
+                                       [*channel_options(64 * 1024 * 1024), *target.options])
         self._publisher = pubsub_pb2_grpc.PublisherStub(self._channel)
         self._subscriber = pubsub_pb2_grpc.SubscriberStub(self._channel)
         self._cluster = cluster_pb2_grpc.ClusterAdminStub(self._channel)
         self._notifications = notify_pb2_grpc.NotificationsStub(self._channel)
         self._analytics = events_pb2_grpc.AnalyticsStub(self._channel)
         self._timeout = timeout_s
+        # Publish requests above it are sent gzip-compressed; None: never (a client
+        # on a fast link to its frontend, where gzip's CPU costs more than it saves).
+        self.compress_over_bytes: int | None = COMPRESS_OVER_BYTES
         # Concurrent acks, of any subscriptions, share one call: a process holding
         # many subscriptions sends a few calls, not one per subscription. An item's
         # size is its count of ack ids.
@@ -127,11 +148,11 @@ class Client:
                                size_of=lambda request: len(request.ack_ids))
         self._ack_lanes = itertools.cycle(range(ACK_CALLS_IN_FLIGHT))
 
-    async def _call(self, method, request, extra_timeout_s: float = 0):
+    async def _call(self, method, request, extra_timeout_s: float = 0, compression: grpc.Compression | None = None):
         """One unary call (allowed extra_timeout_s beyond the client's timeout); its
         failure raised as the error family."""
         try:
-            return await method(request, timeout=self._timeout + extra_timeout_s)
+            return await method(request, timeout=self._timeout + extra_timeout_s, compression=compression)
         except grpc.aio.AioRpcError as e:
             raise errors.from_rpc_error(e) from e
 
@@ -196,7 +217,10 @@ class Client:
     async def publish(self, topic: str, messages: Iterable[bytes | Message]) -> list[str]:
         """Publishes one batch; returns the message ids in order once it is durably stored."""
         protos = [Message(m).proto() if isinstance(m, bytes) else m.proto() for m in messages]
-        reply = await self._call(self._publisher.Publish, pubsub_pb2.PublishRequest(topic=topic, messages=protos))
+        request = pubsub_pb2.PublishRequest(topic=topic, messages=protos)
+        over = self.compress_over_bytes
+        gzip = grpc.Compression.Gzip if over is not None and request.ByteSize() > over else None
+        reply = await self._call(self._publisher.Publish, request, compression=gzip)
         return list(reply.message_ids)
 
     # -- subscriptions ----------------------------------------------------------

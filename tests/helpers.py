@@ -11,8 +11,12 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import grpc
+
 from deploy.local import HA, LocalMesh, free_frontend_port, free_port
 from notifymesh.client import Client
+from notifymesh.credentials import CA_FILE, CLIENT_NAME, TLS_DIR
+from notifymesh.server.tls import internal_options
 
 
 def new_mesh(path, etcd_members: int = 1, frontends: int = 1, **kwargs) -> LocalMesh:
@@ -58,6 +62,16 @@ NOTIFYMESH = Path(sys.executable).with_name("notifymesh")  # the installed entry
 def cli_argv(*args: str) -> list[str]:
     """The command line of the installed `notifymesh` entry point (python -m notifymesh.cli without one)."""
     return [str(NOTIFYMESH), *args] if NOTIFYMESH.exists() else [sys.executable, "-m", "notifymesh.cli", *args]
+
+
+def aio_channel(data_dir: Path, addr: str) -> grpc.aio.Channel:
+    """A channel for raw calls to any process of the mesh in data_dir, with its CLI
+    certificate (plaintext when the mesh runs without TLS)."""
+    tls = Path(data_dir) / TLS_DIR
+    if not (tls / CA_FILE).exists():
+        return grpc.aio.insecure_channel(addr)
+    ca, cert, key = ((tls / name).read_bytes() for name in (CA_FILE, f"{CLIENT_NAME}.pem", f"{CLIENT_NAME}.key"))
+    return grpc.aio.secure_channel(addr, grpc.ssl_channel_credentials(ca, key, cert), options=internal_options())
 
 
 def unique(prefix: str) -> str:

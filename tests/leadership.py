@@ -65,11 +65,12 @@ def stored_epochs(data_dirs: list[Path], topic: str, partitions: int) -> dict[st
     return epochs
 
 
-async def grants(etcd_endpoint: str, topic: str, epochs: set[tuple[int, int]]) -> dict[tuple[int, int], str | None]:
+async def grants(etcd_endpoint: str, tls, topic: str,
+                 epochs: set[tuple[int, int]]) -> dict[tuple[int, int], str | None]:
     """(partition, epoch) -> the node etcd created the shard's leader key for at
     that revision; None when the key was not created then. A watch from that
     revision replays the key's history: its first event is that creation or not."""
-    etcd = connect_etcd(etcd_endpoint)
+    etcd = connect_etcd(etcd_endpoint, tls)
     granted = {}
     try:
         for partition, epoch in sorted(epochs):

@@ -151,7 +151,8 @@ class Checker:
         stored = await asyncio.to_thread(leadership.stored_epochs, [self._mesh.data_dir / p.name for p in nodes],
                                          self._topic, self.partitions)
         attribution = attribute(stored, self.ledger.acknowledged)
-        granted = await leadership.grants(self._mesh.etcd_endpoint, self._topic, attribution.epochs(claims))
+        granted = await leadership.grants(self._mesh.etcd_endpoint, self._mesh.client_tls(), self._topic,
+                                          attribution.epochs(claims))
         return audit_epochs(claims, granted, attribution)
 
 

@@ -13,6 +13,7 @@ from typing import Callable, Generic, NamedTuple, TypeVar
 
 import aetcd
 import grpc
+from aetcd import rpc as etcd_rpc
 
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
@@ -23,6 +24,7 @@ from notifymesh.contracts import (CATEGORIES, LEADERS, MEMBERS, PLACEMENTS, PROV
 from notifymesh.log import fields
 from notifymesh.server.internal_topics import channel_name
 from notifymesh.server.ring import Ring
+from notifymesh.server.tls import CHECK_EVERY_S, ChannelCredentials, internal_options
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +44,43 @@ class ShardLeader(NamedTuple):
     epoch: int  # the create revision of the shard's leader key
 
 
-def connect_etcd(endpoints: str) -> aetcd.Client:
+class TlsEtcdClient(aetcd.Client):
+    """aetcd's client over mutual TLS: its connect() dials an insecure channel, so
+    this one opens a secure channel (with the process's credentials as they are at
+    each connect) and sets up the same stubs."""
+
+    def __init__(self, tls: ChannelCredentials, **kwargs):
+        super().__init__(**kwargs)
+        self._tls = tls
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        if self._is_connecting:  # another task is connecting: wait for it, as aetcd does
+            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
+            return
+        try:
+            self._is_connecting = True
+            rpc = etcd_rpc
+            self.channel = grpc.aio.secure_channel(f"{self._host}:{self._port}", self._tls.current(),
+                                                   options=[*self._options.items(), *internal_options()])
+            self.kvstub, self.clusterstub = rpc.KVStub(self.channel), rpc.ClusterStub(self.channel)
+            self.leasestub, self.maintenancestub = rpc.LeaseStub(self.channel), rpc.MaintenanceStub(self.channel)
+            self._watcher = aetcd.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout,
+                                                         metadata=self.metadata)
+            self._connected.set()
+        finally:
+            self._is_connecting = False
+
+
+def connect_etcd(endpoints: str, tls: ChannelCredentials | None = None) -> aetcd.Client:
     """endpoints: host:port[,host:port...]. aetcd takes one host and port and dials
     f"{host}:{port}"; a gRPC multi-address target split at its last colon gives
-    it every member, and gRPC moves to another when one fails."""
+    it every member, and gRPC moves to another when one fails. With tls: mutual TLS."""
     target = "ipv4:" + endpoints if "," in endpoints else endpoints
     host, _, port = target.rpartition(":")
-    return aetcd.Client(host=host or "127.0.0.1", port=int(port), timeout=5,
-                        options={"grpc.lb_policy_name": "round_robin"})
+    kwargs = dict(host=host or "127.0.0.1", port=int(port), timeout=5, options={"grpc.lb_policy_name": "round_robin"})
+    return TlsEtcdClient(tls, **kwargs) if tls else aetcd.Client(**kwargs)
 
 
 class PrefixMirror(Generic[T]):
@@ -233,7 +264,8 @@ class Cluster:
     """Live members and their rings, topics and subscriptions, and cached channels
     to peers. Read-only: only the metadata service writes topics and subscriptions."""
 
-    def __init__(self, etcd: aetcd.Client, max_message_bytes: int):
+    def __init__(self, etcd: aetcd.Client, max_message_bytes: int, tls: ChannelCredentials | None = None):
+        """tls: mutual TLS to the other services (None: plaintext)."""
         self.etcd = etcd
         self.members = PrefixMirror(etcd, MEMBERS, MemberRecord.parse)
         self.topics = PrefixMirror(etcd, TOPICS, pubsub_pb2.Topic.FromString)
@@ -254,17 +286,34 @@ class Cluster:
         self._leader_change = asyncio.Event()
         self.leaders.on_change(lambda _name: self._leaders_changed())
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._options = channel_options(max_message_bytes)
+        # After a certificate rotation the channels made before it, still serving
+        # the calls they carry; closed at the next rotation (two generations at most).
+        self._retired: list[grpc.aio.Channel] = []
+        self._tls, self._tls_generation = tls, 0
+        self._tls_task: asyncio.Task | None = None
+        self._options = channel_options(max_message_bytes) + (internal_options() if tls else [])
         self.members.on_change(lambda _name: self._rebuild_rings())
 
     async def start(self) -> None:
         for mirror in self._mirrors():
             await mirror.start()
+        if self._tls:
+            self._tls_task = asyncio.create_task(self._follow_certificates())
+
+    async def _follow_certificates(self) -> None:
+        """Takes in rotated certificate files within a second even while no new channel
+        is asked for: the next channel() then makes its channels anew."""
+        while True:
+            await asyncio.sleep(CHECK_EVERY_S)
+            self._tls.current()
 
     async def stop(self) -> None:
+        if self._tls_task:
+            self._tls_task.cancel()
         for mirror in self._mirrors():
             await mirror.stop()
-        await asyncio.gather(*(c.close() for c in self._channels.values()), return_exceptions=True)
+        await asyncio.gather(*(c.close() for c in [*self._channels.values(), *self._retired]),
+                             return_exceptions=True)
 
     def _mirrors(self) -> tuple[PrefixMirror, ...]:
         return (self.members, self.topics, self.subscriptions, self.placements, self.leaders, self.categories,
@@ -321,9 +370,20 @@ class Cluster:
         return self.owner(kind, key)[1]
 
     def channel(self, addr: str) -> grpc.aio.Channel:
+        if self._tls is None:
+            channel = self._channels.get(addr)
+            if channel is None:
+                channel = self._channels[addr] = grpc.aio.insecure_channel(addr, options=self._options)
+            return channel
+        credentials = self._tls.current()
+        if self._tls.generation != self._tls_generation:  # rotated: new calls go over new connections
+            self._tls_generation = self._tls.generation
+            for old in self._retired:
+                asyncio.ensure_future(old.close())
+            self._retired, self._channels = list(self._channels.values()), {}
         channel = self._channels.get(addr)
         if channel is None:
-            channel = self._channels[addr] = grpc.aio.insecure_channel(addr, options=self._options)
+            channel = self._channels[addr] = grpc.aio.secure_channel(addr, credentials, options=self._options)
         return channel
 
     async def topic(self, name: str) -> pubsub_pb2.Topic:

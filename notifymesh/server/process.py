@@ -33,6 +33,7 @@ from notifymesh.log import fields
 from notifymesh.server import config as config_mod
 from notifymesh.server.cluster import Cluster, PrefixMirror, Registration, connect_etcd
 from notifymesh.server.status import status_of
+from notifymesh.server.tls import ChannelCredentials, TlsFiles, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +199,10 @@ MAX_PENDING_CALLS = 20_000
 
 
 def build_server(servicers: list[Servicer], max_message_bytes: int, listen: str,
-                 reflected: tuple[str, ...] = ()) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """Returns (server, bound port, health servicer); listen may end in :0."""
+                 reflected: tuple[str, ...] = (), credentials: grpc.ServerCredentials | None = None
+                 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Returns (server, bound port, health servicer); listen may end in :0.
+    credentials None: plaintext."""
     options = [*channel_options(max_message_bytes), ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
                ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS)]
     server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
@@ -210,7 +213,7 @@ def build_server(servicers: list[Servicer], max_message_bytes: int, listen: str,
     if reflected:
         reflection.enable_server_reflection(
             (*reflected, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(listen)
+    port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     return server, port, health_servicer
@@ -225,6 +228,10 @@ def parser(kind: str) -> argparse.ArgumentParser:
                                        "(behind a proxy or NAT)")
     p.add_argument("--config", type=Path, help="JSON config file (see notifymesh/config.py)")
     p.add_argument("--log-level", default="INFO")
+    tls = p.add_mutually_exclusive_group(required=True)
+    tls.add_argument("--tls-dir", type=Path, help="mutual TLS: ca.pem, <node-id>.pem and <node-id>.key in this "
+                                                  "directory (see notifymesh/server/tls.py)")
+    tls.add_argument("--plaintext", action="store_true", help="no TLS, for a network where TLS ends elsewhere")
     return p
 
 
@@ -290,10 +297,15 @@ def _awaits(awaitable, depth: int = 24) -> list[str]:
 async def serve(kind: str, args: argparse.Namespace,
                 build: Callable[[Context], Awaitable[Component]]) -> None:
     log_mod.setup(kind, args.node_id, args.log_level)
-    etcd = connect_etcd(args.etcd)
+    files = None if args.plaintext else TlsFiles(args.tls_dir, args.node_id)
+    try:
+        tls = ChannelCredentials(files) if files else None
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"cannot read this process's TLS files: {e}")
+    etcd = connect_etcd(args.etcd, tls)
     config = config_mod.LiveConfig(args.config, etcd_values=await _read_etcd_config(etcd))
     settings = await follow_config(etcd, config)
-    cluster = Cluster(etcd, config.max_grpc_message_bytes)
+    cluster = Cluster(etcd, config.max_grpc_message_bytes, tls)
     await cluster.start()
     ctx = Context(kind, args.node_id, args, config, cluster)
     component = await build(ctx)
@@ -302,8 +314,10 @@ async def serve(kind: str, args: argparse.Namespace,
     shard_status = getattr(component, "shard_status", list)
     servicers = [*component.servicers, (node_pb2_grpc.add_NodeServicer_to_server,
                                         NodeServicer(kind, args.node_id, cluster, shard_status))]
+    # The frontend's port is the public one: API keys, not client certificates (see tls.py).
+    credentials = server_credentials(files, require_client_cert=kind != "frontend") if files else None
     server, port, health_servicer = build_server(
-        servicers, config.max_grpc_message_bytes, args.listen, component.reflected)
+        servicers, config.max_grpc_message_bytes, args.listen, component.reflected, credentials)
     await server.start()
     await component.start()
     host = args.listen.rpartition(":")[0] or "127.0.0.1"

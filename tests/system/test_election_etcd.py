@@ -13,7 +13,7 @@ from storage.election import ClaimBasis, EtcdElectionStore
 
 
 async def test_a_claim_checks_the_announcements_and_placement_it_read(mesh):
-    etcd = connect_etcd(mesh.etcd_endpoint)
+    etcd = connect_etcd(mesh.etcd_endpoint, mesh.client_tls())
     store = EtcdElectionStore(SimpleNamespace(etcd=etcd))
     shard = f"{unique('election')}/0"
     placement_key = PLACEMENTS + shard.encode()
@@ -58,7 +58,7 @@ async def test_a_dead_leaders_lease_is_ended_at_once_and_a_paused_or_cut_off_one
     from notifymesh.contracts import MemberRecord, member_key
     from notifymesh.server.liveness import DeadMembers, EtcdMemberLeases, Verdict
 
-    etcd = connect_etcd(mesh.etcd_endpoint)
+    etcd = connect_etcd(mesh.etcd_endpoint, mesh.client_tls())
     paused = socket.create_server(("127.0.0.1", 0))  # listens, never accepts
     # A full accept queue: the kernel drops every SYN, as a cut link (nftables drop) does.
     cut_off = socket.create_server(("127.0.0.1", 0), backlog=0)

@@ -10,7 +10,7 @@ from notifymesh.server.cluster import PrefixMirror, connect_etcd
 async def test_etcd_mirror_groups_items_and_names_each_change(mesh):
     """The metadata cache: a dict of the keys under a prefix, grouped (subscriptions
     by topic), with listeners told which name changed."""
-    etcd = connect_etcd(mesh.etcd_endpoint)
+    etcd = connect_etcd(mesh.etcd_endpoint, mesh.client_tls())
     prefix = f"/test-mirror/{unique('m')}/".encode()
     mirror = PrefixMirror(etcd, prefix, bytes.decode, group_by=lambda value: value.split(":")[0])
     changed = asyncio.Queue()

@@ -10,7 +10,7 @@ import time
 
 import grpc
 import pytest
-from helpers import cli, cli_argv, new_mesh, unique
+from helpers import aio_channel, cli, cli_argv, new_mesh, unique
 
 from gen.notifymesh.internal.v1 import inbox_pb2, inbox_pb2_grpc
 from gen.notifymesh.v1 import notify_pb2
@@ -168,7 +168,7 @@ async def test_acks_on_one_frontend_free_room_on_another_and_a_killed_frontends_
 async def test_a_forged_wake_call_on_the_public_port_is_refused(mesh, client):
     changes = inbox_pb2.InboxChanges(items=[inbox_pb2.InboxDelivery(
         recipient="alice", accepted_ms=1, item=notify_pb2.InboxItem(notification_id="forged"))]).SerializeToString()
-    async with grpc.aio.insecure_channel(mesh.frontend_addr) as channel:
+    async with aio_channel(mesh.data_dir, mesh.frontend_addr) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await inbox_pb2_grpc.InboxStub(channel).Wake(inbox_pb2.WakeInboxRequest(changes=changes, mac=b"x" * 32))
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED

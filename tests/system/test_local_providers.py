@@ -12,7 +12,7 @@ import time
 
 import aiohttp
 import grpc
-from helpers import cli_argv
+from helpers import aio_channel, cli_argv
 
 from deploy.local import LOCAL_APNS_OFFSET, LOCAL_HTTP_OFFSET, LOCAL_SMTP_OFFSET, _port_free, free_port
 from deploy.local_providers import credentials, provider_records
@@ -57,10 +57,10 @@ async def test_up_runs_the_local_providers_sets_them_and_outbox_list_shows_what_
         assert "local providers set for email, sms, webhook, push" in said, said
 
         # Set in etcd, through the metadata service.
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with aio_channel(data_dir, f"127.0.0.1:{port}") as channel:
             described = await node_pb2_grpc.NodeStub(channel).Describe(node_pb2.DescribeRequest())
         metadata = next(m.addr for m in described.members if m.kind == "metadata")
-        async with grpc.aio.insecure_channel(metadata) as channel:
+        async with aio_channel(data_dir, metadata) as channel:
             listed = await metadata_pb2_grpc.MetadataStub(channel).ListProviders(notify_pb2.ListProvidersRequest())
         kinds = {p.channel: (p.kind, dict(p.settings)) for p in listed.providers}
         assert kinds[notify_pb2.EMAIL] == ("smtp", {"host": "127.0.0.1", "port": str(smtp_port),
@@ -105,7 +105,7 @@ def test_outbox_list_without_an_outbox_says_so(tmp_path):
 
 
 async def test_the_cluster_has_one_unsubscribe_key_and_the_frontend_checks_tokens_with_it(mesh):
-    etcd = connect_etcd(mesh.etcd_endpoint)
+    etcd = connect_etcd(mesh.etcd_endpoint, mesh.client_tls())
     try:
         first, second = await asyncio.gather(signer(etcd), signer(etcd))
     finally:

@@ -105,7 +105,7 @@ def hostile_mesh(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def channel(hostile_mesh):
-    with grpc.insecure_channel(hostile_mesh.frontend_addr) as channel:
+    with hostile_mesh.channel(hostile_mesh.frontend_addr) as channel:
         yield channel
 
 

@@ -38,7 +38,7 @@ def sms_provider(name: str, priority: int, data_dir, http_port: int) -> notify_p
 @pytest.fixture
 async def providers_restored(mesh):
     """The mesh's providers as they were, after the test (they are cluster-wide)."""
-    etcd = connect_etcd(mesh.etcd_endpoint)
+    etcd = connect_etcd(mesh.etcd_endpoint, mesh.client_tls())
     before = {kv.key: kv.value for kv in await etcd.get_prefix(PROVIDERS)}
     yield etcd
     await etcd.delete_prefix(PROVIDERS)

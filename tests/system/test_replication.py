@@ -8,7 +8,7 @@ import time
 import grpc
 import pytest
 
-from helpers import ids_of, new_topic, receive, unique
+from helpers import aio_channel, ids_of, new_topic, receive, unique
 from gen.notifymesh.internal.v1 import storage_pb2, storage_pb2_grpc
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh.client import Client
@@ -124,7 +124,7 @@ async def test_a_paused_leader_cannot_acknowledge_after_a_new_leader_exists(own_
         old_addr = mesh.members()[old]
         mesh.kill(old, signal.SIGSTOP)
         try:
-            async with grpc.aio.insecure_channel(old_addr) as channel:
+            async with aio_channel(mesh.data_dir, old_addr) as channel:
                 stale = storage_pb2.AppendRequest(topic=topic, partition=0, messages=[
                     pubsub_pb2.PubsubMessage(data=b"from the deposed leader", message_id="stale-1")])
                 append = asyncio.ensure_future(storage_pb2_grpc.StorageStub(channel).Append(stale, timeout=30))

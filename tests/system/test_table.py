@@ -32,7 +32,7 @@ async def table_mesh(tmp_path):
     """A mesh of its own (tests kill its storage nodes) and a TableClient on it,
     once every table partition has a leader and 3 replicas."""
     mesh = new_mesh(tmp_path / "mesh")
-    cluster = Cluster(connect_etcd(mesh.etcd_endpoint), Config.max_grpc_message_bytes)
+    cluster = Cluster(connect_etcd(mesh.etcd_endpoint, mesh.client_tls()), Config.max_grpc_message_bytes, mesh.client_tls())
     await cluster.start()
     try:
         deadline = time.monotonic() + WAIT_S
@@ -175,7 +175,7 @@ async def test_internal_topics_exist_and_their_names_are_reserved(mesh):
 
 
 async def test_malformed_table_requests_get_invalid_argument_or_not_found(mesh):
-    cluster = Cluster(connect_etcd(mesh.etcd_endpoint), Config.max_grpc_message_bytes)
+    cluster = Cluster(connect_etcd(mesh.etcd_endpoint, mesh.client_tls()), Config.max_grpc_message_bytes, mesh.client_tls())
     await cluster.start()
     try:
         table = TableClient(cluster)

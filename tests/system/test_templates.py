@@ -6,7 +6,7 @@ import asyncio
 
 import grpc
 import pytest
-from helpers import unique
+from helpers import aio_channel, unique
 
 from gen.notifymesh.internal.v1 import metadata_pb2_grpc
 from gen.notifymesh.v1 import notify_pb2
@@ -22,7 +22,7 @@ INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
 @pytest.fixture
 async def metadata(mesh):
     addr = next(addr for node, addr in mesh.members().items() if node.startswith("metadata"))
-    async with grpc.aio.insecure_channel(addr) as channel:
+    async with aio_channel(mesh.data_dir, addr) as channel:
         yield metadata_pb2_grpc.MetadataStub(channel)
 
 
@@ -63,8 +63,8 @@ async def test_creating_a_template_again_adds_a_version_and_keeps_the_latest(met
     assert (await metadata.GetTemplate(notify_pb2.GetTemplateRequest(name=name, version=3))).version == 3
 
     # Every process's mirror has the stored versions.
-    etcd = connect_etcd(mesh.etcd_endpoint)
-    cluster = Cluster(etcd, 4 << 20)
+    etcd = connect_etcd(mesh.etcd_endpoint, mesh.client_tls())
+    cluster = Cluster(etcd, 4 << 20, mesh.client_tls())
     await cluster.start()
     try:
         assert (await cluster.template(name)).version == KEEP_VERSIONS + 2
@@ -135,7 +135,7 @@ async def test_categories_are_created_updated_and_deleted(metadata):
 @pytest.fixture
 async def providers_restored(mesh):
     """The mesh's providers as they were, after the test (they are cluster-wide)."""
-    etcd = connect_etcd(mesh.etcd_endpoint)
+    etcd = connect_etcd(mesh.etcd_endpoint, mesh.client_tls())
     before = {kv.key: kv.value for kv in await etcd.get_prefix(PROVIDERS)}
     yield
     await etcd.delete_prefix(PROVIDERS)

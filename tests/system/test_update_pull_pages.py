@@ -310,7 +310,7 @@ async def test_a_topic_delete_fails_when_an_update_names_it_as_a_dead_letter_top
     topic, sub = await new_topic(client, "del-race")
     dead = unique("del-race-dead")
     await client.create_topic(dead)
-    etcd = connect_etcd(mesh.etcd_endpoint)
+    etcd = connect_etcd(mesh.etcd_endpoint, mesh.client_tls())
     raced = []
 
     class RacingEtcd:

@@ -4,7 +4,7 @@ import asyncio
 
 import grpc
 import pytest
-from helpers import new_topic, receive, unique
+from helpers import aio_channel, new_topic, receive, unique
 
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
@@ -114,7 +114,7 @@ async def test_ack_deadline_and_ack_id_checks(client):
 async def test_malformed_request_bytes_never_crash_a_service(mesh, client):
     garbage = b"\xff\xff\xff\xff\x0f\x08"
     for node_id, addr in mesh.members().items():
-        async with grpc.aio.insecure_channel(addr) as channel:
+        async with aio_channel(mesh.data_dir, addr) as channel:
             for method in ("/notifymesh.v1.Publisher/Publish", "/notifymesh.internal.v1.Storage/Append",
                            "/notifymesh.internal.v1.Metadata/CreateTopic", "/notifymesh.v1.Subscriber/Acknowledge"):
                 call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
@@ -146,10 +146,10 @@ async def test_every_service_reports_health_and_the_frontend_serves_reflection(m
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     for node_id, addr in mesh.members().items():
-        async with grpc.aio.insecure_channel(addr) as channel:
+        async with aio_channel(mesh.data_dir, addr) as channel:
             reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING, node_id
-    async with grpc.aio.insecure_channel(mesh.frontend_addr) as channel:
+    async with aio_channel(mesh.data_dir, mesh.frontend_addr) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         async for reply in replies:
@@ -184,7 +184,7 @@ async def test_a_terminal_nack_that_cannot_dead_letter_fails_and_the_message_sta
     await client.create_subscription(sub, topic, ack_deadline_s=1, max_delivery_attempts=5, dead_letter_topic=dead)
     [message_id] = await client.publish(topic, [b"nowhere to go"])
     [received] = await receive(client, sub, 1, ack=False)
-    etcd = connect_etcd(mesh.etcd_endpoint)
+    etcd = connect_etcd(mesh.etcd_endpoint, mesh.client_tls())
     try:
         assert await etcd.delete(TOPICS + dead.encode())
     finally:

@@ -41,7 +41,8 @@ async def serve(name: str) -> tuple[Frontend, grpc.aio.Server, str]:
 
 
 @pytest.fixture
-async def two_frontends():
+async def two_frontends(monkeypatch):
+    monkeypatch.setenv("NOTIFYMESH_PLAINTEXT", "1")  # these fakes serve plaintext
     a, b = await serve("a"), await serve("b")
     yield a, b
     await asyncio.gather(a[1].stop(0), b[1].stop(0))
