@@ -25,8 +25,8 @@ import grpc
 from google.protobuf import duration_pb2
 
 from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, notify_pb2, notify_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
-from gen.notifymesh.v1 import events_pb2, events_pb2_grpc
-from notifymesh import errors
+from gen.notifymesh.v1 import auth_pb2, auth_pb2_grpc, events_pb2, events_pb2_grpc
+from notifymesh import credentials, errors
 from notifymesh.backoff import Backoff, BackoffPolicy
 from notifymesh.batching import Coalescer
 from notifymesh.channel import channel_options, client_target
@@ -107,11 +107,15 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 
 
 class Client:
-    def __init__(self, addr: str | Sequence[str] | None = None, timeout_s: float = 30):
+    def __init__(self, addr: str | Sequence[str] | None = None, timeout_s: float = 30, *,
+                 api_key: str | None = None):
         """addr: a frontend's host:port, or several ("a:1,b:2" or a list): calls are
-        then spread over them (round robin) and go to the others while one is down."""
+        then spread over them (round robin) and go to the others while one is down.
+        api_key: else $NOTIFYMESH_API_KEY, else a local mesh's admin.key (credentials.py)."""
         target = client_target(addr or default_addr())
         self.addr = ",".join(target.addresses)
+        api_key = credentials.resolve(target.addresses, api_key=api_key).api_key
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
         self._channel = grpc.aio.insecure_channel(
             target.target, options=[*channel_options(64 * 1024 * 1024), *target.options])
         self._publisher = pubsub_pb2_grpc.PublisherStub(self._channel)
@@ -119,6 +123,7 @@ class Client:
         self._cluster = cluster_pb2_grpc.ClusterAdminStub(self._channel)
         self._notifications = notify_pb2_grpc.NotificationsStub(self._channel)
         self._analytics = events_pb2_grpc.AnalyticsStub(self._channel)
+        self._auth = auth_pb2_grpc.AuthStub(self._channel)
         self._timeout = timeout_s
         # Concurrent acks, of any subscriptions, share one call: a process holding
         # many subscriptions sends a few calls, not one per subscription. An item's
@@ -130,10 +135,17 @@ class Client:
     async def _call(self, method, request, extra_timeout_s: float = 0):
         """One unary call (allowed extra_timeout_s beyond the client's timeout); its
         failure raised as the error family."""
-        try:
-            return await method(request, timeout=self._timeout + extra_timeout_s)
-        except grpc.aio.AioRpcError as e:
-            raise errors.from_rpc_error(e) from e
+        deadline = asyncio.get_running_loop().time() + self._timeout + extra_timeout_s
+        while True:
+            try:
+                return await method(request, timeout=self._timeout + extra_timeout_s, metadata=self._metadata)
+            except grpc.aio.AioRpcError as e:
+                error = errors.from_rpc_error(e)
+                # Over a rate limit: wait as the server says, while the call's time lasts.
+                if not isinstance(error, errors.RateLimited) or \
+                        asyncio.get_running_loop().time() + error.retry_after_s > deadline:
+                    raise error from e
+            await asyncio.sleep(error.retry_after_s)
 
     async def __aenter__(self) -> "Client":
         return self
@@ -295,7 +307,7 @@ class Client:
         broken stream (UNAVAILABLE, or ended by a frontend shutting down) is opened
         again; unacknowledged messages come back after their ack deadline."""
         request = pubsub_pb2.SubscribeRequest(subscription=subscription, max_outstanding_messages=max_outstanding)
-        async for messages in self._streamed(lambda: self._subscriber.Subscribe(request),
+        async for messages in self._streamed(lambda: self._subscriber.Subscribe(request, metadata=self._metadata),
                                              lambda frame: list(frame.received_messages), reconnect):
             yield messages
 
@@ -706,7 +718,7 @@ class Client:
         them with ack_inbox; an item not acknowledged comes again on the next stream.
         With reconnect, a broken stream (UNAVAILABLE) is opened again."""
         request = notify_pb2.SubscribeInboxRequest(recipient=recipient, max_outstanding=max_outstanding)
-        async for items in self._streamed(lambda: self._notifications.SubscribeInbox(request),
+        async for items in self._streamed(lambda: self._notifications.SubscribeInbox(request, metadata=self._metadata),
                                           lambda frame: list(frame.items), reconnect):
             yield items
 
@@ -734,6 +746,45 @@ class Client:
         async for page in self._pages(self._notifications.ListInbox, notify_pb2.ListInboxRequest(
                 recipient=recipient, unread_only=unread_only, page_size=page_size)):
             yield page
+
+    # -- identity (admin keys; create_recipient_token: publisher keys too) -------
+
+    async def create_api_key(self, name: str, role: str, topics: Iterable[str] = (), subscriptions: Iterable[str] = (),
+                             categories: Iterable[str] = (), personal_data: bool = False,
+                             ttl_s: float | None = None) -> auth_pb2.CreateApiKeyResponse:
+        """A new key; its secret (secret_key) is in this answer only."""
+        request = auth_pb2.CreateApiKeyRequest(name=name, grants=auth_pb2.Grants(
+            role=role, topics=topics, subscriptions=subscriptions, categories=categories, personal_data=personal_data))
+        if ttl_s is not None:
+            request.ttl.CopyFrom(_duration(ttl_s))
+        return await self._call(self._auth.CreateApiKey, request)
+
+    async def revoke_api_key(self, key_id: str) -> auth_pb2.ApiKey:
+        return await self._call(self._auth.RevokeApiKey, auth_pb2.RevokeApiKeyRequest(key_id=key_id))
+
+    async def list_api_keys(self) -> list[auth_pb2.ApiKey]:
+        return list((await self._call(self._auth.ListApiKeys, auth_pb2.ListApiKeysRequest())).keys)
+
+    async def set_api_key_limits(self, key_id: str, **limits: float) -> auth_pb2.ApiKey:
+        """limits: RateLimits fields (publish_messages_per_s, ...); unset: the defaults."""
+        return await self._call(self._auth.SetApiKeyLimits, auth_pb2.SetApiKeyLimitsRequest(
+            key_id=key_id, limits=auth_pb2.RateLimits(**limits)))
+
+    async def map_certificate(self, common_name: str, role: str = "", remove: bool = False,
+                              **patterns) -> auth_pb2.CertificatePrincipal:
+        """Callers with a client certificate of this subject CN act as role (patterns:
+        topics=, subscriptions=, categories=, personal_data=)."""
+        return await self._call(self._auth.MapCertificate, auth_pb2.MapCertificateRequest(
+            principal=auth_pb2.CertificatePrincipal(common_name=common_name,
+                                                    grants=auth_pb2.Grants(role=role, **patterns)), remove=remove))
+
+    async def create_recipient_token(self, recipient: str, ttl_s: float | None = None) -> auth_pb2.RecipientToken:
+        """A short-lived token for one end user: Client(addr, api_key=token) then reaches
+        only that recipient's inbox, devices and preferences."""
+        request = auth_pb2.CreateRecipientTokenRequest(recipient=recipient)
+        if ttl_s is not None:
+            request.ttl.CopyFrom(_duration(ttl_s))
+        return await self._call(self._auth.CreateRecipientToken, request)
 
     async def wait_connected(self, timeout_s: float) -> bool:
         """True once a connection to a frontend is up; False as soon as every frontend

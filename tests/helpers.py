@@ -11,6 +11,8 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import grpc
+
 from deploy.local import HA, LocalMesh, free_frontend_port, free_port
 from notifymesh.client import Client
 
@@ -44,6 +46,37 @@ def frontend_log_lines(mesh: LocalMesh, text: str) -> dict[str, int]:
         with open(mesh.processes[name].log_path, errors="replace") as log:
             counts[name] = sum(text in line for line in log)
     return counts
+
+
+class _AioAuth(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, metadata):
+        self._metadata = metadata
+
+    def _with(self, details):
+        return details._replace(metadata=grpc.aio.Metadata(*(details.metadata or ()), *self._metadata))
+
+    async def intercept_unary_unary(self, continuation, details, request):
+        return await continuation(self._with(details), request)
+
+    async def intercept_unary_stream(self, continuation, details, request):
+        return await continuation(self._with(details), request)
+
+
+class _SyncAuth(grpc.UnaryUnaryClientInterceptor):
+    def __init__(self, metadata):
+        self._metadata = metadata
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(details._replace(metadata=[*(details.metadata or ()), *self._metadata]), request)
+
+
+def frontend_channel(mesh, addr: str | None = None, sync: bool = False):
+    """A raw grpc channel to a frontend (default the first) whose calls carry the mesh's
+    bootstrap admin key, as Client's do."""
+    target = addr or mesh.frontend_addr
+    if sync:
+        return grpc.intercept_channel(grpc.insecure_channel(target), _SyncAuth(mesh.auth_metadata()))
+    return grpc.aio.insecure_channel(target, interceptors=[_AioAuth(mesh.auth_metadata())])
 
 
 def cli(mesh, *args, stdin: bytes | None = None) -> subprocess.CompletedProcess:

@@ -76,6 +76,8 @@ def _fail(context: grpc.aio.ServicerContext, error: Exception, method: str) -> N
         mapped = (grpc.StatusCode.INTERNAL, f"internal error: {error!r}")
     context.set_code(mapped[0])
     context.set_details(mapped[1])
+    if isinstance(error, errors.RateLimited):
+        context.set_trailing_metadata((("grpc-status-details-bin", error.status_details()),))
 
 
 def _parse(deserialize, raw: bytes):
@@ -177,6 +179,7 @@ class Component(Protocol):
     async def drain(self) -> None: ...   # stop streams and background work; the server still answers
     async def close(self) -> None: ...   # after the server stopped: flush and close state
     # Optional: shard_status() -> list[notifymesh.v1.ShardStatus], for Node.Describe (storage nodes).
+    # Optional: interceptors, a tuple of server interceptors (the frontend's auth).
 
 
 @dataclass
@@ -198,11 +201,13 @@ MAX_PENDING_CALLS = 20_000
 
 
 def build_server(servicers: list[Servicer], max_message_bytes: int, listen: str,
-                 reflected: tuple[str, ...] = ()) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """Returns (server, bound port, health servicer); listen may end in :0."""
+                 reflected: tuple[str, ...] = (), interceptors: tuple = ()
+                 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Returns (server, bound port, health servicer); listen may end in :0.
+    interceptors: the component's own, inside the error mapping (its errors are mapped)."""
     options = [*channel_options(max_message_bytes), ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
                ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS)]
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(), *interceptors], options=options)
     for add, servicer in servicers:
         add(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -303,7 +308,8 @@ async def serve(kind: str, args: argparse.Namespace,
     servicers = [*component.servicers, (node_pb2_grpc.add_NodeServicer_to_server,
                                         NodeServicer(kind, args.node_id, cluster, shard_status))]
     server, port, health_servicer = build_server(
-        servicers, config.max_grpc_message_bytes, args.listen, component.reflected)
+        servicers, config.max_grpc_message_bytes, args.listen, component.reflected,
+        getattr(component, "interceptors", ()))
     await server.start()
     await component.start()
     host = args.listen.rpartition(":")[0] or "127.0.0.1"
