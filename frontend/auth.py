@@ -26,6 +26,7 @@ from frontend.limits import Limits
 from gen.notifymesh.v1 import auth_pb2, notify_pb2
 from notifymesh import errors
 from notifymesh.clock import now_ms
+from notifymesh.contracts import ack_ids_by_subscription
 from notifymesh.server import principal as principal_mod
 from notifymesh.server import validation
 from notifymesh.server.cluster import PrefixMirror
@@ -94,6 +95,17 @@ def _new_subscription(request) -> list[Check]:
 
 
 SUBSCRIBE = on("subscribe", "subscription", "subscription")
+
+
+def _settled(request) -> list[Check]:
+    """Acks, deadline changes and nacks: of the subscription named, or (a merged call,
+    subscription "") of each subscription its ack ids name."""
+    if request.subscription:
+        return [Check("subscribe", "subscription", request.subscription)]
+    return [Check("subscribe", "subscription", name) for name in ack_ids_by_subscription(request.ack_ids)]
+
+
+SETTLE = Rule(_settled)
 SELF = on("self", "recipient", "recipient")
 
 RULES: dict[str, Rule] = {
@@ -112,9 +124,9 @@ RULES: dict[str, Rule] = {
     "/notifymesh.v1.Subscriber/DeleteSubscription": on("manage", "subscription", "name"),
     "/notifymesh.v1.Subscriber/UpdateSubscription": on("manage", "subscription", "subscription.name"),
     "/notifymesh.v1.Subscriber/Subscribe": SUBSCRIBE,
-    "/notifymesh.v1.Subscriber/Acknowledge": SUBSCRIBE,
-    "/notifymesh.v1.Subscriber/ModifyAckDeadline": SUBSCRIBE,
-    "/notifymesh.v1.Subscriber/Nack": SUBSCRIBE,
+    "/notifymesh.v1.Subscriber/Acknowledge": SETTLE,
+    "/notifymesh.v1.Subscriber/ModifyAckDeadline": SETTLE,
+    "/notifymesh.v1.Subscriber/Nack": SETTLE,
     "/notifymesh.v1.Subscriber/ListDeadLetters": SUBSCRIBE,
     "/notifymesh.v1.Subscriber/RedriveDeadLetters": SUBSCRIBE,
     "/notifymesh.v1.Subscriber/DescribeSubscription": on("read", "subscription", "name"),
