@@ -18,6 +18,7 @@ from notifymesh.server.principal import Principal
 
 MAX_CALLERS = 100_000  # buckets kept (least recently used dropped: a dropped one starts full again)
 BURST_S = 1.0  # a bucket holds this many seconds of its rate
+FRONTENDS_EVERY_S = 1.0
 
 
 class Bucket:
@@ -44,11 +45,18 @@ class Limits:
         self._config, self._frontends, self._clock = config, frontends, clock
         self._buckets: OrderedDict[tuple[str, str], Bucket] = OrderedDict()
         self._streams: dict[str, int] = {}
+        self._count, self._counted_at = 1, float("-inf")
+
+    def _share(self, now: float) -> int:
+        """How many frontends share the limits: counted at most once a FRONTENDS_EVERY_S."""
+        if now - self._counted_at > FRONTENDS_EVERY_S:
+            self._count, self._counted_at = max(1, self._frontends()), now
+        return self._count
 
     def _limit(self, principal: Principal, name: str) -> float:
         """This frontend's share of the caller's limit `name` (a RateLimits field)."""
         limit = principal.limits.get(name) or getattr(self._config, f"auth_{name}")
-        return limit / max(1, self._frontends())
+        return limit / self._share(self._clock())
 
     def _take(self, principal: Principal, name: str, amount: float, unit: str) -> None:
         rate = self._limit(principal, name)
@@ -64,7 +72,7 @@ class Limits:
         wait = bucket.take(amount, rate, now)
         if wait:
             raise errors.RateLimited(
-                f"{principal.describe()} is over its limit of {rate * max(1, self._frontends()):g} {unit} "
+                f"{principal.describe()} is over its limit of {rate * self._count:g} {unit} "
                 f"({name}); retry in {wait:.2f}s", retry_after_s=wait)
 
     def publish(self, principal: Principal, messages: int, size: int) -> None:

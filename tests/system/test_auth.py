@@ -13,7 +13,7 @@ from google.rpc import error_details_pb2, status_pb2
 from helpers import cli, frontend_log_lines, unique
 
 from frontend.auth import REVOCATION_BOUND_S
-from gen.notifymesh.v1 import notify_pb2, pubsub_pb2, pubsub_pb2_grpc
+from gen.notifymesh.v1 import pubsub_pb2, pubsub_pb2_grpc
 from notifymesh import errors
 from notifymesh.client import Client
 
