@@ -104,7 +104,7 @@ def add_commands(commands, duration) -> None:
     create.add_argument("--name", required=True, help="what the key is for, e.g. billing-svc")
     _grants(create)
     create.add_argument("--expires", type=duration, help="expires after this long, e.g. 30d (default never)")
-    actions.add_parser("revoke", help="refused by every frontend within a second").add_argument(
+    actions.add_parser("revoke", help="refused by every frontend within 2 seconds").add_argument(
         "key_id", help="the key's id (nm_<key id>_...)")
     actions.add_parser("list", help="every key, without secrets")
     limits = actions.add_parser("limits", help="the key's own rate limits (unset: the cluster's auth_* settings)")

@@ -77,7 +77,7 @@ class AuthServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RevokeApiKey(self, request, context):
-        """Refused from then on (by every frontend within a second: they watch etcd).
+        """Refused from then on (by every frontend within 2 s: they watch etcd).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
