@@ -351,14 +351,19 @@ class LocalMesh:
         """On first start, an admin API key (Metadata.CreateApiKey) saved 0600 in the data
         dir, which clients of this mesh find (credentials.register_local_mesh)."""
         path = self.admin_key_path
-        if not path.exists():
-            metadata = next(addr for name, addr in members.items() if name.startswith("metadata-"))
-            with grpc.insecure_channel(metadata) as channel:
-                made = metadata_pb2_grpc.MetadataStub(channel).CreateApiKey(auth_pb2.CreateApiKeyRequest(
+        metadata = next(addr for name, addr in members.items() if name.startswith("metadata-"))
+        with grpc.insecure_channel(metadata) as channel:
+            stub = metadata_pb2_grpc.MetadataStub(channel)
+            saved = path.read_text().strip().split("_")[1:2] if path.exists() else []
+            live = {k.key_id for k in stub.ListApiKeys(auth_pb2.ListApiKeysRequest(), timeout=10).keys
+                    if not k.HasField("revoke_time")}
+            if not saved or saved[0] not in live:  # first start, or etcd's data was made anew
+                made = stub.CreateApiKey(auth_pb2.CreateApiKeyRequest(
                     name="bootstrap-admin", grants=auth_pb2.Grants(role="admin")), timeout=10)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(made.secret_key + "\n")
+                path.unlink(missing_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(made.secret_key + "\n")
         credentials.register_local_mesh(self.frontend_addrs, self.data_dir)
         return f"admin key {path} (found by the CLI and clients of {self.frontend_target})"
 
