@@ -62,12 +62,27 @@ class _AioAuth(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientI
         return await continuation(self._with(details), request)
 
 
-class _SyncAuth(grpc.UnaryUnaryClientInterceptor):
+class _SyncAuth(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
     def __init__(self, metadata):
         self._metadata = metadata
 
     def intercept_unary_unary(self, continuation, details, request):
         return continuation(details._replace(metadata=[*(details.metadata or ()), *self._metadata]), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(details._replace(metadata=[*(details.metadata or ()), *self._metadata]), request)
+
+
+class authed:
+    """A stub over client's channel whose calls carry the client's credentials, as the
+    Client's own calls do: authed(pubsub_pb2_grpc.SubscriberStub, client).Pull(request)."""
+
+    def __init__(self, stub_class, client: Client):
+        self._stub, self._metadata = stub_class(client._channel), client._metadata
+
+    def __getattr__(self, name):
+        method = getattr(self._stub, name)
+        return lambda request, **kwargs: method(request, metadata=self._metadata, **kwargs)
 
 
 def frontend_channel(mesh, addr: str | None = None, sync: bool = False):
