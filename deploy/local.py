@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from deploy import local_providers, pki
 from gen.notifymesh.internal.v1 import metadata_pb2_grpc, node_pb2, node_pb2_grpc
-from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, notify_pb2
+from gen.notifymesh.v1 import auth_pb2, cluster_pb2, cluster_pb2_grpc, notify_pb2
 from notifymesh.credentials import CLIENT_NAME, TLS_DIR, register_local_mesh
 from notifymesh.server import internal_topics
 from notifymesh.server.config import Config
@@ -43,6 +43,7 @@ ETCD_CLIENT_OFFSET, ETCD_PEER_OFFSET = 10, 20
 LOCAL_SMTP_OFFSET, LOCAL_HTTP_OFFSET, LOCAL_APNS_OFFSET = 18, 19, 17
 LOCAL_PROVIDERS = "local-providers"  # the process's name
 LEGACY_ETCD_PORTS = (23790, 23800)  # before ports derived from P: a data dir's etcd created then keeps them
+ADMIN_KEY_FILE = "admin.key"  # the bootstrap admin API key (0600), made on first start
 ETCD_PORTS_FILE = "etcd-ports.json"  # in the data dir: etcd keeps the peer URLs it was created with
 # make up ARGS="--ha": no process is the only one of its kind (storage nodes are three anyway).
 HA = {"etcd_members": 3, "metadata_services": 2, "senders": 2, "frontends": 2}
@@ -334,6 +335,7 @@ class LocalMesh:
                                                   for name in self.service_names()))
         if self.provider_ports:
             progress(self._set_local_providers(members))
+        progress(self._bootstrap_admin_key(members))
         self.wait_notifications_ready()
         progress("notifications ready: the table, the notify topic and every channel's topics have leaders")
 
@@ -379,6 +381,33 @@ class LocalMesh:
         except grpc.RpcError as e:
             return f"could not set the erasure hook: {e.code().name}: {e.details()}"
         return f"erasure hook {url}"
+
+    @property
+    def admin_key_path(self) -> Path:
+        return self.data_dir / ADMIN_KEY_FILE
+
+    def _bootstrap_admin_key(self, members: dict[str, str]) -> str:
+        """On first start, an admin API key (Metadata.CreateApiKey) saved 0600 in the data
+        dir, which clients of this mesh find (registered by start: notifymesh.credentials)."""
+        path = self.admin_key_path
+        metadata = next(addr for name, addr in members.items() if name.startswith("metadata-"))
+        with self.channel(metadata) as channel:
+            stub = metadata_pb2_grpc.MetadataStub(channel)
+            saved = path.read_text().strip().split("_")[1:2] if path.exists() else []
+            live = {k.key_id for k in stub.ListApiKeys(auth_pb2.ListApiKeysRequest(), timeout=10).keys
+                    if not k.HasField("revoke_time")}
+            if not saved or saved[0] not in live:  # first start, or etcd's data was made anew
+                made = stub.CreateApiKey(auth_pb2.CreateApiKeyRequest(
+                    name="bootstrap-admin", grants=auth_pb2.Grants(role="admin")), timeout=10)
+                path.unlink(missing_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(made.secret_key + "\n")
+        return f"admin key {path} (found by the CLI and clients of {self.frontend_target})"
+
+    def auth_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The bootstrap admin key as call metadata, for raw grpc stubs."""
+        return (("authorization", f"Bearer {self.admin_key_path.read_text().strip()}"),)
 
     def _wait_etcd(self, name: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -452,7 +481,7 @@ class LocalMesh:
             try:
                 with self.channel(self.frontend_addrs[0]) as channel:
                     status = cluster_pb2_grpc.ClusterAdminStub(channel).GetClusterStatus(
-                        cluster_pb2.GetClusterStatusRequest(), timeout=5)
+                        cluster_pb2.GetClusterStatusRequest(), timeout=5, metadata=self.auth_metadata())
                 led = {s.topic for s in status.shards if s.leader}
                 if wanted <= led and all(s.leader for s in status.shards if s.topic in wanted):
                     return

@@ -1,6 +1,9 @@
 """The frontend process: thin public servicers over the Gateway, with server reflection."""
 
 from frontend.analytics import Analytics, AnalyticsServicer
+from frontend.audit import AuditLog
+from frontend.auth import AuthInterceptor, Authenticator, RecipientTokens, token_ttl_s
+from frontend.limits import Limits
 from frontend.gateway import Gateway
 from frontend.inbox import FrontendInbox, InboxStreams
 from frontend.erasure_hook import ErasureHook
@@ -9,10 +12,13 @@ from frontend.tracking import SendRecorder
 from frontend.notifications import Notifications, NotificationsServicer
 from gen.notifymesh.internal.v1 import inbox_pb2, inbox_pb2_grpc
 from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, notify_pb2, notify_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
-from gen.notifymesh.v1 import events_pb2, events_pb2_grpc
+from gen.notifymesh.v1 import auth_pb2, auth_pb2_grpc, events_pb2, events_pb2_grpc
 from notifymesh import errors
+from notifymesh.contracts import API_KEYS, CERT_PRINCIPALS
 from notifymesh.server import templating, tracking, unsubscribe, validation
 from notifymesh.server.clients import StorageClient
+from notifymesh.server.cluster import PrefixMirror
+from notifymesh.server.principal import KeyRecord
 from notifymesh.server.inbox import InboxStore, InboxWaker, wake_changes, wake_key
 from notifymesh.server.notification_log import NotificationLog
 from notifymesh.server.process import Context
@@ -137,6 +143,57 @@ class InboxWakeServicer(inbox_pb2_grpc.InboxServicer):
         return inbox_pb2.WakeInboxResponse()
 
 
+class AuthServicer(auth_pb2_grpc.AuthServicer):
+    """Keys and certificate mappings are the metadata service's (etcd); recipient
+    tokens are signed here. Who may call which: frontend/auth.py RULES."""
+
+    def __init__(self, gateway: Gateway, tokens: RecipientTokens):
+        self._gateway, self._tokens = gateway, tokens
+
+    async def CreateApiKey(self, request, context):
+        return await self._gateway.admin("CreateApiKey", request)
+
+    async def RevokeApiKey(self, request, context):
+        return await self._gateway.admin("RevokeApiKey", request)
+
+    async def ListApiKeys(self, request, context):
+        return await self._gateway.admin("ListApiKeys", request)
+
+    async def SetApiKeyLimits(self, request, context):
+        return await self._gateway.admin("SetApiKeyLimits", request)
+
+    async def MapCertificate(self, request, context):
+        return await self._gateway.admin("MapCertificate", request)
+
+    async def CreateRecipientToken(self, request, context):
+        return self._tokens.mint(request.recipient, token_ttl_s(request))
+
+
+class Auth:
+    """The frontend's identity parts: mirrors of keys and certificate mappings,
+    recipient tokens, limits, the audit log, and the interceptor over them."""
+
+    def __init__(self, ctx: Context):
+        self.keys = PrefixMirror(ctx.cluster.etcd, API_KEYS, KeyRecord.decode)
+        self.certs = PrefixMirror(ctx.cluster.etcd, CERT_PRINCIPALS, auth_pb2.CertificatePrincipal.FromString)
+        self.tokens = RecipientTokens()
+        self.audit = AuditLog(InternalPublisher(ctx.cluster, StorageClient(ctx.cluster)).publish, ctx.node_id)
+        limits = Limits(ctx.config, lambda: len(ctx.cluster.live("frontend")))
+        self.interceptor = AuthInterceptor(Authenticator(self.keys, self.certs, self.tokens), limits, self.audit,
+                                           lambda: bool(ctx.config.auth_enabled))
+
+    async def start(self, etcd) -> None:
+        self.tokens.start(await unsubscribe.derived_key(etcd, "recipient-token"))
+        await self.keys.start()
+        await self.certs.start()
+        self.audit.start()
+
+    async def close(self) -> None:
+        await self.audit.close()
+        await self.keys.stop()
+        await self.certs.stop()
+
+
 def _inbox(ctx: Context, table: TableClient) -> FrontendInbox:
     def retention_ms() -> int:  # a live setting
         return round(ctx.config.notification_log_retention_s * 1000)
@@ -155,7 +212,7 @@ def _notifications(ctx: Context, gateway: Gateway, table: TableClient, hook: Era
 
 class FrontendService:
     reflected = tuple(s.full_name for d in (pubsub_pb2.DESCRIPTOR, cluster_pb2.DESCRIPTOR, notify_pb2.DESCRIPTOR,
-                                            events_pb2.DESCRIPTOR)
+                                            events_pb2.DESCRIPTOR, auth_pb2.DESCRIPTOR)
                       for s in d.services_by_name.values())
 
     def __init__(self, ctx: Context):
@@ -166,6 +223,8 @@ class FrontendService:
         self.erasure_hook = ErasureHook(lambda: ctx.config.erasure_hook_url)
         self.inbox = _inbox(ctx, self.table)
         self.wake = InboxWakeServicer(self.inbox.streams)
+        self.auth = Auth(ctx)
+        self.interceptors = (self.auth.interceptor,)
         self.servicers = [(pubsub_pb2_grpc.add_PublisherServicer_to_server, PublisherServicer(self.gateway)),
                           (pubsub_pb2_grpc.add_SubscriberServicer_to_server, SubscriberServicer(self.gateway)),
                           (cluster_pb2_grpc.add_ClusterAdminServicer_to_server, ClusterAdminServicer(self.gateway)),
@@ -174,11 +233,13 @@ class FrontendService:
                                                  self.inbox)),
                           (events_pb2_grpc.add_AnalyticsServicer_to_server,
                            AnalyticsServicer(Analytics(ctx.cluster, self.table))),
-                          (inbox_pb2_grpc.add_InboxServicer_to_server, self.wake)]
+                          (inbox_pb2_grpc.add_InboxServicer_to_server, self.wake),
+                          (auth_pb2_grpc.add_AuthServicer_to_server, AuthServicer(self.gateway, self.auth.tokens))]
 
     async def start(self) -> None:
         self.http = await start_http(self.ctx, self.table)
         self.wake.key = await wake_key(self.ctx.cluster.etcd)
+        await self.auth.start(self.ctx.cluster.etcd)
 
     async def drain(self) -> None:
         self.gateway.close_streams()
@@ -188,6 +249,7 @@ class FrontendService:
         await self.http.stop()
         await self.erasure_hook.close()
         await self.inbox.waker.close()
+        await self.auth.close()
 
 
 async def start_http(ctx: Context, table: TableClient) -> HttpServer:

@@ -17,7 +17,7 @@ from metadata.store import MetadataStore
 from notifymesh import errors
 from notifymesh.log import fields
 from notifymesh.server.internal_topics import (
-    CHANNELS, EVENTS_DEAD_LETTER_TOPIC, EVENTS_STATS_SUBSCRIPTION, EVENTS_TOPIC, FANOUT_SUBSCRIPTION,
+    AUDIT_RETAIN_S, AUDIT_TOPIC, CHANNELS, EVENTS_DEAD_LETTER_TOPIC, EVENTS_STATS_SUBSCRIPTION, EVENTS_TOPIC, FANOUT_SUBSCRIPTION,
     NOTIFY_DEAD_LETTER_TOPIC, NOTIFY_TOPIC, TABLE_TOPIC, channel_dead_letter_topic, channel_subscription, channel_topic)
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,9 @@ def internal() -> Internal:
     topics += [pubsub_pb2.Topic(name=EVENTS_TOPIC, partition_count=EVENTS_PARTITIONS, dedup_by_payload=False),
                pubsub_pb2.Topic(name=EVENTS_DEAD_LETTER_TOPIC, partition_count=1)]
     subscriptions.append(_subscription(EVENTS_STATS_SUBSCRIPTION, EVENTS_TOPIC, 30, 20, EVENTS_DEAD_LETTER_TOPIC))
+    audit = pubsub_pb2.Topic(name=AUDIT_TOPIC, partition_count=1, dedup_by_payload=False)
+    audit.retain_acked.FromSeconds(AUDIT_RETAIN_S)
+    topics.append(audit)
     return Internal(topics, subscriptions)
 
 

@@ -6,6 +6,7 @@ import asyncio
 from gen.notifymesh.internal.v1 import metadata_pb2_grpc
 from gen.notifymesh.v1 import cluster_pb2, notify_pb2, pubsub_pb2
 from metadata.bootstrap import bootstrap
+from metadata.keys import KeyStore
 from metadata.notify_store import NotifyMetadataStore
 from metadata.settings import ClusterSettings
 from metadata.store import MetadataStore, Page
@@ -18,8 +19,9 @@ _not_reserved = validation.not_reserved
 
 
 class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
-    def __init__(self, store: MetadataStore, settings: ClusterSettings, notify: NotifyMetadataStore):
-        self._store, self._settings, self._notify = store, settings, notify
+    def __init__(self, store: MetadataStore, settings: ClusterSettings, notify: NotifyMetadataStore,
+                 keys: KeyStore):
+        self._store, self._settings, self._notify, self._keys = store, settings, notify, keys
 
     async def CreateTopic(self, request, context):
         _not_reserved("topic", request.topic.name)
@@ -116,6 +118,21 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
         await self._notify.delete_provider(request.channel, request.name)
         return notify_pb2.DeleteProviderResponse()
 
+    async def CreateApiKey(self, request, context):
+        return await self._keys.create(request)
+
+    async def RevokeApiKey(self, request, context):
+        return await self._keys.revoke(request.key_id)
+
+    async def ListApiKeys(self, request, context):
+        return await self._keys.list()
+
+    async def SetApiKeyLimits(self, request, context):
+        return await self._keys.set_limits(request.key_id, request.limits)
+
+    async def MapCertificate(self, request, context):
+        return await self._keys.map_certificate(request)
+
 
 class MetadataService:
     reflected = ()
@@ -124,7 +141,7 @@ class MetadataService:
         self._store = MetadataStore(ctx.cluster, ctx.config, StorageClient(ctx.cluster))
         self.servicers = [(metadata_pb2_grpc.add_MetadataServicer_to_server,
                            MetadataServicer(self._store, ClusterSettings(ctx.cluster.etcd),
-                                            NotifyMetadataStore(ctx.cluster)))]
+                                            NotifyMetadataStore(ctx.cluster), KeyStore(ctx.cluster.etcd)))]
         self._bootstrap: asyncio.Task | None = None
         self._cluster, self._replication_factor = ctx.cluster, ctx.config.default_replication_factor
 

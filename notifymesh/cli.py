@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from gen.notifymesh.v1 import pubsub_pb2
-from notifymesh import notify_cli
+from notifymesh import auth_cli, notify_cli
 from notifymesh.channel import parse_addresses
 from notifymesh.client import Client, Message, default_addr
 from notifymesh.contracts import OUTBOX_CHANNELS, AckId, outbox_files
@@ -924,6 +924,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", choices=OUTPUTS, default="json",
                    help="json: one JSON object per line (default); table: aligned columns for people")
     _add_tls_options(p)
+    p.add_argument("--api-key", default=None, help="API key (default $NOTIFYMESH_API_KEY, else a local mesh's "
+                                                   "admin.key); or an end user's token")
     commands = p.add_subparsers(dest="command", required=True)
     _add_topic_commands(commands)
     _add_subscription_commands(commands)
@@ -934,6 +936,7 @@ def parser() -> argparse.ArgumentParser:
     _add_completion_command(commands)
     _add_outbox_command(commands)
     notify_cli.add_commands(commands)
+    auth_cli.add_commands(commands, duration)
     _accept_after_the_command(p)
     return p
 
@@ -966,7 +969,7 @@ def _completion(args) -> int:
 
 async def _check_frontend(args) -> None:
     """Fails with what to do when no frontend answers (after a call failed UNAVAILABLE)."""
-    async with Client(args.addr or default_addr()) as client:
+    async with Client(args.addr or default_addr(), api_key=getattr(args, "api_key", None)) as client:
         await require_frontend(client)
 
 
@@ -977,7 +980,7 @@ def _quiet_stdout() -> None:
 
 
 async def _run(args) -> int:
-    async with Client(args.addr or default_addr()) as client:
+    async with Client(args.addr or default_addr(), api_key=args.api_key) as client:
         if args.command == "topic":
             await _topic(args, client)
         elif args.command == "subscription":
@@ -1000,6 +1003,8 @@ async def _run(args) -> int:
             await _config(args, client)
         elif args.command in notify_cli.COMMANDS:
             return await notify_cli.run(args, client)
+        elif args.command in auth_cli.COMMANDS:
+            return await auth_cli.run(args, client)
     return 0
 
 

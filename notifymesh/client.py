@@ -25,7 +25,7 @@ import grpc
 from google.protobuf import duration_pb2
 
 from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, notify_pb2, notify_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
-from gen.notifymesh.v1 import events_pb2, events_pb2_grpc
+from gen.notifymesh.v1 import auth_pb2, auth_pb2_grpc, events_pb2, events_pb2_grpc
 from notifymesh import credentials as credentials_mod
 from notifymesh import errors
 from notifymesh.backoff import Backoff, BackoffPolicy
@@ -126,10 +126,13 @@ class Client:
                  ca=None, cert=None, key=None, api_key: str | None = None):
         """addr: a frontend's host:port, or several ("a:1,b:2" or a list): calls are
         then spread over them (round robin) and go to the others while one is down.
-        ca, cert, key: PEM file paths (or bytes); by default as notifymesh.credentials finds them."""
+        ca, cert, key: PEM file paths (or bytes); api_key: sent as a bearer token. By
+        default as notifymesh.credentials finds them (a local mesh's files)."""
         target = client_target(addr or default_addr())
         self.addr = ",".join(target.addresses)
         self.credentials = credentials_mod.resolve(target.addresses, ca=ca, cert=cert, key=key, api_key=api_key)
+        api_key = self.credentials.api_key
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
         self._channel = secure_channel(target, self.credentials,
                                        [*channel_options(64 * 1024 * 1024), *target.options])
         self._publisher = pubsub_pb2_grpc.PublisherStub(self._channel)
@@ -137,6 +140,7 @@ class Client:
         self._cluster = cluster_pb2_grpc.ClusterAdminStub(self._channel)
         self._notifications = notify_pb2_grpc.NotificationsStub(self._channel)
         self._analytics = events_pb2_grpc.AnalyticsStub(self._channel)
+        self._auth = auth_pb2_grpc.AuthStub(self._channel)
         self._timeout = timeout_s
         # Publish requests above it are sent gzip-compressed; None: never (a client
         # on a fast link to its frontend, where gzip's CPU costs more than it saves).
@@ -151,10 +155,18 @@ class Client:
     async def _call(self, method, request, extra_timeout_s: float = 0, compression: grpc.Compression | None = None):
         """One unary call (allowed extra_timeout_s beyond the client's timeout); its
         failure raised as the error family."""
-        try:
-            return await method(request, timeout=self._timeout + extra_timeout_s, compression=compression)
-        except grpc.aio.AioRpcError as e:
-            raise errors.from_rpc_error(e) from e
+        deadline = asyncio.get_running_loop().time() + self._timeout + extra_timeout_s
+        while True:
+            try:
+                return await method(request, timeout=self._timeout + extra_timeout_s, metadata=self._metadata,
+                                    compression=compression)
+            except grpc.aio.AioRpcError as e:
+                error = errors.from_rpc_error(e)
+                # Over a rate limit: wait as the server says, while the call's time lasts.
+                if not isinstance(error, errors.RateLimited) or \
+                        asyncio.get_running_loop().time() + error.retry_after_s > deadline:
+                    raise error from e
+            await asyncio.sleep(error.retry_after_s)
 
     async def __aenter__(self) -> "Client":
         return self
@@ -319,7 +331,7 @@ class Client:
         broken stream (UNAVAILABLE, or ended by a frontend shutting down) is opened
         again; unacknowledged messages come back after their ack deadline."""
         request = pubsub_pb2.SubscribeRequest(subscription=subscription, max_outstanding_messages=max_outstanding)
-        async for messages in self._streamed(lambda: self._subscriber.Subscribe(request),
+        async for messages in self._streamed(lambda: self._subscriber.Subscribe(request, metadata=self._metadata),
                                              lambda frame: list(frame.received_messages), reconnect):
             yield messages
 
@@ -730,7 +742,7 @@ class Client:
         them with ack_inbox; an item not acknowledged comes again on the next stream.
         With reconnect, a broken stream (UNAVAILABLE) is opened again."""
         request = notify_pb2.SubscribeInboxRequest(recipient=recipient, max_outstanding=max_outstanding)
-        async for items in self._streamed(lambda: self._notifications.SubscribeInbox(request),
+        async for items in self._streamed(lambda: self._notifications.SubscribeInbox(request, metadata=self._metadata),
                                           lambda frame: list(frame.items), reconnect):
             yield items
 
@@ -758,6 +770,45 @@ class Client:
         async for page in self._pages(self._notifications.ListInbox, notify_pb2.ListInboxRequest(
                 recipient=recipient, unread_only=unread_only, page_size=page_size)):
             yield page
+
+    # -- identity (admin keys; create_recipient_token: publisher keys too) -------
+
+    async def create_api_key(self, name: str, role: str, topics: Iterable[str] = (), subscriptions: Iterable[str] = (),
+                             categories: Iterable[str] = (), personal_data: bool = False,
+                             ttl_s: float | None = None) -> auth_pb2.CreateApiKeyResponse:
+        """A new key; its secret (secret_key) is in this answer only."""
+        request = auth_pb2.CreateApiKeyRequest(name=name, grants=auth_pb2.Grants(
+            role=role, topics=topics, subscriptions=subscriptions, categories=categories, personal_data=personal_data))
+        if ttl_s is not None:
+            request.ttl.CopyFrom(_duration(ttl_s))
+        return await self._call(self._auth.CreateApiKey, request)
+
+    async def revoke_api_key(self, key_id: str) -> auth_pb2.ApiKey:
+        return await self._call(self._auth.RevokeApiKey, auth_pb2.RevokeApiKeyRequest(key_id=key_id))
+
+    async def list_api_keys(self) -> list[auth_pb2.ApiKey]:
+        return list((await self._call(self._auth.ListApiKeys, auth_pb2.ListApiKeysRequest())).keys)
+
+    async def set_api_key_limits(self, key_id: str, **limits: float) -> auth_pb2.ApiKey:
+        """limits: RateLimits fields (publish_messages_per_s, ...); unset: the defaults."""
+        return await self._call(self._auth.SetApiKeyLimits, auth_pb2.SetApiKeyLimitsRequest(
+            key_id=key_id, limits=auth_pb2.RateLimits(**limits)))
+
+    async def map_certificate(self, common_name: str, role: str = "", remove: bool = False,
+                              **patterns) -> auth_pb2.CertificatePrincipal:
+        """Callers with a client certificate of this subject CN act as role (patterns:
+        topics=, subscriptions=, categories=, personal_data=)."""
+        return await self._call(self._auth.MapCertificate, auth_pb2.MapCertificateRequest(
+            principal=auth_pb2.CertificatePrincipal(common_name=common_name,
+                                                    grants=auth_pb2.Grants(role=role, **patterns)), remove=remove))
+
+    async def create_recipient_token(self, recipient: str, ttl_s: float | None = None) -> auth_pb2.RecipientToken:
+        """A short-lived token for one end user: Client(addr, api_key=token) then reaches
+        only that recipient's inbox, devices and preferences."""
+        request = auth_pb2.CreateRecipientTokenRequest(recipient=recipient)
+        if ttl_s is not None:
+            request.ttl.CopyFrom(_duration(ttl_s))
+        return await self._call(self._auth.CreateRecipientToken, request)
 
     async def wait_connected(self, timeout_s: float) -> bool:
         """True once a connection to a frontend is up; False as soon as every frontend

@@ -211,6 +211,9 @@ CONFIG = b"/notifymesh/config"               # the cluster configuration, a JSON
 CATEGORIES = b"/notifymesh/categories/"      # + name -> notifymesh.v1.Category
 TEMPLATES = b"/notifymesh/templates/"        # + template_version_name() -> notifymesh.v1.Template
 PROVIDERS = b"/notifymesh/providers/"        # + channel name ("email") -> notifymesh.v1.Provider, with its secret
+# Identity (metadata/keys.py; notifymesh/server/principal.py), followed by every frontend:
+API_KEYS = b"/notifymesh/auth/keys/"         # + key id -> principal.KeyRecord (JSON; a salted hash, no secret)
+CERT_PRINCIPALS = b"/notifymesh/auth/certs/"  # + subject CN -> notifymesh.v1.CertificatePrincipal
 
 
 def template_version_name(name: str, version: int) -> str:

@@ -4,8 +4,10 @@ Each field: the explicit argument (Client keywords; the CLI's --ca/--cert/--key)
 the environment (NOTIFYMESH_CA, NOTIFYMESH_CERT, NOTIFYMESH_KEY: file paths) -> the
 local-mesh registry: LocalMesh.start writes $NOTIFYMESH_HOME (default ~/.notifymesh)
 /meshes/<host>_<port>.json = {"data_dir": ...} per frontend address, and the files of
-that data dir are read (tls/ca.pem, tls/client.pem, tls/client.key). Nothing found:
-TLS against the system's roots, with no client certificate.
+that data dir are read (tls/ca.pem, tls/client.pem, tls/client.key, and admin.key:
+the bootstrap admin API key; NOTIFYMESH_API_KEY before it). Nothing found: TLS
+against the system's roots, with no client certificate and no key. Non-Python
+clients read the same files.
 """
 
 import json
@@ -17,6 +19,7 @@ from typing import Sequence
 TLS_DIR = "tls"  # in a local mesh's data dir
 CA_FILE = "ca.pem"
 CLIENT_NAME = "client"  # tls/client.pem, tls/client.key: the CLI's certificate
+ADMIN_KEY_FILE = "admin.key"  # in a local mesh's data dir: its bootstrap admin API key
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,13 @@ def resolve(addresses: Sequence[str], *, ca=None, cert=None, key=None, api_key=N
         return local.read_bytes() if local and local.exists() else None
 
     plaintext = os.environ.get("NOTIFYMESH_PLAINTEXT", "") not in ("", "0") or bool(mesh.get("plaintext"))
+    if not api_key and not os.environ.get("NOTIFYMESH_API_KEY") and "data_dir" in mesh:
+        local_key = Path(mesh["data_dir"]) / ADMIN_KEY_FILE
+        try:
+            api_key = local_key.read_text().strip() or None
+        except OSError:
+            api_key = None
     return Credentials(ca_pem=pick(ca, "NOTIFYMESH_CA", CA_FILE),
                        cert_pem=pick(cert, "NOTIFYMESH_CERT", f"{CLIENT_NAME}.pem"),
                        key_pem=pick(key, "NOTIFYMESH_KEY", f"{CLIENT_NAME}.key"),
-                       api_key=api_key, plaintext=plaintext)
+                       api_key=api_key or os.environ.get("NOTIFYMESH_API_KEY") or None, plaintext=plaintext)

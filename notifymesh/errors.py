@@ -11,6 +11,8 @@ the class of its status code (from_rpc_error), keeping the code and details:
 """
 
 import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 
 class NotifymeshError(Exception):
@@ -50,6 +52,35 @@ class Aborted(NotifymeshError):
 
 class ResourceExhausted(NotifymeshError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class RateLimited(ResourceExhausted):
+    """Over a rate limit: retry after retry_after_s, carried in the status details as
+    google.rpc.RetryInfo (status_details() on the server, from_rpc_error here)."""
+
+    def __init__(self, details: str = "", code: grpc.StatusCode | None = None, retry_after_s: float = 0.0):
+        super().__init__(details, code)
+        self.retry_after_s = retry_after_s
+
+    def status_details(self) -> bytes:
+        """The grpc-status-details-bin trailer: a google.rpc.Status with a RetryInfo."""
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(max(1, round(self.retry_after_s * 1000)))
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        return status_pb2.Status(code=self.code.value[0], message=self.details, details=[detail]).SerializeToString()
+
+
+def _retry_after_s(error: grpc.RpcError) -> float | None:
+    """The RetryInfo delay of a failed call's status details, if it has one."""
+    trailers = error.trailing_metadata() if callable(getattr(error, "trailing_metadata", None)) else None
+    for key, value in trailers or ():
+        if key == "grpc-status-details-bin":
+            for detail in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.RetryInfo()
+                if detail.Unpack(info):
+                    return info.retry_delay.ToMilliseconds() / 1000
+    return None
 
 
 class Unavailable(NotifymeshError):
@@ -92,4 +123,6 @@ def from_rpc_error(error: grpc.RpcError) -> NotifymeshError:
     as its __cause__ by `raise from_rpc_error(e) from e`."""
     code = error.code() if callable(getattr(error, "code", None)) else grpc.StatusCode.UNKNOWN
     details = (error.details() if callable(getattr(error, "details", None)) else "") or ""
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and (retry_after_s := _retry_after_s(error)) is not None:
+        return RateLimited(details, code, retry_after_s)
     return ERROR_CLASSES.get(code, NotifymeshError)(details, code)

@@ -50,6 +50,52 @@ def frontend_log_lines(mesh: LocalMesh, text: str) -> dict[str, int]:
     return counts
 
 
+class _AioAuth(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, metadata):
+        self._metadata = metadata
+
+    def _with(self, details):
+        return details._replace(metadata=grpc.aio.Metadata(*(details.metadata or ()), *self._metadata))
+
+    async def intercept_unary_unary(self, continuation, details, request):
+        return await continuation(self._with(details), request)
+
+    async def intercept_unary_stream(self, continuation, details, request):
+        return await continuation(self._with(details), request)
+
+
+class _SyncAuth(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    def __init__(self, metadata):
+        self._metadata = metadata
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(details._replace(metadata=[*(details.metadata or ()), *self._metadata]), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(details._replace(metadata=[*(details.metadata or ()), *self._metadata]), request)
+
+
+class authed:
+    """A stub over client's channel whose calls carry the client's credentials, as the
+    Client's own calls do: authed(pubsub_pb2_grpc.SubscriberStub, client).Pull(request)."""
+
+    def __init__(self, stub_class, client: Client):
+        self._stub, self._metadata = stub_class(client._channel), client._metadata
+
+    def __getattr__(self, name):
+        method = getattr(self._stub, name)
+        return lambda request, **kwargs: method(request, metadata=self._metadata, **kwargs)
+
+
+def frontend_channel(mesh, addr: str | None = None, sync: bool = False):
+    """A raw grpc channel to a frontend (default the first) whose calls carry the mesh's
+    bootstrap admin key, as Client's do."""
+    target = addr or mesh.frontend_addr
+    if sync:
+        return grpc.intercept_channel(mesh.channel(target), _SyncAuth(mesh.auth_metadata()))
+    return aio_channel(mesh.data_dir, target, interceptors=[_AioAuth(mesh.auth_metadata())])
+
+
 def cli(mesh, *args, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     """The notifymesh command against mesh (all its frontends)."""
     env = {**os.environ, "NOTIFYMESH_ADDR": mesh.frontend_target}
@@ -64,14 +110,15 @@ def cli_argv(*args: str) -> list[str]:
     return [str(NOTIFYMESH), *args] if NOTIFYMESH.exists() else [sys.executable, "-m", "notifymesh.cli", *args]
 
 
-def aio_channel(data_dir: Path, addr: str) -> grpc.aio.Channel:
+def aio_channel(data_dir: Path, addr: str, interceptors=None) -> grpc.aio.Channel:
     """A channel for raw calls to any process of the mesh in data_dir, with its CLI
     certificate (plaintext when the mesh runs without TLS)."""
     tls = Path(data_dir) / TLS_DIR
     if not (tls / CA_FILE).exists():
-        return grpc.aio.insecure_channel(addr)
+        return grpc.aio.insecure_channel(addr, interceptors=interceptors)
     ca, cert, key = ((tls / name).read_bytes() for name in (CA_FILE, f"{CLIENT_NAME}.pem", f"{CLIENT_NAME}.key"))
-    return grpc.aio.secure_channel(addr, grpc.ssl_channel_credentials(ca, key, cert), options=internal_options())
+    return grpc.aio.secure_channel(addr, grpc.ssl_channel_credentials(ca, key, cert), options=internal_options(),
+                                   interceptors=interceptors)
 
 
 def unique(prefix: str) -> str:

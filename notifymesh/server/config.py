@@ -80,6 +80,15 @@ class Config:
     # Email tracking (notifymesh/server/tracking.py): 1, links go through the frontends'
     # click redirect and an open pixel is added; 0: emails go out as rendered.
     email_tracking: int = 1
+    # Frontend: 1, every public call needs credentials (frontend/auth.py); 0 only to
+    # measure what auth costs (docs/benchmarks.md): every caller is then an admin.
+    auth_enabled: int = 1
+    # Per API key, cluster-wide (each frontend enforces its share; frontend/limits.py),
+    # unless the key has its own (`notifymesh auth key limits`).
+    auth_publish_messages_per_s: float = 100_000.0
+    auth_publish_bytes_per_s: float = 256 * 1024 * 1024.0
+    auth_admin_calls_per_s: float = 1000.0
+    auth_max_streams: int = 50_000
 
 
 # Read once when a process starts (its gRPC server's size limits and channels, its
@@ -90,7 +99,8 @@ RESTART_REQUIRED = frozenset({"max_grpc_message_bytes", "member_lease_ttl_s", "s
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # Settings whose 0 means "off" (every other one is a positive number).
-ZERO_ALLOWED = frozenset({"notify_default_rate_limit", "notify_default_rate_period_s", "email_tracking"})
+ZERO_ALLOWED = frozenset({"notify_default_rate_limit", "notify_default_rate_period_s", "email_tracking",
+                          "auth_enabled"})
 MAX_RATE_LIMIT, MAX_RATE_PERIOD_S = 1_000_000, 30 * 24 * 3600.0  # as a category's (metadata/notify_store.py)
 Layer = tuple[str, Mapping[str, Any]]  # (source, values)
 

@@ -12,6 +12,8 @@ delete names under RESERVED_PREFIX.
   the one reserved topic public subscriptions may be made on (an analytics
   service's); EVENTS_STATS_SUBSCRIPTION: the mesh's own consumer, which keeps
   the counts of `notifymesh stats` (notifymesh/server/event_stats.py).
+- AUDIT_TOPIC: the audit log (frontend/audit.py), kept AUDIT_RETAIN_S after it is
+  read so `notifymesh audit tail` can go back; subscribable (by admin keys).
 """
 
 from gen.notifymesh.v1 import notify_pb2
@@ -24,9 +26,11 @@ NOTIFY_DEAD_LETTER_TOPIC = "notifymesh.notify.dead"
 EVENTS_TOPIC = "notifymesh.events"
 EVENTS_STATS_SUBSCRIPTION = "notifymesh.events.stats"
 EVENTS_DEAD_LETTER_TOPIC = "notifymesh.events.dead"
+AUDIT_TOPIC = "notifymesh.audit"
+AUDIT_RETAIN_S = 7 * 24 * 3600
 # Reserved topics on which public subscriptions may be created (and then consumed:
 # the subscription's own name is public).
-SUBSCRIBABLE_TOPICS = frozenset({EVENTS_TOPIC})
+SUBSCRIBABLE_TOPICS = frozenset({EVENTS_TOPIC, AUDIT_TOPIC})
 
 CHANNELS = (notify_pb2.EMAIL, notify_pb2.SMS, notify_pb2.WEBHOOK, notify_pb2.PUSH, notify_pb2.IN_APP)
 

@@ -77,6 +77,8 @@ def _fail(context: grpc.aio.ServicerContext, error: Exception, method: str) -> N
         mapped = (grpc.StatusCode.INTERNAL, f"internal error: {error!r}")
     context.set_code(mapped[0])
     context.set_details(mapped[1])
+    if isinstance(error, errors.RateLimited):
+        context.set_trailing_metadata((("grpc-status-details-bin", error.status_details()),))
 
 
 def _parse(deserialize, raw: bytes):
@@ -178,6 +180,7 @@ class Component(Protocol):
     async def drain(self) -> None: ...   # stop streams and background work; the server still answers
     async def close(self) -> None: ...   # after the server stopped: flush and close state
     # Optional: shard_status() -> list[notifymesh.v1.ShardStatus], for Node.Describe (storage nodes).
+    # Optional: interceptors, a tuple of server interceptors (the frontend's auth).
 
 
 @dataclass
@@ -199,13 +202,14 @@ MAX_PENDING_CALLS = 20_000
 
 
 def build_server(servicers: list[Servicer], max_message_bytes: int, listen: str,
-                 reflected: tuple[str, ...] = (), credentials: grpc.ServerCredentials | None = None
-                 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+                 reflected: tuple[str, ...] = (), credentials: grpc.ServerCredentials | None = None,
+                 interceptors: tuple = ()) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Returns (server, bound port, health servicer); listen may end in :0.
-    credentials None: plaintext."""
+    credentials None: plaintext. interceptors: the component's own, inside the error
+    mapping (its errors are mapped)."""
     options = [*channel_options(max_message_bytes), ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
                ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS)]
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(), *interceptors], options=options)
     for add, servicer in servicers:
         add(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -232,6 +236,8 @@ def parser(kind: str) -> argparse.ArgumentParser:
     tls.add_argument("--tls-dir", type=Path, help="mutual TLS: ca.pem, <node-id>.pem and <node-id>.key in this "
                                                   "directory (see notifymesh/server/tls.py)")
     tls.add_argument("--plaintext", action="store_true", help="no TLS, for a network where TLS ends elsewhere")
+    p.add_argument("--tls-name", help="the name of this process's files in --tls-dir (default the node id; "
+                                      "one certificate for all the replicas of a deployment)")
     return p
 
 
@@ -297,7 +303,7 @@ def _awaits(awaitable, depth: int = 24) -> list[str]:
 async def serve(kind: str, args: argparse.Namespace,
                 build: Callable[[Context], Awaitable[Component]]) -> None:
     log_mod.setup(kind, args.node_id, args.log_level)
-    files = None if args.plaintext else TlsFiles(args.tls_dir, args.node_id)
+    files = None if args.plaintext else TlsFiles(args.tls_dir, args.tls_name or args.node_id)
     try:
         tls = ChannelCredentials(files) if files else None
     except (OSError, ValueError) as e:
@@ -317,7 +323,8 @@ async def serve(kind: str, args: argparse.Namespace,
     # The frontend's port is the public one: API keys, not client certificates (see tls.py).
     credentials = server_credentials(files, require_client_cert=kind != "frontend") if files else None
     server, port, health_servicer = build_server(
-        servicers, config.max_grpc_message_bytes, args.listen, component.reflected, credentials)
+        servicers, config.max_grpc_message_bytes, args.listen, component.reflected, credentials,
+        getattr(component, "interceptors", ()))
     await server.start()
     await component.start()
     host = args.listen.rpartition(":")[0] or "127.0.0.1"

@@ -8,7 +8,7 @@ import time
 import grpc
 import pytest
 
-from helpers import cli, new_topic, unique
+from helpers import authed, cli, new_topic, unique
 from gen.notifymesh.v1 import pubsub_pb2, pubsub_pb2_grpc
 from notifymesh import errors
 from notifymesh.contracts import MessageId
@@ -54,7 +54,7 @@ async def test_dead_letters_come_in_pages_each_once_and_the_cli_follows_them(mes
     first = cli(mesh, "dead-letters", "list", sub, "--max", "3")
     assert first.returncode == 0 and len(first.stdout.decode().splitlines()) == 3
 
-    stub = pubsub_pb2_grpc.SubscriberStub(client._channel)
+    stub = authed(pubsub_pb2_grpc.SubscriberStub, client)
     old = await stub.ListDeadLetters(pubsub_pb2.ListDeadLettersRequest(subscription=sub, max_messages=4))
     assert len(old.dead_letters) == 4 and old.next_page_token  # max_messages: page_size's old name
     _, other = await new_topic(client, "dl-pages-other")

@@ -95,7 +95,8 @@ async def test_acks_of_several_subscriptions_share_a_call_and_a_bad_one_fails_al
         [received] = await receive(client, sub, 1, ack=False)
         ack_ids[sub] = received.ack_id
     # one request naming no subscription acks for two of them at once
-    await client._subscriber.Acknowledge(pubsub_pb2.AcknowledgeRequest(ack_ids=[ack_ids[subs[0]], ack_ids[subs[1]]]))
+    await client._subscriber.Acknowledge(pubsub_pb2.AcknowledgeRequest(ack_ids=[ack_ids[subs[0]], ack_ids[subs[1]]]),
+                                        metadata=client._metadata)
     # concurrent acks go out merged; the one with another subscription's ack id fails alone
     sent = []
     acknowledge = client._subscriber.Acknowledge
@@ -116,7 +117,8 @@ async def test_acks_of_several_subscriptions_share_a_call_and_a_bad_one_fails_al
     assert results[200].code == grpc.StatusCode.INVALID_ARGUMENT
     assert len(sent) < 201 and any(name == "" and count > 1 for name, count in sent)
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await client._subscriber.Acknowledge(pubsub_pb2.AcknowledgeRequest(ack_ids=[ack_ids[subs[3]], "junk"]))
+        await client._subscriber.Acknowledge(pubsub_pb2.AcknowledgeRequest(ack_ids=[ack_ids[subs[3]], "junk"]),
+                                            metadata=client._metadata)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "malformed ack id" in info.value.details()
 
     async def states():

@@ -14,7 +14,7 @@ import grpc
 import pytest
 from google.protobuf import descriptor, message_factory
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from helpers import unique
+from helpers import frontend_channel, unique
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -105,7 +105,7 @@ def hostile_mesh(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def channel(hostile_mesh):
-    with hostile_mesh.channel(hostile_mesh.frontend_addr) as channel:
+    with frontend_channel(hostile_mesh, sync=True) as channel:
         yield channel
 
 

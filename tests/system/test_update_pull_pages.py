@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import grpc
 import pytest
 
-from helpers import Receiver, cli, ids_of, new_topic, unique
+from helpers import Receiver, authed, cli, ids_of, new_topic, unique
 from gen.notifymesh.v1 import pubsub_pb2, pubsub_pb2_grpc
 from notifymesh import errors
 from metadata.store import MetadataStore
@@ -117,7 +117,7 @@ async def test_a_push_endpoint_changed_by_an_update_gets_the_next_messages_signe
 
 async def test_an_update_refuses_unknown_or_fixed_fields_and_missing_things(mesh, client):
     topic, sub = await new_topic(client, "upd-bad")
-    stub = pubsub_pb2_grpc.SubscriberStub(client._channel)
+    stub = authed(pubsub_pb2_grpc.SubscriberStub, client)
 
     async def update(paths, **fields):
         request = pubsub_pb2.UpdateSubscriptionRequest(subscription=pubsub_pb2.Subscription(name=sub, **fields))
@@ -288,10 +288,10 @@ async def test_a_topics_subscriptions_come_in_pages_and_the_cli_follows_them(mes
 async def test_a_bad_page_size_or_token_is_refused(mesh, client):
     for _ in range(2):
         await client.create_topic(unique("paged-token"), replication_factor=1)
-    topics = pubsub_pb2_grpc.PublisherStub(client._channel)
+    topics = authed(pubsub_pb2_grpc.PublisherStub, client)
     token = (await topics.ListTopics(pubsub_pb2.ListTopicsRequest(page_size=1))).next_page_token
     assert token and len((await topics.ListTopics(pubsub_pb2.ListTopicsRequest(page_token=token))).topics) >= 1
-    subscriptions = pubsub_pb2_grpc.SubscriberStub(client._channel)
+    subscriptions = authed(pubsub_pb2_grpc.SubscriberStub, client)
     for call, request in (
             (topics.ListTopics, pubsub_pb2.ListTopicsRequest(page_size=1001)),
             (topics.ListTopics, pubsub_pb2.ListTopicsRequest(page_token="garbage!")),

@@ -88,7 +88,7 @@ async def test_message_and_batch_limits(client):
     assert len(await client.publish(topic, [b"y"] * 1000)) == 1000
     # a server-set field in a publish is refused
     stub_request = pubsub_pb2.PublishRequest(topic=topic, messages=[pubsub_pb2.PubsubMessage(data=b"x", message_id="x")])
-    code, details = await raw_status_of(client._publisher.Publish(stub_request))
+    code, details = await raw_status_of(client._publisher.Publish(stub_request, metadata=client._metadata))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "set by the server" in details
 
 

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from gen.notifymesh.v1 import auth_pb2 as notifymesh_dot_v1_dot_auth__pb2
 from gen.notifymesh.v1 import cluster_pb2 as notifymesh_dot_v1_dot_cluster__pb2
 from gen.notifymesh.v1 import notify_pb2 as notifymesh_dot_v1_dot_notify__pb2
 from gen.notifymesh.v1 import pubsub_pb2 as notifymesh_dot_v1_dot_pubsub__pb2
@@ -160,6 +161,31 @@ class MetadataStub:
                 '/notifymesh.internal.v1.Metadata/DeleteProvider',
                 request_serializer=notifymesh_dot_v1_dot_notify__pb2.DeleteProviderRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_notify__pb2.DeleteProviderResponse.FromString,
+                _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/notifymesh.internal.v1.Metadata/CreateApiKey',
+                request_serializer=notifymesh_dot_v1_dot_auth__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_auth__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/notifymesh.internal.v1.Metadata/RevokeApiKey',
+                request_serializer=notifymesh_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_auth__pb2.ApiKey.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/notifymesh.internal.v1.Metadata/ListApiKeys',
+                request_serializer=notifymesh_dot_v1_dot_auth__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_auth__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.SetApiKeyLimits = channel.unary_unary(
+                '/notifymesh.internal.v1.Metadata/SetApiKeyLimits',
+                request_serializer=notifymesh_dot_v1_dot_auth__pb2.SetApiKeyLimitsRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_auth__pb2.ApiKey.FromString,
+                _registered_method=True)
+        self.MapCertificate = channel.unary_unary(
+                '/notifymesh.internal.v1.Metadata/MapCertificate',
+                request_serializer=notifymesh_dot_v1_dot_auth__pb2.MapCertificateRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_auth__pb2.CertificatePrincipal.FromString,
                 _registered_method=True)
 
 
@@ -321,6 +347,37 @@ class MetadataServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateApiKey(self, request, context):
+        """API keys and certificate principals (etcd; metadata/keys.py): secrets only as salted hashes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetApiKeyLimits(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MapCertificate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetadataServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -448,6 +505,31 @@ def add_MetadataServicer_to_server(servicer, server):
                     servicer.DeleteProvider,
                     request_deserializer=notifymesh_dot_v1_dot_notify__pb2.DeleteProviderRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_notify__pb2.DeleteProviderResponse.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=notifymesh_dot_v1_dot_auth__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_auth__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=notifymesh_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_auth__pb2.ApiKey.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=notifymesh_dot_v1_dot_auth__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_auth__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'SetApiKeyLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetApiKeyLimits,
+                    request_deserializer=notifymesh_dot_v1_dot_auth__pb2.SetApiKeyLimitsRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_auth__pb2.ApiKey.SerializeToString,
+            ),
+            'MapCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.MapCertificate,
+                    request_deserializer=notifymesh_dot_v1_dot_auth__pb2.MapCertificateRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_auth__pb2.CertificatePrincipal.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1125,6 +1207,141 @@ class Metadata:
             '/notifymesh.internal.v1.Metadata/DeleteProvider',
             notifymesh_dot_v1_dot_notify__pb2.DeleteProviderRequest.SerializeToString,
             notifymesh_dot_v1_dot_notify__pb2.DeleteProviderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Metadata/CreateApiKey',
+            notifymesh_dot_v1_dot_auth__pb2.CreateApiKeyRequest.SerializeToString,
+            notifymesh_dot_v1_dot_auth__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Metadata/RevokeApiKey',
+            notifymesh_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.SerializeToString,
+            notifymesh_dot_v1_dot_auth__pb2.ApiKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Metadata/ListApiKeys',
+            notifymesh_dot_v1_dot_auth__pb2.ListApiKeysRequest.SerializeToString,
+            notifymesh_dot_v1_dot_auth__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetApiKeyLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Metadata/SetApiKeyLimits',
+            notifymesh_dot_v1_dot_auth__pb2.SetApiKeyLimitsRequest.SerializeToString,
+            notifymesh_dot_v1_dot_auth__pb2.ApiKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MapCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Metadata/MapCertificate',
+            notifymesh_dot_v1_dot_auth__pb2.MapCertificateRequest.SerializeToString,
+            notifymesh_dot_v1_dot_auth__pb2.CertificatePrincipal.FromString,
             options,
             channel_credentials,
             insecure,
