@@ -23,10 +23,10 @@ from notifymesh import errors
 from notifymesh.clock import now_ms, timestamp
 from notifymesh.contracts import CANDIDATES, LEADERS, PLACEMENTS, SUBSCRIPTIONS, TOPICS, shard_name
 from notifymesh.log import fields
-from notifymesh.server import validation
+from notifymesh.server import egress, validation
 from notifymesh.server.clients import StorageClient
 from notifymesh.server.cluster import Cluster
-from notifymesh.server.config import Config
+from notifymesh.server.config import Config, parse_networks
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +332,7 @@ class MetadataStore:
             url = urllib.parse.urlsplit(push.endpoint)
             if url.scheme not in ("http", "https") or not url.hostname:
                 raise errors.InvalidArgument(f"push endpoint {push.endpoint!r} is not an http(s) URL")
+            await egress.check_url("push endpoint", push.endpoint, parse_networks(self._config.allowed_networks))
             push.secret = secrets.token_hex(32)
             push.max_in_flight = push.max_in_flight or 16
             validation.count_between("push max in flight", push.max_in_flight, 1, 1000)
@@ -419,7 +420,31 @@ class MetadataStore:
             raise errors.Aborted(f"subscription {name!r} changed meanwhile; try again")
         log.info("subscription updated", extra=fields(subscription=name, fields=",".join(mask.paths)))
         await self._attach(record)
-        return record
+        answer = pubsub_pb2.Subscription()
+        answer.CopyFrom(record)
+        if current.push_config.secret and answer.push_config.secret:  # shown once: when it is made
+            answer.push_config.secret, answer.push_config.secret_set = "", True
+        return answer
+
+    async def rotate_push_secret(self, name: str) -> pubsub_pb2.Subscription:
+        """A new signing secret for the push subscription, in a compare-and-swap on the
+        record as read; FAILED_PRECONDITION for a pull subscription."""
+        key = SUBSCRIPTIONS + validation.name("subscription", name).encode()
+        for _ in range(UPDATE_TRIES):
+            kv = await self._etcd.get(key)
+            if kv is None:
+                raise errors.NotFound(f"subscription {name!r} not found")
+            record = pubsub_pb2.Subscription.FromString(kv.value)
+            if not record.push_config.endpoint:
+                raise errors.FailedPrecondition(f"subscription {name!r} is not a push subscription: it has no secret")
+            record.push_config.secret = secrets.token_hex(32)
+            updated, _ = await self._etcd.transaction(compare=[self._txn.mod(key) == kv.mod_revision],
+                                                      success=[self._txn.put(key, record.SerializeToString())],
+                                                      failure=[])
+            if updated:
+                log.info("push secret rotated", extra=fields(subscription=name))
+                return record
+        raise errors.Aborted(f"subscription {name!r} changed meanwhile; try again")
 
     async def _check_update(self, record: pubsub_pb2.Subscription, mask: field_mask_pb2.FieldMask) -> None:
         """An updated record's checks: those of a new one."""
