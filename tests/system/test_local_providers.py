@@ -72,10 +72,7 @@ async def test_up_runs_the_local_providers_sets_them_and_outbox_list_shows_what_
             f"http://127.0.0.1:{http_port}/fcm"
 
         assert outbox(data_dir) == (0, [])
-        def loopback():  # as the local mesh allows
-            return parse_networks(LOOPBACK_NETWORKS)
-
-        providers = {r.channel: provider_for(r, loopback)
+        providers = {r.channel: provider_for(r, lambda: parse_networks(LOOPBACK_NETWORKS))  # as the mesh allows
                      for r in provider_records(credentials(data_dir), "127.0.0.1", smtp_port, http_port)}
         try:
             await providers[notify_pb2.EMAIL].send(OutgoingMessage(notify_pb2.EMAIL, "alice@example.com",
