@@ -63,7 +63,8 @@ def refusal(address: str, allowed: tuple[Network, ...]) -> str:
 
 def _explain(host: str, address: str, why: str) -> str:
     named = address if host == address else f"{host} ({address})"
-    return (f"{named} is a {why} address; the mesh connects only to public ones unless the cluster setting "
+    kind = "not a public" if why == "not public" else f"a {why}"
+    return (f"{named} is {kind} address; the mesh connects only to public ones unless the cluster setting "
             "allowed_networks holds it (notifymesh config set allowed_networks ...)")
 
 
@@ -93,7 +94,8 @@ async def pinned_address(host: str, port: int, allowed: tuple[Network, ...]) -> 
     addresses = await resolve(host, port)
     kept = [address for address in addresses if not refusal(address, allowed)]
     if not kept:
-        reason = _explain(host, addresses[0], refusal(addresses[0], allowed)) if addresses else f"{host} resolves to nothing"
+        reason = _explain(host, addresses[0], refusal(addresses[0], allowed)) if addresses else \
+            f"{host} resolves to nothing"
         log.warning("connection refused: forbidden address", extra=fields(host=host[:200], addresses=addresses[:4]))
         raise ForbiddenAddress(reason)
     return kept[0]

@@ -182,7 +182,7 @@ def _public_methods() -> list[descriptor.MethodDescriptor]:
 
 
 PUBLIC_METHODS = _public_methods()
-EXAMPLES_PER_RPC = 40
+EXAMPLES_PER_RPC = 250
 STREAM_OPEN_S = 0.3  # a stream that answered nothing by then is open: fine, and cancelled
 _STREAMS = concurrent.futures.ThreadPoolExecutor(2)
 
