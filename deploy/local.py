@@ -25,7 +25,7 @@ from gen.notifymesh.internal.v1 import metadata_pb2_grpc, node_pb2, node_pb2_grp
 from gen.notifymesh.v1 import auth_pb2, cluster_pb2, cluster_pb2_grpc, notify_pb2
 from notifymesh.credentials import CLIENT_NAME, TLS_DIR, register_local_mesh
 from notifymesh.server import internal_topics
-from notifymesh.server.config import Config
+from notifymesh.server.config import LOOPBACK_NETWORKS, Config
 from notifymesh.server.tls import ChannelCredentials, TlsFiles, internal_options
 
 STOP_TIMEOUT_S = 15
@@ -111,6 +111,7 @@ class Process:
     log_path: Path
     popen: subprocess.Popen | None = None
     restarts: int = 0
+    env: dict[str, str] = field(default_factory=dict)  # over the runner's environment
 
     def start(self) -> None:
         log = open(self.log_path, "ab")
@@ -120,7 +121,7 @@ class Process:
         # fork and exec, which gRPC's fork handlers in the runner do not survive).
         argv = ["setpriv", "--pdeathsig", "TERM", "--", *self.argv] if shutil.which("setpriv") else self.argv
         self.popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      start_new_session=True)
+                                      start_new_session=True, env={**os.environ, **self.env} if self.env else None)
         log.close()
 
     def alive(self) -> bool:
@@ -294,6 +295,9 @@ class LocalMesh:
         if self.config_file:
             argv += ["--config", str(self.config_file)]
         self._add(node_id, argv)
+        if isinstance(self.network, Loopback):  # local receivers and the local providers (egress.py)
+            self.processes[node_id].env["NOTIFYMESH_ALLOWED_NETWORKS"] = os.environ.get(
+                "NOTIFYMESH_ALLOWED_NETWORKS", LOOPBACK_NETWORKS)
 
     def service_names(self) -> list[str]:
         return [name for name in self.processes if not name.startswith("etcd-") and name != LOCAL_PROVIDERS]

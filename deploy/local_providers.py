@@ -10,8 +10,10 @@ HTTP:
                                       auth account:token) -> 201 {"id", "status": "queued"};
                                       RECEIPT_DELAY_S later, like a real provider, it POSTs
                                       form MessageSid, MessageStatus ("delivered") to the
-                                      StatusCallback URL
+                                      StatusCallback URL, signed (X-Twilio-Signature with the
+                                      token: notifymesh/server/provider_callbacks.py)
   POST /webhook/{anything}            a webhook receiver: stores path, body, signature
+                                      (Notifymesh-Signature) and whether it verified
   POST /fcm/token                     FCM's OAuth2 token endpoint: form grant_type (jwt-bearer),
                                       assertion (RS256, checked with the service account's
                                       public key) -> {"access_token", "expires_in"}
@@ -57,7 +59,9 @@ from aiosmtpd.smtp import SMTP
 from deploy import push_fakes
 
 from gen.notifymesh.v1 import notify_pb2
+from notifymesh import webhooks
 from notifymesh.contracts import OUTBOX_CHANNELS, OUTBOX_MAX_BYTES, outbox_files
+from notifymesh.server import provider_callbacks
 
 CREDENTIALS_FILE = "local-providers.json"  # in the data dir: kept across restarts
 SMS_FROM = "+15005550006"
@@ -257,7 +261,9 @@ class LocalProviders:
         if status in ("undelivered", "failed"):
             form["ErrorCode"] = "30003"  # the common API's "unreachable handset"
         try:
-            async with self._client.post(url, data=form, allow_redirects=False) as response:
+            headers = {provider_callbacks.SMS_SIGNATURE_HEADER:
+                       provider_callbacks.sms_signature(self.creds.sms_token, url, form)}
+            async with self._client.post(url, data=form, headers=headers, allow_redirects=False) as response:
                 await response.read()
         except (aiohttp.ClientError, asyncio.TimeoutError):
             pass
@@ -283,8 +289,9 @@ class LocalProviders:
             body = json.loads(raw)
         except ValueError:
             body = raw.decode(errors="replace")
-        self.outbox.store("webhook", {"path": request.path, "body": body,
-                                      "signature": request.headers.get("X-Notifymesh-Signature", "")})
+        signature = request.headers.get(webhooks.HEADER, "")
+        self.outbox.store("webhook", {"path": request.path, "body": body, "signature": signature,
+                                      "verified": webhooks.verify(self.creds.webhook_secret, signature, raw)})
         return web.json_response({"received": True})
 
     async def _faults(self, request: web.Request) -> web.Response:

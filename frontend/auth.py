@@ -130,6 +130,9 @@ RULES: dict[str, Rule] = {
     "/notifymesh.v1.Subscriber/ListSubscriptions": READ_CLUSTER,
     "/notifymesh.v1.Subscriber/DeleteSubscription": on("manage", "subscription", "name"),
     "/notifymesh.v1.Subscriber/UpdateSubscription": on("manage", "subscription", "subscription.name"),
+    # A new signing secret: audited, as the admin calls are.
+    "/notifymesh.v1.Subscriber/RotatePushSecret": Rule(
+        lambda r: [Check("manage", "subscription", r.subscription)], admin=True),
     "/notifymesh.v1.Subscriber/Subscribe": SUBSCRIBE,
     "/notifymesh.v1.Subscriber/Acknowledge": SETTLE,
     "/notifymesh.v1.Subscriber/ModifyAckDeadline": SETTLE,

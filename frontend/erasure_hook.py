@@ -16,6 +16,7 @@ from typing import Callable
 import aiohttp
 
 from notifymesh.log import fields
+from notifymesh.server import egress
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +26,10 @@ BACKOFF_S = 0.5  # before the second attempt, doubled before the third
 
 
 class ErasureHook:
-    def __init__(self, url_of: Callable[[], str]):
-        """url_of(): the live erasure_hook_url setting ("" is off)."""
-        self._url_of = url_of
+    def __init__(self, url_of: Callable[[], str], allowed: egress.Allowed = lambda: ()):
+        """url_of(): the live erasure_hook_url setting ("" is off); allowed(): the
+        non-public networks it may be in (egress.py)."""
+        self._url_of, self._allowed = url_of, allowed
         self._http: aiohttp.ClientSession | None = None
 
     async def erased(self, recipient: str, addresses: list[str]) -> bool:
@@ -36,7 +38,8 @@ class ErasureHook:
         if not url or not addresses:
             return True
         if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S))
+            self._http = aiohttp.ClientSession(connector=egress.GuardedConnector(self._allowed),
+                                               timeout=aiohttp.ClientTimeout(total=TIMEOUT_S))
         error = ""
         for attempt in range(ATTEMPTS):
             if attempt:
@@ -47,7 +50,7 @@ class ErasureHook:
                     if 200 <= response.status < 300:
                         return True
                     error = f"HTTP {response.status}"
-            except (aiohttp.ClientError, TimeoutError) as e:
+            except (aiohttp.ClientError, TimeoutError, egress.ForbiddenAddress) as e:
                 error = f"{type(e).__name__}: {e}"
         log.warning("erasure hook not told", extra=fields(recipient=recipient, error=error[:200]))
         return False

@@ -12,12 +12,14 @@ An unsubscribe through a notification's link also records SEND_UNSUBSCRIBED on i
   GET  /t/o/<token>, GET /t/c/<token>, POST /t/s/<token>
                               email opens and clicks, SMS status callbacks
                               (notifymesh/server/tracking.py); an unknown, altered
-                              or expired token: 404, nothing recorded
+                              or expired token: 404, nothing recorded. A status
+                              callback also needs the provider's signature
+                              (provider_callbacks.py): 401 without, 403 wrong
 """
 
 import html
 import logging
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 from aiohttp import web
 
@@ -26,7 +28,7 @@ from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import notify_pb2
 from notifymesh.log import fields
-from notifymesh.server import rows, tracking
+from notifymesh.server import provider_callbacks, rows, tracking
 from notifymesh.server.unsubscribe import InvalidToken, TokenSigner, Unsubscribe
 
 log = logging.getLogger(__name__)
@@ -78,12 +80,19 @@ class UnsubscribeEndpoint:
                                  "notifications.\n")
 
 
+class CallbackAuth(NamedTuple):
+    """What a provider callback is checked against (provider_callbacks.py), both live."""
+    sms_secrets: Callable[[], list[str]]  # the secrets of the sms_http providers
+    public_base_url: Callable[[], str]  # the URL providers were given ("": as they call it)
+
+
 class TrackingEndpoint:
     """Opens, clicks and SMS status callbacks (notifymesh/server/tracking.py)."""
 
-    def __init__(self, tokens: tracking.Tracking, recorder: SendRecorder, max_age_s: Callable[[], float]):
+    def __init__(self, tokens: tracking.Tracking, recorder: SendRecorder, max_age_s: Callable[[], float],
+                 auth: CallbackAuth):
         """max_age_s(): how long a token works (the notification log's retention)."""
-        self._tokens, self._recorder, self._max_age_s = tokens, recorder, max_age_s
+        self._tokens, self._recorder, self._max_age_s, self._auth = tokens, recorder, max_age_s, auth
 
     def _verified(self, request: web.Request, kind: str) -> tuple[tracking.Send, str]:
         try:
@@ -108,8 +117,9 @@ class TrackingEndpoint:
 
     async def status(self, request: web.Request) -> web.Response:
         """The common SMS API's status callback: form MessageSid, MessageStatus (ErrorCode)."""
-        send, _ = self._verified(request, tracking.STATUS)
         form = await request.post()
+        self._authenticated(request, {name: str(value) for name, value in form.items()})
+        send, _ = self._verified(request, tracking.STATUS)
         status = str(form.get("MessageStatus", "")).lower()
         state = SMS_STATUSES.get(status)
         if state is not None:
@@ -121,6 +131,21 @@ class TrackingEndpoint:
             await self._record(send, state, unless=frozenset({notify_pb2.SEND_DELIVERED}), reason=reason,
                                provider_message_id=str(form.get("MessageSid", ""))[:128])
         return web.Response(status=204)
+
+
+    def _authenticated(self, request: web.Request, form: dict[str, str]) -> None:
+        """401 without the provider's signature, 403 with a wrong one; both logged."""
+        signature = request.headers.get(provider_callbacks.SMS_SIGNATURE_HEADER, "")
+        base = self._auth.public_base_url()
+        url = base + request.path_qs if base else str(request.url)
+        if signature and provider_callbacks.sms_signed(self._auth.sms_secrets(), signature, url, form):
+            return
+        log.warning("provider callback refused", extra=fields(
+            path=request.path.rpartition("/")[0], remote=request.remote,
+            reason="wrong signature" if signature else f"no {provider_callbacks.SMS_SIGNATURE_HEADER}"))
+        if not signature:
+            raise web.HTTPUnauthorized(text=f"{provider_callbacks.SMS_SIGNATURE_HEADER} missing\n")
+        raise web.HTTPForbidden(text="signature does not match\n")
 
 
 def application(endpoint: UnsubscribeEndpoint, tracked: TrackingEndpoint | None = None) -> web.Application:

@@ -14,6 +14,7 @@ class that does the work.
   written a notification's header, the job read back from the notify topic stands in.
 """
 
+import asyncio
 import base64
 import binascii
 import json
@@ -26,7 +27,7 @@ from gen.notifymesh.v1 import notify_pb2, notify_pb2_grpc, pubsub_pb2
 from notifymesh import errors
 from notifymesh.clock import now_ms, to_ms
 from notifymesh.log import fields
-from notifymesh.server import devices, internal_topics, rows, validation
+from notifymesh.server import devices, egress, internal_topics, rows, validation
 
 log = logging.getLogger(__name__)
 
@@ -202,10 +203,11 @@ def _members_after(audience: str, token: str) -> str:
 class Notifications:
     def __init__(self, table: Table, metadata: Metadata, catalog: Catalog, mesh: Mesh,
                  notification_log: NotificationLog, renderer: Renderer, context_of: ContextOf,
-                 erasure_hook: ErasureHook = NoErasureHook()):
+                 erasure_hook: ErasureHook = NoErasureHook(), allowed: egress.Allowed = lambda: ()):
+        """allowed(): the non-public networks a recipient's webhook_url may be in (egress.py)."""
         self._table, self._metadata, self._catalog, self._mesh = table, metadata, catalog, mesh
         self._log, self._renderer, self._context_of = notification_log, renderer, context_of
-        self._erasure_hook = erasure_hook
+        self._erasure_hook, self._allowed = erasure_hook, allowed
         self._devices = devices.Devices(table)
 
     # -- recipients -------------------------------------------------------------
@@ -214,8 +216,15 @@ class Notifications:
         recipient.update_time.FromMilliseconds(now_ms())
         return _put(rows.contact_key(recipient.id), recipient.SerializeToString())
 
+    async def _checked(self, given: notify_pb2.Recipient) -> notify_pb2.Recipient:
+        """validation.recipient, and its webhook URL not at a forbidden address (egress.py)."""
+        recipient = validation.recipient(given)
+        if recipient.webhook_url:
+            await egress.check_url("webhook_url", recipient.webhook_url, self._allowed())
+        return recipient
+
     async def upsert_recipient(self, request: notify_pb2.UpsertRecipientRequest) -> notify_pb2.Recipient:
-        recipient = validation.recipient(request.recipient)
+        recipient = await self._checked(request.recipient)
         await self._table.write(recipient.id, [self._contact_op(recipient)])
         return recipient
 
@@ -226,12 +235,13 @@ class Notifications:
             raise errors.InvalidArgument(f"{len(request.recipients)} recipients; at most {MAX_RECIPIENTS} in one call")
         response = notify_pb2.UpsertRecipientsResponse()
         ops: dict[str, list[storage_pb2.TableOp]] = {}
-        for index, given in enumerate(request.recipients):
-            try:
-                recipient = validation.recipient(given)
-            except errors.InvalidArgument as e:
-                response.errors.add(index=index, id=given.id[:255], reason=e.details)
+        checked = await asyncio.gather(*map(self._checked, request.recipients), return_exceptions=True)
+        for index, (given, recipient) in enumerate(zip(request.recipients, checked)):
+            if isinstance(recipient, errors.InvalidArgument):
+                response.errors.add(index=index, id=given.id[:255], reason=recipient.details)
                 continue
+            if isinstance(recipient, BaseException):
+                raise recipient
             ops.setdefault(recipient.id, []).append(self._contact_op(recipient))
             response.stored += 1
         if ops:

@@ -7,7 +7,7 @@ from frontend.limits import Limits
 from frontend.gateway import Gateway
 from frontend.inbox import FrontendInbox, InboxStreams
 from frontend.erasure_hook import ErasureHook
-from frontend.http import HttpServer, TrackingEndpoint, UnsubscribeEndpoint, application
+from frontend.http import CallbackAuth, HttpServer, TrackingEndpoint, UnsubscribeEndpoint, application
 from frontend.tracking import SendRecorder
 from frontend.notifications import Notifications, NotificationsServicer
 from gen.notifymesh.internal.v1 import inbox_pb2, inbox_pb2_grpc
@@ -15,11 +15,12 @@ from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, notify_pb2, notify_
 from gen.notifymesh.v1 import auth_pb2, auth_pb2_grpc, events_pb2, events_pb2_grpc
 from notifymesh import errors
 from notifymesh.contracts import API_KEYS, CERT_PRINCIPALS
-from notifymesh.server import templating, tracking, unsubscribe, validation
+from notifymesh.server import egress, templating, tracking, unsubscribe, validation
 from notifymesh.server.clients import StorageClient
 from notifymesh.server.cluster import PrefixMirror
 from notifymesh.server.principal import KeyRecord
 from notifymesh.server.inbox import InboxStore, InboxWaker, wake_changes, wake_key
+from notifymesh.server.internal_topics import channel_name
 from notifymesh.server.notification_log import NotificationLog
 from notifymesh.server.process import Context
 from notifymesh.server.publishing import InternalPublisher
@@ -57,6 +58,15 @@ class PublisherServicer(pubsub_pb2_grpc.PublisherServicer):
         return await self._gateway.describe_topic(request.name)
 
 
+def _without_push_secret(subscription: pubsub_pb2.Subscription) -> pubsub_pb2.Subscription:
+    """A subscription as read back: whether its push config has a secret, never the secret
+    (only CreateSubscription and RotatePushSecret return it, once)."""
+    if subscription.HasField("push_config"):
+        subscription.push_config.secret_set = bool(subscription.push_config.secret)
+        subscription.push_config.secret = ""
+    return subscription
+
+
 class SubscriberServicer(pubsub_pb2_grpc.SubscriberServicer):
     def __init__(self, gateway: Gateway):
         self._gateway = gateway
@@ -65,10 +75,13 @@ class SubscriberServicer(pubsub_pb2_grpc.SubscriberServicer):
         return await self._gateway.admin("CreateSubscription", request)
 
     async def GetSubscription(self, request, context):
-        return await self._gateway.admin("GetSubscription", request)
+        return _without_push_secret(await self._gateway.admin("GetSubscription", request))
 
     async def ListSubscriptions(self, request, context):
-        return await self._gateway.admin("ListSubscriptions", request)
+        listed = await self._gateway.admin("ListSubscriptions", request)
+        for subscription in listed.subscriptions:
+            _without_push_secret(subscription)
+        return listed
 
     async def DeleteSubscription(self, request, context):
         return await self._gateway.admin("DeleteSubscription", request)
@@ -108,7 +121,10 @@ class SubscriberServicer(pubsub_pb2_grpc.SubscriberServicer):
         return await self._gateway.seek(request)
 
     async def UpdateSubscription(self, request, context):
-        return await self._gateway.admin("UpdateSubscription", request)
+        return await self._gateway.admin("UpdateSubscription", request)  # a secret only when it made one
+
+    async def RotatePushSecret(self, request, context):
+        return await self._gateway.admin("RotatePushSecret", request)
 
     async def Pull(self, request, context):
         validation.not_reserved("subscription", request.subscription)
@@ -207,7 +223,7 @@ def _notifications(ctx: Context, gateway: Gateway, table: TableClient, hook: Era
     of categories and templates, the notification log, the renderer and the erasure hook."""
     return Notifications(table, gateway, ctx.cluster, gateway,
                          NotificationLog(table, round(ctx.config.notification_log_retention_s * 1000)),
-                         templating.Renderer(), templating.context, hook)
+                         templating.Renderer(), templating.context, hook, egress.networks_of(ctx.config))
 
 
 class FrontendService:
@@ -220,7 +236,7 @@ class FrontendService:
         self.http: HttpServer | None = None
         self.gateway = Gateway(ctx.cluster, ctx.config)
         self.table = TableClient(ctx.cluster)
-        self.erasure_hook = ErasureHook(lambda: ctx.config.erasure_hook_url)
+        self.erasure_hook = ErasureHook(lambda: ctx.config.erasure_hook_url, egress.networks_of(ctx.config))
         self.inbox = _inbox(ctx, self.table)
         self.wake = InboxWakeServicer(self.inbox.streams)
         self.auth = Auth(ctx)
@@ -261,7 +277,11 @@ async def start_http(ctx: Context, table: TableClient) -> HttpServer:
     recorder = SendRecorder(NotificationLog(table, lambda: round(ctx.config.notification_log_retention_s * 1000),
                                             InternalPublisher(ctx.cluster, StorageClient(ctx.cluster))))
     endpoint = UnsubscribeEndpoint(table, signer, recorder)
-    tracked = TrackingEndpoint(tracking.Tracking(signer), recorder, lambda: ctx.config.notification_log_retention_s)
+    sms = channel_name(notify_pb2.SMS)
+    auth = CallbackAuth(lambda: [p.secret for p in ctx.cluster.providers.groups.get(sms, {}).values()
+                                 if p.kind == "sms_http"], lambda: ctx.config.public_base_url)
+    tracked = TrackingEndpoint(tracking.Tracking(signer), recorder, lambda: ctx.config.notification_log_retention_s,
+                               auth)
     server = HttpServer(application(endpoint, tracked), host or "127.0.0.1",
                         int(port) + ctx.config.frontend_http_port_offset if int(port) else 0)
     await server.start()

@@ -70,6 +70,10 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
         _not_reserved("topic", request.subscription.dead_letter_topic)
         return await self._store.update_subscription(request.subscription, list(request.update_mask.paths))
 
+    async def RotatePushSecret(self, request, context):
+        _not_reserved("subscription", request.subscription)
+        return await self._store.rotate_push_secret(request.subscription)
+
     async def GetConfig(self, request, context):
         return cluster_pb2.ClusterConfig(settings=await self._settings.get(request.key))
 
@@ -140,7 +144,7 @@ class MetadataService:
     def __init__(self, ctx: Context):
         self._store = MetadataStore(ctx.cluster, ctx.config, StorageClient(ctx.cluster))
         self.servicers = [(metadata_pb2_grpc.add_MetadataServicer_to_server,
-                           MetadataServicer(self._store, ClusterSettings(ctx.cluster.etcd),
+                           MetadataServicer(self._store, ClusterSettings(ctx.cluster.etcd, ctx.config),
                                             NotifyMetadataStore(ctx.cluster), KeyStore(ctx.cluster.etcd)))]
         self._bootstrap: asyncio.Task | None = None
         self._cluster, self._replication_factor = ctx.cluster, ctx.config.default_replication_factor

@@ -11,6 +11,7 @@ from notifymesh import errors
 from notifymesh.contracts import CONFIG
 from notifymesh.log import fields
 from notifymesh.server import config as config_mod
+from notifymesh.server import egress
 
 log = logging.getLogger(__name__)
 
@@ -18,8 +19,10 @@ WRITE_TRIES = 3  # a write retries when another changed the object between its r
 
 
 class ClusterSettings:
-    def __init__(self, etcd):
-        self._etcd, self._txn = etcd, etcd.transactions
+    def __init__(self, etcd, config=None):
+        """config: this process's live config, whose allowed_networks (from its environment
+        too) holds where no allowed_networks is stored."""
+        self._etcd, self._txn, self._config = etcd, etcd.transactions, config
 
     async def _read(self):
         """(the stored object, its kv or None)."""
@@ -56,6 +59,9 @@ class ClusterSettings:
                 config_mod.check(config_mod.load(env={}, etcd_values=values))
             except ValueError as e:  # a key written by hand that no setting has
                 raise errors.FailedPrecondition(f"the config in etcd: {e}") from None
+            if key == "erasure_hook_url" and value:  # a URL the frontends will POST to
+                allowed = values.get("allowed_networks", getattr(self._config, "allowed_networks", ""))
+                await egress.check_url("erasure_hook_url", value, config_mod.parse_networks(allowed))
             compare = (self._txn.mod(CONFIG) == kv.mod_revision) if kv else (self._txn.version(CONFIG) == 0)
             encoded = json.dumps(values, sort_keys=True).encode()
             written, _ = await self._etcd.transaction(compare=[compare], success=[self._txn.put(CONFIG, encoded)],

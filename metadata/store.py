@@ -23,14 +23,15 @@ from notifymesh import errors
 from notifymesh.clock import now_ms, timestamp
 from notifymesh.contracts import CANDIDATES, LEADERS, PLACEMENTS, SUBSCRIPTIONS, TOPICS, shard_name
 from notifymesh.log import fields
-from notifymesh.server import validation
+from notifymesh.server import egress, validation
 from notifymesh.server.clients import StorageClient
 from notifymesh.server.cluster import Cluster
-from notifymesh.server.config import Config
+from notifymesh.server.config import Config, parse_networks
 
 log = logging.getLogger(__name__)
 
 MAX_PARTITIONS = 256
+PLACEMENTS_PER_TXN = 100  # etcd refuses a transaction of over 128 operations (its --max-txn-ops)
 MAX_REPLICATION_FACTOR = 5
 MAX_BACKOFF_S = 600
 DELETE_TRIES = 3  # a delete retries when subscriptions changed between its check and its transaction
@@ -171,15 +172,31 @@ class MetadataStore:
         validation.count_between("replication factor", record.replication_factor, 1, MAX_REPLICATION_FACTOR)
         record.create_time.CopyFrom(timestamp(now_ms()))
         key = TOPICS + topic.name.encode()
-        created, _ = await self._etcd.transaction(
-            compare=[self._txn.create(key) == 0],
-            success=[self._txn.put(key, record.SerializeToString()),
-                     *self._placements(record, range(record.partition_count))], failure=[])
-        if not created:
+        wanted = record.partition_count
+        stored = await self._store_partitions(key, [self._txn.create(key) == 0], record, 0, wanted)
+        if not stored:
             raise errors.AlreadyExists(f"topic {topic.name!r} already exists")
+        if stored < wanted:
+            raise errors.Aborted(f"topic {topic.name!r} changed while its partitions were placed: it has {stored}")
         log.info("topic created", extra=fields(topic=topic.name, partitions=record.partition_count,
                                                replication_factor=record.replication_factor))
         return record
+
+    async def _store_partitions(self, key: bytes, compare: list, record: pubsub_pb2.Topic, start: int,
+                                end: int) -> int:
+        """Stores record with partitions start..end placed, at most PLACEMENTS_PER_TXN a
+        transaction: the first on compare, each next on the record the last one stored
+        (every step a whole topic, as an update raising its count is). Returns the
+        partition count stored (start when the first transaction failed)."""
+        while True:
+            step = min(end, start + PLACEMENTS_PER_TXN)
+            record.partition_count = step
+            value = record.SerializeToString()
+            done, _ = await self._etcd.transaction(compare=compare, success=[
+                self._txn.put(key, value), *self._placements(record, range(start, step))], failure=[])
+            if not done or step == end:
+                return step if done else start
+            start, compare = step, [self._txn.value(key) == value]
 
     def _placements(self, topic: pubsub_pb2.Topic, partitions) -> list:
         ring = self._cluster.rings["storage"]
@@ -214,11 +231,8 @@ class MetadataStore:
         record.partition_count = partition_count
         key = TOPICS + name.encode()
         kv = await self._etcd.get(key)
-        updated, _ = await self._etcd.transaction(
-            compare=[self._txn.mod(key) == kv.mod_revision],
-            success=[self._txn.put(key, record.SerializeToString()),
-                     *self._placements(record, range(old, partition_count))], failure=[])
-        if not updated:
+        if await self._store_partitions(key, [self._txn.mod(key) == kv.mod_revision], record, old,
+                                        partition_count) < partition_count:
             raise errors.Aborted(f"topic {name!r} changed meanwhile; try again")
         log.info("topic updated", extra=fields(topic=name, partitions=partition_count,
                                                retain_acked_s=record.retain_acked.seconds))
@@ -332,6 +346,7 @@ class MetadataStore:
             url = urllib.parse.urlsplit(push.endpoint)
             if url.scheme not in ("http", "https") or not url.hostname:
                 raise errors.InvalidArgument(f"push endpoint {push.endpoint!r} is not an http(s) URL")
+            await egress.check_url("push endpoint", push.endpoint, parse_networks(self._config.allowed_networks))
             push.secret = secrets.token_hex(32)
             push.max_in_flight = push.max_in_flight or 16
             validation.count_between("push max in flight", push.max_in_flight, 1, 1000)
@@ -419,7 +434,31 @@ class MetadataStore:
             raise errors.Aborted(f"subscription {name!r} changed meanwhile; try again")
         log.info("subscription updated", extra=fields(subscription=name, fields=",".join(mask.paths)))
         await self._attach(record)
-        return record
+        answer = pubsub_pb2.Subscription()
+        answer.CopyFrom(record)
+        if current.push_config.secret and answer.push_config.secret:  # shown once: when it is made
+            answer.push_config.secret, answer.push_config.secret_set = "", True
+        return answer
+
+    async def rotate_push_secret(self, name: str) -> pubsub_pb2.Subscription:
+        """A new signing secret for the push subscription, in a compare-and-swap on the
+        record as read; FAILED_PRECONDITION for a pull subscription."""
+        key = SUBSCRIPTIONS + validation.name("subscription", name).encode()
+        for _ in range(UPDATE_TRIES):
+            kv = await self._etcd.get(key)
+            if kv is None:
+                raise errors.NotFound(f"subscription {name!r} not found")
+            record = pubsub_pb2.Subscription.FromString(kv.value)
+            if not record.push_config.endpoint:
+                raise errors.FailedPrecondition(f"subscription {name!r} is not a push subscription: it has no secret")
+            record.push_config.secret = secrets.token_hex(32)
+            updated, _ = await self._etcd.transaction(compare=[self._txn.mod(key) == kv.mod_revision],
+                                                      success=[self._txn.put(key, record.SerializeToString())],
+                                                      failure=[])
+            if updated:
+                log.info("push secret rotated", extra=fields(subscription=name))
+                return record
+        raise errors.Aborted(f"subscription {name!r} changed meanwhile; try again")
 
     async def _check_update(self, record: pubsub_pb2.Subscription, mask: field_mask_pb2.FieldMask) -> None:
         """An updated record's checks: those of a new one."""

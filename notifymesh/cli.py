@@ -181,7 +181,10 @@ def _subscription_record(sub) -> dict:
                  "max_backoff_s": sub.retry_policy.maximum_backoff.ToMilliseconds() / 1000,
                  "backoff_multiplier": sub.retry_policy.multiplier}
     if sub.push_config.endpoint:
-        line |= {"push_endpoint": sub.push_config.endpoint, "push_secret": sub.push_config.secret}
+        line |= {"push_endpoint": sub.push_config.endpoint,
+                 "push_secret_set": sub.push_config.secret_set or bool(sub.push_config.secret)}
+        if sub.push_config.secret:  # only a create or rotate-secret answer carries it: shown once
+            line["push_secret"] = sub.push_config.secret
     if sub.dead_letter_topic:
         line |= {"max_delivery_attempts": sub.max_delivery_attempts, "dead_letter_topic": sub.dead_letter_topic}
     return line
@@ -366,6 +369,8 @@ async def _subscription(args, client: Client) -> None:
         await _seek(args, client)
     elif args.action == "update":
         await _update_subscription(args, client)
+    elif args.action == "rotate-secret":
+        args.out.record(_subscription_record(await client.rotate_push_secret(args.name)))
 
 
 async def _seek(args, client: Client) -> None:
@@ -704,6 +709,8 @@ def _add_subscription_commands(commands) -> None:
     push = update.add_mutually_exclusive_group()
     push.add_argument("--push-endpoint", help="http(s) URL to POST each message to (the secret stays)")
     push.add_argument("--no-push", action="store_true", help="make it a pull subscription")
+    sub_actions.add_parser("rotate-secret", help="a new push signing secret, printed once (the old one stops "
+                                                 "signing at once)").add_argument("name", help="the subscription")
     _add_seek_commands(sub_actions)
 
 

@@ -274,6 +274,11 @@ class Client:
                 topic=topic, page_size=page_size), "subscriptions"):
             yield page
 
+    async def rotate_push_secret(self, name: str) -> pubsub_pb2.Subscription:
+        """A new push signing secret (in push_config.secret: the one time it is shown)."""
+        return await self._call(self._subscriber.RotatePushSecret,
+                                pubsub_pb2.RotatePushSecretRequest(subscription=name))
+
     async def delete_subscription(self, name: str) -> None:
         await self._call(self._subscriber.DeleteSubscription, pubsub_pb2.DeleteSubscriptionRequest(name=name))
 

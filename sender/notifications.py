@@ -7,6 +7,7 @@ internal subscriptions this sender owns.
 """
 
 import asyncio
+import functools
 import logging
 import time
 from typing import Callable, NamedTuple
@@ -14,7 +15,7 @@ from typing import Callable, NamedTuple
 from gen.notifymesh.v1 import notify_pb2
 from notifymesh.clock import now_ms, timestamp
 from notifymesh.log import fields
-from notifymesh.server import templating, tracking, unsubscribe
+from notifymesh.server import egress, templating, tracking, unsubscribe
 from notifymesh.server.clients import StorageClient
 from notifymesh.server.cluster import Cluster
 from notifymesh.server.config import LiveConfig
@@ -247,7 +248,8 @@ class NotificationPipeline:
     def __init__(self, ctx: Context, dispatcher: Dispatcher):
         self._ctx, self._dispatcher = ctx, dispatcher
         self._workers: PipelineWorkers | None = None
-        self._providers = self.providers = ChannelProviders(ctx.cluster, ctx.config)
+        self._providers = self.providers = ChannelProviders(
+            ctx.cluster, ctx.config, functools.partial(provider_for, allowed=egress.networks_of(ctx.config)))
         self._waker: InboxWaker | None = None
 
     async def start(self) -> None:

@@ -10,25 +10,19 @@ anything else nacks it, and storage applies the subscription's retry policy
 
 import asyncio
 import base64
-import hashlib
-import hmac
 import json
 import logging
 
 import httpx
 
 from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh import webhooks
 from notifymesh.log import fields
-from notifymesh.server import validation
+from notifymesh.server import egress, validation
 from notifymesh.server.cluster import ChangedNames, Cluster
 from sender.dispatch import Dispatcher, Stream
 
 log = logging.getLogger(__name__)
-
-
-def signature(secret: str, body: bytes) -> str:
-    """The X-Notifymesh-Signature value a receiver recomputes to verify a request."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 def request_body(subscription: str, received: pubsub_pb2.ReceivedMessage) -> bytes:
@@ -74,13 +68,13 @@ class PushWorker:
         headers = {"Content-Type": "application/json",
                    "X-Notifymesh-Message-Id": received.message.message_id,
                    "X-Notifymesh-Delivery-Attempt": str(received.delivery_attempt),
-                   "X-Notifymesh-Signature": signature(self.push_config.secret, body)}
+                   **webhooks.headers(self.push_config.secret, body)}
         self.in_flight += 1
         try:
             response = await self._http.post(self.push_config.endpoint, content=body, headers=headers,
                                              timeout=self.push_config.timeout.ToMilliseconds() / 1000)
             error = "" if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
-        except httpx.HTTPError as e:  # timeout, refused, reset: a failed attempt
+        except (httpx.HTTPError, egress.ForbiddenAddress) as e:  # timeout, refused, reset: a failed attempt
             error = f"{type(e).__name__}: {e}"[:validation.MAX_REASON_BYTES]
         finally:
             self.in_flight -= 1
@@ -100,10 +94,12 @@ class PushSubscriptions:
     """Runs a PushWorker for every push subscription the sender ring gives this
     sender, following etcd as subscriptions and senders come and go."""
 
-    def __init__(self, cluster: Cluster, dispatcher: Dispatcher, max_in_flight: int):
+    def __init__(self, cluster: Cluster, dispatcher: Dispatcher, max_in_flight: int, allowed: egress.Allowed):
+        """allowed(): the networks besides public ones endpoints may be in (egress.py)."""
         self._cluster, self._dispatcher = cluster, dispatcher
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._http = httpx.AsyncClient(limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
+        self._http = egress.guarded_http_client(allowed, httpx.Limits(max_connections=1000,
+                                                                      max_keepalive_connections=100))
         self.workers: dict[str, tuple[PushWorker, asyncio.Task]] = {}
         self._changed = ChangedNames()
         self._task: asyncio.Task | None = None

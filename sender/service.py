@@ -2,7 +2,7 @@
 
 from gen.notifymesh.internal.v1 import sender_pb2, sender_pb2_grpc
 from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
-from notifymesh.server import validation
+from notifymesh.server import egress, validation
 from notifymesh.server.process import Context
 from sender.dispatch import Dispatcher
 from sender.notifications import ChannelProviders, NotificationPipeline
@@ -56,7 +56,8 @@ class SenderService:
         self.dispatcher = Dispatcher(ctx.cluster, ctx.config, ctx.node_id, lambda: ctx.registration)
         ctx.cluster.members.on_change(lambda _name: self.dispatcher.release_unowned())
         ctx.cluster.subscriptions.on_change(self.dispatcher.record_changed)
-        self.push = PushSubscriptions(ctx.cluster, self.dispatcher, ctx.config.sender_max_push_in_flight)
+        self.push = PushSubscriptions(ctx.cluster, self.dispatcher, ctx.config.sender_max_push_in_flight,
+                                      egress.networks_of(ctx.config))
         self.notifications = NotificationPipeline(ctx, self.dispatcher)
         self.servicers = [(sender_pb2_grpc.add_SenderServicer_to_server,
                            SenderServicer(self.dispatcher, self.notifications.providers, ctx.node_id))]

@@ -8,6 +8,7 @@ metadata service, which checks keys and values (setting_value, check).
 """
 
 import dataclasses
+import ipaddress
 import json
 import logging
 import math
@@ -89,6 +90,11 @@ class Config:
     auth_publish_bytes_per_s: float = 256 * 1024 * 1024.0
     auth_admin_calls_per_s: float = 1000.0
     auth_max_streams: int = 50_000
+    # Networks (CIDR, comma-separated) the mesh may connect to on a user's behalf
+    # besides public addresses: push endpoints, webhook URLs, the erasure hook, HTTP
+    # providers (notifymesh/server/egress.py). "": public addresses only. The local
+    # mesh (deploy/local.py) allows loopback.
+    allowed_networks: str = ""
 
 
 # Read once when a process starts (its gRPC server's size limits and channels, its
@@ -101,6 +107,8 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # Settings whose 0 means "off" (every other one is a positive number).
 ZERO_ALLOWED = frozenset({"notify_default_rate_limit", "notify_default_rate_period_s", "email_tracking",
                           "auth_enabled"})
+MAX_ALLOWED_NETWORKS = 64
+LOOPBACK_NETWORKS = "127.0.0.0/8,::1/128"  # allowed_networks of the local mesh (deploy/local.py)
 MAX_RATE_LIMIT, MAX_RATE_PERIOD_S = 1_000_000, 30 * 24 * 3600.0  # as a category's (metadata/notify_store.py)
 Layer = tuple[str, Mapping[str, Any]]  # (source, values)
 
@@ -138,6 +146,8 @@ def setting_value(key: str, text: str) -> int | float:
     if key not in FIELDS:
         raise InvalidArgument(f"unknown config key {key!r}; the keys: {', '.join(FIELDS)}")
     kind = FIELDS[key].type
+    if key == "allowed_networks":
+        return ",".join(map(str, parse_networks(text)))
     if kind is str:
         return _url(key, text)
     try:
@@ -151,6 +161,17 @@ def setting_value(key: str, text: str) -> int | float:
     return value
 
 
+def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """allowed_networks: networks in CIDR notation separated by commas ("": none)."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if len(parts) > MAX_ALLOWED_NETWORKS:
+        raise InvalidArgument(f"allowed_networks: {len(parts)} networks; at most {MAX_ALLOWED_NETWORKS}")
+    try:
+        return tuple(ipaddress.ip_network(part, strict=False) for part in parts)
+    except ValueError as e:
+        raise InvalidArgument(f"allowed_networks: {e}; want networks like 10.0.0.0/8,::1/128") from None
+
+
 def _url(key: str, text: str) -> str:
     """An http(s) base URL, or "" for the default."""
     parsed = urllib.parse.urlsplit(text)
@@ -160,7 +181,9 @@ def _url(key: str, text: str) -> str:
 
 
 def check(config: Config) -> None:
-    """What no single value shows: the ack deadline bounds in order."""
+    """What no single value shows: the ack deadline bounds in order (and allowed_networks
+    parses, when it came from a file or the environment)."""
+    parse_networks(config.allowed_networks)
     if not config.min_ack_deadline_s <= config.default_ack_deadline_s <= config.max_ack_deadline_s:
         raise InvalidArgument(
             f"ack deadlines out of order: min_ack_deadline_s {config.min_ack_deadline_s:g} <= default_ack_deadline_s "

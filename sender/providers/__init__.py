@@ -3,6 +3,7 @@
 the subscription's retry policy) or permanent (the recipient-channel fails)."""
 
 from gen.notifymesh.v1 import notify_pb2
+from notifymesh.server.egress import Allowed
 from sender.providers.apns import ApnsProvider
 from sender.providers.base import (ChannelProvider, DeadAddressError, OutgoingMessage, PermanentSendError, SendError,
                                    SendResult, TransientSendError)
@@ -18,10 +19,11 @@ __all__ = ["ChannelProvider", "DeadAddressError", "OutgoingMessage", "PermanentS
            "TransientSendError", "KINDS", "provider_for"]
 
 
-def provider_for(record: notify_pb2.Provider) -> ChannelProvider:
+def provider_for(record: notify_pb2.Provider, allowed: Allowed = lambda: ()) -> ChannelProvider:
     """A provider for the record (as the etcd mirror holds it, secret included).
+    allowed(): the non-public networks the HTTP providers may connect to (egress.py).
     Raises ValueError for a kind no adapter has (the metadata service refuses those)."""
     kind = KINDS.get(record.kind)
     if kind is None:
         raise ValueError(f"no provider of kind {record.kind!r}; the kinds: {', '.join(KINDS)}")
-    return kind(record)
+    return kind(record, allowed) if kind in (SmsHttpProvider, WebhookProvider) else kind(record)

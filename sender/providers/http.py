@@ -5,7 +5,7 @@ took 0.10 ms of CPU per send where httpx took 2.2 ms, at 32 in flight).
   form To, From, Body (and StatusCallback, the delivery receipt's URL), HTTP basic auth (account, secret), answer JSON {"id", "status"}.
   Settings: base_url, account, from, timeout_seconds (default 10).
 - webhook: POST the rendered JSON to the recipient's URL, signed as push
-  subscriptions are (X-Notifymesh-Signature with the provider's secret).
+  subscriptions are (notifymesh/webhooks.py, with the provider's secret).
   Settings: timeout_seconds (default 10).
 
 Failures: a timeout, a connection error, 5xx and 429 (with its Retry-After) are
@@ -19,16 +19,19 @@ import json
 import aiohttp
 
 from gen.notifymesh.v1 import notify_pb2
+from notifymesh import webhooks
+from notifymesh.server import egress
 from sender.providers.base import (OutgoingMessage, PermanentSendError, SendResult, TransientSendError, retry_after_s,
                                    setting)
-from sender.push import signature
 
 DEFAULT_TIMEOUT_S = 10.0
 
 
-def _session(record: notify_pb2.Provider) -> aiohttp.ClientSession:
+def _session(record: notify_pb2.Provider, allowed: egress.Allowed) -> aiohttp.ClientSession:
+    """Connections only to public addresses and allowed() networks, checked as each is made."""
     timeout = aiohttp.ClientTimeout(total=float(setting(record.settings, "timeout_seconds", str(DEFAULT_TIMEOUT_S))))
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=record.max_concurrency or 32), timeout=timeout)
+    return aiohttp.ClientSession(connector=egress.GuardedConnector(allowed, limit=record.max_concurrency or 32),
+                                 timeout=timeout)
 
 
 def _error_message(body: bytes) -> str:
@@ -63,6 +66,8 @@ async def _post(session: aiohttp.ClientSession, url: str, **kwargs) -> tuple[int
             return response.status, body
     except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as e:  # the same URL will not do next time
         raise PermanentSendError(f"not an http(s) URL: {e}") from None
+    except egress.ForbiddenAddress as e:
+        raise PermanentSendError(f"refused: {e}") from None
     except (aiohttp.ClientError, asyncio.TimeoutError) as e:
         raise TransientSendError(f"{type(e).__name__}: {e}".rstrip(": ")) from None
 
@@ -70,12 +75,12 @@ async def _post(session: aiohttp.ClientSession, url: str, **kwargs) -> tuple[int
 class SmsHttpProvider:
     name = "sms_http"
 
-    def __init__(self, record: notify_pb2.Provider):
+    def __init__(self, record: notify_pb2.Provider, allowed: egress.Allowed):
         s = record.settings
         self._url = f"{setting(s, 'base_url').rstrip('/')}/accounts/{setting(s, 'account')}/messages"
         self._from = setting(s, "from")
         self._auth = {"Authorization": aiohttp.encode_basic_auth(setting(s, "account"), record.secret)}
-        self._session = _session(record)
+        self._session = _session(record, allowed)
 
     async def send(self, msg: OutgoingMessage) -> SendResult:
         form = {"To": msg.to, "From": self._from, "Body": msg.text}
@@ -96,13 +101,13 @@ class SmsHttpProvider:
 class WebhookProvider:
     name = "webhook"
 
-    def __init__(self, record: notify_pb2.Provider):
+    def __init__(self, record: notify_pb2.Provider, allowed: egress.Allowed):
         self._secret = record.secret
-        self._session = _session(record)
+        self._session = _session(record, allowed)
 
     async def send(self, msg: OutgoingMessage) -> SendResult:
         body = msg.json_body.encode()
-        headers = {"Content-Type": "application/json", "X-Notifymesh-Signature": signature(self._secret, body),
+        headers = {"Content-Type": "application/json", **webhooks.headers(self._secret, body),
                    "X-Notifymesh-Notification-Id": msg.notification_id,
                    "X-Notifymesh-Idempotency-Key": msg.idempotency_key}
         await _post(self._session, msg.to, data=body, headers=headers)

@@ -35,9 +35,13 @@ async def wait_until(predicate, timeout: float):
 
 
 def verify(secret: str, headers: dict, body: bytes) -> bool:
-    """What a receiver does with X-Notifymesh-Signature."""
-    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, headers["X-Notifymesh-Signature"])
+    """What a receiver does with Notifymesh-Signature (as README shows it), and the
+    deprecated X-Notifymesh-Signature agrees."""
+    t, v1 = (dict(part.split("=", 1) for part in headers["Notifymesh-Signature"].split(","))[k] for k in ("t", "v1"))
+    expected = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    legacy = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return abs(time.time() - int(t)) < 300 and hmac.compare_digest(expected, v1) and \
+        hmac.compare_digest(legacy, headers["X-Notifymesh-Signature"])
 
 
 async def test_failing_endpoint_is_retried_with_backoff_until_it_accepts(client, receiver_factory):

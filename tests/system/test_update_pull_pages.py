@@ -14,7 +14,7 @@ import pytest
 
 from helpers import Receiver, authed, cli, ids_of, new_topic, unique
 from gen.notifymesh.v1 import pubsub_pb2, pubsub_pb2_grpc
-from notifymesh import errors
+from notifymesh import errors, webhooks
 from metadata.store import MetadataStore
 from notifymesh.client import Message
 from notifymesh.server.cluster import connect_etcd
@@ -95,11 +95,13 @@ async def test_a_push_endpoint_changed_by_an_update_gets_the_next_messages_signe
         await asyncio.sleep(0.3)  # its ack lands before the worker is replaced
         updated = await client.update_subscription(sub, push_endpoint=after.url)
         assert updated.push_config.endpoint == after.url
-        assert updated.push_config.secret == created.push_config.secret  # receivers keep verifying
+        assert (updated.push_config.secret, updated.push_config.secret_set) == ("", True)  # kept, not shown
         await asyncio.sleep(MIRROR_S)
         [two] = await client.publish(topic, [b"two"])
         assert await wait_until(lambda: after.requests, 15), "the sender pushes to the new endpoint"
         assert {m["message_id"] for m in after.messages()} == {two}
+        _, headers, body = after.requests[0]
+        assert webhooks.verify(created.push_config.secret, headers[webhooks.HEADER], body)  # receivers keep verifying
         assert {m["message_id"] for m in before.messages()} == {one}
         assert (await client.get_subscription(sub)).push_config.max_in_flight == 16  # the rest kept
 

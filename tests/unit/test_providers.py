@@ -4,8 +4,6 @@ how each classifies a failure."""
 
 import asyncio
 import email.utils
-import hashlib
-import hmac
 import json
 import time
 
@@ -16,9 +14,13 @@ from aiohttp import web
 
 from deploy.local_providers import LocalProviders, credentials, provider_records
 from gen.notifymesh.v1 import notify_pb2
+from notifymesh import webhooks
+from notifymesh.server.config import LOOPBACK_NETWORKS, parse_networks
 from sender.providers import (OutgoingMessage, PermanentSendError, SendResult, TransientSendError, provider_for)
 from sender.providers.base import retry_after_s
 from sender.providers.smtp import classify
+
+LOOPBACK = (lambda: parse_networks(LOOPBACK_NETWORKS))  # the local fakes are on loopback
 
 
 @pytest.fixture
@@ -43,7 +45,7 @@ async def provider(local):
     def make(channel, max_concurrency=0, **settings):
         record = records(local, max_concurrency)[channel]
         record.settings.update(settings)
-        made.append(provider_for(record))
+        made.append(provider_for(record, LOOPBACK))
         return made[-1]
     yield make
     for p in made:
@@ -227,7 +229,7 @@ async def test_sms_classification(local, provider):
         await sender.send(sms())
     record = records(local)[notify_pb2.SMS]
     record.secret = "not the token"
-    wrong = provider_for(record)
+    wrong = provider_for(record, LOOPBACK)
     with pytest.raises(PermanentSendError, match="HTTP 401: authentication failed"):
         await wrong.send(sms())
     await wrong.close()
@@ -277,8 +279,9 @@ async def test_webhook_posts_the_json_signed_with_the_provider_secret(local, pro
     result = await hook.send(OutgoingMessage(notify_pb2.WEBHOOK, url, json_body=body, idempotency_key="n1/alice/webhook"))
     assert result == SendResult("webhook", "n1/alice/webhook")
     [stored] = local.outbox.read("webhook")
-    expected = "sha256=" + hmac.new(local.creds.webhook_secret.encode(), body.encode(), hashlib.sha256).hexdigest()
-    assert stored == {"path": "/webhook/alice", "body": {"invoice": 17}, "signature": expected}
+    assert stored["verified"] and stored["path"] == "/webhook/alice" and stored["body"] == {"invoice": 17}
+    assert webhooks.verify(local.creds.webhook_secret, stored["signature"], body.encode())
+    assert not webhooks.verify("another secret", stored["signature"], body.encode())
     await fault(local, channel="webhook", status=503, count=1, retry_after=2)
     with pytest.raises(TransientSendError) as failed:
         await hook.send(OutgoingMessage(notify_pb2.WEBHOOK, url, json_body=body))
@@ -300,3 +303,18 @@ async def test_a_message_that_cannot_be_sent_as_it_is_fails_permanently(local, p
 def test_an_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="no provider of kind 'carrier-pigeon'"):
         provider_for(notify_pb2.Provider(channel=notify_pb2.SMS, kind="carrier-pigeon"))
+
+
+async def test_http_providers_connect_to_no_loopback_address_unless_allowed(local):
+    """The webhook channel and the SMS API (egress.py): the same local fakes, without
+    loopback allowed, are refused before any connection, as permanent failures."""
+    url = f"http://127.0.0.1:{local.http_port}/webhook/alice"
+    for channel, message in ((notify_pb2.WEBHOOK, OutgoingMessage(notify_pb2.WEBHOOK, url, json_body="{}")),
+                             (notify_pb2.SMS, OutgoingMessage(notify_pb2.SMS, "+14155550100", text="hi"))):
+        strict = provider_for(records(local)[channel])
+        try:
+            with pytest.raises(PermanentSendError, match="loopback address"):
+                await strict.send(message)
+        finally:
+            await strict.close()
+    assert local.outbox.read("webhook") == [] and local.outbox.read("sms") == []

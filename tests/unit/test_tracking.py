@@ -8,11 +8,11 @@ import aiohttp
 import pytest
 from notify_fakes import FakePublisher, FakeTable
 
-from frontend.http import HttpServer, TrackingEndpoint, UnsubscribeEndpoint, application
+from frontend.http import CallbackAuth, HttpServer, TrackingEndpoint, UnsubscribeEndpoint, application
 from frontend.tracking import SendRecorder
 from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
 from gen.notifymesh.v1 import events_pb2, notify_pb2
-from notifymesh.server import rows, tracking
+from notifymesh.server import provider_callbacks, rows, tracking
 from notifymesh.server.notification_log import NotificationLog
 from notifymesh.server.tracking import CLICK, OPEN, STATUS, InvalidToken, Send, Tracker, Tracking
 from notifymesh.server.unsubscribe import TokenSigner, unsubscribe_url
@@ -20,6 +20,12 @@ from notifymesh.server.unsubscribe import TokenSigner, unsubscribe_url
 KEY = bytes(range(32))
 DAY = 24 * 3600
 SEND = Send("n1", "alice", "email", 1_700_000_000_000)
+SMS_TOKEN = "the-sms-providers-token"
+
+
+def signed(url: str, form: dict, token: str = SMS_TOKEN) -> dict:
+    """The SMS provider's signature header of a callback (provider_callbacks.py)."""
+    return {provider_callbacks.SMS_SIGNATURE_HEADER: provider_callbacks.sms_signature(token, url, form)}
 
 
 def test_tokens_name_their_send_and_open_as_their_own_kind_only():
@@ -63,7 +69,8 @@ async def mesh_http():
         ["alice"])
     recorder = SendRecorder(log)
     app = application(UnsubscribeEndpoint(table, signer, recorder),
-                      TrackingEndpoint(Tracking(signer), recorder, lambda: 30 * DAY))
+                      TrackingEndpoint(Tracking(signer), recorder, lambda: 30 * DAY,
+                                       CallbackAuth(lambda: ["another provider's", SMS_TOKEN], lambda: "")))
     server = HttpServer(app, "127.0.0.1", 0)
     await server.start()
     async with aiohttp.ClientSession() as session:
@@ -110,7 +117,9 @@ async def test_forged_altered_and_unknown_tokens_are_404_and_record_nothing(mesh
                         ("GET", f"{base}/t/o/{link.rsplit('/', 1)[1]}"), ("GET", f"{base}/t/c/junk"),
                         ("GET", other.html("").split('src="')[1].split('"')[0]),
                         ("POST", f"{base}/t/s/{link.rsplit('/', 1)[1]}"), ("GET", f"{base}/t/x/{payload}.{mac}")]:
-        async with session.request(method, url, data={"MessageStatus": "delivered"}, allow_redirects=False) as answer:
+        form = {"MessageStatus": "delivered"}
+        async with session.request(method, url, data=form, headers=signed(url, form) if method == "POST" else {},
+                                   allow_redirects=False) as answer:
             assert answer.status == 404, url
     assert await states(table) == [] and published(publisher) == []
 
@@ -119,21 +128,39 @@ async def test_sms_status_callbacks_record_delivered_once_and_failures(mesh_http
     session, tracker, table, publisher, _ = mesh_http
     url = tracker.status_callback()
     for status in ("queued", "sent", "delivered", "delivered"):
-        async with session.post(url, data={"MessageSid": "SM1", "MessageStatus": status}) as answer:
+        form = {"MessageSid": "SM1", "MessageStatus": status}
+        async with session.post(url, data=form, headers=signed(url, form)) as answer:
             assert answer.status == 204
     assert await states(table) == [notify_pb2.SEND_DELIVERED]
     assert published(publisher)[0].event.provider_message_id == "SM1"
-    async with session.post(url, data={"MessageSid": "SM1", "MessageStatus": "undelivered"}) as answer:
+    form = {"MessageSid": "SM1", "MessageStatus": "undelivered"}
+    async with session.post(url, data=form, headers=signed(url, form)) as answer:
         assert answer.status == 204
     assert await states(table) == [notify_pb2.SEND_DELIVERED]  # delivered is final
-    other = Tracker(Tracking(TokenSigner(KEY)), url.split("/t/")[0], SEND._replace(recipient="bob"))
-    async with session.post(other.status_callback(), data={"MessageSid": "SM2", "MessageStatus": "undelivered",
-                                                           "ErrorCode": "30003"}) as answer:
+    other = Tracker(Tracking(TokenSigner(KEY)), url.split("/t/")[0], SEND._replace(recipient="bob")).status_callback()
+    form = {"MessageSid": "SM2", "MessageStatus": "undelivered", "ErrorCode": "30003"}
+    async with session.post(other, data=form, headers=signed(other, form)) as answer:
         assert answer.status == 204
     scanned = await table.scan("n1", rows.events_prefix("n1", "bob"))
     (failed,) = [notify_pb2.SendEvent.FromString(v) for v in scanned.values]
     assert (failed.state, failed.reason, failed.provider_message_id) == (
         notify_pb2.SEND_FAILED, "the provider reported it undelivered (error 30003)", "SM2")
+
+
+async def test_sms_status_callbacks_without_the_providers_signature_are_refused(mesh_http, caplog):
+    """Unsigned: 401; signed with another secret, for another URL or with another form
+    (a replayed callback URL with a changed status): 403; nothing recorded, each logged."""
+    session, tracker, table, publisher, _ = mesh_http
+    url = tracker.status_callback()
+    form = {"MessageSid": "SM1", "MessageStatus": "failed"}
+    async with session.post(url, data=form) as answer:
+        assert answer.status == 401
+    for headers in (signed(url, form, token="guessed"), signed(url + "x", form),
+                    signed(url, {**form, "MessageStatus": "delivered"})):
+        async with session.post(url, data=form, headers=headers) as answer:
+            assert answer.status == 403
+    assert await states(table) == [] and published(publisher) == []
+    assert sum("provider callback refused" in r.getMessage() for r in caplog.records) == 4
 
 
 async def test_an_unsubscribe_through_a_notifications_link_records_it_on_that_notification(mesh_http):

@@ -99,16 +99,18 @@ class RedriveRule(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_redrives: _Optional[int] = ...) -> None: ...
 
 class PushConfig(_message.Message):
-    __slots__ = ("endpoint", "secret", "max_in_flight", "timeout")
+    __slots__ = ("endpoint", "secret", "max_in_flight", "timeout", "secret_set")
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     SECRET_FIELD_NUMBER: _ClassVar[int]
     MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    SECRET_SET_FIELD_NUMBER: _ClassVar[int]
     endpoint: str
     secret: str
     max_in_flight: int
     timeout: _duration_pb2.Duration
-    def __init__(self, endpoint: _Optional[str] = ..., secret: _Optional[str] = ..., max_in_flight: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    secret_set: bool
+    def __init__(self, endpoint: _Optional[str] = ..., secret: _Optional[str] = ..., max_in_flight: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., secret_set: _Optional[bool] = ...) -> None: ...
 
 class RetryPolicy(_message.Message):
     __slots__ = ("minimum_backoff", "maximum_backoff", "multiplier")
@@ -508,3 +510,9 @@ class DescribeSubscriptionRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RotatePushSecretRequest(_message.Message):
+    __slots__ = ("subscription",)
+    SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    subscription: str
+    def __init__(self, subscription: _Optional[str] = ...) -> None: ...

@@ -494,6 +494,11 @@ class SubscriberStub:
                 request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.PullRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.PullResponse.FromString,
                 _registered_method=True)
+        self.RotatePushSecret = channel.unary_unary(
+                '/notifymesh.v1.Subscriber/RotatePushSecret',
+                request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.RotatePushSecretRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.Subscription.FromString,
+                _registered_method=True)
 
 
 class SubscriberServicer:
@@ -611,6 +616,14 @@ class SubscriberServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotatePushSecret(self, request, context):
+        """A new push signing secret, returned once (Get/List say only secret_set); the
+        old one stops signing at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SubscriberServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -683,6 +696,11 @@ def add_SubscriberServicer_to_server(servicer, server):
                     servicer.Pull,
                     request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.PullRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.PullResponse.SerializeToString,
+            ),
+            'RotatePushSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotatePushSecret,
+                    request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.RotatePushSecretRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.Subscription.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1064,6 +1082,33 @@ class Subscriber:
             '/notifymesh.v1.Subscriber/Pull',
             notifymesh_dot_v1_dot_pubsub__pb2.PullRequest.SerializeToString,
             notifymesh_dot_v1_dot_pubsub__pb2.PullResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotatePushSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.v1.Subscriber/RotatePushSecret',
+            notifymesh_dot_v1_dot_pubsub__pb2.RotatePushSecretRequest.SerializeToString,
+            notifymesh_dot_v1_dot_pubsub__pb2.Subscription.FromString,
             options,
             channel_credentials,
             insecure,

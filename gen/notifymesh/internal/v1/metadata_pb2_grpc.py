@@ -87,6 +87,11 @@ class MetadataStub:
                 request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.UpdateSubscriptionRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.Subscription.FromString,
                 _registered_method=True)
+        self.RotatePushSecret = channel.unary_unary(
+                '/notifymesh.internal.v1.Metadata/RotatePushSecret',
+                request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.RotatePushSecretRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.Subscription.FromString,
+                _registered_method=True)
         self.GetConfig = channel.unary_unary(
                 '/notifymesh.internal.v1.Metadata/GetConfig',
                 request_serializer=notifymesh_dot_v1_dot_cluster__pb2.GetConfigRequest.SerializeToString,
@@ -247,6 +252,12 @@ class MetadataServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateSubscription(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotatePushSecret(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -429,6 +440,11 @@ def add_MetadataServicer_to_server(servicer, server):
             'UpdateSubscription': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateSubscription,
                     request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.UpdateSubscriptionRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.Subscription.SerializeToString,
+            ),
+            'RotatePushSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotatePushSecret,
+                    request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.RotatePushSecretRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_pubsub__pb2.Subscription.SerializeToString,
             ),
             'GetConfig': grpc.unary_unary_rpc_method_handler(
@@ -801,6 +817,33 @@ class Metadata:
             target,
             '/notifymesh.internal.v1.Metadata/UpdateSubscription',
             notifymesh_dot_v1_dot_pubsub__pb2.UpdateSubscriptionRequest.SerializeToString,
+            notifymesh_dot_v1_dot_pubsub__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotatePushSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Metadata/RotatePushSecret',
+            notifymesh_dot_v1_dot_pubsub__pb2.RotatePushSecretRequest.SerializeToString,
             notifymesh_dot_v1_dot_pubsub__pb2.Subscription.FromString,
             options,
             channel_credentials,
