@@ -444,6 +444,10 @@ class LocalMesh:
         """node id -> address of every live member, as the frontend sees etcd."""
         return {m.node_id: m.addr for m in self.describe().members}
 
+    def metrics_urls(self) -> dict[str, str]:
+        """node id -> where the member serves GET /metrics."""
+        return {m.node_id: f"http://{m.metrics_addr}/metrics" for m in self.describe().members if m.metrics_addr}
+
     def wait_serving(self, names: list[str], timeout: float = START_TIMEOUT_S) -> None:
         """Until each named service is registered in etcd, answers SERVING, and the
         frontend's view of the mesh has all of them."""

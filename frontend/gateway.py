@@ -357,8 +357,7 @@ class Gateway:
         """Members from etcd; per shard, the replica set and leader from etcd and
         the commit and each replica's progress from the leader itself."""
         cluster = self._cluster
-        members = [cluster_pb2.ClusterMember(kind=kind, node_id=node, addr=addr)
-                   for kind in sorted(cluster.rings) for node, addr in sorted(cluster.live(kind).items())]
+        members = cluster.described_members()
 
         async def describe(addr):
             stub = node_pb2_grpc.NodeStub(cluster.channel(addr))

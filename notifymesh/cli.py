@@ -319,7 +319,8 @@ async def _cluster(args, client: Client) -> None:
         _cluster_table(status)
         return
     args.out.record({
-        "members": [{"kind": m.kind, "node_id": m.node_id, "addr": m.addr} for m in status.members],
+        "members": [{"kind": m.kind, "node_id": m.node_id, "addr": m.addr, "metrics_addr": m.metrics_addr}
+                    for m in status.members],
         "shards": [{"topic": shard.topic, "partition": shard.partition, "leader": shard.leader, "epoch": shard.epoch,
                     "commit": shard.commit, "replicas": list(shard.replicas),
                     "replica_status": [{"node_id": r.node_id, "role": r.role, "end": r.end, "lag": r.lag}
@@ -638,6 +639,8 @@ def _up(args) -> int:
         print(f"notifymesh mesh is up: frontend{'s' if len(mesh.frontend_addrs) > 1 else ''} {mesh.frontend_target} "
               f"(NOTIFYMESH_ADDR={mesh.frontend_target}; {tls}; HTTP {http}; logs in {mesh.data_dir / 'logs'}; "
               "Ctrl-C stops)", flush=True)
+        for node, url in mesh.metrics_urls().items():  # ephemeral ports: printed, as the guide asks
+            say(f"{node} metrics: {url}")
         mesh.supervise(lambda: stopping, progress=say)
     finally:
         say("stopping")

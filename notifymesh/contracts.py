@@ -248,6 +248,8 @@ class MemberRecord(NamedTuple):
     # The etcd lease the key lives under (0: not recorded), so that a peer that finds
     # the member dead can end the lease at once (notifymesh.server.liveness).
     lease: int = 0
+    # Where the process serves GET /metrics (notifymesh.server.telemetry); "" before it did.
+    metrics_addr: str = ""
 
     def encode(self) -> bytes:
         return json.dumps(self._asdict()).encode()
@@ -255,7 +257,8 @@ class MemberRecord(NamedTuple):
     @classmethod
     def parse(cls, value: bytes) -> "MemberRecord":
         record = json.loads(value)
-        return cls(record["addr"], record.get("pid", 0), record.get("started", 0.0), record.get("lease", 0))
+        return cls(record["addr"], record.get("pid", 0), record.get("started", 0.0), record.get("lease", 0),
+                   record.get("metrics_addr", ""))
 
 
 class LeaderRecord(NamedTuple):

@@ -24,7 +24,7 @@ from notifymesh import errors
 from notifymesh.batching import Coalescer
 from notifymesh.contracts import ack_ids_by_partition, ack_ids_by_subscription
 from notifymesh.log import fields
-from notifymesh.server import rpc
+from notifymesh.server import rpc, telemetry
 from notifymesh.server.clients import StorageClient
 from notifymesh.server.cluster import Cluster
 from notifymesh.server.config import Config
@@ -32,6 +32,9 @@ from sender.puller import ShardPuller
 from sender.unary_pull import UnaryPull
 
 log = logging.getLogger(__name__)
+DELIVERED = telemetry.meter().create_counter(
+    "notifymesh.stream.delivered", unit="{message}",
+    description="messages handed to subscriber streams (a redelivery counts again), by subscription")
 
 # The expiry heap holds one live entry per message in flight plus stale ones (acked,
 # or superseded by a deadline change) until they surface; past 2 x live + this, it is
@@ -232,6 +235,7 @@ class SubscriptionDispatcher:
                 self._expire_at(until, ack_id)
                 stream.outstanding.add(ack_id)
             self._budget.used += take
+            DELIVERED.add(take, {"subscription": self.name})
             stream.queue.put_nowait(received[position:end])
             position = end
         if position < len(received):  # the streams went away meanwhile

@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple
 from gen.notifymesh.v1 import notify_pb2
 from notifymesh.clock import now_ms, timestamp
 from notifymesh.log import fields
-from notifymesh.server import egress, templating, tracking, unsubscribe
+from notifymesh.server import egress, telemetry, templating, tracking, unsubscribe
 from notifymesh.server.clients import StorageClient
 from notifymesh.server.cluster import Cluster
 from notifymesh.server.config import LiveConfig
@@ -95,6 +95,9 @@ class ChannelProviders:
         self._made: dict[tuple[int, str], Made] = {}
         self._ordered: dict[int, tuple[tuple[int, ...], list[Made]]] = {}  # per channel: (fingerprint, Mades)
         self._closing: set[asyncio.Task] = set()
+        self._provider_calls = telemetry.meter().create_histogram(
+            "notifymesh.provider.send.duration", unit="s",
+            description="provider sends, by channel, provider and outcome (sent, transient, permanent, dead_address)")
 
     def _close_later(self, made: Made) -> None:
         """Its sends under way finish on their own connections first."""
@@ -157,22 +160,31 @@ class ChannelProviders:
 
     async def _send(self, made: Made, permit: Permit, message: Outgoing) -> Sent | Failed:
         name, breaker = provider_name(made.record), made.breaker
+        labels = {"channel": channel_name(made.record.channel), "provider": name}
+        started = time.perf_counter()
         try:
             result = await made.adapter.send(OutgoingMessage(*message))
         except TransientSendError as e:
             breaker.failed(permit, e.reason)
+            self._sent(labels, "transient", started)
             return Failed(True, e.reason, name, e.retry_after_s)
         except DeadAddressError as e:  # the provider answered: the address (a push token) is gone
             breaker.succeeded(permit)
+            self._sent(labels, "dead_address", started)
             return Failed(False, e.reason, name, dead=True)
         except PermanentSendError as e:  # the provider answered: the message's fault, not its own
             breaker.succeeded(permit)
+            self._sent(labels, "permanent", started)
             return Failed(False, e.reason, name)
         except BaseException:
             breaker.abandoned(permit)
             raise
         breaker.succeeded(permit)
+        self._sent(labels, "sent", started)
         return Sent(name, result.provider_message_id)
+
+    def _sent(self, labels: dict, outcome: str, started: float) -> None:
+        self._provider_calls.record(time.perf_counter() - started, {**labels, "outcome": outcome})
 
     def status(self, channel: int = 0) -> list[notify_pb2.ProviderStatus]:
         """Every provider's breaker (of one channel, or all), as this sender sees it."""

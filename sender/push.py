@@ -12,13 +12,14 @@ import asyncio
 import base64
 import json
 import logging
+import time
 
 import httpx
 
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import webhooks
 from notifymesh.log import fields
-from notifymesh.server import egress, validation
+from notifymesh.server import egress, telemetry, validation
 from notifymesh.server.cluster import ChangedNames, Cluster
 from sender.dispatch import Dispatcher, Stream
 
@@ -70,6 +71,7 @@ class PushWorker:
                    "X-Notifymesh-Delivery-Attempt": str(received.delivery_attempt),
                    **webhooks.headers(self.push_config.secret, body)}
         self.in_flight += 1
+        started = time.perf_counter()
         try:
             response = await self._http.post(self.push_config.endpoint, content=body, headers=headers,
                                              timeout=self.push_config.timeout.ToMilliseconds() / 1000)
@@ -78,6 +80,11 @@ class PushWorker:
             error = f"{type(e).__name__}: {e}"[:validation.MAX_REASON_BYTES]
         finally:
             self.in_flight -= 1
+        # Publish to this attempt's answer (the push's end: the endpoint has it), by outcome.
+        PUSH_METRICS.delivered.record(max(0.0, time.time() - received.message.publish_time.ToNanoseconds() / 1e9),
+                                      {"subscription": self._record.name, "outcome": "error" if error else "ok"})
+        PUSH_METRICS.request.record(time.perf_counter() - started,
+                                    {"subscription": self._record.name, "outcome": "error" if error else "ok"})
         try:
             if not error:
                 await sub.acknowledge([received.ack_id])
@@ -88,6 +95,19 @@ class PushWorker:
                                                       reason=error))
         except Exception as e:  # storage unreachable: the lease brings the message back
             log.warning("push outcome not recorded", extra=fields(subscription=self._record.name, error=repr(e)))
+
+
+class PushMetrics:
+    def __init__(self):
+        m = telemetry.meter()
+        self.delivered = m.create_histogram(
+            "notifymesh.push.publish_to_delivery.duration", unit="s",
+            description="publish to the push endpoint's answer, per attempt, by subscription and outcome")
+        self.request = m.create_histogram("notifymesh.push.request.duration", unit="s",
+                                          description="push requests, by subscription and outcome")
+
+
+PUSH_METRICS = PushMetrics()
 
 
 class PushSubscriptions:

@@ -20,6 +20,7 @@ from notifymesh.server.internal_topics import TABLE_TOPIC
 from notifymesh.server.process import Context
 from storage.delivery import Pull, Seeked
 from storage.engine import StorageEngine
+from storage.metrics import StorageMetrics
 from storage.replication import Replication
 from storage.retention import COLLECT_CHUNK
 from storage.stats import RATE_WINDOW_S, SubscriptionStats
@@ -159,6 +160,7 @@ class StorageNode:
         self.tables = TableService(self.engine.table, self.engine.log, self.replication.leader,
                                    self._table_partitions)
         self.servicers = [(storage_pb2_grpc.add_StorageServicer_to_server, StorageServicer(self))]
+        self.metrics = StorageMetrics(self.replication.status)
         self._storage = StorageClient(ctx.cluster)
         self._changed_subscriptions = ChangedNames()
         self._tasks: list[asyncio.Task] = []

@@ -16,13 +16,14 @@ import grpc
 from aetcd import rpc as etcd_rpc
 
 from gen.notifymesh.internal.v1 import storage_pb2
-from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
+from gen.notifymesh.v1 import cluster_pb2, notify_pb2, pubsub_pb2
 from notifymesh import errors
 from notifymesh.channel import channel_options
 from notifymesh.contracts import (CATEGORIES, LEADERS, MEMBERS, PLACEMENTS, PROVIDERS, SUBSCRIPTIONS, TEMPLATES, TOPICS,
                                   LeaderRecord, MemberRecord, member_key, shard_name, template_versions_prefix)
 from notifymesh.log import fields
 from notifymesh.server.internal_topics import channel_name
+from notifymesh.server import telemetry
 from notifymesh.server.ring import Ring
 from notifymesh.server.tls import CHECK_EVERY_S, ChannelCredentials, internal_options
 
@@ -201,10 +202,13 @@ class Registration:
     """This process's member key, kept alive by a lease: it disappears from etcd
     within the lease TTL once the process dies."""
 
-    def __init__(self, etcd: aetcd.Client, kind: str, node_id: str, addr: str, ttl_s: int):
+    def __init__(self, etcd: aetcd.Client, kind: str, node_id: str, addr: str, ttl_s: int, metrics_addr: str = ""):
         self.key = member_key(kind, node_id)
         self.addr = addr
-        self._record = MemberRecord(addr, os.getpid(), time.time())
+        self._record = MemberRecord(addr, os.getpid(), time.time(), metrics_addr=metrics_addr)
+        self._renewals = telemetry.meter().create_counter(
+            "notifymesh.etcd.lease_renewals", unit="{renewal}",
+            description="keep-alives of this process's member lease, by outcome (ok, failed, expired)")
         self._etcd, self._ttl = etcd, ttl_s
         self.lease = None
         # Until this monotonic time the lease is certainly alive (the last keep-alive
@@ -235,13 +239,16 @@ class Registration:
                 reply = await self.lease.refresh()
                 if reply is not None and reply.TTL > 0:
                     self.valid_until = sent + reply.TTL
+                    self._renewals.add(1, {"outcome": "ok"})
                     continue
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # etcd unreachable or electing a leader
                 log.warning("lease keep-alive failed", extra=fields(error=repr(e)))
+                self._renewals.add(1, {"outcome": "failed"})
                 if time.monotonic() < self.valid_until:
                     continue
+            self._renewals.add(1, {"outcome": "expired"})
             log.warning("member lease expired; registering again")
             try:
                 await self._register()
@@ -356,6 +363,12 @@ class Cluster:
         prefix = kind + "/"
         return {name[len(prefix):]: info.addr for name, info in self.members.items.items()
                 if name.startswith(prefix)}
+
+    def described_members(self) -> list[cluster_pb2.ClusterMember]:
+        """Every live member as cluster status and Node.Describe show it."""
+        return [cluster_pb2.ClusterMember(kind=name.partition("/")[0], node_id=name.partition("/")[2],
+                                          addr=record.addr, metrics_addr=record.metrics_addr)
+                for name, record in sorted(self.members.items.items()) if name.partition("/")[0] in self.rings]
 
     def owner(self, kind: str, key: str, partition: int = 0) -> "Member":
         """The member of kind that owns key (its pair with partition: see Ring.owner)."""

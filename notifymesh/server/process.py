@@ -25,12 +25,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gen.notifymesh.internal.v1 import node_pb2, node_pb2_grpc
-from gen.notifymesh.v1 import cluster_pb2
 from notifymesh import contracts, errors
 from notifymesh import log as log_mod
 from notifymesh.channel import channel_options
 from notifymesh.log import fields
 from notifymesh.server import config as config_mod
+from notifymesh.server import telemetry
 from notifymesh.server.cluster import Cluster, PrefixMirror, Registration, connect_etcd
 from notifymesh.server.status import status_of
 from notifymesh.server.tls import ChannelCredentials, TlsFiles, server_credentials
@@ -157,10 +157,8 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
 
     async def Describe(self, request, context):
         cluster = self._cluster
-        members = [cluster_pb2.ClusterMember(kind=kind, node_id=node, addr=addr)
-                   for kind in sorted(cluster.rings) for node, addr in sorted(cluster.live(kind).items())]
         return node_pb2.DescribeResponse(
-            kind=self._kind, node_id=self._node_id, members=members,
+            kind=self._kind, node_id=self._node_id, members=cluster.described_members(),
             topic_owners={t: cluster.rings["storage"].owner(t) or "" for t in request.topics},
             subscription_owners={s: cluster.rings["sender"].owner(s) or "" for s in request.subscriptions},
             shards=self._shard_status())
@@ -209,7 +207,9 @@ def build_server(servicers: list[Servicer], max_message_bytes: int, listen: str,
     mapping (its errors are mapped)."""
     options = [*channel_options(max_message_bytes), ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
                ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS)]
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(), *interceptors], options=options)
+    # Outermost first: the metrics see the status the error map gave.
+    server = grpc.aio.server(interceptors=[telemetry.RpcMetrics(), ErrorInterceptor(), *interceptors],
+                             options=options)
     for add, servicer in servicers:
         add(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -238,6 +238,7 @@ def parser(kind: str) -> argparse.ArgumentParser:
     tls.add_argument("--plaintext", action="store_true", help="no TLS, for a network where TLS ends elsewhere")
     p.add_argument("--tls-name", help="the name of this process's files in --tls-dir (default the node id; "
                                       "one certificate for all the replicas of a deployment)")
+    p.add_argument("--metrics-listen", help="host:port of GET /metrics (default: the listen host, any free port)")
     return p
 
 
@@ -303,6 +304,7 @@ def _awaits(awaitable, depth: int = 24) -> list[str]:
 async def serve(kind: str, args: argparse.Namespace,
                 build: Callable[[Context], Awaitable[Component]]) -> None:
     log_mod.setup(kind, args.node_id, args.log_level)
+    telemetry.setup(kind, args.node_id)
     files = None if args.plaintext else TlsFiles(args.tls_dir, args.tls_name or args.node_id)
     try:
         tls = ChannelCredentials(files) if files else None
@@ -329,11 +331,17 @@ async def serve(kind: str, args: argparse.Namespace,
     await component.start()
     host = args.listen.rpartition(":")[0] or "127.0.0.1"
     addr = args.advertise or f"{host}:{port}"
-    registration = Registration(etcd, kind, args.node_id, addr, config.member_lease_ttl_s)
+    metrics_server = telemetry.MetricsServer(args.metrics_listen or f"{host}:0")
+    metrics_addr = await metrics_server.start()
+    if host in ("0.0.0.0", "[::]") and args.advertise:  # reachable at the advertised host
+        metrics_addr = f"{args.advertise.rpartition(':')[0]}:{metrics_addr.rpartition(':')[2]}"
+    loop_lag = telemetry.LoopLag()
+    loop_lag.start()
+    registration = Registration(etcd, kind, args.node_id, addr, config.member_lease_ttl_s, metrics_addr)
     await registration.start()
     ctx.registration = registration
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving", extra=fields(addr=addr))
+    log.info("serving", extra=fields(addr=addr, metrics=f"http://{metrics_addr}/metrics"))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -350,6 +358,8 @@ async def serve(kind: str, args: argparse.Namespace,
     await registration.stop()
     await server.stop(DRAIN_GRACE_S)
     await component.close()
+    await loop_lag.stop()
+    await metrics_server.stop()
     await cluster.stop()
     await settings.stop()
     await etcd.close()

@@ -11,14 +11,16 @@ class GetClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ClusterMember(_message.Message):
-    __slots__ = ("kind", "node_id", "addr")
+    __slots__ = ("kind", "node_id", "addr", "metrics_addr")
     KIND_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDR_FIELD_NUMBER: _ClassVar[int]
+    METRICS_ADDR_FIELD_NUMBER: _ClassVar[int]
     kind: str
     node_id: str
     addr: str
-    def __init__(self, kind: _Optional[str] = ..., node_id: _Optional[str] = ..., addr: _Optional[str] = ...) -> None: ...
+    metrics_addr: str
+    def __init__(self, kind: _Optional[str] = ..., node_id: _Optional[str] = ..., addr: _Optional[str] = ..., metrics_addr: _Optional[str] = ...) -> None: ...
 
 class ReplicaStatus(_message.Message):
     __slots__ = ("node_id", "role", "end", "lag")
