@@ -1,19 +1,30 @@
-"""`python -m deploy.healthcheck HOST:PORT`: exit 0 when the service there answers
-SERVING to the standard gRPC health check (grpc.health.v1), 1 otherwise. The
-container probes of deploy/kubernetes run it, where the kubelet's own gRPC probe
-cannot: it speaks plaintext only."""
+"""`python -m deploy.healthcheck HOST:PORT [--tls-dir DIR --tls-name NAME]`: exit 0
+when the service there answers SERVING to the standard gRPC health check
+(grpc.health.v1), 1 otherwise. The container probes of deploy/kubernetes run it,
+where the kubelet's own gRPC probe cannot: it speaks neither TLS nor mutual TLS,
+which every port of the mesh requires (notifymesh.server.tls)."""
 
 import argparse
 import sys
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from notifymesh.server.tls import TlsFiles, internal_options
 
-def serving(addr: str, timeout_s: float) -> bool:
-    with grpc.insecure_channel(addr) as channel:
+
+def channel(addr: str, files: TlsFiles | None) -> grpc.Channel:
+    if files is None:
+        return grpc.insecure_channel(addr)
+    ca, cert, key = files.read()
+    return grpc.secure_channel(addr, grpc.ssl_channel_credentials(ca, key, cert), options=internal_options())
+
+
+def serving(addr: str, timeout_s: float, files: TlsFiles | None = None) -> bool:
+    with channel(addr, files) as ch:
         try:
-            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+            answer = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
         except grpc.RpcError:
             return False
     return answer.status == health_pb2.HealthCheckResponse.SERVING
@@ -23,8 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m deploy.healthcheck", description=__doc__.split("\n\n")[0])
     p.add_argument("addr", help="host:port of a notifymesh service")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds")
+    p.add_argument("--tls-dir", type=Path, help="ca.pem and the certificate to present (omit: plaintext)")
+    p.add_argument("--tls-name", default="client", help="the certificate's file name in --tls-dir")
     args = p.parse_args(argv)
-    return 0 if serving(args.addr, args.timeout) else 1
+    files = TlsFiles(args.tls_dir, args.tls_name) if args.tls_dir else None
+    return 0 if serving(args.addr, args.timeout, files) else 1
 
 
 if __name__ == "__main__":

@@ -101,3 +101,25 @@ def ensure(tls_dir: Path, hosts_by_name: dict[str, Iterable[str]]) -> None:
     for name, hosts in hosts_by_name.items():
         if not (tls_dir / f"{name}.pem").exists() or not (tls_dir / f"{name}.key").exists():
             issue(tls_dir, name, hosts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m deploy.pki DIR NAME... [--host HOST]`: a CA (made where missing)
+    and a certificate per name, for a cluster beyond the local runner: in
+    Kubernetes, one per workload (etcd, storage, metadata, sender, frontend, and
+    client for the CLI), put in the Secret docs/operations.md names."""
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m deploy.pki", description=main.__doc__.split("\n\n")[0])
+    p.add_argument("dir", type=Path, help="where ca.pem, ca.key and <name>.pem/.key go")
+    p.add_argument("names", nargs="+", help="one certificate each (existing ones are kept)")
+    p.add_argument("--host", action="append", default=[],
+                   help="a DNS name or address the certificates also name (the frontend's public name, etcd's "
+                        "member names); repeatable")
+    args = p.parse_args(argv)
+    args.dir.mkdir(parents=True, exist_ok=True)
+    ensure(args.dir, {name: args.host for name in args.names})
+    print(f"{args.dir}: ca.pem and {', '.join(f'{n}.pem' for n in args.names)}")
+
+
+if __name__ == "__main__":
+    main()

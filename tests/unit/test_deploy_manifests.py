@@ -118,7 +118,15 @@ def test_every_flag_a_container_passes_is_one_its_service_accepts():
             assert any(a.startswith(required + "=") for a in args), (service, required)
         for variable in re.findall(r"\$\((\w+)\)", " ".join(args)):  # each $(VAR) is set
             assert variable in {e["name"] for e in container["env"]}, (service, variable)
-        assert container["readinessProbe"]["exec"]["command"][:3] == ["python", "-m", "deploy.healthcheck"]
+        probe = container["readinessProbe"]["exec"]["command"]
+        assert probe[:3] == ["python", "-m", "deploy.healthcheck"]
+        # Mutual TLS, as every port of the mesh requires: the probe presents the
+        # workload's own certificate, from the Secret mounted at --tls-dir.
+        assert "--plaintext" not in args
+        tls_dir = next(a for a in args if a.startswith("--tls-dir=")).split("=", 1)[1]
+        tls_name = next(a for a in args if a.startswith("--tls-name=")).split("=", 1)[1]
+        assert probe[4:] == ["--tls-dir", tls_dir, "--tls-name", tls_name]
+        assert tls_dir in {m["mountPath"] for m in container["volumeMounts"]}
     assert seen == set(SERVICES)
 
 
