@@ -89,6 +89,9 @@ class MasterKey(Protocol):
 
     def current_id(self) -> str: ...
 
+    def refresh(self) -> None:
+        """Reads the key source again (before a re-wrap: the current version may have changed)."""
+
 
 def new_master_key_line() -> str:
     return base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()
@@ -146,6 +149,9 @@ class LocalMasterKey:
             log.warning("master key file readable by others", extra=fields(path=str(path)))
         return cls(path.read_text, str(path))
 
+    def refresh(self) -> None:
+        self._load()
+
     def _load(self) -> None:
         keys = _parse_keys(self._read(), self._source)
         self._keys = {_fingerprint(key): AESGCM(key) for key in keys}
@@ -200,6 +206,9 @@ class CommandMasterKey:
 
     def current_id(self) -> str:
         return self._run("id").decode()
+
+    def refresh(self) -> None:
+        pass  # the KMS always wraps with its current version
 
 
 def master_key(key_file: Path | None) -> MasterKey | None:
@@ -355,7 +364,11 @@ async def load(etcd, ring: KeyRing) -> None:
         await _create(etcd, ring.master, 1, active_ms=0)
         kvs = await etcd.get_prefix(DATA_KEYS)
     for kv in kvs:
-        ring.add(DataKeyRecord.parse(kv.value))
+        record = DataKeyRecord.parse(kv.value)
+        try:
+            ring.add(record)
+        except SealError as e:
+            raise SystemExit(f"data key {record.number}: {e}") from None
 
 
 async def _create(etcd, master: MasterKey, number: int, active_ms: int) -> bool:
@@ -396,6 +409,7 @@ async def rewrap_data_keys(etcd, master: MasterKey) -> Rotation:
     """Re-wraps every data key under the master key's current version (after a new
     master key was put first in the key file, or the KMS rotated its key), each with
     a compare-and-swap on the value read. The data it seals is not touched."""
+    master.refresh()
     count, newest, active = 0, 0, 0
     txn = etcd.transactions
     for kv in await etcd.get_prefix(DATA_KEYS):
@@ -411,6 +425,20 @@ async def rewrap_data_keys(etcd, master: MasterKey) -> Rotation:
         if record.number > newest:
             newest, active = record.number, record.active_ms
     return Rotation(newest, active, count, master.current_id())
+
+
+class KeyAdmin:
+    """`notifymesh keys rotate` (through the metadata service)."""
+
+    def __init__(self, etcd, ring_: KeyRing):
+        self._etcd, self._ring = etcd, ring_
+
+    async def rotate(self, master: bool) -> Rotation:
+        if self._ring.master is None:
+            raise errors.FailedPrecondition("this metadata service has no master key (encryption at rest is off)")
+        if master:
+            return await rewrap_data_keys(self._etcd, self._ring.master)
+        return await rotate_data_key(self._etcd, self._ring.master)
 
 
 async def follow(etcd, ring: KeyRing):
