@@ -148,8 +148,9 @@ class Checker:
         etcd and the epochs of the acknowledged messages' entries."""
         nodes = [process for name, process in self._mesh.processes.items() if name.startswith("storage-")]
         claims = await asyncio.to_thread(leadership.claims_in_logs, [p.log_path for p in nodes], self._topic)
+        ring = await leadership.key_ring(self._mesh.etcd_endpoint, self._mesh.master_key_file)
         stored = await asyncio.to_thread(leadership.stored_epochs, [self._mesh.data_dir / p.name for p in nodes],
-                                         self._topic, self.partitions)
+                                         self._topic, self.partitions, ring)
         attribution = attribute(stored, self.ledger.acknowledged)
         granted = await leadership.grants(self._mesh.etcd_endpoint, self._topic, attribution.epochs(claims))
         return audit_epochs(claims, granted, attribution)
