@@ -195,7 +195,8 @@ class Deliveries:
             if log_.saved is None:
                 log_.saved = {}
             if (subscription := keys.subscription_of_state(key)) is not None:
-                log_.saved[subscription] = keys.parse_subscription_state(keys.open_value(self._records.ring, key, value))
+                saved = keys.open_value(self._records.ring, key, value)
+                log_.saved[subscription] = keys.parse_subscription_state(saved)
                 continue
             stamp = keys.parse_delivery_state(value)
             log_.state_stamp = (stamp.epoch, stamp.version)

@@ -57,7 +57,8 @@ class DeliveryLog:
             kept_key = log_.layout.collected(seq)
             kept = self._records.get(kept_key)  # its identity (storage/retention.py)
             if kept is not None:
-                status.message.MergeFrom(keys.parse_collected_value(keys.open_value(self._records.ring, kept_key, kept)))
+                kept = keys.open_value(self._records.ring, kept_key, kept)
+                status.message.MergeFrom(keys.parse_collected_value(kept))
             for name, tried in sorted(attempts.items()):
                 dead = tried[-1].outcome == pubsub_pb2.DEAD_LETTER
                 status.deliveries.add(subscription=name, attempts=tried, delivery_attempts=tried[-1].attempt,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from deploy.local import HA, LocalMesh, free_frontend_port, free_port
 from notifymesh.client import Client
+from notifymesh.server import sealing
+from notifymesh.server.cluster import connect_etcd
 
 
 def new_mesh(path, etcd_members: int = 1, frontends: int = 1, **kwargs) -> LocalMesh:
@@ -35,6 +37,17 @@ def started(mesh: LocalMesh) -> LocalMesh:
 def new_ha_mesh(path, **kwargs) -> LocalMesh:
     """The mesh of `notifymesh up --ha`: no process the only one of its kind."""
     return new_mesh(path, **{**HA, **kwargs})
+
+
+async def key_ring(mesh: LocalMesh) -> sealing.KeyRing:
+    """The mesh's data keys (encryption at rest), to open what its storage nodes wrote."""
+    ring = sealing.KeyRing(sealing.LocalMasterKey.from_file(mesh.master_key_file))
+    etcd = connect_etcd(mesh.etcd_endpoint)
+    try:
+        await sealing.load(etcd, ring)
+    finally:
+        await etcd.close()
+    return ring
 
 
 def frontend_log_lines(mesh: LocalMesh, text: str) -> dict[str, int]:

@@ -41,17 +41,6 @@ def claims_in_logs(log_paths: list[Path], topic: str) -> list[Leading]:
     return claims
 
 
-async def key_ring(etcd_endpoint: str, master_key_file: Path) -> sealing.KeyRing:
-    """The mesh's data keys, to open its storage nodes' entries (encryption at rest)."""
-    ring = sealing.KeyRing(sealing.LocalMasterKey.from_file(master_key_file))
-    etcd = connect_etcd(etcd_endpoint)
-    try:
-        await sealing.load(etcd, ring)
-    finally:
-        await etcd.close()
-    return ring
-
-
 def stored_epochs(data_dirs: list[Path], topic: str, partitions: int, ring: sealing.KeyRing) -> dict[str, set[int]]:
     """message id -> the epochs of its entries in the replicas' logs. Read-only
     opens beside the running nodes (RocksDB allows it; the synced WAL is read

@@ -16,7 +16,7 @@ from notifymesh.server.sealing import (CommandMasterKey, DataKeyRecord, KeyRing,
                                        new_master_key_line)
 from storage import keys
 from storage.engine import StorageEngine
-from tests.unit.test_storage_engine import SHARD, append, messages, pull, subscription
+from tests.unit.test_storage_engine import SHARD, append, pull, subscription
 
 
 def master(*lines: str) -> LocalMasterKey:
@@ -108,7 +108,10 @@ if action == "id":
     sys.exit()
 request = json.load(sys.stdin)
 data, context = base64.b64decode(request["data"]), base64.b64decode(request["context"])
-out = b"n" * 12 + aes.encrypt(b"n" * 12, data, context) if action == "wrap" else aes.decrypt(data[:12], data[12:], context)
+if action == "wrap":
+    out = b"n" * 12 + aes.encrypt(b"n" * 12, data, context)
+else:
+    out = aes.decrypt(data[:12], data[12:], context)
 print(json.dumps({{"data": base64.b64encode(out).decode()}}))
 """)
     kms = CommandMasterKey(f"{sys.executable} {script}")
