@@ -238,7 +238,7 @@ class Cluster:
         self.etcd = etcd
         self.members = PrefixMirror(etcd, MEMBERS, MemberRecord.parse)
         self.topics = PrefixMirror(etcd, TOPICS, pubsub_pb2.Topic.FromString)
-        self.subscriptions = PrefixMirror(etcd, SUBSCRIPTIONS, sealing.parse_subscription,
+        self.subscriptions = PrefixMirror(etcd, SUBSCRIPTIONS, sealing.mirrored_subscription,
                                           group_by=lambda subscription: subscription.topic)
         self.placements = PrefixMirror(etcd, PLACEMENTS, storage_pb2.ShardPlacement.FromString)
         self.leaders = PrefixMirror(etcd, LEADERS, LeaderRecord.parse)
@@ -248,7 +248,7 @@ class Cluster:
         self.templates = PrefixMirror(etcd, TEMPLATES, notify_pb2.Template.FromString,
                                       group_by=lambda template: template.name)
         # Providers grouped by channel name: a channel's several, tried by priority.
-        self.providers = PrefixMirror(etcd, PROVIDERS, sealing.parse_provider,
+        self.providers = PrefixMirror(etcd, PROVIDERS, sealing.mirrored_provider,
                                       group_by=lambda provider: channel_name(provider.channel))
         self.rings: dict[str, Ring] = {kind: Ring() for kind in KINDS}
         self._ring_changes = {kind: asyncio.Event() for kind in KINDS}
@@ -357,7 +357,7 @@ class Cluster:
         found = list(self.providers.groups.get(name, {}).values())
         if not found:
             kvs = await self.etcd.get_prefix(PROVIDERS + name.encode())
-            found = [sealing.parse_provider(kv.value) for kv in kvs
+            found = [sealing.mirrored_provider(kv.value) for kv in kvs
                      if kv.key[len(PROVIDERS):].decode().partition("/")[0] == name]
         if not found:
             raise errors.NotFound(f"provider {name!r} not found")

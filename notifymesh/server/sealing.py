@@ -397,7 +397,7 @@ async def rotate_data_key(etcd, master: MasterKey) -> Rotation:
     for _ in range(10):  # another rotation at the same time takes the number: the next one
         numbers = [DataKeyRecord.parse(kv.value).number for kv in await etcd.get_prefix(DATA_KEYS)]
         if len(numbers) >= MAX_DATA_KEYS:
-            raise errors.FailedPrecondition(f"the cluster has {len(numbers)} data keys, the most it keeps")
+            raise errors.ResourceExhausted(f"the cluster has {len(numbers)} data keys, the most it keeps")
         number = max(numbers, default=0) + 1
         active_ms = int(time.time() * 1000) + ACTIVATION_DELAY_MS
         if await _create(etcd, master, number, active_ms):
@@ -506,12 +506,24 @@ def subscription_value(subscription: pubsub_pb2.Subscription) -> bytes:
     return stored.SerializeToString()
 
 
-def parse_subscription(value: bytes) -> pubsub_pb2.Subscription:
+def parse_subscription(value: bytes, strict: bool = True) -> pubsub_pb2.Subscription:
+    """strict False (the cluster's mirrors): a secret that does not open is left
+    empty and logged, rather than stop the whole view of the cluster."""
     subscription = pubsub_pb2.Subscription.FromString(value)
     if subscription.push_config.secret.startswith(TEXT_PREFIX):
-        subscription.push_config.secret = _installed.open_text(subscription.push_config.secret,
-                                                               _push_context(subscription))
+        subscription.push_config.secret = _open_secret(subscription.push_config.secret, _push_context(subscription),
+                                                       strict)
     return subscription
+
+
+def _open_secret(text: str, context: str, strict: bool) -> str:
+    try:
+        return _installed.open_text(text, context)
+    except SealError as e:
+        if strict:
+            raise
+        log.error("a secret in etcd does not open", extra=fields(record=context, error=str(e)))
+        return ""
 
 
 def _provider_context(provider: notify_pb2.Provider) -> str:
@@ -528,8 +540,16 @@ def provider_value(provider: notify_pb2.Provider) -> bytes:
     return stored.SerializeToString()
 
 
-def parse_provider(value: bytes) -> notify_pb2.Provider:
+def parse_provider(value: bytes, strict: bool = True) -> notify_pb2.Provider:
     provider = notify_pb2.Provider.FromString(value)
     if provider.secret.startswith(TEXT_PREFIX):
-        provider.secret = _installed.open_text(provider.secret, _provider_context(provider))
+        provider.secret = _open_secret(provider.secret, _provider_context(provider), strict)
     return provider
+
+
+def mirrored_subscription(value: bytes) -> pubsub_pb2.Subscription:
+    return parse_subscription(value, strict=False)
+
+
+def mirrored_provider(value: bytes) -> notify_pb2.Provider:
+    return parse_provider(value, strict=False)

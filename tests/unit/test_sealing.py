@@ -181,3 +181,13 @@ def test_every_recorded_data_key_parses_back():
     record = DataKeyRecord(3, b"w" * 60, 1, 2)
     assert DataKeyRecord.parse(record.encode()) == record
     assert json.loads(record.encode())["number"] == 3
+
+
+def test_the_cluster_view_goes_on_when_a_secret_does_not_open(ring, monkeypatch):
+    """A process without the data key (a tool's Cluster) still mirrors the records."""
+    monkeypatch.setattr(sealing, "_installed", ring)
+    stored = sealing.provider_value(notify_pb2.Provider(channel=notify_pb2.SMS, name="default", secret="hunter2"))
+    monkeypatch.setattr(sealing, "_installed", KeyRing(None, enabled=False))
+    with pytest.raises(SealError):
+        sealing.parse_provider(stored)
+    assert sealing.mirrored_provider(stored).secret == "" and sealing.mirrored_provider(stored).name == "default"
