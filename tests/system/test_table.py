@@ -109,9 +109,9 @@ async def test_a_stopped_follower_converges_through_writes_deletes_and_a_reset(t
     assert dict(zip(expected, found)) == expected
     log_text = (mesh.data_dir / "logs" / f"{follower}.log").read_text()
     assert "log reset" in log_text and TABLE_TOPIC in log_text  # it rebuilt from the leader's entries
+    ring = await key_ring(mesh)  # while etcd runs
     await cluster.stop()
     mesh.stop()
-    ring = await key_ring(mesh)
     for node in placement.replicas:  # every replica's own rows, read from its RocksDB
         engine = StorageEngine(mesh.data_dir / node, node, ring)
         try:
