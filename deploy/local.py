@@ -24,7 +24,7 @@ from deploy import local_providers, pki
 from gen.notifymesh.internal.v1 import metadata_pb2_grpc, node_pb2, node_pb2_grpc
 from gen.notifymesh.v1 import auth_pb2, cluster_pb2, cluster_pb2_grpc, notify_pb2
 from notifymesh.credentials import CLIENT_NAME, TLS_DIR, register_local_mesh
-from notifymesh.server import internal_topics
+from notifymesh.server import internal_topics, sealing
 from notifymesh.server.config import LOOPBACK_NETWORKS, Config
 from notifymesh.server.tls import ChannelCredentials, TlsFiles, internal_options
 
@@ -44,6 +44,7 @@ LOCAL_SMTP_OFFSET, LOCAL_HTTP_OFFSET, LOCAL_APNS_OFFSET = 18, 19, 17
 LOCAL_PROVIDERS = "local-providers"  # the process's name
 LEGACY_ETCD_PORTS = (23790, 23800)  # before ports derived from P: a data dir's etcd created then keeps them
 ADMIN_KEY_FILE = "admin.key"  # the bootstrap admin API key (0600), made on first start
+MASTER_KEY_FILE = "master.key"  # in the data dir, 0600: the master key of encryption at rest
 ETCD_PORTS_FILE = "etcd-ports.json"  # in the data dir: etcd keeps the peer URLs it was created with
 # make up ARGS="--ha": no process is the only one of its kind (storage nodes are three anyway).
 HA = {"etcd_members": 3, "metadata_services": 2, "senders": 2, "frontends": 2}
@@ -171,6 +172,10 @@ class LocalMesh:
         return ",".join(f"{self.network.address(name)}:{client}"
                         for name, (client, _) in zip(self.etcd_names(), self.etcd_ports))
 
+    @property
+    def master_key_file(self) -> Path:
+        return self.data_dir / MASTER_KEY_FILE
+
     def etcd_names(self) -> list[str]:
         return [f"etcd-{i}" for i in range(1, len(self.etcd_ports) + 1)]
 
@@ -290,7 +295,8 @@ class LocalMesh:
         if listen is None:
             listen, advertise = self.network.listen(node_id)
         argv = [sys.executable, "-m", kind, "--node-id", node_id, "--etcd", self.etcd_endpoint,
-                "--listen", listen, *(["--advertise", advertise] if advertise else []), *extra,
+                "--listen", listen, *(["--advertise", advertise] if advertise else []),
+                "--master-key-file", str(self.master_key_file), *extra,
                 *(["--tls-dir", str(self.tls_dir)] if self.tls else ["--plaintext"])]
         if self.config_file:
             argv += ["--config", str(self.config_file)]
@@ -320,6 +326,8 @@ class LocalMesh:
         (self.data_dir / ETCD_PORTS_FILE).write_text(json.dumps(self.etcd_ports))
         self._ensure_certificates()
         register_local_mesh(self.frontend_addrs, self.data_dir, plaintext=not self.tls)
+        if sealing.create_key_file(self.master_key_file):  # the first start; a restart keeps it
+            progress(f"master key for encryption at rest created: {self.master_key_file}")
         for name in self.etcd_names():
             self.processes[name].start()
         for name in self.etcd_names():

@@ -144,6 +144,9 @@ class ClusterAdminServicer(cluster_pb2_grpc.ClusterAdminServicer):
     async def SetConfig(self, request, context):
         return await self._gateway.admin("SetConfig", request)
 
+    async def RotateKeys(self, request, context):
+        return await self._gateway.admin("RotateKeys", request)
+
 
 class InboxWakeServicer(inbox_pb2_grpc.InboxServicer):
     """Internal: senders hand over new items, frontends name those acknowledged."""

@@ -19,7 +19,7 @@ from notifymesh import errors
 from notifymesh.clock import now_ms, timestamp
 from notifymesh.contracts import CATEGORIES, PROVIDERS, TEMPLATES, template_version_name, template_versions_prefix
 from notifymesh.log import fields
-from notifymesh.server import templating, validation
+from notifymesh.server import sealing, templating, validation
 from notifymesh.server.cluster import Cluster
 from notifymesh.server.config import MAX_RATE_LIMIT, MAX_RATE_PERIOD_S
 from notifymesh.server.internal_topics import CHANNELS, channel_name
@@ -356,11 +356,11 @@ class NotifyMetadataStore:
                 raise errors.ResourceExhausted(f"the {channel} channel has {MAX_PROVIDERS_PER_CHANNEL} providers; "
                                                "delete one first")
             if keep_secret and not record.secret and stored is not None:
-                record.secret = notify_pb2.Provider.FromString(stored.value).secret
+                record.secret = sealing.parse_provider(stored.value).secret
             record.secret_set = bool(record.secret)
             compare = [self._txn.mod(k) == kv.mod_revision if kv else self._txn.version(k) == 0
                        for k, kv in kvs.items()]
-            success = [self._txn.put(key, record.SerializeToString())]
+            success = [self._txn.put(key, sealing.provider_value(record))]
             if kvs.get(legacy) is not None:
                 success.append(self._txn.delete(legacy))
             written, _ = await self._etcd.transaction(compare=compare, success=success, failure=[])
@@ -377,11 +377,11 @@ class NotifyMetadataStore:
             kv = await self._etcd.get(legacy_provider_key(channel))
         if kv is None:
             raise errors.NotFound(f"no provider {name!r} set for the {channel_text} channel")
-        return _named(notify_pb2.Provider.FromString(kv.value))
+        return _named(sealing.parse_provider(kv.value))
 
     async def list_providers(self) -> list[notify_pb2.Provider]:
         """By channel, then priority, then name (the order senders try them in)."""
-        found = [_named(notify_pb2.Provider.FromString(kv.value)) for kv in await self._etcd.get_prefix(PROVIDERS)]
+        found = [_named(sealing.parse_provider(kv.value)) for kv in await self._etcd.get_prefix(PROVIDERS)]
         return sorted(found, key=lambda p: (p.channel, p.priority, p.name))
 
     async def delete_provider(self, channel: int, name: str = "") -> None:

@@ -10,7 +10,8 @@ from metadata.keys import KeyStore
 from metadata.notify_store import NotifyMetadataStore
 from metadata.settings import ClusterSettings
 from metadata.store import MetadataStore, Page
-from notifymesh.server import validation
+from notifymesh.clock import timestamp
+from notifymesh.server import sealing, validation
 from notifymesh.server.clients import StorageClient
 from notifymesh.server.process import Context
 
@@ -20,8 +21,9 @@ _not_reserved = validation.not_reserved
 
 class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
     def __init__(self, store: MetadataStore, settings: ClusterSettings, notify: NotifyMetadataStore,
-                 keys: KeyStore):
+                 keys: KeyStore, data_keys: sealing.KeyAdmin | None = None):
         self._store, self._settings, self._notify, self._keys = store, settings, notify, keys
+        self._data_keys = data_keys
 
     async def CreateTopic(self, request, context):
         _not_reserved("topic", request.topic.name)
@@ -79,6 +81,11 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
 
     async def SetConfig(self, request, context):
         return await self._settings.set(request.key, request.value, request.reset)
+
+    async def RotateKeys(self, request, context):
+        done = await self._data_keys.rotate(request.master)
+        return cluster_pb2.RotateKeysResponse(data_key=done.data_key, active_time=timestamp(done.active_ms),
+                                              rewrapped=done.rewrapped, master_key_id=done.master_key_id)
 
     async def CreateCategory(self, request, context):
         return await self._notify.create_category(request.category)
@@ -145,7 +152,8 @@ class MetadataService:
         self._store = MetadataStore(ctx.cluster, ctx.config, StorageClient(ctx.cluster))
         self.servicers = [(metadata_pb2_grpc.add_MetadataServicer_to_server,
                            MetadataServicer(self._store, ClusterSettings(ctx.cluster.etcd, ctx.config),
-                                            NotifyMetadataStore(ctx.cluster), KeyStore(ctx.cluster.etcd)))]
+                                            NotifyMetadataStore(ctx.cluster), KeyStore(ctx.cluster.etcd),
+                                            sealing.KeyAdmin(ctx.cluster.etcd, sealing.ring())))]
         self._bootstrap: asyncio.Task | None = None
         self._cluster, self._replication_factor = ctx.cluster, ctx.config.default_replication_factor
 

@@ -23,7 +23,7 @@ from notifymesh import errors
 from notifymesh.clock import now_ms, timestamp
 from notifymesh.contracts import CANDIDATES, LEADERS, PLACEMENTS, SUBSCRIPTIONS, TOPICS, shard_name
 from notifymesh.log import fields
-from notifymesh.server import egress, validation
+from notifymesh.server import egress, sealing, validation
 from notifymesh.server.clients import StorageClient
 from notifymesh.server.cluster import Cluster
 from notifymesh.server.config import Config, parse_networks
@@ -274,7 +274,7 @@ class MetadataStore:
             if kv is None:
                 raise errors.NotFound(f"topic {name!r} not found")
             listed = await self._etcd.get_prefix(SUBSCRIPTIONS)
-            _refuse_if_named(name, [pubsub_pb2.Subscription.FromString(s.value) for s in listed])
+            _refuse_if_named(name, [sealing.parse_subscription(s.value) for s in listed])
             prefix_end = etcd_utils.prefix_range_end
             deleted, _ = await self._etcd.transaction(
                 # No subscription written since the check read them: created, or updated
@@ -302,7 +302,7 @@ class MetadataStore:
         topic_key = TOPICS + subscription.topic.encode()
         created, _ = await self._etcd.transaction(
             compare=[self._txn.create(key) == 0, *self._topics_exist(record)],
-            success=[self._txn.put(key, record.SerializeToString())], failure=[])
+            success=[self._txn.put(key, sealing.subscription_value(record))], failure=[])
         if not created:
             if await self._etcd.get(key) is not None:
                 raise errors.AlreadyExists(f"subscription {subscription.name!r} already exists")
@@ -380,7 +380,7 @@ class MetadataStore:
         kv = await self._etcd.get(SUBSCRIPTIONS + validation.name("subscription", name).encode())
         if kv is None:
             raise errors.NotFound(f"subscription {name!r} not found")
-        return pubsub_pb2.Subscription.FromString(kv.value)
+        return sealing.parse_subscription(kv.value)
 
     async def list_subscriptions(self, topic: str, page: Page) -> tuple[list[pubsub_pb2.Subscription], str]:
         """(a page of the subscriptions (of topic, when set) by name, the next page's
@@ -393,7 +393,7 @@ class MetadataStore:
             kvs, more = await self._range(SUBSCRIPTIONS, after, page.size)
             scanned += len(kvs)
             for index, kv in enumerate(kvs):
-                record = pubsub_pb2.Subscription.FromString(kv.value)
+                record = sealing.parse_subscription(kv.value)
                 after = record.name
                 if not topic or record.topic == topic:
                     listed.append(record)
@@ -415,7 +415,7 @@ class MetadataStore:
             kv = await self._etcd.get(key)
             if kv is None:
                 raise errors.NotFound(f"subscription {name!r} not found")
-            current = pubsub_pb2.Subscription.FromString(kv.value)
+            current = sealing.parse_subscription(kv.value)
             record = pubsub_pb2.Subscription()
             record.CopyFrom(current)
             # A message field named whole is replaced (unset: back to its default).
@@ -425,7 +425,7 @@ class MetadataStore:
                 record.push_config.secret = current.push_config.secret  # receivers keep verifying
             updated, _ = await self._etcd.transaction(
                 compare=[self._txn.mod(key) == kv.mod_revision, *self._topics_exist(record)],
-                success=[self._txn.put(key, record.SerializeToString())], failure=[])
+                success=[self._txn.put(key, sealing.subscription_value(record))], failure=[])
             if updated:
                 break
             if record.dead_letter_topic and await self._etcd.get(TOPICS + record.dead_letter_topic.encode()) is None:

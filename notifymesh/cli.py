@@ -852,6 +852,16 @@ def _add_config_commands(commands) -> None:
         "key", help="a setting, as `config get` lists them")
 
 
+def _add_keys_commands(commands) -> None:
+    """keys rotate [--master]"""
+    keys = commands.add_parser("keys", help="the data keys of encryption at rest")
+    rotate = keys.add_subparsers(dest="action", required=True).add_parser(
+        "rotate", help="make a new data key, which new writes use from a few seconds on (older ones stay readable)")
+    rotate.add_argument("--master", action="store_true",
+                        help="re-wrap every data key under the master key's current version instead (put the new "
+                             "master key first in the key file, or rotate it in the KMS, before)")
+
+
 def _add_outbox_command(commands) -> None:
     """outbox list: what the local providers received (a file read, no frontend)"""
     outbox = commands.add_parser("outbox", help="what the local mesh's providers received (email, SMS, webhooks, push)")
@@ -943,6 +953,7 @@ def parser() -> argparse.ArgumentParser:
     _add_cluster_commands(commands)
     _add_server_side_commands(commands)
     _add_config_commands(commands)
+    _add_keys_commands(commands)
     _add_completion_command(commands)
     _add_outbox_command(commands)
     notify_cli.add_commands(commands)
@@ -1011,6 +1022,10 @@ async def _run(args) -> int:
             args.out.record(_status_record(await client.get_message_status(args.message_id)))
         elif args.command == "config":
             await _config(args, client)
+        elif args.command == "keys":
+            done = await client.rotate_keys(master=args.master)
+            args.out.record({"data_key": done.data_key, "active_time": done.active_time.ToJsonString(),
+                             "rewrapped": done.rewrapped, "master_key_id": done.master_key_id})
         elif args.command in notify_cli.COMMANDS:
             return await notify_cli.run(args, client)
         elif args.command in auth_cli.COMMANDS:

@@ -487,6 +487,11 @@ class Client:
                                                reset=value is None)
         return await self._call(self._cluster.SetConfig, request)
 
+    async def rotate_keys(self, master: bool = False) -> cluster_pb2.RotateKeysResponse:
+        """Encryption at rest: a new data key for new writes; with master, the data
+        keys re-wrapped under the master key's current version instead."""
+        return await self._call(self._cluster.RotateKeys, cluster_pb2.RotateKeysRequest(master=master))
+
     # -- notifications: recipients, preferences, categories, templates, audiences,
     # providers, notify and the notification log --------------------------------
 

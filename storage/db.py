@@ -8,11 +8,16 @@ from typing import Iterator
 
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
+from notifymesh.server.sealing import KeyRing
+
 
 class Database:
     """Implements interfaces.Records. The log's hot reads use `rdict` directly."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, ring: KeyRing | None = None):
+        # Seals the values that hold what clients sent (storage/keys.py says which);
+        # without one (unit tests), values are written in the clear.
+        self.ring = ring if ring is not None else KeyRing(None, enabled=False)
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         self.rdict = Rdict(str(path), options)

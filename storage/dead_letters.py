@@ -51,8 +51,9 @@ class DeadLetters:
         if len(state.dead_letters) > MAX_DEAD_LETTER_RECORDS:
             del state.dead_letters[min(state.dead_letters)]
         log_ = self._logs.shards[dead.shard]
-        self._records.put(log_.layout.delivery(dead.seq, dead.subscription, lease.delivered_ms, dead.attempts),
-                          keys.delivery_record(record.dead_ms, pubsub_pb2.DEAD_LETTER, dead.error))
+        key = log_.layout.delivery(dead.seq, dead.subscription, lease.delivered_ms, dead.attempts)
+        self._records.put(key, keys.error_record(self._records.ring, key, record.dead_ms, pubsub_pb2.DEAD_LETTER,
+                                                 dead.error))
         log_.touch(state)
 
     def list(self, shard: str, subscription: str, limit: int,

@@ -195,7 +195,8 @@ class Deliveries:
             if log_.saved is None:
                 log_.saved = {}
             if (subscription := keys.subscription_of_state(key)) is not None:
-                log_.saved[subscription] = keys.parse_subscription_state(value)
+                saved = keys.open_value(self._records.ring, key, value)
+                log_.saved[subscription] = keys.parse_subscription_state(saved)
                 continue
             stamp = keys.parse_delivery_state(value)
             log_.state_stamp = (stamp.epoch, stamp.version)
@@ -292,8 +293,9 @@ class Deliveries:
         batch, layout = self._records.batch(), log_.layout
         for state in log_.subscriptions.values():
             if state.version > log_.saved_version:
-                batch.put(layout.subscription_state(state.name),
-                          keys.subscription_state_value(self._saved_form(state)))
+                key = layout.subscription_state(state.name)  # sealed: dead letters' and leases' errors
+                batch.put(key, keys.seal_value(self._records.ring, key,
+                                               keys.subscription_state_value(self._saved_form(state))))
         for name, version in log_.removed.items():
             if version > log_.saved_version and name not in log_.subscriptions:
                 batch.delete(layout.subscription_state(name))
@@ -331,7 +333,8 @@ class Deliveries:
             saved = {state.name: self._saved_form(state) for state in log_.subscriptions.values()}
         for state in update.states:
             value = keys.subscription_state_value(state)
-            batch.put(layout.subscription_state(state.name), value)
+            key = layout.subscription_state(state.name)
+            batch.put(key, keys.seal_value(self._records.ring, key, value))
             saved[state.name] = keys.parse_subscription_state(value)  # a copy: the request is not kept alive
         for name in update.removed:
             saved.pop(name, None)
@@ -534,8 +537,8 @@ class Deliveries:
             if lease is None:
                 continue
             outcome = pubsub_pb2.DEFERRED if deferred else pubsub_pb2.NACKED
-            batch.put(log_.layout.delivery(seq, subscription, lease.delivered_ms, lease.attempt),
-                      keys.delivery_record(now, outcome, error))
+            key = log_.layout.delivery(seq, subscription, lease.delivered_ms, lease.attempt)
+            batch.put(key, keys.error_record(self._records.ring, key, now, outcome, error))
             if deferred:  # the next delivery counts as this attempt again (its outcome is recorded: no expiry)
                 state.lease(seq, Lease(now + delay_ms, lease.attempt - 1, lease.delivered_ms, error or "deferred"))
                 continue

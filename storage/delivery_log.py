@@ -54,8 +54,10 @@ class DeliveryLog:
         if entry is None or not entry.HasField("message"):  # gone, or a stub (storage/retention.py)
             if not attempts:
                 raise errors.NotFound(f"message {message_id!r} is no longer kept in {shard}, nor its delivery log")
-            kept = self._records.get(log_.layout.collected(seq))  # its identity (storage/retention.py)
+            kept_key = log_.layout.collected(seq)
+            kept = self._records.get(kept_key)  # its identity (storage/retention.py)
             if kept is not None:
+                kept = keys.open_value(self._records.ring, kept_key, kept)
                 status.message.MergeFrom(keys.parse_collected_value(kept))
             for name, tried in sorted(attempts.items()):
                 dead = tried[-1].outcome == pubsub_pb2.DEAD_LETTER
@@ -78,7 +80,7 @@ class DeliveryLog:
         """The recorded attempts at delivering entry seq, by subscription, in attempt order."""
         attempts: dict[str, list[pubsub_pb2.DeliveryAttempt]] = {}
         for key, value in self._records.prefixed(keys.ShardKeys(shard).deliveries(seq)):
-            tried = keys.parse_delivery(key, value)
+            tried = keys.parse_delivery(key, value, self._records.ring)
             record = pubsub_pb2.DeliveryAttempt(attempt=tried.attempt, delivery_time=timestamp(tried.delivered_ms),
                                                 outcome=tried.outcome, error=tried.error)
             if tried.outcome_ms:

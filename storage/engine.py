@@ -23,6 +23,7 @@ from typing import Awaitable
 
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh.server.sealing import KeyRing
 from storage.db import Database
 from storage.dead_letters import DeadLetters
 from storage.dedup import Dedup, Prepared
@@ -38,14 +39,14 @@ NODE_ID_FILE = "NODE_ID"
 
 
 class StorageEngine:
-    def __init__(self, data_dir: Path, node_id: str):
+    def __init__(self, data_dir: Path, node_id: str, ring: KeyRing | None = None):
         data_dir.mkdir(parents=True, exist_ok=True)
         id_file = data_dir / NODE_ID_FILE
         if id_file.exists() and id_file.read_text().strip() != node_id:
             raise SystemExit(f"{data_dir} belongs to storage node {id_file.read_text().strip()!r}, not {node_id!r}")
         id_file.write_text(node_id + "\n")
         self.node_id = node_id
-        self.db = Database(data_dir / "rocksdb")
+        self.db = Database(data_dir / "rocksdb", ring)
         self._group = GroupCommit(self.db)
         self.log = ShardLogs(self.db, self._group)
         self.shards: dict[str, ShardLog] = self.log.shards  # the same dict: every part sees one set of shards

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Container, Iterator, Protocol, runtime_checkab
 
 if TYPE_CHECKING:
     from gen.notifymesh.internal.v1 import storage_pb2
+    from notifymesh.server.sealing import KeyRing
     from storage.delivery import Lease, SubscriptionState
     from storage.log import ShardLog
 
@@ -33,7 +34,9 @@ class Batch(Protocol):
 
 @runtime_checkable
 class Records(Protocol):
-    """Unsynced keys and values (a crash may lose the latest)."""
+    """Unsynced keys and values (a crash may lose the latest). `ring` seals the
+    values holding what clients sent (storage/keys.py)."""
+    ring: KeyRing
 
     def batch(self) -> Batch: ...
 

@@ -3,7 +3,7 @@ with its decoder. A shard is one partition of a topic, named "topic/partition"
 (contracts.Shard). Names never contain NUL or "/" (validation.NAME), so NUL
 separates them; sequence numbers are 8-byte big-endian so keys sort by seq.
 
-  m shard \0 seq                  -> CRC-32 (4 bytes) + notifymesh.internal.v1.StoredMessage
+  m shard \0 seq                  -> notifymesh.internal.v1.StoredMessage, sealed (seal_entry)
   f shard                         -> first seq still kept (8 bytes)
   s shard                         -> notifymesh.internal.v1.DeliveryState: cursors, leases, dead letters
   e shard                         -> the newest leader epoch this node has seen of the shard (8 bytes)
@@ -21,6 +21,15 @@ separates them; sequence numbers are 8-byte big-endian so keys sort by seq.
 
 The log's write and delivery loops build keys per message: they use a shard's
 ShardKeys, whose prefixes are encoded once.
+
+Encryption at rest (notifymesh/server/sealing.py): every value that holds what
+clients sent (a message's payload and attributes, a table row's value, a delivery
+record's error, a subscription's saved state with its dead letters' errors, a
+collected message's attributes) is sealed with the node's KeyRing, bound to its
+RocksDB key, so a value copied under another key fails to open. Keys and
+positions stay in the clear: they are ids, names, seqs and times, which RocksDB
+must compare. Off (config encrypt_at_rest false), values are written as before and
+sealed ones still open.
 """
 
 import struct
@@ -29,6 +38,7 @@ from typing import Iterator, NamedTuple
 
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh.server.sealing import KeyRing, SealError, is_sealed
 
 SEQ_BYTES = 8
 # Delivery keys a shard's leader keeps for followers yet to take their records (they
@@ -140,10 +150,11 @@ class ShardKeys:
     # (measured: as fast as the keys built inline; a call per key and value was
     # about 3% slower). Values as sealed, index_value and idempotency_value.
 
-    def put_entry(self, batch, seq: int, entry: bytes, message_id: str) -> None:
+    def put_entry(self, batch, seq: int, entry: bytes, message_id: str, ring: KeyRing) -> None:
         """The entry at seq, and its index by message id (an epoch marker has none)."""
         seq_value = seq.to_bytes(SEQ_BYTES, "big")
-        batch.put(self.message_prefix + seq_value, sealed(entry))
+        key = self.message_prefix + seq_value
+        batch.put(key, ring.seal(entry, key) if ring.enabled else sealed(entry))
         if message_id:
             batch.put(self.index_prefix + message_id.encode(), seq_value)
 
@@ -212,6 +223,32 @@ def unsealed(value: bytes) -> bytes | None:
     return entry if len(value) >= 4 and zlib.crc32(entry) == int.from_bytes(value[:4], "big") else None
 
 
+def seal_entry(ring: KeyRing, key: bytes, entry: bytes) -> bytes:
+    """A message key's value: sealed (the GCM tag does the CRC's job), or with
+    encryption off, the entry behind its CRC-32."""
+    return ring.seal(entry, key) if ring.enabled else sealed(entry)
+
+
+def open_entry(ring: KeyRing, key: bytes, value: bytes) -> bytes | None:
+    """seal_entry's entry, or None when it does not open (corrupted, partial, moved)."""
+    if is_sealed(value):
+        try:
+            return ring.open(value, key)
+        except SealError:
+            pass  # a CRC form that happens to start like a sealed value is checked below
+    return unsealed(value)
+
+
+def seal_value(ring: KeyRing, key: bytes, value: bytes) -> bytes:
+    """Any other value holding what clients sent, sealed when encryption is on."""
+    return ring.seal(value, key) if ring.enabled else value
+
+
+def open_value(ring: KeyRing, key: bytes, value: bytes) -> bytes:
+    """seal_value's value (raises SealError when it does not open)."""
+    return ring.open(value, key) if is_sealed(value) else value
+
+
 first_value = seq_bytes  # a first key's value: the first seq kept
 applied_value = seq_bytes  # an applied key's value: the first entry not yet in the rows
 parse_applied_value = seq_of
@@ -254,13 +291,23 @@ class Row(NamedTuple):
     value: bytes
 
 
-def row_value(seq: int, epoch: int, expire_ms: int, value: bytes) -> bytes:
-    return ROW_HEAD.pack(seq, epoch, expire_ms) + value
+def row_value(seq: int, epoch: int, expire_ms: int, value: bytes, ring: KeyRing, key: bytes) -> bytes:
+    """The head stays in the clear (sweeps read expiries without opening values) but
+    is bound into the value's seal with the row's key."""
+    head = ROW_HEAD.pack(seq, epoch, expire_ms)
+    return head + (ring.seal(value, key + head) if ring.enabled else value)
 
 
 def parse_row_value(value: bytes) -> Row:
+    """The row with its value as stored (open it with open_row_value)."""
     seq, epoch, expire_ms = ROW_HEAD.unpack_from(value)
     return Row(seq, epoch, expire_ms, value[ROW_HEAD.size:])
+
+
+def open_row_value(ring: KeyRing, key: bytes, stored: bytes) -> bytes:
+    """A row's value (raises SealError when it does not open)."""
+    value = stored[ROW_HEAD.size:]
+    return ring.open(value, key + stored[:ROW_HEAD.size]) if is_sealed(value) else value
 
 
 DELIVERY_RECORD = struct.Struct(">qB")  # outcome ms, outcome (notifymesh.v1.AttemptOutcome)
@@ -283,7 +330,15 @@ parse_collected_value = pubsub_pb2.PubsubMessage.FromString
 
 
 def delivery_record(outcome_ms: int, outcome: int, error: str = "") -> bytes:
+    """A record without an error: times and an outcome, nothing a client sent."""
     return DELIVERY_RECORD.pack(outcome_ms, outcome) + error.encode()
+
+
+def error_record(ring: KeyRing, key: bytes, outcome_ms: int, outcome: int, error: str) -> bytes:
+    """A record with an error (which may quote an address or a payload), sealed. A
+    record in the clear starts with its outcome time's top byte, 0, never MAGIC."""
+    record = delivery_record(outcome_ms, outcome, error)
+    return seal_value(ring, key, record) if error else record
 
 
 def parse_delivery_record(value: bytes) -> DeliveryRecord:
@@ -301,9 +356,9 @@ class Delivery(NamedTuple):
     error: str
 
 
-def parse_delivery(key: bytes, value: bytes) -> Delivery:
+def parse_delivery(key: bytes, value: bytes, ring: KeyRing) -> Delivery:
     """A delivery key and its record, read back."""
-    at, record = parse_delivery_key(key), parse_delivery_record(value)
+    at, record = parse_delivery_key(key), parse_delivery_record(open_value(ring, key, value))
     return Delivery(at.subscription, at.attempt, at.delivered_ms, record.outcome_ms, record.outcome, record.error)
 
 

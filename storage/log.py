@@ -241,6 +241,7 @@ class ShardLogs:
 
     def __init__(self, db: Database, group: GroupCommit):
         self._db = db
+        self._ring = db.ring
         self._rdict = db.rdict  # read directly on the delivery path (no call layer per message)
         self._group = group
         self.shards: dict[str, ShardLog] = {}
@@ -260,7 +261,7 @@ class ShardLogs:
             after = keys.prefix_end(log_.layout.message_prefix)
             it.seek_for_prev(after)
             log_.end = keys.seq_of(it.key()) + 1
-            entry = self.entry(first.shard, log_.end - 1)
+            entry = self._decode(first.shard, it.key(), it.value())
             log_.last_epoch = entry.epoch if entry else 0
             it.seek(after)
         for log_ in self.shards.values():
@@ -278,16 +279,15 @@ class ShardLogs:
 
     def entry(self, shard: str, seq: int) -> storage_pb2.StoredMessage | None:
         log_ = self.shards.get(shard)  # not shard(): reading creates no shard
-        value = self._rdict.get(log_.layout.message(seq) if log_ else keys.message(shard, seq))
-        return self._decode(shard, seq, value)
+        key = log_.layout.message(seq) if log_ else keys.message(shard, seq)
+        return self._decode(shard, key, self._rdict.get(key))
 
-    @staticmethod
-    def _decode(shard: str, seq: int, value: bytes | None) -> storage_pb2.StoredMessage | None:
+    def _decode(self, shard: str, key: bytes, value: bytes | None) -> storage_pb2.StoredMessage | None:
         if value is None:
             return None
-        entry = keys.unsealed(value)
+        entry = keys.open_entry(self._ring, key, value)
         if entry is None:
-            log.error("corrupted entry skipped", extra=fields(shard=shard, seq=seq))
+            log.error("corrupted entry skipped", extra=fields(shard=shard, seq=keys.seq_of(key)))
             return None
         return storage_pb2.StoredMessage.FromString(entry)
 
@@ -301,8 +301,9 @@ class ShardLogs:
         if message is not _NOT_KEPT:
             return message
         if seq not in messages:
-            value = self._rdict.get(log_.layout.message(seq))
-            entry = keys.unsealed(value) if value is not None else None
+            key = log_.layout.message(seq)
+            value = self._rdict.get(key)
+            entry = keys.open_entry(self._ring, key, value) if value is not None else None
             if value is not None and entry is None:
                 log.error("corrupted entry skipped", extra=fields(shard=log_.name, seq=seq))
             messages[seq] = wire.message_of(entry) if entry is not None else None
@@ -314,7 +315,7 @@ class ShardLogs:
         for key, value in self._rdict.items(from_key=log_.layout.message(start)):
             if not key.startswith(prefix):
                 break
-            entry = self._decode(log_.name, keys.seq_of(key), value)
+            entry = self._decode(log_.name, key, value)
             if entry is not None and entry.HasField("message"):
                 ids.append(entry.message.message_id)
         return ids
@@ -331,7 +332,7 @@ class ShardLogs:
                 high = mid
                 continue
             seq = keys.seq_of(it.key())
-            entry = self._decode(log_.name, seq, it.value())
+            entry = self._decode(log_.name, it.key(), it.value())
             if entry is not None and entry.append_ms >= ms:
                 high = mid
             else:
@@ -360,7 +361,7 @@ class ShardLogs:
         for key, value in self._rdict.items(from_key=log_.layout.message(start)):
             if key >= stop or len(raw) >= limit or keys.seq_of(key) != start + len(raw):
                 break
-            entry = keys.unsealed(value)
+            entry = keys.open_entry(self._ring, key, value)
             if entry is None:
                 log.error("corrupted entry not replicated", extra=fields(shard=shard, seq=keys.seq_of(key)))
                 break
@@ -419,10 +420,10 @@ class ShardLogs:
             log_.recent_ids = None  # ids of the replaced tail may be among them
             log_.replacements += 1
         recent_ids, dedup_keys, staged = log_.recent_ids, [], log_.staged_keys
-        put_entry, put_idempotency = layout.put_entry, layout.put_idempotency
+        put_entry, put_idempotency, ring = layout.put_entry, layout.put_idempotency, self._ring
         for seq, (value, message_id, dedup_key, dedup_until_ms) in enumerate(
                 zip(entries.raw, entries.ids, entries.dedup_keys, entries.dedup_until_ms), start):
-            put_entry(batch, seq, value, message_id)
+            put_entry(batch, seq, value, message_id, ring)  # sealed: one encryption per entry
             if message_id and recent_ids is not None:
                 recent_ids.add(message_id)
             if dedup_key:
@@ -465,7 +466,7 @@ class ShardLogs:
         for key, value in self._rdict.items(from_key=layout.message(read_from)) if read_from < log_.end else ():
             if key >= stop:
                 break
-            entry = self._decode(log_.name, keys.seq_of(key), value)
+            entry = self._decode(log_.name, key, value)
             if entry is not None:
                 dropped.append((entry.message.message_id, entry.dedup_key))
         for message_id, dedup_key in dropped:
@@ -534,12 +535,12 @@ class ShardLogs:
             seq = keys.seq_of(key)
             if seq in keep:
                 continue
-            entry = self._decode(log_.name, seq, value)
+            entry = self._decode(log_.name, key, value)
             if entry is None or not entry.HasField("message"):
                 continue
             replaced.append((seq, entry.message.SerializeToString()))
             entry.ClearField("message")
-            batch.put(key, keys.sealed(entry.SerializeToString()))
+            batch.put(key, keys.seal_entry(self._ring, key, entry.SerializeToString()))
         return replaced
 
     def drop(self, shard: str) -> None:

@@ -85,7 +85,8 @@ class Retention:
         batch = self._records.batch()
         replaced = self._logs.stub(log_, start, stop, pinned_below(log_, stop), batch)
         for seq, message in replaced:
-            batch.put(log_.layout.collected(seq), keys.collected_value(message))
+            key = log_.layout.collected(seq)
+            batch.put(key, keys.seal_value(self._records.ring, key, keys.collected_value(message)))
         self._records.write(batch)
         log_.stubbed_to = stop
         return stop - start
@@ -159,7 +160,8 @@ def keep_identities(records: Records, logs: LogStore, log_: ShardLog, below: int
     for seq in range(log_.first, below):
         # Most were delivered a moment ago: read from the log's recent entries in memory.
         if (message := read(log_, seq, messages)) is not None:  # else an epoch marker
-            batch.put(log_.layout.collected(seq), keys.collected_value(message))
+            key = log_.layout.collected(seq)
+            batch.put(key, keys.seal_value(records.ring, key, keys.collected_value(message)))
         messages.clear()
     if len(batch):
         records.write(batch)

@@ -14,6 +14,7 @@ from notifymesh import errors
 from notifymesh.clock import now_ms
 from notifymesh.contracts import SUBSCRIPTIONS, TOPICS, MessageId, Shard, shard_name
 from notifymesh.log import fields
+from notifymesh.server import sealing
 from notifymesh.server.clients import StorageClient
 from notifymesh.server.cluster import ChangedNames
 from notifymesh.server.internal_topics import TABLE_TOPIC
@@ -151,7 +152,7 @@ class StorageNode:
 
     def __init__(self, ctx: Context):
         self._ctx, self._cluster, self._config = ctx, ctx.cluster, ctx.config
-        self.engine = StorageEngine(Path(ctx.args.data_dir), ctx.node_id)
+        self.engine = StorageEngine(Path(ctx.args.data_dir), ctx.node_id, sealing.ring())
         self.engine.dedup.payload_attributes = self._payload_attributes
         # A quarter of the gRPC message limit: a request carries entries of many shards
         # plus their delivery state, whose size is counted but not capped.

@@ -95,7 +95,7 @@ class Table:
     """The rows of this node's table shards (a part of the StorageEngine)."""
 
     def __init__(self, logs: ShardLogs, db: Database):
-        self._logs, self._db, self._rdict = logs, db, db.rdict
+        self._logs, self._db, self._rdict, self._ring = logs, db, db.rdict, db.ring
         # Per shard, the rows written by this node as leader and not yet applied:
         # what a rate acquire decides on (bounded by the writes in flight).
         self.pending: dict[str, dict[bytes, Pending]] = {}
@@ -143,7 +143,7 @@ class Table:
             if key >= stop_key:
                 break
             seq = keys.seq_of(key)
-            raw = keys.unsealed(value)
+            raw = keys.open_entry(self._ring, key, value)
             entry = storage_pb2.StoredMessage.FromString(raw) if raw is not None else None
             if entry is None or not entry.HasField("message"):  # an epoch marker (or corrupted: logged by reads)
                 continue
@@ -157,10 +157,11 @@ class Table:
             if row is not None and row.seq >= seq:  # applied before a restart lost the position
                 continue
             if row is not None and row.seq >= log_.first:  # superseded: its value goes
-                batch.put(layout.message(row.seq), keys.sealed(stub_entry(op.key, row.epoch)))
+                stub_key = layout.message(row.seq)
+                batch.put(stub_key, keys.seal_entry(self._ring, stub_key, stub_entry(op.key, row.epoch)))
             if _is_write(op):
                 rows[row_key] = keys.Row(seq, entry.epoch, op.expire_ms, op.value)
-                batch.put(row_key, keys.row_value(seq, entry.epoch, op.expire_ms, op.value))
+                batch.put(row_key, keys.row_value(seq, entry.epoch, op.expire_ms, op.value, self._ring, row_key))
             else:
                 rows[row_key] = None
                 batch.delete(row_key)
@@ -194,8 +195,8 @@ class Table:
     def read(self, shard: str, row_keys: list[bytes]) -> list[bytes | None]:
         """The live value of each row (None: absent or expired)."""
         layout, now = self._logs.shard(shard).layout, now_ms()
-        values = self._db.get_many([layout.row_prefix + key for key in row_keys])
-        return [_live(value, now) for value in values]
+        full_keys = [layout.row_prefix + key for key in row_keys]
+        return [self._live(key, value, now) for key, value in zip(full_keys, self._db.get_many(full_keys))]
 
     def current(self, shard: str, key: bytes) -> bytes | None:
         """The row's value with this leader's pending write of it, if any."""
@@ -213,7 +214,7 @@ class Table:
         more = False
         for key, value in (self._backward(full, row_prefix + start_after if start_after else None) if reverse
                            else self._forward(full, row_prefix + start_after if start_after else None)):
-            live = _live(value, now)
+            live = self._live(key, value, now)
             if live is None:
                 continue
             if len(found_keys) == limit:
@@ -222,6 +223,13 @@ class Table:
             found_keys.append(key[len(row_prefix):])
             values.append(live)
         return Scanned(found_keys, values, more)
+
+    def _live(self, key: bytes, value: bytes | None, now: int) -> bytes | None:
+        """A stored row's value, opened, unless absent or expired."""
+        if value is None:
+            return None
+        row = keys.parse_row_value(value)
+        return None if row.expire_ms and row.expire_ms <= now else keys.open_row_value(self._ring, key, value)
 
     def _forward(self, prefix: bytes, after: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         start = max(prefix, after + b"\0") if after is not None else prefix
@@ -264,8 +272,9 @@ class Table:
             if row.expire_ms and row.expire_ms <= now:
                 batch.delete(key)
                 if row.seq >= log_.first:
-                    batch.put(layout.message(row.seq), keys.sealed(stub_entry(key[len(layout.row_prefix):],
-                                                                              row.epoch)))
+                    stub_key = layout.message(row.seq)
+                    batch.put(stub_key, keys.seal_entry(self._ring, stub_key,
+                                                        stub_entry(key[len(layout.row_prefix):], row.epoch)))
                 dropped += 1
         self._sweep_from[shard] = last + b"\0" if looked == limit and last is not None else layout.row_prefix
         if len(batch):
@@ -285,7 +294,7 @@ class Table:
         for key, value in self._rdict.items(from_key=log_.layout.message(first)):
             if key >= stop_key or keys.seq_of(key) != first:
                 break
-            raw = keys.unsealed(value)
+            raw = keys.open_entry(self._ring, key, value)
             entry = storage_pb2.StoredMessage.FromString(raw) if raw is not None else None
             if entry is not None and entry.HasField("message") and _is_write(
                     storage_pb2.TableOp.FromString(entry.message.data)):
@@ -318,11 +327,6 @@ class Table:
         log.info("table shard compacted after an erase", extra=fields(shard=shard))
 
 
-def _live(value: bytes | None, now: int) -> bytes | None:
-    if value is None:
-        return None
-    row = keys.parse_row_value(value)
-    return None if row.expire_ms and row.expire_ms <= now else row.value
 
 
 class TableLeader(Protocol):

@@ -16,6 +16,8 @@ import grpc
 from deploy.local import HA, LocalMesh, free_frontend_port, free_port
 from notifymesh.client import Client
 from notifymesh.credentials import CA_FILE, CLIENT_NAME, TLS_DIR
+from notifymesh.server import sealing
+from notifymesh.server.cluster import connect_etcd
 from notifymesh.server.tls import internal_options
 
 
@@ -39,6 +41,17 @@ def started(mesh: LocalMesh) -> LocalMesh:
 def new_ha_mesh(path, **kwargs) -> LocalMesh:
     """The mesh of `notifymesh up --ha`: no process the only one of its kind."""
     return new_mesh(path, **{**HA, **kwargs})
+
+
+async def key_ring(mesh: LocalMesh) -> sealing.KeyRing:
+    """The mesh's data keys (encryption at rest), to open what its storage nodes wrote."""
+    ring = sealing.KeyRing(sealing.LocalMasterKey.from_file(mesh.master_key_file))
+    etcd = connect_etcd(mesh.etcd_endpoint, mesh.client_tls())
+    try:
+        await sealing.load(etcd, ring)
+    finally:
+        await etcd.close()
+    return ring
 
 
 def frontend_log_lines(mesh: LocalMesh, text: str) -> dict[str, int]:

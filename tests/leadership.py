@@ -15,6 +15,7 @@ from rocksdict import AccessType, Options, Rdict
 
 from gen.notifymesh.internal.v1 import storage_pb2
 from notifymesh.contracts import LeaderRecord, Shard, leader_key, shard_name
+from notifymesh.server import sealing
 from notifymesh.server.cluster import connect_etcd
 from storage import keys
 
@@ -40,7 +41,7 @@ def claims_in_logs(log_paths: list[Path], topic: str) -> list[Leading]:
     return claims
 
 
-def stored_epochs(data_dirs: list[Path], topic: str, partitions: int) -> dict[str, set[int]]:
+def stored_epochs(data_dirs: list[Path], topic: str, partitions: int, ring: sealing.KeyRing) -> dict[str, set[int]]:
     """message id -> the epochs of its entries in the replicas' logs. Read-only
     opens beside the running nodes (RocksDB allows it; the synced WAL is read
     too). The checker's witness subscription, never consumed, keeps every entry
@@ -54,7 +55,7 @@ def stored_epochs(data_dirs: list[Path], topic: str, partitions: int) -> dict[st
                 for key, value in db.items(from_key=prefix):
                     if not key.startswith(prefix):
                         break
-                    entry = keys.unsealed(value)
+                    entry = keys.open_entry(ring, key, value)
                     if entry is None:
                         continue  # corrupted: never delivered either
                     stored = storage_pb2.StoredMessage.FromString(entry)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import leadership
 from audit import EpochAudit, Ledger, attribute, audit_epochs
-from helpers import started
+from helpers import key_ring, started
 from netns import Lab
 
 from deploy.local import LocalMesh
@@ -148,8 +148,9 @@ class Checker:
         etcd and the epochs of the acknowledged messages' entries."""
         nodes = [process for name, process in self._mesh.processes.items() if name.startswith("storage-")]
         claims = await asyncio.to_thread(leadership.claims_in_logs, [p.log_path for p in nodes], self._topic)
+        ring = await key_ring(self._mesh)
         stored = await asyncio.to_thread(leadership.stored_epochs, [self._mesh.data_dir / p.name for p in nodes],
-                                         self._topic, self.partitions)
+                                         self._topic, self.partitions, ring)
         attribution = attribute(stored, self.ledger.acknowledged)
         granted = await leadership.grants(self._mesh.etcd_endpoint, self._mesh.client_tls(), self._topic,
                                           attribution.epochs(claims))

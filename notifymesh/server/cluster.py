@@ -23,7 +23,7 @@ from notifymesh.contracts import (CATEGORIES, LEADERS, MEMBERS, PLACEMENTS, PROV
                                   LeaderRecord, MemberRecord, member_key, shard_name, template_versions_prefix)
 from notifymesh.log import fields
 from notifymesh.server.internal_topics import channel_name
-from notifymesh.server import telemetry
+from notifymesh.server import sealing, telemetry
 from notifymesh.server.ring import Ring
 from notifymesh.server.tls import CHECK_EVERY_S, ChannelCredentials, internal_options
 
@@ -276,7 +276,7 @@ class Cluster:
         self.etcd = etcd
         self.members = PrefixMirror(etcd, MEMBERS, MemberRecord.parse)
         self.topics = PrefixMirror(etcd, TOPICS, pubsub_pb2.Topic.FromString)
-        self.subscriptions = PrefixMirror(etcd, SUBSCRIPTIONS, pubsub_pb2.Subscription.FromString,
+        self.subscriptions = PrefixMirror(etcd, SUBSCRIPTIONS, sealing.mirrored_subscription,
                                           group_by=lambda subscription: subscription.topic)
         self.placements = PrefixMirror(etcd, PLACEMENTS, storage_pb2.ShardPlacement.FromString)
         self.leaders = PrefixMirror(etcd, LEADERS, LeaderRecord.parse)
@@ -286,7 +286,7 @@ class Cluster:
         self.templates = PrefixMirror(etcd, TEMPLATES, notify_pb2.Template.FromString,
                                       group_by=lambda template: template.name)
         # Providers grouped by channel name: a channel's several, tried by priority.
-        self.providers = PrefixMirror(etcd, PROVIDERS, notify_pb2.Provider.FromString,
+        self.providers = PrefixMirror(etcd, PROVIDERS, sealing.mirrored_provider,
                                       group_by=lambda provider: channel_name(provider.channel))
         self.rings: dict[str, Ring] = {kind: Ring() for kind in KINDS}
         self._ring_changes = {kind: asyncio.Event() for kind in KINDS}
@@ -429,7 +429,7 @@ class Cluster:
         found = list(self.providers.groups.get(name, {}).values())
         if not found:
             kvs = await self.etcd.get_prefix(PROVIDERS + name.encode())
-            found = [notify_pb2.Provider.FromString(kv.value) for kv in kvs
+            found = [sealing.mirrored_provider(kv.value) for kv in kvs
                      if kv.key[len(PROVIDERS):].decode().partition("/")[0] == name]
         if not found:
             raise errors.NotFound(f"provider {name!r} not found")

@@ -95,18 +95,22 @@ class Config:
     # providers (notifymesh/server/egress.py). "": public addresses only. The local
     # mesh (deploy/local.py) allows loopback.
     allowed_networks: str = ""
+    # Encryption at rest (notifymesh/server/sealing.py): 1, storage nodes seal what
+    # clients sent and etcd keeps secrets sealed; 0 (for measuring its cost): new
+    # values are written in the clear (sealed ones still open).
+    encrypt_at_rest: int = 1
 
 
 # Read once when a process starts (its gRPC server's size limits and channels, its
 # member lease, the sender's fixed budgets): a change reaches a service at its next
 # start. Every other setting is read where it is used, so it follows etcd at run time.
 RESTART_REQUIRED = frozenset({"max_grpc_message_bytes", "member_lease_ttl_s", "sender_max_outstanding",
-                              "sender_max_push_in_flight", "frontend_http_port_offset"})
+                              "sender_max_push_in_flight", "frontend_http_port_offset", "encrypt_at_rest"})
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # Settings whose 0 means "off" (every other one is a positive number).
 ZERO_ALLOWED = frozenset({"notify_default_rate_limit", "notify_default_rate_period_s", "email_tracking",
-                          "auth_enabled"})
+                          "auth_enabled", "encrypt_at_rest"})
 MAX_ALLOWED_NETWORKS = 64
 LOOPBACK_NETWORKS = "127.0.0.0/8,::1/128"  # allowed_networks of the local mesh (deploy/local.py)
 MAX_RATE_LIMIT, MAX_RATE_PERIOD_S = 1_000_000, 30 * 24 * 3600.0  # as a category's (metadata/notify_store.py)

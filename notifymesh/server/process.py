@@ -30,7 +30,7 @@ from notifymesh import log as log_mod
 from notifymesh.channel import channel_options
 from notifymesh.log import fields
 from notifymesh.server import config as config_mod
-from notifymesh.server import telemetry
+from notifymesh.server import sealing, telemetry
 from notifymesh.server.cluster import Cluster, PrefixMirror, Registration, connect_etcd
 from notifymesh.server.status import status_of
 from notifymesh.server.tls import ChannelCredentials, TlsFiles, server_credentials
@@ -231,6 +231,9 @@ def parser(kind: str) -> argparse.ArgumentParser:
     p.add_argument("--advertise", help="host:port the others reach this process at, when not the listen address "
                                        "(behind a proxy or NAT)")
     p.add_argument("--config", type=Path, help="JSON config file (see notifymesh/config.py)")
+    p.add_argument("--master-key-file", type=Path,
+                   help="the cluster master key for encryption at rest (notifymesh/server/sealing.py); else "
+                        "NOTIFYMESH_MASTER_KEY_FILE, NOTIFYMESH_MASTER_KEY or NOTIFYMESH_KMS_COMMAND")
     p.add_argument("--log-level", default="INFO")
     tls = p.add_mutually_exclusive_group(required=True)
     tls.add_argument("--tls-dir", type=Path, help="mutual TLS: ca.pem, <node-id>.pem and <node-id>.key in this "
@@ -313,6 +316,11 @@ async def serve(kind: str, args: argparse.Namespace,
     etcd = connect_etcd(args.etcd, tls)
     config = config_mod.LiveConfig(args.config, etcd_values=await _read_etcd_config(etcd))
     settings = await follow_config(etcd, config)
+    # Before the cluster's mirrors: they open the secrets sealed in etcd records.
+    ring = sealing.KeyRing(sealing.master_key(args.master_key_file), enabled=bool(config.encrypt_at_rest))
+    await sealing.load(etcd, ring)
+    sealing.install(ring)
+    data_keys = await sealing.follow(etcd, ring)
     cluster = Cluster(etcd, config.max_grpc_message_bytes, tls)
     await cluster.start()
     ctx = Context(kind, args.node_id, args, config, cluster)
@@ -361,6 +369,7 @@ async def serve(kind: str, args: argparse.Namespace,
     await loop_lag.stop()
     await metrics_server.stop()
     await cluster.stop()
+    await data_keys.stop()
     await settings.stop()
     await etcd.close()
     log.info("stopped")

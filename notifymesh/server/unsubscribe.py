@@ -20,6 +20,8 @@ import time
 import urllib.parse
 from typing import NamedTuple
 
+from notifymesh.server import sealing
+
 SIGNING_KEY = b"/notifymesh/unsubscribe-key"
 KEY_BYTES = 32
 # How long a link works: an email may be read long after it was sent.
@@ -105,11 +107,13 @@ class TokenSigner:
 
 
 async def _cluster_secret(etcd) -> bytes:
-    """The cluster's signing key: read from etcd, or made there first."""
+    """The cluster's signing key: read from etcd, or made there first (sealed by
+    the master key there, notifymesh/server/sealing.py)."""
     txn = etcd.transactions
+    sealed = sealing.seal(secrets.token_bytes(KEY_BYTES), SIGNING_KEY)
     await etcd.transaction(compare=[txn.version(SIGNING_KEY) == 0],
-                           success=[txn.put(SIGNING_KEY, secrets.token_bytes(KEY_BYTES))], failure=[])
-    return (await etcd.get(SIGNING_KEY)).value  # ours, or the one another process put first
+                           success=[txn.put(SIGNING_KEY, sealed)], failure=[])
+    return sealing.open((await etcd.get(SIGNING_KEY)).value, SIGNING_KEY)  # ours, or one another process put first
 
 
 async def signer(etcd) -> TokenSigner:

@@ -11,13 +11,13 @@ import subprocess
 import time
 
 import aiohttp
-import grpc
-from helpers import aio_channel, cli_argv
+from helpers import aio_channel, cli_argv, key_ring
 
 from deploy.local import LOCAL_APNS_OFFSET, LOCAL_HTTP_OFFSET, LOCAL_SMTP_OFFSET, _port_free, free_port
 from deploy.local_providers import credentials, provider_records
 from gen.notifymesh.internal.v1 import metadata_pb2_grpc, node_pb2, node_pb2_grpc
 from gen.notifymesh.v1 import notify_pb2
+from notifymesh.server import sealing
 from notifymesh.server.cluster import connect_etcd
 from notifymesh.server.config import LOOPBACK_NETWORKS, Config, parse_networks
 from notifymesh.server.unsubscribe import TokenSigner, signer, unsubscribe_url
@@ -106,9 +106,12 @@ def test_outbox_list_without_an_outbox_says_so(tmp_path):
 
 async def test_the_cluster_has_one_unsubscribe_key_and_the_frontend_checks_tokens_with_it(mesh):
     etcd = connect_etcd(mesh.etcd_endpoint, mesh.client_tls())
+    before = sealing.ring()
+    sealing.install(await key_ring(mesh))  # the key is sealed in etcd: opened with the mesh's data keys
     try:
         first, second = await asyncio.gather(signer(etcd), signer(etcd))
     finally:
+        sealing.install(before)
         await etcd.close()
     token = first.issue("alice", "marketing", "email")
     assert second.verify(token).recipient == "alice"

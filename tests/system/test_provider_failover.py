@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from helpers import cli, unique
+from helpers import cli, key_ring, unique
 from test_notify_pipeline import SENT, new_template, read_outbox, settled
 
 from deploy.local import _port_open, free_port
@@ -21,6 +21,7 @@ from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
 from notifymesh import errors
 from notifymesh.client import Client
 from notifymesh.contracts import PROVIDERS
+from notifymesh.server import sealing
 from notifymesh.server.cluster import connect_etcd
 from notifymesh.server.internal_topics import channel_subscription
 
@@ -48,7 +49,7 @@ async def providers_restored(mesh):
 
 
 async def test_a_channel_has_providers_by_name_and_priority_and_secrets_stay_write_only(
-        mesh, client, providers_restored):
+        mesh, client, providers_restored, monkeypatch):
     etcd = providers_restored
     await etcd.delete_prefix(PROVIDERS + b"webhook")
     # One stored before providers had names (at providers/<channel>) reads as "default".
@@ -65,7 +66,10 @@ async def test_a_channel_has_providers_by_name_and_priority_and_secrets_stay_wri
                                       keep_secret=True)
     assert (again.name, again.secret_set) == ("default", True)
     assert await etcd.get(PROVIDERS + b"webhook") is None
-    assert notify_pb2.Provider.FromString((await etcd.get(PROVIDERS + b"webhook/default")).value).secret == "s"
+    stored = (await etcd.get(PROVIDERS + b"webhook/default")).value
+    assert b"nmsealed:" in stored  # kept sealed by the master key (encryption at rest)
+    monkeypatch.setattr(sealing, "_installed", await key_ring(mesh))
+    assert sealing.parse_provider(stored).secret == "s"
     listed = [(p.name, p.priority) for p in await client.list_providers() if p.channel == notify_pb2.WEBHOOK]
     assert listed == [("default", 1), ("backup", 5)]
 

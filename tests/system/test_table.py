@@ -4,23 +4,25 @@ converges, an erase leaves no file with the erased bytes, rate counts survive
 failover; and the internal topics exist while their names stay reserved."""
 
 import asyncio
-import subprocess
 import time
 import uuid
 
 import grpc
 import pytest
-from helpers import new_mesh, unique
+from helpers import key_ring, new_mesh, unique
+from rocksdict import AccessType, Options, Rdict
 
 from gen.notifymesh.internal.v1 import storage_pb2
 from notifymesh import errors
 from notifymesh.client import Client
 from notifymesh.contracts import shard_name
+from notifymesh.server import sealing
 from notifymesh.server.clients import StorageClient
 from notifymesh.server.cluster import Cluster, connect_etcd
 from notifymesh.server.config import Config
 from notifymesh.server.internal_topics import FANOUT_SUBSCRIPTION, NOTIFY_TOPIC, TABLE_TOPIC
 from notifymesh.server.table import TableClient, delete, erase, put
+from storage import keys
 from storage.engine import StorageEngine
 
 PARTITIONS = 8
@@ -107,36 +109,65 @@ async def test_a_stopped_follower_converges_through_writes_deletes_and_a_reset(t
     assert dict(zip(expected, found)) == expected
     log_text = (mesh.data_dir / "logs" / f"{follower}.log").read_text()
     assert "log reset" in log_text and TABLE_TOPIC in log_text  # it rebuilt from the leader's entries
+    ring = await key_ring(mesh)  # while etcd runs
     await cluster.stop()
     mesh.stop()
     for node in placement.replicas:  # every replica's own rows, read from its RocksDB
-        engine = StorageEngine(mesh.data_dir / node, node)
+        engine = StorageEngine(mesh.data_dir / node, node, ring)
         try:
             assert dict(zip(expected, engine.table.read(shard, list(expected)))) == expected, node
         finally:
             await engine.close()
 
 
-def files_holding(mesh, text: str) -> list[str]:
-    found = subprocess.run(["grep", "-rl", text, *(str(mesh.data_dir / f"storage-{i}") for i in (1, 2, 3))],
-                           capture_output=True, text=True).stdout
-    return found.split()
+def files_holding(mesh, needles: set[bytes]) -> list[str]:
+    """The storage nodes' files holding any of needles."""
+    return [str(path) for i in (1, 2, 3) for path in (mesh.data_dir / f"storage-{i}").rglob("*")
+            if path.is_file() and any(needle in path.read_bytes() for needle in needles)]
+
+
+def sealed_copies(mesh, ring: sealing.KeyRing, text: bytes) -> set[bytes]:
+    """The GCM tag (unique to each sealed value) of every value, on any replica, that
+    opens to something holding text: its log entries and rows (encryption at rest)."""
+    tags = set()
+    for i in (1, 2, 3):
+        db = Rdict(str(mesh.data_dir / f"storage-{i}" / "rocksdb"), Options(raw_mode=True),
+                   access_type=AccessType.read_only())
+        try:
+            for key, value in db.items():
+                row = key[:1] == keys.TABLE_ROW
+                if not sealing.is_sealed(value[keys.ROW_HEAD.size:] if row else value):
+                    continue
+                try:
+                    opened = keys.open_row_value(ring, key, value) if row else ring.open(value, key)
+                except sealing.SealError:
+                    continue
+                if text in opened:
+                    tags.add(value[-sealing.TAG_BYTES:])
+        finally:
+            db.close()
+    return tags
 
 
 async def test_an_erase_leaves_no_file_holding_the_erased_bytes(table_mesh):
+    """Erased values are sealed with the cluster's data key, which stays: so their
+    ciphertexts must go from every file as their clear bytes once had to."""
     mesh, cluster, table = table_mesh
     email = f"erase-{uuid.uuid4().hex}@example.com"
     await table.write("bob", [put(b"C\0bob", email.encode())])
     await table.write("bob", [put(b"C\0bob", (email + ".v2").encode())])
     await table.write_many({f"other{i}": [put(b"C\0other%d" % i, b"x" * 200)] for i in range(200)})
-    deadline = time.monotonic() + WAIT_S
-    while len(files_holding(mesh, email)) < 3:  # every replica has it (in its write-ahead log at least)
-        assert time.monotonic() < deadline
+    ring = await key_ring(mesh)
+    deadline, copies = time.monotonic() + WAIT_S, set()
+    # every replica has its latest entry and its row (in its write-ahead log at least)
+    while len(copies := copies | sealed_copies(mesh, ring, email.encode())) < 6 or len(files_holding(mesh, copies)) < 3:
+        assert time.monotonic() < deadline, copies
         await asyncio.sleep(0.2)
+    assert files_holding(mesh, {email.encode()}) == []  # never in the clear
     await table.write("bob", [erase(b"C\0bob")])
     assert await table.read("bob", [b"C\0bob"]) == [None]
     deadline = time.monotonic() + WAIT_S
-    while holding := files_holding(mesh, email):
+    while holding := files_holding(mesh, copies):
         assert time.monotonic() < deadline, f"still holding the erased value: {holding}"
         await asyncio.sleep(0.2)
 

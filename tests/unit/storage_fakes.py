@@ -5,6 +5,7 @@ import bisect
 
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh.server.sealing import KeyRing
 from storage import keys
 from storage.log import ShardLog
 
@@ -31,9 +32,10 @@ class MemoryBatch:
 class MemoryRecords:
     """interfaces.Records over a dict."""
 
-    def __init__(self):
+    def __init__(self, ring: KeyRing | None = None):
         self.values: dict[bytes, bytes] = {}
         self.writes = 0
+        self.ring = ring if ring is not None else KeyRing(None, enabled=False)
 
     def batch(self) -> MemoryBatch:
         return MemoryBatch()
@@ -65,7 +67,7 @@ class MemoryRecords:
 
     def deliveries(self, shard: str) -> list[keys.Delivery]:
         """The delivery log of the shard, as recorded."""
-        return [keys.parse_delivery(key, value) for key, value in self.prefixed(keys.ShardKeys(shard).deliveries())]
+        return [keys.parse_delivery(key, value, self.ring) for key, value in self.prefixed(keys.ShardKeys(shard).deliveries())]
 
 
 class MemoryLog:

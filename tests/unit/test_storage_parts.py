@@ -10,6 +10,7 @@ from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 from notifymesh.clock import now_ms, timestamp
+from notifymesh.server.sealing import KeyRing
 from storage import keys
 from storage.db import Database
 from storage import dead_letters as dead_letters_module, delivery
@@ -22,6 +23,8 @@ from storage.interfaces import LogStore, Records, SubscriptionStore
 from storage.log import Entries, ShardLogs
 from storage.retention import COLLECT_CHUNK, Retention
 from tests.unit.storage_fakes import MemoryLog, MemoryRecords
+
+CLEAR = KeyRing(None, enabled=False)  # encryption at rest off (tests/unit/test_sealing.py has it on)
 
 SHARD = "orders/3"
 
@@ -299,7 +302,7 @@ def test_keys_encode_and_parse_in_pairs():
     key = layout.delivery(7, "audit", 123, 4)
     assert keys.parse_delivery_key(key) == keys.DeliveryKey(SHARD, 7, "audit", 123, 4)
     assert key.startswith(layout.deliveries(7)) and key.startswith(layout.deliveries())
-    assert keys.parse_delivery(key, keys.delivery_record(456, pubsub_pb2.NACKED, "HTTP 500")) == keys.Delivery(
+    assert keys.parse_delivery(key, keys.delivery_record(456, pubsub_pb2.NACKED, "HTTP 500"), CLEAR) == keys.Delivery(
         "audit", 4, 123, 456, pubsub_pb2.NACKED, "HTTP 500")
     assert keys.parse_message(layout.message(9)) == keys.MessageKey(SHARD, 9) == (SHARD, 9)
     assert keys.message(SHARD, 9) == layout.message(9)
@@ -313,7 +316,7 @@ def test_keys_encode_and_parse_in_pairs():
     assert keys.unsealed(keys.sealed(b"entry")) == b"entry" and keys.unsealed(b"\0" + keys.sealed(b"x")[1:]) is None
     batch = MemoryRecords()
     writes = batch.batch()
-    layout.put_entry(writes, 9, b"entry", "id-9")
+    layout.put_entry(writes, 9, b"entry", "id-9", CLEAR)
     layout.put_idempotency(writes, "k:a", 5, "id-9")
     batch.write(writes)
     assert batch.values == {layout.message(9): keys.sealed(b"entry"), layout.index("id-9"): keys.index_value(9),

@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -105,3 +108,21 @@ class SetConfigRequest(_message.Message):
     value: str
     reset: bool
     def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ..., reset: _Optional[bool] = ...) -> None: ...
+
+class RotateKeysRequest(_message.Message):
+    __slots__ = ("master",)
+    MASTER_FIELD_NUMBER: _ClassVar[int]
+    master: bool
+    def __init__(self, master: _Optional[bool] = ...) -> None: ...
+
+class RotateKeysResponse(_message.Message):
+    __slots__ = ("data_key", "active_time", "rewrapped", "master_key_id")
+    DATA_KEY_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_TIME_FIELD_NUMBER: _ClassVar[int]
+    REWRAPPED_FIELD_NUMBER: _ClassVar[int]
+    MASTER_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    data_key: int
+    active_time: _timestamp_pb2.Timestamp
+    rewrapped: int
+    master_key_id: str
+    def __init__(self, data_key: _Optional[int] = ..., active_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rewrapped: _Optional[int] = ..., master_key_id: _Optional[str] = ...) -> None: ...

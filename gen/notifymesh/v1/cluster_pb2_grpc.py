@@ -49,6 +49,11 @@ class ClusterAdminStub:
                 request_serializer=notifymesh_dot_v1_dot_cluster__pb2.SetConfigRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_cluster__pb2.ConfigSetting.FromString,
                 _registered_method=True)
+        self.RotateKeys = channel.unary_unary(
+                '/notifymesh.v1.ClusterAdmin/RotateKeys',
+                request_serializer=notifymesh_dot_v1_dot_cluster__pb2.RotateKeysRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_cluster__pb2.RotateKeysResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterAdminServicer:
@@ -78,6 +83,15 @@ class ClusterAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateKeys(self, request, context):
+        """Encryption at rest: a new data key, used for new writes once active (the
+        older ones stay, so what they sealed still opens); with master, every data key
+        re-wrapped under the master key's current version instead (no data rewritten).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +109,11 @@ def add_ClusterAdminServicer_to_server(servicer, server):
                     servicer.SetConfig,
                     request_deserializer=notifymesh_dot_v1_dot_cluster__pb2.SetConfigRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_cluster__pb2.ConfigSetting.SerializeToString,
+            ),
+            'RotateKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateKeys,
+                    request_deserializer=notifymesh_dot_v1_dot_cluster__pb2.RotateKeysRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_cluster__pb2.RotateKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +197,33 @@ class ClusterAdmin:
             '/notifymesh.v1.ClusterAdmin/SetConfig',
             notifymesh_dot_v1_dot_cluster__pb2.SetConfigRequest.SerializeToString,
             notifymesh_dot_v1_dot_cluster__pb2.ConfigSetting.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.v1.ClusterAdmin/RotateKeys',
+            notifymesh_dot_v1_dot_cluster__pb2.RotateKeysRequest.SerializeToString,
+            notifymesh_dot_v1_dot_cluster__pb2.RotateKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

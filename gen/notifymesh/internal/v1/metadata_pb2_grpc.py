@@ -102,6 +102,11 @@ class MetadataStub:
                 request_serializer=notifymesh_dot_v1_dot_cluster__pb2.SetConfigRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_cluster__pb2.ConfigSetting.FromString,
                 _registered_method=True)
+        self.RotateKeys = channel.unary_unary(
+                '/notifymesh.internal.v1.Metadata/RotateKeys',
+                request_serializer=notifymesh_dot_v1_dot_cluster__pb2.RotateKeysRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_cluster__pb2.RotateKeysResponse.FromString,
+                _registered_method=True)
         self.CreateCategory = channel.unary_unary(
                 '/notifymesh.internal.v1.Metadata/CreateCategory',
                 request_serializer=notifymesh_dot_v1_dot_notify__pb2.CreateCategoryRequest.SerializeToString,
@@ -272,6 +277,13 @@ class MetadataServicer:
 
     def SetConfig(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateKeys(self, request, context):
+        """Data keys in etcd (notifymesh/server/sealing.py).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -456,6 +468,11 @@ def add_MetadataServicer_to_server(servicer, server):
                     servicer.SetConfig,
                     request_deserializer=notifymesh_dot_v1_dot_cluster__pb2.SetConfigRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_cluster__pb2.ConfigSetting.SerializeToString,
+            ),
+            'RotateKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateKeys,
+                    request_deserializer=notifymesh_dot_v1_dot_cluster__pb2.RotateKeysRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_cluster__pb2.RotateKeysResponse.SerializeToString,
             ),
             'CreateCategory': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateCategory,
@@ -899,6 +916,33 @@ class Metadata:
             '/notifymesh.internal.v1.Metadata/SetConfig',
             notifymesh_dot_v1_dot_cluster__pb2.SetConfigRequest.SerializeToString,
             notifymesh_dot_v1_dot_cluster__pb2.ConfigSetting.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Metadata/RotateKeys',
+            notifymesh_dot_v1_dot_cluster__pb2.RotateKeysRequest.SerializeToString,
+            notifymesh_dot_v1_dot_cluster__pb2.RotateKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,
