@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from deploy import local_providers, pki
 from gen.notifymesh.internal.v1 import metadata_pb2_grpc, node_pb2, node_pb2_grpc
-from gen.notifymesh.v1 import auth_pb2, cluster_pb2, cluster_pb2_grpc, notify_pb2
+from gen.notifymesh.v1 import auth_pb2, cluster_pb2, cluster_pb2_grpc, notify_pb2, pubsub_pb2, pubsub_pb2_grpc
 from notifymesh.credentials import CLIENT_NAME, TLS_DIR, register_local_mesh
 from notifymesh.server import internal_topics, sealing
 from notifymesh.server.config import LOOPBACK_NETWORKS, Config
@@ -487,24 +487,34 @@ class LocalMesh:
 
     def wait_notifications_ready(self, timeout: float = START_TIMEOUT_S) -> None:
         """Until every partition of the notification layer's internal topics has a
-        leader: metadata creates them in the background once storage serves
-        (metadata/bootstrap.py), and until then the table answers UNAVAILABLE."""
+        leader and its subscriptions exist: metadata creates them in the background
+        once storage serves (metadata/bootstrap.py), and until then the table answers
+        UNAVAILABLE and an update of a channel's subscription NOT_FOUND."""
+        priorities = (notify_pb2.NORMAL, notify_pb2.HIGH)
         wanted = {internal_topics.TABLE_TOPIC, internal_topics.NOTIFY_TOPIC,
-                  *(internal_topics.channel_topic(c, p) for c in internal_topics.CHANNELS
-                    for p in (notify_pb2.NORMAL, notify_pb2.HIGH))}
+                  *(internal_topics.channel_topic(c, p) for c in internal_topics.CHANNELS for p in priorities)}
+        subscriptions = {internal_topics.FANOUT_SUBSCRIPTION, internal_topics.EVENTS_STATS_SUBSCRIPTION,
+                         *(internal_topics.channel_subscription(c, p) for c in internal_topics.CHANNELS
+                           for p in priorities)}
         deadline = time.monotonic() + timeout
         while True:
             try:
                 with self.channel(self.frontend_addrs[0]) as channel:
                     status = cluster_pb2_grpc.ClusterAdminStub(channel).GetClusterStatus(
                         cluster_pb2.GetClusterStatusRequest(), timeout=5, metadata=self.auth_metadata())
-                led = {s.topic for s in status.shards if s.leader}
-                if wanted <= led and all(s.leader for s in status.shards if s.topic in wanted):
-                    return
+                    led = {s.topic for s in status.shards if s.leader}
+                    if wanted <= led and all(s.leader for s in status.shards if s.topic in wanted):
+                        subscriber = pubsub_pb2_grpc.SubscriberStub(channel)
+                        for name in sorted(subscriptions):  # NOT_FOUND until made: tried again below
+                            subscriber.GetSubscription(pubsub_pb2.GetSubscriptionRequest(name=name), timeout=5,
+                                                       metadata=self.auth_metadata())
+                            subscriptions.discard(name)
+                        return
             except grpc.RpcError:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the notification layer's topics have no leaders after {timeout}s")
+                raise TimeoutError(f"the notification layer's topics have no leaders (or subscriptions "
+                                   f"{sorted(subscriptions)} are missing) after {timeout}s")
             time.sleep(0.2)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:

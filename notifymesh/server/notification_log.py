@@ -299,8 +299,16 @@ def _header(record: internal_pb2.NotificationRecord) -> notify_pb2.Notification:
 
 
 def _add_event(send: notify_pb2.RecipientSend, raw: bytes) -> None:
-    """Appends an event (they come oldest first) and makes it the send's latest."""
+    """Appends an event (they come oldest first) and makes it the send's latest,
+    with two exceptions. A queued event after others is a fan-out page written
+    again (its sender died before its checkpoint: the page's tasks were sent
+    already): it stays in the timeline but does not take the send back to queued.
+    An event without a provider (a delivery receipt, an open) keeps the provider
+    and message id of the send before it."""
     event = send.timeline.add()
     event.MergeFromString(raw)
+    if event.state == notify_pb2.SEND_QUEUED and len(send.timeline) > 1:
+        return
     send.state, send.reason = event.state, event.reason
-    send.provider, send.provider_message_id = event.provider, event.provider_message_id
+    if event.provider or event.provider_message_id:
+        send.provider, send.provider_message_id = event.provider, event.provider_message_id

@@ -61,6 +61,25 @@ async def test_sends_are_grouped_per_recipient_and_channel_with_timeline_oldest_
     assert table.expire_of("alice", rows.recipient_notification_key("alice", T0, "n1")) == T0 + RETENTION
 
 
+async def test_a_fan_out_page_written_again_and_a_receipt_do_not_hide_what_the_send_reached():
+    """A sender killed after its page's tasks went out but before its checkpoint: the
+    page is fanned out again, its queued events written after the sends they repeat.
+    A delivery receipt names no provider: the send keeps the one that sent it."""
+    log = NotificationLog(FakeTable(), RETENTION)
+    await log.accepted(record("n1", recipients=["alice"]), ["alice"])
+    await log.record([
+        ev("n1", "alice", EMAIL, notify_pb2.SEND_QUEUED, T0 + 1),
+        ev("n1", "alice", EMAIL, notify_pb2.SEND_RENDERED, T0 + 2),
+        ev("n1", "alice", EMAIL, notify_pb2.SEND_SENT, T0 + 3, provider="smtp", provider_message_id="pm-1"),
+        ev("n1", "alice", EMAIL, notify_pb2.SEND_QUEUED, T0 + 60_000),
+        ev("n1", "alice", SMS, notify_pb2.SEND_SENT, T0 + 3, provider="sms-a", provider_message_id="SM1"),
+        ev("n1", "alice", SMS, notify_pb2.SEND_DELIVERED, T0 + 9)])
+    email, sms = (await log.notification("n1")).sends
+    assert [e.state for e in email.timeline][-1] == notify_pb2.SEND_QUEUED  # the repeat is shown...
+    assert (email.state, email.provider, email.provider_message_id) == (notify_pb2.SEND_SENT, "smtp", "pm-1")
+    assert (sms.state, sms.provider, sms.provider_message_id) == (notify_pb2.SEND_DELIVERED, "sms-a", "SM1")
+
+
 async def test_a_notification_without_its_header_row_is_not_found():
     log = NotificationLog(FakeTable(), RETENTION)
     with pytest.raises(errors.NotFound):
