@@ -147,10 +147,12 @@ def test_ports_are_the_ones_the_services_listen_on():
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports["grpc"] == listen == advertise
         assert container["readinessProbe"]["exec"]["command"][3] == f"127.0.0.1:{listen}"
+        metrics = int(next(a for a in args if a.startswith("--metrics-listen=")).rsplit(":", 1)[1])
+        assert ports["metrics"] == metrics
         if service == "frontend":
             assert ports["http"] == listen + offset
         else:
-            assert set(ports) == {"grpc"}
+            assert set(ports) == {"grpc", "metrics"}
 
 
 def test_services_and_budgets_select_pods_that_exist_and_name_their_ports():
