@@ -646,7 +646,7 @@ class RecipientSend(_message.Message):
     def __init__(self, recipient: _Optional[str] = ..., channel: _Optional[_Union[Channel, str]] = ..., state: _Optional[_Union[SendState, str]] = ..., reason: _Optional[str] = ..., provider: _Optional[str] = ..., provider_message_id: _Optional[str] = ..., timeline: _Optional[_Iterable[_Union[SendEvent, _Mapping]]] = ...) -> None: ...
 
 class Notification(_message.Message):
-    __slots__ = ("id", "template", "template_version", "category", "priority", "create_time", "recipient_count", "audience", "sends", "next_page_token")
+    __slots__ = ("id", "template", "template_version", "category", "priority", "create_time", "recipient_count", "audience", "sends", "next_page_token", "trace_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -657,6 +657,7 @@ class Notification(_message.Message):
     AUDIENCE_FIELD_NUMBER: _ClassVar[int]
     SENDS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     template: str
     template_version: int
@@ -667,7 +668,8 @@ class Notification(_message.Message):
     audience: str
     sends: _containers.RepeatedCompositeFieldContainer[RecipientSend]
     next_page_token: str
-    def __init__(self, id: _Optional[str] = ..., template: _Optional[str] = ..., template_version: _Optional[int] = ..., category: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recipient_count: _Optional[int] = ..., audience: _Optional[str] = ..., sends: _Optional[_Iterable[_Union[RecipientSend, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    trace_id: str
+    def __init__(self, id: _Optional[str] = ..., template: _Optional[str] = ..., template_version: _Optional[int] = ..., category: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recipient_count: _Optional[int] = ..., audience: _Optional[str] = ..., sends: _Optional[_Iterable[_Union[RecipientSend, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class GetNotificationRequest(_message.Message):
     __slots__ = ("id", "page_size", "page_token")

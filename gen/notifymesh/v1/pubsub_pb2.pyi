@@ -438,16 +438,18 @@ class SubscriptionDelivery(_message.Message):
     def __init__(self, subscription: _Optional[str] = ..., state: _Optional[_Union[DeliveryState, str]] = ..., delivery_attempts: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[DeliveryAttempt, _Mapping]]] = ...) -> None: ...
 
 class MessageStatus(_message.Message):
-    __slots__ = ("message", "topic", "partition", "deliveries")
+    __slots__ = ("message", "topic", "partition", "deliveries", "trace_id")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     message: PubsubMessage
     topic: str
     partition: int
     deliveries: _containers.RepeatedCompositeFieldContainer[SubscriptionDelivery]
-    def __init__(self, message: _Optional[_Union[PubsubMessage, _Mapping]] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., deliveries: _Optional[_Iterable[_Union[SubscriptionDelivery, _Mapping]]] = ...) -> None: ...
+    trace_id: str
+    def __init__(self, message: _Optional[_Union[PubsubMessage, _Mapping]] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., deliveries: _Optional[_Iterable[_Union[SubscriptionDelivery, _Mapping]]] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class DeliveryStats(_message.Message):
     __slots__ = ("backlog", "in_flight", "oldest_unacked_age", "delivery_rate", "dead_letters")
