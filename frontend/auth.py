@@ -146,6 +146,7 @@ RULES: dict[str, Rule] = {
     "/notifymesh.v1.ClusterAdmin/GetConfig": READ_CLUSTER,
     "/notifymesh.v1.ClusterAdmin/SetConfig": ADMIN,
     "/notifymesh.v1.ClusterAdmin/RotateKeys": ADMIN,
+    "/notifymesh.v1.ClusterAdmin/DrainNode": ADMIN,
     "/notifymesh.v1.Analytics/GetStats": READ_CLUSTER,
     "/notifymesh.v1.Notifications/UpsertRecipient": ADMIN,
     "/notifymesh.v1.Notifications/UpsertRecipients": ADMIN,

@@ -370,7 +370,7 @@ class Gateway:
         for shards in await asyncio.gather(*(describe(a) for a in cluster.live("storage").values())):
             for shard in shards:
                 reported[(shard.topic, shard.partition)] = shard
-        status = cluster_pb2.ClusterStatus(members=members)
+        status = cluster_pb2.ClusterStatus(members=members, draining=sorted(cluster.draining.items))
         for name, placement in sorted(cluster.placements.items.items()):
             leader = cluster.leaders.items.get(name)
             shard = status.shards.add(topic=placement.topic, partition=placement.partition,

@@ -147,6 +147,9 @@ class ClusterAdminServicer(cluster_pb2_grpc.ClusterAdminServicer):
     async def RotateKeys(self, request, context):
         return await self._gateway.admin("RotateKeys", request)
 
+    async def DrainNode(self, request, context):
+        return await self._gateway.admin("DrainNode", request)
+
 
 class InboxWakeServicer(inbox_pb2_grpc.InboxServicer):
     """Internal: senders hand over new items, frontends name those acknowledged."""

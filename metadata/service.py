@@ -6,6 +6,7 @@ import asyncio
 from gen.notifymesh.internal.v1 import metadata_pb2_grpc
 from gen.notifymesh.v1 import cluster_pb2, notify_pb2, pubsub_pb2
 from metadata.bootstrap import bootstrap
+from metadata.drains import EtcdDrainStore, NodeDrains
 from metadata.keys import KeyStore
 from metadata.notify_store import NotifyMetadataStore
 from metadata.settings import ClusterSettings
@@ -21,9 +22,9 @@ _not_reserved = validation.not_reserved
 
 class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
     def __init__(self, store: MetadataStore, settings: ClusterSettings, notify: NotifyMetadataStore,
-                 keys: KeyStore, data_keys: sealing.KeyAdmin | None = None):
+                 keys: KeyStore, data_keys: sealing.KeyAdmin | None = None, drains: NodeDrains | None = None):
         self._store, self._settings, self._notify, self._keys = store, settings, notify, keys
-        self._data_keys = data_keys
+        self._data_keys, self._drains = data_keys, drains
 
     async def CreateTopic(self, request, context):
         _not_reserved("topic", request.topic.name)
@@ -144,6 +145,9 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
     async def MapCertificate(self, request, context):
         return await self._keys.map_certificate(request)
 
+    async def DrainNode(self, request, context):
+        return await self._drains.drain(request.node_id, request.undrain)
+
 
 class MetadataService:
     reflected = ()
@@ -153,7 +157,8 @@ class MetadataService:
         self.servicers = [(metadata_pb2_grpc.add_MetadataServicer_to_server,
                            MetadataServicer(self._store, ClusterSettings(ctx.cluster.etcd, ctx.config),
                                             NotifyMetadataStore(ctx.cluster), KeyStore(ctx.cluster.etcd),
-                                            sealing.KeyAdmin(ctx.cluster.etcd, sealing.ring())))]
+                                            sealing.KeyAdmin(ctx.cluster.etcd, sealing.ring()),
+                                            NodeDrains(ctx.cluster, EtcdDrainStore(ctx.cluster.etcd))))]
         self._bootstrap: asyncio.Task | None = None
         self._cluster, self._replication_factor = ctx.cluster, ctx.config.default_replication_factor
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from gen.notifymesh.v1 import pubsub_pb2
-from notifymesh import auth_cli, notify_cli
+from notifymesh import auth_cli, node_cli, notify_cli
 from notifymesh.channel import parse_addresses
 from notifymesh.client import Client, Message, default_addr
 from notifymesh.contracts import OUTBOX_CHANNELS, AckId, outbox_files
@@ -319,8 +319,9 @@ async def _cluster(args, client: Client) -> None:
         _cluster_table(status)
         return
     args.out.record({
-        "members": [{"kind": m.kind, "node_id": m.node_id, "addr": m.addr, "metrics_addr": m.metrics_addr}
-                    for m in status.members],
+        "members": [{"kind": m.kind, "node_id": m.node_id, "addr": m.addr, "metrics_addr": m.metrics_addr,
+                     **({"draining": True} if m.draining else {})} for m in status.members],
+        "draining": list(status.draining),
         "shards": [{"topic": shard.topic, "partition": shard.partition, "leader": shard.leader, "epoch": shard.epoch,
                     "commit": shard.commit, "replicas": list(shard.replicas),
                     "replica_status": [{"node_id": r.node_id, "role": r.role, "end": r.end, "lag": r.lag}
@@ -332,9 +333,12 @@ def _cluster_table(status) -> None:
     """Members by kind, then every shard with its replicas."""
     by_kind: dict[str, list[str]] = {}
     for member in status.members:
-        by_kind.setdefault(member.kind, []).append(f"{member.node_id} ({member.addr})")
+        by_kind.setdefault(member.kind, []).append(
+            f"{member.node_id} ({member.addr}{', draining' if member.draining else ''})")
     for kind in ("metadata", "storage", "sender", "frontend"):
         print(f"{kind:<9} {', '.join(by_kind.get(kind, [])) or '(none alive)'}")
+    if status.draining:
+        print(f"draining  {', '.join(status.draining)} (notifymesh node undrain NODE ends a drain)")
     print()
     print(f"{'TOPIC':<24} {'PART':>4} {'LEADER':<12} {'EPOCH':>7} {'COMMIT':>9}  REPLICAS (role end lag)"
           "  BACKLOG (subscription messages)")
@@ -958,6 +962,7 @@ def parser() -> argparse.ArgumentParser:
     _add_outbox_command(commands)
     notify_cli.add_commands(commands)
     auth_cli.add_commands(commands, duration)
+    node_cli.add_commands(commands, duration)
     _accept_after_the_command(p)
     return p
 
@@ -1030,6 +1035,8 @@ async def _run(args) -> int:
             return await notify_cli.run(args, client)
         elif args.command in auth_cli.COMMANDS:
             return await auth_cli.run(args, client)
+        elif args.command in node_cli.COMMANDS:
+            return await node_cli.run(args, client)
     return 0
 
 

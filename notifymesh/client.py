@@ -492,6 +492,13 @@ class Client:
         keys re-wrapped under the master key's current version instead."""
         return await self._call(self._cluster.RotateKeys, cluster_pb2.RotateKeysRequest(master=master))
 
+    async def drain_node(self, node_id: str, undrain: bool = False) -> cluster_pb2.NodeDrain:
+        """Graceful scale-in: records the storage node as draining (again: no change),
+        so its replicas and leaderships move to the others; with undrain, ends the
+        drain. The answer counts the partitions it still holds and leads."""
+        return await self._call(self._cluster.DrainNode, cluster_pb2.DrainNodeRequest(node_id=node_id,
+                                                                                      undrain=undrain))
+
     # -- notifications: recipients, preferences, categories, templates, audiences,
     # providers, notify and the notification log --------------------------------
 

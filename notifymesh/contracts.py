@@ -207,6 +207,8 @@ PLACEMENTS = b"/notifymesh/placements/"      # + shard -> internal.v1.ShardPlace
 LEADERS = b"/notifymesh/leaders/"
 CANDIDATES = b"/notifymesh/candidates/"      # + shard/node -> Candidacy
 CONFIG = b"/notifymesh/config"               # the cluster configuration, a JSON object
+# + storage node id -> DrainRecord: no lease, so a drain outlives restarts until undrained.
+DRAINING = b"/notifymesh/draining/"
 # The notification layer's cluster metadata (metadata/notify_store.py):
 CATEGORIES = b"/notifymesh/categories/"      # + name -> notifymesh.v1.Category
 TEMPLATES = b"/notifymesh/templates/"        # + template_version_name() -> notifymesh.v1.Template
@@ -272,6 +274,18 @@ class LeaderRecord(NamedTuple):
     def parse(cls, value: bytes) -> "LeaderRecord":
         record = json.loads(value)
         return cls(record["node"], record["addr"])
+
+
+class DrainRecord(NamedTuple):
+    """A storage node being drained: the ring that places replicas leaves it out."""
+    since_ms: int  # when the drain began (ms since the epoch)
+
+    def encode(self) -> bytes:
+        return json.dumps(self._asdict()).encode()
+
+    @classmethod
+    def parse(cls, value: bytes) -> "DrainRecord":
+        return cls(json.loads(value)["since_ms"])
 
 
 class Candidacy(NamedTuple):

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import os
 import time
-from typing import Callable, Generic, NamedTuple, TypeVar
+from typing import Callable, Container, Generic, Iterable, NamedTuple, TypeVar
 
 import aetcd
 import grpc
@@ -19,8 +19,9 @@ from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import cluster_pb2, notify_pb2, pubsub_pb2
 from notifymesh import errors
 from notifymesh.channel import channel_options
-from notifymesh.contracts import (CATEGORIES, LEADERS, MEMBERS, PLACEMENTS, PROVIDERS, SUBSCRIPTIONS, TEMPLATES, TOPICS,
-                                  LeaderRecord, MemberRecord, member_key, shard_name, template_versions_prefix)
+from notifymesh.contracts import (CATEGORIES, DRAINING, LEADERS, MEMBERS, PLACEMENTS, PROVIDERS, SUBSCRIPTIONS,
+                                  TEMPLATES, TOPICS, DrainRecord, LeaderRecord, MemberRecord, member_key, shard_name,
+                                  template_versions_prefix)
 from notifymesh.log import fields
 from notifymesh.server.internal_topics import channel_name
 from notifymesh.server import sealing, telemetry
@@ -32,6 +33,11 @@ log = logging.getLogger(__name__)
 KINDS = ("metadata", "storage", "sender", "frontend")
 
 T = TypeVar("T")
+
+
+def placeable(live: Iterable[str], draining: Container[str]) -> list[str]:
+    """The live nodes that are not being drained."""
+    return [node for node in live if node not in draining]
 
 
 class Member(NamedTuple):
@@ -288,6 +294,9 @@ class Cluster:
         # Providers grouped by channel name: a channel's several, tried by priority.
         self.providers = PrefixMirror(etcd, PROVIDERS, sealing.mirrored_provider,
                                       group_by=lambda provider: channel_name(provider.channel))
+        # Storage nodes being drained: left out of the storage ring (placeable()).
+        self.draining = PrefixMirror(etcd, DRAINING, DrainRecord.parse)
+        self.draining.on_change(lambda _name: self._rebuild_rings())
         self.rings: dict[str, Ring] = {kind: Ring() for kind in KINDS}
         self._ring_changes = {kind: asyncio.Event() for kind in KINDS}
         self._leader_change = asyncio.Event()
@@ -324,7 +333,7 @@ class Cluster:
 
     def _mirrors(self) -> tuple[PrefixMirror, ...]:
         return (self.members, self.topics, self.subscriptions, self.placements, self.leaders, self.categories,
-                self.templates, self.providers)
+                self.templates, self.providers, self.draining)
 
     def leader(self, topic: str, partition: int) -> "ShardLeader":
         shard = shard_name(topic, partition)
@@ -339,7 +348,7 @@ class Cluster:
 
     def _rebuild_rings(self) -> None:
         for kind in KINDS:
-            ring = Ring(self.live(kind))
+            ring = Ring(self.placeable(kind))
             if ring != self.rings[kind]:
                 log.info("ring changed", extra=fields(kind=kind, nodes=list(ring.nodes)))
                 self.rings[kind] = ring
@@ -364,10 +373,17 @@ class Cluster:
         return {name[len(prefix):]: info.addr for name, info in self.members.items.items()
                 if name.startswith(prefix)}
 
+    def placeable(self, kind: str) -> list[str]:
+        """The live members of kind the ring places work on: for storage, not the
+        draining ones (placements then move their replicas away, storage.placement)."""
+        return placeable(self.live(kind), self.draining.items if kind == "storage" else {})
+
     def described_members(self) -> list[cluster_pb2.ClusterMember]:
         """Every live member as cluster status and Node.Describe show it."""
         return [cluster_pb2.ClusterMember(kind=name.partition("/")[0], node_id=name.partition("/")[2],
-                                          addr=record.addr, metrics_addr=record.metrics_addr)
+                                          addr=record.addr, metrics_addr=record.metrics_addr,
+                                          draining=name.startswith("storage/")
+                                          and name.partition("/")[2] in self.draining.items)
                 for name, record in sorted(self.members.items.items()) if name.partition("/")[0] in self.rings]
 
     def owner(self, kind: str, key: str, partition: int = 0) -> "Member":

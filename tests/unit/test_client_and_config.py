@@ -19,7 +19,7 @@ def snake(name: str) -> str:
 def test_client_has_a_method_for_every_public_rpc():
     rpcs = [m.name for d in (pubsub_pb2.DESCRIPTOR, cluster_pb2.DESCRIPTOR)
             for s in d.services_by_name.values() for m in s.methods]
-    assert len(rpcs) == 27  # + Subscriber.RotatePushSecret, ClusterAdmin.RotateKeys (issue 17)
+    assert len(rpcs) == 28  # + Subscriber.RotatePushSecret, ClusterAdmin.RotateKeys (issue 17), DrainNode (18)
     missing = [rpc for rpc in rpcs if not hasattr(Client, snake(rpc).replace("subscribe", "subscribe_frames"))
                and not hasattr(Client, snake(rpc))]
     assert not missing

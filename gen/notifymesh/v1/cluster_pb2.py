@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bnotifymesh/v1/cluster.proto\x12\rnotifymesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x19\n\x17GetClusterStatusRequest\"R\n\rClusterMember\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04\x61\x64\x64r\x18\x03 \x01(\t\x12\x14\n\x0cmetrics_addr\x18\x04 \x01(\t\"H\n\rReplicaStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x03\x12\x0b\n\x03lag\x18\x04 \x01(\x03\"\xdc\x01\n\x0bShardStatus\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x10\n\x08replicas\x18\x03 \x03(\t\x12\x0e\n\x06leader\x18\x04 \x01(\t\x12\r\n\x05\x65poch\x18\x05 \x01(\x03\x12\x0e\n\x06\x63ommit\x18\x06 \x01(\x03\x12\x34\n\x0ereplica_status\x18\x07 \x03(\x0b\x32\x1c.notifymesh.v1.ReplicaStatus\x12\x34\n\x08\x62\x61\x63klogs\x18\x08 \x03(\x0b\x32\".notifymesh.v1.SubscriptionBacklog\"<\n\x13SubscriptionBacklog\x12\x14\n\x0csubscription\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63klog\x18\x02 \x01(\x03\"j\n\rClusterStatus\x12-\n\x07members\x18\x01 \x03(\x0b\x32\x1c.notifymesh.v1.ClusterMember\x12*\n\x06shards\x18\x02 \x03(\x0b\x32\x1a.notifymesh.v1.ShardStatus\"\x1f\n\x10GetConfigRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"l\n\rConfigSetting\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x15\n\rdefault_value\x18\x03 \x01(\t\x12\x0e\n\x06stored\x18\x04 \x01(\x08\x12\x18\n\x10restart_required\x18\x05 \x01(\x08\"?\n\rClusterConfig\x12.\n\x08settings\x18\x01 \x03(\x0b\x32\x1c.notifymesh.v1.ConfigSetting\"=\n\x10SetConfigRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\r\n\x05reset\x18\x03 \x01(\x08\"#\n\x11RotateKeysRequest\x12\x0e\n\x06master\x18\x01 \x01(\x08\"\x81\x01\n\x12RotateKeysResponse\x12\x10\n\x08\x64\x61ta_key\x18\x01 \x01(\x03\x12/\n\x0b\x61\x63tive_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\trewrapped\x18\x03 \x01(\x05\x12\x15\n\rmaster_key_id\x18\x04 \x01(\t2\xd3\x02\n\x0c\x43lusterAdmin\x12X\n\x10GetClusterStatus\x12&.notifymesh.v1.GetClusterStatusRequest\x1a\x1c.notifymesh.v1.ClusterStatus\x12J\n\tGetConfig\x12\x1f.notifymesh.v1.GetConfigRequest\x1a\x1c.notifymesh.v1.ClusterConfig\x12J\n\tSetConfig\x12\x1f.notifymesh.v1.SetConfigRequest\x1a\x1c.notifymesh.v1.ConfigSetting\x12Q\n\nRotateKeys\x12 .notifymesh.v1.RotateKeysRequest\x1a!.notifymesh.v1.RotateKeysResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bnotifymesh/v1/cluster.proto\x12\rnotifymesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x19\n\x17GetClusterStatusRequest\"d\n\rClusterMember\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04\x61\x64\x64r\x18\x03 \x01(\t\x12\x14\n\x0cmetrics_addr\x18\x04 \x01(\t\x12\x10\n\x08\x64raining\x18\x05 \x01(\x08\"H\n\rReplicaStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x03\x12\x0b\n\x03lag\x18\x04 \x01(\x03\"\xdc\x01\n\x0bShardStatus\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x10\n\x08replicas\x18\x03 \x03(\t\x12\x0e\n\x06leader\x18\x04 \x01(\t\x12\r\n\x05\x65poch\x18\x05 \x01(\x03\x12\x0e\n\x06\x63ommit\x18\x06 \x01(\x03\x12\x34\n\x0ereplica_status\x18\x07 \x03(\x0b\x32\x1c.notifymesh.v1.ReplicaStatus\x12\x34\n\x08\x62\x61\x63klogs\x18\x08 \x03(\x0b\x32\".notifymesh.v1.SubscriptionBacklog\"<\n\x13SubscriptionBacklog\x12\x14\n\x0csubscription\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63klog\x18\x02 \x01(\x03\"|\n\rClusterStatus\x12-\n\x07members\x18\x01 \x03(\x0b\x32\x1c.notifymesh.v1.ClusterMember\x12*\n\x06shards\x18\x02 \x03(\x0b\x32\x1a.notifymesh.v1.ShardStatus\x12\x10\n\x08\x64raining\x18\x03 \x03(\t\"\x1f\n\x10GetConfigRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"l\n\rConfigSetting\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x15\n\rdefault_value\x18\x03 \x01(\t\x12\x0e\n\x06stored\x18\x04 \x01(\x08\x12\x18\n\x10restart_required\x18\x05 \x01(\x08\"?\n\rClusterConfig\x12.\n\x08settings\x18\x01 \x03(\x0b\x32\x1c.notifymesh.v1.ConfigSetting\"=\n\x10SetConfigRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\r\n\x05reset\x18\x03 \x01(\x08\"#\n\x11RotateKeysRequest\x12\x0e\n\x06master\x18\x01 \x01(\x08\"\x81\x01\n\x12RotateKeysResponse\x12\x10\n\x08\x64\x61ta_key\x18\x01 \x01(\x03\x12/\n\x0b\x61\x63tive_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\trewrapped\x18\x03 \x01(\x05\x12\x15\n\rmaster_key_id\x18\x04 \x01(\t\"4\n\x10\x44rainNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07undrain\x18\x02 \x01(\x08\"|\n\tNodeDrain\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08\x64raining\x18\x02 \x01(\x08\x12\x10\n\x08replicas\x18\x03 \x01(\x05\x12\x0f\n\x07leading\x18\x04 \x01(\x05\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\x9b\x03\n\x0c\x43lusterAdmin\x12X\n\x10GetClusterStatus\x12&.notifymesh.v1.GetClusterStatusRequest\x1a\x1c.notifymesh.v1.ClusterStatus\x12J\n\tGetConfig\x12\x1f.notifymesh.v1.GetConfigRequest\x1a\x1c.notifymesh.v1.ClusterConfig\x12J\n\tSetConfig\x12\x1f.notifymesh.v1.SetConfigRequest\x1a\x1c.notifymesh.v1.ConfigSetting\x12Q\n\nRotateKeys\x12 .notifymesh.v1.RotateKeysRequest\x1a!.notifymesh.v1.RotateKeysResponse\x12\x46\n\tDrainNode\x12\x1f.notifymesh.v1.DrainNodeRequest\x1a\x18.notifymesh.v1.NodeDrainb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,27 +35,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=79
   _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=104
   _globals['_CLUSTERMEMBER']._serialized_start=106
-  _globals['_CLUSTERMEMBER']._serialized_end=188
-  _globals['_REPLICASTATUS']._serialized_start=190
-  _globals['_REPLICASTATUS']._serialized_end=262
-  _globals['_SHARDSTATUS']._serialized_start=265
-  _globals['_SHARDSTATUS']._serialized_end=485
-  _globals['_SUBSCRIPTIONBACKLOG']._serialized_start=487
-  _globals['_SUBSCRIPTIONBACKLOG']._serialized_end=547
-  _globals['_CLUSTERSTATUS']._serialized_start=549
-  _globals['_CLUSTERSTATUS']._serialized_end=655
-  _globals['_GETCONFIGREQUEST']._serialized_start=657
-  _globals['_GETCONFIGREQUEST']._serialized_end=688
-  _globals['_CONFIGSETTING']._serialized_start=690
-  _globals['_CONFIGSETTING']._serialized_end=798
-  _globals['_CLUSTERCONFIG']._serialized_start=800
-  _globals['_CLUSTERCONFIG']._serialized_end=863
-  _globals['_SETCONFIGREQUEST']._serialized_start=865
-  _globals['_SETCONFIGREQUEST']._serialized_end=926
-  _globals['_ROTATEKEYSREQUEST']._serialized_start=928
-  _globals['_ROTATEKEYSREQUEST']._serialized_end=963
-  _globals['_ROTATEKEYSRESPONSE']._serialized_start=966
-  _globals['_ROTATEKEYSRESPONSE']._serialized_end=1095
-  _globals['_CLUSTERADMIN']._serialized_start=1098
-  _globals['_CLUSTERADMIN']._serialized_end=1437
+  _globals['_CLUSTERMEMBER']._serialized_end=206
+  _globals['_REPLICASTATUS']._serialized_start=208
+  _globals['_REPLICASTATUS']._serialized_end=280
+  _globals['_SHARDSTATUS']._serialized_start=283
+  _globals['_SHARDSTATUS']._serialized_end=503
+  _globals['_SUBSCRIPTIONBACKLOG']._serialized_start=505
+  _globals['_SUBSCRIPTIONBACKLOG']._serialized_end=565
+  _globals['_CLUSTERSTATUS']._serialized_start=567
+  _globals['_CLUSTERSTATUS']._serialized_end=691
+  _globals['_GETCONFIGREQUEST']._serialized_start=693
+  _globals['_GETCONFIGREQUEST']._serialized_end=724
+  _globals['_CONFIGSETTING']._serialized_start=726
+  _globals['_CONFIGSETTING']._serialized_end=834
+  _globals['_CLUSTERCONFIG']._serialized_start=836
+  _globals['_CLUSTERCONFIG']._serialized_end=899
+  _globals['_SETCONFIGREQUEST']._serialized_start=901
+  _globals['_SETCONFIGREQUEST']._serialized_end=962
+  _globals['_ROTATEKEYSREQUEST']._serialized_start=964
+  _globals['_ROTATEKEYSREQUEST']._serialized_end=999
+  _globals['_ROTATEKEYSRESPONSE']._serialized_start=1002
+  _globals['_ROTATEKEYSRESPONSE']._serialized_end=1131
+  _globals['_DRAINNODEREQUEST']._serialized_start=1133
+  _globals['_DRAINNODEREQUEST']._serialized_end=1185
+  _globals['_NODEDRAIN']._serialized_start=1187
+  _globals['_NODEDRAIN']._serialized_end=1311
+  _globals['_CLUSTERADMIN']._serialized_start=1314
+  _globals['_CLUSTERADMIN']._serialized_end=1725
 # @@protoc_insertion_point(module_scope)

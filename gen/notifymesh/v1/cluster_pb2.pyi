@@ -14,16 +14,18 @@ class GetClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ClusterMember(_message.Message):
-    __slots__ = ("kind", "node_id", "addr", "metrics_addr")
+    __slots__ = ("kind", "node_id", "addr", "metrics_addr", "draining")
     KIND_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDR_FIELD_NUMBER: _ClassVar[int]
     METRICS_ADDR_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     kind: str
     node_id: str
     addr: str
     metrics_addr: str
-    def __init__(self, kind: _Optional[str] = ..., node_id: _Optional[str] = ..., addr: _Optional[str] = ..., metrics_addr: _Optional[str] = ...) -> None: ...
+    draining: bool
+    def __init__(self, kind: _Optional[str] = ..., node_id: _Optional[str] = ..., addr: _Optional[str] = ..., metrics_addr: _Optional[str] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class ReplicaStatus(_message.Message):
     __slots__ = ("node_id", "role", "end", "lag")
@@ -66,12 +68,14 @@ class SubscriptionBacklog(_message.Message):
     def __init__(self, subscription: _Optional[str] = ..., backlog: _Optional[int] = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
-    __slots__ = ("members", "shards")
+    __slots__ = ("members", "shards", "draining")
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     members: _containers.RepeatedCompositeFieldContainer[ClusterMember]
     shards: _containers.RepeatedCompositeFieldContainer[ShardStatus]
-    def __init__(self, members: _Optional[_Iterable[_Union[ClusterMember, _Mapping]]] = ..., shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ...) -> None: ...
+    draining: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, members: _Optional[_Iterable[_Union[ClusterMember, _Mapping]]] = ..., shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., draining: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetConfigRequest(_message.Message):
     __slots__ = ("key",)
@@ -126,3 +130,25 @@ class RotateKeysResponse(_message.Message):
     rewrapped: int
     master_key_id: str
     def __init__(self, data_key: _Optional[int] = ..., active_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rewrapped: _Optional[int] = ..., master_key_id: _Optional[str] = ...) -> None: ...
+
+class DrainNodeRequest(_message.Message):
+    __slots__ = ("node_id", "undrain")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    UNDRAIN_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    undrain: bool
+    def __init__(self, node_id: _Optional[str] = ..., undrain: _Optional[bool] = ...) -> None: ...
+
+class NodeDrain(_message.Message):
+    __slots__ = ("node_id", "draining", "replicas", "leading", "since")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    LEADING_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    draining: bool
+    replicas: int
+    leading: int
+    since: _timestamp_pb2.Timestamp
+    def __init__(self, node_id: _Optional[str] = ..., draining: _Optional[bool] = ..., replicas: _Optional[int] = ..., leading: _Optional[int] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

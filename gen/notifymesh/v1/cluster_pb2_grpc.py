@@ -54,6 +54,11 @@ class ClusterAdminStub:
                 request_serializer=notifymesh_dot_v1_dot_cluster__pb2.RotateKeysRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_cluster__pb2.RotateKeysResponse.FromString,
                 _registered_method=True)
+        self.DrainNode = channel.unary_unary(
+                '/notifymesh.v1.ClusterAdmin/DrainNode',
+                request_serializer=notifymesh_dot_v1_dot_cluster__pb2.DrainNodeRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_cluster__pb2.NodeDrain.FromString,
+                _registered_method=True)
 
 
 class ClusterAdminServicer:
@@ -92,6 +97,16 @@ class ClusterAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DrainNode(self, request, context):
+        """Graceful scale-in of a storage node: records it as draining in etcd (kept across
+        restarts), so the partitions' leaders move its replicas to the other nodes and
+        it hands over each partition it leads. Asking again changes nothing and reports
+        what it still holds; undrain ends the drain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +129,11 @@ def add_ClusterAdminServicer_to_server(servicer, server):
                     servicer.RotateKeys,
                     request_deserializer=notifymesh_dot_v1_dot_cluster__pb2.RotateKeysRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_cluster__pb2.RotateKeysResponse.SerializeToString,
+            ),
+            'DrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainNode,
+                    request_deserializer=notifymesh_dot_v1_dot_cluster__pb2.DrainNodeRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_cluster__pb2.NodeDrain.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,6 +244,33 @@ class ClusterAdmin:
             '/notifymesh.v1.ClusterAdmin/RotateKeys',
             notifymesh_dot_v1_dot_cluster__pb2.RotateKeysRequest.SerializeToString,
             notifymesh_dot_v1_dot_cluster__pb2.RotateKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.v1.ClusterAdmin/DrainNode',
+            notifymesh_dot_v1_dot_cluster__pb2.DrainNodeRequest.SerializeToString,
+            notifymesh_dot_v1_dot_cluster__pb2.NodeDrain.FromString,
             options,
             channel_credentials,
             insecure,

@@ -197,6 +197,11 @@ class MetadataStub:
                 request_serializer=notifymesh_dot_v1_dot_auth__pb2.MapCertificateRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_v1_dot_auth__pb2.CertificatePrincipal.FromString,
                 _registered_method=True)
+        self.DrainNode = channel.unary_unary(
+                '/notifymesh.internal.v1.Metadata/DrainNode',
+                request_serializer=notifymesh_dot_v1_dot_cluster__pb2.DrainNodeRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_v1_dot_cluster__pb2.NodeDrain.FromString,
+                _registered_method=True)
 
 
 class MetadataServicer:
@@ -401,6 +406,13 @@ class MetadataServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DrainNode(self, request, context):
+        """Storage nodes being drained (contracts.DRAINING; metadata/drains.py).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetadataServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -563,6 +575,11 @@ def add_MetadataServicer_to_server(servicer, server):
                     servicer.MapCertificate,
                     request_deserializer=notifymesh_dot_v1_dot_auth__pb2.MapCertificateRequest.FromString,
                     response_serializer=notifymesh_dot_v1_dot_auth__pb2.CertificatePrincipal.SerializeToString,
+            ),
+            'DrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainNode,
+                    request_deserializer=notifymesh_dot_v1_dot_cluster__pb2.DrainNodeRequest.FromString,
+                    response_serializer=notifymesh_dot_v1_dot_cluster__pb2.NodeDrain.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1429,6 +1446,33 @@ class Metadata:
             '/notifymesh.internal.v1.Metadata/MapCertificate',
             notifymesh_dot_v1_dot_auth__pb2.MapCertificateRequest.SerializeToString,
             notifymesh_dot_v1_dot_auth__pb2.CertificatePrincipal.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Metadata/DrainNode',
+            notifymesh_dot_v1_dot_cluster__pb2.DrainNodeRequest.SerializeToString,
+            notifymesh_dot_v1_dot_cluster__pb2.NodeDrain.FromString,
             options,
             channel_credentials,
             insecure,
