@@ -20,7 +20,7 @@ from typing import Protocol
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from deploy import local_providers, pki
+from deploy import admin_key, local_providers, pki
 from gen.notifymesh.internal.v1 import metadata_pb2_grpc, node_pb2, node_pb2_grpc
 from gen.notifymesh.v1 import auth_pb2, cluster_pb2, cluster_pb2_grpc, notify_pb2, pubsub_pb2, pubsub_pb2_grpc
 from notifymesh.credentials import CLIENT_NAME, TLS_DIR, register_local_mesh
@@ -43,7 +43,7 @@ ETCD_CLIENT_OFFSET, ETCD_PEER_OFFSET = 10, 20
 LOCAL_SMTP_OFFSET, LOCAL_HTTP_OFFSET, LOCAL_APNS_OFFSET = 18, 19, 17
 LOCAL_PROVIDERS = "local-providers"  # the process's name
 LEGACY_ETCD_PORTS = (23790, 23800)  # before ports derived from P: a data dir's etcd created then keeps them
-ADMIN_KEY_FILE = "admin.key"  # the bootstrap admin API key (0600), made on first start
+ADMIN_KEY_FILE = "admin.key"  # the bootstrap admin API key (0600), made on first start (deploy/admin_key.py)
 MASTER_KEY_FILE = "master.key"  # in the data dir, 0600: the master key of encryption at rest
 ETCD_PORTS_FILE = "etcd-ports.json"  # in the data dir: etcd keeps the peer URLs it was created with
 # make up ARGS="--ha": no process is the only one of its kind (storage nodes are three anyway).
@@ -229,7 +229,7 @@ class LocalMesh:
         else:
             self.provider_ports = None
         for i in range(1, self.metadata_services + 1):
-            self._add_service("metadata", f"metadata-{i}")
+            self._add_service("metadata", f"metadata-{i}", "--admin-key-file", str(self.admin_key_path))
         for i in range(1, self.storage_nodes + 1):
             self._add_service("storage", f"storage-{i}", "--data-dir", str(self.data_dir / f"storage-{i}"))
         for i in range(1, self.senders + 1):
@@ -328,6 +328,8 @@ class LocalMesh:
         register_local_mesh(self.frontend_addrs, self.data_dir, plaintext=not self.tls)
         if sealing.create_key_file(self.master_key_file):  # the first start; a restart keeps it
             progress(f"master key for encryption at rest created: {self.master_key_file}")
+        if admin_key.create(self.admin_key_path):  # registered by the metadata services as they start
+            progress(f"admin API key created: {self.admin_key_path}")
         for name in self.etcd_names():
             self.processes[name].start()
         for name in self.etcd_names():
@@ -347,7 +349,7 @@ class LocalMesh:
                                                   for name in self.service_names()))
         if self.provider_ports:
             progress(self._set_local_providers(members))
-        progress(self._bootstrap_admin_key(members))
+        progress(self._check_admin_key(members))
         self.wait_notifications_ready()
         progress("notifications ready: the table, the notify topic and every channel's topics have leaders")
 
@@ -398,23 +400,17 @@ class LocalMesh:
     def admin_key_path(self) -> Path:
         return self.data_dir / ADMIN_KEY_FILE
 
-    def _bootstrap_admin_key(self, members: dict[str, str]) -> str:
-        """On first start, an admin API key (Metadata.CreateApiKey) saved 0600 in the data
-        dir, which clients of this mesh find (registered by start: notifymesh.credentials)."""
+    def _check_admin_key(self, members: dict[str, str]) -> str:
+        """The admin key start made (kept 0600 in the data dir, registered by the metadata
+        services from --admin-key-file, as in Kubernetes) is live; clients of this mesh
+        find it (registered by start: notifymesh.credentials)."""
         path = self.admin_key_path
+        key_id = path.read_text().strip().split("_")[1]
         metadata = next(addr for name, addr in members.items() if name.startswith("metadata-"))
         with self.channel(metadata) as channel:
-            stub = metadata_pb2_grpc.MetadataStub(channel)
-            saved = path.read_text().strip().split("_")[1:2] if path.exists() else []
-            live = {k.key_id for k in stub.ListApiKeys(auth_pb2.ListApiKeysRequest(), timeout=10).keys
-                    if not k.HasField("revoke_time")}
-            if not saved or saved[0] not in live:  # first start, or etcd's data was made anew
-                made = stub.CreateApiKey(auth_pb2.CreateApiKeyRequest(
-                    name="bootstrap-admin", grants=auth_pb2.Grants(role="admin")), timeout=10)
-                path.unlink(missing_ok=True)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(made.secret_key + "\n")
+            keys = metadata_pb2_grpc.MetadataStub(channel).ListApiKeys(auth_pb2.ListApiKeysRequest(), timeout=10).keys
+        if not any(k.key_id == key_id and not k.HasField("revoke_time") for k in keys):
+            return f"admin key {path} is revoked: delete the file and restart for a new one"
         return f"admin key {path} (found by the CLI and clients of {self.frontend_target})"
 
     def auth_metadata(self) -> tuple[tuple[str, str], ...]:

@@ -28,6 +28,7 @@ COMMON_NAME = re.compile(r"^[\x21-\x7e]{1,64}$")
 MAX_TTL_S = 10 * 365 * 24 * 3600
 LIMIT_FIELDS = ("publish_messages_per_s", "publish_bytes_per_s", "admin_calls_per_s", "max_streams")
 MAX_LIMIT = 1e12
+BOOTSTRAP_KEY_NAME = "bootstrap-admin"
 
 
 def grants_of(grants: auth_pb2.Grants) -> dict:
@@ -88,6 +89,26 @@ class KeyStore:
             raise errors.Aborted("key id collision; create it again")
         log.info("api key created", extra=fields(key_id=key_id, name=request.name, role=record.role))
         return auth_pb2.CreateApiKeyResponse(key=key_proto(record), secret_key=full)
+
+    async def ensure_bootstrap(self, key: str) -> bool:
+        """Registers key (nm_<key id>_<secret>, made outside: deploy/admin_key.py) as the
+        admin key "bootstrap-admin" unless its key id is in etcd already, revoked or not
+        (a revoked one stays revoked: put a new key in the file); whether it did.
+        Several metadata services may race here at start: one transaction wins."""
+        try:
+            key_id, secret = principal_mod.parse_key(key)
+        except errors.Unauthenticated:
+            raise ValueError("the admin key file does not hold an API key (nm_<12 hex digits>_<43 characters>; "
+                             "python -m deploy.admin_key FILE makes one)") from None
+        salt = secrets.token_bytes(principal_mod.SALT_BYTES)
+        record = KeyRecord(key_id, BOOTSTRAP_KEY_NAME, salt=salt.hex(),
+                           hash=principal_mod.hash_secret(salt, secret).hex(), created_ms=now_ms(), role="admin")
+        entry = API_KEYS + key_id.encode()
+        made, _ = await self._etcd.transaction(compare=[self._txn.create(entry) == 0],
+                                               success=[self._txn.put(entry, record.encode())], failure=[])
+        if made:
+            log.info("bootstrap admin key registered", extra=fields(key_id=key_id))
+        return made
 
     async def _record(self, key_id: str) -> tuple[KeyRecord, int]:
         if not re.fullmatch(r"[0-9a-f]{12}", key_id):

@@ -161,8 +161,11 @@ class MetadataService:
                                             NodeDrains(ctx.cluster, EtcdDrainStore(ctx.cluster.etcd))))]
         self._bootstrap: asyncio.Task | None = None
         self._cluster, self._replication_factor = ctx.cluster, ctx.config.default_replication_factor
+        self._keys, self._admin_key_file = KeyStore(ctx.cluster.etcd), ctx.args.admin_key_file
 
     async def start(self) -> None:
+        if self._admin_key_file is not None:  # before serving: a client given the key finds it registered
+            await self._keys.ensure_bootstrap(self._admin_key_file.read_text().strip())
         self._bootstrap = asyncio.create_task(bootstrap(
             self._store, lambda: len(self._cluster.rings["storage"].nodes), self._replication_factor))
 

@@ -198,3 +198,40 @@ async def test_the_probe_says_serving_only_for_a_serving_service():
 async def _probe(addr: str) -> int:
     import asyncio
     return await asyncio.to_thread(healthcheck.main, [addr, "--timeout", "1"])
+
+
+def test_every_file_a_container_is_given_comes_from_a_secret_the_operations_guide_creates():
+    """--master-key-file, --admin-key-file: the file is in a mounted Secret, made by the
+    `kubectl create secret generic NAME --from-file=FILE` docs/operations.md gives."""
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    created = dict(re.findall(r"kubectl create secret generic (\S+) --from-file=(\S+)", guide))
+    given = set()
+    for workload in workloads():
+        spec = workload["spec"]["template"]["spec"]
+        secrets = {v["name"]: v["secret"]["secretName"] for v in spec.get("volumes", []) if "secret" in v}
+        for container in spec["containers"]:
+            if container["image"] != "notifymesh":
+                continue
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            for arg in container["args"][1:]:
+                flag, _, path = arg.partition("=")
+                if not flag.endswith("-file"):
+                    continue
+                directory, _, name = path.rpartition("/")
+                secret = secrets.get(mounts.get(directory, ""))
+                assert secret is not None, (workload["metadata"]["name"], arg, "not in a mounted Secret")
+                assert created.get(secret) == name, (secret, name, "docs/operations.md does not make it")
+                given.add((flag, workload["metadata"]["name"]))
+    assert ("--admin-key-file", "metadata") in given, "the metadata service registers the bootstrap admin key"
+    assert {w for f, w in given if f == "--master-key-file"} == {w["metadata"]["name"] for w in workloads()
+                                                                 if w["metadata"]["name"] != "etcd"}
+
+
+def test_the_admin_key_tool_makes_a_private_key_once(tmp_path):
+    from deploy import admin_key
+    from notifymesh.server import principal
+    path = tmp_path / "admin.key"
+    assert admin_key.create(path) and (path.stat().st_mode & 0o777) == 0o600
+    key = path.read_text().strip()
+    principal.parse_key(key)
+    assert not admin_key.create(path) and path.read_text().strip() == key, "kept"
