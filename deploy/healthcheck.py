@@ -11,18 +11,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from notifymesh.server.tls import TlsFiles, internal_options
-
-
-def channel(addr: str, files: TlsFiles | None) -> grpc.Channel:
-    if files is None:
-        return grpc.insecure_channel(addr)
-    ca, cert, key = files.read()
-    return grpc.secure_channel(addr, grpc.ssl_channel_credentials(ca, key, cert), options=internal_options())
+from notifymesh.server.tls import TlsFiles, client_channel
 
 
 def serving(addr: str, timeout_s: float, files: TlsFiles | None = None) -> bool:
-    with channel(addr, files) as ch:
+    with client_channel(addr, files) as ch:
         try:
             answer = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
         except grpc.RpcError:

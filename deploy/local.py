@@ -26,7 +26,7 @@ from gen.notifymesh.v1 import auth_pb2, cluster_pb2, cluster_pb2_grpc, notify_pb
 from notifymesh.credentials import CLIENT_NAME, TLS_DIR, register_local_mesh
 from notifymesh.server import internal_topics, sealing
 from notifymesh.server.config import LOOPBACK_NETWORKS, Config
-from notifymesh.server.tls import ChannelCredentials, TlsFiles, internal_options
+from notifymesh.server.tls import ChannelCredentials, TlsFiles, client_channel
 
 STOP_TIMEOUT_S = 15
 START_TIMEOUT_S = 60
@@ -262,10 +262,7 @@ class LocalMesh:
 
     def channel(self, addr: str) -> grpc.Channel:
         """A blocking channel to any process of the mesh, with the CLI's certificate."""
-        if not self.tls:
-            return grpc.insecure_channel(addr)
-        ca, cert, key = (path.read_bytes() for path in TlsFiles(self.tls_dir, CLIENT_NAME).paths)
-        return grpc.secure_channel(addr, grpc.ssl_channel_credentials(ca, key, cert), options=internal_options())
+        return client_channel(addr, TlsFiles(self.tls_dir, CLIENT_NAME) if self.tls else None)
 
     def _default_etcd_ports(self) -> list[tuple[int, int]]:
         """The ports recorded in the data dir, else the old fixed ones for an etcd made

@@ -18,7 +18,7 @@ from notifymesh.client import Client
 from notifymesh.credentials import CA_FILE, CLIENT_NAME, TLS_DIR
 from notifymesh.server import sealing
 from notifymesh.server.cluster import connect_etcd
-from notifymesh.server.tls import internal_options
+from notifymesh.server.tls import TlsFiles, client_channel
 
 
 def new_mesh(path, etcd_members: int = 1, frontends: int = 1, **kwargs) -> LocalMesh:
@@ -127,11 +127,8 @@ def aio_channel(data_dir: Path, addr: str, interceptors=None) -> grpc.aio.Channe
     """A channel for raw calls to any process of the mesh in data_dir, with its CLI
     certificate (plaintext when the mesh runs without TLS)."""
     tls = Path(data_dir) / TLS_DIR
-    if not (tls / CA_FILE).exists():
-        return grpc.aio.insecure_channel(addr, interceptors=interceptors)
-    ca, cert, key = ((tls / name).read_bytes() for name in (CA_FILE, f"{CLIENT_NAME}.pem", f"{CLIENT_NAME}.key"))
-    return grpc.aio.secure_channel(addr, grpc.ssl_channel_credentials(ca, key, cert), options=internal_options(),
-                                   interceptors=interceptors)
+    files = TlsFiles(tls, CLIENT_NAME) if (tls / CA_FILE).exists() else None
+    return client_channel(addr, files, aio=True, interceptors=interceptors)
 
 
 def unique(prefix: str) -> str:

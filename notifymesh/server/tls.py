@@ -122,3 +122,17 @@ class ChannelCredentials:
 def internal_options() -> list[tuple[str, object]]:
     """Channel options of a service's channels to the others (see INTERNAL_NAME)."""
     return [("grpc.ssl_target_name_override", INTERNAL_NAME)]
+
+
+def client_channel(addr: str, files: TlsFiles | None, aio: bool = False, interceptors=None):
+    """A channel to any process of the mesh that presents files' certificate, trusts
+    their CA and checks the peer for INTERNAL_NAME (what every internal port asks);
+    plaintext when files is None. aio: a grpc.aio channel (with interceptors, if
+    any); otherwise a blocking one. For tools and tests: a service's own channels
+    follow rotations (ChannelCredentials)."""
+    if files is None:
+        return grpc.aio.insecure_channel(addr, interceptors=interceptors) if aio else grpc.insecure_channel(addr)
+    credentials = grpc.ssl_channel_credentials(*ChannelCredentials._ordered(files.read()))
+    if aio:
+        return grpc.aio.secure_channel(addr, credentials, options=internal_options(), interceptors=interceptors)
+    return grpc.secure_channel(addr, credentials, options=internal_options())
