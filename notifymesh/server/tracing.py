@@ -188,6 +188,54 @@ def publish_span(grpc_context, topic: str, count: int):
         yield span
 
 
+@contextmanager
+def notify_span(grpc_context, template: str):
+    """Frontend Notify: as publish_span; the job it publishes is stamped (Gateway.publish)."""
+    if not _enabled:
+        yield None
+        return
+    with tracer().start_as_current_span(
+            "notifymesh.notify", context=_parent(incoming(grpc_context.invocation_metadata())),
+            kind=SpanKind.SERVER, attributes={"notifymesh.template": template}) as span:
+        yield span
+
+
+@contextmanager
+def handle_span(subscription: str, received: pubsub_pb2.ReceivedMessage):
+    """A pipeline worker's handling of a traced message of an internal subscription
+    (the fan-out's, a channel's): the current span while it runs, a child of the
+    sender's pull; the reserved attributes are removed from the message."""
+    attributes = received.message.attributes
+    context = context_of(attributes) if _enabled and TRACEPARENT in attributes else None
+    if context is None:
+        yield None
+        return
+    hide(attributes)
+    with tracer().start_as_current_span(
+            f"notifymesh.handle {subscription}", context=_parent(context), kind=SpanKind.CONSUMER,
+            attributes={"messaging.destination.subscription.name": subscription,
+                        "messaging.message.id": received.message.message_id,
+                        "notifymesh.delivery.attempt": received.delivery_attempt}) as span:
+        yield span
+
+
+@contextmanager
+def child_span(name: str, **attributes):
+    """A step of the current traced work (a fan-out page, a render, a provider
+    call); nothing when the current span is not recorded."""
+    if not _enabled or not trace.get_current_span().is_recording():
+        yield None
+        return
+    with tracer().start_as_current_span(name, attributes=attributes) as span:
+        yield span
+
+
+def current_trace_id() -> str:
+    """The current span's trace id when it is sampled, else ""."""
+    context = trace.get_current_span().get_span_context()
+    return f"{context.trace_id:032x}" if _enabled and context.trace_flags.sampled else ""
+
+
 def stamp_current(messages) -> None:
     """Stamps the current span's context into each message, if it is sampled (after
     the messages were checked: the reserved attributes are not the client's)."""

@@ -15,6 +15,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from deploy.local import tracing_args
 from helpers import Receiver, cli, new_mesh, unique
+from gen.notifymesh.v1 import notify_pb2
 from notifymesh.client import Client, Message
 
 pytestmark = pytest.mark.timeout(240)
@@ -147,3 +148,50 @@ async def test_one_publish_is_one_trace_through_storage_sender_and_both_deliveri
         assert all(s.parent in by_id for s in spans if s is not publish)  # one tree
     finally:
         receiver.close()
+
+
+async def test_a_notify_is_one_trace_of_fan_out_renders_and_provider_calls(traced_mesh, collector):
+    template, category = unique("traced-invoice"), unique("traced-billing")
+    people = [unique("traced-p") for _ in range(2)]
+    async with Client(traced_mesh.frontend_addr) as client:
+        await client.create_template(notify_pb2.Template(name=template, contents=[
+            notify_pb2.TemplateContent(channel=notify_pb2.EMAIL, subject="Invoice {{ data.invoice }}",
+                                       text="Hello {{ recipient.id }}")]))
+        await client.create_category(category)
+        await client.upsert_recipients([notify_pb2.Recipient(id=rid, email=f"{rid}@example.com") for rid in people])
+        nid = await client.notify(template, category, people, data={"invoice": 3})
+        deadline = time.monotonic() + 60
+        while True:
+            notification = await client.get_notification(nid)
+            if len(notification.sends) == 2 and all(s.state == notify_pb2.SEND_SENT for s in notification.sends):
+                break
+            assert time.monotonic() < deadline, notification
+            await asyncio.sleep(0.2)
+    status = cli(traced_mesh, "notification", "status", nid)
+    assert status.returncode == 0, status.stderr
+    trace_id = json.loads(status.stdout.splitlines()[0])["trace_id"]
+    assert trace_id == notification.trace_id and len(trace_id) == 32
+
+    spans = await spans_of(collector, trace_id,
+                           lambda spans: sum(s.name == "notifymesh.provider.send" for s in spans) >= 2)
+    by_id = {s.span_id: s for s in spans}
+
+    def ancestors(span: Span) -> list[str]:
+        names = []
+        while span.parent:
+            span = by_id[span.parent]  # a missing parent: not one tree
+            names.append(span.name)
+        return names
+    notify = one(spans, "notifymesh.notify")
+    assert notify.service == "notifymesh-frontend" and notify.parent == ""
+    page = one(spans, "notifymesh.fanout.page")
+    assert page.service == "notifymesh-sender" and ancestors(page)[-1] == "notifymesh.notify"
+    for rid in people:
+        send = one(spans, "notifymesh.provider.send", **{"notifymesh.recipient": rid})
+        chain = ancestors(send)
+        # the send's handling is a child of the channel task's pull, whose append is the page's child
+        assert chain[0].startswith("notifymesh.handle ") and "notifymesh.fanout.page" in chain
+        assert chain[-1] == "notifymesh.notify"
+        assert send.attributes["notifymesh.outcome"] == "sent"
+        renders = [s for s in spans if s.name == "notifymesh.render" and s.parent == send.parent]
+        assert len(renders) == 1
