@@ -206,11 +206,14 @@ def handle_span(subscription: str, received: pubsub_pb2.ReceivedMessage):
     (the fan-out's, a channel's): the current span while it runs, a child of the
     sender's pull; the reserved attributes are removed from the message."""
     attributes = received.message.attributes
-    context = context_of(attributes) if _enabled and TRACEPARENT in attributes else None
-    if context is None:
+    if TRACEPARENT not in attributes:
         yield None
         return
-    hide(attributes)
+    context = context_of(attributes)
+    hide(attributes)  # also with tracing off here: a message stamped elsewhere, or before
+    if context is None or not _enabled:
+        yield None
+        return
     with tracer().start_as_current_span(
             f"notifymesh.handle {subscription}", context=_parent(context), kind=SpanKind.CONSUMER,
             attributes={"messaging.destination.subscription.name": subscription,
@@ -325,11 +328,11 @@ def push_span(subscription: str, received: pubsub_pb2.ReceivedMessage):
     """A push attempt of a traced message (a child of the sender's pull, whose
     context hand-out left in it), with the reserved attributes removed; None when
     untraced. Ended by end_push_span."""
-    if not _enabled or TRACEPARENT not in received.message.attributes:
+    if TRACEPARENT not in received.message.attributes:
         return None
     context = context_of(received.message.attributes)
-    hide(received.message.attributes)
-    if context is None:
+    hide(received.message.attributes)  # also with tracing off here: a message stamped elsewhere, or before
+    if context is None or not _enabled:
         return None
     span = deliver_span(subscription, received, context, "push")
     return span if span.get_span_context().trace_flags.sampled else None
@@ -355,8 +358,6 @@ def received_for(raws: list[bytes], subscription: str, mode: str, keep_context: 
     context. mode "push": the pull span only, its context kept for the push worker
     (which makes the delivery span and hides the attributes). delivered: where each traced delivery's context is kept by ack id
     (the caller bounds it). Untraced messages pass as they are."""
-    if not _enabled:
-        return raws
     out = raws
     for index, raw in enumerate(raws):
         if MARK not in raw:
@@ -364,6 +365,12 @@ def received_for(raws: list[bytes], subscription: str, mode: str, keep_context: 
         received = pubsub_pb2.ReceivedMessage.FromString(raw)
         context = context_of(received.message.attributes)
         if context is None:  # the mark was in the data
+            continue
+        if not _enabled:  # stamped elsewhere, or before tracing was turned off here: hidden all the same
+            if mode != "push":
+                hide(received.message.attributes)
+                out = list(out) if out is raws else out
+                out[index] = received.SerializeToString()
             continue
         pull = pulled_span(subscription, received, context, mode)
         if mode == "push":  # the push worker's delivery span covers its request: a child of the pull
