@@ -47,6 +47,7 @@ MAX_TRACESTATE_BYTES = 512  # W3C: at most 32 members; a longer one is not store
 
 _provider: TracerProvider | None = None
 _enabled = False
+_tracer: trace.Tracer | None = None
 
 
 class Settings(NamedTuple):
@@ -103,7 +104,10 @@ def enabled() -> bool:
 
 
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(TRACER_NAME, telemetry.version())
+    global _tracer
+    if _tracer is None:  # once: the version is read from the installed package's metadata (a file lookup)
+        _tracer = trace.get_tracer(TRACER_NAME, telemetry.version())
+    return _tracer
 
 
 # -- the context in the message: encode and parse, here only ---------------------
