@@ -29,6 +29,7 @@ from bench.procfs import cpu_s
 from deploy.local import LocalMesh, free_frontend_port, free_port, tracing_args
 
 MODES = (("off", 0.0), ("1%", 0.01), ("100%", 1.0))
+START_TRIES = 3
 
 
 class SpanSink(trace_service_pb2_grpc.TraceServiceServicer):
@@ -53,14 +54,34 @@ def _kind(name: str) -> str:
     return name.rsplit("-", 1)[0]
 
 
+def started_mesh(ratio: float, sink: SpanSink) -> tuple[LocalMesh, str]:
+    """A fresh mesh on free ports; started again on new ones (up to START_TRIES) when
+    a port chosen free was taken meanwhile (other processes on a shared machine)."""
+    attempt = 0
+    while True:
+        attempt += 1
+        tmp = tempfile.mkdtemp(prefix="tracing-bench-")
+        mesh = LocalMesh(Path(tmp), frontend_port=free_frontend_port(), etcd_ports=[(free_port(), free_port())],
+                         provider_ports=(free_port(), free_port(), free_port()), local_providers=False,
+                         tracing=tracing_args(ratio, f"127.0.0.1:{sink.port}"))
+        try:
+            mesh.start(lambda text: None)
+            return mesh, tmp
+        except (RuntimeError, TimeoutError) as e:
+            mesh.stop()
+            if attempt == START_TRIES:
+                raise
+            progress("tracing", f"mesh did not start ({e}); again on other ports")
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def one_run(mode: str, ratio: float, round_: int, messages: int, sink: SpanSink) -> dict:
-    tmp = tempfile.mkdtemp(prefix="tracing-bench-")
-    mesh = LocalMesh(Path(tmp), frontend_port=free_frontend_port(), etcd_ports=[(free_port(), free_port())],
-                     provider_ports=(free_port(), free_port(), free_port()), local_providers=False,
-                     tracing=tracing_args(ratio, f"127.0.0.1:{sink.port}"))
     line = header("tracing", mode=mode, ratio=ratio, round=round_, messages=messages)
     try:
-        mesh.start(lambda text: None)
+        mesh, tmp = started_mesh(ratio, sink)
+    except (RuntimeError, TimeoutError) as e:
+        return line | {"error": repr(e)}
+    try:
         pids = {name: p.popen.pid for name, p in mesh.processes.items()
                 if p.popen is not None and _kind(name) in ("frontend", "storage", "sender")}
         spans_before, cpu_before = sink.spans, {name: cpu_s(pid) for name, pid in pids.items()}

@@ -260,7 +260,9 @@ def append_span(shard: str, messages):
     message's context, linked to the other traces' (at most MAX_LINKS). The messages
     of the parent's trace are stamped with the append's context, so their
     replication and deliveries are its children."""
-    sampled = [] if not _enabled else [(m, c) for m in messages if (c := context_of(m.attributes)) is not None]
+    # `in` first: a third of a get's cost on a message without the attribute (the usual one)
+    sampled = [] if not _enabled else [(m, c) for m in messages
+                                       if TRACEPARENT in m.attributes and (c := context_of(m.attributes)) is not None]
     if not sampled:
         yield None
         return

@@ -112,6 +112,8 @@ async def test_one_publish_is_one_trace_through_storage_sender_and_both_deliveri
         assert status.returncode == 0, status.stderr
         trace_id = json.loads(status.stdout)["trace_id"]
         assert len(trace_id) == 32 and int(trace_id, 16)
+        table = cli(traced_mesh, "--output", "table", "message", "status", message_id).stdout.decode()
+        assert "TRACE_ID" in table and trace_id in table
 
         # Subscribers see no trace context unless they ask; the push endpoint gets
         # its attempt's context as the traceparent header.
@@ -171,6 +173,8 @@ async def test_a_notify_is_one_trace_of_fan_out_renders_and_provider_calls(trace
     assert status.returncode == 0, status.stderr
     trace_id = json.loads(status.stdout.splitlines()[0])["trace_id"]
     assert trace_id == notification.trace_id and len(trace_id) == 32
+    table = cli(traced_mesh, "--output", "table", "notification", "status", nid).stdout.decode()
+    assert f"trace_id: {trace_id}" in table
 
     spans = await spans_of(collector, trace_id,
                            lambda spans: sum(s.name == "notifymesh.provider.send" for s in spans) >= 2)
