@@ -364,6 +364,8 @@ def received_for(raws: list[bytes], subscription: str, mode: str, keep_context: 
     context. mode "push": the pull span only, its context kept for the push worker
     (which makes the delivery span and hides the attributes). delivered: where each traced delivery's context is kept by ack id
     (the caller bounds it). Untraced messages pass as they are."""
+    if not any(MARK in raw for raw in raws):  # the usual batch: nothing traced in it
+        return raws
     out = raws
     for index, raw in enumerate(raws):
         if MARK not in raw:
