@@ -270,6 +270,8 @@ class Gateway:
         listed = [[(to_ms(dead.dead_letter_time), p, seq, dead) for seq, dead in zip(reply.seqs, reply.dead_letters)]
                   for p, reply in enumerate(replies)]
         page = list(itertools.islice(heapq.merge(*listed), size))
+        for *_, dead in page:  # as subscribers see messages: without the trace context
+            tracing.hide(dead.message.attributes)
         after = dict(position.after)
         for _, p, seq, _ in page:
             after[p] = seq
