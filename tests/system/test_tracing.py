@@ -90,11 +90,13 @@ def one(spans: list[Span], name: str, **attributes) -> Span:
 async def test_one_publish_is_one_trace_through_storage_sender_and_both_deliveries(traced_mesh, collector):
     receiver = Receiver()
     try:
-        topic, pushed, streamed = unique("traced"), unique("traced-push"), unique("traced-stream")
+        topic, pushed, streamed, pulled = (unique("traced"), unique("traced-push"), unique("traced-stream"),
+                                           unique("traced-pull"))
         async with Client(traced_mesh.frontend_addr) as client:
             await client.create_topic(topic, replication_factor=3)
             await client.create_subscription(pushed, topic, push_endpoint=receiver.url)
             await client.create_subscription(streamed, topic)
+            await client.create_subscription(pulled, topic)
             [message_id] = await client.publish(topic, [Message(b"traced order", {"kind": "order"})])
             got = []
 
@@ -104,6 +106,7 @@ async def test_one_publish_is_one_trace_through_storage_sender_and_both_deliveri
                     await client.acknowledge(streamed, [m.ack_id for m in frame])
                     return
             await asyncio.wait_for(stream(), 30)
+            [asked] = await client.pull(pulled, wait_s=20, trace_context=True)  # a subscriber that asks
         deadline = time.monotonic() + 30
         while not receiver.requests and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
@@ -124,7 +127,7 @@ async def test_one_publish_is_one_trace_through_storage_sender_and_both_deliveri
 
         def complete(spans):
             return sum(s.name.startswith("notifymesh.ack") for s in spans) >= 2 and \
-                any(s.name == "notifymesh.storage.replicate" for s in spans)
+                {"notifymesh.storage.replicate", "notifymesh.deliver.pull"} <= {s.name for s in spans}
         spans = await spans_of(collector, trace_id, complete)
         by_id = {s.span_id: s for s in spans}
         publish = one(spans, "notifymesh.publish")
@@ -147,6 +150,9 @@ async def test_one_publish_is_one_trace_through_storage_sender_and_both_deliveri
             if mode == "push":
                 parent = headers["traceparent"].split("-")
                 assert parent[:3] == ["00", trace_id, deliver.span_id] and int(parent[3], 16) & 1  # sampled
+        # the one that asked has its delivery's context, for its own spans to continue
+        deliver = one(spans, "notifymesh.deliver.pull", **{"messaging.destination.subscription.name": pulled})
+        assert asked.message.attributes["notifymesh.traceparent"].split("-")[1:3] == [trace_id, deliver.span_id]
         assert all(s.parent in by_id for s in spans if s is not publish)  # one tree
     finally:
         receiver.close()
