@@ -142,6 +142,12 @@ class Process:
             self.popen.wait()
 
 
+def tracing_args(ratio: float | None = None, otlp_endpoint: str | None = None) -> tuple[str, ...]:
+    """LocalMesh.tracing of a sample ratio and collector (None: the services' defaults)."""
+    return (*(("--trace-sample-ratio", str(ratio)) if ratio is not None else ()),
+            *(("--otlp-endpoint", otlp_endpoint) if otlp_endpoint else ()))
+
+
 @dataclass
 class LocalMesh:
     data_dir: Path
@@ -166,6 +172,8 @@ class LocalMesh:
     # Mutual TLS between every process and on the public port, from the local CA
     # under data_dir/tls (deploy/pki.py); False: plaintext, for a TLS-off comparison.
     tls: bool = True
+    # Flags of every service's tracing (tracing_args): --trace-sample-ratio, --otlp-endpoint.
+    tracing: tuple[str, ...] = ()
 
     @property
     def etcd_endpoint(self) -> str:
@@ -293,7 +301,7 @@ class LocalMesh:
             listen, advertise = self.network.listen(node_id)
         argv = [sys.executable, "-m", kind, "--node-id", node_id, "--etcd", self.etcd_endpoint,
                 "--listen", listen, *(["--advertise", advertise] if advertise else []),
-                "--master-key-file", str(self.master_key_file), *extra,
+                "--master-key-file", str(self.master_key_file), *extra, *self.tracing,
                 *(["--tls-dir", str(self.tls_dir)] if self.tls else ["--plaintext"])]
         if self.config_file:
             argv += ["--config", str(self.config_file)]

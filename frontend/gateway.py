@@ -22,7 +22,7 @@ from notifymesh.batching import Coalescer
 from notifymesh.clock import to_ms
 from notifymesh.contracts import AckId, DeadLetterPageToken, MessageId, topic_hash
 from notifymesh.log import fields
-from notifymesh.server import validation
+from notifymesh.server import tracing, validation
 from notifymesh.server.clients import MetadataClient, SenderClient, StorageClient
 from notifymesh.server.cluster import Cluster
 from notifymesh.server.config import Config
@@ -117,11 +117,12 @@ class Gateway:
         for index, message in enumerate(messages):
             validation.message(index, message, self._config)
         record = await self._cluster.topic(topic)  # NOT_FOUND before any storage work
+        tracing.stamp_current(messages)
         return await self._appender.publish(record, messages)
 
     # -- delivery ---------------------------------------------------------------
 
-    async def subscribe(self, name: str, max_outstanding: int):
+    async def subscribe(self, name: str, max_outstanding: int, trace_context: bool = False):
         """Relays the stream of the sender that owns the subscription; when that sender
         goes away, reconnects to the new owner without ending the client's stream.
         Frames are relayed as the sender serialized them (bytes), never decoded here.
@@ -131,7 +132,8 @@ class Gateway:
         if max_outstanding < 0:
             raise errors.InvalidArgument("max_outstanding_messages must not be negative")
         record = await self._cluster.subscription(name)
-        request = pubsub_pb2.SubscribeRequest(subscription=name, max_outstanding_messages=max_outstanding)
+        request = pubsub_pb2.SubscribeRequest(subscription=name, max_outstanding_messages=max_outstanding,
+                                              trace_context=trace_context)
         partitions = self._partition_count(record.topic)
         if partitions == 1:
             frames = self._relay(request, lambda: self._senders.owner_addr(name))
@@ -268,6 +270,8 @@ class Gateway:
         listed = [[(to_ms(dead.dead_letter_time), p, seq, dead) for seq, dead in zip(reply.seqs, reply.dead_letters)]
                   for p, reply in enumerate(replies)]
         page = list(itertools.islice(heapq.merge(*listed), size))
+        for *_, dead in page:  # as subscribers see messages: without the trace context
+            tracing.hide(dead.message.attributes)
         after = dict(position.after)
         for _, p, seq, _ in page:
             after[p] = seq
@@ -312,9 +316,9 @@ class Gateway:
         for topic in [t for t, record in self._cluster.topics.items.items()
                       if topic_hash(t) == parsed.topic_hash and partition < max(1, record.partition_count)]:
             try:
-                return await self._storage.call("GetMessageStatus", topic, partition,
-                                                storage_pb2.StorageGetMessageStatusRequest(
-                                                    topic=topic, partition=partition, message_id=message_id))
+                return tracing.status_with_trace_id(await self._storage.call(
+                    "GetMessageStatus", topic, partition,
+                    storage_pb2.StorageGetMessageStatusRequest(topic=topic, partition=partition, message_id=message_id)))
             except grpc.aio.AioRpcError as e:
                 if e.code() != grpc.StatusCode.NOT_FOUND:
                     raise

@@ -27,7 +27,7 @@ from gen.notifymesh.v1 import notify_pb2, notify_pb2_grpc, pubsub_pb2
 from notifymesh import errors
 from notifymesh.clock import now_ms, to_ms
 from notifymesh.log import fields
-from notifymesh.server import devices, egress, internal_topics, rows, validation
+from notifymesh.server import devices, egress, internal_topics, rows, tracing, validation
 
 log = logging.getLogger(__name__)
 
@@ -519,7 +519,7 @@ class Notifications:
         notification = notify_pb2.Notification(
             id=notification_id, template=job.request.template, template_version=job.template_version,
             category=job.request.category, priority=job.request.priority,
-            recipient_count=len(job.request.recipients), audience=job.request.audience)
+            recipient_count=len(job.request.recipients), audience=job.request.audience, trace_id=status.trace_id)
         notification.create_time.FromMilliseconds(job.accepted_ms)
         return notification
 
@@ -621,7 +621,8 @@ class NotificationsServicer(notify_pb2_grpc.NotificationsServicer):
         return await self._n.provider_status(request)
 
     async def Notify(self, request, context):
-        return await self._n.notify(request)
+        with tracing.notify_span(context, request.template):
+            return await self._n.notify(request)
 
     async def GetNotification(self, request, context):
         return await self._n.get_notification(request)

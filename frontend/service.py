@@ -15,7 +15,7 @@ from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, notify_pb2, notify_
 from gen.notifymesh.v1 import auth_pb2, auth_pb2_grpc, events_pb2, events_pb2_grpc
 from notifymesh import errors
 from notifymesh.contracts import API_KEYS, CERT_PRINCIPALS
-from notifymesh.server import egress, templating, tracking, unsubscribe, validation
+from notifymesh.server import egress, templating, tracing, tracking, unsubscribe, validation
 from notifymesh.server.clients import StorageClient
 from notifymesh.server.cluster import PrefixMirror
 from notifymesh.server.principal import KeyRecord
@@ -48,7 +48,8 @@ class PublisherServicer(pubsub_pb2_grpc.PublisherServicer):
 
     async def Publish(self, request, context):
         validation.not_reserved("topic", request.topic)
-        ids = await self._gateway.publish(request.topic, request.messages)
+        with tracing.publish_span(context, request.topic, len(request.messages)):
+            ids = await self._gateway.publish(request.topic, request.messages)
         return pubsub_pb2.PublishResponse(message_ids=ids)
 
     async def GetMessageStatus(self, request, context):
@@ -88,7 +89,8 @@ class SubscriberServicer(pubsub_pb2_grpc.SubscriberServicer):
 
     async def Subscribe(self, request, context):
         validation.not_reserved("subscription", request.subscription)
-        async for frame in self._gateway.subscribe(request.subscription, request.max_outstanding_messages):
+        async for frame in self._gateway.subscribe(request.subscription, request.max_outstanding_messages,
+                                                   request.trace_context):
             yield frame
 
     async def Acknowledge(self, request, context):

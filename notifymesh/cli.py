@@ -214,7 +214,7 @@ def _status_record(status) -> dict:
                                  **({"error": a.error} if a.error else {})} for a in d.attempts]}
                   for d in status.deliveries]
     return {"topic": status.topic, "partition": status.partition, "message": _message_fields(status.message),
-            "deliveries": deliveries}
+            "trace_id": status.trace_id, "deliveries": deliveries}
 
 
 def _delivery_fields(stats) -> dict:
@@ -621,7 +621,8 @@ def _up(args) -> int:
     if args.ha:  # at least two of each kind (etcd: three, to keep a majority)
         counts = {kind: max(count, local.HA[kind]) for kind, count in counts.items()}
     mesh = local.LocalMesh(Path(args.data_dir), frontend_port=args.port, storage_nodes=args.storage_nodes,
-                           local_providers=args.local_providers, tls=not args.plaintext, **counts)
+                           local_providers=args.local_providers, tls=not args.plaintext, **counts,
+                           tracing=local.tracing_args(args.trace_sample_ratio, args.otlp_endpoint))
     stopping = False
 
     def request_stop(signum, frame):
@@ -822,6 +823,9 @@ def _add_server_side_commands(commands) -> None:
     up.add_argument("--plaintext", action="store_true",
                     help="no TLS anywhere (default: mutual TLS from a local CA under --data-dir/tls), for a "
                          "comparison or behind a proxy that ends TLS")
+    up.add_argument("--trace-sample-ratio", type=float,
+                    help="traces: share of publishes and notifications sampled, 0 to 1 (0: off; default 0.01)")
+    up.add_argument("--otlp-endpoint", help="traces: OTLP/gRPC collector host:port every service exports to")
 
     bench = commands.add_parser("bench", help="publish-to-deliver benchmark on a fresh topic (the peer harness's "
                                               "workload); one JSON line on stdout")

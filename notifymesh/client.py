@@ -321,21 +321,24 @@ class Client:
         request.update_mask.paths.append("redrive_rules")
         return await self._call(self._subscriber.UpdateSubscription, request)
 
-    async def pull(self, subscription: str, max_messages: int = 0,
-                   wait_s: float = 0) -> list[pubsub_pb2.ReceivedMessage]:
+    async def pull(self, subscription: str, max_messages: int = 0, wait_s: float = 0,
+                   trace_context: bool = False) -> list[pubsub_pb2.ReceivedMessage]:
         """Up to max_messages (0: the server's 100) messages ready now; with none ready,
-        waits up to wait_s (at most 30) for a first one. Ack them as Subscribe's."""
+        waits up to wait_s (at most 30) for a first one. Ack them as Subscribe's.
+        trace_context: traced messages keep notifymesh.traceparent (their delivery's span)."""
         request = pubsub_pb2.PullRequest(subscription=subscription, max_messages=max_messages,
-                                         wait=_duration(wait_s))
+                                         wait=_duration(wait_s), trace_context=trace_context)
         reply = await self._call(self._subscriber.Pull, request, max(0.0, wait_s))
         return list(reply.received_messages)
 
-    async def subscribe_frames(self, subscription: str, max_outstanding: int = 0,
-                               reconnect: bool = True) -> AsyncIterator[list[pubsub_pb2.ReceivedMessage]]:
+    async def subscribe_frames(self, subscription: str, max_outstanding: int = 0, reconnect: bool = True,
+                               trace_context: bool = False) -> AsyncIterator[list[pubsub_pb2.ReceivedMessage]]:
         """Yields each frame's messages as the server pushes them. With reconnect, a
         broken stream (UNAVAILABLE, or ended by a frontend shutting down) is opened
-        again; unacknowledged messages come back after their ack deadline."""
-        request = pubsub_pb2.SubscribeRequest(subscription=subscription, max_outstanding_messages=max_outstanding)
+        again; unacknowledged messages come back after their ack deadline.
+        trace_context: traced messages keep notifymesh.traceparent (their delivery's span)."""
+        request = pubsub_pb2.SubscribeRequest(subscription=subscription, max_outstanding_messages=max_outstanding,
+                                              trace_context=trace_context)
         async for messages in self._streamed(lambda: self._subscriber.Subscribe(request, metadata=self._metadata),
                                              lambda frame: list(frame.received_messages), reconnect):
             yield messages

@@ -134,7 +134,7 @@ def _header_record(n: notify_pb2.Notification) -> dict:
     return {"notification": n.id, "template": n.template, "template_version": n.template_version,
             "category": n.category, "priority": notify_pb2.Priority.Name(n.priority or notify_pb2.NORMAL).lower(),
             "create_time": n.create_time.ToJsonString(), "recipient_count": n.recipient_count,
-            **({"audience": n.audience} if n.audience else {})}
+            **({"audience": n.audience} if n.audience else {}), "trace_id": n.trace_id}
 
 
 def _event_fields(e) -> dict:

@@ -34,7 +34,7 @@ from notifymesh import errors
 from notifymesh.batching import Coalescer
 from notifymesh.clock import now_ms
 from notifymesh.log import fields
-from notifymesh.server import devices, rows, validation
+from notifymesh.server import devices, rows, tracing, validation
 from notifymesh.server.internal_topics import channel_name
 from notifymesh.server.notification_log import Event
 from sender.fanout import task_key
@@ -299,7 +299,12 @@ class ChannelSender:
         """The provider's answer, within its concurrency (high priority first)."""
         await self._slots.acquire(task.priority == notify_pb2.HIGH)
         try:
-            return await self._providers.send(message)
+            with tracing.child_span("notifymesh.provider.send", **{"notifymesh.recipient": task.recipient}) as span:
+                result = await self._providers.send(message)
+                if span is not None:
+                    span.set_attribute("notifymesh.provider", result.provider)
+                    span.set_attribute("notifymesh.outcome", "sent" if isinstance(result, Sent) else "failed")
+                return result
         finally:
             self._slots.release()
 
@@ -369,7 +374,8 @@ class ChannelSender:
         try:
             values = self._rendering.context(recipient, json.loads(task.data or "{}"), task.notification_id,
                                              task.category, unsubscribe_url)
-            rendered = self._rendering.render(template, channel, recipient.locale, values)
+            with tracing.child_span("notifymesh.render", **{"notifymesh.channel": name}):
+                rendered = self._rendering.render(template, channel, recipient.locale, values)
         except (errors.InvalidArgument, errors.FailedPrecondition) as e:  # this recipient's, for good
             event(notify_pb2.SEND_FAILED, reason=scrub(e.details, address))
             return ACK

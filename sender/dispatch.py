@@ -24,7 +24,7 @@ from notifymesh import errors
 from notifymesh.batching import Coalescer
 from notifymesh.contracts import ack_ids_by_partition, ack_ids_by_subscription
 from notifymesh.log import fields
-from notifymesh.server import rpc, telemetry
+from notifymesh.server import rpc, telemetry, tracing
 from notifymesh.server.clients import StorageClient
 from notifymesh.server.cluster import Cluster
 from notifymesh.server.config import Config
@@ -40,6 +40,7 @@ DELIVERED = telemetry.meter().create_counter(
 # or superseded by a deadline change) until they surface; past 2 x live + this, it is
 # rebuilt from the live ones: O(live) once per as many pushes, so O(1) amortized.
 EXPIRY_SLACK = 64
+MAX_TRACED = 10_000  # traced deliveries awaiting their answer's span, per subscription
 _END = "end"  # queued to a stream to end it; an exception queued ends it with that error
 
 
@@ -66,6 +67,7 @@ class Stream:
     outstanding: set[str] = field(default_factory=set)
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     subscriber: bool = False  # a client's Subscribe stream (else a consumer inside the sender: a push worker)
+    trace_context: bool = False  # the subscriber asked for traced messages' context (SubscribeRequest)
 
     def room(self) -> int:
         return self.max_outstanding - len(self.outstanding)
@@ -113,6 +115,8 @@ class SubscriptionDispatcher:
         self._expiry: list[tuple[float, str]] = []
         self.reserved = 0  # room asked for in pulls under way
         self._turn = itertools.count()
+        # ack id -> its traced delivery, for the ack's span; at most MAX_TRACED (the oldest go).
+        self.traced: dict[str, tracing.Delivered] = {}
 
     def add(self, stream: Stream) -> None:
         self.streams.append(stream)
@@ -170,8 +174,16 @@ class SubscriptionDispatcher:
             self.room_freed()
         return forgotten
 
+    def _answered(self, ack_ids, outcome: str) -> None:
+        """The answers' spans of traced deliveries."""
+        for ack_id in ack_ids:
+            if (delivered := self.traced.pop(ack_id, None)) is not None:
+                tracing.ack_span(self.name, delivered, outcome)
+
     async def acknowledge(self, ack_ids) -> None:
         self._forget(ack_ids)
+        if self.traced:
+            self._answered(ack_ids, "ack")
         await self._per_partition(ack_ids, lambda p, ids: self._acks.submit((self.topic, p), ids))
 
     async def modify_ack_deadline(self, ack_ids: list[str], ack_deadline_ms: int) -> None:
@@ -190,6 +202,8 @@ class SubscriptionDispatcher:
         """deferred: deliver again after request.delay without counting an attempt (a
         notification held back by a rate limit failed nothing)."""
         self._forget(request.ack_ids)
+        if self.traced:
+            self._answered(request.ack_ids, "nack")
         await self._per_partition(request.ack_ids, lambda p, ids: self._storage.nack(self.topic, p, request, ids,
                                                                                      deferred=deferred))
 
@@ -236,8 +250,12 @@ class SubscriptionDispatcher:
                 stream.outstanding.add(ack_id)
             self._budget.used += take
             DELIVERED.add(take, {"subscription": self.name})
-            stream.queue.put_nowait(received[position:end])
+            stream.queue.put_nowait(tracing.received_for(received[position:end], self.name,
+                                                         "stream" if stream.subscriber else "push",
+                                                         stream.trace_context, self.traced))
             position = end
+        while len(self.traced) > MAX_TRACED:  # answers that never came (expired, nacked elsewhere)
+            del self.traced[next(iter(self.traced))]
         if position < len(received):  # the streams went away meanwhile
             await self._nack(ack_ids[position:])
 
@@ -300,7 +318,7 @@ class Dispatcher:
                 lambda: self._room_freed(record.topic, name))
         return dispatcher
 
-    async def subscribe(self, name: str, max_outstanding: int):
+    async def subscribe(self, name: str, max_outstanding: int, trace_context: bool = False):
         """Yields SubscribeFrames for one new subscriber until it goes away."""
         if self._closing:
             raise errors.Unavailable("sender is shutting down")
@@ -308,7 +326,8 @@ class Dispatcher:
             raise errors.InvalidArgument("max_outstanding_messages must not be negative")
         self._check_owner(name)
         dispatcher = await self._dispatcher(name)
-        stream = Stream(max_outstanding or self._config.stream_max_outstanding, subscriber=True)
+        stream = Stream(max_outstanding or self._config.stream_max_outstanding, subscriber=True,
+                        trace_context=trace_context)
         dispatcher.add(stream)
         log.info("subscriber connected", extra=fields(subscription=name, streams=len(dispatcher.streams)))
         try:
@@ -370,7 +389,7 @@ class Dispatcher:
             if dispatcher is not None and record is not None and record.topic == dispatcher.topic:
                 dispatcher.ack_deadline_ms = record.ack_deadline.ToMilliseconds()
 
-    async def pull(self, name: str, max_messages: int, wait_ms: int) -> list[bytes]:
+    async def pull(self, name: str, max_messages: int, wait_ms: int, trace_context: bool = False) -> list[bytes]:
         """A unary pull (UnaryPull) of a subscription this sender owns: serialized
         ReceivedMessages. They are in no stream here, so they take no stream's room."""
         if self._closing:
@@ -382,7 +401,8 @@ class Dispatcher:
         topic = await self._cluster.topic(record.topic)
         pull = UnaryPull(self.storage, record.topic, max(1, topic.partition_count), next(self._pull_turn),
                          owned=lambda partition: self.owns(name, partition))
-        return await pull.run(name, max_messages, record.ack_deadline.ToMilliseconds(), wait_ms)
+        received = await pull.run(name, max_messages, record.ack_deadline.ToMilliseconds(), wait_ms)
+        return tracing.received_for(received, name, "pull", trace_context)
 
     async def attach(self, name: str, stream: Stream) -> SubscriptionDispatcher:
         """Adds a consumer inside the sender (a push worker) to the subscription."""

@@ -33,7 +33,7 @@ from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
 from notifymesh import errors
 from notifymesh.clock import now_ms
 from notifymesh.log import fields
-from notifymesh.server import rows
+from notifymesh.server import rows, tracing
 from notifymesh.server.internal_topics import CHANNELS, NOTIFY_TOPIC, channel_name, channel_topic
 from notifymesh.server.notification_log import Event, NotificationLog
 from sender.pipeline import ACK, Outcome
@@ -167,7 +167,7 @@ class Fanout:
         checkpoint = internal_pb2.FanoutCheckpoint.FromString(raw) if raw is not None else None
         record = internal_pb2.NotificationRecord(
             id=notification_id, request=request, template_version=job.template_version, accepted_ms=accepted_ms,
-            recipient_count=len(request.recipients))
+            recipient_count=len(request.recipients), trace_id=tracing.current_trace_id())
         if checkpoint is None:
             checkpoint = internal_pb2.FanoutCheckpoint()
             await self._log.accepted(record, [])
@@ -177,7 +177,8 @@ class Fanout:
         while True:
             page, more = await self._page(request, checkpoint, page_size(request))
             if page:
-                await self._expand(context, page)
+                with tracing.child_span("notifymesh.fanout.page", **{"notifymesh.recipients": len(page)}):
+                    await self._expand(context, page)
                 checkpoint = internal_pb2.FanoutCheckpoint(after_recipient=page[-1],
                                                            recipients_done=checkpoint.recipients_done + len(page))
                 await self._table.write(notification_id, [storage_pb2.TableOp(

@@ -22,7 +22,7 @@ from typing import Callable, NamedTuple, Protocol
 
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh.log import fields
-from notifymesh.server import validation
+from notifymesh.server import tracing, validation
 from notifymesh.server.cluster import ChangedNames, Cluster
 from sender.dispatch import Dispatcher, Stream, SubscriptionDispatcher
 
@@ -97,7 +97,8 @@ class SubscriptionWorker:
 
     async def _handle(self, sub: SubscriptionDispatcher, received: pubsub_pb2.ReceivedMessage) -> None:
         try:
-            outcome = await self._handler.handle(received)
+            with tracing.handle_span(self.name, received):
+                outcome = await self._handler.handle(received)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a bug or an unreachable table: retried by the subscription's policy

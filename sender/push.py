@@ -19,7 +19,7 @@ import httpx
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import webhooks
 from notifymesh.log import fields
-from notifymesh.server import egress, telemetry, validation
+from notifymesh.server import egress, telemetry, tracing, validation
 from notifymesh.server.cluster import ChangedNames, Cluster
 from sender.dispatch import Dispatcher, Stream
 
@@ -65,13 +65,18 @@ class PushWorker:
             await sub.remove(stream)
 
     async def _deliver(self, sub, received: pubsub_pb2.ReceivedMessage) -> None:
+        # A traced message: this attempt's span, its context to the endpoint as W3C's
+        # traceparent header, never in the body.
+        traced = tracing.push_span(self._record.name, received)
         body = request_body(self._record.name, received)
         headers = {"Content-Type": "application/json",
                    "X-Notifymesh-Message-Id": received.message.message_id,
                    "X-Notifymesh-Delivery-Attempt": str(received.delivery_attempt),
-                   **webhooks.headers(self.push_config.secret, body)}
+                   **webhooks.headers(self.push_config.secret, body),
+                   **({"traceparent": tracing.encode(traced.get_span_context())} if traced is not None else {})}
         self.in_flight += 1
         started = time.perf_counter()
+        error = "cancelled"  # until the endpoint answers
         try:
             response = await self._http.post(self.push_config.endpoint, content=body, headers=headers,
                                              timeout=self.push_config.timeout.ToMilliseconds() / 1000)
@@ -80,12 +85,17 @@ class PushWorker:
             error = f"{type(e).__name__}: {e}"[:validation.MAX_REASON_BYTES]
         finally:
             self.in_flight -= 1
+            if traced is not None:
+                tracing.end_push_span(traced, error)
         # Publish to this attempt's answer (the push's end: the endpoint has it), by outcome.
         PUSH_METRICS.delivered.record(max(0.0, time.time() - received.message.publish_time.ToNanoseconds() / 1e9),
                                       {"subscription": self._record.name, "outcome": "error" if error else "ok"})
         PUSH_METRICS.request.record(time.perf_counter() - started,
                                     {"subscription": self._record.name, "outcome": "error" if error else "ok"})
         try:
+            if traced is not None:
+                tracing.ack_span(self._record.name, tracing.Delivered(traced.get_span_context()),
+                                 "nack" if error else "ack")
             if not error:
                 await sub.acknowledge([received.ack_id])
             else:

@@ -15,7 +15,8 @@ class SenderServicer(sender_pb2_grpc.SenderServicer):
 
     async def Subscribe(self, request, context):
         validation.name("subscription", request.subscription)
-        async for frame in self._dispatcher.subscribe(request.subscription, request.max_outstanding_messages):
+        async for frame in self._dispatcher.subscribe(request.subscription, request.max_outstanding_messages,
+                                                      request.trace_context):
             yield frame
 
     async def Acknowledge(self, request, context):
@@ -39,7 +40,7 @@ class SenderServicer(sender_pb2_grpc.SenderServicer):
     async def Pull(self, request, context):
         validation.name("subscription", request.subscription)
         received = await self._dispatcher.pull(request.subscription, request.max_messages,
-                                               request.wait.ToMilliseconds())
+                                               request.wait.ToMilliseconds(), request.trace_context)
         return sender_pb2.SubscribeFrame(received_messages=received)
 
     async def GetProviderStatus(self, request, context):

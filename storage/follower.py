@@ -12,11 +12,17 @@ import time
 from typing import Awaitable, Mapping, Protocol
 
 from gen.notifymesh.internal.v1 import storage_pb2
+from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 from notifymesh.contracts import shard_name
+from notifymesh.server import tracing
 from storage.delivery import StateUpdate
 from storage.log import Entries, ShardLog
 from storage.replication_rules import epoch_refused, leader_deposed, newest_epoch, resend_from
+
+
+def _message_of(entry: bytes) -> pubsub_pb2.PubsubMessage:
+    return storage_pb2.StoredMessage.FromString(entry).message
 
 
 class FollowerLog(Protocol):
@@ -109,7 +115,7 @@ class Follower:
         if not self._open:
             raise errors.Unavailable("storage node is starting: its replication state is not loaded yet")
         self._heard_from[request.leader] = time.monotonic()
-        results, writes = [], []
+        results, writes, traced = [], [], []
         for batch in request.shards:
             shard = shard_name(batch.topic, batch.partition)
             result = storage_pb2.ShardResult(topic=batch.topic, partition=batch.partition)
@@ -128,8 +134,14 @@ class Follower:
                 continue
             if batch.entries or batch.start < log_.end:
                 writes.append(self._engine.write_replicated(shard, batch.start, Entries.replicated(batch)))
+                if contexts := tracing.contexts_in(batch.entries, _message_of):
+                    traced.append(tracing.replicate_span(shard, contexts, len(batch.entries)))
             result.ok = True
-        await asyncio.gather(*writes)
+        try:
+            await asyncio.gather(*writes)
+        finally:
+            for span in traced:  # the synced write of the traced entries
+                span.end()
         for batch, result in zip(request.shards, results):
             if result.ok:
                 shard = shard_name(batch.topic, batch.partition)

@@ -14,7 +14,7 @@ from notifymesh import errors
 from notifymesh.clock import now_ms
 from notifymesh.contracts import SUBSCRIPTIONS, TOPICS, MessageId, Shard, shard_name
 from notifymesh.log import fields
-from notifymesh.server import sealing
+from notifymesh.server import sealing, tracing
 from notifymesh.server.clients import StorageClient
 from notifymesh.server.cluster import ChangedNames
 from notifymesh.server.internal_topics import TABLE_TOPIC
@@ -232,8 +232,9 @@ class StorageNode:
         record = await self._cluster.topic(topic)  # NOT_FOUND rather than data for a topic that does not exist
         window_ms = (record.dedup_window.ToMilliseconds() if record.HasField("dedup_window")
                      else int(self._config.dedup_window_s * 1000))
-        return await self.replication.append(shard_name(topic, partition), messages, retry, window_ms,
-                                             record.dedup_by_payload)
+        shard = shard_name(topic, partition)
+        with tracing.append_span(shard, messages):  # before the messages are serialized: it stamps them
+            return await self.replication.append(shard, messages, retry, window_ms, record.dedup_by_payload)
 
     async def pull(self, topic: str, partition: int, pulls: list[Pull], wait_ms: int):
         """(messages by subscription, the subscriptions that do not exist)."""

@@ -295,7 +295,7 @@ def _header(record: internal_pb2.NotificationRecord) -> notify_pb2.Notification:
         id=record.id, template=request.template, template_version=record.template_version,
         category=request.category, priority=request.priority or notify_pb2.NORMAL,
         create_time=timestamp(record.accepted_ms), recipient_count=record.recipient_count,
-        audience=request.audience)
+        audience=request.audience, trace_id=record.trace_id)
 
 
 def _add_event(send: notify_pb2.RecipientSend, raw: bytes) -> None:

@@ -30,7 +30,7 @@ from notifymesh import log as log_mod
 from notifymesh.channel import channel_options
 from notifymesh.log import fields
 from notifymesh.server import config as config_mod
-from notifymesh.server import sealing, telemetry
+from notifymesh.server import sealing, telemetry, tracing
 from notifymesh.server.cluster import Cluster, PrefixMirror, Registration, connect_etcd
 from notifymesh.server.status import status_of
 from notifymesh.server.tls import ChannelCredentials, TlsFiles, server_credentials
@@ -242,6 +242,7 @@ def parser(kind: str) -> argparse.ArgumentParser:
     p.add_argument("--tls-name", help="the name of this process's files in --tls-dir (default the node id; "
                                       "one certificate for all the replicas of a deployment)")
     p.add_argument("--metrics-listen", help="host:port of GET /metrics (default: the listen host, any free port)")
+    tracing.add_arguments(p)
     return p
 
 
@@ -308,6 +309,7 @@ async def serve(kind: str, args: argparse.Namespace,
                 build: Callable[[Context], Awaitable[Component]]) -> None:
     log_mod.setup(kind, args.node_id, args.log_level)
     telemetry.setup(kind, args.node_id)
+    tracing.setup(kind, args.node_id, tracing.settings_of(args))
     files = None if args.plaintext else TlsFiles(args.tls_dir, args.tls_name or args.node_id)
     try:
         tls = ChannelCredentials(files) if files else None
@@ -372,6 +374,7 @@ async def serve(kind: str, args: argparse.Namespace,
     await data_keys.stop()
     await settings.stop()
     await etcd.close()
+    tracing.shutdown()
     log.info("stopped")
 
 

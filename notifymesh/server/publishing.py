@@ -20,6 +20,7 @@ from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh.batching import Coalescer
 from notifymesh.clock import now_ms
 from notifymesh.contracts import MessageId, dedup_key
+from notifymesh.server import tracing
 
 MERGED_MAX_ITEMS = 5000  # messages in one merged Append
 
@@ -105,4 +106,5 @@ class InternalPublisher:
         self._topics, self._appender = topics, TopicAppender(storage)
 
     async def publish(self, topic: str, messages) -> list[str]:
+        tracing.stamp_current(messages)  # a fan-out page's channel tasks are spans of its trace
         return await self._appender.publish(await self._topics.topic(topic), messages)

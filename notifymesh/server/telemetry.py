@@ -41,14 +41,18 @@ def version() -> str:
         return "0+unknown"
 
 
+def resource(kind: str, node_id: str) -> Resource:
+    """What names this process in metrics and traces (notifymesh.server.tracing)."""
+    return Resource.create({"service.name": f"notifymesh-{kind}", "service.instance.id": node_id,
+                            "service.version": version()})
+
+
 def setup(kind: str, node_id: str) -> None:
     """The process's MeterProvider, exported to Prometheus; once per process."""
     global _provider
     if _provider is not None:
         return
-    resource = Resource.create({"service.name": f"notifymesh-{kind}", "service.instance.id": node_id,
-                                "service.version": version()})
-    _provider = MeterProvider(resource=resource, metric_readers=[PrometheusMetricReader()],
+    _provider = MeterProvider(resource=resource(kind, node_id), metric_readers=[PrometheusMetricReader()],
                               views=[View(instrument_type=Histogram, instrument_unit="s",
                                           aggregation=ExplicitBucketHistogramAggregation(LATENCY_BUCKETS_S))])
     otel_metrics.set_meter_provider(_provider)

@@ -13,6 +13,7 @@ from notifymesh.contracts import AckId
 from notifymesh.errors import InvalidArgument
 from notifymesh.server.config import Config
 from notifymesh.server.internal_topics import RESERVED_PREFIX, SUBSCRIBABLE_TOPICS, is_reserved
+from notifymesh.server.tracing import RESERVED as TRACE_ATTRIBUTES
 
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{2,254}")
 MAX_ATTRIBUTES = 100
@@ -74,6 +75,8 @@ def message(index: int, msg, config: Config) -> None:
     if len(msg.attributes) > MAX_ATTRIBUTES:
         raise InvalidArgument(f"message {index}: {len(msg.attributes)} attributes; at most {MAX_ATTRIBUTES}")
     for key, value in msg.attributes.items():
+        if key in TRACE_ATTRIBUTES:  # the trace context is the mesh's to write (tracing.stamp)
+            raise InvalidArgument(f"message {index}: attribute {key!r} is reserved")
         if not key or len(key.encode()) > MAX_ATTRIBUTE_KEY_BYTES:
             raise InvalidArgument(f"message {index}: attribute key must be 1 to {MAX_ATTRIBUTE_KEY_BYTES} bytes")
         if len(value.encode()) > MAX_ATTRIBUTE_VALUE_BYTES:

@@ -363,3 +363,27 @@ async def test_a_pull_is_checked_then_asked_of_the_owning_sender_with_the_defaul
     with pytest.raises(errors.NotFound):
         await gateway.pull(pubsub_pb2.PullRequest(subscription="nope-sub"))
     assert len(senders.pulls) == 1
+
+
+# -- the trace context is not shown -----------------------------------------------------------
+
+TRACED = {"kind": "order", "notifymesh.traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+
+
+async def test_message_status_shows_the_trace_id_instead_of_the_context():
+    gateway, storage, _ = make_gateway(topics={TOPIC: 1})
+    [message_id] = MessageId.new_batch(TOPIC, 0, 1, 1_700_000_000_000)
+    storage.replies[("GetMessageStatus", TOPIC, 0)] = pubsub_pb2.MessageStatus(
+        topic=TOPIC, message=pubsub_pb2.PubsubMessage(data=b"x", attributes=TRACED))
+    status = await gateway.message_status(message_id)
+    assert status.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert dict(status.message.attributes) == {"kind": "order"}
+
+
+async def test_dead_letters_are_listed_without_the_trace_context():
+    gateway, storage, _ = make_gateway(partitions=1)
+    storage.replies[("ListDeadLetters", TOPIC, 0)] = storage_pb2.StorageListDeadLettersResponse(
+        dead_letters=[pubsub_pb2.DeadLetter(message=pubsub_pb2.PubsubMessage(data=b"x", attributes=TRACED))],
+        seqs=[7])
+    listed = await gateway.list_dead_letters(pubsub_pb2.ListDeadLettersRequest(subscription="sub-a"))
+    assert [dict(d.message.attributes) for d in listed.dead_letters] == [{"kind": "order"}]

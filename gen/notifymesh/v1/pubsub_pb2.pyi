@@ -260,12 +260,14 @@ class DeleteSubscriptionResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("subscription", "max_outstanding_messages")
+    __slots__ = ("subscription", "max_outstanding_messages", "trace_context")
     SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
     MAX_OUTSTANDING_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     subscription: str
     max_outstanding_messages: int
-    def __init__(self, subscription: _Optional[str] = ..., max_outstanding_messages: _Optional[int] = ...) -> None: ...
+    trace_context: bool
+    def __init__(self, subscription: _Optional[str] = ..., max_outstanding_messages: _Optional[int] = ..., trace_context: _Optional[bool] = ...) -> None: ...
 
 class SubscribeResponse(_message.Message):
     __slots__ = ("received_messages",)
@@ -390,14 +392,16 @@ class UpdateSubscriptionRequest(_message.Message):
     def __init__(self, subscription: _Optional[_Union[Subscription, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
 
 class PullRequest(_message.Message):
-    __slots__ = ("subscription", "max_messages", "wait")
+    __slots__ = ("subscription", "max_messages", "wait", "trace_context")
     SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     subscription: str
     max_messages: int
     wait: _duration_pb2.Duration
-    def __init__(self, subscription: _Optional[str] = ..., max_messages: _Optional[int] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    trace_context: bool
+    def __init__(self, subscription: _Optional[str] = ..., max_messages: _Optional[int] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., trace_context: _Optional[bool] = ...) -> None: ...
 
 class PullResponse(_message.Message):
     __slots__ = ("received_messages",)

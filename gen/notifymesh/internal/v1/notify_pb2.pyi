@@ -48,18 +48,20 @@ class FanoutCheckpoint(_message.Message):
     def __init__(self, after_recipient: _Optional[str] = ..., recipients_done: _Optional[int] = ...) -> None: ...
 
 class NotificationRecord(_message.Message):
-    __slots__ = ("id", "request", "template_version", "accepted_ms", "recipient_count")
+    __slots__ = ("id", "request", "template_version", "accepted_ms", "recipient_count", "trace_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_VERSION_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_MS_FIELD_NUMBER: _ClassVar[int]
     RECIPIENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     request: _notify_pb2.NotifyRequest
     template_version: int
     accepted_ms: int
     recipient_count: int
-    def __init__(self, id: _Optional[str] = ..., request: _Optional[_Union[_notify_pb2.NotifyRequest, _Mapping]] = ..., template_version: _Optional[int] = ..., accepted_ms: _Optional[int] = ..., recipient_count: _Optional[int] = ...) -> None: ...
+    trace_id: str
+    def __init__(self, id: _Optional[str] = ..., request: _Optional[_Union[_notify_pb2.NotifyRequest, _Mapping]] = ..., template_version: _Optional[int] = ..., accepted_ms: _Optional[int] = ..., recipient_count: _Optional[int] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class PreferenceRow(_message.Message):
     __slots__ = ("enabled",)
