@@ -68,7 +68,8 @@ DESCRIBE_CONCURRENCY = 16
 MAX_DEAD_LETTER_SUBSCRIPTIONS = 20  # those with the most dead letters
 DEAD_LETTERS_SHOWN = 10  # per subscription, oldest first
 PREVIEW_CHARS = 120  # of a dead letter's payload
-RATE_SAMPLES = 6  # publish rate: over the last ~5 snapshots
+RATE_SAMPLES = 6  # publish rate: over the last ~5 snapshots,
+RATE_WINDOW_S = 10.0  # ... those of the last 10 s
 RECENT_ERRORS = 100  # the ring of the frontend's last warnings and errors
 NOTIFICATION_SENDS_SHOWN = 100
 MAX_LOGIN_BYTES = 4096
@@ -214,7 +215,7 @@ class Source(Protocol):
 
 class PublishRates:
     """Messages committed per second per topic, from the partitions' commit positions
-    (one log entry per message) in the last RATE_SAMPLES snapshots."""
+    (one log entry per message) in the last RATE_SAMPLES snapshots of RATE_WINDOW_S."""
 
     def __init__(self, samples: int = RATE_SAMPLES):
         self._samples: collections.deque[tuple[float, dict[tuple[str, int], int]]] = \
@@ -223,6 +224,8 @@ class PublishRates:
     def add(self, at_s: float, commits: dict[tuple[str, int], int]) -> dict[str, float]:
         """Records this snapshot's commits; the rate of each topic since the oldest kept."""
         rates: dict[str, float] = {}
+        while self._samples and at_s - self._samples[0][0] > RATE_WINDOW_S:  # nobody watched a while
+            self._samples.popleft()
         if self._samples:
             then, old = self._samples[0]
             elapsed = at_s - then

@@ -5,6 +5,8 @@
 const $ = (id) => document.getElementById(id);
 let session = null;  // {principal, name, role, csrf, interval_s}
 let events = null;   // the EventSource
+let last = null;     // the latest snapshot, drawn again when the toggle changes
+const ours = (name) => name.startsWith("notifymesh.");  // the mesh's own topics and subscriptions
 
 function cell(text, cls) {
   const td = document.createElement("td");
@@ -77,16 +79,19 @@ function follow() {
 }
 
 function render(snap) {
+  last = snap;
+  const all = $("show-internal").checked;
+  const shown = (name) => all || !ours(name);
   $("updated").textContent = new Date(snap.time_ms).toLocaleTimeString();
   $("problems").textContent = snap.problems.join("; ");
   $("topics-not-shown").textContent = snap.topics_not_shown ? `(${snap.topics_not_shown} more not shown)` : "";
   fill("members", snap.members, (m) => [cell(m.kind), cell(m.node_id), cell(m.addr), cell(m.metrics_addr),
     cell(m.health, m.health)]);
-  fill("topics", snap.topics, (t, tr) => {
+  fill("topics", snap.topics.filter((t) => shown(t.name)), (t, tr) => {
     tr.dataset.topic = t.name;
     return [cell(t.name), num(t.partitions), num(t.publish_rate.toFixed(1)), num(t.backlog), num(t.subscriptions)];
   });
-  fill("subscriptions", snap.subscriptions, (s, tr) => {
+  fill("subscriptions", snap.subscriptions.filter((s) => shown(s.topic)), (s, tr) => {
     tr.dataset.subscription = s.name;
     const actions = cell("");
     if (s.dead_letters) {
@@ -106,7 +111,7 @@ function render(snap) {
     return [cell(d.subscription), cell(d.message_id), num(d.attempts), cell(when(d.dead_letter_time_ms)),
       cell(d.last_error, "wrap"), cell(d.preview, "wrap")];
   });
-  fill("partitions", snap.partitions, (p) => [cell(p.topic), num(p.partition), cell(p.leader || "(election)",
+  fill("partitions", snap.partitions.filter((p) => shown(p.topic)), (p) => [cell(p.topic), num(p.partition), cell(p.leader || "(election)",
     p.leader ? "" : "warn"), num(p.epoch), num(p.commit), num(p.lag),
     cell(p.replicas.map((r) => `${r.node_id} ${r.role} ${r.end} ${r.lag}`).join(", "))]);
   fill("errors", snap.errors, (e) => [cell(when(e.time_ms)), cell(e.level, e.level === "warning" ? "warn" : "error"),
@@ -200,5 +205,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("login").addEventListener("submit", login);
   $("lookup").addEventListener("submit", lookup);
   $("logout").addEventListener("click", logout);
+  $("show-internal").addEventListener("change", () => last && render(last));
   api("/dashboard/api/session").then(showMain).catch(() => showLogin(""));
 });

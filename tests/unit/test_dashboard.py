@@ -126,6 +126,9 @@ def test_publish_rates_survive_a_lower_commit_after_failover():
     assert rates.add(2.0, {("t", 0): 5, ("u", 0): 9}) == {"t": 0.0}  # u unknown in the oldest sample
     assert rates.add(3.0, {("t", 0): 15, ("u", 0): 9}) == {"t": pytest.approx(5 / 3)}  # since 0.0
     assert rates.add(4.0, {("t", 0): 26, ("u", 0): 14}) == {"t": 2.0, "u": 3.0}  # since 1.0: samples are bounded
+    # After a while unwatched, the rate is of the last seconds, not of that while.
+    assert rates.add(100.0, {("t", 0): 1000}) == {}
+    assert rates.add(101.0, {("t", 0): 1050}) == {"t": 50.0}
 
 
 async def test_each_viewer_sees_what_their_role_may_read():
