@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from playwright.async_api import async_playwright
 
+from gen.notifymesh.v1 import notify_pb2
 from helpers import new_topic, unique
 
 CHROMIUM = "/usr/bin/chromium"
@@ -114,6 +115,34 @@ async def test_the_page_follows_backlog_live_and_redrives_a_dead_letter(mesh, cl
     assert await result.get_attribute("data-trace-id") == status.trace_id
 
     assert navigations == [] and await page.evaluate("window.notReloaded === true"), "the page was reloaded"
+
+
+async def test_a_notification_lookup_shows_each_send_s_timeline_and_the_trace_id(mesh, client, browser_page):
+    page = browser_page
+    template, category, rid = unique("dash-tpl"), unique("dash-cat"), unique("dash-rcpt")
+    await client.create_category(category)
+    await client.create_template(notify_pb2.Template(name=template, contents=[
+        notify_pb2.TemplateContent(channel=notify_pb2.EMAIL, subject="Hi", text="Hello")]))
+    await client.upsert_recipient(notify_pb2.Recipient(id=rid, email=f"{rid}@example.com"))
+    nid = await client.notify(template, category, [rid])
+
+    await page.goto(f"{base_url(mesh)}/dashboard")
+    await page.fill("#key", mesh.admin_key_path.read_text().strip())
+    await page.click("#login button")
+    await page.locator("#main-view").wait_for()
+    await page.select_option("#lookup-kind", "notifications")
+    await page.fill("#lookup-id", nid)
+    result, deadline = page.locator("#lookup-result"), time.monotonic() + 30
+    while True:  # the fan-out records the send a moment after Notify answers
+        await page.click("#lookup button")
+        await page.wait_for_timeout(300)
+        text = await result.text_content() or ""
+        if "SEND_SENT" in text or time.monotonic() > deadline:
+            break
+    assert f"notification {nid}" in text and "trace id" in text, text
+    assert rid in text and "EMAIL" in text and "SEND_QUEUED" in text and "SEND_SENT" in text, text
+    found = await client.get_notification(nid)
+    assert await result.get_attribute("data-trace-id") == found.trace_id
 
 
 async def test_http_answers_wrong_key_role_and_csrf(mesh, client):
