@@ -412,7 +412,7 @@ class _LoginCredential:
         return {}  # no client certificate: a browser logs in with a key
 
 
-def refused(error: errors.NotifymeshError) -> web.HTTPException:
+def refused(error: Exception) -> web.HTTPException:
     """The HTTP answer for an error of the API's family (or a failed internal call)."""
     code, details = status_of(error) or (grpc.StatusCode.INTERNAL, "internal error")
     status = HTTP_STATUS.get(code, 500)

@@ -178,6 +178,10 @@ async def test_http_answers_wrong_key_role_and_csrf(mesh, client):
         async with session.post(redrive, headers={"X-Notifymesh-CSRF": csrf}) as reply:
             # RedriveDeadLetters' rule: subscribe on the subscription, which a viewer lacks.
             assert reply.status == 403 and f"may not subscribe subscription '{sub}'" in (await reply.json())["error"]
+        async with session.get(f"{url}/dashboard/api/messages/nonsense") as reply:
+            assert reply.status == 400 and "is not a notifymesh message id" in (await reply.json())["error"]
+        async with session.get(f"{url}/dashboard/api/notifications/{unique('nope')}") as reply:
+            assert reply.status == 404, await reply.text()
         async with session.get(f"{url}/dashboard/api/events") as stream:
             assert stream.status == 200 and stream.headers["Content-Type"] == "text/event-stream"
             first = await asyncio.wait_for(stream.content.readuntil(b"\n\n"), 10)
