@@ -62,6 +62,7 @@ SESSION_TTL_S = 8 * 3600
 CSRF_HEADER = "X-Notifymesh-CSRF"
 SNAPSHOT_INTERVAL_S = 1.0
 MAX_STREAMS = 32  # event streams open at once on one frontend
+MAX_VIEWS = 2 * MAX_STREAMS  # a snapshot's JSON kept per viewer's principal
 HEARTBEAT_S = 15.0  # an SSE comment when nothing changed, so proxies keep the stream
 MAX_TOPICS = 200  # described per snapshot (by name); the rest are counted, not shown
 DESCRIBE_CONCURRENCY = 16
@@ -351,6 +352,8 @@ class SnapshotHub:
         self._running: asyncio.Task | None = None
         self.streams = 0
         self.closing = asyncio.Event()
+        # The latest snapshot as JSON per viewer: viewers with the same key share it.
+        self._views: tuple[Snapshot | None, dict[Principal, str]] = (None, {})
 
     async def latest(self) -> Snapshot:
         if self._latest is not None and self._clock() - self._latest[0] < self.interval_s:
@@ -369,6 +372,16 @@ class SnapshotHub:
         finally:
             self._running = None
 
+    def view(self, snapshot: Snapshot, principal: Principal) -> str:
+        """snapshot.seen_by(principal) as JSON, made once per snapshot and principal."""
+        shown, views = self._views
+        if shown is not snapshot or len(views) >= MAX_VIEWS:
+            views = {}
+            self._views = (snapshot, views)
+        if principal not in views:
+            views[principal] = json.dumps(snapshot.seen_by(principal), separators=(",", ":"))
+        return views[principal]
+
     @contextlib.contextmanager
     def stream(self) -> Iterator[None]:
         """A place for one event stream; TooManyStreams when max_streams are open."""
@@ -383,9 +396,12 @@ class SnapshotHub:
     async def updates(self) -> AsyncIterator[Snapshot]:
         """A snapshot about every interval_s until close()."""
         while not self.closing.is_set():
+            asked = self._clock()
             yield await self.latest()
+            # Every interval_s from the last ask, not interval_s after the answer: a
+            # snapshot that took long to build (a loaded mesh) does not slow the cadence.
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.closing.wait(), self.interval_s)
+                await asyncio.wait_for(self.closing.wait(), max(0.0, self.interval_s - (self._clock() - asked)))
 
     def close(self) -> None:
         self.closing.set()
@@ -586,7 +602,7 @@ class Dashboard:
 
     async def snapshot(self, request: web.Request) -> web.Response:
         principal = self._who(request)
-        return web.json_response((await self._hub.latest()).seen_by(principal))
+        return web.Response(text=self._hub.view(await self._hub.latest(), principal), content_type="application/json")
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         principal = self._who(request)
@@ -615,7 +631,7 @@ class Dashboard:
             except errors.NotifymeshError as e:
                 await response.write(_event("logout", {"error": str(e.details)}))
                 return
-            data = json.dumps(snapshot.seen_by(principal), separators=(",", ":"))
+            data = self._hub.view(snapshot, principal)
             if data != sent:
                 await response.write(f"event: snapshot\ndata: {data}\n\n".encode())
                 sent, quiet_since = data, time.monotonic()

@@ -167,6 +167,17 @@ async def test_one_snapshot_is_computed_for_all_viewers_at_a_time():
     assert await hub.latest() is not results[0] and len(builds) == 2
 
 
+async def test_viewers_with_the_same_key_share_the_snapshot_s_json():
+    hub = SnapshotHub(lambda: None)
+    snapshot = await SnapshotBuilder(FakeSource(), RecentErrors()).build()
+    admin, again = Principal("key:a", "a", "admin"), Principal("key:a", "a", "admin")
+    viewer = Principal("key:v", "v", "viewer", topics=("*",), subscriptions=("*",))
+    first = hub.view(snapshot, admin)
+    assert hub.view(snapshot, again) is first and hub.view(snapshot, viewer) != first
+    later = await SnapshotBuilder(FakeSource(), RecentErrors()).build()
+    assert hub.view(later, admin) is not first, "a new snapshot, a new view"
+
+
 def test_event_streams_are_capped():
     hub = SnapshotHub(lambda: None, max_streams=2)
     with hub.stream(), hub.stream():
