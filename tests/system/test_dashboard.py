@@ -194,7 +194,7 @@ async def test_http_answers_wrong_key_role_and_csrf(mesh, client):
             assert reply.status == 401 and "was revoked" in (await reply.json())["error"]
 
 
-async def test_admin_redrive_over_http_needs_the_csrf_of_its_own_session(mesh, client):
+async def test_redrive_and_logout_need_the_csrf_token_of_their_own_session(mesh, client):
     url = base_url(mesh)
     _, sub = await new_topic(client, "dash-csrf")
     key = mesh.admin_key_path.read_text().strip()
@@ -211,3 +211,9 @@ async def test_admin_redrive_over_http_needs_the_csrf_of_its_own_session(mesh, c
             assert reply.status == 403, "another session's CSRF token"
         async with session.post(redrive, headers={"X-Notifymesh-CSRF": own}) as reply:
             assert reply.status == 200 and json.loads(await reply.text()) == {"subscription": sub, "redriven": 0}
+        async with session.post(f"{url}/dashboard/logout") as reply:
+            assert reply.status == 403, "a logout needs the CSRF header too"
+        async with session.post(f"{url}/dashboard/logout", headers={"X-Notifymesh-CSRF": own}) as reply:
+            assert reply.status == 200
+        async with session.get(f"{url}/dashboard/api/snapshot") as reply:
+            assert reply.status == 401, "logged out"
