@@ -316,6 +316,11 @@ class LocalMesh:
     def frontend_http_ports(self) -> list[int]:
         return [port + Config.frontend_http_port_offset for port in self.frontend_ports]
 
+    def dashboard_urls(self) -> list[str]:
+        """Each frontend's dashboard (frontend/dashboard.py), on its HTTP server."""
+        return [f"http://{self.network.address(name)}:{port}/dashboard"
+                for name, port in zip(self.frontend_names(), self.frontend_http_ports())]
+
     # -- lifecycle --------------------------------------------------------------
 
     def start(self, progress=lambda line: None) -> None:

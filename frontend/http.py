@@ -15,6 +15,8 @@ An unsubscribe through a notification's link also records SEND_UNSUBSCRIBED on i
                               or expired token: 404, nothing recorded. A status
                               callback also needs the provider's signature
                               (provider_callbacks.py): 401 without, 403 wrong
+
+  /dashboard ...              the operators' dashboard (frontend/dashboard.py)
 """
 
 import html
@@ -23,6 +25,7 @@ from typing import Callable, NamedTuple, Protocol
 
 from aiohttp import web
 
+from frontend.dashboard import Dashboard
 from frontend.tracking import SMS_STATUSES, SendRecorder
 from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
 from gen.notifymesh.internal.v1 import storage_pb2
@@ -148,7 +151,8 @@ class TrackingEndpoint:
         raise web.HTTPForbidden(text="signature does not match\n")
 
 
-def application(endpoint: UnsubscribeEndpoint, tracked: TrackingEndpoint | None = None) -> web.Application:
+def application(endpoint: UnsubscribeEndpoint, tracked: TrackingEndpoint | None = None,
+                dashboard: Dashboard | None = None) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)  # a form, nothing more
     app.router.add_get("/unsubscribe", endpoint.confirm)
     app.router.add_post("/unsubscribe", endpoint.unsubscribe)
@@ -156,6 +160,8 @@ def application(endpoint: UnsubscribeEndpoint, tracked: TrackingEndpoint | None 
         app.router.add_get(f"/t/{tracking.OPEN}/{{token}}", tracked.opened)
         app.router.add_get(f"/t/{tracking.CLICK}/{{token}}", tracked.clicked)
         app.router.add_post(f"/t/{tracking.STATUS}/{{token}}", tracked.status)
+    if dashboard is not None:  # frontend/dashboard.py
+        dashboard.add_routes(app)
     return app
 
 

@@ -1,5 +1,7 @@
 """The frontend process: thin public servicers over the Gateway, with server reflection."""
 
+import logging
+
 from frontend.analytics import Analytics, AnalyticsServicer
 from frontend.audit import AuditLog
 from frontend.auth import AuthInterceptor, Authenticator, RecipientTokens, token_ttl_s
@@ -7,6 +9,8 @@ from frontend.limits import Limits
 from frontend.gateway import Gateway
 from frontend.inbox import FrontendInbox, InboxStreams
 from frontend.erasure_hook import ErasureHook
+from frontend.dashboard import Dashboard, GatewayLookups, GatewaySource, RecentErrors, Sessions, SnapshotBuilder, \
+    SnapshotHub
 from frontend.http import CallbackAuth, HttpServer, TrackingEndpoint, UnsubscribeEndpoint, application
 from frontend.tracking import SendRecorder
 from frontend.notifications import Notifications, NotificationsServicer
@@ -248,24 +252,43 @@ class FrontendService:
         self.inbox = _inbox(ctx, self.table)
         self.wake = InboxWakeServicer(self.inbox.streams)
         self.auth = Auth(ctx)
+        self.notifications = _notifications(ctx, self.gateway, self.table, self.erasure_hook)
+        self.recent_errors = RecentErrors()  # for the dashboard: this process's last warnings and errors
+        logging.getLogger().addHandler(self.recent_errors)
+        self.dashboard_hub: SnapshotHub | None = None
         self.interceptors = (self.auth.interceptor,)
         self.servicers = [(pubsub_pb2_grpc.add_PublisherServicer_to_server, PublisherServicer(self.gateway)),
                           (pubsub_pb2_grpc.add_SubscriberServicer_to_server, SubscriberServicer(self.gateway)),
                           (cluster_pb2_grpc.add_ClusterAdminServicer_to_server, ClusterAdminServicer(self.gateway)),
                           (notify_pb2_grpc.add_NotificationsServicer_to_server,
-                           NotificationsServicer(_notifications(ctx, self.gateway, self.table, self.erasure_hook),
-                                                 self.inbox)),
+                           NotificationsServicer(self.notifications, self.inbox)),
                           (events_pb2_grpc.add_AnalyticsServicer_to_server,
                            AnalyticsServicer(Analytics(ctx.cluster, self.table))),
                           (inbox_pb2_grpc.add_InboxServicer_to_server, self.wake),
                           (auth_pb2_grpc.add_AuthServicer_to_server, AuthServicer(self.gateway, self.auth.tokens))]
 
     async def start(self) -> None:
-        self.http = await start_http(self.ctx, self.table)
+        self.http = await start_http(self.ctx, self.table, await self._dashboard())
         self.wake.key = await wake_key(self.ctx.cluster.etcd)
         await self.auth.start(self.ctx.cluster.etcd)
 
+    async def _dashboard(self) -> Dashboard:
+        """frontend/dashboard.py over the gateway and notifications, its logins checked
+        as the API's calls are (Authenticator over the same mirrors of etcd)."""
+        ctx, auth = self.ctx, self.auth
+        sessions = Sessions(await unsubscribe.derived_key(ctx.cluster.etcd, "dashboard"),
+                            lambda key_id: auth.keys.items.get(key_id),
+                            Authenticator(auth.keys, auth.certs, auth.tokens), lambda: bool(ctx.config.auth_enabled))
+        builder = SnapshotBuilder(GatewaySource(self.gateway, lambda: list(ctx.cluster.topics.items)),
+                                  self.recent_errors)
+        self.dashboard_hub = SnapshotHub(builder.build)
+        # Behind a proxy that ends TLS (public_base_url https://) the browser's side is https.
+        return Dashboard(sessions, self.dashboard_hub, GatewayLookups(self.gateway, self.notifications),
+                         secure=lambda request: request.secure or ctx.config.public_base_url.startswith("https://"))
+
     async def drain(self) -> None:
+        if self.dashboard_hub is not None:
+            self.dashboard_hub.close()
         self.gateway.close_streams()
         self.inbox.streams.close()
 
@@ -274,9 +297,10 @@ class FrontendService:
         await self.erasure_hook.close()
         await self.inbox.waker.close()
         await self.auth.close()
+        logging.getLogger().removeHandler(self.recent_errors)
 
 
-async def start_http(ctx: Context, table: TableClient) -> HttpServer:
+async def start_http(ctx: Context, table: TableClient, dashboard: Dashboard | None = None) -> HttpServer:
     """The HTTP server (frontend/http.py) at the gRPC port + frontend_http_port_offset
     (any free port when the gRPC one is): unsubscribe and tracking, whose events are
     recorded in the notification log and published on the events topic."""
@@ -290,7 +314,7 @@ async def start_http(ctx: Context, table: TableClient) -> HttpServer:
                                  if p.kind == "sms_http"], lambda: ctx.config.public_base_url)
     tracked = TrackingEndpoint(tracking.Tracking(signer), recorder, lambda: ctx.config.notification_log_retention_s,
                                auth)
-    server = HttpServer(application(endpoint, tracked), host or "127.0.0.1",
+    server = HttpServer(application(endpoint, tracked, dashboard), host or "127.0.0.1",
                         int(port) + ctx.config.frontend_http_port_offset if int(port) else 0)
     await server.start()
     return server

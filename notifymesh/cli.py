@@ -641,6 +641,7 @@ def _up(args) -> int:
         http = ", ".join(f"http://{mesh.network.address(name)}:{port}"
                          for name, port in zip(mesh.frontend_names(), mesh.frontend_http_ports()))
         tls = f"TLS, CA {mesh.tls_dir / 'ca.pem'}" if mesh.tls else "plaintext"
+        say(f"dashboard: {', '.join(mesh.dashboard_urls())} (log in with the admin key in {mesh.admin_key_path})")
         print(f"notifymesh mesh is up: frontend{'s' if len(mesh.frontend_addrs) > 1 else ''} {mesh.frontend_target} "
               f"(NOTIFYMESH_ADDR={mesh.frontend_target}; {tls}; HTTP {http}; logs in {mesh.data_dir / 'logs'}; "
               "Ctrl-C stops)", flush=True)

@@ -48,6 +48,9 @@ def test_the_plain_distribution_is_the_client_alone(tmp_path, mesh):
     installed = {p["name"].lower() for p in json.loads(listed)}
     assert {"notifymesh", "grpcio", "protobuf"} <= installed
     assert not installed & SERVER_DISTRIBUTIONS
+    # The dashboard's page is package data (pyproject.toml): shipped by a non-editable install.
+    shipped = {path.name for path in env_dir.glob("lib/python*/site-packages/frontend/dashboard/*")}
+    assert {"index.html", "app.js", "style.css"} <= shipped
 
     run = subprocess.run([str(python), "-c", PUBLISH, mesh.frontend_addr, f"client-install-{os.getpid()}"],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)

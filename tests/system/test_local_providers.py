@@ -55,6 +55,8 @@ async def test_up_runs_the_local_providers_sets_them_and_outbox_list_shows_what_
         assert f"local providers: smtp 127.0.0.1:{smtp_port}, sms api, webhooks and fcm http://127.0.0.1:{http_port}, " \
                f"apns (http/2) 127.0.0.1:{port + LOCAL_APNS_OFFSET}" in said, said
         assert "local providers set for email, sms, webhook, push" in said, said
+        assert f"dashboard: http://127.0.0.1:{port + Config.frontend_http_port_offset}/dashboard (log in with the " \
+               f"admin key in {data_dir / 'admin.key'})" in said, said
 
         # Set in etcd, through the metadata service.
         async with aio_channel(data_dir, f"127.0.0.1:{port}") as channel:
