@@ -45,6 +45,7 @@ async def run(messages: int, batch: int, size: int, encrypted: bool) -> dict:
         leader, followers = nodes[0], nodes[1:]
         leader.attach(SHARD, pubsub_pb2.Subscription(name="audit", topic="bench"))
         settled: dict[int, int | None] = {}
+        leader_first = 0
         payload = os.urandom(size)
         started = time.process_time()
         for _ in range(messages // batch):
@@ -61,15 +62,16 @@ async def run(messages: int, batch: int, size: int, encrypted: bool) -> dict:
             leader.acknowledge(SHARD, "audit", pulled["audit"].ack_ids)
             update = leader.state_since(SHARD, -1)
             for i, node in enumerate(nodes):  # a GC round
-                if node is not leader:
+                if node is leader:
+                    leader.collect(SHARD, None)
+                else:  # the leader's first as replication told it by now: the previous round's
                     node.import_states(SHARD, update)
                     node.advance_commit(SHARD, leader.shard(SHARD).commit)
-                    node.trim(SHARD, leader.shard(SHARD).first)
-                else:
-                    leader.collect(SHARD, None)
+                    node.trim(SHARD, leader_first)
                 if (below := settled.get(i)) is not None:
                     node.stub(SHARD, None, below)
                 settled[i] = node.lowest_cursor(SHARD)
+            leader_first = leader.shard(SHARD).first
         cpu = time.process_time() - started
         for node in nodes:
             await node.close()
