@@ -1,7 +1,8 @@
 """CPU seconds of a local mesh's processes (every descendant of a `notifymesh up`),
 by name: the --node-id of a service, else the program (etcd). bench/ab snapshots
-them around each workload and reports CPU per 10,000 published messages, the
-figure a machine loaded by other work sways much less than throughput.
+them around each workload and reports CPU per 10,000 published messages. Compare
+runs of similar throughput, or at a fixed --rate: at full speed a busier machine
+makes smaller batches, which cost more per message.
 
     python bench/mesh_cpu.py snap PID > before.json
     bench ... | python bench/mesh_cpu.py annotate before.json after.json
