@@ -369,10 +369,22 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authenticator: Authenticator, limits: Limits, audit: AuditLog,
                  enabled: Callable[[], bool]):
         self._auth, self._limits, self._audit, self._enabled = authenticator, limits, audit, enabled
+        # method -> (the handler served, its checked wrapper): made once per method,
+        # not per call. Bounded by the server's methods (an unknown one has no handler).
+        self._wrapped: dict[str, tuple] = {}
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
         method = details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, handler)
+        if handler is not None:
+            self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler):
         if handler is None or method.lstrip("/").startswith(INTERNAL_SERVICES):
             return handler
         rule = RULES.get(method)

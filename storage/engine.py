@@ -31,7 +31,7 @@ from storage.delivery import DeadLetter, Deliveries, Pull, Pulled, Seeked, State
 from storage.delivery_log import DeliveryLog, WrittenRecords
 from storage.group_commit import GroupCommit
 from storage.log import Entries, ShardLog, ShardLogs
-from storage.retention import Retention
+from storage.retention import Retention, lowest_cursor
 from storage.stats import Stats, SubscriptionStats
 from storage.table import Table
 
@@ -211,8 +211,13 @@ class StorageEngine:
     def collect(self, shard: str, retention_ms: int | None, retain_acked_ms: int | None = None) -> int:
         return self.retention.collect(shard, retention_ms, retain_acked_ms)
 
-    def stub(self, shard: str, retain_acked_ms: int | None = None) -> int:
-        return self.retention.stub(shard, retain_acked_ms)
+    def stub(self, shard: str, retain_acked_ms: int | None = None, settled_below: int | None = None) -> int:
+        return self.retention.stub(shard, retain_acked_ms, settled_below)
+
+    def lowest_cursor(self, shard: str) -> int | None:
+        """Every entry of the shard from here on may still be delivered (None: no state)."""
+        log_ = self.shards.get(shard)
+        return lowest_cursor(log_) if log_ is not None else None
 
     # -- shutdown ---------------------------------------------------------------
 

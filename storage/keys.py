@@ -39,6 +39,7 @@ from typing import Iterator, NamedTuple
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh.server.sealing import KeyRing, SealError, is_sealed
+from storage import wire
 
 SEQ_BYTES = 8
 # Delivery keys a shard's leader keeps for followers yet to take their records (they
@@ -321,9 +322,7 @@ class DeliveryRecord(NamedTuple):
 
 def collected_value(message: bytes) -> bytes:
     """A collected message's identity: the serialized message without its data."""
-    kept = pubsub_pb2.PubsubMessage.FromString(message)
-    kept.ClearField("data")
-    return kept.SerializeToString()
+    return wire.without_data(message)
 
 
 parse_collected_value = pubsub_pb2.PubsubMessage.FromString

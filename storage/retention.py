@@ -69,15 +69,17 @@ class Retention:
         keep_identities(self._records, self._logs, log_, min(low, log_.commit))
         return self._logs.trim(shard, low)
 
-    def stub(self, shard: str, retain_acked_ms: int | None = None) -> int:
+    def stub(self, shard: str, retain_acked_ms: int | None = None, settled_below: int | None = None) -> int:
         """Stubs the entries below the lowest cursor that no subscription needs, by
         the delivery state this replica holds, but none within the retain_acked
-        window (plus RETAIN_MARGIN_MS), going over COLLECT_CHUNK entries at most;
-        returns how many it went over."""
+        window (plus RETAIN_MARGIN_MS), and (settled_below) none at or above that
+        either, going over COLLECT_CHUNK entries at most; returns how many it went over."""
         log_ = self._logs.shards.get(shard)
         below = lowest_cursor(log_) if log_ is not None else None
         if below is None:
             return 0
+        if settled_below is not None:
+            below = min(below, settled_below)
         start = max(log_.first, log_.stubbed_to)
         stop = min(below, log_.commit, start + COLLECT_CHUNK, self._kept_from(log_, retain_acked_ms))
         if start >= stop:  # the common case, every round: nothing new below the cursors

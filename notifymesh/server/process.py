@@ -106,12 +106,20 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self):
         self._slow_calls = SlowCalls()
+        # method -> (the handler served, its wrapper): made once per method, not per
+        # call (and so the same object for telemetry.RpcMetrics' own such cache).
+        self._wrapped: dict[str, tuple] = {}
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
         if handler is None:
             return None
-        method = details.method
+        cached = self._wrapped.get(details.method)
+        if cached is None or cached[0] is not handler:
+            cached = self._wrapped[details.method] = (handler, self._wrap(details.method, handler))
+        return cached[1]
+
+    def _wrap(self, method: str, handler):
         deserialize = handler.request_deserializer
         if handler.unary_unary:
             inner = handler.unary_unary

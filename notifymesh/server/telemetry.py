@@ -110,12 +110,25 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
                                             description="gRPC calls served, by method and status code")
         self._streams = m.create_up_down_counter("notifymesh.rpc.server.active_streams", unit="{stream}",
                                                  description="streaming calls open now, by method")
+        # method -> (the handler served, its measured wrapper): made once per method,
+        # not per call. Bounded by the server's methods (an unknown one has no handler).
+        self._wrapped: dict[str, tuple] = {}
+        # (method, code) -> the attributes recorded: built once each.
+        self._attributes: dict[tuple[str, object], dict[str, str]] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(self._unary(method, handler.unary_unary),
                                                        handler.request_deserializer, handler.response_serializer)
@@ -132,8 +145,11 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
 
     def _record(self, method: str, started: float, context) -> None:
         code = context.code() if hasattr(context, "code") else None
-        name = code.name if isinstance(code, grpc.StatusCode) else "OK" if code in (None, 0) else str(code)
-        self._duration.record(time.perf_counter() - started, {"rpc.method": method, "rpc.grpc.status_code": name})
+        attributes = self._attributes.get((method, code))
+        if attributes is None:
+            name = code.name if isinstance(code, grpc.StatusCode) else "OK" if code in (None, 0) else str(code)
+            attributes = self._attributes[(method, code)] = {"rpc.method": method, "rpc.grpc.status_code": name}
+        self._duration.record(time.perf_counter() - started, attributes)
 
     def _unary(self, method: str, behaviour):
         async def call(request, context):

@@ -1,7 +1,10 @@
 """Per-key limits (frontend/limits.py) and the caller's identity (frontend/auth.py)
-without a mesh: buckets, the share of each frontend, streams, tokens, certificates."""
+without a mesh: buckets, the share of each frontend, streams, tokens, certificates,
+the verified-key cache."""
 
 import asyncio
+import dataclasses
+import secrets
 import types
 
 import pytest
@@ -10,6 +13,7 @@ from frontend import auth
 from frontend.limits import Limits
 from gen.notifymesh.v1 import auth_pb2
 from notifymesh import errors
+from notifymesh.server import principal as principal_mod
 from notifymesh.server.principal import Principal
 
 
@@ -126,3 +130,57 @@ def test_a_client_certificate_is_its_mapped_principal():
         asyncio.run(authenticator.principal(_Context()))
     with pytest.raises(errors.Unauthenticated, match="Bearer"):
         asyncio.run(authenticator.principal(_Context((("authorization", "Basic abc"),))))
+
+
+def _key_record(**changes):
+    """A live API key as the mirror holds it, and the key its caller sends."""
+    key_id, secret, key = principal_mod.new_key()
+    salt = secrets.token_bytes(16)
+    record = principal_mod.KeyRecord(key_id, "svc", "publisher", salt.hex(),
+                                     principal_mod.hash_secret(salt, secret).hex(), 1, topics=("orders",))
+    return dataclasses.replace(record, **changes), key
+
+
+def _bearer(key):
+    return _Context((("authorization", f"Bearer {key}"),))
+
+
+def test_a_verified_key_is_not_hashed_again_until_its_record_changes(monkeypatch):
+    """The verified-key cache: one hash per key while the mirror's record is the one
+    it was checked against; a revocation (a new record from etcd's watch) is refused
+    on the next call, with no time-to-live to wait out."""
+    record, key = _key_record()
+    keys = _Mirror({record.key_id: record})
+    authenticator = auth.Authenticator(keys, _Mirror({}), auth.RecipientTokens())
+    hashed = []
+    real = principal_mod.hash_secret
+    monkeypatch.setattr(principal_mod, "hash_secret", lambda salt, s: hashed.append(1) or real(salt, s))
+    for _ in range(3):
+        assert asyncio.run(authenticator.principal(_bearer(key))).id == f"key:{record.key_id}"
+    assert len(hashed) == 1
+    wrong = key[:-1] + ("A" if key[-1] != "A" else "B")  # the same key id, another secret: checked, refused
+    with pytest.raises(errors.Unauthenticated, match="wrong secret"):
+        asyncio.run(authenticator.principal(_bearer(wrong)))
+    keys.items[record.key_id] = dataclasses.replace(record, revoked_ms=2)  # as the watch delivers it
+    with pytest.raises(errors.Unauthenticated, match="revoked"):
+        asyncio.run(authenticator.principal(_bearer(key)))
+
+
+def test_a_cached_key_that_expires_is_refused(monkeypatch):
+    record, key = _key_record(expires_ms=10_000)
+    authenticator = auth.Authenticator(_Mirror({record.key_id: record}), _Mirror({}), auth.RecipientTokens())
+    monkeypatch.setattr(auth, "now_ms", lambda: 9_999)
+    asyncio.run(authenticator.principal(_bearer(key)))
+    monkeypatch.setattr(auth, "now_ms", lambda: 10_001)
+    with pytest.raises(errors.Unauthenticated, match="expired"):
+        asyncio.run(authenticator.principal(_bearer(key)))
+
+
+def test_the_verified_key_cache_is_bounded(monkeypatch):
+    monkeypatch.setattr(auth, "MAX_VERIFIED", 2)
+    records = [_key_record() for _ in range(5)]
+    authenticator = auth.Authenticator(_Mirror({r.key_id: r for r, _ in records}), _Mirror({}),
+                                       auth.RecipientTokens())
+    for _, key in records:
+        asyncio.run(authenticator.principal(_bearer(key)))
+        assert len(authenticator._verified) <= 2

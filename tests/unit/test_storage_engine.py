@@ -500,6 +500,25 @@ def test_wire_format_matches_the_generated_classes():
     assert wire.message_of(storage_pb2.StoredMessage(epoch=2).SerializeToString()) is None
 
 
+def test_a_messages_identity_is_sliced_as_the_generated_classes_make_it():
+    """keys.collected_value (wire.without_data): the message without its data, sliced
+    when data comes first (as serialized), else decoded; the same message either way."""
+    def identity(message: pubsub_pb2.PubsubMessage) -> pubsub_pb2.PubsubMessage:
+        return keys.parse_collected_value(keys.collected_value(message.SerializeToString()))
+
+    message = pubsub_pb2.PubsubMessage(data=b"x" * 300, attributes={"k": "v"}, message_id="id-1", ordering_key="o")
+    message.publish_time.FromMilliseconds(1_700_000_000_123)
+    expected = pubsub_pb2.PubsubMessage()
+    expected.CopyFrom(message)
+    expected.ClearField("data")
+    assert identity(message) == expected
+    assert identity(expected) == expected  # no data
+    assert identity(pubsub_pb2.PubsubMessage(data=b"only")) == pubsub_pb2.PubsubMessage()
+    data_last = pubsub_pb2.PubsubMessage(message_id="id-2").SerializeToString() + \
+        pubsub_pb2.PubsubMessage(data=b"last").SerializeToString()  # valid protobuf, not our serializers' order
+    assert keys.parse_collected_value(keys.collected_value(data_last)) == pubsub_pb2.PubsubMessage(message_id="id-2")
+
+
 async def test_written_trails_end_until_the_write_is_synced(engine):
     """A leader counts itself towards a majority only with what it has synced."""
     _, entries = engine.prepare(SHARD, messages(b"a"), 1, DEDUP_MS, False)
@@ -585,6 +604,21 @@ async def test_a_stuck_lease_pins_its_own_message_not_every_later_one(engine, tm
         assert [follower.log.entry(SHARD, seq).HasField("message") for seq in range(4)] == [True, False, False, False]
     finally:
         await follower.close()
+
+
+async def test_stubbing_waits_for_what_was_settled_a_round_before(engine):
+    """The storage service stubs only below the lowest cursor of its previous round
+    (settled_below): what the leader trims meanwhile is never stubbed first."""
+    engine.attach(SHARD, subscription("audit"))
+    await append(engine, SHARD, messages(b"a", b"b", b"c", b"d"))
+    settled = engine.lowest_cursor(SHARD)  # a round ago: nothing delivered yet
+    received = await pull(engine, SHARD, "audit", 10, 60_000, 0)
+    engine.acknowledge(SHARD, "audit", [m.ack_id for m in received[1:3]])  # a and d still leased
+    assert (settled, engine.lowest_cursor(SHARD)) == (0, 4)
+    assert engine.stub(SHARD, settled_below=settled) == 0
+    assert [engine.log.entry(SHARD, seq).HasField("message") for seq in range(4)] == [True] * 4
+    assert engine.stub(SHARD, settled_below=engine.lowest_cursor(SHARD)) == 4  # the next round
+    assert [engine.log.entry(SHARD, seq).HasField("message") for seq in range(4)] == [True, False, False, True]
 
 
 async def test_dead_letters_are_listed_after_a_seq_lowest_first(engine):
