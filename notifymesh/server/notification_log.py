@@ -304,11 +304,15 @@ def _add_event(send: notify_pb2.RecipientSend, raw: bytes) -> None:
     again (its sender died before its checkpoint: the page's tasks were sent
     already): it stays in the timeline but does not take the send back to queued.
     An event without a provider (a delivery receipt, an open) keeps the provider
-    and message id of the send before it."""
+    of the send before it, even when it carries the provider's message id: an SMS
+    status callback recorded before the sender's SEND_SENT row was written found no
+    provider to name (frontend/tracking.py), but its message is the same send's."""
     event = send.timeline.add()
     event.MergeFromString(raw)
     if event.state == notify_pb2.SEND_QUEUED and len(send.timeline) > 1:
         return
     send.state, send.reason = event.state, event.reason
-    if event.provider or event.provider_message_id:
+    if event.provider:
         send.provider, send.provider_message_id = event.provider, event.provider_message_id
+    elif event.provider_message_id:
+        send.provider_message_id = event.provider_message_id

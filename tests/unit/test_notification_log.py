@@ -80,6 +80,21 @@ async def test_a_fan_out_page_written_again_and_a_receipt_do_not_hide_what_the_s
     assert (sms.state, sms.provider, sms.provider_message_id) == (notify_pb2.SEND_DELIVERED, "sms-a", "SM1")
 
 
+async def test_an_sms_receipt_with_the_message_id_but_no_provider_keeps_the_provider_that_sent_it():
+    """The provider's status callback came before the sender's SEND_SENT row was
+    written (under load), so the frontend found no provider to name; the receipt
+    still carries the provider's message id (MessageSid)."""
+    log = NotificationLog(FakeTable(), RETENTION)
+    await log.accepted(record("n1", recipients=["alice"]), ["alice"])
+    await log.record([
+        ev("n1", "alice", SMS, notify_pb2.SEND_FAILED, T0 + 2, provider="sms-b", reason="provider unavailable"),
+        ev("n1", "alice", SMS, notify_pb2.SEND_SENT, T0 + 3, provider="sms-a", provider_message_id="SM1"),
+        ev("n1", "alice", SMS, notify_pb2.SEND_DELIVERED, T0 + 9, provider_message_id="SM1")])
+    sms, = (await log.notification("n1")).sends
+    assert (sms.state, sms.provider, sms.provider_message_id) == (notify_pb2.SEND_DELIVERED, "sms-a", "SM1")
+    assert [e.provider for e in sms.timeline] == ["sms-b", "sms-a", ""]  # the receipt as recorded
+
+
 async def test_a_notification_without_its_header_row_is_not_found():
     log = NotificationLog(FakeTable(), RETENTION)
     with pytest.raises(errors.NotFound):
