@@ -7,6 +7,7 @@ start, kill (SIGKILL) and restart real processes.
 import importlib.resources
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -72,12 +73,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Frontend ports come from below the kernel's ephemeral range: a port taken from that
+# range (another mesh's free_port(), any outgoing connection) can land on P+25
+# between its check and the frontend's bind, and did under parallel tests.
+FRONTEND_PORTS_FROM = 10_000
+BIND_FAILED = ("address already in use", "failed to bind")  # in a service's log when its port was taken
+
+
+class PortInUse(RuntimeError):
+    """A port of the mesh was taken between its choice and the mesh's start: another
+    choice of ports may start (tests/helpers.py new_mesh does so)."""
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_frontend_port() -> int:
-    """A free port whose frontend HTTP port (+ frontend_http_port_offset) is free too."""
+    """A free port, below the ephemeral range, whose frontend HTTP port (+
+    frontend_http_port_offset) is free too; random, so parallel test workers and
+    meshes seldom choose the same, and a mesh that did starts again (PortInUse)."""
+    top = max(_ephemeral_low(), FRONTEND_PORTS_FROM + 1000) - Config.frontend_http_port_offset - MAX_FRONTENDS
     while True:
-        port = free_port()
-        http = port + Config.frontend_http_port_offset
-        if http <= 65535 and _port_free(http):
+        port = random.randrange(FRONTEND_PORTS_FROM, top)
+        if _port_free(port) and _port_free(port + Config.frontend_http_port_offset):
             return port
 
 
@@ -328,7 +350,7 @@ class LocalMesh:
         for port in (*(p for pair in self.etcd_ports for p in pair), *self.frontend_ports,
                      *self.frontend_http_ports(), *(self.provider_ports or ())):
             if isinstance(self.network, Loopback) and not _port_free(port):
-                raise RuntimeError(f"127.0.0.1:{port} is in use: is another mesh running? (choose other ports)")
+                raise PortInUse(f"127.0.0.1:{port} is in use: is another mesh running? (choose other ports)")
         existing = sorted(p.name for p in self.data_dir.glob("etcd-*") if p.is_dir())
         if existing and existing != self.etcd_names():
             raise RuntimeError(f"{self.data_dir} holds an etcd cluster of {len(existing)} member(s), not "
@@ -470,7 +492,9 @@ class LocalMesh:
         while pending:
             for name in list(pending):
                 if not self.processes[name].alive():
-                    raise RuntimeError(f"{name} exited; see {self.processes[name].log_path}")
+                    said = self.processes[name].log_path.read_text(errors="replace").lower()
+                    raise (PortInUse if any(text in said for text in BIND_FAILED) else RuntimeError)(
+                        f"{name} exited; see {self.processes[name].log_path}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"not serving after {timeout}s: {sorted(pending)}")
             try:

@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from deploy.local import HA, LocalMesh, free_frontend_port, free_port
+from deploy.local import HA, LocalMesh, PortInUse, free_frontend_port, free_port
 from notifymesh.client import Client
 from notifymesh.credentials import CA_FILE, CLIENT_NAME, TLS_DIR
 from notifymesh.server import sealing
@@ -21,11 +22,25 @@ from notifymesh.server.cluster import connect_etcd
 from notifymesh.server.tls import TlsFiles, client_channel
 
 
+START_ATTEMPTS = 3  # a mesh whose ports another took before it bound them starts again on others
+
+
 def new_mesh(path, etcd_members: int = 1, frontends: int = 1, **kwargs) -> LocalMesh:
-    """A started mesh on free ports; kwargs as LocalMesh takes them (metadata_services, senders, ...)."""
-    return started(LocalMesh(path, frontend_ports=[free_frontend_port() for _ in range(frontends)],
-                             frontends=frontends, etcd_ports=[(free_port(), free_port()) for _ in range(etcd_members)],
-                             **{"provider_ports": (free_port(), free_port(), free_port()), **kwargs}))
+    """A started mesh on free ports; kwargs as LocalMesh takes them (metadata_services, senders, ...).
+    Free ports can be taken before the mesh binds them (parallel workers and meshes):
+    a new data dir's mesh then starts again, afresh, on other ports."""
+    path = Path(path)
+    fresh = not path.exists() or not any(path.iterdir())
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            return started(LocalMesh(
+                path, frontend_ports=[free_frontend_port() for _ in range(frontends)], frontends=frontends,
+                etcd_ports=[(free_port(), free_port()) for _ in range(etcd_members)],
+                **{"provider_ports": (free_port(), free_port(), free_port()), **kwargs}))
+        except PortInUse:
+            if not fresh or attempt == START_ATTEMPTS:
+                raise
+            shutil.rmtree(path)  # its etcd keeps the ports it was created with
 
 
 def started(mesh: LocalMesh) -> LocalMesh:

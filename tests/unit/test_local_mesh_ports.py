@@ -2,7 +2,10 @@
 
 import json
 
-from deploy.local import ETCD_PORTS_FILE, HA, LocalMesh
+import pytest
+
+from deploy.local import ETCD_PORTS_FILE, FRONTEND_PORTS_FROM, HA, LocalMesh, PortInUse, free_frontend_port
+from notifymesh.server.config import Config
 
 
 def test_every_port_derives_from_the_frontend_port(tmp_path):
@@ -27,3 +30,26 @@ def test_an_existing_etcd_keeps_the_ports_it_was_made_with(tmp_path):
     (tmp_path / "recorded" / "etcd-1").mkdir(parents=True)
     (tmp_path / "recorded" / ETCD_PORTS_FILE).write_text(json.dumps([[7010, 7020]]))
     assert LocalMesh(tmp_path / "recorded", frontend_port=6000).etcd_ports == [(7010, 7020)]
+
+
+def test_frontend_ports_come_from_below_the_ephemeral_range_with_their_http_port_free():
+    """Outside the range bind(0) and outgoing connections take ports from, so nothing
+    but another mesh takes P+25 between its choice and the frontend's bind."""
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    ports = [free_frontend_port() for _ in range(20)]
+    assert all(FRONTEND_PORTS_FROM <= port and port + Config.frontend_http_port_offset < low for port in ports)
+    assert len(set(ports)) > 1  # random: parallel workers seldom choose alike
+
+
+def test_a_service_that_exited_on_a_taken_port_says_port_in_use(tmp_path):
+    mesh = LocalMesh(tmp_path / "m", frontend_port=6000)
+    frontend = mesh.processes["frontend-1"]
+    frontend.log_path.parent.mkdir(parents=True, exist_ok=True)
+    frontend.log_path.write_text("OSError: [Errno 98] error while attempting to bind on address "
+                                 "('127.0.0.1', 6025): address already in use\n")
+    with pytest.raises(PortInUse, match="frontend-1 exited"):
+        mesh.wait_serving(["frontend-1"])  # never started: not alive
+    frontend.log_path.write_text("ValueError: something else\n")
+    with pytest.raises(RuntimeError, match="frontend-1 exited") as raised:
+        mesh.wait_serving(["frontend-1"])
+    assert not isinstance(raised.value, PortInUse)
