@@ -37,8 +37,9 @@ START_TIMEOUT_S = 60
 # The local providers' SMTP and HTTP servers at P+18 and P+19, the APNs fake (HTTP/2)
 # at P+17; frontend i's HTTP
 # server (one-click unsubscribe) at its port + Config.frontend_http_port_offset,
-# P+25+i (within the 30 for up to 5 frontends).
-MAX_FRONTENDS = 10
+# P+25+i (within the 30 for up to 5 frontends), its mutual-TLS gRPC port at its port +
+# Config.frontend_mtls_port_offset, P+5+i.
+MAX_FRONTENDS = 5
 MAX_ETCD_MEMBERS = 5
 ETCD_CLIENT_OFFSET, ETCD_PEER_OFFSET = 10, 20
 LOCAL_SMTP_OFFSET, LOCAL_HTTP_OFFSET, LOCAL_APNS_OFFSET = 18, 19, 17
@@ -94,12 +95,14 @@ def _ephemeral_low() -> int:
 
 def free_frontend_port() -> int:
     """A free port, below the ephemeral range, whose frontend HTTP port (+
-    frontend_http_port_offset) is free too; random, so parallel test workers and
-    meshes seldom choose the same, and a mesh that did starts again (PortInUse)."""
+    frontend_http_port_offset) and mutual-TLS port (+ frontend_mtls_port_offset) are
+    free too; random, so parallel test workers and meshes seldom choose the same, and
+    a mesh that did starts again (PortInUse)."""
     top = max(_ephemeral_low(), FRONTEND_PORTS_FROM + 1000) - Config.frontend_http_port_offset - MAX_FRONTENDS
     while True:
         port = random.randrange(FRONTEND_PORTS_FROM, top)
-        if _port_free(port) and _port_free(port + Config.frontend_http_port_offset):
+        derived = (port, port + Config.frontend_http_port_offset, port + Config.frontend_mtls_port_offset)
+        if all(_port_free(p) for p in derived):
             return port
 
 
@@ -348,7 +351,8 @@ class LocalMesh:
     def start(self, progress=lambda line: None) -> None:
         """Starts etcd, then every service, and returns once all report SERVING."""
         for port in (*(p for pair in self.etcd_ports for p in pair), *self.frontend_ports,
-                     *self.frontend_http_ports(), *(self.provider_ports or ())):
+                     *self.frontend_http_ports(), *(self.provider_ports or ()),
+                     *(p + Config.frontend_mtls_port_offset for p in self.frontend_ports if self.tls)):
             if isinstance(self.network, Loopback) and not _port_free(port):
                 raise PortInUse(f"127.0.0.1:{port} is in use: is another mesh running? (choose other ports)")
         existing = sorted(p.name for p in self.data_dir.glob("etcd-*") if p.is_dir())

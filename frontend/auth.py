@@ -335,6 +335,26 @@ class Authenticator:
         raise errors.Unauthenticated(f"unknown API key {key_id}")
 
 
+# Internal frontend RPCs the mesh's processes call: served only on the frontend's
+# mutual-TLS port (its client certificate verified by the handshake, process.py);
+# the public port, TLS without client certificates, refuses them.
+MTLS_ONLY = ("/notifymesh.internal.v1.Inbox/",)
+
+
+def _mtls_only(method: str, handler):
+    inner = handler.unary_unary
+
+    async def unary_unary(request, context):
+        security = context.auth_context()
+        # A plaintext mesh (--plaintext) has no mutual-TLS port: its network is trusted.
+        if security.get("transport_security_type") == [b"ssl"] and not security.get("x509_common_name"):
+            raise errors.PermissionDenied(f"{method} is internal: served only on the frontend's mutual-TLS port "
+                                          "(a client certificate of the cluster CA)")
+        return await inner(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer, handler.response_serializer)
+
+
 def _peer_common_name(context) -> str | None:
     """The subject CN of the peer's certificate, verified by the TLS handshake."""
     try:
@@ -385,6 +405,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _wrap(self, method: str, handler):
+        if handler is not None and method.startswith(MTLS_ONLY):
+            return _mtls_only(method, handler)
         if handler is None or method.lstrip("/").startswith(INTERNAL_SERVICES):
             return handler
         rule = RULES.get(method)

@@ -814,7 +814,7 @@ def _add_server_side_commands(commands) -> None:
                     help="etcd cluster size (3 survives the loss of one member)")
     up.add_argument("--metadata", type=int, default=1, choices=range(1, 6), metavar="{1..5}",
                     help="metadata services (stateless; any serves)")
-    up.add_argument("--frontends", type=int, default=1, choices=range(1, 11), metavar="{1..10}",
+    up.add_argument("--frontends", type=int, default=1, choices=range(1, 6), metavar="{1..5}",
                     help="frontends, at --port, --port+1, ...; a client given all of them spreads its calls")
     up.add_argument("--ha", action="store_true",
                     help="no single point of failure: 3 etcd members and 2 each of metadata, sender and frontend")

@@ -252,6 +252,9 @@ class MemberRecord(NamedTuple):
     lease: int = 0
     # Where the process serves GET /metrics (notifymesh.server.telemetry); "" before it did.
     metrics_addr: str = ""
+    # Frontends: the mutual-TLS port internal callers (and certificate principals) use;
+    # "" for other kinds and for a plaintext mesh (notifymesh.server.process).
+    internal_addr: str = ""
 
     def encode(self) -> bytes:
         return json.dumps(self._asdict()).encode()
@@ -260,7 +263,7 @@ class MemberRecord(NamedTuple):
     def parse(cls, value: bytes) -> "MemberRecord":
         record = json.loads(value)
         return cls(record["addr"], record.get("pid", 0), record.get("started", 0.0), record.get("lease", 0),
-                   record.get("metrics_addr", ""))
+                   record.get("metrics_addr", ""), record.get("internal_addr", ""))
 
 
 class LeaderRecord(NamedTuple):

@@ -208,10 +208,12 @@ class Registration:
     """This process's member key, kept alive by a lease: it disappears from etcd
     within the lease TTL once the process dies."""
 
-    def __init__(self, etcd: aetcd.Client, kind: str, node_id: str, addr: str, ttl_s: int, metrics_addr: str = ""):
+    def __init__(self, etcd: aetcd.Client, kind: str, node_id: str, addr: str, ttl_s: int, metrics_addr: str = "",
+                 internal_addr: str = ""):
         self.key = member_key(kind, node_id)
         self.addr = addr
-        self._record = MemberRecord(addr, os.getpid(), time.time(), metrics_addr=metrics_addr)
+        self._record = MemberRecord(addr, os.getpid(), time.time(), metrics_addr=metrics_addr,
+                                    internal_addr=internal_addr)
         self._renewals = telemetry.meter().create_counter(
             "notifymesh.etcd.lease_renewals", unit="{renewal}",
             description="keep-alives of this process's member lease, by outcome (ok, failed, expired)")
@@ -371,6 +373,13 @@ class Cluster:
         """node id -> address of the live members of one kind."""
         prefix = kind + "/"
         return {name[len(prefix):]: info.addr for name, info in self.members.items.items()
+                if name.startswith(prefix)}
+
+    def internal(self, kind: str) -> dict[str, str]:
+        """node id -> the address internal callers use: a frontend's mutual-TLS port
+        when it has one (a plaintext mesh has none), else its address."""
+        prefix = kind + "/"
+        return {name[len(prefix):]: info.internal_addr or info.addr for name, info in self.members.items.items()
                 if name.startswith(prefix)}
 
     def placeable(self, kind: str) -> list[str]:

@@ -60,6 +60,9 @@ class Config:
     # Frontend: its HTTP server (one-click unsubscribe, frontend/http.py) listens at its
     # gRPC port plus this (deploy/local.py's port plan: P+25 for the first frontend).
     frontend_http_port_offset: int = 25
+    # Frontend: its mutual-TLS gRPC port (internal RPCs, client certificates) at its
+    # gRPC port plus this (deploy/local.py: P+5+i, free while there are at most 5 frontends).
+    frontend_mtls_port_offset: int = 5
     # The frontends' HTTP base URL as recipients reach it, for the unsubscribe links of
     # emails; empty: http://<a frontend's host>:<its HTTP port>.
     public_base_url: str = ""
@@ -105,7 +108,8 @@ class Config:
 # member lease, the sender's fixed budgets): a change reaches a service at its next
 # start. Every other setting is read where it is used, so it follows etcd at run time.
 RESTART_REQUIRED = frozenset({"max_grpc_message_bytes", "member_lease_ttl_s", "sender_max_outstanding",
-                              "sender_max_push_in_flight", "frontend_http_port_offset", "encrypt_at_rest"})
+                              "sender_max_push_in_flight", "frontend_http_port_offset", "encrypt_at_rest",
+                              "frontend_mtls_port_offset"})
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # Settings whose 0 means "off" (every other one is a positive number).

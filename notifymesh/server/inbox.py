@@ -228,7 +228,7 @@ class InboxWaker:
         self._tell(inbox_pb2.InboxAcked(recipient=recipient, notification_ids=notification_ids))
 
     def _tell(self, change) -> None:
-        for addr in set(self._cluster.live("frontend").values()):
+        for addr in set(self._cluster.internal("frontend").values()):
             pending = self._pending.setdefault(addr, deque(maxlen=WAKE_MAX_PENDING))
             if len(pending) == WAKE_MAX_PENDING:
                 log.warning("inbox wake-up dropped: the frontend is behind", extra=fields(frontend=addr))
@@ -251,7 +251,7 @@ class InboxWaker:
                     await inbox_pb2_grpc.InboxStub(self._cluster.channel(addr)).Wake(request, timeout=WAKE_TIMEOUT_S)
                     backoff.reset()
                 except (grpc.aio.AioRpcError, errors.NotifymeshError, OSError) as e:  # etcd too
-                    if addr not in self._cluster.live("frontend").values():
+                    if addr not in self._cluster.internal("frontend").values():
                         log.info("inbox wake-ups dropped: the frontend left", extra=fields(frontend=addr))
                         pending.clear()
                         return

@@ -313,6 +313,26 @@ def _awaits(awaitable, depth: int = 24) -> list[str]:
     return chain
 
 
+def _frontend_mtls_port(kind: str, args: argparse.Namespace, config, files: TlsFiles | None,
+                        server: grpc.aio.Server) -> str:
+    """The frontend's second port, mutual TLS (client certificate of the cluster CA
+    required): gRPC Python cannot ask for a client certificate optionally on one port.
+    Internal RPCs are served only here (frontend/auth.py); public ones too, the caller
+    a certificate principal. At the public port + frontend_mtls_port_offset (any free
+    port when that is 0); the address to advertise, "" when there is none."""
+    if kind != "frontend" or files is None:
+        return ""
+    host, _, port = args.listen.rpartition(":")
+    wanted = int(port) + config.frontend_mtls_port_offset if int(port) else 0
+    bound = server.add_secure_port(f"{host}:{wanted}", server_credentials(files, require_client_cert=True))
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{wanted} (the frontend's mutual-TLS port)")
+    advertised = args.advertise.rpartition(":")[0] if args.advertise else (host or "127.0.0.1")
+    if advertised in ("0.0.0.0", "[::]"):
+        advertised = "127.0.0.1"
+    return f"{advertised}:{bound}"
+
+
 async def serve(kind: str, args: argparse.Namespace,
                 build: Callable[[Context], Awaitable[Component]]) -> None:
     log_mod.setup(kind, args.node_id, args.log_level)
@@ -345,6 +365,7 @@ async def serve(kind: str, args: argparse.Namespace,
     server, port, health_servicer = build_server(
         servicers, config.max_grpc_message_bytes, args.listen, component.reflected, credentials,
         getattr(component, "interceptors", ()))
+    internal_addr = _frontend_mtls_port(kind, args, config, files, server)
     await server.start()
     await component.start()
     host = args.listen.rpartition(":")[0] or "127.0.0.1"
@@ -355,7 +376,8 @@ async def serve(kind: str, args: argparse.Namespace,
         metrics_addr = f"{args.advertise.rpartition(':')[0]}:{metrics_addr.rpartition(':')[2]}"
     loop_lag = telemetry.LoopLag()
     loop_lag.start()
-    registration = Registration(etcd, kind, args.node_id, addr, config.member_lease_ttl_s, metrics_addr)
+    registration = Registration(etcd, kind, args.node_id, addr, config.member_lease_ttl_s, metrics_addr,
+                                internal_addr)
     await registration.start()
     ctx.registration = registration
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
