@@ -9,15 +9,17 @@ publishes in flight across that leader change. This module records and ends
 drains and reports what a node still holds."""
 
 import logging
-from typing import Mapping, Protocol
+from typing import Mapping, NamedTuple, Protocol
 
 from gen.notifymesh.v1 import cluster_pb2
 from notifymesh import errors
 from notifymesh.clock import now_ms, timestamp
-from notifymesh.contracts import DRAINING, DrainRecord
+from notifymesh.contracts import DRAINING, DRAINS_EPOCH, DrainRecord
 from notifymesh.log import fields
 
 log = logging.getLogger(__name__)
+
+RECORD_TRIES = 5  # drains begun by others meanwhile: each try reads them again and checks
 
 
 class Mirrored(Protocol):
@@ -35,12 +37,18 @@ class DrainView(Protocol):
     def live(self, kind: str) -> dict[str, str]: ...
 
 
+class Drains(NamedTuple):
+    records: dict[str, DrainRecord]  # node -> its drain
+    epoch: int  # the version of the drains read: a record is refused once another drain was begun
+
+
 class DrainStore(Protocol):
-    async def draining(self) -> dict[str, DrainRecord]:
+    async def draining(self) -> Drains:
         """The drains recorded, read from etcd itself (not a mirror)."""
 
-    async def record(self, node: str, record: DrainRecord) -> None:
-        """Records the drain unless one is recorded already."""
+    async def record(self, node: str, record: DrainRecord, epoch: int) -> bool:
+        """Records the drain unless one is recorded already; False when another drain
+        was begun since the drains of `epoch` were read (nothing recorded then)."""
 
     async def end(self, node: str) -> None: ...
 
@@ -49,14 +57,20 @@ class EtcdDrainStore:
     def __init__(self, etcd):
         self._etcd = etcd
 
-    async def draining(self) -> dict[str, DrainRecord]:
-        return {kv.key[len(DRAINING):].decode(): DrainRecord.parse(kv.value)
-                for kv in await self._etcd.get_prefix(DRAINING)}
+    async def draining(self) -> Drains:
+        # The epoch first: a drain recorded between the two reads then fails its
+        # record's compare, rather than being missed by a check that passed.
+        epoch = await self._etcd.get(DRAINS_EPOCH)
+        records = {kv.key[len(DRAINING):].decode(): DrainRecord.parse(kv.value)
+                   for kv in await self._etcd.get_prefix(DRAINING)}
+        return Drains(records, epoch.mod_revision if epoch is not None else 0)
 
-    async def record(self, node: str, record: DrainRecord) -> None:
+    async def record(self, node: str, record: DrainRecord, epoch: int) -> bool:
         key, txn = DRAINING + node.encode(), self._etcd.transactions
-        await self._etcd.transaction(compare=[txn.version(key) == 0], success=[txn.put(key, record.encode())],
-                                     failure=[])
+        recorded, _ = await self._etcd.transaction(
+            compare=[txn.version(key) == 0, txn.mod(DRAINS_EPOCH) == epoch],
+            success=[txn.put(key, record.encode()), txn.put(DRAINS_EPOCH, b"")], failure=[])
+        return recorded
 
     async def end(self, node: str) -> None:
         await self._etcd.delete(DRAINING + node.encode())
@@ -72,7 +86,7 @@ class NodeDrains:
         nodes left could not hold every partition's replication factor."""
         if not node:
             raise errors.InvalidArgument("node_id is required (a storage node's id, e.g. storage-2)")
-        draining = await self._store.draining()
+        draining = (await self._store.draining()).records
         live = self._view.live("storage")
         placed = {n for p in self._view.placements.items.values() for n in p.replicas}
         if node not in live and node not in draining and node not in placed:
@@ -84,11 +98,21 @@ class NodeDrains:
                 log.info("drain ended", extra=fields(node=node))
             return self._progress(node, None)
         if node not in draining:
-            self._check_enough_left(node, live, draining)
-            await self._store.record(node, DrainRecord(now_ms()))
-            log.info("drain begun", extra=fields(node=node))
-            draining = await self._store.draining()
+            draining = await self._begin(node, live)
         return self._progress(node, draining.get(node))
+
+    async def _begin(self, node: str, live: Mapping[str, str]) -> Mapping[str, DrainRecord]:
+        """Checks and records the drain in one step: two drains begun at once cannot
+        both pass the check against the drains before either."""
+        for _ in range(RECORD_TRIES):
+            drains = await self._store.draining()
+            if node in drains.records:
+                return drains.records  # recorded by a call that raced this one
+            self._check_enough_left(node, live, drains.records)
+            if await self._store.record(node, DrainRecord(now_ms()), drains.epoch):
+                log.info("drain begun", extra=fields(node=node))
+                return (await self._store.draining()).records
+        raise errors.Aborted(f"drains of other nodes kept beginning while {node}'s was checked; try again")
 
     def _check_enough_left(self, node: str, live: Mapping[str, str], draining: Mapping[str, DrainRecord]) -> None:
         """Every partition must still find its replication factor of nodes on the ring."""

@@ -209,6 +209,9 @@ CANDIDATES = b"/notifymesh/candidates/"      # + shard/node -> Candidacy
 CONFIG = b"/notifymesh/config"               # the cluster configuration, a JSON object
 # + storage node id -> DrainRecord: no lease, so a drain outlives restarts until undrained.
 DRAINING = b"/notifymesh/draining/"
+# Written with every new drain: its mod revision, compared when a drain is recorded,
+# makes the check "enough nodes left" and the record one step (metadata/drains.py).
+DRAINS_EPOCH = b"/notifymesh/drains-epoch"
 # The notification layer's cluster metadata (metadata/notify_store.py):
 CATEGORIES = b"/notifymesh/categories/"      # + name -> notifymesh.v1.Category
 TEMPLATES = b"/notifymesh/templates/"        # + template_version_name() -> notifymesh.v1.Template

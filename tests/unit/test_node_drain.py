@@ -2,13 +2,14 @@
 (Cluster.placeable), placement moves a drained leader's replica away and the
 leader resigns, and NodeDrains refuses precisely (metadata/drains.py)."""
 
+import asyncio
 from types import SimpleNamespace
 
 import pytest
 
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
-from metadata.drains import NodeDrains
+from metadata.drains import Drains, NodeDrains
 from notifymesh import errors
 from notifymesh.contracts import DrainRecord, LeaderRecord, MemberRecord
 from notifymesh.server.cluster import Cluster
@@ -124,16 +125,24 @@ async def test_a_follower_on_a_draining_node_is_swapped_out_and_the_leader_stays
 
 
 class FakeDrainStore:
+    """Drains in memory, with etcd's compare on the epoch; each read yields to the
+    event loop, so drains begun together interleave."""
+
     def __init__(self):
         self.recorded: dict[str, DrainRecord] = {}
-        self.writes = 0
+        self.epoch = self.writes = 0
 
     async def draining(self):
-        return dict(self.recorded)
+        read = Drains(dict(self.recorded), self.epoch)
+        await asyncio.sleep(0)  # the answer's way back: others run
+        return read
 
-    async def record(self, node, record):
+    async def record(self, node, record, epoch):
+        if node in self.recorded or epoch != self.epoch:
+            return False
         self.writes += 1
-        self.recorded.setdefault(node, record)
+        self.recorded[node], self.epoch = record, self.epoch + 1
+        return True
 
     async def end(self, node):
         self.recorded.pop(node, None)
@@ -185,3 +194,12 @@ async def test_an_unknown_or_missing_node_is_refused():
         await drains.drain("storage-9", undrain=True)
     with pytest.raises(errors.InvalidArgument):
         await drains.drain("")
+
+
+async def test_two_drains_begun_together_cannot_both_pass_the_check():
+    store = FakeDrainStore()
+    drains = NodeDrains(view(["storage-1", "storage-2", "storage-3", "storage-4"]), store)
+    results = await asyncio.gather(drains.drain("storage-3"), drains.drain("storage-4"), return_exceptions=True)
+    refused = [r for r in results if isinstance(r, errors.FailedPrecondition)]
+    assert len(store.recorded) == 1 and len(refused) == 1, (store.recorded, results)
+    assert "1 other(s) draining" in str(refused[0])
