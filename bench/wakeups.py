@@ -51,17 +51,18 @@ async def _grpc_server(port: int) -> grpc.aio.Server:
         "Stream": grpc.stream_stream_rpc_method_handler(stream)})])
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
-    return server  # kept: a collected server stops
+    return server
 
 
 def serve(transport: str, port: int, commands, answers) -> None:
     """The server process: answers each "cpu" command with its CPU seconds so far."""
     async def main():
-        server = await (_tcp_server(port) if transport == "tcp" else _grpc_server(port))  # noqa: F841 (kept)
+        server = await (_tcp_server(port) if transport == "tcp" else _grpc_server(port))
         answers.put("ready")
         loop = asyncio.get_running_loop()
         while (await loop.run_in_executor(None, commands.get)) == "cpu":
             answers.put(cpu_s())
+        await server.stop(None) if transport != "tcp" else server.close()
     asyncio.run(main())
 
 
