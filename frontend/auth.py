@@ -2,7 +2,8 @@
 AuthInterceptor before its handler runs.
 
 Each rule names what a call needs: an action on a kind of name taken from the
-request (principal.GRANTS says which role has which). A public method without a
+request (principal.GRANTS says which role has which), or from what it names as
+stored (Rule.stored: the topic of a subscription an update redirects). A public method without a
 rule is refused (and tests/unit/test_auth_rules.py fails), so a new RPC cannot go
 out unchecked. Internal services (INTERNAL_SERVICES) are not checked here: the
 mesh's own processes call them, authenticated by mTLS (and Inbox.Wake by its MAC).
@@ -17,7 +18,7 @@ two seconds (REVOCATION_BOUND_S, tested; typically milliseconds).
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, Awaitable, Callable, NamedTuple
 
 import grpc
 
@@ -66,6 +67,13 @@ class Rule:
     redact: Callable[[Any], None] | None = None
     # Counted against the key's admin calls/s and written to the audit log.
     admin: bool = False
+    # Checks on what the request names as stored (the topic of a subscription it names),
+    # looked up once the request's own checks pass: (request, topic_of) -> checks.
+    stored: Callable[[Any, "TopicOf"], Awaitable[list[Check]]] | None = None
+
+
+# The topic of the named subscription as stored; NotFound for an unknown one.
+TopicOf = Callable[[str], Awaitable[str]]
 
 
 def _field(request, path: str) -> str:
@@ -101,6 +109,19 @@ def _new_subscription(request) -> list[Check]:
     return [Check("manage", "subscription", subscription.name), Check("read", "topic", subscription.topic)]
 
 
+# UpdateSubscription fields that change where the subscription's messages go: a push
+# endpoint, a dead-letter topic its failed messages move to.
+REDIRECTING = ("push_config", "dead_letter_topic")
+
+
+async def _redirected(request, topic_of: TopicOf) -> list[Check]:
+    """Sending a subscription's messages elsewhere is as making one: read on its topic
+    too (_new_subscription), the topic it was stored with."""
+    if not any(path.split(".")[0] in REDIRECTING for path in request.update_mask.paths):
+        return []
+    return [Check("read", "topic", await topic_of(request.subscription.name))]
+
+
 SUBSCRIBE = on("subscribe", "subscription", "subscription")
 
 
@@ -129,7 +150,8 @@ RULES: dict[str, Rule] = {
     "/notifymesh.v1.Subscriber/GetSubscription": on("read", "subscription", "name"),
     "/notifymesh.v1.Subscriber/ListSubscriptions": READ_CLUSTER,
     "/notifymesh.v1.Subscriber/DeleteSubscription": on("manage", "subscription", "name"),
-    "/notifymesh.v1.Subscriber/UpdateSubscription": on("manage", "subscription", "subscription.name"),
+    "/notifymesh.v1.Subscriber/UpdateSubscription": Rule(
+        lambda r: [Check("manage", "subscription", r.subscription.name)], stored=_redirected),
     # A new signing secret: audited, as the admin calls are.
     "/notifymesh.v1.Subscriber/RotatePushSecret": Rule(
         lambda r: [Check("manage", "subscription", r.subscription)], admin=True),
@@ -214,6 +236,14 @@ def authorize(principal: Principal, rule: Rule, request) -> list[Check]:
         if not principal.allows(*check):
             raise refusal(principal, check)
     return checks
+
+
+async def authorize_stored(principal: Principal, rule: Rule, request, topic_of: TopicOf) -> None:
+    """The rule's checks on stored records (after authorize); PermissionDenied naming
+    the first one the caller lacks."""
+    for check in await rule.stored(request, topic_of):
+        if not principal.allows(*check):
+            raise refusal(principal, check)
 
 
 class RecipientTokens:
@@ -387,8 +417,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     which parses requests and maps the errors raised here."""
 
     def __init__(self, authenticator: Authenticator, limits: Limits, audit: AuditLog,
-                 enabled: Callable[[], bool]):
+                 enabled: Callable[[], bool], topic_of: TopicOf):
         self._auth, self._limits, self._audit, self._enabled = authenticator, limits, audit, enabled
+        self._topic_of = topic_of  # for Rule.stored
         # method -> (the handler served, its checked wrapper): made once per method,
         # not per call. Bounded by the server's methods (an unknown one has no handler).
         self._wrapped: dict[str, tuple] = {}
@@ -475,6 +506,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         try:
             principal = await self._auth.principal(context)
             authorize(principal, rule, request)
+            if rule.stored is not None:
+                await authorize_stored(principal, rule, request, self._topic_of)
             if rule.admin:
                 self._limits.admin_call(principal)
         except (errors.Unauthenticated, errors.PermissionDenied) as e:
