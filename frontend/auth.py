@@ -3,10 +3,13 @@ AuthInterceptor before its handler runs.
 
 Each rule names what a call needs: an action on a kind of name taken from the
 request (principal.GRANTS says which role has which), or from what it names as
-stored (Rule.stored: the topic of a subscription an update redirects). A public method without a
-rule is refused (and tests/unit/test_auth_rules.py fails), so a new RPC cannot go
-out unchecked. Internal services (INTERNAL_SERVICES) are not checked here: the
-mesh's own processes call them, authenticated by mTLS (and Inbox.Wake by its MAC).
+stored (Rule.stored: the topic of a subscription an update redirects). A public
+method without a rule is refused (and tests/unit/test_auth_rules.py fails), so a
+new RPC cannot go out unchecked. Internal services (INTERNAL_SERVICES) are not
+checked here: the mesh's own processes call them, authenticated by mTLS (and
+Inbox.Wake by its MAC); the frontend's own (notifymesh.internal.v1: Inbox, Node)
+are served only on its mutual-TLS port (MTLS_ONLY). Health and reflection are
+served on both ports (load balancers, grpcurl).
 
 Callers are identified by Authenticator: an API key or an end user's token in
 `authorization: Bearer ...`, else a client certificate mapped to a principal.
@@ -365,10 +368,11 @@ class Authenticator:
         raise errors.Unauthenticated(f"unknown API key {key_id}")
 
 
-# Internal frontend RPCs the mesh's processes call: served only on the frontend's
-# mutual-TLS port (its client certificate verified by the handshake, process.py);
-# the public port, TLS without client certificates, refuses them.
-MTLS_ONLY = ("/notifymesh.internal.v1.Inbox/",)
+# Every internal service the frontend serves (Inbox.Wake from senders and frontends,
+# Node.Describe from the local mesh and tools): only on its mutual-TLS port (the client
+# certificate verified by the handshake, process.py); the public port, TLS without
+# client certificates, refuses them whatever API key comes along. All are unary.
+MTLS_ONLY = ("/notifymesh.internal.v1.",)
 
 
 def _mtls_only(method: str, handler):
@@ -376,7 +380,9 @@ def _mtls_only(method: str, handler):
 
     async def unary_unary(request, context):
         security = context.auth_context()
-        # A plaintext mesh (--plaintext) has no mutual-TLS port: its network is trusted.
+        # A plaintext mesh (--plaintext: TLS off, for a comparison or behind a proxy that
+        # ends it) has one port and no mutual-TLS one, like every other service's internal
+        # port then: its network is trusted, and internal RPCs are served as before.
         if security.get("transport_security_type") == [b"ssl"] and not security.get("x509_common_name"):
             raise errors.PermissionDenied(f"{method} is internal: served only on the frontend's mutual-TLS port "
                                           "(a client certificate of the cluster CA)")
