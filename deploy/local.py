@@ -223,6 +223,17 @@ class LocalMesh:
                 for name, port in zip(self.frontend_names(), self.frontend_ports)]
 
     @property
+    def frontend_internal_addrs(self) -> list[str]:
+        """Where the mesh's processes call each frontend's internal RPCs (Node.Describe,
+        Inbox.Wake): its mutual-TLS port, the internal_addr of its member record (derived
+        as the frontend does: port + Config.frontend_mtls_port_offset); a plaintext mesh
+        has none and serves them on the one port."""
+        if not self.tls:
+            return self.frontend_addrs
+        return [f"{self.network.address(name)}:{port + Config.frontend_mtls_port_offset}"
+                for name, port in zip(self.frontend_names(), self.frontend_ports)]
+
+    @property
     def frontend_target(self) -> str:
         """Every frontend, as a Client or NOTIFYMESH_ADDR takes them: a,b."""
         return ",".join(self.frontend_addrs)
@@ -467,10 +478,12 @@ class LocalMesh:
         raise TimeoutError("etcd did not start")
 
     def describe(self, topics=(), subscriptions=(), addr: str | None = None) -> node_pb2.DescribeResponse:
-        """Node.Describe of addr; by default of the first live frontend that answers
-        (a test may have killed the others)."""
-        live = [a for name, a in zip(self.frontend_names(), self.frontend_addrs) if self.processes[name].alive()]
-        targets = [addr] if addr else live or self.frontend_addrs[:1]
+        """Node.Describe of addr (an internal address: internal_members); by default of
+        the first live frontend that answers (a test may have killed the others), on
+        its mutual-TLS port: the public one refuses internal RPCs."""
+        live = [a for name, a in zip(self.frontend_names(), self.frontend_internal_addrs)
+                if self.processes[name].alive()]
+        targets = [addr] if addr else live or self.frontend_internal_addrs[:1]
         for target in targets:
             try:
                 with self.channel(target) as channel:
@@ -483,6 +496,12 @@ class LocalMesh:
     def members(self) -> dict[str, str]:
         """node id -> address of every live member, as the frontend sees etcd."""
         return {m.node_id: m.addr for m in self.describe().members}
+
+    def internal_members(self) -> dict[str, str]:
+        """node id -> the address the mesh's processes call it at (Cluster.internal): a
+        frontend's mutual-TLS port, every other member's address."""
+        internal = dict(zip(self.frontend_names(), self.frontend_internal_addrs))
+        return {node: internal.get(node, addr) for node, addr in self.members().items()}
 
     def metrics_urls(self) -> dict[str, str]:
         """node id -> where the member serves GET /metrics."""

@@ -2,10 +2,14 @@
 AuthInterceptor before its handler runs.
 
 Each rule names what a call needs: an action on a kind of name taken from the
-request (principal.GRANTS says which role has which). A public method without a
-rule is refused (and tests/unit/test_auth_rules.py fails), so a new RPC cannot go
-out unchecked. Internal services (INTERNAL_SERVICES) are not checked here: the
-mesh's own processes call them, authenticated by mTLS (and Inbox.Wake by its MAC).
+request (principal.GRANTS says which role has which), or from what it names as
+stored (Rule.stored: the topic of a subscription an update redirects). A public
+method without a rule is refused (and tests/unit/test_auth_rules.py fails), so a
+new RPC cannot go out unchecked. Internal services (INTERNAL_SERVICES) are not
+checked here: the mesh's own processes call them, authenticated by mTLS (and
+Inbox.Wake by its MAC); the frontend's own (notifymesh.internal.v1: Inbox, Node)
+are served only on its mutual-TLS port (MTLS_ONLY). Health and reflection are
+served on both ports (load balancers, grpcurl).
 
 Callers are identified by Authenticator: an API key or an end user's token in
 `authorization: Bearer ...`, else a client certificate mapped to a principal.
@@ -17,7 +21,7 @@ two seconds (REVOCATION_BOUND_S, tested; typically milliseconds).
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, Awaitable, Callable, NamedTuple
 
 import grpc
 
@@ -66,6 +70,13 @@ class Rule:
     redact: Callable[[Any], None] | None = None
     # Counted against the key's admin calls/s and written to the audit log.
     admin: bool = False
+    # Checks on what the request names as stored (the topic of a subscription it names),
+    # looked up once the request's own checks pass: (request, topic_of) -> checks.
+    stored: Callable[[Any, "TopicOf"], Awaitable[list[Check]]] | None = None
+
+
+# The topic of the named subscription as stored; NotFound for an unknown one.
+TopicOf = Callable[[str], Awaitable[str]]
 
 
 def _field(request, path: str) -> str:
@@ -101,6 +112,19 @@ def _new_subscription(request) -> list[Check]:
     return [Check("manage", "subscription", subscription.name), Check("read", "topic", subscription.topic)]
 
 
+# UpdateSubscription fields that change where the subscription's messages go: a push
+# endpoint, a dead-letter topic its failed messages move to.
+REDIRECTING = ("push_config", "dead_letter_topic")
+
+
+async def _redirected(request, topic_of: TopicOf) -> list[Check]:
+    """Sending a subscription's messages elsewhere is as making one: read on its topic
+    too (_new_subscription), the topic it was stored with."""
+    if not any(path.split(".")[0] in REDIRECTING for path in request.update_mask.paths):
+        return []
+    return [Check("read", "topic", await topic_of(request.subscription.name))]
+
+
 SUBSCRIBE = on("subscribe", "subscription", "subscription")
 
 
@@ -129,7 +153,8 @@ RULES: dict[str, Rule] = {
     "/notifymesh.v1.Subscriber/GetSubscription": on("read", "subscription", "name"),
     "/notifymesh.v1.Subscriber/ListSubscriptions": READ_CLUSTER,
     "/notifymesh.v1.Subscriber/DeleteSubscription": on("manage", "subscription", "name"),
-    "/notifymesh.v1.Subscriber/UpdateSubscription": on("manage", "subscription", "subscription.name"),
+    "/notifymesh.v1.Subscriber/UpdateSubscription": Rule(
+        lambda r: [Check("manage", "subscription", r.subscription.name)], stored=_redirected),
     # A new signing secret: audited, as the admin calls are.
     "/notifymesh.v1.Subscriber/RotatePushSecret": Rule(
         lambda r: [Check("manage", "subscription", r.subscription)], admin=True),
@@ -214,6 +239,14 @@ def authorize(principal: Principal, rule: Rule, request) -> list[Check]:
         if not principal.allows(*check):
             raise refusal(principal, check)
     return checks
+
+
+async def authorize_stored(principal: Principal, rule: Rule, request, topic_of: TopicOf) -> None:
+    """The rule's checks on stored records (after authorize); PermissionDenied naming
+    the first one the caller lacks."""
+    for check in await rule.stored(request, topic_of):
+        if not principal.allows(*check):
+            raise refusal(principal, check)
 
 
 class RecipientTokens:
@@ -335,10 +368,11 @@ class Authenticator:
         raise errors.Unauthenticated(f"unknown API key {key_id}")
 
 
-# Internal frontend RPCs the mesh's processes call: served only on the frontend's
-# mutual-TLS port (its client certificate verified by the handshake, process.py);
-# the public port, TLS without client certificates, refuses them.
-MTLS_ONLY = ("/notifymesh.internal.v1.Inbox/",)
+# Every internal service the frontend serves (Inbox.Wake from senders and frontends,
+# Node.Describe from the local mesh and tools): only on its mutual-TLS port (the client
+# certificate verified by the handshake, process.py); the public port, TLS without
+# client certificates, refuses them whatever API key comes along. All are unary.
+MTLS_ONLY = ("/notifymesh.internal.v1.",)
 
 
 def _mtls_only(method: str, handler):
@@ -346,7 +380,9 @@ def _mtls_only(method: str, handler):
 
     async def unary_unary(request, context):
         security = context.auth_context()
-        # A plaintext mesh (--plaintext) has no mutual-TLS port: its network is trusted.
+        # A plaintext mesh (--plaintext: TLS off, for a comparison or behind a proxy that
+        # ends it) has one port and no mutual-TLS one, like every other service's internal
+        # port then: its network is trusted, and internal RPCs are served as before.
         if security.get("transport_security_type") == [b"ssl"] and not security.get("x509_common_name"):
             raise errors.PermissionDenied(f"{method} is internal: served only on the frontend's mutual-TLS port "
                                           "(a client certificate of the cluster CA)")
@@ -387,8 +423,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     which parses requests and maps the errors raised here."""
 
     def __init__(self, authenticator: Authenticator, limits: Limits, audit: AuditLog,
-                 enabled: Callable[[], bool]):
+                 enabled: Callable[[], bool], topic_of: TopicOf):
         self._auth, self._limits, self._audit, self._enabled = authenticator, limits, audit, enabled
+        self._topic_of = topic_of  # for Rule.stored
         # method -> (the handler served, its checked wrapper): made once per method,
         # not per call. Bounded by the server's methods (an unknown one has no handler).
         self._wrapped: dict[str, tuple] = {}
@@ -475,6 +512,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         try:
             principal = await self._auth.principal(context)
             authorize(principal, rule, request)
+            if rule.stored is not None:
+                await authorize_stored(principal, rule, request, self._topic_of)
             if rule.admin:
                 self._limits.admin_call(principal)
         except (errors.Unauthenticated, errors.PermissionDenied) as e:

@@ -207,8 +207,12 @@ class Auth:
         self.tokens = RecipientTokens()
         self.audit = AuditLog(InternalPublisher(ctx.cluster, StorageClient(ctx.cluster)).publish, ctx.node_id)
         limits = Limits(ctx.config, lambda: len(ctx.cluster.live("frontend")))
+
+        async def topic_of(subscription: str) -> str:  # from the mirror; NOT_FOUND for an unknown one
+            return (await ctx.cluster.subscription(validation.name("subscription", subscription))).topic
+
         self.interceptor = AuthInterceptor(Authenticator(self.keys, self.certs, self.tokens), limits, self.audit,
-                                           lambda: bool(ctx.config.auth_enabled))
+                                           lambda: bool(ctx.config.auth_enabled), topic_of)
 
     async def start(self, etcd) -> None:
         self.tokens.start(await unsubscribe.derived_key(etcd, "recipient-token"))

@@ -1,5 +1,6 @@
 """A recipient's mobile devices, as rows of the replicated table (rows.py):
-`V rid platform token` -> notifymesh.v1.Device for each, and the marker `V rid`,
+`V rid platform digest` -> notifymesh.v1.Device for each (keyed by a digest of the
+token: rows.device_key), and the marker `V rid`,
 the one key the fan-out reads to know that the push channel can reach the
 recipient. Checked, added, listed and removed here: by the frontend (the
 Devices API) and by the sender (a token the provider calls dead is pruned).
@@ -69,35 +70,51 @@ class Devices:
     def __init__(self, table: DeviceTable):
         self._table = table
 
-    async def list(self, recipient: str) -> list[notify_pb2.Device]:
-        """Every device of the recipient (at most MAX_DEVICES: one scan)."""
+    async def _rows(self, recipient: str) -> list[tuple[bytes, notify_pb2.Device]]:
+        """(key, device) of every device row of the recipient, each key as the scan
+        returned it, not recomputed: a row written before keys were digests names its
+        token (rows.device_key), and is found, replaced and removed all the same."""
         page = await self._table.scan(recipient, rows.devices_prefix(recipient), limit=MAX_DEVICES + 1)
-        return [notify_pb2.Device.FromString(value) for value in page.values]
+        return [(key, notify_pb2.Device.FromString(value)) for key, value in zip(page.keys, page.values)]
+
+    async def list(self, recipient: str) -> list[notify_pb2.Device]:
+        """Every device of the recipient (at most MAX_DEVICES: one scan), by platform and
+        token (the keys' order before they were digests)."""
+        return sorted((device for _, device in await self._rows(recipient)), key=lambda d: (d.platform, d.token))
 
     async def add(self, recipient: str, device: notify_pb2.Device) -> notify_pb2.Device:
         """Adds the checked device, or refreshes its app id and last_seen."""
         stored = check(device)
-        known = await self.list(recipient)
-        if len(known) >= MAX_DEVICES and not any(d.platform == stored.platform and d.token == stored.token
-                                                 for d in known):
+        found = await self._rows(recipient)
+        key = rows.device_key(recipient, stored.platform, stored.token)
+        same = [k for k, d in found if d.platform == stored.platform and d.token == stored.token]
+        if len(found) >= MAX_DEVICES and not same:
             raise errors.ResourceExhausted(f"recipient {recipient!r} has {MAX_DEVICES} devices; remove one first")
         stored.last_seen.FromMilliseconds(now_ms())
         await self._table.write(recipient, [
-            storage_pb2.TableOp(key=rows.device_key(recipient, stored.platform, stored.token),
-                                value=stored.SerializeToString()),
+            *(_drop(old, key) for old in same if old != key),  # its row keyed by the token: replaced
+            storage_pb2.TableOp(key=key, value=stored.SerializeToString()),
             storage_pb2.TableOp(key=rows.has_devices_key(recipient), value=b"")])
         return stored
 
     async def remove(self, recipient: str, platform_name: str, token_value: str) -> bool:
         """Whether the recipient had the device; the marker goes with its last one."""
+        found = await self._rows(recipient)
         key = rows.device_key(recipient, platform_name, token_value)
-        known = await self.list(recipient)
-        if not any(rows.device_key(recipient, d.platform, d.token) == key for d in known):
+        same = [k for k, d in found if d.platform == platform_name and d.token == token_value]
+        if not same:
             return False
-        await self._table.write(recipient, [storage_pb2.TableOp(key=key, delete=True)])
-        if len(known) == 1:
+        await self._table.write(recipient, [_drop(old, key) for old in same])
+        if len(found) == len(same):
             marker = rows.has_devices_key(recipient)
             await self._table.write(recipient, [storage_pb2.TableOp(key=marker, delete=True)])
             if await self.list(recipient):  # an add came in between: its device keeps its marker
                 await self._table.write(recipient, [storage_pb2.TableOp(key=marker, value=b"")])
         return True
+
+
+def _drop(found: bytes, key: bytes) -> storage_pb2.TableOp:
+    """Deletes a device row found by a scan. A row keyed by the token itself (written
+    before digests) is erased: a delete's tombstone would keep the token in the
+    storage nodes' files, an erase compacts it out (storage/table.py)."""
+    return storage_pb2.TableOp(key=found, delete=True) if found == key else storage_pb2.TableOp(key=found, erase=True)

@@ -17,7 +17,8 @@ decimal milliseconds so keys sort by time.
   X rid                               -> erasure time (13 digits): the recipient was deleted
   V rid                               -> b"": the recipient has (or lately had) a device; one
                                          key the fan-out reads to decide the push channel
-  V rid platform token                -> notifymesh.v1.Device
+  V rid platform digest               -> notifymesh.v1.Device (digest: device_token_digest of its
+                                         token; rows written before it named the token itself)
   D rid payload hash                  -> RateCounter of limit 1: the notification that had this
                                          template, category and data for the recipient within the
                                          notify topic's dedup window (sender/fanout.py)
@@ -39,6 +40,7 @@ decimal milliseconds so keys sort by time.
   (partition key of S and Y: stats_partition_key(p))
 """
 
+import hashlib
 import zlib
 from typing import NamedTuple
 
@@ -134,8 +136,21 @@ def has_devices_key(recipient: str) -> bytes:
     return _key(DEVICE, recipient)
 
 
+# A push token is personal data, and table keys are stored in the clear (only values
+# are sealed, sealing.py): a device row is keyed by a digest of its token, the token
+# itself only in the sealed value. Unkeyed SHA-256 is enough: the providers' tokens
+# are high-entropy (APNs 32 random bytes, FCM 100+ characters), so no one can find a
+# token by hashing guesses. 32 hex digits (128 bits): no two of a recipient's at most
+# 20 devices collide, at half the key length of the whole digest.
+DEVICE_DIGEST_HEX = 32
+
+
+def device_token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()[:DEVICE_DIGEST_HEX]
+
+
 def device_key(recipient: str, platform: str, token: str) -> bytes:
-    return _key(DEVICE, recipient, platform, token)
+    return _key(DEVICE, recipient, platform, device_token_digest(token))
 
 
 def devices_prefix(recipient: str) -> bytes:

@@ -1,6 +1,7 @@
 """Encryption at rest on a real mesh: no file of any storage node (RocksDB tables,
 write-ahead log, manifest) nor of etcd holds a payload, an attribute, a recipient's
-address or phone number, a notification's data, a dead letter's error, a push
+address, phone number or device token (keys are not sealed: a device row is keyed
+by a digest of its token), a notification's data, a dead letter's error, a push
 secret or a provider credential in the clear; and a full restart of every process
 still delivers, with secrets opened again."""
 
@@ -56,6 +57,7 @@ async def test_nothing_clients_sent_is_on_disk_in_the_clear_and_a_full_restart_s
     payload, attribute = f"payload-{marker}".encode(), f"attribute-{marker}"
     email, phone = f"mail-{marker}@example.com", "+1415555" + str(secrets.randbelow(10 ** 4)).zfill(4)
     note, reason = f"note-{marker}", f"reason-{marker}"
+    device_token = f"fcm-token-{marker}"
     receiver = Receiver()
     try:
         async with Client(mesh.frontend_addr) as client:
@@ -80,6 +82,7 @@ async def test_nothing_clients_sent_is_on_disk_in_the_clear_and_a_full_restart_s
                 channel=notify_pb2.EMAIL, subject="Hi", text="{{ data.note }}")]))
             await client.create_category(category)
             await client.upsert_recipient(rid, email=email, phone=phone)
+            await client.add_device(rid, "fcm", device_token)
             nid = await client.notify(template, category, [rid], data={"note": note})
 
             async def sent():
@@ -91,7 +94,8 @@ async def test_nothing_clients_sent_is_on_disk_in_the_clear_and_a_full_restart_s
                             for r in local_providers.provider_records(local_providers.credentials(mesh.data_dir),
                                                                       "127.0.0.1", 1, 2) if r.secret}
         needles = {"payload": payload, "attribute": attribute.encode(), "email": email.encode(),
-                   "phone": phone.encode(), "notification data": note.encode(), "nack reason": reason.encode(),
+                   "phone": phone.encode(), "device token": device_token.encode(),
+                   "notification data": note.encode(), "nack reason": reason.encode(),
                    "push secret": push_secret.encode(), **provider_secrets}
 
         mesh.stop()  # every process: RocksDB flushed and closed, etcd stopped

@@ -89,6 +89,27 @@ async def test_each_role_on_matching_and_other_names(mesh, client):
             await viewer.get_topic("notifymesh.audit")
 
 
+async def test_redirecting_a_subscription_needs_its_topic_as_creating_one_does(mesh, client):
+    subs, topic, dead = unique("subs"), unique("ops.alerts"), unique("ops.dead")
+    for name in (topic, dead):
+        await client.create_topic(name)
+    subscription = f"{subs}.audit"
+    await client.create_subscription(subscription, topic)
+    _, manager_key = await _key(client, "subscriber", subscriptions=[f"{subs}.*"])  # no topic
+    async with Client(mesh.frontend_addr, api_key=manager_key) as manager:
+        with pytest.raises(errors.PermissionDenied) as refused:
+            await manager.update_subscription(subscription, push_endpoint="https://hooks.example.com/steal")
+        assert f"may not read topic {topic!r}: needs read on topic {topic}" in refused.value.details
+        with pytest.raises(errors.PermissionDenied, match=f"needs read on topic {topic}"):
+            await manager.update_subscription(subscription, dead_letter_topic=dead, max_delivery_attempts=5)
+        updated = await manager.update_subscription(subscription, ack_deadline_s=30)
+        assert updated.ack_deadline.seconds == 30 and not updated.HasField("push_config")
+        with pytest.raises(errors.NotFound):
+            await manager.update_subscription(f"{subs}.unknown", push_endpoint="https://hooks.example.com/x")
+    got = await client.get_subscription(subscription)
+    assert not got.HasField("push_config") and not got.dead_letter_topic
+
+
 async def test_a_revoked_key_is_refused_within_the_bound_and_an_expired_one_too(mesh, client):
     key_id, key = await _key(client, "viewer")
     _, short = await _key(client, "viewer", ttl_s=1)

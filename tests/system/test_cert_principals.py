@@ -1,14 +1,15 @@
 """Client certificates mapped to principals (issue 17), on the frontend's second,
 mutual-TLS port (its public port + frontend_mtls_port_offset): a mapped CN acts
 with its role and patterns, an unmapped one and another CA's certificate are
-refused, and the internal Inbox.Wake is served there only."""
+refused, and the frontend's internal RPCs (Inbox.Wake, Node.Describe) are served
+there only."""
 
 import grpc
 import pytest
 from helpers import aio_channel, unique
 
 from deploy import pki
-from gen.notifymesh.internal.v1 import inbox_pb2, inbox_pb2_grpc
+from gen.notifymesh.internal.v1 import inbox_pb2, inbox_pb2_grpc, node_pb2, node_pb2_grpc
 from gen.notifymesh.v1 import pubsub_pb2, pubsub_pb2_grpc
 from notifymesh.server.config import Config
 from notifymesh.server.tls import TlsFiles, client_channel
@@ -79,3 +80,17 @@ async def test_inbox_wake_is_refused_on_the_public_port_and_served_on_the_mtls_p
         with pytest.raises(grpc.aio.AioRpcError) as forged:
             await inbox_pb2_grpc.InboxStub(channel).Wake(request, timeout=10)
     assert "mutual-TLS" not in forged.value.details()
+
+
+async def test_an_internal_rpc_is_refused_on_the_public_port_with_an_admin_key_and_served_on_the_mtls_port(mesh):
+    async with aio_channel(mesh.data_dir, mesh.frontend_addr) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await node_pb2_grpc.NodeStub(channel).Describe(node_pb2.DescribeRequest(), timeout=10,
+                                                           metadata=mesh.auth_metadata())
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "/notifymesh.internal.v1.Node/Describe is internal: served only on the frontend's mutual-TLS port" \
+        in refused.value.details()
+    # A service's certificate of the cluster CA (a sender's, as the mesh's own callers use).
+    async with client_channel(_mtls_addr(mesh), TlsFiles(mesh.tls_dir, "sender-1"), aio=True) as channel:
+        described = await node_pb2_grpc.NodeStub(channel).Describe(node_pb2.DescribeRequest(), timeout=10)
+    assert described.kind == "frontend" and {m.kind for m in described.members} >= {"storage", "sender", "frontend"}

@@ -54,7 +54,7 @@ async def test_whole_mesh_restart_keeps_topics_subscriptions_and_unacked_message
 
 
 async def test_killed_member_leaves_etcd_within_its_lease_and_rings_agree(own_mesh):
-    members = own_mesh.members()
+    members = own_mesh.internal_members()  # Node.Describe: a frontend's on its mutual-TLS port
     assert set(members) == set(own_mesh.service_names())
     topics = [f"topic-{i}" for i in range(64)]
     subscriptions = [f"sub-{i}" for i in range(64)]
@@ -70,7 +70,7 @@ async def test_killed_member_leaves_etcd_within_its_lease_and_rings_agree(own_me
     while "storage-2" in own_mesh.members():
         assert time.monotonic() - killed_at < LEASE_TTL_S + 2, "registration outlived its lease"
         await asyncio.sleep(0.1)
-    members = own_mesh.members()
+    members = own_mesh.internal_members()
     views = [own_mesh.describe(topics, addr=addr) for addr in members.values()]
     owners = [dict(v.topic_owners) for v in views]
     deadline = time.monotonic() + 5

@@ -59,7 +59,8 @@ async def test_up_runs_the_local_providers_sets_them_and_outbox_list_shows_what_
                f"admin key in {data_dir / 'admin.key'})" in said, said
 
         # Set in etcd, through the metadata service.
-        async with aio_channel(data_dir, f"127.0.0.1:{port}") as channel:
+        mtls = f"127.0.0.1:{port + Config.frontend_mtls_port_offset}"  # internal RPCs: the mutual-TLS port
+        async with aio_channel(data_dir, mtls) as channel:
             described = await node_pb2_grpc.NodeStub(channel).Describe(node_pb2.DescribeRequest())
         metadata = next(m.addr for m in described.members if m.kind == "metadata")
         async with aio_channel(data_dir, metadata) as channel:

@@ -67,6 +67,40 @@ def test_subscriber_needs_the_topic_for_a_new_subscription():
     assert not _allowed(key, PUBLISH, pubsub_pb2.PublishRequest(topic="billing.invoices"))
 
 
+UPDATE_SUB = "/notifymesh.v1.Subscriber/UpdateSubscription"
+
+
+async def test_redirecting_a_subscription_needs_its_stored_topic_too():
+    key = _key("subscriber", subscriptions=("subs.*",), topics=("billing.*",))
+    looked_up = []
+
+    async def topic_of(name):
+        looked_up.append(name)
+        return {"subs.ops": "ops.alerts", "subs.billing": "billing.invoices"}[name]
+
+    def update(name, *paths):
+        request = pubsub_pb2.UpdateSubscriptionRequest(subscription=pubsub_pb2.Subscription(name=name))
+        request.update_mask.paths.extend(paths)
+        return request
+
+    async def allowed(request) -> bool:
+        try:
+            auth.authorize(key, auth.RULES[UPDATE_SUB], request)
+            await auth.authorize_stored(key, auth.RULES[UPDATE_SUB], request, topic_of)
+            return True
+        except errors.PermissionDenied as e:
+            assert "needs read on topic ops.alerts" in str(e)
+            return False
+
+    assert await allowed(update("subs.ops", "ack_deadline", "retry_policy.minimum_backoff"))
+    assert looked_up == []  # nothing stored to check
+    assert not await allowed(update("subs.ops", "push_config.endpoint"))
+    assert not await allowed(update("subs.ops", "push_config"))
+    assert not await allowed(update("subs.ops", "ack_deadline", "dead_letter_topic"))
+    assert await allowed(update("subs.billing", "push_config.endpoint"))
+    assert looked_up == ["subs.ops"] * 3 + ["subs.billing"]
+
+
 def test_viewer_reads_only():
     key = _key("viewer", topics=("*",), subscriptions=("*",))
     assert _allowed(key, "/notifymesh.v1.Publisher/GetTopic", pubsub_pb2.GetTopicRequest(name="a"))

@@ -22,7 +22,7 @@ async def _handler(request, context):
 
 def _interceptors():
     return [telemetry.RpcMetrics(), ErrorInterceptor(),
-            AuthInterceptor(authenticator=None, limits=None, audit=None, enabled=lambda: True)]
+            AuthInterceptor(authenticator=None, limits=None, audit=None, enabled=lambda: True, topic_of=None)]
 
 
 def test_a_methods_handler_is_wrapped_once_and_again_when_it_changes():

@@ -117,6 +117,29 @@ async def test_devices_are_bounded_and_refreshed_not_repeated():
     assert devices.check(notify_pb2.Device(platform="apns", token="AB" * 32)).token == "ab" * 32
 
 
+async def test_device_rows_are_keyed_by_a_digest_and_rows_keyed_by_the_token_are_still_replaced_and_removed():
+    p = Parts()
+    await p.alice(["tok-new"])
+    [key] = [k for k in p.table.rows[p.table.partition("alice")] if k.startswith(rows.devices_prefix("alice"))]
+    assert b"tok-new" not in key and key == rows.device_key("alice", "fcm", "tok-new")
+    assert len(key.rsplit(rows.SEP, 1)[1]) == rows.DEVICE_DIGEST_HEX
+    # Rows written before keys were digests: the token in the key.
+    for token in ("tok-old", "tok-gone"):
+        legacy = rows.DEVICE + rows.SEP.join([b"alice", b"fcm", token.encode()])
+        await p.table.write("alice", [put(legacy, notify_pb2.Device(platform="fcm", token=token).SerializeToString())])
+    assert [d.token for d in await p.devices.list("alice")] == ["tok-gone", "tok-new", "tok-old"]
+    await p.devices.add("alice", notify_pb2.Device(platform="fcm", token="tok-old", app_id="com.x"))  # refreshed
+    stored = {k: notify_pb2.Device.FromString(p.table.get("alice", k)) for k in p.table.rows[p.table.partition("alice")]
+              if k.startswith(rows.devices_prefix("alice"))}
+    assert sorted(d.token for d in stored.values()) == ["tok-gone", "tok-new", "tok-old"]
+    assert stored[rows.device_key("alice", "fcm", "tok-old")].app_id == "com.x"
+    _, written = p.table.calls[-1]
+    assert [op.key for op in written["alice"] if op.erase] == [rows.DEVICE + b"alice\0fcm\0tok-old"]  # compacted out
+    assert await p.devices.remove("alice", "fcm", "tok-gone")
+    assert not any(b"tok-" in k for k in p.table.rows[p.table.partition("alice")])
+    assert [d.token for d in await p.devices.list("alice")] == ["tok-new", "tok-old"]
+
+
 def test_the_fanout_decides_push_by_the_device_marker():
     recipient, category = notify_pb2.Recipient(id="a", email="a@x.org"), notify_pb2.Category(name="c")
     [with_device] = decide(recipient, False, [], category, [PUSH], [], has_devices=True)
