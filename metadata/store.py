@@ -99,8 +99,9 @@ def update_mask(paths) -> field_mask_pb2.FieldMask:
 
 
 def _keep_previous_secret(current: pubsub_pb2.PushConfig, updated: pubsub_pb2.PushConfig) -> None:
-    """An update keeps a rotation's previous secret and its expiry, as it keeps the secret."""
-    if current.previous_secret:
+    """An update keeps a rotation's previous secret and its expiry while it lasts, as it
+    keeps the secret (an expired one is dropped then: it signs nothing)."""
+    if current.previous_secret and current.previous_secret_expire_time.ToMilliseconds() > now_ms():
         updated.previous_secret = current.previous_secret
         updated.previous_secret_expire_time.CopyFrom(current.previous_secret_expire_time)
 
