@@ -18,6 +18,7 @@ from gen.notifymesh.internal.v1 import inbox_pb2, inbox_pb2_grpc
 from gen.notifymesh.v1 import cluster_pb2, cluster_pb2_grpc, notify_pb2, notify_pb2_grpc, pubsub_pb2, pubsub_pb2_grpc
 from gen.notifymesh.v1 import auth_pb2, auth_pb2_grpc, events_pb2, events_pb2_grpc
 from notifymesh import errors
+from notifymesh.clock import now_ms
 from notifymesh.contracts import API_KEYS, CERT_PRINCIPALS
 from notifymesh.server import egress, templating, tracing, tracking, unsubscribe, validation
 from notifymesh.server.clients import StorageClient
@@ -69,6 +70,9 @@ def _without_push_secret(subscription: pubsub_pb2.Subscription) -> pubsub_pb2.Su
     if subscription.HasField("push_config"):
         subscription.push_config.secret_set = bool(subscription.push_config.secret)
         subscription.push_config.secret = ""
+        subscription.push_config.previous_secret = ""  # never shown; its expiry says it signs while it lasts
+        if subscription.push_config.previous_secret_expire_time.ToMilliseconds() <= now_ms():
+            subscription.push_config.ClearField("previous_secret_expire_time")
     return subscription
 
 

@@ -75,7 +75,9 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
 
     async def RotatePushSecret(self, request, context):
         _not_reserved("subscription", request.subscription)
-        return await self._store.rotate_push_secret(request.subscription)
+        ttl = request.previous_secret_ttl
+        return await self._store.rotate_push_secret(
+            request.subscription, ttl.ToMilliseconds() / 1000 if request.HasField("previous_secret_ttl") else None)
 
     async def GetConfig(self, request, context):
         return cluster_pb2.ClusterConfig(settings=await self._settings.get(request.key))

@@ -51,6 +51,11 @@ ETCD_TIMEOUT_S = 5  # as every other etcd request (cluster.connect_etcd)
 MAX_REDRIVE_RULES, MAX_REDRIVE_PATTERN_BYTES = 10, 256
 DEFAULT_REDRIVE_AFTER_S, MAX_REDRIVE_AFTER_S = 600, 7 * 24 * 3600
 DEFAULT_MAX_REDRIVES, MAX_REDRIVES = 3, 100
+# How long a rotated push secret keeps signing beside the new one: a day by default
+# (time to deploy the new one to the receiver), at most a week.
+DEFAULT_PREVIOUS_SECRET_TTL_S, MAX_PREVIOUS_SECRET_TTL_S = 24 * 3600, 7 * 24 * 3600
+SERVER_SET_PUSH_FIELDS = ("push_config.secret", "push_config.previous_secret",
+                          "push_config.previous_secret_expire_time")
 
 
 def _refuse_if_named(topic: str, subscriptions: list[pubsub_pb2.Subscription]) -> None:
@@ -88,9 +93,17 @@ def update_mask(paths) -> field_mask_pb2.FieldMask:
                 pubsub_pb2.Subscription.DESCRIPTOR):
             raise errors.InvalidArgument(f"update_mask path {path!r} is not a field that can be updated; "
                                          f"give some of: {', '.join(UPDATABLE)}")
-        if path == "push_config.secret":
-            raise errors.InvalidArgument("push_config.secret is set by the server")
+        if path in SERVER_SET_PUSH_FIELDS:
+            raise errors.InvalidArgument(f"{path} is set by the server")
     return field_mask_pb2.FieldMask(paths=paths)
+
+
+def _keep_previous_secret(current: pubsub_pb2.PushConfig, updated: pubsub_pb2.PushConfig) -> None:
+    """An update keeps a rotation's previous secret and its expiry while it lasts, as it
+    keeps the secret (an expired one is dropped then: it signs nothing)."""
+    if current.previous_secret and current.previous_secret_expire_time.ToMilliseconds() > now_ms():
+        updated.previous_secret = current.previous_secret
+        updated.previous_secret_expire_time.CopyFrom(current.previous_secret_expire_time)
 
 
 def check_redrive_rules(record: pubsub_pb2.Subscription) -> None:
@@ -348,6 +361,8 @@ class MetadataStore:
                 raise errors.InvalidArgument(f"push endpoint {push.endpoint!r} is not an http(s) URL")
             await egress.check_url("push endpoint", push.endpoint, parse_networks(self._config.allowed_networks))
             push.secret = secrets.token_hex(32)
+            push.ClearField("previous_secret")  # only a rotation sets these
+            push.ClearField("previous_secret_expire_time")
             push.max_in_flight = push.max_in_flight or 16
             validation.count_between("push max in flight", push.max_in_flight, 1, 1000)
             if not push.HasField("timeout"):
@@ -423,6 +438,7 @@ class MetadataStore:
             await self._check_update(record, mask)
             if record.push_config.endpoint and current.push_config.secret:
                 record.push_config.secret = current.push_config.secret  # receivers keep verifying
+                _keep_previous_secret(current.push_config, record.push_config)
             updated, _ = await self._etcd.transaction(
                 compare=[self._txn.mod(key) == kv.mod_revision, *self._topics_exist(record)],
                 success=[self._txn.put(key, sealing.subscription_value(record))], failure=[])
@@ -438,25 +454,40 @@ class MetadataStore:
         answer.CopyFrom(record)
         if current.push_config.secret and answer.push_config.secret:  # shown once: when it is made
             answer.push_config.secret, answer.push_config.secret_set = "", True
+        if answer.push_config.previous_secret:
+            answer.push_config.previous_secret = ""  # never shown
         return answer
 
-    async def rotate_push_secret(self, name: str) -> pubsub_pb2.Subscription:
+    async def rotate_push_secret(self, name: str, previous_ttl_s: float | None = None) -> pubsub_pb2.Subscription:
         """A new signing secret for the push subscription, in a compare-and-swap on the
-        record as read; FAILED_PRECONDITION for a pull subscription."""
+        record as read; FAILED_PRECONDITION for a pull subscription. The replaced secret
+        keeps signing beside the new one for previous_ttl_s (None: a day; 0: not at all),
+        taking the place of any earlier previous secret: at most two secrets sign."""
         key = SUBSCRIPTIONS + validation.name("subscription", name).encode()
+        ttl_s = DEFAULT_PREVIOUS_SECRET_TTL_S if previous_ttl_s is None else validation.seconds_between(
+            "previous secret ttl", previous_ttl_s, 0, MAX_PREVIOUS_SECRET_TTL_S)
         for _ in range(UPDATE_TRIES):
             kv = await self._etcd.get(key)
             if kv is None:
                 raise errors.NotFound(f"subscription {name!r} not found")
-            record = pubsub_pb2.Subscription.FromString(kv.value)
-            if not record.push_config.endpoint:
+            # Not strict: a secret that no longer opens (a lost master key) is what a
+            # rotation replaces; it just cannot sign beside the new one.
+            record = sealing.parse_subscription(kv.value, strict=False)
+            push = record.push_config
+            if not push.endpoint:
                 raise errors.FailedPrecondition(f"subscription {name!r} is not a push subscription: it has no secret")
-            record.push_config.secret = secrets.token_hex(32)
-            updated, _ = await self._etcd.transaction(compare=[self._txn.mod(key) == kv.mod_revision],
-                                                      success=[self._txn.put(key, record.SerializeToString())],
-                                                      failure=[])
+            replaced, push.secret = push.secret, secrets.token_hex(32)
+            push.ClearField("previous_secret")
+            push.ClearField("previous_secret_expire_time")
+            if ttl_s and replaced:
+                push.previous_secret = replaced
+                push.previous_secret_expire_time.CopyFrom(timestamp(now_ms() + round(ttl_s * 1000)))
+            updated, _ = await self._etcd.transaction(
+                compare=[self._txn.mod(key) == kv.mod_revision],
+                success=[self._txn.put(key, sealing.subscription_value(record))], failure=[])
             if updated:
-                log.info("push secret rotated", extra=fields(subscription=name))
+                log.info("push secret rotated", extra=fields(subscription=name, previous_secret_ttl_s=ttl_s))
+                push.previous_secret = ""  # the answer shows the new secret (once), never the old
                 return record
         raise errors.Aborted(f"subscription {name!r} changed meanwhile; try again")
 

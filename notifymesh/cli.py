@@ -185,6 +185,8 @@ def _subscription_record(sub) -> dict:
                  "push_secret_set": sub.push_config.secret_set or bool(sub.push_config.secret)}
         if sub.push_config.secret:  # only a create or rotate-secret answer carries it: shown once
             line["push_secret"] = sub.push_config.secret
+        if sub.push_config.HasField("previous_secret_expire_time"):  # the replaced secret signs too until then
+            line["previous_secret_expire_time"] = sub.push_config.previous_secret_expire_time.ToJsonString()
     if sub.dead_letter_topic:
         line |= {"max_delivery_attempts": sub.max_delivery_attempts, "dead_letter_topic": sub.dead_letter_topic}
     return line
@@ -375,7 +377,7 @@ async def _subscription(args, client: Client) -> None:
     elif args.action == "update":
         await _update_subscription(args, client)
     elif args.action == "rotate-secret":
-        args.out.record(_subscription_record(await client.rotate_push_secret(args.name)))
+        args.out.record(_subscription_record(await client.rotate_push_secret(args.name, args.overlap)))
 
 
 async def _seek(args, client: Client) -> None:
@@ -718,8 +720,11 @@ def _add_subscription_commands(commands) -> None:
     push = update.add_mutually_exclusive_group()
     push.add_argument("--push-endpoint", help="http(s) URL to POST each message to (the secret stays)")
     push.add_argument("--no-push", action="store_true", help="make it a pull subscription")
-    sub_actions.add_parser("rotate-secret", help="a new push signing secret, printed once (the old one stops "
-                                                 "signing at once)").add_argument("name", help="the subscription")
+    rotate = sub_actions.add_parser("rotate-secret", help="a new push signing secret, printed once (the old one "
+                                                          "signs beside it for --overlap)")
+    rotate.add_argument("name", help="the subscription")
+    rotate.add_argument("--overlap", type=duration, help="how long the old secret keeps signing beside the new one, "
+                                                         "e.g. 2h (default 24h; 0: stops at once; at most 7d)")
     _add_seek_commands(sub_actions)
 
 

@@ -274,10 +274,15 @@ class Client:
                 topic=topic, page_size=page_size), "subscriptions"):
             yield page
 
-    async def rotate_push_secret(self, name: str) -> pubsub_pb2.Subscription:
-        """A new push signing secret (in push_config.secret: the one time it is shown)."""
-        return await self._call(self._subscriber.RotatePushSecret,
-                                pubsub_pb2.RotatePushSecretRequest(subscription=name))
+    async def rotate_push_secret(self, name: str,
+                                 previous_secret_ttl_s: float | None = None) -> pubsub_pb2.Subscription:
+        """A new push signing secret (in push_config.secret: the one time it is shown).
+        The old one keeps signing beside it for previous_secret_ttl_s (None: the
+        server's 24 h; 0: stops at once; at most 7 days), until
+        push_config.previous_secret_expire_time."""
+        return await self._call(self._subscriber.RotatePushSecret, pubsub_pb2.RotatePushSecretRequest(
+            subscription=name,
+            previous_secret_ttl=None if previous_secret_ttl_s is None else _duration(previous_secret_ttl_s)))
 
     async def delete_subscription(self, name: str) -> None:
         await self._call(self._subscriber.DeleteSubscription, pubsub_pb2.DeleteSubscriptionRequest(name=name))

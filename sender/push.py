@@ -35,6 +35,15 @@ def request_body(subscription: str, received: pubsub_pb2.ReceivedMessage) -> byt
     }).encode()
 
 
+def live_previous_secret(push_config: pubsub_pb2.PushConfig, now_s: float | None = None) -> str:
+    """The secret a rotation replaced while its overlap lasts (it signs beside the
+    new one), else "": checked at each request, so it stops at its expire time."""
+    now_ms = (time.time() if now_s is None else now_s) * 1000
+    if push_config.previous_secret and push_config.previous_secret_expire_time.ToMilliseconds() > now_ms:
+        return push_config.previous_secret
+    return ""
+
+
 class PushWorker:
     def __init__(self, record: pubsub_pb2.Subscription, dispatcher: Dispatcher, http: httpx.AsyncClient,
                  sender_slots: asyncio.Semaphore):
@@ -72,7 +81,8 @@ class PushWorker:
         headers = {"Content-Type": "application/json",
                    "X-Notifymesh-Message-Id": received.message.message_id,
                    "X-Notifymesh-Delivery-Attempt": str(received.delivery_attempt),
-                   **webhooks.headers(self.push_config.secret, body),
+                   **webhooks.headers(self.push_config.secret, body,
+                                      previous=live_previous_secret(self.push_config)),
                    **({"traceparent": tracing.encode(traced.get_span_context())} if traced is not None else {})}
         self.in_flight += 1
         started = time.perf_counter()

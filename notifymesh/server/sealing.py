@@ -496,13 +496,21 @@ def _push_context(subscription: pubsub_pb2.Subscription) -> str:
     return f"subscription {subscription.name} push secret"
 
 
+def _previous_push_context(subscription: pubsub_pb2.Subscription) -> str:
+    """Its own context: a sealed previous secret cannot pass for the current one."""
+    return f"subscription {subscription.name} previous push secret"
+
+
 def subscription_value(subscription: pubsub_pb2.Subscription) -> bytes:
-    """The record to store: its push secret sealed."""
-    if not subscription.push_config.secret or not _installed.enabled:
+    """The record to store: its push secrets (current and previous) sealed."""
+    push = subscription.push_config
+    if not (push.secret or push.previous_secret) or not _installed.enabled:
         return subscription.SerializeToString()
     stored = pubsub_pb2.Subscription()
     stored.CopyFrom(subscription)
-    stored.push_config.secret = _installed.seal_text(subscription.push_config.secret, _push_context(subscription))
+    stored.push_config.secret = _installed.seal_text(push.secret, _push_context(subscription))
+    stored.push_config.previous_secret = _installed.seal_text(push.previous_secret,
+                                                              _previous_push_context(subscription))
     return stored.SerializeToString()
 
 
@@ -510,9 +518,11 @@ def parse_subscription(value: bytes, strict: bool = True) -> pubsub_pb2.Subscrip
     """strict False (the cluster's mirrors): a secret that does not open is left
     empty and logged, rather than stop the whole view of the cluster."""
     subscription = pubsub_pb2.Subscription.FromString(value)
-    if subscription.push_config.secret.startswith(TEXT_PREFIX):
-        subscription.push_config.secret = _open_secret(subscription.push_config.secret, _push_context(subscription),
-                                                       strict)
+    push = subscription.push_config
+    if push.secret.startswith(TEXT_PREFIX):
+        push.secret = _open_secret(push.secret, _push_context(subscription), strict)
+    if push.previous_secret.startswith(TEXT_PREFIX):
+        push.previous_secret = _open_secret(push.previous_secret, _previous_push_context(subscription), strict)
     return subscription
 
 

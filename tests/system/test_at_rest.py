@@ -69,6 +69,11 @@ async def test_nothing_clients_sent_is_on_disk_in_the_clear_and_a_full_restart_s
             pushed = await client.create_subscription(push, topic, push_endpoint=receiver.url)
             push_secret = pushed.push_config.secret
             assert push_secret
+            # A rotated push secret, and the one it replaced (kept for the overlap): sealed as well.
+            rotated, quiet = unique("rotated"), unique("quiet")  # a topic of its own: nothing pushed with them
+            await client.create_topic(quiet)
+            replaced = (await client.create_subscription(rotated, quiet, push_endpoint=receiver.url)).push_config.secret
+            rotated_secret = (await client.rotate_push_secret(rotated, 3600)).push_config.secret
             # A dead letter with an error: the delivery log and the saved delivery state hold it.
             nacked = unique("nacked")
             await client.create_subscription(nacked, topic, max_delivery_attempts=5, dead_letter_topic=dead)
@@ -96,7 +101,8 @@ async def test_nothing_clients_sent_is_on_disk_in_the_clear_and_a_full_restart_s
         needles = {"payload": payload, "attribute": attribute.encode(), "email": email.encode(),
                    "phone": phone.encode(), "device token": device_token.encode(),
                    "notification data": note.encode(), "nack reason": reason.encode(),
-                   "push secret": push_secret.encode(), **provider_secrets}
+                   "push secret": push_secret.encode(), "rotated push secret": rotated_secret.encode(),
+                   "previous push secret": replaced.encode(), **provider_secrets}
 
         mesh.stop()  # every process: RocksDB flushed and closed, etcd stopped
         assert files_holding(mesh, needles) == {}

@@ -32,6 +32,8 @@ def test_an_update_mask_names_settings_or_their_fields():
     (["ack_deadlines"], "not a field that can be updated"),
     (["retry_policy.nope"], "not a field that can be updated"),
     (["push_config.secret"], "set by the server"),
+    (["push_config.previous_secret"], "set by the server"),
+    (["push_config.previous_secret_expire_time"], "set by the server"),
 ])
 def test_an_update_mask_without_settings_that_can_change_is_refused(paths, message):
     with pytest.raises(errors.InvalidArgument, match=message):

@@ -139,6 +139,19 @@ def test_secrets_in_etcd_records_are_sealed_to_their_record(ring, monkeypatch):
     assert sealing.parse_provider(provider.SerializeToString()).secret == "hunter2"  # stored before: as it was
 
 
+def test_a_rotated_push_secret_kept_as_the_previous_one_is_sealed_apart(ring, monkeypatch):
+    monkeypatch.setattr(sealing, "_installed", ring)
+    push = pubsub_pb2.PushConfig(endpoint="http://h/x", secret="n3w", previous_secret="0ld")
+    stored = sealing.subscription_value(pubsub_pb2.Subscription(name="orders-push", topic="orders", push_config=push))
+    assert b"n3w" not in stored and b"0ld" not in stored
+    opened = sealing.parse_subscription(stored).push_config
+    assert (opened.secret, opened.previous_secret) == ("n3w", "0ld")
+    swapped = pubsub_pb2.Subscription.FromString(stored)  # the sealed previous secret passed off as the current
+    swapped.push_config.secret = swapped.push_config.previous_secret
+    with pytest.raises(SealError):
+        sealing.parse_subscription(swapped.SerializeToString())
+
+
 def test_a_key_file_with_a_bad_line_is_refused(tmp_path):
     path = tmp_path / "master.key"
     assert sealing.create_key_file(path) and not sealing.create_key_file(path)

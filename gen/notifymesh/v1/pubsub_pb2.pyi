@@ -99,18 +99,22 @@ class RedriveRule(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_redrives: _Optional[int] = ...) -> None: ...
 
 class PushConfig(_message.Message):
-    __slots__ = ("endpoint", "secret", "max_in_flight", "timeout", "secret_set")
+    __slots__ = ("endpoint", "secret", "max_in_flight", "timeout", "secret_set", "previous_secret", "previous_secret_expire_time")
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     SECRET_FIELD_NUMBER: _ClassVar[int]
     MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     SECRET_SET_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_SECRET_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_SECRET_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     endpoint: str
     secret: str
     max_in_flight: int
     timeout: _duration_pb2.Duration
     secret_set: bool
-    def __init__(self, endpoint: _Optional[str] = ..., secret: _Optional[str] = ..., max_in_flight: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., secret_set: _Optional[bool] = ...) -> None: ...
+    previous_secret: str
+    previous_secret_expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, endpoint: _Optional[str] = ..., secret: _Optional[str] = ..., max_in_flight: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., secret_set: _Optional[bool] = ..., previous_secret: _Optional[str] = ..., previous_secret_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RetryPolicy(_message.Message):
     __slots__ = ("minimum_backoff", "maximum_backoff", "multiplier")
@@ -518,7 +522,9 @@ class DescribeSubscriptionRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class RotatePushSecretRequest(_message.Message):
-    __slots__ = ("subscription",)
+    __slots__ = ("subscription", "previous_secret_ttl")
     SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_SECRET_TTL_FIELD_NUMBER: _ClassVar[int]
     subscription: str
-    def __init__(self, subscription: _Optional[str] = ...) -> None: ...
+    previous_secret_ttl: _duration_pb2.Duration
+    def __init__(self, subscription: _Optional[str] = ..., previous_secret_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...

@@ -618,7 +618,7 @@ class SubscriberServicer:
 
     def RotatePushSecret(self, request, context):
         """A new push signing secret, returned once (Get/List say only secret_set); the
-        old one stops signing at once.
+        old one keeps signing beside it for previous_secret_ttl (default 24 h).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
