@@ -287,7 +287,9 @@ class MetadataStore:
             if kv is None:
                 raise errors.NotFound(f"topic {name!r} not found")
             listed = await self._etcd.get_prefix(SUBSCRIPTIONS)
-            _refuse_if_named(name, [sealing.parse_subscription(s.value) for s in listed])
+            # Only the names they hold are read: their push secrets stay sealed (a secret
+            # that does not open, or a key not loaded, must not stop a topic's delete).
+            _refuse_if_named(name, [pubsub_pb2.Subscription.FromString(s.value) for s in listed])
             prefix_end = etcd_utils.prefix_range_end
             deleted, _ = await self._etcd.transaction(
                 # No subscription written since the check read them: created, or updated
