@@ -19,53 +19,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-from concurrent import futures
 from pathlib import Path
-from typing import NamedTuple
-
-import grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.otlp_receiver import Span, SpanReceiver  # noqa: E402
 from deploy.local import LocalMesh, free_frontend_port, tracing_args  # noqa: E402
 
 MAX_SPANS = 200_000  # kept by the receiver: --messages is at most 20,000, about 8 spans each
-
-
-class Span(NamedTuple):
-    process: str
-    name: str
-    trace_ids: tuple[str, ...]  # its own trace and the traces it links (a batch's append)
-    start_ns: int
-    end_ns: int
-
-
-class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
-    """An OTLP/gRPC trace receiver keeping up to MAX_SPANS spans."""
-
-    def __init__(self):
-        self.spans: list[Span] = []
-        self._lock = threading.Lock()
-        self.server = grpc.server(futures.ThreadPoolExecutor(2))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-
-    def Export(self, request, context):
-        with self._lock:
-            for resource_spans in request.resource_spans:
-                resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
-                process = resource.get("service.instance.id") or resource.get("service.name", "?")
-                for scope in resource_spans.scope_spans:
-                    for span in scope.spans[:max(0, MAX_SPANS - len(self.spans))]:
-                        traces = (span.trace_id.hex(), *(link.trace_id.hex() for link in span.links))
-                        self.spans.append(Span(process, span.name, traces, span.start_time_unix_nano,
-                                               span.end_time_unix_nano))
-        return trace_service_pb2.ExportTraceServiceResponse()
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -103,7 +66,7 @@ def main() -> int:
     args = p.parse_args()
     if not (1 <= args.rate <= 5000 and 1 <= args.messages <= 20_000 and 1 <= args.subscribers <= 10):
         p.error("--rate 1 to 5,000, --messages 1 to 20,000, --subscribers 1 to 10")
-    receiver = Receiver()
+    receiver = SpanReceiver(keep=MAX_SPANS)
     data_dir = Path(tempfile.mkdtemp(prefix="notifymesh-breakdown-"))
     mesh = LocalMesh(data_dir / "mesh", frontend_port=free_frontend_port(), storage_nodes=3,
                      tracing=tracing_args(1, f"127.0.0.1:{receiver.port}"))
@@ -115,13 +78,13 @@ def main() -> int:
                                stdout=subprocess.PIPE, text=True, cwd=REPO, timeout=args.messages / args.rate + 300)
     finally:
         mesh.stop()  # the services export what they still hold as they stop
-        receiver.server.stop(1)
+        receiver.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
     run = json.loads(bench.stdout.splitlines()[-1]) if bench.stdout.strip() else {}
     print(json.dumps({"bench": "latency_breakdown", "rate": args.rate, "messages": args.messages,
                       "subscribers": args.subscribers, "date": run.get("date"), "machine": run.get("machine"),
                       "p50_ms": run.get("p50_ms"), "p99_ms": run.get("p99_ms"),
-                      "publish_ack_p50_ms": run.get("publish_ack_p50_ms"), "spans": len(receiver.spans),
+                      "publish_ack_p50_ms": run.get("publish_ack_p50_ms"), "spans": receiver.count,
                       "hops": breakdown(receiver.spans)}), flush=True)
     return 0 if run else 1
 

@@ -17,14 +17,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-from concurrent import futures
 from pathlib import Path
 
-import grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-
 from bench.fresh_mesh import header, progress
+from bench.otlp_receiver import SpanReceiver
 from bench.procfs import cpu_s
 from deploy.local import LocalMesh, free_frontend_port, free_port, tracing_args
 
@@ -32,29 +28,11 @@ MODES = (("off", 0.0), ("1%", 0.01), ("100%", 1.0))
 START_TRIES = 3
 
 
-class SpanSink(trace_service_pb2_grpc.TraceServiceServicer):
-    """An OTLP/gRPC receiver that counts the spans it is sent."""
-
-    def __init__(self):
-        self.spans = 0
-        self._lock = threading.Lock()
-        self.server = grpc.server(futures.ThreadPoolExecutor(2))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-
-    def Export(self, request, context):
-        count = sum(len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans)
-        with self._lock:
-            self.spans += count
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-
 def _kind(name: str) -> str:
     return name.rsplit("-", 1)[0]
 
 
-def started_mesh(ratio: float, sink: SpanSink) -> tuple[LocalMesh, str]:
+def started_mesh(ratio: float, sink: SpanReceiver) -> tuple[LocalMesh, str]:
     """A fresh mesh on free ports; started again on new ones (up to START_TRIES) when
     a port chosen free was taken meanwhile (other processes on a shared machine)."""
     attempt = 0
@@ -75,7 +53,7 @@ def started_mesh(ratio: float, sink: SpanSink) -> tuple[LocalMesh, str]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def one_run(mode: str, ratio: float, round_: int, messages: int, sink: SpanSink) -> dict:
+def one_run(mode: str, ratio: float, round_: int, messages: int, sink: SpanReceiver) -> dict:
     line = header("tracing", mode=mode, ratio=ratio, round=round_, messages=messages)
     try:
         mesh, tmp = started_mesh(ratio, sink)
@@ -84,7 +62,7 @@ def one_run(mode: str, ratio: float, round_: int, messages: int, sink: SpanSink)
     try:
         pids = {name: p.popen.pid for name, p in mesh.processes.items()
                 if p.popen is not None and _kind(name) in ("frontend", "storage", "sender")}
-        spans_before, cpu_before = sink.spans, {name: cpu_s(pid) for name, pid in pids.items()}
+        spans_before, cpu_before = sink.count, {name: cpu_s(pid) for name, pid in pids.items()}
         load = os.getloadavg()[0]
         out = subprocess.run([sys.executable, "-m", "notifymesh.cli", "bench", "--messages", str(messages),
                               "--subscribers", "1", "--addr", mesh.frontend_addr],
@@ -98,7 +76,7 @@ def one_run(mode: str, ratio: float, round_: int, messages: int, sink: SpanSink)
                  "delivered_msgs_per_s": result.get("delivered_msgs_per_s"),
                  "cpu_s_per_10k": {kind: round(s * 10_000 / messages, 2) for kind, s in sorted(cpu.items())},
                  "cpu_s_per_10k_total": round(sum(cpu.values()) * 10_000 / messages, 2),
-                 "spans_exported": sink.spans - spans_before,
+                 "spans_exported": sink.count - spans_before,
                  "loadavg_1m_before": round(load, 2), "loadavg_1m_after": round(os.getloadavg()[0], 2)}
         if "error" in result:
             line["error"] = result["error"]
@@ -118,7 +96,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--messages", type=int, default=20_000)
     args = p.parse_args()
-    sink = SpanSink()
+    sink = SpanReceiver()
     failed = False
     try:
         for round_ in range(1, args.rounds + 1):
@@ -130,7 +108,7 @@ def main() -> None:
                 print(json.dumps(line), flush=True)
                 failed = failed or "error" in line
     finally:
-        sink.server.stop(0)
+        sink.stop()
     raise SystemExit(2 if failed else 0)
 
 
