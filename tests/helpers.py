@@ -161,9 +161,9 @@ async def new_topic(client: Client, prefix: str, subscription_prefix: str | None
 
 
 async def receive(client: Client, subscription: str, count: int, timeout: float = 30, ack: bool = True,
-                  max_outstanding: int = 0) -> list:
+                  max_outstanding: int = 0, wanted: set[str] | None = None) -> list:
     """Messages received over one Subscribe stream until count distinct message ids
-    arrived or timeout passed; acknowledges each frame when ack."""
+    (and every id of wanted) arrived or timeout passed; acknowledges each frame when ack."""
     received, ids = [], set()
     deadline = time.monotonic() + timeout
 
@@ -173,7 +173,7 @@ async def receive(client: Client, subscription: str, count: int, timeout: float 
             ids.update(m.message.message_id for m in frame)
             if ack:
                 await client.acknowledge(subscription, [m.ack_id for m in frame])
-            if len(ids) >= count:
+            if len(ids) >= count and (wanted is None or wanted <= ids):
                 return
 
     try:

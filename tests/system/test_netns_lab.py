@@ -4,7 +4,6 @@ and heal restores every link."""
 
 import subprocess
 import sys
-import time
 
 import pytest
 from netns import LAB_SELF, Lab
@@ -70,9 +69,10 @@ def test_loss_drops_some_frames_between_two_hosts(lab):
     assert not reaches(lab, "a", "b", 1)
     assert reaches(lab, "a", "c")
     lab.lose("a", "b", 30)
-    started = time.monotonic()
-    assert reaches(lab, "a", "b", timeout=20)  # TCP retransmits through 30% loss
-    assert time.monotonic() - started < 20
+    # TCP retransmits through 30% loss. One exchange (handshake, data, answer) fails
+    # within 20 s about one time in 25 (five SYNs, each through with p = 0.7 * 0.7):
+    # three tries make that one in 15,000.
+    assert any(reaches(lab, "a", "b", timeout=20) for _ in range(3))
 
 
 def test_closing_removes_every_namespace():

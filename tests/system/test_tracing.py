@@ -125,9 +125,10 @@ async def test_one_publish_is_one_trace_through_storage_sender_and_both_deliveri
         [(_, headers, body)] = receiver.requests
         assert json.loads(body)["attributes"] == {"kind": "order"}
 
-        def complete(spans):
+        def complete(spans):  # every process exports on its own schedule: wait for each span asserted on
             return sum(s.name.startswith("notifymesh.ack") for s in spans) >= 2 and \
-                {"notifymesh.storage.replicate", "notifymesh.deliver.pull"} <= {s.name for s in spans}
+                {"notifymesh.publish", "notifymesh.storage.append", "notifymesh.storage.replicate",
+                 "notifymesh.deliver.pull"} <= {s.name for s in spans}
         spans = await spans_of(collector, trace_id, complete)
         by_id = {s.span_id: s for s in spans}
         publish = one(spans, "notifymesh.publish")
