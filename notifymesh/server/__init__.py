@@ -9,16 +9,8 @@ call costs about a third less CPU on each side (server 350 -> 230 us, client
 latency. gRPC reads the variable once, when it loads, so each service's
 __main__ imports this package before anything imports grpc; a value already set
 in the environment (even empty) wins.
-
-It also turns off the experiment max_concurrent_streams_overload_protection: with
-it, the streams a frontend opens to a sender over their one connection (a relay per
-Subscribe stream) were cancelled in a loop once a few thousand were open together.
-Measured (bench/mesh_bench.py fanout_streams, one frontend): 4,000 streams attached,
-7,000 none; with it off, 7,000 of 7,000. Streams per caller stay bounded by the
-frontend's own per-key limit (auth_max_streams).
 """
 
 import os
 
-os.environ.setdefault("GRPC_EXPERIMENTS", "-event_engine_client,-event_engine_listener,"
-                                          "-max_concurrent_streams_overload_protection")
+os.environ.setdefault("GRPC_EXPERIMENTS", "-event_engine_client,-event_engine_listener")
