@@ -35,6 +35,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from deploy.local import LocalMesh, free_port  # noqa: E402
+from notifymesh import errors  # noqa: E402
 from notifymesh.client import Client  # noqa: E402
 from notifymesh.contracts import AckId  # noqa: E402
 from notifymesh.server.ring import Ring  # noqa: E402
@@ -828,6 +829,7 @@ FANOUT_DELIVERY_TIMEOUT_S = 30
 FANOUT_WARM_UP_EVERY_S = 10
 FANOUT_QUIET_CORES = 0.1  # the mesh counts as settled below this CPU use over a second
 FANOUT_SETTLE_TIMEOUT_S = 120
+FANOUT_IDLE_WINDOW_S = 5
 
 
 def _rss_mb(pid: int) -> float | None:
@@ -928,12 +930,19 @@ async def fanout_streams(mesh: LocalMesh, streams: int, processes: int) -> tuple
             give_up = started + FANOUT_CONNECT_TIMEOUT_S
             while sum(c.value for c in connected) < streams and time.monotonic() < give_up:
                 # Tells when each stream is attached; again for the streams that attach later.
-                await client.publish(topic, [b"warm-up"])
+                try:
+                    await client.publish(topic, [b"warm-up"])
+                except errors.Unavailable as e:  # a leader lost under this load: the next round publishes again
+                    log(f"fanout_streams: warm-up not published: {e}")
                 await asyncio.sleep(FANOUT_WARM_UP_EVERY_S)
                 log(f"fanout_streams: {sum(c.value for c in connected)}/{streams} streams attached")
             attached = sum(c.value for c in connected)
             connect_s = time.monotonic() - started
             settle_s = await settle(mesh)  # warm-up deliveries and acks done: one message alone is measured
+            idle_before = cpu_snapshot(mesh)
+            await asyncio.sleep(FANOUT_IDLE_WINDOW_S)  # what the open streams cost with nothing to deliver
+            idle_cores = {name: round(v / FANOUT_IDLE_WINDOW_S, 3)
+                          for name, v in cpu_used(idle_before, cpu_snapshot(mesh)).items() if v is not None}
             rss_streams = _rss_mb(frontend_pid)
             log(f"fanout_streams: settled after {settle_s} s; publishing the measured message")
             go.set()
@@ -949,7 +958,8 @@ async def fanout_streams(mesh: LocalMesh, streams: int, processes: int) -> tuple
                     child.terminate()
     latencies = sorted((t - sent_ns) / 1e6 for t in receipts)
     return params, {"subscriptions_created_s": round(create_s, 1), "streams_attached": attached,
-                    "attach_s": round(connect_s, 1), "settle_s": settle_s, "received": len(latencies),
+                    "attach_s": round(connect_s, 1), "settle_s": settle_s, "idle_cores": idle_cores,
+                    "received": len(latencies),
                     "all_received_ms": round(latencies[-1], 1) if len(latencies) == streams else None,
                     **latency_summary(latencies),
                     "frontend_rss_mb": {"before_streams": rss_before, "with_streams": rss_streams},

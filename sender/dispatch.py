@@ -290,6 +290,10 @@ class Dispatcher:
         self._closing = False
         self._pull_turn = itertools.count()  # which partition a unary pull asks first
 
+    @property
+    def cluster(self) -> Cluster:
+        return self._cluster
+
     def partition_count(self, topic: str) -> int:
         record = self._cluster.topics.items.get(topic)
         return max(1, record.partition_count) if record else 1
@@ -382,12 +386,15 @@ class Dispatcher:
 
     def record_changed(self, name: str | None) -> None:
         """A cluster.subscriptions listener: a subscription served here takes its new
-        ack deadline (UpdateSubscription) from its next pull on (None: any may have changed)."""
+        ack deadline (UpdateSubscription) from its next pull on, and a deleted one's
+        streams end now rather than at its next pull (None: any may have changed)."""
         records = self._cluster.subscriptions.items
         for sub_name in list(self.subscriptions) if name is None else [name]:
             dispatcher, record = self.subscriptions.get(sub_name), records.get(sub_name)
             if dispatcher is not None and record is not None and record.topic == dispatcher.topic:
                 dispatcher.ack_deadline_ms = record.ack_deadline.ToMilliseconds()
+            elif dispatcher is not None and record is None and name is not None:  # etcd said it was deleted
+                dispatcher.end_streams(errors.NotFound(f"subscription {name!r} not found"))
 
     async def pull(self, name: str, max_messages: int, wait_ms: int, trace_context: bool = False) -> list[bytes]:
         """A unary pull (UnaryPull) of a subscription this sender owns: serialized

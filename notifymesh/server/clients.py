@@ -23,7 +23,7 @@ from notifymesh.server.cluster import Cluster
 log = logging.getLogger(__name__)
 
 
-PULL_TIMEOUT_S = 30  # a long poll waits up to its wait_ms (about 1 s) for messages
+PULL_TIMEOUT_S = 30  # a long poll waits up to its wait_ms (at most 10 s) for messages
 COUNT_STREAMS_TIMEOUT_S = 2  # describe's numbers wait no longer for a sender's count of streams
 
 

@@ -157,9 +157,22 @@ class FakeCluster:
         self.rings = {"sender": FakeRing(lambda key, partition: self.owners.get(
             f"{key}/{partition}", self.owners.get(key, self.sender_owner)))}
         self.ring_changed = asyncio.Event()
+        self.epochs: dict[str, int] = {}  # shard -> its leader's epoch
+        self._leader_changed = asyncio.Event()
 
     def next_ring_change(self, kind: str) -> asyncio.Event:
         return self.ring_changed
+
+    def epoch(self, shard: str) -> int:
+        return self.epochs.get(shard, 1)
+
+    def next_leader_change(self) -> asyncio.Event:
+        return self._leader_changed
+
+    def new_leader(self, shard: str) -> None:
+        self.epochs[shard] = self.epoch(shard) + 1
+        changed, self._leader_changed = self._leader_changed, asyncio.Event()
+        changed.set()
 
     def add_subscription(self, name: str, topic: str, ack_deadline_s: int = 10) -> None:
         subscription = pubsub_pb2.Subscription(name=name, topic=topic)

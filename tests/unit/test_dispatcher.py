@@ -11,7 +11,7 @@ from fakes import FakeCluster, FakeDispatchStorage, FakeRegistration, eventually
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 from notifymesh.batching import Coalescer
-from notifymesh.contracts import AckId
+from notifymesh.contracts import AckId, shard_name
 from notifymesh.server.config import Config
 from sender.dispatch import Budget, Dispatcher, Stream, SubscriptionDispatcher
 
@@ -358,4 +358,53 @@ async def test_room_freed_cuts_short_a_wait_of_the_shard_that_holds_up_a_subscri
     other.cancel()
     await asyncio.gather(other, return_exceptions=True)
     await frames.aclose()
+    await dispatcher.close()
+
+
+async def watch_under_way(storage: FakeDispatchStorage, names: set[str], after: int = 0) -> int:
+    """Waits until a pull after the first `after` watches exactly names; returns how
+    many pulls came."""
+    await eventually(lambda: len(storage.pulls) > after and storage.pulls[-1].wait_ms > 0
+                     and {s.name for s in storage.pulls[-1].subscriptions} == names, timeout_s=5)
+    return len(storage.pulls)
+
+
+async def test_subscribers_attaching_one_by_one_share_the_cuts_of_the_watch():
+    # Each cut sends every watched subscription again: one per newcomer made attaching
+    # 7,000 streams quadratic (bench fanout_streams).
+    dispatcher, storage, cluster = make_dispatcher(partitions=1)
+    names = [f"sub-{i}" for i in range(1000)]
+    for name in names:
+        cluster.add_subscription(name, TOPIC)
+    frames = []
+    for name in names:
+        frames.append(asyncio.ensure_future(anext(dispatcher.subscribe(name, 1))))
+        await settle(2)
+    pulls = await watch_under_way(storage, set(names))
+    assert pulls < len(names) / 10, f"{pulls} pulls for {len(names)} subscribers attaching"
+    for frame in frames:
+        frame.cancel()
+    await dispatcher.close()
+
+
+async def test_a_new_leader_of_the_shard_cuts_the_watch_short():
+    dispatcher, storage, cluster = make_dispatcher(partitions=1)
+    frames = dispatcher.subscribe(SUB, 1)
+    frame = asyncio.ensure_future(anext(frames))
+    pulls = await watch_under_way(storage, {SUB})
+    cluster.new_leader(shard_name(TOPIC, 0))
+    assert await watch_under_way(storage, {SUB}, after=pulls) == pulls + 1  # asked again, of the new leader
+    frame.cancel()
+    await dispatcher.close()
+
+
+async def test_deleting_a_subscription_ends_its_streams_at_once():
+    dispatcher, storage, cluster = make_dispatcher(partitions=1)
+    frames = dispatcher.subscribe(SUB, 1)
+    frame = asyncio.ensure_future(anext(frames))
+    await watch_under_way(storage, {SUB})
+    del cluster.subscriptions.items[SUB]
+    dispatcher.record_changed(SUB)
+    with pytest.raises(errors.NotFound):
+        await asyncio.wait_for(frame, 1)
     await dispatcher.close()
