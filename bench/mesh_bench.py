@@ -932,7 +932,7 @@ async def fanout_streams(mesh: LocalMesh, streams: int, processes: int) -> tuple
                 # Tells when each stream is attached; again for the streams that attach later.
                 try:
                     await client.publish(topic, [b"warm-up"])
-                except errors.Unavailable as e:  # a leader lost under this load: the next round publishes again
+                except (errors.Unavailable, errors.DeadlineExceeded) as e:  # under this load: the next round tries again
                     log(f"fanout_streams: warm-up not published: {e}")
                 await asyncio.sleep(FANOUT_WARM_UP_EVERY_S)
                 log(f"fanout_streams: {sum(c.value for c in connected)}/{streams} streams attached")

@@ -31,6 +31,11 @@ PULL_MAX_MESSAGES = 1000  # per subscription in one pull
 # 0.09 of a core.
 PULL_WAIT_MS = 10_000
 BUDGET_RECHECK_S = 0.1
+# A message of a topic with 45,000 subscriptions here, handed out in one go, held
+# the loop for seconds on a loaded machine: the member lease's keep-alive starved,
+# the sender took itself for the owner of nothing and ended every stream. So a
+# pull's answer is handed out in slices of this many subscriptions.
+YIELD_EVERY = 500
 # A watch is cut for a newcomer at most once per this much time per subscription it
 # watches, since every cut sends all of them again. Measured: a watch costs about
 # 4 us per subscription (sender and storage leader together), and cutting at once
@@ -213,7 +218,9 @@ class ShardPuller:
         self._ready.difference_update(plan.leases)  # listed again below when some are left
         subs = {**{name: sub for name, (sub, _) in plan.leases.items()}, **{sub.name: sub for sub in plan.watches}}
         unused = {name: room for name, (_, room) in plan.leases.items()}
-        for pulled in response.subscriptions:
+        for index, pulled in enumerate(response.subscriptions):
+            if index and not index % YIELD_EVERY:
+                await asyncio.sleep(0)
             sub = subs[pulled.name]
             if pulled.not_found:  # storage checked etcd: it is gone
                 sub.end_streams(errors.NotFound(f"subscription {sub.name!r} not found"))

@@ -256,6 +256,10 @@ class FakeDispatchStorage:
                                    ack_ids=[m.ack_id for m in messages], ready=ready)
         self._queue(partition).put_nowait(response)
 
+    def answer(self, partition: int, response: storage_pb2.PullResponse) -> None:
+        """Answers the partition's (next) pull with response as it is."""
+        self._queue(partition).put_nowait(response)
+
     def respond_ready(self, partition: int, subscription: str) -> None:
         """Answers the partition's (next) pull, a wait (max_messages 0), with: it has messages."""
         self.respond(partition, subscription, [], ready=True)

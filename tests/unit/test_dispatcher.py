@@ -8,6 +8,7 @@ import time
 import pytest
 
 from fakes import FakeCluster, FakeDispatchStorage, FakeRegistration, eventually, received, settle
+from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 from notifymesh.batching import Coalescer
@@ -407,4 +408,37 @@ async def test_deleting_a_subscription_ends_its_streams_at_once():
     dispatcher.record_changed(SUB)
     with pytest.raises(errors.NotFound):
         await asyncio.wait_for(frame, 1)
+    await dispatcher.close()
+
+
+async def test_handing_out_to_thousands_of_subscriptions_lets_the_loop_run_between_slices():
+    # A message handed to 45,000 subscriptions in one go held the loop for seconds:
+    # the member lease's keep-alive starved and every stream ended.
+    dispatcher, storage, cluster = make_dispatcher(partitions=1)
+    names = [f"sub-{i}" for i in range(1_200)]
+    for name in names:
+        cluster.add_subscription(name, TOPIC)
+    frames = [asyncio.ensure_future(anext(dispatcher.subscribe(name, 1))) for name in names]
+    pulls = await watch_under_way(storage, set(names))
+    ready = storage_pb2.PullResponse()
+    for name in names:
+        ready.subscriptions.add(name=name, ready=True)
+    storage.answer(0, ready)
+    await eventually(lambda: len(storage.pulls) > pulls and storage.pulls[-1].wait_ms == 0)
+    leased = storage_pb2.PullResponse()
+    for name in names:
+        message = received(ack_id(0, 1, name))
+        leased.subscriptions.add(name=name, received_messages=[message.SerializeToString()], ack_ids=[message.ack_id])
+    seen = set()
+
+    async def watch_progress():
+        while True:
+            seen.add(sum(bool(dispatcher.subscriptions[name].streams[0].outstanding) for name in names))
+            await asyncio.sleep(0)
+
+    progress = asyncio.ensure_future(watch_progress())
+    storage.answer(0, leased)
+    await asyncio.wait_for(asyncio.gather(*frames), 5)
+    progress.cancel()
+    assert any(0 < count < len(names) for count in seen), f"handed out all at once: {sorted(seen)}"
     await dispatcher.close()

@@ -637,3 +637,31 @@ async def test_dead_letters_are_listed_after_a_seq_lowest_first(engine):
     assert [d.message.message_id for d in last.dead_letters] == ids[4:] and not last.more
     everything = engine.list_dead_letters(SHARD, "audit", 5)
     assert len(everything.dead_letters) == 5 and not everything.more  # exactly all: nothing after them
+
+
+async def test_a_pull_for_thousands_of_subscriptions_lets_the_loop_run_between_slices(engine):
+    # One pull leasing for 45,000 subscriptions held the loop (and the member lease's
+    # keep-alive) for seconds; each subscription still gets its message once.
+    names = [f"sub-{i}" for i in range(2_500)]
+    for name in names:
+        engine.attach(SHARD, subscription(name))
+    ids = await append(engine, SHARD, messages(b"one"))
+    turns = 0
+
+    async def other_work():
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.ensure_future(other_work())
+    await asyncio.sleep(0)
+    started = turns
+    pulled = await engine.pull(SHARD, [Pull(name, 10, 60_000) for name in names], 0)
+    ran_meanwhile = turns - started
+    other.cancel()
+    assert ran_meanwhile >= 2, "the pull never let the loop run"
+    assert sorted(pulled) == sorted(names)
+    assert {pubsub_pb2.ReceivedMessage.FromString(raw).message.message_id
+            for raws, *_ in pulled.values() for raw in raws} == set(ids)
+    assert await engine.pull(SHARD, [Pull(name, 10, 60_000) for name in names], 0) == {}  # leased: none again
