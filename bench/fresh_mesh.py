@@ -13,7 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from deploy.local import LocalMesh, free_port
+from deploy.local import LocalMesh, PortInUse, free_frontend_port, free_port
+
+START_ATTEMPTS = 3
 
 
 def progress(bench: str, text: str) -> None:
@@ -28,22 +30,44 @@ def header(bench: str, **fields) -> dict:
             "machine": {"cores": os.cpu_count(), "system": f"{uname.system} {uname.release}"}}
 
 
+def started_mesh(path: Path, progress: Callable[[str], None], **kwargs) -> LocalMesh:
+    """A mesh started in path (a new dir) on free ports; kwargs as LocalMesh takes
+    them. A free port can be taken by another process before the mesh binds it
+    (PortInUse): the mesh then starts again, afresh, on other ports."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        mesh = LocalMesh(path, **{"frontend_port": free_frontend_port(), "etcd_ports": [(free_port(), free_port())],
+                                  **kwargs})
+        try:
+            mesh.start(progress)
+            return mesh
+        except PortInUse as e:
+            mesh.stop()
+            if attempt == START_ATTEMPTS:
+                raise
+            progress(f"{e}; starting again on other ports")
+            shutil.rmtree(path, ignore_errors=True)
+        except BaseException:
+            mesh.stop()
+            raise
+
+
 def run_on_fresh_mesh(line: dict, run: Callable[[LocalMesh], Awaitable[dict]], keep: bool, senders: int = 1) -> int:
     """Starts the mesh, adds run(mesh)'s fields to line, stops the mesh, prints the
     line; exit status 2 when the run failed (line["error"])."""
     bench = line["bench"]
     tmp = tempfile.mkdtemp(prefix=f"{bench}-bench-")
-    mesh = LocalMesh(Path(tmp), frontend_port=free_port(), etcd_ports=[(free_port(), free_port())],
-                     senders=senders, provider_ports=(free_port(), free_port(), free_port()))
+    mesh = None
     try:
-        mesh.start(lambda text: progress(bench, text))
+        mesh = started_mesh(Path(tmp), lambda text: progress(bench, text), senders=senders,
+                            provider_ports=(free_port(), free_port(), free_port()))
         progress(bench, "pids (for a profiler): " + ", ".join(
             f"{name} {p.popen.pid}" for name, p in mesh.processes.items() if p.popen is not None))
         line |= asyncio.run(run(mesh))
     except Exception as e:
         line["error"] = repr(e)
     finally:
-        mesh.stop()
+        if mesh is not None:
+            mesh.stop()
     if keep or "error" in line:
         progress(bench, f"data dir kept: {tmp}")
     else:

@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from deploy.local import LocalMesh, free_port  # noqa: E402
+from bench.fresh_mesh import started_mesh  # noqa: E402
+from deploy.local import LocalMesh  # noqa: E402
 from notifymesh import errors  # noqa: E402
 from notifymesh.client import Client  # noqa: E402
 from notifymesh.contracts import AckId  # noqa: E402
@@ -1105,13 +1106,12 @@ def main(argv=None) -> int:
     args, only, subscriptions = parse_args(argv)
     made_temp = args.data_dir is None
     data_dir = Path(tempfile.mkdtemp(prefix="notifymesh-bench-")) if made_temp else args.data_dir
-    mesh = LocalMesh(data_dir / "mesh", frontend_port=free_port(), etcd_ports=[(free_port(), free_port())],
-                     senders=args.senders)
+    mesh = None
     failed = True
     try:
-        log(f"starting mesh in {mesh.data_dir}")
+        log(f"starting mesh in {data_dir / 'mesh'}")
         t0 = time.monotonic()
-        mesh.start(progress=log)
+        mesh = started_mesh(data_dir / "mesh", log, senders=args.senders)
         log(f"mesh up in {time.monotonic() - t0:.1f}s; frontend {mesh.frontend_addr}")
         asyncio.run(run(mesh, args, only, subscriptions))
         failed = False
@@ -1120,11 +1120,12 @@ def main(argv=None) -> int:
         return 130
     finally:
         log("stopping mesh")
-        mesh.stop()
+        if mesh is not None:
+            mesh.stop()
         if made_temp and not args.keep and not failed:
             shutil.rmtree(data_dir, ignore_errors=True)
         else:
-            log(f"mesh data and logs kept in {mesh.data_dir}")
+            log(f"mesh data and logs kept in {data_dir / 'mesh'}")
     return 0
 
 
