@@ -268,8 +268,9 @@ class Table:
             if not key.startswith(layout.row_prefix) or looked == limit:
                 break
             looked, last = looked + 1, key
-            row = keys.parse_row_value(value)
-            if row.expire_ms and row.expire_ms <= now:
+            expire_ms = keys.row_expire_ms(value)
+            if expire_ms and expire_ms <= now:
+                row = keys.parse_row_value(value)
                 batch.delete(key)
                 if row.seq >= log_.first:
                     stub_key = layout.message(row.seq)
