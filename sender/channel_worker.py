@@ -60,6 +60,8 @@ class ChannelTable(Protocol):
 
     async def read_many(self, keys_by_partition_key: dict[str, list[bytes]]) -> dict[bytes, bytes | None]: ...
 
+    async def scan_many(self, scans: list[tuple[str, bytes]], limit: int): ...  # -> list[table.Scanned]
+
     async def rate_acquire(self, partition_key: str, key: bytes, limit: int, period_ms: int, token: str,
                            force: bool = False): ...  # -> table.RateDecision(allowed, retry_after_ms, count)
 
@@ -192,11 +194,22 @@ class PrioritySlots:
 class BatchedReads:
     """The reads of tasks under way at once (each a recipient's contact and override
     rows) share one read_many: one table call per partition for all of them, not
-    one per task."""
+    one per task; so do push tasks' device lists (one scan_many)."""
 
     def __init__(self, table: ChannelTable, max_reads: int = READS_PER_CALL):
         self._table = table
         self._calls = Coalescer(self._read, max_items=max_reads)
+        self._scans = Coalescer(self._scan, max_items=max_reads)
+
+    async def _scan(self, _key, recipients: list[str]) -> list[list[notify_pb2.Device]]:
+        scanned = await self._table.scan_many([(rid, rows.devices_prefix(rid)) for rid in recipients],
+                                              devices.MAX_DEVICES + 1)
+        return [devices.listed(found.values) for found in scanned]
+
+    async def devices(self, recipient: str) -> list[notify_pb2.Device]:
+        """The recipient's devices, as devices.Devices.list gives them."""
+        (found,) = await self._scans.submit("", [recipient])
+        return found
 
     async def _read(self, _key, reads: list[tuple[str, list[bytes]]]) -> list[list[bytes | None]]:
         wanted: dict[str, list[bytes]] = {}
@@ -335,8 +348,12 @@ class ChannelSender:
             category = await self._metadata.category(task.category)
         except errors.NotFound:  # deleted since the notification was accepted: no limit of its own
             category = notify_pb2.Category(name=task.category)
-        contact_raw, override_raw = await self._reads.read(rid, [rows.contact_key(rid),
-                                                                 rows.rate_limit_key(rid, task.category)])
+        read = self._reads.read(rid, [rows.contact_key(rid), rows.rate_limit_key(rid, task.category)])
+        if channel == notify_pb2.PUSH:  # its devices in the same round (batched with other tasks')
+            (contact_raw, override_raw), listed = await asyncio.gather(read, self._reads.devices(rid))
+        else:
+            contact_raw, override_raw = await read
+            listed = []
         limit = category.rate_limit if category.rate_limit.limit > 0 else self._default_limit()
         if override_raw is not None:
             override = internal_pb2.RateLimitRow.FromString(override_raw).rate_limit
@@ -357,7 +374,7 @@ class ChannelSender:
 
         recipient = notify_pb2.Recipient.FromString(contact_raw) if contact_raw is not None else None
         address = contact(recipient, channel)
-        targets = await self._devices.list(rid) if channel == notify_pb2.PUSH and recipient is not None else []
+        targets = listed if recipient is not None else []
         if not address and not targets:
             event(notify_pb2.SUPPRESSED_NO_CONTACT, reason="recipient not found" if recipient is None else
                   "no push device" if channel == notify_pb2.PUSH else f"no {name} contact")

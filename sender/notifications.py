@@ -50,8 +50,10 @@ DRAIN_GRACE_S = 5.0  # a stopping sender lets sends under way finish this long, 
 # A channel worker holds at least this many tasks, whatever its provider's
 # max_concurrency (PrioritySlots bounds the sends): the reads and log writes of the
 # tasks under way batch into fewer table calls. At a window of 32, storage spent
-# 4x the CPU per send (bench/notify.py, docs/benchmarks.md).
-MIN_WINDOW = 256
+# 4x the CPU per send, at 256 1.6x that of 2,048 (bench/notify.py, docs/benchmarks.md).
+# Bound: 2,048 tasks of at most 64 KiB of data each (128 MiB; ~1 MiB at typical
+# sizes) a worker, all workers within the sender's sender_max_outstanding.
+MIN_WINDOW = 2048
 
 
 def window(max_concurrency: int) -> int:

@@ -281,6 +281,7 @@ def live_message_id(value: bytes, now_ms: int) -> str | None:
 
 
 ROW_HEAD = struct.Struct(">qqq")  # seq, epoch, expire ms (0: never)
+_ROW_EXPIRE, _ROW_EXPIRE_AT = struct.Struct(">q"), 16  # the head's expiry alone
 
 
 class Row(NamedTuple):
@@ -303,6 +304,11 @@ def parse_row_value(value: bytes) -> Row:
     """The row with its value as stored (open it with open_row_value)."""
     seq, epoch, expire_ms = ROW_HEAD.unpack_from(value)
     return Row(seq, epoch, expire_ms, value[ROW_HEAD.size:])
+
+
+def row_expire_ms(value: bytes) -> int:
+    """A stored row's expiry (0: never), without parsing the rest (sweeps look at every row)."""
+    return _ROW_EXPIRE.unpack_from(value, _ROW_EXPIRE_AT)[0]
 
 
 def open_row_value(ring: KeyRing, key: bytes, stored: bytes) -> bytes:

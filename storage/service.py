@@ -140,6 +140,11 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
                                                request.reverse)
         return storage_pb2.TableScanResponse(keys=scanned.keys, values=scanned.values, more=scanned.more)
 
+    async def TableScanMany(self, request, context):
+        scanned = await self._node.tables.scan_many(request.partition, list(request.prefixes), request.limit)
+        return storage_pb2.TableScanManyResponse(scans=[
+            storage_pb2.TableScanResponse(keys=s.keys, values=s.values, more=s.more) for s in scanned])
+
     async def RateAcquire(self, request, context):
         decisions = await self._node.tables.rate_acquire(request.partition, list(request.acquires))
         return storage_pb2.RateAcquireResponse(decisions=[

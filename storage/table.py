@@ -268,8 +268,9 @@ class Table:
             if not key.startswith(layout.row_prefix) or looked == limit:
                 break
             looked, last = looked + 1, key
-            row = keys.parse_row_value(value)
-            if row.expire_ms and row.expire_ms <= now:
+            expire_ms = keys.row_expire_ms(value)
+            if expire_ms and expire_ms <= now:
+                row = keys.parse_row_value(value)
                 batch.delete(key)
                 if row.seq >= log_.first:
                     stub_key = layout.message(row.seq)
@@ -408,6 +409,17 @@ class TableService:
         shard = await self._shard(partition)
         self.ready(shard)
         return self._table.scan(shard, prefix, start_after, limit, reverse)
+
+    async def scan_many(self, partition: int, prefixes: list[bytes], limit: int) -> list[Scanned]:
+        """Each prefix's first rows (at most limit), as scan would list them."""
+        if not prefixes or limit < 1 or limit * len(prefixes) > MAX_SCAN:
+            raise errors.InvalidArgument(f"a scan of many prefixes takes 1 or more prefixes and a limit of 1 or "
+                                         f"more, at most {MAX_SCAN} rows in all, not {len(prefixes)} x {limit}")
+        if any(len(prefix) > MAX_KEY_BYTES for prefix in prefixes):
+            raise errors.InvalidArgument(f"a prefix is at most {MAX_KEY_BYTES} bytes")
+        shard = await self._shard(partition)
+        self.ready(shard)
+        return [self._table.scan(shard, prefix, b"", limit, False) for prefix in prefixes]
 
     async def rate_acquire(self, partition: int, acquires: list[storage_pb2.RateAcquire]) -> list[RateDecision]:
         """Sliding logs of sends (notify_pb2.RateCounter): at most limit within

@@ -80,7 +80,8 @@ class Devices:
     async def list(self, recipient: str) -> list[notify_pb2.Device]:
         """Every device of the recipient (at most MAX_DEVICES: one scan), by platform and
         token (the keys' order before they were digests)."""
-        return sorted((device for _, device in await self._rows(recipient)), key=lambda d: (d.platform, d.token))
+        return listed((await self._table.scan(recipient, rows.devices_prefix(recipient),
+                                              limit=MAX_DEVICES + 1)).values)
 
     async def add(self, recipient: str, device: notify_pb2.Device) -> notify_pb2.Device:
         """Adds the checked device, or refreshes its app id and last_seen."""
@@ -111,6 +112,11 @@ class Devices:
             if await self.list(recipient):  # an add came in between: its device keeps its marker
                 await self._table.write(recipient, [storage_pb2.TableOp(key=marker, value=b"")])
         return True
+
+
+def listed(values: list[bytes]) -> list[notify_pb2.Device]:
+    """The devices of a scan of a recipient's device rows (devices_prefix), as Devices.list orders them."""
+    return sorted(map(notify_pb2.Device.FromString, values), key=lambda d: (d.platform, d.token))
 
 
 def _drop(found: bytes, key: bytes) -> storage_pb2.TableOp:

@@ -42,6 +42,7 @@ POLICIES: dict[str, CallPolicy] = {
     "Storage.TableWrite": CallPolicy(timeout_s=10, retry_for_s=12),
     "Storage.TableRead": CallPolicy(timeout_s=5, retry_for_s=12),
     "Storage.TableScan": CallPolicy(timeout_s=10, retry_for_s=12),
+    "Storage.TableScanMany": CallPolicy(timeout_s=10, retry_for_s=12),
     "Storage.RateAcquire": CallPolicy(timeout_s=10, retry_for_s=12),
     "Sender.Acknowledge": CallPolicy(timeout_s=5, retry_for_s=8),
     "Sender.ModifyAckDeadline": CallPolicy(timeout_s=5, retry_for_s=8),

@@ -21,6 +21,7 @@ from notifymesh.server.rows import partition_of
 MAX_OPS_PER_CALL = 1_000   # a merged write carries whole requests up to this many ops ...
 MAX_BYTES_PER_CALL = 4 << 20  # ... and bytes (storage refuses over 10,000 ops)
 MAX_KEYS_PER_CALL = 10_000    # storage's bound of one TableRead
+MAX_SCAN_ROWS = 10_000  # and of the rows one TableScanMany may ask for (prefixes x limit)
 
 
 class Scanned(NamedTuple):
@@ -127,6 +128,28 @@ class TableClient:
         response = await self._storage.call("TableScan", TABLE_TOPIC, partition, storage_pb2.TableScanRequest(
             partition=partition, prefix=prefix, start_after=start_after, limit=limit, reverse=reverse))
         return Scanned(list(response.keys), list(response.values), response.more)
+
+    async def scan_many(self, scans: list[tuple[str, bytes]], limit: int) -> list[Scanned]:
+        """The first rows (at most limit) under each (partition key, prefix): one call
+        per partition (and per MAX_SCAN_ROWS rows asked for), the partitions in parallel."""
+        await self._known()
+        by_partition: dict[int, list[int]] = defaultdict(list)  # partition -> indexes into scans
+        for i, (partition_key, _) in enumerate(scans):
+            by_partition[self.partition(partition_key)].append(i)
+        per_call = max(1, MAX_SCAN_ROWS // limit)
+        results: list[Scanned | None] = [None] * len(scans)
+
+        async def one(partition: int, indexes: list[int]) -> None:
+            response = await self._storage.call("TableScanMany", TABLE_TOPIC, partition,
+                                                storage_pb2.TableScanManyRequest(
+                                                    partition=partition, prefixes=[scans[i][1] for i in indexes],
+                                                    limit=limit))
+            for i, scanned in zip(indexes, response.scans):
+                results[i] = Scanned(list(scanned.keys), list(scanned.values), scanned.more)
+
+        await asyncio.gather(*(one(p, indexes[i:i + per_call]) for p, indexes in by_partition.items()
+                               for i in range(0, len(indexes), per_call)))
+        return results
 
     async def _send_acquires(self, partition: int, acquires: list[storage_pb2.RateAcquire]) -> list[RateDecision]:
         response = await self._storage.call("RateAcquire", TABLE_TOPIC, partition, storage_pb2.RateAcquireRequest(

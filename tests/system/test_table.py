@@ -233,3 +233,33 @@ async def test_malformed_table_requests_get_invalid_argument_or_not_found(mesh):
     finally:
         await cluster.stop()
         await cluster.etcd.close()
+
+
+async def test_a_scan_of_many_prefixes_answers_each_as_its_own_scan_would(mesh):
+    cluster = Cluster(connect_etcd(mesh.etcd_endpoint, mesh.client_tls()), Config.max_grpc_message_bytes, mesh.client_tls())
+    await cluster.start()
+    try:
+        table = TableClient(cluster)
+        deadline = time.monotonic() + WAIT_S
+        while not all(shard_name(TABLE_TOPIC, p) in cluster.leaders.items for p in range(PARTITIONS)):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        owners = [unique("scanmany") for _ in range(12)]  # spread over the partitions
+        for i, owner in enumerate(owners):
+            await table.write(owner, [put(f"V\0{owner}\0{j}".encode(), f"{owner}-{j}".encode()) for j in range(i % 4)])
+            await table.write(owner, [put(f"W\0{owner}\0x".encode(), b"not under the prefix")])
+        scans = [(owner, f"V\0{owner}\0".encode()) for owner in owners]
+        assert await table.scan_many(scans, 2) == [await table.scan(owner, prefix, limit=2) for owner, prefix in scans]
+        assert [len(s.keys) for s in await table.scan_many(scans, 2)] == [min(i % 4, 2) for i in range(12)]
+        assert [s.more for s in await table.scan_many(scans, 2)] == [i % 4 > 2 for i in range(12)]
+        storage = StorageClient(cluster)
+        for request in [storage_pb2.TableScanManyRequest(partition=0, limit=1),
+                        storage_pb2.TableScanManyRequest(partition=0, prefixes=[b"V"], limit=0),
+                        storage_pb2.TableScanManyRequest(partition=0, prefixes=[b"V"] * 101, limit=100),
+                        storage_pb2.TableScanManyRequest(partition=0, prefixes=[b"V" * 5000], limit=1)]:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await storage.call("TableScanMany", TABLE_TOPIC, 0, request)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    finally:
+        await cluster.stop()
+        await cluster.etcd.close()

@@ -78,6 +78,14 @@ class FakeTable:
         page = keys[:limit]
         return Scanned(page, [self.get(partition_key, k) for k in page], len(keys) > limit)
 
+    async def scan_many(self, scans: list[tuple[str, bytes]], limit: int) -> list[Scanned]:
+        self.calls.append(("scan_many", [partition_key for partition_key, _ in scans]))
+        found = []
+        for partition_key, prefix in scans:
+            keys = sorted(k for k in self.rows[self.partition(partition_key)] if k.startswith(prefix))
+            found.append(Scanned(keys[:limit], [self.get(partition_key, k) for k in keys[:limit]], len(keys) > limit))
+        return found
+
     async def rate_acquire(self, partition_key: str, key: bytes, limit: int, period_ms: int, token: str,
                            force: bool = False) -> RateDecision:
         """A sliding log of (ms, token): a token counted already is allowed again."""

@@ -3,6 +3,7 @@ marker, the channel worker sending to every device (a dead token removed and
 logged, a transient failure retried), the devices' rows and their marker, the
 push template variant and the fcm/apns provider records."""
 
+import asyncio
 import itertools
 
 import pytest
@@ -209,3 +210,26 @@ async def test_a_tasks_events_keep_their_order_within_one_millisecond(monkeypatc
     keys = [rows.parse_event_key(k) for k in scanned.keys]
     assert [k.state for k in keys] == [notify_pb2.SEND_RENDERED, notify_pb2.SEND_FAILED, notify_pb2.SEND_SENT]
     assert [k.event_ms for k in keys] == [T0 + 5, T0 + 6, T0 + 7]
+
+
+async def test_push_tasks_under_way_at_once_read_their_devices_in_one_call_not_a_scan_each():
+    p = Parts()
+    rids = [f"r{i}" for i in range(20)]
+    for i, rid in enumerate(rids):
+        await p.table.write(rid, [put(rows.contact_key(rid), notify_pb2.Recipient(id=rid).SerializeToString())])
+        for token in TOKENS[:1 + i % 3]:
+            await p.devices.add(rid, notify_pb2.Device(platform="fcm", token=f"{token}-{rid}"))
+    p.table.calls.clear()
+
+    async def handle(rid: str):
+        task = internal_pb2.ChannelTask(notification_id="n1", recipient=rid, channel=PUSH, template="invoice",
+                                        template_version=1, category="billing", priority=notify_pb2.NORMAL,
+                                        data='{"number": 17}', accepted_ms=T0)
+        return await p.sender.handle(pubsub_pb2.ReceivedMessage(ack_id=rid, delivery_attempt=1, message=(
+            pubsub_pb2.PubsubMessage(message_id=rid, data=task.SerializeToString()))))
+
+    assert await asyncio.gather(*(handle(rid) for rid in rids)) == [ACK] * 20
+    assert sorted(m.to for m in p.providers.sent) == sorted(
+        f"{token}-{rid}" for i, rid in enumerate(rids) for token in TOKENS[:1 + i % 3])
+    assert p.table.count("scan") == 0
+    assert p.table.count("scan_many") <= 2  # the first at once, the other 19 together

@@ -73,6 +73,22 @@ class TableScanResponse(_message.Message):
     more: bool
     def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., values: _Optional[_Iterable[bytes]] = ..., more: _Optional[bool] = ...) -> None: ...
 
+class TableScanManyRequest(_message.Message):
+    __slots__ = ("partition", "prefixes", "limit")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    PREFIXES_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    prefixes: _containers.RepeatedScalarFieldContainer[bytes]
+    limit: int
+    def __init__(self, partition: _Optional[int] = ..., prefixes: _Optional[_Iterable[bytes]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class TableScanManyResponse(_message.Message):
+    __slots__ = ("scans",)
+    SCANS_FIELD_NUMBER: _ClassVar[int]
+    scans: _containers.RepeatedCompositeFieldContainer[TableScanResponse]
+    def __init__(self, scans: _Optional[_Iterable[_Union[TableScanResponse, _Mapping]]] = ...) -> None: ...
+
 class RateAcquireRequest(_message.Message):
     __slots__ = ("partition", "acquires")
     PARTITION_FIELD_NUMBER: _ClassVar[int]

@@ -110,6 +110,11 @@ class StorageStub:
                 request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableScanRequest.SerializeToString,
                 response_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableScanResponse.FromString,
                 _registered_method=True)
+        self.TableScanMany = channel.unary_unary(
+                '/notifymesh.internal.v1.Storage/TableScanMany',
+                request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableScanManyRequest.SerializeToString,
+                response_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableScanManyResponse.FromString,
+                _registered_method=True)
         self.RateAcquire = channel.unary_unary(
                 '/notifymesh.internal.v1.Storage/RateAcquire',
                 request_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.RateAcquireRequest.SerializeToString,
@@ -234,6 +239,14 @@ class StorageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TableScanMany(self, request, context):
+        """Several prefixes of one partition scanned in one call, at most limit rows each
+        (the device lists of a channel worker's push tasks under way).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RateAcquire(self, request, context):
         """Check-and-count against a sliding-window limit, as one write on the leader.
         """
@@ -318,6 +331,11 @@ def add_StorageServicer_to_server(servicer, server):
                     servicer.TableScan,
                     request_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableScanRequest.FromString,
                     response_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableScanResponse.SerializeToString,
+            ),
+            'TableScanMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.TableScanMany,
+                    request_deserializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableScanManyRequest.FromString,
+                    response_serializer=notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableScanManyResponse.SerializeToString,
             ),
             'RateAcquire': grpc.unary_unary_rpc_method_handler(
                     servicer.RateAcquire,
@@ -730,6 +748,33 @@ class Storage:
             '/notifymesh.internal.v1.Storage/TableScan',
             notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableScanRequest.SerializeToString,
             notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableScanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TableScanMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifymesh.internal.v1.Storage/TableScanMany',
+            notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableScanManyRequest.SerializeToString,
+            notifymesh_dot_internal_dot_v1_dot_storage__pb2.TableScanManyResponse.FromString,
             options,
             channel_credentials,
             insecure,
