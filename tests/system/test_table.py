@@ -4,8 +4,10 @@ converges, an erase leaves no file with the erased bytes, rate counts survive
 failover; and the internal topics exist while their names stay reserved."""
 
 import asyncio
+import contextlib
 import time
 import uuid
+from typing import Callable
 
 import grpc
 import pytest
@@ -29,24 +31,40 @@ PARTITIONS = 8
 WAIT_S = 30
 
 
+@contextlib.asynccontextmanager
+async def cluster_view(mesh, ready: Callable[[Cluster], bool], what: str):
+    """A started Cluster view of mesh, once ready(cluster) holds (within WAIT_S)."""
+    cluster = Cluster(connect_etcd(mesh.etcd_endpoint, mesh.client_tls()), Config.max_grpc_message_bytes, mesh.client_tls())
+    await cluster.start()
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while not ready(cluster):
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.1)
+        yield cluster
+    finally:
+        await cluster.stop()
+        await cluster.etcd.close()
+
+
+def table_led(partitions: range, replicas: int = 0) -> Callable[[Cluster], bool]:
+    """Every table partition in partitions has a leader (and replicas replicas, when given)."""
+    shards = [shard_name(TABLE_TOPIC, p) for p in partitions]
+    return lambda cluster: all(shard in cluster.leaders.items and (not replicas or (
+        shard in cluster.placements.items and len(cluster.placements.items[shard].replicas) == replicas))
+        for shard in shards)
+
+
 @pytest.fixture
 async def table_mesh(tmp_path):
     """A mesh of its own (tests kill its storage nodes) and a TableClient on it,
     once every table partition has a leader and 3 replicas."""
     mesh = new_mesh(tmp_path / "mesh")
-    cluster = Cluster(connect_etcd(mesh.etcd_endpoint, mesh.client_tls()), Config.max_grpc_message_bytes, mesh.client_tls())
-    await cluster.start()
     try:
-        deadline = time.monotonic() + WAIT_S
-        shards = [shard_name(TABLE_TOPIC, p) for p in range(PARTITIONS)]
-        while not all(shard in cluster.leaders.items and shard in cluster.placements.items
-                      and len(cluster.placements.items[shard].replicas) == 3 for shard in shards):
-            assert time.monotonic() < deadline, "the table partitions got no leaders"
-            await asyncio.sleep(0.1)
-        yield mesh, cluster, TableClient(cluster)
+        async with cluster_view(mesh, table_led(range(PARTITIONS), replicas=3),
+                                "the table partitions got no leaders") as cluster:
+            yield mesh, cluster, TableClient(cluster)
     finally:
-        await cluster.stop()
-        await cluster.etcd.close()
         mesh.stop()
 
 
@@ -206,14 +224,8 @@ async def test_internal_topics_exist_and_their_names_are_reserved(mesh):
 
 
 async def test_malformed_table_requests_get_invalid_argument_or_not_found(mesh):
-    cluster = Cluster(connect_etcd(mesh.etcd_endpoint, mesh.client_tls()), Config.max_grpc_message_bytes, mesh.client_tls())
-    await cluster.start()
-    try:
+    async with cluster_view(mesh, table_led(range(1)), "table partition 0 got no leader") as cluster:
         table = TableClient(cluster)
-        deadline = time.monotonic() + WAIT_S
-        while shard_name(TABLE_TOPIC, 0) not in cluster.leaders.items:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.1)
         storage = StorageClient(cluster)
         for method, request, code in [
                 ("TableRead", storage_pb2.TableReadRequest(partition=0), grpc.StatusCode.INVALID_ARGUMENT),
@@ -230,20 +242,11 @@ async def test_malformed_table_requests_get_invalid_argument_or_not_found(mesh):
             await storage.call("TableRead", TABLE_TOPIC, 0, storage_pb2.TableReadRequest(partition=99, keys=[b"k"]))
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
         assert await table.scan("anyone", b"Z\0nothing") == ([], [], False)
-    finally:
-        await cluster.stop()
-        await cluster.etcd.close()
 
 
 async def test_a_scan_of_many_prefixes_answers_each_as_its_own_scan_would(mesh):
-    cluster = Cluster(connect_etcd(mesh.etcd_endpoint, mesh.client_tls()), Config.max_grpc_message_bytes, mesh.client_tls())
-    await cluster.start()
-    try:
+    async with cluster_view(mesh, table_led(range(PARTITIONS)), "the table partitions got no leaders") as cluster:
         table = TableClient(cluster)
-        deadline = time.monotonic() + WAIT_S
-        while not all(shard_name(TABLE_TOPIC, p) in cluster.leaders.items for p in range(PARTITIONS)):
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.1)
         owners = [unique("scanmany") for _ in range(12)]  # spread over the partitions
         for i, owner in enumerate(owners):
             await table.write(owner, [put(f"V\0{owner}\0{j}".encode(), f"{owner}-{j}".encode()) for j in range(i % 4)])
@@ -260,6 +263,3 @@ async def test_a_scan_of_many_prefixes_answers_each_as_its_own_scan_would(mesh):
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await storage.call("TableScanMany", TABLE_TOPIC, 0, request)
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
-    finally:
-        await cluster.stop()
-        await cluster.etcd.close()
