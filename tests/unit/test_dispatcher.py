@@ -4,6 +4,7 @@ driven with a fake storage client and cluster view."""
 
 import asyncio
 import time
+from typing import NamedTuple
 
 import pytest
 
@@ -411,11 +412,19 @@ async def test_deleting_a_subscription_ends_its_streams_at_once():
     await dispatcher.close()
 
 
-async def test_handing_out_to_thousands_of_subscriptions_lets_the_loop_run_between_slices():
-    # A message handed to 45,000 subscriptions in one go held the loop for seconds:
-    # the member lease's keep-alive starved and every stream ended.
+class AboutToLease(NamedTuple):
+    dispatcher: Dispatcher
+    storage: FakeDispatchStorage
+    names: list[str]
+    frames: list[asyncio.Future]  # each subscriber's next frame
+    leased: storage_pb2.PullResponse  # one message for each: the answer to the lease pull under way
+
+
+async def about_to_lease_one_each(count: int, more: bool = False) -> AboutToLease:
+    """count subscriptions of one shard with a subscriber each (room for one), told
+    ready by storage, and the sender's lease pull for all of them under way."""
     dispatcher, storage, cluster = make_dispatcher(partitions=1)
-    names = [f"sub-{i}" for i in range(1_200)]
+    names = [f"sub-{i}" for i in range(count)]
     for name in names:
         cluster.add_subscription(name, TOPIC)
     frames = [asyncio.ensure_future(anext(dispatcher.subscribe(name, 1))) for name in names]
@@ -428,7 +437,15 @@ async def test_handing_out_to_thousands_of_subscriptions_lets_the_loop_run_betwe
     leased = storage_pb2.PullResponse()
     for name in names:
         message = received(ack_id(0, 1, name))
-        leased.subscriptions.add(name=name, received_messages=[message.SerializeToString()], ack_ids=[message.ack_id])
+        leased.subscriptions.add(name=name, received_messages=[message.SerializeToString()],
+                                 ack_ids=[message.ack_id], ready=more)
+    return AboutToLease(dispatcher, storage, names, frames, leased)
+
+
+async def test_handing_out_to_thousands_of_subscriptions_lets_the_loop_run_between_slices():
+    # A message handed to 45,000 subscriptions in one go held the loop for seconds:
+    # the member lease's keep-alive starved and every stream ended.
+    dispatcher, storage, names, frames, leased = await about_to_lease_one_each(1_200)
     seen = set()
 
     async def watch_progress():
@@ -448,22 +465,8 @@ async def test_acks_arriving_one_by_one_share_the_plans_of_a_shard_with_many_sub
     # Each ack frees room and wakes the shard's puller, whose plan looks at every
     # subscription of the topic: planning again at each of 45,000 acks kept the
     # sender at a full core for minutes after one message (bench fanout_streams).
-    dispatcher, storage, cluster = make_dispatcher(partitions=1)
-    names = [f"sub-{i}" for i in range(3_000)]
-    for name in names:
-        cluster.add_subscription(name, TOPIC)
-    frames = [asyncio.ensure_future(anext(dispatcher.subscribe(name, 1))) for name in names]
-    pulls = await watch_under_way(storage, set(names))
-    ready = storage_pb2.PullResponse()
-    for name in names:
-        ready.subscriptions.add(name=name, ready=True)
-    storage.answer(0, ready)
-    await eventually(lambda: len(storage.pulls) > pulls and storage.pulls[-1].wait_ms == 0)
-    leased = storage_pb2.PullResponse()
-    for name in names:  # one message each, and more waiting: each ack makes room for a lease
-        message = received(ack_id(0, 1, name))
-        leased.subscriptions.add(name=name, received_messages=[message.SerializeToString()],
-                                 ack_ids=[message.ack_id], ready=True)
+    # One message each, and more waiting: each ack makes room for a lease.
+    dispatcher, storage, names, frames, leased = await about_to_lease_one_each(3_000, more=True)
     storage.answer(0, leased)
     await asyncio.wait_for(asyncio.gather(*frames), 5)
 
