@@ -24,6 +24,7 @@ from notifymesh.contracts import (CATEGORIES, DRAINING, LEADERS, MEMBERS, PLACEM
                                   template_versions_prefix)
 from notifymesh.log import fields
 from notifymesh.server.internal_topics import channel_name
+from notifymesh.server.lease_keeper import LeaseKeeper
 from notifymesh.server import sealing, telemetry
 from notifymesh.server.ring import Ring
 from notifymesh.server.tls import CHECK_EVERY_S, ChannelCredentials, internal_options
@@ -31,6 +32,11 @@ from notifymesh.server.tls import CHECK_EVERY_S, ChannelCredentials, internal_op
 log = logging.getLogger(__name__)
 
 KINDS = ("metadata", "storage", "sender", "frontend")
+# A process whose event loop has not run for this long lets its member lease lapse
+# (lease_keeper): a hung process's subscriptions and shards move on within this plus
+# the TTL. Three TTLs: the longest stalls seen under load (a sender handing one
+# message to 45,000 streams) were a few seconds, and cost every stream it served.
+MAX_LOOP_STALL_S = 10.0
 
 T = TypeVar("T")
 
@@ -80,14 +86,26 @@ class TlsEtcdClient(aetcd.Client):
             self._is_connecting = False
 
 
+def _etcd_target(endpoints: str) -> str:
+    """endpoints (host:port[,host:port...]) as a gRPC target naming every member."""
+    return "ipv4:" + endpoints if "," in endpoints else endpoints
+
+
 def connect_etcd(endpoints: str, tls: ChannelCredentials | None = None) -> aetcd.Client:
     """endpoints: host:port[,host:port...]. aetcd takes one host and port and dials
     f"{host}:{port}"; a gRPC multi-address target split at its last colon gives
     it every member, and gRPC moves to another when one fails. With tls: mutual TLS."""
-    target = "ipv4:" + endpoints if "," in endpoints else endpoints
-    host, _, port = target.rpartition(":")
+    host, _, port = _etcd_target(endpoints).rpartition(":")
     kwargs = dict(host=host or "127.0.0.1", port=int(port), timeout=5, options={"grpc.lb_policy_name": "round_robin"})
     return TlsEtcdClient(tls, **kwargs) if tls else aetcd.Client(**kwargs)
+
+
+def etcd_channel(endpoints: str, tls: ChannelCredentials | None = None) -> grpc.Channel:
+    """A blocking channel to etcd, as connect_etcd's client dials it (for the lease keeper's thread)."""
+    target, options = _etcd_target(endpoints), [("grpc.lb_policy_name", "round_robin")]
+    if tls is None:
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, tls.current(), options=[*options, *internal_options()])
 
 
 class PrefixMirror(Generic[T]):
@@ -206,68 +224,69 @@ class ChangedNames:
 
 class Registration:
     """This process's member key, kept alive by a lease: it disappears from etcd
-    within the lease TTL once the process dies."""
+    within the lease TTL once the process dies. The keep-alives go out from a
+    thread (notifymesh.server.lease_keeper), so a busy event loop does not let
+    the lease lapse."""
 
     def __init__(self, etcd: aetcd.Client, kind: str, node_id: str, addr: str, ttl_s: int, metrics_addr: str = "",
-                 internal_addr: str = ""):
+                 internal_addr: str = "", *, keeper_channel: Callable[[], grpc.Channel],
+                 max_stall_s: float = MAX_LOOP_STALL_S):
+        """keeper_channel(): a blocking channel to etcd for the keep-alives (etcd_channel)."""
         self.key = member_key(kind, node_id)
         self.addr = addr
         self._record = MemberRecord(addr, os.getpid(), time.time(), metrics_addr=metrics_addr,
                                     internal_addr=internal_addr)
-        self._renewals = telemetry.meter().create_counter(
-            "notifymesh.etcd.lease_renewals", unit="{renewal}",
-            description="keep-alives of this process's member lease, by outcome (ok, failed, expired)")
         self._etcd, self._ttl = etcd, ttl_s
         self.lease = None
-        # Until this monotonic time the lease is certainly alive (the last keep-alive
-        # was sent before it, and etcd renewed the TTL from its arrival).
-        self.valid_until = 0.0
+        self._expired = asyncio.Event()
+        self._keeper = LeaseKeeper(keeper_channel, ttl_s, max_stall_s, self._expired_soon)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
 
+    @property
+    def valid_until(self) -> float:
+        """Until this monotonic time the lease is certainly alive."""
+        return self._keeper.valid_until
+
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self._register()
-        self._task = asyncio.create_task(self._keep_alive())
+        self._task = asyncio.create_task(self._follow())
+
+    def _expired_soon(self) -> None:  # from the keeper's thread
+        try:
+            self._loop.call_soon_threadsafe(self._expired.set)
+        except RuntimeError:  # the loop has closed: the process is ending
+            pass
 
     async def _register(self) -> None:
         sent = time.monotonic()
         self.lease = await self._etcd.lease(self._ttl)
         await self._etcd.put(self.key, self._record._replace(lease=self.lease.id).encode(), lease=self.lease)
-        self.valid_until = sent + self._ttl
+        self._keeper.keep(self.lease.id, sent + self._ttl)
 
-    async def _keep_alive(self) -> None:
-        # Keep-alives go out every TTL/3 from the last one sent, not from its reply: on
-        # a busy sender a refresh took up to 1.2 s (bench/notify.py, 20,000 recipients),
-        # and a third of the TTL after such a reply the lease had expired in etcd.
-        next_at = time.monotonic()
+    async def _follow(self) -> None:
+        """Shows the keeper the loop runs, and registers again once the lease is gone."""
         while True:
-            next_at = max(next_at + self._ttl / 3, time.monotonic())
-            await asyncio.sleep(next_at - time.monotonic())
+            self._keeper.tick()
             try:
-                sent = time.monotonic()
-                reply = await self.lease.refresh()
-                if reply is not None and reply.TTL > 0:
-                    self.valid_until = sent + reply.TTL
-                    self._renewals.add(1, {"outcome": "ok"})
-                    continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # etcd unreachable or electing a leader
-                log.warning("lease keep-alive failed", extra=fields(error=repr(e)))
-                self._renewals.add(1, {"outcome": "failed"})
-                if time.monotonic() < self.valid_until:
-                    continue
-            self._renewals.add(1, {"outcome": "expired"})
-            log.warning("member lease expired; registering again")
+                await asyncio.wait_for(self._expired.wait(), self._ttl / 3)
+            except TimeoutError:
+                continue
+            self._expired.clear()
             try:
                 await self._register()
             except Exception as e:
                 log.warning("registering again failed", extra=fields(error=repr(e)))
+                await asyncio.sleep(self._ttl / 3)
+                self._expired.set()
 
     async def stop(self) -> None:
         """Leaves the mesh at once rather than after the TTL, so peers re-route now."""
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.to_thread(self._keeper.stop)
         if self.lease is not None:
             try:
                 await self.lease.revoke()

@@ -31,7 +31,7 @@ from notifymesh.channel import channel_options
 from notifymesh.log import fields
 from notifymesh.server import config as config_mod
 from notifymesh.server import sealing, telemetry, tracing
-from notifymesh.server.cluster import Cluster, PrefixMirror, Registration, connect_etcd
+from notifymesh.server.cluster import Cluster, PrefixMirror, Registration, connect_etcd, etcd_channel
 from notifymesh.server.status import status_of
 from notifymesh.server.tls import ChannelCredentials, TlsFiles, server_credentials
 
@@ -377,7 +377,7 @@ async def serve(kind: str, args: argparse.Namespace,
     loop_lag = telemetry.LoopLag()
     loop_lag.start()
     registration = Registration(etcd, kind, args.node_id, addr, config.member_lease_ttl_s, metrics_addr,
-                                internal_addr)
+                                internal_addr, keeper_channel=lambda: etcd_channel(args.etcd, tls))
     await registration.start()
     ctx.registration = registration
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
