@@ -19,7 +19,8 @@ admin; redrive: RedriveDeadLetters', subscribe on that subscription). The login
 checks the key with the API's own Authenticator; the cookie holds a signed,
 expiring session token naming the key's id (never the key), and every request
 looks that key up again in the frontend's mirror of etcd, so a revoked key ends
-its sessions at once. With auth off (config auth_enabled 0) every caller is the
+its sessions at once. A logout ends its session on every frontend
+(frontend/ended_sessions.py), not only in the browser. With auth off (config auth_enabled 0) every caller is the
 anonymous admin, as on the API.
 
 One snapshot is computed at a time for all viewers (SnapshotHub: single flight,
@@ -441,18 +442,27 @@ _HTTP = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbid
          503: web.HTTPServiceUnavailable, 504: web.HTTPGatewayTimeout}
 
 
+class Ended(Protocol):
+    """frontend.ended_sessions.EndedSessions: the sessions logged out, on every frontend."""
+
+    def __contains__(self, nonce: str) -> bool: ...
+
+    async def end(self, nonce: str, key_id: str, remaining_s: float) -> None: ...
+
+
 class Sessions:
     """Logins with an API key and the signed session tokens the cookie holds:
-    (key id, nonce) with the time issued, good for SESSION_TTL_S."""
+    (key id, nonce) with the time issued, good for SESSION_TTL_S or until logged out."""
 
     def __init__(self, key: bytes, keys: Callable[[str], KeyRecord | None], check: KeyCheck,
-                 enabled: Callable[[], bool], ttl_s: float = SESSION_TTL_S):
+                 enabled: Callable[[], bool], ended: Ended, ttl_s: float = SESSION_TTL_S):
         """key: the cluster's key for dashboard sessions (every frontend has it, so a
         session works on each); keys(key id): the frontend's mirror of the API keys;
-        enabled(): config auth_enabled."""
+        enabled(): config auth_enabled; ended: the sessions logged out."""
         self._signer = TokenSigner(key).derived("dashboard-session")
         self._csrf_key = hmac.new(key, b"dashboard-csrf", hashlib.sha256).digest()
         self._keys, self._check, self._enabled, self.ttl_s = keys, check, enabled, ttl_s
+        self._ended = ended
 
     async def login(self, key: str) -> tuple[Principal, str]:
         """The key's principal and a session token; Unauthenticated or PermissionDenied."""
@@ -471,10 +481,9 @@ class Sessions:
             return ANONYMOUS
         if not token:
             raise errors.Unauthenticated("not logged in: POST /dashboard/login with an API key")
-        try:
-            (key_id, _nonce), _ = self._signer.open(token, (2,), max_age_s=self.ttl_s, what="a dashboard session")
-        except InvalidToken as e:
-            raise errors.Unauthenticated(f"session refused: {e}; log in again") from None
+        (key_id, nonce), _ = self._open(token)
+        if nonce in self._ended:
+            raise errors.Unauthenticated("this session was logged out; log in again")
         record = self._keys(key_id)
         if record is None:
             raise errors.Unauthenticated(f"API key {key_id} of this session no longer exists; log in again")
@@ -483,6 +492,23 @@ class Sessions:
         if record.expires_ms and now_ms() > record.expires_ms:
             raise errors.Unauthenticated(f"API key {key_id} ({record.name}) has expired")
         return record.principal()
+
+    def _open(self, token: str) -> tuple[tuple[str, str], float]:
+        """((key id, nonce), time issued) of a session token signed here and not expired."""
+        try:
+            return self._signer.open(token, (2,), max_age_s=self.ttl_s, what="a dashboard session")
+        except InvalidToken as e:
+            raise errors.Unauthenticated(f"session refused: {e}; log in again") from None
+
+    async def end(self, token: str | None) -> None:
+        """Logs the session out on every frontend (an expired or foreign token has nothing to end)."""
+        if not self._enabled() or not token:
+            return
+        try:
+            (key_id, nonce), issued = self._open(token)
+        except errors.Unauthenticated:
+            return
+        await self._ended.end(nonce, key_id, issued + self.ttl_s - time.time())
 
     def csrf(self, token: str) -> str:
         """The token the page sends in CSRF_HEADER with every POST: a MAC of its session,
@@ -590,9 +616,13 @@ class Dashboard:
         token = request.cookies.get(SESSION_COOKIE)
         try:
             self._sessions.check_csrf(token, request.headers.get(CSRF_HEADER, ""))
+            await self._sessions.end(token)  # UNAVAILABLE (etcd): the cookie stays, to try again
+        except errors.ResourceExhausted as e:  # ended in this browser only: it says so
+            response = web.json_response({"logged_out": True, "everywhere": False, "error": e.details}, status=429)
         except errors.NotifymeshError as e:
             raise refused(e) from None
-        response = web.json_response({"logged_out": True})
+        else:
+            response = web.json_response({"logged_out": True, "everywhere": True})
         response.del_cookie(SESSION_COOKIE, path="/dashboard")
         return response
 

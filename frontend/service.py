@@ -8,6 +8,7 @@ from frontend.auth import AuthInterceptor, Authenticator, RecipientTokens, token
 from frontend.limits import Limits
 from frontend.gateway import Gateway
 from frontend.inbox import FrontendInbox, InboxStreams
+from frontend.ended_sessions import EndedSessions
 from frontend.erasure_hook import ErasureHook
 from frontend.dashboard import Dashboard, GatewayLookups, GatewaySource, RecentErrors, Sessions, SnapshotBuilder, \
     SnapshotHub
@@ -208,6 +209,7 @@ class Auth:
     def __init__(self, ctx: Context):
         self.keys = PrefixMirror(ctx.cluster.etcd, API_KEYS, KeyRecord.decode)
         self.certs = PrefixMirror(ctx.cluster.etcd, CERT_PRINCIPALS, auth_pb2.CertificatePrincipal.FromString)
+        self.ended_sessions = EndedSessions(ctx.cluster.etcd)  # dashboard logouts
         self.tokens = RecipientTokens()
         self.audit = AuditLog(InternalPublisher(ctx.cluster, StorageClient(ctx.cluster)).publish, ctx.node_id)
         limits = Limits(ctx.config, lambda: len(ctx.cluster.live("frontend")))
@@ -222,12 +224,14 @@ class Auth:
         self.tokens.start(await unsubscribe.derived_key(etcd, "recipient-token"))
         await self.keys.start()
         await self.certs.start()
+        await self.ended_sessions.start()
         self.audit.start()
 
     async def close(self) -> None:
         await self.audit.close()
         await self.keys.stop()
         await self.certs.stop()
+        await self.ended_sessions.stop()
 
 
 def _inbox(ctx: Context, table: TableClient) -> FrontendInbox:
@@ -286,7 +290,8 @@ class FrontendService:
         ctx, auth = self.ctx, self.auth
         sessions = Sessions(await unsubscribe.derived_key(ctx.cluster.etcd, "dashboard"),
                             lambda key_id: auth.keys.items.get(key_id),
-                            Authenticator(auth.keys, auth.certs, auth.tokens), lambda: bool(ctx.config.auth_enabled))
+                            Authenticator(auth.keys, auth.certs, auth.tokens), lambda: bool(ctx.config.auth_enabled),
+                            auth.ended_sessions)
         builder = SnapshotBuilder(GatewaySource(self.gateway, lambda: list(ctx.cluster.topics.items)),
                                   self.recent_errors)
         self.dashboard_hub = SnapshotHub(builder.build)

@@ -218,6 +218,8 @@ TEMPLATES = b"/notifymesh/templates/"        # + template_version_name() -> noti
 PROVIDERS = b"/notifymesh/providers/"        # + channel name ("email") -> notifymesh.v1.Provider, with its secret
 # Identity (metadata/keys.py; notifymesh/server/principal.py), followed by every frontend:
 API_KEYS = b"/notifymesh/auth/keys/"         # + key id -> principal.KeyRecord (JSON; a salted hash, no secret)
+# + dashboard session nonce -> its API key id, under a lease ending when the session would have
+ENDED_SESSIONS = b"/notifymesh/auth/ended-sessions/"
 CERT_PRINCIPALS = b"/notifymesh/auth/certs/"  # + subject CN -> notifymesh.v1.CertificatePrincipal
 
 

@@ -150,6 +150,11 @@ class PrefixMirror(Generic[T]):
             item = self._decode(kv.value)
         return item
 
+    def wrote(self, name: str, item: T) -> None:
+        """What this process has just written to etcd, shown now rather than when
+        the watch brings it (which puts the same)."""
+        self._put(name, item)
+
     def _changed(self, name: str | None) -> None:
         for listener in self._listeners:
             listener(name)

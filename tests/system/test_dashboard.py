@@ -13,9 +13,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 from playwright.async_api import async_playwright
+from yarl import URL
 
+from frontend.ended_sessions import MAX_PER_KEY, EndedSessions
 from gen.notifymesh.v1 import notify_pb2
 from helpers import new_topic, unique
+from notifymesh import errors
+from notifymesh.server.cluster import connect_etcd
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags Chromium keeps calling out, and this
@@ -213,7 +217,49 @@ async def test_redrive_and_logout_need_the_csrf_token_of_their_own_session(mesh,
             assert reply.status == 200 and json.loads(await reply.text()) == {"subscription": sub, "redriven": 0}
         async with session.post(f"{url}/dashboard/logout") as reply:
             assert reply.status == 403, "a logout needs the CSRF header too"
+        token = session.cookie_jar.filter_cookies(URL(f"{url}/dashboard"))["nm_dashboard"].value
         async with session.post(f"{url}/dashboard/logout", headers={"X-Notifymesh-CSRF": own}) as reply:
-            assert reply.status == 200
+            assert reply.status == 200 and (await reply.json())["everywhere"]
         async with session.get(f"{url}/dashboard/api/snapshot") as reply:
             assert reply.status == 401, "logged out"
+    # A copy of the logged-out session's cookie is refused too, not only the browser's cleared one.
+    async with aiohttp.ClientSession(cookies={"nm_dashboard": token}) as copied:
+        async with copied.get(f"{url}/dashboard/api/snapshot") as reply:
+            assert reply.status == 401 and "logged out" in (await reply.json())["error"]
+
+
+async def test_ended_sessions_reach_every_frontend_go_when_they_would_have_expired_and_are_bounded(mesh):
+    """frontend/ended_sessions.py on the real etcd: two EndedSessions stand for two frontends."""
+    etcd = connect_etcd(mesh.etcd_endpoint, mesh.client_tls())
+    here, there = EndedSessions(etcd), EndedSessions(etcd)
+    await here.start()
+    await there.start()
+    try:
+        key_id = unique("key")
+        await here.end(unique("nonce-short"), key_id, remaining_s=1)
+        long_lived = unique("nonce-long")
+        await here.end(long_lived, key_id, remaining_s=600)
+        assert long_lived in here
+        for _ in range(100):
+            if long_lived in there:
+                break
+            await asyncio.sleep(0.05)
+        assert long_lived in there
+        for _ in range(MAX_PER_KEY - 2):
+            await here.end(unique("nonce"), key_id, remaining_s=60)
+        with pytest.raises(errors.ResourceExhausted, match="revoke the key"):
+            await here.end(unique("nonce"), key_id, remaining_s=60)
+        await here.end(unique("nonce"), unique("other-key"), remaining_s=60)  # another key's are its own
+        # The 1 s one's lease ends (etcd: within a few seconds): room for one more.
+        for _ in range(100):
+            try:
+                await here.end(unique("nonce"), key_id, remaining_s=60)
+                break
+            except errors.ResourceExhausted:
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the ended session of 1 s never went")
+    finally:
+        await here.stop()
+        await there.stop()
+        await etcd.close()

@@ -209,9 +209,17 @@ def _record(key_id, role="admin", **kw):
                      topics=("*",), subscriptions=("*",), categories=("*",), **kw)
 
 
-def _sessions(records, enabled=True, ttl_s=3600):
+class FakeEnded(dict):
+    """frontend.ended_sessions.EndedSessions without etcd: nonce -> (key id, seconds left)."""
+
+    async def end(self, nonce, key_id, remaining_s):
+        self[nonce] = (key_id, remaining_s)
+
+
+def _sessions(records, enabled=True, ttl_s=3600, ended=None):
     principals = {f"key-{r.key_id}": r.principal() for r in records.values()}
-    return Sessions(b"k" * 32, records.get, FakeCheck(principals), lambda: enabled, ttl_s)
+    return Sessions(b"k" * 32, records.get, FakeCheck(principals), lambda: enabled,
+                    FakeEnded() if ended is None else ended, ttl_s)
 
 
 async def test_a_session_names_the_key_and_ends_when_it_is_revoked_or_expires():
@@ -231,6 +239,23 @@ async def test_a_session_names_the_key_and_ends_when_it_is_revoked_or_expires():
         sessions.principal(token)
 
 
+async def test_a_logout_ends_the_session_for_its_remaining_life_and_no_other():
+    records = {"aaa": _record("aaa")}
+    ended = FakeEnded()
+    sessions = _sessions(records, ttl_s=3600, ended=ended)
+    _, token = await sessions.login("key-aaa")
+    _, other = await sessions.login("key-aaa")
+    await sessions.end(token)
+    with pytest.raises(errors.Unauthenticated, match="logged out"):
+        sessions.principal(token)
+    assert sessions.principal(other).id == "key:aaa"  # the same key's other session goes on
+    (key_id, remaining_s), = ended.values()
+    assert key_id == "aaa" and 3590 < remaining_s <= 3600
+    await sessions.end("not.a-token")  # nothing to end: no error, nothing recorded
+    await sessions.end(None)
+    assert len(ended) == 1
+
+
 async def test_a_session_token_cannot_be_altered_made_elsewhere_or_outlive_its_ttl():
     records = {"aaa": _record("aaa"), "bbb": _record("bbb")}
     sessions = _sessions(records)
@@ -238,7 +263,7 @@ async def test_a_session_token_cannot_be_altered_made_elsewhere_or_outlive_its_t
     payload, mac = token.split(".")
     with pytest.raises(errors.Unauthenticated, match="signature does not match"):
         sessions.principal(payload[:-2] + "xx." + mac)
-    other = Sessions(b"o" * 32, records.get, FakeCheck({}), lambda: True)
+    other = Sessions(b"o" * 32, records.get, FakeCheck({}), lambda: True, FakeEnded())
     with pytest.raises(errors.Unauthenticated, match="signature does not match"):
         other.principal(token)
     with pytest.raises(errors.Unauthenticated, match="not logged in"):
