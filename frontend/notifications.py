@@ -179,7 +179,9 @@ def _without_secret(provider: notify_pb2.Provider) -> notify_pb2.Provider:
     shown = notify_pb2.Provider()
     shown.CopyFrom(provider)
     shown.secret_set = provider.secret_set or bool(provider.secret)
-    shown.secret = ""
+    shown.secret = shown.previous_secret = ""
+    if shown.previous_secret_expire_time.ToMilliseconds() <= now_ms():  # no previous key signs any more
+        shown.ClearField("previous_secret_expire_time")
     return shown
 
 

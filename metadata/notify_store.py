@@ -23,6 +23,7 @@ from notifymesh.server import sealing, templating, validation
 from notifymesh.server.cluster import Cluster
 from notifymesh.server.config import MAX_RATE_LIMIT, MAX_RATE_PERIOD_S
 from notifymesh.server.internal_topics import CHANNELS, channel_name
+from metadata.store import DEFAULT_PREVIOUS_SECRET_TTL_S, MAX_PREVIOUS_SECRET_TTL_S
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,25 @@ def check_provider(provider: notify_pb2.Provider) -> notify_pb2.Provider:
     validation.name("provider", _named(record).name)
     validation.count_between("provider priority", record.priority, 0, MAX_PRIORITY)
     record.secret_set = bool(record.secret)
+    record.ClearField("previous_secret")  # only SetProvider's change of the key sets these
+    record.ClearField("previous_secret_expire_time")
     return record
+
+
+def _previous_signing_key(current: notify_pb2.Provider, record: notify_pb2.Provider, ttl_s: float) -> None:
+    """record replaces current: a webhook's replaced signing key signs beside the new
+    one for ttl_s (taking the place of an earlier one); an unchanged key keeps a
+    previous one while it lasts. At most two keys sign."""
+    webhook = PROVIDER_KINDS[notify_pb2.WEBHOOK]
+    if record.kind != webhook or current.kind != webhook:
+        return
+    if current.secret and record.secret != current.secret:
+        if ttl_s > 0:
+            record.previous_secret = current.secret
+            record.previous_secret_expire_time.CopyFrom(timestamp(now_ms() + round(ttl_s * 1000)))
+    elif current.previous_secret and current.previous_secret_expire_time.ToMilliseconds() > now_ms():
+        record.previous_secret = current.previous_secret
+        record.previous_secret_expire_time.CopyFrom(current.previous_secret_expire_time)
 
 
 def _signing_key(kind: str, secret: str) -> None:
@@ -341,11 +360,16 @@ class NotifyMetadataStore:
 
     # -- providers -----------------------------------------------------------------------
 
-    async def set_provider(self, provider: notify_pb2.Provider, keep_secret: bool) -> notify_pb2.Provider:
+    async def set_provider(self, provider: notify_pb2.Provider, keep_secret: bool,
+                           previous_ttl_s: float | None = None) -> notify_pb2.Provider:
         """Adds the channel's provider of that name or replaces it; with keep_secret and
-        no secret given, the stored secret stays. A compare-and-swap on the record read
-        (and, for "default", on the legacy key it replaces)."""
+        no secret given, the stored secret stays. A webhook provider's replaced signing
+        key keeps signing beside the new one for previous_ttl_s (None: a day; 0: not
+        at all). A compare-and-swap on the record read (and, for "default", on the
+        legacy key it replaces)."""
         record = check_provider(provider)
+        ttl_s = DEFAULT_PREVIOUS_SECRET_TTL_S if previous_ttl_s is None else validation.seconds_between(
+            "previous secret ttl", previous_ttl_s, 0, MAX_PREVIOUS_SECRET_TTL_S)
         channel, name = channel_name(record.channel), record.name
         key, legacy = provider_key(record.channel, name), legacy_provider_key(record.channel)
         for _ in range(WRITE_TRIES):
@@ -355,9 +379,12 @@ class NotifyMetadataStore:
             if stored is None and len(self._cluster.providers.groups.get(channel, {})) >= MAX_PROVIDERS_PER_CHANNEL:
                 raise errors.ResourceExhausted(f"the {channel} channel has {MAX_PROVIDERS_PER_CHANNEL} providers; "
                                                "delete one first")
-            if keep_secret and not record.secret and stored is not None:
-                record.secret = sealing.parse_provider(stored.value).secret
+            current = sealing.parse_provider(stored.value) if stored is not None else None
+            if keep_secret and not record.secret and current is not None:
+                record.secret = current.secret
             record.secret_set = bool(record.secret)
+            if current is not None:
+                _previous_signing_key(current, record, ttl_s)
             compare = [self._txn.mod(k) == kv.mod_revision if kv else self._txn.version(k) == 0
                        for k, kv in kvs.items()]
             success = [self._txn.put(key, sealing.provider_value(record))]

@@ -120,7 +120,8 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServicer):
         return notify_pb2.DeleteTemplateResponse()
 
     async def SetProvider(self, request, context):
-        return await self._notify.set_provider(request.provider, request.keep_secret)
+        ttl = request.previous_secret_ttl.ToMilliseconds() / 1000 if request.HasField("previous_secret_ttl") else None
+        return await self._notify.set_provider(request.provider, request.keep_secret, ttl)
 
     async def GetProvider(self, request, context):
         return await self._notify.get_provider(request.channel, request.name)

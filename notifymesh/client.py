@@ -678,11 +678,15 @@ class Client:
                 audience=audience, page_size=page_size), "recipients"):
             yield page
 
-    async def set_provider(self, provider: notify_pb2.Provider, keep_secret: bool = False) -> notify_pb2.Provider:
+    async def set_provider(self, provider: notify_pb2.Provider, keep_secret: bool = False,
+                           previous_secret_ttl_s: float | None = None) -> notify_pb2.Provider:
         """How a channel sends; the secret is write-only (keep_secret with an empty
-        one keeps the stored secret)."""
+        one keeps the stored secret). A webhook provider's replaced signing key keeps
+        signing beside the new one for previous_secret_ttl_s (None: the server's 24 h;
+        0: stops at once; at most 7 days), until previous_secret_expire_time."""
         return await self._call(self._notifications.SetProvider, notify_pb2.SetProviderRequest(
-            provider=provider, keep_secret=keep_secret))
+            provider=provider, keep_secret=keep_secret,
+            previous_secret_ttl=None if previous_secret_ttl_s is None else _duration(previous_secret_ttl_s)))
 
     async def get_provider(self, channel: int | str, name: str = "") -> notify_pb2.Provider:
         return await self._call(self._notifications.GetProvider,

@@ -110,8 +110,12 @@ def _rendered_record(r: notify_pb2.RenderedContent) -> dict:
 
 
 def _provider_record(p: notify_pb2.Provider) -> dict:
-    return {"channel": channel_name(p.channel), "name": p.name or "default", "priority": p.priority, "kind": p.kind,
-            "settings": dict(p.settings), "secret_set": p.secret_set, "max_concurrency": p.max_concurrency}
+    record = {"channel": channel_name(p.channel), "name": p.name or "default", "priority": p.priority,
+              "kind": p.kind, "settings": dict(p.settings), "secret_set": p.secret_set,
+              "max_concurrency": p.max_concurrency}
+    if p.HasField("previous_secret_expire_time"):
+        record["previous_secret_expire_time"] = p.previous_secret_expire_time.ToJsonString()
+    return record
 
 
 def _provider_status_record(s: notify_pb2.ProviderStatus) -> dict:
@@ -461,7 +465,8 @@ async def _provider(args, client: Client) -> None:
                                        priority=args.priority)
         if args.secret_file is not None:
             provider.secret = args.secret_file.rstrip("\r\n")
-        args.out.record(_provider_record(await client.set_provider(provider, keep_secret=args.secret_file is None)))
+        args.out.record(_provider_record(await client.set_provider(provider, keep_secret=args.secret_file is None,
+                                                                   previous_secret_ttl_s=args.overlap)))
     elif args.action == "get":
         args.out.record(_provider_record(await client.get_provider(args.channel, args.name)))
     elif args.action == "list":
@@ -731,6 +736,9 @@ def _add_provider_commands(commands) -> None:
     put.add_argument("--secret-file", type=text_file, metavar="FILE",
                      help="the password or token, read from FILE ('-': stdin), never from the command line; "
                           "without it the stored secret is kept")
+    put.add_argument("--overlap", type=base.duration,
+                     help="webhook, with a new --secret-file: how long the replaced signing key keeps signing beside "
+                          "the new one, e.g. 2h (default 24h; 0: stops at once; at most 7d)")
     put.add_argument("--max-concurrency", type=base.count(1, 1000), help="sends in flight at once (default 32)")
     put.add_argument("--name", default="", help="a channel has several providers by name (default: 'default')")
     put.add_argument("--priority", type=base.count(0, 1000), default=0,

@@ -540,13 +540,20 @@ def _provider_context(provider: notify_pb2.Provider) -> str:
     return f"provider {provider.channel} {provider.name} secret"
 
 
+def _previous_provider_context(provider: notify_pb2.Provider) -> str:
+    """Its own context: a sealed previous secret cannot pass for the current one."""
+    return f"provider {provider.channel} {provider.name} previous secret"
+
+
 def provider_value(provider: notify_pb2.Provider) -> bytes:
-    """The record to store: its secret (a password, an API key, a private key) sealed."""
-    if not provider.secret or not _installed.enabled:
+    """The record to store: its secrets (a password, an API key, a private key; a
+    webhook's replaced signing key) sealed."""
+    if not (provider.secret or provider.previous_secret) or not _installed.enabled:
         return provider.SerializeToString()
     stored = notify_pb2.Provider()
     stored.CopyFrom(provider)
     stored.secret = _installed.seal_text(provider.secret, _provider_context(provider))
+    stored.previous_secret = _installed.seal_text(provider.previous_secret, _previous_provider_context(provider))
     return stored.SerializeToString()
 
 
@@ -554,6 +561,8 @@ def parse_provider(value: bytes, strict: bool = True) -> notify_pb2.Provider:
     provider = notify_pb2.Provider.FromString(value)
     if provider.secret.startswith(TEXT_PREFIX):
         provider.secret = _open_secret(provider.secret, _provider_context(provider), strict)
+    if provider.previous_secret.startswith(TEXT_PREFIX):
+        provider.previous_secret = _open_secret(provider.previous_secret, _previous_provider_context(provider), strict)
     return provider
 
 

@@ -5,7 +5,8 @@ took 0.10 ms of CPU per send where httpx took 2.2 ms, at 32 in flight).
   form To, From, Body (and StatusCallback, the delivery receipt's URL), HTTP basic auth (account, secret), answer JSON {"id", "status"}.
   Settings: base_url, account, from, timeout_seconds (default 10).
 - webhook: POST the rendered JSON to the recipient's URL, signed as push
-  subscriptions are (notifymesh/webhooks.py, with the provider's secret).
+  subscriptions are (notifymesh/webhooks.py, with the provider's secret, and
+  for a while after SetProvider changed it, with the replaced one too).
   Settings: timeout_seconds (default 10).
 
 Failures: a timeout, a connection error, 5xx and 429 (with its Retry-After) are
@@ -20,6 +21,7 @@ import aiohttp
 
 from gen.notifymesh.v1 import notify_pb2
 from notifymesh import webhooks
+from notifymesh.clock import now_ms
 from notifymesh.server import egress
 from sender.providers.base import (OutgoingMessage, PermanentSendError, SendResult, TransientSendError, retry_after_s,
                                    setting)
@@ -103,11 +105,15 @@ class WebhookProvider:
 
     def __init__(self, record: notify_pb2.Provider, allowed: egress.Allowed):
         self._secret = record.secret
+        # A replaced signing key signs beside the new one until it expires (SetProvider's previous_secret_ttl).
+        self._previous = record.previous_secret
+        self._previous_until_ms = record.previous_secret_expire_time.ToMilliseconds()
         self._session = _session(record, allowed)
 
     async def send(self, msg: OutgoingMessage) -> SendResult:
         body = msg.json_body.encode()
-        headers = {"Content-Type": "application/json", **webhooks.headers(self._secret, body),
+        previous = self._previous if now_ms() < self._previous_until_ms else ""
+        headers = {"Content-Type": "application/json", **webhooks.headers(self._secret, body, previous=previous),
                    "X-Notifymesh-Notification-Id": msg.notification_id,
                    "X-Notifymesh-Idempotency-Key": msg.idempotency_key}
         await _post(self._session, msg.to, data=body, headers=headers)

@@ -5,6 +5,7 @@ their secrets, template previews, Notify's checks and its idempotency, and a
 notification readable at once."""
 
 import json
+import time
 
 import pytest
 from helpers import cli, unique
@@ -12,6 +13,8 @@ from helpers import cli, unique
 from gen.notifymesh.v1 import notify_pb2 as pb
 from notifymesh import errors
 from notifymesh.client import Client
+from notifymesh.contracts import PROVIDERS
+from notifymesh.server.cluster import connect_etcd
 
 
 def json_lines(out: bytes) -> list[dict]:
@@ -91,11 +94,33 @@ async def test_audiences_hold_any_number_of_members_listed_in_pages(client):
 async def test_a_provider_secret_is_write_only(own_mesh, tmp_path):
     """On a mesh of its own: the providers are the whole mesh's."""
     async with Client(own_mesh.frontend_addr) as client:
+        # It replaces the local providers' webhook key at once (no overlap).
         await client.set_provider(pb.Provider(channel=pb.WEBHOOK, kind="webhook", settings={"timeout_seconds": "5"},
-                                              secret="signing-key-1"))
+                                              secret="signing-key-1"), previous_secret_ttl_s=0)
         for provider in [await client.get_provider("webhook"),
                          *[p for p in await client.list_providers() if p.channel == pb.WEBHOOK]]:
             assert (provider.secret, provider.secret_set, provider.settings["timeout_seconds"]) == ("", True, "5")
+            assert not provider.HasField("previous_secret_expire_time")
+        # A new signing key: the replaced one signs beside it for the overlap (a day by
+        # default), kept in etcd sealed and never shown; settings changed later keep it.
+        webhook = pb.Provider(channel=pb.WEBHOOK, kind="webhook", settings={"timeout_seconds": "5"})
+        webhook.secret = "signing-key-2"
+        answer = await client.set_provider(webhook)
+        left_s = answer.previous_secret_expire_time.ToSeconds() - time.time()
+        assert 23 * 3600 < left_s <= 24 * 3600 and answer.previous_secret == ""
+        stored = await own_mesh_provider_value(own_mesh)
+        assert b"signing-key-1" not in stored and b"signing-key-2" not in stored
+        webhook.ClearField("secret")
+        webhook.settings["timeout_seconds"] = "6"
+        kept = await client.set_provider(webhook, keep_secret=True)
+        assert kept.previous_secret_expire_time == answer.previous_secret_expire_time
+        shown = (await client.get_provider("webhook"))
+        assert shown.previous_secret_expire_time == answer.previous_secret_expire_time and shown.previous_secret == ""
+        webhook.secret = "signing-key-3"
+        assert not (await client.set_provider(webhook, previous_secret_ttl_s=0)).HasField("previous_secret_expire_time")
+        assert not (await client.get_provider("webhook")).HasField("previous_secret_expire_time")
+        with pytest.raises(errors.InvalidArgument, match="previous secret ttl"):
+            await client.set_provider(webhook, previous_secret_ttl_s=8 * 24 * 3600)
     secret = tmp_path / "token"
     secret.write_text("sms-token\n")
     set_ = cli(own_mesh, "provider", "set", "sms", "--setting", "base_url=http://127.0.0.1:9/", "--setting",
@@ -104,6 +129,15 @@ async def test_a_provider_secret_is_write_only(own_mesh, tmp_path):
     shown = cli(own_mesh, "provider", "get", "sms")
     assert json_lines(shown.stdout)[0]["secret_set"] is True and b"sms-token" not in shown.stdout
     assert json_lines(shown.stdout)[0]["settings"]["account"] == "ac1"
+
+
+async def own_mesh_provider_value(mesh) -> bytes:
+    """The webhook provider's record as etcd holds it."""
+    etcd = connect_etcd(mesh.etcd_endpoint, mesh.client_tls())
+    try:
+        return (await etcd.get(PROVIDERS + b"webhook/default")).value
+    finally:
+        await etcd.close()
 
 
 async def test_a_preview_renders_with_data_and_the_stored_recipient(client):

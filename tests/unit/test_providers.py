@@ -15,6 +15,7 @@ from aiohttp import web
 from deploy.local_providers import LocalProviders, credentials, provider_records
 from gen.notifymesh.v1 import notify_pb2
 from notifymesh import webhooks
+from notifymesh.clock import now_ms
 from notifymesh.server.config import LOOPBACK_NETWORKS, parse_networks
 from sender.providers import (OutgoingMessage, PermanentSendError, SendResult, TransientSendError, provider_for)
 from sender.providers.base import retry_after_s
@@ -288,6 +289,23 @@ async def test_webhook_posts_the_json_signed_with_the_provider_secret(local, pro
     assert failed.value.retry_after_s == 2
     with pytest.raises(PermanentSendError, match="HTTP 404"):
         await hook.send(OutgoingMessage(notify_pb2.WEBHOOK, f"http://127.0.0.1:{local.http_port}/nope", json_body=body))
+
+
+async def test_a_replaced_webhook_key_signs_beside_the_new_one_until_it_expires(local):
+    url = f"http://127.0.0.1:{local.http_port}/webhook/alice"
+    body = json.dumps({"invoice": 17})
+    record = records(local, 0)[notify_pb2.WEBHOOK]
+    record.secret, record.previous_secret = "new-key", local.creds.webhook_secret
+    for until_ms, old_key_signs in ((now_ms() + 60_000, True), (now_ms() - 1, False)):
+        record.previous_secret_expire_time.FromMilliseconds(until_ms)
+        hook = provider_for(record, LOOPBACK)
+        try:
+            await hook.send(OutgoingMessage(notify_pb2.WEBHOOK, url, json_body=body))
+        finally:
+            await hook.close()
+        signature = local.outbox.read("webhook")[-1]["signature"]
+        assert webhooks.verify("new-key", signature, body.encode())
+        assert webhooks.verify(local.creds.webhook_secret, signature, body.encode()) is old_key_signs
 
 
 async def test_a_message_that_cannot_be_sent_as_it_is_fails_permanently(local, provider):

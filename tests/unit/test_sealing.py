@@ -152,6 +152,20 @@ def test_a_rotated_push_secret_kept_as_the_previous_one_is_sealed_apart(ring, mo
         sealing.parse_subscription(swapped.SerializeToString())
 
 
+def test_a_webhook_provider_s_replaced_signing_key_is_sealed_apart(ring, monkeypatch):
+    monkeypatch.setattr(sealing, "_installed", ring)
+    provider = notify_pb2.Provider(channel=notify_pb2.WEBHOOK, name="default", kind="webhook", secret="n3w-key",
+                                   previous_secret="0ld-key")
+    stored = sealing.provider_value(provider)
+    assert b"n3w-key" not in stored and b"0ld-key" not in stored
+    opened = sealing.parse_provider(stored)
+    assert (opened.secret, opened.previous_secret) == ("n3w-key", "0ld-key")
+    swapped = notify_pb2.Provider.FromString(stored)  # the sealed previous key passed off as the current
+    swapped.secret = swapped.previous_secret
+    with pytest.raises(SealError):
+        sealing.parse_provider(swapped.SerializeToString())
+
+
 def test_a_key_file_with_a_bad_line_is_refused(tmp_path):
     path = tmp_path / "master.key"
     assert sealing.create_key_file(path) and not sealing.create_key_file(path)

@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -479,7 +480,7 @@ class ListDevicesResponse(_message.Message):
     def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
 
 class Provider(_message.Message):
-    __slots__ = ("channel", "kind", "settings", "secret", "secret_set", "max_concurrency", "name", "priority")
+    __slots__ = ("channel", "kind", "settings", "secret", "secret_set", "max_concurrency", "name", "priority", "previous_secret_expire_time", "previous_secret")
     class SettingsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -495,6 +496,8 @@ class Provider(_message.Message):
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_SECRET_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_SECRET_FIELD_NUMBER: _ClassVar[int]
     channel: Channel
     kind: str
     settings: _containers.ScalarMap[str, str]
@@ -503,15 +506,19 @@ class Provider(_message.Message):
     max_concurrency: int
     name: str
     priority: int
-    def __init__(self, channel: _Optional[_Union[Channel, str]] = ..., kind: _Optional[str] = ..., settings: _Optional[_Mapping[str, str]] = ..., secret: _Optional[str] = ..., secret_set: _Optional[bool] = ..., max_concurrency: _Optional[int] = ..., name: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
+    previous_secret_expire_time: _timestamp_pb2.Timestamp
+    previous_secret: str
+    def __init__(self, channel: _Optional[_Union[Channel, str]] = ..., kind: _Optional[str] = ..., settings: _Optional[_Mapping[str, str]] = ..., secret: _Optional[str] = ..., secret_set: _Optional[bool] = ..., max_concurrency: _Optional[int] = ..., name: _Optional[str] = ..., priority: _Optional[int] = ..., previous_secret_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., previous_secret: _Optional[str] = ...) -> None: ...
 
 class SetProviderRequest(_message.Message):
-    __slots__ = ("provider", "keep_secret")
+    __slots__ = ("provider", "keep_secret", "previous_secret_ttl")
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     KEEP_SECRET_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_SECRET_TTL_FIELD_NUMBER: _ClassVar[int]
     provider: Provider
     keep_secret: bool
-    def __init__(self, provider: _Optional[_Union[Provider, _Mapping]] = ..., keep_secret: _Optional[bool] = ...) -> None: ...
+    previous_secret_ttl: _duration_pb2.Duration
+    def __init__(self, provider: _Optional[_Union[Provider, _Mapping]] = ..., keep_secret: _Optional[bool] = ..., previous_secret_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class GetProviderRequest(_message.Message):
     __slots__ = ("channel", "name")
