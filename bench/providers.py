@@ -19,6 +19,7 @@ from pathlib import Path
 from deploy.local import free_port
 from deploy.local_providers import credentials, provider_records
 from gen.notifymesh.v1 import notify_pb2
+from notifymesh.server.config import LOOPBACK_NETWORKS, parse_networks
 from sender.providers import OutgoingMessage, provider_for
 
 
@@ -35,7 +36,7 @@ def _message(channel: int, i: int, http_port: int) -> OutgoingMessage:
 
 
 async def _run(record: notify_pb2.Provider, sends: int, http_port: int) -> dict:
-    provider = provider_for(record)
+    provider = provider_for(record, lambda: parse_networks(LOOPBACK_NETWORKS))  # the local fakes, as `make up` allows
     left = sends
 
     async def worker():

@@ -19,7 +19,7 @@ from notifymesh import errors
 from notifymesh.clock import now_ms, timestamp
 from notifymesh.contracts import CATEGORIES, PROVIDERS, TEMPLATES, template_version_name, template_versions_prefix
 from notifymesh.log import fields
-from notifymesh.server import sealing, templating, validation
+from notifymesh.server import egress, sealing, templating, validation
 from notifymesh.server.cluster import Cluster
 from notifymesh.server.config import MAX_RATE_LIMIT, MAX_RATE_PERIOD_S
 from notifymesh.server.internal_topics import CHANNELS, channel_name
@@ -209,6 +209,19 @@ def check_provider(provider: notify_pb2.Provider) -> notify_pb2.Provider:
     return record
 
 
+async def _check_endpoints(record: notify_pb2.Provider, allowed: tuple) -> None:
+    """INVALID_ARGUMENT for a provider whose URLs or SMTP host are (or resolve to) an
+    address the mesh may not connect to; the providers check again at each connection."""
+    settings = record.settings
+    for key in ("base_url", "token_url"):
+        if settings.get(key):
+            await egress.check_url(f"{record.kind} provider setting {key}", settings[key], allowed)
+    if record.kind == "smtp":
+        host = settings["host"]
+        await egress.check_url("smtp provider host", f"smtp://{f'[{host}]' if ':' in host else host}:{settings['port']}",
+                               allowed)
+
+
 def _previous_signing_key(current: notify_pb2.Provider, record: notify_pb2.Provider, ttl_s: float) -> None:
     """record replaces current: a webhook's replaced signing key signs beside the new
     one for ttl_s (taking the place of an earlier one); an unchanged key keeps a
@@ -243,8 +256,10 @@ def _integer_setting(key: str, text: str, low: int, high: int) -> None:
 
 
 class NotifyMetadataStore:
-    def __init__(self, cluster: Cluster):
+    def __init__(self, cluster: Cluster, allowed: egress.Allowed = lambda: ()):
+        """allowed(): the non-public networks a provider may connect to (egress.py)."""
         self._cluster, self._etcd, self._txn = cluster, cluster.etcd, cluster.etcd.transactions
+        self._allowed = allowed
 
     # -- categories ----------------------------------------------------------------------
 
@@ -368,6 +383,7 @@ class NotifyMetadataStore:
         at all). A compare-and-swap on the record read (and, for "default", on the
         legacy key it replaces)."""
         record = check_provider(provider)
+        await _check_endpoints(record, self._allowed())
         ttl_s = DEFAULT_PREVIOUS_SECRET_TTL_S if previous_ttl_s is None else validation.seconds_between(
             "previous secret ttl", previous_ttl_s, 0, MAX_PREVIOUS_SECRET_TTL_S)
         channel, name = channel_name(record.channel), record.name

@@ -12,7 +12,7 @@ from metadata.notify_store import NotifyMetadataStore
 from metadata.settings import ClusterSettings
 from metadata.store import MetadataStore, Page
 from notifymesh.clock import timestamp
-from notifymesh.server import sealing, validation
+from notifymesh.server import egress, sealing, validation
 from notifymesh.server.clients import StorageClient
 from notifymesh.server.process import Context
 
@@ -159,7 +159,7 @@ class MetadataService:
         self._store = MetadataStore(ctx.cluster, ctx.config, StorageClient(ctx.cluster))
         self.servicers = [(metadata_pb2_grpc.add_MetadataServicer_to_server,
                            MetadataServicer(self._store, ClusterSettings(ctx.cluster.etcd, ctx.config),
-                                            NotifyMetadataStore(ctx.cluster), KeyStore(ctx.cluster.etcd),
+                                            NotifyMetadataStore(ctx.cluster, egress.networks_of(ctx.config)), KeyStore(ctx.cluster.etcd),
                                             sealing.KeyAdmin(ctx.cluster.etcd, sealing.ring()),
                                             NodeDrains(ctx.cluster, EtcdDrainStore(ctx.cluster.etcd))))]
         self._bootstrap: asyncio.Task | None = None

@@ -140,9 +140,26 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-def guarded_http_client(allowed: Allowed, limits: httpx.Limits) -> httpx.AsyncClient:
-    """An httpx client whose connections go only where allowed (no proxy from the environment)."""
-    transport = httpx.AsyncHTTPTransport(limits=limits)
+def guarded_http_client(allowed: Allowed, limits: httpx.Limits | None = None, http2: bool = False,
+                        **client_options) -> httpx.AsyncClient:
+    """An httpx client whose connections go only where allowed (no proxy from the
+    environment). http2: HTTP/2 only (APNs); client_options: httpx.AsyncClient's."""
+    transport = httpx.AsyncHTTPTransport(limits=limits or httpx.Limits(), http1=not http2, http2=http2)
     pool = transport._pool  # httpx takes no backend of its own: wrap the pool's
     pool._network_backend = GuardedBackend(pool._network_backend, allowed)
-    return httpx.AsyncClient(transport=transport)
+    return httpx.AsyncClient(transport=transport, **client_options)
+
+
+async def guarded_socket(host: str, port: int, allowed: Allowed, timeout_s: float) -> socket.socket:
+    """A TCP socket connected to a checked address of host (for clients that take a
+    connected socket, as aiosmtplib does); ForbiddenAddress when none may be."""
+    address = await asyncio.wait_for(pinned_address(host, port, allowed()), timeout_s)
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (address, port)), timeout_s)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

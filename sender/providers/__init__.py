@@ -21,9 +21,9 @@ __all__ = ["ChannelProvider", "DeadAddressError", "OutgoingMessage", "PermanentS
 
 def provider_for(record: notify_pb2.Provider, allowed: Allowed = lambda: ()) -> ChannelProvider:
     """A provider for the record (as the etcd mirror holds it, secret included).
-    allowed(): the non-public networks the HTTP providers may connect to (egress.py).
+    allowed(): the non-public networks the providers may connect to (egress.py).
     Raises ValueError for a kind no adapter has (the metadata service refuses those)."""
     kind = KINDS.get(record.kind)
     if kind is None:
         raise ValueError(f"no provider of kind {record.kind!r}; the kinds: {', '.join(KINDS)}")
-    return kind(record, allowed) if kind in (SmsHttpProvider, WebhookProvider) else kind(record)
+    return kind(record) if kind is SinkProvider else kind(record, allowed)

@@ -22,6 +22,7 @@ import time
 import httpx
 
 from gen.notifymesh.v1 import notify_pb2
+from notifymesh.server import egress
 from sender.providers.base import (DeadAddressError, OutgoingMessage, PermanentSendError, SendResult,
                                    TransientSendError, retry_after_s, setting)
 from sender.providers.push_auth import Bearer, CachedBearer, Clock, Throttle, signed_jwt
@@ -36,15 +37,16 @@ class ApnsProvider:
     name = "apns"
     platform = "apns"
 
-    def __init__(self, record: notify_pb2.Provider, clock: Clock = time.time):
+    def __init__(self, record: notify_pb2.Provider, allowed: egress.Allowed = lambda: (), clock: Clock = time.time):
+        """allowed(): the non-public networks it may connect to (egress.py)."""
         s = record.settings
         self._key_id, self._team_id, self._key = setting(s, "key_id"), setting(s, "team_id"), record.secret
         self._topic = setting(s, "topic")
         self._clock = clock
         self._bearer = CachedBearer(self._jwt, clock, refresh_margin_s=0)
         self._throttle = Throttle(self.name, clock)
-        self._client = httpx.AsyncClient(http2=True, http1=False, base_url=setting(s, "base_url", BASE_URL),
-                                         timeout=float(setting(s, "timeout_seconds", "10")))
+        self._client = egress.guarded_http_client(allowed, http2=True, base_url=setting(s, "base_url", BASE_URL),
+                                                  timeout=float(setting(s, "timeout_seconds", "10")))
 
     async def _jwt(self) -> Bearer:
         now = self._clock()
@@ -68,6 +70,8 @@ class ApnsProvider:
                    "apns-collapse-id": hashlib.sha256(msg.idempotency_key.encode()).hexdigest()[:64]}
         try:
             response = await self._client.post(f"/3/device/{msg.to}", content=self.body(msg), headers=headers)
+        except egress.ForbiddenAddress as e:
+            raise PermanentSendError(f"apns refused: {e}") from None
         except httpx.HTTPError as e:
             raise TransientSendError(f"apns: {type(e).__name__}: {e}".rstrip(": ")) from None
         if response.status_code == 200:

@@ -24,6 +24,7 @@ import time
 import aiohttp
 
 from gen.notifymesh.v1 import notify_pb2
+from notifymesh.server import egress
 from sender.providers.base import (DeadAddressError, OutgoingMessage, PermanentSendError, SendResult,
                                    TransientSendError, retry_after_s, setting)
 from sender.providers.push_auth import Bearer, CachedBearer, Clock, Throttle, signed_jwt
@@ -57,7 +58,8 @@ class FcmProvider:
     name = "fcm"
     platform = "fcm"
 
-    def __init__(self, record: notify_pb2.Provider, clock: Clock = time.time):
+    def __init__(self, record: notify_pb2.Provider, allowed: egress.Allowed = lambda: (), clock: Clock = time.time):
+        """allowed(): the non-public networks it may connect to (egress.py)."""
         s = record.settings
         self._project, self._email, self._key = setting(s, "project_id"), setting(s, "client_email"), record.secret
         self._token_url = setting(s, "token_url", TOKEN_URL)
@@ -66,8 +68,8 @@ class FcmProvider:
         self._bearer = CachedBearer(self._access_token, clock)
         self._throttle = Throttle(self.name, clock)
         timeout = aiohttp.ClientTimeout(total=float(setting(s, "timeout_seconds", "10")))
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=record.max_concurrency or 32),
-                                              timeout=timeout)
+        self._session = aiohttp.ClientSession(
+            connector=egress.GuardedConnector(allowed, limit=record.max_concurrency or 32), timeout=timeout)
 
     def assertion(self) -> str:
         now = int(self._clock())
@@ -90,6 +92,8 @@ class FcmProvider:
                     raise PermanentSendError(reason)
                 answer = json.loads(body)
                 return Bearer(answer["access_token"], self._clock() + float(answer.get("expires_in", 3600)))
+        except egress.ForbiddenAddress as e:
+            raise PermanentSendError(f"fcm token endpoint refused: {e}") from None
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             raise TransientSendError(f"fcm token endpoint: {type(e).__name__}: {e}".rstrip(": ")) from None
         except (ValueError, KeyError, TypeError):
@@ -112,6 +116,8 @@ class FcmProvider:
                                           headers={"Authorization": f"Bearer {token}"}) as response:
                 status, body = response.status, await response.read()
                 retry_after = response.headers.get("Retry-After")
+        except egress.ForbiddenAddress as e:
+            raise PermanentSendError(f"fcm refused: {e}") from None
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             raise TransientSendError(f"fcm: {type(e).__name__}: {e}".rstrip(": ")) from None
         if status == 200:

@@ -20,6 +20,7 @@ from email.mime.text import MIMEText
 import aiosmtplib
 
 from gen.notifymesh.v1 import notify_pb2
+from notifymesh.server import egress
 from sender.providers.base import OutgoingMessage, PermanentSendError, SendResult, TransientSendError, setting
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -48,6 +49,8 @@ def build_message(msg: OutgoingMessage, sender: str) -> Message:
 
 
 def classify(error: Exception) -> TransientSendError | PermanentSendError:
+    if isinstance(error, egress.ForbiddenAddress):
+        return PermanentSendError(f"smtp refused: {error}")
     if isinstance(error, aiosmtplib.SMTPRecipientsRefused):  # each refused recipient has its reply
         codes = [r.code for r in error.recipients]
         reason = "; ".join(f"{r.code} {r.message}" for r in error.recipients)
@@ -61,7 +64,9 @@ def classify(error: Exception) -> TransientSendError | PermanentSendError:
 class SmtpProvider:
     name = "smtp"
 
-    def __init__(self, record: notify_pb2.Provider):
+    def __init__(self, record: notify_pb2.Provider, allowed: egress.Allowed = lambda: ()):
+        """allowed(): the non-public networks it may connect to (egress.py)."""
+        self._allowed = allowed
         s = record.settings
         self._host, self._port = setting(s, "host", "127.0.0.1"), int(setting(s, "port", "25"))
         self._starttls = setting(s, "starttls", "false").lower() == "true"
@@ -76,7 +81,9 @@ class SmtpProvider:
         self.connects = 0  # connections opened, for tests and stats
 
     async def _connect(self) -> aiosmtplib.SMTP:
-        client = aiosmtplib.SMTP(hostname=self._host, port=self._port, timeout=self._timeout,
+        # To a checked address of the host (a name that resolves elsewhere later gains nothing); TLS names the host.
+        sock = await egress.guarded_socket(self._host, self._port, self._allowed, self._timeout)
+        client = aiosmtplib.SMTP(hostname=self._host, sock=sock, timeout=self._timeout,
                                  use_tls=self._use_tls, start_tls=self._starttls and not self._use_tls)
         await client.connect()
         self.connects += 1

@@ -70,6 +70,19 @@ async def test_urls_at_non_public_addresses_are_refused_when_given_unless_allowe
             await client.upsert_recipient(unique("mallory"), webhook_url=url)
     with pytest.raises(errors.InvalidArgument, match="erasure_hook_url.*link-local"):
         await client.set_config("erasure_hook_url", "http://169.254.169.254/erase")
+    # Providers' endpoints too, whichever kind (each also checks at every connection).
+    for provider, why in ((notify_pb2.Provider(channel=notify_pb2.PUSH, kind="fcm", name=unique("fcm"), settings={
+                               "project_id": "p", "client_email": "a@p.iam",
+                               "token_url": "http://169.254.169.254/token"}), "token_url.*link-local"),
+                          (notify_pb2.Provider(channel=notify_pb2.PUSH, kind="apns", name=unique("apns"), settings={
+                               "key_id": "K", "team_id": "T", "topic": "com.x",
+                               "base_url": "http://10.1.2.3:443"}), "base_url.*private"),
+                          (notify_pb2.Provider(channel=notify_pb2.EMAIL, kind="smtp", name=unique("smtp"), settings={
+                               "host": "127.0.0.1", "port": "25", "from": "a@example.com"}), "smtp provider host.*loopback"),
+                          (notify_pb2.Provider(channel=notify_pb2.SMS, kind="sms_http", name=unique("sms"), settings={
+                               "base_url": "http://[::1]:8080", "account": "a", "from": "+14155550100"}), "loopback")):
+        with pytest.raises(errors.InvalidArgument, match=why):
+            await client.set_provider(provider)
     reply = await client.upsert_recipients([notify_pb2.Recipient(id="fine", webhook_url="https://8.8.8.8/hook"),
                                             notify_pb2.Recipient(id="evil", webhook_url=FORBIDDEN[0][0])])
     assert reply.stored == 1 and [(e.index, "link-local" in e.reason) for e in reply.errors] == [(1, True)]

@@ -106,6 +106,23 @@ async def test_email_to_no_server_is_transient(local, provider):
         await smtp.send(mail())
 
 
+async def test_email_goes_only_where_the_mesh_may_connect(local):
+    """Without loopback in allowed_networks the local SMTP server's address is refused,
+    as a permanent failure that names the setting (egress.py); with it, the mail goes."""
+    record = records(local)[notify_pb2.EMAIL]
+    for allowed, goes in ((lambda: (), False), (LOOPBACK, True)):
+        smtp = provider_for(record, allowed)
+        try:
+            if goes:
+                assert (await smtp.send(mail())).provider == "smtp"
+            else:
+                with pytest.raises(PermanentSendError, match="smtp refused: 127.0.0.1 is a loopback address"):
+                    await smtp.send(mail())
+        finally:
+            await smtp.close()
+    assert len(local.outbox.read("email")) == 1
+
+
 async def test_email_connections_are_bounded_kept_open_and_reopened_after_a_drop(local, provider):
     smtp = provider(notify_pb2.EMAIL, max_concurrency=3)
     await asyncio.gather(*(smtp.send(mail(f"user{i}@example.com")) for i in range(30)))
@@ -138,7 +155,7 @@ async def test_email_logs_in_when_configured(tmp_path, provider, local):
         record = records(local)[notify_pb2.EMAIL]
         record.settings.update(port=port, username="billing")
         record.secret = "s3cret"
-        smtp = provider_for(record)
+        smtp = provider_for(record, LOOPBACK)
         assert (await smtp.send(mail())).provider == "smtp"
         assert [(_text(login), _text(password)) for login, password in logins] == [("billing", "s3cret")]
         await smtp.close()

@@ -15,10 +15,13 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from deploy.local_providers import LocalProviders, apns_record, credentials, provider_records, read_outbox
 from deploy.push_fakes import new_ec_key, new_rsa_key
 from gen.notifymesh.v1 import notify_pb2
+from notifymesh.server.config import LOOPBACK_NETWORKS, parse_networks
 from sender.providers import DeadAddressError, OutgoingMessage, PermanentSendError, TransientSendError, provider_for
 from sender.providers.apns import TOKEN_REFRESH_S, ApnsProvider
 from sender.providers.fcm import SCOPE, FcmProvider
 from sender.providers.push_auth import Bearer, CachedBearer, Throttle
+
+LOOPBACK = (lambda: parse_networks(LOOPBACK_NETWORKS))  # the local fakes are on loopback
 
 APNS_TOKEN = "ab" * 32
 
@@ -58,7 +61,7 @@ async def test_a_cached_bearer_is_fetched_once_until_near_its_expiry_and_again_a
 async def test_apns_signs_an_es256_jwt_and_makes_another_every_50_minutes():
     clock, key = Clock(1_800_000_000.0), new_ec_key()
     provider = ApnsProvider(notify_pb2.Provider(kind="apns", secret=key, settings={
-        "key_id": "KEY1", "team_id": "TEAM1", "topic": "com.x", "base_url": "http://127.0.0.1:9"}), clock)
+        "key_id": "KEY1", "team_id": "TEAM1", "topic": "com.x", "base_url": "http://127.0.0.1:9"}), clock=clock)
     try:
         first = await provider._bearer.get()
         assert jwt.get_unverified_header(first) == {"alg": "ES256", "typ": "JWT", "kid": "KEY1"}
@@ -76,7 +79,7 @@ async def test_apns_signs_an_es256_jwt_and_makes_another_every_50_minutes():
 async def test_fcm_asserts_its_service_account_with_an_rs256_jwt():
     clock, key = Clock(1_800_000_000.0), new_rsa_key()
     provider = FcmProvider(notify_pb2.Provider(kind="fcm", secret=key, settings={
-        "project_id": "p", "client_email": "a@p.iam", "token_url": "http://127.0.0.1:9/token"}), clock)
+        "project_id": "p", "client_email": "a@p.iam", "token_url": "http://127.0.0.1:9/token"}), clock=clock)
     try:
         claims = jwt.decode(provider.assertion(), public(key), algorithms=["RS256"], audience="http://127.0.0.1:9/token",
                             options={"verify_exp": False, "verify_iat": False})
@@ -130,7 +133,8 @@ def push(token: str, platform: str, **kw) -> OutgoingMessage:
 async def test_fcm_and_apns_send_to_the_fakes_which_store_what_they_got(fakes):
     providers, _ = fakes
     fcm_rec = fcm_record(providers)
-    fcm, apns = provider_for(fcm_rec), provider_for(apns_record(providers.creds, "127.0.0.1", providers.push.apns_port))
+    fcm = provider_for(fcm_rec, LOOPBACK)
+    apns = provider_for(apns_record(providers.creds, "127.0.0.1", providers.push.apns_port), LOOPBACK)
     try:
         sent = await fcm.send(push("fcm-token-1", "fcm", json_body='{"invoice":"17"}'))
         sent_apns = await apns.send(push(APNS_TOKEN, "apns", json_body='{"invoice":"17"}'))
@@ -151,8 +155,8 @@ async def test_dead_tokens_and_throttling_as_each_provider_answers_them(fakes):
     providers, fault = fakes
     fcm_rec = fcm_record(providers)
     clock = Clock(time.time())
-    fcm = FcmProvider(fcm_rec, clock)
-    apns = ApnsProvider(apns_record(providers.creds, "127.0.0.1", providers.push.apns_port), clock)
+    fcm = FcmProvider(fcm_rec, LOOPBACK, clock)
+    apns = ApnsProvider(apns_record(providers.creds, "127.0.0.1", providers.push.apns_port), LOOPBACK, clock)
     try:
         await fault(dead_token="dead-fcm")
         await fault(dead_token="cd" * 32)
@@ -184,11 +188,29 @@ async def test_the_fakes_refuse_a_key_they_do_not_know(fakes):
     fcm_rec.secret = new_rsa_key()
     other = apns_record(providers.creds, "127.0.0.1", providers.push.apns_port)
     other.secret = new_ec_key()
-    fcm, apns = provider_for(fcm_rec), provider_for(other)
+    fcm, apns = provider_for(fcm_rec, LOOPBACK), provider_for(other, LOOPBACK)
     try:
         with pytest.raises(PermanentSendError, match="fcm token endpoint: HTTP 400.*invalid_grant"):
             await fcm.send(push("fcm-1", "fcm"))
         with pytest.raises(PermanentSendError, match="apns HTTP 403 InvalidProviderToken"):
+            await apns.send(push(APNS_TOKEN, "apns"))
+    finally:
+        await fcm.close()
+        await apns.close()
+    assert read_outbox(providers.outbox._data_dir, "push") == []
+
+
+async def test_push_providers_connect_only_where_the_mesh_may(fakes):
+    """Without loopback in allowed_networks the fakes' address is refused, at each
+    connection, as a permanent failure that names the setting (egress.py)."""
+    providers, _ = fakes
+    fcm = provider_for(fcm_record(providers))
+    apns = provider_for(apns_record(providers.creds, "127.0.0.1", providers.push.apns_port))
+    try:
+        with pytest.raises(PermanentSendError, match="fcm token endpoint refused: 127.0.0.1 is a loopback address.*"
+                                                     "allowed_networks"):
+            await fcm.send(push("fcm-token-1", "fcm"))
+        with pytest.raises(PermanentSendError, match="apns refused: 127.0.0.1 is a loopback address"):
             await apns.send(push(APNS_TOKEN, "apns"))
     finally:
         await fcm.close()
