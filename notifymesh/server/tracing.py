@@ -39,6 +39,10 @@ RESERVED = (TRACEPARENT, TRACESTATE)
 MARK = TRACEPARENT.encode()  # in a serialized message exactly when it carries a context
 TRACER_NAME = "notifymesh"
 DEFAULT_RATIO = 0.01
+# One export's bound: a collector that accepts connections and never answers held
+# every export, and so the process's shutdown, for the exporter's default 10 s
+# (measured); spans of an export that times out are dropped, as beyond SPAN_QUEUE.
+EXPORT_TIMEOUT_S = 2
 SPAN_QUEUE = 2048  # the BatchSpanProcessor's bound: spans waiting for export beyond it are dropped
 EXPORT_BATCH = 512
 EXPORT_DELAY_MS = 500
@@ -84,7 +88,8 @@ def setup(kind: str, node_id: str, settings: Settings) -> None:
     if settings.endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         endpoint = settings.endpoint
-        exporter = OTLPSpanExporter(endpoint=endpoint, insecure=not endpoint.startswith("https://"))
+        exporter = OTLPSpanExporter(endpoint=endpoint, insecure=not endpoint.startswith("https://"),
+                                    timeout=EXPORT_TIMEOUT_S)
         _provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=SPAN_QUEUE,
                                                         max_export_batch_size=EXPORT_BATCH,
                                                         schedule_delay_millis=EXPORT_DELAY_MS))
