@@ -137,7 +137,7 @@ class RelayCall:
                 streams = self._streams
                 for frame in down.frames:
                     if (stream := streams.get(frame.stream)) is not None:
-                        stream.put(frame.received_messages)
+                        stream.put(list(frame.received_messages))
                 for end in down.ends:
                     if (stream := streams.pop(end.stream, None)) is not None:
                         stream.end(_ENDED if end.code == 0 else errors.of_status(end.code, end.details))
