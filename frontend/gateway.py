@@ -100,7 +100,8 @@ class Gateway:
         default a DeadMembers over the cluster (tests pass fakes)."""
         self._cluster, self._config = cluster, config
         self._storage: GatewayStorage = storage if storage is not None else StorageClient(cluster)
-        self._senders: GatewaySenders = senders if senders is not None else SenderClient(cluster, config.stream_max_outstanding)
+        self._senders: GatewaySenders = (senders if senders is not None
+                                         else SenderClient(cluster, config.stream_max_outstanding))
         self._metadata: GatewayMetadata = metadata if metadata is not None else MetadataClient(cluster)
         self.suspects: Suspects = suspects if suspects is not None else DeadMembers(EtcdMemberLeases(cluster))
         # Concurrent publishes to a topic share one Append; concurrent acks of all
