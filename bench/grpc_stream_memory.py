@@ -2,9 +2,10 @@
 """What gRPC itself keeps per open server-streaming call, on each side: a bare
 grpc.aio server (iomgr, as the services run it) in this process, a client
 process opening --calls unary-stream calls to it that never end; prints one
-JSON line with each side's RSS growth per call. A frontend holds both sides per
-Subscribe stream (the client's call and its relay call to the sender), so this
-is the floor of its memory per stream.
+JSON line with each side's RSS growth per call. A frontend holds the server side
+per Subscribe stream (the client's call); before Sender.Relay it held a client
+side too (a relay call to the sender per stream), so this is the floor of its
+memory per stream.
 
     .venv/bin/python bench/grpc_stream_memory.py --calls 10000
 """

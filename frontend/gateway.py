@@ -9,7 +9,7 @@ import asyncio
 import heapq
 import itertools
 import logging
-from typing import Protocol
+from typing import AsyncIterator, Protocol
 
 import grpc
 
@@ -54,7 +54,7 @@ class GatewaySenders(Protocol):
 
     def by_owner(self, ack_ids: list[str]) -> dict[str, list[str]]: ...
 
-    def subscribe(self, addr: str, request: pubsub_pb2.SubscribeRequest) -> grpc.aio.UnaryStreamCall: ...
+    def subscribe(self, addr: str, request: pubsub_pb2.SubscribeRequest) -> "RelayedStream": ...
 
     async def acknowledge(self, addr: str, ack_ids: list[str]) -> None: ...
 
@@ -67,6 +67,16 @@ class GatewaySenders(Protocol):
     async def provider_status(self, channel: int) -> notify_pb2.GetProviderStatusResponse: ...
 
     async def pull(self, request: pubsub_pb2.PullRequest, addr: str = "") -> pubsub_pb2.PullResponse: ...
+
+
+class RelayedStream(Protocol):
+    """One client stream relayed from a sender (notifymesh.server.relay.RelayedFrames):
+    its frames as bytes, until it ends (raising the sender's status as a
+    NotifymeshError, or a broken call's AioRpcError)."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    def cancel(self) -> None: ...
 
 
 class Suspects(Protocol):
@@ -90,7 +100,8 @@ class Gateway:
         default a DeadMembers over the cluster (tests pass fakes)."""
         self._cluster, self._config = cluster, config
         self._storage: GatewayStorage = storage if storage is not None else StorageClient(cluster)
-        self._senders: GatewaySenders = senders if senders is not None else SenderClient(cluster)
+        self._senders: GatewaySenders = (senders if senders is not None
+                                         else SenderClient(cluster, config.stream_max_outstanding))
         self._metadata: GatewayMetadata = metadata if metadata is not None else MetadataClient(cluster)
         self.suspects: Suspects = suspects if suspects is not None else DeadMembers(EtcdMemberLeases(cluster))
         # Concurrent publishes to a topic share one Append; concurrent acks of all
@@ -98,7 +109,7 @@ class Gateway:
         self._appender = TopicAppender(self._storage)
         self._turn = itertools.count()  # which sender's partitions a unary pull asks first
         self._acks = Coalescer(self._senders.acknowledge, max_items=MERGED_MAX_ITEMS)
-        self._relays: set[grpc.aio.UnaryStreamCall] = set()
+        self._relays: set[RelayedStream] = set()
         self._closing = False
 
     # -- admin: forwarded to any live metadata replica --------------------------
@@ -173,16 +184,19 @@ class Gateway:
             except asyncio.CancelledError:
                 if not self._closing:  # the client went away
                     raise
-            except grpc.aio.AioRpcError as e:
-                if not self._closing and e.code() not in (*errors.RETRYABLE_CODES, grpc.StatusCode.CANCELLED):
-                    raise
-                if e.code() == grpc.StatusCode.UNAVAILABLE:
-                    # Perhaps the sender died: if its address refuses connections, its lease
-                    # ends now and the ring moves on, instead of after the lease (3 s).
-                    self.suspects.suspect("sender", addr)
-                log.info("sender stream broke; reconnecting", extra=fields(subscription=name, code=e.code().name))
-            except errors.Unavailable:
-                pass  # no live sender yet
+            except (grpc.aio.AioRpcError, errors.NotifymeshError) as e:
+                if call is None:  # pick(): no live sender yet
+                    if not isinstance(e, errors.Unavailable):
+                        raise
+                else:
+                    code = e.code() if isinstance(e, grpc.aio.AioRpcError) else e.code
+                    if not self._closing and code not in (*errors.RETRYABLE_CODES, grpc.StatusCode.CANCELLED):
+                        raise
+                    if code == grpc.StatusCode.UNAVAILABLE:
+                        # Perhaps the sender died: if its address refuses connections, its lease
+                        # ends now and the ring moves on, instead of after the lease (3 s).
+                        self.suspects.suspect("sender", addr)
+                    log.info("sender stream broke; reconnecting", extra=fields(subscription=name, code=code.name))
             finally:
                 if call is not None:
                     self._relays.discard(call)

@@ -118,6 +118,16 @@ ERROR_CLASSES: dict[grpc.StatusCode, type[NotifymeshError]] = {
 RETRYABLE_CODES = (grpc.StatusCode.UNAVAILABLE,)
 
 
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def of_status(code: int, details: str) -> NotifymeshError:
+    """The error of the family for a status given by its code's number (as a
+    message carries it: sender.proto's RelayDown.End)."""
+    status = _CODES.get(code, grpc.StatusCode.UNKNOWN)
+    return ERROR_CLASSES.get(status, NotifymeshError)(details, status)
+
+
 def from_rpc_error(error: grpc.RpcError) -> NotifymeshError:
     """The error of the family for a failed call's status; the call's error is kept
     as its __cause__ by `raise from_rpc_error(e) from e`."""

@@ -41,7 +41,7 @@ DELIVERED = telemetry.meter().create_counter(
 # rebuilt from the live ones: O(live) once per as many pushes, so O(1) amortized.
 EXPIRY_SLACK = 64
 MAX_TRACED = 10_000  # traced deliveries awaiting their answer's span, per subscription
-_END = "end"  # queued to a stream to end it; an exception queued ends it with that error
+END = "end"  # queued to a stream to end it; an exception queued ends it with that error
 
 
 class DispatchStorage(Protocol):
@@ -62,7 +62,9 @@ class DispatchStorage(Protocol):
 
 @dataclass(eq=False)
 class Stream:
-    """One subscriber's Subscribe stream."""
+    """One consumer of a subscription: a push worker or a notification worker inside
+    the sender (reading frames()), or a client's Subscribe stream relayed by a
+    frontend (sender.relay.RelayedStream)."""
     max_outstanding: int
     outstanding: set[str] = field(default_factory=set)
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
@@ -71,6 +73,10 @@ class Stream:
 
     def room(self) -> int:
         return self.max_outstanding - len(self.outstanding)
+
+    def put(self, item) -> None:
+        """A batch of serialized ReceivedMessages (a list), END, or the exception to end with."""
+        self.queue.put_nowait(item)
 
     async def frames(self):
         """Yields SubscribeFrames; batches queued meanwhile go out as one frame."""
@@ -82,7 +88,7 @@ class Stream:
                 item = self.queue.get_nowait() if not self.queue.empty() else None
             if batch:
                 yield sender_pb2.SubscribeFrame(received_messages=batch)
-            if item is _END:
+            if item is END:
                 return
             if isinstance(item, Exception):
                 raise item
@@ -250,7 +256,7 @@ class SubscriptionDispatcher:
                 stream.outstanding.add(ack_id)
             self._budget.used += take
             DELIVERED.add(take, {"subscription": self.name})
-            stream.queue.put_nowait(tracing.received_for(received[position:end], self.name,
+            stream.put(tracing.received_for(received[position:end], self.name,
                                                          "stream" if stream.subscriber else "push",
                                                          stream.trace_context, self.traced))
             position = end
@@ -261,7 +267,7 @@ class SubscriptionDispatcher:
 
     def end_streams(self, reason: Exception | None) -> None:
         for stream in self.streams:
-            stream.queue.put_nowait(reason or _END)
+            stream.put(reason or END)
 
     async def close(self) -> None:
         """Ends every stream and hands unacknowledged messages back."""
@@ -322,26 +328,28 @@ class Dispatcher:
                 lambda: self._room_freed(record.topic, name))
         return dispatcher
 
-    async def subscribe(self, name: str, max_outstanding: int, trace_context: bool = False):
-        """Yields SubscribeFrames for one new subscriber until it goes away."""
+    async def connect(self, name: str, stream: "Stream") -> SubscriptionDispatcher:
+        """Adds a subscriber's stream (its max_outstanding as the request gave it, 0
+        for the default) to the subscription, if this sender owns some pair of it;
+        disconnect() removes it."""
         if self._closing:
             raise errors.Unavailable("sender is shutting down")
-        if max_outstanding < 0:
+        if stream.max_outstanding < 0:
             raise errors.InvalidArgument("max_outstanding_messages must not be negative")
         self._check_owner(name)
         dispatcher = await self._dispatcher(name)
-        stream = Stream(max_outstanding or self._config.stream_max_outstanding, subscriber=True,
-                        trace_context=trace_context)
+        stream.max_outstanding = stream.max_outstanding or self._config.stream_max_outstanding
+        stream.subscriber = True
         dispatcher.add(stream)
         log.info("subscriber connected", extra=fields(subscription=name, streams=len(dispatcher.streams)))
-        try:
-            async for frame in stream.frames():
-                yield frame
-        finally:
-            await dispatcher.remove(stream)
-            log.info("subscriber gone", extra=fields(subscription=name, streams=len(dispatcher.streams)))
-            if dispatcher.idle() and self.subscriptions.get(name) is dispatcher:
-                del self.subscriptions[name]  # nothing connected, nothing in flight: keep no state
+        return dispatcher
+
+    async def disconnect(self, name: str, dispatcher: SubscriptionDispatcher, stream: "Stream") -> None:
+        """The subscriber went away: its unacknowledged messages go back to storage."""
+        await dispatcher.remove(stream)
+        log.info("subscriber gone", extra=fields(subscription=name, streams=len(dispatcher.streams)))
+        if dispatcher.idle() and self.subscriptions.get(name) is dispatcher:
+            del self.subscriptions[name]  # nothing connected, nothing in flight: keep no state
 
     @property
     def addr(self) -> str:

@@ -1,5 +1,7 @@
 """The sender process: a thin Sender servicer over the Dispatcher."""
 
+import asyncio
+
 from gen.notifymesh.internal.v1 import sender_pb2, sender_pb2_grpc
 from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
 from notifymesh.server import egress, validation
@@ -7,17 +9,23 @@ from notifymesh.server.process import Context
 from sender.dispatch import Dispatcher
 from sender.notifications import ChannelProviders, NotificationPipeline
 from sender.push import PushSubscriptions
+from sender.relay import Relay
 
 
 class SenderServicer(sender_pb2_grpc.SenderServicer):
     def __init__(self, dispatcher: Dispatcher, providers: ChannelProviders, node_id: str):
         self._dispatcher, self._providers, self._node_id = dispatcher, providers, node_id
 
-    async def Subscribe(self, request, context):
-        validation.name("subscription", request.subscription)
-        async for frame in self._dispatcher.subscribe(request.subscription, request.max_outstanding_messages,
-                                                      request.trace_context):
-            yield frame
+    async def Relay(self, requests, context):
+        relay = Relay(self._dispatcher)
+        reader = asyncio.create_task(relay.read(requests))
+        reader.add_done_callback(lambda _: relay.stop())  # the frontend half-closed (or the call broke)
+        try:
+            async for down in relay.downs():
+                yield down
+        finally:
+            reader.cancel()
+            await relay.close()
 
     async def Acknowledge(self, request, context):
         if request.subscription:

@@ -19,6 +19,7 @@ from notifymesh.contracts import ack_ids_by_pair
 from notifymesh.log import fields
 from notifymesh.server import rpc
 from notifymesh.server.cluster import Cluster
+from notifymesh.server.relay import OpenCall, RelayedFrames, SenderRelays
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +103,14 @@ class StorageClient:
 
 
 class SenderClient:
-    SUBSCRIBE = "/notifymesh.internal.v1.Sender/Subscribe"
+    RELAY = "/notifymesh.internal.v1.Sender/Relay"
     PULL = "/notifymesh.internal.v1.Sender/Pull"
 
-    def __init__(self, cluster: Cluster):
+    def __init__(self, cluster: Cluster, stream_max_outstanding: int = 1000):
+        """stream_max_outstanding: the window of a relayed stream that asks for none
+        (config.stream_max_outstanding)."""
         self._cluster = cluster
+        self._relays = SenderRelays(self._relay_call, stream_max_outstanding)
 
     def owner_addr(self, subscription: str, partition: int = 0) -> str:
         """The address of the sender that owns the pair (Unavailable without one)."""
@@ -145,11 +149,15 @@ class SenderClient:
     def _stub(self, addr: str) -> sender_pb2_grpc.SenderStub:
         return sender_pb2_grpc.SenderStub(self._cluster.channel(addr))
 
-    def subscribe(self, addr: str, request: pubsub_pb2.SubscribeRequest) -> grpc.aio.UnaryStreamCall:
-        """The sender's stream of frames, as bytes: they are SubscribeResponses on the
-        wire (see sender.proto), relayed without being decoded."""
-        return self._cluster.channel(addr).unary_stream(
-            self.SUBSCRIBE, request_serializer=pubsub_pb2.SubscribeRequest.SerializeToString)(request)
+    def subscribe(self, addr: str, request: pubsub_pb2.SubscribeRequest) -> RelayedFrames:
+        """The sender's frames of one client stream, as serialized SubscribeResponses:
+        a logical stream on this frontend's one Relay call to addr (notifymesh.server.relay)."""
+        return self._relays.subscribe(addr, request)
+
+    def _relay_call(self, addr: str) -> OpenCall:
+        return self._cluster.channel(addr).stream_stream(
+            self.RELAY, request_serializer=sender_pb2.RelayUp.SerializeToString,
+            response_deserializer=sender_pb2.RelayDown.FromString)
 
     async def acknowledge(self, addr: str, ack_ids: list[str]) -> None:
         """Acks of any subscriptions the sender at addr owns (each ack id names its own)."""

@@ -365,3 +365,16 @@ class FakeMetadata:
     async def call(self, method: str, request):
         self.calls.append((method, request))
         return None
+
+
+async def subscribed(dispatcher, name: str, max_outstanding: int, trace_context: bool = False):
+    """A subscriber's stream on the Dispatcher, as Sender.Relay serves one (sender/relay.py
+    without the call): connected, its frames, disconnected when closed."""
+    from sender.dispatch import Stream
+    stream = Stream(max_outstanding, trace_context=trace_context)
+    subscription = await dispatcher.connect(name, stream)
+    try:
+        async for frame in stream.frames():
+            yield frame
+    finally:
+        await dispatcher.disconnect(name, subscription, stream)

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import pytest
 
-from fakes import FakeCluster, FakeDispatchStorage, FakeRegistration, eventually, received, settle
+from fakes import FakeCluster, FakeDispatchStorage, FakeRegistration, eventually, received, settle, subscribed
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
@@ -202,7 +202,7 @@ async def test_a_removed_stream_hands_its_unacked_messages_back_for_redelivery_n
 
 async def test_a_subscriber_gets_what_the_long_polls_of_every_partition_pull():
     dispatcher, storage, _ = make_dispatcher(partitions=2)
-    frames = dispatcher.subscribe(SUB, 3)
+    frames = subscribed(dispatcher, SUB, 3)
     first = asyncio.ensure_future(anext(frames))
     await eventually(lambda: {p.partition for p in storage.pulls} == {0, 1})  # one long poll per shard
     for pull in storage.pulls:
@@ -238,7 +238,7 @@ async def test_a_subscriber_gets_what_the_long_polls_of_every_partition_pull():
 @pytest.mark.parametrize("stream_room, sender_room", [(2, 100), (10, 2)], ids=["stream", "sender"])
 async def test_a_pull_asks_no_more_than_the_room_of_the_stream_and_of_the_sender(stream_room, sender_room):
     dispatcher, storage, _ = make_dispatcher(partitions=1, sender_max_outstanding=sender_room)
-    frames = dispatcher.subscribe(SUB, stream_room)
+    frames = subscribed(dispatcher, SUB, stream_room)
     frame = asyncio.ensure_future(anext(frames))
     await eventually(lambda: storage.pulls)
     storage.respond_ready(0, SUB)  # answers the wait: leased next
@@ -259,17 +259,17 @@ async def test_only_the_owner_with_a_live_lease_serves_a_subscription():
     dispatcher, _, cluster = make_dispatcher()
     cluster.owners[SUB] = "sender-2"
     with pytest.raises(errors.Unavailable, match="sender-2"):
-        await anext(dispatcher.subscribe(SUB, 0))
+        await anext(subscribed(dispatcher, SUB, 0))
 
     dispatcher, _, _ = make_dispatcher()
     dispatcher._registration_of = lambda: FakeRegistration(valid_for_s=-1)
     with pytest.raises(errors.Unavailable):
-        await anext(dispatcher.subscribe(SUB, 0))
+        await anext(subscribed(dispatcher, SUB, 0))
 
 
 async def test_close_ends_the_streams_and_hands_their_messages_back():
     dispatcher, storage, _ = make_dispatcher(partitions=1)
-    frames = dispatcher.subscribe(SUB, 5)
+    frames = subscribed(dispatcher, SUB, 5)
     frame = asyncio.ensure_future(anext(frames))
     await eventually(lambda: storage.pulls)
     storage.respond_ready(0, SUB)
@@ -281,7 +281,7 @@ async def test_close_ends_the_streams_and_hands_their_messages_back():
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(anext(frames), 1)
     with pytest.raises(errors.Unavailable):
-        await anext(dispatcher.subscribe(SUB, 0))
+        await anext(subscribed(dispatcher, SUB, 0))
 
 
 # -- expiry: deadlines in any order ---------------------------------------------------------
@@ -321,7 +321,7 @@ async def test_repeated_extensions_keep_the_expiry_queue_bounded():
 
 async def test_a_stream_with_less_room_than_partitions_gets_the_messages_of_whichever_partition_has_them():
     dispatcher, storage, _ = make_dispatcher(partitions=8)
-    frames = dispatcher.subscribe(SUB, 1)
+    frames = subscribed(dispatcher, SUB, 1)
     frame = asyncio.ensure_future(anext(frames))
     await eventually(lambda: {p.partition for p in storage.pulls} == set(range(8)))
     assert all(p.subscriptions[0].max_messages == 0 for p in storage.pulls)  # every shard waits, none holds the room
@@ -344,7 +344,7 @@ async def test_a_stream_with_less_room_than_partitions_gets_the_messages_of_whic
 async def test_room_freed_cuts_short_a_wait_of_the_shard_that_holds_up_a_subscription_with_messages():
     dispatcher, storage, cluster = make_dispatcher(partitions=1)
     cluster.add_subscription("other-sub", TOPIC)
-    frames, others = dispatcher.subscribe(SUB, 1), dispatcher.subscribe("other-sub", 1)
+    frames, others = subscribed(dispatcher, SUB, 1), subscribed(dispatcher, "other-sub", 1)
     frame, other = asyncio.ensure_future(anext(frames)), asyncio.ensure_future(anext(others))
     await eventually(lambda: storage.pulls and len(storage.pulls[-1].subscriptions) == 2)
     storage.respond_ready(0, SUB)
@@ -380,7 +380,7 @@ async def test_subscribers_attaching_one_by_one_share_the_cuts_of_the_watch():
         cluster.add_subscription(name, TOPIC)
     frames = []
     for name in names:
-        frames.append(asyncio.ensure_future(anext(dispatcher.subscribe(name, 1))))
+        frames.append(asyncio.ensure_future(anext(subscribed(dispatcher, name, 1))))
         await settle(2)
     pulls = await watch_under_way(storage, set(names))
     assert pulls < len(names) / 10, f"{pulls} pulls for {len(names)} subscribers attaching"
@@ -391,7 +391,7 @@ async def test_subscribers_attaching_one_by_one_share_the_cuts_of_the_watch():
 
 async def test_a_new_leader_of_the_shard_cuts_the_watch_short():
     dispatcher, storage, cluster = make_dispatcher(partitions=1)
-    frames = dispatcher.subscribe(SUB, 1)
+    frames = subscribed(dispatcher, SUB, 1)
     frame = asyncio.ensure_future(anext(frames))
     pulls = await watch_under_way(storage, {SUB})
     cluster.new_leader(shard_name(TOPIC, 0))
@@ -402,7 +402,7 @@ async def test_a_new_leader_of_the_shard_cuts_the_watch_short():
 
 async def test_deleting_a_subscription_ends_its_streams_at_once():
     dispatcher, storage, cluster = make_dispatcher(partitions=1)
-    frames = dispatcher.subscribe(SUB, 1)
+    frames = subscribed(dispatcher, SUB, 1)
     frame = asyncio.ensure_future(anext(frames))
     await watch_under_way(storage, {SUB})
     del cluster.subscriptions.items[SUB]
@@ -427,7 +427,7 @@ async def about_to_lease_one_each(count: int, more: bool = False) -> AboutToLeas
     names = [f"sub-{i}" for i in range(count)]
     for name in names:
         cluster.add_subscription(name, TOPIC)
-    frames = [asyncio.ensure_future(anext(dispatcher.subscribe(name, 1))) for name in names]
+    frames = [asyncio.ensure_future(anext(subscribed(dispatcher, name, 1))) for name in names]
     pulls = await watch_under_way(storage, set(names))
     ready = storage_pb2.PullResponse()
     for name in names:

@@ -7,7 +7,7 @@ import asyncio
 
 import grpc
 import pytest
-from fakes import FakeCluster, FakeGatewayStorage, FakeMetadata, FakeSenders, eventually, received, settle
+from fakes import FakeCluster, FakeGatewayStorage, FakeMetadata, FakeSenders, eventually, received, settle, subscribed
 from test_dispatcher import SUB, ack_id, make_dispatcher
 
 from frontend import fanin
@@ -43,7 +43,7 @@ async def test_a_stream_is_served_only_from_the_partitions_this_sender_owns():
     dispatcher, storage, cluster = make_dispatcher(partitions=4)
     cluster.owners[f"{SUB}/1"] = cluster.owners[f"{SUB}/3"] = "sender-2"
     assert dispatcher.owns(SUB) and dispatcher.owns(SUB, 0) and not dispatcher.owns(SUB, 1)
-    frames = dispatcher.subscribe(SUB, 10)
+    frames = subscribed(dispatcher, SUB, 10)
     frame = asyncio.ensure_future(anext(frames))
     await eventually(lambda: pulled_partitions(storage) == {0, 2})
     await settle()
@@ -61,7 +61,7 @@ async def test_a_stream_is_served_only_from_the_partitions_this_sender_owns():
 async def test_a_pair_moving_away_stops_its_pulls_and_one_moving_here_starts_them():
     dispatcher, storage, cluster = make_dispatcher(partitions=2)
     cluster.owners[f"{SUB}/1"] = "sender-2"
-    frames = dispatcher.subscribe(SUB, 10)
+    frames = subscribed(dispatcher, SUB, 10)
     frame = asyncio.ensure_future(anext(frames))
     await eventually(lambda: storage.waiting(0))
     assert pulled_partitions(storage) == {0}

@@ -6,7 +6,7 @@ through the Gateway with fakes), and the streams a sender counts."""
 import asyncio
 
 import pytest
-from fakes import FakeCluster, FakeGatewayStorage, FakeSenders, FakeMetadata, eventually
+from fakes import FakeCluster, FakeGatewayStorage, FakeSenders, FakeMetadata, eventually, subscribed
 
 from frontend.gateway import Gateway
 from gen.notifymesh.internal.v1 import storage_pb2
@@ -235,7 +235,7 @@ async def test_a_subscription_a_leader_no_longer_has_is_left_out():
 
 async def test_a_sender_counts_its_subscribe_streams_per_subscription():
     dispatcher, _, _ = make_dispatcher(partitions=1)
-    first, second = dispatcher.subscribe(SUB, 5), dispatcher.subscribe(SUB, 5)
+    first, second = subscribed(dispatcher, SUB, 5), subscribed(dispatcher, SUB, 5)
     waits = [asyncio.ensure_future(anext(frames)) for frames in (first, second)]
     await eventually(lambda: SUB in dispatcher.subscriptions and len(dispatcher.subscriptions[SUB].streams) == 2)
     await dispatcher.attach(SUB, Stream(16))  # a push worker

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from fakes import FakeDispatchStorage, FakeRegistration, eventually, received, settle
+from fakes import FakeDispatchStorage, FakeRegistration, eventually, received, settle, subscribed
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
@@ -158,7 +158,7 @@ async def test_the_dispatcher_pulls_with_the_subscriptions_ack_deadline_only_whe
 
 async def test_streams_take_an_updated_ack_deadline_from_their_next_pull():
     dispatcher, storage, cluster = make_dispatcher(partitions=1)
-    frames = dispatcher.subscribe(SUB, 5)
+    frames = subscribed(dispatcher, SUB, 5)
     frame = asyncio.ensure_future(anext(frames))
     await eventually(lambda: storage.pulls)
     assert storage.pulls[0].subscriptions[0].ack_deadline_ms == 10_000

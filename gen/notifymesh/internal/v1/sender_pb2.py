@@ -26,7 +26,7 @@ from gen.notifymesh.v1 import notify_pb2 as notifymesh_dot_v1_dot_notify__pb2
 from gen.notifymesh.v1 import pubsub_pb2 as notifymesh_dot_v1_dot_pubsub__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#notifymesh/internal/v1/sender.proto\x12\x16notifymesh.internal.v1\x1a\x1anotifymesh/v1/notify.proto\x1a\x1anotifymesh/v1/pubsub.proto\",\n\x13\x43ountStreamsRequest\x12\x15\n\rsubscriptions\x18\x01 \x03(\t\"\x92\x01\n\x14\x43ountStreamsResponse\x12J\n\x07streams\x18\x01 \x03(\x0b\x32\x39.notifymesh.internal.v1.CountStreamsResponse.StreamsEntry\x1a.\n\x0cStreamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"+\n\x0eSubscribeFrame\x12\x19\n\x11received_messages\x18\x01 \x03(\x0c\x32\xfe\x04\n\x06Sender\x12V\n\tSubscribe\x12\x1f.notifymesh.v1.SubscribeRequest\x1a&.notifymesh.internal.v1.SubscribeFrame0\x01\x12T\n\x0b\x41\x63knowledge\x12!.notifymesh.v1.AcknowledgeRequest\x1a\".notifymesh.v1.AcknowledgeResponse\x12\x66\n\x11ModifyAckDeadline\x12\'.notifymesh.v1.ModifyAckDeadlineRequest\x1a(.notifymesh.v1.ModifyAckDeadlineResponse\x12?\n\x04Nack\x12\x1a.notifymesh.v1.NackRequest\x1a\x1b.notifymesh.v1.NackResponse\x12i\n\x0c\x43ountStreams\x12+.notifymesh.internal.v1.CountStreamsRequest\x1a,.notifymesh.internal.v1.CountStreamsResponse\x12J\n\x04Pull\x12\x1a.notifymesh.v1.PullRequest\x1a&.notifymesh.internal.v1.SubscribeFrame\x12\x66\n\x11GetProviderStatus\x12\'.notifymesh.v1.GetProviderStatusRequest\x1a(.notifymesh.v1.GetProviderStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#notifymesh/internal/v1/sender.proto\x12\x16notifymesh.internal.v1\x1a\x1anotifymesh/v1/notify.proto\x1a\x1anotifymesh/v1/pubsub.proto\",\n\x13\x43ountStreamsRequest\x12\x15\n\rsubscriptions\x18\x01 \x03(\t\"\x92\x01\n\x14\x43ountStreamsResponse\x12J\n\x07streams\x18\x01 \x03(\x0b\x32\x39.notifymesh.internal.v1.CountStreamsResponse.StreamsEntry\x1a.\n\x0cStreamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"+\n\x0eSubscribeFrame\x12\x19\n\x11received_messages\x18\x01 \x03(\x0c\"\x98\x01\n\x07RelayUp\x12\x33\n\x05opens\x18\x01 \x03(\x0b\x32$.notifymesh.internal.v1.RelayUp.Open\x12\x0e\n\x06\x63loses\x18\x02 \x03(\x04\x1aH\n\x04Open\x12\x0e\n\x06stream\x18\x01 \x01(\x04\x12\x30\n\x07request\x18\x02 \x01(\x0b\x32\x1f.notifymesh.v1.SubscribeRequest\"\xe3\x01\n\tRelayDown\x12\x37\n\x06\x66rames\x18\x01 \x03(\x0b\x32\'.notifymesh.internal.v1.RelayDown.Frame\x12\x33\n\x04\x65nds\x18\x02 \x03(\x0b\x32%.notifymesh.internal.v1.RelayDown.End\x1a\x32\n\x05\x46rame\x12\x0e\n\x06stream\x18\x01 \x01(\x04\x12\x19\n\x11received_messages\x18\x02 \x03(\x0c\x1a\x34\n\x03\x45nd\x12\x0e\n\x06stream\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07\x64\x65tails\x18\x03 \x01(\t2\xf7\x04\n\x06Sender\x12O\n\x05Relay\x12\x1f.notifymesh.internal.v1.RelayUp\x1a!.notifymesh.internal.v1.RelayDown(\x01\x30\x01\x12T\n\x0b\x41\x63knowledge\x12!.notifymesh.v1.AcknowledgeRequest\x1a\".notifymesh.v1.AcknowledgeResponse\x12\x66\n\x11ModifyAckDeadline\x12\'.notifymesh.v1.ModifyAckDeadlineRequest\x1a(.notifymesh.v1.ModifyAckDeadlineResponse\x12?\n\x04Nack\x12\x1a.notifymesh.v1.NackRequest\x1a\x1b.notifymesh.v1.NackResponse\x12i\n\x0c\x43ountStreams\x12+.notifymesh.internal.v1.CountStreamsRequest\x1a,.notifymesh.internal.v1.CountStreamsResponse\x12J\n\x04Pull\x12\x1a.notifymesh.v1.PullRequest\x1a&.notifymesh.internal.v1.SubscribeFrame\x12\x66\n\x11GetProviderStatus\x12\'.notifymesh.v1.GetProviderStatusRequest\x1a(.notifymesh.v1.GetProviderStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,6 +43,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COUNTSTREAMSRESPONSE_STREAMSENTRY']._serialized_end=312
   _globals['_SUBSCRIBEFRAME']._serialized_start=314
   _globals['_SUBSCRIBEFRAME']._serialized_end=357
-  _globals['_SENDER']._serialized_start=360
-  _globals['_SENDER']._serialized_end=998
+  _globals['_RELAYUP']._serialized_start=360
+  _globals['_RELAYUP']._serialized_end=512
+  _globals['_RELAYUP_OPEN']._serialized_start=440
+  _globals['_RELAYUP_OPEN']._serialized_end=512
+  _globals['_RELAYDOWN']._serialized_start=515
+  _globals['_RELAYDOWN']._serialized_end=742
+  _globals['_RELAYDOWN_FRAME']._serialized_start=638
+  _globals['_RELAYDOWN_FRAME']._serialized_end=688
+  _globals['_RELAYDOWN_END']._serialized_start=690
+  _globals['_RELAYDOWN_END']._serialized_end=742
+  _globals['_SENDER']._serialized_start=745
+  _globals['_SENDER']._serialized_end=1376
 # @@protoc_insertion_point(module_scope)

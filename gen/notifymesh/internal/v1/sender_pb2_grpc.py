@@ -36,10 +36,10 @@ class SenderStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Subscribe = channel.unary_stream(
-                '/notifymesh.internal.v1.Sender/Subscribe',
-                request_serializer=notifymesh_dot_v1_dot_pubsub__pb2.SubscribeRequest.SerializeToString,
-                response_deserializer=notifymesh_dot_internal_dot_v1_dot_sender__pb2.SubscribeFrame.FromString,
+        self.Relay = channel.stream_stream(
+                '/notifymesh.internal.v1.Sender/Relay',
+                request_serializer=notifymesh_dot_internal_dot_v1_dot_sender__pb2.RelayUp.SerializeToString,
+                response_deserializer=notifymesh_dot_internal_dot_v1_dot_sender__pb2.RelayDown.FromString,
                 _registered_method=True)
         self.Acknowledge = channel.unary_unary(
                 '/notifymesh.internal.v1.Sender/Acknowledge',
@@ -76,8 +76,11 @@ class SenderStub:
 class SenderServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def Subscribe(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+    def Relay(self, request_iterator, context):
+        """One call per (frontend, sender) pair carries all of that frontend's client
+        streams served by this sender: the frontend opens and closes logical streams
+        on it, the sender sends their frames and ends (sender/relay.py, frontend/relay.py).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -127,10 +130,10 @@ class SenderServicer:
 
 def add_SenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Subscribe': grpc.unary_stream_rpc_method_handler(
-                    servicer.Subscribe,
-                    request_deserializer=notifymesh_dot_v1_dot_pubsub__pb2.SubscribeRequest.FromString,
-                    response_serializer=notifymesh_dot_internal_dot_v1_dot_sender__pb2.SubscribeFrame.SerializeToString,
+            'Relay': grpc.stream_stream_rpc_method_handler(
+                    servicer.Relay,
+                    request_deserializer=notifymesh_dot_internal_dot_v1_dot_sender__pb2.RelayUp.FromString,
+                    response_serializer=notifymesh_dot_internal_dot_v1_dot_sender__pb2.RelayDown.SerializeToString,
             ),
             'Acknowledge': grpc.unary_unary_rpc_method_handler(
                     servicer.Acknowledge,
@@ -174,7 +177,7 @@ class Sender:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def Subscribe(request,
+    def Relay(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -184,12 +187,12 @@ class Sender:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
+        return grpc.experimental.stream_stream(
+            request_iterator,
             target,
-            '/notifymesh.internal.v1.Sender/Subscribe',
-            notifymesh_dot_v1_dot_pubsub__pb2.SubscribeRequest.SerializeToString,
-            notifymesh_dot_internal_dot_v1_dot_sender__pb2.SubscribeFrame.FromString,
+            '/notifymesh.internal.v1.Sender/Relay',
+            notifymesh_dot_internal_dot_v1_dot_sender__pb2.RelayUp.SerializeToString,
+            notifymesh_dot_internal_dot_v1_dot_sender__pb2.RelayDown.FromString,
             options,
             channel_credentials,
             insecure,
