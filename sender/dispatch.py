@@ -257,13 +257,16 @@ class SubscriptionDispatcher:
             self._budget.used += take
             DELIVERED.add(take, {"subscription": self.name})
             stream.put(tracing.received_for(received[position:end], self.name,
-                                                         "stream" if stream.subscriber else "push",
-                                                         stream.trace_context, self.traced))
+                                            "stream" if stream.subscriber else "push",
+                                            stream.trace_context, self.traced))
             position = end
-        while len(self.traced) > MAX_TRACED:  # answers that never came (expired, nacked elsewhere)
-            del self.traced[next(iter(self.traced))]
+        self.bound_traced()
         if position < len(received):  # the streams went away meanwhile
             await self._nack(ack_ids[position:])
+
+    def bound_traced(self) -> None:
+        while len(self.traced) > MAX_TRACED:  # answers that never came (expired, nacked elsewhere)
+            del self.traced[next(iter(self.traced))]
 
     def end_streams(self, reason: Exception | None) -> None:
         for stream in self.streams:
@@ -417,7 +420,13 @@ class Dispatcher:
         pull = UnaryPull(self.storage, record.topic, max(1, topic.partition_count), next(self._pull_turn),
                          owned=lambda partition: self.owns(name, partition))
         received = await pull.run(name, max_messages, record.ack_deadline.ToMilliseconds(), wait_ms)
-        return tracing.received_for(received, name, "pull", trace_context)
+        if not tracing.enabled():
+            return tracing.received_for(received, name, "pull", trace_context)
+        # The ack (through this sender, as each ack id names its subscription) gets its span from here.
+        dispatcher = await self._dispatcher(name)
+        received = tracing.received_for(received, name, "pull", trace_context, dispatcher.traced)
+        dispatcher.bound_traced()
+        return received
 
     async def attach(self, name: str, stream: Stream) -> SubscriptionDispatcher:
         """Adds a consumer inside the sender (a push worker) to the subscription."""

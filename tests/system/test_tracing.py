@@ -107,6 +107,7 @@ async def test_one_publish_is_one_trace_through_storage_sender_and_both_deliveri
                     return
             await asyncio.wait_for(stream(), 30)
             [asked] = await client.pull(pulled, wait_s=20, trace_context=True)  # a subscriber that asks
+            await client.acknowledge(pulled, [asked.ack_id])
         deadline = time.monotonic() + 30
         while not receiver.requests and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
@@ -126,7 +127,7 @@ async def test_one_publish_is_one_trace_through_storage_sender_and_both_deliveri
         assert json.loads(body)["attributes"] == {"kind": "order"}
 
         def complete(spans):  # every process exports on its own schedule: wait for each span asserted on
-            return sum(s.name.startswith("notifymesh.ack") for s in spans) >= 2 and \
+            return sum(s.name.startswith("notifymesh.ack") for s in spans) >= 3 and \
                 {"notifymesh.publish", "notifymesh.storage.append", "notifymesh.storage.replicate",
                  "notifymesh.deliver.pull"} <= {s.name for s in spans}
         spans = await spans_of(collector, trace_id, complete)
@@ -154,6 +155,8 @@ async def test_one_publish_is_one_trace_through_storage_sender_and_both_deliveri
         # the one that asked has its delivery's context, for its own spans to continue
         deliver = one(spans, "notifymesh.deliver.pull", **{"messaging.destination.subscription.name": pulled})
         assert asked.message.attributes["notifymesh.traceparent"].split("-")[1:3] == [trace_id, deliver.span_id]
+        ack = one(spans, "notifymesh.ack", **{"messaging.destination.subscription.name": pulled})  # a unary Pull's too
+        assert ack.parent == deliver.span_id and ack.service == "notifymesh-sender"
         assert all(s.parent in by_id for s in spans if s is not publish)  # one tree
     finally:
         receiver.close()
