@@ -174,7 +174,7 @@ class Table:
             return 0
         layout, batch, ring = log_.layout, self._db.batch(), self._ring
         row_prefix, first = layout.row_prefix, log_.first
-        rows: dict[bytes, keys.Row | None] = {}  # this chunk's rows, by row key
+        rows: dict[bytes, int | None] = {}  # this chunk's rows, by row key: the seq that wrote it (None: gone)
         stubs: dict[int, set[bytes]] = {}  # entry seq -> keys of its rows superseded here
         pending = self.pending.get(shard)
         erased = False
@@ -201,21 +201,21 @@ class Table:
             for op in ops:
                 op_key = op.key
                 row_key = row_prefix + op_key
-                row = rows[row_key] if row_key in rows else self._row(row_key)
-                if row is not None:
-                    if row.seq >= seq:  # applied before a restart lost the position
+                row_seq = rows[row_key] if row_key in rows else self._row_seq(row_key)
+                if row_seq is not None:
+                    if row_seq >= seq:  # applied before a restart lost the position
                         continue
-                    if row.seq >= first:  # superseded: its value goes
-                        stubbed = stubs.get(row.seq)
+                    if row_seq >= first:  # superseded: its value goes
+                        stubbed = stubs.get(row_seq)
                         if stubbed is None:
-                            stubbed = stubs[row.seq] = set()
+                            stubbed = stubs[row_seq] = set()
                         stubbed.add(op_key)
                 if op.delete or op.erase:
                     rows[row_key] = None
                     batch.delete(row_key)
                     erased = erased or op.erase
                 else:
-                    rows[row_key] = keys.Row(seq, epoch, op.expire_ms, op.value)
+                    rows[row_key] = seq
                     batch.put(row_key, keys.row_value(seq, epoch, op.expire_ms, op.value, ring, row_key))
                 if pending and (noted := pending.get(op_key)) is not None and noted.seq <= seq:
                     del pending[op_key]
@@ -260,9 +260,10 @@ class Table:
                 raise errors.Unavailable(f"{shard}: entries up to {upto} are not committed here")
             await asyncio.sleep(0)
 
-    def _row(self, row_key: bytes) -> keys.Row | None:
+    def _row_seq(self, row_key: bytes) -> int | None:
+        """The seq of the entry that wrote the stored row (None: no row)."""
         value = self._rdict.get(row_key)
-        return keys.parse_row_value(value) if value is not None else None
+        return keys.row_seq(value) if value is not None else None
 
     # -- reading ----------------------------------------------------------------
 
