@@ -148,14 +148,17 @@ class Table:
 
     # -- applying ---------------------------------------------------------------
 
-    def entries(self, shard: str, ops: list[storage_pb2.TableOp], epoch: int, start: int) -> Entries:
-        """The leader's entries for ops from start on (entry_groups), noted as pending."""
+    def entries(self, shard: str, ops: list[storage_pb2.TableOp], epoch: int, start: int,
+                many_rows: bool = True) -> Entries:
+        """The leader's entries for ops from start on, noted as pending: of many rows
+        (entry_groups), or (not many_rows) of one TableOp each, as before TableOps."""
         entries, append_ms = Entries(), now_ms()
         pending = self.pending.setdefault(shard, {})
-        for seq, group in enumerate(entry_groups(ops), start):
-            message = pubsub_pb2.PubsubMessage(data=storage_pb2.TableOps(ops=group).SerializeToString())
-            entries.add(storage_pb2.StoredMessage(message=message, epoch=epoch, append_ms=append_ms, table_ops=True)
-                        .SerializeToString(), "", "", 0, epoch)
+        for seq, group in enumerate(entry_groups(ops) if many_rows else ([op] for op in ops), start):
+            data = storage_pb2.TableOps(ops=group).SerializeToString() if many_rows else group[0].SerializeToString()
+            message = pubsub_pb2.PubsubMessage(data=data)
+            entries.add(storage_pb2.StoredMessage(message=message, epoch=epoch, append_ms=append_ms,
+                                                  table_ops=many_rows).SerializeToString(), "", "", 0, epoch)
             entries.messages.append(None)  # a table shard delivers nothing
             for op in group:
                 pending[op.key] = Pending(seq, op)
@@ -411,6 +414,7 @@ class TableLeader(Protocol):
     @property
     def led(self) -> dict: ...
     def leadership(self, shard: str): ...
+    def many_rows(self, shard: str) -> bool: ...
     async def append_entries(self, shard: str, make: Callable[[int, int], Entries]) -> int: ...
 
 
@@ -463,8 +467,9 @@ class TableService:
         await self._write(shard, ops)
 
     async def _write(self, shard: str, ops: list[storage_pb2.TableOp]) -> None:
+        many_rows = self._leader.many_rows(shard)
         upto = await self._leader.append_entries(
-            shard, lambda epoch, start: self._table.entries(shard, ops, epoch, start))
+            shard, lambda epoch, start: self._table.entries(shard, ops, epoch, start, many_rows))
         await self._table.applied_to(shard, upto)
 
     async def read(self, partition: int, row_keys: list[bytes]) -> list[bytes | None]:

@@ -309,11 +309,15 @@ class FakeLeader:
 
     def __init__(self, engine: StorageEngine):
         self.engine, self.led = engine, {}
+        self.replicas_read_table_ops = True
 
     def leadership(self, shard: str):
         if shard not in self.led:
             raise errors.Unavailable(f"this node does not lead {shard}")
         return self.led[shard]
+
+    def many_rows(self, shard: str) -> bool:
+        return self.replicas_read_table_ops
 
     async def append_entries(self, shard: str, make) -> int:
         lead = self.leadership(shard)
@@ -390,6 +394,42 @@ async def test_acquires_of_one_call_are_decided_in_order_and_written_once(engine
     rows = await service.tables.read(0, [dave, erin])
     assert [list(notify_pb2.RateCounter.FromString(r).tokens) for r in rows] == [["n1", "n2"], ["n1"]]
     assert not service.tables._locks
+
+
+async def test_a_write_takes_one_entry_a_row_while_a_replica_reads_no_table_ops(engine, service):
+    service.leader.led[SHARD] = SimpleNamespace(epoch=1, marker=-1)
+    service.leader.replicas_read_table_ops = False  # a node of the older version, during a rolling update
+    await service.tables.write(0, [put(b"a", b"1"), put(b"b", b"1")])
+    log_ = engine.shard(SHARD)
+    entries = [engine.log.entry(SHARD, seq) for seq in range(log_.end)]
+    assert [e.table_ops for e in entries] == [False, False]  # what that node parses: one TableOp each
+    assert [storage_pb2.TableOp.FromString(e.message.data) for e in entries] == [put(b"a", b"1"), put(b"b", b"1")]
+    service.leader.replicas_read_table_ops = True
+    await service.tables.write(0, [put(b"a", b"2"), put(b"c", b"1")])
+    assert ops_in_log(engine) == [[delete(b"a")], [put(b"b", b"1")], [put(b"a", b"2"), put(b"c", b"1")]]
+    assert read(engine, b"a", b"b", b"c") == [b"2", b"1", b"1"]
+
+
+def test_a_leader_writes_table_ops_only_while_every_node_its_entries_go_to_reads_them():
+    from storage.leader import Leader, Leadership, Progress
+
+    class Peers:
+        reading = {"storage-1", "storage-2", "storage-3"}
+
+        def reads_table_ops(self, node: str) -> bool:
+            return node in self.reading
+
+    peers = Peers()
+    leader = Leader(None, peers, None, "storage-1", lambda: SimpleNamespace(valid_until=float("inf")), {})
+    lead = leader.led[SHARD] = Leadership(SHARD, 1, ["storage-1", "storage-2", "storage-3"], 0)
+    lead.progress = {"storage-2": Progress(next=0), "storage-3": Progress(next=0)}
+    assert leader.many_rows(SHARD)
+    peers.reading = {"storage-1", "storage-2"}  # storage-3 is down, or of the older version
+    assert not leader.many_rows(SHARD)
+    peers.reading = {"storage-1", "storage-2", "storage-3"}
+    lead.progress["storage-4"] = Progress(next=0)  # a learner of the older version
+    lead.learners.add("storage-4")
+    assert not leader.many_rows(SHARD)
 
 
 @pytest.mark.parametrize("call, error", [
