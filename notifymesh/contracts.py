@@ -260,6 +260,9 @@ class MemberRecord(NamedTuple):
     # Frontends: the mutual-TLS port internal callers (and certificate principals) use;
     # "" for other kinds and for a plaintext mesh (notifymesh.server.process).
     internal_addr: str = ""
+    # Storage: it reads table entries of many rows (storage/table.py); a table shard's
+    # leader writes them only while every node its entries go to does (false before them).
+    table_ops: bool = False
 
     def encode(self) -> bytes:
         return json.dumps(self._asdict()).encode()
@@ -268,7 +271,7 @@ class MemberRecord(NamedTuple):
     def parse(cls, value: bytes) -> "MemberRecord":
         record = json.loads(value)
         return cls(record["addr"], record.get("pid", 0), record.get("started", 0.0), record.get("lease", 0),
-                   record.get("metrics_addr", ""), record.get("internal_addr", ""))
+                   record.get("metrics_addr", ""), record.get("internal_addr", ""), record.get("table_ops", False))
 
 
 class LeaderRecord(NamedTuple):

@@ -282,6 +282,7 @@ def live_message_id(value: bytes, now_ms: int) -> str | None:
 
 ROW_HEAD = struct.Struct(">qqq")  # seq, epoch, expire ms (0: never)
 _ROW_EXPIRE, _ROW_EXPIRE_AT = struct.Struct(">q"), 16  # the head's expiry alone
+_ROW_SEQ = struct.Struct(">q")  # the head's seq alone
 
 
 class Row(NamedTuple):
@@ -304,6 +305,12 @@ def parse_row_value(value: bytes) -> Row:
     """The row with its value as stored (open it with open_row_value)."""
     seq, epoch, expire_ms = ROW_HEAD.unpack_from(value)
     return Row(seq, epoch, expire_ms, value[ROW_HEAD.size:])
+
+
+def row_seq(value: bytes) -> int:
+    """The seq of the entry that wrote a stored row, without parsing the rest (applying
+    looks up the row each op supersedes)."""
+    return _ROW_SEQ.unpack_from(value)[0]
 
 
 def row_expire_ms(value: bytes) -> int:

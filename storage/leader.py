@@ -120,6 +120,7 @@ class Peers(Protocol):
 
     def live(self, kind: str) -> dict[str, str]: ...
     def channel(self, addr: str) -> grpc.aio.Channel: ...
+    def reads_table_ops(self, node: str) -> bool: ...
 
 
 class LeaderKeys(Protocol):
@@ -239,6 +240,13 @@ class Leader:
         lead = self._writable(shard)
         entries = make(lead.epoch, self._engine.shard(shard).end)
         return await self._commit_entries(shard, lead, entries)
+
+    def many_rows(self, shard: str) -> bool:
+        """Whether a table write to shard may take entries of many rows: every node its
+        entries go to (followers and learners) is live and reads them. Else one row
+        an entry, as before them, so a storage node of an older version, beside this
+        one during a rolling update, applies what it is sent."""
+        return all(self._peers.reads_table_ops(node) for node in self.leadership(shard).progress)
 
     def _writable(self, shard: str) -> Leadership:
         lead = self.leadership(shard)

@@ -1,24 +1,27 @@
 """The replicated table: rows kept as a compacted log in the partitions of
 internal_topics.TABLE_TOPIC (row keys and values: notifymesh/server/rows.py).
 
-An entry's message.data is a serialized TableOp. Every replica applies its
-committed entries in order into materialized rows (keys.ShardKeys.row_prefix:
-seq, epoch, expiry and value), moving its applied position (keys.ShardKeys.applied)
-in the same batch, so a restart resumes exactly where it stopped. Applying a
-write stubs the entry of the value it supersedes, and a delete or erase leaves
-only its own key: a stub is the entry rewritten as a delete of its key, so a
-replica that receives a stub instead of the value it replaced ends in the same
-state (the value was dead; a later entry holds the live one, if any). The log
-thus holds live values only; the leader trims its leading dead entries
-(trim_leading) and followers trim what it trimmed, though never past what they
-applied. A follower whose log ends below the leader's first entry resets (log.reset
-drops its rows) and rebuilds them from the entries it then receives: every live
-value is among them.
+An entry holds the rows of one table write (or a part of it): its message.data is
+a serialized TableOps (StoredMessage.table_ops), at most ENTRY_MAX_ROWS ops and no
+key twice; older entries hold one TableOp each, and still apply. Every replica
+applies its committed entries in order into materialized rows
+(keys.ShardKeys.row_prefix: the writing entry's seq and epoch, expiry and value),
+moving its applied position (keys.ShardKeys.applied) in the same batch, so a
+restart resumes exactly where it stopped. Applying a write stubs the row it
+supersedes in that row's entry, and a delete or erase leaves only its own key: a
+stub is the row's op rewritten as a delete of its key, so a replica that receives
+a stub instead of the value it replaced ends in the same state (the value was
+dead; a later entry holds the live one, if any). An entry whose ops are all
+stubs or deletes is dead. The log thus holds live values only; the leader trims
+its leading dead entries (trim_leading) and followers trim what it trimmed,
+though never past what they applied. A follower whose log ends below the
+leader's first entry resets (log.reset drops its rows) and rebuilds them from
+the entries it then receives: every live value is among them.
 
-Expired rows read as absent; sweep drops them and stubs their entries. An erase,
-once applied on a replica, has it flush and compact the shard's entries and rows
-(compact), so no file keeps the erased value: superseded versions go with the
-compaction, the write-ahead log holding them with the flush.
+Expired rows read as absent; sweep drops them and stubs them in their entries. An
+erase, once applied on a replica, has it flush and compact the shard's entries
+and rows (compact), so no file keeps the erased value: superseded versions go with
+the compaction, the write-ahead log holding them with the flush.
 
 Reads (rows, scan) and rate acquires go to the leader, which applies at commit
 and serves once the marker entry of its epoch is applied (TableService.ready).
@@ -49,10 +52,16 @@ from storage.log import Entries, ShardLog, ShardLogs
 
 log = logging.getLogger(__name__)
 
-# Entries applied per call: a follower applies at each commit advance (a Replicate
-# request carries at most leader.REPLICATE_MAX_ENTRIES); the rest, after a restart
-# say, a chunk at a time by the storage node's table loop.
+# Rows applied per call (whole entries, at least one): a follower applies at each
+# commit advance (a Replicate request carries at most leader.REPLICATE_MAX_ENTRIES);
+# the rest, after a restart say, a chunk at a time by the storage node's table loop.
 APPLY_CHUNK = 2_000
+# The rows of one entry: a write of more is split into several. One entry a write
+# instead of one a row saves each replica an entry's sealing, storing, replication
+# and reading back per row (issue 15, docs/benchmarks.md); the bound
+# keeps the rewrite that stubs one of its rows (parse, serialize, seal) to at most
+# this many ops and ENTRY_MAX_BYTES of values (a single larger op goes alone).
+ENTRY_MAX_ROWS, ENTRY_MAX_BYTES = 256, 1 << 20
 # Rows looked at per sweep of a shard (once per gc interval), from where the last one
 # stopped: a few ms of the event loop (a 125,000-row shard is gone over in about 2 min).
 SWEEP_CHUNK = 1_000
@@ -74,9 +83,36 @@ def _is_write(op: storage_pb2.TableOp) -> bool:
 
 
 def stub_entry(key: bytes, epoch: int) -> bytes:
-    """The stub of a table entry: a delete of its key, in the same epoch."""
+    """The stub of an entry of one TableOp (as entries were before TableOps): a
+    delete of its key, in the same epoch."""
     message = pubsub_pb2.PubsubMessage(data=storage_pb2.TableOp(key=key, delete=True).SerializeToString())
     return storage_pb2.StoredMessage(message=message, epoch=epoch).SerializeToString()
+
+
+def ops_of(entry: storage_pb2.StoredMessage):
+    """The ops of a table entry, in order (raises DecodeError when it holds none)."""
+    data = entry.message.data
+    return storage_pb2.TableOps.FromString(data).ops if entry.table_ops else [storage_pb2.TableOp.FromString(data)]
+
+
+def entry_groups(ops: list[storage_pb2.TableOp]) -> Iterator[list[storage_pb2.TableOp]]:
+    """The ops of a write, in order, as the ops of its entries: a new entry at
+    ENTRY_MAX_ROWS ops, past ENTRY_MAX_BYTES of keys and values, and at a key the
+    entry has already (a row's stub names its entry's op by key)."""
+    group: list[storage_pb2.TableOp] = []
+    seen: set[bytes] = set()
+    size = 0
+    for op in ops:
+        op_size = len(op.key) + len(op.value)
+        if group and (len(group) == ENTRY_MAX_ROWS or size + op_size > ENTRY_MAX_BYTES or op.key in seen):
+            yield group
+            group, size = [], 0
+            seen = set()
+        group.append(op)
+        seen.add(op.key)
+        size += op_size
+    if group:
+        yield group
 
 
 def key_after(key: bytes) -> bytes | None:
@@ -112,62 +148,82 @@ class Table:
 
     # -- applying ---------------------------------------------------------------
 
-    def entries(self, shard: str, ops: list[storage_pb2.TableOp], epoch: int, start: int) -> Entries:
-        """The leader's entries for ops from start on, noted as pending."""
+    def entries(self, shard: str, ops: list[storage_pb2.TableOp], epoch: int, start: int,
+                many_rows: bool = True) -> Entries:
+        """The leader's entries for ops from start on, noted as pending: of many rows
+        (entry_groups), or (not many_rows) of one TableOp each, as before TableOps."""
         entries, append_ms = Entries(), now_ms()
         pending = self.pending.setdefault(shard, {})
-        for seq, op in enumerate(ops, start):
-            message = pubsub_pb2.PubsubMessage(data=op.SerializeToString())
-            entries.add(storage_pb2.StoredMessage(message=message, epoch=epoch, append_ms=append_ms)
-                        .SerializeToString(), "", "", 0, epoch)
+        for seq, group in enumerate(entry_groups(ops) if many_rows else ([op] for op in ops), start):
+            data = storage_pb2.TableOps(ops=group).SerializeToString() if many_rows else group[0].SerializeToString()
+            message = pubsub_pb2.PubsubMessage(data=data)
+            entries.add(storage_pb2.StoredMessage(message=message, epoch=epoch, append_ms=append_ms,
+                                                  table_ops=many_rows).SerializeToString(), "", "", 0, epoch)
             entries.messages.append(None)  # a table shard delivers nothing
-            pending[op.key] = Pending(seq, op)
+            for op in group:
+                pending[op.key] = Pending(seq, op)
         return entries
 
     def apply(self, shard: str, limit: int = APPLY_CHUNK) -> int:
-        """Applies up to limit committed entries from the applied position on, in one
-        batch with the new position; returns how many."""
+        """Applies committed entries from the applied position on, whole, until limit
+        rows are (at least one entry), in one batch with the new position; returns
+        how many entries."""
         log_ = self._logs.shards.get(shard)
         if log_ is None or not log_.table:
             return 0
         start = max(log_.applied, log_.first)
-        stop = min(log_.commit, start + limit)
+        stop = min(log_.commit, start + limit)  # an entry holds at least one row
         if start >= stop:
             return 0
-        layout, batch = log_.layout, self._db.batch()
-        rows: dict[bytes, keys.Row | None] = {}  # this chunk's rows, by row key
+        layout, batch, ring = log_.layout, self._db.batch(), self._ring
+        row_prefix, first = layout.row_prefix, log_.first
+        rows: dict[bytes, int | None] = {}  # this chunk's rows, by row key: the seq that wrote it (None: gone)
+        stubs: dict[int, set[bytes]] = {}  # entry seq -> keys of its rows superseded here
         pending = self.pending.get(shard)
         erased = False
+        applied_rows = 0
         stop_key = layout.message(stop)
         for key, value in self._rdict.items(from_key=layout.message(start)):
             if key >= stop_key:
                 break
             seq = keys.seq_of(key)
-            raw = keys.open_entry(self._ring, key, value)
+            if applied_rows >= limit:
+                stop = seq
+                break
+            raw = keys.open_entry(ring, key, value)
             entry = storage_pb2.StoredMessage.FromString(raw) if raw is not None else None
             if entry is None or not entry.HasField("message"):  # an epoch marker (or corrupted: logged by reads)
                 continue
             try:
-                op = storage_pb2.TableOp.FromString(entry.message.data)
+                ops = ops_of(entry)
             except Exception:
-                log.error("table entry not applied: not a TableOp", extra=fields(shard=shard, seq=seq))
+                log.error("table entry not applied: no table ops", extra=fields(shard=shard, seq=seq))
                 continue
-            row_key = layout.row_prefix + op.key
-            row = rows[row_key] if row_key in rows else self._row(row_key)
-            if row is not None and row.seq >= seq:  # applied before a restart lost the position
-                continue
-            if row is not None and row.seq >= log_.first:  # superseded: its value goes
-                stub_key = layout.message(row.seq)
-                batch.put(stub_key, keys.seal_entry(self._ring, stub_key, stub_entry(op.key, row.epoch)))
-            if _is_write(op):
-                rows[row_key] = keys.Row(seq, entry.epoch, op.expire_ms, op.value)
-                batch.put(row_key, keys.row_value(seq, entry.epoch, op.expire_ms, op.value, self._ring, row_key))
-            else:
-                rows[row_key] = None
-                batch.delete(row_key)
-                erased = erased or op.erase
-            if pending and (noted := pending.get(op.key)) is not None and noted.seq <= seq:
-                del pending[op.key]
+            epoch = entry.epoch
+            applied_rows += len(ops)
+            for op in ops:
+                op_key = op.key
+                row_key = row_prefix + op_key
+                row_seq = rows[row_key] if row_key in rows else self._row_seq(row_key)
+                if row_seq is not None:
+                    if row_seq >= seq:  # applied before a restart lost the position
+                        continue
+                    if row_seq >= first:  # superseded: its value goes
+                        stubbed = stubs.get(row_seq)
+                        if stubbed is None:
+                            stubbed = stubs[row_seq] = set()
+                        stubbed.add(op_key)
+                if op.delete or op.erase:
+                    rows[row_key] = None
+                    batch.delete(row_key)
+                    erased = erased or op.erase
+                else:
+                    rows[row_key] = seq
+                    batch.put(row_key, keys.row_value(seq, epoch, op.expire_ms, op.value, ring, row_key))
+                if pending and (noted := pending.get(op_key)) is not None and noted.seq <= seq:
+                    del pending[op_key]
+        for seq, stubbed in stubs.items():
+            self._stub_rows(batch, layout, seq, stubbed)
         batch.put(layout.applied, keys.applied_value(stop))
         self._db.write(batch)
         log_.applied = stop
@@ -178,6 +234,27 @@ class Table:
             self.compact_later(shard)
         return stop - start
 
+    def _stub_rows(self, batch, layout: keys.ShardKeys, seq: int, row_keys: set[bytes]) -> None:
+        """Rewrites (in batch) entry seq with the ops of those rows as stubs: one
+        rewrite of the entry however many of its rows went (at most ENTRY_MAX_ROWS
+        ops to copy)."""
+        key = layout.message(seq)
+        value = self._rdict.get(key)
+        raw = keys.open_entry(self._ring, key, value) if value is not None else None
+        if raw is None:  # trimmed meanwhile, or corrupted (logged by reads)
+            return
+        entry = storage_pb2.StoredMessage.FromString(raw)
+        if not entry.table_ops:
+            if entry.HasField("message"):
+                batch.put(key, keys.seal_entry(self._ring, key, stub_entry(next(iter(row_keys)), entry.epoch)))
+            return
+        table_ops = storage_pb2.TableOps.FromString(entry.message.data)
+        for op in table_ops.ops:
+            if op.key in row_keys and _is_write(op):
+                op.value, op.expire_ms, op.delete = b"", 0, True
+        entry.message.data = table_ops.SerializeToString()
+        batch.put(key, keys.seal_entry(self._ring, key, entry.SerializeToString()))
+
     async def applied_to(self, shard: str, upto: int) -> None:
         """Applies (a chunk at a time, yielding between) until entries below upto are."""
         log_ = self._logs.shard(shard)
@@ -186,9 +263,10 @@ class Table:
                 raise errors.Unavailable(f"{shard}: entries up to {upto} are not committed here")
             await asyncio.sleep(0)
 
-    def _row(self, row_key: bytes) -> keys.Row | None:
+    def _row_seq(self, row_key: bytes) -> int | None:
+        """The seq of the entry that wrote the stored row (None: no row)."""
         value = self._rdict.get(row_key)
-        return keys.parse_row_value(value) if value is not None else None
+        return keys.row_seq(value) if value is not None else None
 
     # -- reading ----------------------------------------------------------------
 
@@ -264,6 +342,7 @@ class Table:
         layout, now, batch = log_.layout, now_ms(), self._db.batch()
         start = self._sweep_from.get(shard, layout.row_prefix)
         looked, dropped, last = 0, 0, None
+        stubs: dict[int, set[bytes]] = {}  # entry seq -> keys of its rows dropped here
         for key, value in self._rdict.items(from_key=start):
             if not key.startswith(layout.row_prefix) or looked == limit:
                 break
@@ -273,10 +352,10 @@ class Table:
                 row = keys.parse_row_value(value)
                 batch.delete(key)
                 if row.seq >= log_.first:
-                    stub_key = layout.message(row.seq)
-                    batch.put(stub_key, keys.seal_entry(self._ring, stub_key,
-                                                        stub_entry(key[len(layout.row_prefix):], row.epoch)))
+                    stubs.setdefault(row.seq, set()).add(key[len(layout.row_prefix):])
                 dropped += 1
+        for seq, stubbed in stubs.items():
+            self._stub_rows(batch, layout, seq, stubbed)
         self._sweep_from[shard] = last + b"\0" if looked == limit and last is not None else layout.row_prefix
         if len(batch):
             self._db.write(batch)
@@ -297,8 +376,7 @@ class Table:
                 break
             raw = keys.open_entry(self._ring, key, value)
             entry = storage_pb2.StoredMessage.FromString(raw) if raw is not None else None
-            if entry is not None and entry.HasField("message") and _is_write(
-                    storage_pb2.TableOp.FromString(entry.message.data)):
+            if entry is not None and entry.HasField("message") and any(map(_is_write, ops_of(entry))):
                 break
             first += 1
         return self._logs.trim(shard, first)
@@ -336,6 +414,7 @@ class TableLeader(Protocol):
     @property
     def led(self) -> dict: ...
     def leadership(self, shard: str): ...
+    def many_rows(self, shard: str) -> bool: ...
     async def append_entries(self, shard: str, make: Callable[[int, int], Entries]) -> int: ...
 
 
@@ -388,8 +467,9 @@ class TableService:
         await self._write(shard, ops)
 
     async def _write(self, shard: str, ops: list[storage_pb2.TableOp]) -> None:
+        many_rows = self._leader.many_rows(shard)
         upto = await self._leader.append_entries(
-            shard, lambda epoch, start: self._table.entries(shard, ops, epoch, start))
+            shard, lambda epoch, start: self._table.entries(shard, ops, epoch, start, many_rows))
         await self._table.applied_to(shard, upto)
 
     async def read(self, partition: int, row_keys: list[bytes]) -> list[bytes | None]:

@@ -239,8 +239,9 @@ class Registration:
         """keeper_channel(): a blocking channel to etcd for the keep-alives (etcd_channel)."""
         self.key = member_key(kind, node_id)
         self.addr = addr
+        # This version's storage nodes read table entries of many rows (MemberRecord.table_ops).
         self._record = MemberRecord(addr, os.getpid(), time.time(), metrics_addr=metrics_addr,
-                                    internal_addr=internal_addr)
+                                    internal_addr=internal_addr, table_ops=kind == "storage")
         self._etcd, self._ttl = etcd, ttl_s
         self.lease = None
         self._expired = asyncio.Event()
@@ -398,6 +399,11 @@ class Cluster:
         prefix = kind + "/"
         return {name[len(prefix):]: info.addr for name, info in self.members.items.items()
                 if name.startswith(prefix)}
+
+    def reads_table_ops(self, node: str) -> bool:
+        """Whether the storage node is live and reads table entries of many rows."""
+        record = self.members.items.get(f"storage/{node}")
+        return record is not None and record.table_ops
 
     def internal(self, kind: str) -> dict[str, str]:
         """node id -> the address internal callers use: a frontend's mutual-TLS port

@@ -26,6 +26,7 @@ from notifymesh.server.internal_topics import FANOUT_SUBSCRIPTION, NOTIFY_TOPIC,
 from notifymesh.server.table import TableClient, delete, erase, put
 from storage import keys
 from storage.engine import StorageEngine
+from storage.table import ops_of
 
 PARTITIONS = 8
 WAIT_S = 30
@@ -84,12 +85,23 @@ async def test_acknowledged_writes_survive_a_leader_kill(table_mesh):
     await table.write_many({rid: [put(b"C\0" + rid.encode(), value)] for rid, value in rows.items()})
     gone = [f"r{i}" for i in range(0, 400, 7)]
     await table.write_many({rid: [delete(b"C\0" + rid.encode())] for rid in gone})
-    leader = cluster.leaders.items[shard_name(TABLE_TOPIC, table.partition("r1"))].node
+    shard = shard_name(TABLE_TOPIC, table.partition("r1"))
+    leader = cluster.leaders.items[shard].node
     mesh.kill(leader)
     await wait_new_leader(cluster, table.partition("r1"), leader)
     found = await table.read_many({rid: [b"C\0" + rid.encode()] for rid in rows})
     assert {key[2:].decode(): value for key, value in found.items()} == {
         rid: None if rid in gone else value for rid, value in rows.items()}
+    # Every replica was live and of this version: the rows of a write shared entries.
+    engine = StorageEngine(mesh.data_dir / leader, leader, await key_ring(mesh))
+    try:
+        log_ = engine.shard(shard)
+        entries = [entry for entry in map(lambda seq: engine.log.entry(shard, seq), range(log_.first, log_.end))
+                   if entry.HasField("message")]
+        assert entries and all(entry.table_ops for entry in entries)
+        assert sum(len(ops_of(entry)) for entry in entries) > len(entries)
+    finally:
+        await engine.close()
     mesh.restart(leader)
 
 

@@ -50,11 +50,14 @@ def test_message_ids_name_their_shard_and_sort_by_time():
 
 def test_shards_and_etcd_records_round_trip():
     assert Shard.parse(Shard("a.b-c", 12).encode()) == Shard("a.b-c", 12)
-    for record in (MemberRecord("127.0.0.1:5", 42, 1.5, 7587), LeaderRecord("storage-1", "127.0.0.1:6"),
+    for record in (MemberRecord("127.0.0.1:5", 42, 1.5, 7587), MemberRecord("127.0.0.1:5", table_ops=True),
+                   LeaderRecord("storage-1", "127.0.0.1:6"),
                    Candidacy(end=10, last_epoch=3, state=(3, 7))):
         assert type(record).parse(record.encode()) == record
     # a record written before the lease was recorded: a peer cannot end its lease (0)
     assert MemberRecord.parse(b'{"addr": "127.0.0.1:5", "pid": 42, "started": 1.5}').lease == 0
+    # nor had a storage node read table entries of many rows
+    assert not MemberRecord.parse(b'{"addr": "127.0.0.1:5", "pid": 42, "started": 1.5}').table_ops
 
 
 class _RpcError(grpc.RpcError):

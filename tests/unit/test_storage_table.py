@@ -19,7 +19,7 @@ from storage import keys
 from storage.delivery import Pull
 from storage.engine import StorageEngine
 from storage.log import Entries
-from storage.table import TableService, decide
+from storage.table import ENTRY_MAX_ROWS, TableService, decide, ops_of, stub_entry
 
 SHARD = shard_name(TABLE_TOPIC, 0)
 
@@ -37,13 +37,13 @@ def read(engine: StorageEngine, *row_keys: bytes) -> list[bytes | None]:
     return engine.table.read(SHARD, list(row_keys))
 
 
-def ops_in_log(engine: StorageEngine) -> list[storage_pb2.TableOp | None]:
-    """The log from its first entry: each entry's op (None: a marker)."""
+def ops_in_log(engine: StorageEngine) -> list[list[storage_pb2.TableOp] | None]:
+    """The log from its first entry: each entry's ops (None: a marker)."""
     log_ = engine.shard(SHARD)
     out = []
     for seq in range(log_.first, log_.end):
         entry = engine.log.entry(SHARD, seq)
-        out.append(storage_pb2.TableOp.FromString(entry.message.data) if entry.HasField("message") else None)
+        out.append(list(ops_of(entry)) if entry.HasField("message") else None)
     return out
 
 
@@ -61,12 +61,12 @@ async def test_writes_apply_into_rows_and_superseded_entries_become_stubs(engine
     await write(engine, [put(b"a", b"1"), put(b"b", b"2")])
     await write(engine, [put(b"a", b"3"), delete(b"b")])
     assert read(engine, b"a", b"b", b"c") == [b"3", None, None]
-    # Only the live value keeps its bytes: the rest are deletes of their keys.
-    assert ops_in_log(engine) == [delete(b"a"), delete(b"b"), put(b"a", b"3"), delete(b"b")]
+    # One entry a write; only the live value keeps its bytes: the rest are deletes of their keys.
+    assert ops_in_log(engine) == [[delete(b"a"), delete(b"b")], [put(b"a", b"3"), delete(b"b")]]
     log_ = engine.shard(SHARD)
-    assert log_.applied == log_.end == 4
-    assert engine.table.trim_leading(SHARD) == 2  # the leading dead entries, up to the live one
-    assert (log_.first, read(engine, b"a")) == (2, [b"3"])
+    assert log_.applied == log_.end == 2
+    assert engine.table.trim_leading(SHARD) == 1  # the leading dead entries, up to the live one
+    assert (log_.first, read(engine, b"a")) == (1, [b"3"])
     assert engine.table.trim_leading(SHARD) == 0
 
 
@@ -78,12 +78,12 @@ async def test_the_applied_position_and_rows_survive_a_restart(engine, tmp_path)
     reopened.start()
     try:
         log_ = reopened.shard(SHARD)
-        assert log_.applied == 3 and log_.commit == 0
-        reopened.advance_commit(SHARD, 3)  # nothing to apply again
+        assert log_.applied == 2 and log_.commit == 0
+        reopened.advance_commit(SHARD, 2)  # nothing to apply again
         assert read(reopened, b"a", b"b") == [b"2", b"x"]
         # A position lost (unsynced) is applied again to the same rows.
         log_.applied = 0
-        assert reopened.table.apply(SHARD) == 3
+        assert reopened.table.apply(SHARD) == 2
         assert read(reopened, b"a", b"b") == [b"2", b"x"]
     finally:
         await reopened.close()
@@ -122,7 +122,8 @@ async def test_a_follower_reset_rebuilds_its_rows_from_the_entries_it_then_recei
         await replicate(engine, follower, 0)
         assert read(follower, b"old", b"gone") == [b"1", b"1"]
         # While the follower is away: the old rows are deleted, others written, the head trimmed.
-        await write(engine, [delete(b"gone"), put(b"old", b"2")] + [put(b"k%d" % i, b"v") for i in range(5)])
+        await write(engine, [delete(b"gone")])
+        await write(engine, [put(b"old", b"2")] + [put(b"k%d" % i, b"v") for i in range(5)])
         await write(engine, [delete(b"k0")])
         engine.table.trim_leading(SHARD)
         first = engine.shard(SHARD).first
@@ -141,8 +142,102 @@ async def test_expired_rows_read_as_absent_and_a_sweep_drops_them(engine):
     assert read(engine, b"soon", b"past") == [b"x", None]
     assert engine.table.scan(SHARD, b"", b"", 10, False).keys == [b"soon"]
     assert engine.table.sweep(SHARD) == 1
-    assert ops_in_log(engine)[1] == delete(b"past")
+    assert ops_in_log(engine) == [[put(b"soon", b"x", expire_ms=ops_in_log(engine)[0][0].expire_ms), delete(b"past")]]
     assert engine.db.get(engine.shard(SHARD).layout.row_prefix + b"past") is None
+
+
+async def test_a_write_of_many_rows_is_one_entry_split_at_the_bound_and_at_a_repeated_key(engine):
+    names = [b"r%03d" % i for i in range(ENTRY_MAX_ROWS + 44)]
+    assert await write(engine, [put(name, b"v") for name in names]) == 2
+    assert [len(ops) for ops in ops_in_log(engine)] == [ENTRY_MAX_ROWS, 44]
+    assert read(engine, *names) == [b"v"] * len(names)
+    # A key twice in one write: the second starts an entry, and supersedes the first.
+    assert await write(engine, [put(b"x", b"1"), put(b"y", b"1"), put(b"x", b"2")]) == 4
+    assert ops_in_log(engine)[2:] == [[delete(b"x"), put(b"y", b"1")], [put(b"x", b"2")]]
+    assert read(engine, b"x", b"y") == [b"2", b"1"]
+
+
+async def test_applying_goes_by_whole_entries_until_the_rows_of_a_chunk(engine):
+    for i in range(3):
+        await write(engine, [put(b"a%d" % i, b"v"), put(b"b%d" % i, b"v")])
+    engine.shard(SHARD).applied = 0
+    assert engine.table.apply(SHARD, limit=3) == 2  # 2 rows, then 2 more: past 3, whole entries
+    assert engine.shard(SHARD).applied == 2
+    assert engine.table.apply(SHARD, limit=3) == 1
+
+
+async def test_a_multi_row_entry_reaches_a_follower_and_its_rows_are_stubbed_alike(engine, tmp_path):
+    follower = StorageEngine(tmp_path / "follower", "storage-2")
+    follower.start()
+    try:
+        await write(engine, [put(b"a", b"1"), put(b"b", b"1"), put(b"c", b"1"), put(b"d", b"1")])
+        # From the leader's tail, as sent while the follower keeps up: one entry of four rows.
+        entries = engine.entries_from(SHARD, 0, 10_000)
+        assert len(entries.raw) == 1
+        await follower.write_replicated(SHARD, 0, entries)
+        follower.advance_commit(SHARD, 1)
+        assert read(follower, b"a", b"b", b"c", b"d") == [b"1"] * 4
+        # Rows of it superseded, erased, deleted and expired: each replica stubs them in that one entry.
+        await write(engine, [put(b"a", b"2"), erase(b"b"), delete(b"c"), put(b"d", b"2", expire_ms=now_ms() + 50)])
+        await asyncio.sleep(0.1)
+        assert engine.table.sweep(SHARD) == 1
+        assert ops_in_log(engine) == [[delete(b"a"), delete(b"b"), delete(b"c"), delete(b"d")],
+                                      [put(b"a", b"2"), erase(b"b"), delete(b"c"), delete(b"d")]]
+        await replicate(engine, follower, 1)  # read back: d's value arrives as a stub
+        assert follower.shard(SHARD).applied == 2
+        assert read(follower, b"a", b"b", b"c", b"d") == read(engine, b"a", b"b", b"c", b"d") == [b"2", None, None,
+                                                                                                 None]
+        assert ops_in_log(follower)[0] == [delete(b"a"), delete(b"b"), delete(b"c"), delete(b"d")]
+        assert engine.table.trim_leading(SHARD) == 1  # the whole entry is dead
+        await asyncio.sleep(0.25)
+        assert follower.table.due_compactions() == [SHARD]  # the erase compacts the follower too
+    finally:
+        await follower.close()
+
+
+async def test_a_new_leader_applies_and_stubs_the_multi_row_entries_of_the_old_one(engine, tmp_path):
+    follower = StorageEngine(tmp_path / "follower", "storage-2")
+    follower.start()
+    try:
+        await write(engine, [put(b"a", b"1"), put(b"b", b"1"), put(b"c", b"1")], epoch=1)
+        entries = engine.entries_from(SHARD, 0, 10_000)
+        await follower.write_replicated(SHARD, 0, entries)  # committed, not yet applied there: the leader dies
+        follower.shard(SHARD).commit = 1
+        assert follower.shard(SHARD).applied == 0
+        # The follower leads in epoch 2: it applies the old leader's entry, then its own writes stub rows of it.
+        await write(follower, [put(b"b", b"2"), erase(b"c")], epoch=2)
+        assert follower.shard(SHARD).applied == 2
+        assert read(follower, b"a", b"b", b"c") == [b"1", b"2", None]
+        assert ops_in_log(follower) == [[put(b"a", b"1"), delete(b"b"), delete(b"c")], [put(b"b", b"2"), erase(b"c")]]
+        assert follower.log.entry(SHARD, 0).epoch == 1  # a stubbed entry keeps its epoch
+        assert follower.table.trim_leading(SHARD) == 0  # a is live in it
+        # The old leader comes back as a follower and converges.
+        await replicate(follower, engine, 1)
+        assert read(engine, b"a", b"b", b"c") == [b"1", b"2", None]
+        assert ops_in_log(engine) == ops_in_log(follower)
+    finally:
+        await follower.close()
+
+
+async def test_entries_of_one_op_as_written_before_still_apply_and_become_stubs(engine):
+    log_ = engine.shard(SHARD)
+    for seq, op in enumerate([put(b"a", b"1"), put(b"b", b"1")]):
+        stored = storage_pb2.StoredMessage(message=pubsub_pb2.PubsubMessage(data=op.SerializeToString()), epoch=1)
+        await engine.write_entries(SHARD, seq, Entries.parsed([stored.SerializeToString()]))
+    engine.advance_commit(SHARD, log_.end)
+    assert read(engine, b"a", b"b") == [b"1", b"1"]
+    await write(engine, [put(b"a", b"2"), put(b"c", b"1", expire_ms=1)])
+    assert engine.log.entry(SHARD, 0).SerializeToString() == stub_entry(b"a", 1)
+    assert ops_in_log(engine) == [[delete(b"a")], [put(b"b", b"1")], [put(b"a", b"2"), put(b"c", b"1", expire_ms=1)]]
+    assert engine.table.trim_leading(SHARD) == 1
+
+
+async def test_an_entry_whose_rows_all_expired_is_trimmed(engine):
+    await write(engine, [put(b"a", b"1", expire_ms=1), put(b"b", b"1", expire_ms=1)])
+    await write(engine, [put(b"c", b"1")])
+    assert engine.table.sweep(SHARD) == 2
+    assert ops_in_log(engine)[0] == [delete(b"a"), delete(b"b")]
+    assert engine.table.trim_leading(SHARD) == 1
 
 
 async def test_scan_by_prefix_in_both_directions_with_pages(engine):
@@ -214,11 +309,15 @@ class FakeLeader:
 
     def __init__(self, engine: StorageEngine):
         self.engine, self.led = engine, {}
+        self.replicas_read_table_ops = True
 
     def leadership(self, shard: str):
         if shard not in self.led:
             raise errors.Unavailable(f"this node does not lead {shard}")
         return self.led[shard]
+
+    def many_rows(self, shard: str) -> bool:
+        return self.replicas_read_table_ops
 
     async def append_entries(self, shard: str, make) -> int:
         lead = self.leadership(shard)
@@ -295,6 +394,42 @@ async def test_acquires_of_one_call_are_decided_in_order_and_written_once(engine
     rows = await service.tables.read(0, [dave, erin])
     assert [list(notify_pb2.RateCounter.FromString(r).tokens) for r in rows] == [["n1", "n2"], ["n1"]]
     assert not service.tables._locks
+
+
+async def test_a_write_takes_one_entry_a_row_while_a_replica_reads_no_table_ops(engine, service):
+    service.leader.led[SHARD] = SimpleNamespace(epoch=1, marker=-1)
+    service.leader.replicas_read_table_ops = False  # a node of the older version, during a rolling update
+    await service.tables.write(0, [put(b"a", b"1"), put(b"b", b"1")])
+    log_ = engine.shard(SHARD)
+    entries = [engine.log.entry(SHARD, seq) for seq in range(log_.end)]
+    assert [e.table_ops for e in entries] == [False, False]  # what that node parses: one TableOp each
+    assert [storage_pb2.TableOp.FromString(e.message.data) for e in entries] == [put(b"a", b"1"), put(b"b", b"1")]
+    service.leader.replicas_read_table_ops = True
+    await service.tables.write(0, [put(b"a", b"2"), put(b"c", b"1")])
+    assert ops_in_log(engine) == [[delete(b"a")], [put(b"b", b"1")], [put(b"a", b"2"), put(b"c", b"1")]]
+    assert read(engine, b"a", b"b", b"c") == [b"2", b"1", b"1"]
+
+
+def test_a_leader_writes_table_ops_only_while_every_node_its_entries_go_to_reads_them():
+    from storage.leader import Leader, Leadership, Progress
+
+    class Peers:
+        reading = {"storage-1", "storage-2", "storage-3"}
+
+        def reads_table_ops(self, node: str) -> bool:
+            return node in self.reading
+
+    peers = Peers()
+    leader = Leader(None, peers, None, "storage-1", lambda: SimpleNamespace(valid_until=float("inf")), {})
+    lead = leader.led[SHARD] = Leadership(SHARD, 1, ["storage-1", "storage-2", "storage-3"], 0)
+    lead.progress = {"storage-2": Progress(next=0), "storage-3": Progress(next=0)}
+    assert leader.many_rows(SHARD)
+    peers.reading = {"storage-1", "storage-2"}  # storage-3 is down, or of the older version
+    assert not leader.many_rows(SHARD)
+    peers.reading = {"storage-1", "storage-2", "storage-3"}
+    lead.progress["storage-4"] = Progress(next=0)  # a learner of the older version
+    lead.learners.add("storage-4")
+    assert not leader.many_rows(SHARD)
 
 
 @pytest.mark.parametrize("call, error", [

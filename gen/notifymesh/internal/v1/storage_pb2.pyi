@@ -21,6 +21,12 @@ class TableOp(_message.Message):
     expire_ms: int
     def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., delete: _Optional[bool] = ..., erase: _Optional[bool] = ..., expire_ms: _Optional[int] = ...) -> None: ...
 
+class TableOps(_message.Message):
+    __slots__ = ("ops",)
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    ops: _containers.RepeatedCompositeFieldContainer[TableOp]
+    def __init__(self, ops: _Optional[_Iterable[_Union[TableOp, _Mapping]]] = ...) -> None: ...
+
 class TableWriteRequest(_message.Message):
     __slots__ = ("partition", "ops")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
@@ -460,18 +466,20 @@ class DeliveryState(_message.Message):
     def __init__(self, subscriptions: _Optional[_Iterable[_Union[SubscriptionState, _Mapping]]] = ..., epoch: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
 
 class StoredMessage(_message.Message):
-    __slots__ = ("message", "append_ms", "epoch", "dedup_key", "dedup_until_ms")
+    __slots__ = ("message", "append_ms", "epoch", "dedup_key", "dedup_until_ms", "table_ops")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     APPEND_MS_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     DEDUP_KEY_FIELD_NUMBER: _ClassVar[int]
     DEDUP_UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
+    TABLE_OPS_FIELD_NUMBER: _ClassVar[int]
     message: _pubsub_pb2.PubsubMessage
     append_ms: int
     epoch: int
     dedup_key: str
     dedup_until_ms: int
-    def __init__(self, message: _Optional[_Union[_pubsub_pb2.PubsubMessage, _Mapping]] = ..., append_ms: _Optional[int] = ..., epoch: _Optional[int] = ..., dedup_key: _Optional[str] = ..., dedup_until_ms: _Optional[int] = ...) -> None: ...
+    table_ops: bool
+    def __init__(self, message: _Optional[_Union[_pubsub_pb2.PubsubMessage, _Mapping]] = ..., append_ms: _Optional[int] = ..., epoch: _Optional[int] = ..., dedup_key: _Optional[str] = ..., dedup_until_ms: _Optional[int] = ..., table_ops: _Optional[bool] = ...) -> None: ...
 
 class DeadLetterRecord(_message.Message):
     __slots__ = ("seq", "delivery_attempts", "dead_ms", "last_error", "dead_letter_message_id", "redrives")
