@@ -102,10 +102,12 @@ class LeaseKeeper:
                             self.valid_until = sent + reply.TTL
                         RENEWALS.add(1, {"outcome": "ok"})
                         continue
-                except grpc.RpcError as e:  # etcd unreachable or electing a leader
-                    log.warning("lease keep-alive failed", extra=fields(error=f"{e.code().name}: {e.details()}"))
+                except Exception as e:  # etcd unreachable or electing a leader; the thread must go on
+                    reason = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.RpcError) else repr(e)
+                    log.warning("lease keep-alive failed", extra=fields(error=reason))
                     RENEWALS.add(1, {"outcome": "failed"})
-                    channel.close()
+                    if channel is not None:
+                        channel.close()
                     channel = None
                     if time.monotonic() < self.valid_until:
                         continue
