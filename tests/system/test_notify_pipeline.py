@@ -123,10 +123,13 @@ async def test_a_failing_provider_is_retried_a_permanent_failure_is_not(mesh, cl
     await client.upsert_recipient(rid, phone="+14155559900")
     await fault(mesh, "sms", 500, 2)
     nid = await client.notify(template, category, [rid], data={"invoice": 1, "amount": "5.00"}, channels=["sms"])
-    _, sends = await settled(client, nid, 1)
+    # The SMS fake reports each delivery: waiting for its receipt makes the history whole
+    # (read at SENT, the receipt could land between the wait and the read).
+    _, sends = await settled(client, nid, 1, {notify_pb2.SEND_DELIVERED})
     send = sends[(rid, notify_pb2.SMS)]
     assert [e.state for e in send.timeline] == [notify_pb2.SEND_QUEUED] + [
-        notify_pb2.SEND_RENDERED, notify_pb2.SEND_FAILED] * 2 + [notify_pb2.SEND_RENDERED, notify_pb2.SEND_SENT]
+        notify_pb2.SEND_RENDERED, notify_pb2.SEND_FAILED] * 2 + [notify_pb2.SEND_RENDERED, notify_pb2.SEND_SENT,
+                                                                  notify_pb2.SEND_DELIVERED]
     assert [e.attempt for e in send.timeline if e.state == notify_pb2.SEND_RENDERED] == [1, 2, 3]
     assert "+14155559900" not in str(send)  # no phone number in the log
     assert len(outbox_to(mesh, "sms", "+14155559900")) == 1
