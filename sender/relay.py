@@ -15,19 +15,15 @@ are at most one of each per logical stream.
 """
 
 import asyncio
-import logging
 from typing import AsyncIterator
 
 import grpc
 
 from gen.notifymesh.internal.v1 import sender_pb2
 from gen.notifymesh.v1 import pubsub_pb2
-from notifymesh.log import fields
 from notifymesh.server import validation
-from notifymesh.server.status import status_of
+from notifymesh.server.status import answered
 from sender.dispatch import END, Dispatcher, Stream, SubscriptionDispatcher
-
-log = logging.getLogger(__name__)
 
 # Bytes of messages in one RelayDown; more go in the next one (the channel's limit
 # is config.max_message_bytes, 1 MiB by default).
@@ -115,11 +111,7 @@ class Relay:
         self._ready.set()
 
     def _end_with(self, stream_id: int, error: BaseException) -> None:
-        mapped = status_of(error)
-        if mapped is None:
-            log.error("unhandled error", exc_info=error, extra=fields(method="Sender.Relay"))
-            mapped = (grpc.StatusCode.INTERNAL, f"internal error: {error!r}")
-        self._end(stream_id, *mapped)
+        self._end(stream_id, *answered(error, "Sender.Relay"))
 
     def _end(self, stream_id: int, code: grpc.StatusCode, details: str) -> None:
         self._ends[stream_id] = (code.value[0], details)
