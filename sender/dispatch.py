@@ -420,7 +420,7 @@ class Dispatcher:
         pull = UnaryPull(self.storage, record.topic, max(1, topic.partition_count), next(self._pull_turn),
                          owned=lambda partition: self.owns(name, partition))
         received = await pull.run(name, max_messages, record.ack_deadline.ToMilliseconds(), wait_ms)
-        if not tracing.enabled():
+        if not (tracing.enabled() and tracing.any_traced(received)):
             return tracing.received_for(received, name, "pull", trace_context)
         # The ack (through this sender, as each ack id names its subscription) gets its span from here.
         dispatcher = await self._dispatcher(name)

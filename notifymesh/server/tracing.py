@@ -361,6 +361,11 @@ def ack_span(subscription: str, delivered: Delivered, outcome: str) -> None:
                         attributes={"messaging.destination.subscription.name": subscription}).end()
 
 
+def any_traced(raws: list[bytes]) -> bool:
+    """Whether a serialized message of raws may carry a trace context."""
+    return any(MARK in raw for raw in raws)
+
+
 def received_for(raws: list[bytes], subscription: str, mode: str, keep_context: bool,
                  delivered: dict[str, Delivered] | None = None) -> list[bytes]:
     """Serialized ReceivedMessages as a subscriber gets them: each traced one gets a
@@ -369,7 +374,7 @@ def received_for(raws: list[bytes], subscription: str, mode: str, keep_context: 
     context. mode "push": the pull span only, its context kept for the push worker
     (which makes the delivery span and hides the attributes). delivered: where each traced delivery's context is kept by ack id
     (the caller bounds it). Untraced messages pass as they are."""
-    if not any(MARK in raw for raw in raws):  # the usual batch: nothing traced in it
+    if not any_traced(raws):  # the usual batch
         return raws
     out = raws
     for index, raw in enumerate(raws):
