@@ -61,8 +61,13 @@ class Relay:
         """Opens and closes logical streams as the frontend asks, until it half-closes."""
         async for up in requests:
             for opened in up.opens:
-                if opened.stream in self._streams:
-                    self._end(opened.stream, grpc.StatusCode.INVALID_ARGUMENT, "stream id already open")
+                if (open_already := self._streams.pop(opened.stream, None)) is not None:
+                    # The frontend takes the end for both (it has one stream of that id),
+                    # so the open one is closed here too: its leased messages go back.
+                    self._frames.pop(opened.stream, None)
+                    self._spawn(self._disconnect(open_already))
+                    self._end(opened.stream, grpc.StatusCode.INVALID_ARGUMENT,
+                              f"stream id {opened.stream} opened twice on one Relay call")
                     continue
                 stream = self._streams[opened.stream] = RelayedStream(self, opened.stream, opened.request)
                 self._spawn(self._open(stream))

@@ -164,3 +164,21 @@ async def test_a_stream_closed_while_it_opens_is_removed_once_open():
     assert dispatcher.count_streams([SUB]) == {} and dispatcher.subscriptions == {}
     await relay.close()
     await dispatcher.close()
+
+
+async def test_a_stream_id_opened_twice_ends_the_open_stream_too():
+    """The frontend has one stream of an id: the end it reads for the second open
+    ends that one, so the sender must not go on serving it."""
+    dispatcher, storage, cluster = make_dispatcher(partitions=1)
+    frontend = Frontend(Relay(dispatcher))
+    frontend.open((1, SUB))
+    await eventually(lambda: dispatcher.count_streams([SUB]) == {SUB: 1})
+    await lease_one_each(storage, [SUB])
+    await eventually(lambda: frontend.frames(1))
+    frontend.open((1, SUB))
+    await eventually(lambda: 1 in frontend.ends())
+    assert frontend.ends()[1][0] == grpc.StatusCode.INVALID_ARGUMENT
+    await eventually(lambda: dispatcher.count_streams([SUB]) == {})
+    assert (TOPIC, 0, SUB, [ack_id(0, 1)], 0) in storage.deadlines  # its leased message handed back
+    await frontend.hang_up()
+    await dispatcher.close()
