@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aetcd
 from audit import Leading
-from rocksdict import AccessType, Options, Rdict
+from replica_reads import read_replica
 
 from gen.notifymesh.internal.v1 import storage_pb2
 from notifymesh.contracts import LeaderRecord, Shard, leader_key, shard_name
@@ -47,22 +47,25 @@ def stored_epochs(data_dirs: list[Path], topic: str, partitions: int, ring: seal
     too). The checker's witness subscription, never consumed, keeps every entry
     from being collected."""
     epochs: dict[str, set[int]] = {}
+
+    def read(db) -> dict[str, set[int]]:
+        found: dict[str, set[int]] = {}
+        for partition in range(partitions):
+            prefix = keys.ShardKeys(shard_name(topic, partition)).message_prefix
+            for key, value in db.items(from_key=prefix):
+                if not key.startswith(prefix):
+                    break
+                entry = keys.open_entry(ring, key, value)
+                if entry is None:
+                    continue  # corrupted: never delivered either
+                stored = storage_pb2.StoredMessage.FromString(entry)
+                if stored.message.message_id:  # else an epoch marker
+                    found.setdefault(stored.message.message_id, set()).add(stored.epoch)
+        return found
+
     for data_dir in data_dirs:
-        db = Rdict(str(data_dir / "rocksdb"), Options(raw_mode=True), access_type=AccessType.read_only())
-        try:
-            for partition in range(partitions):
-                prefix = keys.ShardKeys(shard_name(topic, partition)).message_prefix
-                for key, value in db.items(from_key=prefix):
-                    if not key.startswith(prefix):
-                        break
-                    entry = keys.open_entry(ring, key, value)
-                    if entry is None:
-                        continue  # corrupted: never delivered either
-                    stored = storage_pb2.StoredMessage.FromString(entry)
-                    if stored.message.message_id:  # else an epoch marker
-                        epochs.setdefault(stored.message.message_id, set()).add(stored.epoch)
-        finally:
-            db.close()
+        for message_id, found in read_replica(data_dir / "rocksdb", read).items():
+            epochs.setdefault(message_id, set()).update(found)
     return epochs
 
 

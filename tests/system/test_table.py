@@ -12,7 +12,7 @@ from typing import Callable
 import grpc
 import pytest
 from helpers import key_ring, new_mesh, unique
-from rocksdict import AccessType, Options, Rdict
+from replica_reads import read_replica
 
 from gen.notifymesh.internal.v1 import storage_pb2
 from notifymesh import errors
@@ -159,23 +159,23 @@ def files_holding(mesh, needles: set[bytes]) -> list[str]:
 def sealed_copies(mesh, ring: sealing.KeyRing, text: bytes) -> set[bytes]:
     """The GCM tag (unique to each sealed value) of every value, on any replica, that
     opens to something holding text: its log entries and rows (encryption at rest)."""
+    def read(db) -> set[bytes]:
+        found = set()
+        for key, value in db.items():
+            row = key[:1] == keys.TABLE_ROW
+            if not sealing.is_sealed(value[keys.ROW_HEAD.size:] if row else value):
+                continue
+            try:
+                opened = keys.open_row_value(ring, key, value) if row else ring.open(value, key)
+            except sealing.SealError:
+                continue
+            if text in opened:
+                found.add(value[-sealing.TAG_BYTES:])
+        return found
+
     tags = set()
     for i in (1, 2, 3):
-        db = Rdict(str(mesh.data_dir / f"storage-{i}" / "rocksdb"), Options(raw_mode=True),
-                   access_type=AccessType.read_only())
-        try:
-            for key, value in db.items():
-                row = key[:1] == keys.TABLE_ROW
-                if not sealing.is_sealed(value[keys.ROW_HEAD.size:] if row else value):
-                    continue
-                try:
-                    opened = keys.open_row_value(ring, key, value) if row else ring.open(value, key)
-                except sealing.SealError:
-                    continue
-                if text in opened:
-                    tags.add(value[-sealing.TAG_BYTES:])
-        finally:
-            db.close()
+        tags |= read_replica(mesh.data_dir / f"storage-{i}" / "rocksdb", read)
     return tags
 
 
