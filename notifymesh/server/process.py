@@ -371,8 +371,9 @@ async def serve(kind: str, args: argparse.Namespace,
     metrics_addr = await metrics_server.start()
     if host in ("0.0.0.0", "[::]") and args.advertise:  # reachable at the advertised host
         metrics_addr = f"{args.advertise.rpartition(':')[0]}:{metrics_addr.rpartition(':')[2]}"
-    loop_lag = telemetry.LoopLag()
+    loop_lag, gc_pauses = telemetry.LoopLag(), telemetry.GcPauses()
     loop_lag.start()
+    gc_pauses.start()
     registration = Registration(etcd, kind, args.node_id, addr, config.member_lease_ttl_s, metrics_addr,
                                 internal_addr, keeper_channel=lambda: etcd_channel(args.etcd, tls))
     await registration.start()
@@ -396,6 +397,7 @@ async def serve(kind: str, args: argparse.Namespace,
     await server.stop(DRAIN_GRACE_S)
     await component.close()
     await loop_lag.stop()
+    await gc_pauses.stop()
     await metrics_server.stop()
     await cluster.stop()
     await data_keys.stop()

@@ -5,14 +5,17 @@ by default an ephemeral port on the gRPC listen host; registered in the member
 record, so `notifymesh cluster status` and `make up` print where each one is).
 
 What every process measures here: its gRPC calls (count and duration by method
-and status code, open streams by method), the event loop's lag, etcd lease
-keep-alives, and, through prometheus_client's process collector, CPU seconds and
+and status code, open streams by method), the event loop's lag, its garbage
+collections' pauses, etcd lease keep-alives, and, through prometheus_client's process collector, CPU seconds and
 resident memory. Services add their own through `meter()` (storage: partitions
 and backlogs; sender: deliveries, providers). Labels stay bounded: methods,
 codes, topics, subscriptions, partitions, providers, never message ids.
 """
 
 import asyncio
+import collections
+import gc
+import logging
 import time
 from importlib import metadata as package_metadata
 
@@ -25,11 +28,19 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from notifymesh.log import fields
+
+log = logging.getLogger(__name__)
+
 METER_NAME = "notifymesh"
 # Latency buckets in seconds: 0.5 ms (a cached call) to 30 s (a long poll, a
 # stalled provider); the OTel default tops out at 10 s with few sub-ms buckets.
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LOOP_LAG_PROBE_S = 0.25  # the event loop is asked to wake this often; how late it woke is its lag
+# A collection holds the GIL throughout: every thread waits, the member lease's
+# keep-alive thread too (one keep-alive a second, 3 s TTL). One this long is logged.
+SLOW_GC_S = 1.0
+GC_PAUSES_KEPT = 1000  # collections timed and not yet recorded: about a second's worth at most under load
 
 _provider: MeterProvider | None = None
 
@@ -193,6 +204,53 @@ class LoopLag:
             self._lag.record(max(0.0, loop.time() - due))
 
     async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+class GcPauses:
+    """How long each cyclic garbage collection took, by generation, and a warning
+    for one over SLOW_GC_S. gc's callback only notes the time: recording or
+    logging from inside a collection could wait on a lock the collecting thread
+    holds itself; a task records what it noted, once a second."""
+
+    def __init__(self):
+        self._pause = meter().create_histogram("notifymesh.gc.pause", unit="s",
+                                               description="cyclic garbage collections, by generation: "
+                                                           "every thread of the process waits them out")
+        self._started = 0.0
+        # (generation, seconds, objects collected), oldest dropped past the bound
+        self._noted: collections.deque[tuple[int, float, int]] = collections.deque(maxlen=GC_PAUSES_KEPT)
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        gc.callbacks.append(self._timed)
+        self._task = asyncio.create_task(self._run())
+
+    def _timed(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self._noted.append((info["generation"], time.perf_counter() - self._started, info["collected"]))
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(1)
+            self.record()
+
+    def record(self) -> None:
+        """What the callback noted: into the histogram, and the slow ones to the log."""
+        while self._noted:
+            generation, took_s, collected = self._noted.popleft()
+            self._pause.record(took_s, {"generation": str(generation)})
+            if took_s > SLOW_GC_S:
+                log.warning("long garbage collection: every thread waited", extra=fields(
+                    generation=generation, took_s=round(took_s, 2), collected=collected))
+
+    async def stop(self) -> None:
+        if self._timed in gc.callbacks:
+            gc.callbacks.remove(self._timed)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
