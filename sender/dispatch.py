@@ -22,7 +22,7 @@ from gen.notifymesh.internal.v1 import sender_pb2, storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 from notifymesh.batching import Coalescer
-from notifymesh.contracts import ack_ids_by_partition, ack_ids_by_subscription
+from notifymesh.contracts import ack_ids_by_pair, ack_ids_by_partition
 from notifymesh.log import fields
 from notifymesh.server import rpc, telemetry, tracing
 from notifymesh.server.clients import StorageClient
@@ -187,10 +187,14 @@ class SubscriptionDispatcher:
                 tracing.ack_span(self.name, delivered, outcome)
 
     async def acknowledge(self, ack_ids) -> None:
+        self.acknowledged(ack_ids)
+        await self._per_partition(ack_ids, lambda p, ids: self._acks.submit((self.topic, p), ids))
+
+    def acknowledged(self, ack_ids) -> None:
+        """Frees the room of acknowledged messages; their acks go to storage apart."""
         self._forget(ack_ids)
         if self.traced:
             self._answered(ack_ids, "ack")
-        await self._per_partition(ack_ids, lambda p, ids: self._acks.submit((self.topic, p), ids))
 
     async def modify_ack_deadline(self, ack_ids: list[str], ack_deadline_ms: int) -> None:
         if ack_deadline_ms == 0:
@@ -436,18 +440,26 @@ class Dispatcher:
 
     async def acknowledge(self, name: str, ack_ids: list[str]) -> None:
         """name "": each ack id's own subscription (a frontend merged acks of several);
-        acks of a subscription deleted meanwhile are dropped."""
+        acks of a subscription deleted meanwhile are dropped. Either way the acks of
+        each shard go to storage as one request (the Coalescer merges it with others
+        under way), not one per subscription: one message to 10,000 subscriptions is
+        10,000 acks, which came merged from the frontend and went on as 10,000."""
         if name:
             await (await self._dispatcher(name)).acknowledge(ack_ids)
             return
-        by_subscription = ack_ids_by_subscription(ack_ids)
-
-        async def one(subscription: str, ids: list[str]) -> None:
-            try:
-                await (await self._dispatcher(subscription)).acknowledge(ids)
-            except errors.NotFound:
-                pass
-        await asyncio.gather(*(one(s, ids) for s, ids in by_subscription.items()))
+        by_shard: dict[tuple[str, int], list[str]] = {}
+        for pair, ids in ack_ids_by_pair(ack_ids).items():
+            dispatcher = self.subscriptions.get(pair.subscription)
+            if dispatcher is not None:
+                dispatcher.acknowledged(ids)
+                topic = dispatcher.topic
+            else:  # none here (a unary pull's messages): the acks go on all the same
+                try:
+                    topic = (await self._cluster.subscription(pair.subscription)).topic
+                except errors.NotFound:
+                    continue
+            by_shard.setdefault((topic, pair.partition), []).extend(ids)
+        await asyncio.gather(*(self._acks.submit(shard, ids) for shard, ids in by_shard.items()))
 
     async def modify_ack_deadline(self, name: str, ack_ids: list[str], ack_deadline_ms: int) -> None:
         await (await self._dispatcher(name)).modify_ack_deadline(ack_ids, ack_deadline_ms)
