@@ -665,3 +665,24 @@ async def test_a_pull_for_thousands_of_subscriptions_lets_the_loop_run_between_s
     assert {pubsub_pb2.ReceivedMessage.FromString(raw).message.message_id
             for raws, *_ in pulled.values() for raw in raws} == set(ids)
     assert await engine.pull(SHARD, [Pull(name, 10, 60_000) for name in names], 0) == {}  # leased: none again
+
+
+async def test_attaching_the_known_subscriptions_again_attaches_none_until_one_is_new_or_the_leader_is(engine):
+    known = {f"audit-{i}": subscription(f"audit-{i}") for i in range(1000)}
+    engine.lead(SHARD, 7)
+    engine.attach_known(SHARD, known)
+    attached = []
+    attach = engine.deliveries.attach
+    engine.deliveries.attach = lambda shard, record: attached.append(record.name) or attach(shard, record)
+    engine.attach_known(SHARD, known)  # the GC round, each second
+    assert attached == []
+    known["audit-new"] = subscription("audit-new")
+    engine.attach_known(SHARD, known)
+    assert "audit-new" in engine.shard(SHARD).subscriptions
+    attached.clear()
+    engine.attach_known(SHARD, known, every=True)  # etcd read again: every record taken
+    assert len(attached) == len(known)
+    attached.clear()
+    engine.lead(SHARD, 8)  # a new leadership restores the state saved: its records are taken again
+    engine.attach_known(SHARD, known)
+    assert len(attached) == len(known)
