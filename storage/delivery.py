@@ -176,6 +176,9 @@ class Pulled(NamedTuple):
     ready: bool = False
 
 
+NOTHING_LEASED = Pulled([], [])
+
+
 class Seeked(NamedTuple):
     """A seek's outcome on one shard: the subscription's new cursor, and whether
     going back stopped short of the time asked (limited)."""
@@ -389,11 +392,14 @@ class Deliveries:
                 state = log_.subscriptions.get(name)
                 if state is None:
                     continue
-                records = len(batch)
-                leased = self._lease_deliverable(log_, state, max_messages, now, now + ack_deadline_ms, messages,
-                                                 batch)
-                if leased.received or len(batch) > records:
-                    log_.touch(state)
+                if max_messages:
+                    records = len(batch)
+                    leased = self._lease_deliverable(log_, state, max_messages, now, now + ack_deadline_ms,
+                                                     messages, batch)
+                    if leased.received or len(batch) > records:
+                        log_.touch(state)
+                else:  # a watch leases nothing (and asks for every idle subscription of the topic)
+                    leased = NOTHING_LEASED
                 due = state.next_deadline()
                 ready = (state.cursor < log_.commit and len(state.leases) < MAX_LEASES) or \
                     (due is not None and due <= now)
