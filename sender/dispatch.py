@@ -297,6 +297,10 @@ class Dispatcher:
         # Concurrent acks of a shard, of any of its subscriptions, share one storage call.
         self._acks = Coalescer(lambda shard, ack_ids: self.storage.acknowledge(*shard, "", ack_ids), max_items=5000)
         self.subscriptions: dict[str, SubscriptionDispatcher] = {}
+        # The same by topic (topic -> name -> it), for the shard pullers: each plan lists
+        # its topic's, and a scan of every subscription held was 8 % of the sender's
+        # samples while 50,000 streams attached. Bound: the entries of subscriptions.
+        self._by_topic: dict[str, dict[str, SubscriptionDispatcher]] = {}
         self._pullers: dict[tuple[str, int], ShardPuller] = {}
         # (subscription, partition or None for any) -> this sender owns it on the ring
         self._ring_owned: dict[tuple[str, int | None], bool] = {}
@@ -312,7 +316,7 @@ class Dispatcher:
         return max(1, record.partition_count) if record else 1
 
     def serving(self, topic: str) -> list[SubscriptionDispatcher]:
-        return [d for d in self.subscriptions.values() if d.topic == topic and d.streams]
+        return [d for d in self._by_topic.get(topic, {}).values() if d.streams]
 
     def _room_freed(self, topic: str, name: str) -> None:
         """Wakes the pulls of every partition of the topic, for subscription name, and
@@ -330,9 +334,12 @@ class Dispatcher:
         record = await self._cluster.subscription(name)
         dispatcher = self.subscriptions.get(name)
         if dispatcher is None or dispatcher.topic != record.topic:
+            if dispatcher is not None:  # the subscription was made anew on another topic
+                self._forget_dispatcher(dispatcher)
             dispatcher = self.subscriptions[name] = SubscriptionDispatcher(
                 record, self.storage, self.budget, self._acks, lambda partition=None: self.owns(name, partition),
                 lambda: self._room_freed(record.topic, name))
+            self._by_topic.setdefault(record.topic, {})[name] = dispatcher
         return dispatcher
 
     async def connect(self, name: str, stream: "Stream") -> SubscriptionDispatcher:
@@ -357,6 +364,15 @@ class Dispatcher:
         log.info("subscriber gone", extra=fields(subscription=name, streams=len(dispatcher.streams)))
         if dispatcher.idle() and self.subscriptions.get(name) is dispatcher:
             del self.subscriptions[name]  # nothing connected, nothing in flight: keep no state
+            self._forget_dispatcher(dispatcher)
+
+    def _forget_dispatcher(self, dispatcher: SubscriptionDispatcher) -> None:
+        """Takes a dispatcher no longer in subscriptions out of its topic's."""
+        of_topic = self._by_topic.get(dispatcher.topic, {})
+        if of_topic.get(dispatcher.name) is dispatcher:
+            del of_topic[dispatcher.name]
+            if not of_topic:
+                del self._by_topic[dispatcher.topic]
 
     @property
     def addr(self) -> str:
