@@ -844,14 +844,16 @@ def _rss_mb(pid: int) -> float | None:
 def _fanout_streams_process(addr: str, names: list[str], connected, go, results) -> None:
     """One client process: a Subscribe stream per name. Counts the streams that saw
     the warm-up message; after go, reports each stream's receive time of the
-    measured message."""
+    measured message, once its acks of it were answered."""
     async def main():
         seen_warm: set[str] = set()
         measured: dict[str, int] = {}
+        acked: set[str] = set()  # the streams whose ack of the measured message was answered
 
         async def consume(client: Client, name: str):
             async for frame in client.subscribe_frames(name, max_outstanding=10):
                 now = time.time_ns()
+                got = False
                 for received in frame:
                     if received.message.data == b"warm-up":
                         if name not in seen_warm:
@@ -859,7 +861,10 @@ def _fanout_streams_process(addr: str, names: list[str], connected, go, results)
                             connected.value += 1
                     else:
                         measured.setdefault(name, now)
+                        got = True
                 await client.acknowledge(name, [m.ack_id for m in frame])
+                if got:
+                    acked.add(name)
 
         async with Client(addr) as client:
             tasks = [asyncio.create_task(consume(client, name)) for name in names]
@@ -867,6 +872,8 @@ def _fanout_streams_process(addr: str, names: list[str], connected, go, results)
                 await asyncio.sleep(0.05)
             give_up = time.monotonic() + FANOUT_DELIVERY_TIMEOUT_S
             while len(measured) < len(names) and time.monotonic() < give_up:
+                await asyncio.sleep(0.01)
+            while len(acked) < len(measured) and time.monotonic() < give_up:  # the acks' cost is measured too
                 await asyncio.sleep(0.01)
             results.put(list(measured.values()))
             for task in tasks:
@@ -947,11 +954,19 @@ async def fanout_streams(mesh: LocalMesh, streams: int, processes: int) -> tuple
             rss_streams = _rss_mb(frontend_pid)
             log(f"fanout_streams: settled after {settle_s} s; publishing the measured message")
             go.set()
+            message_cpu_before, message_started = cpu_snapshot(mesh), time.monotonic()
             sent_ns = time.time_ns()
             await client.publish(topic, [b"measured"])
             receipts = []
             for _ in children:
                 receipts += await asyncio.to_thread(results.get, True, FANOUT_DELIVERY_TIMEOUT_S + 30)
+            # What the one message cost each process, its acks included: from its publish
+            # until every client's acks were answered, and FANOUT_IDLE_WINDOW_S more for what
+            # follows them (the sender's acks to storage, the leader's saved state). Not until
+            # the mesh settles: idle streams alone kept it near FANOUT_QUIET_CORES (up to 105 s).
+            await asyncio.sleep(FANOUT_IDLE_WINDOW_S)
+            message_window_s = round(time.monotonic() - message_started, 1)
+            message_cpu_s = cpu_used(message_cpu_before, cpu_snapshot(mesh))
         finally:
             for child in children:
                 child.join(10)
@@ -960,6 +975,7 @@ async def fanout_streams(mesh: LocalMesh, streams: int, processes: int) -> tuple
     latencies = sorted((t - sent_ns) / 1e6 for t in receipts)
     return params, {"subscriptions_created_s": round(create_s, 1), "streams_attached": attached,
                     "attach_s": round(connect_s, 1), "settle_s": settle_s, "idle_cores": idle_cores,
+                    "message_window_s": message_window_s, "message_cpu_s": message_cpu_s,
                     "received": len(latencies),
                     "all_received_ms": round(latencies[-1], 1) if len(latencies) == streams else None,
                     **latency_summary(latencies),

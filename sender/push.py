@@ -141,6 +141,11 @@ class PushSubscriptions:
         self._http = egress.guarded_http_client(allowed, httpx.Limits(max_connections=1000,
                                                                       max_keepalive_connections=100))
         self.workers: dict[str, tuple[PushWorker, asyncio.Task]] = {}
+        # The subscriptions with a push endpoint, as etcd last said: what the sweep each
+        # second looks at, with the workers. Sweeping every subscription instead was 11 %
+        # of the sender's samples while 50,000 pull subscriptions' streams attached
+        # (bench fanout_streams, none of them push). Bound: the push subscriptions.
+        self._push: set[str] = set()
         self._changed = ChangedNames()
         self._task: asyncio.Task | None = None
 
@@ -154,23 +159,37 @@ class PushSubscriptions:
             try:  # also every second: a worker whose subscription vanished has ended
                 await asyncio.wait_for(self._changed.event.wait(), 1.0)
             except TimeoutError:
-                self._changed.note(None)
-            names = self._changed.take()
-            items = self._cluster.subscriptions.items
-            for name in (items.keys() | self.workers.keys()) if names is None else names:
-                record = items.get(name)
-                wanted = record is not None and bool(record.push_config.endpoint) and self._dispatcher.owns(name)
-                if name in self.workers:
-                    worker, task = self.workers[name]
-                    # Any change of the push config (UpdateSubscription) starts the worker over with it.
-                    if wanted and not task.done() and record.push_config == worker.push_config:
-                        continue
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
-                    del self.workers[name]
-                if wanted:
-                    worker = PushWorker(record, self._dispatcher, self._http, self._slots)
-                    self.workers[name] = (worker, asyncio.create_task(worker.run()))
+                pass
+            await self.reconcile(self._changed.take())
+
+    async def reconcile(self, changed: set[str] | None) -> None:
+        """Starts and stops workers: for the subscriptions changed (None: any may have,
+        or ownership moved), and every push subscription and worker (their ownership
+        lapses with this sender's lease, and a worker may have ended)."""
+        items = self._cluster.subscriptions.items
+        if changed is None:
+            self._push = {name for name, record in items.items() if record.push_config.endpoint}
+            changed = set()
+        for name in changed:
+            record = items.get(name)
+            if record is not None and record.push_config.endpoint:
+                self._push.add(name)
+            else:
+                self._push.discard(name)
+        for name in changed | self._push | self.workers.keys():
+            record = items.get(name)
+            wanted = record is not None and bool(record.push_config.endpoint) and self._dispatcher.owns(name)
+            if name in self.workers:
+                worker, task = self.workers[name]
+                # Any change of the push config (UpdateSubscription) starts the worker over with it.
+                if wanted and not task.done() and record.push_config == worker.push_config:
+                    continue
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                del self.workers[name]
+            if wanted:
+                worker = PushWorker(record, self._dispatcher, self._http, self._slots)
+                self.workers[name] = (worker, asyncio.create_task(worker.run()))
 
     async def stop(self) -> None:
         tasks = [self._task] if self._task else []

@@ -100,6 +100,11 @@ class DeadLetters:
             return 0
         now, redriven = now_ms(), 0
         for state in log_.subscriptions.values():
+            # Without dead letters and redrive counts there is nothing to do: checked first,
+            # as this runs each second over every subscription of the shard (10,000 of them
+            # were a tenth of the leader's samples while their streams attached).
+            if not state.dead_letters and not state.redrives:
+                continue
             gone = [seq for seq in state.redrives if seq not in state.leases]
             for seq in gone:
                 del state.redrives[seq]

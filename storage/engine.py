@@ -133,6 +133,9 @@ class StorageEngine:
     def attach(self, shard: str, subscription: pubsub_pb2.Subscription) -> SubscriptionState:
         return self.deliveries.attach(shard, subscription)
 
+    def attach_known(self, shard: str, known: dict[str, pubsub_pb2.Subscription], every: bool = False) -> None:
+        self.deliveries.attach_known(shard, known, every)
+
     def detach(self, shard: str, subscription: str) -> None:
         self.deliveries.detach(shard, subscription)
 

@@ -133,6 +133,12 @@ class ShardLog:
     # detached, with the state_version of their detach, for followers that have
     # an older state: the newest MAX_REMOVED, those at or below removed_floor forgotten.
     leader_epoch: int = 0
+    # The leader epoch under which every subscription etcd knows was last attached
+    # (Deliveries.attach_known); -1: not yet.
+    known_attached: int = -1
+    # What the last collect that freed nothing went by (retention.Retention.collect):
+    # (state_version, commit, first, retention's bound, retain_acked's bound).
+    collected_at: tuple | None = None
     saved_version: int = -1
     removed: dict[str, int] = field(default_factory=dict)
     removed_floor: int = 0

@@ -344,14 +344,14 @@ class StorageNode:
             for name in [s for s in log_.subscriptions if s not in subscriptions]:
                 if await etcd.get(SUBSCRIPTIONS + name.encode()) is None:
                     self.engine.detach(shard, name)
-            self._attach_known(shard)
+            self._attach_known(shard, every=True)  # records read again: each takes its own
 
-    def _attach_known(self, shard: str) -> None:
+    def _attach_known(self, shard: str, every: bool = False) -> None:
         """Attaches every subscription etcd has for the shard's topic (a new leader
-        may not have the latest delivery state yet)."""
+        may not have the latest delivery state yet); unless every, none when all are
+        attached under this leadership (Deliveries.attach_known)."""
         topic, _ = Shard.parse(shard)
-        for record in list(self._cluster.subscriptions.groups.get(topic, {}).values()):
-            self.engine.attach(shard, record)
+        self.engine.attach_known(shard, self._cluster.subscriptions.groups.get(topic, {}), every)
 
     async def _collect(self) -> None:
         rounds = 0

@@ -83,6 +83,30 @@ async def test_acks_of_several_subscriptions_are_split_by_the_subscription_each_
     await dispatcher.close()
 
 
+async def test_merged_acks_of_a_subscription_with_no_stream_here_keep_no_state_for_it():
+    # A unary pull's messages are acked through their owner like any: the sender kept a
+    # dispatcher for each subscription so acked, for good.
+    dispatcher, storage, _ = make_dispatcher()
+    await dispatcher.acknowledge("", [ack_id(0, 7, "audit-sub"), ack_id(1, 1)])
+    assert sorted(storage.acks) == [("audit", 0, "", [ack_id(0, 7, "audit-sub")]), (TOPIC, 1, "", [ack_id(1, 1)])]
+    assert dispatcher.subscriptions == {}
+    await dispatcher.close()
+
+
+async def test_a_topic_is_served_for_its_own_subscriptions_with_streams_only():
+    dispatcher, _, cluster = make_dispatcher()
+    stream, audit_stream = Stream(10), Stream(10)
+    sub = await dispatcher.connect(SUB, stream)
+    audit = await dispatcher.connect("audit-sub", audit_stream)
+    assert dispatcher.serving(TOPIC) == [sub] and dispatcher.serving("audit") == [audit]
+    await dispatcher.disconnect(SUB, sub, stream)
+    assert dispatcher.serving(TOPIC) == []
+    cluster.add_subscription("audit-sub", TOPIC)  # deleted and made anew on another topic
+    moved = await dispatcher.connect("audit-sub", Stream(10))
+    assert dispatcher.serving(TOPIC) == [moved] and dispatcher.serving("audit") == []
+    await dispatcher.close()
+
+
 async def test_nacks_go_to_storage_grouped_by_partition_with_their_delay():
     dispatcher, storage, _ = make_dispatcher(partitions=3)
     request = pubsub_pb2.NackRequest(subscription=SUB, ack_ids=[ack_id(2, 1), ack_id(0, 1), ack_id(2, 5)])

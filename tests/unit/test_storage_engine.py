@@ -10,7 +10,7 @@ from notifymesh import errors
 from notifymesh.clock import now_ms, timestamp
 from notifymesh.contracts import Shard
 from storage import keys, wire
-from storage.delivery import Pull
+from storage.delivery import Pull, SubscriptionState
 from storage.engine import StorageEngine
 from storage.log import Entries, SeqWindow
 
@@ -665,3 +665,44 @@ async def test_a_pull_for_thousands_of_subscriptions_lets_the_loop_run_between_s
     assert {pubsub_pb2.ReceivedMessage.FromString(raw).message.message_id
             for raws, *_ in pulled.values() for raw in raws} == set(ids)
     assert await engine.pull(SHARD, [Pull(name, 10, 60_000) for name in names], 0) == {}  # leased: none again
+
+
+async def test_attaching_the_known_subscriptions_again_attaches_none_until_one_is_new_or_the_leader_is(engine):
+    known = {f"audit-{i}": subscription(f"audit-{i}") for i in range(1000)}
+    engine.lead(SHARD, 7)
+    engine.attach_known(SHARD, known)
+    attached = []
+    attach = engine.deliveries.attach
+    engine.deliveries.attach = lambda shard, record: attached.append(record.name) or attach(shard, record)
+    engine.attach_known(SHARD, known)  # the GC round, each second
+    assert attached == []
+    known["audit-new"] = subscription("audit-new")
+    engine.attach_known(SHARD, known)
+    assert "audit-new" in engine.shard(SHARD).subscriptions
+    attached.clear()
+    engine.attach_known(SHARD, known, every=True)  # etcd read again: every record taken
+    assert len(attached) == len(known)
+    attached.clear()
+    engine.lead(SHARD, 8)  # a new leadership restores the state saved: its records are taken again
+    engine.attach_known(SHARD, known)
+    assert len(attached) == len(known)
+
+
+async def test_a_collect_round_with_nothing_changed_since_one_that_freed_nothing_looks_at_no_subscription(
+        engine, monkeypatch):
+    for i in range(100):
+        engine.attach(SHARD, subscription(f"audit-{i}"))
+    await append(engine, SHARD, messages(b"a"))
+    looked = []
+    low_watermark = SubscriptionState.low_watermark
+    monkeypatch.setattr(SubscriptionState, "low_watermark", lambda state: looked.append(state.name)
+                        or low_watermark(state))
+    assert engine.collect(SHARD, None) == 0  # not delivered yet
+    looked.clear()
+    assert engine.collect(SHARD, None) == 0  # a second later, nothing changed
+    assert looked == []
+    for i in range(100):  # each subscription gets it and acks it: the entry is freed
+        (received,) = await pull(engine, SHARD, f"audit-{i}", 1, 10_000, 0)
+        engine.acknowledge(SHARD, f"audit-{i}", [received.ack_id])
+    assert engine.collect(SHARD, None) == 1
+    assert len(looked) == 100
