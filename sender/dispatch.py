@@ -356,13 +356,15 @@ class Dispatcher:
         stream.max_outstanding = stream.max_outstanding or self._config.stream_max_outstanding
         stream.subscriber = True
         dispatcher.add(stream)
-        log.info("subscriber connected", extra=fields(subscription=name, streams=len(dispatcher.streams)))
+        # debug, not info: a line per stream was 15 % of the sender's samples while
+        # 50,000 streams attached; the frontend's active_streams metric counts them.
+        log.debug("subscriber connected", extra=fields(subscription=name, streams=len(dispatcher.streams)))
         return dispatcher
 
     async def disconnect(self, name: str, dispatcher: SubscriptionDispatcher, stream: "Stream") -> None:
         """The subscriber went away: its unacknowledged messages go back to storage."""
         await dispatcher.remove(stream)
-        log.info("subscriber gone", extra=fields(subscription=name, streams=len(dispatcher.streams)))
+        log.debug("subscriber gone", extra=fields(subscription=name, streams=len(dispatcher.streams)))
         if dispatcher.idle() and self.subscriptions.get(name) is dispatcher:
             del self.subscriptions[name]  # nothing connected, nothing in flight: keep no state
             self._forget_dispatcher(dispatcher)
