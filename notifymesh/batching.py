@@ -37,15 +37,28 @@ class Coalescer(Generic[Item, Result]):
         # The drains under way: the event loop keeps only weak references to tasks, so
         # a drain awaiting a call could be garbage collected with its callers waiting.
         self._drains: set[asyncio.Task] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the last submit (_running_loop)
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop. Python 3.11's asyncio.get_running_loop() makes a getpid
+        system call each time: 3.9 % of a busy sender's samples were that call in
+        submit (py-spy --native, docs/benchmarks.md, 2026-12-01). The loop kept is the
+        running one while it runs, as a Coalescer serves one loop at a time; once it
+        has stopped (a test's next loop), the running one is looked up again."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     async def submit(self, key: Hashable, items: Sequence[Item]) -> list[Result] | None:
         """Results for items, in order (None when send returns None); send's error
         fails every request of the merged call."""
-        request = _Request(items, sum(map(self._size_of, items)), asyncio.get_running_loop().create_future())
+        loop = self._running_loop()
+        request = _Request(items, sum(map(self._size_of, items)), loop.create_future())
         self._waiting[key].append(request)
         if key not in self._busy:
             self._busy.add(key)
-            drain = asyncio.create_task(self._drain(key))
+            drain = loop.create_task(self._drain(key))
             self._drains.add(drain)
             drain.add_done_callback(self._drains.discard)
         return await request.done

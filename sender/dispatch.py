@@ -142,7 +142,12 @@ class SubscriptionDispatcher:
         return sum(max(0, s.room()) for s in self.streams) - self.reserved
 
     async def _per_partition(self, ack_ids, call) -> None:
-        await asyncio.gather(*(call(partition, ids) for partition, ids in ack_ids_by_partition(ack_ids).items()))
+        by_partition = ack_ids_by_partition(ack_ids)
+        if len(by_partition) == 1:  # a pipeline worker's answer of one message: no task and gather for it
+            ((partition, ids),) = by_partition.items()
+            await call(partition, ids)
+            return
+        await asyncio.gather(*(call(partition, ids) for partition, ids in by_partition.items()))
 
     async def _nack(self, ack_ids: list[str]) -> None:
         await self._per_partition(ack_ids, lambda p, ids: self._storage.modify_ack_deadline(

@@ -62,8 +62,8 @@ class FanoutTable(Protocol):
     async def scan(self, partition_key: str, prefix: bytes, start_after: bytes = b"", limit: int = 1000,
                    reverse: bool = False): ...  # -> table.Scanned(keys, values, more)
 
-    async def rate_acquire(self, partition_key: str, key: bytes, limit: int, period_ms: int, token: str,
-                           force: bool = False): ...  # -> table.RateDecision(allowed, retry_after_ms, count)
+    async def rate_acquire_many(self, counters: list[tuple[str, bytes]], limit: int, period_ms: int,
+                                token: str): ...  # -> [table.RateDecision(allowed, retry_after_ms, count)]
 
 
 class FanoutMetadata(Protocol):
@@ -152,12 +152,10 @@ class Fanout:
     async def _duplicates(self, job: Job, recipients: list[str]) -> set[str]:
         """The recipients the same template, category and data reached within the
         window through another notification."""
-        async def repeated(rid: str) -> bool:
-            decision = await self._table.rate_acquire(rid, rows.duplicate_key(rid, job.payload_hash), 1,
-                                                      job.dedup_window_ms, job.notification_id)
-            return not decision.allowed
-        found = await asyncio.gather(*(repeated(rid) for rid in recipients))
-        return {rid for rid, dup in zip(recipients, found) if dup}
+        decisions = await self._table.rate_acquire_many(
+            [(rid, rows.duplicate_key(rid, job.payload_hash)) for rid in recipients], 1, job.dedup_window_ms,
+            job.notification_id)
+        return {rid for rid, decision in zip(recipients, decisions) if not decision.allowed}
 
     async def run(self, notification_id: str, job: internal_pb2.NotificationJob) -> int:
         """Expands the job from its checkpoint on; returns the recipients done in all."""

@@ -69,10 +69,12 @@ class SubscriptionWorker:
         sub = await self._dispatcher.attach(self.name, stream)
         keeper = asyncio.create_task(self._keep_leased(sub, stream))
         log.info("pipeline worker started", extra=fields(subscription=self.name, window=self.window))
+        # asyncio.create_task looks the loop up: a getpid system call in Python 3.11 (batching.py).
+        loop = asyncio.get_running_loop()
         try:
             async for frame in stream.frames():
                 for raw in frame.received_messages:
-                    task = asyncio.create_task(self._handle(sub, pubsub_pb2.ReceivedMessage.FromString(raw)))
+                    task = loop.create_task(self._handle(sub, pubsub_pb2.ReceivedMessage.FromString(raw)))
                     self._handlers.add(task)
                     task.add_done_callback(self._handlers.discard)
         finally:

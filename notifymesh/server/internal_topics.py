@@ -35,9 +35,16 @@ SUBSCRIBABLE_TOPICS = frozenset({EVENTS_TOPIC, AUDIT_TOPIC})
 CHANNELS = (notify_pb2.EMAIL, notify_pb2.SMS, notify_pb2.WEBHOOK, notify_pb2.PUSH, notify_pb2.IN_APP)
 
 
+# Every Channel's name, made once: the enum's Name() in Python, lowered, on each of a
+# send's several calls was 2.9 % of a sender's samples (docs/benchmarks.md, 2026-12-01).
+_CHANNEL_NAMES = {value: name.lower() for name, value in notify_pb2.Channel.items()}
+
+
 def channel_name(channel: int) -> str:
-    """"email", "sms", "webhook": the name in topics, rows, the log and the CLI."""
-    return notify_pb2.Channel.Name(channel).lower()
+    """"email", "sms", "webhook": the name in topics, rows, the log and the CLI;
+    ValueError for a number no Channel has."""
+    name = _CHANNEL_NAMES.get(channel)
+    return name if name is not None else notify_pb2.Channel.Name(channel).lower()  # raises ValueError
 
 
 def parse_channel(name: str) -> int:

@@ -61,7 +61,7 @@ def partition_of(partition_key: str, partitions: int) -> int:
 
 
 def _key(kind: bytes, *fields: str) -> bytes:
-    return kind + SEP.join(f.encode() for f in fields)
+    return kind + "\0".join(fields).encode()  # SEP between the fields' UTF-8
 
 
 def _ms(ms: int) -> str:

@@ -165,3 +165,25 @@ class TableClient:
         (decision,) = await self._acquires.submit(partition, [storage_pb2.RateAcquire(
             key=key, limit=limit, period_ms=period_ms, token=token, force=force)])
         return decision
+
+    async def rate_acquire_many(self, counters: list[tuple[str, bytes]], limit: int, period_ms: int,
+                                token: str) -> list[RateDecision]:
+        """rate_acquire of each counter (partition key, key) with the same limit, period and
+        token, in order: one request per partition (merged with concurrent ones), not
+        one a row. A fan-out page's duplicate checks made a task and a request for
+        each of its 1,000 recipients (docs/benchmarks.md, 2026-12-01)."""
+        await self._known()
+        by_partition: dict[int, list[int]] = defaultdict(list)  # partition -> indexes into counters
+        for i, (partition_key, _) in enumerate(counters):
+            by_partition[self.partition(partition_key)].append(i)
+        decisions: list[RateDecision | None] = [None] * len(counters)
+
+        async def one(partition: int, indexes: list[int]) -> None:
+            found = await self._acquires.submit(partition, [storage_pb2.RateAcquire(
+                key=counters[i][1], limit=limit, period_ms=period_ms, token=token) for i in indexes])
+            for i, decision in zip(indexes, found):
+                decisions[i] = decision
+
+        await asyncio.gather(*(one(p, indexes[i:i + MAX_OPS_PER_CALL]) for p, indexes in by_partition.items()
+                               for i in range(0, len(indexes), MAX_OPS_PER_CALL)))
+        return decisions

@@ -178,11 +178,17 @@ def _compile(content: notify_pb2.TemplateContent, field: str) -> jinja2.Template
     """The field's template; InvalidArgument naming the content, the field and the line."""
     env = _HTML if field == "html" else _TEXT
     try:
-        return env.from_string(getattr(content, field))
+        compiled = env.from_string(getattr(content, field))
     except jinja2.TemplateSyntaxError as e:
         raise errors.InvalidArgument(f"{_label(content)} {field} line {e.lineno}: {e.message}") from None
     except (RecursionError, MemoryError):  # "{{ ((((...)))) }}" nested past the parser's stack
         raise errors.InvalidArgument(f"{_label(content)} {field}: nested too deeply to compile") from None
+    # Each render makes a context of the globals and the values: from a ChainMap (the
+    # template's over the environment's) that took two Python-level walks a field,
+    # 40 % of rendering (py-spy of a sender, docs/benchmarks.md 2026-12-01). Nothing
+    # changes the environments' globals after _environment().
+    compiled.globals = dict(compiled.globals)
+    return compiled
 
 
 def check(template: notify_pb2.Template) -> None:
@@ -211,10 +217,17 @@ def _locales(locale: str, default_locale: str) -> list[str]:
     return [locale, language, default_locale.lower(), ""]
 
 
-def pick(template: notify_pb2.Template, channel: int, locale: str) -> int:
+def _indexes(template: notify_pb2.Template, channel: int) -> dict[str, int]:
+    """The channel's contents of the template: lowercase locale -> index."""
+    return {c.locale.lower(): i for i, c in enumerate(template.contents) if c.channel == channel}
+
+
+def pick(template: notify_pb2.Template, channel: int, locale: str,
+         indexes: dict[str, int] | None = None) -> int:
     """The index of the content used for channel and locale (locale fallback);
-    FAILED_PRECONDITION when the template has none for the channel."""
-    found = {c.locale.lower(): i for i, c in enumerate(template.contents) if c.channel == channel}
+    FAILED_PRECONDITION when the template has none for the channel. indexes: the
+    template's _indexes for the channel, when known."""
+    found = _indexes(template, channel) if indexes is None else indexes
     for candidate in _locales(locale or template.default_locale, template.default_locale):
         if candidate in found:
             return found[candidate]
@@ -230,7 +243,7 @@ class _Key(NamedTuple):
     created_ns: int
 
 
-def _render(compiled: jinja2.Template, values: dict, label: str) -> str:
+def _render(compiled: jinja2.Template, label: str, values: dict) -> str:
     parts, size = [], 0
     try:
         for part in compiled.generate(values):
@@ -253,21 +266,35 @@ def _render(compiled: jinja2.Template, values: dict, label: str) -> str:
     return "".join(parts)
 
 
+class _Field(NamedTuple):
+    """A content's field, compiled."""
+    template: jinja2.Template
+    label: str  # "email/en subject": what its errors name
+
+
+class _Version(NamedTuple):
+    """A template version, compiled once for all its renders."""
+    fields: dict[tuple[int, str], _Field]  # (content index, field) of every set field
+    indexes: dict[int, dict[str, int]]  # channel -> its contents' _indexes
+
+
 class Renderer:
     """Renders stored template versions, compiling each version once (a bounded
     LRU of CACHE_SIZE versions)."""
 
     def __init__(self, cache_size: int = CACHE_SIZE):
-        self._cache: OrderedDict[_Key, dict[tuple[int, str], jinja2.Template]] = OrderedDict()
+        self._cache: OrderedDict[_Key, _Version] = OrderedDict()
         self._size = cache_size
 
-    def _compiled(self, template: notify_pb2.Template) -> dict[tuple[int, str], jinja2.Template]:
-        """(content index, field) -> compiled template, for every set field."""
+    def _compiled(self, template: notify_pb2.Template) -> _Version:
         key = _Key(template.name, template.version, template.create_time.ToNanoseconds())
         compiled = self._cache.get(key)
         if compiled is None:
-            compiled = {(i, field): _compile(content, field) for i, content in enumerate(template.contents)
-                        for field in FIELDS.get(content.channel, ()) if getattr(content, field)}
+            compiled = _Version(
+                {(i, field): _Field(_compile(content, field), f"{_label(content)} {field}")
+                 for i, content in enumerate(template.contents)
+                 for field in FIELDS.get(content.channel, ()) if getattr(content, field)},
+                {c.channel: _indexes(template, c.channel) for c in template.contents})
             self._cache[key] = compiled
             if len(self._cache) > self._size:
                 self._cache.popitem(last=False)
@@ -280,18 +307,19 @@ class Renderer:
         """The content of channel for locale (fallback: its language, the default
         locale, the content without locale), rendered with values (context()).
         Raises MissingVariable, RenderError, FailedPrecondition (no content)."""
-        index = pick(template, channel, locale)
-        content = template.contents[index]
         compiled = self._compiled(template)
+        index = pick(template, channel, locale, compiled.indexes.get(channel, {}))
+        content = template.contents[index]
         out = notify_pb2.RenderedContent(channel=channel, locale=content.locale or template.default_locale,
                                          version=template.version)
         token = _range_budget.set(MAX_RANGE_ITEMS)
         try:
             for field in FIELDS[channel]:
-                if (index, field) in compiled:
+                compiled_field = compiled.fields.get((index, field))
+                if compiled_field is not None:
                     deadline = _deadline.set(time.monotonic() + MAX_RENDER_SECONDS)
                     try:
-                        setattr(out, field, _render(compiled[index, field], values, f"{_label(content)} {field}"))
+                        setattr(out, field, _render(*compiled_field, values))
                     finally:
                         _deadline.reset(deadline)
         finally:

@@ -100,6 +100,15 @@ class FakeTable:
         self.counters[key] = sent
         return RateDecision(True, 0, len(sent))
 
+    async def rate_acquire_many(self, counters: list[tuple[str, bytes]], limit: int, period_ms: int,
+                                token: str) -> list[RateDecision]:
+        self.calls.append(("rate_acquire_many", [partition_key for partition_key, _ in counters]))
+        decided = []
+        for partition_key, key in counters:
+            decided.append(await self.rate_acquire(partition_key, key, limit, period_ms, token))
+            self.calls.pop()  # one call, recorded above
+        return decided
+
     def count(self, kind: str) -> int:
         return sum(1 for call, _ in self.calls if call == kind)
 

@@ -87,3 +87,29 @@ async def test_a_call_cancelled_from_inside_fails_its_batch_and_the_waiting_requ
     assert await asyncio.wait_for(second, 1) == [2]
     with pytest.raises(errors.Unavailable, match="cancelled"):
         await first
+
+
+async def test_the_running_loop_is_looked_up_once_while_it_runs(monkeypatch):
+    """asyncio.get_running_loop() makes a system call in Python 3.11: a busy sender's
+    every submit paid for it."""
+    looked_up = []
+    running_loop = asyncio.get_running_loop
+    monkeypatch.setattr(asyncio, "get_running_loop", lambda: looked_up.append(1) or running_loop())
+
+    async def send(key, items):
+        return items
+
+    coalescer = Coalescer(send)
+    for i in range(5):
+        assert await coalescer.submit("k", [i]) == [i]
+    assert len(looked_up) == 1
+
+
+def test_a_coalescer_serves_one_loop_after_another():
+    async def send(key, items):
+        await asyncio.sleep(0)
+        return items
+
+    coalescer = Coalescer(send)
+    assert asyncio.run(coalescer.submit("k", [1])) == [1]
+    assert asyncio.run(coalescer.submit("k", [2])) == [2]

@@ -11,7 +11,7 @@ from gen.notifymesh.v1 import notify_pb2
 from notify_fakes import FakeTable
 from notifymesh import errors
 from notifymesh.clock import to_ms
-from notifymesh.server import rows
+from notifymesh.server import internal_topics, rows
 from notifymesh.server.notification_log import BatchedRecorder, Event, NotificationLog
 
 EMAIL, SMS = notify_pb2.EMAIL, notify_pb2.SMS
@@ -196,3 +196,14 @@ async def test_recorded_events_are_published_after_their_rows_a_thousand_a_messa
     with pytest.raises(RuntimeError):
         await log.record([ev("n1", "x", EMAIL, notify_pb2.SEND_QUEUED, T0)])
     assert await NotificationLog(FakeTable(), RETENTION).record([ev("n1", "x", EMAIL, 1, T0)]) is None  # no publisher
+
+
+def test_an_event_key_names_each_channel_and_parses_back():
+    for channel in internal_topics.CHANNELS:
+        name = internal_topics.channel_name(channel)
+        assert internal_topics.parse_channel(name) == channel
+        key = rows.event_key("nid-é", "rid\u00e9", name, T0, notify_pb2.SEND_SENT)
+        assert rows.parse_event_key(key) == ("nid-é", "rid\u00e9", name, T0, notify_pb2.SEND_SENT)
+    assert internal_topics.channel_name(notify_pb2.EMAIL) == "email"
+    with pytest.raises(ValueError):
+        internal_topics.channel_name(99)

@@ -29,6 +29,11 @@ class FakeStorage:
             self.calls.append((method, partition, len(request.ops)))
             self.rows.update((op.key, op.value) for op in request.ops)
             return storage_pb2.TableWriteResponse()
+        if method == "RateAcquire":  # allowed once a key (limit 1, tokens aside)
+            self.calls.append((method, partition, len(request.acquires)))
+            decisions = [storage_pb2.RateDecision(allowed=a.key not in self.rows) for a in request.acquires]
+            self.rows.update((a.key, b"1") for a in request.acquires)
+            return storage_pb2.RateAcquireResponse(decisions=decisions)
         self.calls.append((method, partition, len(request.keys)))
         return storage_pb2.TableReadResponse(values=[self.rows.get(k, b"") for k in request.keys],
                                              found=[k in self.rows for k in request.keys])
@@ -64,6 +69,18 @@ async def test_many_keys_are_read_one_call_per_partition(table):
     assert len(reads) == len({partition_of(rid, 8) for rid in recipients + ["nobody"]})
     assert await table.read("r1", [b"C\0r1", b"C\0none"]) == [b"r1", None]
     assert table._storage.calls[-1] == ("TableRead", partition_of("r1", 8), 2)
+
+
+async def test_acquires_of_many_counters_go_one_request_per_partition_in_order(table):
+    recipients = [f"r{i}" for i in range(100)]
+    await table.rate_acquire_many([("r3", b"D\0r3")], 1, 60_000, "n0")
+    table._storage.calls.clear()
+    decisions = await table.rate_acquire_many([(rid, b"D\0" + rid.encode()) for rid in recipients], 1, 60_000,
+                                              "n1")
+    assert [d.allowed for d in decisions] == [rid != "r3" for rid in recipients]
+    partitions = {partition_of(rid, 8) for rid in recipients}
+    assert sorted(p for _, p, _ in table._storage.calls) == sorted(partitions)
+    assert sum(n for _, _, n in table._storage.calls) == 100
 
 
 async def test_no_partition_before_the_table_topic_is_created():

@@ -1,6 +1,7 @@
 """Templates: locale fallback, strict undefined variables, the sandbox, compile
 errors naming their line, HTML-only autoescape, webhook JSON bodies, bounds."""
 
+import collections
 import time
 
 import pytest
@@ -166,6 +167,20 @@ def test_compiled_versions_are_cached_and_bounded():
     again = template(content(text="new"), version=3)
     again.create_time.FromMilliseconds(5)
     assert renderer.render(again, SMS, "", values()).text == "new"
+
+
+def test_a_render_walks_no_chain_of_globals(monkeypatch):
+    """Each field's context is made from the globals: walking them as a ChainMap was
+    40 % of a sender's rendering."""
+    tpl = template(content(text="{{ range(2) | list }} {{ data.n }}"))
+    renderer = Renderer()
+    renderer.render(tpl, SMS, "", values({"n": 1}))  # compiled
+
+    def walked(self):
+        raise AssertionError("a ChainMap walked")
+
+    monkeypatch.setattr(collections.ChainMap, "__iter__", walked)
+    assert renderer.render(tpl, SMS, "", values({"n": 2})).text == "[0, 1] 2"
 
 
 def test_a_render_error_from_the_data_is_invalid_argument():
