@@ -57,6 +57,11 @@ SECRET_REQUIRED = {"fcm": "the service account's private key (PEM)", "apns": "th
 MAX_SETTING_BYTES = 1024
 MAX_SECRET_BYTES = 4096
 DEFAULT_MAX_CONCURRENCY, MAX_CONCURRENCY = 32, 1000
+# An APNs provider's sends are streams of one HTTP/2 connection (APNs takes up to
+# 1,000 on one), not connections: at 32 in flight a push send cost the mesh
+# 2.1-2.6 ms of CPU, at 256 and at 1,000 1.6 ms, storage's rounds carrying more
+# rows each (bench/notify.py --mode push, docs/benchmarks.md 2026-12-01).
+DEFAULT_MAX_CONCURRENCY_OF_KIND = {"apns": 256}
 # Several providers per channel, tried by priority (lowest first) where a circuit
 # breaker passes one over: a handful is what failover needs; each is an adapter
 # (connections, a breaker) in every sender.
@@ -199,7 +204,8 @@ def check_provider(provider: notify_pb2.Provider) -> notify_pb2.Provider:
     _bytes_at_most("secret", record.secret, MAX_SECRET_BYTES)
     if kind in SECRET_REQUIRED and record.secret:  # none given: SetProvider may keep the stored one
         _signing_key(kind, record.secret)
-    record.max_concurrency = record.max_concurrency or DEFAULT_MAX_CONCURRENCY
+    record.max_concurrency = record.max_concurrency or DEFAULT_MAX_CONCURRENCY_OF_KIND.get(record.kind,
+                                                                                        DEFAULT_MAX_CONCURRENCY)
     validation.count_between("max concurrency", record.max_concurrency, 1, MAX_CONCURRENCY)
     validation.name("provider", _named(record).name)
     validation.count_between("provider priority", record.priority, 0, MAX_PRIORITY)

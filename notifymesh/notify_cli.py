@@ -739,7 +739,7 @@ def _add_provider_commands(commands) -> None:
     put.add_argument("--overlap", type=base.duration,
                      help="webhook, with a new --secret-file: how long the replaced signing key keeps signing beside "
                           "the new one, e.g. 2h (default 24h; 0: stops at once; at most 7d)")
-    put.add_argument("--max-concurrency", type=base.count(1, 1000), help="sends in flight at once (default 32)")
+    put.add_argument("--max-concurrency", type=base.count(1, 1000), help="sends in flight at once (default 32; apns 256)")
     put.add_argument("--name", default="", help="a channel has several providers by name (default: 'default')")
     put.add_argument("--priority", type=base.count(0, 1000), default=0,
                      help="lower is tried first; the next takes over while one's circuit breaker is open")

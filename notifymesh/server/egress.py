@@ -6,8 +6,9 @@ mesh call it from inside).
 
 Checked twice: when the URL is given (check_url: INVALID_ARGUMENT with the reason)
 and at each connection, on what the host resolves to then, connecting only to an
-address just checked (pinned: GuardedConnector for aiohttp, GuardedBackend for httpx), so a DNS answer that changes
-between the check and the connection (rebinding) gains nothing."""
+address just checked (pinned: GuardedConnector for aiohttp, GuardedBackend for httpx,
+curl_socket_opener for libcurl), so a DNS answer that changes between the check and
+the connection (rebinding) gains nothing."""
 
 import asyncio
 import ipaddress
@@ -19,6 +20,7 @@ from typing import Callable
 import aiohttp
 import httpcore
 import httpx
+import pycurl
 
 from notifymesh import errors
 from notifymesh.log import fields
@@ -140,14 +142,30 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-def guarded_http_client(allowed: Allowed, limits: httpx.Limits | None = None, http2: bool = False,
-                        **client_options) -> httpx.AsyncClient:
+def guarded_http_client(allowed: Allowed, limits: httpx.Limits | None = None, **client_options) -> httpx.AsyncClient:
     """An httpx client whose connections go only where allowed (no proxy from the
-    environment). http2: HTTP/2 only (APNs); client_options: httpx.AsyncClient's."""
-    transport = httpx.AsyncHTTPTransport(limits=limits or httpx.Limits(), http1=not http2, http2=http2)
+    environment); client_options: httpx.AsyncClient's."""
+    transport = httpx.AsyncHTTPTransport(limits=limits or httpx.Limits())
     pool = transport._pool  # httpx takes no backend of its own: wrap the pool's
     pool._network_backend = GuardedBackend(pool._network_backend, allowed)
     return httpx.AsyncClient(transport=transport, **client_options)
+
+
+def curl_socket_opener(allowed: Allowed, host: str, refused: list[str]):
+    """libcurl's OPENSOCKETFUNCTION (pycurl): libcurl asks it for the socket of each
+    connection, with the address it resolved and will connect that socket to, so
+    the address checked is the one connected to. A refused address (its reason
+    appended to refused) makes libcurl try the host's next one; with none left the
+    request fails to connect, which the caller reports as ForbiddenAddress."""
+    def open_socket(_purpose: int, address) -> socket.socket | int:
+        ip = address.addr[0]
+        why = refusal(ip, allowed())
+        if why:
+            log.warning("connection refused: forbidden address", extra=fields(host=host[:200], address=ip))
+            refused.append(_explain(host, ip, why))
+            return pycurl.SOCKET_BAD
+        return socket.socket(address.family, address.socktype, address.protocol)
+    return open_socket
 
 
 async def guarded_socket(host: str, port: int, allowed: Allowed, timeout_s: float) -> socket.socket:

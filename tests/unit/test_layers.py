@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 # (Not grpc_health or grpc_reflection: grpc's own __init__ imports them whenever
 # they are installed, as they are beside the server side.)
-SERVER_MODULES = ("aetcd", "rocksdict", "uhashring", "httpx", "uvloop", "frontend", "metadata", "storage", "sender",
+SERVER_MODULES = ("aetcd", "rocksdict", "uhashring", "httpx", "pycurl", "uvloop", "frontend", "metadata", "storage", "sender",
                   "deploy", "notifymesh.server", "notifymesh.bench", "gen.notifymesh.internal")
 
 # What a user of the client library does, in a fresh interpreter.

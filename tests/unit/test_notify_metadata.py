@@ -90,6 +90,17 @@ def test_a_provider_gets_its_defaults():
     assert check_provider(notify_pb2.Provider(channel=WEBHOOK, kind="webhook")).kind == "webhook"
 
 
+def test_an_apns_provider_sends_256_at_once_by_default():
+    """Its sends are streams of one HTTP/2 connection; the others' are connections."""
+    apns = notify_pb2.Provider(channel=notify_pb2.PUSH, kind="apns",
+                               settings={"key_id": "K", "team_id": "T", "topic": "com.example.app"})
+    assert check_provider(apns).max_concurrency == 256
+    apns.max_concurrency = 32
+    assert check_provider(apns).max_concurrency == 32
+    fcm = notify_pb2.Provider(channel=notify_pb2.PUSH, kind="fcm", settings={"project_id": "p", "client_email": "e"})
+    assert check_provider(fcm).max_concurrency == 32
+
+
 def test_a_provider_is_named_default_without_a_name_and_its_priority_is_bounded():
     assert (check_provider(smtp()).name, check_provider(smtp()).priority) == ("default", 0)
     named = notify_pb2.Provider(channel=WEBHOOK, kind="webhook", name="relay-2", priority=1000)

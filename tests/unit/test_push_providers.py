@@ -4,14 +4,18 @@ requests against the local fakes (deploy/push_fakes.py, real HTTP and HTTP/2
 servers in the test's loop): sent, dead tokens, throttling, refused credentials."""
 
 import asyncio
-
+import re
+import ssl
 import time
 
 import aiohttp
+import certifi
 import jwt
+import pycurl
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from deploy import pki, push_fakes
 from deploy.local_providers import LocalProviders, apns_record, credentials, provider_records, read_outbox
 from deploy.push_fakes import new_ec_key, new_rsa_key
 from gen.notifymesh.v1 import notify_pb2
@@ -19,6 +23,7 @@ from notifymesh.server.config import LOOPBACK_NETWORKS, parse_networks
 from sender.providers import DeadAddressError, OutgoingMessage, PermanentSendError, TransientSendError, provider_for
 from sender.providers.apns import TOKEN_REFRESH_S, ApnsProvider
 from sender.providers.fcm import SCOPE, FcmProvider
+from sender.providers.http2_client import Http2Client
 from sender.providers.push_auth import Bearer, CachedBearer, Throttle
 
 LOOPBACK = (lambda: parse_networks(LOOPBACK_NETWORKS))  # the local fakes are on loopback
@@ -138,7 +143,7 @@ async def test_fcm_and_apns_send_to_the_fakes_which_store_what_they_got(fakes):
     try:
         sent = await fcm.send(push("fcm-token-1", "fcm", json_body='{"invoice":"17"}'))
         sent_apns = await apns.send(push(APNS_TOKEN, "apns", json_body='{"invoice":"17"}'))
-        response = await apns._client.post(f"/3/device/{APNS_TOKEN}", content=b"{}")
+        response = await apns._client.post(f"/3/device/{APNS_TOKEN}", b"{}", {})
         assert response.http_version == "HTTP/2"
         with pytest.raises(PermanentSendError, match="a fcm device; the push provider sends to apns devices"):
             await apns.send(push("fcm-token-1", "fcm"))
@@ -216,3 +221,99 @@ async def test_push_providers_connect_only_where_the_mesh_may(fakes):
         await fcm.close()
         await apns.close()
     assert read_outbox(providers.outbox._data_dir, "push") == []
+
+
+class AnsweredClient(Http2Client):
+    """The APNs provider's HTTP/2 client with libcurl's resolver answering the test's
+    addresses for the host (its RESOLVE entries), as a DNS server would."""
+
+    def __init__(self, answer: str, port: int, *args):
+        super().__init__(*args)
+        self._answer, self._port = answer, port
+
+    def _request(self, transfer, *args):
+        easy = super()._request(transfer, *args)
+        easy.setopt(pycurl.RESOLVE, [f"apns.test:{self._port}:{self._answer}"])
+        return easy
+
+
+async def test_apns_connects_only_to_allowed_addresses_of_each_dns_answer(fakes):
+    """The address checked is the one libcurl connects to: an answer changed to a
+    forbidden address is refused at the next connection, and of an answer holding
+    both, only the allowed address is connected to."""
+    providers, _ = fakes
+    port = providers.push.apns_port
+    record = apns_record(providers.creds, "127.0.0.1", port)
+    record.settings["base_url"] = f"http://apns.test:{port}"
+    allowed = (lambda: parse_networks("127.0.0.1/32"))
+    for answer, refused in (("127.0.0.1", ""), ("127.0.0.2", "apns refused: apns.test (127.0.0.2) is a loopback"),
+                            ("10.0.0.1,127.0.0.1", ""), ("10.0.0.1", "apns.test (10.0.0.1) is a private")):
+        apns = ApnsProvider(record, allowed)
+        await apns.close()
+        apns._client = AnsweredClient(answer, port, allowed, record.settings["base_url"], 5.0)
+        try:
+            if refused:
+                with pytest.raises(PermanentSendError, match=re.escape(refused)):
+                    await apns.send(push(APNS_TOKEN, "apns"))
+            else:
+                await apns.send(push(APNS_TOKEN, "apns"))
+        finally:
+            await apns.close()
+    assert len(read_outbox(providers.outbox._data_dir, "push")) == 2
+
+
+async def test_apns_over_tls_verifies_the_server_against_its_roots(fakes, tmp_path, monkeypatch):
+    """HTTP/2 over TLS (ALPN), as APNs serves it: a server whose CA is not among the
+    roots is not sent to (a transient failure, as any failed connection); with its CA
+    among them the send goes through."""
+    providers, _ = fakes
+    pki.new_ca(tmp_path / "tls")
+    pki.issue(tmp_path / "tls", "apns")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "tls" / "apns.pem", tmp_path / "tls" / "apns.key")
+    context.set_alpn_protocols(["h2"])
+    server = await asyncio.get_running_loop().create_server(lambda: push_fakes._H2Server(providers.push),
+                                                            "127.0.0.1", 0, ssl=context)
+    record = apns_record(providers.creds, "127.0.0.1", 0)
+    record.settings["base_url"] = f"https://localhost:{server.sockets[0].getsockname()[1]}"
+    try:
+        apns = ApnsProvider(record, LOOPBACK)
+        try:
+            with pytest.raises(TransientSendError, match="apns: SSL certificate.*unable to get local issuer certificate"):
+                await apns.send(push(APNS_TOKEN, "apns"))
+        finally:
+            await apns.close()
+        monkeypatch.setattr(certifi, "where", lambda: str(tmp_path / "tls" / pki.CA_FILE))
+        apns = ApnsProvider(record, LOOPBACK)
+        try:
+            await apns.send(push(APNS_TOKEN, "apns"))
+            assert (await apns._client.post(f"/3/device/{APNS_TOKEN}", b"{}", {})).http_version == "HTTP/2"
+        finally:
+            await apns.close()
+    finally:
+        server.close()
+    assert len(read_outbox(providers.outbox._data_dir, "push")) == 1
+
+
+async def test_apns_gives_up_on_a_silent_server_after_its_timeout(fakes):
+    """A server that takes the connection and never answers: a transient failure
+    once timeout_seconds have passed, and the request is no longer under way."""
+    providers, _ = fakes
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader, writer):
+        held.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    record = apns_record(providers.creds, "127.0.0.1", server.sockets[0].getsockname()[1])
+    record.settings["timeout_seconds"] = "0.3"
+    apns = ApnsProvider(record, LOOPBACK)
+    try:
+        with pytest.raises(TransientSendError, match="apns: .*[Tt]imed? ?out"):
+            await apns.send(push(APNS_TOKEN, "apns"))
+        assert apns._client._transfers == {}
+    finally:
+        await apns.close()
+        for writer in held:
+            writer.close()
+        server.close()
