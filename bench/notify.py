@@ -116,8 +116,9 @@ async def load(client: Client, count: int) -> dict:
     return {"load_s": round(time.monotonic() - started, 1), "recipients_refused": refused}
 
 
-async def set_providers(client: Client, mesh: LocalMesh, mode: str, concurrency: int, push_provider: str) -> None:
-    """sink/latency: the sink on email and SMS; sms, email, push: the local providers."""
+async def set_providers(client: Client, mesh: LocalMesh, mode: str, concurrency: int, push_provider: str) -> int:
+    """sink/latency: the sink on email and SMS; sms, email, push: the local providers.
+    concurrency 0: each provider kind's default. Returns the max_concurrency stored."""
     creds = local_providers.credentials(mesh.data_dir)
     if mode in ("sink", "latency"):
         records = [notify_pb2.Provider(channel=c, kind="sink") for c in (notify_pb2.EMAIL, notify_pb2.SMS)]
@@ -129,10 +130,12 @@ async def set_providers(client: Client, mesh: LocalMesh, mode: str, concurrency:
     else:
         records = [r for r in local_providers.provider_records(creds, "127.0.0.1", *mesh.provider_ports[:2])
                    if r.channel == (notify_pb2.SMS if mode == "sms" else notify_pb2.EMAIL)]
+    stored = []
     for record in records:
         record.max_concurrency = concurrency
-        await client.set_provider(record)
+        stored.append((await client.set_provider(record)).max_concurrency)
     await asyncio.sleep(2.0)  # the senders' mirrors take the providers and their windows
+    return max(stored)
 
 
 class Tracker:
@@ -276,9 +279,8 @@ async def run(mesh: LocalMesh, args) -> dict:
         line = await load(client, args.recipients)
         if args.mode == "push":
             line["add_devices_s"] = await add_devices(client, args.recipients, args.devices, args.push_provider)
-        concurrency = args.concurrency or (256 if args.mode in ("sink", "latency") else 32)
-        await set_providers(client, mesh, args.mode, concurrency, args.push_provider)
-        line["provider_concurrency"] = concurrency
+        concurrency = args.concurrency or (256 if args.mode in ("sink", "latency") else 0)
+        line["provider_concurrency"] = await set_providers(client, mesh, args.mode, concurrency, args.push_provider)
         before, cpu_started = cpu_by_process(mesh), time.monotonic()
         if args.mode == "latency":
             line |= await latency(client, args)
@@ -311,7 +313,8 @@ def main() -> int:
     p.add_argument("--recipients", type=int, default=20_000, help="loaded, and notified (throughput modes)")
     p.add_argument("--senders", type=int, default=1)
     p.add_argument("--concurrency", type=int, default=0,
-                   help="the providers' max_concurrency (default: 256 for the sink, 32 otherwise)")
+                   help="the providers' max_concurrency (default: 256 for the sink, else each provider kind's "
+                        "own default: APNs 256, others 32)")
     p.add_argument("--rate", type=int, default=1000, help="latency: recipients/s offered")
     p.add_argument("--batch", type=int, default=10, help="latency: recipients per Notify call")
     p.add_argument("--duration", type=float, default=10.0, help="latency: seconds of Notify calls")
