@@ -71,8 +71,8 @@ class GatewaySenders(Protocol):
 
 class RelayedStream(Protocol):
     """One client stream relayed from a sender (notifymesh.server.relay.RelayedFrames):
-    its frames as bytes, until it ends (raising the sender's status as a
-    NotifymeshError, or a broken call's AioRpcError)."""
+    its frames as bytes, until it ends (raising the sender's status, or the broken
+    call's, as a NotifymeshError)."""
 
     def __aiter__(self) -> AsyncIterator[bytes]: ...
 
@@ -184,19 +184,18 @@ class Gateway:
             except asyncio.CancelledError:
                 if not self._closing:  # the client went away
                     raise
-            except (grpc.aio.AioRpcError, errors.NotifymeshError) as e:
+            except errors.NotifymeshError as e:
                 if call is None:  # pick(): no live sender yet
                     if not isinstance(e, errors.Unavailable):
                         raise
                 else:
-                    code = e.code() if isinstance(e, grpc.aio.AioRpcError) else e.code
-                    if not self._closing and code not in (*errors.RETRYABLE_CODES, grpc.StatusCode.CANCELLED):
+                    if not self._closing and e.code not in (*errors.RETRYABLE_CODES, grpc.StatusCode.CANCELLED):
                         raise
-                    if code == grpc.StatusCode.UNAVAILABLE:
+                    if e.code == grpc.StatusCode.UNAVAILABLE:
                         # Perhaps the sender died: if its address refuses connections, its lease
                         # ends now and the ring moves on, instead of after the lease (3 s).
                         self.suspects.suspect("sender", addr)
-                    log.info("sender stream broke; reconnecting", extra=fields(subscription=name, code=code.name))
+                    log.info("sender stream broke; reconnecting", extra=fields(subscription=name, code=e.code.name))
             finally:
                 if call is not None:
                     self._relays.discard(call)

@@ -259,7 +259,7 @@ class RelayCall:
 
     async def __aiter__(self):
         if self.code is not None:
-            raise grpc.aio.AioRpcError(self.code, grpc.aio.Metadata(), grpc.aio.Metadata(), "stream broke")
+            raise errors.of_status(self.code.value[0], "stream broke")  # as RelayedFrames raises it
         yield self.addr.encode()
 
     def cancel(self) -> None:
