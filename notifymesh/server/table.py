@@ -8,7 +8,7 @@ partition, the partitions in parallel."""
 
 import asyncio
 from collections import defaultdict
-from typing import NamedTuple
+from typing import Awaitable, Callable, NamedTuple, TypeVar
 
 from gen.notifymesh.internal.v1 import storage_pb2
 from notifymesh import errors
@@ -22,6 +22,8 @@ MAX_OPS_PER_CALL = 1_000   # a merged write carries whole requests up to this ma
 MAX_BYTES_PER_CALL = 4 << 20  # ... and bytes (storage refuses over 10,000 ops)
 MAX_KEYS_PER_CALL = 10_000    # storage's bound of one TableRead
 MAX_SCAN_ROWS = 10_000  # and of the rows one TableScanMany may ask for (prefixes x limit)
+
+T = TypeVar("T")
 
 
 class Scanned(NamedTuple):
@@ -132,20 +134,28 @@ class TableClient:
     async def scan_many(self, scans: list[tuple[str, bytes]], limit: int) -> list[Scanned]:
         """The first rows (at most limit) under each (partition key, prefix): one call
         per partition (and per MAX_SCAN_ROWS rows asked for), the partitions in parallel."""
-        await self._known()
-        by_partition: dict[int, list[int]] = defaultdict(list)  # partition -> indexes into scans
-        for i, (partition_key, _) in enumerate(scans):
-            by_partition[self.partition(partition_key)].append(i)
-        per_call = max(1, MAX_SCAN_ROWS // limit)
-        results: list[Scanned | None] = [None] * len(scans)
-
-        async def one(partition: int, indexes: list[int]) -> None:
+        async def call(partition: int, indexes: list[int]) -> list[Scanned]:
             response = await self._storage.call("TableScanMany", TABLE_TOPIC, partition,
                                                 storage_pb2.TableScanManyRequest(
                                                     partition=partition, prefixes=[scans[i][1] for i in indexes],
                                                     limit=limit))
-            for i, scanned in zip(indexes, response.scans):
-                results[i] = Scanned(list(scanned.keys), list(scanned.values), scanned.more)
+            return [Scanned(list(scanned.keys), list(scanned.values), scanned.more) for scanned in response.scans]
+        return await self._by_partition([key for key, _ in scans], max(1, MAX_SCAN_ROWS // limit), call)
+
+    async def _by_partition(self, partition_keys: list[str], per_call: int,
+                            call: Callable[[int, list[int]], Awaitable[list[T]]]) -> list[T]:
+        """call(partition, indexes) for the items of each partition (their indexes in
+        partition_keys, at most per_call a call), the partitions in parallel; the
+        results in the items' order."""
+        await self._known()
+        by_partition: dict[int, list[int]] = defaultdict(list)
+        for i, partition_key in enumerate(partition_keys):
+            by_partition[self.partition(partition_key)].append(i)
+        results: list = [None] * len(partition_keys)
+
+        async def one(partition: int, indexes: list[int]) -> None:
+            for i, result in zip(indexes, await call(partition, indexes)):
+                results[i] = result
 
         await asyncio.gather(*(one(p, indexes[i:i + per_call]) for p, indexes in by_partition.items()
                                for i in range(0, len(indexes), per_call)))
@@ -172,18 +182,7 @@ class TableClient:
         token, in order: one request per partition (merged with concurrent ones), not
         one a row. A fan-out page's duplicate checks made a task and a request for
         each of its 1,000 recipients (docs/benchmarks.md, 2026-12-01)."""
-        await self._known()
-        by_partition: dict[int, list[int]] = defaultdict(list)  # partition -> indexes into counters
-        for i, (partition_key, _) in enumerate(counters):
-            by_partition[self.partition(partition_key)].append(i)
-        decisions: list[RateDecision | None] = [None] * len(counters)
-
-        async def one(partition: int, indexes: list[int]) -> None:
-            found = await self._acquires.submit(partition, [storage_pb2.RateAcquire(
-                key=counters[i][1], limit=limit, period_ms=period_ms, token=token) for i in indexes])
-            for i, decision in zip(indexes, found):
-                decisions[i] = decision
-
-        await asyncio.gather(*(one(p, indexes[i:i + MAX_OPS_PER_CALL]) for p, indexes in by_partition.items()
-                               for i in range(0, len(indexes), MAX_OPS_PER_CALL)))
-        return decisions
+        return await self._by_partition([key for key, _ in counters], MAX_OPS_PER_CALL, lambda partition, indexes:
+                                        self._acquires.submit(partition, [storage_pb2.RateAcquire(
+                                            key=counters[i][1], limit=limit, period_ms=period_ms, token=token)
+                                            for i in indexes]))
