@@ -319,7 +319,7 @@ class Renderer:
                 if compiled_field is not None:
                     deadline = _deadline.set(time.monotonic() + MAX_RENDER_SECONDS)
                     try:
-                        setattr(out, field, _render(*compiled_field, values))
+                        setattr(out, field, _render(compiled_field.template, compiled_field.label, values))
                     finally:
                         _deadline.reset(deadline)
         finally:
