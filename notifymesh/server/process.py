@@ -30,7 +30,7 @@ from notifymesh import log as log_mod
 from notifymesh.channel import channel_options
 from notifymesh.log import fields
 from notifymesh.server import config as config_mod
-from notifymesh.server import sealing, telemetry, tracing
+from notifymesh.server import gc_freeze, sealing, telemetry, tracing
 from notifymesh.server.cluster import Cluster, PrefixMirror, Registration, connect_etcd, etcd_channel
 from notifymesh.server.status import answered
 from notifymesh.server.tls import ChannelCredentials, TlsFiles, server_credentials
@@ -371,9 +371,10 @@ async def serve(kind: str, args: argparse.Namespace,
     metrics_addr = await metrics_server.start()
     if host in ("0.0.0.0", "[::]") and args.advertise:  # reachable at the advertised host
         metrics_addr = f"{args.advertise.rpartition(':')[0]}:{metrics_addr.rpartition(':')[2]}"
-    loop_lag, gc_pauses = telemetry.LoopLag(), telemetry.GcPauses()
+    loop_lag, gc_pauses, frozen = telemetry.LoopLag(), telemetry.GcPauses(), gc_freeze.FrozenSurvivors()
     loop_lag.start()
-    gc_pauses.start()
+    gc_pauses.start()  # before the freezer: a collection's pause is timed without its freeze
+    frozen.start()
     registration = Registration(etcd, kind, args.node_id, addr, config.member_lease_ttl_s, metrics_addr,
                                 internal_addr, keeper_channel=lambda: etcd_channel(args.etcd, tls))
     await registration.start()
@@ -398,6 +399,7 @@ async def serve(kind: str, args: argparse.Namespace,
     await component.close()
     await loop_lag.stop()
     await gc_pauses.stop()
+    await frozen.stop()
     await metrics_server.stop()
     await cluster.stop()
     await data_keys.stop()
