@@ -289,6 +289,9 @@ def log_tasks(state: Callable[[], dict] | None = None) -> None:
     progress (`kill -USR1 <pid>`; py-spy shows only the running frame, not the awaits)."""
     if state is not None:
         log.warning("state", extra=fields(state=state()))
+    # What a full collection walks (the frozen: notifymesh/server/gc_freeze.py).
+    log.warning("garbage collector", extra=fields(tracked_by_generation=[len(gc.get_objects(g)) for g in range(3)],
+                                                  frozen=gc.get_freeze_count()))
     tasks = list(asyncio.all_tasks())
     for task in tasks[:TASKS_LOGGED]:
         log.warning("task", extra=fields(task=task.get_name(), awaits=_awaits(task.get_coro())))

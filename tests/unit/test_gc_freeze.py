@@ -80,3 +80,11 @@ async def test_a_frozen_set_grown_past_its_bound_is_thawed(survivors, monkeypatc
     assert gc.get_freeze_count() == 0
     gc.collect(2)  # walks everything: the new bound
     assert survivors.walked == gc.get_freeze_count() and id(grown[0]) not in tracked_ids()
+
+
+async def test_the_task_dump_says_what_a_full_collection_walks_and_what_is_frozen(survivors, caplog):
+    from notifymesh.server.process import log_tasks
+    gc.collect(2)
+    log_tasks()
+    [record] = [r for r in caplog.records if r.getMessage() == "garbage collector"]
+    assert record.fields["frozen"] == gc.get_freeze_count() > 0 and len(record.fields["tracked_by_generation"]) == 3
