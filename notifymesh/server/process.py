@@ -200,7 +200,10 @@ class Context:
 # grpc cancels new calls beyond 1,000 (soft) / 3,000 (hard) not yet taken up by
 # the server; the aio server takes them one at a time, so thousands of subscribers
 # (re)connecting at once to a frontend or sender were cancelled. Measured: 10,000
-# streams opened at once all attach with these limits.
+# streams opened at once all attach with these limits. grpc also cancels a call
+# left untaken 30 s (grpc.server_max_unrequested_time_in_server): of 50,000 opened
+# at once, the frontend took about 1,000 a second: those left waiting longer were cancelled;
+# the client opens a stream cancelled so again (notifymesh.client).
 MAX_PENDING_CALLS = 20_000
 
 
