@@ -1,6 +1,7 @@
-"""notifymesh.server.gc_freeze.FrozenSurvivors: the survivors of a full collection
-are left out of later ones, and thawed by its bounds (half of them gone, or the
-frozen set grown past THAW_GROWTH times the last full walk's survivors)."""
+"""notifymesh.server.gc_freeze.FrozenSurvivors: what the process holds at start and
+what survives a collection of generation 1 or 2 is left out of later collections;
+past its bounds (half of the most frozen gone, or the frozen set grown past
+THAW_GROWTH times the last walk and FROZEN_FLOOR) everything is walked once again."""
 
 import gc
 import weakref
@@ -22,69 +23,76 @@ def tracked_ids() -> set[int]:
 @pytest.fixture
 async def survivors():
     frozen = gc_freeze.FrozenSurvivors()
+    old = Node()
     frozen.start()
+    assert id(old) not in tracked_ids() and frozen.walked == frozen.peak == gc.get_freeze_count() > 0
     yield frozen
     await frozen.stop()
     assert gc.get_freeze_count() == 0 and frozen._collected not in gc.callbacks
 
 
-async def test_the_survivors_of_a_full_collection_are_not_walked_again_and_newer_objects_are(survivors):
-    old = [Node() for _ in range(100)]
-    gc.collect(2)
-    assert gc.get_freeze_count() >= len(old) and survivors.walked == survivors.frozen == gc.get_freeze_count()
-    new = [Node() for _ in range(100)]
+async def test_the_survivors_of_a_generation_1_collection_are_frozen_and_those_of_generation_0_not(survivors):
+    young = [Node() for _ in range(100)]
+    gc.collect(0)
+    assert all(id(o) in tracked_ids() for o in young)
+    gc.collect(1)
     tracked = tracked_ids()
-    assert not any(id(o) in tracked for o in old)
-    assert all(id(o) in tracked for o in new)
-    gc.collect(2)  # walks only what was made since: survivors.walked stays
-    assert survivors.walked < survivors.frozen
+    assert not any(id(o) in tracked for o in young)
+    assert survivors.peak == gc.get_freeze_count()
 
 
 async def test_a_frozen_object_that_dies_in_a_cycle_waits_while_most_of_the_frozen_set_lives(survivors):
-    gc.collect(2)
     cycle = Node()
     ref = weakref.ref(cycle)
-    gc.collect(2)
+    gc.collect(1)
     del cycle
     survivors.check()
     gc.collect(2)
-    assert gc.get_freeze_count() > 0 and ref() is not None  # the bound's price: kept until a thaw
+    assert ref() is not None  # the bound's price: kept until everything is walked again
 
 
-async def test_frozen_objects_freed_by_count_thaw_the_rest(survivors):
-    held = [[object()] for _ in range(2 * len(gc.get_objects()))]  # lists: tracked, no cycles
-    gc.collect(2)
-    frozen = gc.get_freeze_count()
+async def test_once_half_of_the_most_frozen_is_gone_everything_is_walked_and_the_frozen_cycles_collected(survivors):
+    held = [[object()] for _ in range(2 * gc.get_freeze_count())]  # lists: tracked, freed by count
     cycle = Node()
-    gc.collect(2)
     ref = weakref.ref(cycle)
+    gc.collect(1)
     del cycle
-    gc.collect(2)
-    assert ref() is not None  # frozen in its cycle
-    del held  # freed by count: over half of what was frozen
-    assert gc.get_freeze_count() < frozen / 2
     survivors.check()
-    assert gc.get_freeze_count() == 0
-    gc.collect(2)
-    assert ref() is None  # walked again, and collected
+    assert ref() is not None
+    del held
+    assert gc.get_freeze_count() < survivors.peak / 2
+    survivors.check()
+    assert ref() is None  # walked, and collected
+    assert survivors.walked == survivors.peak == gc.get_freeze_count() > 0  # what lives, frozen again
 
 
-async def test_a_frozen_set_grown_past_its_bound_is_thawed(survivors, monkeypatch):
-    gc.collect(2)
-    assert survivors.walked > 0
+async def test_a_frozen_set_grown_past_its_bound_is_walked_again(survivors, monkeypatch):
+    monkeypatch.setattr(gc_freeze, "FROZEN_FLOOR", 0)
     monkeypatch.setattr(gc_freeze, "THAW_GROWTH", 1)
+    walked = survivors.walked
     grown = [Node() for _ in range(1000)]
-    gc.collect(2)  # freezes them too: past 1 x the last full walk's survivors
-    assert gc.get_freeze_count() > survivors.walked
+    cycle = Node()
+    ref = weakref.ref(cycle)
+    gc.collect(1)
+    del cycle
+    assert gc.get_freeze_count() > walked
     survivors.check()
-    assert gc.get_freeze_count() == 0
-    gc.collect(2)  # walks everything: the new bound
-    assert survivors.walked == gc.get_freeze_count() and id(grown[0]) not in tracked_ids()
+    assert ref() is None and survivors.walked == gc.get_freeze_count() > walked
+    assert id(grown[0]) not in tracked_ids()
+
+
+async def test_below_the_floor_a_grown_frozen_set_stays_frozen(survivors, monkeypatch):
+    monkeypatch.setattr(gc_freeze, "THAW_GROWTH", 1)
+    cycle = Node()
+    ref = weakref.ref(cycle)
+    gc.collect(1)
+    del cycle
+    survivors.check()
+    assert ref() is not None
 
 
 async def test_the_task_dump_says_what_a_full_collection_walks_and_what_is_frozen(survivors, caplog):
     from notifymesh.server.process import log_tasks
-    gc.collect(2)
     log_tasks()
     [record] = [r for r in caplog.records if r.getMessage() == "garbage collector"]
     assert record.fields["frozen"] == gc.get_freeze_count() > 0 and len(record.fields["tracked_by_generation"]) == 3
