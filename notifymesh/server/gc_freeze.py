@@ -17,8 +17,9 @@ frozen set is thawed and everything walked once (the pause this avoids otherwise
 That happens once half of the most frozen is gone (streams ended: the walk is then
 over a heap about half the size), or once the frozen set outgrew both THAW_GROWTH
 times what the last walk left and FROZEN_FLOOR. So the frozen set, its cyclic
-garbage included, is at most the larger of those two. The full collections at 50,000 streams found 3,400-4,600 objects of
-garbage each: little of what they walked died in cycles.
+garbage included, is at most the larger of those two. The full collections at
+50,000 streams found 3,400-4,600 objects of garbage each: little of what they
+walked died in cycles.
 """
 
 import asyncio
@@ -76,8 +77,9 @@ class FrozenSurvivors:
             peak, walked = self.peak, self.walked
             started = time.perf_counter()
             self._walk_all()
-            log.info("frozen objects walked again", extra=fields(
-                frozen=now, peak=peak, last_walk=walked, now=self.walked, took_s=round(time.perf_counter() - started, 2)))
+            log.info("frozen objects walked again", extra=fields(frozen=now, peak=peak, last_walk=walked,
+                                                                 now=self.walked,
+                                                                 took_s=round(time.perf_counter() - started, 2)))
 
     async def stop(self) -> None:
         if self._collected in gc.callbacks:
