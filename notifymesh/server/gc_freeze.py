@@ -31,6 +31,9 @@ from notifymesh.log import fields
 
 log = logging.getLogger(__name__)
 
+# The processes that hold a stream per subscriber, whose objects are mostly that
+# long-lived state; storage and metadata keep Python's collections as they are.
+KINDS = ("frontend", "sender")
 THAW_GROWTH = 4
 # About 50,000 streams' worth at the frontend (measured: about 150,000 objects
 # tracked before the streams); some hundreds of MB of objects at most.

@@ -377,10 +377,12 @@ async def serve(kind: str, args: argparse.Namespace,
     metrics_addr = await metrics_server.start()
     if host in ("0.0.0.0", "[::]") and args.advertise:  # reachable at the advertised host
         metrics_addr = f"{args.advertise.rpartition(':')[0]}:{metrics_addr.rpartition(':')[2]}"
-    loop_lag, gc_pauses, frozen = telemetry.LoopLag(), telemetry.GcPauses(), gc_freeze.FrozenSurvivors()
+    loop_lag, gc_pauses = telemetry.LoopLag(), telemetry.GcPauses()
+    frozen = gc_freeze.FrozenSurvivors() if kind in gc_freeze.KINDS else None
     loop_lag.start()
     gc_pauses.start()  # before the freezer: a collection's pause is timed without its freeze
-    frozen.start()
+    if frozen is not None:
+        frozen.start()
     registration = Registration(etcd, kind, args.node_id, addr, config.member_lease_ttl_s, metrics_addr,
                                 internal_addr, keeper_channel=lambda: etcd_channel(args.etcd, tls))
     await registration.start()
@@ -405,7 +407,8 @@ async def serve(kind: str, args: argparse.Namespace,
     await component.close()
     await loop_lag.stop()
     await gc_pauses.stop()
-    await frozen.stop()
+    if frozen is not None:
+        await frozen.stop()
     await metrics_server.stop()
     await cluster.stop()
     await data_keys.stop()
