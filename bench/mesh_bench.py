@@ -841,10 +841,10 @@ def _rss_mb(pid: int) -> float | None:
         return None
 
 
-def _fanout_streams_process(addr: str, names: list[str], connected, go, results) -> None:
+def _fanout_streams_process(addr: str, names: list[str], connected, go, results, done) -> None:
     """One client process: a Subscribe stream per name. Counts the streams that saw
     the warm-up message; after go, reports each stream's receive time of the
-    measured message, once its acks of it were answered."""
+    measured message, once its acks of it were answered; closes its streams at done."""
     async def main():
         seen_warm: set[str] = set()
         measured: dict[str, int] = {}
@@ -876,6 +876,8 @@ def _fanout_streams_process(addr: str, names: list[str], connected, go, results)
             while len(acked) < len(measured) and time.monotonic() < give_up:  # the acks' cost is measured too
                 await asyncio.sleep(0.01)
             results.put(list(measured.values()))
+            while not done.is_set():  # the streams' ends are not the message's cost
+                await asyncio.sleep(0.05)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -927,9 +929,9 @@ async def fanout_streams(mesh: LocalMesh, streams: int, processes: int) -> tuple
         rss_before = _rss_mb(frontend_pid)
         ctx = multiprocessing.get_context("spawn")  # gRPC does not survive fork
         connected = [ctx.RawValue("q", 0) for _ in range(processes)]
-        go, results = ctx.Event(), ctx.Queue()
+        go, results, done = ctx.Event(), ctx.Queue(), ctx.Event()
         children = [ctx.Process(target=_fanout_streams_process, daemon=True,
-                                args=(mesh.frontend_addr, names[i::processes], connected[i], go, results))
+                                args=(mesh.frontend_addr, names[i::processes], connected[i], go, results, done))
                     for i in range(processes)]
         for child in children:
             child.start()
@@ -967,7 +969,15 @@ async def fanout_streams(mesh: LocalMesh, streams: int, processes: int) -> tuple
             await asyncio.sleep(FANOUT_IDLE_WINDOW_S)
             message_window_s = round(time.monotonic() - message_started, 1)
             message_cpu_s = cpu_used(message_cpu_before, cpu_snapshot(mesh))
+            # Every client closes its streams at once (the process ends): what that costs.
+            teardown_cpu_before = cpu_snapshot(mesh)
+            done.set()
+            for child in children:
+                await asyncio.to_thread(child.join, 30)
+            await asyncio.sleep(FANOUT_IDLE_WINDOW_S)
+            teardown_cpu_s = cpu_used(teardown_cpu_before, cpu_snapshot(mesh))
         finally:
+            done.set()
             for child in children:
                 child.join(10)
                 if child.is_alive():
@@ -976,6 +986,7 @@ async def fanout_streams(mesh: LocalMesh, streams: int, processes: int) -> tuple
     return params, {"subscriptions_created_s": round(create_s, 1), "streams_attached": attached,
                     "attach_s": round(connect_s, 1), "settle_s": settle_s, "idle_cores": idle_cores,
                     "message_window_s": message_window_s, "message_cpu_s": message_cpu_s,
+                    "teardown_cpu_s": teardown_cpu_s,
                     "received": len(latencies),
                     "all_received_ms": round(latencies[-1], 1) if len(latencies) == streams else None,
                     **latency_summary(latencies),

@@ -35,6 +35,10 @@ from notifymesh.contracts import AckId
 
 DEFAULT_ADDR = "127.0.0.1:50051"
 RECONNECT_BACKOFF = BackoffPolicy(first_s=0.1, max_s=5.0)
+# A stream is opened again after these too: grpc's server cancels calls it has not
+# taken up yet beyond its pending limit or after 30 s (50,000 streams opened at once
+# on one frontend lost about 7,000 so). This client's own cancel is CancelledError.
+STREAM_RECONNECT_CODES = (*errors.RETRYABLE_CODES, grpc.StatusCode.CANCELLED)
 MAX_ACK_IDS_PER_CALL = 1000  # the server's limit on ack ids in one request
 MAX_RECIPIENTS_PER_CALL = 1000  # the server's limit on recipients (ids) in one request
 IMPORT_CALLS_IN_FLIGHT = 2  # import_recipients: one checked by the server while the next is read
@@ -339,7 +343,7 @@ class Client:
     async def subscribe_frames(self, subscription: str, max_outstanding: int = 0, reconnect: bool = True,
                                trace_context: bool = False) -> AsyncIterator[list[pubsub_pb2.ReceivedMessage]]:
         """Yields each frame's messages as the server pushes them. With reconnect, a
-        broken stream (UNAVAILABLE, or ended by a frontend shutting down) is opened
+        broken stream (UNAVAILABLE, cancelled by the server, or ended by a frontend shutting down) is opened
         again; unacknowledged messages come back after their ack deadline.
         trace_context: traced messages keep notifymesh.traceparent (their delivery's span)."""
         request = pubsub_pb2.SubscribeRequest(subscription=subscription, max_outstanding_messages=max_outstanding,
@@ -351,7 +355,8 @@ class Client:
     async def _streamed(self, open_call: Callable[[], Any], items_of: Callable[[Any], list],
                         reconnect: bool) -> AsyncIterator[list]:
         """items_of(frame) for each frame of the server stream open_call() starts; with
-        reconnect, a stream broken by a retryable error is opened again after a backoff."""
+        reconnect, a stream broken by a retryable error or cancelled by the server
+        (STREAM_RECONNECT_CODES) is opened again after a backoff."""
         backoff = Backoff(RECONNECT_BACKOFF)
         while True:
             call = open_call()
@@ -360,7 +365,7 @@ class Client:
                     backoff.reset()
                     yield items_of(frame)
             except grpc.aio.AioRpcError as e:
-                if not reconnect or e.code() not in errors.RETRYABLE_CODES:
+                if not reconnect or e.code() not in STREAM_RECONNECT_CODES:
                     raise errors.from_rpc_error(e) from e
             finally:
                 call.cancel()

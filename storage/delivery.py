@@ -23,7 +23,7 @@ from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 from notifymesh.clock import now_ms, to_ms
-from notifymesh.contracts import AckId, group_ack_ids
+from notifymesh.contracts import AckId, ack_ids_by_subscription, group_ack_ids
 from notifymesh.log import fields
 from storage import keys, wire
 from storage.interfaces import Batch, LogStore, Records
@@ -528,9 +528,17 @@ class Deliveries:
         return acked
 
     def modify_ack_deadline(self, shard: str, subscription: str, ack_ids: list[str], ack_deadline_ms: int) -> None:
-        """Moves the deadline of in-flight messages; 0 is a nack."""
+        """Moves the deadline of in-flight messages; 0 is a nack. A nack of subscription
+        "": each ack id's own (a sender merged those of streams gone), and those of a
+        subscription no longer attached are dropped."""
         if ack_deadline_ms == 0:
-            self.nack(shard, subscription, ack_ids)
+            if subscription:
+                self.nack(shard, subscription, ack_ids)
+            elif shard in self._logs.shards:
+                attached = self.restored(shard).subscriptions
+                for name, ids in ack_ids_by_subscription(ack_ids).items():
+                    if name in attached:
+                        self.nack(shard, name, ids)
             return
         state = self.subscription(shard, subscription)
         log_ = self._logs.shards[shard]

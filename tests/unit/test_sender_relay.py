@@ -10,7 +10,7 @@ from fakes import eventually, received
 from gen.notifymesh.internal.v1 import sender_pb2, storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from sender.relay import Relay
-from test_dispatcher import SUB, TOPIC, ack_id, make_dispatcher
+from test_dispatcher import MERGED, SUB, TOPIC, ack_id, make_dispatcher
 
 
 class Frontend:
@@ -142,10 +142,10 @@ async def test_a_closed_stream_and_a_call_that_ends_hand_their_messages_back():
     await lease_one_each(storage, [SUB, "sub-other"])
     await eventually(lambda: frontend.frames(1) and frontend.frames(2))
     frontend.close(1)  # that client went away
-    await eventually(lambda: (TOPIC, 0, SUB, [ack_id(0, 1)], 0) in storage.deadlines)
+    await eventually(lambda: (TOPIC, 0, MERGED, [ack_id(0, 1)], 0) in storage.deadlines)
     assert dispatcher.count_streams([SUB, "sub-other"]) == {"sub-other": 1}
     await frontend.hang_up()  # the frontend went away
-    assert (TOPIC, 0, "sub-other", [ack_id(0, 1, "sub-other")], 0) in storage.deadlines
+    assert (TOPIC, 0, MERGED, [ack_id(0, 1, "sub-other")], 0) in storage.deadlines
     assert dispatcher.count_streams([SUB, "sub-other"]) == {} and dispatcher.budget.used == 0
     assert dispatcher.subscriptions == {}
     await dispatcher.close()
@@ -179,6 +179,6 @@ async def test_a_stream_id_opened_twice_ends_the_open_stream_too():
     await eventually(lambda: 1 in frontend.ends())
     assert frontend.ends()[1][0] == grpc.StatusCode.INVALID_ARGUMENT
     await eventually(lambda: dispatcher.count_streams([SUB]) == {})
-    assert (TOPIC, 0, SUB, [ack_id(0, 1)], 0) in storage.deadlines  # its leased message handed back
+    assert (TOPIC, 0, MERGED, [ack_id(0, 1)], 0) in storage.deadlines  # its leased message handed back
     await frontend.hang_up()
     await dispatcher.close()

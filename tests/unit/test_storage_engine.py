@@ -706,3 +706,20 @@ async def test_a_collect_round_with_nothing_changed_since_one_that_freed_nothing
         engine.acknowledge(SHARD, f"audit-{i}", [received.ack_id])
     assert engine.collect(SHARD, None) == 1
     assert len(looked) == 100
+
+
+async def test_merged_nacks_give_each_subscriptions_messages_back_and_drop_those_not_attached(engine):
+    """A sender's nacks of streams gone (subscription "": each ack id names its own),
+    one request per shard instead of one per subscription (issue 19)."""
+    engine.attach(SHARD, subscription("audit"))
+    engine.attach(SHARD, subscription("billing"))
+    await append(engine, SHARD, messages(b"x"), DEDUP_MS)
+    [audit] = await pull(engine, SHARD, "audit", 10, 60_000, 0)
+    [billing] = await pull(engine, SHARD, "billing", 10, 60_000, 0)
+    gone = audit.ack_id.replace(":audit", ":deleted")  # of a subscription not attached (deleted meanwhile)
+    engine.modify_ack_deadline(SHARD, "", [audit.ack_id, billing.ack_id, gone], 0)
+    [again] = await pull(engine, SHARD, "audit", 10, 60_000, 0)
+    [billing_again] = await pull(engine, SHARD, "billing", 10, 60_000, 0)
+    assert (again.delivery_attempt, billing_again.delivery_attempt) == (2, 2)
+    with pytest.raises(errors.NotFound):  # a deadline moved needs its subscription named
+        engine.modify_ack_deadline(SHARD, "", [again.ack_id], 30_000)
