@@ -5,11 +5,10 @@ by default an ephemeral port on the gRPC listen host; registered in the member
 record, so `notifymesh cluster status` and `make up` print where each one is).
 
 What every process measures here: its gRPC calls (count and duration by method
-and status code, open streams by method: prometheus_client's own instruments, the
-cheaper, see RPC_DURATION), the event loop's lag, its garbage collections' pauses,
-etcd lease keep-alives, and, through prometheus_client's process collector, CPU
-seconds and resident memory. Services add their own through `meter()` (storage:
-partitions and backlogs; sender: deliveries, providers). Labels stay bounded: methods,
+and status code, open streams by method), the event loop's lag, its garbage
+collections' pauses, etcd lease keep-alives, and, through prometheus_client's process collector, CPU seconds and
+resident memory. Services add their own through `meter()` (storage: partitions
+and backlogs; sender: deliveries, providers). Labels stay bounded: methods,
 codes, topics, subscriptions, partitions, providers, never message ids.
 """
 
@@ -21,7 +20,6 @@ import time
 from importlib import metadata as package_metadata
 
 import grpc
-import prometheus_client
 from aiohttp import web
 from opentelemetry import metrics as otel_metrics
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -113,29 +111,21 @@ async def metrics_handler(_request: web.Request) -> web.Response:
     return web.Response(body=scrape(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-# The two instruments every call records, kept with prometheus_client itself: the
-# OpenTelemetry SDK's Histogram.record and UpDownCounter.add cost 12 and 9 us a call
-# on this machine (measured), prometheus_client's observe and inc 2 and 1 us; a stream
-# records three times (open, close, duration). The frontend's CPU over a 10,000-stream
-# run fell 7.5 % with them (docs/benchmarks.md). The same names and labels as the
-# SDK exported them.
-RPC_DURATION = prometheus_client.Histogram(
-    "notifymesh_rpc_server_duration_seconds", "gRPC calls served, by method and status code",
-    ["rpc_method", "rpc_grpc_status_code"], buckets=LATENCY_BUCKETS_S)
-RPC_ACTIVE_STREAMS = prometheus_client.Gauge(
-    "notifymesh_rpc_server_active_streams", "streaming calls open now, by method", ["rpc_method"])
-
-
 class RpcMetrics(grpc.aio.ServerInterceptor):
     """Every gRPC call the server takes: duration and count by method and code for
     unary calls and whole streams, and the streams open now by method."""
 
     def __init__(self):
+        m = meter()
+        self._duration = m.create_histogram("notifymesh.rpc.server.duration", unit="s",
+                                            description="gRPC calls served, by method and status code")
+        self._streams = m.create_up_down_counter("notifymesh.rpc.server.active_streams", unit="{stream}",
+                                                 description="streaming calls open now, by method")
         # method -> (the handler served, its measured wrapper): made once per method,
         # not per call. Bounded by the server's methods (an unknown one has no handler).
         self._wrapped: dict[str, tuple] = {}
-        # (method, code) -> its series of RPC_DURATION: looked up once each.
-        self._durations: dict[tuple[str, object], prometheus_client.metrics.Histogram] = {}
+        # (method, code) -> the attributes recorded: built once each.
+        self._attributes: dict[tuple[str, object], dict[str, str]] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -166,11 +156,11 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
 
     def _record(self, method: str, started: float, context) -> None:
         code = context.code() if hasattr(context, "code") else None
-        series = self._durations.get((method, code))
-        if series is None:
+        attributes = self._attributes.get((method, code))
+        if attributes is None:
             name = code.name if isinstance(code, grpc.StatusCode) else "OK" if code in (None, 0) else str(code)
-            series = self._durations[(method, code)] = RPC_DURATION.labels(method, name)
-        series.observe(time.perf_counter() - started)
+            attributes = self._attributes[(method, code)] = {"rpc.method": method, "rpc.grpc.status_code": name}
+        self._duration.record(time.perf_counter() - started, attributes)
 
     def _unary(self, method: str, behaviour):
         async def call(request, context):
@@ -182,16 +172,14 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         return call
 
     def _stream(self, method: str, behaviour):
-        open_now = RPC_ACTIVE_STREAMS.labels(method)
-
         async def call(request, context):
             started = time.perf_counter()
-            open_now.inc()
+            self._streams.add(1, {"rpc.method": method})
             try:
                 async for response in behaviour(request, context):
                     yield response
             finally:
-                open_now.dec()
+                self._streams.add(-1, {"rpc.method": method})
                 self._record(method, started, context)
         return call
 
