@@ -31,10 +31,11 @@ from sender.dispatch import Dispatcher, Stream, SubscriptionDispatcher
 log = logging.getLogger(__name__)
 
 FOLLOW_EVERY_S = 1.0  # also reconciled this often: a provider's concurrency changed, a worker ended
-# A frame's messages handed to a BatchHandler at most this many at a time. A batch
-# is answered once its slowest message is, so a window (2,048 for a channel) holds
-# several batches and a provider stays busy while one batch waits for its last send;
-# 500 tasks read 1,000 rows, one table read (channel_worker.READS_PER_CALL).
+# A frame's messages handed to a BatchHandler at most this many at a time (the
+# memory of a batch is within its stream's window). A batch is answered once its
+# slowest message is, so a channel's window (2,048) holds several batches and a
+# provider stays busy while one batch waits for its last send. A batch's reads fit
+# one read_many (channel_worker.READS_PER_CALL). Not tuned against other sizes.
 BATCH = 500
 
 
