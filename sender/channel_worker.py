@@ -1,7 +1,8 @@
-"""Sending one recipient's notification on one channel: the handler of a channel
-subscription's messages (ChannelTask), one per (channel, priority).
+"""Sending recipients' notifications on one channel: the handler of a channel
+subscription's messages (ChannelTask), one per (channel, priority), a batch of
+tasks at a time (pipeline.BatchHandler), each step taken for the whole batch.
 
-The steps, in order, each recorded in the notification log:
+Each task's steps, in order, each recorded in the notification log:
 1. a provider must be set for the channel, else the task waits (a deferred nack,
    logged once per task);
 2. the rate limit: the recipient's override for the category, else the
@@ -25,6 +26,7 @@ import asyncio
 import json
 import logging
 from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Protocol
 
 from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
@@ -38,7 +40,7 @@ from notifymesh.server import devices, rows, tracing, validation
 from notifymesh.server.internal_topics import channel_name
 from notifymesh.server.notification_log import Event
 from sender.fanout import task_key
-from sender.pipeline import ACK, Outcome
+from sender.pipeline import ACK, Outcome, failed
 from sender.preferences import contact
 
 log = logging.getLogger(__name__)
@@ -192,9 +194,9 @@ class PrioritySlots:
 
 
 class BatchedReads:
-    """The reads of tasks under way at once (each a recipient's contact and override
-    rows) share one read_many: one table call per partition for all of them, not
-    one per task; so do push tasks' device lists (one scan_many)."""
+    """The reads of batches under way at once (each task's recipient's contact and
+    override rows) share one read_many: one table call per partition for all of
+    them; so do push tasks' device lists (one scan_many)."""
 
     def __init__(self, table: ChannelTable, max_reads: int = READS_PER_CALL):
         self._table = table
@@ -206,10 +208,9 @@ class BatchedReads:
                                               devices.MAX_DEVICES + 1)
         return [devices.listed(found.values) for found in scanned]
 
-    async def devices(self, recipient: str) -> list[notify_pb2.Device]:
-        """The recipient's devices, as devices.Devices.list gives them."""
-        (found,) = await self._scans.submit("", [recipient])
-        return found
+    async def devices(self, recipients: list[str]) -> list[list[notify_pb2.Device]]:
+        """Each recipient's devices, as devices.Devices.list gives them."""
+        return await self._scans.submit("", recipients) if recipients else []
 
     async def _read(self, _key, reads: list[tuple[str, list[bytes]]]) -> list[list[bytes | None]]:
         wanted: dict[str, list[bytes]] = {}
@@ -218,9 +219,9 @@ class BatchedReads:
         found = await self._table.read_many(wanted)
         return [[found.get(key) for key in keys] for _, keys in reads]
 
-    async def read(self, partition_key: str, keys: list[bytes]) -> list[bytes | None]:
-        (values,) = await self._calls.submit("", [(partition_key, keys)])
-        return values
+    async def read(self, reads: list[tuple[str, list[bytes]]]) -> list[list[bytes | None]]:
+        """The values of each (partition key, keys), in order."""
+        return await self._calls.submit("", reads) if reads else []
 
 
 def scrub(reason: str, address: str) -> str:
@@ -230,7 +231,43 @@ def scrub(reason: str, address: str) -> str:
     return reason[:validation.MAX_REASON_BYTES]
 
 
+@dataclass(eq=False)
+class Sending:
+    """One task of a batch under way: what its steps found, its events not yet
+    recorded, and its outcome once decided (None: still under way)."""
+    received: pubsub_pb2.ReceivedMessage
+    task: internal_pb2.ChannelTask
+    key: str  # task_key: the provider's idempotency key
+    span: Any  # its handling's span (tracing.begin_handle_span), None when not traced
+    events: list[Event] = field(default_factory=list)
+    last_ms: int = 0
+    outcome: Outcome | None = None
+    recipient: notify_pb2.Recipient | None = None
+    address: str = ""
+    targets: list[notify_pb2.Device] = field(default_factory=list)  # push: its devices
+    rendered: notify_pb2.RenderedContent | None = None
+    unsubscribe_url: str = ""
+
+    def event(self, state: int, **kw) -> None:
+        # Each of the task's events a millisecond after the one before at least: the
+        # log orders a send's events by time, then state (rows.event_key), so a push
+        # logging its devices' failure and then its sends must not share a ms.
+        task = self.task
+        self.last_ms = max(now_ms(), self.last_ms + 1)
+        self.events.append(Event(task.notification_id, task.accepted_ms, task.recipient, task.channel, state,
+                                 self.last_ms, attempt=self.received.delivery_attempt, template=task.template,
+                                 category=task.category, **kw))
+
+
 class ChannelSender:
+    """A channel subscription's BatchHandler: a batch's tasks go through each step
+    together (one provider and category lookup, one read, one log write of every
+    SEND_RENDERED before any provider call, the provider calls at once within the
+    provider's slots, one log write of their outcomes before the batch is
+    answered) rather than a coroutine and a table call each. A profile of a task
+    each spent about half the sender's samples on per-task steps
+    (docs/benchmarks.md, 2026-12-01, issue 15 step 3)."""
+
     def __init__(self, subscription: str, table: ChannelTable, metadata: ChannelMetadata, rendering: Rendering,
                  providers: Providers, recorder: Recorder, slots: PrioritySlots,
                  default_limit: Callable[[], notify_pb2.RateLimit] = notify_pb2.RateLimit,
@@ -247,29 +284,41 @@ class ChannelSender:
         self._inbox = inbox  # the IN_APP channel's delivery (no provider record)
 
     async def handle(self, received: pubsub_pb2.ReceivedMessage) -> Outcome:
-        task = internal_pb2.ChannelTask.FromString(received.message.data)
-        events: list[Event] = []
-        last_ms = 0
-
-        def event(state: int, **kw) -> None:
-            # Each of the task's events a millisecond after the one before at least: the
-            # log orders a send's events by time, then state (rows.event_key), so a push
-            # logging its devices' failure and then its sends must not share a ms.
-            nonlocal last_ms
-            last_ms = max(now_ms(), last_ms + 1)
-            events.append(Event(task.notification_id, task.accepted_ms, task.recipient, task.channel, state,
-                                last_ms, attempt=received.delivery_attempt, template=task.template,
-                                category=task.category, **kw))
-
-        async def flush() -> None:
-            taken = events[:]
-            events.clear()
-            if taken:
-                await self._recorder.record(taken)
-
-        outcome = await self._send(task, received.delivery_attempt, event, flush)
-        await flush()
+        """One task alone (a batch of one)."""
+        (outcome,) = await self.handle_batch([received])
         return outcome
+
+    async def handle_batch(self, batch: list[pubsub_pb2.ReceivedMessage]) -> list[Outcome]:
+        sendings = [self._begin(received) for received in batch]
+        try:
+            await self._prepare([s for s in sendings if s.outcome is None])
+            # Logged before the provider sees them: a sender that dies after a send leaves
+            # the attempt in the log, so a second send after redelivery is one the log accounts for.
+            await self._record(sendings)
+            await asyncio.gather(*(self._deliver(s) for s in sendings if s.outcome is None))
+            await self._record(sendings)
+        finally:
+            for s in sendings:
+                tracing.end(s.span)
+        return [s.outcome for s in sendings]
+
+    def _begin(self, received: pubsub_pb2.ReceivedMessage) -> Sending:
+        span = tracing.begin_handle_span(self.subscription, received)
+        try:
+            task = internal_pb2.ChannelTask.FromString(received.message.data)
+        except Exception as e:  # retried by the subscription's policy, then dead-lettered
+            sending = Sending(received, internal_pb2.ChannelTask(), "", span)
+            sending.outcome = failed(e)
+            return sending
+        return Sending(received, task, task_key(task.notification_id, task.recipient, task.channel), span)
+
+    async def _record(self, sendings: list[Sending]) -> None:
+        """Every event of the batch not recorded yet, in one record."""
+        events = [event for s in sendings for event in s.events]
+        for s in sendings:
+            s.events.clear()
+        if events:
+            await self._recorder.record(events)
 
     async def _send_devices(self, task: internal_pb2.ChannelTask, targets: list[notify_pb2.Device],
                             rendered: notify_pb2.RenderedContent, key: str, event) -> Sent | Failed:
@@ -330,87 +379,147 @@ class ChannelSender:
             self._waiting_noted.popitem(last=False)
         return False
 
-    async def _send(self, task: internal_pb2.ChannelTask, attempt: int, event, flush) -> Outcome:
-        rid, channel, name = task.recipient, task.channel, channel_name(task.channel)
-        key = task_key(task.notification_id, rid, channel)
-        try:
-            if channel != notify_pb2.IN_APP:  # in-app needs no provider record
-                await self._metadata.provider(channel)
-        except errors.NotFound:
-            reason = f"no {name} provider is set; the notification waits for one"
-            if not self._noted_waiting(key):
-                event(notify_pb2.SEND_DELAYED, reason=reason)
-                log.warning("no provider for a channel", extra=fields(channel=name, notification=task.notification_id))
-            return Outcome(ack=False, delay_ms=NO_PROVIDER_DELAY_MS, deferred=True, reason=reason)
-        self._waiting_noted.pop(key, None)
+    async def _prepare(self, sendings: list[Sending]) -> None:
+        """Steps 1 to 4 of each task (the module's doc): decides the outcome of those
+        that go no further, renders the others and logs them SEND_RENDERED."""
+        has_provider: dict[int, bool] = {}
+        for s in sendings:
+            channel = s.task.channel
+            if channel == notify_pb2.IN_APP:  # in-app needs no provider record
+                continue
+            if channel not in has_provider:
+                try:
+                    await self._metadata.provider(channel)
+                    has_provider[channel] = True
+                except errors.NotFound:
+                    has_provider[channel] = False
+            if has_provider[channel]:
+                self._waiting_noted.pop(s.key, None)
+                continue
+            reason = f"no {channel_name(channel)} provider is set; the notification waits for one"
+            if not self._noted_waiting(s.key):
+                s.event(notify_pb2.SEND_DELAYED, reason=reason)
+                log.warning("no provider for a channel",
+                            extra=fields(channel=channel_name(channel), notification=s.task.notification_id))
+            s.outcome = Outcome(ack=False, delay_ms=NO_PROVIDER_DELAY_MS, deferred=True, reason=reason)
+        sendings = [s for s in sendings if s.outcome is None]
+        if not sendings:
+            return
 
-        try:
-            category = await self._metadata.category(task.category)
-        except errors.NotFound:  # deleted since the notification was accepted: no limit of its own
-            category = notify_pb2.Category(name=task.category)
-        read = self._reads.read(rid, [rows.contact_key(rid), rows.rate_limit_key(rid, task.category)])
-        if channel == notify_pb2.PUSH:  # its devices in the same round (batched with other tasks')
-            (contact_raw, override_raw), listed = await asyncio.gather(read, self._reads.devices(rid))
-        else:
-            contact_raw, override_raw = await read
-            listed = []
-        limit = category.rate_limit if category.rate_limit.limit > 0 else self._default_limit()
-        if override_raw is not None:
-            override = internal_pb2.RateLimitRow.FromString(override_raw).rate_limit
-            if override.limit > 0:
-                limit = override
-        if limit.limit > 0 and limit.period_seconds > 0:
-            decision = await self._table.rate_acquire(rid, rows.rate_counter_key(rid, task.category), limit.limit,
-                                                      limit.period_seconds * 1000, key,
-                                                      force=task.priority == notify_pb2.HIGH)
-            if not decision.allowed:
-                what = f"over the rate limit of {limit.limit} per {limit.period_seconds}s of category {task.category}"
-                if category.over_limit == notify_pb2.DELAY:
-                    delay = min(max(decision.retry_after_ms, 1), MAX_NACK_DELAY_MS)
-                    event(notify_pb2.SEND_DELAYED, reason=f"{what}; again in {delay / 1000:g}s")
-                    return Outcome(ack=False, delay_ms=delay, deferred=True, reason=what)
-                event(notify_pb2.SUPPRESSED_RATE_LIMITED, reason=what)
-                return ACK
+        categories: dict[str, notify_pb2.Category] = {}
+        for name in {s.task.category for s in sendings}:
+            try:
+                categories[name] = await self._metadata.category(name)
+            except errors.NotFound:  # deleted since the notification was accepted: no limit of its own
+                categories[name] = notify_pb2.Category(name=name)
+        push = [s for s in sendings if s.task.channel == notify_pb2.PUSH]
+        # Push tasks' devices in the same round (batched with other batches').
+        read, listed = await asyncio.gather(
+            self._reads.read([(s.task.recipient, [rows.contact_key(s.task.recipient),
+                                                  rows.rate_limit_key(s.task.recipient, s.task.category)])
+                              for s in sendings]),
+            self._reads.devices([s.task.recipient for s in push]))
+        for s, targets in zip(push, listed):
+            s.targets = targets
 
-        recipient = notify_pb2.Recipient.FromString(contact_raw) if contact_raw is not None else None
-        address = contact(recipient, channel)
-        targets = listed if recipient is not None else []
-        if not address and not targets:
-            event(notify_pb2.SUPPRESSED_NO_CONTACT, reason="recipient not found" if recipient is None else
-                  "no push device" if channel == notify_pb2.PUSH else f"no {name} contact")
-            return ACK
+        limited: list[tuple[Sending, notify_pb2.RateLimit]] = []
+        for s, (contact_raw, override_raw) in zip(sendings, read):
+            s.recipient = notify_pb2.Recipient.FromString(contact_raw) if contact_raw is not None else None
+            category = categories[s.task.category]
+            limit = category.rate_limit if category.rate_limit.limit > 0 else self._default_limit()
+            if override_raw is not None:
+                override = internal_pb2.RateLimitRow.FromString(override_raw).rate_limit
+                if override.limit > 0:
+                    limit = override
+            if limit.limit > 0 and limit.period_seconds > 0:
+                limited.append((s, limit))
+        # Concurrent acquires of a partition go in one RateAcquire (TableClient.rate_acquire).
+        decisions = await asyncio.gather(*(self._table.rate_acquire(
+            s.task.recipient, rows.rate_counter_key(s.task.recipient, s.task.category), limit.limit,
+            limit.period_seconds * 1000, s.key, force=s.task.priority == notify_pb2.HIGH) for s, limit in limited))
+        for (s, limit), decision in zip(limited, decisions):
+            if decision.allowed:
+                continue
+            what = f"over the rate limit of {limit.limit} per {limit.period_seconds}s of category {s.task.category}"
+            if categories[s.task.category].over_limit == notify_pb2.DELAY:
+                delay = min(max(decision.retry_after_ms, 1), MAX_NACK_DELAY_MS)
+                s.event(notify_pb2.SEND_DELAYED, reason=f"{what}; again in {delay / 1000:g}s")
+                s.outcome = Outcome(ack=False, delay_ms=delay, deferred=True, reason=what)
+            else:
+                s.event(notify_pb2.SUPPRESSED_RATE_LIMITED, reason=what)
+                s.outcome = ACK
 
+        templates: dict[tuple[str, int], notify_pb2.Template | None] = {}
+        for s in sendings:
+            if s.outcome is not None:
+                continue
+            task, channel = s.task, s.task.channel
+            s.address = contact(s.recipient, channel)
+            if s.recipient is None:
+                s.targets = []
+            if not s.address and not s.targets:
+                s.event(notify_pb2.SUPPRESSED_NO_CONTACT, reason="recipient not found" if s.recipient is None else
+                        "no push device" if channel == notify_pb2.PUSH else f"no {channel_name(channel)} contact")
+                s.outcome = ACK
+                continue
+            version = (task.template, task.template_version)
+            if version not in templates:
+                try:
+                    templates[version] = await self._metadata.template(*version)
+                except errors.NotFound:
+                    templates[version] = None
+            template = templates[version]
+            if template is None:
+                s.event(notify_pb2.SEND_FAILED, reason=f"template {task.template!r} version {task.template_version} "
+                                                       "not found (deleted after the notification was accepted)")
+                s.outcome = ACK
+                continue
+            try:
+                self._render(s, template)
+            except (errors.InvalidArgument, errors.FailedPrecondition) as e:  # this recipient's, for good
+                s.event(notify_pb2.SEND_FAILED, reason=scrub(e.details, s.address))
+                s.outcome = ACK
+            except Exception as e:
+                log.warning("pipeline message failed", exc_info=True,
+                            extra=fields(subscription=self.subscription, message=s.received.message.message_id))
+                s.outcome = failed(e)
+
+    def _render(self, s: Sending, template: notify_pb2.Template) -> None:
+        task, channel = s.task, s.task.channel
+        name = channel_name(channel)
+        if channel == notify_pb2.EMAIL:
+            s.unsubscribe_url = self._rendering.unsubscribe_url(task.recipient, task.category, name,
+                                                                task.notification_id, task.accepted_ms)
+        values = self._rendering.context(s.recipient, json.loads(task.data or "{}"), task.notification_id,
+                                         task.category, s.unsubscribe_url)
+        with tracing.within(s.span), tracing.child_span("notifymesh.render", **{"notifymesh.channel": name}):
+            s.rendered = self._rendering.render(template, channel, s.recipient.locale, values)
+        s.event(notify_pb2.SEND_RENDERED)
+
+    async def _deliver(self, s: Sending) -> None:
+        """Step 5: the rendered task to its provider; its outcome."""
         try:
-            template = await self._metadata.template(task.template, task.template_version)
-        except errors.NotFound:
-            event(notify_pb2.SEND_FAILED, reason=f"template {task.template!r} version {task.template_version} "
-                                                 "not found (deleted after the notification was accepted)")
-            return ACK
-        unsubscribe_url = self._rendering.unsubscribe_url(rid, task.category, name, task.notification_id,
-                                                          task.accepted_ms) if channel == notify_pb2.EMAIL else ""
-        try:
-            values = self._rendering.context(recipient, json.loads(task.data or "{}"), task.notification_id,
-                                             task.category, unsubscribe_url)
-            with tracing.child_span("notifymesh.render", **{"notifymesh.channel": name}):
-                rendered = self._rendering.render(template, channel, recipient.locale, values)
-        except (errors.InvalidArgument, errors.FailedPrecondition) as e:  # this recipient's, for good
-            event(notify_pb2.SEND_FAILED, reason=scrub(e.details, address))
-            return ACK
-        event(notify_pb2.SEND_RENDERED)
-        # Logged before the provider sees it: a sender that dies after the send leaves the
-        # attempt in the log, so a second send after redelivery is one the log accounts for.
-        await flush()
+            with tracing.within(s.span):
+                s.outcome = await self._send(s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("pipeline message failed", exc_info=True,
+                        extra=fields(subscription=self.subscription, message=s.received.message.message_id))
+            s.outcome = failed(e)
+
+    async def _send(self, s: Sending) -> Outcome:
+        task, channel, rendered, rid = s.task, s.task.channel, s.rendered, s.task.recipient
         if channel == notify_pb2.IN_APP:
-            sent = await self._inbox.deliver(task, rendered, attempt)
-            event(notify_pb2.SEND_SENT, provider=sent.provider, provider_message_id=sent.provider_message_id)
+            sent = await self._inbox.deliver(task, rendered, s.received.delivery_attempt)
+            s.event(notify_pb2.SEND_SENT, provider=sent.provider, provider_message_id=sent.provider_message_id)
             return ACK
-
         headers = {}
-        if unsubscribe_url:  # RFC 8058 one-click unsubscribe
-            headers = {"List-Unsubscribe": f"<{unsubscribe_url}>",
+        if s.unsubscribe_url:  # RFC 8058 one-click unsubscribe
+            headers = {"List-Unsubscribe": f"<{s.unsubscribe_url}>",
                        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
-        if targets:
-            result = await self._send_devices(task, targets, rendered, key, event)
+        if s.targets:
+            result = await self._send_devices(task, s.targets, rendered, s.key, s.event)
         else:
             if channel == notify_pb2.EMAIL and rendered.html:
                 rendered.html = self._rendering.track_html(rendered.html, task.notification_id, rid,
@@ -418,19 +527,20 @@ class ChannelSender:
             callback = self._rendering.status_callback_url(task.notification_id, rid, channel, task.accepted_ms) \
                 if channel == notify_pb2.SMS else ""
             result = await self._provider_send(task, Outgoing(
-                channel, address, rendered.subject, rendered.text, rendered.html, rendered.json_body, headers, key,
-                task.notification_id, rid, callback))
+                channel, s.address, rendered.subject, rendered.text, rendered.html, rendered.json_body, headers,
+                s.key, task.notification_id, rid, callback))
         if isinstance(result, Sent):
-            event(notify_pb2.SEND_SENT, provider=result.provider, provider_message_id=result.provider_message_id)
+            s.event(notify_pb2.SEND_SENT, provider=result.provider, provider_message_id=result.provider_message_id)
             return ACK
-        reason = scrub(result.reason, address)
-        event(notify_pb2.SEND_FAILED, reason=reason, provider=result.provider)
+        reason = scrub(result.reason, s.address)
+        s.event(notify_pb2.SEND_FAILED, reason=reason, provider=result.provider)
         if not result.transient:
             return ACK
+        attempt = s.received.delivery_attempt
         record = await self._metadata.subscription(self.subscription)
         if record.max_delivery_attempts and attempt >= record.max_delivery_attempts:
-            event(notify_pb2.SEND_DEAD_LETTERED, reason=f"{attempt} attempts failed; the last: {reason}",
-                  provider=result.provider)
+            s.event(notify_pb2.SEND_DEAD_LETTERED, reason=f"{attempt} attempts failed; the last: {reason}",
+                    provider=result.provider)
             return Outcome(ack=False, terminal=bool(record.dead_letter_topic), reason=reason)
         delay = None if result.retry_after_s is None else min(int(result.retry_after_s * 1000), MAX_NACK_DELAY_MS)
         return Outcome(ack=False, delay_ms=delay, reason=reason)

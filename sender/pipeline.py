@@ -4,8 +4,10 @@ that this sender owns on the ring, following etcd as senders come and go.
 
 A worker is one more consumer of its subscription's dispatcher (like a push
 worker, sender/push.py): a stream whose window bounds the messages it holds.
-Each message is handled by a task of its own, which answers an Outcome: ack, or
-nack (with a delay, deferred, or terminal). While messages are held, their
+Each message is handled by a task of its own (a Handler), or a frame's messages
+by a task per BATCH of them (a BatchHandler: the channel workers), each message
+answered an Outcome: ack, or nack (with a delay, deferred, or terminal); a
+batch's acks go in one call. While messages are held, their
 leases are extended every third of the ack deadline, in one call, so a big
 audience's fan-out or a slow provider does not see its message delivered again
 elsewhere. A worker that stops (drain, ownership moved, its stream ended) takes
@@ -29,6 +31,12 @@ from sender.dispatch import Dispatcher, Stream, SubscriptionDispatcher
 log = logging.getLogger(__name__)
 
 FOLLOW_EVERY_S = 1.0  # also reconciled this often: a provider's concurrency changed, a worker ended
+# A frame's messages handed to a BatchHandler at most this many at a time (the
+# memory of a batch is within its stream's window). A batch is answered once its
+# slowest message is, so a channel's window (2,048) holds several batches and a
+# provider stays busy while one batch waits for its last send. A batch's reads fit
+# one read_many (channel_worker.READS_PER_CALL). Not tuned against other sizes.
+BATCH = 500
 
 
 class Outcome(NamedTuple):
@@ -47,8 +55,20 @@ class Handler(Protocol):
     async def handle(self, received: pubsub_pb2.ReceivedMessage) -> Outcome: ...
 
 
+class BatchHandler(Protocol):
+    async def handle_batch(self, batch: list[pubsub_pb2.ReceivedMessage]) -> list[Outcome]:
+        """An outcome per message, in order; traces each message's handling itself
+        (tracing.begin_handle_span). Raising fails the whole batch (each nacked)."""
+
+
+def failed(e: Exception) -> Outcome:
+    """A message whose handling raised (a bug, an unreachable table): retried by the subscription's policy."""
+    return Outcome(ack=False, reason=f"{type(e).__name__}: {e}"[:validation.MAX_REASON_BYTES])
+
+
 class SubscriptionWorker:
-    def __init__(self, name: str, dispatcher: Dispatcher, handler: Handler, window: int, grace_s: float = 0.0):
+    def __init__(self, name: str, dispatcher: Dispatcher, handler: Handler | BatchHandler, window: int,
+                 grace_s: float = 0.0):
         """grace_s: how long the messages under way may take to finish once the worker stops."""
         self.name, self.window = name, window
         self._dispatcher, self._handler = dispatcher, handler
@@ -71,10 +91,17 @@ class SubscriptionWorker:
         log.info("pipeline worker started", extra=fields(subscription=self.name, window=self.window))
         # asyncio.create_task looks the loop up: a getpid system call in Python 3.11 (batching.py).
         loop = asyncio.get_running_loop()
+        batched = hasattr(self._handler, "handle_batch")
         try:
             async for frame in stream.frames():
-                for raw in frame.received_messages:
-                    task = loop.create_task(self._handle(sub, pubsub_pb2.ReceivedMessage.FromString(raw)))
+                received = [pubsub_pb2.ReceivedMessage.FromString(raw) for raw in frame.received_messages]
+                if batched:
+                    handlings = [self._handle_batch(sub, received[i:i + BATCH])
+                                 for i in range(0, len(received), BATCH)]
+                else:
+                    handlings = [self._handle(sub, message) for message in received]
+                for handling in handlings:
+                    task = loop.create_task(handling)
                     self._handlers.add(task)
                     task.add_done_callback(self._handlers.discard)
         finally:
@@ -103,25 +130,44 @@ class SubscriptionWorker:
                 outcome = await self._handler.handle(received)
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # a bug or an unreachable table: retried by the subscription's policy
+        except Exception as e:
             log.warning("pipeline message failed", exc_info=True,
                         extra=fields(subscription=self.name, message=received.message.message_id))
-            outcome = Outcome(ack=False, reason=f"{type(e).__name__}: {e}"[:validation.MAX_REASON_BYTES])
+            outcome = failed(e)
+        await self._answer(sub, [received], [outcome])
+
+    async def _handle_batch(self, sub: SubscriptionDispatcher, batch: list[pubsub_pb2.ReceivedMessage]) -> None:
         try:
-            if outcome.ack:
-                await sub.acknowledge([received.ack_id])
-                return
-            request = pubsub_pb2.NackRequest(subscription=self.name, ack_ids=[received.ack_id],
-                                             terminal=outcome.terminal, reason=outcome.reason)
-            if outcome.delay_ms is not None:
-                request.delay.FromMilliseconds(outcome.delay_ms)
-            await sub.nack(request, deferred=outcome.deferred)
+            outcomes = await self._handler.handle_batch(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("pipeline batch failed", exc_info=True,
+                        extra=fields(subscription=self.name, messages=len(batch)))
+            outcomes = [failed(e)] * len(batch)
+        await self._answer(sub, batch, outcomes)
+
+    async def _answer(self, sub: SubscriptionDispatcher, received: list[pubsub_pb2.ReceivedMessage],
+                      outcomes: list[Outcome]) -> None:
+        """The acks in one call, each nack apart (its delay, reason and kind its own)."""
+        try:
+            acked = [message.ack_id for message, outcome in zip(received, outcomes) if outcome.ack]
+            if acked:
+                await sub.acknowledge(acked)
+            for message, outcome in zip(received, outcomes):
+                if outcome.ack:
+                    continue
+                request = pubsub_pb2.NackRequest(subscription=self.name, ack_ids=[message.ack_id],
+                                                 terminal=outcome.terminal, reason=outcome.reason)
+                if outcome.delay_ms is not None:
+                    request.delay.FromMilliseconds(outcome.delay_ms)
+                await sub.nack(request, deferred=outcome.deferred)
         except Exception as e:  # storage unreachable: the lease brings the message back
             log.warning("pipeline outcome not recorded", extra=fields(subscription=self.name, error=repr(e)))
 
 
 class WorkerSpec(NamedTuple):
-    handler: Handler
+    handler: Handler | BatchHandler
     window: int
 
 

@@ -19,7 +19,7 @@ their bytes. Subscribers do not see the attributes unless they ask
 
 import logging
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterable, Mapping, NamedTuple
 
 from opentelemetry import trace
@@ -229,6 +229,34 @@ def handle_span(subscription: str, received: pubsub_pb2.ReceivedMessage):
                         "messaging.message.id": received.message.message_id,
                         "notifymesh.delivery.attempt": received.delivery_attempt}) as span:
         yield span
+
+
+def begin_handle_span(subscription: str, received: pubsub_pb2.ReceivedMessage) -> trace.Span | None:
+    """handle_span for a message handled in a batch with others (sender/channel_worker.py):
+    started, not made current; the handler makes it current around each of the
+    message's steps (within) and ends it (end). None when the message is not traced."""
+    attributes = received.message.attributes
+    if TRACEPARENT not in attributes:
+        return None
+    context = context_of(attributes)
+    hide(attributes)
+    if context is None or not _enabled:
+        return None
+    return tracer().start_span(
+        f"notifymesh.handle {subscription}", context=_parent(context), kind=SpanKind.CONSUMER,
+        attributes={"messaging.destination.subscription.name": subscription,
+                    "messaging.message.id": received.message.message_id,
+                    "notifymesh.delivery.attempt": received.delivery_attempt})
+
+
+def within(span: trace.Span | None):
+    """span (from begin_handle_span) as the current span while the block runs."""
+    return nullcontext() if span is None else trace.use_span(span, end_on_exit=False)
+
+
+def end(span: trace.Span | None) -> None:
+    if span is not None:
+        span.end()
 
 
 @contextmanager

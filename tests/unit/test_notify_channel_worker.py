@@ -148,6 +148,39 @@ async def test_tasks_under_way_at_once_share_one_table_read():
     assert p.table.count("read_many") <= 2  # the first at once, the other 19 together
 
 
+async def test_a_batch_is_read_once_logged_rendered_before_any_send_and_sent_before_its_answer():
+    p = Parts()
+    rids = [f"r{i}" for i in range(10)]
+    for rid in rids:
+        await p.recipient(rid, email=f"{rid}@example.com")
+    await p.recipient("nobody")  # no email: suppressed, in the same batch
+    calls_before = len(p.table.calls)
+    rendered_when_sent = []
+    send = p.providers.send
+
+    async def checked(message):
+        # Every task of the batch is logged SEND_RENDERED before the first provider call.
+        timelines = [await p.timeline(rid) for rid in rids]
+        rendered_when_sent.append(all(notify_pb2.SEND_RENDERED in [state for state, _ in timeline]
+                                      for timeline in timelines))
+        return await send(message)
+    p.providers.send = checked
+
+    def received(rid):
+        task = internal_pb2.ChannelTask(notification_id="n1", recipient=rid, channel=EMAIL, template="invoice",
+                                        template_version=1, category="billing", data='{"number": 17, "amount": "1"}',
+                                        accepted_ms=T0)
+        return pubsub_pb2.ReceivedMessage(ack_id=f"ack-{rid}", delivery_attempt=1, message=pubsub_pb2.PubsubMessage(
+            message_id=f"m-{rid}", data=task.SerializeToString()))
+    outcomes = await p.sender.handle_batch([received(rid) for rid in rids + ["nobody"]])
+    assert outcomes == [ACK] * 11 and len(p.providers.sent) == 10 and all(rendered_when_sent)
+    calls = [call for call, _ in p.table.calls[calls_before:] if call != "scan"]
+    assert calls == ["read_many", "write_many", "write_many"]  # the reads; the rendered; the sent
+    for rid in rids:
+        assert [state for state, _ in await p.timeline(rid)] == [notify_pb2.SEND_RENDERED, notify_pb2.SEND_SENT]
+    assert [state for state, _ in await p.timeline("nobody")] == [notify_pb2.SUPPRESSED_NO_CONTACT]
+
+
 async def test_no_contact_and_a_missing_variable_fail_only_that_recipient():
     p = Parts()
     await p.recipient("alice", email="alice@example.com")

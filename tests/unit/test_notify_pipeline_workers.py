@@ -8,6 +8,7 @@ import asyncio
 from fakes import eventually
 from gen.notifymesh.v1 import pubsub_pb2
 from sender.dispatch import Stream
+from sender import pipeline
 from sender.pipeline import ACK, Outcome, PipelineWorkers, SubscriptionWorker, WorkerSpec
 
 SUB = "notifymesh.channel.email.send"
@@ -79,6 +80,55 @@ class ScriptedHandler:
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
+
+
+class ScriptedBatchHandler:
+    """A BatchHandler: each message answered by outcomes[ack_id] (default ACK); the
+    batches it was given recorded; a batch holding an ack id in fail raises."""
+
+    def __init__(self, outcomes=None, fail=()):
+        self.outcomes, self.fail = outcomes or {}, set(fail)
+        self.batches: list[list[str]] = []
+
+    async def handle_batch(self, batch):
+        ids = [received.ack_id for received in batch]
+        self.batches.append(ids)
+        if self.fail & set(ids):
+            raise RuntimeError("table unreachable")
+        return [self.outcomes.get(ack_id, ACK) for ack_id in ids]
+
+
+async def test_a_batch_handler_gets_a_frame_in_bounded_batches_whose_acks_go_in_one_call(monkeypatch):
+    monkeypatch.setattr(pipeline, "BATCH", 3)
+    dispatcher = FakeDispatcher()
+    handler = ScriptedBatchHandler({"b": Outcome(ack=False, delay_ms=5000, deferred=True, reason="rate limited")})
+    acks_calls = []
+    acknowledge = dispatcher.sub.acknowledge
+
+    async def counted(ack_ids):
+        acks_calls.append(list(ack_ids))
+        await acknowledge(ack_ids)
+    dispatcher.sub.acknowledge = counted
+    worker = SubscriptionWorker(SUB, dispatcher, handler, window=16)
+    await eventually(lambda: dispatcher.sub.stream is not None)
+    dispatcher.sub.deliver("a", "b", "c", "d", "e")  # one frame
+    await eventually(lambda: len(dispatcher.sub.acks) + len(dispatcher.sub.nacks) == 5)
+    assert handler.batches == [["a", "b", "c"], ["d", "e"]]
+    assert sorted(acks_calls) == [["a", "c"], ["d", "e"]]
+    assert [(request.ack_ids[0], deferred) for request, deferred in dispatcher.sub.nacks] == [("b", True)]
+    await worker.stop()
+
+
+async def test_a_failed_batch_nacks_each_of_its_messages():
+    dispatcher = FakeDispatcher()
+    handler = ScriptedBatchHandler(fail={"x"})
+    worker = SubscriptionWorker(SUB, dispatcher, handler, window=16)
+    await eventually(lambda: dispatcher.sub.stream is not None)
+    dispatcher.sub.deliver("x", "y")
+    await eventually(lambda: len(dispatcher.sub.nacks) == 2)
+    assert dispatcher.sub.acks == []
+    assert all("table unreachable" in request.reason for request, _ in dispatcher.sub.nacks)
+    await worker.stop()
 
 
 async def test_outcomes_become_acks_and_nacks():
