@@ -53,6 +53,11 @@ class Coalescer(Generic[Item, Result]):
     async def submit(self, key: Hashable, items: Sequence[Item]) -> list[Result] | None:
         """Results for items, in order (None when send returns None); send's error
         fails every request of the merged call."""
+        return await self.request(key, items)
+
+    def request(self, key: Hashable, items: Sequence[Item]) -> asyncio.Future:
+        """submit() without awaiting: the future of its answer, so a caller waits for
+        two requests without a task for each (a cancelled one is left out of its answer)."""
         loop = self._running_loop()
         request = _Request(items, sum(map(self._size_of, items)), loop.create_future())
         self._waiting[key].append(request)
@@ -61,7 +66,7 @@ class Coalescer(Generic[Item, Result]):
             drain = loop.create_task(self._drain(key))
             self._drains.add(drain)
             drain.add_done_callback(self._drains.discard)
-        return await request.done
+        return request.done
 
     async def _drain(self, key: Hashable) -> None:
         waiting = self._waiting[key]

@@ -218,9 +218,9 @@ class BatchedReads:
         found = await self._table.read_many(wanted)
         return [[found.get(key) for key in keys] for _, keys in reads]
 
-    async def read(self, partition_key: str, keys: list[bytes]) -> list[bytes | None]:
-        (values,) = await self._calls.submit("", [(partition_key, keys)])
-        return values
+    def reading(self, partition_key: str, keys: list[bytes]) -> asyncio.Future:
+        """The read under way: a future of [the keys' values, in order]."""
+        return self._calls.request("", [(partition_key, keys)])
 
 
 def scrub(reason: str, address: str) -> str:
@@ -279,9 +279,14 @@ class ChannelSender:
         it), else one Failed for the failures (the sent ones logged before it). A
         transient failure has the task tried again, on every device: the collapse id
         makes a repeat replace what a device shows."""
-        results = list(zip(targets, await asyncio.gather(*(self._provider_send(task, Outgoing(
-            notify_pb2.PUSH, device.token, rendered.subject, rendered.text, "", rendered.json_body, {}, key,
-            task.notification_id, task.recipient, platform=device.platform)) for device in targets))))
+        messages = [Outgoing(notify_pb2.PUSH, device.token, rendered.subject, rendered.text, "", rendered.json_body,
+                             {}, key, task.notification_id, task.recipient, platform=device.platform)
+                    for device in targets]
+        if len(messages) == 1:  # most recipients' one device: no task and gather for it
+            answers = [await self._provider_send(task, messages[0])]
+        else:
+            answers = await asyncio.gather(*(self._provider_send(task, message) for message in messages))
+        results = list(zip(targets, answers))
         sent = [(d, r) for d, r in results if isinstance(r, Sent)]
         failed = [(d, r) for d, r in results if isinstance(r, Failed)]
         # Every provider that reached a device (an iPhone's through APNs, an Android's through FCM).
@@ -348,12 +353,18 @@ class ChannelSender:
             category = await self._metadata.category(task.category)
         except errors.NotFound:  # deleted since the notification was accepted: no limit of its own
             category = notify_pb2.Category(name=task.category)
-        read = self._reads.read(rid, [rows.contact_key(rid), rows.rate_limit_key(rid, task.category)])
-        if channel == notify_pb2.PUSH:  # its devices in the same round (batched with other tasks')
-            (contact_raw, override_raw), listed = await asyncio.gather(read, self._reads.devices(rid))
-        else:
-            contact_raw, override_raw = await read
-            listed = []
+        # Push: its devices in the same round (batched with other tasks'); the read is a
+        # future, not a task: a gather of the two was 3 % of the sender (its tasks and
+        # the loop's lookup, a getpid call; docs/benchmarks.md, 2026-12-01, issue 16).
+        reading = self._reads.reading(rid, [rows.contact_key(rid), rows.rate_limit_key(rid, task.category)])
+        try:
+            listed = await self._reads.devices(rid) if channel == notify_pb2.PUSH else []
+            contact_raw, override_raw = (await reading)[0]
+        except BaseException:
+            reading.cancel()
+            if not reading.cancelled():
+                reading.exception()  # the devices' failure is the one raised; this one is seen
+            raise
         limit = category.rate_limit if category.rate_limit.limit > 0 else self._default_limit()
         if override_raw is not None:
             override = internal_pb2.RateLimitRow.FromString(override_raw).rate_limit

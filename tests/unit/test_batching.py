@@ -105,6 +105,20 @@ async def test_the_running_loop_is_looked_up_once_while_it_runs(monkeypatch):
     assert len(looked_up) == 1
 
 
+async def test_requests_made_without_awaiting_go_in_one_call_and_a_cancelled_one_gets_nothing():
+    calls = []
+
+    async def send(key, items):
+        calls.append(list(items))
+        return [item * 10 for item in items]
+
+    coalescer = Coalescer(send)
+    first, cancelled, last = coalescer.request("k", [1]), coalescer.request("k", [2]), coalescer.request("k", [3])
+    cancelled.cancel()
+    assert await first == [10] and await last == [30]
+    assert calls == [[1, 2, 3]]
+
+
 def test_a_coalescer_serves_one_loop_after_another():
     async def send(key, items):
         await asyncio.sleep(0)

@@ -233,3 +233,20 @@ async def test_push_tasks_under_way_at_once_read_their_devices_in_one_call_not_a
         f"{token}-{rid}" for i, rid in enumerate(rids) for token in TOKENS[:1 + i % 3])
     assert p.table.count("scan") == 0
     assert p.table.count("scan_many") <= 2  # the first at once, the other 19 together
+
+
+async def test_a_push_task_to_one_device_is_read_and_sent_without_a_gather(monkeypatch):
+    """Its contact and devices are read in one round and its one device sent to
+    without tasks gathered (a gather of each was 3 % of a busy sender)."""
+    p = Parts()
+    await p.alice(TOKENS[:1])
+    gathered = []
+    gather = asyncio.gather
+    monkeypatch.setattr(asyncio, "gather", lambda *aws, **kw: gathered.append(len(aws)) or gather(*aws, **kw))
+    assert await p.handle() == ACK
+    assert [m.to for m in p.providers.sent] == TOKENS[:1]
+    assert gathered == []
+    await p.alice(TOKENS)
+    assert await p.handle() == ACK
+    assert gathered == [3]  # three devices: sent to at once
+
