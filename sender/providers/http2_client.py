@@ -33,11 +33,6 @@ from notifymesh.server import egress
 # wait for a stream (one connection per host), within their timeout.
 MAX_STREAMS = 1000
 MAX_BODY_BYTES = 64 * 1024  # of an answer kept (APNs answers a JSON reason, under 1 KiB)
-# Easy handles kept for the next requests, their fixed options set once: making a
-# handle and its nine options per request was 2-3 % of the sender's samples at
-# 1,000 sends/s (docs/benchmarks.md, 2026-12-01, issue 16). As many as APNs'
-# default max_concurrency; a burst beyond it makes handles that are closed after.
-MAX_IDLE_HANDLES = 256
 
 
 class Response(NamedTuple):
@@ -85,7 +80,6 @@ class Http2Client:
         self._transfers: dict[int, _Transfer] = {}
         self._fds: set[int] = set()  # sockets the loop watches for libcurl
         self._timer: asyncio.TimerHandle | None = None
-        self._idle: list[pycurl.Curl] = []  # at most MAX_IDLE_HANDLES, not in the multi
 
     def _start(self) -> pycurl.CurlMulti:
         self._loop = asyncio.get_running_loop()
@@ -102,7 +96,7 @@ class Http2Client:
         """The answer (any status); Http2Error when there is none, ForbiddenAddress
         when the host has no address the mesh may connect to."""
         multi = self._multi or self._start()
-        transfer = _Transfer(self._idle.pop() if self._idle else self._new_handle(), self._loop.create_future())
+        transfer = _Transfer(pycurl.Curl(), self._loop.create_future())
         easy = self._request(transfer, path, body, headers)
         self._transfers[id(easy)] = transfer
         multi.add_handle(easy)
@@ -111,14 +105,11 @@ class Http2Client:
         finally:
             if self._transfers.pop(id(easy), None) is not None:  # cancelled: no longer wanted
                 multi.remove_handle(easy)
-            if self._multi is not None and len(self._idle) < MAX_IDLE_HANDLES:
-                self._idle.append(easy)  # out of the multi: done, failed or removed above
-            else:
-                easy.close()
+            easy.close()
 
-    def _new_handle(self) -> pycurl.Curl:
-        """An easy handle with the options every request has."""
-        easy = pycurl.Curl()
+    def _request(self, transfer: _Transfer, path: str, body: bytes, headers: dict[str, str]) -> pycurl.Curl:
+        easy = transfer.easy
+        easy.setopt(pycurl.URL, self._base_url + path)
         easy.setopt(pycurl.HTTP_VERSION, self._version)
         easy.setopt(pycurl.PIPEWAIT, 1)  # wait for the connection under way to multiplex, not a second one
         easy.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
@@ -126,12 +117,6 @@ class Http2Client:
         easy.setopt(pycurl.CAINFO, certifi.where())
         easy.setopt(pycurl.NOSIGNAL, 1)
         easy.setopt(pycurl.TIMEOUT_MS, self._timeout_ms)
-        return easy
-
-    def _request(self, transfer: _Transfer, path: str, body: bytes, headers: dict[str, str]) -> pycurl.Curl:
-        """The request's own options on its handle (a reused handle's last ones replaced)."""
-        easy = transfer.easy
-        easy.setopt(pycurl.URL, self._base_url + path)
         easy.setopt(pycurl.OPENSOCKETFUNCTION, egress.curl_socket_opener(self._allowed, self._host, transfer.refused))
         easy.setopt(pycurl.POSTFIELDS, body)
         # libcurl would add a form content type and "Accept: */*": neither is ours
@@ -202,7 +187,4 @@ class Http2Client:
             if not transfer.done.done():
                 transfer.done.set_exception(Http2Error("the client was closed"))
         self._transfers.clear()
-        for easy in self._idle:
-            easy.close()
-        self._idle.clear()
         multi.close()

@@ -317,29 +317,3 @@ async def test_apns_gives_up_on_a_silent_server_after_its_timeout(fakes):
         for writer in held:
             writer.close()
         server.close()
-
-
-async def test_apns_reuses_its_easy_handles_each_request_with_its_own_path_headers_and_answer(fakes, monkeypatch):
-    """A handle done with goes back to the client's pool with its fixed options; the
-    next request on it has its own URL, headers, body and answer (an error answer
-    does not carry over), and requests at once take handles of their own."""
-    providers, fault = fakes
-    made = []
-    real_curl = pycurl.Curl
-    monkeypatch.setattr(pycurl, "Curl", lambda: made.append(1) or real_curl())
-    apns = ApnsProvider(apns_record(providers.creds, "127.0.0.1", providers.push.apns_port), LOOPBACK)
-    try:
-        await fault(dead_token="cd" * 32)
-        with pytest.raises(DeadAddressError, match="apns HTTP 410 Unregistered"):
-            await apns.send(push("cd" * 32, "apns"))
-        first = await apns.send(push(APNS_TOKEN, "apns", json_body='{"invoice":"17"}'))
-        second = await apns.send(push("ef" * 32, "apns"))
-        assert len(made) == 1
-        at_once = await asyncio.gather(*(apns.send(push(f"{i:02x}" * 32, "apns")) for i in range(3)))
-        assert len(made) == 3
-    finally:
-        await apns.close()
-    stored = read_outbox(providers.outbox._data_dir, "push")
-    assert [(s["to"], s["data"], s["id"]) for s in stored[:2]] == [
-        (APNS_TOKEN, {"invoice": "17"}, first.provider_message_id), ("ef" * 32, {}, second.provider_message_id)]
-    assert sorted(s["id"] for s in stored[2:]) == sorted(r.provider_message_id for r in at_once)
