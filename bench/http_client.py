@@ -6,7 +6,8 @@ small JSON answer) to an aiohttp server; httpx against aiohttp.
 the apns-* headers, a small JSON body) to the local APNs fake
 (deploy/push_fakes.py: HTTP/2, cleartext with prior knowledge, the JWT checked),
 every client multiplexing its sends on one connection, on uvloop as in the
-sender: httpx (HTTP/2 only, as the APNs provider used it until 2026-12-01), niquests (AsyncSession, multiplexed=True) and
+sender: httpx (HTTP/2 only, as the APNs provider used it until 2026-12-01; needs h2, no longer a
+dependency), niquests (AsyncSession, multiplexed=True) and
 pycurl (libcurl's multi interface with HTTP/2 multiplexing, driven from asyncio's
 loop: sender/providers/http2_client.py, as the APNs provider makes it).
 

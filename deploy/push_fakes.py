@@ -1,12 +1,17 @@
 """The local push providers (deploy/local_providers.py runs them): an FCM fake on
 the HTTP server (its OAuth2 token endpoint and the HTTP v1 send) and an APNs fake
-serving HTTP/2 on a port of its own (h2, cleartext with prior knowledge). Each
+serving HTTP/2 on a port of its own (jh2, cleartext with prior knowledge). Each
 checks what the real one checks (the JWT's signature with the configured key's
 public half, its claims, the bearer token, the request's headers and format),
 answers errors in the real one's shape, and stores what it accepts in the outbox
 ("push"). A token marked dead is answered as unregistered (FCM 404 UNREGISTERED,
 APNs 410 Unregistered); the "push" fault of /_faults answers the next requests
 with a status in each provider's shape (429: throttled, with Retry-After).
+
+jh2, not h2: the same state machine and header checks (a fork of h2), with HPACK
+in compiled code. With h2 a request cost this process 0.38-0.41 ms of CPU, half
+of it HPACK (Huffman-decoding the JWT, the device path and the collapse id that
+libcurl sends unindexed); with jh2 0.16-0.22 (docs/benchmarks.md, 2026-12-01, issue 16).
 """
 
 import asyncio
@@ -17,10 +22,10 @@ import time
 import uuid
 from typing import Protocol
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
+import jh2.config
+import jh2.connection
+import jh2.events
+import jh2.exceptions
 import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
@@ -247,7 +252,7 @@ class _H2Server(asyncio.Protocol):
 
     def __init__(self, fakes: PushFakes):
         self._fakes = fakes
-        self._conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False,
+        self._conn = jh2.connection.H2Connection(jh2.config.H2Configuration(client_side=False,
                                                                           header_encoding="utf-8"))
         self._streams: dict[int, tuple[dict[str, str], bytearray]] = {}
         self._transport: asyncio.Transport | None = None
@@ -260,23 +265,23 @@ class _H2Server(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             events = self._conn.receive_data(data)
-        except h2.exceptions.ProtocolError:
+        except jh2.exceptions.ProtocolError:
             self._transport.write(self._conn.data_to_send())
             self._transport.close()
             return
         for event in events:
-            if isinstance(event, h2.events.RequestReceived):
+            if isinstance(event, jh2.events.RequestReceived):
                 self._streams[event.stream_id] = (dict(event.headers), bytearray())
-            elif isinstance(event, h2.events.DataReceived):
+            elif isinstance(event, jh2.events.DataReceived):
                 if event.stream_id in self._streams:
                     self._streams[event.stream_id][1].extend(event.data)
                 self._conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            elif isinstance(event, h2.events.StreamEnded):
+            elif isinstance(event, jh2.events.StreamEnded):
                 headers, body = self._streams.pop(event.stream_id, ({}, bytearray()))
                 self._respond(event.stream_id, *self._fakes.apns(headers, bytes(body)))
-            elif isinstance(event, h2.events.StreamReset):
+            elif isinstance(event, jh2.events.StreamReset):
                 self._streams.pop(event.stream_id, None)
-            elif isinstance(event, h2.events.ConnectionTerminated):
+            elif isinstance(event, jh2.events.ConnectionTerminated):
                 self._transport.close()
         self._transport.write(self._conn.data_to_send())
 

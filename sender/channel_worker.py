@@ -328,9 +328,14 @@ class ChannelSender:
         it), else one Failed for the failures (the sent ones logged before it). A
         transient failure has the task tried again, on every device: the collapse id
         makes a repeat replace what a device shows."""
-        results = list(zip(targets, await asyncio.gather(*(self._provider_send(task, Outgoing(
-            notify_pb2.PUSH, device.token, rendered.subject, rendered.text, "", rendered.json_body, {}, key,
-            task.notification_id, task.recipient, platform=device.platform)) for device in targets))))
+        messages = [Outgoing(notify_pb2.PUSH, device.token, rendered.subject, rendered.text, "", rendered.json_body,
+                             {}, key, task.notification_id, task.recipient, platform=device.platform)
+                    for device in targets]
+        if len(messages) == 1:  # most recipients' one device: no task and gather for it
+            answers = [await self._provider_send(task, messages[0])]
+        else:
+            answers = await asyncio.gather(*(self._provider_send(task, message) for message in messages))
+        results = list(zip(targets, answers))
         sent = [(d, r) for d, r in results if isinstance(r, Sent)]
         failed = [(d, r) for d, r in results if isinstance(r, Failed)]
         # Every provider that reached a device (an iPhone's through APNs, an Android's through FCM).

@@ -68,6 +68,28 @@ async def test_an_outbox_file_is_rotated_at_its_bound(tmp_path, monkeypatch):
     assert len(kept) < 12  # the oldest went: the files are bounded
 
 
+def test_an_outbox_channel_file_is_opened_once_and_each_record_readable_at_once(tmp_path, monkeypatch):
+    opened = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda *a, **kw: opened.append(a[:2]) or real_open(*a, **kw))
+    outbox = local_providers.Outbox(tmp_path)
+    for i in range(3):
+        outbox.store("push", {"to": f"token-{i}"})
+        assert [r["to"] for r in read_outbox(tmp_path, "push")][-1] == f"token-{i}"  # flushed as stored
+    assert opened.count((outbox_files(tmp_path, "push")[1], "a")) == 1  # for appending
+    outbox.close()
+
+
+def test_a_record_stored_after_an_erase_is_kept_in_the_rewritten_file(tmp_path):
+    outbox = local_providers.Outbox(tmp_path)
+    outbox.store("sms", {"to": "+14155550100"})
+    outbox.store("sms", {"to": "+14155550111"})
+    assert outbox.erase("+14155550100") == 1
+    outbox.store("sms", {"to": "+14155550122"})
+    assert [r["to"] for r in outbox.read("sms")] == ["+14155550111", "+14155550122"]
+    outbox.close()
+
+
 def test_credentials_are_made_once_and_kept(tmp_path):
     first = credentials(tmp_path)
     assert credentials(tmp_path) == first
