@@ -214,32 +214,24 @@ def handle_span(subscription: str, received: pubsub_pb2.ReceivedMessage):
     """A pipeline worker's handling of a traced message of an internal subscription
     (the fan-out's, a channel's): the current span while it runs, a child of the
     sender's pull; the reserved attributes are removed from the message."""
-    attributes = received.message.attributes
-    if TRACEPARENT not in attributes:
-        yield None
-        return
-    context = context_of(attributes)
-    hide(attributes)  # also with tracing off here: a message stamped elsewhere, or before
-    if context is None or not _enabled:
-        yield None
-        return
-    with tracer().start_as_current_span(
-            f"notifymesh.handle {subscription}", context=_parent(context), kind=SpanKind.CONSUMER,
-            attributes={"messaging.destination.subscription.name": subscription,
-                        "messaging.message.id": received.message.message_id,
-                        "notifymesh.delivery.attempt": received.delivery_attempt}) as span:
-        yield span
+    span = begin_handle_span(subscription, received)
+    try:
+        with within(span):
+            yield span
+    finally:
+        end(span)
 
 
 def begin_handle_span(subscription: str, received: pubsub_pb2.ReceivedMessage) -> trace.Span | None:
-    """handle_span for a message handled in a batch with others (sender/channel_worker.py):
-    started, not made current; the handler makes it current around each of the
-    message's steps (within) and ends it (end). None when the message is not traced."""
+    """handle_span's span, started, not made current: for a message handled in a
+    batch with others (sender/channel_worker.py), whose handler makes it current
+    around each of the message's steps (within) and ends it (end). None when the
+    message is not traced; the reserved attributes are removed from the message."""
     attributes = received.message.attributes
     if TRACEPARENT not in attributes:
         return None
     context = context_of(attributes)
-    hide(attributes)
+    hide(attributes)  # also with tracing off here: a message stamped elsewhere, or before
     if context is None or not _enabled:
         return None
     return tracer().start_span(
