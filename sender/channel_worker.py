@@ -39,6 +39,7 @@ from notifymesh.log import fields
 from notifymesh.server import devices, rows, tracing, validation
 from notifymesh.server.internal_topics import channel_name
 from notifymesh.server.notification_log import Event
+from notifymesh.server.table import Acquire
 from sender.fanout import task_key
 from sender.pipeline import ACK, Outcome, failed
 from sender.preferences import contact
@@ -64,8 +65,7 @@ class ChannelTable(Protocol):
 
     async def scan_many(self, scans: list[tuple[str, bytes]], limit: int): ...  # -> list[table.Scanned]
 
-    async def rate_acquire(self, partition_key: str, key: bytes, limit: int, period_ms: int, token: str,
-                           force: bool = False): ...  # -> table.RateDecision(allowed, retry_after_ms, count)
+    async def rate_acquire_many(self, acquires: list[Acquire]): ...  # -> [table.RateDecision], in order
 
 
 class ChannelMetadata(Protocol):
@@ -438,10 +438,11 @@ class ChannelSender:
                     limit = override
             if limit.limit > 0 and limit.period_seconds > 0:
                 limited.append((s, limit))
-        # Concurrent acquires of a partition go in one RateAcquire (TableClient.rate_acquire).
-        decisions = await asyncio.gather(*(self._table.rate_acquire(
+        # One RateAcquire request per partition for the batch (merged with other batches').
+        decisions = await self._table.rate_acquire_many([Acquire(
             s.task.recipient, rows.rate_counter_key(s.task.recipient, s.task.category), limit.limit,
-            limit.period_seconds * 1000, s.key, force=s.task.priority == notify_pb2.HIGH) for s, limit in limited))
+            limit.period_seconds * 1000, s.key, force=s.task.priority == notify_pb2.HIGH)
+            for s, limit in limited]) if limited else []
         for (s, limit), decision in zip(limited, decisions):
             if decision.allowed:
                 continue

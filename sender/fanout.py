@@ -36,6 +36,7 @@ from notifymesh.log import fields
 from notifymesh.server import rows, tracing
 from notifymesh.server.internal_topics import CHANNELS, NOTIFY_TOPIC, channel_name, channel_topic
 from notifymesh.server.notification_log import Event, NotificationLog
+from notifymesh.server.table import Acquire
 from sender.pipeline import ACK, Outcome
 from sender.preferences import Action, Preference, decide
 
@@ -62,8 +63,7 @@ class FanoutTable(Protocol):
     async def scan(self, partition_key: str, prefix: bytes, start_after: bytes = b"", limit: int = 1000,
                    reverse: bool = False): ...  # -> table.Scanned(keys, values, more)
 
-    async def rate_acquire_many(self, counters: list[tuple[str, bytes]], limit: int, period_ms: int,
-                                token: str): ...  # -> [table.RateDecision(allowed, retry_after_ms, count)]
+    async def rate_acquire_many(self, acquires: list[Acquire]): ...  # -> [table.RateDecision], in order
 
 
 class FanoutMetadata(Protocol):
@@ -153,8 +153,8 @@ class Fanout:
         """The recipients the same template, category and data reached within the
         window through another notification."""
         decisions = await self._table.rate_acquire_many(
-            [(rid, rows.duplicate_key(rid, job.payload_hash)) for rid in recipients], 1, job.dedup_window_ms,
-            job.notification_id)
+            [Acquire(rid, rows.duplicate_key(rid, job.payload_hash), 1, job.dedup_window_ms, job.notification_id)
+             for rid in recipients])
         return {rid for rid, decision in zip(recipients, decisions) if not decision.allowed}
 
     async def run(self, notification_id: str, job: internal_pb2.NotificationJob) -> int:

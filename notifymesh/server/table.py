@@ -38,6 +38,16 @@ class RateDecision(NamedTuple):
     count: int
 
 
+class Acquire(NamedTuple):
+    """One send counted against a limit (TableClient.rate_acquire_many)."""
+    partition_key: str
+    key: bytes  # rows.rate_counter_key or rows.duplicate_key
+    limit: int
+    period_ms: int
+    token: str
+    force: bool = False
+
+
 def put(key: bytes, value: bytes, expire_ms: int = 0) -> storage_pb2.TableOp:
     return storage_pb2.TableOp(key=key, value=value, expire_ms=expire_ms)
 
@@ -171,18 +181,16 @@ class TableClient:
         """Counts a send against at most limit per period_ms (rows.rate_counter_key),
         once per token; force counts it even over the limit. Concurrent acquires of a
         partition go in one call (a fan-out page checks a thousand recipients at once)."""
-        partition = await self._partition(partition_key)
-        (decision,) = await self._acquires.submit(partition, [storage_pb2.RateAcquire(
-            key=key, limit=limit, period_ms=period_ms, token=token, force=force)])
+        (decision,) = await self.rate_acquire_many([Acquire(partition_key, key, limit, period_ms, token, force)])
         return decision
 
-    async def rate_acquire_many(self, counters: list[tuple[str, bytes]], limit: int, period_ms: int,
-                                token: str) -> list[RateDecision]:
-        """rate_acquire of each counter (partition key, key) with the same limit, period and
-        token, in order: one request per partition (merged with concurrent ones), not
-        one a row. A fan-out page's duplicate checks made a task and a request for
-        each of its 1,000 recipients (docs/benchmarks.md, 2026-12-01)."""
-        return await self._by_partition([key for key, _ in counters], MAX_OPS_PER_CALL, lambda partition, indexes:
-                                        self._acquires.submit(partition, [storage_pb2.RateAcquire(
-                                            key=counters[i][1], limit=limit, period_ms=period_ms, token=token)
-                                            for i in indexes]))
+    async def rate_acquire_many(self, acquires: list[Acquire]) -> list[RateDecision]:
+        """rate_acquire of each, in order: one request per partition (merged with
+        concurrent ones), not one a row. A fan-out page's duplicate checks made a task
+        and a request for each of its 1,000 recipients (docs/benchmarks.md, 2026-12-01);
+        a channel worker's batch checks its tasks' limits so too."""
+        def call(partition: int, indexes: list[int]) -> Awaitable[list[RateDecision]]:
+            return self._acquires.submit(partition, [storage_pb2.RateAcquire(
+                key=acquires[i].key, limit=acquires[i].limit, period_ms=acquires[i].period_ms,
+                token=acquires[i].token, force=acquires[i].force) for i in indexes])
+        return await self._by_partition([a.partition_key for a in acquires], MAX_OPS_PER_CALL, call)

@@ -10,7 +10,7 @@ from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
 from notifymesh import errors
 from notifymesh.clock import now_ms
 from notifymesh.server import rows
-from notifymesh.server.table import RateDecision, Scanned
+from notifymesh.server.table import Acquire, RateDecision, Scanned
 from sender.channel_worker import Failed, Outgoing, Sent
 
 PARTITIONS = 8
@@ -100,14 +100,11 @@ class FakeTable:
         self.counters[key] = sent
         return RateDecision(True, 0, len(sent))
 
-    async def rate_acquire_many(self, counters: list[tuple[str, bytes]], limit: int, period_ms: int,
-                                token: str) -> list[RateDecision]:
-        self.calls.append(("rate_acquire_many", [partition_key for partition_key, _ in counters]))
-        decided = []
-        for partition_key, key in counters:
-            decided.append(await self.rate_acquire(partition_key, key, limit, period_ms, token))
-            self.calls.pop()  # one call, recorded above
-        return decided
+    async def rate_acquire_many(self, acquires: list[Acquire]) -> list[RateDecision]:
+        self.calls.append(("rate_acquire_many", [a.partition_key for a in acquires]))
+        # Each acquire's arguments recorded after it as a rate_acquire of its own.
+        return [await self.rate_acquire(a.partition_key, a.key, a.limit, a.period_ms, a.token, a.force)
+                for a in acquires]
 
     def count(self, kind: str) -> int:
         return sum(1 for call, _ in self.calls if call == kind)

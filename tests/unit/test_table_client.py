@@ -10,7 +10,7 @@ from gen.notifymesh.internal.v1 import storage_pb2
 from notifymesh import errors
 from notifymesh.server.internal_topics import TABLE_TOPIC
 from notifymesh.server.rows import partition_of
-from notifymesh.server.table import TableClient, put
+from notifymesh.server.table import Acquire, TableClient, put
 
 
 class FakeStorage:
@@ -73,10 +73,10 @@ async def test_many_keys_are_read_one_call_per_partition(table):
 
 async def test_acquires_of_many_counters_go_one_request_per_partition_in_order(table):
     recipients = [f"r{i}" for i in range(100)]
-    await table.rate_acquire_many([("r3", b"D\0r3")], 1, 60_000, "n0")
+    await table.rate_acquire_many([Acquire("r3", b"D\0r3", 1, 60_000, "n0")])
     table._storage.calls.clear()
-    decisions = await table.rate_acquire_many([(rid, b"D\0" + rid.encode()) for rid in recipients], 1, 60_000,
-                                              "n1")
+    decisions = await table.rate_acquire_many([Acquire(rid, b"D\0" + rid.encode(), 1, 60_000, "n1")
+                                               for rid in recipients])
     assert [d.allowed for d in decisions] == [rid != "r3" for rid in recipients]
     partitions = {partition_of(rid, 8) for rid in recipients}
     assert sorted(p for _, p, _ in table._storage.calls) == sorted(partitions)
