@@ -14,6 +14,9 @@ from frontend import fanin
 from frontend.gateway import Gateway
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
+from notifymesh.contracts import MemberRecord
+from notifymesh.server import cluster as cluster_module
+from notifymesh.server.cluster import Cluster, Member
 from notifymesh.server.config import Config
 from notifymesh.server.ring import Ring
 from sender.dispatch import Stream
@@ -30,6 +33,61 @@ def test_partition_0_is_the_subscriptions_owner_and_the_pairs_spread_evenly():
         assert sorted(owners) == sorted(["sender-1", "sender-2", "sender-3"] * 2)
     assert {Ring(["sender-1"]).owner("x", p) for p in range(4)} == {"sender-1"}
     assert Ring().owner("x", 3) is None
+
+
+def senders_cluster(*nodes: str) -> Cluster:
+    cluster = Cluster(etcd=None, max_message_bytes=1 << 20)
+    cluster.members.items = {f"sender/{node}": MemberRecord(f"127.0.0.1:{port}") for port, node in enumerate(nodes, 1)}
+    cluster._rebuild_rings()
+    return cluster
+
+
+def counted_ring_lookups(monkeypatch) -> list:
+    looked_up = []
+    owner = Ring.owner
+
+    def counted(ring, key, partition=0):
+        looked_up.append((key, partition))
+        return owner(ring, key, partition)
+    monkeypatch.setattr(Ring, "owner", counted)
+    return looked_up
+
+
+def test_a_pairs_owner_is_looked_up_on_the_ring_once_until_the_ring_changes(monkeypatch):
+    looked_up = counted_ring_lookups(monkeypatch)
+    cluster = senders_cluster("sender-1", "sender-2")
+    pairs = [(f"sub-{i}", p) for i in range(20) for p in range(2)]
+    first = [cluster.owner("sender", *pair) for pair in pairs]
+    assert [cluster.owner("sender", *pair) for pair in pairs] == first
+    assert len(looked_up) == len(pairs), "each pair's owner from the ring once"
+
+    cluster.members.items["sender/sender-3"] = MemberRecord("127.0.0.1:3")
+    cluster._rebuild_rings()  # what a member's arrival does
+    looked_up.clear()
+    after = [cluster.owner("sender", *pair) for pair in pairs]
+    assert len(looked_up) == len(pairs), "each pair's owner from the new ring"
+    ring = Ring(["sender-1", "sender-2", "sender-3"])
+    assert [member.node for member in after] == [ring.owner(*pair) for pair in pairs]
+    assert any(member.node == "sender-3" for member in after), "pairs moved to the new member"
+
+
+def test_a_members_new_address_under_its_old_name_is_seen_at_once():
+    cluster = senders_cluster("sender-1")
+    assert cluster.owner("sender", "sub", 0) == Member("sender-1", "127.0.0.1:1")
+    cluster.members.items["sender/sender-1"] = MemberRecord("127.0.0.1:9")  # restarted on another port
+    cluster._rebuild_rings()  # the same ring
+    assert cluster.owner("sender", "sub", 0) == Member("sender-1", "127.0.0.1:9")
+
+
+def test_the_owners_memo_starts_over_past_its_bound(monkeypatch):
+    monkeypatch.setattr(cluster_module, "MAX_CACHED_OWNERS", 10)
+    looked_up = counted_ring_lookups(monkeypatch)
+    cluster = senders_cluster("sender-1", "sender-2")
+    for i in range(25):
+        cluster.owner("sender", f"sub-{i}")
+        assert len(cluster._owners) <= 10
+    cluster.owner("sender", "sub-24")
+    assert len(looked_up) == 25, "the latest pairs are remembered"
 
 
 # -- the sender --------------------------------------------------------------------------------
