@@ -8,7 +8,7 @@ import pytest
 
 from notifymesh import errors
 from notifymesh.contracts import (AckGroup, AckId, Candidacy, DeadLetterPageToken, LeaderRecord, MemberRecord, MessageId, Shard,
-                                  ack_ids_by_partition, ack_ids_by_subscription, group_ack_ids, topic_hash)
+                                  ack_ids_by_pair, ack_ids_by_partition, ack_ids_by_subscription, group_ack_ids, topic_hash)
 
 
 def test_ack_ids_round_trip_and_the_fast_encoder_agrees():
@@ -16,6 +16,7 @@ def test_ack_ids_round_trip_and_the_fast_encoder_agrees():
     assert ack.encode() == "3:1f2e:orders-audit"
     assert AckId.parse(ack.encode()) == ack
     assert AckId.encoder(3, "orders-audit")(0x1F2E) == ack.encode()
+    assert AckId.parse("2:ff:a:b") == AckId(2, 255, "a:b")  # the subscription is the rest
 
 
 @pytest.mark.parametrize("value", ["", "junk", "1:2", "x:1:sub", "1:zz:sub", "-1:1:sub", "1:1:"])
@@ -30,6 +31,7 @@ def test_ack_ids_are_grouped_in_one_place_keeping_their_order():
                                   AckGroup("a", 1): [AckId(1, 2, "a")], AckGroup("b", 0): [AckId(0, 3, "b")]}
     assert ack_ids_by_subscription(ids) == {"a": ["0:1:a", "1:2:a", "0:4:a"], "b": ["0:3:b"]}
     assert ack_ids_by_partition(ids) == {0: ["0:1:a", "0:3:b", "0:4:a"], 1: ["1:2:a"]}
+    assert {type(group) for group in ack_ids_by_pair(ids)} == {AckGroup}
     with pytest.raises(errors.InvalidArgument):
         ack_ids_by_subscription(["0:1:a", "bad"])
 
