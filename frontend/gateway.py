@@ -20,7 +20,7 @@ from notifymesh import errors
 from notifymesh.backoff import Backoff, BackoffPolicy
 from notifymesh.batching import Coalescer
 from notifymesh.clock import to_ms
-from notifymesh.contracts import AckId, DeadLetterPageToken, MessageId, topic_hash
+from notifymesh.contracts import AckGroup, DeadLetterPageToken, MessageId, ack_ids_by_pair, topic_hash
 from notifymesh.log import fields
 from notifymesh.server import tracing, validation
 from notifymesh.server.clients import MetadataClient, SenderClient, StorageClient
@@ -52,7 +52,7 @@ class GatewaySenders(Protocol):
 
     def owners(self, subscription: str, partitions: int) -> dict[str, list[int]]: ...
 
-    def by_owner(self, ack_ids: list[str]) -> dict[str, list[str]]: ...
+    def by_owner(self, pairs: dict[AckGroup, list[str]]) -> dict[str, list[str]]: ...
 
     def subscribe(self, addr: str, request: pubsub_pb2.SubscribeRequest) -> "RelayedStream": ...
 
@@ -206,26 +206,31 @@ class Gateway:
                 # with the backoff alone).
                 await backoff.sleep(cut_short=senders_changed)
 
-    def _ack_ids(self, name: str, ack_ids) -> list[str]:
-        """Checked here, before acks of several subscriptions share a call: one
-        client's bad ack id must fail only its own request."""
-        validation.name("subscription", name)
+    def _pairs(self, name: str, ack_ids) -> dict[AckGroup, list[str]]:
+        """The ack ids by pair, checked here, before acks of several subscriptions
+        share a call: one client's bad ack id must fail only its own request. name "":
+        each ack id names its own subscription (a client merged the acks of several)."""
+        if name:
+            validation.name("subscription", name)
         validation.batch(len(ack_ids), self._config, what="ack ids")
-        for ack_id in ack_ids:
-            if AckId.parse(ack_id).subscription != name:
-                raise errors.InvalidArgument(f"ack id {ack_id!r} is not of subscription {name!r}")
+        if not name:
+            validation.ack_ids_not_reserved(ack_ids)
+        # Each id parsed once, here (it was parsed a second time to route it: 12 % of
+        # the frontend's samples went to parsing acked ids at K=10).
+        pairs = ack_ids_by_pair(ack_ids)
+        for pair, ids in pairs.items():
+            if name and pair.subscription != name:
+                raise errors.InvalidArgument(f"ack id {ids[0]!r} is not of subscription {name!r}")
+        return pairs
+
+    def _ack_ids(self, name: str, ack_ids) -> list[str]:
+        self._pairs(name, ack_ids)
         return list(ack_ids)
 
     async def acknowledge(self, name: str, ack_ids) -> None:
-        """name "": each ack id names its own subscription (a client merged the acks
-        of several); they go to the senders that own their pairs."""
-        if name:
-            ack_ids = self._ack_ids(name, ack_ids)
-        else:
-            validation.batch(len(ack_ids), self._config, what="ack ids")
-            validation.ack_ids_not_reserved(ack_ids)
-        # Each to the owner of its (subscription, partition) pair.
-        await asyncio.gather(*(self._acks.submit(addr, ids) for addr, ids in self._senders.by_owner(ack_ids).items()))
+        """Each ack id to the sender that owns its (subscription, partition) pair."""
+        by_owner = self._senders.by_owner(self._pairs(name, ack_ids))
+        await asyncio.gather(*(self._acks.submit(addr, ids) for addr, ids in by_owner.items()))
 
     async def modify_ack_deadline(self, name: str, ack_ids, ack_deadline) -> None:
         seconds = ack_deadline.ToMilliseconds() / 1000

@@ -15,7 +15,7 @@ import grpc
 
 from gen.notifymesh.internal.v1 import metadata_pb2_grpc, sender_pb2, sender_pb2_grpc, storage_pb2, storage_pb2_grpc
 from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
-from notifymesh.contracts import ack_ids_by_pair
+from notifymesh.contracts import AckGroup, ack_ids_by_pair
 from notifymesh.log import fields
 from notifymesh.server import rpc
 from notifymesh.server.cluster import Cluster
@@ -123,10 +123,11 @@ class SenderClient:
             owned.setdefault(self.owner_addr(subscription, partition), []).append(partition)
         return owned
 
-    def by_owner(self, ack_ids: list[str]) -> dict[str, list[str]]:
-        """The ack ids by the address of the sender that owns each one's pair."""
+    def by_owner(self, pairs: dict[AckGroup, list[str]]) -> dict[str, list[str]]:
+        """The ack ids of each pair (contracts.ack_ids_by_pair) by the address of the
+        sender that owns the pair."""
         grouped: dict[str, list[str]] = {}
-        for (subscription, partition), ids in ack_ids_by_pair(ack_ids).items():
+        for (subscription, partition), ids in pairs.items():
             grouped.setdefault(self.owner_addr(subscription, partition), []).extend(ids)
         return grouped
 

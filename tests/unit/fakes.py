@@ -9,7 +9,6 @@ from typing import Any, Callable, NamedTuple
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
-from notifymesh.contracts import ack_ids_by_pair
 
 
 async def eventually(condition: Callable[[], bool], timeout_s: float = 1.0) -> None:
@@ -332,9 +331,9 @@ class FakeSenders:
             owned.setdefault(self.owner_addr(subscription, partition), []).append(partition)
         return owned
 
-    def by_owner(self, ack_ids: list[str]) -> dict[str, list[str]]:
+    def by_owner(self, pairs) -> dict[str, list[str]]:
         grouped: dict[str, list[str]] = {}
-        for (subscription, partition), ids in ack_ids_by_pair(ack_ids).items():
+        for (subscription, partition), ids in pairs.items():
             grouped.setdefault(self.owner_addr(subscription, partition), []).extend(ids)
         return grouped
 

@@ -14,7 +14,7 @@ from frontend import fanin
 from frontend.gateway import Gateway
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
-from notifymesh.contracts import MemberRecord
+from notifymesh.contracts import AckId, MemberRecord
 from notifymesh.server import cluster as cluster_module
 from notifymesh.server.cluster import Cluster, Member
 from notifymesh.server.config import Config
@@ -184,6 +184,21 @@ async def test_acks_modacks_and_nacks_go_to_the_owner_of_each_pair():
     senders.acks.clear()
     await gateway.acknowledge("", ids[:2])
     assert sorted(senders.acks) == [("s1", [ids[0]]), ("s2", [ids[1]])]
+
+
+async def test_the_gateway_parses_each_acked_id_once_and_still_refuses_another_subscriptions(monkeypatch):
+    gateway, senders = make_gateway({"sub-a": "s1", "sub-a/1": "s2"})
+    parsed = []
+    parse = AckId.parse.__func__
+    monkeypatch.setattr(AckId, "parse", classmethod(lambda cls, value: parsed.append(value) or parse(cls, value)))
+    ids = [f"{p}:{seq}:sub-a" for p, seq in [(0, 1), (1, 2), (0, 3)]]
+    await gateway.acknowledge("sub-a", ids)
+    assert sorted(parsed) == sorted(ids)
+    assert sorted(senders.acks) == [("s1", [ids[0], ids[2]]), ("s2", [ids[1]])]
+    with pytest.raises(errors.InvalidArgument, match="0:4:sub-b.* is not of subscription 'sub-a'"):
+        await gateway.acknowledge("sub-a", [ids[0], "0:4:sub-b", "0:5:sub-b"])
+    with pytest.raises(errors.InvalidArgument, match="malformed ack id"):
+        await gateway.acknowledge("sub-a", [ids[0], "0:zz:sub-a"])
 
 
 class FakeUpstreams:
