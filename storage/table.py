@@ -30,7 +30,6 @@ and serves once the marker entry of its epoch is applied (TableService.ready).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -177,12 +176,12 @@ class Table:
             return 0
         layout, batch, ring = log_.layout, self._db.batch(), self._ring
         row_prefix, first = layout.row_prefix, log_.first
-        rows: dict[bytes, int | None] = {}  # this chunk's rows, by row key: the seq that wrote it (None: gone)
         stubs: dict[int, set[bytes]] = {}  # entry seq -> keys of its rows superseded here
         pending = self.pending.get(shard)
         erased = False
         applied_rows = 0
         stop_key = layout.message(stop)
+        chunk: list[tuple[int, int, list]] = []  # (seq, epoch, ops) of the entries applied
         for key, value in self._rdict.items(from_key=layout.message(start)):
             if key >= stop_key:
                 break
@@ -199,12 +198,18 @@ class Table:
             except Exception:
                 log.error("table entry not applied: no table ops", extra=fields(shard=shard, seq=seq))
                 continue
-            epoch = entry.epoch
             applied_rows += len(ops)
+            chunk.append((seq, entry.epoch, ops))
+        # This chunk's rows, by row key: the seq that wrote it (None: gone), as stored
+        # before the chunk (one multi-get, not a get per row) and then as applied.
+        row_keys = list(dict.fromkeys(row_prefix + op.key for _, _, ops in chunk for op in ops))
+        rows: dict[bytes, int | None] = {row_key: None if value is None else keys.row_seq(value)
+                                         for row_key, value in zip(row_keys, self._db.get_many(row_keys))}
+        for seq, epoch, ops in chunk:
             for op in ops:
                 op_key = op.key
                 row_key = row_prefix + op_key
-                row_seq = rows[row_key] if row_key in rows else self._row_seq(row_key)
+                row_seq = rows[row_key]
                 if row_seq is not None:
                     if row_seq >= seq:  # applied before a restart lost the position
                         continue
@@ -263,11 +268,6 @@ class Table:
                 raise errors.Unavailable(f"{shard}: entries up to {upto} are not committed here")
             await asyncio.sleep(0)
 
-    def _row_seq(self, row_key: bytes) -> int | None:
-        """The seq of the entry that wrote the stored row (None: no row)."""
-        value = self._rdict.get(row_key)
-        return keys.row_seq(value) if value is not None else None
-
     # -- reading ----------------------------------------------------------------
 
     def read(self, shard: str, row_keys: list[bytes]) -> list[bytes | None]:
@@ -276,13 +276,23 @@ class Table:
         full_keys = [layout.row_prefix + key for key in row_keys]
         return [self._live(key, value, now) for key, value in zip(full_keys, self._db.get_many(full_keys))]
 
-    def current(self, shard: str, key: bytes) -> bytes | None:
-        """The row's value with this leader's pending write of it, if any."""
-        noted = self.pending.get(shard, {}).get(key)
-        if noted is not None:
+    def current(self, shard: str, row_keys: list[bytes]) -> dict[bytes, bytes | None]:
+        """Each row's value with this leader's pending write of it, if any: the rows
+        not pending in one multi-get (a rate acquire of a fan-out page's recipients
+        read them one get each)."""
+        pending, now = self.pending.get(shard, {}), now_ms()
+        values: dict[bytes, bytes | None] = {}
+        stored = []
+        for key in row_keys:
+            noted = pending.get(key)
+            if noted is None:
+                stored.append(key)
+                continue
             op = noted.op
-            return op.value if _is_write(op) and not (op.expire_ms and op.expire_ms <= now_ms()) else None
-        return self.read(shard, [key])[0]
+            values[key] = op.value if _is_write(op) and not (op.expire_ms and op.expire_ms <= now) else None
+        if stored:
+            values.update(zip(stored, self.read(shard, stored)))
+        return values
 
     def scan(self, shard: str, prefix: bytes, start_after: bytes, limit: int, reverse: bool) -> Scanned:
         """Live rows whose keys start with prefix, after start_after (before it, reversed)."""
@@ -524,30 +534,32 @@ class TableService:
             row = self._locks.setdefault((shard, key), RowLock())
             row.users += 1
             locks.append(row)
+        held = 0  # the locks acquired, in order (no AsyncExitStack: its frames per row cost more than the rest)
         try:
-            async with contextlib.AsyncExitStack() as held:
-                for row in locks:
-                    await held.enter_async_context(row.lock)
-                self.ready(shard)
-                now = now_ms()
-                values: dict[bytes, bytes | None] = {}
-                writes: dict[bytes, storage_pb2.TableOp] = {}
-                decisions = []
-                for acquire in acquires:
-                    key = acquire.key
-                    current = values[key] if key in values else self._table.current(shard, key)
-                    decision, counter = decide(current, acquire.limit, acquire.period_ms, acquire.token,
-                                               acquire.force, now)
-                    if counter is not None:
-                        values[key] = counter.SerializeToString()
-                        # the row goes once the window passed its sends
-                        writes[key] = storage_pb2.TableOp(key=key, value=values[key],
-                                                          expire_ms=max(counter.sent_ms) + acquire.period_ms)
-                    decisions.append(decision)
-                if writes:
-                    await self._write(shard, list(writes.values()))
-                return decisions
+            for row in locks:
+                await row.lock.acquire()
+                held += 1
+            self.ready(shard)
+            now = now_ms()
+            values = self._table.current(shard, keys)
+            writes: dict[bytes, storage_pb2.TableOp] = {}
+            decisions = []
+            for acquire in acquires:
+                key = acquire.key
+                decision, counter = decide(values[key], acquire.limit, acquire.period_ms, acquire.token,
+                                           acquire.force, now)
+                if counter is not None:
+                    values[key] = counter.SerializeToString()
+                    # the row goes once the window passed its sends
+                    writes[key] = storage_pb2.TableOp(key=key, value=values[key],
+                                                      expire_ms=max(counter.sent_ms) + acquire.period_ms)
+                decisions.append(decision)
+            if writes:
+                await self._write(shard, list(writes.values()))
+            return decisions
         finally:
+            for row in locks[:held]:
+                row.lock.release()
             for key, row in zip(keys, locks):
                 row.users -= 1
                 if not row.users:
@@ -557,6 +569,8 @@ class TableService:
 def decide(current: bytes | None, limit: int, period_ms: int, token: str, force: bool,
            now: int) -> tuple[RateDecision, notify_pb2.RateCounter | None]:
     """The rate decision, and the counter to write (None: nothing to write)."""
+    if not current:  # no sends counted (a fan-out's duplicate check, mostly): this one is the first
+        return RateDecision(True, 0, 1), notify_pb2.RateCounter(sent_ms=[now], tokens=[token])
     counter = notify_pb2.RateCounter.FromString(current) if current else notify_pb2.RateCounter()
     tokens = list(counter.tokens) + [""] * (len(counter.sent_ms) - len(counter.tokens))
     sends = [(ms, t) for ms, t in zip(counter.sent_ms, tokens) if ms > now - period_ms][-limit:]
