@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterator, NamedTuple, Protocol
@@ -126,6 +127,21 @@ class Pending(NamedTuple):
     op: storage_pb2.TableOp
 
 
+@dataclass
+class SweepPass:
+    """Where a shard's sweeps are in their pass over its rows, and what they know of
+    its expiries: a sweep looks at no row before `floor`, when no row expires (the
+    bench's rows expire after days: each node looked at 1,000 rows of each shard a
+    second, about 5 % of its CPU under load, docs/benchmarks.md 2026-12-01)."""
+    start: bytes  # the row key the next sweep starts at
+    # The earliest expiry of the rows this pass kept, or applied since it began
+    # (rows applied behind it are not looked at before the next pass).
+    earliest: float = math.inf
+    # No row expires before this: the earliest of the last whole pass, lowered by
+    # every row applied since (None: no whole pass yet, as after a restart).
+    floor: float | None = None
+
+
 class Table:
     """The rows of this node's table shards (a part of the StorageEngine)."""
 
@@ -134,7 +150,7 @@ class Table:
         # Per shard, the rows written by this node as leader and not yet applied:
         # what a rate acquire decides on (bounded by the writes in flight).
         self.pending: dict[str, dict[bytes, Pending]] = {}
-        self._sweep_from: dict[str, bytes] = {}  # per shard, the row key the next sweep starts at
+        self._sweeps: dict[str, SweepPass] = {}  # per shard (bounded by the table's partitions)
         # shard -> (first erase not yet compacted, when to compact), monotonic
         self._compact_due: dict[str, tuple[float, float]] = {}
 
@@ -205,6 +221,7 @@ class Table:
         row_keys = list(dict.fromkeys(row_prefix + op.key for _, _, ops in chunk for op in ops))
         rows: dict[bytes, int | None] = {row_key: None if value is None else keys.row_seq(value)
                                          for row_key, value in zip(row_keys, self._db.get_many(row_keys))}
+        earliest = math.inf  # of the rows put
         for seq, epoch, ops in chunk:
             for op in ops:
                 op_key = op.key
@@ -224,7 +241,10 @@ class Table:
                     erased = erased or op.erase
                 else:
                     rows[row_key] = seq
-                    batch.put(row_key, keys.row_value(seq, epoch, op.expire_ms, op.value, ring, row_key))
+                    expire_ms = op.expire_ms
+                    if expire_ms and expire_ms < earliest:
+                        earliest = expire_ms
+                    batch.put(row_key, keys.row_value(seq, epoch, expire_ms, op.value, ring, row_key))
                 if pending and (noted := pending.get(op_key)) is not None and noted.seq <= seq:
                     del pending[op_key]
         for seq, stubbed in stubs.items():
@@ -232,6 +252,10 @@ class Table:
         batch.put(layout.applied, keys.applied_value(stop))
         self._db.write(batch)
         log_.applied = stop
+        if earliest < math.inf and (sweeps := self._sweeps.get(shard)) is not None:
+            sweeps.earliest = min(sweeps.earliest, earliest)
+            if sweeps.floor is not None:
+                sweeps.floor = min(sweeps.floor, earliest)
         if pending:  # writes that never came to be (a deposed leader's)
             for key in [k for k, noted in pending.items() if noted.seq < stop]:
                 del pending[key]
@@ -349,16 +373,26 @@ class Table:
         log_ = self._logs.shards.get(shard)
         if log_ is None:
             return 0
-        layout, now, batch = log_.layout, now_ms(), self._db.batch()
-        start = self._sweep_from.get(shard, layout.row_prefix)
+        layout, now = log_.layout, now_ms()
+        sweeps = self._sweeps.get(shard)
+        if sweeps is None:
+            sweeps = self._sweeps[shard] = SweepPass(layout.row_prefix)
+        if sweeps.floor is not None and now < sweeps.floor:
+            return 0
+        batch, earliest = self._db.batch(), sweeps.earliest
         looked, dropped, last = 0, 0, None
         stubs: dict[int, set[bytes]] = {}  # entry seq -> keys of its rows dropped here
-        for key, value in self._rdict.items(from_key=start):
+        for key, value in self._rdict.items(from_key=sweeps.start):
             if not key.startswith(layout.row_prefix) or looked == limit:
                 break
             looked, last = looked + 1, key
             expire_ms = keys.row_expire_ms(value)
-            if expire_ms and expire_ms <= now:
+            if not expire_ms:
+                continue
+            if expire_ms > now:
+                if expire_ms < earliest:
+                    earliest = expire_ms
+            else:
                 row = keys.parse_row_value(value)
                 batch.delete(key)
                 if row.seq >= log_.first:
@@ -366,7 +400,10 @@ class Table:
                 dropped += 1
         for seq, stubbed in stubs.items():
             self._stub_rows(batch, layout, seq, stubbed)
-        self._sweep_from[shard] = last + b"\0" if looked == limit and last is not None else layout.row_prefix
+        if looked == limit and last is not None:
+            sweeps.start, sweeps.earliest = last + b"\0", earliest
+        else:  # the pass is whole: from the first row again
+            sweeps.start, sweeps.floor, sweeps.earliest = layout.row_prefix, earliest, math.inf
         if len(batch):
             self._db.write(batch)
         return dropped
