@@ -299,10 +299,16 @@ class ShardLogs:
         return storage_pb2.StoredMessage.FromString(entry)
 
     def epoch_at(self, shard: str, seq: int) -> int | None:
+        """The epoch of entry seq. That of the last one (a follower's check of each
+        batch: rules.resend_from) and those in the leader's tail are known without
+        reading the entry back and opening it."""
         log_ = self.shards.get(shard)
-        epoch = log_.tail.get(seq, column=TAIL_EPOCH) if log_ is not None else None
-        if epoch is not None:
-            return epoch
+        if log_ is not None:
+            if seq == log_.end - 1 and seq >= log_.first and log_.last_epoch:
+                return log_.last_epoch
+            epoch = log_.tail.get(seq, column=TAIL_EPOCH)
+            if epoch is not None:
+                return epoch
         entry = self.entry(shard, seq)
         return entry.epoch if entry else None
 
@@ -444,10 +450,12 @@ class ShardLogs:
                 put_idempotency(batch, dedup_key, dedup_until_ms, message_id)
                 staged[dedup_key] = message_id
                 dedup_keys.append((dedup_key, message_id))
+        # Before end moves: epoch_at knows the last entry's epoch as that of end - 1.
+        last_epoch = entries.last_epoch if entries.raw else (self.epoch_at(log_.name, start - 1) or 0)
         # Set before the write completes so the next leader append lands after these.
         end = log_.end = start + len(entries.raw)
         log_.written = min(log_.written, start)
-        log_.last_epoch = entries.last_epoch if entries.raw else (self.epoch_at(log_.name, start - 1) or 0)
+        log_.last_epoch = last_epoch
         log_.commit = min(log_.commit, log_.end)
         self._group.staged(GroupWrite(log_, end, log_.replacements, dedup_keys, start, entries.ids, entries.dedup_keys))
         return asyncio.shield(done)  # one writer giving up does not cancel the group

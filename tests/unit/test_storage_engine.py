@@ -750,3 +750,22 @@ async def test_the_epoch_before_what_followers_lack_is_known_without_reading_the
     assert counted.gets == 0
     assert engine.epoch_at(SHARD, 1) == 3  # released: read back
     assert counted.gets == 1
+
+
+async def test_a_followers_last_epoch_is_known_without_reading_its_entry_back(engine):
+    """A follower checks each batch against the epoch of its last entry (prev_epoch)."""
+    leader_entries = Entries.of([storage_pb2.StoredMessage(message=pubsub_pb2.PubsubMessage(data=b"a"), epoch=5),
+                                 storage_pb2.StoredMessage(message=pubsub_pb2.PubsubMessage(data=b"b"), epoch=6)])
+    await engine.write_replicated(SHARD, 0, leader_entries)
+    counted = engine.log._rdict = CountedGets(engine.log._rdict)
+    assert engine.epoch_at(SHARD, 1) == 6
+    assert counted.gets == 0
+    assert engine.epoch_at(SHARD, 0) == 5
+    assert counted.gets == 1
+
+
+async def test_a_truncation_without_entries_leaves_the_epoch_of_the_entry_before_as_the_last(engine):
+    await engine.write_replicated(SHARD, 0, Entries.of([storage_pb2.StoredMessage(epoch=epoch) for epoch in (5, 6, 7)]))
+    await engine.write_replicated(SHARD, 2, Entries())  # a leader's log ends at 2: ours is cut there
+    log_ = engine.shard(SHARD)
+    assert (log_.end, log_.last_epoch, engine.epoch_at(SHARD, 1)) == (2, 6, 6)
