@@ -192,12 +192,13 @@ class Table:
             return 0
         layout, batch, ring = log_.layout, self._db.batch(), self._ring
         row_prefix, first = layout.row_prefix, log_.first
+        rows: dict[bytes, int | None] = {}  # this chunk's rows, by row key: the seq that wrote it (None: gone)
         stubs: dict[int, set[bytes]] = {}  # entry seq -> keys of its rows superseded here
         pending = self.pending.get(shard)
         erased = False
         applied_rows = 0
+        earliest = math.inf  # expiry of the rows put
         stop_key = layout.message(stop)
-        chunk: list[tuple[int, int, list]] = []  # (seq, epoch, ops) of the entries applied
         for key, value in self._rdict.items(from_key=layout.message(start)):
             if key >= stop_key:
                 break
@@ -214,19 +215,12 @@ class Table:
             except Exception:
                 log.error("table entry not applied: no table ops", extra=fields(shard=shard, seq=seq))
                 continue
+            epoch = entry.epoch
             applied_rows += len(ops)
-            chunk.append((seq, entry.epoch, ops))
-        # This chunk's rows, by row key: the seq that wrote it (None: gone), as stored
-        # before the chunk (one multi-get, not a get per row) and then as applied.
-        row_keys = list(dict.fromkeys(row_prefix + op.key for _, _, ops in chunk for op in ops))
-        rows: dict[bytes, int | None] = {row_key: None if value is None else keys.row_seq(value)
-                                         for row_key, value in zip(row_keys, self._db.get_many(row_keys))}
-        earliest = math.inf  # of the rows put
-        for seq, epoch, ops in chunk:
             for op in ops:
                 op_key = op.key
                 row_key = row_prefix + op_key
-                row_seq = rows[row_key]
+                row_seq = rows[row_key] if row_key in rows else self._row_seq(row_key)
                 if row_seq is not None:
                     if row_seq >= seq:  # applied before a restart lost the position
                         continue
@@ -291,6 +285,11 @@ class Table:
             if not self.apply(shard):
                 raise errors.Unavailable(f"{shard}: entries up to {upto} are not committed here")
             await asyncio.sleep(0)
+
+    def _row_seq(self, row_key: bytes) -> int | None:
+        """The seq of the entry that wrote the stored row (None: no row)."""
+        value = self._rdict.get(row_key)
+        return keys.row_seq(value) if value is not None else None
 
     # -- reading ----------------------------------------------------------------
 
