@@ -570,7 +570,7 @@ class TableService:
             row = self._locks.setdefault((shard, key), RowLock())
             row.users += 1
             locks.append(row)
-        held = 0  # the locks acquired, in order (no AsyncExitStack: its frames per row cost more than the rest)
+        held = 0  # the locks acquired, in order (not an AsyncExitStack: one context a row, for a page of 1,000)
         try:
             for row in locks:
                 await row.lock.acquire()
