@@ -38,6 +38,7 @@ MAX_TAIL_ENTRIES, MAX_TAIL_BYTES = 50_000, 8 << 20
 #   reached once there are RECENT_TRIM_AT of them.
 RECENT_TRIM_AT, MAX_RECENT_MESSAGES, MAX_RECENT_BYTES = 1_000, 10_000, 4 << 20
 _NOT_KEPT = object()  # SeqWindow.get's answer for a seq outside the window
+TAIL_EPOCH = 4  # the column of ShardLog.tail holding each entry's epoch
 
 
 def _size(value) -> int:
@@ -56,10 +57,10 @@ class SeqWindow:
     def __len__(self) -> int:
         return len(self.columns[0])
 
-    def get(self, seq: int, default=None):
-        """The first column's value for seq."""
+    def get(self, seq: int, default=None, column: int = 0):
+        """The column's value for seq (the first's by default)."""
         index = seq - self.start
-        return self.columns[0][index] if 0 <= index < len(self) else default
+        return self.columns[column][index] if 0 <= index < len(self) else default
 
     def slice(self, start: int, limit: int) -> list[list]:
         """Each column's values for up to limit seqs from start on (empty lists when
@@ -148,9 +149,9 @@ class ShardLog:
     # Dedup keys of entries staged for a write not yet synced (key -> message id):
     # RocksDB does not have them yet, and a repeat may arrive meanwhile.
     staged_keys: dict[str, str] = field(default_factory=dict)
-    # The leader's entries not yet on every follower (columns: serialized entry,
-    # message id, dedup key, dedup expiry, epoch), so replication sends them without
-    # reading them back from RocksDB.
+    # The leader's entries not yet on every follower, and the one before them
+    # (columns: serialized entry, message id, dedup key, dedup expiry, epoch), so
+    # replication sends them without reading them back from RocksDB.
     tail: SeqWindow = field(default_factory=lambda: SeqWindow(columns=5))
     # The leader's newest messages (serialized PubsubMessage; None for an epoch
     # marker), delivered without reading them back from RocksDB.
@@ -298,6 +299,16 @@ class ShardLogs:
         return storage_pb2.StoredMessage.FromString(entry)
 
     def epoch_at(self, shard: str, seq: int) -> int | None:
+        """The epoch of entry seq. That of the last one (a follower's check of each
+        batch: rules.resend_from) and those in the leader's tail are known without
+        reading the entry back and opening it."""
+        log_ = self.shards.get(shard)
+        if log_ is not None:
+            if seq == log_.end - 1 and seq >= log_.first and log_.last_epoch:
+                return log_.last_epoch
+            epoch = log_.tail.get(seq, column=TAIL_EPOCH)
+            if epoch is not None:
+                return epoch
         entry = self.entry(shard, seq)
         return entry.epoch if entry else None
 
@@ -408,8 +419,11 @@ class ShardLogs:
         return written
 
     def release_tail(self, shard: str, below: int) -> None:
-        """Every follower has the entries below: replication needs them no more."""
-        self.shard(shard).tail.drop_below(below)
+        """Every follower has the entries below: replication needs them no more, bar
+        the last one's epoch, which the next request to a follower names (its
+        prev_epoch): kept in the tail, not read back and opened, a whole entry
+        (a table write's rows, an events message's 1,000 events) for one number."""
+        self.shard(shard).tail.drop_below(below - 1)
 
     def _write(self, log_: ShardLog, start: int, entries: Entries) -> Awaitable[None]:
         """Stages entries at start.. into the group being formed, replacing anything
@@ -436,10 +450,12 @@ class ShardLogs:
                 put_idempotency(batch, dedup_key, dedup_until_ms, message_id)
                 staged[dedup_key] = message_id
                 dedup_keys.append((dedup_key, message_id))
+        # Before end moves: epoch_at knows the last entry's epoch as that of end - 1.
+        last_epoch = entries.last_epoch if entries.raw else (self.epoch_at(log_.name, start - 1) or 0)
         # Set before the write completes so the next leader append lands after these.
         end = log_.end = start + len(entries.raw)
         log_.written = min(log_.written, start)
-        log_.last_epoch = entries.last_epoch if entries.raw else (self.epoch_at(log_.name, start - 1) or 0)
+        log_.last_epoch = last_epoch
         log_.commit = min(log_.commit, log_.end)
         self._group.staged(GroupWrite(log_, end, log_.replacements, dedup_keys, start, entries.ids, entries.dedup_keys))
         return asyncio.shield(done)  # one writer giving up does not cancel the group

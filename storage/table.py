@@ -30,8 +30,8 @@ and serves once the marker entry of its epoch is applied (TableService.ready).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterator, NamedTuple, Protocol
@@ -127,6 +127,21 @@ class Pending(NamedTuple):
     op: storage_pb2.TableOp
 
 
+@dataclass
+class SweepPass:
+    """Where a shard's sweeps are in their pass over its rows, and what they know of
+    its expiries: a sweep looks at no row before `floor`, when no row expires (the
+    bench's rows expire after days: each node looked at 1,000 rows of each shard a
+    second, about 5 % of its CPU under load, docs/benchmarks.md 2026-12-01)."""
+    start: bytes  # the row key the next sweep starts at
+    # The earliest expiry of the rows this pass kept, or applied since it began
+    # (rows applied behind it are not looked at before the next pass).
+    earliest: float = math.inf
+    # No row expires before this: the earliest of the last whole pass, lowered by
+    # every row applied since (None: no whole pass yet, as after a restart).
+    floor: float | None = None
+
+
 class Table:
     """The rows of this node's table shards (a part of the StorageEngine)."""
 
@@ -135,7 +150,7 @@ class Table:
         # Per shard, the rows written by this node as leader and not yet applied:
         # what a rate acquire decides on (bounded by the writes in flight).
         self.pending: dict[str, dict[bytes, Pending]] = {}
-        self._sweep_from: dict[str, bytes] = {}  # per shard, the row key the next sweep starts at
+        self._sweeps: dict[str, SweepPass] = {}  # per shard (bounded by the table's partitions)
         # shard -> (first erase not yet compacted, when to compact), monotonic
         self._compact_due: dict[str, tuple[float, float]] = {}
 
@@ -182,6 +197,7 @@ class Table:
         pending = self.pending.get(shard)
         erased = False
         applied_rows = 0
+        earliest = math.inf  # expiry of the rows put
         stop_key = layout.message(stop)
         for key, value in self._rdict.items(from_key=layout.message(start)):
             if key >= stop_key:
@@ -219,7 +235,10 @@ class Table:
                     erased = erased or op.erase
                 else:
                     rows[row_key] = seq
-                    batch.put(row_key, keys.row_value(seq, epoch, op.expire_ms, op.value, ring, row_key))
+                    expire_ms = op.expire_ms
+                    if expire_ms and expire_ms < earliest:
+                        earliest = expire_ms
+                    batch.put(row_key, keys.row_value(seq, epoch, expire_ms, op.value, ring, row_key))
                 if pending and (noted := pending.get(op_key)) is not None and noted.seq <= seq:
                     del pending[op_key]
         for seq, stubbed in stubs.items():
@@ -227,6 +246,10 @@ class Table:
         batch.put(layout.applied, keys.applied_value(stop))
         self._db.write(batch)
         log_.applied = stop
+        if earliest < math.inf and (sweeps := self._sweeps.get(shard)) is not None:
+            sweeps.earliest = min(sweeps.earliest, earliest)
+            if sweeps.floor is not None:
+                sweeps.floor = min(sweeps.floor, earliest)
         if pending:  # writes that never came to be (a deposed leader's)
             for key in [k for k, noted in pending.items() if noted.seq < stop]:
                 del pending[key]
@@ -276,13 +299,23 @@ class Table:
         full_keys = [layout.row_prefix + key for key in row_keys]
         return [self._live(key, value, now) for key, value in zip(full_keys, self._db.get_many(full_keys))]
 
-    def current(self, shard: str, key: bytes) -> bytes | None:
-        """The row's value with this leader's pending write of it, if any."""
-        noted = self.pending.get(shard, {}).get(key)
-        if noted is not None:
+    def current(self, shard: str, row_keys: list[bytes]) -> dict[bytes, bytes | None]:
+        """Each row's value with this leader's pending write of it, if any: the rows
+        not pending in one multi-get (a rate acquire of a fan-out page's recipients
+        read them one get each)."""
+        pending, now = self.pending.get(shard, {}), now_ms()
+        values: dict[bytes, bytes | None] = {}
+        stored = []
+        for key in row_keys:
+            noted = pending.get(key)
+            if noted is None:
+                stored.append(key)
+                continue
             op = noted.op
-            return op.value if _is_write(op) and not (op.expire_ms and op.expire_ms <= now_ms()) else None
-        return self.read(shard, [key])[0]
+            values[key] = op.value if _is_write(op) and not (op.expire_ms and op.expire_ms <= now) else None
+        if stored:
+            values.update(zip(stored, self.read(shard, stored)))
+        return values
 
     def scan(self, shard: str, prefix: bytes, start_after: bytes, limit: int, reverse: bool) -> Scanned:
         """Live rows whose keys start with prefix, after start_after (before it, reversed)."""
@@ -339,16 +372,26 @@ class Table:
         log_ = self._logs.shards.get(shard)
         if log_ is None:
             return 0
-        layout, now, batch = log_.layout, now_ms(), self._db.batch()
-        start = self._sweep_from.get(shard, layout.row_prefix)
+        layout, now = log_.layout, now_ms()
+        sweeps = self._sweeps.get(shard)
+        if sweeps is None:
+            sweeps = self._sweeps[shard] = SweepPass(layout.row_prefix)
+        if sweeps.floor is not None and now < sweeps.floor:
+            return 0
+        batch, earliest = self._db.batch(), sweeps.earliest
         looked, dropped, last = 0, 0, None
         stubs: dict[int, set[bytes]] = {}  # entry seq -> keys of its rows dropped here
-        for key, value in self._rdict.items(from_key=start):
+        for key, value in self._rdict.items(from_key=sweeps.start):
             if not key.startswith(layout.row_prefix) or looked == limit:
                 break
             looked, last = looked + 1, key
             expire_ms = keys.row_expire_ms(value)
-            if expire_ms and expire_ms <= now:
+            if not expire_ms:
+                continue
+            if expire_ms > now:
+                if expire_ms < earliest:
+                    earliest = expire_ms
+            else:
                 row = keys.parse_row_value(value)
                 batch.delete(key)
                 if row.seq >= log_.first:
@@ -356,7 +399,10 @@ class Table:
                 dropped += 1
         for seq, stubbed in stubs.items():
             self._stub_rows(batch, layout, seq, stubbed)
-        self._sweep_from[shard] = last + b"\0" if looked == limit and last is not None else layout.row_prefix
+        if looked == limit and last is not None:
+            sweeps.start, sweeps.earliest = last + b"\0", earliest
+        else:  # the pass is whole: from the first row again
+            sweeps.start, sweeps.floor, sweeps.earliest = layout.row_prefix, earliest, math.inf
         if len(batch):
             self._db.write(batch)
         return dropped
@@ -524,30 +570,32 @@ class TableService:
             row = self._locks.setdefault((shard, key), RowLock())
             row.users += 1
             locks.append(row)
+        held = 0  # the locks acquired, in order (not an AsyncExitStack: one context a row, for a page of 1,000)
         try:
-            async with contextlib.AsyncExitStack() as held:
-                for row in locks:
-                    await held.enter_async_context(row.lock)
-                self.ready(shard)
-                now = now_ms()
-                values: dict[bytes, bytes | None] = {}
-                writes: dict[bytes, storage_pb2.TableOp] = {}
-                decisions = []
-                for acquire in acquires:
-                    key = acquire.key
-                    current = values[key] if key in values else self._table.current(shard, key)
-                    decision, counter = decide(current, acquire.limit, acquire.period_ms, acquire.token,
-                                               acquire.force, now)
-                    if counter is not None:
-                        values[key] = counter.SerializeToString()
-                        # the row goes once the window passed its sends
-                        writes[key] = storage_pb2.TableOp(key=key, value=values[key],
-                                                          expire_ms=max(counter.sent_ms) + acquire.period_ms)
-                    decisions.append(decision)
-                if writes:
-                    await self._write(shard, list(writes.values()))
-                return decisions
+            for row in locks:
+                await row.lock.acquire()
+                held += 1
+            self.ready(shard)
+            now = now_ms()
+            values = self._table.current(shard, keys)
+            writes: dict[bytes, storage_pb2.TableOp] = {}
+            decisions = []
+            for acquire in acquires:
+                key = acquire.key
+                decision, counter = decide(values[key], acquire.limit, acquire.period_ms, acquire.token,
+                                           acquire.force, now)
+                if counter is not None:
+                    values[key] = counter.SerializeToString()
+                    # the row goes once the window passed its sends
+                    writes[key] = storage_pb2.TableOp(key=key, value=values[key],
+                                                      expire_ms=max(counter.sent_ms) + acquire.period_ms)
+                decisions.append(decision)
+            if writes:
+                await self._write(shard, list(writes.values()))
+            return decisions
         finally:
+            for row in locks[:held]:
+                row.lock.release()
             for key, row in zip(keys, locks):
                 row.users -= 1
                 if not row.users:
@@ -557,6 +605,8 @@ class TableService:
 def decide(current: bytes | None, limit: int, period_ms: int, token: str, force: bool,
            now: int) -> tuple[RateDecision, notify_pb2.RateCounter | None]:
     """The rate decision, and the counter to write (None: nothing to write)."""
+    if not current:  # no sends counted (a fan-out's duplicate check, mostly): this one is the first
+        return RateDecision(True, 0, 1), notify_pb2.RateCounter(sent_ms=[now], tokens=[token])
     counter = notify_pb2.RateCounter.FromString(current) if current else notify_pb2.RateCounter()
     tokens = list(counter.tokens) + [""] * (len(counter.sent_ms) - len(counter.tokens))
     sends = [(ms, t) for ms, t in zip(counter.sent_ms, tokens) if ms > now - period_ms][-limit:]

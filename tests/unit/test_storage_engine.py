@@ -723,3 +723,49 @@ async def test_merged_nacks_give_each_subscriptions_messages_back_and_drop_those
     assert (again.delivery_attempt, billing_again.delivery_attempt) == (2, 2)
     with pytest.raises(errors.NotFound):  # a deadline moved needs its subscription named
         engine.modify_ack_deadline(SHARD, "", [again.ack_id], 30_000)
+
+
+class CountedGets:
+    """The log's Rdict, counting its point reads."""
+
+    def __init__(self, rdict):
+        self._rdict, self.gets = rdict, 0
+
+    def get(self, *args, **kwargs):
+        self.gets += 1
+        return self._rdict.get(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._rdict, name)
+
+
+async def test_the_epoch_before_what_followers_lack_is_known_without_reading_the_entry_back(engine):
+    """The next Replicate request names the epoch of the entry before the first it
+    carries (prev_epoch): the tail keeps it once every follower has the entry."""
+    await append(engine, SHARD, messages(b"a", b"b"), epoch=3)
+    await append(engine, SHARD, messages(b"c"), epoch=4)
+    engine.release_tail(SHARD, 3)  # every follower has all three
+    counted = engine.log._rdict = CountedGets(engine.log._rdict)
+    assert engine.epoch_at(SHARD, 2) == 4
+    assert counted.gets == 0
+    assert engine.epoch_at(SHARD, 1) == 3  # released: read back
+    assert counted.gets == 1
+
+
+async def test_a_followers_last_epoch_is_known_without_reading_its_entry_back(engine):
+    """A follower checks each batch against the epoch of its last entry (prev_epoch)."""
+    leader_entries = Entries.of([storage_pb2.StoredMessage(message=pubsub_pb2.PubsubMessage(data=b"a"), epoch=5),
+                                 storage_pb2.StoredMessage(message=pubsub_pb2.PubsubMessage(data=b"b"), epoch=6)])
+    await engine.write_replicated(SHARD, 0, leader_entries)
+    counted = engine.log._rdict = CountedGets(engine.log._rdict)
+    assert engine.epoch_at(SHARD, 1) == 6
+    assert counted.gets == 0
+    assert engine.epoch_at(SHARD, 0) == 5
+    assert counted.gets == 1
+
+
+async def test_a_truncation_without_entries_leaves_the_epoch_of_the_entry_before_as_the_last(engine):
+    await engine.write_replicated(SHARD, 0, Entries.of([storage_pb2.StoredMessage(epoch=epoch) for epoch in (5, 6, 7)]))
+    await engine.write_replicated(SHARD, 2, Entries())  # a leader's log ends at 2: ours is cut there
+    log_ = engine.shard(SHARD)
+    assert (log_.end, log_.last_epoch, engine.epoch_at(SHARD, 1)) == (2, 6, 6)

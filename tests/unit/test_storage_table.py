@@ -146,6 +146,32 @@ async def test_expired_rows_read_as_absent_and_a_sweep_drops_them(engine):
     assert engine.db.get(engine.shard(SHARD).layout.row_prefix + b"past") is None
 
 
+class CountedItems:
+    """The engine's Rdict, counting the iterations over a shard's rows (a sweep's)."""
+
+    def __init__(self, rdict, row_prefix: bytes):
+        self._rdict, self._row_prefix, self.iterations = rdict, row_prefix, 0
+
+    def items(self, from_key: bytes = b"", **kwargs):
+        self.iterations += from_key.startswith(self._row_prefix)
+        return self._rdict.items(from_key=from_key, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._rdict, name)
+
+
+async def test_a_sweep_looks_at_no_row_until_one_may_have_expired_and_a_row_applied_since_counts(engine):
+    later = now_ms() + 3_600_000
+    await write(engine, [put(b"kept", b"x", expire_ms=later), put(b"forever", b"y")])
+    assert engine.table.sweep(SHARD) == 0  # the whole pass: nothing expires within the hour
+    counted = engine.table._rdict = CountedItems(engine.table._rdict, engine.shard(SHARD).layout.row_prefix)
+    assert engine.table.sweep(SHARD) == 0
+    assert counted.iterations == 0  # nothing looked at
+    await write(engine, [put(b"past", b"z", expire_ms=now_ms() - 1)])  # applied expired: the next sweep looks
+    assert engine.table.sweep(SHARD) == 1
+    assert counted.iterations == 1 and read(engine, b"kept", b"forever", b"past") == [b"x", b"y", None]
+
+
 async def test_a_write_of_many_rows_is_one_entry_split_at_the_bound_and_at_a_repeated_key(engine):
     names = [b"r%03d" % i for i in range(ENTRY_MAX_ROWS + 44)]
     assert await write(engine, [put(name, b"v") for name in names]) == 2
