@@ -97,7 +97,7 @@ class ChannelProviders:
         self._made: dict[tuple[int, str], Made] = {}
         self._ordered: dict[int, tuple[tuple[int, ...], list[Made]]] = {}  # per channel: (fingerprint, Mades)
         self._closing: set[asyncio.Task] = set()
-        self._provider_calls = telemetry.meter().create_histogram(
+        self._provider_calls = telemetry.histogram(
             "notifymesh.provider.send.duration", unit="s",
             description="provider sends, by channel, provider and outcome (sent, transient, permanent, dead_address)")
 
