@@ -10,6 +10,7 @@ import pytest
 from frontend.http import HttpServer, UnsubscribeEndpoint, application
 from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
 from notifymesh.server import rows
+from notifymesh.server.tracking import CLICK, Send, Tracking
 from notifymesh.server.unsubscribe import (InvalidToken, TokenSigner, public_base_url, unsubscribe_url)
 
 KEY = bytes(range(32))
@@ -21,6 +22,21 @@ def test_a_token_names_what_it_unsubscribes_from():
     wanted = signer.verify(token, now_s=1_700_000_100)
     assert wanted == ("alice", "marketing", "email", 1_700_000_000, "", 0)
     assert signer.verify(signer.issue("bob:ü", "", "email")).recipient == "bob:ü"  # any id, every category
+
+
+def test_a_token_is_its_fields_and_their_hmac_sha256():
+    """The format the module's doc gives, known answers (made with hmac.new(KEY,
+    payload, sha256) on main): links in sent emails keep working across versions."""
+    token = TokenSigner(KEY).issue("alice", "marketing", "email", now_s=1_700_000_000, notification_id="n1",
+                                   accepted_ms=1_700_000_000_123)
+    assert token == ("YWxpY2UAbWFya2V0aW5nAGVtYWlsAG4xADE3MDAwMDAwMDAxMjMAMTcwMDAwMDAwMA."
+                     "cmPTkMfPm7p2uZ_2odIGtvk3ylfQOreNQwYwR18ZhNg")
+    tracking = Tracking(TokenSigner(KEY))
+    click = tracking.token(CLICK, Send("n1", "alice", "email", 1_700_000_000_123), "https://example.com/x",
+                           now_s=1_700_000_000)
+    assert click == ("bjEAYWxpY2UAZW1haWwAMTcwMDAwMDAwMDEyMwBodHRwczovL2V4YW1wbGUuY29tL3gAMTcwMDAwMDAwMA."
+                     "0ts8jJrFnlVeaR8b0q7QVkCcDRG06CyVgAJKkBRgTbY")
+    assert tracking.verify(CLICK, click, max_age_s=60, now_s=1_700_000_001)[1] == "https://example.com/x"
 
 
 def test_forged_tampered_and_expired_tokens_are_refused():
