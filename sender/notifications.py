@@ -228,11 +228,19 @@ class TemplateRendering:
         self._renderer = templating.Renderer()
         self.render = self._renderer.render
         self.context = templating.context
+        # The live frontends' addresses, sorted; None: read again at the next use (a
+        # member changed). Read per email or SMS send, it walked every member each time.
+        self._frontends: list[str] | None = None
+        ctx.cluster.members.on_change(self._members_changed)
+
+    def _members_changed(self, _name: str | None) -> None:
+        self._frontends = None
 
     def _base_url(self) -> str:
         config = self._ctx.config
-        return unsubscribe.public_base_url(config.public_base_url, sorted(self._ctx.cluster.live("frontend").values()),
-                                           config.frontend_http_port_offset)
+        if self._frontends is None:
+            self._frontends = sorted(self._ctx.cluster.live("frontend").values())
+        return unsubscribe.public_base_url(config.public_base_url, self._frontends, config.frontend_http_port_offset)
 
     def unsubscribe_url(self, recipient: str, category: str, channel: str, notification_id: str = "",
                         accepted_ms: int = 0) -> str:
