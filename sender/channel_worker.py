@@ -428,10 +428,11 @@ class ChannelSender:
             s.targets = targets
 
         limited: list[tuple[Sending, notify_pb2.RateLimit]] = []
+        default_limit = self._default_limit()  # once a batch: it makes a message
         for s, (contact_raw, override_raw) in zip(sendings, read):
             s.recipient = notify_pb2.Recipient.FromString(contact_raw) if contact_raw is not None else None
             category = categories[s.task.category]
-            limit = category.rate_limit if category.rate_limit.limit > 0 else self._default_limit()
+            limit = category.rate_limit if category.rate_limit.limit > 0 else default_limit
             if override_raw is not None:
                 override = internal_pb2.RateLimitRow.FromString(override_raw).rate_limit
                 if override.limit > 0:
