@@ -3,6 +3,7 @@ one-click endpoint (frontend/http.py) on a real aiohttp server, writing through 
 fake table."""
 
 import time
+import urllib.parse
 
 import aiohttp
 import pytest
@@ -62,6 +63,9 @@ def test_forged_tampered_and_expired_tokens_are_refused():
 
 def test_urls():
     assert unsubscribe_url("http://127.0.0.1:50076/", "a.b") == "http://127.0.0.1:50076/unsubscribe?token=a.b"
+    token = TokenSigner(KEY).issue("bob+x@y/ü", "a&b=c", "email")
+    assert unsubscribe_url("http://h", token) == f"http://h/unsubscribe?{urllib.parse.urlencode({'token': token})}"
+    assert unsubscribe_url("http://h", "a+b/c=") == "http://h/unsubscribe?token=a%2Bb%2Fc%3D"  # not ours: quoted
     assert public_base_url("https://notify.example.com", ["127.0.0.1:50051"], 25) == "https://notify.example.com"
     assert public_base_url("", ["127.0.0.1:50051", "127.0.0.1:50052"], 25) == "http://127.0.0.1:50076"
 
