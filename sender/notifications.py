@@ -228,19 +228,24 @@ class TemplateRendering:
         self._renderer = templating.Renderer()
         self.render = self._renderer.render
         self.context = templating.context
-        # The live frontends' addresses, sorted; None: read again at the next use (a
-        # member changed). Read per email or SMS send, it walked every member each time.
-        self._frontends: list[str] | None = None
+        # The links' base URL and the settings it was made from; None: made again at the
+        # next use (a member changed). Made per email or SMS send, it walked every member
+        # each time (bench/send_links.py).
+        self._base: tuple[str, int, str] | None = None
         ctx.cluster.members.on_change(self._members_changed)
 
     def _members_changed(self, _name: str | None) -> None:
-        self._frontends = None
+        self._base = None
 
     def _base_url(self) -> str:
         config = self._ctx.config
-        if self._frontends is None:
-            self._frontends = sorted(self._ctx.cluster.live("frontend").values())
-        return unsubscribe.public_base_url(config.public_base_url, self._frontends, config.frontend_http_port_offset)
+        made = self._base
+        if made is None or made[:2] != (config.public_base_url, config.frontend_http_port_offset):
+            base = unsubscribe.public_base_url(config.public_base_url,
+                                               sorted(self._ctx.cluster.live("frontend").values()),
+                                               config.frontend_http_port_offset)
+            made = self._base = (config.public_base_url, config.frontend_http_port_offset, base)
+        return made[2]
 
     def unsubscribe_url(self, recipient: str, category: str, channel: str, notification_id: str = "",
                         accepted_ms: int = 0) -> str:

@@ -46,8 +46,13 @@ class Unsubscribe(NamedTuple):
     accepted_ms: int = 0
 
 
+_URLSAFE_ALPHABET = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    """base64url without padding (base64.urlsafe_b64encode's output, without its two
+    Python-level wrappers: two a token)."""
+    return binascii.b2a_base64(raw, newline=False).translate(_URLSAFE_ALPHABET).rstrip(b"=").decode()
 
 
 def _unb64(text: str) -> bytes:
