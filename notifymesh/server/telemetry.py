@@ -14,8 +14,8 @@ codes, topics, subscriptions, partitions, providers, never message ids.
 The instruments recorded on every call or send (RPC durations, provider sends,
 deliveries) are this module's pre-aggregated ones (`histogram()`, `counter()`,
 `up_down_counter()`): the SDK's Histogram.record cleans and hashes the
-attributes on every call, 12-25 us here; a Series made once per attribute set
-takes a record in about a microsecond (docs/benchmarks.md). The reader
+attributes on every call, 9-25 us here; a series kept per attribute set takes
+a record in 0.14-0.16 us (bench/metrics_record.py, docs/benchmarks.md). The reader
 (AggregatedReader) merges their points into what the SDK collects, as the
 same Metric records the SDK makes, so /metrics shows the same names, units,
 buckets and labels; OpenTelemetry stays the API of every other instrument and
@@ -137,7 +137,7 @@ class CounterSeries:
     HistogramSeries, event-loop thread only."""
     __slots__ = ("attributes", "start_ns", "value", "added")
 
-    def __init__(self, attributes: dict, _bounds=None):
+    def __init__(self, attributes: dict):
         self.attributes, self.start_ns, self.value, self.added = attributes, time.time_ns(), 0, False
 
     def add(self, amount: int | float) -> None:
@@ -152,15 +152,16 @@ class CounterSeries:
 
 
 class Aggregated:
-    """A pre-aggregated instrument: a Series per attribute set, made by series()
-    once per call site and attribute set (the lookup hashes the attributes: keep
-    the series where it is used often). At most CARDINALITY_LIMIT sets, then the
-    SDK's overflow set."""
+    """A pre-aggregated instrument (kind: "histogram", "counter" or
+    "up_down_counter"): a series (HistogramSeries, CounterSeries) per attribute
+    set, which series() finds by hashing the attributes: a hot call site keeps its
+    series. At most CARDINALITY_LIMIT sets, then the SDK's overflow set."""
 
     def __init__(self, name: str, unit: str, description: str, kind: str,
                  bounds: tuple[float, ...] = LATENCY_BUCKETS_S):
-        self.name, self.unit, self.description, self.kind, self._bounds = name, unit, description, kind, bounds
-        self._make = HistogramSeries if kind == "histogram" else CounterSeries
+        self.name, self.unit, self.description, self.kind = name, unit, description, kind
+        self._make = (lambda attributes: HistogramSeries(attributes, bounds)) if kind == "histogram" \
+            else CounterSeries
         self._series: dict[frozenset, HistogramSeries | CounterSeries] = {}
 
     def series(self, attributes: Mapping[str, str | bool | int | float] | None = None):
@@ -171,7 +172,7 @@ class Aggregated:
                 key, attributes = frozenset(_OVERFLOW.items()), _OVERFLOW
                 found = self._series.get(key)
             if found is None:
-                found = self._series[key] = self._make(dict(attributes or {}), self._bounds)
+                found = self._series[key] = self._make(dict(attributes or {}))
         return found
 
     def record(self, value: float, attributes: Mapping | None = None) -> None:
