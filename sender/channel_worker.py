@@ -392,7 +392,7 @@ class ChannelSender:
         if not sendings:
             return
         categories = await self._categories(sendings)
-        overrides = await self._read(sendings)
+        overrides = await self._read_recipients(sendings)
         await self._rate_limit(sendings, categories, overrides)
         await self._render_all([s for s in sendings if s.outcome is None])
 
@@ -430,7 +430,7 @@ class ChannelSender:
                 categories[name] = notify_pb2.Category(name=name)
         return categories
 
-    async def _read(self, sendings: list[Sending]) -> list[bytes | None]:
+    async def _read_recipients(self, sendings: list[Sending]) -> list[bytes | None]:
         """Each task's recipient's contact (Sending.recipient) and, for push, devices
         (Sending.targets), in one round batched with other batches'; returns each
         task's rate limit override row (None: none)."""
