@@ -385,8 +385,19 @@ class ChannelSender:
         return False
 
     async def _prepare(self, sendings: list[Sending]) -> None:
-        """Steps 1 to 4 of each task (the module's doc): decides the outcome of those
-        that go no further, renders the others and logs them SEND_RENDERED."""
+        """Steps 1 to 4 of each task (the module's doc), each for the whole batch:
+        decides the outcome of those that go no further, renders the others and
+        logs them SEND_RENDERED."""
+        sendings = await self._with_provider(sendings)
+        if not sendings:
+            return
+        categories = await self._categories(sendings)
+        overrides = await self._read_recipients(sendings)
+        await self._rate_limit(sendings, categories, overrides)
+        await self._render_all([s for s in sendings if s.outcome is None])
+
+    async def _with_provider(self, sendings: list[Sending]) -> list[Sending]:
+        """Step 1: those whose channel has a provider (or needs none); the others wait."""
         has_provider: dict[int, bool] = {}
         for s in sendings:
             channel = s.task.channel
@@ -407,18 +418,23 @@ class ChannelSender:
                 log.warning("no provider for a channel",
                             extra=fields(channel=channel_name(channel), notification=s.task.notification_id))
             s.outcome = Outcome(ack=False, delay_ms=NO_PROVIDER_DELAY_MS, deferred=True, reason=reason)
-        sendings = [s for s in sendings if s.outcome is None]
-        if not sendings:
-            return
+        return [s for s in sendings if s.outcome is None]
 
+    async def _categories(self, sendings: list[Sending]) -> dict[str, notify_pb2.Category]:
+        """The batch's categories by name."""
         categories: dict[str, notify_pb2.Category] = {}
         for name in {s.task.category for s in sendings}:
             try:
                 categories[name] = await self._metadata.category(name)
             except errors.NotFound:  # deleted since the notification was accepted: no limit of its own
                 categories[name] = notify_pb2.Category(name=name)
+        return categories
+
+    async def _read_recipients(self, sendings: list[Sending]) -> list[bytes | None]:
+        """Each task's recipient's contact (Sending.recipient) and, for push, devices
+        (Sending.targets), in one round batched with other batches'; returns each
+        task's rate limit override row (None: none)."""
         push = [s for s in sendings if s.task.channel == notify_pb2.PUSH]
-        # Push tasks' devices in the same round (batched with other batches').
         read, listed = await asyncio.gather(
             self._reads.read([(s.task.recipient, [rows.contact_key(s.task.recipient),
                                                   rows.rate_limit_key(s.task.recipient, s.task.category)])
@@ -426,12 +442,18 @@ class ChannelSender:
             self._reads.devices([s.task.recipient for s in push]))
         for s, targets in zip(push, listed):
             s.targets = targets
-
-        limited: list[tuple[Sending, notify_pb2.RateLimit]] = []
-        for s, (contact_raw, override_raw) in zip(sendings, read):
+        for s, (contact_raw, _) in zip(sendings, read):
             s.recipient = notify_pb2.Recipient.FromString(contact_raw) if contact_raw is not None else None
+        return [override_raw for _, override_raw in read]
+
+    async def _rate_limit(self, sendings: list[Sending], categories: dict[str, notify_pb2.Category],
+                          overrides: list[bytes | None]) -> None:
+        """Step 2: the tasks over their limit are delayed or suppressed."""
+        limited: list[tuple[Sending, notify_pb2.RateLimit]] = []
+        default_limit = self._default_limit()  # once a batch: it makes a message
+        for s, override_raw in zip(sendings, overrides):
             category = categories[s.task.category]
-            limit = category.rate_limit if category.rate_limit.limit > 0 else self._default_limit()
+            limit = category.rate_limit if category.rate_limit.limit > 0 else default_limit
             if override_raw is not None:
                 override = internal_pb2.RateLimitRow.FromString(override_raw).rate_limit
                 if override.limit > 0:
@@ -455,10 +477,10 @@ class ChannelSender:
                 s.event(notify_pb2.SUPPRESSED_RATE_LIMITED, reason=what)
                 s.outcome = ACK
 
+    async def _render_all(self, sendings: list[Sending]) -> None:
+        """Steps 3 and 4: the contact (none: suppressed), the template version, the render."""
         templates: dict[tuple[str, int], notify_pb2.Template | None] = {}
         for s in sendings:
-            if s.outcome is not None:
-                continue
             task, channel = s.task, s.task.channel
             s.address = contact(s.recipient, channel)
             if s.recipient is None:

@@ -32,7 +32,7 @@ from sender.puller import ShardPuller
 from sender.unary_pull import UnaryPull
 
 log = logging.getLogger(__name__)
-DELIVERED = telemetry.meter().create_counter(
+DELIVERED = telemetry.counter(
     "notifymesh.stream.delivered", unit="{message}",
     description="messages handed to subscriber streams (a redelivery counts again), by subscription")
 
@@ -111,6 +111,7 @@ class SubscriptionDispatcher:
         """owned(partition): this sender serves that pair; owned(): some pair. acks and
         given_back: the sender's merged acks and nacks by shard (Dispatcher)."""
         self.name, self.topic = subscription.name, subscription.topic
+        self._delivered = DELIVERED.series({"subscription": self.name})
         self.ack_deadline_ms = subscription.ack_deadline.ToMilliseconds()
         self._storage, self._budget, self._acks, self.owned = storage, budget, acks, owned
         self._given_back = given_back
@@ -269,7 +270,7 @@ class SubscriptionDispatcher:
                 self._expire_at(until, ack_id)
                 stream.outstanding.add(ack_id)
             self._budget.used += take
-            DELIVERED.add(take, {"subscription": self.name})
+            self._delivered.add(take)
             stream.put(tracing.received_for(received[position:end], self.name,
                                             "stream" if stream.subscriber else "push",
                                             stream.trace_context, self.traced))

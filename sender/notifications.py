@@ -97,7 +97,7 @@ class ChannelProviders:
         self._made: dict[tuple[int, str], Made] = {}
         self._ordered: dict[int, tuple[tuple[int, ...], list[Made]]] = {}  # per channel: (fingerprint, Mades)
         self._closing: set[asyncio.Task] = set()
-        self._provider_calls = telemetry.meter().create_histogram(
+        self._provider_calls = telemetry.histogram(
             "notifymesh.provider.send.duration", unit="s",
             description="provider sends, by channel, provider and outcome (sent, transient, permanent, dead_address)")
 
@@ -228,11 +228,24 @@ class TemplateRendering:
         self._renderer = templating.Renderer()
         self.render = self._renderer.render
         self.context = templating.context
+        # The links' base URL and the settings it was made from; None: made again at the
+        # next use (a member changed). Made per email or SMS send, it walked every member
+        # each time (bench/send_links.py).
+        self._base: tuple[str, int, str] | None = None
+        ctx.cluster.members.on_change(self._members_changed)
+
+    def _members_changed(self, _name: str | None) -> None:
+        self._base = None
 
     def _base_url(self) -> str:
         config = self._ctx.config
-        return unsubscribe.public_base_url(config.public_base_url, sorted(self._ctx.cluster.live("frontend").values()),
-                                           config.frontend_http_port_offset)
+        made = self._base
+        if made is None or made[:2] != (config.public_base_url, config.frontend_http_port_offset):
+            base = unsubscribe.public_base_url(config.public_base_url,
+                                               sorted(self._ctx.cluster.live("frontend").values()),
+                                               config.frontend_http_port_offset)
+            made = self._base = (config.public_base_url, config.frontend_http_port_offset, base)
+        return made[2]
 
     def unsubscribe_url(self, recipient: str, category: str, channel: str, notification_id: str = "",
                         accepted_ms: int = 0) -> str:

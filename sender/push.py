@@ -50,6 +50,10 @@ class PushWorker:
         self._record, self._dispatcher, self._http, self._sender_slots = record, dispatcher, http, sender_slots
         self.push_config = record.push_config
         self.in_flight = 0  # requests not yet answered (bounded by max_in_flight)
+        # outcome ("ok", "error") -> (publish to delivery, request) series
+        self._timed = {outcome: (PUSH_METRICS.delivered.series({"subscription": record.name, "outcome": outcome}),
+                                 PUSH_METRICS.request.series({"subscription": record.name, "outcome": outcome}))
+                       for outcome in ("ok", "error")}
 
     async def run(self) -> None:
         name, limit = self._record.name, self.push_config.max_in_flight
@@ -98,10 +102,9 @@ class PushWorker:
             if traced is not None:
                 tracing.end_push_span(traced, error)
         # Publish to this attempt's answer (the push's end: the endpoint has it), by outcome.
-        PUSH_METRICS.delivered.record(max(0.0, time.time() - received.message.publish_time.ToNanoseconds() / 1e9),
-                                      {"subscription": self._record.name, "outcome": "error" if error else "ok"})
-        PUSH_METRICS.request.record(time.perf_counter() - started,
-                                    {"subscription": self._record.name, "outcome": "error" if error else "ok"})
+        delivered, request = self._timed["error" if error else "ok"]
+        delivered.record(max(0.0, time.time() - received.message.publish_time.ToNanoseconds() / 1e9))
+        request.record(time.perf_counter() - started)
         try:
             if traced is not None:
                 tracing.ack_span(self._record.name, tracing.Delivered(traced.get_span_context()),
@@ -119,12 +122,11 @@ class PushWorker:
 
 class PushMetrics:
     def __init__(self):
-        m = telemetry.meter()
-        self.delivered = m.create_histogram(
+        self.delivered = telemetry.histogram(
             "notifymesh.push.publish_to_delivery.duration", unit="s",
             description="publish to the push endpoint's answer, per attempt, by subscription and outcome")
-        self.request = m.create_histogram("notifymesh.push.request.duration", unit="s",
-                                          description="push requests, by subscription and outcome")
+        self.request = telemetry.histogram("notifymesh.push.request.duration", unit="s",
+                                           description="push requests, by subscription and outcome")
 
 
 PUSH_METRICS = PushMetrics()

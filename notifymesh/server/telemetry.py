@@ -10,13 +10,26 @@ collections' pauses, etcd lease keep-alives, and, through prometheus_client's pr
 resident memory. Services add their own through `meter()` (storage: partitions
 and backlogs; sender: deliveries, providers). Labels stay bounded: methods,
 codes, topics, subscriptions, partitions, providers, never message ids.
+
+The instruments recorded on every call or send (RPC durations, provider sends,
+deliveries) are this module's pre-aggregated ones (`histogram()`, `counter()`,
+`up_down_counter()`): the SDK's Histogram.record cleans and hashes the
+attributes on every call, 9-25 us here; a series kept per attribute set takes
+a record in 0.14-0.16 us (bench/metrics_record.py, docs/benchmarks.md). The reader
+(AggregatedReader) merges their points into what the SDK collects, as the
+same Metric records the SDK makes, so /metrics shows the same names, units,
+buckets and labels; OpenTelemetry stays the API of every other instrument and
+the export path of all.
 """
 
 import asyncio
 import collections
 import gc
 import logging
+import math
 import time
+from bisect import bisect_left
+from collections.abc import Mapping
 from importlib import metadata as package_metadata
 
 import grpc
@@ -24,8 +37,12 @@ from aiohttp import web
 from opentelemetry import metrics as otel_metrics
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import Histogram, MeterProvider
+from opentelemetry.sdk.metrics.export import (AggregationTemporality, HistogramDataPoint, Metric, MetricsData,
+                                              NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum)
+from opentelemetry.sdk.metrics.export import Histogram as HistogramData
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from notifymesh.log import fields
@@ -63,7 +80,7 @@ def setup(kind: str, node_id: str) -> None:
     global _provider
     if _provider is not None:
         return
-    _provider = MeterProvider(resource=resource(kind, node_id), metric_readers=[PrometheusMetricReader()],
+    _provider = MeterProvider(resource=resource(kind, node_id), metric_readers=[AggregatedReader()],
                               views=[View(instrument_type=Histogram, instrument_unit="s",
                                           aggregation=ExplicitBucketHistogramAggregation(LATENCY_BUCKETS_S))])
     otel_metrics.set_meter_provider(_provider)
@@ -77,6 +94,173 @@ def meter() -> otel_metrics.Meter:
 def scrape() -> bytes:
     """The Prometheus text exposition of every instrument (and the process collector)."""
     return generate_latest(REGISTRY)
+
+
+# The SDK's limit of attribute sets a metric stream exports (its default, that of
+# the Prometheus reader); the sets past it are counted in one, as the SDK does.
+CARDINALITY_LIMIT = 2000
+_OVERFLOW = {"otel.metric.overflow": True}
+
+
+class HistogramSeries:
+    """One attribute set of a pre-aggregated histogram. record() is all a
+    measurement costs: its bucket (the SDK's rule: a value on a boundary counts in
+    the bucket below it), the sum, min and max. Event-loop thread only: the
+    increments are not atomic across threads (collection runs on the loop too)."""
+    __slots__ = ("attributes", "start_ns", "_bounds", "counts", "sum", "min", "max")
+
+    def __init__(self, attributes: dict, bounds: tuple[float, ...]):
+        self.attributes, self.start_ns, self._bounds = attributes, time.time_ns(), bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum, self.min, self.max = 0, math.inf, -math.inf
+
+    def record(self, value: float) -> None:
+        self.counts[bisect_left(self._bounds, value)] += 1
+        self.sum += value
+        if value < self.min:
+            self.min = value
+        if value > self.max:
+            self.max = value
+
+    def point(self, now_ns: int) -> HistogramDataPoint | None:
+        count = sum(self.counts)
+        if not count:  # the SDK has no point for an attribute set never recorded
+            return None
+        return HistogramDataPoint(attributes=self.attributes, start_time_unix_nano=self.start_ns,
+                                  time_unix_nano=now_ns, count=count, sum=self.sum,
+                                  bucket_counts=tuple(self.counts), explicit_bounds=self._bounds,
+                                  min=self.min, max=self.max)
+
+
+class CounterSeries:
+    """One attribute set of a pre-aggregated counter (or up-down counter); as
+    HistogramSeries, event-loop thread only."""
+    __slots__ = ("attributes", "start_ns", "value", "added")
+
+    def __init__(self, attributes: dict):
+        self.attributes, self.start_ns, self.value, self.added = attributes, time.time_ns(), 0, False
+
+    def add(self, amount: int | float) -> None:
+        self.value += amount
+        self.added = True
+
+    def point(self, now_ns: int) -> NumberDataPoint | None:
+        if not self.added:
+            return None
+        return NumberDataPoint(attributes=self.attributes, start_time_unix_nano=self.start_ns,
+                               time_unix_nano=now_ns, value=self.value)
+
+
+class Aggregated:
+    """A pre-aggregated instrument (kind: "histogram", "counter" or
+    "up_down_counter"): a series (HistogramSeries, CounterSeries) per attribute
+    set, which series() finds by hashing the attributes: a hot call site keeps its
+    series. At most CARDINALITY_LIMIT sets, then the SDK's overflow set."""
+
+    def __init__(self, name: str, unit: str, description: str, kind: str,
+                 bounds: tuple[float, ...] = LATENCY_BUCKETS_S):
+        self.name, self.unit, self.description, self.kind = name, unit, description, kind
+        self._make = (lambda attributes: HistogramSeries(attributes, bounds)) if kind == "histogram" \
+            else CounterSeries
+        self._series: dict[frozenset, HistogramSeries | CounterSeries] = {}
+
+    def series(self, attributes: Mapping[str, str | bool | int | float] | None = None):
+        key = frozenset(attributes.items()) if attributes else frozenset()
+        found = self._series.get(key)
+        if found is None:
+            if len(self._series) >= CARDINALITY_LIMIT:
+                key, attributes = frozenset(_OVERFLOW.items()), _OVERFLOW
+                found = self._series.get(key)
+            if found is None:
+                found = self._series[key] = self._make(dict(attributes or {}))
+        return found
+
+    def record(self, value: float, attributes: Mapping | None = None) -> None:
+        """A histogram's measurement, the attribute set looked up each time."""
+        self.series(attributes).record(value)
+
+    def add(self, amount: int | float, attributes: Mapping | None = None) -> None:
+        """A counter's increment, the attribute set looked up each time."""
+        self.series(attributes).add(amount)
+
+    def metric(self, now_ns: int) -> Metric | None:
+        """The SDK's record of this instrument, cumulative (the Prometheus reader's)."""
+        points = [p for p in (s.point(now_ns) for s in list(self._series.values())) if p is not None]
+        if not points:
+            return None
+        if self.kind == "histogram":
+            data = HistogramData(data_points=points, aggregation_temporality=AggregationTemporality.CUMULATIVE)
+        else:
+            data = Sum(data_points=points, aggregation_temporality=AggregationTemporality.CUMULATIVE,
+                       is_monotonic=self.kind == "counter")
+        return Metric(name=self.name, description=self.description, unit=self.unit, data=data)
+
+
+# name -> its instrument: one per name in the process, as the SDK's meter has it;
+# as many as the modules make (a handful).
+_aggregated: dict[str, Aggregated] = {}
+
+
+def _instrument(name: str, unit: str, description: str, kind: str) -> Aggregated:
+    made = _aggregated.get(name)
+    if made is None:
+        made = _aggregated[name] = Aggregated(name, unit, description, kind)
+    elif (made.kind, made.unit) != (kind, unit):
+        raise ValueError(f"instrument {name} made again as another kind or unit")
+    return made
+
+
+def histogram(name: str, unit: str = "s", description: str = "") -> Aggregated:
+    """A pre-aggregated histogram (the latency buckets, as the SDK's view gives
+    instruments in seconds)."""
+    if unit != "s":
+        raise ValueError("pre-aggregated histograms are of seconds (the latency buckets)")
+    return _instrument(name, unit, description, "histogram")
+
+
+def counter(name: str, unit: str = "", description: str = "") -> Aggregated:
+    return _instrument(name, unit, description, "counter")
+
+
+def up_down_counter(name: str, unit: str = "", description: str = "") -> Aggregated:
+    return _instrument(name, unit, description, "up_down_counter")
+
+
+def with_aggregated(collected: MetricsData, instruments: dict[str, Aggregated] | None = None) -> MetricsData:
+    """What the SDK collected with the pre-aggregated instruments' metrics (by
+    default the module's) added to its scope (the meter's: the same labels on /metrics)."""
+    now_ns = time.time_ns()
+    made = _aggregated if instruments is None else instruments
+    metrics = [m for m in (i.metric(now_ns) for i in list(made.values())) if m is not None]
+    if not metrics or not collected.resource_metrics:
+        return collected
+    first, *others = collected.resource_metrics
+    scopes = list(first.scope_metrics)
+    for i, scoped in enumerate(scopes):
+        if scoped.scope.name == METER_NAME:
+            scopes[i] = ScopeMetrics(scope=scoped.scope, metrics=[*scoped.metrics, *metrics],
+                                     schema_url=scoped.schema_url)
+            break
+    else:
+        scopes.append(ScopeMetrics(scope=InstrumentationScope(METER_NAME, version()), metrics=metrics,
+                                   schema_url=""))
+    return MetricsData(resource_metrics=[ResourceMetrics(resource=first.resource, scope_metrics=scopes,
+                                                         schema_url=first.schema_url), *others])
+
+
+class AggregatedReader(PrometheusMetricReader):
+    """The Prometheus reader, given the pre-aggregated instruments' metrics with
+    the SDK's (_receive_metrics: the SDK's hook for a reader's export). The SDK
+    calls it only when it has a point of its own: every process's loop-lag
+    probe records one within LOOP_LAG_PROBE_S of starting."""
+
+    def __init__(self, *args, instruments: dict[str, Aggregated] | None = None, **kwargs):
+        """instruments: by name, the module's (those made by histogram() and the others) by default."""
+        super().__init__(*args, **kwargs)
+        self._instruments = instruments
+
+    def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs) -> None:
+        super()._receive_metrics(with_aggregated(metrics_data, self._instruments), timeout_millis, **kwargs)
 
 
 class MetricsServer:
@@ -116,16 +300,15 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
     unary calls and whole streams, and the streams open now by method."""
 
     def __init__(self):
-        m = meter()
-        self._duration = m.create_histogram("notifymesh.rpc.server.duration", unit="s",
-                                            description="gRPC calls served, by method and status code")
-        self._streams = m.create_up_down_counter("notifymesh.rpc.server.active_streams", unit="{stream}",
-                                                 description="streaming calls open now, by method")
+        self._duration = histogram("notifymesh.rpc.server.duration", unit="s",
+                                   description="gRPC calls served, by method and status code")
+        self._streams = up_down_counter("notifymesh.rpc.server.active_streams", unit="{stream}",
+                                        description="streaming calls open now, by method")
         # method -> (the handler served, its measured wrapper): made once per method,
         # not per call. Bounded by the server's methods (an unknown one has no handler).
         self._wrapped: dict[str, tuple] = {}
-        # (method, code) -> the attributes recorded: built once each.
-        self._attributes: dict[tuple[str, object], dict[str, str]] = {}
+        # (method, code) -> its duration's series: made once each.
+        self._series: dict[tuple[str, object], HistogramSeries] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -156,11 +339,12 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
 
     def _record(self, method: str, started: float, context) -> None:
         code = context.code() if hasattr(context, "code") else None
-        attributes = self._attributes.get((method, code))
-        if attributes is None:
+        series = self._series.get((method, code))
+        if series is None:
             name = code.name if isinstance(code, grpc.StatusCode) else "OK" if code in (None, 0) else str(code)
-            attributes = self._attributes[(method, code)] = {"rpc.method": method, "rpc.grpc.status_code": name}
-        self._duration.record(time.perf_counter() - started, attributes)
+            series = self._series[(method, code)] = self._duration.series({"rpc.method": method,
+                                                                           "rpc.grpc.status_code": name})
+        series.record(time.perf_counter() - started)
 
     def _unary(self, method: str, behaviour):
         async def call(request, context):
@@ -172,14 +356,16 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         return call
 
     def _stream(self, method: str, behaviour):
+        streams = self._streams.series({"rpc.method": method})
+
         async def call(request, context):
             started = time.perf_counter()
-            self._streams.add(1, {"rpc.method": method})
+            streams.add(1)
             try:
                 async for response in behaviour(request, context):
                     yield response
             finally:
-                self._streams.add(-1, {"rpc.method": method})
+                streams.add(-1)
                 self._record(method, started, context)
         return call
 

@@ -15,6 +15,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import secrets
 import time
 import urllib.parse
@@ -27,6 +28,7 @@ KEY_BYTES = 32
 # How long a link works: an email may be read long after it was sent.
 MAX_AGE_S = 365 * 24 * 3600
 _SEP = "\0"
+_URL_SAFE = re.compile(r"[A-Za-z0-9_.-]*")  # a token's characters (base64url and "."): none is quoted in a URL
 
 
 class InvalidToken(ValueError):
@@ -44,8 +46,13 @@ class Unsubscribe(NamedTuple):
     accepted_ms: int = 0
 
 
+_URLSAFE_ALPHABET = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    """base64url without padding (base64.urlsafe_b64encode's output, without its two
+    Python-level wrappers: two a token)."""
+    return binascii.b2a_base64(raw, newline=False).translate(_URLSAFE_ALPHABET).rstrip(b"=").decode()
 
 
 def _unb64(text: str) -> bytes:
@@ -59,12 +66,17 @@ class TokenSigner:
 
     def __init__(self, key: bytes):
         self._key = key
+        # The key's HMAC state, copied for each MAC: the key schedule (its inner and
+        # outer pads hashed) once, not per token; 1.4 us a MAC against 1.9 here.
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
 
     def derived(self, purpose: str) -> "TokenSigner":
         return TokenSigner(hmac.new(self._key, purpose.encode(), hashlib.sha256).digest())
 
     def _mac(self, payload: bytes) -> bytes:
-        return hmac.new(self._key, payload, hashlib.sha256).digest()
+        keyed = self._keyed.copy()
+        keyed.update(payload)
+        return keyed.digest()
 
     def sign(self, fields: tuple[str, ...], now_s: float | None = None) -> str:
         issued = int(time.time() if now_s is None else now_s)
@@ -128,6 +140,8 @@ async def derived_key(etcd, purpose: str) -> bytes:
 
 
 def unsubscribe_url(base_url: str, token: str) -> str:
+    if _URL_SAFE.fullmatch(token):  # every token sign() makes: urlencode would keep it as it is (7.8 us a call)
+        return f"{base_url.rstrip('/')}/unsubscribe?token={token}"
     return f"{base_url.rstrip('/')}/unsubscribe?{urllib.parse.urlencode({'token': token})}"
 
 

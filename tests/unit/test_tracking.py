@@ -180,8 +180,10 @@ def test_the_sender_tracks_emails_unless_the_setting_is_off_and_only_with_a_know
     from sender.notifications import TemplateRendering
     config = SimpleNamespace(public_base_url="http://t.test", frontend_http_port_offset=25, email_tracking=1)
     frontends: dict[str, str] = {}
-    rendering = TemplateRendering(SimpleNamespace(config=config, cluster=SimpleNamespace(live=lambda _: frontends)),
-                                  TokenSigner(KEY))
+    listeners = []
+    members = SimpleNamespace(on_change=listeners.append)  # cluster.members, a PrefixMirror
+    rendering = TemplateRendering(SimpleNamespace(config=config, cluster=SimpleNamespace(
+        live=lambda _: frontends, members=members)), TokenSigner(KEY))
     html = '<a href="https://x.example/">x</a>'
     tracked = rendering.track_html(html, "n1", "alice", 1)
     assert "http://t.test/t/c/" in tracked and "http://t.test/t/o/" in tracked
@@ -193,4 +195,11 @@ def test_the_sender_tracks_emails_unless_the_setting_is_off_and_only_with_a_know
     assert rendering.track_html(html, "n1", "alice", 1) == html
     assert rendering.status_callback_url("n1", "alice", notify_pb2.SMS, 1) == ""
     frontends["f1"] = "127.0.0.1:50051"
+    for listener in listeners:  # the mirror tells of the new member
+        listener("frontend/f1")
     assert rendering.status_callback_url("n1", "alice", notify_pb2.SMS, 1).startswith("http://127.0.0.1:50076/t/s/")
+    frontends["f0"] = "127.0.0.1:50041"  # the first one sorted, known once the mirror tells
+    assert rendering.status_callback_url("n1", "alice", notify_pb2.SMS, 1).startswith("http://127.0.0.1:50076/t/s/")
+    for listener in listeners:
+        listener(None)
+    assert rendering.status_callback_url("n1", "alice", notify_pb2.SMS, 1).startswith("http://127.0.0.1:50066/t/s/")

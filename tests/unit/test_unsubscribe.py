@@ -3,6 +3,7 @@ one-click endpoint (frontend/http.py) on a real aiohttp server, writing through 
 fake table."""
 
 import time
+import urllib.parse
 
 import aiohttp
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from frontend.http import HttpServer, UnsubscribeEndpoint, application
 from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
 from notifymesh.server import rows
+from notifymesh.server.tracking import CLICK, Send, Tracking
 from notifymesh.server.unsubscribe import (InvalidToken, TokenSigner, public_base_url, unsubscribe_url)
 
 KEY = bytes(range(32))
@@ -21,6 +23,21 @@ def test_a_token_names_what_it_unsubscribes_from():
     wanted = signer.verify(token, now_s=1_700_000_100)
     assert wanted == ("alice", "marketing", "email", 1_700_000_000, "", 0)
     assert signer.verify(signer.issue("bob:ü", "", "email")).recipient == "bob:ü"  # any id, every category
+
+
+def test_a_token_is_its_fields_and_their_hmac_sha256():
+    """The format the module's doc gives, known answers (made with hmac.new(KEY,
+    payload, sha256) on main): links in sent emails keep working across versions."""
+    token = TokenSigner(KEY).issue("alice", "marketing", "email", now_s=1_700_000_000, notification_id="n1",
+                                   accepted_ms=1_700_000_000_123)
+    assert token == ("YWxpY2UAbWFya2V0aW5nAGVtYWlsAG4xADE3MDAwMDAwMDAxMjMAMTcwMDAwMDAwMA."
+                     "cmPTkMfPm7p2uZ_2odIGtvk3ylfQOreNQwYwR18ZhNg")
+    tracking = Tracking(TokenSigner(KEY))
+    click = tracking.token(CLICK, Send("n1", "alice", "email", 1_700_000_000_123), "https://example.com/x",
+                           now_s=1_700_000_000)
+    assert click == ("bjEAYWxpY2UAZW1haWwAMTcwMDAwMDAwMDEyMwBodHRwczovL2V4YW1wbGUuY29tL3gAMTcwMDAwMDAwMA."
+                     "0ts8jJrFnlVeaR8b0q7QVkCcDRG06CyVgAJKkBRgTbY")
+    assert tracking.verify(CLICK, click, max_age_s=60, now_s=1_700_000_001)[1] == "https://example.com/x"
 
 
 def test_forged_tampered_and_expired_tokens_are_refused():
@@ -46,6 +63,9 @@ def test_forged_tampered_and_expired_tokens_are_refused():
 
 def test_urls():
     assert unsubscribe_url("http://127.0.0.1:50076/", "a.b") == "http://127.0.0.1:50076/unsubscribe?token=a.b"
+    token = TokenSigner(KEY).issue("bob+x@y/ü", "a&b=c", "email")
+    assert unsubscribe_url("http://h", token) == f"http://h/unsubscribe?{urllib.parse.urlencode({'token': token})}"
+    assert unsubscribe_url("http://h", "a+b/c=") == "http://h/unsubscribe?token=a%2Bb%2Fc%3D"  # not ours: quoted
     assert public_base_url("https://notify.example.com", ["127.0.0.1:50051"], 25) == "https://notify.example.com"
     assert public_base_url("", ["127.0.0.1:50051", "127.0.0.1:50052"], 25) == "http://127.0.0.1:50076"
 
