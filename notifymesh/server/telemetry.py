@@ -264,8 +264,8 @@ class AggregatedReader(PrometheusMetricReader):
 
 
 class MetricsServer:
-    """GET /metrics on its own address: storage, sender and metadata have no HTTP
-    server of their own (the frontend also answers it on its HTTP port)."""
+    """GET /metrics on its own address, in every process (the frontend's too: not on
+    its public HTTP port, since subscription and topic names are labels)."""
 
     def __init__(self, listen: str):
         self._listen = listen
