@@ -58,9 +58,10 @@ class GatewaySenders(Protocol):
 
     async def acknowledge(self, addr: str, ack_ids: list[str]) -> None: ...
 
-    async def modify_ack_deadline(self, request: pubsub_pb2.ModifyAckDeadlineRequest) -> None: ...
+    async def modify_ack_deadline(self, request: pubsub_pb2.ModifyAckDeadlineRequest,
+                                  pairs: dict[AckGroup, list[str]]) -> None: ...
 
-    async def nack(self, request: pubsub_pb2.NackRequest) -> None: ...
+    async def nack(self, request: pubsub_pb2.NackRequest, pairs: dict[AckGroup, list[str]]) -> None: ...
 
     async def count_streams(self, subscriptions: list[str]) -> dict[str, int]: ...
 
@@ -223,10 +224,6 @@ class Gateway:
                 raise errors.InvalidArgument(f"ack id {ids[0]!r} is not of subscription {name!r}")
         return pairs
 
-    def _ack_ids(self, name: str, ack_ids) -> list[str]:
-        self._pairs(name, ack_ids)
-        return list(ack_ids)
-
     async def acknowledge(self, name: str, ack_ids) -> None:
         """Each ack id to the sender that owns its (subscription, partition) pair."""
         by_owner = self._senders.by_owner(self._pairs(name, ack_ids))
@@ -236,17 +233,17 @@ class Gateway:
         seconds = ack_deadline.ToMilliseconds() / 1000
         if seconds != 0:
             validation.seconds_between("ack deadline", seconds, 0, self._config.max_ack_deadline_s)
-        request = pubsub_pb2.ModifyAckDeadlineRequest(
-            subscription=name, ack_ids=self._ack_ids(name, ack_ids), ack_deadline=ack_deadline)
-        await self._senders.modify_ack_deadline(request)
+        pairs = self._pairs(name, ack_ids)
+        request = pubsub_pb2.ModifyAckDeadlineRequest(subscription=name, ack_ids=ack_ids, ack_deadline=ack_deadline)
+        await self._senders.modify_ack_deadline(request, pairs)
 
     async def nack(self, request: pubsub_pb2.NackRequest) -> None:
-        self._ack_ids(request.subscription, request.ack_ids)
+        pairs = self._pairs(request.subscription, request.ack_ids)
         if request.HasField("delay"):
             validation.seconds_between("nack delay", request.delay.ToMilliseconds() / 1000, 0,
                                        self._config.max_ack_deadline_s)
         validation.reason(request.reason)
-        await self._senders.nack(request)
+        await self._senders.nack(request, pairs)
 
     async def pull(self, request: pubsub_pb2.PullRequest) -> pubsub_pb2.PullResponse:
         """A unary pull, served by the senders that own the subscription's pairs (they

@@ -15,7 +15,7 @@ import grpc
 
 from gen.notifymesh.internal.v1 import metadata_pb2_grpc, sender_pb2, sender_pb2_grpc, storage_pb2, storage_pb2_grpc
 from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
-from notifymesh.contracts import AckGroup, ack_ids_by_pair
+from notifymesh.contracts import AckGroup
 from notifymesh.log import fields
 from notifymesh.server import rpc
 from notifymesh.server.cluster import Cluster
@@ -131,11 +131,10 @@ class SenderClient:
             grouped.setdefault(self.owner_addr(subscription, partition), []).extend(ids)
         return grouped
 
-    async def _per_pair(self, method: str, request) -> None:
-        """Sender.<method> with the request's ack ids split by pair, each part to its
-        pair's owner; each try looks the owner up again, so a retry after a takeover
-        reaches the new one."""
-        groups = ack_ids_by_pair(request.ack_ids)
+    async def _per_pair(self, method: str, request, groups: dict[AckGroup, list[str]]) -> None:
+        """Sender.<method> with the request's ack ids split by pair (groups: the
+        caller's contracts.ack_ids_by_pair of them), each part to its pair's owner;
+        each try looks the owner up again, so a retry after a takeover reaches the new one."""
 
         async def one(pair, ack_ids: list[str]) -> None:
             part = request
@@ -165,11 +164,12 @@ class SenderClient:
         request = pubsub_pb2.AcknowledgeRequest(ack_ids=ack_ids)
         await rpc.call("Sender.Acknowledge", lambda t: self._stub(addr).Acknowledge(request, timeout=t))
 
-    async def modify_ack_deadline(self, request: pubsub_pb2.ModifyAckDeadlineRequest) -> None:
-        await self._per_pair("ModifyAckDeadline", request)
+    async def modify_ack_deadline(self, request: pubsub_pb2.ModifyAckDeadlineRequest,
+                                  pairs: dict[AckGroup, list[str]]) -> None:
+        await self._per_pair("ModifyAckDeadline", request, pairs)
 
-    async def nack(self, request: pubsub_pb2.NackRequest) -> None:
-        await self._per_pair("Nack", request)
+    async def nack(self, request: pubsub_pb2.NackRequest, pairs: dict[AckGroup, list[str]]) -> None:
+        await self._per_pair("Nack", request, pairs)
 
     async def count_streams(self, subscriptions: list[str]) -> dict[str, int]:
         """Subscribe streams per subscription: the most any live sender counts (a

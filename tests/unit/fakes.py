@@ -343,10 +343,10 @@ class FakeSenders:
     async def acknowledge(self, addr: str, ack_ids: list[str]) -> None:
         self.acks.append((addr, list(ack_ids)))
 
-    async def modify_ack_deadline(self, request) -> None:
+    async def modify_ack_deadline(self, request, pairs) -> None:
         self.deadlines.append(request)
 
-    async def nack(self, request) -> None:
+    async def nack(self, request, pairs) -> None:
         self.nacks.append(request)
 
     async def count_streams(self, subscriptions: list[str]) -> dict[str, int]:
