@@ -40,6 +40,7 @@ START_TIMEOUT_S = 60
 # P+25+i (within the 30 for up to 5 frontends), its mutual-TLS gRPC port at its port +
 # Config.frontend_mtls_port_offset, P+5+i.
 MAX_FRONTENDS = 5
+PORT_PLAN = 30  # P..P+29: every port derived from P
 MAX_ETCD_MEMBERS = 5
 ETCD_CLIENT_OFFSET, ETCD_PEER_OFFSET = 10, 20
 LOCAL_SMTP_OFFSET, LOCAL_HTTP_OFFSET, LOCAL_APNS_OFFSET = 18, 19, 17
@@ -103,6 +104,16 @@ def free_frontend_port() -> int:
         port = random.randrange(FRONTEND_PORTS_FROM, top)
         derived = (port, port + Config.frontend_http_port_offset, port + Config.frontend_mtls_port_offset)
         if all(_port_free(p) for p in derived):
+            return port
+
+
+def free_mesh_port() -> int:
+    """A port P below the ephemeral range with P..P+PORT_PLAN-1 free: every port
+    `notifymesh up --port P` derives (random, as free_frontend_port)."""
+    top = max(_ephemeral_low(), FRONTEND_PORTS_FROM + 1000) - PORT_PLAN
+    while True:
+        port = random.randrange(FRONTEND_PORTS_FROM, top)
+        if all(_port_free(port + i) for i in range(PORT_PLAN)):
             return port
 
 
@@ -516,8 +527,10 @@ class LocalMesh:
             for name in list(pending):
                 if not self.processes[name].alive():
                     said = self.processes[name].log_path.read_text(errors="replace").lower()
-                    raise (PortInUse if any(text in said for text in BIND_FAILED) else RuntimeError)(
-                        f"{name} exited; see {self.processes[name].log_path}")
+                    if any(text in said for text in BIND_FAILED):
+                        raise PortInUse(f"{name} exited: another process took its port after the mesh checked it "
+                                        f"was free; see {self.processes[name].log_path}")
+                    raise RuntimeError(f"{name} exited; see {self.processes[name].log_path}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"not serving after {timeout}s: {sorted(pending)}")
             try:

@@ -145,7 +145,8 @@ async def test_publishing_lines_names_the_refused_line(mesh, client):
 
 async def test_ctrl_c_while_publishing_lines_prints_a_summary(mesh, client):
     topic, _ = await new_topic(client, "interrupted")
-    env = {**os.environ, "NOTIFYMESH_ADDR": mesh.frontend_target}
+    # PYTHONFAULTHANDLER: should it hang after Ctrl-C, SIGABRT makes it print every thread's stack.
+    env = {**os.environ, "NOTIFYMESH_ADDR": mesh.frontend_target, "PYTHONFAULTHANDLER": "1"}
     publisher = subprocess.Popen(with_sigint(cli_argv("publish", topic, "-")), stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
@@ -153,7 +154,13 @@ async def test_ctrl_c_while_publishing_lines_prints_a_summary(mesh, client):
         publisher.stdin.flush()  # and left open, as a terminal would be
         ids = [json.loads(publisher.stdout.readline())["message_id"] for _ in range(1200)]  # the last 200 too
         publisher.send_signal(signal.SIGINT)
-        assert publisher.wait(15) == 130
+        try:
+            publisher.wait(15)
+        except subprocess.TimeoutExpired:
+            publisher.send_signal(signal.SIGABRT)
+            publisher.wait(15)
+            raise AssertionError("no exit within 15 s of SIGINT:\n" + publisher.stderr.read().decode()) from None
+        assert publisher.returncode == 130
         stderr = publisher.stderr.read().decode()
         assert "interrupted: read 1200, acknowledged 1200, not acknowledged 0" in stderr
         assert "Traceback" not in stderr and len(set(ids)) == 1200

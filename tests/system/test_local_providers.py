@@ -6,14 +6,15 @@ checks tokens signed with the cluster's key in etcd."""
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
 
 import aiohttp
-from helpers import aio_channel, cli_argv, key_ring
+from helpers import START_ATTEMPTS, aio_channel, cli_argv, key_ring
 
-from deploy.local import LOCAL_APNS_OFFSET, LOCAL_HTTP_OFFSET, LOCAL_SMTP_OFFSET, _port_free, free_port
+from deploy.local import LOCAL_APNS_OFFSET, LOCAL_HTTP_OFFSET, LOCAL_SMTP_OFFSET, _port_free, free_mesh_port
 from deploy.local_providers import credentials, provider_records
 from gen.notifymesh.internal.v1 import metadata_pb2_grpc, node_pb2, node_pb2_grpc
 from gen.notifymesh.v1 import notify_pb2
@@ -26,31 +27,38 @@ from sender.providers import OutgoingMessage, provider_for
 UP_TIMEOUT_S = 90
 
 
-def free_mesh_port() -> int:
-    """P with P..P+29 free: the whole port plan of one mesh."""
-    while True:
-        port = free_port()
-        if port + 30 < 65535 and all(_port_free(port + i) for i in range(30)):
-            return port
-
-
 def outbox(data_dir, *args) -> tuple[int, list]:
     done = subprocess.run(cli_argv("outbox", "list", "--data-dir", str(data_dir), *args), capture_output=True,
                           text=True, timeout=30)
     return done.returncode, done.stdout.splitlines()
 
 
-async def test_up_runs_the_local_providers_sets_them_and_outbox_list_shows_what_they_got(tmp_path):
-    port, data_dir = free_mesh_port(), tmp_path / "data"
-    up = subprocess.Popen(cli_argv("up", "--data-dir", str(data_dir), "--port", str(port), "--storage-nodes", "1"),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines = []
-    try:
-        deadline = time.monotonic() + UP_TIMEOUT_S
-        while not any("mesh is up" in line for line in lines):
-            assert up.poll() is None and time.monotonic() < deadline, "".join(lines)
+async def start_up(data_dir) -> tuple[subprocess.Popen, int, str]:
+    """`notifymesh up` on a free port plan, with what it said until the mesh was up;
+    started again, afresh, when another process took one of its ports first (as
+    helpers.new_mesh does)."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        port = free_mesh_port()
+        up = subprocess.Popen(cli_argv("up", "--data-dir", str(data_dir), "--port", str(port), "--storage-nodes", "1"),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        lines, deadline = [], time.monotonic() + UP_TIMEOUT_S
+        while not any("mesh is up" in line for line in lines) and up.poll() is None and time.monotonic() < deadline:
             lines.append(await asyncio.to_thread(up.stdout.readline))
         said = "".join(lines)
+        if "mesh is up" in said:
+            return up, port, said
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGTERM)
+        up.wait(60)
+        if not any(taken in said for taken in ("took its port", "is in use")) or attempt == START_ATTEMPTS:
+            raise AssertionError(said)
+        shutil.rmtree(data_dir)  # its etcd keeps the ports it was created with
+
+
+async def test_up_runs_the_local_providers_sets_them_and_outbox_list_shows_what_they_got(tmp_path):
+    data_dir = tmp_path / "data"
+    up, port, said = await start_up(data_dir)
+    try:
         smtp_port, http_port = port + LOCAL_SMTP_OFFSET, port + LOCAL_HTTP_OFFSET
         assert f"local providers: smtp 127.0.0.1:{smtp_port}, sms api, webhooks and fcm http://127.0.0.1:{http_port}, " \
                f"apns (http/2) 127.0.0.1:{port + LOCAL_APNS_OFFSET}" in said, said
