@@ -338,6 +338,11 @@ def collected_value(message: bytes) -> bytes:
     return wire.without_data(message)
 
 
+def entry_collected_value(entry: bytes) -> bytes | None:
+    """collected_value of a serialized StoredMessage's message (None: an epoch marker or a stub)."""
+    return wire.message_without_data(entry)
+
+
 parse_collected_value = pubsub_pb2.PubsubMessage.FromString
 
 

@@ -38,10 +38,11 @@ from storage.delivery import SubscriptionState
 from storage.interfaces import LogStore, Records, SubscriptionStore
 from storage.log import ShardLog
 
-# Entries deleted per collect() at most: recording their identities costs about
-# 5-9 us each on the event loop (20,000 took 100-180 ms on a loaded 2-core
-# machine), so a chunk holds it for 10-20 ms; the storage service collects
-# chunk after chunk, yielding between them, until a shard is done.
+# Entries deleted per collect() at most: recording their identities cost about
+# 5-9 us each on the event loop when each was read back (20,000 took 100-180 ms on
+# a loaded 2-core machine), 2-3 us from the identities kept in memory
+# (ShardLog.identities), so a chunk holds it for at most 10-20 ms; the storage
+# service collects chunk after chunk, yielding between them, until a shard is done.
 COLLECT_CHUNK = 2_000
 # With a topic's retain_acked window, what collection and stubbing keep beyond it
 # (a seek reaches only within the window): clock skew between replicas, and a
@@ -168,12 +169,11 @@ def keep_identities(records: Records, logs: LogStore, log_: ShardLog, below: int
     """Records the identity of each message of log_ below below (its id, publish
     time and attributes, not its data), for message status once it is deleted:
     retention does so on the leader, and each follower before it trims."""
-    batch, read, messages = records.batch(), logs.message, {}
+    batch, identity, ring, collected = records.batch(), logs.identity, records.ring, log_.layout.collected
     for seq in range(log_.first, below):
-        # Most were delivered a moment ago: read from the log's recent entries in memory.
-        if (message := read(log_, seq, messages)) is not None:  # else an epoch marker
-            key = log_.layout.collected(seq)
-            batch.put(key, keys.seal_value(records.ring, key, keys.collected_value(message)))
-        messages.clear()
+        # Most were written a second ago: their identities are in memory (ShardLog.identities).
+        if (value := identity(log_, seq)) is not None:  # else an epoch marker
+            key = collected(seq)
+            batch.put(key, keys.seal_value(ring, key, value))
     if len(batch):
         records.write(batch)
