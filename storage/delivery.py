@@ -23,7 +23,7 @@ from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 from notifymesh.clock import now_ms, to_ms
-from notifymesh.contracts import AckId, ack_ids_by_subscription, group_ack_ids
+from notifymesh.contracts import AckId, ack_ids_by_subscription, ack_seqs_by_pair
 from notifymesh.log import fields
 from storage import keys, wire
 from storage.interfaces import Batch, LogStore, Records
@@ -491,11 +491,11 @@ class Deliveries:
         """The entries the ack ids name, by subscription; all of subscription's
         unless that is "" (any)."""
         seqs: dict[str, list[int]] = {}
-        for group, acks in group_ack_ids(ack_ids).items():
+        for group, named in ack_seqs_by_pair(ack_ids).items():
             if group.partition != log_.partition or (subscription and group.subscription != subscription):
-                raise errors.InvalidArgument(f"ack id {acks[0].encode()!r} is not of "
-                                             f"{subscription or 'this shard'!r} partition {log_.partition}")
-            seqs.setdefault(group.subscription, []).extend(ack.seq for ack in acks)
+                raise errors.InvalidArgument(f"ack id {AckId(group.partition, named[0], group.subscription).encode()!r} "
+                                             f"is not of {subscription or 'this shard'!r} partition {log_.partition}")
+            seqs[group.subscription] = named  # one group a subscription: this shard's partition
         return seqs
 
     def acknowledge(self, shard: str, subscription: str, ack_ids: list[str]) -> int:
