@@ -17,6 +17,7 @@ from notifymesh.clock import now_ms, timestamp, to_ms
 from notifymesh.contracts import MessageId, Shard
 from storage import keys
 from storage.delivery import SubscriptionState
+from storage.log import ShardLog
 from storage.interfaces import LogStore, Records, SubscriptionStore
 from storage.retention import COLLECT_CHUNK, keep_identities
 
@@ -54,10 +55,7 @@ class DeliveryLog:
         if entry is None or not entry.HasField("message"):  # gone, or a stub (storage/retention.py)
             if not attempts:
                 raise errors.NotFound(f"message {message_id!r} is no longer kept in {shard}, nor its delivery log")
-            kept_key = log_.layout.collected(seq)
-            kept = self._records.get(kept_key)  # its identity (storage/retention.py)
-            if kept is not None:
-                kept = keys.open_value(self._records.ring, kept_key, kept)
+            if (kept := self._identity(log_, seq)) is not None:
                 status.message.MergeFrom(keys.parse_collected_value(kept))
             for name, tried in sorted(attempts.items()):
                 dead = tried[-1].outcome == pubsub_pb2.DEAD_LETTER
@@ -75,6 +73,17 @@ class DeliveryLog:
             _delivery_status(status.deliveries.add(subscription=name, attempts=attempts.get(name, [])),
                              state, seq, now)
         return status
+
+    def _identity(self, log_: ShardLog, seq: int) -> bytes | None:
+        """The identity retention left of message seq (storage/retention.py): its own
+        (a stub's), or in the chunk collected with it, the first chunk up to seq or after."""
+        ring, layout = self._records.ring, log_.layout
+        key = layout.collected(seq)
+        if (value := self._records.get(key)) is not None:
+            return keys.open_value(ring, key, value)
+        for key, value in self._records.prefixed(layout.identities_prefix, layout.identities(seq)):
+            return keys.parse_identities_value(keys.open_value(ring, key, value), keys.seq_of(key)).get(seq)
+        return None
 
     def attempts(self, shard: str, seq: int) -> dict[str, list[pubsub_pb2.DeliveryAttempt]]:
         """The recorded attempts at delivering entry seq, by subscription, in attempt order."""
@@ -145,6 +154,7 @@ class DeliveryLog:
             batch.delete(key)
         deleted = len(batch)
         batch.delete_range(layout.collected_prefix, layout.collected(kept_from))
+        batch.delete_range(layout.identities_prefix, layout.identities(kept_from))  # chunks wholly below it
         # Ids begin with their publish time (the margin covers frontends' clock skew).
         batch.delete_range(layout.index_prefix, layout.index(MessageId.lowest_at(older_than_ms - INDEX_SKEW_MS)))
         self._records.write(batch)

@@ -13,7 +13,11 @@ separates them; sequence numbers are 8-byte big-endian so keys sort by seq.
                                   -> delivery record: DELIVERY_RECORD + error (UTF-8)
   c shard \0 seq                  -> notifymesh.v1.PubsubMessage without its data: what a
                                      collected message's status still shows, kept with its
-                                     delivery records (storage/delivery_log.py)
+                                     delivery records (storage/delivery_log.py); written for
+                                     each message stubbed (storage/retention.py)
+  n shard \0 last seq             -> the same of the messages collected or trimmed together
+                                     (at most retention.COLLECT_CHUNK), up to seq last: one
+                                     sealed value a chunk (identities_value)
   t shard \0 row key              -> a row of the replicated table (storage/table.py):
                                      seq (8 bytes) + epoch (8) + expire ms (8) + value
   a shard                         -> the table shard's applied position: entries below it are
@@ -52,7 +56,7 @@ _MS_BYTES, _ATTEMPT_BYTES = 8, 4
 # The first byte of every key: its kind.
 MESSAGE, FIRST, STATE, IDEMPOTENCY, INDEX, DELIVERY = b"m", b"f", b"s", b"k", b"i", b"d"
 EPOCH = b"e"
-COLLECTED = b"c"
+COLLECTED, IDENTITIES = b"c", b"n"
 TABLE_ROW, APPLIED = b"t", b"a"
 
 
@@ -84,7 +88,7 @@ def prefix_end(prefix: bytes) -> bytes:
 class ShardKeys:
     """The keys of one shard, its prefixes encoded once."""
     __slots__ = ("message_prefix", "index_prefix", "idempotency_prefix", "delivery_shard_prefix", "collected_prefix",
-                 "first",
+                 "identities_prefix", "first",
                  "state", "subscription_state_prefix", "epoch", "written", "written_from", "row_prefix", "applied")
 
     def __init__(self, shard: str):
@@ -94,6 +98,7 @@ class ShardKeys:
         self.idempotency_prefix = IDEMPOTENCY + name + b"\0"
         self.delivery_shard_prefix = DELIVERY + name + b"\0"
         self.collected_prefix = COLLECTED + name + b"\0"
+        self.identities_prefix = IDENTITIES + name + b"\0"
         self.first = FIRST + name  # -> first_value
         self.state = STATE + name  # -> delivery_state_value (the state's stamp)
         self.subscription_state_prefix = STATE + name + b"\0"
@@ -171,11 +176,15 @@ class ShardKeys:
         """-> collected_value(message); parse with seq_of."""
         return self.collected_prefix + seq.to_bytes(SEQ_BYTES, "big")
 
+    def identities(self, last: int) -> bytes:
+        """-> identities_value(..., last); parse with seq_of (the chunk's last seq)."""
+        return self.identities_prefix + last.to_bytes(SEQ_BYTES, "big")
+
     def entry_prefixes(self) -> tuple[bytes, ...]:
         """The prefixes of every key kept per entry: messages, their index, idempotency
         keys, delivery records, the identities of collected messages, and a table's rows."""
         return (self.message_prefix, self.index_prefix, self.idempotency_prefix, self.delivery_shard_prefix,
-                self.collected_prefix, self.row_prefix)
+                self.collected_prefix, self.identities_prefix, self.row_prefix)
 
 
 def message(shard: str, seq: int) -> bytes:
@@ -344,6 +353,31 @@ def entry_collected_value(entry: bytes) -> bytes | None:
 
 
 parse_collected_value = pubsub_pb2.PubsubMessage.FromString
+
+# Before each identity in identities_value: its seq's distance below the chunk's last, its length.
+IDENTITY_HEAD = struct.Struct(">II")
+
+
+def identities_value(identities: list[tuple[int, bytes]], last: int) -> bytes:
+    """A chunk of (seq, collected_value) up to seq last, in seq order: sealed as one
+    value, not one a message (each seal and each RocksDB key cost about as much as
+    the rest of a message's identity)."""
+    head, parts = IDENTITY_HEAD.pack, []
+    for seq, identity in identities:
+        parts.append(head(last - seq, len(identity)))
+        parts.append(identity)
+    return b"".join(parts)
+
+
+def parse_identities_value(value: bytes, last: int) -> dict[int, bytes]:
+    """identities_value's chunk up to last, read back: seq -> collected_value."""
+    identities, pos, end, size = {}, 0, len(value), IDENTITY_HEAD.size
+    while pos < end:
+        below, length = IDENTITY_HEAD.unpack_from(value, pos)
+        pos += size
+        identities[last - below] = value[pos:pos + length]
+        pos += length
+    return identities
 
 
 def delivery_record(outcome_ms: int, outcome: int, error: str = "") -> bytes:

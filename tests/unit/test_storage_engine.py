@@ -772,10 +772,12 @@ async def test_a_truncation_without_entries_leaves_the_epoch_of_the_entry_before
 
 
 def _identity(engine: StorageEngine, seq: int) -> pubsub_pb2.PubsubMessage | None:
-    """The identity engine recorded of entry seq (keys.ShardKeys.collected), opened."""
-    key = engine.shard(SHARD).layout.collected(seq)
-    value = engine.db.get(key)
-    return keys.parse_collected_value(keys.open_value(engine.db.ring, key, value)) if value is not None else None
+    """The identity engine recorded of entry seq (in the chunk keys.ShardKeys.identities), opened."""
+    layout = engine.shard(SHARD).layout
+    for key, value in engine.db.prefixed(layout.identities_prefix, layout.identities(seq)):
+        found = keys.parse_identities_value(keys.open_value(engine.db.ring, key, value), keys.seq_of(key)).get(seq)
+        return keys.parse_collected_value(found) if found is not None else None
+    return None
 
 
 async def test_what_is_trimmed_or_collected_leaves_its_identity_without_being_read_back(engine, tmp_path):

@@ -254,6 +254,14 @@ async def test_delivery_log_over_fakes(log_, records, deliveries):
         delivery_log.message_status(SHARD, "id-0")
 
 
+def identities(records: MemoryRecords) -> set[int]:
+    """The seqs whose identities retention recorded (keys.ShardKeys.identities and .collected)."""
+    layout, seqs = keys.ShardKeys(SHARD), set()
+    for key, value in records.prefixed(layout.identities_prefix):
+        seqs.update(keys.parse_identities_value(value, keys.seq_of(key)))
+    return seqs | {keys.seq_of(key) for key, _ in records.prefixed(layout.collected_prefix)}
+
+
 async def test_a_collected_message_keeps_its_identity_while_its_delivery_log_is_kept(log_, records, deliveries):
     delivery_log, retention = DeliveryLog(log_, deliveries, records), Retention(log_, deliveries, records)
     [seq] = log_.append(SHARD, b"payload")
@@ -269,9 +277,28 @@ async def test_a_collected_message_keeps_its_identity_while_its_delivery_log_is_
             status.message.data) == ("id-0", 1234, {"order": "42"}, b"")
     assert [d.state for d in status.deliveries] == [pubsub_pb2.ACKNOWLEDGED]
     assert delivery_log.collect(SHARD, now_ms() - 60_000) == 0  # delivered since: both stay
-    assert records.get(keys.ShardKeys(SHARD).collected(seq)) is not None
+    assert identities(records) == {seq}
     assert delivery_log.collect(SHARD, now_ms() + 1) == 1
-    assert list(records.prefixed(keys.ShardKeys(SHARD).collected_prefix)) == [], "collected with its delivery log"
+    assert identities(records) == set(), "collected with its delivery log"
+
+
+async def test_a_chunk_of_identities_stays_while_the_delivery_log_of_any_of_its_messages_does(
+        log_, records, deliveries, monkeypatch):
+    delivery_log, retention = DeliveryLog(log_, deliveries, records), Retention(log_, deliveries, records)
+    seqs = log_.append(SHARD, b"a", b"b", b"c")
+    for seq in seqs:
+        records.put(keys.ShardKeys(SHARD).index(f"id-{seq}"), keys.index_value(seq))
+    deliveries.attach(SHARD, subscription("audit"))
+    for seq, at in zip(seqs, (1_000, 2_000, 2_000)):  # delivered at these times
+        monkeypatch.setattr(delivery, "now_ms", lambda: at)
+        [received] = await pull(deliveries, "audit", max_messages=1)
+        deliveries.acknowledge(SHARD, "audit", [received.ack_id])
+    assert retention.collect(SHARD, None) == 3
+    assert delivery_log.collect(SHARD, 1_500) == 1  # the first message's record: its chunk holds the others'
+    assert identities(records) == set(seqs)
+    assert delivery_log.message_status(SHARD, "id-1").message.message_id == "id-1"
+    assert delivery_log.collect(SHARD, 2_500) == 2
+    assert identities(records) == set()
 
 
 def test_retention_collects_a_chunk_at_a_time(log_, records, deliveries):
@@ -279,7 +306,8 @@ def test_retention_collects_a_chunk_at_a_time(log_, records, deliveries):
     log_.append(SHARD, *[b"x"] * (COLLECT_CHUNK + 5))
     assert retention.collect(SHARD, None) == COLLECT_CHUNK
     assert retention.collect(SHARD, None) == 5
-    assert len(list(records.prefixed(keys.ShardKeys(SHARD).collected_prefix))) == COLLECT_CHUNK + 5
+    assert identities(records) == set(range(COLLECT_CHUNK + 5))
+    assert len(list(records.prefixed(keys.ShardKeys(SHARD).identities_prefix))) == 2, "a value a chunk"
 
 
 def test_dedup_finds_stored_idempotency_keys(log_, records):
@@ -416,7 +444,7 @@ def test_a_follower_records_identities_a_chunk_at_a_time(log_, records, deliveri
     assert delivery_log.keep_identities(SHARD, COLLECT_CHUNK + 5) == COLLECT_CHUNK
     log_.trim(SHARD, COLLECT_CHUNK)
     assert delivery_log.keep_identities(SHARD, COLLECT_CHUNK + 5) == COLLECT_CHUNK + 5
-    assert len(list(records.prefixed(keys.ShardKeys(SHARD).collected_prefix))) == COLLECT_CHUNK + 5
+    assert identities(records) == set(range(COLLECT_CHUNK + 5))
 
 
 async def test_delivery_records_go_within_the_request_bound(tmp_path):
