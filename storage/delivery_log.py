@@ -4,7 +4,8 @@ storage/dead_letters.py under keys.ShardKeys.delivery), and where a message is
 now. The log outlives the message's payload for a while (collect).
 
 It is replicated: the leader sends the records written since a follower's last
-answer (written_since; keys.ShardKeys.written holds their keys in order), the
+answer (written_since; keys.ShardKeys.written holds their keys in order, and
+the records themselves bar those with an error), the
 follower stores them under the same keys (store_replicated), and records the
 identities of the messages it trims itself (keep_identities), as retention does
 on the leader. Collection runs on every replica alike."""
@@ -99,13 +100,17 @@ class DeliveryLog:
 
     def written_since(self, shard: str, position: int, limit: int, max_bytes: int) -> WrittenRecords:
         """The delivery records written since position (the oldest kept, if that is
-        gone), up to limit and max_bytes in a ShardEntries; records deleted since are
-        left out."""
+        gone), up to limit and max_bytes in a ShardEntries: as kept in memory, or read
+        back (those with an error; one deleted since is left out)."""
         layout = self._logs.shard(shard).layout
         start = max(position, layout.written_from)
-        chosen = layout.written[start - layout.written_from:start - layout.written_from + limit]
+        at = start - layout.written_from
+        chosen, records = layout.written[at:at + limit], layout.written_records[at:at + limit]
+        if None in records:
+            read = iter(self._records.get_many([key for key, record in zip(chosen, records) if record is None]))
+            records = [record if record is not None else next(read) for record in records]
         sent_keys, sent_values, size, end = [], [], 0, start
-        for key, value in zip(chosen, self._records.get_many(chosen)):
+        for key, value in zip(chosen, records):
             if value is not None:
                 if size + len(key) + len(value) + RECORD_FRAMING_BYTES > max_bytes:
                     break

@@ -89,7 +89,8 @@ class ShardKeys:
     """The keys of one shard, its prefixes encoded once."""
     __slots__ = ("message_prefix", "index_prefix", "idempotency_prefix", "delivery_shard_prefix", "collected_prefix",
                  "identities_prefix", "first",
-                 "state", "subscription_state_prefix", "epoch", "written", "written_from", "row_prefix", "applied")
+                 "state", "subscription_state_prefix", "epoch", "written", "written_records", "written_from",
+                 "row_prefix", "applied")
 
     def __init__(self, shard: str):
         name = shard.encode()
@@ -105,10 +106,14 @@ class ShardKeys:
         self.epoch = EPOCH + name  # -> epoch_value
         self.row_prefix = TABLE_ROW + name + b"\0"  # + row key -> row_value
         self.applied = APPLIED + name  # -> applied_value
-        # The delivery keys made here, in order: the leader sends their records to its
-        # followers (storage/leader.py). Position p is written[p - written_from]; a
-        # window of at most 2 * WRITTEN_KEPT keys (released as followers take them).
+        # The delivery records put here, in order: the leader sends them to its
+        # followers (storage/leader.py). Position p is written[p - written_from], its
+        # key, and written_records[p - written_from], its record when it has no error
+        # (a record of a few bytes, one object for all those of a call, so a list slot
+        # each), else None (read back when sent: an error may be 1 KiB); a window of at
+        # most 2 * WRITTEN_KEPT (released as followers take them).
         self.written: list[bytes] = []
+        self.written_records: list[bytes | None] = []
         self.written_from = 0
 
     def message(self, seq: int) -> bytes:
@@ -128,17 +133,23 @@ class ShardKeys:
         return self.idempotency_prefix + dedup_key.encode()
 
     def delivery(self, seq: int, subscription: str, delivered_ms: int, attempt: int) -> bytes:
-        """-> delivery_record(...); parse with parse_delivery_key. Ordered by delivery
-        time: a redriven message counts its attempts from 1 again. Only a record's
-        writer makes its key: the key is noted in `written`, for replication (one
-        list append per record, no object of its own)."""
-        key = (self.delivery_shard_prefix + seq.to_bytes(SEQ_BYTES, "big") + subscription.encode() + b"\0"
-               + delivered_ms.to_bytes(_MS_BYTES, "big") + attempt.to_bytes(_ATTEMPT_BYTES, "big"))
+        """-> delivery_record(...) or error_record(...), put with put_delivery; parse
+        with parse_delivery_key. Ordered by delivery time: a redriven message counts
+        its attempts from 1 again."""
+        return (self.delivery_shard_prefix + seq.to_bytes(SEQ_BYTES, "big") + subscription.encode() + b"\0"
+                + delivered_ms.to_bytes(_MS_BYTES, "big") + attempt.to_bytes(_ATTEMPT_BYTES, "big"))
+
+    def put_delivery(self, batch, key: bytes, record: bytes) -> None:
+        """Puts a delivery record (into a batch, or Records) and notes it in `written`,
+        for replication: a record without an error as it is, so the leader sends it
+        without reading it back (a multi-get was 1.5 us a record, for each follower;
+        measured), one with an error as None. Only the records' writers put them."""
+        batch.put(key, record)
         written = self.written
         written.append(key)
+        self.written_records.append(record if len(record) == DELIVERY_RECORD.size else None)
         if len(written) > 2 * WRITTEN_KEPT:  # a follower this far behind misses the oldest (one move per 50,000)
             self.release_written(self.written_from + len(written) - WRITTEN_KEPT)
-        return key
 
     @property
     def written_end(self) -> int:
@@ -150,6 +161,7 @@ class ShardKeys:
         count = min(below - self.written_from, len(self.written))
         if count > 0:
             del self.written[:count]
+            del self.written_records[:count]
             self.written_from += count
 
     # The log's write loop stores each entry through these two, one call each

@@ -22,7 +22,7 @@ from storage.group_commit import GroupCommit
 from storage.interfaces import LogStore, Records, SubscriptionStore
 from storage.log import Entries, ShardLogs
 from storage.retention import COLLECT_CHUNK, Retention
-from tests.unit.storage_fakes import MemoryLog, MemoryRecords
+from tests.unit.storage_fakes import MemoryBatch, MemoryLog, MemoryRecords
 
 CLEAR = KeyRing(None, enabled=False)  # encryption at rest off (tests/unit/test_sealing.py has it on)
 
@@ -430,12 +430,31 @@ def test_the_delivery_keys_kept_for_followers_are_bounded(monkeypatch):
     monkeypatch.setattr(keys, "WRITTEN_KEPT", 10)
     layout = keys.ShardKeys(SHARD)
     made = [layout.delivery(seq, "audit", 1, 1) for seq in range(25)]
+    record = keys.delivery_record(2, pubsub_pb2.ACKED)
+    for key in made:
+        layout.put_delivery(MemoryBatch(), key, record)
     assert len(layout.written) <= 20 and layout.written_end == 25
-    assert layout.written == made[layout.written_from:]
+    assert layout.written == made[layout.written_from:] and layout.written_records == [record] * len(layout.written)
     layout.release_written(23)
-    assert (layout.written, layout.written_from) == (made[23:], 23)
+    assert (layout.written, layout.written_records, layout.written_from) == (made[23:], [record] * 2, 23)
     layout.release_written(5)  # behind the window: nothing
     assert layout.written_end == 25
+
+
+def test_records_without_an_error_go_to_followers_without_being_read_back(log_, records, deliveries):
+    """The leader keeps what it put of a record without an error (a few bytes, shared)
+    and reads back only those with an error (which may be long)."""
+    delivery_log, layout = DeliveryLog(log_, deliveries, records), log_.shard(SHARD).layout
+    acked, nacked = keys.delivery_record(5, pubsub_pb2.ACKED), keys.delivery_record(6, pubsub_pb2.NACKED, "HTTP 503")
+    batch = records.batch()
+    for seq, record in enumerate((acked, nacked, acked)):
+        layout.put_delivery(batch, layout.delivery(seq, "audit", 1, 1), record)
+    records.write(batch)
+    read = []
+    records.get_many = lambda keys_: (read.append(keys_), MemoryRecords.get_many(records, keys_))[1]
+    sent = delivery_log.written_since(SHARD, 0, 10, 1 << 20)
+    assert (sent.keys, sent.values, sent.end) == (layout.written, [acked, nacked, acked], 3)
+    assert read == [[layout.delivery(1, "audit", 1, 1)]]
 
 
 def test_a_follower_records_identities_a_chunk_at_a_time(log_, records, deliveries):
