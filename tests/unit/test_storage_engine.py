@@ -498,6 +498,8 @@ def test_wire_format_matches_the_generated_classes():
         storage_pb2.StoredMessage(message=message).SerializeToString()
     assert wire.message_of(reordered) == message.SerializeToString()
     assert wire.message_of(storage_pb2.StoredMessage(epoch=2).SerializeToString()) is None
+    for value in (1, 127, 128, 300, 16_383, 16_384, 2 ** 21 + 5, 2 ** 31 - 1):  # each length of varint
+        assert wire.varint(value) == pubsub_pb2.ReceivedMessage(delivery_attempt=value).SerializeToString()[1:]
 
 
 def test_a_messages_identity_is_sliced_as_the_generated_classes_make_it():
