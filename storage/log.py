@@ -471,9 +471,11 @@ class ShardLogs:
                 staged[dedup_key] = message_id
                 dedup_keys.append((dedup_key, message_id))
         if not log_.table:  # a table's entries are applied to rows, not collected
-            collected = keys.collected_value
-            identities = [collected(m) if m is not None else None for m in entries.messages] if entries.messages \
-                else list(map(keys.entry_collected_value, entries.raw))  # a follower's: sliced out of the entries
+            if len(entries.messages) == len(entries.raw):  # the leader's own: their messages at hand
+                collected = keys.collected_value
+                identities = [collected(m) if m is not None else None for m in entries.messages]
+            else:  # a follower's: sliced out of the entries
+                identities = list(map(keys.entry_collected_value, entries.raw))
             log_.identities.put(start, [identities], MAX_IDENTITIES, MAX_IDENTITY_BYTES)
         # Before end moves: epoch_at knows the last entry's epoch as that of end - 1.
         last_epoch = entries.last_epoch if entries.raw else (self.epoch_at(log_.name, start - 1) or 0)
