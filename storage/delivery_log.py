@@ -18,8 +18,8 @@ from notifymesh.clock import now_ms, timestamp, to_ms
 from notifymesh.contracts import MessageId, Shard
 from storage import keys
 from storage.delivery import SubscriptionState
-from storage.log import ShardLog
 from storage.interfaces import LogStore, Records, SubscriptionStore
+from storage.log import ShardLog
 from storage.retention import COLLECT_CHUNK, keep_identities
 
 INDEX_SKEW_MS = 600_000

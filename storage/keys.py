@@ -372,8 +372,9 @@ IDENTITY_HEAD = struct.Struct(">II")
 
 def identities_value(identities: list[tuple[int, bytes]], last: int) -> bytes:
     """A chunk of (seq, collected_value) up to seq last, in seq order: sealed as one
-    value, not one a message (each seal and each RocksDB key cost about as much as
-    the rest of a message's identity)."""
+    value, not one a message (a seal and a key each were more than half of what
+    recording an identity cost: a follower's trim took 2-3 us a message with them,
+    1.05-1.17 without, in-process)."""
     head, parts = IDENTITY_HEAD.pack, []
     for seq, identity in identities:
         parts.append(head(last - seq, len(identity)))
