@@ -52,8 +52,8 @@ class DeadLetters:
             del state.dead_letters[min(state.dead_letters)]
         log_ = self._logs.shards[dead.shard]
         key = log_.layout.delivery(dead.seq, dead.subscription, lease.delivered_ms, dead.attempts)
-        self._records.put(key, keys.error_record(self._records.ring, key, record.dead_ms, pubsub_pb2.DEAD_LETTER,
-                                                 dead.error))
+        log_.layout.put_delivery(self._records, key, keys.error_record(self._records.ring, key, record.dead_ms,
+                                                                       pubsub_pb2.DEAD_LETTER, dead.error))
         log_.touch(state)
 
     def list(self, shard: str, subscription: str, limit: int,

@@ -23,7 +23,7 @@ from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 from notifymesh.clock import now_ms, to_ms
-from notifymesh.contracts import AckId, ack_ids_by_subscription, group_ack_ids
+from notifymesh.contracts import AckId, ack_ids_by_subscription, ack_seqs_by_pair
 from notifymesh.log import fields
 from storage import keys, wire
 from storage.interfaces import Batch, LogStore, Records
@@ -437,8 +437,8 @@ class Deliveries:
                 continue
             attempts = previous.attempt
             if attempts and not previous.last_error:  # neither acked nor nacked in time
-                batch.put(log_.layout.delivery(seq, name, previous.delivered_ms, attempts),
-                          keys.delivery_record(0, pubsub_pb2.EXPIRED))
+                log_.layout.put_delivery(batch, log_.layout.delivery(seq, name, previous.delivered_ms, attempts),
+                                         keys.delivery_record(0, pubsub_pb2.EXPIRED))
             if policy.exhausted(attempts):
                 self.dead_letter(log_, state, seq, message, previous, now)
                 continue
@@ -491,11 +491,11 @@ class Deliveries:
         """The entries the ack ids name, by subscription; all of subscription's
         unless that is "" (any)."""
         seqs: dict[str, list[int]] = {}
-        for group, acks in group_ack_ids(ack_ids).items():
+        for group, named in ack_seqs_by_pair(ack_ids).items():
             if group.partition != log_.partition or (subscription and group.subscription != subscription):
-                raise errors.InvalidArgument(f"ack id {acks[0].encode()!r} is not of "
-                                             f"{subscription or 'this shard'!r} partition {log_.partition}")
-            seqs.setdefault(group.subscription, []).extend(ack.seq for ack in acks)
+                raise errors.InvalidArgument(f"ack id {AckId(group.partition, named[0], group.subscription).encode()!r} "
+                                             f"is not of {subscription or 'this shard'!r} partition {log_.partition}")
+            seqs[group.subscription] = named  # one group a subscription: this shard's partition
         return seqs
 
     def acknowledge(self, shard: str, subscription: str, ack_ids: list[str]) -> int:
@@ -509,7 +509,8 @@ class Deliveries:
         log_ = self.restored(shard)
         by_subscription = self._seqs_by_subscription(log_, subscription, ack_ids)
         batch = self._records.batch()
-        delivery_key, acked_record = log_.layout.delivery, keys.delivery_record(now_ms(), pubsub_pb2.ACKED)
+        layout, acked_record = log_.layout, keys.delivery_record(now_ms(), pubsub_pb2.ACKED)
+        delivery_key, put_delivery = layout.delivery, layout.put_delivery
         acked = 0
         for name, seqs in by_subscription.items():
             state = log_.subscriptions.get(name)
@@ -519,7 +520,7 @@ class Deliveries:
             for seq in seqs:
                 lease = state.leases.pop(seq, None)
                 if lease is not None:
-                    batch.put(delivery_key(seq, name, lease.delivered_ms, lease.attempt), acked_record)
+                    put_delivery(batch, delivery_key(seq, name, lease.delivered_ms, lease.attempt), acked_record)
                     acked += 1
             if acked > acked_before:
                 log_.touch(state)
@@ -575,7 +576,7 @@ class Deliveries:
                 continue
             outcome = pubsub_pb2.DEFERRED if deferred else pubsub_pb2.NACKED
             key = log_.layout.delivery(seq, subscription, lease.delivered_ms, lease.attempt)
-            batch.put(key, keys.error_record(self._records.ring, key, now, outcome, error))
+            log_.layout.put_delivery(batch, key, keys.error_record(self._records.ring, key, now, outcome, error))
             if deferred:  # the next delivery counts as this attempt again (its outcome is recorded: no expiry)
                 state.lease(seq, Lease(now + delay_ms, lease.attempt - 1, lease.delivered_ms, error or "deferred"))
                 continue
@@ -605,8 +606,9 @@ class Deliveries:
         batch, now = self._records.batch(), now_ms()
         for seq, lease in state.leases.items():
             if lease.attempt and not lease.last_error:  # in flight (a nacked attempt has its outcome)
-                batch.put(log_.layout.delivery(seq, subscription, lease.delivered_ms, lease.attempt),
-                          keys.delivery_record(now, pubsub_pb2.SEEK))
+                log_.layout.put_delivery(batch, log_.layout.delivery(seq, subscription, lease.delivered_ms,
+                                                                     lease.attempt),
+                                         keys.delivery_record(now, pubsub_pb2.SEEK))
         if len(batch):
             self._records.write(batch)
         owed = [seq for seq in state.leases if target <= seq < cursor]  # whole: leased

@@ -4,7 +4,8 @@ storage/dead_letters.py under keys.ShardKeys.delivery), and where a message is
 now. The log outlives the message's payload for a while (collect).
 
 It is replicated: the leader sends the records written since a follower's last
-answer (written_since; keys.ShardKeys.written holds their keys in order), the
+answer (written_since; keys.ShardKeys.written holds their keys in order, and
+the records themselves bar those with an error), the
 follower stores them under the same keys (store_replicated), and records the
 identities of the messages it trims itself (keep_identities), as retention does
 on the leader. Collection runs on every replica alike."""
@@ -18,6 +19,7 @@ from notifymesh.contracts import MessageId, Shard
 from storage import keys
 from storage.delivery import SubscriptionState
 from storage.interfaces import LogStore, Records, SubscriptionStore
+from storage.log import ShardLog
 from storage.retention import COLLECT_CHUNK, keep_identities
 
 INDEX_SKEW_MS = 600_000
@@ -54,10 +56,7 @@ class DeliveryLog:
         if entry is None or not entry.HasField("message"):  # gone, or a stub (storage/retention.py)
             if not attempts:
                 raise errors.NotFound(f"message {message_id!r} is no longer kept in {shard}, nor its delivery log")
-            kept_key = log_.layout.collected(seq)
-            kept = self._records.get(kept_key)  # its identity (storage/retention.py)
-            if kept is not None:
-                kept = keys.open_value(self._records.ring, kept_key, kept)
+            if (kept := self._identity(log_, seq)) is not None:
                 status.message.MergeFrom(keys.parse_collected_value(kept))
             for name, tried in sorted(attempts.items()):
                 dead = tried[-1].outcome == pubsub_pb2.DEAD_LETTER
@@ -76,6 +75,17 @@ class DeliveryLog:
                              state, seq, now)
         return status
 
+    def _identity(self, log_: ShardLog, seq: int) -> bytes | None:
+        """The identity retention left of message seq (storage/retention.py): its own
+        (a stub's), or in the chunk collected with it, the first chunk up to seq or after."""
+        ring, layout = self._records.ring, log_.layout
+        key = layout.collected(seq)
+        if (value := self._records.get(key)) is not None:
+            return keys.open_value(ring, key, value)
+        for key, value in self._records.prefixed(layout.identities_prefix, layout.identities(seq)):
+            return keys.parse_identities_value(keys.open_value(ring, key, value), keys.seq_of(key)).get(seq)
+        return None
+
     def attempts(self, shard: str, seq: int) -> dict[str, list[pubsub_pb2.DeliveryAttempt]]:
         """The recorded attempts at delivering entry seq, by subscription, in attempt order."""
         attempts: dict[str, list[pubsub_pb2.DeliveryAttempt]] = {}
@@ -90,13 +100,17 @@ class DeliveryLog:
 
     def written_since(self, shard: str, position: int, limit: int, max_bytes: int) -> WrittenRecords:
         """The delivery records written since position (the oldest kept, if that is
-        gone), up to limit and max_bytes in a ShardEntries; records deleted since are
-        left out."""
+        gone), up to limit and max_bytes in a ShardEntries: as kept in memory, or read
+        back (those with an error; one deleted since is left out)."""
         layout = self._logs.shard(shard).layout
         start = max(position, layout.written_from)
-        chosen = layout.written[start - layout.written_from:start - layout.written_from + limit]
+        at = start - layout.written_from
+        chosen, records = layout.written[at:at + limit], layout.written_records[at:at + limit]
+        if None in records:
+            read = iter(self._records.get_many([key for key, record in zip(chosen, records) if record is None]))
+            records = [record if record is not None else next(read) for record in records]
         sent_keys, sent_values, size, end = [], [], 0, start
-        for key, value in zip(chosen, self._records.get_many(chosen)):
+        for key, value in zip(chosen, records):
             if value is not None:
                 if size + len(key) + len(value) + RECORD_FRAMING_BYTES > max_bytes:
                     break
@@ -145,6 +159,7 @@ class DeliveryLog:
             batch.delete(key)
         deleted = len(batch)
         batch.delete_range(layout.collected_prefix, layout.collected(kept_from))
+        batch.delete_range(layout.identities_prefix, layout.identities(kept_from))  # chunks wholly below it
         # Ids begin with their publish time (the margin covers frontends' clock skew).
         batch.delete_range(layout.index_prefix, layout.index(MessageId.lowest_at(older_than_ms - INDEX_SKEW_MS)))
         self._records.write(batch)

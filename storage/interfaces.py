@@ -65,6 +65,10 @@ class LogStore(Protocol):
         """The serialized PubsubMessage of entry seq, None for an epoch marker or an
         entry gone; messages caches what was read from disk (called per delivery)."""
 
+    def identity(self, log_: ShardLog, seq: int) -> bytes | None:
+        """The identity (keys.collected_value) of entry seq, None for an epoch marker
+        or an entry gone (called per entry retention deletes)."""
+
     def entry(self, shard: str, seq: int) -> storage_pb2.StoredMessage | None: ...
 
     def message_ids_from(self, log_: ShardLog, start: int) -> list[str]:

@@ -28,9 +28,10 @@ entries a seek has since made owed again; enabling retain_acked on a topic keeps
 what is acknowledged from then on.) Thus the lowest cursor never falls below what
 any replica has stubbed, and the rule above holds.
 
-What it deletes or stubs leaves its identity behind (keys.ShardKeys.collected: id, publish
-time, attributes), for its status while its delivery log is kept; the delivery
-log's collection deletes both."""
+What it deletes or stubs leaves its identity behind (id, publish time, attributes:
+keys.ShardKeys.identities for a chunk collected, keys.ShardKeys.collected for a
+stub), for its status while its delivery log is kept; the delivery log's
+collection deletes both."""
 
 from notifymesh.clock import now_ms
 from storage import keys
@@ -38,10 +39,11 @@ from storage.delivery import SubscriptionState
 from storage.interfaces import LogStore, Records, SubscriptionStore
 from storage.log import ShardLog
 
-# Entries deleted per collect() at most: recording their identities costs about
-# 5-9 us each on the event loop (20,000 took 100-180 ms on a loaded 2-core
-# machine), so a chunk holds it for 10-20 ms; the storage service collects
-# chunk after chunk, yielding between them, until a shard is done.
+# Entries deleted per collect() at most: recording their identities cost about
+# 5-9 us each on the event loop when each was read back (20,000 took 100-180 ms on
+# a loaded 2-core machine), 2-3 us from the identities kept in memory
+# (ShardLog.identities), so a chunk holds it for at most 10-20 ms; the storage
+# service collects chunk after chunk, yielding between them, until a shard is done.
 COLLECT_CHUNK = 2_000
 # With a topic's retain_acked window, what collection and stubbing keep beyond it
 # (a seek reaches only within the window): clock skew between replicas, and a
@@ -167,13 +169,12 @@ def _expire(log_: ShardLog, state: SubscriptionState, below: int) -> None:
 def keep_identities(records: Records, logs: LogStore, log_: ShardLog, below: int) -> None:
     """Records the identity of each message of log_ below below (its id, publish
     time and attributes, not its data), for message status once it is deleted:
-    retention does so on the leader, and each follower before it trims."""
-    batch, read, messages = records.batch(), logs.message, {}
-    for seq in range(log_.first, below):
-        # Most were delivered a moment ago: read from the log's recent entries in memory.
-        if (message := read(log_, seq, messages)) is not None:  # else an epoch marker
-            key = log_.layout.collected(seq)
-            batch.put(key, keys.seal_value(records.ring, key, keys.collected_value(message)))
-        messages.clear()
-    if len(batch):
-        records.write(batch)
+    retention does so on the leader, and each follower before it trims; all of
+    them in one value (keys.identities_value), sealed once."""
+    identity = logs.identity
+    # Most were written a second ago: their identities are in memory (ShardLog.identities).
+    kept = [(seq, value) for seq in range(log_.first, below) if (value := identity(log_, seq)) is not None]
+    if kept:  # else only epoch markers
+        last = kept[-1][0]
+        key = log_.layout.identities(last)
+        records.put(key, keys.seal_value(records.ring, key, keys.identities_value(kept, last)))

@@ -19,6 +19,8 @@ _ONE_BYTE = [bytes((value,)) for value in range(0x80)]  # the varints of 0..127,
 def varint(value: int) -> bytes:
     if value < 0x80:  # attempts, ack id lengths: the usual case on the delivery path
         return _ONE_BYTE[value]
+    if value < 0x4000:  # a message's length, in each delivery: 0.26 against 0.49 us by the loop (measured)
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -58,6 +60,22 @@ def without_data(message: bytes) -> bytes:
     kept = pubsub_pb2.PubsubMessage.FromString(message)
     kept.ClearField("data")
     return kept.SerializeToString()
+
+
+def message_without_data(entry: bytes) -> bytes | None:
+    """without_data(message_of(entry)) in one pass, the message not sliced out
+    first (each follower does it for every entry it writes: 0.86-1.01 against
+    1.02-1.21 us an entry of 256 bytes, measured), or None for an entry without a
+    message."""
+    if entry and entry[0] == _MESSAGE_TAG:
+        length, start = _read_varint(entry, 1)
+        end = start + length
+        if length and entry[start] == _DATA_TAG:
+            data_length, data_start = _read_varint(entry, start + 1)
+            return entry[data_start + data_length:end]
+        return without_data(entry[start:end])
+    message = message_of(entry)
+    return without_data(message) if message is not None else None
 
 
 def field(number: int, value: bytes) -> bytes:

@@ -102,6 +102,10 @@ class MemoryLog:
         entry = self.entries[log_.name].get(seq)
         return entry.message.SerializeToString() if entry is not None and entry.HasField("message") else None
 
+    def identity(self, log_: ShardLog, seq: int) -> bytes | None:
+        message = self.message(log_, seq, {})
+        return keys.collected_value(message) if message is not None else None
+
     def entry(self, shard: str, seq: int) -> storage_pb2.StoredMessage | None:
         return self.entries.get(shard, {}).get(seq)
 

@@ -8,7 +8,7 @@ import pytest
 
 from notifymesh import errors
 from notifymesh.contracts import (AckGroup, AckId, Candidacy, DeadLetterPageToken, LeaderRecord, MemberRecord, MessageId, Shard,
-                                  ack_ids_by_pair, ack_ids_by_partition, ack_ids_by_subscription, group_ack_ids, topic_hash)
+                                  ack_ids_by_pair, ack_ids_by_partition, ack_ids_by_subscription, ack_seqs_by_pair, topic_hash)
 
 
 def test_ack_ids_round_trip_and_the_fast_encoder_agrees():
@@ -19,16 +19,19 @@ def test_ack_ids_round_trip_and_the_fast_encoder_agrees():
     assert AckId.parse("2:ff:a:b") == AckId(2, 255, "a:b")  # the subscription is the rest
 
 
-@pytest.mark.parametrize("value", ["", "junk", "1:2", "x:1:sub", "1:zz:sub", "-1:1:sub", "1:1:"])
+@pytest.mark.parametrize("value", ["", "junk", "1:2", "x:1:sub", "1:zz:sub", "-1:1:sub", "1:1:", "\u00b2:1:sub"])
 def test_malformed_ack_ids_are_invalid_arguments(value):
     with pytest.raises(errors.InvalidArgument, match="malformed ack id"):
         AckId.parse(value)
+    with pytest.raises(errors.InvalidArgument, match=f"malformed ack id {value!r}"):  # the storage leader's parse
+        ack_seqs_by_pair(["0:1:a", value, "0:2:a"])
 
 
 def test_ack_ids_are_grouped_in_one_place_keeping_their_order():
     ids = ["0:1:a", "1:2:a", "0:3:b", "0:4:a"]
-    assert group_ack_ids(ids) == {AckGroup("a", 0): [AckId(0, 1, "a"), AckId(0, 4, "a")],
-                                  AckGroup("a", 1): [AckId(1, 2, "a")], AckGroup("b", 0): [AckId(0, 3, "b")]}
+    assert ack_seqs_by_pair(ids + ["2:ff:a:b"]) == {AckGroup("a", 0): [1, 4], AckGroup("a", 1): [2],
+                                                    AckGroup("b", 0): [3], AckGroup("a:b", 2): [255]}
+    assert {type(group) for group in ack_seqs_by_pair(ids)} == {AckGroup}
     assert ack_ids_by_subscription(ids) == {"a": ["0:1:a", "1:2:a", "0:4:a"], "b": ["0:3:b"]}
     assert ack_ids_by_partition(ids) == {0: ["0:1:a", "0:3:b", "0:4:a"], 1: ["1:2:a"]}
     assert {type(group) for group in ack_ids_by_pair(ids)} == {AckGroup}

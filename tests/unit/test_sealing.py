@@ -218,3 +218,28 @@ def test_the_cluster_view_goes_on_when_a_secret_does_not_open(ring, monkeypatch)
     with pytest.raises(SealError):
         sealing.parse_provider(stored)
     assert sealing.mirrored_provider(stored).secret == "" and sealing.mirrored_provider(stored).name == "default"
+
+
+async def test_the_identities_of_messages_collected_together_are_one_sealed_value(tmp_path, ring):
+    """What message status shows of a collected message (its id and attributes) is
+    sealed once for the chunk collected, bound to the chunk's key, and read back."""
+    engine = StorageEngine(tmp_path / "node", "storage-1", ring)
+    engine.start()
+    try:
+        engine.attach(SHARD, subscription("audit"))
+        ids = await append(engine, SHARD, [pubsub_pb2.PubsubMessage(data=b"secret-payload", attributes={"a": f"secret-{i}"})
+                                           for i in range(3)])
+        received = await pull(engine, SHARD, "audit", 10, 10_000, 0)
+        assert engine.acknowledge(SHARD, "audit", [r.ack_id for r in received]) == 3
+        assert engine.collect(SHARD, None) == 3
+        layout = engine.shard(SHARD).layout
+        [(key, value)] = list(engine.db.prefixed(layout.identities_prefix))
+        assert key == layout.identities(2) and sealing.is_sealed(value) and b"secret-" not in value
+        with pytest.raises(SealError):  # moved to another chunk's key
+            keys.open_value(ring, layout.identities(5), value)
+        for i, message_id in enumerate(ids):
+            status = engine.message_status(SHARD, message_id)
+            assert (status.message.message_id, dict(status.message.attributes), status.message.data) == (
+                message_id, {"a": f"secret-{i}"}, b"")
+    finally:
+        await engine.close()

@@ -9,7 +9,7 @@ from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
 from notifymesh.clock import now_ms, timestamp
 from notifymesh.contracts import Shard
-from storage import keys, wire
+from storage import keys, log as log_module, wire
 from storage.delivery import Pull, SubscriptionState
 from storage.engine import StorageEngine
 from storage.log import Entries, SeqWindow
@@ -498,6 +498,8 @@ def test_wire_format_matches_the_generated_classes():
         storage_pb2.StoredMessage(message=message).SerializeToString()
     assert wire.message_of(reordered) == message.SerializeToString()
     assert wire.message_of(storage_pb2.StoredMessage(epoch=2).SerializeToString()) is None
+    for value in (1, 127, 128, 300, 16_383, 16_384, 2 ** 21 + 5, 2 ** 31 - 1):  # each length of varint
+        assert wire.varint(value) == pubsub_pb2.ReceivedMessage(delivery_attempt=value).SerializeToString()[1:]
 
 
 def test_a_messages_identity_is_sliced_as_the_generated_classes_make_it():
@@ -769,3 +771,66 @@ async def test_a_truncation_without_entries_leaves_the_epoch_of_the_entry_before
     await engine.write_replicated(SHARD, 2, Entries())  # a leader's log ends at 2: ours is cut there
     log_ = engine.shard(SHARD)
     assert (log_.end, log_.last_epoch, engine.epoch_at(SHARD, 1)) == (2, 6, 6)
+
+
+def _identity(engine: StorageEngine, seq: int) -> pubsub_pb2.PubsubMessage | None:
+    """The identity engine recorded of entry seq (in the chunk keys.ShardKeys.identities), opened."""
+    layout = engine.shard(SHARD).layout
+    for key, value in engine.db.prefixed(layout.identities_prefix, layout.identities(seq)):
+        found = keys.parse_identities_value(keys.open_value(engine.db.ring, key, value), keys.seq_of(key)).get(seq)
+        return keys.parse_collected_value(found) if found is not None else None
+    return None
+
+
+async def test_what_is_trimmed_or_collected_leaves_its_identity_without_being_read_back(engine, tmp_path):
+    """Each replica keeps the identities of the entries it writes (a replaced tail's
+    replaced too): a follower's trim and the leader's collect record them without
+    reading an entry back and opening it."""
+    follower = StorageEngine(tmp_path / "follower", "storage-2")
+    follower.start()
+    try:
+        stale = storage_pb2.StoredMessage(epoch=1, message=pubsub_pb2.PubsubMessage(data=b"x", message_id="stale"))
+        await follower.write_replicated(SHARD, 0, Entries.of([storage_pb2.StoredMessage(epoch=1), stale]))
+        await follower.write_replicated(SHARD, 1, Entries.of([storage_pb2.StoredMessage(epoch=2, message=(
+            pubsub_pb2.PubsubMessage(data=b"pay", message_id="id-1", attributes={"order": "9"})))]))
+        follower.advance_commit(SHARD, 2)
+        counted = follower.log._rdict = CountedGets(follower.log._rdict)
+        assert follower.trim(SHARD, 2) == 2
+        assert counted.gets == 0
+        assert _identity(follower, 0) is None  # an epoch marker has none
+        assert _identity(follower, 1) == pubsub_pb2.PubsubMessage(message_id="id-1", attributes={"order": "9"})
+    finally:
+        await follower.close()
+    engine.attach(SHARD, subscription("audit"))
+    [message_id] = await append(engine, SHARD, [pubsub_pb2.PubsubMessage(data=b"a", attributes={"k": "v"})])
+    [received] = await pull(engine, SHARD, "audit", 10, 60_000, 0)
+    engine.acknowledge(SHARD, "audit", [received.ack_id])
+    counted = engine.log._rdict = CountedGets(engine.log._rdict)
+    assert engine.collect(SHARD, None) == 1
+    assert counted.gets == 0
+    assert (_identity(engine, 0).message_id, dict(_identity(engine, 0).attributes)) == (message_id, {"k": "v"})
+
+
+async def test_identities_beyond_the_kept_window_are_read_back(engine, monkeypatch):
+    monkeypatch.setattr(log_module, "MAX_IDENTITIES", 2)
+    ids = await append(engine, SHARD, messages(b"a", b"b", b"c", b"d"))
+    counted = engine.log._rdict = CountedGets(engine.log._rdict)
+    assert engine.collect(SHARD, None) == 4  # no subscription
+    assert counted.gets == 2, "the two oldest fell out of the window"
+    assert [_identity(engine, seq).message_id for seq in range(4)] == ids
+
+
+def test_a_message_without_data_is_sliced_out_of_its_entry_as_in_two_steps():
+    """wire.message_without_data(entry) == wire.without_data(wire.message_of(entry)),
+    whatever the entry's shape."""
+    shapes = [storage_pb2.StoredMessage(epoch=1),
+              storage_pb2.StoredMessage(epoch=1, message=pubsub_pb2.PubsubMessage()),
+              storage_pb2.StoredMessage(epoch=1, message=pubsub_pb2.PubsubMessage(message_id="no data")),
+              storage_pb2.StoredMessage(epoch=1, append_ms=5, message=pubsub_pb2.PubsubMessage(
+                  data=b"x" * 300, message_id="id", attributes={"a": "b"}, ordering_key="o"))]
+    raws = [shape.SerializeToString() for shape in shapes]
+    data_last = pubsub_pb2.PubsubMessage(message_id="id-2").SerializeToString() + wire.field(1, b"payload")
+    raws.append(wire.field(1, data_last) + wire.field(6, b"k:x"))  # its data last, a dedup key after the message
+    for raw in raws:
+        message = wire.message_of(raw)
+        assert wire.message_without_data(raw) == (wire.without_data(message) if message is not None else None)

@@ -22,7 +22,7 @@ from storage.group_commit import GroupCommit
 from storage.interfaces import LogStore, Records, SubscriptionStore
 from storage.log import Entries, ShardLogs
 from storage.retention import COLLECT_CHUNK, Retention
-from tests.unit.storage_fakes import MemoryLog, MemoryRecords
+from tests.unit.storage_fakes import MemoryBatch, MemoryLog, MemoryRecords
 
 CLEAR = KeyRing(None, enabled=False)  # encryption at rest off (tests/unit/test_sealing.py has it on)
 
@@ -254,6 +254,14 @@ async def test_delivery_log_over_fakes(log_, records, deliveries):
         delivery_log.message_status(SHARD, "id-0")
 
 
+def identities(records: MemoryRecords) -> set[int]:
+    """The seqs whose identities retention recorded (keys.ShardKeys.identities and .collected)."""
+    layout, seqs = keys.ShardKeys(SHARD), set()
+    for key, value in records.prefixed(layout.identities_prefix):
+        seqs.update(keys.parse_identities_value(value, keys.seq_of(key)))
+    return seqs | {keys.seq_of(key) for key, _ in records.prefixed(layout.collected_prefix)}
+
+
 async def test_a_collected_message_keeps_its_identity_while_its_delivery_log_is_kept(log_, records, deliveries):
     delivery_log, retention = DeliveryLog(log_, deliveries, records), Retention(log_, deliveries, records)
     [seq] = log_.append(SHARD, b"payload")
@@ -269,9 +277,28 @@ async def test_a_collected_message_keeps_its_identity_while_its_delivery_log_is_
             status.message.data) == ("id-0", 1234, {"order": "42"}, b"")
     assert [d.state for d in status.deliveries] == [pubsub_pb2.ACKNOWLEDGED]
     assert delivery_log.collect(SHARD, now_ms() - 60_000) == 0  # delivered since: both stay
-    assert records.get(keys.ShardKeys(SHARD).collected(seq)) is not None
+    assert identities(records) == {seq}
     assert delivery_log.collect(SHARD, now_ms() + 1) == 1
-    assert list(records.prefixed(keys.ShardKeys(SHARD).collected_prefix)) == [], "collected with its delivery log"
+    assert identities(records) == set(), "collected with its delivery log"
+
+
+async def test_a_chunk_of_identities_stays_while_the_delivery_log_of_any_of_its_messages_does(
+        log_, records, deliveries, monkeypatch):
+    delivery_log, retention = DeliveryLog(log_, deliveries, records), Retention(log_, deliveries, records)
+    seqs = log_.append(SHARD, b"a", b"b", b"c")
+    for seq in seqs:
+        records.put(keys.ShardKeys(SHARD).index(f"id-{seq}"), keys.index_value(seq))
+    deliveries.attach(SHARD, subscription("audit"))
+    for seq, at in zip(seqs, (1_000, 2_000, 2_000)):  # delivered at these times
+        monkeypatch.setattr(delivery, "now_ms", lambda: at)
+        [received] = await pull(deliveries, "audit", max_messages=1)
+        deliveries.acknowledge(SHARD, "audit", [received.ack_id])
+    assert retention.collect(SHARD, None) == 3
+    assert delivery_log.collect(SHARD, 1_500) == 1  # the first message's record: its chunk holds the others'
+    assert identities(records) == set(seqs)
+    assert delivery_log.message_status(SHARD, "id-1").message.message_id == "id-1"
+    assert delivery_log.collect(SHARD, 2_500) == 2
+    assert identities(records) == set()
 
 
 def test_retention_collects_a_chunk_at_a_time(log_, records, deliveries):
@@ -279,7 +306,8 @@ def test_retention_collects_a_chunk_at_a_time(log_, records, deliveries):
     log_.append(SHARD, *[b"x"] * (COLLECT_CHUNK + 5))
     assert retention.collect(SHARD, None) == COLLECT_CHUNK
     assert retention.collect(SHARD, None) == 5
-    assert len(list(records.prefixed(keys.ShardKeys(SHARD).collected_prefix))) == COLLECT_CHUNK + 5
+    assert identities(records) == set(range(COLLECT_CHUNK + 5))
+    assert len(list(records.prefixed(keys.ShardKeys(SHARD).identities_prefix))) == 2, "a value a chunk"
 
 
 def test_dedup_finds_stored_idempotency_keys(log_, records):
@@ -402,12 +430,31 @@ def test_the_delivery_keys_kept_for_followers_are_bounded(monkeypatch):
     monkeypatch.setattr(keys, "WRITTEN_KEPT", 10)
     layout = keys.ShardKeys(SHARD)
     made = [layout.delivery(seq, "audit", 1, 1) for seq in range(25)]
+    record = keys.delivery_record(2, pubsub_pb2.ACKED)
+    for key in made:
+        layout.put_delivery(MemoryBatch(), key, record)
     assert len(layout.written) <= 20 and layout.written_end == 25
-    assert layout.written == made[layout.written_from:]
+    assert layout.written == made[layout.written_from:] and layout.written_records == [record] * len(layout.written)
     layout.release_written(23)
-    assert (layout.written, layout.written_from) == (made[23:], 23)
+    assert (layout.written, layout.written_records, layout.written_from) == (made[23:], [record] * 2, 23)
     layout.release_written(5)  # behind the window: nothing
     assert layout.written_end == 25
+
+
+def test_records_without_an_error_go_to_followers_without_being_read_back(log_, records, deliveries):
+    """The leader keeps what it put of a record without an error (a few bytes, shared)
+    and reads back only those with an error (which may be long)."""
+    delivery_log, layout = DeliveryLog(log_, deliveries, records), log_.shard(SHARD).layout
+    acked, nacked = keys.delivery_record(5, pubsub_pb2.ACKED), keys.delivery_record(6, pubsub_pb2.NACKED, "HTTP 503")
+    batch = records.batch()
+    for seq, record in enumerate((acked, nacked, acked)):
+        layout.put_delivery(batch, layout.delivery(seq, "audit", 1, 1), record)
+    records.write(batch)
+    read = []
+    records.get_many = lambda keys_: (read.append(keys_), MemoryRecords.get_many(records, keys_))[1]
+    sent = delivery_log.written_since(SHARD, 0, 10, 1 << 20)
+    assert (sent.keys, sent.values, sent.end) == (layout.written, [acked, nacked, acked], 3)
+    assert read == [[layout.delivery(1, "audit", 1, 1)]]
 
 
 def test_a_follower_records_identities_a_chunk_at_a_time(log_, records, deliveries):
@@ -416,7 +463,7 @@ def test_a_follower_records_identities_a_chunk_at_a_time(log_, records, deliveri
     assert delivery_log.keep_identities(SHARD, COLLECT_CHUNK + 5) == COLLECT_CHUNK
     log_.trim(SHARD, COLLECT_CHUNK)
     assert delivery_log.keep_identities(SHARD, COLLECT_CHUNK + 5) == COLLECT_CHUNK + 5
-    assert len(list(records.prefixed(keys.ShardKeys(SHARD).collected_prefix))) == COLLECT_CHUNK + 5
+    assert identities(records) == set(range(COLLECT_CHUNK + 5))
 
 
 async def test_delivery_records_go_within_the_request_bound(tmp_path):
