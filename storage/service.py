@@ -29,7 +29,7 @@ from storage.table import TableService
 
 log = logging.getLogger(__name__)
 
-TABLE_UPKEEP_S = 0.05  # how often the table loop looks for entries to apply and erasures to compact
+TABLE_UPKEEP_RETRY_S = 1.0  # after a failed pass of the table loop, before the next
 SLOW_GC_EVERY = 60  # GC rounds between sweeps of expired idempotency keys and delivery logs
 DEAD_LETTER_MOVERS = 4  # dead-letter moves under way at once (each an append to the dead-letter topic)
 
@@ -396,16 +396,16 @@ class StorageNode:
         """Applies what the table shards have committed beyond what was applied at
         commit (a restart's backlog), a chunk at a time; compacts after erasures; and
         each gc interval drops expired rows and (leading) trims dead entries."""
-        table, last_gc = self.engine.table, 0.0
-        while True:
-            await asyncio.sleep(TABLE_UPKEEP_S)
+        table, last_gc, gc_every = self.engine.table, 0.0, self._config.storage_gc_interval_s
+        while True:  # the first pass at once: a restart's backlog
+            table.upkeep_due.clear()  # before the pass: what comes during it wakes the next
             try:
                 for log_ in table.shards():
                     while table.apply(log_.name):
                         await asyncio.sleep(0)
                 for shard in table.due_compactions():
                     await asyncio.to_thread(table.compact, shard)
-                if time.monotonic() - last_gc >= self._config.storage_gc_interval_s:
+                if time.monotonic() - last_gc >= gc_every:
                     last_gc = time.monotonic()
                     for log_ in table.shards():
                         table.sweep(log_.name)
@@ -416,6 +416,15 @@ class StorageNode:
                 raise
             except Exception as e:
                 log.error("table upkeep failed", extra=fields(error=repr(e)))
+                await asyncio.sleep(TABLE_UPKEEP_RETRY_S)
+            # Until the next sweep or planned compaction, or sooner once Table.apply left
+            # a backlog or a compaction was planned (Table.upkeep_due).
+            compaction = table.next_compaction()
+            due = last_gc + gc_every if compaction is None else min(last_gc + gc_every, compaction)
+            try:
+                await asyncio.wait_for(table.upkeep_due.wait(), max(0.0, due - time.monotonic()))
+            except TimeoutError:
+                pass
 
     async def _collect_shard(self, shard: str, retention_ms: int | None, retain_acked_ms: int | None) -> int:
         """Collects the shard a chunk at a time (retention.COLLECT_CHUNK), letting

@@ -153,6 +153,11 @@ class Table:
         self._sweeps: dict[str, SweepPass] = {}  # per shard (bounded by the table's partitions)
         # shard -> (first erase not yet compacted, when to compact), monotonic
         self._compact_due: dict[str, tuple[float, float]] = {}
+        # Set when the storage node's table loop has work before its next deadline: a
+        # commit beyond one chunk left entries unapplied, or a compaction was planned.
+        # The loop sleeps otherwise (it ticked every 50 ms: 20 wake-ups a second on
+        # every storage node of an idle mesh).
+        self.upkeep_due = asyncio.Event()
 
     def recover(self) -> None:
         for key, value in self._db.prefixed(keys.APPLIED):
@@ -255,6 +260,8 @@ class Table:
                 del pending[key]
         if erased:
             self.compact_later(shard)
+        if stop < log_.commit:  # the rest a chunk at a time by the table loop
+            self.upkeep_due.set()
         return stop - start
 
     def _stub_rows(self, batch, layout: keys.ShardKeys, seq: int, row_keys: set[bytes]) -> None:
@@ -431,6 +438,11 @@ class Table:
         now = time.monotonic()
         first, _ = self._compact_due.get(shard, (now, now))
         self._compact_due[shard] = first, min(now + ERASE_COMPACT_DELAY_S, first + ERASE_COMPACT_MAX_DELAY_S)
+        self.upkeep_due.set()  # a new deadline for the loop's sleep
+
+    def next_compaction(self) -> float | None:
+        """When the soonest planned compaction is due (monotonic), if any."""
+        return min((at for _, at in self._compact_due.values()), default=None)
 
     def due_compactions(self) -> list[str]:
         now = time.monotonic()

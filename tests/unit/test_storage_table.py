@@ -19,7 +19,7 @@ from storage import keys
 from storage.delivery import Pull
 from storage.engine import StorageEngine
 from storage.log import Entries
-from storage.table import ENTRY_MAX_ROWS, TableService, decide, ops_of, stub_entry
+from storage.table import ENTRY_MAX_ROWS, ERASE_COMPACT_DELAY_S, TableService, decide, ops_of, stub_entry
 
 SHARD = shard_name(TABLE_TOPIC, 0)
 
@@ -190,6 +190,29 @@ async def test_applying_goes_by_whole_entries_until_the_rows_of_a_chunk(engine):
     assert engine.table.apply(SHARD, limit=3) == 2  # 2 rows, then 2 more: past 3, whole entries
     assert engine.shard(SHARD).applied == 2
     assert engine.table.apply(SHARD, limit=3) == 1
+
+
+async def test_a_backlog_left_by_applying_wakes_the_table_loop_and_none_left_does_not(engine):
+    for i in range(3):
+        await write(engine, [put(b"a%d" % i, b"v"), put(b"b%d" % i, b"v")])
+    engine.shard(SHARD).applied = 0
+    engine.table.upkeep_due.clear()
+    engine.table.apply(SHARD, limit=3)  # two of three entries: the loop has the rest
+    assert engine.table.upkeep_due.is_set()
+    engine.table.upkeep_due.clear()
+    engine.table.apply(SHARD, limit=3)  # the last one
+    await write(engine, [put(b"c", b"v")])  # applied whole at commit
+    assert not engine.table.upkeep_due.is_set()
+
+
+def test_a_planned_compaction_wakes_the_table_loop_and_is_its_next_deadline(engine, monkeypatch):
+    monkeypatch.setattr("storage.table.time.monotonic", lambda: 100.0)
+    table = engine.table
+    assert table.next_compaction() is None
+    table.upkeep_due.clear()
+    table.compact_later(SHARD)
+    assert table.upkeep_due.is_set()
+    assert table.next_compaction() == pytest.approx(100.0 + ERASE_COMPACT_DELAY_S)
 
 
 async def test_a_multi_row_entry_reaches_a_follower_and_its_rows_are_stubbed_alike(engine, tmp_path):
