@@ -99,21 +99,23 @@ def free_frontend_port() -> int:
     frontend_http_port_offset) and mutual-TLS port (+ frontend_mtls_port_offset) are
     free too; random, so parallel test workers and meshes seldom choose the same, and
     a mesh that did starts again (PortInUse)."""
-    top = max(_ephemeral_low(), FRONTEND_PORTS_FROM + 1000) - Config.frontend_http_port_offset - MAX_FRONTENDS
-    while True:
-        port = random.randrange(FRONTEND_PORTS_FROM, top)
-        derived = (port, port + Config.frontend_http_port_offset, port + Config.frontend_mtls_port_offset)
-        if all(_port_free(p) for p in derived):
-            return port
+    return _free_below_ephemeral((0, Config.frontend_http_port_offset, Config.frontend_mtls_port_offset),
+                                 Config.frontend_http_port_offset + MAX_FRONTENDS)
 
 
 def free_mesh_port() -> int:
     """A port P below the ephemeral range with P..P+PORT_PLAN-1 free: every port
     `notifymesh up --port P` derives (random, as free_frontend_port)."""
-    top = max(_ephemeral_low(), FRONTEND_PORTS_FROM + 1000) - PORT_PLAN
+    return _free_below_ephemeral(range(PORT_PLAN), PORT_PLAN)
+
+
+def _free_below_ephemeral(offsets, span: int) -> int:
+    """A random port P from FRONTEND_PORTS_FROM up, with P + span below the ephemeral
+    range, whose P + offset is free for each offset."""
+    top = max(_ephemeral_low(), FRONTEND_PORTS_FROM + 1000) - span
     while True:
         port = random.randrange(FRONTEND_PORTS_FROM, top)
-        if all(_port_free(port + i) for i in range(PORT_PLAN)):
+        if all(_port_free(port + offset) for offset in offsets):
             return port
 
 
