@@ -121,6 +121,9 @@ def key_after(key: bytes) -> bytes | None:
     return stripped[:-1] + bytes([stripped[-1] + 1]) if stripped else None
 
 
+_UNSEEN = object()  # Table.apply: a row not yet met in the chunk being applied
+
+
 class Pending(NamedTuple):
     """A leader's write of a row not yet applied."""
     seq: int
@@ -204,6 +207,8 @@ class Table:
         applied_rows = 0
         earliest = math.inf  # expiry of the rows put
         stop_key = layout.message(stop)
+        # Bound once: a push send applies five rows on each of three replicas.
+        get, put, row_seq_of, row_value = self._rdict.get, batch.put, keys.row_seq, keys.row_value
         for key, value in self._rdict.items(from_key=layout.message(start)):
             if key >= stop_key:
                 break
@@ -225,7 +230,10 @@ class Table:
             for op in ops:
                 op_key = op.key
                 row_key = row_prefix + op_key
-                row_seq = rows[row_key] if row_key in rows else self._row_seq(row_key)
+                row_seq = rows.get(row_key, _UNSEEN)
+                if row_seq is _UNSEEN:
+                    stored = get(row_key)
+                    row_seq = row_seq_of(stored) if stored is not None else None
                 if row_seq is not None:
                     if row_seq >= seq:  # applied before a restart lost the position
                         continue
@@ -243,7 +251,7 @@ class Table:
                     expire_ms = op.expire_ms
                     if expire_ms and expire_ms < earliest:
                         earliest = expire_ms
-                    batch.put(row_key, keys.row_value(seq, epoch, expire_ms, op.value, ring, row_key))
+                    put(row_key, row_value(seq, epoch, expire_ms, op.value, ring, row_key))
                 if pending and (noted := pending.get(op_key)) is not None and noted.seq <= seq:
                     del pending[op_key]
         for seq, stubbed in stubs.items():
@@ -292,11 +300,6 @@ class Table:
             if not self.apply(shard):
                 raise errors.Unavailable(f"{shard}: entries up to {upto} are not committed here")
             await asyncio.sleep(0)
-
-    def _row_seq(self, row_key: bytes) -> int | None:
-        """The seq of the entry that wrote the stored row (None: no row)."""
-        value = self._rdict.get(row_key)
-        return keys.row_seq(value) if value is not None else None
 
     # -- reading ----------------------------------------------------------------
 
