@@ -303,6 +303,24 @@ async def test_scan_by_prefix_in_both_directions_with_pages(engine):
     assert scan(SHARD, b"", b"", 10, True).keys[0] == b"M\0aue\0x"
 
 
+async def test_a_scan_of_many_prefixes_lists_what_a_scan_of_each_would(engine):
+    """One iterator sought to each prefix, in any order: expired rows skipped, each
+    prefix's rows up to the limit, a prefix without rows empty, one beyond every row too."""
+    await write(engine, [put(b"V\0bob\0" + d, b"dev-" + d) for d in (b"1", b"2", b"3")]
+                + [put(b"V\0bob", b""), put(b"V\0bo\0x", b"other"), put(b"V\0amy\0gone", b"x", expire_ms=1),
+                   put(b"V\0amy\0kept", b"y", expire_ms=now_ms() + 100_000)])
+    other = engine.shard(shard_name(TABLE_TOPIC, 1)).layout.row_prefix  # another shard's rows stay apart
+    engine.db.rdict[other + b"V\0carl\0z"] = keys.ROW_HEAD.pack(1, 1, 0) + b"z"
+    prefixes = [b"V\0bob\0", b"V\0amy\0", b"V\0bo\0", b"V\0carl\0", b"V\0zed\0", b"V\0bob\0"]
+    for limit in (1, 2, 3, 10):
+        scanned = engine.table.scan_many(SHARD, prefixes, limit)
+        assert scanned == [engine.table.scan(SHARD, prefix, b"", limit, False) for prefix in prefixes]
+    bobs = [b"V\0bob\0" + b"1", b"V\0bob\0" + b"2"]
+    assert engine.table.scan_many(SHARD, prefixes, 2) == [
+        (bobs, [b"dev-1", b"dev-2"], True), ([b"V\0amy\0kept"], [b"y"], False),
+        ([b"V\0bo\0x"], [b"other"], False), ([], [], False), ([], [], False), (bobs, [b"dev-1", b"dev-2"], True)]
+
+
 async def test_erase_leaves_no_file_with_the_erased_value(engine, tmp_path):
     secret = b"erase-me-7f3a@example.com"
     await write(engine, [put(b"C\0alice", secret)] + [put(b"filler%d" % i, b"x" * 100) for i in range(100)])
