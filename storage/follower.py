@@ -134,7 +134,9 @@ class Follower:
                 continue
             if batch.entries or batch.start < log_.end:
                 writes.append(self._engine.write_replicated(shard, batch.start, Entries.replicated(batch)))
-                if contexts := tracing.contexts_in(batch.entries, _message_of):
+                # A table write's entries carry no trace context (storage/table.py makes them
+                # without attributes): not searched for one, up to 1 MiB of rows each.
+                if not log_.table and (contexts := tracing.contexts_in(batch.entries, _message_of)):
                     traced.append(tracing.replicate_span(shard, contexts, len(batch.entries)))
             result.ok = True
         try:

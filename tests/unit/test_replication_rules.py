@@ -271,6 +271,7 @@ class FakeFollowerLog:
         self.commit = 0
         self.writes: list[int] = []
         self.seen_epoch = 0
+        self.table = False  # a topic's shard, not the replicated table's
 
     first = property(lambda self: self.epochs.first)
     end = property(lambda self: self.epochs.end)
