@@ -142,14 +142,19 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
 
     async def TableScanMany(self, request, context):
         scanned = await self._node.tables.scan_many(request.partition, list(request.prefixes), request.limit)
-        return storage_pb2.TableScanManyResponse(scans=[
-            storage_pb2.TableScanResponse(keys=s.keys, values=s.values, more=s.more) for s in scanned])
+        response = storage_pb2.TableScanManyResponse()
+        add = response.scans.add  # made in place: one made apart and listed is copied in again
+        for s in scanned:
+            add(keys=s.keys, values=s.values, more=s.more)
+        return response
 
     async def RateAcquire(self, request, context):
         decisions = await self._node.tables.rate_acquire(request.partition, list(request.acquires))
-        return storage_pb2.RateAcquireResponse(decisions=[
-            storage_pb2.RateDecision(allowed=d.allowed, retry_after_ms=d.retry_after_ms, count=d.count)
-            for d in decisions])
+        response = storage_pb2.RateAcquireResponse()
+        add = response.decisions.add  # a fan-out page's 1,000 duplicate checks: made in place, not copied in
+        for d in decisions:
+            add(allowed=d.allowed, retry_after_ms=d.retry_after_ms, count=d.count)
+        return response
 
 
 class StorageNode:
