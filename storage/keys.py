@@ -27,7 +27,7 @@ The log's write and delivery loops build keys per message: they use a shard's
 ShardKeys, whose prefixes are encoded once.
 
 Encryption at rest (notifymesh/server/sealing.py): every value that holds what
-clients sent (a message's payload and attributes, a table row's value unless empty, a delivery
+clients sent (a message's payload and attributes, a table row's value, a delivery
 record's error, a subscription's saved state with its dead letters' errors, a
 collected message's attributes) is sealed with the node's KeyRing, bound to its
 RocksDB key, so a value copied under another key fails to open. Keys and
@@ -317,12 +317,9 @@ class Row(NamedTuple):
 
 def row_value(seq: int, epoch: int, expire_ms: int, value: bytes, ring: KeyRing, key: bytes) -> bytes:
     """The head stays in the clear (sweeps read expiries without opening values) but
-    is bound into the value's seal with the row's key. An empty value (an index row:
-    a recipient's notifications, an audience's members) holds nothing to hide and is
-    not sealed: one push send writes one such row on each replica, and a seal is
-    about 2 us, a third of what applying a row costs (docs/benchmarks.md 2026-12-02)."""
+    is bound into the value's seal with the row's key."""
     head = ROW_HEAD.pack(seq, epoch, expire_ms)
-    return head + (ring.seal(value, key + head) if ring.enabled and value else value)
+    return head + (ring.seal(value, key + head) if ring.enabled else value)
 
 
 def parse_row_value(value: bytes) -> Row:

@@ -65,8 +65,6 @@ def test_storage_values_moved_to_another_key_do_not_open(ring):
         keys.open_row_value(ring, layout.row_prefix + b"C bob", row)
     with pytest.raises(SealError):  # the clear head is bound too: an expiry cannot be moved
         keys.open_row_value(ring, row_key, keys.ROW_HEAD.pack(5, 1, 99) + row[keys.ROW_HEAD.size:])
-    empty = keys.row_value(5, 1, 0, b"", ring, row_key)  # an index row: nothing to hide, no seal's cost
-    assert empty == keys.ROW_HEAD.pack(5, 1, 0) and keys.open_row_value(ring, row_key, empty) == b""
     record_key = layout.delivery(1, "audit", 10, 1)
     record = keys.error_record(ring, record_key, 11, pubsub_pb2.NACKED, "550 alice@example.com unknown")
     assert b"alice" not in record
