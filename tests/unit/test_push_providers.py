@@ -4,6 +4,7 @@ requests against the local fakes (deploy/push_fakes.py, real HTTP and HTTP/2
 servers in the test's loop): sent, dead tokens, throttling, refused credentials."""
 
 import asyncio
+import json
 import re
 import ssl
 import time
@@ -357,3 +358,14 @@ async def test_the_apns_requests_of_one_read_are_stored_in_one_outbox_write_befo
     assert set(statuses.values()) == {b"200"}
     assert writes == [10]
     assert [r["to"] for r in read_outbox(providers.outbox._data_dir, "push")] == tokens
+
+
+@pytest.mark.parametrize("data", ["", "{}", '{"invoice":"17"}', '{"a":"1","b":"x\\"y","c":"\\u00e9"}',
+                                  '{"aps":"theirs","k":"v"}', '{"k":"v","aps":"theirs"}', '{"k":"\\"aps\\":"}',
+                                  '{"n": "spaced" }'])
+def test_the_apns_body_is_the_data_with_aps_last_as_loading_and_dumping_it_gives(data):
+    apns = ApnsProvider(push_fakes.apns_record(new_ec_key(), "127.0.0.1", 1))
+    msg = push(APNS_TOKEN, "apns", json_body=data)
+    payload = json.loads(data) if data else {}
+    payload["aps"] = {"alert": {"title": msg.subject, "body": msg.text}}
+    assert apns.body(msg) == json.dumps(payload, separators=(",", ":")).encode()
