@@ -123,8 +123,9 @@ class Fault(NamedTuple):
 class Outbox:
     """The JSON-lines files, one per channel, each rotated at OUTBOX_MAX_BYTES.
     A channel's current file stays open for appends (one per channel at most), each
-    line flushed as it is stored: opening it per record was 11 % of the APNs fake's
-    CPU (docs/benchmarks.md, 2026-12-01, issue 16)."""
+    store flushed as it is written (a record, or the APNs fake's records of one
+    read): opening it per record was 11 % of the APNs fake's CPU (docs/benchmarks.md,
+    2026-12-01, issue 16)."""
 
     def __init__(self, data_dir: Path):
         self._data_dir = data_dir
