@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import NamedTuple, TextIO
 
 import aiohttp
+import uvloop
 from aiohttp import web
 from aiosmtpd.smtp import SMTP
 
@@ -122,8 +123,9 @@ class Fault(NamedTuple):
 class Outbox:
     """The JSON-lines files, one per channel, each rotated at OUTBOX_MAX_BYTES.
     A channel's current file stays open for appends (one per channel at most), each
-    line flushed as it is stored: opening it per record was 11 % of the APNs fake's
-    CPU (docs/benchmarks.md, 2026-12-01, issue 16)."""
+    store flushed as it is written (a record, or the APNs fake's records of one
+    read): opening it per record was 11 % of the APNs fake's CPU (docs/benchmarks.md,
+    2026-12-01, issue 16)."""
 
     def __init__(self, data_dir: Path):
         self._data_dir = data_dir
@@ -131,10 +133,15 @@ class Outbox:
         self._appending: dict[str, TextIO] = {}  # channel -> its current file, open
 
     def store(self, channel: str, record: dict) -> None:
+        self.store_many(channel, [record])
+
+    def store_many(self, channel: str, records: list[dict]) -> None:
+        """The records in one write (readable once it returns): the APNs fake stores
+        the requests of one read from its connection together."""
         f = self._appending.get(channel)
         if f is None:
             f = self._appending[channel] = open(outbox_files(self._data_dir, channel)[1], "a", encoding="utf-8")
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.write("".join([json.dumps(record, ensure_ascii=False) + "\n" for record in records]))
         f.flush()
         if f.tell() > OUTBOX_MAX_BYTES:
             self.close()
@@ -421,7 +428,7 @@ def main() -> None:
     p.add_argument("--apns-port", type=int, default=0)
     args = p.parse_args()
     try:
-        asyncio.run(_serve(args))
+        uvloop.run(_serve(args))  # the services' loop: the APNs fake's reads and writes cost less on it
     except OSError as e:  # a port in use
         sys.exit(f"local providers: {e}")
 

@@ -57,8 +57,16 @@ class ApnsProvider:
         return Bearer(token, now + TOKEN_REFRESH_S)
 
     def body(self, msg: OutgoingMessage) -> bytes:
-        payload = json.loads(msg.json_body) if msg.json_body else {}
-        payload["aps"] = {"alert": {"title": msg.subject, "body": msg.text}}
+        """The data's members, then "aps" (replacing the data's own "aps")."""
+        aps = {"alert": {"title": msg.subject, "body": msg.text}}
+        data = msg.json_body
+        if data.startswith('{"') and data.endswith('"}') and '"aps":' not in data:
+            # The rendered data as push_data makes it (compact JSON, string values, no
+            # "aps" key: one would show as `"aps":`): aps appended to its text gives the
+            # bytes of loading it and dumping it again, without either (1 % of the sender).
+            return f'{data[:-1]},"aps":{json.dumps(aps, separators=(",", ":"))}}}'.encode()
+        payload = json.loads(data) if data else {}
+        payload["aps"] = aps
         return json.dumps(payload, separators=(",", ":")).encode()
 
     async def send(self, msg: OutgoingMessage) -> SendResult:

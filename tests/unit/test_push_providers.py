@@ -4,12 +4,16 @@ requests against the local fakes (deploy/push_fakes.py, real HTTP and HTTP/2
 servers in the test's loop): sent, dead tokens, throttling, refused credentials."""
 
 import asyncio
+import json
 import re
 import ssl
 import time
 
 import aiohttp
 import certifi
+import jh2.config
+import jh2.connection
+import jh2.events
 import jwt
 import pycurl
 import pytest
@@ -317,3 +321,51 @@ async def test_apns_gives_up_on_a_silent_server_after_its_timeout(fakes):
         for writer in held:
             writer.close()
         server.close()
+
+
+async def test_the_apns_requests_of_one_read_are_stored_in_one_outbox_write_before_they_are_answered(fakes,
+                                                                                                     monkeypatch):
+    """Ten requests a client sends in one write reach the fake in one read: their
+    records go to the outbox together, and each is there once its answer is."""
+    providers, _ = fakes
+    writes = []
+    store_many = providers.outbox.store_many
+    monkeypatch.setattr(providers.outbox, "store_many",
+                        lambda channel, records: (writes.append(len(records)), store_many(channel, records)))
+    bearer = await ApnsProvider(apns_record(providers.creds, "127.0.0.1", providers.push.apns_port))._jwt()
+    reader, writer = await asyncio.open_connection("127.0.0.1", providers.push.apns_port)
+    conn = jh2.connection.H2Connection(jh2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    tokens = [f"{i:064x}" for i in range(10)]
+    for token in tokens:
+        stream = conn.get_next_available_stream_id()
+        conn.send_headers(stream, [(":method", "POST"), (":scheme", "http"), (":authority", "127.0.0.1"),
+                                   (":path", f"/3/device/{token}"), ("authorization", f"bearer {bearer.token}"),
+                                   ("apns-topic", push_fakes.APNS_TOPIC), ("apns-push-type", "alert")])
+        conn.send_data(stream, b'{"aps":{"alert":"hi"}}', end_stream=True)
+    writer.write(conn.data_to_send())
+    statuses = {}
+    try:
+        while len(statuses) < len(tokens):
+            for event in conn.receive_data(await reader.read(65536)):
+                if isinstance(event, jh2.events.ResponseReceived):
+                    statuses[event.stream_id] = dict(event.headers)[b":status"]
+                    stored = {r["to"] for r in read_outbox(providers.outbox._data_dir, "push")}
+                    assert tokens[(event.stream_id - 1) // 2] in stored  # stored before answered
+            writer.write(conn.data_to_send())
+    finally:
+        writer.close()
+    assert set(statuses.values()) == {b"200"}
+    assert writes == [10]
+    assert [r["to"] for r in read_outbox(providers.outbox._data_dir, "push")] == tokens
+
+
+@pytest.mark.parametrize("data", ["", "{}", '{"invoice":"17"}', '{"a":"1","b":"x\\"y","c":"\\u00e9"}',
+                                  '{"aps":"theirs","k":"v"}', '{"k":"v","aps":"theirs"}', '{"k":"\\"aps\\":"}',
+                                  '{"n": "spaced" }'])
+def test_the_apns_body_is_the_data_with_aps_last_as_loading_and_dumping_it_gives(data):
+    apns = ApnsProvider(push_fakes.apns_record(new_ec_key(), "127.0.0.1", 1))
+    msg = push(APNS_TOKEN, "apns", json_body=data)
+    payload = json.loads(data) if data else {}
+    payload["aps"] = {"alert": {"title": msg.subject, "body": msg.text}}
+    assert apns.body(msg) == json.dumps(payload, separators=(",", ":")).encode()
