@@ -34,7 +34,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Iterator, NamedTuple, Protocol
+from typing import Awaitable, Callable, Iterable, Iterator, NamedTuple, Protocol
 
 from rocksdict import BottommostLevelCompaction, CompactOptions
 
@@ -119,6 +119,18 @@ def key_after(key: bytes) -> bytes | None:
     """The smallest key above every key starting with key (None: there is none)."""
     stripped = key.rstrip(b"\xff")
     return stripped[:-1] + bytes([stripped[-1] + 1]) if stripped else None
+
+
+def _sought(it, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """The rows whose keys start with prefix, through it sought to the first: one
+    RocksDB iterator serves many prefixes (Table.scan_many)."""
+    it.seek(prefix)
+    while it.valid():
+        key = it.key()
+        if not key.startswith(prefix):
+            return
+        yield key, it.value()
+        it.next()
 
 
 _UNSEEN = object()  # Table.apply: a row not yet met in the chunk being applied
@@ -331,45 +343,31 @@ class Table:
         """Live rows whose keys start with prefix, after start_after (before it, reversed)."""
         row_prefix = self._logs.shard(shard).layout.row_prefix
         full = row_prefix + prefix
-        found_keys, values, now = [], [], now_ms()
-        more = False
-        for key, value in (self._backward(full, row_prefix + start_after if start_after else None) if reverse
-                           else self._forward(full, row_prefix + start_after if start_after else None)):
-            live = self._live(key, value, now)
-            if live is None:
-                continue
-            if len(found_keys) == limit:
-                more = True
-                break
-            found_keys.append(key[len(row_prefix):])
-            values.append(live)
-        return Scanned(found_keys, values, more)
+        after = row_prefix + start_after if start_after else None
+        rows = self._backward(full, after) if reverse else self._forward(full, after)
+        return self._live_rows(rows, len(row_prefix), limit, now_ms())
 
     def scan_many(self, shard: str, prefixes: list[bytes], limit: int) -> list[Scanned]:
         """scan of each prefix from its first row, through one RocksDB iterator sought
         to each: an iterator a prefix (a channel worker's device lists, a prefix a push
         send) cost 6.9 us a prefix against 2.7 sought, in-process over 200,000 rows."""
         row_prefix = self._logs.shard(shard).layout.row_prefix
-        skip, now, live = len(row_prefix), now_ms(), self._live
-        it, scanned = self._rdict.iter(), []
-        for prefix in prefixes:
-            full = row_prefix + prefix
-            found_keys, values, more = [], [], False
-            it.seek(full)
-            while it.valid():
-                key = it.key()
-                if not key.startswith(full):
-                    break
-                value = live(key, it.value(), now)
-                if value is not None:
-                    if len(found_keys) == limit:
-                        more = True
-                        break
-                    found_keys.append(key[skip:])
-                    values.append(value)
-                it.next()
-            scanned.append(Scanned(found_keys, values, more))
-        return scanned
+        it, skip, now = self._rdict.iter(), len(row_prefix), now_ms()
+        return [self._live_rows(_sought(it, row_prefix + prefix), skip, limit, now) for prefix in prefixes]
+
+    def _live_rows(self, rows: Iterable[tuple[bytes, bytes]], skip: int, limit: int, now: int) -> Scanned:
+        """The live rows of rows, at most limit (more: a live one was left), their keys
+        without their first skip bytes (the shard's row prefix)."""
+        found_keys, values = [], []
+        for key, value in rows:
+            live = self._live(key, value, now)
+            if live is None:
+                continue
+            if len(found_keys) == limit:
+                return Scanned(found_keys, values, True)
+            found_keys.append(key[skip:])
+            values.append(live)
+        return Scanned(found_keys, values, False)
 
     def _live(self, key: bytes, value: bytes | None, now: int) -> bytes | None:
         """A stored row's value, opened, unless absent or expired."""
