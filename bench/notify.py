@@ -274,6 +274,18 @@ async def latency(client: Client, args) -> dict:
     return line
 
 
+async def shards_led(client: Client) -> dict[str, int]:
+    """The shards (topic partitions, the table's included) each storage node leads at
+    the run's end: where the leaders' work fell, beside the CPU figures. On a fresh
+    mesh an election among equal logs goes to the highest node id of the first
+    majority to announce (storage/replication_rules.choose_leader), so storage-1
+    leads none."""
+    led: dict[str, int] = {}
+    for shard in (await client.get_cluster_status()).shards:
+        led[shard.leader or "none"] = led.get(shard.leader or "none", 0) + 1
+    return dict(sorted(led.items()))
+
+
 async def run(mesh: LocalMesh, args) -> dict:
     async with Client(mesh.frontend_addr, timeout_s=60) as client:
         line = await load(client, args.recipients)
@@ -293,6 +305,7 @@ async def run(mesh: LocalMesh, args) -> dict:
             if args.mode == "push" and "sends_per_s" in line:  # a recipient's send went to each device
                 line["push_sends_per_s"] = line["sends_per_s"] * args.devices
         after, wall = cpu_by_process(mesh), time.monotonic() - cpu_started
+        line["shards_led"] = await shards_led(client)
     cpu = {name: after[name] - before.get(name, 0.0) for name in after}
     line["cpu_s"] = {name: round(s, 1) for name, s in sorted(cpu.items())}
     line["cpu_utilisation"] = round(sum(cpu.values()) / wall, 2)  # of the machine's os.cpu_count() cores
