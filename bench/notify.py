@@ -49,9 +49,13 @@ from notifymesh.client import Client  # noqa: E402
 
 CATEGORY, TEMPLATE = "bench", "bench-invoice"
 PER_CALL = 1000  # the most recipient ids of one Notify
+# A send's state once the pipeline is done with it; the states after SEND_SENT come
+# from outside it (the SMS fake's delivery receipt moves an SMS send to DELIVERED).
 DONE_STATES = frozenset({notify_pb2.SEND_SENT, notify_pb2.SEND_FAILED, notify_pb2.SEND_DEAD_LETTERED,
                          notify_pb2.SUPPRESSED_OPTED_OUT, notify_pb2.SUPPRESSED_RATE_LIMITED,
-                         notify_pb2.SUPPRESSED_DUPLICATE, notify_pb2.SUPPRESSED_NO_CONTACT})
+                         notify_pb2.SUPPRESSED_DUPLICATE, notify_pb2.SUPPRESSED_NO_CONTACT,
+                         notify_pb2.SEND_DELIVERED, notify_pb2.SEND_OPENED, notify_pb2.SEND_CLICKED,
+                         notify_pb2.SEND_UNSUBSCRIBED})
 POLL_S = 1.0
 def cpu_by_process(mesh: LocalMesh) -> dict[str, float]:
     return {name: cpu_s(p.popen.pid) for name, p in mesh.processes.items() if p.popen is not None}
