@@ -32,6 +32,10 @@ from notifymesh.server.internal_topics import EVENTS_TOPIC, channel_name, parse_
 SENDS_PAGE, MAX_SENDS_PAGE = 1000, 1000  # GetNotification: sends per page
 NOTIFICATIONS_PAGE, MAX_NOTIFICATIONS_PAGE = 100, 1000  # ListNotifications
 SCAN_ROWS = 1000  # rows per table scan while a page is gathered
+# A recipient's event rows of one notification that sends_events reads in its one
+# scan (a few per channel and attempt; more are read apart): 100 recipients a
+# TableScanMany call (table.MAX_SCAN_ROWS).
+RECIPIENT_EVENT_ROWS = 100
 PARALLEL_READS = 32  # a ListNotifications page reads its notifications this many at a time
 _LAST_MS, _LAST_STATE = 10 ** 13 - 1, 99  # the highest event_ms and state an event key can hold
 # Events in one message of the events topic: one message per event would add a
@@ -51,6 +55,8 @@ class LogTable(Protocol):
 
     async def scan(self, partition_key: str, prefix: bytes, start_after: bytes = b"", limit: int = 1000,
                    reverse: bool = False): ...  # -> table.Scanned(keys, values, more)
+
+    async def scan_many(self, scans: list[tuple[str, bytes]], limit: int): ...  # -> list[table.Scanned]
 
 
 class EventPublisher(Protocol):
@@ -257,10 +263,28 @@ class NotificationLog:
 
     async def send_events(self, notification_id: str, recipient: str, channel: int) -> list[notify_pb2.SendEvent]:
         """One send's events, oldest first (a few per attempt)."""
-        name = channel_name(channel)
-        return [notify_pb2.SendEvent.FromString(value) for key, value in
-                await self._scan_all(notification_id, rows.events_prefix(notification_id, recipient))
-                if rows.parse_event_key(key).channel == name]
+        return _of_channel(await self._scan_all(notification_id, rows.events_prefix(notification_id, recipient)),
+                           channel)
+
+    async def headers(self, notification_ids: Iterable[str]) -> dict[str, internal_pb2.NotificationRecord | None]:
+        """header() of each notification, in one read (a table call per partition)."""
+        keys = {nid: rows.notification_key(nid) for nid in notification_ids}
+        found = await self._table.read_many({nid: [key] for nid, key in keys.items()})
+        return {nid: None if found.get(key) is None else internal_pb2.NotificationRecord.FromString(found[key])
+                for nid, key in keys.items()}
+
+    async def sends_events(self, sends: list[tuple[str, str, int]]) -> list[list[notify_pb2.SendEvent]]:
+        """send_events() of each (notification id, recipient, channel), in one scan (a
+        table call per partition); a recipient with more rows than one scan gives is
+        read to its end apart."""
+        scans = [(nid, rows.events_prefix(nid, recipient)) for nid, recipient, _ in sends]
+        scanned = await self._table.scan_many(scans, RECIPIENT_EVENT_ROWS) if scans else []
+        events = []
+        for (nid, recipient, channel), (partition_key, prefix), found in zip(sends, scans, scanned):
+            found_rows = list(zip(found.keys, found.values)) if not found.more else \
+                await self._scan_all(partition_key, prefix)
+            events.append(_of_channel(found_rows, channel))
+        return events
 
     async def _scan_all(self, partition_key: str, prefix: bytes) -> list[tuple[bytes, bytes]]:
         """Every row under prefix: for one recipient of one notification, a few per
@@ -272,6 +296,13 @@ class NotificationLog:
             if not scanned.more or not scanned.keys:
                 return found
             start_after = scanned.keys[-1]
+
+
+def _of_channel(event_rows: list[tuple[bytes, bytes]], channel: int) -> list[notify_pb2.SendEvent]:
+    """The events of one channel among a recipient's event rows, in their order."""
+    name = channel_name(channel)
+    return [notify_pb2.SendEvent.FromString(value) for key, value in event_rows
+            if rows.parse_event_key(key).channel == name]
 
 
 class BatchedRecorder:

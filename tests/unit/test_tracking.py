@@ -2,6 +2,7 @@
 opens, clicks, SMS status callbacks and unsubscribes (frontend/http.py) on a real
 aiohttp server, recording through a notification log over a fake table."""
 
+import asyncio
 import time
 
 import aiohttp
@@ -12,8 +13,8 @@ from frontend.http import CallbackAuth, HttpServer, TrackingEndpoint, Unsubscrib
 from frontend.tracking import SendRecorder
 from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
 from gen.notifymesh.v1 import events_pb2, notify_pb2
-from notifymesh.server import provider_callbacks, rows, tracking
-from notifymesh.server.notification_log import NotificationLog
+from notifymesh.server import notification_log, provider_callbacks, rows, tracking
+from notifymesh.server.notification_log import Event, NotificationLog
 from notifymesh.server.tracking import CLICK, OPEN, STATUS, InvalidToken, Send, Tracker, Tracking
 from notifymesh.server.unsubscribe import TokenSigner, unsubscribe_url
 
@@ -203,3 +204,38 @@ def test_the_sender_tracks_emails_unless_the_setting_is_off_and_only_with_a_know
     for listener in listeners:
         listener(None)
     assert rendering.status_callback_url("n1", "alice", notify_pb2.SMS, 1).startswith("http://127.0.0.1:50066/t/s/")
+
+
+async def test_callbacks_at_once_share_one_read_and_scan_and_a_repeated_one_records_once(monkeypatch):
+    """A provider's receipts come as fast as it sends: the frontend reads their
+    notifications and sends in one call each, not a call each per receipt."""
+    table = FakeTable()
+    log = NotificationLog(table, 30 * DAY * 1000, FakePublisher())
+    await log.accepted(internal_pb2.NotificationRecord(
+        id="n1", accepted_ms=SEND.accepted_ms, request=notify_pb2.NotifyRequest(template="bill", category="billing")),
+        ["alice", "bob"])
+    sent_ms = SEND.accepted_ms + 1000
+    await log.write_rows([Event("n1", SEND.accepted_ms, rid, notify_pb2.SMS, state, sent_ms + state,
+                                provider="sms-a" if state == notify_pb2.SEND_SENT else "")
+                          for rid in ("alice", "bob") for state in (notify_pb2.SEND_QUEUED, notify_pb2.SEND_RENDERED,
+                                                                    notify_pb2.SEND_SENT)])
+    # A recipient whose events take more than one scan is read to its end apart.
+    monkeypatch.setattr(notification_log, "RECIPIENT_EVENT_ROWS", 2)
+    recorder = SendRecorder(log)
+    table.calls.clear()
+    delivered = frozenset({notify_pb2.SEND_DELIVERED})
+    alice, bob = (Send("n1", rid, "sms", SEND.accepted_ms) for rid in ("alice", "bob"))
+    results = await asyncio.gather(
+        recorder.record(alice, notify_pb2.SEND_DELIVERED, unless=delivered, provider_message_id="SM1"),
+        recorder.record(alice, notify_pb2.SEND_DELIVERED, unless=delivered, provider_message_id="SM1"),
+        recorder.record(bob, notify_pb2.SEND_DELIVERED, unless=delivered),
+        recorder.record(Send("gone", "carol", "sms", SEND.accepted_ms), notify_pb2.SEND_DELIVERED))
+    assert [tuple(r) for r in results] == [(True, True), (True, False), (True, True), (False, False)]
+    assert (table.count("read_many"), table.count("scan_many"), table.count("read"), table.count("write_many")) \
+        == (1, 1, 0, 1)
+    assert table.count("scan") == 3  # n1's three callbacks: each send's three rows outgrew its 2, read apart
+    for rid in ("alice", "bob"):
+        events = await log.send_events("n1", rid, notify_pb2.SMS)
+        assert [e.state for e in events] == [notify_pb2.SEND_QUEUED, notify_pb2.SEND_RENDERED, notify_pb2.SEND_SENT,
+                                             notify_pb2.SEND_DELIVERED]
+        assert events[-1].provider == "sms-a"  # the provider that sent it, named on its latest state
