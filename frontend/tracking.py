@@ -5,6 +5,7 @@ notification log (and so of the events stream), on the send the signed link
 names (notifymesh/server/tracking.py)."""
 
 import asyncio
+import time
 from typing import Iterable, NamedTuple, Protocol
 
 from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
@@ -45,17 +46,26 @@ class _Wanted(NamedTuple):
     fields: dict
 
 
-class SendRecorder:
-    """Records states on sends. Calls under way at once (a provider's receipts arrive
-    as fast as it sends) share one read of their notifications' headers, one scan of
-    their sends' events and one log record: table calls per partition for all of them,
-    not three calls a callback. An SMS run with a receipt a send made 13,265 TableRead
-    and 7,561 TableScan calls for 20,000 sends, a call each (docs/benchmarks.md,
-    2026-12-02)."""
+# Under a stream of callbacks (a batch begun within this long of the one before), a
+# batch waits this long first, so the callbacks arriving meanwhile join it: a
+# provider's receipts come one by one, about as fast as the mesh sends, and each
+# batch costs a header read, an event scan, a replicated write and an events
+# message (with its delivery and ack). A lone callback goes at once.
+LINGER_S = 0.02
 
-    def __init__(self, notification_log: TrackingLog, max_batch: int = 1000):
-        self._log = notification_log
+
+class SendRecorder:
+    """Records states on sends. Callbacks arriving together (a provider's receipts
+    come as fast as it sends) share one read of their notifications' headers, one
+    scan of their sends' events and one log record: table calls per partition for
+    all of them, not three calls and an events message a callback. An SMS run with a
+    receipt a send made 13,265 TableRead and 7,561 TableScan calls for 20,000 sends,
+    a call each (docs/benchmarks.md, 2026-12-02)."""
+
+    def __init__(self, notification_log: TrackingLog, max_batch: int = 1000, linger_s: float = LINGER_S):
+        self._log, self._linger_s = notification_log, linger_s
         self._batches = Coalescer(self._record_all, max_items=max_batch)
+        self._last_batch = float("-inf")  # when the last batch began (monotonic)
 
     async def record(self, send: Send, state: int, unless: frozenset[int] | None = None, **fields) -> Recorded:
         """Records state on the send once: when the send has been in a state of unless
@@ -71,6 +81,9 @@ class SendRecorder:
         return recorded
 
     async def _record_all(self, _key, batch: list[_Wanted]) -> list[Recorded]:
+        began, self._last_batch = self._last_batch, time.monotonic()
+        if self._last_batch - began < self._linger_s:
+            await asyncio.sleep(self._linger_s)  # the callbacks arriving meanwhile make the next batch
         headers, events = await asyncio.gather(
             self._log.headers({w.send.notification_id for w in batch}),
             self._log.sends_events([(w.send.notification_id, w.send.recipient, w.channel) for w in batch]))

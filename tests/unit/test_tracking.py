@@ -239,3 +239,23 @@ async def test_callbacks_at_once_share_one_read_and_scan_and_a_repeated_one_reco
         assert [e.state for e in events] == [notify_pb2.SEND_QUEUED, notify_pb2.SEND_RENDERED, notify_pb2.SEND_SENT,
                                              notify_pb2.SEND_DELIVERED]
         assert events[-1].provider == "sms-a"  # the provider that sent it, named on its latest state
+
+
+@pytest.mark.parametrize("linger_s, batches", [(0.5, 3), (0.0, 4)])
+async def test_under_a_stream_of_callbacks_those_arriving_one_by_one_wait_to_go_together(linger_s, batches):
+    """A lone callback goes at once; once callbacks follow each other, a batch waits
+    linger_s first, and those arriving one by one meanwhile go in the next together."""
+    table = FakeTable()
+    log = NotificationLog(table, 30 * DAY * 1000, FakePublisher())
+    await log.accepted(internal_pb2.NotificationRecord(id="n1", accepted_ms=SEND.accepted_ms), ["alice"])
+    recorder = SendRecorder(log, linger_s=linger_s)
+    table.calls.clear()
+    opened = Send("n1", "alice", "email", SEND.accepted_ms)
+    await recorder.record(opened, notify_pb2.SEND_OPENED)  # alone: at once
+    second = asyncio.ensure_future(recorder.record(opened, notify_pb2.SEND_CLICKED))  # a stream now: it waits
+    later = []
+    for _ in range(2):
+        await asyncio.sleep(0.005)
+        later.append(asyncio.ensure_future(recorder.record(opened, notify_pb2.SEND_UNSUBSCRIBED)))
+    assert [tuple(r) for r in await asyncio.gather(second, *later)] == [(True, True), (True, True), (True, False)]
+    assert table.count("read_many") == batches
