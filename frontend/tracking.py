@@ -47,7 +47,8 @@ class _Wanted(NamedTuple):
 
 
 # Under a stream of callbacks (a batch begun within this long of the one before), a
-# batch waits this long first, so the callbacks arriving meanwhile join it: a
+# batch waits this long first, so the callbacks arriving meanwhile go together in
+# the batch after it (batching.Coalescer takes them while a batch is under way): a
 # provider's receipts come one by one, about as fast as the mesh sends, and each
 # batch costs a header read, an event scan, a replicated write and an events
 # message (with its delivery and ack). A lone callback goes at once.

@@ -261,11 +261,6 @@ class NotificationLog:
             _add_event(result.sends[-1], value)
         return result
 
-    async def send_events(self, notification_id: str, recipient: str, channel: int) -> list[notify_pb2.SendEvent]:
-        """One send's events, oldest first (a few per attempt)."""
-        return _of_channel(await self._scan_all(notification_id, rows.events_prefix(notification_id, recipient)),
-                           channel)
-
     async def headers(self, notification_ids: Iterable[str]) -> dict[str, internal_pb2.NotificationRecord | None]:
         """header() of each notification, in one read (a table call per partition)."""
         keys = {nid: rows.notification_key(nid) for nid in notification_ids}
@@ -274,16 +269,18 @@ class NotificationLog:
                 for nid, key in keys.items()}
 
     async def sends_events(self, sends: list[tuple[str, str, int]]) -> list[list[notify_pb2.SendEvent]]:
-        """send_events() of each (notification id, recipient, channel), in one scan (a
-        table call per partition); a recipient with more rows than one scan gives is
-        read to its end apart."""
+        """Each send's events (notification id, recipient, channel), oldest first (a few
+        per attempt), in one scan (a table call per partition); a recipient with more
+        rows than one scan gives is read to its end apart."""
         scans = [(nid, rows.events_prefix(nid, recipient)) for nid, recipient, _ in sends]
         scanned = await self._table.scan_many(scans, RECIPIENT_EVENT_ROWS) if scans else []
         events = []
-        for (nid, recipient, channel), (partition_key, prefix), found in zip(sends, scans, scanned):
+        for (_, _, channel), (partition_key, prefix), found in zip(sends, scans, scanned):
             found_rows = list(zip(found.keys, found.values)) if not found.more else \
                 await self._scan_all(partition_key, prefix)
-            events.append(_of_channel(found_rows, channel))
+            name = channel_name(channel)
+            events.append([notify_pb2.SendEvent.FromString(value) for key, value in found_rows
+                           if rows.parse_event_key(key).channel == name])
         return events
 
     async def _scan_all(self, partition_key: str, prefix: bytes) -> list[tuple[bytes, bytes]]:
@@ -296,13 +293,6 @@ class NotificationLog:
             if not scanned.more or not scanned.keys:
                 return found
             start_after = scanned.keys[-1]
-
-
-def _of_channel(event_rows: list[tuple[bytes, bytes]], channel: int) -> list[notify_pb2.SendEvent]:
-    """The events of one channel among a recipient's event rows, in their order."""
-    name = channel_name(channel)
-    return [notify_pb2.SendEvent.FromString(value) for key, value in event_rows
-            if rows.parse_event_key(key).channel == name]
 
 
 class BatchedRecorder:

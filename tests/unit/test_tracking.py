@@ -235,7 +235,7 @@ async def test_callbacks_at_once_share_one_read_and_scan_and_a_repeated_one_reco
         == (1, 1, 0, 1)
     assert table.count("scan") == 3  # n1's three callbacks: each send's three rows outgrew its 2, read apart
     for rid in ("alice", "bob"):
-        events = await log.send_events("n1", rid, notify_pb2.SMS)
+        (events,) = await log.sends_events([("n1", rid, notify_pb2.SMS)])
         assert [e.state for e in events] == [notify_pb2.SEND_QUEUED, notify_pb2.SEND_RENDERED, notify_pb2.SEND_SENT,
                                              notify_pb2.SEND_DELIVERED]
         assert events[-1].provider == "sms-a"  # the provider that sent it, named on its latest state
