@@ -4,10 +4,11 @@ that this sender owns on the ring, following etcd as senders come and go.
 
 A worker is one more consumer of its subscription's dispatcher (like a push
 worker, sender/push.py): a stream whose window bounds the messages it holds.
-Each message is handled by a task of its own (a Handler), or a frame's messages
-by a task per BATCH of them (a BatchHandler: the channel workers), each message
-answered an Outcome: ack, or nack (with a delay, deferred, or terminal); a
-batch's acks go in one call. While messages are held, their
+Each message is handled by a task of its own (a Handler), or by a task per
+batch of at most BATCH messages (a BatchHandler: the channel workers): the
+messages received wait until the handler has room, then go together. Each
+message is answered an Outcome: ack, or nack (with a delay, deferred, or
+terminal); a batch's acks go in one call. While messages are held, their
 leases are extended every third of the ack deadline, in one call, so a big
 audience's fan-out or a slow provider does not see its message delivered again
 elsewhere. A worker that stops (drain, ownership moved, its stream ended) takes
@@ -20,6 +21,7 @@ suites: every ~10 s) start every fan-out page again, and never finish one.
 
 import asyncio
 import logging
+from collections import deque
 from typing import Callable, NamedTuple, Protocol
 
 from gen.notifymesh.v1 import pubsub_pb2
@@ -31,8 +33,8 @@ from sender.dispatch import Dispatcher, Stream, SubscriptionDispatcher
 log = logging.getLogger(__name__)
 
 FOLLOW_EVERY_S = 1.0  # also reconciled this often: a provider's concurrency changed, a worker ended
-# A frame's messages handed to a BatchHandler at most this many at a time (the
-# memory of a batch is within its stream's window). A batch is answered once its
+# Messages handed to a BatchHandler at most this many at a time (the memory of
+# a batch, and of the messages waiting for one, is within the stream's window). A batch is answered once its
 # slowest message is, so a channel's window (2,048) holds several batches and a
 # provider stays busy while one batch waits for its last send. A batch's reads fit
 # one read_many (channel_worker.READS_PER_CALL). Not tuned against other sizes.
@@ -56,6 +58,9 @@ class Handler(Protocol):
 
 
 class BatchHandler(Protocol):
+    async def room(self) -> None:
+        """Returns when the handler should take its next batch."""
+
     async def handle_batch(self, batch: list[pubsub_pb2.ReceivedMessage]) -> list[Outcome]:
         """An outcome per message, in order; traces each message's handling itself
         (tracing.begin_handle_span). Raising fails the whole batch (each nacked)."""
@@ -73,8 +78,11 @@ class SubscriptionWorker:
         self.name, self.window = name, window
         self._dispatcher, self._handler = dispatcher, handler
         self._handlers: set[asyncio.Task] = set()
+        self._received: deque[pubsub_pb2.ReceivedMessage] = deque()  # waiting for a batch: within the window
+        self._arrived = asyncio.Event()
         self._grace_s = grace_s
-        self.task = asyncio.create_task(self._run())
+        self._loop = asyncio.get_running_loop()
+        self.task = self._loop.create_task(self._run())
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Takes nothing new; waits up to grace_s (default: the worker's) for the
@@ -89,23 +97,21 @@ class SubscriptionWorker:
         sub = await self._dispatcher.attach(self.name, stream)
         keeper = asyncio.create_task(self._keep_leased(sub, stream))
         log.info("pipeline worker started", extra=fields(subscription=self.name, window=self.window))
-        # asyncio.create_task looks the loop up: a getpid system call in Python 3.11 (batching.py).
-        loop = asyncio.get_running_loop()
-        batched = hasattr(self._handler, "handle_batch")
+        batcher = asyncio.create_task(self._take_batches(sub)) if hasattr(self._handler, "handle_batch") else None
         try:
             async for frame in stream.frames():
                 received = [pubsub_pb2.ReceivedMessage.FromString(raw) for raw in frame.received_messages]
-                if batched:
-                    handlings = [self._handle_batch(sub, received[i:i + BATCH])
-                                 for i in range(0, len(received), BATCH)]
+                if batcher is not None:
+                    self._received.extend(received)
+                    self._arrived.set()
                 else:
-                    handlings = [self._handle(sub, message) for message in received]
-                for handling in handlings:
-                    task = loop.create_task(handling)
-                    self._handlers.add(task)
-                    task.add_done_callback(self._handlers.discard)
+                    for message in received:
+                        self._start(self._handle(sub, message))
         finally:
             sub.detach(stream)  # nothing new comes
+            if batcher is not None:  # what waits for a batch is handed back below
+                batcher.cancel()
+                await asyncio.gather(batcher, return_exceptions=True)
             if self._handlers and self._grace_s:
                 await asyncio.wait(list(self._handlers), timeout=self._grace_s)
             keeper.cancel()
@@ -113,6 +119,21 @@ class SubscriptionWorker:
                 task.cancel()
             await asyncio.gather(*self._handlers, keeper, return_exceptions=True)
             await sub.remove(stream)  # what is not acknowledged goes back for redelivery now
+
+    def _start(self, handling) -> None:
+        # asyncio.create_task looks the loop up: a getpid system call in Python 3.11 (batching.py).
+        task = self._loop.create_task(handling)
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _take_batches(self, sub: SubscriptionDispatcher) -> None:
+        while True:
+            await self._arrived.wait()
+            await self._handler.room()
+            batch = [self._received.popleft() for _ in range(min(BATCH, len(self._received)))]
+            if not self._received:
+                self._arrived.clear()
+            self._start(self._handle_batch(sub, batch))
 
     async def _keep_leased(self, sub: SubscriptionDispatcher, stream: Stream) -> None:
         while True:

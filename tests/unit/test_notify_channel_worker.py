@@ -11,6 +11,7 @@ import pytest
 from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
+from fakes import eventually
 from notify_fakes import FakeMetadata, FakeProviders, FakeRendering, FakeTable
 from notifymesh.server import rows
 from notifymesh.server.internal_topics import channel_subscription
@@ -29,6 +30,14 @@ def clock(monkeypatch):
     """A millisecond per event: a retry's events do not share their keys' time."""
     ticks = itertools.count(T0)
     monkeypatch.setattr(channel_worker, "now_ms", lambda: next(ticks))
+
+
+def received(rid: str) -> pubsub_pb2.ReceivedMessage:
+    task = internal_pb2.ChannelTask(notification_id="n1", recipient=rid, channel=EMAIL, template="invoice",
+                                    template_version=1, category="billing", data='{"number": 17, "amount": "1"}',
+                                    accepted_ms=T0)
+    return pubsub_pb2.ReceivedMessage(ack_id=f"ack-{rid}", delivery_attempt=1, message=pubsub_pb2.PubsubMessage(
+        message_id=f"m-{rid}", data=task.SerializeToString()))
 
 
 class Parts:
@@ -165,13 +174,6 @@ async def test_a_batch_is_read_once_logged_rendered_before_any_send_and_sent_bef
                                       for timeline in timelines))
         return await send(message)
     p.providers.send = checked
-
-    def received(rid):
-        task = internal_pb2.ChannelTask(notification_id="n1", recipient=rid, channel=EMAIL, template="invoice",
-                                        template_version=1, category="billing", data='{"number": 17, "amount": "1"}',
-                                        accepted_ms=T0)
-        return pubsub_pb2.ReceivedMessage(ack_id=f"ack-{rid}", delivery_attempt=1, message=pubsub_pb2.PubsubMessage(
-            message_id=f"m-{rid}", data=task.SerializeToString()))
     outcomes = await p.sender.handle_batch([received(rid) for rid in rids + ["nobody"]])
     assert outcomes == [ACK] * 11 and len(p.providers.sent) == 10 and all(rendered_when_sent)
     calls = [call for call, _ in p.table.calls[calls_before:] if call != "scan"]
@@ -286,6 +288,35 @@ async def test_an_emails_html_is_tracked_and_an_sms_carries_its_status_callback(
     email, sms = p.providers.sent
     assert email.html == '<a href="https://pay.example/17">pay</a><img src=http://track.test/n1/alice>'
     assert (email.status_callback, sms.status_callback) == ("", "http://track.test/status/n1/alice")
+
+
+async def test_a_worker_has_room_until_its_providers_queue_holds_a_concurrency_of_sends():
+    """room() gates the next batch: with the provider busy, tasks arriving meanwhile
+    wait and go together; high priority waits behind no normal send."""
+    p = Parts()
+    p.sender._slots = slots = PrioritySlots(2)
+    high = ChannelSender(channel_subscription(EMAIL, notify_pb2.HIGH), p.table, p.metadata, FakeRendering(),
+                         p.providers, BatchedRecorder(p.log), slots, high_priority=True)
+    release = asyncio.Event()
+    send = p.providers.send
+
+    async def held_send(message):
+        await release.wait()
+        return await send(message)
+
+    p.providers.send = held_send
+    for rid in "abcd":
+        await p.recipient(rid, email=f"{rid}@example.com")
+    await asyncio.wait_for(p.sender.room(), 1)
+    batch = asyncio.create_task(p.sender.handle_batch([received(rid) for rid in "abcd"]))
+    await eventually(lambda: slots.used == 2 and slots.queued(False) == 2)
+    normal_room = asyncio.create_task(p.sender.room())
+    await asyncio.sleep(0.05)
+    assert not normal_room.done()  # two sends waiting for the two slots: the provider has work
+    await asyncio.wait_for(high.room(), 1)  # none of them high
+    release.set()
+    await asyncio.wait_for(normal_room, 1)
+    assert [outcome.ack for outcome in await batch] == [True] * 4
 
 
 async def test_a_slot_freed_while_its_waiter_is_being_cancelled_goes_to_the_next_one():

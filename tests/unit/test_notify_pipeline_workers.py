@@ -89,6 +89,13 @@ class ScriptedBatchHandler:
     def __init__(self, outcomes=None, fail=()):
         self.outcomes, self.fail = outcomes or {}, set(fail)
         self.batches: list[list[str]] = []
+        self.full = asyncio.Event()  # set: room() waits until it is cleared
+        self.emptied = asyncio.Event()
+
+    async def room(self):
+        while self.full.is_set():
+            await self.emptied.wait()
+            self.emptied.clear()
 
     async def handle_batch(self, batch):
         ids = [received.ack_id for received in batch]
@@ -116,6 +123,33 @@ async def test_a_batch_handler_gets_a_frame_in_bounded_batches_whose_acks_go_in_
     assert handler.batches == [["a", "b", "c"], ["d", "e"]]
     assert sorted(acks_calls) == [["a", "c"], ["d", "e"]]
     assert [(request.ack_ids[0], deferred) for request, deferred in dispatcher.sub.nacks] == [("b", True)]
+    await worker.stop()
+
+
+async def test_messages_arriving_while_the_handler_has_no_room_go_in_one_batch_once_it_has(monkeypatch):
+    monkeypatch.setattr(pipeline, "BATCH", 4)
+    dispatcher = FakeDispatcher()
+    handler = ScriptedBatchHandler()
+    handler.full.set()
+    worker = SubscriptionWorker(SUB, dispatcher, handler, window=16)
+    await eventually(lambda: dispatcher.sub.stream is not None)
+    for ack_id in "abcdef":  # a frame each, as a slow provider's stream refills its window
+        dispatcher.sub.deliver(ack_id)
+    await asyncio.sleep(0.05)
+    assert handler.batches == [] and dispatcher.sub.stream.outstanding == set("abcdef")
+    await worker.stop(grace_s=0)  # what waited for a batch is handed back
+    assert dispatcher.sub.handed_back == list("abcdef")
+
+    dispatcher = FakeDispatcher()
+    worker = SubscriptionWorker(SUB, dispatcher, handler, window=16)
+    await eventually(lambda: dispatcher.sub.stream is not None)
+    for ack_id in "abcdef":
+        dispatcher.sub.deliver(ack_id)
+    await asyncio.sleep(0.05)
+    handler.full.clear()
+    handler.emptied.set()
+    await eventually(lambda: len(dispatcher.sub.acks) == 6)
+    assert handler.batches == [list("abcd"), list("ef")]
     await worker.stop()
 
 
