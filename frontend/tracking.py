@@ -82,8 +82,8 @@ class SendRecorder:
         return recorded
 
     async def _record_all(self, _key, batch: list[_Wanted]) -> list[Recorded]:
-        began, self._last_batch = self._last_batch, time.monotonic()
-        if self._last_batch - began < self._linger_s:
+        previous, self._last_batch = self._last_batch, time.monotonic()
+        if self._last_batch - previous < self._linger_s:
             await asyncio.sleep(self._linger_s)  # the callbacks arriving meanwhile make the next batch
         headers, events = await asyncio.gather(
             self._log.headers({w.send.notification_id for w in batch}),
