@@ -34,10 +34,11 @@ log = logging.getLogger(__name__)
 
 FOLLOW_EVERY_S = 1.0  # also reconciled this often: a provider's concurrency changed, a worker ended
 # Messages handed to a BatchHandler at most this many at a time (the memory of
-# a batch, and of the messages waiting for one, is within the stream's window). A batch is answered once its
-# slowest message is, so a channel's window (2,048) holds several batches and a
-# provider stays busy while one batch waits for its last send. A batch's reads fit
-# one read_many (channel_worker.READS_PER_CALL). Not tuned against other sizes.
+# a batch, and of the messages waiting for one, is within the stream's window).
+# A batch is answered once its slowest message is, so a channel's window (2,048)
+# holds several batches and a provider stays busy while one batch waits for its
+# last send. A batch's reads fit one read_many (channel_worker.READS_PER_CALL).
+# Not tuned against other sizes.
 BATCH = 500
 
 

@@ -41,11 +41,12 @@ def received(rid: str) -> pubsub_pb2.ReceivedMessage:
 
 
 class Parts:
-    def __init__(self, over_limit=notify_pb2.DROP, limit=0):
+    def __init__(self, over_limit=notify_pb2.DROP, limit=0, slots: PrioritySlots | None = None):
         self.table, self.metadata, self.providers = FakeTable(), FakeMetadata(), FakeProviders()
         self.log = NotificationLog(self.table, 3_600_000)
+        self.slots = slots or PrioritySlots(4)
         self.sender = ChannelSender(SUB, self.table, self.metadata, FakeRendering(), self.providers,
-                                    BatchedRecorder(self.log), PrioritySlots(4))
+                                    BatchedRecorder(self.log), self.slots)
         self.metadata.categories["billing"] = notify_pb2.Category(
             name="billing", over_limit=over_limit, rate_limit=notify_pb2.RateLimit(limit=limit, period_seconds=3600))
         self.metadata.templates[("invoice", 1)] = notify_pb2.Template(name="invoice", version=1, contents=[
@@ -293,8 +294,8 @@ async def test_an_emails_html_is_tracked_and_an_sms_carries_its_status_callback(
 async def test_a_worker_has_room_until_its_providers_queue_holds_a_concurrency_of_sends():
     """room() gates the next batch: with the provider busy, tasks arriving meanwhile
     wait and go together; high priority waits behind no normal send."""
-    p = Parts()
-    p.sender._slots = slots = PrioritySlots(2)
+    p = Parts(slots=PrioritySlots(2))
+    slots = p.slots
     high = ChannelSender(channel_subscription(EMAIL, notify_pb2.HIGH), p.table, p.metadata, FakeRendering(),
                          p.providers, BatchedRecorder(p.log), slots, high_priority=True)
     release = asyncio.Event()
