@@ -98,7 +98,10 @@ class SubscriptionWorker:
         sub = await self._dispatcher.attach(self.name, stream)
         keeper = asyncio.create_task(self._keep_leased(sub, stream))
         log.info("pipeline worker started", extra=fields(subscription=self.name, window=self.window))
-        batcher = asyncio.create_task(self._take_batches(sub)) if hasattr(self._handler, "handle_batch") else None
+        batcher = None
+        if hasattr(self._handler, "handle_batch"):
+            batcher = asyncio.create_task(self._take_batches(sub))
+            batcher.add_done_callback(self._batcher_ended)
         try:
             async for frame in stream.frames():
                 received = [pubsub_pb2.ReceivedMessage.FromString(raw) for raw in frame.received_messages]
@@ -126,6 +129,14 @@ class SubscriptionWorker:
         task = self._loop.create_task(handling)
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
+
+    def _batcher_ended(self, batcher: asyncio.Task) -> None:
+        # Only a bug ends it: the worker stops (handing back what it holds) rather
+        # than extend their leases for ever; PipelineWorkers starts another.
+        if not batcher.cancelled() and batcher.exception() is not None:
+            log.error("pipeline batches stopped", exc_info=batcher.exception(),
+                      extra=fields(subscription=self.name))
+            self.task.cancel()
 
     async def _take_batches(self, sub: SubscriptionDispatcher) -> None:
         while True:

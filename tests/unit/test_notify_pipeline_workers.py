@@ -153,6 +153,20 @@ async def test_messages_arriving_while_the_handler_has_no_room_go_in_one_batch_o
     await worker.stop()
 
 
+async def test_a_worker_whose_handler_fails_to_say_it_has_room_stops_and_hands_its_messages_back():
+    dispatcher = FakeDispatcher()
+    handler = ScriptedBatchHandler()
+
+    async def broken_room():
+        raise RuntimeError("a bug")
+    handler.room = broken_room
+    worker = SubscriptionWorker(SUB, dispatcher, handler, window=16)
+    await eventually(lambda: dispatcher.sub.stream is not None)
+    dispatcher.sub.deliver("a", "b")
+    await asyncio.wait([worker.task], timeout=2)
+    assert worker.task.done() and dispatcher.sub.handed_back == ["a", "b"]  # not held with leases for ever
+
+
 async def test_a_failed_batch_nacks_each_of_its_messages():
     dispatcher = FakeDispatcher()
     handler = ScriptedBatchHandler(fail={"x"})
