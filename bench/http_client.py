@@ -1,15 +1,17 @@
 """CPU per send of the HTTP clients a provider could use.
 
 --protocol http1 (default): an SMS-shaped request (form POST with basic auth, a
-small JSON answer) to an aiohttp server; httpx against aiohttp.
+small JSON answer) to an aiohttp server, a kept-alive connection for each send
+in flight: httpx, aiohttp (the SMS provider's until 2026-12-02) and pycurl
+(sender/providers/curl_client.py over HTTP/1.1, as the SMS provider makes it).
 --protocol http2: an APNs-shaped request (POST /3/device/TOKEN, a bearer JWT,
 the apns-* headers, a small JSON body) to the local APNs fake
 (deploy/push_fakes.py: HTTP/2, cleartext with prior knowledge, the JWT checked),
 every client multiplexing its sends on one connection, on uvloop as in the
-sender: httpx (HTTP/2 only, as the APNs provider used it until 2026-12-01; needs h2, no longer a
+sender (both protocols): httpx (HTTP/2 only, as the APNs provider used it until 2026-12-01; needs h2, no longer a
 dependency), niquests (AsyncSession, multiplexed=True) and
 pycurl (libcurl's multi interface with HTTP/2 multiplexing, driven from asyncio's
-loop: sender/providers/http2_client.py, as the APNs provider makes it).
+loop: sender/providers/curl_client.py, as the APNs provider makes it).
 
 The server runs in another process on loopback, so only the client's CPU is
 measured (time.process_time of this process over the run). The clients take
@@ -101,6 +103,27 @@ async def _aiohttp(url: str, sends: int, concurrency: int) -> None:
         await _run(one, sends, concurrency)
 
 
+async def _pycurl(url: str, sends: int, concurrency: int) -> None:
+    import base64
+    import urllib.parse
+
+    from notifymesh.server.config import LOOPBACK_NETWORKS, parse_networks
+    from sender.providers.curl_client import CurlClient
+    allowed = parse_networks(LOOPBACK_NETWORKS)
+    base, _, path = url.partition("/accounts/")
+    client = CurlClient(lambda: allowed, base, 10.0, http2=False, max_connections=concurrency)
+    headers = {"Authorization": "Basic " + base64.b64encode(b"AC1:token").decode(),
+               "Content-Type": "application/x-www-form-urlencoded"}
+    try:
+        async def one():
+            response = await client.post("/accounts/" + path, urllib.parse.urlencode(FORM).encode(), headers)
+            assert response.status == 201, response.content
+            json.loads(response.content)
+        await _run(one, sends, concurrency)
+    finally:
+        await client.aclose()
+
+
 async def _run(one, sends: int, concurrency: int) -> None:
     left = sends
 
@@ -112,7 +135,7 @@ async def _run(one, sends: int, concurrency: int) -> None:
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-CLIENTS = {"httpx": _httpx, "aiohttp": _aiohttp}
+CLIENTS = {"httpx": _httpx, "aiohttp": _aiohttp, "pycurl": _pycurl}
 
 
 class Apns(NamedTuple):
@@ -160,9 +183,9 @@ async def _niquests_h2(apns: Apns, sends: int, concurrency: int) -> None:
 
 async def _pycurl_h2(apns: Apns, sends: int, concurrency: int) -> None:
     from notifymesh.server.config import LOOPBACK_NETWORKS, parse_networks
-    from sender.providers.http2_client import Http2Client
+    from sender.providers.curl_client import CurlClient
     allowed = parse_networks(LOOPBACK_NETWORKS)
-    client = Http2Client(lambda: allowed, apns.url, 10.0)
+    client = CurlClient(lambda: allowed, apns.url, 10.0)
     try:
         async def one(i):
             response = await client.post(_device(i), BODY, apns.headers)
@@ -206,8 +229,8 @@ def main() -> None:
         server = multiprocessing.Process(target=_serve_apns, args=(child, key_child), daemon=True)
         server.start()
         url = _apns(f"http://127.0.0.1:{parent.recv()}", key_parent.recv())
-        import uvloop  # the sender's loop
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    import uvloop  # the sender's loop
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     if args.clients:
         clients = {name: clients[name] for name in args.clients.split(",")}
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in clients}

@@ -1,5 +1,5 @@
 """apns: Apple Push Notification service over HTTP/2 (libcurl through
-http2_client: one connection multiplexes every send), for the push channel's
+curl_client: one HTTP/2 connection multiplexes every send), for the push channel's
 apns devices.
 
 Auth: token based: a JWT signed ES256 with the .p8 key (the provider's secret),
@@ -24,7 +24,7 @@ from gen.notifymesh.v1 import notify_pb2
 from notifymesh.server import egress
 from sender.providers.base import (DeadAddressError, OutgoingMessage, PermanentSendError, SendResult,
                                    TransientSendError, retry_after_s, setting)
-from sender.providers.http2_client import Http2Client, Http2Error
+from sender.providers.curl_client import CurlClient, CurlError
 from sender.providers.push_auth import Bearer, CachedBearer, Clock, Throttle, signed_jwt
 
 BASE_URL = "https://api.push.apple.com"
@@ -45,8 +45,8 @@ class ApnsProvider:
         self._clock = clock
         self._bearer = CachedBearer(self._jwt, clock, refresh_margin_s=0)
         self._throttle = Throttle(self.name, clock)
-        self._client = Http2Client(allowed, setting(s, "base_url", BASE_URL),
-                                   float(setting(s, "timeout_seconds", "10")))
+        self._client = CurlClient(allowed, setting(s, "base_url", BASE_URL),
+                                  float(setting(s, "timeout_seconds", "10")))
 
     async def _jwt(self) -> Bearer:
         now = self._clock()
@@ -80,7 +80,7 @@ class ApnsProvider:
             response = await self._client.post(f"/3/device/{msg.to}", self.body(msg), headers)
         except egress.ForbiddenAddress as e:
             raise PermanentSendError(f"apns refused: {e}") from None
-        except Http2Error as e:
+        except CurlError as e:
             raise TransientSendError(f"apns: {e}") from None
         if response.status == 200:
             self._throttle.ok()

@@ -1,13 +1,17 @@
-"""The HTTP providers, on one aiohttp session each (bench/http_client.py: aiohttp
-took 0.10 ms of CPU per send where httpx took 2.2 ms, at 32 in flight).
+"""The HTTP providers.
 
 - sms_http, in the shape of the common SMS APIs: POST {base_url}/accounts/{account}/messages,
   form To, From, Body (and StatusCallback, the delivery receipt's URL), HTTP basic auth (account, secret), answer JSON {"id", "status"}.
-  Settings: base_url, account, from, timeout_seconds (default 10).
+  Settings: base_url, account, from, timeout_seconds (default 10). Over HTTP/1.1
+  on libcurl (curl_client: max_concurrency kept-alive connections): a post cost
+  52 µs of CPU against aiohttp's 114 (bench/http_client.py, medians, 32 in
+  flight; docs/benchmarks.md 2026-12-02).
 - webhook: POST the rendered JSON to the recipient's URL, signed as push
   subscriptions are (notifymesh/webhooks.py, with the provider's secret, and
   for a while after SetProvider changed it, with the replaced one too).
-  Settings: timeout_seconds (default 10).
+  Settings: timeout_seconds (default 10). On one aiohttp session (every
+  recipient's URL a host of its own: aiohttp took 0.10 ms of CPU per send where
+  httpx took 2.2 ms, at 32 in flight, bench/http_client.py).
 
 Failures: a timeout, a connection error, 5xx and 429 (with its Retry-After) are
 transient; any other status (a redirect too) and a URL that is not http(s) are
@@ -15,7 +19,9 @@ permanent, with the provider's error message.
 """
 
 import asyncio
+import base64
 import json
+import urllib.parse
 
 import aiohttp
 
@@ -25,13 +31,18 @@ from notifymesh.clock import now_ms
 from notifymesh.server import egress
 from sender.providers.base import (OutgoingMessage, PermanentSendError, SendResult, TransientSendError, retry_after_s,
                                    setting)
+from sender.providers.curl_client import CurlClient, CurlError
 
 DEFAULT_TIMEOUT_S = 10.0
 
 
+def _timeout_s(record: notify_pb2.Provider) -> float:
+    return float(setting(record.settings, "timeout_seconds", str(DEFAULT_TIMEOUT_S)))
+
+
 def _session(record: notify_pb2.Provider, allowed: egress.Allowed) -> aiohttp.ClientSession:
     """Connections only to public addresses and allowed() networks, checked as each is made."""
-    timeout = aiohttp.ClientTimeout(total=float(setting(record.settings, "timeout_seconds", str(DEFAULT_TIMEOUT_S))))
+    timeout = aiohttp.ClientTimeout(total=_timeout_s(record))
     return aiohttp.ClientSession(connector=egress.GuardedConnector(allowed, limit=record.max_concurrency or 32),
                                  timeout=timeout)
 
@@ -79,25 +90,36 @@ class SmsHttpProvider:
 
     def __init__(self, record: notify_pb2.Provider, allowed: egress.Allowed):
         s = record.settings
-        self._url = f"{setting(s, 'base_url').rstrip('/')}/accounts/{setting(s, 'account')}/messages"
+        self._path = f"/accounts/{setting(s, 'account')}/messages"
         self._from = setting(s, "from")
-        self._auth = {"Authorization": aiohttp.encode_basic_auth(setting(s, "account"), record.secret)}
-        self._session = _session(record, allowed)
+        credentials = base64.b64encode(f"{setting(s, 'account')}:{record.secret}".encode()).decode()
+        self._headers = {"Authorization": f"Basic {credentials}",
+                         "Content-Type": "application/x-www-form-urlencoded"}
+        self._client = CurlClient(allowed, setting(s, "base_url"), _timeout_s(record), http2=False,
+                                  max_connections=record.max_concurrency or 32)
 
     async def send(self, msg: OutgoingMessage) -> SendResult:
         form = {"To": msg.to, "From": self._from, "Body": msg.text}
         if msg.status_callback:  # the provider reports delivered / failed there (frontend/http.py)
             form["StatusCallback"] = msg.status_callback
-        _, body = await _post(self._session, self._url, headers=self._auth, data=form)
         try:
-            message_id = json.loads(body)["id"]
+            response = await self._client.post(self._path, urllib.parse.urlencode(form).encode(), self._headers)
+        except egress.ForbiddenAddress as e:
+            raise PermanentSendError(f"refused: {e}") from None
+        except CurlError as e:
+            raise TransientSendError(f"sms_http: {e}") from None
+        if not 200 <= response.status < 300:
+            raise refused(response.status, response.content, response.headers.get("retry-after"))
+        try:
+            message_id = json.loads(response.content)["id"]
         except (ValueError, KeyError, TypeError):
             # Accepted, perhaps sent: not retried (a retry could send it twice).
-            raise PermanentSendError(f"accepted, but the answer names no message id: {body[:200]!r}") from None
+            raise PermanentSendError(f"accepted, but the answer names no message id: {response.content[:200]!r}") \
+                from None
         return SendResult(self.name, str(message_id))
 
     async def close(self) -> None:
-        await self._session.close()
+        await self._client.aclose()
 
 
 class WebhookProvider:

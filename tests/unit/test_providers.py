@@ -275,8 +275,36 @@ async def test_sms_timeouts_and_refused_connections_are_transient(provider, loca
         assert time.monotonic() - started < 3
     finally:
         await runner.cleanup()
-    with pytest.raises(TransientSendError, match="Connect"):
+    with pytest.raises(TransientSendError, match="Cannot connect to host"):
         await provider(notify_pb2.SMS, base_url=f"http://127.0.0.1:{port}").send(sms())
+
+
+async def test_sms_connections_are_bounded_by_the_concurrency_and_kept_open(provider):
+    ports: list[int] = []
+
+    async def messages(request):
+        ports.append(request.transport.get_extra_info("peername")[1])  # the connection's client port
+        await request.post()
+        await asyncio.sleep(0.05)
+        return web.json_response({"id": f"SM{len(ports)}"}, status=201)
+
+    app = web.Application()
+    app.router.add_post("/accounts/{account}/messages", messages)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        sender = provider(notify_pb2.SMS, max_concurrency=2,
+                          base_url=f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")
+        await asyncio.gather(*(sender.send(sms()) for _ in range(8)))
+        opened = set(ports)
+        assert len(opened) <= 2
+        for _ in range(3):
+            await sender.send(sms())
+        assert set(ports) == opened  # the same connections again
+    finally:
+        await runner.cleanup()
 
 
 def test_retry_after_takes_seconds_or_an_http_date():

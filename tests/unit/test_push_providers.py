@@ -27,7 +27,7 @@ from notifymesh.server.config import LOOPBACK_NETWORKS, parse_networks
 from sender.providers import DeadAddressError, OutgoingMessage, PermanentSendError, TransientSendError, provider_for
 from sender.providers.apns import TOKEN_REFRESH_S, ApnsProvider
 from sender.providers.fcm import SCOPE, FcmProvider
-from sender.providers.http2_client import Http2Client
+from sender.providers.curl_client import CurlClient
 from sender.providers.push_auth import Bearer, CachedBearer, Throttle
 
 LOOPBACK = (lambda: parse_networks(LOOPBACK_NETWORKS))  # the local fakes are on loopback
@@ -227,7 +227,7 @@ async def test_push_providers_connect_only_where_the_mesh_may(fakes):
     assert read_outbox(providers.outbox._data_dir, "push") == []
 
 
-class AnsweredClient(Http2Client):
+class AnsweredClient(CurlClient):
     """The APNs provider's HTTP/2 client with libcurl's resolver answering the test's
     addresses for the host (its RESOLVE entries), as a DNS server would."""
 
