@@ -10,6 +10,10 @@ item, then measures Notify-to-stream latency twice:
 - steady: Notify calls of one random recipient at --rate per second for
   --duration s, the streams otherwise idle.
 
+Each phase begins once the items before it are acknowledged (acked_s: how long
+that took after the last item arrived): a phase measured while 10,000
+acknowledgements were still under way measured them too.
+
 Streams acknowledge what they get (AckInbox, at most 64 calls in flight), as an
 app would. Prints one JSON line (progress on stderr): latency p50/p99/max per
 phase, the frontend's RSS with and without the streams, CPU seconds per process.
@@ -69,6 +73,14 @@ class Streams:
     async def _ack(self, client: Client, rid: str, nids: list[str]) -> None:
         async with self._acks:
             await client.ack_inbox(rid, nids)
+
+    async def acknowledged(self, timeout_s: float) -> float:
+        """Waits until the items got so far are acknowledged (the next phase then
+        measures streams that are otherwise idle); returns the seconds it took."""
+        started = time.monotonic()
+        while self._pending and time.monotonic() - started < timeout_s:
+            await asyncio.wait(list(self._pending), timeout=timeout_s - (time.monotonic() - started))
+        return round(time.monotonic() - started, 2)
 
     async def wait(self, nids: dict[str, int], timeout_s: float) -> bool:
         """Until each notification arrived on as many streams as it named recipients."""
@@ -173,10 +185,12 @@ async def run(mesh: LocalMesh, args) -> dict:
             progress(f"warm-up: every stream got an item ({warm})")
             if "error" in warm:
                 return {"error": "warm-up: " + warm["error"]}
+            line["warm_up_acked_s"] = await streams.acknowledged(args.max_seconds)
             line["frontend_rss_mib"] = {"before_streams": round(rss_before, 1),
                                         "with_streams": round(rss_mib(frontend_pid), 1)}
             before, cpu_started = cpu_by_process(mesh), time.monotonic()
             line["broadcast"] = await broadcast(client, streams, recipients, {"n": 1}, args.max_seconds)
+            line["broadcast"]["acked_s"] = await streams.acknowledged(args.max_seconds)
             progress(f"broadcast: {line['broadcast']}")
             line["steady"] = await steady(client, streams, recipients, args.rate, args.duration, args.max_seconds)
             progress(f"steady: {line['steady']}")
