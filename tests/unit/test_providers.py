@@ -3,6 +3,7 @@ SMTP server and SMS/webhook HTTP API, in the test's loop): what each sends, and
 how each classifies a failure."""
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import time
@@ -256,27 +257,33 @@ async def test_sms_classification(local, provider):
     assert len(local.outbox.read("sms")) == 1
 
 
-async def test_sms_timeouts_and_refused_connections_are_transient(provider, local):
-    async def slow(request):
-        await asyncio.sleep(5)
-        return web.json_response({})
-
+@contextlib.asynccontextmanager
+async def sms_api(handler):
+    """An SMS API of the test's own on loopback: its base URL."""
     app = web.Application()
-    app.router.add_post("/accounts/{account}/messages", slow)
+    app.router.add_post("/accounts/{account}/messages", handler)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     try:
-        port = site._server.sockets[0].getsockname()[1]
-        started = time.monotonic()
-        with pytest.raises(TransientSendError, match="Timeout"):
-            await provider(notify_pb2.SMS, base_url=f"http://127.0.0.1:{port}", timeout_seconds="0.3").send(sms())
-        assert time.monotonic() - started < 3
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
     finally:
         await runner.cleanup()
+
+
+async def test_sms_timeouts_and_refused_connections_are_transient(provider, local):
+    async def slow(request):
+        await asyncio.sleep(5)
+        return web.json_response({})
+
+    async with sms_api(slow) as base_url:
+        started = time.monotonic()
+        with pytest.raises(TransientSendError, match="Timeout"):
+            await provider(notify_pb2.SMS, base_url=base_url, timeout_seconds="0.3").send(sms())
+        assert time.monotonic() - started < 3
     with pytest.raises(TransientSendError, match="Cannot connect to host"):
-        await provider(notify_pb2.SMS, base_url=f"http://127.0.0.1:{port}").send(sms())
+        await provider(notify_pb2.SMS, base_url=base_url).send(sms())
 
 
 async def test_sms_connections_are_bounded_by_the_concurrency_and_kept_open(provider):
@@ -288,23 +295,14 @@ async def test_sms_connections_are_bounded_by_the_concurrency_and_kept_open(prov
         await asyncio.sleep(0.05)
         return web.json_response({"id": f"SM{len(ports)}"}, status=201)
 
-    app = web.Application()
-    app.router.add_post("/accounts/{account}/messages", messages)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        sender = provider(notify_pb2.SMS, max_concurrency=2,
-                          base_url=f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")
+    async with sms_api(messages) as base_url:
+        sender = provider(notify_pb2.SMS, max_concurrency=2, base_url=base_url)
         await asyncio.gather(*(sender.send(sms()) for _ in range(8)))
         opened = set(ports)
         assert len(opened) <= 2
         for _ in range(3):
             await sender.send(sms())
         assert set(ports) == opened  # the same connections again
-    finally:
-        await runner.cleanup()
 
 
 def test_retry_after_takes_seconds_or_an_http_date():
