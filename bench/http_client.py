@@ -104,15 +104,16 @@ async def _aiohttp(url: str, sends: int, concurrency: int) -> None:
 
 
 async def _pycurl(url: str, sends: int, concurrency: int) -> None:
-    import base64
     import urllib.parse
+
+    import aiohttp
 
     from notifymesh.server.config import LOOPBACK_NETWORKS, parse_networks
     from sender.providers.curl_client import CurlClient
     allowed = parse_networks(LOOPBACK_NETWORKS)
     base, _, path = url.partition("/accounts/")
     client = CurlClient(lambda: allowed, base, 10.0, http2=False, max_connections=concurrency)
-    headers = {"Authorization": "Basic " + base64.b64encode(b"AC1:token").decode(),
+    headers = {"Authorization": aiohttp.encode_basic_auth("AC1", "token"),
                "Content-Type": "application/x-www-form-urlencoded"}
     try:
         async def one():

@@ -61,6 +61,8 @@ DONE_STATES = frozenset({notify_pb2.SEND_SENT, notify_pb2.SEND_FAILED, notify_pb
 # An SMS send once its delivery receipt is recorded too (the fake reports each one).
 RECEIPTED_STATES = DONE_STATES - {notify_pb2.SEND_SENT}
 POLL_S = 1.0
+
+
 def cpu_by_process(mesh: LocalMesh) -> dict[str, float]:
     return {name: cpu_s(p.popen.pid) for name, p in mesh.processes.items() if p.popen is not None}
 

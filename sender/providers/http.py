@@ -19,7 +19,6 @@ permanent, with the provider's error message.
 """
 
 import asyncio
-import base64
 import json
 import urllib.parse
 
@@ -92,8 +91,7 @@ class SmsHttpProvider:
         s = record.settings
         self._path = f"/accounts/{setting(s, 'account')}/messages"
         self._from = setting(s, "from")
-        credentials = base64.b64encode(f"{setting(s, 'account')}:{record.secret}".encode()).decode()
-        self._headers = {"Authorization": f"Basic {credentials}",
+        self._headers = {"Authorization": aiohttp.encode_basic_auth(setting(s, "account"), record.secret),
                          "Content-Type": "application/x-www-form-urlencoded"}
         self._client = CurlClient(allowed, setting(s, "base_url"), _timeout_s(record), http2=False,
                                   max_connections=record.max_concurrency or 32)
