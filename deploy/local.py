@@ -417,10 +417,21 @@ class LocalMesh:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not all(_port_open(port) for port in self.provider_ports):
             if not self.processes[LOCAL_PROVIDERS].alive():
-                raise RuntimeError(f"{LOCAL_PROVIDERS} exited; see {self.processes[LOCAL_PROVIDERS].log_path}")
+                raise self._exited(LOCAL_PROVIDERS)
             if time.monotonic() > deadline:
                 raise TimeoutError("the local providers did not start")
             time.sleep(0.05)
+
+    def _exited(self, name: str) -> RuntimeError:
+        """Why the process stopped while the mesh started: PortInUse when its log says
+        its port was taken (a port chosen free, taken by another process before the
+        bind: the mesh may start again on others), else a pointer to its log."""
+        log_path = self.processes[name].log_path
+        said = log_path.read_text(errors="replace").lower()
+        if any(text in said for text in BIND_FAILED):
+            return PortInUse(f"{name} exited: another process took its port after the mesh checked it "
+                             f"was free; see {log_path}")
+        return RuntimeError(f"{name} exited; see {log_path}")
 
     def _set_local_providers(self, members: dict[str, str]) -> str:
         """Points every channel without a provider at the local providers (Metadata.SetProvider)."""
@@ -482,7 +493,7 @@ class LocalMesh:
         client_port = self.etcd_ports[self.etcd_names().index(name)][0]
         while time.monotonic() < deadline:
             if not self.processes[name].alive():
-                raise RuntimeError(f"{name} exited; see {self.processes[name].log_path}")
+                raise self._exited(name)
             try:
                 with socket.create_connection((self.network.address(name), client_port), timeout=0.5):
                     return
@@ -528,11 +539,7 @@ class LocalMesh:
         while pending:
             for name in list(pending):
                 if not self.processes[name].alive():
-                    said = self.processes[name].log_path.read_text(errors="replace").lower()
-                    if any(text in said for text in BIND_FAILED):
-                        raise PortInUse(f"{name} exited: another process took its port after the mesh checked it "
-                                        f"was free; see {self.processes[name].log_path}")
-                    raise RuntimeError(f"{name} exited; see {self.processes[name].log_path}")
+                    raise self._exited(name)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"not serving after {timeout}s: {sorted(pending)}")
             try:

@@ -53,3 +53,20 @@ def test_a_service_that_exited_on_a_taken_port_says_port_in_use(tmp_path):
     with pytest.raises(RuntimeError, match="frontend-1 exited") as raised:
         mesh.wait_serving(["frontend-1"])
     assert not isinstance(raised.value, PortInUse)
+
+
+def test_etcd_or_the_local_providers_exited_on_a_taken_port_say_port_in_use(tmp_path):
+    """A bench gives them ports bind(0) chose, which an outgoing connection can take
+    before they bind: the mesh then starts again on others (bench/fresh_mesh.py)."""
+    mesh = LocalMesh(tmp_path / "m", frontend_port=6000)
+    for name, wait in (("local-providers", mesh._wait_local_providers), ("etcd-1", lambda: mesh._wait_etcd("etcd-1"))):
+        log_path = mesh.processes[name].log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text("local providers: [Errno 98] error while attempting to bind on address "
+                            "('127.0.0.1', 47967): address already in use\n")
+        with pytest.raises(PortInUse, match=f"{name} exited"):
+            wait()  # never started: not alive
+        log_path.write_text("ValueError: something else\n")
+        with pytest.raises(RuntimeError, match=f"{name} exited") as raised:
+            wait()
+        assert not isinstance(raised.value, PortInUse)
