@@ -164,8 +164,10 @@ class Tracker:
     """Each notification's sends, read from the log until every one is done. While
     the events counted by the mesh's stats (GetStats of the run's template: a few
     count rows) are fewer than the sends expected, the log is not read: reading a
-    notification of 1,000 sends a second took a fifth of the frontend's samples in an
-    SMS run (py-spy, 2026-12-02), CPU the mesh under test did not have."""
+    notification of 1,000 sends a second from the first Notify on took a fifth of
+    the frontend's samples in one profile of an SMS run (py-spy, 15 s), CPU taken
+    from the mesh under test (the rates moved less than the host's noise:
+    docs/benchmarks.md, 2026-12-02 12:40)."""
 
     def __init__(self, client: Client, expected_per_notification: dict[str, int], since: datetime.datetime,
                  done_states: frozenset[int] = DONE_STATES):
