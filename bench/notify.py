@@ -23,7 +23,9 @@ once the mesh's stats count as many events as sends are expected):
 throughput runs from the first Notify call to the last SEND_SENT event's time
 (the sender's clock, the same machine's); latency is each SEND_SENT event's time
 minus its Notify call's. The CPU seconds of each mesh process (utime + stime of
-/proc/<pid>/stat) over the run give where the time goes, per 1,000 recipients.
+/proc/<pid>/stat) over the run give where the time goes, per 1,000 recipients,
+and the gRPC calls each service served (their /metrics) what was asked of it, per
+recipient.
 
     .venv/bin/python bench/notify.py --mode sink --recipients 20000
     .venv/bin/python bench/notify.py --mode sms --senders 2
@@ -46,6 +48,7 @@ from bench import fresh_mesh  # noqa: E402
 from bench.fresh_mesh import header, run_on_fresh_mesh  # noqa: E402
 from deploy import local_providers  # noqa: E402
 from bench.procfs import cpu_s  # noqa: E402
+from bench.served_calls import served_calls  # noqa: E402
 from deploy.local import LocalMesh  # noqa: E402
 from gen.notifymesh.v1 import events_pb2, notify_pb2  # noqa: E402
 from notifymesh import errors  # noqa: E402
@@ -350,7 +353,7 @@ async def run(mesh: LocalMesh, args) -> dict:
             line["add_devices_s"] = await add_devices(client, args.recipients, args.devices, args.push_provider)
         concurrency = args.concurrency or (256 if args.mode in ("sink", "latency") else 0)
         line["provider_concurrency"] = await set_providers(client, mesh, args.mode, concurrency, args.push_provider)
-        before, cpu_started = cpu_by_process(mesh), time.monotonic()
+        before, calls_before, cpu_started = cpu_by_process(mesh), served_calls(mesh), time.monotonic()
         if args.mode == "latency":
             line |= await latency(client, args)
             recipients = line["sends_done"] / 2
@@ -362,6 +365,7 @@ async def run(mesh: LocalMesh, args) -> dict:
             if args.mode == "push" and "sends_per_s" in line:  # a recipient's send went to each device
                 line["push_sends_per_s"] = line["sends_per_s"] * args.devices
         after, wall = cpu_by_process(mesh), time.monotonic() - cpu_started
+        calls = {key: count - calls_before.get(key, 0.0) for key, count in served_calls(mesh).items()}
         line["shards_led"] = await shards_led(client)
     cpu = {name: after[name] - before.get(name, 0.0) for name in after}
     line["cpu_s"] = {name: round(s, 1) for name, s in sorted(cpu.items())}
@@ -371,6 +375,11 @@ async def run(mesh: LocalMesh, args) -> dict:
     if recipients:
         line["cpu_s_per_1000_recipients"] = {name: round(s * 1000 / recipients, 3) for name, s in sorted(cpu.items())
                                              if s > 0}
+        # The replicated writes (TableWrite, Append, Acknowledge, RateAcquire) and reads a
+        # recipient took: at low rates each is a replication round of its own. The
+        # bench's own reads of the log (GetNotification and its storage calls) included.
+        line["calls_per_recipient"] = {key: round(count / recipients, 2) for key, count in
+                                       sorted(calls.items(), key=lambda kv: -kv[1]) if count >= 0.005 * recipients}
     return line
 
 
