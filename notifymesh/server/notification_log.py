@@ -123,15 +123,8 @@ class NotificationLog:
     # -- writing -------------------------------------------------------------------------
 
     async def accepted(self, record: internal_pb2.NotificationRecord, recipients: Sequence[str]) -> None:
-        """The header row, with the index rows of the recipients given (the fan-out
-        writes a big audience's index a page at a time: index)."""
-        ops = self._index_ops(record.id, record.accepted_ms, recipients)
-        ops.setdefault(record.id, []).append(
-            _put(rows.notification_key(record.id), record, self.expire_ms(record.accepted_ms)))
-        await self._table.write_many(ops)
-
-    async def index(self, notification_id: str, accepted_ms: int, recipients: Sequence[str]) -> None:
-        await self._table.write_many(self._index_ops(notification_id, accepted_ms, recipients))
+        """The header row, with the index rows of the recipients given."""
+        await self.page(record.id, record.accepted_ms, recipients, [], header=record)
 
     def _index_ops(self, notification_id: str, accepted_ms: int,
                    recipients: Sequence[str]) -> dict[str, list[storage_pb2.TableOp]]:
@@ -143,11 +136,34 @@ class NotificationLog:
         """Writes the events' rows, then publishes them on the events topic."""
         await self.publish(await self.write_rows(events))
 
+    async def page(self, notification_id: str, accepted_ms: int, recipients: Sequence[str], events: Iterable[Event],
+                   header: internal_pb2.NotificationRecord | None = None) -> None:
+        """A fan-out page's rows in one write (a call per partition): the recipients'
+        index rows, the events' rows and, on the first page, the header; then the
+        events published. Written apart, a one-recipient notification's header and
+        events were two calls to its partition."""
+        ops = self._index_ops(notification_id, accepted_ms, recipients)
+        if header is not None:
+            ops.setdefault(header.id, []).append(
+                _put(rows.notification_key(header.id), header, self.expire_ms(header.accepted_ms)))
+        published = self._event_ops(events, ops)
+        await self._table.write_many(ops)
+        await self.publish(published)
+
     async def write_rows(self, events: Iterable[Event]) -> list[events_pb2.NotificationEvent]:
         """Writes the events, one table write per partition (the table client also
         merges concurrent writes to a partition into one call); returns them as the
         events topic carries them, in order."""
         ops: dict[str, list[storage_pb2.TableOp]] = {}
+        published = self._event_ops(events, ops)
+        if ops:
+            await self._table.write_many(ops)
+        return published
+
+    def _event_ops(self, events: Iterable[Event], ops: dict[str, list[storage_pb2.TableOp]]
+                   ) -> list[events_pb2.NotificationEvent]:
+        """Adds the events' rows to ops (by partition key); returns them as the events
+        topic carries them, in order."""
         published: list[events_pb2.NotificationEvent] = []
         for e in events:
             value = notify_pb2.SendEvent(state=e.state, time=timestamp(e.time_ms), reason=e.reason,
@@ -158,8 +174,6 @@ class NotificationLog:
             published.append(events_pb2.NotificationEvent(
                 notification_id=e.notification_id, recipient=e.recipient, channel=e.channel, template=e.template,
                 category=e.category, event=value))
-        if ops:
-            await self._table.write_many(ops)
         return published
 
     async def publish(self, published: list[events_pb2.NotificationEvent]) -> None:

@@ -190,3 +190,23 @@ async def test_the_same_request_again_under_another_id_is_a_duplicate_but_the_sa
     await p.fanout.handle(received("n1", job(recipients=["alice"], data='{"invoice": 17}')))
     assert p.states("n3")[("alice", "email")][0] == notify_pb2.SEND_QUEUED
     assert p.states("n1")[("alice", "email")][0] == notify_pb2.SEND_QUEUED
+
+
+async def test_a_list_of_one_page_is_logged_in_one_write_a_partition_and_keeps_no_checkpoint():
+    p = Parts()
+    await p.recipient("alice", email="alice@example.com", phone="+14155550100")
+    p.table.calls.clear()
+    await p.fanout.handle(received("n1", job(recipients=["alice"])))
+    writes = [by_key for call, by_key in p.table.calls if call in ("write", "write_many")]
+    assert len(writes) == 1  # the header, the index row and the events, at once
+    assert sorted(writes[0]) == ["alice", "n1"]
+    assert [op.key for op in writes[0]["alice"]] == [rows.recipient_notification_key("alice", T0, "n1")]
+    assert rows.notification_key("n1") in [op.key for op in writes[0]["n1"]]
+    assert [call for call, _ in p.table.calls if call == "read"] == []  # no checkpoint read ...
+    assert p.table.get("n1", rows.checkpoint_key("n1")) is None  # ... nor written
+    assert (await p.log.header("n1")).recipient_count == 1
+    assert p.states("n1") == {("alice", "email"): (notify_pb2.SEND_QUEUED, ""),
+                              ("alice", "sms"): (notify_pb2.SEND_QUEUED, "")}
+    # Delivered again (a crash before its ack): expanded again, no task twice.
+    await p.fanout.handle(received("n1", job(recipients=["alice"])))
+    assert sorted(p.tasks(EMAIL_TOPIC)) == ["n1/alice/email"] and sorted(p.tasks(SMS_TOPIC)) == ["n1/alice/sms"]
