@@ -4,7 +4,8 @@ While a call for a key is in flight, the requests that arrive for the same key
 wait, and all of them go out together in the next call as soon as it returns.
 An idle key sends at once, so batching adds no latency when there is no load;
 under load one call carries many requests, which is where Python's per-call
-gRPC cost goes away.
+gRPC cost goes away. Calls off every latency path can be given a linger: an
+idle key's first call then waits that long for the requests that follow it.
 """
 
 import asyncio
@@ -28,10 +29,12 @@ class _Request(Generic[Item]):
 class Coalescer(Generic[Item, Result]):
     def __init__(self, send: Callable[[Hashable, list[Item]], Awaitable[Sequence[Result] | None]],
                  max_items: int = 1000, max_bytes: int = 8 * 1024 * 1024,
-                 size_of: Callable[[Item], int] = lambda item: 0):
+                 size_of: Callable[[Item], int] = lambda item: 0, linger_s: float = 0.0):
         """send(key, items) makes the call; it returns one result per item, or None.
-        A merged call takes whole requests up to max_items and max_bytes (at least one)."""
+        A merged call takes whole requests up to max_items and max_bytes (at least one).
+        linger_s: how long an idle key's first call waits for more requests (0: none)."""
         self._send, self._max_items, self._max_bytes, self._size_of = send, max_items, max_bytes, size_of
+        self._linger_s = linger_s
         self._waiting: dict[Hashable, deque[_Request]] = defaultdict(deque)
         self._busy: set[Hashable] = set()
         # The drains under way: the event loop keeps only weak references to tasks, so
@@ -66,6 +69,14 @@ class Coalescer(Generic[Item, Result]):
     async def _drain(self, key: Hashable) -> None:
         waiting = self._waiting[key]
         try:
+            if self._linger_s:
+                try:
+                    await asyncio.sleep(self._linger_s)
+                except asyncio.CancelledError:  # no request may hang
+                    for request in waiting:
+                        request.done.cancel()
+                    waiting.clear()
+                    raise
             while waiting:
                 batch = [waiting.popleft()]
                 count, size = len(batch[0].items), batch[0].size

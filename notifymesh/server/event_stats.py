@@ -35,6 +35,10 @@ MAX_RANGE_MS = 31 * 24 * HOUR_MS  # GetStats reaches back this far at most
 COUNT_RETENTION_MS = MAX_RANGE_MS + 2 * HOUR_MS  # a count row is kept this long after its hour
 COUNTED_TTL_MS = 8 * 24 * HOUR_MS  # over the events topic's retention (7 days by default)
 MESSAGES_PER_WRITE = 100  # messages counted in one read-add-write: its markers and counts stay one table call
+# An idle partition's counts wait this long for the messages after them: at a few events
+# a second each message was a table read, a write and an ack of its own (bench/notify.py
+# --mode latency: about 2 of each per one-recipient notification). Stats lag by as much.
+COUNT_LINGER_S = 0.5
 SCAN_ROWS = 1000
 
 _FIELDS = {notify_pb2.SEND_QUEUED: "queued", notify_pb2.SEND_SENT: "sent", notify_pb2.SEND_DELIVERED: "delivered",
@@ -82,9 +86,10 @@ class Counted(NamedTuple):
 class EventCounter:
     """The consumer's side: adds each message's counts once."""
 
-    def __init__(self, table: StatsTable, node: str, clock: Callable[[], int] = now_ms):
+    def __init__(self, table: StatsTable, node: str, clock: Callable[[], int] = now_ms,
+                 linger_s: float = COUNT_LINGER_S):
         self._table, self._node, self._clock = table, node, clock
-        self._calls = Coalescer(self._add, max_items=MESSAGES_PER_WRITE)
+        self._calls = Coalescer(self._add, max_items=MESSAGES_PER_WRITE, linger_s=linger_s)
 
     async def count(self, events_partition: int, message_id: str, events: events_pb2.NotificationEvents) -> None:
         """Durable when it returns (then the message may be acked)."""

@@ -113,3 +113,25 @@ def test_a_coalescer_serves_one_loop_after_another():
     coalescer = Coalescer(send)
     assert asyncio.run(coalescer.submit("k", [1])) == [1]
     assert asyncio.run(coalescer.submit("k", [2])) == [2]
+
+
+async def test_a_linger_has_an_idle_keys_first_call_wait_for_the_requests_after_it():
+    calls = []
+
+    async def send(key, items):
+        calls.append(list(items))
+
+    coalescer = Coalescer(send, linger_s=0.05)
+    first = asyncio.create_task(coalescer.submit("t", [1]))
+    await asyncio.sleep(0.01)  # a timer due before the linger's: within it
+    second = asyncio.create_task(coalescer.submit("t", [2]))
+    await asyncio.gather(first, second)
+    assert calls == [[1, 2]]
+    # Cancelled while it lingers (the loop stopping), it leaves no caller waiting.
+    waiting = asyncio.create_task(coalescer.submit("t", [3]))
+    await asyncio.sleep(0.01)
+    for drain in list(coalescer._drains):
+        drain.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(waiting, 1)
+    assert calls == [[1, 2]]
