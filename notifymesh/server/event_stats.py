@@ -37,7 +37,7 @@ COUNTED_TTL_MS = 8 * 24 * HOUR_MS  # over the events topic's retention (7 days b
 MESSAGES_PER_WRITE = 100  # messages counted in one read-add-write: its markers and counts stay one table call
 # An idle partition's counts wait this long for the messages after them: at a few events
 # a second each message was a table read, a write and an ack of its own (bench/notify.py
-# --mode latency: about 2 of each per one-recipient notification). Stats lag by as much.
+# --mode latency at 10/s: about 4 of each per one-recipient notification). Stats lag by as much.
 COUNT_LINGER_S = 0.5
 SCAN_ROWS = 1000
 
