@@ -8,7 +8,7 @@ instead of each task failing against it until its retries run out.
 - open: no send goes to it; after `cooldown_s` it half-opens.
 - half-open: one trial send goes to it (the others pass it over meanwhile); its
   success closes the breaker (with a fresh window), its failure opens it again for
-  another cool-down.
+  another cool-down (and the send goes on to the next provider).
 
 Only transient failures count (timeouts, refused or dropped connections, 5xx,
 429): a permanent one (a bad number, a 4xx) is the message's fault, and the

@@ -119,17 +119,21 @@ class Outgoing(NamedTuple):
     platform: str = ""  # push: the device's (`to` is its token)
 
 
-class Sent(NamedTuple):
-    provider: str
-    provider_message_id: str
-
-
 class Failed(NamedTuple):
     transient: bool
     reason: str
     provider: str = ""
     retry_after_s: float | None = None  # the provider's Retry-After
     dead: bool = False  # the address will never work (a push token unregistered): removed
+    # Half-open breakers' trials that failed on the way to this result, in the order
+    # tried: each is logged as a SEND_FAILED of its own before the result.
+    trials_failed: tuple["Failed", ...] = ()
+
+
+class Sent(NamedTuple):
+    provider: str
+    provider_message_id: str
+    trials_failed: tuple[Failed, ...] = ()  # as Failed's
 
 
 class Providers(Protocol):
@@ -379,9 +383,9 @@ class ChannelSender:
                              {}, key, task.notification_id, task.recipient, platform=device.platform)
                     for device in targets]
         if len(messages) == 1:  # most recipients' one device: no task and gather for it
-            answers = [await self._provider_send(task, messages[0])]
+            answers = [await self._provider_send(task, messages[0], event)]
         else:
-            answers = await asyncio.gather(*(self._provider_send(task, message) for message in messages))
+            answers = await asyncio.gather(*(self._provider_send(task, message, event) for message in messages))
         results = list(zip(targets, answers))
         sent = [(d, r) for d, r in results if isinstance(r, Sent)]
         failed = [(d, r) for d, r in results if isinstance(r, Failed)]
@@ -409,8 +413,9 @@ class ChannelSender:
             event(notify_pb2.SEND_FAILED, reason=scrub(reason, ""), provider=result.provider)
         return result if transient else sent_as
 
-    async def _provider_send(self, task: internal_pb2.ChannelTask, message: Outgoing) -> Sent | Failed:
-        """The provider's answer, within its concurrency (high priority first)."""
+    async def _provider_send(self, task: internal_pb2.ChannelTask, message: Outgoing, event) -> Sent | Failed:
+        """The provider's answer, within its concurrency (high priority first); the
+        failed breaker trials before it logged (each may have reached its provider)."""
         await self._slots.acquire(task.priority == notify_pb2.HIGH)
         try:
             with tracing.child_span("notifymesh.provider.send", **{"notifymesh.recipient": task.recipient}) as span:
@@ -418,9 +423,11 @@ class ChannelSender:
                 if span is not None:
                     span.set_attribute("notifymesh.provider", result.provider)
                     span.set_attribute("notifymesh.outcome", "sent" if isinstance(result, Sent) else "failed")
-                return result
         finally:
             self._slots.release()
+        for trial in result.trials_failed:
+            event(notify_pb2.SEND_FAILED, reason=scrub(trial.reason, message.to), provider=trial.provider)
+        return result
 
     def _noted_waiting(self, key: str) -> bool:
         """Whether the task was logged as waiting for a provider already (else notes it)."""
@@ -603,7 +610,7 @@ class ChannelSender:
                 if channel == notify_pb2.SMS else ""
             result = await self._provider_send(task, Outgoing(
                 channel, s.address, rendered.subject, rendered.text, rendered.html, rendered.json_body, headers,
-                s.key, task.notification_id, rid, callback))
+                s.key, task.notification_id, rid, callback), s.event)
         if isinstance(result, Sent):
             s.event(notify_pb2.SEND_SENT, provider=result.provider, provider_message_id=result.provider_message_id)
             return ACK

@@ -82,8 +82,10 @@ class ChannelProviders:
     """Each channel's providers from the mirror, tried by priority: one adapter
     (sender.providers) and one circuit breaker (sender/breaker.py) each, made again
     when its record changes. A send goes to the first provider whose breaker lets it
-    through; transient failures count towards opening that breaker; when every
-    breaker is open the send fails transiently, naming them."""
+    through; transient failures count towards opening that breaker; a half-open
+    breaker's trial that fails transiently passes the send on to the next provider
+    (the failure returned with the result, to be logged); when every breaker is open
+    the send fails transiently, naming them."""
 
     def __init__(self, cluster: Cluster, config: LiveConfig,
                  make: Callable[[notify_pb2.Provider], ChannelProvider] = provider_for,
@@ -146,19 +148,29 @@ class ChannelProviders:
                 return Failed(False, f"no push provider sends to {message.platform} devices")
         if not made:  # removed since the task looked
             return Failed(True, f"no {channel_name(message.channel)} provider is set")
+        trials_failed = []
         for candidate in made:
             if candidate.adapter is None:
                 continue
             permit = candidate.breaker.permit()
-            if permit is not None:
-                return await self._send(candidate, permit, message)
+            if permit is None:
+                continue
+            result = await self._send(candidate, permit, message)
+            if permit.trial and isinstance(result, Failed) and result.transient:
+                # The trial is the breaker's probe, not this message's attempt: it goes on
+                # to the next provider. Otherwise a lone message whose backoff outlasts the
+                # cool-down is the trial at every retry, against a provider still down,
+                # until it is dead-lettered while the next provider is healthy.
+                trials_failed.append(result)
+                continue
+            return result._replace(trials_failed=tuple(trials_failed))
         passed = "; ".join(f"{provider_name(m.record)}: "
                            + (m.error or f"circuit open ({m.breaker.status().last_error or 'trial under way'})")
                            for m in made)
         reason = f"provider unavailable: no {channel_name(message.channel)} provider takes sends now ({passed})"
         # Again when the first breaker half-opens (at least a second later).
         retry = min((m.breaker.retry_in_s() for m in made if m.adapter is not None), default=0.0)
-        return Failed(True, reason, "", max(retry, 1.0))
+        return Failed(True, reason, "", max(retry, 1.0), trials_failed=tuple(trials_failed))
 
     async def _send(self, made: Made, permit: Permit, message: Outgoing) -> Sent | Failed:
         name, breaker = provider_name(made.record), made.breaker

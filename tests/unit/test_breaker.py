@@ -148,6 +148,27 @@ async def test_sends_go_to_the_first_by_priority_and_move_on_while_its_breaker_i
     assert await p.send() == Sent("sms-a", "sms-a-3")
 
 
+async def test_a_failed_half_open_trial_passes_its_send_on_to_the_next_provider_and_returns_the_failure():
+    p = Providers(sms("sms-a", 1), sms("sms-b", 2))
+    await p.send()
+    p.adapters["sms-a"].fail = TransientSendError("connection refused")
+    await p.send()
+    await p.send()  # opens
+    for _ in range(3):  # the lone straggler that is the trial each time it comes back
+        p.clock.now += 10
+        assert await p.send() == Sent("sms-b", f"sms-b-{_ + 1}",
+                                      trials_failed=(Failed(True, "connection refused", "sms-a"),))
+        assert p.providers.providers(notify_pb2.SMS)[0].breaker.state == breaker.OPEN
+    p.adapters["sms-b"].fail = TransientSendError("HTTP 503")  # the next fails too: both failures come back
+    p.clock.now += 10
+    failed = await p.send()
+    assert failed[:3] == (True, "HTTP 503", "sms-b")
+    assert failed.trials_failed == (Failed(True, "connection refused", "sms-a"),)
+    p.adapters["sms-a"].fail = PermanentSendError("HTTP 400: not a mobile number")  # a trial the provider answered
+    p.clock.now += 10
+    assert await p.send() == Failed(False, "HTTP 400: not a mobile number", "sms-a")
+
+
 async def test_every_breaker_open_fails_transiently_naming_them_until_the_first_half_opens():
     p = Providers(sms("sms-a", 1), sms("sms-b", 2))
     await p.send()

@@ -215,6 +215,17 @@ async def test_a_transient_failure_is_retried_with_retry_after_then_sent():
     assert states[1][1] == "HTTP 429 for <recipient>"  # the log holds no address
 
 
+async def test_a_failed_breaker_trial_before_the_send_is_logged_as_its_own_failure():
+    p = Parts()
+    await p.recipient("alice", email="alice@example.com")
+    p.providers.script = [Sent("smtp-b", "m-1", trials_failed=(Failed(True, "refused for alice@example.com",
+                                                                      "smtp-a"),))]
+    assert await p.handle("alice") == ACK
+    assert await p.timeline("alice") == [(notify_pb2.SEND_RENDERED, ""),
+                                         (notify_pb2.SEND_FAILED, "refused for <recipient>"),
+                                         (notify_pb2.SEND_SENT, "")]
+
+
 async def test_a_permanent_failure_is_not_retried():
     p = Parts()
     await p.recipient("alice", email="alice@example.com")
