@@ -173,8 +173,11 @@ async def test_the_primary_goes_down_every_sms_arrives_through_the_second_and_se
         status = cli(mesh, "provider", "status", "sms")
         assert status.returncode == 0, status.stderr
         rows = {row["name"]: row for row in map(json.loads, status.stdout.splitlines())}
-        assert rows["sms-a"]["state"] in ("open", "half_open") and rows["sms-a"]["failures"] >= 5
-        assert rows["sms-a"]["error_rate"] == round(rows["sms-a"]["failures"] / rows["sms-a"]["sends"], 3)
+        # In a row, not in the window: the failures that opened it leave the 30 s window
+        # once this batch's retries take longer than that (a loaded CI machine: 38 s).
+        assert rows["sms-a"]["state"] in ("open", "half_open") and rows["sms-a"]["consecutive_failures"] >= 5
+        window = rows["sms-a"]["failures"], rows["sms-a"]["sends"]
+        assert rows["sms-a"]["error_rate"] == (round(window[0] / window[1], 3) if window[1] else 0.0)
         assert "last_error" in rows["sms-a"]
         assert (rows["sms-b"]["state"], rows["sms-b"]["failures"]) == ("closed", 0)
 
