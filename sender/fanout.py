@@ -167,7 +167,8 @@ class Fanout:
         # which its tasks' keys and the duplicate check's token make harmless (as after
         # a crash before a checkpoint). That is a read and a write of a one-recipient
         # notification's 24-27 storage calls at 20/s (bench/notify.py calls_per_recipient).
-        paged = bool(request.audience) or len(dict.fromkeys(request.recipients)) > size
+        listed = list(dict.fromkeys(request.recipients))  # a recipient named twice is notified once
+        paged = bool(request.audience) or len(listed) > size
         checkpoint = None
         if paged:
             (raw,) = await self._table.read(notification_id, [rows.checkpoint_key(notification_id)])
@@ -182,7 +183,7 @@ class Fanout:
             log.info("fan-out resumes", extra=fields(notification=notification_id, after=checkpoint.recipients_done))
         context = await self._job(notification_id, job)
         while True:
-            page, more = await self._page(request, checkpoint, size)
+            page, more = await self._page(request, listed, checkpoint, size)
             if page:
                 with tracing.child_span("notifymesh.fanout.page", **{"notifymesh.recipients": len(page)}):
                     await self._expand(context, page, header)
@@ -201,11 +202,11 @@ class Fanout:
             await self._log.accepted(record, [])
         return checkpoint.recipients_done
 
-    async def _page(self, request: notify_pb2.NotifyRequest, checkpoint: internal_pb2.FanoutCheckpoint,
-                    size: int) -> tuple[list[str], bool]:
-        """The next page of recipients after the checkpoint, and whether more follow."""
+    async def _page(self, request: notify_pb2.NotifyRequest, listed: list[str],
+                    checkpoint: internal_pb2.FanoutCheckpoint, size: int) -> tuple[list[str], bool]:
+        """The next page of recipients after the checkpoint, and whether more follow;
+        listed: the request's recipients, each once (none for an audience)."""
         if not request.audience:
-            listed = list(dict.fromkeys(request.recipients))  # a recipient named twice is notified once
             start = checkpoint.recipients_done
             return listed[start:start + size], start + size < len(listed)
         start_after = rows.member_key(request.audience, checkpoint.after_recipient) \

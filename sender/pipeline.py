@@ -22,7 +22,7 @@ suites: every ~10 s) start every fan-out page again, and never finish one.
 import asyncio
 import logging
 from collections import deque
-from typing import Callable, NamedTuple, Protocol
+from typing import Callable, NamedTuple, Protocol, runtime_checkable
 
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh.log import fields
@@ -58,6 +58,7 @@ class Handler(Protocol):
     async def handle(self, received: pubsub_pb2.ReceivedMessage) -> Outcome: ...
 
 
+@runtime_checkable
 class BatchHandler(Protocol):
     async def room(self) -> None:
         """Returns when the handler should take its next batch."""
@@ -99,7 +100,7 @@ class SubscriptionWorker:
         keeper = asyncio.create_task(self._keep_leased(sub, stream))
         log.info("pipeline worker started", extra=fields(subscription=self.name, window=self.window))
         batcher = None
-        if hasattr(self._handler, "handle_batch"):
+        if isinstance(self._handler, BatchHandler):
             batcher = asyncio.create_task(self._take_batches(sub))
             batcher.add_done_callback(self._batcher_ended)
         try:
