@@ -93,6 +93,21 @@ async def test_recipients_become_tasks_per_channel_and_suppressions_are_logged()
     assert p.table.count("read_many") == 1
 
 
+async def test_a_recipient_named_twice_on_different_pages_is_expanded_once():
+    """Big data makes small pages: bob's second mention falls on a later page, where
+    nothing of the first page is known any more."""
+    p = Parts()
+    data = '{"x": "%s"}' % ("y" * 60_000)
+    people = [f"r{i:03d}" for i in range(120)]
+    for rid in people:
+        await p.recipient(rid, email=f"{rid}@example.com")
+    request = job(recipients=[*people, "r000"], channels=[EMAIL], data=data)
+    assert page_size(request.request) < len(people)
+    await p.fanout.handle(received("n1", request))
+    assert p.publisher.published() == len(people)  # one task each, not one per mention
+    assert len(p.tasks(EMAIL_TOPIC)) == len(people)
+
+
 async def test_high_priority_tasks_go_to_the_high_topics():
     p = Parts()
     await p.recipient("alice", email="alice@example.com")
