@@ -18,6 +18,10 @@ JSON line (progress on stderr):
 - latency: both channels to the sink, Notify calls of --batch recipients at a
   steady --rate recipients/s for --duration s; notify-to-provider latency p50/p99.
 
+The throughput modes notify the recipients in Notify calls of 1,000 ids each, or
+(--audience) in one Notify to an audience of all of them (its members added
+before the run): one notification whose fan-out pages the audience.
+
 Every figure is measured from the notification log (GetNotification pages, read
 once the mesh's stats count as many events as sends are expected):
 throughput runs from the first Notify call to the last SEND_SENT event's time
@@ -54,7 +58,7 @@ from gen.notifymesh.v1 import events_pb2, notify_pb2  # noqa: E402
 from notifymesh import errors  # noqa: E402
 from notifymesh.client import Client  # noqa: E402
 
-CATEGORY, TEMPLATE = "bench", "bench-invoice"
+CATEGORY, TEMPLATE, AUDIENCE = "bench", "bench-invoice", "bench-everyone"
 PER_CALL = 1000  # the most recipient ids of one Notify
 # A send's state once the pipeline is done with it; the states after SEND_SENT come
 # from outside it (the SMS fake's delivery receipt moves an SMS send to DELIVERED).
@@ -110,6 +114,17 @@ async def add_devices(client: Client, count: int, devices: int, platform_name: s
             await client.add_device(recipient(i).id, platform_name, apns_token(i, d))
 
     await asyncio.gather(*(add(i, d) for i in range(count) for d in range(devices)))
+    return round(time.monotonic() - started, 1)
+
+
+async def add_audience(client: Client, count: int) -> float:
+    """Every recipient in the run's audience; the seconds it took."""
+    started = time.monotonic()
+    await client.create_audience(AUDIENCE, description="bench: every recipient loaded")
+    for start in range(0, count, PER_CALL):
+        await client.add_audience_members(AUDIENCE, [recipient(i).id for i in range(start, min(count, start + PER_CALL))])
+        if (start + PER_CALL) % 50_000 == 0:
+            progress(f"audience members {start + PER_CALL}/{count}")
     return round(time.monotonic() - started, 1)
 
 
@@ -261,10 +276,15 @@ async def throughput(client: Client, args, channels: list[int]) -> dict:
     expected: dict[str, int] = {}
     started_ms = time.time() * 1000
     started = time.monotonic()
-    calls = [client.notify(TEMPLATE, CATEGORY, ids[i:i + PER_CALL], data={"invoice": i, "amount": "12.00 EUR"},
-                           channels=channels) for i in range(0, len(ids), PER_CALL)]
-    for nid, start in zip(await asyncio.gather(*calls), range(0, len(ids), PER_CALL)):
-        expected[nid] = len(ids[start:start + PER_CALL]) * len(channels)
+    if args.audience:
+        nid = await client.notify(TEMPLATE, CATEGORY, audience=AUDIENCE, data={"invoice": 0, "amount": "12.00 EUR"},
+                                  channels=channels)
+        expected[nid] = len(ids) * len(channels)
+    else:
+        calls = [client.notify(TEMPLATE, CATEGORY, ids[i:i + PER_CALL], data={"invoice": i, "amount": "12.00 EUR"},
+                               channels=channels) for i in range(0, len(ids), PER_CALL)]
+        for nid, start in zip(await asyncio.gather(*calls), range(0, len(ids), PER_CALL)):
+            expected[nid] = len(ids[start:start + PER_CALL]) * len(channels)
     notify_s = time.monotonic() - started
     progress(f"{len(expected)} notifications accepted in {notify_s:.1f}s")
     tracker = Tracker(client, expected, since(started_ms))
@@ -349,6 +369,8 @@ async def shards_led(client: Client) -> dict[str, int]:
 async def run(mesh: LocalMesh, args) -> dict:
     async with Client(mesh.frontend_addr, timeout_s=60) as client:
         line = await load(client, args.recipients)
+        if args.audience:
+            line["add_audience_s"] = await add_audience(client, args.recipients)
         if args.mode == "push":
             line["add_devices_s"] = await add_devices(client, args.recipients, args.devices, args.push_provider)
         concurrency = args.concurrency or (256 if args.mode in ("sink", "latency") else 0)
@@ -392,6 +414,8 @@ def main() -> int:
     p.add_argument("--devices", type=int, default=1, help="push: devices a recipient (1 to 20)")
     p.add_argument("--recipients", type=int, default=20_000, help="loaded, and notified (throughput modes)")
     p.add_argument("--senders", type=int, default=1)
+    p.add_argument("--audience", action="store_true",
+                   help="throughput modes: one Notify to an audience of every recipient, not calls of 1,000 ids")
     p.add_argument("--concurrency", type=int, default=0,
                    help="the providers' max_concurrency (default: 256 for the sink, else each provider kind's "
                         "own default: APNs 256, others 32)")
@@ -404,7 +428,10 @@ def main() -> int:
     if not 1 <= args.recipients <= 8_000_000 or not 1 <= args.batch <= PER_CALL or args.rate < 1 or \
             not 1 <= args.devices <= 20:
         p.error("--recipients 1 to 8,000,000, --batch 1 to 1000, --rate at least 1, --devices 1 to 20")
+    if args.audience and args.mode == "latency":
+        p.error("--audience is for the throughput modes")
     line = header("notify", mode=args.mode, recipients=args.recipients, senders=args.senders,
+                  **({"audience": True} if args.audience else {}),
                   **({"push_provider": args.push_provider, "devices": args.devices} if args.mode == "push" else {}))
     return run_on_fresh_mesh(line, lambda mesh: run(mesh, args), args.keep, args.senders)
 

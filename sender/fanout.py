@@ -4,12 +4,15 @@ ChannelTask per recipient and channel, on the channel topics.
 
 Recipients are expanded a page at a time (the request's list, or an audience's
 members in id order; at most PAGE, fewer when the data is big), so memory holds
-one page whatever the audience's size. Per page: the recipients' contact, unsubscribe and preference
+a few pages whatever the audience's size. Per page: the recipients' contact, unsubscribe and preference
 rows are read in one batched read (grouped by table partition), the channels
 decided (sender/preferences.py), the log written (suppressions, SEND_QUEUED,
-the recipient index; the header with the first page), the tasks published with
-the idempotency key "nid/recipient/channel", and then the checkpoint row (K)
-written, unless the request lists no more than a page of recipients.
+the recipient index; the header with the first page) and the tasks published with
+the idempotency key "nid/recipient/channel". Up to PAGES_IN_FLIGHT pages of a
+job are expanded at once (listed in order, each once the one before is listed),
+and at most PAGE_SLOTS pages of all jobs of the sender; the checkpoint row (K)
+is written once a page and every page before it are done, unless the request
+lists no more than a page of recipients.
 
 A recipient to be sent something is first checked for a duplicate: a hash of
 the template, category and data is counted for it (Storage.RateAcquire, limit 1
@@ -17,13 +20,15 @@ over the notify topic's dedup window, the notification id as the token), so
 the same request repeated without its idempotency key notifies nobody twice
 (SUPPRESSED_DUPLICATE), while the same notification fanned out again after a
 crash is let through again. A crash
-delivers the job again: it resumes after the checkpoint, and a page published
-again is recognised by storage as repeats of its tasks' keys.
+delivers the job again: it resumes after the checkpoint, and the pages published
+again (those in flight beyond it: PAGES_IN_FLIGHT at most) are recognised by
+storage as repeats of their tasks' keys.
 """
 
 import asyncio
 import hashlib
 import logging
+from collections import deque
 from typing import NamedTuple, Protocol
 
 from google.protobuf.message import DecodeError
@@ -43,8 +48,16 @@ from sender.preferences import Action, Preference, decide
 
 log = logging.getLogger(__name__)
 
-PAGE = 1000  # recipients expanded at a time: what one job holds in memory
+PAGE = 1000  # recipients expanded at a time
 PAGE_BYTES = 4 * 1024 * 1024  # and a page's tasks' data at most (a request's data is up to 64 KiB)
+# A page is a chain of table and publish round trips (~1 s on the local mesh under
+# load), the CPU mostly elsewhere: one page at a time, one audience of 20,000 fanned
+# out at about 1,000 recipients/s, while 20 lists of 1,000 (16 jobs at once) went
+# at 4,400/s (bench/notify.py --audience, docs/benchmarks.md, 2026-12-03).
+PAGES_IN_FLIGHT = 4
+# Pages under way in all jobs of a sender: the memory bound (16 x PAGE_BYTES of
+# task data: 64 MiB), whatever the jobs and their pages in flight.
+PAGE_SLOTS = 16
 PUBLISH_MAX_MESSAGES = 1000  # channel tasks in one publish
 PUBLISH_MAX_BYTES = 4 * 1024 * 1024  # and their data (a task carries the request's data, up to 64 KiB)
 _STATES = {Action.SEND: notify_pb2.SEND_QUEUED, Action.OPTED_OUT: notify_pb2.SUPPRESSED_OPTED_OUT,
@@ -114,8 +127,9 @@ def task_key(notification_id: str, recipient: str, channel: int) -> str:
 
 class Fanout:
     def __init__(self, table: FanoutTable, notification_log: NotificationLog, metadata: FanoutMetadata,
-                 publisher: Publisher):
+                 publisher: Publisher, page_slots: int = PAGE_SLOTS):
         self._table, self._log, self._metadata, self._publisher = table, notification_log, metadata, publisher
+        self._page_slots = asyncio.Semaphore(page_slots)
 
     async def handle(self, received: pubsub_pb2.ReceivedMessage) -> Outcome:
         """A job of the fan-out subscription (a pipeline.Handler)."""
@@ -161,7 +175,6 @@ class Fanout:
     async def run(self, notification_id: str, job: internal_pb2.NotificationJob) -> int:
         """Expands the job from its checkpoint on; returns the recipients done in all."""
         request, accepted_ms = job.request, job.accepted_ms
-        expire = self._log.expire_ms(accepted_ms)
         size = page_size(request)
         # A list of one page keeps no checkpoint: delivered again, it is expanded again,
         # which its tasks' keys and the duplicate check's token make harmless (as after
@@ -182,25 +195,46 @@ class Fanout:
         else:
             log.info("fan-out resumes", extra=fields(notification=notification_id, after=checkpoint.recipients_done))
         context = await self._job(notification_id, job)
-        while True:
-            page, more = await self._page(request, listed, checkpoint, size)
-            if page:
-                with tracing.child_span("notifymesh.fanout.page", **{"notifymesh.recipients": len(page)}):
-                    await self._expand(context, page, header)
-                header = None
-                checkpoint = internal_pb2.FanoutCheckpoint(after_recipient=page[-1],
-                                                           recipients_done=checkpoint.recipients_done + len(page))
+        # Pages under way, oldest first, each with the checkpoint it completes.
+        in_flight: deque[tuple[internal_pb2.FanoutCheckpoint, asyncio.Task]] = deque()
+        listed_to, more = checkpoint, True
+        try:
+            while more or in_flight:
+                # Another page while this job has fewer than PAGES_IN_FLIGHT and a slot is
+                # free; else (or with none under way, a slot once one is) the oldest's end.
+                if more and len(in_flight) < PAGES_IN_FLIGHT and (not self._page_slots.locked() or not in_flight):
+                    page, more = await self._page(request, listed, listed_to, size)
+                    if page:
+                        await self._page_slots.acquire()
+                        listed_to = internal_pb2.FanoutCheckpoint(
+                            after_recipient=page[-1], recipients_done=listed_to.recipients_done + len(page))
+                        expanding = asyncio.create_task(self._expand_page(context, page, header))
+                        # A done callback, as a task cancelled before it started runs none of its code.
+                        expanding.add_done_callback(lambda _: self._page_slots.release())
+                        in_flight.append((listed_to, expanding))
+                        header = None
+                    continue
+                done, expanding = in_flight.popleft()
+                await expanding
+                checkpoint = done
                 if paged:
                     await self._table.write(notification_id, [storage_pb2.TableOp(
                         key=rows.checkpoint_key(notification_id), value=checkpoint.SerializeToString(),
-                        expire_ms=expire)])
-            if not more:
-                break
+                        expire_ms=self._log.expire_ms(accepted_ms))])
+        finally:  # a page failed (the job goes back, to resume at the checkpoint) or the worker stops
+            for _, expanding in in_flight:
+                expanding.cancel()
+            await asyncio.gather(*(expanding for _, expanding in in_flight), return_exceptions=True)
         if request.audience:  # its size is known now
             record.recipient_count = checkpoint.recipients_done
         if request.audience or header is not None:  # (or no page carried the header: no recipients)
             await self._log.accepted(record, [])
         return checkpoint.recipients_done
+
+    async def _expand_page(self, job: Job, recipients: list[str],
+                           header: internal_pb2.NotificationRecord | None) -> None:
+        with tracing.child_span("notifymesh.fanout.page", **{"notifymesh.recipients": len(recipients)}):
+            await self._expand(job, recipients, header)
 
     async def _page(self, request: notify_pb2.NotifyRequest, listed: list[str],
                     checkpoint: internal_pb2.FanoutCheckpoint, size: int) -> tuple[list[str], bool]:

@@ -41,9 +41,10 @@ from sender.providers.sink import SinkProvider
 
 log = logging.getLogger(__name__)
 
-# Notifications fanned out at once by one sender, each holding one page (at most
-# fanout.PAGE_BYTES of task data: 64 MiB in all). A small notification's fan-out
-# is a few table round trips, so at 4 at once a sender fanned out ~50 a second.
+# Notifications fanned out at once by one sender (their pages under way: at most
+# fanout.PAGE_SLOTS of fanout.PAGE_BYTES of task data, 64 MiB in all). A small
+# notification's fan-out is a few table round trips, so at 4 at once a sender
+# fanned out ~50 a second.
 FANOUT_JOBS = 16
 DEFAULT_CONCURRENCY = 32  # a provider's max_concurrency when unset
 DRAIN_GRACE_S = 5.0  # a stopping sender lets sends under way finish this long, then hands them back

@@ -1,6 +1,8 @@
 """The fan-out over fakes: channel tasks per recipient and channel with their
-idempotency keys, the log's suppressions, pages of an audience with a checkpoint
+idempotency keys, the log's suppressions, pages of an audience (several at once) with a checkpoint
 after each, and a crash that resumes at the checkpoint without a duplicate task."""
+
+import asyncio
 
 import pytest
 
@@ -11,7 +13,7 @@ from notify_fakes import FakeMetadata, FakePublisher, FakeTable
 from notifymesh.server import rows
 from notifymesh.server.internal_topics import channel_topic
 from notifymesh.server.notification_log import NotificationLog
-from sender.fanout import PAGE_BYTES, Fanout, page_size
+from sender.fanout import PAGE_BYTES, PAGES_IN_FLIGHT, Fanout, page_size
 
 EMAIL, SMS = notify_pb2.EMAIL, notify_pb2.SMS
 T0 = 1_700_000_000_000
@@ -134,40 +136,110 @@ async def test_an_audience_is_expanded_a_page_at_a_time_with_a_checkpoint_after_
     assert max(len(messages) for _, messages in p.publisher.calls) <= 1000
     reads = [keys for call, keys in p.table.calls if call == "read_many"]
     assert [len(keys) for keys in reads] == [1000, 1000, 500]  # one batched read per page, a page at most 1000
-    checkpoints = [ops[0] for call, by_key in p.table.calls if call == "write"
-                   for ops in by_key.values() if ops[0].key == rows.checkpoint_key("n1")]
-    assert [internal_pb2.FanoutCheckpoint.FromString(op.value).recipients_done for op in checkpoints] == \
-        [1000, 2000, 2500]
+    assert checkpoints(p, "n1") == [1000, 2000, 2500]
     assert (await p.log.header("n1")).recipient_count == 2500
+
+
+def checkpoints(p: Parts, nid: str) -> list[int]:
+    """recipients_done of each checkpoint written, in order."""
+    return [internal_pb2.FanoutCheckpoint.FromString(ops[0].value).recipients_done
+            for call, by_key in p.table.calls if call == "write"
+            for ops in by_key.values() if ops[0].key == rows.checkpoint_key(nid)]
 
 
 async def test_a_crash_mid_audience_resumes_at_the_checkpoint_without_duplicate_tasks():
     p = Parts()
     members = await add_audience(p, "everyone", 2500)
     publish = p.publisher.publish
-    calls = 0
 
-    async def crash_on_third_page(topic, messages):
-        nonlocal calls
-        calls += 1
+    async def crash_on_second_page(topic, messages):
         result = await publish(topic, messages)
-        if calls == 2:  # page 2 published, its checkpoint not written: the sender dies
-            raise ConnectionError("sender killed")
+        if internal_pb2.ChannelTask.FromString(messages[0].data).recipient == members[1000]:
+            raise ConnectionError("sender killed")  # page 2 published, the sender dies before its checkpoint
         return result
 
-    p.publisher.publish = crash_on_third_page
+    p.publisher.publish = crash_on_second_page
     with pytest.raises(ConnectionError):
         await p.fanout.run("n1", job(audience="everyone", channels=[EMAIL]))
-    assert p.publisher.published() == 2000
+    assert checkpoints(p, "n1") == [1000]  # page 1 done; page 3 may have been published: it was under way
+    before = p.publisher.published()
     p.publisher.publish = publish
     assert await p.fanout.run("n1", job(audience="everyone", channels=[EMAIL])) == 2500
-    # resumed after page 1: page 2 published again (dropped as repeats by key), page 1 not
-    assert p.publisher.published() == 2000 + 1500
+    # resumed after page 1: pages 2 and 3 published again (dropped as repeats by key), page 1 not
+    assert p.publisher.published() == before + 1500
     assert len(p.tasks(EMAIL_TOPIC)) == 2500 == len(set(p.tasks(EMAIL_TOPIC)))
     assert sorted(p.tasks(EMAIL_TOPIC)) == sorted(f"n1/{rid}/email" for rid in members)
     # a job delivered again once done publishes nothing
     assert await p.fanout.run("n1", job(audience="everyone", channels=[EMAIL])) == 2500
-    assert p.publisher.published() == 3500
+    assert p.publisher.published() == before + 1500
+
+
+async def test_pages_overlap_and_the_checkpoint_covers_only_pages_done_with_all_before_them():
+    """Page 1's publish is held until a later page's is done: the later pages go on
+    meanwhile (at most PAGES_IN_FLIGHT of them), but no checkpoint is written until
+    page 1 is done, and then in order."""
+    p = Parts()
+    data = '{"x": "%s"}' % ("y" * 40_000)
+    size = page_size(notify_pb2.NotifyRequest(data=data, channels=[EMAIL]))
+    pages = 2 * PAGES_IN_FLIGHT
+    members = await add_audience(p, "everyone", size * pages)
+    publish, write = p.publisher.publish, p.table.write
+    timeline: list[tuple[str, int]] = []
+    later_page_done = asyncio.Event()
+    under_way = most_under_way = 0
+
+    async def held_publish(topic, messages):
+        nonlocal under_way, most_under_way
+        under_way += 1
+        most_under_way = max(most_under_way, under_way)
+        page = members.index(internal_pb2.ChannelTask.FromString(messages[0].data).recipient) // size + 1
+        if page == 1:  # (a fan-out of one page at a time never gets past it)
+            await asyncio.wait_for(later_page_done.wait(), 5)
+        else:
+            await asyncio.sleep(0.01)
+        result = await publish(topic, messages)
+        timeline.append(("published", page))
+        if page > 1:
+            later_page_done.set()
+        under_way -= 1
+        return result
+
+    async def noted_write(partition_key, ops):
+        if ops[0].key == rows.checkpoint_key("n1"):
+            timeline.append(("checkpoint", internal_pb2.FanoutCheckpoint.FromString(ops[0].value).recipients_done))
+        await write(partition_key, ops)
+
+    p.publisher.publish, p.table.write = held_publish, noted_write
+    assert await p.fanout.run("n1", job(audience="everyone", channels=[EMAIL], data=data)) == size * pages
+    assert len(p.tasks(EMAIL_TOPIC)) == size * pages
+    assert timeline.index(("published", 2)) < timeline.index(("published", 1)) < timeline.index(("checkpoint", size))
+    assert [n for kind, n in timeline if kind == "checkpoint"] == [size * k for k in range(1, pages + 1)]
+    assert most_under_way == PAGES_IN_FLIGHT
+
+
+async def test_the_pages_of_all_jobs_under_way_are_bounded_by_the_page_slots():
+    p = Parts()
+    p.fanout = Fanout(p.table, p.log, p.metadata, p.publisher, page_slots=3)
+    await add_audience(p, "everyone", 100)
+    publish = p.publisher.publish
+    under_way = most_under_way = 0
+
+    async def slow_publish(topic, messages):
+        nonlocal under_way, most_under_way
+        under_way += 1
+        most_under_way = max(most_under_way, under_way)
+        await asyncio.sleep(0.01)
+        under_way -= 1
+        return await publish(topic, messages)
+
+    p.publisher.publish = slow_publish
+    # Pages of a few recipients; the data differs, so no job's sends are the duplicates of another's.
+    done = await asyncio.gather(*(p.fanout.run(f"n{k}", job(audience="everyone", channels=[EMAIL],
+                                                            data='{"x%d": "%s"}' % (k, "y" * 60_000)))
+                                  for k in range(3)))
+    assert done == [100] * 3
+    assert most_under_way == 3
+    assert len(p.tasks(EMAIL_TOPIC)) == 300
 
 
 async def test_big_data_makes_smaller_pages_so_a_page_stays_bounded():
