@@ -51,9 +51,10 @@ log = logging.getLogger(__name__)
 PAGE = 1000  # recipients expanded at a time
 PAGE_BYTES = 4 * 1024 * 1024  # and a page's tasks' data at most (a request's data is up to 64 KiB)
 # A page is a chain of table and publish round trips (~1 s on the local mesh under
-# load), the CPU mostly elsewhere: one page at a time, one audience of 20,000 fanned
-# out at about 1,000 recipients/s, while 20 lists of 1,000 (16 jobs at once) went
-# at 4,400/s (bench/notify.py --audience, docs/benchmarks.md, 2026-12-03).
+# load), the CPU mostly elsewhere: a page at a time, one audience of 20,000 fanned
+# out at 1,050-1,190 recipients/s while 20 lists of 1,000 (16 jobs at once) went at
+# 3,300-4,400/s; four at once, 2,100-2,450/s (bench/notify.py --audience,
+# docs/benchmarks.md, 2026-12-03 06:00). Not tuned against other counts.
 PAGES_IN_FLIGHT = 4
 # Pages under way in all jobs of a sender: the memory bound (16 x PAGE_BYTES of
 # task data: 64 MiB), whatever the jobs and their pages in flight.
