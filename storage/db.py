@@ -6,9 +6,25 @@ a message again, as at-least-once allows."""
 from pathlib import Path
 from typing import Iterator
 
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch, WriteOptions
 
 from notifymesh.server.sealing import KeyRing
+
+
+# Bits a key of each table file's bloom filter: 10 is RocksDB's usual choice (about
+# 1 % false positives), 1.25 bytes a key in memory and on disk. Most point reads
+# miss: a table write's apply looks up each row it writes for the one it
+# supersedes (an event row never has one), and a fan-out reads nine preference
+# rows a recipient, most of them never set. Measured (500,000 keys in two table
+# files, rocksdict): a missing key's get 13.7 us without a filter, 1.6 with one; a
+# present key's 11.2-12.5 against 8.8-9.3; scans alike.
+BLOOM_BITS_PER_KEY = 10
+
+
+def table_options() -> BlockBasedOptions:
+    table = BlockBasedOptions()
+    table.set_bloom_filter(BLOOM_BITS_PER_KEY, False)  # full filters (not block-based: RocksDB's legacy kind)
+    return table
 
 
 class Database:
@@ -20,6 +36,7 @@ class Database:
         self.ring = ring if ring is not None else KeyRing(None, enabled=False)
         options = Options(raw_mode=True)
         options.create_if_missing(True)
+        options.set_block_based_table_factory(table_options())
         self.rdict = Rdict(str(path), options)
         self._unsynced = WriteOptions()
 

@@ -63,6 +63,20 @@ def test_fakes_and_real_parts_implement_the_interfaces(tmp_path, log_, records, 
         db.close()
 
 
+def test_the_database_files_carry_bloom_filters_so_a_missing_key_is_not_read_from_them(tmp_path):
+    """Most point reads miss (the row a table write supersedes, unset preferences):
+    RocksDB's filter answers them without reading a table file's blocks."""
+    db = Database(tmp_path / "db")
+    db.put(b"row", b"value")
+    db.rdict.flush()
+    db.close()
+    options = sorted((tmp_path / "db").glob("OPTIONS-*"))[-1].read_text()
+    assert "filter_policy=bloomfilter" in options
+    reopened = Database(tmp_path / "db")  # and a database made before the filters opens with them
+    assert reopened.get(b"row") == b"value" and reopened.get(b"other") is None
+    reopened.close()
+
+
 async def test_delivery_state_over_a_fake_log(log_, records, deliveries):
     log_.append(SHARD, b"old", append_ms=10)
     log_.append(SHARD, b"a", b"b", append_ms=20)
