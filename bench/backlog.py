@@ -24,7 +24,6 @@ import platform
 import socket
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import notifymesh.server  # noqa: E402,F401  first: gRPC's I/O path, as the services choose it
-from bench.procfs import rss_mib  # noqa: E402
+from bench.procfs import RssSampler  # noqa: E402
 from deploy.local import LocalMesh, free_port  # noqa: E402
 from notifymesh.client import Client  # noqa: E402
 from notifymesh.publisher import Publisher  # noqa: E402
@@ -43,21 +42,6 @@ from storage.db import Database  # noqa: E402
 SAMPLE_EVERY_S = 1.0
 PROGRESS_EVERY = 50_000
 SETTLE_S = 10.0  # after publishing: for the last acks, and a few garbage-collection rounds (1 s each)
-
-
-class RssSampler(threading.Thread):
-    """The largest RSS of each process of the mesh, sampled every SAMPLE_EVERY_S."""
-
-    def __init__(self, mesh: LocalMesh):
-        super().__init__(daemon=True)
-        self.mesh, self.peak = mesh, {}
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.wait(SAMPLE_EVERY_S):
-            for name, process in self.mesh.processes.items():
-                if process.popen is not None and (rss := rss_mib(process.popen.pid)) is not None:
-                    self.peak[name] = max(self.peak.get(name, 0.0), rss)
 
 
 def dead_endpoint() -> str:
@@ -157,7 +141,7 @@ def main() -> int:
             "machine": {"cores": os.cpu_count(), "system": f"{uname.system} {uname.release}"}}
     with tempfile.TemporaryDirectory() as tmp:
         mesh = LocalMesh(Path(tmp), frontend_port=free_port(), etcd_ports=[(free_port(), free_port())])
-        sampler = RssSampler(mesh)
+        sampler = RssSampler(mesh, ("",), SAMPLE_EVERY_S)  # every process
         try:
             mesh.start()
             sampler.start()

@@ -29,7 +29,8 @@ throughput runs from the first Notify call to the last SEND_SENT event's time
 minus its Notify call's. The CPU seconds of each mesh process (utime + stime of
 /proc/<pid>/stat) over the run give where the time goes, per 1,000 recipients,
 and the gRPC calls each service served (their /metrics) what was asked of it, per
-recipient.
+recipient; rss_mib_peak: each sender's and storage node's largest resident memory
+over the run (sampled each second).
 
     .venv/bin/python bench/notify.py --mode sink --recipients 20000
     .venv/bin/python bench/notify.py --mode sms --senders 2
@@ -51,7 +52,7 @@ import notifymesh.server  # noqa: E402,F401  first: gRPC's I/O path, as the serv
 from bench import fresh_mesh  # noqa: E402
 from bench.fresh_mesh import header, run_on_fresh_mesh  # noqa: E402
 from deploy import local_providers  # noqa: E402
-from bench.procfs import cpu_s  # noqa: E402
+from bench.procfs import RssSampler, cpu_s  # noqa: E402
 from bench.served_calls import served_calls  # noqa: E402
 from deploy.local import LocalMesh  # noqa: E402
 from gen.notifymesh.v1 import events_pb2, notify_pb2  # noqa: E402
@@ -376,16 +377,22 @@ async def run(mesh: LocalMesh, args) -> dict:
         concurrency = args.concurrency or (256 if args.mode in ("sink", "latency") else 0)
         line["provider_concurrency"] = await set_providers(client, mesh, args.mode, concurrency, args.push_provider)
         before, calls_before, cpu_started = cpu_by_process(mesh), served_calls(mesh), time.monotonic()
-        if args.mode == "latency":
-            line |= await latency(client, args)
-            recipients = line["sends_done"] / 2
-        else:
-            channels = {"sink": [notify_pb2.EMAIL, notify_pb2.SMS], "sms": [notify_pb2.SMS],
-                        "email": [notify_pb2.EMAIL], "push": [notify_pb2.PUSH]}[args.mode]
-            line |= await throughput(client, args, channels)
-            recipients = args.recipients
-            if args.mode == "push" and "sends_per_s" in line:  # a recipient's send went to each device
-                line["push_sends_per_s"] = line["sends_per_s"] * args.devices
+        memory = RssSampler(mesh, ("sender-", "storage-"))
+        memory.start()
+        try:
+            if args.mode == "latency":
+                line |= await latency(client, args)
+                recipients = line["sends_done"] / 2
+            else:
+                channels = {"sink": [notify_pb2.EMAIL, notify_pb2.SMS], "sms": [notify_pb2.SMS],
+                            "email": [notify_pb2.EMAIL], "push": [notify_pb2.PUSH]}[args.mode]
+                line |= await throughput(client, args, channels)
+                recipients = args.recipients
+                if args.mode == "push" and "sends_per_s" in line:  # a recipient's send went to each device
+                    line["push_sends_per_s"] = line["sends_per_s"] * args.devices
+        finally:
+            memory.stopping.set()
+        line["rss_mib_peak"] = dict(sorted(memory.peak.items()))  # sampled each second of the run
         after, wall = cpu_by_process(mesh), time.monotonic() - cpu_started
         calls = {key: count - calls_before.get(key, 0.0) for key, count in served_calls(mesh).items()}
         line["shards_led"] = await shards_led(client)

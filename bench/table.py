@@ -18,7 +18,6 @@ import platform
 import random
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import notifymesh.server  # noqa: E402,F401  first: gRPC's I/O path, as the services choose it
-from bench.procfs import rss_mib  # noqa: E402
+from bench.procfs import RssSampler  # noqa: E402
 from deploy.local import LocalMesh, free_port  # noqa: E402
 from gen.notifymesh.v1 import notify_pb2  # noqa: E402
 from notifymesh.contracts import shard_name  # noqa: E402
@@ -40,25 +39,6 @@ SAMPLE_EVERY_S = 1.0
 PROGRESS_EVERY_S = 10.0
 READY_TIMEOUT_S = 60
 WARMUP_READS = 200
-
-
-class RssSampler(threading.Thread):
-    """The largest RSS of each storage node, sampled every SAMPLE_EVERY_S."""
-
-    def __init__(self, mesh: LocalMesh):
-        super().__init__(daemon=True)
-        self.mesh, self.peak = mesh, {}
-        self.stopping = threading.Event()
-
-    def now(self) -> dict[str, float]:
-        return {name: round(rss, 1) for name, process in self.mesh.processes.items()
-                if name.startswith("storage-") and process.popen is not None
-                and (rss := rss_mib(process.popen.pid)) is not None}
-
-    def run(self) -> None:
-        while not self.stopping.wait(SAMPLE_EVERY_S):
-            for name, rss in self.now().items():
-                self.peak[name] = max(self.peak.get(name, 0.0), rss)
 
 
 def recipient_row(i: int) -> tuple[str, bytes]:
@@ -156,7 +136,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="notifymesh-table-bench-") as tmp:
         mesh = LocalMesh(Path(tmp), frontend_port=free_port(), etcd_ports=[(free_port(), free_port())])
-        sampler = RssSampler(mesh)
+        sampler = RssSampler(mesh, ("storage-",), SAMPLE_EVERY_S)
         line = {"bench": "table", "when": datetime.datetime.now().isoformat(timespec="seconds"),
                 "host": platform.node(), "row_bytes": len(recipient_row(0)[1])}
         try:
