@@ -174,9 +174,13 @@ class InboxStore:
         if page_token:
             ms, nid = PageToken.parse(page_token, "inbox-unread" if unread_only else "inbox", recipient, 2).fields
             start_after = rows.inbox_key(kind, recipient, int(ms), nid)
-        scanned, unread = await asyncio.gather(
-            self._table.scan(recipient, rows.inbox_prefix(kind, recipient), start_after, limit=size, reverse=True),
-            self._table.scan(recipient, rows.inbox_prefix(rows.INBOX_UNREAD, recipient), limit=MAX_UNREAD_COUNTED))
+        # The count first, then the page: an item's rows are written in one batch, so
+        # every item counted is in a page read after (read together, a new item could
+        # be counted and missing from the page).
+        unread = await self._table.scan(recipient, rows.inbox_prefix(rows.INBOX_UNREAD, recipient),
+                                        limit=MAX_UNREAD_COUNTED)
+        scanned = await self._table.scan(recipient, rows.inbox_prefix(kind, recipient), start_after, limit=size,
+                                         reverse=True)
         values = scanned.values
         if unread_only and scanned.keys:
             values = await self._table.read(recipient, [rows.INBOX_ITEM + key[1:] for key in scanned.keys])
