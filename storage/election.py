@@ -14,10 +14,13 @@ follower refuses the deposed leader's batch.
 
 import asyncio
 import time
+import zlib
 from typing import Any, NamedTuple, Protocol
 
 from notifymesh.contracts import PLACEMENTS, Candidacy, LeaderRecord, candidate_key, candidates_prefix, leader_key
 from storage.replication_rules import choose_leader
+
+LOCK_STRIPES = 64  # above storage.replication's CAMPAIGNS_IN_FLIGHT: few of its campaigns wait on another's lock
 
 
 class Registered(Protocol):
@@ -127,14 +130,19 @@ class Election:
         self._store, self._logs, self._node = store, logs, node_id
         # Shards whose candidacy key this node has put (or is putting: None) and not
         # yet withdrawn, with its revision; at most one per shard of this node.
-        # Only this node writes its candidacy keys, and under _lock.
+        # Only this node writes its candidacy keys, and under its shard's lock.
         self._candidacies: dict[str, int | None] = {}
-        # Announcing and claiming, and withdrawing, one at a time: a withdrawal while an
-        # announcement is on its way must come after it, or the announcement outlives it.
-        self._lock = asyncio.Lock()
+        # A shard's announcing and claiming, and withdrawing, one at a time: a withdrawal
+        # while an announcement is on its way must come after it, or the announcement
+        # outlives it. Shards share LOCK_STRIPES locks, so elections of other shards go
+        # on meanwhile (storage.replication campaigns for several at once).
+        self._locks = [asyncio.Lock() for _ in range(LOCK_STRIPES)]
         # Shards this node does not stand for until then (monotonic): it resigned them
         # for want of a majority. At most one per shard led; the past ones are dropped.
         self._held_off: dict[str, float] = {}
+
+    def _lock_of(self, shard: str) -> asyncio.Lock:
+        return self._locks[zlib.crc32(shard.encode()) % LOCK_STRIPES]
 
     def hold_off(self, shard: str, seconds: float) -> None:
         """This node does not stand for shard for that long (see check-quorum in storage.leader)."""
@@ -152,7 +160,7 @@ class Election:
         this announcement): the batch must then be refused."""
         if shard not in self._candidacies:
             return True
-        async with self._lock:
+        async with self._lock_of(shard):
             if shard not in self._candidacies:
                 return True
             if self._candidacies[shard] is not None:  # put (None: the campaign waiting for the lock)
@@ -185,7 +193,7 @@ class Election:
         log_ = self._logs.shard(shard)
         mine = Candidacy(log_.end, log_.last_epoch, tuple(log_.state_stamp))
         self._candidacies.setdefault(shard, None)  # before the await: a withdrawal now waits for it
-        async with self._lock:
+        async with self._lock_of(shard):
             if shard not in self._candidacies:  # withdrawn while this waited: this node follows
                 return None
             self._candidacies[shard] = await self._store.announce(shard, self._node, mine, registration.lease)

@@ -446,6 +446,33 @@ async def test_a_withdrawal_during_an_announcement_is_not_lost():
     assert "storage-1" not in store.announced
 
 
+async def test_another_shards_campaign_goes_on_while_one_shards_announcement_waits():
+    """A node campaigns for many shards at once (storage.replication): one slow etcd
+    call must not hold up the elections of the others."""
+    import asyncio
+
+    from storage.election import Election
+    store = RevisionStore()
+    stuck, announcing = asyncio.Event(), asyncio.Event()
+    plain_announce = store.announce
+
+    async def announce(shard, node, candidacy, lease):
+        if shard == SHARD:
+            announcing.set()
+            await stuck.wait()
+        return await plain_announce(shard, node, candidacy, lease)
+    store.announce = announce
+    Lease.end, Lease.last_epoch, Lease.state_stamp = 9, 3, (0, 0)
+    election = Election(store, type("Logs", (), {"shard": lambda self, name: Lease()})(), "storage-1")
+    replicas = ["storage-1", "storage-2", "storage-3"]
+    slow = asyncio.create_task(election.campaign(SHARD, replicas, Lease()))
+    await announcing.wait()
+    # Alone, storage-1 is no quorum: the campaign ends without a claim, but it ends.
+    assert await asyncio.wait_for(election.campaign("orders/1", replicas, Lease()), 5) is None
+    stuck.set()
+    await slow
+
+
 async def test_a_reset_while_recent_ids_are_being_read_leaves_none_of_the_dropped_ids(tmp_path):
     """The ids a retried append checks are read slice by slice; a reset meanwhile
     drops every entry, and with them every id read so far."""
