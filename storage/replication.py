@@ -214,8 +214,9 @@ class Replication:
     async def _campaign(self, shards: list[str]) -> None:
         """Stands for each of shards still without a leader, CAMPAIGNS_IN_FLIGHT at a
         time, and leads those won. A shard whose campaign failed is left to the next
-        round; the others go on."""
+        round (one line logged for all that failed); the others go on."""
         pending = iter(shards)
+        failed: dict[str, Exception] = {}
 
         async def campaigner() -> None:
             for shard in pending:
@@ -233,9 +234,12 @@ class Replication:
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
-                    log.warning("campaign failed", extra=fields(shard=shard, error=repr(e)))
+                    failed[shard] = e
 
         await asyncio.gather(*(campaigner() for _ in range(min(CAMPAIGNS_IN_FLIGHT, len(shards)))))
+        if failed:  # etcd unreachable fails them all: one line a round, not one a shard
+            first = next(iter(failed))
+            log.warning("campaigns failed", extra=fields(shards=len(failed), first=first, error=repr(failed[first])))
 
     # -- status -----------------------------------------------------------------
 
