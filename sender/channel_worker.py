@@ -323,7 +323,8 @@ class ChannelSender:
         sends (of this priority or higher) waiting for a slot or being prepared. The
         tasks arriving meanwhile go in the next batch together. Taking each frame as
         it came, a slow provider's batches were of about 9 tasks (SMS, 20,000 tasks:
-        2,224 acks), each step's table call paid for a few tasks."""
+        2,224 acks), each step's table call paid for a few tasks. Looked at once a
+        batch taken: a backlog already queued is taken whole (pipeline._take_batches)."""
         while self._preparing + self._slots.queued(self._high) >= self._slots.limit:
             await self._slots.changed()
 
