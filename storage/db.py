@@ -15,9 +15,9 @@ from notifymesh.server.sealing import KeyRing
 # 1 % false positives), 1.25 bytes a key in memory and on disk. Most point reads
 # miss: a table write's apply looks up each row it writes for the one it
 # supersedes (an event row never has one), and a fan-out reads up to nine rows a
-# recipient (contact, unsubscribe, devices marker, preferences), most never set. Measured (500,000 keys in two table
-# files, rocksdict): a missing key's get 13.7 us without a filter, 1.6 with one; a
-# present key's 11.2-12.5 against 8.8-9.3; scans alike.
+# recipient (contact, unsubscribe, devices marker, preferences), most never set.
+# Measured (500,000 keys in two table files, rocksdict): a missing key's get 13.7 us
+# without a filter, 1.6 with one; a present key's 11.2-12.5 against 8.8-9.3; scans alike.
 BLOOM_BITS_PER_KEY = 10
 
 
@@ -37,7 +37,10 @@ class Database:
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         options.set_block_based_table_factory(table_options())
-        self.rdict = Rdict(str(path), options)
+        # The default column family named with its options: opening an existing
+        # database, rocksdict gives each family it finds default options otherwise (no
+        # filters after a restart).
+        self.rdict = Rdict(str(path), options, column_families={"default": options})
         self._unsynced = WriteOptions()
 
     @staticmethod

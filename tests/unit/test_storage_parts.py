@@ -5,6 +5,7 @@ no RocksDB. The engine as a whole is in test_storage_engine.py."""
 import time
 
 import pytest
+from rocksdict import Options, Rdict
 
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
@@ -66,15 +67,26 @@ def test_fakes_and_real_parts_implement_the_interfaces(tmp_path, log_, records, 
 def test_the_database_files_carry_bloom_filters_so_a_missing_key_is_not_read_from_them(tmp_path):
     """Most point reads miss (the row a table write supersedes, unset preferences):
     RocksDB's filter answers them without reading a table file's blocks."""
-    db = Database(tmp_path / "db")
-    db.put(b"row", b"value")
+    before = Options(raw_mode=True)  # a database made before the filters: its table file has none
+    before.create_if_missing(True)
+    old = Rdict(str(tmp_path / "db"), before)
+    old[b"row"] = b"value"
+    old.flush()
+    old.close()
+    assert "filter_policy=bloomfilter" not in sorted((tmp_path / "db").glob("OPTIONS-*"))[-1].read_text()
+    db = Database(tmp_path / "db")  # opens it with the filters: its old file still reads, new files get them
+    assert db.get(b"row") == b"value" and db.get(b"other") is None
+    db.put(b"new", b"value")
     db.rdict.flush()
+    assert "filter_policy=bloomfilter" in sorted((tmp_path / "db").glob("OPTIONS-*"))[-1].read_text()
+    assert db.get(b"new") == b"value" and db.get(b"row") == b"value"
     db.close()
-    options = sorted((tmp_path / "db").glob("OPTIONS-*"))[-1].read_text()
-    assert "filter_policy=bloomfilter" in options
-    reopened = Database(tmp_path / "db")  # and a database made before the filters opens with them
-    assert reopened.get(b"row") == b"value" and reopened.get(b"other") is None
-    reopened.close()
+    restarted = Database(tmp_path / "db")  # and keeps them when opened again (a restart)
+    restarted.put(b"after", b"value")
+    restarted.rdict.flush()
+    assert "filter_policy=bloomfilter" in sorted((tmp_path / "db").glob("OPTIONS-*"))[-1].read_text()
+    assert [restarted.get(k) for k in (b"row", b"new", b"after")] == [b"value"] * 3
+    restarted.close()
 
 
 async def test_delivery_state_over_a_fake_log(log_, records, deliveries):
