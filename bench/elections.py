@@ -68,10 +68,11 @@ async def run(mesh: LocalMesh, args) -> dict:
         victim = max(per_node, key=per_node.get)
         started = time.monotonic()
         mesh.kill(victim, signal.SIGKILL)
-        failover_s, led = await all_led(client, args.partitions, started, args.max_seconds, excluded=victim)
+        failover_s, _ = await all_led(client, args.partitions, started, args.max_seconds, excluded=victim)
         progress(f"{per_node[victim]} partitions of {victim} led again after {failover_s:.2f}s")
-    return {"create_call_s": round(create_call_s, 2), "created_s": round(created_s, 2), "leaders_per_node": per_node, "killed": victim,
-            "moved": per_node[victim], "failover_s": round(failover_s, 2)}
+    return {"create_call_s": round(create_call_s, 2), "created_s": round(created_s, 2),
+            "leaders_per_node": per_node, "killed": victim, "moved": per_node[victim],
+            "failover_s": round(failover_s, 2)}
 
 
 def main() -> int:
