@@ -181,7 +181,9 @@ NOTHING_LEASED = Pulled([], [])
 
 class Seeked(NamedTuple):
     """A seek's outcome on one shard: the subscription's new cursor, and whether
-    going back stopped short of the time asked (limited)."""
+    going back stopped short of the time asked (limited): at what every replica
+    keeps whole (the floor), or at the first entry kept, messages appended since
+    that time having been deleted."""
     cursor: int
     limited: bool
 
@@ -619,7 +621,9 @@ class Deliveries:
         log_.notify()
         log.info("subscription seek", extra=fields(shard=shard, subscription=subscription, cursor=cursor,
                                                    target=target, commit=log_.commit))
-        return Seeked(cursor, target < cursor)
+        # Going back to the first entry kept may have gone past messages deleted below it.
+        gone = time_ms is not None and target == log_.first and 0 < log_.trimmed_ms >= time_ms
+        return Seeked(cursor, target < cursor or gone)
 
     def stop_waiting(self) -> None:
         """Makes waiting pulls return now, so the server's grace period is not spent on them."""

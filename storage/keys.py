@@ -72,6 +72,23 @@ def seq_of(key: bytes) -> int:
     return int.from_bytes(key[-SEQ_BYTES:], "big")
 
 
+class FirstKept(NamedTuple):
+    """A first key's value: the first seq kept, and an upper bound on the append
+    time of the newest message deleted below it (0: none), so that a seek knows
+    whether it went back past what is gone (storage/delivery.py Deliveries.seek)."""
+    seq: int
+    trimmed_ms: int = 0
+
+
+def first_value(first: int, trimmed_ms: int = 0) -> bytes:
+    return seq_bytes(first) + (trimmed_ms.to_bytes(8, "big") if trimmed_ms else b"")
+
+
+def parse_first_value(value: bytes) -> FirstKept:
+    """first_value's value (one written before trimmed_ms was kept has only the seq)."""
+    return FirstKept(int.from_bytes(value[:SEQ_BYTES], "big"), int.from_bytes(value[SEQ_BYTES:], "big"))
+
+
 def shard_of(key: bytes) -> str:
     """The shard any key belongs to."""
     return key[1:].split(b"\0", 1)[0].decode()
@@ -271,10 +288,8 @@ def open_value(ring: KeyRing, key: bytes, value: bytes) -> bytes:
     return ring.open(value, key) if is_sealed(value) else value
 
 
-first_value = seq_bytes  # a first key's value: the first seq kept
 applied_value = seq_bytes  # an applied key's value: the first entry not yet in the rows
 parse_applied_value = seq_of
-parse_first_value = seq_of
 index_value = seq_bytes  # an index key's value: the message's seq
 parse_index_value = seq_of
 epoch_value = seq_bytes  # an epoch key's value: the newest epoch seen (like Raft's currentTerm)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Awaitable, Container
 
 from gen.notifymesh.internal.v1 import storage_pb2
 from notifymesh import errors
+from notifymesh.clock import now_ms, to_ms
 from notifymesh.contracts import Shard
 from notifymesh.log import fields
 from notifymesh.server.internal_topics import TABLE_TOPIC
@@ -125,6 +126,9 @@ class ShardLog:
     replacements: int = 0  # counts writes that replaced entries (a deposed leader's tail)
     commit: int = 0      # entries below are on a majority (as far as this node knows)
     stubbed_to: int = 0  # entries below no longer needed are stubs (storage/retention.py), bar the pinned
+    # At least the append time of the newest message deleted from below first (0: none
+    # known): a seek back to a later time went past what is gone (keys.FirstKept).
+    trimmed_ms: int = 0
     last_epoch: int = 0  # epoch of the entry at end - 1 (0: none, or below first)
     # The newest leader epoch this node has taken a batch of (or led), kept on disk
     # (keys.EPOCH) so a restart does not forget it: Raft's currentTerm.
@@ -267,7 +271,8 @@ class ShardLogs:
     def recover(self) -> None:
         """Rebuilds the positions of every shard's log from the keys on disk."""
         for key, value in self._db.prefixed(keys.FIRST):
-            self.shard(keys.shard_of(key)).first = keys.parse_first_value(value)
+            log_ = self.shard(keys.shard_of(key))
+            log_.first, log_.trimmed_ms = keys.parse_first_value(value)
         for key, value in self._db.prefixed(keys.EPOCH):
             self.shard(keys.shard_of(key)).seen_epoch = keys.parse_epoch_value(value)
         it = self._rdict.iter()
@@ -543,7 +548,9 @@ class ShardLogs:
         batch = self._db.batch()
         for prefix in (layout.message_prefix, layout.index_prefix, layout.idempotency_prefix, layout.deliveries()):
             batch.delete_range(prefix, keys.prefix_end(prefix))
-        batch.put(layout.first, keys.first_value(first))
+        # What came before first is unknown here: it was appended before now.
+        log_.trimmed_ms = now_ms() if first else 0
+        batch.put(layout.first, keys.first_value(first, log_.trimmed_ms))
         if log_.table:  # its rows are rebuilt from the entries it now receives (all live values are there)
             batch.delete_range(layout.row_prefix, keys.prefix_end(layout.row_prefix))
             batch.put(layout.applied, keys.applied_value(first))
@@ -565,13 +572,25 @@ class ShardLogs:
         first = min(first, log_.commit)
         if first <= log_.first:
             return 0
+        if not log_.table:  # a table is not sought
+            log_.trimmed_ms = max(log_.trimmed_ms, self._appended_ms(log_, first - 1))
         batch = self._db.batch()
         batch.delete_range(log_.layout.message(log_.first), log_.layout.message(first))
-        batch.put(log_.layout.first, keys.first_value(first))
+        batch.put(log_.layout.first, keys.first_value(first, log_.trimmed_ms))
         self._db.write(batch)
         freed, log_.first = first - log_.first, first
         log_.identities.drop_below(first)
         return freed
+
+    def _appended_ms(self, log_: ShardLog, seq: int) -> int:
+        """When entry seq was appended: its message's publish time (the same) from
+        the identities kept, else read back (as when its identity is recorded, and
+        for an epoch marker: after the messages before it, so a bound on theirs)."""
+        identity = log_.identities.get(seq, None)
+        if identity is not None:
+            return to_ms(keys.parse_collected_value(identity).publish_time)
+        entry = self.entry(log_.name, seq)
+        return entry.append_ms if entry is not None else 0
 
     def stub(self, log_: ShardLog, start: int, stop: int, keep: Container[int], batch) -> list[tuple[int, bytes]]:
         """Replaces, in batch, each message entry from start to stop but those in

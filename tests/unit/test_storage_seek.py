@@ -148,3 +148,42 @@ async def test_a_seek_does_not_go_back_past_retention(engine):
     await consumed(engine, "audit", 2)
     assert engine.seek(SHARD, "audit", 0, 30, HOUR_MS) == (1, True)
     assert data_of(await pull(engine, SHARD, "audit", 10, 60_000, 0)) == [b"fresh"]
+
+
+async def test_a_seek_back_past_collected_messages_says_it_stopped_short_also_after_a_restart(engine, tmp_path):
+    """Without retain_acked, collection deletes what every subscription acknowledged:
+    a seek back to before it lands on the first entry kept, and says that messages
+    since that time are gone (the cursor does not move, so without that it would
+    not tell)."""
+    engine.attach(SHARD, subscription("audit"))
+    since = now_ms()
+    await append(engine, SHARD, messages(b"a", b"b", b"c"))
+    await consumed(engine, "audit", 3)
+    assert engine.collect(SHARD, None) == 3
+    later = now_ms() + 1_000  # after every message deleted: nothing gone since
+    assert engine.seek(SHARD, "audit", since, None, None) == (3, True)
+    assert engine.seek(SHARD, "audit", later, None, None) == (3, False)
+    engine = await reopen(engine, tmp_path)
+    engine.attach(SHARD, subscription("audit"))
+    engine.advance_commit(SHARD, 3)  # as when it leads again
+    assert engine.seek(SHARD, "audit", since, None, None) == (3, True)
+    assert engine.seek(SHARD, "audit", later, None, None) == (3, False)
+    await engine.close()
+
+
+async def test_a_seek_back_past_collected_stubs_says_it_stopped_short(engine):
+    """The newest message deleted may have been a stub whose identity is no longer
+    kept in memory: its append time is read back from the stub."""
+    engine.attach(SHARD, subscription("audit"))
+    engine.attach(SHARD, subscription("stuck"))
+    since = now_ms()
+    await append(engine, SHARD, messages(b"a", b"b", b"c"))
+    engine.shard(SHARD).identities.clear()  # as after a restart
+    await consumed(engine, "audit", 3)
+    [leased] = await pull(engine, SHARD, "stuck", 1, 60_000, 0)
+    await consumed(engine, "stuck", 2)
+    engine.stub(SHARD)
+    assert whole(engine, 3) == [True, False, False]
+    engine.acknowledge(SHARD, "stuck", [leased.ack_id])
+    assert engine.collect(SHARD, None) == 3
+    assert engine.seek(SHARD, "audit", since, None, None) == (3, True)
