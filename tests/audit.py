@@ -124,14 +124,15 @@ class Ledger:
         self.errors: dict[str, int] = {}
         self.redelivered = 0  # a later attempt: an ack lost or late, a stream broken (the mesh counted it)
         self.forgotten = 0  # not a later attempt: the delivery state lost, e.g. at a failover
-        self._last_ack = now
+        self.started = self._last_ack = now
         self.longest_stall_s = 0.0
+        self.longest_stall_ended = now  # when it ended, to tell which fault it followed
         self._last_ack_in = {p: now for p in range(partitions)}
         self.unavailable_s = {p: 0.0 for p in range(partitions)}
 
     def acknowledge(self, ids: list[str], payloads: list[bytes], now: float) -> None:
         self.acknowledged.update(zip(ids, payloads))
-        self.longest_stall_s = max(self.longest_stall_s, now - self._last_ack)
+        self._ended_stall(now)
         self._last_ack = now
         for partition in {MessageId.parse(message_id).partition for message_id in ids}:
             self._ended_gap(partition, now)
@@ -153,9 +154,13 @@ class Ledger:
             self.forgotten += 1
 
     def publishing_ended(self, now: float) -> None:
-        self.longest_stall_s = max(self.longest_stall_s, now - self._last_ack)
+        self._ended_stall(now)
         for partition in self._last_ack_in:
             self._ended_gap(partition, now)
+
+    def _ended_stall(self, now: float) -> None:
+        if now - self._last_ack > self.longest_stall_s:
+            self.longest_stall_s, self.longest_stall_ended = now - self._last_ack, now
 
     def _ended_gap(self, partition: int, now: float) -> None:
         last = self._last_ack_in.setdefault(partition, now)

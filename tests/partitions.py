@@ -52,6 +52,7 @@ class Report:
     duplicates_by_cause: dict[str, int]  # see Ledger: redelivered, forgotten, stored_twice
     delivered_unacknowledged: int  # publishes that failed or timed out here but were stored: no loss
     longest_stall_s: float
+    longest_stall_ended_s: float  # after the checker started
     longest_unavailability_s: dict[int, float]  # partition -> s
     epochs_led: int
     leaders_per_epoch: dict[int, int]  # leaders -> epochs with acknowledged writes: only 1 may appear
@@ -139,6 +140,7 @@ class Checker:
                       duplicates_by_cause=ledger.duplicates_by_cause(),
                       delivered_unacknowledged=len(delivered.keys() - ledger.acknowledged.keys()),
                       longest_stall_s=round(ledger.longest_stall_s, 2),
+                      longest_stall_ended_s=round(ledger.longest_stall_ended - ledger.started, 2),
                       longest_unavailability_s={p: round(s, 2) for p, s in sorted(ledger.unavailable_s.items())},
                       **vars(epochs), one_leader_per_epoch=epochs.one_leader_per_epoch,
                       errors=dict(ledger.errors))
@@ -171,6 +173,11 @@ class Fault:
     other: str = ""
     seconds: float = 0.0
     detail: str = ""
+    at: float = 0.0  # time.monotonic() when injected
+
+    def __str__(self) -> str:
+        return " ".join(part for part in (self.kind, self.target, self.other, self.detail,
+                                          f"for {self.seconds:.1f}s") if part)
 
 
 class Nemesis:
@@ -193,14 +200,15 @@ class Nemesis:
         if "skew" in kinds and self._faketime is None:
             raise RuntimeError("libfaketime not found: install the faketime package (see .ci/run)")
 
-    async def run(self, seconds: float, progress=lambda line: None) -> None:
-        """Faults one after another for about seconds, each followed by quiet_s of calm."""
+    async def run(self, seconds: float, progress=lambda line: None, faults: int | None = None) -> None:
+        """Faults one after another for about seconds (or until faults of them are
+        done, if sooner), each followed by quiet_s of calm."""
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
-        while loop.time() < end:
+        while loop.time() < end and (faults is None or len(self.faults) < faults):
             fault = self._choose()
-            progress(f"fault {len(self.faults) + 1}: {fault.kind} {fault.target} {fault.other} "
-                     f"{fault.detail} for {fault.seconds:.1f}s")
+            progress(f"fault {len(self.faults) + 1}: {fault}")
+            fault.at = time.monotonic()
             await asyncio.to_thread(self._inject, fault)
             try:
                 await asyncio.sleep(fault.seconds)
