@@ -81,12 +81,13 @@ class FirstKept(NamedTuple):
 
 
 def first_value(first: int, trimmed_ms: int = 0) -> bytes:
-    return seq_bytes(first) + (trimmed_ms.to_bytes(8, "big") if trimmed_ms else b"")
+    # The seq last: a version that knew only the seq (seq_of, the last 8 bytes) still reads it.
+    return (trimmed_ms.to_bytes(8, "big") if trimmed_ms else b"") + seq_bytes(first)
 
 
 def parse_first_value(value: bytes) -> FirstKept:
     """first_value's value (one written before trimmed_ms was kept has only the seq)."""
-    return FirstKept(int.from_bytes(value[:SEQ_BYTES], "big"), int.from_bytes(value[SEQ_BYTES:], "big"))
+    return FirstKept(seq_of(value), int.from_bytes(value[:-SEQ_BYTES], "big"))
 
 
 def shard_of(key: bytes) -> str:

@@ -366,6 +366,7 @@ def test_keys_encode_and_parse_in_pairs():
     assert keys.parse_index_value(keys.index_value(2 ** 40)) == 2 ** 40
     assert keys.parse_first_value(keys.first_value(3)) == keys.FirstKept(3, 0)
     assert keys.parse_first_value(keys.first_value(3, 1_700_000_000_000)) == (3, 1_700_000_000_000)
+    assert keys.seq_of(keys.first_value(3, 1_700_000_000_000)) == 3  # as a version before trimmed_ms reads it
     packed = keys.lease_state(1, 2, 3, 4) + keys.lease_state(5, 6, 7, 8)
     assert list(keys.parse_lease_states(packed)) == [keys.LeaseState(1, 2, 3, 4), keys.LeaseState(5, 6, 7, 8)]
     assert keys.unsealed(keys.sealed(b"entry")) == b"entry" and keys.unsealed(b"\0" + keys.sealed(b"x")[1:]) is None
