@@ -85,9 +85,10 @@ class Rendering(Protocol):
     of notifymesh.server.unsubscribe."""
 
     def render(self, template: notify_pb2.Template, channel: int, locale: str,
-               values: dict[str, Any]) -> notify_pb2.RenderedContent:
+               values: dict[str, Any], notification_id: str = "") -> notify_pb2.RenderedContent:
         """Raises errors.InvalidArgument (a missing variable, a render error) or
-        errors.FailedPrecondition (no content for the channel)."""
+        errors.FailedPrecondition (no content for the channel). notification_id: the
+        notification values are of (its fields of its data alone rendered once)."""
 
     def context(self, recipient: notify_pb2.Recipient | None, data: dict, notification_id: str, category: str,
                 unsubscribe_url: str = "") -> dict[str, Any]: ...
@@ -576,7 +577,7 @@ class ChannelSender:
         values = self._rendering.context(s.recipient, json.loads(task.data or "{}"), task.notification_id,
                                          task.category, s.unsubscribe_url)
         with tracing.within(s.span), tracing.child_span("notifymesh.render", **{"notifymesh.channel": name}):
-            s.rendered = self._rendering.render(template, channel, s.recipient.locale, values)
+            s.rendered = self._rendering.render(template, channel, s.recipient.locale, values, task.notification_id)
         s.event(notify_pb2.SEND_RENDERED)
 
     async def _deliver(self, s: Sending) -> None:

@@ -16,6 +16,8 @@ from collections import OrderedDict
 from typing import Any, NamedTuple
 
 import jinja2
+import jinja2.meta
+import jinja2.nodes
 from jinja2 import sandbox
 from jinja2.compiler import CodeGenerator
 
@@ -36,6 +38,16 @@ MAX_RENDER_SECONDS = 1.0
 MAX_ARGUMENT = MAX_OUTPUT_CHARS
 # Compiled template versions kept (each compiled once, then rendered per recipient).
 CACHE_SIZE = 256
+# A field that uses only the notification's own names renders the same for each of
+# its recipients: rendered once a notification (Renderer, _Field.per_notification).
+# Fields kept (the newest) and the characters they may hold together (an HTML
+# body is typically a few KiB: 4 MiB holds hundreds of notifications' fields).
+RENDERED_CACHE_FIELDS = 1024
+RENDERED_CACHE_CHARS = 4 << 20
+# The names a template sees that are the same for every recipient of a notification (context()).
+NOTIFICATION_NAMES = frozenset({"data", "notification_id", "category"})
+# Filters whose output is not a function of their input: such a field renders per recipient.
+UNREPEATABLE_FILTERS = frozenset({"random"})
 # The content fields of each channel, in rendering order.
 FIELDS = {notify_pb2.EMAIL: ("subject", "text", "html"), notify_pb2.SMS: ("text",),
           notify_pb2.WEBHOOK: ("json_body",), notify_pb2.PUSH: ("subject", "text", "json_body"),
@@ -174,11 +186,12 @@ def _label(content: notify_pb2.TemplateContent) -> str:
     return f"{channel_name(content.channel)}/{content.locale or 'default'}"
 
 
-def _compile(content: notify_pb2.TemplateContent, field: str) -> jinja2.Template:
-    """The field's template; InvalidArgument naming the content, the field and the line."""
+def _compile(content: notify_pb2.TemplateContent, field: str) -> "_Field":
+    """The field, compiled; InvalidArgument naming the content, the field and the line."""
     env = _HTML if field == "html" else _TEXT
     try:
-        compiled = env.from_string(getattr(content, field))
+        parsed = env.parse(getattr(content, field))
+        compiled = env.from_string(parsed)
     except jinja2.TemplateSyntaxError as e:
         raise errors.InvalidArgument(f"{_label(content)} {field} line {e.lineno}: {e.message}") from None
     except (RecursionError, MemoryError):  # "{{ ((((...)))) }}" nested past the parser's stack
@@ -188,7 +201,9 @@ def _compile(content: notify_pb2.TemplateContent, field: str) -> jinja2.Template
     # 40 % of rendering (py-spy of a sender, docs/benchmarks.md 2026-12-01). Nothing
     # changes the environments' globals after _environment().
     compiled.globals = dict(compiled.globals)
-    return compiled
+    per_notification = jinja2.meta.find_undeclared_variables(parsed) <= NOTIFICATION_NAMES and \
+        not any(f.name in UNREPEATABLE_FILTERS for f in parsed.find_all(jinja2.nodes.Filter))
+    return _Field(compiled, f"{_label(content)} {field}", per_notification)
 
 
 def check(template: notify_pb2.Template) -> None:
@@ -270,10 +285,19 @@ class _Field(NamedTuple):
     """A content's field, compiled."""
     template: jinja2.Template
     label: str  # "email/en subject": what its errors name
+    per_notification: bool  # it uses no recipient's name (NOTIFICATION_NAMES), nor a random filter
+
+
+class _RenderedKey(NamedTuple):
+    version: _Key
+    index: int  # the content's
+    field: str
+    notification_id: str
 
 
 class _Version(NamedTuple):
     """A template version, compiled once for all its renders."""
+    key: _Key
     fields: dict[tuple[int, str], _Field]  # (content index, field) of every set field
     indexes: dict[int, dict[str, int]]  # channel -> its contents' _indexes
 
@@ -282,17 +306,20 @@ class Renderer:
     """Renders stored template versions, compiling each version once (a bounded
     LRU of CACHE_SIZE versions)."""
 
-    def __init__(self, cache_size: int = CACHE_SIZE):
+    def __init__(self, cache_size: int = CACHE_SIZE, rendered_fields: int = RENDERED_CACHE_FIELDS,
+                 rendered_chars: int = RENDERED_CACHE_CHARS):
         self._cache: OrderedDict[_Key, _Version] = OrderedDict()
         self._size = cache_size
+        # Per-notification fields as rendered, the newest (both bounds held).
+        self._rendered: OrderedDict[_RenderedKey, str] = OrderedDict()
+        self._rendered_fields, self._rendered_chars, self._chars = rendered_fields, rendered_chars, 0
 
     def _compiled(self, template: notify_pb2.Template) -> _Version:
         key = _Key(template.name, template.version, template.create_time.ToNanoseconds())
         compiled = self._cache.get(key)
         if compiled is None:
             compiled = _Version(
-                {(i, field): _Field(_compile(content, field), f"{_label(content)} {field}")
-                 for i, content in enumerate(template.contents)
+                key, {(i, field): _compile(content, field) for i, content in enumerate(template.contents)
                  for field in FIELDS.get(content.channel, ()) if getattr(content, field)},
                 {c.channel: _indexes(template, c.channel) for c in template.contents})
             self._cache[key] = compiled
@@ -303,10 +330,13 @@ class Renderer:
         return compiled
 
     def render(self, template: notify_pb2.Template, channel: int, locale: str,
-               values: dict[str, Any]) -> notify_pb2.RenderedContent:
+               values: dict[str, Any], notification_id: str = "") -> notify_pb2.RenderedContent:
         """The content of channel for locale (fallback: its language, the default
         locale, the content without locale), rendered with values (context()).
-        Raises MissingVariable, RenderError, FailedPrecondition (no content)."""
+        notification_id: the notification values are of ("": a preview): the fields
+        that use only its names (the same data for all its recipients) are rendered
+        once for all of them. Raises MissingVariable, RenderError, FailedPrecondition
+        (no content)."""
         compiled = self._compiled(template)
         index = pick(template, channel, locale, compiled.indexes.get(channel, {}))
         content = template.contents[index]
@@ -316,12 +346,18 @@ class Renderer:
         try:
             for field in FIELDS[channel]:
                 compiled_field = compiled.fields.get((index, field))
-                if compiled_field is not None:
-                    deadline = _deadline.set(time.monotonic() + MAX_RENDER_SECONDS)
-                    try:
-                        setattr(out, field, _render(compiled_field.template, compiled_field.label, values))
-                    finally:
-                        _deadline.reset(deadline)
+                if compiled_field is None:
+                    continue
+                if not (compiled_field.per_notification and notification_id):
+                    setattr(out, field, _timed_render(compiled_field, values))
+                    continue
+                key = _RenderedKey(compiled.key, index, field, notification_id)
+                text = self._rendered.get(key)
+                if text is None:
+                    text = self._keep(key, _timed_render(compiled_field, values))
+                else:
+                    self._rendered.move_to_end(key)
+                setattr(out, field, text)
         finally:
             _range_budget.reset(token)
         # A header is one line: data with a line break must not end the subject early.
@@ -334,6 +370,22 @@ class Renderer:
         if channel == notify_pb2.PUSH:
             out.json_body = push_data(out, _label(content))
         return out
+
+    def _keep(self, key: _RenderedKey, text: str) -> str:
+        self._rendered[key] = text
+        self._chars += len(text)
+        while self._rendered and (len(self._rendered) > self._rendered_fields or self._chars > self._rendered_chars):
+            self._chars -= len(self._rendered.popitem(last=False)[1])
+        return text
+
+
+def _timed_render(field: _Field, values: dict) -> str:
+    """One field rendered within MAX_RENDER_SECONDS."""
+    deadline = _deadline.set(time.monotonic() + MAX_RENDER_SECONDS)
+    try:
+        return _render(field.template, field.label, values)
+    finally:
+        _deadline.reset(deadline)
 
 
 def push_data(out: notify_pb2.RenderedContent, label: str) -> str:

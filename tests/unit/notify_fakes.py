@@ -149,7 +149,7 @@ class FakeRendering:
     """Templates as string.Template text over the data ($amount); a name the data
     lacks fails like a Jinja2 strict undefined."""
 
-    def render(self, template, channel, locale, values):
+    def render(self, template, channel, locale, values, notification_id=""):
         for content in template.contents:
             if content.channel == channel:
                 data = _Values(values["data"])

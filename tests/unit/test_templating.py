@@ -193,3 +193,44 @@ def test_output_is_bounded():
     with pytest.raises(RenderError, match="renders to over"):
         render(tpl, data={"chunk": "y" * 100})
     assert templating.MAX_OUTPUT_CHARS == 1 << 20
+
+
+def test_a_field_of_the_notifications_names_alone_renders_once_for_all_its_recipients(monkeypatch):
+    """What uses no recipient's name (nor a random filter) is the same for each of a
+    notification's recipients: rendered once, the rest per recipient."""
+    renders = collections.Counter()
+    tpl = template(content(EMAIL, subject="Invoice {{ data.n }} ({{ category }})",
+                           text="Hi {{ recipient.id }}, invoice {{ data.n }}",
+                           html="{% for i in range(2) %}{{ data.n }}{% endfor %}"),
+                   content(SMS, text="{{ ['a', 'b'] | random }} {{ data.n }}"))
+    renderer = Renderer()
+    original = templating._render
+
+    def counted(compiled, label, values):
+        renders[label] += 1
+        return original(compiled, label, values)
+
+    monkeypatch.setattr(templating, "_render", counted)
+    for rid in ("alice", "bob", "carol"):
+        values = context(notify_pb2.Recipient(id=rid), {"n": 17}, "nid-1", "billing")
+        email = renderer.render(tpl, EMAIL, "", values, "nid-1")
+        assert (email.subject, email.text, email.html) == ("Invoice 17 (billing)", f"Hi {rid}, invoice 17", "1717")
+        renderer.render(tpl, SMS, "", values, "nid-1")
+    values = context(notify_pb2.Recipient(id="dave"), {"n": 18}, "nid-2", "billing")
+    assert renderer.render(tpl, EMAIL, "", values, "nid-2").subject == "Invoice 18 (billing)"
+    assert renderer.render(tpl, EMAIL, "", values).html == "1818"  # no notification (a preview): rendered
+    # once a notification (and once for the preview), but text (a recipient's name) and the random SMS
+    assert renders == {"email/default subject": 3, "email/default html": 3, "email/default text": 5,
+                       "sms/default text": 3}
+
+
+def test_fields_rendered_once_are_kept_within_their_bounds():
+    renderer = Renderer(rendered_fields=2, rendered_chars=10)
+    tpl = template(content(text="{{ data.s }}"))
+    for nid, text in (("n1", "aaaa"), ("n2", "bbbb"), ("n3", "cccc")):
+        assert renderer.render(tpl, SMS, "", values({"s": text}), nid).text == text
+    assert [key.notification_id for key in renderer._rendered] == ["n2", "n3"]
+    renderer.render(tpl, SMS, "", values({"s": "d" * 8}), "n4")  # 16 characters over 10: the oldest go
+    assert [key.notification_id for key in renderer._rendered] == ["n4"]
+    renderer.render(tpl, SMS, "", values({"s": "e" * 11}), "n5")  # over the bound alone: not kept
+    assert not renderer._rendered and renderer._chars == 0
