@@ -84,11 +84,12 @@ class Rendering(Protocol):
     """notifymesh.server.templating (Renderer.render, context) and the unsubscribe URL
     of notifymesh.server.unsubscribe."""
 
-    def render(self, template: notify_pb2.Template, channel: int, locale: str,
-               values: dict[str, Any], notification_id: str = "") -> notify_pb2.RenderedContent:
+    def render_lazily(self, template: notify_pb2.Template, channel: int, locale: str,
+                      make_values: Callable[[], dict[str, Any]], notification_id: str) -> notify_pb2.RenderedContent:
         """Raises errors.InvalidArgument (a missing variable, a render error) or
-        errors.FailedPrecondition (no content for the channel). notification_id: the
-        notification values are of (its fields of its data alone rendered once)."""
+        errors.FailedPrecondition (no content for the channel). A field of the
+        notification's data alone is rendered once for all its recipients;
+        make_values() is called only when a field is rendered."""
 
     def context(self, recipient: notify_pb2.Recipient | None, data: dict, notification_id: str, category: str,
                 unsubscribe_url: str = "") -> dict[str, Any]: ...
@@ -574,10 +575,14 @@ class ChannelSender:
         if channel == notify_pb2.EMAIL:
             s.unsubscribe_url = self._rendering.unsubscribe_url(task.recipient, task.category, name,
                                                                 task.notification_id, task.accepted_ms)
-        values = self._rendering.context(s.recipient, json.loads(task.data or "{}"), task.notification_id,
-                                         task.category, s.unsubscribe_url)
+
+        def values() -> dict[str, Any]:
+            return self._rendering.context(s.recipient, json.loads(task.data or "{}"), task.notification_id,
+                                           task.category, s.unsubscribe_url)
+
         with tracing.within(s.span), tracing.child_span("notifymesh.render", **{"notifymesh.channel": name}):
-            s.rendered = self._rendering.render(template, channel, s.recipient.locale, values, task.notification_id)
+            s.rendered = self._rendering.render_lazily(template, channel, s.recipient.locale, values,
+                                                       task.notification_id)
         s.event(notify_pb2.SEND_RENDERED)
 
     async def _deliver(self, s: Sending) -> None:

@@ -239,7 +239,7 @@ class TemplateRendering:
         self._ctx, self._signer = ctx, signer
         self._tracking = tracking.Tracking(signer)
         self._renderer = templating.Renderer()
-        self.render = self._renderer.render
+        self.render_lazily = self._renderer.render_lazily
         self.context = templating.context
         # The links' base URL and the settings it was made from; None: made again at the
         # next use (a member changed). Made per email or SMS send, it walked every member

@@ -13,7 +13,7 @@ import json
 import re
 import time
 from collections import OrderedDict
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jinja2
 import jinja2.meta
@@ -337,26 +337,35 @@ class Renderer:
         that use only its names (the same data for all its recipients) are rendered
         once for all of them. Raises MissingVariable, RenderError, FailedPrecondition
         (no content)."""
+        return self.render_lazily(template, channel, locale, lambda: values, notification_id)
+
+    def render_lazily(self, template: notify_pb2.Template, channel: int, locale: str,
+                      make_values: Callable[[], dict[str, Any]], notification_id: str) -> notify_pb2.RenderedContent:
+        """As render(), the values made only if a field is to be rendered: not when
+        each was rendered once for the notification already (a recipient's context
+        and the data's JSON were a fifth of a channel worker's rendering)."""
         compiled = self._compiled(template)
         index = pick(template, channel, locale, compiled.indexes.get(channel, {}))
         content = template.contents[index]
         out = notify_pb2.RenderedContent(channel=channel, locale=content.locale or template.default_locale,
                                          version=template.version)
+        values = None
         token = _range_budget.set(MAX_RANGE_ITEMS)
         try:
             for field in FIELDS[channel]:
                 compiled_field = compiled.fields.get((index, field))
                 if compiled_field is None:
                     continue
-                if not (compiled_field.per_notification and notification_id):
-                    setattr(out, field, _timed_render(compiled_field, values))
-                    continue
-                key = _RenderedKey(compiled.key, index, field, notification_id)
-                text = self._rendered.get(key)
-                if text is None:
-                    text = self._keep(key, _timed_render(compiled_field, values))
-                else:
+                key = _RenderedKey(compiled.key, index, field, notification_id) \
+                    if compiled_field.per_notification and notification_id else None
+                text = self._rendered.get(key) if key is not None else None
+                if text is not None:
                     self._rendered.move_to_end(key)
+                else:
+                    values = values if values is not None else make_values()
+                    text = _timed_render(compiled_field, values)
+                    if key is not None:
+                        self._keep(key, text)
                 setattr(out, field, text)
         finally:
             _range_budget.reset(token)
@@ -371,12 +380,11 @@ class Renderer:
             out.json_body = push_data(out, _label(content))
         return out
 
-    def _keep(self, key: _RenderedKey, text: str) -> str:
+    def _keep(self, key: _RenderedKey, text: str) -> None:
         self._rendered[key] = text
         self._chars += len(text)
         while self._rendered and (len(self._rendered) > self._rendered_fields or self._chars > self._rendered_chars):
             self._chars -= len(self._rendered.popitem(last=False)[1])
-        return text
 
 
 def _timed_render(field: _Field, values: dict) -> str:

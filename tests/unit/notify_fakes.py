@@ -149,10 +149,10 @@ class FakeRendering:
     """Templates as string.Template text over the data ($amount); a name the data
     lacks fails like a Jinja2 strict undefined."""
 
-    def render(self, template, channel, locale, values, notification_id=""):
+    def render_lazily(self, template, channel, locale, make_values, notification_id):
         for content in template.contents:
             if content.channel == channel:
-                data = _Values(values["data"])
+                data = _Values(make_values()["data"])
                 return notify_pb2.RenderedContent(
                     channel=channel, version=template.version,
                     subject=string.Template(content.subject).substitute(data),

@@ -234,3 +234,24 @@ def test_fields_rendered_once_are_kept_within_their_bounds():
     assert [key.notification_id for key in renderer._rendered] == ["n4"]
     renderer.render(tpl, SMS, "", values({"s": "e" * 11}), "n5")  # over the bound alone: not kept
     assert not renderer._rendered and renderer._chars == 0
+
+
+def test_the_values_are_made_only_when_a_field_is_to_be_rendered():
+    """A recipient's context and the data's JSON cost a channel worker more than a
+    cached field: not made when every field of the content is rendered already."""
+    made = []
+
+    def make_values(rid: str):
+        def make():
+            made.append(rid)
+            return context(notify_pb2.Recipient(id=rid), {"n": 17}, "nid-1", "billing")
+        return make
+
+    tpl = template(content(SMS, text="Invoice {{ data.n }}"), content(EMAIL, subject="{{ data.n }}",
+                                                                      text="Hi {{ recipient.id }}"))
+    renderer = Renderer()
+    assert [renderer.render_lazily(tpl, SMS, "", make_values(rid), "nid-1").text
+            for rid in ("alice", "bob")] == ["Invoice 17", "Invoice 17"]
+    assert made == ["alice"]  # bob's SMS was rendered for alice already
+    assert renderer.render_lazily(tpl, EMAIL, "", make_values("carol"), "nid-1").text == "Hi carol"
+    assert made == ["alice", "carol"]
