@@ -81,7 +81,7 @@ class ChannelMetadata(Protocol):
 
 
 class Rendering(Protocol):
-    """notifymesh.server.templating (Renderer.render, context) and the unsubscribe URL
+    """notifymesh.server.templating (Renderer.render_lazily, context) and the unsubscribe URL
     of notifymesh.server.unsubscribe."""
 
     def render_lazily(self, template: notify_pb2.Template, channel: int, locale: str,

@@ -41,7 +41,8 @@ CACHE_SIZE = 256
 # A field that uses only the notification's own names renders the same for each of
 # its recipients: rendered once a notification (Renderer, _Field.per_notification).
 # Fields kept (the newest) and the characters they may hold together (an HTML
-# body is typically a few KiB: 4 MiB holds hundreds of notifications' fields).
+# body is typically a few thousand: 4 Mi characters, at most 16 MiB, hold hundreds
+# of notifications' fields).
 RENDERED_CACHE_FIELDS = 1024
 RENDERED_CACHE_CHARS = 4 << 20
 # The names a template sees that are the same for every recipient of a notification (context()).
