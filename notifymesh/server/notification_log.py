@@ -173,7 +173,7 @@ class NotificationLog:
             value = event.event
             value.state, value.attempt, value.reason = e.state, e.attempt, e.reason
             value.provider, value.provider_message_id = e.provider, e.provider_message_id
-            value.time.seconds, value.time.nanos = e.time_ms // 1000, e.time_ms % 1000 * 1_000_000
+            value.time.FromMilliseconds(e.time_ms)
             key = rows.event_key(e.notification_id, e.recipient, channel_name(e.channel), e.time_ms, e.state)
             ops.setdefault(e.notification_id, []).append(_put(key, value, self.expire_ms(e.accepted_ms)))
             published.append(event)
