@@ -21,6 +21,13 @@ class BackoffPolicy:
     jitter: float = 0.5
 
 
+def retry_wait_ms(min_ms: int, max_ms: int, multiplier: float, attempt: int) -> int:
+    """A subscription's wait after its failed delivery attempt number attempt
+    (1-based): its retry policy's, without jitter (storage's nack backoff, and a
+    channel task's part split off for a retry)."""
+    return int(min(max_ms, min_ms * multiplier ** (attempt - 1)))
+
+
 class Backoff:
     """The waits of one series of tries: each next_s() is longer, up to max_s;
     reset() after a success starts again from first_s."""

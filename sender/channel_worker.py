@@ -20,6 +20,12 @@ Each task's steps, in order, each recorded in the notification log:
 The task's events are written before its ack or nack, and SEND_RENDERED also
 before the provider is called (every attempt that may have reached the provider
 is in the log); reasons never hold the recipient's address.
+
+A task of many recipients (sender/channel_tasks.py) takes these steps for each
+recipient; its outcome is theirs when they share one (the task nacked whole,
+as one recipient's would be), else the recipients not done go on as parts (a
+task each retry wait or rate-limit second, with the attempts made) and the task
+is acknowledged. Only a task of one recipient is dead-lettered.
 """
 
 import asyncio
@@ -33,14 +39,15 @@ from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
 from notifymesh import errors
+from notifymesh.backoff import retry_wait_ms
 from notifymesh.batching import Coalescer
 from notifymesh.clock import now_ms
 from notifymesh.log import fields
 from notifymesh.server import devices, rows, tracing, validation
-from notifymesh.server.internal_topics import channel_name
+from notifymesh.server.internal_topics import channel_name, channel_topic
 from notifymesh.server.notification_log import Event
 from notifymesh.server.table import Acquire
-from sender.fanout import task_key
+from sender import channel_tasks
 from sender.pipeline import ACK, Outcome, failed
 from sender.preferences import contact
 
@@ -50,6 +57,9 @@ NO_PROVIDER_DELAY_MS = 30_000  # a task whose channel has no provider looks agai
 MAX_NACK_DELAY_MS = 600_000  # the longest nack delay storage takes; a longer rate-limit wait takes two
 WAITING_NOTED = 100_000  # tasks remembered as logged waiting for a provider (the oldest forgotten first)
 READS_PER_CALL = 1000  # tasks' reads merged into one read_many (2 rows each)
+# One recipient's event rows of one notification read to find its last dead-lettering
+# (a few per attempt; a redriven send's are fewer than this).
+RECIPIENT_EVENT_ROWS = 1000
 
 
 class ChannelTable(Protocol):
@@ -149,6 +159,13 @@ class Recorder(Protocol):
     """notification_log.BatchedRecorder"""
 
     async def record(self, events: list[Event]) -> None: ...
+
+
+class Requeue(Protocol):
+    """Where the parts of a task split off go: its channel's topic
+    (notifymesh.server.publishing.InternalPublisher)."""
+
+    async def publish(self, topic: str, messages: list[pubsub_pb2.PubsubMessage]) -> list[str]: ...
 
 
 class Inbox(Protocol):
@@ -265,9 +282,11 @@ class Sending:
     """One task of a batch under way: what its steps found, its events not yet
     recorded, and its outcome once decided (None: still under way)."""
     received: pubsub_pb2.ReceivedMessage
-    task: internal_pb2.ChannelTask
-    key: str  # task_key: the provider's idempotency key
-    span: Any  # its handling's span (tracing.begin_handle_span), None when not traced
+    task: internal_pb2.ChannelTask  # this recipient's alone (channel_tasks.one_recipient)
+    key: str  # channel_tasks.task_key: the provider's idempotency key
+    span: Any  # its message's handling span (tracing.begin_handle_span), None when not traced
+    attempt: int = 1  # counting the attempts of the tasks it was split from
+    alone: bool = True  # its task's only recipient
     events: list[Event] = field(default_factory=list)
     last_ms: int = 0
     outcome: Outcome | None = None
@@ -284,8 +303,18 @@ class Sending:
         task = self.task
         self.last_ms = max(now_ms(), self.last_ms + 1)
         self.events.append(Event(task.notification_id, task.accepted_ms, task.recipient, task.channel, state,
-                                 self.last_ms, attempt=self.received.delivery_attempt, template=task.template,
+                                 self.last_ms, attempt=self.attempt, template=task.template,
                                  category=task.category, **kw))
+
+
+class _Message(NamedTuple):
+    """A message of a batch: its recipients' Sendings, or its outcome decided
+    without any (a task not parsed, a part not due yet)."""
+    received: pubsub_pb2.ReceivedMessage
+    task: internal_pb2.ChannelTask
+    span: Any
+    sendings: list[Sending]
+    outcome: Outcome | None = None
 
 
 class ChannelSender:
@@ -298,7 +327,7 @@ class ChannelSender:
     (docs/benchmarks.md, 2026-12-01, issue 15 step 3)."""
 
     def __init__(self, subscription: str, table: ChannelTable, metadata: ChannelMetadata, rendering: Rendering,
-                 providers: Providers, recorder: Recorder, slots: PrioritySlots,
+                 providers: Providers, recorder: Recorder, requeue: Requeue, slots: PrioritySlots,
                  default_limit: Callable[[], notify_pb2.RateLimit] = notify_pb2.RateLimit,
                  reads: BatchedReads | None = None, inbox: Inbox | None = None, high_priority: bool = False):
         """default_limit(): the limit of a category without one (the cluster settings
@@ -310,7 +339,7 @@ class ChannelSender:
         self._preparing = 0  # tasks of batches in steps 1 to 4
         self._reads = reads if reads is not None else BatchedReads(table)
         self._table, self._metadata, self._rendering = table, metadata, rendering
-        self._providers, self._recorder, self._slots = providers, recorder, slots
+        self._providers, self._recorder, self._requeue, self._slots = providers, recorder, requeue, slots
         self._waiting_noted: OrderedDict[str, None] = OrderedDict()
         self._devices = devices.Devices(table)
         self._inbox = inbox  # the IN_APP channel's delivery (no provider record)
@@ -330,8 +359,25 @@ class ChannelSender:
         while self._preparing + self._slots.queued(self._high) >= self._slots.limit:
             await self._slots.changed()
 
+    def weight(self, received: pubsub_pb2.ReceivedMessage) -> int:
+        """The recipients of a message's task (a batch holds at most pipeline.BATCH)."""
+        try:
+            return len(internal_pb2.ChannelTask.FromString(received.message.data).recipients) or 1
+        except Exception:  # answered by handle_batch
+            return 1
+
     async def handle_batch(self, batch: list[pubsub_pb2.ReceivedMessage]) -> list[Outcome]:
-        sendings = [self._begin(received) for received in batch]
+        messages = [self._begin(received) for received in batch]
+        try:
+            sendings = [s for m in messages for s in m.sendings]
+            if sendings:
+                await self._handle(sendings)
+            return list(await asyncio.gather(*(self._answer(m) for m in messages)))
+        finally:
+            for m in messages:
+                tracing.end(m.span)
+
+    async def _handle(self, sendings: list[Sending]) -> None:
         self._preparing += len(sendings)
         preparing = True
         try:
@@ -348,23 +394,97 @@ class ChannelSender:
         finally:
             if preparing:
                 self._prepared(len(sendings))
-            for s in sendings:
-                tracing.end(s.span)
-        return [s.outcome for s in sendings]
 
     def _prepared(self, count: int) -> None:
         self._preparing -= count
         self._slots.notify()
 
-    def _begin(self, received: pubsub_pb2.ReceivedMessage) -> Sending:
+    def _begin(self, received: pubsub_pb2.ReceivedMessage) -> "_Message":
         span = tracing.begin_handle_span(self.subscription, received)
         try:
             task = internal_pb2.ChannelTask.FromString(received.message.data)
         except Exception as e:  # retried by the subscription's policy, then dead-lettered
-            sending = Sending(received, internal_pb2.ChannelTask(), "", span)
-            sending.outcome = failed(e)
-            return sending
-        return Sending(received, task, task_key(task.notification_id, task.recipient, task.channel), span)
+            return _Message(received, internal_pb2.ChannelTask(), span, [], failed(e))
+        wait_ms = task.not_before_ms - now_ms()
+        if wait_ms > 0:  # a part whose retry or rate-limit wait is not over
+            return _Message(received, task, span, [], Outcome(
+                ack=False, delay_ms=min(wait_ms, MAX_NACK_DELAY_MS), deferred=True, reason="waiting to be tried again"))
+        attempt = task.attempts_before + received.delivery_attempt
+        return _Message(received, task, span, [
+            Sending(received, channel_tasks.one_recipient(task, rid) if task.recipients else task,
+                    channel_tasks.task_key(task.notification_id, rid, task.channel), span, attempt,
+                    alone=not task.recipients)
+            for rid in channel_tasks.recipients(task)])
+
+    async def _answer(self, message: "_Message") -> Outcome:
+        """The message's outcome: its recipients' when they share one (the task goes
+        on whole, or ends); else the recipients not done go on as parts (published
+        before the task's ack) and the task is acknowledged. A task of many whose
+        next attempt would be the last goes on as a task a recipient: only one
+        recipient's send is dead-lettered (and redriven)."""
+        if message.outcome is not None:
+            return message.outcome
+        sendings, task = message.sendings, message.task
+        left = [s for s in sendings if not s.outcome.ack]
+        if not left:
+            return ACK
+        attempt, first = sendings[0].attempt, left[0].outcome
+        alone = len(sendings) > 1 and any(not s.outcome.deferred for s in left) and \
+            await self._last_attempt_next(attempt)
+        if len(left) == len(sendings) and not alone and all(
+                (s.outcome.delay_ms, s.outcome.deferred) == (first.delay_ms, first.deferred) for s in left):
+            if first.delay_ms is None and not first.terminal and task.attempts_before:
+                # Storage's backoff counts this message's deliveries only, not the task's attempts.
+                first = first._replace(delay_ms=await self._retry_wait_ms(attempt))
+            return first
+        now, by_part = now_ms(), {}
+        for s in left:
+            outcome = s.outcome
+            if outcome.deferred:  # no attempt counted; a second's waits share a part
+                part = channel_tasks.Part(attempt - 1, -(-(now + outcome.delay_ms) // 1000) * 1000)
+            else:
+                delay = outcome.delay_ms if outcome.delay_ms is not None else await self._retry_wait_ms(attempt)
+                part = channel_tasks.Part(attempt, now + delay, alone)
+            by_part.setdefault(part, []).append(s.task.recipient)
+        split_from = f"{message.received.message.message_id}/{message.received.delivery_attempt}"
+        try:
+            await self._requeue.publish(channel_topic(task.channel, task.priority), [
+                part_message for part, rids in by_part.items()
+                for part_message in channel_tasks.parts(task, rids, part, split_from)])
+        except Exception as e:  # the whole task again: its recipients sent are sent again, each attempt logged
+            log.warning("a task's parts were not published", exc_info=True,
+                        extra=fields(subscription=self.subscription, message=message.received.message.message_id))
+            return failed(e)
+        return ACK
+
+    async def _last_attempt_next(self, attempt: int) -> bool:
+        record = await self._metadata.subscription(self.subscription)
+        return bool(record.max_delivery_attempts and record.dead_letter_topic
+                    and attempt + 1 >= record.max_delivery_attempts)
+
+    async def _attempts_counted(self, s: Sending) -> int:
+        """The attempts that count toward the send's dead-lettering: the task's,
+        carried from the tasks it was split from, until it is dead-lettered once;
+        after a redrive storage's alone, which count from zero again. The log tells
+        which, read only once the attempts carried reach the limit."""
+        task = s.task
+        if not task.attempts_before:
+            return s.received.delivery_attempt
+        record = await self._metadata.subscription(self.subscription)
+        if s.attempt < record.max_delivery_attempts:
+            return s.attempt
+        scanned = await self._table.scan(task.notification_id, rows.events_prefix(task.notification_id,
+                                                                                  task.recipient),
+                                         limit=RECIPIENT_EVENT_ROWS)
+        channel = channel_name(task.channel)
+        redriven = any(parsed.channel == channel and parsed.state == notify_pb2.SEND_DEAD_LETTERED
+                       for parsed in map(rows.parse_event_key, scanned.keys))
+        return s.received.delivery_attempt if redriven else s.attempt
+
+    async def _retry_wait_ms(self, attempt: int) -> int:
+        policy = (await self._metadata.subscription(self.subscription)).retry_policy
+        return retry_wait_ms(policy.minimum_backoff.ToMilliseconds(), policy.maximum_backoff.ToMilliseconds(),
+                             policy.multiplier or 1.0, attempt)
 
     async def _record(self, sendings: list[Sending]) -> None:
         """Every event of the batch not recorded yet, in one record."""
@@ -600,7 +720,7 @@ class ChannelSender:
     async def _send(self, s: Sending) -> Outcome:
         task, channel, rendered, rid = s.task, s.task.channel, s.rendered, s.task.recipient
         if channel == notify_pb2.IN_APP:
-            sent = await self._inbox.deliver(task, rendered, s.received.delivery_attempt)
+            sent = await self._inbox.deliver(task, rendered, s.attempt)
             s.event(notify_pb2.SEND_SENT, provider=sent.provider, provider_message_id=sent.provider_message_id)
             return ACK
         headers = {}
@@ -625,9 +745,11 @@ class ChannelSender:
         s.event(notify_pb2.SEND_FAILED, reason=reason, provider=result.provider)
         if not result.transient:
             return ACK
-        attempt = s.received.delivery_attempt
+        attempt = s.attempt
         record = await self._metadata.subscription(self.subscription)
-        if record.max_delivery_attempts and attempt >= record.max_delivery_attempts:
+        # A task of many is not dead-lettered: it goes on as a task a recipient (_answer).
+        if s.alone and record.max_delivery_attempts and \
+                await self._attempts_counted(s) >= record.max_delivery_attempts:
             s.event(notify_pb2.SEND_DEAD_LETTERED, reason=f"{attempt} attempts failed; the last: {reason}",
                     provider=result.provider)
             return Outcome(ack=False, terminal=bool(record.dead_letter_topic), reason=reason)

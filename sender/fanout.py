@@ -1,6 +1,7 @@
 """The notification fan-out: turns one accepted notification (a NotificationJob on
-internal_topics.NOTIFY_TOPIC, whose message id is the notification id) into one
-ChannelTask per recipient and channel, on the channel topics.
+internal_topics.NOTIFY_TOPIC, whose message id is the notification id) into
+ChannelTasks of up to 25 recipients on each channel, on the channel topics
+(sender/channel_tasks.py).
 
 Recipients are expanded a page at a time (the request's list, or an audience's
 members in id order; at most PAGE, fewer when the data is big), so memory holds
@@ -8,7 +9,8 @@ a few pages whatever the audience's size. Per page: the recipients' contact, uns
 rows are read in one batched read (grouped by table partition), the channels
 decided (sender/preferences.py), the log written (suppressions, SEND_QUEUED,
 the recipient index; the header with the first page) and the tasks published with
-the idempotency key "nid/recipient/channel". Up to PAGES_IN_FLIGHT pages of a
+the idempotency key "nid/first recipient/channel/count" (a page's tasks are the
+same each time it is expanded). Up to PAGES_IN_FLIGHT pages of a
 job are expanded at once (listed in order, each once the one before is listed),
 and at most PAGE_SLOTS pages of all jobs of the sender; the checkpoint row (K)
 is written once a page and every page before it are done, unless the request
@@ -43,6 +45,7 @@ from notifymesh.server import rows, tracing
 from notifymesh.server.internal_topics import CHANNELS, NOTIFY_TOPIC, channel_name, channel_topic
 from notifymesh.server.notification_log import Event, NotificationLog
 from notifymesh.server.table import Acquire
+from sender import channel_tasks
 from sender.pipeline import ACK, Outcome
 from sender.preferences import Action, Preference, decide
 
@@ -119,11 +122,6 @@ def payload_hash(request: notify_pb2.NotifyRequest, template_version: int) -> st
     """What a repeated request has in common with the first, whatever its key."""
     parts = (request.template, str(template_version), request.category, request.data)
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
-
-
-def task_key(notification_id: str, recipient: str, channel: int) -> str:
-    """A channel task's idempotency key: a task published again is a repeat."""
-    return f"{notification_id}/{recipient}/{channel_name(channel)}"
 
 
 class Fanout:
@@ -270,7 +268,7 @@ class Fanout:
             job, [rid for rid, decided in decisions.items() if any(d.action is Action.SEND for d in decided)])
         ms = now_ms()
         events: list[Event] = []
-        tasks: dict[str, list[pubsub_pb2.PubsubMessage]] = {}
+        sends: dict[int, list[str]] = {}  # channel -> its recipients to send to, in order
         for rid, decided in decisions.items():
             for decision in decided:
                 if decision.action is Action.SEND and rid in duplicates:
@@ -282,13 +280,12 @@ class Fanout:
                 events.append(Event(nid, accepted_ms, rid, decision.channel, _STATES[decision.action], ms,
                                     reason=decision.reason, template=request.template, category=request.category))
                 if decision.action is Action.SEND:
-                    task = internal_pb2.ChannelTask(
-                        notification_id=nid, recipient=rid, channel=decision.channel, template=request.template,
-                        template_version=job.job.template_version, category=request.category,
-                        priority=request.priority or notify_pb2.NORMAL, data=request.data, accepted_ms=accepted_ms)
-                    tasks.setdefault(channel_topic(decision.channel, request.priority), []).append(
-                        pubsub_pb2.PubsubMessage(data=task.SerializeToString(),
-                                                 idempotency_key=task_key(nid, rid, decision.channel)))
+                    sends.setdefault(decision.channel, []).append(rid)
+        tasks = {channel_topic(channel, request.priority): channel_tasks.grouped(internal_pb2.ChannelTask(
+            notification_id=nid, channel=channel, template=request.template,
+            template_version=job.job.template_version, category=request.category,
+            priority=request.priority or notify_pb2.NORMAL, data=request.data, accepted_ms=accepted_ms), rids)
+            for channel, rids in sends.items()}
         # The log first: a task may be sent (and logged) before this call returns.
         await self._log.page(nid, accepted_ms, recipients, events, header)
         await asyncio.gather(*(self._publisher.publish(topic, chunk)

@@ -314,7 +314,7 @@ class NotificationPipeline:
                               self._waker)
         senders = {(channel, priority): ChannelSender(
             channel_subscription(channel, priority), table, ctx.cluster, rendering, self._providers, recorder,
-            slots[channel], default_limit, reads, inbox, high_priority=priority == notify_pb2.HIGH)
+            publisher, slots[channel], default_limit, reads, inbox, high_priority=priority == notify_pb2.HIGH)
             for channel in CHANNELS for priority in (notify_pb2.NORMAL, notify_pb2.HIGH)}
 
         def specs() -> dict[str, WorkerSpec]:

@@ -5,7 +5,8 @@ that this sender owns on the ring, following etcd as senders come and go.
 A worker is one more consumer of its subscription's dispatcher (like a push
 worker, sender/push.py): a stream whose window bounds the messages it holds.
 Each message is handled by a task of its own (a Handler), or by a task per
-batch of at most BATCH messages (a BatchHandler: the channel workers): the
+batch of messages weighing at most BATCH (a BatchHandler: the channel workers,
+whose message weighs its task's recipients): the
 messages received wait until the handler has room, then go together. Each
 message is answered an Outcome: ack, or nack (with a delay, deferred, or
 terminal); a batch's acks go in one call. While messages are held, their
@@ -33,12 +34,13 @@ from sender.dispatch import Dispatcher, Stream, SubscriptionDispatcher
 log = logging.getLogger(__name__)
 
 FOLLOW_EVERY_S = 1.0  # also reconciled this often: a provider's concurrency changed, a worker ended
-# Messages handed to a BatchHandler at most this many at a time (the memory of
-# a batch, and of the messages waiting for one, is within the stream's window).
-# A batch is answered once its slowest message is, so a channel's window (2,048)
-# holds several batches and a provider stays busy while one batch waits for its
-# last send. A batch's reads fit one read_many (channel_worker.READS_PER_CALL).
-# Not tuned against other sizes.
+# A BatchHandler's batch weighs at most this much: a channel worker's, this many
+# recipients (its tasks carry up to 25 each). The memory of a batch, and of the
+# messages waiting for one, is within the stream's window. A batch is answered
+# once its slowest message is, so a channel's window (2,048 tasks) holds several
+# batches and a provider stays busy while one batch waits for its last send. A
+# batch's reads fit one read_many (channel_worker.READS_PER_CALL). Not tuned
+# against other sizes.
 BATCH = 500
 
 
@@ -62,6 +64,9 @@ class Handler(Protocol):
 class BatchHandler(Protocol):
     async def room(self) -> None:
         """Returns when the handler should take its next batch."""
+
+    def weight(self, received: pubsub_pb2.ReceivedMessage) -> int:
+        """What a message counts for in a batch (at least 1)."""
 
     async def handle_batch(self, batch: list[pubsub_pb2.ReceivedMessage]) -> list[Outcome]:
         """An outcome per message, in order; traces each message's handling itself
@@ -149,7 +154,10 @@ class SubscriptionWorker:
             # Letting each task count itself first (a yield here) changed nothing measured:
             # sink 627-1,019 recipients/s against 804-938, SMS 531-585 against 565-661
             # (docs/benchmarks.md, 2026-12-03 10:09).
-            batch = [self._received.popleft() for _ in range(min(BATCH, len(self._received)))]
+            batch, weight = [], 0
+            while self._received and weight < BATCH:  # at least one message, however heavy
+                batch.append(self._received.popleft())
+                weight += self._handler.weight(batch[-1])
             if not self._received:
                 self._arrived.clear()
             self._start(self._handle_batch(sub, batch))

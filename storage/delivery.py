@@ -22,6 +22,7 @@ from typing import NamedTuple
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import pubsub_pb2
 from notifymesh import errors
+from notifymesh.backoff import retry_wait_ms
 from notifymesh.clock import now_ms, to_ms
 from notifymesh.contracts import AckId, ack_ids_by_subscription, ack_seqs_by_pair
 from notifymesh.log import fields
@@ -74,7 +75,7 @@ class DeliveryPolicy:
 
     def backoff_ms(self, attempt: int) -> int:
         """The wait after failed attempt number attempt (1-based)."""
-        return int(min(self.max_backoff_ms, self.min_backoff_ms * self.multiplier ** (attempt - 1)))
+        return retry_wait_ms(self.min_backoff_ms, self.max_backoff_ms, self.multiplier, attempt)
 
     def exhausted(self, attempt: int) -> bool:
         return bool(self.max_attempts and self.dead_letter_topic and attempt >= self.max_attempts)

@@ -5,8 +5,9 @@ delete names under RESERVED_PREFIX.
 - TABLE_TOPIC: the replicated table (storage/table.py; rows in rows.py).
 - NOTIFY_TOPIC: accepted Notify requests (NotificationJob), consumed by the
   fan-out (FANOUT_SUBSCRIPTION).
-- channel_topic(channel, priority): one recipient on one channel (ChannelTask),
-  consumed by that channel's sender (channel_subscription), dead letters in
+- channel_topic(channel, priority): recipients of a notification on one channel
+  (ChannelTask, sender/channel_tasks.py), consumed by that channel's sender
+  (channel_subscription), dead letters (a recipient's) in
   channel_dead_letter_topic(channel).
 - EVENTS_TOPIC: every event of the notification log (notifymesh.v1.NotificationEvents),
   the one reserved topic public subscriptions may be made on (an analytics

@@ -12,11 +12,11 @@ from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
 from gen.notifymesh.internal.v1 import storage_pb2
 from gen.notifymesh.v1 import notify_pb2, pubsub_pb2
 from fakes import eventually
-from notify_fakes import FakeMetadata, FakeProviders, FakeRendering, FakeTable
+from notify_fakes import FakeMetadata, FakeProviders, FakePublisher, FakeRendering, FakeTable
 from notifymesh.server import rows
 from notifymesh.server.internal_topics import channel_subscription
 from notifymesh.server.notification_log import BatchedRecorder, NotificationLog
-from sender import channel_worker
+from sender import channel_tasks, channel_worker
 from sender.channel_worker import ChannelSender, Failed, PrioritySlots, Sent
 from sender.pipeline import ACK
 
@@ -43,10 +43,11 @@ def received(rid: str) -> pubsub_pb2.ReceivedMessage:
 class Parts:
     def __init__(self, over_limit=notify_pb2.DROP, limit=0, slots: PrioritySlots | None = None):
         self.table, self.metadata, self.providers = FakeTable(), FakeMetadata(), FakeProviders()
+        self.requeue = FakePublisher()
         self.log = NotificationLog(self.table, 3_600_000)
         self.slots = slots or PrioritySlots(4)
         self.sender = ChannelSender(SUB, self.table, self.metadata, FakeRendering(), self.providers,
-                                    BatchedRecorder(self.log), self.slots)
+                                    BatchedRecorder(self.log), self.requeue, self.slots)
         self.metadata.categories["billing"] = notify_pb2.Category(
             name="billing", over_limit=over_limit, rate_limit=notify_pb2.RateLimit(limit=limit, period_seconds=3600))
         self.metadata.templates[("invoice", 1)] = notify_pb2.Template(name="invoice", version=1, contents=[
@@ -140,7 +141,7 @@ async def test_the_recipients_override_replaces_the_categorys_limit():
 async def test_a_category_without_a_limit_takes_the_clusters_default():
     p = Parts(limit=0)
     p.sender = ChannelSender(SUB, p.table, p.metadata, FakeRendering(), p.providers, BatchedRecorder(p.log),
-                             PrioritySlots(4), lambda: notify_pb2.RateLimit(limit=2, period_seconds=60))
+                             p.requeue, PrioritySlots(4), lambda: notify_pb2.RateLimit(limit=2, period_seconds=60))
     await p.recipient("alice", email="alice@example.com")
     for nid in ("n1", "n2", "n3"):
         await p.handle("alice", nid=nid)
@@ -308,7 +309,7 @@ async def test_a_worker_has_room_until_its_providers_queue_holds_a_concurrency_o
     p = Parts(slots=PrioritySlots(2))
     slots = p.slots
     high = ChannelSender(channel_subscription(EMAIL, notify_pb2.HIGH), p.table, p.metadata, FakeRendering(),
-                         p.providers, BatchedRecorder(p.log), slots, high_priority=True)
+                         p.providers, BatchedRecorder(p.log), p.requeue, slots, high_priority=True)
     release = asyncio.Event()
     send = p.providers.send
 
@@ -345,3 +346,122 @@ async def test_a_slot_freed_while_its_waiter_is_being_cancelled_goes_to_the_next
     assert slots.used == 1
     slots.release()
     assert slots.used == 0
+
+
+# -- tasks of many recipients (sender/channel_tasks.py) ---------------------------------
+
+
+def many(*rids: str, attempt: int = 1, **fields) -> pubsub_pb2.ReceivedMessage:
+    task = internal_pb2.ChannelTask(notification_id="n1", channel=EMAIL, template="invoice", template_version=1,
+                                    category="billing", data='{"number": 17, "amount": "1"}', accepted_ms=T0,
+                                    **fields)
+    task.recipients.extend(rids)
+    return pubsub_pb2.ReceivedMessage(ack_id="ack-many", delivery_attempt=attempt, message=pubsub_pb2.PubsubMessage(
+        message_id="m-many", data=task.SerializeToString()))
+
+
+def by_address(p: "Parts", answers: dict[str, Sent | Failed]) -> None:
+    send = p.providers.send
+
+    async def answered(message):
+        await send(message)
+        return answers.get(message.to, Sent("fake", f"pm-{message.to}"))
+    p.providers.send = answered
+
+
+def parts_published(p: "Parts") -> list[internal_pb2.ChannelTask]:
+    return [internal_pb2.ChannelTask.FromString(m.data) for _, messages in p.requeue.calls for m in messages]
+
+
+async def test_a_task_of_many_recipients_sends_each_with_its_own_key_and_is_acked_once():
+    p = Parts()
+    for rid in ("alice", "bob", "carol"):
+        await p.recipient(rid, email=f"{rid}@example.com")
+    assert await p.sender.handle(many("alice", "bob", "carol")) == ACK
+    assert sorted((m.to, m.idempotency_key) for m in p.providers.sent) == [
+        ("alice@example.com", "n1/alice/email"), ("bob@example.com", "n1/bob/email"),
+        ("carol@example.com", "n1/carol/email")]
+    for rid in ("alice", "bob", "carol"):
+        assert [s for s, _ in await p.timeline(rid)] == [notify_pb2.SEND_RENDERED, notify_pb2.SEND_SENT]
+    assert not p.requeue.calls
+
+
+async def test_recipients_not_done_go_on_as_parts_with_their_attempts_and_wait_and_the_task_is_acked():
+    p = Parts(over_limit=notify_pb2.DELAY, limit=1)
+    for rid in ("alice", "bob", "carol", "dave"):
+        await p.recipient(rid, email=f"{rid}@example.com")
+    assert await p.handle("dave", nid="n0") == ACK  # dave's hour is used up: his send in n1 waits
+    p.metadata.subscriptions[SUB].retry_policy.minimum_backoff.FromMilliseconds(10_000)
+    p.metadata.subscriptions[SUB].retry_policy.maximum_backoff.FromMilliseconds(60_000)
+    p.metadata.subscriptions[SUB].retry_policy.multiplier = 2.0
+    by_address(p, {"bob@example.com": Failed(True, "503 busy", "fake"),
+                   "carol@example.com": Failed(False, "550 no such user", "fake")})
+    assert await p.sender.handle(many("alice", "bob", "carol", "dave", attempt=2)) == ACK
+    parts = parts_published(p)
+    assert [(channel_tasks.recipients(t), t.attempts_before) for t in parts] == [
+        (["bob"], 2), (["dave"], 1)]  # a delay counts no attempt
+    bob, dave = parts
+    assert T0 + 20_000 <= bob.not_before_ms <= T0 + 20_000 + 100  # the policy's wait after attempt 2
+    assert dave.not_before_ms % 1000 == 0 and dave.not_before_ms >= T0 + 600_000  # a whole second
+    assert (bob.notification_id, bob.template, bob.data) == ("n1", "invoice", '{"number": 17, "amount": "1"}')
+    (topic, _), = p.requeue.calls
+    assert topic == "notifymesh.channel.email"
+    assert [s for s, _ in await p.timeline("bob")] == [notify_pb2.SEND_RENDERED, notify_pb2.SEND_FAILED]
+    assert [s for s, _ in await p.timeline("carol")] == [notify_pb2.SEND_RENDERED, notify_pb2.SEND_FAILED]
+    assert [s for s, _ in await p.timeline("dave")] == [notify_pb2.SEND_DELAYED]
+    # the same outcome again (the task's ack lost): the same parts, repeats by key
+    keys = [m.idempotency_key for _, messages in p.requeue.calls for m in messages]
+    assert len(set(keys)) == 2 and all(k.startswith("m-many/2/") for k in keys)
+
+
+def part_received(task: internal_pb2.ChannelTask, attempt: int = 1) -> pubsub_pb2.ReceivedMessage:
+    return pubsub_pb2.ReceivedMessage(ack_id="ack-part", delivery_attempt=attempt, message=pubsub_pb2.PubsubMessage(
+        message_id="m-part", data=task.SerializeToString()))
+
+
+async def test_a_part_waits_until_its_time_and_a_task_of_many_is_never_dead_lettered_whole():
+    p = Parts()  # 5 attempts, then the dead-letter topic
+    for rid in ("bob", "carol", "dave"):
+        await p.recipient(rid, email=f"{rid}@example.com")
+    waiting = await p.sender.handle(many("bob", "carol", not_before_ms=T0 + 60_000, attempts_before=3))
+    assert (waiting.ack, waiting.deferred, waiting.terminal) == (False, True, False)
+    assert 59_000 <= waiting.delay_ms <= 60_000
+    assert not p.providers.sent and not await p.timeline("bob")
+    # attempt 3 + 1 = 4: the next would be the last, so bob and dave go on a task each
+    by_address(p, {"bob@example.com": Failed(True, "503 busy", "fake"),
+                   "dave@example.com": Failed(True, "503 busy", "fake")})
+    assert await p.sender.handle(many("bob", "carol", "dave", attempts_before=3)) == ACK
+    assert [(t.recipient, list(t.recipients), t.attempts_before) for t in parts_published(p)] == [
+        ("bob", [], 4), ("dave", [], 4)]
+    assert [s for s, _ in await p.timeline("bob")] == [notify_pb2.SEND_RENDERED, notify_pb2.SEND_FAILED]
+    # bob's task fails again at its fifth attempt: dead-lettered
+    bob = parts_published(p)[0]
+    bob.not_before_ms = 0
+    dead = await p.sender.handle(part_received(bob))
+    assert (dead.ack, dead.terminal) == (False, True)
+    assert [s for s, _ in await p.timeline("bob")][-1] == notify_pb2.SEND_DEAD_LETTERED
+    last = notify_pb2.SendEvent.FromString((await p.table.scan("n1", rows.events_prefix("n1", "bob"))).values[-1])
+    assert last.attempt == 5
+    # redriven (storage counts its attempts from zero again): five more attempts, not one
+    for attempt in (1, 2, 3, 4):
+        outcome = await p.sender.handle(part_received(bob, attempt))
+        assert (outcome.ack, outcome.terminal) == (False, False)
+    assert (await p.sender.handle(part_received(bob, 5))).terminal
+    dead_letterings = [s for s, _ in await p.timeline("bob")].count(notify_pb2.SEND_DEAD_LETTERED)
+    assert dead_letterings == 2
+
+
+async def test_recipients_failing_alike_keep_their_task_whole_with_the_wait_of_its_attempts():
+    p = Parts()
+    for rid in ("alice", "bob"):
+        await p.recipient(rid, email=f"{rid}@example.com")
+    policy = p.metadata.subscriptions[SUB].retry_policy
+    policy.minimum_backoff.FromMilliseconds(1_000)
+    policy.maximum_backoff.FromMilliseconds(60_000)
+    policy.multiplier = 2.0
+    by_address(p, {"alice@example.com": Failed(True, "503", "fake"), "bob@example.com": Failed(True, "503", "fake")})
+    outcome = await p.sender.handle(many("alice", "bob"))
+    assert (outcome.ack, outcome.delay_ms, outcome.terminal) == (False, None, False)  # storage's backoff
+    outcome = await p.sender.handle(many("alice", "bob", attempts_before=2))
+    assert (outcome.ack, outcome.delay_ms) == (False, 4_000)  # after attempt 3: storage counts only 1
+    assert not p.requeue.calls

@@ -13,6 +13,7 @@ from notify_fakes import FakeMetadata, FakePublisher, FakeTable
 from notifymesh.server import rows
 from notifymesh.server.internal_topics import channel_topic
 from notifymesh.server.notification_log import NotificationLog
+from sender import channel_tasks
 from sender.fanout import PAGE_BYTES, PAGES_IN_FLIGHT, Fanout, page_size
 
 EMAIL, SMS = notify_pb2.EMAIL, notify_pb2.SMS
@@ -48,7 +49,17 @@ class Parts:
         return found
 
     def tasks(self, topic: str) -> dict[str, internal_pb2.ChannelTask]:
-        return {k: internal_pb2.ChannelTask.FromString(m.data) for k, m in self.publisher.stored.get(topic, {}).items()}
+        """Each recipient's task (a task of many taken apart) by its task_key; a
+        recipient in two tasks fails."""
+        expanded = {}
+        for message in self.publisher.stored.get(topic, {}).values():
+            task = internal_pb2.ChannelTask.FromString(message.data)
+            assert len(channel_tasks.recipients(task)) <= channel_tasks.TASK_RECIPIENTS
+            for rid in channel_tasks.recipients(task):
+                key = channel_tasks.task_key(task.notification_id, rid, task.channel)
+                assert key not in expanded, f"{key} in two tasks"
+                expanded[key] = channel_tasks.one_recipient(task, rid)
+        return expanded
 
 
 def job(**request) -> internal_pb2.NotificationJob:
@@ -106,8 +117,22 @@ async def test_a_recipient_named_twice_on_different_pages_is_expanded_once():
     request = job(recipients=[*people, "r000"], channels=[EMAIL], data=data)
     assert page_size(request.request) < len(people)
     await p.fanout.handle(received("n1", request))
-    assert p.publisher.published() == len(people)  # one task each, not one per mention
+    assert published_recipients(p) == len(people)  # one task each, not one per mention
     assert len(p.tasks(EMAIL_TOPIC)) == len(people)
+
+
+async def test_a_pages_recipients_go_25_a_task_keyed_by_the_first_and_the_count():
+    p = Parts()
+    people = [f"r{i:03d}" for i in range(60)]
+    for rid in people:
+        await p.recipient(rid, email=f"{rid}@example.com")
+    await p.fanout.run("n1", job(recipients=people, channels=[EMAIL]))
+    stored = p.publisher.stored[EMAIL_TOPIC]
+    assert sorted(stored) == ["n1/r000/email/25", "n1/r025/email/25", "n1/r050/email/10"]
+    assert list(internal_pb2.ChannelTask.FromString(stored["n1/r050/email/10"].data).recipients) == people[50:]
+    # expanded again (a crash before the checkpoint): the same tasks, repeats by key
+    await p.fanout.run("n1", job(recipients=people, channels=[EMAIL]))
+    assert len(stored) == 3
 
 
 async def test_high_priority_tasks_go_to_the_high_topics():
@@ -140,6 +165,12 @@ async def test_an_audience_is_expanded_a_page_at_a_time_with_a_checkpoint_after_
     assert (await p.log.header("n1")).recipient_count == 2500
 
 
+def published_recipients(p: Parts) -> int:
+    """The recipients of every channel task published, repeats included."""
+    return sum(len(channel_tasks.recipients(internal_pb2.ChannelTask.FromString(m.data)))
+               for _, messages in p.publisher.calls for m in messages)
+
+
 def checkpoints(p: Parts, nid: str) -> list[int]:
     """recipients_done of each checkpoint written, in order."""
     return [internal_pb2.FanoutCheckpoint.FromString(ops[0].value).recipients_done
@@ -154,7 +185,7 @@ async def test_a_crash_mid_audience_resumes_at_the_checkpoint_without_duplicate_
 
     async def crash_on_second_page(topic, messages):
         result = await publish(topic, messages)
-        if internal_pb2.ChannelTask.FromString(messages[0].data).recipient == members[1000]:
+        if channel_tasks.recipients(internal_pb2.ChannelTask.FromString(messages[0].data))[0] == members[1000]:
             raise ConnectionError("sender killed")  # page 2 published, the sender dies before its checkpoint
         return result
 
@@ -162,16 +193,16 @@ async def test_a_crash_mid_audience_resumes_at_the_checkpoint_without_duplicate_
     with pytest.raises(ConnectionError):
         await p.fanout.run("n1", job(audience="everyone", channels=[EMAIL]))
     assert checkpoints(p, "n1") == [1000]  # page 1 done; page 3 may have been published: it was under way
-    before = p.publisher.published()
+    before = published_recipients(p)
     p.publisher.publish = publish
     assert await p.fanout.run("n1", job(audience="everyone", channels=[EMAIL])) == 2500
     # resumed after page 1: pages 2 and 3 published again (dropped as repeats by key), page 1 not
-    assert p.publisher.published() == before + 1500
+    assert published_recipients(p) == before + 1500
     assert len(p.tasks(EMAIL_TOPIC)) == 2500 == len(set(p.tasks(EMAIL_TOPIC)))
     assert sorted(p.tasks(EMAIL_TOPIC)) == sorted(f"n1/{rid}/email" for rid in members)
     # a job delivered again once done publishes nothing
     assert await p.fanout.run("n1", job(audience="everyone", channels=[EMAIL])) == 2500
-    assert p.publisher.published() == before + 1500
+    assert published_recipients(p) == before + 1500
 
 
 async def test_pages_overlap_and_the_checkpoint_covers_only_pages_done_with_all_before_them():
@@ -192,7 +223,7 @@ async def test_pages_overlap_and_the_checkpoint_covers_only_pages_done_with_all_
         nonlocal under_way, most_under_way
         under_way += 1
         most_under_way = max(most_under_way, under_way)
-        page = members.index(internal_pb2.ChannelTask.FromString(messages[0].data).recipient) // size + 1
+        page = members.index(channel_tasks.recipients(internal_pb2.ChannelTask.FromString(messages[0].data))[0]) // size + 1
         if page == 1:  # (a fan-out of one page at a time never gets past it)
             await asyncio.wait_for(later_page_done.wait(), 5)
         else:

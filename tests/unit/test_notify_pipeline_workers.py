@@ -88,6 +88,7 @@ class ScriptedBatchHandler:
 
     def __init__(self, outcomes=None, fail=()):
         self.outcomes, self.fail = outcomes or {}, set(fail)
+        self.weights: dict[str, int] = {}  # by ack id (default 1)
         self.batches: list[list[str]] = []
         self.full = asyncio.Event()  # set: room() waits until it is cleared
         self.emptied = asyncio.Event()
@@ -96,6 +97,9 @@ class ScriptedBatchHandler:
         while self.full.is_set():
             await self.emptied.wait()
             self.emptied.clear()
+
+    def weight(self, received):
+        return self.weights.get(received.ack_id, 1)
 
     async def handle_batch(self, batch):
         ids = [received.ack_id for received in batch]
@@ -123,6 +127,19 @@ async def test_a_batch_handler_gets_a_frame_in_bounded_batches_whose_acks_go_in_
     assert handler.batches == [["a", "b", "c"], ["d", "e"]]
     assert sorted(acks_calls) == [["a", "c"], ["d", "e"]]
     assert [(request.ack_ids[0], deferred) for request, deferred in dispatcher.sub.nacks] == [("b", True)]
+    await worker.stop()
+
+
+async def test_a_batch_weighs_its_messages_recipients_and_holds_at_least_one_message(monkeypatch):
+    monkeypatch.setattr(pipeline, "BATCH", 50)
+    dispatcher = FakeDispatcher()
+    handler = ScriptedBatchHandler()
+    handler.weights = {"a": 25, "b": 20, "c": 25, "d": 80, "e": 1}  # d: heavier than a batch
+    worker = SubscriptionWorker(SUB, dispatcher, handler, window=16)
+    await eventually(lambda: dispatcher.sub.stream is not None)
+    dispatcher.sub.deliver("a", "b", "c", "d", "e")  # one frame
+    await eventually(lambda: len(dispatcher.sub.acks) == 5)
+    assert handler.batches == [["a", "b", "c"], ["d"], ["e"]]
     await worker.stop()
 
 

@@ -7,7 +7,7 @@ import asyncio
 import itertools
 
 import pytest
-from notify_fakes import FakeMetadata, FakeProviders, FakeRendering, FakeTable
+from notify_fakes import FakeMetadata, FakeProviders, FakePublisher, FakeRendering, FakeTable
 
 from deploy.push_fakes import new_ec_key, new_rsa_key
 from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
@@ -39,9 +39,11 @@ def clock(monkeypatch):
 class Parts:
     def __init__(self):
         self.table, self.metadata, self.providers = FakeTable(), FakeMetadata(), FakeProviders()
+        self.requeue = FakePublisher()
         self.devices = devices.Devices(self.table)
         self.sender = ChannelSender(SUB, self.table, self.metadata, FakeRendering(), self.providers,
-                                    BatchedRecorder(NotificationLog(self.table, 3_600_000)), PrioritySlots(4))
+                                    BatchedRecorder(NotificationLog(self.table, 3_600_000)), self.requeue,
+                                    PrioritySlots(4))
         self.metadata.categories["billing"] = notify_pb2.Category(name="billing")
         self.metadata.templates[("invoice", 1)] = notify_pb2.Template(name="invoice", version=1, contents=[
             notify_pb2.TemplateContent(channel=PUSH, subject="Invoice $number", text="is due")])

@@ -18,7 +18,7 @@ class NotificationJob(_message.Message):
     def __init__(self, request: _Optional[_Union[_notify_pb2.NotifyRequest, _Mapping]] = ..., template_version: _Optional[int] = ..., accepted_ms: _Optional[int] = ...) -> None: ...
 
 class ChannelTask(_message.Message):
-    __slots__ = ("notification_id", "recipient", "channel", "template", "template_version", "category", "priority", "data", "accepted_ms")
+    __slots__ = ("notification_id", "recipient", "channel", "template", "template_version", "category", "priority", "data", "accepted_ms", "recipients", "attempts_before", "not_before_ms")
     NOTIFICATION_ID_FIELD_NUMBER: _ClassVar[int]
     RECIPIENT_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,9 @@ class ChannelTask(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_MS_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENTS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_MS_FIELD_NUMBER: _ClassVar[int]
     notification_id: str
     recipient: str
     channel: _notify_pb2.Channel
@@ -37,7 +40,10 @@ class ChannelTask(_message.Message):
     priority: _notify_pb2.Priority
     data: str
     accepted_ms: int
-    def __init__(self, notification_id: _Optional[str] = ..., recipient: _Optional[str] = ..., channel: _Optional[_Union[_notify_pb2.Channel, str]] = ..., template: _Optional[str] = ..., template_version: _Optional[int] = ..., category: _Optional[str] = ..., priority: _Optional[_Union[_notify_pb2.Priority, str]] = ..., data: _Optional[str] = ..., accepted_ms: _Optional[int] = ...) -> None: ...
+    recipients: _containers.RepeatedScalarFieldContainer[str]
+    attempts_before: int
+    not_before_ms: int
+    def __init__(self, notification_id: _Optional[str] = ..., recipient: _Optional[str] = ..., channel: _Optional[_Union[_notify_pb2.Channel, str]] = ..., template: _Optional[str] = ..., template_version: _Optional[int] = ..., category: _Optional[str] = ..., priority: _Optional[_Union[_notify_pb2.Priority, str]] = ..., data: _Optional[str] = ..., accepted_ms: _Optional[int] = ..., recipients: _Optional[_Iterable[str]] = ..., attempts_before: _Optional[int] = ..., not_before_ms: _Optional[int] = ...) -> None: ...
 
 class FanoutCheckpoint(_message.Message):
     __slots__ = ("after_recipient", "recipients_done")

@@ -1,0 +1,89 @@
+"""Channel tasks: the messages of a channel's topic (internal_pb2.ChannelTask),
+made and read here only. The fan-out publishes a notification's recipients on a
+channel up to TASK_RECIPIENTS a task; the channel worker handles a task's
+recipients each on its own and acknowledges the task once every one is done or
+goes on as a part: the recipients it could not finish this time (a transient
+failure, a rate-limit delay), published as a task of their own that carries the
+attempts made and the time to wait. A task of one recipient is as it was before
+grouping (`recipient` set). Only a task of one recipient is dead-lettered: a
+task of many whose next attempt would be its last goes on as a task for each
+recipient, so a dead letter (and its redrive) is one recipient's send.
+
+Why many recipients a task: a task is a replicated message published, delivered
+and acknowledged, whatever it carries. At one recipient a task, the sink
+pipeline spent 1.80-1.98 CPU-s a 1,000 recipients; at 25 a task 1.29-1.44
+(storage 1.03-1.14 against 0.68-0.74; bench/notify.py --mode sink, alternating,
+docs/benchmarks.md 2026-12-03 16:00). 100 a task measured no better than 25.
+"""
+
+from typing import NamedTuple
+
+from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
+from gen.notifymesh.v1 import pubsub_pb2
+from notifymesh.server.internal_topics import channel_name
+
+TASK_RECIPIENTS = 25
+
+
+def task_key(notification_id: str, recipient: str, channel: int) -> str:
+    """One recipient's send of a notification on a channel: the provider's
+    idempotency key and the rate limit's token."""
+    return f"{notification_id}/{recipient}/{channel_name(channel)}"
+
+
+def recipients(task: internal_pb2.ChannelTask) -> list[str]:
+    return list(task.recipients) if task.recipients else [task.recipient]
+
+
+def _with_recipients(task: internal_pb2.ChannelTask, recipient_ids: list[str]) -> internal_pb2.ChannelTask:
+    one = internal_pb2.ChannelTask()
+    one.CopyFrom(task)
+    one.ClearField("recipients")
+    if len(recipient_ids) == 1:
+        one.recipient = recipient_ids[0]
+    else:
+        one.recipient = ""
+        one.recipients.extend(recipient_ids)
+    return one
+
+
+def grouped(task: internal_pb2.ChannelTask, recipient_ids: list[str]) -> list[pubsub_pb2.PubsubMessage]:
+    """task's notification to these recipients, TASK_RECIPIENTS a message. The
+    idempotency key names the first recipient and the count: a fan-out page
+    expanded again (after a crash) makes the same tasks, which are repeats."""
+    messages = []
+    for i in range(0, len(recipient_ids), TASK_RECIPIENTS):
+        group = recipient_ids[i:i + TASK_RECIPIENTS]
+        key = task_key(task.notification_id, group[0], task.channel)
+        messages.append(pubsub_pb2.PubsubMessage(data=_with_recipients(task, group).SerializeToString(),
+                                                 idempotency_key=key if len(group) == 1 else f"{key}/{len(group)}"))
+    return messages
+
+
+def one_recipient(task: internal_pb2.ChannelTask, recipient: str) -> internal_pb2.ChannelTask:
+    """The task of one of task's recipients (the channel worker's view of each)."""
+    return _with_recipients(task, [recipient])
+
+
+class Part(NamedTuple):
+    """Recipients of a handled task that go on together as a task of their own."""
+    attempts_made: int  # by the tasks before it: the one just handled counted when its nack would have
+    not_before_ms: int  # 0: at once
+    alone: bool = False  # a task each: their next attempt is their last (only one recipient's is dead-lettered)
+
+
+def parts(task: internal_pb2.ChannelTask, recipient_ids: list[str], spec: Part,
+          split_from: str) -> list[pubsub_pb2.PubsubMessage]:
+    """The messages of a part: TASK_RECIPIENTS a message, or one each when alone.
+    split_from names the handled message and its delivery attempt, so publishing
+    them again (that message's ack lost, the same outcome) is a repeat."""
+    size = 1 if spec.alone else TASK_RECIPIENTS
+    messages = []
+    for i in range(0, len(recipient_ids), size):
+        group = recipient_ids[i:i + size]
+        one = _with_recipients(task, group)
+        one.attempts_before, one.not_before_ms = spec.attempts_made, spec.not_before_ms
+        messages.append(pubsub_pb2.PubsubMessage(
+            data=one.SerializeToString(),
+            idempotency_key=f"{split_from}/{group[0]}/{spec.attempts_made}/{spec.not_before_ms}"))
+    return messages
