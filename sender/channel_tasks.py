@@ -10,10 +10,12 @@ task of many whose next attempt would be its last goes on as a task for each
 recipient, so a dead letter (and its redrive) is one recipient's send.
 
 Why many recipients a task: a task is a replicated message published, delivered
-and acknowledged, whatever it carries. At one recipient a task, the sink
-pipeline spent 1.80-1.98 CPU-s a 1,000 recipients; at 25 a task 1.29-1.44
-(storage 1.03-1.14 against 0.68-0.74; bench/notify.py --mode sink, alternating,
-docs/benchmarks.md 2026-12-03 16:00). 100 a task measured no better than 25.
+and acknowledged, whatever it carries. At one recipient a task the sink pipeline
+spent 1.58 CPU-s a 1,000 recipients (storage 0.90-0.91), at 25 a task 1.21-1.31
+(storage 0.62-0.69), and ran 1,504-1,623 recipients/s against 1,179-1,207
+(bench/notify.py --mode sink, alternating; docs/benchmarks.md 2026-12-03 16:19).
+A trial of 100 a task ran no faster than 25 (1,570 and 1,924 recipients/s
+against 1,334 and 1,979, alternating).
 """
 
 from typing import NamedTuple
@@ -67,22 +69,22 @@ def one_recipient(task: internal_pb2.ChannelTask, recipient: str) -> internal_pb
 
 class Part(NamedTuple):
     """Recipients of a handled task that go on together as a task of their own."""
-    attempts_made: int  # by the tasks before it: the one just handled counted when its nack would have
+    attempts_made: int  # so far: the one just made counts unless it was a rate-limit wait (a deferred nack)
     not_before_ms: int  # 0: at once
     alone: bool = False  # a task each: their next attempt is their last (only one recipient's is dead-lettered)
 
 
-def parts(task: internal_pb2.ChannelTask, recipient_ids: list[str], spec: Part,
+def parts(task: internal_pb2.ChannelTask, data: str, recipient_ids: list[str], spec: Part,
           split_from: str) -> list[pubsub_pb2.PubsubMessage]:
-    """The messages of a part: TASK_RECIPIENTS a message, or one each when alone.
-    split_from names the handled message and its delivery attempt, so publishing
-    them again (that message's ack lost, the same outcome) is a repeat."""
+    """The messages of a part, with task's data: TASK_RECIPIENTS a message, or one each when alone.
+    split_from names the handled message and its delivery attempt, so a retried
+    publish of them is a repeat."""
     size = 1 if spec.alone else TASK_RECIPIENTS
     messages = []
     for i in range(0, len(recipient_ids), size):
         group = recipient_ids[i:i + size]
         one = _with_recipients(task, group)
-        one.attempts_before, one.not_before_ms = spec.attempts_made, spec.not_before_ms
+        one.data, one.attempts_before, one.not_before_ms = data, spec.attempts_made, spec.not_before_ms
         messages.append(pubsub_pb2.PubsubMessage(
             data=one.SerializeToString(),
             idempotency_key=f"{split_from}/{group[0]}/{spec.attempts_made}/{spec.not_before_ms}"))

@@ -287,6 +287,7 @@ class Sending:
     span: Any  # its message's handling span (tracing.begin_handle_span), None when not traced
     attempt: int = 1  # counting the attempts of the tasks it was split from
     alone: bool = True  # its task's only recipient
+    data: str = ""  # the task's data (JSON object text): one str for all its recipients
     events: list[Event] = field(default_factory=list)
     last_ms: int = 0
     outcome: Outcome | None = None
@@ -315,6 +316,7 @@ class _Message(NamedTuple):
     span: Any
     sendings: list[Sending]
     outcome: Outcome | None = None
+    data: str = ""  # the task's (cleared in task)
 
 
 class ChannelSender:
@@ -410,11 +412,14 @@ class ChannelSender:
             return _Message(received, task, span, [], Outcome(
                 ack=False, delay_ms=min(wait_ms, MAX_NACK_DELAY_MS), deferred=True, reason="waiting to be tried again"))
         attempt = task.attempts_before + received.delivery_attempt
+        # The data once for the task's recipients: a copy each was up to 64 KiB a recipient.
+        data = task.data
+        task.ClearField("data")
         return _Message(received, task, span, [
             Sending(received, channel_tasks.one_recipient(task, rid) if task.recipients else task,
                     channel_tasks.task_key(task.notification_id, rid, task.channel), span, attempt,
-                    alone=not task.recipients)
-            for rid in channel_tasks.recipients(task)])
+                    alone=not task.recipients, data=data)
+            for rid in channel_tasks.recipients(task)], data=data)
 
     async def _answer(self, message: "_Message") -> Outcome:
         """The message's outcome: its recipients' when they share one (the task goes
@@ -450,7 +455,7 @@ class ChannelSender:
         try:
             await self._requeue.publish(channel_topic(task.channel, task.priority), [
                 part_message for part, rids in by_part.items()
-                for part_message in channel_tasks.parts(task, rids, part, split_from)])
+                for part_message in channel_tasks.parts(task, message.data, rids, part, split_from)])
         except Exception as e:  # the whole task again: its recipients sent are sent again, each attempt logged
             log.warning("a task's parts were not published", exc_info=True,
                         extra=fields(subscription=self.subscription, message=message.received.message.message_id))
@@ -697,7 +702,7 @@ class ChannelSender:
                                                                 task.notification_id, task.accepted_ms)
 
         def values() -> dict[str, Any]:
-            return self._rendering.context(s.recipient, json.loads(task.data or "{}"), task.notification_id,
+            return self._rendering.context(s.recipient, json.loads(s.data or "{}"), task.notification_id,
                                            task.category, s.unsubscribe_url)
 
         with tracing.within(s.span), tracing.child_span("notifymesh.render", **{"notifymesh.channel": name}):
@@ -710,6 +715,7 @@ class ChannelSender:
         try:
             with tracing.within(s.span):
                 s.outcome = await self._send(s)
+            s.rendered = None  # not kept while the batch's other sends and its log write finish
         except asyncio.CancelledError:
             raise
         except Exception as e:

@@ -148,12 +148,6 @@ class SubscriptionWorker:
         while True:
             await self._arrived.wait()
             await self._handler.room()
-            # Messages already queued are taken a batch after another without yielding, so
-            # a batch's task has not yet counted itself in room() when the next is taken:
-            # room() holds back only what arrives while it has none. Bounded by the window.
-            # Letting each task count itself first (a yield here) changed nothing measured:
-            # sink 627-1,019 recipients/s against 804-938, SMS 531-585 against 565-661
-            # (docs/benchmarks.md, 2026-12-03 10:09).
             batch, weight = [], 0
             while self._received and weight < BATCH:  # at least one message, however heavy
                 batch.append(self._received.popleft())
@@ -161,6 +155,10 @@ class SubscriptionWorker:
             if not self._received:
                 self._arrived.clear()
             self._start(self._handle_batch(sub, batch))
+            # The batch's task counts itself in room() before the next batch is taken: without
+            # this, a backlog already held (a window of tasks of 25 recipients: 51,200) was
+            # taken and rendered at once, whatever the provider's room.
+            await asyncio.sleep(0)
 
     async def _keep_leased(self, sub: SubscriptionDispatcher, stream: Stream) -> None:
         while True:

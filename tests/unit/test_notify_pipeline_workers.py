@@ -170,6 +170,45 @@ async def test_messages_arriving_while_the_handler_has_no_room_go_in_one_batch_o
     await worker.stop()
 
 
+class OneBatchAtATime(ScriptedBatchHandler):
+    """Room for one batch under way: as a channel worker counts a batch's recipients
+    before its first await, room() waits while one is."""
+
+    def __init__(self):
+        super().__init__()
+        self.under_way, self.most_under_way, self.release = 0, 0, asyncio.Event()
+
+    async def room(self):
+        while self.under_way:
+            await self.emptied.wait()
+            self.emptied.clear()
+
+    async def handle_batch(self, batch):
+        self.under_way += 1
+        self.most_under_way = max(self.most_under_way, self.under_way)
+        try:
+            await self.release.wait()
+            return await super().handle_batch(batch)
+        finally:
+            self.under_way -= 1
+            self.emptied.set()
+
+
+async def test_a_backlog_already_held_is_taken_a_batch_at_a_time_as_the_handler_has_room(monkeypatch):
+    monkeypatch.setattr(pipeline, "BATCH", 2)
+    dispatcher = FakeDispatcher()
+    handler = OneBatchAtATime()
+    worker = SubscriptionWorker(SUB, dispatcher, handler, window=16)
+    await eventually(lambda: dispatcher.sub.stream is not None)
+    dispatcher.sub.deliver(*"abcdef")  # one frame: three batches' worth held at once
+    await asyncio.sleep(0.05)
+    assert handler.under_way == 1
+    handler.release.set()
+    await eventually(lambda: len(dispatcher.sub.acks) == 6)
+    assert handler.most_under_way == 1 and handler.batches == [list("ab"), list("cd"), list("ef")]
+    await worker.stop()
+
+
 async def test_a_worker_whose_handler_fails_to_say_it_has_room_stops_and_hands_its_messages_back():
     dispatcher = FakeDispatcher()
     handler = ScriptedBatchHandler()
