@@ -53,7 +53,9 @@ DRAIN_GRACE_S = 5.0  # a stopping sender lets sends under way finish this long, 
 # tasks under way batch into fewer table calls. At a window of 32, storage spent
 # 4x the CPU per send, at 256 1.6x that of 2,048 (bench/notify.py, docs/benchmarks.md).
 # Bound: 2,048 tasks of at most 64 KiB of data each (128 MiB; ~1 MiB at typical
-# sizes) a worker, all workers within the sender's sender_max_outstanding.
+# sizes) a worker, all workers within the sender's sender_max_outstanding; a
+# task's data is held once for its up to 25 recipients, and rendered content
+# only for the batch being prepared and the sends waiting or under way (room()).
 MIN_WINDOW = 2048
 
 
