@@ -705,7 +705,9 @@ class ChannelSender:
             return self._rendering.context(s.recipient, json.loads(s.data or "{}"), task.notification_id,
                                            task.category, s.unsubscribe_url)
 
-        with tracing.within(s.span), tracing.child_span("notifymesh.render", **{"notifymesh.channel": name}):
+        # A task's handling span covers its recipients: each render names its own.
+        with tracing.within(s.span), tracing.child_span("notifymesh.render", **{"notifymesh.channel": name,
+                                                                                "notifymesh.recipient": task.recipient}):
             s.rendered = self._rendering.render_lazily(template, channel, s.recipient.locale, values,
                                                        task.notification_id)
         s.event(notify_pb2.SEND_RENDERED)
