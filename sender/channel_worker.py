@@ -57,6 +57,11 @@ NO_PROVIDER_DELAY_MS = 30_000  # a task whose channel has no provider looks agai
 MAX_NACK_DELAY_MS = 600_000  # the longest nack delay storage takes; a longer rate-limit wait takes two
 WAITING_NOTED = 100_000  # tasks remembered as logged waiting for a provider (the oldest forgotten first)
 READS_PER_CALL = 1000  # tasks' reads merged into one read_many (2 rows each)
+# Recipients being prepared or waiting for a provider slot while a full batch is
+# taken: what a channel worker's window (2,048 tasks) held when a task was one
+# recipient. With room for one batch at a time the sink ran 1,003-1,276
+# recipients/s against 1,468-1,707 (alternating, docs/benchmarks.md 2026-12-03 17:40).
+PREPARED_AHEAD = 2048
 # One recipient's event rows of one notification read to find its last dead-lettering
 # (a few per attempt; a redriven send's are fewer than this).
 RECIPIENT_EVENT_ROWS = 1000
@@ -351,14 +356,15 @@ class ChannelSender:
         (outcome,) = await self.handle_batch([received])
         return outcome
 
-    async def room(self) -> None:
+    async def room(self, full: bool) -> None:
         """Returns once the provider is short of work: fewer than its concurrency of
         sends (of this priority or higher) waiting for a slot or being prepared. The
         tasks arriving meanwhile go in the next batch together. Taking each frame as
         it came, a slow provider's batches were of about 9 tasks (SMS, 20,000 tasks:
-        2,224 acks), each step's table call paid for a few tasks. Looked at once a
-        batch taken: a backlog already queued is taken whole (pipeline._take_batches)."""
-        while self._preparing + self._slots.queued(self._high) >= self._slots.limit:
+        2,224 acks), each step's table call paid for a few tasks. A full batch
+        waiting (full) goes while fewer than PREPARED_AHEAD are."""
+        limit = max(self._slots.limit, PREPARED_AHEAD) if full else self._slots.limit
+        while self._preparing + self._slots.queued(self._high) >= limit:
             await self._slots.changed()
 
     def weight(self, received: pubsub_pb2.ReceivedMessage) -> int:

@@ -62,8 +62,9 @@ class Handler(Protocol):
 
 @runtime_checkable
 class BatchHandler(Protocol):
-    async def room(self) -> None:
-        """Returns when the handler should take its next batch."""
+    async def room(self, full: bool) -> None:
+        """Returns when the handler should take its next batch; full: a whole batch
+        waits for it."""
 
     def weight(self, received: pubsub_pb2.ReceivedMessage) -> int:
         """What a message counts for in a batch (at least 1)."""
@@ -85,7 +86,9 @@ class SubscriptionWorker:
         self.name, self.window = name, window
         self._dispatcher, self._handler = dispatcher, handler
         self._handlers: set[asyncio.Task] = set()
-        self._received: deque[pubsub_pb2.ReceivedMessage] = deque()  # waiting for a batch: within the window
+        # Waiting for a batch (within the window), each with its weight; and their weight in all.
+        self._received: deque[tuple[pubsub_pb2.ReceivedMessage, int]] = deque()
+        self._received_weight = 0
         self._arrived = asyncio.Event()
         self._grace_s = grace_s
         self._loop = asyncio.get_running_loop()
@@ -112,7 +115,10 @@ class SubscriptionWorker:
             async for frame in stream.frames():
                 received = [pubsub_pb2.ReceivedMessage.FromString(raw) for raw in frame.received_messages]
                 if batcher is not None:
-                    self._received.extend(received)
+                    for message in received:
+                        weight = self._handler.weight(message)
+                        self._received.append((message, weight))
+                        self._received_weight += weight
                     self._arrived.set()
                 else:
                     for message in received:
@@ -147,11 +153,13 @@ class SubscriptionWorker:
     async def _take_batches(self, sub: SubscriptionDispatcher) -> None:
         while True:
             await self._arrived.wait()
-            await self._handler.room()
+            await self._handler.room(self._received_weight >= BATCH)
             batch, weight = [], 0
             while self._received and weight < BATCH:  # at least one message, however heavy
-                batch.append(self._received.popleft())
-                weight += self._handler.weight(batch[-1])
+                message, message_weight = self._received.popleft()
+                batch.append(message)
+                weight += message_weight
+            self._received_weight -= weight
             if not self._received:
                 self._arrived.clear()
             self._start(self._handle_batch(sub, batch))

@@ -320,13 +320,15 @@ async def test_a_worker_has_room_until_its_providers_queue_holds_a_concurrency_o
     p.providers.send = held_send
     for rid in "abcd":
         await p.recipient(rid, email=f"{rid}@example.com")
-    await asyncio.wait_for(p.sender.room(), 1)
+    await asyncio.wait_for(p.sender.room(False), 1)
     batch = asyncio.create_task(p.sender.handle_batch([received(rid) for rid in "abcd"]))
     await eventually(lambda: slots.used == 2 and slots.queued(False) == 2)
-    normal_room = asyncio.create_task(p.sender.room())
+    normal_room = asyncio.create_task(p.sender.room(False))
     await asyncio.sleep(0.05)
     assert not normal_room.done()  # two sends waiting for the two slots: the provider has work
-    await asyncio.wait_for(high.room(), 1)  # none of them high
+    # a full batch waiting goes while fewer than PREPARED_AHEAD are prepared or queued
+    await asyncio.wait_for(p.sender.room(True), 1)
+    await asyncio.wait_for(high.room(False), 1)  # none of them high
     release.set()
     await asyncio.wait_for(normal_room, 1)
     assert [outcome.ack for outcome in await batch] == [True] * 4

@@ -89,11 +89,13 @@ class ScriptedBatchHandler:
     def __init__(self, outcomes=None, fail=()):
         self.outcomes, self.fail = outcomes or {}, set(fail)
         self.weights: dict[str, int] = {}  # by ack id (default 1)
+        self.rooms: list[bool] = []  # room()'s full, each call
         self.batches: list[list[str]] = []
         self.full = asyncio.Event()  # set: room() waits until it is cleared
         self.emptied = asyncio.Event()
 
-    async def room(self):
+    async def room(self, full):
+        self.rooms.append(full)
         while self.full.is_set():
             await self.emptied.wait()
             self.emptied.clear()
@@ -140,6 +142,7 @@ async def test_a_batch_weighs_its_messages_recipients_and_holds_at_least_one_mes
     dispatcher.sub.deliver("a", "b", "c", "d", "e")  # one frame
     await eventually(lambda: len(dispatcher.sub.acks) == 5)
     assert handler.batches == [["a", "b", "c"], ["d"], ["e"]]
+    assert handler.rooms == [True, True, False]  # a whole batch waited for the first two
     await worker.stop()
 
 
@@ -178,7 +181,7 @@ class OneBatchAtATime(ScriptedBatchHandler):
         super().__init__()
         self.under_way, self.most_under_way, self.release = 0, 0, asyncio.Event()
 
-    async def room(self):
+    async def room(self, full):
         while self.under_way:
             await self.emptied.wait()
             self.emptied.clear()
