@@ -18,7 +18,7 @@ A trial of 100 a task ran no faster than 25 (1,570 and 1,924 recipients/s
 against 1,334 and 1,979, alternating).
 """
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
 from gen.notifymesh.v1 import pubsub_pb2
@@ -49,17 +49,26 @@ def _with_recipients(task: internal_pb2.ChannelTask, recipient_ids: list[str]) -
     return one
 
 
+def _messages(task: internal_pb2.ChannelTask, recipient_ids: list[str], size: int,
+              key: Callable[[list[str]], str]) -> list[pubsub_pb2.PubsubMessage]:
+    """task for these recipients, size a message, each keyed by key(its recipients)."""
+    messages = []
+    for i in range(0, len(recipient_ids), size):
+        group = recipient_ids[i:i + size]
+        messages.append(pubsub_pb2.PubsubMessage(data=_with_recipients(task, group).SerializeToString(),
+                                                 idempotency_key=key(group)))
+    return messages
+
+
 def grouped(task: internal_pb2.ChannelTask, recipient_ids: list[str]) -> list[pubsub_pb2.PubsubMessage]:
     """task's notification to these recipients, TASK_RECIPIENTS a message. The
     idempotency key names the first recipient and the count: a fan-out page
     expanded again (after a crash) makes the same tasks, which are repeats."""
-    messages = []
-    for i in range(0, len(recipient_ids), TASK_RECIPIENTS):
-        group = recipient_ids[i:i + TASK_RECIPIENTS]
-        key = task_key(task.notification_id, group[0], task.channel)
-        messages.append(pubsub_pb2.PubsubMessage(data=_with_recipients(task, group).SerializeToString(),
-                                                 idempotency_key=key if len(group) == 1 else f"{key}/{len(group)}"))
-    return messages
+    def key(group: list[str]) -> str:
+        first = task_key(task.notification_id, group[0], task.channel)
+        return first if len(group) == 1 else f"{first}/{len(group)}"
+
+    return _messages(task, recipient_ids, TASK_RECIPIENTS, key)
 
 
 def one_recipient(task: internal_pb2.ChannelTask, recipient: str) -> internal_pb2.ChannelTask:
@@ -79,13 +88,8 @@ def parts(task: internal_pb2.ChannelTask, data: str, recipient_ids: list[str], s
     """The messages of a part, with task's data: TASK_RECIPIENTS a message, or one each when alone.
     split_from names the handled message and its delivery attempt, so a retried
     publish of them is a repeat."""
-    size = 1 if spec.alone else TASK_RECIPIENTS
-    messages = []
-    for i in range(0, len(recipient_ids), size):
-        group = recipient_ids[i:i + size]
-        one = _with_recipients(task, group)
-        one.data, one.attempts_before, one.not_before_ms = data, spec.attempts_made, spec.not_before_ms
-        messages.append(pubsub_pb2.PubsubMessage(
-            data=one.SerializeToString(),
-            idempotency_key=f"{split_from}/{group[0]}/{spec.attempts_made}/{spec.not_before_ms}"))
-    return messages
+    part = internal_pb2.ChannelTask()
+    part.CopyFrom(task)
+    part.data, part.attempts_before, part.not_before_ms = data, spec.attempts_made, spec.not_before_ms
+    return _messages(part, recipient_ids, 1 if spec.alone else TASK_RECIPIENTS,
+                     lambda group: f"{split_from}/{group[0]}/{spec.attempts_made}/{spec.not_before_ms}")

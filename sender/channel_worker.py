@@ -62,9 +62,6 @@ READS_PER_CALL = 1000  # tasks' reads merged into one read_many (2 rows each)
 # recipient. With room for one batch at a time the sink ran 1,003-1,276
 # recipients/s against 1,468-1,707 (alternating, docs/benchmarks.md 2026-12-03 17:40).
 PREPARED_AHEAD = 2048
-# One recipient's event rows of one notification read to find its last dead-lettering
-# (a few per attempt; a redriven send's are fewer than this).
-RECIPIENT_EVENT_ROWS = 1000
 
 
 class ChannelTable(Protocol):
@@ -161,9 +158,12 @@ class Providers(Protocol):
 
 
 class Recorder(Protocol):
-    """notification_log.BatchedRecorder"""
+    """The notification log as a channel worker writes and reads it
+    (notification_log.BatchedRecorder)."""
 
     async def record(self, events: list[Event]) -> None: ...
+
+    async def sends_events(self, sends: list[tuple[str, str, int]]) -> list[list[notify_pb2.SendEvent]]: ...
 
 
 class Requeue(Protocol):
@@ -484,12 +484,8 @@ class ChannelSender:
         record = await self._metadata.subscription(self.subscription)
         if s.attempt < record.max_delivery_attempts:
             return s.attempt
-        scanned = await self._table.scan(task.notification_id, rows.events_prefix(task.notification_id,
-                                                                                  task.recipient),
-                                         limit=RECIPIENT_EVENT_ROWS)
-        channel = channel_name(task.channel)
-        redriven = any(parsed.channel == channel and parsed.state == notify_pb2.SEND_DEAD_LETTERED
-                       for parsed in map(rows.parse_event_key, scanned.keys))
+        (events,) = await self._recorder.sends_events([(task.notification_id, task.recipient, task.channel)])
+        redriven = any(event.state == notify_pb2.SEND_DEAD_LETTERED for event in events)
         return s.received.delivery_attempt if redriven else s.attempt
 
     async def _retry_wait_ms(self, attempt: int) -> int:

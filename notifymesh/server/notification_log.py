@@ -326,6 +326,10 @@ class BatchedRecorder:
     async def record(self, events: list[Event]) -> None:
         await self._log.publish(await self._writes.submit("", events))
 
+    async def sends_events(self, sends: list[tuple[str, str, int]]) -> list[list[notify_pb2.SendEvent]]:
+        """NotificationLog.sends_events: reads are not batched."""
+        return await self._log.sends_events(sends)
+
 
 def _header(record: internal_pb2.NotificationRecord) -> notify_pb2.Notification:
     request = record.request
