@@ -359,9 +359,9 @@ async def latency(client: Client, args) -> dict:
 async def shards_led(client: Client) -> dict[str, int]:
     """The shards (topic partitions, the table's included) each storage node leads at
     the run's end: where the leaders' work fell, beside the CPU figures. On a fresh
-    mesh an election among equal logs goes to the highest node id of the first
-    majority to announce (storage/replication_rules.choose_leader), so storage-1
-    leads none."""
+    mesh an election among equal logs goes to the node placed first in the shard's
+    replica set among the first majority to announce
+    (storage/replication_rules.choose_leader)."""
     led: dict[str, int] = {}
     for shard in (await client.get_cluster_status()).shards:
         led[shard.leader or "none"] = led.get(shard.leader or "none", 0) + 1

@@ -45,9 +45,13 @@ def test_among_equal_logs_the_newest_delivery_state_wins():
     assert choose_leader(announced, REPLICAS) == "storage-1"
 
 
-def test_ties_are_broken_by_the_highest_node_id():
+def test_ties_go_to_the_node_placed_first():
+    """Each shard's placement orders its nodes its own way: a fresh cluster's leaders spread."""
     announced = {"storage-1": at(10, 3), "storage-3": at(10, 3), "storage-2": at(10, 3)}
-    assert choose_leader(announced, REPLICAS) == "storage-3"
+    assert choose_leader(announced, ["storage-2", "storage-3", "storage-1"]) == "storage-2"
+    assert choose_leader(announced, ["storage-1", "storage-2", "storage-3"]) == "storage-1"
+    del announced["storage-1"]  # not among the quorum that announced: the next placed
+    assert choose_leader(announced, ["storage-1", "storage-3", "storage-2"]) == "storage-3"
 
 
 def test_an_announcement_from_outside_the_replica_set_is_ignored():
