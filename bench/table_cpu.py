@@ -3,13 +3,14 @@ followers (StorageEngine over real RocksDB, encryption at rest on unless --plain
 no gRPC or TLS). Each round is a fan-out page of --page recipients as a push send
 writes it (docs/benchmarks.md 2026-12-01, "storage's CPU per notification send"):
 the leader's rate acquire of a duplicate-check row each (TableService.rate_acquire,
-one call), a recipient index row each and, in three writes, an event row each
-(SEND_QUEUED, SEND_RENDERED, SEND_SENT), each write replicated to both followers as
+one call), a recipient index row each and, in three writes through the
+notification log, the events (a SEND_QUEUED row each; SEND_RENDERED and SEND_SENT a
+row a task of 25 recipients), each write replicated to both followers as
 replication sends it (the leader's tail) and applied on all three at commit; the
 channel worker's reads (a contact row and the device scan a recipient). Events are
 keyed by notification, so one page's events share a shard, as in the pipeline.
 process_time() counts this process's CPU (RocksDB's threads included). One JSON
-line per run: CPU per push send (5 rows on 3 replicas and the reads), split.
+line per run: CPU per push send (3 rows and 2/25 on 3 replicas and the reads), split.
 
     PYTHONPATH=. python bench/table_cpu.py [--pages 40] [--page 500] [--runs 3]
 """
@@ -30,7 +31,9 @@ from gen.notifymesh.v1 import notify_pb2
 from notifymesh.clock import now_ms
 from notifymesh.server import rows
 from notifymesh.server.internal_topics import TABLE_TOPIC
+from notifymesh.server.notification_log import Event, NotificationLog
 from notifymesh.server.process import GC_THRESHOLDS
+from sender import channel_tasks
 from storage.engine import StorageEngine
 from storage.log import Entries
 from storage.table import TableService
@@ -88,6 +91,13 @@ async def run(pages: int, page: int, encrypted: bool) -> dict:
             return partitions
 
         service = TableService(leader.table, leader.log, one, count)
+
+        class LogTable:  # the notification log's writes, straight to the service
+            async def write_many(self, ops_by_partition_key: dict[str, list[storage_pb2.TableOp]]) -> None:
+                for partition_key, ops in ops_by_partition_key.items():
+                    await service.write(rows.partition_of(partition_key, partitions), ops)
+
+        notification_log = NotificationLog(LogTable(), DAY_MS)
         contact = notify_pb2.Recipient(id="r0000000", email="r0@example.com", phone="+14152000000", locale="en",
                                        attributes={"name": "Person 0"}).SerializeToString()
         # The recipients' rows, as the bench loads them: a contact row and a device each.
@@ -120,13 +130,13 @@ async def run(pages: int, page: int, encrypted: bool) -> dict:
             for part, group in by_partition.items():  # the recipients' index rows
                 await service.write(part, [storage_pb2.TableOp(
                     key=rows.recipient_notification_key(rid, now, nid), expire_ms=now + DAY_MS) for rid in group])
-            events_part = rows.partition_of(nid, partitions)
+            groups = channel_tasks.log_groups(rids)
             for state in (notify_pb2.SEND_QUEUED, notify_pb2.SEND_RENDERED, notify_pb2.SEND_SENT):
-                event = notify_pb2.SendEvent(state=state, provider="apns", provider_message_id="m" * 36,
-                                             attempt=1).SerializeToString()
-                await service.write(events_part, [storage_pb2.TableOp(
-                    key=rows.event_key(nid, rid, "push", now + state, state), value=event,
-                    expire_ms=now + DAY_MS) for rid in rids])
+                # As the fan-out and a channel worker write them: a row each queued, a row a task of the others.
+                await notification_log.write_rows([Event(
+                    nid, now, rid, notify_pb2.PUSH, state, now + state, provider="apns",
+                    provider_message_id="m" * 36, attempt=1, log_group=group, log_writer=f"{group}.1.{state}")
+                    for rid, group in zip(rids, groups)])
             t2 = time.process_time()
             for part, group in by_partition.items():  # the channel worker's reads
                 await service.read(part, [rows.contact_key(rid) for rid in group])

@@ -50,25 +50,35 @@ def _with_recipients(task: internal_pb2.ChannelTask, recipient_ids: list[str]) -
 
 
 def _messages(task: internal_pb2.ChannelTask, recipient_ids: list[str], size: int,
-              key: Callable[[list[str]], str]) -> list[pubsub_pb2.PubsubMessage]:
-    """task for these recipients, size a message, each keyed by key(its recipients)."""
+              key: Callable[[list[str]], str], log_groups: bool = False) -> list[pubsub_pb2.PubsubMessage]:
+    """task for these recipients, size a message, each keyed by key(its recipients);
+    log_groups: each its own log group, named by its first recipient."""
     messages = []
     for i in range(0, len(recipient_ids), size):
         group = recipient_ids[i:i + size]
-        messages.append(pubsub_pb2.PubsubMessage(data=_with_recipients(task, group).SerializeToString(),
-                                                 idempotency_key=key(group)))
+        one = _with_recipients(task, group)
+        if log_groups:
+            one.log_group = group[0]
+        messages.append(pubsub_pb2.PubsubMessage(data=one.SerializeToString(), idempotency_key=key(group)))
     return messages
+
+
+def log_groups(recipient_ids: list[str]) -> list[str]:
+    """The log group of each recipient's task of grouped(task, recipient_ids)."""
+    return [recipient_ids[i - i % TASK_RECIPIENTS] for i in range(len(recipient_ids))]
 
 
 def grouped(task: internal_pb2.ChannelTask, recipient_ids: list[str]) -> list[pubsub_pb2.PubsubMessage]:
     """task's notification to these recipients, TASK_RECIPIENTS a message. The
     idempotency key names the first recipient and the count: a fan-out page
-    expanded again (after a crash) makes the same tasks, which are repeats."""
+    expanded again (after a crash) makes the same tasks, which are repeats. Each
+    is its own log group (ChannelTask.log_group): its recipients' events, and its
+    parts', are logged in rows of the task (notification_log.py)."""
     def key(group: list[str]) -> str:
         first = task_key(task.notification_id, group[0], task.channel)
         return first if len(group) == 1 else f"{first}/{len(group)}"
 
-    return _messages(task, recipient_ids, TASK_RECIPIENTS, key)
+    return _messages(task, recipient_ids, TASK_RECIPIENTS, key, log_groups=True)
 
 
 def one_recipient(task: internal_pb2.ChannelTask, recipient: str) -> internal_pb2.ChannelTask:

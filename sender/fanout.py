@@ -64,8 +64,7 @@ PAGES_IN_FLIGHT = 4
 PAGE_SLOTS = 16
 PUBLISH_MAX_MESSAGES = 1000  # channel tasks in one publish
 PUBLISH_MAX_BYTES = 4 * 1024 * 1024  # and their data (a task carries the request's data, up to 64 KiB)
-_STATES = {Action.SEND: notify_pb2.SEND_QUEUED, Action.OPTED_OUT: notify_pb2.SUPPRESSED_OPTED_OUT,
-           Action.NO_CONTACT: notify_pb2.SUPPRESSED_NO_CONTACT}
+_SUPPRESSED = {Action.OPTED_OUT: notify_pb2.SUPPRESSED_OPTED_OUT, Action.NO_CONTACT: notify_pb2.SUPPRESSED_NO_CONTACT}
 DEFAULT_DEDUP_WINDOW_MS = 24 * 3600 * 1000  # a topic's default dedup window (Topic.dedup_window)
 
 
@@ -276,11 +275,16 @@ class Fanout:
                                         ms, reason="the same template, category and data reached this recipient "
                                                    "through another notification within the dedup window",
                                         template=request.template, category=request.category))
-                    continue
-                events.append(Event(nid, accepted_ms, rid, decision.channel, _STATES[decision.action], ms,
-                                    reason=decision.reason, template=request.template, category=request.category))
-                if decision.action is Action.SEND:
+                elif decision.action is Action.SEND:
                     sends.setdefault(decision.channel, []).append(rid)
+                else:
+                    events.append(Event(nid, accepted_ms, rid, decision.channel, _SUPPRESSED[decision.action], ms,
+                                        reason=decision.reason, template=request.template,
+                                        category=request.category))
+        for channel, rids in sends.items():  # queued: each names its task's log group
+            events += [Event(nid, accepted_ms, rid, channel, notify_pb2.SEND_QUEUED, ms, template=request.template,
+                             category=request.category, log_group=group)
+                       for rid, group in zip(rids, channel_tasks.log_groups(rids))]
         tasks = {channel_topic(channel, request.priority): channel_tasks.grouped(internal_pb2.ChannelTask(
             notification_id=nid, channel=channel, template=request.template,
             template_version=job.job.template_version, category=request.category,

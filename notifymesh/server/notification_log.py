@@ -3,7 +3,17 @@ each channel, as rows of the replicated table (rows.py):
 
   N nid                              the header (NotificationRecord), written once accepted
   E nid rid channel event_ms state   one SendEvent per step (partition key: the notification id)
+  G nid channel group event_ms writer
+                                     the events of a channel task's recipients written together
   R rid accepted_ms nid              the recipient's index by time (partition key: the recipient id)
+
+A recipient's events on a channel are its E rows and, when its SEND_QUEUED row
+names a log group (the fan-out's task for it: ChannelTask.log_group), its
+events in that group's G rows: the channel workers write a task's events a row
+a write (its parts' too), not a row an event. Four of a recipient's six event
+rows on two channels written a row an event cost 24-31 % of the sink
+pipeline's CPU (docs/benchmarks.md 2026-12-03 18:38). Readers merge both in
+time order.
 
 Every row of a notification expires at accepted_ms + the retention, so a
 notification's rows go together. Each batch of events recorded is then also
@@ -79,6 +89,19 @@ class Event(NamedTuple):
     attempt: int = 0
     template: str = ""  # the notification's: carried on the events stream, not in the row
     category: str = ""
+    # The recipient's task's log group (ChannelTask.log_group): its SEND_QUEUED row
+    # names it; its channel worker's events are written in the group's rows, one a
+    # write of a task (log_writer: what wrote them, unique to the write).
+    log_group: str = ""
+    log_writer: str = ""
+
+
+class _SendRows(NamedTuple):
+    """A send's event rows (E), as read, in key order."""
+    notification_id: str
+    recipient: str
+    channel: str  # its name, as in event keys
+    rows: list[tuple[rows.EventKey, bytes]]
 
 
 class PageToken(NamedTuple):
@@ -162,9 +185,11 @@ class NotificationLog:
 
     def _event_ops(self, events: Iterable[Event], ops: dict[str, list[storage_pb2.TableOp]]
                    ) -> list[events_pb2.NotificationEvent]:
-        """Adds the events' rows to ops (by partition key); returns them as the events
+        """Adds the events' rows to ops (by partition key): a row an event, or one
+        row a task's write of them (Event.log_group); returns them as the events
         topic carries them, in order."""
         published: list[events_pb2.NotificationEvent] = []
+        logged: dict[tuple[str, int, str, str], tuple[int, int, internal_pb2.LoggedEvents]] = {}
         for e in events:
             # The SendEvent set in place in its NotificationEvent rather than made apart and
             # copied in: an event's rows and publishing 11.4 -> 9.3 us (best of 30 rounds).
@@ -174,9 +199,22 @@ class NotificationLog:
             value.state, value.attempt, value.reason = e.state, e.attempt, e.reason
             value.provider, value.provider_message_id = e.provider, e.provider_message_id
             value.time.FromMilliseconds(e.time_ms)
-            key = rows.event_key(e.notification_id, e.recipient, channel_name(e.channel), e.time_ms, e.state)
-            ops.setdefault(e.notification_id, []).append(_put(key, value, self.expire_ms(e.accepted_ms)))
             published.append(event)
+            if e.log_group and e.state != notify_pb2.SEND_QUEUED:
+                write = (e.notification_id, e.channel, e.log_group, e.log_writer)
+                if write not in logged:
+                    logged[write] = (e.time_ms, self.expire_ms(e.accepted_ms), internal_pb2.LoggedEvents())
+                logged[write][2].events.add(recipient=e.recipient, event=value)
+                continue
+            row = value.SerializeToString()
+            if e.log_group:
+                row += internal_pb2.LogGroupTag(log_group=e.log_group).SerializeToString()
+            key = rows.event_key(e.notification_id, e.recipient, channel_name(e.channel), e.time_ms, e.state)
+            ops.setdefault(e.notification_id, []).append(
+                storage_pb2.TableOp(key=key, value=row, expire_ms=self.expire_ms(e.accepted_ms)))
+        for (notification_id, channel, group, writer), (first_ms, expire_ms, written) in logged.items():
+            key = rows.logged_events_key(notification_id, channel_name(channel), group, first_ms, writer)
+            ops.setdefault(notification_id, []).append(_put(key, written, expire_ms))
         return published
 
     async def publish(self, published: list[events_pb2.NotificationEvent]) -> None:
@@ -210,27 +248,26 @@ class NotificationLog:
         record = await self.header(notification_id)
         if record is None:
             raise errors.NotFound(f"notification {notification_id!r} not found")
-        result = _header(record)
         prefix, more = rows.events_prefix(notification_id), False
-        sends = result.sends
+        page: list[_SendRows] = []
         while True:
             scanned = await self._table.scan(notification_id, prefix, start_after, limit=SCAN_ROWS)
             for key, value in zip(scanned.keys, scanned.values):
                 parsed = rows.parse_event_key(key)
-                if not sends or (sends[-1].recipient, channel_name(sends[-1].channel)) != \
-                        (parsed.recipient, parsed.channel):
-                    if len(sends) == size:  # the page is full and its last send complete
+                if not page or (page[-1].recipient, page[-1].channel) != (parsed.recipient, parsed.channel):
+                    if len(page) == size:  # the page is full and its last send complete
                         more = True
                         break
-                    sends.add(recipient=parsed.recipient, channel=parse_channel(parsed.channel))
-                _add_event(sends[-1], value)
+                    page.append(_SendRows(notification_id, parsed.recipient, parsed.channel, []))
+                page[-1].rows.append((parsed, value))
             if more or not scanned.more or not scanned.keys:
                 break
             start_after = scanned.keys[-1]
+        result = _header(record)
+        result.sends.extend(await self._sends(page))
         if more:
-            last = sends[-1]
-            result.next_page_token = PageToken("sends", notification_id,
-                                               (last.recipient, channel_name(last.channel))).encode()
+            last = page[-1]
+            result.next_page_token = PageToken("sends", notification_id, (last.recipient, last.channel)).encode()
         return result
 
     async def by_recipient(self, recipient: str, start_ms: int = 0, end_ms: int = 0, page_size: int = 0,
@@ -270,12 +307,14 @@ class NotificationLog:
                                                                                                   recipient)))
         if record is None:
             return None
-        result = _header(record)
+        by_channel: list[_SendRows] = []
         for key, value in events:
-            channel = parse_channel(rows.parse_event_key(key).channel)
-            if not result.sends or result.sends[-1].channel != channel:
-                result.sends.add(recipient=recipient, channel=channel)
-            _add_event(result.sends[-1], value)
+            parsed = rows.parse_event_key(key)
+            if not by_channel or by_channel[-1].channel != parsed.channel:
+                by_channel.append(_SendRows(notification_id, recipient, parsed.channel, []))
+            by_channel[-1].rows.append((parsed, value))
+        result = _header(record)
+        result.sends.extend(await self._sends(by_channel))
         return result
 
     async def headers(self, notification_ids: Iterable[str]) -> dict[str, internal_pb2.NotificationRecord | None]:
@@ -287,18 +326,54 @@ class NotificationLog:
 
     async def sends_events(self, sends: list[tuple[str, str, int]]) -> list[list[notify_pb2.SendEvent]]:
         """Each send's events (notification id, recipient, channel), oldest first (a few
-        per attempt), in one scan (a table call per partition); a recipient with more
-        rows than one scan gives is read to its end apart."""
+        per attempt), in one scan (a table call per partition) and one more of their
+        tasks' rows; a recipient with more rows than one scan gives is read to its end
+        apart."""
         scans = [(nid, rows.events_prefix(nid, recipient)) for nid, recipient, _ in sends]
         scanned = await self._table.scan_many(scans, RECIPIENT_EVENT_ROWS) if scans else []
-        events = []
-        for (_, _, channel), (partition_key, prefix), found in zip(sends, scans, scanned):
-            found_rows = list(zip(found.keys, found.values)) if not found.more else \
+        found: list[_SendRows] = []
+        for (nid, recipient, channel), (partition_key, prefix), rows_found in zip(sends, scans, scanned):
+            found_rows = list(zip(rows_found.keys, rows_found.values)) if not rows_found.more else \
                 await self._scan_all(partition_key, prefix)
             name = channel_name(channel)
-            events.append([notify_pb2.SendEvent.FromString(value) for key, value in found_rows
-                           if rows.parse_event_key(key).channel == name])
-        return events
+            parsed_rows = [(rows.parse_event_key(key), value) for key, value in found_rows]
+            found.append(_SendRows(nid, recipient, name, [(p, v) for p, v in parsed_rows if p.channel == name]))
+        return [list(send.timeline) for send in await self._sends(found)]
+
+    async def _sends(self, sends: list[_SendRows]) -> list[notify_pb2.RecipientSend]:
+        """Each send with its events: its own rows' and, when its SEND_QUEUED row names
+        a log group, the events for it in the group's rows (read in one scan, a table
+        call per partition), oldest first."""
+        groups: dict[tuple[str, str, str], list[int]] = {}  # (nid, channel, group) -> the sends in it
+        for i, send in enumerate(sends):
+            for parsed, value in send.rows:
+                if parsed.state == notify_pb2.SEND_QUEUED:
+                    group = internal_pb2.LogGroupTag.FromString(value).log_group
+                    if group:
+                        groups.setdefault((send.notification_id, send.channel, group), []).append(i)
+                        break
+        logged: list[list[tuple[int, int, notify_pb2.SendEvent]]] = [[] for _ in sends]
+        if groups:
+            scans = [(nid, rows.logged_events_prefix(nid, channel, group)) for nid, channel, group in groups]
+            for (scan, found), members in zip(zip(scans, await self._table.scan_many(scans, RECIPIENT_EVENT_ROWS)),
+                                              groups.values()):
+                values = found.values if not found.more else [value for _, value in await self._scan_all(*scan)]
+                wanted = {sends[i].recipient: i for i in members}
+                for value in values:
+                    for item in internal_pb2.LoggedEvents.FromString(value).events:
+                        i = wanted.get(item.recipient)
+                        if i is not None:
+                            logged[i].append((item.event.time.ToMilliseconds(), item.event.state, item.event))
+        result = []
+        for send, more in zip(sends, logged):
+            events = [(parsed.event_ms, parsed.state, value) for parsed, value in send.rows]
+            if more:  # both in time order, then state's (as event keys sort)
+                events = sorted(events + more, key=lambda e: (e[0], e[1]))
+            one = notify_pb2.RecipientSend(recipient=send.recipient, channel=parse_channel(send.channel))
+            for _, _, event in events:
+                _add_event(one, event)
+            result.append(one)
+        return result
 
     async def _scan_all(self, partition_key: str, prefix: bytes) -> list[tuple[bytes, bytes]]:
         """Every row under prefix: for one recipient of one notification, a few per
@@ -340,7 +415,7 @@ def _header(record: internal_pb2.NotificationRecord) -> notify_pb2.Notification:
         audience=request.audience, trace_id=record.trace_id)
 
 
-def _add_event(send: notify_pb2.RecipientSend, raw: bytes) -> None:
+def _add_event(send: notify_pb2.RecipientSend, event: bytes | notify_pb2.SendEvent) -> None:
     """Appends an event (they come oldest first) and makes it the send's latest,
     with two exceptions. A queued event after others is a fan-out page written
     again (its sender died before its checkpoint: the page's tasks were sent
@@ -349,8 +424,13 @@ def _add_event(send: notify_pb2.RecipientSend, raw: bytes) -> None:
     of the send before it, even when it carries the provider's message id: an SMS
     status callback recorded before the sender's SEND_SENT row was written found no
     provider to name (frontend/tracking.py), but its message is the same send's."""
-    event = send.timeline.add()
-    event.MergeFromString(raw)
+    if isinstance(event, bytes):  # a row's (a SEND_QUEUED one's log group tag dropped)
+        raw, event = event, send.timeline.add()
+        event.MergeFromString(raw)
+        event.DiscardUnknownFields()
+    else:
+        send.timeline.append(event)
+        event = send.timeline[-1]
     if event.state == notify_pb2.SEND_QUEUED and len(send.timeline) > 1:
         return
     send.state, send.reason = event.state, event.reason

@@ -24,7 +24,11 @@ decimal milliseconds so keys sort by time.
                                          notify topic's dedup window (sender/fanout.py)
   R rid accepted_ms nid               -> b"": the recipient's notifications by time
   N nid                               -> NotificationRecord
-  E nid rid channel event_ms state    -> notifymesh.v1.SendEvent
+  E nid rid channel event_ms state    -> notifymesh.v1.SendEvent (a SEND_QUEUED one followed by a
+                                         LogGroupTag when its task's events are in G rows)
+  G nid channel group event_ms writer -> LoggedEvents: a write of the events of a channel task's
+                                         recipients (group: the fan-out task's first recipient;
+                                         writer: what made the write, unique to it)
   K nid                               -> FanoutCheckpoint
   I rid accepted_ms nid               -> notifymesh.v1.InboxItem: the recipient's in-app item
   J rid accepted_ms nid               -> notifymesh.v1.InboxItem: the same while not acknowledged
@@ -48,7 +52,7 @@ SEP = b"\0"
 _MS_DIGITS = 13
 
 CONTACT, UNSUBSCRIBED, PREFERENCE, RATE_LIMIT, RATE_COUNTER, ERASED = b"C", b"U", b"P", b"L", b"Q", b"X"
-RECIPIENT_NOTIFICATION, NOTIFICATION, EVENT, CHECKPOINT = b"R", b"N", b"E", b"K"
+RECIPIENT_NOTIFICATION, NOTIFICATION, EVENT, CHECKPOINT, LOGGED_EVENTS = b"R", b"N", b"E", b"K", b"G"
 DUPLICATE = b"D"
 DEVICE = b"V"
 AUDIENCE, MEMBER = b"A", b"M"
@@ -240,6 +244,15 @@ class EventKey(NamedTuple):
 def parse_event_key(key: bytes) -> EventKey:
     notification_id, recipient, channel, ms, state = _fields(key)
     return EventKey(notification_id, recipient, channel, int(ms), int(state))
+
+
+def logged_events_key(notification_id: str, channel: str, group: str, event_ms: int, writer: str) -> bytes:
+    return _key(LOGGED_EVENTS, notification_id, channel, group, _ms(event_ms), writer)
+
+
+def logged_events_prefix(notification_id: str, channel: str, group: str) -> bytes:
+    """Every write of the events of one task (and its parts)."""
+    return _key(LOGGED_EVENTS, notification_id, channel, group) + SEP
 
 
 # -- audiences (partition key: audience name) ------------------------------------------

@@ -95,6 +95,57 @@ async def test_an_sms_receipt_with_the_message_id_but_no_provider_keeps_the_prov
     assert [e.provider for e in sms.timeline] == ["sms-b", "sms-a", ""]  # the receipt as recorded
 
 
+async def test_a_tasks_events_are_one_row_a_write_and_read_back_as_each_recipients_own(monkeypatch):
+    """A channel task's recipients (log group "alice": its first) have their queued
+    rows name the group; the channel worker's events of the task are a row a write
+    (two writes: three rows for six events), read back into each recipient's
+    timeline in time order with its own rows (a receipt), by every reader."""
+    from notifymesh.server import notification_log
+    table = FakeTable()
+    log = NotificationLog(table, RETENTION)
+    await log.accepted(record("n1", recipients=["alice", "bob", "carol"]), ["alice", "bob", "carol"])
+    await log.record([ev("n1", rid, SMS, notify_pb2.SEND_QUEUED, T0 + 1, log_group="alice")
+                      for rid in ("alice", "bob")] + [ev("n1", "carol", SMS, notify_pb2.SEND_QUEUED, T0 + 1)])
+    group = dict(log_group="alice", log_writer="m1.1.0")
+    await log.record([ev("n1", rid, SMS, notify_pb2.SEND_RENDERED, T0 + 5, **group) for rid in ("alice", "bob")])
+    await log.record([ev("n1", "alice", SMS, notify_pb2.SEND_SENT, T0 + 8, provider="sms-a",
+                         provider_message_id="SM1", **group | {"log_writer": "m1.1.1"}),
+                      ev("n1", "bob", SMS, notify_pb2.SEND_FAILED, T0 + 8, reason="HTTP 503",
+                         **group | {"log_writer": "m1.1.1"}),
+                      ev("n1", "alice", SMS, notify_pb2.SEND_DELIVERED, T0 + 20, provider_message_id="SM1")])
+    await log.record([ev("n1", "bob", SMS, notify_pb2.SEND_SENT, T0 + 30, provider="sms-a", provider_message_id="SM2",
+                         log_group="alice", log_writer="part.1.0")])  # a part of the task, later
+    logged = [key for key in table.rows[table.partition("n1")] if key.startswith(rows.LOGGED_EVENTS)]
+    assert len(logged) == 3
+    assert sorted(k for k in table.rows[table.partition("n1")] if k.startswith(rows.EVENT)) == sorted(
+        [rows.event_key("n1", rid, "sms", T0 + 1, notify_pb2.SEND_QUEUED) for rid in ("alice", "bob", "carol")] +
+        [rows.event_key("n1", "alice", "sms", T0 + 20, notify_pb2.SEND_DELIVERED)])
+    expected = {"alice": [(notify_pb2.SEND_QUEUED, T0 + 1), (notify_pb2.SEND_RENDERED, T0 + 5),
+                          (notify_pb2.SEND_SENT, T0 + 8), (notify_pb2.SEND_DELIVERED, T0 + 20)],
+                "bob": [(notify_pb2.SEND_QUEUED, T0 + 1), (notify_pb2.SEND_RENDERED, T0 + 5),
+                        (notify_pb2.SEND_FAILED, T0 + 8), (notify_pb2.SEND_SENT, T0 + 30)],
+                "carol": [(notify_pb2.SEND_QUEUED, T0 + 1)]}
+
+    def timeline(send):
+        # The group tag is the log's own: not in what clients get.
+        assert not any(internal_pb2.LogGroupTag.FromString(e.SerializeToString()).log_group for e in send.timeline)
+        return [(e.state, to_ms(e.time)) for e in send.timeline]
+
+    monkeypatch.setattr(notification_log, "RECIPIENT_EVENT_ROWS", 2)  # a group's rows read to their end apart
+    n = await log.notification("n1")
+    assert {s.recipient: timeline(s) for s in n.sends} == expected
+    alice, bob, _ = n.sends
+    assert (alice.state, alice.provider, alice.provider_message_id) == (notify_pb2.SEND_DELIVERED, "sms-a", "SM1")
+    assert (bob.state, bob.provider_message_id) == (notify_pb2.SEND_SENT, "SM2")
+    paged = await log.notification("n1", page_size=1)
+    assert [timeline(s) for s in paged.sends] == [expected["alice"]]
+    for rid in expected:
+        listed, = (await log.by_recipient(rid)).notifications
+        assert [timeline(s) for s in listed.sends] == [expected[rid]]
+    events = await log.sends_events([("n1", "bob", SMS), ("n1", "carol", SMS), ("n1", "bob", EMAIL)])
+    assert [[(e.state, to_ms(e.time)) for e in send] for send in events] == [expected["bob"], expected["carol"], []]
+
+
 async def test_a_notification_without_its_header_row_is_not_found():
     log = NotificationLog(FakeTable(), RETENTION)
     with pytest.raises(errors.NotFound):

@@ -15,7 +15,7 @@ from fakes import eventually
 from notify_fakes import FakeMetadata, FakeProviders, FakePublisher, FakeRendering, FakeTable
 from notifymesh.server import rows
 from notifymesh.server.internal_topics import channel_subscription
-from notifymesh.server.notification_log import BatchedRecorder, NotificationLog
+from notifymesh.server.notification_log import BatchedRecorder, Event, NotificationLog
 from sender import channel_tasks, channel_worker
 from sender.channel_worker import ChannelSender, Failed, PrioritySlots, Sent
 from sender.pipeline import ACK
@@ -72,9 +72,8 @@ class Parts:
                 message_id=f"m-{rid}", data=task.SerializeToString())))
 
     async def timeline(self, rid: str, nid: str = "n1") -> list[tuple[int, str]]:
-        scanned = await self.table.scan(nid, rows.events_prefix(nid, rid))
-        return [(rows.parse_event_key(k).state, notify_pb2.SendEvent.FromString(v).reason)
-                for k, v in zip(scanned.keys, scanned.values)]
+        (events,) = await self.log.sends_events([(nid, rid, EMAIL)])
+        return [(e.state, e.reason) for e in events]
 
 
 async def test_a_task_is_rendered_and_sent_with_its_unsubscribe_headers_and_each_attempt_logged_first():
@@ -178,7 +177,7 @@ async def test_a_batch_is_read_once_logged_rendered_before_any_send_and_sent_bef
     p.providers.send = checked
     outcomes = await p.sender.handle_batch([received(rid) for rid in rids + ["nobody"]])
     assert outcomes == [ACK] * 11 and len(p.providers.sent) == 10 and all(rendered_when_sent)
-    calls = [call for call, _ in p.table.calls[calls_before:] if call != "scan"]
+    calls = [call for call, _ in p.table.calls[calls_before:] if call not in ("scan", "scan_many")]  # timeline()
     assert calls == ["read_many", "write_many", "write_many"]  # the reads; the rendered; the sent
     for rid in rids:
         assert [state for state, _ in await p.timeline(rid)] == [notify_pb2.SEND_RENDERED, notify_pb2.SEND_SENT]
@@ -386,6 +385,27 @@ async def test_a_task_of_many_recipients_sends_each_with_its_own_key_and_is_acke
     for rid in ("alice", "bob", "carol"):
         assert [s for s, _ in await p.timeline(rid)] == [notify_pb2.SEND_RENDERED, notify_pb2.SEND_SENT]
     assert not p.requeue.calls
+
+
+async def test_a_task_of_a_log_group_logs_its_recipients_events_in_a_row_a_write_and_its_parts_keep_the_group():
+    p = Parts()
+    for rid in ("alice", "bob", "carol"):
+        await p.recipient(rid, email=f"{rid}@example.com")
+    await p.log.record([Event("n1", T0, rid, EMAIL, notify_pb2.SEND_QUEUED, T0, log_group="alice")
+                        for rid in ("alice", "bob", "carol")])  # the fan-out's
+    by_address(p, {"bob@example.com": Failed(True, "503 busy", "fake")})
+    assert await p.sender.handle(many("alice", "bob", "carol", log_group="alice")) == ACK
+    shard = p.table.rows[p.table.partition("n1")]
+    logged = [internal_pb2.LoggedEvents.FromString(value) for key, (value, _) in sorted(shard.items())
+              if key.startswith(rows.LOGGED_EVENTS)]
+    assert [sorted((e.recipient, e.event.state) for e in row.events) for row in logged] == [  # rendered, outcomes
+        [("alice", notify_pb2.SEND_RENDERED), ("bob", notify_pb2.SEND_RENDERED), ("carol", notify_pb2.SEND_RENDERED)],
+        [("alice", notify_pb2.SEND_SENT), ("bob", notify_pb2.SEND_FAILED), ("carol", notify_pb2.SEND_SENT)]]
+    assert sum(key.startswith(rows.EVENT) for key in shard) == 3  # the queued rows only
+    assert [s for s, _ in await p.timeline("bob")] == [notify_pb2.SEND_QUEUED, notify_pb2.SEND_RENDERED,
+                                                       notify_pb2.SEND_FAILED]
+    bob, = parts_published(p)
+    assert (channel_tasks.recipients(bob), bob.log_group) == (["bob"], "alice")
 
 
 async def test_recipients_not_done_go_on_as_parts_with_their_attempts_and_wait_and_the_task_is_acked():

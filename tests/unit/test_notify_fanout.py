@@ -130,6 +130,12 @@ async def test_a_pages_recipients_go_25_a_task_keyed_by_the_first_and_the_count(
     stored = p.publisher.stored[EMAIL_TOPIC]
     assert sorted(stored) == ["n1/r000/email/25", "n1/r025/email/25", "n1/r050/email/10"]
     assert list(internal_pb2.ChannelTask.FromString(stored["n1/r050/email/10"].data).recipients) == people[50:]
+    # each task its own log group (its first recipient), named by its recipients' queued rows
+    assert {internal_pb2.ChannelTask.FromString(m.data).log_group for m in stored.values()} == {"r000", "r025", "r050"}
+    queued = {rows.parse_event_key(key).recipient: internal_pb2.LogGroupTag.FromString(value).log_group
+              for key, (value, _) in p.table.rows[p.table.partition("n1")].items()
+              if key.startswith(rows.events_prefix("n1"))}
+    assert queued == {rid: people[i - i % 25] for i, rid in enumerate(people)}
     # expanded again (a crash before the checkpoint): the same tasks, repeats by key
     await p.fanout.run("n1", job(recipients=people, channels=[EMAIL]))
     assert len(stored) == 3

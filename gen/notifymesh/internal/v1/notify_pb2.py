@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from gen.notifymesh.v1 import notify_pb2 as notifymesh_dot_v1_dot_notify__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#notifymesh/internal/v1/notify.proto\x12\x16notifymesh.internal.v1\x1a\x1anotifymesh/v1/notify.proto\"o\n\x0fNotificationJob\x12-\n\x07request\x18\x01 \x01(\x0b\x32\x1c.notifymesh.v1.NotifyRequest\x12\x18\n\x10template_version\x18\x02 \x01(\x05\x12\x13\n\x0b\x61\x63\x63\x65pted_ms\x18\x03 \x01(\x03\"\xb2\x02\n\x0b\x43hannelTask\x12\x17\n\x0fnotification_id\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\'\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x16.notifymesh.v1.Channel\x12\x10\n\x08template\x18\x04 \x01(\t\x12\x18\n\x10template_version\x18\x05 \x01(\x05\x12\x10\n\x08\x63\x61tegory\x18\x06 \x01(\t\x12)\n\x08priority\x18\x07 \x01(\x0e\x32\x17.notifymesh.v1.Priority\x12\x0c\n\x04\x64\x61ta\x18\x08 \x01(\t\x12\x13\n\x0b\x61\x63\x63\x65pted_ms\x18\t \x01(\x03\x12\x12\n\nrecipients\x18\n \x03(\t\x12\x17\n\x0f\x61ttempts_before\x18\x0b \x01(\x05\x12\x15\n\rnot_before_ms\x18\x0c \x01(\x03\"D\n\x10\x46\x61noutCheckpoint\x12\x17\n\x0f\x61\x66ter_recipient\x18\x01 \x01(\t\x12\x17\n\x0frecipients_done\x18\x02 \x01(\x05\"\xa9\x01\n\x12NotificationRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x07request\x18\x02 \x01(\x0b\x32\x1c.notifymesh.v1.NotifyRequest\x12\x18\n\x10template_version\x18\x03 \x01(\x05\x12\x13\n\x0b\x61\x63\x63\x65pted_ms\x18\x04 \x01(\x03\x12\x17\n\x0frecipient_count\x18\x05 \x01(\x05\x12\x10\n\x08trace_id\x18\x06 \x01(\t\" \n\rPreferenceRow\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\"<\n\x0cRateLimitRow\x12,\n\nrate_limit\x18\x01 \x01(\x0b\x32\x18.notifymesh.v1.RateLimit\".\n\x0bRateCounter\x12\x0f\n\x07sent_ms\x18\x01 \x03(\x03\x12\x0e\n\x06tokens\x18\x02 \x03(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#notifymesh/internal/v1/notify.proto\x12\x16notifymesh.internal.v1\x1a\x1anotifymesh/v1/notify.proto\"o\n\x0fNotificationJob\x12-\n\x07request\x18\x01 \x01(\x0b\x32\x1c.notifymesh.v1.NotifyRequest\x12\x18\n\x10template_version\x18\x02 \x01(\x05\x12\x13\n\x0b\x61\x63\x63\x65pted_ms\x18\x03 \x01(\x03\"\xc5\x02\n\x0b\x43hannelTask\x12\x17\n\x0fnotification_id\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\'\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x16.notifymesh.v1.Channel\x12\x10\n\x08template\x18\x04 \x01(\t\x12\x18\n\x10template_version\x18\x05 \x01(\x05\x12\x10\n\x08\x63\x61tegory\x18\x06 \x01(\t\x12)\n\x08priority\x18\x07 \x01(\x0e\x32\x17.notifymesh.v1.Priority\x12\x0c\n\x04\x64\x61ta\x18\x08 \x01(\t\x12\x13\n\x0b\x61\x63\x63\x65pted_ms\x18\t \x01(\x03\x12\x12\n\nrecipients\x18\n \x03(\t\x12\x17\n\x0f\x61ttempts_before\x18\x0b \x01(\x05\x12\x15\n\rnot_before_ms\x18\x0c \x01(\x03\x12\x11\n\tlog_group\x18\r \x01(\t\"C\n\x0cLoggedEvents\x12\x33\n\x06\x65vents\x18\x01 \x03(\x0b\x32#.notifymesh.internal.v1.LoggedEvent\"I\n\x0bLoggedEvent\x12\x11\n\trecipient\x18\x01 \x01(\t\x12\'\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x18.notifymesh.v1.SendEvent\"!\n\x0bLogGroupTag\x12\x12\n\tlog_group\x18\xe8\x07 \x01(\t\"D\n\x10\x46\x61noutCheckpoint\x12\x17\n\x0f\x61\x66ter_recipient\x18\x01 \x01(\t\x12\x17\n\x0frecipients_done\x18\x02 \x01(\x05\"\xa9\x01\n\x12NotificationRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x07request\x18\x02 \x01(\x0b\x32\x1c.notifymesh.v1.NotifyRequest\x12\x18\n\x10template_version\x18\x03 \x01(\x05\x12\x13\n\x0b\x61\x63\x63\x65pted_ms\x18\x04 \x01(\x03\x12\x17\n\x0frecipient_count\x18\x05 \x01(\x05\x12\x10\n\x08trace_id\x18\x06 \x01(\t\" \n\rPreferenceRow\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\"<\n\x0cRateLimitRow\x12,\n\nrate_limit\x18\x01 \x01(\x0b\x32\x18.notifymesh.v1.RateLimit\".\n\x0bRateCounter\x12\x0f\n\x07sent_ms\x18\x01 \x03(\x03\x12\x0e\n\x06tokens\x18\x02 \x03(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,15 +35,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NOTIFICATIONJOB']._serialized_start=91
   _globals['_NOTIFICATIONJOB']._serialized_end=202
   _globals['_CHANNELTASK']._serialized_start=205
-  _globals['_CHANNELTASK']._serialized_end=511
-  _globals['_FANOUTCHECKPOINT']._serialized_start=513
-  _globals['_FANOUTCHECKPOINT']._serialized_end=581
-  _globals['_NOTIFICATIONRECORD']._serialized_start=584
-  _globals['_NOTIFICATIONRECORD']._serialized_end=753
-  _globals['_PREFERENCEROW']._serialized_start=755
-  _globals['_PREFERENCEROW']._serialized_end=787
-  _globals['_RATELIMITROW']._serialized_start=789
-  _globals['_RATELIMITROW']._serialized_end=849
-  _globals['_RATECOUNTER']._serialized_start=851
-  _globals['_RATECOUNTER']._serialized_end=897
+  _globals['_CHANNELTASK']._serialized_end=530
+  _globals['_LOGGEDEVENTS']._serialized_start=532
+  _globals['_LOGGEDEVENTS']._serialized_end=599
+  _globals['_LOGGEDEVENT']._serialized_start=601
+  _globals['_LOGGEDEVENT']._serialized_end=674
+  _globals['_LOGGROUPTAG']._serialized_start=676
+  _globals['_LOGGROUPTAG']._serialized_end=709
+  _globals['_FANOUTCHECKPOINT']._serialized_start=711
+  _globals['_FANOUTCHECKPOINT']._serialized_end=779
+  _globals['_NOTIFICATIONRECORD']._serialized_start=782
+  _globals['_NOTIFICATIONRECORD']._serialized_end=951
+  _globals['_PREFERENCEROW']._serialized_start=953
+  _globals['_PREFERENCEROW']._serialized_end=985
+  _globals['_RATELIMITROW']._serialized_start=987
+  _globals['_RATELIMITROW']._serialized_end=1047
+  _globals['_RATECOUNTER']._serialized_start=1049
+  _globals['_RATECOUNTER']._serialized_end=1095
 # @@protoc_insertion_point(module_scope)

@@ -18,7 +18,7 @@ class NotificationJob(_message.Message):
     def __init__(self, request: _Optional[_Union[_notify_pb2.NotifyRequest, _Mapping]] = ..., template_version: _Optional[int] = ..., accepted_ms: _Optional[int] = ...) -> None: ...
 
 class ChannelTask(_message.Message):
-    __slots__ = ("notification_id", "recipient", "channel", "template", "template_version", "category", "priority", "data", "accepted_ms", "recipients", "attempts_before", "not_before_ms")
+    __slots__ = ("notification_id", "recipient", "channel", "template", "template_version", "category", "priority", "data", "accepted_ms", "recipients", "attempts_before", "not_before_ms", "log_group")
     NOTIFICATION_ID_FIELD_NUMBER: _ClassVar[int]
     RECIPIENT_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class ChannelTask(_message.Message):
     RECIPIENTS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_BEFORE_FIELD_NUMBER: _ClassVar[int]
     NOT_BEFORE_MS_FIELD_NUMBER: _ClassVar[int]
+    LOG_GROUP_FIELD_NUMBER: _ClassVar[int]
     notification_id: str
     recipient: str
     channel: _notify_pb2.Channel
@@ -43,7 +44,28 @@ class ChannelTask(_message.Message):
     recipients: _containers.RepeatedScalarFieldContainer[str]
     attempts_before: int
     not_before_ms: int
-    def __init__(self, notification_id: _Optional[str] = ..., recipient: _Optional[str] = ..., channel: _Optional[_Union[_notify_pb2.Channel, str]] = ..., template: _Optional[str] = ..., template_version: _Optional[int] = ..., category: _Optional[str] = ..., priority: _Optional[_Union[_notify_pb2.Priority, str]] = ..., data: _Optional[str] = ..., accepted_ms: _Optional[int] = ..., recipients: _Optional[_Iterable[str]] = ..., attempts_before: _Optional[int] = ..., not_before_ms: _Optional[int] = ...) -> None: ...
+    log_group: str
+    def __init__(self, notification_id: _Optional[str] = ..., recipient: _Optional[str] = ..., channel: _Optional[_Union[_notify_pb2.Channel, str]] = ..., template: _Optional[str] = ..., template_version: _Optional[int] = ..., category: _Optional[str] = ..., priority: _Optional[_Union[_notify_pb2.Priority, str]] = ..., data: _Optional[str] = ..., accepted_ms: _Optional[int] = ..., recipients: _Optional[_Iterable[str]] = ..., attempts_before: _Optional[int] = ..., not_before_ms: _Optional[int] = ..., log_group: _Optional[str] = ...) -> None: ...
+
+class LoggedEvents(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[LoggedEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[LoggedEvent, _Mapping]]] = ...) -> None: ...
+
+class LoggedEvent(_message.Message):
+    __slots__ = ("recipient", "event")
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    recipient: str
+    event: _notify_pb2.SendEvent
+    def __init__(self, recipient: _Optional[str] = ..., event: _Optional[_Union[_notify_pb2.SendEvent, _Mapping]] = ...) -> None: ...
+
+class LogGroupTag(_message.Message):
+    __slots__ = ("log_group",)
+    LOG_GROUP_FIELD_NUMBER: _ClassVar[int]
+    log_group: str
+    def __init__(self, log_group: _Optional[str] = ...) -> None: ...
 
 class FanoutCheckpoint(_message.Message):
     __slots__ = ("after_recipient", "recipients_done")
