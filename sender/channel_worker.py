@@ -293,8 +293,7 @@ class Sending:
     attempt: int = 1  # counting the attempts of the tasks it was split from
     alone: bool = True  # its task's only recipient
     data: str = ""  # the task's data (JSON object text): one str for all its recipients
-    log_writer: str = ""  # its message's handling (id, delivery attempt): the log's writes name it
-    writes: int = 0  # its events' records so far
+    writes: int = 0  # its events' records so far (with its message's id and delivery attempt: a write's log name)
     events: list[Event] = field(default_factory=list)
     last_ms: int = 0
     outcome: Outcome | None = None
@@ -313,7 +312,8 @@ class Sending:
         self.events.append(Event(task.notification_id, task.accepted_ms, task.recipient, task.channel, state,
                                  self.last_ms, attempt=self.attempt, template=task.template,
                                  category=task.category, log_group=task.log_group,
-                                 log_writer=f"{self.log_writer}.{self.writes}", **kw))
+                                 log_writer=f"{self.received.message.message_id}.{self.received.delivery_attempt}"
+                                            f".{self.writes}", **kw))
 
 
 class _Message(NamedTuple):
@@ -424,11 +424,10 @@ class ChannelSender:
         # The data once for the task's recipients: a copy each was up to 64 KiB a recipient.
         data = task.data
         task.ClearField("data")
-        writer = f"{received.message.message_id}.{received.delivery_attempt}"
         return _Message(received, task, span, [
             Sending(received, channel_tasks.one_recipient(task, rid) if task.recipients else task,
                     channel_tasks.task_key(task.notification_id, rid, task.channel), span, attempt,
-                    alone=not task.recipients, data=data, log_writer=writer)
+                    alone=not task.recipients, data=data)
             for rid in channel_tasks.recipients(task)], data=data)
 
     async def _answer(self, message: "_Message") -> Outcome:

@@ -355,8 +355,8 @@ class NotificationLog:
         logged: list[list[tuple[int, int, notify_pb2.SendEvent]]] = [[] for _ in sends]
         if groups:
             scans = [(nid, rows.logged_events_prefix(nid, channel, group)) for nid, channel, group in groups]
-            for (scan, found), members in zip(zip(scans, await self._table.scan_many(scans, RECIPIENT_EVENT_ROWS)),
-                                              groups.values()):
+            scanned = await self._table.scan_many(scans, RECIPIENT_EVENT_ROWS)
+            for scan, found, members in zip(scans, scanned, groups.values()):
                 values = found.values if not found.more else [value for _, value in await self._scan_all(*scan)]
                 wanted = {sends[i].recipient: i for i in members}
                 for value in values:
