@@ -2,8 +2,9 @@
 partitions of internal_topics.TABLE_TOPIC, placed by rows.partition_of(partition
 key). Each call goes to the partition's leader through StorageClient.call, with
 its retries across a failover (a retried write writes the same values again; a
-retried rate acquire is recognised by its token). Concurrent writes to one
-partition are coalesced into one call; reads of many keys go one call per
+retried rate acquire is recognised by its token). Concurrent writes, rate
+acquires and reads of one partition are each coalesced into one call (while one
+is under way, the next gathers what arrives); reads of many keys go one call per
 partition, the partitions in parallel."""
 
 import asyncio
@@ -70,6 +71,10 @@ class TableClient:
             self._send_write, MAX_OPS_PER_CALL, MAX_BYTES_PER_CALL, lambda op: op.ByteSize())
         self._acquires: Coalescer[storage_pb2.RateAcquire, RateDecision] = Coalescer(
             self._send_acquires, MAX_OPS_PER_CALL)
+        # Reads too: a notification of 10 recipients reads about as many partitions, and
+        # at 100 such notifications a second TableRead was 13 calls a notification, the
+        # most of any call (bench/notify.py --mode latency, docs/benchmarks.md 2026-12-03).
+        self._reads: Coalescer[bytes, bytes | None] = Coalescer(self._send_read, MAX_KEYS_PER_CALL)
 
     def partition(self, partition_key: str) -> int:
         if self._partitions is None:
@@ -111,13 +116,15 @@ class TableClient:
             by_partition[self.partition(partition_key)].extend(ops)
         await asyncio.gather(*(self._write_partition(p, ops) for p, ops in by_partition.items()))
 
+    async def _send_read(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
+        response = await self._storage.call("TableRead", TABLE_TOPIC, partition, storage_pb2.TableReadRequest(
+            partition=partition, keys=keys))
+        return [v if found else None for v, found in zip(response.values, response.found)]
+
     async def _read_partition(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
-        values: list[bytes | None] = []
-        for i in range(0, len(keys), MAX_KEYS_PER_CALL):
-            response = await self._storage.call("TableRead", TABLE_TOPIC, partition, storage_pb2.TableReadRequest(
-                partition=partition, keys=keys[i:i + MAX_KEYS_PER_CALL]))
-            values += [v if found else None for v, found in zip(response.values, response.found)]
-        return values
+        chunks = await asyncio.gather(*(self._reads.submit(partition, keys[i:i + MAX_KEYS_PER_CALL])
+                                        for i in range(0, len(keys), MAX_KEYS_PER_CALL)))
+        return [value for chunk in chunks for value in chunk]
 
     async def read(self, partition_key: str, keys: list[bytes]) -> list[bytes | None]:
         """The value of each row, None for a row that does not exist (or expired)."""

@@ -1,5 +1,5 @@
 """notifymesh/server/table.py with a fake StorageClient: calls per partition,
-concurrent writes coalesced, reads of many keys grouped per partition."""
+concurrent writes and reads coalesced, reads of many keys grouped per partition."""
 
 import asyncio
 
@@ -56,6 +56,21 @@ async def test_concurrent_writes_to_one_partition_go_in_one_call(table):
     await asyncio.gather(first, *rest)
     assert table._storage.calls == [("TableWrite", partition_of("alice", 8), 1),
                                     ("TableWrite", partition_of("alice", 8), 19)]
+
+
+async def test_concurrent_reads_of_one_partition_go_in_one_call_each_with_its_values(table):
+    await table.write("alice", [put(b"C\0alice", b"A"), put(b"P\0alice", b"P")])
+    table._storage.calls.clear()
+    table._storage.gate.clear()
+    first = asyncio.create_task(table.read("alice", [b"C\0alice"]))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(table.read("alice", keys))
+            for keys in ([b"P\0alice", b"C\0alice"], [b"X\0alice"], [b"C\0alice"])]
+    await asyncio.sleep(0)
+    table._storage.gate.set()
+    assert await asyncio.gather(first, *rest) == [[b"A"], [b"P", b"A"], [None], [b"A"]]
+    partition = partition_of("alice", 8)
+    assert table._storage.calls == [("TableRead", partition, 1), ("TableRead", partition, 4)]
 
 
 async def test_many_keys_are_read_one_call_per_partition(table):
