@@ -149,8 +149,8 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         return response
 
     async def RateAcquire(self, request, context):
-        decisions = await self._node.tables.rate_acquire(request.partition, list(request.acquires))
-        response = storage_pb2.RateAcquireResponse()
+        decisions = await self._node.tables.rate_acquire(request.partition, list(request.acquires), list(request.ops))
+        response = storage_pb2.RateAcquireResponse(ops_written=bool(request.ops))
         add = response.decisions.add  # a fan-out page's 1,000 duplicate checks: made in place, not copied in
         for d in decisions:
             add(allowed=d.allowed, retry_after_ms=d.retry_after_ms, count=d.count)

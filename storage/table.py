@@ -34,7 +34,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Iterable, Iterator, NamedTuple, Protocol
+from typing import Awaitable, Callable, Iterable, Iterator, NamedTuple, Protocol, Sequence
 
 from rocksdict import BottommostLevelCompaction, CompactOptions
 
@@ -540,14 +540,7 @@ class TableService:
     async def write(self, partition: int, ops: list[storage_pb2.TableOp]) -> None:
         if not 1 <= len(ops) <= MAX_OPS:
             raise errors.InvalidArgument(f"a table write takes 1 to {MAX_OPS} ops, not {len(ops)}")
-        for op in ops:
-            _check_key(op.key)
-            if len(op.value) > MAX_VALUE_BYTES:
-                raise errors.InvalidArgument(f"a row value is at most {MAX_VALUE_BYTES} bytes, not {len(op.value)}")
-            if (op.delete or op.erase) and op.value:
-                raise errors.InvalidArgument("a delete or erase carries no value")
-            if op.expire_ms < 0:
-                raise errors.InvalidArgument(f"expire_ms must not be negative, not {op.expire_ms}")
+        _check_ops(ops)
         shard = await self._shard(partition)
         await self._write(shard, ops)
 
@@ -586,16 +579,19 @@ class TableService:
         self.ready(shard)
         return self._table.scan_many(shard, prefixes, limit)
 
-    async def rate_acquire(self, partition: int, acquires: list[storage_pb2.RateAcquire]) -> list[RateDecision]:
+    async def rate_acquire(self, partition: int, acquires: list[storage_pb2.RateAcquire],
+                           ops: Sequence[storage_pb2.TableOp] = ()) -> list[RateDecision]:
         """Sliding logs of sends (notify_pb2.RateCounter): at most limit within
         period_ms. A token already counted is allowed again without counting; force
         counts even over the limit. The acquires are decided in order (a second one
-        of a row sees the first) and their rows written in one replicated write:
-        one round for a fan-out page's duplicate checks, not one per recipient.
-        Acquires of one row take turns across calls, each answered once its write
-        is committed and applied."""
-        if not 1 <= len(acquires) <= MAX_OPS:
-            raise errors.InvalidArgument(f"a rate acquire takes 1 to {MAX_OPS} acquires, not {len(acquires)}")
+        of a row sees the first) and their rows written in one replicated write, with
+        ops (as write() writes them): one round for a fan-out page's duplicate checks
+        and index rows, not one per recipient. Acquires of one row take turns across
+        calls, each answered once its write is committed and applied."""
+        if not 1 <= len(acquires) + len(ops) <= MAX_OPS:
+            raise errors.InvalidArgument(f"a rate acquire takes 1 to {MAX_OPS} acquires and ops, "
+                                         f"not {len(acquires) + len(ops)}")
+        _check_ops(ops)
         for acquire in acquires:
             _check_key(acquire.key)
             if not 1 <= acquire.limit <= MAX_RATE_LIMIT:
@@ -629,8 +625,8 @@ class TableService:
                     writes[key] = storage_pb2.TableOp(key=key, value=values[key],
                                                       expire_ms=max(counter.sent_ms) + acquire.period_ms)
                 decisions.append(decision)
-            if writes:
-                await self._write(shard, list(writes.values()))
+            if writes or ops:
+                await self._write(shard, [*writes.values(), *ops])
             return decisions
         finally:
             for row in locks[:held]:
@@ -639,6 +635,18 @@ class TableService:
                 row.users -= 1
                 if not row.users:
                     del self._locks[(shard, key)]
+
+
+def _check_ops(ops: Sequence[storage_pb2.TableOp]) -> None:
+    """InvalidArgument for an op a table write does not take."""
+    for op in ops:
+        _check_key(op.key)
+        if len(op.value) > MAX_VALUE_BYTES:
+            raise errors.InvalidArgument(f"a row value is at most {MAX_VALUE_BYTES} bytes, not {len(op.value)}")
+        if (op.delete or op.erase) and op.value:
+            raise errors.InvalidArgument("a delete or erase carries no value")
+        if op.expire_ms < 0:
+            raise errors.InvalidArgument(f"expire_ms must not be negative, not {op.expire_ms}")
 
 
 def decide(current: bytes | None, limit: int, period_ms: int, token: str, force: bool,

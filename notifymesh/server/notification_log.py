@@ -149,8 +149,11 @@ class NotificationLog:
         """The header row, with the index rows of the recipients given."""
         await self.page(record.id, record.accepted_ms, recipients, [], header=record)
 
-    def _index_ops(self, notification_id: str, accepted_ms: int,
-                   recipients: Sequence[str]) -> dict[str, list[storage_pb2.TableOp]]:
+    def index_ops(self, notification_id: str, accepted_ms: int,
+                  recipients: Sequence[str]) -> dict[str, list[storage_pb2.TableOp]]:
+        """The recipients' index rows (by partition key: the recipient id), for a writer
+        that writes them with other rows of their partitions (the fan-out's duplicate
+        checks); page() writes them itself otherwise."""
         expire = self.expire_ms(accepted_ms)
         return {rid: [storage_pb2.TableOp(key=rows.recipient_notification_key(rid, accepted_ms, notification_id),
                                           expire_ms=expire)] for rid in recipients}
@@ -165,7 +168,7 @@ class NotificationLog:
         index rows, the events' rows and, on the first page, the header; then the
         events published. Written apart, a one-recipient notification's header and
         events were two calls to its partition."""
-        ops = self._index_ops(notification_id, accepted_ms, recipients)
+        ops = self.index_ops(notification_id, accepted_ms, recipients)
         if header is not None:
             ops.setdefault(header.id, []).append(
                 _put(rows.notification_key(header.id), header, self.expire_ms(header.accepted_ms)))

@@ -69,7 +69,8 @@ class TableClient:
         self._partitions: int | None = None  # the table topic's partition count, once known
         self._writes: Coalescer[storage_pb2.TableOp, None] = Coalescer(
             self._send_write, MAX_OPS_PER_CALL, MAX_BYTES_PER_CALL, lambda op: op.ByteSize())
-        self._acquires: Coalescer[storage_pb2.RateAcquire, RateDecision] = Coalescer(
+        # Acquires, and the rows written along with them (None for each of those).
+        self._acquires: Coalescer[storage_pb2.RateAcquire | storage_pb2.TableOp, RateDecision | None] = Coalescer(
             self._send_acquires, MAX_OPS_PER_CALL)
         # Reads too: a notification of 10 recipients reads about as many partitions, and
         # at 100 such notifications a second TableRead was 13 calls a notification, the
@@ -178,10 +179,20 @@ class TableClient:
                                for i in range(0, len(indexes), per_call)))
         return results
 
-    async def _send_acquires(self, partition: int, acquires: list[storage_pb2.RateAcquire]) -> list[RateDecision]:
-        response = await self._storage.call("RateAcquire", TABLE_TOPIC, partition, storage_pb2.RateAcquireRequest(
-            partition=partition, acquires=acquires))
-        return [RateDecision(d.allowed, d.retry_after_ms, d.count) for d in response.decisions]
+    async def _send_acquires(self, partition: int, items: list[storage_pb2.RateAcquire | storage_pb2.TableOp]
+                             ) -> list[RateDecision | None]:
+        request = storage_pb2.RateAcquireRequest(partition=partition)
+        for item in items:
+            (request.acquires if isinstance(item, storage_pb2.RateAcquire) else request.ops).append(item)
+        response = await self._storage.call("RateAcquire", TABLE_TOPIC, partition, request)
+        if request.ops and not response.ops_written:  # a leader of an older version: they go apart
+            await self._send_write(partition, list(request.ops))
+        decisions = iter(response.decisions)
+        results: list[RateDecision | None] = []
+        for item in items:
+            d = next(decisions) if isinstance(item, storage_pb2.RateAcquire) else None
+            results.append(None if d is None else RateDecision(d.allowed, d.retry_after_ms, d.count))
+        return results
 
     async def rate_acquire(self, partition_key: str, key: bytes, limit: int, period_ms: int, token: str,
                            force: bool = False) -> RateDecision:
@@ -191,13 +202,20 @@ class TableClient:
         (decision,) = await self.rate_acquire_many([Acquire(partition_key, key, limit, period_ms, token, force)])
         return decision
 
-    async def rate_acquire_many(self, acquires: list[Acquire]) -> list[RateDecision]:
+    async def rate_acquire_many(self, acquires: list[Acquire],
+                                writes: dict[str, list[storage_pb2.TableOp]] | None = None) -> list[RateDecision]:
         """rate_acquire of each, in order: one request per partition (merged with
         concurrent ones), not one a row. A fan-out page's duplicate checks made a task
         and a request for each of its 1,000 recipients (docs/benchmarks.md, 2026-12-01);
-        a channel worker's batch checks its tasks' limits so too."""
-        def call(partition: int, indexes: list[int]) -> Awaitable[list[RateDecision]]:
-            return self._acquires.submit(partition, [storage_pb2.RateAcquire(
-                key=acquires[i].key, limit=acquires[i].limit, period_ms=acquires[i].period_ms,
-                token=acquires[i].token, force=acquires[i].force) for i in indexes])
-        return await self._by_partition([a.partition_key for a in acquires], MAX_OPS_PER_CALL, call)
+        a channel worker's batch checks its tasks' limits so too. writes (ops by
+        partition key): rows written in the same replicated writes (a partition without
+        acquires: a write of its own), durable when this returns."""
+        items: list[tuple[str, storage_pb2.RateAcquire | storage_pb2.TableOp]] = [
+            (a.partition_key, storage_pb2.RateAcquire(key=a.key, limit=a.limit, period_ms=a.period_ms,
+                                                      token=a.token, force=a.force)) for a in acquires]
+        items += [(partition_key, op) for partition_key, ops in (writes or {}).items() for op in ops]
+
+        def call(partition: int, indexes: list[int]) -> Awaitable[list[RateDecision | None]]:
+            return self._acquires.submit(partition, [items[i][1] for i in indexes])
+        results = await self._by_partition([partition_key for partition_key, _ in items], MAX_OPS_PER_CALL, call)
+        return results[:len(acquires)]

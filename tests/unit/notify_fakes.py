@@ -100,11 +100,19 @@ class FakeTable:
         self.counters[key] = sent
         return RateDecision(True, 0, len(sent))
 
-    async def rate_acquire_many(self, acquires: list[Acquire]) -> list[RateDecision]:
+    async def rate_acquire_many(self, acquires: list[Acquire],
+                                writes: dict[str, list[storage_pb2.TableOp]] | None = None) -> list[RateDecision]:
         self.calls.append(("rate_acquire_many", [a.partition_key for a in acquires]))
+        if writes:  # recorded as the write_many they ride with
+            self.calls.append(("rate_acquire_writes", {k: list(v) for k, v in writes.items()}))
+            if self.fail_writes is not None:
+                raise self.fail_writes
         # Each acquire's arguments recorded after it as a rate_acquire of its own.
-        return [await self.rate_acquire(a.partition_key, a.key, a.limit, a.period_ms, a.token, a.force)
-                for a in acquires]
+        decisions = [await self.rate_acquire(a.partition_key, a.key, a.limit, a.period_ms, a.token, a.force)
+                     for a in acquires]
+        for partition_key, ops in (writes or {}).items():
+            self._apply(partition_key, ops)
+        return decisions
 
     def count(self, kind: str) -> int:
         return sum(1 for call, _ in self.calls if call == kind)

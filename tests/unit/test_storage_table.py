@@ -463,6 +463,31 @@ async def test_acquires_of_one_call_are_decided_in_order_and_written_once(engine
     assert not service.tables._locks
 
 
+async def test_rows_written_with_acquires_go_in_their_write_and_alone_too(engine, service):
+    await engine.write_entries(SHARD, 0, Entries.of([storage_pb2.StoredMessage(epoch=1)]))
+    engine.advance_commit(SHARD, 1)
+    service.leader.led[SHARD] = SimpleNamespace(epoch=1, marker=0)
+    writes = []
+    write = service.tables._write
+
+    async def counted_write(shard, ops):
+        writes.append([op.key for op in ops])
+        await write(shard, ops)
+    service.tables._write = counted_write
+    dave = b"Q\0dave\0m"
+    decisions = await service.tables.rate_acquire(
+        0, [storage_pb2.RateAcquire(key=dave, limit=1, period_ms=60_000, token="n1")], [put(b"R\0dave", b"")])
+    assert [d.allowed for d in decisions] == [True]
+    assert await service.tables.rate_acquire(0, [], [put(b"R\0erin", b"e")]) == []  # no acquire: the rows alone
+    assert writes == [[dave, b"R\0dave"], [b"R\0erin"]]
+    assert await service.tables.read(0, [b"R\0dave", b"R\0erin"]) == [b"", b"e"]
+    with pytest.raises(errors.InvalidArgument, match="1 to 10000 acquires and ops"):
+        await service.tables.rate_acquire(0, [], [])
+    with pytest.raises(errors.InvalidArgument, match="carries no value"):
+        await service.tables.rate_acquire(0, [], [storage_pb2.TableOp(key=b"R\0x", value=b"v", delete=True)])
+    assert len(writes) == 2 and not service.tables._locks
+
+
 async def test_a_write_takes_one_entry_a_row_while_a_replica_reads_no_table_ops(engine, service):
     service.leader.led[SHARD] = SimpleNamespace(epoch=1, marker=-1)
     service.leader.replicas_read_table_ops = False  # a node of the older version, during a rolling update

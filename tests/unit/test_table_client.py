@@ -21,6 +21,7 @@ class FakeStorage:
         self.rows: dict[bytes, bytes] = {}
         self.gate = asyncio.Event()
         self.gate.set()
+        self.old_version = False
 
     async def call(self, method: str, topic: str, partition: int, request):
         assert topic == TABLE_TOPIC and request.partition == partition
@@ -29,11 +30,14 @@ class FakeStorage:
             self.calls.append((method, partition, len(request.ops)))
             self.rows.update((op.key, op.value) for op in request.ops)
             return storage_pb2.TableWriteResponse()
-        if method == "RateAcquire":  # allowed once a key (limit 1, tokens aside)
-            self.calls.append((method, partition, len(request.acquires)))
+        if method == "RateAcquire":  # allowed once a key (limit 1, tokens aside); its ops written too
+            self.calls.append((method, partition, len(request.acquires) + len(request.ops)))
             decisions = [storage_pb2.RateDecision(allowed=a.key not in self.rows) for a in request.acquires]
             self.rows.update((a.key, b"1") for a in request.acquires)
-            return storage_pb2.RateAcquireResponse(decisions=decisions)
+            if self.old_version:  # ignores ops, as a leader before them did
+                return storage_pb2.RateAcquireResponse(decisions=decisions)
+            self.rows.update((op.key, op.value) for op in request.ops)
+            return storage_pb2.RateAcquireResponse(decisions=decisions, ops_written=bool(request.ops))
         self.calls.append((method, partition, len(request.keys)))
         return storage_pb2.TableReadResponse(values=[self.rows.get(k, b"") for k in request.keys],
                                              found=[k in self.rows for k in request.keys])
@@ -105,3 +109,24 @@ async def test_no_partition_before_the_table_topic_is_created():
         table.partition("alice")
     with pytest.raises(errors.Unavailable, match="not created yet"):
         await table.read("alice", [b"C\0alice"])
+
+
+async def test_rows_written_with_acquires_go_in_their_calls(table):
+    partition = partition_of("r1", 8)
+    other = next(f"r{i}" for i in range(2, 100) if partition_of(f"r{i}", 8) != partition)
+    decisions = await table.rate_acquire_many([Acquire("r1", b"D\0r1", 1, 60_000, "n1")],
+                                              {"r1": [put(b"R\0r1", b"1")], other: [put(b"R\0" + other.encode(), b"2")]})
+    assert [d.allowed for d in decisions] == [True]
+    assert sorted(table._storage.calls) == sorted([("RateAcquire", partition, 2),
+                                                   ("RateAcquire", partition_of(other, 8), 1)])
+    assert await table.read_many({"r1": [b"R\0r1"], other: [b"R\0" + other.encode()]}) == {
+        b"R\0r1": b"1", b"R\0" + other.encode(): b"2"}
+
+
+async def test_rows_an_older_leader_ignored_with_acquires_are_written_apart(table):
+    table._storage.old_version = True
+    decisions = await table.rate_acquire_many([Acquire("r1", b"D\0r1", 1, 60_000, "n1")], {"r1": [put(b"R\0r1", b"1")]})
+    assert [d.allowed for d in decisions] == [True]
+    partition = partition_of("r1", 8)
+    assert table._storage.calls == [("RateAcquire", partition, 2), ("TableWrite", partition, 1)]
+    assert await table.read("r1", [b"R\0r1"]) == [b"1"]

@@ -96,12 +96,14 @@ class TableScanManyResponse(_message.Message):
     def __init__(self, scans: _Optional[_Iterable[_Union[TableScanResponse, _Mapping]]] = ...) -> None: ...
 
 class RateAcquireRequest(_message.Message):
-    __slots__ = ("partition", "acquires")
+    __slots__ = ("partition", "acquires", "ops")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     ACQUIRES_FIELD_NUMBER: _ClassVar[int]
+    OPS_FIELD_NUMBER: _ClassVar[int]
     partition: int
     acquires: _containers.RepeatedCompositeFieldContainer[RateAcquire]
-    def __init__(self, partition: _Optional[int] = ..., acquires: _Optional[_Iterable[_Union[RateAcquire, _Mapping]]] = ...) -> None: ...
+    ops: _containers.RepeatedCompositeFieldContainer[TableOp]
+    def __init__(self, partition: _Optional[int] = ..., acquires: _Optional[_Iterable[_Union[RateAcquire, _Mapping]]] = ..., ops: _Optional[_Iterable[_Union[TableOp, _Mapping]]] = ...) -> None: ...
 
 class RateAcquire(_message.Message):
     __slots__ = ("key", "limit", "period_ms", "token", "force")
@@ -118,10 +120,12 @@ class RateAcquire(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., limit: _Optional[int] = ..., period_ms: _Optional[int] = ..., token: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class RateAcquireResponse(_message.Message):
-    __slots__ = ("decisions",)
+    __slots__ = ("decisions", "ops_written")
     DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    OPS_WRITTEN_FIELD_NUMBER: _ClassVar[int]
     decisions: _containers.RepeatedCompositeFieldContainer[RateDecision]
-    def __init__(self, decisions: _Optional[_Iterable[_Union[RateDecision, _Mapping]]] = ...) -> None: ...
+    ops_written: bool
+    def __init__(self, decisions: _Optional[_Iterable[_Union[RateDecision, _Mapping]]] = ..., ops_written: _Optional[bool] = ...) -> None: ...
 
 class RateDecision(_message.Message):
     __slots__ = ("allowed", "retry_after_ms", "count")
