@@ -2,8 +2,8 @@
 followers (StorageEngine over real RocksDB, encryption at rest on unless --plain,
 no gRPC or TLS). Each round is a fan-out page of --page recipients as a push send
 writes it (docs/benchmarks.md 2026-12-01, "storage's CPU per notification send"):
-the leader's rate acquire of a duplicate-check row each (TableService.rate_acquire,
-one call), a recipient index row each and, in three writes through the
+the leader's rate acquire of a duplicate-check row each with a recipient index row
+each (TableService.rate_acquire, one call a partition) and, in three writes through the
 notification log, the events (a SEND_QUEUED row each; SEND_RENDERED and SEND_SENT a
 row a task of 25 recipients), each write replicated to both followers as
 replication sends it (the leader's tail) and applied on all three at commit; the
@@ -123,13 +123,12 @@ async def run(pages: int, page: int, encrypted: bool) -> dict:
                 by_partition.setdefault(rows.partition_of(rid, partitions), []).append(rid)
             now = now_ms()
             t0 = time.process_time()
-            for part, group in by_partition.items():  # the fan-out's duplicate checks
+            for part, group in by_partition.items():  # the fan-out's duplicate checks, with the index rows
                 await service.rate_acquire(part, [storage_pb2.RateAcquire(
-                    key=rows.duplicate_key(rid, "h" * 16), limit=1, period_ms=DAY_MS, token=nid) for rid in group])
+                    key=rows.duplicate_key(rid, "h" * 16), limit=1, period_ms=DAY_MS, token=nid) for rid in group],
+                    [storage_pb2.TableOp(key=rows.recipient_notification_key(rid, now, nid), expire_ms=now + DAY_MS)
+                     for rid in group])
             t1 = time.process_time()
-            for part, group in by_partition.items():  # the recipients' index rows
-                await service.write(part, [storage_pb2.TableOp(
-                    key=rows.recipient_notification_key(rid, now, nid), expire_ms=now + DAY_MS) for rid in group])
             groups = channel_tasks.log_groups(rids)
             for state in (notify_pb2.SEND_QUEUED, notify_pb2.SEND_RENDERED, notify_pb2.SEND_SENT):
                 # As the fan-out and a channel worker write them: a row each queued, a row a task of the others.
