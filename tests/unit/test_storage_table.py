@@ -439,17 +439,23 @@ async def test_concurrent_acquires_of_one_row_take_turns(engine, service):
     assert not service.tables._locks  # every lock let go
 
 
-async def test_acquires_of_one_call_are_decided_in_order_and_written_once(engine, service):
+async def led_with_writes_listed(engine, service) -> list[list[bytes]]:
+    """SHARD led here; each replicated write's row keys, listed as it is made."""
     await engine.write_entries(SHARD, 0, Entries.of([storage_pb2.StoredMessage(epoch=1)]))
     engine.advance_commit(SHARD, 1)
     service.leader.led[SHARD] = SimpleNamespace(epoch=1, marker=0)
     writes = []
     write = service.tables._write
 
-    async def counted_write(shard, ops):
-        writes.append(len(ops))
+    async def listed_write(shard, ops):
+        writes.append([op.key for op in ops])
         await write(shard, ops)
-    service.tables._write = counted_write
+    service.tables._write = listed_write
+    return writes
+
+
+async def test_acquires_of_one_call_are_decided_in_order_and_written_once(engine, service):
+    writes = await led_with_writes_listed(engine, service)
     dave, erin = b"Q\0dave\0m", b"Q\0erin\0m"
     acquires = [storage_pb2.RateAcquire(key=key, limit=2, period_ms=60_000, token=token)
                 for key, token in [(dave, "n1"), (erin, "n1"), (dave, "n2"), (dave, "n3"), (dave, "n1")]]
@@ -457,23 +463,14 @@ async def test_acquires_of_one_call_are_decided_in_order_and_written_once(engine
     # dave's third is over his limit of 2; his first token again is counted already
     assert [d.allowed for d in decisions] == [True, True, True, False, True]
     assert [d.count for d in decisions] == [1, 1, 2, 2, 2]
-    assert writes == [2]  # one replicated write, one row per counter changed
+    assert writes == [[dave, erin]]  # one replicated write, one row per counter changed
     rows = await service.tables.read(0, [dave, erin])
     assert [list(notify_pb2.RateCounter.FromString(r).tokens) for r in rows] == [["n1", "n2"], ["n1"]]
     assert not service.tables._locks
 
 
 async def test_rows_written_with_acquires_go_in_their_write_and_alone_too(engine, service):
-    await engine.write_entries(SHARD, 0, Entries.of([storage_pb2.StoredMessage(epoch=1)]))
-    engine.advance_commit(SHARD, 1)
-    service.leader.led[SHARD] = SimpleNamespace(epoch=1, marker=0)
-    writes = []
-    write = service.tables._write
-
-    async def counted_write(shard, ops):
-        writes.append([op.key for op in ops])
-        await write(shard, ops)
-    service.tables._write = counted_write
+    writes = await led_with_writes_listed(engine, service)
     dave = b"Q\0dave\0m"
     decisions = await service.tables.rate_acquire(
         0, [storage_pb2.RateAcquire(key=dave, limit=1, period_ms=60_000, token="n1")], [put(b"R\0dave", b"")])
