@@ -170,7 +170,7 @@ class Fanout:
         same writes (a replicated write a recipient partition, not two: at 100
         notifications of 10 recipients a second, TableWrite calls 0.25 a recipient
         against 0.46 and the mesh's CPU 8.4-9.1 against 10.5-11.8 CPU-s a 1,000,
-        docs/benchmarks.md 2026-12-03 23:10)."""
+        docs/benchmarks.md 2026-12-03 22:05)."""
         decisions = await self._table.rate_acquire_many(
             [Acquire(rid, rows.duplicate_key(rid, job.payload_hash), 1, job.dedup_window_ms, job.notification_id)
              for rid in recipients], self._log.index_ops(job.notification_id, job.job.accepted_ms, page))
