@@ -232,7 +232,7 @@ class Fanout:
         if request.audience:  # its size is known now
             record.recipient_count = checkpoint.recipients_done
         if request.audience or header is not None:  # (or no page carried the header: no recipients)
-            await self._log.accepted(record, [])
+            await self._log.accepted(record)
         return checkpoint.recipients_done
 
     async def _expand_page(self, job: Job, recipients: list[str],
@@ -298,7 +298,7 @@ class Fanout:
             priority=request.priority or notify_pb2.NORMAL, data=request.data, accepted_ms=accepted_ms), rids)
             for channel, rids in sends.items()}
         # The log first: a task may be sent (and logged) before this call returns.
-        await self._log.page(nid, accepted_ms, [], events, header)
+        await self._log.page(nid, events, header)
         await asyncio.gather(*(self._publisher.publish(topic, chunk)
                                for topic, messages in tasks.items() for chunk in _chunks(messages)))
 

@@ -21,7 +21,7 @@ published on internal_topics.EVENTS_TOPIC (notifymesh.v1.NotificationEvents, at
 most EVENTS_PER_MESSAGE a message), after its rows are written: a record that
 fails is retried by its caller (the same rows written again), so every event
 written reaches the stream at least once. The fan-out and the channel workers write it
-(accepted, index, record); the frontend reads it (notification, by_recipient).
+(accepted, index_ops, page, record); the frontend reads it (notification, by_recipient).
 Events hold no address or phone number: reasons are scrubbed by their writers.
 """
 
@@ -145,15 +145,15 @@ class NotificationLog:
 
     # -- writing -------------------------------------------------------------------------
 
-    async def accepted(self, record: internal_pb2.NotificationRecord, recipients: Sequence[str]) -> None:
-        """The header row, with the index rows of the recipients given."""
-        await self.page(record.id, record.accepted_ms, recipients, [], header=record)
+    async def accepted(self, record: internal_pb2.NotificationRecord) -> None:
+        """The header row."""
+        await self.page(record.id, [], header=record)
 
     def index_ops(self, notification_id: str, accepted_ms: int,
                   recipients: Sequence[str]) -> dict[str, list[storage_pb2.TableOp]]:
-        """The recipients' index rows (by partition key: the recipient id), for a writer
-        that writes them with other rows of their partitions (the fan-out's duplicate
-        checks); page() writes them itself otherwise."""
+        """The recipients' index rows (by partition key: the recipient id), which their
+        writer writes with other rows of their partitions (the fan-out, with its
+        duplicate checks)."""
         expire = self.expire_ms(accepted_ms)
         return {rid: [storage_pb2.TableOp(key=rows.recipient_notification_key(rid, accepted_ms, notification_id),
                                           expire_ms=expire)] for rid in recipients}
@@ -162,13 +162,13 @@ class NotificationLog:
         """Writes the events' rows, then publishes them on the events topic."""
         await self.publish(await self.write_rows(events))
 
-    async def page(self, notification_id: str, accepted_ms: int, recipients: Sequence[str], events: Iterable[Event],
+    async def page(self, notification_id: str, events: Iterable[Event],
                    header: internal_pb2.NotificationRecord | None = None) -> None:
-        """A fan-out page's rows in one write (a call per partition): the recipients'
-        index rows, the events' rows and, on the first page, the header; then the
-        events published. Written apart, a one-recipient notification's header and
-        events were two calls to its partition."""
-        ops = self.index_ops(notification_id, accepted_ms, recipients)
+        """A fan-out page's rows in one write (a call per partition): the events'
+        rows and, on the first page, the header; then the events published. Written
+        apart, a one-recipient notification's header and events were two calls to
+        its partition."""
+        ops: dict[str, list[storage_pb2.TableOp]] = {}
         if header is not None:
             ops.setdefault(header.id, []).append(
                 _put(rows.notification_key(header.id), header, self.expire_ms(header.accepted_ms)))

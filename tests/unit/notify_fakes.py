@@ -217,3 +217,10 @@ class FakePublisher:
     def published(self) -> int:
         """Messages published, repeats included."""
         return sum(len(messages) for _, messages in self.calls)
+
+
+async def accepted_with_index(log, record, recipients: list[str]) -> None:
+    """A notification's header and its recipients' index rows, as the fan-out writes
+    them (the index rows with its duplicate checks)."""
+    await log.accepted(record)
+    await log._table.write_many(log.index_ops(record.id, record.accepted_ms, recipients))

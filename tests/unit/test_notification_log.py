@@ -8,7 +8,7 @@ import pytest
 
 from gen.notifymesh.internal.v1 import notify_pb2 as internal_pb2
 from gen.notifymesh.v1 import notify_pb2
-from notify_fakes import FakeTable
+from notify_fakes import FakeTable, accepted_with_index
 from notifymesh import errors
 from notifymesh.clock import to_ms
 from notifymesh.server import internal_topics, rows
@@ -32,7 +32,7 @@ def ev(nid, rid, channel, state, ms, accepted_ms=T0, **kw) -> Event:
 async def test_sends_are_grouped_per_recipient_and_channel_with_timeline_oldest_first():
     table = FakeTable()
     log = NotificationLog(table, RETENTION)
-    await log.accepted(record("n1", recipients=["alice", "bob"]), ["alice", "bob"])
+    await accepted_with_index(log, record("n1", recipients=["alice", "bob"]), ["alice", "bob"])
     await log.record([  # written out of order, over two calls
         ev("n1", "bob", EMAIL, notify_pb2.SEND_QUEUED, T0 + 1),
         ev("n1", "alice", SMS, notify_pb2.SUPPRESSED_OPTED_OUT, T0 + 1, reason="opted out of every category on sms"),
@@ -66,7 +66,7 @@ async def test_a_fan_out_page_written_again_and_a_receipt_do_not_hide_what_the_s
     page is fanned out again, its queued events written after the sends they repeat.
     A delivery receipt names no provider: the send keeps the one that sent it."""
     log = NotificationLog(FakeTable(), RETENTION)
-    await log.accepted(record("n1", recipients=["alice"]), ["alice"])
+    await accepted_with_index(log, record("n1", recipients=["alice"]), ["alice"])
     await log.record([
         ev("n1", "alice", EMAIL, notify_pb2.SEND_QUEUED, T0 + 1),
         ev("n1", "alice", EMAIL, notify_pb2.SEND_RENDERED, T0 + 2),
@@ -85,7 +85,7 @@ async def test_an_sms_receipt_with_the_message_id_but_no_provider_keeps_the_prov
     written (under load), so the frontend found no provider to name; the receipt
     still carries the provider's message id (MessageSid)."""
     log = NotificationLog(FakeTable(), RETENTION)
-    await log.accepted(record("n1", recipients=["alice"]), ["alice"])
+    await accepted_with_index(log, record("n1", recipients=["alice"]), ["alice"])
     await log.record([
         ev("n1", "alice", SMS, notify_pb2.SEND_FAILED, T0 + 2, provider="sms-b", reason="provider unavailable"),
         ev("n1", "alice", SMS, notify_pb2.SEND_SENT, T0 + 3, provider="sms-a", provider_message_id="SM1"),
@@ -103,7 +103,7 @@ async def test_a_tasks_events_are_one_row_a_write_and_read_back_as_each_recipien
     from notifymesh.server import notification_log
     table = FakeTable()
     log = NotificationLog(table, RETENTION)
-    await log.accepted(record("n1", recipients=["alice", "bob", "carol"]), ["alice", "bob", "carol"])
+    await accepted_with_index(log, record("n1", recipients=["alice", "bob", "carol"]), ["alice", "bob", "carol"])
     await log.record([ev("n1", rid, SMS, notify_pb2.SEND_QUEUED, T0 + 1, log_group="alice")
                       for rid in ("alice", "bob")] + [ev("n1", "carol", SMS, notify_pb2.SEND_QUEUED, T0 + 1)])
     group = dict(log_group="alice", log_writer="m1.1.0")
@@ -156,7 +156,7 @@ async def test_pages_of_sends_list_each_once_even_as_events_arrive_between_pages
     from notifymesh.server import notification_log
     monkeypatch.setattr(notification_log, "SCAN_ROWS", 3)  # groups spread over several scans
     log = NotificationLog(FakeTable(), lambda: RETENTION)
-    await log.accepted(record("n1"), [])
+    await log.accepted(record("n1"))
     rids = [f"r{i}" for i in range(5)]
     await log.record([ev("n1", rid, EMAIL, state, T0 + i) for rid in rids
                       for i, state in enumerate([notify_pb2.SEND_QUEUED, notify_pb2.SEND_RENDERED])])
@@ -175,7 +175,7 @@ async def test_pages_of_sends_list_each_once_even_as_events_arrive_between_pages
     with pytest.raises(errors.InvalidArgument):
         await log.notification("n1", page_token="garbage")
     first = await log.notification("n1", page_size=1)
-    await log.accepted(record("n2"), [])
+    await log.accepted(record("n2"))
     with pytest.raises(errors.InvalidArgument):  # a token is good for its own notification only
         await log.notification("n2", page_token=first.next_page_token)
     with pytest.raises(errors.InvalidArgument):
@@ -186,7 +186,7 @@ async def test_by_recipient_lists_a_time_range_newest_first_in_pages_with_that_r
     log = NotificationLog(FakeTable(), RETENTION)
     for i in range(5):
         nid, ms = f"n{i}", T0 + i * 1000
-        await log.accepted(record(nid, accepted_ms=ms), ["alice", "bob"])
+        await accepted_with_index(log, record(nid, accepted_ms=ms), ["alice", "bob"])
         await log.record([ev(nid, "alice", EMAIL, notify_pb2.SEND_SENT, ms + 1, accepted_ms=ms),
                           ev(nid, "bob", SMS, notify_pb2.SEND_QUEUED, ms + 1, accepted_ms=ms)])
     everything = await log.by_recipient("alice")

@@ -7,7 +7,7 @@ import time
 
 import aiohttp
 import pytest
-from notify_fakes import FakePublisher, FakeTable
+from notify_fakes import FakePublisher, FakeTable, accepted_with_index
 
 from frontend.http import CallbackAuth, HttpServer, TrackingEndpoint, UnsubscribeEndpoint, application
 from frontend.tracking import SendRecorder
@@ -65,9 +65,8 @@ def test_an_emails_links_go_through_the_redirect_and_a_pixel_is_added():
 async def mesh_http():
     table, publisher, signer = FakeTable(), FakePublisher(), TokenSigner(KEY)
     log = NotificationLog(table, 30 * DAY * 1000, publisher)
-    await log.accepted(internal_pb2.NotificationRecord(
-        id="n1", accepted_ms=SEND.accepted_ms, request=notify_pb2.NotifyRequest(template="promo", category="news")),
-        ["alice"])
+    await accepted_with_index(log, internal_pb2.NotificationRecord(
+        id="n1", accepted_ms=SEND.accepted_ms, request=notify_pb2.NotifyRequest(template="promo", category="news")), ["alice"])
     recorder = SendRecorder(log)
     app = application(UnsubscribeEndpoint(table, signer, recorder),
                       TrackingEndpoint(Tracking(signer), recorder, lambda: 30 * DAY,
@@ -211,9 +210,8 @@ async def test_callbacks_at_once_share_one_read_and_scan_and_a_repeated_one_reco
     notifications and sends in one call each, not a call each per receipt."""
     table = FakeTable()
     log = NotificationLog(table, 30 * DAY * 1000, FakePublisher())
-    await log.accepted(internal_pb2.NotificationRecord(
-        id="n1", accepted_ms=SEND.accepted_ms, request=notify_pb2.NotifyRequest(template="bill", category="billing")),
-        ["alice", "bob"])
+    await accepted_with_index(log, internal_pb2.NotificationRecord(
+        id="n1", accepted_ms=SEND.accepted_ms, request=notify_pb2.NotifyRequest(template="bill", category="billing")), ["alice", "bob"])
     sent_ms = SEND.accepted_ms + 1000
     await log.write_rows([Event("n1", SEND.accepted_ms, rid, notify_pb2.SMS, state, sent_ms + state,
                                 provider="sms-a" if state == notify_pb2.SEND_SENT else "")
@@ -247,7 +245,7 @@ async def test_under_a_stream_of_callbacks_those_arriving_one_by_one_wait_to_go_
     linger_s first, and those arriving one by one meanwhile go in the next together."""
     table = FakeTable()
     log = NotificationLog(table, 30 * DAY * 1000, FakePublisher())
-    await log.accepted(internal_pb2.NotificationRecord(id="n1", accepted_ms=SEND.accepted_ms), ["alice"])
+    await accepted_with_index(log, internal_pb2.NotificationRecord(id="n1", accepted_ms=SEND.accepted_ms), ["alice"])
     recorder = SendRecorder(log, linger_s=linger_s)
     table.calls.clear()
     opened = Send("n1", "alice", "email", SEND.accepted_ms)
